@@ -1,0 +1,435 @@
+/*
+ * conn.c: a connection's life: accept, receive (with backpressure), the
+ * ordered output queue, sends (one in flight), timers, close and release.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MAX_FREE_CONNS 1024
+
+pmu__conn_t *pmu__conn_new(pmu__loop_t *loop, int fd) {
+  pmu__conn_t *c = loop->free_conns;
+  char *stash = NULL;
+  size_t stash_cap = 0;
+  if (c) {
+    loop->free_conns = c->anext;
+    loop->nfree_conns--;
+    stash = c->stash;
+    stash_cap = c->stash_cap;
+  } else {
+    c = malloc(sizeof *c);
+    if (!c)
+      return NULL;
+  }
+  memset(c, 0, offsetof(pmu__conn_t, peer));
+  c->loop = loop;
+  c->fd = fd;
+  c->fixed = -1;
+  c->stash = stash;
+  c->stash_cap = stash_cap;
+  c->id = atomic_fetch_add(&loop->server->next_conn_id, 1);
+
+  socklen_t len = sizeof c->peer;
+  if (getpeername(fd, (struct sockaddr *)&c->peer, &len) < 0)
+    memset(&c->peer, 0, sizeof c->peer);
+  pmu_server_t *s = loop->server;
+  if (s->wildcard) {
+    len = sizeof c->local;
+    if (getsockname(fd, (struct sockaddr *)&c->local, &len) < 0)
+      memset(&c->local, 0, sizeof c->local);
+  } else {
+    memcpy(&c->local, &s->bound, sizeof c->local);
+  }
+
+  if (loop->free_slots) {
+    if (loop->nfree_slots) {
+      int slot = loop->free_slots[--loop->nfree_slots];
+      if (pmu__files_update(&loop->ring, (unsigned)slot, fd) == 0)
+        c->fixed = slot;
+      else
+        loop->free_slots[loop->nfree_slots++] = slot;
+    }
+  }
+
+  pmu__http_init(c);
+  c->anext = loop->all;
+  if (loop->all)
+    loop->all->aprev = c;
+  loop->all = c;
+  loop->nconns++;
+  return c;
+}
+
+void pmu__conn_arm_recv(pmu__conn_t *c) {
+  pmu__prep_recv(&c->loop->ring, c->fd, c->fixed, c->loop->bufs.bgid, PMU__UD(c, OP_RECV));
+  c->recv_armed = 1;
+  c->ops++;
+}
+
+/* ---- timers ---- */
+
+void pmu__conn_timer_unlink(pmu__conn_t *c) {
+  if (c->timer_kind == TIMER_NONE)
+    return;
+  pmu__loop_t *loop = c->loop;
+  if (c->tprev)
+    c->tprev->tnext = c->tnext;
+  else
+    loop->timers[c->timer_kind].head = c->tnext;
+  if (c->tnext)
+    c->tnext->tprev = c->tprev;
+  else
+    loop->timers[c->timer_kind].tail = c->tprev;
+  c->tprev = c->tnext = NULL;
+  c->timer_kind = TIMER_NONE;
+}
+
+static void timer_set(pmu__conn_t *c, unsigned kind) {
+  pmu__conn_timer_unlink(c);
+  pmu__loop_t *loop = c->loop;
+  if (kind == TIMER_NONE || loop->timeout_ms[kind] == 0)
+    return;
+  c->timer_kind = (uint8_t)kind;
+  c->deadline = loop->now_ms + loop->timeout_ms[kind];
+  c->tprev = loop->timers[kind].tail;
+  if (c->tprev)
+    c->tprev->tnext = c;
+  else
+    loop->timers[kind].head = c;
+  loop->timers[kind].tail = c;
+}
+
+void pmu__conn_timer_update(pmu__conn_t *c) {
+  if (c->closing)
+    return;
+  unsigned kind;
+  if (c->lingering)
+    kind = TIMER_LINGER;
+  else if (c->send_inflight)
+    kind = TIMER_SEND;
+  else if (c->pending > 0)
+    kind = TIMER_NONE; /* the handler owes an answer: its business */
+  else if (c->pstate == PS_BODY)
+    kind = TIMER_BODY;
+  else if (c->pstate == PS_HEADERS || !c->served)
+    kind = TIMER_HEADER;
+  else
+    kind = TIMER_IDLE;
+
+  if (c->loop->stopping && c->pending == 0 && !c->send_inflight &&
+      (c->pstate == PS_IDLE || kind == TIMER_IDLE || c->lingering)) {
+    pmu__conn_close(c);
+    return;
+  }
+  if (kind != c->timer_kind)
+    timer_set(c, kind);
+}
+
+void pmu__conn_timer_touch(pmu__conn_t *c) {
+  if (c->timer_kind == TIMER_BODY || c->timer_kind == TIMER_SEND)
+    timer_set(c, c->timer_kind);
+}
+
+/* ---- close and release ---- */
+
+void pmu__conn_close(pmu__conn_t *c) {
+  if (c->closing)
+    return;
+  c->closing = 1;
+  pmu__conn_timer_unlink(c);
+  /* Completes whatever receive or send is still in flight. */
+  if (c->ops)
+    shutdown(c->fd, SHUT_RDWR);
+  pmu__conn_try_release(c);
+}
+
+void pmu__conn_release(pmu__conn_t *c) {
+  pmu__loop_t *loop = c->loop;
+  if (c->fixed >= 0) {
+    pmu__files_update(&loop->ring, (unsigned)c->fixed, -1);
+    loop->free_slots[loop->nfree_slots++] = c->fixed;
+  }
+  close(c->fd);
+  for (pmu__req_t *r = c->head, *next; r; r = next) {
+    next = r->next;
+    if (r->with_handler)
+      r->conn = NULL; /* orphan: freed when the handler answers */
+    else
+      pmu__req_free(r);
+  }
+  if (c->cur)
+    pmu__req_free(c->cur);
+  if (c->aprev)
+    c->aprev->anext = c->anext;
+  else
+    loop->all = c->anext;
+  if (c->anext)
+    c->anext->aprev = c->aprev;
+  loop->nconns--;
+  if (c->counted)
+    atomic_fetch_sub(&loop->server->open_conns, 1);
+  if (loop->nfree_conns < MAX_FREE_CONNS && c->stash_cap <= 65536) {
+    c->stash_len = c->stash_off = 0;
+    c->anext = loop->free_conns;
+    loop->free_conns = c;
+    loop->nfree_conns++;
+  } else {
+    free(c->stash);
+    free(c);
+  }
+}
+
+/*
+ * A closing connection with no SQE in flight goes on the loop's release list;
+ * the loop releases it at the end of the turn (pmu__conn_release), once no
+ * other list can still name it.
+ */
+void pmu__conn_try_release(pmu__conn_t *c) {
+  if (!c->closing || c->ops || c->on_grave)
+    return;
+  c->on_grave = 1;
+  c->gnext = c->loop->grave;
+  c->loop->grave = c;
+}
+
+/* ---- input ---- */
+
+static int stash_append(pmu__conn_t *c, const char *data, size_t len) {
+  if (c->stash_off && c->stash_off == c->stash_len)
+    c->stash_off = c->stash_len = 0;
+  if (c->stash_len + len > c->stash_cap) {
+    size_t cap = c->stash_cap ? c->stash_cap : 4096;
+    while (cap < c->stash_len + len)
+      cap *= 2;
+    char *p = realloc(c->stash, cap);
+    if (!p)
+      return -ENOMEM;
+    c->stash = p;
+    c->stash_cap = cap;
+  }
+  memcpy(c->stash + c->stash_len, data, len);
+  c->stash_len += len;
+  return 0;
+}
+
+static int over_limits(const pmu__conn_t *c) {
+  const pmu_config_t *cfg = &c->loop->server->cfg;
+  return c->pending >= cfg->max_pipelined || c->out_queued > cfg->output_high_water;
+}
+
+/* Stop reading: the multishot receive is cancelled; what it still delivers
+ * lands in the stash. */
+static void pause_reading(pmu__conn_t *c) {
+  if (!c->paused) {
+    c->paused = 1;
+    STAT_ADD(c->loop, recv_paused, 1);
+  }
+  if (c->recv_armed && !c->cancel_sent) {
+    pmu__prep_cancel(&c->loop->ring, PMU__UD(c, OP_RECV), PMU__UD(c, OP_CANCEL));
+    c->cancel_sent = 1;
+    c->ops++;
+  }
+}
+
+static void feed(pmu__conn_t *c, const char *data, size_t len) {
+  size_t used = pmu__http_feed(c, data, len);
+  if (c->no_more || c->closing)
+    return; /* the rest is ignored */
+  if (used < len && stash_append(c, data + used, len - used) < 0) {
+    pmu__conn_close(c);
+    return;
+  }
+  if (c->llhttp_paused || used < len)
+    pause_reading(c);
+}
+
+void pmu__conn_on_recv(pmu__conn_t *c, const char *data, size_t len) {
+  if (c->no_more || c->lingering)
+    return; /* nothing more will be parsed: discard */
+  if (c->paused || c->stash_len > c->stash_off) {
+    if (stash_append(c, data, len) < 0)
+      pmu__conn_close(c);
+    return;
+  }
+  if (over_limits(c)) {
+    if (stash_append(c, data, len) < 0) {
+      pmu__conn_close(c);
+      return;
+    }
+    pause_reading(c);
+    return;
+  }
+  feed(c, data, len);
+}
+
+void pmu__conn_on_eof(pmu__conn_t *c) {
+  c->peer_eof = 1;
+  /* A half-closed peer that is owed answers still gets them (on_send closes
+   * once the last is out); with nothing owed there is nothing to finish. */
+  if (c->lingering || c->pending == 0)
+    pmu__conn_close(c);
+}
+
+/*
+ * Resume reading when the backpressure that paused it has eased: parse the
+ * stash first, then re-arm the receive. Also called to re-arm a receive that
+ * ended (ENOBUFS, a multishot that stopped).
+ */
+void pmu__conn_maybe_resume(pmu__conn_t *c) {
+  if (c->closing)
+    return;
+  if (c->paused) {
+    const pmu_config_t *cfg = &c->loop->server->cfg;
+    if (c->pending > cfg->max_pipelined / 2 || c->out_queued > cfg->output_high_water / 2)
+      return;
+    c->paused = 0;
+    if (c->llhttp_paused) {
+      llhttp_resume(&c->parser);
+      c->llhttp_paused = 0;
+    }
+    if (c->stash_len > c->stash_off) {
+      size_t off = c->stash_off, len = c->stash_len - off;
+      size_t used = pmu__http_feed(c, c->stash + off, len);
+      c->stash_off += used;
+      if (c->no_more || c->closing || used == len)
+        c->stash_off = c->stash_len = 0;
+      if (c->llhttp_paused && !c->no_more)
+        c->paused = 1; /* paused again; the receive stays off */
+    }
+  }
+  if (!c->paused && !c->recv_armed && !c->cancel_sent && !c->peer_eof && !c->closing &&
+      (!c->no_more || c->lingering))
+    pmu__conn_arm_recv(c);
+}
+
+/* ---- output ---- */
+
+void pmu__conn_enqueue(pmu__conn_t *c, pmu__req_t *req) {
+  req->next = NULL;
+  if (c->tail)
+    c->tail->next = req;
+  else
+    c->head = req;
+  c->tail = req;
+  c->pending++;
+}
+
+void pmu__conn_answered(pmu__conn_t *c, pmu__req_t *req) {
+  c->out_queued += req->out_len + req->ext_len;
+  if (req->close_after)
+    c->no_more = 1;
+  pmu__loop_mark_dirty(c->loop, c);
+}
+
+void pmu__conn_flush(pmu__conn_t *c) {
+  if (c->closing || c->send_inflight)
+    return;
+  int n = 0;
+  size_t total = 0;
+  for (pmu__req_t *r = c->head; r && r->answered && n < PMU__IOV_MAX - 1; r = r->next) {
+    size_t off = r->sent;
+    if (off < r->out_len) {
+      c->iov[n].iov_base = r->out + off;
+      c->iov[n].iov_len = r->out_len - off;
+      total += r->out_len - off;
+      n++;
+      off = r->out_len;
+    }
+    if (r->ext_len && off < r->out_len + r->ext_len) {
+      size_t eoff = off - r->out_len;
+      c->iov[n].iov_base = (char *)r->ext_body + eoff;
+      c->iov[n].iov_len = r->ext_len - eoff;
+      total += r->ext_len - eoff;
+      n++;
+    }
+    if (r->close_after)
+      break; /* nothing after a closing response goes out */
+  }
+  if (n == 0) {
+    pmu__conn_timer_update(c);
+    return;
+  }
+  memset(&c->msg, 0, sizeof c->msg);
+  c->msg.msg_iov = c->iov;
+  c->msg.msg_iovlen = (size_t)n;
+  c->send_len = total;
+  const pmu_config_t *cfg = &c->loop->server->cfg;
+  int zc = cfg->send_zc_threshold && total >= cfg->send_zc_threshold;
+  pmu__prep_send(&c->loop->ring, c->fd, c->fixed, &c->msg, zc, PMU__UD(c, OP_SEND));
+  c->send_inflight = 1;
+  c->ops++;
+  STAT_ADD(c->loop, sends, 1);
+  if (zc)
+    STAT_ADD(c->loop, send_zc, 1);
+  pmu__conn_timer_update(c);
+}
+
+/* Enter lingering close: our side is done writing; read and discard what
+ * the client still sends, for a short while, so that it sees our answer
+ * instead of a reset. */
+static void linger(pmu__conn_t *c) {
+  c->lingering = 1;
+  shutdown(c->fd, SHUT_WR);
+  if (c->peer_eof) {
+    pmu__conn_close(c);
+    return;
+  }
+  pmu__conn_timer_update(c);
+  pmu__conn_maybe_resume(c);
+}
+
+void pmu__conn_on_send(pmu__conn_t *c, int res) {
+  c->send_inflight = 0;
+  if (c->closing) {
+    pmu__conn_try_release(c);
+    return;
+  }
+  if (res < 0) {
+    pmu__conn_close(c); /* EPIPE, ECONNRESET */
+    return;
+  }
+  pmu__loop_t *loop = c->loop;
+  STAT_ADD(loop, bytes_out, res);
+  if ((size_t)res < c->send_len)
+    STAT_ADD(loop, short_sends, 1);
+  if (res > 0)
+    pmu__conn_timer_touch(c);
+  size_t left = (size_t)res;
+  int close_now = 0;
+  while (left && c->head) {
+    pmu__req_t *r = c->head;
+    size_t total = r->out_len + r->ext_len;
+    size_t take = total - r->sent < left ? total - r->sent : left;
+    r->sent += take;
+    left -= take;
+    c->out_queued -= take;
+    if (r->sent < total)
+      break; /* short send: the rest goes in the next send */
+    c->head = r->next;
+    if (!c->head)
+      c->tail = NULL;
+    c->pending--;
+    close_now = r->close_after;
+    pmu__req_free(r);
+    if (close_now)
+      break;
+  }
+  if (close_now) {
+    if (c->linger_on_close)
+      linger(c);
+    else
+      pmu__conn_close(c);
+    return;
+  }
+  if (c->peer_eof && c->pending == 0) {
+    pmu__conn_close(c);
+    return;
+  }
+  pmu__conn_maybe_resume(c);
+  pmu__conn_flush(c);
+}

@@ -1,0 +1,283 @@
+/*
+ * internal.h: the engine's private types. Nothing outside core/ includes this.
+ *
+ * Ownership in one paragraph: a loop (one per worker thread) owns its ring,
+ * its buffer pool, its connections and every request parsed on them. A
+ * request handed to the handler stays alive until pmu_respond(); if its
+ * connection dies first the request is "orphaned" (req->conn == NULL) and
+ * freed when answered. Only the loop's own thread touches a connection;
+ * other threads reach a loop only through its locked answer queue.
+ */
+#ifndef PMU_INTERNAL_H
+#define PMU_INTERNAL_H
+
+#include <pmu/pmu.h>
+
+#include <liburing.h>
+#include <llhttp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "uring.h"
+
+#define PMU__IOV_MAX 64
+
+/* Relaxed counters: written by one thread, read by any. */
+#define STAT_ADD(loop, field, n)                                                              \
+  __atomic_store_n(&(loop)->stats.field,                                                      \
+                   __atomic_load_n(&(loop)->stats.field, __ATOMIC_RELAXED) + (uint64_t)(n),   \
+                   __ATOMIC_RELAXED)
+
+typedef struct pmu__loop pmu__loop_t;
+typedef struct pmu__conn pmu__conn_t;
+typedef struct pmu__req pmu__req_t;
+
+/* Offsets of one header inside req->data while it is still growing. */
+typedef struct pmu__hoff {
+  uint32_t name_off, name_len, value_off, value_len;
+} pmu__hoff_t;
+
+enum pmu__req_kind {
+  REQ_USER,   /* a parsed request, answered by the handler */
+  REQ_ENGINE, /* a message of the engine's own: 100 Continue, 400, 408, ... */
+};
+
+struct pmu__req {
+  pmu_request_t pub; /* first: pmu_request_t * converts to pmu__req_t * */
+  pmu__loop_t *loop;
+  pmu__conn_t *conn; /* NULL once the connection is gone (orphan) */
+  pmu__req_t *next;  /* connection FIFO, or the loop's free list */
+  pmu__req_t *qnext; /* the loop's cross-thread answer queue */
+  uint8_t kind;
+  uint8_t answered;    /* out holds the response */
+  uint8_t close_after; /* close the connection once this response is sent */
+  uint8_t with_handler; /* handed to the handler and not answered yet */
+
+  /* What the request keeps: url, header names and values, body. */
+  char *data;
+  size_t data_len, data_cap;
+  pmu__hoff_t *hoff;
+  size_t hcount, hcap;
+  pmu_header_t *headers; /* built from hoff at message complete */
+  size_t headers_cap;
+  uint32_t url_off, url_len;
+
+  /* The response on the wire: out, then an external body if any. */
+  char *out;
+  size_t out_len, out_cap;
+  const void *ext_body;
+  size_t ext_len;
+  void (*ext_release)(void *);
+  void *ext_ctx;
+  size_t sent; /* bytes of out + ext already written */
+};
+
+enum pmu__timer_kind {
+  TIMER_NONE = 0,
+  TIMER_HEADER,
+  TIMER_BODY,
+  TIMER_IDLE,
+  TIMER_SEND,
+  TIMER_LINGER,
+  TIMER_KINDS
+};
+
+enum pmu__parse_state { PS_IDLE, PS_HEADERS, PS_BODY };
+
+struct pmu__conn {
+  pmu__loop_t *loop;
+  int fd;
+  int fixed; /* index in the ring's file table, or -1 */
+  uint64_t id;
+  llhttp_t parser;
+
+  pmu__req_t *cur;          /* being parsed */
+  pmu__req_t *head, *tail;  /* FIFO of responses owed, in request order */
+  unsigned pending;         /* FIFO length */
+  size_t out_queued;        /* answered bytes not yet sent */
+
+  uint16_t ops; /* SQEs in flight that name this connection */
+  uint8_t recv_armed;
+  uint8_t send_inflight;
+  uint8_t zc_wait_notif;
+  uint8_t closing;
+  uint8_t peer_eof;
+  uint8_t no_more;   /* parse nothing more: after Connection: close or an error */
+  uint8_t paused;    /* backpressure: parser paused, recv cancelled */
+  uint8_t cancel_sent;
+  uint8_t on_dirty;
+  uint8_t on_rearm;
+  uint8_t pstate;    /* enum pmu__parse_state */
+  uint8_t served;    /* at least one request began */
+  uint8_t last_cb;   /* parser glue: 0 none, 1 header name, 2 header value */
+  uint8_t llhttp_paused; /* llhttp returned HPE_PAUSED; resume before feeding */
+  uint8_t lingering; /* sent a closing error: discard input until EOF or timeout */
+  uint8_t linger_on_close; /* close through lingering (input may be unread) */
+  uint8_t counted;   /* holds a place in server->open_conns */
+  uint8_t on_grave;
+  uint16_t error_status;  /* status to answer a parse error with */
+
+  /* Parser glue: absolute stream offsets, to detect obs-fold. */
+  uint64_t fed;            /* bytes fed to llhttp before the current chunk */
+  const char *chunk;       /* start of the chunk being fed */
+  uint64_t value_end;      /* absolute offset just past the last value span */
+  size_t header_bytes;
+  size_t body_bytes;
+
+  /* Input held back while paused. */
+  char *stash;
+  size_t stash_len, stash_off, stash_cap;
+
+  /* Timer lists: one per kind, each sorted by deadline because every entry
+   * of a kind has the same duration and is appended at the tail. */
+  uint8_t timer_kind;
+  uint64_t deadline;
+  pmu__conn_t *tprev, *tnext;
+
+  pmu__conn_t *dnext;     /* loop's dirty list (needs a flush) */
+  pmu__conn_t *rnext;     /* loop's re-arm list */
+  pmu__conn_t *gnext;     /* loop's release list (closed, no SQE in flight) */
+  size_t body_off;        /* where the body starts in cur->data */
+  pmu__conn_t *aprev, *anext; /* all connections of the loop */
+
+  int zc_res; /* result of a SEND_ZC awaiting its notification */
+  struct msghdr msg;
+  struct iovec iov[PMU__IOV_MAX];
+  size_t send_len;
+
+  struct sockaddr_storage peer, local;
+};
+
+struct pmu__loop {
+  pmu_server_t *server;
+  unsigned index;
+  pthread_t thread;
+  struct io_uring ring;
+  int ring_ready;
+  int listen_fd;
+  int accept_armed;
+  int start_rc;
+
+  pmu__bufring_t bufs;
+
+  pmu_request_t **batch;
+  unsigned batch_len;
+
+  pmu__conn_t *dirty;
+  pmu__conn_t *rearm;
+  pmu__conn_t *grave;
+  long outstanding; /* requests with the handler, not answered yet */
+  int *free_slots;  /* fixed-file slots not in use (registered_files) */
+  unsigned nfree_slots;
+  pmu__conn_t *all;
+  unsigned nconns;
+  pmu__conn_t *free_conns;
+  unsigned nfree_conns;
+  pmu__req_t *free_reqs;
+  unsigned nfree_reqs;
+
+  struct {
+    pmu__conn_t *head, *tail;
+  } timers[TIMER_KINDS];
+  uint64_t timeout_ms[TIMER_KINDS];
+  uint64_t now_ms;
+
+  time_t date_sec;
+  char date[40]; /* "Sat, 28 Nov 2026 17:14:05 GMT" */
+
+  /* Cross-thread answers and wake-ups. */
+  pthread_mutex_t qlock;
+  pmu__req_t *qhead, *qtail;
+  int exited; /* under qlock: the loop is gone; answers free directly */
+  int wake_fd;
+  int wake_armed;
+
+  int stopping;
+  uint64_t stop_deadline;
+
+  pmu_stats_t stats;
+  pmu_ring_info_t info;
+};
+
+struct pmu_server {
+  pmu_config_t cfg;
+  char *host, *unix_path, *server_header;
+  size_t server_header_len;
+  unsigned nloops;
+  pmu__loop_t *loops;
+  uint16_t port;
+  int shared_listen_fd; /* the Unix socket shared by every loop, or -1 */
+  struct sockaddr_storage bound;
+  socklen_t bound_len;
+  int wildcard; /* listening on 0.0.0.0 / :: */
+
+  atomic_uint open_conns;
+  atomic_int stop_requested;
+  atomic_long refs; /* 1 for the owner + one per request with the handler */
+  atomic_ullong next_conn_id;
+
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  unsigned loops_started; /* reported ready or failed */
+  unsigned loops_running;
+  int joined;
+  int destroy_requested;
+
+  char error[512];
+};
+
+/* ---- server.c ---- */
+void pmu__server_unref(pmu_server_t *server);
+void pmu__set_error(pmu_server_t *server, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ---- loop.c ---- */
+void *pmu__loop_main(void *arg);
+void pmu__loop_wake(pmu__loop_t *loop);
+void pmu__loop_dispatch(pmu__loop_t *loop);
+void pmu__loop_mark_dirty(pmu__loop_t *loop, pmu__conn_t *conn);
+extern __thread pmu__loop_t *pmu__current_loop;
+
+/* ---- conn.c ---- */
+pmu__conn_t *pmu__conn_new(pmu__loop_t *loop, int fd);
+void pmu__conn_close(pmu__conn_t *conn);
+void pmu__conn_try_release(pmu__conn_t *conn);
+void pmu__conn_release(pmu__conn_t *conn);
+void pmu__conn_timer_update(pmu__conn_t *conn);
+void pmu__conn_timer_touch(pmu__conn_t *conn);
+void pmu__conn_timer_unlink(pmu__conn_t *conn);
+void pmu__conn_arm_recv(pmu__conn_t *conn);
+void pmu__conn_flush(pmu__conn_t *conn);
+void pmu__conn_on_send(pmu__conn_t *conn, int res);
+void pmu__conn_on_recv(pmu__conn_t *conn, const char *data, size_t len);
+void pmu__conn_on_eof(pmu__conn_t *conn);
+void pmu__conn_maybe_resume(pmu__conn_t *conn);
+void pmu__conn_enqueue(pmu__conn_t *conn, pmu__req_t *req);
+void pmu__conn_answered(pmu__conn_t *conn, pmu__req_t *req);
+
+/* ---- http.c ---- */
+extern const llhttp_settings_t pmu__llhttp_settings;
+void pmu__http_init(pmu__conn_t *conn);
+/* Feed bytes to the parser. Returns how many were consumed; fewer than len
+ * only when the connection paused or will parse nothing more. */
+size_t pmu__http_feed(pmu__conn_t *conn, const char *data, size_t len);
+pmu__req_t *pmu__req_alloc(pmu__loop_t *loop);
+void pmu__req_free(pmu__req_t *req);
+/* Queue an engine-generated response (400, 408, 413, ...) that closes. */
+void pmu__conn_send_error(pmu__conn_t *conn, int status);
+
+/* ---- response.c ---- */
+void pmu__date_refresh(pmu__loop_t *loop, time_t now);
+void pmu__format_date(char out[40], time_t now);
+/* Serialise an engine message into req->out; req->answered set. */
+void pmu__engine_message(pmu__req_t *req, int status, int keep_open);
+/* Apply an answer that reached the loop thread (from pmu_respond or the queue). */
+void pmu__answer_arrived(pmu__req_t *req);
+
+/* Monotonic milliseconds. */
+uint64_t pmu__now_ms(void);
+
+#endif /* PMU_INTERNAL_H */

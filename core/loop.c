@@ -1,0 +1,441 @@
+/*
+ * loop.c: one worker thread and its ring. A turn of the loop is: submit and
+ * wait once, walk every completion, run the handler on the batch of requests
+ * those completions finished, then expire timers, re-arm receives, flush
+ * output and release closed connections before waiting again.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+__thread pmu__loop_t *pmu__current_loop;
+
+uint64_t pmu__now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void pmu__loop_wake(pmu__loop_t *loop) {
+  if (loop->wake_fd >= 0) {
+    uint64_t one = 1;
+    ssize_t n = write(loop->wake_fd, &one, sizeof one);
+    (void)n; /* EAGAIN: the counter is already non-zero, the loop will wake */
+  }
+}
+
+void pmu__loop_mark_dirty(pmu__loop_t *loop, pmu__conn_t *conn) {
+  if (!conn->on_dirty) {
+    conn->on_dirty = 1;
+    conn->dnext = loop->dirty;
+    loop->dirty = conn;
+  }
+}
+
+static void arm_accept(pmu__loop_t *loop) {
+  pmu__prep_accept(&loop->ring, loop->listen_fd, PMU__UD(loop, OP_ACCEPT));
+  loop->accept_armed = 1;
+}
+
+static void arm_wake(pmu__loop_t *loop) {
+  pmu__prep_poll_in(&loop->ring, loop->wake_fd, PMU__UD(loop, OP_WAKE));
+  loop->wake_armed = 1;
+}
+
+/* Hand the collected batch to the handler: the one place user code runs. */
+void pmu__loop_dispatch(pmu__loop_t *loop) {
+  unsigned n = loop->batch_len;
+  if (!n)
+    return;
+  loop->batch_len = 0;
+  loop->outstanding += n;
+  STAT_ADD(loop, batches, 1);
+  unsigned bucket = 31u - (unsigned)__builtin_clz(n);
+  if (bucket >= PMU_BATCH_BUCKETS)
+    bucket = PMU_BATCH_BUCKETS - 1;
+  STAT_ADD(loop, batch_hist[bucket], 1);
+  const pmu_config_t *cfg = &loop->server->cfg;
+  cfg->handler(cfg->handler_data, loop->batch, n);
+}
+
+static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
+  pmu_server_t *s = loop->server;
+  if (!(cqe->flags & IORING_CQE_F_MORE))
+    loop->accept_armed = 0; /* re-armed at the end of the turn unless stopping */
+  if (cqe->res < 0)
+    return; /* ECANCELED at stop; EMFILE and friends: try again next turn */
+  int fd = cqe->res;
+  if (loop->stopping) {
+    close(fd);
+    return;
+  }
+  unsigned open = atomic_fetch_add(&s->open_conns, 1);
+  int over = open >= s->cfg.max_connections;
+  if (over)
+    atomic_fetch_sub(&s->open_conns, 1);
+  pmu__conn_t *conn = pmu__conn_new(loop, fd);
+  if (!conn) {
+    if (!over)
+      atomic_fetch_sub(&s->open_conns, 1);
+    close(fd);
+    return;
+  }
+  conn->counted = !over;
+  STAT_ADD(loop, connections_accepted, 1);
+  pmu__conn_arm_recv(conn);
+  if (over) {
+    STAT_ADD(loop, connections_rejected, 1);
+    pmu__conn_send_error(conn, 503);
+    pmu__loop_mark_dirty(loop, conn);
+  } else {
+    pmu__conn_timer_update(conn);
+  }
+}
+
+static void schedule_rearm(pmu__loop_t *loop, pmu__conn_t *conn) {
+  if (!conn->on_rearm) {
+    conn->on_rearm = 1;
+    conn->rnext = loop->rearm;
+    loop->rearm = conn;
+  }
+}
+
+static void on_recv(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
+  pmu__loop_t *loop = conn->loop;
+  int res = cqe->res;
+  if (!(cqe->flags & IORING_CQE_F_MORE)) {
+    conn->recv_armed = 0;
+    conn->ops--;
+  }
+  if (res > 0) {
+    unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    STAT_ADD(loop, bytes_in, res);
+    if (!conn->closing)
+      pmu__conn_on_recv(conn, pmu__bufring_addr(&loop->bufs, bid), (size_t)res);
+    /* The parser copied what it keeps: the buffer goes back at once. */
+    pmu__bufring_recycle(&loop->bufs, bid);
+  } else if (res == 0) {
+    if (!conn->closing)
+      pmu__conn_on_eof(conn);
+  } else if (res == -ENOBUFS) {
+    STAT_ADD(loop, enobufs, 1); /* pool ran dry: not the connection's fault */
+  } else if (res != -ECANCELED) {
+    pmu__conn_close(conn); /* ECONNRESET and other hard errors */
+  }
+  if (conn->closing)
+    pmu__conn_try_release(conn);
+  else if (!conn->recv_armed)
+    schedule_rearm(loop, conn);
+}
+
+static void on_send_cqe(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
+  if (cqe->flags & IORING_CQE_F_NOTIF) {
+    /* SEND_ZC: the buffers are free only now. */
+    conn->ops--;
+    conn->zc_wait_notif = 0;
+    pmu__conn_on_send(conn, conn->zc_res);
+    return;
+  }
+  if (cqe->flags & IORING_CQE_F_MORE) {
+    conn->zc_res = cqe->res;
+    conn->zc_wait_notif = 1;
+    return;
+  }
+  conn->ops--;
+  pmu__conn_on_send(conn, cqe->res);
+}
+
+static void begin_stop(pmu__loop_t *loop);
+
+static void drain_answers(pmu__loop_t *loop) {
+  pthread_mutex_lock(&loop->qlock);
+  pmu__req_t *req = loop->qhead;
+  loop->qhead = loop->qtail = NULL;
+  pthread_mutex_unlock(&loop->qlock);
+  while (req) {
+    pmu__req_t *next = req->qnext;
+    STAT_ADD(loop, deferred, 1);
+    pmu__answer_arrived(req);
+    req = next;
+  }
+}
+
+static void on_wake(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
+  if (!(cqe->flags & IORING_CQE_F_MORE))
+    loop->wake_armed = 0;
+  uint64_t v;
+  ssize_t n = read(loop->wake_fd, &v, sizeof v);
+  (void)n;
+  drain_answers(loop);
+  if (!loop->stopping && atomic_load(&loop->server->stop_requested))
+    begin_stop(loop);
+}
+
+static void handle_cqe(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
+  void *ptr = PMU__UD_PTR(cqe->user_data);
+  switch (PMU__UD_OP(cqe->user_data)) {
+  case OP_ACCEPT:
+    on_accept(loop, cqe);
+    break;
+  case OP_RECV:
+    on_recv(ptr, cqe);
+    break;
+  case OP_SEND:
+    on_send_cqe(ptr, cqe);
+    break;
+  case OP_WAKE:
+    on_wake(loop, cqe);
+    break;
+  case OP_CANCEL:
+    if (ptr != loop) {
+      pmu__conn_t *conn = ptr;
+      conn->ops--;
+      conn->cancel_sent = 0;
+      if (conn->closing)
+        pmu__conn_try_release(conn);
+    }
+    break;
+  default:
+    break;
+  }
+}
+
+static void begin_stop(pmu__loop_t *loop) {
+  loop->stopping = 1;
+  loop->stop_deadline = loop->now_ms + loop->server->cfg.shutdown_timeout_ms;
+  if (loop->accept_armed)
+    pmu__prep_cancel(&loop->ring, PMU__UD(loop, OP_ACCEPT), PMU__UD(loop, OP_CANCEL));
+  /* Idle connections close now; busy ones once their answers are out. */
+  for (pmu__conn_t *c = loop->all, *next; c; c = next) {
+    next = c->anext;
+    pmu__conn_timer_update(c);
+  }
+}
+
+static void expire_timers(pmu__loop_t *loop) {
+  uint64_t now = loop->now_ms;
+  for (int kind = 1; kind < TIMER_KINDS; kind++) {
+    pmu__conn_t *c;
+    while ((c = loop->timers[kind].head) && c->deadline <= now) {
+      pmu__conn_timer_unlink(c);
+      STAT_ADD(loop, timeouts, 1);
+      if ((kind == TIMER_HEADER && c->pstate != PS_IDLE) || kind == TIMER_BODY) {
+        pmu__conn_send_error(c, 408);
+        pmu__loop_mark_dirty(loop, c);
+      } else {
+        pmu__conn_close(c);
+      }
+    }
+  }
+  if (loop->stopping && now >= loop->stop_deadline) {
+    for (pmu__conn_t *c = loop->all; c; c = c->anext)
+      pmu__conn_close(c);
+  }
+}
+
+/* Milliseconds until the next timer, or -1 when none is set. */
+static int64_t next_wait(const pmu__loop_t *loop) {
+  uint64_t soonest = UINT64_MAX;
+  for (int kind = 1; kind < TIMER_KINDS; kind++) {
+    const pmu__conn_t *c = loop->timers[kind].head;
+    if (c && c->deadline < soonest)
+      soonest = c->deadline;
+  }
+  if (loop->stopping && loop->stop_deadline < soonest)
+    soonest = loop->stop_deadline;
+  if (soonest == UINT64_MAX)
+    return -1;
+  return soonest > loop->now_ms ? (int64_t)(soonest - loop->now_ms) : 0;
+}
+
+/* The work after a pass over the completions, in an order that lets no
+ * list hold a connection that was released. */
+static void end_of_turn(pmu__loop_t *loop) {
+  expire_timers(loop);
+  pmu__bufring_publish(&loop->bufs);
+
+  pmu__conn_t *c = loop->rearm;
+  loop->rearm = NULL;
+  while (c) {
+    pmu__conn_t *next = c->rnext;
+    c->on_rearm = 0;
+    if (!c->closing && !c->recv_armed)
+      pmu__conn_maybe_resume(c);
+    c = next;
+  }
+
+  c = loop->dirty;
+  loop->dirty = NULL;
+  while (c) {
+    pmu__conn_t *next = c->dnext;
+    c->on_dirty = 0;
+    pmu__conn_flush(c);
+    c = next;
+  }
+
+  c = loop->grave;
+  loop->grave = NULL;
+  while (c) {
+    pmu__conn_t *next = c->gnext;
+    c->on_grave = 0;
+    pmu__conn_release(c);
+    c = next;
+  }
+
+  if (!loop->accept_armed && !loop->stopping)
+    arm_accept(loop);
+  if (!loop->wake_armed)
+    arm_wake(loop);
+  uint32_t overflow = *loop->ring.cq.koverflow;
+  __atomic_store_n(&loop->stats.cq_overflows, overflow, __ATOMIC_RELAXED);
+  __atomic_store_n(&loop->stats.connections_open, loop->nconns, __ATOMIC_RELAXED);
+}
+
+static void run(pmu__loop_t *loop) {
+  arm_accept(loop);
+  arm_wake(loop);
+  for (;;) {
+    int rc = pmu__submit_and_wait(&loop->ring, next_wait(loop));
+    (void)rc; /* ETIME is a timer; EINTR a signal; both mean "look again" */
+    STAT_ADD(loop, waits, 1);
+    loop->now_ms = pmu__now_ms();
+    pmu__date_refresh(loop, time(NULL));
+
+    unsigned head, seen = 0;
+    struct io_uring_cqe *cqe;
+    io_uring_for_each_cqe(&loop->ring, head, cqe) {
+      seen++;
+      handle_cqe(loop, cqe);
+    }
+    io_uring_cq_advance(&loop->ring, seen);
+    STAT_ADD(loop, cqes, seen);
+    pmu__loop_dispatch(loop);
+
+    if (!loop->stopping && atomic_load_explicit(&loop->server->stop_requested,
+                                                memory_order_relaxed))
+      begin_stop(loop);
+    end_of_turn(loop);
+    if (loop->stopping && loop->nconns == 0 && !loop->accept_armed)
+      break;
+  }
+}
+
+static void report_started(pmu__loop_t *loop, int rc) {
+  pmu_server_t *s = loop->server;
+  pthread_mutex_lock(&s->lock);
+  loop->start_rc = rc;
+  s->loops_started++;
+  pthread_cond_broadcast(&s->cond);
+  pthread_mutex_unlock(&s->lock);
+}
+
+static void report_exited(pmu__loop_t *loop) {
+  pmu_server_t *s = loop->server;
+  pthread_mutex_lock(&s->lock);
+  s->loops_running--;
+  pthread_cond_broadcast(&s->cond);
+  pthread_mutex_unlock(&s->lock);
+}
+
+/* Answers that arrive after this are freed by whoever gives them. */
+static void close_answer_queue(pmu__loop_t *loop) {
+  drain_answers(loop);
+  pthread_mutex_lock(&loop->qlock);
+  pmu__req_t *late = loop->qhead;
+  loop->qhead = loop->qtail = NULL;
+  loop->exited = 1;
+  /* Requests still with the handler keep the server alive. */
+  atomic_fetch_add(&loop->server->refs, loop->outstanding);
+  pthread_mutex_unlock(&loop->qlock);
+  while (late) {
+    pmu__req_t *next = late->qnext;
+    pmu__answer_arrived(late);
+    late = next;
+  }
+}
+
+static void free_pools(pmu__loop_t *loop) {
+  while (loop->free_reqs) {
+    pmu__req_t *r = loop->free_reqs;
+    loop->free_reqs = r->next;
+    free(r->data);
+    free(r->hoff);
+    free(r->headers);
+    free(r->out);
+    free(r);
+  }
+  while (loop->free_conns) {
+    pmu__conn_t *c = loop->free_conns;
+    loop->free_conns = c->anext;
+    free(c->stash);
+    free(c);
+  }
+  free(loop->batch);
+  free(loop->free_slots);
+}
+
+void *pmu__loop_main(void *arg) {
+  pmu__loop_t *loop = arg;
+  pmu_server_t *s = loop->server;
+  const pmu_config_t *cfg = &s->cfg;
+  pmu__current_loop = loop;
+
+  /* Signals belong to the embedding program's threads, not to rings. */
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+
+  loop->now_ms = pmu__now_ms();
+  loop->timeout_ms[TIMER_HEADER] = cfg->header_timeout_ms;
+  loop->timeout_ms[TIMER_BODY] = cfg->body_timeout_ms;
+  loop->timeout_ms[TIMER_IDLE] = cfg->keepalive_timeout_ms;
+  loop->timeout_ms[TIMER_SEND] = cfg->send_timeout_ms;
+  loop->timeout_ms[TIMER_LINGER] = 2000;
+  pmu__date_refresh(loop, time(NULL));
+
+  int rc = pmu__ring_setup(&loop->ring, cfg, &loop->info);
+  if (rc == 0) {
+    loop->ring_ready = 1;
+    rc = pmu__bufring_setup(&loop->ring, &loop->bufs, cfg->buf_count, cfg->buf_size);
+  }
+  if (rc == 0) {
+    loop->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    loop->batch = malloc(sizeof *loop->batch * cfg->batch_max);
+    if (loop->wake_fd < 0 || !loop->batch)
+      rc = -ENOMEM;
+  }
+  if (rc == 0 && cfg->registered_files) {
+    unsigned slots = cfg->max_connections + 64;
+    loop->free_slots = malloc(sizeof(int) * slots);
+    if (!loop->free_slots)
+      rc = -ENOMEM;
+    else
+      for (unsigned i = 0; i < slots; i++)
+        loop->free_slots[loop->nfree_slots++] = (int)(slots - 1 - i);
+  }
+  report_started(loop, rc);
+
+  if (rc == 0) {
+    if (cfg->on_thread_start)
+      cfg->on_thread_start(cfg->handler_data, loop->index);
+    run(loop);
+    if (cfg->on_thread_stop)
+      cfg->on_thread_stop(cfg->handler_data, loop->index);
+  }
+  close_answer_queue(loop);
+  if (loop->ring_ready) {
+    pmu__bufring_free(&loop->ring, &loop->bufs);
+    io_uring_queue_exit(&loop->ring);
+  }
+  /* wake_fd stays open until the server is freed: pmu_server_stop() may
+   * still be writing to it from another thread. */
+  free_pools(loop);
+  pmu__current_loop = NULL;
+  report_exited(loop);
+  return NULL;
+}

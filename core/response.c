@@ -1,0 +1,371 @@
+/*
+ * response.c: turning an answer into bytes on a connection's queue. The
+ * status line, Server, Date, Content-Length and Connection headers are the
+ * engine's; the handler's headers are checked and copied.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+const char *pmu_status_reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 101: return "Switching Protocols";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 203: return "Non-Authoritative Information";
+  case 204: return "No Content";
+  case 205: return "Reset Content";
+  case 206: return "Partial Content";
+  case 300: return "Multiple Choices";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 303: return "See Other";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 402: return "Payment Required";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 406: return "Not Acceptable";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 410: return "Gone";
+  case 411: return "Length Required";
+  case 412: return "Precondition Failed";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 415: return "Unsupported Media Type";
+  case 416: return "Range Not Satisfiable";
+  case 417: return "Expectation Failed";
+  case 418: return "I'm a teapot";
+  case 421: return "Misdirected Request";
+  case 422: return "Unprocessable Content";
+  case 425: return "Too Early";
+  case 426: return "Upgrade Required";
+  case 428: return "Precondition Required";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 451: return "Unavailable For Legal Reasons";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Unknown";
+  }
+}
+
+void pmu__format_date(char out[40], time_t now) {
+  static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                     "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  /* IMF-fixdate, without the locale that strftime would consult. */
+  char *p = out;
+  memcpy(p, days[tm.tm_wday], 3);
+  p += 3;
+  *p++ = ',';
+  *p++ = ' ';
+  *p++ = (char)('0' + tm.tm_mday / 10);
+  *p++ = (char)('0' + tm.tm_mday % 10);
+  *p++ = ' ';
+  memcpy(p, months[tm.tm_mon], 3);
+  p += 3;
+  *p++ = ' ';
+  int y = tm.tm_year + 1900;
+  *p++ = (char)('0' + y / 1000 % 10);
+  *p++ = (char)('0' + y / 100 % 10);
+  *p++ = (char)('0' + y / 10 % 10);
+  *p++ = (char)('0' + y % 10);
+  *p++ = ' ';
+  *p++ = (char)('0' + tm.tm_hour / 10);
+  *p++ = (char)('0' + tm.tm_hour % 10);
+  *p++ = ':';
+  *p++ = (char)('0' + tm.tm_min / 10);
+  *p++ = (char)('0' + tm.tm_min % 10);
+  *p++ = ':';
+  *p++ = (char)('0' + tm.tm_sec / 10);
+  *p++ = (char)('0' + tm.tm_sec % 10);
+  memcpy(p, " GMT", 5);
+}
+
+void pmu__date_refresh(pmu__loop_t *loop, time_t now) {
+  if (now != loop->date_sec) {
+    loop->date_sec = now;
+    pmu__format_date(loop->date, now);
+  }
+}
+
+static size_t put_u64(char *p, uint64_t v) {
+  char tmp[20];
+  size_t n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  for (size_t i = 0; i < n; i++)
+    p[i] = tmp[n - 1 - i];
+  return n;
+}
+
+#define PUT(p, s, n)                                                                          \
+  do {                                                                                        \
+    memcpy((p), (s), (n));                                                                    \
+    (p) += (n);                                                                               \
+  } while (0)
+#define PUT_LIT(p, lit) PUT(p, lit, sizeof(lit) - 1)
+
+static int out_reserve(pmu__req_t *r, size_t need) {
+  if (need <= r->out_cap)
+    return 0;
+  size_t cap = r->out_cap ? r->out_cap : 256;
+  while (cap < need)
+    cap *= 2;
+  char *p = realloc(r->out, cap);
+  if (!p)
+    return -ENOMEM;
+  r->out = p;
+  r->out_cap = cap;
+  return 0;
+}
+
+static int name_eq(const pmu_header_t *h, const char *lit, size_t n) {
+  return h->name_len == n && strncasecmp(h->name, lit, n) == 0;
+}
+
+/* CR, LF or NUL in a header would let a handler inject headers. */
+static int header_safe(const pmu_header_t *h) {
+  if (h->name_len == 0)
+    return 0;
+  for (size_t i = 0; i < h->name_len; i++) {
+    unsigned char ch = (unsigned char)h->name[i];
+    if (ch <= ' ' || ch == ':' || ch >= 0x7f)
+      return 0;
+  }
+  for (size_t i = 0; i < h->value_len; i++) {
+    unsigned char ch = (unsigned char)h->value[i];
+    if (ch == '\r' || ch == '\n' || ch == 0)
+      return 0;
+  }
+  return 1;
+}
+
+enum { SKIP_HEADER = 1, USER_SERVER = 2, USER_DATE = 4, USER_CLOSE = 8 };
+
+/*
+ * Write the response for r into r->out (and r->ext_*). Runs on whichever
+ * thread answers; touches only r. Returns 0, -EINVAL (bad status or header:
+ * a 500 was written instead) or -ENOMEM.
+ */
+static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date, int stopping) {
+  pmu_server_t *s = r->loop->server;
+  int status = resp->status;
+  int rc = 0;
+  size_t hbytes = 0;
+  unsigned seen = 0;
+  for (size_t i = 0; i < resp->header_count; i++) {
+    const pmu_header_t *h = &resp->headers[i];
+    if (!header_safe(h)) {
+      rc = -EINVAL;
+      break;
+    }
+    hbytes += h->name_len + h->value_len + 4;
+  }
+  if (status < 200 || status > 999)
+    rc = -EINVAL;
+  if (rc < 0) {
+    static const char msg[] = "Internal Server Error\n";
+    static const pmu_header_t ct = {"Content-Type", 12, "text/plain; charset=utf-8", 25};
+    if (resp->body_release)
+      resp->body_release(resp->body_ctx);
+    pmu_response_t fallback = {.status = 500, .headers = &ct, .header_count = 1,
+                               .body = msg, .body_len = sizeof msg - 1};
+    serialize(r, &fallback, date, stopping);
+    return rc;
+  }
+
+  const char *reason = pmu_status_reason(status);
+  size_t reason_len = strlen(reason);
+  int no_body = status == 204 || status == 304 || r->pub.is_head;
+  int send_length = status != 204 && status != 304;
+  size_t copy_body = (!no_body && !resp->body_release) ? resp->body_len : 0;
+  size_t need = 13 + reason_len + 2 + 10 + s->server_header_len + 2 + 6 + 29 + 2 + hbytes + 16 +
+                20 + 2 + 24 + 2 + copy_body;
+  if (out_reserve(r, need) < 0)
+    return -ENOMEM;
+
+  char *p = r->out;
+  PUT_LIT(p, "HTTP/1.1 ");
+  p += put_u64(p, (uint64_t)status);
+  *p++ = ' ';
+  PUT(p, reason, reason_len);
+  PUT_LIT(p, "\r\n");
+  for (size_t i = 0; i < resp->header_count; i++) {
+    const pmu_header_t *h = &resp->headers[i];
+    switch (h->name_len) {
+    case 4:
+      if (name_eq(h, "date", 4))
+        seen |= USER_DATE;
+      break;
+    case 6:
+      if (name_eq(h, "server", 6))
+        seen |= USER_SERVER;
+      break;
+    case 10:
+      if (name_eq(h, "connection", 10)) {
+        if (h->value_len == 5 && strncasecmp(h->value, "close", 5) == 0)
+          seen |= USER_CLOSE;
+        continue;
+      }
+      break;
+    case 14:
+      if (name_eq(h, "content-length", 14))
+        continue;
+      break;
+    case 17:
+      if (name_eq(h, "transfer-encoding", 17))
+        continue;
+      break;
+    default:
+      break;
+    }
+    PUT(p, h->name, h->name_len);
+    PUT_LIT(p, ": ");
+    PUT(p, h->value, h->value_len);
+    PUT_LIT(p, "\r\n");
+  }
+  if (!(seen & USER_SERVER) && s->server_header_len) {
+    PUT_LIT(p, "Server: ");
+    PUT(p, s->server_header, s->server_header_len);
+    PUT_LIT(p, "\r\n");
+  }
+  if (!(seen & USER_DATE)) {
+    PUT_LIT(p, "Date: ");
+    PUT(p, date, 29);
+    PUT_LIT(p, "\r\n");
+  }
+  if (send_length) {
+    PUT_LIT(p, "Content-Length: ");
+    p += put_u64(p, resp->body_len);
+    PUT_LIT(p, "\r\n");
+  }
+  int close = !r->pub.keep_alive || stopping || (seen & USER_CLOSE);
+  if (close)
+    PUT_LIT(p, "Connection: close\r\n");
+  else if (r->pub.http_major == 1 && r->pub.http_minor == 0)
+    PUT_LIT(p, "Connection: keep-alive\r\n");
+  PUT_LIT(p, "\r\n");
+  if (copy_body)
+    PUT(p, resp->body, copy_body);
+  r->out_len = (size_t)(p - r->out);
+  r->close_after = (uint8_t)close;
+  if (resp->body_release) {
+    r->ext_body = resp->body;
+    r->ext_len = no_body ? 0 : resp->body_len;
+    r->ext_release = resp->body_release;
+    r->ext_ctx = resp->body_ctx;
+  }
+  return 0;
+}
+
+void pmu__engine_message(pmu__req_t *r, int status, int keep_open) {
+  if (status == 100) {
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (out_reserve(r, sizeof cont) == 0) {
+      memcpy(r->out, cont, sizeof cont - 1);
+      r->out_len = sizeof cont - 1;
+    }
+    r->answered = 1;
+    return;
+  }
+  char body[64];
+  const char *reason = pmu_status_reason(status);
+  size_t n = strlen(reason);
+  memcpy(body, reason, n);
+  body[n++] = '\n';
+  static const pmu_header_t ct = {"Content-Type", 12, "text/plain; charset=utf-8", 25};
+  pmu_response_t resp = {.status = status, .headers = &ct, .header_count = 1, .body = body,
+                         .body_len = n};
+  r->pub.keep_alive = (uint8_t)keep_open;
+  r->pub.http_major = 1;
+  r->pub.http_minor = 1;
+  serialize(r, &resp, r->loop->date, 0);
+  r->answered = 1;
+}
+
+void pmu__answer_arrived(pmu__req_t *r) {
+  pmu__loop_t *loop = r->loop;
+  r->answered = 1;
+  if (r->with_handler) {
+    r->with_handler = 0;
+    loop->outstanding--;
+  }
+  STAT_ADD(loop, responses, 1);
+  if (!r->conn) {
+    pmu__req_free(r); /* the connection is gone */
+    return;
+  }
+  pmu__conn_answered(r->conn, r);
+}
+
+int pmu_respond(pmu_request_t *request, const pmu_response_t *response) {
+  pmu__req_t *r = (pmu__req_t *)request;
+  pmu__loop_t *loop = r->loop;
+  pmu_server_t *s = loop->server;
+
+  if (pmu__current_loop == loop) {
+    int rc = serialize(r, response, loop->date, loop->stopping);
+    pmu__answer_arrived(r);
+    return rc;
+  }
+
+  /* Another thread: format here, hand over through the loop's queue. */
+  char date[40];
+  pmu__format_date(date, time(NULL));
+  int rc = serialize(r, response, date, atomic_load(&s->stop_requested));
+  pthread_mutex_lock(&loop->qlock);
+  if (loop->exited) {
+    pthread_mutex_unlock(&loop->qlock);
+    pmu__req_free(r);
+    pmu__server_unref(s);
+    return rc;
+  }
+  int was_empty = loop->qhead == NULL;
+  r->qnext = NULL;
+  if (loop->qtail)
+    loop->qtail->qnext = r;
+  else
+    loop->qhead = r;
+  loop->qtail = r;
+  pthread_mutex_unlock(&loop->qlock);
+  if (was_empty)
+    pmu__loop_wake(loop);
+  return rc;
+}
+
+int pmu_respond_simple(pmu_request_t *request, int status, const pmu_header_t *headers,
+                       size_t header_count, const void *body, size_t body_len) {
+  pmu_response_t resp = {.status = status, .headers = headers, .header_count = header_count,
+                         .body = body, .body_len = body_len};
+  return pmu_respond(request, &resp);
+}
+
+const pmu_header_t *pmu_request_header(const pmu_request_t *request, const char *name) {
+  size_t n = strlen(name);
+  for (size_t i = 0; i < request->header_count; i++) {
+    const pmu_header_t *h = &request->headers[i];
+    if (h->name_len == n && strncasecmp(h->name, name, n) == 0)
+      return h;
+  }
+  return NULL;
+}

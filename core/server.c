@@ -1,0 +1,438 @@
+/*
+ * server.c: the public lifecycle (config, start, stop, wait, destroy), the
+ * listening sockets, and the counters.
+ */
+#include "internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+void pmu_config_init(pmu_config_t *c) {
+  memset(c, 0, sizeof *c);
+  c->host = "127.0.0.1";
+  c->port = 8000;
+  c->backlog = 4096;
+  c->threads = 1;
+  c->ring_entries = 1024;
+  c->cq_entries = 0; /* 8 * ring_entries, resolved at start */
+  c->buf_count = 1024;
+  c->buf_size = 4096;
+  c->defer_taskrun = 1;
+  c->sqpoll_idle_ms = 1000;
+  c->batch_max = 256;
+  c->max_header_bytes = 16384;
+  c->max_headers = 100;
+  c->max_url_bytes = 8192;
+  c->max_body_bytes = 1024 * 1024;
+  c->max_connections = 10000;
+  c->max_pipelined = 128;
+  c->output_high_water = 1024 * 1024;
+  c->header_timeout_ms = 10000;
+  c->keepalive_timeout_ms = 5000;
+  c->body_timeout_ms = 30000;
+  c->send_timeout_ms = 30000;
+  c->shutdown_timeout_ms = 10000;
+  c->server_header = "pymongoose_uring";
+}
+
+void pmu__set_error(pmu_server_t *server, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(server->error, sizeof server->error, fmt, ap);
+  va_end(ap);
+}
+
+const char *pmu_server_error(const pmu_server_t *server) {
+  return server && server->error[0] ? server->error : "no error";
+}
+
+uint16_t pmu_server_port(const pmu_server_t *server) { return server->port; }
+
+unsigned pmu_server_threads(const pmu_server_t *server) { return server->nloops; }
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+static int is_pow2(unsigned v) { return v && !(v & (v - 1)); }
+
+/* Check and complete a copied config. Returns 0 or -EINVAL with the error set. */
+static int config_resolve(pmu_server_t *s) {
+  pmu_config_t *c = &s->cfg;
+  if (!c->handler) {
+    pmu__set_error(s, "config.handler is required");
+    return -EINVAL;
+  }
+  if (c->threads == 0 || c->threads > 1024) {
+    pmu__set_error(s, "threads must be 1..1024 (got %u)", c->threads);
+    return -EINVAL;
+  }
+  if (!is_pow2(c->buf_count) || c->buf_count > 32768) {
+    pmu__set_error(s, "buf_count must be a power of two up to 32768 (got %u)", c->buf_count);
+    return -EINVAL;
+  }
+  if (c->buf_size < 256 || c->buf_size > (1u << 20)) {
+    pmu__set_error(s, "buf_size must be 256..1048576 bytes (got %u)", c->buf_size);
+    return -EINVAL;
+  }
+  if (c->ring_entries < 8 || c->ring_entries > 32768) {
+    pmu__set_error(s, "ring_entries must be 8..32768 (got %u)", c->ring_entries);
+    return -EINVAL;
+  }
+  if (c->cq_entries == 0)
+    c->cq_entries = c->ring_entries * 8;
+  if (c->batch_max == 0)
+    c->batch_max = 1;
+  if (c->max_pipelined == 0)
+    c->max_pipelined = 1;
+  if (c->max_connections == 0)
+    c->max_connections = 1u << 20;
+  if (c->backlog <= 0)
+    c->backlog = 4096;
+  if (c->max_header_bytes == 0)
+    c->max_header_bytes = UINT32_MAX;
+  if (c->max_headers == 0)
+    c->max_headers = UINT32_MAX;
+  if (c->max_url_bytes == 0)
+    c->max_url_bytes = UINT32_MAX;
+  if (c->max_body_bytes == 0)
+    c->max_body_bytes = SIZE_MAX / 4;
+  if (c->output_high_water == 0)
+    c->output_high_water = SIZE_MAX / 4;
+  return 0;
+}
+
+/* Resolve host:port into *ss. Returns 0 or -errno with the error set. */
+static int resolve(pmu_server_t *s, struct sockaddr_storage *ss, socklen_t *len) {
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  char port[8];
+  snprintf(port, sizeof port, "%u", s->cfg.port);
+  const char *host = s->host && s->host[0] ? s->host : NULL;
+  int rc = getaddrinfo(host, port, &hints, &res);
+  if (rc != 0) {
+    pmu__set_error(s, "cannot resolve host '%s': %s", host ? host : "", gai_strerror(rc));
+    return -EINVAL;
+  }
+  memcpy(ss, res->ai_addr, res->ai_addrlen);
+  *len = res->ai_addrlen;
+  freeaddrinfo(res);
+  if (ss->ss_family == AF_INET)
+    s->wildcard = ((struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+  else if (ss->ss_family == AF_INET6)
+    s->wildcard = IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)ss)->sin6_addr);
+  return 0;
+}
+
+/* One TCP listener on the resolved address (port filled in once known). */
+static int tcp_listener(pmu_server_t *s) {
+  int fd = socket(s->bound.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
+    int err = -errno;
+    close(fd);
+    return err;
+  }
+  if (bind(fd, (struct sockaddr *)&s->bound, s->bound_len) < 0 ||
+      listen(fd, s->cfg.backlog) < 0) {
+    int err = -errno;
+    close(fd);
+    return err;
+  }
+  return fd;
+}
+
+static int unix_listener(pmu_server_t *s) {
+  struct sockaddr_un un;
+  memset(&un, 0, sizeof un);
+  un.sun_family = AF_UNIX;
+  if (strlen(s->unix_path) >= sizeof un.sun_path) {
+    pmu__set_error(s, "unix socket path too long (max %zu bytes): %s", sizeof un.sun_path - 1,
+                   s->unix_path);
+    return -ENAMETOOLONG;
+  }
+  strcpy(un.sun_path, s->unix_path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  /* A stale socket file from an earlier run would make bind fail. */
+  struct stat st;
+  if (stat(s->unix_path, &st) == 0 && S_ISSOCK(st.st_mode))
+    unlink(s->unix_path);
+  if (bind(fd, (struct sockaddr *)&un, sizeof un) < 0 || listen(fd, s->cfg.backlog) < 0) {
+    int err = -errno;
+    close(fd);
+    pmu__set_error(s, "cannot listen on unix socket %s: %s", s->unix_path, strerror(-err));
+    return err;
+  }
+  memcpy(&s->bound, &un, sizeof un);
+  s->bound_len = sizeof un;
+  return fd;
+}
+
+/* Open every loop's listener. Returns 0 or -errno with the error set. */
+static int open_listeners(pmu_server_t *s) {
+  if (s->unix_path) {
+    int fd = unix_listener(s);
+    if (fd < 0)
+      return fd;
+    s->shared_listen_fd = fd;
+    for (unsigned i = 0; i < s->nloops; i++)
+      s->loops[i].listen_fd = fd;
+    return 0;
+  }
+  int rc = resolve(s, &s->bound, &s->bound_len);
+  if (rc < 0)
+    return rc;
+  for (unsigned i = 0; i < s->nloops; i++) {
+    int fd = tcp_listener(s);
+    if (fd < 0) {
+      pmu__set_error(s, "cannot listen on %s:%u: %s", s->host, s->cfg.port, strerror(-fd));
+      return fd;
+    }
+    s->loops[i].listen_fd = fd;
+    if (i == 0) {
+      /* With port 0 the kernel picked one; the other loops share it. */
+      getsockname(fd, (struct sockaddr *)&s->bound, &s->bound_len);
+      uint16_t port = s->bound.ss_family == AF_INET6
+                          ? ntohs(((struct sockaddr_in6 *)&s->bound)->sin6_port)
+                          : ntohs(((struct sockaddr_in *)&s->bound)->sin_port);
+      s->port = port;
+    }
+  }
+  return 0;
+}
+
+/* Explain a ring that could not be created, naming the cause and the fix. */
+static void explain_ring_error(pmu_server_t *s, int err) {
+  switch (err) {
+  case -EPERM:
+    pmu__set_error(s,
+                   "io_uring is refused (EPERM): either kernel.io_uring_disabled is set "
+                   "(fix: sysctl -w kernel.io_uring_disabled=0, or add this user to "
+                   "kernel.io_uring_group) or a seccomp profile blocks io_uring_setup "
+                   "(Docker's default does: run with --security-opt seccomp=unconfined or a "
+                   "profile that allows io_uring_setup, io_uring_enter, io_uring_register)");
+    break;
+  case -ENOSYS:
+    pmu__set_error(s, "io_uring is not available in this kernel (ENOSYS): it needs Linux 6.0 "
+                      "or newer built with CONFIG_IO_URING=y");
+    break;
+  case -ENOMEM:
+    pmu__set_error(s, "io_uring could not allocate its rings (ENOMEM): lower ring_entries or "
+                      "buf_count, or raise RLIMIT_MEMLOCK (ulimit -l) on kernels before 5.12");
+    break;
+  case -EINVAL:
+    pmu__set_error(s, "the kernel refused this io_uring setup (EINVAL): multishot receive and "
+                      "provided-buffer rings need Linux 6.0 or newer; check pmu_probe()");
+    break;
+  default:
+    pmu__set_error(s, "io_uring setup failed: %s", strerror(-err));
+  }
+}
+
+static void server_free(pmu_server_t *s) {
+  for (unsigned i = 0; i < s->nloops; i++) {
+    if (s->loops[i].wake_fd >= 0)
+      close(s->loops[i].wake_fd);
+    pthread_mutex_destroy(&s->loops[i].qlock);
+  }
+  free(s->loops);
+  free(s->host);
+  free(s->unix_path);
+  free(s->server_header);
+  pthread_mutex_destroy(&s->lock);
+  pthread_cond_destroy(&s->cond);
+  free(s);
+}
+
+void pmu__server_unref(pmu_server_t *s) {
+  if (atomic_fetch_sub(&s->refs, 1) == 1)
+    server_free(s);
+}
+
+static void close_listeners(pmu_server_t *s) {
+  for (unsigned i = 0; i < s->nloops; i++) {
+    if (s->loops[i].listen_fd >= 0 && s->loops[i].listen_fd != s->shared_listen_fd)
+      close(s->loops[i].listen_fd);
+    s->loops[i].listen_fd = -1;
+  }
+  if (s->shared_listen_fd >= 0) {
+    close(s->shared_listen_fd);
+    if (s->unix_path)
+      unlink(s->unix_path);
+    s->shared_listen_fd = -1;
+  }
+}
+
+int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
+  *out = NULL;
+  pmu_server_t *s = calloc(1, sizeof *s);
+  if (!s)
+    return -ENOMEM;
+  *out = s;
+  s->cfg = *config;
+  s->host = dup_or_null(config->host);
+  s->unix_path = config->unix_path && config->unix_path[0] ? strdup(config->unix_path) : NULL;
+  s->server_header = dup_or_null(config->server_header);
+  s->server_header_len = s->server_header ? strlen(s->server_header) : 0;
+  s->cfg.host = s->host;
+  s->cfg.unix_path = s->unix_path;
+  s->cfg.server_header = s->server_header;
+  s->shared_listen_fd = -1;
+  atomic_init(&s->refs, 1);
+  atomic_init(&s->open_conns, 0);
+  atomic_init(&s->stop_requested, 0);
+  atomic_init(&s->next_conn_id, 1);
+  pthread_mutex_init(&s->lock, NULL);
+  pthread_cond_init(&s->cond, NULL);
+  s->joined = 1; /* nothing to join until threads exist */
+
+  int rc = config_resolve(s);
+  if (rc < 0)
+    return rc;
+  s->nloops = s->cfg.threads;
+  s->loops = calloc(s->nloops, sizeof *s->loops);
+  if (!s->loops) {
+    s->nloops = 0;
+    pmu__set_error(s, "out of memory");
+    return -ENOMEM;
+  }
+  for (unsigned i = 0; i < s->nloops; i++) {
+    pmu__loop_t *loop = &s->loops[i];
+    loop->server = s;
+    loop->index = i;
+    loop->listen_fd = -1;
+    loop->wake_fd = -1;
+    pthread_mutex_init(&loop->qlock, NULL);
+  }
+  rc = open_listeners(s);
+  if (rc < 0) {
+    close_listeners(s);
+    return rc;
+  }
+
+  /* Threads create their own rings (SINGLE_ISSUER binds a ring to its
+   * creator) and report back; start() returns once all have. */
+  s->joined = 0;
+  unsigned created = 0;
+  for (unsigned i = 0; i < s->nloops; i++) {
+    rc = -pthread_create(&s->loops[i].thread, NULL, pmu__loop_main, &s->loops[i]);
+    if (rc < 0) {
+      pmu__set_error(s, "cannot create worker thread: %s", strerror(-rc));
+      break;
+    }
+    created++;
+  }
+  pthread_mutex_lock(&s->lock);
+  s->loops_running = created;
+  while (s->loops_started < created)
+    pthread_cond_wait(&s->cond, &s->lock);
+  pthread_mutex_unlock(&s->lock);
+
+  int first_err = rc < 0 ? rc : 0;
+  for (unsigned i = 0; i < created && !first_err; i++) {
+    if (s->loops[i].start_rc < 0) {
+      first_err = s->loops[i].start_rc;
+      explain_ring_error(s, first_err);
+    }
+  }
+  if (first_err) {
+    pmu_server_stop(s);
+    for (unsigned i = 0; i < created; i++)
+      pthread_join(s->loops[i].thread, NULL);
+    s->joined = 1;
+    close_listeners(s);
+    return first_err;
+  }
+  return 0;
+}
+
+void pmu_server_stop(pmu_server_t *s) {
+  if (!s || atomic_exchange(&s->stop_requested, 1))
+    return;
+  for (unsigned i = 0; i < s->nloops; i++)
+    pmu__loop_wake(&s->loops[i]);
+}
+
+int pmu_server_wait(pmu_server_t *s, int timeout_ms) {
+  pthread_mutex_lock(&s->lock);
+  if (timeout_ms < 0) {
+    while (s->loops_running > 0)
+      pthread_cond_wait(&s->cond, &s->lock);
+  } else {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    while (s->loops_running > 0) {
+      if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT)
+        break;
+    }
+  }
+  int running = s->loops_running > 0;
+  int join = !running && !s->joined;
+  if (join)
+    s->joined = 1;
+  pthread_mutex_unlock(&s->lock);
+  if (running)
+    return -ETIMEDOUT;
+  if (join) {
+    for (unsigned i = 0; i < s->nloops; i++)
+      pthread_join(s->loops[i].thread, NULL);
+    close_listeners(s);
+  }
+  return 0;
+}
+
+void pmu_server_destroy(pmu_server_t *s) {
+  if (!s)
+    return;
+  pmu_server_stop(s);
+  pmu_server_wait(s, -1);
+  close_listeners(s);
+  pmu__server_unref(s);
+}
+
+int pmu_server_stats(const pmu_server_t *s, int thread, pmu_stats_t *out) {
+  memset(out, 0, sizeof *out);
+  if (thread >= (int)s->nloops || thread < -1)
+    return -EINVAL;
+  unsigned from = thread < 0 ? 0 : (unsigned)thread;
+  unsigned to = thread < 0 ? s->nloops : (unsigned)thread + 1;
+  const size_t n = sizeof(pmu_stats_t) / sizeof(uint64_t);
+  uint64_t *dst = (uint64_t *)out;
+  for (unsigned i = from; i < to; i++) {
+    const uint64_t *src = (const uint64_t *)&s->loops[i].stats;
+    for (size_t k = 0; k < n; k++)
+      dst[k] += __atomic_load_n(&src[k], __ATOMIC_RELAXED);
+  }
+  return 0;
+}
+
+int pmu_server_ring_info(const pmu_server_t *s, unsigned thread, pmu_ring_info_t *out) {
+  if (thread >= s->nloops)
+    return -EINVAL;
+  *out = s->loops[thread].info;
+  return 0;
+}

@@ -1,0 +1,94 @@
+/*
+ * uring.h: every io_uring call the engine makes goes through here, the way
+ * Redis keeps each poller behind ae_epoll.c. loop.c and conn.c speak in
+ * terms of "arm a receive", "send these iovecs", "wait for completions".
+ */
+#ifndef PMU_URING_H
+#define PMU_URING_H
+
+#include <liburing.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <pmu/pmu.h>
+
+/* Flags newer than liburing 2.3's headers; the kernel (6.18 here) has them. */
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
+#endif
+#ifndef IORING_RECVSEND_BUNDLE
+#define IORING_RECVSEND_BUNDLE (1U << 4)
+#endif
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+
+/* What a completion is about: a tag in the low 3 bits of user_data; the
+ * rest is a pointer (loops and connections are 8-byte aligned). */
+enum pmu__op {
+  OP_ACCEPT = 1, /* ptr: loop */
+  OP_RECV = 2,   /* ptr: conn */
+  OP_SEND = 3,   /* ptr: conn */
+  OP_WAKE = 4,   /* ptr: loop; multishot poll on the wake eventfd */
+  OP_CANCEL = 5, /* ptr: conn, or loop for the accept cancel */
+};
+#define PMU__UD(ptr, op) ((uint64_t)(uintptr_t)(ptr) | (uint64_t)(op))
+#define PMU__UD_OP(ud) ((unsigned)((ud)&7u))
+#define PMU__UD_PTR(ud) ((void *)(uintptr_t)((ud) & ~(uint64_t)7u))
+
+/* A provided-buffer ring and the memory behind it. */
+typedef struct pmu__bufring {
+  struct io_uring_buf_ring *br;
+  size_t br_bytes;
+  char *mem;
+  size_t mem_bytes;
+  unsigned count, size, mask;
+  unsigned pending_returns; /* added since the last advance */
+  uint16_t bgid;
+} pmu__bufring_t;
+
+/* Create a ring as the config asks, falling back from DEFER_TASKRUN to
+ * COOP_TASKRUN where the kernel refuses it. Fills *info. Returns 0 or -errno. */
+int pmu__ring_setup(struct io_uring *ring, const pmu_config_t *cfg, pmu_ring_info_t *info);
+
+/* mmap, register and fill a buffer ring of cfg->buf_count x cfg->buf_size. */
+int pmu__bufring_setup(struct io_uring *ring, pmu__bufring_t *b, unsigned count,
+                       unsigned size);
+void pmu__bufring_free(struct io_uring *ring, pmu__bufring_t *b);
+
+static inline char *pmu__bufring_addr(const pmu__bufring_t *b, unsigned bid) {
+  return b->mem + (size_t)bid * b->size;
+}
+
+/* Give buffer bid back; visible to the kernel after pmu__bufring_publish. */
+static inline void pmu__bufring_recycle(pmu__bufring_t *b, unsigned bid) {
+  io_uring_buf_ring_add(b->br, pmu__bufring_addr(b, bid), b->size, (unsigned short)bid,
+                        (int)b->mask, (int)b->pending_returns++);
+}
+
+static inline void pmu__bufring_publish(pmu__bufring_t *b) {
+  if (b->pending_returns) {
+    io_uring_buf_ring_advance(b->br, (int)b->pending_returns);
+    b->pending_returns = 0;
+  }
+}
+
+/* An SQE, submitting what is queued first if the SQ is full. Never NULL
+ * unless the ring is broken. */
+struct io_uring_sqe *pmu__get_sqe(struct io_uring *ring);
+
+void pmu__prep_accept(struct io_uring *ring, int listen_fd, uint64_t ud);
+void pmu__prep_recv(struct io_uring *ring, int fd, int fixed, uint16_t bgid, uint64_t ud);
+void pmu__prep_send(struct io_uring *ring, int fd, int fixed, struct msghdr *msg, int zc,
+                    uint64_t ud);
+void pmu__prep_poll_in(struct io_uring *ring, int fd, uint64_t ud);
+void pmu__prep_cancel(struct io_uring *ring, uint64_t target, uint64_t ud);
+
+/* Register fd at slot in the fixed-file table (fd < 0 clears the slot). */
+int pmu__files_update(struct io_uring *ring, unsigned slot, int fd);
+
+/* Submit queued SQEs and wait for at least one completion, at most
+ * timeout_ms (< 0: no limit). Returns >= 0, -ETIME, -EINTR or -errno. */
+int pmu__submit_and_wait(struct io_uring *ring, int64_t timeout_ms);
+
+#endif /* PMU_URING_H */

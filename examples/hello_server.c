@@ -1,0 +1,62 @@
+/*
+ * hello_server: the C baseline every benchmark compares against.
+ *
+ * Answers every request with {"message":"Hello, World!"} as application/json,
+ * using nothing but the public header include/pmu/pmu.h.
+ *
+ *   hello_server PORT [THREADS]
+ *
+ * Stops gracefully on SIGINT or SIGTERM.
+ */
+#include <pmu/pmu.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char body[] = "{\"message\":\"Hello, World!\"}";
+static const pmu_header_t json_headers[] = {
+    {"Content-Type", 12, "application/json", 16},
+};
+
+static void hello(void *data, pmu_request_t *const *requests, size_t count) {
+  (void)data;
+  for (size_t i = 0; i < count; i++)
+    pmu_respond_simple(requests[i], 200, json_headers, 1, body, sizeof body - 1);
+}
+
+int main(int argc, char **argv) {
+  pmu_config_t config;
+  pmu_config_init(&config);
+  config.host = getenv("PMU_HOST") ? getenv("PMU_HOST") : "127.0.0.1";
+  config.port = argc > 1 ? (uint16_t)atoi(argv[1]) : 8000;
+  config.threads = argc > 2 ? (unsigned)atoi(argv[2]) : 1;
+  config.handler = hello;
+
+  /* Block the stop signals in every thread; this one waits for them. */
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+
+  pmu_server_t *server = NULL;
+  int rc = pmu_server_start(&config, &server);
+  if (rc < 0) {
+    fprintf(stderr, "hello_server: %s\n", server ? pmu_server_error(server) : strerror(-rc));
+    pmu_server_destroy(server);
+    return 1;
+  }
+  fprintf(stderr, "hello_server: listening on %s:%u with %u thread(s)\n", config.host,
+          pmu_server_port(server), pmu_server_threads(server));
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  pmu_server_stop(server);
+  pmu_server_wait(server, -1);
+  pmu_server_destroy(server);
+  return 0;
+}

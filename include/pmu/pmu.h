@@ -1,0 +1,292 @@
+/*
+ * pmu.h: the public C interface of the pymongoose_uring HTTP/1.1 engine.
+ *
+ * This header is the one seam between the engine (core/, which drives sockets
+ * with io_uring and parses with llhttp) and anything built on it: the CPython
+ * binding, examples/hello_server, the C tests. Nothing here mentions io_uring
+ * or Python.
+ *
+ * Model
+ * -----
+ * A server owns N worker threads. Each thread owns one io_uring ring, its own
+ * listening socket (SO_REUSEPORT for TCP; one shared socket for a Unix path),
+ * a provided-buffer ring for receives, and every connection it accepted.
+ * When a pass over the ring's completions has produced complete requests, the
+ * thread calls the configured batch handler once with all of them, in the
+ * order they completed. The handler answers each request with pmu_respond()
+ * either at once (inside the call) or later, from any thread.
+ *
+ * Errors: functions returning int return >= 0 on success and -errno on
+ * failure. pmu_server_error() describes the last start-up failure in words.
+ */
+#ifndef PMU_PMU_H
+#define PMU_PMU_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PMU_VERSION "0.1.0"
+
+typedef struct pmu_server pmu_server_t;
+
+/* One header line as the engine hands it out or takes it in. The strings
+ * are not NUL-terminated. */
+typedef struct pmu_header {
+  const char *name;
+  size_t name_len;
+  const char *value;
+  size_t value_len;
+} pmu_header_t;
+
+/*
+ * A complete request. Every pointer stays valid until the request is
+ * answered with pmu_respond(); the engine owns all of it. Nothing points into
+ * the kernel's receive buffers: what a request keeps was copied once into
+ * memory the request owns.
+ */
+typedef struct pmu_request {
+  const char *method; /* NUL-terminated, e.g. "GET" */
+  size_t method_len;
+  const char *target; /* request-target as sent: path plus "?query" */
+  size_t target_len;
+  const char *path; /* target up to the first '?' */
+  size_t path_len;
+  const char *query; /* after the '?', without it; "" when absent */
+  size_t query_len;
+  const pmu_header_t *headers; /* in the order received; names as sent */
+  size_t header_count;
+  const char *body; /* whole body, de-chunked; NULL when empty */
+  size_t body_len;
+  uint8_t http_major;
+  uint8_t http_minor;
+  uint8_t keep_alive; /* the connection stays open after this request */
+  uint8_t is_head;    /* HEAD: the engine sends no body */
+  uint16_t thread;    /* index of the worker thread that owns it */
+  uint64_t conn_id;   /* unique per server; equal for requests of one connection */
+  struct sockaddr_storage peer;  /* client address (AF_UNIX: family only) */
+  struct sockaddr_storage local; /* address the connection arrived on */
+  void *user; /* free for the handler; the engine never reads it */
+} pmu_request_t;
+
+/*
+ * A response. The engine writes the status line, Server, Date,
+ * Content-Length and Connection headers itself; headers the handler gives
+ * named Content-Length, Transfer-Encoding or Connection are dropped (framing
+ * belongs to the engine), except that "Connection: close" makes the engine
+ * close the connection after this response. A handler's own Server or Date
+ * header replaces the engine's.
+ *
+ * The body is copied unless body_release is set: then the engine keeps the
+ * pointer until the bytes are on the wire (or the connection is gone) and
+ * calls body_release(body_ctx) exactly once, on the request's worker thread.
+ */
+typedef struct pmu_response {
+  int status;
+  const pmu_header_t *headers;
+  size_t header_count;
+  const void *body;
+  size_t body_len;
+  void (*body_release)(void *body_ctx);
+  void *body_ctx;
+} pmu_response_t;
+
+/*
+ * Called on a worker thread with the requests completed in one pass over its
+ * completions (never more than config.batch_max). The array is only valid
+ * during the call; the requests stay valid until answered. Every request
+ * must be answered exactly once.
+ */
+typedef void (*pmu_batch_handler_fn)(void *handler_data, pmu_request_t *const *requests,
+                                     size_t count);
+
+/* Called on each worker thread after its ring is ready, and before it exits. */
+typedef void (*pmu_thread_fn)(void *handler_data, unsigned thread_index);
+
+/*
+ * Every knob of the engine. pmu_config_init() fills the defaults given beside
+ * each field; zero in a size or limit field after init means "no limit" only
+ * where the comment says so.
+ */
+typedef struct pmu_config {
+  /* Where to listen. unix_path, when set, wins over host/port. */
+  const char *host;      /* "127.0.0.1"; "::" or "::1" for IPv6 */
+  uint16_t port;         /* 8000; 0 picks a free port (see pmu_server_port) */
+  const char *unix_path; /* NULL */
+  int backlog;           /* 4096 */
+  unsigned threads;      /* 1 */
+
+  /* io_uring */
+  unsigned ring_entries;  /* 1024 submission queue entries */
+  unsigned cq_entries;    /* 8 * ring_entries */
+  unsigned buf_count;     /* 1024 provided receive buffers per thread (power of 2) */
+  unsigned buf_size;      /* 4096 bytes each */
+  int defer_taskrun;      /* 1: DEFER_TASKRUN, falling back to COOP_TASKRUN */
+  int sqpoll;             /* 0: a kernel thread polls the SQ (burns a core) */
+  unsigned sqpoll_idle_ms; /* 1000 */
+  int registered_files;   /* 0: connections go in the ring's fixed-file table */
+  size_t send_zc_threshold; /* 0 (off): responses of at least this many bytes use SEND_ZC */
+
+  /* Batching */
+  unsigned batch_max; /* 256 requests per handler call */
+
+  /* Limits */
+  unsigned max_header_bytes; /* 16384: request line + headers; 431 beyond */
+  unsigned max_headers;      /* 100; 431 beyond */
+  unsigned max_url_bytes;    /* 8192; 414 beyond */
+  size_t max_body_bytes;     /* 1 MiB; 413 beyond */
+  unsigned max_connections;  /* 10000 open at once (whole server); 503 beyond */
+  unsigned max_pipelined;    /* 128 requests awaiting answers per connection
+                                before the engine stops reading it */
+  size_t output_high_water;  /* 1 MiB queued output per connection before the
+                                engine stops reading it */
+
+  /* Timeouts, milliseconds; 0 disables that timeout */
+  unsigned header_timeout_ms;    /* 10000: accept/first byte to end of headers; 408 */
+  unsigned keepalive_timeout_ms; /* 5000: idle between requests; close */
+  unsigned body_timeout_ms;      /* 30000: silence while receiving a body; 408 */
+  unsigned send_timeout_ms;      /* 30000: no progress sending; close */
+  unsigned shutdown_timeout_ms;  /* 10000: graceful stop deadline */
+
+  const char *server_header; /* "pymongoose_uring"; NULL or "" sends none */
+
+  pmu_batch_handler_fn handler; /* required */
+  void *handler_data;
+  pmu_thread_fn on_thread_start; /* optional */
+  pmu_thread_fn on_thread_stop;  /* optional */
+} pmu_config_t;
+
+/* Fill *config with the defaults above. */
+void pmu_config_init(pmu_config_t *config);
+
+/*
+ * Create a server, bind its listeners and start its worker threads. Returns
+ * 0 and sets *out, or -errno; on failure *out is still set (unless -ENOMEM)
+ * so that pmu_server_error() can explain, and must be destroyed. The config
+ * is copied (strings too). Returns once every ring is up or one has failed.
+ */
+int pmu_server_start(const pmu_config_t *config, pmu_server_t **out);
+
+/* Words for the last failure of this server: the cause and the fix. */
+const char *pmu_server_error(const pmu_server_t *server);
+
+/* The TCP port actually bound (useful with port 0); 0 for a Unix socket. */
+uint16_t pmu_server_port(const pmu_server_t *server);
+
+/* Number of worker threads. */
+unsigned pmu_server_threads(const pmu_server_t *server);
+
+/*
+ * Begin a graceful stop, from any thread, any number of times: stop
+ * accepting, close idle connections, let in-flight requests finish for up to
+ * config.shutdown_timeout_ms, then close the rest. Returns at once.
+ */
+void pmu_server_stop(pmu_server_t *server);
+
+/* Wait until every worker thread has exited; timeout_ms < 0 waits forever.
+ * Returns 0, or -ETIMEDOUT. */
+int pmu_server_wait(pmu_server_t *server, int timeout_ms);
+
+/*
+ * Stop (if running), wait, and release the server. Requests still held by
+ * the handler stay valid: answering them later frees them, and the last one
+ * releases what remains of the server.
+ */
+void pmu_server_destroy(pmu_server_t *server);
+
+/*
+ * Answer a request, from any thread, exactly once. On its own worker thread
+ * (inside the handler or not) the response is queued at once; from another
+ * thread it is handed over through a lock-protected queue and the worker is
+ * woken. If the connection has gone, the request is simply released.
+ * Returns 0, or -EINVAL for a status outside 100..999 (the request is then
+ * answered with 500 instead).
+ */
+int pmu_respond(pmu_request_t *request, const pmu_response_t *response);
+
+/* Shorthand: status, headers and a copied body. */
+int pmu_respond_simple(pmu_request_t *request, int status, const pmu_header_t *headers,
+                       size_t header_count, const void *body, size_t body_len);
+
+/* Find a request header by case-insensitive name; NULL if absent. */
+const pmu_header_t *pmu_request_header(const pmu_request_t *request, const char *name);
+
+/* The reason phrase the engine sends for a status ("Unknown" if none). */
+const char *pmu_status_reason(int status);
+
+/* Batch sizes are counted in these buckets: 1, 2-3, 4-7, ..., >= 2^15. */
+#define PMU_BATCH_BUCKETS 16
+
+/* Counters of one worker thread. Read without stopping it. */
+typedef struct pmu_stats {
+  uint64_t connections_accepted;
+  uint64_t connections_open; /* a gauge */
+  uint64_t connections_rejected; /* over max_connections: 503 */
+  uint64_t requests;
+  uint64_t responses;
+  uint64_t bytes_in;
+  uint64_t bytes_out;
+  uint64_t parse_errors; /* 400/413/414/431 sent */
+  uint64_t timeouts;     /* header, body, idle and send timeouts fired */
+  uint64_t enobufs;      /* receive buffer pool ran dry */
+  uint64_t short_sends;  /* sends that wrote less than asked and were resubmitted */
+  uint64_t sends;
+  uint64_t send_zc;      /* sends done with SEND_ZC */
+  uint64_t recv_paused;  /* times a connection stopped being read (backpressure) */
+  uint64_t cq_overflows; /* completions the kernel had to hold back */
+  uint64_t waits;        /* io_uring_enter calls that waited for completions */
+  uint64_t cqes;         /* completions reaped; cqes / waits = CQEs per wait */
+  uint64_t batches;      /* handler calls */
+  uint64_t batch_hist[PMU_BATCH_BUCKETS]; /* bucket i: 2^i <= size < 2^(i+1) */
+  uint64_t deferred;     /* responses that came from another thread */
+} pmu_stats_t;
+
+/* Copy the counters of thread `thread` (or the sum over all threads when
+ * thread == -1) into *out. Returns 0 or -EINVAL. */
+int pmu_server_stats(const pmu_server_t *server, int thread, pmu_stats_t *out);
+
+/* What the engine found out about the ring of one thread at start-up. */
+typedef struct pmu_ring_info {
+  unsigned setup_flags; /* IORING_SETUP_* actually used */
+  unsigned features;    /* IORING_FEAT_* the kernel reported */
+  int defer_taskrun;    /* 1 if DEFER_TASKRUN was accepted */
+  int sqpoll;
+  int registered_files;
+  int registered_ring_fd;
+} pmu_ring_info_t;
+
+int pmu_server_ring_info(const pmu_server_t *server, unsigned thread, pmu_ring_info_t *out);
+
+/* The kernel's io_uring capabilities, as probed by pmu_probe(). */
+typedef struct pmu_probe {
+  int available;          /* a ring could be created */
+  int error;              /* -errno from the first refused step, or 0 */
+  char message[512];      /* the cause and the fix when !available, else a summary */
+  char kernel[64];        /* uname -r */
+  unsigned features;      /* IORING_FEAT_* */
+  int single_issuer;
+  int defer_taskrun;
+  int coop_taskrun;
+  int multishot_accept;
+  int multishot_recv;
+  int provided_buffer_ring;
+  int send_zc;
+  int msg_ring;
+  int recv_bundle;        /* IORING_RECVSEND_BUNDLE (6.10+) */
+  int incremental_buffers; /* IOU_PBUF_RING_INC (6.12+) */
+  int registered_ring_fd;
+  int ext_arg;            /* timeouts on the wait itself */
+} pmu_probe_t;
+
+/* Probe the kernel. Returns 0 when io_uring can run this engine, else -errno
+ * with out->message naming the cause and the fix. */
+int pmu_probe(pmu_probe_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PMU_PMU_H */
