@@ -238,8 +238,11 @@ static void pause_reading(pmu__conn_t *c) {
 
 static void feed(pmu__conn_t *c, const char *data, size_t len) {
   size_t used = pmu__http_feed(c, data, len);
-  if (c->no_more || c->closing)
-    return; /* the rest is ignored */
+  if (c->no_more || c->closing) {
+    if (used < len)
+      c->linger_on_close = 1; /* input was dropped: close without a reset */
+    return;
+  }
   if (used < len && stash_append(c, data + used, len - used) < 0) {
     pmu__conn_close(c);
     return;
@@ -249,8 +252,10 @@ static void feed(pmu__conn_t *c, const char *data, size_t len) {
 }
 
 void pmu__conn_on_recv(pmu__conn_t *c, const char *data, size_t len) {
-  if (c->no_more || c->lingering)
-    return; /* nothing more will be parsed: discard */
+  if (c->no_more || c->lingering) {
+    c->linger_on_close = 1; /* input was dropped: close without a reset */
+    return;                 /* nothing more will be parsed: discard */
+  }
   if (c->paused || c->stash_len > c->stash_off) {
     if (stash_append(c, data, len) < 0)
       pmu__conn_close(c);

@@ -151,6 +151,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   pmu__req_t *r = c->cur;
   if (count_header_bytes(c, len))
     return fail(c, 431);
+  if (c->pstate == PS_BODY)
+    return 0; /* a trailer of a chunked body: accepted, counted, not kept */
   /* RFC 9112 5.1: no whitespace between the field name and the colon. */
   for (size_t i = 0; i < len; i++)
     if (at[i] == ' ' || at[i] == '\t')
@@ -182,6 +184,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   pmu__req_t *r = c->cur;
   if (count_header_bytes(c, len))
     return fail(c, 431);
+  if (c->pstate == PS_BODY)
+    return 0; /* trailer */
   pmu__hoff_t *h = &r->hoff[r->hcount - 1];
   uint64_t start = c->fed + (uint64_t)(at - c->chunk);
   if (c->last_cb != 2) {
@@ -217,6 +221,8 @@ static int on_headers_complete(llhttp_t *p) {
   if (has_length && p->content_length > cfg->max_body_bytes)
     return fail(c, 413);
   int expects_body = chunked || (has_length && p->content_length > 0);
+  if (p->http_major != 1)
+    return fail(c, p->http_major == 0 ? 400 : 505); /* HTTP/0.9 or 2+ on this port */
 
   for (size_t i = 0; i < r->hcount; i++) {
     const pmu__hoff_t *h = &r->hoff[i];
@@ -247,6 +253,14 @@ static int on_headers_complete(llhttp_t *p) {
   return 0;
 }
 
+/* A chunk announced beyond the body limit is refused before its data. */
+static int on_chunk_header(llhttp_t *p) {
+  pmu__conn_t *c = CONN(p);
+  if (c->body_bytes + p->content_length > c->loop->server->cfg.max_body_bytes)
+    return fail(c, 413);
+  return 0;
+}
+
 static int on_body(llhttp_t *p, const char *at, size_t len) {
   pmu__conn_t *c = CONN(p);
   c->body_bytes += len;
@@ -270,8 +284,14 @@ static int finalize(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
     const pmu__hoff_t *h = &r->hoff[i];
     r->headers[i].name = r->data + h->name_off;
     r->headers[i].name_len = h->name_len;
-    r->headers[i].value = r->data + h->value_off;
-    r->headers[i].value_len = h->value_len;
+    /* RFC 9110 5.5: a field value has no trailing whitespace (llhttp
+     * already skipped the leading). */
+    size_t vlen = h->value_len;
+    const char *v = r->data + h->value_off;
+    while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
+      vlen--;
+    r->headers[i].value = v;
+    r->headers[i].value_len = vlen;
   }
   q->headers = r->headers;
   q->header_count = r->hcount;
@@ -312,6 +332,7 @@ static int on_message_complete(llhttp_t *p) {
   c->cur = NULL;
   c->pstate = PS_IDLE;
   pmu__conn_enqueue(c, r);
+  pmu__conn_timer_update(c); /* an answer is owed: no timer runs */
   r->with_handler = 1;
   loop->batch[loop->batch_len++] = &r->pub;
   STAT_ADD(loop, requests, 1);
@@ -334,6 +355,7 @@ const llhttp_settings_t pmu__llhttp_settings = {
     .on_header_value = on_header_value,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
+    .on_chunk_header = on_chunk_header,
     .on_message_complete = on_message_complete,
 };
 

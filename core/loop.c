@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 __thread pmu__loop_t *pmu__current_loop;
@@ -63,10 +64,28 @@ void pmu__loop_dispatch(pmu__loop_t *loop) {
   cfg->handler(cfg->handler_data, loop->batch, n);
 }
 
+/* Stopping: once the accept is gone, close this loop's listener so that new
+ * connections are refused at once. A listener shared by all loops (a Unix
+ * socket) is shut down instead and closed when the threads are joined. */
+static void close_listener(pmu__loop_t *loop) {
+  pmu_server_t *s = loop->server;
+  if (loop->listen_fd < 0)
+    return;
+  if (loop->listen_fd == s->shared_listen_fd) {
+    shutdown(loop->listen_fd, SHUT_RDWR);
+  } else {
+    close(loop->listen_fd);
+    loop->listen_fd = -1;
+  }
+}
+
 static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   pmu_server_t *s = loop->server;
-  if (!(cqe->flags & IORING_CQE_F_MORE))
+  if (!(cqe->flags & IORING_CQE_F_MORE)) {
     loop->accept_armed = 0; /* re-armed at the end of the turn unless stopping */
+    if (loop->stopping)
+      close_listener(loop);
+  }
   if (cqe->res < 0)
     return; /* ECANCELED at stop; EMFILE and friends: try again next turn */
   int fd = cqe->res;
@@ -198,6 +217,8 @@ static void handle_cqe(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
       conn->cancel_sent = 0;
       if (conn->closing)
         pmu__conn_try_release(conn);
+      else if (!conn->recv_armed)
+        schedule_rearm(loop, conn); /* resume may have waited for this */
     }
     break;
   default:
@@ -210,6 +231,8 @@ static void begin_stop(pmu__loop_t *loop) {
   loop->stop_deadline = loop->now_ms + loop->server->cfg.shutdown_timeout_ms;
   if (loop->accept_armed)
     pmu__prep_cancel(&loop->ring, PMU__UD(loop, OP_ACCEPT), PMU__UD(loop, OP_CANCEL));
+  else
+    close_listener(loop);
   /* Idle connections close now; busy ones once their answers are out. */
   for (pmu__conn_t *c = loop->all, *next; c; c = next) {
     next = c->anext;

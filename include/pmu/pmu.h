@@ -122,7 +122,7 @@ typedef struct pmu_config {
 
   /* io_uring */
   unsigned ring_entries;  /* 1024 submission queue entries */
-  unsigned cq_entries;    /* 8 * ring_entries */
+  unsigned cq_entries;    /* 0: 8 * ring_entries */
   unsigned buf_count;     /* 1024 provided receive buffers per thread (power of 2) */
   unsigned buf_size;      /* 4096 bytes each */
   int defer_taskrun;      /* 1: DEFER_TASKRUN, falling back to COOP_TASKRUN */

@@ -1,0 +1,154 @@
+/*
+ * test_response: what the engine writes for a handler's response: the
+ * status line with the engine's reason phrase, framing that belongs to the
+ * engine alone (the handler's Content-Length, Transfer-Encoding and
+ * Connection dropped), the handler's own Server and Date, bodiless statuses,
+ * and a 500 for a status outside 100..999.
+ */
+#include "testlib.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+
+static t_response_t get(t_conn_t *conn, const char *target) {
+  char request[256];
+  snprintf(request, sizeof request, "GET %s HTTP/1.1\r\nHost: r\r\n\r\n", target);
+  t_send_str(conn, request);
+  t_response_t r;
+  t_expect_response(conn, &r);
+  return r;
+}
+
+int main(void) {
+  t_init("response");
+  pmu_config_t config;
+  t_config_init(&config);
+  t_server_t *server = t_server_start(&config);
+  t_conn_t *conn = t_connect(server);
+
+  t_case("statuses with their reason phrases and bodies");
+  static const int codes[] = {200, 201, 202, 301, 302, 400, 401, 403, 404, 409, 418, 422,
+                              429, 500, 502, 503, 299, 599, 999};
+  for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+    char target[64], body[32];
+    snprintf(target, sizeof target, "/status?code=%d", codes[i]);
+    t_response_t r = get(conn, target);
+    T_ASSERT_INT_EQ(r.status, codes[i]);
+    T_ASSERT_STR_EQ(r.reason, pmu_status_reason(codes[i]));
+    snprintf(body, sizeof body, "status %d", codes[i]);
+    T_ASSERT_STR_EQ(r.body, body);
+    T_ASSERT_INT_EQ(r.content_length, strlen(body));
+    t_response_free(&r);
+  }
+
+  t_case("204 has no body and no Content-Length; the connection goes on");
+  {
+    t_response_t r = get(conn, "/status?code=204");
+    T_ASSERT_INT_EQ(r.status, 204);
+    T_ASSERT_MSG(!t_header(&r, "Content-Length"),
+                 "204 carries Content-Length: %s (RFC 9110 8.6: MUST NOT)",
+                 t_header(&r, "Content-Length"));
+    T_ASSERT_MSG(!t_header(&r, "Transfer-Encoding"), "204 carries Transfer-Encoding");
+    t_response_free(&r);
+    r = get(conn, "/after-204");
+    T_ASSERT_FIELD(&r, "path", "/after-204");
+    t_response_free(&r);
+  }
+
+  t_case("304 has no body; the connection goes on");
+  {
+    t_response_t r = get(conn, "/status?code=304");
+    T_ASSERT_INT_EQ(r.status, 304);
+    t_response_free(&r);
+    r = get(conn, "/after-304");
+    T_ASSERT_FIELD(&r, "path", "/after-304");
+    t_response_free(&r);
+  }
+
+  t_case("an empty 200 body has Content-Length: 0");
+  {
+    t_response_t r = get(conn, "/big?n=0");
+    T_ASSERT_INT_EQ(r.status, 200);
+    T_ASSERT_STR_EQ(t_header(&r, "Content-Length"), "0");
+    T_ASSERT_INT_EQ(r.body_len, 0);
+    t_response_free(&r);
+  }
+
+  t_case("a status outside 100..999: pmu_respond says -EINVAL and the client gets 500");
+  {
+    unsigned long before = t_respond_einval();
+    t_response_t r = get(conn, "/status?code=1000");
+    T_ASSERT_INT_EQ(r.status, 500);
+    t_response_free(&r);
+    r = get(conn, "/status?code=99");
+    T_ASSERT_INT_EQ(r.status, 500);
+    t_response_free(&r);
+    T_ASSERT_INT_EQ(t_respond_einval() - before, 2);
+    r = get(conn, "/after-500");
+    T_ASSERT_FIELD(&r, "path", "/after-500");
+    t_response_free(&r);
+  }
+
+  t_case("the handler's framing headers are dropped, others kept");
+  {
+    t_response_t r = get(conn, "/framing");
+    T_ASSERT_INT_EQ(r.status, 200);
+    T_ASSERT_INT_EQ(t_header_count_named(&r, "Content-Length"), 1);
+    T_ASSERT_INT_EQ(r.content_length, r.body_len);
+    T_ASSERT_MSG(r.content_length != 999, "the handler's Content-Length: 999 was used");
+    T_ASSERT_MSG(!t_header(&r, "Transfer-Encoding"), "the handler's Transfer-Encoding was sent");
+    T_ASSERT_MSG(t_header_count_named(&r, "Connection") <= 1, "%zu Connection headers",
+                 t_header_count_named(&r, "Connection"));
+    T_ASSERT_STR_EQ(t_header(&r, "X-Kept"), "yes");
+    T_ASSERT_FIELD(&r, "path", "/framing");
+    t_response_free(&r);
+    r = get(conn, "/after-framing");
+    T_ASSERT_FIELD(&r, "path", "/after-framing");
+    t_response_free(&r);
+  }
+
+  t_case("the handler's own Server and Date replace the engine's");
+  {
+    t_response_t r = get(conn, "/server");
+    T_ASSERT_INT_EQ(r.status, 200);
+    T_ASSERT_STR_EQ(t_header(&r, "Server"), "t-server");
+    T_ASSERT_INT_EQ(t_header_count_named(&r, "Server"), 1);
+    T_ASSERT_STR_EQ(t_header(&r, "Date"), "t-date");
+    T_ASSERT_INT_EQ(t_header_count_named(&r, "Date"), 1);
+    t_response_free(&r);
+  }
+
+  t_case("handler headers arrive as given, in order");
+  {
+    t_response_t r = get(conn, "/plain");
+    const char *names[] = {"X-Conn", "X-Thread", "X-Seq", "Content-Type"};
+    size_t k = 0;
+    for (size_t i = 0; i < r.header_count && k < 4; i++)
+      if (strcasecmp(r.headers[i].name, names[k]) == 0)
+        k++;
+    T_ASSERT_MSG(k == 4, "handler headers missing or out of order (matched %zu of 4)", k);
+    T_ASSERT_STR_EQ(t_header(&r, "Content-Type"), "text/plain");
+    t_response_free(&r);
+  }
+
+  t_case("bodies from 1 byte to 1 MB arrive intact (copied and released)");
+  {
+    static const size_t sizes[] = {1, 100, 4095, 4096, 4097, 65535, 65536, 300000, 1000000};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+      char target[64];
+      snprintf(target, sizeof target, "/big?n=%zu", sizes[i]);
+      t_response_t r = get(conn, target);
+      T_ASSERT_INT_EQ(r.body_len, sizes[i]);
+      for (size_t k = 0; k < r.body_len; k++)
+        if (r.body[k] != (char)('a' + k % 26))
+          T_FAIL("size %zu: byte %zu is %d", sizes[i], k, r.body[k]);
+      t_response_free(&r);
+    }
+  }
+
+  T_ASSERT_MSG(!t_wait_closed(conn, 50), "connection closed");
+  t_conn_close(conn);
+  t_server_destroy(server);
+  return t_done();
+}

@@ -1,0 +1,348 @@
+/*
+ * testlib.h: support for the C tests of the engine.
+ *
+ * Every test program starts a server in its own process (127.0.0.1 port 0 by
+ * default, or ::1, or a Unix socket), talks to it over real sockets with the
+ * raw client helpers below, and checks what comes back. Nothing here knows
+ * how the engine works inside: it uses include/pmu/pmu.h only.
+ *
+ * The default handler answers every request with 200 and a text body that
+ * describes the request, one "key=value" line each (see t_describe_get):
+ *
+ *   method=GET
+ *   target=/a?b=1
+ *   path=/a
+ *   query=b=1
+ *   version=1.1
+ *   keep_alive=1
+ *   head=0
+ *   host=x                (pmu_request_header(request, "HOST"), or "(none)")
+ *   header_count=2
+ *   header=Host: x
+ *   header=User-Agent: y
+ *   body_len=5
+ *   body=hello            (raw bytes, always the last line)
+ *
+ * Special paths:
+ *   /defer?ms=N    answered by the deferrer thread (pmu_respond from a foreign
+ *                  thread) N ms after the handler saw it, with the describing body;
+ *                  with &big=N instead with a /big body of N bytes
+ *   /big?n=N       N bytes 'a'..'z' repeating; bodies of 64 KiB and more are
+ *                  handed over with body_release (counted by t_big_releases())
+ *   /status?code=N that status; body "status N" (none for 1xx, 204, 304)
+ *   /echo          the request body, unchanged
+ *   /close         the describing body, with "Connection: close" from the handler
+ *   /framing       the describing body, with handler headers Content-Length: 999,
+ *                  Transfer-Encoding: chunked and Connection: keep-alive that the
+ *                  engine must drop, and X-Kept: yes that it must keep
+ *   /server        handler gives its own "Server: t-server" and "Date: t-date"
+ * Every response carries X-Conn (conn_id), X-Thread (worker index) and
+ * X-Seq (order in which the handler saw the request on this server).
+ *
+ * Failures print file:line and the current case, then _exit(1) (without
+ * running leak checks: a failed test is failed already). Exit codes: 0 pass,
+ * 1 fail, 77 skip (only when the kernel refuses io_uring: pmu_probe()).
+ */
+#ifndef PMU_TESTLIB_H
+#define PMU_TESTLIB_H
+
+#include <pmu/pmu.h>
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define T_EXIT_PASS 0
+#define T_EXIT_FAIL 1
+#define T_EXIT_SKIP 77
+
+/* Timeouts used when a test has no reason to pick its own. */
+#define T_IO_TIMEOUT_MS 5000
+
+/* ---- running a test program ------------------------------------------- */
+
+/* Start a test program: probe io_uring (exit 77 with the probe's message if the
+ * kernel refuses it), ignore SIGPIPE, and remember the program's name. */
+void t_init(const char *program);
+
+/* Name the case now running; printed on failure and as "ok - name" when the
+ * next case starts or t_done() is called. */
+void t_case(const char *name);
+
+/* Finish: wait for deferred answers still pending, print the summary, return
+ * the exit code: 0, or 1 if t_case_failed was called. */
+int t_done(void);
+
+/* Record that the current case failed without stopping the program (for
+ * table-driven tests whose rows are independent); t_done then returns 1. */
+void t_case_failed(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Exit 77 with a reason (a resource the test needs is missing on this host). */
+_Noreturn void t_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+_Noreturn void t_fail_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define T_FAIL(...) t_fail_at(__FILE__, __LINE__, __VA_ARGS__)
+
+#define T_ASSERT(cond)                                                                   \
+  do {                                                                                   \
+    if (!(cond))                                                                         \
+      t_fail_at(__FILE__, __LINE__, "assertion failed: %s", #cond);                      \
+  } while (0)
+
+#define T_ASSERT_MSG(cond, ...)                                                          \
+  do {                                                                                   \
+    if (!(cond))                                                                         \
+      t_fail_at(__FILE__, __LINE__, __VA_ARGS__);                                        \
+  } while (0)
+
+#define T_ASSERT_INT_EQ(actual, expected)                                                \
+  do {                                                                                   \
+    long long t_a_ = (long long)(actual), t_e_ = (long long)(expected);                  \
+    if (t_a_ != t_e_)                                                                    \
+      t_fail_at(__FILE__, __LINE__, "%s == %s: got %lld, expected %lld", #actual,        \
+                #expected, t_a_, t_e_);                                                  \
+  } while (0)
+
+/* Strings compared with NULL allowed (NULL equals only NULL). */
+#define T_ASSERT_STR_EQ(actual, expected)                                                \
+  do {                                                                                   \
+    const char *t_a_ = (actual), *t_e_ = (expected);                                     \
+    if (!t_str_eq(t_a_, t_e_))                                                           \
+      t_fail_at(__FILE__, __LINE__, "%s == %s: got \"%s\", expected \"%s\"", #actual,    \
+                #expected, t_a_ ? t_a_ : "(null)", t_e_ ? t_e_ : "(null)");              \
+  } while (0)
+
+/* haystack (length given) contains the NUL-terminated needle. */
+#define T_ASSERT_CONTAINS(hay, hay_len, needle)                                          \
+  do {                                                                                   \
+    const char *t_h_ = (hay), *t_n_ = (needle);                                          \
+    size_t t_hl_ = (hay_len);                                                            \
+    if (!t_h_ || !t_memmem(t_h_, t_hl_, t_n_))                                           \
+      t_fail_at(__FILE__, __LINE__, "\"%s\" not found in %s: \"%.*s\"", t_n_, #hay,      \
+                (int)(t_hl_ > 400 ? 400 : t_hl_), t_h_ ? t_h_ : "");                     \
+  } while (0)
+
+bool t_str_eq(const char *a, const char *b);
+const char *t_memmem(const char *hay, size_t hay_len, const char *needle);
+
+/* Milliseconds on the monotonic clock; sleeping. */
+int64_t t_now_ms(void);
+void t_sleep_ms(unsigned ms);
+
+/* Open file descriptors of this process (entries of /proc/self/fd). */
+int t_count_fds(void);
+
+/* Raise RLIMIT_NOFILE to at least `want`; false if the hard limit forbids. */
+bool t_raise_nofile(unsigned long want);
+
+/* ---- the server under test --------------------------------------------- */
+
+typedef struct t_server {
+  pmu_server_t *pmu;
+  pmu_config_t config; /* as started (host/unix_path point into the fields below) */
+  uint16_t port;       /* bound TCP port; 0 for a Unix socket */
+  int family;          /* AF_INET, AF_INET6 or AF_UNIX */
+  char host[64];
+  char unix_path[108];
+  atomic_ulong seen;    /* requests the handler saw */
+  atomic_ulong batches; /* handler calls */
+  atomic_ulong largest_batch;
+  atomic_ulong threads_seen; /* bit i: worker i ran the handler */
+} t_server_t;
+
+/* pmu_config_init() plus what the tests want by default: 127.0.0.1, port 0,
+ * the test handler, shutdown_timeout_ms 3000. */
+void t_config_init(pmu_config_t *config);
+
+/* Start a server with `config`; a NULL config->handler_data becomes the
+ * t_server_t (what t_handler and handlers wrapping it expect). Fails the test
+ * on error. Free with t_server_destroy. */
+#define t_server_start(config) t_server_start_at(__FILE__, __LINE__, (config))
+t_server_t *t_server_start_at(const char *file, int line, const pmu_config_t *config);
+
+/* Like t_server_start but returns pmu_server_start's result; *out is set when
+ * pmu_server_start set its server (destroy it either way). */
+int t_server_try_start(const pmu_config_t *config, t_server_t **out);
+
+/* pmu_server_destroy, then wait until every deferred answer of this server's
+ * requests has been given (the deferrer may still hold some). */
+void t_server_destroy(t_server_t *server);
+
+/* The default handler (handler_data must be a t_server_t). Exposed so tests
+ * can wrap it. */
+void t_handler(void *handler_data, pmu_request_t *const *requests, size_t count);
+
+/* Answer one request the way t_handler would (special paths included). */
+void t_handle_request(t_server_t *server, pmu_request_t *request);
+
+/* Queue `request` to be answered with the describing body from the deferrer
+ * thread `ms` milliseconds from now. */
+void t_defer(pmu_request_t *request, unsigned ms);
+
+/* Block until the deferrer has answered everything queued so far. */
+void t_defer_drain(void);
+
+/* body_release calls seen for /big bodies; pmu_respond results that were
+ * -EINVAL (for /status?code=N outside 100..999). */
+unsigned long t_big_releases(void);
+unsigned long t_respond_einval(void);
+
+/* body_release calls that ran on the deferrer thread (pmu.h says they run on
+ * the request's worker thread, so this must stay 0). */
+unsigned long t_big_releases_on_deferrer(void);
+
+/* Sum of every counter of pmu_server_stats over threads, fails on error. */
+pmu_stats_t t_stats(const t_server_t *server, int thread);
+
+/* ---- raw client -------------------------------------------------------- */
+
+/* One client connection with a receive buffer of bytes not yet parsed. */
+typedef struct t_conn {
+  int fd;
+  char *buf;
+  size_t len, cap;
+  bool eof;  /* orderly close seen */
+  int error; /* -errno from recv (e.g. -ECONNRESET), 0 if none */
+} t_conn_t;
+
+/* Connect to the server (blocking). Returns the fd or -errno. */
+int t_connect_fd(const t_server_t *server);
+
+/* Connect and wrap; fails the test on error. TCP_NODELAY is set. */
+#define t_connect(server) t_connect_at(__FILE__, __LINE__, (server))
+t_conn_t *t_connect_at(const char *file, int line, const t_server_t *server);
+
+/* Wrap an fd already connected (takes ownership). */
+t_conn_t *t_conn_wrap(int fd);
+
+/* Close and free (NULL allowed). t_conn_abort closes with RST (SO_LINGER 0). */
+void t_conn_close(t_conn_t *conn);
+void t_conn_abort(t_conn_t *conn);
+
+/* Send all bytes; fails the test on error. */
+#define t_send(conn, data, len) t_send_at(__FILE__, __LINE__, (conn), (data), (len))
+#define t_send_str(conn, str) t_send_at(__FILE__, __LINE__, (conn), (str), strlen(str))
+void t_send_at(const char *file, int line, t_conn_t *conn, const void *data, size_t len);
+
+/* Send all bytes; returns 0 or -errno (EPIPE, ECONNRESET: the server closed). */
+int t_send_try(t_conn_t *conn, const void *data, size_t len);
+
+/* Send in pieces of `piece` bytes with `delay_ms` between them. */
+#define t_send_pieces(conn, data, len, piece, delay_ms)                                  \
+  t_send_pieces_at(__FILE__, __LINE__, (conn), (data), (len), (piece), (delay_ms))
+void t_send_pieces_at(const char *file, int line, t_conn_t *conn, const void *data,
+                      size_t len, size_t piece, unsigned delay_ms);
+
+/* Receive once into conn->buf, waiting at most timeout_ms. Returns bytes read
+ * (> 0), 0 at EOF, -ETIMEDOUT, or -errno (also stored in conn->error). */
+int t_recv_some(t_conn_t *conn, int timeout_ms);
+
+/* A parsed response; every string is NUL-terminated and owned. */
+typedef struct t_header_copy {
+  char *name;
+  char *value;
+} t_header_copy_t;
+
+typedef struct t_response {
+  int status;
+  int minor; /* HTTP/1.minor */
+  char reason[64];
+  t_header_copy_t *headers;
+  size_t header_count;
+  char *body; /* NUL-terminated for convenience; body_len bytes */
+  size_t body_len;
+  bool chunked;              /* framed with Transfer-Encoding: chunked */
+  bool has_content_length;
+  size_t content_length;
+  size_t wire_len; /* bytes of this response on the wire */
+} t_response_t;
+
+/*
+ * Parse one response from buf[0..len). `head`: the request was HEAD (no body
+ * follows whatever the headers say). `eof`: no more bytes will come (a body
+ * framed by the close ends here). Returns the bytes consumed (> 0) with *out
+ * filled, 0 when more bytes are needed, or -EPROTO on malformed input.
+ * 1xx, 204 and 304 have no body.
+ */
+long t_parse_response(const char *buf, size_t len, bool head, bool eof, t_response_t *out);
+
+/* Read one response from conn (1xx responses are returned as such), waiting
+ * at most timeout_ms in total. Returns 0, -ETIMEDOUT, -ECONNRESET when the
+ * connection ended (EOF or reset) before a complete response, or -EPROTO. */
+int t_read_response(t_conn_t *conn, t_response_t *out, int timeout_ms, bool head);
+
+/* Same, but fails the test unless a response came. */
+#define t_expect_response(conn, out)                                                     \
+  t_expect_response_at(__FILE__, __LINE__, (conn), (out), T_IO_TIMEOUT_MS, false)
+#define t_expect_head_response(conn, out)                                                \
+  t_expect_response_at(__FILE__, __LINE__, (conn), (out), T_IO_TIMEOUT_MS, true)
+void t_expect_response_at(const char *file, int line, t_conn_t *conn, t_response_t *out,
+                          int timeout_ms, bool head);
+
+void t_response_free(t_response_t *response);
+
+/* Value of the first header named `name` (case-insensitive), or NULL. */
+const char *t_header(const t_response_t *response, const char *name);
+size_t t_header_count_named(const t_response_t *response, const char *name);
+
+/* Value of `key=` in a describing body, copied into out (NUL-terminated);
+ * "body" yields the rest of the body. Returns false if absent. */
+bool t_describe_get(const t_response_t *response, const char *key, char *out,
+                    size_t out_size);
+
+/* Assert describing-body field `key` equals `expected`. */
+#define T_ASSERT_FIELD(response, key, expected)                                          \
+  t_assert_field_at(__FILE__, __LINE__, (response), (key), (expected))
+void t_assert_field_at(const char *file, int line, const t_response_t *response,
+                       const char *key, const char *expected);
+
+/*
+ * Wait until the peer ends the connection (EOF or reset): returns true if it
+ * did within timeout_ms, false if it stayed open. Bytes that arrive meanwhile
+ * are kept in conn->buf (a test may check there were none).
+ */
+bool t_wait_closed(t_conn_t *conn, int timeout_ms);
+
+/* Fail unless the server closes conn within timeout_ms and sent nothing more. */
+#define t_expect_closed(conn, timeout_ms)                                                \
+  t_expect_closed_at(__FILE__, __LINE__, (conn), (timeout_ms))
+void t_expect_closed_at(const char *file, int line, t_conn_t *conn, int timeout_ms);
+
+/* Send `request`, read one response, expect `status`, then expect the server
+ * to close the connection (the common shape of every error case). */
+#define t_expect_error_close(server, request, len, status)                               \
+  t_expect_error_close_at(__FILE__, __LINE__, (server), (request), (len), (status))
+void t_expect_error_close_at(const char *file, int line, const t_server_t *server,
+                             const void *request, size_t len, int status);
+
+/* Like t_expect_error_close but returns false with the reason in `why`
+ * instead of failing. */
+bool t_try_error_close(const t_server_t *server, const void *request, size_t len, int status,
+                       char *why, size_t why_size);
+
+/* One request/response round trip on a fresh connection, checking 200. */
+#define t_get_ok(server, target) t_get_ok_at(__FILE__, __LINE__, (server), (target))
+void t_get_ok_at(const char *file, int line, const t_server_t *server, const char *target);
+
+/*
+ * Many connections at once, driven with poll() from this thread: open
+ * `nconns` connections, send request_for(i) on connection i, and read
+ * `responses_each` responses from each (requests may be pipelined in one
+ * buffer). on_response(i, nth, response, arg) checks each response (may be
+ * NULL). Returns how many connections got all their responses before
+ * timeout_ms passed; failing connections are reported on stderr.
+ */
+typedef const char *(*t_request_fn)(size_t index, size_t *len, void *arg);
+typedef void (*t_response_fn)(size_t index, size_t nth, const t_response_t *response,
+                              void *arg);
+size_t t_many(const t_server_t *server, size_t nconns, t_request_fn request_for,
+              size_t responses_each, t_response_fn on_response, void *arg, int timeout_ms);
+
+#endif /* PMU_TESTLIB_H */

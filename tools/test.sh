@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what it needs (Debian
+# packages with apt-get, Python packages with pip into build/venv), builds,
+# runs the C tests, runs them again under ASan+UBSan, then the Python tests.
+# Idempotent: a second run reuses what the first installed and built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+# --- Debian packages: compiler, liburing (io_uring), llhttp sources, pkg-config.
+debs=(gcc libc6-dev pkg-config liburing-dev node-llhttp python3-dev)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# python3-dev is only needed when this python has no headers of its own.
+if python3 -c 'import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"],"Python.h")) else 1)'; then
+  missing=("${missing[@]/python3-dev}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${missing[*]}"
+  SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- Python tools in a private venv: meson, meson-python, ninja, pytest.
+venv=$root/build/venv
+if [ ! -x "$venv/bin/python" ]; then
+  mkdir -p build
+  python3 -m venv "$venv"
+fi
+py=$venv/bin/python
+if ! "$py" -c 'import mesonpy, pytest' 2>/dev/null; then
+  "$py" -m pip install -q --upgrade pip
+  "$py" -m pip install -q 'meson>=1.1' 'meson-python>=0.15' ninja pytest
+fi
+export PATH=$venv/bin:$PATH
+
+setup() { # setup DIR ARGS...: configure once, reconfigure after
+  local dir=$1; shift
+  if [ -f "$dir/build.ninja" ]; then meson setup --reconfigure "$dir" "$@" >/dev/null
+  else meson setup "$dir" "$@" >/dev/null; fi
+}
+
+echo "== C build and tests"
+setup build/test -Dpython=false --buildtype=debugoptimized
+meson test -C build/test --print-errorlogs --num-processes 2
+
+echo "== C tests under ASan + UBSan"
+setup build/asan -Dpython=false --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  meson test -C build/asan --print-errorlogs --num-processes 2
+
+if [ -d tests/python ]; then
+  echo "== Python package and tests"
+  "$py" -m pip install -q --no-build-isolation . 
+  (cd build && "$py" -m pytest -q "$root/tests/python")
+fi
