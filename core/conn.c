@@ -202,16 +202,8 @@ void pmu__conn_try_release(pmu__conn_t *c) {
 static int stash_append(pmu__conn_t *c, const char *data, size_t len) {
   if (c->stash_off && c->stash_off == c->stash_len)
     c->stash_off = c->stash_len = 0;
-  if (c->stash_len + len > c->stash_cap) {
-    size_t cap = c->stash_cap ? c->stash_cap : 4096;
-    while (cap < c->stash_len + len)
-      cap *= 2;
-    char *p = realloc(c->stash, cap);
-    if (!p)
-      return -ENOMEM;
-    c->stash = p;
-    c->stash_cap = cap;
-  }
+  if (pmu__grow(&c->stash, &c->stash_cap, c->stash_len + len, 4096) < 0)
+    return -ENOMEM;
   memcpy(c->stash + c->stash_len, data, len);
   c->stash_len += len;
   return 0;

@@ -80,18 +80,22 @@ void pmu__req_free(pmu__req_t *r) {
   loop->nfree_reqs++;
 }
 
-static int data_reserve(pmu__req_t *r, size_t extra) {
-  if (r->data_len + extra <= r->data_cap)
+int pmu__grow(char **buf, size_t *cap, size_t need, size_t first_cap) {
+  if (need <= *cap)
     return 0;
-  size_t cap = r->data_cap ? r->data_cap : 512;
-  while (cap < r->data_len + extra)
-    cap *= 2;
-  char *p = realloc(r->data, cap);
+  size_t n = *cap ? *cap : first_cap;
+  while (n < need)
+    n *= 2;
+  char *p = realloc(*buf, n);
   if (!p)
     return -ENOMEM;
-  r->data = p;
-  r->data_cap = cap;
+  *buf = p;
+  *cap = n;
   return 0;
+}
+
+static int data_reserve(pmu__req_t *r, size_t extra) {
+  return pmu__grow(&r->data, &r->data_cap, r->data_len + extra, 512);
 }
 
 static int data_append(pmu__req_t *r, const char *at, size_t len) {

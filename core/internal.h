@@ -277,6 +277,10 @@ void pmu__engine_message(pmu__req_t *req, int status, int keep_open);
 /* Apply an answer that reached the loop thread (from pmu_respond or the queue). */
 void pmu__answer_arrived(pmu__req_t *req);
 
+/* Grow *buf (capacity *cap) to hold at least need bytes, doubling from
+ * first_cap. Returns 0 or -ENOMEM (the buffer is then unchanged). */
+int pmu__grow(char **buf, size_t *cap, size_t need, size_t first_cap);
+
 /* Monotonic milliseconds. */
 uint64_t pmu__now_ms(void);
 

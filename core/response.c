@@ -126,17 +126,7 @@ static size_t put_u64(char *p, uint64_t v) {
 #define PUT_LIT(p, lit) PUT(p, lit, sizeof(lit) - 1)
 
 static int out_reserve(pmu__req_t *r, size_t need) {
-  if (need <= r->out_cap)
-    return 0;
-  size_t cap = r->out_cap ? r->out_cap : 256;
-  while (cap < need)
-    cap *= 2;
-  char *p = realloc(r->out, cap);
-  if (!p)
-    return -ENOMEM;
-  r->out = p;
-  r->out_cap = cap;
-  return 0;
+  return pmu__grow(&r->out, &r->out_cap, need, 256);
 }
 
 static int name_eq(const pmu_header_t *h, const char *lit, size_t n) {
