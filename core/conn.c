@@ -158,7 +158,7 @@ void pmu__conn_release(pmu__conn_t *c) {
   for (pmu__req_t *r = c->head, *next; r; r = next) {
     next = r->next;
     if (r->with_handler)
-      r->conn = NULL; /* orphan: freed when the handler answers */
+      pmu__req_orphan(r); /* freed when the handler answers */
     else
       pmu__req_free(r);
   }
@@ -323,27 +323,48 @@ void pmu__conn_answered(pmu__conn_t *c, pmu__req_t *req) {
   pmu__loop_mark_dirty(c->loop, c);
 }
 
+/* Add the unsent part of [base, base+len) at *skip bytes in; *skip counts
+ * down across the parts of one item. */
+static int add_part(pmu__conn_t *c, int n, const char *base, size_t len, size_t *skip,
+                    size_t *total) {
+  if (*skip >= len) {
+    *skip -= len;
+    return n;
+  }
+  c->iov[n].iov_base = (char *)base + *skip;
+  c->iov[n].iov_len = len - *skip;
+  *total += len - *skip;
+  *skip = 0;
+  return n + 1;
+}
+
+/*
+ * Gather the answers at the head of the queue that are ready into one send,
+ * unless a send is already in flight. A streamed answer contributes the
+ * pieces it has; nothing after it goes until it has ended.
+ */
 void pmu__conn_flush(pmu__conn_t *c) {
   if (c->closing || c->send_inflight)
     return;
   int n = 0;
   size_t total = 0;
-  for (pmu__req_t *r = c->head; r && r->answered && n < PMU__IOV_MAX - 1; r = r->next) {
-    size_t off = r->sent;
-    if (off < r->out_len) {
-      c->iov[n].iov_base = r->out + off;
-      c->iov[n].iov_len = r->out_len - off;
-      total += r->out_len - off;
-      n++;
-      off = r->out_len;
+  for (pmu__req_t *r = c->head; r && n < PMU__IOV_MAX - 3; r = r->next) {
+    if (r->streaming) {
+      pmu__seg_t *g = r->seg_head;
+      for (; g && n < PMU__IOV_MAX - 3; g = g->next) {
+        size_t skip = g->sent;
+        n = add_part(c, n, g->pre, g->pre_len, &skip, &total);
+        n = add_part(c, n, g->data, g->len, &skip, &total);
+        n = add_part(c, n, "\r\n", g->post_len, &skip, &total);
+      }
+      if (!r->answered || g)
+        break; /* the stream goes on, or the iovec is full */
+    } else if (!r->answered) {
+      break;
     }
-    if (r->ext_len && off < r->out_len + r->ext_len) {
-      size_t eoff = off - r->out_len;
-      c->iov[n].iov_base = (char *)r->ext_body + eoff;
-      c->iov[n].iov_len = r->ext_len - eoff;
-      total += r->ext_len - eoff;
-      n++;
-    }
+    size_t skip = r->sent;
+    n = add_part(c, n, r->out, r->out_len, &skip, &total);
+    n = add_part(c, n, r->ext_body, r->ext_len, &skip, &total);
     if (r->close_after)
       break; /* nothing after a closing response goes out */
   }
@@ -364,6 +385,50 @@ void pmu__conn_flush(pmu__conn_t *c) {
   if (zc)
     STAT_ADD(c->loop, send_zc, 1);
   pmu__conn_timer_update(c);
+}
+
+/*
+ * Account `left` bytes written: finish the pieces and answers they cover, in
+ * queue order. Returns 1 if an answer that closes the connection is done.
+ */
+static int consume_sent(pmu__conn_t *c, size_t left) {
+  while (c->head) {
+    pmu__req_t *r = c->head;
+    while (r->seg_head) {
+      pmu__seg_t *g = r->seg_head;
+      size_t rem = pmu__seg_size(g) - g->sent;
+      if (rem > left) {
+        g->sent += left;
+        c->out_queued -= left;
+        return 0;
+      }
+      left -= rem;
+      c->out_queued -= rem;
+      r->seg_head = g->next;
+      if (!r->seg_head)
+        r->seg_tail = NULL;
+      pmu__stream_sent(r, g);
+    }
+    if (!r->answered)
+      return 0; /* a stream still going */
+    size_t rem = r->out_len + r->ext_len - r->sent;
+    if (rem > left) {
+      r->sent += left;
+      c->out_queued -= left;
+      return 0; /* short send: the rest goes in the next send */
+    }
+    left -= rem;
+    c->out_queued -= rem;
+    c->head = r->next;
+    if (!c->head)
+      c->tail = NULL;
+    c->pending--;
+    int close_now = r->close_after;
+    pmu__req_free(r);
+    if (close_now)
+      return 1;
+  }
+  return 0;
 }
 
 /* Enter lingering close: our side is done writing; read and discard what
@@ -396,26 +461,7 @@ void pmu__conn_on_send(pmu__conn_t *c, int res) {
     STAT_ADD(loop, short_sends, 1);
   if (res > 0)
     pmu__conn_timer_touch(c);
-  size_t left = (size_t)res;
-  int close_now = 0;
-  while (left && c->head) {
-    pmu__req_t *r = c->head;
-    size_t total = r->out_len + r->ext_len;
-    size_t take = total - r->sent < left ? total - r->sent : left;
-    r->sent += take;
-    left -= take;
-    c->out_queued -= take;
-    if (r->sent < total)
-      break; /* short send: the rest goes in the next send */
-    c->head = r->next;
-    if (!c->head)
-      c->tail = NULL;
-    c->pending--;
-    close_now = r->close_after;
-    pmu__req_free(r);
-    if (close_now)
-      break;
-  }
+  int close_now = consume_sent(c, (size_t)res);
   if (close_now) {
     if (c->linger_on_close)
       linger(c);

@@ -29,37 +29,39 @@ pmu__req_t *pmu__req_alloc(pmu__loop_t *loop) {
   return r;
 }
 
-/* Reset a request for reuse, keeping its buffers. */
-static void req_reset(pmu__req_t *r) {
+static void req_drop_output(pmu__req_t *r) {
   if (r->ext_release)
     r->ext_release(r->ext_ctx);
+  r->ext_release = NULL;
+  while (r->seg_head) {
+    pmu__seg_t *g = r->seg_head;
+    r->seg_head = g->next;
+    pmu__seg_done(g);
+  }
+  r->seg_tail = NULL;
+}
+
+/* Reset a request for reuse, keeping its buffers. */
+static void req_reset(pmu__req_t *r) {
+  req_drop_output(r);
   char *data = r->data, *out = r->out;
   pmu__hoff_t *hoff = r->hoff;
   pmu_header_t *headers = r->headers;
-  size_t data_cap = r->data_cap, out_cap = r->out_cap, hcap = r->hcap, headers_cap = r->headers_cap;
-  memset(r, 0, offsetof(pmu__req_t, data));
+  size_t data_cap = r->data_cap, out_cap = r->out_cap, hcap = r->hcap;
+  size_t headers_cap = r->headers_cap;
+  memset(r, 0, sizeof *r);
   r->data = data;
   r->data_cap = data_cap;
-  r->data_len = 0;
   r->hoff = hoff;
   r->hcap = hcap;
-  r->hcount = 0;
   r->headers = headers;
   r->headers_cap = headers_cap;
-  r->url_off = r->url_len = 0;
   r->out = out;
   r->out_cap = out_cap;
-  r->out_len = 0;
-  r->ext_body = NULL;
-  r->ext_len = 0;
-  r->ext_release = NULL;
-  r->ext_ctx = NULL;
-  r->sent = 0;
 }
 
 static void req_destroy(pmu__req_t *r) {
-  if (r->ext_release)
-    r->ext_release(r->ext_ctx);
+  req_drop_output(r);
   free(r->data);
   free(r->hoff);
   free(r->headers);

@@ -40,6 +40,28 @@ typedef struct pmu__hoff {
   uint32_t name_off, name_len, value_off, value_len;
 } pmu__hoff_t;
 
+/* One piece of a streamed answer, hanging off its request. */
+typedef struct pmu__seg pmu__seg_t;
+struct pmu__seg {
+  pmu__seg_t *next; /* the request's piece list, or the loop's stream queue */
+  pmu__req_t *req;
+  uint8_t kind;     /* enum pmu__seg_kind */
+  uint8_t pre_len;  /* chunk-size line before the data */
+  uint8_t post_len; /* 2: CRLF after the data (chunked) */
+  char pre[21];
+  const char *data;
+  size_t len;       /* data bytes */
+  size_t body;      /* bytes counted in req->unsent */
+  size_t sent;      /* of pre + data + post */
+  void (*release)(void *);
+  void *ctx;
+  char inline_data[]; /* copied data, when not released by the producer */
+};
+
+enum pmu__seg_kind { SEG_RAW, SEG_END };
+
+enum pmu__stream_mode { STREAM_NONE, STREAM_CHUNKED, STREAM_LENGTH, STREAM_CLOSE, STREAM_NOBODY };
+
 enum pmu__req_kind {
   REQ_USER,   /* a parsed request, answered by the handler */
   REQ_ENGINE, /* a message of the engine's own: 100 Continue, 400, 408, ... */
@@ -73,6 +95,17 @@ struct pmu__req {
   void (*ext_release)(void *);
   void *ext_ctx;
   size_t sent; /* bytes of out + ext already written */
+
+  /* A streamed answer. Producer side (any thread): stream_state, mode,
+   * remaining. Loop side: streaming, segs. Shared: unsent, want_drain, gone. */
+  uint8_t stream_state; /* 0 none, 1 started, 2 ended */
+  uint8_t stream_mode;  /* enum pmu__stream_mode */
+  uint8_t streaming;    /* loop side: this request's output is its segs */
+  uint64_t stream_remaining; /* STREAM_LENGTH: bytes still allowed */
+  pmu__seg_t *seg_head, *seg_tail;
+  atomic_size_t unsent;
+  atomic_int want_drain;
+  atomic_int gone; /* the connection is gone: writes are dropped */
 };
 
 enum pmu__timer_kind {
@@ -191,6 +224,7 @@ struct pmu__loop {
   /* Cross-thread answers and wake-ups. */
   pthread_mutex_t qlock;
   pmu__req_t *qhead, *qtail;
+  pmu__seg_t *sqhead, *sqtail; /* stream pieces from other threads */
   int exited; /* under qlock: the loop is gone; answers free directly */
   int wake_fd;
   int wake_armed;
@@ -276,6 +310,18 @@ void pmu__format_date(char out[40], time_t now);
 void pmu__engine_message(pmu__req_t *req, int status, int keep_open);
 /* Apply an answer that reached the loop thread (from pmu_respond or the queue). */
 void pmu__answer_arrived(pmu__req_t *req);
+/* Apply a stream piece that reached the loop thread. */
+void pmu__seg_arrived(pmu__seg_t *seg);
+/* Free a piece that has been sent or dropped, settling its accounting. */
+void pmu__seg_done(pmu__seg_t *seg);
+/* Total bytes a piece puts on the wire. */
+static inline size_t pmu__seg_size(const pmu__seg_t *g) {
+  return g->pre_len + g->len + g->post_len;
+}
+/* A piece is on the wire: free it and tell a waiting producer. */
+void pmu__stream_sent(pmu__req_t *req, pmu__seg_t *seg);
+/* The connection of a request the handler still holds is gone. */
+void pmu__req_orphan(pmu__req_t *req);
 
 /* Grow *buf (capacity *cap) to hold at least need bytes, doubling from
  * first_cap. Returns 0 or -ENOMEM (the buffer is then unchanged). */

@@ -174,13 +174,20 @@ static void begin_stop(pmu__loop_t *loop);
 static void drain_answers(pmu__loop_t *loop) {
   pthread_mutex_lock(&loop->qlock);
   pmu__req_t *req = loop->qhead;
+  pmu__seg_t *seg = loop->sqhead;
   loop->qhead = loop->qtail = NULL;
+  loop->sqhead = loop->sqtail = NULL;
   pthread_mutex_unlock(&loop->qlock);
   while (req) {
     pmu__req_t *next = req->qnext;
     STAT_ADD(loop, deferred, 1);
     pmu__answer_arrived(req);
     req = next;
+  }
+  while (seg) {
+    pmu__seg_t *next = seg->next;
+    pmu__seg_arrived(seg);
+    seg = next;
   }
 }
 
@@ -370,16 +377,28 @@ static void close_answer_queue(pmu__loop_t *loop) {
   drain_answers(loop);
   pthread_mutex_lock(&loop->qlock);
   pmu__req_t *late = loop->qhead;
+  pmu__seg_t *late_seg = loop->sqhead;
   loop->qhead = loop->qtail = NULL;
+  loop->sqhead = loop->sqtail = NULL;
   loop->exited = 1;
-  /* Requests still with the handler keep the server alive. */
-  atomic_fetch_add(&loop->server->refs, loop->outstanding);
+  /* Requests still with the handler keep the server alive. The owner's
+   * reference is held until the threads are joined, so the count cannot
+   * reach zero while this thread runs. */
+  long held = loop->outstanding;
+  atomic_fetch_add(&loop->server->refs, held);
   pthread_mutex_unlock(&loop->qlock);
   while (late) {
     pmu__req_t *next = late->qnext;
     pmu__answer_arrived(late);
     late = next;
   }
+  while (late_seg) {
+    pmu__seg_t *next = late_seg->next;
+    pmu__seg_arrived(late_seg);
+    late_seg = next;
+  }
+  /* Those answered just now were counted above. */
+  atomic_fetch_sub(&loop->server->refs, held - loop->outstanding);
 }
 
 static void free_pools(pmu__loop_t *loop) {

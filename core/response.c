@@ -150,14 +150,17 @@ static int header_safe(const pmu_header_t *h) {
   return 1;
 }
 
-enum { SKIP_HEADER = 1, USER_SERVER = 2, USER_DATE = 4, USER_CLOSE = 8 };
+enum { USER_SERVER = 2, USER_DATE = 4, USER_CLOSE = 8, USER_LENGTH = 16 };
 
 /*
  * Write the response for r into r->out (and r->ext_*). Runs on whichever
- * thread answers; touches only r. Returns 0, -EINVAL (bad status or header:
- * a 500 was written instead) or -ENOMEM.
+ * thread answers; touches only r. With stream set, only the head is written
+ * and r->stream_mode says how the body pieces will be framed. Returns 0,
+ * -EINVAL (bad status or header: a complete 500 was written instead) or
+ * -ENOMEM.
  */
-static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date, int stopping) {
+static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date, int stopping,
+                     int stream) {
   pmu_server_t *s = r->loop->server;
   int status = resp->status;
   int rc = 0;
@@ -180,7 +183,9 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
       resp->body_release(resp->body_ctx);
     pmu_response_t fallback = {.status = 500, .headers = &ct, .header_count = 1,
                                .body = msg, .body_len = sizeof msg - 1};
-    serialize(r, &fallback, date, stopping);
+    serialize(r, &fallback, date, stopping, 0);
+    if (stream)
+      r->stream_mode = STREAM_NOBODY; /* the 500 is the whole answer */
     return rc;
   }
 
@@ -188,7 +193,8 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
   size_t reason_len = strlen(reason);
   int no_body = status == 204 || status == 304 || r->pub.is_head;
   int send_length = status != 204 && status != 304;
-  size_t copy_body = (!no_body && !resp->body_release) ? resp->body_len : 0;
+  size_t copy_body = (!no_body && !resp->body_release && !stream) ? resp->body_len : 0;
+  uint64_t stream_length = 0;
   size_t need = 13 + reason_len + 2 + 10 + s->server_header_len + 2 + 6 + 29 + 2 + hbytes + 16 +
                 20 + 2 + 24 + 2 + copy_body;
   if (out_reserve(r, need) < 0)
@@ -219,8 +225,19 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
       }
       break;
     case 14:
-      if (name_eq(h, "content-length", 14))
-        continue;
+      if (name_eq(h, "content-length", 14)) {
+        if (!stream || status == 204 || status == 304)
+          continue;
+        /* A streamed body of known length is sent as it is. */
+        uint64_t v = 0;
+        size_t k = 0;
+        for (; k < h->value_len && h->value[k] >= '0' && h->value[k] <= '9'; k++)
+          v = v * 10 + (uint64_t)(h->value[k] - '0');
+        if (k == 0 || k != h->value_len || k > 18)
+          continue; /* not a length: ignore it */
+        seen |= USER_LENGTH;
+        stream_length = v;
+      }
       break;
     case 17:
       if (name_eq(h, "transfer-encoding", 17))
@@ -244,12 +261,25 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
     PUT(p, date, 29);
     PUT_LIT(p, "\r\n");
   }
-  if (send_length) {
+  int close = !r->pub.keep_alive || stopping || (seen & USER_CLOSE);
+  if (stream) {
+    if (no_body) {
+      r->stream_mode = STREAM_NOBODY;
+    } else if (seen & USER_LENGTH) {
+      r->stream_mode = STREAM_LENGTH;
+      r->stream_remaining = stream_length;
+    } else if (r->pub.http_major == 1 && r->pub.http_minor >= 1) {
+      r->stream_mode = STREAM_CHUNKED;
+      PUT_LIT(p, "Transfer-Encoding: chunked\r\n");
+    } else {
+      r->stream_mode = STREAM_CLOSE; /* HTTP/1.0: the end of the body is the close */
+      close = 1;
+    }
+  } else if (send_length) {
     PUT_LIT(p, "Content-Length: ");
     p += put_u64(p, resp->body_len);
     PUT_LIT(p, "\r\n");
   }
-  int close = !r->pub.keep_alive || stopping || (seen & USER_CLOSE);
   if (close)
     PUT_LIT(p, "Connection: close\r\n");
   else if (r->pub.http_major == 1 && r->pub.http_minor == 0)
@@ -289,7 +319,7 @@ void pmu__engine_message(pmu__req_t *r, int status, int keep_open) {
   r->pub.keep_alive = (uint8_t)keep_open;
   r->pub.http_major = 1;
   r->pub.http_minor = 1;
-  serialize(r, &resp, r->loop->date, 0);
+  serialize(r, &resp, r->loop->date, 0, 0);
   r->answered = 1;
 }
 
@@ -313,8 +343,10 @@ int pmu_respond(pmu_request_t *request, const pmu_response_t *response) {
   pmu__loop_t *loop = r->loop;
   pmu_server_t *s = loop->server;
 
+  if (r->stream_state)
+    return -EINVAL; /* a streamed answer ends with pmu_respond_end() */
   if (pmu__current_loop == loop) {
-    int rc = serialize(r, response, loop->date, loop->stopping);
+    int rc = serialize(r, response, loop->date, loop->stopping, 0);
     pmu__answer_arrived(r);
     return rc;
   }
@@ -322,7 +354,7 @@ int pmu_respond(pmu_request_t *request, const pmu_response_t *response) {
   /* Another thread: format here, hand over through the loop's queue. */
   char date[40];
   pmu__format_date(date, time(NULL));
-  int rc = serialize(r, response, date, atomic_load(&s->stop_requested));
+  int rc = serialize(r, response, date, atomic_load(&s->stop_requested), 0);
   pthread_mutex_lock(&loop->qlock);
   if (loop->exited) {
     pthread_mutex_unlock(&loop->qlock);
@@ -358,4 +390,238 @@ const pmu_header_t *pmu_request_header(const pmu_request_t *request, const char 
       return h;
   }
   return NULL;
+}
+
+/* ---- streamed answers ---- */
+
+void pmu__seg_done(pmu__seg_t *g) {
+  if (g->body)
+    atomic_fetch_sub(&g->req->unsent, g->body);
+  if (g->release)
+    g->release(g->ctx);
+  free(g);
+}
+
+static void drain_check(pmu__req_t *r) {
+  const pmu_config_t *cfg = &r->loop->server->cfg;
+  if (atomic_load(&r->want_drain) && atomic_load(&r->unsent) <= cfg->output_high_water / 2 &&
+      atomic_exchange(&r->want_drain, 0) && cfg->on_drain)
+    cfg->on_drain(cfg->handler_data, &r->pub);
+}
+
+void pmu__seg_arrived(pmu__seg_t *g) {
+  pmu__req_t *r = g->req;
+  pmu__conn_t *c = r->conn;
+  if (g->kind == SEG_END) {
+    r->answered = 1;
+    r->with_handler = 0;
+    r->loop->outstanding--;
+    STAT_ADD(r->loop, responses, 1);
+  }
+  if (!c) {
+    /* The connection is gone: drop the piece; the end releases the request. */
+    int end = g->kind == SEG_END;
+    pmu__seg_done(g);
+    if (end)
+      pmu__req_free(r);
+    return;
+  }
+  r->streaming = 1;
+  if (pmu__seg_size(g)) {
+    g->next = NULL;
+    if (r->seg_tail)
+      r->seg_tail->next = g;
+    else
+      r->seg_head = g;
+    r->seg_tail = g;
+    c->out_queued += pmu__seg_size(g);
+  } else {
+    pmu__seg_done(g);
+  }
+  if (r->answered)
+    pmu__conn_answered(c, r);
+  else
+    pmu__loop_mark_dirty(r->loop, c);
+}
+
+void pmu__stream_sent(pmu__req_t *r, pmu__seg_t *g) {
+  pmu__seg_done(g);
+  drain_check(r);
+}
+
+void pmu__req_orphan(pmu__req_t *r) {
+  r->conn = NULL;
+  atomic_store(&r->gone, 1);
+  while (r->seg_head) {
+    pmu__seg_t *g = r->seg_head;
+    r->seg_head = g->next;
+    pmu__seg_done(g);
+  }
+  r->seg_tail = NULL;
+  const pmu_config_t *cfg = &r->loop->server->cfg;
+  if (cfg->on_disconnect)
+    cfg->on_disconnect(cfg->handler_data, &r->pub);
+}
+
+/* Hand a piece to the request's loop: directly on its thread, else through
+ * the loop's stream queue. */
+static void deliver(pmu__seg_t *g) {
+  pmu__req_t *r = g->req;
+  pmu__loop_t *loop = r->loop;
+  if (pmu__current_loop == loop) {
+    pmu__seg_arrived(g);
+    return;
+  }
+  pthread_mutex_lock(&loop->qlock);
+  if (loop->exited) {
+    pthread_mutex_unlock(&loop->qlock);
+    int end = g->kind == SEG_END;
+    pmu__seg_done(g);
+    if (end) {
+      pmu_server_t *s = loop->server;
+      pmu__req_free(r);
+      pmu__server_unref(s);
+    }
+    return;
+  }
+  int was_empty = loop->sqhead == NULL && loop->qhead == NULL;
+  g->next = NULL;
+  if (loop->sqtail)
+    loop->sqtail->next = g;
+  else
+    loop->sqhead = g;
+  loop->sqtail = g;
+  pthread_mutex_unlock(&loop->qlock);
+  if (was_empty)
+    pmu__loop_wake(loop);
+}
+
+static pmu__seg_t *seg_new(pmu__req_t *r, int kind, const void *data, size_t len,
+                           void (*release)(void *), void *ctx) {
+  pmu__seg_t *g = malloc(sizeof *g + (release ? 0 : len));
+  if (!g)
+    return NULL;
+  memset(g, 0, sizeof *g);
+  g->req = r;
+  g->kind = (uint8_t)kind;
+  g->len = len;
+  if (release) {
+    g->data = data;
+    g->release = release;
+    g->ctx = ctx;
+  } else {
+    if (len)
+      memcpy(g->inline_data, data, len);
+    g->data = g->inline_data;
+  }
+  return g;
+}
+
+int pmu_respond_start(pmu_request_t *request, int status, const pmu_header_t *headers,
+                      size_t header_count) {
+  pmu__req_t *r = (pmu__req_t *)request;
+  pmu__loop_t *loop = r->loop;
+  if (r->stream_state)
+    return -EINVAL;
+  r->stream_state = 1;
+  pmu_response_t resp = {.status = status, .headers = headers, .header_count = header_count};
+  int rc;
+  if (pmu__current_loop == loop) {
+    rc = serialize(r, &resp, loop->date, loop->stopping, 1);
+  } else {
+    char date[40];
+    pmu__format_date(date, time(NULL));
+    rc = serialize(r, &resp, date, atomic_load(&loop->server->stop_requested), 1);
+  }
+  pmu__seg_t *g = seg_new(r, SEG_RAW, r->out, r->out_len, NULL, NULL);
+  r->out_len = 0; /* the head travels as the first piece */
+  if (!g)
+    return -ENOMEM;
+  deliver(g);
+  return rc;
+}
+
+int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
+                      void (*release)(void *ctx), void *ctx) {
+  pmu__req_t *r = (pmu__req_t *)request;
+  if (r->stream_state != 1) {
+    if (release)
+      release(ctx);
+    return -EINVAL;
+  }
+  if (atomic_load(&r->gone)) {
+    if (release)
+      release(ctx);
+    return -EPIPE;
+  }
+  if (r->stream_mode == STREAM_LENGTH && len > r->stream_remaining)
+    len = (size_t)r->stream_remaining; /* never more than the announced length */
+  if (len == 0 || r->stream_mode == STREAM_NOBODY) {
+    if (release)
+      release(ctx);
+    return 0;
+  }
+  if (r->stream_mode == STREAM_LENGTH)
+    r->stream_remaining -= len;
+  pmu__seg_t *g = seg_new(r, SEG_RAW, data, len, release, ctx);
+  if (!g) {
+    if (release)
+      release(ctx);
+    return -ENOMEM;
+  }
+  if (r->stream_mode == STREAM_CHUNKED) {
+    static const char hex[] = "0123456789abcdef";
+    char tmp[16];
+    int n = 0;
+    size_t v = len;
+    do {
+      tmp[n++] = hex[v & 15];
+      v >>= 4;
+    } while (v);
+    for (int i = 0; i < n; i++)
+      g->pre[i] = tmp[n - 1 - i];
+    g->pre[n] = '\r';
+    g->pre[n + 1] = '\n';
+    g->pre_len = (uint8_t)(n + 2);
+    g->post_len = 2;
+  }
+  g->body = len;
+  atomic_fetch_add(&r->unsent, len);
+  deliver(g);
+  return 0;
+}
+
+int pmu_respond_end(pmu_request_t *request) {
+  pmu__req_t *r = (pmu__req_t *)request;
+  if (r->stream_state != 1)
+    return -EINVAL;
+  r->stream_state = 2;
+  static const char last_chunk[] = "0\r\n\r\n";
+  size_t n = 0;
+  if (r->stream_mode == STREAM_CHUNKED)
+    n = sizeof last_chunk - 1;
+  else if (r->stream_mode == STREAM_LENGTH && r->stream_remaining)
+    r->close_after = 1; /* shorter than announced: only a close ends it */
+  else if (r->stream_mode == STREAM_CLOSE)
+    r->close_after = 1;
+  pmu__seg_t *g = seg_new(r, SEG_END, last_chunk, n, NULL, NULL);
+  if (!g)
+    return -ENOMEM;
+  deliver(g);
+  return 0;
+}
+
+size_t pmu_request_unsent(const pmu_request_t *request) {
+  return atomic_load(&((const pmu__req_t *)request)->unsent);
+}
+
+int pmu_request_wait_drain(pmu_request_t *request) {
+  pmu__req_t *r = (pmu__req_t *)request;
+  if (atomic_load(&r->gone))
+    return -EPIPE;
+  atomic_store(&r->want_drain, 1);
+  if (atomic_load(&r->unsent) <= r->loop->server->cfg.output_high_water / 2 &&
+      atomic_exchange(&r->want_drain, 0))
+    return 0;
+  return 1;
 }

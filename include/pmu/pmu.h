@@ -108,6 +108,17 @@ typedef void (*pmu_batch_handler_fn)(void *handler_data, pmu_request_t *const *r
 typedef void (*pmu_thread_fn)(void *handler_data, unsigned thread_index);
 
 /*
+ * Called on the request's worker thread about one request that the handler
+ * still holds (not answered, or a streamed answer not ended):
+ * - on_disconnect: its connection is gone. The request stays valid and must
+ *   still be answered (or its stream ended) to release it; writes to it are
+ *   dropped from now on.
+ * - on_drain: the stream's unsent bytes fell to half of output_high_water
+ *   after pmu_request_wait_drain() returned 1.
+ */
+typedef void (*pmu_request_fn)(void *handler_data, pmu_request_t *request);
+
+/*
  * Every knob of the engine. pmu_config_init() fills the defaults given beside
  * each field; zero in a size or limit field after init means "no limit" only
  * where the comment says so.
@@ -158,6 +169,8 @@ typedef struct pmu_config {
   void *handler_data;
   pmu_thread_fn on_thread_start; /* optional */
   pmu_thread_fn on_thread_stop;  /* optional */
+  pmu_request_fn on_disconnect;  /* optional */
+  pmu_request_fn on_drain;       /* optional */
 } pmu_config_t;
 
 /* Fill *config with the defaults above. */
@@ -211,6 +224,41 @@ int pmu_respond(pmu_request_t *request, const pmu_response_t *response);
 /* Shorthand: status, headers and a copied body. */
 int pmu_respond_simple(pmu_request_t *request, int status, const pmu_header_t *headers,
                        size_t header_count, const void *body, size_t body_len);
+
+/*
+ * A streamed answer, for bodies produced piece by piece (WSGI iterables, ASGI
+ * send). Like pmu_respond(), every call may come from any thread, and the
+ * pieces leave in the order given, after the answers to earlier requests.
+ *
+ * pmu_respond_start() sends the status and headers. If the headers carry a
+ * Content-Length, the body is sent as it is and must be exactly that long;
+ * otherwise an HTTP/1.1 client gets Transfer-Encoding: chunked and an
+ * HTTP/1.0 client a body delimited by closing the connection. HEAD, 204 and
+ * 304 answers send no body: writes are accepted and dropped.
+ *
+ * pmu_respond_write() queues one piece: copied, unless release is given, in
+ * which case the engine keeps data until it is sent and then calls
+ * release(ctx) on the worker thread. Returns 0, or -EPIPE once the
+ * connection is gone (the piece is dropped; stop producing and end).
+ *
+ * pmu_respond_end() finishes the answer and releases the request: it must
+ * not be touched afterwards. Each returns -EINVAL when called out of order.
+ */
+int pmu_respond_start(pmu_request_t *request, int status, const pmu_header_t *headers,
+                      size_t header_count);
+int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
+                      void (*release)(void *ctx), void *ctx);
+int pmu_respond_end(pmu_request_t *request);
+
+/* Bytes given to pmu_respond_write() for this request not yet on the wire. */
+size_t pmu_request_unsent(const pmu_request_t *request);
+
+/*
+ * Ask for config.on_drain once this stream's unsent bytes fall to half of
+ * output_high_water. Returns 1 if the callback will come, 0 if the bytes are
+ * already that low (no callback), -EPIPE if the connection is gone.
+ */
+int pmu_request_wait_drain(pmu_request_t *request);
 
 /* Find a request header by case-insensitive name; NULL if absent. */
 const pmu_header_t *pmu_request_header(const pmu_request_t *request, const char *name);

@@ -1,0 +1,283 @@
+/*
+ * test_stream: streamed answers (pmu_respond_start/write/end). Chunked for
+ * HTTP/1.1, as-is with a Content-Length, close-delimited for HTTP/1.0, no
+ * body for HEAD; pieces from another thread keep request order; a producer
+ * that waits for on_drain never has much more than output_high_water
+ * queued; a producer learns of a client that went away (on_disconnect and
+ * -EPIPE) and can still end its stream safely.
+ */
+#include "testlib.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HIGH_WATER (64 * 1024)
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int drained, disconnected;
+static size_t max_unsent;
+static int write_errors;
+
+static void on_drain(void *data, pmu_request_t *request) {
+  (void)data;
+  (void)request;
+  pthread_mutex_lock(&lock);
+  drained++;
+  pthread_cond_broadcast(&cond);
+  pthread_mutex_unlock(&lock);
+}
+
+static void on_disconnect(void *data, pmu_request_t *request) {
+  (void)data;
+  (void)request;
+  pthread_mutex_lock(&lock);
+  disconnected++;
+  pthread_cond_broadcast(&cond);
+  pthread_mutex_unlock(&lock);
+}
+
+static const pmu_header_t text = {"Content-Type", 12, "text/plain", 10};
+
+/* Piece i of a stream: "<i>:" then filler, `size` bytes in all. */
+static void piece(char *buf, size_t size, size_t i) {
+  memset(buf, 'a' + (int)(i % 26), size);
+  char tag[24];
+  int n = snprintf(tag, sizeof tag, "%zu:", i);
+  memcpy(buf, tag, (size_t)n < size ? (size_t)n : size);
+}
+
+static size_t query_num(const pmu_request_t *r, const char *key, size_t dflt) {
+  char q[256];
+  snprintf(q, sizeof q, "&%.*s", (int)r->query_len, r->query);
+  char k[32];
+  snprintf(k, sizeof k, "&%s=", key);
+  const char *p = strstr(q, k);
+  return p ? (size_t)strtoull(p + strlen(k), NULL, 10) : dflt;
+}
+
+/* Produce a whole stream: n pieces of size bytes, optionally waiting for
+ * drain, optionally until the client goes away. */
+static void produce(pmu_request_t *r) {
+  size_t n = query_num(r, "n", 3), size = query_num(r, "size", 10);
+  int wait = (int)query_num(r, "wait", 0), forever = (int)query_num(r, "forever", 0);
+  size_t length = query_num(r, "len", 0);
+  char lenbuf[24];
+  pmu_header_t headers[2] = {text, {"Content-Length", 14, lenbuf, 0}};
+  headers[1].value_len = (size_t)snprintf(lenbuf, sizeof lenbuf, "%zu", length);
+  pmu_respond_start(r, 200, headers, length ? 2 : 1);
+  char *buf = malloc(size);
+  for (size_t i = 0; forever || i < n; i++) {
+    piece(buf, size, i);
+    int rc = pmu_respond_write(r, buf, size, NULL, NULL);
+    size_t unsent = pmu_request_unsent(r);
+    pthread_mutex_lock(&lock);
+    if (unsent > max_unsent)
+      max_unsent = unsent;
+    if (rc == -EPIPE)
+      write_errors++;
+    pthread_mutex_unlock(&lock);
+    if (rc == -EPIPE)
+      break;
+    if (wait && unsent > HIGH_WATER) {
+      int before;
+      pthread_mutex_lock(&lock);
+      before = drained + disconnected;
+      pthread_mutex_unlock(&lock);
+      if (pmu_request_wait_drain(r) == 1) {
+        pthread_mutex_lock(&lock);
+        while (drained + disconnected == before)
+          pthread_cond_wait(&cond, &lock);
+        pthread_mutex_unlock(&lock);
+      }
+    }
+    if (forever)
+      t_sleep_ms(1);
+  }
+  free(buf);
+  pmu_respond_end(r);
+}
+
+static void *producer_thread(void *arg) {
+  pmu_request_t *r = arg;
+  t_sleep_ms((unsigned)query_num(r, "delay", 0));
+  produce(r);
+  return NULL;
+}
+
+static void handler(void *data, pmu_request_t *const *requests, size_t count) {
+  for (size_t i = 0; i < count; i++) {
+    pmu_request_t *r = requests[i];
+    if (r->path_len >= 7 && memcmp(r->path, "/stream", 7) == 0) {
+      if (query_num(r, "thread", 0)) {
+        pthread_t t;
+        pthread_create(&t, NULL, producer_thread, r);
+        pthread_detach(t);
+      } else {
+        produce(r);
+      }
+    } else {
+      t_handle_request(data, r);
+    }
+  }
+}
+
+/* The body of n pieces of size bytes, as produce() makes them. */
+static char *expected_body(size_t n, size_t size) {
+  char *body = malloc(n * size + 1);
+  for (size_t i = 0; i < n; i++)
+    piece(body + i * size, size, i);
+  body[n * size] = 0;
+  return body;
+}
+
+static void expect_stream(t_response_t *resp, size_t n, size_t size) {
+  T_ASSERT_INT_EQ(resp->status, 200);
+  T_ASSERT_INT_EQ(resp->body_len, n * size);
+  char *want = expected_body(n, size);
+  T_ASSERT_MSG(memcmp(resp->body, want, n * size) == 0, "streamed body differs");
+  free(want);
+}
+
+int main(void) {
+  t_init("stream");
+  pmu_config_t config;
+  t_config_init(&config);
+  config.handler = handler;
+  config.on_drain = on_drain;
+  config.on_disconnect = on_disconnect;
+  config.output_high_water = HIGH_WATER;
+  t_server_t *server = t_server_start(&config);
+
+  t_case("HTTP/1.1 stream on the worker thread is chunked, then the connection is reused");
+  {
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /stream?n=5&size=7 HTTP/1.1\r\nHost: h\r\n\r\n");
+    t_response_t resp;
+    t_expect_response(conn, &resp);
+    T_ASSERT(resp.chunked);
+    T_ASSERT(!resp.has_content_length);
+    expect_stream(&resp, 5, 7);
+    t_response_free(&resp);
+    t_send_str(conn, "GET /after HTTP/1.1\r\nHost: h\r\n\r\n");
+    t_expect_response(conn, &resp);
+    T_ASSERT_FIELD(&resp, "path", "/after");
+    t_response_free(&resp);
+    t_conn_close(conn);
+  }
+
+  t_case("a stream with Content-Length is sent as it is");
+  {
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /stream?n=4&size=10&len=40 HTTP/1.1\r\nHost: h\r\n\r\n");
+    t_response_t resp;
+    t_expect_response(conn, &resp);
+    T_ASSERT(!resp.chunked);
+    T_ASSERT_INT_EQ(resp.content_length, 40);
+    expect_stream(&resp, 4, 10);
+    t_response_free(&resp);
+    t_conn_close(conn);
+  }
+
+  t_case("a body shorter than its Content-Length closes the connection");
+  {
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /stream?n=1&size=10&len=25 HTTP/1.1\r\nHost: h\r\n\r\n");
+    T_ASSERT_MSG(t_wait_closed(conn, 2000), "connection not closed");
+    T_ASSERT_MSG(t_memmem(conn->buf, conn->len, "Content-Length: 25") != NULL,
+                 "head not sent");
+    t_conn_close(conn);
+  }
+
+  t_case("HTTP/1.0 stream is delimited by the close");
+  {
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /stream?n=3&size=5 HTTP/1.0\r\n\r\n");
+    T_ASSERT_MSG(t_wait_closed(conn, 2000), "connection not closed");
+    t_response_t resp;
+    T_ASSERT(t_parse_response(conn->buf, conn->len, false, true, &resp) > 0);
+    T_ASSERT(!resp.chunked);
+    T_ASSERT_STR_EQ(t_header(&resp, "Connection"), "close");
+    expect_stream(&resp, 3, 5);
+    t_response_free(&resp);
+    t_conn_close(conn);
+  }
+
+  t_case("HEAD of a stream sends no body");
+  {
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "HEAD /stream?n=3&size=5 HTTP/1.1\r\nHost: h\r\n\r\n");
+    t_response_t resp;
+    t_expect_head_response(conn, &resp);
+    T_ASSERT_INT_EQ(resp.status, 200);
+    T_ASSERT_MSG(t_recv_some(conn, 100) == -ETIMEDOUT, "bytes after HEAD");
+    t_response_free(&resp);
+    t_conn_close(conn);
+  }
+
+  t_case("pipelined: a slow stream from another thread keeps its place in line");
+  {
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /first HTTP/1.1\r\nHost: h\r\n\r\n"
+                     "GET /stream?thread=1&delay=100&n=20&size=100 HTTP/1.1\r\nHost: h\r\n\r\n"
+                     "GET /last HTTP/1.1\r\nHost: h\r\n\r\n");
+    t_response_t a, b, c;
+    t_expect_response(conn, &a);
+    T_ASSERT_FIELD(&a, "path", "/first");
+    t_expect_response(conn, &b);
+    T_ASSERT(b.chunked);
+    expect_stream(&b, 20, 100);
+    t_expect_response(conn, &c);
+    T_ASSERT_FIELD(&c, "path", "/last");
+    t_response_free(&a);
+    t_response_free(&b);
+    t_response_free(&c);
+    t_conn_close(conn);
+  }
+
+  t_case("8 MiB streamed by a producer that waits for drain: bounded queue, all bytes");
+  {
+    max_unsent = 0;
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /stream?thread=1&wait=1&n=512&size=16384 HTTP/1.1\r\nHost: h\r\n\r\n");
+    t_response_t resp;
+    t_expect_response(conn, &resp);
+    expect_stream(&resp, 512, 16384);
+    t_response_free(&resp);
+    pthread_mutex_lock(&lock);
+    size_t seen = max_unsent;
+    int d = drained;
+    pthread_mutex_unlock(&lock);
+    T_ASSERT_MSG(seen <= HIGH_WATER + 16384, "unsent reached %zu", seen);
+    T_ASSERT_MSG(d > 0, "on_drain never called");
+    t_conn_close(conn);
+  }
+
+  t_case("the client goes away mid-stream: on_disconnect, -EPIPE, safe end");
+  {
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /stream?thread=1&forever=1&size=1000 HTTP/1.1\r\nHost: h\r\n\r\n");
+    T_ASSERT(t_recv_some(conn, 2000) > 0);
+    pthread_mutex_lock(&lock);
+    int before = disconnected, errors_before = write_errors;
+    pthread_mutex_unlock(&lock);
+    t_conn_abort(conn);
+    int64_t deadline = t_now_ms() + 3000;
+    pthread_mutex_lock(&lock);
+    while ((disconnected == before || write_errors == errors_before) && t_now_ms() < deadline) {
+      pthread_mutex_unlock(&lock);
+      t_sleep_ms(5);
+      pthread_mutex_lock(&lock);
+    }
+    int ok = disconnected > before && write_errors > errors_before;
+    pthread_mutex_unlock(&lock);
+    T_ASSERT_MSG(ok, "no disconnect seen (on_disconnect %d, EPIPE %d)", disconnected - before,
+                 write_errors - errors_before);
+    t_sleep_ms(20); /* the producer ends its stream */
+  }
+
+  t_server_destroy(server);
+  return t_done();
+}
