@@ -6,6 +6,10 @@
  *
  *   hello_server PORT [THREADS]
  *
+ * Every engine knob can be set from the environment for tuning experiments,
+ * e.g. PMU_RING_ENTRIES=4096 PMU_SQPOLL=1 PMU_REGISTERED_FILES=1 (the field
+ * names of pmu_config_t, upper-cased, prefixed PMU_).
+ *
  * Stops gracefully on SIGINT or SIGTERM.
  */
 #include <pmu/pmu.h>
@@ -28,6 +32,30 @@ static void hello(void *data, pmu_request_t *const *requests, size_t count) {
     pmu_respond_simple(requests[i], 200, json_headers, 1, body, sizeof body - 1);
 }
 
+/* Numeric knobs of pmu_config_t that the environment may set. */
+#define KNOBS(X)                                                                              \
+  X(ring_entries) X(cq_entries) X(buf_count) X(buf_size) X(defer_taskrun) X(sqpoll)           \
+  X(sqpoll_idle_ms) X(registered_files) X(send_zc_threshold) X(batch_max)                   \
+  X(max_header_bytes) X(max_headers) X(max_url_bytes) X(max_body_bytes) X(max_connections)  \
+  X(max_pipelined) X(output_high_water) X(header_timeout_ms) X(keepalive_timeout_ms)        \
+  X(body_timeout_ms) X(send_timeout_ms) X(shutdown_timeout_ms) X(backlog)
+
+static void knobs_from_env(pmu_config_t *c) {
+  char name[64];
+#define X(field)                                                                              \
+  {                                                                                           \
+    snprintf(name, sizeof name, "PMU_%s", #field);                                            \
+    for (char *p = name; *p; p++)                                                             \
+      if (*p >= 'a' && *p <= 'z')                                                             \
+        *p = (char)(*p - 'a' + 'A');                                                          \
+    const char *v = getenv(name);                                                             \
+    if (v && *v)                                                                              \
+      c->field = (__typeof__(c->field))strtoull(v, NULL, 0);                                  \
+  }
+  KNOBS(X)
+#undef X
+}
+
 int main(int argc, char **argv) {
   pmu_config_t config;
   pmu_config_init(&config);
@@ -35,6 +63,7 @@ int main(int argc, char **argv) {
   config.port = argc > 1 ? (uint16_t)atoi(argv[1]) : 8000;
   config.threads = argc > 2 ? (unsigned)atoi(argv[2]) : 1;
   config.handler = hello;
+  knobs_from_env(&config);
 
   /* Block the stop signals in every thread; this one waits for them. */
   sigset_t stop_signals;
