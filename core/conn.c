@@ -112,10 +112,10 @@ void pmu__conn_timer_update(pmu__conn_t *c) {
     kind = TIMER_LINGER;
   else if (c->send_inflight)
     kind = TIMER_SEND;
+  else if (c->pstate == PS_BODY && !c->paused)
+    kind = TIMER_BODY; /* the client owes bytes */
   else if (c->pending > 0)
     kind = TIMER_NONE; /* the handler owes an answer: its business */
-  else if (c->pstate == PS_BODY)
-    kind = TIMER_BODY;
   else if (c->pstate == PS_HEADERS || !c->served)
     kind = TIMER_HEADER;
   else
@@ -155,15 +155,29 @@ void pmu__conn_release(pmu__conn_t *c) {
     loop->free_slots[loop->nfree_slots++] = c->fixed;
   }
   close(c->fd);
+  if (c->cur && (!c->cur->pub.body_streaming || c->cur->detached))
+    pmu__req_free(c->cur); /* a streamed one is in the queue, orphaned below */
+  c->cur = NULL;
+  /* Requests the handler holds are orphaned: freed when it answers. Those
+   * answered during this loop (on_disconnect may answer) stay allocated
+   * until the end of the turn (pmu__loop_bury), so the walk stays safe. */
+  pmu__req_t *orphans = NULL;
   for (pmu__req_t *r = c->head, *next; r; r = next) {
     next = r->next;
-    if (r->with_handler)
-      pmu__req_orphan(r); /* freed when the handler answers */
-    else
+    if (r->with_handler) {
+      r->next = orphans;
+      orphans = r;
+    } else {
       pmu__req_free(r);
+    }
   }
-  if (c->cur)
-    pmu__req_free(c->cur);
+  c->head = c->tail = NULL;
+  for (pmu__req_t *r = orphans; r; r = r->next)
+    r->conn = NULL;
+  for (pmu__req_t *r = orphans; r; r = r->next)
+    if (!r->answered)
+      pmu__req_orphan(r);
+  pmu__conn_body_list_remove(c);
   if (c->aprev)
     c->aprev->anext = c->anext;
   else
@@ -209,9 +223,49 @@ static int stash_append(pmu__conn_t *c, const char *data, size_t len) {
   return 0;
 }
 
+/* Streamed request body delivered to the handler and not yet consumed. */
+static size_t body_backlog(const pmu__conn_t *c) {
+  const pmu__req_t *r = c->cur;
+  if (!r || !r->pub.body_streaming || r->body_dropped)
+    return 0;
+  return atomic_load(&r->body_delivered) - atomic_load(&r->body_consumed);
+}
+
 static int over_limits(const pmu__conn_t *c) {
   const pmu_config_t *cfg = &c->loop->server->cfg;
-  return c->pending >= cfg->max_pipelined || c->out_queued > cfg->output_high_water;
+  return c->pending >= cfg->max_pipelined || c->out_queued > cfg->output_high_water ||
+         body_backlog(c) > cfg->output_high_water;
+}
+
+void pmu__conn_body_list_remove(pmu__conn_t *c) {
+  if (!c->on_body_list)
+    return;
+  if (c->bprev)
+    c->bprev->bnext = c->bnext;
+  else
+    c->loop->body_paused = c->bnext;
+  if (c->bnext)
+    c->bnext->bprev = c->bprev;
+  c->bprev = c->bnext = NULL;
+  c->on_body_list = 0;
+}
+
+/* Reading stops for a body the handler has not consumed: ask it to wake us. */
+static void wait_for_body_consumer(pmu__conn_t *c) {
+  pmu__req_t *r = c->cur;
+  if (!c->on_body_list) {
+    c->on_body_list = 1;
+    c->bprev = NULL;
+    c->bnext = c->loop->body_paused;
+    if (c->bnext)
+      c->bnext->bprev = c;
+    c->loop->body_paused = c;
+  }
+  atomic_store(&r->body_wait, 1);
+  /* The consumer may have caught up before it could see body_wait. */
+  if (body_backlog(c) <= c->loop->server->cfg.output_high_water / 2 &&
+      atomic_exchange(&r->body_wait, 0))
+    pmu__loop_wake(c->loop);
 }
 
 /* Stop reading: the multishot receive is cancelled; what it still delivers
@@ -221,6 +275,8 @@ static void pause_reading(pmu__conn_t *c) {
     c->paused = 1;
     STAT_ADD(c->loop, recv_paused, 1);
   }
+  if (body_backlog(c))
+    wait_for_body_consumer(c);
   if (c->recv_armed && !c->cancel_sent) {
     pmu__prep_cancel(&c->loop->ring, PMU__UD(c, OP_RECV), PMU__UD(c, OP_CANCEL));
     c->cancel_sent = 1;
@@ -282,21 +338,31 @@ void pmu__conn_maybe_resume(pmu__conn_t *c) {
     return;
   if (c->paused) {
     const pmu_config_t *cfg = &c->loop->server->cfg;
-    if (c->pending > cfg->max_pipelined / 2 || c->out_queued > cfg->output_high_water / 2)
+    if (c->pending > cfg->max_pipelined / 2 || c->out_queued > cfg->output_high_water / 2 ||
+        body_backlog(c) > cfg->output_high_water / 2)
       return;
     c->paused = 0;
+    pmu__conn_body_list_remove(c);
     if (c->llhttp_paused) {
       llhttp_resume(&c->parser);
       c->llhttp_paused = 0;
     }
-    if (c->stash_len > c->stash_off) {
-      size_t off = c->stash_off, len = c->stash_len - off;
+    /* Parse the stash a slice at a time, so that a large stash cannot
+     * overshoot the limits that paused it. */
+    const size_t slice = c->loop->bufs.size;
+    while (c->stash_len > c->stash_off) {
+      size_t off = c->stash_off, left = c->stash_len - off;
+      size_t len = left < slice ? left : slice;
       size_t used = pmu__http_feed(c, c->stash + off, len);
       c->stash_off += used;
-      if (c->no_more || c->closing || used == len)
+      if (c->no_more || c->closing || c->stash_off == c->stash_len) {
         c->stash_off = c->stash_len = 0;
-      if (c->llhttp_paused && !c->no_more)
-        c->paused = 1; /* paused again; the receive stays off */
+        break;
+      }
+      if (c->llhttp_paused || used < len || over_limits(c)) {
+        pause_reading(c); /* paused again; the receive stays off */
+        break;
+      }
     }
   }
   if (!c->paused && !c->recv_armed && !c->cancel_sent && !c->peer_eof && !c->closing &&
@@ -317,6 +383,17 @@ void pmu__conn_enqueue(pmu__conn_t *c, pmu__req_t *req) {
 }
 
 void pmu__conn_answered(pmu__conn_t *c, pmu__req_t *req) {
+  if (c->cur == req) {
+    /* Answered before its streamed body ended: deliver no more of it,
+     * discard the rest, close once the answer is out. */
+    req->body_dropped = 1;
+    req->close_after = 1;
+    c->linger_on_close = 1;
+    pmu__conn_body_list_remove(c);
+    if (c->paused)
+      pmu__loop_schedule_resume(c->loop, c); /* read on, to discard; not from
+                                                inside the parser */
+  }
   c->out_queued += req->out_len + req->ext_len;
   if (req->close_after)
     c->no_more = 1;
@@ -424,7 +501,10 @@ static int consume_sent(pmu__conn_t *c, size_t left) {
       c->tail = NULL;
     c->pending--;
     int close_now = r->close_after;
-    pmu__req_free(r);
+    if (r == c->cur)
+      r->detached = 1; /* its body is still being parsed: freed after */
+    else
+      pmu__req_free(r);
     if (close_now)
       return 1;
   }

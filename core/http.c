@@ -208,6 +208,26 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   return data_append(r, at, len) < 0 ? fail(c, 503) : 0;
 }
 
+static int finalize(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p);
+static void join_batch(pmu__conn_t *c, pmu__req_t *r);
+
+/* Hand the request to the handler now, before its body: the body follows
+ * through config.on_body. */
+static int start_body_stream(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
+  size_t keep = r->data_len;
+  r->data_len = c->body_off; /* the request as seen has no body */
+  if (finalize(c, r, p) < 0)
+    return -ENOMEM;
+  r->data_len = keep;
+  r->pub.body_streaming = 1;
+  r->pub.body = NULL;
+  r->pub.body_len = 0;
+  join_batch(c, r);
+  /* The handler must see the request before its first piece. */
+  pmu__loop_dispatch(c->loop);
+  return 0;
+}
+
 static int value_is(const pmu__req_t *r, const pmu__hoff_t *h, const char *want) {
   size_t n = strlen(want);
   return h->value_len == n && strncasecmp(r->data + h->value_off, want, n) == 0;
@@ -251,12 +271,24 @@ static int on_headers_complete(llhttp_t *p) {
 
   c->body_off = r->data_len;
   if (expects_body) {
-    if (has_length && data_reserve(r, (size_t)p->content_length) < 0)
-      return fail(c, 503);
     c->pstate = PS_BODY;
+    if (cfg->on_body && cfg->body_stream_threshold && has_length &&
+        p->content_length > cfg->body_stream_threshold) {
+      if (start_body_stream(c, r, p) < 0)
+        return fail(c, 503);
+    } else if (has_length && data_reserve(r, (size_t)p->content_length) < 0) {
+      return fail(c, 503);
+    }
   }
   pmu__conn_timer_update(c);
   return 0;
+}
+
+/* Hand a streamed-body piece to the handler. */
+static void deliver_body(pmu__conn_t *c, pmu__req_t *r, const char *at, size_t len, int last) {
+  const pmu_config_t *cfg = &c->loop->server->cfg;
+  atomic_fetch_add(&r->body_delivered, len);
+  cfg->on_body(cfg->handler_data, &r->pub, at, len, last);
 }
 
 /* A chunk announced beyond the body limit is refused before its data. */
@@ -269,11 +301,30 @@ static int on_chunk_header(llhttp_t *p) {
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
   pmu__conn_t *c = CONN(p);
+  pmu__req_t *r = c->cur;
+  const pmu_config_t *cfg = &c->loop->server->cfg;
   c->body_bytes += len;
-  if (c->body_bytes > c->loop->server->cfg.max_body_bytes)
+  if (c->body_bytes > cfg->max_body_bytes)
     return fail(c, 413);
   pmu__conn_timer_touch(c);
-  return data_append(c->cur, at, len) < 0 ? fail(c, 503) : 0;
+  if (r->pub.body_streaming) {
+    if (!r->body_dropped)
+      deliver_body(c, r, at, len, 0);
+    return 0;
+  }
+  if (data_append(r, at, len) < 0)
+    return fail(c, 503);
+  size_t buffered = r->data_len - c->body_off;
+  if (cfg->on_body && cfg->body_stream_threshold && buffered > cfg->body_stream_threshold) {
+    /* A chunked body outgrew the threshold: stream from here on, starting
+     * with what was buffered. */
+    if (start_body_stream(c, r, p) < 0)
+      return fail(c, 503);
+    r->data_len = c->body_off;
+    if (!r->body_dropped)
+      deliver_body(c, r, r->data + c->body_off, buffered, 0);
+  }
+  return 0;
 }
 
 /* Turn offsets into the pointers the handler sees. */
@@ -329,22 +380,39 @@ static int finalize(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
   return 0;
 }
 
-static int on_message_complete(llhttp_t *p) {
-  pmu__conn_t *c = CONN(p);
+/* The request joins its connection's queue and the loop's batch. */
+static void join_batch(pmu__conn_t *c, pmu__req_t *r) {
   pmu__loop_t *loop = c->loop;
-  pmu__req_t *r = c->cur;
-  if (finalize(c, r, p) < 0)
-    return fail(c, 503);
-  c->cur = NULL;
-  c->pstate = PS_IDLE;
   pmu__conn_enqueue(c, r);
-  pmu__conn_timer_update(c); /* an answer is owed: no timer runs */
   r->with_handler = 1;
   loop->batch[loop->batch_len++] = &r->pub;
   STAT_ADD(loop, requests, 1);
   if (loop->batch_len >= loop->server->cfg.batch_max)
     pmu__loop_dispatch(loop); /* a long pipeline: answer in slices */
-  if (!r->pub.keep_alive) {
+}
+
+static int on_message_complete(llhttp_t *p) {
+  pmu__conn_t *c = CONN(p);
+  pmu__loop_t *loop = c->loop;
+  pmu__req_t *r = c->cur;
+  c->cur = NULL;
+  c->pstate = PS_IDLE;
+  if (r->pub.body_streaming) {
+    if (!r->body_dropped)
+      deliver_body(c, r, NULL, 0, 1);
+    else
+      c->no_more = 1; /* answered early: the connection closes after it */
+    if (r->detached)
+      pmu__req_free(r); /* its answer is already out */
+  } else {
+    if (finalize(c, r, p) < 0) {
+      c->cur = r; /* freed with the error below */
+      return fail(c, 503);
+    }
+    join_batch(c, r);
+  }
+  pmu__conn_timer_update(c); /* an answer is owed: no timer runs */
+  if (!r->pub.keep_alive || c->no_more) {
     c->no_more = 1; /* whatever follows a closing request is ignored */
     return HPE_PAUSED;
   }
@@ -371,6 +439,13 @@ void pmu__http_init(pmu__conn_t *c) {
 }
 
 void pmu__conn_send_error(pmu__conn_t *c, int status) {
+  if (c->cur && c->cur->pub.body_streaming) {
+    /* The handler holds this request and owes its answer: no error can go
+     * in its place. Close; on_disconnect tells the handler. */
+    c->cur = NULL;
+    pmu__conn_close(c);
+    return;
+  }
   if (c->cur) {
     pmu__req_free(c->cur);
     c->cur = NULL;
@@ -415,4 +490,13 @@ size_t pmu__http_feed(pmu__conn_t *c, const char *data, size_t len) {
   }
   c->fed += used;
   return used;
+}
+
+void pmu_request_body_consumed(pmu_request_t *request, size_t n) {
+  pmu__req_t *r = (pmu__req_t *)request;
+  size_t consumed = atomic_fetch_add(&r->body_consumed, n) + n;
+  size_t low = r->loop->server->cfg.output_high_water / 2;
+  if (atomic_load(&r->body_wait) && atomic_load(&r->body_delivered) - consumed <= low &&
+      atomic_exchange(&r->body_wait, 0))
+    pmu__loop_wake(r->loop); /* the loop looks at its paused reads */
 }

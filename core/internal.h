@@ -106,6 +106,14 @@ struct pmu__req {
   atomic_size_t unsent;
   atomic_int want_drain;
   atomic_int gone; /* the connection is gone: writes are dropped */
+
+  /* A streamed request body (pub.body_streaming). */
+  atomic_size_t body_delivered; /* written by the loop */
+  atomic_size_t body_consumed;  /* written by the handler's threads */
+  atomic_int body_wait;         /* the loop paused reading for this backlog */
+  uint8_t body_dropped;         /* answered early: deliver no more */
+  uint8_t detached;             /* sent and out of the queue, but still
+                                   conn->cur (its body is being discarded) */
 };
 
 enum pmu__timer_kind {
@@ -175,6 +183,8 @@ struct pmu__conn {
   pmu__conn_t *gnext;     /* loop's release list (closed, no SQE in flight) */
   size_t body_off;        /* where the body starts in cur->data */
   pmu__conn_t *aprev, *anext; /* all connections of the loop */
+  pmu__conn_t *bprev, *bnext; /* loop's list of reads paused for a body backlog */
+  uint8_t on_body_list;
 
   int zc_res; /* result of a SEND_ZC awaiting its notification */
   struct msghdr msg;
@@ -202,6 +212,8 @@ struct pmu__loop {
   pmu__conn_t *dirty;
   pmu__conn_t *rearm;
   pmu__conn_t *grave;
+  pmu__conn_t *body_paused; /* waiting for handlers to consume streamed bodies */
+  pmu__req_t *dead; /* answered orphans, freed at the end of the turn */
   long outstanding; /* requests with the handler, not answered yet */
   int *free_slots;  /* fixed-file slots not in use (registered_files) */
   unsigned nfree_slots;
@@ -272,6 +284,10 @@ void pmu__set_error(pmu_server_t *server, const char *fmt, ...)
 void *pmu__loop_main(void *arg);
 void pmu__loop_wake(pmu__loop_t *loop);
 void pmu__loop_dispatch(pmu__loop_t *loop);
+/* Free req at the end of this turn (an answered orphan). */
+void pmu__loop_bury(pmu__loop_t *loop, pmu__req_t *req);
+/* Resume reading (or re-arm the receive) at the end of this turn. */
+void pmu__loop_schedule_resume(pmu__loop_t *loop, pmu__conn_t *conn);
 void pmu__loop_mark_dirty(pmu__loop_t *loop, pmu__conn_t *conn);
 extern __thread pmu__loop_t *pmu__current_loop;
 
@@ -289,6 +305,7 @@ void pmu__conn_on_send(pmu__conn_t *conn, int res);
 void pmu__conn_on_recv(pmu__conn_t *conn, const char *data, size_t len);
 void pmu__conn_on_eof(pmu__conn_t *conn);
 void pmu__conn_maybe_resume(pmu__conn_t *conn);
+void pmu__conn_body_list_remove(pmu__conn_t *conn);
 void pmu__conn_enqueue(pmu__conn_t *conn, pmu__req_t *req);
 void pmu__conn_answered(pmu__conn_t *conn, pmu__req_t *req);
 

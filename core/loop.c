@@ -30,6 +30,19 @@ void pmu__loop_wake(pmu__loop_t *loop) {
   }
 }
 
+void pmu__loop_bury(pmu__loop_t *loop, pmu__req_t *req) {
+  req->qnext = loop->dead;
+  loop->dead = req;
+}
+
+static void free_dead(pmu__loop_t *loop) {
+  while (loop->dead) {
+    pmu__req_t *r = loop->dead;
+    loop->dead = r->qnext;
+    pmu__req_free(r);
+  }
+}
+
 void pmu__loop_mark_dirty(pmu__loop_t *loop, pmu__conn_t *conn) {
   if (!conn->on_dirty) {
     conn->on_dirty = 1;
@@ -116,7 +129,7 @@ static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   }
 }
 
-static void schedule_rearm(pmu__loop_t *loop, pmu__conn_t *conn) {
+void pmu__loop_schedule_resume(pmu__loop_t *loop, pmu__conn_t *conn) {
   if (!conn->on_rearm) {
     conn->on_rearm = 1;
     conn->rnext = loop->rearm;
@@ -149,7 +162,7 @@ static void on_recv(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
   if (conn->closing)
     pmu__conn_try_release(conn);
   else if (!conn->recv_armed)
-    schedule_rearm(loop, conn);
+    pmu__loop_schedule_resume(loop, conn);
 }
 
 static void on_send_cqe(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
@@ -198,6 +211,11 @@ static void on_wake(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   ssize_t n = read(loop->wake_fd, &v, sizeof v);
   (void)n;
   drain_answers(loop);
+  /* Handlers may have consumed streamed bodies that paused reading. */
+  for (pmu__conn_t *c = loop->body_paused, *next; c; c = next) {
+    next = c->bnext;
+    pmu__conn_maybe_resume(c);
+  }
   if (!loop->stopping && atomic_load(&loop->server->stop_requested))
     begin_stop(loop);
 }
@@ -225,7 +243,7 @@ static void handle_cqe(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
       if (conn->closing)
         pmu__conn_try_release(conn);
       else if (!conn->recv_armed)
-        schedule_rearm(loop, conn); /* resume may have waited for this */
+        pmu__loop_schedule_resume(loop, conn); /* resume may have waited for this */
     }
     break;
   default:
@@ -317,6 +335,7 @@ static void end_of_turn(pmu__loop_t *loop) {
     c = next;
   }
 
+  free_dead(loop);
   if (!loop->accept_armed && !loop->stopping)
     arm_accept(loop);
   if (!loop->wake_armed)
@@ -397,6 +416,7 @@ static void close_answer_queue(pmu__loop_t *loop) {
     pmu__seg_arrived(late_seg);
     late_seg = next;
   }
+  free_dead(loop);
   /* Those answered just now were counted above. */
   atomic_fetch_sub(&loop->server->refs, held - loop->outstanding);
 }

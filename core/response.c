@@ -332,7 +332,7 @@ void pmu__answer_arrived(pmu__req_t *r) {
   }
   STAT_ADD(loop, responses, 1);
   if (!r->conn) {
-    pmu__req_free(r); /* the connection is gone */
+    pmu__loop_bury(loop, r); /* the connection is gone */
     return;
   }
   pmu__conn_answered(r->conn, r);
@@ -423,7 +423,7 @@ void pmu__seg_arrived(pmu__seg_t *g) {
     int end = g->kind == SEG_END;
     pmu__seg_done(g);
     if (end)
-      pmu__req_free(r);
+      pmu__loop_bury(r->loop, r);
     return;
   }
   r->streaming = 1;
@@ -450,7 +450,6 @@ void pmu__stream_sent(pmu__req_t *r, pmu__seg_t *g) {
 }
 
 void pmu__req_orphan(pmu__req_t *r) {
-  r->conn = NULL;
   atomic_store(&r->gone, 1);
   while (r->seg_head) {
     pmu__seg_t *g = r->seg_head;

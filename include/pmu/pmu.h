@@ -66,6 +66,7 @@ typedef struct pmu_request {
   uint8_t http_minor;
   uint8_t keep_alive; /* the connection stays open after this request */
   uint8_t is_head;    /* HEAD: the engine sends no body */
+  uint8_t body_streaming; /* the body comes in pieces through config.on_body */
   uint16_t thread;    /* index of the worker thread that owns it */
   uint64_t conn_id;   /* unique per server; equal for requests of one connection */
   struct sockaddr_storage peer;  /* client address (AF_UNIX: family only) */
@@ -119,6 +120,18 @@ typedef void (*pmu_thread_fn)(void *handler_data, unsigned thread_index);
 typedef void (*pmu_request_fn)(void *handler_data, pmu_request_t *request);
 
 /*
+ * A piece of a streamed request body (request->body_streaming), on the
+ * request's worker thread, in order; `last` is 1 on the final call (len may
+ * be 0 then). data is valid only during the call. The handler has already
+ * seen the request. If the handler answers before the last piece, the
+ * engine stops delivering, discards the rest and closes the connection after
+ * the answer. If the client goes away first, on_disconnect comes instead of
+ * the last piece.
+ */
+typedef void (*pmu_body_fn)(void *handler_data, pmu_request_t *request, const void *data,
+                            size_t len, int last);
+
+/*
  * Every knob of the engine. pmu_config_init() fills the defaults given beside
  * each field; zero in a size or limit field after init means "no limit" only
  * where the comment says so.
@@ -154,7 +167,11 @@ typedef struct pmu_config {
   unsigned max_pipelined;    /* 128 requests awaiting answers per connection
                                 before the engine stops reading it */
   size_t output_high_water;  /* 1 MiB queued output per connection before the
-                                engine stops reading it */
+                                engine stops reading it; also the streamed
+                                request body a handler may leave unconsumed */
+  size_t body_stream_threshold; /* 0 (off): with on_body set, a request whose
+                                body exceeds this many bytes is handed to the
+                                handler at once and its body streamed */
 
   /* Timeouts, milliseconds; 0 disables that timeout */
   unsigned header_timeout_ms;    /* 10000: accept/first byte to end of headers; 408 */
@@ -171,6 +188,7 @@ typedef struct pmu_config {
   pmu_thread_fn on_thread_stop;  /* optional */
   pmu_request_fn on_disconnect;  /* optional */
   pmu_request_fn on_drain;       /* optional */
+  pmu_body_fn on_body;           /* optional: see body_stream_threshold */
 } pmu_config_t;
 
 /* Fill *config with the defaults above. */
@@ -259,6 +277,14 @@ size_t pmu_request_unsent(const pmu_request_t *request);
  * already that low (no callback), -EPIPE if the connection is gone.
  */
 int pmu_request_wait_drain(pmu_request_t *request);
+
+/*
+ * For a streamed request body: the handler has finished with n more bytes of
+ * it. Any thread. The engine stops reading the connection while more than
+ * output_high_water bytes are delivered and not consumed, and resumes when
+ * the backlog falls to half of that. Not to be called after answering.
+ */
+void pmu_request_body_consumed(pmu_request_t *request, size_t n);
 
 /* Find a request header by case-insensitive name; NULL if absent. */
 const pmu_header_t *pmu_request_header(const pmu_request_t *request, const char *name);
