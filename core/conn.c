@@ -12,6 +12,8 @@
 
 #define MAX_FREE_CONNS 1024
 
+static void sendbuf_put(pmu__conn_t *c);
+
 pmu__conn_t *pmu__conn_new(pmu__loop_t *loop, int fd) {
   pmu__conn_t *c = loop->free_conns;
   char *stash = NULL;
@@ -34,14 +36,21 @@ pmu__conn_t *pmu__conn_new(pmu__loop_t *loop, int fd) {
   c->stash_cap = stash_cap;
   c->id = atomic_fetch_add(&loop->server->next_conn_id, 1);
 
-  socklen_t len = sizeof c->peer;
-  if (getpeername(fd, (struct sockaddr *)&c->peer, &len) < 0)
-    memset(&c->peer, 0, sizeof c->peer);
+  /* Addresses too long for pmu__sockaddr_t (AF_UNIX paths) keep only
+   * their family: a Unix peer has no useful name. */
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  memset(&c->peer, 0, sizeof c->peer);
+  if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0)
+    memcpy(&c->peer, &ss, len < sizeof c->peer ? len : sizeof c->peer);
   pmu_server_t *s = loop->server;
+  memset(&c->local, 0, sizeof c->local);
   if (s->wildcard) {
-    len = sizeof c->local;
-    if (getsockname(fd, (struct sockaddr *)&c->local, &len) < 0)
-      memset(&c->local, 0, sizeof c->local);
+    len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
+      memcpy(&c->local, &ss, len < sizeof c->local ? len : sizeof c->local);
+  } else if (s->bound.ss_family == AF_UNIX) {
+    c->local.sa.sa_family = AF_UNIX;
   } else {
     memcpy(&c->local, &s->bound, sizeof c->local);
   }
@@ -178,6 +187,7 @@ void pmu__conn_release(pmu__conn_t *c) {
     if (!r->answered)
       pmu__req_orphan(r);
   pmu__conn_body_list_remove(c);
+  sendbuf_put(c);
   if (c->aprev)
     c->aprev->anext = c->anext;
   else
@@ -408,8 +418,8 @@ static int add_part(pmu__conn_t *c, int n, const char *base, size_t len, size_t 
     *skip -= len;
     return n;
   }
-  c->iov[n].iov_base = (char *)base + *skip;
-  c->iov[n].iov_len = len - *skip;
+  c->sb->iov[n].iov_base = (char *)base + *skip;
+  c->sb->iov[n].iov_len = len - *skip;
   *total += len - *skip;
   *skip = 0;
   return n + 1;
@@ -420,9 +430,38 @@ static int add_part(pmu__conn_t *c, int n, const char *base, size_t len, size_t 
  * unless a send is already in flight. A streamed answer contributes the
  * pieces it has; nothing after it goes until it has ended.
  */
+static pmu__sendbuf_t *sendbuf_get(pmu__loop_t *loop) {
+  pmu__sendbuf_t *sb = loop->free_sendbufs;
+  if (sb) {
+    loop->free_sendbufs = sb->next;
+    loop->nfree_sendbufs--;
+    return sb;
+  }
+  return malloc(sizeof *sb);
+}
+
+static void sendbuf_put(pmu__conn_t *c) {
+  pmu__loop_t *loop = c->loop;
+  pmu__sendbuf_t *sb = c->sb;
+  c->sb = NULL;
+  if (!sb)
+    return;
+  if (loop->nfree_sendbufs >= MAX_FREE_CONNS) {
+    free(sb);
+    return;
+  }
+  sb->next = loop->free_sendbufs;
+  loop->free_sendbufs = sb;
+  loop->nfree_sendbufs++;
+}
+
 void pmu__conn_flush(pmu__conn_t *c) {
   if (c->closing || c->send_inflight)
     return;
+  if (!c->sb && !(c->sb = sendbuf_get(c->loop))) {
+    pmu__conn_close(c);
+    return;
+  }
   int n = 0;
   size_t total = 0;
   for (pmu__req_t *r = c->head; r && n < PMU__IOV_MAX - 3; r = r->next) {
@@ -446,16 +485,18 @@ void pmu__conn_flush(pmu__conn_t *c) {
       break; /* nothing after a closing response goes out */
   }
   if (n == 0) {
+    sendbuf_put(c);
     pmu__conn_timer_update(c);
     return;
   }
-  memset(&c->msg, 0, sizeof c->msg);
-  c->msg.msg_iov = c->iov;
-  c->msg.msg_iovlen = (size_t)n;
+  struct msghdr *msg = &c->sb->msg;
+  memset(msg, 0, sizeof *msg);
+  msg->msg_iov = c->sb->iov;
+  msg->msg_iovlen = (size_t)n;
   c->send_len = total;
   const pmu_config_t *cfg = &c->loop->server->cfg;
   int zc = cfg->send_zc_threshold && total >= cfg->send_zc_threshold;
-  pmu__prep_send(&c->loop->ring, c->fd, c->fixed, &c->msg, zc, PMU__UD(c, OP_SEND));
+  pmu__prep_send(&c->loop->ring, c->fd, c->fixed, msg, zc, PMU__UD(c, OP_SEND));
   c->send_inflight = 1;
   c->ops++;
   STAT_ADD(c->loop, sends, 1);
@@ -527,6 +568,7 @@ static void linger(pmu__conn_t *c) {
 
 void pmu__conn_on_send(pmu__conn_t *c, int res) {
   c->send_inflight = 0;
+  sendbuf_put(c);
   if (c->closing) {
     pmu__conn_try_release(c);
     return;

@@ -375,8 +375,8 @@ static int finalize(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
   q->is_head = p->method == HTTP_HEAD;
   q->thread = (uint16_t)c->loop->index;
   q->conn_id = c->id;
-  memcpy(&q->peer, &c->peer, sizeof q->peer);
-  memcpy(&q->local, &c->local, sizeof q->local);
+  memcpy(&q->peer, &c->peer, sizeof c->peer);
+  memcpy(&q->local, &c->local, sizeof c->local);
   return 0;
 }
 

@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <netinet/in.h>
 #include <sys/uio.h>
 #include <time.h>
 
@@ -32,6 +33,21 @@
                    __ATOMIC_RELAXED)
 
 typedef struct pmu__loop pmu__loop_t;
+
+/* The msghdr and iovecs of one send in flight, lent by the loop's pool so
+ * that an idle connection does not carry a kilobyte of them. */
+typedef struct pmu__sendbuf {
+  struct pmu__sendbuf *next;
+  struct msghdr msg;
+  struct iovec iov[PMU__IOV_MAX];
+} pmu__sendbuf_t;
+
+/* A peer or local address, compactly: IPv4, IPv6, or just the family. */
+typedef union pmu__sockaddr {
+  struct sockaddr sa;
+  struct sockaddr_in in4;
+  struct sockaddr_in6 in6;
+} pmu__sockaddr_t;
 typedef struct pmu__conn pmu__conn_t;
 typedef struct pmu__req pmu__req_t;
 
@@ -187,11 +203,10 @@ struct pmu__conn {
   uint8_t on_body_list;
 
   int zc_res; /* result of a SEND_ZC awaiting its notification */
-  struct msghdr msg;
-  struct iovec iov[PMU__IOV_MAX];
+  pmu__sendbuf_t *sb; /* held only while a send is in flight */
   size_t send_len;
 
-  struct sockaddr_storage peer, local;
+  pmu__sockaddr_t peer, local; /* last: conn_new clears what comes before */
 };
 
 struct pmu__loop {
@@ -223,6 +238,8 @@ struct pmu__loop {
   unsigned nfree_conns;
   pmu__req_t *free_reqs;
   unsigned nfree_reqs;
+  pmu__sendbuf_t *free_sendbufs;
+  unsigned nfree_sendbufs;
 
   struct {
     pmu__conn_t *head, *tail;

@@ -437,6 +437,11 @@ static void free_pools(pmu__loop_t *loop) {
     free(c->stash);
     free(c);
   }
+  while (loop->free_sendbufs) {
+    pmu__sendbuf_t *sb = loop->free_sendbufs;
+    loop->free_sendbufs = sb->next;
+    free(sb);
+  }
   free(loop->batch);
   free(loop->free_slots);
 }
