@@ -53,6 +53,9 @@ setup build/asan -Dpython=false --buildtype=debug -Db_sanitize=address,undefined
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build/asan --print-errorlogs --num-processes 2
 
+echo "== benchmark runner's own tests"
+"$py" -m pytest -q benchmarks/tests
+
 if [ -d tests/python ]; then
   echo "== Python package and tests"
   "$py" -m pip install -q --no-build-isolation . 

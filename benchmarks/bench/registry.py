@@ -1,0 +1,88 @@
+"""The servers, as data: adding a server is one entry here (and usually one script in
+benchmarks/servers/).
+
+argv is a template: {python} is this interpreter, {servers} benchmarks/servers/, {port} the
+port given to the server, {threads} the `threads` knob (default 1), {hello_server} the C
+example's binary. `caps` lists what the server answers beyond GET / (see servers/common.py):
+"bytes" (/16k, /1m), "echo" (POST /echo). `pip` lists (import name, pip requirement) pairs
+installed when missing; `tools` lists system tools (apt) the server needs; `build` names what
+provisioning must build first. `knobs` lists the engine knobs the server honours (sweeps refuse
+others): "threads" goes into argv where the template has {threads}, and every knob also goes
+into a PMU_* environment variable (examples/hello_server and the Python scripts read them).
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from .knobs import ALL_KNOBS
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    label: str
+    argv: Tuple[str, ...]
+    kind: str  # "ours", "c-reference" or "peer"
+    caps: Tuple[str, ...] = ("hello", "bytes", "echo")
+    pip: Tuple[Tuple[str, str], ...] = ()
+    tools: Tuple[str, ...] = ()
+    build: Optional[str] = None  # "hello_server" or "pymongoose_uring"
+    knobs: Tuple[str, ...] = ()
+    stats_path: Optional[str] = None
+    start_timeout: float = 20.0
+    env: Tuple[Tuple[str, str], ...] = ()
+    description: str = ""
+
+    def supports(self, workload):
+        return workload.needs in self.caps
+
+
+# The engine's default max_connections (10,000) is exactly the c10k workload's count; leave
+# room, as gunicorn_server.py does with --worker-connections.
+ROOM_FOR_C10K = (("PMU_MAX_CONNECTIONS", "12000"),)
+PY = "{python}"
+S = "{servers}/"
+
+SERVERS = [
+    Server("pymongoose_uring", "pymongoose_uring", (PY, S + "pymongoose_uring_server.py", "{port}"),
+           kind="ours", build="pymongoose_uring", knobs=ALL_KNOBS, stats_path="/__stats",
+           env=ROOM_FOR_C10K,
+           description="the native Python API on the io_uring engine"),
+    Server("pymongoose", "pymongoose API (compat)", (PY, S + "pymongoose_server.py", "{port}"),
+           kind="ours", build="pymongoose_uring", env=ROOM_FOR_C10K,
+           description="the predecessor's script shape through the compatibility layer"),
+    Server("hello_c", "hello_server (C engine)", ("{hello_server}", "{port}", "{threads}"),
+           kind="c-reference", caps=("hello",), build="hello_server", knobs=ALL_KNOBS,
+           env=ROOM_FOR_C10K,
+           description="examples/hello_server: the engine with a C handler, no Python"),
+    Server("nginx", "nginx (1 worker)", (PY, S + "nginx_server.py", "{port}"),
+           kind="c-reference", tools=("nginx",),
+           description="nginx, one worker, return 200 / static files / echo module"),
+    Server("granian_asgi", "granian ASGI", (PY, S + "granian_server.py", "{port}", "asgi"),
+           kind="peer", pip=(("granian", "granian"),),
+           description="granian (Rust) serving the raw ASGI app"),
+    Server("uvicorn_raw", "uvicorn raw ASGI", (PY, S + "uvicorn_raw_server.py", "{port}"),
+           kind="peer",
+           pip=(("uvicorn", "uvicorn"), ("uvloop", "uvloop"), ("httptools", "httptools")),
+           description="a raw ASGI app on uvicorn with uvloop and httptools"),
+    Server("uvicorn", "FastAPI (uvicorn)", (PY, S + "uvicorn_server.py", "{port}"),
+           kind="peer",
+           pip=(("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("uvloop", "uvloop"),
+                ("httptools", "httptools")),
+           description="FastAPI on uvicorn with uvloop and httptools"),
+    Server("aiohttp", "aiohttp", (PY, S + "aiohttp_server.py", "{port}"),
+           kind="peer", pip=(("aiohttp", "aiohttp"), ("uvloop", "uvloop")),
+           description="aiohttp's web server on uvloop"),
+    Server("granian_wsgi", "granian WSGI (Flask)", (PY, S + "granian_server.py", "{port}", "wsgi"),
+           kind="peer", pip=(("granian", "granian"), ("flask", "flask")),
+           description="granian (Rust) serving the Flask app over WSGI"),
+    Server("gunicorn", "gunicorn (Flask)", (PY, S + "gunicorn_server.py", "{port}"),
+           kind="peer", pip=(("gunicorn", "gunicorn"), ("flask", "flask")),
+           description="the Flask app under gunicorn, 1 gthread worker, 4 threads"),
+    Server("flask", "Flask (threaded)", (PY, S + "flask_server.py", "{port}"),
+           kind="peer", pip=(("flask", "flask"),),
+           description="Flask's own threaded development server"),
+]
+BY_NAME = {s.name: s for s in SERVERS}
+DEFAULT = [s.name for s in SERVERS]
+# Reference for ratios: the first of these that ran.
+REFERENCE_ORDER = ["pymongoose_uring", "pymongoose", "hello_c", "nginx"]

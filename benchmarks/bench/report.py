@@ -1,0 +1,232 @@
+"""Medians over rounds, the printed tables, and the JSON / CSV files."""
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from . import REPO_DIR, wrk
+
+# Metrics reduced by median over rounds; the rest by max (memory) or sum (errors).
+MEDIAN = ["rps", "mb_per_s", "cpu_us_per_req", "core_us_per_req", "server_cpu_util",
+          "lat_mean_ms", "lat_p50_ms", "lat_p90_ms", "lat_p99_ms", "mem_per_conn_kib",
+          "rss_before_mib"]
+MAX = ["rss_peak_mib", "lat_max_ms"]
+SUM = ["requests", "socket_errors", "errors_connect", "errors_read", "errors_write",
+       "errors_timeout", "status_errors"]
+
+
+def summarize(points):
+    """Reduce the rounds of one (server, workload) to one row."""
+    row = {"rounds": len(points)}
+    for key in MEDIAN:
+        values = [p[key] for p in points if p.get(key) is not None]
+        row[key] = statistics.median(values) if values else None
+    for key in MAX:
+        values = [p[key] for p in points if p.get(key) is not None]
+        row[key] = max(values) if values else None
+    for key in SUM:
+        row[key] = sum(p.get(key) or 0 for p in points)
+    rps = [p["rps"] for p in points]
+    row["rps_min"], row["rps_max"] = min(rps), max(rps)
+    cpu = [p["cpu_us_per_req"] for p in points if p.get("cpu_us_per_req") is not None]
+    row["cpu_min"], row["cpu_max"] = (min(cpu), max(cpu)) if cpu else (None, None)
+    return row
+
+
+def choose_reference(summary, order, wanted=None):
+    """The server the ratios are taken against: `wanted` if it ran, else the first of
+    `order` that ran, else the first server with results."""
+    ran = {s for (s, _w) in summary}
+    for name in ([wanted] if wanted else []) + list(order):
+        if name in ran:
+            return name
+    return next(iter(sorted(ran)), None)
+
+
+def _fmt_int(x):
+    return "-" if x is None else "{:,.0f}".format(x)
+
+
+def _fmt(x, digits=1):
+    return "-" if x is None else "{:,.{d}f}".format(x, d=digits)
+
+
+def _ratio(x):
+    return ("%.2f×" % x) if 0.1 <= x < 100 else ("%.2g×" % x if x < 0.1 else "%.0f×" % x)
+
+
+def _fmt_ms(x):
+    if x is None:
+        return "-"
+    return "%.2f ms" % x if x < 10 else "%.0f ms" % x if x >= 100 else "%.1f ms" % x
+
+
+def workload_table(workload, rows, labels, reference, header_note=""):
+    """Markdown table for one workload: rows is [(server, summary row)] in display order."""
+    ref = dict(rows).get(reference)
+    vs = "vs %s (req/s, CPU)" % reference if reference else "vs reference"
+    cols = ["Framework", "Requests/sec", "Latency p50 / p99", "CPU µs/req", "Peak RSS"]
+    if workload.per_connection_memory:
+        cols.append("Memory/conn")
+    cols += ["Errors", vs]
+    lines = ["### %s%s" % (workload.title, header_note), "",
+             "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for server, row in rows:
+        ratio = "-"
+        if ref and row["rps"] and ref["rps"]:
+            cpu_ratio = (row["cpu_us_per_req"] / ref["cpu_us_per_req"]
+                         if row["cpu_us_per_req"] and ref["cpu_us_per_req"] else None)
+            ratio = "%s / %s" % (_ratio(row["rps"] / ref["rps"]),
+                                 _ratio(cpu_ratio) if cpu_ratio else "-")
+        name = labels.get(server, server)
+        name = "**%s**" % name if server == reference else name
+        errors = row["socket_errors"] + row["status_errors"]
+        cells = [name, _fmt_int(row["rps"]),
+                 "%s / %s" % (_fmt_ms(row["lat_p50_ms"]), _fmt_ms(row["lat_p99_ms"])),
+                 _fmt(row["cpu_us_per_req"]), "%s MiB" % _fmt(row["rss_peak_mib"])]
+        if workload.per_connection_memory:
+            cells.append("%s KiB" % _fmt(row.get("mem_per_conn_kib")))
+        cells += [_fmt_int(errors) if errors else "0", ratio]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tables(workloads, summary, labels, reference, skipped, remarks, meta):
+    """All workload tables, fastest first, then what was not measured and remarks."""
+    out = []
+    for w in workloads:
+        rows = [(s, r) for (s, wn), r in summary.items() if wn == w.name]
+        if not rows:
+            continue
+        rows.sort(key=lambda sr: -(sr[1]["rps"] or 0))
+        rounds = max(r["rounds"] for _, r in rows)
+        note = " (median of %d × %d s)" % (rounds, max(meta["duration_s"], w.min_duration))
+        out.append(workload_table(w, rows, labels, reference, note))
+        out.append("")
+    for title, items in (("Not measured:", skipped), ("Notes:", remarks)):
+        if items:
+            out.append(title)
+            out += ["- %s" % n for n in items]
+            out.append("")
+    return "\n".join(out)
+
+
+def _version(argv):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (p.stdout + p.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def _package_versions():
+    from importlib import metadata
+
+    out = {}
+    for name in ("pymongoose_uring", "aiohttp", "fastapi", "starlette", "uvicorn", "uvloop",
+                 "httptools", "flask", "werkzeug", "gunicorn", "granian"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def machine(server_cpus, client_cpus):
+    """What the numbers were measured on."""
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            mem_kib = int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        mem_kib = None
+    commit = _version(["git", "-C", REPO_DIR, "rev-parse", "--short", "HEAD"])
+    if commit and "fatal" not in commit:
+        dirty = subprocess.run(["git", "-C", REPO_DIR, "status", "--porcelain", "--",
+                                "core", "include", "binding", "pymongoose_uring", "examples"],
+                               capture_output=True, text=True).stdout.strip()
+        commit += " with uncommitted changes" if dirty else ""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1) if mem_kib else None,
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "wrk": (wrk.version() or "").split(" Copyright")[0] or None,
+        "nginx": _version(["nginx", "-v"]) or _version(["/usr/sbin/nginx", "-v"]),
+        "packages": _package_versions(),
+        "git_commit": commit if commit and "fatal" not in commit else None,
+        "server_cpus": sorted(server_cpus),
+        "client_cpus": sorted(client_cpus),
+    }
+
+
+def write_json(path, data):
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=False, default=str)
+        f.write("\n")
+
+
+def write_csv(path, rows):
+    """rows: list of flat dicts; the columns are the union of their keys, in first-seen order."""
+    columns = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (round(v, 3) if isinstance(v, float) else v)
+                             for k, v in row.items()})
+
+
+def machine_table(meta):
+    """The machine and the software versions, as a Markdown table."""
+    m = meta["machine"]
+    pkgs = ", ".join("%s %s" % kv for kv in sorted(m.get("packages", {}).items()))
+    rows = [
+        ("CPU", "%s, %s CPUs visible" % (m.get("cpu_model"), m.get("cpus"))),
+        ("memory", "%s GiB" % m.get("memory_gib")),
+        ("kernel", m.get("kernel")),
+        ("pinning", "servers on CPU %s, wrk on CPU %s" % (
+            ",".join(map(str, m.get("server_cpus", []))),
+            ",".join(map(str, m.get("client_cpus", []))))),
+        ("Python", m.get("python")),
+        ("load generator", m.get("wrk")),
+        ("nginx", m.get("nginx")),
+        ("Python packages", pkgs),
+        ("checkout", m.get("git_commit") or "uncommitted"),
+        ("date", m.get("date")),
+    ]
+    return "\n".join(["| | |", "|---|---|"] + ["| %s | %s |" % (k, v) for k, v in rows])
+
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def update_readme(path, section):
+    """Replace what lies between the results markers of the README at `path`."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return False
+    a, b = text.find(BEGIN), text.find(END)
+    if a < 0 or b < a:
+        return False
+    text = text[:a + len(BEGIN)] + "\n" + section.rstrip() + "\n" + text[b:]
+    with open(path, "w") as f:
+        f.write(text)
+    return True

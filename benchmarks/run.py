@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Compare pymongoose_uring with the servers its users would otherwise pick, on this machine.
+
+    python3 benchmarks/run.py                 # everything: ~10 minutes on 2 cores
+    python3 benchmarks/run.py --quick         # keep-alive and pipelined, one round: < 2 min
+    python3 benchmarks/run.py --servers hello_c,nginx --workloads keepalive,pipelined
+
+Installs what is missing (wrk and nginx with apt-get, the Python peers with pip), builds
+examples/hello_server (build-bench/) and the pymongoose_uring package, starts every server
+pinned to the server CPUs, checks its answers with real requests, then measures each
+workload in alternation (A B C, B C A, ... per round) with wrk pinned to the client CPUs,
+and reports medians: requests/s, latency p50/p99, server CPU µs per request (utime+stime of
+the server's process tree from /proc), peak RSS, socket errors. Writes results.json,
+results.csv, rounds.csv, results.md and PNG charts under benchmarks/results/raw/<stamp>/
+(--publish also copies them to benchmarks/results/). See benchmarks/README.md.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench import BENCH_DIR, RESULTS_DIR, BenchError, WrongAnswer, checks, measure, procstat  # noqa: E402
+from bench import provision, registry, report, wrk, workloads as wl  # noqa: E402
+from bench.serverproc import ServerProcess, Unavailable  # noqa: E402
+from bench.session import provision_servers, raise_fd_limit, warm_up  # noqa: E402
+
+
+def parse_args(argv=None):
+    ncpu = os.cpu_count() or 1
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="servers: %s\nworkloads: %s" % (
+                                    ", ".join(registry.DEFAULT), ", ".join(wl.DEFAULT)))
+    p.add_argument("--servers", default=None, help="comma-separated servers (default: all)")
+    p.add_argument("--skip", default="", help="comma-separated servers to leave out")
+    p.add_argument("--workloads", default=None, help="comma-separated workloads (default: all)")
+    p.add_argument("--quick", action="store_true",
+                   help="keepalive and pipelined only, 1 round of 3 s (under 2 minutes)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds per workload (default 3)")
+    p.add_argument("--duration", type=int, default=None,
+                   help="seconds per measurement (default 2; 3 with --quick)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="seconds of unmeasured load after each server starts (default 1)")
+    p.add_argument("--server-cpus", default="1" if ncpu > 1 else "0",
+                   help="CPUs the servers are pinned to, e.g. 1 or 0-7 (default 1)")
+    p.add_argument("--client-cpus", default="0",
+                   help="CPUs wrk is pinned to, one wrk thread each (default 0)")
+    p.add_argument("--base-port", type=int, default=18100,
+                   help="servers listen on 127.0.0.1:base+index (default 18100)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="ring threads for hello_c and pymongoose_uring (default 1)")
+    p.add_argument("--hello-server", default=None,
+                   help="path of a hello_server binary (default: build it in build-bench/)")
+    p.add_argument("--reference", default=None,
+                   help="server the ratios are taken against (default: pymongoose_uring, "
+                        "else the first of %s that ran)" % ", ".join(registry.REFERENCE_ORDER))
+    p.add_argument("--no-install", action="store_true", help="install nothing (apt, pip)")
+    p.add_argument("--no-build", action="store_true",
+                   help="build nothing; use binaries and packages already there")
+    p.add_argument("--rebuild", action="store_true",
+                   help="reinstall pymongoose_uring from the repository even if importable")
+    p.add_argument("--keep-going", action="store_true",
+                   help="on a wrong answer or a crash, drop that server and go on (exit 1 at end)")
+    p.add_argument("--out", default=None, help="output folder (default results/raw/<stamp>)")
+    p.add_argument("--publish", action="store_true",
+                   help="also copy the results and charts to benchmarks/results/")
+    p.add_argument("--publish-from", metavar="DIR", default=None,
+                   help="publish an earlier run's folder (as --publish would have), then exit")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--list", action="store_true", help="list servers and workloads, then exit")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (3 if args.quick else 2)
+    if args.workloads is None:
+        args.workloads = ",".join(wl.QUICK if args.quick else wl.DEFAULT)
+    args.servers = args.servers or ",".join(registry.DEFAULT)
+    return args
+
+
+def _names(text, known, what):
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit("unknown %s: %s (known: %s)" % (what, ", ".join(unknown), ", ".join(known)))
+    return names
+
+
+def _shown(path):
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def publish(out_dir):
+    """Copy a run's tables, data and charts to benchmarks/results/ and rewrite the README's
+    results section from them."""
+    with open(os.path.join(out_dir, "results.json")) as f:
+        meta = json.load(f)["meta"]
+    with open(os.path.join(out_dir, "results.md")) as f:
+        tables = f.read()
+    names = ["results.json", "results.csv", "rounds.csv", "results.md"]
+    names += sorted(n for n in os.listdir(out_dir) if n.endswith(".png"))
+    for name in names:
+        shutil.copy(os.path.join(out_dir, name), os.path.join(RESULTS_DIR, name))
+    images = "\n".join("![%s](results/%s)" % (n[:-4].replace("_", " "), n)
+                        for n in names if n.endswith(".png"))
+    section = "%s\n\n%s\n%s" % (report.machine_table(meta), tables.rstrip() + "\n", images)
+    updated = report.update_readme(os.path.join(BENCH_DIR, "README.md"), section)
+    print("published %s to %s/%s" % (os.path.relpath(out_dir), os.path.relpath(RESULTS_DIR),
+                                     " and README.md" if updated else ""))
+
+
+def progress(workload, rnd, rounds, server, p):
+    extra = ""
+    if p.get("mem_per_conn_kib") is not None:
+        extra = "  %.1f KiB/conn" % p["mem_per_conn_kib"]
+    errors = p["socket_errors"] + p["status_errors"]
+    print("  %-9s r%d/%d  %-18s %9s req/s  p50 %7.2f ms  p99 %7.2f ms  CPU %6.1f µs/req  "
+          "RSS %6.1f MiB%s%s" % (
+              workload.name, rnd + 1, rounds, server.name, "{:,.0f}".format(p["rps"]),
+              p["lat_p50_ms"], p["lat_p99_ms"], p["cpu_us_per_req"] or 0, p["rss_peak_mib"],
+              extra, "  ERRORS %d" % errors if errors else ""), flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.list:
+        for d in registry.SERVERS:
+            print("server   %-18s %s" % (d.name, d.description))
+        for w in wl.WORKLOADS:
+            print("workload %-18s %s" % (w.name, w.description))
+        return 0
+    if args.publish_from:
+        publish(args.publish_from)
+        return 0
+    server_names = [n for n in _names(args.servers, registry.BY_NAME, "servers")
+                    if n not in _names(args.skip, registry.BY_NAME, "servers")]
+    workloads = [wl.BY_NAME[n] for n in _names(args.workloads, wl.BY_NAME, "workloads")]
+    server_cpus = procstat.parse_cpu_list(args.server_cpus)
+    client_cpus = procstat.parse_cpu_list(args.client_cpus)
+    if server_cpus & client_cpus:
+        print("warning: server and client CPUs overlap (%s / %s): numbers will mix the two" %
+              (args.server_cpus, args.client_cpus))
+    os.sched_setaffinity(0, client_cpus)  # the runner's own sampling stays off the server CPUs
+    fd_limit = raise_fd_limit()
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = args.out or os.path.join(RESULTS_DIR, "raw", stamp)
+    logs = os.path.join(out_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    setup_log = os.path.join(logs, "setup.log")
+    wrk_log = os.path.join(logs, "wrk.log")
+
+    print("setting up (log: %s)" % os.path.relpath(setup_log), flush=True)
+    if not args.no_install:
+        provision.check_wrk(setup_log)
+    elif not wrk.find():
+        raise SystemExit("wrk is required (apt-get install -y wrk)")
+    defs = [registry.BY_NAME[n] for n in server_names]
+    unavailable, built = provision_servers(defs, args, setup_log)
+    if not args.no_plots and not args.no_install:
+        if provision.ensure_pip([("matplotlib", "matplotlib")], setup_log):
+            print("  matplotlib unavailable: no charts")
+            args.no_plots = True
+
+    servers, failed, notes, remarks = {}, {}, [], []
+    meta = {"args": vars(args), "duration_s": args.duration, "rounds": args.rounds,
+            "warmup_s": args.warmup, "fd_limit": fd_limit,
+            "machine": report.machine(server_cpus, client_cpus),
+            "hello_server": built.hello_server, "pythonpath": built.pythonpath}
+    all_points = []
+    started_at = time.monotonic()
+    exit_status = 0
+
+    def fail(name, error, fatal=True):
+        """A server that did not start or answered wrongly stops the run (unless
+        --keep-going); one that stopped answering under load is dropped, and the run goes on.
+        Either way the exit status is 1."""
+        nonlocal exit_status
+        exit_status = 1
+        failed[name] = str(error)
+        print("\nERROR: %s: %s\n" % (name, error), file=sys.stderr, flush=True)
+        if name in servers:
+            servers.pop(name).stop()
+        if fatal and not args.keep_going:
+            raise BenchError("%s: %s" % (name, error))
+
+    try:
+        # Start every server; they stay up (idle) while the others are measured.
+        for index, d in enumerate(defs):
+            if d.name in unavailable:
+                print("  %-18s unavailable: %s" % (d.name, unavailable[d.name]), flush=True)
+                continue
+            knobs = {"threads": args.threads} if "threads" in d.knobs else {}
+            s = ServerProcess(d, args.base_port + index, server_cpus,
+                              os.path.join(logs, d.name + ".log"), built=built, knobs=knobs)
+            try:
+                s.start()
+                servers[d.name] = s
+                warm_up(s, args.warmup, client_cpus)
+                print("  %-18s up on port %d (pid %d), answer checked" % (d.name, s.port, s.pid),
+                      flush=True)
+                if (s.answer.get("connection") or "").lower() == "close":
+                    remarks.append("%s answers every request with Connection: close, so its "
+                                 "keep-alive numbers are connection-per-request numbers" % d.name)
+            except Unavailable as e:
+                unavailable[d.name] = str(e)
+                print("  %-18s unavailable: %s" % (d.name, e), flush=True)
+            except BenchError as e:
+                fail(d.name, e)
+
+        for w in workloads:
+            active = []
+            for name, s in list(servers.items()):
+                if not s.definition.supports(w):
+                    notes.append("%s: %s (no %s endpoint)" % (name, w.name, w.needs))
+                    continue
+                try:
+                    checks.CHECKS[w.check](s.port)
+                    active.append(s)
+                except checks.NotSupported as e:
+                    notes.append("%s: %s (%s)" % (name, w.name, e))
+                except BenchError as e:
+                    fail(name, "%s check: %s" % (w.name, e), fatal=isinstance(e, WrongAnswer))
+            rounds = w.rounds or args.rounds
+            print("%s: %s — %d server(s), %d round(s)" % (w.name, w.title, len(active), rounds),
+                  flush=True)
+            for r in range(rounds):
+                shift = r % len(active) if active else 0
+                for s in active[shift:] + active[:shift]:
+                    if s.name not in servers:
+                        continue  # dropped after a failure (--keep-going)
+                    try:
+                        if w.restart:
+                            s.stop()
+                            s.start()
+                            warm_up(s, args.warmup, client_cpus)
+                        p = measure.point(s, w, args.duration, client_cpus, log=wrk_log)
+                    except BenchError as e:
+                        fail(s.name, "%s: %s" % (w.name, e), fatal=isinstance(e, WrongAnswer))
+                        continue
+                    progress(w, r, rounds, s, p)
+                    if not p["recovered"]:
+                        remarks.append("%s did not answer within 30 s after %s round %d (%s); "
+                                       "it was restarted" % (s.name, w.name, r + 1,
+                                                             p["recovery_error"]))
+                        print("  %s is not answering after the load: restarting it" % s.name,
+                              flush=True)
+                        try:
+                            s.stop()
+                            s.start()
+                            warm_up(s, args.warmup, client_cpus)
+                        except BenchError as e:
+                            fail(s.name, "restart after %s: %s" % (w.name, e), fatal=False)
+                    p.update(server=s.name, workload=w.name, round=r + 1)
+                    all_points.append(p)
+    except KeyboardInterrupt:
+        print("\ninterrupted: writing what was measured", file=sys.stderr)
+        exit_status = 130
+    except BenchError:
+        exit_status = 1
+    finally:
+        for s in servers.values():
+            s.stop()
+
+    elapsed = time.monotonic() - started_at
+    grouped = {}
+    for p in all_points:
+        grouped.setdefault((p["server"], p["workload"]), []).append(p)
+    summary = {key: report.summarize(points) for key, points in grouped.items()}
+    labels = {d.name: d.label for d in registry.SERVERS}
+    kinds = {d.name: d.kind for d in registry.SERVERS}
+    reference = report.choose_reference(summary, registry.REFERENCE_ORDER, args.reference)
+    for name, reason in unavailable.items():
+        notes.append("%s: unavailable (%s)" % (name, reason))
+    for name, reason in failed.items():
+        notes.append("%s: FAILED (%s)" % (name, reason.splitlines()[0]))
+    meta["elapsed_s"] = round(elapsed, 1)
+    meta["reference"] = reference
+    m = meta["machine"]
+    header = ("Measured %s on %s (%s CPUs, kernel %s), servers on CPU %s, wrk on CPU %s; "
+              "%d round(s) of %d s per point, medians; %.0f s in all." % (
+                  m["date"], m["cpu_model"], m["cpus"], m["kernel"], args.server_cpus,
+                  args.client_cpus, args.rounds, args.duration, elapsed))
+    text = header + "\n\n" + report.tables(workloads, summary, labels, reference, notes,
+                                               remarks, meta)
+    print("\n" + text)
+
+    rows = [dict(server=s, workload=w, label=labels.get(s, s), **r)
+            for (s, w), r in summary.items()]
+    report.write_json(os.path.join(out_dir, "results.json"), {
+        "meta": meta, "results": rows, "points": all_points,
+        "unavailable": unavailable, "failed": failed, "not_measured": notes, "notes": remarks,
+        "servers": {d.name: {"label": d.label, "kind": d.kind, "description": d.description}
+                    for d in defs},
+        "workloads": {w.name: {"title": w.title, "description": w.description} for w in workloads},
+    })
+    report.write_csv(os.path.join(out_dir, "results.csv"), rows)
+    report.write_csv(os.path.join(out_dir, "rounds.csv"), all_points)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(text + "\n")
+    files = ["results.json", "results.csv", "rounds.csv", "results.md"]
+    if not args.no_plots and summary:
+        from bench import plots
+
+        try:
+            files += [os.path.basename(p) for p in
+                      plots.comparison(out_dir, workloads, summary, labels, kinds, reference)]
+        except Exception as e:  # a chart must never lose the numbers
+            print("charts failed: %s" % e, file=sys.stderr)
+    print("results: %s/{%s}" % (_shown(out_dir), ",".join(files)))
+    if args.publish:
+        publish(out_dir)
+    return exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""What every benchmark server script shares: the bodies, the routes and the command line.
+
+Each script in this folder is run as ``python SCRIPT.py PORT [options]`` (the predecessor's
+shape) and serves the same four routes, so that every server sends the same bytes:
+
+  GET  /      {"message":"Hello, World!"} as application/json   (every workload's default)
+  GET  /16k   16 KiB of b"x" as application/octet-stream
+  GET  /1m    1 MiB of b"x" as application/octet-stream
+  POST /echo  the request body back, as application/octet-stream
+
+The bodies are built once at import so that no server pays for producing them per request.
+A script whose server library cannot be imported calls unavailable(), which exits with
+EXIT_UNAVAILABLE: the runner then marks the server "unavailable" instead of failing.
+"""
+import os
+import sys
+
+HELLO = b'{"message":"Hello, World!"}'
+JSON = "application/json"
+OCTETS = "application/octet-stream"
+BYTES_16K = b"x" * (16 * 1024)
+BYTES_1M = b"x" * (1024 * 1024)
+
+# Route table for GET: path -> (body, content type).
+GET_ROUTES = {
+    "/": (HELLO, JSON),
+    "/16k": (BYTES_16K, OCTETS),
+    "/1m": (BYTES_1M, OCTETS),
+}
+ECHO_PATH = "/echo"
+
+HOST = os.environ.get("BENCH_HOST", "127.0.0.1")
+
+# Exit status that tells the runner "this server's library is missing" (sysexits EX_CONFIG).
+EXIT_UNAVAILABLE = 78
+
+
+def port_from_argv(default=8000):
+    """The first command-line argument as a port number (the guide's convention)."""
+    if len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
+        return int(sys.argv[1])
+    return default
+
+
+def unavailable(what, error):
+    """Report that a required library is missing and exit with EXIT_UNAVAILABLE."""
+    sys.stderr.write("UNAVAILABLE: %s cannot be imported: %s\n" % (what, error))
+    sys.stderr.flush()
+    sys.exit(EXIT_UNAVAILABLE)
+
+
+def require(*modules):
+    """Exit with EXIT_UNAVAILABLE unless every named module can be imported."""
+    import importlib.util
+
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            unavailable(name, "module not found")

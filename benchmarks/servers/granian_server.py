@@ -1,0 +1,27 @@
+"""granian (Rust, hyper + tokio), one worker: python granian_server.py PORT [asgi|wsgi]
+
+asgi serves uvicorn_raw_server.py's raw ASGI app; wsgi serves flask_server.py's Flask app.
+Replaces itself with granian (same PID).
+"""
+import os
+import sys
+
+import common
+
+INTERFACE = sys.argv[2] if len(sys.argv) > 2 else "asgi"
+TARGETS = {"asgi": "uvicorn_raw_server:app", "wsgi": "flask_server:app"}
+if INTERFACE not in TARGETS:
+    sys.exit("granian_server.py PORT [asgi|wsgi]")
+common.require("granian", *(["flask"] if INTERFACE == "wsgi" else []))
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+os.execv(sys.executable, [
+    sys.executable, "-m", "granian", "--working-dir", HERE,
+    "--interface", INTERFACE, "--host", common.HOST,
+    "--port", str(common.port_from_argv(8007)),
+    "--workers", "1", "--runtime-threads", "1", "--http", "1", "--no-ws",
+    # WSGI: 4 Python threads, as gunicorn_server.py has (granian's default allows 2048).
+    *(["--blocking-threads", "4"] if INTERFACE == "wsgi" else []),
+    "--backlog", "4096", "--no-access-log", "--log-level", "warning",
+    TARGETS[INTERFACE],
+])

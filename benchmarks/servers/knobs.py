@@ -1,0 +1,69 @@
+"""Engine knobs for the benchmark servers: command-line options and PMU_* environment.
+
+Every field of pmu_config_t that a tuning experiment might turn has a name here. A server
+script reads them from ``--ring-entries 2048`` style options or from the environment
+(``PMU_RING_ENTRIES=2048``; the option wins); the sweep command sets the environment, so the
+same mechanism drives examples/hello_server (which reads PMU_HOST already) and the Python
+scripts.
+"""
+import os
+
+
+
+def flag(text):
+    """A boolean knob, given as 0/1 (or true/false)."""
+    return str(text).strip().lower() not in ("0", "false", "no", "off", "")
+
+
+# name -> type.
+KNOBS = {
+    "threads": int,
+    "ring_entries": int,
+    "cq_entries": int,
+    "buf_count": int,
+    "buf_size": int,
+    "defer_taskrun": flag,
+    "sqpoll": flag,
+    "sqpoll_idle_ms": int,
+    "registered_files": flag,
+    "send_zc_threshold": int,
+    "batch_max": int,
+    "backlog": int,
+    "max_connections": int,
+    "max_pipelined": int,
+    "output_high_water": int,
+    "max_body_bytes": int,
+    "keepalive_timeout_ms": int,
+}
+
+
+def env_name(knob):
+    return "PMU_" + knob.upper()
+
+
+def parse(argv):
+    """Knobs set in argv (``--name VALUE`` or ``--name=VALUE``) or the environment.
+
+    Returns {knob: value} for the knobs that were set; unknown options raise SystemExit.
+    """
+    found = {}
+    for knob, kind in KNOBS.items():
+        value = os.environ.get(env_name(knob))
+        if value not in (None, ""):
+            found[knob] = kind(value)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            name, _, value = arg[2:].partition("=")
+            knob = name.replace("-", "_")
+            if knob not in KNOBS:
+                raise SystemExit("unknown option %s (knobs: %s)" % (arg, ", ".join(KNOBS)))
+            if not value:
+                i += 1
+                if i == len(argv):
+                    raise SystemExit("option %s needs a value" % arg)
+                value = argv[i]
+            found[knob] = KNOBS[knob](value)
+        i += 1
+    return found
