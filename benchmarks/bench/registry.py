@@ -51,7 +51,7 @@ SERVERS = [
            kind="ours", build="pymongoose_uring", env=ROOM_FOR_C10K,
            description="the predecessor's script shape through the compatibility layer"),
     Server("hello_c", "hello_server (C engine)", ("{hello_server}", "{port}", "{threads}"),
-           kind="c-reference", caps=("hello",), build="hello_server", knobs=ALL_KNOBS,
+           kind="c-reference", build="hello_server", knobs=ALL_KNOBS,
            env=ROOM_FOR_C10K,
            description="examples/hello_server: the engine with a C handler, no Python"),
     Server("nginx", "nginx (1 worker)", (PY, S + "nginx_server.py", "{port}"),
