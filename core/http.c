@@ -11,15 +11,25 @@
 #include <strings.h>
 
 #define MAX_FREE_REQS 4096
-#define KEEP_BUF_MAX (64 * 1024) /* larger buffers are not kept for reuse */
+/* Pooled requests keep their buffers; those above SMALL_BUF count against a
+ * per-loop budget, so a burst of large bodies cannot pin memory for good,
+ * while a steady stream of them does not pay malloc+page faults each time. */
+#define SMALL_BUF (64 * 1024)
+#define BIG_BUF_MAX (4u << 20)
+#define BIG_POOL_BUDGET (32u << 20)
 
 /* ---- requests ---- */
+
+static size_t big_bytes(const pmu__req_t *r) {
+  return (r->data_cap > SMALL_BUF ? r->data_cap : 0) + (r->out_cap > SMALL_BUF ? r->out_cap : 0);
+}
 
 pmu__req_t *pmu__req_alloc(pmu__loop_t *loop) {
   pmu__req_t *r = loop->free_reqs;
   if (r) {
     loop->free_reqs = r->next;
     loop->nfree_reqs--;
+    loop->pool_big_bytes -= big_bytes(r);
   } else {
     r = calloc(1, sizeof *r);
     if (!r)
@@ -71,11 +81,14 @@ static void req_destroy(pmu__req_t *r) {
 
 void pmu__req_free(pmu__req_t *r) {
   pmu__loop_t *loop = r->loop;
+  size_t big = big_bytes(r);
   if (pmu__current_loop != loop || loop->nfree_reqs >= MAX_FREE_REQS ||
-      r->data_cap > KEEP_BUF_MAX || r->out_cap > KEEP_BUF_MAX) {
+      r->data_cap > BIG_BUF_MAX || r->out_cap > BIG_BUF_MAX ||
+      loop->pool_big_bytes + big > BIG_POOL_BUDGET) {
     req_destroy(r);
     return;
   }
+  loop->pool_big_bytes += big;
   req_reset(r);
   r->next = loop->free_reqs;
   loop->free_reqs = r;

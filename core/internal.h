@@ -238,6 +238,7 @@ struct pmu__loop {
   unsigned nfree_conns;
   pmu__req_t *free_reqs;
   unsigned nfree_reqs;
+  size_t pool_big_bytes; /* large buffers held by pooled requests */
   pmu__sendbuf_t *free_sendbufs;
   unsigned nfree_sendbufs;
 
