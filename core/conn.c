@@ -365,14 +365,17 @@ void pmu__conn_maybe_resume(pmu__conn_t *c) {
       size_t len = left < slice ? left : slice;
       size_t used = pmu__http_feed(c, c->stash + off, len);
       c->stash_off += used;
-      if (c->no_more || c->closing || c->stash_off == c->stash_len) {
+      int drained = c->stash_off == c->stash_len;
+      if (drained || c->no_more || c->closing)
         c->stash_off = c->stash_len = 0;
+      if (c->no_more || c->closing)
         break;
-      }
       if (c->llhttp_paused || used < len || over_limits(c)) {
         pause_reading(c); /* paused again; the receive stays off */
         break;
       }
+      if (drained)
+        break;
     }
   }
   if (!c->paused && !c->recv_armed && !c->cancel_sent && !c->peer_eof && !c->closing &&

@@ -317,6 +317,10 @@ static void end_of_turn(pmu__loop_t *loop) {
     c = next;
   }
 
+  /* Resuming parsed the stash: run the handler on what it completed before
+   * flushing, or those requests would wait for the next completion. */
+  pmu__loop_dispatch(loop);
+
   c = loop->dirty;
   loop->dirty = NULL;
   while (c) {
