@@ -70,7 +70,9 @@ typedef struct pmu_request {
   uint16_t thread;    /* index of the worker thread that owns it */
   uint64_t conn_id;   /* unique per server; equal for requests of one connection */
   struct sockaddr_storage peer;  /* client address (AF_UNIX: family only) */
-  struct sockaddr_storage local; /* address the connection arrived on */
+  struct sockaddr_storage local; /* address the connection arrived on
+                                    (AF_UNIX: family only; the path is the
+                                    server's config.unix_path) */
   void *user; /* free for the handler; the engine never reads it */
 } pmu_request_t;
 
@@ -234,8 +236,9 @@ void pmu_server_destroy(pmu_server_t *server);
  * (inside the handler or not) the response is queued at once; from another
  * thread it is handed over through a lock-protected queue and the worker is
  * woken. If the connection has gone, the request is simply released.
- * Returns 0, or -EINVAL for a status outside 100..999 (the request is then
- * answered with 500 instead).
+ * Returns 0, or -EINVAL for a status outside 200..999 (1xx answers are the
+ * engine's own, e.g. 100 Continue) or a header containing CR, LF or NUL; the
+ * request is then answered with 500 instead.
  */
 int pmu_respond(pmu_request_t *request, const pmu_response_t *response);
 

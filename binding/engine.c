@@ -1,0 +1,884 @@
+/*
+ * engine.c: the Engine type: one pmu_server_t, and the batch handler that
+ * runs Python handlers on the engine's worker threads.
+ *
+ * GIL discipline. Each worker thread gets one Python thread state when it
+ * starts (on_thread_start) and keeps it until it stops; the GIL is
+ * taken once per batch (PyEval_RestoreThread), every request of the batch
+ * is wrapped, dispatched and answered, and the GIL is released
+ * (PyEval_SaveThread) before the engine sends anything. Keeping the thread
+ * state makes a batch cost one GIL hand-over, not a thread-state creation.
+ *
+ * Lifetime. While worker threads may run, the Engine holds a reference to
+ * itself (the engine's handler_data points at it), dropped once wait()
+ * has seen every thread exit. Every call into the engine that may block
+ * (start, stop, wait, destroy) runs with the GIL released, since worker
+ * threads need the GIL to finish their batches.
+ */
+#include "binding.h"
+
+#include <structmember.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+
+/* One worker thread's Python side. */
+typedef struct ring_state {
+  PyThreadState *tstate; /* NULL until on_thread_start, and after on_thread_stop */
+  pthread_t thread;
+} ring_state;
+
+typedef struct {
+  PyObject_HEAD
+  pmu_state *st; /* borrowed: the type holds the module */
+  pmu_config_t config;
+  char *host, *unix_path, *server_header; /* owned copies behind config's strings */
+  PyObject *handler;   /* callable(request): called when no route matches */
+  PyObject *routes;    /* dict path -> dict method -> callable, or NULL */
+  PyObject *scheduler; /* callable(list of (request, coroutine)), or NULL */
+  PyObject *unix_path_str; /* config.unix_path as a str, or NULL */
+  pmu_server_t *server;
+  ring_state *rings;
+  unsigned nrings;
+  PyInterpreterState *interp; /* the interpreter that started the engine */
+  int running;   /* worker threads may be alive */
+  int holds_self;
+  PyObject *weakreflist;
+} EngineObject;
+
+#define ENGINE(o) ((EngineObject *)(o))
+
+/* The ring of the current thread, when it is a worker thread of some engine. */
+static _Thread_local ring_state *current_ring;
+
+static const pmu_header_t text_plain_header[] = {
+    {"Content-Type", 12, "text/plain; charset=utf-8", 25},
+};
+static const char body_500[] = "Internal Server Error";
+
+/* ---- configuration ---- */
+
+enum field_type { F_STR, F_PORT, F_INT, F_UINT, F_SIZE, F_BOOL };
+
+typedef struct field {
+  const char *name;
+  enum field_type type;
+  size_t offset;
+} field;
+
+#define FIELD(name, type) {#name, type, offsetof(pmu_config_t, name)}
+
+/* Every knob of pmu_config_t, in the header's order. */
+static const field fields[] = {
+    FIELD(host, F_STR),
+    FIELD(port, F_PORT),
+    FIELD(unix_path, F_STR),
+    FIELD(backlog, F_INT),
+    FIELD(threads, F_UINT),
+    FIELD(ring_entries, F_UINT),
+    FIELD(cq_entries, F_UINT),
+    FIELD(buf_count, F_UINT),
+    FIELD(buf_size, F_UINT),
+    FIELD(defer_taskrun, F_BOOL),
+    FIELD(sqpoll, F_BOOL),
+    FIELD(sqpoll_idle_ms, F_UINT),
+    FIELD(registered_files, F_BOOL),
+    FIELD(send_zc_threshold, F_SIZE),
+    FIELD(batch_max, F_UINT),
+    FIELD(max_header_bytes, F_UINT),
+    FIELD(max_headers, F_UINT),
+    FIELD(max_url_bytes, F_UINT),
+    FIELD(max_body_bytes, F_SIZE),
+    FIELD(max_connections, F_UINT),
+    FIELD(max_pipelined, F_UINT),
+    FIELD(output_high_water, F_SIZE),
+    FIELD(header_timeout_ms, F_UINT),
+    FIELD(keepalive_timeout_ms, F_UINT),
+    FIELD(body_timeout_ms, F_UINT),
+    FIELD(send_timeout_ms, F_UINT),
+    FIELD(shutdown_timeout_ms, F_UINT),
+    FIELD(server_header, F_STR),
+};
+#define NFIELDS (sizeof fields / sizeof fields[0])
+
+static PyObject *field_get(const pmu_config_t *c, const field *f) {
+  const char *base = (const char *)c + f->offset;
+  switch (f->type) {
+  case F_STR: {
+    const char *s = *(const char *const *)base;
+    if (s == NULL)
+      Py_RETURN_NONE;
+    return PyUnicode_DecodeFSDefault(s);
+  }
+  case F_PORT:
+    return PyLong_FromLong(*(const uint16_t *)base);
+  case F_INT:
+    return PyLong_FromLong(*(const int *)base);
+  case F_UINT:
+    return PyLong_FromUnsignedLong(*(const unsigned *)base);
+  case F_SIZE:
+    return PyLong_FromSize_t(*(const size_t *)base);
+  case F_BOOL:
+    return PyBool_FromLong(*(const int *)base);
+  }
+  Py_RETURN_NONE;
+}
+
+static PyObject *config_dict(const pmu_config_t *c) {
+  PyObject *d = PyDict_New();
+  for (size_t i = 0; d && i < NFIELDS; i++) {
+    PyObject *v = field_get(c, &fields[i]);
+    if (v == NULL || PyDict_SetItemString(d, fields[i].name, v) < 0) {
+      Py_XDECREF(v);
+      Py_CLEAR(d);
+      break;
+    }
+    Py_DECREF(v);
+  }
+  return d;
+}
+
+PyObject *pmu_config_defaults(PyObject *module, PyObject *unused) {
+  pmu_config_t c;
+  pmu_config_init(&c);
+  return config_dict(&c);
+}
+
+/* Store `value` into the field; a string is copied into *owned, replacing
+ * (and freeing) an earlier copy made during the same call. Returns 0 or -1
+ * with an exception. */
+static int field_set(pmu_config_t *c, const field *f, PyObject *value, char **owned) {
+  char *base = (char *)c + f->offset;
+  if (f->type == F_STR) {
+    if (value == Py_None) {
+      *(const char **)base = NULL;
+      return 0;
+    }
+    PyObject *bytes = NULL;
+    if (!PyUnicode_FSConverter(value, &bytes))
+      return -1;
+    size_t n = (size_t)PyBytes_GET_SIZE(bytes);
+    char *copy = PyMem_Malloc(n + 1);
+    if (copy == NULL) {
+      Py_DECREF(bytes);
+      PyErr_NoMemory();
+      return -1;
+    }
+    memcpy(copy, PyBytes_AS_STRING(bytes), n + 1);
+    Py_DECREF(bytes);
+    PyMem_Free(*owned);
+    *owned = copy;
+    *(const char **)base = copy;
+    return 0;
+  }
+  if (f->type == F_BOOL) {
+    int b = PyObject_IsTrue(value);
+    if (b < 0)
+      return -1;
+    *(int *)base = b;
+    return 0;
+  }
+  if (!PyLong_Check(value) || PyBool_Check(value)) {
+    PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", f->name,
+                 Py_TYPE(value)->tp_name);
+    return -1;
+  }
+  unsigned long long max = f->type == F_PORT   ? 65535
+                           : f->type == F_INT  ? INT_MAX
+                           : f->type == F_UINT ? UINT_MAX
+                                               : SIZE_MAX;
+  unsigned long long v = PyLong_AsUnsignedLongLong(value);
+  if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    v = max + 1; /* negative or huge: reported below */
+  }
+  if (v > max) {
+    PyErr_Format(PyExc_ValueError, "%s must be between 0 and %llu", f->name, max);
+    return -1;
+  }
+  switch (f->type) {
+  case F_PORT:
+    *(uint16_t *)base = (uint16_t)v;
+    break;
+  case F_INT:
+    *(int *)base = (int)v;
+    break;
+  case F_UINT:
+    *(unsigned *)base = (unsigned)v;
+    break;
+  default:
+    *(size_t *)base = (size_t)v;
+    break;
+  }
+  return 0;
+}
+
+/* ---- the batch handler (worker threads) ---- */
+
+static PyObject *route_and_call(EngineObject *self, PyObject *req) {
+  PyObject *routes = self->routes;
+  if (routes != NULL) {
+    PyObject *path = pmu_request_path(req);
+    if (path == NULL)
+      return NULL;
+    PyObject *methods = PyDict_GetItemWithError(routes, path); /* borrowed */
+    Py_DECREF(path);
+    if (methods != NULL && PyDict_Check(methods)) {
+      PyObject *method = pmu_request_method(req);
+      if (method == NULL)
+        return NULL;
+      PyObject *fn = PyDict_GetItemWithError(methods, method); /* borrowed */
+      if (fn == NULL && !PyErr_Occurred() && method == self->st->methods[PMU_M_HEAD])
+        fn = PyDict_GetItemWithError(methods, self->st->str_get);
+      Py_DECREF(method);
+      if (fn != NULL) {
+        Py_INCREF(fn); /* the handler could change the routes while it runs */
+        PyObject *r = PyObject_CallOneArg(fn, req);
+        Py_DECREF(fn);
+        return r;
+      }
+    }
+    if (PyErr_Occurred())
+      return NULL;
+  }
+  return PyObject_CallOneArg(self->handler, req);
+}
+
+/* Hand coroutines to the asyncio side in one call; on failure, close them
+ * and answer their requests with 500. `pending` is a list of
+ * (request, coroutine) tuples; stolen. */
+static void schedule_coroutines(EngineObject *self, PyObject *pending) {
+  pmu_state *st = self->st;
+  PyObject *r = NULL;
+  if (self->scheduler != NULL)
+    r = PyObject_CallOneArg(self->scheduler, pending);
+  else
+    PyErr_SetString(PyExc_RuntimeError,
+                    "a handler returned a coroutine but this engine has no async_scheduler");
+  if (r == NULL) {
+    pmu_log_exception(st, "could not schedule async handlers", NULL);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pending); i++) {
+      PyObject *pair = PyList_GET_ITEM(pending, i);
+      PyObject *c = PyObject_CallMethod(PyTuple_GET_ITEM(pair, 1), "close", NULL);
+      if (c == NULL)
+        PyErr_Clear();
+      Py_XDECREF(c);
+      pmu_request_answer_500(PyTuple_GET_ITEM(pair, 0), 1); /* the pair holds it */
+    }
+  }
+  Py_XDECREF(r);
+  Py_DECREF(pending);
+}
+
+static void run_batch(EngineObject *self, pmu_request_t *const *requests, size_t count) {
+  pmu_state *st = self->st;
+  PyObject *pending = NULL; /* list of (request, coroutine) */
+  pmu_drain_released(st);
+  for (size_t i = 0; i < count; i++) {
+    PyObject *req = pmu_request_new(st, requests[i], self->unix_path_str);
+    if (req == NULL) {
+      pmu_log_exception(st, "could not wrap a request; sent 500", NULL);
+      pmu_respond_simple(requests[i], 500, text_plain_header, 1, body_500, sizeof body_500 - 1);
+      continue;
+    }
+    PyObject *result = self->handler ? route_and_call(self, req) : NULL;
+    if (self->handler == NULL)
+      PyErr_SetString(PyExc_RuntimeError, "the engine has no handler");
+    if (result == NULL) {
+      pmu_log_exception(st, "handler raised; sent 500", req);
+      pmu_request_answer_500(req, 1);
+    } else if (result == Py_None) {
+      /* Answered already through reply(), or to be answered later. If
+       * nobody kept the request, dropping it below answers 500. */
+    } else if (PyCoro_CheckExact(result)) {
+      PyObject *pair = PyTuple_Pack(2, req, result);
+      if (pair != NULL && pending == NULL)
+        pending = PyList_New(0);
+      if (pair == NULL || pending == NULL || PyList_Append(pending, pair) < 0) {
+        pmu_log_exception(st, "could not queue an async handler; sent 500", req);
+        pmu_request_answer_500(req, 1);
+      }
+      Py_XDECREF(pair);
+    } else if (!pmu_request_is_live(req)) {
+      pmu_log_warning(st, "%R: the handler replied and also returned %.100s; the returned "
+                      "value was ignored",
+                      req, Py_TYPE(result)->tp_name);
+    } else if (pmu_request_answer(req, result, 1) < 0) {
+      pmu_log_exception(st, "could not send the handler's response; sent 500", req);
+      pmu_request_answer_500(req, 1);
+    }
+    Py_XDECREF(result);
+    Py_DECREF(req);
+  }
+  if (pending != NULL)
+    schedule_coroutines(self, pending);
+}
+
+static void on_batch(void *data, pmu_request_t *const *requests, size_t count) {
+  EngineObject *self = data;
+  ring_state *rs = current_ring;
+  if (rs != NULL && rs->tstate != NULL) {
+    PyEval_RestoreThread(rs->tstate);
+    run_batch(self, requests, count);
+    PyEval_SaveThread();
+  } else {
+    /* No thread state kept for this thread (the engine called us from a
+     * thread it did not announce): pay for a temporary one. */
+    PyGILState_STATE g = PyGILState_Ensure();
+    run_batch(self, requests, count);
+    PyGILState_Release(g);
+  }
+}
+
+/* A thread state of the engine's interpreter (not PyGILState's, which
+ * only knows the main interpreter), kept for the thread's whole life. */
+static void on_thread_start(void *data, unsigned index) {
+  EngineObject *self = data;
+  if (index >= self->nrings)
+    return;
+  ring_state *rs = &self->rings[index];
+  PyThreadState *ts = PyThreadState_New(self->interp);
+  if (ts == NULL)
+    return; /* on_batch falls back to PyGILState */
+  PyEval_RestoreThread(ts);
+  rs->tstate = ts;
+  rs->thread = pthread_self();
+  current_ring = rs;
+  PyEval_SaveThread();
+}
+
+static void on_thread_stop(void *data, unsigned index) {
+  ring_state *rs = current_ring;
+  if (rs == NULL || rs->tstate == NULL)
+    return;
+  PyThreadState *ts = rs->tstate;
+  PyEval_RestoreThread(ts);
+  pmu_drain_released(((EngineObject *)data)->st);
+  rs->tstate = NULL;
+  current_ring = NULL;
+  PyThreadState_Clear(ts);
+  PyThreadState_DeleteCurrent(); /* and drops the GIL */
+}
+
+static int in_ring_thread(EngineObject *self) {
+  ring_state *rs = current_ring;
+  return rs != NULL && self->rings != NULL && rs >= self->rings && rs < self->rings + self->nrings;
+}
+
+/* ---- the Engine type ---- */
+
+static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+  EngineObject *self = (EngineObject *)type->tp_alloc(type, 0);
+  if (self == NULL)
+    return NULL;
+  self->st = pmu_state_from_type(type);
+  pmu_config_init(&self->config);
+  return (PyObject *)self;
+}
+
+/* Index of a string field's owned copy: 0 host, 1 unix_path, 2 server_header. */
+static int owned_index(const field *f) {
+  if (f->offset == offsetof(pmu_config_t, host))
+    return 0;
+  if (f->offset == offsetof(pmu_config_t, unix_path))
+    return 1;
+  return 2;
+}
+
+static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
+  EngineObject *self = ENGINE(op);
+  if (self->server != NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ called on a started engine");
+    return -1;
+  }
+  PyObject *handler;
+  if (!PyArg_ParseTuple(args, "O:Engine", &handler))
+    return -1;
+  if (!PyCallable_Check(handler)) {
+    PyErr_SetString(PyExc_TypeError, "handler must be callable");
+    return -1;
+  }
+  PyObject *routes = NULL, *scheduler = NULL;
+  pmu_config_t c = self->config;
+  char *fresh[3] = {NULL, NULL, NULL}; /* strings copied by this call */
+  if (kwargs != NULL) {
+    Py_ssize_t pos = 0;
+    PyObject *key, *value; /* borrowed */
+    while (PyDict_Next(kwargs, &pos, &key, &value)) {
+      const char *name = PyUnicode_AsUTF8(key);
+      if (name == NULL)
+        goto fail;
+      if (strcmp(name, "routes") == 0) {
+        if (value != Py_None && !PyDict_Check(value)) {
+          PyErr_SetString(PyExc_TypeError, "routes must be a dict or None");
+          goto fail;
+        }
+        routes = value == Py_None ? NULL : value;
+        continue;
+      }
+      if (strcmp(name, "async_scheduler") == 0) {
+        if (value != Py_None && !PyCallable_Check(value)) {
+          PyErr_SetString(PyExc_TypeError, "async_scheduler must be callable or None");
+          goto fail;
+        }
+        scheduler = value == Py_None ? NULL : value;
+        continue;
+      }
+      size_t i;
+      for (i = 0; i < NFIELDS; i++)
+        if (strcmp(name, fields[i].name) == 0)
+          break;
+      if (i == NFIELDS) {
+        PyErr_Format(PyExc_TypeError, "Engine() got an unknown option '%s'", name);
+        goto fail;
+      }
+      char **owned = fields[i].type == F_STR ? &fresh[owned_index(&fields[i])] : NULL;
+      if (field_set(&c, &fields[i], value, owned) < 0)
+        goto fail;
+    }
+  }
+  if (c.threads == 0) {
+    PyErr_SetString(PyExc_ValueError, "threads must be at least 1");
+    goto fail;
+  }
+  /* Commit: new copies replace old ones, which config no longer uses. */
+  char **slots[3] = {&self->host, &self->unix_path, &self->server_header};
+  for (int i = 0; i < 3; i++)
+    if (fresh[i] != NULL) {
+      PyMem_Free(*slots[i]);
+      *slots[i] = fresh[i];
+    }
+  self->config = c;
+  Py_CLEAR(self->unix_path_str);
+  if (c.unix_path != NULL &&
+      (self->unix_path_str = PyUnicode_DecodeFSDefault(c.unix_path)) == NULL)
+    return -1;
+  Py_XSETREF(self->handler, Py_NewRef(handler));
+  Py_XSETREF(self->routes, Py_XNewRef(routes));
+  Py_XSETREF(self->scheduler, Py_XNewRef(scheduler));
+  return 0;
+fail:
+  for (int i = 0; i < 3; i++)
+    PyMem_Free(fresh[i]);
+  return -1;
+}
+
+/* Every worker has exited: forget the rings and drop the self-reference.
+ * The caller holds its own reference to self. */
+static void engine_finished(EngineObject *self) {
+  self->running = 0;
+  if (self->holds_self) {
+    self->holds_self = 0;
+    Py_DECREF(self);
+  }
+}
+
+PyDoc_STRVAR(start_doc, "start()\n\nBind the listener(s) and start the worker threads. Raises\n"
+                        "Error (or UnavailableError) naming the cause on failure.");
+
+static PyObject *engine_start(PyObject *op, PyObject *unused) {
+  EngineObject *self = ENGINE(op);
+  if (self->handler == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ was not called");
+    return NULL;
+  }
+  if (self->server != NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "this engine was already started; make a new one");
+    return NULL;
+  }
+  self->interp = PyInterpreterState_Get();
+  self->nrings = self->config.threads;
+  self->rings = PyMem_Calloc(self->nrings, sizeof(ring_state));
+  if (self->rings == NULL)
+    return PyErr_NoMemory();
+
+  pmu_config_t c = self->config;
+  c.handler = on_batch;
+  c.handler_data = self;
+  c.on_thread_start = on_thread_start;
+  c.on_thread_stop = on_thread_stop;
+
+  /* Worker threads inherit this thread's signal mask: block everything so
+   * SIGINT and SIGTERM reach Python's main thread, never a ring. */
+  sigset_t all, old;
+  sigfillset(&all);
+  Py_INCREF(self);
+  self->holds_self = 1;
+  self->running = 1;
+  pmu_server_t *server = NULL;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  rc = pmu_server_start(&c, &server);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  Py_END_ALLOW_THREADS
+  if (rc < 0) {
+    const char *why = server ? pmu_server_error(server) : NULL;
+    pmu_raise_errno(self->st, rc, why);
+    if (server != NULL) {
+      Py_BEGIN_ALLOW_THREADS
+      pmu_server_destroy(server);
+      Py_END_ALLOW_THREADS
+    }
+    PyMem_Free(self->rings);
+    self->rings = NULL;
+    self->nrings = 0;
+    engine_finished(self);
+    return NULL;
+  }
+  self->server = server;
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(stop_doc, "stop()\n\nBegin a graceful stop: stop accepting, let in-flight requests\n"
+                       "finish (up to shutdown_timeout_ms). Returns at once; any thread.");
+
+static PyObject *engine_stop(PyObject *op, PyObject *unused) {
+  EngineObject *self = ENGINE(op);
+  if (self->server != NULL && self->running) {
+    pmu_server_t *server = self->server;
+    Py_BEGIN_ALLOW_THREADS
+    pmu_server_stop(server);
+    Py_END_ALLOW_THREADS
+  }
+  Py_RETURN_NONE;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Wait for the workers to exit, `timeout` seconds (< 0: forever), checking
+ * for signals every slice. 1: exited, 0: timed out, -1: exception. */
+static int wait_workers(EngineObject *self, double timeout) {
+  if (self->server == NULL || !self->running)
+    return 1;
+  if (in_ring_thread(self)) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "cannot wait for the server from one of its own handlers (it would wait "
+                    "for itself); call stop() alone");
+    return -1;
+  }
+  double deadline = now_s() + timeout;
+  pmu_server_t *server = self->server;
+  for (;;) {
+    int slice = 100;
+    if (timeout >= 0) {
+      double left = deadline - now_s();
+      if (left <= 0)
+        return 0;
+      if (left * 1000 < slice)
+        slice = (int)(left * 1000) + 1;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = pmu_server_wait(server, slice);
+    Py_END_ALLOW_THREADS
+    if (rc == 0) {
+      engine_finished(self);
+      return 1;
+    }
+    if (rc != -ETIMEDOUT) {
+      pmu_raise_errno(self->st, rc, NULL);
+      return -1;
+    }
+    if (PyErr_CheckSignals() < 0)
+      return -1;
+  }
+}
+
+PyDoc_STRVAR(wait_doc, "wait(timeout=None) -> bool\n\nWait until every worker thread has "
+                       "exited (after stop()); True if\nthey have, False on timeout. Signal "
+                       "handlers run while waiting.");
+
+static PyObject *engine_wait(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"timeout", NULL};
+  PyObject *timeout_obj = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:wait", kwlist, &timeout_obj))
+    return NULL;
+  double timeout = -1;
+  if (timeout_obj != Py_None) {
+    timeout = PyFloat_AsDouble(timeout_obj);
+    if (timeout == -1 && PyErr_Occurred())
+      return NULL;
+    if (timeout < 0)
+      timeout = 0;
+  }
+  int rc = wait_workers(ENGINE(op), timeout);
+  if (rc < 0)
+    return NULL;
+  return PyBool_FromLong(rc);
+}
+
+static void destroy_server(EngineObject *self) {
+  pmu_server_t *server = self->server;
+  self->server = NULL;
+  if (server != NULL) {
+    Py_BEGIN_ALLOW_THREADS
+    pmu_server_destroy(server);
+    Py_END_ALLOW_THREADS
+  }
+  pmu_drain_released(self->st);
+  PyMem_Free(self->rings);
+  self->rings = NULL;
+  self->nrings = 0;
+}
+
+PyDoc_STRVAR(close_doc, "close()\n\nStop gracefully, wait for the workers and release the "
+                        "server. Idempotent.");
+
+static PyObject *engine_close(PyObject *op, PyObject *unused) {
+  EngineObject *self = ENGINE(op);
+  if (self->server == NULL)
+    Py_RETURN_NONE;
+  if (self->running) {
+    if (in_ring_thread(self)) {
+      PyErr_SetString(PyExc_RuntimeError,
+                      "cannot close the server from one of its own handlers; call stop()");
+      return NULL;
+    }
+    pmu_server_t *server = self->server;
+    Py_BEGIN_ALLOW_THREADS
+    pmu_server_stop(server);
+    Py_END_ALLOW_THREADS
+    if (wait_workers(self, -1) < 0)
+      return NULL;
+  }
+  destroy_server(self);
+  Py_RETURN_NONE;
+}
+
+static int need_server(EngineObject *self) {
+  if (self->server == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "the engine is not started (or already closed)");
+    return -1;
+  }
+  return 0;
+}
+
+#define STAT(name)                                                                            \
+  do {                                                                                        \
+    PyObject *v = PyLong_FromUnsignedLongLong(s.name);                                        \
+    if (v == NULL || PyDict_SetItemString(d, #name, v) < 0) {                                 \
+      Py_XDECREF(v);                                                                          \
+      goto fail;                                                                              \
+    }                                                                                         \
+    Py_DECREF(v);                                                                             \
+  } while (0)
+
+PyDoc_STRVAR(stats_doc, "stats(thread=-1) -> dict\n\nThe engine's counters for one worker "
+                        "thread, or summed over all\n(-1). 'batch_hist'[i] counts batches of "
+                        "2**i <= size < 2**(i+1).");
+
+static PyObject *engine_stats(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"thread", NULL};
+  int thread = -1;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|i:stats", kwlist, &thread))
+    return NULL;
+  EngineObject *self = ENGINE(op);
+  if (need_server(self) < 0)
+    return NULL;
+  pmu_stats_t s;
+  memset(&s, 0, sizeof s);
+  int rc = pmu_server_stats(self->server, thread, &s);
+  if (rc < 0) {
+    PyErr_Format(PyExc_ValueError, "no worker thread %d", thread);
+    return NULL;
+  }
+  PyObject *d = PyDict_New();
+  if (d == NULL)
+    return NULL;
+  STAT(connections_accepted);
+  STAT(connections_open);
+  STAT(connections_rejected);
+  STAT(requests);
+  STAT(responses);
+  STAT(bytes_in);
+  STAT(bytes_out);
+  STAT(parse_errors);
+  STAT(timeouts);
+  STAT(enobufs);
+  STAT(short_sends);
+  STAT(sends);
+  STAT(send_zc);
+  STAT(recv_paused);
+  STAT(cq_overflows);
+  STAT(waits);
+  STAT(cqes);
+  STAT(batches);
+  STAT(deferred);
+  {
+    PyObject *hist = PyList_New(PMU_BATCH_BUCKETS);
+    if (hist == NULL)
+      goto fail;
+    for (int i = 0; i < PMU_BATCH_BUCKETS; i++) {
+      PyObject *v = PyLong_FromUnsignedLongLong(s.batch_hist[i]);
+      if (v == NULL) {
+        Py_DECREF(hist);
+        goto fail;
+      }
+      PyList_SET_ITEM(hist, i, v);
+    }
+    int r = PyDict_SetItemString(d, "batch_hist", hist);
+    Py_DECREF(hist);
+    if (r < 0)
+      goto fail;
+  }
+  return d;
+fail:
+  Py_DECREF(d);
+  return NULL;
+}
+
+PyDoc_STRVAR(ring_info_doc, "ring_info(thread=0) -> dict\n\nWhat the engine set up for the ring "
+                            "of one worker thread.");
+
+static PyObject *engine_ring_info(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"thread", NULL};
+  unsigned thread = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|I:ring_info", kwlist, &thread))
+    return NULL;
+  EngineObject *self = ENGINE(op);
+  if (need_server(self) < 0)
+    return NULL;
+  pmu_ring_info_t ri;
+  memset(&ri, 0, sizeof ri);
+  if (pmu_server_ring_info(self->server, thread, &ri) < 0) {
+    PyErr_Format(PyExc_ValueError, "no worker thread %u", thread);
+    return NULL;
+  }
+  return Py_BuildValue("{sIsIsNsNsNsN}", "setup_flags", ri.setup_flags, "features", ri.features,
+                       "defer_taskrun", PyBool_FromLong(ri.defer_taskrun), "sqpoll",
+                       PyBool_FromLong(ri.sqpoll), "registered_files",
+                       PyBool_FromLong(ri.registered_files), "registered_ring_fd",
+                       PyBool_FromLong(ri.registered_ring_fd));
+}
+
+PyDoc_STRVAR(in_ring_thread_doc, "in_ring_thread() -> bool\n\nWhether the caller runs on one of "
+                                 "this engine's worker threads.");
+
+static PyObject *engine_in_ring_thread(PyObject *op, PyObject *unused) {
+  return PyBool_FromLong(in_ring_thread(ENGINE(op)));
+}
+
+static PyObject *get_port(PyObject *op, void *c) {
+  EngineObject *self = ENGINE(op);
+  if (self->server != NULL)
+    return PyLong_FromLong(pmu_server_port(self->server));
+  return PyLong_FromLong(self->config.port);
+}
+
+static PyObject *get_threads(PyObject *op, void *c) {
+  EngineObject *self = ENGINE(op);
+  if (self->server != NULL)
+    return PyLong_FromUnsignedLong(pmu_server_threads(self->server));
+  return PyLong_FromUnsignedLong(self->config.threads);
+}
+
+static PyObject *get_running(PyObject *op, void *c) {
+  EngineObject *self = ENGINE(op);
+  return PyBool_FromLong(self->server != NULL && self->running);
+}
+
+static PyObject *get_config(PyObject *op, void *c) { return config_dict(&ENGINE(op)->config); }
+
+static PyGetSetDef engine_getset[] = {
+    {"port", get_port, NULL, "The TCP port bound (after start; useful with port=0).", NULL},
+    {"threads", get_threads, NULL, "Number of worker threads.", NULL},
+    {"running", get_running, NULL, "Whether worker threads may still run.", NULL},
+    {"config", get_config, NULL, "Every engine knob as configured (a new dict).", NULL},
+    {NULL},
+};
+
+static PyMethodDef engine_methods[] = {
+    {"start", engine_start, METH_NOARGS, start_doc},
+    {"stop", engine_stop, METH_NOARGS, stop_doc},
+    {"wait", (PyCFunction)(void (*)(void))engine_wait, METH_VARARGS | METH_KEYWORDS, wait_doc},
+    {"close", engine_close, METH_NOARGS, close_doc},
+    {"stats", (PyCFunction)(void (*)(void))engine_stats, METH_VARARGS | METH_KEYWORDS,
+     stats_doc},
+    {"ring_info", (PyCFunction)(void (*)(void))engine_ring_info, METH_VARARGS | METH_KEYWORDS,
+     ring_info_doc},
+    {"in_ring_thread", engine_in_ring_thread, METH_NOARGS, in_ring_thread_doc},
+    {NULL},
+};
+
+static int engine_traverse(PyObject *op, visitproc visit, void *arg) {
+  EngineObject *self = ENGINE(op);
+  Py_VISIT(Py_TYPE(op));
+  Py_VISIT(self->handler);
+  Py_VISIT(self->routes);
+  Py_VISIT(self->scheduler);
+  return 0;
+}
+
+static int engine_clear(PyObject *op) {
+  EngineObject *self = ENGINE(op);
+  /* Never reached while workers run: the self-reference keeps a running
+   * engine out of every garbage cycle. */
+  if (self->running)
+    return 0;
+  Py_CLEAR(self->handler);
+  Py_CLEAR(self->routes);
+  Py_CLEAR(self->scheduler);
+  Py_CLEAR(self->unix_path_str);
+  return 0;
+}
+
+static void engine_dealloc(PyObject *op) {
+  EngineObject *self = ENGINE(op);
+  PyTypeObject *tp = Py_TYPE(op);
+  PyObject_GC_UnTrack(op);
+  if (self->weakreflist != NULL)
+    PyObject_ClearWeakRefs(op);
+  /* A running engine holds itself, so here its workers are gone. */
+  destroy_server(self);
+  self->running = 0;
+  engine_clear(op);
+  PyMem_Free(self->host);
+  PyMem_Free(self->unix_path);
+  PyMem_Free(self->server_header);
+  tp->tp_free(op);
+  Py_DECREF(tp);
+}
+
+static PyMemberDef engine_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(EngineObject, weakreflist), READONLY, NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(engine_doc,
+             "Engine(handler, *, routes=None, async_scheduler=None, **config)\n\n"
+             "One C server. handler(request) is called for every request whose path\n"
+             "and method are not in routes ({path: {method: handler}}); its result\n"
+             "is the response (None: the handler answers later with request.reply()).\n"
+             "async_scheduler(list of (request, coroutine)) receives the coroutines\n"
+             "async handlers returned, once per batch. config: every pmu_config_t\n"
+             "knob by name (see config_defaults()).");
+
+static PyType_Slot engine_slots[] = {
+    {Py_tp_new, engine_new},
+    {Py_tp_init, engine_init},
+    {Py_tp_dealloc, engine_dealloc},
+    {Py_tp_traverse, engine_traverse},
+    {Py_tp_clear, engine_clear},
+    {Py_tp_methods, engine_methods},
+    {Py_tp_members, engine_members},
+    {Py_tp_getset, engine_getset},
+    {Py_tp_doc, (void *)engine_doc},
+    {0, NULL},
+};
+
+PyType_Spec pmu_engine_spec = {
+    .name = "pymongoose_uring._pmu.Engine",
+    .basicsize = sizeof(EngineObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = engine_slots,
+};

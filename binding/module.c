@@ -1,0 +1,433 @@
+/*
+ * module.c: the module pymongoose_uring._pmu: its state, multi-phase
+ * initialisation, probe(), the errno-to-exception mapping and logging.
+ *
+ * Everything a handler call needs on the hot path (interned method names,
+ * json's C encoder, the content types) is prepared once here so that the
+ * batch loop in engine.c allocates as little as possible per request.
+ */
+#include "binding.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <limits.h>
+#include <string.h>
+
+pmu_state *pmu_state_from_type(PyTypeObject *type) {
+  PyObject *module = PyType_GetModuleByDef(type, &pmu_module_def);
+  assert(module != NULL);
+  return (pmu_state *)PyModule_GetState(module);
+}
+
+static int is_unavailable_errno(int err) {
+  return err == ENOSYS || err == EPERM || err == EOPNOTSUPP;
+}
+
+PyObject *pmu_raise_errno(pmu_state *st, int rc, const char *message) {
+  int err = rc < 0 ? -rc : rc;
+  if (err == ENOMEM)
+    return PyErr_NoMemory();
+  if (message == NULL || message[0] == '\0')
+    message = strerror(err);
+  PyObject *cls = is_unavailable_errno(err) ? st->unavailable : st->error;
+  PyObject *exc = PyObject_CallFunction(cls, "is", err, message);
+  if (exc != NULL) {
+    PyErr_SetObject(cls, exc);
+    Py_DECREF(exc);
+  }
+  return NULL;
+}
+
+PyObject *pmu_support(pmu_state *st) {
+  if (st->support == NULL)
+    st->support = PyImport_ImportModule("pymongoose_uring._datastructures");
+  return st->support;
+}
+
+/* "GET /path" for log lines, or an empty string. New reference. */
+static PyObject *request_line(PyObject *request) {
+  if (request == NULL)
+    return PyUnicode_FromString("");
+  PyObject *method = PyObject_GetAttrString(request, "method");
+  PyObject *target = method ? PyObject_GetAttrString(request, "target") : NULL;
+  PyObject *line = NULL;
+  if (method && target)
+    line = PyUnicode_FromFormat(" for %U %U", method, target);
+  Py_XDECREF(method);
+  Py_XDECREF(target);
+  if (line == NULL) {
+    PyErr_Clear();
+    line = PyUnicode_FromString("");
+  }
+  return line;
+}
+
+void pmu_log_exception(pmu_state *st, const char *what, PyObject *request) {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  if (type == NULL)
+    return;
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (tb != NULL && value != NULL)
+    PyException_SetTraceback(value, tb);
+  PyObject *line = request_line(request);
+  PyObject *msg = line ? PyUnicode_FromFormat("%s%U", what, line) : NULL;
+  PyObject *kwargs = value ? Py_BuildValue("{sO}", "exc_info", value) : NULL;
+  PyObject *error = PyObject_GetAttrString(st->logger, "error");
+  PyObject *args = msg ? PyTuple_Pack(1, msg) : NULL;
+  if (error && args && kwargs) {
+    PyObject *r = PyObject_Call(error, args, kwargs);
+    Py_XDECREF(r);
+  }
+  if (PyErr_Occurred())
+    PyErr_WriteUnraisable(st->logger);
+  Py_XDECREF(args);
+  Py_XDECREF(error);
+  Py_XDECREF(kwargs);
+  Py_XDECREF(msg);
+  Py_XDECREF(line);
+  Py_XDECREF(type);
+  Py_XDECREF(value);
+  Py_XDECREF(tb);
+}
+
+void pmu_log_warning(pmu_state *st, const char *format, ...) {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  va_list ap;
+  va_start(ap, format);
+  PyObject *msg = PyUnicode_FromFormatV(format, ap);
+  va_end(ap);
+  if (msg != NULL) {
+    /* "%s" keeps a % inside msg from being read as a format by logging. */
+    PyObject *r = PyObject_CallMethod(st->logger, "warning", "sO", "%s", msg);
+    Py_XDECREF(r);
+    Py_DECREF(msg);
+  }
+  if (PyErr_Occurred())
+    PyErr_Clear();
+  PyErr_Restore(type, value, tb);
+}
+
+/* ---- bodies sent without a copy ---- */
+
+/* The engine's body_release: any thread, no GIL, so only a push. */
+static void release_body(void *ctx) {
+  pmu_released *node = ctx;
+  pmu_released *head = atomic_load_explicit(&node->st->released, memory_order_relaxed);
+  do {
+    node->next = head;
+  } while (!atomic_compare_exchange_weak_explicit(&node->st->released, &head, node,
+                                                  memory_order_release, memory_order_relaxed));
+}
+
+int pmu_zero_copy(pmu_state *st, pmu_response_t *response, PyObject *owner) {
+  pmu_released *node = PyMem_RawMalloc(sizeof *node);
+  if (node == NULL)
+    return -1;
+  node->obj = Py_NewRef(owner);
+  node->st = st;
+  node->next = NULL;
+  response->body_release = release_body;
+  response->body_ctx = node;
+  return 0;
+}
+
+void pmu_drain_released(pmu_state *st) {
+  if (atomic_load_explicit(&st->released, memory_order_relaxed) == NULL)
+    return;
+  pmu_released *node = atomic_exchange_explicit(&st->released, NULL, memory_order_acquire);
+  while (node != NULL) {
+    pmu_released *next = node->next;
+    Py_DECREF(node->obj);
+    PyMem_RawFree(node);
+    node = next;
+  }
+}
+
+/* ---- module functions ---- */
+
+static int set_int(PyObject *d, const char *key, long long v) {
+  PyObject *o = PyLong_FromLongLong(v);
+  int rc = o ? PyDict_SetItemString(d, key, o) : -1;
+  Py_XDECREF(o);
+  return rc;
+}
+
+static int set_bool(PyObject *d, const char *key, int v) {
+  return PyDict_SetItemString(d, key, v ? Py_True : Py_False);
+}
+
+static int set_str(PyObject *d, const char *key, const char *v) {
+  PyObject *o = PyUnicode_DecodeUTF8(v, (Py_ssize_t)strlen(v), "replace");
+  int rc = o ? PyDict_SetItemString(d, key, o) : -1;
+  Py_XDECREF(o);
+  return rc;
+}
+
+PyDoc_STRVAR(probe_doc, "probe() -> dict\n\n"
+                        "Ask the kernel what io_uring offers this engine. Never raises for a\n"
+                        "missing io_uring: 'available' is False and 'message' names the cause\n"
+                        "and the fix.");
+
+static PyObject *probe(PyObject *module, PyObject *unused) {
+  pmu_probe_t p;
+  memset(&p, 0, sizeof p);
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = pmu_probe(&p);
+  Py_END_ALLOW_THREADS
+  p.message[sizeof p.message - 1] = '\0';
+  p.kernel[sizeof p.kernel - 1] = '\0';
+  PyObject *d = PyDict_New();
+  if (d == NULL)
+    return NULL;
+  if (set_bool(d, "available", rc == 0 && p.available) < 0 ||
+      set_int(d, "error", rc < 0 ? rc : p.error) < 0 || set_str(d, "message", p.message) < 0 ||
+      set_str(d, "kernel", p.kernel) < 0 || set_int(d, "features", p.features) < 0 ||
+      set_bool(d, "single_issuer", p.single_issuer) < 0 ||
+      set_bool(d, "defer_taskrun", p.defer_taskrun) < 0 ||
+      set_bool(d, "coop_taskrun", p.coop_taskrun) < 0 ||
+      set_bool(d, "multishot_accept", p.multishot_accept) < 0 ||
+      set_bool(d, "multishot_recv", p.multishot_recv) < 0 ||
+      set_bool(d, "provided_buffer_ring", p.provided_buffer_ring) < 0 ||
+      set_bool(d, "send_zc", p.send_zc) < 0 || set_bool(d, "msg_ring", p.msg_ring) < 0 ||
+      set_bool(d, "recv_bundle", p.recv_bundle) < 0 ||
+      set_bool(d, "incremental_buffers", p.incremental_buffers) < 0 ||
+      set_bool(d, "registered_ring_fd", p.registered_ring_fd) < 0 ||
+      set_bool(d, "ext_arg", p.ext_arg) < 0) {
+    Py_DECREF(d);
+    return NULL;
+  }
+  return d;
+}
+
+PyDoc_STRVAR(status_reason_doc, "status_reason(status) -> str\n\n"
+                                "The reason phrase the engine sends for `status`.");
+
+static PyObject *status_reason(PyObject *module, PyObject *arg) {
+  long status = PyLong_AsLong(arg);
+  if (status == -1 && PyErr_Occurred())
+    return NULL;
+  if (status < INT_MIN || status > INT_MAX)
+    status = 0;
+  return PyUnicode_FromString(pmu_status_reason((int)status));
+}
+
+static PyMethodDef module_methods[] = {
+    {"probe", probe, METH_NOARGS, probe_doc},
+    {"status_reason", status_reason, METH_O, status_reason_doc},
+    {"config_defaults", pmu_config_defaults, METH_NOARGS,
+     "config_defaults() -> dict\n\nEvery engine knob with the engine's default value."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ---- state ---- */
+
+static PyObject *make_json_encoder(PyObject **dumps_out) {
+  /* json's C encoder called directly skips JSONEncoder.encode's per-call
+   * set-up (about 1 us of a hello-world request). markers=None turns off
+   * the circular-reference check: a cycle ends in RecursionError instead. */
+  PyObject *json = PyImport_ImportModule("json");
+  PyObject *encmod = json ? PyImport_ImportModule("json.encoder") : NULL;
+  PyObject *make = NULL, *basestring = NULL, *enc_cls = NULL, *proto = NULL, *deflt = NULL;
+  PyObject *encoder = NULL;
+  if (encmod == NULL)
+    goto bail;
+  *dumps_out = NULL;
+  {
+    PyObject *dumps = PyObject_GetAttrString(json, "dumps");
+    PyObject *kwargs = Py_BuildValue("{s(ss)}", "separators", ",", ":");
+    /* functools.partial(json.dumps, separators=(",", ":")) */
+    PyObject *functools = PyImport_ImportModule("functools");
+    PyObject *partial = functools ? PyObject_GetAttrString(functools, "partial") : NULL;
+    PyObject *args = dumps ? PyTuple_Pack(1, dumps) : NULL;
+    if (partial && args && kwargs)
+      *dumps_out = PyObject_Call(partial, args, kwargs);
+    Py_XDECREF(args);
+    Py_XDECREF(partial);
+    Py_XDECREF(functools);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(dumps);
+    if (*dumps_out == NULL)
+      goto bail;
+  }
+  make = PyObject_GetAttrString(encmod, "c_make_encoder");
+  basestring = make ? PyObject_GetAttrString(encmod, "c_encode_basestring_ascii") : NULL;
+  enc_cls = basestring ? PyObject_GetAttrString(encmod, "JSONEncoder") : NULL;
+  proto = enc_cls ? PyObject_CallNoArgs(enc_cls) : NULL;
+  deflt = proto ? PyObject_GetAttrString(proto, "default") : NULL;
+  if (deflt == NULL)
+    goto bail;
+  if (make != Py_None && basestring != Py_None)
+    encoder = PyObject_CallFunction(make, "OOOOssOOO", Py_None, deflt, basestring, Py_None, ":",
+                                    ",", Py_False, Py_False, Py_True);
+  if (encoder == NULL)
+    PyErr_Clear(); /* fall back to json.dumps */
+bail:
+  Py_XDECREF(deflt);
+  Py_XDECREF(proto);
+  Py_XDECREF(enc_cls);
+  Py_XDECREF(basestring);
+  Py_XDECREF(make);
+  Py_XDECREF(encmod);
+  Py_XDECREF(json);
+  return encoder;
+}
+
+static const char *const method_names[PMU_M_COUNT] = {
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+};
+
+static int add_type(PyObject *module, PyType_Spec *spec, PyObject *base, PyTypeObject **out) {
+  PyObject *t = PyType_FromModuleAndSpec(module, spec, base);
+  if (t == NULL)
+    return -1;
+  *out = (PyTypeObject *)t;
+  return PyModule_AddType(module, (PyTypeObject *)t);
+}
+
+static int intern_str(PyObject **slot, const char *s) {
+  *slot = PyUnicode_InternFromString(s);
+  return *slot ? 0 : -1;
+}
+
+static int module_exec(PyObject *module) {
+  pmu_state *st = (pmu_state *)PyModule_GetState(module);
+
+  st->error = PyErr_NewExceptionWithDoc(
+      "pymongoose_uring._pmu.Error",
+      "The engine refused: args are (errno, message naming the cause and the fix).",
+      PyExc_OSError, NULL);
+  if (st->error == NULL || PyModule_AddObjectRef(module, "Error", st->error) < 0)
+    return -1;
+  st->unavailable = PyErr_NewExceptionWithDoc(
+      "pymongoose_uring._pmu.UnavailableError",
+      "io_uring cannot be used here (kernel too old, disabled by sysctl, or blocked by "
+      "seccomp); the message says which and what to do.",
+      st->error, NULL);
+  if (st->unavailable == NULL ||
+      PyModule_AddObjectRef(module, "UnavailableError", st->unavailable) < 0)
+    return -1;
+
+  if (add_type(module, &pmu_request_spec, NULL, &st->request_type) < 0 ||
+      add_type(module, &pmu_response_spec, NULL, &st->response_type) < 0 ||
+      add_type(module, &pmu_engine_spec, NULL, &st->engine_type) < 0)
+    return -1;
+
+  PyObject *logging = PyImport_ImportModule("logging");
+  if (logging == NULL)
+    return -1;
+  st->logger = PyObject_CallMethod(logging, "getLogger", "s", "pymongoose_uring");
+  Py_DECREF(logging);
+  if (st->logger == NULL)
+    return -1;
+
+  st->json_encoder = make_json_encoder(&st->json_dumps);
+  if (st->json_dumps == NULL)
+    return -1;
+  PyObject *json = PyImport_ImportModule("json");
+  if (json == NULL)
+    return -1;
+  st->json_loads = PyObject_GetAttrString(json, "loads");
+  Py_DECREF(json);
+  if (st->json_loads == NULL)
+    return -1;
+
+  PyObject *parse = PyImport_ImportModule("urllib.parse");
+  if (parse == NULL)
+    return -1;
+  st->unquote = PyObject_GetAttrString(parse, "unquote");
+  Py_DECREF(parse);
+  if (st->unquote == NULL)
+    return -1;
+
+  for (int i = 0; i < PMU_M_COUNT; i++)
+    if (intern_str(&st->methods[i], method_names[i]) < 0)
+      return -1;
+  st->str_get = Py_NewRef(st->methods[PMU_M_GET]);
+  if (intern_str(&st->version_10, "1.0") < 0 || intern_str(&st->version_11, "1.1") < 0 ||
+      intern_str(&st->ct_json, "application/json") < 0 ||
+      intern_str(&st->ct_text, "text/plain; charset=utf-8") < 0 ||
+      intern_str(&st->ct_html, "text/html; charset=utf-8") < 0 ||
+      intern_str(&st->ct_octet, "application/octet-stream") < 0)
+    return -1;
+
+  if (PyModule_AddStringConstant(module, "ENGINE_VERSION", PMU_VERSION) < 0 ||
+      PyModule_AddIntConstant(module, "BATCH_BUCKETS", PMU_BATCH_BUCKETS) < 0)
+    return -1;
+  return 0;
+}
+
+static int module_traverse(PyObject *module, visitproc visit, void *arg) {
+  pmu_state *st = (pmu_state *)PyModule_GetState(module);
+  Py_VISIT(st->request_type);
+  Py_VISIT(st->response_type);
+  Py_VISIT(st->engine_type);
+  Py_VISIT(st->error);
+  Py_VISIT(st->unavailable);
+  Py_VISIT(st->logger);
+  Py_VISIT(st->json_encoder);
+  Py_VISIT(st->json_dumps);
+  Py_VISIT(st->json_loads);
+  Py_VISIT(st->unquote);
+  Py_VISIT(st->support);
+  return 0;
+}
+
+static int module_clear(PyObject *module) {
+  pmu_state *st = (pmu_state *)PyModule_GetState(module);
+  pmu_drain_released(st);
+  Py_CLEAR(st->request_type);
+  Py_CLEAR(st->response_type);
+  Py_CLEAR(st->engine_type);
+  Py_CLEAR(st->error);
+  Py_CLEAR(st->unavailable);
+  Py_CLEAR(st->logger);
+  Py_CLEAR(st->json_encoder);
+  Py_CLEAR(st->json_dumps);
+  Py_CLEAR(st->json_loads);
+  Py_CLEAR(st->unquote);
+  Py_CLEAR(st->support);
+  for (int i = 0; i < PMU_M_COUNT; i++)
+    Py_CLEAR(st->methods[i]);
+  Py_CLEAR(st->str_get);
+  Py_CLEAR(st->version_10);
+  Py_CLEAR(st->version_11);
+  Py_CLEAR(st->ct_json);
+  Py_CLEAR(st->ct_text);
+  Py_CLEAR(st->ct_html);
+  Py_CLEAR(st->ct_octet);
+  return 0;
+}
+
+static void module_free(void *module) { module_clear((PyObject *)module); }
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+#ifdef Py_mod_multiple_interpreters
+    /* Ring threads attach to the interpreter that started them; one GIL is
+     * assumed while a batch runs, so a separate-GIL subinterpreter is not. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_SUPPORTED},
+#endif
+#ifdef Py_mod_gil
+    /* Request objects are not yet guarded by per-object locks. */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
+PyModuleDef pmu_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pymongoose_uring._pmu",
+    .m_doc = "The C engine of pymongoose_uring: Engine, Request, Response, probe().",
+    .m_size = sizeof(pmu_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__pmu(void);
+PyMODINIT_FUNC PyInit__pmu(void) { return PyModuleDef_Init(&pmu_module_def); }

@@ -1,0 +1,47 @@
+"""pymongoose_uring: an HTTP/1.1 server for Python on a C io_uring engine.
+
+Handlers are plain Python callables; the engine's ring threads parse and
+send in C and take the GIL once per batch of completed requests::
+
+    from pymongoose_uring import App, Server
+
+    app = App()
+
+    @app.get("/")
+    def hello(request):
+        return {"message": "Hello, World!"}
+
+    Server(app, port=8000).run()
+
+``import pymongoose_uring`` works everywhere; creating a :class:`Server`
+where io_uring is unavailable raises :class:`UnavailableError` naming the
+reason (see :func:`probe`).
+"""
+
+from ._datastructures import Headers, QueryParams
+from ._native import Error, Response, UnavailableError
+from ._routing import App
+from ._server import Server, config_defaults, probe
+
+try:
+    from ._native import _pmu as _ext
+    Request = _ext.Request
+    del _ext
+except AttributeError:  # pragma: no cover - extension missing
+    Request = None  # type: ignore[assignment,misc]
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Error",
+    "Headers",
+    "QueryParams",
+    "Request",
+    "Response",
+    "Server",
+    "UnavailableError",
+    "config_defaults",
+    "probe",
+    "__version__",
+]

@@ -1,0 +1,79 @@
+"""Load the C extension, or record why it could not be loaded.
+
+``import pymongoose_uring`` must work everywhere (so that apps can be
+defined, type-checked and tested for import on any platform); only creating
+a server needs the engine. When ``_pmu`` is missing, ``IMPORT_ERROR`` says
+why, and a pure-Python ``Response`` with the same interface stands in.
+"""
+
+from __future__ import annotations
+
+import json as _json
+from typing import Any, Optional
+
+__all__ = ["_pmu", "IMPORT_ERROR", "Response", "Error", "UnavailableError"]
+
+IMPORT_ERROR: Optional[BaseException] = None
+
+try:
+    from . import _pmu
+except ImportError as exc:  # not built, or not Linux
+    _pmu = None  # type: ignore[assignment]
+    IMPORT_ERROR = exc
+
+if _pmu is not None:
+    Response = _pmu.Response
+    Error = _pmu.Error
+    UnavailableError = _pmu.UnavailableError
+else:
+    class Error(OSError):  # type: ignore[no-redef]
+        """The engine refused: (errno, message naming the cause and the fix)."""
+
+    class UnavailableError(Error):  # type: ignore[no-redef]
+        """io_uring (or the C engine) cannot be used here."""
+
+    _TEXT = "text/plain; charset=utf-8"
+    _missing: Any = object()
+
+    class Response:  # type: ignore[no-redef]
+        """Pure-Python stand-in for pymongoose_uring._pmu.Response."""
+
+        def __init__(self, body: Any = b"", status: int = 200, headers: Any = None,
+                     content_type: Any = _missing) -> None:
+            if body is None:
+                body = b""
+            if isinstance(body, (bytearray, memoryview)):
+                body = bytes(body)
+            if not isinstance(body, (bytes, str)):
+                raise TypeError("Response body must be bytes or str")
+            if not 100 <= status <= 999:
+                raise ValueError(f"HTTP status {status} is outside 100..999")
+            if content_type is _missing:
+                content_type = _TEXT if isinstance(body, str) else "application/octet-stream"
+            self._body, self.status, self.headers = body, status, headers
+            self.content_type = content_type
+
+        @property
+        def body(self) -> bytes:
+            b = self._body
+            return b.encode() if isinstance(b, str) else b
+
+        @classmethod
+        def json(cls, data: Any, status: int = 200, headers: Any = None) -> "Response":
+            return cls(_json.dumps(data, separators=(",", ":")), status, headers,
+                       "application/json")
+
+        @classmethod
+        def text(cls, text: str, status: int = 200, headers: Any = None) -> "Response":
+            return cls(text, status, headers, _TEXT)
+
+        @classmethod
+        def html(cls, html: str, status: int = 200, headers: Any = None) -> "Response":
+            return cls(html, status, headers, "text/html; charset=utf-8")
+
+        @classmethod
+        def redirect(cls, location: str, status: int = 307, headers: Any = None) -> "Response":
+            pairs = [("Location", location)]
+            if headers:
+                pairs += list(headers.items() if hasattr(headers, "items") else headers)
+            return cls(b"", status, pairs, None)

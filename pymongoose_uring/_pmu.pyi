@@ -1,0 +1,167 @@
+"""Type stubs for pymongoose_uring._pmu, the C extension (the engine binding)."""
+
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Dict, List, Optional, Tuple, Union, final
+
+from ._datastructures import Headers, QueryParams
+
+ENGINE_VERSION: str
+BATCH_BUCKETS: int
+
+_HeaderValue = Union[str, bytes, int]
+_HeadersLike = Union[
+    None,
+    Mapping[str, Union[_HeaderValue, Sequence[_HeaderValue]]],
+    Sequence[Tuple[Union[str, bytes], _HeaderValue]],
+]
+_Body = Union[bytes, bytearray, memoryview, str, Dict[str, Any], List[Any]]
+_HandlerResult = Union[
+    "Response",
+    _Body,
+    int,
+    Tuple[_Body, int],
+    Tuple[_Body, int, _HeadersLike],
+    Tuple[int, _Body],
+    Tuple[int, _HeadersLike, _Body],
+    Coroutine[Any, Any, Any],
+    None,
+]
+
+class Error(OSError):
+    """The engine refused: (errno, message naming the cause and the fix)."""
+
+class UnavailableError(Error):
+    """io_uring cannot be used here; the message says why and what to do."""
+
+@final
+class Request:
+    """One HTTP request; attributes are built on first access."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str:
+        """Path without the query, percent-decoded."""
+    @property
+    def raw_path(self) -> str:
+        """Path without the query, as sent."""
+    @property
+    def target(self) -> str:
+        """Request-target as sent (path and '?query')."""
+    @property
+    def query_string(self) -> str: ...
+    @property
+    def query(self) -> QueryParams: ...
+    @property
+    def headers(self) -> Headers: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def http_version(self) -> str:
+        """'1.1' or '1.0'."""
+    @property
+    def keep_alive(self) -> bool: ...
+    @property
+    def client(self) -> Optional[Tuple[str, int]]:
+        """(host, port); None over a Unix socket."""
+    @property
+    def server(self) -> Union[Tuple[str, int], str, None]:
+        """(host, port), or the Unix socket path."""
+    params: Dict[str, Any]
+    @property
+    def thread(self) -> int: ...
+    @property
+    def conn_id(self) -> int: ...
+    @property
+    def answered(self) -> bool: ...
+    def header(self, name: str, default: Optional[str] = None) -> Optional[str]: ...
+    def json(self) -> Any: ...
+    def reply(self, response: _HandlerResult = b"", status: Optional[int] = None,
+              headers: _HeadersLike = None) -> None:
+        """Answer now or later, from any thread; RuntimeError if already answered."""
+
+class Response:
+    """Status, headers and body. content_type defaults from the body's type."""
+
+    status: int
+    headers: _HeadersLike
+    content_type: Optional[str]
+    def __init__(self, body: Union[bytes, bytearray, memoryview, str, None] = b"",
+                 status: int = 200, headers: _HeadersLike = None,
+                 content_type: Optional[str] = ...) -> None: ...
+    @property
+    def body(self) -> bytes: ...
+    @body.setter
+    def body(self, value: Union[bytes, bytearray, memoryview, str, None]) -> None: ...
+    @classmethod
+    def json(cls, data: Any, status: int = 200, headers: _HeadersLike = None) -> "Response": ...
+    @classmethod
+    def text(cls, text: str, status: int = 200, headers: _HeadersLike = None) -> "Response": ...
+    @classmethod
+    def html(cls, html: str, status: int = 200, headers: _HeadersLike = None) -> "Response": ...
+    @classmethod
+    def redirect(cls, location: str, status: int = 307,
+                 headers: _HeadersLike = None) -> "Response": ...
+
+@final
+class Engine:
+    """One C server; Server (in pymongoose_uring) is the public wrapper."""
+
+    def __init__(
+        self,
+        handler: Callable[[Request], _HandlerResult],
+        *,
+        routes: Optional[Dict[str, Dict[str, Callable[[Request], _HandlerResult]]]] = None,
+        async_scheduler: Optional[Callable[[List[Tuple[Request, Any]]], Any]] = None,
+        host: Optional[str] = ...,
+        port: int = ...,
+        unix_path: Optional[str] = ...,
+        backlog: int = ...,
+        threads: int = ...,
+        ring_entries: int = ...,
+        cq_entries: int = ...,
+        buf_count: int = ...,
+        buf_size: int = ...,
+        defer_taskrun: bool = ...,
+        sqpoll: bool = ...,
+        sqpoll_idle_ms: int = ...,
+        registered_files: bool = ...,
+        send_zc_threshold: int = ...,
+        batch_max: int = ...,
+        max_header_bytes: int = ...,
+        max_headers: int = ...,
+        max_url_bytes: int = ...,
+        max_body_bytes: int = ...,
+        max_connections: int = ...,
+        max_pipelined: int = ...,
+        output_high_water: int = ...,
+        header_timeout_ms: int = ...,
+        keepalive_timeout_ms: int = ...,
+        body_timeout_ms: int = ...,
+        send_timeout_ms: int = ...,
+        shutdown_timeout_ms: int = ...,
+        server_header: Optional[str] = ...,
+    ) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def wait(self, timeout: Optional[float] = None) -> bool: ...
+    def close(self) -> None: ...
+    def stats(self, thread: int = -1) -> Dict[str, Any]: ...
+    def ring_info(self, thread: int = 0) -> Dict[str, Any]: ...
+    def in_ring_thread(self) -> bool: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def config(self) -> Dict[str, Any]: ...
+
+def probe() -> Dict[str, Any]:
+    """io_uring features of this kernel; 'available' and 'message' say if and why not."""
+
+def status_reason(status: int) -> str: ...
+def config_defaults() -> Dict[str, Any]: ...

@@ -1,0 +1,185 @@
+"""Routing by method and path, with path parameters.
+
+Static paths live in a dict ``{path: {METHOD: handler}}`` that the C engine
+reads itself: a request for a static route reaches its handler without any
+Python-level dispatch. Everything else (paths with parameters, 404, 405)
+goes through :meth:`App._fallback`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple
+
+from ._native import Response
+
+__all__ = ["App"]
+
+Handler = Callable[[Any], Any]
+
+_PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?}")
+_CONVERTERS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
+    "str": (r"[^/]+", str),
+    "int": (r"[0-9]+", int),
+    "path": (r".+", str),
+}
+
+
+def _compile(path: str) -> Tuple[Pattern[str], Dict[str, Callable[[str], Any]]]:
+    """'/users/{id:int}' -> (regex with named groups, {name: converter})."""
+    parts: List[str] = []
+    converters: Dict[str, Callable[[str], Any]] = {}
+    pos = 0
+    for m in _PARAM.finditer(path):
+        name, kind = m.group(1), m.group(2) or "str"
+        if kind not in _CONVERTERS:
+            raise ValueError(f"unknown path converter {kind!r} in {path!r} "
+                             f"(use one of {', '.join(_CONVERTERS)})")
+        if name in converters:
+            raise ValueError(f"path parameter {name!r} appears twice in {path!r}")
+        regex, conv = _CONVERTERS[kind]
+        parts.append(re.escape(path[pos:m.start()]))
+        parts.append(f"(?P<{name}>{regex})")
+        converters[name] = conv
+        pos = m.end()
+    parts.append(re.escape(path[pos:]))
+    return re.compile("".join(parts)), converters
+
+
+def _not_found(request: Any) -> Any:
+    return Response.text("Not Found", 404)
+
+
+class App:
+    """A router: handlers registered by method and path.
+
+    Paths are matched exactly against the percent-decoded request path.
+    ``{name}`` matches one segment, ``{name:int}`` digits (given to the
+    handler as an int), ``{name:path}`` the rest of the path, slashes
+    included; the values land in ``request.params``. A GET route also
+    answers HEAD (the engine sends no body). Unknown paths get 404; known
+    paths with another method get 405 with an Allow header.
+
+    Handlers take the request and return a response (see :class:`Server`);
+    ``async def`` handlers run on an asyncio loop.
+    """
+
+    def __init__(self) -> None:
+        # Read by the C engine directly: {path: {METHOD: handler}}.
+        self._static: Dict[str, Dict[str, Handler]] = {}
+        self._dynamic: List[Tuple[str, Pattern[str], Dict[str, Callable[[str], Any]],
+                                  Dict[str, Handler]]] = []
+        self.not_found: Handler = _not_found
+
+    # -- registration -------------------------------------------------------
+
+    def add_route(self, path: str, handler: Handler,
+                  methods: Iterable[str] = ("GET",)) -> None:
+        """Register ``handler`` for ``path`` and each of ``methods``."""
+        if not path.startswith("/"):
+            raise ValueError(f"route paths start with '/': {path!r}")
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        if isinstance(methods, str):
+            methods = (methods,)
+        names = [m.upper() for m in methods]
+        if not names:
+            raise ValueError("a route needs at least one method")
+        if "{" not in path:
+            table = self._static.setdefault(path, {})
+        else:
+            for p, _, _, t in self._dynamic:
+                if p == path:
+                    table = t
+                    break
+            else:
+                regex, converters = _compile(path)
+                table = {}
+                self._dynamic.append((path, regex, converters, table))
+        for m in names:
+            # sys.intern: the C side looks methods up by its interned names.
+            table[_intern(m)] = handler
+
+    def route(self, path: str, methods: Iterable[str] = ("GET",)) -> Callable[[Handler], Handler]:
+        """Decorator form of :meth:`add_route`."""
+        def register(handler: Handler) -> Handler:
+            self.add_route(path, handler, methods)
+            return handler
+        return register
+
+    def get(self, path: str) -> Callable[[Handler], Handler]:
+        return self.route(path, ("GET",))
+
+    def post(self, path: str) -> Callable[[Handler], Handler]:
+        return self.route(path, ("POST",))
+
+    def put(self, path: str) -> Callable[[Handler], Handler]:
+        return self.route(path, ("PUT",))
+
+    def patch(self, path: str) -> Callable[[Handler], Handler]:
+        return self.route(path, ("PATCH",))
+
+    def delete(self, path: str) -> Callable[[Handler], Handler]:
+        return self.route(path, ("DELETE",))
+
+    def head(self, path: str) -> Callable[[Handler], Handler]:
+        return self.route(path, ("HEAD",))
+
+    def options(self, path: str) -> Callable[[Handler], Handler]:
+        return self.route(path, ("OPTIONS",))
+
+    # -- dispatch -----------------------------------------------------------
+
+    def __call__(self, request: Any) -> Any:
+        """Dispatch one request (the whole routing, static paths included)."""
+        table = self._static.get(request.path)
+        if table is not None:
+            handler = _pick(table, request.method)
+            if handler is not None:
+                return handler(request)
+        return self._fallback(request)
+
+    def _fallback(self, request: Any) -> Any:
+        """Called by the engine when the static table has no handler for the
+        request: parameterised routes, then 405 or 404."""
+        path = request.path
+        method = request.method
+        allowed: Optional[set] = None
+        table = self._static.get(path)
+        if table is not None:
+            allowed = set(table)
+        for _, regex, converters, table in self._dynamic:
+            m = regex.fullmatch(path)
+            if m is None:
+                continue
+            handler = _pick(table, method)
+            if handler is None:
+                allowed = (allowed or set()) | set(table)
+                continue
+            request.params = {k: converters[k](v) for k, v in m.groupdict().items()}
+            return handler(request)
+        if allowed:
+            if "GET" in allowed:
+                allowed.add("HEAD")
+            return Response.text("Method Not Allowed", 405,
+                                 {"Allow": ", ".join(sorted(allowed))})
+        return self.not_found(request)
+
+    # -- running ------------------------------------------------------------
+
+    def run(self, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+        """``Server(self, host, port, **options).run()``."""
+        from ._server import Server
+        Server(self, host, port, **options).run()
+
+
+def _pick(table: Dict[str, Handler], method: str) -> Optional[Handler]:
+    handler = table.get(method)
+    if handler is None and method == "HEAD":
+        handler = table.get("GET")
+    return handler
+
+
+def _intern(s: str) -> str:
+    import sys
+    return sys.intern(s)

@@ -1,0 +1,434 @@
+"""The Server: a C engine running Python handlers.
+
+The engine's worker threads ("rings") parse requests and gather the ones
+completed in one pass into a batch; the C batch handler takes the GIL once,
+calls the handler for each request of the batch, turns each result into a
+response, releases the GIL and sends. This module wraps that engine
+(``_pmu.Engine``) with what is not on the hot path: configuration,
+start/stop, ``run()`` with signal handling, the asyncio bridge for
+``async def`` handlers, and cleanup at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import signal
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+from . import _native
+from ._native import Response, UnavailableError
+
+__all__ = ["Server", "probe"]
+
+log = logging.getLogger("pymongoose_uring")
+
+_ENGINE_OPTIONS = (
+    "backlog", "ring_entries", "cq_entries", "buf_count", "buf_size", "defer_taskrun",
+    "sqpoll", "sqpoll_idle_ms", "registered_files", "send_zc_threshold", "batch_max",
+    "max_header_bytes", "max_headers", "max_url_bytes", "max_body_bytes", "max_connections",
+    "max_pipelined", "output_high_water", "header_timeout_ms", "keepalive_timeout_ms",
+    "body_timeout_ms", "send_timeout_ms", "shutdown_timeout_ms", "server_header",
+)
+
+_probe_cache: Optional[Dict[str, Any]] = None
+_probe_lock = threading.Lock()
+
+
+def probe() -> Dict[str, Any]:
+    """What the kernel's io_uring offers this engine (a dict).
+
+    ``available`` says whether a server can run; when it cannot, ``message``
+    names the cause and the fix. The other keys list the io_uring features
+    found (``defer_taskrun``, ``multishot_recv``, ``send_zc``, ...) and the
+    ``kernel`` release. Never raises.
+    """
+    if _native._pmu is None:
+        import os
+        here = os.path.dirname(os.path.abspath(__file__))
+        hint = "it builds on Linux only; install with `pip install .` from a checkout"
+        if os.path.exists(os.path.join(here, "..", "binding", "meson.build")):
+            hint = (f"this is the source tree at {here}, which has no compiled extension: "
+                    f"install with `pip install .` and run from another directory")
+        return {"available": False, "error": 0, "kernel": "", "features": 0,
+                "message": f"the C extension pymongoose_uring._pmu could not be loaded "
+                           f"({_native.IMPORT_ERROR}); {hint}"}
+    return _native._pmu.probe()
+
+
+def _require_engine() -> None:
+    """Raise UnavailableError naming the reason when no server can run."""
+    global _probe_cache
+    if _native._pmu is None:
+        raise UnavailableError(probe()["message"])
+    with _probe_lock:
+        if _probe_cache is None:
+            _probe_cache = probe()
+        p = _probe_cache
+    if not p["available"]:
+        err = abs(p["error"])
+        raise UnavailableError(err, p["message"]) if err else UnavailableError(p["message"])
+
+
+class _AsyncBridge:
+    """Runs the coroutines of ``async def`` handlers on an asyncio loop.
+
+    The engine hands over all coroutines of one batch in one call (on a ring
+    thread, GIL held); they are posted to the loop with a single
+    ``call_soon_threadsafe``. Each task replies with ``request.reply()``,
+    which reaches the ring through the engine's cross-thread queue. Without
+    a loop given, a private loop thread starts on first use.
+    """
+
+    def __init__(self, loop: Optional[asyncio.AbstractEventLoop]) -> None:
+        self._loop = loop
+        self._own = loop is None
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self._tasks: Set["asyncio.Task[Any]"] = set()
+
+    def schedule(self, batch: List[Tuple[Any, Any]]) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._start_loop()
+        loop.call_soon_threadsafe(self._spawn, batch)
+
+    def _start_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def main() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                t = threading.Thread(target=main, name="pymongoose_uring-asyncio", daemon=True)
+                t.start()
+                ready.wait()
+                self._thread = t
+                self._loop = loop
+            return self._loop
+
+    def _spawn(self, batch: List[Tuple[Any, Any]]) -> None:
+        loop = self._loop
+        assert loop is not None
+        for request, coro in batch:
+            task = loop.create_task(_drive(request, coro))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def in_loop_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def close(self) -> None:
+        """Stop the private loop thread (a loop given by the caller is left
+        alone). Tasks still pending are cancelled."""
+        if self.in_loop_thread():
+            raise RuntimeError("the asyncio bridge cannot close from its own thread")
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            if not self._own or loop is None or thread is None:
+                return
+            self._loop = self._thread = None
+
+        async def shutdown() -> None:
+            tasks = [t for t in self._tasks if not t.done()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop)
+        thread.join(10)
+        if not thread.is_alive():
+            loop.close()
+
+
+async def _drive(request: Any, coro: Any) -> None:
+    try:
+        result = await coro
+    except asyncio.CancelledError:
+        if not request.answered:
+            request.reply(Response.text("Service Unavailable", 503))
+        raise
+    except Exception:
+        log.exception("async handler raised; sent 500 for %s %s", request.method,
+                      request.target)
+        if not request.answered:
+            request.reply(Response.text("Internal Server Error", 500))
+        return
+    if result is None:
+        return  # answered with request.reply(), now or later
+    if request.answered:
+        log.warning("%r: the async handler replied and also returned %s; the returned value "
+                    "was ignored", request, type(result).__name__)
+        return
+    try:
+        request.reply(result)
+    except Exception:
+        log.exception("could not send the async handler's response; sent 500 for %s %s",
+                      request.method, request.target)
+        if not request.answered:
+            request.reply(Response.text("Internal Server Error", 500))
+
+
+# Servers whose engines may be running: stopped at interpreter exit, before
+# the interpreter stops letting ring threads take the GIL.
+_live: Set["Server"] = set()
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _stop_all() -> None:
+    with _live_lock:
+        servers = list(_live)
+    for s in servers:
+        try:
+            s.stop()
+        except Exception:  # pragma: no cover - best effort at exit
+            log.exception("stopping %r at exit failed", s)
+
+
+class Server:
+    """An HTTP/1.1 server whose handlers are Python callables.
+
+    ``app`` is an :class:`App` (routing) or any callable taking a request.
+    A handler returns the response: a :class:`Response`, ``bytes``
+    (application/octet-stream), ``str`` (text/plain), a ``dict`` or ``list``
+    (JSON), an ``int`` (status, empty body), a tuple ``(body, status)`` or
+    ``(body, status, headers)``, a coroutine (``async def`` handlers, run on
+    ``loop`` or a private asyncio thread), or ``None`` after keeping the
+    request to answer later with ``request.reply(...)`` from any thread.
+
+    Listening: ``host`` and ``port`` (``port=0`` picks a free one, see
+    :attr:`port`), or ``unix_path`` for a Unix socket. ``threads`` ring
+    threads each run their own io_uring. Every other keyword is an engine
+    knob; ``None`` keeps the engine's default (see :func:`config_defaults`):
+
+    - io_uring: ``ring_entries``, ``cq_entries``, ``buf_count``, ``buf_size``,
+      ``defer_taskrun``, ``sqpoll``, ``sqpoll_idle_ms``, ``registered_files``,
+      ``send_zc_threshold``, ``backlog``
+    - batching: ``batch_max`` (most requests per handler batch)
+    - limits: ``max_header_bytes``, ``max_headers``, ``max_url_bytes``,
+      ``max_body_bytes``, ``max_connections``, ``max_pipelined``,
+      ``output_high_water``
+    - timeouts (ms, 0 disables): ``header_timeout_ms``, ``keepalive_timeout_ms``,
+      ``body_timeout_ms``, ``send_timeout_ms``, ``shutdown_timeout_ms``
+    - ``server_header``: the Server header value ("" sends none)
+
+    ``run()`` blocks until SIGINT or SIGTERM, then stops gracefully;
+    ``start()``/``stop()`` run it in the background; ``with Server(...) as s:``
+    starts and stops it. Raises :class:`UnavailableError` naming the reason
+    where io_uring cannot be used.
+    """
+
+    def __init__(self, app: Callable[[Any], Any], host: str = "127.0.0.1", port: int = 8000, *,
+                 unix_path: Optional[str] = None, threads: int = 1,
+                 backlog: Optional[int] = None,
+                 ring_entries: Optional[int] = None, cq_entries: Optional[int] = None,
+                 buf_count: Optional[int] = None, buf_size: Optional[int] = None,
+                 defer_taskrun: Optional[bool] = None, sqpoll: Optional[bool] = None,
+                 sqpoll_idle_ms: Optional[int] = None, registered_files: Optional[bool] = None,
+                 send_zc_threshold: Optional[int] = None, batch_max: Optional[int] = None,
+                 max_header_bytes: Optional[int] = None, max_headers: Optional[int] = None,
+                 max_url_bytes: Optional[int] = None, max_body_bytes: Optional[int] = None,
+                 max_connections: Optional[int] = None, max_pipelined: Optional[int] = None,
+                 output_high_water: Optional[int] = None,
+                 header_timeout_ms: Optional[int] = None,
+                 keepalive_timeout_ms: Optional[int] = None,
+                 body_timeout_ms: Optional[int] = None, send_timeout_ms: Optional[int] = None,
+                 shutdown_timeout_ms: Optional[int] = None,
+                 server_header: Optional[str] = None,
+                 loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+        _require_engine()
+        if not callable(app):
+            raise TypeError("app must be an App or a callable taking a request")
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        self.app = app
+        self.host = host
+        self._options: Dict[str, Any] = {"host": host, "port": port, "threads": threads,
+                                         "unix_path": unix_path}
+        given = locals()
+        for name in _ENGINE_OPTIONS:
+            if given[name] is not None:
+                self._options[name] = given[name]
+        self._loop = loop
+        self._engine: Any = None
+        self._bridge: Optional[_AsyncBridge] = None
+        self._final_stats: Optional[Dict[str, Any]] = None
+        self._lock = threading.RLock()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> "Server":
+        """Bind and start the ring threads in the background; returns self.
+
+        Raises ``Error`` naming the cause (port in use, bad knob, ...)."""
+        with self._lock:
+            if self._engine is not None:
+                raise RuntimeError("the server is already running")
+            from ._routing import App
+            bridge = _AsyncBridge(self._loop)
+            app = self.app
+            if isinstance(app, App):
+                engine = _native._pmu.Engine(app._fallback, routes=app._static,
+                                             async_scheduler=bridge.schedule, **self._options)
+            else:
+                engine = _native._pmu.Engine(app, async_scheduler=bridge.schedule,
+                                             **self._options)
+            engine.start()
+            self._engine, self._bridge, self._final_stats = engine, bridge, None
+            with _live_lock:
+                _live.add(self)
+            return self
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop gracefully: stop accepting, let in-flight requests finish (at
+        most ``shutdown_timeout_ms``), then release everything. Blocks until
+        done (or ``timeout`` seconds pass: TimeoutError). Called from a
+        handler (or an async handler's loop), it only begins the stop and
+        returns; run(), or a later stop() from another thread, completes it."""
+        engine, bridge = self._engine, self._bridge
+        if engine is None:
+            return
+        if engine.in_ring_thread() or (bridge is not None and bridge.in_loop_thread()):
+            # Waiting here would wait for this very thread: only begin the
+            # stop; run() (or a later stop() elsewhere) completes it.
+            engine.stop()
+            return
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                return
+            engine.stop()
+            if not engine.wait(timeout):
+                raise TimeoutError("the server did not stop in time")
+            self._finish()
+
+    def _finish(self) -> None:
+        engine, bridge = self._engine, self._bridge
+        try:
+            self._final_stats = engine.stats()
+        except Exception:
+            self._final_stats = None
+        engine.close()
+        self._engine = self._bridge = None
+        if bridge is not None:
+            bridge.close()
+        with _live_lock:
+            _live.discard(self)
+
+    def run(self) -> None:
+        """Serve until SIGINT (Ctrl-C) or SIGTERM, then stop gracefully:
+        in-flight requests finish, idle connections close."""
+        stop_requested = threading.Event()
+        previous: Dict[signal.Signals, Any] = {}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("%s received; stopping gracefully", signal.Signals(signum).name)
+            stop_requested.set()
+            engine = self._engine
+            if engine is not None:
+                engine.stop()
+
+        # Handlers first: a signal arriving while the server starts must stop
+        # it, not raise KeyboardInterrupt somewhere in the middle.
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        engine = None
+        try:
+            self.start()
+            engine = self._engine
+            if stop_requested.is_set():
+                engine.stop()
+            print(f"pymongoose_uring: serving on {self.url} with {engine.threads} thread(s); "
+                  f"Ctrl-C to stop", file=sys.stderr, flush=True)
+            engine.wait()  # returns once a signal (or stop()) ended the workers
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            with self._lock:
+                if engine is not None and self._engine is engine:
+                    engine.stop()
+                    self._finish()
+
+    serve_forever = run  # the socketserver spelling
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- introspection ------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        engine = self._engine
+        return engine is not None and engine.running
+
+    @property
+    def port(self) -> int:
+        """The TCP port bound (the real one after start() with port=0)."""
+        engine = self._engine
+        return engine.port if engine is not None else self._options["port"]
+
+    @property
+    def unix_path(self) -> Optional[str]:
+        return self._options["unix_path"]
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` (IPv6 hosts in brackets), or ``unix:PATH``."""
+        if self.unix_path:
+            return f"unix:{self.unix_path}"
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """Every engine knob as this server uses it."""
+        if self._engine is not None:
+            return self._engine.config
+        return _native._pmu.Engine(self.app, **self._options).config
+
+    def stats(self, thread: int = -1) -> Dict[str, Any]:
+        """The engine counters, summed over threads (-1) or for one thread:
+        requests, responses, bytes, connections, parse errors, timeouts,
+        sends, CQEs and waits, ``batches`` and ``batch_hist`` (bucket i
+        counts batches of 2**i to 2**(i+1)-1 requests), ``deferred``
+        (answers that came from other threads). After stop(), the final
+        totals."""
+        engine = self._engine
+        if engine is None:
+            if self._final_stats is not None and thread == -1:
+                return dict(self._final_stats)
+            raise RuntimeError("the server is not running")
+        return engine.stats(thread)
+
+    def ring_info(self, thread: int = 0) -> Dict[str, Any]:
+        """How the ring of one thread was set up (setup flags, features,
+        whether DEFER_TASKRUN, SQPOLL, registered files are in use)."""
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError("the server is not running")
+        return engine.ring_info(thread)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Server {self.url} {state}>"
+
+
+def config_defaults() -> Dict[str, Any]:
+    """Every engine knob with its default value."""
+    _require_engine()
+    return _native._pmu.config_defaults()

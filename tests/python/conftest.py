@@ -1,0 +1,138 @@
+"""Shared fixtures for the Python tests: real servers on 127.0.0.1, port 0.
+
+Every test that needs io_uring is skipped, with the reason, where the kernel
+refuses it; the tests of the unavailable path run everywhere.
+"""
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+import pymongoose_uring as pmu
+
+PROBE = pmu.probe()
+needs_uring = pytest.mark.skipif(not PROBE["available"],
+                                 reason="io_uring unavailable: %s" % PROBE["message"])
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "no_uring_ok" not in item.keywords:
+            item.add_marker(needs_uring)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "no_uring_ok: runs without io_uring")
+
+
+@pytest.fixture
+def serve():
+    """serve(app, **options) -> a started Server on 127.0.0.1:<free port>;
+    every server is stopped at the end of the test."""
+    servers = []
+
+    def start(app, **options):
+        options.setdefault("port", 0)
+        server = pmu.Server(app, **options).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(timeout=30)
+
+
+def request(server, method="GET", path="/", body=None, headers=None, timeout=10):
+    """One request with http.client: (status, {lower-name: value}, body, response)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, resp
+    finally:
+        conn.close()
+
+
+def get_json(server, path="/", **kw):
+    status, headers, body, _ = request(server, path=path, **kw)
+    assert status == 200, (status, body)
+    return json.loads(body)
+
+
+class RawClient:
+    """A raw socket speaking HTTP/1.1, for pipelining and odd requests."""
+
+    def __init__(self, port, family=socket.AF_INET, address=None, timeout=10):
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(address or ("127.0.0.1", port))
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed by the server")
+        self.buf += chunk
+
+    def read_response(self, head=False):
+        """-> (status, [(name, value)], body)"""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        raw, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
+        length = 0 if head else int(dict((k.lower(), v) for k, v in headers)
+                                    .get("content-length", 0))
+        while len(self.buf) < length:
+            self._fill()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return status, headers, body
+
+    def closed_by_server(self):
+        """True when the server closes the connection (reads EOF)."""
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except (ConnectionResetError, socket.timeout):
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+def wait_for_line(proc, prefix, timeout=20):
+    """Read the subprocess's stderr until a line containing prefix; return it."""
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line)
+        if prefix in line:
+            return line
+    raise AssertionError("no %r from the subprocess; it wrote:\n%s" % (prefix, "".join(lines)))
+
+
+def spawn(script, *args, env=None):
+    """Run a Python script in a subprocess with this interpreter."""
+    e = dict(os.environ)
+    e.update(env or {})
+    # cwd elsewhere: from the checkout's root, "import pymongoose_uring" would
+    # find the source tree (no compiled extension) before the installed package.
+    return subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=e, cwd=tempfile.gettempdir())
