@@ -13,6 +13,8 @@
 #define MAX_FREE_CONNS 1024
 
 static void sendbuf_put(pmu__conn_t *c);
+static int consume_sent(pmu__conn_t *c, size_t left);
+static int after_sent(pmu__conn_t *c, int close_now);
 
 pmu__conn_t *pmu__conn_new(pmu__loop_t *loop, int fd) {
   pmu__conn_t *c = loop->free_conns;
@@ -333,8 +335,10 @@ void pmu__conn_on_recv(pmu__conn_t *c, const char *data, size_t len) {
 void pmu__conn_on_eof(pmu__conn_t *c) {
   c->peer_eof = 1;
   /* A half-closed peer that is owed answers still gets them (on_send closes
-   * once the last is out); with nothing owed there is nothing to finish. */
-  if (c->lingering || c->pending == 0)
+   * once the last is out); with nothing owed there is nothing to finish. A
+   * streamed body cut short can never end: close, so that the handler hears
+   * of it through on_disconnect instead of waiting for the body timeout. */
+  if (c->lingering || c->pending == 0 || (c->cur && c->cur->pub.body_streaming))
     pmu__conn_close(c);
 }
 
@@ -489,6 +493,9 @@ void pmu__conn_flush(pmu__conn_t *c) {
   }
   if (n == 0) {
     sendbuf_put(c);
+    /* Answers with nothing left to send leave the queue here. */
+    if (after_sent(c, consume_sent(c, 0)))
+      return;
     pmu__conn_timer_update(c);
     return;
   }
@@ -555,6 +562,26 @@ static int consume_sent(pmu__conn_t *c, size_t left) {
   return 0;
 }
 
+static void linger(pmu__conn_t *c);
+
+/* After bytes left (or an answer with none left to send, such as the end of
+ * a stream whose last piece is already out): close if an answer said so, or
+ * if a half-closed peer is owed nothing more. Returns 1 if it closed. */
+static int after_sent(pmu__conn_t *c, int close_now) {
+  if (close_now) {
+    if (c->linger_on_close)
+      linger(c);
+    else
+      pmu__conn_close(c);
+    return 1;
+  }
+  if (c->peer_eof && c->pending == 0) {
+    pmu__conn_close(c);
+    return 1;
+  }
+  return 0;
+}
+
 /* Enter lingering close: our side is done writing; read and discard what
  * the client still sends, for a short while, so that it sees our answer
  * instead of a reset. */
@@ -586,18 +613,8 @@ void pmu__conn_on_send(pmu__conn_t *c, int res) {
     STAT_ADD(loop, short_sends, 1);
   if (res > 0)
     pmu__conn_timer_touch(c);
-  int close_now = consume_sent(c, (size_t)res);
-  if (close_now) {
-    if (c->linger_on_close)
-      linger(c);
-    else
-      pmu__conn_close(c);
+  if (after_sent(c, consume_sent(c, (size_t)res)))
     return;
-  }
-  if (c->peer_eof && c->pending == 0) {
-    pmu__conn_close(c);
-    return;
-  }
   pmu__conn_maybe_resume(c);
   pmu__conn_flush(c);
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define THRESHOLD 1000
 #define HIGH_WATER (64 * 1024)
@@ -285,6 +286,29 @@ int main(void) {
       pthread_mutex_unlock(&lock);
     }
     T_ASSERT_MSG(now > before, "on_disconnect not called");
+    free(body);
+  }
+
+  t_case("a client that half-closes mid-body (FIN): on_disconnect at once, not at the body timeout");
+  {
+    pthread_mutex_lock(&lock);
+    int before = disconnects;
+    pthread_mutex_unlock(&lock);
+    char *body = pattern(5000);
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n");
+    t_send(conn, body, 5000);
+    shutdown(conn->fd, SHUT_WR);
+    int64_t deadline = t_now_ms() + 2000;
+    int now = before;
+    while (now == before && t_now_ms() < deadline) {
+      t_sleep_ms(5);
+      pthread_mutex_lock(&lock);
+      now = disconnects;
+      pthread_mutex_unlock(&lock);
+    }
+    T_ASSERT_MSG(now > before, "on_disconnect not called within 2 s");
+    t_conn_close(conn);
     free(body);
   }
 

@@ -97,6 +97,7 @@ static void produce(pmu_request_t *r) {
       t_sleep_ms(1);
   }
   free(buf);
+  t_sleep_ms((unsigned)query_num(r, "enddelay", 0));
   pmu_respond_end(r);
 }
 
@@ -253,6 +254,25 @@ int main(void) {
     T_ASSERT_MSG(seen <= HIGH_WATER + 16384, "unsent reached %zu", seen);
     T_ASSERT_MSG(d > 0, "on_drain never called");
     t_conn_close(conn);
+  }
+
+  t_case("the end of a stream whose bytes are all out arrives after the client's FIN: closed");
+  {
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /stream?thread=1&n=1&size=3&len=3&enddelay=200 HTTP/1.1\r\n"
+                     "Host: h\r\n\r\n");
+    t_response_t resp;
+    t_expect_response(conn, &resp);
+    T_ASSERT_INT_EQ(resp.body_len, 3);
+    t_response_free(&resp);
+    t_conn_close(conn); /* FIN while the engine still owes the (empty) end */
+    int64_t deadline = t_now_ms() + 2000;
+    pmu_stats_t st = t_stats(server, -1);
+    while (st.connections_open != 0 && t_now_ms() < deadline) {
+      t_sleep_ms(10);
+      st = t_stats(server, -1);
+    }
+    T_ASSERT_MSG(st.connections_open == 0, "connection left open (CLOSE-WAIT)");
   }
 
   t_case("the client goes away mid-stream: on_disconnect, -EPIPE, safe end");
