@@ -12,6 +12,9 @@
  *             (engine.c)
  *
  * module.c holds the module state, probe(), the error mapping and logging.
+ * stream.c holds what a request shares with the engine's worker threads
+ * once it streams (its body arriving in pieces, its answer leaving in
+ * pieces, its client going away): a small C object reached from both sides.
  */
 #ifndef PMU_BINDING_H
 #define PMU_BINDING_H
@@ -21,6 +24,7 @@
 
 #include <pmu/pmu.h>
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 /* Shims for the few newer C-API calls used here (3.9 and 3.10). */
@@ -95,6 +99,11 @@ typedef struct pmu_state {
   PyTypeObject *engine_type;
   PyObject *error;       /* _pmu.Error(OSError) */
   PyObject *unavailable; /* _pmu.UnavailableError(Error) */
+  PyObject *disconnected; /* _pmu.ClientDisconnected(ConnectionError) */
+  PyObject *get_running_loop; /* asyncio.get_running_loop */
+  PyObject *set_future;  /* fn(future, value): set_result unless done (no module ref) */
+  PyObject *read_ready;  /* fn(request, future, size, chunks): a read_async step */
+  unsigned long main_thread; /* ident of the thread that imported the module */
   PyObject *logger;      /* logging.getLogger("pymongoose_uring") */
   PyObject *json_encoder; /* json's C encoder: encoder(obj, 0) -> chunks; or NULL */
   PyObject *json_dumps;  /* fallback when the C encoder is missing: obj -> str */
@@ -143,19 +152,146 @@ void pmu_drain_released(pmu_state *st);
 /* Bodies at least this long are sent without a copy (bytes and str only). */
 #define PMU_ZERO_COPY_MIN 16384
 
+/* The release callback and context that keep `owner` (bytes or str) alive
+ * until the engine hands it back (then dropped by pmu_drain_released).
+ * Returns 0, or -1 without an exception (no memory: copy instead). */
+int pmu_keep_until_released(pmu_state *st, PyObject *owner, void (**release)(void *),
+                            void **ctx);
+
+/* ---- engine.c: GIL on a worker thread, outside a batch ---- */
+
+typedef struct pmu_gil {
+  int how; /* 0: already held (inside a batch), 1: ring thread state, 2: PyGILState */
+  PyGILState_STATE gstate;
+} pmu_gil;
+
+/* Take the GIL for an engine callback (on_body, on_drain, on_disconnect)
+ * on a worker thread; pmu_ring_gil_leave gives it back. */
+void pmu_ring_gil_enter(pmu_gil *g);
+void pmu_ring_gil_leave(pmu_gil *g);
+
+/* Whether the caller runs on a worker thread of some engine: blocking
+ * there for the engine's own progress would deadlock. */
+int pmu_in_ring_thread(void);
+
+/* ---- stream.c ----
+ *
+ * A pmu_reqio is what a Request shares with the engine's worker threads:
+ * the queue of streamed body pieces (filled by on_body on the worker
+ * thread, without the GIL), the drain and disconnect signals, and the
+ * asyncio waiters and disconnect callbacks to run when they come. It is
+ * reference counted: one reference for the Request object, one for the
+ * link from the engine request (request->user), which is cut when the
+ * request is answered. Worker threads reach it only through that link,
+ * under a lock, so a callback never sees a freed pmu_reqio.
+ */
+typedef struct pmu_piece {
+  struct pmu_piece *next;
+  size_t len;
+  char data[];
+} pmu_piece;
+
+typedef struct pmu_reqio {
+  atomic_int refs;
+  pmu_state *st;
+  pthread_mutex_t lock;
+  pthread_cond_t cond; /* signalled on every change below */
+  /* Under lock. */
+  pmu_piece *head, *tail;
+  size_t head_off; /* bytes of head already handed out */
+  size_t queued;   /* bytes in the queue */
+  uint64_t drain_seq; /* on_drain calls so far */
+  uint8_t body_done;  /* the last piece came */
+  uint8_t gone;       /* the client went away while the request was held */
+  uint8_t unlinked;   /* answered: the engine says nothing more about it */
+  /* Python objects: set and taken with both the GIL and the lock held; a
+   * worker thread tests them for NULL under the lock alone, to know
+   * whether it needs the GIL at all. */
+  PyObject *read_waiter;   /* (loop, future, request, size, chunks) or NULL */
+  PyObject *drain_waiters; /* list of (loop, future), or NULL */
+  PyObject *callbacks;     /* list of disconnect callbacks, or NULL */
+} pmu_reqio;
+
+/* A new pmu_reqio with one reference (the caller's), or NULL with
+ * MemoryError. GIL held. */
+pmu_reqio *pmu_reqio_new(pmu_state *st);
+
+/* Link io to the live engine request (a second reference) and find out
+ * whether its client has already gone. GIL held. */
+void pmu_reqio_link(pmu_reqio *io, pmu_request_t *request);
+
+/* Cut the link before the request is answered: the engine's callbacks no
+ * longer reach io; waiters are woken. GIL held. */
+void pmu_reqio_unlink(pmu_reqio *io, pmu_request_t *request);
+
+/* The Request is going away: drop its Python objects and its reference.
+ * GIL held. */
+void pmu_reqio_drop(pmu_reqio *io);
+
+/* Outcome of one attempt to read from the queue. */
+enum { PMU_READ_ERROR = -1, PMU_READ_WAIT = 0, PMU_READ_DONE = 1 };
+
+/*
+ * Take bytes from the queue, GIL held: up to `size` (size < 0: all that is
+ * queued). PMU_READ_DONE sets *out (b"" at the end of the body);
+ * PMU_READ_ERROR sets an exception (ClientDisconnected, or RuntimeError
+ * when the request was answered before its body ended); PMU_READ_WAIT
+ * means nothing is there yet: then `waiter`, when not NULL, is stored as
+ * io->read_waiter in the same locked step (a reference is taken), so no
+ * piece can slip in between.
+ */
+int pmu_reqio_take(pmu_reqio *io, Py_ssize_t size, PyObject *waiter, PyObject **out);
+
+/* Wait, without the GIL, until there is something to take or
+ * `deadline` (CLOCK_MONOTONIC seconds; < 0: none) passes. */
+void pmu_reqio_wait_data(pmu_reqio *io, double deadline);
+
+/* The drain counter and the gone flag, read under the lock. */
+uint64_t pmu_reqio_drain_seq(pmu_reqio *io, int *gone);
+
+/* Wait, without the GIL, until the drain counter moves past `seq`, the
+ * client goes or the request is unlinked, or `deadline` (< 0: none)
+ * passes. Returns 1 drained (or unlinked: nothing more to wait for),
+ * 0 the deadline passed, -1 the client is gone. */
+int pmu_reqio_wait_drain(pmu_reqio *io, uint64_t seq, double deadline);
+
+/* Store `waiter`, a (loop, future), to be resolved by the next drain
+ * (True) or the client going away (False), unless the drain counter has
+ * already moved past `seq`. Returns 1 stored, 0 already drained, -1 the
+ * client is gone, -2 with an exception. GIL held. */
+int pmu_reqio_add_drain_waiter(pmu_reqio *io, uint64_t seq, PyObject *waiter);
+
+/* Add a disconnect callback. Returns 1 stored, 0 the client has already
+ * gone (call it now), -1 with an exception. GIL held. */
+int pmu_reqio_add_callback(pmu_reqio *io, PyObject *fn);
+
+/* Whether the client has gone. */
+int pmu_reqio_gone(pmu_reqio *io);
+
+/* The engine's callbacks, on the request's worker thread, without the GIL. */
+void pmu_stream_on_body(pmu_request_t *request, const void *data, size_t len, int last);
+void pmu_stream_on_disconnect(pmu_request_t *request);
+void pmu_stream_on_drain(pmu_request_t *request);
+
+/* Seconds on CLOCK_MONOTONIC. */
+double pmu_now(void);
+
 /* ---- request.c ---- */
 
 /* Wrap an engine request; `unix_path` (borrowed, may be NULL) is the
- * server's socket path, reported as request.server. New reference, or NULL
- * with an exception set (the request is then still unanswered and the
- * caller must answer it). */
-PyObject *pmu_request_new(pmu_state *st, pmu_request_t *request, PyObject *unix_path);
+ * server's socket path, reported as request.server; `high_water` is the
+ * engine's output_high_water (write() waits above it). New reference, or
+ * NULL with an exception set (the request is then still unanswered and
+ * the caller must answer it). */
+PyObject *pmu_request_new(pmu_state *st, pmu_request_t *request, PyObject *unix_path,
+                          size_t high_water);
 
 /* request.method and request.path, built on first use. New references. */
 PyObject *pmu_request_method(PyObject *request);
 PyObject *pmu_request_path(PyObject *request);
 
-/* Whether the request is still waiting for its answer. */
+/* Whether the request is still waiting for its answer (neither answered
+ * nor its streamed answer started). */
 int pmu_request_is_live(PyObject *request);
 
 /*
@@ -168,7 +304,8 @@ int pmu_request_is_live(PyObject *request);
 int pmu_request_answer(PyObject *request, PyObject *result, Py_ssize_t owner_refs);
 
 /* Answer with a plain-text 500; used when a handler failed. No-op when
- * already answered. `owner_refs` as for pmu_request_answer. */
+ * already answered; a started stream is ended instead. `owner_refs` as
+ * for pmu_request_answer. */
 void pmu_request_answer_500(PyObject *request, Py_ssize_t owner_refs);
 
 /* ---- response.c ---- */
@@ -200,6 +337,11 @@ typedef struct pmu_built {
 int pmu_build_response(pmu_state *st, PyObject *result, pmu_built *out);
 void pmu_built_release(pmu_built *built);
 
+/* Only headers, for a streamed answer's head: validated as for a
+ * response, no Content-Type added. Returns 0, or -1 with an exception;
+ * call pmu_built_release() either way. */
+int pmu_build_headers(PyObject *headers, pmu_built *out);
+
 /* Encode `obj` as compact, ASCII-only JSON (what json.dumps(obj,
  * separators=(",", ":")) gives). New reference to a bytes object, or NULL. */
 PyObject *pmu_json_bytes(pmu_state *st, PyObject *obj);
@@ -211,5 +353,9 @@ extern PyType_Spec pmu_engine_spec;
 
 /* Module-level functions defined outside module.c. */
 PyObject *pmu_config_defaults(PyObject *module, PyObject *unused);
+
+/* The C functions behind st->set_future and st->read_ready. */
+extern PyMethodDef pmu_set_future_def;
+extern PyMethodDef pmu_read_ready_def;
 
 #endif /* PMU_BINDING_H */

@@ -9,6 +9,11 @@
  * (PyEval_SaveThread) before the engine sends anything. Keeping the thread
  * state makes a batch cost one GIL hand-over, not a thread-state creation.
  *
+ * Streaming callbacks. on_body, on_drain and on_disconnect are always
+ * installed (on_body only with a stream_body_threshold): they come on the
+ * worker thread without the GIL and go to stream.c, which takes the GIL
+ * (with the same kept thread state) only when Python must be woken.
+ *
  * Lifetime. While worker threads may run, the Engine holds a reference to
  * itself (the engine's handler_data points at it), dropped once wait()
  * has seen every thread exit. Every call into the engine that may block
@@ -31,6 +36,7 @@
 typedef struct ring_state {
   PyThreadState *tstate; /* NULL until on_thread_start, and after on_thread_stop */
   pthread_t thread;
+  int in_batch; /* the thread holds the GIL for a batch */
 } ring_state;
 
 typedef struct {
@@ -72,6 +78,8 @@ typedef struct field {
 } field;
 
 #define FIELD(name, type) {#name, type, offsetof(pmu_config_t, name)}
+/* A knob whose Python name differs from the C field's. */
+#define FIELD_AS(pyname, name, type) {#pyname, type, offsetof(pmu_config_t, name)}
 
 /* Every knob of pmu_config_t, in the header's order. */
 static const field fields[] = {
@@ -97,6 +105,7 @@ static const field fields[] = {
     FIELD(max_connections, F_UINT),
     FIELD(max_pipelined, F_UINT),
     FIELD(output_high_water, F_SIZE),
+    FIELD_AS(stream_body_threshold, body_stream_threshold, F_SIZE),
     FIELD(header_timeout_ms, F_UINT),
     FIELD(keepalive_timeout_ms, F_UINT),
     FIELD(body_timeout_ms, F_UINT),
@@ -280,7 +289,8 @@ static void run_batch(EngineObject *self, pmu_request_t *const *requests, size_t
   PyObject *pending = NULL; /* list of (request, coroutine) */
   pmu_drain_released(st);
   for (size_t i = 0; i < count; i++) {
-    PyObject *req = pmu_request_new(st, requests[i], self->unix_path_str);
+    PyObject *req =
+        pmu_request_new(st, requests[i], self->unix_path_str, self->config.output_high_water);
     if (req == NULL) {
       pmu_log_exception(st, "could not wrap a request; sent 500", NULL);
       pmu_respond_simple(requests[i], 500, text_plain_header, 1, body_500, sizeof body_500 - 1);
@@ -324,7 +334,9 @@ static void on_batch(void *data, pmu_request_t *const *requests, size_t count) {
   ring_state *rs = current_ring;
   if (rs != NULL && rs->tstate != NULL) {
     PyEval_RestoreThread(rs->tstate);
+    rs->in_batch = 1;
     run_batch(self, requests, count);
+    rs->in_batch = 0;
     PyEval_SaveThread();
   } else {
     /* No thread state kept for this thread (the engine called us from a
@@ -364,6 +376,42 @@ static void on_thread_stop(void *data, unsigned index) {
   PyThreadState_Clear(ts);
   PyThreadState_DeleteCurrent(); /* and drops the GIL */
 }
+
+void pmu_ring_gil_enter(pmu_gil *g) {
+  ring_state *rs = current_ring;
+  if (rs != NULL && rs->in_batch) {
+    g->how = 0; /* a callback from inside a batch: the GIL is ours already */
+  } else if (rs != NULL && rs->tstate != NULL) {
+    g->how = 1;
+    PyEval_RestoreThread(rs->tstate);
+    rs->in_batch = 1;
+  } else {
+    g->how = 2;
+    g->gstate = PyGILState_Ensure();
+  }
+}
+
+void pmu_ring_gil_leave(pmu_gil *g) {
+  if (g->how == 1) {
+    current_ring->in_batch = 0;
+    PyEval_SaveThread();
+  } else if (g->how == 2) {
+    PyGILState_Release(g->gstate);
+  }
+}
+
+int pmu_in_ring_thread(void) { return current_ring != NULL; }
+
+static void on_body(void *data, pmu_request_t *request, const void *piece, size_t len,
+                    int last) {
+  pmu_stream_on_body(request, piece, len, last);
+}
+
+static void on_disconnect(void *data, pmu_request_t *request) {
+  pmu_stream_on_disconnect(request);
+}
+
+static void on_drain(void *data, pmu_request_t *request) { pmu_stream_on_drain(request); }
 
 static int in_ring_thread(EngineObject *self) {
   ring_state *rs = current_ring;
@@ -502,6 +550,9 @@ static PyObject *engine_start(PyObject *op, PyObject *unused) {
   c.handler_data = self;
   c.on_thread_start = on_thread_start;
   c.on_thread_stop = on_thread_stop;
+  c.on_disconnect = on_disconnect;
+  c.on_drain = on_drain;
+  c.on_body = c.body_stream_threshold > 0 ? on_body : NULL;
 
   /* Worker threads inherit this thread's signal mask: block everything so
    * SIGINT and SIGTERM reach Python's main thread, never a ring. */
@@ -861,7 +912,8 @@ PyDoc_STRVAR(engine_doc,
              "is the response (None: the handler answers later with request.reply()).\n"
              "async_scheduler(list of (request, coroutine)) receives the coroutines\n"
              "async handlers returned, once per batch. config: every pmu_config_t\n"
-             "knob by name (see config_defaults()).");
+             "knob by name (see config_defaults()); the C field body_stream_threshold\n"
+             "is stream_body_threshold here.");
 
 static PyType_Slot engine_slots[] = {
     {Py_tp_new, engine_new},

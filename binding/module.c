@@ -121,16 +121,21 @@ static void release_body(void *ctx) {
                                                   memory_order_release, memory_order_relaxed));
 }
 
-int pmu_zero_copy(pmu_state *st, pmu_response_t *response, PyObject *owner) {
+int pmu_keep_until_released(pmu_state *st, PyObject *owner, void (**release)(void *),
+                            void **ctx) {
   pmu_released *node = PyMem_RawMalloc(sizeof *node);
   if (node == NULL)
     return -1;
   node->obj = Py_NewRef(owner);
   node->st = st;
   node->next = NULL;
-  response->body_release = release_body;
-  response->body_ctx = node;
+  *release = release_body;
+  *ctx = node;
   return 0;
+}
+
+int pmu_zero_copy(pmu_state *st, pmu_response_t *response, PyObject *owner) {
+  return pmu_keep_until_released(st, owner, &response->body_release, &response->body_ctx);
 }
 
 void pmu_drain_released(pmu_state *st) {
@@ -310,6 +315,36 @@ static int module_exec(PyObject *module) {
       PyModule_AddObjectRef(module, "UnavailableError", st->unavailable) < 0)
     return -1;
 
+  st->disconnected = PyErr_NewExceptionWithDoc(
+      "pymongoose_uring._pmu.ClientDisconnected",
+      "The client closed the connection before the request's body (or its streamed "
+      "answer) was complete.",
+      PyExc_ConnectionError, NULL);
+  if (st->disconnected == NULL ||
+      PyModule_AddObjectRef(module, "ClientDisconnected", st->disconnected) < 0)
+    return -1;
+  /* Functions without a module reference: worker threads hand them to
+   * loop.call_soon_threadsafe. */
+  st->set_future = PyCFunction_NewEx(&pmu_set_future_def, NULL, NULL);
+  st->read_ready = PyCFunction_NewEx(&pmu_read_ready_def, NULL, NULL);
+  if (st->set_future == NULL || st->read_ready == NULL)
+    return -1;
+  st->main_thread = PyThread_get_thread_ident();
+  {
+    /* The thread whose signal handlers run: blocking calls there wait in
+     * slices. Usually the importing thread, but not necessarily. */
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *main = threading ? PyObject_CallMethod(threading, "main_thread", NULL) : NULL;
+    PyObject *ident = main ? PyObject_GetAttrString(main, "ident") : NULL;
+    if (ident != NULL && PyLong_Check(ident))
+      st->main_thread = PyLong_AsUnsignedLong(ident);
+    if (PyErr_Occurred())
+      PyErr_Clear();
+    Py_XDECREF(ident);
+    Py_XDECREF(main);
+    Py_XDECREF(threading);
+  }
+
   if (add_type(module, &pmu_request_spec, NULL, &st->request_type) < 0 ||
       add_type(module, &pmu_response_spec, NULL, &st->response_type) < 0 ||
       add_type(module, &pmu_engine_spec, NULL, &st->engine_type) < 0)
@@ -366,6 +401,10 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
   Py_VISIT(st->engine_type);
   Py_VISIT(st->error);
   Py_VISIT(st->unavailable);
+  Py_VISIT(st->disconnected);
+  Py_VISIT(st->get_running_loop);
+  Py_VISIT(st->set_future);
+  Py_VISIT(st->read_ready);
   Py_VISIT(st->logger);
   Py_VISIT(st->json_encoder);
   Py_VISIT(st->json_dumps);
@@ -383,6 +422,10 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->engine_type);
   Py_CLEAR(st->error);
   Py_CLEAR(st->unavailable);
+  Py_CLEAR(st->disconnected);
+  Py_CLEAR(st->get_running_loop);
+  Py_CLEAR(st->set_future);
+  Py_CLEAR(st->read_ready);
   Py_CLEAR(st->logger);
   Py_CLEAR(st->json_encoder);
   Py_CLEAR(st->json_dumps);

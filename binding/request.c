@@ -12,10 +12,18 @@
  * Every request is answered exactly once: by the batch loop with the
  * handler's result, by reply() from any thread, or, when the last reference
  * goes away unanswered, by the deallocator with a 500 and a warning.
+ *
+ * Streaming. A request may instead be answered piece by piece (start(),
+ * write(), end()), and a body larger than the engine's stream threshold
+ * arrives in pieces after the handler has seen the request (read(),
+ * read_async()). Both go through a pmu_reqio (stream.c), made only when
+ * needed, so a request that does neither pays nothing for them. A stream
+ * started and never ended is ended by the deallocator.
  */
 #include "binding.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <strings.h>
@@ -30,6 +38,13 @@ typedef struct {
   PyObject *method, *path, *raw_path, *target, *query_string, *query, *headers, *body, *params,
       *client, *server;
   PyObject *unix_path; /* the server's Unix socket path (str), or NULL */
+  pmu_reqio *io;       /* shared with the worker thread once streaming, or NULL */
+  PyObject *unread;    /* streamed body bytes taken but not handed out, or NULL */
+  size_t high_water;   /* the engine's output_high_water */
+  size_t body_pos;     /* buffered body: bytes read() handed out */
+  uint8_t streamed;    /* the body arrives in pieces (request.body_streaming) */
+  uint8_t started;     /* start() was called: answered piece by piece */
+  uint8_t ended;       /* the streamed answer was ended */
 } RequestObject;
 
 #define REQ(o) ((RequestObject *)(o))
@@ -39,7 +54,8 @@ static const pmu_header_t text_plain_header[] = {
 };
 static const char body_500[] = "Internal Server Error";
 
-PyObject *pmu_request_new(pmu_state *st, pmu_request_t *request, PyObject *unix_path) {
+PyObject *pmu_request_new(pmu_state *st, pmu_request_t *request, PyObject *unix_path,
+                          size_t high_water) {
   RequestObject *self = PyObject_Malloc(sizeof(RequestObject));
   if (self == NULL)
     return PyErr_NoMemory();
@@ -49,10 +65,40 @@ PyObject *pmu_request_new(pmu_state *st, pmu_request_t *request, PyObject *unix_
   self->live = request;
   self->view = request;
   self->unix_path = Py_XNewRef(unix_path);
+  self->high_water = high_water;
+  if (request->body_streaming) {
+    /* Its pieces follow this batch: the queue must be there for them. */
+    self->streamed = 1;
+    self->io = pmu_reqio_new(st);
+    if (self->io == NULL) {
+      self->live = NULL; /* the caller answers it */
+      Py_DECREF(self);
+      return NULL;
+    }
+    pmu_reqio_link(self->io, request);
+  }
   return (PyObject *)self;
 }
 
-int pmu_request_is_live(PyObject *request) { return REQ(request)->live != NULL; }
+int pmu_request_is_live(PyObject *request) {
+  return REQ(request)->live != NULL && !REQ(request)->started;
+}
+
+/* The pmu_reqio of a live request, made and linked on first use. Returns
+ * 0, or -1 with an exception. */
+static int ensure_io(RequestObject *self) {
+  if (self->io != NULL)
+    return 0;
+  if (self->live == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "this request was already answered");
+    return -1;
+  }
+  self->io = pmu_reqio_new(self->st);
+  if (self->io == NULL)
+    return -1;
+  pmu_reqio_link(self->io, self->live);
+  return 0;
+}
 
 /*
  * Copy everything the view points to into one PyMem block, so attributes
@@ -116,15 +162,14 @@ static int snapshot(RequestObject *self) {
 }
 
 /*
- * Hand `response` to the engine, first copying the request's data if others
- * may still read it. The GIL stays held: from another thread pmu_respond()
- * only takes the ring's short queue mutex, which the engine never holds while
- * it runs a batch (the only place it waits for the GIL), so releasing the
- * GIL would cost more than it could save.
+ * Let go of the engine request before it is answered: cut the worker
+ * thread's link to our pmu_reqio, and copy the request's data if others may
+ * still read it. Returns the request, for the caller to answer at once.
  */
-static void send_response(RequestObject *self, const pmu_response_t *response,
-                          Py_ssize_t owner_refs) {
+static pmu_request_t *detach(RequestObject *self, Py_ssize_t owner_refs) {
   pmu_request_t *live = self->live;
+  if (self->io != NULL)
+    pmu_reqio_unlink(self->io, live);
   if (Py_REFCNT(self) > owner_refs && snapshot(self) < 0) {
     PyErr_Clear(); /* attributes not yet built now raise; the answer still goes out */
     self->view = NULL;
@@ -132,14 +177,46 @@ static void send_response(RequestObject *self, const pmu_response_t *response,
   if (self->view == live)
     self->view = NULL;
   self->live = NULL;
+  return live;
+}
+
+/*
+ * Hand `response` to the engine, first copying the request's data if others
+ * may still read it. The GIL stays held: from another thread pmu_respond()
+ * only takes the ring's short queue mutex, which the engine never holds while
+ * it runs a batch or a callback (the only places it waits for the GIL), so
+ * releasing the GIL would cost more than it could save.
+ */
+static void send_response(RequestObject *self, const pmu_response_t *response,
+                          Py_ssize_t owner_refs) {
+  pmu_request_t *live = detach(self, owner_refs);
   if (pmu_respond(live, response) < 0)
     pmu_log_warning(self->st, "the engine refused a response with status %d and sent 500 "
                               "instead (a final status must be 200..999)",
                     response->status);
 }
 
+/* Finish a started stream (pmu_respond_end), copying the request's data
+ * first as send_response does. */
+static void end_stream(RequestObject *self, Py_ssize_t owner_refs) {
+  pmu_request_t *live = detach(self, owner_refs);
+  self->ended = 1;
+  pmu_respond_end(live);
+  pmu_drain_released(self->st);
+}
+
+static int refuse_started(RequestObject *self) {
+  PyErr_SetString(PyExc_RuntimeError,
+                  self->ended ? "this request's streamed answer was already ended"
+                              : "a streamed answer was started on this request with start(); "
+                                "finish it with write() and end(), not reply()");
+  return -1;
+}
+
 int pmu_request_answer(PyObject *request, PyObject *result, Py_ssize_t owner_refs) {
   RequestObject *self = REQ(request);
+  if (self->started)
+    return refuse_started(self);
   pmu_built built;
   if (pmu_build_response(self->st, result, &built) < 0) {
     pmu_built_release(&built);
@@ -157,38 +234,70 @@ void pmu_request_answer_500(PyObject *request, Py_ssize_t owner_refs) {
   RequestObject *self = REQ(request);
   if (self->live == NULL)
     return;
+  if (self->started) {
+    end_stream(self, owner_refs); /* the head is out: ending is all that is left */
+    return;
+  }
   pmu_response_t r = {500, text_plain_header, 1, body_500, sizeof body_500 - 1, NULL, NULL};
   send_response(self, &r, owner_refs);
+}
+
+/* "METHOD TARGET" of a request for log lines. New references or NULL. */
+static void request_words(const pmu_request_t *r, PyObject **method, PyObject **target) {
+  *method = PyUnicode_DecodeLatin1(r->method, (Py_ssize_t)r->method_len, NULL);
+  *target = PyUnicode_DecodeLatin1(
+      r->target, (Py_ssize_t)(r->target_len > 200 ? 200 : r->target_len), NULL);
 }
 
 static void request_dealloc(PyObject *op) {
   RequestObject *self = REQ(op);
   PyTypeObject *tp = Py_TYPE(op);
-  if (self->live != NULL) {
-    /* Nobody kept the request to answer it later: a handler returned None
-     * without replying. Answer for it so the client is not left hanging. */
-    const pmu_request_t *r = self->live;
+  if (self->live != NULL || self->io != NULL) {
+    /* What follows may log or wake waiters: keep a pending exception. */
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    PyObject *line = PyUnicode_DecodeLatin1(
-        r->method, (Py_ssize_t)r->method_len, NULL);
-    PyObject *target = PyUnicode_DecodeLatin1(
-        r->target, (Py_ssize_t)(r->target_len > 200 ? 200 : r->target_len), NULL);
-    if (line != NULL && target != NULL)
-      pmu_log_warning(self->st,
-                      "%U %U: the handler returned None and dropped the request without "
-                      "replying; sent 500 (keep the request and call request.reply() to "
-                      "answer later)",
-                      line, target);
-    Py_XDECREF(line);
-    Py_XDECREF(target);
+    if (self->live != NULL) {
+      PyObject *m, *t;
+      request_words(self->live, &m, &t);
+      if (m != NULL && t != NULL) {
+        if (self->started)
+          /* A streamed answer nobody will finish: end it so the connection
+           * is not held forever (the engine closes it when the framing
+           * needs to). */
+          pmu_log_warning(self->st,
+                          "%U %U: the streamed answer was started but never ended; ended it "
+                          "(call request.end() when the body is complete)",
+                          m, t);
+        else
+          /* Nobody kept the request to answer it later: a handler returned
+           * None without replying. Answer for it so the client is not left
+           * hanging. */
+          pmu_log_warning(self->st,
+                          "%U %U: the handler returned None and dropped the request without "
+                          "replying; sent 500 (keep the request and call request.reply() to "
+                          "answer later)",
+                          m, t);
+      }
+      Py_XDECREF(m);
+      Py_XDECREF(t);
+      PyErr_Clear();
+      if (self->started) {
+        end_stream(self, 0);
+      } else {
+        pmu_response_t resp = {500, text_plain_header, 1, body_500, sizeof body_500 - 1,
+                               NULL, NULL};
+        pmu_request_t *live = detach(self, 0);
+        pmu_respond(live, &resp);
+      }
+    }
+    if (self->io != NULL) {
+      pmu_reqio_drop(self->io);
+      self->io = NULL;
+    }
     PyErr_Clear();
     PyErr_Restore(type, value, tb);
-    pmu_response_t resp = {500, text_plain_header, 1, body_500, sizeof body_500 - 1, NULL, NULL};
-    pmu_request_t *live = self->live;
-    self->live = NULL;
-    pmu_respond(live, &resp);
   }
+  Py_CLEAR(self->unread);
   Py_CLEAR(self->method);
   Py_CLEAR(self->path);
   Py_CLEAR(self->raw_path);
@@ -303,10 +412,21 @@ CACHED_GETTER(path, path, build_path(self, r))
 CACHED_GETTER(raw_path, raw_path, decode_text(r->path, r->path_len))
 CACHED_GETTER(target, target, decode_text(r->target, r->target_len))
 CACHED_GETTER(query_string, query_string, decode_text(r->query, r->query_len))
-CACHED_GETTER(body, body, PyBytes_FromStringAndSize(r->body_len ? r->body : "",
-                                                    (Py_ssize_t)r->body_len))
+CACHED_GETTER(whole_body, body, PyBytes_FromStringAndSize(r->body_len ? r->body : "",
+                                                          (Py_ssize_t)r->body_len))
 CACHED_GETTER(client, client, build_address(&r->peer, NULL))
 CACHED_GETTER(server, server, build_address(&r->local, self->unix_path))
+
+static PyObject *get_body(PyObject *op, void *closure) {
+  if (REQ(op)->streamed) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "this request's body is streamed (it is larger than stream_body_threshold): "
+                    "read it with request.read() in a worker thread or await "
+                    "request.read_async()");
+    return NULL;
+  }
+  return get_whole_body(op, closure);
+}
 
 PyObject *pmu_request_method(PyObject *request) { return get_method(request, NULL); }
 PyObject *pmu_request_path(PyObject *request) { return get_path(request, NULL); }
@@ -396,7 +516,22 @@ static PyObject *get_conn_id(PyObject *op, void *closure) {
 }
 
 static PyObject *get_answered(PyObject *op, void *closure) {
-  return PyBool_FromLong(REQ(op)->live == NULL);
+  return PyBool_FromLong(REQ(op)->live == NULL || REQ(op)->started);
+}
+
+static PyObject *get_body_streaming(PyObject *op, void *closure) {
+  return PyBool_FromLong(REQ(op)->streamed);
+}
+
+static PyObject *get_disconnected(PyObject *op, void *closure) {
+  RequestObject *self = REQ(op);
+  if (self->io == NULL) {
+    if (self->live == NULL)
+      Py_RETURN_FALSE; /* answered while nobody asked: the last word was ours */
+    if (ensure_io(self) < 0)
+      return NULL;
+  }
+  return PyBool_FromLong(pmu_reqio_gone(self->io));
 }
 
 static PyGetSetDef request_getset[] = {
@@ -423,7 +558,16 @@ static PyGetSetDef request_getset[] = {
     {"thread", get_thread, NULL, "Index of the engine thread that owns the request.", NULL},
     {"conn_id", get_conn_id, NULL,
      "Connection id, unique per server; equal for requests of one connection.", NULL},
-    {"answered", get_answered, NULL, "Whether a response was already given.", NULL},
+    {"answered", get_answered, NULL,
+     "Whether a response was already given (or a streamed one started).", NULL},
+    {"body_streaming", get_body_streaming, NULL,
+     "Whether the body arrives in pieces (larger than stream_body_threshold): read it with "
+     "read() or read_async(); request.body raises.",
+     NULL},
+    {"disconnected", get_disconnected, NULL,
+     "Whether the client went away while this request was unanswered (or its streamed "
+     "answer not ended).",
+     NULL},
     {NULL},
 };
 
@@ -512,6 +656,637 @@ static PyObject *request_reply(PyObject *op, PyObject *args, PyObject *kwargs) {
   Py_RETURN_NONE;
 }
 
+/* ---- streaming ---- */
+
+/* Size argument of read(): None or an int; < 0 means "all". */
+static int size_arg(PyObject *o, Py_ssize_t *out) {
+  if (o == NULL || o == Py_None) {
+    *out = -1;
+    return 0;
+  }
+  if (!PyLong_Check(o)) {
+    PyErr_Format(PyExc_TypeError, "size must be an int or None, not %.100s",
+                 Py_TYPE(o)->tp_name);
+    return -1;
+  }
+  Py_ssize_t n = PyLong_AsSsize_t(o);
+  if (n == -1 && PyErr_Occurred())
+    return -1;
+  *out = n < 0 ? -1 : n;
+  return 0;
+}
+
+/* The next slice of a buffered body, as read() hands it out. */
+static PyObject *read_buffered(RequestObject *self, Py_ssize_t size) {
+  const char *base;
+  size_t len;
+  if (self->body != NULL) {
+    base = PyBytes_AS_STRING(self->body);
+    len = (size_t)PyBytes_GET_SIZE(self->body);
+  } else {
+    const pmu_request_t *r = view_of(self);
+    if (r == NULL)
+      return NULL;
+    base = r->body_len ? r->body : "";
+    len = r->body_len;
+  }
+  size_t left = len - self->body_pos;
+  size_t n = (size < 0 || (size_t)size > left) ? left : (size_t)size;
+  if (n == len && self->body != NULL) {
+    self->body_pos = len;
+    return Py_NewRef(self->body);
+  }
+  PyObject *out = PyBytes_FromStringAndSize(base + self->body_pos, (Py_ssize_t)n);
+  if (out != NULL)
+    self->body_pos += n;
+  return out;
+}
+
+/*
+ * One attempt at the streamed body (see pmu_reqio_take): bytes pushed back
+ * by an interrupted read(-1) come first. What is taken from the queue is
+ * reported to the engine as consumed, which lets it read on.
+ */
+static int stream_take(RequestObject *self, Py_ssize_t size, PyObject *waiter, PyObject **out) {
+  if (self->unread != NULL && size != 0) {
+    Py_ssize_t n = PyBytes_GET_SIZE(self->unread);
+    if (size < 0 || size >= n) {
+      *out = self->unread;
+      self->unread = NULL;
+      return PMU_READ_DONE;
+    }
+    const char *p = PyBytes_AS_STRING(self->unread);
+    PyObject *head = PyBytes_FromStringAndSize(p, size);
+    PyObject *rest = head ? PyBytes_FromStringAndSize(p + size, n - size) : NULL;
+    if (rest == NULL) {
+      Py_XDECREF(head);
+      return PMU_READ_ERROR;
+    }
+    Py_SETREF(self->unread, rest);
+    *out = head;
+    return PMU_READ_DONE;
+  }
+  int rc = pmu_reqio_take(self->io, size, waiter, out);
+  if (rc == PMU_READ_DONE && self->live != NULL && PyBytes_GET_SIZE(*out) > 0)
+    pmu_request_body_consumed(self->live, (size_t)PyBytes_GET_SIZE(*out));
+  return rc;
+}
+
+/* Keep `chunks` (a list of bytes taken by an unfinished read(-1)) for the
+ * next read. */
+static void push_back(RequestObject *self, PyObject *chunks);
+
+/* The bytes of a list of bytes, joined. New reference. */
+static PyObject *join_chunks(PyObject *chunks) {
+  if (chunks == NULL || chunks == Py_None)
+    return PyBytes_FromStringAndSize("", 0);
+  Py_ssize_t n = PyList_GET_SIZE(chunks), total = 0;
+  if (n == 1)
+    return Py_NewRef(PyList_GET_ITEM(chunks, 0));
+  for (Py_ssize_t i = 0; i < n; i++)
+    total += PyBytes_GET_SIZE(PyList_GET_ITEM(chunks, i));
+  PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+  if (out == NULL)
+    return NULL;
+  char *p = PyBytes_AS_STRING(out);
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *b = PyList_GET_ITEM(chunks, i);
+    memcpy(p, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+    p += PyBytes_GET_SIZE(b);
+  }
+  return out;
+}
+
+static void push_back(RequestObject *self, PyObject *chunks) {
+  if (chunks == NULL || chunks == Py_None || PyList_GET_SIZE(chunks) == 0)
+    return;
+  if (self->unread != NULL && PyList_Append(chunks, self->unread) < 0) {
+    PyErr_Clear();
+    return;
+  }
+  PyObject *all = join_chunks(chunks);
+  if (all == NULL) {
+    PyErr_Clear();
+    return;
+  }
+  Py_XSETREF(self->unread, all);
+}
+
+static int is_main_thread(pmu_state *st) {
+  return PyThread_get_thread_ident() == st->main_thread;
+}
+
+/* read() of a streamed body: wait (without the GIL) for what is asked. */
+static PyObject *read_stream(RequestObject *self, Py_ssize_t size, double timeout) {
+  double deadline = timeout < 0 ? -1 : pmu_now() + timeout;
+  PyObject *chunks = NULL; /* size < 0: what was taken so far */
+  for (;;) {
+    PyObject *b;
+    int rc = stream_take(self, size, NULL, &b);
+    if (rc == PMU_READ_ERROR)
+      goto fail;
+    if (rc == PMU_READ_DONE) {
+      if (size >= 0)
+        return b;
+      if (PyBytes_GET_SIZE(b) == 0) {
+        Py_DECREF(b);
+        PyObject *out = join_chunks(chunks);
+        Py_XDECREF(chunks);
+        return out;
+      }
+      if (chunks == NULL && (chunks = PyList_New(0)) == NULL) {
+        Py_DECREF(b);
+        goto fail;
+      }
+      int r = PyList_Append(chunks, b);
+      Py_DECREF(b);
+      if (r < 0)
+        goto fail;
+      continue;
+    }
+    if (pmu_in_ring_thread()) {
+      PyErr_SetString(PyExc_RuntimeError,
+                      "read() would wait for the body on the engine's own thread, which "
+                      "delivers it: hand the request to a worker thread, or use read_async()");
+      goto fail;
+    }
+    double now = pmu_now();
+    if (deadline >= 0 && now >= deadline) {
+      PyErr_SetString(PyExc_TimeoutError, "no request body arrived in time");
+      goto fail;
+    }
+    double until = deadline;
+    if (is_main_thread(self->st) && (until < 0 || until > now + 0.1))
+      until = now + 0.1; /* signal handlers run between slices */
+    pmu_reqio *io = self->io;
+    Py_BEGIN_ALLOW_THREADS
+    pmu_reqio_wait_data(io, until);
+    Py_END_ALLOW_THREADS
+    if (PyErr_CheckSignals() < 0)
+      goto fail;
+  }
+fail:
+  if (chunks != NULL) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    push_back(self, chunks);
+    Py_DECREF(chunks);
+    PyErr_Restore(type, value, tb);
+  }
+  return NULL;
+}
+
+PyDoc_STRVAR(read_doc,
+             "read(size=-1, timeout=None) -> bytes\n\n"
+             "Read the body: up to `size` bytes (all that remains when size < 0),\n"
+             "b'' at its end. A streamed body (body_streaming) is waited for with the\n"
+             "GIL released, for at most `timeout` seconds (TimeoutError); raises\n"
+             "ClientDisconnected if the client left before the end. Call it from a\n"
+             "worker thread: on the engine's thread it cannot wait (RuntimeError).\n"
+             "A buffered body is handed out in successive slices.");
+
+static PyObject *request_read(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"size", "timeout", NULL};
+  PyObject *size_obj = Py_None, *timeout_obj = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OO:read", kwlist, &size_obj, &timeout_obj))
+    return NULL;
+  Py_ssize_t size;
+  if (size_arg(size_obj, &size) < 0)
+    return NULL;
+  double timeout = -1;
+  if (timeout_obj != Py_None) {
+    timeout = PyFloat_AsDouble(timeout_obj);
+    if (timeout == -1 && PyErr_Occurred())
+      return NULL;
+    if (timeout < 0)
+      timeout = 0;
+  }
+  RequestObject *self = REQ(op);
+  if (!self->streamed)
+    return read_buffered(self, size);
+  return read_stream(self, size, timeout);
+}
+
+/* asyncio.get_running_loop(), imported on first use. New reference. */
+static PyObject *running_loop(pmu_state *st) {
+  if (st->get_running_loop == NULL) {
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio == NULL)
+      return NULL;
+    st->get_running_loop = PyObject_GetAttrString(asyncio, "get_running_loop");
+    Py_DECREF(asyncio);
+    if (st->get_running_loop == NULL)
+      return NULL;
+  }
+  return PyObject_CallNoArgs(st->get_running_loop);
+}
+
+/* future.set_result(value) (stolen) or, when value is NULL,
+ * future.set_exception(the current exception). Returns 0 or -1. */
+static int settle(PyObject *fut, PyObject *value) {
+  PyObject *r;
+  if (value != NULL) {
+    r = PyObject_CallMethod(fut, "set_result", "O", value);
+    Py_DECREF(value);
+  } else {
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL && exc != NULL)
+      PyException_SetTraceback(exc, tb);
+    r = exc ? PyObject_CallMethod(fut, "set_exception", "O", exc) : NULL;
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+  }
+  if (r == NULL)
+    return -1;
+  Py_DECREF(r);
+  return 0;
+}
+
+/*
+ * Advance a read_async(): settle `fut` with what is there, or leave a
+ * waiter (loop, fut, request, size, chunks) for the worker thread to hand
+ * to read_ready when more comes. `chunks` (borrowed; None or a list) holds
+ * what a read of everything has taken so far. Returns 0, or -1 with an
+ * exception the future could not take.
+ */
+static int read_async_step(RequestObject *self, PyObject *loop, PyObject *fut, Py_ssize_t size,
+                           PyObject *chunks) {
+  PyObject *own = Py_NewRef(chunks);
+  int result = 0;
+  for (;;) {
+    PyObject *waiter = Py_BuildValue("(OOOnO)", loop, fut, (PyObject *)self, size, own);
+    if (waiter == NULL) {
+      result = settle(fut, NULL);
+      break;
+    }
+    PyObject *b;
+    int rc = stream_take(self, size, waiter, &b);
+    Py_DECREF(waiter);
+    if (rc == PMU_READ_WAIT)
+      break;
+    if (rc == PMU_READ_ERROR) {
+      result = settle(fut, NULL);
+      break;
+    }
+    if (size >= 0) {
+      result = settle(fut, b);
+      break;
+    }
+    if (PyBytes_GET_SIZE(b) == 0) {
+      Py_DECREF(b);
+      PyObject *all = join_chunks(own);
+      result = settle(fut, all);
+      break;
+    }
+    if (own == Py_None) {
+      PyObject *list = PyList_New(0);
+      if (list == NULL) {
+        Py_DECREF(b);
+        result = settle(fut, NULL);
+        break;
+      }
+      Py_SETREF(own, list);
+    }
+    int r = PyList_Append(own, b);
+    Py_DECREF(b);
+    if (r < 0) {
+      result = settle(fut, NULL);
+      break;
+    }
+  }
+  Py_DECREF(own);
+  return result;
+}
+
+/* fn(waiter) on the loop's thread, called by the worker thread through
+ * loop.call_soon_threadsafe when the body moved: the next step. */
+static PyObject *read_ready(PyObject *unused, PyObject *waiter) {
+  if (!PyTuple_Check(waiter) || PyTuple_GET_SIZE(waiter) != 5) {
+    PyErr_SetString(PyExc_TypeError, "_read_ready(waiter)");
+    return NULL;
+  }
+  PyObject *loop = PyTuple_GET_ITEM(waiter, 0), *fut = PyTuple_GET_ITEM(waiter, 1);
+  PyObject *req = PyTuple_GET_ITEM(waiter, 2), *chunks = PyTuple_GET_ITEM(waiter, 4);
+  Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(waiter, 3));
+  if (size == -1 && PyErr_Occurred())
+    return NULL;
+  PyObject *done = PyObject_CallMethod(fut, "done", NULL);
+  if (done == NULL)
+    return NULL;
+  int is_done = PyObject_IsTrue(done);
+  Py_DECREF(done);
+  if (is_done < 0)
+    return NULL;
+  if (is_done) {
+    push_back(REQ(req), chunks); /* cancelled: keep what was taken */
+    Py_RETURN_NONE;
+  }
+  if (read_async_step(REQ(req), loop, fut, size, chunks) < 0)
+    return NULL;
+  Py_RETURN_NONE;
+}
+
+PyMethodDef pmu_read_ready_def = {"_read_ready", read_ready, METH_O,
+                                  "_read_ready(waiter): the next step of a read_async()."};
+
+PyDoc_STRVAR(read_async_doc,
+             "read_async(size=-1) -> awaitable of bytes\n\n"
+             "read() for asyncio code: call it on the thread of a running event loop\n"
+             "and await the result; nothing blocks the loop. Only one may wait at a\n"
+             "time.");
+
+static PyObject *request_read_async(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"size", NULL};
+  PyObject *size_obj = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:read_async", kwlist, &size_obj))
+    return NULL;
+  Py_ssize_t size;
+  if (size_arg(size_obj, &size) < 0)
+    return NULL;
+  RequestObject *self = REQ(op);
+  PyObject *loop = running_loop(self->st);
+  if (loop == NULL)
+    return NULL;
+  PyObject *fut = PyObject_CallMethod(loop, "create_future", NULL);
+  int rc = -1;
+  if (fut != NULL) {
+    if (!self->streamed) {
+      PyObject *b = read_buffered(self, size);
+      rc = settle(fut, b);
+    } else {
+      rc = read_async_step(self, loop, fut, size, Py_None);
+    }
+  }
+  Py_DECREF(loop);
+  if (rc < 0) {
+    Py_XDECREF(fut);
+    return NULL;
+  }
+  return fut;
+}
+
+PyDoc_STRVAR(add_disconnect_callback_doc,
+             "add_disconnect_callback(fn)\n\n"
+             "Call fn() once, on an engine thread with the GIL held, if the client\n"
+             "goes away while this request is unanswered (or its streamed answer\n"
+             "not ended); at once if it already has. Never called for a request\n"
+             "already answered. Keep fn short: the engine thread waits for it.");
+
+static PyObject *request_add_disconnect_callback(PyObject *op, PyObject *fn) {
+  RequestObject *self = REQ(op);
+  if (!PyCallable_Check(fn)) {
+    PyErr_SetString(PyExc_TypeError, "the disconnect callback must be callable");
+    return NULL;
+  }
+  if (self->live == NULL)
+    Py_RETURN_NONE; /* answered: the client can no longer leave it unanswered */
+  if (ensure_io(self) < 0)
+    return NULL;
+  int rc = pmu_reqio_add_callback(self->io, fn);
+  if (rc < 0)
+    return NULL;
+  if (rc == 0) { /* the client has already gone */
+    PyObject *r = PyObject_CallNoArgs(fn);
+    if (r == NULL)
+      return NULL;
+    Py_DECREF(r);
+  }
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(start_doc,
+             "start(status, headers=None)\n\n"
+             "Begin a streamed answer: send the status line and headers now, the\n"
+             "body with write() and end(). With a Content-Length header the body is\n"
+             "sent as it is and must be that long; otherwise HTTP/1.1 clients get it\n"
+             "chunked and HTTP/1.0 clients until the connection closes. headers as\n"
+             "for reply(); no Content-Type is added. Any thread. RuntimeError if the\n"
+             "request was answered or start() already called.");
+
+static PyObject *request_start(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"status", "headers", NULL};
+  PyObject *status_obj, *headers = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:start", kwlist, &status_obj, &headers))
+    return NULL;
+  RequestObject *self = REQ(op);
+  if (self->started) {
+    PyErr_SetString(PyExc_RuntimeError, "start() was already called on this request");
+    return NULL;
+  }
+  if (self->live == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "this request was already answered");
+    return NULL;
+  }
+  if (!PyLong_Check(status_obj) || PyBool_Check(status_obj)) {
+    PyErr_Format(PyExc_TypeError, "status must be an int, not %.100s",
+                 Py_TYPE(status_obj)->tp_name);
+    return NULL;
+  }
+  long status = PyLong_AsLong(status_obj);
+  if (status == -1 && PyErr_Occurred())
+    return NULL;
+  if (status < 200 || status > 999) {
+    PyErr_Format(PyExc_ValueError, "a streamed answer's status must be 200..999, not %ld",
+                 status);
+    return NULL;
+  }
+  pmu_built built;
+  if (pmu_build_headers(headers, &built) < 0 || ensure_io(self) < 0) {
+    pmu_built_release(&built);
+    return NULL;
+  }
+  int rc = pmu_respond_start(self->live, (int)status, built.response.headers,
+                             built.response.header_count);
+  self->started = 1;
+  pmu_built_release(&built);
+  if (rc == -ENOMEM)
+    return PyErr_NoMemory();
+  if (rc < 0)
+    pmu_log_warning(self->st, "the engine refused the streamed answer's head (status %ld) and "
+                              "sent 500 instead",
+                    status);
+  Py_RETURN_NONE;
+}
+
+/* RuntimeError unless a streamed answer is open for writing. */
+static int check_open(RequestObject *self, const char *what) {
+  if (!self->started) {
+    PyErr_Format(PyExc_RuntimeError, "%s before start()", what);
+    return -1;
+  }
+  if (self->ended || self->live == NULL) {
+    PyErr_Format(PyExc_RuntimeError, "%s after end()", what);
+    return -1;
+  }
+  return 0;
+}
+
+/* Queue `data` on the stream. Returns pmu_respond_write's result (0 or
+ * -EPIPE; -ENOMEM), or 1 with an exception (bad type). bytes and str of
+ * PMU_ZERO_COPY_MIN or more are sent from the object itself. */
+static int queue_write(RequestObject *self, PyObject *data) {
+  const char *p;
+  Py_ssize_t n;
+  PyObject *owner = NULL;
+  Py_buffer view;
+  int have_view = 0;
+  if (PyBytes_Check(data)) {
+    p = PyBytes_AS_STRING(data);
+    n = PyBytes_GET_SIZE(data);
+    owner = data;
+  } else if (PyUnicode_Check(data)) {
+    p = PyUnicode_AsUTF8AndSize(data, &n); /* cached in the str: immutable */
+    if (p == NULL)
+      return 1;
+    owner = data;
+  } else if (PyObject_CheckBuffer(data)) {
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+      return 1;
+    p = view.buf;
+    n = view.len;
+    have_view = 1;
+  } else {
+    PyErr_Format(PyExc_TypeError, "write() takes bytes, a bytes-like object or str, not %.100s",
+                 Py_TYPE(data)->tp_name);
+    return 1;
+  }
+  void (*release)(void *) = NULL;
+  void *ctx = NULL;
+  if (owner != NULL && n >= PMU_ZERO_COPY_MIN &&
+      pmu_keep_until_released(self->st, owner, &release, &ctx) < 0)
+    release = NULL; /* no memory for the note: copy instead */
+  int rc = pmu_respond_write(self->live, p, (size_t)n, release, ctx);
+  if (have_view)
+    PyBuffer_Release(&view);
+  pmu_drain_released(self->st);
+  return rc;
+}
+
+PyDoc_STRVAR(write_doc,
+             "write(data, wait=True) -> bool\n\n"
+             "Queue a piece of the streamed answer (bytes-like, or str sent as UTF-8).\n"
+             "With wait, when more than output_high_water bytes are unsent, block\n"
+             "(GIL released) until the engine has sent down to half of it or the\n"
+             "client left. Returns True, or False once the client is gone (the data\n"
+             "is dropped: stop producing and call end()). On an engine thread it\n"
+             "never waits.");
+
+static PyObject *request_write(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"data", "wait", NULL};
+  PyObject *data;
+  int wait = 1;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|p:write", kwlist, &data, &wait))
+    return NULL;
+  RequestObject *self = REQ(op);
+  if (check_open(self, "write()") < 0)
+    return NULL;
+  int rc = queue_write(self, data);
+  if (rc == 1)
+    return NULL;
+  if (rc == -EPIPE)
+    Py_RETURN_FALSE;
+  if (rc < 0)
+    return pmu_raise_errno(self->st, rc, NULL);
+  if (!wait || pmu_request_unsent(self->live) <= self->high_water || pmu_in_ring_thread())
+    Py_RETURN_TRUE;
+  pmu_reqio *io = self->io;
+  int gone;
+  uint64_t seq = pmu_reqio_drain_seq(io, &gone);
+  if (gone)
+    Py_RETURN_FALSE;
+  int w = pmu_request_wait_drain(self->live);
+  if (w == -EPIPE)
+    Py_RETURN_FALSE;
+  if (w == 0)
+    Py_RETURN_TRUE;
+  /* io stays ours while we wait: self holds it, and the caller holds self. */
+  for (;;) {
+    double until = is_main_thread(self->st) ? pmu_now() + 0.1 : -1;
+    Py_BEGIN_ALLOW_THREADS
+    w = pmu_reqio_wait_drain(io, seq, until);
+    Py_END_ALLOW_THREADS
+    if (w != 0)
+      return PyBool_FromLong(w > 0);
+    if (PyErr_CheckSignals() < 0)
+      return NULL;
+  }
+}
+
+PyDoc_STRVAR(write_async_doc,
+             "write_async(data) -> awaitable of bool\n\n"
+             "write() for asyncio code: queues data at once, and the result is\n"
+             "ready when the unsent bytes are at most output_high_water again\n"
+             "(True) or the client has left (False).");
+
+static PyObject *request_write_async(PyObject *op, PyObject *data) {
+  RequestObject *self = REQ(op);
+  if (check_open(self, "write_async()") < 0)
+    return NULL;
+  PyObject *loop = running_loop(self->st);
+  if (loop == NULL)
+    return NULL;
+  PyObject *fut = PyObject_CallMethod(loop, "create_future", NULL);
+  if (fut == NULL) {
+    Py_DECREF(loop);
+    return NULL;
+  }
+  PyObject *result = NULL; /* borrowed: the future's result, once known */
+  int rc = queue_write(self, data);
+  if (rc == 1)
+    goto fail;
+  if (rc == -EPIPE) {
+    result = Py_False;
+  } else if (rc < 0) {
+    pmu_raise_errno(self->st, rc, NULL);
+    goto fail;
+  } else if (pmu_request_unsent(self->live) <= self->high_water) {
+    result = Py_True;
+  } else {
+    int gone;
+    uint64_t seq = pmu_reqio_drain_seq(self->io, &gone);
+    int w = gone ? -EPIPE : pmu_request_wait_drain(self->live);
+    if (w == -EPIPE) {
+      result = Py_False;
+    } else if (w == 0) {
+      result = Py_True;
+    } else {
+      PyObject *waiter = PyTuple_Pack(2, loop, fut);
+      int a = waiter ? pmu_reqio_add_drain_waiter(self->io, seq, waiter) : -2;
+      Py_XDECREF(waiter);
+      if (a == -2)
+        goto fail;
+      result = a == 1 ? NULL : a == 0 ? Py_True : Py_False;
+    }
+  }
+  if (result != NULL && settle(fut, Py_NewRef(result)) < 0)
+    goto fail;
+  Py_DECREF(loop);
+  return fut;
+fail:
+  Py_DECREF(loop);
+  Py_DECREF(fut);
+  return NULL;
+}
+
+PyDoc_STRVAR(end_doc, "end()\n\n"
+                      "Finish the streamed answer. Any thread; a second call does nothing.");
+
+static PyObject *request_end(PyObject *op, PyObject *unused) {
+  RequestObject *self = REQ(op);
+  if (!self->started) {
+    PyErr_SetString(PyExc_RuntimeError, "end() before start(): reply() answers at once");
+    return NULL;
+  }
+  if (self->ended || self->live == NULL)
+    Py_RETURN_NONE;
+  /* The caller's references are unknown: always keep a copy (0). */
+  end_stream(self, 0);
+  Py_RETURN_NONE;
+}
+
 static PyObject *request_repr(PyObject *op) {
   RequestObject *self = REQ(op);
   const pmu_request_t *r = self->view;
@@ -533,6 +1308,17 @@ static PyMethodDef request_methods[] = {
     {"json", request_json, METH_NOARGS, json_doc},
     {"reply", (PyCFunction)(void (*)(void))request_reply, METH_VARARGS | METH_KEYWORDS,
      reply_doc},
+    {"read", (PyCFunction)(void (*)(void))request_read, METH_VARARGS | METH_KEYWORDS, read_doc},
+    {"read_async", (PyCFunction)(void (*)(void))request_read_async, METH_VARARGS | METH_KEYWORDS,
+     read_async_doc},
+    {"add_disconnect_callback", request_add_disconnect_callback, METH_O,
+     add_disconnect_callback_doc},
+    {"start", (PyCFunction)(void (*)(void))request_start, METH_VARARGS | METH_KEYWORDS,
+     start_doc},
+    {"write", (PyCFunction)(void (*)(void))request_write, METH_VARARGS | METH_KEYWORDS,
+     write_doc},
+    {"write_async", request_write_async, METH_O, write_async_doc},
+    {"end", request_end, METH_NOARGS, end_doc},
     {NULL},
 };
 

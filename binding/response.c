@@ -563,6 +563,15 @@ static int finish(pmu_built *b, PyObject *ct) {
   return 0;
 }
 
+int pmu_build_headers(PyObject *headers, pmu_built *b) {
+  built_init(b);
+  if (add_headers(b, headers) < 0)
+    return -1;
+  b->response.headers = b->headers;
+  b->response.header_count = b->count;
+  return 0;
+}
+
 int pmu_build_response(pmu_state *st, PyObject *result, pmu_built *b) {
   built_init(b);
   PyObject *ct = NULL; /* borrowed */

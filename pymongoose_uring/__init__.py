@@ -19,7 +19,7 @@ reason (see :func:`probe`).
 """
 
 from ._datastructures import Headers, QueryParams
-from ._native import Error, Response, UnavailableError
+from ._native import ClientDisconnected, Error, Response, UnavailableError
 from ._routing import App
 from ._server import Server, config_defaults, probe
 
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "ClientDisconnected",
     "Error",
     "Headers",
     "QueryParams",

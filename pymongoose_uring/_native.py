@@ -11,7 +11,7 @@ from __future__ import annotations
 import json as _json
 from typing import Any, Optional
 
-__all__ = ["_pmu", "IMPORT_ERROR", "Response", "Error", "UnavailableError"]
+__all__ = ["_pmu", "IMPORT_ERROR", "Response", "Error", "UnavailableError", "ClientDisconnected"]
 
 IMPORT_ERROR: Optional[BaseException] = None
 
@@ -25,12 +25,17 @@ if _pmu is not None:
     Response = _pmu.Response
     Error = _pmu.Error
     UnavailableError = _pmu.UnavailableError
+    ClientDisconnected = _pmu.ClientDisconnected
 else:
     class Error(OSError):  # type: ignore[no-redef]
         """The engine refused: (errno, message naming the cause and the fix)."""
 
     class UnavailableError(Error):  # type: ignore[no-redef]
         """io_uring (or the C engine) cannot be used here."""
+
+    class ClientDisconnected(ConnectionError):  # type: ignore[no-redef]
+        """The client closed the connection before the request's body (or its
+        streamed answer) was complete."""
 
     _TEXT = "text/plain; charset=utf-8"
     _missing: Any = object()

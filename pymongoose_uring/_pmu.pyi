@@ -1,5 +1,6 @@
 """Type stubs for pymongoose_uring._pmu, the C extension (the engine binding)."""
 
+import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Dict, List, Optional, Tuple, Union, final
 
@@ -32,6 +33,9 @@ class Error(OSError):
 
 class UnavailableError(Error):
     """io_uring cannot be used here; the message says why and what to do."""
+
+class ClientDisconnected(ConnectionError):
+    """The client left before the request's body (or streamed answer) was complete."""
 
 @final
 class Request:
@@ -75,12 +79,39 @@ class Request:
     @property
     def conn_id(self) -> int: ...
     @property
-    def answered(self) -> bool: ...
+    def answered(self) -> bool:
+        """Whether a response was given, or a streamed one started."""
+    @property
+    def body_streaming(self) -> bool:
+        """The body arrives in pieces: read() / read_async(); .body raises."""
+    @property
+    def disconnected(self) -> bool:
+        """The client left while the request was unanswered (or its stream open)."""
     def header(self, name: str, default: Optional[str] = None) -> Optional[str]: ...
     def json(self) -> Any: ...
     def reply(self, response: _HandlerResult = b"", status: Optional[int] = None,
               headers: _HeadersLike = None) -> None:
-        """Answer now or later, from any thread; RuntimeError if already answered."""
+        """Answer now or later, from any thread; RuntimeError if already answered
+        or a streamed answer was started."""
+    def read(self, size: Optional[int] = -1, timeout: Optional[float] = None) -> bytes:
+        """Up to size bytes of the body (all when size < 0), b"" at its end; waits
+        for a streamed body with the GIL released (TimeoutError after timeout);
+        ClientDisconnected if the client left first. Not on an engine thread."""
+    def read_async(self, size: Optional[int] = -1) -> "asyncio.Future[bytes]":
+        """read() for code running in an asyncio event loop."""
+    def add_disconnect_callback(self, fn: Callable[[], Any]) -> None:
+        """fn() once, on an engine thread with the GIL, if the client leaves while
+        the request is unanswered; at once if it already has."""
+    def start(self, status: int, headers: _HeadersLike = None) -> None:
+        """Begin a streamed answer (status 200..999, headers as for reply())."""
+    def write(self, data: Union[bytes, bytearray, memoryview, str], wait: bool = True) -> bool:
+        """Queue a piece; with wait, block while more than output_high_water is
+        unsent. False once the client is gone."""
+    def write_async(self, data: Union[bytes, bytearray, memoryview, str]
+                    ) -> "asyncio.Future[bool]":
+        """write() for asyncio code: the future is done once drained."""
+    def end(self) -> None:
+        """Finish the streamed answer; a second call does nothing."""
 
 class Response:
     """Status, headers and body. content_type defaults from the body's type."""
@@ -137,6 +168,7 @@ class Engine:
         max_connections: int = ...,
         max_pipelined: int = ...,
         output_high_water: int = ...,
+        stream_body_threshold: int = ...,
         header_timeout_ms: int = ...,
         keepalive_timeout_ms: int = ...,
         body_timeout_ms: int = ...,

@@ -30,8 +30,9 @@ _ENGINE_OPTIONS = (
     "backlog", "ring_entries", "cq_entries", "buf_count", "buf_size", "defer_taskrun",
     "sqpoll", "sqpoll_idle_ms", "registered_files", "send_zc_threshold", "batch_max",
     "max_header_bytes", "max_headers", "max_url_bytes", "max_body_bytes", "max_connections",
-    "max_pipelined", "output_high_water", "header_timeout_ms", "keepalive_timeout_ms",
-    "body_timeout_ms", "send_timeout_ms", "shutdown_timeout_ms", "server_header",
+    "max_pipelined", "output_high_water", "stream_body_threshold", "header_timeout_ms",
+    "keepalive_timeout_ms", "body_timeout_ms", "send_timeout_ms", "shutdown_timeout_ms",
+    "server_header",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -149,18 +150,31 @@ class _AsyncBridge:
             loop.close()
 
 
+def _end_stream(request: Any) -> None:
+    """End a streamed answer the handler started and left open (a no-op for
+    one already ended; RuntimeError for one answered by reply(), ignored)."""
+    try:
+        request.end()
+    except RuntimeError:
+        pass
+
+
 async def _drive(request: Any, coro: Any) -> None:
     try:
         result = await coro
     except asyncio.CancelledError:
         if not request.answered:
             request.reply(Response.text("Service Unavailable", 503))
+        else:
+            _end_stream(request)
         raise
     except Exception:
         log.exception("async handler raised; sent 500 for %s %s", request.method,
                       request.target)
         if not request.answered:
             request.reply(Response.text("Internal Server Error", 500))
+        else:
+            _end_stream(request)  # the head is out: ending is all that is left
         return
     if result is None:
         return  # answered with request.reply(), now or later
@@ -217,6 +231,14 @@ class Server:
     - limits: ``max_header_bytes``, ``max_headers``, ``max_url_bytes``,
       ``max_body_bytes``, ``max_connections``, ``max_pipelined``,
       ``output_high_water``
+    - streaming: ``stream_body_threshold`` (0, the default, keeps every body
+      whole in ``request.body``): a request whose Content-Length exceeds it,
+      or whose chunked body outgrows it, reaches the handler at once and its
+      body follows in pieces, read with ``request.read()`` from a worker
+      thread or ``await request.read_async()``; the engine stops reading
+      while more than ``output_high_water`` bytes of it are unread. Any
+      answer may be streamed with ``request.start()``, ``write()`` and
+      ``end()``.
     - timeouts (ms, 0 disables): ``header_timeout_ms``, ``keepalive_timeout_ms``,
       ``body_timeout_ms``, ``send_timeout_ms``, ``shutdown_timeout_ms``
     - ``server_header``: the Server header value ("" sends none)
@@ -239,6 +261,7 @@ class Server:
                  max_url_bytes: Optional[int] = None, max_body_bytes: Optional[int] = None,
                  max_connections: Optional[int] = None, max_pipelined: Optional[int] = None,
                  output_high_water: Optional[int] = None,
+                 stream_body_threshold: Optional[int] = 0,
                  header_timeout_ms: Optional[int] = None,
                  keepalive_timeout_ms: Optional[int] = None,
                  body_timeout_ms: Optional[int] = None, send_timeout_ms: Optional[int] = None,
