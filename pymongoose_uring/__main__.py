@@ -1,25 +1,43 @@
-"""Command line: serve an app, or report what the kernel offers.
+"""Command line: serve a native, WSGI or ASGI app, or report what the kernel offers.
 
-    python -m pymongoose_uring myapp:app --port 8000 --threads 2 --batch-max 64
+    python -m pymongoose_uring myapp:app --port 8000              # interface detected
+    python -m pymongoose_uring myflask:app --interface wsgi --pool-threads 16
+    python -m pymongoose_uring myfastapi:app --interface asgi --workers 4 --port 8000
     python -m pymongoose_uring --hello --port 8000     # built-in hello-world JSON app
     python -m pymongoose_uring --probe                 # io_uring features, as JSON
 
-Every engine knob is an option (``--ring-entries``, ``--buf-size``, ``--sqpoll 1``...);
-``python -m pymongoose_uring --help`` lists them with their defaults.
+The interface is detected when --interface is omitted: an App (or handler(request))
+is native, app(environ, start_response) is WSGI, async app(scope, receive, send) is
+ASGI 3. --workers N forks N processes sharing the port (SO_REUSEPORT), each with
+its own server; the parent restarts a worker that dies and stops them all
+gracefully on SIGTERM or SIGINT. Every engine knob is an option (--ring-entries,
+--buf-size, --sqpoll 1...) with the engine's default shown below.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import logging
 import os
+import signal
 import sys
-from typing import Any, Callable, List, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+# Exit status of a worker that could not load its app or bind: the
+# supervisor stops instead of restarting it forever.
+EXIT_BOOT_FAILED = 3
+
+_LISTEN = ("host", "port", "unix_path", "threads")
 
 
-def _load(spec: str) -> Callable[[Any], Any]:
+def _load(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
-    sys.path.insert(0, os.getcwd())
+    if not module_name:
+        raise ValueError(f"give the app as MODULE:ATTRIBUTE, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     module = importlib.import_module(module_name)
     obj: Any = module
     for part in (attr or "app").split("."):
@@ -40,26 +58,300 @@ def _hello_app() -> Any:
     return app
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    from . import Server, UnavailableError, probe
-    from . import _native
-
-    p = argparse.ArgumentParser(prog="python -m pymongoose_uring",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("app", nargs="?", help="MODULE:ATTRIBUTE of an App or handler")
+def _parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pymongoose_uring", allow_abbrev=False,
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("app", nargs="?",
+                   help="MODULE:ATTRIBUTE of the app (an App, a handler, a WSGI or an ASGI app)")
+    p.add_argument("--interface", choices=("auto", "native", "wsgi", "asgi"), default="auto",
+                   help="how to call the app (default: detected from the app)")
     p.add_argument("--hello", action="store_true", help="serve the built-in hello-world app")
     p.add_argument("--probe", action="store_true", help="print probe() as JSON and exit")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--unix-path", default=None)
-    p.add_argument("--threads", type=int, default=1)
-    defaults = _native._pmu.config_defaults() if _native._pmu is not None else {}
+    g = p.add_argument_group("listening and processes")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any)")
+    g.add_argument("--uds", "--unix-path", dest="unix_path", default=None, metavar="PATH",
+                   help="listen on this Unix socket instead of TCP")
+    g.add_argument("--threads", type=int, default=1,
+                   help="ring threads per process, one io_uring each (default 1)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="processes sharing the port through SO_REUSEPORT, supervised: a "
+                        "worker that dies is restarted, SIGTERM/SIGINT stop them all "
+                        "gracefully (default 1: no supervisor)")
+    g.add_argument("--access-log", action="store_true",
+                   help="log one line per request to stderr (logger pymongoose_uring.access)")
+    g.add_argument("--log-level", default="warning",
+                   choices=("debug", "info", "warning", "error", "critical"),
+                   help="level of the pymongoose_uring logger (default warning)")
+    w = p.add_argument_group("WSGI")
+    w.add_argument("--pool-threads", "--wsgi-threads", dest="pool_threads", type=int, default=8,
+                   help="Python threads that call the WSGI app (default 8)")
+    w.add_argument("--script-name", default="",
+                   help="SCRIPT_NAME: the URL prefix the WSGI app is mounted under")
+    a = p.add_argument_group("ASGI")
+    a.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
+                   help="ASGI lifespan: auto (used when the app supports it), on, off")
+    a.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                   help="event loop for ASGI (default auto: uvloop when installed)")
+    a.add_argument("--root-path", default="", help="ASGI root_path")
+    e = p.add_argument_group("engine knobs (default: the engine's)")
     for name, value in defaults.items():
-        if name in ("host", "port", "unix_path", "threads"):
+        if name in _LISTEN:
             continue
-        kind = str if name == "server_header" else int
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+        kind = str if isinstance(value, str) or value is None and name.endswith("header") \
+            else int
+        e.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                        help=f"engine default: {value!r}")
+    return p
+
+
+def _engine_options(args: argparse.Namespace, defaults: Dict[str, Any]) -> Dict[str, Any]:
+    from ._adapter import _SERVER_PARAMS
+    options = {}
+    for name in defaults:
+        if name in _LISTEN:
+            continue
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name not in _SERVER_PARAMS:
+            raise SystemExit(f"pymongoose_uring: --{name.replace('_', '-')} is not supported "
+                             f"by this Server")
+        options[name] = value
+    return options
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    root = logging.getLogger("pymongoose_uring")
+    root.setLevel(args.log_level.upper())
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: "
+                                         "%(message)s"))
+        root.addHandler(h)
+        root.propagate = False
+    access = logging.getLogger("pymongoose_uring.access")
+    if args.access_log:
+        access.setLevel(logging.INFO)
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(h)
+        access.propagate = False
+    else:
+        access.setLevel(logging.WARNING)
+
+
+def _native_with_access_log(app: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    from . import Response
+    from ._adapter import log_access
+
+    def logged(request: Any) -> Any:
+        result = app(request)
+        if isinstance(result, Response):
+            status: Any = result.status
+        elif isinstance(result, int) and not isinstance(result, bool):
+            status = result
+        elif isinstance(result, tuple) and result:
+            first = result[0]
+            status = first if isinstance(first, int) else (
+                result[1] if len(result) > 1 else 200)
+        elif result is None or hasattr(result, "__await__"):
+            status = "-"
+        else:
+            status = 200
+        log_access(request.client, request.method, request.target, request.http_version,
+                   status, None)
+        return result
+
+    return logged
+
+
+def _make_server(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
+    """The server object for the app (Server, WSGIServer or ASGIServer)."""
+    from . import Server
+    from ._adapter import detect_interface
+
+    app = _hello_app() if args.hello else _load(args.app)
+    interface = args.interface
+    if interface == "auto":
+        interface = detect_interface(app)
+    listen = dict(unix_path=args.unix_path, threads=args.threads)
+    if interface == "wsgi":
+        from .wsgi import WSGIServer
+        return WSGIServer(app, args.host, args.port, pool_threads=args.pool_threads,
+                          script_name=args.script_name, access_log=args.access_log,
+                          multiprocess=args.workers > 1, **listen, **options)
+    if interface == "asgi":
+        from .asgi import ASGIServer
+        return ASGIServer(app, args.host, args.port, lifespan=args.lifespan,
+                          root_path=args.root_path, loop=args.loop,
+                          access_log=args.access_log, **listen, **options)
+    if args.access_log:
+        app = _native_with_access_log(app)
+    return Server(app, args.host, args.port, **listen, **options)
+
+
+def _serve(args: argparse.Namespace, options: Dict[str, Any]) -> int:
+    """Load the app and serve until SIGINT/SIGTERM (one process)."""
+    from . import Error
+    try:
+        server = _make_server(args, options)
+    except Error as exc:
+        print(f"pymongoose_uring: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BOOT_FAILED
+    except (ImportError, AttributeError, ValueError) as exc:
+        print(f"pymongoose_uring: cannot load {args.app!r}: {type(exc).__name__}: {exc}",
+              file=sys.stderr, flush=True)
+        return EXIT_BOOT_FAILED
+    except Exception as exc:
+        import traceback
+        traceback.print_exc()
+        print(f"pymongoose_uring: cannot load {args.app!r}: {type(exc).__name__}: {exc}",
+              file=sys.stderr, flush=True)
+        return EXIT_BOOT_FAILED
+    try:
+        server.run()
+    except Error as exc:  # UnavailableError, address in use...
+        print(f"pymongoose_uring: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BOOT_FAILED
+    except RuntimeError as exc:  # e.g. ASGI lifespan startup failed
+        print(f"pymongoose_uring: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BOOT_FAILED
+    return 0
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGTERM this worker if the supervisor dies."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:  # pragma: no cover - not Linux, or no libc
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+class _Supervisor:
+    """Forks --workers processes, restarts the ones that die, stops them all
+    gracefully on SIGTERM/SIGINT (SIGKILL after the shutdown deadline)."""
+
+    def __init__(self, args: argparse.Namespace, options: Dict[str, Any]) -> None:
+        self.args = args
+        self.options = options
+        self.children: Dict[int, int] = {}  # pid -> worker index
+        self.started: Dict[int, float] = {}  # index -> start time
+        self.failures: Dict[int, int] = {}  # index -> quick deaths in a row
+        self.stopping = False
+        self.grace = (options.get("shutdown_timeout_ms") or 10000) / 1000.0 + 5.0
+
+    def log(self, message: str) -> None:
+        print(f"pymongoose_uring: {message}", file=sys.stderr, flush=True)
+
+    def spawn(self, index: int) -> None:
+        parent = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _die_with_parent(parent)
+                os.environ["PYMONGOOSE_URING_WORKER"] = str(index)
+                code = _serve(self.args, self.options)
+            except BaseException:  # pragma: no cover - reported, then exit
+                import traceback
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.children[pid] = index
+        self.started[index] = time.monotonic()
+        self.log(f"worker {index} started (pid {pid})")
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.log(f"{signal.Signals(signum).name} received; stopping the workers")
+            for pid in list(self.children):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def reap(self) -> List[Any]:
+        dead = []
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                break
+            if pid == 0:
+                break
+            index = self.children.pop(pid, None)
+            if index is not None:
+                dead.append((pid, index, status))
+        return dead
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.on_signal)
+        self.log(f"supervising {self.args.workers} workers (pid {os.getpid()})")
+        for i in range(self.args.workers):
+            self.spawn(i)
+        code = 0
+        while not self.stopping:
+            for pid, index, status in self.reap():
+                if self.stopping:
+                    break
+                how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+                       if os.WIFSIGNALED(status) else f"exited with {os.WEXITSTATUS(status)}")
+                if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_FAILED:
+                    self.log(f"worker {index} (pid {pid}) could not start ({how}); stopping")
+                    code = 1
+                    self.on_signal(signal.SIGTERM, None)
+                    break
+                quick = time.monotonic() - self.started.get(index, 0) < 1.0
+                self.failures[index] = self.failures.get(index, 0) + 1 if quick else 0
+                delay = min(0.1 * 2 ** self.failures[index], 5.0) if quick else 0
+                self.log(f"worker {index} (pid {pid}) {how}; restarting"
+                         + (f" in {delay:.1f}s" if delay else ""))
+                if delay:
+                    time.sleep(delay)
+                if not self.stopping:
+                    self.spawn(index)
+            time.sleep(0.05)
+        deadline = time.monotonic() + self.grace
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.05)
+        for pid in list(self.children):
+            self.log(f"worker pid {pid} did not stop in time; killing it")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        while self.children:
+            self.reap()
+            time.sleep(0.02)
+        self.log("all workers stopped")
+        return code
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from . import probe
+    from . import _native
+
+    defaults = _native._pmu.config_defaults() if _native._pmu is not None else {}
+    p = _parser(defaults)
     args = p.parse_args(argv)
 
     if args.probe:
@@ -67,18 +359,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if probe()["available"] else 1
     if not args.hello and not args.app:
         p.error("give MODULE:APP, --hello or --probe")
-    app = _hello_app() if args.hello else _load(args.app)
-    options = {name: getattr(args, name) for name in defaults
-               if name not in ("host", "port", "unix_path", "threads")
-               and getattr(args, name, None) is not None}
-    try:
-        server = Server(app, args.host, args.port, unix_path=args.unix_path,
-                        threads=args.threads, **options)
-        server.run()
-    except UnavailableError as exc:
-        print(f"pymongoose_uring: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
+    if args.pool_threads < 1:
+        p.error("--pool-threads must be at least 1")
+    if args.workers > 1 and args.unix_path:
+        p.error("--workers above 1 needs TCP (a Unix socket cannot be shared by processes)")
+    if args.workers > 1 and args.port == 0:
+        p.error("--workers above 1 needs a fixed --port (with 0 each worker would get its own)")
+    options = _engine_options(args, defaults)
+    _setup_logging(args)
+    if args.workers > 1:
+        return _Supervisor(args, options).run()
+    code = _serve(args, options)
+    return 1 if code == EXIT_BOOT_FAILED else code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,198 @@
+"""What the WSGI and ASGI adapters share: a server wrapper with start/stop hooks,
+the access log, and telling apart native, WSGI and ASGI applications.
+
+Nothing here is on the per-request path except :func:`log_access`, which only
+runs when access logging was asked for.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Callable, Dict, Optional
+
+from ._server import Server
+
+__all__ = ["AdapterServer", "detect_interface", "access_log"]
+
+log = logging.getLogger("pymongoose_uring")
+access_log = logging.getLogger("pymongoose_uring.access")
+
+# The keywords Server() accepts besides app, host and port.
+_SERVER_PARAMS = frozenset(
+    name for name, p in inspect.signature(Server.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def server_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """The items of ``options`` that Server() accepts (unknown keys raise TypeError)."""
+    unknown = sorted(k for k in options if k not in _SERVER_PARAMS)
+    if unknown:
+        raise TypeError("unknown server option(s): " + ", ".join(unknown))
+    return options
+
+
+def log_access(client: Any, method: str, target: str, version: str, status: Any,
+               length: Any) -> None:
+    """One access-log line, in the common shape:
+    ``127.0.0.1:5000 - "GET /path HTTP/1.1" 200 27``."""
+    if isinstance(client, tuple):
+        who = "%s:%s" % client
+    else:
+        who = client or "-"
+    access_log.info('%s - "%s %s HTTP/%s" %s %s', who, method, target, version, status,
+                    "-" if length is None else length)
+
+
+class AdapterServer:
+    """A :class:`Server` running an adapter's handler, with hooks around start
+    and stop (the WSGI thread pool; the ASGI event loop and lifespan).
+
+    It offers the same lifecycle as Server: ``start()``/``stop()``, ``run()``
+    (until SIGINT or SIGTERM), ``with ... as s:``, and ``port``, ``url``,
+    ``running``, ``stats()``, ``ring_info()``, ``config``; ``server`` is the
+    Server itself.
+    """
+
+    server: Server
+
+    def __init__(self, handler: Callable[[Any], Any], host: str, port: int,
+                 options: Dict[str, Any]) -> None:
+        self._handler = handler
+        self._host, self._port = host, port
+        self._options = server_options(dict(options))
+        self.server = Server(handler, host, port, **self._options)
+        self._started = False
+
+    # -- hooks ----------------------------------------------------------------
+
+    def _before_start(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def _after_stop(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> "AdapterServer":
+        """Prepare the adapter, then bind and start the ring threads; returns self."""
+        if self.server.running:
+            raise RuntimeError("the server is already running")
+        self._before_start()
+        self._started = True
+        try:
+            self.server.start()
+        except BaseException:
+            self._started = False
+            self._after_stop()
+            raise
+        return self
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop gracefully (requests in flight finish), then stop the adapter."""
+        try:
+            self.server.stop(timeout)
+        finally:
+            if self._started:
+                self._started = False
+                self._after_stop()
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM, then stop gracefully."""
+        self._before_start()
+        self._started = True
+        try:
+            self.server.run()
+        finally:
+            if self._started:
+                self._started = False
+                self._after_stop()
+
+    serve_forever = run
+
+    def __enter__(self) -> "AdapterServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- introspection -----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.server.running
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        return self.server.config
+
+    def stats(self, thread: int = -1) -> Dict[str, Any]:
+        return self.server.stats(thread)
+
+    def ring_info(self, thread: int = 0) -> Dict[str, Any]:
+        return self.server.ring_info(thread)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.url} {state}>"
+
+
+def _positional_count(fn: Any) -> Optional[int]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    n = 0
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            n += 1
+        elif p.kind is p.VAR_POSITIONAL:
+            return -1  # *args: takes anything; ASGI if async, else WSGI (below)
+    return n
+
+
+def detect_interface(app: Any) -> str:
+    """``"native"``, ``"wsgi"`` or ``"asgi"`` for an application object.
+
+    An :class:`App` is native. Otherwise the callable's signature decides:
+    ``async def app(scope, receive, send)`` (or any callable of three
+    positional parameters) is ASGI 3, ``app(environ, start_response)`` is
+    WSGI, ``handler(request)`` native. Raises ValueError when it cannot tell.
+    """
+    from ._routing import App
+    if isinstance(app, App):
+        return "native"
+    if not callable(app):
+        raise ValueError(f"{app!r} is not callable")
+    fn = app
+    if not (inspect.isfunction(app) or inspect.ismethod(app)):
+        call = getattr(type(app), "__call__", None)
+        if call is not None and not inspect.isbuiltin(call) and not isinstance(app, type):
+            fn = getattr(app, "__call__")
+    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__func__", None))
+    n = _positional_count(fn)
+    if n is None:
+        raise ValueError(f"cannot tell the interface of {app!r}; give --interface")
+    if n == -1:
+        return "asgi" if is_async else "wsgi"
+    if n >= 3 and is_async:
+        return "asgi"
+    if n == 3:
+        return "asgi"
+    if n == 2:
+        return "wsgi"
+    if n == 1:
+        return "native"
+    if n > 3 and not is_async:
+        return "wsgi"
+    raise ValueError(f"cannot tell the interface of {app!r} ({n} positional parameters); "
+                     f"give --interface")

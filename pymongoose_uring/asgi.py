@@ -1,0 +1,555 @@
+"""ASGI 3 (HTTP and lifespan): serve FastAPI, Starlette, Django (ASGI) or any
+ASGI app on the io_uring engine.
+
+::
+
+    from pymongoose_uring.asgi import ASGIServer
+    from myapp import app                      # a FastAPI app...
+
+    ASGIServer(app, host="0.0.0.0", port=8000).run()
+
+or ``python -m pymongoose_uring myapp:app --interface asgi``.
+
+How it runs. One asyncio event loop thread (uvloop when installed) runs the
+app. The engine's ring threads hand each batch of requests to it with a single
+``call_soon_threadsafe`` (the first request of a batch posts it; the others
+join the same queue); on the loop each request becomes a task running
+``app(scope, receive, send)``. The answer goes back to the engine
+straight from the loop thread: ``request.reply()`` for a complete body
+(``more_body`` false in the first body message), ``request.start/write/end``
+for a streamed one (chunked unless the app gave a Content-Length). There is no
+other thread hop.
+
+- ``scope``: type, asgi (version 3.0, spec_version 2.4), http_version,
+  method, scheme, path (percent-decoded), raw_path, query_string, root_path,
+  headers (lower-cased names, bytes), client, server, state (a copy of what
+  the lifespan startup stored).
+- ``receive()``: ``http.request`` messages with the body (in pieces when the
+  server streams large bodies), then ``http.disconnect`` once the client
+  leaves or the response is complete.
+- ``send()``: ``http.response.start`` and ``http.response.body``; with spec
+  2.4, sending to a client that left raises ``OSError``
+  (``pymongoose_uring.ClientDisconnected`` when available).
+- lifespan: ``startup`` runs before the server accepts connections,
+  ``shutdown`` after it stopped. ``lifespan="auto"`` (default) goes on
+  without it when the app does not support it, ``"on"`` requires it,
+  ``"off"`` skips it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import threading
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set
+
+from . import _native
+from ._adapter import AdapterServer, log_access
+from ._native import Response
+
+__all__ = ["ASGIHandler", "ASGIServer", "serve", "new_event_loop"]
+
+log = logging.getLogger("pymongoose_uring")
+
+_Request = getattr(_native._pmu, "Request", None)
+_STREAMING = _Request is not None and hasattr(_Request, "start")
+_WATCH = _Request is not None and hasattr(_Request, "add_disconnect_callback")
+# Raised by send() once the client left (ASGI spec 2.4: an OSError).
+_ClientDisconnected: Any = getattr(_native, "ClientDisconnected", ConnectionResetError)
+
+_READ_SIZE = 65536
+_ERROR_BODY = b"Internal Server Error"
+_ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
+
+Scope = Dict[str, Any]
+Message = Dict[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]],
+                    Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+
+def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
+    """A new event loop: ``"uvloop"``, ``"asyncio"``, or ``"auto"`` (uvloop
+    when installed)."""
+    if kind not in ("auto", "uvloop", "asyncio"):
+        raise ValueError("loop must be 'auto', 'uvloop' or 'asyncio'")
+    if kind != "asyncio":
+        try:
+            import uvloop  # type: ignore[import-not-found]
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class _Cycle:
+    """One request's receive() and send()."""
+
+    __slots__ = ("request", "handler", "status", "headers", "started", "streaming", "done",
+                 "body_done", "gone", "waiter", "watching", "chunks")
+
+    def __init__(self, request: Any, handler: "ASGIHandler") -> None:
+        self.request = request
+        self.handler = handler
+        self.status = 0
+        self.headers: Any = None
+        self.started = False    # http.response.start received
+        self.streaming = False  # headers sent with request.start()
+        self.done = False       # the response is complete
+        self.body_done = False  # the last http.request message was given
+        self.gone = False       # the client left
+        self.waiter: Optional["asyncio.Future[None]"] = None
+        self.watching = False
+        self.chunks: Optional[List[bytes]] = None  # body kept without the streaming engine
+
+    async def receive(self) -> Message:
+        if not self.body_done:
+            request = self.request
+            if _STREAMING and request.body_streaming:
+                try:
+                    data = await request.read_async(_READ_SIZE)
+                except ConnectionError:
+                    self.body_done = self.gone = True
+                    return {"type": "http.disconnect"}
+                if data:
+                    return {"type": "http.request", "body": data, "more_body": True}
+                self.body_done = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            self.body_done = True
+            return {"type": "http.request", "body": request.body, "more_body": False}
+        if self.done or self.gone or (_WATCH and self.request.disconnected):
+            return {"type": "http.disconnect"}
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            loop = asyncio.get_running_loop()
+            waiter = self.waiter = loop.create_future()
+            if _WATCH and not self.watching:
+                self.watching = True
+                call = loop.call_soon_threadsafe
+                gone = self._gone
+
+                def on_disconnect() -> None:  # a ring thread
+                    try:
+                        call(gone)
+                    except RuntimeError:  # the loop is closed: nobody waits any more
+                        pass
+
+                self.request.add_disconnect_callback(on_disconnect)
+        await waiter
+        return {"type": "http.disconnect"}
+
+    def _gone(self) -> None:
+        self.gone = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.status = message["status"]
+            self.headers = message.get("headers") or ()
+            self.started = True
+            return
+        if kind == "http.response.body":
+            if not self.started:
+                raise RuntimeError("http.response.body before http.response.start")
+            if self.done:
+                raise RuntimeError("http.response.body after the response was complete")
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            request = self.request
+            if not more and not self.streaming:
+                chunks = self.chunks
+                if chunks:
+                    chunks.append(body)
+                    body = b"".join(chunks)
+                    self.chunks = None
+                self.done = True
+                self.handler._answered(request, self, body)
+                self._wake()
+                return
+            if not _STREAMING:  # no streaming engine: the whole body goes at the end
+                if self.chunks is None:
+                    self.chunks = []
+                if body:
+                    self.chunks.append(bytes(body))
+                return
+            if self.gone:
+                raise _ClientDisconnected("the client disconnected")
+            if not self.streaming:
+                self.streaming = True
+                request.start(self.status, self.headers)
+            if body and not await request.write_async(body):
+                self.gone = True
+                self.done = True
+                request.end()
+                self._wake()
+                raise _ClientDisconnected("the client disconnected")
+            if not more:
+                self.done = True
+                request.end()
+                self._wake()
+                if self.handler.access_log:
+                    self.handler._log(request, self.status)
+            return
+        if kind == "http.response.trailers":
+            return  # trailers are not sent (not announced in the scope)
+        raise ValueError(f"unsupported ASGI message type {kind!r} for http")
+
+
+class _Lifespan:
+    """Runs the app's lifespan protocol on the loop."""
+
+    def __init__(self, app: ASGIApp, mode: str, state: Dict[str, Any]) -> None:
+        self.app = app
+        self.mode = mode
+        self.state = state
+        self.supported = True
+        self.queue: "asyncio.Queue[Message]" = asyncio.Queue()
+        self.events: Dict[str, "asyncio.Future[Message]"] = {}
+        self.task: Optional["asyncio.Task[None]"] = None
+        self.error: Optional[BaseException] = None
+
+    async def _receive(self) -> Message:
+        return await self.queue.get()
+
+    async def _send(self, message: Message) -> None:
+        kind = message.get("type", "")
+        phase = kind.split(".")[1] if kind.count(".") == 2 else ""
+        fut = self.events.get(phase)
+        if fut is None or not kind.startswith("lifespan."):
+            raise RuntimeError(f"unexpected lifespan message {kind!r}")
+        if not fut.done():
+            fut.set_result(message)
+
+    async def _main(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
+                 "state": self.state}
+        try:
+            await self.app(scope, self._receive, self._send)
+        except BaseException as exc:
+            self.error = exc
+            startup = self.events.get("startup")
+            if self.mode == "auto" and startup is not None and not startup.done():
+                self.supported = False
+                log.info("the ASGI app does not support lifespan (%s: %s); going on "
+                         "without it", type(exc).__name__, exc)
+            else:
+                log.error("ASGI lifespan failed", exc_info=exc)
+        finally:
+            for fut in self.events.values():
+                if not fut.done():
+                    fut.set_result({"type": "lifespan.returned"})
+
+    async def _phase(self, phase: str) -> None:
+        loop = asyncio.get_running_loop()
+        fut = self.events[phase] = loop.create_future()
+        if phase == "startup":
+            self.task = loop.create_task(self._main())
+        await self.queue.put({"type": "lifespan." + phase})
+        message = await fut
+        kind = message["type"]
+        if kind == f"lifespan.{phase}.complete":
+            return
+        if kind == f"lifespan.{phase}.failed":
+            raise RuntimeError(f"ASGI lifespan {phase} failed: {message.get('message', '')}")
+        # The app returned, or raised, without answering.
+        if phase == "startup":
+            if self.mode == "auto":
+                self.supported = False
+                return
+            how = f"raised {self.error!r}" if self.error is not None else "returned"
+            raise RuntimeError(f"ASGI lifespan startup: the app {how} without completing it")
+
+    async def startup(self) -> None:
+        await self._phase("startup")
+
+    async def shutdown(self) -> None:
+        if not self.supported or self.task is None or self.task.done():
+            return
+        await self._phase("shutdown")
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), 5)
+        except (asyncio.TimeoutError, Exception):
+            pass
+
+
+class ASGIHandler:
+    """The engine handler that runs an ASGI 3 app on an asyncio loop.
+
+    ``Server(handler)`` after ``handler.start()`` (which starts the loop and
+    runs the lifespan startup), ``handler.close()`` after the server stopped;
+    :class:`ASGIServer` does all of it.
+    """
+
+    def __init__(self, app: ASGIApp, *, lifespan: str = "auto", root_path: str = "",
+                 loop: Any = "auto", scheme: str = "http", access_log: bool = False) -> None:
+        if not callable(app):
+            raise TypeError("app must be an ASGI 3 callable app(scope, receive, send)")
+        if lifespan not in ("auto", "on", "off"):
+            raise ValueError("lifespan must be 'auto', 'on' or 'off'")
+        self.app = app
+        self.lifespan_mode = lifespan
+        self.root_path = root_path.rstrip("/")
+        self.scheme = scheme
+        self.access_log = access_log
+        self.state: Dict[str, Any] = {}
+        self._loop_kind = loop if isinstance(loop, str) else None
+        self.loop: Optional[asyncio.AbstractEventLoop] = (
+            None if isinstance(loop, str) else loop)
+        self._own_loop = isinstance(loop, str)
+        self._thread: Optional[threading.Thread] = None
+        self._lifespan: Optional[_Lifespan] = None
+        self._names: Dict[str, bytes] = {}
+        self._asgi = {"version": "3.0", "spec_version": "2.4"}
+        # Requests waiting for the loop; a drain is posted once per batch.
+        self._queue: "collections.deque[Any]" = collections.deque()
+        self._scheduled = False
+        self._post: Any = None  # loop.call_soon_threadsafe
+        self._tasks: Set["asyncio.Task[None]"] = set()
+
+    # -- the loop and lifespan ------------------------------------------------------
+
+    def start(self) -> asyncio.AbstractEventLoop:
+        """Start the loop thread (unless a running loop was given) and run the
+        lifespan startup; returns the loop. Raises RuntimeError when the
+        startup failed."""
+        if self._own_loop and self._thread is None:
+            loop = new_event_loop(self._loop_kind or "auto")
+            ready = threading.Event()
+
+            def main() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            t = threading.Thread(target=main, name="pymongoose_uring-asgi", daemon=True)
+            t.start()
+            ready.wait()
+            self.loop, self._thread = loop, t
+        assert self.loop is not None
+        self._post = self.loop.call_soon_threadsafe
+        self._scheduled = False
+        if self.lifespan_mode != "off":
+            try:
+                self._run(self._startup(), None)
+            except BaseException:
+                self.close()
+                raise
+        return self.loop
+
+    def _run(self, coro: Any, timeout: Optional[float], loop: Any = None) -> Any:
+        fut = asyncio.run_coroutine_threadsafe(coro, loop or self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise
+
+    async def _startup(self) -> None:
+        self.state = {}
+        self._lifespan = _Lifespan(self.app, self.lifespan_mode, self.state)
+        await self._lifespan.startup()
+
+    async def _shutdown_tasks(self) -> None:
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()
+                 and (self._lifespan is None or t is not self._lifespan.task)]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self, timeout: Optional[float] = 30.0) -> None:
+        """Run the lifespan shutdown, then stop the loop thread (call it after
+        the server stopped)."""
+        loop, lifespan = self.loop, self._lifespan
+        if loop is None:
+            return
+        self._lifespan = None
+        if lifespan is not None and loop.is_running():
+            try:
+                self._run(lifespan.shutdown(), timeout, loop)
+            except Exception:
+                log.exception("ASGI lifespan shutdown failed")
+        self._post = None
+        if not self._own_loop:
+            return
+        thread = self._thread
+        self._thread = None
+        self.loop = None
+        if loop.is_running():
+            try:
+                self._run(self._shutdown_tasks(), 10, loop)
+            except Exception:
+                log.exception("could not cancel the ASGI tasks left")
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout)
+            if not thread.is_alive():
+                loop.close()
+
+    # -- the batches ------------------------------------------------------------------
+
+    def __call__(self, request: Any) -> None:
+        """The engine handler (ring thread, GIL held): queue the request for the
+        loop. The first request of a batch posts one drain to the loop; the
+        loop cannot run before the ring releases the GIL at the batch's end,
+        so that drain finds the whole batch."""
+        self._queue.append(request)
+        if not self._scheduled:
+            self._scheduled = True
+            post = self._post
+            if post is None:
+                self._queue.pop()
+                self._scheduled = False
+                request.reply(Response(b"Service Unavailable", 503, _ERROR_HEADERS, None))
+                return
+            post(self._drain)
+
+    def _drain(self) -> None:
+        """On the loop: one task per queued request."""
+        self._scheduled = False  # before draining: a request queued later posts again
+        queue, handle, tasks = self._queue, self.handle, self._tasks
+        create = asyncio.get_running_loop().create_task
+        discard = tasks.discard
+        while queue:
+            task = create(handle(queue.popleft()))
+            tasks.add(task)
+            task.add_done_callback(discard)
+
+    # -- one request ----------------------------------------------------------------
+
+    def scope(self, request: Any) -> Scope:
+        """The ASGI scope of a request."""
+        names = self._names
+        headers = []
+        append = headers.append
+        for name, value in request.headers._pairs:
+            key = names.get(name)
+            if key is None:
+                key = name.lower().encode("latin-1")
+                if len(names) < 1024:
+                    names[name] = key
+            append((key, value.encode("latin-1")))
+        server = request.server
+        if type(server) is str:
+            server = (server, None)
+        scope = {
+            "type": "http",
+            "asgi": self._asgi,
+            "http_version": request.http_version,
+            "server": server,
+            "client": request.client,
+            "scheme": self.scheme,
+            "method": request.method,
+            "root_path": self.root_path,
+            "path": request.path,
+            "raw_path": request.raw_path.encode("utf-8", "surrogateescape"),
+            "query_string": request.query_string.encode("utf-8", "surrogateescape"),
+            "headers": headers,
+        }
+        if self.state:
+            scope["state"] = self.state.copy()
+        return scope
+
+    async def handle(self, request: Any) -> None:
+        """The engine handler: run the app for one request (on the loop)."""
+        cycle = _Cycle(request, self)
+        try:
+            await self.app(self.scope(request), cycle.receive, cycle.send)
+        except BaseException as exc:
+            self._failed(request, cycle, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if not cycle.done:
+            if cycle.streaming:
+                log.error("the ASGI app returned without finishing its streamed response; "
+                          "%s %s", request.method, request.target)
+                request.end()
+                cycle.done = True
+            elif cycle.chunks is not None:  # a body kept without the streaming engine
+                cycle.done = True
+                self._answered(request, cycle, b"".join(cycle.chunks))
+            else:
+                log.error("the ASGI app returned without %s; sent 500 for %s %s",
+                          "a body" if cycle.started else "a response", request.method,
+                          request.target)
+                cycle.done = True
+                if not request.answered:
+                    request.reply(Response(_ERROR_BODY, 500, _ERROR_HEADERS, None))
+            cycle._wake()
+
+    def _answered(self, request: Any, cycle: _Cycle, body: Any) -> None:
+        request.reply(Response(body, cycle.status, cycle.headers, None))
+        if self.access_log:
+            self._log(request, cycle.status)
+
+    def _log(self, request: Any, status: int) -> None:
+        log_access(request.client, request.method, request.target, request.http_version,
+                   status, None)
+
+    def _failed(self, request: Any, cycle: _Cycle, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            log.warning("ASGI request task cancelled: %s %s", request.method, request.target)
+        elif isinstance(exc, ConnectionError) and (cycle.gone or cycle.done):
+            return  # the client left; nothing to answer
+        else:
+            log.error("the ASGI app raised; %s %s", request.method, request.target,
+                      exc_info=exc)
+        cycle.done = True
+        try:
+            if cycle.streaming:
+                request.end()
+            elif not request.answered:
+                status = 503 if isinstance(exc, asyncio.CancelledError) else 500
+                request.reply(Response(_ERROR_BODY if status == 500 else b"Service Unavailable",
+                                       status, _ERROR_HEADERS, None))
+        except Exception:
+            log.exception("could not answer after the ASGI app failed")
+        cycle._wake()
+
+
+class ASGIServer(AdapterServer):
+    """A :class:`Server` running an ASGI 3 app on its own event loop thread.
+
+    ``ASGIServer(app, host, port, lifespan="auto", root_path="", loop="auto",
+    access_log=False, **server_options)``: ``loop`` is ``"auto"`` (uvloop when
+    installed), ``"uvloop"``, ``"asyncio"`` or a running loop of yours; the
+    server options are :class:`Server`'s. Lifespan startup runs in
+    ``start()``/``run()`` before the server accepts; shutdown after it stops.
+    """
+
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, *,
+                 lifespan: str = "auto", root_path: str = "", loop: Any = "auto",
+                 scheme: str = "http", access_log: bool = False,
+                 **server_options: Any) -> None:
+        self.handler = ASGIHandler(app, lifespan=lifespan, root_path=root_path, loop=loop,
+                                   scheme=scheme, access_log=access_log)
+        super().__init__(self.handler, host, port, server_options)
+
+    def _before_start(self) -> None:
+        self.handler.start()
+
+    def _after_stop(self) -> None:
+        self.handler.close()
+
+    @property
+    def state(self) -> Dict[str, Any]:
+        """What the lifespan startup stored in ``scope["state"]``."""
+        return self.handler.state
+
+
+def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+    """Serve an ASGI app until SIGINT or SIGTERM (see :class:`ASGIServer`)."""
+    ASGIServer(app, host, port, **options).run()

@@ -1,0 +1,634 @@
+"""WSGI (PEP 3333): serve Flask, Django or any WSGI app on the io_uring engine.
+
+::
+
+    from pymongoose_uring.wsgi import WSGIServer
+    from myapp import app                      # a Flask app, Django's get_wsgi_application()...
+
+    WSGIServer(app, host="0.0.0.0", port=8000, pool_threads=8).run()
+
+or ``python -m pymongoose_uring myapp:app --interface wsgi``.
+
+How it runs. The engine's ring threads hand the requests completed in one pass
+to :class:`WSGIHandler` under one GIL acquisition; the handler only appends
+each request to a queue (a C deque) and wakes one idle pool thread per batch,
+then returns, so the ring never waits for the app. The pool threads build the
+environ, call the app and answer straight to the engine with
+``request.reply()`` (a complete body: a list/tuple result, or a body whose
+Content-Length is known and small) or ``request.start/write/end`` (streamed:
+chunked when no length is given, as-is under a Content-Length). Apps that
+block (database, sleep) block only their pool thread; ``pool_threads`` bounds
+how many requests run at once.
+
+The environ is complete: ``REQUEST_METHOD``, ``SCRIPT_NAME``, ``PATH_INFO``
+(percent-decoded, latin-1 as PEP 3333 says), ``QUERY_STRING``,
+``CONTENT_TYPE``, ``CONTENT_LENGTH``, ``SERVER_NAME``, ``SERVER_PORT``,
+``SERVER_PROTOCOL``, ``REMOTE_ADDR``, ``REMOTE_PORT``, ``RAW_URI``, every
+``HTTP_*`` header (repeated headers joined with ", "; header names containing
+"_" are dropped, as gunicorn and nginx do, so they cannot pose as others),
+``wsgi.input`` (streams the body when the server streams large bodies,
+``wsgi.input_terminated`` is true), ``wsgi.errors``, ``wsgi.file_wrapper``,
+``wsgi.multithread`` and the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import sys
+import threading
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from urllib.parse import unquote_to_bytes
+
+from . import _native
+from ._adapter import AdapterServer, log_access
+from ._native import Response
+
+__all__ = ["WSGIHandler", "WSGIServer", "FileWrapper", "serve"]
+
+log = logging.getLogger("pymongoose_uring")
+
+_Request = getattr(_native._pmu, "Request", None)
+# The streaming primitives (request.start/write/end, request.read, body_streaming).
+_STREAMING = _Request is not None and hasattr(_Request, "start")
+
+# Bodies of a known length up to this size are sent in one piece with reply();
+# larger ones (and bodies of unknown length) are streamed.
+BUFFER_LIMIT = 1 << 20
+_READ_SIZE = 65536
+
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+_ERROR_BODY = b"Internal Server Error"
+_ERROR_HEADERS = [("Content-Type", "text/plain; charset=utf-8")]
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterates a file-like object in blocks and closes it."""
+
+    __slots__ = ("filelike", "blksize", "close")
+
+    def __init__(self, filelike: Any, blksize: int = _READ_SIZE) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        close = getattr(filelike, "close", None)
+        if close is not None:
+            self.close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read, size = self.filelike.read, self.blksize
+        while True:
+            data = read(size)
+            if not data:
+                return
+            yield data
+
+
+class _EmptyInput:
+    """``wsgi.input`` of a request without a body."""
+
+    __slots__ = ()
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int = -1) -> List[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+
+_EMPTY_INPUT = _EmptyInput()
+
+
+class _StreamInput:
+    """``wsgi.input`` over a body that arrives in pieces (``request.read``)."""
+
+    __slots__ = ("_read", "_buf", "_eof")
+
+    def __init__(self, request: Any) -> None:
+        self._read = request.read
+        self._buf = b""
+        self._eof = False
+
+    def _more(self) -> bytes:
+        if self._eof:
+            return b""
+        data = self._read(_READ_SIZE)
+        if not data:
+            self._eof = True
+        return data
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if size is None or size < 0:
+            parts = [self._buf]
+            self._buf = b""
+            while True:
+                data = self._more()
+                if not data:
+                    return b"".join(parts)
+                parts.append(data)
+        buf = self._buf
+        while len(buf) < size:
+            data = self._more()
+            if not data:
+                break
+            buf += data
+        self._buf = buf[size:]
+        return buf[:size]
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        limit = -1 if size is None else size
+        buf = self._buf
+        while True:
+            i = buf.find(b"\n")
+            if i >= 0:
+                end = i + 1
+                break
+            if 0 <= limit <= len(buf):
+                end = len(buf)
+                break
+            data = self._more()
+            if not data:
+                end = len(buf)
+                break
+            buf += data
+        if 0 <= limit < end:
+            end = limit
+        self._buf = buf[end:]
+        return buf[:end]
+
+    def readlines(self, hint: int = -1) -> List[bytes]:
+        lines, total = [], 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+def _header_key(name: str) -> str:
+    """The environ key of a request header ("" to drop it)."""
+    if "_" in name:
+        return ""
+    key = name.upper().replace("-", "_")
+    if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        return key
+    return "HTTP_" + key
+
+
+def _latin1(text: str) -> str:
+    """A str the engine decoded as UTF-8 (surrogateescape) as PEP 3333's
+    "bytes as latin-1" native string."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+class _StartResponse:
+    """start_response for one call; also the legacy write() callable."""
+
+    __slots__ = ("request", "status", "headers", "streaming", "pending")
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.status: Optional[str] = None
+        self.headers: Any = None
+        self.streaming = False  # headers sent with request.start()
+        self.pending: Optional[List[bytes]] = None  # write() data kept without streaming
+
+    def __call__(self, status: str, headers: List[Tuple[str, str]],
+                 exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.streaming:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response() was already called; pass exc_info to "
+                                 "replace the status and headers")
+        if type(status) is not str:
+            raise TypeError(f"status must be a str such as '200 OK', not {type(status).__name__}")
+        if type(headers) is not list:
+            raise TypeError(f"headers must be a list, not {type(headers).__name__}")
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy write(): sends at once (streamed) where the engine can."""
+        if self.status is None:
+            raise AssertionError("write() before start_response()")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        if _STREAMING:
+            if not self.streaming:
+                _start(self)
+            if data and not self.request.write(data):
+                raise ConnectionError("the client disconnected")
+        else:
+            if self.pending is None:
+                self.pending = []
+            self.pending.append(bytes(data))
+
+
+_status_codes: Dict[str, int] = {}
+
+
+def _status_code(status: str) -> int:
+    code = _status_codes.get(status)
+    if code is None:
+        head = status[:4]
+        if len(status) < 4 or head[3] != " " or not head[:3].isdigit():
+            raise ValueError(f"bad WSGI status {status!r} (it must look like '200 OK')")
+        code = int(head[:3])
+        if len(_status_codes) < 256:
+            _status_codes[status] = code
+    return code
+
+
+def _checked_headers(headers: List[Tuple[str, str]]) -> Tuple[Any, Optional[str]]:
+    """(headers the engine can send, the Content-Length value or None). Values
+    are latin-1 in WSGI; the engine encodes str as UTF-8, so any non-ASCII
+    value is passed as its latin-1 bytes."""
+    length = None
+    fixed = None
+    for i, pair in enumerate(headers):
+        name, value = pair
+        if len(name) == 14 and name.lower() == "content-length":
+            length = value
+        if type(value) is str and not value.isascii():
+            if fixed is None:
+                fixed = list(headers)
+            fixed[i] = (name, value.encode("latin-1"))
+    return (headers if fixed is None else fixed), length
+
+
+def _start(sr: _StartResponse) -> None:
+    headers, _ = _checked_headers(sr.headers)
+    sr.request.start(_status_code(sr.status), headers)
+    sr.streaming = True
+
+
+def _join(chunks: Iterable[Any]) -> bytes:
+    try:
+        return b"".join(chunks)
+    except TypeError:
+        for c in chunks:
+            if not isinstance(c, (bytes, bytearray, memoryview)):
+                raise TypeError(f"the WSGI app's body yielded {type(c).__name__}, not bytes")
+        raise
+
+
+class WSGIHandler:
+    """The engine handler that runs a WSGI app on a pool of threads.
+
+    ``Server(WSGIHandler(app), ...)`` works, but :class:`WSGIServer` also
+    starts and stops the pool with the server. ``pool_threads`` threads call
+    the app (they start on first use, or with :meth:`start`);
+    ``url_scheme`` is ``wsgi.url_scheme``; ``script_name`` is ``SCRIPT_NAME``
+    (the prefix the app is mounted under, stripped from ``PATH_INFO``);
+    ``errors`` is ``wsgi.errors`` (default ``sys.stderr``); ``access_log``
+    logs one line per request to the logger ``pymongoose_uring.access``.
+    """
+
+    def __init__(self, app: Callable[..., Any], *, pool_threads: int = 8,
+                 url_scheme: str = "http", script_name: str = "", errors: Any = None,
+                 multiprocess: bool = False, access_log: bool = False) -> None:
+        if not callable(app):
+            raise TypeError("app must be a WSGI callable app(environ, start_response)")
+        if pool_threads < 1:
+            raise ValueError("pool_threads must be at least 1")
+        self.app = app
+        self.pool_threads = pool_threads
+        self.access_log = access_log
+        self.script_name = script_name.rstrip("/")
+        self._base: Dict[str, Any] = {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": url_scheme,
+            "wsgi.errors": errors if errors is not None else sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,
+            "SCRIPT_NAME": self.script_name,
+            "SERVER_SOFTWARE": "pymongoose_uring",
+        }
+        self._keys: Dict[str, str] = {}  # header name as sent -> environ key
+        self._servers: Dict[Any, Tuple[str, str]] = {}
+        # The pool: requests wait in a deque; idle threads park on their own
+        # lock (held while parked; released to wake that thread).
+        self._pending: "collections.deque[Any]" = collections.deque()
+        self._idle: List[Any] = []
+        self._waking = False  # a thread was woken and has not run yet
+        self._threads: List[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closing = False
+
+    # -- the pool ---------------------------------------------------------------
+
+    def start(self) -> "WSGIHandler":
+        """Start the pool threads (done on first use otherwise)."""
+        with self._lock:
+            if self._threads:
+                return self
+            self._closing = False
+            self._waking = False
+            self._idle.clear()
+            for i in range(self.pool_threads):
+                park = threading.Lock()
+                park.acquire()
+                t = threading.Thread(target=self._work, args=(park,),
+                                     name=f"pymongoose_uring-wsgi-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        return self
+
+    def close(self, timeout: Optional[float] = 10.0) -> None:
+        """Stop the pool threads once the requests queued are done (call it
+        after the server stopped)."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+            if not threads:
+                return
+            self._closing = True
+            for _ in threads:
+                self._pending.append(None)
+            while True:
+                try:
+                    park = self._idle.pop()
+                except IndexError:
+                    break
+                park.release()
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
+
+    def __call__(self, request: Any) -> None:
+        """The engine handler (ring thread, GIL held): queue the request; wake
+        one parked thread per batch."""
+        self._pending.append(request)
+        if not self._waking and self._idle:
+            self._wake()
+        elif not self._threads:
+            self.start()
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            park = self._idle.pop()
+        except IndexError:
+            return
+        self._waking = True
+        park.release()
+
+    def _work(self, park: Any) -> None:
+        pending, idle, handle = self._pending, self._idle, self._handle
+        popleft = pending.popleft
+        while True:
+            try:
+                request = popleft()
+            except IndexError:
+                idle.append(park)
+                if pending:  # queued between popleft() and append(): do not sleep on it
+                    try:
+                        idle.remove(park)
+                    except ValueError:
+                        park.acquire()  # someone is waking us already
+                        self._waking = False
+                    continue
+                park.acquire()
+                self._waking = False
+                continue
+            if request is None:
+                return
+            if pending and idle and not self._waking:
+                self._wake()  # more work than this thread: a helper, in case the app blocks
+            try:
+                handle(request)
+            except BaseException:  # pragma: no cover - _handle answers everything itself
+                log.exception("WSGI pool thread: unexpected error")
+
+    # -- one request ---------------------------------------------------------------
+
+    def _environ(self, request: Any) -> Dict[str, Any]:
+        env = self._base.copy()
+        env["REQUEST_METHOD"] = request.method
+        raw = request.raw_path
+        if "%" in raw:
+            path = unquote_to_bytes(raw if raw.isascii()
+                                    else raw.encode("utf-8", "surrogateescape")).decode("latin-1")
+        elif raw.isascii():
+            path = raw
+        else:
+            path = _latin1(raw)
+        script = self.script_name
+        if script and (path == script or path.startswith(script + "/")):
+            path = path[len(script):]
+        env["PATH_INFO"] = path
+        qs = request.query_string
+        env["QUERY_STRING"] = qs if qs.isascii() else _latin1(qs)
+        target = request.target
+        env["RAW_URI"] = target if target.isascii() else _latin1(target)
+        env["SERVER_PROTOCOL"] = _PROTOCOLS.get(request.http_version) or (
+            "HTTP/" + request.http_version)
+        server = request.server
+        names = self._servers.get(server)
+        if names is None:
+            if isinstance(server, tuple):
+                names = (server[0], str(server[1]))
+            else:  # a Unix socket path
+                names = ("localhost", "0")
+            if len(self._servers) < 64:
+                self._servers[server] = names
+        env["SERVER_NAME"], env["SERVER_PORT"] = names
+        client = request.client
+        if client is not None:
+            env["REMOTE_ADDR"] = client[0]
+            env["REMOTE_PORT"] = str(client[1])
+        else:
+            env["REMOTE_ADDR"] = ""
+        keys = self._keys
+        for name, value in request.headers._pairs:
+            key = keys.get(name)
+            if key is None:
+                key = _header_key(name)
+                if len(keys) < 1024:
+                    keys[name] = key
+                if not key:
+                    continue
+            elif not key:
+                continue
+            old = env.get(key)
+            if old is None:
+                env[key] = value
+            else:
+                env[key] = old + ("; " if key == "HTTP_COOKIE" else ", ") + value
+        if _STREAMING and request.body_streaming:
+            env["wsgi.input"] = _StreamInput(request)
+        else:
+            body = request.body
+            if body:
+                env["wsgi.input"] = io.BytesIO(body)
+                if "CONTENT_LENGTH" not in env:  # a chunked body, de-chunked by the engine
+                    env["CONTENT_LENGTH"] = str(len(body))
+            else:
+                env["wsgi.input"] = _EMPTY_INPUT
+        return env
+
+    def _handle(self, request: Any) -> None:
+        """Run the app for one request and answer it (a pool thread)."""
+        sr = _StartResponse(request)
+        try:
+            environ = self._environ(request)
+            result = self.app(environ, sr)
+        except Exception:
+            self._fail(request, sr, "the WSGI app raised")
+            return
+        status: Any = None
+        try:
+            status = self._respond(request, sr, result, environ)
+        except Exception:
+            self._fail(request, sr, "the WSGI app's response failed")
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("the WSGI app's close() raised")
+        if self.access_log:
+            log_access(request.client, environ["REQUEST_METHOD"], environ["RAW_URI"],
+                       request.http_version, status if status is not None else 500, None)
+
+    def _respond(self, request: Any, sr: _StartResponse, result: Any,
+                 environ: Dict[str, Any]) -> int:
+        kind = type(result)
+        if (kind is list or kind is tuple) and not sr.streaming:
+            if sr.status is None:
+                raise RuntimeError("the WSGI app returned without calling start_response()")
+            n = len(result)
+            if n == 1 and type(result[0]) is bytes:
+                body = result[0]
+            else:
+                body = _join(result)
+            if sr.pending:
+                body = b"".join(sr.pending) + body
+            return self._reply(request, sr, body, environ)
+        if kind is str or kind is bytes:
+            raise TypeError("the WSGI app returned a str/bytes; it must return an iterable "
+                            "of bytes (a list)")
+        it = iter(result)
+        if not _STREAMING:
+            body = _join(it)
+            if sr.status is None:
+                raise RuntimeError("the WSGI app returned without calling start_response()")
+            if sr.pending:
+                body = b"".join(sr.pending) + body
+            return self._reply(request, sr, body, environ)
+        # The streaming engine: a body of known, moderate length still goes in
+        # one piece; otherwise each chunk is sent as the app yields it.
+        first = None
+        for chunk in it:  # start_response may be called during the first iteration
+            first = chunk
+            break
+        if sr.status is None:
+            raise RuntimeError("the WSGI app returned without calling start_response()")
+        if not sr.streaming:
+            length = _checked_headers(sr.headers)[1]
+            if first is None:
+                return self._reply(request, sr, b"", environ)
+            if length is not None:
+                try:
+                    small = int(length) <= BUFFER_LIMIT
+                except ValueError:
+                    small = False
+            else:  # no length given: is the body one chunk (PEP 3333's len() hint)?
+                try:
+                    small = len(result) == 1
+                except Exception:
+                    small = False
+            if small:
+                rest = _join(it)  # usually nothing more
+                return self._reply(request, sr, first + rest if rest else first, environ)
+            _start(sr)
+        write = request.write
+        if not first or write(first):
+            for chunk in it:
+                if chunk and not write(chunk):
+                    break  # the client left: stop producing
+        request.end()
+        return _status_code(sr.status)  # type: ignore[arg-type]
+
+    def _reply(self, request: Any, sr: _StartResponse, body: Any,
+               environ: Dict[str, Any]) -> int:
+        code = _status_code(sr.status)  # type: ignore[arg-type]
+        headers = sr.headers
+        for name, value in headers:
+            if type(value) is str and not value.isascii():
+                headers = _checked_headers(headers)[0]
+                break
+        if _STREAMING and not body and environ["REQUEST_METHOD"] == "HEAD":
+            # HEAD keeps the Content-Length the app gave (the length of the GET body).
+            request.start(code, headers)
+            request.end()
+            return code
+        request.reply(Response(body, code, headers, None))
+        return code
+
+    def _fail(self, request: Any, sr: _StartResponse, what: str) -> None:
+        log.exception("%s; %s %s", what, getattr(request, "method", "?"),
+                      getattr(request, "target", "?"))
+        try:
+            if sr.streaming:
+                request.end()  # headers are out: the body just ends here
+            elif not request.answered:
+                request.reply(Response(_ERROR_BODY, 500, _ERROR_HEADERS, None))
+        except Exception:
+            log.exception("could not answer after the WSGI app failed")
+
+
+class WSGIServer(AdapterServer):
+    """A :class:`Server` running a WSGI app, with its thread pool.
+
+    ``WSGIServer(app, host, port, pool_threads=8, url_scheme="http",
+    script_name="", access_log=False, **server_options)``: the server
+    options are :class:`Server`'s (``threads`` ring threads, ``unix_path``,
+    every engine knob). ``run()`` serves until SIGINT/SIGTERM; ``start()`` /
+    ``stop()`` and ``with`` run it in the background.
+    """
+
+    def __init__(self, app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *,
+                 pool_threads: int = 8, url_scheme: str = "http", script_name: str = "",
+                 errors: Any = None, multiprocess: bool = False, access_log: bool = False,
+                 **server_options: Any) -> None:
+        self.handler = WSGIHandler(app, pool_threads=pool_threads, url_scheme=url_scheme,
+                                   script_name=script_name, errors=errors,
+                                   multiprocess=multiprocess, access_log=access_log)
+        super().__init__(self.handler, host, port, server_options)
+
+    def _before_start(self) -> None:
+        self.handler.start()
+
+    def _after_stop(self) -> None:
+        self.handler.close()
+
+
+def serve(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000,
+          **options: Any) -> None:
+    """Serve a WSGI app until SIGINT or SIGTERM (see :class:`WSGIServer`)."""
+    WSGIServer(app, host, port, **options).run()

@@ -1,0 +1,350 @@
+"""The command line: interface detection, --help, native/WSGI/ASGI apps from
+MODULE:APP, --uds, --access-log, and --workers (supervised processes)."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from pymongoose_uring._adapter import detect_interface
+from conftest import RawClient, request, wait_for_line
+
+APPS = textwrap.dedent('''
+    import os
+    from pymongoose_uring import App
+
+    native = App()
+
+    @native.get("/")
+    def hello(request):
+        return {"interface": "native", "pid": os.getpid()}
+
+    def handler(request):
+        return "plain handler"
+
+    def wsgi(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"wsgi %d" % os.getpid()]
+
+    events = []
+
+    async def asgi(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    print("LIFESPAN startup", flush=True)
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    print("LIFESPAN shutdown", flush=True)
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"asgi %d" % os.getpid()})
+
+    class Nested:
+        app = wsgi
+''')
+
+
+class _S:
+    def __init__(self, port):
+        self.port = port
+
+
+@pytest.fixture
+def app_dir(tmp_path):
+    (tmp_path / "cliapps.py").write_text(APPS)
+    return tmp_path
+
+
+def run_cli(app_dir, *args):
+    return subprocess.Popen([sys.executable, "-m", "pymongoose_uring", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=str(app_dir))
+
+
+def port_of(proc):
+    line = wait_for_line(proc, "serving on")
+    return int(re.search(r"http://[^ ]*:(\d+)", line).group(1))
+
+
+def stop(proc, sig=signal.SIGTERM):
+    try:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out, err
+
+
+class Lines:
+    """Reads a subprocess's stderr on a thread, keeping every line, to wait for patterns
+    in any order without ever blocking past the timeout."""
+
+    def __init__(self, proc):
+        import queue
+        import threading
+        self.proc = proc
+        self.lines = []
+        self.queue = queue.Queue()
+
+        def pump():
+            for line in proc.stderr:
+                self.queue.put(line)
+            self.queue.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        self.eof = False
+
+    def wait(self, text, count=1, timeout=30):
+        import queue
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in self.lines if text in line]
+            if len(found) >= count:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0 or self.eof:
+                raise AssertionError("no %d lines with %r; got:\n%s"
+                                     % (count, text, "".join(self.lines)))
+            try:
+                line = self.queue.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.eof = True
+            else:
+                self.lines.append(line)
+
+    def rest(self):
+        """Every line once the process has exited."""
+        while not self.eof:
+            line = self.queue.get(timeout=30)
+            if line is None:
+                self.eof = True
+            else:
+                self.lines.append(line)
+        return "".join(self.lines)
+
+
+def pids(lines):
+    return [int(re.search(r"pid (\d+)", line).group(1)) for line in lines]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---- detection (no server needed) --------------------------------------------------------
+
+@pytest.mark.no_uring_ok
+def test_detect_interface():
+    from pymongoose_uring import App
+
+    def wsgi(environ, start_response):
+        pass
+
+    async def asgi(scope, receive, send):
+        pass
+
+    def native(request):
+        pass
+
+    async def native_async(request):
+        pass
+
+    class WsgiClass:
+        def __call__(self, environ, start_response):
+            pass
+
+    class AsgiClass:
+        async def __call__(self, scope, receive, send):
+            pass
+
+    assert detect_interface(App()) == "native"
+    assert detect_interface(native) == "native"
+    assert detect_interface(native_async) == "native"
+    assert detect_interface(wsgi) == "wsgi"
+    assert detect_interface(asgi) == "asgi"
+    assert detect_interface(WsgiClass()) == "wsgi"
+    assert detect_interface(AsgiClass()) == "asgi"
+    with pytest.raises(ValueError):
+        detect_interface(42)
+
+
+@pytest.mark.no_uring_ok
+def test_detect_real_frameworks():
+    flask = pytest.importorskip("flask")
+    fastapi = pytest.importorskip("fastapi")
+    assert detect_interface(flask.Flask("x")) == "wsgi"
+    assert detect_interface(fastapi.FastAPI()) == "asgi"
+
+
+@pytest.mark.no_uring_ok
+def test_help_documents_the_options():
+    out = subprocess.run([sys.executable, "-m", "pymongoose_uring", "--help"],
+                         capture_output=True, text=True, timeout=30, cwd="/")
+    assert out.returncode == 0, out.stderr
+    for option in ("--interface", "--host", "--port", "--uds", "--threads", "--workers",
+                   "--access-log", "--pool-threads", "--lifespan", "--loop", "--probe",
+                   "--hello"):
+        assert option in out.stdout, option
+
+
+def test_help_lists_every_engine_knob():
+    import pymongoose_uring
+    out = subprocess.run([sys.executable, "-m", "pymongoose_uring", "--help"],
+                         capture_output=True, text=True, timeout=30, cwd="/")
+    for knob in pymongoose_uring.config_defaults():
+        if knob in ("host", "port", "unix_path", "threads"):
+            continue
+        assert "--" + knob.replace("_", "-") in out.stdout, knob
+
+
+# ---- serving -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target,interface,expect", [
+    ("cliapps:native", None, b'"interface":"native"'),
+    ("cliapps:handler", None, b"plain handler"),
+    ("cliapps:wsgi", None, b"wsgi "),
+    ("cliapps:Nested.app", "wsgi", b"wsgi "),
+    ("cliapps:asgi", None, b"asgi "),
+    ("cliapps:asgi", "asgi", b"asgi "),
+])
+def test_serves_each_interface(app_dir, target, interface, expect):
+    args = [target, "--port", "0", "--batch-max", "32"]
+    if interface:
+        args += ["--interface", interface]
+    proc = run_cli(app_dir, *args)
+    try:
+        port = port_of(proc)
+        status, _, body, _ = request(_S(port))
+        assert status == 200 and expect in body
+    finally:
+        out, err = stop(proc)
+    assert proc.returncode == 0, err
+    if target == "cliapps:asgi":
+        assert "LIFESPAN startup" in out and "LIFESPAN shutdown" in out
+
+
+def test_access_log(app_dir):
+    proc = run_cli(app_dir, "cliapps:wsgi", "--port", "0", "--access-log")
+    try:
+        port = port_of(proc)
+        request(_S(port), path="/logged?x=1")
+    finally:
+        out, err = stop(proc, signal.SIGINT)
+    assert proc.returncode == 0, err
+    assert re.search(r'"GET /logged\?x=1 HTTP/1.1" 200', err), err
+
+
+def test_unix_socket(app_dir, tmp_path):
+    path = str(tmp_path / "cli.sock")
+    proc = run_cli(app_dir, "cliapps:wsgi", "--uds", path)
+    try:
+        wait_for_line(proc, "serving on")
+        c = RawClient(0, family=socket.AF_UNIX, address=path)
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = c.read_response()
+        c.close()
+        assert status == 200 and body.startswith(b"wsgi ")
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+
+
+def test_bad_app_exits_nonzero(app_dir):
+    out = subprocess.run([sys.executable, "-m", "pymongoose_uring", "nosuchmodule:app",
+                          "--port", "0"], capture_output=True, text=True, timeout=30,
+                         cwd=str(app_dir))
+    assert out.returncode != 0
+    assert "nosuchmodule" in out.stderr
+
+
+def test_workers_need_a_fixed_port(app_dir):
+    out = subprocess.run([sys.executable, "-m", "pymongoose_uring", "cliapps:wsgi",
+                          "--port", "0", "--workers", "2"], capture_output=True, text=True,
+                         timeout=30, cwd=str(app_dir))
+    assert out.returncode == 2 and "--workers" in out.stderr
+
+
+def _get_pid(port, path="/"):
+    """GET on a new connection: the worker's pid from the body, or None on a refused
+    or reset connection (a worker that was just killed)."""
+    try:
+        status, _, body, _ = request(_S(port), path=path, timeout=5)
+    except (ConnectionError, OSError, Exception):
+        return None
+    if status != 200:
+        return None
+    return int(body.split()[-1])
+
+
+def test_workers_survive_the_kill_of_one(app_dir):
+    port = free_port()
+    proc = run_cli(app_dir, "cliapps:wsgi", "--port", str(port), "--workers", "2")
+    lines = Lines(proc)
+    try:
+        started = pids(lines.wait("started (pid", 2))
+        lines.wait("serving on", 2)
+        # Both workers answer (SO_REUSEPORT spreads new connections over them).
+        seen = set()
+        deadline = time.monotonic() + 20
+        while len(seen) < 2 and time.monotonic() < deadline:
+            pid = _get_pid(port)
+            if pid:
+                seen.add(pid)
+        assert seen == set(started)
+
+        victim = started[0]
+        os.kill(victim, signal.SIGKILL)
+        replacement = pids(lines.wait("started (pid", 3))[2]
+        assert replacement not in started
+        lines.wait("serving on", 3)
+        # Requests keep being answered, by the survivor and the replacement.
+        seen = set()
+        failures = 0
+        deadline = time.monotonic() + 20
+        while seen != {started[1], replacement} and time.monotonic() < deadline:
+            pid = _get_pid(port)
+            if pid is None:
+                failures += 1
+            else:
+                seen.add(pid)
+        assert seen == {started[1], replacement}
+        assert failures <= 5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    err = lines.rest()
+    assert proc.returncode == 0, err
+    assert "all workers stopped" in err
+    for pid in (started[1], replacement):
+        assert not os.path.exists("/proc/%d" % pid) or \
+            open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+
+
+def test_workers_stop_when_the_app_cannot_load(app_dir):
+    port = free_port()
+    out = subprocess.run([sys.executable, "-m", "pymongoose_uring", "cliapps:nothing",
+                          "--port", str(port), "--workers", "2"], capture_output=True,
+                         text=True, timeout=60, cwd=str(app_dir))
+    assert out.returncode == 1
+    assert "could not start" in out.stderr
