@@ -1,6 +1,7 @@
-"""granian (Rust, hyper + tokio), one worker: python granian_server.py PORT [asgi|wsgi]
+"""granian (Rust, hyper + tokio), one worker: python granian_server.py PORT [asgi|wsgi|fastapi]
 
-asgi serves uvicorn_raw_server.py's raw ASGI app; wsgi serves flask_server.py's Flask app.
+asgi serves uvicorn_raw_server.py's raw ASGI app; wsgi serves flask_server.py's Flask app;
+fastapi serves uvicorn_server.py's FastAPI app over ASGI.
 Replaces itself with granian (same PID).
 """
 import os
@@ -9,15 +10,16 @@ import sys
 import common
 
 INTERFACE = sys.argv[2] if len(sys.argv) > 2 else "asgi"
-TARGETS = {"asgi": "uvicorn_raw_server:app", "wsgi": "flask_server:app"}
+TARGETS = {"asgi": "uvicorn_raw_server:app", "wsgi": "flask_server:app",
+           "fastapi": "uvicorn_server:app"}
 if INTERFACE not in TARGETS:
-    sys.exit("granian_server.py PORT [asgi|wsgi]")
-common.require("granian", *(["flask"] if INTERFACE == "wsgi" else []))
+    sys.exit("granian_server.py PORT [asgi|wsgi|fastapi]")
+common.require("granian", *({"wsgi": ["flask"], "fastapi": ["fastapi"]}.get(INTERFACE, [])))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 os.execv(sys.executable, [
     sys.executable, "-m", "granian", "--working-dir", HERE,
-    "--interface", INTERFACE, "--host", common.HOST,
+    "--interface", "wsgi" if INTERFACE == "wsgi" else "asgi", "--host", common.HOST,
     "--port", str(common.port_from_argv(8007)),
     "--workers", "1", "--runtime-threads", "1", "--http", "1", "--no-ws",
     # WSGI: 4 Python threads, as gunicorn_server.py has (granian's default allows 2048).
