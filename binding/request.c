@@ -462,6 +462,43 @@ static PyObject *get_headers(PyObject *op, void *closure) {
   return Py_NewRef(self->headers);
 }
 
+/* [(name, value)] as bytes, names lower-cased: what ASGI scopes carry. */
+static PyObject *get_raw_headers(PyObject *op, void *closure) {
+  RequestObject *self = REQ(op);
+  const pmu_request_t *r = view_of(self);
+  if (r == NULL)
+    return NULL;
+  PyObject *list = PyList_New((Py_ssize_t)r->header_count);
+  if (list == NULL)
+    return NULL;
+  for (size_t i = 0; i < r->header_count; i++) {
+    const pmu_header_t *h = &r->headers[i];
+    PyObject *name = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)h->name_len);
+    if (name == NULL)
+      goto bail;
+    char *p = PyBytes_AS_STRING(name);
+    for (size_t k = 0; k < h->name_len; k++) {
+      char c = h->name[k];
+      p[k] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+    }
+    PyObject *value = PyBytes_FromStringAndSize(h->value, (Py_ssize_t)h->value_len);
+    if (value == NULL) {
+      Py_DECREF(name);
+      goto bail;
+    }
+    PyObject *pair = PyTuple_Pack(2, name, value); /* new references to both */
+    Py_DECREF(name);
+    Py_DECREF(value);
+    if (pair == NULL)
+      goto bail;
+    PyList_SET_ITEM(list, (Py_ssize_t)i, pair); /* steals pair */
+  }
+  return list;
+bail:
+  Py_DECREF(list);
+  return NULL;
+}
+
 static PyObject *get_params(PyObject *op, void *closure) {
   RequestObject *self = REQ(op);
   if (self->params == NULL && (self->params = PyDict_New()) == NULL)
@@ -545,6 +582,8 @@ static PyGetSetDef request_getset[] = {
     {"headers", get_headers, NULL,
      "Request headers: a Headers multi-dict, case-insensitive, several values per name.",
      NULL},
+    {"raw_headers", get_raw_headers, NULL,
+     "[(name, value)] as bytes, names lower-cased, in the order received.", NULL},
     {"body", get_body, NULL, "The whole body as bytes (de-chunked); b'' if none.", NULL},
     {"text", get_text, NULL, "The body decoded as UTF-8 (invalid bytes replaced).", NULL},
     {"http_version", get_http_version, NULL, "'1.1' or '1.0'.", NULL},

@@ -59,6 +59,9 @@ class Request:
     @property
     def headers(self) -> Headers: ...
     @property
+    def raw_headers(self) -> List[Tuple[bytes, bytes]]:
+        """[(name, value)] as bytes, names lower-cased, in the order received."""
+    @property
     def body(self) -> bytes: ...
     @property
     def text(self) -> str: ...

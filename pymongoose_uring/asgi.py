@@ -309,7 +309,6 @@ class ASGIHandler:
         self._own_loop = isinstance(loop, str)
         self._thread: Optional[threading.Thread] = None
         self._lifespan: Optional[_Lifespan] = None
-        self._names: Dict[str, bytes] = {}
         self._asgi = {"version": "3.0", "spec_version": "2.4"}
         # Requests waiting for the loop; a drain is posted once per batch.
         self._queue: "collections.deque[Any]" = collections.deque()
@@ -431,16 +430,7 @@ class ASGIHandler:
 
     def scope(self, request: Any) -> Scope:
         """The ASGI scope of a request."""
-        names = self._names
-        headers = []
-        append = headers.append
-        for name, value in request.headers._pairs:
-            key = names.get(name)
-            if key is None:
-                key = name.lower().encode("latin-1")
-                if len(names) < 1024:
-                    names[name] = key
-            append((key, value.encode("latin-1")))
+        headers = request.raw_headers  # built in C: lower-cased names, bytes
         server = request.server
         if type(server) is str:
             server = (server, None)

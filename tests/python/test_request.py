@@ -82,6 +82,23 @@ def test_headers_case_insensitive_and_multi_valued(serve):
     assert seen["type"] is Headers
 
 
+def test_raw_headers_are_lowercased_bytes_in_order(serve):
+    seen = {}
+
+    def handler(req):
+        seen["raw"] = req.raw_headers
+        return b"ok"
+
+    server = serve(handler)
+    c = RawClient(server.port)
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Multi: a\r\nX-Obs-Text: \xff\r\n"
+           b"x-multi: B \r\nX-Empty:\r\n\r\n")
+    assert c.read_response()[0] == 200
+    c.close()
+    assert seen["raw"] == [(b"host", b"t"), (b"x-multi", b"a"), (b"x-obs-text", b"\xff"),
+                           (b"x-multi", b"B"), (b"x-empty", b"")]
+
+
 def test_body_bytes_text_and_json(serve):
     got = {}
 
