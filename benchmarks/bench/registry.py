@@ -31,6 +31,10 @@ class Server:
     start_timeout: float = 20.0
     env: Tuple[Tuple[str, str], ...] = ()
     description: str = ""
+    # In the default set (python3 benchmarks/run.py with no --servers). The
+    # framework comparisons (Flask and FastAPI on the adapters, granian with
+    # FastAPI) are named explicitly, so the default run stays under 10 minutes.
+    default: bool = True
 
     def supports(self, workload):
         return workload.needs in self.caps
@@ -53,14 +57,14 @@ SERVERS = [
     Server("pymongoose_uring_flask", "pymongoose_uring WSGI (Flask)",
            (PY, S + "pymongoose_uring_flask_server.py", "{port}"),
            kind="ours", build="pymongoose_uring", knobs=ALL_KNOBS, pip=(("flask", "flask"),),
-           env=ROOM_FOR_C10K,
+           env=ROOM_FOR_C10K, default=False,
            description="the Flask app of gunicorn/granian WSGI on the WSGI adapter, "
                        "4 pool threads"),
     Server("pymongoose_uring_fastapi", "pymongoose_uring ASGI (FastAPI)",
            (PY, S + "pymongoose_uring_fastapi_server.py", "{port}"),
            kind="ours", build="pymongoose_uring", knobs=ALL_KNOBS,
            pip=(("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("uvloop", "uvloop")),
-           env=ROOM_FOR_C10K,
+           env=ROOM_FOR_C10K, default=False,
            description="the FastAPI app of uvicorn on the ASGI adapter, uvloop"),
     Server("hello_c", "hello_server (C engine)", ("{hello_server}", "{port}", "{threads}"),
            kind="c-reference", build="hello_server", knobs=ALL_KNOBS,
@@ -86,7 +90,7 @@ SERVERS = [
            description="aiohttp's web server on uvloop"),
     Server("granian_fastapi", "granian ASGI (FastAPI)",
            (PY, S + "granian_server.py", "{port}", "fastapi"),
-           kind="peer", pip=(("granian", "granian"), ("fastapi", "fastapi")),
+           kind="peer", pip=(("granian", "granian"), ("fastapi", "fastapi")), default=False,
            description="granian (Rust) serving the FastAPI app of uvicorn_server.py over ASGI"),
     Server("granian_wsgi", "granian WSGI (Flask)", (PY, S + "granian_server.py", "{port}", "wsgi"),
            kind="peer", pip=(("granian", "granian"), ("flask", "flask")),
@@ -99,6 +103,6 @@ SERVERS = [
            description="Flask's own threaded development server"),
 ]
 BY_NAME = {s.name: s for s in SERVERS}
-DEFAULT = [s.name for s in SERVERS]
+DEFAULT = [s.name for s in SERVERS if s.default]
 # Reference for ratios: the first of these that ran.
 REFERENCE_ORDER = ["pymongoose_uring", "pymongoose", "hello_c", "nginx"]
