@@ -158,6 +158,32 @@ static void send_content_length(t_conn_t *conn, const char *path, const char *bo
   t_send(conn, body, n);
 }
 
+static int disconnect_count(void) {
+  pthread_mutex_lock(&lock);
+  int n = disconnects;
+  pthread_mutex_unlock(&lock);
+  return n;
+}
+
+/* True once on_disconnect has been called more than `before` times. */
+static bool wait_disconnect_after(int before, int timeout_ms) {
+  int64_t deadline = t_now_ms() + timeout_ms;
+  while (disconnect_count() == before && t_now_ms() < deadline)
+    t_sleep_ms(5);
+  return disconnect_count() > before;
+}
+
+/* A connection that announced 100,000 bytes of body and sent 5,000. */
+static t_conn_t *start_upload_then_stop(const t_server_t *server) {
+  char *body = pattern(5000);
+  t_conn_t *conn = t_connect(server);
+  t_send_str(conn, "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n");
+  t_send(conn, body, 5000);
+  free(body);
+  t_sleep_ms(50); /* the request is with the handler */
+  return conn;
+}
+
 int main(void) {
   t_init("body_stream");
   pmu_config_t config;
@@ -266,50 +292,21 @@ int main(void) {
     free(body);
   }
 
-  t_case("a client that leaves mid-body: on_disconnect");
+  t_case("a client that leaves mid-body (reset): on_disconnect");
   {
-    pthread_mutex_lock(&lock);
-    int before = disconnects;
-    pthread_mutex_unlock(&lock);
-    char *body = pattern(5000);
-    t_conn_t *conn = t_connect(server);
-    t_send_str(conn, "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n");
-    t_send(conn, body, 5000);
-    t_sleep_ms(50);
+    t_conn_t *conn = start_upload_then_stop(server);
+    int before = disconnect_count();
     t_conn_abort(conn);
-    int64_t deadline = t_now_ms() + 3000;
-    int now = before;
-    while (now == before && t_now_ms() < deadline) {
-      t_sleep_ms(5);
-      pthread_mutex_lock(&lock);
-      now = disconnects;
-      pthread_mutex_unlock(&lock);
-    }
-    T_ASSERT_MSG(now > before, "on_disconnect not called");
-    free(body);
+    T_ASSERT_MSG(wait_disconnect_after(before, 3000), "on_disconnect not called");
   }
 
   t_case("a client that half-closes mid-body (FIN): on_disconnect at once, not at the body timeout");
   {
-    pthread_mutex_lock(&lock);
-    int before = disconnects;
-    pthread_mutex_unlock(&lock);
-    char *body = pattern(5000);
-    t_conn_t *conn = t_connect(server);
-    t_send_str(conn, "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n");
-    t_send(conn, body, 5000);
+    t_conn_t *conn = start_upload_then_stop(server);
+    int before = disconnect_count();
     shutdown(conn->fd, SHUT_WR);
-    int64_t deadline = t_now_ms() + 2000;
-    int now = before;
-    while (now == before && t_now_ms() < deadline) {
-      t_sleep_ms(5);
-      pthread_mutex_lock(&lock);
-      now = disconnects;
-      pthread_mutex_unlock(&lock);
-    }
-    T_ASSERT_MSG(now > before, "on_disconnect not called within 2 s");
+    T_ASSERT_MSG(wait_disconnect_after(before, 2000), "on_disconnect not called within 2 s");
     t_conn_close(conn);
-    free(body);
   }
 
   atomic_store(&stop_consumer, 1);
