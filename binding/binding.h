@@ -127,6 +127,10 @@ pmu_state *pmu_state_from_type(PyTypeObject *type);
  * MemoryError for -ENOMEM, else Error(errno, message). Returns NULL. */
 PyObject *pmu_raise_errno(pmu_state *st, int rc, const char *message);
 
+/* A `timeout` argument in seconds: None gives -1 (no limit), a negative
+ * number 0. Returns 0, or -1 with an exception set. */
+int pmu_timeout_arg(PyObject *o, double *out);
+
 /* Log the current exception through the package logger at ERROR with its
  * traceback, prefixed by `what` and the request line of `request` (may be
  * NULL). Clears the exception; never raises. */

@@ -654,14 +654,9 @@ static PyObject *engine_wait(PyObject *op, PyObject *args, PyObject *kwargs) {
   PyObject *timeout_obj = Py_None;
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:wait", kwlist, &timeout_obj))
     return NULL;
-  double timeout = -1;
-  if (timeout_obj != Py_None) {
-    timeout = PyFloat_AsDouble(timeout_obj);
-    if (timeout == -1 && PyErr_Occurred())
-      return NULL;
-    if (timeout < 0)
-      timeout = 0;
-  }
+  double timeout;
+  if (pmu_timeout_arg(timeout_obj, &timeout) < 0)
+    return NULL;
   int rc = wait_workers(ENGINE(op), timeout);
   if (rc < 0)
     return NULL;

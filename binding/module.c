@@ -23,6 +23,17 @@ static int is_unavailable_errno(int err) {
   return err == ENOSYS || err == EPERM || err == EOPNOTSUPP;
 }
 
+int pmu_timeout_arg(PyObject *o, double *out) {
+  *out = -1;
+  if (o == NULL || o == Py_None)
+    return 0;
+  double t = PyFloat_AsDouble(o);
+  if (t == -1 && PyErr_Occurred())
+    return -1;
+  *out = t < 0 ? 0 : t;
+  return 0;
+}
+
 PyObject *pmu_raise_errno(pmu_state *st, int rc, const char *message) {
   int err = rc < 0 ? -rc : rc;
   if (err == ENOMEM)

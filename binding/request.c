@@ -892,14 +892,9 @@ static PyObject *request_read(PyObject *op, PyObject *args, PyObject *kwargs) {
   Py_ssize_t size;
   if (size_arg(size_obj, &size) < 0)
     return NULL;
-  double timeout = -1;
-  if (timeout_obj != Py_None) {
-    timeout = PyFloat_AsDouble(timeout_obj);
-    if (timeout == -1 && PyErr_Occurred())
-      return NULL;
-    if (timeout < 0)
-      timeout = 0;
-  }
+  double timeout;
+  if (pmu_timeout_arg(timeout_obj, &timeout) < 0)
+    return NULL;
   RequestObject *self = REQ(op);
   if (!self->streamed)
     return read_buffered(self, size);
