@@ -43,7 +43,7 @@ import collections
 import concurrent.futures
 import logging
 import threading
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set
+from typing import Any, Awaitable, Callable, Dict, Optional, Set
 
 from . import _native
 from ._adapter import AdapterServer, log_access
@@ -53,9 +53,6 @@ __all__ = ["ASGIHandler", "ASGIServer", "serve", "new_event_loop"]
 
 log = logging.getLogger("pymongoose_uring")
 
-_Request = getattr(_native._pmu, "Request", None)
-_STREAMING = _Request is not None and hasattr(_Request, "start")
-_WATCH = _Request is not None and hasattr(_Request, "add_disconnect_callback")
 # Raised by send() once the client left (ASGI spec 2.4: an OSError).
 _ClientDisconnected: Any = getattr(_native, "ClientDisconnected", ConnectionResetError)
 
@@ -89,7 +86,7 @@ class _Cycle:
     """One request's receive() and send()."""
 
     __slots__ = ("request", "handler", "status", "headers", "started", "streaming", "done",
-                 "body_done", "gone", "waiter", "watching", "chunks")
+                 "body_done", "gone", "waiter", "watching")
 
     def __init__(self, request: Any, handler: "ASGIHandler") -> None:
         self.request = request
@@ -103,12 +100,11 @@ class _Cycle:
         self.gone = False       # the client left
         self.waiter: Optional["asyncio.Future[None]"] = None
         self.watching = False
-        self.chunks: Optional[List[bytes]] = None  # body kept without the streaming engine
 
     async def receive(self) -> Message:
         if not self.body_done:
             request = self.request
-            if _STREAMING and request.body_streaming:
+            if request.body_streaming:
                 try:
                     data = await request.read_async(_READ_SIZE)
                 except ConnectionError:
@@ -120,13 +116,13 @@ class _Cycle:
                 return {"type": "http.request", "body": b"", "more_body": False}
             self.body_done = True
             return {"type": "http.request", "body": request.body, "more_body": False}
-        if self.done or self.gone or (_WATCH and self.request.disconnected):
+        if self.done or self.gone or self.request.disconnected:
             return {"type": "http.disconnect"}
         waiter = self.waiter
         if waiter is None or waiter.done():
             loop = asyncio.get_running_loop()
             waiter = self.waiter = loop.create_future()
-            if _WATCH and not self.watching:
+            if not self.watching:
                 self.watching = True
                 call = loop.call_soon_threadsafe
                 gone = self._gone
@@ -168,20 +164,9 @@ class _Cycle:
             more = message.get("more_body", False)
             request = self.request
             if not more and not self.streaming:
-                chunks = self.chunks
-                if chunks:
-                    chunks.append(body)
-                    body = b"".join(chunks)
-                    self.chunks = None
                 self.done = True
                 self.handler._answered(request, self, body)
                 self._wake()
-                return
-            if not _STREAMING:  # no streaming engine: the whole body goes at the end
-                if self.chunks is None:
-                    self.chunks = []
-                if body:
-                    self.chunks.append(bytes(body))
                 return
             if self.gone:
                 raise _ClientDisconnected("the client disconnected")
@@ -468,9 +453,6 @@ class ASGIHandler:
                           "%s %s", request.method, request.target)
                 request.end()
                 cycle.done = True
-            elif cycle.chunks is not None:  # a body kept without the streaming engine
-                cycle.done = True
-                self._answered(request, cycle, b"".join(cycle.chunks))
             else:
                 log.error("the ASGI app returned without %s; sent 500 for %s %s",
                           "a body" if cycle.started else "a response", request.method,

@@ -41,7 +41,6 @@ import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
-from . import _native
 from ._adapter import AdapterServer, log_access
 from ._native import Response
 
@@ -49,9 +48,6 @@ __all__ = ["WSGIHandler", "WSGIServer", "FileWrapper", "serve"]
 
 log = logging.getLogger("pymongoose_uring")
 
-_Request = getattr(_native._pmu, "Request", None)
-# The streaming primitives (request.start/write/end, request.read, body_streaming).
-_STREAMING = _Request is not None and hasattr(_Request, "start")
 
 # Bodies of a known length up to this size are sent in one piece with reply();
 # larger ones (and bodies of unknown length) are streamed.
@@ -200,14 +196,13 @@ def _latin1(text: str) -> str:
 class _StartResponse:
     """start_response for one call; also the legacy write() callable."""
 
-    __slots__ = ("request", "status", "headers", "streaming", "pending")
+    __slots__ = ("request", "status", "headers", "streaming")
 
     def __init__(self, request: Any) -> None:
         self.request = request
         self.status: Optional[str] = None
         self.headers: Any = None
         self.streaming = False  # headers sent with request.start()
-        self.pending: Optional[List[bytes]] = None  # write() data kept without streaming
 
     def __call__(self, status: str, headers: List[Tuple[str, str]],
                  exc_info: Any = None) -> Callable[[bytes], None]:
@@ -229,20 +224,15 @@ class _StartResponse:
         return self.write
 
     def write(self, data: bytes) -> None:
-        """The legacy write(): sends at once (streamed) where the engine can."""
+        """The legacy write(): sends at once, streamed."""
         if self.status is None:
             raise AssertionError("write() before start_response()")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
-        if _STREAMING:
-            if not self.streaming:
-                _start(self)
-            if data and not self.request.write(data):
-                raise ConnectionError("the client disconnected")
-        else:
-            if self.pending is None:
-                self.pending = []
-            self.pending.append(bytes(data))
+        if not self.streaming:
+            _start(self)
+        if data and not self.request.write(data):
+            raise ConnectionError("the client disconnected")
 
 
 _status_codes: Dict[str, int] = {}
@@ -478,7 +468,7 @@ class WSGIHandler:
                 env[key] = value
             else:
                 env[key] = old + ("; " if key == "HTTP_COOKIE" else ", ") + value
-        if _STREAMING and request.body_streaming:
+        if request.body_streaming:
             env["wsgi.input"] = _StreamInput(request)
         else:
             body = request.body
@@ -526,22 +516,13 @@ class WSGIHandler:
                 body = result[0]
             else:
                 body = _join(result)
-            if sr.pending:
-                body = b"".join(sr.pending) + body
             return self._reply(request, sr, body, environ)
         if kind is str or kind is bytes:
             raise TypeError("the WSGI app returned a str/bytes; it must return an iterable "
                             "of bytes (a list)")
         it = iter(result)
-        if not _STREAMING:
-            body = _join(it)
-            if sr.status is None:
-                raise RuntimeError("the WSGI app returned without calling start_response()")
-            if sr.pending:
-                body = b"".join(sr.pending) + body
-            return self._reply(request, sr, body, environ)
-        # The streaming engine: a body of known, moderate length still goes in
-        # one piece; otherwise each chunk is sent as the app yields it.
+        # A body of known, moderate length still goes in one piece; otherwise
+        # each chunk is sent as the app yields it.
         first = None
         for chunk in it:  # start_response may be called during the first iteration
             first = chunk
@@ -582,7 +563,7 @@ class WSGIHandler:
             if type(value) is str and not value.isascii():
                 headers = _checked_headers(headers)[0]
                 break
-        if _STREAMING and not body and environ["REQUEST_METHOD"] == "HEAD":
+        if not body and environ["REQUEST_METHOD"] == "HEAD":
             # HEAD keeps the Content-Length the app gave (the length of the GET body).
             request.start(code, headers)
             request.end()
