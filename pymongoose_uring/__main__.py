@@ -25,6 +25,8 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from ._server import say
+
 # Exit status of a worker that could not load its app or bind: the
 # supervisor stops instead of restarting it forever.
 EXIT_BOOT_FAILED = 3
@@ -200,25 +202,23 @@ def _serve(args: argparse.Namespace, options: Dict[str, Any]) -> int:
     try:
         server = _make_server(args, options)
     except Error as exc:
-        print(f"pymongoose_uring: {exc}", file=sys.stderr, flush=True)
+        say(str(exc))
         return EXIT_BOOT_FAILED
     except (ImportError, AttributeError, ValueError) as exc:
-        print(f"pymongoose_uring: cannot load {args.app!r}: {type(exc).__name__}: {exc}",
-              file=sys.stderr, flush=True)
+        say(f"cannot load {args.app!r}: {type(exc).__name__}: {exc}")
         return EXIT_BOOT_FAILED
     except Exception as exc:
         import traceback
         traceback.print_exc()
-        print(f"pymongoose_uring: cannot load {args.app!r}: {type(exc).__name__}: {exc}",
-              file=sys.stderr, flush=True)
+        say(f"cannot load {args.app!r}: {type(exc).__name__}: {exc}")
         return EXIT_BOOT_FAILED
     try:
         server.run()
     except Error as exc:  # UnavailableError, address in use...
-        print(f"pymongoose_uring: {exc}", file=sys.stderr, flush=True)
+        say(str(exc))
         return EXIT_BOOT_FAILED
     except RuntimeError as exc:  # e.g. ASGI lifespan startup failed
-        print(f"pymongoose_uring: {exc}", file=sys.stderr, flush=True)
+        say(str(exc))
         return EXIT_BOOT_FAILED
     return 0
 
@@ -249,7 +249,7 @@ class _Supervisor:
         self.grace = (options.get("shutdown_timeout_ms") or 10000) / 1000.0 + 5.0
 
     def log(self, message: str) -> None:
-        print(f"pymongoose_uring: {message}", file=sys.stderr, flush=True)
+        say(message)
 
     def spawn(self, index: int) -> None:
         parent = os.getpid()

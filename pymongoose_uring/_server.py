@@ -22,6 +22,14 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from . import _native
 from ._native import Response, UnavailableError
 
+
+def say(message: str) -> None:
+    """One line to stderr in one write, so lines of several worker processes
+    sharing the stream never interleave (print() writes the text and the
+    newline separately when stderr is write-through)."""
+    sys.stderr.write(f"pymongoose_uring: {message}\n")
+    sys.stderr.flush()
+
 __all__ = ["Server", "probe"]
 
 log = logging.getLogger("pymongoose_uring")
@@ -371,8 +379,7 @@ class Server:
             engine = self._engine
             if stop_requested.is_set():
                 engine.stop()
-            print(f"pymongoose_uring: serving on {self.url} with {engine.threads} thread(s); "
-                  f"Ctrl-C to stop", file=sys.stderr, flush=True)
+            say(f"serving on {self.url} with {engine.threads} thread(s); Ctrl-C to stop")
             engine.wait()  # returns once a signal (or stop()) ended the workers
         finally:
             for sig, handler in previous.items():

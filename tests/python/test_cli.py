@@ -348,3 +348,27 @@ def test_workers_stop_when_the_app_cannot_load(app_dir):
                          text=True, timeout=60, cwd=str(app_dir))
     assert out.returncode == 1
     assert "could not start" in out.stderr
+
+
+def test_status_lines_are_written_whole(monkeypatch):
+    # Workers share the supervisor's stderr; a line written in two pieces
+    # (text, then newline) interleaves with another worker's line.
+    from pymongoose_uring._server import say
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+    recorder = Recorder()
+    monkeypatch.setattr(sys, "stderr", recorder)
+    say("serving on http://127.0.0.1:1 with 1 thread(s)")
+    say("worker 0 started (pid 1)")
+    assert recorder.writes == ["pymongoose_uring: serving on http://127.0.0.1:1 with 1 thread(s)\n",
+                               "pymongoose_uring: worker 0 started (pid 1)\n"]
