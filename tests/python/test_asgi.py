@@ -143,25 +143,32 @@ def test_streamed_response(serve_asgi):
 
 
 def test_streamed_response_arrives_before_the_end(serve_asgi):
+    # The app holds its second chunk until the client has read the first: a
+    # server that waited for the whole body would time the wait out.
+    seen_first = threading.Event()
+    released = []
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"first", "more_body": True})
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 5
+        while not seen_first.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        released.append(seen_first.is_set())
         await send({"type": "http.response.body", "body": b"second"})
 
     server = serve_asgi(app)
     c = RawClient(server.port)
-    t0 = time.monotonic()
     c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     while b"first" not in c.buf:
         c._fill()
-    assert time.monotonic() - t0 < 0.4
+    seen_first.set()
     while not c.buf.endswith(b"0\r\n\r\n"):
         c._fill()
     assert b"second" in c.buf
+    assert released == [True], "the first chunk waited for the whole body"
     c.close()
 
 

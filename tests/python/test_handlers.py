@@ -311,4 +311,6 @@ def test_deferred_replies_arrive_promptly(serve):
         jobs.put(None)
         t.join(5)
     times.sort()
-    assert times[50] < 0.02, "median deferred round trip %.1f ms" % (times[50] * 1e3)
+    # A reply that waited for the ring's next timer instead of waking it
+    # would take seconds; 50 ms leaves room for a loaded machine.
+    assert times[50] < 0.05, "median deferred round trip %.1f ms" % (times[50] * 1e3)
