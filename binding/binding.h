@@ -114,6 +114,7 @@ typedef struct pmu_state {
   PyObject *version_10, *version_11;
   PyObject *ct_json, *ct_text, *ct_html, *ct_octet; /* default Content-Type values */
   PyObject *str_get; /* "GET", same object as methods[PMU_M_GET] */
+  Py_ssize_t requests_alive; /* Request objects not yet freed (GIL held) */
 } pmu_state;
 
 extern PyModuleDef pmu_module_def;

@@ -230,11 +230,19 @@ static PyObject *status_reason(PyObject *module, PyObject *arg) {
   return PyUnicode_FromString(pmu_status_reason((int)status));
 }
 
+static PyObject *requests_alive(PyObject *module, PyObject *unused) {
+  return PyLong_FromSsize_t(((pmu_state *)PyModule_GetState(module))->requests_alive);
+}
+
 static PyMethodDef module_methods[] = {
     {"probe", probe, METH_NOARGS, probe_doc},
     {"status_reason", status_reason, METH_O, status_reason_doc},
     {"config_defaults", pmu_config_defaults, METH_NOARGS,
      "config_defaults() -> dict\n\nEvery engine knob with the engine's default value."},
+    {"requests_alive", requests_alive, METH_NOARGS,
+     "requests_alive() -> int\n\nRequest objects not yet freed, answered or not, in every "
+     "server of this interpreter:\nheld by handlers, waiting for a deferred answer, or "
+     "leaked."},
     {NULL, NULL, 0, NULL},
 };
 

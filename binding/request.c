@@ -62,6 +62,7 @@ PyObject *pmu_request_new(pmu_state *st, pmu_request_t *request, PyObject *unix_
   memset((char *)self + sizeof(PyObject), 0, sizeof(RequestObject) - sizeof(PyObject));
   PyObject_Init((PyObject *)self, st->request_type); /* increfs the heap type */
   self->st = st;
+  st->requests_alive++;
   self->live = request;
   self->view = request;
   self->unix_path = Py_XNewRef(unix_path);
@@ -312,6 +313,7 @@ static void request_dealloc(PyObject *op) {
   Py_CLEAR(self->unix_path);
   if (self->snapshot)
     PyMem_Free(self->snapshot);
+  self->st->requests_alive--;
   PyObject_Free(op);
   Py_DECREF(tp);
 }

@@ -412,6 +412,8 @@ class WSGIHandler:
                 handle(request)
             except BaseException:  # pragma: no cover - _handle answers everything itself
                 log.exception("WSGI pool thread: unexpected error")
+            # An idle thread must not keep the last request (and its body) alive.
+            request = None
 
     # -- one request ---------------------------------------------------------------
 
