@@ -3,7 +3,8 @@
 Every ```python block is run in a subprocess. A block that serves forever
 (``.run()`` or a ``poll()`` loop) is started with port 8000 replaced by 0,
 asked for "/" once it says where it listens, then stopped with SIGINT; it must
-exit 0. Every other block must exit 0 by itself.
+exit 0. Every other block must exit 0 by itself, and print what the comments
+beside its print() calls say.
 """
 import http.client
 import os
@@ -41,6 +42,9 @@ def test_example_runs(index, tmp_path):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              timeout=60, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
+        # print(...)  # what it prints: the comment must be true.
+        for expected in re.findall(r"^\s*print\(.*\)\s+#\s*(.+?)\s*$", code, re.M):
+            assert expected in out.stdout, (expected, out.stdout)
         return
     code = code.replace("8000", "0")
     proc = subprocess.Popen([sys.executable, "-u", "-c", code], stdout=subprocess.PIPE,
