@@ -88,6 +88,14 @@ def _parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     g.add_argument("--log-level", default="warning",
                    choices=("debug", "info", "warning", "error", "critical"),
                    help="level of the pymongoose_uring logger (default warning)")
+    x = p.add_argument_group("behind a reverse proxy (WSGI and ASGI apps)")
+    x.add_argument("--proxy-headers", action=argparse.BooleanOptionalAction, default=True,
+                   help="take the client address and scheme from X-Forwarded-For and "
+                        "X-Forwarded-Proto when the peer is a trusted proxy (default on)")
+    x.add_argument("--forwarded-allow-ips", default=None, metavar="LIST",
+                   help="the trusted proxies: comma-separated addresses, networks "
+                        "(10.0.0.0/8), 'unix:' (peers on a Unix socket) or '*' (default "
+                        "$FORWARDED_ALLOW_IPS, else 127.0.0.1,::1)")
     w = p.add_argument_group("WSGI")
     w.add_argument("--pool-threads", "--wsgi-threads", dest="pool_threads", type=int, default=8,
                    help="Python threads that call the WSGI app (default 8)")
@@ -181,16 +189,17 @@ def _make_server(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
     if interface == "auto":
         interface = detect_interface(app)
     listen = dict(unix_path=args.unix_path, threads=args.threads)
+    proxy = dict(proxy_headers=args.proxy_headers, forwarded_allow_ips=args.forwarded_allow_ips)
     if interface == "wsgi":
         from .wsgi import WSGIServer
         return WSGIServer(app, args.host, args.port, pool_threads=args.pool_threads,
                           script_name=args.script_name, access_log=args.access_log,
-                          multiprocess=args.workers > 1, **listen, **options)
+                          multiprocess=args.workers > 1, **proxy, **listen, **options)
     if interface == "asgi":
         from .asgi import ASGIServer
         return ASGIServer(app, args.host, args.port, lifespan=args.lifespan,
                           root_path=args.root_path, loop=args.loop,
-                          access_log=args.access_log, **listen, **options)
+                          access_log=args.access_log, **proxy, **listen, **options)
     if args.access_log:
         app = _native_with_access_log(app)
     return Server(app, args.host, args.port, **listen, **options)
@@ -369,6 +378,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--workers above 1 needs TCP (a Unix socket cannot be shared by processes)")
     if args.workers > 1 and args.port == 0:
         p.error("--workers above 1 needs a fixed --port (with 0 each worker would get its own)")
+    if args.proxy_headers:
+        from ._adapter import ProxyHeaders
+        try:
+            ProxyHeaders(args.forwarded_allow_ips)
+        except ValueError as exc:
+            p.error(str(exc))
     options = _engine_options(args, defaults)
     _setup_logging(args)
     if args.workers > 1:

@@ -1,19 +1,22 @@
 """What the WSGI and ASGI adapters share: a server wrapper with start/stop hooks,
-the access log, and telling apart native, WSGI and ASGI applications.
+the access log, the proxy headers, and telling apart native, WSGI and ASGI
+applications.
 
-Nothing here is on the per-request path except :func:`log_access`, which only
-runs when access logging was asked for.
+On the per-request path: :class:`ProxyHeaders` (when the peer is a trusted
+proxy) and :func:`log_access` (when access logging was asked for).
 """
 
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import logging
-from typing import Any, Callable, Dict, Optional
+import os
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from ._server import Server
 
-__all__ = ["AdapterServer", "detect_interface", "access_log"]
+__all__ = ["AdapterServer", "ProxyHeaders", "detect_interface", "access_log"]
 
 log = logging.getLogger("pymongoose_uring")
 access_log = logging.getLogger("pymongoose_uring.access")
@@ -42,6 +45,114 @@ def log_access(client: Any, method: str, target: str, version: str, status: Any,
         who = client or "-"
     access_log.info('%s - "%s %s HTTP/%s" %s %s', who, method, target, version, status,
                     "-" if length is None else length)
+
+
+# Whom X-Forwarded-* headers are believed from when nobody says: the local
+# host, as uvicorn and gunicorn do. The FORWARDED_ALLOW_IPS environment
+# variable (their name for it) overrides it.
+DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1"
+
+
+class ProxyHeaders:
+    """Who the client is, and over which scheme it came, when a reverse proxy
+    (nginx, a load balancer) stands in front of the server.
+
+    ``trusted`` lists the proxies whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` headers are believed: addresses, networks
+    (``10.0.0.0/8``), ``unix:`` for peers on a Unix socket, ``*`` for
+    everyone; a comma-separated string or a list. ``None`` takes the
+    ``FORWARDED_ALLOW_IPS`` environment variable, else
+    :data:`DEFAULT_FORWARDED_ALLOW_IPS`. Headers from any other peer are
+    ignored: anyone can send them.
+
+    The client is the rightmost address of ``X-Forwarded-For`` that is not a
+    trusted proxy (the leftmost when all are), with port 0; the scheme is the
+    rightmost value of ``X-Forwarded-Proto`` when it is ``http`` or
+    ``https``.
+    """
+
+    __slots__ = ("trust_all", "trust_unix", "hosts", "networks", "_verdicts")
+
+    def __init__(self, trusted: Union[str, Iterable[str], None] = None) -> None:
+        if trusted is None:
+            trusted = os.environ.get("FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS)
+        items = trusted.split(",") if isinstance(trusted, str) else list(trusted)
+        self.trust_all = False
+        self.trust_unix = False
+        self.hosts: set = set()
+        self.networks: List[Any] = []
+        for item in (str(i).strip() for i in items):
+            if not item:
+                continue
+            if item == "*":
+                self.trust_all = True
+            elif item == "unix:":
+                self.trust_unix = True
+            elif "/" in item:
+                try:
+                    self.networks.append(ipaddress.ip_network(item, strict=False))
+                except ValueError:
+                    raise ValueError(f"forwarded_allow_ips: {item!r} is not a network") from None
+            else:
+                try:
+                    self.hosts.add(str(ipaddress.ip_address(item)))
+                except ValueError:
+                    raise ValueError(f"forwarded_allow_ips: {item!r} is not an IP address, a "
+                                     "network, 'unix:' or '*'") from None
+        self._verdicts: Dict[str, bool] = {}  # host -> in a trusted network
+
+    def trusts_host(self, host: str) -> bool:
+        if self.trust_all or host in self.hosts:
+            return True
+        if not self.networks:
+            return False
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                verdict = False
+            else:
+                verdict = any(address in network for network in self.networks)
+            if len(self._verdicts) < 4096:
+                self._verdicts[host] = verdict
+        return verdict
+
+    def trusts(self, peer: Optional[Tuple[str, int]]) -> bool:
+        """Whether the connection's peer (``request.client``; None on a Unix
+        socket) is a trusted proxy."""
+        if peer is None:
+            return self.trust_all or self.trust_unix
+        return self.trusts_host(peer[0])
+
+    def client(self, forwarded_for: str,
+               peer: Optional[Tuple[str, int]]) -> Optional[Tuple[str, int]]:
+        """The client an ``X-Forwarded-For`` value names (from a trusted peer)."""
+        hosts = [h for h in (part.strip() for part in forwarded_for.split(",")) if h]
+        if not hosts:
+            return peer
+        for host in reversed(hosts):
+            if not self.trusts_host(host):
+                return (host, 0)
+        return (hosts[0], 0)
+
+    @staticmethod
+    def scheme(forwarded_proto: str, scheme: str) -> str:
+        """The scheme an ``X-Forwarded-Proto`` value names (from a trusted peer)."""
+        proto = forwarded_proto.rpartition(",")[2].strip().lower()
+        return proto if proto in ("http", "https") else scheme
+
+
+def trusted_proxies(enabled: bool, trusted: Union[str, Iterable[str], None]
+                  ) -> Optional[ProxyHeaders]:
+    """The adapters' proxy_headers/forwarded_allow_ips options as one object,
+    or None when the headers are not to be read."""
+    if not enabled:
+        return None
+    proxies = ProxyHeaders(trusted)
+    if not (proxies.trust_all or proxies.trust_unix or proxies.hosts or proxies.networks):
+        return None
+    return proxies
 
 
 class AdapterServer:

@@ -23,7 +23,9 @@ other thread hop.
 - ``scope``: type, asgi (version 3.0, spec_version 2.4), http_version,
   method, scheme, path (percent-decoded), raw_path, query_string, root_path,
   headers (lower-cased names, bytes), client, server, state (a copy of what
-  the lifespan startup stored).
+  the lifespan startup stored). Behind a trusted proxy (``forwarded_allow_ips``,
+  default the local host), client and scheme come from its ``X-Forwarded-For``
+  and ``X-Forwarded-Proto`` headers (``proxy_headers=False``: never).
 - ``receive()``: ``http.request`` messages with the body (in pieces when the
   server streams large bodies), then ``http.disconnect`` once the client
   leaves or the response is complete.
@@ -43,10 +45,10 @@ import collections
 import concurrent.futures
 import logging
 import threading
-from typing import Any, Awaitable, Callable, Dict, Optional, Set
+from typing import Any, Awaitable, Callable, Dict, Optional, Set, Tuple
 
 from . import _native
-from ._adapter import AdapterServer, log_access
+from ._adapter import AdapterServer, log_access, trusted_proxies
 from ._native import Response
 
 __all__ = ["ASGIHandler", "ASGIServer", "serve", "new_event_loop"]
@@ -86,7 +88,7 @@ class _Cycle:
     """One request's receive() and send()."""
 
     __slots__ = ("request", "handler", "status", "headers", "started", "streaming", "done",
-                 "body_done", "gone", "waiter", "watching")
+                 "body_done", "gone", "waiter", "watching", "client")
 
     def __init__(self, request: Any, handler: "ASGIHandler") -> None:
         self.request = request
@@ -98,6 +100,7 @@ class _Cycle:
         self.done = False       # the response is complete
         self.body_done = False  # the last http.request message was given
         self.gone = False       # the client left
+        self.client: Any = None  # scope["client"]
         self.waiter: Optional["asyncio.Future[None]"] = None
         self.watching = False
 
@@ -184,7 +187,7 @@ class _Cycle:
                 request.end()
                 self._wake()
                 if self.handler.access_log:
-                    self.handler._log(request, self.status)
+                    self.handler._log(request, self.client, self.status)
             return
         if kind == "http.response.trailers":
             return  # trailers are not sent (not announced in the scope)
@@ -277,7 +280,8 @@ class ASGIHandler:
     """
 
     def __init__(self, app: ASGIApp, *, lifespan: str = "auto", root_path: str = "",
-                 loop: Any = "auto", scheme: str = "http", access_log: bool = False) -> None:
+                 loop: Any = "auto", scheme: str = "http", access_log: bool = False,
+                 proxy_headers: bool = True, forwarded_allow_ips: Any = None) -> None:
         if not callable(app):
             raise TypeError("app must be an ASGI 3 callable app(scope, receive, send)")
         if lifespan not in ("auto", "on", "off"):
@@ -287,6 +291,7 @@ class ASGIHandler:
         self.root_path = root_path.rstrip("/")
         self.scheme = scheme
         self.access_log = access_log
+        self.proxies = trusted_proxies(proxy_headers, forwarded_allow_ips)
         self.state: Dict[str, Any] = {}
         self._loop_kind = loop if isinstance(loop, str) else None
         self.loop: Optional[asyncio.AbstractEventLoop] = (
@@ -419,13 +424,18 @@ class ASGIHandler:
         server = request.server
         if type(server) is str:
             server = (server, None)
+        client = request.client
+        scheme = self.scheme
+        proxies = self.proxies
+        if proxies is not None and proxies.trusts(client):
+            client, scheme = self._forwarded(headers, client, scheme)
         scope = {
             "type": "http",
             "asgi": self._asgi,
             "http_version": request.http_version,
             "server": server,
-            "client": request.client,
-            "scheme": self.scheme,
+            "client": client,
+            "scheme": scheme,
             "method": request.method,
             "root_path": self.root_path,
             "path": request.path,
@@ -437,11 +447,29 @@ class ASGIHandler:
             scope["state"] = self.state.copy()
         return scope
 
+    def _forwarded(self, headers: Any, client: Any, scheme: str) -> Tuple[Any, str]:
+        """Client and scheme from a trusted proxy's X-Forwarded-* headers."""
+        forwarded_for = forwarded_proto = None
+        for name, value in headers:
+            if name[:12] == b"x-forwarded-":
+                if name == b"x-forwarded-for":
+                    forwarded_for = value if forwarded_for is None else (
+                        forwarded_for + b"," + value)
+                elif name == b"x-forwarded-proto":
+                    forwarded_proto = value
+        if forwarded_for is not None:
+            client = self.proxies.client(forwarded_for.decode("latin-1"), client)
+        if forwarded_proto is not None:
+            scheme = self.proxies.scheme(forwarded_proto.decode("latin-1"), scheme)
+        return client, scheme
+
     async def handle(self, request: Any) -> None:
         """The engine handler: run the app for one request (on the loop)."""
         cycle = _Cycle(request, self)
         try:
-            await self.app(self.scope(request), cycle.receive, cycle.send)
+            scope = self.scope(request)
+            cycle.client = scope["client"]  # for the access log: behind a proxy, its client
+            await self.app(scope, cycle.receive, cycle.send)
         except BaseException as exc:
             self._failed(request, cycle, exc)
             if not isinstance(exc, Exception):
@@ -465,10 +493,10 @@ class ASGIHandler:
     def _answered(self, request: Any, cycle: _Cycle, body: Any) -> None:
         request.reply(Response(body, cycle.status, cycle.headers, None))
         if self.access_log:
-            self._log(request, cycle.status)
+            self._log(request, cycle.client, cycle.status)
 
-    def _log(self, request: Any, status: int) -> None:
-        log_access(request.client, request.method, request.target, request.http_version,
+    def _log(self, request: Any, client: Any, status: int) -> None:
+        log_access(client, request.method, request.target, request.http_version,
                    status, None)
 
     def _failed(self, request: Any, cycle: _Cycle, exc: BaseException) -> None:
@@ -504,10 +532,12 @@ class ASGIServer(AdapterServer):
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, *,
                  lifespan: str = "auto", root_path: str = "", loop: Any = "auto",
-                 scheme: str = "http", access_log: bool = False,
-                 **server_options: Any) -> None:
+                 scheme: str = "http", access_log: bool = False, proxy_headers: bool = True,
+                 forwarded_allow_ips: Any = None, **server_options: Any) -> None:
         self.handler = ASGIHandler(app, lifespan=lifespan, root_path=root_path, loop=loop,
-                                   scheme=scheme, access_log=access_log)
+                                   scheme=scheme, access_log=access_log,
+                                   proxy_headers=proxy_headers,
+                                   forwarded_allow_ips=forwarded_allow_ips)
         super().__init__(self.handler, host, port, server_options)
 
     def _before_start(self) -> None:

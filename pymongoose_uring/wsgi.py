@@ -28,7 +28,10 @@ The environ is complete: ``REQUEST_METHOD``, ``SCRIPT_NAME``, ``PATH_INFO``
 "_" are dropped, as gunicorn and nginx do, so they cannot pose as others),
 ``wsgi.input`` (streams the body when the server streams large bodies,
 ``wsgi.input_terminated`` is true), ``wsgi.errors``, ``wsgi.file_wrapper``,
-``wsgi.multithread`` and the rest.
+``wsgi.multithread`` and the rest. Behind a trusted proxy (``forwarded_allow_ips``,
+default the local host), ``REMOTE_ADDR`` and ``wsgi.url_scheme`` come from its
+``X-Forwarded-For`` and ``X-Forwarded-Proto`` headers (``proxy_headers=False``:
+never).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
-from ._adapter import AdapterServer, log_access
+from ._adapter import AdapterServer, log_access, trusted_proxies
 from ._native import Response
 
 __all__ = ["WSGIHandler", "WSGIServer", "FileWrapper", "serve"]
@@ -297,7 +300,8 @@ class WSGIHandler:
 
     def __init__(self, app: Callable[..., Any], *, pool_threads: int = 8,
                  url_scheme: str = "http", script_name: str = "", errors: Any = None,
-                 multiprocess: bool = False, access_log: bool = False) -> None:
+                 multiprocess: bool = False, access_log: bool = False,
+                 proxy_headers: bool = True, forwarded_allow_ips: Any = None) -> None:
         if not callable(app):
             raise TypeError("app must be a WSGI callable app(environ, start_response)")
         if pool_threads < 1:
@@ -305,6 +309,7 @@ class WSGIHandler:
         self.app = app
         self.pool_threads = pool_threads
         self.access_log = access_log
+        self.proxies = trusted_proxies(proxy_headers, forwarded_allow_ips)
         self.script_name = script_name.rstrip("/")
         self._base: Dict[str, Any] = {
             "wsgi.version": (1, 0),
@@ -470,6 +475,15 @@ class WSGIHandler:
                 env[key] = value
             else:
                 env[key] = old + ("; " if key == "HTTP_COOKIE" else ", ") + value
+        proxies = self.proxies
+        if proxies is not None and proxies.trusts(client):
+            forwarded_for = env.get("HTTP_X_FORWARDED_FOR")
+            if forwarded_for is not None:
+                client = proxies.client(forwarded_for, client)
+                env["REMOTE_ADDR"], env["REMOTE_PORT"] = client[0], str(client[1])
+            forwarded_proto = env.get("HTTP_X_FORWARDED_PROTO")
+            if forwarded_proto is not None:
+                env["wsgi.url_scheme"] = proxies.scheme(forwarded_proto, env["wsgi.url_scheme"])
         if request.body_streaming:
             env["wsgi.input"] = _StreamInput(request)
         else:
@@ -504,7 +518,10 @@ class WSGIHandler:
                 except Exception:
                     log.exception("the WSGI app's close() raised")
         if self.access_log:
-            log_access(request.client, environ["REQUEST_METHOD"], environ["RAW_URI"],
+            # REMOTE_ADDR: behind a trusted proxy, its client.
+            client = ((environ["REMOTE_ADDR"], environ["REMOTE_PORT"])
+                      if environ.get("REMOTE_ADDR") and "REMOTE_PORT" in environ else None)
+            log_access(client, environ["REQUEST_METHOD"], environ["RAW_URI"],
                        request.http_version, status if status is not None else 500, None)
 
     def _respond(self, request: Any, sr: _StartResponse, result: Any,
@@ -598,10 +615,13 @@ class WSGIServer(AdapterServer):
     def __init__(self, app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *,
                  pool_threads: int = 8, url_scheme: str = "http", script_name: str = "",
                  errors: Any = None, multiprocess: bool = False, access_log: bool = False,
+                 proxy_headers: bool = True, forwarded_allow_ips: Any = None,
                  **server_options: Any) -> None:
         self.handler = WSGIHandler(app, pool_threads=pool_threads, url_scheme=url_scheme,
                                    script_name=script_name, errors=errors,
-                                   multiprocess=multiprocess, access_log=access_log)
+                                   multiprocess=multiprocess, access_log=access_log,
+                                   proxy_headers=proxy_headers,
+                                   forwarded_allow_ips=forwarded_allow_ips)
         super().__init__(self.handler, host, port, server_options)
 
     def _before_start(self) -> None:
