@@ -86,6 +86,7 @@ static const field fields[] = {
     FIELD(host, F_STR),
     FIELD(port, F_PORT),
     FIELD(unix_path, F_STR),
+    FIELD(listen_fd, F_INT),
     FIELD(backlog, F_INT),
     FIELD(threads, F_UINT),
     FIELD(ring_entries, F_UINT),

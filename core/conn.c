@@ -127,13 +127,25 @@ void pmu__conn_timer_update(pmu__conn_t *c) {
     kind = TIMER_BODY; /* the client owes bytes */
   else if (c->pending > 0)
     kind = TIMER_NONE; /* the handler owes an answer: its business */
+  else if (c->pstate == PS_IDLE && c->loop->stopping)
+    kind = TIMER_STOP_GRACE; /* a request may be on its way: served if it comes soon */
   else if (c->pstate == PS_HEADERS || !c->served)
     kind = TIMER_HEADER;
   else
     kind = TIMER_IDLE;
 
-  if (c->loop->stopping && c->pending == 0 && !c->send_inflight &&
-      (c->pstate == PS_IDLE || kind == TIMER_IDLE || c->lingering)) {
+  /* Stopping: a keep-alive connection quiet for longer than the grace is
+   * closed now (a browser's idle one); a busy client's next request is
+   * probably on its way, and gets the grace. */
+  if (kind == TIMER_STOP_GRACE && c->served && c->timer_kind == TIMER_IDLE) {
+    const pmu__loop_t *loop = c->loop;
+    uint64_t idle_since = c->deadline - loop->timeout_ms[TIMER_IDLE];
+    if (loop->now_ms - idle_since >= loop->timeout_ms[TIMER_STOP_GRACE]) {
+      pmu__conn_close(c);
+      return;
+    }
+  }
+  if (c->loop->stopping && c->pending == 0 && !c->send_inflight && c->lingering) {
     pmu__conn_close(c);
     return;
   }

@@ -139,6 +139,7 @@ enum pmu__timer_kind {
   TIMER_IDLE,
   TIMER_SEND,
   TIMER_LINGER,
+  TIMER_STOP_GRACE, /* stopping, between requests: a short wait for one on its way */
   TIMER_KINDS
 };
 
@@ -273,7 +274,8 @@ struct pmu_server {
   unsigned nloops;
   pmu__loop_t *loops;
   uint16_t port;
-  int shared_listen_fd; /* the Unix socket shared by every loop, or -1 */
+  int shared_listen_fd; /* the Unix socket or given listener every loop shares, or -1 */
+  int given_listener;   /* shared_listen_fd is a duplicate of config.listen_fd */
   struct sockaddr_storage bound;
   socklen_t bound_len;
   int wildcard; /* listening on 0.0.0.0 / :: */

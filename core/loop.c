@@ -79,10 +79,12 @@ void pmu__loop_dispatch(pmu__loop_t *loop) {
 
 /* Stopping: once the accept is gone, close this loop's listener so that new
  * connections are refused at once. A listener shared by all loops (a Unix
- * socket) is shut down instead and closed when the threads are joined. */
+ * socket) is shut down instead and closed when the threads are joined. A
+ * given listener (config.listen_fd) is left as it is: its waiting
+ * connections belong to whoever else holds it. */
 static void close_listener(pmu__loop_t *loop) {
   pmu_server_t *s = loop->server;
-  if (loop->listen_fd < 0)
+  if (loop->listen_fd < 0 || s->given_listener)
     return;
   if (loop->listen_fd == s->shared_listen_fd) {
     shutdown(loop->listen_fd, SHUT_RDWR);
@@ -102,10 +104,8 @@ static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   if (cqe->res < 0)
     return; /* ECANCELED at stop; EMFILE and friends: try again next turn */
   int fd = cqe->res;
-  if (loop->stopping) {
-    close(fd);
-    return;
-  }
+  /* Accepted while stopping (the accept was not cancelled yet): the client
+   * has sent or is sending its request, so it is served like the others. */
   unsigned open = atomic_fetch_add(&s->open_conns, 1);
   int over = open >= s->cfg.max_connections;
   if (over)
@@ -467,6 +467,11 @@ void *pmu__loop_main(void *arg) {
   loop->timeout_ms[TIMER_IDLE] = cfg->keepalive_timeout_ms;
   loop->timeout_ms[TIMER_SEND] = cfg->send_timeout_ms;
   loop->timeout_ms[TIMER_LINGER] = 2000;
+  /* Stopping, a connection between requests (just accepted, or kept alive)
+   * may have its next request on the way: it is served with Connection:
+   * close, unless the connection stays silent this long. */
+  loop->timeout_ms[TIMER_STOP_GRACE] =
+      cfg->header_timeout_ms && cfg->header_timeout_ms < 1000 ? cfg->header_timeout_ms : 1000;
   pmu__date_refresh(loop, time(NULL));
 
   int rc = pmu__ring_setup(&loop->ring, cfg, &loop->info);

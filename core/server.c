@@ -23,6 +23,7 @@ void pmu_config_init(pmu_config_t *c) {
   c->host = "127.0.0.1";
   c->port = 8000;
   c->backlog = 4096;
+  c->listen_fd = -1;
   c->threads = 1;
   c->ring_entries = 1024;
   c->cq_entries = 0; /* 8 * ring_entries, resolved at start */
@@ -112,6 +113,23 @@ static int config_resolve(pmu_server_t *s) {
 }
 
 /* Resolve host:port into *ss. Returns 0 or -errno with the error set. */
+/* Listening on 0.0.0.0 or ::: each connection's local address is asked for. */
+static int is_wildcard(const struct sockaddr_storage *ss) {
+  if (ss->ss_family == AF_INET)
+    return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+  if (ss->ss_family == AF_INET6)
+    return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+  return 0;
+}
+
+static uint16_t port_of(const struct sockaddr_storage *ss) {
+  if (ss->ss_family == AF_INET6)
+    return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+  if (ss->ss_family == AF_INET)
+    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+  return 0;
+}
+
 static int resolve(pmu_server_t *s, struct sockaddr_storage *ss, socklen_t *len) {
   struct addrinfo hints, *res = NULL;
   memset(&hints, 0, sizeof hints);
@@ -129,10 +147,7 @@ static int resolve(pmu_server_t *s, struct sockaddr_storage *ss, socklen_t *len)
   memcpy(ss, res->ai_addr, res->ai_addrlen);
   *len = res->ai_addrlen;
   freeaddrinfo(res);
-  if (ss->ss_family == AF_INET)
-    s->wildcard = ((struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
-  else if (ss->ss_family == AF_INET6)
-    s->wildcard = IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)ss)->sin6_addr);
+  s->wildcard = is_wildcard(ss);
   return 0;
 }
 
@@ -186,8 +201,58 @@ static int unix_listener(pmu_server_t *s) {
   return fd;
 }
 
+/* A listening socket the caller gave (config.listen_fd), shared by every
+ * loop. The engine works on its own duplicate, which it closes at the end;
+ * it never shuts the socket down, so other processes holding it (a
+ * supervisor, the next worker) keep its queue of waiting connections. */
+static int given_listener(pmu_server_t *s) {
+  int fd = s->cfg.listen_fd, listening = 0, type = 0;
+  socklen_t n = sizeof listening;
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) < 0) {
+    int err = -errno;
+    pmu__set_error(s, "listen_fd %d: %s", fd, strerror(-err));
+    return err;
+  }
+  n = sizeof type;
+  if (!listening || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n) < 0 ||
+      type != SOCK_STREAM) {
+    pmu__set_error(s, "listen_fd %d is not a listening stream socket (call listen() on it)", fd);
+    return -EINVAL;
+  }
+  s->bound_len = sizeof s->bound;
+  if (getsockname(fd, (struct sockaddr *)&s->bound, &s->bound_len) < 0) {
+    int err = -errno;
+    pmu__set_error(s, "listen_fd %d: %s", fd, strerror(-err));
+    return err;
+  }
+  if (s->bound.ss_family != AF_INET && s->bound.ss_family != AF_INET6 &&
+      s->bound.ss_family != AF_UNIX) {
+    pmu__set_error(s, "listen_fd %d is neither a TCP nor a Unix socket", fd);
+    return -EINVAL;
+  }
+  int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) {
+    int err = -errno;
+    pmu__set_error(s, "listen_fd %d: %s", fd, strerror(-err));
+    return err;
+  }
+  if (s->bound.ss_family != AF_UNIX) {
+    int one = 1; /* accepted sockets inherit it */
+    setsockopt(dup, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  s->wildcard = is_wildcard(&s->bound);
+  s->port = port_of(&s->bound);
+  s->given_listener = 1;
+  s->shared_listen_fd = dup;
+  for (unsigned i = 0; i < s->nloops; i++)
+    s->loops[i].listen_fd = dup;
+  return 0;
+}
+
 /* Open every loop's listener. Returns 0 or -errno with the error set. */
 static int open_listeners(pmu_server_t *s) {
+  if (s->cfg.listen_fd >= 0)
+    return given_listener(s);
   if (s->unix_path) {
     int fd = unix_listener(s);
     if (fd < 0)
@@ -210,10 +275,7 @@ static int open_listeners(pmu_server_t *s) {
     if (i == 0) {
       /* With port 0 the kernel picked one; the other loops share it. */
       getsockname(fd, (struct sockaddr *)&s->bound, &s->bound_len);
-      uint16_t port = s->bound.ss_family == AF_INET6
-                          ? ntohs(((struct sockaddr_in6 *)&s->bound)->sin6_port)
-                          : ntohs(((struct sockaddr_in *)&s->bound)->sin_port);
-      s->port = port;
+      s->port = port_of(&s->bound);
     }
   }
   return 0;
@@ -275,7 +337,7 @@ static void close_listeners(pmu_server_t *s) {
   }
   if (s->shared_listen_fd >= 0) {
     close(s->shared_listen_fd);
-    if (s->unix_path)
+    if (s->unix_path && !s->given_listener)
       unlink(s->unix_path);
     s->shared_listen_fd = -1;
   }

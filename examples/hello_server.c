@@ -88,7 +88,7 @@ static void print_stats(const pmu_server_t *server) {
   X(sqpoll_idle_ms) X(registered_files) X(send_zc_threshold) X(batch_max)                   \
   X(max_header_bytes) X(max_headers) X(max_url_bytes) X(max_body_bytes) X(max_connections)  \
   X(max_pipelined) X(output_high_water) X(header_timeout_ms) X(keepalive_timeout_ms)        \
-  X(body_timeout_ms) X(send_timeout_ms) X(shutdown_timeout_ms) X(backlog)
+  X(body_timeout_ms) X(send_timeout_ms) X(shutdown_timeout_ms) X(backlog) X(listen_fd)
 
 static void knobs_from_env(pmu_config_t *c) {
   char name[64];

@@ -143,6 +143,10 @@ typedef struct pmu_config {
   const char *host;      /* "127.0.0.1"; "::" or "::1" for IPv6 */
   uint16_t port;         /* 8000; 0 picks a free port (see pmu_server_port) */
   const char *unix_path; /* NULL */
+  int listen_fd;         /* -1; else serve on this listening TCP or Unix socket (from a
+                            supervisor, systemd, ...), wins over the others: the engine
+                            accepts on a duplicate with every thread and never shuts the
+                            socket down, so whoever else holds it keeps its queue */
   int backlog;           /* 4096 */
   unsigned threads;      /* 1 */
 

@@ -1,7 +1,10 @@
 /*
  * test_shutdown: pmu_server_stop is graceful. In-flight requests still get
- * their responses (with Connection: close), idle connections are closed, new
- * connections are refused, pmu_server_wait returns; past shutdown_timeout_ms
+ * their responses (with Connection: close); a connection between requests
+ * (just accepted, or kept alive and busy within the last second) gets a second
+ * to send one, which is answered with Connection: close, then it is closed; a
+ * keep-alive connection quiet for longer is closed at once; new connections
+ * are refused, pmu_server_wait returns; past shutdown_timeout_ms
  * unanswered connections are closed and the server exits anyway; answers
  * that come after destroy are safe; no file descriptor outlives destroy.
  */
@@ -74,13 +77,23 @@ int main(void) {
     int64_t t0 = t_now_ms();
     pmu_server_stop(server->pmu);
 
+    /* Between requests: its next request, sent just after the stop, is
+     * still answered (with Connection: close), then it is closed. */
+    t_sleep_ms(20);
+    t_send_str(idle, "GET /next HTTP/1.1\r\nHost: s\r\n\r\n");
+    t_expect_response(idle, &r);
+    T_ASSERT_INT_EQ(r.status, 200);
+    T_ASSERT_FIELD(&r, "path", "/next");
+    const char *closing = t_header(&r, "Connection");
+    T_ASSERT_MSG(closing && strcasecmp(closing, "close") == 0,
+                 "answer during stop has Connection: %s", closing ? closing : "(absent)");
+    t_response_free(&r);
     t_expect_closed(idle, 1000);
     int64_t idle_closed = t_now_ms() - t0;
-    T_ASSERT_MSG(idle_closed < 290, "idle connection closed only after %lld ms, with the "
-                 "in-flight ones", (long long)idle_closed);
+    T_ASSERT_MSG(idle_closed < 290, "keep-alive connection closed only after %lld ms, with "
+                 "the in-flight ones", (long long)idle_closed);
     t_conn_close(idle);
 
-    t_sleep_ms(20);
     expect_refused(server);
 
     for (int i = 0; i < 3; i++) {
@@ -101,6 +114,56 @@ int main(void) {
                  (long long)stopped);
     t_server_destroy(server);
     T_ASSERT_INT_EQ(t_count_fds(), fds_before);
+  }
+
+  t_case("stop: a connection accepted before the stop whose request comes after is served; "
+         "a silent one waits a second, a recently busy keep-alive one too, a quiet one not");
+  {
+    pmu_config_t config;
+    t_config_init(&config);
+    t_server_t *server = t_server_start(&config);
+    t_conn_t *fresh = t_connect(server);
+    t_conn_t *silent = t_connect(server);
+    t_conn_t *kept = t_connect(server);
+    t_send_str(kept, "GET /kept HTTP/1.1\r\nHost: s\r\n\r\n");
+    t_response_t r;
+    t_expect_response(kept, &r);
+    t_response_free(&r);
+    t_conn_t *quiet = t_connect(server);
+    t_send_str(quiet, "GET /quiet HTTP/1.1\r\nHost: s\r\n\r\n");
+    t_expect_response(quiet, &r);
+    t_response_free(&r);
+    t_sleep_ms(1100); /* quiet for longer than the grace */
+    t_send_str(kept, "GET /kept HTTP/1.1\r\nHost: s\r\n\r\n");
+    t_expect_response(kept, &r); /* kept was busy just now */
+    t_response_free(&r);
+    t_sleep_ms(50); /* all accepted */
+    int64_t t0 = t_now_ms();
+    pmu_server_stop(server->pmu);
+    t_expect_closed(quiet, 200); /* a keep-alive connection quiet for long: closed at once */
+    t_conn_close(quiet);
+    t_sleep_ms(20);
+    t_send_str(fresh, "GET /late HTTP/1.1\r\nHost: s\r\n\r\n");
+    t_expect_response(fresh, &r);
+    T_ASSERT_INT_EQ(r.status, 200);
+    T_ASSERT_FIELD(&r, "path", "/late");
+    const char *connection = t_header(&r, "Connection");
+    T_ASSERT_MSG(connection && strcasecmp(connection, "close") == 0,
+                 "answer during stop has Connection: %s", connection ? connection : "(absent)");
+    t_response_free(&r);
+    t_expect_closed(fresh, 1000);
+    t_conn_close(fresh);
+    /* The one that never speaks is closed after a short wait, not the
+     * whole header timeout (10 s by default). */
+    t_expect_closed(silent, 3000);
+    int64_t closed = t_now_ms() - t0;
+    T_ASSERT_MSG(closed >= 800 && closed < 2500, "silent connection closed after %lld ms",
+                 (long long)closed);
+    t_conn_close(silent);
+    t_expect_closed(kept, 1000);
+    t_conn_close(kept);
+    T_ASSERT_INT_EQ(pmu_server_wait(server->pmu, 3000), 0);
+    t_server_destroy(server);
   }
 
   t_case("stop deadline: a request unanswered past shutdown_timeout_ms is cut, server exits");
