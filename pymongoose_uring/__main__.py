@@ -20,8 +20,12 @@ import importlib
 import json
 import logging
 import os
+import random
 import signal
+import socket
+import stat
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -30,8 +34,10 @@ from ._server import say
 # Exit status of a worker that could not load its app or bind: the
 # supervisor stops instead of restarting it forever.
 EXIT_BOOT_FAILED = 3
+# Exit status of a worker that served its --max-requests: replaced at once.
+EXIT_RECYCLED = 4
 
-_LISTEN = ("host", "port", "unix_path", "threads")
+_LISTEN = ("host", "port", "unix_path", "threads", "listen_fd")
 
 
 def _load(spec: str) -> Any:
@@ -77,12 +83,23 @@ def _parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     g.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any)")
     g.add_argument("--uds", "--unix-path", dest="unix_path", default=None, metavar="PATH",
                    help="listen on this Unix socket instead of TCP")
+    g.add_argument("--fd", "--listen-fd", dest="fd", type=int, default=None, metavar="FD",
+                   help="serve on this inherited listening socket (TCP or Unix) instead of "
+                        "binding one")
     g.add_argument("--threads", type=int, default=1,
                    help="ring threads per process, one io_uring each (default 1)")
     g.add_argument("--workers", type=int, default=1,
-                   help="processes sharing the port through SO_REUSEPORT, supervised: a "
-                        "worker that dies is restarted, SIGTERM/SIGINT stop them all "
+                   help="processes, supervised: the supervisor holds the listening sockets "
+                        "(one SO_REUSEPORT socket per worker for TCP), so connections wait "
+                        "while a worker that died is restarted; SIGTERM/SIGINT stop them all "
                         "gracefully (default 1: no supervisor)")
+    g.add_argument("--max-requests", type=int, default=0, metavar="N",
+                   help="replace a worker after it served N requests (frees what a leaky app "
+                        "holds; no connection is lost; implies the supervisor; default 0: "
+                        "never)")
+    g.add_argument("--max-requests-jitter", type=int, default=0, metavar="J",
+                   help="add 0..J at random to each worker's --max-requests, so that "
+                        "workers are not replaced all at once")
     g.add_argument("--access-log", action="store_true",
                    help="log one line per request to stderr (logger pymongoose_uring.access)")
     g.add_argument("--log-level", default="warning",
@@ -188,7 +205,7 @@ def _make_server(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
     interface = args.interface
     if interface == "auto":
         interface = detect_interface(app)
-    listen = dict(unix_path=args.unix_path, threads=args.threads)
+    listen = dict(unix_path=args.unix_path, threads=args.threads, listen_fd=args.fd)
     proxy = dict(proxy_headers=args.proxy_headers, forwarded_allow_ips=args.forwarded_allow_ips)
     if interface == "wsgi":
         from .wsgi import WSGIServer
@@ -221,6 +238,7 @@ def _serve(args: argparse.Namespace, options: Dict[str, Any]) -> int:
         traceback.print_exc()
         say(f"cannot load {args.app!r}: {type(exc).__name__}: {exc}")
         return EXIT_BOOT_FAILED
+    recycled = _recycle_after(server, args) if args.max_requests else None
     try:
         server.run()
     except Error as exc:  # UnavailableError, address in use...
@@ -229,7 +247,38 @@ def _serve(args: argparse.Namespace, options: Dict[str, Any]) -> int:
     except RuntimeError as exc:  # e.g. ASGI lifespan startup failed
         say(str(exc))
         return EXIT_BOOT_FAILED
-    return 0
+    finally:
+        if recycled is not None:
+            recycled.set()  # ends the watcher
+    return EXIT_RECYCLED if recycled is not None and recycled.limit_reached else 0
+
+
+class _Recycle(threading.Event):
+    limit_reached = False
+
+
+def _recycle_after(server: Any, args: argparse.Namespace) -> _Recycle:
+    """Stop this worker gracefully (as SIGTERM does) once it has served
+    --max-requests (plus jitter) requests. Returns an event that ends the
+    watch when set."""
+    limit = args.max_requests + random.randint(0, args.max_requests_jitter)
+    done = _Recycle()
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            try:
+                served = server.stats()["requests"]
+            except RuntimeError:  # not started yet
+                continue
+            if served >= limit:
+                done.limit_reached = True
+                say(f"worker {os.environ.get('PYMONGOOSE_URING_WORKER', '0')} (pid {os.getpid()}) "
+                    f"served {served} requests (--max-requests {limit}); replacing it")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="pymongoose_uring max-requests", daemon=True).start()
+    return done
 
 
 def _die_with_parent(parent: int) -> None:
@@ -244,9 +293,54 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def _listening_sockets(args: argparse.Namespace, backlog: int) -> List[socket.socket]:
+    """The supervisor's listening sockets, made before any worker: one
+    SO_REUSEPORT socket per worker for TCP (the kernel spreads connections
+    over them), one shared Unix socket, or the inherited --fd. The
+    supervisor keeps them open, so a socket's waiting connections outlive
+    its worker and the replacement answers them."""
+    if args.fd is not None:
+        return [socket.socket(fileno=os.dup(args.fd))]
+    if args.unix_path:
+        path = args.unix_path
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # left over from an earlier run
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(backlog)
+        except OSError:
+            sock.close()
+            raise
+        return [sock]
+    infos = socket.getaddrinfo(args.host or None, args.port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sockets: List[socket.socket] = []
+    try:
+        for _ in range(args.workers):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            address = sock.getsockname()  # with port 0: the others share the one picked
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 class _Supervisor:
-    """Forks --workers processes, restarts the ones that die, stops them all
-    gracefully on SIGTERM/SIGINT (SIGKILL after the shutdown deadline)."""
+    """Forks --workers processes, restarts the ones that die (at once when
+    they were replaced for --max-requests), stops them all gracefully on
+    SIGTERM/SIGINT (SIGKILL after the shutdown deadline). It holds the
+    listening sockets the workers serve."""
 
     def __init__(self, args: argparse.Namespace, options: Dict[str, Any]) -> None:
         self.args = args
@@ -256,6 +350,7 @@ class _Supervisor:
         self.failures: Dict[int, int] = {}  # index -> quick deaths in a row
         self.stopping = False
         self.grace = (options.get("shutdown_timeout_ms") or 10000) / 1000.0 + 5.0
+        self.sockets: List[socket.socket] = []
 
     def log(self, message: str) -> None:
         say(message)
@@ -273,6 +368,11 @@ class _Supervisor:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 _die_with_parent(parent)
                 os.environ["PYMONGOOSE_URING_WORKER"] = str(index)
+                mine = self.sockets[index % len(self.sockets)]
+                for sock in self.sockets:
+                    if sock is not mine:
+                        sock.close()
+                self.args.fd = mine.fileno()
                 code = _serve(self.args, self.options)
             except BaseException:  # pragma: no cover - reported, then exit
                 import traceback
@@ -311,9 +411,31 @@ class _Supervisor:
         return dead
 
     def run(self) -> int:
+        try:
+            self.sockets = _listening_sockets(self.args, self.options.get("backlog") or 4096)
+        except OSError as exc:
+            where = self.args.unix_path or f"{self.args.host}:{self.args.port}"
+            self.log(f"cannot listen on {where}: {exc.strerror or exc}")
+            return 1
+        try:
+            return self._supervise()
+        finally:
+            for sock in self.sockets:
+                sock.close()
+            if self.args.unix_path and self.args.fd is None:
+                try:
+                    os.unlink(self.args.unix_path)
+                except OSError:
+                    pass
+
+    def _supervise(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
-        self.log(f"supervising {self.args.workers} workers (pid {os.getpid()})")
+        name = self.sockets[0].getsockname()
+        where = (f"unix:{name}" if self.sockets[0].family == socket.AF_UNIX
+                 else f"http://[{name[0]}]:{name[1]}" if ":" in name[0]
+                 else f"http://{name[0]}:{name[1]}")
+        self.log(f"supervising {self.args.workers} workers on {where} (pid {os.getpid()})")
         for i in range(self.args.workers):
             self.spawn(i)
         code = 0
@@ -328,6 +450,10 @@ class _Supervisor:
                     code = 1
                     self.on_signal(signal.SIGTERM, None)
                     break
+                if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_RECYCLED:
+                    self.failures[index] = 0
+                    self.spawn(index)  # its socket kept the connections that came meanwhile
+                    continue
                 quick = time.monotonic() - self.started.get(index, 0) < 1.0
                 self.failures[index] = self.failures.get(index, 0) + 1 if quick else 0
                 delay = min(0.1 * 2 ** self.failures[index], 5.0) if quick else 0
@@ -374,10 +500,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("--threads must be at least 1")
     if args.pool_threads < 1:
         p.error("--pool-threads must be at least 1")
-    if args.workers > 1 and args.unix_path:
-        p.error("--workers above 1 needs TCP (a Unix socket cannot be shared by processes)")
-    if args.workers > 1 and args.port == 0:
-        p.error("--workers above 1 needs a fixed --port (with 0 each worker would get its own)")
+    if args.max_requests < 0 or args.max_requests_jitter < 0:
+        p.error("--max-requests and --max-requests-jitter cannot be negative")
+    if args.fd is not None:
+        try:
+            os.fstat(args.fd)
+        except OSError as exc:
+            p.error(f"--fd {args.fd}: {exc.strerror}")
     if args.proxy_headers:
         from ._adapter import ProxyHeaders
         try:
@@ -386,7 +515,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.error(str(exc))
     options = _engine_options(args, defaults)
     _setup_logging(args)
-    if args.workers > 1:
+    if args.workers > 1 or args.max_requests:
         return _Supervisor(args, options).run()
     code = _serve(args, options)
     return 1 if code == EXIT_BOOT_FAILED else code

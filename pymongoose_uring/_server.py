@@ -216,6 +216,24 @@ def _stop_all() -> None:
             log.exception("stopping %r at exit failed", s)
 
 
+def _address_of(fd: int) -> Tuple[str, int, Optional[str]]:
+    """(host, port, unix_path) of a listening socket given by its fd."""
+    import socket
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ValueError(f"listen_fd {fd}: {exc.strerror or exc}") from None
+    try:
+        name = sock.getsockname()
+        family = sock.family
+    finally:
+        sock.detach()
+    if family == socket.AF_UNIX:
+        path = name.decode(errors="surrogateescape") if isinstance(name, bytes) else name
+        return "", 0, path or None
+    return name[0], name[1], None
+
+
 class Server:
     """An HTTP/1.1 server whose handlers are Python callables.
 
@@ -228,8 +246,10 @@ class Server:
     request to answer later with ``request.reply(...)`` from any thread.
 
     Listening: ``host`` and ``port`` (``port=0`` picks a free one, see
-    :attr:`port`), or ``unix_path`` for a Unix socket. ``threads`` ring
-    threads each run their own io_uring. Every other keyword is an engine
+    :attr:`port`), or ``unix_path`` for a Unix socket, or ``listen_fd``: a
+    listening TCP or Unix socket made elsewhere (a supervisor, systemd), whose
+    waiting connections stay in its queue when this server stops. ``threads``
+    ring threads each run their own io_uring. Every other keyword is an engine
     knob; ``None`` keeps the engine's default (see :func:`config_defaults`):
 
     - io_uring: ``ring_entries``, ``cq_entries``, ``buf_count``, ``buf_size``,
@@ -259,7 +279,7 @@ class Server:
 
     def __init__(self, app: Callable[[Any], Any], host: str = "127.0.0.1", port: int = 8000, *,
                  unix_path: Optional[str] = None, threads: int = 1,
-                 backlog: Optional[int] = None,
+                 listen_fd: Optional[int] = None, backlog: Optional[int] = None,
                  ring_entries: Optional[int] = None, cq_entries: Optional[int] = None,
                  buf_count: Optional[int] = None, buf_size: Optional[int] = None,
                  defer_taskrun: Optional[bool] = None, sqpoll: Optional[bool] = None,
@@ -282,9 +302,13 @@ class Server:
         if threads < 1:
             raise ValueError("threads must be at least 1")
         self.app = app
+        if listen_fd is not None:
+            host, port, unix_path = _address_of(listen_fd)
         self.host = host
         self._options: Dict[str, Any] = {"host": host, "port": port, "threads": threads,
                                          "unix_path": unix_path}
+        if listen_fd is not None:
+            self._options["listen_fd"] = listen_fd
         given = locals()
         for name in _ENGINE_OPTIONS:
             if given[name] is not None:
