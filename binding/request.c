@@ -1363,7 +1363,20 @@ PyDoc_STRVAR(request_doc,
              "its attributes (built on first access) and return a response, or keep it\n"
              "and call reply() later from any thread.");
 
+#if PY_VERSION_HEX < 0x030A0000
+/* Before 3.10 there is no Py_TPFLAGS_DISALLOW_INSTANTIATION: refuse here. */
+static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+  (void)args;
+  (void)kwargs;
+  PyErr_Format(PyExc_TypeError, "cannot create '%s' instances", type->tp_name);
+  return NULL;
+}
+#endif
+
 static PyType_Slot request_slots[] = {
+#if PY_VERSION_HEX < 0x030A0000
+    {Py_tp_new, request_new},
+#endif
     {Py_tp_dealloc, request_dealloc},
     {Py_tp_repr, request_repr},
     {Py_tp_getset, request_getset},
@@ -1373,7 +1386,7 @@ static PyType_Slot request_slots[] = {
 };
 
 #ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
-#define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
+#define Py_TPFLAGS_DISALLOW_INSTANTIATION 0 /* request_new refuses instead */
 #endif
 
 PyType_Spec pmu_request_spec = {

@@ -64,3 +64,19 @@ if [ -d tests/python ]; then
   "$py" -m pip install -q --no-build-isolation . 
   (cd build && "$py" -m pytest -q "$root/tests/python")
 fi
+
+# --- The oldest and the newest CPython this machine has besides the main one
+# (pyenv's), so that C-API differences show here rather than at a user's.
+others=()
+for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.*/bin/python3; do
+  [ -x "$p" ] && "$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' \
+    && others+=("$("$p" -c 'import sys; print("%d.%02d" % sys.version_info[:2])') $p")
+done
+main=$("$py" -c 'import sys; print("%d.%02d" % sys.version_info[:2])')
+others=($(printf '%s\n' "${others[@]}" | grep -v "^$main " | sort | sed -n '1p;$p' | uniq \
+  | cut -d' ' -f2))
+if [ ${#others[@]} -gt 0 ]; then
+  tools/test-pythons.sh "${others[@]}"
+else
+  echo "== no other CPython found: tests ran under $("$py" --version) only"
+fi

@@ -29,6 +29,13 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "no_uring_ok: runs without io_uring")
+    # Started in the background by a shell without job control, this process
+    # ignores SIGINT, and so would the scripts the tests interrupt with it
+    # (Python turns SIGINT into KeyboardInterrupt only where it is not
+    # ignored). A handler here becomes the default again in each child.
+    import signal
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
