@@ -51,8 +51,16 @@ void pmu__loop_mark_dirty(pmu__loop_t *loop, pmu__conn_t *conn) {
   }
 }
 
+/* A listener of this loop's own (SO_REUSEPORT) takes a multishot accept. One
+ * shared with other loops or processes (a Unix socket, a given listen_fd)
+ * takes one accept at a time: the kernel wakes the first of the waiting
+ * accepts, and a multishot one never leaves the head of the queue, so one
+ * loop would take every connection; re-armed after each, a loop goes to the
+ * back of the queue and the connections go round. */
 static void arm_accept(pmu__loop_t *loop) {
-  pmu__prep_accept(&loop->ring, loop->listen_fd, PMU__UD(loop, OP_ACCEPT));
+  const pmu_server_t *s = loop->server;
+  int shared = loop->listen_fd == s->shared_listen_fd && (s->nloops > 1 || s->given_listener);
+  pmu__prep_accept(&loop->ring, loop->listen_fd, !shared, PMU__UD(loop, OP_ACCEPT));
   loop->accept_armed = 1;
 }
 

@@ -123,9 +123,12 @@ struct io_uring_sqe *pmu__get_sqe(struct io_uring *ring) {
   return io_uring_get_sqe(ring);
 }
 
-void pmu__prep_accept(struct io_uring *ring, int listen_fd, uint64_t ud) {
+void pmu__prep_accept(struct io_uring *ring, int listen_fd, int multishot, uint64_t ud) {
   struct io_uring_sqe *sqe = pmu__get_sqe(ring);
-  io_uring_prep_multishot_accept(sqe, listen_fd, NULL, NULL, SOCK_CLOEXEC);
+  if (multishot)
+    io_uring_prep_multishot_accept(sqe, listen_fd, NULL, NULL, SOCK_CLOEXEC);
+  else
+    io_uring_prep_accept(sqe, listen_fd, NULL, NULL, SOCK_CLOEXEC);
   io_uring_sqe_set_data64(sqe, ud);
 }
 

@@ -77,7 +77,7 @@ static inline void pmu__bufring_publish(pmu__bufring_t *b) {
  * unless the ring is broken. */
 struct io_uring_sqe *pmu__get_sqe(struct io_uring *ring);
 
-void pmu__prep_accept(struct io_uring *ring, int listen_fd, uint64_t ud);
+void pmu__prep_accept(struct io_uring *ring, int listen_fd, int multishot, uint64_t ud);
 void pmu__prep_recv(struct io_uring *ring, int fd, int fixed, uint16_t bgid, uint64_t ud);
 void pmu__prep_send(struct io_uring *ring, int fd, int fixed, struct msghdr *msg, int zc,
                     uint64_t ud);

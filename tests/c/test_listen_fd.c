@@ -70,6 +70,16 @@ int main(void) {
       t_conn_close(conns[i]);
     pmu_stats_t st = t_stats(s, -1);
     T_ASSERT_INT_EQ(st.requests, 48);
+    /* Both threads accept from the one socket, in turn. */
+    unsigned long long before0 = t_stats(s, 0).connections_accepted;
+    unsigned long long before1 = t_stats(s, 1).connections_accepted;
+    for (int i = 0; i < 40; i++)
+      t_get_ok(s, "/turns");
+    T_ASSERT_MSG(t_stats(s, 0).connections_accepted - before0 >= 10 &&
+                     t_stats(s, 1).connections_accepted - before1 >= 10,
+                 "accepted %llu and %llu of 40",
+                 (unsigned long long)(t_stats(s, 0).connections_accepted - before0),
+                 (unsigned long long)(t_stats(s, 1).connections_accepted - before1));
     t_server_destroy(s);
   }
 

@@ -72,7 +72,7 @@ int main(void) {
     t_server_destroy(s);
   }
 
-  t_case("two threads share one Unix socket; many connections all answered");
+  t_case("two threads share one Unix socket; connections go round both; all answered");
   {
     t_config_init(&config);
     config.unix_path = path;
@@ -82,6 +82,11 @@ int main(void) {
       t_get_ok(s, "/many");
     pmu_stats_t st2 = t_stats(s, -1);
     T_ASSERT_INT_EQ(st2.requests, 50);
+    /* One accept at a time per thread: each goes to the back of the queue. */
+    T_ASSERT_MSG(t_stats(s, 0).connections_accepted >= 10 &&
+                     t_stats(s, 1).connections_accepted >= 10,
+                 "accepted %llu and %llu", (unsigned long long)t_stats(s, 0).connections_accepted,
+                 (unsigned long long)t_stats(s, 1).connections_accepted);
     t_server_destroy(s);
   }
 
