@@ -8,9 +8,11 @@
 
 The interface is detected when --interface is omitted: an App (or handler(request))
 is native, app(environ, start_response) is WSGI, async app(scope, receive, send) is
-ASGI 3. --workers N forks N processes sharing the port (SO_REUSEPORT), each with
-its own server; the parent restarts a worker that dies and stops them all
-gracefully on SIGTERM or SIGINT. Every engine knob is an option (--ring-entries,
+ASGI 3. --workers N forks N processes, each with its own server, on listening
+sockets the parent holds (one SO_REUSEPORT socket per worker for TCP); the parent
+restarts a worker that dies, replaces them one by one on SIGHUP (new code, no
+connection refused), and stops them all gracefully on SIGTERM or SIGINT. Every
+engine knob is an option (--ring-entries,
 --buf-size, --sqpoll 1...) with the engine's default shown below.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ import stat
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from ._server import say
 
@@ -222,8 +224,9 @@ def _make_server(args: argparse.Namespace, options: Dict[str, Any]) -> Any:
     return Server(app, args.host, args.port, **listen, **options)
 
 
-def _serve(args: argparse.Namespace, options: Dict[str, Any]) -> int:
-    """Load the app and serve until SIGINT/SIGTERM (one process)."""
+def _serve(args: argparse.Namespace, options: Dict[str, Any], ready_fd: int = -1) -> int:
+    """Load the app and serve until SIGINT/SIGTERM (one process). A byte is
+    written to ready_fd (then closed) once the server accepts."""
     from . import Error
     try:
         server = _make_server(args, options)
@@ -239,6 +242,8 @@ def _serve(args: argparse.Namespace, options: Dict[str, Any]) -> int:
         say(f"cannot load {args.app!r}: {type(exc).__name__}: {exc}")
         return EXIT_BOOT_FAILED
     recycled = _recycle_after(server, args) if args.max_requests else None
+    if ready_fd >= 0:
+        _tell_when_serving(server, ready_fd)
     try:
         server.run()
     except Error as exc:  # UnavailableError, address in use...
@@ -251,6 +256,22 @@ def _serve(args: argparse.Namespace, options: Dict[str, Any]) -> int:
         if recycled is not None:
             recycled.set()  # ends the watcher
     return EXIT_RECYCLED if recycled is not None and recycled.limit_reached else 0
+
+
+def _tell_when_serving(server: Any, fd: int) -> None:
+    """Write a byte to fd once the server runs (its listener accepts), for the
+    supervisor; closing fd without it (the worker died) says it never did."""
+    def watch() -> None:
+        try:
+            deadline = time.monotonic() + 600
+            while not server.running and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if server.running:
+                os.write(fd, b"r")
+        finally:
+            os.close(fd)
+
+    threading.Thread(target=watch, name="pymongoose_uring ready", daemon=True).start()
 
 
 class _Recycle(threading.Event):
@@ -338,7 +359,9 @@ def _listening_sockets(args: argparse.Namespace, backlog: int) -> List[socket.so
 
 class _Supervisor:
     """Forks --workers processes, restarts the ones that die (at once when
-    they were replaced for --max-requests), stops them all gracefully on
+    they were replaced for --max-requests), replaces them one by one on
+    SIGHUP (each new worker serves before the old one stops, so new code is
+    loaded without refusing a connection), stops them all gracefully on
     SIGTERM/SIGINT (SIGKILL after the shutdown deadline). It holds the
     listening sockets the workers serve."""
 
@@ -349,22 +372,30 @@ class _Supervisor:
         self.started: Dict[int, float] = {}  # index -> start time
         self.failures: Dict[int, int] = {}  # index -> quick deaths in a row
         self.stopping = False
+        self.reload_requested = False
+        self.retired: Set[int] = set()  # pids replaced on SIGHUP: not restarted
+        self.ready: Dict[int, int] = {}  # pid -> read end of its "serving" pipe
         self.grace = (options.get("shutdown_timeout_ms") or 10000) / 1000.0 + 5.0
         self.sockets: List[socket.socket] = []
 
     def log(self, message: str) -> None:
         say(message)
 
-    def spawn(self, index: int) -> None:
+    def spawn(self, index: int) -> int:
         parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
+        ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
+                os.close(ready_r)
+                for fd in self.ready.values():
+                    os.close(fd)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 _die_with_parent(parent)
                 os.environ["PYMONGOOSE_URING_WORKER"] = str(index)
@@ -373,7 +404,7 @@ class _Supervisor:
                     if sock is not mine:
                         sock.close()
                 self.args.fd = mine.fileno()
-                code = _serve(self.args, self.options)
+                code = _serve(self.args, self.options, ready_w)
             except BaseException:  # pragma: no cover - reported, then exit
                 import traceback
                 traceback.print_exc()
@@ -381,9 +412,53 @@ class _Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        os.close(ready_w)
+        self.ready[pid] = ready_r
         self.children[pid] = index
         self.started[index] = time.monotonic()
         self.log(f"worker {index} started (pid {pid})")
+        return pid
+
+    def wait_serving(self, pid: int, timeout: float) -> bool:
+        """Whether worker pid says it serves within timeout (False if it died,
+        or the supervisor is stopping)."""
+        import select
+        fd = self.ready.get(pid)
+        deadline = time.monotonic() + timeout
+        while fd is not None and not self.stopping and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                return os.read(fd, 1) == b"r"
+        return False
+
+    def on_hangup(self, signum: int, frame: Any) -> None:
+        self.reload_requested = True
+
+    def reload(self) -> None:
+        """Replace every worker, one at a time: the new one serves the same
+        socket before the old one is stopped gracefully."""
+        self.reload_requested = False
+        self.log(f"SIGHUP received; replacing the {self.args.workers} workers one by one")
+        for index in range(self.args.workers):
+            old = [pid for pid, i in self.children.items() if i == index]
+            new = self.spawn(index)
+            if not self.wait_serving(new, 60):
+                if self.stopping:
+                    return
+                self.log(f"worker {index} (pid {new}) did not start serving; the reload stops "
+                         "here and the running workers stay")
+                self.retired.add(new)
+                try:
+                    os.kill(new, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                return
+            for pid in old:
+                self.retired.add(pid)
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        self.log("reload done: every worker replaced")
 
     def on_signal(self, signum: int, frame: Any) -> None:
         if not self.stopping:
@@ -406,6 +481,12 @@ class _Supervisor:
             if pid == 0:
                 break
             index = self.children.pop(pid, None)
+            fd = self.ready.pop(pid, None)
+            if fd is not None:
+                os.close(fd)
+            if pid in self.retired:
+                self.retired.discard(pid)
+                continue
             if index is not None:
                 dead.append((pid, index, status))
         return dead
@@ -431,6 +512,7 @@ class _Supervisor:
     def _supervise(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
+        signal.signal(signal.SIGHUP, self.on_hangup)
         name = self.sockets[0].getsockname()
         where = (f"unix:{name}" if self.sockets[0].family == socket.AF_UNIX
                  else f"http://[{name[0]}]:{name[1]}" if ":" in name[0]
@@ -440,6 +522,8 @@ class _Supervisor:
             self.spawn(i)
         code = 0
         while not self.stopping:
+            if self.reload_requested:
+                self.reload()
             for pid, index, status in self.reap():
                 if self.stopping:
                     break

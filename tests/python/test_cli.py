@@ -363,6 +363,85 @@ def test_max_requests_replaces_workers_without_losing_a_request(app_dir):
     assert "restarting" not in err  # a replacement is not a crash
 
 
+VERSIONED_APP = textwrap.dedent('''
+    import os
+    VERSION = open(os.path.join(os.path.dirname(__file__), "version.txt")).read().strip()
+    if VERSION == "broken":
+        raise RuntimeError("this version does not load")
+
+    def wsgi(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"%s %d" % (VERSION.encode(), os.getpid())]
+''')
+
+
+def test_sighup_replaces_the_workers_with_new_code_refusing_nothing(app_dir):
+    import threading
+    (app_dir / "versioned.py").write_text(VERSIONED_APP)
+    (app_dir / "version.txt").write_text("v1")
+    port = free_port()
+    proc = run_cli(app_dir, "versioned:wsgi", "--port", str(port), "--workers", "2")
+    lines = Lines(proc)
+    answers, failures, stop_load = [], [], threading.Event()
+
+    def load():  # a new connection each, all the time
+        while not stop_load.is_set():
+            try:
+                status, _, body, _ = request(_S(port), timeout=5)
+                answers.append(body.split())
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    try:
+        lines.wait("serving on", 2)
+        old = set(pids(lines.wait("started (pid", 2)))
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        (app_dir / "version.txt").write_text("v2")
+        proc.send_signal(signal.SIGHUP)
+        lines.wait("reload done", 1)
+        time.sleep(0.3)
+        stop_load.set()
+        for t in threads:
+            t.join(10)
+        new = set(pids(lines.wait("started (pid", 4))) - old
+        assert len(new) == 2
+        status, _, body, _ = request(_S(port))
+        version, pid = body.split()
+        assert version == b"v2" and int(pid) in new
+    finally:
+        stop_load.set()
+        err = stop_supervisor(proc, lines)
+    assert failures == [], failures[:3]
+    assert {a[0] for a in answers} == {b"v1", b"v2"}
+    assert "SIGHUP received; replacing the 2 workers one by one" in err
+    for pid in old:  # the old workers stopped
+        assert not os.path.exists("/proc/%d" % pid) or \
+            open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+
+
+def test_sighup_with_code_that_does_not_load_keeps_the_workers(app_dir):
+    (app_dir / "versioned.py").write_text(VERSIONED_APP)
+    (app_dir / "version.txt").write_text("v1")
+    port = free_port()
+    proc = run_cli(app_dir, "versioned:wsgi", "--port", str(port), "--workers", "2")
+    lines = Lines(proc)
+    try:
+        lines.wait("serving on", 2)
+        (app_dir / "version.txt").write_text("broken")
+        proc.send_signal(signal.SIGHUP)
+        lines.wait("did not start serving; the reload stops here", 1)
+        for _ in range(10):
+            status, _, body, _ = request(_S(port))
+            assert status == 200 and body.startswith(b"v1 ")
+        assert proc.poll() is None
+    finally:
+        err = stop_supervisor(proc, lines)
+    assert "reload done" not in err
+
+
 def test_fd_serves_an_inherited_socket(app_dir):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
