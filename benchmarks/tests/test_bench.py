@@ -180,3 +180,33 @@ def test_stats_delta_keeps_gauges_and_subtracts_lists():
     after = {"requests": 25, "connections_open": 3, "batch_hist": [4, 2]}
     assert sweep.stats_delta(before, after) == {
         "requests": 15, "connections_open": 3, "batch_hist": [3, 0]}
+
+
+def test_resilience_clients_count_answers_and_failures():
+    import time
+    import resilience
+
+    server = TinyServer(lambda head, body: (response(b"v7 12345", "text/plain", close=True),
+                                            True))
+    try:
+        clients = resilience.Clients(server.port, threads=1)
+        deadline = time.monotonic() + 5
+        while clients.answered < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        clients.stop()
+    finally:
+        server.close()
+    assert clients.answered >= 5 and clients.versions["v7"] == clients.answered
+    assert not clients.failed
+    # Nothing listens there: every request fails, and is counted.
+    clients = resilience.Clients(resilience.free_port(), threads=1)
+    time.sleep(0.2)
+    clients.stop()
+    assert clients.answered == 0 and sum(clients.failed.values()) > 0
+
+
+def test_resilience_refuses_unknown_scenarios():
+    import resilience
+    with pytest.raises(SystemExit) as exit:
+        resilience.main(["--scenarios", "reload,nope"])
+    assert exit.value.code == 2
