@@ -124,7 +124,8 @@ def points(dims, fixed, grid):
 
 
 def stats_delta(before, after):
-    """after - before for every numeric counter (lists element-wise); gauges as they end."""
+    """after - before for every numeric counter (lists and dicts element-wise); gauges as
+    they end."""
     out = {}
     for key, value in (after or {}).items():
         old = (before or {}).get(key)
@@ -134,6 +135,8 @@ def stats_delta(before, after):
             out[key] = value - old
         elif isinstance(value, list) and isinstance(old, list) and len(value) == len(old):
             out[key] = [a - b for a, b in zip(value, old)]
+        elif isinstance(value, dict) and isinstance(old, dict):
+            out[key] = {k: v - old.get(k, 0) for k, v in value.items()}
         else:
             out[key] = value
     return out

@@ -778,6 +778,28 @@ static PyObject *engine_stats(PyObject *op, PyObject *args, PyObject *kwargs) {
     if (r < 0)
       goto fail;
   }
+  {
+    /* {"1xx": n, ..., "5xx": n}, and "6xx".."9xx" when some were sent. */
+    PyObject *classes = PyDict_New();
+    if (classes == NULL)
+      goto fail;
+    for (int i = 1; i < PMU_STATUS_CLASSES; i++) {
+      if (i > 5 && s.status_classes[i] == 0)
+        continue;
+      char key[4] = {(char)('0' + i), 'x', 'x', 0};
+      PyObject *v = PyLong_FromUnsignedLongLong(s.status_classes[i]);
+      if (v == NULL || PyDict_SetItemString(classes, key, v) < 0) {
+        Py_XDECREF(v);
+        Py_DECREF(classes);
+        goto fail;
+      }
+      Py_DECREF(v);
+    }
+    int r = PyDict_SetItemString(d, "status_classes", classes);
+    Py_DECREF(classes);
+    if (r < 0)
+      goto fail;
+  }
   return d;
 fail:
   Py_DECREF(d);

@@ -91,6 +91,7 @@ struct pmu__req {
   pmu__req_t *qnext; /* the loop's cross-thread answer queue */
   uint8_t kind;
   uint8_t answered;    /* out holds the response */
+  uint8_t status_class; /* status / 100 of the answer serialized, counted on arrival */
   uint8_t close_after; /* close the connection once this response is sent */
   uint8_t with_handler; /* handed to the handler and not answered yet */
 

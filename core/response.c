@@ -189,6 +189,7 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
     return rc;
   }
 
+  r->status_class = (uint8_t)(status / 100); /* counted on the loop's thread */
   const char *reason = pmu_status_reason(status);
   size_t reason_len = strlen(reason);
   int no_body = status == 204 || status == 304 || r->pub.is_head;
@@ -320,6 +321,7 @@ void pmu__engine_message(pmu__req_t *r, int status, int keep_open) {
   r->pub.http_major = 1;
   r->pub.http_minor = 1;
   serialize(r, &resp, r->loop->date, 0, 0);
+  STAT_ADD(r->loop, status_classes[r->status_class], 1);
   r->answered = 1;
 }
 
@@ -331,6 +333,7 @@ void pmu__answer_arrived(pmu__req_t *r) {
     loop->outstanding--;
   }
   STAT_ADD(loop, responses, 1);
+  STAT_ADD(loop, status_classes[r->status_class], 1);
   if (!r->conn) {
     pmu__loop_bury(loop, r); /* the connection is gone */
     return;
@@ -417,6 +420,7 @@ void pmu__seg_arrived(pmu__seg_t *g) {
     r->with_handler = 0;
     r->loop->outstanding--;
     STAT_ADD(r->loop, responses, 1);
+    STAT_ADD(r->loop, status_classes[r->status_class], 1);
   }
   if (!c) {
     /* The connection is gone: drop the piece; the end releases the request. */

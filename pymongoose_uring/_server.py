@@ -460,7 +460,9 @@ class Server:
         requests, responses, bytes, connections, parse errors, timeouts,
         sends, CQEs and waits, ``batches`` and ``batch_hist`` (bucket i
         counts batches of 2**i to 2**(i+1)-1 requests), ``deferred``
-        (answers that came from other threads). After stop(), the final
+        (answers that came from other threads), ``status_classes`` (final
+        responses by class: ``{"1xx": n, "2xx": n, ..., "5xx": n}``, the
+        engine's own 400/408/413/414/431/503 included). After stop(), the final
         totals."""
         engine = self._engine
         if engine is None:

@@ -176,10 +176,13 @@ def test_sweep_points_one_at_a_time_and_grid():
 
 
 def test_stats_delta_keeps_gauges_and_subtracts_lists():
-    before = {"requests": 10, "connections_open": 5, "batch_hist": [1, 2]}
-    after = {"requests": 25, "connections_open": 3, "batch_hist": [4, 2]}
+    before = {"requests": 10, "connections_open": 5, "batch_hist": [1, 2],
+              "status_classes": {"2xx": 9, "4xx": 1}}
+    after = {"requests": 25, "connections_open": 3, "batch_hist": [4, 2],
+             "status_classes": {"2xx": 23, "4xx": 2, "7xx": 1}}
     assert sweep.stats_delta(before, after) == {
-        "requests": 15, "connections_open": 3, "batch_hist": [3, 0]}
+        "requests": 15, "connections_open": 3, "batch_hist": [3, 0],
+        "status_classes": {"2xx": 14, "4xx": 1, "7xx": 1}}
 
 
 def test_resilience_clients_count_answers_and_failures():

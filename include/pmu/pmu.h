@@ -301,6 +301,7 @@ const char *pmu_status_reason(int status);
 
 /* Batch sizes are counted in these buckets: 1, 2-3, 4-7, ..., >= 2^15. */
 #define PMU_BATCH_BUCKETS 16
+#define PMU_STATUS_CLASSES 10
 
 /* Counters of one worker thread. Read without stopping it. */
 typedef struct pmu_stats {
@@ -324,6 +325,10 @@ typedef struct pmu_stats {
   uint64_t batches;      /* handler calls */
   uint64_t batch_hist[PMU_BATCH_BUCKETS]; /* bucket i: 2^i <= size < 2^(i+1) */
   uint64_t deferred;     /* responses that came from another thread */
+  /* Final responses sent, by status / 100: [2] counts 2xx, [4] 4xx, [5] 5xx
+   * (statuses up to 999 are allowed). The engine's own answers (400, 408,
+   * 413, 414, 431, 503) count too; 100 Continue does not. */
+  uint64_t status_classes[PMU_STATUS_CLASSES];
 } pmu_stats_t;
 
 /* Copy the counters of thread `thread` (or the sum over all threads when

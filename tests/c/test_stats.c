@@ -1,8 +1,8 @@
 /*
  * test_stats: pmu_server_stats counts what happened: connections, requests,
  * responses, bytes both ways (exactly what the client sent and received),
- * handler calls and their size histogram, errors, deferred answers; and
- * batches respect batch_max.
+ * handler calls and their size histogram, errors, deferred answers, final
+ * responses by status class; and batches respect batch_max.
  */
 #include "testlib.h"
 
@@ -127,6 +127,34 @@ int main(void) {
     T_ASSERT_INT_EQ(s.parse_errors, 1);
     T_ASSERT_INT_EQ(s.deferred, 1);
     T_ASSERT_INT_EQ(s.connections_accepted, 5);
+  }
+
+  t_case("final responses are counted by status class, the engine's own 4xx included");
+  {
+    pmu_stats_t before = t_stats(server, -1);
+    t_conn_t *conn = t_connect(server);
+    const char *three = "GET /status?code=404 HTTP/1.1\r\nHost: s\r\n\r\n"
+                        "GET /status?code=302 HTTP/1.1\r\nHost: s\r\n\r\n"
+                        "GET /status?code=503 HTTP/1.1\r\nHost: s\r\n\r\n";
+    t_send_str(conn, three);
+    for (int i = 0; i < 3; i++) {
+      t_response_t r;
+      t_expect_response(conn, &r);
+      t_response_free(&r);
+    }
+    t_conn_close(conn);
+    const char *bad = "GET / HTTP/1.1\r\nHost: s\r\nBad Header: x\r\n\r\n";
+    t_expect_error_close(server, bad, strlen(bad), 400);
+    t_get_ok(server, "/");
+    pmu_stats_t s = stats_when(server, before.responses + 4, 0);
+    T_ASSERT_INT_EQ(s.status_classes[2] - before.status_classes[2], 1);
+    T_ASSERT_INT_EQ(s.status_classes[3] - before.status_classes[3], 1);
+    T_ASSERT_INT_EQ(s.status_classes[4] - before.status_classes[4], 2); /* 404, and the 400 */
+    T_ASSERT_INT_EQ(s.status_classes[5] - before.status_classes[5], 1);
+    uint64_t all = 0;
+    for (int i = 0; i < PMU_STATUS_CLASSES; i++)
+      all += s.status_classes[i];
+    T_ASSERT_INT_EQ(all, s.responses + s.parse_errors); /* every answer, once */
   }
 
   t_case("50 pipelined requests in one write reach the handler in batches, not one by one");

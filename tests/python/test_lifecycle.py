@@ -66,6 +66,29 @@ def test_context_manager_and_url():
     assert final["requests"] >= 1  # the final counters survive the stop
 
 
+def test_stats_count_responses_by_status_class(serve):
+    import logging
+    from conftest import RawClient
+    app = pmu.App()
+    app.get("/ok")(lambda req: "ok")
+    app.get("/moved")(lambda req: pmu.Response.redirect("/ok"))
+    app.get("/boom")(lambda req: 1 / 0)
+    server = serve(app)
+    logger = logging.getLogger("pymongoose_uring")
+    logger.disabled = True  # the 500's traceback
+    try:
+        for path in ("/ok", "/ok", "/moved", "/nowhere", "/boom"):
+            request(server, path=path)
+    finally:
+        logger.disabled = False
+    c = RawClient(server.port)
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")  # the engine's 400
+    assert c.read_response()[0] == 400
+    c.close()
+    classes = server.stats()["status_classes"]
+    assert classes == {"1xx": 0, "2xx": 2, "3xx": 1, "4xx": 2, "5xx": 1}
+
+
 def test_stats_probe_ring_info_and_config(serve):
     server = serve(lambda req: "x", batch_max=8, max_body_bytes=1234, server_header="srv")
     for _ in range(3):
