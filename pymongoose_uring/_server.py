@@ -345,8 +345,12 @@ class Server:
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop gracefully: stop accepting, let in-flight requests finish (at
-        most ``shutdown_timeout_ms``), then release everything. Blocks until
-        done (or ``timeout`` seconds pass: TimeoutError). Called from a
+        most ``shutdown_timeout_ms``), then release everything. A keep-alive
+        connection quiet for a second is closed at once; one just accepted or
+        busy within the last second gets up to a second to send the request
+        it may have on the way, so a stop with such clients connected takes
+        up to a second longer. Blocks until done (or ``timeout`` seconds pass:
+        TimeoutError). Called from a
         handler (or an async handler's loop), it only begins the stop and
         returns; run(), or a later stop() from another thread, completes it."""
         engine, bridge = self._engine, self._bridge
