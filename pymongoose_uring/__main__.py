@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import stat
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ._server import say
 
@@ -99,6 +100,11 @@ def _parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
                    help="replace a worker after it served N requests (frees what a leaky app "
                         "holds; no connection is lost; implies the supervisor; default 0: "
                         "never)")
+    g.add_argument("--reload", action="store_true",
+                   help="for development: replace the workers (as SIGHUP does) when a .py "
+                        "file under --reload-dir changes; implies the supervisor")
+    g.add_argument("--reload-dir", action="append", default=None, metavar="DIR",
+                   help="where --reload watches (repeatable; default: the current directory)")
     g.add_argument("--max-requests-jitter", type=int, default=0, metavar="J",
                    help="add 0..J at random to each worker's --max-requests, so that "
                         "workers are not replaced all at once")
@@ -357,6 +363,55 @@ def _listening_sockets(args: argparse.Namespace, backlog: int) -> List[socket.so
     return sockets
 
 
+class _SourceWatcher:
+    """--reload: the .py files under some folders, polled (at most every half
+    second) for a changed, added or removed file."""
+
+    SKIP = {"__pycache__", "node_modules", "build", "dist", "venv"}
+
+    def __init__(self, roots: List[str]) -> None:
+        self.roots = [os.path.abspath(r) for r in roots]
+        self.last = ""
+        self.next_poll = 0.0
+        self.seen = self._scan()
+
+    def _scan(self) -> Dict[str, Tuple[int, int]]:
+        found: Dict[str, Tuple[int, int]] = {}
+        for root in self.roots:
+            for folder, dirs, files in os.walk(root):
+                dirs[:] = [d for d in dirs if not d.startswith(".") and d not in self.SKIP]
+                for name in files:
+                    if name.endswith(".py"):
+                        path = os.path.join(folder, name)
+                        try:
+                            st = os.stat(path)
+                            found[path] = (st.st_mtime_ns, st.st_size)
+                        except OSError:
+                            pass
+        return found
+
+    def changed(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_poll:
+            return False
+        self.next_poll = now + 0.5
+        current = self._scan()
+        if current == self.seen:
+            return False
+        diff = ({p for p in current if self.seen.get(p) != current[p]}
+                | (set(self.seen) - set(current)))
+        for path in diff:
+            # A .pyc records its source's mtime in whole seconds: an edit within
+            # the same second that keeps the size would load the old code.
+            try:
+                os.unlink(importlib.util.cache_from_source(path))
+            except (OSError, ValueError, NotImplementedError):
+                pass
+        self.last = os.path.relpath(sorted(diff)[0]) if diff else "a file"
+        self.seen = current
+        return True
+
+
 class _Supervisor:
     """Forks --workers processes, restarts the ones that die (at once when
     they were replaced for --max-requests), replaces them one by one on
@@ -372,7 +427,7 @@ class _Supervisor:
         self.started: Dict[int, float] = {}  # index -> start time
         self.failures: Dict[int, int] = {}  # index -> quick deaths in a row
         self.stopping = False
-        self.reload_requested = False
+        self.reload_requested: Optional[str] = None  # why, when asked
         self.retired: Set[int] = set()  # pids replaced on SIGHUP: not restarted
         self.ready: Dict[int, int] = {}  # pid -> read end of its "serving" pipe
         self.grace = (options.get("shutdown_timeout_ms") or 10000) / 1000.0 + 5.0
@@ -431,13 +486,13 @@ class _Supervisor:
         return False
 
     def on_hangup(self, signum: int, frame: Any) -> None:
-        self.reload_requested = True
+        self.reload_requested = "SIGHUP received"
 
     def reload(self) -> None:
         """Replace every worker, one at a time: the new one serves the same
         socket before the old one is stopped gracefully."""
-        self.reload_requested = False
-        self.log(f"SIGHUP received; replacing the {self.args.workers} workers one by one")
+        why, self.reload_requested = self.reload_requested, None
+        self.log(f"{why}; replacing the {self.args.workers} workers one by one")
         for index in range(self.args.workers):
             old = [pid for pid, i in self.children.items() if i == index]
             new = self.spawn(index)
@@ -521,7 +576,11 @@ class _Supervisor:
         for i in range(self.args.workers):
             self.spawn(i)
         code = 0
+        watcher = _SourceWatcher(self.args.reload_dir or [os.getcwd()]) if self.args.reload \
+            else None
         while not self.stopping:
+            if watcher is not None and watcher.changed():
+                self.reload_requested = f"{watcher.last} changed"
             if self.reload_requested:
                 self.reload()
             for pid, index, status in self.reap():
@@ -599,7 +658,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.error(str(exc))
     options = _engine_options(args, defaults)
     _setup_logging(args)
-    if args.workers > 1 or args.max_requests:
+    if args.workers > 1 or args.max_requests or args.reload:
         return _Supervisor(args, options).run()
     code = _serve(args, options)
     return 1 if code == EXIT_BOOT_FAILED else code

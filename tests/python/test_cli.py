@@ -363,6 +363,14 @@ def test_max_requests_replaces_workers_without_losing_a_request(app_dir):
     assert "restarting" not in err  # a replacement is not a crash
 
 
+def _exited(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split()[2] == "Z"  # a zombie until its parent reaps it
+    except FileNotFoundError:
+        return True
+
+
 VERSIONED_APP = textwrap.dedent('''
     import os
     VERSION = open(os.path.join(os.path.dirname(__file__), "version.txt")).read().strip()
@@ -440,6 +448,40 @@ def test_sighup_with_code_that_does_not_load_keeps_the_workers(app_dir):
     finally:
         err = stop_supervisor(proc, lines)
     assert "reload done" not in err
+
+
+def test_reload_replaces_the_workers_when_a_source_file_changes(app_dir):
+    source = app_dir / "live.py"
+    source.write_text(VERSIONED_APP.replace(
+        'open(os.path.join(os.path.dirname(__file__), "version.txt")).read().strip()', '"one"'))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    proc = subprocess.Popen([sys.executable, "-m", "pymongoose_uring", "live:wsgi", "--port",
+                             str(port), "--reload"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=str(app_dir), env=env)
+    lines = Lines(proc)
+    try:
+        lines.wait("serving on", 1)
+        version, old_pid = request(_S(port))[2].split()
+        assert version == b"one"
+        assert list((app_dir / "__pycache__").glob("live.*.pyc"))  # compiled on import
+        before = source.stat()
+        source.write_text(source.read_text().replace('"one"', '"two"'))
+        # An edit in the same second, of the same size: the .pyc still looks fresh
+        # to the import system (it records whole seconds), so reload must drop it.
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns + 1000))
+        lines.wait("live.py changed; replacing the 1 workers one by one", 1, timeout=10)
+        lines.wait("reload done", 1)
+        deadline = time.monotonic() + 10  # the old worker finishes and exits
+        while not _exited(int(old_pid)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for _ in range(5):
+            assert request(_S(port))[2].startswith(b"two ")
+        (app_dir / "notes.txt").write_text("not a source file")
+        time.sleep(1.2)
+        assert len([line for line in lines.lines if "changed;" in line]) == 1
+    finally:
+        stop_supervisor(proc, lines)
 
 
 def test_fd_serves_an_inherited_socket(app_dir):
