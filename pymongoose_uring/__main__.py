@@ -492,7 +492,9 @@ class _Supervisor:
         """Replace every worker, one at a time: the new one serves the same
         socket before the old one is stopped gracefully."""
         why, self.reload_requested = self.reload_requested, None
-        self.log(f"{why}; replacing the {self.args.workers} workers one by one")
+        n = self.args.workers
+        self.log(f"{why}; replacing " + ("the worker" if n == 1 else
+                                         f"the {n} workers one by one"))
         for index in range(self.args.workers):
             old = [pid for pid, i in self.children.items() if i == index]
             new = self.spawn(index)

@@ -470,7 +470,7 @@ def test_reload_replaces_the_workers_when_a_source_file_changes(app_dir):
         # An edit in the same second, of the same size: the .pyc still looks fresh
         # to the import system (it records whole seconds), so reload must drop it.
         os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns + 1000))
-        lines.wait("live.py changed; replacing the 1 workers one by one", 1, timeout=10)
+        lines.wait("live.py changed; replacing the worker", 1, timeout=10)
         lines.wait("reload done", 1)
         deadline = time.monotonic() + 10  # the old worker finishes and exits
         while not _exited(int(old_pid)) and time.monotonic() < deadline:
