@@ -201,6 +201,20 @@ static int unix_listener(pmu_server_t *s) {
   return fd;
 }
 
+/* One listener for every loop (a Unix socket, or a given listen_fd). */
+static void share_listener(pmu_server_t *s, int fd) {
+  s->shared_listen_fd = fd;
+  for (unsigned i = 0; i < s->nloops; i++)
+    s->loops[i].listen_fd = fd;
+}
+
+/* -errno of a failed call on config.listen_fd, with the error set. */
+static int listen_fd_error(pmu_server_t *s, int fd) {
+  int err = -errno;
+  pmu__set_error(s, "listen_fd %d: %s", fd, strerror(-err));
+  return err;
+}
+
 /* A listening socket the caller gave (config.listen_fd), shared by every
  * loop. The engine works on its own duplicate, which it closes at the end;
  * it never shuts the socket down, so other processes holding it (a
@@ -208,11 +222,8 @@ static int unix_listener(pmu_server_t *s) {
 static int given_listener(pmu_server_t *s) {
   int fd = s->cfg.listen_fd, listening = 0, type = 0;
   socklen_t n = sizeof listening;
-  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) < 0) {
-    int err = -errno;
-    pmu__set_error(s, "listen_fd %d: %s", fd, strerror(-err));
-    return err;
-  }
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) < 0)
+    return listen_fd_error(s, fd);
   n = sizeof type;
   if (!listening || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n) < 0 ||
       type != SOCK_STREAM) {
@@ -220,22 +231,16 @@ static int given_listener(pmu_server_t *s) {
     return -EINVAL;
   }
   s->bound_len = sizeof s->bound;
-  if (getsockname(fd, (struct sockaddr *)&s->bound, &s->bound_len) < 0) {
-    int err = -errno;
-    pmu__set_error(s, "listen_fd %d: %s", fd, strerror(-err));
-    return err;
-  }
+  if (getsockname(fd, (struct sockaddr *)&s->bound, &s->bound_len) < 0)
+    return listen_fd_error(s, fd);
   if (s->bound.ss_family != AF_INET && s->bound.ss_family != AF_INET6 &&
       s->bound.ss_family != AF_UNIX) {
     pmu__set_error(s, "listen_fd %d is neither a TCP nor a Unix socket", fd);
     return -EINVAL;
   }
   int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup < 0) {
-    int err = -errno;
-    pmu__set_error(s, "listen_fd %d: %s", fd, strerror(-err));
-    return err;
-  }
+  if (dup < 0)
+    return listen_fd_error(s, fd);
   if (s->bound.ss_family != AF_UNIX) {
     int one = 1; /* accepted sockets inherit it */
     setsockopt(dup, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -243,9 +248,7 @@ static int given_listener(pmu_server_t *s) {
   s->wildcard = is_wildcard(&s->bound);
   s->port = port_of(&s->bound);
   s->given_listener = 1;
-  s->shared_listen_fd = dup;
-  for (unsigned i = 0; i < s->nloops; i++)
-    s->loops[i].listen_fd = dup;
+  share_listener(s, dup);
   return 0;
 }
 
@@ -257,9 +260,7 @@ static int open_listeners(pmu_server_t *s) {
     int fd = unix_listener(s);
     if (fd < 0)
       return fd;
-    s->shared_listen_fd = fd;
-    for (unsigned i = 0; i < s->nloops; i++)
-      s->loops[i].listen_fd = fd;
+    share_listener(s, fd);
     return 0;
   }
   int rc = resolve(s, &s->bound, &s->bound_len);
