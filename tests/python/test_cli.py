@@ -426,8 +426,7 @@ def test_sighup_replaces_the_workers_with_new_code_refusing_nothing(app_dir):
     assert {a[0] for a in answers} == {b"v1", b"v2"}
     assert "SIGHUP received; replacing the 2 workers one by one" in err
     for pid in old:  # the old workers stopped
-        assert not os.path.exists("/proc/%d" % pid) or \
-            open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+        assert _exited(pid)
 
 
 def test_sighup_with_code_that_does_not_load_keeps_the_workers(app_dir):
@@ -560,8 +559,7 @@ def test_workers_survive_the_kill_of_one(app_dir):
     finally:
         stop_supervisor(proc, lines)
     for pid in (started[1], replacement):
-        assert not os.path.exists("/proc/%d" % pid) or \
-            open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+        assert _exited(pid)
 
 
 def test_workers_stop_when_the_app_cannot_load(app_dir):

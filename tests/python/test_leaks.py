@@ -174,11 +174,8 @@ def test_wsgi_leaves_nothing_behind(quiet_logs):
         ("GET", "/boom", None, 500),
         ("POST", "/echo", b"w" * 20000, 200),
     ]
-    server = WSGIServer(app, port=0, stream_body_threshold=8192).start()
-    try:
+    with WSGIServer(app, port=0, stream_body_threshold=8192) as server:
         assert_flat(server.port, calls)
-    finally:
-        server.stop(timeout=30)
 
 
 def test_asgi_leaves_nothing_behind(quiet_logs):
@@ -209,11 +206,8 @@ def test_asgi_leaves_nothing_behind(quiet_logs):
         ("GET", "/boom", None, 500),
         ("POST", "/echo", b"a" * 20000, 200),
     ]
-    server = ASGIServer(app, port=0, stream_body_threshold=8192).start()
-    try:
+    with ASGIServer(app, port=0, stream_body_threshold=8192) as server:
         assert_flat(server.port, calls)
-    finally:
-        server.stop(timeout=30)
 
 
 def test_requests_alive_counts_requests_held(serve):
