@@ -27,11 +27,10 @@ for python in "${pythons[@]}"; do
   venv=$root/build/pythons/$version
   echo "== Python $version ($python)"
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-  if ! "$venv/bin/python" -c 'import mesonpy, pytest, flask, fastapi, multipart, django' \
+  if ! "$venv/bin/python" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop' \
       2>/dev/null; then
     "$venv/bin/python" -m pip install -q --upgrade pip
-    "$venv/bin/python" -m pip install -q 'meson>=1.1' 'meson-python>=0.15' ninja pytest \
-      flask fastapi python-multipart django uvloop
+    "$venv/bin/python" -m pip install -q -r tools/test-requirements.txt
   fi
   # A copy of the checkout: meson-python builds in place otherwise, and each
   # interpreter needs its own build of the extension.

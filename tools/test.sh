@@ -25,9 +25,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# --- Python tools in a private venv: meson, meson-python, ninja, pytest; and the
-# frameworks the adapter tests serve (Flask, FastAPI with python-multipart for
-# forms and uploads, Django) plus uvloop for the ASGI loop.
+# --- Python tools in a private venv: tools/test-requirements.txt (the build,
+# pytest, the frameworks the adapter tests serve, uvloop).
 venv=$root/build/venv
 if [ ! -x "$venv/bin/python" ]; then
   mkdir -p build
@@ -36,8 +35,7 @@ fi
 py=$venv/bin/python
 if ! "$py" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop' 2>/dev/null; then
   "$py" -m pip install -q --upgrade pip
-  "$py" -m pip install -q 'meson>=1.1' 'meson-python>=0.15' ninja pytest \
-    flask fastapi python-multipart django uvloop
+  "$py" -m pip install -q -r tools/test-requirements.txt
 fi
 export PATH=$venv/bin:$PATH
 
