@@ -761,6 +761,7 @@ static PyObject *engine_stats(PyObject *op, PyObject *args, PyObject *kwargs) {
   STAT(cqes);
   STAT(batches);
   STAT(deferred);
+  STAT(responses_aborted);
   {
     PyObject *hist = PyList_New(PMU_BATCH_BUCKETS);
     if (hist == NULL)

@@ -118,6 +118,11 @@ struct pmu__req {
   uint8_t stream_state; /* 0 none, 1 started, 2 ended */
   uint8_t stream_mode;  /* enum pmu__stream_mode */
   uint8_t streaming;    /* loop side: this request's output is its segs */
+  uint8_t aborted;      /* producer side, read by the loop after the end
+                           arrives: the answer failed half-way (counted, and
+                           the connection closes without completing it) */
+  uint8_t overflowed;   /* producer side: more than the Content-Length was
+                           written (cut off; the connection closes) */
   uint64_t stream_remaining; /* STREAM_LENGTH: bytes still allowed */
   pmu__seg_t *seg_head, *seg_tail;
   atomic_size_t unsent;

@@ -421,6 +421,14 @@ void pmu__seg_arrived(pmu__seg_t *g) {
     r->loop->outstanding--;
     STAT_ADD(r->loop, responses, 1);
     STAT_ADD(r->loop, status_classes[r->status_class], 1);
+    if (r->aborted) {
+      STAT_ADD(r->loop, responses_aborted, 1);
+      /* Requests behind it may be unread: close through lingering, so that
+       * the client reads what was sent, then the end of the stream, rather
+       * than a reset. */
+      if (c)
+        c->linger_on_close = 1;
+    }
   }
   if (!c) {
     /* The connection is gone: drop the piece; the end releases the request. */
@@ -557,8 +565,10 @@ int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
       release(ctx);
     return -EPIPE;
   }
-  if (r->stream_mode == STREAM_LENGTH && len > r->stream_remaining)
-    len = (size_t)r->stream_remaining; /* never more than the announced length */
+  if (r->stream_mode == STREAM_LENGTH && len > r->stream_remaining) {
+    len = (size_t)r->stream_remaining; /* never more than the announced length, */
+    r->overflowed = 1;                 /* and nothing after it on this connection */
+  }
   if (len == 0 || r->stream_mode == STREAM_NOBODY) {
     if (release)
       release(ctx);
@@ -594,24 +604,44 @@ int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
   return 0;
 }
 
-int pmu_respond_end(pmu_request_t *request) {
-  pmu__req_t *r = (pmu__req_t *)request;
-  if (r->stream_state != 1)
-    return -EINVAL;
-  r->stream_state = 2;
+/* The end of a stream: the last chunk, unless aborted; the close when the
+ * framing or an abort needs it. close_after and aborted are written before
+ * the end is handed over (under the loop's lock, or on its thread), and read
+ * by the loop only after it has arrived. */
+static int stream_finish(pmu__req_t *r, int abort) {
   static const char last_chunk[] = "0\r\n\r\n";
   size_t n = 0;
-  if (r->stream_mode == STREAM_CHUNKED)
+  if (r->stream_mode == STREAM_LENGTH && r->stream_remaining)
+    abort = 1; /* shorter than announced: only a close ends it, incomplete */
+  if (abort) {
+    r->aborted = 1;
+    r->close_after = 1;
+  } else if (r->stream_mode == STREAM_CHUNKED) {
     n = sizeof last_chunk - 1;
-  else if (r->stream_mode == STREAM_LENGTH && r->stream_remaining)
-    r->close_after = 1; /* shorter than announced: only a close ends it */
-  else if (r->stream_mode == STREAM_CLOSE)
+  }
+  if (r->stream_mode == STREAM_CLOSE || r->overflowed)
     r->close_after = 1;
   pmu__seg_t *g = seg_new(r, SEG_END, last_chunk, n, NULL, NULL);
   if (!g)
     return -ENOMEM;
   deliver(g);
   return 0;
+}
+
+int pmu_respond_end(pmu_request_t *request) {
+  pmu__req_t *r = (pmu__req_t *)request;
+  if (r->stream_state != 1)
+    return -EINVAL;
+  r->stream_state = 2;
+  return stream_finish(r, 0);
+}
+
+int pmu_respond_abort(pmu_request_t *request) {
+  pmu__req_t *r = (pmu__req_t *)request;
+  if (r->stream_state != 1)
+    return -EINVAL;
+  r->stream_state = 2;
+  return stream_finish(r, 1);
 }
 
 size_t pmu_request_unsent(const pmu_request_t *request) {

@@ -71,7 +71,7 @@ static void print_stats(const pmu_server_t *server) {
           "\"enobufs\":%llu,\"short_sends\":%llu,\"sends\":%llu,\"send_zc\":%llu,"
           "\"recv_paused\":%llu,\"cq_overflows\":%llu,\"waits\":%llu,\"cqes\":%llu,"
           "\"batches\":%llu,\"connections_rejected\":%llu,\"status_classes\":{\"1xx\":%llu,"
-          "\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu}}\n",
+          "\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu},\"responses_aborted\":%llu}\n",
           (unsigned long long)s.connections_accepted, (unsigned long long)s.requests,
           (unsigned long long)s.responses, (unsigned long long)s.bytes_in,
           (unsigned long long)s.bytes_out, (unsigned long long)s.parse_errors,
@@ -82,7 +82,8 @@ static void print_stats(const pmu_server_t *server) {
           (unsigned long long)s.cqes, (unsigned long long)s.batches,
           (unsigned long long)s.connections_rejected, (unsigned long long)s.status_classes[1],
           (unsigned long long)s.status_classes[2], (unsigned long long)s.status_classes[3],
-          (unsigned long long)s.status_classes[4], (unsigned long long)s.status_classes[5]);
+          (unsigned long long)s.status_classes[4], (unsigned long long)s.status_classes[5],
+          (unsigned long long)s.responses_aborted);
 }
 
 /* Numeric knobs of pmu_config_t that the environment may set. */

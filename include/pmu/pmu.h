@@ -266,14 +266,30 @@ int pmu_respond_simple(pmu_request_t *request, int status, const pmu_header_t *h
  * release(ctx) on the worker thread. Returns 0, or -EPIPE once the
  * connection is gone (the piece is dropped; stop producing and end).
  *
+ * A piece beyond the Content-Length is cut off at it, and the connection
+ * closes after the answer.
+ *
  * pmu_respond_end() finishes the answer and releases the request: it must
- * not be touched afterwards. Each returns -EINVAL when called out of order.
+ * not be touched afterwards. A body shorter than its Content-Length cannot
+ * end cleanly: the connection is closed after the bytes written, and the
+ * answer counts as aborted (below).
+ *
+ * pmu_respond_abort() ends a started answer that failed half-way (the
+ * producer raised, or was dropped before the end) so that no client or cache
+ * can take it for complete: what was written is sent, then the connection
+ * is closed without the last chunk (or short of the Content-Length);
+ * requests pipelined behind it are dropped (those the handler holds get
+ * on_disconnect). It releases the request as pmu_respond_end() does and is
+ * counted in stats.responses_aborted.
+ *
+ * Each returns -EINVAL when called out of order.
  */
 int pmu_respond_start(pmu_request_t *request, int status, const pmu_header_t *headers,
                       size_t header_count);
 int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
                       void (*release)(void *ctx), void *ctx);
 int pmu_respond_end(pmu_request_t *request);
+int pmu_respond_abort(pmu_request_t *request);
 
 /* Bytes given to pmu_respond_write() for this request not yet on the wire. */
 size_t pmu_request_unsent(const pmu_request_t *request);
@@ -329,6 +345,10 @@ typedef struct pmu_stats {
    * (statuses up to 999 are allowed). The engine's own answers (400, 408,
    * 413, 414, 431, 503) count too; 100 Continue does not. */
   uint64_t status_classes[PMU_STATUS_CLASSES];
+  /* Streamed answers cut short (pmu_respond_abort, or a body shorter than its
+   * Content-Length): the connection was closed without completing them. They
+   * count in responses too. */
+  uint64_t responses_aborted;
 } pmu_stats_t;
 
 /* Copy the counters of thread `thread` (or the sum over all threads when

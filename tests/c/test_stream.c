@@ -4,7 +4,9 @@
  * body for HEAD; pieces from another thread keep request order; a producer
  * that waits for on_drain never has much more than output_high_water
  * queued; a producer learns of a client that went away (on_disconnect and
- * -EPIPE) and can still end its stream safely.
+ * -EPIPE) and can still end its stream safely. An aborted stream
+ * (pmu_respond_abort) is sent as far as it got and the connection closed,
+ * never completed; a body longer or shorter than its Content-Length closes.
  */
 #include "testlib.h"
 
@@ -20,6 +22,7 @@ static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static int drained, disconnected;
 static size_t max_unsent;
 static int write_errors;
+static int abort_early_rc = 1;
 
 static void on_drain(void *data, pmu_request_t *request) {
   (void)data;
@@ -98,7 +101,10 @@ static void produce(pmu_request_t *r) {
   }
   free(buf);
   t_sleep_ms((unsigned)query_num(r, "enddelay", 0));
-  pmu_respond_end(r);
+  if (query_num(r, "abort", 0))
+    pmu_respond_abort(r); /* the producer failed half-way */
+  else
+    pmu_respond_end(r);
 }
 
 static void *producer_thread(void *arg) {
@@ -111,7 +117,14 @@ static void *producer_thread(void *arg) {
 static void handler(void *data, pmu_request_t *const *requests, size_t count) {
   for (size_t i = 0; i < count; i++) {
     pmu_request_t *r = requests[i];
-    if (r->path_len >= 7 && memcmp(r->path, "/stream", 7) == 0) {
+    if (r->path_len == 11 && memcmp(r->path, "/abortearly", 11) == 0) {
+      /* Out of order: before start (nothing to abort) and after end. */
+      int before_start = pmu_respond_abort(r);
+      pmu_respond_start(r, 200, &text, 1);
+      pmu_respond_write(r, "ok", 2, NULL, NULL);
+      pmu_respond_end(r);
+      abort_early_rc = before_start;
+    } else if (r->path_len >= 7 && memcmp(r->path, "/stream", 7) == 0) {
       if (query_num(r, "thread", 0)) {
         pthread_t t;
         pthread_create(&t, NULL, producer_thread, r);
@@ -273,6 +286,113 @@ int main(void) {
       st = t_stats(server, -1);
     }
     T_ASSERT_MSG(st.connections_open == 0, "connection left open (CLOSE-WAIT)");
+  }
+
+  t_case("an aborted chunked stream: the pieces, no last chunk, then the close");
+  {
+    pmu_stats_t before = t_stats(server, -1);
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /stream?n=3&size=10&abort=1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    T_ASSERT_MSG(t_wait_closed(conn, 3000), "connection not closed");
+    T_ASSERT_MSG(conn->eof && conn->error == 0, "not an orderly close (error %d)", conn->error);
+    t_response_t resp;
+    T_ASSERT_MSG(t_parse_response(conn->buf, conn->len, false, true, &resp) <= 0,
+                 "the client could parse a complete answer");
+    const char *body = t_memmem(conn->buf, conn->len, "\r\n\r\n");
+    T_ASSERT(body != NULL);
+    T_ASSERT_MSG(t_memmem(conn->buf, conn->len, "Transfer-Encoding: chunked") != NULL,
+                 "not chunked");
+    char *want = expected_body(3, 10);
+    char framed[128];
+    int n = snprintf(framed, sizeof framed, "\r\n\r\na\r\n%.10s\r\na\r\n%.10s\r\na\r\n%.10s\r\n",
+                     want, want + 10, want + 20);
+    free(want);
+    T_ASSERT_MSG(conn->len == (size_t)(body - conn->buf) + (size_t)n &&
+                     memcmp(body, framed, (size_t)n) == 0,
+                 "the bytes after the head are not exactly the three chunks");
+    T_ASSERT_MSG(conn->len < 5 || memcmp(conn->buf + conn->len - 5, "0\r\n\r\n", 5) != 0,
+                 "ends with the last chunk");
+    t_conn_close(conn);
+    pmu_stats_t after = t_stats(server, -1);
+    T_ASSERT_INT_EQ(after.responses_aborted - before.responses_aborted, 1);
+    t_get_ok(server, "/after-abort"); /* the server goes on */
+  }
+
+  t_case("an aborted stream with a Content-Length closes after the bytes sent, unpadded");
+  {
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /stream?n=2&size=10&len=40&abort=1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    T_ASSERT_MSG(t_wait_closed(conn, 3000), "connection not closed");
+    T_ASSERT_MSG(conn->eof && conn->error == 0, "not an orderly close (error %d)", conn->error);
+    const char *body = t_memmem(conn->buf, conn->len, "\r\n\r\n");
+    T_ASSERT(body != NULL);
+    T_ASSERT_MSG(t_memmem(conn->buf, conn->len, "Content-Length: 40") != NULL, "no length");
+    T_ASSERT_INT_EQ(conn->len - (size_t)(body + 4 - conn->buf), 20);
+    t_conn_close(conn);
+  }
+
+  t_case("aborted from another thread with requests pipelined behind: they are dropped");
+  {
+    pmu_stats_t before = t_stats(server, -1);
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /first HTTP/1.1\r\nHost: h\r\n\r\n"
+                     "GET /stream?thread=1&delay=50&n=4&size=100&abort=1 HTTP/1.1\r\n"
+                     "Host: h\r\n\r\n"
+                     "GET /behind HTTP/1.1\r\nHost: h\r\n\r\n");
+    t_response_t a;
+    t_expect_response(conn, &a);
+    T_ASSERT_FIELD(&a, "path", "/first");
+    t_response_free(&a);
+    T_ASSERT_MSG(t_wait_closed(conn, 3000), "connection not closed");
+    T_ASSERT_MSG(conn->error == 0, "reset instead of an orderly close (%d)", conn->error);
+    T_ASSERT_MSG(t_memmem(conn->buf, conn->len, "/behind") == NULL,
+                 "a request behind the aborted answer was answered");
+    T_ASSERT_MSG(conn->len < 5 || memcmp(conn->buf + conn->len - 5, "0\r\n\r\n", 5) != 0,
+                 "ends with the last chunk");
+    t_conn_close(conn);
+    pmu_stats_t after = t_stats(server, -1);
+    T_ASSERT_INT_EQ(after.responses_aborted - before.responses_aborted, 1);
+  }
+
+  t_case("a body shorter than its Content-Length counts as aborted");
+  {
+    pmu_stats_t before = t_stats(server, -1);
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /stream?n=1&size=10&len=25 HTTP/1.1\r\nHost: h\r\n\r\n");
+    T_ASSERT_MSG(t_wait_closed(conn, 2000), "connection not closed");
+    t_conn_close(conn);
+    pmu_stats_t after = t_stats(server, -1);
+    T_ASSERT_INT_EQ(after.responses_aborted - before.responses_aborted, 1);
+  }
+
+  t_case("a body longer than its Content-Length is cut off there, then the connection closes");
+  {
+    pmu_stats_t before = t_stats(server, -1);
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /stream?n=2&size=10&len=15 HTTP/1.1\r\nHost: h\r\n\r\n"
+                     "GET /behind HTTP/1.1\r\nHost: h\r\n\r\n");
+    t_response_t resp;
+    t_expect_response(conn, &resp);
+    T_ASSERT_INT_EQ(resp.body_len, 15);
+    t_response_free(&resp);
+    T_ASSERT_MSG(t_wait_closed(conn, 2000), "connection not closed");
+    T_ASSERT_MSG(t_memmem(conn->buf, conn->len, "/behind") == NULL,
+                 "answered on after a cut-off body");
+    t_conn_close(conn);
+    pmu_stats_t after = t_stats(server, -1);
+    T_ASSERT_INT_EQ(after.responses_aborted - before.responses_aborted, 0);
+  }
+
+  t_case("pmu_respond_abort before start is refused (-EINVAL), the answer goes on");
+  {
+    t_conn_t *conn = t_connect(server);
+    t_send_str(conn, "GET /abortearly HTTP/1.1\r\nHost: h\r\n\r\n");
+    t_response_t resp;
+    t_expect_response(conn, &resp);
+    T_ASSERT_INT_EQ(resp.body_len, 2);
+    t_response_free(&resp);
+    T_ASSERT_INT_EQ(abort_early_rc, -EINVAL);
+    t_conn_close(conn);
   }
 
   t_case("the client goes away mid-stream: on_disconnect, -EPIPE, safe end");
