@@ -233,6 +233,14 @@ void pmu_reqio_unlink(pmu_reqio *io, pmu_request_t *request);
  * GIL held. */
 void pmu_reqio_drop(pmu_reqio *io);
 
+/* The garbage collector's view of the disconnect callbacks, which are the
+ * Request's own (they are only ever called for it, and are dropped when it is
+ * answered): visit them, or drop them to break a cycle. GIL held. The read
+ * and drain waiters are not visited: the engine's thread will wake them, so
+ * they are roots, not garbage, even when nothing else refers to them. */
+int pmu_reqio_traverse(pmu_reqio *io, visitproc visit, void *arg);
+void pmu_reqio_clear_callbacks(pmu_reqio *io);
+
 /* Outcome of one attempt to read from the queue. */
 enum { PMU_READ_ERROR = -1, PMU_READ_WAIT = 0, PMU_READ_DONE = 1 };
 
@@ -309,8 +317,8 @@ int pmu_request_is_live(PyObject *request);
 int pmu_request_answer(PyObject *request, PyObject *result, Py_ssize_t owner_refs);
 
 /* Answer with a plain-text 500; used when a handler failed. No-op when
- * already answered; a started stream is ended instead. `owner_refs` as
- * for pmu_request_answer. */
+ * already answered; a started stream is aborted instead (the connection
+ * closes without completing it). `owner_refs` as for pmu_request_answer. */
 void pmu_request_answer_500(PyObject *request, Py_ssize_t owner_refs);
 
 /* ---- response.c ---- */

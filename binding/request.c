@@ -2,8 +2,12 @@
  * request.c: the Request type, a view over one engine request.
  *
  * A Request is created for every request of a batch, so it is cheap: no
- * GC header, no attribute built until asked for (a hello-world handler that
- * reads nothing costs one small allocation). Attributes read the engine's
+ * attribute built until asked for (a hello-world handler that reads nothing
+ * costs one small allocation). It is a garbage-collected type, since a
+ * handler can make it part of a cycle (request.params["self"] = request, a
+ * disconnect callback that refers to it), but it is tracked by the collector
+ * only once it holds an object that could refer back (params, query,
+ * headers, a disconnect callback): strs, bytes and address tuples cannot. Attributes read the engine's
  * pmu_request_t, which stays valid only until the request is answered. If
  * anything besides the batch loop still holds the Request when it is
  * answered, its data is first copied into one block the Request owns (the
@@ -11,14 +15,17 @@
  *
  * Every request is answered exactly once: by the batch loop with the
  * handler's result, by reply() from any thread, or, when the last reference
- * goes away unanswered, by the deallocator with a 500 and a warning.
+ * goes away unanswered (dropped, or collected in a cycle), by the
+ * deallocator with a 500 and a warning.
  *
  * Streaming. A request may instead be answered piece by piece (start(),
  * write(), end()), and a body larger than the engine's stream threshold
  * arrives in pieces after the handler has seen the request (read(),
  * read_async()). Both go through a pmu_reqio (stream.c), made only when
  * needed, so a request that does neither pays nothing for them. A stream
- * started and never ended is ended by the deallocator.
+ * that fails half-way (abort(), a handler that raised after start(), a
+ * started stream dropped before end()) is aborted: the connection closes
+ * without completing the body, so the client cannot take it for whole.
  */
 #include "binding.h"
 
@@ -56,11 +63,12 @@ static const char body_500[] = "Internal Server Error";
 
 PyObject *pmu_request_new(pmu_state *st, pmu_request_t *request, PyObject *unix_path,
                           size_t high_water) {
-  RequestObject *self = PyObject_Malloc(sizeof(RequestObject));
+  /* Allocated with a GC header, but not tracked until it can be in a cycle
+   * (track()): most requests never are, and pay nothing more. */
+  RequestObject *self = PyObject_GC_New(RequestObject, st->request_type); /* increfs the type */
   if (self == NULL)
-    return PyErr_NoMemory();
+    return NULL;
   memset((char *)self + sizeof(PyObject), 0, sizeof(RequestObject) - sizeof(PyObject));
-  PyObject_Init((PyObject *)self, st->request_type); /* increfs the heap type */
   self->st = st;
   st->requests_alive++;
   self->live = request;
@@ -79,6 +87,13 @@ PyObject *pmu_request_new(pmu_state *st, pmu_request_t *request, PyObject *unix_
     pmu_reqio_link(self->io, request);
   }
   return (PyObject *)self;
+}
+
+/* Let the garbage collector see this Request: called before it keeps an
+ * object that may refer back to it. */
+static void track(RequestObject *self) {
+  if (!PyObject_GC_IsTracked((PyObject *)self))
+    PyObject_GC_Track((PyObject *)self);
 }
 
 int pmu_request_is_live(PyObject *request) {
@@ -197,12 +212,17 @@ static void send_response(RequestObject *self, const pmu_response_t *response,
                     response->status);
 }
 
-/* Finish a started stream (pmu_respond_end), copying the request's data
- * first as send_response does. */
-static void end_stream(RequestObject *self, Py_ssize_t owner_refs) {
+/* Finish a started stream (pmu_respond_end), or cut it short
+ * (pmu_respond_abort: what was written goes out, then the connection closes
+ * without completing the body), copying the request's data first as
+ * send_response does. */
+static void end_stream(RequestObject *self, Py_ssize_t owner_refs, int abort) {
   pmu_request_t *live = detach(self, owner_refs);
   self->ended = 1;
-  pmu_respond_end(live);
+  if (abort)
+    pmu_respond_abort(live);
+  else
+    pmu_respond_end(live);
   pmu_drain_released(self->st);
 }
 
@@ -236,7 +256,8 @@ void pmu_request_answer_500(PyObject *request, Py_ssize_t owner_refs) {
   if (self->live == NULL)
     return;
   if (self->started) {
-    end_stream(self, owner_refs); /* the head is out: ending is all that is left */
+    /* The head is out and the body failed: make that visible to the client. */
+    end_stream(self, owner_refs, 1);
     return;
   }
   pmu_response_t r = {500, text_plain_header, 1, body_500, sizeof body_500 - 1, NULL, NULL};
@@ -253,6 +274,7 @@ static void request_words(const pmu_request_t *r, PyObject **method, PyObject **
 static void request_dealloc(PyObject *op) {
   RequestObject *self = REQ(op);
   PyTypeObject *tp = Py_TYPE(op);
+  PyObject_GC_UnTrack(op); /* what follows may run Python code */
   if (self->live != NULL || self->io != NULL) {
     /* What follows may log or wake waiters: keep a pending exception. */
     PyObject *type, *value, *tb;
@@ -262,12 +284,13 @@ static void request_dealloc(PyObject *op) {
       request_words(self->live, &m, &t);
       if (m != NULL && t != NULL) {
         if (self->started)
-          /* A streamed answer nobody will finish: end it so the connection
-           * is not held forever (the engine closes it when the framing
-           * needs to). */
+          /* A streamed answer nobody will finish: it may lack its end, so
+           * abort it (the client sees an incomplete answer, never a
+           * truncated one passed off as whole). */
           pmu_log_warning(self->st,
-                          "%U %U: the streamed answer was started but never ended; ended it "
-                          "(call request.end() when the body is complete)",
+                          "%U %U: the streamed answer was started but never ended; closed the "
+                          "connection without completing it (call request.end() when the "
+                          "body is complete)",
                           m, t);
         else
           /* Nobody kept the request to answer it later: a handler returned
@@ -283,7 +306,7 @@ static void request_dealloc(PyObject *op) {
       Py_XDECREF(t);
       PyErr_Clear();
       if (self->started) {
-        end_stream(self, 0);
+        end_stream(self, 0, 1);
       } else {
         pmu_response_t resp = {500, text_plain_header, 1, body_500, sizeof body_500 - 1,
                                NULL, NULL};
@@ -314,8 +337,42 @@ static void request_dealloc(PyObject *op) {
   if (self->snapshot)
     PyMem_Free(self->snapshot);
   self->st->requests_alive--;
-  PyObject_Free(op);
+  PyObject_GC_Del(op);
   Py_DECREF(tp);
+}
+
+static int request_traverse(PyObject *op, visitproc visit, void *arg) {
+  RequestObject *self = REQ(op);
+  Py_VISIT(Py_TYPE(op)); /* a heap type's instances hold it */
+  Py_VISIT(self->method);
+  Py_VISIT(self->path);
+  Py_VISIT(self->raw_path);
+  Py_VISIT(self->target);
+  Py_VISIT(self->query_string);
+  Py_VISIT(self->query);
+  Py_VISIT(self->headers);
+  Py_VISIT(self->body);
+  Py_VISIT(self->params);
+  Py_VISIT(self->client);
+  Py_VISIT(self->server);
+  Py_VISIT(self->unix_path);
+  Py_VISIT(self->unread);
+  if (self->io != NULL)
+    return pmu_reqio_traverse(self->io, visit, arg);
+  return 0;
+}
+
+/* Break a cycle: drop what may refer back (the rest is strs, bytes and
+ * address tuples, which cannot). The deallocator then answers the request
+ * as for any Request dropped unanswered. */
+static int request_clear(PyObject *op) {
+  RequestObject *self = REQ(op);
+  Py_CLEAR(self->params);
+  Py_CLEAR(self->query);
+  Py_CLEAR(self->headers);
+  if (self->io != NULL)
+    pmu_reqio_clear_callbacks(self->io);
+  return 0;
 }
 
 /* The view, or NULL with RuntimeError when the data is gone. */
@@ -436,6 +493,7 @@ PyObject *pmu_request_path(PyObject *request) { return get_path(request, NULL); 
 static PyObject *get_query(PyObject *op, void *closure) {
   RequestObject *self = REQ(op);
   if (self->query == NULL) {
+    track(self);
     PyObject *qs = get_query_string(op, NULL);
     PyObject *support = qs ? pmu_support(self->st) : NULL;
     if (support != NULL)
@@ -450,6 +508,7 @@ static PyObject *get_query(PyObject *op, void *closure) {
 static PyObject *get_headers(PyObject *op, void *closure) {
   RequestObject *self = REQ(op);
   if (self->headers == NULL) {
+    track(self);
     const pmu_request_t *r = view_of(self);
     if (r == NULL)
       return NULL;
@@ -503,8 +562,11 @@ bail:
 
 static PyObject *get_params(PyObject *op, void *closure) {
   RequestObject *self = REQ(op);
-  if (self->params == NULL && (self->params = PyDict_New()) == NULL)
-    return NULL;
+  if (self->params == NULL) {
+    track(self);
+    if ((self->params = PyDict_New()) == NULL)
+      return NULL;
+  }
   return Py_NewRef(self->params);
 }
 
@@ -514,6 +576,7 @@ static int set_params(PyObject *op, PyObject *value, void *closure) {
     PyErr_SetString(PyExc_TypeError, "params must be a dict");
     return -1;
   }
+  track(self);
   Py_XSETREF(self->params, Py_XNewRef(value));
   return 0;
 }
@@ -1081,6 +1144,7 @@ static PyObject *request_add_disconnect_callback(PyObject *op, PyObject *fn) {
     Py_RETURN_NONE; /* answered: the client can no longer leave it unanswered */
   if (ensure_io(self) < 0)
     return NULL;
+  track(self);
   int rc = pmu_reqio_add_callback(self->io, fn);
   if (rc < 0)
     return NULL;
@@ -1319,7 +1383,29 @@ static PyObject *request_end(PyObject *op, PyObject *unused) {
   if (self->ended || self->live == NULL)
     Py_RETURN_NONE;
   /* The caller's references are unknown: always keep a copy (0). */
-  end_stream(self, 0);
+  end_stream(self, 0, 0);
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(abort_doc,
+             "abort()\n\n"
+             "Cut the streamed answer short because producing it failed: what was\n"
+             "written is sent, then the connection is closed without completing the\n"
+             "body (no last chunk, or short of the Content-Length), so that neither\n"
+             "the client nor a cache takes it for whole. Any thread; after end() or\n"
+             "abort() it does nothing. A handler that raises after start(), and a\n"
+             "started request dropped before end(), are aborted the same way.");
+
+static PyObject *request_abort(PyObject *op, PyObject *unused) {
+  RequestObject *self = REQ(op);
+  if (!self->started) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "abort() before start(): reply() with an error status answers at once");
+    return NULL;
+  }
+  if (self->ended || self->live == NULL)
+    Py_RETURN_NONE;
+  end_stream(self, 0, 1);
   Py_RETURN_NONE;
 }
 
@@ -1355,6 +1441,7 @@ static PyMethodDef request_methods[] = {
      write_doc},
     {"write_async", request_write_async, METH_O, write_async_doc},
     {"end", request_end, METH_NOARGS, end_doc},
+    {"abort", request_abort, METH_NOARGS, abort_doc},
     {NULL},
 };
 
@@ -1378,6 +1465,8 @@ static PyType_Slot request_slots[] = {
     {Py_tp_new, request_new},
 #endif
     {Py_tp_dealloc, request_dealloc},
+    {Py_tp_traverse, request_traverse},
+    {Py_tp_clear, request_clear},
     {Py_tp_repr, request_repr},
     {Py_tp_getset, request_getset},
     {Py_tp_methods, request_methods},
@@ -1392,6 +1481,6 @@ static PyType_Slot request_slots[] = {
 PyType_Spec pmu_request_spec = {
     .name = "pymongoose_uring._pmu.Request",
     .basicsize = sizeof(RequestObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = request_slots,
 };

@@ -241,6 +241,24 @@ void pmu_reqio_drop(pmu_reqio *io) {
   reqio_release(io);
 }
 
+int pmu_reqio_traverse(pmu_reqio *io, visitproc visit, void *arg) {
+  /* Every writer of io->callbacks holds the GIL, as the collector does: the
+   * list read here stays until the visit is done. */
+  pthread_mutex_lock(&io->lock);
+  PyObject *cb = io->callbacks;
+  pthread_mutex_unlock(&io->lock);
+  Py_VISIT(cb);
+  return 0;
+}
+
+void pmu_reqio_clear_callbacks(pmu_reqio *io) {
+  pthread_mutex_lock(&io->lock);
+  PyObject *cb = io->callbacks;
+  io->callbacks = NULL;
+  pthread_mutex_unlock(&io->lock);
+  Py_XDECREF(cb); /* may run Python code: not under the lock */
+}
+
 /* ---- the body queue ---- */
 
 /* Copy n <= io->queued bytes out of the queue, freeing emptied pieces.

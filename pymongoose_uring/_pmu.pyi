@@ -115,6 +115,9 @@ class Request:
         """write() for asyncio code: the future is done once drained."""
     def end(self) -> None:
         """Finish the streamed answer; a second call does nothing."""
+    def abort(self) -> None:
+        """Cut the streamed answer short (it failed): what was written is sent,
+        then the connection closes without completing the body."""
 
 class Response:
     """Status, headers and body. content_type defaults from the body's type."""

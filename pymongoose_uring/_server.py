@@ -158,11 +158,11 @@ class _AsyncBridge:
             loop.close()
 
 
-def _end_stream(request: Any) -> None:
-    """End a streamed answer the handler started and left open (a no-op for
-    one already ended; RuntimeError for one answered by reply(), ignored)."""
+def _abort_stream(request: Any) -> None:
+    """Cut short a streamed answer the handler started and failed to finish
+    (the client sees it incomplete; a no-op for one already ended)."""
     try:
-        request.end()
+        request.abort()
     except RuntimeError:
         pass
 
@@ -174,7 +174,7 @@ async def _drive(request: Any, coro: Any) -> None:
         if not request.answered:
             request.reply(Response.text("Service Unavailable", 503))
         else:
-            _end_stream(request)
+            _abort_stream(request)
         raise
     except Exception:
         log.exception("async handler raised; sent 500 for %s %s", request.method,
@@ -182,7 +182,7 @@ async def _drive(request: Any, coro: Any) -> None:
         if not request.answered:
             request.reply(Response.text("Internal Server Error", 500))
         else:
-            _end_stream(request)  # the head is out: ending is all that is left
+            _abort_stream(request)  # the head is out: the client must see it failed
         return
     if result is None:
         return  # answered with request.reply(), now or later

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import http.client
 import logging
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -226,3 +227,56 @@ def test_requests_alive_counts_requests_held(serve):
     held.clear()
     assert requests_alive() == baseline
     conn.close()
+
+
+@pytest.mark.parametrize("cycle", ["params", "disconnect_callback", "started_stream"])
+def test_request_in_a_cycle_is_collected_and_answered(serve, cycle, caplog):
+    """A handler that makes its request part of a cycle and drops it: the
+    garbage collector frees it, which answers it (500, or a started stream
+    aborted), and the server stops at once instead of waiting for it."""
+    def handler(req):
+        if cycle == "params":
+            req.params["self"] = req
+        elif cycle == "disconnect_callback":
+            req.add_disconnect_callback(lambda: req.method)
+        else:
+            req.start(200)
+            req.write(b"begun")
+            req.params["self"] = req
+        return None  # kept by nobody but the cycle
+
+    server = serve(handler)
+    baseline = requests_alive()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    gc.disable()  # the collection is the test's to make
+    try:
+        sock.sendall(b"GET /cycle HTTP/1.1\r\nHost: t\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while requests_alive() == baseline and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert requests_alive() == baseline + 1  # unreachable, but alive: the cycle
+        with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
+            gc.collect()
+        assert requests_alive() == baseline
+    finally:
+        gc.enable()
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if cycle != "started_stream" and b"Internal Server Error" in data + chunk:
+            data += chunk
+            break
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    if cycle == "started_stream":
+        assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"5\r\nbegun\r\n"), data
+        assert "never ended" in caplog.text
+    else:
+        assert data.startswith(b"HTTP/1.1 500 "), data
+        assert "dropped the request without replying" in caplog.text
+    started = time.monotonic()
+    server.stop(timeout=10)
+    assert time.monotonic() - started < 3

@@ -607,8 +607,30 @@ def test_pipelined_streams_keep_their_order(serve):
     assert got == [b"s0-end", b"plain1", b"s2-end", b"plain3", b"s4-end"]
 
 
-def test_unfinished_stream_is_ended_when_collected(serve, caplog):
+def fetch_closed(port, target, extra=b""):
+    """Send one GET (and `extra` pipelined behind it); read until the server
+    closes; -> (status, headers, body bytes as sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n" + extra)
+        return split_head(read_until_close(sock))
+    finally:
+        sock.close()
+
+
+def assert_incomplete_chunked(headers, body, sent):
+    """The chunked body carries what was sent, and no last chunk: a client
+    cannot take it for whole."""
+    assert headers["transfer-encoding"] == "chunked"
+    assert not body.endswith(b"0\r\n\r\n"), body
+    expected = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in sent)
+    assert body == expected, body
+
+
+def test_unfinished_stream_is_aborted_when_collected(serve, caplog):
     def handler(req):
+        if req.path == "/behind":
+            return "behind"
         if req.path == "/length":
             req.start(200, {"Content-Length": "100"})
         else:
@@ -618,17 +640,73 @@ def test_unfinished_stream_is_ended_when_collected(serve, caplog):
 
     server = serve(handler)
     with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
-        # Shorter than its Content-Length: only a close can end it.
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        sock.sendall(b"GET /length HTTP/1.1\r\nHost: t\r\n\r\n")
-        status, headers, body = split_head(read_until_close(sock))
-        sock.close()
+        # Shorter than its Content-Length: closed after the bytes, unpadded.
+        status, headers, body = fetch_closed(server.port, "/length")
         assert (status, body, headers["content-length"]) == (200, b"partial", "100")
-        # Chunked: the stream is terminated, the connection stays usable.
-        c = RawClient(server.port)
-        c.send(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n")
-        while b"0\r\n\r\n" not in c.buf:
-            c._fill()
-        assert dechunk(c.buf.split(b"\r\n\r\n", 1)[1])[0] == b"partial"
-        c.close()
+        # Chunked: closed without the last chunk, even with a request behind.
+        status, headers, body = fetch_closed(server.port, "/chunked",
+                                             b"GET /behind HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status == 200
+        assert_incomplete_chunked(headers, body, [b"partial"])  # and nothing after it
     assert "never ended" in caplog.text
+    assert server.stats()["responses_aborted"] == 2
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "thread"])
+def test_stream_failing_half_way_closes_without_the_last_chunk(serve, caplog, kind):
+    """A handler that raises after start() and a write (sync or async), or a
+    producer thread that calls abort(): the client gets what was written, then
+    the connection closes, never a complete-looking answer."""
+    def produce(req):
+        req.start(200, {"Content-Type": "text/plain"})
+        req.write(b"first piece")
+        raise RuntimeError("the producer failed")
+
+    def threaded(req):
+        try:
+            produce(req)
+        except RuntimeError:
+            req.abort()
+
+    async def async_handler(req):
+        produce(req)
+
+    def handler(req):
+        if req.path == "/ok":
+            return "fine"
+        if kind == "sync":
+            produce(req)
+        elif kind == "thread":
+            in_thread(threaded, req)
+            return None
+        return async_handler(req)
+
+    server = serve(handler)
+    with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
+        status, headers, body = fetch_closed(server.port, "/fail")
+    assert status == 200
+    assert_incomplete_chunked(headers, body, [b"first piece"])
+    if kind != "thread":
+        assert "the producer failed" in caplog.text  # the traceback is logged
+    assert request(server, path="/ok")[2] == b"fine"  # a new connection works
+    assert server.stats()["responses_aborted"] == 1
+
+
+def test_abort_rules(serve):
+    seen = {}
+
+    def handler(req):
+        try:
+            req.abort()
+        except RuntimeError as exc:
+            seen["before"] = str(exc)
+        req.start(200, {"Content-Length": "3"})
+        req.write(b"abc")
+        req.end()
+        req.abort()  # after end(): nothing
+        seen["after"] = True
+
+    server = serve(handler)
+    assert request(server)[2] == b"abc"
+    assert "before start()" in seen["before"] and seen["after"]
+    assert server.stats()["responses_aborted"] == 0
