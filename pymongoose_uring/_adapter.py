@@ -47,6 +47,34 @@ def log_access(client: Any, method: str, target: str, version: str, status: Any,
                     "-" if length is None else length)
 
 
+def declared_length(headers: Iterable[Tuple[Any, Any]]) -> Optional[int]:
+    """The Content-Length an app's headers ((name, value) pairs, str or bytes)
+    declare, read as the engine reads it: the last value made only of digits;
+    None when there is none (the engine then frames the body itself)."""
+    length = None
+    for name, value in headers:
+        if len(name) == 14 and name.lower() in ("content-length", b"content-length"):
+            if isinstance(value, (bytes, bytearray)):
+                value = value.decode("latin-1")
+            value = str(value)
+            if value.isascii() and value.isdigit() and len(value) <= 18:
+                length = int(value)
+    return length
+
+
+def length_mismatch(kind: str, method: str, target: str, sent: int, declared: int) -> None:
+    """Warn that an app's body did not match its Content-Length, and say what
+    the engine does about it."""
+    if sent < declared:
+        log.warning("%s %s: the %s app's body has %d bytes, fewer than its Content-Length "
+                    "%d; closed the connection after them so that the client sees the answer "
+                    "incomplete", method, target, kind, sent, declared)
+    else:
+        log.warning("%s %s: the %s app's body has %d bytes, more than its Content-Length "
+                    "%d; cut it off there and closed the connection", method, target, kind,
+                    sent, declared)
+
+
 # Whom X-Forwarded-* headers are believed from when nobody says: the local
 # host, as uvicorn and gunicorn do. The FORWARDED_ALLOW_IPS environment
 # variable (their name for it) overrides it.

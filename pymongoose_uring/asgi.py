@@ -48,7 +48,8 @@ import threading
 from typing import Any, Awaitable, Callable, Dict, Optional, Set, Tuple
 
 from . import _native
-from ._adapter import AdapterServer, log_access, trusted_proxies
+from ._adapter import (AdapterServer, declared_length, length_mismatch, log_access,
+                       trusted_proxies)
 from ._native import Response
 
 __all__ = ["ASGIHandler", "ASGIServer", "serve", "new_event_loop"]
@@ -88,7 +89,7 @@ class _Cycle:
     """One request's receive() and send()."""
 
     __slots__ = ("request", "handler", "status", "headers", "started", "streaming", "done",
-                 "body_done", "gone", "waiter", "watching", "client")
+                 "body_done", "gone", "waiter", "watching", "client", "sent")
 
     def __init__(self, request: Any, handler: "ASGIHandler") -> None:
         self.request = request
@@ -101,6 +102,7 @@ class _Cycle:
         self.body_done = False  # the last http.request message was given
         self.gone = False       # the client left
         self.client: Any = None  # scope["client"]
+        self.sent = 0  # body bytes streamed
         self.waiter: Optional["asyncio.Future[None]"] = None
         self.watching = False
 
@@ -140,6 +142,19 @@ class _Cycle:
         await waiter
         return {"type": "http.disconnect"}
 
+    def _short(self) -> bool:
+        """Whether the streamed body fell short of a declared Content-Length
+        (warned about, as one that went over is)."""
+        declared = declared_length(self.headers)
+        status = self.status
+        if declared is None or declared == self.sent or status == 204 or status == 304:
+            return False
+        request = self.request
+        if request.method == "HEAD" or request.disconnected:
+            return False
+        length_mismatch("ASGI", request.method, request.target, self.sent, declared)
+        return self.sent < declared
+
     def _gone(self) -> None:
         self.gone = True
         self._wake()
@@ -176,15 +191,20 @@ class _Cycle:
             if not self.streaming:
                 self.streaming = True
                 request.start(self.status, self.headers)
-            if body and not await request.write_async(body):
-                self.gone = True
-                self.done = True
-                request.end()
-                self._wake()
-                raise _ClientDisconnected("the client disconnected")
+            if body:
+                self.sent += len(body)
+                if not await request.write_async(body):
+                    self.gone = True
+                    self.done = True
+                    request.end()
+                    self._wake()
+                    raise _ClientDisconnected("the client disconnected")
             if not more:
                 self.done = True
-                request.end()
+                if self._short():
+                    request.abort()  # never complete: the client must not take it for whole
+                else:
+                    request.end()  # (a longer body was cut off at the length, and closes)
                 self._wake()
                 if self.handler.access_log:
                     self.handler._log(request, self.client, self.status)
@@ -478,8 +498,9 @@ class ASGIHandler:
         if not cycle.done:
             if cycle.streaming:
                 log.error("the ASGI app returned without finishing its streamed response; "
-                          "%s %s", request.method, request.target)
-                request.end()
+                          "closed the connection without completing it: %s %s",
+                          request.method, request.target)
+                request.abort()
                 cycle.done = True
             else:
                 log.error("the ASGI app returned without %s; sent 500 for %s %s",
@@ -491,6 +512,21 @@ class ASGIHandler:
             cycle._wake()
 
     def _answered(self, request: Any, cycle: _Cycle, body: Any) -> None:
+        declared = declared_length(cycle.headers)
+        if declared is not None and declared != len(body):
+            status = cycle.status
+            if status != 204 and status != 304 and request.method != "HEAD":
+                # Sent under the length the app declared, as the app said: the
+                # engine closes the connection after a shorter body (the client
+                # sees it incomplete) or cuts a longer one off at the length.
+                length_mismatch("ASGI", request.method, request.target, len(body), declared)
+                request.start(status, cycle.headers)
+                if body:
+                    request.write(body, False)
+                request.end()
+                if self.access_log:
+                    self._log(request, cycle.client, status)
+                return
         request.reply(Response(body, cycle.status, cycle.headers, None))
         if self.access_log:
             self._log(request, cycle.client, cycle.status)
@@ -510,7 +546,7 @@ class ASGIHandler:
         cycle.done = True
         try:
             if cycle.streaming:
-                request.end()
+                request.abort()  # the head is out: the client must see the body fail
             elif not request.answered:
                 status = 503 if isinstance(exc, asyncio.CancelledError) else 500
                 request.reply(Response(_ERROR_BODY if status == 500 else b"Service Unavailable",

@@ -44,7 +44,8 @@ import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
-from ._adapter import AdapterServer, log_access, trusted_proxies
+from ._adapter import (AdapterServer, declared_length, length_mismatch, log_access,
+                       trusted_proxies)
 from ._native import Response
 
 __all__ = ["WSGIHandler", "WSGIServer", "FileWrapper", "serve"]
@@ -199,13 +200,14 @@ def _latin1(text: str) -> str:
 class _StartResponse:
     """start_response for one call; also the legacy write() callable."""
 
-    __slots__ = ("request", "status", "headers", "streaming")
+    __slots__ = ("request", "status", "headers", "streaming", "sent")
 
     def __init__(self, request: Any) -> None:
         self.request = request
         self.status: Optional[str] = None
         self.headers: Any = None
         self.streaming = False  # headers sent with request.start()
+        self.sent = 0  # body bytes given to request.write()
 
     def __call__(self, status: str, headers: List[Tuple[str, str]],
                  exc_info: Any = None) -> Callable[[bytes], None]:
@@ -234,8 +236,10 @@ class _StartResponse:
             raise TypeError(f"write() takes bytes, not {type(data).__name__}")
         if not self.streaming:
             _start(self)
-        if data and not self.request.write(data):
-            raise ConnectionError("the client disconnected")
+        if data:
+            self.sent += len(data)
+            if not self.request.write(data):
+                raise ConnectionError("the client disconnected")
 
 
 _status_codes: Dict[str, int] = {}
@@ -567,26 +571,50 @@ class WSGIHandler:
                 return self._reply(request, sr, first + rest if rest else first, environ)
             _start(sr)
         write = request.write
+        sent = sr.sent
+        if first:
+            sent += len(first)
         if not first or write(first):
             for chunk in it:
-                if chunk and not write(chunk):
-                    break  # the client left: stop producing
-        request.end()
-        return _status_code(sr.status)  # type: ignore[arg-type]
+                if chunk:
+                    sent += len(chunk)
+                    if not write(chunk):
+                        break  # the client left: stop producing
+        sr.sent = sent
+        code = _status_code(sr.status)  # type: ignore[arg-type]
+        declared = declared_length(sr.headers)
+        if (declared is not None and sent != declared and code != 204 and code != 304
+                and environ["REQUEST_METHOD"] != "HEAD" and not request.disconnected):
+            length_mismatch("WSGI", environ["REQUEST_METHOD"], environ["RAW_URI"], sent,
+                            declared)
+            if sent < declared:
+                request.abort()  # never complete: the client must not take it for whole
+                return code
+        request.end()  # (a longer body was cut off at the length, and the connection closes)
+        return code
 
     def _reply(self, request: Any, sr: _StartResponse, body: Any,
                environ: Dict[str, Any]) -> int:
         code = _status_code(sr.status)  # type: ignore[arg-type]
-        headers = sr.headers
-        for name, value in headers:
-            if type(value) is str and not value.isascii():
-                headers = _checked_headers(headers)[0]
-                break
-        if not body and environ["REQUEST_METHOD"] == "HEAD":
+        headers, length = _checked_headers(sr.headers)
+        method = environ["REQUEST_METHOD"]
+        if not body and method == "HEAD":
             # HEAD keeps the Content-Length the app gave (the length of the GET body).
             request.start(code, headers)
             request.end()
             return code
+        if length is not None and code != 204 and code != 304 and method != "HEAD":
+            declared = declared_length(headers)
+            if declared is not None and declared != len(body):
+                # Sent under the length the app declared, as the app said: the
+                # engine closes the connection after a shorter body (the client
+                # sees it incomplete) or cuts a longer one off at the length.
+                length_mismatch("WSGI", method, environ["RAW_URI"], len(body), declared)
+                request.start(code, headers)
+                if body:
+                    request.write(body)
+                request.end()
+                return code
         request.reply(Response(body, code, headers, None))
         return code
 
@@ -595,7 +623,7 @@ class WSGIHandler:
                       getattr(request, "target", "?"))
         try:
             if sr.streaming:
-                request.end()  # headers are out: the body just ends here
+                request.abort()  # headers are out: the client must see the body fail
             elif not request.answered:
                 request.reply(Response(_ERROR_BODY, 500, _ERROR_HEADERS, None))
         except Exception:

@@ -3,6 +3,7 @@ real FastAPI app (Django's ASGI handler where installable)."""
 import asyncio
 import http.client
 import json
+import logging
 import os
 import socket
 import struct
@@ -170,6 +171,93 @@ def test_streamed_response_arrives_before_the_end(serve_asgi):
     assert b"second" in c.buf
     assert released == [True], "the first chunk waited for the whole body"
     c.close()
+
+
+def fetch_closed(port, extra=b""):
+    """GET / (and `extra` pipelined behind it), read until the server closes:
+    -> (status, {lower-name: value}, body bytes as sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" + extra)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+BEHIND = b"GET /behind HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def failing_app(how, headers=(), parts=(b"first part",), last=None):
+    """An ASGI app that starts its answer, sends `parts` with more_body, then
+    raises, returns, or sends `last` as the final body message."""
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/behind":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"behind"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": list(headers)})
+        for part in parts:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        if how == "raise":
+            raise RuntimeError("the app failed half-way")
+        if how == "finish":
+            await send({"type": "http.response.body", "body": last or b""})
+    return app
+
+
+@pytest.mark.parametrize("how", ["raise", "return"])
+def test_app_failing_half_way_closes_without_the_last_chunk(serve_asgi, caplog, how):
+    server = serve_asgi(failing_app(how))
+    with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
+        status, headers, body = fetch_closed(server.port, BEHIND)
+    assert status == 200 and headers["transfer-encoding"] == "chunked"
+    assert body == b"a\r\nfirst part\r\n"  # no 0\r\n\r\n, nothing after it
+    if how == "raise":
+        assert "the app failed half-way" in caplog.text  # the traceback is logged
+    else:
+        assert "without finishing" in caplog.text
+    assert request(server, path="/behind")[2] == b"behind"  # a new connection works
+    assert server.stats()["responses_aborted"] == 1
+
+
+@pytest.mark.parametrize("shape", ["one message", "streamed"])
+def test_body_shorter_than_content_length_closes_with_a_warning(serve_asgi, caplog, shape):
+    length = [(b"content-length", b"10")]
+    if shape == "one message":
+        app = failing_app("finish", length, parts=(), last=b"hello")
+    else:
+        app = failing_app("finish", length, parts=(b"hel", b"lo"))
+    server = serve_asgi(app)
+    with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
+        status, headers, body = fetch_closed(server.port, BEHIND)
+    assert (status, headers["content-length"], body) == (200, "10", b"hello")
+    assert "fewer than its Content-Length" in caplog.text
+    assert server.stats()["responses_aborted"] == 1
+
+
+@pytest.mark.parametrize("shape", ["one message", "streamed"])
+def test_body_longer_than_content_length_is_cut_off_and_closes(serve_asgi, caplog, shape):
+    length = [(b"Content-Length", b"3")]
+    if shape == "one message":
+        app = failing_app("finish", length, parts=(), last=b"hello")
+    else:
+        app = failing_app("finish", length, parts=(b"he", b"llo"))
+    server = serve_asgi(app)
+    with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
+        status, headers, body = fetch_closed(server.port, BEHIND)
+    assert (status, headers["content-length"], body) == (200, "3", b"hel")  # then closed
+    assert "more than its Content-Length" in caplog.text
 
 
 def test_content_length_streamed_response(serve_asgi):

@@ -3,7 +3,9 @@ streaming, errors, the thread pool, and a real Flask app (Django where installab
 import http.client
 import io
 import json
+import logging
 import os
+import socket
 import threading
 import time
 from wsgiref.validate import validator
@@ -49,6 +51,100 @@ def environ_app(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(data)))])
     return [data]
+
+
+def fetch_closed(port, extra=b""):
+    """GET / (and `extra` pipelined behind it), read until the server closes:
+    -> (status, {lower-name: value}, body bytes as sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" + extra)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+BEHIND = b"GET /behind HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+@pytest.mark.parametrize("length", [None, "30"])
+def test_iterator_failing_half_way_closes_without_completing(serve_wsgi, caplog, length):
+    """The body iterator raises after its first chunk: the client gets that chunk,
+    then the connection closes, with no last chunk (or short of the length)."""
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/behind":
+            start_response("200 OK", [])
+            return [b"behind"]
+        headers = [("Content-Type", "text/plain")]
+        if length:
+            headers.append(("Content-Length", str(pmu_wsgi.BUFFER_LIMIT + 30)))
+
+        def gen():
+            yield b"first chunk"
+            raise RuntimeError("the iterator failed")
+        start_response("200 OK", headers)
+        return gen()
+
+    server = serve_wsgi(app)
+    with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
+        status, headers, body = fetch_closed(server.port, BEHIND)
+    assert status == 200
+    if length:
+        assert body == b"first chunk"
+    else:
+        assert headers["transfer-encoding"] == "chunked"
+        assert body == b"b\r\nfirst chunk\r\n"  # no 0\r\n\r\n
+    assert "the iterator failed" in caplog.text  # the traceback is logged
+    assert request(server, path="/behind")[2] == b"behind"  # a new connection works
+    assert server.stats()["responses_aborted"] == 1
+
+
+@pytest.mark.parametrize("shape", ["list", "generator", "streamed"])
+def test_body_shorter_than_content_length_closes_with_a_warning(serve_wsgi, caplog, shape):
+    declared = 10 if shape != "streamed" else pmu_wsgi.BUFFER_LIMIT + 10
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/behind":
+            start_response("200 OK", [])
+            return [b"behind"]
+        start_response("200 OK", [("Content-Length", str(declared))])
+        return [b"hello"] if shape == "list" else iter([b"hel", b"lo"])
+
+    server = serve_wsgi(app)
+    with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
+        status, headers, body = fetch_closed(server.port, BEHIND)
+    assert (status, headers["content-length"], body) == (200, str(declared), b"hello")
+    assert "fewer than its Content-Length" in caplog.text
+    assert server.stats()["responses_aborted"] == 1
+
+
+@pytest.mark.parametrize("shape", ["list", "streamed"])
+def test_body_longer_than_content_length_is_cut_off_and_closes(serve_wsgi, caplog, shape):
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/behind":
+            start_response("200 OK", [])
+            return [b"behind"]
+        if shape == "list":
+            start_response("200 OK", [("Content-Length", "3")])
+            return [b"hello"]
+        start_response("200 OK", [("Content-Length", str(pmu_wsgi.BUFFER_LIMIT + 3))])
+        return iter([b"x" * pmu_wsgi.BUFFER_LIMIT, b"hello"])
+
+    server = serve_wsgi(app)
+    with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
+        status, headers, body = fetch_closed(server.port, BEHIND)
+    assert status == 200 and body.endswith(b"hel")
+    assert len(body) == int(headers["content-length"])  # and nothing after: closed
+    assert "more than its Content-Length" in caplog.text
 
 
 def test_environ_is_complete(serve_wsgi):
