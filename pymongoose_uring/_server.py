@@ -266,7 +266,8 @@ class Server:
       thread or ``await request.read_async()``; the engine stops reading
       while more than ``output_high_water`` bytes of it are unread. Any
       answer may be streamed with ``request.start()``, ``write()`` and
-      ``end()``.
+      ``end()`` (``abort()`` when producing it fails: the connection closes
+      without completing it).
     - timeouts (ms, 0 disables): ``header_timeout_ms``, ``keepalive_timeout_ms``,
       ``body_timeout_ms``, ``send_timeout_ms``, ``shutdown_timeout_ms``
     - ``server_header``: the Server header value ("" sends none)
