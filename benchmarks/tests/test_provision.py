@@ -4,6 +4,7 @@ built and answers, and one that cannot be had fails the run (a peer is only list
     python3 -m pytest benchmarks/tests/test_provision.py -q
 """
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -20,13 +21,17 @@ PROJECT_DEFAULT = [d.name for d in registry.SERVERS if d.project and d.default]
 
 
 def free_base_port(count):
-    """A port p such that p .. p+count-1 are all free on 127.0.0.1 now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count > 65535:
-            continue
+    """A port p such that p .. p+count-1 are all free on 127.0.0.1 now, taken below the
+    ephemeral range: the servers start after the build, and in between another process's
+    port 0 must not land on them."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random(os.getpid())
+    for _ in range(200):
+        base = rng.randrange(20000, max(20001, low - count))
         socks = []
         try:
             for port in range(base, base + count):
