@@ -4,10 +4,13 @@
     python3 benchmarks/run.py                 # everything: ~10 minutes on 2 cores
     python3 benchmarks/run.py --quick         # keep-alive and pipelined, one round: < 2 min
     python3 benchmarks/run.py --servers hello_c,nginx --workloads keepalive,pipelined
+    python3 benchmarks/run.py --provision-only  # build, install, check each answer; no load
 
 Installs what is missing (wrk and nginx with apt-get, the Python peers with pip), builds
-examples/hello_server (build-bench/) and the pymongoose_uring package, starts every server
-pinned to the server CPUs, checks its answers with real requests, then measures each
+examples/hello_server (build-bench/engine/) and the pymongoose_uring package
+(build-bench/python/), starts every server pinned to the server CPUs, checks its answers with
+real requests (one of the project's own servers that is unavailable is an error: exit status
+1, the server and the cause named; an unavailable peer is left out and listed), then measures each
 workload in alternation (A B C, B C A, ... per round) with wrk pinned to the client CPUs,
 and reports medians: requests/s, latency p50/p99, server CPU µs per request (utime+stime of
 the server's process tree from /proc), peak RSS, socket errors. Writes results.json,
@@ -54,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="ring threads for hello_c and pymongoose_uring (default 1)")
     p.add_argument("--hello-server", default=None,
-                   help="path of a hello_server binary (default: build it in build-bench/)")
+                   help="path of a hello_server binary (default: build it in build-bench/engine/)")
     p.add_argument("--reference", default=None,
                    help="server the ratios are taken against (default: pymongoose_uring, "
                         "else the first of %s that ran)" % ", ".join(registry.REFERENCE_ORDER))
@@ -72,6 +75,9 @@ def parse_args(argv=None):
                    help="publish an earlier run's folder (as --publish would have), then exit")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--list", action="store_true", help="list servers and workloads, then exit")
+    p.add_argument("--provision-only", action="store_true",
+                   help="install and build what the servers need, start each once to check "
+                        "its answer, list them, then exit without measuring")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (3 if args.quick else 2)
@@ -154,13 +160,15 @@ def main(argv=None):
     setup_log = os.path.join(logs, "setup.log")
     wrk_log = os.path.join(logs, "wrk.log")
 
-    print("setting up (log: %s)" % os.path.relpath(setup_log), flush=True)
+    print("setting up (log: %s)" % _shown(setup_log), flush=True)
     if not args.no_install:
         provision.check_wrk(setup_log)
-    elif not wrk.find():
+    elif not wrk.find() and not args.provision_only:
         raise SystemExit("wrk is required (apt-get install -y wrk)")
     defs = [registry.BY_NAME[n] for n in server_names]
     unavailable, built = provision_servers(defs, args, setup_log)
+    if args.provision_only:
+        args.no_plots = True
     if not args.no_plots and not args.no_install:
         if provision.ensure_pip([("matplotlib", "matplotlib")], setup_log):
             print("  matplotlib unavailable: no charts")
@@ -188,17 +196,33 @@ def main(argv=None):
         if fatal and not args.keep_going:
             raise BenchError("%s: %s" % (name, error))
 
+    def unavailable_server(d, reason):
+        """A peer that cannot be had is left out (and listed); the project's own server is a
+        failure: the comparison exists to measure it."""
+        if d.project:
+            fail(d.name, "this project's own server is unavailable: %s" % reason)
+        else:
+            unavailable[d.name] = reason
+            print("  %-18s unavailable: %s" % (d.name, reason), flush=True)
+
+    checked = []
     try:
         # Start every server; they stay up (idle) while the others are measured.
         for index, d in enumerate(defs):
             if d.name in unavailable:
-                print("  %-18s unavailable: %s" % (d.name, unavailable[d.name]), flush=True)
+                unavailable_server(d, unavailable.pop(d.name))
                 continue
             knobs = {"threads": args.threads} if "threads" in d.knobs else {}
             s = ServerProcess(d, args.base_port + index, server_cpus,
                               os.path.join(logs, d.name + ".log"), built=built, knobs=knobs)
             try:
                 s.start()
+                if args.provision_only:
+                    print("  %-18s answered on port %d, checked and stopped" % (d.name, s.port),
+                          flush=True)
+                    checked.append(d.name)
+                    s.stop()
+                    continue
                 servers[d.name] = s
                 warm_up(s, args.warmup, client_cpus)
                 print("  %-18s up on port %d (pid %d), answer checked" % (d.name, s.port, s.pid),
@@ -207,12 +231,11 @@ def main(argv=None):
                     remarks.append("%s answers every request with Connection: close, so its "
                                  "keep-alive numbers are connection-per-request numbers" % d.name)
             except Unavailable as e:
-                unavailable[d.name] = str(e)
-                print("  %-18s unavailable: %s" % (d.name, e), flush=True)
+                unavailable_server(d, str(e))
             except BenchError as e:
                 fail(d.name, e)
 
-        for w in workloads:
+        for w in workloads if not args.provision_only else []:
             active = []
             for name, s in list(servers.items()):
                 if not s.definition.supports(w):
@@ -267,6 +290,13 @@ def main(argv=None):
             s.stop()
 
     elapsed = time.monotonic() - started_at
+    if args.provision_only:
+        print("\nservers answering: %s" % (", ".join(checked) or "none"))
+        for name, reason in sorted(unavailable.items()):
+            print("unavailable peer: %s (%s)" % (name, reason))
+        for name, reason in sorted(failed.items()):
+            print("FAILED: %s (%s)" % (name, reason.splitlines()[0]))
+        return exit_status
     grouped = {}
     for p in all_points:
         grouped.setdefault((p["server"], p["workload"]), []).append(p)

@@ -1,9 +1,12 @@
 """Installing and building what the selected servers need, before anything is measured.
 
 System tools come from apt-get (Debian/Ubuntu, as root), Python peers from pip into this
-interpreter, examples/hello_server from meson + ninja in build-bench/, and the
-pymongoose_uring package from `pip install --target build-bench/python` of the repository. Whatever cannot be provided
-leaves its servers "unavailable" with the reason; the run goes on without them.
+interpreter, examples/hello_server from meson + ninja in build-bench/engine/, and the
+pymongoose_uring package from `pip install --target build-bench/python` of the repository.
+The two live in sibling folders so that neither build can remove the other's output (a fresh
+`meson setup` clears its own folder). Whatever cannot be provided leaves its servers
+"unavailable" with the reason: a peer is then left out of the run, and one of the project's
+own servers stops it (see run.py).
 """
 import glob
 import importlib.util
@@ -15,7 +18,8 @@ import sys
 from . import REPO_DIR, BenchError
 
 APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light"}
-BUILD_DIR = os.path.join(REPO_DIR, "build-bench")
+BUILD_DIR = os.path.join(REPO_DIR, "build-bench")  # the runner's; only its subfolders are built
+ENGINE_BUILD_DIR = os.path.join(BUILD_DIR, "engine")  # meson: examples/hello_server
 # What the Python package is built from: newer files here mean a rebuild.
 SOURCES = ("core", "include", "binding", "pymongoose_uring", "meson.build", "meson.options",
            "pyproject.toml")
@@ -99,10 +103,10 @@ def ensure_pip(pairs, log):
 
 
 def hello_server(log, explicit=None, build=True):
-    """Path of examples/hello_server, building it in build-bench/ when needed.
+    """Path of examples/hello_server, building it in build-bench/engine/ when needed.
 
     An explicit path (--hello-server or $PMU_HELLO_SERVER) is used as given. Otherwise the
-    runner owns build-bench/: `meson setup` once, then `ninja` every run (a no-op when
+    runner owns build-bench/engine/: `meson setup` once, then `ninja` every run (a no-op when
     nothing changed), so the binary measured is always the current source's.
     Returns (path, None) or (None, reason)."""
     explicit = explicit or os.environ.get("PMU_HELLO_SERVER")
@@ -110,7 +114,7 @@ def hello_server(log, explicit=None, build=True):
         if os.access(explicit, os.X_OK):
             return explicit, None
         return None, "%s is not an executable" % explicit
-    binary = os.path.join(BUILD_DIR, "hello_server")
+    binary = os.path.join(ENGINE_BUILD_DIR, "hello_server")
     if not build:
         for candidate in [binary] + sorted(glob.glob(os.path.join(REPO_DIR, "build*", "hello_server"))):
             if os.access(candidate, os.X_OK):
@@ -122,14 +126,14 @@ def hello_server(log, explicit=None, build=True):
             if error:
                 return None, error
     _ensure_build_deps(log)
-    if not os.path.exists(os.path.join(BUILD_DIR, "build.ninja")):
-        if os.path.isdir(BUILD_DIR):
-            shutil.rmtree(BUILD_DIR)  # a setup that failed half-way; ours to redo
-        say("  configuring %s ..." % os.path.relpath(BUILD_DIR, REPO_DIR))
-        if _run(["meson", "setup", BUILD_DIR, "-Dtests=false", "-Dpython=false",
+    if not os.path.exists(os.path.join(ENGINE_BUILD_DIR, "build.ninja")):
+        if os.path.isdir(ENGINE_BUILD_DIR):
+            shutil.rmtree(ENGINE_BUILD_DIR)  # a setup that failed half-way; ours to redo
+        say("  configuring %s ..." % os.path.relpath(ENGINE_BUILD_DIR, REPO_DIR))
+        if _run(["meson", "setup", ENGINE_BUILD_DIR, "-Dtests=false", "-Dpython=false",
                  "-Dbuildtype=release"], log, cwd=REPO_DIR) != 0:
             return None, "meson setup failed: see %s" % log
-    if _run(["ninja", "-C", BUILD_DIR, "hello_server"], log, cwd=REPO_DIR) != 0:
+    if _run(["ninja", "-C", ENGINE_BUILD_DIR, "hello_server"], log, cwd=REPO_DIR) != 0:
         return None, "the build failed: see %s" % log
     if not os.access(binary, os.X_OK):
         return None, "the build produced no %s" % binary

@@ -6,9 +6,10 @@ port given to the server, {threads} the `threads` knob (default 1), {hello_serve
 example's binary. `caps` lists what the server answers beyond GET / (see servers/common.py):
 "bytes" (/16k, /1m), "echo" (POST /echo). `pip` lists (import name, pip requirement) pairs
 installed when missing; `tools` lists system tools (apt) the server needs; `build` names what
-provisioning must build first. `knobs` lists the engine knobs the server honours (sweeps refuse
-others): "threads" goes into argv where the template has {threads}, and every knob also goes
-into a PMU_* environment variable (examples/hello_server and the Python scripts read them).
+provisioning must build first (a server with one is the project's own: see `project`).
+`knobs` lists the engine knobs the server honours (sweeps refuse others): "threads" goes into
+argv where the template has {threads}, and every knob also goes into a PMU_* environment
+variable (examples/hello_server and the Python scripts read them).
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -38,6 +39,12 @@ class Server:
 
     def supports(self, workload):
         return workload.needs in self.caps
+
+    @property
+    def project(self):
+        """Built from this checkout (the package or hello_server): the comparison is about
+        these, so one that is unavailable fails the run instead of leaving a gap."""
+        return self.build is not None
 
 
 # The engine's default max_connections (10,000) is exactly the c10k workload's count; leave

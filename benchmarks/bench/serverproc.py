@@ -4,6 +4,7 @@ The server runs in its own process session (so that it and its children can be s
 together), pinned to the server CPUs, with its output in a log file.
 """
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -37,9 +38,11 @@ def tail(path, lines=15):
 
 
 class ServerProcess:
-    def __init__(self, definition, port, cpus, log_path, built=None, knobs=None):
+    def __init__(self, definition, port, cpus, log_path, built=None, knobs=None, nofile=None):
+        """nofile: RLIMIT_NOFILE (soft and hard) of the server, as `ulimit -n` would set it
+        (default: the runner's own)."""
         self.definition, self.port, self.cpus = definition, port, set(cpus)
-        self.log_path, self.built = log_path, built
+        self.log_path, self.built, self.nofile = log_path, built, nofile
         self.knobs = dict(knobs or {})
         self.proc = None
         self.answer = None  # what checks.hello() reported
@@ -74,11 +77,16 @@ class ServerProcess:
         log = open(self.log_path, "ab")
         log.write(("\n==== %s: %s\n" % (time.strftime("%H:%M:%S"), " ".join(self.argv()))).encode())
         log.flush()
-        cpus = self.cpus
+        cpus, nofile = self.cpus, self.nofile
+
+        def child():
+            os.sched_setaffinity(0, cpus)
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, env=env, cwd=SERVERS_DIR,
-                                     start_new_session=True,
-                                     preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+                                     start_new_session=True, preexec_fn=child)
         log.close()
         try:
             self._wait_ready(timeout or self.definition.start_timeout)

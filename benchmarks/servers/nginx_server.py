@@ -16,7 +16,7 @@ MODULE_DIRS = ["/usr/lib/nginx/modules", "/usr/lib64/nginx/modules", "/usr/share
 
 CONFIG = """\
 worker_processes 1;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile {nofile};
 daemon off;
 master_process on;
 pid {prefix}/nginx.pid;
@@ -56,6 +56,9 @@ http {{
     }}
 }}
 """
+# The worker's descriptor limit; benchmarks/hostile_fd.py lowers it (with `ulimit -n`) to see
+# what nginx does when accept() runs out of descriptors.
+NOFILE = int(os.environ.get("BENCH_NGINX_NOFILE", "65536"))
 ECHO_WITH_MODULE = "echo_read_request_body;\n            echo_request_body;"
 ECHO_WITHOUT_MODULE = "return 501;"
 
@@ -90,7 +93,7 @@ def main():
     with open(os.path.join(prefix, "nginx.conf"), "w") as f:
         f.write(CONFIG.format(
             prefix=prefix, host=common.HOST, port=port, hello=common.HELLO.decode(),
-            json=common.JSON, octets=common.OCTETS,
+            json=common.JSON, octets=common.OCTETS, nofile=NOFILE,
             load_module="load_module %s;" % module if module else "",
             echo=ECHO_WITH_MODULE if module else ECHO_WITHOUT_MODULE))
     sys.stdout.flush()
