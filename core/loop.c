@@ -275,6 +275,7 @@ static void begin_stop(pmu__loop_t *loop) {
 
 static void expire_timers(pmu__loop_t *loop) {
   uint64_t now = loop->now_ms;
+  pmu__conn_check_rates(loop);
   for (int kind = 1; kind < TIMER_KINDS; kind++) {
     pmu__conn_t *c;
     while ((c = loop->timers[kind].head) && c->deadline <= now) {
@@ -304,6 +305,8 @@ static int64_t next_wait(const pmu__loop_t *loop) {
   }
   if (loop->stopping && loop->stop_deadline < soonest)
     soonest = loop->stop_deadline;
+  if (loop->rate_check_ms < soonest)
+    soonest = loop->rate_check_ms;
   if (soonest == UINT64_MAX)
     return -1;
   return soonest > loop->now_ms ? (int64_t)(soonest - loop->now_ms) : 0;
@@ -470,6 +473,7 @@ void *pmu__loop_main(void *arg) {
   pthread_sigmask(SIG_BLOCK, &all, NULL);
 
   loop->now_ms = pmu__now_ms();
+  loop->rate_check_ms = UINT64_MAX;
   loop->timeout_ms[TIMER_HEADER] = cfg->header_timeout_ms;
   loop->timeout_ms[TIMER_BODY] = cfg->body_timeout_ms;
   loop->timeout_ms[TIMER_IDLE] = cfg->keepalive_timeout_ms;
