@@ -308,9 +308,13 @@ static size_t body_backlog(const pmu__conn_t *c) {
   return atomic_load(&r->body_delivered) - atomic_load(&r->body_consumed);
 }
 
+size_t pmu__conn_projected(const pmu__conn_t *c) {
+  return c->out_queued + (size_t)c->pending * c->answer_est;
+}
+
 static int over_limits(const pmu__conn_t *c) {
   const pmu_config_t *cfg = &c->loop->server->cfg;
-  return c->pending >= cfg->max_pipelined || c->out_queued > cfg->output_high_water ||
+  return c->pending >= cfg->max_pipelined || pmu__conn_projected(c) > cfg->output_high_water ||
          body_backlog(c) > cfg->output_high_water;
 }
 
@@ -418,7 +422,10 @@ void pmu__conn_maybe_resume(pmu__conn_t *c) {
     return;
   if (c->paused) {
     const pmu_config_t *cfg = &c->loop->server->cfg;
-    if (c->pending > cfg->max_pipelined / 2 || c->out_queued > cfg->output_high_water / 2 ||
+    if (c->in_turn >= PIPELINE_TURN && c->turn_gen == c->loop->turn_gen)
+      return; /* had its share of this turn: resumes at its end (rearm list) */
+    if (c->pending > cfg->max_pipelined / 2 ||
+        pmu__conn_projected(c) > cfg->output_high_water / 2 ||
         body_backlog(c) > cfg->output_high_water / 2)
       return;
     c->paused = 0;
@@ -478,6 +485,8 @@ void pmu__conn_answered(pmu__conn_t *c, pmu__req_t *req) {
                                                 inside the parser */
   }
   c->out_queued += req->out_len + req->ext_len;
+  if (req->kind == REQ_USER && !req->streaming)
+    c->answer_est = req->out_len + req->ext_len;
   if (req->close_after)
     c->no_more = 1;
   pmu__loop_mark_dirty(c->loop, c);
@@ -563,6 +572,7 @@ void pmu__conn_flush(pmu__conn_t *c) {
     if (after_sent(c, consume_sent(c, 0)))
       return;
     pmu__conn_timer_update(c);
+    pmu__conn_maybe_resume(c); /* answers left the queue: it may read on */
     return;
   }
   struct msghdr *msg = &c->sb->msg;

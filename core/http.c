@@ -21,6 +21,9 @@
 #define SMALL_BUF (64 * 1024)
 #define BIG_BUF_MAX (4u << 20)
 #define BIG_POOL_BUDGET (32u << 20)
+/* Pipelined requests of one connection handed to the handler before the
+ * first answer tells their size. */
+#define PIPELINE_FIRST 4
 
 /* ---- requests ---- */
 
@@ -561,6 +564,16 @@ static int finalize(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
 /* The request joins its connection's queue and the loop's batch. */
 static void join_batch(pmu__conn_t *c, pmu__req_t *r) {
   pmu__loop_t *loop = c->loop;
+  if (c->batch_gen != loop->batch_gen) {
+    c->batch_gen = loop->batch_gen;
+    c->in_batch = 0;
+  }
+  if (c->turn_gen != loop->turn_gen) {
+    c->turn_gen = loop->turn_gen;
+    c->in_turn = 0;
+  }
+  c->in_batch++;
+  c->in_turn++;
   pmu__conn_enqueue(c, r);
   r->with_handler = 1;
   loop->batch[loop->batch_len++] = &r->pub;
@@ -594,9 +607,26 @@ static int on_message_complete(llhttp_t *p) {
     c->no_more = 1; /* whatever follows a closing request is ignored */
     return HPE_PAUSED;
   }
-  if (c->pending >= loop->server->cfg.max_pipelined ||
-      c->out_queued > loop->server->cfg.output_high_water)
+  const pmu_config_t *cfg = &loop->server->cfg;
+  if (c->pending >= cfg->max_pipelined || c->out_queued > cfg->output_high_water)
     return HPE_PAUSED;
+  /* Bound what the handler produces, not only what is read: once the
+   * answers this connection already owes would fill output_high_water (its
+   * last answer's size is the guess), or before its first answer gives a
+   * guess, run the handler now, and read no further while over the mark. */
+  if (!r->pub.body_streaming && c->batch_gen == loop->batch_gen && c->in_batch &&
+      (pmu__conn_projected(c) > cfg->output_high_water ||
+       (c->answer_est == 0 && c->in_batch >= PIPELINE_FIRST))) {
+    pmu__loop_dispatch(loop);
+    if (c->no_more || c->closing || pmu__conn_projected(c) > cfg->output_high_water)
+      return HPE_PAUSED;
+  }
+  /* One connection's burst does not hold the ring: at most PIPELINE_TURN
+   * of its requests a turn; the rest are parsed at the end of the turn. */
+  if (c->in_turn >= PIPELINE_TURN && c->turn_gen == loop->turn_gen) {
+    pmu__loop_schedule_resume(loop, c);
+    return HPE_PAUSED;
+  }
   return 0;
 }
 

@@ -25,6 +25,8 @@
 #include "uring.h"
 
 #define PMU__IOV_MAX 64
+/* Most pipelined requests of one connection parsed in one turn of its loop. */
+#define PIPELINE_TURN 32
 
 /* Relaxed counters: written by one thread, read by any. */
 #define STAT_ADD(loop, field, n)                                                              \
@@ -357,6 +359,9 @@ void pmu__conn_maybe_resume(pmu__conn_t *conn);
 void pmu__conn_body_list_remove(pmu__conn_t *conn);
 void pmu__conn_enqueue(pmu__conn_t *conn, pmu__req_t *req);
 void pmu__conn_answered(pmu__conn_t *conn, pmu__req_t *req);
+/* Output the connection may make: what is queued, plus a guess (its last
+ * answer's size) for each answer still owed. */
+size_t pmu__conn_projected(const pmu__conn_t *conn);
 
 /* ---- http.c ---- */
 extern const llhttp_settings_t pmu__llhttp_settings;

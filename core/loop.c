@@ -75,6 +75,7 @@ void pmu__loop_dispatch(pmu__loop_t *loop) {
   if (!n)
     return;
   loop->batch_len = 0;
+  loop->batch_gen++; /* every connection's in_batch starts over */
   loop->outstanding += n;
   STAT_ADD(loop, batches, 1);
   unsigned bucket = 31u - (unsigned)__builtin_clz(n);
@@ -318,6 +319,9 @@ static void end_of_turn(pmu__loop_t *loop) {
   expire_timers(loop);
   pmu__bufring_publish(&loop->bufs);
 
+  /* Resuming is a turn of its own for the per-turn cap on pipelined
+   * requests; a connection capped again waits for the next one. */
+  loop->turn_gen++;
   pmu__conn_t *c = loop->rearm;
   loop->rearm = NULL;
   while (c) {
@@ -364,8 +368,11 @@ static void run(pmu__loop_t *loop) {
   arm_accept(loop);
   arm_wake(loop);
   for (;;) {
-    int rc = pmu__submit_and_wait(&loop->ring, next_wait(loop));
+    /* Connections capped last turn resume at the end of this one: no
+     * waiting for a completion then. */
+    int rc = pmu__submit_and_wait(&loop->ring, loop->rearm ? 0 : next_wait(loop));
     (void)rc; /* ETIME is a timer; EINTR a signal; both mean "look again" */
+    loop->turn_gen++;
     STAT_ADD(loop, waits, 1);
     loop->now_ms = pmu__now_ms();
     pmu__date_refresh(loop, time(NULL));

@@ -1,0 +1,140 @@
+/*
+ * test_pipeline_bound: output_high_water bounds what the handler produces
+ * for a connection, not only what is read from it. 20 connections each
+ * pipeline 128 requests for 1 MiB answers and read nothing: the handler sees
+ * only a few of each connection's requests (before, all 128: 2.5 GiB of
+ * answers queued), another client is answered quickly meanwhile, and when
+ * the pipeliners read, every answer comes, in order. And one connection's
+ * burst of small requests is handed over in slices, not in one batch.
+ */
+#include "testlib.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#define CONNS 20
+#define DEPTH 128
+#define ANSWER (1 << 20)
+
+static char *big;
+static atomic_ulong seen_mb;
+static atomic_ulong largest_call;
+
+static void noop_release(void *ctx) { (void)ctx; }
+
+static void handler(void *data, pmu_request_t *const *requests, size_t count) {
+  unsigned long prev = atomic_load(&largest_call);
+  while (count > prev && !atomic_compare_exchange_weak(&largest_call, &prev, count))
+    ;
+  for (size_t i = 0; i < count; i++) {
+    pmu_request_t *q = requests[i];
+    if (q->path_len == 3 && memcmp(q->path, "/mb", 3) == 0) {
+      atomic_fetch_add(&seen_mb, 1);
+      char idx[32];
+      int n = snprintf(idx, sizeof idx, "%.*s", (int)q->query_len, q->query);
+      pmu_header_t h = {"X-I", 3, idx, (size_t)n};
+      pmu_response_t resp = {.status = 200,
+                             .headers = &h,
+                             .header_count = 1,
+                             .body = big,
+                             .body_len = ANSWER,
+                             .body_release = noop_release};
+      pmu_respond(q, &resp);
+    } else {
+      t_handler(data, &q, 1);
+    }
+  }
+}
+
+int main(void) {
+  t_init("pipeline_bound");
+  big = malloc(ANSWER);
+  for (size_t i = 0; i < ANSWER; i++)
+    big[i] = (char)('a' + i % 26);
+
+  pmu_config_t config;
+  t_config_init(&config);
+  config.handler = handler;
+  t_server_t *server = t_server_start(&config);
+
+  t_conn_t *conns[CONNS];
+  t_case("pipeliners that never read get only a few requests run");
+  {
+    char *reqs = malloc(DEPTH * 64);
+    for (int c = 0; c < CONNS; c++) {
+      conns[c] = t_connect(server);
+      size_t len = 0;
+      for (int i = 0; i < DEPTH; i++)
+        len += (size_t)sprintf(reqs + len, "GET /mb?%d HTTP/1.1\r\nHost: p\r\n\r\n", i);
+      t_send(conns[c], reqs, len);
+    }
+    free(reqs);
+    t_sleep_ms(300);
+
+    t_conn_t *other = t_connect(server);
+    int64_t t0 = t_now_ms();
+    t_send_str(other, "GET /other HTTP/1.1\r\nHost: p\r\n\r\n");
+    t_response_t r;
+    t_expect_response(other, &r);
+    long ms = (long)(t_now_ms() - t0);
+    T_ASSERT_INT_EQ(r.status, 200);
+    t_response_free(&r);
+    t_conn_close(other);
+    T_ASSERT_MSG(ms < 200, "another client waited %ld ms", ms);
+
+    t_sleep_ms(200);
+    unsigned long seen = atomic_load(&seen_mb);
+    fprintf(stderr, "# handler ran %lu of %d requests while nobody read\n", seen,
+            CONNS * DEPTH);
+    T_ASSERT_MSG(seen <= CONNS * 8, "handler ran %lu requests (%d connections x %d)", seen,
+                 CONNS, DEPTH);
+    T_ASSERT(seen >= CONNS);
+  }
+
+  t_case("when the pipeliners read, every answer comes, in order");
+  {
+    for (int c = 0; c < CONNS; c++) {
+      for (int i = 0; i < DEPTH; i++) {
+        t_response_t r;
+        t_expect_response(conns[c], &r);
+        T_ASSERT_INT_EQ(r.status, 200);
+        T_ASSERT_INT_EQ(r.body_len, ANSWER);
+        const char *x = t_header(&r, "X-I");
+        T_ASSERT_MSG(x && atoi(x) == i, "connection %d answer %d is X-I %s", c, i,
+                     x ? x : "(none)");
+        T_ASSERT(memcmp(r.body, big, 64) == 0);
+        t_response_free(&r);
+      }
+      t_conn_close(conns[c]);
+    }
+    T_ASSERT_INT_EQ(atomic_load(&seen_mb), CONNS * DEPTH);
+  }
+
+  t_case("one connection's 128 pipelined requests are run in slices, answered in order");
+  {
+    atomic_store(&largest_call, 0);
+    t_conn_t *conn = t_connect(server);
+    char *reqs = malloc(DEPTH * 64);
+    size_t len = 0;
+    for (int i = 0; i < DEPTH; i++)
+      len += (size_t)sprintf(reqs + len, "GET /small?%d HTTP/1.1\r\nHost: p\r\n\r\n", i);
+    t_send(conn, reqs, len);
+    free(reqs);
+    for (int i = 0; i < DEPTH; i++) {
+      t_response_t r;
+      t_expect_response(conn, &r);
+      char want[32];
+      snprintf(want, sizeof want, "/small?%d", i);
+      T_ASSERT_FIELD(&r, "target", want);
+      t_response_free(&r);
+    }
+    t_conn_close(conn);
+    unsigned long largest = atomic_load(&largest_call);
+    T_ASSERT_MSG(largest <= 32, "a handler call took %lu of one connection's requests",
+                 largest);
+  }
+
+  t_server_destroy(server);
+  free(big);
+  return t_done();
+}
