@@ -23,7 +23,7 @@
 #define BIG_POOL_BUDGET (32u << 20)
 /* Pipelined requests of one connection handed to the handler before the
  * first answer tells their size. */
-#define PIPELINE_FIRST 4
+#define PIPELINE_FIRST 1
 
 /* ---- requests ---- */
 
