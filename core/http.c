@@ -23,7 +23,7 @@
 #define BIG_POOL_BUDGET (32u << 20)
 /* Pipelined requests of one connection handed to the handler before the
  * first answer tells their size. */
-#define PIPELINE_FIRST 1
+#define PIPELINE_FIRST 2
 
 /* ---- requests ---- */
 
@@ -610,13 +610,15 @@ static int on_message_complete(llhttp_t *p) {
   const pmu_config_t *cfg = &loop->server->cfg;
   if (c->pending >= cfg->max_pipelined || c->out_queued > cfg->output_high_water)
     return HPE_PAUSED;
-  /* Bound what the handler produces, not only what is read: once the
-   * answers this connection already owes would fill output_high_water (its
-   * last answer's size is the guess), or before its first answer gives a
-   * guess, run the handler now, and read no further while over the mark. */
-  if (!r->pub.body_streaming && c->batch_gen == loop->batch_gen && c->in_batch &&
-      (pmu__conn_projected(c) > cfg->output_high_water ||
-       (c->answer_est == 0 && c->in_batch >= PIPELINE_FIRST))) {
+  /* Bound what the handler produces, not only what is read: read no further
+   * once the answers this connection owes would fill output_high_water (its
+   * last answer's size is the guess). Before its first answer gives a guess,
+   * a pipelining connection's requests are run PIPELINE_FIRST at a time, at
+   * once, to learn it; a lone request still waits for the batch. */
+  if (pmu__conn_projected(c) > cfg->output_high_water)
+    return HPE_PAUSED;
+  if (c->answer_est == 0 && !r->pub.body_streaming && c->batch_gen == loop->batch_gen &&
+      c->in_batch >= PIPELINE_FIRST) {
     pmu__loop_dispatch(loop);
     if (c->no_more || c->closing || pmu__conn_projected(c) > cfg->output_high_water)
       return HPE_PAUSED;

@@ -5,7 +5,8 @@
  * only a few of each connection's requests (before, all 128: 2.5 GiB of
  * answers queued), another client is answered quickly meanwhile, and when
  * the pipeliners read, every answer comes, in order. And one connection's
- * burst of small requests is handed over in slices, not in one batch.
+ * burst of small requests is handed over in slices, not in one batch, while
+ * lone requests of many connections still share one handler call.
  */
 #include "testlib.h"
 
@@ -41,6 +42,8 @@ static void handler(void *data, pmu_request_t *const *requests, size_t count) {
                              .body_release = noop_release};
       pmu_respond(q, &resp);
     } else {
+      if (q->path_len == 5 && memcmp(q->path, "/slow", 5) == 0)
+        t_sleep_ms(200); /* holds the ring while other requests arrive */
       t_handler(data, &q, 1);
     }
   }
@@ -131,6 +134,34 @@ int main(void) {
     t_conn_close(conn);
     unsigned long largest = atomic_load(&largest_call);
     T_ASSERT_MSG(largest <= 32, "a handler call took %lu of one connection's requests",
+                 largest);
+  }
+
+  t_case("lone requests of fresh connections still share a handler call");
+  {
+    enum { N = 50 };
+    t_conn_t *many[N];
+    for (int i = 0; i < N; i++)
+      many[i] = t_connect(server);
+    t_sleep_ms(100); /* all accepted, their receives armed */
+    t_conn_t *slow = t_connect(server);
+    t_send_str(slow, "GET /slow HTTP/1.1\r\nHost: p\r\n\r\n");
+    t_sleep_ms(50);
+    atomic_store(&largest_call, 0);
+    for (int i = 0; i < N; i++)
+      t_send_str(many[i], "GET /c HTTP/1.1\r\nHost: p\r\n\r\n");
+    t_response_t r;
+    t_expect_response(slow, &r);
+    t_response_free(&r);
+    t_conn_close(slow);
+    for (int i = 0; i < N; i++) {
+      t_expect_response(many[i], &r);
+      T_ASSERT_INT_EQ(r.status, 200);
+      t_response_free(&r);
+      t_conn_close(many[i]);
+    }
+    unsigned long largest = atomic_load(&largest_call);
+    T_ASSERT_MSG(largest >= N / 2, "the %d requests came in handler calls of %lu at most", N,
                  largest);
   }
 
