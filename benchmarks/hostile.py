@@ -159,9 +159,19 @@ def attack(script, port, *args):
     return proc
 
 
+def unread_by_server(port):
+    """Bytes waiting in the receive queues of the server's connections (`ss`), or None."""
+    if not provision.find_tool("ss"):
+        return None
+    out = subprocess.run(["ss", "-Htn", "state", "established", "( sport = :%d )" % port],
+                         capture_output=True, text=True).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if line.split())
+
+
 def run_scenario(server_proc, port, attack_proc, normal, hold):
-    """Sample RSS, wait for the attack to be in place, then run the normal client for
-    `hold` seconds. Returns the row's figures."""
+    """Sample RSS, wait for the attack to be in place (sent, and read by the server as far
+    as it reads), then run the normal client for `hold` seconds. Returns the row's
+    figures."""
     sampler = RssSampler(server_proc.pid)
     base = vm_rss(server_proc.pid)
     sampler.start()
@@ -171,6 +181,16 @@ def run_scenario(server_proc, port, attack_proc, normal, hold):
     try:
         line = attack_proc.stdout.readline()
         ready = line.strip() == "ready"
+        # The kernel buffers what was sent: wait until the server has taken it in, or
+        # stopped taking (a bound on what it reads is the point of some scenarios).
+        last, still_since = None, time.monotonic()
+        while ready and time.monotonic() - still_since < 1.0 and time.monotonic() - t0 < 60:
+            unread = unread_by_server(port)
+            if unread is None or unread == 0:
+                break
+            if unread != last:
+                last, still_since = unread, time.monotonic()
+            time.sleep(0.05)
         setup_s = time.monotonic() - t0
         end = time.monotonic() + hold
         while time.monotonic() < end:
