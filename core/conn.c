@@ -309,7 +309,12 @@ static size_t body_backlog(const pmu__conn_t *c) {
 }
 
 size_t pmu__conn_projected(const pmu__conn_t *c) {
-  return c->out_queued + (size_t)c->pending * c->answer_est;
+  size_t owed = c->pending;
+  /* A request whose body is still streaming in cannot be answered before it:
+   * counting it would stop reading the body it waits for. */
+  if (owed && c->cur && c->cur->pub.body_streaming && !c->cur->detached)
+    owed--;
+  return c->out_queued + owed * c->answer_est;
 }
 
 static int over_limits(const pmu__conn_t *c) {

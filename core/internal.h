@@ -360,7 +360,7 @@ void pmu__conn_body_list_remove(pmu__conn_t *conn);
 void pmu__conn_enqueue(pmu__conn_t *conn, pmu__req_t *req);
 void pmu__conn_answered(pmu__conn_t *conn, pmu__req_t *req);
 /* Output the connection may make: what is queued, plus a guess (its last
- * answer's size) for each answer still owed. */
+ * answer's size) for each answer owed (but the one whose body is streaming). */
 size_t pmu__conn_projected(const pmu__conn_t *conn);
 
 /* ---- http.c ---- */

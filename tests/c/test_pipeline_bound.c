@@ -49,6 +49,32 @@ static void handler(void *data, pmu_request_t *const *requests, size_t count) {
   }
 }
 
+/* A second server streams the bodies of /up to on_body and answers with
+ * their length once the last piece came. */
+static void up_handler(void *data, pmu_request_t *const *requests, size_t count) {
+  for (size_t i = 0; i < count; i++) {
+    pmu_request_t *q = requests[i];
+    if (q->body_streaming)
+      q->user = calloc(1, sizeof(size_t)); /* answered from up_body */
+    else
+      t_handler(data, &q, 1);
+  }
+}
+
+static void up_body(void *data, pmu_request_t *q, const void *piece, size_t len, int last) {
+  (void)data;
+  (void)piece;
+  size_t *got = q->user;
+  *got += len;
+  pmu_request_body_consumed(q, len);
+  if (last) {
+    char text[32];
+    int n = snprintf(text, sizeof text, "%zu", *got);
+    free(got);
+    pmu_respond_simple(q, 200, NULL, 0, text, (size_t)n);
+  }
+}
+
 int main(void) {
   t_init("pipeline_bound");
   big = malloc(ANSWER);
@@ -166,6 +192,37 @@ int main(void) {
   }
 
   t_server_destroy(server);
+
+  t_case("after a large answer, a streamed request body on the same connection is read");
+  {
+    /* The output bound counts answers owed; the request whose body is
+     * streaming cannot be answered before its body: it must not pause it. */
+    pmu_config_t up;
+    t_config_init(&up);
+    up.handler = up_handler;
+    up.on_body = up_body;
+    up.body_stream_threshold = 1000;
+    up.output_high_water = 64 * 1024;
+    t_server_t *s2 = t_server_start(&up);
+    t_conn_t *conn = t_connect(s2);
+    t_send_str(conn, "GET /big?n=200000 HTTP/1.1\r\nHost: p\r\n\r\n");
+    t_response_t r;
+    t_expect_response(conn, &r);
+    T_ASSERT_INT_EQ(r.body_len, 200000);
+    t_response_free(&r);
+    size_t n = 100000;
+    char *req = malloc(n + 128);
+    int h = snprintf(req, 128, "POST /up HTTP/1.1\r\nHost: p\r\nContent-Length: %zu\r\n\r\n", n);
+    memset(req + h, 'u', n);
+    t_send(conn, req, (size_t)h + n);
+    free(req);
+    T_ASSERT_INT_EQ(t_read_response(conn, &r, 3000, false), 0);
+    T_ASSERT_INT_EQ(r.status, 200);
+    T_ASSERT_STR_EQ(r.body, "100000");
+    t_response_free(&r);
+    t_conn_close(conn);
+    t_server_destroy(s2);
+  }
   free(big);
   return t_done();
 }
