@@ -477,8 +477,9 @@ class Server:
         counts batches of 2**i to 2**(i+1)-1 requests), ``deferred``
         (answers that came from other threads), ``status_classes`` (final
         responses by class: ``{"1xx": n, "2xx": n, ..., "5xx": n}``, the
-        engine's own 400/408/413/414/431/503 included). After stop(), the final
-        totals."""
+        engine's own 400/408/413/414/431/503 included), ``bodies_spooled`` and
+        ``body_buffer_bytes`` (request bodies in memory, against
+        ``body_buffer_budget``). After stop(), the final totals."""
         engine = self._engine
         if engine is None:
             if self._final_stats is not None and thread == -1:
