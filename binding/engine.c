@@ -43,7 +43,8 @@ typedef struct {
   PyObject_HEAD
   pmu_state *st; /* borrowed: the type holds the module */
   pmu_config_t config;
-  char *host, *unix_path, *server_header; /* owned copies behind config's strings */
+  char *host, *unix_path, *server_header, *body_spool_dir; /* owned copies behind config's
+                                                            strings */
   PyObject *handler;   /* callable(request): called when no route matches */
   PyObject *routes;    /* dict path -> dict method -> callable, or NULL */
   PyObject *scheduler; /* callable(list of (request, coroutine)), or NULL */
@@ -107,10 +108,14 @@ static const field fields[] = {
     FIELD(max_pipelined, F_UINT),
     FIELD(output_high_water, F_SIZE),
     FIELD_AS(stream_body_threshold, body_stream_threshold, F_SIZE),
+    FIELD(body_buffer_budget, F_SIZE),
+    FIELD(body_spool_dir, F_STR),
     FIELD(header_timeout_ms, F_UINT),
     FIELD(keepalive_timeout_ms, F_UINT),
     FIELD(body_timeout_ms, F_UINT),
     FIELD(send_timeout_ms, F_UINT),
+    FIELD(min_recv_rate, F_UINT),
+    FIELD(min_rate_grace_ms, F_UINT),
     FIELD(shutdown_timeout_ms, F_UINT),
     FIELD(server_header, F_STR),
 };
@@ -430,12 +435,16 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
   return (PyObject *)self;
 }
 
-/* Index of a string field's owned copy: 0 host, 1 unix_path, 2 server_header. */
+/* Index of a string field's owned copy: 0 host, 1 unix_path, 2 server_header,
+ * 3 body_spool_dir. */
+#define NOWNED 4
 static int owned_index(const field *f) {
   if (f->offset == offsetof(pmu_config_t, host))
     return 0;
   if (f->offset == offsetof(pmu_config_t, unix_path))
     return 1;
+  if (f->offset == offsetof(pmu_config_t, body_spool_dir))
+    return 3;
   return 2;
 }
 
@@ -454,7 +463,7 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   }
   PyObject *routes = NULL, *scheduler = NULL;
   pmu_config_t c = self->config;
-  char *fresh[3] = {NULL, NULL, NULL}; /* strings copied by this call */
+  char *fresh[NOWNED] = {NULL, NULL, NULL, NULL}; /* strings copied by this call */
   if (kwargs != NULL) {
     Py_ssize_t pos = 0;
     PyObject *key, *value; /* borrowed */
@@ -496,8 +505,9 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
     goto fail;
   }
   /* Commit: new copies replace old ones, which config no longer uses. */
-  char **slots[3] = {&self->host, &self->unix_path, &self->server_header};
-  for (int i = 0; i < 3; i++)
+  char **slots[NOWNED] = {&self->host, &self->unix_path, &self->server_header,
+                          &self->body_spool_dir};
+  for (int i = 0; i < NOWNED; i++)
     if (fresh[i] != NULL) {
       PyMem_Free(*slots[i]);
       *slots[i] = fresh[i];
@@ -512,7 +522,7 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   Py_XSETREF(self->scheduler, Py_XNewRef(scheduler));
   return 0;
 fail:
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < NOWNED; i++)
     PyMem_Free(fresh[i]);
   return -1;
 }
@@ -762,6 +772,8 @@ static PyObject *engine_stats(PyObject *op, PyObject *args, PyObject *kwargs) {
   STAT(batches);
   STAT(deferred);
   STAT(responses_aborted);
+  STAT(bodies_spooled);
+  STAT(body_buffer_bytes);
   {
     PyObject *hist = PyList_New(PMU_BATCH_BUCKETS);
     if (hist == NULL)
@@ -915,6 +927,7 @@ static void engine_dealloc(PyObject *op) {
   PyMem_Free(self->host);
   PyMem_Free(self->unix_path);
   PyMem_Free(self->server_header);
+  PyMem_Free(self->body_spool_dir);
   tp->tp_free(op);
   Py_DECREF(tp);
 }

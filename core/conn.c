@@ -151,6 +151,59 @@ void pmu__conn_timer_update(pmu__conn_t *c) {
   }
   if (kind != c->timer_kind)
     timer_set(c, kind);
+
+  /* The minimum rate is watched while the header or body timer would run,
+   * from the start of each such phase. */
+  uint8_t rate_kind = kind == TIMER_HEADER || kind == TIMER_BODY ? (uint8_t)kind : 0;
+  if (rate_kind != c->rate_kind) {
+    c->rate_kind = rate_kind;
+    const pmu_config_t *cfg = &c->loop->server->cfg;
+    if (rate_kind && cfg->min_recv_rate) {
+      pmu__loop_t *loop = c->loop;
+      c->rate_t0 = loop->now_ms;
+      c->rate_base = c->rx;
+      uint64_t first = loop->now_ms + cfg->min_rate_grace_ms;
+      if (first < loop->rate_check_ms)
+        loop->rate_check_ms = first;
+    }
+  }
+}
+
+/* The deadline of a watched phase: its start, the grace, and one second for
+ * every min_recv_rate bytes received since (Apache's MinRate). A connection
+ * paused by backpressure is not the client's doing: its phase starts over. */
+void pmu__conn_check_rates(pmu__loop_t *loop) {
+  const pmu_config_t *cfg = &loop->server->cfg;
+  uint64_t now = loop->now_ms;
+  if (!cfg->min_recv_rate || now < loop->rate_check_ms)
+    return;
+  uint64_t next = UINT64_MAX;
+  for (pmu__conn_t *c = loop->all; c; c = c->anext) {
+    if (!c->rate_kind || c->closing || c->lingering)
+      continue;
+    if (c->paused) {
+      c->rate_t0 = now;
+      c->rate_base = c->rx;
+    }
+    uint64_t got = c->rx - c->rate_base;
+    uint64_t deadline = c->rate_t0 + cfg->min_rate_grace_ms + got * 1000u / cfg->min_recv_rate;
+    if (deadline > now) {
+      if (deadline < next)
+        next = deadline;
+      continue;
+    }
+    c->rate_kind = 0;
+    STAT_ADD(loop, timeouts, 1);
+    if (c->pstate == PS_IDLE) {
+      pmu__conn_close(c); /* nothing of a request came: as the header timeout */
+    } else {
+      pmu__conn_send_error(c, 408);
+      pmu__loop_mark_dirty(loop, c);
+    }
+  }
+  /* Look again at the earliest deadline, but not more often than 10 times a
+   * second: the walk is over every connection. */
+  loop->rate_check_ms = next == UINT64_MAX ? UINT64_MAX : next > now + 100 ? next : now + 100;
 }
 
 void pmu__conn_timer_touch(pmu__conn_t *c) {
@@ -255,9 +308,18 @@ static size_t body_backlog(const pmu__conn_t *c) {
   return atomic_load(&r->body_delivered) - atomic_load(&r->body_consumed);
 }
 
+size_t pmu__conn_projected(const pmu__conn_t *c) {
+  size_t owed = c->pending;
+  /* A request whose body is still streaming in cannot be answered before it:
+   * counting it would stop reading the body it waits for. */
+  if (owed && c->cur && c->cur->pub.body_streaming && !c->cur->detached)
+    owed--;
+  return c->out_queued + owed * c->answer_est;
+}
+
 static int over_limits(const pmu__conn_t *c) {
   const pmu_config_t *cfg = &c->loop->server->cfg;
-  return c->pending >= cfg->max_pipelined || c->out_queued > cfg->output_high_water ||
+  return c->pending >= cfg->max_pipelined || pmu__conn_projected(c) > cfg->output_high_water ||
          body_backlog(c) > cfg->output_high_water;
 }
 
@@ -324,6 +386,7 @@ static void feed(pmu__conn_t *c, const char *data, size_t len) {
 }
 
 void pmu__conn_on_recv(pmu__conn_t *c, const char *data, size_t len) {
+  c->rx += len;
   if (c->no_more || c->lingering) {
     c->linger_on_close = 1; /* input was dropped: close without a reset */
     return;                 /* nothing more will be parsed: discard */
@@ -364,7 +427,10 @@ void pmu__conn_maybe_resume(pmu__conn_t *c) {
     return;
   if (c->paused) {
     const pmu_config_t *cfg = &c->loop->server->cfg;
-    if (c->pending > cfg->max_pipelined / 2 || c->out_queued > cfg->output_high_water / 2 ||
+    if (c->in_turn >= PIPELINE_TURN && c->turn_gen == c->loop->turn_gen)
+      return; /* had its share of this turn: resumes at its end (rearm list) */
+    if (c->pending > cfg->max_pipelined / 2 ||
+        pmu__conn_projected(c) > cfg->output_high_water / 2 ||
         body_backlog(c) > cfg->output_high_water / 2)
       return;
     c->paused = 0;
@@ -424,6 +490,8 @@ void pmu__conn_answered(pmu__conn_t *c, pmu__req_t *req) {
                                                 inside the parser */
   }
   c->out_queued += req->out_len + req->ext_len;
+  if (req->kind == REQ_USER && !req->streaming)
+    c->answer_est = req->out_len + req->ext_len;
   if (req->close_after)
     c->no_more = 1;
   pmu__loop_mark_dirty(c->loop, c);
@@ -509,6 +577,7 @@ void pmu__conn_flush(pmu__conn_t *c) {
     if (after_sent(c, consume_sent(c, 0)))
       return;
     pmu__conn_timer_update(c);
+    pmu__conn_maybe_resume(c); /* answers left the queue: it may read on */
     return;
   }
   struct msghdr *msg = &c->sb->msg;

@@ -6,9 +6,13 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define MAX_FREE_REQS 4096
 /* Pooled requests keep their buffers; those above SMALL_BUF count against a
@@ -17,6 +21,9 @@
 #define SMALL_BUF (64 * 1024)
 #define BIG_BUF_MAX (4u << 20)
 #define BIG_POOL_BUDGET (32u << 20)
+/* Pipelined requests of one connection handed to the handler before the
+ * first answer tells their size. */
+#define PIPELINE_FIRST 2
 
 /* ---- requests ---- */
 
@@ -51,9 +58,28 @@ static void req_drop_output(pmu__req_t *r) {
   r->seg_tail = NULL;
 }
 
+/* Give back what the body holds against the budget: its charge, its file. */
+static void req_drop_body(pmu__req_t *r) {
+  if (r->body_charged) {
+    atomic_fetch_sub(&r->loop->server->body_bytes, r->body_charged);
+    __atomic_fetch_sub(&r->loop->stats.body_buffer_bytes, r->body_charged, __ATOMIC_RELAXED);
+    r->body_charged = 0;
+  }
+  if (r->spooled) {
+    if (r->spool_map)
+      munmap(r->spool_map, r->spool_len);
+    if (r->spool_fd >= 0)
+      close(r->spool_fd);
+    r->spool_map = NULL;
+    r->spool_fd = -1;
+    r->spooled = 0;
+  }
+}
+
 /* Reset a request for reuse, keeping its buffers. */
 static void req_reset(pmu__req_t *r) {
   req_drop_output(r);
+  req_drop_body(r);
   char *data = r->data, *out = r->out;
   pmu__hoff_t *hoff = r->hoff;
   pmu_header_t *headers = r->headers;
@@ -72,6 +98,7 @@ static void req_reset(pmu__req_t *r) {
 
 static void req_destroy(pmu__req_t *r) {
   req_drop_output(r);
+  req_drop_body(r);
   free(r->data);
   free(r->hoff);
   free(r->headers);
@@ -118,6 +145,132 @@ static int data_append(pmu__req_t *r, const char *at, size_t len) {
     return -ENOMEM;
   memcpy(r->data + r->data_len, at, len);
   r->data_len += len;
+  return 0;
+}
+
+/* ---- request bodies: memory within the budget, else a temporary file ---- */
+
+static int write_all(int fd, const char *p, size_t len) {
+  while (len) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* An unlinked file in the spool directory: O_TMPFILE, or where the file
+ * system lacks it, a named file unlinked at once. */
+static int spool_open(const char *dir) {
+  int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+    return fd >= 0 ? fd : -errno;
+  char path[4096];
+  if (snprintf(path, sizeof path, "%s/pmu-body-XXXXXX", dir) >= (int)sizeof path)
+    return -ENAMETOOLONG;
+  fd = mkostemp(path, O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  unlink(path);
+  return fd;
+}
+
+/* Move the body buffered so far to a file and go on there. */
+static int spool_start(pmu__conn_t *c, pmu__req_t *r) {
+  int fd = spool_open(c->loop->server->spool_dir ? c->loop->server->spool_dir : "/tmp");
+  if (fd < 0)
+    return fd;
+  size_t held = r->data_len - c->body_off;
+  int rc = write_all(fd, r->data + c->body_off, held);
+  if (rc < 0) {
+    close(fd);
+    return rc;
+  }
+  req_drop_body(r); /* the charge goes back */
+  r->spooled = 1;
+  r->spool_fd = fd;
+  r->spool_len = held;
+  r->data_len = c->body_off;
+  if (r->data_cap > SMALL_BUF && r->data_cap > 2 * c->body_off) {
+    /* Give back the memory the body took. */
+    size_t cap = c->body_off ? c->body_off : 1;
+    char *p = realloc(r->data, cap);
+    if (p) {
+      r->data = p;
+      r->data_cap = cap;
+    }
+  }
+  STAT_ADD(c->loop, bodies_spooled, 1);
+  return 0;
+}
+
+/* Keep len more body bytes. Memory grows with what was sent, never ahead of
+ * it beyond doubling, and never past the announced length. */
+static int body_store(pmu__conn_t *c, pmu__req_t *r, const char *at, size_t len) {
+  if (!r->spooled) {
+    pmu_server_t *s = c->loop->server;
+    size_t budget = s->cfg.body_buffer_budget;
+    if (budget && atomic_fetch_add(&s->body_bytes, len) + len > budget) {
+      atomic_fetch_sub(&s->body_bytes, len);
+      int rc = spool_start(c, r);
+      if (rc < 0)
+        return rc;
+    } else {
+      if (budget) {
+        r->body_charged += len;
+        __atomic_fetch_add(&c->loop->stats.body_buffer_bytes, len, __ATOMIC_RELAXED);
+      }
+      size_t need = r->data_len + len;
+      if (need > r->data_cap) {
+        size_t cap = r->data_cap ? r->data_cap * 2 : 512;
+        const llhttp_t *p = &c->parser;
+        if (p->flags & F_CONTENT_LENGTH) {
+          size_t announced = c->body_off + (size_t)c->body_bytes + (size_t)p->content_length;
+          if (cap > announced)
+            cap = announced; /* content_length counts down: what is still to come */
+        }
+        if (cap < need)
+          cap = need;
+        char *q = realloc(r->data, cap);
+        if (!q)
+          return -ENOMEM;
+        r->data = q;
+        r->data_cap = cap;
+      }
+      memcpy(r->data + r->data_len, at, len);
+      r->data_len += len;
+      return 0;
+    }
+  }
+  int rc = write_all(r->spool_fd, at, len);
+  if (rc < 0)
+    return rc;
+  r->spool_len += len;
+  return 0;
+}
+
+/* Body bytes kept so far, in memory or in the file. */
+static size_t body_kept(const pmu__conn_t *c, const pmu__req_t *r) {
+  return r->spooled ? r->spool_len : r->data_len - c->body_off;
+}
+
+/* The body is complete: map its file read-only for the handler. */
+static int spool_finish(pmu__req_t *r) {
+  if (r->spool_len) {
+    void *m = mmap(NULL, r->spool_len, PROT_READ, MAP_SHARED, r->spool_fd, 0);
+    if (m == MAP_FAILED)
+      return -errno;
+    r->spool_map = m;
+  }
+  close(r->spool_fd);
+  r->spool_fd = -1;
+  r->pub.body = r->spool_map;
+  r->pub.body_len = r->spool_len;
   return 0;
 }
 
@@ -289,9 +442,9 @@ static int on_headers_complete(llhttp_t *p) {
         p->content_length > cfg->body_stream_threshold) {
       if (start_body_stream(c, r, p) < 0)
         return fail(c, 503);
-    } else if (has_length && data_reserve(r, (size_t)p->content_length) < 0) {
-      return fail(c, 503);
     }
+    /* Nothing is reserved for the announced length: memory follows the
+     * bytes sent (body_store). */
   }
   pmu__conn_timer_update(c);
   return 0;
@@ -325,17 +478,32 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
       deliver_body(c, r, at, len, 0);
     return 0;
   }
-  if (data_append(r, at, len) < 0)
+  if (body_store(c, r, at, len) < 0)
     return fail(c, 503);
-  size_t buffered = r->data_len - c->body_off;
+  size_t buffered = body_kept(c, r);
   if (cfg->on_body && cfg->body_stream_threshold && buffered > cfg->body_stream_threshold) {
     /* A chunked body outgrew the threshold: stream from here on, starting
      * with what was buffered. */
-    if (start_body_stream(c, r, p) < 0)
+    const char *kept = r->data + c->body_off;
+    void *map = NULL;
+    if (r->spooled) {
+      map = mmap(NULL, buffered, PROT_READ, MAP_SHARED, r->spool_fd, 0);
+      if (map == MAP_FAILED)
+        return fail(c, 503);
+      kept = map;
+    }
+    if (start_body_stream(c, r, p) < 0) {
+      if (map)
+        munmap(map, buffered);
       return fail(c, 503);
+    }
     r->data_len = c->body_off;
     if (!r->body_dropped)
-      deliver_body(c, r, r->data + c->body_off, buffered, 0);
+      deliver_body(c, r, kept, buffered, 0);
+    if (map) {
+      munmap(map, buffered);
+      req_drop_body(r); /* the file is done with */
+    }
   }
   return 0;
 }
@@ -396,6 +564,16 @@ static int finalize(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
 /* The request joins its connection's queue and the loop's batch. */
 static void join_batch(pmu__conn_t *c, pmu__req_t *r) {
   pmu__loop_t *loop = c->loop;
+  if (c->batch_gen != loop->batch_gen) {
+    c->batch_gen = loop->batch_gen;
+    c->in_batch = 0;
+  }
+  if (c->turn_gen != loop->turn_gen) {
+    c->turn_gen = loop->turn_gen;
+    c->in_turn = 0;
+  }
+  c->in_batch++;
+  c->in_turn++;
   pmu__conn_enqueue(c, r);
   r->with_handler = 1;
   loop->batch[loop->batch_len++] = &r->pub;
@@ -418,7 +596,7 @@ static int on_message_complete(llhttp_t *p) {
     if (r->detached)
       pmu__req_free(r); /* its answer is already out */
   } else {
-    if (finalize(c, r, p) < 0) {
+    if (finalize(c, r, p) < 0 || (r->spooled && spool_finish(r) < 0)) {
       c->cur = r; /* freed with the error below */
       return fail(c, 503);
     }
@@ -429,9 +607,28 @@ static int on_message_complete(llhttp_t *p) {
     c->no_more = 1; /* whatever follows a closing request is ignored */
     return HPE_PAUSED;
   }
-  if (c->pending >= loop->server->cfg.max_pipelined ||
-      c->out_queued > loop->server->cfg.output_high_water)
+  const pmu_config_t *cfg = &loop->server->cfg;
+  if (c->pending >= cfg->max_pipelined || c->out_queued > cfg->output_high_water)
     return HPE_PAUSED;
+  /* Bound what the handler produces, not only what is read: read no further
+   * once the answers this connection owes would fill output_high_water (its
+   * last answer's size is the guess). Before its first answer gives a guess,
+   * a pipelining connection's requests are run PIPELINE_FIRST at a time, at
+   * once, to learn it; a lone request still waits for the batch. */
+  if (pmu__conn_projected(c) > cfg->output_high_water)
+    return HPE_PAUSED;
+  if (c->answer_est == 0 && !r->pub.body_streaming && c->batch_gen == loop->batch_gen &&
+      c->in_batch >= PIPELINE_FIRST) {
+    pmu__loop_dispatch(loop);
+    if (c->no_more || c->closing || pmu__conn_projected(c) > cfg->output_high_water)
+      return HPE_PAUSED;
+  }
+  /* One connection's burst does not hold the ring: at most PIPELINE_TURN
+   * of its requests a turn; the rest are parsed at the end of the turn. */
+  if (c->in_turn >= PIPELINE_TURN && c->turn_gen == loop->turn_gen) {
+    pmu__loop_schedule_resume(loop, c);
+    return HPE_PAUSED;
+  }
   return 0;
 }
 

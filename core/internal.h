@@ -25,6 +25,8 @@
 #include "uring.h"
 
 #define PMU__IOV_MAX 64
+/* Most pipelined requests of one connection parsed in one turn of its loop. */
+#define PIPELINE_TURN 32
 
 /* Relaxed counters: written by one thread, read by any. */
 #define STAT_ADD(loop, field, n)                                                              \
@@ -136,6 +138,13 @@ struct pmu__req {
   uint8_t body_dropped;         /* answered early: deliver no more */
   uint8_t detached;             /* sent and out of the queue, but still
                                    conn->cur (its body is being discarded) */
+
+  /* The body against config.body_buffer_budget. */
+  size_t body_charged; /* bytes of it counted in server->body_bytes */
+  uint8_t spooled;     /* the body is in a temporary file, not in data */
+  int spool_fd;        /* that file while the body arrives (then closed) */
+  size_t spool_len;    /* bytes written to it */
+  void *spool_map;     /* the finished body mapped read-only (pub.body) */
 };
 
 enum pmu__timer_kind {
@@ -191,6 +200,20 @@ struct pmu__conn {
   size_t header_bytes;
   size_t body_bytes;
 
+  /* Minimum receive rate: the phase watched (TIMER_HEADER or TIMER_BODY, else
+   * 0), when it began and the bytes counted then. */
+  uint8_t rate_kind;
+  uint64_t rate_t0;
+  uint64_t rate_base;
+  uint64_t rx; /* bytes received on this connection */
+
+  /* Pipelining: requests of this connection in the batch being gathered
+   * (valid while batch_gen matches the loop's) and in this turn (turn_gen),
+   * and the size of its last answer, to bound what its next requests make. */
+  unsigned in_batch, in_turn;
+  uint64_t batch_gen, turn_gen;
+  size_t answer_est;
+
   /* Input held back while paused. */
   char *stash;
   size_t stash_len, stash_off, stash_cap;
@@ -230,6 +253,9 @@ struct pmu__loop {
 
   pmu_request_t **batch;
   unsigned batch_len;
+  uint64_t batch_gen; /* dispatches so far */
+  uint64_t turn_gen;  /* turns so far */
+  uint64_t rate_check_ms; /* next look at receive rates; UINT64_MAX: none due */
 
   pmu__conn_t *dirty;
   pmu__conn_t *rearm;
@@ -277,6 +303,8 @@ struct pmu_server {
   pmu_config_t cfg;
   char *host, *unix_path, *server_header;
   size_t server_header_len;
+  char *spool_dir;              /* cfg.body_spool_dir resolved */
+  atomic_size_t body_bytes;     /* request body bytes in memory, against the budget */
   unsigned nloops;
   pmu__loop_t *loops;
   uint16_t port;
@@ -324,6 +352,8 @@ void pmu__conn_try_release(pmu__conn_t *conn);
 void pmu__conn_release(pmu__conn_t *conn);
 void pmu__conn_timer_update(pmu__conn_t *conn);
 void pmu__conn_timer_touch(pmu__conn_t *conn);
+/* Cut connections sending heads or bodies below config.min_recv_rate. */
+void pmu__conn_check_rates(pmu__loop_t *loop);
 void pmu__conn_timer_unlink(pmu__conn_t *conn);
 void pmu__conn_arm_recv(pmu__conn_t *conn);
 void pmu__conn_flush(pmu__conn_t *conn);
@@ -334,6 +364,9 @@ void pmu__conn_maybe_resume(pmu__conn_t *conn);
 void pmu__conn_body_list_remove(pmu__conn_t *conn);
 void pmu__conn_enqueue(pmu__conn_t *conn, pmu__req_t *req);
 void pmu__conn_answered(pmu__conn_t *conn, pmu__req_t *req);
+/* Output the connection may make: what is queued, plus a guess (its last
+ * answer's size) for each answer owed (but the one whose body is streaming). */
+size_t pmu__conn_projected(const pmu__conn_t *conn);
 
 /* ---- http.c ---- */
 extern const llhttp_settings_t pmu__llhttp_settings;

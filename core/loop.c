@@ -75,6 +75,7 @@ void pmu__loop_dispatch(pmu__loop_t *loop) {
   if (!n)
     return;
   loop->batch_len = 0;
+  loop->batch_gen++; /* every connection's in_batch starts over */
   loop->outstanding += n;
   STAT_ADD(loop, batches, 1);
   unsigned bucket = 31u - (unsigned)__builtin_clz(n);
@@ -275,6 +276,7 @@ static void begin_stop(pmu__loop_t *loop) {
 
 static void expire_timers(pmu__loop_t *loop) {
   uint64_t now = loop->now_ms;
+  pmu__conn_check_rates(loop);
   for (int kind = 1; kind < TIMER_KINDS; kind++) {
     pmu__conn_t *c;
     while ((c = loop->timers[kind].head) && c->deadline <= now) {
@@ -304,6 +306,8 @@ static int64_t next_wait(const pmu__loop_t *loop) {
   }
   if (loop->stopping && loop->stop_deadline < soonest)
     soonest = loop->stop_deadline;
+  if (loop->rate_check_ms < soonest)
+    soonest = loop->rate_check_ms;
   if (soonest == UINT64_MAX)
     return -1;
   return soonest > loop->now_ms ? (int64_t)(soonest - loop->now_ms) : 0;
@@ -315,6 +319,9 @@ static void end_of_turn(pmu__loop_t *loop) {
   expire_timers(loop);
   pmu__bufring_publish(&loop->bufs);
 
+  /* Resuming is a turn of its own for the per-turn cap on pipelined
+   * requests; a connection capped again waits for the next one. */
+  loop->turn_gen++;
   pmu__conn_t *c = loop->rearm;
   loop->rearm = NULL;
   while (c) {
@@ -361,8 +368,11 @@ static void run(pmu__loop_t *loop) {
   arm_accept(loop);
   arm_wake(loop);
   for (;;) {
-    int rc = pmu__submit_and_wait(&loop->ring, next_wait(loop));
+    /* Connections capped last turn resume at the end of this one: no
+     * waiting for a completion then. */
+    int rc = pmu__submit_and_wait(&loop->ring, loop->rearm ? 0 : next_wait(loop));
     (void)rc; /* ETIME is a timer; EINTR a signal; both mean "look again" */
+    loop->turn_gen++;
     STAT_ADD(loop, waits, 1);
     loop->now_ms = pmu__now_ms();
     pmu__date_refresh(loop, time(NULL));
@@ -470,6 +480,7 @@ void *pmu__loop_main(void *arg) {
   pthread_sigmask(SIG_BLOCK, &all, NULL);
 
   loop->now_ms = pmu__now_ms();
+  loop->rate_check_ms = UINT64_MAX;
   loop->timeout_ms[TIMER_HEADER] = cfg->header_timeout_ms;
   loop->timeout_ms[TIMER_BODY] = cfg->body_timeout_ms;
   loop->timeout_ms[TIMER_IDLE] = cfg->keepalive_timeout_ms;

@@ -44,6 +44,9 @@ void pmu_config_init(pmu_config_t *c) {
   c->body_timeout_ms = 30000;
   c->send_timeout_ms = 30000;
   c->shutdown_timeout_ms = 10000;
+  c->body_buffer_budget = 64u << 20;
+  c->min_recv_rate = 500;
+  c->min_rate_grace_ms = 10000;
   c->server_header = "pymongoose_uring";
 }
 
@@ -320,6 +323,7 @@ static void server_free(pmu_server_t *s) {
   free(s->host);
   free(s->unix_path);
   free(s->server_header);
+  free(s->spool_dir);
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->cond);
   free(s);
@@ -358,6 +362,11 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
   s->cfg.host = s->host;
   s->cfg.unix_path = s->unix_path;
   s->cfg.server_header = s->server_header;
+  const char *dir = config->body_spool_dir;
+  if (!dir || !dir[0])
+    dir = getenv("TMPDIR");
+  s->spool_dir = strdup(dir && dir[0] ? dir : "/tmp");
+  s->cfg.body_spool_dir = s->spool_dir;
   s->shared_listen_fd = -1;
   atomic_init(&s->refs, 1);
   atomic_init(&s->open_conns, 0);

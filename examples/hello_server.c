@@ -71,7 +71,8 @@ static void print_stats(const pmu_server_t *server) {
           "\"enobufs\":%llu,\"short_sends\":%llu,\"sends\":%llu,\"send_zc\":%llu,"
           "\"recv_paused\":%llu,\"cq_overflows\":%llu,\"waits\":%llu,\"cqes\":%llu,"
           "\"batches\":%llu,\"connections_rejected\":%llu,\"status_classes\":{\"1xx\":%llu,"
-          "\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu},\"responses_aborted\":%llu}\n",
+          "\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu},\"responses_aborted\":%llu,\"bodies_spooled\":%llu,"
+          "\"body_buffer_bytes\":%llu}\n",
           (unsigned long long)s.connections_accepted, (unsigned long long)s.requests,
           (unsigned long long)s.responses, (unsigned long long)s.bytes_in,
           (unsigned long long)s.bytes_out, (unsigned long long)s.parse_errors,
@@ -83,7 +84,8 @@ static void print_stats(const pmu_server_t *server) {
           (unsigned long long)s.connections_rejected, (unsigned long long)s.status_classes[1],
           (unsigned long long)s.status_classes[2], (unsigned long long)s.status_classes[3],
           (unsigned long long)s.status_classes[4], (unsigned long long)s.status_classes[5],
-          (unsigned long long)s.responses_aborted);
+          (unsigned long long)s.responses_aborted, (unsigned long long)s.bodies_spooled,
+          (unsigned long long)s.body_buffer_bytes);
 }
 
 /* Numeric knobs of pmu_config_t that the environment may set. */
@@ -92,7 +94,8 @@ static void print_stats(const pmu_server_t *server) {
   X(sqpoll_idle_ms) X(registered_files) X(send_zc_threshold) X(batch_max)                   \
   X(max_header_bytes) X(max_headers) X(max_url_bytes) X(max_body_bytes) X(max_connections)  \
   X(max_pipelined) X(output_high_water) X(header_timeout_ms) X(keepalive_timeout_ms)        \
-  X(body_timeout_ms) X(send_timeout_ms) X(shutdown_timeout_ms) X(backlog) X(listen_fd)
+  X(body_timeout_ms) X(send_timeout_ms) X(shutdown_timeout_ms) X(backlog) X(listen_fd)       \
+  X(body_buffer_budget) X(min_recv_rate) X(min_rate_grace_ms)
 
 static void knobs_from_env(pmu_config_t *c) {
   char name[64];
@@ -118,6 +121,7 @@ int main(int argc, char **argv) {
   config.threads = argc > 2 ? (unsigned)atoi(argv[2]) : 1;
   config.handler = hello;
   knobs_from_env(&config);
+  config.body_spool_dir = getenv("PMU_BODY_SPOOL_DIR");
   x_bytes = malloc(1 << 20);
   if (!x_bytes)
     return 1;

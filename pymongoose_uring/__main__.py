@@ -136,7 +136,7 @@ def _parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     for name, value in defaults.items():
         if name in _LISTEN:
             continue
-        kind = str if isinstance(value, str) or value is None and name.endswith("header") \
+        kind = str if isinstance(value, str) or value is None and name.endswith(("header", "_dir")) \
             else int
         e.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                        help=f"engine default: {value!r}")

@@ -40,7 +40,8 @@ _ENGINE_OPTIONS = (
     "max_header_bytes", "max_headers", "max_url_bytes", "max_body_bytes", "max_connections",
     "max_pipelined", "output_high_water", "stream_body_threshold", "header_timeout_ms",
     "keepalive_timeout_ms", "body_timeout_ms", "send_timeout_ms", "shutdown_timeout_ms",
-    "server_header",
+    "server_header", "body_buffer_budget", "body_spool_dir", "min_recv_rate",
+    "min_rate_grace_ms",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -268,6 +269,12 @@ class Server:
       answer may be streamed with ``request.start()``, ``write()`` and
       ``end()`` (``abort()`` when producing it fails: the connection closes
       without completing it).
+    - hostile clients: ``body_buffer_budget`` (bytes of request bodies kept in
+      memory by the whole server, 64 MiB; bodies beyond it are spooled to an
+      unlinked file in ``body_spool_dir``, default ``$TMPDIR`` or /tmp, and
+      ``request.body`` maps it), ``min_recv_rate`` (bytes/s a client must
+      average while sending a head or body, 500; 0 disables) after
+      ``min_rate_grace_ms`` (10000); slower gets 408
     - timeouts (ms, 0 disables): ``header_timeout_ms``, ``keepalive_timeout_ms``,
       ``body_timeout_ms``, ``send_timeout_ms``, ``shutdown_timeout_ms``
     - ``server_header``: the Server header value ("" sends none)
@@ -296,6 +303,10 @@ class Server:
                  body_timeout_ms: Optional[int] = None, send_timeout_ms: Optional[int] = None,
                  shutdown_timeout_ms: Optional[int] = None,
                  server_header: Optional[str] = None,
+                 body_buffer_budget: Optional[int] = None,
+                 body_spool_dir: Optional[str] = None,
+                 min_recv_rate: Optional[int] = None,
+                 min_rate_grace_ms: Optional[int] = None,
                  loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
         _require_engine()
         if not callable(app):
@@ -467,8 +478,9 @@ class Server:
         counts batches of 2**i to 2**(i+1)-1 requests), ``deferred``
         (answers that came from other threads), ``status_classes`` (final
         responses by class: ``{"1xx": n, "2xx": n, ..., "5xx": n}``, the
-        engine's own 400/408/413/414/431/503 included). After stop(), the final
-        totals."""
+        engine's own 400/408/413/414/431/503 included), ``bodies_spooled`` and
+        ``body_buffer_bytes`` (request bodies in memory, against
+        ``body_buffer_budget``). After stop(), the final totals."""
         engine = self._engine
         if engine is None:
             if self._final_stats is not None and thread == -1:

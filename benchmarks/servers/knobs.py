@@ -34,6 +34,9 @@ KNOBS = {
     "output_high_water": int,
     "max_body_bytes": int,
     "keepalive_timeout_ms": int,
+    "body_buffer_budget": int,
+    "min_recv_rate": int,
+    "min_rate_grace_ms": int,
 }
 
 

@@ -178,12 +178,31 @@ typedef struct pmu_config {
   size_t body_stream_threshold; /* 0 (off): with on_body set, a request whose
                                 body exceeds this many bytes is handed to the
                                 handler at once and its body streamed */
+  /* Request bodies buffered in memory, all threads together, are held to
+   * this budget. A body that would go beyond it is spooled instead: moved to
+   * an unlinked temporary file (O_TMPFILE in body_spool_dir) and handed to the
+   * handler as a read-only mapping of that file, so pmu_request_t.body keeps
+   * its meaning. Spooling rather than pausing reads: a paused upload never
+   * completes while slow or silent clients hold the budget, and page cache is
+   * reclaimable where heap is not. Memory is never reserved ahead of the bytes
+   * a client has sent. */
+  size_t body_buffer_budget;  /* 64 MiB; 0: no budget (every body in memory) */
+  const char *body_spool_dir; /* NULL: $TMPDIR, else /tmp; put it on a disk,
+                                 not a tmpfs, for spooled bodies to leave RAM */
 
   /* Timeouts, milliseconds; 0 disables that timeout */
   unsigned header_timeout_ms;    /* 10000: accept/first byte to end of headers; 408 */
   unsigned keepalive_timeout_ms; /* 5000: idle between requests; close */
   unsigned body_timeout_ms;      /* 30000: silence while receiving a body; 408 */
   unsigned send_timeout_ms;      /* 30000: no progress sending; close */
+  /* Minimum average rate, as Apache's mod_reqtimeout MinRate: while the
+   * header or body timer runs, a client must have sent at least
+   * min_recv_rate bytes per second since min_rate_grace_ms after the phase
+   * began (the deadline is start + grace + bytes / rate); else 408 and close.
+   * 500 B/s is Apache's default: a 2G phone link does 10 times that, while a
+   * trickle of a byte every few seconds is cut after the grace. */
+  unsigned min_recv_rate;        /* 500 bytes/s; 0 disables */
+  unsigned min_rate_grace_ms;    /* 10000 */
   unsigned shutdown_timeout_ms;  /* 10000: graceful stop deadline */
 
   const char *server_header; /* "pymongoose_uring"; NULL or "" sends none */
@@ -349,6 +368,10 @@ typedef struct pmu_stats {
    * Content-Length): the connection was closed without completing them. They
    * count in responses too. */
   uint64_t responses_aborted;
+  uint64_t bodies_spooled;    /* request bodies moved to a temporary file */
+  uint64_t body_buffer_bytes; /* a gauge: body bytes held in memory by this thread's
+                                 requests (summed: the server's, against
+                                 body_buffer_budget) */
 } pmu_stats_t;
 
 /* Copy the counters of thread `thread` (or the sum over all threads when
