@@ -147,6 +147,7 @@ static int on_message_begin(llhttp_t *p) {
   c->served = 1;
   c->header_bytes = 0;
   c->body_bytes = 0;
+  c->data_end = 0;
   c->last_cb = 0;
   pmu__conn_timer_update(c);
   return 0;
@@ -262,6 +263,7 @@ static int on_headers_complete(llhttp_t *p) {
   int expects_body = chunked || (has_length && p->content_length > 0);
   if (p->http_major != 1)
     return fail(c, p->http_major == 0 ? 400 : 505); /* HTTP/0.9 or 2+ on this port */
+  c->data_end = (p->flags & F_CHUNKED) ? 0 : p->content_length; /* for pmu__http_feed */
 
   for (size_t i = 0; i < r->hcount; i++) {
     const pmu__hoff_t *h = &r->hoff[i];
@@ -309,6 +311,7 @@ static int on_chunk_header(llhttp_t *p) {
   pmu__conn_t *c = CONN(p);
   if (c->body_bytes + p->content_length > c->loop->server->cfg.max_body_bytes)
     return fail(c, 413);
+  c->data_end = c->body_bytes + p->content_length; /* for the bare-CR check */
   return 0;
 }
 
@@ -481,28 +484,89 @@ void pmu__conn_send_error(pmu__conn_t *c, int status) {
   pmu__conn_timer_update(c);
 }
 
-size_t pmu__http_feed(pmu__conn_t *c, const char *data, size_t len) {
-  c->chunk = data;
-  enum llhttp_errno err = llhttp_execute(&c->parser, data, len);
-  size_t used = len;
+/* ---- feeding llhttp: bare CR ---- */
+
+/* Run llhttp over data[from, to). Returns how far it got: `to`, or less when
+ * a callback paused it; *stop is set when nothing more may be fed now. */
+static size_t execute(pmu__conn_t *c, const char *data, size_t from, size_t to, int *stop) {
+  enum llhttp_errno err = from < to ? llhttp_execute(&c->parser, data + from, to - from) : HPE_OK;
   switch (err) {
   case HPE_OK:
-    break;
+    return to;
   case HPE_PAUSED:
-    used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
     c->llhttp_paused = 1;
-    break;
+    *stop = 1;
+    return (size_t)(llhttp_get_error_pos(&c->parser) - data);
   case HPE_PAUSED_UPGRADE:
     /* Upgrades are not supported: answer this request, then close. */
-    used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
     c->no_more = 1;
-    break;
+    *stop = 1;
+    return (size_t)(llhttp_get_error_pos(&c->parser) - data);
   default:
     pmu__conn_send_error(c, c->error_status ? c->error_status : 400);
-    break;
+    *stop = 1;
+    return to;
   }
-  c->fed += used;
-  return used;
+}
+
+/* Bytes of body data (a Content-Length body, or the current chunk's data)
+ * still to come after what llhttp has parsed. */
+static uint64_t body_data_left(const pmu__conn_t *c) {
+  return c->pstate == PS_BODY && c->data_end > c->body_bytes ? c->data_end - c->body_bytes : 0;
+}
+
+/*
+ * Feed one received piece to llhttp. Every CR of the framing (request line,
+ * header and trailer lines, the blank line, empty lines before a request,
+ * chunk-size lines and the CRLF after chunk data) must be followed by LF, a
+ * rule some llhttp releases do not keep (8.1 takes "\r" plus any byte as a
+ * line end). memchr finds the CRs; one followed by LF needs nothing more. For
+ * any other, llhttp parses up to it and the glue's own count of the body
+ * bytes still due says whether it is body data (then the rest of that body
+ * is skipped) or framing: a 400, before llhttp sees the byte after it. A CR
+ * that ends the piece leaves its LF to be checked at the next one.
+ */
+size_t pmu__http_feed(pmu__conn_t *c, const char *data, size_t len) {
+  c->chunk = data;
+  size_t done = 0, scan = 0;
+  int stop = 0;
+  if (len && c->cr_pending) {
+    c->cr_pending = 0;
+    if (data[0] != '\n')
+      goto bare_cr;
+  }
+  uint64_t left = body_data_left(c);
+  scan = left < len ? (size_t)left : len;
+  while (scan < len) {
+    const char *cr = memchr(data + scan, '\r', len - scan);
+    if (!cr)
+      break;
+    size_t pos = (size_t)(cr - data);
+    if (pos + 1 < len && data[pos + 1] == '\n') {
+      scan = pos + 2;
+      continue;
+    }
+    done = execute(c, data, done, pos, &stop);
+    if (stop)
+      goto out;
+    left = body_data_left(c);
+    if (left) {
+      scan = left < len - pos ? pos + (size_t)left : len;
+      continue;
+    }
+    if (pos + 1 < len)
+      goto bare_cr;
+    done = execute(c, data, done, len, &stop);
+    c->cr_pending = !stop;
+    goto out;
+  }
+  done = execute(c, data, done, len, &stop);
+  goto out;
+bare_cr:
+  pmu__conn_send_error(c, 400);
+out:
+  c->fed += done;
+  return done;
 }
 
 void pmu_request_body_consumed(pmu_request_t *request, size_t n) {
