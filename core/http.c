@@ -252,6 +252,131 @@ static int name_is(const pmu__req_t *r, const pmu__hoff_t *h, const char *want) 
   return h->name_len == n && strncasecmp(r->data + h->name_off, want, n) == 0;
 }
 
+/* ---- request target and Host (RFC 9112 3.2, 3.2.2-3.2.4) ---- */
+
+/* unreserved / sub-delims (RFC 3986), i.e. a reg-name's characters but '%'. */
+static int host_char(unsigned char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+         (ch && strchr("-._~!$&'()*+,;=", ch));
+}
+
+static int hex_digit(unsigned char ch) {
+  return (ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'f');
+}
+
+/* host [ ":" port ] with a non-empty host (RFC 9110 4.2.1: an "http" URI
+ * with an empty host is invalid): an IP-literal, or a reg-name (an IPv4
+ * address is one). No userinfo, no whitespace, no path. */
+static int valid_authority(const char *s, size_t n) {
+  size_t i = 0;
+  if (n && s[0] == '[') {
+    for (i = 1; i < n && s[i] != ']'; i++)
+      if (!host_char((unsigned char)s[i]) && s[i] != ':')
+        return 0;
+    if (i == n || i == 1)
+      return 0;
+    i++; /* past ']' */
+  } else {
+    for (; i < n && s[i] != ':'; i++) {
+      if (s[i] == '%') {
+        if (i + 2 >= n || !hex_digit((unsigned char)s[i + 1]) || !hex_digit((unsigned char)s[i + 2]))
+          return 0;
+        i += 2;
+      } else if (!host_char((unsigned char)s[i])) {
+        return 0;
+      }
+    }
+    if (i == 0)
+      return 0;
+  }
+  if (i == n)
+    return 1;
+  if (s[i++] != ':')
+    return 0;
+  for (; i < n; i++)
+    if (s[i] < '0' || s[i] > '9')
+      return 0;
+  return 1;
+}
+
+/* An absolute-form target "http://authority/path?query": the authority
+ * becomes the Host header's value (added if absent) and the target becomes
+ * the origin-form "/path?query" ("/" for an empty path). Both are moved
+ * within the target's own bytes: the scheme leaves room. */
+static int absolute_form(pmu__conn_t *c, pmu__req_t *r, size_t scheme_len, long host_idx) {
+  char *t = r->data + r->url_off;
+  size_t start = scheme_len + 3, a = start;
+  while (a < r->url_len && t[a] != '/' && t[a] != '?' && t[a] != '#')
+    a++;
+  size_t alen = a - start;
+  if (!valid_authority(t + start, alen))
+    return 400; /* no authority, userinfo, or not a host[:port] */
+  if (host_idx < 0) {
+    if (r->hcount == r->hcap) {
+      size_t cap = r->hcap ? r->hcap * 2 : 16;
+      pmu__hoff_t *h = realloc(r->hoff, cap * sizeof *h);
+      if (!h)
+        return 503;
+      r->hoff = h;
+      r->hcap = cap;
+    }
+    host_idx = (long)r->hcount++;
+    r->hoff[host_idx].name_off = (uint32_t)r->data_len;
+    r->hoff[host_idx].name_len = 4;
+    if (data_append(r, "Host", 4) < 0)
+      return 503;
+    t = r->data + r->url_off;
+  }
+  memmove(t, t + start, alen);
+  r->hoff[host_idx].value_off = r->url_off;
+  r->hoff[host_idx].value_len = (uint32_t)alen;
+  uint32_t rest = r->url_len - (uint32_t)a;
+  if (rest == 0 || t[a] != '/') {
+    t[--a] = '/'; /* a - 1 is inside the scheme's old place, past the authority */
+    rest++;
+  }
+  r->url_off += (uint32_t)a;
+  r->url_len = rest;
+  return 0;
+}
+
+/* The rules on the request line and Host that llhttp leaves to us: 0, or the
+ * status to refuse with. */
+static int check_head(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
+  if (p->method == HTTP_CONNECT)
+    return 400; /* an origin server: no tunnels, no authority-form (as nginx) */
+  long host_idx = -1;
+  for (size_t i = 0; i < r->hcount; i++) {
+    if (!name_is(r, &r->hoff[i], "host"))
+      continue;
+    if (host_idx >= 0)
+      return 400; /* more than one Host */
+    host_idx = (long)i;
+  }
+  if (host_idx < 0 && p->http_minor >= 1)
+    return 400; /* HTTP/1.1 without Host */
+  if (host_idx >= 0) {
+    const pmu__hoff_t *h = &r->hoff[host_idx];
+    size_t n = h->value_len;
+    const char *v = r->data + h->value_off;
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+      n--;
+    if (n && !valid_authority(v, n))
+      return 400; /* empty is allowed: the target may have no authority */
+  }
+  const char *t = r->data + r->url_off;
+  size_t tn = r->url_len;
+  if (tn && t[0] == '/')
+    return 0; /* origin-form */
+  if (tn == 1 && t[0] == '*')
+    return p->method == HTTP_OPTIONS ? 0 : 400; /* asterisk-form */
+  if (tn > 7 && strncasecmp(t, "http://", 7) == 0)
+    return absolute_form(c, r, 4, host_idx);
+  if (tn > 8 && strncasecmp(t, "https://", 8) == 0)
+    return absolute_form(c, r, 5, host_idx);
+  return 400; /* another scheme, or no scheme */
+}
+
 static int on_headers_complete(llhttp_t *p) {
   pmu__conn_t *c = CONN(p);
   pmu__req_t *r = c->cur;
@@ -264,6 +389,9 @@ static int on_headers_complete(llhttp_t *p) {
   if (p->http_major != 1)
     return fail(c, p->http_major == 0 ? 400 : 505); /* HTTP/0.9 or 2+ on this port */
   c->data_end = (p->flags & F_CHUNKED) ? 0 : p->content_length; /* for pmu__http_feed */
+  int refuse = check_head(c, r, p);
+  if (refuse)
+    return fail(c, refuse);
 
   for (size_t i = 0; i < r->hcount; i++) {
     const pmu__hoff_t *h = &r->hoff[i];

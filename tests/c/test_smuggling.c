@@ -8,6 +8,11 @@
  * are data. Every row is sent whole and split in two at every byte (each
  * half its own recv), so a CR at the end of one recv is checked against the
  * first byte of the next.
+ *
+ * Then the RFC 9112 rules on the request target and Host (3.2, 3.2.2-3.2.4):
+ * Host missing or repeated, invalid Host, absolute-form (the target's
+ * authority is the host; the handler sees the origin-form path), CONNECT,
+ * asterisk-form.
  */
 #include "testlib.h"
 
@@ -179,6 +184,99 @@ out:
   return ok;
 }
 
+/* ---- target and Host rules ---- */
+
+typedef struct rule_case {
+  const char *name;
+  const char *request;
+  int status;        /* 200: answered by the handler (then the fields below) */
+  const char *path;  /* as the handler sees it */
+  const char *query;
+  const char *host;  /* pmu_request_header(request, "Host") */
+  const char *target;
+} rule_case_t;
+
+static const rule_case_t rules[] = {
+    {"HTTP/1.1 without Host", "GET / HTTP/1.1\r\nX: y\r\n\r\n", 400, NULL, NULL, NULL, NULL},
+    {"HTTP/1.1 with two Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400, NULL, NULL,
+     NULL, NULL},
+    {"HTTP/1.0 with two Host", "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400, NULL, NULL,
+     NULL, NULL},
+    {"HTTP/1.0 without Host", "GET /p HTTP/1.0\r\n\r\n", 200, "/p", "", "(none)", "/p"},
+    {"empty Host, origin-form", "GET /p HTTP/1.1\r\nHost:\r\n\r\n", 200, "/p", "", "", "/p"},
+    {"Host with port", "GET /p HTTP/1.1\r\nHost: a.b:8080\r\n\r\n", 200, "/p", "", "a.b:8080",
+     "/p"},
+    {"Host IPv6 literal", "GET /p HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", 200, "/p", "", "[::1]:80",
+     "/p"},
+    {"Host with a space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, NULL, NULL, NULL, NULL},
+    {"Host with userinfo", "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400, NULL, NULL, NULL, NULL},
+    {"Host with a path", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, NULL, NULL, NULL, NULL},
+    {"Host with a bad port", "GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n", 400, NULL, NULL, NULL,
+     NULL},
+    {"Host port only", "GET / HTTP/1.1\r\nHost: :80\r\n\r\n", 400, NULL, NULL, NULL, NULL},
+    {"Host unclosed IPv6 literal", "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", 400, NULL, NULL, NULL,
+     NULL},
+    {"absolute-form: the target's authority wins",
+     "GET http://example.com:8080/p/a?x=1 HTTP/1.1\r\nHost: other\r\n\r\n", 200, "/p/a", "x=1",
+     "example.com:8080", "/p/a?x=1"},
+    {"absolute-form https, upper-case scheme, empty path",
+     "GET HTTPS://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n", 200, "/", "",
+     "example.com", "/"},
+    {"absolute-form, empty path with a query",
+     "GET http://h?q=2 HTTP/1.1\r\nHost: h\r\n\r\n", 200, "/", "q=2", "h", "/?q=2"},
+    {"absolute-form, HTTP/1.0 without Host: one is added",
+     "GET http://h:1/x HTTP/1.0\r\n\r\n", 200, "/x", "", "h:1", "/x"},
+    {"absolute-form, HTTP/1.1 without Host", "GET http://h/x HTTP/1.1\r\n\r\n", 400, NULL,
+     NULL, NULL, NULL},
+    {"absolute-form, ftp scheme", "GET ftp://h/x HTTP/1.1\r\nHost: h\r\n\r\n", 400, NULL, NULL,
+     NULL, NULL},
+    {"absolute-form, empty authority", "GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n", 400, NULL,
+     NULL, NULL, NULL},
+    {"absolute-form, userinfo", "GET http://u:p@h/x HTTP/1.1\r\nHost: h\r\n\r\n", 400, NULL,
+     NULL, NULL, NULL},
+    {"target without a leading slash", "GET p/a HTTP/1.1\r\nHost: h\r\n\r\n", 400, NULL, NULL,
+     NULL, NULL},
+    {"CONNECT (authority-form)",
+     "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 400, NULL, NULL, NULL,
+     NULL},
+    {"GET *", "GET * HTTP/1.1\r\nHost: h\r\n\r\n", 400, NULL, NULL, NULL, NULL},
+    {"OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", 200, "*", "", "h", "*"},
+};
+
+static bool run_rule(t_server_t *server, const rule_case_t *rc, char *why, size_t why_size) {
+  size_t len = strlen(rc->request);
+  if (rc->status != 200)
+    return t_try_error_close(server, rc->request, len, rc->status, why, why_size);
+  t_conn_t *conn = t_connect(server);
+  t_send(conn, rc->request, len);
+  t_response_t r;
+  bool ok = false;
+  if (t_read_response(conn, &r, T_IO_TIMEOUT_MS, false) < 0) {
+    snprintf(why, why_size, "no response");
+    t_conn_close(conn);
+    return false;
+  }
+  const char *keys[] = {"path", "query", "host", "target"};
+  const char *want[] = {rc->path, rc->query, rc->host, rc->target};
+  if (r.status != 200) {
+    snprintf(why, why_size, "status %d", r.status);
+    goto out;
+  }
+  for (int k = 0; k < 4; k++) {
+    char got[128] = "(absent)";
+    t_describe_get(&r, keys[k], got, sizeof got);
+    if (strcmp(got, want[k]) != 0) {
+      snprintf(why, why_size, "%s \"%s\", expected \"%s\"", keys[k], got, want[k]);
+      goto out;
+    }
+  }
+  ok = true;
+out:
+  t_response_free(&r);
+  t_conn_close(conn);
+  return ok;
+}
+
 int main(void) {
   t_init("smuggling");
   pmu_config_t config;
@@ -203,6 +301,14 @@ int main(void) {
   }
   printf("# %zu rows, %zu connections (each row whole and split at every byte)\n",
          sizeof cases / sizeof cases[0], runs);
+
+  for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++) {
+    char name[192], why[256];
+    snprintf(name, sizeof name, "%d: %s", rules[i].status, rules[i].name);
+    t_case(name);
+    if (!run_rule(server, &rules[i], why, sizeof why))
+      t_case_failed("%s", why);
+  }
 
   t_server_destroy(server);
   return t_done();
