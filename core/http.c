@@ -148,6 +148,7 @@ static int on_message_begin(llhttp_t *p) {
   c->header_bytes = 0;
   c->body_bytes = 0;
   c->data_end = 0;
+  c->close_asked = 0;
   c->last_cb = 0;
   pmu__conn_timer_update(c);
   return 0;
@@ -340,14 +341,49 @@ static int absolute_form(pmu__conn_t *c, pmu__req_t *r, size_t scheme_len, long 
   return 0;
 }
 
-/* The rules on the request line and Host that llhttp leaves to us: 0, or the
- * status to refuse with. */
+/* A field value's length without trailing whitespace (llhttp skips the
+ * leading). */
+static size_t trimmed_len(const pmu__req_t *r, const pmu__hoff_t *h) {
+  size_t n = h->value_len;
+  const char *v = r->data + h->value_off;
+  while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+    n--;
+  return n;
+}
+
+/* The value, a comma-separated list, has the token "close". */
+static int has_close_token(const pmu__req_t *r, const pmu__hoff_t *h) {
+  const char *v = r->data + h->value_off, *end = v + h->value_len;
+  while (v < end) {
+    while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
+      v++;
+    const char *t = v;
+    while (v < end && *v != ',')
+      v++;
+    const char *e = v;
+    while (e > t && (e[-1] == ' ' || e[-1] == '\t'))
+      e--;
+    if (e - t == 5 && strncasecmp(t, "close", 5) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+/* The rules on the request line and header fields that llhttp leaves to us:
+ * 0, or the status to refuse with. */
 static int check_head(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
   if (p->method == HTTP_CONNECT)
     return 400; /* an origin server: no tunnels, no authority-form (as nginx) */
   long host_idx = -1;
   for (size_t i = 0; i < r->hcount; i++) {
-    if (!name_is(r, &r->hoff[i], "host"))
+    const pmu__hoff_t *h = &r->hoff[i];
+    if (h->name_len == 0)
+      return 400; /* ": value": a field name is a token, never empty */
+    if (name_is(r, h, "transfer-encoding") && trimmed_len(r, h) == 0)
+      return 400; /* an empty Transfer-Encoding: no coding to decode by */
+    if (name_is(r, h, "connection") && has_close_token(r, h))
+      c->close_asked = 1; /* also "close\t", which llhttp 8.1 reads as keep-alive */
+    if (!name_is(r, h, "host"))
       continue;
     if (host_idx >= 0)
       return 400; /* more than one Host */
@@ -357,11 +393,8 @@ static int check_head(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
     return 400; /* HTTP/1.1 without Host */
   if (host_idx >= 0) {
     const pmu__hoff_t *h = &r->hoff[host_idx];
-    size_t n = h->value_len;
-    const char *v = r->data + h->value_off;
-    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-      n--;
-    if (n && !valid_authority(v, n))
+    size_t n = trimmed_len(r, h);
+    if (n && !valid_authority(r->data + h->value_off, n))
       return 400; /* empty is allowed: the target may have no authority */
   }
   const char *t = r->data + r->url_off;
@@ -515,7 +548,8 @@ static int finalize(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
   q->body = q->body_len ? r->data + c->body_off : NULL;
   q->http_major = p->http_major;
   q->http_minor = p->http_minor;
-  q->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade && !c->loop->stopping;
+  q->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade && !c->loop->stopping &&
+                  !c->close_asked;
   q->is_head = p->method == HTTP_HEAD;
   q->thread = (uint16_t)c->loop->index;
   q->conn_id = c->id;

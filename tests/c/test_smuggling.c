@@ -240,6 +240,15 @@ static const rule_case_t rules[] = {
      "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 400, NULL, NULL, NULL,
      NULL},
     {"GET *", "GET * HTTP/1.1\r\nHost: h\r\n\r\n", 400, NULL, NULL, NULL, NULL},
+    {"empty field name", "GET / HTTP/1.1\r\nHost: h\r\n: v\r\n\r\n", 400, NULL, NULL, NULL,
+     NULL},
+    {"empty field name first", "GET / HTTP/1.1\r\n:\r\nHost: h\r\n\r\n", 400, NULL, NULL,
+     NULL, NULL},
+    {"empty Transfer-Encoding", "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n\r\n",
+     400, NULL, NULL, NULL, NULL},
+    {"empty Transfer-Encoding with Content-Length",
+     "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nTransfer-Encoding: \r\n\r\nab", 400,
+     NULL, NULL, NULL, NULL},
     {"OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", 200, "*", "", "h", "*"},
 };
 
@@ -308,6 +317,23 @@ int main(void) {
     t_case(name);
     if (!run_rule(server, &rules[i], why, sizeof why))
       t_case_failed("%s", why);
+  }
+
+  t_case("Connection: close with trailing whitespace closes, what follows is never served");
+  {
+    t_conn_t *conn = t_connect(server);
+    unsigned long seen0 = atomic_load(&server->seen);
+    t_send_str(conn, "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
+                     "Connection: keep-alive, close\t\r\n\r\nq=42"
+                     "GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n");
+    t_response_t r;
+    t_expect_response(conn, &r);
+    T_ASSERT_INT_EQ(r.status, 200);
+    T_ASSERT_STR_EQ(t_header(&r, "Connection"), "close");
+    t_response_free(&r);
+    t_expect_closed(conn, 2000);
+    T_ASSERT_INT_EQ(atomic_load(&server->seen) - seen0, 1);
+    t_conn_close(conn);
   }
 
   t_server_destroy(server);
