@@ -472,7 +472,7 @@ static int on_chunk_header(llhttp_t *p) {
   pmu__conn_t *c = CONN(p);
   if (c->body_bytes + p->content_length > c->loop->server->cfg.max_body_bytes)
     return fail(c, 413);
-  c->data_end = c->body_bytes + p->content_length; /* for the bare-CR check */
+  c->data_end = c->body_bytes + p->content_length; /* for pmu__http_feed */
   return 0;
 }
 
@@ -646,7 +646,7 @@ void pmu__conn_send_error(pmu__conn_t *c, int status) {
   pmu__conn_timer_update(c);
 }
 
-/* ---- feeding llhttp: bare CR ---- */
+/* ---- feeding llhttp: line ends ---- */
 
 /* Run llhttp over data[from, to). Returns how far it got: `to`, or less when
  * a callback paused it; *stop is set when nothing more may be fed now. */
@@ -678,15 +678,16 @@ static uint64_t body_data_left(const pmu__conn_t *c) {
 }
 
 /*
- * Feed one received piece to llhttp. Every CR of the framing (request line,
+ * Feed one received piece to llhttp. Every line of the framing (request line,
  * header and trailer lines, the blank line, empty lines before a request,
- * chunk-size lines and the CRLF after chunk data) must be followed by LF, a
- * rule some llhttp releases do not keep (8.1 takes "\r" plus any byte as a
- * line end). memchr finds the CRs; one followed by LF needs nothing more. For
- * any other, llhttp parses up to it and the glue's own count of the body
- * bytes still due says whether it is body data (then the rest of that body
- * is skipped) or framing: a 400, before llhttp sees the byte after it. A CR
- * that ends the piece leaves its LF to be checked at the next one.
+ * chunk-size lines and the CRLF after chunk data) must end in CRLF: a CR
+ * without its LF, or an LF without its CR, is a 400, whatever llhttp release
+ * is used (8.1 takes "\r" plus any byte as a line end, and a lone LF as the
+ * blank line or a chunked body's last line). memchr finds the CRs, and the LFs
+ * between them; a CRLF needs nothing more. For any other, llhttp parses up to
+ * it and the glue's own count of the body bytes still due says whether it is
+ * body data (then the rest of that body is skipped) or framing: refused before
+ * llhttp sees it. A CR that ends the piece leaves its LF to the next one.
  */
 size_t pmu__http_feed(pmu__conn_t *c, const char *data, size_t len) {
   c->chunk = data;
@@ -695,16 +696,21 @@ size_t pmu__http_feed(pmu__conn_t *c, const char *data, size_t len) {
   if (len && c->cr_pending) {
     c->cr_pending = 0;
     if (data[0] != '\n')
-      goto bare_cr;
+      goto bad_line_end;
+    scan = 1;
   }
   uint64_t left = body_data_left(c);
-  scan = left < len ? (size_t)left : len;
+  if (left)
+    scan = left < len - scan ? scan + (size_t)left : len;
   while (scan < len) {
     const char *cr = memchr(data + scan, '\r', len - scan);
-    if (!cr)
+    size_t pos = cr ? (size_t)(cr - data) : len;
+    const char *lf = memchr(data + scan, '\n', pos - scan);
+    if (lf) {
+      pos = (size_t)(lf - data); /* an LF without a CR before it */
+    } else if (!cr) {
       break;
-    size_t pos = (size_t)(cr - data);
-    if (pos + 1 < len && data[pos + 1] == '\n') {
+    } else if (pos + 1 < len && data[pos + 1] == '\n') {
       scan = pos + 2;
       continue;
     }
@@ -716,15 +722,15 @@ size_t pmu__http_feed(pmu__conn_t *c, const char *data, size_t len) {
       scan = left < len - pos ? pos + (size_t)left : len;
       continue;
     }
-    if (pos + 1 < len)
-      goto bare_cr;
+    if (data[pos] == '\n' || pos + 1 < len)
+      goto bad_line_end;
     done = execute(c, data, done, len, &stop);
     c->cr_pending = !stop;
     goto out;
   }
   done = execute(c, data, done, len, &stop);
   goto out;
-bare_cr:
+bad_line_end:
   pmu__conn_send_error(c, 400);
 out:
   c->fed += done;

@@ -1,13 +1,13 @@
 /*
- * test_smuggling: a CR not followed by LF anywhere in the framing of a
- * request (request line, header lines, the blank line, empty lines before a
- * request, chunk-size lines and extensions, the CRLF after chunk data, the
- * last chunk, trailers, the final CRLF) is refused with one 400 and the
- * connection closed, and the handler never sees a request that follows it;
- * whatever llhttp release the engine is built with. CRs inside body data
- * are data. Every row is sent whole and split in two at every byte (each
- * half its own recv), so a CR at the end of one recv is checked against the
- * first byte of the next.
+ * test_smuggling: a CR not followed by LF, or an LF without its CR, anywhere
+ * in the framing of a request (request line, header lines, the blank line,
+ * empty lines before a request, chunk-size lines and extensions, the CRLF
+ * after chunk data, the last chunk, trailers, the final CRLF) is refused with
+ * one 400 and the connection closed, and the handler never sees a request
+ * that follows it; whatever llhttp release the engine is built with. CRs and
+ * LFs inside body data are data. Every row is sent whole and split in two at
+ * every byte (each half its own recv), so a CR at the end of one recv is
+ * checked against the first byte of the next.
  *
  * Then the RFC 9112 rules on the request target and Host (3.2, 3.2.2-3.2.4):
  * Host missing or repeated, invalid Host, absolute-form (the target's
@@ -82,7 +82,23 @@ static const cr_case_t cases[] = {
     {"in the final CRLF", CHUNKED "5\r\nhello\r\n0\r\n\rX", 0, 1, NULL},
     {"in the final CRLF, smuggling a GET",
      CHUNKED "5\r\nhello\r\n0\r\n\rGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", 0, 1, NULL},
-    /* legitimate: CRs that are body data, CRLFs anywhere */
+    /* an LF without its CR */
+    {"LF alone ends the request line", "GET / HTTP/1.1\nHost: a\r\n\r\n", 0, 1, NULL},
+    {"LF alone ends a header line", "GET / HTTP/1.1\r\nHost: a\nX-A: b\r\n\r\n", 0, 1, NULL},
+    {"LF alone as the blank line", "GET / HTTP/1.1\r\nHost: a\r\n\n", 0, 1, NULL},
+    {"LF alone as the blank line, smuggling a GET",
+     "GET / HTTP/1.1\r\nHost: a\r\n\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", 0, 1, NULL},
+    {"LF alone before the first request", "\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 0, 1, NULL},
+    {"LF alone between two requests",
+     "GET / HTTP/1.1\r\nHost: a\r\n\r\n\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n", 1, 1, NULL},
+    {"LF alone after a chunk size", CHUNKED "5\nhello\r\n0\r\n\r\n", 0, 1, NULL},
+    {"LF alone after chunk data", CHUNKED "5\r\nhello\n0\r\n\r\n", 0, 1, NULL},
+    {"LF alone in the last chunk", CHUNKED "5\r\nhello\r\n0\n\r\n", 0, 1, NULL},
+    {"LF alone ends a trailer", CHUNKED "5\r\nhello\r\n0\r\nT: v\n\r\n", 0, 1, NULL},
+    {"LF alone as the final line", CHUNKED "5\r\nhello\r\n0\r\n\n", 0, 1, NULL},
+    {"LF alone as the final line, smuggling a GET",
+     CHUNKED "5\r\nhello\r\n0\r\n\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", 0, 1, NULL},
+    /* legitimate: CRs and LFs that are body data, CRLFs anywhere */
     {"legit: an empty line before a request (RFC 9112 2.2)",
      "\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", 1, 0, NULL},
     {"legit: an empty line between requests",
@@ -99,6 +115,12 @@ static const cr_case_t cases[] = {
      CHUNKED "3\r\nab\r\r\n2;x=y\r\n\r\r\r\n1\r\n\r\r\n0\r\nT: v\r\n\r\n", 1, 0, "ab\r\r\r\r"},
     {"legit: chunk data that looks like a CRLF", CHUNKED "2\r\n\r\n\r\n0\r\n\r\n", 1, 0,
      "\r\n"},
+    {"legit: LFs in a Content-Length body, then a request",
+     "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n\na\n\nb"
+     "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n\n\r\n",
+     2, 0, "\n\r\n"},
+    {"legit: LFs in chunk data, first and last",
+     CHUNKED "3\r\n\nab\r\n2\r\nc\n\r\n1\r\n\n\r\n0\r\n\r\n", 1, 0, "\nabc\n\n"},
 };
 
 /* Send `req` whole (split 0) or in two recvs split at byte `split`; check
@@ -296,7 +318,7 @@ int main(void) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const cr_case_t *cs = &cases[i];
     char name[192];
-    snprintf(name, sizeof name, "%s %s", cs->refused ? "bare CR" : "CR", cs->name);
+    snprintf(name, sizeof name, "%s: %s", cs->refused ? "refused" : "accepted", cs->name);
     t_case(name);
     size_t len = strlen(cs->request);
     for (size_t split = 0; split < len; split++) {
