@@ -640,7 +640,7 @@ static PyGetSetDef request_getset[] = {
     {"method", get_method, NULL, "Request method, e.g. 'GET'.", NULL},
     {"path", get_path, NULL, "Path without the query, percent-decoded.", NULL},
     {"raw_path", get_raw_path, NULL, "Path without the query, as sent.", NULL},
-    {"target", get_target, NULL, "Request-target as sent: path and '?query'.", NULL},
+    {"target", get_target, NULL, "Request-target: path and '?query' (origin-form).", NULL},
     {"query_string", get_query_string, NULL, "Raw query string, without '?'; '' if none.",
      NULL},
     {"query", get_query, NULL, "Parsed query string: a QueryParams multi-dict.", NULL},

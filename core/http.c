@@ -300,6 +300,8 @@ static int on_message_begin(llhttp_t *p) {
   c->served = 1;
   c->header_bytes = 0;
   c->body_bytes = 0;
+  c->data_end = 0;
+  c->close_asked = 0;
   c->last_cb = 0;
   pmu__conn_timer_update(c);
   return 0;
@@ -404,6 +406,163 @@ static int name_is(const pmu__req_t *r, const pmu__hoff_t *h, const char *want) 
   return h->name_len == n && strncasecmp(r->data + h->name_off, want, n) == 0;
 }
 
+/* ---- request target and Host (RFC 9112 3.2, 3.2.2-3.2.4) ---- */
+
+/* unreserved / sub-delims (RFC 3986), i.e. a reg-name's characters but '%'. */
+static int host_char(unsigned char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+         (ch && strchr("-._~!$&'()*+,;=", ch));
+}
+
+static int hex_digit(unsigned char ch) {
+  return (ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'f');
+}
+
+/* host [ ":" port ] with a non-empty host (RFC 9110 4.2.1: an "http" URI
+ * with an empty host is invalid): an IP-literal, or a reg-name (an IPv4
+ * address is one). No userinfo, no whitespace, no path. */
+static int valid_authority(const char *s, size_t n) {
+  size_t i = 0;
+  if (n && s[0] == '[') {
+    for (i = 1; i < n && s[i] != ']'; i++)
+      if (!host_char((unsigned char)s[i]) && s[i] != ':')
+        return 0;
+    if (i == n || i == 1)
+      return 0;
+    i++; /* past ']' */
+  } else {
+    for (; i < n && s[i] != ':'; i++) {
+      if (s[i] == '%') {
+        if (i + 2 >= n || !hex_digit((unsigned char)s[i + 1]) || !hex_digit((unsigned char)s[i + 2]))
+          return 0;
+        i += 2;
+      } else if (!host_char((unsigned char)s[i])) {
+        return 0;
+      }
+    }
+    if (i == 0)
+      return 0;
+  }
+  if (i == n)
+    return 1;
+  if (s[i++] != ':')
+    return 0;
+  for (; i < n; i++)
+    if (s[i] < '0' || s[i] > '9')
+      return 0;
+  return 1;
+}
+
+/* An absolute-form target "http://authority/path?query": the authority
+ * becomes the Host header's value (added if absent) and the target becomes
+ * the origin-form "/path?query" ("/" for an empty path). Both are moved
+ * within the target's own bytes: the scheme leaves room. */
+static int absolute_form(pmu__conn_t *c, pmu__req_t *r, size_t scheme_len, long host_idx) {
+  char *t = r->data + r->url_off;
+  size_t start = scheme_len + 3, a = start;
+  while (a < r->url_len && t[a] != '/' && t[a] != '?' && t[a] != '#')
+    a++;
+  size_t alen = a - start;
+  if (!valid_authority(t + start, alen))
+    return 400; /* no authority, userinfo, or not a host[:port] */
+  if (host_idx < 0) {
+    if (r->hcount == r->hcap) {
+      size_t cap = r->hcap ? r->hcap * 2 : 16;
+      pmu__hoff_t *h = realloc(r->hoff, cap * sizeof *h);
+      if (!h)
+        return 503;
+      r->hoff = h;
+      r->hcap = cap;
+    }
+    host_idx = (long)r->hcount++;
+    r->hoff[host_idx].name_off = (uint32_t)r->data_len;
+    r->hoff[host_idx].name_len = 4;
+    if (data_append(r, "Host", 4) < 0)
+      return 503;
+    t = r->data + r->url_off;
+  }
+  memmove(t, t + start, alen);
+  r->hoff[host_idx].value_off = r->url_off;
+  r->hoff[host_idx].value_len = (uint32_t)alen;
+  uint32_t rest = r->url_len - (uint32_t)a;
+  if (rest == 0 || t[a] != '/') {
+    t[--a] = '/'; /* a - 1 is inside the scheme's old place, past the authority */
+    rest++;
+  }
+  r->url_off += (uint32_t)a;
+  r->url_len = rest;
+  return 0;
+}
+
+/* A field value's length without trailing whitespace (llhttp skips the
+ * leading). */
+static size_t trimmed_len(const pmu__req_t *r, const pmu__hoff_t *h) {
+  size_t n = h->value_len;
+  const char *v = r->data + h->value_off;
+  while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+    n--;
+  return n;
+}
+
+/* The value, a comma-separated list, has the token "close". */
+static int has_close_token(const pmu__req_t *r, const pmu__hoff_t *h) {
+  const char *v = r->data + h->value_off, *end = v + h->value_len;
+  while (v < end) {
+    while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
+      v++;
+    const char *t = v;
+    while (v < end && *v != ',')
+      v++;
+    const char *e = v;
+    while (e > t && (e[-1] == ' ' || e[-1] == '\t'))
+      e--;
+    if (e - t == 5 && strncasecmp(t, "close", 5) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+/* The rules on the request line and header fields that llhttp leaves to us:
+ * 0, or the status to refuse with. */
+static int check_head(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
+  if (p->method == HTTP_CONNECT)
+    return 400; /* an origin server: no tunnels, no authority-form (as nginx) */
+  long host_idx = -1;
+  for (size_t i = 0; i < r->hcount; i++) {
+    const pmu__hoff_t *h = &r->hoff[i];
+    if (h->name_len == 0)
+      return 400; /* ": value": a field name is a token, never empty */
+    if (name_is(r, h, "transfer-encoding") && trimmed_len(r, h) == 0)
+      return 400; /* an empty Transfer-Encoding: no coding to decode by */
+    if (name_is(r, h, "connection") && has_close_token(r, h))
+      c->close_asked = 1; /* also "close\t", which llhttp 8.1 reads as keep-alive */
+    if (!name_is(r, h, "host"))
+      continue;
+    if (host_idx >= 0)
+      return 400; /* more than one Host */
+    host_idx = (long)i;
+  }
+  if (host_idx < 0 && p->http_minor >= 1)
+    return 400; /* HTTP/1.1 without Host */
+  if (host_idx >= 0) {
+    const pmu__hoff_t *h = &r->hoff[host_idx];
+    size_t n = trimmed_len(r, h);
+    if (n && !valid_authority(r->data + h->value_off, n))
+      return 400; /* empty is allowed: the target may have no authority */
+  }
+  const char *t = r->data + r->url_off;
+  size_t tn = r->url_len;
+  if (tn && t[0] == '/')
+    return 0; /* origin-form */
+  if (tn == 1 && t[0] == '*')
+    return p->method == HTTP_OPTIONS ? 0 : 400; /* asterisk-form */
+  if (tn > 7 && strncasecmp(t, "http://", 7) == 0)
+    return absolute_form(c, r, 4, host_idx);
+  if (tn > 8 && strncasecmp(t, "https://", 8) == 0)
+    return absolute_form(c, r, 5, host_idx);
+  return 400; /* another scheme, or no scheme */
+}
+
 static int on_headers_complete(llhttp_t *p) {
   pmu__conn_t *c = CONN(p);
   pmu__req_t *r = c->cur;
@@ -415,6 +574,10 @@ static int on_headers_complete(llhttp_t *p) {
   int expects_body = chunked || (has_length && p->content_length > 0);
   if (p->http_major != 1)
     return fail(c, p->http_major == 0 ? 400 : 505); /* HTTP/0.9 or 2+ on this port */
+  c->data_end = (p->flags & F_CHUNKED) ? 0 : p->content_length; /* for pmu__http_feed */
+  int refuse = check_head(c, r, p);
+  if (refuse)
+    return fail(c, refuse);
 
   for (size_t i = 0; i < r->hcount; i++) {
     const pmu__hoff_t *h = &r->hoff[i];
@@ -462,6 +625,7 @@ static int on_chunk_header(llhttp_t *p) {
   pmu__conn_t *c = CONN(p);
   if (c->body_bytes + p->content_length > c->loop->server->cfg.max_body_bytes)
     return fail(c, 413);
+  c->data_end = c->body_bytes + p->content_length; /* for pmu__http_feed */
   return 0;
 }
 
@@ -552,7 +716,8 @@ static int finalize(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
   q->body = q->body_len ? r->data + c->body_off : NULL;
   q->http_major = p->http_major;
   q->http_minor = p->http_minor;
-  q->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade && !c->loop->stopping;
+  q->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade && !c->loop->stopping &&
+                  !c->close_asked;
   q->is_head = p->method == HTTP_HEAD;
   q->thread = (uint16_t)c->loop->index;
   q->conn_id = c->id;
@@ -678,28 +843,95 @@ void pmu__conn_send_error(pmu__conn_t *c, int status) {
   pmu__conn_timer_update(c);
 }
 
-size_t pmu__http_feed(pmu__conn_t *c, const char *data, size_t len) {
-  c->chunk = data;
-  enum llhttp_errno err = llhttp_execute(&c->parser, data, len);
-  size_t used = len;
+/* ---- feeding llhttp: line ends ---- */
+
+/* Run llhttp over data[from, to). Returns how far it got: `to`, or less when
+ * a callback paused it; *stop is set when nothing more may be fed now. */
+static size_t execute(pmu__conn_t *c, const char *data, size_t from, size_t to, int *stop) {
+  enum llhttp_errno err = from < to ? llhttp_execute(&c->parser, data + from, to - from) : HPE_OK;
   switch (err) {
   case HPE_OK:
-    break;
+    return to;
   case HPE_PAUSED:
-    used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
     c->llhttp_paused = 1;
-    break;
+    *stop = 1;
+    return (size_t)(llhttp_get_error_pos(&c->parser) - data);
   case HPE_PAUSED_UPGRADE:
     /* Upgrades are not supported: answer this request, then close. */
-    used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
     c->no_more = 1;
-    break;
+    *stop = 1;
+    return (size_t)(llhttp_get_error_pos(&c->parser) - data);
   default:
     pmu__conn_send_error(c, c->error_status ? c->error_status : 400);
-    break;
+    *stop = 1;
+    return to;
   }
-  c->fed += used;
-  return used;
+}
+
+/* Bytes of body data (a Content-Length body, or the current chunk's data)
+ * still to come after what llhttp has parsed. */
+static uint64_t body_data_left(const pmu__conn_t *c) {
+  return c->pstate == PS_BODY && c->data_end > c->body_bytes ? c->data_end - c->body_bytes : 0;
+}
+
+/*
+ * Feed one received piece to llhttp. Every line of the framing (request line,
+ * header and trailer lines, the blank line, empty lines before a request,
+ * chunk-size lines and the CRLF after chunk data) must end in CRLF: a CR
+ * without its LF, or an LF without its CR, is a 400, whatever llhttp release
+ * is used (8.1 takes "\r" plus any byte as a line end, and a lone LF as the
+ * blank line or a chunked body's last line). memchr finds the CRs, and the LFs
+ * between them; a CRLF needs nothing more. For any other, llhttp parses up to
+ * it and the glue's own count of the body bytes still due says whether it is
+ * body data (then the rest of that body is skipped) or framing: refused before
+ * llhttp sees it. A CR that ends the piece leaves its LF to the next one.
+ */
+size_t pmu__http_feed(pmu__conn_t *c, const char *data, size_t len) {
+  c->chunk = data;
+  size_t done = 0, scan = 0;
+  int stop = 0;
+  if (len && c->cr_pending) {
+    c->cr_pending = 0;
+    if (data[0] != '\n')
+      goto bad_line_end;
+    scan = 1;
+  }
+  uint64_t left = body_data_left(c);
+  if (left)
+    scan = left < len - scan ? scan + (size_t)left : len;
+  while (scan < len) {
+    const char *cr = memchr(data + scan, '\r', len - scan);
+    size_t pos = cr ? (size_t)(cr - data) : len;
+    const char *lf = memchr(data + scan, '\n', pos - scan);
+    if (lf) {
+      pos = (size_t)(lf - data); /* an LF without a CR before it */
+    } else if (!cr) {
+      break;
+    } else if (pos + 1 < len && data[pos + 1] == '\n') {
+      scan = pos + 2;
+      continue;
+    }
+    done = execute(c, data, done, pos, &stop);
+    if (stop)
+      goto out;
+    left = body_data_left(c);
+    if (left) {
+      scan = left < len - pos ? pos + (size_t)left : len;
+      continue;
+    }
+    if (data[pos] == '\n' || pos + 1 < len)
+      goto bad_line_end;
+    done = execute(c, data, done, len, &stop);
+    c->cr_pending = !stop;
+    goto out;
+  }
+  done = execute(c, data, done, len, &stop);
+  goto out;
+bad_line_end:
+  pmu__conn_send_error(c, 400);
+out:
+  c->fed += done;
+  return done;
 }
 
 void pmu_request_body_consumed(pmu_request_t *request, size_t n) {

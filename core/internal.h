@@ -197,6 +197,9 @@ struct pmu__conn {
   uint64_t fed;            /* bytes fed to llhttp before the current chunk */
   const char *chunk;       /* start of the chunk being fed */
   uint64_t value_end;      /* absolute offset just past the last value span */
+  uint64_t data_end;       /* body_bytes at the end of the body or chunk being read */
+  uint8_t cr_pending;      /* the last byte fed was a CR of the framing: LF must follow */
+  uint8_t close_asked;     /* a Connection header of this request has "close" */
   size_t header_bytes;
   size_t body_bytes;
 

@@ -51,7 +51,7 @@ class Request:
         """Path without the query, as sent."""
     @property
     def target(self) -> str:
-        """Request-target as sent (path and '?query')."""
+        """Request-target: path and '?query' (an absolute-form target in origin-form)."""
     @property
     def query_string(self) -> str: ...
     @property

@@ -48,11 +48,20 @@ typedef struct pmu_header {
  * answered with pmu_respond(); the engine owns all of it. Nothing points into
  * the kernel's receive buffers: what a request keeps was copied once into
  * memory the request owns.
+ *
+ * What reaches the handler obeys RFC 9112 3.2: an HTTP/1.1 request has
+ * exactly one Host (any request at most one), whose value is empty or a valid
+ * host[:port]; the target is origin-form ("/..."), "*" with OPTIONS only, or
+ * absolute-form with an http/https scheme and a host. An absolute-form target
+ * ("http://h:8080/p?q") is presented in origin-form: target "/p?q" ("/" when
+ * its path is empty), path "/p", query "q", and the Host header's value is the
+ * target's authority "h:8080" whatever Host was sent (a Host header is added
+ * when an HTTP/1.0 request had none). CONNECT is answered 400 by the engine.
  */
 typedef struct pmu_request {
   const char *method; /* NUL-terminated, e.g. "GET" */
   size_t method_len;
-  const char *target; /* request-target as sent: path plus "?query" */
+  const char *target; /* request-target: path plus "?query" (origin-form) */
   size_t target_len;
   const char *path; /* target up to the first '?' */
   size_t path_len;
