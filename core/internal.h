@@ -22,6 +22,7 @@
 #include <sys/uio.h>
 #include <time.h>
 
+#include "faults.h"
 #include "uring.h"
 
 #define PMU__IOV_MAX 64
@@ -219,7 +220,9 @@ struct pmu__loop {
   int ring_ready;
   int listen_fd;
   int accept_armed;
+  int accept_cancel_sent;
   int start_rc;
+  int sqe_short; /* an SQE could not be had this turn: wait at most 1 ms */
 
   pmu__bufring_t bufs;
 

@@ -60,13 +60,31 @@ void pmu__loop_mark_dirty(pmu__loop_t *loop, pmu__conn_t *conn) {
 static void arm_accept(pmu__loop_t *loop) {
   const pmu_server_t *s = loop->server;
   int shared = loop->listen_fd == s->shared_listen_fd && (s->nloops > 1 || s->given_listener);
-  pmu__prep_accept(&loop->ring, loop->listen_fd, !shared, PMU__UD(loop, OP_ACCEPT));
+  if (pmu__prep_accept(&loop->ring, loop->listen_fd, !shared, PMU__UD(loop, OP_ACCEPT)) < 0) {
+    loop->sqe_short = 1; /* armed at the end of a later turn */
+    return;
+  }
   loop->accept_armed = 1;
+  loop->accept_cancel_sent = 0;
 }
 
 static void arm_wake(pmu__loop_t *loop) {
-  pmu__prep_poll_in(&loop->ring, loop->wake_fd, PMU__UD(loop, OP_WAKE));
+  if (pmu__prep_poll_in(&loop->ring, loop->wake_fd, PMU__UD(loop, OP_WAKE)) < 0) {
+    loop->sqe_short = 1;
+    return;
+  }
   loop->wake_armed = 1;
+}
+
+/* Cancel the armed accept (stopping); retried each turn until it is sent. */
+static void cancel_accept(pmu__loop_t *loop) {
+  if (!loop->accept_armed || loop->accept_cancel_sent)
+    return;
+  if (pmu__prep_cancel(&loop->ring, PMU__UD(loop, OP_ACCEPT), PMU__UD(loop, OP_CANCEL)) < 0) {
+    loop->sqe_short = 1;
+    return;
+  }
+  loop->accept_cancel_sent = 1;
 }
 
 /* Hand the collected batch to the handler: the one place user code runs. */
@@ -263,7 +281,7 @@ static void begin_stop(pmu__loop_t *loop) {
   loop->stopping = 1;
   loop->stop_deadline = loop->now_ms + loop->server->cfg.shutdown_timeout_ms;
   if (loop->accept_armed)
-    pmu__prep_cancel(&loop->ring, PMU__UD(loop, OP_ACCEPT), PMU__UD(loop, OP_CANCEL));
+    cancel_accept(loop);
   else
     close_listener(loop);
   /* Idle connections close now; busy ones once their answers are out. */
@@ -304,6 +322,8 @@ static int64_t next_wait(const pmu__loop_t *loop) {
   }
   if (loop->stopping && loop->stop_deadline < soonest)
     soonest = loop->stop_deadline;
+  if (loop->sqe_short)
+    return 1; /* something waits for an SQE: come back soon */
   if (soonest == UINT64_MAX)
     return -1;
   return soonest > loop->now_ms ? (int64_t)(soonest - loop->now_ms) : 0;
@@ -350,6 +370,8 @@ static void end_of_turn(pmu__loop_t *loop) {
   free_dead(loop);
   if (!loop->accept_armed && !loop->stopping)
     arm_accept(loop);
+  else if (loop->stopping)
+    cancel_accept(loop);
   if (!loop->wake_armed)
     arm_wake(loop);
   uint32_t overflow = *loop->ring.cq.koverflow;
@@ -363,6 +385,7 @@ static void run(pmu__loop_t *loop) {
   for (;;) {
     int rc = pmu__submit_and_wait(&loop->ring, next_wait(loop));
     (void)rc; /* ETIME is a timer; EINTR a signal; both mean "look again" */
+    loop->sqe_short = 0;
     STAT_ADD(loop, waits, 1);
     loop->now_ms = pmu__now_ms();
     pmu__date_refresh(loop, time(NULL));
