@@ -221,6 +221,9 @@ struct pmu__loop {
   int listen_fd;
   int accept_armed;
   int accept_cancel_sent;
+  int accept_paused;         /* backing off after EMFILE and the like */
+  uint64_t accept_resume_ms; /* ... until then (or a connection closes) */
+  uint64_t accept_log_ms;    /* last "accept failed" line; 0: none yet */
   int start_rc;
   int sqe_short; /* an SQE could not be had this turn: wait at most 1 ms */
 

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -120,6 +121,41 @@ static void close_listener(pmu__loop_t *loop) {
   }
 }
 
+static const char *accept_errno_name(int err) {
+  switch (err) {
+  case EMFILE: return "EMFILE";
+  case ENFILE: return "ENFILE";
+  case ENOMEM: return "ENOMEM";
+  case ENOBUFS: return "ENOBUFS";
+  default: return "?";
+  }
+}
+
+/*
+ * Accept failed for want of descriptors or memory. The kernel takes the
+ * descriptor before it looks for a connection, so an accept armed again at
+ * once fails again at once, and the loop would spin at full CPU. Accept
+ * nothing for accept_backoff_ms instead (nginx waits 500 ms), or until a
+ * connection of this loop closes and frees a descriptor; say so once a
+ * second at most.
+ */
+static void accept_backoff(pmu__loop_t *loop, int err) {
+  const pmu_config_t *cfg = &loop->server->cfg;
+  STAT_ADD(loop, accept_errors, 1);
+  if (cfg->accept_backoff_ms) {
+    loop->accept_paused = 1;
+    loop->accept_resume_ms = loop->now_ms + cfg->accept_backoff_ms;
+    cancel_accept(loop); /* a multishot accept that is still armed */
+  }
+  if (cfg->log && (!loop->accept_log_ms || loop->now_ms - loop->accept_log_ms >= 1000)) {
+    loop->accept_log_ms = loop->now_ms ? loop->now_ms : 1;
+    char msg[200];
+    snprintf(msg, sizeof msg, "accept failed: %s (%s); pausing accepts for %u ms",
+             strerror(err), accept_errno_name(err), cfg->accept_backoff_ms);
+    cfg->log(cfg->handler_data, PMU_LOG_WARNING, msg);
+  }
+}
+
 static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   pmu_server_t *s = loop->server;
   if (!(cqe->flags & IORING_CQE_F_MORE)) {
@@ -127,8 +163,14 @@ static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
     if (loop->stopping)
       close_listener(loop);
   }
+  if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM ||
+      cqe->res == -ENOBUFS) {
+    if (!loop->stopping)
+      accept_backoff(loop, -cqe->res);
+    return;
+  }
   if (cqe->res < 0)
-    return; /* ECANCELED at stop; EMFILE and friends: try again next turn */
+    return; /* ECANCELED at stop; ECONNABORTED and the like: next turn */
   int fd = cqe->res;
   /* Accepted while stopping (the accept was not cancelled yet): the client
    * has sent or is sending its request, so it is served like the others. */
@@ -322,6 +364,8 @@ static int64_t next_wait(const pmu__loop_t *loop) {
   }
   if (loop->stopping && loop->stop_deadline < soonest)
     soonest = loop->stop_deadline;
+  if (loop->accept_paused && !loop->stopping && loop->accept_resume_ms < soonest)
+    soonest = loop->accept_resume_ms;
   if (loop->sqe_short)
     return 1; /* something waits for an SQE: come back soon */
   if (soonest == UINT64_MAX)
@@ -360,6 +404,8 @@ static void end_of_turn(pmu__loop_t *loop) {
 
   c = loop->grave;
   loop->grave = NULL;
+  if (c)
+    loop->accept_paused = 0; /* descriptors were freed: accept again now */
   while (c) {
     pmu__conn_t *next = c->gnext;
     c->on_grave = 0;
@@ -368,7 +414,9 @@ static void end_of_turn(pmu__loop_t *loop) {
   }
 
   free_dead(loop);
-  if (!loop->accept_armed && !loop->stopping)
+  if (loop->accept_paused && loop->now_ms >= loop->accept_resume_ms)
+    loop->accept_paused = 0;
+  if (!loop->accept_armed && !loop->stopping && !loop->accept_paused)
     arm_accept(loop);
   else if (loop->stopping)
     cancel_accept(loop);

@@ -44,7 +44,15 @@ void pmu_config_init(pmu_config_t *c) {
   c->body_timeout_ms = 30000;
   c->send_timeout_ms = 30000;
   c->shutdown_timeout_ms = 10000;
+  c->accept_backoff_ms = 500;
   c->server_header = "pymongoose_uring";
+  c->log = pmu_log_stderr;
+}
+
+void pmu_log_stderr(void *handler_data, int level, const char *msg) {
+  (void)handler_data;
+  (void)level;
+  fprintf(stderr, "pymongoose_uring: %s\n", msg);
 }
 
 void pmu__set_error(pmu_server_t *server, const char *fmt, ...) {

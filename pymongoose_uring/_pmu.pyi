@@ -177,6 +177,7 @@ class Engine:
         body_timeout_ms: int = ...,
         send_timeout_ms: int = ...,
         shutdown_timeout_ms: int = ...,
+        accept_backoff_ms: int = ...,
         server_header: Optional[str] = ...,
     ) -> None: ...
     def start(self) -> None: ...

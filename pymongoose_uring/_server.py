@@ -40,7 +40,7 @@ _ENGINE_OPTIONS = (
     "max_header_bytes", "max_headers", "max_url_bytes", "max_body_bytes", "max_connections",
     "max_pipelined", "output_high_water", "stream_body_threshold", "header_timeout_ms",
     "keepalive_timeout_ms", "body_timeout_ms", "send_timeout_ms", "shutdown_timeout_ms",
-    "server_header",
+    "accept_backoff_ms", "server_header",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -269,6 +269,11 @@ class Server:
       ``end()``.
     - timeouts (ms, 0 disables): ``header_timeout_ms``, ``keepalive_timeout_ms``,
       ``body_timeout_ms``, ``send_timeout_ms``, ``shutdown_timeout_ms``
+    - ``accept_backoff_ms`` (500): when accepting fails for want of file
+      descriptors or memory (EMFILE, ENFILE, ENOMEM, ENOBUFS), accept nothing
+      for this long or until a connection closes; logged at most once a
+      second per ring thread on the ``pymongoose_uring`` logger, counted in
+      ``stats()["accept_errors"]``
     - ``server_header``: the Server header value ("" sends none)
 
     ``run()`` blocks until SIGINT or SIGTERM, then stops gracefully;
@@ -294,6 +299,7 @@ class Server:
                  keepalive_timeout_ms: Optional[int] = None,
                  body_timeout_ms: Optional[int] = None, send_timeout_ms: Optional[int] = None,
                  shutdown_timeout_ms: Optional[int] = None,
+                 accept_backoff_ms: Optional[int] = None,
                  server_header: Optional[str] = None,
                  loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
         _require_engine()

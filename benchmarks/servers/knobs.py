@@ -34,6 +34,7 @@ KNOBS = {
     "output_high_water": int,
     "max_body_bytes": int,
     "keepalive_timeout_ms": int,
+    "accept_backoff_ms": int,
 }
 
 

@@ -133,6 +133,21 @@ typedef void (*pmu_request_fn)(void *handler_data, pmu_request_t *request);
 typedef void (*pmu_body_fn)(void *handler_data, pmu_request_t *request, const void *data,
                             size_t len, int last);
 
+/* Levels of the engine's log lines (the numbers of Python's logging). */
+#define PMU_LOG_INFO 20
+#define PMU_LOG_WARNING 30
+#define PMU_LOG_ERROR 40
+
+/*
+ * A line from the engine about trouble it handles itself (accept failing for
+ * want of descriptors, ...), rate-limited by the engine, without a trailing
+ * newline. Called on a worker thread; must not block for long.
+ */
+typedef void (*pmu_log_fn)(void *handler_data, int level, const char *msg);
+
+/* The default log: "pymongoose_uring: MSG\n" on stderr. */
+void pmu_log_stderr(void *handler_data, int level, const char *msg);
+
 /*
  * Every knob of the engine. pmu_config_init() fills the defaults given beside
  * each field; zero in a size or limit field after init means "no limit" only
@@ -185,6 +200,10 @@ typedef struct pmu_config {
   unsigned body_timeout_ms;      /* 30000: silence while receiving a body; 408 */
   unsigned send_timeout_ms;      /* 30000: no progress sending; close */
   unsigned shutdown_timeout_ms;  /* 10000: graceful stop deadline */
+  unsigned accept_backoff_ms;    /* 500: after accept fails for want of descriptors or
+                                    memory (EMFILE, ENFILE, ENOMEM, ENOBUFS), accept
+                                    nothing for this long, or until a connection of
+                                    that thread closes; 0: retry at once */
 
   const char *server_header; /* "pymongoose_uring"; NULL or "" sends none */
 
@@ -195,6 +214,7 @@ typedef struct pmu_config {
   pmu_request_fn on_disconnect;  /* optional */
   pmu_request_fn on_drain;       /* optional */
   pmu_body_fn on_body;           /* optional: see body_stream_threshold */
+  pmu_log_fn log;                /* pmu_log_stderr; NULL: silent. See pmu_log_fn */
 } pmu_config_t;
 
 /* Fill *config with the defaults above. */
@@ -308,6 +328,8 @@ typedef struct pmu_stats {
   uint64_t connections_accepted;
   uint64_t connections_open; /* a gauge */
   uint64_t connections_rejected; /* over max_connections: 503 */
+  uint64_t accept_errors; /* accepts failed for want of descriptors or memory (each
+                             pauses accepting for accept_backoff_ms) */
   uint64_t requests;
   uint64_t responses;
   uint64_t bytes_in;
