@@ -776,6 +776,7 @@ static PyObject *engine_stats(PyObject *op, PyObject *args, PyObject *kwargs) {
   STAT(recv_paused);
   STAT(cq_overflows);
   STAT(waits);
+  STAT(wait_errors);
   STAT(cqes);
   STAT(batches);
   STAT(deferred);

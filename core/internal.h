@@ -224,6 +224,7 @@ struct pmu__loop {
   int accept_paused;         /* backing off after EMFILE and the like */
   uint64_t accept_resume_ms; /* ... until then (or a connection closes) */
   uint64_t accept_log_ms;    /* last "accept failed" line; 0: none yet */
+  uint64_t wait_log_ms;      /* last "wait failed" line; 0: none yet */
   int start_rc;
   int sqe_short; /* an SQE could not be had this turn: wait at most 1 ms */
 
@@ -306,6 +307,9 @@ struct pmu_server {
 void pmu__server_unref(pmu_server_t *server);
 void pmu__set_error(pmu_server_t *server, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The absolute time timeout_ms (>= 0) from now on CLOCK_MONOTONIC, the clock
+ * of server->cond's timed waits. */
+void pmu__deadline_after(int timeout_ms, struct timespec *out);
 
 /* ---- loop.c ---- */
 void *pmu__loop_main(void *arg);

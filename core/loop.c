@@ -427,12 +427,38 @@ static void end_of_turn(pmu__loop_t *loop) {
   __atomic_store_n(&loop->stats.connections_open, loop->nconns, __ATOMIC_RELAXED);
 }
 
+/*
+ * The ring's wait failed for a reason other than a timer (ETIME), a signal
+ * (EINTR), or a kernel short of room or memory for the moment (EAGAIN, EBUSY:
+ * reaping the completions frees it). Count it, say so once a second at
+ * most, and pause a little when there is nothing to reap, so that an error
+ * that repeats cannot spin the thread.
+ */
+static void wait_failed(pmu__loop_t *loop, int err) {
+  const pmu_config_t *cfg = &loop->server->cfg;
+  STAT_ADD(loop, wait_errors, 1);
+  uint64_t now = pmu__now_ms();
+  if (cfg->log && (!loop->wait_log_ms || now - loop->wait_log_ms >= 1000)) {
+    loop->wait_log_ms = now ? now : 1;
+    char msg[160];
+    snprintf(msg, sizeof msg, "io_uring wait failed: %s (errno %d); retrying", strerror(err),
+             err);
+    cfg->log(cfg->handler_data, PMU_LOG_ERROR, msg);
+  }
+  if (!io_uring_cq_ready(&loop->ring)) {
+    struct timespec pause = {.tv_sec = 0, .tv_nsec = 10 * 1000000L};
+    nanosleep(&pause, NULL);
+  }
+}
+
 static void run(pmu__loop_t *loop) {
   arm_accept(loop);
   arm_wake(loop);
   for (;;) {
     int rc = pmu__submit_and_wait(&loop->ring, next_wait(loop));
-    (void)rc; /* ETIME is a timer; EINTR a signal; both mean "look again" */
+    /* ETIME is a timer; EINTR a signal; both mean "look again". */
+    if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+      wait_failed(loop, -rc);
     loop->sqe_short = 0;
     STAT_ADD(loop, waits, 1);
     loop->now_ms = pmu__now_ms();

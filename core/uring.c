@@ -202,6 +202,8 @@ int pmu__files_update(struct io_uring *ring, unsigned slot, int fd) {
 }
 
 int pmu__submit_and_wait(struct io_uring *ring, int64_t timeout_ms) {
+  if (PMU__FAULT(PMU__FAULT_WAIT))
+    return -EFAULT;
   if (timeout_ms < 0)
     return io_uring_submit_and_wait(ring, 1);
   struct __kernel_timespec ts = {

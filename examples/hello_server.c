@@ -71,6 +71,7 @@ static void print_stats(const pmu_server_t *server) {
           "\"enobufs\":%llu,\"short_sends\":%llu,\"sends\":%llu,\"send_zc\":%llu,"
           "\"recv_paused\":%llu,\"cq_overflows\":%llu,\"waits\":%llu,\"cqes\":%llu,"
           "\"batches\":%llu,\"connections_rejected\":%llu,\"accept_errors\":%llu,"
+          "\"wait_errors\":%llu,"
           "\"status_classes\":{\"1xx\":%llu,"
           "\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu}}\n",
           (unsigned long long)s.connections_accepted, (unsigned long long)s.requests,
@@ -82,6 +83,7 @@ static void print_stats(const pmu_server_t *server) {
           (unsigned long long)s.cq_overflows, (unsigned long long)s.waits,
           (unsigned long long)s.cqes, (unsigned long long)s.batches,
           (unsigned long long)s.connections_rejected, (unsigned long long)s.accept_errors,
+          (unsigned long long)s.wait_errors,
           (unsigned long long)s.status_classes[1],
           (unsigned long long)s.status_classes[2], (unsigned long long)s.status_classes[3],
           (unsigned long long)s.status_classes[4], (unsigned long long)s.status_classes[5]);

@@ -343,6 +343,8 @@ typedef struct pmu_stats {
   uint64_t recv_paused;  /* times a connection stopped being read (backpressure) */
   uint64_t cq_overflows; /* completions the kernel had to hold back */
   uint64_t waits;        /* io_uring_enter calls that waited for completions */
+  uint64_t wait_errors;  /* waits that failed other than by timeout, signal or a
+                            full CQ (logged; the loop pauses 10 ms after each) */
   uint64_t cqes;         /* completions reaped; cqes / waits = CQEs per wait */
   uint64_t batches;      /* handler calls */
   uint64_t batch_hist[PMU_BATCH_BUCKETS]; /* bucket i: 2^i <= size < 2^(i+1) */

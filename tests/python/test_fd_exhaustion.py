@@ -68,3 +68,12 @@ def test_emfile_backs_off_logs_counts_and_resumes_on_close():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_counters_and_knob_are_exposed(serve):
+    import pymongoose_uring
+    assert pymongoose_uring.config_defaults()["accept_backoff_ms"] == 500
+    server = serve(lambda request: "x", accept_backoff_ms=100)
+    stats = server.stats()
+    assert stats["accept_errors"] == 0 and stats["wait_errors"] == 0
+    assert server.config["accept_backoff_ms"] == 100
