@@ -1124,7 +1124,7 @@ static PyObject *request_start(PyObject *op, PyObject *args, PyObject *kwargs) {
   long status = PyLong_AsLong(status_obj);
   if (status == -1 && PyErr_Occurred())
     return NULL;
-  if (status < 200 || status > 999) {
+  if (status < 0 || status > 999 || !pmu_status_valid((int)status)) {
     PyErr_Format(PyExc_ValueError, "a streamed answer's status must be 200..999, not %ld",
                  status);
     return NULL;

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <strings.h>
 
+int pmu_status_valid(int status) { return status >= 200 && status <= 999; }
+
 const char *pmu_status_reason(int status) {
   switch (status) {
   case 100: return "Continue";
@@ -174,7 +176,7 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
     }
     hbytes += h->name_len + h->value_len + 4;
   }
-  if (status < 200 || status > 999)
+  if (!pmu_status_valid(status))
     rc = -EINVAL;
   if (rc < 0) {
     static const char msg[] = "Internal Server Error\n";

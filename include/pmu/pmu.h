@@ -260,8 +260,8 @@ void pmu_server_destroy(pmu_server_t *server);
  * (inside the handler or not) the response is queued at once; from another
  * thread it is handed over through a lock-protected queue and the worker is
  * woken. If the connection has gone, the request is simply released.
- * Returns 0, or -EINVAL for a status outside 200..999 (1xx answers are the
- * engine's own, e.g. 100 Continue) or a header containing CR, LF or NUL; the
+ * Returns 0, or -EINVAL for a status that pmu_status_valid() refuses (1xx
+ * answers are the engine's own, e.g. 100 Continue) or a header containing CR, LF or NUL; the
  * request is then answered with 500 instead.
  */
 int pmu_respond(pmu_request_t *request, const pmu_response_t *response);
@@ -315,6 +315,15 @@ void pmu_request_body_consumed(pmu_request_t *request, size_t n);
 
 /* Find a request header by case-insensitive name; NULL if absent. */
 const pmu_header_t *pmu_request_header(const pmu_request_t *request, const char *name);
+
+/*
+ * The one rule for the status of an answer given to pmu_respond() or
+ * pmu_respond_start(), which the Python binding applies too: 1 if it may be
+ * sent as a final answer (200..999), else 0. 1xx are interim answers: 100
+ * Continue is the engine's own, and 101 Switching Protocols would need an
+ * upgrade machinery that does not exist.
+ */
+int pmu_status_valid(int status);
 
 /* The reason phrase the engine sends for a status ("Unknown" if none). */
 const char *pmu_status_reason(int status);
