@@ -191,7 +191,11 @@ static pmu_request_t *detach(RequestObject *self, Py_ssize_t owner_refs) {
 static void send_response(RequestObject *self, const pmu_response_t *response,
                           Py_ssize_t owner_refs) {
   pmu_request_t *live = detach(self, owner_refs);
-  if (pmu_respond(live, response) < 0)
+  int rc = pmu_respond(live, response);
+  if (rc == -ENOMEM)
+    pmu_log_warning(self->st, "out of memory formatting a response: sent 503 and closed the "
+                              "connection");
+  else if (rc < 0)
     pmu_log_warning(self->st, "the engine refused a response with status %d and sent 500 "
                               "instead (a final status must be 200..999)",
                     response->status);

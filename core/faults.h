@@ -10,6 +10,7 @@ enum pmu__fault_point {
   PMU__FAULT_SQE,       /* pmu__get_sqe finds the SQ full */
   PMU__FAULT_SERIALIZE, /* serialize() cannot allocate the response */
   PMU__FAULT_WAIT,      /* the ring's wait fails with EFAULT */
+  PMU__FAULT_SEG,       /* a piece of a streamed answer cannot be allocated */
   PMU__FAULT_POINTS
 };
 

@@ -79,6 +79,15 @@ enum pmu__seg_kind { SEG_RAW, SEG_END };
 
 enum pmu__stream_mode { STREAM_NONE, STREAM_CHUNKED, STREAM_LENGTH, STREAM_CLOSE, STREAM_NOBODY };
 
+/* How a streamed answer went wrong for want of memory. */
+enum pmu__stream_broken {
+  BROKEN_NONE,
+  BROKEN_CLOSE,  /* a piece was lost, or the head is a 503: the end closes, without a
+                    last chunk, so that the client sees the answer incomplete */
+  BROKEN_NO_END, /* nothing was delivered, not even an end piece: the end answers 503
+                    and closes through the answer queue, which needs no memory */
+};
+
 enum pmu__req_kind {
   REQ_USER,   /* a parsed request, answered by the handler */
   REQ_ENGINE, /* a message of the engine's own: 100 Continue, 400, 408, ... */
@@ -118,6 +127,9 @@ struct pmu__req {
    * remaining. Loop side: streaming, segs. Shared: unsent, want_drain, gone. */
   uint8_t stream_state; /* 0 none, 1 started, 2 ended */
   uint8_t stream_mode;  /* enum pmu__stream_mode */
+  uint8_t stream_broken; /* enum pmu__stream_broken: an allocation failed */
+  pmu__seg_t *end_seg;  /* the end piece, allocated at start so that
+                           pmu_respond_end() never fails for want of memory */
   uint8_t streaming;    /* loop side: this request's output is its segs */
   uint64_t stream_remaining; /* STREAM_LENGTH: bytes still allowed */
   pmu__seg_t *seg_head, *seg_tail;
