@@ -72,6 +72,9 @@ int main(void) {
   low.rlim_cur = (rlim_t)(fds[CLIENTS - 1] + 1 + 24); /* the server's own and a few */
   T_ASSERT(setrlimit(RLIMIT_NOFILE, &low) == 0);
   t_server_t *server = t_server_start(&config);
+  /* on_thread_start may run just after pmu_server_start returns. */
+  for (int i = 0; i < 500 && !atomic_load(&have_clock); i++)
+    t_sleep_ms(10);
   T_ASSERT(atomic_load(&have_clock));
   struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(server->port),
                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};

@@ -18,6 +18,7 @@ void pmu__deadline_after(int timeout_ms, struct timespec *out);
 #define FAULT_WAIT 2
 
 static clockid_t ring_clock;
+static atomic_int have_clock;
 static atomic_int log_lines;
 static atomic_int last_level;
 static char last_log[256];
@@ -25,7 +26,8 @@ static char last_log[256];
 static void on_start(void *data, unsigned index) {
   (void)data;
   (void)index;
-  pthread_getcpuclockid(pthread_self(), &ring_clock);
+  if (pthread_getcpuclockid(pthread_self(), &ring_clock) == 0)
+    atomic_store(&have_clock, 1);
 }
 
 static void log_line(void *data, int level, const char *msg) {
@@ -78,7 +80,8 @@ int main(void) {
     config.on_thread_start = on_start;
     config.log = log_line;
     t_server_t *server = t_server_start(&config);
-    t_get_ok(server, "/before");
+    t_get_ok(server, "/before"); /* on_thread_start has run by now */
+    T_ASSERT(atomic_load(&have_clock));
     /* The next 60 waits fail. A request wakes the ring into them. */
     pmu_test_fault(FAULT_WAIT, 1, 1, 60);
     struct timespec c0;
