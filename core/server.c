@@ -409,6 +409,9 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
    * creator) and report back; start() returns once all have. */
   s->joined = 0;
   unsigned created = 0;
+  /* Counted running before they exist: a thread that fails at once counts
+   * itself out (report_exited) before this thread could count it in. */
+  s->loops_running = s->nloops;
   for (unsigned i = 0; i < s->nloops; i++) {
     rc = -pthread_create(&s->loops[i].thread, NULL, pmu__loop_main, &s->loops[i]);
     if (rc < 0) {
@@ -418,7 +421,7 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
     created++;
   }
   pthread_mutex_lock(&s->lock);
-  s->loops_running = created;
+  s->loops_running -= s->nloops - created; /* those never created */
   while (s->loops_started < created)
     pthread_cond_wait(&s->cond, &s->lock);
   pthread_mutex_unlock(&s->lock);

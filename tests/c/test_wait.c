@@ -107,5 +107,23 @@ int main(void) {
     t_get_ok(server, "/after");
     t_server_destroy(server);
   }
+  t_case("a start whose ring thread fails at once: the wait sees it exit, 300 times");
+  {
+    /* A thread that fails and exits before pmu_server_start had counted it
+     * running used to leave the count at 1 forever: destroy hung. */
+    for (int i = 0; i < 300; i++) {
+      pmu_config_t config;
+      t_config_init(&config);
+      config.cq_entries = 1u << 31; /* the kernel refuses the ring: EINVAL */
+      config.threads = 8;           /* the first may be gone before the last starts */
+      pmu_server_t *s = NULL;
+      int rc = pmu_server_start(&config, &s);
+      T_ASSERT_MSG(rc < 0, "start %d: a ring with 2^31 CQ entries was made", i);
+      T_ASSERT(s != NULL);
+      T_ASSERT_MSG(pmu_server_wait(s, 2000) == 0, "start %d: the failed thread is still "
+                                                  "counted running", i);
+      pmu_server_destroy(s);
+    }
+  }
   return t_done();
 }
