@@ -117,6 +117,7 @@ static const field fields[] = {
     FIELD(min_recv_rate, F_UINT),
     FIELD(min_rate_grace_ms, F_UINT),
     FIELD(shutdown_timeout_ms, F_UINT),
+    FIELD(accept_backoff_ms, F_UINT),
     FIELD(server_header, F_STR),
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
@@ -408,6 +409,21 @@ void pmu_ring_gil_leave(pmu_gil *g) {
 
 int pmu_in_ring_thread(void) { return current_ring != NULL; }
 
+/* The engine's log lines go to the "pymongoose_uring" logger at their level. */
+static void on_log(void *data, int level, const char *msg) {
+  EngineObject *self = data;
+  pmu_gil g;
+  pmu_ring_gil_enter(&g);
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyObject *r = PyObject_CallMethod(self->st->logger, "log", "iss", level, "%s", msg);
+  Py_XDECREF(r);
+  if (PyErr_Occurred())
+    PyErr_Clear();
+  PyErr_Restore(type, value, tb);
+  pmu_ring_gil_leave(&g);
+}
+
 static void on_body(void *data, pmu_request_t *request, const void *piece, size_t len,
                     int last) {
   pmu_stream_on_body(request, piece, len, last);
@@ -563,6 +579,7 @@ static PyObject *engine_start(PyObject *op, PyObject *unused) {
   c.on_thread_stop = on_thread_stop;
   c.on_disconnect = on_disconnect;
   c.on_drain = on_drain;
+  c.log = on_log;
   c.on_body = c.body_stream_threshold > 0 ? on_body : NULL;
 
   /* Worker threads inherit this thread's signal mask: block everything so
@@ -755,6 +772,7 @@ static PyObject *engine_stats(PyObject *op, PyObject *args, PyObject *kwargs) {
   STAT(connections_accepted);
   STAT(connections_open);
   STAT(connections_rejected);
+  STAT(accept_errors);
   STAT(requests);
   STAT(responses);
   STAT(bytes_in);
@@ -768,6 +786,7 @@ static PyObject *engine_stats(PyObject *op, PyObject *args, PyObject *kwargs) {
   STAT(recv_paused);
   STAT(cq_overflows);
   STAT(waits);
+  STAT(wait_errors);
   STAT(cqes);
   STAT(batches);
   STAT(deferred);

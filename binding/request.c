@@ -206,7 +206,11 @@ static pmu_request_t *detach(RequestObject *self, Py_ssize_t owner_refs) {
 static void send_response(RequestObject *self, const pmu_response_t *response,
                           Py_ssize_t owner_refs) {
   pmu_request_t *live = detach(self, owner_refs);
-  if (pmu_respond(live, response) < 0)
+  int rc = pmu_respond(live, response);
+  if (rc == -ENOMEM)
+    pmu_log_warning(self->st, "out of memory formatting a response: sent 503 and closed the "
+                              "connection");
+  else if (rc < 0)
     pmu_log_warning(self->st, "the engine refused a response with status %d and sent 500 "
                               "instead (a final status must be 200..999)",
                     response->status);
@@ -1188,7 +1192,7 @@ static PyObject *request_start(PyObject *op, PyObject *args, PyObject *kwargs) {
   long status = PyLong_AsLong(status_obj);
   if (status == -1 && PyErr_Occurred())
     return NULL;
-  if (status < 200 || status > 999) {
+  if (status < 0 || status > 999 || !pmu_status_valid((int)status)) {
     PyErr_Format(PyExc_ValueError, "a streamed answer's status must be 200..999, not %ld",
                  status);
     return NULL;

@@ -528,9 +528,13 @@ static int set_body(pmu_state *st, pmu_built *b, PyObject *body, PyObject **ct) 
   return -1;
 }
 
+/* The engine's rule (pmu_status_valid), checked where the status is given. */
 static int check_status(long status) {
-  if (status < 100 || status > 999) {
-    PyErr_Format(PyExc_ValueError, "HTTP status %ld is outside 100..999", status);
+  if (status < 0 || status > 999 || !pmu_status_valid((int)status)) {
+    PyErr_Format(PyExc_ValueError,
+                 "HTTP status %ld cannot be sent: a final status is 200..999 (1xx are "
+                 "interim answers, and protocol upgrades are not supported)",
+                 status);
     return -1;
   }
   return 0;
@@ -921,7 +925,7 @@ static int set_content_type(PyObject *op, PyObject *v, void *c) {
 }
 
 static PyGetSetDef response_getset[] = {
-    {"status", get_status, set_status, "HTTP status code (100..999).", NULL},
+    {"status", get_status, set_status, "HTTP status code (200..999).", NULL},
     {"body", get_body, set_body_attr, "The body as bytes (a str body is UTF-8 encoded).", NULL},
     {"headers", get_headers, set_headers,
      "Extra headers: None, a dict, a list of (name, value) pairs, or a mapping. A list "

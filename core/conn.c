@@ -77,7 +77,12 @@ pmu__conn_t *pmu__conn_new(pmu__loop_t *loop, int fd) {
 }
 
 void pmu__conn_arm_recv(pmu__conn_t *c) {
-  pmu__prep_recv(&c->loop->ring, c->fd, c->fixed, c->loop->bufs.bgid, PMU__UD(c, OP_RECV));
+  if (pmu__prep_recv(&c->loop->ring, c->fd, c->fixed, c->loop->bufs.bgid,
+                     PMU__UD(c, OP_RECV)) < 0) {
+    c->loop->sqe_short = 1; /* no SQE: armed again at the end of a later turn */
+    pmu__loop_schedule_resume(c->loop, c);
+    return;
+  }
   c->recv_armed = 1;
   c->ops++;
 }
@@ -364,7 +369,10 @@ static void pause_reading(pmu__conn_t *c) {
   if (body_backlog(c))
     wait_for_body_consumer(c);
   if (c->recv_armed && !c->cancel_sent) {
-    pmu__prep_cancel(&c->loop->ring, PMU__UD(c, OP_RECV), PMU__UD(c, OP_CANCEL));
+    if (pmu__prep_cancel(&c->loop->ring, PMU__UD(c, OP_RECV), PMU__UD(c, OP_CANCEL)) < 0) {
+      c->loop->sqe_short = 1; /* tried again when the next bytes arrive */
+      return;
+    }
     c->cancel_sent = 1;
     c->ops++;
   }
@@ -394,6 +402,8 @@ void pmu__conn_on_recv(pmu__conn_t *c, const char *data, size_t len) {
   if (c->paused || c->stash_len > c->stash_off) {
     if (stash_append(c, data, len) < 0)
       pmu__conn_close(c);
+    else if (c->paused && c->recv_armed && !c->cancel_sent)
+      pause_reading(c); /* its cancel found no SQE: try again */
     return;
   }
   if (over_limits(c)) {
@@ -587,7 +597,12 @@ void pmu__conn_flush(pmu__conn_t *c) {
   c->send_len = total;
   const pmu_config_t *cfg = &c->loop->server->cfg;
   int zc = cfg->send_zc_threshold && total >= cfg->send_zc_threshold;
-  pmu__prep_send(&c->loop->ring, c->fd, c->fixed, msg, zc, PMU__UD(c, OP_SEND));
+  if (pmu__prep_send(&c->loop->ring, c->fd, c->fixed, msg, zc, PMU__UD(c, OP_SEND)) < 0) {
+    sendbuf_put(c);
+    c->loop->sqe_short = 1; /* flushed again at the end of a later turn */
+    pmu__loop_mark_dirty(c->loop, c);
+    return;
+  }
   c->send_inflight = 1;
   c->ops++;
   STAT_ADD(c->loop, sends, 1);

@@ -47,6 +47,8 @@ pmu__req_t *pmu__req_alloc(pmu__loop_t *loop) {
 }
 
 static void req_drop_output(pmu__req_t *r) {
+  free(r->end_seg); /* a stream's end piece never used */
+  r->end_seg = NULL;
   if (r->ext_release)
     r->ext_release(r->ext_ctx);
   r->ext_release = NULL;

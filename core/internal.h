@@ -22,6 +22,7 @@
 #include <sys/uio.h>
 #include <time.h>
 
+#include "faults.h"
 #include "uring.h"
 
 #define PMU__IOV_MAX 64
@@ -80,6 +81,15 @@ enum pmu__seg_kind { SEG_RAW, SEG_END };
 
 enum pmu__stream_mode { STREAM_NONE, STREAM_CHUNKED, STREAM_LENGTH, STREAM_CLOSE, STREAM_NOBODY };
 
+/* How a streamed answer went wrong for want of memory. */
+enum pmu__stream_broken {
+  BROKEN_NONE,
+  BROKEN_CLOSE,  /* a piece was lost, or the head is a 503: the end closes, without a
+                    last chunk, so that the client sees the answer incomplete */
+  BROKEN_NO_END, /* nothing was delivered, not even an end piece: the end answers 503
+                    and closes through the answer queue, which needs no memory */
+};
+
 enum pmu__req_kind {
   REQ_USER,   /* a parsed request, answered by the handler */
   REQ_ENGINE, /* a message of the engine's own: 100 Continue, 400, 408, ... */
@@ -119,6 +129,9 @@ struct pmu__req {
    * remaining. Loop side: streaming, segs. Shared: unsent, want_drain, gone. */
   uint8_t stream_state; /* 0 none, 1 started, 2 ended */
   uint8_t stream_mode;  /* enum pmu__stream_mode */
+  uint8_t stream_broken; /* enum pmu__stream_broken: an allocation failed */
+  pmu__seg_t *end_seg;  /* the end piece, allocated at start so that
+                           pmu_respond_end() never fails for want of memory */
   uint8_t streaming;    /* loop side: this request's output is its segs */
   uint8_t aborted;      /* producer side, read by the loop after the end
                            arrives: the answer failed half-way (counted, and
@@ -250,7 +263,13 @@ struct pmu__loop {
   int ring_ready;
   int listen_fd;
   int accept_armed;
+  int accept_cancel_sent;
+  int accept_paused;         /* backing off after EMFILE and the like */
+  uint64_t accept_resume_ms; /* ... until then (or a connection closes) */
+  uint64_t accept_log_ms;    /* last "accept failed" line; 0: none yet */
+  uint64_t wait_log_ms;      /* last "wait failed" line; 0: none yet */
   int start_rc;
+  int sqe_short; /* an SQE could not be had this turn: wait at most 1 ms */
 
   pmu__bufring_t bufs;
 
@@ -336,6 +355,9 @@ struct pmu_server {
 void pmu__server_unref(pmu_server_t *server);
 void pmu__set_error(pmu_server_t *server, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The absolute time timeout_ms (>= 0) from now on CLOCK_MONOTONIC, the clock
+ * of server->cond's timed waits. */
+void pmu__deadline_after(int timeout_ms, struct timespec *out);
 
 /* ---- loop.c ---- */
 void *pmu__loop_main(void *arg);

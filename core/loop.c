@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -60,13 +61,31 @@ void pmu__loop_mark_dirty(pmu__loop_t *loop, pmu__conn_t *conn) {
 static void arm_accept(pmu__loop_t *loop) {
   const pmu_server_t *s = loop->server;
   int shared = loop->listen_fd == s->shared_listen_fd && (s->nloops > 1 || s->given_listener);
-  pmu__prep_accept(&loop->ring, loop->listen_fd, !shared, PMU__UD(loop, OP_ACCEPT));
+  if (pmu__prep_accept(&loop->ring, loop->listen_fd, !shared, PMU__UD(loop, OP_ACCEPT)) < 0) {
+    loop->sqe_short = 1; /* armed at the end of a later turn */
+    return;
+  }
   loop->accept_armed = 1;
+  loop->accept_cancel_sent = 0;
 }
 
 static void arm_wake(pmu__loop_t *loop) {
-  pmu__prep_poll_in(&loop->ring, loop->wake_fd, PMU__UD(loop, OP_WAKE));
+  if (pmu__prep_poll_in(&loop->ring, loop->wake_fd, PMU__UD(loop, OP_WAKE)) < 0) {
+    loop->sqe_short = 1;
+    return;
+  }
   loop->wake_armed = 1;
+}
+
+/* Cancel the armed accept (stopping); retried each turn until it is sent. */
+static void cancel_accept(pmu__loop_t *loop) {
+  if (!loop->accept_armed || loop->accept_cancel_sent)
+    return;
+  if (pmu__prep_cancel(&loop->ring, PMU__UD(loop, OP_ACCEPT), PMU__UD(loop, OP_CANCEL)) < 0) {
+    loop->sqe_short = 1;
+    return;
+  }
+  loop->accept_cancel_sent = 1;
 }
 
 /* Hand the collected batch to the handler: the one place user code runs. */
@@ -103,6 +122,41 @@ static void close_listener(pmu__loop_t *loop) {
   }
 }
 
+static const char *accept_errno_name(int err) {
+  switch (err) {
+  case EMFILE: return "EMFILE";
+  case ENFILE: return "ENFILE";
+  case ENOMEM: return "ENOMEM";
+  case ENOBUFS: return "ENOBUFS";
+  default: return "?";
+  }
+}
+
+/*
+ * Accept failed for want of descriptors or memory. The kernel takes the
+ * descriptor before it looks for a connection, so an accept armed again at
+ * once fails again at once, and the loop would spin at full CPU. Accept
+ * nothing for accept_backoff_ms instead (nginx waits 500 ms), or until a
+ * connection of this loop closes and frees a descriptor; say so once a
+ * second at most.
+ */
+static void accept_backoff(pmu__loop_t *loop, int err) {
+  const pmu_config_t *cfg = &loop->server->cfg;
+  STAT_ADD(loop, accept_errors, 1);
+  if (cfg->accept_backoff_ms) {
+    loop->accept_paused = 1;
+    loop->accept_resume_ms = loop->now_ms + cfg->accept_backoff_ms;
+    cancel_accept(loop); /* a multishot accept that is still armed */
+  }
+  if (cfg->log && (!loop->accept_log_ms || loop->now_ms - loop->accept_log_ms >= 1000)) {
+    loop->accept_log_ms = loop->now_ms ? loop->now_ms : 1;
+    char msg[200];
+    snprintf(msg, sizeof msg, "accept failed: %s (%s); pausing accepts for %u ms",
+             strerror(err), accept_errno_name(err), cfg->accept_backoff_ms);
+    cfg->log(cfg->handler_data, PMU_LOG_WARNING, msg);
+  }
+}
+
 static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   pmu_server_t *s = loop->server;
   if (!(cqe->flags & IORING_CQE_F_MORE)) {
@@ -110,8 +164,14 @@ static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
     if (loop->stopping)
       close_listener(loop);
   }
+  if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM ||
+      cqe->res == -ENOBUFS) {
+    if (!loop->stopping)
+      accept_backoff(loop, -cqe->res);
+    return;
+  }
   if (cqe->res < 0)
-    return; /* ECANCELED at stop; EMFILE and friends: try again next turn */
+    return; /* ECANCELED at stop; ECONNABORTED and the like: next turn */
   int fd = cqe->res;
   /* Accepted while stopping (the accept was not cancelled yet): the client
    * has sent or is sending its request, so it is served like the others. */
@@ -264,7 +324,7 @@ static void begin_stop(pmu__loop_t *loop) {
   loop->stopping = 1;
   loop->stop_deadline = loop->now_ms + loop->server->cfg.shutdown_timeout_ms;
   if (loop->accept_armed)
-    pmu__prep_cancel(&loop->ring, PMU__UD(loop, OP_ACCEPT), PMU__UD(loop, OP_CANCEL));
+    cancel_accept(loop);
   else
     close_listener(loop);
   /* Idle connections close now; busy ones once their answers are out. */
@@ -308,6 +368,10 @@ static int64_t next_wait(const pmu__loop_t *loop) {
     soonest = loop->stop_deadline;
   if (loop->rate_check_ms < soonest)
     soonest = loop->rate_check_ms;
+  if (loop->accept_paused && !loop->stopping && loop->accept_resume_ms < soonest)
+    soonest = loop->accept_resume_ms;
+  if (loop->sqe_short)
+    return 1; /* something waits for an SQE: come back soon */
   if (soonest == UINT64_MAX)
     return -1;
   return soonest > loop->now_ms ? (int64_t)(soonest - loop->now_ms) : 0;
@@ -347,6 +411,8 @@ static void end_of_turn(pmu__loop_t *loop) {
 
   c = loop->grave;
   loop->grave = NULL;
+  if (c)
+    loop->accept_paused = 0; /* descriptors were freed: accept again now */
   while (c) {
     pmu__conn_t *next = c->gnext;
     c->on_grave = 0;
@@ -355,13 +421,41 @@ static void end_of_turn(pmu__loop_t *loop) {
   }
 
   free_dead(loop);
-  if (!loop->accept_armed && !loop->stopping)
+  if (loop->accept_paused && loop->now_ms >= loop->accept_resume_ms)
+    loop->accept_paused = 0;
+  if (!loop->accept_armed && !loop->stopping && !loop->accept_paused)
     arm_accept(loop);
+  else if (loop->stopping)
+    cancel_accept(loop);
   if (!loop->wake_armed)
     arm_wake(loop);
   uint32_t overflow = *loop->ring.cq.koverflow;
   __atomic_store_n(&loop->stats.cq_overflows, overflow, __ATOMIC_RELAXED);
   __atomic_store_n(&loop->stats.connections_open, loop->nconns, __ATOMIC_RELAXED);
+}
+
+/*
+ * The ring's wait failed for a reason other than a timer (ETIME), a signal
+ * (EINTR), or a kernel short of room or memory for the moment (EAGAIN, EBUSY:
+ * reaping the completions frees it). Count it, say so once a second at
+ * most, and pause a little when there is nothing to reap, so that an error
+ * that repeats cannot spin the thread.
+ */
+static void wait_failed(pmu__loop_t *loop, int err) {
+  const pmu_config_t *cfg = &loop->server->cfg;
+  STAT_ADD(loop, wait_errors, 1);
+  uint64_t now = pmu__now_ms();
+  if (cfg->log && (!loop->wait_log_ms || now - loop->wait_log_ms >= 1000)) {
+    loop->wait_log_ms = now ? now : 1;
+    char msg[160];
+    snprintf(msg, sizeof msg, "io_uring wait failed: %s (errno %d); retrying", strerror(err),
+             err);
+    cfg->log(cfg->handler_data, PMU_LOG_ERROR, msg);
+  }
+  if (!io_uring_cq_ready(&loop->ring)) {
+    struct timespec pause = {.tv_sec = 0, .tv_nsec = 10 * 1000000L};
+    nanosleep(&pause, NULL);
+  }
 }
 
 static void run(pmu__loop_t *loop) {
@@ -371,7 +465,10 @@ static void run(pmu__loop_t *loop) {
     /* Connections capped last turn resume at the end of this one: no
      * waiting for a completion then. */
     int rc = pmu__submit_and_wait(&loop->ring, loop->rearm ? 0 : next_wait(loop));
-    (void)rc; /* ETIME is a timer; EINTR a signal; both mean "look again" */
+    /* ETIME is a timer; EINTR a signal; both mean "look again". */
+    if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+      wait_failed(loop, -rc);
+    loop->sqe_short = 0;
     loop->turn_gen++;
     STAT_ADD(loop, waits, 1);
     loop->now_ms = pmu__now_ms();

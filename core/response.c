@@ -10,6 +10,8 @@
 #include <string.h>
 #include <strings.h>
 
+int pmu_status_valid(int status) { return status >= 200 && status <= 999; }
+
 const char *pmu_status_reason(int status) {
   switch (status) {
   case 100: return "Continue";
@@ -152,12 +154,35 @@ static int header_safe(const pmu_header_t *h) {
 
 enum { USER_SERVER = 2, USER_DATE = 4, USER_CLOSE = 8, USER_LENGTH = 16 };
 
+/* The answer when the real one cannot be formatted for want of memory: static,
+ * so that it needs none, and closing, so that nothing after it is misframed. */
+static const char oom_503[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                              "Content-Type: text/plain; charset=utf-8\r\n"
+                              "Content-Length: 20\r\n"
+                              "Connection: close\r\n"
+                              "\r\n"
+                              "Service Unavailable\n";
+
+/* Make r's answer the static 503 (sent from r->ext_body, no copy) and close
+ * after it. */
+static void answer_oom(pmu__req_t *r) {
+  r->out_len = 0;
+  r->ext_body = oom_503;
+  r->ext_len = sizeof oom_503 - 1;
+  r->ext_release = NULL;
+  r->ext_ctx = NULL;
+  r->close_after = 1;
+  r->status_class = 5;
+}
+
 /*
  * Write the response for r into r->out (and r->ext_*). Runs on whichever
  * thread answers; touches only r. With stream set, only the head is written
  * and r->stream_mode says how the body pieces will be framed. Returns 0,
  * -EINVAL (bad status or header: a complete 500 was written instead) or
- * -ENOMEM.
+ * -ENOMEM (r->out cannot grow: the answer is the static 503 that closes,
+ * answer_oom, with the handler's body released; for a stream, stream_mode
+ * STREAM_NOBODY).
  */
 static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date, int stopping,
                      int stream) {
@@ -174,7 +199,7 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
     }
     hbytes += h->name_len + h->value_len + 4;
   }
-  if (status < 200 || status > 999)
+  if (!pmu_status_valid(status))
     rc = -EINVAL;
   if (rc < 0) {
     static const char msg[] = "Internal Server Error\n";
@@ -198,8 +223,14 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
   uint64_t stream_length = 0;
   size_t need = 13 + reason_len + 2 + 10 + s->server_header_len + 2 + 6 + 29 + 2 + hbytes + 16 +
                 20 + 2 + 24 + 2 + copy_body;
-  if (out_reserve(r, need) < 0)
+  if (PMU__FAULT(PMU__FAULT_SERIALIZE) || out_reserve(r, need) < 0) {
+    if (resp->body_release)
+      resp->body_release(resp->body_ctx); /* never sent */
+    answer_oom(r);
+    if (stream)
+      r->stream_mode = STREAM_NOBODY;
     return -ENOMEM;
+  }
 
   char *p = r->out;
   PUT_LIT(p, "HTTP/1.1 ");
@@ -341,6 +372,8 @@ void pmu__answer_arrived(pmu__req_t *r) {
   pmu__conn_answered(r->conn, r);
 }
 
+static void hand_over(pmu__req_t *r);
+
 int pmu_respond(pmu_request_t *request, const pmu_response_t *response) {
   pmu__req_t *r = (pmu__req_t *)request;
   pmu__loop_t *loop = r->loop;
@@ -358,12 +391,25 @@ int pmu_respond(pmu_request_t *request, const pmu_response_t *response) {
   char date[40];
   pmu__format_date(date, time(NULL));
   int rc = serialize(r, response, date, atomic_load(&s->stop_requested), 0);
+  hand_over(r);
+  return rc;
+}
+
+/* Give an answered request to its loop: at once on the loop's thread, else
+ * through its answer queue (the request is its own link: no memory needed). */
+static void hand_over(pmu__req_t *r) {
+  pmu__loop_t *loop = r->loop;
+  pmu_server_t *s = loop->server;
+  if (pmu__current_loop == loop) {
+    pmu__answer_arrived(r);
+    return;
+  }
   pthread_mutex_lock(&loop->qlock);
   if (loop->exited) {
     pthread_mutex_unlock(&loop->qlock);
     pmu__req_free(r);
     pmu__server_unref(s);
-    return rc;
+    return;
   }
   int was_empty = loop->qhead == NULL;
   r->qnext = NULL;
@@ -375,7 +421,6 @@ int pmu_respond(pmu_request_t *request, const pmu_response_t *response) {
   pthread_mutex_unlock(&loop->qlock);
   if (was_empty)
     pmu__loop_wake(loop);
-  return rc;
 }
 
 int pmu_respond_simple(pmu_request_t *request, int status, const pmu_header_t *headers,
@@ -509,7 +554,7 @@ static void deliver(pmu__seg_t *g) {
 
 static pmu__seg_t *seg_new(pmu__req_t *r, int kind, const void *data, size_t len,
                            void (*release)(void *), void *ctx) {
-  pmu__seg_t *g = malloc(sizeof *g + (release ? 0 : len));
+  pmu__seg_t *g = PMU__FAULT(PMU__FAULT_SEG) ? NULL : malloc(sizeof *g + (release ? 0 : len));
   if (!g)
     return NULL;
   memset(g, 0, sizeof *g);
@@ -528,6 +573,17 @@ static pmu__seg_t *seg_new(pmu__req_t *r, int kind, const void *data, size_t len
   return g;
 }
 
+static void static_data(void *ctx) { (void)ctx; }
+
+static const char last_chunk[] = "0\r\n\r\n";
+
+/*
+ * Every failure to allocate below leaves the request able to end: the end
+ * piece is allocated first, so pmu_respond_end() needs no memory; a head
+ * that cannot be formatted is the static 503 that closes; a piece that
+ * cannot be queued makes the end close without the last chunk, so that the
+ * client sees the answer incomplete rather than a wrong body.
+ */
 int pmu_respond_start(pmu_request_t *request, int status, const pmu_header_t *headers,
                       size_t header_count) {
   pmu__req_t *r = (pmu__req_t *)request;
@@ -535,6 +591,13 @@ int pmu_respond_start(pmu_request_t *request, int status, const pmu_header_t *he
   if (r->stream_state)
     return -EINVAL;
   r->stream_state = 1;
+  r->end_seg = seg_new(r, SEG_END, last_chunk, sizeof last_chunk - 1, NULL, NULL);
+  if (!r->end_seg) {
+    /* Nothing goes out before the end, which answers 503 through the queue. */
+    r->stream_broken = BROKEN_NO_END;
+    r->stream_mode = STREAM_NOBODY;
+    return -ENOMEM;
+  }
   pmu_response_t resp = {.status = status, .headers = headers, .header_count = header_count};
   int rc;
   if (pmu__current_loop == loop) {
@@ -544,10 +607,23 @@ int pmu_respond_start(pmu_request_t *request, int status, const pmu_header_t *he
     pmu__format_date(date, time(NULL));
     rc = serialize(r, &resp, date, atomic_load(&loop->server->stop_requested), 1);
   }
-  pmu__seg_t *g = seg_new(r, SEG_RAW, r->out, r->out_len, NULL, NULL);
+  pmu__seg_t *g;
+  if (rc == -ENOMEM) {
+    /* The static 503 travels as the first piece, without a copy. */
+    g = seg_new(r, SEG_RAW, r->ext_body, r->ext_len, static_data, NULL);
+    r->ext_body = NULL;
+    r->ext_len = 0;
+    r->stream_broken = BROKEN_CLOSE;
+  } else {
+    g = seg_new(r, SEG_RAW, r->out, r->out_len, NULL, NULL);
+  }
   r->out_len = 0; /* the head travels as the first piece */
-  if (!g)
+  if (!g) {
+    /* No head: the end closes with nothing sent for this request. */
+    r->stream_broken = BROKEN_CLOSE;
+    r->stream_mode = STREAM_NOBODY;
     return -ENOMEM;
+  }
   deliver(g);
   return rc;
 }
@@ -569,6 +645,11 @@ int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
     len = (size_t)r->stream_remaining; /* never more than the announced length, */
     r->overflowed = 1;                 /* and nothing after it on this connection */
   }
+  if (r->stream_broken) {
+    if (release)
+      release(ctx);
+    return -ENOMEM; /* an earlier failure: this answer ends by closing */
+  }
   if (len == 0 || r->stream_mode == STREAM_NOBODY) {
     if (release)
       release(ctx);
@@ -580,6 +661,8 @@ int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
   if (!g) {
     if (release)
       release(ctx);
+    /* A hole in the body: the end must close, without the last chunk. */
+    r->stream_broken = BROKEN_CLOSE;
     return -ENOMEM;
   }
   if (r->stream_mode == STREAM_CHUNKED) {
@@ -607,10 +690,18 @@ int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
 /* The end of a stream: the last chunk, unless aborted; the close when the
  * framing or an abort needs it. close_after and aborted are written before
  * the end is handed over (under the loop's lock, or on its thread), and read
- * by the loop only after it has arrived. */
+ * by the loop only after it has arrived. The end piece was allocated at
+ * start, so finishing needs no memory. */
 static int stream_finish(pmu__req_t *r, int abort) {
-  static const char last_chunk[] = "0\r\n\r\n";
+  if (r->stream_broken == BROKEN_NO_END) {
+    /* Nothing of it was delivered: answer 503 like pmu_respond() would. */
+    answer_oom(r);
+    hand_over(r);
+    return 0;
+  }
   size_t n = 0;
+  if (r->stream_broken)
+    abort = 1; /* a piece was lost: incomplete, only a close can say so */
   if (r->stream_mode == STREAM_LENGTH && r->stream_remaining)
     abort = 1; /* shorter than announced: only a close ends it, incomplete */
   if (abort) {
@@ -621,9 +712,9 @@ static int stream_finish(pmu__req_t *r, int abort) {
   }
   if (r->stream_mode == STREAM_CLOSE || r->overflowed)
     r->close_after = 1;
-  pmu__seg_t *g = seg_new(r, SEG_END, last_chunk, n, NULL, NULL);
-  if (!g)
-    return -ENOMEM;
+  pmu__seg_t *g = r->end_seg; /* allocated at start, with room for the last chunk */
+  r->end_seg = NULL;
+  g->len = n;
   deliver(g);
   return 0;
 }

@@ -47,7 +47,15 @@ void pmu_config_init(pmu_config_t *c) {
   c->body_buffer_budget = 64u << 20;
   c->min_recv_rate = 500;
   c->min_rate_grace_ms = 10000;
+  c->accept_backoff_ms = 500;
   c->server_header = "pymongoose_uring";
+  c->log = pmu_log_stderr;
+}
+
+void pmu_log_stderr(void *handler_data, int level, const char *msg) {
+  (void)handler_data;
+  (void)level;
+  fprintf(stderr, "pymongoose_uring: %s\n", msg);
 }
 
 void pmu__set_error(pmu_server_t *server, const char *fmt, ...) {
@@ -373,7 +381,13 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
   atomic_init(&s->stop_requested, 0);
   atomic_init(&s->next_conn_id, 1);
   pthread_mutex_init(&s->lock, NULL);
-  pthread_cond_init(&s->cond, NULL);
+  /* Timed waits on cond (pmu_server_wait) count on the monotonic clock, so
+   * that setting the wall clock cannot stretch or cut them. */
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(&s->cond, &attr);
+  pthread_condattr_destroy(&attr);
   s->joined = 1; /* nothing to join until threads exist */
 
   int rc = config_resolve(s);
@@ -404,6 +418,9 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
    * creator) and report back; start() returns once all have. */
   s->joined = 0;
   unsigned created = 0;
+  /* Counted running before they exist: a thread that fails at once counts
+   * itself out (report_exited) before this thread could count it in. */
+  s->loops_running = s->nloops;
   for (unsigned i = 0; i < s->nloops; i++) {
     rc = -pthread_create(&s->loops[i].thread, NULL, pmu__loop_main, &s->loops[i]);
     if (rc < 0) {
@@ -413,7 +430,7 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
     created++;
   }
   pthread_mutex_lock(&s->lock);
-  s->loops_running = created;
+  s->loops_running -= s->nloops - created; /* those never created */
   while (s->loops_started < created)
     pthread_cond_wait(&s->cond, &s->lock);
   pthread_mutex_unlock(&s->lock);
@@ -443,6 +460,16 @@ void pmu_server_stop(pmu_server_t *s) {
     pmu__loop_wake(&s->loops[i]);
 }
 
+void pmu__deadline_after(int timeout_ms, struct timespec *out) {
+  clock_gettime(CLOCK_MONOTONIC, out);
+  out->tv_sec += timeout_ms / 1000;
+  out->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (out->tv_nsec >= 1000000000L) {
+    out->tv_sec++;
+    out->tv_nsec -= 1000000000L;
+  }
+}
+
 int pmu_server_wait(pmu_server_t *s, int timeout_ms) {
   pthread_mutex_lock(&s->lock);
   if (timeout_ms < 0) {
@@ -450,13 +477,7 @@ int pmu_server_wait(pmu_server_t *s, int timeout_ms) {
       pthread_cond_wait(&s->cond, &s->lock);
   } else {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
+    pmu__deadline_after(timeout_ms, &ts);
     while (s->loops_running > 0) {
       if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT)
         break;

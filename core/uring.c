@@ -115,34 +115,50 @@ void pmu__bufring_free(struct io_uring *ring, pmu__bufring_t *b) {
 }
 
 struct io_uring_sqe *pmu__get_sqe(struct io_uring *ring) {
+  if (PMU__FAULT(PMU__FAULT_SQE))
+    return NULL;
   struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
   if (sqe)
     return sqe;
-  /* The SQ is full: hand what is queued to the kernel and try again. */
-  io_uring_submit(ring);
+  /* The SQ is full: hand what is queued to the kernel and try again. Under
+   * SQPOLL submitting only publishes the tail (and wakes the SQ thread if
+   * it sleeps): the entries free up when that thread has taken them, so
+   * wait for it. Without SQPOLL the submit frees them, unless the kernel
+   * refuses it (EBUSY, EAGAIN, ENOMEM). */
+  int rc = io_uring_submit(ring);
+  if ((ring->flags & IORING_SETUP_SQPOLL) && rc >= 0)
+    io_uring_sqring_wait(ring);
   return io_uring_get_sqe(ring);
 }
 
-void pmu__prep_accept(struct io_uring *ring, int listen_fd, int multishot, uint64_t ud) {
+int pmu__prep_accept(struct io_uring *ring, int listen_fd, int multishot, uint64_t ud) {
   struct io_uring_sqe *sqe = pmu__get_sqe(ring);
+  if (!sqe)
+    return -EBUSY;
   if (multishot)
     io_uring_prep_multishot_accept(sqe, listen_fd, NULL, NULL, SOCK_CLOEXEC);
   else
     io_uring_prep_accept(sqe, listen_fd, NULL, NULL, SOCK_CLOEXEC);
   io_uring_sqe_set_data64(sqe, ud);
+  return 0;
 }
 
-void pmu__prep_recv(struct io_uring *ring, int fd, int fixed, uint16_t bgid, uint64_t ud) {
+int pmu__prep_recv(struct io_uring *ring, int fd, int fixed, uint16_t bgid, uint64_t ud) {
   struct io_uring_sqe *sqe = pmu__get_sqe(ring);
+  if (!sqe)
+    return -EBUSY;
   io_uring_prep_recv_multishot(sqe, fixed >= 0 ? fixed : fd, NULL, 0, 0);
   sqe->flags |= IOSQE_BUFFER_SELECT | (fixed >= 0 ? IOSQE_FIXED_FILE : 0);
   sqe->buf_group = bgid;
   io_uring_sqe_set_data64(sqe, ud);
+  return 0;
 }
 
-void pmu__prep_send(struct io_uring *ring, int fd, int fixed, struct msghdr *msg, int zc,
-                    uint64_t ud) {
+int pmu__prep_send(struct io_uring *ring, int fd, int fixed, struct msghdr *msg, int zc,
+                   uint64_t ud) {
   struct io_uring_sqe *sqe = pmu__get_sqe(ring);
+  if (!sqe)
+    return -EBUSY;
   int target = fixed >= 0 ? fixed : fd;
   if (msg->msg_iovlen == 1) {
     void *base = msg->msg_iov[0].iov_base;
@@ -159,18 +175,25 @@ void pmu__prep_send(struct io_uring *ring, int fd, int fixed, struct msghdr *msg
   if (fixed >= 0)
     sqe->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data64(sqe, ud);
+  return 0;
 }
 
-void pmu__prep_poll_in(struct io_uring *ring, int fd, uint64_t ud) {
+int pmu__prep_poll_in(struct io_uring *ring, int fd, uint64_t ud) {
   struct io_uring_sqe *sqe = pmu__get_sqe(ring);
+  if (!sqe)
+    return -EBUSY;
   io_uring_prep_poll_multishot(sqe, fd, POLLIN);
   io_uring_sqe_set_data64(sqe, ud);
+  return 0;
 }
 
-void pmu__prep_cancel(struct io_uring *ring, uint64_t target, uint64_t ud) {
+int pmu__prep_cancel(struct io_uring *ring, uint64_t target, uint64_t ud) {
   struct io_uring_sqe *sqe = pmu__get_sqe(ring);
+  if (!sqe)
+    return -EBUSY;
   io_uring_prep_cancel64(sqe, target, 0);
   io_uring_sqe_set_data64(sqe, ud);
+  return 0;
 }
 
 int pmu__files_update(struct io_uring *ring, unsigned slot, int fd) {
@@ -179,6 +202,8 @@ int pmu__files_update(struct io_uring *ring, unsigned slot, int fd) {
 }
 
 int pmu__submit_and_wait(struct io_uring *ring, int64_t timeout_ms) {
+  if (PMU__FAULT(PMU__FAULT_WAIT))
+    return -EFAULT;
   if (timeout_ms < 0)
     return io_uring_submit_and_wait(ring, 1);
   struct __kernel_timespec ts = {

@@ -73,16 +73,20 @@ static inline void pmu__bufring_publish(pmu__bufring_t *b) {
   }
 }
 
-/* An SQE, submitting what is queued first if the SQ is full. Never NULL
- * unless the ring is broken. */
+/* An SQE, submitting what is queued first if the SQ is full (and, under
+ * SQPOLL, waiting for the SQ thread to take it). NULL when the kernel
+ * refused the submit: the SQ is still full. */
 struct io_uring_sqe *pmu__get_sqe(struct io_uring *ring);
 
-void pmu__prep_accept(struct io_uring *ring, int listen_fd, int multishot, uint64_t ud);
-void pmu__prep_recv(struct io_uring *ring, int fd, int fixed, uint16_t bgid, uint64_t ud);
-void pmu__prep_send(struct io_uring *ring, int fd, int fixed, struct msghdr *msg, int zc,
-                    uint64_t ud);
-void pmu__prep_poll_in(struct io_uring *ring, int fd, uint64_t ud);
-void pmu__prep_cancel(struct io_uring *ring, uint64_t target, uint64_t ud);
+/* Each returns 0, or -EBUSY when no SQE could be had: nothing was queued,
+ * and the caller must retry later (the loop's next turn) or give up on
+ * that connection. No caller may assume an SQE. */
+int pmu__prep_accept(struct io_uring *ring, int listen_fd, int multishot, uint64_t ud);
+int pmu__prep_recv(struct io_uring *ring, int fd, int fixed, uint16_t bgid, uint64_t ud);
+int pmu__prep_send(struct io_uring *ring, int fd, int fixed, struct msghdr *msg, int zc,
+                   uint64_t ud);
+int pmu__prep_poll_in(struct io_uring *ring, int fd, uint64_t ud);
+int pmu__prep_cancel(struct io_uring *ring, uint64_t target, uint64_t ud);
 
 /* Register fd at slot in the fixed-file table (fd < 0 clears the slot). */
 int pmu__files_update(struct io_uring *ring, unsigned slot, int fd);

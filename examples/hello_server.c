@@ -70,9 +70,10 @@ static void print_stats(const pmu_server_t *server) {
           "\"bytes_in\":%llu,\"bytes_out\":%llu,\"parse_errors\":%llu,\"timeouts\":%llu,"
           "\"enobufs\":%llu,\"short_sends\":%llu,\"sends\":%llu,\"send_zc\":%llu,"
           "\"recv_paused\":%llu,\"cq_overflows\":%llu,\"waits\":%llu,\"cqes\":%llu,"
-          "\"batches\":%llu,\"connections_rejected\":%llu,\"status_classes\":{\"1xx\":%llu,"
-          "\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu},\"responses_aborted\":%llu,\"bodies_spooled\":%llu,"
-          "\"body_buffer_bytes\":%llu}\n",
+          "\"batches\":%llu,\"connections_rejected\":%llu,\"accept_errors\":%llu,"
+          "\"wait_errors\":%llu,\"status_classes\":{\"1xx\":%llu,"
+          "\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu},\"responses_aborted\":%llu,"
+          "\"bodies_spooled\":%llu,\"body_buffer_bytes\":%llu}\n",
           (unsigned long long)s.connections_accepted, (unsigned long long)s.requests,
           (unsigned long long)s.responses, (unsigned long long)s.bytes_in,
           (unsigned long long)s.bytes_out, (unsigned long long)s.parse_errors,
@@ -81,7 +82,9 @@ static void print_stats(const pmu_server_t *server) {
           (unsigned long long)s.send_zc, (unsigned long long)s.recv_paused,
           (unsigned long long)s.cq_overflows, (unsigned long long)s.waits,
           (unsigned long long)s.cqes, (unsigned long long)s.batches,
-          (unsigned long long)s.connections_rejected, (unsigned long long)s.status_classes[1],
+          (unsigned long long)s.connections_rejected, (unsigned long long)s.accept_errors,
+          (unsigned long long)s.wait_errors,
+          (unsigned long long)s.status_classes[1],
           (unsigned long long)s.status_classes[2], (unsigned long long)s.status_classes[3],
           (unsigned long long)s.status_classes[4], (unsigned long long)s.status_classes[5],
           (unsigned long long)s.responses_aborted, (unsigned long long)s.bodies_spooled,
@@ -95,7 +98,7 @@ static void print_stats(const pmu_server_t *server) {
   X(max_header_bytes) X(max_headers) X(max_url_bytes) X(max_body_bytes) X(max_connections)  \
   X(max_pipelined) X(output_high_water) X(header_timeout_ms) X(keepalive_timeout_ms)        \
   X(body_timeout_ms) X(send_timeout_ms) X(shutdown_timeout_ms) X(backlog) X(listen_fd)       \
-  X(body_buffer_budget) X(min_recv_rate) X(min_rate_grace_ms)
+  X(body_buffer_budget) X(min_recv_rate) X(min_rate_grace_ms) X(accept_backoff_ms)
 
 static void knobs_from_env(pmu_config_t *c) {
   char name[64];

@@ -51,8 +51,10 @@ else:
                 body = bytes(body)
             if not isinstance(body, (bytes, str)):
                 raise TypeError("Response body must be bytes or str")
-            if not 100 <= status <= 999:
-                raise ValueError(f"HTTP status {status} is outside 100..999")
+            if not 200 <= status <= 999:  # the engine's pmu_status_valid()
+                raise ValueError(f"HTTP status {status} cannot be sent: a final status is "
+                                 f"200..999 (1xx are interim answers, and protocol upgrades "
+                                 f"are not supported)")
             if content_type is _missing:
                 content_type = _TEXT if isinstance(body, str) else "application/octet-stream"
             self._body, self.status, self.headers = body, status, headers

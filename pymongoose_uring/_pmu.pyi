@@ -184,6 +184,7 @@ class Engine:
         min_recv_rate: int = ...,
         min_rate_grace_ms: int = ...,
         shutdown_timeout_ms: int = ...,
+        accept_backoff_ms: int = ...,
         server_header: Optional[str] = ...,
     ) -> None: ...
     def start(self) -> None: ...

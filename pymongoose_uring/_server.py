@@ -40,8 +40,8 @@ _ENGINE_OPTIONS = (
     "max_header_bytes", "max_headers", "max_url_bytes", "max_body_bytes", "max_connections",
     "max_pipelined", "output_high_water", "stream_body_threshold", "header_timeout_ms",
     "keepalive_timeout_ms", "body_timeout_ms", "send_timeout_ms", "shutdown_timeout_ms",
-    "server_header", "body_buffer_budget", "body_spool_dir", "min_recv_rate",
-    "min_rate_grace_ms",
+    "accept_backoff_ms", "server_header", "body_buffer_budget", "body_spool_dir",
+    "min_recv_rate", "min_rate_grace_ms",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -277,6 +277,11 @@ class Server:
       ``min_rate_grace_ms`` (10000); slower gets 408
     - timeouts (ms, 0 disables): ``header_timeout_ms``, ``keepalive_timeout_ms``,
       ``body_timeout_ms``, ``send_timeout_ms``, ``shutdown_timeout_ms``
+    - ``accept_backoff_ms`` (500): when accepting fails for want of file
+      descriptors or memory (EMFILE, ENFILE, ENOMEM, ENOBUFS), accept nothing
+      for this long or until a connection closes; logged at most once a
+      second per ring thread on the ``pymongoose_uring`` logger, counted in
+      ``stats()["accept_errors"]``
     - ``server_header``: the Server header value ("" sends none)
 
     ``run()`` blocks until SIGINT or SIGTERM, then stops gracefully;
@@ -302,6 +307,7 @@ class Server:
                  keepalive_timeout_ms: Optional[int] = None,
                  body_timeout_ms: Optional[int] = None, send_timeout_ms: Optional[int] = None,
                  shutdown_timeout_ms: Optional[int] = None,
+                 accept_backoff_ms: Optional[int] = None,
                  server_header: Optional[str] = None,
                  body_buffer_budget: Optional[int] = None,
                  body_spool_dir: Optional[str] = None,

@@ -37,6 +37,7 @@ KNOBS = {
     "body_buffer_budget": int,
     "min_recv_rate": int,
     "min_rate_grace_ms": int,
+    "accept_backoff_ms": int,
 }
 
 

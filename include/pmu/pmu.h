@@ -142,6 +142,21 @@ typedef void (*pmu_request_fn)(void *handler_data, pmu_request_t *request);
 typedef void (*pmu_body_fn)(void *handler_data, pmu_request_t *request, const void *data,
                             size_t len, int last);
 
+/* Levels of the engine's log lines (the numbers of Python's logging). */
+#define PMU_LOG_INFO 20
+#define PMU_LOG_WARNING 30
+#define PMU_LOG_ERROR 40
+
+/*
+ * A line from the engine about trouble it handles itself (accept failing for
+ * want of descriptors, ...), rate-limited by the engine, without a trailing
+ * newline. Called on a worker thread; must not block for long.
+ */
+typedef void (*pmu_log_fn)(void *handler_data, int level, const char *msg);
+
+/* The default log: "pymongoose_uring: MSG\n" on stderr. */
+void pmu_log_stderr(void *handler_data, int level, const char *msg);
+
 /*
  * Every knob of the engine. pmu_config_init() fills the defaults given beside
  * each field; zero in a size or limit field after init means "no limit" only
@@ -213,6 +228,10 @@ typedef struct pmu_config {
   unsigned min_recv_rate;        /* 500 bytes/s; 0 disables */
   unsigned min_rate_grace_ms;    /* 10000 */
   unsigned shutdown_timeout_ms;  /* 10000: graceful stop deadline */
+  unsigned accept_backoff_ms;    /* 500: after accept fails for want of descriptors or
+                                    memory (EMFILE, ENFILE, ENOMEM, ENOBUFS), accept
+                                    nothing for this long, or until a connection of
+                                    that thread closes; 0: retry at once */
 
   const char *server_header; /* "pymongoose_uring"; NULL or "" sends none */
 
@@ -223,6 +242,7 @@ typedef struct pmu_config {
   pmu_request_fn on_disconnect;  /* optional */
   pmu_request_fn on_drain;       /* optional */
   pmu_body_fn on_body;           /* optional: see body_stream_threshold */
+  pmu_log_fn log;                /* pmu_log_stderr; NULL: silent. See pmu_log_fn */
 } pmu_config_t;
 
 /* Fill *config with the defaults above. */
@@ -268,8 +288,8 @@ void pmu_server_destroy(pmu_server_t *server);
  * (inside the handler or not) the response is queued at once; from another
  * thread it is handed over through a lock-protected queue and the worker is
  * woken. If the connection has gone, the request is simply released.
- * Returns 0, or -EINVAL for a status outside 200..999 (1xx answers are the
- * engine's own, e.g. 100 Continue) or a header containing CR, LF or NUL; the
+ * Returns 0, or -EINVAL for a status that pmu_status_valid() refuses (1xx
+ * answers are the engine's own, e.g. 100 Continue) or a header containing CR, LF or NUL; the
  * request is then answered with 500 instead.
  */
 int pmu_respond(pmu_request_t *request, const pmu_response_t *response);
@@ -340,6 +360,15 @@ void pmu_request_body_consumed(pmu_request_t *request, size_t n);
 /* Find a request header by case-insensitive name; NULL if absent. */
 const pmu_header_t *pmu_request_header(const pmu_request_t *request, const char *name);
 
+/*
+ * The one rule for the status of an answer given to pmu_respond() or
+ * pmu_respond_start(), which the Python binding applies too: 1 if it may be
+ * sent as a final answer (200..999), else 0. 1xx are interim answers: 100
+ * Continue is the engine's own, and 101 Switching Protocols would need an
+ * upgrade machinery that does not exist.
+ */
+int pmu_status_valid(int status);
+
 /* The reason phrase the engine sends for a status ("Unknown" if none). */
 const char *pmu_status_reason(int status);
 
@@ -352,6 +381,8 @@ typedef struct pmu_stats {
   uint64_t connections_accepted;
   uint64_t connections_open; /* a gauge */
   uint64_t connections_rejected; /* over max_connections: 503 */
+  uint64_t accept_errors; /* accepts failed for want of descriptors or memory (each
+                             pauses accepting for accept_backoff_ms) */
   uint64_t requests;
   uint64_t responses;
   uint64_t bytes_in;
@@ -365,6 +396,8 @@ typedef struct pmu_stats {
   uint64_t recv_paused;  /* times a connection stopped being read (backpressure) */
   uint64_t cq_overflows; /* completions the kernel had to hold back */
   uint64_t waits;        /* io_uring_enter calls that waited for completions */
+  uint64_t wait_errors;  /* waits that failed other than by timeout, signal or a
+                            full CQ (logged; the loop pauses 10 ms after each) */
   uint64_t cqes;         /* completions reaped; cqes / waits = CQEs per wait */
   uint64_t batches;      /* handler calls */
   uint64_t batch_hist[PMU_BATCH_BUCKETS]; /* bucket i: 2^i <= size < 2^(i+1) */

@@ -75,7 +75,17 @@ int main(void) {
     t_response_free(&r);
   }
 
-  t_case("a status outside 100..999: pmu_respond says -EINVAL and the client gets 500");
+  t_case("one status rule: pmu_status_valid is 200..999, and pmu_respond follows it");
+  {
+    static const int good[] = {200, 204, 299, 304, 418, 599, 999};
+    static const int bad[] = {-1, 0, 99, 100, 101, 103, 199, 1000, 65536};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+      T_ASSERT_MSG(pmu_status_valid(good[i]), "%d refused", good[i]);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+      T_ASSERT_MSG(!pmu_status_valid(bad[i]), "%d allowed", bad[i]);
+  }
+
+  t_case("a status outside 200..999: pmu_respond says -EINVAL and the client gets 500");
   {
     unsigned long before = t_respond_einval();
     t_response_t r = get(conn, "/status?code=1000");
@@ -85,6 +95,13 @@ int main(void) {
     T_ASSERT_INT_EQ(r.status, 500);
     t_response_free(&r);
     T_ASSERT_INT_EQ(t_respond_einval() - before, 2);
+    /* 1xx are interim answers, never a handler's final one. */
+    r = get(conn, "/status?code=101");
+    T_ASSERT_INT_EQ(r.status, 500);
+    t_response_free(&r);
+    r = get(conn, "/status?code=199");
+    T_ASSERT_INT_EQ(r.status, 500);
+    t_response_free(&r);
     r = get(conn, "/after-500");
     T_ASSERT_FIELD(&r, "path", "/after-500");
     t_response_free(&r);

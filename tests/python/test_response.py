@@ -216,6 +216,38 @@ def test_interim_status_is_refused_by_the_engine(serve, caplog):
     assert "status 150" in caplog.text
 
 
+@pytest.mark.parametrize("status", [100, 101, 103, 199])
+def test_one_status_rule_1xx_refused_where_given(status):
+    """The engine's rule (pmu_status_valid: 200..999) applies at Response(...):
+    a 1xx is refused with a clear ValueError, not accepted and turned into 500."""
+    with pytest.raises(ValueError, match=r"status %d cannot be sent: a final status is "
+                                         r"200\.\.999" % status):
+        Response(b"", status)
+    with pytest.raises(ValueError):
+        Response.text("x", status)
+    r = Response(b"", 200)
+    with pytest.raises(ValueError):
+        r.status = status
+    assert r.status == 200
+    for ok in (200, 299, 999):
+        assert Response(b"", ok).status == ok
+
+
+def test_streamed_1xx_refused_at_start(serve):
+    errors = []
+
+    def handler(req):
+        try:
+            req.start(101, [])
+        except ValueError as e:
+            errors.append(str(e))
+        return "fallback"
+
+    server = serve(handler)
+    assert request(server)[0] == 200
+    assert errors and "200..999" in errors[0]
+
+
 def test_large_bodies_made_per_request_arrive_intact(serve):
     """Bodies of 16 KiB and more are sent without a copy: the engine holds the
     bytes (or str) object until they are on the wire."""
