@@ -242,8 +242,11 @@ static int start_body_stream(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
 }
 
 static int value_is(const pmu__req_t *r, const pmu__hoff_t *h, const char *want) {
-  size_t n = strlen(want);
-  return h->value_len == n && strncasecmp(r->data + h->value_off, want, n) == 0;
+  size_t n = strlen(want), len = h->value_len;
+  const char *v = r->data + h->value_off;
+  while (len && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+    len--; /* trailing OWS is not part of the value (RFC 9110 5.5) */
+  return len == n && strncasecmp(v, want, n) == 0;
 }
 
 static int name_is(const pmu__req_t *r, const pmu__hoff_t *h, const char *want) {
