@@ -34,7 +34,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 py=$venv/bin/python
-if ! "$py" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop' 2>/dev/null; then
+if ! "$py" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11' 2>/dev/null; then
   "$py" -m pip install -q --upgrade pip
   "$py" -m pip install -q -r tools/test-requirements.txt
 fi
