@@ -44,6 +44,7 @@ if [ $coverage -eq 1 ]; then
   # clang's source-based coverage over the kept corpus; UBSan only for the
   # runtime that -fsanitize=fuzzer-no-link needs in hello_server.
   flags='-fprofile-instr-generate -fcoverage-mapping'
+  export LLVM_PROFILE_FILE=$root/build/fuzz-cov/setup-%p.profraw # meson's compiler checks
   setup build/fuzz-cov -Dfuzz=true -Dtests=false -Dpython=false --buildtype=debug \
     -Db_sanitize=undefined -Db_lundef=false -Dc_args="$flags" -Dc_link_args="$flags"
   ninja -C build/fuzz-cov >/dev/null

@@ -8,12 +8,12 @@ does), keeps those that start like an HTTP request, and writes
   corpus/chunked/<test>-<n>   b"\\0" + the chunked body framing after the head
 with at most PER_TEST seeds from each test file, duplicates dropped, and
   corpus/request/handler-<n>  requests for the harness handler's own paths.
+Files named regress-* (inputs that once failed a check) are left alone.
 The leading byte is the harnesses' control byte (see fuzz_common.h).
 """
 import hashlib
 import pathlib
 import re
-import shutil
 
 HERE = pathlib.Path(__file__).resolve().parent
 TESTS = HERE.parent / "c"
@@ -80,8 +80,10 @@ HANDLER_SEEDS = [
 
 def main():
     for sub in ("request", "chunked"):
-        shutil.rmtree(HERE / "corpus" / sub, ignore_errors=True)
-        (HERE / "corpus" / sub).mkdir(parents=True)
+        (HERE / "corpus" / sub).mkdir(parents=True, exist_ok=True)
+        for f in (HERE / "corpus" / sub).iterdir():
+            if not f.name.startswith("regress-"):  # inputs that once failed: kept
+                f.unlink()
     seen = set()
     counts = {"request": 0, "chunked": 0}
     for src in sorted(TESTS.glob("test_*.c")):

@@ -483,6 +483,22 @@ void fuzz_responses_free(fuzz_responses_t *rs) {
   rs->count = 0;
 }
 
+/* An answer without X-M comes from the engine itself, which knows whether
+ * the request was HEAD and the checker does not: read it as a HEAD answer
+ * (no body) when its Content-Length does not end on a response boundary and
+ * no body does, and the input holds a HEAD. */
+static int maybe_head(const char *buf, size_t len, size_t off, size_t cl,
+                      const uint8_t *input, size_t input_len) {
+  static const char start[] = "HTTP/1.1 ";
+  const size_t n = sizeof start - 1;
+  size_t end = off + cl;
+  if (end == len || (end < len && len - end >= n && memcmp(buf + end, start, n) == 0))
+    return 0;
+  if (!(off == len || (len - off >= n && memcmp(buf + off, start, n) == 0)))
+    return 0;
+  return memmem(input, input_len, "HEAD", 4) != NULL;
+}
+
 void fuzz_parse_responses(const char *buf, size_t len, fuzz_responses_t *out,
                           const uint8_t *input, size_t input_len) {
   memset(out, 0, sizeof *out);
@@ -519,7 +535,7 @@ void fuzz_parse_responses(const char *buf, size_t len, fuzz_responses_t *out,
     cur.status = status;
     off = (size_t)e + 2;
     /* header lines */
-    int ncl = 0, chunked = 0, te = 0;
+    int ncl = 0, chunked = 0, te = 0, has_xm = 0;
     size_t cl = 0;
     for (;;) {
       e = find_crlf(buf, len, off);
@@ -574,6 +590,7 @@ void fuzz_parse_responses(const char *buf, size_t len, fuzz_responses_t *out,
         cur.close = ieq(v, vl, "close");
       } else if (ieq(line, nl, "X-M")) {
         cur.head = ieq(v, vl, "HEAD");
+        has_xm = 1;
       }
       off = (size_t)e + 2;
     }
@@ -601,6 +618,8 @@ void fuzz_parse_responses(const char *buf, size_t len, fuzz_responses_t *out,
         goto bad;
       cur.body = cur.decoded;
       off = (size_t)end;
+    } else if (ncl && !has_xm && maybe_head(buf, len, off, cl, input, input_len)) {
+      /* the engine's own answer (a 500 in place of a refused one) to a HEAD */
     } else if (ncl) {
       if (len - off < cl) {
         why = "response body shorter than its Content-Length";
