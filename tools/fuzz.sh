@@ -92,6 +92,13 @@ for h in "${harnesses[@]}"; do
   # The last status line: "#N DONE cov: C ft: F corp: ... exec/s: E ..."
   line=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -1 || true)
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+  if [ -z "$execs" ]; then # -fork: "#N: cov: C ft: F corp: K exec/s E ..."
+    line=$(grep -E '^#[0-9]+: cov:' "$log" | tail -1 || true)
+    echo "fuzz_$h: $(echo "$line" | grep -oE '^#[0-9]+' | tr -d '#') executions;" \
+      "$(echo "$line" | grep -oE 'ft: [0-9]+ corp: [0-9]+') ;" \
+      "$(echo "$line" | grep -oE 'exec/s [0-9]+' | grep -oE '[0-9]+') exec/s (fork mode)"
+    continue
+  fi
   echo "fuzz_$h: ${execs:-?} executions; $(echo "$line" | grep -oE 'cov: [0-9]+ ft: [0-9]+') ;" \
     "$(echo "$line" | grep -oE 'corp: [0-9]+/[0-9]+[a-zA-Z]*') ;" \
     "$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?') exec/s"
