@@ -82,9 +82,10 @@ static void body_add(ref_t *ref, const uint8_t *p, size_t n) {
   ref->body_len += n;
 }
 
-/* ext_loose: a chunk extension is ';' and anything but a C0 control byte up
- * to the CR (and with FUZZ_KNOWN_EMPTY_FIELD_NAME, a trailer may have an
- * empty name). llhttp checks extensions with its own grammar, stricter than
+/* ext_loose: a chunk extension is ';' and anything but a C0 control byte
+ * up to the CR (and with FUZZ_KNOWN_EMPTY_FIELD_NAME, a trailer may have an
+ * empty name; with FUZZ_KNOWN_TRAILER_OBS_FOLD, trailer lines may be
+ * folded). llhttp checks extensions with its own grammar, stricter than
  * this and in places stricter than RFC 9112 (no BWS, "5;a=b;c" refused), so
  * where this reading finds an extension the engine may also refuse (400).
  * Either way the chunk-size line ends at the same CRLF: no framing
@@ -205,12 +206,28 @@ static void reference(const uint8_t *p, size_t len, ref_t *ref, int ext_loose) {
     i += (size_t)e;
   }
   /* trailer-section CRLF; field-line = name ":" OWS value OWS */
+  int fields = 0;
   for (;;) {
     int e = eol_trailer(p, len, i);
     if (e == 0)
       SET(REF_INCOMPLETE, NULL);
     if (e > 0)
       SET(REF_COMPLETE, NULL);
+    if (FUZZ_KNOWN_TRAILER_OBS_FOLD && ext_loose && fields && (p[i] == ' ' || p[i] == '\t')) {
+      /* obs-fold: a continuation of the previous field's value */
+      while (i < len && (p[i] >= 0x20 || p[i] == '\t') && p[i] != 0x7f)
+        i++, ref->trailer_bytes++;
+      if (i == len)
+        SET(REF_INCOMPLETE, NULL);
+      e = eol(p, len, i);
+      if (e == 0)
+        SET(REF_INCOMPLETE, NULL);
+      if (e < 0)
+        SET(REF_INVALID, "control byte in a folded trailer line");
+      i += (size_t)e;
+      continue;
+    }
+    fields++;
     size_t n0 = i;
     while (i < len && tchar(p[i]))
       i++;

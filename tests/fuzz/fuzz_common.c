@@ -311,7 +311,18 @@ char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *pl
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(server_port)};
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+  int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+  if (rc < 0 && errno == EINTR) {
+    /* libFuzzer's SIGALRM (-timeout): the connection goes on; wait for it */
+    struct pollfd pfd = {fd, POLLOUT, 0};
+    while (poll(&pfd, 1, DEADLINE_MS) < 0 && errno == EINTR)
+      ;
+    int err = 0;
+    socklen_t elen = sizeof err;
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+    rc = err ? (errno = err, -1) : 0;
+  }
+  if (rc < 0) {
     perror("fuzz: connect");
     abort();
   }

@@ -25,6 +25,15 @@
 #define FUZZ_KNOWN_EMPTY_FIELD_NAME 1
 #endif
 
+/*
+ * The engine refuses obs-fold in the head but takes it in trailers (the
+ * check in core/http.c on_header_value comes after the trailer return;
+ * trailers are discarded). Set to 0 once it refuses it there too.
+ */
+#ifndef FUZZ_KNOWN_TRAILER_OBS_FOLD
+#define FUZZ_KNOWN_TRAILER_OBS_FOLD 1
+#endif
+
 /* Limits of the server under test: small, so that fuzz inputs reach them. */
 #define FUZZ_MAX_BODY 4096
 #define FUZZ_STREAM_THRESHOLD 64
