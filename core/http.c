@@ -322,17 +322,43 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
   return data_append(r, at, len) < 0 ? fail(c, 503) : 0;
 }
 
+/* Trailer lines of a chunked body are counted and checked like header lines
+ * (a name, no obs-fold), then dropped: nothing keeps them. */
+static int trailer_field(pmu__conn_t *c, size_t len) {
+  if (c->last_cb != 1) {
+    c->last_cb = 1;
+    c->trailer_name_len = 0;
+  }
+  c->trailer_name_len += (uint32_t)len;
+  return 0;
+}
+
+static int trailer_value(pmu__conn_t *c, const char *at, size_t len) {
+  uint64_t start = c->fed + (uint64_t)(at - c->chunk);
+  if (c->last_cb != 2) {
+    if (c->last_cb != 1 || c->trailer_name_len == 0)
+      return fail(c, 400); /* ": value": a field name is never empty */
+    c->last_cb = 2;
+    c->value_end = 0;
+  } else if (len && c->value_end && start != c->value_end) {
+    return fail(c, 400); /* bytes skipped inside one value: obs-fold */
+  }
+  if (len)
+    c->value_end = start + len;
+  return 0;
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   pmu__conn_t *c = CONN(p);
   pmu__req_t *r = c->cur;
   if (count_header_bytes(c, len))
     return fail(c, 431);
-  if (c->pstate == PS_BODY)
-    return 0; /* a trailer of a chunked body: accepted, counted, not kept */
   /* RFC 9112 5.1: no whitespace between the field name and the colon. */
   for (size_t i = 0; i < len; i++)
     if (at[i] == ' ' || at[i] == '\t')
       return fail(c, 400);
+  if (c->pstate == PS_BODY)
+    return trailer_field(c, len);
   if (c->last_cb != 1) {
     if (r->hcount >= c->loop->server->cfg.max_headers)
       return fail(c, 431);
@@ -361,7 +387,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   if (count_header_bytes(c, len))
     return fail(c, 431);
   if (c->pstate == PS_BODY)
-    return 0; /* trailer */
+    return trailer_value(c, at, len);
   pmu__hoff_t *h = &r->hoff[r->hcount - 1];
   uint64_t start = c->fed + (uint64_t)(at - c->chunk);
   if (c->last_cb != 2) {
@@ -399,8 +425,11 @@ static int start_body_stream(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
 }
 
 static int value_is(const pmu__req_t *r, const pmu__hoff_t *h, const char *want) {
-  size_t n = strlen(want);
-  return h->value_len == n && strncasecmp(r->data + h->value_off, want, n) == 0;
+  size_t n = strlen(want), len = h->value_len;
+  const char *v = r->data + h->value_off;
+  while (len && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+    len--; /* trailing OWS is not part of the value (RFC 9110 5.5) */
+  return len == n && strncasecmp(v, want, n) == 0;
 }
 
 static int name_is(const pmu__req_t *r, const pmu__hoff_t *h, const char *want) {
@@ -628,6 +657,7 @@ static int on_chunk_header(llhttp_t *p) {
   if (c->body_bytes + p->content_length > c->loop->server->cfg.max_body_bytes)
     return fail(c, 413);
   c->data_end = c->body_bytes + p->content_length; /* for pmu__http_feed */
+  c->last_cb = 0; /* trailers, if any, start afresh */
   return 0;
 }
 

@@ -199,6 +199,7 @@ struct pmu__conn {
   uint8_t pstate;    /* enum pmu__parse_state */
   uint8_t served;    /* at least one request began */
   uint8_t last_cb;   /* parser glue: 0 none, 1 header name, 2 header value */
+  uint32_t trailer_name_len; /* the trailer field name being read */
   uint8_t llhttp_paused; /* llhttp returned HPE_PAUSED; resume before feeding */
   uint8_t lingering; /* sent a closing error: discard input until EOF or timeout */
   uint8_t linger_on_close; /* close through lingering (input may be unread) */

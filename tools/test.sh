@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs (Debian
 # packages with apt-get, Python packages with pip into build/venv), builds,
-# runs the C tests, runs them again under ASan+UBSan, then the Python tests.
+# runs the C tests, runs them again under ASan+UBSan, fuzzes for a bounded time
+# (clang, tests/fuzz), then the Python tests.
 # Idempotent: a second run reuses what the first installed and built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 py=$venv/bin/python
-if ! "$py" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop' 2>/dev/null; then
+if ! "$py" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11' 2>/dev/null; then
   "$py" -m pip install -q --upgrade pip
   "$py" -m pip install -q -r tools/test-requirements.txt
 fi
@@ -53,6 +54,22 @@ echo "== C tests under ASan + UBSan"
 setup build/asan -Dpython=false --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build/asan --print-errorlogs --num-processes 2
+
+# --- libFuzzer harnesses (tests/fuzz): clang only for this step. Each runs for
+# FUZZ_SECONDS (default 60); a crash or a failed framing check fails the suite.
+# Long runs: tools/fuzz.sh SECONDS (see tests/fuzz/README.md).
+fuzz_missing=()
+for p in clang libclang-rt-14-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || fuzz_missing+=("$p")
+done
+if [ ${#fuzz_missing[@]} -gt 0 ]; then
+  echo "== installing Debian packages for fuzzing: ${fuzz_missing[*]}"
+  SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${fuzz_missing[@]}" >/dev/null
+fi
+echo "== fuzzing, ${FUZZ_SECONDS:-60} s per harness"
+tools/fuzz.sh "${FUZZ_SECONDS:-60}"
 
 echo "== benchmark runner's own tests"
 "$py" -m pytest -q benchmarks/tests

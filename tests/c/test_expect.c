@@ -116,6 +116,30 @@ int main(void) {
     t_conn_close(conn);
   }
 
+  t_case("whitespace after 100-continue is not part of the value (RFC 9110 5.5)");
+  {
+    /* Found by tests/fuzz/differential.py: these got 417 */
+    static const char *const values[] = {"100-continue ", "100-continue\t", "100-continue \t"};
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+      conn = t_connect(server);
+      char req[160];
+      snprintf(req, sizeof req,
+               "POST /echo HTTP/1.1\r\nHost: e\r\nContent-Length: 2\r\nExpect: %s\r\n\r\n",
+               values[i]);
+      t_send_str(conn, req);
+      t_response_t r;
+      t_expect_response(conn, &r);
+      T_ASSERT_INT_EQ(r.status, 100);
+      t_response_free(&r);
+      t_send_str(conn, "ok");
+      t_expect_response(conn, &r);
+      T_ASSERT_INT_EQ(r.status, 200);
+      T_ASSERT_STR_EQ(r.body, "ok");
+      t_response_free(&r);
+      t_conn_close(conn);
+    }
+  }
+
   t_server_destroy(server);
   return t_done();
 }

@@ -272,6 +272,19 @@ static const rule_case_t rules[] = {
      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nTransfer-Encoding: \r\n\r\nab", 400,
      NULL, NULL, NULL, NULL},
     {"OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", 200, "*", "", "h", "*"},
+    /* trailers are dropped, but their lines follow the header rules */
+    {"trailers: empty field name", CHUNKED "1\r\na\r\n0\r\n: x\r\n\r\n", 400, NULL, NULL,
+     NULL, NULL},
+    {"trailers: empty name after a good one", CHUNKED "1\r\na\r\n0\r\nT: 1\r\n: x\r\n\r\n", 400,
+     NULL, NULL, NULL, NULL},
+    {"trailers: obs-fold", CHUNKED "1\r\na\r\n0\r\nT: x\r\n  folded\r\n\r\n", 400, NULL,
+     NULL, NULL, NULL},
+    {"trailers: whitespace before the colon", CHUNKED "1\r\na\r\n0\r\nT : x\r\n\r\n", 400,
+     NULL, NULL, NULL, NULL},
+    {"trailers: two good ones",
+     "POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nT: 1\r\n"
+     "U: 2\r\n\r\n",
+     200, "/t", "", "a", "/t"},
 };
 
 static bool run_rule(t_server_t *server, const rule_case_t *rc, char *why, size_t why_size) {

@@ -22,9 +22,6 @@ ACCEPTED = {
     ("test/request/connection.md", "CRLF between requests, explicit `close`"): _AFTER_CLOSE,
     ("test/request/connection.md", "CRLF between requests, explicit `close` followed by tab"):
         _AFTER_CLOSE,
-    ("test/request/uri.md", "Disallow UTF-8 in URI path in strict mode"):
-        "bytes above 0x7F in the target (obs-text, raw UTF-8) reach the application as the "
-        "path's bytes, as nginx accepts them; they play no part in framing",
 }
 
 

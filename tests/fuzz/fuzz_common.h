@@ -1,0 +1,95 @@
+/*
+ * fuzz_common.h: what the libFuzzer harnesses share: one real engine server
+ * on 127.0.0.1 (started once), a raw TCP client that sends an input split at
+ * chosen points, and a strict checker of the bytes that come back.
+ *
+ * Input format of every harness: byte 0 is the control byte (bits 0-2: number
+ * of split points, bit 3: pause 300 us between pieces, so that they arrive in
+ * separate receives); the next (byte0 & 7) bytes place the split points
+ * (each a fraction b/256 of the payload); the rest is the payload.
+ */
+#ifndef PMU_FUZZ_COMMON_H
+#define PMU_FUZZ_COMMON_H
+
+#include <pmu/pmu.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * llhttp (8.1, strict mode too) takes an empty field name (": x") in the
+ * head and in trailers, which RFC 9110 5.1 does not allow (field-name is a
+ * token); the engine refuses it in both (core/http.c). Set to 1 to tolerate
+ * it again, e.g. to fuzz an older engine.
+ */
+#ifndef FUZZ_KNOWN_EMPTY_FIELD_NAME
+#define FUZZ_KNOWN_EMPTY_FIELD_NAME 0
+#endif
+
+/*
+ * The engine refuses obs-fold in the head and in trailers (core/http.c
+ * trailer_value). Set to 1 to tolerate it in trailers, e.g. to fuzz an older
+ * engine.
+ */
+#ifndef FUZZ_KNOWN_TRAILER_OBS_FOLD
+#define FUZZ_KNOWN_TRAILER_OBS_FOLD 0
+#endif
+
+/* Limits of the server under test: small, so that fuzz inputs reach them. */
+#define FUZZ_MAX_BODY 4096
+#define FUZZ_STREAM_THRESHOLD 64
+
+/* Start the server (once; aborts on failure). */
+void fuzz_server_start(void);
+
+/* The split and pause choices decoded from an input. */
+typedef struct fuzz_plan {
+  const uint8_t *payload;
+  size_t len;
+  size_t cuts[8]; /* ascending offsets into payload */
+  unsigned ncuts;
+  int pause;
+} fuzz_plan_t;
+
+void fuzz_plan(const uint8_t *data, size_t size, fuzz_plan_t *plan);
+
+/* Connect, send prefix (may be NULL) then the payload in its pieces,
+ * half-close, read until EOF. Returns a malloc'd buffer of what came back
+ * (*out_len bytes); aborts with a message if no EOF comes within the
+ * deadline (a wedged connection). */
+char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *plan,
+                    size_t *out_len);
+
+/* One parsed response. */
+typedef struct fuzz_response {
+  int status;
+  int close;         /* Connection: close */
+  int head;          /* answered a HEAD request (X-M: HEAD) */
+  const char *body;  /* into the decoded copy (chunked) or the input */
+  size_t body_len;
+  char *decoded;     /* owned: the de-chunked body */
+} fuzz_response_t;
+
+#define FUZZ_MAX_RESPONSES 64
+
+typedef struct fuzz_responses {
+  fuzz_response_t r[FUZZ_MAX_RESPONSES];
+  size_t count;   /* final (non-1xx) responses */
+  size_t interim; /* 100 Continue */
+} fuzz_responses_t;
+
+/* Parse every response in buf strictly; on a framing error, print why with
+ * a dump of the input and the output and abort(). */
+void fuzz_parse_responses(const char *buf, size_t len, fuzz_responses_t *out,
+                          const uint8_t *input, size_t input_len);
+void fuzz_responses_free(fuzz_responses_t *rs);
+
+/* Upper bound on the requests a strict reading of bytes could contain:
+ * every request head ends with an empty line. */
+size_t fuzz_count_head_ends(const uint8_t *p, size_t len);
+
+/* Print a failed check with the input and output, then abort(). */
+_Noreturn void fuzz_fail(const char *why, const uint8_t *input, size_t input_len,
+                         const char *output, size_t output_len);
+
+#endif
