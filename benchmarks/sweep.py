@@ -35,8 +35,9 @@ from bench.session import provision_servers, raise_fd_limit, warm_up  # noqa: E4
 from bench.sysctl import Sysctls  # noqa: E402
 
 STATS_MARK = "PMU_STATS "
-# Counters that are levels, not totals: report the value at the end, not a difference.
-GAUGES = {"connections_open"}
+# Counters that are levels, not totals: report the value at the end, not a difference
+# (include/pmu/pmu.h PMU_STATS_FIELDS, kind GAUGE; tests/python/test_knob_table.py checks it).
+GAUGES = {"connections_open", "body_buffer_bytes"}
 
 
 def parse_args(argv=None):

@@ -366,6 +366,8 @@ extern PyType_Spec pmu_engine_spec;
 
 /* Module-level functions defined outside module.c. */
 PyObject *pmu_config_defaults(PyObject *module, PyObject *unused);
+PyObject *pmu_config_knobs(PyObject *module, PyObject *unused);
+PyObject *pmu_stats_counters(PyObject *module, PyObject *unused);
 
 /* The C functions behind st->set_future and st->read_ready. */
 extern PyMethodDef pmu_set_future_def;

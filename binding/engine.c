@@ -73,54 +73,28 @@ static const char body_500[] = "Internal Server Error";
 enum field_type { F_STR, F_PORT, F_INT, F_UINT, F_SIZE, F_BOOL };
 
 typedef struct field {
-  const char *name;
+  const char *name; /* the C field's name; see knob_name() */
   enum field_type type;
   size_t offset;
+  const char *unit;
+  long long min;          /* the range pmu_server_start() accepts */
+  unsigned long long max; /* (both 0 for a string) */
+  const char *doc;
 } field;
 
-#define FIELD(name, type) {#name, type, offsetof(pmu_config_t, name)}
-/* A knob whose Python name differs from the C field's. */
-#define FIELD_AS(pyname, name, type) {#pyname, type, offsetof(pmu_config_t, name)}
-
-/* Every knob of pmu_config_t, in the header's order. */
-static const field fields[] = {
-    FIELD(host, F_STR),
-    FIELD(port, F_PORT),
-    FIELD(unix_path, F_STR),
-    FIELD(listen_fd, F_INT),
-    FIELD(backlog, F_INT),
-    FIELD(threads, F_UINT),
-    FIELD(ring_entries, F_UINT),
-    FIELD(cq_entries, F_UINT),
-    FIELD(buf_count, F_UINT),
-    FIELD(buf_size, F_UINT),
-    FIELD(defer_taskrun, F_BOOL),
-    FIELD(sqpoll, F_BOOL),
-    FIELD(sqpoll_idle_ms, F_UINT),
-    FIELD(registered_files, F_BOOL),
-    FIELD(send_zc_threshold, F_SIZE),
-    FIELD(batch_max, F_UINT),
-    FIELD(max_header_bytes, F_UINT),
-    FIELD(max_headers, F_UINT),
-    FIELD(max_url_bytes, F_UINT),
-    FIELD(max_body_bytes, F_SIZE),
-    FIELD(max_connections, F_UINT),
-    FIELD(max_pipelined, F_UINT),
-    FIELD(output_high_water, F_SIZE),
-    FIELD_AS(stream_body_threshold, body_stream_threshold, F_SIZE),
-    FIELD(body_buffer_budget, F_SIZE),
-    FIELD(body_spool_dir, F_STR),
-    FIELD(header_timeout_ms, F_UINT),
-    FIELD(keepalive_timeout_ms, F_UINT),
-    FIELD(body_timeout_ms, F_UINT),
-    FIELD(send_timeout_ms, F_UINT),
-    FIELD(min_recv_rate, F_UINT),
-    FIELD(min_rate_grace_ms, F_UINT),
-    FIELD(shutdown_timeout_ms, F_UINT),
-    FIELD(accept_backoff_ms, F_UINT),
-    FIELD(server_header, F_STR),
-};
+/* Every knob of pmu_config_t, from the engine's table, in its order. */
+#define FIELD(type, name, def, unit, min, max, doc)                                           \
+  {#name, F_##type, offsetof(pmu_config_t, name), unit, (long long)(min),                     \
+   (unsigned long long)(max), doc},
+static const field fields[] = {PMU_CONFIG_KNOBS(FIELD)};
+#undef FIELD
 #define NFIELDS (sizeof fields / sizeof fields[0])
+
+/* A knob's Python name: the C field's, except body_stream_threshold, which is
+ * stream_body_threshold in Python (the name the WSGI and ASGI servers use). */
+static const char *knob_name(const field *f) {
+  return strcmp(f->name, "body_stream_threshold") == 0 ? "stream_body_threshold" : f->name;
+}
 
 static PyObject *field_get(const pmu_config_t *c, const field *f) {
   const char *base = (const char *)c + f->offset;
@@ -149,7 +123,7 @@ static PyObject *config_dict(const pmu_config_t *c) {
   PyObject *d = PyDict_New();
   for (size_t i = 0; d && i < NFIELDS; i++) {
     PyObject *v = field_get(c, &fields[i]);
-    if (v == NULL || PyDict_SetItemString(d, fields[i].name, v) < 0) {
+    if (v == NULL || PyDict_SetItemString(d, knob_name(&fields[i]), v) < 0) {
       Py_XDECREF(v);
       Py_CLEAR(d);
       break;
@@ -163,6 +137,28 @@ PyObject *pmu_config_defaults(PyObject *module, PyObject *unused) {
   pmu_config_t c;
   pmu_config_init(&c);
   return config_dict(&c);
+}
+
+/* {name: (type, default, unit, min, max, doc)} for every knob, from the
+ * engine's table: type is "str", "int" or "bool"; min and max are None for a
+ * string. */
+PyObject *pmu_config_knobs(PyObject *module, PyObject *unused) {
+  pmu_config_t c;
+  pmu_config_init(&c);
+  PyObject *d = PyDict_New();
+  for (size_t i = 0; d && i < NFIELDS; i++) {
+    const field *f = &fields[i];
+    const char *type = f->type == F_STR ? "str" : f->type == F_BOOL ? "bool" : "int";
+    PyObject *def = field_get(&c, f);
+    PyObject *v = def == NULL ? NULL
+                  : f->type == F_STR
+                      ? Py_BuildValue("(sNsOOs)", type, def, f->unit, Py_None, Py_None, f->doc)
+                      : Py_BuildValue("(sNsLKs)", type, def, f->unit, f->min, f->max, f->doc);
+    if (v == NULL || PyDict_SetItemString(d, knob_name(f), v) < 0)
+      Py_CLEAR(d);
+    Py_XDECREF(v);
+  }
+  return d;
 }
 
 /* Store `value` into the field; a string is copied into *owned, replacing
@@ -200,7 +196,7 @@ static int field_set(pmu_config_t *c, const field *f, PyObject *value, char **ow
     return 0;
   }
   if (!PyLong_Check(value) || PyBool_Check(value)) {
-    PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", f->name,
+    PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", knob_name(f),
                  Py_TYPE(value)->tp_name);
     return -1;
   }
@@ -214,7 +210,7 @@ static int field_set(pmu_config_t *c, const field *f, PyObject *value, char **ow
     v = max + 1; /* negative or huge: reported below */
   }
   if (v > max) {
-    PyErr_Format(PyExc_ValueError, "%s must be between 0 and %llu", f->name, max);
+    PyErr_Format(PyExc_ValueError, "%s must be between 0 and %llu", knob_name(f), max);
     return -1;
   }
   switch (f->type) {
@@ -505,7 +501,7 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
       }
       size_t i;
       for (i = 0; i < NFIELDS; i++)
-        if (strcmp(name, fields[i].name) == 0)
+        if (strcmp(name, knob_name(&fields[i])) == 0)
           break;
       if (i == NFIELDS) {
         PyErr_Format(PyExc_TypeError, "Engine() got an unknown option '%s'", name);
@@ -747,6 +743,31 @@ static int need_server(EngineObject *self) {
     Py_DECREF(v);                                                                             \
   } while (0)
 
+/* {name: (kind, doc)} for every counter of stats(), from the engine's table:
+ * kind is "counter", "gauge" or "array". */
+PyObject *pmu_stats_counters(PyObject *module, PyObject *unused) {
+  PyObject *d = PyDict_New();
+  if (d == NULL)
+    return NULL;
+#define COUNTER_SCALAR(name, kind, doc) COUNTER_ENTRY(#name, #kind[0] == 'G' ? "gauge" : "counter", doc)
+#define COUNTER_ARRAY(name, size, doc) COUNTER_ENTRY(#name, "array", doc)
+#define COUNTER_ENTRY(name, kind, doc)                                                         \
+  do {                                                                                        \
+    PyObject *v = Py_BuildValue("(ss)", kind, doc);                                           \
+    if (v == NULL || PyDict_SetItemString(d, name, v) < 0) {                                  \
+      Py_XDECREF(v);                                                                          \
+      Py_DECREF(d);                                                                           \
+      return NULL;                                                                            \
+    }                                                                                         \
+    Py_DECREF(v);                                                                             \
+  } while (0);
+  PMU_STATS_FIELDS(COUNTER_SCALAR, COUNTER_ARRAY)
+#undef COUNTER_SCALAR
+#undef COUNTER_ARRAY
+#undef COUNTER_ENTRY
+  return d;
+}
+
 PyDoc_STRVAR(stats_doc, "stats(thread=-1) -> dict\n\nThe engine's counters for one worker "
                         "thread, or summed over all\n(-1). 'batch_hist'[i] counts batches of "
                         "2**i <= size < 2**(i+1).");
@@ -769,30 +790,11 @@ static PyObject *engine_stats(PyObject *op, PyObject *args, PyObject *kwargs) {
   PyObject *d = PyDict_New();
   if (d == NULL)
     return NULL;
-  STAT(connections_accepted);
-  STAT(connections_open);
-  STAT(connections_rejected);
-  STAT(accept_errors);
-  STAT(requests);
-  STAT(responses);
-  STAT(bytes_in);
-  STAT(bytes_out);
-  STAT(parse_errors);
-  STAT(timeouts);
-  STAT(enobufs);
-  STAT(short_sends);
-  STAT(sends);
-  STAT(send_zc);
-  STAT(recv_paused);
-  STAT(cq_overflows);
-  STAT(waits);
-  STAT(wait_errors);
-  STAT(cqes);
-  STAT(batches);
-  STAT(deferred);
-  STAT(responses_aborted);
-  STAT(bodies_spooled);
-  STAT(body_buffer_bytes);
+#define STAT_SCALAR(name, kind, doc) STAT(name);
+#define STAT_ARRAY(name, size, doc) /* below */
+  PMU_STATS_FIELDS(STAT_SCALAR, STAT_ARRAY)
+#undef STAT_SCALAR
+#undef STAT_ARRAY
   {
     PyObject *hist = PyList_New(PMU_BATCH_BUCKETS);
     if (hist == NULL)

@@ -239,6 +239,12 @@ static PyMethodDef module_methods[] = {
     {"status_reason", status_reason, METH_O, status_reason_doc},
     {"config_defaults", pmu_config_defaults, METH_NOARGS,
      "config_defaults() -> dict\n\nEvery engine knob with the engine's default value."},
+    {"knobs", pmu_config_knobs, METH_NOARGS,
+     "knobs() -> dict\n\nEvery engine knob: {name: (type, default, unit, min, max, doc)}, "
+     "type 'str', 'int' or 'bool'; min and max None for a string."},
+    {"counters", pmu_stats_counters, METH_NOARGS,
+     "counters() -> dict\n\nEvery key of Engine.stats(): {name: (kind, doc)}, kind "
+     "'counter', 'gauge' or 'array'."},
     {"requests_alive", requests_alive, METH_NOARGS,
      "requests_alive() -> int\n\nRequest objects not yet freed, answered or not, in every "
      "server of this interpreter:\nheld by handlers, waiting for a deferred answer, or "

@@ -18,37 +18,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+/* The defaults of PMU_CONFIG_KNOBS, then the default log. */
 void pmu_config_init(pmu_config_t *c) {
   memset(c, 0, sizeof *c);
-  c->host = "127.0.0.1";
-  c->port = 8000;
-  c->backlog = 4096;
-  c->listen_fd = -1;
-  c->threads = 1;
-  c->ring_entries = 1024;
-  c->cq_entries = 0; /* 8 * ring_entries, resolved at start */
-  c->buf_count = 1024;
-  c->buf_size = 4096;
-  c->defer_taskrun = 1;
-  c->sqpoll_idle_ms = 1000;
-  c->batch_max = 256;
-  c->max_header_bytes = 16384;
-  c->max_headers = 100;
-  c->max_url_bytes = 8192;
-  c->max_body_bytes = 1024 * 1024;
-  c->max_connections = 10000;
-  c->max_pipelined = 128;
-  c->output_high_water = 1024 * 1024;
-  c->header_timeout_ms = 10000;
-  c->keepalive_timeout_ms = 5000;
-  c->body_timeout_ms = 30000;
-  c->send_timeout_ms = 30000;
-  c->shutdown_timeout_ms = 10000;
-  c->body_buffer_budget = 64u << 20;
-  c->min_recv_rate = 500;
-  c->min_rate_grace_ms = 10000;
-  c->accept_backoff_ms = 500;
-  c->server_header = "pymongoose_uring";
+#define SET_DEFAULT(type, name, def, unit, min, max, doc) c->name = (PMU_KNOB_CTYPE_##type)(def);
+  PMU_CONFIG_KNOBS(SET_DEFAULT)
+#undef SET_DEFAULT
   c->log = pmu_log_stderr;
 }
 
@@ -77,6 +52,25 @@ static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
 static int is_pow2(unsigned v) { return v && !(v & (v - 1)); }
 
+/* Whether a knob's value is within [min, max], by the knob's type. */
+static int in_range_STR(const char *v, long long min, unsigned long long max) {
+  (void)v, (void)min, (void)max;
+  return 1;
+}
+static int in_range_INT(int v, long long min, unsigned long long max) {
+  return v >= min && (v < 0 || (unsigned long long)v <= max);
+}
+static int in_range_BOOL(int v, long long min, unsigned long long max) {
+  (void)v, (void)min, (void)max;
+  return 1; /* any nonzero value is on */
+}
+static int in_range_unsigned(unsigned long long v, long long min, unsigned long long max) {
+  return (min <= 0 || v >= (unsigned long long)min) && v <= max;
+}
+#define in_range_PORT in_range_unsigned
+#define in_range_UINT in_range_unsigned
+#define in_range_SIZE in_range_unsigned
+
 /* Check and complete a copied config. Returns 0 or -EINVAL with the error set. */
 static int config_resolve(pmu_server_t *s) {
   pmu_config_t *c = &s->cfg;
@@ -84,20 +78,18 @@ static int config_resolve(pmu_server_t *s) {
     pmu__set_error(s, "config.handler is required");
     return -EINVAL;
   }
-  if (c->threads == 0 || c->threads > 1024) {
-    pmu__set_error(s, "threads must be 1..1024 (got %u)", c->threads);
-    return -EINVAL;
+  /* The ranges of PMU_CONFIG_KNOBS (a STR knob is not checked). */
+#define CHECK_RANGE(type, name, def, unit, min, max, doc)                                     \
+  if (!in_range_##type(c->name, min, max)) {                                                  \
+    pmu__set_error(s, "%s must be %lld..%llu%s%s (got %llu)", #name, (long long)(min),        \
+                   (unsigned long long)(max), unit[0] ? " " : "", unit,                       \
+                   (unsigned long long)c->name);                                              \
+    return -EINVAL;                                                                           \
   }
-  if (!is_pow2(c->buf_count) || c->buf_count > 32768) {
+  PMU_CONFIG_KNOBS(CHECK_RANGE)
+#undef CHECK_RANGE
+  if (!is_pow2(c->buf_count)) {
     pmu__set_error(s, "buf_count must be a power of two up to 32768 (got %u)", c->buf_count);
-    return -EINVAL;
-  }
-  if (c->buf_size < 256 || c->buf_size > (1u << 20)) {
-    pmu__set_error(s, "buf_size must be 256..1048576 bytes (got %u)", c->buf_size);
-    return -EINVAL;
-  }
-  if (c->ring_entries < 8 || c->ring_entries > 32768) {
-    pmu__set_error(s, "ring_entries must be 8..32768 (got %u)", c->ring_entries);
     return -EINVAL;
   }
   if (c->cq_entries == 0)
@@ -506,6 +498,11 @@ void pmu_server_destroy(pmu_server_t *s) {
   close_listeners(s);
   pmu__server_unref(s);
 }
+
+/* pmu_server_stats() reads pmu_stats_t as an array of uint64_t: it must be
+ * exactly the words PMU_STATS_FIELDS declares, without padding. */
+_Static_assert(sizeof(pmu_stats_t) == PMU_STATS_WORDS * sizeof(uint64_t),
+               "pmu_stats_t is not an array of the uint64_t PMU_STATS_FIELDS declares");
 
 int pmu_server_stats(const pmu_server_t *s, int thread, pmu_stats_t *out) {
   memset(out, 0, sizeof *out);

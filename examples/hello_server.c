@@ -8,11 +8,13 @@
  * body back). On exit it prints the engine's counters as one line,
  * "PMU_STATS {json}", on stderr.
  *
- *   hello_server PORT [THREADS]
+ *   hello_server [--config] [PORT [THREADS]]
  *
- * Every engine knob can be set from the environment for tuning experiments,
- * e.g. PMU_RING_ENTRIES=4096 PMU_SQPOLL=1 PMU_REGISTERED_FILES=1 (the field
- * names of pmu_config_t, upper-cased, prefixed PMU_).
+ * Every engine knob of PMU_CONFIG_KNOBS can be set from the environment for
+ * tuning experiments, e.g. PMU_RING_ENTRIES=4096 PMU_SQPOLL=1
+ * PMU_REGISTERED_FILES=1 (the field names of pmu_config_t, upper-cased,
+ * prefixed PMU_); PORT and THREADS win over PMU_PORT and PMU_THREADS.
+ * --config prints the knobs as "PMU_CONFIG {json}" on stdout and exits.
  *
  * Stops gracefully on SIGINT or SIGTERM.
  */
@@ -62,47 +64,71 @@ static void hello(void *data, pmu_request_t *const *requests, size_t count) {
     answer(requests[i]);
 }
 
+/* One array counter as JSON, after *sep: status_classes as
+ * {"1xx": n, ..., "5xx": n} and "6xx".."9xx" when some were sent (as the
+ * Python binding's stats()), any other as a list. */
+static void print_array(const char *name, const uint64_t *v, size_t n, const char **sep) {
+  int classes = strcmp(name, "status_classes") == 0;
+  fprintf(stderr, "%s\"%s\":%c", *sep, name, classes ? '{' : '[');
+  const char *comma = "";
+  for (size_t i = classes ? 1 : 0; i < n; i++) {
+    if (classes && i > 5 && v[i] == 0)
+      continue;
+    if (classes)
+      fprintf(stderr, "%s\"%zuxx\":%llu", comma, i, (unsigned long long)v[i]);
+    else
+      fprintf(stderr, "%s%llu", comma, (unsigned long long)v[i]);
+    comma = ",";
+  }
+  fprintf(stderr, "%c", classes ? '}' : ']');
+  *sep = ",";
+}
+
+/* "PMU_STATS {json}" on stderr: every counter of the engine's table. */
 static void print_stats(const pmu_server_t *server) {
   pmu_stats_t s;
   pmu_server_stats(server, -1, &s);
-  fprintf(stderr,
-          "PMU_STATS {\"connections_accepted\":%llu,\"requests\":%llu,\"responses\":%llu,"
-          "\"bytes_in\":%llu,\"bytes_out\":%llu,\"parse_errors\":%llu,\"timeouts\":%llu,"
-          "\"enobufs\":%llu,\"short_sends\":%llu,\"sends\":%llu,\"send_zc\":%llu,"
-          "\"recv_paused\":%llu,\"cq_overflows\":%llu,\"waits\":%llu,\"cqes\":%llu,"
-          "\"batches\":%llu,\"connections_rejected\":%llu,\"accept_errors\":%llu,"
-          "\"wait_errors\":%llu,\"status_classes\":{\"1xx\":%llu,"
-          "\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu},\"responses_aborted\":%llu,"
-          "\"bodies_spooled\":%llu,\"body_buffer_bytes\":%llu}\n",
-          (unsigned long long)s.connections_accepted, (unsigned long long)s.requests,
-          (unsigned long long)s.responses, (unsigned long long)s.bytes_in,
-          (unsigned long long)s.bytes_out, (unsigned long long)s.parse_errors,
-          (unsigned long long)s.timeouts, (unsigned long long)s.enobufs,
-          (unsigned long long)s.short_sends, (unsigned long long)s.sends,
-          (unsigned long long)s.send_zc, (unsigned long long)s.recv_paused,
-          (unsigned long long)s.cq_overflows, (unsigned long long)s.waits,
-          (unsigned long long)s.cqes, (unsigned long long)s.batches,
-          (unsigned long long)s.connections_rejected, (unsigned long long)s.accept_errors,
-          (unsigned long long)s.wait_errors,
-          (unsigned long long)s.status_classes[1],
-          (unsigned long long)s.status_classes[2], (unsigned long long)s.status_classes[3],
-          (unsigned long long)s.status_classes[4], (unsigned long long)s.status_classes[5],
-          (unsigned long long)s.responses_aborted, (unsigned long long)s.bodies_spooled,
-          (unsigned long long)s.body_buffer_bytes);
+  const char *sep = "";
+  fprintf(stderr, "PMU_STATS {");
+#define SCALAR(name, kind, doc)                                                               \
+  fprintf(stderr, "%s\"%s\":%llu", sep, #name, (unsigned long long)s.name);                   \
+  sep = ",";
+#define ARRAY(name, size, doc) print_array(#name, s.name, size, &sep);
+  PMU_STATS_FIELDS(SCALAR, ARRAY)
+#undef SCALAR
+#undef ARRAY
+  fprintf(stderr, "}\n");
 }
 
-/* Numeric knobs of pmu_config_t that the environment may set. */
-#define KNOBS(X)                                                                              \
-  X(ring_entries) X(cq_entries) X(buf_count) X(buf_size) X(defer_taskrun) X(sqpoll)           \
-  X(sqpoll_idle_ms) X(registered_files) X(send_zc_threshold) X(batch_max)                   \
-  X(max_header_bytes) X(max_headers) X(max_url_bytes) X(max_body_bytes) X(max_connections)  \
-  X(max_pipelined) X(output_high_water) X(header_timeout_ms) X(keepalive_timeout_ms)        \
-  X(body_timeout_ms) X(send_timeout_ms) X(shutdown_timeout_ms) X(backlog) X(listen_fd)       \
-  X(body_buffer_budget) X(min_recv_rate) X(min_rate_grace_ms) X(accept_backoff_ms)
+/* Setting and printing a knob, by its type in the engine's table. */
+static void set_STR(const char **field, const char *v) { *field = v; }
+static void set_PORT(uint16_t *field, const char *v) { *field = (uint16_t)strtoul(v, NULL, 0); }
+static void set_INT(int *field, const char *v) { *field = (int)strtol(v, NULL, 0); }
+static void set_UINT(unsigned *field, const char *v) { *field = (unsigned)strtoul(v, NULL, 0); }
+static void set_SIZE(size_t *field, const char *v) { *field = (size_t)strtoull(v, NULL, 0); }
+#define set_BOOL set_INT
+static void print_STR(const char *v) {
+  if (v == NULL) {
+    printf("null");
+    return;
+  }
+  putchar('"');
+  for (; *v; v++)
+    printf(*v == '"' || *v == '\\' ? "\\%c" : (unsigned char)*v < 0x20 ? "\\u%04x" : "%c", *v);
+  putchar('"');
+}
+static void print_PORT(uint16_t v) { printf("%u", v); }
+static void print_INT(int v) { printf("%d", v); }
+static void print_UINT(unsigned v) { printf("%u", v); }
+static void print_SIZE(size_t v) { printf("%zu", v); }
+#define print_BOOL print_INT
 
+/* Every knob of the engine's table from its environment variable: the field
+ * name upper-cased and prefixed PMU_ (PMU_RING_ENTRIES), when set and not
+ * empty. Numbers are read as strtol reads them (0x.. works). */
 static void knobs_from_env(pmu_config_t *c) {
   char name[64];
-#define X(field)                                                                              \
+#define FROM_ENV(type, field, def, unit, min, max, doc)                                       \
   {                                                                                           \
     snprintf(name, sizeof name, "PMU_%s", #field);                                            \
     for (char *p = name; *p; p++)                                                             \
@@ -110,21 +136,43 @@ static void knobs_from_env(pmu_config_t *c) {
         *p = (char)(*p - 'a' + 'A');                                                          \
     const char *v = getenv(name);                                                             \
     if (v && *v)                                                                              \
-      c->field = (__typeof__(c->field))strtoull(v, NULL, 0);                                  \
+      set_##type(&c->field, v);                                                               \
   }
-  KNOBS(X)
-#undef X
+  PMU_CONFIG_KNOBS(FROM_ENV)
+#undef FROM_ENV
+}
+
+/* "PMU_CONFIG {json}" on stdout: every knob as the server would start with. */
+static void print_config(const pmu_config_t *c) {
+  const char *sep = "";
+  printf("PMU_CONFIG {");
+#define PRINT(type, field, def, unit, min, max, doc)                                          \
+  printf("%s\"%s\":", sep, #field);                                                           \
+  print_##type(c->field);                                                                     \
+  sep = ",";
+  PMU_CONFIG_KNOBS(PRINT)
+#undef PRINT
+  printf("}\n");
 }
 
 int main(int argc, char **argv) {
   pmu_config_t config;
   pmu_config_init(&config);
-  config.host = getenv("PMU_HOST") ? getenv("PMU_HOST") : "127.0.0.1";
-  config.port = argc > 1 ? (uint16_t)atoi(argv[1]) : 8000;
-  config.threads = argc > 2 ? (unsigned)atoi(argv[2]) : 1;
   config.handler = hello;
   knobs_from_env(&config);
-  config.body_spool_dir = getenv("PMU_BODY_SPOOL_DIR");
+  int dump = argc > 1 && strcmp(argv[1], "--config") == 0;
+  if (dump) {
+    argc--;
+    argv++;
+  }
+  if (argc > 1)
+    config.port = (uint16_t)atoi(argv[1]);
+  if (argc > 2)
+    config.threads = (unsigned)atoi(argv[2]);
+  if (dump) {
+    print_config(&config);
+    return 0;
+  }
   x_bytes = malloc(1 << 20);
   if (!x_bytes)
     return 1;

@@ -21,7 +21,7 @@ reason (see :func:`probe`).
 from ._datastructures import Headers, QueryParams
 from ._native import ClientDisconnected, Error, Response, UnavailableError
 from ._routing import App
-from ._server import Server, config_defaults, probe
+from ._server import Knob, Server, config_defaults, knobs, probe
 
 try:
     from ._native import _pmu as _ext
@@ -43,6 +43,8 @@ __all__ = [
     "Server",
     "UnavailableError",
     "config_defaults",
+    "Knob",
+    "knobs",
     "probe",
     "__version__",
 ]

@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, Dict, List, Optional, Tuple, Union, final
+from typing import Any, Dict, List, Optional, Tuple, TypedDict, Union, final
 
 from ._datastructures import Headers, QueryParams
 
@@ -27,6 +27,37 @@ _HandlerResult = Union[
     Coroutine[Any, Any, Any],
     None,
 ]
+
+class Stats(TypedDict):
+    """What Engine.stats() returns: every counter of include/pmu/pmu.h PMU_STATS_FIELDS
+    (counters() says which are gauges); tests/python/test_knob_table.py checks this list."""
+
+    connections_accepted: int
+    connections_open: int
+    connections_rejected: int
+    accept_errors: int
+    requests: int
+    responses: int
+    bytes_in: int
+    bytes_out: int
+    parse_errors: int
+    timeouts: int
+    enobufs: int
+    short_sends: int
+    sends: int
+    send_zc: int
+    recv_paused: int
+    cq_overflows: int
+    waits: int
+    wait_errors: int
+    cqes: int
+    batches: int
+    batch_hist: List[int]
+    deferred: int
+    status_classes: Dict[str, int]
+    responses_aborted: int
+    bodies_spooled: int
+    body_buffer_bytes: int
 
 class Error(OSError):
     """The engine refused: (errno, message naming the cause and the fix)."""
@@ -155,6 +186,7 @@ class Engine:
         host: Optional[str] = ...,
         port: int = ...,
         unix_path: Optional[str] = ...,
+        listen_fd: int = ...,
         backlog: int = ...,
         threads: int = ...,
         ring_entries: int = ...,
@@ -191,7 +223,7 @@ class Engine:
     def stop(self) -> None: ...
     def wait(self, timeout: Optional[float] = None) -> bool: ...
     def close(self) -> None: ...
-    def stats(self, thread: int = -1) -> Dict[str, Any]: ...
+    def stats(self, thread: int = -1) -> Stats: ...
     def ring_info(self, thread: int = 0) -> Dict[str, Any]: ...
     def in_ring_thread(self) -> bool: ...
     @property
@@ -208,5 +240,10 @@ def probe() -> Dict[str, Any]:
 
 def status_reason(status: int) -> str: ...
 def config_defaults() -> Dict[str, Any]: ...
+def knobs() -> Dict[str, Tuple[str, Any, str, Optional[int], Optional[int], str]]:
+    """Every engine knob: {name: (type, default, unit, min, max, doc)}, type 'str', 'int' or
+    'bool'; min and max None for a string."""
+def counters() -> Dict[str, Tuple[str, str]]:
+    """Every key of Engine.stats(): {name: (kind, doc)}, kind 'counter', 'gauge' or 'array'."""
 def requests_alive() -> int:
     """Request objects not yet freed, answered or not, in every server of this interpreter."""

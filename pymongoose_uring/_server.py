@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from . import _native
 from ._native import Response, UnavailableError
@@ -34,6 +34,9 @@ __all__ = ["Server", "probe"]
 
 log = logging.getLogger("pymongoose_uring")
 
+# The keyword arguments of Server besides the listening ones, in the engine's table's order
+# (include/pmu/pmu.h PMU_CONFIG_KNOBS); tests/python/test_knob_table.py checks this list, the
+# signature and the docstring against knobs().
 _ENGINE_OPTIONS = (
     "backlog", "ring_entries", "cq_entries", "buf_count", "buf_size", "defer_taskrun",
     "sqpoll", "sqpoll_idle_ms", "registered_files", "send_zc_threshold", "batch_max",
@@ -511,3 +514,24 @@ def config_defaults() -> Dict[str, Any]:
     """Every engine knob with its default value."""
     _require_engine()
     return _native._pmu.config_defaults()
+
+
+class Knob(NamedTuple):
+    """One engine knob as include/pmu/pmu.h declares it (PMU_CONFIG_KNOBS)."""
+
+    type: type  # str, int or bool
+    default: Any
+    unit: str  # "bytes", "ms", ... or "" for a plain count
+    min: Optional[int]  # the range the engine accepts; None for a str
+    max: Optional[int]
+    doc: str
+
+
+def knobs() -> Dict[str, Knob]:
+    """Every engine knob, in the engine's order: ``{name: Knob(type, default, unit, min, max,
+    doc)}``, from the one table in include/pmu/pmu.h. The command line builds its options
+    from it."""
+    _require_engine()
+    types = {"str": str, "int": int, "bool": bool}
+    return {name: Knob(types[kind], *rest)
+            for name, (kind, *rest) in _native._pmu.knobs().items()}

@@ -1,6 +1,6 @@
 """Engine knobs for the benchmark servers: command-line options and PMU_* environment.
 
-Every field of pmu_config_t that a tuning experiment might turn has a name here. A server
+Every field of pmu_config_t but the listening ones has a name here. A server
 script reads them from ``--ring-entries 2048`` style options or from the environment
 (``PMU_RING_ENTRIES=2048``; the option wins); the sweep command sets the environment, so the
 same mechanism drives examples/hello_server (which reads PMU_HOST already) and the Python
@@ -9,14 +9,18 @@ scripts.
 import os
 
 
-
 def flag(text):
     """A boolean knob, given as 0/1 (or true/false)."""
     return str(text).strip().lower() not in ("0", "false", "no", "off", "")
 
 
-# name -> type.
+# name -> type, for every knob of the engine (include/pmu/pmu.h PMU_CONFIG_KNOBS, by its Python
+# name) but where to listen, which each server script takes from its own arguments. This file
+# must load without the extension (the benchmark runner reads it before anything is built), so
+# the list is written out; tests/python/test_knob_table.py checks it against the table.
+LISTENING = ("host", "port", "unix_path", "listen_fd")
 KNOBS = {
+    "backlog": int,
     "threads": int,
     "ring_entries": int,
     "cq_entries": int,
@@ -28,16 +32,25 @@ KNOBS = {
     "registered_files": flag,
     "send_zc_threshold": int,
     "batch_max": int,
-    "backlog": int,
+    "max_header_bytes": int,
+    "max_headers": int,
+    "max_url_bytes": int,
+    "max_body_bytes": int,
     "max_connections": int,
     "max_pipelined": int,
     "output_high_water": int,
-    "max_body_bytes": int,
-    "keepalive_timeout_ms": int,
+    "stream_body_threshold": int,
     "body_buffer_budget": int,
+    "body_spool_dir": str,
+    "header_timeout_ms": int,
+    "keepalive_timeout_ms": int,
+    "body_timeout_ms": int,
+    "send_timeout_ms": int,
     "min_recv_rate": int,
     "min_rate_grace_ms": int,
+    "shutdown_timeout_ms": int,
     "accept_backoff_ms": int,
+    "server_header": str,
 }
 
 

@@ -22,6 +22,7 @@
 #ifndef PMU_PMU_H
 #define PMU_PMU_H
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -158,82 +159,122 @@ typedef void (*pmu_log_fn)(void *handler_data, int level, const char *msg);
 void pmu_log_stderr(void *handler_data, int level, const char *msg);
 
 /*
- * Every knob of the engine. pmu_config_init() fills the defaults given beside
- * each field; zero in a size or limit field after init means "no limit" only
- * where the comment says so.
+ * Every knob of the engine, declared once.
+ *
+ * PMU_CONFIG_KNOBS(X) calls X(type, name, default, unit, min, max, doc) for
+ * each knob, in the order of its field in pmu_config_t. From this one table
+ * come the fields of pmu_config_t, the defaults pmu_config_init() fills, the
+ * range checks pmu_server_start() makes, the Python binding's keyword
+ * arguments, config_defaults() and knobs(), and hello_server's PMU_<NAME>
+ * environment variables; tests/python/test_knob_table.py fails when a place
+ * that cannot derive from it (the Server signature and docstring, the stub,
+ * the CLI, the benchmarks, the README) disagrees with it.
+ *
+ *   type     STR (const char *), PORT (uint16_t), INT (int), UINT (unsigned),
+ *            SIZE (size_t) or BOOL (int, nonzero is on)
+ *   default  what pmu_config_init() sets
+ *   unit     "bytes", "ms", ... or "" for a plain count
+ *   min, max the values pmu_server_start() accepts (-EINVAL outside); for
+ *            STR both 0 (unchecked). Zero has a special meaning for some
+ *            knobs (the doc says which): that is resolved at start.
+ *   doc      one line
+ *
+ * Why an X-macro rather than a header generated from a data file: there is
+ * no build step and no generator to keep working (hello_server and the C
+ * tests build with nothing but a compiler), the table lives in the one public
+ * header that every user already includes, and the C compiler checks every
+ * expansion, so a misspelt field or a default of the wrong type fails the
+ * build where it is used. libuv declares its errno and handle lists the same
+ * way (UV_ERRNO_MAP).
+ */
+#define PMU_CONFIG_KNOBS(X)                                                                   \
+  /* Where to listen. unix_path, when set, wins over host/port; listen_fd over all. */       \
+  X(STR, host, "127.0.0.1", "", 0, 0, "address to bind; \"::\" or \"::1\" for IPv6")          \
+  X(PORT, port, 8000, "", 0, 65535, "TCP port; 0 picks a free one (see pmu_server_port)")     \
+  X(STR, unix_path, NULL, "path", 0, 0, "listen on this Unix socket instead of TCP")          \
+  X(INT, listen_fd, -1, "fd", INT_MIN, INT_MAX,                                               \
+    "serve this listening TCP or Unix socket, made elsewhere (< 0: none); it stays open "     \
+    "with its waiting connections when the server stops")                                   \
+  X(INT, backlog, 4096, "connections", INT_MIN, INT_MAX, "listen backlog (<= 0: 4096)")       \
+  X(UINT, threads, 1, "threads", 1, 1024, "worker threads, one io_uring ring each")          \
+  /* io_uring */                                                                              \
+  X(UINT, ring_entries, 1024, "entries", 8, 32768, "submission queue entries")                \
+  X(UINT, cq_entries, 0, "entries", 0, UINT_MAX, "completion queue entries (0: 8 * ring_entries)") \
+  X(UINT, buf_count, 1024, "buffers", 1, 32768,                                               \
+    "provided receive buffers per thread (a power of two)")                                  \
+  X(UINT, buf_size, 4096, "bytes", 256, 1u << 20, "size of each provided receive buffer")     \
+  X(BOOL, defer_taskrun, 1, "", 0, 1, "IORING_SETUP_DEFER_TASKRUN, falling back to COOP_TASKRUN") \
+  X(BOOL, sqpoll, 0, "", 0, 1, "a kernel thread polls the submission queue (burns a core)")   \
+  X(UINT, sqpoll_idle_ms, 1000, "ms", 0, UINT_MAX, "the SQPOLL thread sleeps after this idle") \
+  X(BOOL, registered_files, 0, "", 0, 1, "connections go in the ring's fixed-file table")     \
+  X(SIZE, send_zc_threshold, 0, "bytes", 0, SIZE_MAX,                                         \
+    "responses of at least this many bytes use SEND_ZC (0: never)")                          \
+  /* Batching */                                                                              \
+  X(UINT, batch_max, 256, "requests", 0, UINT_MAX, "most requests per handler call (0: 1)")   \
+  /* Limits */                                                                                \
+  X(UINT, max_header_bytes, 16384, "bytes", 0, UINT_MAX,                                      \
+    "request line and headers; 431 beyond (0: no limit)")                                    \
+  X(UINT, max_headers, 100, "headers", 0, UINT_MAX, "header lines; 431 beyond (0: no limit)") \
+  X(UINT, max_url_bytes, 8192, "bytes", 0, UINT_MAX, "request-target; 414 beyond (0: no limit)") \
+  X(SIZE, max_body_bytes, 1024 * 1024, "bytes", 0, SIZE_MAX,                                  \
+    "request body; 413 beyond (0: no limit)")                                                \
+  X(UINT, max_connections, 10000, "connections", 0, UINT_MAX,                                 \
+    "open at once, whole server; 503 beyond (0: 2^20)")                                      \
+  X(UINT, max_pipelined, 128, "requests", 0, UINT_MAX,                                        \
+    "requests awaiting answers per connection before the engine stops reading it (0: 1)")    \
+  X(SIZE, output_high_water, 1024 * 1024, "bytes", 0, SIZE_MAX,                               \
+    "queued output per connection before the engine stops reading it; also the streamed "   \
+    "request body a handler may leave unconsumed (0: no limit)")                             \
+  X(SIZE, body_stream_threshold, 0, "bytes", 0, SIZE_MAX,                                     \
+    "with on_body set, a request whose body exceeds this is handed over at once and its "   \
+    "body streamed (0: off)")                                                                \
+  /* Request bodies buffered in memory, all threads together, are held to           \
+   * body_buffer_budget. A body that would go beyond it is spooled instead: moved   \
+   * to an unlinked temporary file (O_TMPFILE in body_spool_dir) and handed to the  \
+   * handler as a read-only mapping of that file, so pmu_request_t.body keeps its   \
+   * meaning. Spooling rather than pausing reads: a paused upload never completes   \
+   * while slow or silent clients hold the budget, and page cache is reclaimable    \
+   * where heap is not. Memory is never reserved ahead of the bytes a client sent. */ \
+  X(SIZE, body_buffer_budget, (size_t)64 << 20, "bytes", 0, SIZE_MAX,                         \
+    "request bodies in memory, whole server; beyond it they are spooled (0: no budget)")     \
+  X(STR, body_spool_dir, NULL, "path", 0, 0,                                                  \
+    "directory of spooled bodies (NULL: $TMPDIR, else /tmp); a disk, not a tmpfs")           \
+  /* Timeouts; 0 disables that timeout */                                                     \
+  X(UINT, header_timeout_ms, 10000, "ms", 0, UINT_MAX,                                        \
+    "accept or first byte to end of headers; 408 (0: off)")                                  \
+  X(UINT, keepalive_timeout_ms, 5000, "ms", 0, UINT_MAX, "idle between requests; close (0: off)") \
+  X(UINT, body_timeout_ms, 30000, "ms", 0, UINT_MAX, "silence while receiving a body; 408 (0: off)") \
+  X(UINT, send_timeout_ms, 30000, "ms", 0, UINT_MAX, "no progress sending; close (0: off)")   \
+  /* Minimum average rate, as Apache's mod_reqtimeout MinRate: while the header or  \
+   * body timer runs, a client must have sent at least min_recv_rate bytes per      \
+   * second since min_rate_grace_ms after the phase began (the deadline is start +  \
+   * grace + bytes / rate); else 408 and close. 500 B/s is Apache's default: a 2G   \
+   * phone link does 10 times that, while a trickle of a byte every few seconds is  \
+   * cut after the grace. */                                                                  \
+  X(UINT, min_recv_rate, 500, "bytes/s", 0, UINT_MAX,                                         \
+    "least average rate of a head or body after the grace; 408 below (0: off)")              \
+  X(UINT, min_rate_grace_ms, 10000, "ms", 0, UINT_MAX, "the rate is enforced after this")     \
+  X(UINT, shutdown_timeout_ms, 10000, "ms", 0, UINT_MAX, "graceful stop deadline")            \
+  X(UINT, accept_backoff_ms, 500, "ms", 0, UINT_MAX,                                          \
+    "after accept fails for want of descriptors or memory (EMFILE, ENFILE, ENOMEM, "        \
+    "ENOBUFS), accept nothing this long or until a connection closes (0: retry at once)")    \
+  X(STR, server_header, "pymongoose_uring", "", 0, 0, "the Server header; NULL or \"\" sends none")
+
+/* The C type of each knob type of PMU_CONFIG_KNOBS. */
+#define PMU_KNOB_CTYPE_STR const char *
+#define PMU_KNOB_CTYPE_PORT uint16_t
+#define PMU_KNOB_CTYPE_INT int
+#define PMU_KNOB_CTYPE_UINT unsigned
+#define PMU_KNOB_CTYPE_SIZE size_t
+#define PMU_KNOB_CTYPE_BOOL int
+#define PMU_KNOB_FIELD(type, name, def, unit, min, max, doc) PMU_KNOB_CTYPE_##type name;
+
+/*
+ * The configuration: the knobs above (pmu_config_init() fills their
+ * defaults), then the callbacks.
  */
 typedef struct pmu_config {
-  /* Where to listen. unix_path, when set, wins over host/port. */
-  const char *host;      /* "127.0.0.1"; "::" or "::1" for IPv6 */
-  uint16_t port;         /* 8000; 0 picks a free port (see pmu_server_port) */
-  const char *unix_path; /* NULL */
-  int listen_fd;         /* -1; else serve on this listening TCP or Unix socket (from a
-                            supervisor, systemd, ...), wins over the others: the engine
-                            accepts on a duplicate with every thread and never shuts the
-                            socket down, so whoever else holds it keeps its queue */
-  int backlog;           /* 4096 */
-  unsigned threads;      /* 1 */
-
-  /* io_uring */
-  unsigned ring_entries;  /* 1024 submission queue entries */
-  unsigned cq_entries;    /* 0: 8 * ring_entries */
-  unsigned buf_count;     /* 1024 provided receive buffers per thread (power of 2) */
-  unsigned buf_size;      /* 4096 bytes each */
-  int defer_taskrun;      /* 1: DEFER_TASKRUN, falling back to COOP_TASKRUN */
-  int sqpoll;             /* 0: a kernel thread polls the SQ (burns a core) */
-  unsigned sqpoll_idle_ms; /* 1000 */
-  int registered_files;   /* 0: connections go in the ring's fixed-file table */
-  size_t send_zc_threshold; /* 0 (off): responses of at least this many bytes use SEND_ZC */
-
-  /* Batching */
-  unsigned batch_max; /* 256 requests per handler call */
-
-  /* Limits */
-  unsigned max_header_bytes; /* 16384: request line + headers; 431 beyond */
-  unsigned max_headers;      /* 100; 431 beyond */
-  unsigned max_url_bytes;    /* 8192; 414 beyond */
-  size_t max_body_bytes;     /* 1 MiB; 413 beyond */
-  unsigned max_connections;  /* 10000 open at once (whole server); 503 beyond */
-  unsigned max_pipelined;    /* 128 requests awaiting answers per connection
-                                before the engine stops reading it */
-  size_t output_high_water;  /* 1 MiB queued output per connection before the
-                                engine stops reading it; also the streamed
-                                request body a handler may leave unconsumed */
-  size_t body_stream_threshold; /* 0 (off): with on_body set, a request whose
-                                body exceeds this many bytes is handed to the
-                                handler at once and its body streamed */
-  /* Request bodies buffered in memory, all threads together, are held to
-   * this budget. A body that would go beyond it is spooled instead: moved to
-   * an unlinked temporary file (O_TMPFILE in body_spool_dir) and handed to the
-   * handler as a read-only mapping of that file, so pmu_request_t.body keeps
-   * its meaning. Spooling rather than pausing reads: a paused upload never
-   * completes while slow or silent clients hold the budget, and page cache is
-   * reclaimable where heap is not. Memory is never reserved ahead of the bytes
-   * a client has sent. */
-  size_t body_buffer_budget;  /* 64 MiB; 0: no budget (every body in memory) */
-  const char *body_spool_dir; /* NULL: $TMPDIR, else /tmp; put it on a disk,
-                                 not a tmpfs, for spooled bodies to leave RAM */
-
-  /* Timeouts, milliseconds; 0 disables that timeout */
-  unsigned header_timeout_ms;    /* 10000: accept/first byte to end of headers; 408 */
-  unsigned keepalive_timeout_ms; /* 5000: idle between requests; close */
-  unsigned body_timeout_ms;      /* 30000: silence while receiving a body; 408 */
-  unsigned send_timeout_ms;      /* 30000: no progress sending; close */
-  /* Minimum average rate, as Apache's mod_reqtimeout MinRate: while the
-   * header or body timer runs, a client must have sent at least
-   * min_recv_rate bytes per second since min_rate_grace_ms after the phase
-   * began (the deadline is start + grace + bytes / rate); else 408 and close.
-   * 500 B/s is Apache's default: a 2G phone link does 10 times that, while a
-   * trickle of a byte every few seconds is cut after the grace. */
-  unsigned min_recv_rate;        /* 500 bytes/s; 0 disables */
-  unsigned min_rate_grace_ms;    /* 10000 */
-  unsigned shutdown_timeout_ms;  /* 10000: graceful stop deadline */
-  unsigned accept_backoff_ms;    /* 500: after accept fails for want of descriptors or
-                                    memory (EMFILE, ENFILE, ENOMEM, ENOBUFS), accept
-                                    nothing for this long, or until a connection of
-                                    that thread closes; 0: retry at once */
-
-  const char *server_header; /* "pymongoose_uring"; NULL or "" sends none */
+  PMU_CONFIG_KNOBS(PMU_KNOB_FIELD)
 
   pmu_batch_handler_fn handler; /* required */
   void *handler_data;
@@ -376,44 +417,65 @@ const char *pmu_status_reason(int status);
 #define PMU_BATCH_BUCKETS 16
 #define PMU_STATUS_CLASSES 10
 
+/*
+ * Every counter of the engine, declared once, in the order of pmu_stats_t:
+ * PMU_STATS_FIELDS(X, A) calls X(name, kind, doc) for each uint64_t, whose
+ * kind is COUNTER (only grows; a difference of two readings is meaningful) or
+ * GAUGE (a level now), and A(name, size, doc) for each array of uint64_t.
+ * pmu_stats_t, the binding's stats(), hello_server's PMU_STATS line and the
+ * static checks of the struct's size come from it; the test of the knob
+ * table checks the stub and the README against it. See PMU_CONFIG_KNOBS for
+ * why an X-macro.
+ */
+#define PMU_STATS_FIELDS(X, A)                                                                \
+  X(connections_accepted, COUNTER, "connections accepted")                                    \
+  X(connections_open, GAUGE, "connections open now")                                          \
+  X(connections_rejected, COUNTER, "connections refused over max_connections (503)")          \
+  X(accept_errors, COUNTER,                                                                   \
+    "accepts failed for want of descriptors or memory (each pauses accepting for "           \
+    "accept_backoff_ms)")                                                                    \
+  X(requests, COUNTER, "requests received")                                                   \
+  X(responses, COUNTER, "responses sent")                                                     \
+  X(bytes_in, COUNTER, "bytes received")                                                      \
+  X(bytes_out, COUNTER, "bytes sent")                                                         \
+  X(parse_errors, COUNTER, "400/413/414/431 sent")                                            \
+  X(timeouts, COUNTER, "header, body, idle and send timeouts fired")                          \
+  X(enobufs, COUNTER, "times the receive buffer pool ran dry")                                \
+  X(short_sends, COUNTER, "sends that wrote less than asked and were resubmitted")            \
+  X(sends, COUNTER, "sends submitted")                                                        \
+  X(send_zc, COUNTER, "sends done with SEND_ZC")                                              \
+  X(recv_paused, COUNTER, "times a connection stopped being read (backpressure)")             \
+  X(cq_overflows, COUNTER, "completions the kernel had to hold back")                         \
+  X(waits, COUNTER, "io_uring_enter calls that waited for completions")                       \
+  X(wait_errors, COUNTER,                                                                     \
+    "waits that failed other than by timeout, signal or a full CQ (logged; the loop "        \
+    "pauses 10 ms after each)")                                                              \
+  X(cqes, COUNTER, "completions reaped; cqes / waits = CQEs per wait")                        \
+  X(batches, COUNTER, "handler calls")                                                        \
+  A(batch_hist, PMU_BATCH_BUCKETS, "batches by size: bucket i counts 2^i <= size < 2^(i+1)")  \
+  X(deferred, COUNTER, "responses that came from another thread")                             \
+  /* Final responses sent, by status / 100: [2] counts 2xx, [4] 4xx, [5] 5xx        \
+   * (statuses up to 999 are allowed). The engine's own answers (400, 408, 413,     \
+   * 414, 431, 503) count too; 100 Continue does not. */                                      \
+  A(status_classes, PMU_STATUS_CLASSES, "final responses by status / 100")                    \
+  X(responses_aborted, COUNTER,                                                               \
+    "streamed answers cut short (pmu_respond_abort, or a body shorter than its "             \
+    "Content-Length): closed without completing them; counted in responses too")            \
+  X(bodies_spooled, COUNTER, "request bodies moved to a temporary file")                      \
+  X(body_buffer_bytes, GAUGE,                                                                 \
+    "body bytes held in memory by requests (summed: the server's, against "                  \
+    "body_buffer_budget)")
+
+#define PMU_STATS_SCALAR(name, kind, doc) uint64_t name;
+#define PMU_STATS_ARRAY(name, size, doc) uint64_t name[size];
+/* The number of uint64_t in pmu_stats_t: (0 PMU_STATS_FIELDS(PMU_STATS_ONE, PMU_STATS_SIZE)) */
+#define PMU_STATS_ONE(name, kind, doc) +1
+#define PMU_STATS_SIZE(name, size, doc) +(size)
+#define PMU_STATS_WORDS (0 PMU_STATS_FIELDS(PMU_STATS_ONE, PMU_STATS_SIZE))
+
 /* Counters of one worker thread. Read without stopping it. */
 typedef struct pmu_stats {
-  uint64_t connections_accepted;
-  uint64_t connections_open; /* a gauge */
-  uint64_t connections_rejected; /* over max_connections: 503 */
-  uint64_t accept_errors; /* accepts failed for want of descriptors or memory (each
-                             pauses accepting for accept_backoff_ms) */
-  uint64_t requests;
-  uint64_t responses;
-  uint64_t bytes_in;
-  uint64_t bytes_out;
-  uint64_t parse_errors; /* 400/413/414/431 sent */
-  uint64_t timeouts;     /* header, body, idle and send timeouts fired */
-  uint64_t enobufs;      /* receive buffer pool ran dry */
-  uint64_t short_sends;  /* sends that wrote less than asked and were resubmitted */
-  uint64_t sends;
-  uint64_t send_zc;      /* sends done with SEND_ZC */
-  uint64_t recv_paused;  /* times a connection stopped being read (backpressure) */
-  uint64_t cq_overflows; /* completions the kernel had to hold back */
-  uint64_t waits;        /* io_uring_enter calls that waited for completions */
-  uint64_t wait_errors;  /* waits that failed other than by timeout, signal or a
-                            full CQ (logged; the loop pauses 10 ms after each) */
-  uint64_t cqes;         /* completions reaped; cqes / waits = CQEs per wait */
-  uint64_t batches;      /* handler calls */
-  uint64_t batch_hist[PMU_BATCH_BUCKETS]; /* bucket i: 2^i <= size < 2^(i+1) */
-  uint64_t deferred;     /* responses that came from another thread */
-  /* Final responses sent, by status / 100: [2] counts 2xx, [4] 4xx, [5] 5xx
-   * (statuses up to 999 are allowed). The engine's own answers (400, 408,
-   * 413, 414, 431, 503) count too; 100 Continue does not. */
-  uint64_t status_classes[PMU_STATUS_CLASSES];
-  /* Streamed answers cut short (pmu_respond_abort, or a body shorter than its
-   * Content-Length): the connection was closed without completing them. They
-   * count in responses too. */
-  uint64_t responses_aborted;
-  uint64_t bodies_spooled;    /* request bodies moved to a temporary file */
-  uint64_t body_buffer_bytes; /* a gauge: body bytes held in memory by this thread's
-                                 requests (summed: the server's, against
-                                 body_buffer_budget) */
+  PMU_STATS_FIELDS(PMU_STATS_SCALAR, PMU_STATS_ARRAY)
 } pmu_stats_t;
 
 /* Copy the counters of thread `thread` (or the sum over all threads when

@@ -41,6 +41,18 @@ static t_response_t get_once(const t_server_t *server, const char *target) {
   return response;
 }
 
+/* Start with *c must fail with -EINVAL and an error naming `name`. */
+static int refused_checks;
+static void expect_refused(const pmu_config_t *c, const char *name) {
+  pmu_server_t *s = NULL;
+  int rc = pmu_server_start(c, &s);
+  T_ASSERT_MSG(rc == -EINVAL, "%s out of range: rc %d", name, rc);
+  T_ASSERT_MSG(s && strstr(pmu_server_error(s), name), "%s: error '%s'", name,
+               s ? pmu_server_error(s) : "");
+  pmu_server_destroy(s);
+  refused_checks++;
+}
+
 int main(void) {
   t_init("api");
 
@@ -119,6 +131,42 @@ int main(void) {
       T_ASSERT_MSG(strlen(pmu_server_error(s)) > 0, "no explanation for -EINVAL");
       pmu_server_destroy(s);
     }
+  }
+
+  t_case("a knob outside its PMU_CONFIG_KNOBS range fails with -EINVAL naming it");
+  {
+    /* Every knob whose table range is narrower than its type, just outside
+     * both ends, one at a time. */
+#define OUT_OF_RANGE(type, name, def, unit, lo, hi, doc) OOR_##type(name, lo, hi)
+#define OOR_STR(name, lo, hi)  /* not range-checked */
+#define OOR_BOOL(name, lo, hi) /* any nonzero value is on */
+#define OOR_NUM(ctype, name, lo, hi, tmin, tmax)                                              \
+  if ((long long)(lo) > (tmin)) {                                                             \
+    pmu_config_t c;                                                                           \
+    t_config_init(&c);                                                                        \
+    c.name = (ctype)((long long)(lo) - 1);                                                    \
+    expect_refused(&c, #name);                                                                \
+  }                                                                                           \
+  if ((unsigned long long)(hi) < (tmax)) {                                                    \
+    pmu_config_t c;                                                                           \
+    t_config_init(&c);                                                                        \
+    c.name = (ctype)((unsigned long long)(hi) + 1);                                           \
+    expect_refused(&c, #name);                                                                \
+  }
+#define OOR_INT(name, lo, hi) OOR_NUM(int, name, lo, hi, INT_MIN, INT_MAX)
+#define OOR_PORT(name, lo, hi) OOR_NUM(uint16_t, name, lo, hi, 0, UINT16_MAX)
+#define OOR_UINT(name, lo, hi) OOR_NUM(unsigned, name, lo, hi, 0, UINT_MAX)
+#define OOR_SIZE(name, lo, hi) OOR_NUM(size_t, name, lo, hi, 0, SIZE_MAX)
+    PMU_CONFIG_KNOBS(OUT_OF_RANGE)
+#undef OUT_OF_RANGE
+    T_ASSERT_MSG(refused_checks >= 8, "only %d out-of-range values tried", refused_checks);
+    pmu_config_t c;
+    t_config_init(&c);
+    c.buf_count = 3;
+    pmu_server_t *s = NULL;
+    T_ASSERT_INT_EQ(pmu_server_start(&c, &s), -EINVAL);
+    T_ASSERT_MSG(s && strstr(pmu_server_error(s), "power of two"), "buf_count 3 accepted");
+    pmu_server_destroy(s);
   }
 
   t_case("start on a port already taken fails with -EADDRINUSE and explains");
