@@ -159,7 +159,7 @@ static void accept_backoff(pmu__loop_t *loop, int err) {
 
 static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   pmu_server_t *s = loop->server;
-  if (!(cqe->flags & IORING_CQE_F_MORE)) {
+  if (!pmu__cqe_more(cqe)) {
     loop->accept_armed = 0; /* re-armed at the end of the turn unless stopping */
     if (loop->stopping)
       close_listener(loop);
@@ -209,12 +209,12 @@ void pmu__loop_schedule_resume(pmu__loop_t *loop, pmu__conn_t *conn) {
 static void on_recv(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
   pmu__loop_t *loop = conn->loop;
   int res = cqe->res;
-  if (!(cqe->flags & IORING_CQE_F_MORE)) {
+  if (!pmu__cqe_more(cqe)) {
     conn->recv_armed = 0;
     conn->ops--;
   }
   if (res > 0) {
-    unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    unsigned bid = pmu__cqe_buffer_id(cqe);
     STAT_ADD(loop, bytes_in, res);
     if (!conn->closing)
       pmu__conn_on_recv(conn, pmu__bufring_addr(&loop->bufs, bid), (size_t)res);
@@ -235,14 +235,14 @@ static void on_recv(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
 }
 
 static void on_send_cqe(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
-  if (cqe->flags & IORING_CQE_F_NOTIF) {
+  if (pmu__cqe_notif(cqe)) {
     /* SEND_ZC: the buffers are free only now. */
     conn->ops--;
     conn->zc_wait_notif = 0;
     pmu__conn_on_send(conn, conn->zc_res);
     return;
   }
-  if (cqe->flags & IORING_CQE_F_MORE) {
+  if (pmu__cqe_more(cqe)) {
     conn->zc_res = cqe->res;
     conn->zc_wait_notif = 1;
     return;
@@ -274,7 +274,7 @@ static void drain_answers(pmu__loop_t *loop) {
 }
 
 static void on_wake(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
-  if (!(cqe->flags & IORING_CQE_F_MORE))
+  if (!pmu__cqe_more(cqe))
     loop->wake_armed = 0;
   uint64_t v;
   ssize_t n = read(loop->wake_fd, &v, sizeof v);
@@ -429,7 +429,7 @@ static void end_of_turn(pmu__loop_t *loop) {
     cancel_accept(loop);
   if (!loop->wake_armed)
     arm_wake(loop);
-  uint32_t overflow = *loop->ring.cq.koverflow;
+  uint32_t overflow = pmu__ring_overflows(&loop->ring);
   __atomic_store_n(&loop->stats.cq_overflows, overflow, __ATOMIC_RELAXED);
   __atomic_store_n(&loop->stats.connections_open, loop->nconns, __ATOMIC_RELAXED);
 }
@@ -452,7 +452,7 @@ static void wait_failed(pmu__loop_t *loop, int err) {
              err);
     cfg->log(cfg->handler_data, PMU_LOG_ERROR, msg);
   }
-  if (!io_uring_cq_ready(&loop->ring)) {
+  if (!pmu__ring_cq_ready(&loop->ring)) {
     struct timespec pause = {.tv_sec = 0, .tv_nsec = 10 * 1000000L};
     nanosleep(&pause, NULL);
   }
@@ -476,11 +476,11 @@ static void run(pmu__loop_t *loop) {
 
     unsigned head, seen = 0;
     struct io_uring_cqe *cqe;
-    io_uring_for_each_cqe(&loop->ring, head, cqe) {
+    pmu__ring_for_each_cqe(&loop->ring, head, cqe) {
       seen++;
       handle_cqe(loop, cqe);
     }
-    io_uring_cq_advance(&loop->ring, seen);
+    pmu__ring_cq_advance(&loop->ring, seen);
     STAT_ADD(loop, cqes, seen);
     pmu__loop_dispatch(loop);
 
@@ -622,7 +622,7 @@ void *pmu__loop_main(void *arg) {
   close_answer_queue(loop);
   if (loop->ring_ready) {
     pmu__bufring_free(&loop->ring, &loop->bufs);
-    io_uring_queue_exit(&loop->ring);
+    pmu__ring_exit(&loop->ring);
   }
   /* wake_fd stays open until the server is freed: pmu_server_stop() may
    * still be writing to it from another thread. */
