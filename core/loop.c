@@ -45,11 +45,8 @@ static void free_dead(pmu__loop_t *loop) {
 }
 
 void pmu__loop_mark_dirty(pmu__loop_t *loop, pmu__conn_t *conn) {
-  if (!conn->on_dirty) {
-    conn->on_dirty = 1;
-    conn->dnext = loop->dirty;
-    loop->dirty = conn;
-  }
+  if (!pmu__list_is_linked(&conn->dirty_link))
+    pmu__list_insert_head(&loop->dirty, &conn->dirty_link);
 }
 
 /* A listener of this loop's own (SO_REUSEPORT) takes a multishot accept. One
@@ -199,11 +196,8 @@ static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
 }
 
 void pmu__loop_schedule_resume(pmu__loop_t *loop, pmu__conn_t *conn) {
-  if (!conn->on_rearm) {
-    conn->on_rearm = 1;
-    conn->rnext = loop->rearm;
-    loop->rearm = conn;
-  }
+  if (!pmu__list_is_linked(&conn->rearm_link))
+    pmu__list_insert_head(&loop->rearm, &conn->rearm_link);
 }
 
 static void on_recv(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
@@ -281,10 +275,9 @@ static void on_wake(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   (void)n;
   drain_answers(loop);
   /* Handlers may have consumed streamed bodies that paused reading. */
-  for (pmu__conn_t *c = loop->body_paused, *next; c; c = next) {
-    next = c->bnext;
-    pmu__conn_maybe_resume(c);
-  }
+  pmu__list_t *l, *next;
+  PMU__LIST_FOREACH_SAFE(&loop->body_paused, l, next)
+    pmu__conn_maybe_resume(PMU__LIST_ENTRY(l, pmu__conn_t, body_link));
   if (!loop->stopping && atomic_load(&loop->server->stop_requested))
     begin_stop(loop);
 }
@@ -328,18 +321,20 @@ static void begin_stop(pmu__loop_t *loop) {
   else
     close_listener(loop);
   /* Idle connections close now; busy ones once their answers are out. */
-  for (pmu__conn_t *c = loop->all, *next; c; c = next) {
-    next = c->anext;
-    pmu__conn_timer_update(c);
-  }
+  pmu__list_t *l, *n;
+  PMU__LIST_FOREACH_SAFE(&loop->all, l, n)
+    pmu__conn_timer_update(PMU__LIST_ENTRY(l, pmu__conn_t, all_link));
 }
 
 static void expire_timers(pmu__loop_t *loop) {
   uint64_t now = loop->now_ms;
   pmu__conn_check_rates(loop);
   for (int kind = 1; kind < TIMER_KINDS; kind++) {
-    pmu__conn_t *c;
-    while ((c = loop->timers[kind].head) && c->deadline <= now) {
+    pmu__list_t *first;
+    while ((first = pmu__list_first(&loop->timers[kind]))) {
+      pmu__conn_t *c = PMU__LIST_ENTRY(first, pmu__conn_t, timer_link);
+      if (c->deadline > now)
+        break;
       pmu__conn_timer_unlink(c);
       STAT_ADD(loop, timeouts, 1);
       if ((kind == TIMER_HEADER && c->pstate != PS_IDLE) || kind == TIMER_BODY) {
@@ -351,8 +346,9 @@ static void expire_timers(pmu__loop_t *loop) {
     }
   }
   if (loop->stopping && now >= loop->stop_deadline) {
-    for (pmu__conn_t *c = loop->all; c; c = c->anext)
-      pmu__conn_close(c);
+    pmu__list_t *l, *n;
+    PMU__LIST_FOREACH_SAFE(&loop->all, l, n)
+      pmu__conn_close(PMU__LIST_ENTRY(l, pmu__conn_t, all_link));
   }
 }
 
@@ -360,9 +356,12 @@ static void expire_timers(pmu__loop_t *loop) {
 static int64_t next_wait(const pmu__loop_t *loop) {
   uint64_t soonest = UINT64_MAX;
   for (int kind = 1; kind < TIMER_KINDS; kind++) {
-    const pmu__conn_t *c = loop->timers[kind].head;
-    if (c && c->deadline < soonest)
-      soonest = c->deadline;
+    const pmu__list_t *first = pmu__list_first(&loop->timers[kind]);
+    if (first) {
+      const pmu__conn_t *c = PMU__LIST_ENTRY(first, pmu__conn_t, timer_link);
+      if (c->deadline < soonest)
+        soonest = c->deadline;
+    }
   }
   if (loop->stopping && loop->stop_deadline < soonest)
     soonest = loop->stop_deadline;
@@ -386,38 +385,33 @@ static void end_of_turn(pmu__loop_t *loop) {
   /* Resuming is a turn of its own for the per-turn cap on pipelined
    * requests; a connection capped again waits for the next one. */
   loop->turn_gen++;
-  pmu__conn_t *c = loop->rearm;
-  loop->rearm = NULL;
-  while (c) {
-    pmu__conn_t *next = c->rnext;
-    c->on_rearm = 0;
+  /* Each pending-work list is taken whole: what its work queues goes to the
+   * next pass. */
+  pmu__list_t taken, *l;
+  pmu__list_move(&loop->rearm, &taken);
+  while ((l = pmu__list_first(&taken))) {
+    pmu__list_unlink(l);
+    pmu__conn_t *c = PMU__LIST_ENTRY(l, pmu__conn_t, rearm_link);
     if (!c->closing && !c->recv_armed)
       pmu__conn_maybe_resume(c);
-    c = next;
   }
 
   /* Resuming parsed the stash: run the handler on what it completed before
    * flushing, or those requests would wait for the next completion. */
   pmu__loop_dispatch(loop);
 
-  c = loop->dirty;
-  loop->dirty = NULL;
-  while (c) {
-    pmu__conn_t *next = c->dnext;
-    c->on_dirty = 0;
-    pmu__conn_flush(c);
-    c = next;
+  pmu__list_move(&loop->dirty, &taken);
+  while ((l = pmu__list_first(&taken))) {
+    pmu__list_unlink(l);
+    pmu__conn_flush(PMU__LIST_ENTRY(l, pmu__conn_t, dirty_link));
   }
 
-  c = loop->grave;
-  loop->grave = NULL;
-  if (c)
+  pmu__list_move(&loop->grave, &taken);
+  if (!pmu__list_is_empty(&taken))
     loop->accept_paused = 0; /* descriptors were freed: accept again now */
-  while (c) {
-    pmu__conn_t *next = c->gnext;
-    c->on_grave = 0;
-    pmu__conn_release(c);
-    c = next;
+  while ((l = pmu__list_first(&taken))) {
+    pmu__list_unlink(l);
+    pmu__conn_release(PMU__LIST_ENTRY(l, pmu__conn_t, grave_link));
   }
 
   free_dead(loop);
@@ -464,7 +458,8 @@ static void run(pmu__loop_t *loop) {
   for (;;) {
     /* Connections capped last turn resume at the end of this one: no
      * waiting for a completion then. */
-    int rc = pmu__submit_and_wait(&loop->ring, loop->rearm ? 0 : next_wait(loop));
+    int rc = pmu__submit_and_wait(&loop->ring,
+                                  pmu__list_is_empty(&loop->rearm) ? next_wait(loop) : 0);
     /* ETIME is a timer; EINTR a signal; both mean "look again". */
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
       wait_failed(loop, -rc);
@@ -550,9 +545,10 @@ static void free_pools(pmu__loop_t *loop) {
     free(r->out);
     free(r);
   }
-  while (loop->free_conns) {
-    pmu__conn_t *c = loop->free_conns;
-    loop->free_conns = c->anext;
+  pmu__list_t *l;
+  while ((l = pmu__list_first(&loop->free_conns))) {
+    pmu__list_unlink(l);
+    pmu__conn_t *c = PMU__LIST_ENTRY(l, pmu__conn_t, all_link);
     free(c->stash);
     free(c);
   }
@@ -576,6 +572,14 @@ void *pmu__loop_main(void *arg) {
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
 
+  pmu__list_init(&loop->dirty);
+  pmu__list_init(&loop->rearm);
+  pmu__list_init(&loop->grave);
+  pmu__list_init(&loop->body_paused);
+  pmu__list_init(&loop->all);
+  pmu__list_init(&loop->free_conns);
+  for (int kind = 0; kind < TIMER_KINDS; kind++)
+    pmu__list_init(&loop->timers[kind]);
   loop->now_ms = pmu__now_ms();
   loop->rate_check_ms = UINT64_MAX;
   loop->timeout_ms[TIMER_HEADER] = cfg->header_timeout_ms;
