@@ -122,10 +122,8 @@ void pmu_reqio_link(pmu_reqio *io, pmu_request_t *request) {
   pthread_mutex_unlock(m);
   /* The engine marks a request gone before it calls on_disconnect, which
    * reads the link under the same lock: either that call finds io, or the
-   * mark is already visible here. pmu_request_wait_drain() is the public
-   * way to read the mark (it answers -EPIPE); on a request whose unsent
-   * output is low it has no other effect. */
-  if (pmu_request_wait_drain(request) == -EPIPE) {
+   * mark is already visible here. */
+  if (pmu_request_gone(request)) {
     pthread_mutex_lock(&io->lock);
     io->gone = 1;
     pthread_cond_broadcast(&io->cond);

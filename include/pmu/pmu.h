@@ -350,6 +350,16 @@ size_t pmu_request_unsent(const pmu_request_t *request);
 int pmu_request_wait_drain(pmu_request_t *request);
 
 /*
+ * 1 if the connection of this request, held and not yet answered (or its
+ * stream not yet ended), is gone: closed by the client, reset, timed out or
+ * cut at shutdown. 0 otherwise. Any thread; no side effect. Once 1 it stays
+ * 1: the engine sets the mark before it calls config.on_disconnect, and from
+ * then on pmu_respond_write() answers -EPIPE and an answer is dropped (it
+ * still releases the request).
+ */
+int pmu_request_gone(const pmu_request_t *request);
+
+/*
  * For a streamed request body: the handler has finished with n more bytes of
  * it. Any thread. The engine stops reading the connection while more than
  * output_high_water bytes are delivered and not consumed, and resumes when
