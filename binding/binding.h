@@ -359,6 +359,10 @@ void pyb_built_release(pyb_built *built);
  * call pyb_built_release() either way. */
 int pyb_build_headers(PyObject *headers, pyb_built *out);
 
+/* The answer for a request whose handler failed or dropped it: 500, a
+ * text/plain "Internal Server Error" (the engine copies the body). */
+extern const pmu_response_t pyb_response_500;
+
 /* Encode `obj` as compact, ASCII-only JSON (what json.dumps(obj,
  * separators=(",", ":")) gives). New reference to a bytes object, or NULL. */
 PyObject *pyb_json_bytes(pyb_state *st, PyObject *obj);
@@ -373,6 +377,8 @@ PyObject *pyb_config_defaults(PyObject *module, PyObject *unused);
 
 /* The C functions behind st->set_future and st->read_ready. */
 extern PyMethodDef pyb_set_future_def;
+/* future.done(): 1, 0, or -1 with an exception set (stream.c). */
+int pyb_future_done(PyObject *future);
 extern PyMethodDef pyb_read_ready_def;
 
 #endif /* PYB_BINDING_H */

@@ -63,11 +63,6 @@ typedef struct {
 /* The ring of the current thread, when it is a worker thread of some engine. */
 static _Thread_local ring_state *current_ring;
 
-static const pmu_header_t text_plain_header[] = {
-    {"Content-Type", 12, "text/plain; charset=utf-8", 25},
-};
-static const char body_500[] = "Internal Server Error";
-
 /* ---- configuration ---- */
 
 enum field_type { F_STR, F_PORT, F_INT, F_UINT, F_SIZE, F_BOOL };
@@ -300,7 +295,7 @@ static void run_batch(EngineObject *self, pmu_request_t *const *requests, size_t
         pyb_request_new(st, requests[i], self->unix_path_str, self->config.output_high_water);
     if (req == NULL) {
       pyb_log_exception(st, "could not wrap a request; sent 500", NULL);
-      pmu_respond_simple(requests[i], 500, text_plain_header, 1, body_500, sizeof body_500 - 1);
+      pmu_respond(requests[i], &pyb_response_500);
       continue;
     }
     PyObject *result = self->handler ? route_and_call(self, req) : NULL;
@@ -628,12 +623,6 @@ static PyObject *engine_stop(PyObject *op, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Wait for the workers to exit, `timeout` seconds (< 0: forever), checking
  * for signals every slice. 1: exited, 0: timed out, -1: exception. */
 static int wait_workers(EngineObject *self, double timeout) {
@@ -645,12 +634,12 @@ static int wait_workers(EngineObject *self, double timeout) {
                     "for itself); call stop() alone");
     return -1;
   }
-  double deadline = now_s() + timeout;
+  double deadline = pyb_now() + timeout;
   pmu_server_t *server = self->server;
   for (;;) {
     int slice = 100;
     if (timeout >= 0) {
-      double left = deadline - now_s();
+      double left = deadline - pyb_now();
       if (left <= 0)
         return 0;
       if (left * 1000 < slice)

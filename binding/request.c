@@ -56,11 +56,6 @@ typedef struct {
 
 #define REQ(o) ((RequestObject *)(o))
 
-static const pmu_header_t text_plain_header[] = {
-    {"Content-Type", 12, "text/plain; charset=utf-8", 25},
-};
-static const char body_500[] = "Internal Server Error";
-
 PyObject *pyb_request_new(pyb_state *st, pmu_request_t *request, PyObject *unix_path,
                           size_t high_water) {
   /* Allocated with a GC header, but not tracked until it can be in a cycle
@@ -264,8 +259,7 @@ void pyb_request_answer_500(PyObject *request, Py_ssize_t owner_refs) {
     end_stream(self, owner_refs, 1);
     return;
   }
-  pmu_response_t r = {500, text_plain_header, 1, body_500, sizeof body_500 - 1, NULL, NULL};
-  send_response(self, &r, owner_refs);
+  send_response(self, &pyb_response_500, owner_refs);
 }
 
 /* "METHOD TARGET" of a request for log lines. New references or NULL. */
@@ -312,10 +306,8 @@ static void request_dealloc(PyObject *op) {
       if (self->started) {
         end_stream(self, 0, 1);
       } else {
-        pmu_response_t resp = {500, text_plain_header, 1, body_500, sizeof body_500 - 1,
-                               NULL, NULL};
         pmu_request_t *live = detach(self, 0);
-        pmu_respond(live, &resp);
+        pmu_respond(live, &pyb_response_500);
       }
     }
     if (self->io != NULL) {
@@ -435,17 +427,39 @@ static PyObject *build_address(const struct sockaddr_storage *ss, PyObject *unix
   Py_RETURN_NONE;
 }
 
-/* A list of (name, value) str pairs, latin-1 decoded (lossless). */
-static PyObject *build_header_pairs(const pmu_request_t *r) {
+/* One header's name or value as Python sees it: str, latin-1 decoded
+ * (lossless), or bytes, lower-cased when `lower` (an ASGI name). New
+ * reference or NULL. */
+static PyObject *header_text(const char *p, size_t len, int as_bytes, int lower) {
+  if (p == NULL)
+    p = "";
+  if (!as_bytes)
+    return PyUnicode_DecodeLatin1(p, (Py_ssize_t)len, NULL);
+  if (!lower)
+    return PyBytes_FromStringAndSize(p, (Py_ssize_t)len);
+  PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+  if (b == NULL)
+    return NULL;
+  char *out = PyBytes_AS_STRING(b);
+  for (size_t k = 0; k < len; k++) {
+    char c = p[k];
+    out[k] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+  }
+  return b;
+}
+
+/* The request's headers as a list of (name, value) pairs: str as sent
+ * (Request.headers), or bytes with names lower-cased (what ASGI scopes
+ * carry). New reference or NULL. */
+static PyObject *build_header_pairs(const pmu_request_t *r, int as_bytes) {
   PyObject *list = PyList_New((Py_ssize_t)r->header_count);
   if (list == NULL)
     return NULL;
   for (size_t i = 0; i < r->header_count; i++) {
     const pmu_header_t *h = &r->headers[i];
-    PyObject *pair = Py_BuildValue("(NN)",
-                                   PyUnicode_DecodeLatin1(h->name, (Py_ssize_t)h->name_len, NULL),
-                                   PyUnicode_DecodeLatin1(h->value ? h->value : "",
-                                                          (Py_ssize_t)h->value_len, NULL));
+    /* "N" steals both, and releases the one made when the other is NULL. */
+    PyObject *pair = Py_BuildValue("(NN)", header_text(h->name, h->name_len, as_bytes, 1),
+                                   header_text(h->value, h->value_len, as_bytes, 0));
     if (pair == NULL) {
       Py_DECREF(list);
       return NULL;
@@ -517,7 +531,7 @@ static PyObject *get_headers(PyObject *op, void *closure) {
     if (r == NULL)
       return NULL;
     PyObject *support = pyb_support(self->st);
-    PyObject *pairs = support ? build_header_pairs(r) : NULL;
+    PyObject *pairs = support ? build_header_pairs(r, 0) : NULL;
     if (pairs != NULL)
       self->headers = PyObject_CallMethod(support, "Headers", "O", pairs);
     Py_XDECREF(pairs);
@@ -529,39 +543,8 @@ static PyObject *get_headers(PyObject *op, void *closure) {
 
 /* [(name, value)] as bytes, names lower-cased: what ASGI scopes carry. */
 static PyObject *get_raw_headers(PyObject *op, void *closure) {
-  RequestObject *self = REQ(op);
-  const pmu_request_t *r = view_of(self);
-  if (r == NULL)
-    return NULL;
-  PyObject *list = PyList_New((Py_ssize_t)r->header_count);
-  if (list == NULL)
-    return NULL;
-  for (size_t i = 0; i < r->header_count; i++) {
-    const pmu_header_t *h = &r->headers[i];
-    PyObject *name = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)h->name_len);
-    if (name == NULL)
-      goto bail;
-    char *p = PyBytes_AS_STRING(name);
-    for (size_t k = 0; k < h->name_len; k++) {
-      char c = h->name[k];
-      p[k] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
-    }
-    PyObject *value = PyBytes_FromStringAndSize(h->value, (Py_ssize_t)h->value_len);
-    if (value == NULL) {
-      Py_DECREF(name);
-      goto bail;
-    }
-    PyObject *pair = PyTuple_Pack(2, name, value); /* new references to both */
-    Py_DECREF(name);
-    Py_DECREF(value);
-    if (pair == NULL)
-      goto bail;
-    PyList_SET_ITEM(list, (Py_ssize_t)i, pair); /* steals pair */
-  }
-  return list;
-bail:
-  Py_DECREF(list);
-  return NULL;
+  const pmu_request_t *r = view_of(REQ(op));
+  return r == NULL ? NULL : build_header_pairs(r, 1);
 }
 
 static PyObject *get_params(PyObject *op, void *closure) {
@@ -1076,11 +1059,7 @@ static PyObject *read_ready(PyObject *unused, PyObject *waiter) {
   Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(waiter, 3));
   if (size == -1 && PyErr_Occurred())
     return NULL;
-  PyObject *done = PyObject_CallMethod(fut, "done", NULL);
-  if (done == NULL)
-    return NULL;
-  int is_done = PyObject_IsTrue(done);
-  Py_DECREF(done);
+  int is_done = pyb_future_done(fut);
   if (is_done < 0)
     return NULL;
   if (is_done) {

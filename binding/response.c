@@ -264,6 +264,13 @@ PyObject *pyb_json_bytes(pyb_state *st, PyObject *obj) {
 
 /* ---- building a pmu_response_t ---- */
 
+static const pmu_header_t text_plain_header[] = {
+    {"Content-Type", 12, "text/plain; charset=utf-8", 25},
+};
+static const char body_500[] = "Internal Server Error";
+const pmu_response_t pyb_response_500 = {500, text_plain_header, 1, body_500,
+                                         sizeof body_500 - 1, NULL, NULL};
+
 static void built_init(pyb_built *b) {
   memset(&b->response, 0, sizeof b->response);
   b->headers = b->inline_headers;

@@ -485,6 +485,15 @@ void pyb_stream_on_drain(pmu_request_t *request) {
 
 /* ---- futures ---- */
 
+int pyb_future_done(PyObject *future) {
+  PyObject *done = PyObject_CallMethod(future, "done", NULL);
+  if (done == NULL)
+    return -1;
+  int is_done = PyObject_IsTrue(done);
+  Py_DECREF(done);
+  return is_done;
+}
+
 /* fn(future, value) on the loop's thread: set the result unless the
  * future is already done (cancelled by its task, say). */
 static PyObject *set_future(PyObject *unused, PyObject *const *args, Py_ssize_t nargs) {
@@ -492,11 +501,7 @@ static PyObject *set_future(PyObject *unused, PyObject *const *args, Py_ssize_t 
     PyErr_SetString(PyExc_TypeError, "_set_future(future, value)");
     return NULL;
   }
-  PyObject *done = PyObject_CallMethod(args[0], "done", NULL);
-  if (done == NULL)
-    return NULL;
-  int is_done = PyObject_IsTrue(done);
-  Py_DECREF(done);
+  int is_done = pyb_future_done(args[0]);
   if (is_done < 0)
     return NULL;
   if (!is_done) {
