@@ -247,16 +247,13 @@ static void on_send_cqe(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
 
 static void begin_stop(pmu__loop_t *loop);
 
-static void drain_answers(pmu__loop_t *loop) {
-  pthread_mutex_lock(&loop->qlock);
-  pmu__req_t *req = loop->qhead;
-  pmu__seg_t *seg = loop->sqhead;
-  loop->qhead = loop->qtail = NULL;
-  loop->sqhead = loop->sqtail = NULL;
-  pthread_mutex_unlock(&loop->qlock);
+/* Apply answers and stream pieces taken off the cross-thread queues, in
+ * order; `count` them in stats.deferred or not. */
+static void apply_arrivals(pmu__loop_t *loop, pmu__req_t *req, pmu__seg_t *seg, int count) {
   while (req) {
     pmu__req_t *next = req->qnext;
-    STAT_ADD(loop, deferred, 1);
+    if (count)
+      STAT_ADD(loop, deferred, 1);
     pmu__answer_arrived(req);
     req = next;
   }
@@ -265,6 +262,16 @@ static void drain_answers(pmu__loop_t *loop) {
     pmu__seg_arrived(seg);
     seg = next;
   }
+}
+
+static void drain_answers(pmu__loop_t *loop) {
+  pthread_mutex_lock(&loop->qlock);
+  pmu__req_t *req = loop->qhead;
+  pmu__seg_t *seg = loop->sqhead;
+  loop->qhead = loop->qtail = NULL;
+  loop->sqhead = loop->sqtail = NULL;
+  pthread_mutex_unlock(&loop->qlock);
+  apply_arrivals(loop, req, seg, 1);
 }
 
 static void on_wake(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
@@ -520,16 +527,7 @@ static void close_answer_queue(pmu__loop_t *loop) {
   long held = loop->outstanding;
   atomic_fetch_add(&loop->server->refs, held);
   pthread_mutex_unlock(&loop->qlock);
-  while (late) {
-    pmu__req_t *next = late->qnext;
-    pmu__answer_arrived(late);
-    late = next;
-  }
-  while (late_seg) {
-    pmu__seg_t *next = late_seg->next;
-    pmu__seg_arrived(late_seg);
-    late_seg = next;
-  }
+  apply_arrivals(loop, late, late_seg, 0);
   free_dead(loop);
   /* Those answered just now were counted above. */
   atomic_fetch_sub(&loop->server->refs, held - loop->outstanding);
