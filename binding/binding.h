@@ -15,9 +15,13 @@
  * stream.c holds what a request shares with the engine's worker threads
  * once it streams (its body arriving in pieces, its answer leaving in
  * pieces, its client going away): a small C object reached from both sides.
+ *
+ * Names say which side of the seam they live on: pmu_ is the engine's public
+ * interface (include/pmu/pmu.h), pyb_ (PYB_ for macros) is this binding's
+ * own, shared between its files; static names take no prefix.
  */
-#ifndef PMU_BINDING_H
-#define PMU_BINDING_H
+#ifndef PYB_BINDING_H
+#define PYB_BINDING_H
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -48,7 +52,7 @@ static inline int PyModule_AddObjectRef(PyObject *m, const char *name, PyObject 
 #endif
 #if PY_VERSION_HEX < 0x030B0000
 /* Walk the MRO for the first heap type created from a module using `def`. */
-static inline PyObject *pmu_compat_module_by_def(PyTypeObject *type, PyModuleDef *def) {
+static inline PyObject *pyb_compat_module_by_def(PyTypeObject *type, PyModuleDef *def) {
   PyObject *mro = type->tp_mro;
   Py_ssize_t n = mro ? PyTuple_GET_SIZE(mro) : 0;
   for (Py_ssize_t i = 0; i < n; i++) {
@@ -63,37 +67,37 @@ static inline PyObject *pmu_compat_module_by_def(PyTypeObject *type, PyModuleDef
   PyErr_SetString(PyExc_TypeError, "type does not belong to pymongoose_uring._pmu");
   return NULL;
 }
-#define PyType_GetModuleByDef pmu_compat_module_by_def
+#define PyType_GetModuleByDef pyb_compat_module_by_def
 #endif
 
 /* Common request methods, kept as interned str objects so that building
  * request.method allocates nothing and route lookups hash nothing. */
 enum {
-  PMU_M_GET,
-  PMU_M_POST,
-  PMU_M_PUT,
-  PMU_M_DELETE,
-  PMU_M_HEAD,
-  PMU_M_OPTIONS,
-  PMU_M_PATCH,
-  PMU_M_CONNECT,
-  PMU_M_TRACE,
-  PMU_M_COUNT
+  PYB_M_GET,
+  PYB_M_POST,
+  PYB_M_PUT,
+  PYB_M_DELETE,
+  PYB_M_HEAD,
+  PYB_M_OPTIONS,
+  PYB_M_PATCH,
+  PYB_M_CONNECT,
+  PYB_M_TRACE,
+  PYB_M_COUNT
 };
 
-/* A body object the engine no longer needs (see pmu_zero_copy). */
-typedef struct pmu_released {
+/* A body object the engine no longer needs (see pyb_zero_copy). */
+typedef struct pyb_released {
   PyObject *obj;
-  struct pmu_released *next;
-  struct pmu_state *st;
-} pmu_released;
+  struct pyb_released *next;
+  struct pyb_state *st;
+} pyb_released;
 
 /* Per-module (so per-interpreter) state. Every PyObject here is a strong
  * reference, released in module_clear. */
-typedef struct pmu_state {
+typedef struct pyb_state {
   /* Bodies sent without a copy, handed back by the engine on a worker
    * thread without the GIL: a lock-free stack, emptied under the GIL. */
-  _Atomic(pmu_released *) released;
+  _Atomic(pyb_released *) released;
   PyTypeObject *request_type;
   PyTypeObject *response_type;
   PyTypeObject *engine_type;
@@ -110,99 +114,99 @@ typedef struct pmu_state {
   PyObject *json_loads;
   PyObject *unquote;  /* urllib.parse.unquote */
   PyObject *support;  /* pymongoose_uring._datastructures, imported on first use */
-  PyObject *methods[PMU_M_COUNT];
+  PyObject *methods[PYB_M_COUNT];
   PyObject *version_10, *version_11;
   PyObject *ct_json, *ct_text, *ct_html, *ct_octet; /* default Content-Type values */
-  PyObject *str_get; /* "GET", same object as methods[PMU_M_GET] */
+  PyObject *str_get; /* "GET", same object as methods[PYB_M_GET] */
   Py_ssize_t requests_alive; /* Request objects not yet freed (GIL held) */
-} pmu_state;
+} pyb_state;
 
-extern PyModuleDef pmu_module_def;
+extern PyModuleDef pyb_module_def;
 
 /* The module state of the module that defined `type` (a type of this module
  * or a subclass of one). Never fails for our own types. */
-pmu_state *pmu_state_from_type(PyTypeObject *type);
+pyb_state *pyb_state_from_type(PyTypeObject *type);
 
 /* Raise the exception matching `rc` (a -errno) with `message` (or
  * strerror when NULL): UnavailableError when io_uring itself is refused,
  * MemoryError for -ENOMEM, else Error(errno, message). Returns NULL. */
-PyObject *pmu_raise_errno(pmu_state *st, int rc, const char *message);
+PyObject *pyb_raise_errno(pyb_state *st, int rc, const char *message);
 
 /* A `timeout` argument in seconds: None gives -1 (no limit), a negative
  * number 0. Returns 0, or -1 with an exception set. */
-int pmu_timeout_arg(PyObject *o, double *out);
+int pyb_timeout_arg(PyObject *o, double *out);
 
 /* Log the current exception through the package logger at ERROR with its
  * traceback, prefixed by `what` and the request line of `request` (may be
  * NULL). Clears the exception; never raises. */
-void pmu_log_exception(pmu_state *st, const char *what, PyObject *request);
+void pyb_log_exception(pyb_state *st, const char *what, PyObject *request);
 
 /* Log `message` (a C string, formatted with PyUnicode_FromFormatV) at
  * WARNING. Keeps any pending exception; never raises. */
-void pmu_log_warning(pmu_state *st, const char *format, ...);
+void pyb_log_warning(pyb_state *st, const char *format, ...);
 
 /* The support module (pymongoose_uring._datastructures), imported on first
  * use. Borrowed reference, or NULL with an exception set. */
-PyObject *pmu_support(pmu_state *st);
+PyObject *pyb_support(pyb_state *st);
 
 /* Let the engine send response->body (the buffer of `owner`, a bytes or
  * str object) without copying it: owner is kept until the engine's
- * body_release, which only queues it; pmu_drain_released() drops it later
+ * body_release, which only queues it; pyb_drain_released() drops it later
  * under the GIL. Returns 0, or -1 (no memory: the body is then copied). */
-int pmu_zero_copy(pmu_state *st, pmu_response_t *response, PyObject *owner);
+int pyb_zero_copy(pyb_state *st, pmu_response_t *response, PyObject *owner);
 
 /* Drop the references the engine has handed back. GIL held. */
-void pmu_drain_released(pmu_state *st);
+void pyb_drain_released(pyb_state *st);
 
 /* Bodies at least this long are sent without a copy (bytes and str only). */
-#define PMU_ZERO_COPY_MIN 16384
+#define PYB_ZERO_COPY_MIN 16384
 
 /* The release callback and context that keep `owner` (bytes or str) alive
- * until the engine hands it back (then dropped by pmu_drain_released).
+ * until the engine hands it back (then dropped by pyb_drain_released).
  * Returns 0, or -1 without an exception (no memory: copy instead). */
-int pmu_keep_until_released(pmu_state *st, PyObject *owner, void (**release)(void *),
+int pyb_keep_until_released(pyb_state *st, PyObject *owner, void (**release)(void *),
                             void **ctx);
 
 /* ---- engine.c: GIL on a worker thread, outside a batch ---- */
 
-typedef struct pmu_gil {
+typedef struct pyb_gil {
   int how; /* 0: already held (inside a batch), 1: ring thread state, 2: PyGILState */
   PyGILState_STATE gstate;
-} pmu_gil;
+} pyb_gil;
 
 /* Take the GIL for an engine callback (on_body, on_drain, on_disconnect)
- * on a worker thread; pmu_ring_gil_leave gives it back. */
-void pmu_ring_gil_enter(pmu_gil *g);
-void pmu_ring_gil_leave(pmu_gil *g);
+ * on a worker thread; pyb_ring_gil_leave gives it back. */
+void pyb_ring_gil_enter(pyb_gil *g);
+void pyb_ring_gil_leave(pyb_gil *g);
 
 /* Whether the caller runs on a worker thread of some engine: blocking
  * there for the engine's own progress would deadlock. */
-int pmu_in_ring_thread(void);
+int pyb_in_ring_thread(void);
 
 /* ---- stream.c ----
  *
- * A pmu_reqio is what a Request shares with the engine's worker threads:
+ * A pyb_reqio is what a Request shares with the engine's worker threads:
  * the queue of streamed body pieces (filled by on_body on the worker
  * thread, without the GIL), the drain and disconnect signals, and the
  * asyncio waiters and disconnect callbacks to run when they come. It is
  * reference counted: one reference for the Request object, one for the
  * link from the engine request (request->user), which is cut when the
  * request is answered. Worker threads reach it only through that link,
- * under a lock, so a callback never sees a freed pmu_reqio.
+ * under a lock, so a callback never sees a freed pyb_reqio.
  */
-typedef struct pmu_piece {
-  struct pmu_piece *next;
+typedef struct pyb_piece {
+  struct pyb_piece *next;
   size_t len;
   char data[];
-} pmu_piece;
+} pyb_piece;
 
-typedef struct pmu_reqio {
+typedef struct pyb_reqio {
   atomic_int refs;
-  pmu_state *st;
+  pyb_state *st;
   pthread_mutex_t lock;
   pthread_cond_t cond; /* signalled on every change below */
   /* Under lock. */
-  pmu_piece *head, *tail;
+  pyb_piece *head, *tail;
   size_t head_off; /* bytes of head already handed out */
   size_t queued;   /* bytes in the queue */
   uint64_t drain_seq; /* on_drain calls so far */
@@ -215,79 +219,79 @@ typedef struct pmu_reqio {
   PyObject *read_waiter;   /* (loop, future, request, size, chunks) or NULL */
   PyObject *drain_waiters; /* list of (loop, future), or NULL */
   PyObject *callbacks;     /* list of disconnect callbacks, or NULL */
-} pmu_reqio;
+} pyb_reqio;
 
-/* A new pmu_reqio with one reference (the caller's), or NULL with
+/* A new pyb_reqio with one reference (the caller's), or NULL with
  * MemoryError. GIL held. */
-pmu_reqio *pmu_reqio_new(pmu_state *st);
+pyb_reqio *pyb_reqio_new(pyb_state *st);
 
 /* Link io to the live engine request (a second reference) and find out
  * whether its client has already gone. GIL held. */
-void pmu_reqio_link(pmu_reqio *io, pmu_request_t *request);
+void pyb_reqio_link(pyb_reqio *io, pmu_request_t *request);
 
 /* Cut the link before the request is answered: the engine's callbacks no
  * longer reach io; waiters are woken. GIL held. */
-void pmu_reqio_unlink(pmu_reqio *io, pmu_request_t *request);
+void pyb_reqio_unlink(pyb_reqio *io, pmu_request_t *request);
 
 /* The Request is going away: drop its Python objects and its reference.
  * GIL held. */
-void pmu_reqio_drop(pmu_reqio *io);
+void pyb_reqio_drop(pyb_reqio *io);
 
 /* The garbage collector's view of the disconnect callbacks, which are the
  * Request's own (they are only ever called for it, and are dropped when it is
  * answered): visit them, or drop them to break a cycle. GIL held. The read
  * and drain waiters are not visited: the engine's thread will wake them, so
  * they are roots, not garbage, even when nothing else refers to them. */
-int pmu_reqio_traverse(pmu_reqio *io, visitproc visit, void *arg);
-void pmu_reqio_clear_callbacks(pmu_reqio *io);
+int pyb_reqio_traverse(pyb_reqio *io, visitproc visit, void *arg);
+void pyb_reqio_clear_callbacks(pyb_reqio *io);
 
 /* Outcome of one attempt to read from the queue. */
-enum { PMU_READ_ERROR = -1, PMU_READ_WAIT = 0, PMU_READ_DONE = 1 };
+enum { PYB_READ_ERROR = -1, PYB_READ_WAIT = 0, PYB_READ_DONE = 1 };
 
 /*
  * Take bytes from the queue, GIL held: up to `size` (size < 0: all that is
- * queued). PMU_READ_DONE sets *out (b"" at the end of the body);
- * PMU_READ_ERROR sets an exception (ClientDisconnected, or RuntimeError
- * when the request was answered before its body ended); PMU_READ_WAIT
+ * queued). PYB_READ_DONE sets *out (b"" at the end of the body);
+ * PYB_READ_ERROR sets an exception (ClientDisconnected, or RuntimeError
+ * when the request was answered before its body ended); PYB_READ_WAIT
  * means nothing is there yet: then `waiter`, when not NULL, is stored as
  * io->read_waiter in the same locked step (a reference is taken), so no
  * piece can slip in between.
  */
-int pmu_reqio_take(pmu_reqio *io, Py_ssize_t size, PyObject *waiter, PyObject **out);
+int pyb_reqio_take(pyb_reqio *io, Py_ssize_t size, PyObject *waiter, PyObject **out);
 
 /* Wait, without the GIL, until there is something to take or
  * `deadline` (CLOCK_MONOTONIC seconds; < 0: none) passes. */
-void pmu_reqio_wait_data(pmu_reqio *io, double deadline);
+void pyb_reqio_wait_data(pyb_reqio *io, double deadline);
 
 /* The drain counter and the gone flag, read under the lock. */
-uint64_t pmu_reqio_drain_seq(pmu_reqio *io, int *gone);
+uint64_t pyb_reqio_drain_seq(pyb_reqio *io, int *gone);
 
 /* Wait, without the GIL, until the drain counter moves past `seq`, the
  * client goes or the request is unlinked, or `deadline` (< 0: none)
  * passes. Returns 1 drained (or unlinked: nothing more to wait for),
  * 0 the deadline passed, -1 the client is gone. */
-int pmu_reqio_wait_drain(pmu_reqio *io, uint64_t seq, double deadline);
+int pyb_reqio_wait_drain(pyb_reqio *io, uint64_t seq, double deadline);
 
 /* Store `waiter`, a (loop, future), to be resolved by the next drain
  * (True) or the client going away (False), unless the drain counter has
  * already moved past `seq`. Returns 1 stored, 0 already drained, -1 the
  * client is gone, -2 with an exception. GIL held. */
-int pmu_reqio_add_drain_waiter(pmu_reqio *io, uint64_t seq, PyObject *waiter);
+int pyb_reqio_add_drain_waiter(pyb_reqio *io, uint64_t seq, PyObject *waiter);
 
 /* Add a disconnect callback. Returns 1 stored, 0 the client has already
  * gone (call it now), -1 with an exception. GIL held. */
-int pmu_reqio_add_callback(pmu_reqio *io, PyObject *fn);
+int pyb_reqio_add_callback(pyb_reqio *io, PyObject *fn);
 
 /* Whether the client has gone. */
-int pmu_reqio_gone(pmu_reqio *io);
+int pyb_reqio_gone(pyb_reqio *io);
 
 /* The engine's callbacks, on the request's worker thread, without the GIL. */
-void pmu_stream_on_body(pmu_request_t *request, const void *data, size_t len, int last);
-void pmu_stream_on_disconnect(pmu_request_t *request);
-void pmu_stream_on_drain(pmu_request_t *request);
+void pyb_stream_on_body(pmu_request_t *request, const void *data, size_t len, int last);
+void pyb_stream_on_disconnect(pmu_request_t *request);
+void pyb_stream_on_drain(pmu_request_t *request);
 
 /* Seconds on CLOCK_MONOTONIC. */
-double pmu_now(void);
+double pyb_now(void);
 
 /* ---- request.c ---- */
 
@@ -296,30 +300,30 @@ double pmu_now(void);
  * engine's output_high_water (write() waits above it). New reference, or
  * NULL with an exception set (the request is then still unanswered and
  * the caller must answer it). */
-PyObject *pmu_request_new(pmu_state *st, pmu_request_t *request, PyObject *unix_path,
+PyObject *pyb_request_new(pyb_state *st, pmu_request_t *request, PyObject *unix_path,
                           size_t high_water);
 
 /* request.method and request.path, built on first use. New references. */
-PyObject *pmu_request_method(PyObject *request);
-PyObject *pmu_request_path(PyObject *request);
+PyObject *pyb_request_method(PyObject *request);
+PyObject *pyb_request_path(PyObject *request);
 
 /* Whether the request is still waiting for its answer (neither answered
  * nor its streamed answer started). */
-int pmu_request_is_live(PyObject *request);
+int pyb_request_is_live(PyObject *request);
 
 /*
  * Answer `request` with `result`, anything a handler may return (see
- * pmu_build_response). `owner_refs` is how many references the caller knows
+ * pyb_build_response). `owner_refs` is how many references the caller knows
  * of; if more exist, the request's data is first copied so that attributes
  * stay readable after the engine frees it. Returns 0, or -1 with an
  * exception set and the request still unanswered.
  */
-int pmu_request_answer(PyObject *request, PyObject *result, Py_ssize_t owner_refs);
+int pyb_request_answer(PyObject *request, PyObject *result, Py_ssize_t owner_refs);
 
 /* Answer with a plain-text 500; used when a handler failed. No-op when
  * already answered; a started stream is aborted instead (the connection
- * closes without completing it). `owner_refs` as for pmu_request_answer. */
-void pmu_request_answer_500(PyObject *request, Py_ssize_t owner_refs);
+ * closes without completing it). `owner_refs` as for pyb_request_answer. */
+void pyb_request_answer_500(PyObject *request, Py_ssize_t owner_refs);
 
 /* ---- response.c ---- */
 
@@ -328,7 +332,7 @@ void pmu_request_answer_500(PyObject *request, Py_ssize_t owner_refs);
  * point into Python objects that `result` or `keep` hold alive, so the
  * struct must be released only after pmu_respond() (which copies).
  */
-typedef struct pmu_built {
+typedef struct pyb_built {
   pmu_response_t response;
   pmu_header_t inline_headers[16];
   pmu_header_t *headers; /* inline_headers, or PyMem_Malloc'ed when more */
@@ -339,38 +343,44 @@ typedef struct pmu_built {
   char *json;        /* a body encoded by the fast JSON path: json_inline or PyMem */
   size_t json_len, json_cap;
   char json_inline[512];
-} pmu_built;
+} pyb_built;
 
 /*
  * Turn a handler's result into `out`: a Response, bytes, bytearray,
  * memoryview, str, dict or list (JSON), int (status alone), or a tuple
  * (body, status[, headers]) or (status, headers, body). Returns 0, or -1
- * with an exception set; call pmu_built_release() either way.
+ * with an exception set; call pyb_built_release() either way.
  */
-int pmu_build_response(pmu_state *st, PyObject *result, pmu_built *out);
-void pmu_built_release(pmu_built *built);
+int pyb_build_response(pyb_state *st, PyObject *result, pyb_built *out);
+void pyb_built_release(pyb_built *built);
 
 /* Only headers, for a streamed answer's head: validated as for a
  * response, no Content-Type added. Returns 0, or -1 with an exception;
- * call pmu_built_release() either way. */
-int pmu_build_headers(PyObject *headers, pmu_built *out);
+ * call pyb_built_release() either way. */
+int pyb_build_headers(PyObject *headers, pyb_built *out);
+
+/* The answer for a request whose handler failed or dropped it: 500, a
+ * text/plain "Internal Server Error" (the engine copies the body). */
+extern const pmu_response_t pyb_response_500;
 
 /* Encode `obj` as compact, ASCII-only JSON (what json.dumps(obj,
  * separators=(",", ":")) gives). New reference to a bytes object, or NULL. */
-PyObject *pmu_json_bytes(pmu_state *st, PyObject *obj);
+PyObject *pyb_json_bytes(pyb_state *st, PyObject *obj);
 
 /* ---- type specs ---- */
-extern PyType_Spec pmu_request_spec;
-extern PyType_Spec pmu_response_spec;
-extern PyType_Spec pmu_engine_spec;
+extern PyType_Spec pyb_request_spec;
+extern PyType_Spec pyb_response_spec;
+extern PyType_Spec pyb_engine_spec;
 
 /* Module-level functions defined outside module.c. */
-PyObject *pmu_config_defaults(PyObject *module, PyObject *unused);
-PyObject *pmu_config_knobs(PyObject *module, PyObject *unused);
-PyObject *pmu_stats_counters(PyObject *module, PyObject *unused);
+PyObject *pyb_config_defaults(PyObject *module, PyObject *unused);
+PyObject *pyb_config_knobs(PyObject *module, PyObject *unused);
+PyObject *pyb_stats_counters(PyObject *module, PyObject *unused);
 
 /* The C functions behind st->set_future and st->read_ready. */
-extern PyMethodDef pmu_set_future_def;
-extern PyMethodDef pmu_read_ready_def;
+extern PyMethodDef pyb_set_future_def;
+/* future.done(): 1, 0, or -1 with an exception set (stream.c). */
+int pyb_future_done(PyObject *future);
+extern PyMethodDef pyb_read_ready_def;
 
-#endif /* PMU_BINDING_H */
+#endif /* PYB_BINDING_H */

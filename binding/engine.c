@@ -41,7 +41,7 @@ typedef struct ring_state {
 
 typedef struct {
   PyObject_HEAD
-  pmu_state *st; /* borrowed: the type holds the module */
+  pyb_state *st; /* borrowed: the type holds the module */
   pmu_config_t config;
   char *host, *unix_path, *server_header, *body_spool_dir; /* owned copies behind config's
                                                             strings */
@@ -62,11 +62,6 @@ typedef struct {
 
 /* The ring of the current thread, when it is a worker thread of some engine. */
 static _Thread_local ring_state *current_ring;
-
-static const pmu_header_t text_plain_header[] = {
-    {"Content-Type", 12, "text/plain; charset=utf-8", 25},
-};
-static const char body_500[] = "Internal Server Error";
 
 /* ---- configuration ---- */
 
@@ -133,7 +128,7 @@ static PyObject *config_dict(const pmu_config_t *c) {
   return d;
 }
 
-PyObject *pmu_config_defaults(PyObject *module, PyObject *unused) {
+PyObject *pyb_config_defaults(PyObject *module, PyObject *unused) {
   pmu_config_t c;
   pmu_config_init(&c);
   return config_dict(&c);
@@ -142,7 +137,7 @@ PyObject *pmu_config_defaults(PyObject *module, PyObject *unused) {
 /* {name: (type, default, unit, min, max, doc)} for every knob, from the
  * engine's table: type is "str", "int" or "bool"; min and max are None for a
  * string. */
-PyObject *pmu_config_knobs(PyObject *module, PyObject *unused) {
+PyObject *pyb_config_knobs(PyObject *module, PyObject *unused) {
   pmu_config_t c;
   pmu_config_init(&c);
   PyObject *d = PyDict_New();
@@ -235,17 +230,17 @@ static int field_set(pmu_config_t *c, const field *f, PyObject *value, char **ow
 static PyObject *route_and_call(EngineObject *self, PyObject *req) {
   PyObject *routes = self->routes;
   if (routes != NULL) {
-    PyObject *path = pmu_request_path(req);
+    PyObject *path = pyb_request_path(req);
     if (path == NULL)
       return NULL;
     PyObject *methods = PyDict_GetItemWithError(routes, path); /* borrowed */
     Py_DECREF(path);
     if (methods != NULL && PyDict_Check(methods)) {
-      PyObject *method = pmu_request_method(req);
+      PyObject *method = pyb_request_method(req);
       if (method == NULL)
         return NULL;
       PyObject *fn = PyDict_GetItemWithError(methods, method); /* borrowed */
-      if (fn == NULL && !PyErr_Occurred() && method == self->st->methods[PMU_M_HEAD])
+      if (fn == NULL && !PyErr_Occurred() && method == self->st->methods[PYB_M_HEAD])
         fn = PyDict_GetItemWithError(methods, self->st->str_get);
       Py_DECREF(method);
       if (fn != NULL) {
@@ -265,7 +260,7 @@ static PyObject *route_and_call(EngineObject *self, PyObject *req) {
  * and answer their requests with 500. `pending` is a list of
  * (request, coroutine) tuples; stolen. */
 static void schedule_coroutines(EngineObject *self, PyObject *pending) {
-  pmu_state *st = self->st;
+  pyb_state *st = self->st;
   PyObject *r = NULL;
   if (self->scheduler != NULL)
     r = PyObject_CallOneArg(self->scheduler, pending);
@@ -273,14 +268,14 @@ static void schedule_coroutines(EngineObject *self, PyObject *pending) {
     PyErr_SetString(PyExc_RuntimeError,
                     "a handler returned a coroutine but this engine has no async_scheduler");
   if (r == NULL) {
-    pmu_log_exception(st, "could not schedule async handlers", NULL);
+    pyb_log_exception(st, "could not schedule async handlers", NULL);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pending); i++) {
       PyObject *pair = PyList_GET_ITEM(pending, i);
       PyObject *c = PyObject_CallMethod(PyTuple_GET_ITEM(pair, 1), "close", NULL);
       if (c == NULL)
         PyErr_Clear();
       Py_XDECREF(c);
-      pmu_request_answer_500(PyTuple_GET_ITEM(pair, 0), 1); /* the pair holds it */
+      pyb_request_answer_500(PyTuple_GET_ITEM(pair, 0), 1); /* the pair holds it */
     }
   }
   Py_XDECREF(r);
@@ -288,23 +283,23 @@ static void schedule_coroutines(EngineObject *self, PyObject *pending) {
 }
 
 static void run_batch(EngineObject *self, pmu_request_t *const *requests, size_t count) {
-  pmu_state *st = self->st;
+  pyb_state *st = self->st;
   PyObject *pending = NULL; /* list of (request, coroutine) */
-  pmu_drain_released(st);
+  pyb_drain_released(st);
   for (size_t i = 0; i < count; i++) {
     PyObject *req =
-        pmu_request_new(st, requests[i], self->unix_path_str, self->config.output_high_water);
+        pyb_request_new(st, requests[i], self->unix_path_str, self->config.output_high_water);
     if (req == NULL) {
-      pmu_log_exception(st, "could not wrap a request; sent 500", NULL);
-      pmu_respond_simple(requests[i], 500, text_plain_header, 1, body_500, sizeof body_500 - 1);
+      pyb_log_exception(st, "could not wrap a request; sent 500", NULL);
+      pmu_respond(requests[i], &pyb_response_500);
       continue;
     }
     PyObject *result = self->handler ? route_and_call(self, req) : NULL;
     if (self->handler == NULL)
       PyErr_SetString(PyExc_RuntimeError, "the engine has no handler");
     if (result == NULL) {
-      pmu_log_exception(st, "handler raised; sent 500", req);
-      pmu_request_answer_500(req, 1);
+      pyb_log_exception(st, "handler raised; sent 500", req);
+      pyb_request_answer_500(req, 1);
     } else if (result == Py_None) {
       /* Answered already through reply(), or to be answered later. If
        * nobody kept the request, dropping it below answers 500. */
@@ -313,17 +308,17 @@ static void run_batch(EngineObject *self, pmu_request_t *const *requests, size_t
       if (pair != NULL && pending == NULL)
         pending = PyList_New(0);
       if (pair == NULL || pending == NULL || PyList_Append(pending, pair) < 0) {
-        pmu_log_exception(st, "could not queue an async handler; sent 500", req);
-        pmu_request_answer_500(req, 1);
+        pyb_log_exception(st, "could not queue an async handler; sent 500", req);
+        pyb_request_answer_500(req, 1);
       }
       Py_XDECREF(pair);
-    } else if (!pmu_request_is_live(req)) {
-      pmu_log_warning(st, "%R: the handler replied and also returned %.100s; the returned "
+    } else if (!pyb_request_is_live(req)) {
+      pyb_log_warning(st, "%R: the handler replied and also returned %.100s; the returned "
                       "value was ignored",
                       req, Py_TYPE(result)->tp_name);
-    } else if (pmu_request_answer(req, result, 1) < 0) {
-      pmu_log_exception(st, "could not send the handler's response; sent 500", req);
-      pmu_request_answer_500(req, 1);
+    } else if (pyb_request_answer(req, result, 1) < 0) {
+      pyb_log_exception(st, "could not send the handler's response; sent 500", req);
+      pyb_request_answer_500(req, 1);
     }
     Py_XDECREF(result);
     Py_DECREF(req);
@@ -373,14 +368,14 @@ static void on_thread_stop(void *data, unsigned index) {
     return;
   PyThreadState *ts = rs->tstate;
   PyEval_RestoreThread(ts);
-  pmu_drain_released(((EngineObject *)data)->st);
+  pyb_drain_released(((EngineObject *)data)->st);
   rs->tstate = NULL;
   current_ring = NULL;
   PyThreadState_Clear(ts);
   PyThreadState_DeleteCurrent(); /* and drops the GIL */
 }
 
-void pmu_ring_gil_enter(pmu_gil *g) {
+void pyb_ring_gil_enter(pyb_gil *g) {
   ring_state *rs = current_ring;
   if (rs != NULL && rs->in_batch) {
     g->how = 0; /* a callback from inside a batch: the GIL is ours already */
@@ -394,7 +389,7 @@ void pmu_ring_gil_enter(pmu_gil *g) {
   }
 }
 
-void pmu_ring_gil_leave(pmu_gil *g) {
+void pyb_ring_gil_leave(pyb_gil *g) {
   if (g->how == 1) {
     current_ring->in_batch = 0;
     PyEval_SaveThread();
@@ -403,13 +398,13 @@ void pmu_ring_gil_leave(pmu_gil *g) {
   }
 }
 
-int pmu_in_ring_thread(void) { return current_ring != NULL; }
+int pyb_in_ring_thread(void) { return current_ring != NULL; }
 
 /* The engine's log lines go to the "pymongoose_uring" logger at their level. */
 static void on_log(void *data, int level, const char *msg) {
   EngineObject *self = data;
-  pmu_gil g;
-  pmu_ring_gil_enter(&g);
+  pyb_gil g;
+  pyb_ring_gil_enter(&g);
   PyObject *type, *value, *tb;
   PyErr_Fetch(&type, &value, &tb);
   PyObject *r = PyObject_CallMethod(self->st->logger, "log", "iss", level, "%s", msg);
@@ -417,19 +412,19 @@ static void on_log(void *data, int level, const char *msg) {
   if (PyErr_Occurred())
     PyErr_Clear();
   PyErr_Restore(type, value, tb);
-  pmu_ring_gil_leave(&g);
+  pyb_ring_gil_leave(&g);
 }
 
 static void on_body(void *data, pmu_request_t *request, const void *piece, size_t len,
                     int last) {
-  pmu_stream_on_body(request, piece, len, last);
+  pyb_stream_on_body(request, piece, len, last);
 }
 
 static void on_disconnect(void *data, pmu_request_t *request) {
-  pmu_stream_on_disconnect(request);
+  pyb_stream_on_disconnect(request);
 }
 
-static void on_drain(void *data, pmu_request_t *request) { pmu_stream_on_drain(request); }
+static void on_drain(void *data, pmu_request_t *request) { pyb_stream_on_drain(request); }
 
 static int in_ring_thread(EngineObject *self) {
   ring_state *rs = current_ring;
@@ -442,7 +437,7 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
   EngineObject *self = (EngineObject *)type->tp_alloc(type, 0);
   if (self == NULL)
     return NULL;
-  self->st = pmu_state_from_type(type);
+  self->st = pyb_state_from_type(type);
   pmu_config_init(&self->config);
   return (PyObject *)self;
 }
@@ -594,7 +589,7 @@ static PyObject *engine_start(PyObject *op, PyObject *unused) {
   Py_END_ALLOW_THREADS
   if (rc < 0) {
     const char *why = server ? pmu_server_error(server) : NULL;
-    pmu_raise_errno(self->st, rc, why);
+    pyb_raise_errno(self->st, rc, why);
     if (server != NULL) {
       Py_BEGIN_ALLOW_THREADS
       pmu_server_destroy(server);
@@ -624,12 +619,6 @@ static PyObject *engine_stop(PyObject *op, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Wait for the workers to exit, `timeout` seconds (< 0: forever), checking
  * for signals every slice. 1: exited, 0: timed out, -1: exception. */
 static int wait_workers(EngineObject *self, double timeout) {
@@ -641,12 +630,12 @@ static int wait_workers(EngineObject *self, double timeout) {
                     "for itself); call stop() alone");
     return -1;
   }
-  double deadline = now_s() + timeout;
+  double deadline = pyb_now() + timeout;
   pmu_server_t *server = self->server;
   for (;;) {
     int slice = 100;
     if (timeout >= 0) {
-      double left = deadline - now_s();
+      double left = deadline - pyb_now();
       if (left <= 0)
         return 0;
       if (left * 1000 < slice)
@@ -661,7 +650,7 @@ static int wait_workers(EngineObject *self, double timeout) {
       return 1;
     }
     if (rc != -ETIMEDOUT) {
-      pmu_raise_errno(self->st, rc, NULL);
+      pyb_raise_errno(self->st, rc, NULL);
       return -1;
     }
     if (PyErr_CheckSignals() < 0)
@@ -679,7 +668,7 @@ static PyObject *engine_wait(PyObject *op, PyObject *args, PyObject *kwargs) {
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:wait", kwlist, &timeout_obj))
     return NULL;
   double timeout;
-  if (pmu_timeout_arg(timeout_obj, &timeout) < 0)
+  if (pyb_timeout_arg(timeout_obj, &timeout) < 0)
     return NULL;
   int rc = wait_workers(ENGINE(op), timeout);
   if (rc < 0)
@@ -695,7 +684,7 @@ static void destroy_server(EngineObject *self) {
     pmu_server_destroy(server);
     Py_END_ALLOW_THREADS
   }
-  pmu_drain_released(self->st);
+  pyb_drain_released(self->st);
   PyMem_Free(self->rings);
   self->rings = NULL;
   self->nrings = 0;
@@ -745,7 +734,7 @@ static int need_server(EngineObject *self) {
 
 /* {name: (kind, doc)} for every counter of stats(), from the engine's table:
  * kind is "counter", "gauge" or "array". */
-PyObject *pmu_stats_counters(PyObject *module, PyObject *unused) {
+PyObject *pyb_stats_counters(PyObject *module, PyObject *unused) {
   PyObject *d = PyDict_New();
   if (d == NULL)
     return NULL;
@@ -981,7 +970,7 @@ static PyType_Slot engine_slots[] = {
     {0, NULL},
 };
 
-PyType_Spec pmu_engine_spec = {
+PyType_Spec pyb_engine_spec = {
     .name = "pymongoose_uring._pmu.Engine",
     .basicsize = sizeof(EngineObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,

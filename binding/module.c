@@ -13,17 +13,17 @@
 #include <limits.h>
 #include <string.h>
 
-pmu_state *pmu_state_from_type(PyTypeObject *type) {
-  PyObject *module = PyType_GetModuleByDef(type, &pmu_module_def);
+pyb_state *pyb_state_from_type(PyTypeObject *type) {
+  PyObject *module = PyType_GetModuleByDef(type, &pyb_module_def);
   assert(module != NULL);
-  return (pmu_state *)PyModule_GetState(module);
+  return (pyb_state *)PyModule_GetState(module);
 }
 
 static int is_unavailable_errno(int err) {
   return err == ENOSYS || err == EPERM || err == EOPNOTSUPP;
 }
 
-int pmu_timeout_arg(PyObject *o, double *out) {
+int pyb_timeout_arg(PyObject *o, double *out) {
   *out = -1;
   if (o == NULL || o == Py_None)
     return 0;
@@ -34,7 +34,7 @@ int pmu_timeout_arg(PyObject *o, double *out) {
   return 0;
 }
 
-PyObject *pmu_raise_errno(pmu_state *st, int rc, const char *message) {
+PyObject *pyb_raise_errno(pyb_state *st, int rc, const char *message) {
   int err = rc < 0 ? -rc : rc;
   if (err == ENOMEM)
     return PyErr_NoMemory();
@@ -49,7 +49,7 @@ PyObject *pmu_raise_errno(pmu_state *st, int rc, const char *message) {
   return NULL;
 }
 
-PyObject *pmu_support(pmu_state *st) {
+PyObject *pyb_support(pyb_state *st) {
   if (st->support == NULL)
     st->support = PyImport_ImportModule("pymongoose_uring._datastructures");
   return st->support;
@@ -73,7 +73,7 @@ static PyObject *request_line(PyObject *request) {
   return line;
 }
 
-void pmu_log_exception(pmu_state *st, const char *what, PyObject *request) {
+void pyb_log_exception(pyb_state *st, const char *what, PyObject *request) {
   PyObject *type, *value, *tb;
   PyErr_Fetch(&type, &value, &tb);
   if (type == NULL)
@@ -102,7 +102,7 @@ void pmu_log_exception(pmu_state *st, const char *what, PyObject *request) {
   Py_XDECREF(tb);
 }
 
-void pmu_log_warning(pmu_state *st, const char *format, ...) {
+void pyb_log_warning(pyb_state *st, const char *format, ...) {
   PyObject *type, *value, *tb;
   PyErr_Fetch(&type, &value, &tb);
   va_list ap;
@@ -124,17 +124,17 @@ void pmu_log_warning(pmu_state *st, const char *format, ...) {
 
 /* The engine's body_release: any thread, no GIL, so only a push. */
 static void release_body(void *ctx) {
-  pmu_released *node = ctx;
-  pmu_released *head = atomic_load_explicit(&node->st->released, memory_order_relaxed);
+  pyb_released *node = ctx;
+  pyb_released *head = atomic_load_explicit(&node->st->released, memory_order_relaxed);
   do {
     node->next = head;
   } while (!atomic_compare_exchange_weak_explicit(&node->st->released, &head, node,
                                                   memory_order_release, memory_order_relaxed));
 }
 
-int pmu_keep_until_released(pmu_state *st, PyObject *owner, void (**release)(void *),
+int pyb_keep_until_released(pyb_state *st, PyObject *owner, void (**release)(void *),
                             void **ctx) {
-  pmu_released *node = PyMem_RawMalloc(sizeof *node);
+  pyb_released *node = PyMem_RawMalloc(sizeof *node);
   if (node == NULL)
     return -1;
   node->obj = Py_NewRef(owner);
@@ -145,16 +145,16 @@ int pmu_keep_until_released(pmu_state *st, PyObject *owner, void (**release)(voi
   return 0;
 }
 
-int pmu_zero_copy(pmu_state *st, pmu_response_t *response, PyObject *owner) {
-  return pmu_keep_until_released(st, owner, &response->body_release, &response->body_ctx);
+int pyb_zero_copy(pyb_state *st, pmu_response_t *response, PyObject *owner) {
+  return pyb_keep_until_released(st, owner, &response->body_release, &response->body_ctx);
 }
 
-void pmu_drain_released(pmu_state *st) {
+void pyb_drain_released(pyb_state *st) {
   if (atomic_load_explicit(&st->released, memory_order_relaxed) == NULL)
     return;
-  pmu_released *node = atomic_exchange_explicit(&st->released, NULL, memory_order_acquire);
+  pyb_released *node = atomic_exchange_explicit(&st->released, NULL, memory_order_acquire);
   while (node != NULL) {
-    pmu_released *next = node->next;
+    pyb_released *next = node->next;
     Py_DECREF(node->obj);
     PyMem_RawFree(node);
     node = next;
@@ -231,18 +231,18 @@ static PyObject *status_reason(PyObject *module, PyObject *arg) {
 }
 
 static PyObject *requests_alive(PyObject *module, PyObject *unused) {
-  return PyLong_FromSsize_t(((pmu_state *)PyModule_GetState(module))->requests_alive);
+  return PyLong_FromSsize_t(((pyb_state *)PyModule_GetState(module))->requests_alive);
 }
 
 static PyMethodDef module_methods[] = {
     {"probe", probe, METH_NOARGS, probe_doc},
     {"status_reason", status_reason, METH_O, status_reason_doc},
-    {"config_defaults", pmu_config_defaults, METH_NOARGS,
+    {"config_defaults", pyb_config_defaults, METH_NOARGS,
      "config_defaults() -> dict\n\nEvery engine knob with the engine's default value."},
-    {"knobs", pmu_config_knobs, METH_NOARGS,
+    {"knobs", pyb_config_knobs, METH_NOARGS,
      "knobs() -> dict\n\nEvery engine knob: {name: (type, default, unit, min, max, doc)}, "
      "type 'str', 'int' or 'bool'; min and max None for a string."},
-    {"counters", pmu_stats_counters, METH_NOARGS,
+    {"counters", pyb_stats_counters, METH_NOARGS,
      "counters() -> dict\n\nEvery key of Engine.stats(): {name: (kind, doc)}, kind "
      "'counter', 'gauge' or 'array'."},
     {"requests_alive", requests_alive, METH_NOARGS,
@@ -305,7 +305,7 @@ bail:
   return encoder;
 }
 
-static const char *const method_names[PMU_M_COUNT] = {
+static const char *const method_names[PYB_M_COUNT] = {
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
 };
 
@@ -323,7 +323,7 @@ static int intern_str(PyObject **slot, const char *s) {
 }
 
 static int module_exec(PyObject *module) {
-  pmu_state *st = (pmu_state *)PyModule_GetState(module);
+  pyb_state *st = (pyb_state *)PyModule_GetState(module);
 
   st->error = PyErr_NewExceptionWithDoc(
       "pymongoose_uring._pmu.Error",
@@ -350,8 +350,8 @@ static int module_exec(PyObject *module) {
     return -1;
   /* Functions without a module reference: worker threads hand them to
    * loop.call_soon_threadsafe. */
-  st->set_future = PyCFunction_NewEx(&pmu_set_future_def, NULL, NULL);
-  st->read_ready = PyCFunction_NewEx(&pmu_read_ready_def, NULL, NULL);
+  st->set_future = PyCFunction_NewEx(&pyb_set_future_def, NULL, NULL);
+  st->read_ready = PyCFunction_NewEx(&pyb_read_ready_def, NULL, NULL);
   if (st->set_future == NULL || st->read_ready == NULL)
     return -1;
   st->main_thread = PyThread_get_thread_ident();
@@ -370,9 +370,9 @@ static int module_exec(PyObject *module) {
     Py_XDECREF(threading);
   }
 
-  if (add_type(module, &pmu_request_spec, NULL, &st->request_type) < 0 ||
-      add_type(module, &pmu_response_spec, NULL, &st->response_type) < 0 ||
-      add_type(module, &pmu_engine_spec, NULL, &st->engine_type) < 0)
+  if (add_type(module, &pyb_request_spec, NULL, &st->request_type) < 0 ||
+      add_type(module, &pyb_response_spec, NULL, &st->response_type) < 0 ||
+      add_type(module, &pyb_engine_spec, NULL, &st->engine_type) < 0)
     return -1;
 
   PyObject *logging = PyImport_ImportModule("logging");
@@ -402,10 +402,10 @@ static int module_exec(PyObject *module) {
   if (st->unquote == NULL)
     return -1;
 
-  for (int i = 0; i < PMU_M_COUNT; i++)
+  for (int i = 0; i < PYB_M_COUNT; i++)
     if (intern_str(&st->methods[i], method_names[i]) < 0)
       return -1;
-  st->str_get = Py_NewRef(st->methods[PMU_M_GET]);
+  st->str_get = Py_NewRef(st->methods[PYB_M_GET]);
   if (intern_str(&st->version_10, "1.0") < 0 || intern_str(&st->version_11, "1.1") < 0 ||
       intern_str(&st->ct_json, "application/json") < 0 ||
       intern_str(&st->ct_text, "text/plain; charset=utf-8") < 0 ||
@@ -420,7 +420,7 @@ static int module_exec(PyObject *module) {
 }
 
 static int module_traverse(PyObject *module, visitproc visit, void *arg) {
-  pmu_state *st = (pmu_state *)PyModule_GetState(module);
+  pyb_state *st = (pyb_state *)PyModule_GetState(module);
   Py_VISIT(st->request_type);
   Py_VISIT(st->response_type);
   Py_VISIT(st->engine_type);
@@ -440,8 +440,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
 }
 
 static int module_clear(PyObject *module) {
-  pmu_state *st = (pmu_state *)PyModule_GetState(module);
-  pmu_drain_released(st);
+  pyb_state *st = (pyb_state *)PyModule_GetState(module);
+  pyb_drain_released(st);
   Py_CLEAR(st->request_type);
   Py_CLEAR(st->response_type);
   Py_CLEAR(st->engine_type);
@@ -457,7 +457,7 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->json_loads);
   Py_CLEAR(st->unquote);
   Py_CLEAR(st->support);
-  for (int i = 0; i < PMU_M_COUNT; i++)
+  for (int i = 0; i < PYB_M_COUNT; i++)
     Py_CLEAR(st->methods[i]);
   Py_CLEAR(st->str_get);
   Py_CLEAR(st->version_10);
@@ -485,11 +485,11 @@ static PyModuleDef_Slot module_slots[] = {
     {0, NULL},
 };
 
-PyModuleDef pmu_module_def = {
+PyModuleDef pyb_module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "pymongoose_uring._pmu",
     .m_doc = "The C engine of pymongoose_uring: Engine, Request, Response, probe().",
-    .m_size = sizeof(pmu_state),
+    .m_size = sizeof(pyb_state),
     .m_methods = module_methods,
     .m_slots = module_slots,
     .m_traverse = module_traverse,
@@ -498,4 +498,4 @@ PyModuleDef pmu_module_def = {
 };
 
 PyMODINIT_FUNC PyInit__pmu(void);
-PyMODINIT_FUNC PyInit__pmu(void) { return PyModuleDef_Init(&pmu_module_def); }
+PyMODINIT_FUNC PyInit__pmu(void) { return PyModuleDef_Init(&pyb_module_def); }

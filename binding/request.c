@@ -21,7 +21,7 @@
  * Streaming. A request may instead be answered piece by piece (start(),
  * write(), end()), and a body larger than the engine's stream threshold
  * arrives in pieces after the handler has seen the request (read(),
- * read_async()). Both go through a pmu_reqio (stream.c), made only when
+ * read_async()). Both go through a pyb_reqio (stream.c), made only when
  * needed, so a request that does neither pays nothing for them. A stream
  * that fails half-way (abort(), a handler that raised after start(), a
  * started stream dropped before end()) is aborted: the connection closes
@@ -37,7 +37,7 @@
 
 typedef struct {
   PyObject_HEAD
-  pmu_state *st;             /* borrowed: the type holds the module */
+  pyb_state *st;             /* borrowed: the type holds the module */
   pmu_request_t *live;       /* engine request; NULL once answered */
   const pmu_request_t *view; /* what attributes read: live or snapshot; NULL if lost */
   pmu_request_t *snapshot;   /* owned copy, PyMem_Free'd on dealloc */
@@ -45,7 +45,7 @@ typedef struct {
   PyObject *method, *path, *raw_path, *target, *query_string, *query, *headers, *body, *params,
       *client, *server;
   PyObject *unix_path; /* the server's Unix socket path (str), or NULL */
-  pmu_reqio *io;       /* shared with the worker thread once streaming, or NULL */
+  pyb_reqio *io;       /* shared with the worker thread once streaming, or NULL */
   PyObject *unread;    /* streamed body bytes taken but not handed out, or NULL */
   size_t high_water;   /* the engine's output_high_water */
   size_t body_pos;     /* buffered body: bytes read() handed out */
@@ -56,12 +56,7 @@ typedef struct {
 
 #define REQ(o) ((RequestObject *)(o))
 
-static const pmu_header_t text_plain_header[] = {
-    {"Content-Type", 12, "text/plain; charset=utf-8", 25},
-};
-static const char body_500[] = "Internal Server Error";
-
-PyObject *pmu_request_new(pmu_state *st, pmu_request_t *request, PyObject *unix_path,
+PyObject *pyb_request_new(pyb_state *st, pmu_request_t *request, PyObject *unix_path,
                           size_t high_water) {
   /* Allocated with a GC header, but not tracked until it can be in a cycle
    * (track()): most requests never are, and pay nothing more. */
@@ -78,13 +73,13 @@ PyObject *pmu_request_new(pmu_state *st, pmu_request_t *request, PyObject *unix_
   if (request->body_streaming) {
     /* Its pieces follow this batch: the queue must be there for them. */
     self->streamed = 1;
-    self->io = pmu_reqio_new(st);
+    self->io = pyb_reqio_new(st);
     if (self->io == NULL) {
       self->live = NULL; /* the caller answers it */
       Py_DECREF(self);
       return NULL;
     }
-    pmu_reqio_link(self->io, request);
+    pyb_reqio_link(self->io, request);
   }
   return (PyObject *)self;
 }
@@ -96,11 +91,11 @@ static void track(RequestObject *self) {
     PyObject_GC_Track((PyObject *)self);
 }
 
-int pmu_request_is_live(PyObject *request) {
+int pyb_request_is_live(PyObject *request) {
   return REQ(request)->live != NULL && !REQ(request)->started;
 }
 
-/* The pmu_reqio of a live request, made and linked on first use. Returns
+/* The pyb_reqio of a live request, made and linked on first use. Returns
  * 0, or -1 with an exception. */
 static int ensure_io(RequestObject *self) {
   if (self->io != NULL)
@@ -109,10 +104,10 @@ static int ensure_io(RequestObject *self) {
     PyErr_SetString(PyExc_RuntimeError, "this request was already answered");
     return -1;
   }
-  self->io = pmu_reqio_new(self->st);
+  self->io = pyb_reqio_new(self->st);
   if (self->io == NULL)
     return -1;
-  pmu_reqio_link(self->io, self->live);
+  pyb_reqio_link(self->io, self->live);
   return 0;
 }
 
@@ -179,13 +174,13 @@ static int snapshot(RequestObject *self) {
 
 /*
  * Let go of the engine request before it is answered: cut the worker
- * thread's link to our pmu_reqio, and copy the request's data if others may
+ * thread's link to our pyb_reqio, and copy the request's data if others may
  * still read it. Returns the request, for the caller to answer at once.
  */
 static pmu_request_t *detach(RequestObject *self, Py_ssize_t owner_refs) {
   pmu_request_t *live = self->live;
   if (self->io != NULL)
-    pmu_reqio_unlink(self->io, live);
+    pyb_reqio_unlink(self->io, live);
   if (Py_REFCNT(self) > owner_refs && snapshot(self) < 0) {
     PyErr_Clear(); /* attributes not yet built now raise; the answer still goes out */
     self->view = NULL;
@@ -208,10 +203,10 @@ static void send_response(RequestObject *self, const pmu_response_t *response,
   pmu_request_t *live = detach(self, owner_refs);
   int rc = pmu_respond(live, response);
   if (rc == -ENOMEM)
-    pmu_log_warning(self->st, "out of memory formatting a response: sent 503 and closed the "
+    pyb_log_warning(self->st, "out of memory formatting a response: sent 503 and closed the "
                               "connection");
   else if (rc < 0)
-    pmu_log_warning(self->st, "the engine refused a response with status %d and sent 500 "
+    pyb_log_warning(self->st, "the engine refused a response with status %d and sent 500 "
                               "instead (a final status must be 200..999)",
                     response->status);
 }
@@ -227,7 +222,7 @@ static void end_stream(RequestObject *self, Py_ssize_t owner_refs, int abort) {
     pmu_respond_abort(live);
   else
     pmu_respond_end(live);
-  pmu_drain_released(self->st);
+  pyb_drain_released(self->st);
 }
 
 static int refuse_started(RequestObject *self) {
@@ -238,24 +233,24 @@ static int refuse_started(RequestObject *self) {
   return -1;
 }
 
-int pmu_request_answer(PyObject *request, PyObject *result, Py_ssize_t owner_refs) {
+int pyb_request_answer(PyObject *request, PyObject *result, Py_ssize_t owner_refs) {
   RequestObject *self = REQ(request);
   if (self->started)
     return refuse_started(self);
-  pmu_built built;
-  if (pmu_build_response(self->st, result, &built) < 0) {
-    pmu_built_release(&built);
+  pyb_built built;
+  if (pyb_build_response(self->st, result, &built) < 0) {
+    pyb_built_release(&built);
     return -1;
   }
-  if (built.zero_copy != NULL && pmu_zero_copy(self->st, &built.response, built.zero_copy) < 0)
+  if (built.zero_copy != NULL && pyb_zero_copy(self->st, &built.response, built.zero_copy) < 0)
     built.response.body_release = NULL; /* no memory for the note: copy instead */
   send_response(self, &built.response, owner_refs);
-  pmu_built_release(&built);
-  pmu_drain_released(self->st);
+  pyb_built_release(&built);
+  pyb_drain_released(self->st);
   return 0;
 }
 
-void pmu_request_answer_500(PyObject *request, Py_ssize_t owner_refs) {
+void pyb_request_answer_500(PyObject *request, Py_ssize_t owner_refs) {
   RequestObject *self = REQ(request);
   if (self->live == NULL)
     return;
@@ -264,8 +259,7 @@ void pmu_request_answer_500(PyObject *request, Py_ssize_t owner_refs) {
     end_stream(self, owner_refs, 1);
     return;
   }
-  pmu_response_t r = {500, text_plain_header, 1, body_500, sizeof body_500 - 1, NULL, NULL};
-  send_response(self, &r, owner_refs);
+  send_response(self, &pyb_response_500, owner_refs);
 }
 
 /* "METHOD TARGET" of a request for log lines. New references or NULL. */
@@ -291,7 +285,7 @@ static void request_dealloc(PyObject *op) {
           /* A streamed answer nobody will finish: it may lack its end, so
            * abort it (the client sees an incomplete answer, never a
            * truncated one passed off as whole). */
-          pmu_log_warning(self->st,
+          pyb_log_warning(self->st,
                           "%U %U: the streamed answer was started but never ended; closed the "
                           "connection without completing it (call request.end() when the "
                           "body is complete)",
@@ -300,7 +294,7 @@ static void request_dealloc(PyObject *op) {
           /* Nobody kept the request to answer it later: a handler returned
            * None without replying. Answer for it so the client is not left
            * hanging. */
-          pmu_log_warning(self->st,
+          pyb_log_warning(self->st,
                           "%U %U: the handler returned None and dropped the request without "
                           "replying; sent 500 (keep the request and call request.reply() to "
                           "answer later)",
@@ -312,14 +306,12 @@ static void request_dealloc(PyObject *op) {
       if (self->started) {
         end_stream(self, 0, 1);
       } else {
-        pmu_response_t resp = {500, text_plain_header, 1, body_500, sizeof body_500 - 1,
-                               NULL, NULL};
         pmu_request_t *live = detach(self, 0);
-        pmu_respond(live, &resp);
+        pmu_respond(live, &pyb_response_500);
       }
     }
     if (self->io != NULL) {
-      pmu_reqio_drop(self->io);
+      pyb_reqio_drop(self->io);
       self->io = NULL;
     }
     PyErr_Clear();
@@ -362,7 +354,7 @@ static int request_traverse(PyObject *op, visitproc visit, void *arg) {
   Py_VISIT(self->unix_path);
   Py_VISIT(self->unread);
   if (self->io != NULL)
-    return pmu_reqio_traverse(self->io, visit, arg);
+    return pyb_reqio_traverse(self->io, visit, arg);
   return 0;
 }
 
@@ -375,7 +367,7 @@ static int request_clear(PyObject *op) {
   Py_CLEAR(self->query);
   Py_CLEAR(self->headers);
   if (self->io != NULL)
-    pmu_reqio_clear_callbacks(self->io);
+    pyb_reqio_clear_callbacks(self->io);
   return 0;
 }
 
@@ -391,8 +383,8 @@ static const pmu_request_t *view_of(RequestObject *self) {
 /* ---- attribute builders ---- */
 
 static PyObject *build_method(RequestObject *self, const pmu_request_t *r) {
-  pmu_state *st = self->st;
-  for (int i = 0; i < PMU_M_COUNT; i++) {
+  pyb_state *st = self->st;
+  for (int i = 0; i < PYB_M_COUNT; i++) {
     PyObject *m = st->methods[i];
     if ((size_t)PyUnicode_GET_LENGTH(m) == r->method_len &&
         memcmp(PyUnicode_DATA(m), r->method, r->method_len) == 0)
@@ -435,17 +427,39 @@ static PyObject *build_address(const struct sockaddr_storage *ss, PyObject *unix
   Py_RETURN_NONE;
 }
 
-/* A list of (name, value) str pairs, latin-1 decoded (lossless). */
-static PyObject *build_header_pairs(const pmu_request_t *r) {
+/* One header's name or value as Python sees it: str, latin-1 decoded
+ * (lossless), or bytes, lower-cased when `lower` (an ASGI name). New
+ * reference or NULL. */
+static PyObject *header_text(const char *p, size_t len, int as_bytes, int lower) {
+  if (p == NULL)
+    p = "";
+  if (!as_bytes)
+    return PyUnicode_DecodeLatin1(p, (Py_ssize_t)len, NULL);
+  if (!lower)
+    return PyBytes_FromStringAndSize(p, (Py_ssize_t)len);
+  PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+  if (b == NULL)
+    return NULL;
+  char *out = PyBytes_AS_STRING(b);
+  for (size_t k = 0; k < len; k++) {
+    char c = p[k];
+    out[k] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+  }
+  return b;
+}
+
+/* The request's headers as a list of (name, value) pairs: str as sent
+ * (Request.headers), or bytes with names lower-cased (what ASGI scopes
+ * carry). New reference or NULL. */
+static PyObject *build_header_pairs(const pmu_request_t *r, int as_bytes) {
   PyObject *list = PyList_New((Py_ssize_t)r->header_count);
   if (list == NULL)
     return NULL;
   for (size_t i = 0; i < r->header_count; i++) {
     const pmu_header_t *h = &r->headers[i];
-    PyObject *pair = Py_BuildValue("(NN)",
-                                   PyUnicode_DecodeLatin1(h->name, (Py_ssize_t)h->name_len, NULL),
-                                   PyUnicode_DecodeLatin1(h->value ? h->value : "",
-                                                          (Py_ssize_t)h->value_len, NULL));
+    /* "N" steals both, and releases the one made when the other is NULL. */
+    PyObject *pair = Py_BuildValue("(NN)", header_text(h->name, h->name_len, as_bytes, 1),
+                                   header_text(h->value, h->value_len, as_bytes, 0));
     if (pair == NULL) {
       Py_DECREF(list);
       return NULL;
@@ -491,15 +505,15 @@ static PyObject *get_body(PyObject *op, void *closure) {
   return get_whole_body(op, closure);
 }
 
-PyObject *pmu_request_method(PyObject *request) { return get_method(request, NULL); }
-PyObject *pmu_request_path(PyObject *request) { return get_path(request, NULL); }
+PyObject *pyb_request_method(PyObject *request) { return get_method(request, NULL); }
+PyObject *pyb_request_path(PyObject *request) { return get_path(request, NULL); }
 
 static PyObject *get_query(PyObject *op, void *closure) {
   RequestObject *self = REQ(op);
   if (self->query == NULL) {
     track(self);
     PyObject *qs = get_query_string(op, NULL);
-    PyObject *support = qs ? pmu_support(self->st) : NULL;
+    PyObject *support = qs ? pyb_support(self->st) : NULL;
     if (support != NULL)
       self->query = PyObject_CallMethod(support, "QueryParams", "O", qs);
     Py_XDECREF(qs);
@@ -516,8 +530,8 @@ static PyObject *get_headers(PyObject *op, void *closure) {
     const pmu_request_t *r = view_of(self);
     if (r == NULL)
       return NULL;
-    PyObject *support = pmu_support(self->st);
-    PyObject *pairs = support ? build_header_pairs(r) : NULL;
+    PyObject *support = pyb_support(self->st);
+    PyObject *pairs = support ? build_header_pairs(r, 0) : NULL;
     if (pairs != NULL)
       self->headers = PyObject_CallMethod(support, "Headers", "O", pairs);
     Py_XDECREF(pairs);
@@ -529,39 +543,8 @@ static PyObject *get_headers(PyObject *op, void *closure) {
 
 /* [(name, value)] as bytes, names lower-cased: what ASGI scopes carry. */
 static PyObject *get_raw_headers(PyObject *op, void *closure) {
-  RequestObject *self = REQ(op);
-  const pmu_request_t *r = view_of(self);
-  if (r == NULL)
-    return NULL;
-  PyObject *list = PyList_New((Py_ssize_t)r->header_count);
-  if (list == NULL)
-    return NULL;
-  for (size_t i = 0; i < r->header_count; i++) {
-    const pmu_header_t *h = &r->headers[i];
-    PyObject *name = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)h->name_len);
-    if (name == NULL)
-      goto bail;
-    char *p = PyBytes_AS_STRING(name);
-    for (size_t k = 0; k < h->name_len; k++) {
-      char c = h->name[k];
-      p[k] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
-    }
-    PyObject *value = PyBytes_FromStringAndSize(h->value, (Py_ssize_t)h->value_len);
-    if (value == NULL) {
-      Py_DECREF(name);
-      goto bail;
-    }
-    PyObject *pair = PyTuple_Pack(2, name, value); /* new references to both */
-    Py_DECREF(name);
-    Py_DECREF(value);
-    if (pair == NULL)
-      goto bail;
-    PyList_SET_ITEM(list, (Py_ssize_t)i, pair); /* steals pair */
-  }
-  return list;
-bail:
-  Py_DECREF(list);
-  return NULL;
+  const pmu_request_t *r = view_of(REQ(op));
+  return r == NULL ? NULL : build_header_pairs(r, 1);
 }
 
 static PyObject *get_params(PyObject *op, void *closure) {
@@ -637,7 +620,7 @@ static PyObject *get_disconnected(PyObject *op, void *closure) {
     if (ensure_io(self) < 0)
       return NULL;
   }
-  return PyBool_FromLong(pmu_reqio_gone(self->io));
+  return PyBool_FromLong(pyb_reqio_gone(self->io));
 }
 
 static PyGetSetDef request_getset[] = {
@@ -757,7 +740,7 @@ static PyObject *request_reply(PyObject *op, PyObject *args, PyObject *kwargs) {
     return NULL;
   /* The caller's references are unknown here, so always keep a copy: 0
    * owner references forces the snapshot. */
-  int rc = pmu_request_answer(op, result, 0);
+  int rc = pyb_request_answer(op, result, 0);
   Py_DECREF(result);
   if (rc < 0)
     return NULL;
@@ -811,7 +794,7 @@ static PyObject *read_buffered(RequestObject *self, Py_ssize_t size) {
 }
 
 /*
- * One attempt at the streamed body (see pmu_reqio_take): bytes pushed back
+ * One attempt at the streamed body (see pyb_reqio_take): bytes pushed back
  * by an interrupted read(-1) come first. What is taken from the queue is
  * reported to the engine as consumed, which lets it read on.
  */
@@ -821,21 +804,21 @@ static int stream_take(RequestObject *self, Py_ssize_t size, PyObject *waiter, P
     if (size < 0 || size >= n) {
       *out = self->unread;
       self->unread = NULL;
-      return PMU_READ_DONE;
+      return PYB_READ_DONE;
     }
     const char *p = PyBytes_AS_STRING(self->unread);
     PyObject *head = PyBytes_FromStringAndSize(p, size);
     PyObject *rest = head ? PyBytes_FromStringAndSize(p + size, n - size) : NULL;
     if (rest == NULL) {
       Py_XDECREF(head);
-      return PMU_READ_ERROR;
+      return PYB_READ_ERROR;
     }
     Py_SETREF(self->unread, rest);
     *out = head;
-    return PMU_READ_DONE;
+    return PYB_READ_DONE;
   }
-  int rc = pmu_reqio_take(self->io, size, waiter, out);
-  if (rc == PMU_READ_DONE && self->live != NULL && PyBytes_GET_SIZE(*out) > 0)
+  int rc = pyb_reqio_take(self->io, size, waiter, out);
+  if (rc == PYB_READ_DONE && self->live != NULL && PyBytes_GET_SIZE(*out) > 0)
     pmu_request_body_consumed(self->live, (size_t)PyBytes_GET_SIZE(*out));
   return rc;
 }
@@ -880,20 +863,20 @@ static void push_back(RequestObject *self, PyObject *chunks) {
   Py_XSETREF(self->unread, all);
 }
 
-static int is_main_thread(pmu_state *st) {
+static int is_main_thread(pyb_state *st) {
   return PyThread_get_thread_ident() == st->main_thread;
 }
 
 /* read() of a streamed body: wait (without the GIL) for what is asked. */
 static PyObject *read_stream(RequestObject *self, Py_ssize_t size, double timeout) {
-  double deadline = timeout < 0 ? -1 : pmu_now() + timeout;
+  double deadline = timeout < 0 ? -1 : pyb_now() + timeout;
   PyObject *chunks = NULL; /* size < 0: what was taken so far */
   for (;;) {
     PyObject *b;
     int rc = stream_take(self, size, NULL, &b);
-    if (rc == PMU_READ_ERROR)
+    if (rc == PYB_READ_ERROR)
       goto fail;
-    if (rc == PMU_READ_DONE) {
+    if (rc == PYB_READ_DONE) {
       if (size >= 0)
         return b;
       if (PyBytes_GET_SIZE(b) == 0) {
@@ -912,13 +895,13 @@ static PyObject *read_stream(RequestObject *self, Py_ssize_t size, double timeou
         goto fail;
       continue;
     }
-    if (pmu_in_ring_thread()) {
+    if (pyb_in_ring_thread()) {
       PyErr_SetString(PyExc_RuntimeError,
                       "read() would wait for the body on the engine's own thread, which "
                       "delivers it: hand the request to a worker thread, or use read_async()");
       goto fail;
     }
-    double now = pmu_now();
+    double now = pyb_now();
     if (deadline >= 0 && now >= deadline) {
       PyErr_SetString(PyExc_TimeoutError, "no request body arrived in time");
       goto fail;
@@ -926,9 +909,9 @@ static PyObject *read_stream(RequestObject *self, Py_ssize_t size, double timeou
     double until = deadline;
     if (is_main_thread(self->st) && (until < 0 || until > now + 0.1))
       until = now + 0.1; /* signal handlers run between slices */
-    pmu_reqio *io = self->io;
+    pyb_reqio *io = self->io;
     Py_BEGIN_ALLOW_THREADS
-    pmu_reqio_wait_data(io, until);
+    pyb_reqio_wait_data(io, until);
     Py_END_ALLOW_THREADS
     if (PyErr_CheckSignals() < 0)
       goto fail;
@@ -962,7 +945,7 @@ static PyObject *request_read(PyObject *op, PyObject *args, PyObject *kwargs) {
   if (size_arg(size_obj, &size) < 0)
     return NULL;
   double timeout;
-  if (pmu_timeout_arg(timeout_obj, &timeout) < 0)
+  if (pyb_timeout_arg(timeout_obj, &timeout) < 0)
     return NULL;
   RequestObject *self = REQ(op);
   if (!self->streamed)
@@ -971,7 +954,7 @@ static PyObject *request_read(PyObject *op, PyObject *args, PyObject *kwargs) {
 }
 
 /* asyncio.get_running_loop(), imported on first use. New reference. */
-static PyObject *running_loop(pmu_state *st) {
+static PyObject *running_loop(pyb_state *st) {
   if (st->get_running_loop == NULL) {
     PyObject *asyncio = PyImport_ImportModule("asyncio");
     if (asyncio == NULL)
@@ -1028,9 +1011,9 @@ static int read_async_step(RequestObject *self, PyObject *loop, PyObject *fut, P
     PyObject *b;
     int rc = stream_take(self, size, waiter, &b);
     Py_DECREF(waiter);
-    if (rc == PMU_READ_WAIT)
+    if (rc == PYB_READ_WAIT)
       break;
-    if (rc == PMU_READ_ERROR) {
+    if (rc == PYB_READ_ERROR) {
       result = settle(fut, NULL);
       break;
     }
@@ -1076,11 +1059,7 @@ static PyObject *read_ready(PyObject *unused, PyObject *waiter) {
   Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(waiter, 3));
   if (size == -1 && PyErr_Occurred())
     return NULL;
-  PyObject *done = PyObject_CallMethod(fut, "done", NULL);
-  if (done == NULL)
-    return NULL;
-  int is_done = PyObject_IsTrue(done);
-  Py_DECREF(done);
+  int is_done = pyb_future_done(fut);
   if (is_done < 0)
     return NULL;
   if (is_done) {
@@ -1092,7 +1071,7 @@ static PyObject *read_ready(PyObject *unused, PyObject *waiter) {
   Py_RETURN_NONE;
 }
 
-PyMethodDef pmu_read_ready_def = {"_read_ready", read_ready, METH_O,
+PyMethodDef pyb_read_ready_def = {"_read_ready", read_ready, METH_O,
                                   "_read_ready(waiter): the next step of a read_async()."};
 
 PyDoc_STRVAR(read_async_doc,
@@ -1149,7 +1128,7 @@ static PyObject *request_add_disconnect_callback(PyObject *op, PyObject *fn) {
   if (ensure_io(self) < 0)
     return NULL;
   track(self);
-  int rc = pmu_reqio_add_callback(self->io, fn);
+  int rc = pyb_reqio_add_callback(self->io, fn);
   if (rc < 0)
     return NULL;
   if (rc == 0) { /* the client has already gone */
@@ -1197,19 +1176,19 @@ static PyObject *request_start(PyObject *op, PyObject *args, PyObject *kwargs) {
                  status);
     return NULL;
   }
-  pmu_built built;
-  if (pmu_build_headers(headers, &built) < 0 || ensure_io(self) < 0) {
-    pmu_built_release(&built);
+  pyb_built built;
+  if (pyb_build_headers(headers, &built) < 0 || ensure_io(self) < 0) {
+    pyb_built_release(&built);
     return NULL;
   }
   int rc = pmu_respond_start(self->live, (int)status, built.response.headers,
                              built.response.header_count);
   self->started = 1;
-  pmu_built_release(&built);
+  pyb_built_release(&built);
   if (rc == -ENOMEM)
     return PyErr_NoMemory();
   if (rc < 0)
-    pmu_log_warning(self->st, "the engine refused the streamed answer's head (status %ld) and "
+    pyb_log_warning(self->st, "the engine refused the streamed answer's head (status %ld) and "
                               "sent 500 instead",
                     status);
   Py_RETURN_NONE;
@@ -1230,7 +1209,7 @@ static int check_open(RequestObject *self, const char *what) {
 
 /* Queue `data` on the stream. Returns pmu_respond_write's result (0 or
  * -EPIPE; -ENOMEM), or 1 with an exception (bad type). bytes and str of
- * PMU_ZERO_COPY_MIN or more are sent from the object itself. */
+ * PYB_ZERO_COPY_MIN or more are sent from the object itself. */
 static int queue_write(RequestObject *self, PyObject *data) {
   const char *p;
   Py_ssize_t n;
@@ -1259,13 +1238,13 @@ static int queue_write(RequestObject *self, PyObject *data) {
   }
   void (*release)(void *) = NULL;
   void *ctx = NULL;
-  if (owner != NULL && n >= PMU_ZERO_COPY_MIN &&
-      pmu_keep_until_released(self->st, owner, &release, &ctx) < 0)
+  if (owner != NULL && n >= PYB_ZERO_COPY_MIN &&
+      pyb_keep_until_released(self->st, owner, &release, &ctx) < 0)
     release = NULL; /* no memory for the note: copy instead */
   int rc = pmu_respond_write(self->live, p, (size_t)n, release, ctx);
   if (have_view)
     PyBuffer_Release(&view);
-  pmu_drain_released(self->st);
+  pyb_drain_released(self->st);
   return rc;
 }
 
@@ -1293,12 +1272,12 @@ static PyObject *request_write(PyObject *op, PyObject *args, PyObject *kwargs) {
   if (rc == -EPIPE)
     Py_RETURN_FALSE;
   if (rc < 0)
-    return pmu_raise_errno(self->st, rc, NULL);
-  if (!wait || pmu_request_unsent(self->live) <= self->high_water || pmu_in_ring_thread())
+    return pyb_raise_errno(self->st, rc, NULL);
+  if (!wait || pmu_request_unsent(self->live) <= self->high_water || pyb_in_ring_thread())
     Py_RETURN_TRUE;
-  pmu_reqio *io = self->io;
+  pyb_reqio *io = self->io;
   int gone;
-  uint64_t seq = pmu_reqio_drain_seq(io, &gone);
+  uint64_t seq = pyb_reqio_drain_seq(io, &gone);
   if (gone)
     Py_RETURN_FALSE;
   int w = pmu_request_wait_drain(self->live);
@@ -1308,9 +1287,9 @@ static PyObject *request_write(PyObject *op, PyObject *args, PyObject *kwargs) {
     Py_RETURN_TRUE;
   /* io stays ours while we wait: self holds it, and the caller holds self. */
   for (;;) {
-    double until = is_main_thread(self->st) ? pmu_now() + 0.1 : -1;
+    double until = is_main_thread(self->st) ? pyb_now() + 0.1 : -1;
     Py_BEGIN_ALLOW_THREADS
-    w = pmu_reqio_wait_drain(io, seq, until);
+    w = pyb_reqio_wait_drain(io, seq, until);
     Py_END_ALLOW_THREADS
     if (w != 0)
       return PyBool_FromLong(w > 0);
@@ -1344,13 +1323,13 @@ static PyObject *request_write_async(PyObject *op, PyObject *data) {
   if (rc == -EPIPE) {
     result = Py_False;
   } else if (rc < 0) {
-    pmu_raise_errno(self->st, rc, NULL);
+    pyb_raise_errno(self->st, rc, NULL);
     goto fail;
   } else if (pmu_request_unsent(self->live) <= self->high_water) {
     result = Py_True;
   } else {
     int gone;
-    uint64_t seq = pmu_reqio_drain_seq(self->io, &gone);
+    uint64_t seq = pyb_reqio_drain_seq(self->io, &gone);
     int w = gone ? -EPIPE : pmu_request_wait_drain(self->live);
     if (w == -EPIPE) {
       result = Py_False;
@@ -1358,7 +1337,7 @@ static PyObject *request_write_async(PyObject *op, PyObject *data) {
       result = Py_True;
     } else {
       PyObject *waiter = PyTuple_Pack(2, loop, fut);
-      int a = waiter ? pmu_reqio_add_drain_waiter(self->io, seq, waiter) : -2;
+      int a = waiter ? pyb_reqio_add_drain_waiter(self->io, seq, waiter) : -2;
       Py_XDECREF(waiter);
       if (a == -2)
         goto fail;
@@ -1482,7 +1461,7 @@ static PyType_Slot request_slots[] = {
 #define Py_TPFLAGS_DISALLOW_INSTANTIATION 0 /* request_new refuses instead */
 #endif
 
-PyType_Spec pmu_request_spec = {
+PyType_Spec pyb_request_spec = {
     .name = "pymongoose_uring._pmu.Request",
     .basicsize = sizeof(RequestObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,

@@ -5,7 +5,7 @@
  * The conversion borrows: body and header pointers point into the Python
  * objects themselves (a bytes object's buffer, a str's cached UTF-8), and
  * the engine copies them inside pmu_respond(). Objects made on the way (a
- * JSON string, str() of an int header) go into pmu_built.keep so they live
+ * JSON string, str() of an int header) go into pyb_built.keep so they live
  * until then. The engine writes the status line, reason phrase, Server,
  * Date, Content-Length and Connection headers; only Content-Type and the
  * handler's own headers come from here.
@@ -215,7 +215,7 @@ static int fast_json(jbuf *b, PyObject *o, int depth) {
 }
 
 /* json's own encoder: a new str, or NULL. */
-static PyObject *slow_json(pmu_state *st, PyObject *obj) {
+static PyObject *slow_json(pyb_state *st, PyObject *obj) {
   if (st->json_encoder == NULL)
     return PyObject_CallOneArg(st->json_dumps, obj);
   PyObject *zero = PyLong_FromLong(0);
@@ -240,7 +240,7 @@ static PyObject *slow_json(pmu_state *st, PyObject *obj) {
   return out;
 }
 
-PyObject *pmu_json_bytes(pmu_state *st, PyObject *obj) {
+PyObject *pyb_json_bytes(pyb_state *st, PyObject *obj) {
   char inline_data[512];
   jbuf b = {inline_data, 0, sizeof inline_data, inline_data};
   int rc = fast_json(&b, obj, 0);
@@ -264,7 +264,14 @@ PyObject *pmu_json_bytes(pmu_state *st, PyObject *obj) {
 
 /* ---- building a pmu_response_t ---- */
 
-static void built_init(pmu_built *b) {
+static const pmu_header_t text_plain_header[] = {
+    {"Content-Type", 12, "text/plain; charset=utf-8", 25},
+};
+static const char body_500[] = "Internal Server Error";
+const pmu_response_t pyb_response_500 = {500, text_plain_header, 1, body_500,
+                                         sizeof body_500 - 1, NULL, NULL};
+
+static void built_init(pyb_built *b) {
   memset(&b->response, 0, sizeof b->response);
   b->headers = b->inline_headers;
   b->count = 0;
@@ -277,7 +284,7 @@ static void built_init(pmu_built *b) {
   b->json_cap = sizeof b->json_inline;
 }
 
-void pmu_built_release(pmu_built *b) {
+void pyb_built_release(pyb_built *b) {
   if (b->headers != b->inline_headers)
     PyMem_Free(b->headers);
   b->headers = b->inline_headers;
@@ -288,7 +295,7 @@ void pmu_built_release(pmu_built *b) {
 }
 
 /* Keep `obj` (a new reference, stolen) alive until release. */
-static int keep(pmu_built *b, PyObject *obj) {
+static int keep(pyb_built *b, PyObject *obj) {
   if (obj == NULL)
     return -1;
   if (b->keep == NULL && (b->keep = PyList_New(0)) == NULL) {
@@ -319,7 +326,7 @@ static const unsigned char tchar[256] = {
 
 /* Point (*p, *n) at the bytes of a header name or value: str (UTF-8),
  * bytes, or int. */
-static int header_bytes(pmu_built *b, PyObject *o, const char **p, Py_ssize_t *n,
+static int header_bytes(pyb_built *b, PyObject *o, const char **p, Py_ssize_t *n,
                         const char *what) {
   if (PyUnicode_Check(o)) {
     *p = PyUnicode_AsUTF8AndSize(o, n);
@@ -351,7 +358,7 @@ static void header_error(const char *name, Py_ssize_t nlen, const char *format) 
   }
 }
 
-static int push_header(pmu_built *b, const char *name, Py_ssize_t nlen, const char *value,
+static int push_header(pyb_built *b, const char *name, Py_ssize_t nlen, const char *value,
                        Py_ssize_t vlen) {
   if (nlen == 0) {
     PyErr_SetString(PyExc_ValueError, "empty header name");
@@ -394,7 +401,7 @@ static int push_header(pmu_built *b, const char *name, Py_ssize_t nlen, const ch
 }
 
 /* One (name, value) pair; a list or tuple value gives one header per item. */
-static int add_pair(pmu_built *b, PyObject *name, PyObject *value) {
+static int add_pair(pyb_built *b, PyObject *name, PyObject *value) {
   const char *np, *vp;
   Py_ssize_t nn, vn;
   if (header_bytes(b, name, &np, &nn, "name") < 0)
@@ -417,7 +424,7 @@ static int add_pair(pmu_built *b, PyObject *name, PyObject *value) {
 
 /* Headers: None, a dict, a list/tuple of pairs, or anything with
  * multi_items() or items(). */
-static int add_headers(pmu_built *b, PyObject *headers) {
+static int add_headers(pyb_built *b, PyObject *headers) {
   if (headers == NULL || headers == Py_None)
     return 0;
   if (PyDict_Check(headers)) {
@@ -466,11 +473,11 @@ static int add_headers(pmu_built *b, PyObject *headers) {
 /* Set the body from a body-like object; *ct gets the default content type
  * (borrowed). bytes, bytearray and memoryview are sent as they are, str as
  * UTF-8, dict and list as JSON. */
-static int set_body(pmu_state *st, pmu_built *b, PyObject *body, PyObject **ct) {
+static int set_body(pyb_state *st, pyb_built *b, PyObject *body, PyObject **ct) {
   if (PyBytes_Check(body)) {
     b->response.body = PyBytes_AS_STRING(body);
     b->response.body_len = (size_t)PyBytes_GET_SIZE(body);
-    if (b->response.body_len >= PMU_ZERO_COPY_MIN)
+    if (b->response.body_len >= PYB_ZERO_COPY_MIN)
       b->zero_copy = body;
     *ct = st->ct_octet;
     return 0;
@@ -482,7 +489,7 @@ static int set_body(pmu_state *st, pmu_built *b, PyObject *body, PyObject **ct) 
       return -1;
     b->response.body = s;
     b->response.body_len = (size_t)n;
-    if (b->response.body_len >= PMU_ZERO_COPY_MIN)
+    if (b->response.body_len >= PYB_ZERO_COPY_MIN)
       b->zero_copy = body;
     *ct = st->ct_text;
     return 0;
@@ -490,7 +497,7 @@ static int set_body(pmu_state *st, pmu_built *b, PyObject *body, PyObject **ct) 
   if (PyDict_Check(body) || PyList_Check(body)) {
     jbuf jb = {b->json, 0, b->json_cap, b->json_inline};
     int rc = fast_json(&jb, body, 0);
-    b->json = jb.data; /* released by pmu_built_release */
+    b->json = jb.data; /* released by pyb_built_release */
     b->json_cap = jb.cap;
     if (rc < 0)
       return -1;
@@ -555,7 +562,7 @@ static int status_of(PyObject *o, int *out) {
 }
 
 /* Append Content-Type: ct unless the handler named one. */
-static int finish(pmu_built *b, PyObject *ct) {
+static int finish(pyb_built *b, PyObject *ct) {
   if (!b->has_content_type && ct != NULL && ct != Py_None) {
     Py_ssize_t n;
     const char *s = PyUnicode_AsUTF8AndSize(ct, &n);
@@ -567,7 +574,7 @@ static int finish(pmu_built *b, PyObject *ct) {
   return 0;
 }
 
-int pmu_build_headers(PyObject *headers, pmu_built *b) {
+int pyb_build_headers(PyObject *headers, pyb_built *b) {
   built_init(b);
   if (add_headers(b, headers) < 0)
     return -1;
@@ -576,7 +583,7 @@ int pmu_build_headers(PyObject *headers, pmu_built *b) {
   return 0;
 }
 
-int pmu_build_response(pmu_state *st, PyObject *result, pmu_built *b) {
+int pyb_build_response(pyb_state *st, PyObject *result, pyb_built *b) {
   built_init(b);
   PyObject *ct = NULL; /* borrowed */
   b->response.status = 200;
@@ -647,7 +654,7 @@ int pmu_build_response(pmu_state *st, PyObject *result, pmu_built *b) {
 
 /* Normalise a body given to Response: bytes and str are kept, None is
  * b"", other buffers become bytes. *ct gets the inferred content type. */
-static PyObject *normalize_body(pmu_state *st, PyObject *body, PyObject **ct) {
+static PyObject *normalize_body(pyb_state *st, PyObject *body, PyObject **ct) {
   if (body == NULL || body == Py_None) {
     *ct = st->ct_octet;
     return PyBytes_FromStringAndSize("", 0);
@@ -708,7 +715,7 @@ static int response_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OiOO:Response", kwlist, &body, &status,
                                    &headers, &content_type))
     return -1;
-  pmu_state *st = pmu_state_from_type(Py_TYPE(op));
+  pyb_state *st = pyb_state_from_type(Py_TYPE(op));
   if (check_status(status) < 0)
     return -1;
   PyObject *ct = NULL;
@@ -760,8 +767,8 @@ static PyObject *response_json(PyObject *cls, PyObject *args, PyObject *kwargs) 
   int status = 200;
   if (!parse_helper_args(args, kwargs, "O|iO:json", &data, &status, &headers))
     return NULL;
-  pmu_state *st = pmu_state_from_type((PyTypeObject *)cls);
-  PyObject *body = pmu_json_bytes(st, data);
+  pyb_state *st = pyb_state_from_type((PyTypeObject *)cls);
+  PyObject *body = pyb_json_bytes(st, data);
   if (body == NULL)
     return NULL;
   PyObject *r = make((PyTypeObject *)cls, body, status, headers, st->ct_json);
@@ -779,7 +786,7 @@ static PyObject *text_like(PyObject *cls, PyObject *args, PyObject *kwargs, cons
     PyErr_SetString(PyExc_TypeError, "text must be a str");
     return NULL;
   }
-  pmu_state *st = pmu_state_from_type((PyTypeObject *)cls);
+  pyb_state *st = pyb_state_from_type((PyTypeObject *)cls);
   return make((PyTypeObject *)cls, data, status, headers, html ? st->ct_html : st->ct_text);
 }
 
@@ -814,10 +821,10 @@ static PyObject *response_redirect(PyObject *cls, PyObject *args, PyObject *kwar
     goto fail;
   Py_CLEAR(pair);
   if (headers != Py_None) {
-    pmu_built tmp;
+    pyb_built tmp;
     built_init(&tmp);
     int rc = add_headers(&tmp, headers); /* validates before we copy the pairs */
-    pmu_built_release(&tmp);
+    pyb_built_release(&tmp);
     if (rc < 0)
       goto fail;
     PyObject *items = PyDict_Check(headers) ? PyDict_Items(headers)
@@ -893,7 +900,7 @@ static PyObject *get_body(PyObject *op, void *c) {
 }
 
 static int set_body_attr(PyObject *op, PyObject *v, void *c) {
-  pmu_state *st = pmu_state_from_type(Py_TYPE(op));
+  pyb_state *st = pyb_state_from_type(Py_TYPE(op));
   PyObject *ct;
   PyObject *norm = normalize_body(st, v, &ct);
   if (norm == NULL)
@@ -980,7 +987,7 @@ static PyType_Slot response_slots[] = {
     {0, NULL},
 };
 
-PyType_Spec pmu_response_spec = {
+PyType_Spec pyb_response_spec = {
     .name = "pymongoose_uring._pmu.Response",
     .basicsize = sizeof(ResponseObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,

@@ -1,14 +1,14 @@
 /*
  * stream.c: what a request shares with the engine's worker threads once it
  * streams: the queue of its body pieces, the drain and disconnect signals,
- * and the Python waiters those signals wake (see pmu_reqio in binding.h).
+ * and the Python waiters those signals wake (see pyb_reqio in binding.h).
  *
  * Threads and locks. A worker thread calls on_body, on_drain and
- * on_disconnect without the GIL. It finds the request's pmu_reqio through
+ * on_disconnect without the GIL. It finds the request's pyb_reqio through
  * request->user under a link lock (one of a few, chosen by the request's
  * worker index) and takes a reference, so that the Request answering the
  * request on another thread at the same moment cannot free it under the
- * callback. Everything else in a pmu_reqio is under its own mutex.
+ * callback. Everything else in a pyb_reqio is under its own mutex.
  *
  * Two rules keep the GIL and these mutexes from deadlocking: nobody waits
  * for the GIL while holding one of them, and nothing that could run Python
@@ -26,7 +26,7 @@
 
 #define LINK_LOCKS 16
 
-/* Guard request->user, the link from an engine request to its pmu_reqio. */
+/* Guard request->user, the link from an engine request to its pyb_reqio. */
 static pthread_mutex_t link_locks[LINK_LOCKS] = {[0 ... LINK_LOCKS - 1] =
                                                      PTHREAD_MUTEX_INITIALIZER};
 
@@ -34,7 +34,7 @@ static pthread_mutex_t *link_lock(const pmu_request_t *request) {
   return &link_locks[request->thread % LINK_LOCKS];
 }
 
-double pmu_now(void) {
+double pyb_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
@@ -42,7 +42,7 @@ double pmu_now(void) {
 
 /* Wait on io->cond until `deadline` (< 0: no deadline). Returns ETIMEDOUT
  * once it has passed. io->lock held. */
-static int cond_wait_until(pmu_reqio *io, double deadline) {
+static int cond_wait_until(pyb_reqio *io, double deadline) {
   if (deadline < 0)
     return pthread_cond_wait(&io->cond, &io->lock);
   struct timespec ts;
@@ -58,8 +58,8 @@ static int cond_wait_until(pmu_reqio *io, double deadline) {
 
 /* ---- life ---- */
 
-pmu_reqio *pmu_reqio_new(pmu_state *st) {
-  pmu_reqio *io = PyMem_RawCalloc(1, sizeof *io);
+pyb_reqio *pyb_reqio_new(pyb_state *st) {
+  pyb_reqio *io = PyMem_RawCalloc(1, sizeof *io);
   if (io == NULL) {
     PyErr_NoMemory();
     return NULL;
@@ -88,13 +88,13 @@ pmu_reqio *pmu_reqio_new(pmu_state *st) {
 }
 
 /* Drop one reference; the last frees the queue. Any thread, GIL or not:
- * by then the Request has dropped every Python object (pmu_reqio_drop). */
-static void reqio_release(pmu_reqio *io) {
+ * by then the Request has dropped every Python object (pyb_reqio_drop). */
+static void reqio_release(pyb_reqio *io) {
   if (atomic_fetch_sub_explicit(&io->refs, 1, memory_order_acq_rel) != 1)
     return;
-  pmu_piece *p = io->head;
+  pyb_piece *p = io->head;
   while (p != NULL) {
-    pmu_piece *next = p->next;
+    pyb_piece *next = p->next;
     free(p);
     p = next;
   }
@@ -103,18 +103,18 @@ static void reqio_release(pmu_reqio *io) {
   PyMem_RawFree(io);
 }
 
-/* The pmu_reqio linked to `request`, with a reference, or NULL. */
-static pmu_reqio *reqio_acquire(pmu_request_t *request) {
+/* The pyb_reqio linked to `request`, with a reference, or NULL. */
+static pyb_reqio *reqio_acquire(pmu_request_t *request) {
   pthread_mutex_t *m = link_lock(request);
   pthread_mutex_lock(m);
-  pmu_reqio *io = request->user;
+  pyb_reqio *io = request->user;
   if (io != NULL)
     atomic_fetch_add_explicit(&io->refs, 1, memory_order_relaxed);
   pthread_mutex_unlock(m);
   return io;
 }
 
-void pmu_reqio_link(pmu_reqio *io, pmu_request_t *request) {
+void pyb_reqio_link(pyb_reqio *io, pmu_request_t *request) {
   atomic_fetch_add_explicit(&io->refs, 1, memory_order_relaxed);
   pthread_mutex_t *m = link_lock(request);
   pthread_mutex_lock(m);
@@ -122,10 +122,8 @@ void pmu_reqio_link(pmu_reqio *io, pmu_request_t *request) {
   pthread_mutex_unlock(m);
   /* The engine marks a request gone before it calls on_disconnect, which
    * reads the link under the same lock: either that call finds io, or the
-   * mark is already visible here. pmu_request_wait_drain() is the public
-   * way to read the mark (it answers -EPIPE); on a request whose unsent
-   * output is low it has no other effect. */
-  if (pmu_request_wait_drain(request) == -EPIPE) {
+   * mark is already visible here. */
+  if (pmu_request_gone(request)) {
     pthread_mutex_lock(&io->lock);
     io->gone = 1;
     pthread_cond_broadcast(&io->cond);
@@ -139,14 +137,14 @@ void pmu_reqio_link(pmu_reqio *io, pmu_request_t *request) {
  * argument is a stolen reference or NULL. read_waiter gets a read_ready
  * step on its loop; each drain waiter's future gets `drained`; callbacks
  * are called with no argument. Errors are logged, never raised. */
-static void wake_python(pmu_state *st, PyObject *read_waiter, PyObject *drain_waiters,
+static void wake_python(pyb_state *st, PyObject *read_waiter, PyObject *drain_waiters,
                         int drained, PyObject *callbacks) {
   if (read_waiter != NULL) {
     PyObject *loop = PyTuple_GET_ITEM(read_waiter, 0);
     PyObject *r = PyObject_CallMethod(loop, "call_soon_threadsafe", "OO", st->read_ready,
                                       read_waiter);
     if (r == NULL)
-      pmu_log_exception(st, "could not wake a read_async() waiter", NULL);
+      pyb_log_exception(st, "could not wake a read_async() waiter", NULL);
     Py_XDECREF(r);
     Py_DECREF(read_waiter);
   }
@@ -157,7 +155,7 @@ static void wake_python(pmu_state *st, PyObject *read_waiter, PyObject *drain_wa
       PyObject *r = PyObject_CallMethod(PyTuple_GET_ITEM(w, 0), "call_soon_threadsafe", "OOO",
                                         st->set_future, PyTuple_GET_ITEM(w, 1), value);
       if (r == NULL)
-        pmu_log_exception(st, "could not wake a write_async() waiter", NULL);
+        pyb_log_exception(st, "could not wake a write_async() waiter", NULL);
       Py_XDECREF(r);
     }
     Py_DECREF(drain_waiters);
@@ -166,7 +164,7 @@ static void wake_python(pmu_state *st, PyObject *read_waiter, PyObject *drain_wa
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(callbacks); i++) {
       PyObject *r = PyObject_CallNoArgs(PyList_GET_ITEM(callbacks, i));
       if (r == NULL)
-        pmu_log_exception(st, "a disconnect callback raised", NULL);
+        pyb_log_exception(st, "a disconnect callback raised", NULL);
       Py_XDECREF(r);
     }
     Py_DECREF(callbacks);
@@ -176,7 +174,7 @@ static void wake_python(pmu_state *st, PyObject *read_waiter, PyObject *drain_wa
 enum { WAKE_READ = 1, WAKE_DRAIN = 2, WAKE_CALLBACKS = 4 };
 
 /* Take the Python objects named by `what` and run them; GIL held. */
-static void take_and_wake(pmu_reqio *io, int what) {
+static void take_and_wake(pyb_reqio *io, int what) {
   pthread_mutex_lock(&io->lock);
   PyObject *rw = NULL, *dw = NULL, *cb = NULL;
   if (what & WAKE_READ) {
@@ -198,14 +196,14 @@ static void take_and_wake(pmu_reqio *io, int what) {
 
 /* On a worker thread: take the GIL and wake, if the test under the lock
  * found anything to wake. */
-static void wake_from_ring(pmu_reqio *io, int what) {
-  pmu_gil g;
-  pmu_ring_gil_enter(&g);
+static void wake_from_ring(pyb_reqio *io, int what) {
+  pyb_gil g;
+  pyb_ring_gil_enter(&g);
   take_and_wake(io, what);
-  pmu_ring_gil_leave(&g);
+  pyb_ring_gil_leave(&g);
 }
 
-void pmu_reqio_unlink(pmu_reqio *io, pmu_request_t *request) {
+void pyb_reqio_unlink(pyb_reqio *io, pmu_request_t *request) {
   pthread_mutex_t *m = link_lock(request);
   int linked = 0;
   pthread_mutex_lock(m);
@@ -229,7 +227,7 @@ void pmu_reqio_unlink(pmu_reqio *io, pmu_request_t *request) {
     reqio_release(io); /* never the last: the Request holds one */
 }
 
-void pmu_reqio_drop(pmu_reqio *io) {
+void pyb_reqio_drop(pyb_reqio *io) {
   pthread_mutex_lock(&io->lock);
   PyObject *rw = io->read_waiter, *dw = io->drain_waiters, *cb = io->callbacks;
   io->read_waiter = io->drain_waiters = io->callbacks = NULL;
@@ -241,7 +239,7 @@ void pmu_reqio_drop(pmu_reqio *io) {
   reqio_release(io);
 }
 
-int pmu_reqio_traverse(pmu_reqio *io, visitproc visit, void *arg) {
+int pyb_reqio_traverse(pyb_reqio *io, visitproc visit, void *arg) {
   /* Every writer of io->callbacks holds the GIL, as the collector does: the
    * list read here stays until the visit is done. */
   pthread_mutex_lock(&io->lock);
@@ -251,7 +249,7 @@ int pmu_reqio_traverse(pmu_reqio *io, visitproc visit, void *arg) {
   return 0;
 }
 
-void pmu_reqio_clear_callbacks(pmu_reqio *io) {
+void pyb_reqio_clear_callbacks(pyb_reqio *io) {
   pthread_mutex_lock(&io->lock);
   PyObject *cb = io->callbacks;
   io->callbacks = NULL;
@@ -263,10 +261,10 @@ void pmu_reqio_clear_callbacks(pmu_reqio *io) {
 
 /* Copy n <= io->queued bytes out of the queue, freeing emptied pieces.
  * io->lock held. */
-static void copy_out(pmu_reqio *io, char *dst, size_t n) {
+static void copy_out(pyb_reqio *io, char *dst, size_t n) {
   io->queued -= n;
   while (n > 0) {
-    pmu_piece *p = io->head;
+    pyb_piece *p = io->head;
     size_t avail = p->len - io->head_off;
     size_t k = avail < n ? avail : n;
     memcpy(dst, p->data + io->head_off, k);
@@ -283,7 +281,7 @@ static void copy_out(pmu_reqio *io, char *dst, size_t n) {
   }
 }
 
-int pmu_reqio_take(pmu_reqio *io, Py_ssize_t size, PyObject *waiter, PyObject **out) {
+int pyb_reqio_take(pyb_reqio *io, Py_ssize_t size, PyObject *waiter, PyObject **out) {
   *out = NULL;
   pthread_mutex_lock(&io->lock);
   if (io->queued > 0 && size != 0) {
@@ -295,42 +293,42 @@ int pmu_reqio_take(pmu_reqio *io, Py_ssize_t size, PyObject *waiter, PyObject **
       copy_out(io, PyBytes_AS_STRING(b), n);
     pthread_mutex_unlock(&io->lock);
     if (b == NULL)
-      return PMU_READ_ERROR;
+      return PYB_READ_ERROR;
     *out = b;
-    return PMU_READ_DONE;
+    return PYB_READ_DONE;
   }
   if (size == 0 || io->body_done) {
     pthread_mutex_unlock(&io->lock);
     *out = PyBytes_FromStringAndSize("", 0);
-    return *out ? PMU_READ_DONE : PMU_READ_ERROR;
+    return *out ? PYB_READ_DONE : PYB_READ_ERROR;
   }
   if (io->gone) {
     pthread_mutex_unlock(&io->lock);
     PyErr_SetString(io->st->disconnected,
                     "the client closed the connection before the end of the request body");
-    return PMU_READ_ERROR;
+    return PYB_READ_ERROR;
   }
   if (io->unlinked) {
     pthread_mutex_unlock(&io->lock);
     PyErr_SetString(PyExc_RuntimeError,
                     "the request was answered before its body was read; the engine discards "
                     "the rest of the body");
-    return PMU_READ_ERROR;
+    return PYB_READ_ERROR;
   }
   if (waiter != NULL) {
     if (io->read_waiter != NULL) {
       pthread_mutex_unlock(&io->lock);
       PyErr_SetString(PyExc_RuntimeError,
                       "another read_async() on this request is still waiting");
-      return PMU_READ_ERROR;
+      return PYB_READ_ERROR;
     }
     io->read_waiter = Py_NewRef(waiter);
   }
   pthread_mutex_unlock(&io->lock);
-  return PMU_READ_WAIT;
+  return PYB_READ_WAIT;
 }
 
-void pmu_reqio_wait_data(pmu_reqio *io, double deadline) {
+void pyb_reqio_wait_data(pyb_reqio *io, double deadline) {
   pthread_mutex_lock(&io->lock);
   while (!(io->queued || io->body_done || io->gone || io->unlinked))
     if (cond_wait_until(io, deadline) == ETIMEDOUT)
@@ -340,7 +338,7 @@ void pmu_reqio_wait_data(pmu_reqio *io, double deadline) {
 
 /* ---- drain ---- */
 
-uint64_t pmu_reqio_drain_seq(pmu_reqio *io, int *gone) {
+uint64_t pyb_reqio_drain_seq(pyb_reqio *io, int *gone) {
   pthread_mutex_lock(&io->lock);
   uint64_t seq = io->drain_seq;
   *gone = io->gone;
@@ -348,7 +346,7 @@ uint64_t pmu_reqio_drain_seq(pmu_reqio *io, int *gone) {
   return seq;
 }
 
-int pmu_reqio_wait_drain(pmu_reqio *io, uint64_t seq, double deadline) {
+int pyb_reqio_wait_drain(pyb_reqio *io, uint64_t seq, double deadline) {
   int rc = 0;
   pthread_mutex_lock(&io->lock);
   for (;;) {
@@ -369,7 +367,7 @@ int pmu_reqio_wait_drain(pmu_reqio *io, uint64_t seq, double deadline) {
   return rc;
 }
 
-int pmu_reqio_add_drain_waiter(pmu_reqio *io, uint64_t seq, PyObject *waiter) {
+int pyb_reqio_add_drain_waiter(pyb_reqio *io, uint64_t seq, PyObject *waiter) {
   /* A list made before locking: making one may collect garbage. */
   PyObject *fresh = PyList_New(1);
   if (fresh == NULL)
@@ -395,7 +393,7 @@ int pmu_reqio_add_drain_waiter(pmu_reqio *io, uint64_t seq, PyObject *waiter) {
 
 /* ---- disconnect ---- */
 
-int pmu_reqio_add_callback(pmu_reqio *io, PyObject *fn) {
+int pyb_reqio_add_callback(pyb_reqio *io, PyObject *fn) {
   PyObject *fresh = PyList_New(1);
   if (fresh == NULL)
     return -1;
@@ -417,7 +415,7 @@ int pmu_reqio_add_callback(pmu_reqio *io, PyObject *fn) {
   return rc;
 }
 
-int pmu_reqio_gone(pmu_reqio *io) {
+int pyb_reqio_gone(pyb_reqio *io) {
   pthread_mutex_lock(&io->lock);
   int gone = io->gone;
   pthread_mutex_unlock(&io->lock);
@@ -426,11 +424,11 @@ int pmu_reqio_gone(pmu_reqio *io) {
 
 /* ---- the engine's callbacks (worker thread, no GIL) ---- */
 
-void pmu_stream_on_body(pmu_request_t *request, const void *data, size_t len, int last) {
-  pmu_reqio *io = reqio_acquire(request);
+void pyb_stream_on_body(pmu_request_t *request, const void *data, size_t len, int last) {
+  pyb_reqio *io = reqio_acquire(request);
   if (io == NULL)
     return; /* answered: the engine discards the rest */
-  pmu_piece *p = NULL;
+  pyb_piece *p = NULL;
   if (len > 0 && (p = malloc(sizeof *p + len)) != NULL) {
     p->next = NULL;
     p->len = len;
@@ -457,8 +455,8 @@ void pmu_stream_on_body(pmu_request_t *request, const void *data, size_t len, in
   reqio_release(io);
 }
 
-void pmu_stream_on_disconnect(pmu_request_t *request) {
-  pmu_reqio *io = reqio_acquire(request);
+void pyb_stream_on_disconnect(pmu_request_t *request) {
+  pyb_reqio *io = reqio_acquire(request);
   if (io == NULL)
     return;
   pthread_mutex_lock(&io->lock);
@@ -471,8 +469,8 @@ void pmu_stream_on_disconnect(pmu_request_t *request) {
   reqio_release(io);
 }
 
-void pmu_stream_on_drain(pmu_request_t *request) {
-  pmu_reqio *io = reqio_acquire(request);
+void pyb_stream_on_drain(pmu_request_t *request) {
+  pyb_reqio *io = reqio_acquire(request);
   if (io == NULL)
     return;
   pthread_mutex_lock(&io->lock);
@@ -487,6 +485,15 @@ void pmu_stream_on_drain(pmu_request_t *request) {
 
 /* ---- futures ---- */
 
+int pyb_future_done(PyObject *future) {
+  PyObject *done = PyObject_CallMethod(future, "done", NULL);
+  if (done == NULL)
+    return -1;
+  int is_done = PyObject_IsTrue(done);
+  Py_DECREF(done);
+  return is_done;
+}
+
 /* fn(future, value) on the loop's thread: set the result unless the
  * future is already done (cancelled by its task, say). */
 static PyObject *set_future(PyObject *unused, PyObject *const *args, Py_ssize_t nargs) {
@@ -494,11 +501,7 @@ static PyObject *set_future(PyObject *unused, PyObject *const *args, Py_ssize_t 
     PyErr_SetString(PyExc_TypeError, "_set_future(future, value)");
     return NULL;
   }
-  PyObject *done = PyObject_CallMethod(args[0], "done", NULL);
-  if (done == NULL)
-    return NULL;
-  int is_done = PyObject_IsTrue(done);
-  Py_DECREF(done);
+  int is_done = pyb_future_done(args[0]);
   if (is_done < 0)
     return NULL;
   if (!is_done) {
@@ -510,6 +513,6 @@ static PyObject *set_future(PyObject *unused, PyObject *const *args, Py_ssize_t 
   Py_RETURN_NONE;
 }
 
-PyMethodDef pmu_set_future_def = {
+PyMethodDef pyb_set_future_def = {
     "_set_future", (PyCFunction)(void (*)(void))set_future, METH_FASTCALL,
     "_set_future(future, value): set the result unless the future is done."};

@@ -17,11 +17,13 @@ static int consume_sent(pmu__conn_t *c, size_t left);
 static int after_sent(pmu__conn_t *c, int close_now);
 
 pmu__conn_t *pmu__conn_new(pmu__loop_t *loop, int fd) {
-  pmu__conn_t *c = loop->free_conns;
+  pmu__list_t *pooled = pmu__list_first(&loop->free_conns);
+  pmu__conn_t *c;
   char *stash = NULL;
   size_t stash_cap = 0;
-  if (c) {
-    loop->free_conns = c->anext;
+  if (pooled) {
+    c = PMU__LIST_ENTRY(pooled, pmu__conn_t, all_link);
+    pmu__list_unlink(pooled);
     loop->nfree_conns--;
     stash = c->stash;
     stash_cap = c->stash_cap;
@@ -68,10 +70,7 @@ pmu__conn_t *pmu__conn_new(pmu__loop_t *loop, int fd) {
   }
 
   pmu__http_init(c);
-  c->anext = loop->all;
-  if (loop->all)
-    loop->all->aprev = c;
-  loop->all = c;
+  pmu__list_insert_head(&loop->all, &c->all_link);
   loop->nconns++;
   return c;
 }
@@ -92,16 +91,7 @@ void pmu__conn_arm_recv(pmu__conn_t *c) {
 void pmu__conn_timer_unlink(pmu__conn_t *c) {
   if (c->timer_kind == TIMER_NONE)
     return;
-  pmu__loop_t *loop = c->loop;
-  if (c->tprev)
-    c->tprev->tnext = c->tnext;
-  else
-    loop->timers[c->timer_kind].head = c->tnext;
-  if (c->tnext)
-    c->tnext->tprev = c->tprev;
-  else
-    loop->timers[c->timer_kind].tail = c->tprev;
-  c->tprev = c->tnext = NULL;
+  pmu__list_unlink(&c->timer_link);
   c->timer_kind = TIMER_NONE;
 }
 
@@ -112,12 +102,7 @@ static void timer_set(pmu__conn_t *c, unsigned kind) {
     return;
   c->timer_kind = (uint8_t)kind;
   c->deadline = loop->now_ms + loop->timeout_ms[kind];
-  c->tprev = loop->timers[kind].tail;
-  if (c->tprev)
-    c->tprev->tnext = c;
-  else
-    loop->timers[kind].head = c;
-  loop->timers[kind].tail = c;
+  pmu__list_insert_tail(&loop->timers[kind], &c->timer_link);
 }
 
 void pmu__conn_timer_update(pmu__conn_t *c) {
@@ -183,7 +168,9 @@ void pmu__conn_check_rates(pmu__loop_t *loop) {
   if (!cfg->min_recv_rate || now < loop->rate_check_ms)
     return;
   uint64_t next = UINT64_MAX;
-  for (pmu__conn_t *c = loop->all; c; c = c->anext) {
+  pmu__list_t *l, *n;
+  PMU__LIST_FOREACH_SAFE(&loop->all, l, n) {
+    pmu__conn_t *c = PMU__LIST_ENTRY(l, pmu__conn_t, all_link);
     if (!c->rate_kind || c->closing || c->lingering)
       continue;
     if (c->paused) {
@@ -260,19 +247,13 @@ void pmu__conn_release(pmu__conn_t *c) {
       pmu__req_orphan(r);
   pmu__conn_body_list_remove(c);
   sendbuf_put(c);
-  if (c->aprev)
-    c->aprev->anext = c->anext;
-  else
-    loop->all = c->anext;
-  if (c->anext)
-    c->anext->aprev = c->aprev;
+  pmu__list_unlink(&c->all_link);
   loop->nconns--;
   if (c->counted)
     atomic_fetch_sub(&loop->server->open_conns, 1);
   if (loop->nfree_conns < MAX_FREE_CONNS && c->stash_cap <= 65536) {
     c->stash_len = c->stash_off = 0;
-    c->anext = loop->free_conns;
-    loop->free_conns = c;
+    pmu__list_insert_head(&loop->free_conns, &c->all_link);
     loop->nfree_conns++;
   } else {
     free(c->stash);
@@ -286,11 +267,9 @@ void pmu__conn_release(pmu__conn_t *c) {
  * other list can still name it.
  */
 void pmu__conn_try_release(pmu__conn_t *c) {
-  if (!c->closing || c->ops || c->on_grave)
+  if (!c->closing || c->ops || pmu__list_is_linked(&c->grave_link))
     return;
-  c->on_grave = 1;
-  c->gnext = c->loop->grave;
-  c->loop->grave = c;
+  pmu__list_insert_head(&c->loop->grave, &c->grave_link);
 }
 
 /* ---- input ---- */
@@ -329,29 +308,15 @@ static int over_limits(const pmu__conn_t *c) {
 }
 
 void pmu__conn_body_list_remove(pmu__conn_t *c) {
-  if (!c->on_body_list)
-    return;
-  if (c->bprev)
-    c->bprev->bnext = c->bnext;
-  else
-    c->loop->body_paused = c->bnext;
-  if (c->bnext)
-    c->bnext->bprev = c->bprev;
-  c->bprev = c->bnext = NULL;
-  c->on_body_list = 0;
+  if (pmu__list_is_linked(&c->body_link))
+    pmu__list_unlink(&c->body_link);
 }
 
 /* Reading stops for a body the handler has not consumed: ask it to wake us. */
 static void wait_for_body_consumer(pmu__conn_t *c) {
   pmu__req_t *r = c->cur;
-  if (!c->on_body_list) {
-    c->on_body_list = 1;
-    c->bprev = NULL;
-    c->bnext = c->loop->body_paused;
-    if (c->bnext)
-      c->bnext->bprev = c;
-    c->loop->body_paused = c;
-  }
+  if (!pmu__list_is_linked(&c->body_link))
+    pmu__list_insert_head(&c->loop->body_paused, &c->body_link);
   atomic_store(&r->body_wait, 1);
   /* The consumer may have caught up before it could see body_wait. */
   if (body_backlog(c) <= c->loop->server->cfg.output_high_water / 2 &&

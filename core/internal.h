@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "faults.h"
+#include "list.h"
 #include "uring.h"
 
 #define PMU__IOV_MAX 64
@@ -194,8 +195,6 @@ struct pmu__conn {
   uint8_t no_more;   /* parse nothing more: after Connection: close or an error */
   uint8_t paused;    /* backpressure: parser paused, recv cancelled */
   uint8_t cancel_sent;
-  uint8_t on_dirty;
-  uint8_t on_rearm;
   uint8_t pstate;    /* enum pmu__parse_state */
   uint8_t served;    /* at least one request began */
   uint8_t last_cb;   /* parser glue: 0 none, 1 header name, 2 header value */
@@ -204,7 +203,6 @@ struct pmu__conn {
   uint8_t lingering; /* sent a closing error: discard input until EOF or timeout */
   uint8_t linger_on_close; /* close through lingering (input may be unread) */
   uint8_t counted;   /* holds a place in server->open_conns */
-  uint8_t on_grave;
   uint16_t error_status;  /* status to answer a parse error with */
 
   /* Parser glue: absolute stream offsets, to detect obs-fold. */
@@ -239,15 +237,15 @@ struct pmu__conn {
    * of a kind has the same duration and is appended at the tail. */
   uint8_t timer_kind;
   uint64_t deadline;
-  pmu__conn_t *tprev, *tnext;
+  pmu__list_t timer_link; /* loop->timers[timer_kind] */
 
-  pmu__conn_t *dnext;     /* loop's dirty list (needs a flush) */
-  pmu__conn_t *rnext;     /* loop's re-arm list */
-  pmu__conn_t *gnext;     /* loop's release list (closed, no SQE in flight) */
+  /* The loop's lists this connection may be on; linked means "on it". */
+  pmu__list_t dirty_link; /* loop->dirty: needs a flush */
+  pmu__list_t rearm_link; /* loop->rearm: resume reading at the end of the turn */
+  pmu__list_t grave_link; /* loop->grave: closed, no SQE in flight, to release */
+  pmu__list_t all_link;   /* loop->all, or loop->free_conns once released */
+  pmu__list_t body_link;  /* loop->body_paused: reads paused for a body backlog */
   size_t body_off;        /* where the body starts in cur->data */
-  pmu__conn_t *aprev, *anext; /* all connections of the loop */
-  pmu__conn_t *bprev, *bnext; /* loop's list of reads paused for a body backlog */
-  uint8_t on_body_list;
 
   int zc_res; /* result of a SEND_ZC awaiting its notification */
   pmu__sendbuf_t *sb; /* held only while a send is in flight */
@@ -280,17 +278,19 @@ struct pmu__loop {
   uint64_t turn_gen;  /* turns so far */
   uint64_t rate_check_ms; /* next look at receive rates; UINT64_MAX: none due */
 
-  pmu__conn_t *dirty;
-  pmu__conn_t *rearm;
-  pmu__conn_t *grave;
-  pmu__conn_t *body_paused; /* waiting for handlers to consume streamed bodies */
+  /* Lists of connections (core/list.h), through the pmu__conn_t links of
+   * the same names. */
+  pmu__list_t dirty;
+  pmu__list_t rearm;
+  pmu__list_t grave;
+  pmu__list_t body_paused; /* waiting for handlers to consume streamed bodies */
   pmu__req_t *dead; /* answered orphans, freed at the end of the turn */
   long outstanding; /* requests with the handler, not answered yet */
   int *free_slots;  /* fixed-file slots not in use (registered_files) */
   unsigned nfree_slots;
-  pmu__conn_t *all;
+  pmu__list_t all;
   unsigned nconns;
-  pmu__conn_t *free_conns;
+  pmu__list_t free_conns;
   unsigned nfree_conns;
   pmu__req_t *free_reqs;
   unsigned nfree_reqs;
@@ -298,9 +298,7 @@ struct pmu__loop {
   pmu__sendbuf_t *free_sendbufs;
   unsigned nfree_sendbufs;
 
-  struct {
-    pmu__conn_t *head, *tail;
-  } timers[TIMER_KINDS];
+  pmu__list_t timers[TIMER_KINDS]; /* through timer_link */
   uint64_t timeout_ms[TIMER_KINDS];
   uint64_t now_ms;
 

@@ -45,11 +45,8 @@ static void free_dead(pmu__loop_t *loop) {
 }
 
 void pmu__loop_mark_dirty(pmu__loop_t *loop, pmu__conn_t *conn) {
-  if (!conn->on_dirty) {
-    conn->on_dirty = 1;
-    conn->dnext = loop->dirty;
-    loop->dirty = conn;
-  }
+  if (!pmu__list_is_linked(&conn->dirty_link))
+    pmu__list_insert_head(&loop->dirty, &conn->dirty_link);
 }
 
 /* A listener of this loop's own (SO_REUSEPORT) takes a multishot accept. One
@@ -159,7 +156,7 @@ static void accept_backoff(pmu__loop_t *loop, int err) {
 
 static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   pmu_server_t *s = loop->server;
-  if (!(cqe->flags & IORING_CQE_F_MORE)) {
+  if (!pmu__cqe_more(cqe)) {
     loop->accept_armed = 0; /* re-armed at the end of the turn unless stopping */
     if (loop->stopping)
       close_listener(loop);
@@ -199,22 +196,19 @@ static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
 }
 
 void pmu__loop_schedule_resume(pmu__loop_t *loop, pmu__conn_t *conn) {
-  if (!conn->on_rearm) {
-    conn->on_rearm = 1;
-    conn->rnext = loop->rearm;
-    loop->rearm = conn;
-  }
+  if (!pmu__list_is_linked(&conn->rearm_link))
+    pmu__list_insert_head(&loop->rearm, &conn->rearm_link);
 }
 
 static void on_recv(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
   pmu__loop_t *loop = conn->loop;
   int res = cqe->res;
-  if (!(cqe->flags & IORING_CQE_F_MORE)) {
+  if (!pmu__cqe_more(cqe)) {
     conn->recv_armed = 0;
     conn->ops--;
   }
   if (res > 0) {
-    unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    unsigned bid = pmu__cqe_buffer_id(cqe);
     STAT_ADD(loop, bytes_in, res);
     if (!conn->closing)
       pmu__conn_on_recv(conn, pmu__bufring_addr(&loop->bufs, bid), (size_t)res);
@@ -235,14 +229,14 @@ static void on_recv(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
 }
 
 static void on_send_cqe(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
-  if (cqe->flags & IORING_CQE_F_NOTIF) {
+  if (pmu__cqe_notif(cqe)) {
     /* SEND_ZC: the buffers are free only now. */
     conn->ops--;
     conn->zc_wait_notif = 0;
     pmu__conn_on_send(conn, conn->zc_res);
     return;
   }
-  if (cqe->flags & IORING_CQE_F_MORE) {
+  if (pmu__cqe_more(cqe)) {
     conn->zc_res = cqe->res;
     conn->zc_wait_notif = 1;
     return;
@@ -253,16 +247,13 @@ static void on_send_cqe(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
 
 static void begin_stop(pmu__loop_t *loop);
 
-static void drain_answers(pmu__loop_t *loop) {
-  pthread_mutex_lock(&loop->qlock);
-  pmu__req_t *req = loop->qhead;
-  pmu__seg_t *seg = loop->sqhead;
-  loop->qhead = loop->qtail = NULL;
-  loop->sqhead = loop->sqtail = NULL;
-  pthread_mutex_unlock(&loop->qlock);
+/* Apply answers and stream pieces taken off the cross-thread queues, in
+ * order; `count` them in stats.deferred or not. */
+static void apply_arrivals(pmu__loop_t *loop, pmu__req_t *req, pmu__seg_t *seg, int count) {
   while (req) {
     pmu__req_t *next = req->qnext;
-    STAT_ADD(loop, deferred, 1);
+    if (count)
+      STAT_ADD(loop, deferred, 1);
     pmu__answer_arrived(req);
     req = next;
   }
@@ -273,18 +264,27 @@ static void drain_answers(pmu__loop_t *loop) {
   }
 }
 
+static void drain_answers(pmu__loop_t *loop) {
+  pthread_mutex_lock(&loop->qlock);
+  pmu__req_t *req = loop->qhead;
+  pmu__seg_t *seg = loop->sqhead;
+  loop->qhead = loop->qtail = NULL;
+  loop->sqhead = loop->sqtail = NULL;
+  pthread_mutex_unlock(&loop->qlock);
+  apply_arrivals(loop, req, seg, 1);
+}
+
 static void on_wake(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
-  if (!(cqe->flags & IORING_CQE_F_MORE))
+  if (!pmu__cqe_more(cqe))
     loop->wake_armed = 0;
   uint64_t v;
   ssize_t n = read(loop->wake_fd, &v, sizeof v);
   (void)n;
   drain_answers(loop);
   /* Handlers may have consumed streamed bodies that paused reading. */
-  for (pmu__conn_t *c = loop->body_paused, *next; c; c = next) {
-    next = c->bnext;
-    pmu__conn_maybe_resume(c);
-  }
+  pmu__list_t *l, *next;
+  PMU__LIST_FOREACH_SAFE(&loop->body_paused, l, next)
+    pmu__conn_maybe_resume(PMU__LIST_ENTRY(l, pmu__conn_t, body_link));
   if (!loop->stopping && atomic_load(&loop->server->stop_requested))
     begin_stop(loop);
 }
@@ -328,18 +328,20 @@ static void begin_stop(pmu__loop_t *loop) {
   else
     close_listener(loop);
   /* Idle connections close now; busy ones once their answers are out. */
-  for (pmu__conn_t *c = loop->all, *next; c; c = next) {
-    next = c->anext;
-    pmu__conn_timer_update(c);
-  }
+  pmu__list_t *l, *n;
+  PMU__LIST_FOREACH_SAFE(&loop->all, l, n)
+    pmu__conn_timer_update(PMU__LIST_ENTRY(l, pmu__conn_t, all_link));
 }
 
 static void expire_timers(pmu__loop_t *loop) {
   uint64_t now = loop->now_ms;
   pmu__conn_check_rates(loop);
   for (int kind = 1; kind < TIMER_KINDS; kind++) {
-    pmu__conn_t *c;
-    while ((c = loop->timers[kind].head) && c->deadline <= now) {
+    pmu__list_t *first;
+    while ((first = pmu__list_first(&loop->timers[kind]))) {
+      pmu__conn_t *c = PMU__LIST_ENTRY(first, pmu__conn_t, timer_link);
+      if (c->deadline > now)
+        break;
       pmu__conn_timer_unlink(c);
       STAT_ADD(loop, timeouts, 1);
       if ((kind == TIMER_HEADER && c->pstate != PS_IDLE) || kind == TIMER_BODY) {
@@ -351,8 +353,9 @@ static void expire_timers(pmu__loop_t *loop) {
     }
   }
   if (loop->stopping && now >= loop->stop_deadline) {
-    for (pmu__conn_t *c = loop->all; c; c = c->anext)
-      pmu__conn_close(c);
+    pmu__list_t *l, *n;
+    PMU__LIST_FOREACH_SAFE(&loop->all, l, n)
+      pmu__conn_close(PMU__LIST_ENTRY(l, pmu__conn_t, all_link));
   }
 }
 
@@ -360,9 +363,12 @@ static void expire_timers(pmu__loop_t *loop) {
 static int64_t next_wait(const pmu__loop_t *loop) {
   uint64_t soonest = UINT64_MAX;
   for (int kind = 1; kind < TIMER_KINDS; kind++) {
-    const pmu__conn_t *c = loop->timers[kind].head;
-    if (c && c->deadline < soonest)
-      soonest = c->deadline;
+    const pmu__list_t *first = pmu__list_first(&loop->timers[kind]);
+    if (first) {
+      const pmu__conn_t *c = PMU__LIST_ENTRY(first, pmu__conn_t, timer_link);
+      if (c->deadline < soonest)
+        soonest = c->deadline;
+    }
   }
   if (loop->stopping && loop->stop_deadline < soonest)
     soonest = loop->stop_deadline;
@@ -386,38 +392,33 @@ static void end_of_turn(pmu__loop_t *loop) {
   /* Resuming is a turn of its own for the per-turn cap on pipelined
    * requests; a connection capped again waits for the next one. */
   loop->turn_gen++;
-  pmu__conn_t *c = loop->rearm;
-  loop->rearm = NULL;
-  while (c) {
-    pmu__conn_t *next = c->rnext;
-    c->on_rearm = 0;
+  /* Each pending-work list is taken whole: what its work queues goes to the
+   * next pass. */
+  pmu__list_t taken, *l;
+  pmu__list_move(&loop->rearm, &taken);
+  while ((l = pmu__list_first(&taken))) {
+    pmu__list_unlink(l);
+    pmu__conn_t *c = PMU__LIST_ENTRY(l, pmu__conn_t, rearm_link);
     if (!c->closing && !c->recv_armed)
       pmu__conn_maybe_resume(c);
-    c = next;
   }
 
   /* Resuming parsed the stash: run the handler on what it completed before
    * flushing, or those requests would wait for the next completion. */
   pmu__loop_dispatch(loop);
 
-  c = loop->dirty;
-  loop->dirty = NULL;
-  while (c) {
-    pmu__conn_t *next = c->dnext;
-    c->on_dirty = 0;
-    pmu__conn_flush(c);
-    c = next;
+  pmu__list_move(&loop->dirty, &taken);
+  while ((l = pmu__list_first(&taken))) {
+    pmu__list_unlink(l);
+    pmu__conn_flush(PMU__LIST_ENTRY(l, pmu__conn_t, dirty_link));
   }
 
-  c = loop->grave;
-  loop->grave = NULL;
-  if (c)
+  pmu__list_move(&loop->grave, &taken);
+  if (!pmu__list_is_empty(&taken))
     loop->accept_paused = 0; /* descriptors were freed: accept again now */
-  while (c) {
-    pmu__conn_t *next = c->gnext;
-    c->on_grave = 0;
-    pmu__conn_release(c);
-    c = next;
+  while ((l = pmu__list_first(&taken))) {
+    pmu__list_unlink(l);
+    pmu__conn_release(PMU__LIST_ENTRY(l, pmu__conn_t, grave_link));
   }
 
   free_dead(loop);
@@ -429,7 +430,7 @@ static void end_of_turn(pmu__loop_t *loop) {
     cancel_accept(loop);
   if (!loop->wake_armed)
     arm_wake(loop);
-  uint32_t overflow = *loop->ring.cq.koverflow;
+  uint32_t overflow = pmu__ring_overflows(&loop->ring);
   __atomic_store_n(&loop->stats.cq_overflows, overflow, __ATOMIC_RELAXED);
   __atomic_store_n(&loop->stats.connections_open, loop->nconns, __ATOMIC_RELAXED);
 }
@@ -452,7 +453,7 @@ static void wait_failed(pmu__loop_t *loop, int err) {
              err);
     cfg->log(cfg->handler_data, PMU_LOG_ERROR, msg);
   }
-  if (!io_uring_cq_ready(&loop->ring)) {
+  if (!pmu__ring_cq_ready(&loop->ring)) {
     struct timespec pause = {.tv_sec = 0, .tv_nsec = 10 * 1000000L};
     nanosleep(&pause, NULL);
   }
@@ -464,7 +465,8 @@ static void run(pmu__loop_t *loop) {
   for (;;) {
     /* Connections capped last turn resume at the end of this one: no
      * waiting for a completion then. */
-    int rc = pmu__submit_and_wait(&loop->ring, loop->rearm ? 0 : next_wait(loop));
+    int rc = pmu__submit_and_wait(&loop->ring,
+                                  pmu__list_is_empty(&loop->rearm) ? next_wait(loop) : 0);
     /* ETIME is a timer; EINTR a signal; both mean "look again". */
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
       wait_failed(loop, -rc);
@@ -476,11 +478,11 @@ static void run(pmu__loop_t *loop) {
 
     unsigned head, seen = 0;
     struct io_uring_cqe *cqe;
-    io_uring_for_each_cqe(&loop->ring, head, cqe) {
+    pmu__ring_for_each_cqe(&loop->ring, head, cqe) {
       seen++;
       handle_cqe(loop, cqe);
     }
-    io_uring_cq_advance(&loop->ring, seen);
+    pmu__ring_cq_advance(&loop->ring, seen);
     STAT_ADD(loop, cqes, seen);
     pmu__loop_dispatch(loop);
 
@@ -525,16 +527,7 @@ static void close_answer_queue(pmu__loop_t *loop) {
   long held = loop->outstanding;
   atomic_fetch_add(&loop->server->refs, held);
   pthread_mutex_unlock(&loop->qlock);
-  while (late) {
-    pmu__req_t *next = late->qnext;
-    pmu__answer_arrived(late);
-    late = next;
-  }
-  while (late_seg) {
-    pmu__seg_t *next = late_seg->next;
-    pmu__seg_arrived(late_seg);
-    late_seg = next;
-  }
+  apply_arrivals(loop, late, late_seg, 0);
   free_dead(loop);
   /* Those answered just now were counted above. */
   atomic_fetch_sub(&loop->server->refs, held - loop->outstanding);
@@ -550,9 +543,10 @@ static void free_pools(pmu__loop_t *loop) {
     free(r->out);
     free(r);
   }
-  while (loop->free_conns) {
-    pmu__conn_t *c = loop->free_conns;
-    loop->free_conns = c->anext;
+  pmu__list_t *l;
+  while ((l = pmu__list_first(&loop->free_conns))) {
+    pmu__list_unlink(l);
+    pmu__conn_t *c = PMU__LIST_ENTRY(l, pmu__conn_t, all_link);
     free(c->stash);
     free(c);
   }
@@ -576,6 +570,14 @@ void *pmu__loop_main(void *arg) {
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, NULL);
 
+  pmu__list_init(&loop->dirty);
+  pmu__list_init(&loop->rearm);
+  pmu__list_init(&loop->grave);
+  pmu__list_init(&loop->body_paused);
+  pmu__list_init(&loop->all);
+  pmu__list_init(&loop->free_conns);
+  for (int kind = 0; kind < TIMER_KINDS; kind++)
+    pmu__list_init(&loop->timers[kind]);
   loop->now_ms = pmu__now_ms();
   loop->rate_check_ms = UINT64_MAX;
   loop->timeout_ms[TIMER_HEADER] = cfg->header_timeout_ms;
@@ -622,7 +624,7 @@ void *pmu__loop_main(void *arg) {
   close_answer_queue(loop);
   if (loop->ring_ready) {
     pmu__bufring_free(&loop->ring, &loop->bufs);
-    io_uring_queue_exit(&loop->ring);
+    pmu__ring_exit(&loop->ring);
   }
   /* wake_fd stays open until the server is freed: pmu_server_stop() may
    * still be writing to it from another thread. */

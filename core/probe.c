@@ -31,56 +31,18 @@ static void explain(pmu_probe_t *out, int err) {
   }
 }
 
-/* Try a ring with these flags; 1 if the kernel takes them. */
-static int ring_accepts(unsigned flags) {
-  struct io_uring ring;
-  struct io_uring_params p;
-  memset(&p, 0, sizeof p);
-  p.flags = flags;
-  if (io_uring_queue_init_params(8, &ring, &p) < 0)
-    return 0;
-  io_uring_queue_exit(&ring);
-  return 1;
-}
-
 int pmu_probe(pmu_probe_t *out) {
   memset(out, 0, sizeof *out);
   struct utsname u;
   if (uname(&u) == 0)
     snprintf(out->kernel, sizeof out->kernel, "%.63s", u.release);
 
-  struct io_uring ring;
-  struct io_uring_params p;
-  memset(&p, 0, sizeof p);
-  int rc = io_uring_queue_init_params(8, &ring, &p);
+  int rc = pmu__ring_probe(out);
   if (rc < 0) {
     out->error = rc;
     explain(out, rc);
     return rc;
   }
-  out->features = p.features;
-  out->ext_arg = !!(p.features & IORING_FEAT_EXT_ARG);
-
-  struct io_uring_probe *pr = io_uring_get_probe_ring(&ring);
-  if (pr) {
-    out->send_zc = io_uring_opcode_supported(pr, IORING_OP_SEND_ZC);
-    out->msg_ring = io_uring_opcode_supported(pr, IORING_OP_MSG_RING);
-    io_uring_free_probe(pr);
-  }
-
-  /* Provided-buffer rings (5.19) and, with them, multishot recv (6.0). */
-  pmu__bufring_t b;
-  if (pmu__bufring_setup(&ring, &b, 8, 256) == 0) {
-    out->provided_buffer_ring = 1;
-    pmu__bufring_free(&ring, &b);
-  }
-  out->registered_ring_fd = io_uring_register_ring_fd(&ring) == 1;
-  io_uring_queue_exit(&ring);
-
-  out->single_issuer = ring_accepts(IORING_SETUP_SINGLE_ISSUER);
-  out->defer_taskrun =
-      ring_accepts(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
-  out->coop_taskrun = ring_accepts(IORING_SETUP_COOP_TASKRUN);
 
   /* Multishot accept came with 5.19, multishot recv with 6.0; bundles with
    * 6.10 and incremental buffer consumption with 6.12. Opcodes do not reveal

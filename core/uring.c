@@ -1,6 +1,7 @@
 /*
- * uring.c: ring and buffer-ring setup, SQE preparation and the wait. The
- * only file besides probe.c that calls liburing directly.
+ * uring.c: ring and buffer-ring setup, SQE preparation, the wait and the
+ * kernel probe. The only file that calls liburing directly (besides the
+ * inline accessors of uring.h).
  */
 #include "internal.h"
 
@@ -212,4 +213,49 @@ int pmu__submit_and_wait(struct io_uring *ring, int64_t timeout_ms) {
   };
   struct io_uring_cqe *cqe = NULL;
   return io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
+}
+
+/* Try a ring with these flags; 1 if the kernel takes them. */
+static int ring_accepts(unsigned flags) {
+  struct io_uring ring;
+  struct io_uring_params p;
+  memset(&p, 0, sizeof p);
+  p.flags = flags;
+  if (io_uring_queue_init_params(8, &ring, &p) < 0)
+    return 0;
+  io_uring_queue_exit(&ring);
+  return 1;
+}
+
+int pmu__ring_probe(pmu_probe_t *out) {
+  struct io_uring ring;
+  struct io_uring_params p;
+  memset(&p, 0, sizeof p);
+  int rc = io_uring_queue_init_params(8, &ring, &p);
+  if (rc < 0)
+    return rc;
+  out->features = p.features;
+  out->ext_arg = !!(p.features & IORING_FEAT_EXT_ARG);
+
+  struct io_uring_probe *pr = io_uring_get_probe_ring(&ring);
+  if (pr) {
+    out->send_zc = io_uring_opcode_supported(pr, IORING_OP_SEND_ZC);
+    out->msg_ring = io_uring_opcode_supported(pr, IORING_OP_MSG_RING);
+    io_uring_free_probe(pr);
+  }
+
+  /* Provided-buffer rings (5.19) and, with them, multishot recv (6.0). */
+  pmu__bufring_t b;
+  if (pmu__bufring_setup(&ring, &b, 8, 256) == 0) {
+    out->provided_buffer_ring = 1;
+    pmu__bufring_free(&ring, &b);
+  }
+  out->registered_ring_fd = io_uring_register_ring_fd(&ring) == 1;
+  io_uring_queue_exit(&ring);
+
+  out->single_issuer = ring_accepts(IORING_SETUP_SINGLE_ISSUER);
+  out->defer_taskrun =
+      ring_accepts(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+  out->coop_taskrun = ring_accepts(IORING_SETUP_COOP_TASKRUN);
+  return 0;
 }

@@ -1,7 +1,9 @@
 /*
  * uring.h: every io_uring call the engine makes goes through here, the way
  * Redis keeps each poller behind ae_epoll.c. loop.c and conn.c speak in
- * terms of "arm a receive", "send these iovecs", "wait for completions".
+ * terms of "arm a receive", "send these iovecs", "wait for completions",
+ * "is this operation still armed". No other file names an IORING_ flag
+ * (tests/python/test_layout.py checks it).
  */
 #ifndef PMU_URING_H
 #define PMU_URING_H
@@ -90,6 +92,49 @@ int pmu__prep_cancel(struct io_uring *ring, uint64_t target, uint64_t ud);
 
 /* Register fd at slot in the fixed-file table (fd < 0 clears the slot). */
 int pmu__files_update(struct io_uring *ring, unsigned slot, int fd);
+
+/* What a completion says besides its result. */
+
+/* The multishot operation (accept, recv, poll) is still armed; on a SEND_ZC,
+ * a notification completion follows this one. */
+static inline int pmu__cqe_more(const struct io_uring_cqe *cqe) {
+  return (cqe->flags & IORING_CQE_F_MORE) != 0;
+}
+
+/* A SEND_ZC's notification: the kernel is done with the send's buffers. */
+static inline int pmu__cqe_notif(const struct io_uring_cqe *cqe) {
+  return (cqe->flags & IORING_CQE_F_NOTIF) != 0;
+}
+
+/* The provided buffer a receive filled (valid when its result is > 0). */
+static inline unsigned pmu__cqe_buffer_id(const struct io_uring_cqe *cqe) {
+  return cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+}
+
+/* Completions the kernel could not post for want of CQ room, since the ring
+ * was made. */
+static inline uint32_t pmu__ring_overflows(const struct io_uring *ring) {
+  return *ring->cq.koverflow;
+}
+
+/* Completions ready to be reaped. */
+static inline unsigned pmu__ring_cq_ready(const struct io_uring *ring) {
+  return io_uring_cq_ready(ring);
+}
+
+/* Walk the completions ready (head: an unsigned cursor), then hand the n
+ * seen back with pmu__ring_cq_advance. */
+#define pmu__ring_for_each_cqe(ring, head, cqe) io_uring_for_each_cqe(ring, head, cqe)
+static inline void pmu__ring_cq_advance(struct io_uring *ring, unsigned n) {
+  io_uring_cq_advance(ring, n);
+}
+
+static inline void pmu__ring_exit(struct io_uring *ring) { io_uring_queue_exit(ring); }
+
+/* Fill the io_uring part of *out (features, ext_arg, opcodes, setup flags,
+ * provided-buffer rings, registered ring fd). Returns 0, or the -errno of a
+ * ring that could not be made at all (nothing else is filled then). */
+int pmu__ring_probe(pmu_probe_t *out);
 
 /* Submit queued SQEs and wait for at least one completion, at most
  * timeout_ms (< 0: no limit). Returns >= 0, -ETIME, -EINTR or -errno. */

@@ -203,7 +203,7 @@ void pmu_log_stderr(void *handler_data, int level, const char *msg);
   X(UINT, buf_count, 1024, "buffers", 1, 32768,                                               \
     "provided receive buffers per thread (a power of two)")                                  \
   X(UINT, buf_size, 4096, "bytes", 256, 1u << 20, "size of each provided receive buffer")     \
-  X(BOOL, defer_taskrun, 1, "", 0, 1, "IORING_SETUP_DEFER_TASKRUN, falling back to COOP_TASKRUN") \
+  X(BOOL, defer_taskrun, 1, "", 0, 1, "the ring set up with DEFER_TASKRUN, falling back to COOP_TASKRUN") \
   X(BOOL, sqpoll, 0, "", 0, 1, "a kernel thread polls the submission queue (burns a core)")   \
   X(UINT, sqpoll_idle_ms, 1000, "ms", 0, UINT_MAX, "the SQPOLL thread sleeps after this idle") \
   X(BOOL, registered_files, 0, "", 0, 1, "connections go in the ring's fixed-file table")     \
@@ -389,6 +389,16 @@ size_t pmu_request_unsent(const pmu_request_t *request);
  * already that low (no callback), -EPIPE if the connection is gone.
  */
 int pmu_request_wait_drain(pmu_request_t *request);
+
+/*
+ * 1 if the connection of this request, held and not yet answered (or its
+ * stream not yet ended), is gone: closed by the client, reset, timed out or
+ * cut at shutdown. 0 otherwise. Any thread; no side effect. Once 1 it stays
+ * 1: the engine sets the mark before it calls config.on_disconnect, and from
+ * then on pmu_respond_write() answers -EPIPE and an answer is dropped (it
+ * still releases the request).
+ */
+int pmu_request_gone(const pmu_request_t *request);
 
 /*
  * For a streamed request body: the handler has finished with n more bytes of

@@ -23,6 +23,9 @@ static int drained, disconnected;
 static size_t max_unsent;
 static int write_errors;
 static int abort_early_rc = 1;
+static int gone_when_live = -1;     /* pmu_request_gone() as a forever stream starts */
+static int gone_on_disconnect = -1; /* ... in on_disconnect */
+static int gone_after_epipe = -1;   /* ... once a write answered -EPIPE */
 
 static void on_drain(void *data, pmu_request_t *request) {
   (void)data;
@@ -35,8 +38,9 @@ static void on_drain(void *data, pmu_request_t *request) {
 
 static void on_disconnect(void *data, pmu_request_t *request) {
   (void)data;
-  (void)request;
+  int gone = pmu_request_gone(request);
   pthread_mutex_lock(&lock);
+  gone_on_disconnect = gone;
   disconnected++;
   pthread_cond_broadcast(&cond);
   pthread_mutex_unlock(&lock);
@@ -72,6 +76,12 @@ static void produce(pmu_request_t *r) {
   headers[1].value_len = (size_t)snprintf(lenbuf, sizeof lenbuf, "%zu", length);
   pmu_respond_start(r, 200, headers, length ? 2 : 1);
   char *buf = malloc(size);
+  if (forever) {
+    int gone = pmu_request_gone(r);
+    pthread_mutex_lock(&lock);
+    gone_when_live = gone;
+    pthread_mutex_unlock(&lock);
+  }
   for (size_t i = 0; forever || i < n; i++) {
     piece(buf, size, i);
     int rc = pmu_respond_write(r, buf, size, NULL, NULL);
@@ -79,8 +89,10 @@ static void produce(pmu_request_t *r) {
     pthread_mutex_lock(&lock);
     if (unsent > max_unsent)
       max_unsent = unsent;
-    if (rc == -EPIPE)
+    if (rc == -EPIPE) {
       write_errors++;
+      gone_after_epipe = pmu_request_gone(r);
+    }
     pthread_mutex_unlock(&lock);
     if (rc == -EPIPE)
       break;
@@ -395,7 +407,7 @@ int main(void) {
     t_conn_close(conn);
   }
 
-  t_case("the client goes away mid-stream: on_disconnect, -EPIPE, safe end");
+  t_case("the client goes away mid-stream: on_disconnect, -EPIPE, pmu_request_gone, safe end");
   {
     t_conn_t *conn = t_connect(server);
     t_send_str(conn, "GET /stream?thread=1&forever=1&size=1000 HTTP/1.1\r\nHost: h\r\n\r\n");
@@ -415,6 +427,12 @@ int main(void) {
     pthread_mutex_unlock(&lock);
     T_ASSERT_MSG(ok, "no disconnect seen (on_disconnect %d, EPIPE %d)", disconnected - before,
                  write_errors - errors_before);
+    pthread_mutex_lock(&lock);
+    int live = gone_when_live, in_disconnect = gone_on_disconnect, after = gone_after_epipe;
+    pthread_mutex_unlock(&lock);
+    T_ASSERT_INT_EQ(live, 0);          /* connected: not gone */
+    T_ASSERT_INT_EQ(in_disconnect, 1); /* marked before on_disconnect runs */
+    T_ASSERT_INT_EQ(after, 1);
     t_sleep_ms(20); /* the producer ends its stream */
   }
 

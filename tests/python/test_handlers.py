@@ -22,6 +22,7 @@ def test_exception_gives_500_and_logs_traceback(serve, caplog):
     with caplog.at_level(logging.ERROR, logger="pymongoose_uring"):
         status, headers, body, _ = request(server, path="/boom")
     assert (status, body) == (500, b"Internal Server Error")
+    assert headers["content-type"] == "text/plain; charset=utf-8"
     rec = [r for r in caplog.records if "handler raised" in r.getMessage()]
     assert rec and "GET /boom" in rec[0].getMessage()
     assert rec[0].exc_info[0] is ValueError
