@@ -484,7 +484,8 @@ class WSGIHandler:
             forwarded_for = env.get("HTTP_X_FORWARDED_FOR")
             if forwarded_for is not None:
                 client = proxies.client(forwarded_for, client)
-                env["REMOTE_ADDR"], env["REMOTE_PORT"] = client[0], str(client[1])
+                if client is not None:  # None: a Unix socket peer, and no address named
+                    env["REMOTE_ADDR"], env["REMOTE_PORT"] = client[0], str(client[1])
             forwarded_proto = env.get("HTTP_X_FORWARDED_PROTO")
             if forwarded_proto is not None:
                 env["wsgi.url_scheme"] = proxies.scheme(forwarded_proto, env["wsgi.url_scheme"])
