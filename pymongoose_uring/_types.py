@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from ._pmu import Request, Response
 
 __all__ = [
-    "HeaderValue", "HeadersLike", "Body", "HandlerResult", "Handler", "AsyncHandler",
+    "HeaderValue", "HeadersLike", "Body", "HandlerResult", "Handler", "AsyncHandler", "AsyncBatch",
     "ExcInfo", "StartResponse", "WSGIEnviron", "WSGIApp",
     "Scope", "Message", "Receive", "Send", "ASGIApp",
 ]
@@ -37,6 +37,9 @@ HandlerResult = Union[
 ]
 Handler = Callable[["Request"], HandlerResult]
 AsyncHandler = Callable[["Request"], Awaitable[HandlerResult]]
+# What the engine hands the asyncio bridge: the requests of one batch whose
+# handlers returned a coroutine, each with its coroutine.
+AsyncBatch = List[Tuple["Request", Awaitable[HandlerResult]]]
 
 # --- WSGI (PEP 3333).
 ExcInfo = Tuple[Type[BaseException], BaseException, Optional[TracebackType]]

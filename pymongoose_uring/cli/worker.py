@@ -92,7 +92,8 @@ def make_server(config: Config) -> AnyServer:
     from .. import Server
     from .._adapter import detect_interface
 
-    app = hello_app() if config.hello else load(config.app or "")
+    # What MODULE:ATTRIBUTE names is only known at run time: detect_interface() tells.
+    app: Any = hello_app() if config.hello else load(config.app or "")
     interface = config.interface
     if interface == "auto":
         interface = detect_interface(app)
