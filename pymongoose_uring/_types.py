@@ -2,7 +2,6 @@
 interfaces the adapters serve (for annotations only: nothing here runs)."""
 from __future__ import annotations
 
-import sys
 from types import TracebackType
 from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Dict, Iterable,
                     List, Mapping, MutableMapping, Optional, Sequence, Tuple, Type, Union)

@@ -52,7 +52,7 @@ from . import _native
 from ._adapter import (AdapterServer, declared_length, length_mismatch, log_access,
                        trusted_proxies)
 from ._native import Response
-from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._types import ASGIApp, Message, Scope
 
 if TYPE_CHECKING:
     from ._pmu import Request

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from .._server import say
 from .._types import Handler, HandlerResult
