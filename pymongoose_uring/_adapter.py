@@ -12,9 +12,10 @@ import inspect
 import ipaddress
 import logging
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from ._server import Server
+from ._types import Handler
 
 __all__ = ["AdapterServer", "ProxyHeaders", "detect_interface", "access_log"]
 
@@ -35,8 +36,8 @@ def server_options(options: Dict[str, Any]) -> Dict[str, Any]:
     return options
 
 
-def log_access(client: Any, method: str, target: str, version: str, status: Any,
-               length: Any) -> None:
+def log_access(client: Union[Tuple[str, int], str, None], method: str, target: str,
+               version: str, status: Union[int, str], length: Optional[int]) -> None:
     """One access-log line, in the common shape:
     ``127.0.0.1:5000 - "GET /path HTTP/1.1" 200 27``."""
     if isinstance(client, tuple):
@@ -107,8 +108,8 @@ class ProxyHeaders:
         items = trusted.split(",") if isinstance(trusted, str) else list(trusted)
         self.trust_all = False
         self.trust_unix = False
-        self.hosts: set = set()
-        self.networks: List[Any] = []
+        self.hosts: Set[str] = set()
+        self.networks: List[Union[ipaddress.IPv4Network, ipaddress.IPv6Network]] = []
         for item in (str(i).strip() for i in items):
             if not item:
                 continue
@@ -195,7 +196,7 @@ class AdapterServer:
 
     server: Server
 
-    def __init__(self, handler: Callable[[Any], Any], host: str, port: int,
+    def __init__(self, handler: Handler, host: str, port: int,
                  options: Dict[str, Any]) -> None:
         self._handler = handler
         self._host, self._port = host, port
@@ -284,7 +285,7 @@ class AdapterServer:
         return f"<{type(self).__name__} {self.url} {state}>"
 
 
-def _positional_count(fn: Any) -> Optional[int]:
+def _positional_count(fn: Callable[..., object]) -> Optional[int]:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -298,7 +299,7 @@ def _positional_count(fn: Any) -> Optional[int]:
     return n
 
 
-def detect_interface(app: Any) -> str:
+def detect_interface(app: object) -> str:
     """``"native"``, ``"wsgi"`` or ``"asgi"`` for an application object.
 
     An :class:`App` is native. Otherwise the callable's signature decides:

@@ -9,7 +9,9 @@ why, and a pure-Python ``Response`` with the same interface stands in.
 from __future__ import annotations
 
 import json as _json
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+from ._types import HeadersLike
 
 __all__ = ["_pmu", "IMPORT_ERROR", "Response", "Error", "UnavailableError", "ClientDisconnected"]
 
@@ -43,8 +45,9 @@ else:
     class Response:  # type: ignore[no-redef]
         """Pure-Python stand-in for pymongoose_uring._pmu.Response."""
 
-        def __init__(self, body: Any = b"", status: int = 200, headers: Any = None,
-                     content_type: Any = _missing) -> None:
+        def __init__(self, body: Union[bytes, bytearray, memoryview, str, None] = b"",
+                     status: int = 200, headers: HeadersLike = None,
+                     content_type: Optional[str] = _missing) -> None:
             if body is None:
                 body = b""
             if isinstance(body, (bytearray, memoryview)):
@@ -66,20 +69,21 @@ else:
             return b.encode() if isinstance(b, str) else b
 
         @classmethod
-        def json(cls, data: Any, status: int = 200, headers: Any = None) -> "Response":
+        def json(cls, data: Any, status: int = 200, headers: HeadersLike = None) -> "Response":
             return cls(_json.dumps(data, separators=(",", ":")), status, headers,
                        "application/json")
 
         @classmethod
-        def text(cls, text: str, status: int = 200, headers: Any = None) -> "Response":
+        def text(cls, text: str, status: int = 200, headers: HeadersLike = None) -> "Response":
             return cls(text, status, headers, _TEXT)
 
         @classmethod
-        def html(cls, html: str, status: int = 200, headers: Any = None) -> "Response":
+        def html(cls, html: str, status: int = 200, headers: HeadersLike = None) -> "Response":
             return cls(html, status, headers, "text/html; charset=utf-8")
 
         @classmethod
-        def redirect(cls, location: str, status: int = 307, headers: Any = None) -> "Response":
+        def redirect(cls, location: str, status: int = 307,
+                     headers: HeadersLike = None) -> "Response":
             pairs = [("Location", location)]
             if headers:
                 pairs += list(headers.items() if hasattr(headers, "items") else headers)

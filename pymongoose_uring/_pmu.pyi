@@ -1,32 +1,16 @@
 """Type stubs for pymongoose_uring._pmu, the C extension (the engine binding)."""
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any, Dict, List, Optional, Tuple, TypedDict, Union, final
 
 from ._datastructures import Headers, QueryParams
+from ._types import AsyncBatch
+from ._types import HandlerResult as _HandlerResult
+from ._types import HeadersLike as _HeadersLike
 
 ENGINE_VERSION: str
 BATCH_BUCKETS: int
-
-_HeaderValue = Union[str, bytes, int]
-_HeadersLike = Union[
-    None,
-    Mapping[str, Union[_HeaderValue, Sequence[_HeaderValue]]],
-    Sequence[Tuple[Union[str, bytes], _HeaderValue]],
-]
-_Body = Union[bytes, bytearray, memoryview, str, Dict[str, Any], List[Any]]
-_HandlerResult = Union[
-    "Response",
-    _Body,
-    int,
-    Tuple[_Body, int],
-    Tuple[_Body, int, _HeadersLike],
-    Tuple[int, _Body],
-    Tuple[int, _HeadersLike, _Body],
-    Coroutine[Any, Any, Any],
-    None,
-]
 
 class Stats(TypedDict):
     """What Engine.stats() returns: every counter of include/pmu/pmu.h PMU_STATS_FIELDS
@@ -182,7 +166,7 @@ class Engine:
         handler: Callable[[Request], _HandlerResult],
         *,
         routes: Optional[Dict[str, Dict[str, Callable[[Request], _HandlerResult]]]] = None,
-        async_scheduler: Optional[Callable[[List[Tuple[Request, Any]]], Any]] = None,
+        async_scheduler: Optional[Callable[[AsyncBatch], None]] = None,
         host: Optional[str] = ...,
         port: int = ...,
         unix_path: Optional[str] = ...,

@@ -9,13 +9,15 @@ goes through :meth:`App._fallback`.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Pattern, Set, Tuple
 
 from ._native import Response
+from ._types import Handler, HandlerResult
+
+if TYPE_CHECKING:
+    from ._pmu import Request
 
 __all__ = ["App"]
-
-Handler = Callable[[Any], Any]
 
 _PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?}")
 _CONVERTERS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
@@ -46,7 +48,7 @@ def _compile(path: str) -> Tuple[Pattern[str], Dict[str, Callable[[str], Any]]]:
     return re.compile("".join(parts)), converters
 
 
-def _not_found(request: Any) -> Any:
+def _not_found(request: Request) -> HandlerResult:
     return Response.text("Not Found", 404)
 
 
@@ -130,7 +132,7 @@ class App:
 
     # -- dispatch -----------------------------------------------------------
 
-    def __call__(self, request: Any) -> Any:
+    def __call__(self, request: Request) -> HandlerResult:
         """Dispatch one request (the whole routing, static paths included)."""
         table = self._static.get(request.path)
         if table is not None:
@@ -139,12 +141,12 @@ class App:
                 return handler(request)
         return self._fallback(request)
 
-    def _fallback(self, request: Any) -> Any:
+    def _fallback(self, request: Request) -> HandlerResult:
         """Called by the engine when the static table has no handler for the
         request: parameterised routes, then 405 or 404."""
         path = request.path
         method = request.method
-        allowed: Optional[set] = None
+        allowed: Optional[Set[str]] = None
         table = self._static.get(path)
         if table is not None:
             allowed = set(table)

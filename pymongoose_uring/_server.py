@@ -17,10 +17,16 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
+from types import FrameType
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, NamedTuple, Optional,
+                    Set, Tuple, Union)
 
 from . import _native
 from ._native import Response, UnavailableError
+from ._types import AsyncBatch, Handler, HandlerResult
+
+if TYPE_CHECKING:
+    from ._pmu import Engine, Request
 
 
 def say(message: str) -> None:
@@ -103,7 +109,7 @@ class _AsyncBridge:
         self._lock = threading.Lock()
         self._tasks: Set["asyncio.Task[Any]"] = set()
 
-    def schedule(self, batch: List[Tuple[Any, Any]]) -> None:
+    def schedule(self, batch: AsyncBatch) -> None:
         loop = self._loop
         if loop is None:
             loop = self._start_loop()
@@ -127,7 +133,7 @@ class _AsyncBridge:
                 self._loop = loop
             return self._loop
 
-    def _spawn(self, batch: List[Tuple[Any, Any]]) -> None:
+    def _spawn(self, batch: AsyncBatch) -> None:
         loop = self._loop
         assert loop is not None
         for request, coro in batch:
@@ -162,7 +168,7 @@ class _AsyncBridge:
             loop.close()
 
 
-def _abort_stream(request: Any) -> None:
+def _abort_stream(request: Request) -> None:
     """Cut short a streamed answer the handler started and failed to finish
     (the client sees it incomplete; a no-op for one already ended)."""
     try:
@@ -171,7 +177,7 @@ def _abort_stream(request: Any) -> None:
         pass
 
 
-async def _drive(request: Any, coro: Any) -> None:
+async def _drive(request: Request, coro: Awaitable[HandlerResult]) -> None:
     try:
         result = await coro
     except asyncio.CancelledError:
@@ -293,7 +299,7 @@ class Server:
     where io_uring cannot be used.
     """
 
-    def __init__(self, app: Callable[[Any], Any], host: str = "127.0.0.1", port: int = 8000, *,
+    def __init__(self, app: Handler, host: str = "127.0.0.1", port: int = 8000, *,
                  unix_path: Optional[str] = None, threads: int = 1,
                  listen_fd: Optional[int] = None, backlog: Optional[int] = None,
                  ring_entries: Optional[int] = None, cq_entries: Optional[int] = None,
@@ -335,7 +341,7 @@ class Server:
             if given[name] is not None:
                 self._options[name] = given[name]
         self._loop = loop
-        self._engine: Any = None
+        self._engine: Optional[Engine] = None
         self._bridge: Optional[_AsyncBridge] = None
         self._final_stats: Optional[Dict[str, Any]] = None
         self._lock = threading.RLock()
@@ -393,8 +399,9 @@ class Server:
 
     def _finish(self) -> None:
         engine, bridge = self._engine, self._bridge
+        assert engine is not None  # called while running, with self._lock held
         try:
-            self._final_stats = engine.stats()
+            self._final_stats = dict(engine.stats())
         except Exception:
             self._final_stats = None
         engine.close()
@@ -408,9 +415,10 @@ class Server:
         """Serve until SIGINT (Ctrl-C) or SIGTERM, then stop gracefully:
         in-flight requests finish, idle connections close."""
         stop_requested = threading.Event()
-        previous: Dict[signal.Signals, Any] = {}
+        previous: Dict[signal.Signals, Union[Callable[[int, Optional[FrameType]], Any], int,
+                                             None]] = {}
 
-        def on_signal(signum: int, frame: Any) -> None:
+        def on_signal(signum: int, frame: Optional[FrameType]) -> None:
             log.info("%s received; stopping gracefully", signal.Signals(signum).name)
             stop_requested.set()
             engine = self._engine
@@ -426,6 +434,7 @@ class Server:
         try:
             self.start()
             engine = self._engine
+            assert engine is not None  # start() succeeded
             if stop_requested.is_set():
                 engine.stop()
             say(f"serving on {self.url} with {engine.threads} thread(s); Ctrl-C to stop")
@@ -461,7 +470,8 @@ class Server:
 
     @property
     def unix_path(self) -> Optional[str]:
-        return self._options["unix_path"]
+        path: Optional[str] = self._options["unix_path"]
+        return path
 
     @property
     def url(self) -> str:
@@ -495,7 +505,7 @@ class Server:
             if self._final_stats is not None and thread == -1:
                 return dict(self._final_stats)
             raise RuntimeError("the server is not running")
-        return engine.stats(thread)
+        return dict(engine.stats(thread))
 
     def ring_info(self, thread: int = 0) -> Dict[str, Any]:
         """How the ring of one thread was set up (setup flags, features,

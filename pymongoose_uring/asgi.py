@@ -45,12 +45,17 @@ import collections
 import concurrent.futures
 import logging
 import threading
-from typing import Any, Awaitable, Callable, Dict, Optional, Set, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Coroutine, Dict, Iterable, List, Optional, Set,
+                    Tuple, TypeVar, Union)
 
 from . import _native
 from ._adapter import (AdapterServer, declared_length, length_mismatch, log_access,
                        trusted_proxies)
 from ._native import Response
+from ._types import ASGIApp, Message, Scope
+
+if TYPE_CHECKING:
+    from ._pmu import Request
 
 __all__ = ["ASGIHandler", "ASGIServer", "serve", "new_event_loop"]
 
@@ -63,10 +68,8 @@ _READ_SIZE = 65536
 _ERROR_BODY = b"Internal Server Error"
 _ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 
-Scope = Dict[str, Any]
-Message = Dict[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]],
-                    Callable[[Message], Awaitable[None]]], Awaitable[None]]
+_T = TypeVar("_T")
+_Client = Optional[Tuple[str, int]]
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -76,7 +79,7 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
         raise ValueError("loop must be 'auto', 'uvloop' or 'asyncio'")
     if kind != "asyncio":
         try:
-            import uvloop  # type: ignore[import-not-found]
+            import uvloop
         except ImportError:
             if kind == "uvloop":
                 raise
@@ -91,17 +94,17 @@ class _Cycle:
     __slots__ = ("request", "handler", "status", "headers", "started", "streaming", "done",
                  "body_done", "gone", "waiter", "watching", "client", "sent")
 
-    def __init__(self, request: Any, handler: "ASGIHandler") -> None:
+    def __init__(self, request: Request, handler: "ASGIHandler") -> None:
         self.request = request
         self.handler = handler
         self.status = 0
-        self.headers: Any = None
+        self.headers: Any = None  # the app's, as it gave them (checked by the engine)
         self.started = False    # http.response.start received
         self.streaming = False  # headers sent with request.start()
         self.done = False       # the response is complete
         self.body_done = False  # the last http.request message was given
         self.gone = False       # the client left
-        self.client: Any = None  # scope["client"]
+        self.client: _Client = None  # scope["client"]
         self.sent = 0  # body bytes streamed
         self.waiter: Optional["asyncio.Future[None]"] = None
         self.watching = False
@@ -300,8 +303,9 @@ class ASGIHandler:
     """
 
     def __init__(self, app: ASGIApp, *, lifespan: str = "auto", root_path: str = "",
-                 loop: Any = "auto", scheme: str = "http", access_log: bool = False,
-                 proxy_headers: bool = True, forwarded_allow_ips: Any = None) -> None:
+                 loop: Union[str, asyncio.AbstractEventLoop] = "auto", scheme: str = "http",
+                 access_log: bool = False, proxy_headers: bool = True,
+                 forwarded_allow_ips: Union[str, Iterable[str], None] = None) -> None:
         if not callable(app):
             raise TypeError("app must be an ASGI 3 callable app(scope, receive, send)")
         if lifespan not in ("auto", "on", "off"):
@@ -321,9 +325,9 @@ class ASGIHandler:
         self._lifespan: Optional[_Lifespan] = None
         self._asgi = {"version": "3.0", "spec_version": "2.4"}
         # Requests waiting for the loop; a drain is posted once per batch.
-        self._queue: "collections.deque[Any]" = collections.deque()
+        self._queue: "collections.deque[Request]" = collections.deque()
         self._scheduled = False
-        self._post: Any = None  # loop.call_soon_threadsafe
+        self._post: Optional[Callable[[Callable[[], None]], object]] = None  # call_soon_threadsafe
         self._tasks: Set["asyncio.Task[None]"] = set()
 
     # -- the loop and lifespan ------------------------------------------------------
@@ -356,8 +360,11 @@ class ASGIHandler:
                 raise
         return self.loop
 
-    def _run(self, coro: Any, timeout: Optional[float], loop: Any = None) -> Any:
-        fut = asyncio.run_coroutine_threadsafe(coro, loop or self.loop)
+    def _run(self, coro: Coroutine[Any, Any, _T], timeout: Optional[float],
+             loop: Optional[asyncio.AbstractEventLoop] = None) -> _T:
+        target = loop or self.loop
+        assert target is not None  # started
+        fut = asyncio.run_coroutine_threadsafe(coro, target)
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -409,7 +416,7 @@ class ASGIHandler:
 
     # -- the batches ------------------------------------------------------------------
 
-    def __call__(self, request: Any) -> None:
+    def __call__(self, request: Request) -> None:
         """The engine handler (ring thread, GIL held): queue the request for the
         loop. The first request of a batch posts one drain to the loop; the
         loop cannot run before the ring releases the GIL at the batch's end,
@@ -438,10 +445,10 @@ class ASGIHandler:
 
     # -- one request ----------------------------------------------------------------
 
-    def scope(self, request: Any) -> Scope:
+    def scope(self, request: Request) -> Scope:
         """The ASGI scope of a request."""
         headers = request.raw_headers  # built in C: lower-cased names, bytes
-        server = request.server
+        server: Union[Tuple[str, int], Tuple[str, None], str, None] = request.server
         if type(server) is str:
             server = (server, None)
         client = request.client
@@ -467,8 +474,11 @@ class ASGIHandler:
             scope["state"] = self.state.copy()
         return scope
 
-    def _forwarded(self, headers: Any, client: Any, scheme: str) -> Tuple[Any, str]:
+    def _forwarded(self, headers: List[Tuple[bytes, bytes]], client: _Client,
+                   scheme: str) -> Tuple[_Client, str]:
         """Client and scheme from a trusted proxy's X-Forwarded-* headers."""
+        proxies = self.proxies
+        assert proxies is not None  # only called when the peer is a trusted proxy
         forwarded_for = forwarded_proto = None
         for name, value in headers:
             if name[:12] == b"x-forwarded-":
@@ -478,12 +488,12 @@ class ASGIHandler:
                 elif name == b"x-forwarded-proto":
                     forwarded_proto = value
         if forwarded_for is not None:
-            client = self.proxies.client(forwarded_for.decode("latin-1"), client)
+            client = proxies.client(forwarded_for.decode("latin-1"), client)
         if forwarded_proto is not None:
-            scheme = self.proxies.scheme(forwarded_proto.decode("latin-1"), scheme)
+            scheme = proxies.scheme(forwarded_proto.decode("latin-1"), scheme)
         return client, scheme
 
-    async def handle(self, request: Any) -> None:
+    async def handle(self, request: Request) -> None:
         """The engine handler: run the app for one request (on the loop)."""
         cycle = _Cycle(request, self)
         try:
@@ -511,7 +521,7 @@ class ASGIHandler:
                     request.reply(Response(_ERROR_BODY, 500, _ERROR_HEADERS, None))
             cycle._wake()
 
-    def _answered(self, request: Any, cycle: _Cycle, body: Any) -> None:
+    def _answered(self, request: Request, cycle: _Cycle, body: bytes) -> None:
         declared = declared_length(cycle.headers)
         if declared is not None and declared != len(body):
             status = cycle.status
@@ -531,11 +541,11 @@ class ASGIHandler:
         if self.access_log:
             self._log(request, cycle.client, cycle.status)
 
-    def _log(self, request: Any, client: Any, status: int) -> None:
+    def _log(self, request: Request, client: _Client, status: int) -> None:
         log_access(client, request.method, request.target, request.http_version,
                    status, None)
 
-    def _failed(self, request: Any, cycle: _Cycle, exc: BaseException) -> None:
+    def _failed(self, request: Request, cycle: _Cycle, exc: BaseException) -> None:
         if isinstance(exc, asyncio.CancelledError):
             log.warning("ASGI request task cancelled: %s %s", request.method, request.target)
         elif isinstance(exc, ConnectionError) and (cycle.gone or cycle.done):
@@ -567,9 +577,11 @@ class ASGIServer(AdapterServer):
     """
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, *,
-                 lifespan: str = "auto", root_path: str = "", loop: Any = "auto",
+                 lifespan: str = "auto", root_path: str = "",
+                 loop: Union[str, asyncio.AbstractEventLoop] = "auto",
                  scheme: str = "http", access_log: bool = False, proxy_headers: bool = True,
-                 forwarded_allow_ips: Any = None, **server_options: Any) -> None:
+                 forwarded_allow_ips: Union[str, Iterable[str], None] = None,
+                 **server_options: Any) -> None:
         self.handler = ASGIHandler(app, lifespan=lifespan, root_path=root_path, loop=loop,
                                    scheme=scheme, access_log=access_log,
                                    proxy_headers=proxy_headers,

@@ -31,11 +31,14 @@ What differs from pymongoose:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from ._native import Response
 from ._server import Server
+
+if TYPE_CHECKING:
+    from ._pmu import Request
 
 __all__ = [
     "Manager", "Connection", "HttpMessage",
@@ -55,7 +58,7 @@ __all__ = [
 EventHandler = Callable[["Connection", int, Any], None]
 
 
-def _address(addr: Any) -> Optional[Tuple[str, int, bool]]:
+def _address(addr: Union[Tuple[str, int], str, None]) -> Optional[Tuple[str, int, bool]]:
     if isinstance(addr, tuple):
         return (addr[0], addr[1], ":" in addr[0])
     return None
@@ -66,7 +69,7 @@ class HttpMessage:
 
     __slots__ = ("_request",)
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Request) -> None:
         self._request = request
 
     @property
@@ -140,7 +143,7 @@ class Connection:
                  "_close_after")
 
     def __init__(self, manager: "Manager", handler: Optional[EventHandler] = None,
-                 request: Any = None) -> None:
+                 request: Optional[Request] = None) -> None:
         self._manager = manager
         self._handler = handler
         self._request = request
@@ -200,7 +203,8 @@ class Connection:
 
     # -- replying ----------------------------------------------------------
 
-    def reply(self, status_code: int, body: Any = b"",
+    def reply(self, status_code: int,
+              body: Union[bytes, bytearray, memoryview, str, None] = b"",
               headers: Optional[Dict[str, str]] = None) -> None:
         """Send the HTTP response: status, body (str is sent UTF-8 encoded,
         NUL bytes included), headers as a dict. No Content-Type is added."""
@@ -225,7 +229,7 @@ class Connection:
             return
         self._close_after = True
 
-    def send(self, data: Any) -> None:
+    def send(self, data: bytes) -> None:
         raise NotImplementedError("raw sends are not supported: use conn.reply()")
 
     def __repr__(self) -> str:
@@ -284,10 +288,10 @@ class Manager:
         self._listeners.append(listener)
         return listener
 
-    def _dispatcher(self, listener: Connection) -> Callable[[Any], None]:
+    def _dispatcher(self, listener: Connection) -> Callable[[Request], None]:
         manager = self
 
-        def dispatch(request: Any) -> None:
+        def dispatch(request: Request) -> None:
             handler = listener._handler or manager._handler
             if handler is None:
                 request.reply(Response.text("Not Found", 404))

@@ -41,12 +41,17 @@ import io
 import logging
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
+                    Protocol, Sequence, Tuple, Union)
 from urllib.parse import unquote_to_bytes
 
 from ._adapter import (AdapterServer, declared_length, length_mismatch, log_access,
                        trusted_proxies)
 from ._native import Response
+from ._types import ExcInfo, WSGIApp, WSGIEnviron
+
+if TYPE_CHECKING:
+    from ._pmu import Request
 
 __all__ = ["WSGIHandler", "WSGIServer", "FileWrapper", "serve"]
 
@@ -63,12 +68,18 @@ _ERROR_BODY = b"Internal Server Error"
 _ERROR_HEADERS = [("Content-Type", "text/plain; charset=utf-8")]
 
 
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
 class FileWrapper:
     """``wsgi.file_wrapper``: iterates a file-like object in blocks and closes it."""
 
     __slots__ = ("filelike", "blksize", "close")
 
-    def __init__(self, filelike: Any, blksize: int = _READ_SIZE) -> None:
+    close: Callable[[], object]
+
+    def __init__(self, filelike: _Readable, blksize: int = _READ_SIZE) -> None:
         self.filelike = filelike
         self.blksize = blksize
         close = getattr(filelike, "close", None)
@@ -110,7 +121,7 @@ class _StreamInput:
 
     __slots__ = ("_read", "_buf", "_eof")
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Request) -> None:
         self._read = request.read
         self._buf = b""
         self._eof = False
@@ -163,7 +174,8 @@ class _StreamInput:
         return buf[:end]
 
     def readlines(self, hint: int = -1) -> List[bytes]:
-        lines, total = [], 0
+        lines: List[bytes] = []
+        total = 0
         while True:
             line = self.readline()
             if not line:
@@ -202,15 +214,15 @@ class _StartResponse:
 
     __slots__ = ("request", "status", "headers", "streaming", "sent")
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Request) -> None:
         self.request = request
         self.status: Optional[str] = None
-        self.headers: Any = None
+        self.headers: Optional[List[Tuple[str, str]]] = None
         self.streaming = False  # headers sent with request.start()
         self.sent = 0  # body bytes given to request.write()
 
     def __call__(self, status: str, headers: List[Tuple[str, str]],
-                 exc_info: Any = None) -> Callable[[bytes], None]:
+                 exc_info: Optional[ExcInfo] = None) -> Callable[[bytes], None]:
         if exc_info is not None:
             try:
                 if self.streaming:
@@ -257,12 +269,15 @@ def _status_code(status: str) -> int:
     return code
 
 
-def _checked_headers(headers: List[Tuple[str, str]]) -> Tuple[Any, Optional[str]]:
+_SendableHeaders = Sequence[Tuple[str, Union[str, bytes]]]
+
+
+def _checked_headers(headers: List[Tuple[str, str]]) -> Tuple[_SendableHeaders, Optional[str]]:
     """(headers the engine can send, the Content-Length value or None). Values
     are latin-1 in WSGI; the engine encodes str as UTF-8, so any non-ASCII
     value is passed as its latin-1 bytes."""
     length = None
-    fixed = None
+    fixed: Optional[List[Tuple[str, Union[str, bytes]]]] = None
     for i, pair in enumerate(headers):
         name, value = pair
         if len(name) == 14 and name.lower() == "content-length":
@@ -275,12 +290,13 @@ def _checked_headers(headers: List[Tuple[str, str]]) -> Tuple[Any, Optional[str]
 
 
 def _start(sr: _StartResponse) -> None:
+    assert sr.status is not None and sr.headers is not None  # start_response() was called
     headers, _ = _checked_headers(sr.headers)
     sr.request.start(_status_code(sr.status), headers)
     sr.streaming = True
 
 
-def _join(chunks: Iterable[Any]) -> bytes:
+def _join(chunks: Iterable[bytes]) -> bytes:
     try:
         return b"".join(chunks)
     except TypeError:
@@ -302,10 +318,12 @@ class WSGIHandler:
     logs one line per request to the logger ``pymongoose_uring.access``.
     """
 
-    def __init__(self, app: Callable[..., Any], *, pool_threads: int = 8,
-                 url_scheme: str = "http", script_name: str = "", errors: Any = None,
+    def __init__(self, app: WSGIApp, *, pool_threads: int = 8,
+                 url_scheme: str = "http", script_name: str = "",
+                 errors: Optional[IO[str]] = None,
                  multiprocess: bool = False, access_log: bool = False,
-                 proxy_headers: bool = True, forwarded_allow_ips: Any = None) -> None:
+                 proxy_headers: bool = True,
+                 forwarded_allow_ips: Union[str, Iterable[str], None] = None) -> None:
         if not callable(app):
             raise TypeError("app must be a WSGI callable app(environ, start_response)")
         if pool_threads < 1:
@@ -328,11 +346,11 @@ class WSGIHandler:
             "SERVER_SOFTWARE": "pymongoose_uring",
         }
         self._keys: Dict[str, str] = {}  # header name as sent -> environ key
-        self._servers: Dict[Any, Tuple[str, str]] = {}
+        self._servers: Dict[Union[Tuple[str, int], str, None], Tuple[str, str]] = {}
         # The pool: requests wait in a deque; idle threads park on their own
         # lock (held while parked; released to wake that thread).
-        self._pending: "collections.deque[Any]" = collections.deque()
-        self._idle: List[Any] = []
+        self._pending: "collections.deque[Optional[Request]]" = collections.deque()
+        self._idle: List[threading.Lock] = []
         self._waking = False  # a thread was woken and has not run yet
         self._threads: List[threading.Thread] = []
         self._lock = threading.Lock()
@@ -377,7 +395,7 @@ class WSGIHandler:
             if t is not threading.current_thread():
                 t.join(timeout)
 
-    def __call__(self, request: Any) -> None:
+    def __call__(self, request: Request) -> None:
         """The engine handler (ring thread, GIL held): queue the request; wake
         one parked thread per batch."""
         self._pending.append(request)
@@ -395,7 +413,7 @@ class WSGIHandler:
         self._waking = True
         park.release()
 
-    def _work(self, park: Any) -> None:
+    def _work(self, park: threading.Lock) -> None:
         pending, idle, handle = self._pending, self._idle, self._handle
         popleft = pending.popleft
         while True:
@@ -426,7 +444,7 @@ class WSGIHandler:
 
     # -- one request ---------------------------------------------------------------
 
-    def _environ(self, request: Any) -> Dict[str, Any]:
+    def _environ(self, request: Request) -> WSGIEnviron:
         env = self._base.copy()
         env["REQUEST_METHOD"] = request.method
         raw = request.raw_path
@@ -484,7 +502,8 @@ class WSGIHandler:
             forwarded_for = env.get("HTTP_X_FORWARDED_FOR")
             if forwarded_for is not None:
                 client = proxies.client(forwarded_for, client)
-                env["REMOTE_ADDR"], env["REMOTE_PORT"] = client[0], str(client[1])
+                if client is not None:  # None: a Unix socket peer, and no address named
+                    env["REMOTE_ADDR"], env["REMOTE_PORT"] = client[0], str(client[1])
             forwarded_proto = env.get("HTTP_X_FORWARDED_PROTO")
             if forwarded_proto is not None:
                 env["wsgi.url_scheme"] = proxies.scheme(forwarded_proto, env["wsgi.url_scheme"])
@@ -500,7 +519,7 @@ class WSGIHandler:
                 env["wsgi.input"] = _EMPTY_INPUT
         return env
 
-    def _handle(self, request: Any) -> None:
+    def _handle(self, request: Request) -> None:
         """Run the app for one request and answer it (a pool thread)."""
         sr = _StartResponse(request)
         try:
@@ -509,7 +528,7 @@ class WSGIHandler:
         except Exception:
             self._fail(request, sr, "the WSGI app raised")
             return
-        status: Any = None
+        status: Optional[int] = None
         try:
             status = self._respond(request, sr, result, environ)
         except Exception:
@@ -528,8 +547,9 @@ class WSGIHandler:
             log_access(client, environ["REQUEST_METHOD"], environ["RAW_URI"],
                        request.http_version, status if status is not None else 500, None)
 
-    def _respond(self, request: Any, sr: _StartResponse, result: Any,
-                 environ: Dict[str, Any]) -> int:
+    def _respond(self, request: Request, sr: _StartResponse,
+                 result: Any,  # what the app returned: an iterable of bytes, checked here
+                 environ: WSGIEnviron) -> int:
         kind = type(result)
         if (kind is list or kind is tuple) and not sr.streaming:
             if sr.status is None:
@@ -552,6 +572,7 @@ class WSGIHandler:
             break
         if sr.status is None:
             raise RuntimeError("the WSGI app returned without calling start_response()")
+        assert sr.headers is not None  # with the status
         if not sr.streaming:
             length = _checked_headers(sr.headers)[1]
             if first is None:
@@ -581,7 +602,7 @@ class WSGIHandler:
                     if not write(chunk):
                         break  # the client left: stop producing
         sr.sent = sent
-        code = _status_code(sr.status)  # type: ignore[arg-type]
+        code = _status_code(sr.status)
         declared = declared_length(sr.headers)
         if (declared is not None and sent != declared and code != 204 and code != 304
                 and environ["REQUEST_METHOD"] != "HEAD" and not request.disconnected):
@@ -593,9 +614,10 @@ class WSGIHandler:
         request.end()  # (a longer body was cut off at the length, and the connection closes)
         return code
 
-    def _reply(self, request: Any, sr: _StartResponse, body: Any,
-               environ: Dict[str, Any]) -> int:
-        code = _status_code(sr.status)  # type: ignore[arg-type]
+    def _reply(self, request: Request, sr: _StartResponse, body: bytes,
+               environ: WSGIEnviron) -> int:
+        assert sr.status is not None and sr.headers is not None  # the app called start_response
+        code = _status_code(sr.status)
         headers, length = _checked_headers(sr.headers)
         method = environ["REQUEST_METHOD"]
         if not body and method == "HEAD":
@@ -618,7 +640,7 @@ class WSGIHandler:
         request.reply(Response(body, code, headers, None))
         return code
 
-    def _fail(self, request: Any, sr: _StartResponse, what: str) -> None:
+    def _fail(self, request: Request, sr: _StartResponse, what: str) -> None:
         log.exception("%s; %s %s", what, getattr(request, "method", "?"),
                       getattr(request, "target", "?"))
         try:
@@ -640,10 +662,11 @@ class WSGIServer(AdapterServer):
     ``stop()`` and ``with`` run it in the background.
     """
 
-    def __init__(self, app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000, *,
+    def __init__(self, app: WSGIApp, host: str = "127.0.0.1", port: int = 8000, *,
                  pool_threads: int = 8, url_scheme: str = "http", script_name: str = "",
-                 errors: Any = None, multiprocess: bool = False, access_log: bool = False,
-                 proxy_headers: bool = True, forwarded_allow_ips: Any = None,
+                 errors: Optional[IO[str]] = None, multiprocess: bool = False,
+                 access_log: bool = False, proxy_headers: bool = True,
+                 forwarded_allow_ips: Union[str, Iterable[str], None] = None,
                  **server_options: Any) -> None:
         self.handler = WSGIHandler(app, pool_threads=pool_threads, url_scheme=url_scheme,
                                    script_name=script_name, errors=errors,
@@ -659,7 +682,7 @@ class WSGIServer(AdapterServer):
         self.handler.close()
 
 
-def serve(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000,
+def serve(app: WSGIApp, host: str = "127.0.0.1", port: int = 8000,
           **options: Any) -> None:
     """Serve a WSGI app until SIGINT or SIGTERM (see :class:`WSGIServer`)."""
     WSGIServer(app, host, port, **options).run()

@@ -27,14 +27,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --- Python tools in a private venv: tools/test-requirements.txt (the build,
-# pytest, the frameworks the adapter tests serve, uvloop).
+# pytest, the frameworks the adapter tests serve, uvloop, mypy).
 venv=$root/build/venv
 if [ ! -x "$venv/bin/python" ]; then
   mkdir -p build
   python3 -m venv "$venv"
 fi
 py=$venv/bin/python
-if ! "$py" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11' 2>/dev/null; then
+if ! "$py" -c 'import sys, mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11; sys.version_info < (3, 10) or __import__("mypy")' 2>/dev/null; then
   "$py" -m pip install -q --upgrade pip
   "$py" -m pip install -q -r tools/test-requirements.txt
 fi
@@ -75,6 +75,12 @@ echo "== benchmark runner's own tests"
 "$py" -m pytest -q benchmarks/tests
 
 if [ -d tests/python ]; then
+  if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    echo "== type check: mypy, strict on the package ([tool.mypy] in pyproject.toml)"
+    "$py" -m mypy
+  else
+    echo "== no type check: mypy needs Python 3.10 or later"
+  fi
   echo "== Python package and tests"
   "$py" -m pip install -q --no-build-isolation . 
   (cd build && "$py" -m pytest -q "$root/tests/python")

@@ -73,7 +73,8 @@ async def asgi_app(scope, receive, send):
 
 
 def wsgi_app(environ, start_response):
-    body = json.dumps({"client": [environ["REMOTE_ADDR"], int(environ["REMOTE_PORT"] or 0)],
+    body = json.dumps({"client": [environ["REMOTE_ADDR"],
+                                  int(environ.get("REMOTE_PORT") or 0)],
                        "scheme": environ["wsgi.url_scheme"]}).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
@@ -147,6 +148,19 @@ def test_proxy_on_a_unix_socket(serve_app):
     assert status == 200
     assert json.loads(body) == {"client": ["203.0.113.7", 0], "scheme": "https"}
 
+
+
+def test_an_empty_forwarded_for_from_a_unix_socket_proxy(serve_app):
+    # The peer has no address and the header names none: the client stays unknown
+    # (the WSGI adapter answered 500 here, indexing the None it got back).
+    path = os.path.join(tempfile.mkdtemp(), "proxy.sock")
+    server = serve_app(unix_path=path, forwarded_allow_ips="unix:")
+    c = RawClient(0, family=socket.AF_UNIX, address=path)
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: ,\r\n\r\n")
+    status, _, body = c.read_response()
+    c.close()
+    assert status == 200
+    assert json.loads(body)["client"] in (None, ["", 0])  # ASGI: None; WSGI: REMOTE_ADDR ""
 
 def test_access_log_names_the_forwarded_client(caplog):
     for cls, app in SERVERS.values():

@@ -1,0 +1,197 @@
+"""One serving process: load the app, build its server (native, WSGI or ASGI),
+serve until SIGINT/SIGTERM; tell the supervisor once it serves, and stop after
+--max-requests."""
+from __future__ import annotations
+
+import importlib
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Union
+
+from .._server import say
+from .._types import Handler, HandlerResult
+from .config import Config
+
+if TYPE_CHECKING:
+    from .. import App, Request, Server
+    from ..asgi import ASGIServer
+    from ..wsgi import WSGIServer
+
+    AnyServer = Union[Server, WSGIServer, ASGIServer]
+
+# Exit status of a worker that could not load its app or bind: the
+# supervisor stops instead of restarting it forever.
+EXIT_BOOT_FAILED = 3
+# Exit status of a worker that served its --max-requests: replaced at once.
+EXIT_RECYCLED = 4
+
+
+def load(spec: str) -> Any:
+    """The object MODULE:ATTRIBUTE names (ATTRIBUTE may be dotted; default app),
+    importing MODULE with the current directory on sys.path."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name:
+        raise ValueError(f"give the app as MODULE:ATTRIBUTE, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in (attr or "app").split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def hello_app() -> App:
+    """--hello: GET / answers {"message":"Hello, World!"}."""
+    from .. import App
+    app = App()
+    body = b'{"message":"Hello, World!"}'
+    headers = [("Content-Type", "application/json")]
+
+    @app.get("/")
+    def hello(request: Request) -> HandlerResult:
+        return 200, headers, body
+
+    return app
+
+
+def native_with_access_log(app: Handler) -> Handler:
+    """app, logging one access line per request (the status as far as the
+    handler's result says it; '-' for an answer that comes later)."""
+    from .. import Response
+    from .._adapter import log_access
+
+    def logged(request: Request) -> HandlerResult:
+        result = app(request)
+        status: Any
+        if isinstance(result, Response):
+            status = result.status
+        elif isinstance(result, int) and not isinstance(result, bool):
+            status = result
+        elif isinstance(result, tuple) and result:
+            first = result[0]
+            status = first if isinstance(first, int) else (
+                result[1] if len(result) > 1 else 200)
+        elif result is None or hasattr(result, "__await__"):
+            status = "-"
+        else:
+            status = 200
+        log_access(request.client, request.method, request.target, request.http_version,
+                   status, None)
+        return result
+
+    return logged
+
+
+def make_server(config: Config) -> AnyServer:
+    """The server object for the app (Server, WSGIServer or ASGIServer)."""
+    from .. import Server
+    from .._adapter import detect_interface
+
+    # What MODULE:ATTRIBUTE names is only known at run time: detect_interface() tells.
+    app: Any = hello_app() if config.hello else load(config.app or "")
+    interface = config.interface
+    if interface == "auto":
+        interface = detect_interface(app)
+    listen: Any = dict(unix_path=config.unix_path, threads=config.threads, listen_fd=config.fd)
+    proxy: Any = dict(proxy_headers=config.proxy_headers,
+                      forwarded_allow_ips=config.forwarded_allow_ips)
+    options: Any = config.engine
+    if interface == "wsgi":
+        from ..wsgi import WSGIServer
+        return WSGIServer(app, config.host, config.port, pool_threads=config.pool_threads,
+                          script_name=config.script_name, access_log=config.access_log,
+                          multiprocess=config.workers > 1, **proxy, **listen, **options)
+    if interface == "asgi":
+        from ..asgi import ASGIServer
+        return ASGIServer(app, config.host, config.port, lifespan=config.lifespan,
+                          root_path=config.root_path, loop=config.loop,
+                          access_log=config.access_log, **proxy, **listen, **options)
+    if config.access_log:
+        app = native_with_access_log(app)
+    return Server(app, config.host, config.port, **listen, **options)
+
+
+def serve(config: Config, ready_fd: int = -1) -> int:
+    """Load the app and serve until SIGINT/SIGTERM (one process). A byte is
+    written to ready_fd (then closed) once the server accepts. Returns the
+    exit status: 0, EXIT_BOOT_FAILED or EXIT_RECYCLED."""
+    from .. import Error
+    try:
+        server = make_server(config)
+    except Error as exc:
+        say(str(exc))
+        return EXIT_BOOT_FAILED
+    except (ImportError, AttributeError, ValueError) as exc:
+        say(f"cannot load {config.app!r}: {type(exc).__name__}: {exc}")
+        return EXIT_BOOT_FAILED
+    except Exception as exc:
+        import traceback
+        traceback.print_exc()
+        say(f"cannot load {config.app!r}: {type(exc).__name__}: {exc}")
+        return EXIT_BOOT_FAILED
+    recycled = recycle_after(server, config) if config.max_requests else None
+    if ready_fd >= 0:
+        tell_when_serving(server, ready_fd)
+    try:
+        server.run()
+    except Error as exc:  # UnavailableError, address in use...
+        say(str(exc))
+        return EXIT_BOOT_FAILED
+    except RuntimeError as exc:  # e.g. ASGI lifespan startup failed
+        say(str(exc))
+        return EXIT_BOOT_FAILED
+    finally:
+        if recycled is not None:
+            recycled.set()  # ends the watcher
+    return EXIT_RECYCLED if recycled is not None and recycled.limit_reached else 0
+
+
+def tell_when_serving(server: AnyServer, fd: int) -> None:
+    """Write a byte to fd once the server runs (its listener accepts), for the
+    supervisor; closing fd without it (the worker died) says it never did."""
+    def watch() -> None:
+        try:
+            deadline = time.monotonic() + 600
+            while not server.running and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if server.running:
+                os.write(fd, b"r")
+        finally:
+            os.close(fd)
+
+    threading.Thread(target=watch, name="pymongoose_uring ready", daemon=True).start()
+
+
+class Recycle(threading.Event):
+    """Set to end the --max-requests watch; limit_reached says it fired."""
+
+    limit_reached = False
+
+
+def recycle_after(server: AnyServer, config: Config) -> Recycle:
+    """Stop this worker gracefully (as SIGTERM does) once it has served
+    --max-requests (plus jitter) requests. Returns an event that ends the
+    watch when set."""
+    limit = config.max_requests + random.randint(0, config.max_requests_jitter)
+    done = Recycle()
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            try:
+                served = server.stats()["requests"]
+            except RuntimeError:  # not started yet
+                continue
+            if served >= limit:
+                done.limit_reached = True
+                say(f"worker {os.environ.get('PYMONGOOSE_URING_WORKER', '0')} (pid {os.getpid()}) "
+                    f"served {served} requests (--max-requests {limit}); replacing it")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="pymongoose_uring max-requests", daemon=True).start()
+    return done
