@@ -136,6 +136,21 @@ const char *t_memmem(const char *hay, size_t hay_len, const char *needle);
 int64_t t_now_ms(void);
 void t_sleep_ms(unsigned ms);
 
+/* How long a test waits for something that must happen (a counter reaching a
+ * value, a thread starting, connections closing): long, because the wait ends
+ * as soon as it happens and a loaded machine only makes it later. */
+#define T_EVENT_MS 15000
+
+/* Poll `cond` every 2 ms until it is true or timeout_ms has passed; the caller
+ * then asserts cond (which says what was missing). A wait on an event, where a
+ * fixed sleep would guess how long the event takes. */
+#define T_WAIT_UNTIL(cond, timeout_ms)                                                   \
+  do {                                                                                   \
+    int64_t t_until_ = t_now_ms() + (timeout_ms);                                        \
+    while (!(cond) && t_now_ms() < t_until_)                                             \
+      t_sleep_ms(2);                                                                     \
+  } while (0)
+
 /* Open file descriptors of this process (entries of /proc/self/fd). */
 int t_count_fds(void);
 
