@@ -34,8 +34,10 @@ static void expect_connection_close_at(int line, const t_response_t *r) {
 static void expect_refused(const t_server_t *server) {
   int fd = t_connect_fd(server);
   if (fd < 0) {
-    T_ASSERT_MSG(fd == -ECONNREFUSED, "connect after stop: %s (expected ECONNREFUSED)",
-                 strerror(-fd));
+    /* ECONNRESET: the connection was in the listener's queue when the
+     * listener closed (seen under load); closed unanswered all the same. */
+    T_ASSERT_MSG(fd == -ECONNREFUSED || fd == -ECONNRESET,
+                 "connect after stop: %s (expected ECONNREFUSED)", strerror(-fd));
     return;
   }
   t_conn_t *conn = t_conn_wrap(fd);
