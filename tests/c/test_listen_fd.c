@@ -71,26 +71,8 @@ int main(void) {
     pmu_stats_t st = t_stats(s, -1);
     T_ASSERT_INT_EQ(st.requests, 48);
     /* Both threads accept from the one socket, in turn: of 40 connections
-     * made one after another, each thread takes at least 10. A thread kept off
-     * the CPU (a loaded machine) cannot re-arm its accept in time and the
-     * other takes the connections meanwhile, so a skewed round is tried again,
-     * up to 20 rounds; an engine whose loops do not take turns (a multishot
-     * accept keeps its loop at the head of the queue) fails every round. */
-    unsigned long long got0 = 0, got1 = 0;
-    int64_t deadline = t_now_ms() + 15000;
-    for (int round = 0; round < 20 && t_now_ms() < deadline; round++) {
-      unsigned long long before0 = t_stats(s, 0).connections_accepted;
-      unsigned long long before1 = t_stats(s, 1).connections_accepted;
-      for (int i = 0; i < 40; i++)
-        t_get_ok(s, "/turns");
-      got0 = t_stats(s, 0).connections_accepted - before0;
-      got1 = t_stats(s, 1).connections_accepted - before1;
-      T_ASSERT_INT_EQ(got0 + got1, 40);
-      if (got0 >= 10 && got1 >= 10)
-        break;
-      printf("# round %d: accepted %llu and %llu of 40, again\n", round, got0, got1);
-    }
-    T_ASSERT_MSG(got0 >= 10 && got1 >= 10, "accepted %llu and %llu of 40", got0, got1);
+     * made one after another, each takes at least 10. */
+    t_expect_accepts_alternate(s, 40, 10);
     t_server_destroy(s);
   }
 

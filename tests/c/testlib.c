@@ -1147,6 +1147,26 @@ void t_get_ok_at(const char *file, int line, const t_server_t *server, const cha
   t_conn_close(conn);
 }
 
+void t_expect_accepts_alternate_at(const char *file, int line, const t_server_t *server,
+                                   unsigned per_round, unsigned least) {
+  unsigned long long got0 = 0, got1 = 0;
+  int64_t deadline = t_now_ms() + T_EVENT_MS;
+  for (int round = 0; round < 20 && t_now_ms() < deadline; round++) {
+    unsigned long long before0 = t_stats(server, 0).connections_accepted;
+    unsigned long long before1 = t_stats(server, 1).connections_accepted;
+    for (unsigned i = 0; i < per_round; i++)
+      t_get_ok_at(file, line, server, "/turns");
+    got0 = t_stats(server, 0).connections_accepted - before0;
+    got1 = t_stats(server, 1).connections_accepted - before1;
+    if (got0 + got1 != per_round)
+      t_fail_at(file, line, "accepted %llu + %llu of %u", got0, got1, per_round);
+    if (got0 >= least && got1 >= least)
+      return;
+    printf("# round %d: accepted %llu and %llu of %u, again\n", round, got0, got1, per_round);
+  }
+  t_fail_at(file, line, "accepted %llu and %llu of %u", got0, got1, per_round);
+}
+
 /* ---- table-driven exchanges --------------------------------------------- */
 
 /* The request for a failure message: its first line, at most 80 bytes. */

@@ -346,6 +346,20 @@ bool t_try_error_close(const t_server_t *server, const void *request, size_t len
 #define t_get_ok(server, target) t_get_ok_at(__FILE__, __LINE__, (server), (target))
 void t_get_ok_at(const char *file, int line, const t_server_t *server, const char *target);
 
+/*
+ * Make connections one after another (a GET each, 200 expected), `per_round`
+ * a round, until a round in which each of the server's first two threads
+ * accepted at least `least` of them. A thread kept off the CPU (a loaded
+ * machine) cannot re-arm its accept in time and the other takes the
+ * connections meanwhile, so a skewed round is tried again, up to 20 rounds or
+ * 15 s; loops that do not take turns fail every round. Fails the test with
+ * the last round's counts.
+ */
+#define t_expect_accepts_alternate(server, per_round, least)                             \
+  t_expect_accepts_alternate_at(__FILE__, __LINE__, (server), (per_round), (least))
+void t_expect_accepts_alternate_at(const char *file, int line, const t_server_t *server,
+                                   unsigned per_round, unsigned least);
+
 /* ---- table-driven exchanges --------------------------------------------- */
 
 /* What happens to the connection after the response (t_exchange_t.after). */
