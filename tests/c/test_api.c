@@ -216,9 +216,7 @@ int main(void) {
     c.on_thread_stop = on_stop;
     t_server_t *s = t_server_start(&c);
     T_ASSERT_INT_EQ(pmu_server_threads(s->pmu), 2);
-    int64_t deadline = t_now_ms() + 2000;
-    while (atomic_load(&thread_starts) < 2 && t_now_ms() < deadline)
-      t_sleep_ms(5);
+    T_WAIT_UNTIL(atomic_load(&thread_starts) >= 2, T_EVENT_MS);
     T_ASSERT_INT_EQ(atomic_load(&thread_starts), 2);
     T_ASSERT_INT_EQ(atomic_load(&thread_stops), 0);
 

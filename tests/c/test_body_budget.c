@@ -40,12 +40,9 @@ static size_t heap_bytes(void) {
 }
 
 static void wait_bytes_in(const t_server_t *server, uint64_t want) {
-  int64_t until = t_now_ms() + 5000;
-  while (t_stats(server, -1).bytes_in < want) {
-    T_ASSERT_MSG(t_now_ms() < until, "server received %llu of %llu bytes",
-                 (unsigned long long)t_stats(server, -1).bytes_in, (unsigned long long)want);
-    t_sleep_ms(5);
-  }
+  T_WAIT_UNTIL(t_stats(server, -1).bytes_in >= want, T_EVENT_MS);
+  T_ASSERT_MSG(t_stats(server, -1).bytes_in >= want, "server received %llu of %llu bytes",
+               (unsigned long long)t_stats(server, -1).bytes_in, (unsigned long long)want);
 }
 
 static int dir_entries(const char *path) {
@@ -108,9 +105,7 @@ int main(void) {
   {
     t_conn_t *conns[HOLDERS];
     char *bodies[HOLDERS];
-    int wait_ms = 5000;
-    while (t_stats(server, -1).connections_open && wait_ms-- > 0)
-      t_sleep_ms(1);
+    T_WAIT_UNTIL(t_stats(server, -1).connections_open == 0, T_EVENT_MS);
     for (int i = 0; i < HOLDERS; i++)
       bodies[i] = pattern(BODY, (unsigned)i);
     uint64_t in0 = t_stats(server, -1).bytes_in;
@@ -165,9 +160,7 @@ int main(void) {
       t_conn_close(conns[i]);
       free(bodies[i]);
     }
-    wait_ms = 5000;
-    while (t_stats(server, -1).body_buffer_bytes && wait_ms-- > 0)
-      t_sleep_ms(1);
+    T_WAIT_UNTIL(t_stats(server, -1).body_buffer_bytes == 0, T_EVENT_MS);
     T_ASSERT_INT_EQ(t_stats(server, -1).body_buffer_bytes, 0);
   }
 

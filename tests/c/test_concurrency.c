@@ -104,14 +104,8 @@ int main(void) {
 
   t_case("the server counted every connection and closes them all");
   {
-    pmu_stats_t stats;
-    int64_t deadline = t_now_ms() + 3000;
-    do {
-      stats = t_stats(server, -1);
-      if (stats.connections_open == 0)
-        break;
-      t_sleep_ms(10);
-    } while (t_now_ms() < deadline);
+    T_WAIT_UNTIL(t_stats(server, -1).connections_open == 0, T_EVENT_MS);
+    pmu_stats_t stats = t_stats(server, -1);
     T_ASSERT_INT_EQ(stats.connections_open, 0);
     T_ASSERT_INT_EQ(stats.connections_accepted, 2 * n);
     T_ASSERT_INT_EQ(stats.requests, 4 * n);

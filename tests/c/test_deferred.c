@@ -36,14 +36,10 @@ static void check(size_t index, size_t nth, const t_response_t *r, void *arg) {
 
 /* Wait until the server's connections are all closed. */
 static void wait_no_connections(const t_server_t *server) {
-  pmu_stats_t stats;
-  int64_t deadline = t_now_ms() + 3000;
-  do {
-    stats = t_stats(server, -1);
-    if (stats.connections_open == 0)
-      return;
-    t_sleep_ms(10);
-  } while (t_now_ms() < deadline);
+  T_WAIT_UNTIL(t_stats(server, -1).connections_open == 0, T_EVENT_MS);
+  pmu_stats_t stats = t_stats(server, -1);
+  if (stats.connections_open == 0)
+    return;
   T_FAIL("%llu connections still open", (unsigned long long)stats.connections_open);
 }
 
@@ -93,9 +89,7 @@ int main(void) {
       conns[i] = t_connect(server);
       t_send_str(conns[i], "GET /defer?ms=200 HTTP/1.1\r\nHost: d\r\n\r\n");
     }
-    int64_t deadline = t_now_ms() + 3000;
-    while (atomic_load(&server->seen) < seen_before + 20 && t_now_ms() < deadline)
-      t_sleep_ms(2);
+    T_WAIT_UNTIL(atomic_load(&server->seen) >= seen_before + 20, T_EVENT_MS);
     T_ASSERT_INT_EQ(atomic_load(&server->seen), seen_before + 20);
     for (int i = 0; i < 20; i++) {
       if (i % 2)
@@ -103,7 +97,7 @@ int main(void) {
       else
         t_conn_close(conns[i]);
     }
-    t_sleep_ms(400); /* the deferrer answers them all meanwhile */
+    t_defer_drain(); /* the deferrer has answered them all */
     t_get_ok(server, "/after-gone");
     wait_no_connections(server);
   }
@@ -117,14 +111,10 @@ int main(void) {
       conns[i] = t_connect(server);
       t_send_str(conns[i], "GET /defer?ms=150&big=300000 HTTP/1.1\r\nHost: d\r\n\r\n");
     }
-    int64_t deadline = t_now_ms() + 3000;
-    while (atomic_load(&server->seen) < seen_before + 10 && t_now_ms() < deadline)
-      t_sleep_ms(2);
+    T_WAIT_UNTIL(atomic_load(&server->seen) >= seen_before + 10, T_EVENT_MS);
     for (int i = 0; i < 10; i++)
       t_conn_abort(conns[i]);
-    deadline = t_now_ms() + 3000;
-    while (t_big_releases() - releases_before < 10 && t_now_ms() < deadline)
-      t_sleep_ms(5);
+    T_WAIT_UNTIL(t_big_releases() - releases_before >= 10, T_EVENT_MS);
     T_ASSERT_INT_EQ(t_big_releases() - releases_before, 10);
     T_ASSERT_INT_EQ(t_big_releases_on_deferrer(), 0);
     wait_no_connections(server);
@@ -142,9 +132,7 @@ int main(void) {
       got += (size_t)rc;
     }
     t_conn_abort(conn);
-    int64_t deadline = t_now_ms() + 3000;
-    while (t_big_releases() == releases_before && t_now_ms() < deadline)
-      t_sleep_ms(5);
+    T_WAIT_UNTIL(t_big_releases() != releases_before, T_EVENT_MS);
     T_ASSERT_INT_EQ(t_big_releases() - releases_before, 1);
     T_ASSERT_INT_EQ(t_big_releases_on_deferrer(), 0);
     wait_no_connections(server);
@@ -166,9 +154,7 @@ int main(void) {
     T_ASSERT_INT_EQ(r.body_len, 70000);
     t_response_free(&r);
     t_conn_close(conn);
-    int64_t deadline = t_now_ms() + 2000;
-    while (t_big_releases() - releases_before < 2 && t_now_ms() < deadline)
-      t_sleep_ms(5);
+    T_WAIT_UNTIL(t_big_releases() - releases_before >= 2, T_EVENT_MS);
     T_ASSERT_INT_EQ(t_big_releases() - releases_before, 2);
     T_ASSERT_INT_EQ(t_big_releases_on_deferrer(), 0);
   }

@@ -19,10 +19,9 @@ int main(void) {
   {
     const char *request = "GET /slow/path?q=1 HTTP/1.1\r\nHost: dribble\r\nX-Long-Header-Name: "
                           "some value here\r\n\r\n";
-    t_send_pieces(conn, request, strlen(request), 1, 1);
+    const t_exchange_t ex = {NULL, request, .piece = 1, .status = 200};
     t_response_t r;
-    t_expect_response(conn, &r);
-    T_ASSERT_INT_EQ(r.status, 200);
+    t_exchange(conn, &ex, &r);
     T_ASSERT_FIELD(&r, "method", "GET");
     T_ASSERT_FIELD(&r, "target", "/slow/path?q=1");
     T_ASSERT_FIELD(&r, "query", "q=1");
@@ -35,10 +34,9 @@ int main(void) {
   {
     const char *request = "POST /upload HTTP/1.1\r\nHost: dribble\r\nContent-Length: 26\r\n\r\n"
                           "abcdefghijklmnopqrstuvwxyz";
-    t_send_pieces(conn, request, strlen(request), 1, 1);
+    const t_exchange_t ex = {NULL, request, .piece = 1, .status = 200};
     t_response_t r;
-    t_expect_response(conn, &r);
-    T_ASSERT_INT_EQ(r.status, 200);
+    t_exchange(conn, &ex, &r);
     T_ASSERT_FIELD(&r, "method", "POST");
     T_ASSERT_FIELD(&r, "body_len", "26");
     T_ASSERT_FIELD(&r, "body", "abcdefghijklmnopqrstuvwxyz");
@@ -52,10 +50,9 @@ int main(void) {
                           "1;name=value\r\n \r\n"
                           "A\r\n0123456789\r\n"
                           "0\r\nX-Trailer: t\r\n\r\n";
-    t_send_pieces(conn, request, strlen(request), 1, 1);
+    const t_exchange_t ex = {NULL, request, .piece = 1, .status = 200};
     t_response_t r;
-    t_expect_response(conn, &r);
-    T_ASSERT_INT_EQ(r.status, 200);
+    t_exchange(conn, &ex, &r);
     T_ASSERT_FIELD(&r, "body_len", "16");
     T_ASSERT_FIELD(&r, "body", "hello 0123456789");
     t_response_free(&r);

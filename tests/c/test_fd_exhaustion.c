@@ -73,8 +73,7 @@ int main(void) {
   T_ASSERT(setrlimit(RLIMIT_NOFILE, &low) == 0);
   t_server_t *server = t_server_start(&config);
   /* on_thread_start may run just after pmu_server_start returns. */
-  for (int i = 0; i < 500 && !atomic_load(&have_clock); i++)
-    t_sleep_ms(10);
+  T_WAIT_UNTIL(atomic_load(&have_clock), T_EVENT_MS);
   T_ASSERT(atomic_load(&have_clock));
   struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(server->port),
                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -82,9 +81,7 @@ int main(void) {
     int rc = connect(fds[i], (struct sockaddr *)&to, sizeof to);
     T_ASSERT_MSG(rc == 0 || errno == EINPROGRESS, "connect %d: %s", i, strerror(errno));
   }
-  int64_t deadline = t_now_ms() + 5000;
-  while (t_stats(server, -1).accept_errors == 0 && t_now_ms() < deadline)
-    t_sleep_ms(10);
+  T_WAIT_UNTIL(t_stats(server, -1).accept_errors > 0, T_EVENT_MS);
   pmu_stats_t s = t_stats(server, -1);
   T_ASSERT_MSG(s.accept_errors > 0, "no accept failed (accepted %llu)",
                (unsigned long long)s.connections_accepted);

@@ -147,14 +147,8 @@ int main(void) {
 
   t_case("every fuzz connection is eventually closed by the server");
   {
-    pmu_stats_t stats;
-    int64_t deadline = t_now_ms() + 5000;
-    do {
-      stats = t_stats(server, -1);
-      if (stats.connections_open == 0)
-        break;
-      t_sleep_ms(20);
-    } while (t_now_ms() < deadline);
+    T_WAIT_UNTIL(t_stats(server, -1).connections_open == 0, T_EVENT_MS);
+    pmu_stats_t stats = t_stats(server, -1);
     T_ASSERT_INT_EQ(stats.connections_open, 0);
     T_ASSERT_INT_EQ(stats.connections_accepted, ROUNDS * BATCH + 5);
   }

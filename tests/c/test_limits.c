@@ -34,34 +34,23 @@ static void buf_fill(buf_t *b, char c, size_t n) {
   b->data[b->len] = '\0';
 }
 
-/* Send `req` on a fresh connection and expect 200. */
-static void expect_ok(const t_server_t *server, const buf_t *req) {
-  t_conn_t *conn = t_connect(server);
-  t_send(conn, req->data, req->len);
-  t_response_t r;
-  t_expect_response(conn, &r);
-  T_ASSERT_MSG(r.status == 200, "status %d for a request inside the limits", r.status);
-  t_response_free(&r);
-  t_conn_close(conn);
+/* prefix, n times c, suffix: a request of a chosen size, freed by fill_free(). */
+static char *filled[16];
+static size_t filled_count;
+
+static const char *fill(const char *prefix, char c, size_t n, const char *suffix) {
+  buf_t b = {0};
+  buf_printf(&b, "%s", prefix);
+  buf_fill(&b, c, n);
+  buf_printf(&b, "%s", suffix);
+  T_ASSERT(filled_count < sizeof filled / sizeof filled[0]);
+  filled[filled_count++] = b.data;
+  return b.data;
 }
 
-/* Like t_expect_error_close but the request goes out in pieces; the server may
- * answer before the last piece, so send errors end the sending quietly. */
-static void expect_error_pieces(const t_server_t *server, const buf_t *req, size_t piece,
-                                int status) {
-  t_conn_t *conn = t_connect(server);
-  for (size_t off = 0; off < req->len; off += piece) {
-    size_t n = req->len - off < piece ? req->len - off : piece;
-    if (t_send_try(conn, req->data + off, n) < 0)
-      break;
-    t_sleep_ms(1);
-  }
-  t_response_t r;
-  t_expect_response(conn, &r);
-  T_ASSERT_INT_EQ(r.status, status);
-  t_response_free(&r);
-  T_ASSERT_MSG(t_wait_closed(conn, 2000), "still open after %d", status);
-  t_conn_close(conn);
+static void fill_free(void) {
+  while (filled_count)
+    free(filled[--filled_count]);
 }
 
 int main(void) {
@@ -74,189 +63,90 @@ int main(void) {
   config.max_body_bytes = 1000;
   t_server_t *server = t_server_start(&config);
 
-  t_case("headers well inside max_header_bytes are served");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "GET / HTTP/1.1\r\nHost: l\r\nX-Fill: ");
-    buf_fill(&req, 'f', 700);
-    buf_printf(&req, "\r\n\r\n");
-    expect_ok(server, &req);
-    free(req.data);
+  buf_t headers9 = {0}, headers20 = {0}, headers40 = {0}, chunks10 = {0}, chunks20 = {0};
+  buf_printf(&headers9, "GET / HTTP/1.1\r\nHost: l\r\n");
+  for (int i = 0; i < 9; i++)
+    buf_printf(&headers9, "X-H%d: %d\r\n", i, i);
+  buf_printf(&headers9, "\r\n");
+  buf_printf(&headers20, "GET / HTTP/1.1\r\nHost: l\r\n");
+  for (int i = 0; i < 20; i++)
+    buf_printf(&headers20, "X-H%d: %d\r\n", i, i);
+  buf_printf(&headers20, "\r\n");
+  buf_printf(&headers40, "GET / HTTP/1.1\r\nHost: l\r\n");
+  for (int i = 0; i < 40; i++)
+    buf_printf(&headers40, "X-H%02d: %040d\r\n", i, i);
+  buf_printf(&headers40, "\r\n");
+  const char *chunked = "POST /echo HTTP/1.1\r\nHost: l\r\nTransfer-Encoding: chunked\r\n\r\n";
+  buf_printf(&chunks10, "%s", chunked);
+  for (int i = 0; i < 10; i++) {
+    buf_printf(&chunks10, "64\r\n");
+    buf_fill(&chunks10, (char)('a' + i), 100);
+    buf_printf(&chunks10, "\r\n");
   }
+  buf_printf(&chunks10, "0\r\n\r\n");
+  buf_printf(&chunks20, "%s", chunked);
+  for (int i = 0; i < 20; i++) {
+    buf_printf(&chunks20, "64\r\n");
+    buf_fill(&chunks20, 'c', 100);
+    buf_printf(&chunks20, "\r\n");
+  }
+  buf_printf(&chunks20, "0\r\n\r\n");
 
-  t_case("one header beyond max_header_bytes: 431, closed");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "GET / HTTP/1.1\r\nHost: l\r\nX-Fill: ");
-    buf_fill(&req, 'f', 1500);
-    buf_printf(&req, "\r\n\r\n");
-    t_expect_error_close(server, req.data, req.len, 431);
-    free(req.data);
-  }
+  const t_exchange_t rows[] = {
+      {"headers well inside max_header_bytes are served",
+       fill("GET / HTTP/1.1\r\nHost: l\r\nX-Fill: ", 'f', 700, "\r\n\r\n"), .status = 200, .after = T_KEEP},
+      {"one header beyond max_header_bytes: 431, closed",
+       fill("GET / HTTP/1.1\r\nHost: l\r\nX-Fill: ", 'f', 1500, "\r\n\r\n"), .status = 431,
+       .after = T_CLOSE},
+      {"headers beyond max_header_bytes arriving in small pieces: 431, closed",
+       fill("GET / HTTP/1.1\r\nHost: l\r\nX-Fill: ", 'f', 3000, "\r\n\r\n"), .status = 431,
+       .after = T_CLOSE, .piece = 100},
+      {"exactly max_headers headers are served", headers9.data, .status = 200, .after = T_KEEP},
+      {"more than max_headers headers: 431, closed", headers20.data, .status = 431,
+       .after = T_CLOSE},
+      {"a URL inside max_url_bytes is served",
+       fill("GET /", 'u', 200, " HTTP/1.1\r\nHost: l\r\n\r\n"), .status = 200, .after = T_KEEP},
+      {"a URL beyond max_url_bytes: 414, closed",
+       fill("GET /", 'u', 400, " HTTP/1.1\r\nHost: l\r\n\r\n"), .status = 414, .after = T_CLOSE},
+      {"a URL beyond max_url_bytes arriving in small pieces: 414, closed",
+       fill("GET /?q=", 'u', 600, " HTTP/1.1\r\nHost: l\r\n\r\n"), .status = 414,
+       .after = T_CLOSE, .piece = 50},
+      {"a body of exactly max_body_bytes is served",
+       fill("POST /echo HTTP/1.1\r\nHost: l\r\nContent-Length: 1000\r\n\r\n", 'b', 1000, ""),
+       .status = 200, .after = T_KEEP, .body_len = 1000},
+      {"Content-Length beyond max_body_bytes: 413, closed (before the body is sent)",
+       "POST /echo HTTP/1.1\r\nHost: l\r\nContent-Length: 1001\r\n\r\n", .status = 413, .after = T_CLOSE},
+      {"Content-Length beyond max_body_bytes with the body: 413, closed",
+       fill("POST /echo HTTP/1.1\r\nHost: l\r\nContent-Length: 5000\r\n\r\n", 'b', 5000, ""),
+       .status = 413, .after = T_CLOSE},
+      {"a chunked body of exactly max_body_bytes is served", chunks10.data, .status = 200, .after = T_KEEP,
+       .body_len = 1000},
+      {"chunks adding up beyond max_body_bytes: 413, closed", chunks20.data, .status = 413,
+       .after = T_CLOSE},
+      {"one chunk announced beyond max_body_bytes: 413, closed",
+       "POST /echo HTTP/1.1\r\nHost: l\r\nTransfer-Encoding: chunked\r\n\r\n100000\r\nabc",
+       .status = 413, .after = T_CLOSE},
+      {"a Content-Length too large for any integer: 400 or 413, closed",
+       "POST /echo HTTP/1.1\r\nHost: l\r\nContent-Length: 99999999999999999999999999\r\n\r\n",
+       .status = 400, .status_alt = 413, .after = T_CLOSE},
+  };
+  t_exchanges(server, rows, T_COUNT(rows));
 
   t_case("many small headers adding up beyond max_header_bytes: 431, closed");
   {
     pmu_config_t c2 = config;
     c2.max_headers = 100;
     t_server_t *s2 = t_server_start(&c2);
-    buf_t req = {0};
-    buf_printf(&req, "GET / HTTP/1.1\r\nHost: l\r\n");
-    for (int i = 0; i < 40; i++)
-      buf_printf(&req, "X-H%02d: %040d\r\n", i, i);
-    buf_printf(&req, "\r\n");
-    t_expect_error_close(s2, req.data, req.len, 431);
-    free(req.data);
+    t_exchange_t row = {NULL, headers40.data, .status = 431, .after = T_CLOSE};
+    t_exchanges(s2, &row, 1);
     t_server_destroy(s2);
   }
-
-  t_case("headers beyond max_header_bytes arriving in small pieces: 431, closed");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "GET / HTTP/1.1\r\nHost: l\r\nX-Fill: ");
-    buf_fill(&req, 'f', 3000);
-    buf_printf(&req, "\r\n\r\n");
-    expect_error_pieces(server, &req, 100, 431);
-    free(req.data);
-  }
-
-  t_case("exactly max_headers headers are served");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "GET / HTTP/1.1\r\nHost: l\r\n");
-    for (int i = 0; i < 9; i++)
-      buf_printf(&req, "X-H%d: %d\r\n", i, i);
-    buf_printf(&req, "\r\n");
-    expect_ok(server, &req);
-    free(req.data);
-  }
-
-  t_case("more than max_headers headers: 431, closed");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "GET / HTTP/1.1\r\nHost: l\r\n");
-    for (int i = 0; i < 20; i++)
-      buf_printf(&req, "X-H%d: %d\r\n", i, i);
-    buf_printf(&req, "\r\n");
-    t_expect_error_close(server, req.data, req.len, 431);
-    free(req.data);
-  }
-
-  t_case("a URL inside max_url_bytes is served");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "GET /");
-    buf_fill(&req, 'u', 200);
-    buf_printf(&req, " HTTP/1.1\r\nHost: l\r\n\r\n");
-    expect_ok(server, &req);
-    free(req.data);
-  }
-
-  t_case("a URL beyond max_url_bytes: 414, closed");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "GET /");
-    buf_fill(&req, 'u', 400);
-    buf_printf(&req, " HTTP/1.1\r\nHost: l\r\n\r\n");
-    t_expect_error_close(server, req.data, req.len, 414);
-    free(req.data);
-  }
-
-  t_case("a URL beyond max_url_bytes arriving in small pieces: 414, closed");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "GET /?q=");
-    buf_fill(&req, 'u', 600);
-    buf_printf(&req, " HTTP/1.1\r\nHost: l\r\n\r\n");
-    expect_error_pieces(server, &req, 50, 414);
-    free(req.data);
-  }
-
-  t_case("a body of exactly max_body_bytes is served");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "POST /echo HTTP/1.1\r\nHost: l\r\nContent-Length: 1000\r\n\r\n");
-    buf_fill(&req, 'b', 1000);
-    t_conn_t *conn = t_connect(server);
-    t_send(conn, req.data, req.len);
-    t_response_t r;
-    t_expect_response(conn, &r);
-    T_ASSERT_INT_EQ(r.status, 200);
-    T_ASSERT_INT_EQ(r.body_len, 1000);
-    t_response_free(&r);
-    t_conn_close(conn);
-    free(req.data);
-  }
-
-  t_case("Content-Length beyond max_body_bytes: 413, closed (before the body is sent)");
-  {
-    const char *req = "POST /echo HTTP/1.1\r\nHost: l\r\nContent-Length: 1001\r\n\r\n";
-    t_expect_error_close(server, req, strlen(req), 413);
-  }
-
-  t_case("Content-Length beyond max_body_bytes with the body: 413, closed");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "POST /echo HTTP/1.1\r\nHost: l\r\nContent-Length: 5000\r\n\r\n");
-    buf_fill(&req, 'b', 5000);
-    t_expect_error_close(server, req.data, req.len, 413);
-    free(req.data);
-  }
-
-  t_case("a chunked body of exactly max_body_bytes is served");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "POST /echo HTTP/1.1\r\nHost: l\r\nTransfer-Encoding: chunked\r\n\r\n");
-    for (int i = 0; i < 10; i++) {
-      buf_printf(&req, "64\r\n");
-      buf_fill(&req, (char)('a' + i), 100);
-      buf_printf(&req, "\r\n");
-    }
-    buf_printf(&req, "0\r\n\r\n");
-    t_conn_t *conn = t_connect(server);
-    t_send(conn, req.data, req.len);
-    t_response_t r;
-    t_expect_response(conn, &r);
-    T_ASSERT_INT_EQ(r.status, 200);
-    T_ASSERT_INT_EQ(r.body_len, 1000);
-    t_response_free(&r);
-    t_conn_close(conn);
-    free(req.data);
-  }
-
-  t_case("chunks adding up beyond max_body_bytes: 413, closed");
-  {
-    buf_t req = {0};
-    buf_printf(&req, "POST /echo HTTP/1.1\r\nHost: l\r\nTransfer-Encoding: chunked\r\n\r\n");
-    for (int i = 0; i < 20; i++) {
-      buf_printf(&req, "64\r\n");
-      buf_fill(&req, 'c', 100);
-      buf_printf(&req, "\r\n");
-    }
-    buf_printf(&req, "0\r\n\r\n");
-    t_expect_error_close(server, req.data, req.len, 413);
-    free(req.data);
-  }
-
-  t_case("one chunk announced beyond max_body_bytes: 413, closed");
-  {
-    const char *req = "POST /echo HTTP/1.1\r\nHost: l\r\nTransfer-Encoding: chunked\r\n\r\n"
-                      "100000\r\nabc";
-    t_expect_error_close(server, req, strlen(req), 413);
-  }
-
-  t_case("a Content-Length too large for any integer: 400 or 413, closed");
-  {
-    const char *req = "POST /echo HTTP/1.1\r\nHost: l\r\n"
-                      "Content-Length: 99999999999999999999999999\r\n\r\n";
-    t_conn_t *conn = t_connect(server);
-    (void)t_send_try(conn, req, strlen(req));
-    t_response_t r;
-    t_expect_response(conn, &r);
-    T_ASSERT_MSG(r.status == 400 || r.status == 413, "status %d", r.status);
-    t_response_free(&r);
-    T_ASSERT(t_wait_closed(conn, 2000));
-    t_conn_close(conn);
-  }
+  fill_free();
+  free(headers9.data);
+  free(headers20.data);
+  free(headers40.data);
+  free(chunks10.data);
+  free(chunks20.data);
 
   t_case("the parse_errors counter saw the refusals");
   {

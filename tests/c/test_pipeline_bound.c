@@ -20,6 +20,7 @@
 static char *big;
 static atomic_ulong seen_mb;
 static atomic_ulong largest_call;
+static atomic_int slow_in, slow_go; /* /slow is in the handler; it may return */
 
 static void noop_release(void *ctx) { (void)ctx; }
 
@@ -42,8 +43,13 @@ static void handler(void *data, pmu_request_t *const *requests, size_t count) {
                              .body_release = noop_release};
       pmu_respond(q, &resp);
     } else {
-      if (q->path_len == 5 && memcmp(q->path, "/slow", 5) == 0)
-        t_sleep_ms(200); /* holds the ring while other requests arrive */
+      if (q->path_len == 5 && memcmp(q->path, "/slow", 5) == 0) {
+        /* holds the ring while other requests arrive: until the test has
+         * sent them all, then a little longer for them to land */
+        atomic_store(&slow_in, 1);
+        T_WAIT_UNTIL(atomic_load(&slow_go), T_EVENT_MS);
+        t_sleep_ms(50);
+      }
       t_handler(data, &q, 1);
     }
   }
@@ -90,15 +96,19 @@ int main(void) {
   t_case("pipeliners that never read get only a few requests run");
   {
     char *reqs = malloc(DEPTH * 64);
+    uint64_t sent = t_stats(server, -1).bytes_in;
     for (int c = 0; c < CONNS; c++) {
       conns[c] = t_connect(server);
       size_t len = 0;
       for (int i = 0; i < DEPTH; i++)
         len += (size_t)sprintf(reqs + len, "GET /mb?%d HTTP/1.1\r\nHost: p\r\n\r\n", i);
       t_send(conns[c], reqs, len);
+      sent += len;
     }
     free(reqs);
-    t_sleep_ms(300);
+    /* the server has taken in every request */
+    T_WAIT_UNTIL(t_stats(server, -1).bytes_in >= sent, T_EVENT_MS);
+    T_ASSERT_INT_EQ(t_stats(server, -1).bytes_in, sent);
 
     t_conn_t *other = t_connect(server);
     int64_t t0 = t_now_ms();
@@ -167,15 +177,19 @@ int main(void) {
   {
     enum { N = 50 };
     t_conn_t *many[N];
+    uint64_t accepted0 = t_stats(server, -1).connections_accepted;
     for (int i = 0; i < N; i++)
       many[i] = t_connect(server);
-    t_sleep_ms(100); /* all accepted, their receives armed */
+    /* all accepted, their receives armed (in the turn that accepted them) */
+    T_WAIT_UNTIL(t_stats(server, -1).connections_accepted >= accepted0 + N, T_EVENT_MS);
     t_conn_t *slow = t_connect(server);
     t_send_str(slow, "GET /slow HTTP/1.1\r\nHost: p\r\n\r\n");
-    t_sleep_ms(50);
+    T_WAIT_UNTIL(atomic_load(&slow_in), T_EVENT_MS);
+    T_ASSERT(atomic_load(&slow_in));
     atomic_store(&largest_call, 0);
     for (int i = 0; i < N; i++)
       t_send_str(many[i], "GET /c HTTP/1.1\r\nHost: p\r\n\r\n");
+    atomic_store(&slow_go, 1);
     t_response_t r;
     t_expect_response(slow, &r);
     t_response_free(&r);

@@ -16,9 +16,7 @@
 
 /* Wait until the handler has seen `n` requests. */
 static void wait_seen(const t_server_t *server, unsigned long n) {
-  int64_t deadline = t_now_ms() + 3000;
-  while (atomic_load(&((t_server_t *)server)->seen) < n && t_now_ms() < deadline)
-    t_sleep_ms(2);
+  T_WAIT_UNTIL(atomic_load(&((t_server_t *)server)->seen) >= n, T_EVENT_MS);
   T_ASSERT_INT_EQ(atomic_load(&((t_server_t *)server)->seen), n);
 }
 
@@ -36,8 +34,10 @@ static void expect_connection_close_at(int line, const t_response_t *r) {
 static void expect_refused(const t_server_t *server) {
   int fd = t_connect_fd(server);
   if (fd < 0) {
-    T_ASSERT_MSG(fd == -ECONNREFUSED, "connect after stop: %s (expected ECONNREFUSED)",
-                 strerror(-fd));
+    /* ECONNRESET: the connection was in the listener's queue when the
+     * listener closed (seen under load); closed unanswered all the same. */
+    T_ASSERT_MSG(fd == -ECONNREFUSED || fd == -ECONNRESET,
+                 "connect after stop: %s (expected ECONNREFUSED)", strerror(-fd));
     return;
   }
   t_conn_t *conn = t_conn_wrap(fd);
@@ -86,9 +86,12 @@ int main(void) {
     int64_t t0 = t_now_ms();
     pmu_server_stop(server->pmu);
 
+    /* A new connection is refused, or closed unanswered: either says the
+     * ring has taken the stop in. */
+    expect_refused(server);
+
     /* Between requests: its next request, sent just after the stop, is
      * still answered (with Connection: close), then it is closed. */
-    t_sleep_ms(20);
     t_send_str(idle, "GET /next HTTP/1.1\r\nHost: s\r\n\r\n");
     t_expect_response(idle, &r);
     T_ASSERT_INT_EQ(r.status, 200);
@@ -100,8 +103,6 @@ int main(void) {
     T_ASSERT_MSG(idle_closed < 290, "keep-alive connection closed only after %lld ms, with "
                  "the in-flight ones", (long long)idle_closed);
     t_conn_close(idle);
-
-    expect_refused(server);
 
     for (int i = 0; i < 3; i++) {
       t_expect_response(busy[i], &r);
@@ -141,12 +142,12 @@ int main(void) {
     t_send_str(kept, "GET /kept HTTP/1.1\r\nHost: s\r\n\r\n");
     t_expect_response(kept, &r); /* kept was busy just now */
     t_response_free(&r);
-    t_sleep_ms(50); /* all accepted */
+    T_WAIT_UNTIL(t_stats(server, -1).connections_accepted >= 4, T_EVENT_MS); /* all accepted */
+    T_ASSERT_INT_EQ(t_stats(server, -1).connections_accepted, 4);
     int64_t t0 = t_now_ms();
     pmu_server_stop(server->pmu);
     t_expect_closed(quiet, 200); /* a keep-alive connection quiet for long: closed at once */
-    t_conn_close(quiet);
-    t_sleep_ms(20);
+    t_conn_close(quiet); /* so the ring has taken the stop in */
     t_send_str(fresh, "GET /late HTTP/1.1\r\nHost: s\r\n\r\n");
     t_expect_response(fresh, &r);
     T_ASSERT_INT_EQ(r.status, 200);

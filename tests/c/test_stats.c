@@ -14,13 +14,9 @@
 static pmu_stats_t stats_when(const t_server_t *server, uint64_t responses,
                               uint64_t connections_open) {
   pmu_stats_t s;
-  int64_t deadline = t_now_ms() + 3000;
-  do {
-    s = t_stats(server, -1);
-    if (s.responses >= responses && s.connections_open == connections_open)
-      break;
-    t_sleep_ms(10);
-  } while (t_now_ms() < deadline);
+  T_WAIT_UNTIL((s = t_stats(server, -1), s.responses >= responses &&
+                                             s.connections_open == connections_open),
+               T_EVENT_MS);
   return s;
 }
 

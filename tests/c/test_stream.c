@@ -119,10 +119,13 @@ static void produce(pmu_request_t *r) {
     pmu_respond_end(r);
 }
 
+static atomic_int producers; /* producer threads not finished yet */
+
 static void *producer_thread(void *arg) {
   pmu_request_t *r = arg;
   t_sleep_ms((unsigned)query_num(r, "delay", 0));
   produce(r);
+  atomic_fetch_sub(&producers, 1);
   return NULL;
 }
 
@@ -139,6 +142,7 @@ static void handler(void *data, pmu_request_t *const *requests, size_t count) {
     } else if (r->path_len >= 7 && memcmp(r->path, "/stream", 7) == 0) {
       if (query_num(r, "thread", 0)) {
         pthread_t t;
+        atomic_fetch_add(&producers, 1);
         pthread_create(&t, NULL, producer_thread, r);
         pthread_detach(t);
       } else {
@@ -291,12 +295,8 @@ int main(void) {
     T_ASSERT_INT_EQ(resp.body_len, 3);
     t_response_free(&resp);
     t_conn_close(conn); /* FIN while the engine still owes the (empty) end */
-    int64_t deadline = t_now_ms() + 2000;
+    T_WAIT_UNTIL(t_stats(server, -1).connections_open == 0, T_EVENT_MS);
     pmu_stats_t st = t_stats(server, -1);
-    while (st.connections_open != 0 && t_now_ms() < deadline) {
-      t_sleep_ms(10);
-      st = t_stats(server, -1);
-    }
     T_ASSERT_MSG(st.connections_open == 0, "connection left open (CLOSE-WAIT)");
   }
 
@@ -416,15 +416,11 @@ int main(void) {
     int before = disconnected, errors_before = write_errors;
     pthread_mutex_unlock(&lock);
     t_conn_abort(conn);
-    int64_t deadline = t_now_ms() + 3000;
-    pthread_mutex_lock(&lock);
-    while ((disconnected == before || write_errors == errors_before) && t_now_ms() < deadline) {
-      pthread_mutex_unlock(&lock);
-      t_sleep_ms(5);
-      pthread_mutex_lock(&lock);
-    }
-    int ok = disconnected > before && write_errors > errors_before;
-    pthread_mutex_unlock(&lock);
+    int ok = 0;
+    T_WAIT_UNTIL((pthread_mutex_lock(&lock),
+                  ok = disconnected > before && write_errors > errors_before,
+                  pthread_mutex_unlock(&lock), ok),
+                 T_EVENT_MS);
     T_ASSERT_MSG(ok, "no disconnect seen (on_disconnect %d, EPIPE %d)", disconnected - before,
                  write_errors - errors_before);
     pthread_mutex_lock(&lock);
@@ -433,7 +429,9 @@ int main(void) {
     T_ASSERT_INT_EQ(live, 0);          /* connected: not gone */
     T_ASSERT_INT_EQ(in_disconnect, 1); /* marked before on_disconnect runs */
     T_ASSERT_INT_EQ(after, 1);
-    t_sleep_ms(20); /* the producer ends its stream */
+    /* the producer ends its stream */
+    T_WAIT_UNTIL(atomic_load(&producers) == 0, T_EVENT_MS);
+    T_ASSERT_INT_EQ(atomic_load(&producers), 0);
   }
 
   t_server_destroy(server);

@@ -76,13 +76,9 @@ static void run(unsigned threads) {
 
   /* Totals, once every connection is closed. */
   pmu_stats_t all;
-  int64_t deadline = t_now_ms() + 3000;
-  do {
-    all = t_stats(server, -1);
-    if (all.connections_open == 0 && all.responses == 3 * CONNS)
-      break;
-    t_sleep_ms(10);
-  } while (t_now_ms() < deadline);
+  T_WAIT_UNTIL((all = t_stats(server, -1), all.connections_open == 0 &&
+                                               all.responses == 3 * CONNS),
+               T_EVENT_MS);
   T_ASSERT_INT_EQ(all.connections_open, 0);
   T_ASSERT_INT_EQ(all.connections_accepted, CONNS);
   T_ASSERT_INT_EQ(all.requests, 3 * CONNS);

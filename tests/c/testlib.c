@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/un.h>
 #include <time.h>
@@ -1144,6 +1145,134 @@ void t_get_ok_at(const char *file, int line, const t_server_t *server, const cha
     t_fail_at(file, line, "GET %s: status %d", target, response.status);
   t_response_free(&response);
   t_conn_close(conn);
+}
+
+void t_expect_accepts_alternate_at(const char *file, int line, const t_server_t *server,
+                                   unsigned per_round, unsigned least) {
+  unsigned long long got0 = 0, got1 = 0;
+  int64_t deadline = t_now_ms() + T_EVENT_MS;
+  for (int round = 0; round < 20 && t_now_ms() < deadline; round++) {
+    unsigned long long before0 = t_stats(server, 0).connections_accepted;
+    unsigned long long before1 = t_stats(server, 1).connections_accepted;
+    for (unsigned i = 0; i < per_round; i++)
+      t_get_ok_at(file, line, server, "/turns");
+    got0 = t_stats(server, 0).connections_accepted - before0;
+    got1 = t_stats(server, 1).connections_accepted - before1;
+    if (got0 + got1 != per_round)
+      t_fail_at(file, line, "accepted %llu + %llu of %u", got0, got1, per_round);
+    if (got0 >= least && got1 >= least)
+      return;
+    printf("# round %d: accepted %llu and %llu of %u, again\n", round, got0, got1, per_round);
+  }
+  t_fail_at(file, line, "accepted %llu and %llu of %u", got0, got1, per_round);
+}
+
+/* ---- table-driven exchanges --------------------------------------------- */
+
+/* The request for a failure message: its first line, at most 80 bytes. */
+static int request_line_len(const t_exchange_t *ex, size_t len) {
+  size_t n = 0;
+  while (n < len && n < 80 && ex->request[n] != '\r' && ex->request[n] != '\n')
+    n++;
+  return (int)n;
+}
+
+void t_exchange_at(const char *file, int line, t_conn_t *conn, const t_exchange_t *ex,
+                   t_response_t *out) {
+  size_t len = ex->len ? ex->len : strlen(ex->request);
+  int shown = request_line_len(ex, len);
+  if (ex->piece) {
+    for (size_t off = 0; off < len; off += ex->piece) {
+      size_t n = len - off < ex->piece ? len - off : ex->piece;
+      if (t_send_try(conn, ex->request + off, n) < 0)
+        break;
+      t_sleep_ms(1); /* paces the client: each piece its own segment */
+    }
+  } else if (ex->after == T_CLOSE) {
+    /* The server may answer and close before it has read everything: a send
+     * error is fine, the response is what counts. */
+    (void)t_send_try(conn, ex->request, len);
+  } else {
+    t_send_at(file, line, conn, ex->request, len);
+  }
+  t_response_t r;
+  t_expect_response_at(file, line, conn, &r, T_IO_TIMEOUT_MS, ex->head);
+  if (ex->status && r.status != ex->status && !(ex->status_alt && r.status == ex->status_alt))
+    t_fail_at(file, line, "\"%.*s\": status %d %s, expected %d", shown, ex->request, r.status,
+              r.reason, ex->status);
+  for (size_t i = 0; i < sizeof ex->has / sizeof ex->has[0] && ex->has[i]; i++) {
+    char name[128];
+    const char *colon = strchr(ex->has[i], ':');
+    size_t n = colon ? (size_t)(colon - ex->has[i]) : strlen(ex->has[i]);
+    snprintf(name, sizeof name, "%.*s", (int)n, ex->has[i]);
+    const char *value = t_header(&r, name);
+    if (!value)
+      t_fail_at(file, line, "\"%.*s\": no %s header in the %d response", shown, ex->request,
+                name, r.status);
+    if (colon) {
+      const char *want = colon + 1;
+      while (*want == ' ')
+        want++;
+      if (strcmp(value, want) != 0)
+        t_fail_at(file, line, "\"%.*s\": %s: \"%s\", expected \"%s\"", shown, ex->request,
+                  name, value, want);
+    }
+  }
+  for (size_t i = 0; i < sizeof ex->lacks / sizeof ex->lacks[0] && ex->lacks[i]; i++)
+    if (t_header(&r, ex->lacks[i]))
+      t_fail_at(file, line, "\"%.*s\": unexpected %s: %s in the %d response", shown,
+                ex->request, ex->lacks[i], t_header(&r, ex->lacks[i]), r.status);
+  if (ex->body && (r.body_len != strlen(ex->body) || memcmp(r.body, ex->body, r.body_len)))
+    t_fail_at(file, line, "\"%.*s\": body \"%.*s\" (%zu bytes), expected \"%s\"", shown,
+              ex->request, (int)(r.body_len > 200 ? 200 : r.body_len), r.body, r.body_len,
+              ex->body);
+  if (ex->body_len && r.body_len != ex->body_len)
+    t_fail_at(file, line, "\"%.*s\": body of %zu bytes, expected %zu", shown, ex->request,
+              r.body_len, ex->body_len);
+  if (ex->after == T_CLOSE) {
+    if (!t_wait_closed(conn, 2000))
+      t_fail_at(file, line, "\"%.*s\": connection still open 2 s after the %d response", shown,
+                ex->request, r.status);
+    if (conn->len)
+      t_fail_at(file, line, "\"%.*s\": %zu unexpected bytes after the %d response: \"%.*s\"",
+                shown, ex->request, conn->len, r.status,
+                (int)(conn->len > 200 ? 200 : conn->len), conn->buf);
+  } else if (ex->after == T_KEEP) {
+    const char *connection = t_header(&r, "Connection");
+    if (connection && strcasecmp(connection, "close") == 0)
+      t_fail_at(file, line, "\"%.*s\": Connection: close, expected keep-alive", shown,
+                ex->request);
+    static const char next[] = "GET /t-next HTTP/1.1\r\nHost: t\r\n\r\n";
+    if (t_send_try(conn, next, sizeof next - 1) < 0)
+      t_fail_at(file, line, "\"%.*s\": connection closed after the %d response", shown,
+                ex->request, r.status);
+    t_response_t n;
+    int rc = t_read_response(conn, &n, T_IO_TIMEOUT_MS, false);
+    if (rc < 0)
+      t_fail_at(file, line, "\"%.*s\": the next request on the connection got no answer (%s)",
+                shown, ex->request, strerror(-rc));
+    char path[64];
+    if (n.status != 200 || (t_describe_get(&n, "path", path, sizeof path) &&
+                            strcmp(path, "/t-next") != 0))
+      t_fail_at(file, line, "\"%.*s\": the next request got %d (path %s)", shown, ex->request,
+                n.status, t_describe_get(&n, "path", path, sizeof path) ? path : "?");
+    t_response_free(&n);
+  }
+  if (out)
+    *out = r;
+  else
+    t_response_free(&r);
+}
+
+void t_exchanges_at(const char *file, int line, const t_server_t *server,
+                    const t_exchange_t *rows, size_t count) {
+  for (size_t i = 0; i < count; i++) {
+    if (rows[i].name)
+      t_case(rows[i].name);
+    t_conn_t *conn = t_connect_at(file, line, server);
+    t_exchange_at(file, line, conn, &rows[i], NULL);
+    t_conn_close(conn);
+  }
 }
 
 /* ---- many connections at once ------------------------------------------ */

@@ -136,6 +136,21 @@ const char *t_memmem(const char *hay, size_t hay_len, const char *needle);
 int64_t t_now_ms(void);
 void t_sleep_ms(unsigned ms);
 
+/* How long a test waits for something that must happen (a counter reaching a
+ * value, a thread starting, connections closing): long, because the wait ends
+ * as soon as it happens and a loaded machine only makes it later. */
+#define T_EVENT_MS 15000
+
+/* Poll `cond` every 2 ms until it is true or timeout_ms has passed; the caller
+ * then asserts cond (which says what was missing). A wait on an event, where a
+ * fixed sleep would guess how long the event takes. */
+#define T_WAIT_UNTIL(cond, timeout_ms)                                                   \
+  do {                                                                                   \
+    int64_t t_until_ = t_now_ms() + (timeout_ms);                                        \
+    while (!(cond) && t_now_ms() < t_until_)                                             \
+      t_sleep_ms(2);                                                                     \
+  } while (0)
+
 /* Open file descriptors of this process (entries of /proc/self/fd). */
 int t_count_fds(void);
 
@@ -330,6 +345,70 @@ bool t_try_error_close(const t_server_t *server, const void *request, size_t len
 /* One request/response round trip on a fresh connection, checking 200. */
 #define t_get_ok(server, target) t_get_ok_at(__FILE__, __LINE__, (server), (target))
 void t_get_ok_at(const char *file, int line, const t_server_t *server, const char *target);
+
+/*
+ * Make connections one after another (a GET each, 200 expected), `per_round`
+ * a round, until a round in which each of the server's first two threads
+ * accepted at least `least` of them. A thread kept off the CPU (a loaded
+ * machine) cannot re-arm its accept in time and the other takes the
+ * connections meanwhile, so a skewed round is tried again, up to 20 rounds or
+ * 15 s; loops that do not take turns fail every round. Fails the test with
+ * the last round's counts.
+ */
+#define t_expect_accepts_alternate(server, per_round, least)                             \
+  t_expect_accepts_alternate_at(__FILE__, __LINE__, (server), (per_round), (least))
+void t_expect_accepts_alternate_at(const char *file, int line, const t_server_t *server,
+                                   unsigned per_round, unsigned least);
+
+/* ---- table-driven exchanges --------------------------------------------- */
+
+/* What happens to the connection after the response (t_exchange_t.after). */
+enum {
+  T_ANY = 0, /* not checked */
+  T_KEEP,    /* no "Connection: close", and the next request on it is answered */
+  T_CLOSE,   /* the server closes it within 2 s and sends nothing more */
+};
+
+/*
+ * One request and what must come back: a row of a table-driven test, so a new
+ * case is one line. Unset fields are not checked.
+ *
+ *   {"name", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", .status = 200, .after = T_KEEP,
+ *    .has = {"X-Kept: yes", "Date"}, .lacks = {"Transfer-Encoding"}}
+ */
+typedef struct t_exchange {
+  const char *name;    /* case name (t_case) when run by t_exchanges; may be NULL */
+  const char *request; /* bytes sent */
+  size_t len;          /* 0: strlen(request) */
+  int status;          /* expected status (0: not checked) */
+  int status_alt;      /* a second acceptable status (0: none) */
+  const char *has[6];  /* headers present: "Name" (any value) or "Name: value" (exact) */
+  const char *lacks[6]; /* header names absent */
+  const char *body;    /* exact body (NULL: not checked) */
+  size_t body_len;     /* exact body length (0: not checked; use .body = "" for none) */
+  int after;           /* T_ANY, T_KEEP or T_CLOSE */
+  bool head;           /* the request is HEAD: the response has no body */
+  size_t piece;        /* > 0: sent in pieces of this many bytes, 1 ms apart; a send
+                          error (the server answered early and closed) ends sending */
+} t_exchange_t;
+
+/*
+ * Send ex->request on conn, read one response (interim 1xx included) and check
+ * it against ex; T_KEEP sends "GET /t-next" on conn and expects its 200.
+ * Failures name file:line, ex->name and the request. If out is not NULL the
+ * response is stored there for further checks (free it with t_response_free).
+ */
+#define t_exchange(conn, ex, out) t_exchange_at(__FILE__, __LINE__, (conn), (ex), (out))
+void t_exchange_at(const char *file, int line, t_conn_t *conn, const t_exchange_t *ex,
+                   t_response_t *out);
+
+/* Run every row on a fresh connection of its own, naming each case. */
+#define t_exchanges(server, rows, count)                                                 \
+  t_exchanges_at(__FILE__, __LINE__, (server), (rows), (count))
+void t_exchanges_at(const char *file, int line, const t_server_t *server,
+                    const t_exchange_t *rows, size_t count);
+
+#define T_COUNT(array) (sizeof(array) / sizeof((array)[0]))
 
 /*
  * Many connections at once, driven with poll() from this thread: open

@@ -38,21 +38,53 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-@pytest.fixture
-def serve():
-    """serve(app, **options) -> a started Server on 127.0.0.1:<free port>;
-    every server is stopped at the end of the test."""
+def _serving(factory):
+    """The body of every serve fixture: start(app, **options) -> a started server of
+    `factory` on 127.0.0.1:<free port>; every server is stopped at the end."""
     servers = []
 
     def start(app, **options):
         options.setdefault("port", 0)
-        server = pmu.Server(app, **options).start()
+        server = factory(app, **options).start()
         servers.append(server)
         return server
 
     yield start
     for server in servers:
         server.stop(timeout=30)
+
+
+@pytest.fixture
+def serve():
+    """serve(app, **options) -> a started Server on 127.0.0.1:<free port>."""
+    yield from _serving(pmu.Server)
+
+
+@pytest.fixture
+def serve_asgi():
+    """serve_asgi(app, **options) -> a started ASGIServer on 127.0.0.1:<free port>."""
+    from pymongoose_uring.asgi import ASGIServer
+    yield from _serving(ASGIServer)
+
+
+@pytest.fixture
+def serve_wsgi():
+    """serve_wsgi(app, **options) -> a started WSGIServer on 127.0.0.1:<free port>."""
+    from pymongoose_uring.wsgi import WSGIServer
+    yield from _serving(WSGIServer)
+
+
+def wait_until(condition, timeout=10.0, what="condition"):
+    """Poll condition() until it is true, failing after timeout seconds: a wait on
+    an event that fails only when the event never comes (a loaded machine makes it
+    later, not false). Returns condition()'s last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "%s not met within %.1f s" % (what, timeout)
+        time.sleep(0.005)
 
 
 def request(server, method="GET", path="/", body=None, headers=None, timeout=10):

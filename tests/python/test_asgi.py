@@ -13,28 +13,13 @@ import time
 import pytest
 
 from pymongoose_uring.asgi import ASGIServer
-from conftest import RawClient, request
+from conftest import RawClient, request, wait_until
 
 def abort(sock):
     """Close with a reset, as a client that goes away does (a plain close, a FIN, may
     be a half-close still waiting for its answer)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-@pytest.fixture
-def serve_asgi():
-    servers = []
-
-    def start(app, **options):
-        options.setdefault("port", 0)
-        server = ASGIServer(app, **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop(timeout=30)
 
 
 async def read_body(receive):
@@ -289,19 +274,19 @@ def test_disconnect_after_the_response(serve_asgi):
 
     server = serve_asgi(app)
     assert request(server)[2] == b"done"
-    deadline = time.monotonic() + 5
-    while not seen and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: seen, timeout=5, what="the app's receive() after the response")
     assert seen == [{"type": "http.disconnect"}]
 
 
 def test_disconnect_while_waiting(serve_asgi):
     got = threading.Event()
+    has_request = threading.Event()
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
         await read_body(receive)
+        has_request.set()
         message = await receive()  # nothing more: waits for the client to go
         if message["type"] == "http.disconnect":
             got.set()
@@ -309,7 +294,7 @@ def test_disconnect_while_waiting(serve_asgi):
     server = serve_asgi(app)
     s = socket.create_connection(("127.0.0.1", server.port))
     s.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
-    time.sleep(0.2)
+    assert has_request.wait(10)
     abort(s)
     assert got.wait(5)
 
@@ -336,9 +321,7 @@ def test_send_to_a_gone_client_raises_oserror(serve_asgi):
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     s.recv(1000)
     abort(s)
-    deadline = time.monotonic() + 20
-    while not outcome and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: outcome, timeout=20, what="the app's end")
     assert outcome == ["oserror"]
 
 
@@ -436,8 +419,8 @@ def test_loop_threads_stop_with_the_server():
     assert request(server)[0] == 200
     assert [t for t in threading.enumerate() if t.name == "pymongoose_uring-asgi"]
     server.stop()
-    time.sleep(0.1)
-    assert not [t for t in threading.enumerate() if t.name == "pymongoose_uring-asgi"]
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "pymongoose_uring-asgi"],
+               timeout=5, what="the loop thread's end")
 
 
 def test_server_restarts_with_a_fresh_loop():
@@ -604,29 +587,30 @@ def test_fastapi_app():
         assert request(server, path="/text")[2] == b"plain"
         assert request(server, path="/nowhere")[0] == 404
         assert request(server, "HEAD", "/")[0] in (200, 405)
-        if app.state.has_multipart:
-            status, _, body, _ = request(
-                server, "POST", "/form", body=b"name=Ada&age=36",
-                headers={"Content-Type": "application/x-www-form-urlencoded"})
-            assert status == 200 and json.loads(body) == {"name": "Ada", "age": 36}
-            payload = os.urandom(200000)
-            data, ctype = multipart_body([("note", "hi")], [("file", "a.bin", payload)])
-            status, _, body, _ = request(server, "POST", "/upload", body=data,
-                                         headers={"Content-Type": ctype})
-            assert status == 200, body
-            assert json.loads(body) == {"filename": "a.bin", "size": len(payload),
-                                        "note": "hi"}
     finally:
         server.stop()
     assert events == ["startup", "shutdown"]
 
 
-def test_fastapi_forms_need_python_multipart():
-    events = []
-    app = make_fastapi_app(events)
+def test_fastapi_forms_and_uploads():
+    """FastAPI's form and upload routes (they need python-multipart: skipped, with the
+    reason, where it is not installed)."""
+    app = make_fastapi_app([])
     if not app.state.has_multipart:
         pytest.skip("python-multipart is not installed (pip install python-multipart): "
                     "FastAPI's form and upload routes need it")
+    with ASGIServer(app, port=0) as server:
+        status, _, body, _ = request(
+            server, "POST", "/form", body=b"name=Ada&age=36",
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 200 and json.loads(body) == {"name": "Ada", "age": 36}
+        payload = os.urandom(200000)
+        data, ctype = multipart_body([("note", "hi")], [("file", "a.bin", payload)])
+        status, _, body, _ = request(server, "POST", "/upload", body=data,
+                                     headers={"Content-Type": ctype})
+        assert status == 200, body
+        assert json.loads(body) == {"filename": "a.bin", "size": len(payload),
+                                    "note": "hi"}
 
 
 def test_fastapi_keepalive_many_requests():

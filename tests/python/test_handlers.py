@@ -213,12 +213,17 @@ def test_async_handler_on_a_given_loop(serve):
 
 def test_stop_waits_for_deferred_in_flight_requests(serve):
     gate = threading.Event()
-    server = serve(lambda req: threading.Thread(
-        target=lambda: (gate.wait(5), req.reply("finished"))).start())
+    in_flight = threading.Event()
+
+    def handler(req):
+        in_flight.set()
+        threading.Thread(target=lambda: (gate.wait(5), req.reply("finished"))).start()
+
+    server = serve(handler)
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("r", request(server)))
     t.start()
-    time.sleep(0.2)
+    assert in_flight.wait(10)
     stopper = threading.Thread(target=server.stop)
     stopper.start()
     time.sleep(0.2)

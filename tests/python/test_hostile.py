@@ -8,7 +8,7 @@ import tempfile
 import threading
 import time
 
-from conftest import request
+from conftest import request, wait_until
 
 
 def test_bodies_beyond_the_budget_are_spooled_and_reach_the_handler_whole(serve):
@@ -68,11 +68,15 @@ def test_unread_pipelined_answers_are_not_produced_ahead(serve):
 
     server = serve(app)
     socks = []
+    sent = server.stats()["bytes_in"]
     for _ in range(conns):
         s = socket.create_connection(("127.0.0.1", server.port))
-        s.sendall(b"".join(b"GET /?%d HTTP/1.1\r\nHost: p\r\n\r\n" % i for i in range(depth)))
+        pipeline = b"".join(b"GET /?%d HTTP/1.1\r\nHost: p\r\n\r\n" % i for i in range(depth))
+        s.sendall(pipeline)
+        sent += len(pipeline)
         socks.append(s)
-    time.sleep(0.5)
+    # the server has taken every pipelined request in
+    wait_until(lambda: server.stats()["bytes_in"] >= sent, what="the server reading the pipelines")
     t0 = time.monotonic()
     status, _, body, _ = request(server, "GET", "/?other")
     latency = time.monotonic() - t0

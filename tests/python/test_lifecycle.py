@@ -14,7 +14,7 @@ import pytest
 
 import pymongoose_uring as pmu
 from pymongoose_uring import App, Server
-from conftest import PROBE, request, spawn, wait_for_line
+from conftest import PROBE, request, spawn, wait_for_line, wait_until
 
 
 def open_fds():
@@ -40,9 +40,9 @@ def test_start_stop_50_times_leaks_nothing():
             assert request(server)[2] == b"hi"
         server.stop()
         assert not server.running
-    time.sleep(0.1)
-    assert open_fds() <= fds
-    assert os_threads() <= threads  # threads of earlier tests may end meanwhile
+    # threads of earlier tests may end meanwhile
+    wait_until(lambda: open_fds() <= fds and os_threads() <= threads, timeout=5,
+               what="descriptors and threads back to before")
 
 
 def test_same_server_restarts():
@@ -231,6 +231,7 @@ SIGNAL_SERVER = textwrap.dedent("""
     def slow(req):
         # answered 0.5 s later from another thread: in flight when the signal comes
         threading.Timer(0.5, req.reply, args=("slow done",)).start()
+        print("slow in flight", file=sys.stderr, flush=True)
 
     @app.get("/")
     def index(req):
@@ -266,7 +267,7 @@ def test_run_stops_gracefully_on_signal(sig):
         result = {}
         t = threading.Thread(target=lambda: result.setdefault("r", request(s, path="/slow")))
         t.start()
-        time.sleep(0.15)  # the slow request is in flight
+        wait_for_line(proc, "slow in flight")
         proc.send_signal(sig)
         t.join(10)
         out, err = proc.communicate(timeout=20)

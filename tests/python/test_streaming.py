@@ -14,7 +14,7 @@ import time
 import pytest
 
 import pymongoose_uring as pmu
-from conftest import RawClient, request
+from conftest import RawClient, request, wait_until
 
 MB = 1 << 20
 
@@ -234,7 +234,8 @@ def test_slow_reader_holds_the_client_back(serve):
             sent[0] += len(block)
 
     t = in_thread(upload)
-    time.sleep(1.5)
+    wait_until(lambda: server.stats()["recv_paused"] >= 1, what="the server pausing receives")
+    time.sleep(0.5)  # an observation window: the client stays held back
     grown = rss_bytes() - before
     stalled_at = sent[0]
     assert stalled_at < total // 2, "the client was never held back"
@@ -286,11 +287,12 @@ def test_client_disconnect_is_seen(serve):
         req.add_disconnect_callback(on_gone)
         assert req.disconnected is False
         in_thread(work, req)
+        events["ready"] = True
 
     server = serve(handler, stream_body_threshold=100)
     c = RawClient(server.port)
     c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
-    time.sleep(0.2)
+    wait_until(lambda: "ready" in events, what="the handler")
     abort(c.sock)
     assert called.wait(10) and failed.wait(10)
     req = events["req"]
@@ -328,7 +330,10 @@ def test_read_async_sees_the_disconnect(serve):
     outcome = {}
     done = threading.Event()
 
+    started = threading.Event()
+
     async def handler(req):
+        started.set()
         try:
             while await req.read_async(1000):
                 pass
@@ -340,7 +345,7 @@ def test_read_async_sees_the_disconnect(serve):
     server = serve(handler, stream_body_threshold=100)
     c = RawClient(server.port)
     c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"y" * 3000)
-    time.sleep(0.2)
+    assert started.wait(10)
     abort(c.sock)
     assert done.wait(10)
     assert outcome == {"disconnected": True}

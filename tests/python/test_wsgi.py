@@ -14,29 +14,7 @@ import pytest
 
 from pymongoose_uring import wsgi as pmu_wsgi
 from pymongoose_uring.wsgi import WSGIHandler, WSGIServer
-from conftest import RawClient, request
-
-def wait_until(condition, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def serve_wsgi():
-    servers = []
-
-    def start(app, **options):
-        options.setdefault("port", 0)
-        server = WSGIServer(app, **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop(timeout=30)
-
+from conftest import RawClient, request, wait_until
 
 def environ_app(environ, start_response):
     """Answers the environ's str values as JSON (and the body read from wsgi.input)."""
@@ -391,8 +369,11 @@ def test_head_keeps_the_apps_content_length(serve_wsgi):
 def test_blocking_app_does_not_stall_other_requests(serve_wsgi):
     release = threading.Event()
 
+    held = []
+
     def app(environ, start_response):
         if environ["PATH_INFO"] == "/slow":
+            held.append(1)
             release.wait(10)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [environ["PATH_INFO"].encode()]
@@ -403,10 +384,10 @@ def test_blocking_app_does_not_stall_other_requests(serve_wsgi):
             for _ in range(3)]
     for t in slow:
         t.start()
-    time.sleep(0.2)
-    t0 = time.monotonic()
+    wait_until(lambda: len(held) == 3, what="three pool threads held by /slow")
     assert request(server, path="/fast")[2] == b"/fast"
-    assert time.monotonic() - t0 < 2
+    # answered while every /slow is still held (they are let go below, or after 10 s)
+    assert results == []
     release.set()
     for t in slow:
         t.join(10)
@@ -516,9 +497,11 @@ def test_pool_threads_stop_with_the_server():
     names = [t.name for t in threading.enumerate() if t.name.startswith("pymongoose_uring-wsgi")]
     assert len(names) >= 3
     server.stop()
-    time.sleep(0.1)
-    after = {t.name for t in threading.enumerate()} - before
-    assert not [n for n in after if n.startswith("pymongoose_uring-wsgi")]
+
+    def gone():
+        after = {t.name for t in threading.enumerate()} - before
+        return not [n for n in after if n.startswith("pymongoose_uring-wsgi")]
+    wait_until(gone, timeout=5, what="the pool threads' end")
 
 
 def test_server_restarts_with_a_fresh_pool():
