@@ -514,6 +514,24 @@ void t_config_init(pmu_config_t *config) {
   config->handler_data = NULL;
 }
 
+const t_ring_mode_t t_ring_modes[T_RING_MODES] = {
+    {"DEFER_TASKRUN", 1, 0, 0},
+    {"COOP_TASKRUN", 0, 0, 0},
+    {"SQPOLL", 1, 1, 0},
+    {"registered files", 1, 0, 1},
+    {"SQPOLL and registered files", 1, 1, 1},
+};
+
+void t_config_ring_mode(pmu_config_t *config, const t_ring_mode_t *mode) {
+  t_config_init(config);
+  config->defer_taskrun = mode->defer_taskrun;
+  if (mode->sqpoll) {
+    config->sqpoll = 1;
+    config->sqpoll_idle_ms = 50;
+  }
+  config->registered_files = mode->registered_files;
+}
+
 int t_server_try_start(const pmu_config_t *config, t_server_t **out) {
   t_server_t *server = calloc(1, sizeof *server);
   if (!server)

@@ -176,6 +176,22 @@ typedef struct t_server {
  * the test handler, shutdown_timeout_ms 3000. */
 void t_config_init(pmu_config_t *config);
 
+/* The ring modes the config can ask for, one table for the tests that run
+ * the same traffic in each: DEFER_TASKRUN (the default), COOP_TASKRUN,
+ * SQPOLL, registered files, and SQPOLL with registered files. */
+typedef struct t_ring_mode {
+  const char *name;
+  int defer_taskrun;
+  int sqpoll;
+  int registered_files;
+} t_ring_mode_t;
+
+#define T_RING_MODES 5
+extern const t_ring_mode_t t_ring_modes[T_RING_MODES];
+
+/* t_config_init, then the mode's fields (SQPOLL with sqpoll_idle_ms 50). */
+void t_config_ring_mode(pmu_config_t *config, const t_ring_mode_t *mode);
+
 /* Start a server with `config`; a NULL config->handler_data becomes the
  * t_server_t (what t_handler and handlers wrapping it expect). Fails the test
  * on error. Free with t_server_destroy. */
