@@ -11,7 +11,6 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -19,32 +18,6 @@
 #include <unistd.h>
 
 #define CLIENTS 200
-
-static clockid_t ring_clock;
-static atomic_int have_clock;
-static atomic_int log_lines;
-static char last_log[256];
-static int last_level;
-
-static void on_start(void *data, unsigned index) {
-  (void)data;
-  (void)index;
-  if (pthread_getcpuclockid(pthread_self(), &ring_clock) == 0)
-    atomic_store(&have_clock, 1);
-}
-
-static void log_line(void *data, int level, const char *msg) {
-  (void)data;
-  snprintf(last_log, sizeof last_log, "%s", msg);
-  last_level = level;
-  atomic_fetch_add(&log_lines, 1);
-}
-
-static int64_t ring_cpu_ms(void) {
-  struct timespec ts;
-  T_ASSERT(clock_gettime(ring_clock, &ts) == 0);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int main(void) {
   t_init("fd_exhaustion");
@@ -54,8 +27,7 @@ int main(void) {
   t_case("EMFILE: accepts pause, nothing spins, one line a second, resumes on close");
   pmu_config_t config;
   t_config_init(&config);
-  config.on_thread_start = on_start;
-  config.log = log_line;
+  t_watch_config(&config);
   config.accept_backoff_ms = 60000; /* only a closing connection can resume it */
   config.header_timeout_ms = 0;     /* the held connections stay */
   /* Client sockets first, then the limit, then the server (an accept takes
@@ -72,9 +44,7 @@ int main(void) {
   low.rlim_cur = (rlim_t)(fds[CLIENTS - 1] + 1 + 24); /* the server's own and a few */
   T_ASSERT(setrlimit(RLIMIT_NOFILE, &low) == 0);
   t_server_t *server = t_server_start(&config);
-  /* on_thread_start may run just after pmu_server_start returns. */
-  T_WAIT_UNTIL(atomic_load(&have_clock), T_EVENT_MS);
-  T_ASSERT(atomic_load(&have_clock));
+  t_watch_cpu_ms(); /* the ring thread's clock is known */
   struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(server->port),
                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   for (int i = 0; i < CLIENTS; i++) {
@@ -88,11 +58,11 @@ int main(void) {
   T_ASSERT_MSG(s.connections_accepted < CLIENTS, "accepted all %llu",
                (unsigned long long)s.connections_accepted);
 
-  int64_t cpu0 = ring_cpu_ms(), wall0 = t_now_ms();
+  int64_t cpu0 = t_watch_cpu_ms(), wall0 = t_now_ms();
   uint64_t waits0 = s.waits;
-  int lines0 = atomic_load(&log_lines);
+  int lines0 = atomic_load(&t_watch.log_lines);
   t_sleep_ms(1200);
-  int64_t cpu = ring_cpu_ms() - cpu0, wall = t_now_ms() - wall0;
+  int64_t cpu = t_watch_cpu_ms() - cpu0, wall = t_now_ms() - wall0;
   s = t_stats(server, -1);
   fprintf(stderr, "# ring thread CPU %lld ms in %lld ms; %llu waits; %llu accept errors\n",
           (long long)cpu, (long long)wall, (unsigned long long)(s.waits - waits0),
@@ -101,13 +71,14 @@ int main(void) {
                (long long)wall);
   T_ASSERT_MSG(s.waits - waits0 < 100, "%llu ring waits in %lld ms",
                (unsigned long long)(s.waits - waits0), (long long)wall);
-  int lines = atomic_load(&log_lines);
+  int lines = atomic_load(&t_watch.log_lines);
   T_ASSERT_MSG(lines >= 1, "nothing was logged");
   T_ASSERT_MSG(lines - lines0 <= 2, "%d lines logged in %lld ms", lines - lines0,
                (long long)wall);
-  T_ASSERT_INT_EQ(last_level, PMU_LOG_WARNING);
-  T_ASSERT_CONTAINS(last_log, strlen(last_log), "accept failed: ");
-  T_ASSERT_CONTAINS(last_log, strlen(last_log), "(EMFILE); pausing accepts for 60000 ms");
+  T_ASSERT_INT_EQ(atomic_load(&t_watch.last_level), PMU_LOG_WARNING);
+  T_ASSERT_CONTAINS(t_watch.last_log, strlen(t_watch.last_log), "accept failed: ");
+  T_ASSERT_CONTAINS(t_watch.last_log, strlen(t_watch.last_log),
+                    "(EMFILE); pausing accepts for 60000 ms");
 
   /* The clients go away: the server's connections close, freeing
    * descriptors, and it accepts again at once, not a minute later. */

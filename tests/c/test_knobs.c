@@ -1,6 +1,7 @@
 /*
  * test_knobs: every ring variant the config can ask for serves the same
- * traffic correctly: SQPOLL, no DEFER_TASKRUN, registered files, SEND_ZC,
+ * traffic correctly: each of t_ring_modes (DEFER_TASKRUN, COOP_TASKRUN,
+ * SQPOLL, registered files, both), SEND_ZC,
  * a tiny buffer pool (ENOBUFS must be counted and survived), batch_max 1,
  * and a tiny output high-water mark with a client that reads slowly (short
  * sends and receive pauses, never a wrong byte).
@@ -63,22 +64,13 @@ int main(void) {
   t_init("knobs");
   pmu_config_t config;
 
-  t_case("SQPOLL");
-  t_config_init(&config);
-  config.sqpoll = 1;
-  config.sqpoll_idle_ms = 50;
-  traffic(&config);
-
-  t_case("COOP_TASKRUN instead of DEFER_TASKRUN");
-  t_config_init(&config);
-  config.defer_taskrun = 0;
-  traffic(&config);
-
-  t_case("registered files");
-  t_config_init(&config);
-  config.registered_files = 1;
-  config.max_connections = 200;
-  traffic(&config);
+  for (size_t m = 0; m < T_RING_MODES; m++) {
+    t_case(t_ring_modes[m].name);
+    t_config_ring_mode(&config, &t_ring_modes[m]);
+    if (config.registered_files)
+      config.max_connections = 200; /* the fixed-file table is sized by it */
+    traffic(&config);
+  }
 
   t_case("SEND_ZC for answers of 8 KiB and more");
   t_config_init(&config);

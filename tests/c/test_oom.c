@@ -64,6 +64,24 @@ static void next_is_fine(t_server_t *server) {
   t_conn_close(conn);
 }
 
+#define STREAM_THEN_SECOND                                                               \
+  "GET /stream HTTP/1.1\r\nHost: o\r\n\r\nGET /second HTTP/1.1\r\nHost: o\r\n\r\n"
+
+/* On a new connection, with the fault point armed to fail once at its
+ * `first` call, send `request`: answered with the static 503 (and the
+ * close), or with closes_silent, closed with nothing sent. */
+static void faulted(t_server_t *server, int point, unsigned long first, const char *request,
+                    bool closes_silent) {
+  t_conn_t *conn = t_connect(server);
+  pmu_test_fault(point, first, 1, 1);
+  t_send_str(conn, request);
+  if (closes_silent)
+    t_expect_closed(conn, 3000);
+  else
+    expect_oom_503(conn);
+  t_conn_close(conn);
+}
+
 int main(void) {
   t_init("oom");
   pmu_config_t config;
@@ -73,70 +91,43 @@ int main(void) {
 
   t_case("pmu_respond cannot format: static 503 and close, body released, next served");
   {
-    t_conn_t *conn = t_connect(server);
     unsigned long released = t_big_releases();
-    pmu_test_fault(FAULT_SERIALIZE, 1, 1, 1);
     /* Two pipelined: the first fails, the second must not be misframed. */
-    t_send_str(conn, "GET /big?n=100000 HTTP/1.1\r\nHost: o\r\n\r\n"
-                     "GET /second HTTP/1.1\r\nHost: o\r\n\r\n");
-    expect_oom_503(conn);
-    t_conn_close(conn);
+    faulted(server, FAULT_SERIALIZE, 1,
+            "GET /big?n=100000 HTTP/1.1\r\nHost: o\r\n\r\nGET /second HTTP/1.1\r\nHost: o\r\n\r\n",
+            false);
     T_ASSERT_INT_EQ(t_big_releases() - released, 1);
     next_is_fine(server);
   }
 
   t_case("the engine's own error answer cannot be formatted: static 503 and close");
-  {
-    t_conn_t *conn = t_connect(server);
-    pmu_test_fault(FAULT_SERIALIZE, 1, 1, 1);
-    t_send_str(conn, "GET / HTTP/1.1\r\nHost: o\r\nBad Header\r\n\r\n"); /* 400 */
-    expect_oom_503(conn);
-    t_conn_close(conn);
-    next_is_fine(server);
-  }
+  faulted(server, FAULT_SERIALIZE, 1, "GET / HTTP/1.1\r\nHost: o\r\nBad Header\r\n\r\n", false);
+  next_is_fine(server);
 
   t_case("a streamed head cannot be formatted: static 503 and close");
-  {
-    t_conn_t *conn = t_connect(server);
-    pmu_test_fault(FAULT_SERIALIZE, 1, 1, 1);
-    t_send_str(conn, "GET /stream HTTP/1.1\r\nHost: o\r\n\r\nGET /second HTTP/1.1\r\nHost: o\r\n\r\n");
-    expect_oom_503(conn);
-    T_ASSERT_INT_EQ(atomic_load(&start_rc), -ENOMEM);
-    T_ASSERT_INT_EQ(atomic_load(&end_rc), 0);
-    t_conn_close(conn);
-    next_is_fine(server);
-  }
+  faulted(server, FAULT_SERIALIZE, 1, STREAM_THEN_SECOND, false);
+  T_ASSERT_INT_EQ(atomic_load(&start_rc), -ENOMEM);
+  T_ASSERT_INT_EQ(atomic_load(&end_rc), 0);
+  next_is_fine(server);
 
   t_case("no memory for the stream's end piece at start: 503 and close at the end");
-  {
-    t_conn_t *conn = t_connect(server);
-    pmu_test_fault(FAULT_SEG, 1, 1, 1);
-    t_send_str(conn, "GET /stream HTTP/1.1\r\nHost: o\r\n\r\nGET /second HTTP/1.1\r\nHost: o\r\n\r\n");
-    expect_oom_503(conn);
-    T_ASSERT_INT_EQ(atomic_load(&start_rc), -ENOMEM);
-    T_ASSERT_INT_EQ(atomic_load(&write_rc), -ENOMEM);
-    T_ASSERT_INT_EQ(atomic_load(&end_rc), 0);
-    t_conn_close(conn);
-    next_is_fine(server);
-  }
+  faulted(server, FAULT_SEG, 1, STREAM_THEN_SECOND, false);
+  T_ASSERT_INT_EQ(atomic_load(&start_rc), -ENOMEM);
+  T_ASSERT_INT_EQ(atomic_load(&write_rc), -ENOMEM);
+  T_ASSERT_INT_EQ(atomic_load(&end_rc), 0);
+  next_is_fine(server);
 
   t_case("no memory for the streamed head: the connection closes, nothing sent");
-  {
-    t_conn_t *conn = t_connect(server);
-    pmu_test_fault(FAULT_SEG, 2, 1, 1);
-    t_send_str(conn, "GET /stream HTTP/1.1\r\nHost: o\r\n\r\nGET /second HTTP/1.1\r\nHost: o\r\n\r\n");
-    t_expect_closed(conn, 3000);
-    T_ASSERT_INT_EQ(atomic_load(&start_rc), -ENOMEM);
-    T_ASSERT_INT_EQ(atomic_load(&end_rc), 0);
-    t_conn_close(conn);
-    next_is_fine(server);
-  }
+  faulted(server, FAULT_SEG, 2, STREAM_THEN_SECOND, true);
+  T_ASSERT_INT_EQ(atomic_load(&start_rc), -ENOMEM);
+  T_ASSERT_INT_EQ(atomic_load(&end_rc), 0);
+  next_is_fine(server);
 
   t_case("no memory for a piece: the answer ends by closing, without the last chunk");
   {
     t_conn_t *conn = t_connect(server);
     pmu_test_fault(FAULT_SEG, 4, 1, 1); /* end piece, head, "one", then "two" fails */
-    t_send_str(conn, "GET /stream HTTP/1.1\r\nHost: o\r\n\r\nGET /second HTTP/1.1\r\nHost: o\r\n\r\n");
+    t_send_str(conn, STREAM_THEN_SECOND);
     t_response_t r;
     int rc = t_read_response(conn, &r, 3000, false);
     T_ASSERT_MSG(rc == -ECONNRESET, "got %d: the cut answer looked complete", rc);

@@ -104,31 +104,12 @@ int main(void) {
   }
   pmu_config_t config;
 
-  t_case("8-entry ring, DEFER_TASKRUN");
-  t_config_init(&config);
-  traffic(&config);
-
-  t_case("8-entry ring, COOP_TASKRUN");
-  t_config_init(&config);
-  config.defer_taskrun = 0;
-  traffic(&config);
-
-  t_case("8-entry ring, SQPOLL");
-  t_config_init(&config);
-  config.sqpoll = 1;
-  config.sqpoll_idle_ms = 50;
-  traffic(&config);
-
-  t_case("8-entry ring, registered files");
-  t_config_init(&config);
-  config.registered_files = 1;
-  traffic(&config);
-
-  t_case("8-entry ring, SQPOLL and registered files");
-  t_config_init(&config);
-  config.sqpoll = 1;
-  config.sqpoll_idle_ms = 50;
-  config.registered_files = 1;
-  traffic(&config);
+  for (size_t m = 0; m < T_RING_MODES; m++) {
+    char name[64];
+    snprintf(name, sizeof name, "8-entry ring, %s", t_ring_modes[m].name);
+    t_case(name);
+    t_config_ring_mode(&config, &t_ring_modes[m]);
+    traffic(&config);
+  }
   return t_done();
 }

@@ -8,7 +8,6 @@
  */
 #include "testlib.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -16,26 +15,6 @@
 void pmu_test_fault(int point, unsigned long first, unsigned long every, unsigned long times);
 void pmu__deadline_after(int timeout_ms, struct timespec *out);
 #define FAULT_WAIT 2
-
-static clockid_t ring_clock;
-static atomic_int have_clock;
-static atomic_int log_lines;
-static atomic_int last_level;
-static char last_log[256];
-
-static void on_start(void *data, unsigned index) {
-  (void)data;
-  (void)index;
-  if (pthread_getcpuclockid(pthread_self(), &ring_clock) == 0)
-    atomic_store(&have_clock, 1);
-}
-
-static void log_line(void *data, int level, const char *msg) {
-  (void)data;
-  snprintf(last_log, sizeof last_log, "%s", msg);
-  atomic_store(&last_level, level);
-  atomic_fetch_add(&log_lines, 1);
-}
 
 static int64_t ts_ms(const struct timespec *ts) {
   return (int64_t)ts->tv_sec * 1000 + ts->tv_nsec / 1000000;
@@ -65,11 +44,7 @@ int main(void) {
     pmu_config_t config;
     t_config_init(&config);
     t_server_t *server = t_server_start(&config);
-    int64_t t0 = t_now_ms();
-    T_ASSERT_INT_EQ(pmu_server_wait(server->pmu, 300), -ETIMEDOUT);
-    int64_t took = t_now_ms() - t0;
-    T_ASSERT_MSG(took >= 290 && took < 2000, "waited %lld ms", (long long)took);
-    t_get_ok(server, "/still");
+    t_expect_wait_times_out(server, 300);
     t_server_destroy(server);
   }
 
@@ -77,33 +52,29 @@ int main(void) {
   {
     pmu_config_t config;
     t_config_init(&config);
-    config.on_thread_start = on_start;
-    config.log = log_line;
+    t_watch_config(&config);
     t_server_t *server = t_server_start(&config);
-    t_get_ok(server, "/before"); /* on_thread_start has run by now */
-    T_ASSERT(atomic_load(&have_clock));
+    t_get_ok(server, "/before");
     /* The next 60 waits fail. A request wakes the ring into them. */
     pmu_test_fault(FAULT_WAIT, 1, 1, 60);
-    struct timespec c0;
-    clock_gettime(ring_clock, &c0);
+    int64_t c0 = t_watch_cpu_ms();
     int64_t t0 = t_now_ms();
     t_get_ok(server, "/during");
     while (t_stats(server, -1).wait_errors < 60 && t_now_ms() - t0 < 10000)
       t_sleep_ms(20);
-    struct timespec c1;
-    clock_gettime(ring_clock, &c1);
-    int64_t wall = t_now_ms() - t0, cpu = ts_ms(&c1) - ts_ms(&c0);
+    int64_t wall = t_now_ms() - t0, cpu = t_watch_cpu_ms() - c0;
     pmu_stats_t s = t_stats(server, -1);
     fprintf(stderr, "# 60 failed waits: %lld ms of ring CPU in %lld ms\n", (long long)cpu,
             (long long)wall);
     T_ASSERT_INT_EQ(s.wait_errors, 60);
     T_ASSERT_MSG(wall >= 500, "60 failed waits passed in %lld ms: no pause", (long long)wall);
     T_ASSERT_MSG(cpu < 200, "the ring thread used %lld ms of CPU", (long long)cpu);
-    int lines = atomic_load(&log_lines);
+    int lines = atomic_load(&t_watch.log_lines);
     T_ASSERT_MSG(lines >= 1 && lines <= 1 + wall / 1000, "%d lines in %lld ms", lines,
                  (long long)wall);
-    T_ASSERT_INT_EQ(atomic_load(&last_level), PMU_LOG_ERROR);
-    T_ASSERT_CONTAINS(last_log, strlen(last_log), "io_uring wait failed: Bad address");
+    T_ASSERT_INT_EQ(atomic_load(&t_watch.last_level), PMU_LOG_ERROR);
+    T_ASSERT_CONTAINS(t_watch.last_log, strlen(t_watch.last_log),
+                      "io_uring wait failed: Bad address");
     t_get_ok(server, "/after");
     t_server_destroy(server);
   }

@@ -514,6 +514,62 @@ void t_config_init(pmu_config_t *config) {
   config->handler_data = NULL;
 }
 
+const t_ring_mode_t t_ring_modes[T_RING_MODES] = {
+    {"DEFER_TASKRUN", 1, 0, 0},
+    {"COOP_TASKRUN", 0, 0, 0},
+    {"SQPOLL", 1, 1, 0},
+    {"registered files", 1, 0, 1},
+    {"SQPOLL and registered files", 1, 1, 1},
+};
+
+void t_config_ring_mode(pmu_config_t *config, const t_ring_mode_t *mode) {
+  t_config_init(config);
+  config->defer_taskrun = mode->defer_taskrun;
+  if (mode->sqpoll) {
+    config->sqpoll = 1;
+    config->sqpoll_idle_ms = 50;
+  }
+  config->registered_files = mode->registered_files;
+}
+
+t_watch_t t_watch;
+
+static void watch_thread_start(void *data, unsigned index) {
+  (void)data;
+  (void)index;
+  if (pthread_getcpuclockid(pthread_self(), &t_watch.ring_clock) == 0)
+    atomic_store(&t_watch.have_clock, 1);
+}
+
+static void watch_log(void *data, int level, const char *msg) {
+  (void)data;
+  snprintf(t_watch.last_log, sizeof t_watch.last_log, "%s", msg);
+  atomic_store(&t_watch.last_level, level);
+  atomic_fetch_add(&t_watch.log_lines, 1);
+}
+
+void t_watch_config(pmu_config_t *config) {
+  config->on_thread_start = watch_thread_start;
+  config->log = watch_log;
+}
+
+int64_t t_watch_cpu_ms(void) {
+  T_WAIT_UNTIL(atomic_load(&t_watch.have_clock), T_EVENT_MS);
+  T_ASSERT_MSG(atomic_load(&t_watch.have_clock), "on_thread_start never ran");
+  struct timespec ts;
+  T_ASSERT(clock_gettime(t_watch.ring_clock, &ts) == 0);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void t_expect_wait_times_out(t_server_t *server, int timeout_ms) {
+  int64_t t0 = t_now_ms();
+  T_ASSERT_INT_EQ(pmu_server_wait(server->pmu, timeout_ms), -ETIMEDOUT);
+  int64_t took = t_now_ms() - t0;
+  T_ASSERT_MSG(took >= timeout_ms - 10 && took < 2000, "wait(%d) took %lld ms", timeout_ms,
+               (long long)took);
+  t_get_ok(server, "/still-running");
+}
+
 int t_server_try_start(const pmu_config_t *config, t_server_t **out) {
   t_server_t *server = calloc(1, sizeof *server);
   if (!server)

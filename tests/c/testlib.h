@@ -56,6 +56,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define T_EXIT_PASS 0
 #define T_EXIT_FAIL 1
@@ -175,6 +176,45 @@ typedef struct t_server {
 /* pmu_config_init() plus what the tests want by default: 127.0.0.1, port 0,
  * the test handler, shutdown_timeout_ms 3000. */
 void t_config_init(pmu_config_t *config);
+
+/* The ring modes the config can ask for, one table for the tests that run
+ * the same traffic in each: DEFER_TASKRUN (the default), COOP_TASKRUN,
+ * SQPOLL, registered files, and SQPOLL with registered files. */
+typedef struct t_ring_mode {
+  const char *name;
+  int defer_taskrun;
+  int sqpoll;
+  int registered_files;
+} t_ring_mode_t;
+
+#define T_RING_MODES 5
+extern const t_ring_mode_t t_ring_modes[T_RING_MODES];
+
+/* t_config_init, then the mode's fields (SQPOLL with sqpoll_idle_ms 50). */
+void t_config_ring_mode(pmu_config_t *config, const t_ring_mode_t *mode);
+
+/* What a test sees of a one-ring server through its hooks: the ring
+ * thread's CPU clock and the engine's log lines. One per test program. */
+typedef struct t_watch {
+  clockid_t ring_clock; /* valid once have_clock */
+  atomic_int have_clock;
+  atomic_int log_lines;  /* lines logged so far */
+  atomic_int last_level; /* PMU_LOG_* of the last line */
+  char last_log[256];    /* the last line (read it after log_lines moved) */
+} t_watch_t;
+
+extern t_watch_t t_watch;
+
+/* Point config->on_thread_start and config->log at t_watch's recorders. */
+void t_watch_config(pmu_config_t *config);
+
+/* The ring thread's CPU time in ms; waits up to T_EVENT_MS for its
+ * on_thread_start (which may run just after pmu_server_start returns). */
+int64_t t_watch_cpu_ms(void);
+
+/* pmu_server_wait(timeout_ms) on a running server returns -ETIMEDOUT after
+ * about that long (not sooner, not 2 s later), and the server serves on. */
+void t_expect_wait_times_out(t_server_t *server, int timeout_ms);
 
 /* Start a server with `config`; a NULL config->handler_data becomes the
  * t_server_t (what t_handler and handlers wrapping it expect). Fails the test

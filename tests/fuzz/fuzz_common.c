@@ -391,6 +391,33 @@ _Noreturn void fuzz_fail(const char *why, const uint8_t *input, size_t input_len
   abort();
 }
 
+char *fuzz_exchange_checked(const char *prefix, size_t prefix_len, const fuzz_plan_t *plan,
+                            const uint8_t *input, size_t input_len, fuzz_responses_t *rs,
+                            size_t *out_len) {
+  char *out = fuzz_exchange(prefix, prefix_len, plan, out_len);
+  if (!out)
+    fuzz_fail("the server kept the connection open after the client half-closed", input,
+              input_len, NULL, 0);
+  fuzz_parse_responses(out, *out_len, rs, input, input_len);
+  size_t heads = fuzz_count_head_ends(plan->payload, plan->len);
+  if (prefix)
+    heads += fuzz_count_head_ends((const uint8_t *)prefix, prefix_len);
+  if (rs->count > heads + 1) {
+    char why[160];
+    snprintf(why, sizeof why, "%zu final responses for at most %zu requests (+1 error)",
+             rs->count, heads);
+    fuzz_fail(why, input, input_len, out, *out_len);
+  }
+  return out;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+  (void)argc;
+  (void)argv;
+  fuzz_server_start();
+  return 0;
+}
+
 size_t fuzz_count_head_ends(const uint8_t *p, size_t len) {
   /* A head ends with two line endings in a row. Line endings: CRLF and a
    * bare LF (RFC 9112 2.2 lets a server take both). Overlapping pairs all

@@ -92,4 +92,19 @@ size_t fuzz_count_head_ends(const uint8_t *p, size_t len);
 _Noreturn void fuzz_fail(const char *why, const uint8_t *input, size_t input_len,
                          const char *output, size_t output_len);
 
+/* fuzz_exchange (prefix may be NULL), then the checks every harness makes:
+ * the server closed once the client half-closed, every response is well
+ * framed (fuzz_parse_responses), and there are no more final responses than
+ * the prefix and the payload hold request heads, +1 for an error answer;
+ * any of these failing is fuzz_fail for input. Returns what came back
+ * (malloc'd, *out_len bytes), parsed into *rs (free with
+ * fuzz_responses_free). */
+char *fuzz_exchange_checked(const char *prefix, size_t prefix_len, const fuzz_plan_t *plan,
+                            const uint8_t *input, size_t input_len, fuzz_responses_t *rs,
+                            size_t *out_len);
+
+/* libFuzzer's once-per-process hook, the same in every harness: starts the
+ * server (fuzz_server_start). */
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
 #endif

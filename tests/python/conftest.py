@@ -105,6 +105,30 @@ def get_json(server, path="/", **kw):
     return json.loads(body)
 
 
+def fetch_closed(port, extra=b""):
+    """GET / (and `extra` pipelined behind it), read until the server closes:
+    -> (status, {lower-name: value}, body bytes as sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" + extra)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+# A second request to pipeline behind one whose answer fails half-way.
+BEHIND = b"GET /behind HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
 class RawClient:
     """A raw socket speaking HTTP/1.1, for pipelining and odd requests."""
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from pymongoose_uring.asgi import ASGIServer
-from conftest import RawClient, request, wait_until
+from conftest import BEHIND, RawClient, fetch_closed, request, wait_until
 
 def abort(sock):
     """Close with a reset, as a client that goes away does (a plain close, a FIN, may
@@ -156,29 +156,6 @@ def test_streamed_response_arrives_before_the_end(serve_asgi):
     assert b"second" in c.buf
     assert released == [True], "the first chunk waited for the whole body"
     c.close()
-
-
-def fetch_closed(port, extra=b""):
-    """GET / (and `extra` pipelined behind it), read until the server closes:
-    -> (status, {lower-name: value}, body bytes as sent)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    try:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" + extra)
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        sock.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
-
-
-BEHIND = b"GET /behind HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 def failing_app(how, headers=(), parts=(b"first part",), last=None):

@@ -5,7 +5,6 @@ import io
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from wsgiref.validate import validator
@@ -14,7 +13,7 @@ import pytest
 
 from pymongoose_uring import wsgi as pmu_wsgi
 from pymongoose_uring.wsgi import WSGIHandler, WSGIServer
-from conftest import RawClient, request, wait_until
+from conftest import BEHIND, RawClient, fetch_closed, request, wait_until
 
 def environ_app(environ, start_response):
     """Answers the environ's str values as JSON (and the body read from wsgi.input)."""
@@ -29,29 +28,6 @@ def environ_app(environ, start_response):
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(data)))])
     return [data]
-
-
-def fetch_closed(port, extra=b""):
-    """GET / (and `extra` pipelined behind it), read until the server closes:
-    -> (status, {lower-name: value}, body bytes as sent)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    try:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" + extra)
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        sock.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
-
-
-BEHIND = b"GET /behind HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 @pytest.mark.parametrize("length", [None, "30"])
