@@ -131,7 +131,7 @@ int main(void) {
   {
     reset();
     pmu_config_t config = base_config();
-    config.body_timeout_ms = 300;
+    config.body_timeout_ms = 1000;
     config.min_recv_rate = 0;
     t_server_t *server = t_server_start(&config);
     size_t n = 1u << 20;
@@ -146,10 +146,11 @@ int main(void) {
     pthread_t thread;
     pthread_create(&thread, NULL, send_all, &s);
     /* Paused: the handler has consumed nothing and the engine stopped
-     * reading. Hold it there for three body timeouts. */
+     * reading. Hold it there for two and a half body timeouts (the 1 s
+     * timeout leaves a client thread kept off the CPU room to send on). */
     T_WAIT_UNTIL(t_stats(server, -1).recv_paused >= 1, T_EVENT_MS);
     T_ASSERT_MSG(t_stats(server, -1).recv_paused >= 1, "the engine never paused its reads");
-    t_sleep_ms(900);
+    t_sleep_ms(2500);
     release();
     pthread_join(thread, NULL);
     T_ASSERT_MSG(s.rc == 0, "the upload was cut after %zu bytes delivered: %s", delivered_now(),
@@ -169,16 +170,17 @@ int main(void) {
 
   t_case("min_recv_rate's window starts again when reading resumes, not at a check while paused");
   {
-    /* Grace 1000 ms: the rate is first looked at 1 s after the body began,
+    /* Grace 2 s: the rate is first looked at 2 s after the body began,
      * while reads are paused (before the fix that restarted the window at
-     * that moment, 1 s before the next look). The handler catches up 1.8 s
-     * in, and the client, which could not send while the engine was not
-     * reading, takes 0.5 s: well inside a grace counted from the resume. */
+     * that moment, 2 s before the next look, at 4 s). The handler catches up
+     * 3.6 s in, and the client, which could not send while the engine was
+     * not reading, takes 1 s: inside a grace counted from the resume, with
+     * 1 s to spare. */
     reset();
     pmu_config_t config = base_config();
     config.body_timeout_ms = 10000;
     config.min_recv_rate = 500;
-    config.min_rate_grace_ms = 1000;
+    config.min_rate_grace_ms = 2000;
     t_server_t *server = t_server_start(&config);
     size_t first = 8192, second = 1000, third = 1000;
     size_t n = first + second + third;
@@ -193,16 +195,16 @@ int main(void) {
     t_send(conn, body, first + second);
     T_WAIT_UNTIL(t_stats(server, -1).recv_paused >= 1, T_EVENT_MS);
     T_ASSERT_MSG(t_stats(server, -1).recv_paused >= 1, "the engine never paused its reads");
-    int64_t wait = t0 + 1800 - t_now_ms();
+    int64_t wait = t0 + 3600 - t_now_ms();
     if (wait > 0)
       t_sleep_ms((unsigned)wait);
     release();
-    t_sleep_ms(500);
+    t_sleep_ms(1000);
     int rc = t_send_try(conn, body + first + second, third);
     t_response_t resp;
     int got = t_read_response(conn, &resp, T_IO_TIMEOUT_MS, false);
     T_ASSERT_MSG(rc == 0 && got == 0,
-                 "cut 0.5 s after reading resumed (send: %s, response: %d, disconnects %d)",
+                 "cut 1 s after reading resumed (send: %s, response: %d, disconnects %d)",
                  strerror(-rc), got, disconnects_now());
     T_ASSERT_INT_EQ(resp.status, 200);
     char want[64];
