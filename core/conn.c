@@ -113,7 +113,9 @@ void pmu__conn_timer_update(pmu__conn_t *c) {
     kind = TIMER_LINGER;
   else if (c->send_inflight)
     kind = TIMER_SEND;
-  else if (c->pstate == PS_BODY && !c->paused)
+  else if (c->paused)
+    kind = TIMER_NONE; /* the engine is not reading: the client owes nothing now */
+  else if (c->pstate == PS_BODY)
     kind = TIMER_BODY; /* the client owes bytes */
   else if (c->pending > 0)
     kind = TIMER_NONE; /* the handler owes an answer: its business */
@@ -161,7 +163,9 @@ void pmu__conn_timer_update(pmu__conn_t *c) {
 
 /* The deadline of a watched phase: its start, the grace, and one second for
  * every min_recv_rate bytes received since (Apache's MinRate). A connection
- * paused by backpressure is not the client's doing: its phase starts over. */
+ * paused by backpressure is not the client's doing: no phase is watched while
+ * it is paused, and one starts over when reading resumes (the timer update in
+ * pause_reading and pmu__conn_maybe_resume). */
 void pmu__conn_check_rates(pmu__loop_t *loop) {
   const pmu_config_t *cfg = &loop->server->cfg;
   uint64_t now = loop->now_ms;
@@ -173,10 +177,6 @@ void pmu__conn_check_rates(pmu__loop_t *loop) {
     pmu__conn_t *c = PMU__LIST_ENTRY(l, pmu__conn_t, all_link);
     if (!c->rate_kind || c->closing || c->lingering)
       continue;
-    if (c->paused) {
-      c->rate_t0 = now;
-      c->rate_base = c->rx;
-    }
     uint64_t got = c->rx - c->rate_base;
     uint64_t deadline = c->rate_t0 + cfg->min_rate_grace_ms + got * 1000u / cfg->min_recv_rate;
     if (deadline > now) {
@@ -325,11 +325,13 @@ static void wait_for_body_consumer(pmu__conn_t *c) {
 }
 
 /* Stop reading: the multishot receive is cancelled; what it still delivers
- * lands in the stash. */
+ * lands in the stash. No timer of the client's runs while paused (the body
+ * timer and the rate window would count the engine's own wait against it). */
 static void pause_reading(pmu__conn_t *c) {
   if (!c->paused) {
     c->paused = 1;
     STAT_ADD(c->loop, recv_paused, 1);
+    pmu__conn_timer_update(c);
   }
   if (body_backlog(c))
     wait_for_body_consumer(c);
@@ -409,6 +411,7 @@ void pmu__conn_maybe_resume(pmu__conn_t *c) {
         body_backlog(c) > cfg->output_high_water / 2)
       return;
     c->paused = 0;
+    pmu__conn_timer_update(c); /* the client's timers start again from now */
     pmu__conn_body_list_remove(c);
     if (c->llhttp_paused) {
       llhttp_resume(&c->parser);

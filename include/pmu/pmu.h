@@ -250,7 +250,8 @@ void pmu_log_stderr(void *handler_data, int level, const char *msg);
    * second since min_rate_grace_ms after the phase began (the deadline is start +  \
    * grace + bytes / rate); else 408 and close. 500 B/s is Apache's default: a 2G   \
    * phone link does 10 times that, while a trickle of a byte every few seconds is  \
-   * cut after the grace. */                                                                  \
+   * cut after the grace. Neither timer runs, nor the phase, while the engine                 \
+   * itself holds reads back (backpressure): both start again when it reads on. */            \
   X(UINT, min_recv_rate, 500, "bytes/s", 0, UINT_MAX,                                         \
     "least average rate of a head or body after the grace; 408 below (0: off)")              \
   X(UINT, min_rate_grace_ms, 10000, "ms", 0, UINT_MAX, "the rate is enforced after this")     \
