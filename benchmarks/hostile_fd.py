@@ -282,7 +282,7 @@ def table(rows, sample_s):
                   if r["logged_lines"] else "nothing")
         answered = ("yes, in %.2f s" % r["answer_s"] if r["answered_after"]
                     else "NO (%s)" % r.get("answer_error", ""))
-        notes = ", ".join("%s %s" % (k, "{:,}".format(v)) for k, v in r["counters"].items())
+        notes = ", ".join("%s %s" % (k, f"{v:,}") for k, v in r["counters"].items())
         out.append("| %s | %s | %s | %.1f | %s | %s | %s |" % (
             r["label"], r["held"], r["closed_by_server"], r["cpu_percent"], logged, answered,
             notes))

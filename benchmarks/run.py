@@ -26,8 +26,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import BENCH_DIR, RESULTS_DIR, BenchError, WrongAnswer, checks, measure, procstat  # noqa: E402
-from bench import provision, registry, report, wrk, workloads as wl  # noqa: E402
+from bench import (  # noqa: E402
+    BENCH_DIR,
+    RESULTS_DIR,
+    BenchError,
+    WrongAnswer,
+    checks,
+    measure,
+    procstat,
+    provision,
+    registry,
+    report,
+    workloads as wl,
+    wrk,
+)
 from bench.serverproc import ServerProcess, Unavailable  # noqa: E402
 from bench.session import provision_servers, raise_fd_limit, warm_up  # noqa: E402
 

@@ -28,8 +28,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench import RESULTS_DIR, BenchError, checks, knobs as knoblib  # noqa: E402
-from bench import measure, procstat, registry, report, wrk, workloads as wl  # noqa: E402
+from bench import (  # noqa: E402
+    RESULTS_DIR,
+    BenchError,
+    checks,
+    knobs as knoblib,
+    measure,
+    procstat,
+    registry,
+    report,
+    workloads as wl,
+    wrk,
+)
 from bench.serverproc import ServerProcess, Unavailable  # noqa: E402
 from bench.session import provision_servers, raise_fd_limit, warm_up  # noqa: E402
 from bench.sysctl import Sysctls  # noqa: E402

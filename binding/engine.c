@@ -78,9 +78,11 @@ typedef struct field {
 } field;
 
 /* Every knob of pmu_config_t, from the engine's table, in its order. */
+/* clang-format off */
 #define FIELD(type, name, def, unit, min, max, doc)                                           \
   {#name, F_##type, offsetof(pmu_config_t, name), unit, (long long)(min),                     \
    (unsigned long long)(max), doc},
+/* clang-format on */
 static const field fields[] = {PMU_CONFIG_KNOBS(FIELD)};
 #undef FIELD
 #define NFIELDS (sizeof fields / sizeof fields[0])

@@ -314,9 +314,9 @@ def detect_interface(app: object) -> str:
         raise ValueError(f"{app!r} is not callable")
     fn = app
     if not (inspect.isfunction(app) or inspect.ismethod(app)):
-        call = getattr(type(app), "__call__", None)
+        call = getattr(type(app), "__call__", None)  # noqa: B004 (the type's own __call__, not callable())
         if call is not None and not inspect.isbuiltin(call) and not isinstance(app, type):
-            fn = getattr(app, "__call__")
+            fn = getattr(app, "__call__")  # noqa: B004, B009 (keeps fn an object for mypy)
     is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__func__", None))
     n = _positional_count(fn)

@@ -5,9 +5,7 @@ from collections.abc import Callable
 from typing import Any, Dict, List, Optional, Tuple, TypedDict, Union, final
 
 from ._datastructures import Headers, QueryParams
-from ._types import AsyncBatch
-from ._types import HandlerResult as _HandlerResult
-from ._types import HeadersLike as _HeadersLike
+from ._types import AsyncBatch, HandlerResult as _HandlerResult, HeadersLike as _HeadersLike
 
 ENGINE_VERSION: str
 BATCH_BUCKETS: int

@@ -18,8 +18,18 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, NamedTuple, Optional,
-                    Set, Tuple, Union)
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    NamedTuple,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+)
 
 from . import _native
 from ._native import Response, UnavailableError

@@ -3,8 +3,23 @@ interfaces the adapters serve (for annotations only: nothing here runs)."""
 from __future__ import annotations
 
 from types import TracebackType
-from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Dict, Iterable,
-                    List, Mapping, MutableMapping, Optional, Sequence, Tuple, Type, Union)
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    MutableMapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    Union,
+)
 
 if TYPE_CHECKING:
     from ._pmu import Request, Response

@@ -45,12 +45,23 @@ import collections
 import concurrent.futures
 import logging
 import threading
-from typing import (TYPE_CHECKING, Any, Callable, Coroutine, Dict, Iterable, List, Optional, Set,
-                    Tuple, TypeVar, Union)
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Coroutine,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from . import _native
-from ._adapter import (AdapterServer, declared_length, length_mismatch, log_access,
-                       trusted_proxies)
+from ._adapter import AdapterServer, declared_length, length_mismatch, log_access, trusted_proxies
 from ._native import Response
 from ._types import ASGIApp, Message, Scope
 

@@ -41,12 +41,24 @@ import io
 import logging
 import sys
 import threading
-from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
-                    Protocol, Sequence, Tuple, Union)
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    Union,
+)
 from urllib.parse import unquote_to_bytes
 
-from ._adapter import (AdapterServer, declared_length, length_mismatch, log_access,
-                       trusted_proxies)
+from ._adapter import AdapterServer, declared_length, length_mismatch, log_access, trusted_proxies
 from ._native import Response
 from ._types import ExcInfo, WSGIApp, WSGIEnviron
 
@@ -302,7 +314,7 @@ def _join(chunks: Iterable[bytes]) -> bytes:
     except TypeError:
         for c in chunks:
             if not isinstance(c, (bytes, bytearray, memoryview)):
-                raise TypeError(f"the WSGI app's body yielded {type(c).__name__}, not bytes")
+                raise TypeError(f"the WSGI app's body yielded {type(c).__name__}, not bytes") from None
         raise
 
 

@@ -4,7 +4,6 @@ out) BenchError; 501 Not Implemented raises NotSupported (the server declines th
 import http.client
 import json
 import socket
-
 import time
 
 from . import BenchError, WrongAnswer
@@ -157,7 +156,7 @@ def pipelined(port, depth=16):
                     if i and closing:
                         raise NotSupported("the server closes the connection after each "
                                            "answer (Connection: close): no pipelining") from None
-                    raise WrongAnswer("%s: connection closed after %d answer(s)" % (where, i))
+                    raise WrongAnswer("%s: connection closed after %d answer(s)" % (where, i)) from None
                 if status != 200:
                     raise WrongAnswer("%s: answer %d has status %d" % (where, i + 1, status))
                 _check_hello_body("%s, answer %d" % (where, i + 1),

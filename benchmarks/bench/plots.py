@@ -28,7 +28,7 @@ def comparison(out_dir, workloads, summary, labels, kinds, reference):
     #  higher is better, log scale)
     metrics = [
         ("rps", "requests per second (higher is better)", "requests_per_second.png",
-         ("rps_min", "rps_max"), lambda v: "{:,.0f}".format(v), True, False),
+         ("rps_min", "rps_max"), lambda v: f"{v:,.0f}", True, False),
         ("cpu_us_per_req", "server CPU µs per request (lower is better; log scale)",
          "cpu_us_per_request.png", ("cpu_min", "cpu_max"), lambda v: "%.1f" % v, False, True),
         ("lat_p99_ms", "latency p99, ms (lower is better; log scale)", "latency_p99.png", None,

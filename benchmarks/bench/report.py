@@ -48,7 +48,7 @@ def choose_reference(summary, order, wanted=None):
 
 
 def _fmt_int(x):
-    return "-" if x is None else "{:,.0f}".format(x)
+    return "-" if x is None else f"{x:,.0f}"
 
 
 def _fmt(x, digits=1):

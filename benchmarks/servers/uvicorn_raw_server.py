@@ -42,9 +42,9 @@ async def app(scope, receive, send):
 
 if __name__ == "__main__":
     try:
+        import httptools  # noqa: F401
         import uvicorn
         import uvloop  # noqa: F401  (required: this entry is "uvicorn + uvloop + httptools")
-        import httptools  # noqa: F401
     except ImportError as e:
         common.unavailable("uvicorn/uvloop/httptools", e)
     uvicorn.run(app, host=common.HOST, port=common.port_from_argv(8005), loop="uvloop",

@@ -12,8 +12,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import BenchError, WrongAnswer, checks, procstat, report  # noqa: E402
 import sweep  # noqa: E402
+from bench import BenchError, WrongAnswer, checks, procstat, report  # noqa: E402
 
 HELLO = b'{"message":"Hello, World!"}'
 
@@ -187,6 +187,7 @@ def test_stats_delta_keeps_gauges_and_subtracts_lists():
 
 def test_resilience_clients_count_answers_and_failures():
     import time
+
     import resilience
 
     server = TinyServer(lambda head, body: (response(b"v7 12345", "text/plain", close=True),

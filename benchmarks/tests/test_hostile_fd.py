@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import hostile_fd  # noqa: E402
 from bench import registry  # noqa: E402
 from bench.session import Built  # noqa: E402
-import hostile_fd  # noqa: E402
 
 SERVER = r'''
 import errno, selectors, socket, sys, time

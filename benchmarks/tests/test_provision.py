@@ -14,8 +14,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import REPO_DIR, registry  # noqa: E402
 import run  # noqa: E402
+from bench import REPO_DIR, registry  # noqa: E402
 
 PROJECT_DEFAULT = [d.name for d in registry.SERVERS if d.project and d.default]
 

@@ -187,6 +187,7 @@ void pmu_log_stderr(void *handler_data, int level, const char *msg);
  * build where it is used. libuv declares its errno and handle lists the same
  * way (UV_ERRNO_MAP).
  */
+/* clang-format off */
 #define PMU_CONFIG_KNOBS(X)                                                                   \
   /* Where to listen. unix_path, when set, wins over host/port; listen_fd over all. */       \
   X(STR, host, "127.0.0.1", "", 0, 0, "address to bind; \"::\" or \"::1\" for IPv6")          \
@@ -260,6 +261,7 @@ void pmu_log_stderr(void *handler_data, int level, const char *msg);
     "after accept fails for want of descriptors or memory (EMFILE, ENFILE, ENOMEM, "        \
     "ENOBUFS), accept nothing this long or until a connection closes (0: retry at once)")    \
   X(STR, server_header, "pymongoose_uring", "", 0, 0, "the Server header; NULL or \"\" sends none")
+/* clang-format on */
 
 /* The C type of each knob type of PMU_CONFIG_KNOBS. */
 #define PMU_KNOB_CTYPE_STR const char *
@@ -438,6 +440,7 @@ const char *pmu_status_reason(int status);
  * table checks the stub and the README against it. See PMU_CONFIG_KNOBS for
  * why an X-macro.
  */
+/* clang-format off */
 #define PMU_STATS_FIELDS(X, A)                                                                \
   X(connections_accepted, COUNTER, "connections accepted")                                    \
   X(connections_open, GAUGE, "connections open now")                                          \
@@ -476,6 +479,7 @@ const char *pmu_status_reason(int status);
   X(body_buffer_bytes, GAUGE,                                                                 \
     "body bytes held in memory by requests (summed: the server's, against "                  \
     "body_buffer_budget)")
+/* clang-format on */
 
 #define PMU_STATS_SCALAR(name, kind, doc) uint64_t name;
 #define PMU_STATS_ARRAY(name, size, doc) uint64_t name[size];

@@ -20,6 +20,7 @@ int main(void) {
   static const struct step {
     const char *name; /* a new case starts here */
     t_exchange_t ex;
+  /* clang-format off */
   } steps[] = {
       {"100 Continue comes before the body is sent, then the final response",
        {NULL, "POST /echo HTTP/1.1\r\nHost: e\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
@@ -37,6 +38,7 @@ int main(void) {
         .status = 100, .body = ""}},
       {NULL, {NULL, "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", .status = 200, .body = "abcde"}},
   };
+  /* clang-format on */
   t_conn_t *conn = t_connect(server);
   for (size_t i = 0; i < T_COUNT(steps); i++) {
     if (steps[i].name)

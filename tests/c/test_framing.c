@@ -15,6 +15,7 @@ typedef struct bad_case {
   size_t len; /* 0: strlen */
 } bad_case_t;
 
+/* clang-format off */
 static const bad_case_t bad_cases[] = {
     {"Content-Length and Transfer-Encoding together",
      "POST /f HTTP/1.1\r\nHost: f\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -78,6 +79,7 @@ static const bad_case_t bad_cases[] = {
     {"spaces inside the target", "GET /a b HTTP/1.1\r\nHost: f\r\n\r\n", 0},
     {"lowercase protocol name", "GET /f http/1.1\r\nHost: f\r\n\r\n", 0},
 };
+/* clang-format on */
 
 int main(void) {
   t_init("framing");

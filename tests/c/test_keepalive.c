@@ -94,10 +94,12 @@ int main(void) {
   t_case("methods with and without bodies on the same connection");
   static const struct {
     const char *method, *body;
+  /* clang-format off */
   } cases[] = {
       {"POST", "a=1&b=2"}, {"PUT", "{\"k\": [1, 2, 3]}"}, {"DELETE", ""},
       {"OPTIONS", ""},     {"PATCH", "x"},                {"POST", ""},
   };
+  /* clang-format on */
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char request[512];
     size_t body_len = strlen(cases[i].body);

@@ -92,6 +92,7 @@ int main(void) {
   }
   buf_printf(&chunks20, "0\r\n\r\n");
 
+  /* clang-format off */
   const t_exchange_t rows[] = {
       {"headers well inside max_header_bytes are served",
        fill("GET / HTTP/1.1\r\nHost: l\r\nX-Fill: ", 'f', 700, "\r\n\r\n"), .status = 200, .after = T_KEEP},
@@ -130,6 +131,7 @@ int main(void) {
        "POST /echo HTTP/1.1\r\nHost: l\r\nContent-Length: 99999999999999999999999999\r\n\r\n",
        .status = 400, .status_alt = 413, .after = T_CLOSE},
   };
+  /* clang-format on */
   t_exchanges(server, rows, T_COUNT(rows));
 
   t_case("many small headers adding up beyond max_header_bytes: 431, closed");

@@ -44,6 +44,7 @@ int main(void) {
 
   /* One line each: the request on the shared connection and what comes back;
    * T_KEEP: the connection goes on (the next request on it is answered). */
+  /* clang-format off */
   static const t_exchange_t rows[] = {
       {"204 has no body and no Content-Length; the connection goes on",
        "GET /status?code=204 HTTP/1.1\r\nHost: r\r\n\r\n", .status = 204, .body = "",
@@ -54,6 +55,7 @@ int main(void) {
       {"an empty 200 body has Content-Length: 0", "GET /big?n=0 HTTP/1.1\r\nHost: r\r\n\r\n",
        .status = 200, .has = {"Content-Length: 0"}, .body = "", .after = T_KEEP},
   };
+  /* clang-format on */
   for (size_t i = 0; i < T_COUNT(rows); i++) {
     t_case(rows[i].name);
     t_exchange(conn, &rows[i], NULL);

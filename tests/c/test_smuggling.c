@@ -29,6 +29,7 @@ typedef struct cr_case {
   const char *echo;   /* for legitimate /echo rows: the body the last one echoes */
 } cr_case_t;
 
+/* clang-format off */
 static const cr_case_t cases[] = {
     /* the request line */
     {"in the method", "GE\rT / HTTP/1.1\r\nHost: a\r\n\r\n", 0, 1, NULL},
@@ -122,6 +123,7 @@ static const cr_case_t cases[] = {
     {"legit: LFs in chunk data, first and last",
      CHUNKED "3\r\n\nab\r\n2\r\nc\n\r\n1\r\n\n\r\n0\r\n\r\n", 1, 0, "\nabc\n\n"},
 };
+/* clang-format on */
 
 /* Send `req` whole (split 0) or in two recvs split at byte `split`; check
  * the answers. Returns false with the reason in `why`. */
@@ -218,6 +220,7 @@ typedef struct rule_case {
   const char *target;
 } rule_case_t;
 
+/* clang-format off */
 static const rule_case_t rules[] = {
     {"HTTP/1.1 without Host", "GET / HTTP/1.1\r\nX: y\r\n\r\n", 400, NULL, NULL, NULL, NULL},
     {"HTTP/1.1 with two Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400, NULL, NULL,
@@ -286,6 +289,7 @@ static const rule_case_t rules[] = {
      "U: 2\r\n\r\n",
      200, "/t", "", "a", "/t"},
 };
+/* clang-format on */
 
 static bool run_rule(t_server_t *server, const rule_case_t *rc, char *why, size_t why_size) {
   size_t len = strlen(rc->request);

@@ -480,7 +480,9 @@ def classify(data, a, b):
             if va[field] != vb[field]:
                 return ("differ-" + field, feature(data))
         # h11 lower-cases the value of Transfer-Encoding
-        norm = lambda n, v: (n.lower(), v.lower() if n.lower() == "transfer-encoding" else v)
+        def norm(n, v):
+            return (n.lower(), v.lower() if n.lower() == "transfer-encoding" else v)
+
         ha = [norm(n, v) for n, v in va["headers"]]
         hb = [norm(n, v) for n, v in vb["headers"]]
         if ha != hb:

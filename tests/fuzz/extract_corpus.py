@@ -52,7 +52,7 @@ def literals(text):
     """Concatenated string literals of a C source, comments removed."""
     text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
     text = re.sub(r"(?m)//.*$", " ", text)
-    pos, run, end = 0, [], None
+    run, end = [], None
     for m in LITERAL.finditer(text):
         if run and text[end:m.start()].strip():
             yield b"".join(run)

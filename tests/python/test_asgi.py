@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from pymongoose_uring.asgi import ASGIServer
 from conftest import BEHIND, RawClient, fetch_closed, request, wait_until
+from pymongoose_uring.asgi import ASGIServer
+
 
 def abort(sock):
     """Close with a reset, as a client that goes away does (a plain close, a FIN, may
@@ -609,6 +610,7 @@ def test_django_asgi(tmp_path):
         pytest.skip("Django is not installed (pip install django)")
     import subprocess
     import sys
+
     from test_wsgi import DJANGO_APP
     script = DJANGO_APP + """
 from django.core.asgi import get_asgi_application

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from pymongoose_uring._adapter import detect_interface
 from conftest import RawClient, request, wait_for_line
+from pymongoose_uring._adapter import detect_interface
 
 APPS = textwrap.dedent('''
     import os
@@ -342,7 +342,7 @@ def test_max_requests_replaces_workers_without_losing_a_request(app_dir):
         # be refused or reset.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            for i in range(50):
+            for _ in range(50):
                 pid = _get_pid(port)
                 assert pid is not None, "a request failed"
                 answered_by.add(pid)

@@ -10,9 +10,11 @@ import stat
 
 import pytest
 
-from pymongoose_uring.cli import config as cli_config
-from pymongoose_uring.cli import supervisor as cli_supervisor
-from pymongoose_uring.cli import worker as cli_worker
+from pymongoose_uring.cli import (
+    config as cli_config,
+    supervisor as cli_supervisor,
+    worker as cli_worker,
+)
 from pymongoose_uring.cli.config import Config, parse
 from pymongoose_uring.cli.reloader import SourceWatcher
 from pymongoose_uring.cli.supervisor import Supervisor, listening_sockets

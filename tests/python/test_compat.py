@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from conftest import RawClient, request, spawn, wait_for_line
 from pymongoose_uring import compat
 from pymongoose_uring.compat import MG_EV_HTTP_MSG, Manager
-from conftest import RawClient, request, spawn, wait_for_line
 
 # Written the way pymongoose's own examples are; only the import differs.
 PYMONGOOSE_SCRIPT = textwrap.dedent("""

@@ -4,8 +4,8 @@ import http.client
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from pymongoose_uring import App
 from conftest import RawClient
+from pymongoose_uring import App
 
 CONNECTIONS = 50
 PER_CONNECTION = 20  # 50 * 20 = 1,000 requests

@@ -6,10 +6,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
-from pymongoose_uring import App, Response
 from conftest import RawClient, request
+from pymongoose_uring import App, Response
 
 
 def test_exception_gives_500_and_logs_traceback(serve, caplog):

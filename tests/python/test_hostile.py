@@ -5,7 +5,6 @@ make the handler produce more than about output_high_water for it."""
 import os
 import socket
 import tempfile
-import threading
 import time
 
 from conftest import request, wait_until

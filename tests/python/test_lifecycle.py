@@ -8,13 +8,12 @@ import sys
 import tempfile
 import textwrap
 import threading
-import time
 
 import pytest
 
 import pymongoose_uring as pmu
+from conftest import request, spawn, wait_for_line, wait_until
 from pymongoose_uring import App, Server
-from conftest import PROBE, request, spawn, wait_for_line, wait_until
 
 
 def open_fds():
@@ -68,6 +67,7 @@ def test_context_manager_and_url():
 
 def test_stats_count_responses_by_status_class(serve):
     import logging
+
     from conftest import RawClient
     app = pmu.App()
     app.get("/ok")(lambda req: "ok")

@@ -6,8 +6,8 @@ import tempfile
 
 import pytest
 
+from conftest import RawClient
 from pymongoose_uring import Server
-from conftest import RawClient, request
 
 
 def get(port_or_path, path="/"):

@@ -8,12 +8,11 @@ import tempfile
 
 import pytest
 
-from pymongoose_uring._adapter import ProxyHeaders
+from conftest import RawClient, request
 from pymongoose_uring.__main__ import main as cli_main
+from pymongoose_uring._adapter import ProxyHeaders
 from pymongoose_uring.asgi import ASGIServer
 from pymongoose_uring.wsgi import WSGIServer
-from conftest import RawClient, request
-
 
 # ---- the rules ---------------------------------------------------------------
 
@@ -139,7 +138,7 @@ def test_forwarded_for_in_several_lines(serve_app):
 
 def test_proxy_on_a_unix_socket(serve_app):
     path = os.path.join(tempfile.mkdtemp(), "proxy.sock")
-    server = serve_app(unix_path=path, forwarded_allow_ips="unix:")
+    serve_app(unix_path=path, forwarded_allow_ips="unix:")
     c = RawClient(0, family=socket.AF_UNIX, address=path)
     c.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\n"
            b"X-Forwarded-Proto: https\r\n\r\n")
@@ -154,7 +153,7 @@ def test_an_empty_forwarded_for_from_a_unix_socket_proxy(serve_app):
     # The peer has no address and the header names none: the client stays unknown
     # (the WSGI adapter answered 500 here, indexing the None it got back).
     path = os.path.join(tempfile.mkdtemp(), "proxy.sock")
-    server = serve_app(unix_path=path, forwarded_allow_ips="unix:")
+    serve_app(unix_path=path, forwarded_allow_ips="unix:")
     c = RawClient(0, family=socket.AF_UNIX, address=path)
     c.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: ,\r\n\r\n")
     status, _, body = c.read_response()

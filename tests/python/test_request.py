@@ -3,12 +3,11 @@ import json
 import os
 import socket
 import tempfile
-import threading
 
 import pytest
 
-from pymongoose_uring import App, Headers, QueryParams, Response
 from conftest import RawClient, get_json, request
+from pymongoose_uring import Headers, QueryParams
 
 
 def describe(req):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from conftest import RawClient
 from pymongoose_uring.asgi import ASGIServer
 from pymongoose_uring.wsgi import WSGIServer
-from conftest import RawClient
 
 ABSOLUTE = (b"GET http://example.com:8080/p/a%20b?x=1 HTTP/1.1\r\nHost: other\r\n"
             b"X-A: b\r\n\r\n")

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from pymongoose_uring import Response
 from conftest import RawClient, request
+from pymongoose_uring import Response
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"

@@ -3,8 +3,8 @@ import asyncio
 
 import pytest
 
-from pymongoose_uring import App, Response
 from conftest import RawClient, request
+from pymongoose_uring import App, Response
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from wsgiref.validate import validator
 
 import pytest
 
+from conftest import BEHIND, RawClient, fetch_closed, request, wait_until
 from pymongoose_uring import wsgi as pmu_wsgi
 from pymongoose_uring.wsgi import WSGIHandler, WSGIServer
-from conftest import BEHIND, RawClient, fetch_closed, request, wait_until
+
 
 def environ_app(environ, start_response):
     """Answers the environ's str values as JSON (and the body read from wsgi.input)."""
@@ -302,7 +303,7 @@ def test_app_errors_answer_500_and_close_is_called(serve_wsgi, caplog):
         if environ["PATH_INFO"] == "/iter":
             return Failing()
         if environ["PATH_INFO"] == "/str":
-            return [u"not bytes"]
+            return ["not bytes"]
         return [b"ok"]
 
     server = serve_wsgi(app)
@@ -509,8 +510,15 @@ def test_unix_socket(tmp_path):
 
 def make_flask_app():
     pytest.importorskip("flask", reason="Flask is not installed (pip install flask)")
-    from flask import Flask, Response, abort, jsonify, redirect, request as freq, \
-        stream_with_context
+    from flask import (
+        Flask,
+        Response,
+        abort,
+        jsonify,
+        redirect,
+        request as freq,
+        stream_with_context,
+    )
 
     app = Flask(__name__)
 
