@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs (Debian
 # packages with apt-get, Python packages with pip into build/venv), builds,
-# runs the C tests, runs them again under ASan+UBSan, fuzzes for a bounded time
-# (clang, tests/fuzz), then the Python tests.
+# checks lint and format (ruff, clang-format), runs the C tests, runs them again
+# under ASan+UBSan, fuzzes for a bounded time (clang, tests/fuzz), then the Python tests.
 # Idempotent: a second run reuses what the first installed and built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-# --- Debian packages: compiler, liburing (io_uring), llhttp sources, pkg-config.
-debs=(gcc libc6-dev pkg-config liburing-dev node-llhttp python3-dev)
+# --- Debian packages: compiler, liburing (io_uring), llhttp sources, pkg-config,
+# clang-format for the format check.
+debs=(gcc libc6-dev pkg-config liburing-dev node-llhttp python3-dev clang-format)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,18 +28,27 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --- Python tools in a private venv: tools/test-requirements.txt (the build,
-# pytest, the frameworks the adapter tests serve, uvloop, mypy).
+# pytest, the frameworks the adapter tests serve, uvloop, mypy, ruff).
 venv=$root/build/venv
 if [ ! -x "$venv/bin/python" ]; then
   mkdir -p build
   python3 -m venv "$venv"
 fi
 py=$venv/bin/python
-if ! "$py" -c 'import sys, mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11; sys.version_info < (3, 10) or __import__("mypy")' 2>/dev/null; then
+if ! "$py" -c 'import sys, mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11, ruff; sys.version_info < (3, 10) or __import__("mypy")' 2>/dev/null; then
   "$py" -m pip install -q --upgrade pip
   "$py" -m pip install -q -r tools/test-requirements.txt
 fi
 export PATH=$venv/bin:$PATH
+
+# --- Lint and format, first because they take seconds: ruff ([tool.ruff] in
+# pyproject.toml) and clang-format (.clang-format) over the project's own C, never
+# llhttp. tools/format.sh fixes what the format checks find.
+echo "== lint and format: ruff check, ruff format --check, clang-format --dry-run"
+ruff check -q .
+ruff format -q --check .
+find core include binding examples tests/c tests/fuzz -name '*.[ch]' -print0 \
+  | xargs -0 clang-format --dry-run -Werror
 
 setup() { # setup DIR ARGS...: configure once, reconfigure after
   local dir=$1; shift
