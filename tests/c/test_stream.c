@@ -74,14 +74,15 @@ static void produce(pmu_request_t *r) {
   char lenbuf[24];
   pmu_header_t headers[2] = {text, {"Content-Length", 14, lenbuf, 0}};
   headers[1].value_len = (size_t)snprintf(lenbuf, sizeof lenbuf, "%zu", length);
-  pmu_respond_start(r, 200, headers, length ? 2 : 1);
-  char *buf = malloc(size);
   if (forever) {
+    /* Read before the head goes out: once the client has it, it may leave. */
     int gone = pmu_request_gone(r);
     pthread_mutex_lock(&lock);
     gone_when_live = gone;
     pthread_mutex_unlock(&lock);
   }
+  pmu_respond_start(r, 200, headers, length ? 2 : 1);
+  char *buf = malloc(size);
   for (size_t i = 0; forever || i < n; i++) {
     piece(buf, size, i);
     int rc = pmu_respond_write(r, buf, size, NULL, NULL);
