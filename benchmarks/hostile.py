@@ -20,6 +20,7 @@ It builds the checkout as benchmarks/run.py does (hello_server in build-bench/, 
 package in build-bench/python), unless --hello-server / --pythonpath name others (for a
 before/after comparison with an older checkout's build).
 """
+
 import argparse
 import os
 import resource
@@ -98,8 +99,10 @@ def http_once(port, method, path, body=b"", timeout=10):
     """One request on a fresh connection; (status, seconds)."""
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"%s %s HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\nConnection: close"
-                  b"\r\n\r\n" % (method.encode(), path.encode(), len(body)) + body)
+        s.sendall(
+            b"%s %s HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\nConnection: close"
+            b"\r\n\r\n" % (method.encode(), path.encode(), len(body)) + body
+        )
         data = b""
         while True:
             chunk = s.recv(1 << 16)
@@ -112,7 +115,7 @@ def http_once(port, method, path, body=b"", timeout=10):
 
 # The attackers run in their own process (on CLIENT_CPU): they print "ready" once the
 # attack is in place and hold until killed.
-ATTACK_HELD_BODIES = r'''
+ATTACK_HELD_BODIES = r"""
 import resource, socket, sys, time
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
@@ -124,9 +127,9 @@ for i in range(n):
     socks.append(s)
 print("ready", flush=True)
 time.sleep(3600)
-'''
+"""
 
-ATTACK_UNREAD_PIPELINE = r'''
+ATTACK_UNREAD_PIPELINE = r"""
 import socket, sys, time
 port, n, depth = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 socks = []
@@ -136,9 +139,9 @@ for i in range(n):
     socks.append(s)
 print("ready", flush=True)
 time.sleep(3600)
-'''
+"""
 
-PY_SERVER = r'''
+PY_SERVER = r"""
 import sys
 from pymongoose_uring import Server
 
@@ -148,14 +151,17 @@ def app(request):
     return b"x" * (1 << 20)   # a fresh 1 MiB bytes each time
 
 Server(app, host="127.0.0.1", port=int(sys.argv[1])).run()
-'''
+"""
 
 
 def attack(script, port, *args):
-    proc = subprocess.Popen(pinned(CLIENT_CPU, [sys.executable, "-c", script, str(port)]
-                                   + [str(a) for a in args]),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=raise_nofile)
+    proc = subprocess.Popen(
+        pinned(CLIENT_CPU, [sys.executable, "-c", script, str(port)] + [str(a) for a in args]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=raise_nofile,
+    )
     return proc
 
 
@@ -163,8 +169,11 @@ def unread_by_server(port):
     """Bytes waiting in the receive queues of the server's connections (`ss`), or None."""
     if not provision.find_tool("ss"):
         return None
-    out = subprocess.run(["ss", "-Htn", "state", "established", "( sport = :%d )" % port],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ss", "-Htn", "state", "established", "( sport = :%d )" % port],
+        capture_output=True,
+        text=True,
+    ).stdout
     return sum(int(line.split()[0]) for line in out.splitlines() if line.split())
 
 
@@ -210,8 +219,12 @@ def run_scenario(server_proc, port, attack_proc, normal, hold):
         sampler.stop.set()
         sampler.join()
     return {
-        "attack_ready": ready, "attack_setup_s": setup_s, "rss_base": base,
-        "rss_peak": sampler.peak, "rss_end": peak_now, "normal_ok": len(latencies),
+        "attack_ready": ready,
+        "attack_setup_s": setup_s,
+        "rss_base": base,
+        "rss_peak": sampler.peak,
+        "rss_end": peak_now,
+        "normal_ok": len(latencies),
         "normal_failed": failures,
         "normal_median_ms": statistics.median(latencies) * 1000 if latencies else None,
         "normal_max_ms": max(latencies) * 1000 if latencies else None,
@@ -231,21 +244,28 @@ def stop_server(proc):
 def held_bodies(args):
     port = free_port()
     env = dict(os.environ, PMU_MAX_CONNECTIONS="20000", PMU_STATS="1")
-    server = subprocess.Popen(pinned(SERVER_CPU, [args.hello_server, str(port)]), env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=raise_nofile)
+    server = subprocess.Popen(
+        pinned(SERVER_CPU, [args.hello_server, str(port)]),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=raise_nofile,
+    )
     try:
         wait_port(port, server)
         attacker = attack(ATTACK_HELD_BODIES, port, args.bodies, MIB)
         upload = b"u" * MIB
-        row = run_scenario(server, port, attacker,
-                           lambda p: http_once(p, "POST", "/upload", upload), args.hold)
+        row = run_scenario(
+            server, port, attacker, lambda p: http_once(p, "POST", "/upload", upload), args.hold
+        )
     finally:
         err = stop_server(server)
     stats = [line for line in err.splitlines() if line.startswith("PMU_STATS")]
     row["note"] = ""
     if stats and "bodies_spooled" in stats[-1]:
         import json
+
         s = json.loads(stats[-1].split(" ", 1)[1])
         row["note"] = "bodies_spooled %d" % s["bodies_spooled"]
     row["scenario"] = "held-bodies (%d x 1 MiB - 1)" % args.bodies
@@ -256,15 +276,21 @@ def held_bodies(args):
 def unread_pipeline(args):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=args.pythonpath)
-    server = subprocess.Popen(pinned(SERVER_CPU, [sys.executable, "-c", PY_SERVER, str(port)]),
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, preexec_fn=raise_nofile,
-                              cwd="/")  # not the checkout: its package has no extension
+    server = subprocess.Popen(
+        pinned(SERVER_CPU, [sys.executable, "-c", PY_SERVER, str(port)]),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=raise_nofile,
+        cwd="/",
+    )  # not the checkout: its package has no extension
     try:
         wait_port(port, server)
         attacker = attack(ATTACK_UNREAD_PIPELINE, port, args.pipeliners, args.depth)
-        row = run_scenario(server, port, attacker, lambda p: http_once(p, "GET", "/ping"),
-                           args.hold)
+        row = run_scenario(
+            server, port, attacker, lambda p: http_once(p, "GET", "/ping"), args.hold
+        )
     finally:
         stop_server(server)
     row["scenario"] = "unread-pipeline (%d x %d x 1 MiB)" % (args.pipeliners, args.depth)
@@ -286,17 +312,24 @@ def ms(v):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   help="comma-separated, of: %s" % ", ".join(SCENARIOS))
-    p.add_argument("--hold", type=float, default=5.0,
-                   help="seconds the attack is held while the normal client runs (default 5)")
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated, of: %s" % ", ".join(SCENARIOS),
+    )
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=5.0,
+        help="seconds the attack is held while the normal client runs (default 5)",
+    )
     p.add_argument("--bodies", type=int, default=1000, help="held-bodies connections (1000)")
-    p.add_argument("--pipeliners", type=int, default=20,
-                   help="unread-pipeline connections (20)")
+    p.add_argument("--pipeliners", type=int, default=20, help="unread-pipeline connections (20)")
     p.add_argument("--depth", type=int, default=128, help="requests each pipelines (128)")
     p.add_argument("--hello-server", help="this hello_server binary instead of building one")
-    p.add_argument("--pythonpath", help="import pymongoose_uring from here instead of "
-                                        "building the checkout's")
+    p.add_argument(
+        "--pythonpath", help="import pymongoose_uring from here instead of building the checkout's"
+    )
     args = p.parse_args(argv)
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SCENARIOS]
@@ -321,16 +354,29 @@ def main(argv=None):
     for name in chosen:
         print("%-16s running (hold %.0f s) ..." % (name, args.hold), flush=True)
         rows.append(SCENARIOS[name](args))
-    print("\n| scenario | server | RSS before | RSS peak | normal client: ok / failed "
-          "| median ms | worst ms | notes |")
+    print(
+        "\n| scenario | server | RSS before | RSS peak | normal client: ok / failed "
+        "| median ms | worst ms | notes |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         note = r["note"]
         if not r["attack_ready"]:
             note = (note + "; " if note else "") + "the attack did not complete its setup"
-        print("| %s | %s | %s | %s | %d / %d | %s | %s | %s |" % (
-            r["scenario"], r["server"], mb(r["rss_base"]), mb(r["rss_peak"]), r["normal_ok"],
-            r["normal_failed"], ms(r["normal_median_ms"]), ms(r["normal_max_ms"]), note))
+        print(
+            "| %s | %s | %s | %s | %d / %d | %s | %s | %s |"
+            % (
+                r["scenario"],
+                r["server"],
+                mb(r["rss_base"]),
+                mb(r["rss_peak"]),
+                r["normal_ok"],
+                r["normal_failed"],
+                ms(r["normal_median_ms"]),
+                ms(r["normal_max_ms"]),
+                note,
+            )
+        )
     return 0
 
 

@@ -30,6 +30,7 @@ benchmarks/run.py does too); exits 1 if one of the project's servers is unavaila
 Results: a Markdown table on stdout and results.json under
 benchmarks/results/raw/hostile-fd-<stamp>/ (with each server's log).
 """
+
 import argparse
 import dataclasses
 import json
@@ -49,19 +50,28 @@ from bench.serverproc import ServerProcess, Unavailable  # noqa: E402
 from bench.session import Built  # noqa: E402
 
 CLI = registry.Server(
-    "cli", "python -m pymongoose_uring --hello",
+    "cli",
+    "python -m pymongoose_uring --hello",
     ("{python}", "-m", "pymongoose_uring", "--hello", "--host", "127.0.0.1", "--port", "{port}"),
-    kind="ours", build="pymongoose_uring",
-    description="the command line serving its built-in hello-world app")
-TARGETS = {"hello_c": registry.BY_NAME["hello_c"], "cli": CLI,
-           "nginx": registry.BY_NAME["nginx"], "uvicorn_raw": registry.BY_NAME["uvicorn_raw"]}
+    kind="ours",
+    build="pymongoose_uring",
+    description="the command line serving its built-in hello-world app",
+)
+TARGETS = {
+    "hello_c": registry.BY_NAME["hello_c"],
+    "cli": CLI,
+    "nginx": registry.BY_NAME["nginx"],
+    "uvicorn_raw": registry.BY_NAME["uvicorn_raw"],
+}
 # What a line about the failed accept looks like: errno names, strerror, the call failing.
 # (hello_server's exit line of counters is not a log line about it.)
-ACCEPT_ERROR = re.compile(r"EMFILE|ENFILE|too many open files|accept\S*\s*(\(\))?:?\s*(fail|error)",
-                          re.IGNORECASE)
+ACCEPT_ERROR = re.compile(
+    r"EMFILE|ENFILE|too many open files|accept\S*\s*(\(\))?:?\s*(fail|error)", re.IGNORECASE
+)
 
 
 # --- the holder: a separate process, so that its descriptors are its own ----------------
+
 
 def hold(port, count, seconds):
     """Open `count` connections to 127.0.0.1:port without sending anything; print
@@ -72,8 +82,10 @@ def hold(port, count, seconds):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < want:
         try:  # root may raise the hard limit too; others get what the hard limit allows
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)
-                               if hard != resource.RLIM_INFINITY else hard))
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE,
+                (want, max(hard, want) if hard != resource.RLIM_INFINITY else hard),
+            )
         except (ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     socks, pending = [], {}
@@ -130,9 +142,19 @@ def closed_by_peer(socks):
 class Holder:
     def __init__(self, port, count, seconds, cpus):
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--_hold", str(port), str(count),
-             str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--_hold",
+                str(port),
+                str(count),
+                str(seconds),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        )
         self.held = None
         line = self.proc.stdout.readline()  # "held N" within ~3 s
         if line.startswith("held "):
@@ -158,6 +180,7 @@ class Holder:
 
 
 # --- one server --------------------------------------------------------------------------
+
 
 def log_files(server, port):
     files = [server.log_path]
@@ -187,11 +210,14 @@ def engine_counters(lines):
     for line in reversed(lines):
         if line.startswith("PMU_STATS "):
             try:
-                stats = json.loads(line[len("PMU_STATS "):])
+                stats = json.loads(line[len("PMU_STATS ") :])
             except ValueError:
                 return {}
-            return {k: v for k, v in stats.items()
-                    if k == "waits" or k == "connections_accepted" or "accept" in k}
+            return {
+                k: v
+                for k, v in stats.items()
+                if k == "waits" or k == "connections_accepted" or "accept" in k
+            }
     return {}
 
 
@@ -207,10 +233,16 @@ def scenario(definition, port, built, args, logs):
     row = {"server": definition.name, "label": definition.label}
     # servers/nginx_server.py sets worker_rlimit_nofile from this (the others ignore it).
     definition = dataclasses.replace(
-        definition, env=definition.env + (("BENCH_NGINX_NOFILE", str(args.nofile)),))
-    server = ServerProcess(definition, port, server_cpus,
-                           os.path.join(logs, definition.name + ".log"), built=built,
-                           nofile=args.nofile)
+        definition, env=definition.env + (("BENCH_NGINX_NOFILE", str(args.nofile)),)
+    )
+    server = ServerProcess(
+        definition,
+        port,
+        server_cpus,
+        os.path.join(logs, definition.name + ".log"),
+        built=built,
+        nofile=args.nofile,
+    )
     server.start()
     offsets = sizes(log_files(server, port))  # only what is logged after startup counts
     holder = None
@@ -223,8 +255,7 @@ def scenario(definition, port, built, args, logs):
         time.sleep(args.sample)
         pids = procstat.tree(server.pid)
         after, t1 = procstat.cpu_ticks(pids), time.monotonic()
-        row["cpu_percent"] = round(100.0 * procstat.cpu_delta_seconds(before, after)
-                                   / (t1 - t0), 1)
+        row["cpu_percent"] = round(100.0 * procstat.cpu_delta_seconds(before, after) / (t1 - t0), 1)
         row["alive_during"] = server.alive()
         row["closed_by_server"] = holder.release()
         holder = None
@@ -241,8 +272,11 @@ def scenario(definition, port, built, args, logs):
             holder.release()
         server.stop()
     lines = new_lines(offsets)
-    hits = [line.strip() for line in lines
-            if ACCEPT_ERROR.search(line) and not line.startswith("PMU_STATS ")]
+    hits = [
+        line.strip()
+        for line in lines
+        if ACCEPT_ERROR.search(line) and not line.startswith("PMU_STATS ")
+    ]
     row["logged_lines"] = len(hits)
     row["logged_first"] = hits[0][:160] if hits else None
     row["counters"] = engine_counters(lines)
@@ -268,9 +302,11 @@ def provide(definition, args, log, built):
 
 
 def table(rows, sample_s):
-    out = ["| server | connections held | closed by server | server CPU %% (%g s) | "
-           "accept error logged | answered after release | notes |" % sample_s,
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        "| server | connections held | closed by server | server CPU %% (%g s) | "
+        "accept error logged | answered after release | notes |" % sample_s,
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "unavailable" in r:
             out.append("| %s | | | | | | unavailable: %s |" % (r["server"], r["unavailable"]))
@@ -278,14 +314,29 @@ def table(rows, sample_s):
         if "error" in r:
             out.append("| %s | | | | | | FAILED: %s |" % (r["server"], r["error"]))
             continue
-        logged = ("yes, %d line(s): `%s`" % (r["logged_lines"], r["logged_first"])
-                  if r["logged_lines"] else "nothing")
-        answered = ("yes, in %.2f s" % r["answer_s"] if r["answered_after"]
-                    else "NO (%s)" % r.get("answer_error", ""))
+        logged = (
+            "yes, %d line(s): `%s`" % (r["logged_lines"], r["logged_first"])
+            if r["logged_lines"]
+            else "nothing"
+        )
+        answered = (
+            "yes, in %.2f s" % r["answer_s"]
+            if r["answered_after"]
+            else "NO (%s)" % r.get("answer_error", "")
+        )
         notes = ", ".join("%s %s" % (k, f"{v:,}") for k, v in r["counters"].items())
-        out.append("| %s | %s | %s | %.1f | %s | %s | %s |" % (
-            r["label"], r["held"], r["closed_by_server"], r["cpu_percent"], logged, answered,
-            notes))
+        out.append(
+            "| %s | %s | %s | %.1f | %s | %s | %s |"
+            % (
+                r["label"],
+                r["held"],
+                r["closed_by_server"],
+                r["cpu_percent"],
+                logged,
+                answered,
+                notes,
+            )
+        )
     return "\n".join(out)
 
 
@@ -295,25 +346,43 @@ def main(argv=None):
         hold(int(argv[1]), int(argv[2]), float(argv[3]))
         return 0
     ncpu = os.cpu_count() or 1
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--servers", default=",".join(TARGETS),
-                   help="comma-separated, of: %s (default: all)" % ", ".join(TARGETS))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--servers",
+        default=",".join(TARGETS),
+        help="comma-separated, of: %s (default: all)" % ", ".join(TARGETS),
+    )
     p.add_argument("--connections", type=int, default=1000, help="connections held (1000)")
     p.add_argument("--nofile", type=int, default=256, help="the servers' ulimit -n (256)")
-    p.add_argument("--hold", type=float, default=20.0,
-                   help="the most seconds the connections are held (20)")
-    p.add_argument("--sample", type=float, default=10.0,
-                   help="seconds of server CPU sampled while they are held (10)")
-    p.add_argument("--answer-within", type=float, default=5.0,
-                   help="seconds GET / may take to be answered after the release (5)")
+    p.add_argument(
+        "--hold", type=float, default=20.0, help="the most seconds the connections are held (20)"
+    )
+    p.add_argument(
+        "--sample",
+        type=float,
+        default=10.0,
+        help="seconds of server CPU sampled while they are held (10)",
+    )
+    p.add_argument(
+        "--answer-within",
+        type=float,
+        default=5.0,
+        help="seconds GET / may take to be answered after the release (5)",
+    )
     p.add_argument("--server-cpus", default="1" if ncpu > 1 else "0")
     p.add_argument("--client-cpus", default="0")
-    p.add_argument("--base-port", type=int, default=0,
-                   help="servers listen on base+index (default: a free port each)")
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=0,
+        help="servers listen on base+index (default: a free port each)",
+    )
     p.add_argument("--hello-server", default=None, help="a hello_server binary to use")
-    p.add_argument("--out", default=None,
-                   help="output folder (default results/raw/hostile-fd-<stamp>)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default results/raw/hostile-fd-<stamp>)"
+    )
     args = p.parse_args(argv)
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     unknown = [n for n in names if n not in TARGETS]
@@ -323,8 +392,9 @@ def main(argv=None):
         p.error("--hold must leave room for --sample (and 1.5 s of start)")
     os.sched_setaffinity(0, procstat.parse_cpu_list(args.client_cpus))
 
-    out_dir = args.out or os.path.join(RESULTS_DIR, "raw",
-                                       "hostile-fd-" + time.strftime("%Y%m%d-%H%M%S"))
+    out_dir = args.out or os.path.join(
+        RESULTS_DIR, "raw", "hostile-fd-" + time.strftime("%Y%m%d-%H%M%S")
+    )
     logs = os.path.join(out_dir, "logs")
     os.makedirs(logs, exist_ok=True)
     setup_log = os.path.join(logs, "setup.log")
@@ -337,8 +407,11 @@ def main(argv=None):
             print("%-12s unavailable: %s" % (name, why), flush=True)
             status = status or (1 if d.project else 0)
             continue
-        print("%-12s holding %d connections under ulimit -n %d ..." % (
-            name, args.connections, args.nofile), flush=True)
+        print(
+            "%-12s holding %d connections under ulimit -n %d ..."
+            % (name, args.connections, args.nofile),
+            flush=True,
+        )
         try:
             port = args.base_port + index if args.base_port else free_port()
             row = scenario(d, port, built, args, logs)
@@ -352,13 +425,24 @@ def main(argv=None):
             status = 1
             continue
         rows.append(row)
-        print("%-12s CPU %.1f %%, accept error logged: %d line(s), answered after: %s" % (
-            name, row["cpu_percent"], row["logged_lines"], row["answered_after"]), flush=True)
+        print(
+            "%-12s CPU %.1f %%, accept error logged: %d line(s), answered after: %s"
+            % (name, row["cpu_percent"], row["logged_lines"], row["answered_after"]),
+            flush=True,
+        )
 
-    text = ("fd-exhaustion: %d connections held (at most %g s) against each server under "
-            "ulimit -n %d, server on CPU %s, holder on CPU %s\n\n%s" % (
-                args.connections, args.hold, args.nofile, args.server_cpus, args.client_cpus,
-                table(rows, args.sample)))
+    text = (
+        "fd-exhaustion: %d connections held (at most %g s) against each server under "
+        "ulimit -n %d, server on CPU %s, holder on CPU %s\n\n%s"
+        % (
+            args.connections,
+            args.hold,
+            args.nofile,
+            args.server_cpus,
+            args.client_cpus,
+            table(rows, args.sample),
+        )
+    )
     print("\n" + text)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({"args": vars(args), "rows": rows}, f, indent=1)

@@ -18,6 +18,7 @@ For each: requests answered, requests failed (refused, reset, closed unanswered,
 answer), and the replacements seen in the supervisor's log. Exits 1 if any request failed.
 It builds the checkout's package as benchmarks/run.py does (into build-bench/python).
 """
+
 import argparse
 import collections
 import http.client
@@ -35,14 +36,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench import BenchError, provision, wrk  # noqa: E402
 
-APP = '''
+APP = """
 import os
 VERSION = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "version.txt")).read()
 
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [("%s %d" % (VERSION.strip(), os.getpid())).encode()]
-'''
+"""
 
 SCENARIOS = ("max-requests", "max-requests-ka", "reload", "kill")
 
@@ -59,9 +60,25 @@ class Supervisor:
     def __init__(self, app_dir, pythonpath, port, extra):
         env = dict(os.environ, PYTHONPATH=pythonpath)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pymongoose_uring", "app:app", "--interface", "wsgi",
-             "--port", str(port), "--workers", "2", *extra],
-            cwd=app_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "pymongoose_uring",
+                "app:app",
+                "--interface",
+                "wsgi",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                *extra,
+            ],
+            cwd=app_dir,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -77,13 +94,19 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while self.count(text) < count:
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise BenchError("the supervisor did not say %r %d time(s):\n%s"
-                                 % (text, count, "\n".join(self.lines[-20:])))
+                raise BenchError(
+                    "the supervisor did not say %r %d time(s):\n%s"
+                    % (text, count, "\n".join(self.lines[-20:]))
+                )
             time.sleep(0.02)
 
     def worker_pids(self):
-        return [int(m.group(1)) for line in list(self.lines)
-                for m in [re.search(r"worker \d+ started \(pid (\d+)\)", line)] if m]
+        return [
+            int(m.group(1))
+            for line in list(self.lines)
+            for m in [re.search(r"worker \d+ started \(pid (\d+)\)", line)]
+            if m
+        ]
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -140,9 +163,10 @@ def scenario(name, app_dir, pythonpath, seconds, client_cpus):
     with open(os.path.join(app_dir, "version.txt"), "w") as f:
         f.write("v1")
     port = free_port()
-    extra = {"max-requests": ["--max-requests", "25"],
-             "max-requests-ka": ["--max-requests", "20000", "--max-requests-jitter", "2000"],
-             }.get(name, [])
+    extra = {
+        "max-requests": ["--max-requests", "25"],
+        "max-requests-ka": ["--max-requests", "20000", "--max-requests-jitter", "2000"],
+    }.get(name, [])
     sup = Supervisor(app_dir, pythonpath, port, extra)
     row = {"scenario": name, "answered": 0, "failed": 0, "why": "", "events": ""}
     try:
@@ -179,9 +203,11 @@ def scenario(name, app_dir, pythonpath, seconds, client_cpus):
                 row["versions"] = dict(clients.versions)
     finally:
         code = sup.stop()
-    events = {"replaced (--max-requests)": sup.count("replacing it"),
-              "reloads (SIGHUP)": sup.count("reload done"),
-              "restarts after a crash": sup.count("; restarting")}
+    events = {
+        "replaced (--max-requests)": sup.count("replacing it"),
+        "reloads (SIGHUP)": sup.count("reload done"),
+        "restarts after a crash": sup.count("; restarting"),
+    }
     row["events"] = ", ".join("%s %d" % kv for kv in events.items() if kv[1])
     if code != 0:
         raise BenchError("the supervisor exited with %s:\n%s" % (code, "\n".join(sup.lines[-20:])))
@@ -191,8 +217,11 @@ def scenario(name, app_dir, pythonpath, seconds, client_cpus):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=int, default=6, help="length of each scenario (default 6)")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   help="comma-separated, of: %s" % ", ".join(SCENARIOS))
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated, of: %s" % ", ".join(SCENARIOS),
+    )
     p.add_argument("--client-cpus", default="0", help="CPUs for wrk (default 0)")
     args = p.parse_args(argv)
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -217,17 +246,33 @@ def main(argv=None):
             print("%-16s running for %d s ..." % (name, args.seconds), flush=True)
             rows.append(scenario(name, app_dir, pythonpath, args.seconds, cpus))
             r = rows[-1]
-            print("%-16s answered %7d  failed %4d  %s%s" % (
-                name, r["answered"], r["failed"], r["events"],
-                ("  (" + r["why"] + ")") if r["why"] else ""), flush=True)
+            print(
+                "%-16s answered %7d  failed %4d  %s%s"
+                % (
+                    name,
+                    r["answered"],
+                    r["failed"],
+                    r["events"],
+                    ("  (" + r["why"] + ")") if r["why"] else "",
+                ),
+                flush=True,
+            )
             if "versions" in r:
                 print("%-16s answers by code version: %s" % ("", r["versions"]), flush=True)
 
     print("\n| scenario | requests answered | requests failed | what happened |")
     print("|---|---|---|---|")
     for r in rows:
-        print("| %s | %d | %d%s | %s |" % (r["scenario"], r["answered"], r["failed"],
-                                           " (%s)" % r["why"] if r["why"] else "", r["events"]))
+        print(
+            "| %s | %d | %d%s | %s |"
+            % (
+                r["scenario"],
+                r["answered"],
+                r["failed"],
+                " (%s)" % r["why"] if r["why"] else "",
+                r["events"],
+            )
+        )
     return 1 if any(r["failed"] for r in rows) else 0
 
 

@@ -17,6 +17,7 @@ the server's process tree from /proc), peak RSS, socket errors. Writes results.j
 results.csv, rounds.csv, results.md and PNG charts under benchmarks/results/raw/<stamp>/
 (--publish also copies them to benchmarks/results/). See benchmarks/README.md.
 """
+
 import argparse
 import json
 import os
@@ -46,50 +47,99 @@ from bench.session import provision_servers, raise_fd_limit, warm_up  # noqa: E4
 
 def parse_args(argv=None):
     ncpu = os.cpu_count() or 1
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="servers: %s\nworkloads: %s" % (
-                                    ", ".join(registry.DEFAULT), ", ".join(wl.DEFAULT)))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="servers: %s\nworkloads: %s" % (", ".join(registry.DEFAULT), ", ".join(wl.DEFAULT)),
+    )
     p.add_argument("--servers", default=None, help="comma-separated servers (default: all)")
     p.add_argument("--skip", default="", help="comma-separated servers to leave out")
     p.add_argument("--workloads", default=None, help="comma-separated workloads (default: all)")
-    p.add_argument("--quick", action="store_true",
-                   help="keepalive and pipelined only, 1 round of 3 s (under 2 minutes)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="keepalive and pipelined only, 1 round of 3 s (under 2 minutes)",
+    )
     p.add_argument("--rounds", type=int, default=None, help="rounds per workload (default 3)")
-    p.add_argument("--duration", type=int, default=None,
-                   help="seconds per measurement (default 2; 3 with --quick)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="seconds of unmeasured load after each server starts (default 1)")
-    p.add_argument("--server-cpus", default="1" if ncpu > 1 else "0",
-                   help="CPUs the servers are pinned to, e.g. 1 or 0-7 (default 1)")
-    p.add_argument("--client-cpus", default="0",
-                   help="CPUs wrk is pinned to, one wrk thread each (default 0)")
-    p.add_argument("--base-port", type=int, default=18100,
-                   help="servers listen on 127.0.0.1:base+index (default 18100)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="ring threads for hello_c and pymongoose_uring (default 1)")
-    p.add_argument("--hello-server", default=None,
-                   help="path of a hello_server binary (default: build it in build-bench/engine/)")
-    p.add_argument("--reference", default=None,
-                   help="server the ratios are taken against (default: pymongoose_uring, "
-                        "else the first of %s that ran)" % ", ".join(registry.REFERENCE_ORDER))
+    p.add_argument(
+        "--duration",
+        type=int,
+        default=None,
+        help="seconds per measurement (default 2; 3 with --quick)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="seconds of unmeasured load after each server starts (default 1)",
+    )
+    p.add_argument(
+        "--server-cpus",
+        default="1" if ncpu > 1 else "0",
+        help="CPUs the servers are pinned to, e.g. 1 or 0-7 (default 1)",
+    )
+    p.add_argument(
+        "--client-cpus", default="0", help="CPUs wrk is pinned to, one wrk thread each (default 0)"
+    )
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=18100,
+        help="servers listen on 127.0.0.1:base+index (default 18100)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="ring threads for hello_c and pymongoose_uring (default 1)",
+    )
+    p.add_argument(
+        "--hello-server",
+        default=None,
+        help="path of a hello_server binary (default: build it in build-bench/engine/)",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="server the ratios are taken against (default: pymongoose_uring, "
+        "else the first of %s that ran)" % ", ".join(registry.REFERENCE_ORDER),
+    )
     p.add_argument("--no-install", action="store_true", help="install nothing (apt, pip)")
-    p.add_argument("--no-build", action="store_true",
-                   help="build nothing; use binaries and packages already there")
-    p.add_argument("--rebuild", action="store_true",
-                   help="reinstall pymongoose_uring from the repository even if importable")
-    p.add_argument("--keep-going", action="store_true",
-                   help="on a wrong answer or a crash, drop that server and go on (exit 1 at end)")
+    p.add_argument(
+        "--no-build",
+        action="store_true",
+        help="build nothing; use binaries and packages already there",
+    )
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="reinstall pymongoose_uring from the repository even if importable",
+    )
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="on a wrong answer or a crash, drop that server and go on (exit 1 at end)",
+    )
     p.add_argument("--out", default=None, help="output folder (default results/raw/<stamp>)")
-    p.add_argument("--publish", action="store_true",
-                   help="also copy the results and charts to benchmarks/results/")
-    p.add_argument("--publish-from", metavar="DIR", default=None,
-                   help="publish an earlier run's folder (as --publish would have), then exit")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="also copy the results and charts to benchmarks/results/",
+    )
+    p.add_argument(
+        "--publish-from",
+        metavar="DIR",
+        default=None,
+        help="publish an earlier run's folder (as --publish would have), then exit",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--list", action="store_true", help="list servers and workloads, then exit")
-    p.add_argument("--provision-only", action="store_true",
-                   help="install and build what the servers need, start each once to check "
-                        "its answer, list them, then exit without measuring")
+    p.add_argument(
+        "--provision-only",
+        action="store_true",
+        help="install and build what the servers need, start each once to check "
+        "its answer, list them, then exit without measuring",
+    )
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (3 if args.quick else 2)
@@ -103,7 +153,9 @@ def _names(text, known, what):
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit("unknown %s: %s (known: %s)" % (what, ", ".join(unknown), ", ".join(known)))
+        raise SystemExit(
+            "unknown %s: %s (known: %s)" % (what, ", ".join(unknown), ", ".join(known))
+        )
     return names
 
 
@@ -123,12 +175,19 @@ def publish(out_dir):
     names += sorted(n for n in os.listdir(out_dir) if n.endswith(".png"))
     for name in names:
         shutil.copy(os.path.join(out_dir, name), os.path.join(RESULTS_DIR, name))
-    images = "\n".join("![%s](results/%s)" % (n[:-4].replace("_", " "), n)
-                        for n in names if n.endswith(".png"))
+    images = "\n".join(
+        "![%s](results/%s)" % (n[:-4].replace("_", " "), n) for n in names if n.endswith(".png")
+    )
     section = "%s\n\n%s\n%s" % (report.machine_table(meta), tables.rstrip() + "\n", images)
     updated = report.update_readme(os.path.join(BENCH_DIR, "README.md"), section)
-    print("published %s to %s/%s" % (os.path.relpath(out_dir), os.path.relpath(RESULTS_DIR),
-                                     " and README.md" if updated else ""))
+    print(
+        "published %s to %s/%s"
+        % (
+            os.path.relpath(out_dir),
+            os.path.relpath(RESULTS_DIR),
+            " and README.md" if updated else "",
+        )
+    )
 
 
 def progress(workload, rnd, rounds, server, p):
@@ -136,11 +195,24 @@ def progress(workload, rnd, rounds, server, p):
     if p.get("mem_per_conn_kib") is not None:
         extra = "  %.1f KiB/conn" % p["mem_per_conn_kib"]
     errors = p["socket_errors"] + p["status_errors"]
-    print("  %-9s r%d/%d  %-18s %9s req/s  p50 %7.2f ms  p99 %7.2f ms  CPU %6.1f µs/req  "
-          "RSS %6.1f MiB%s%s" % (
-              workload.name, rnd + 1, rounds, server.name, "{:,.0f}".format(p["rps"]),
-              p["lat_p50_ms"], p["lat_p99_ms"], p["cpu_us_per_req"] or 0, p["rss_peak_mib"],
-              extra, "  ERRORS %d" % errors if errors else ""), flush=True)
+    print(
+        "  %-9s r%d/%d  %-18s %9s req/s  p50 %7.2f ms  p99 %7.2f ms  CPU %6.1f µs/req  "
+        "RSS %6.1f MiB%s%s"
+        % (
+            workload.name,
+            rnd + 1,
+            rounds,
+            server.name,
+            "{:,.0f}".format(p["rps"]),
+            p["lat_p50_ms"],
+            p["lat_p99_ms"],
+            p["cpu_us_per_req"] or 0,
+            p["rss_peak_mib"],
+            extra,
+            "  ERRORS %d" % errors if errors else "",
+        ),
+        flush=True,
+    )
 
 
 def main(argv=None):
@@ -154,14 +226,19 @@ def main(argv=None):
     if args.publish_from:
         publish(args.publish_from)
         return 0
-    server_names = [n for n in _names(args.servers, registry.BY_NAME, "servers")
-                    if n not in _names(args.skip, registry.BY_NAME, "servers")]
+    server_names = [
+        n
+        for n in _names(args.servers, registry.BY_NAME, "servers")
+        if n not in _names(args.skip, registry.BY_NAME, "servers")
+    ]
     workloads = [wl.BY_NAME[n] for n in _names(args.workloads, wl.BY_NAME, "workloads")]
     server_cpus = procstat.parse_cpu_list(args.server_cpus)
     client_cpus = procstat.parse_cpu_list(args.client_cpus)
     if server_cpus & client_cpus:
-        print("warning: server and client CPUs overlap (%s / %s): numbers will mix the two" %
-              (args.server_cpus, args.client_cpus))
+        print(
+            "warning: server and client CPUs overlap (%s / %s): numbers will mix the two"
+            % (args.server_cpus, args.client_cpus)
+        )
     os.sched_setaffinity(0, client_cpus)  # the runner's own sampling stays off the server CPUs
     fd_limit = raise_fd_limit()
 
@@ -187,10 +264,16 @@ def main(argv=None):
             args.no_plots = True
 
     servers, failed, notes, remarks = {}, {}, [], []
-    meta = {"args": vars(args), "duration_s": args.duration, "rounds": args.rounds,
-            "warmup_s": args.warmup, "fd_limit": fd_limit,
-            "machine": report.machine(server_cpus, client_cpus),
-            "hello_server": built.hello_server, "pythonpath": built.pythonpath}
+    meta = {
+        "args": vars(args),
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "warmup_s": args.warmup,
+        "fd_limit": fd_limit,
+        "machine": report.machine(server_cpus, client_cpus),
+        "hello_server": built.hello_server,
+        "pythonpath": built.pythonpath,
+    }
     all_points = []
     started_at = time.monotonic()
     exit_status = 0
@@ -225,23 +308,35 @@ def main(argv=None):
                 unavailable_server(d, unavailable.pop(d.name))
                 continue
             knobs = {"threads": args.threads} if "threads" in d.knobs else {}
-            s = ServerProcess(d, args.base_port + index, server_cpus,
-                              os.path.join(logs, d.name + ".log"), built=built, knobs=knobs)
+            s = ServerProcess(
+                d,
+                args.base_port + index,
+                server_cpus,
+                os.path.join(logs, d.name + ".log"),
+                built=built,
+                knobs=knobs,
+            )
             try:
                 s.start()
                 if args.provision_only:
-                    print("  %-18s answered on port %d, checked and stopped" % (d.name, s.port),
-                          flush=True)
+                    print(
+                        "  %-18s answered on port %d, checked and stopped" % (d.name, s.port),
+                        flush=True,
+                    )
                     checked.append(d.name)
                     s.stop()
                     continue
                 servers[d.name] = s
                 warm_up(s, args.warmup, client_cpus)
-                print("  %-18s up on port %d (pid %d), answer checked" % (d.name, s.port, s.pid),
-                      flush=True)
+                print(
+                    "  %-18s up on port %d (pid %d), answer checked" % (d.name, s.port, s.pid),
+                    flush=True,
+                )
                 if (s.answer.get("connection") or "").lower() == "close":
-                    remarks.append("%s answers every request with Connection: close, so its "
-                                 "keep-alive numbers are connection-per-request numbers" % d.name)
+                    remarks.append(
+                        "%s answers every request with Connection: close, so its "
+                        "keep-alive numbers are connection-per-request numbers" % d.name
+                    )
             except Unavailable as e:
                 unavailable_server(d, str(e))
             except BenchError as e:
@@ -261,8 +356,10 @@ def main(argv=None):
                 except BenchError as e:
                     fail(name, "%s check: %s" % (w.name, e), fatal=isinstance(e, WrongAnswer))
             rounds = w.rounds or args.rounds
-            print("%s: %s — %d server(s), %d round(s)" % (w.name, w.title, len(active), rounds),
-                  flush=True)
+            print(
+                "%s: %s — %d server(s), %d round(s)" % (w.name, w.title, len(active), rounds),
+                flush=True,
+            )
             for r in range(rounds):
                 shift = r % len(active) if active else 0
                 for s in active[shift:] + active[:shift]:
@@ -279,11 +376,14 @@ def main(argv=None):
                         continue
                     progress(w, r, rounds, s, p)
                     if not p["recovered"]:
-                        remarks.append("%s did not answer within 30 s after %s round %d (%s); "
-                                       "it was restarted" % (s.name, w.name, r + 1,
-                                                             p["recovery_error"]))
-                        print("  %s is not answering after the load: restarting it" % s.name,
-                              flush=True)
+                        remarks.append(
+                            "%s did not answer within 30 s after %s round %d (%s); "
+                            "it was restarted" % (s.name, w.name, r + 1, p["recovery_error"])
+                        )
+                        print(
+                            "  %s is not answering after the load: restarting it" % s.name,
+                            flush=True,
+                        )
                         try:
                             s.stop()
                             s.start()
@@ -323,23 +423,48 @@ def main(argv=None):
     meta["elapsed_s"] = round(elapsed, 1)
     meta["reference"] = reference
     m = meta["machine"]
-    header = ("Measured %s on %s (%s CPUs, kernel %s), servers on CPU %s, wrk on CPU %s; "
-              "%d round(s) of %d s per point, medians; %.0f s in all." % (
-                  m["date"], m["cpu_model"], m["cpus"], m["kernel"], args.server_cpus,
-                  args.client_cpus, args.rounds, args.duration, elapsed))
-    text = header + "\n\n" + report.tables(workloads, summary, labels, reference, notes,
-                                               remarks, meta)
+    header = (
+        "Measured %s on %s (%s CPUs, kernel %s), servers on CPU %s, wrk on CPU %s; "
+        "%d round(s) of %d s per point, medians; %.0f s in all."
+        % (
+            m["date"],
+            m["cpu_model"],
+            m["cpus"],
+            m["kernel"],
+            args.server_cpus,
+            args.client_cpus,
+            args.rounds,
+            args.duration,
+            elapsed,
+        )
+    )
+    text = (
+        header + "\n\n" + report.tables(workloads, summary, labels, reference, notes, remarks, meta)
+    )
     print("\n" + text)
 
-    rows = [dict(server=s, workload=w, label=labels.get(s, s), **r)
-            for (s, w), r in summary.items()]
-    report.write_json(os.path.join(out_dir, "results.json"), {
-        "meta": meta, "results": rows, "points": all_points,
-        "unavailable": unavailable, "failed": failed, "not_measured": notes, "notes": remarks,
-        "servers": {d.name: {"label": d.label, "kind": d.kind, "description": d.description}
-                    for d in defs},
-        "workloads": {w.name: {"title": w.title, "description": w.description} for w in workloads},
-    })
+    rows = [
+        dict(server=s, workload=w, label=labels.get(s, s), **r) for (s, w), r in summary.items()
+    ]
+    report.write_json(
+        os.path.join(out_dir, "results.json"),
+        {
+            "meta": meta,
+            "results": rows,
+            "points": all_points,
+            "unavailable": unavailable,
+            "failed": failed,
+            "not_measured": notes,
+            "notes": remarks,
+            "servers": {
+                d.name: {"label": d.label, "kind": d.kind, "description": d.description}
+                for d in defs
+            },
+            "workloads": {
+                w.name: {"title": w.title, "description": w.description} for w in workloads
+            },
+        },
+    )
     report.write_csv(os.path.join(out_dir, "results.csv"), rows)
     report.write_csv(os.path.join(out_dir, "rounds.csv"), all_points)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
@@ -349,8 +474,10 @@ def main(argv=None):
         from bench import plots
 
         try:
-            files += [os.path.basename(p) for p in
-                      plots.comparison(out_dir, workloads, summary, labels, kinds, reference)]
+            files += [
+                os.path.basename(p)
+                for p in plots.comparison(out_dir, workloads, summary, labels, kinds, reference)
+            ]
         except Exception as e:  # a chart must never lose the numbers
             print("charts failed: %s" % e, file=sys.stderr)
     print("results: %s/{%s}" % (_shown(out_dir), ",".join(files)))

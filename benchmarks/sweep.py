@@ -17,6 +17,7 @@ rounds alternate over the points. Counters come from the server's stats endpoint
 (GET /__stats, before and after the measured interval) or, failing that, from a line
 `PMU_STATS {json}` the server prints when it stops (totals of that run).
 """
+
 import argparse
 import dataclasses
 import itertools
@@ -52,22 +53,46 @@ GAUGES = {"connections_open", "body_buffer_bytes"}
 
 def parse_args(argv=None):
     ncpu = os.cpu_count() or 1
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="knobs: %s" % ", ".join(knoblib.KNOBS))
-    p.add_argument("--server", default="pymongoose_uring",
-                   help="one of: %s (default pymongoose_uring)" % ", ".join(registry.DEFAULT))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="knobs: %s" % ", ".join(knoblib.KNOBS),
+    )
+    p.add_argument(
+        "--server",
+        default="pymongoose_uring",
+        help="one of: %s (default pymongoose_uring)" % ", ".join(registry.DEFAULT),
+    )
     p.add_argument("--workload", default="keepalive", help="one of: %s" % ", ".join(wl.DEFAULT))
-    p.add_argument("--knob", action="append", default=[], metavar="NAME=V1,V2,...",
-                   help="an engine knob and the values to try (repeatable)")
-    p.add_argument("--sysctl", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="a sysctl and the values to try, e.g. net.core.somaxconn=128,4096 "
-                        "(repeatable; root only)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=V",
-                   help="a knob or sysctl held at one value for every point (repeatable)")
+    p.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help="an engine knob and the values to try (repeatable)",
+    )
+    p.add_argument(
+        "--sysctl",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="a sysctl and the values to try, e.g. net.core.somaxconn=128,4096 "
+        "(repeatable; root only)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=V",
+        help="a knob or sysctl held at one value for every point (repeatable)",
+    )
     p.add_argument("--grid", action="store_true", help="every combination of the values")
-    p.add_argument("--connections", type=int, default=None,
-                   help="override the workload's connection count (e.g. 256 for many threads)")
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=None,
+        help="override the workload's connection count (e.g. 256 for many threads)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=3, help="seconds per point (default 3)")
     p.add_argument("--warmup", type=int, default=1)
@@ -96,8 +121,10 @@ def dimensions(args, definition):
     for spec in args.knob:
         name, values = _split(spec, "knob")
         if name not in definition.knobs:
-            raise SystemExit("%s does not take the knob %r (it takes: %s)" % (
-                definition.name, name, ", ".join(definition.knobs) or "none"))
+            raise SystemExit(
+                "%s does not take the knob %r (it takes: %s)"
+                % (definition.name, name, ", ".join(definition.knobs) or "none")
+            )
         dims.append(("knob", name, [knoblib.parse_value(name, v) for v in values]))
     for spec in args.sysctl:
         name, values = _split(spec, "sysctl")
@@ -117,6 +144,7 @@ def dimensions(args, definition):
 
 def points(dims, fixed, grid):
     """Each point: {"knob": {...}, "sysctl": {...}, "label": str, "varies": (kind, name)}."""
+
     def make(assign, varies):
         p = {"knob": dict(fixed["knob"]), "sysctl": dict(fixed["sysctl"]), "varies": varies}
         for (kind, name), value in assign:
@@ -126,8 +154,10 @@ def points(dims, fixed, grid):
 
     if grid:
         keys = [(k, n) for k, n, _ in dims]
-        return [make(list(zip(keys, combo)), None)
-                for combo in itertools.product(*[vals for _, _, vals in dims])]
+        return [
+            make(list(zip(keys, combo)), None)
+            for combo in itertools.product(*[vals for _, _, vals in dims])
+        ]
     out = [make([], None)]
     for kind, name, values in dims:
         out += [make([((kind, name), v)], (kind, name)) for v in values]
@@ -155,14 +185,25 @@ def stats_delta(before, after):
 
 def derived(stats):
     """The ratios worth reading beside a point."""
+
     def ratio(a, b):
         return stats[a] / stats[b] if stats.get(b) else None
 
-    out = {"requests_per_batch": ratio("requests", "batches"),
-           "cqes_per_wait": ratio("cqes", "waits"),
-           "sends_per_request": ratio("sends", "requests")}
-    for key in ("enobufs", "short_sends", "recv_paused", "cq_overflows", "send_zc",
-                "timeouts", "parse_errors", "connections_rejected"):
+    out = {
+        "requests_per_batch": ratio("requests", "batches"),
+        "cqes_per_wait": ratio("cqes", "waits"),
+        "sends_per_request": ratio("sends", "requests"),
+    }
+    for key in (
+        "enobufs",
+        "short_sends",
+        "recv_paused",
+        "cq_overflows",
+        "send_zc",
+        "timeouts",
+        "parse_errors",
+        "connections_rejected",
+    ):
         if key in stats:
             out[key] = stats[key]
     return out
@@ -174,7 +215,7 @@ def exit_stats(log_path, offset):
         with open(log_path, errors="replace") as f:
             f.seek(offset)
             lines = [l for l in f if l.startswith(STATS_MARK)]
-        return json.loads(lines[-1][len(STATS_MARK):]) if lines else None
+        return json.loads(lines[-1][len(STATS_MARK) :]) if lines else None
     except (OSError, ValueError):
         return None
 
@@ -182,15 +223,19 @@ def exit_stats(log_path, offset):
 def main(argv=None):
     args = parse_args(argv)
     if args.server not in registry.BY_NAME:
-        raise SystemExit("unknown server %r (known: %s)" % (args.server, ", ".join(registry.DEFAULT)))
+        raise SystemExit(
+            "unknown server %r (known: %s)" % (args.server, ", ".join(registry.DEFAULT))
+        )
     if args.workload not in wl.BY_NAME:
         raise SystemExit("unknown workload %r (known: %s)" % (args.workload, ", ".join(wl.DEFAULT)))
     definition = registry.BY_NAME[args.server]
     workload = wl.BY_NAME[args.workload]
     if args.connections:
-        workload = dataclasses.replace(workload, connections=args.connections,
-                                       title="%s (%d connections)" % (workload.title.split(",")[0],
-                                                                      args.connections))
+        workload = dataclasses.replace(
+            workload,
+            connections=args.connections,
+            title="%s (%d connections)" % (workload.title.split(",")[0], args.connections),
+        )
     if not definition.supports(workload):
         raise SystemExit("%s does not serve the %s workload" % (definition.name, workload.name))
     dims, fixed = dimensions(args, definition)
@@ -200,7 +245,9 @@ def main(argv=None):
     os.sched_setaffinity(0, client_cpus)
     raise_fd_limit()
 
-    out_dir = args.out or os.path.join(RESULTS_DIR, "raw", "sweep-" + time.strftime("%Y%m%d-%H%M%S"))
+    out_dir = args.out or os.path.join(
+        RESULTS_DIR, "raw", "sweep-" + time.strftime("%Y%m%d-%H%M%S")
+    )
     logs = os.path.join(out_dir, "logs")
     os.makedirs(logs, exist_ok=True)
     setup_log, wrk_log = os.path.join(logs, "setup.log"), os.path.join(logs, "wrk.log")
@@ -212,13 +259,22 @@ def main(argv=None):
     print("setting up (log: %s)" % os.path.relpath(setup_log), flush=True)
     if not wrk.find():
         from bench import provision
+
         provision.check_wrk(setup_log)
     unavailable, built = provision_servers([definition], args, setup_log)
     if unavailable:
         raise SystemExit("%s is unavailable: %s" % (definition.name, unavailable[definition.name]))
-    print("%s, %s: %d point(s) × %d round(s) × %d s" % (
-        definition.name, workload.title, len(plan), args.rounds,
-        max(args.duration, workload.min_duration)), flush=True)
+    print(
+        "%s, %s: %d point(s) × %d round(s) × %d s"
+        % (
+            definition.name,
+            workload.title,
+            len(plan),
+            args.rounds,
+            max(args.duration, workload.min_duration),
+        ),
+        flush=True,
+    )
 
     def interrupted(signum, frame):
         raise KeyboardInterrupt
@@ -232,16 +288,25 @@ def main(argv=None):
             shift = r % len(plan)
             for p in plan[shift:] + plan[:shift]:
                 sysctls.set(p["sysctl"])
-                s = ServerProcess(definition, args.port, server_cpus, server_log,
-                                  built=built, knobs=p["knob"])
+                s = ServerProcess(
+                    definition, args.port, server_cpus, server_log, built=built, knobs=p["knob"]
+                )
                 offset = os.path.getsize(server_log) if os.path.exists(server_log) else 0
                 try:
                     s.start()
                     warm_up(s, args.warmup, client_cpus)
                     checks.CHECKS[workload.check](s.port)
-                    before = checks.stats(s.port, definition.stats_path) if definition.stats_path else None
+                    before = (
+                        checks.stats(s.port, definition.stats_path)
+                        if definition.stats_path
+                        else None
+                    )
                     m = measure.point(s, workload, args.duration, client_cpus, log=wrk_log)
-                    after = checks.stats(s.port, definition.stats_path) if definition.stats_path else None
+                    after = (
+                        checks.stats(s.port, definition.stats_path)
+                        if definition.stats_path
+                        else None
+                    )
                 finally:
                     s.stop()
                 if after is not None:
@@ -253,12 +318,22 @@ def main(argv=None):
                 m.update(round=r + 1, label=p["label"])
                 results[p["label"]].append(m)
                 d = derived(m.get("stats") or {})
-                print("  r%d/%d  %-34s %11s req/s  CPU %6.2f µs/req  p99 %7.2f ms%s%s" % (
-                    r + 1, args.rounds, p["label"], "{:,.0f}".format(m["rps"]),
-                    m["cpu_us_per_req"] or 0, m["lat_p99_ms"],
-                    "  %.1f req/batch" % d["requests_per_batch"] if d.get("requests_per_batch") else "",
-                    "  %.1f cqe/wait" % d["cqes_per_wait"] if d.get("cqes_per_wait") else ""),
-                    flush=True)
+                print(
+                    "  r%d/%d  %-34s %11s req/s  CPU %6.2f µs/req  p99 %7.2f ms%s%s"
+                    % (
+                        r + 1,
+                        args.rounds,
+                        p["label"],
+                        "{:,.0f}".format(m["rps"]),
+                        m["cpu_us_per_req"] or 0,
+                        m["lat_p99_ms"],
+                        "  %.1f req/batch" % d["requests_per_batch"]
+                        if d.get("requests_per_batch")
+                        else "",
+                        "  %.1f cqe/wait" % d["cqes_per_wait"] if d.get("cqes_per_wait") else "",
+                    ),
+                    flush=True,
+                )
     except Unavailable as e:
         print("ERROR: %s is unavailable: %s" % (definition.name, e), file=sys.stderr)
         status = 1
@@ -285,23 +360,46 @@ def main(argv=None):
             for k, v in (m.get("stats") or {}).items():
                 if isinstance(v, (int, float)):
                     totals[k] = totals.get(k, 0) + v
-        row.update(label=p["label"], point=dict(p["knob"], **p["sysctl"]), varies=p["varies"],
-                   stats=totals or None, derived=derived(totals) if totals else None)
+        row.update(
+            label=p["label"],
+            point=dict(p["knob"], **p["sysctl"]),
+            varies=p["varies"],
+            stats=totals or None,
+            derived=derived(totals) if totals else None,
+        )
         rows.append(row)
     text = sweep_table(definition, workload, rows, args)
     print("\n" + text)
-    meta = {"args": vars(args), "server": definition.name, "workload": workload.name,
-            "machine": report.machine(server_cpus, client_cpus),
-            "hello_server": built.hello_server, "pythonpath": built.pythonpath,
-            "sysctl_originals": sysctls.original}
-    report.write_json(os.path.join(out_dir, "sweep.json"), {
-        "meta": meta, "points": rows,
-        "rounds": [m for ms in results.values() for m in ms]})
+    meta = {
+        "args": vars(args),
+        "server": definition.name,
+        "workload": workload.name,
+        "machine": report.machine(server_cpus, client_cpus),
+        "hello_server": built.hello_server,
+        "pythonpath": built.pythonpath,
+        "sysctl_originals": sysctls.original,
+    }
+    report.write_json(
+        os.path.join(out_dir, "sweep.json"),
+        {"meta": meta, "points": rows, "rounds": [m for ms in results.values() for m in ms]},
+    )
     flat = []
     for row in rows:
         f = {"label": row["label"], **{k: v for k, v in row["point"].items()}}
-        f.update({k: row[k] for k in ("rps", "cpu_us_per_req", "core_us_per_req", "lat_p50_ms",
-                                       "lat_p99_ms", "socket_errors", "rss_peak_mib")})
+        f.update(
+            {
+                k: row[k]
+                for k in (
+                    "rps",
+                    "cpu_us_per_req",
+                    "core_us_per_req",
+                    "lat_p50_ms",
+                    "lat_p99_ms",
+                    "socket_errors",
+                    "rss_peak_mib",
+                )
+            }
+        )
         f.update({k: v for k, v in (row["derived"] or {}).items()})
         flat.append(f)
     report.write_csv(os.path.join(out_dir, "sweep.csv"), flat)
@@ -316,17 +414,44 @@ def main(argv=None):
             for kind, name, values in dims:
                 if args.grid:
                     others = {n: vals[0] for k, n, vals in dims if n != name}
-                    pts = [(str(v), next((r for r in rows if r["point"].get(name) == v and all(
-                        r["point"].get(n) == ov for n, ov in others.items())), None)) for v in values]
+                    pts = [
+                        (
+                            str(v),
+                            next(
+                                (
+                                    r
+                                    for r in rows
+                                    if r["point"].get(name) == v
+                                    and all(r["point"].get(n) == ov for n, ov in others.items())
+                                ),
+                                None,
+                            ),
+                        )
+                        for v in values
+                    ]
                 else:
-                    pts = [(str(v), next((r for r in rows if r["varies"] == (kind, name)
-                                          and r["point"].get(name) == v), None)) for v in values]
+                    pts = [
+                        (
+                            str(v),
+                            next(
+                                (
+                                    r
+                                    for r in rows
+                                    if r["varies"] == (kind, name) and r["point"].get(name) == v
+                                ),
+                                None,
+                            ),
+                        )
+                        for v in values
+                    ]
                     base = next((r for r in rows if r["varies"] is None), None)
                     if base is not None:
                         pts = [("default", base)] + pts
                 panels.append((name, [(x, r) for x, r in pts if r is not None]))
-            files += [os.path.basename(p) for p in plots.sweep(
-                out_dir, panels, "%s, %s" % (definition.label, workload.title))]
+            files += [
+                os.path.basename(p)
+                for p in plots.sweep(out_dir, panels, "%s, %s" % (definition.label, workload.title))
+            ]
         except Exception as e:
             print("chart failed: %s" % e, file=sys.stderr)
     print("results: %s/{%s}" % (os.path.relpath(out_dir), ",".join(files)))
@@ -334,26 +459,47 @@ def main(argv=None):
 
 
 def sweep_table(definition, workload, rows, args):
-    lines = ["### %s — %s (median of %d × %d s; server CPUs %s, wrk CPUs %s)" % (
-        definition.label, workload.title, args.rounds, max(args.duration, workload.min_duration),
-        args.server_cpus, args.client_cpus), "",
+    lines = [
+        "### %s — %s (median of %d × %d s; server CPUs %s, wrk CPUs %s)"
+        % (
+            definition.label,
+            workload.title,
+            args.rounds,
+            max(args.duration, workload.min_duration),
+            args.server_cpus,
+            args.client_cpus,
+        ),
+        "",
         "| Point | Requests/sec | CPU µs/req | Latency p50 / p99 | Errors | req/batch | "
         "CQEs/wait | ENOBUFS | short sends |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     base = next((r for r in rows if r["varies"] is None), rows[0] if rows else None)
     for r in rows:
         d = r["derived"] or {}
-        rel = " (%.2f×)" % (r["rps"] / base["rps"]) if base and base["rps"] and r is not base else ""
+        rel = (
+            " (%.2f×)" % (r["rps"] / base["rps"]) if base and base["rps"] and r is not base else ""
+        )
 
         def num(v, fmt="%.1f"):
             return "-" if v is None else fmt % v
 
-        lines.append("| %s | %s%s | %s | %s / %s ms | %d | %s | %s | %s | %s |" % (
-            r["label"], "{:,.0f}".format(r["rps"]), rel, num(r["cpu_us_per_req"], "%.2f"),
-            num(r["lat_p50_ms"], "%.2f"), num(r["lat_p99_ms"], "%.2f"),
-            r["socket_errors"] + r["status_errors"], num(d.get("requests_per_batch")),
-            num(d.get("cqes_per_wait")), num(d.get("enobufs"), "%d"),
-            num(d.get("short_sends"), "%d")))
+        lines.append(
+            "| %s | %s%s | %s | %s / %s ms | %d | %s | %s | %s | %s |"
+            % (
+                r["label"],
+                "{:,.0f}".format(r["rps"]),
+                rel,
+                num(r["cpu_us_per_req"], "%.2f"),
+                num(r["lat_p50_ms"], "%.2f"),
+                num(r["lat_p99_ms"], "%.2f"),
+                r["socket_errors"] + r["status_errors"],
+                num(d.get("requests_per_batch")),
+                num(d.get("cqes_per_wait")),
+                num(d.get("enobufs"), "%d"),
+                num(d.get("short_sends"), "%d"),
+            )
+        )
     return "\n".join(lines)
 
 

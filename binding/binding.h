@@ -101,24 +101,24 @@ typedef struct pyb_state {
   PyTypeObject *request_type;
   PyTypeObject *response_type;
   PyTypeObject *engine_type;
-  PyObject *error;       /* _pmu.Error(OSError) */
-  PyObject *unavailable; /* _pmu.UnavailableError(Error) */
-  PyObject *disconnected; /* _pmu.ClientDisconnected(ConnectionError) */
+  PyObject *error;            /* _pmu.Error(OSError) */
+  PyObject *unavailable;      /* _pmu.UnavailableError(Error) */
+  PyObject *disconnected;     /* _pmu.ClientDisconnected(ConnectionError) */
   PyObject *get_running_loop; /* asyncio.get_running_loop */
-  PyObject *set_future;  /* fn(future, value): set_result unless done (no module ref) */
-  PyObject *read_ready;  /* fn(request, future, size, chunks): a read_async step */
-  unsigned long main_thread; /* ident of the thread that imported the module */
-  PyObject *logger;      /* logging.getLogger("pymongoose_uring") */
-  PyObject *json_encoder; /* json's C encoder: encoder(obj, 0) -> chunks; or NULL */
-  PyObject *json_dumps;  /* fallback when the C encoder is missing: obj -> str */
+  PyObject *set_future;       /* fn(future, value): set_result unless done (no module ref) */
+  PyObject *read_ready;       /* fn(request, future, size, chunks): a read_async step */
+  unsigned long main_thread;  /* ident of the thread that imported the module */
+  PyObject *logger;           /* logging.getLogger("pymongoose_uring") */
+  PyObject *json_encoder;     /* json's C encoder: encoder(obj, 0) -> chunks; or NULL */
+  PyObject *json_dumps;       /* fallback when the C encoder is missing: obj -> str */
   PyObject *json_loads;
-  PyObject *unquote;  /* urllib.parse.unquote */
-  PyObject *support;  /* pymongoose_uring._datastructures, imported on first use */
+  PyObject *unquote; /* urllib.parse.unquote */
+  PyObject *support; /* pymongoose_uring._datastructures, imported on first use */
   PyObject *methods[PYB_M_COUNT];
   PyObject *version_10, *version_11;
   PyObject *ct_json, *ct_text, *ct_html, *ct_octet; /* default Content-Type values */
-  PyObject *str_get; /* "GET", same object as methods[PYB_M_GET] */
-  Py_ssize_t requests_alive; /* Request objects not yet freed (GIL held) */
+  PyObject *str_get;                                /* "GET", same object as methods[PYB_M_GET] */
+  Py_ssize_t requests_alive;                        /* Request objects not yet freed (GIL held) */
 } pyb_state;
 
 extern PyModuleDef pyb_module_def;
@@ -164,8 +164,7 @@ void pyb_drain_released(pyb_state *st);
 /* The release callback and context that keep `owner` (bytes or str) alive
  * until the engine hands it back (then dropped by pyb_drain_released).
  * Returns 0, or -1 without an exception (no memory: copy instead). */
-int pyb_keep_until_released(pyb_state *st, PyObject *owner, void (**release)(void *),
-                            void **ctx);
+int pyb_keep_until_released(pyb_state *st, PyObject *owner, void (**release)(void *), void **ctx);
 
 /* ---- engine.c: GIL on a worker thread, outside a batch ---- */
 
@@ -207,8 +206,8 @@ typedef struct pyb_reqio {
   pthread_cond_t cond; /* signalled on every change below */
   /* Under lock. */
   pyb_piece *head, *tail;
-  size_t head_off; /* bytes of head already handed out */
-  size_t queued;   /* bytes in the queue */
+  size_t head_off;    /* bytes of head already handed out */
+  size_t queued;      /* bytes in the queue */
   uint64_t drain_seq; /* on_drain calls so far */
   uint8_t body_done;  /* the last piece came */
   uint8_t gone;       /* the client went away while the request was held */
@@ -340,7 +339,7 @@ typedef struct pyb_built {
   PyObject *keep; /* list of temporaries (encoded JSON, str() of ints), or NULL */
   int has_content_type;
   PyObject *zero_copy; /* borrowed: an immutable body worth sending uncopied */
-  char *json;        /* a body encoded by the fast JSON path: json_inline or PyMem */
+  char *json;          /* a body encoded by the fast JSON path: json_inline or PyMem */
   size_t json_len, json_cap;
   char json_inline[512];
 } pyb_built;

@@ -45,15 +45,15 @@ typedef struct {
   pmu_config_t config;
   char *host, *unix_path, *server_header, *body_spool_dir; /* owned copies behind config's
                                                             strings */
-  PyObject *handler;   /* callable(request): called when no route matches */
-  PyObject *routes;    /* dict path -> dict method -> callable, or NULL */
-  PyObject *scheduler; /* callable(list of (request, coroutine)), or NULL */
+  PyObject *handler;       /* callable(request): called when no route matches */
+  PyObject *routes;        /* dict path -> dict method -> callable, or NULL */
+  PyObject *scheduler;     /* callable(list of (request, coroutine)), or NULL */
   PyObject *unix_path_str; /* config.unix_path as a str, or NULL */
   pmu_server_t *server;
   ring_state *rings;
   unsigned nrings;
   PyInterpreterState *interp; /* the interpreter that started the engine */
-  int running;   /* worker threads may be alive */
+  int running;                /* worker threads may be alive */
   int holds_self;
   PyObject *weakreflist;
 } EngineObject;
@@ -102,16 +102,11 @@ static PyObject *field_get(const pmu_config_t *c, const field *f) {
       Py_RETURN_NONE;
     return PyUnicode_DecodeFSDefault(s);
   }
-  case F_PORT:
-    return PyLong_FromLong(*(const uint16_t *)base);
-  case F_INT:
-    return PyLong_FromLong(*(const int *)base);
-  case F_UINT:
-    return PyLong_FromUnsignedLong(*(const unsigned *)base);
-  case F_SIZE:
-    return PyLong_FromSize_t(*(const size_t *)base);
-  case F_BOOL:
-    return PyBool_FromLong(*(const int *)base);
+  case F_PORT: return PyLong_FromLong(*(const uint16_t *)base);
+  case F_INT: return PyLong_FromLong(*(const int *)base);
+  case F_UINT: return PyLong_FromUnsignedLong(*(const unsigned *)base);
+  case F_SIZE: return PyLong_FromSize_t(*(const size_t *)base);
+  case F_BOOL: return PyBool_FromLong(*(const int *)base);
   }
   Py_RETURN_NONE;
 }
@@ -211,18 +206,10 @@ static int field_set(pmu_config_t *c, const field *f, PyObject *value, char **ow
     return -1;
   }
   switch (f->type) {
-  case F_PORT:
-    *(uint16_t *)base = (uint16_t)v;
-    break;
-  case F_INT:
-    *(int *)base = (int)v;
-    break;
-  case F_UINT:
-    *(unsigned *)base = (unsigned)v;
-    break;
-  default:
-    *(size_t *)base = (size_t)v;
-    break;
+  case F_PORT: *(uint16_t *)base = (uint16_t)v; break;
+  case F_INT: *(int *)base = (int)v; break;
+  case F_UINT: *(unsigned *)base = (unsigned)v; break;
+  default: *(size_t *)base = (size_t)v; break;
   }
   return 0;
 }
@@ -315,7 +302,8 @@ static void run_batch(EngineObject *self, pmu_request_t *const *requests, size_t
       }
       Py_XDECREF(pair);
     } else if (!pyb_request_is_live(req)) {
-      pyb_log_warning(st, "%R: the handler replied and also returned %.100s; the returned "
+      pyb_log_warning(st,
+                      "%R: the handler replied and also returned %.100s; the returned "
                       "value was ignored",
                       req, Py_TYPE(result)->tp_name);
     } else if (pyb_request_answer(req, result, 1) < 0) {
@@ -417,14 +405,11 @@ static void on_log(void *data, int level, const char *msg) {
   pyb_ring_gil_leave(&g);
 }
 
-static void on_body(void *data, pmu_request_t *request, const void *piece, size_t len,
-                    int last) {
+static void on_body(void *data, pmu_request_t *request, const void *piece, size_t len, int last) {
   pyb_stream_on_body(request, piece, len, last);
 }
 
-static void on_disconnect(void *data, pmu_request_t *request) {
-  pyb_stream_on_disconnect(request);
-}
+static void on_disconnect(void *data, pmu_request_t *request) { pyb_stream_on_disconnect(request); }
 
 static void on_drain(void *data, pmu_request_t *request) { pyb_stream_on_drain(request); }
 
@@ -523,8 +508,7 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
     }
   self->config = c;
   Py_CLEAR(self->unix_path_str);
-  if (c.unix_path != NULL &&
-      (self->unix_path_str = PyUnicode_DecodeFSDefault(c.unix_path)) == NULL)
+  if (c.unix_path != NULL && (self->unix_path_str = PyUnicode_DecodeFSDefault(c.unix_path)) == NULL)
     return -1;
   Py_XSETREF(self->handler, Py_NewRef(handler));
   Py_XSETREF(self->routes, Py_XNewRef(routes));
@@ -724,14 +708,14 @@ static int need_server(EngineObject *self) {
   return 0;
 }
 
-#define STAT(name)                                                                            \
-  do {                                                                                        \
-    PyObject *v = PyLong_FromUnsignedLongLong(s.name);                                        \
-    if (v == NULL || PyDict_SetItemString(d, #name, v) < 0) {                                 \
-      Py_XDECREF(v);                                                                          \
-      goto fail;                                                                              \
-    }                                                                                         \
-    Py_DECREF(v);                                                                             \
+#define STAT(name)                                            \
+  do {                                                        \
+    PyObject *v = PyLong_FromUnsignedLongLong(s.name);        \
+    if (v == NULL || PyDict_SetItemString(d, #name, v) < 0) { \
+      Py_XDECREF(v);                                          \
+      goto fail;                                              \
+    }                                                         \
+    Py_DECREF(v);                                             \
   } while (0)
 
 /* {name: (kind, doc)} for every counter of stats(), from the engine's table:
@@ -740,17 +724,18 @@ PyObject *pyb_stats_counters(PyObject *module, PyObject *unused) {
   PyObject *d = PyDict_New();
   if (d == NULL)
     return NULL;
-#define COUNTER_SCALAR(name, kind, doc) COUNTER_ENTRY(#name, #kind[0] == 'G' ? "gauge" : "counter", doc)
+#define COUNTER_SCALAR(name, kind, doc) \
+  COUNTER_ENTRY(#name, #kind[0] == 'G' ? "gauge" : "counter", doc)
 #define COUNTER_ARRAY(name, size, doc) COUNTER_ENTRY(#name, "array", doc)
-#define COUNTER_ENTRY(name, kind, doc)                                                         \
-  do {                                                                                        \
-    PyObject *v = Py_BuildValue("(ss)", kind, doc);                                           \
-    if (v == NULL || PyDict_SetItemString(d, name, v) < 0) {                                  \
-      Py_XDECREF(v);                                                                          \
-      Py_DECREF(d);                                                                           \
-      return NULL;                                                                            \
-    }                                                                                         \
-    Py_DECREF(v);                                                                             \
+#define COUNTER_ENTRY(name, kind, doc)                       \
+  do {                                                       \
+    PyObject *v = Py_BuildValue("(ss)", kind, doc);          \
+    if (v == NULL || PyDict_SetItemString(d, name, v) < 0) { \
+      Py_XDECREF(v);                                         \
+      Py_DECREF(d);                                          \
+      return NULL;                                           \
+    }                                                        \
+    Py_DECREF(v);                                            \
   } while (0);
   PMU_STATS_FIELDS(COUNTER_SCALAR, COUNTER_ARRAY)
 #undef COUNTER_SCALAR
@@ -896,8 +881,7 @@ static PyMethodDef engine_methods[] = {
     {"stop", engine_stop, METH_NOARGS, stop_doc},
     {"wait", (PyCFunction)(void (*)(void))engine_wait, METH_VARARGS | METH_KEYWORDS, wait_doc},
     {"close", engine_close, METH_NOARGS, close_doc},
-    {"stats", (PyCFunction)(void (*)(void))engine_stats, METH_VARARGS | METH_KEYWORDS,
-     stats_doc},
+    {"stats", (PyCFunction)(void (*)(void))engine_stats, METH_VARARGS | METH_KEYWORDS, stats_doc},
     {"ring_info", (PyCFunction)(void (*)(void))engine_ring_info, METH_VARARGS | METH_KEYWORDS,
      ring_info_doc},
     {"in_ring_thread", engine_in_ring_thread, METH_NOARGS, in_ring_thread_doc},
@@ -949,27 +933,21 @@ static PyMemberDef engine_members[] = {
     {NULL},
 };
 
-PyDoc_STRVAR(engine_doc,
-             "Engine(handler, *, routes=None, async_scheduler=None, **config)\n\n"
-             "One C server. handler(request) is called for every request whose path\n"
-             "and method are not in routes ({path: {method: handler}}); its result\n"
-             "is the response (None: the handler answers later with request.reply()).\n"
-             "async_scheduler(list of (request, coroutine)) receives the coroutines\n"
-             "async handlers returned, once per batch. config: every pmu_config_t\n"
-             "knob by name (see config_defaults()); the C field body_stream_threshold\n"
-             "is stream_body_threshold here.");
+PyDoc_STRVAR(engine_doc, "Engine(handler, *, routes=None, async_scheduler=None, **config)\n\n"
+                         "One C server. handler(request) is called for every request whose path\n"
+                         "and method are not in routes ({path: {method: handler}}); its result\n"
+                         "is the response (None: the handler answers later with request.reply()).\n"
+                         "async_scheduler(list of (request, coroutine)) receives the coroutines\n"
+                         "async handlers returned, once per batch. config: every pmu_config_t\n"
+                         "knob by name (see config_defaults()); the C field body_stream_threshold\n"
+                         "is stream_body_threshold here.");
 
 static PyType_Slot engine_slots[] = {
-    {Py_tp_new, engine_new},
-    {Py_tp_init, engine_init},
-    {Py_tp_dealloc, engine_dealloc},
-    {Py_tp_traverse, engine_traverse},
-    {Py_tp_clear, engine_clear},
-    {Py_tp_methods, engine_methods},
-    {Py_tp_members, engine_members},
-    {Py_tp_getset, engine_getset},
-    {Py_tp_doc, (void *)engine_doc},
-    {0, NULL},
+    {Py_tp_new, engine_new},         {Py_tp_init, engine_init},
+    {Py_tp_dealloc, engine_dealloc}, {Py_tp_traverse, engine_traverse},
+    {Py_tp_clear, engine_clear},     {Py_tp_methods, engine_methods},
+    {Py_tp_members, engine_members}, {Py_tp_getset, engine_getset},
+    {Py_tp_doc, (void *)engine_doc}, {0, NULL},
 };
 
 PyType_Spec pyb_engine_spec = {

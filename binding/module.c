@@ -132,8 +132,7 @@ static void release_body(void *ctx) {
                                                   memory_order_release, memory_order_relaxed));
 }
 
-int pyb_keep_until_released(pyb_state *st, PyObject *owner, void (**release)(void *),
-                            void **ctx) {
+int pyb_keep_until_released(pyb_state *st, PyObject *owner, void (**release)(void *), void **ctx) {
   pyb_released *node = PyMem_RawMalloc(sizeof *node);
   if (node == NULL)
     return -1;
@@ -327,8 +326,8 @@ static int module_exec(PyObject *module) {
 
   st->error = PyErr_NewExceptionWithDoc(
       "pymongoose_uring._pmu.Error",
-      "The engine refused: args are (errno, message naming the cause and the fix).",
-      PyExc_OSError, NULL);
+      "The engine refused: args are (errno, message naming the cause and the fix).", PyExc_OSError,
+      NULL);
   if (st->error == NULL || PyModule_AddObjectRef(module, "Error", st->error) < 0)
     return -1;
   st->unavailable = PyErr_NewExceptionWithDoc(

@@ -7,11 +7,10 @@
  * handler can make it part of a cycle (request.params["self"] = request, a
  * disconnect callback that refers to it), but it is tracked by the collector
  * only once it holds an object that could refer back (params, query,
- * headers, a disconnect callback): strs, bytes and address tuples cannot. Attributes read the engine's
- * pmu_request_t, which stays valid only until the request is answered. If
- * anything besides the batch loop still holds the Request when it is
- * answered, its data is first copied into one block the Request owns (the
- * "snapshot"), so attributes keep working; otherwise nothing is copied.
+ * headers, a disconnect callback): strs, bytes and address tuples cannot. Attributes read the
+ * engine's pmu_request_t, which stays valid only until the request is answered. If anything besides
+ * the batch loop still holds the Request when it is answered, its data is first copied into one
+ * block the Request owns (the "snapshot"), so attributes keep working; otherwise nothing is copied.
  *
  * Every request is answered exactly once: by the batch loop with the
  * handler's result, by reply() from any thread, or, when the last reference
@@ -120,8 +119,8 @@ static int ensure_io(RequestObject *self) {
 static int snapshot(RequestObject *self) {
   const pmu_request_t *r = self->live;
   size_t body_len = self->body ? 0 : r->body_len;
-  size_t total = sizeof(pmu_request_t) + r->header_count * sizeof(pmu_header_t) +
-                 r->method_len + r->target_len + r->path_len + r->query_len + 4 + body_len;
+  size_t total = sizeof(pmu_request_t) + r->header_count * sizeof(pmu_header_t) + r->method_len +
+                 r->target_len + r->path_len + r->query_len + 4 + body_len;
   for (size_t i = 0; i < r->header_count; i++)
     total += r->headers[i].name_len + r->headers[i].value_len;
   char *mem = PyMem_Malloc(total);
@@ -133,13 +132,13 @@ static int snapshot(RequestObject *self) {
   *copy = *r;
   pmu_header_t *headers = (pmu_header_t *)(mem + sizeof(pmu_request_t));
   char *p = (char *)(headers + r->header_count);
-#define COPY_STR(field, len)                                                                  \
-  do {                                                                                        \
-    if (r->len)                                                                               \
-      memcpy(p, r->field, r->len);                                                            \
-    p[r->len] = '\0';                                                                         \
-    copy->field = p;                                                                          \
-    p += r->len + 1;                                                                          \
+#define COPY_STR(field, len)       \
+  do {                             \
+    if (r->len)                    \
+      memcpy(p, r->field, r->len); \
+    p[r->len] = '\0';              \
+    copy->field = p;               \
+    p += r->len + 1;               \
   } while (0)
   COPY_STR(method, method_len);
   COPY_STR(target, target_len);
@@ -206,8 +205,9 @@ static void send_response(RequestObject *self, const pmu_response_t *response,
     pyb_log_warning(self->st, "out of memory formatting a response: sent 503 and closed the "
                               "connection");
   else if (rc < 0)
-    pyb_log_warning(self->st, "the engine refused a response with status %d and sent 500 "
-                              "instead (a final status must be 200..999)",
+    pyb_log_warning(self->st,
+                    "the engine refused a response with status %d and sent 500 "
+                    "instead (a final status must be 200..999)",
                     response->status);
 }
 
@@ -265,8 +265,8 @@ void pyb_request_answer_500(PyObject *request, Py_ssize_t owner_refs) {
 /* "METHOD TARGET" of a request for log lines. New references or NULL. */
 static void request_words(const pmu_request_t *r, PyObject **method, PyObject **target) {
   *method = PyUnicode_DecodeLatin1(r->method, (Py_ssize_t)r->method_len, NULL);
-  *target = PyUnicode_DecodeLatin1(
-      r->target, (Py_ssize_t)(r->target_len > 200 ? 200 : r->target_len), NULL);
+  *target = PyUnicode_DecodeLatin1(r->target,
+                                   (Py_ssize_t)(r->target_len > 200 ? 200 : r->target_len), NULL);
 }
 
 static void request_dealloc(PyObject *op) {
@@ -470,18 +470,18 @@ static PyObject *build_header_pairs(const pmu_request_t *r, int as_bytes) {
 }
 
 /* Build-once getter: `slot` caches, `build` makes it from the view. */
-#define CACHED_GETTER(name, slot, build_expr)                                                 \
-  static PyObject *get_##name(PyObject *op, void *closure) {                                  \
-    RequestObject *self = REQ(op);                                                            \
-    if (self->slot == NULL) {                                                                 \
-      const pmu_request_t *r = view_of(self);                                                 \
-      if (r == NULL)                                                                          \
-        return NULL;                                                                          \
-      self->slot = (build_expr);                                                              \
-      if (self->slot == NULL)                                                                 \
-        return NULL;                                                                          \
-    }                                                                                         \
-    return Py_NewRef(self->slot);                                                             \
+#define CACHED_GETTER(name, slot, build_expr)                \
+  static PyObject *get_##name(PyObject *op, void *closure) { \
+    RequestObject *self = REQ(op);                           \
+    if (self->slot == NULL) {                                \
+      const pmu_request_t *r = view_of(self);                \
+      if (r == NULL)                                         \
+        return NULL;                                         \
+      self->slot = (build_expr);                             \
+      if (self->slot == NULL)                                \
+        return NULL;                                         \
+    }                                                        \
+    return Py_NewRef(self->slot);                            \
   }
 
 CACHED_GETTER(method, method, build_method(self, r))
@@ -489,8 +489,8 @@ CACHED_GETTER(path, path, build_path(self, r))
 CACHED_GETTER(raw_path, raw_path, decode_text(r->path, r->path_len))
 CACHED_GETTER(target, target, decode_text(r->target, r->target_len))
 CACHED_GETTER(query_string, query_string, decode_text(r->query, r->query_len))
-CACHED_GETTER(whole_body, body, PyBytes_FromStringAndSize(r->body_len ? r->body : "",
-                                                          (Py_ssize_t)r->body_len))
+CACHED_GETTER(whole_body, body,
+              PyBytes_FromStringAndSize(r->body_len ? r->body : "", (Py_ssize_t)r->body_len))
 CACHED_GETTER(client, client, build_address(&r->peer, NULL))
 CACHED_GETTER(server, server, build_address(&r->local, self->unix_path))
 
@@ -628,21 +628,19 @@ static PyGetSetDef request_getset[] = {
     {"path", get_path, NULL, "Path without the query, percent-decoded.", NULL},
     {"raw_path", get_raw_path, NULL, "Path without the query, as sent.", NULL},
     {"target", get_target, NULL, "Request-target: path and '?query' (origin-form).", NULL},
-    {"query_string", get_query_string, NULL, "Raw query string, without '?'; '' if none.",
-     NULL},
+    {"query_string", get_query_string, NULL, "Raw query string, without '?'; '' if none.", NULL},
     {"query", get_query, NULL, "Parsed query string: a QueryParams multi-dict.", NULL},
     {"headers", get_headers, NULL,
-     "Request headers: a Headers multi-dict, case-insensitive, several values per name.",
-     NULL},
+     "Request headers: a Headers multi-dict, case-insensitive, several values per name.", NULL},
     {"raw_headers", get_raw_headers, NULL,
      "[(name, value)] as bytes, names lower-cased, in the order received.", NULL},
     {"body", get_body, NULL, "The whole body as bytes (de-chunked); b'' if none.", NULL},
     {"text", get_text, NULL, "The body decoded as UTF-8 (invalid bytes replaced).", NULL},
     {"http_version", get_http_version, NULL, "'1.1' or '1.0'.", NULL},
-    {"keep_alive", get_keep_alive, NULL,
-     "Whether the connection stays open after this request.", NULL},
-    {"client", get_client, NULL,
-     "Client address: (host, port) over TCP, None over a Unix socket.", NULL},
+    {"keep_alive", get_keep_alive, NULL, "Whether the connection stays open after this request.",
+     NULL},
+    {"client", get_client, NULL, "Client address: (host, port) over TCP, None over a Unix socket.",
+     NULL},
     {"server", get_server, NULL,
      "Address the connection arrived on: (host, port), or the Unix socket path.", NULL},
     {"params", get_params, set_params, "Path parameters set by the router (a dict).", NULL},
@@ -703,18 +701,16 @@ static PyObject *request_json(PyObject *op, PyObject *unused) {
   return r;
 }
 
-PyDoc_STRVAR(reply_doc,
-             "reply(response=b'', status=None, headers=None)\n\n"
-             "Answer this request, now or later, from any thread. `response` is\n"
-             "anything a handler may return (Response, bytes, str, dict, list, int,\n"
-             "tuple); `status` and `headers`, when given, apply to a plain body.\n"
-             "Raises RuntimeError if the request was already answered.");
+PyDoc_STRVAR(reply_doc, "reply(response=b'', status=None, headers=None)\n\n"
+                        "Answer this request, now or later, from any thread. `response` is\n"
+                        "anything a handler may return (Response, bytes, str, dict, list, int,\n"
+                        "tuple); `status` and `headers`, when given, apply to a plain body.\n"
+                        "Raises RuntimeError if the request was already answered.");
 
 static PyObject *request_reply(PyObject *op, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"response", "status", "headers", NULL};
   PyObject *body = NULL, *status = Py_None, *headers = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOO:reply", kwlist, &body, &status,
-                                   &headers))
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OOO:reply", kwlist, &body, &status, &headers))
     return NULL;
   RequestObject *self = REQ(op);
   if (self->live == NULL) {
@@ -731,8 +727,7 @@ static PyObject *request_reply(PyObject *op, PyObject *args, PyObject *kwargs) {
   } else {
     PyObject *empty = body ? NULL : PyBytes_FromStringAndSize("", 0);
     PyObject *code = status == Py_None ? PyLong_FromLong(200) : Py_NewRef(status);
-    result = (code && (body || empty)) ? PyTuple_Pack(3, body ? body : empty, code, headers)
-                                       : NULL;
+    result = (code && (body || empty)) ? PyTuple_Pack(3, body ? body : empty, code, headers) : NULL;
     Py_XDECREF(code);
     Py_XDECREF(empty);
   }
@@ -756,8 +751,7 @@ static int size_arg(PyObject *o, Py_ssize_t *out) {
     return 0;
   }
   if (!PyLong_Check(o)) {
-    PyErr_Format(PyExc_TypeError, "size must be an int or None, not %.100s",
-                 Py_TYPE(o)->tp_name);
+    PyErr_Format(PyExc_TypeError, "size must be an int or None, not %.100s", Py_TYPE(o)->tp_name);
     return -1;
   }
   Py_ssize_t n = PyLong_AsSsize_t(o);
@@ -863,9 +857,7 @@ static void push_back(RequestObject *self, PyObject *chunks) {
   Py_XSETREF(self->unread, all);
 }
 
-static int is_main_thread(pyb_state *st) {
-  return PyThread_get_thread_ident() == st->main_thread;
-}
+static int is_main_thread(pyb_state *st) { return PyThread_get_thread_ident() == st->main_thread; }
 
 /* read() of a streamed body: wait (without the GIL) for what is asked. */
 static PyObject *read_stream(RequestObject *self, Py_ssize_t size, double timeout) {
@@ -927,14 +919,13 @@ fail:
   return NULL;
 }
 
-PyDoc_STRVAR(read_doc,
-             "read(size=-1, timeout=None) -> bytes\n\n"
-             "Read the body: up to `size` bytes (all that remains when size < 0),\n"
-             "b'' at its end. A streamed body (body_streaming) is waited for with the\n"
-             "GIL released, for at most `timeout` seconds (TimeoutError); raises\n"
-             "ClientDisconnected if the client left before the end. Call it from a\n"
-             "worker thread: on the engine's thread it cannot wait (RuntimeError).\n"
-             "A buffered body is handed out in successive slices.");
+PyDoc_STRVAR(read_doc, "read(size=-1, timeout=None) -> bytes\n\n"
+                       "Read the body: up to `size` bytes (all that remains when size < 0),\n"
+                       "b'' at its end. A streamed body (body_streaming) is waited for with the\n"
+                       "GIL released, for at most `timeout` seconds (TimeoutError); raises\n"
+                       "ClientDisconnected if the client left before the end. Call it from a\n"
+                       "worker thread: on the engine's thread it cannot wait (RuntimeError).\n"
+                       "A buffered body is handed out in successive slices.");
 
 static PyObject *request_read(PyObject *op, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"size", "timeout", NULL};
@@ -1140,14 +1131,13 @@ static PyObject *request_add_disconnect_callback(PyObject *op, PyObject *fn) {
   Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(start_doc,
-             "start(status, headers=None)\n\n"
-             "Begin a streamed answer: send the status line and headers now, the\n"
-             "body with write() and end(). With a Content-Length header the body is\n"
-             "sent as it is and must be that long; otherwise HTTP/1.1 clients get it\n"
-             "chunked and HTTP/1.0 clients until the connection closes. headers as\n"
-             "for reply(); no Content-Type is added. Any thread. RuntimeError if the\n"
-             "request was answered or start() already called.");
+PyDoc_STRVAR(start_doc, "start(status, headers=None)\n\n"
+                        "Begin a streamed answer: send the status line and headers now, the\n"
+                        "body with write() and end(). With a Content-Length header the body is\n"
+                        "sent as it is and must be that long; otherwise HTTP/1.1 clients get it\n"
+                        "chunked and HTTP/1.0 clients until the connection closes. headers as\n"
+                        "for reply(); no Content-Type is added. Any thread. RuntimeError if the\n"
+                        "request was answered or start() already called.");
 
 static PyObject *request_start(PyObject *op, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"status", "headers", NULL};
@@ -1172,8 +1162,7 @@ static PyObject *request_start(PyObject *op, PyObject *args, PyObject *kwargs) {
   if (status == -1 && PyErr_Occurred())
     return NULL;
   if (status < 0 || status > 999 || !pmu_status_valid((int)status)) {
-    PyErr_Format(PyExc_ValueError, "a streamed answer's status must be 200..999, not %ld",
-                 status);
+    PyErr_Format(PyExc_ValueError, "a streamed answer's status must be 200..999, not %ld", status);
     return NULL;
   }
   pyb_built built;
@@ -1188,8 +1177,9 @@ static PyObject *request_start(PyObject *op, PyObject *args, PyObject *kwargs) {
   if (rc == -ENOMEM)
     return PyErr_NoMemory();
   if (rc < 0)
-    pyb_log_warning(self->st, "the engine refused the streamed answer's head (status %ld) and "
-                              "sent 500 instead",
+    pyb_log_warning(self->st,
+                    "the engine refused the streamed answer's head (status %ld) and "
+                    "sent 500 instead",
                     status);
   Py_RETURN_NONE;
 }
@@ -1248,14 +1238,13 @@ static int queue_write(RequestObject *self, PyObject *data) {
   return rc;
 }
 
-PyDoc_STRVAR(write_doc,
-             "write(data, wait=True) -> bool\n\n"
-             "Queue a piece of the streamed answer (bytes-like, or str sent as UTF-8).\n"
-             "With wait, when more than output_high_water bytes are unsent, block\n"
-             "(GIL released) until the engine has sent down to half of it or the\n"
-             "client left. Returns True, or False once the client is gone (the data\n"
-             "is dropped: stop producing and call end()). On an engine thread it\n"
-             "never waits.");
+PyDoc_STRVAR(write_doc, "write(data, wait=True) -> bool\n\n"
+                        "Queue a piece of the streamed answer (bytes-like, or str sent as UTF-8).\n"
+                        "With wait, when more than output_high_water bytes are unsent, block\n"
+                        "(GIL released) until the engine has sent down to half of it or the\n"
+                        "client left. Returns True, or False once the client is gone (the data\n"
+                        "is dropped: stop producing and call end()). On an engine thread it\n"
+                        "never waits.");
 
 static PyObject *request_write(PyObject *op, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"data", "wait", NULL};
@@ -1298,11 +1287,10 @@ static PyObject *request_write(PyObject *op, PyObject *args, PyObject *kwargs) {
   }
 }
 
-PyDoc_STRVAR(write_async_doc,
-             "write_async(data) -> awaitable of bool\n\n"
-             "write() for asyncio code: queues data at once, and the result is\n"
-             "ready when the unsent bytes are at most output_high_water again\n"
-             "(True) or the client has left (False).");
+PyDoc_STRVAR(write_async_doc, "write_async(data) -> awaitable of bool\n\n"
+                              "write() for asyncio code: queues data at once, and the result is\n"
+                              "ready when the unsent bytes are at most output_high_water again\n"
+                              "(True) or the client has left (False).");
 
 static PyObject *request_write_async(PyObject *op, PyObject *data) {
   RequestObject *self = REQ(op);
@@ -1370,14 +1358,13 @@ static PyObject *request_end(PyObject *op, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(abort_doc,
-             "abort()\n\n"
-             "Cut the streamed answer short because producing it failed: what was\n"
-             "written is sent, then the connection is closed without completing the\n"
-             "body (no last chunk, or short of the Content-Length), so that neither\n"
-             "the client nor a cache takes it for whole. Any thread; after end() or\n"
-             "abort() it does nothing. A handler that raises after start(), and a\n"
-             "started request dropped before end(), are aborted the same way.");
+PyDoc_STRVAR(abort_doc, "abort()\n\n"
+                        "Cut the streamed answer short because producing it failed: what was\n"
+                        "written is sent, then the connection is closed without completing the\n"
+                        "body (no last chunk, or short of the Content-Length), so that neither\n"
+                        "the client nor a cache takes it for whole. Any thread; after end() or\n"
+                        "abort() it does nothing. A handler that raises after start(), and a\n"
+                        "started request dropped before end(), are aborted the same way.");
 
 static PyObject *request_abort(PyObject *op, PyObject *unused) {
   RequestObject *self = REQ(op);
@@ -1411,17 +1398,14 @@ static PyObject *request_repr(PyObject *op) {
 static PyMethodDef request_methods[] = {
     {"header", (PyCFunction)(void (*)(void))request_header, METH_FASTCALL, header_doc},
     {"json", request_json, METH_NOARGS, json_doc},
-    {"reply", (PyCFunction)(void (*)(void))request_reply, METH_VARARGS | METH_KEYWORDS,
-     reply_doc},
+    {"reply", (PyCFunction)(void (*)(void))request_reply, METH_VARARGS | METH_KEYWORDS, reply_doc},
     {"read", (PyCFunction)(void (*)(void))request_read, METH_VARARGS | METH_KEYWORDS, read_doc},
     {"read_async", (PyCFunction)(void (*)(void))request_read_async, METH_VARARGS | METH_KEYWORDS,
      read_async_doc},
     {"add_disconnect_callback", request_add_disconnect_callback, METH_O,
      add_disconnect_callback_doc},
-    {"start", (PyCFunction)(void (*)(void))request_start, METH_VARARGS | METH_KEYWORDS,
-     start_doc},
-    {"write", (PyCFunction)(void (*)(void))request_write, METH_VARARGS | METH_KEYWORDS,
-     write_doc},
+    {"start", (PyCFunction)(void (*)(void))request_start, METH_VARARGS | METH_KEYWORDS, start_doc},
+    {"write", (PyCFunction)(void (*)(void))request_write, METH_VARARGS | METH_KEYWORDS, write_doc},
     {"write_async", request_write_async, METH_O, write_async_doc},
     {"end", request_end, METH_NOARGS, end_doc},
     {"abort", request_abort, METH_NOARGS, abort_doc},
@@ -1447,14 +1431,10 @@ static PyType_Slot request_slots[] = {
 #if PY_VERSION_HEX < 0x030A0000
     {Py_tp_new, request_new},
 #endif
-    {Py_tp_dealloc, request_dealloc},
-    {Py_tp_traverse, request_traverse},
-    {Py_tp_clear, request_clear},
-    {Py_tp_repr, request_repr},
-    {Py_tp_getset, request_getset},
-    {Py_tp_methods, request_methods},
-    {Py_tp_doc, (void *)request_doc},
-    {0, NULL},
+    {Py_tp_dealloc, request_dealloc}, {Py_tp_traverse, request_traverse},
+    {Py_tp_clear, request_clear},     {Py_tp_repr, request_repr},
+    {Py_tp_getset, request_getset},   {Py_tp_methods, request_methods},
+    {Py_tp_doc, (void *)request_doc}, {0, NULL},
 };
 
 #ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION

@@ -78,11 +78,11 @@ static void jb_free(jbuf *b) {
   b->len = 0;
 }
 
-#define JB_PUT(b, c)                                                                          \
-  do {                                                                                        \
-    if ((b)->len == (b)->cap && jb_grow((b), 1) < 0)                                          \
-      return -1;                                                                              \
-    (b)->data[(b)->len++] = (c);                                                              \
+#define JB_PUT(b, c)                                 \
+  do {                                               \
+    if ((b)->len == (b)->cap && jb_grow((b), 1) < 0) \
+      return -1;                                     \
+    (b)->data[(b)->len++] = (c);                     \
   } while (0)
 
 static int jb_write(jbuf *b, const char *s, size_t n) {
@@ -96,8 +96,12 @@ static int jb_write(jbuf *b, const char *s, size_t n) {
 static const char hexdigits[] = "0123456789abcdef";
 
 static int jb_escape_unit(jbuf *b, unsigned c) {
-  char e[6] = {'\\', 'u', hexdigits[(c >> 12) & 15], hexdigits[(c >> 8) & 15],
-               hexdigits[(c >> 4) & 15], hexdigits[c & 15]};
+  char e[6] = {'\\',
+               'u',
+               hexdigits[(c >> 12) & 15],
+               hexdigits[(c >> 8) & 15],
+               hexdigits[(c >> 4) & 15],
+               hexdigits[c & 15]};
   return jb_write(b, e, 6);
 }
 
@@ -268,8 +272,8 @@ static const pmu_header_t text_plain_header[] = {
     {"Content-Type", 12, "text/plain; charset=utf-8", 25},
 };
 static const char body_500[] = "Internal Server Error";
-const pmu_response_t pyb_response_500 = {500, text_plain_header, 1, body_500,
-                                         sizeof body_500 - 1, NULL, NULL};
+const pmu_response_t pyb_response_500 = {
+    500, text_plain_header, 1, body_500, sizeof body_500 - 1, NULL, NULL};
 
 static void built_init(pyb_built *b) {
   memset(&b->response, 0, sizeof b->response);
@@ -311,17 +315,15 @@ static int keep(pyb_built *b, PyObject *obj) {
  * every byte of every header name sent). */
 static const unsigned char tchar[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
-    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
-    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
-    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1,  ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1,  ['N'] = 1, ['O'] = 1,
+    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,  ['V'] = 1, ['W'] = 1,
+    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1,  ['d'] = 1, ['e'] = 1,
+    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1, ['m'] = 1,
+    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1,  ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
 /* Point (*p, *n) at the bytes of a header name or value: str (UTF-8),
@@ -372,8 +374,9 @@ static int push_header(pyb_built *b, const char *name, Py_ssize_t nlen, const ch
   for (Py_ssize_t i = 0; i < vlen; i++) {
     unsigned char c = (unsigned char)value[i];
     if (c < 32 && (c == '\r' || c == '\n' || c == '\0')) {
-      header_error(name, nlen, "header %R: value contains CR, LF or NUL (header injection "
-                               "refused)");
+      header_error(name, nlen,
+                   "header %R: value contains CR, LF or NUL (header injection "
+                   "refused)");
       return -1;
     }
   }
@@ -604,9 +607,8 @@ int pyb_build_response(pyb_state *st, PyObject *result, pyb_built *b) {
      * (status, body) as in WSGI: an int first item tells them apart. */
     Py_ssize_t n = PyTuple_GET_SIZE(result);
     if (n < 2 || n > 3) {
-      PyErr_SetString(PyExc_TypeError,
-                      "a handler may return a tuple (body, status[, headers]) or "
-                      "(status, headers, body)");
+      PyErr_SetString(PyExc_TypeError, "a handler may return a tuple (body, status[, headers]) or "
+                                       "(status, headers, body)");
       return -1;
     }
     PyObject *first = PyTuple_GET_ITEM(result, 0);
@@ -712,8 +714,8 @@ static int response_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"body", "status", "headers", "content_type", NULL};
   PyObject *body = NULL, *headers = Py_None, *content_type = NULL;
   int status = 200;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OiOO:Response", kwlist, &body, &status,
-                                   &headers, &content_type))
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OiOO:Response", kwlist, &body, &status, &headers,
+                                   &content_type))
     return -1;
   pyb_state *st = pyb_state_from_type(Py_TYPE(op));
   if (check_status(status) < 0)
@@ -956,12 +958,12 @@ static PyObject *response_repr(PyObject *op) {
 }
 
 static PyMethodDef response_methods[] = {
-    {"json", (PyCFunction)(void (*)(void))response_json,
-     METH_VARARGS | METH_KEYWORDS | METH_CLASS, json_doc},
-    {"text", (PyCFunction)(void (*)(void))response_text,
-     METH_VARARGS | METH_KEYWORDS | METH_CLASS, text_doc},
-    {"html", (PyCFunction)(void (*)(void))response_html,
-     METH_VARARGS | METH_KEYWORDS | METH_CLASS, html_doc},
+    {"json", (PyCFunction)(void (*)(void))response_json, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     json_doc},
+    {"text", (PyCFunction)(void (*)(void))response_text, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     text_doc},
+    {"html", (PyCFunction)(void (*)(void))response_html, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     html_doc},
     {"redirect", (PyCFunction)(void (*)(void))response_redirect,
      METH_VARARGS | METH_KEYWORDS | METH_CLASS, redirect_doc},
     {NULL},
@@ -975,16 +977,11 @@ PyDoc_STRVAR(response_doc,
              "None. See also Response.json(), .text(), .html(), .redirect().");
 
 static PyType_Slot response_slots[] = {
-    {Py_tp_init, response_init},
-    {Py_tp_new, response_new},
-    {Py_tp_dealloc, response_dealloc},
-    {Py_tp_traverse, response_traverse},
-    {Py_tp_clear, response_clear},
-    {Py_tp_repr, response_repr},
-    {Py_tp_getset, response_getset},
-    {Py_tp_methods, response_methods},
-    {Py_tp_doc, (void *)response_doc},
-    {0, NULL},
+    {Py_tp_init, response_init},       {Py_tp_new, response_new},
+    {Py_tp_dealloc, response_dealloc}, {Py_tp_traverse, response_traverse},
+    {Py_tp_clear, response_clear},     {Py_tp_repr, response_repr},
+    {Py_tp_getset, response_getset},   {Py_tp_methods, response_methods},
+    {Py_tp_doc, (void *)response_doc}, {0, NULL},
 };
 
 PyType_Spec pyb_response_spec = {

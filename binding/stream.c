@@ -137,12 +137,12 @@ void pyb_reqio_link(pyb_reqio *io, pmu_request_t *request) {
  * argument is a stolen reference or NULL. read_waiter gets a read_ready
  * step on its loop; each drain waiter's future gets `drained`; callbacks
  * are called with no argument. Errors are logged, never raised. */
-static void wake_python(pyb_state *st, PyObject *read_waiter, PyObject *drain_waiters,
-                        int drained, PyObject *callbacks) {
+static void wake_python(pyb_state *st, PyObject *read_waiter, PyObject *drain_waiters, int drained,
+                        PyObject *callbacks) {
   if (read_waiter != NULL) {
     PyObject *loop = PyTuple_GET_ITEM(read_waiter, 0);
-    PyObject *r = PyObject_CallMethod(loop, "call_soon_threadsafe", "OO", st->read_ready,
-                                      read_waiter);
+    PyObject *r =
+        PyObject_CallMethod(loop, "call_soon_threadsafe", "OO", st->read_ready, read_waiter);
     if (r == NULL)
       pyb_log_exception(st, "could not wake a read_async() waiter", NULL);
     Py_XDECREF(r);
@@ -318,8 +318,7 @@ int pyb_reqio_take(pyb_reqio *io, Py_ssize_t size, PyObject *waiter, PyObject **
   if (waiter != NULL) {
     if (io->read_waiter != NULL) {
       pthread_mutex_unlock(&io->lock);
-      PyErr_SetString(PyExc_RuntimeError,
-                      "another read_async() on this request is still waiting");
+      PyErr_SetString(PyExc_RuntimeError, "another read_async() on this request is still waiting");
       return PYB_READ_ERROR;
     }
     io->read_waiter = Py_NewRef(waiter);

@@ -76,8 +76,8 @@ pmu__conn_t *pmu__conn_new(pmu__loop_t *loop, int fd) {
 }
 
 void pmu__conn_arm_recv(pmu__conn_t *c) {
-  if (pmu__prep_recv(&c->loop->ring, c->fd, c->fixed, c->loop->bufs.bgid,
-                     PMU__UD(c, OP_RECV)) < 0) {
+  if (pmu__prep_recv(&c->loop->ring, c->fd, c->fixed, c->loop->bufs.bgid, PMU__UD(c, OP_RECV)) <
+      0) {
     c->loop->sqe_short = 1; /* no SQE: armed again at the end of a later turn */
     pmu__loop_schedule_resume(c->loop, c);
     return;

@@ -111,9 +111,8 @@ static void req_destroy(pmu__req_t *r) {
 void pmu__req_free(pmu__req_t *r) {
   pmu__loop_t *loop = r->loop;
   size_t big = big_bytes(r);
-  if (pmu__current_loop != loop || loop->nfree_reqs >= MAX_FREE_REQS ||
-      r->data_cap > BIG_BUF_MAX || r->out_cap > BIG_BUF_MAX ||
-      loop->pool_big_bytes + big > BIG_POOL_BUDGET) {
+  if (pmu__current_loop != loop || loop->nfree_reqs >= MAX_FREE_REQS || r->data_cap > BIG_BUF_MAX ||
+      r->out_cap > BIG_BUF_MAX || loop->pool_big_bytes + big > BIG_POOL_BUDGET) {
     req_destroy(r);
     return;
   }
@@ -464,7 +463,8 @@ static int valid_authority(const char *s, size_t n) {
   } else {
     for (; i < n && s[i] != ':'; i++) {
       if (s[i] == '%') {
-        if (i + 2 >= n || !hex_digit((unsigned char)s[i + 1]) || !hex_digit((unsigned char)s[i + 2]))
+        if (i + 2 >= n || !hex_digit((unsigned char)s[i + 1]) ||
+            !hex_digit((unsigned char)s[i + 2]))
           return 0;
         i += 2;
       } else if (!host_char((unsigned char)s[i])) {
@@ -604,7 +604,7 @@ static int on_headers_complete(llhttp_t *p) {
     return fail(c, 413);
   int expects_body = chunked || (has_length && p->content_length > 0);
   if (p->http_major != 1)
-    return fail(c, p->http_major == 0 ? 400 : 505); /* HTTP/0.9 or 2+ on this port */
+    return fail(c, p->http_major == 0 ? 400 : 505);             /* HTTP/0.9 or 2+ on this port */
   c->data_end = (p->flags & F_CHUNKED) ? 0 : p->content_length; /* for pmu__http_feed */
   int refuse = check_head(c, r, p);
   if (refuse)
@@ -657,7 +657,7 @@ static int on_chunk_header(llhttp_t *p) {
   if (c->body_bytes + p->content_length > c->loop->server->cfg.max_body_bytes)
     return fail(c, 413);
   c->data_end = c->body_bytes + p->content_length; /* for pmu__http_feed */
-  c->last_cb = 0; /* trailers, if any, start afresh */
+  c->last_cb = 0;                                  /* trailers, if any, start afresh */
   return 0;
 }
 
@@ -748,8 +748,8 @@ static int finalize(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
   q->body = q->body_len ? r->data + c->body_off : NULL;
   q->http_major = p->http_major;
   q->http_minor = p->http_minor;
-  q->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade && !c->loop->stopping &&
-                  !c->close_asked;
+  q->keep_alive =
+      llhttp_should_keep_alive(p) && !p->upgrade && !c->loop->stopping && !c->close_asked;
   q->is_head = p->method == HTTP_HEAD;
   q->thread = (uint16_t)c->loop->index;
   q->conn_id = c->id;
@@ -882,8 +882,7 @@ void pmu__conn_send_error(pmu__conn_t *c, int status) {
 static size_t execute(pmu__conn_t *c, const char *data, size_t from, size_t to, int *stop) {
   enum llhttp_errno err = from < to ? llhttp_execute(&c->parser, data + from, to - from) : HPE_OK;
   switch (err) {
-  case HPE_OK:
-    return to;
+  case HPE_OK: return to;
   case HPE_PAUSED:
     c->llhttp_paused = 1;
     *stop = 1;

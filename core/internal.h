@@ -31,9 +31,9 @@
 #define PIPELINE_TURN 32
 
 /* Relaxed counters: written by one thread, read by any. */
-#define STAT_ADD(loop, field, n)                                                              \
-  __atomic_store_n(&(loop)->stats.field,                                                      \
-                   __atomic_load_n(&(loop)->stats.field, __ATOMIC_RELAXED) + (uint64_t)(n),   \
+#define STAT_ADD(loop, field, n)                                                            \
+  __atomic_store_n(&(loop)->stats.field,                                                    \
+                   __atomic_load_n(&(loop)->stats.field, __ATOMIC_RELAXED) + (uint64_t)(n), \
                    __ATOMIC_RELAXED)
 
 typedef struct pmu__loop pmu__loop_t;
@@ -70,9 +70,9 @@ struct pmu__seg {
   uint8_t post_len; /* 2: CRLF after the data (chunked) */
   char pre[21];
   const char *data;
-  size_t len;       /* data bytes */
-  size_t body;      /* bytes counted in req->unsent */
-  size_t sent;      /* of pre + data + post */
+  size_t len;  /* data bytes */
+  size_t body; /* bytes counted in req->unsent */
+  size_t sent; /* of pre + data + post */
   void (*release)(void *);
   void *ctx;
   char inline_data[]; /* copied data, when not released by the producer */
@@ -103,9 +103,9 @@ struct pmu__req {
   pmu__req_t *next;  /* connection FIFO, or the loop's free list */
   pmu__req_t *qnext; /* the loop's cross-thread answer queue */
   uint8_t kind;
-  uint8_t answered;    /* out holds the response */
+  uint8_t answered;     /* out holds the response */
   uint8_t status_class; /* status / 100 of the answer serialized, counted on arrival */
-  uint8_t close_after; /* close the connection once this response is sent */
+  uint8_t close_after;  /* close the connection once this response is sent */
   uint8_t with_handler; /* handed to the handler and not answered yet */
 
   /* What the request keeps: url, header names and values, body. */
@@ -128,17 +128,17 @@ struct pmu__req {
 
   /* A streamed answer. Producer side (any thread): stream_state, mode,
    * remaining. Loop side: streaming, segs. Shared: unsent, want_drain, gone. */
-  uint8_t stream_state; /* 0 none, 1 started, 2 ended */
-  uint8_t stream_mode;  /* enum pmu__stream_mode */
-  uint8_t stream_broken; /* enum pmu__stream_broken: an allocation failed */
-  pmu__seg_t *end_seg;  /* the end piece, allocated at start so that
-                           pmu_respond_end() never fails for want of memory */
-  uint8_t streaming;    /* loop side: this request's output is its segs */
-  uint8_t aborted;      /* producer side, read by the loop after the end
-                           arrives: the answer failed half-way (counted, and
-                           the connection closes without completing it) */
-  uint8_t overflowed;   /* producer side: more than the Content-Length was
-                           written (cut off; the connection closes) */
+  uint8_t stream_state;      /* 0 none, 1 started, 2 ended */
+  uint8_t stream_mode;       /* enum pmu__stream_mode */
+  uint8_t stream_broken;     /* enum pmu__stream_broken: an allocation failed */
+  pmu__seg_t *end_seg;       /* the end piece, allocated at start so that
+                                pmu_respond_end() never fails for want of memory */
+  uint8_t streaming;         /* loop side: this request's output is its segs */
+  uint8_t aborted;           /* producer side, read by the loop after the end
+                                arrives: the answer failed half-way (counted, and
+                                the connection closes without completing it) */
+  uint8_t overflowed;        /* producer side: more than the Content-Length was
+                                written (cut off; the connection closes) */
   uint64_t stream_remaining; /* STREAM_LENGTH: bytes still allowed */
   pmu__seg_t *seg_head, *seg_tail;
   atomic_size_t unsent;
@@ -181,10 +181,10 @@ struct pmu__conn {
   uint64_t id;
   llhttp_t parser;
 
-  pmu__req_t *cur;          /* being parsed */
-  pmu__req_t *head, *tail;  /* FIFO of responses owed, in request order */
-  unsigned pending;         /* FIFO length */
-  size_t out_queued;        /* answered bytes not yet sent */
+  pmu__req_t *cur;         /* being parsed */
+  pmu__req_t *head, *tail; /* FIFO of responses owed, in request order */
+  unsigned pending;        /* FIFO length */
+  size_t out_queued;       /* answered bytes not yet sent */
 
   uint16_t ops; /* SQEs in flight that name this connection */
   uint8_t recv_armed;
@@ -192,26 +192,26 @@ struct pmu__conn {
   uint8_t zc_wait_notif;
   uint8_t closing;
   uint8_t peer_eof;
-  uint8_t no_more;   /* parse nothing more: after Connection: close or an error */
-  uint8_t paused;    /* backpressure: parser paused, recv cancelled */
+  uint8_t no_more; /* parse nothing more: after Connection: close or an error */
+  uint8_t paused;  /* backpressure: parser paused, recv cancelled */
   uint8_t cancel_sent;
-  uint8_t pstate;    /* enum pmu__parse_state */
-  uint8_t served;    /* at least one request began */
-  uint8_t last_cb;   /* parser glue: 0 none, 1 header name, 2 header value */
+  uint8_t pstate;            /* enum pmu__parse_state */
+  uint8_t served;            /* at least one request began */
+  uint8_t last_cb;           /* parser glue: 0 none, 1 header name, 2 header value */
   uint32_t trailer_name_len; /* the trailer field name being read */
-  uint8_t llhttp_paused; /* llhttp returned HPE_PAUSED; resume before feeding */
-  uint8_t lingering; /* sent a closing error: discard input until EOF or timeout */
-  uint8_t linger_on_close; /* close through lingering (input may be unread) */
-  uint8_t counted;   /* holds a place in server->open_conns */
-  uint16_t error_status;  /* status to answer a parse error with */
+  uint8_t llhttp_paused;     /* llhttp returned HPE_PAUSED; resume before feeding */
+  uint8_t lingering;         /* sent a closing error: discard input until EOF or timeout */
+  uint8_t linger_on_close;   /* close through lingering (input may be unread) */
+  uint8_t counted;           /* holds a place in server->open_conns */
+  uint16_t error_status;     /* status to answer a parse error with */
 
   /* Parser glue: absolute stream offsets, to detect obs-fold. */
-  uint64_t fed;            /* bytes fed to llhttp before the current chunk */
-  const char *chunk;       /* start of the chunk being fed */
-  uint64_t value_end;      /* absolute offset just past the last value span */
-  uint64_t data_end;       /* body_bytes at the end of the body or chunk being read */
-  uint8_t cr_pending;      /* the last byte fed was a CR of the framing: LF must follow */
-  uint8_t close_asked;     /* a Connection header of this request has "close" */
+  uint64_t fed;        /* bytes fed to llhttp before the current chunk */
+  const char *chunk;   /* start of the chunk being fed */
+  uint64_t value_end;  /* absolute offset just past the last value span */
+  uint64_t data_end;   /* body_bytes at the end of the body or chunk being read */
+  uint8_t cr_pending;  /* the last byte fed was a CR of the framing: LF must follow */
+  uint8_t close_asked; /* a Connection header of this request has "close" */
   size_t header_bytes;
   size_t body_bytes;
 
@@ -247,7 +247,7 @@ struct pmu__conn {
   pmu__list_t body_link;  /* loop->body_paused: reads paused for a body backlog */
   size_t body_off;        /* where the body starts in cur->data */
 
-  int zc_res; /* result of a SEND_ZC awaiting its notification */
+  int zc_res;         /* result of a SEND_ZC awaiting its notification */
   pmu__sendbuf_t *sb; /* held only while a send is in flight */
   size_t send_len;
 
@@ -274,8 +274,8 @@ struct pmu__loop {
 
   pmu_request_t **batch;
   unsigned batch_len;
-  uint64_t batch_gen; /* dispatches so far */
-  uint64_t turn_gen;  /* turns so far */
+  uint64_t batch_gen;     /* dispatches so far */
+  uint64_t turn_gen;      /* turns so far */
   uint64_t rate_check_ms; /* next look at receive rates; UINT64_MAX: none due */
 
   /* Lists of connections (core/list.h), through the pmu__conn_t links of
@@ -284,9 +284,9 @@ struct pmu__loop {
   pmu__list_t rearm;
   pmu__list_t grave;
   pmu__list_t body_paused; /* waiting for handlers to consume streamed bodies */
-  pmu__req_t *dead; /* answered orphans, freed at the end of the turn */
-  long outstanding; /* requests with the handler, not answered yet */
-  int *free_slots;  /* fixed-file slots not in use (registered_files) */
+  pmu__req_t *dead;        /* answered orphans, freed at the end of the turn */
+  long outstanding;        /* requests with the handler, not answered yet */
+  int *free_slots;         /* fixed-file slots not in use (registered_files) */
   unsigned nfree_slots;
   pmu__list_t all;
   unsigned nconns;
@@ -309,7 +309,7 @@ struct pmu__loop {
   pthread_mutex_t qlock;
   pmu__req_t *qhead, *qtail;
   pmu__seg_t *sqhead, *sqtail; /* stream pieces from other threads */
-  int exited; /* under qlock: the loop is gone; answers free directly */
+  int exited;                  /* under qlock: the loop is gone; answers free directly */
   int wake_fd;
   int wake_armed;
 
@@ -324,8 +324,8 @@ struct pmu_server {
   pmu_config_t cfg;
   char *host, *unix_path, *server_header;
   size_t server_header_len;
-  char *spool_dir;              /* cfg.body_spool_dir resolved */
-  atomic_size_t body_bytes;     /* request body bytes in memory, against the budget */
+  char *spool_dir;          /* cfg.body_spool_dir resolved */
+  atomic_size_t body_bytes; /* request body bytes in memory, against the budget */
   unsigned nloops;
   pmu__loop_t *loops;
   uint16_t port;

@@ -80,7 +80,7 @@ static inline void pmu__list_move(pmu__list_t *from, pmu__list_t *to) {
 
 /* Walk the list anchored at anchor; l is each link in turn, and n the next
  * one, read before the body runs: the body may unlink l (but not n). */
-#define PMU__LIST_FOREACH_SAFE(anchor, l, n)                                                    \
+#define PMU__LIST_FOREACH_SAFE(anchor, l, n) \
   for ((l) = (anchor)->next, (n) = (l)->next; (l) != (anchor); (l) = (n), (n) = (l)->next)
 
 #endif /* PMU_LIST_H */

@@ -148,8 +148,8 @@ static void accept_backoff(pmu__loop_t *loop, int err) {
   if (cfg->log && (!loop->accept_log_ms || loop->now_ms - loop->accept_log_ms >= 1000)) {
     loop->accept_log_ms = loop->now_ms ? loop->now_ms : 1;
     char msg[200];
-    snprintf(msg, sizeof msg, "accept failed: %s (%s); pausing accepts for %u ms",
-             strerror(err), accept_errno_name(err), cfg->accept_backoff_ms);
+    snprintf(msg, sizeof msg, "accept failed: %s (%s); pausing accepts for %u ms", strerror(err),
+             accept_errno_name(err), cfg->accept_backoff_ms);
     cfg->log(cfg->handler_data, PMU_LOG_WARNING, msg);
   }
 }
@@ -161,8 +161,7 @@ static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
     if (loop->stopping)
       close_listener(loop);
   }
-  if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM ||
-      cqe->res == -ENOBUFS) {
+  if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM || cqe->res == -ENOBUFS) {
     if (!loop->stopping)
       accept_backoff(loop, -cqe->res);
     return;
@@ -284,7 +283,7 @@ static void on_wake(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   /* Handlers may have consumed streamed bodies that paused reading. */
   pmu__list_t *l, *next;
   PMU__LIST_FOREACH_SAFE(&loop->body_paused, l, next)
-    pmu__conn_maybe_resume(PMU__LIST_ENTRY(l, pmu__conn_t, body_link));
+  pmu__conn_maybe_resume(PMU__LIST_ENTRY(l, pmu__conn_t, body_link));
   if (!loop->stopping && atomic_load(&loop->server->stop_requested))
     begin_stop(loop);
 }
@@ -292,18 +291,10 @@ static void on_wake(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
 static void handle_cqe(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   void *ptr = PMU__UD_PTR(cqe->user_data);
   switch (PMU__UD_OP(cqe->user_data)) {
-  case OP_ACCEPT:
-    on_accept(loop, cqe);
-    break;
-  case OP_RECV:
-    on_recv(ptr, cqe);
-    break;
-  case OP_SEND:
-    on_send_cqe(ptr, cqe);
-    break;
-  case OP_WAKE:
-    on_wake(loop, cqe);
-    break;
+  case OP_ACCEPT: on_accept(loop, cqe); break;
+  case OP_RECV: on_recv(ptr, cqe); break;
+  case OP_SEND: on_send_cqe(ptr, cqe); break;
+  case OP_WAKE: on_wake(loop, cqe); break;
   case OP_CANCEL:
     if (ptr != loop) {
       pmu__conn_t *conn = ptr;
@@ -315,8 +306,7 @@ static void handle_cqe(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
         pmu__loop_schedule_resume(loop, conn); /* resume may have waited for this */
     }
     break;
-  default:
-    break;
+  default: break;
   }
 }
 
@@ -330,7 +320,7 @@ static void begin_stop(pmu__loop_t *loop) {
   /* Idle connections close now; busy ones once their answers are out. */
   pmu__list_t *l, *n;
   PMU__LIST_FOREACH_SAFE(&loop->all, l, n)
-    pmu__conn_timer_update(PMU__LIST_ENTRY(l, pmu__conn_t, all_link));
+  pmu__conn_timer_update(PMU__LIST_ENTRY(l, pmu__conn_t, all_link));
 }
 
 static void expire_timers(pmu__loop_t *loop) {
@@ -355,7 +345,7 @@ static void expire_timers(pmu__loop_t *loop) {
   if (loop->stopping && now >= loop->stop_deadline) {
     pmu__list_t *l, *n;
     PMU__LIST_FOREACH_SAFE(&loop->all, l, n)
-      pmu__conn_close(PMU__LIST_ENTRY(l, pmu__conn_t, all_link));
+    pmu__conn_close(PMU__LIST_ENTRY(l, pmu__conn_t, all_link));
   }
 }
 
@@ -449,8 +439,7 @@ static void wait_failed(pmu__loop_t *loop, int err) {
   if (cfg->log && (!loop->wait_log_ms || now - loop->wait_log_ms >= 1000)) {
     loop->wait_log_ms = now ? now : 1;
     char msg[160];
-    snprintf(msg, sizeof msg, "io_uring wait failed: %s (errno %d); retrying", strerror(err),
-             err);
+    snprintf(msg, sizeof msg, "io_uring wait failed: %s (errno %d); retrying", strerror(err), err);
     cfg->log(cfg->handler_data, PMU_LOG_ERROR, msg);
   }
   if (!pmu__ring_cq_ready(&loop->ring)) {
@@ -465,8 +454,8 @@ static void run(pmu__loop_t *loop) {
   for (;;) {
     /* Connections capped last turn resume at the end of this one: no
      * waiting for a completion then. */
-    int rc = pmu__submit_and_wait(&loop->ring,
-                                  pmu__list_is_empty(&loop->rearm) ? next_wait(loop) : 0);
+    int rc =
+        pmu__submit_and_wait(&loop->ring, pmu__list_is_empty(&loop->rearm) ? next_wait(loop) : 0);
     /* ETIME is a timer; EINTR a signal; both mean "look again". */
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
       wait_failed(loop, -rc);
@@ -486,8 +475,8 @@ static void run(pmu__loop_t *loop) {
     STAT_ADD(loop, cqes, seen);
     pmu__loop_dispatch(loop);
 
-    if (!loop->stopping && atomic_load_explicit(&loop->server->stop_requested,
-                                                memory_order_relaxed))
+    if (!loop->stopping &&
+        atomic_load_explicit(&loop->server->stop_requested, memory_order_relaxed))
       begin_stop(loop);
     end_of_turn(loop);
     if (loop->stopping && loop->nconns == 0 && !loop->accept_armed)

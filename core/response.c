@@ -120,10 +120,10 @@ static size_t put_u64(char *p, uint64_t v) {
   return n;
 }
 
-#define PUT(p, s, n)                                                                          \
-  do {                                                                                        \
-    memcpy((p), (s), (n));                                                                    \
-    (p) += (n);                                                                               \
+#define PUT(p, s, n)       \
+  do {                     \
+    memcpy((p), (s), (n)); \
+    (p) += (n);            \
   } while (0)
 #define PUT_LIT(p, lit) PUT(p, lit, sizeof(lit) - 1)
 
@@ -206,8 +206,8 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
     static const pmu_header_t ct = {"Content-Type", 12, "text/plain; charset=utf-8", 25};
     if (resp->body_release)
       resp->body_release(resp->body_ctx);
-    pmu_response_t fallback = {.status = 500, .headers = &ct, .header_count = 1,
-                               .body = msg, .body_len = sizeof msg - 1};
+    pmu_response_t fallback = {
+        .status = 500, .headers = &ct, .header_count = 1, .body = msg, .body_len = sizeof msg - 1};
     serialize(r, &fallback, date, stopping, 0);
     if (stream)
       r->stream_mode = STREAM_NOBODY; /* the 500 is the whole answer */
@@ -275,8 +275,7 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
       if (name_eq(h, "transfer-encoding", 17))
         continue;
       break;
-    default:
-      break;
+    default: break;
     }
     PUT(p, h->name, h->name_len);
     PUT_LIT(p, ": ");
@@ -346,8 +345,8 @@ void pmu__engine_message(pmu__req_t *r, int status, int keep_open) {
   memcpy(body, reason, n);
   body[n++] = '\n';
   static const pmu_header_t ct = {"Content-Type", 12, "text/plain; charset=utf-8", 25};
-  pmu_response_t resp = {.status = status, .headers = &ct, .header_count = 1, .body = body,
-                         .body_len = n};
+  pmu_response_t resp = {
+      .status = status, .headers = &ct, .header_count = 1, .body = body, .body_len = n};
   r->pub.keep_alive = (uint8_t)keep_open;
   r->pub.http_major = 1;
   r->pub.http_minor = 1;
@@ -425,8 +424,11 @@ static void hand_over(pmu__req_t *r) {
 
 int pmu_respond_simple(pmu_request_t *request, int status, const pmu_header_t *headers,
                        size_t header_count, const void *body, size_t body_len) {
-  pmu_response_t resp = {.status = status, .headers = headers, .header_count = header_count,
-                         .body = body, .body_len = body_len};
+  pmu_response_t resp = {.status = status,
+                         .headers = headers,
+                         .header_count = header_count,
+                         .body = body,
+                         .body_len = body_len};
   return pmu_respond(request, &resp);
 }
 

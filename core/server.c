@@ -79,12 +79,12 @@ static int config_resolve(pmu_server_t *s) {
     return -EINVAL;
   }
   /* The ranges of PMU_CONFIG_KNOBS (a STR knob is not checked). */
-#define CHECK_RANGE(type, name, def, unit, min, max, doc)                                     \
-  if (!in_range_##type(c->name, min, max)) {                                                  \
-    pmu__set_error(s, "%s must be %lld..%llu%s%s (got %llu)", #name, (long long)(min),        \
-                   (unsigned long long)(max), unit[0] ? " " : "", unit,                       \
-                   (unsigned long long)c->name);                                              \
-    return -EINVAL;                                                                           \
+#define CHECK_RANGE(type, name, def, unit, min, max, doc)                              \
+  if (!in_range_##type(c->name, min, max)) {                                           \
+    pmu__set_error(s, "%s must be %lld..%llu%s%s (got %llu)", #name, (long long)(min), \
+                   (unsigned long long)(max), unit[0] ? " " : "", unit,                \
+                   (unsigned long long)c->name);                                       \
+    return -EINVAL;                                                                    \
   }
   PMU_CONFIG_KNOBS(CHECK_RANGE)
 #undef CHECK_RANGE
@@ -167,8 +167,7 @@ static int tcp_listener(pmu_server_t *s) {
     close(fd);
     return err;
   }
-  if (bind(fd, (struct sockaddr *)&s->bound, s->bound_len) < 0 ||
-      listen(fd, s->cfg.backlog) < 0) {
+  if (bind(fd, (struct sockaddr *)&s->bound, s->bound_len) < 0 || listen(fd, s->cfg.backlog) < 0) {
     int err = -errno;
     close(fd);
     return err;
@@ -228,8 +227,7 @@ static int given_listener(pmu_server_t *s) {
   if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) < 0)
     return listen_fd_error(s, fd);
   n = sizeof type;
-  if (!listening || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n) < 0 ||
-      type != SOCK_STREAM) {
+  if (!listening || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n) < 0 || type != SOCK_STREAM) {
     pmu__set_error(s, "listen_fd %d is not a listening stream socket (call listen() on it)", fd);
     return -EINVAL;
   }
@@ -289,12 +287,11 @@ static int open_listeners(pmu_server_t *s) {
 static void explain_ring_error(pmu_server_t *s, int err) {
   switch (err) {
   case -EPERM:
-    pmu__set_error(s,
-                   "io_uring is refused (EPERM): either kernel.io_uring_disabled is set "
-                   "(fix: sysctl -w kernel.io_uring_disabled=0, or add this user to "
-                   "kernel.io_uring_group) or a seccomp profile blocks io_uring_setup "
-                   "(Docker's default does: run with --security-opt seccomp=unconfined or a "
-                   "profile that allows io_uring_setup, io_uring_enter, io_uring_register)");
+    pmu__set_error(s, "io_uring is refused (EPERM): either kernel.io_uring_disabled is set "
+                      "(fix: sysctl -w kernel.io_uring_disabled=0, or add this user to "
+                      "kernel.io_uring_group) or a seccomp profile blocks io_uring_setup "
+                      "(Docker's default does: run with --security-opt seccomp=unconfined or a "
+                      "profile that allows io_uring_setup, io_uring_enter, io_uring_register)");
     break;
   case -ENOSYS:
     pmu__set_error(s, "io_uring is not available in this kernel (ENOSYS): it needs Linux 6.0 "
@@ -308,8 +305,7 @@ static void explain_ring_error(pmu_server_t *s, int err) {
     pmu__set_error(s, "the kernel refused this io_uring setup (EINVAL): multishot receive and "
                       "provided-buffer rings need Linux 6.0 or newer; check pmu_probe()");
     break;
-  default:
-    pmu__set_error(s, "io_uring setup failed: %s", strerror(-err));
+  default: pmu__set_error(s, "io_uring setup failed: %s", strerror(-err));
   }
 }
 

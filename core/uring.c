@@ -62,8 +62,7 @@ int pmu__ring_setup(struct io_uring *ring, const pmu_config_t *cfg, pmu_ring_inf
   return 0;
 }
 
-int pmu__bufring_setup(struct io_uring *ring, pmu__bufring_t *b, unsigned count,
-                       unsigned size) {
+int pmu__bufring_setup(struct io_uring *ring, pmu__bufring_t *b, unsigned count, unsigned size) {
   memset(b, 0, sizeof *b);
   b->count = count;
   b->size = size;
@@ -76,8 +75,7 @@ int pmu__bufring_setup(struct io_uring *ring, pmu__bufring_t *b, unsigned count,
   void *br = mmap(NULL, b->br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (br == MAP_FAILED)
     return -errno;
-  void *mem = mmap(NULL, b->mem_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1,
-                   0);
+  void *mem = mmap(NULL, b->mem_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (mem == MAP_FAILED) {
     int err = -errno;
     munmap(br, b->br_bytes);
@@ -254,8 +252,7 @@ int pmu__ring_probe(pmu_probe_t *out) {
   io_uring_queue_exit(&ring);
 
   out->single_issuer = ring_accepts(IORING_SETUP_SINGLE_ISSUER);
-  out->defer_taskrun =
-      ring_accepts(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+  out->defer_taskrun = ring_accepts(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
   out->coop_taskrun = ring_accepts(IORING_SETUP_COOP_TASKRUN);
   return 0;
 }

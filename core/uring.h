@@ -54,8 +54,7 @@ typedef struct pmu__bufring {
 int pmu__ring_setup(struct io_uring *ring, const pmu_config_t *cfg, pmu_ring_info_t *info);
 
 /* mmap, register and fill a buffer ring of cfg->buf_count x cfg->buf_size. */
-int pmu__bufring_setup(struct io_uring *ring, pmu__bufring_t *b, unsigned count,
-                       unsigned size);
+int pmu__bufring_setup(struct io_uring *ring, pmu__bufring_t *b, unsigned count, unsigned size);
 void pmu__bufring_free(struct io_uring *ring, pmu__bufring_t *b);
 
 static inline char *pmu__bufring_addr(const pmu__bufring_t *b, unsigned bid) {

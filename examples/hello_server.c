@@ -47,8 +47,11 @@ static void no_release(void *ctx) { (void)ctx; }
 static void answer(pmu_request_t *r) {
   if (path_is(r, "/16k") || path_is(r, "/1m")) {
     /* Static bytes: handed to the engine without a copy. */
-    pmu_response_t resp = {.status = 200, .headers = octet_headers, .header_count = 1,
-                           .body = x_bytes, .body_len = path_is(r, "/1m") ? 1 << 20 : 16 << 10,
+    pmu_response_t resp = {.status = 200,
+                           .headers = octet_headers,
+                           .header_count = 1,
+                           .body = x_bytes,
+                           .body_len = path_is(r, "/1m") ? 1 << 20 : 16 << 10,
                            .body_release = no_release};
     pmu_respond(r, &resp);
   } else if (path_is(r, "/echo")) {
@@ -90,8 +93,8 @@ static void print_stats(const pmu_server_t *server) {
   pmu_server_stats(server, -1, &s);
   const char *sep = "";
   fprintf(stderr, "PMU_STATS {");
-#define SCALAR(name, kind, doc)                                                               \
-  fprintf(stderr, "%s\"%s\":%llu", sep, #name, (unsigned long long)s.name);                   \
+#define SCALAR(name, kind, doc)                                             \
+  fprintf(stderr, "%s\"%s\":%llu", sep, #name, (unsigned long long)s.name); \
   sep = ",";
 #define ARRAY(name, size, doc) print_array(#name, s.name, size, &sep);
   PMU_STATS_FIELDS(SCALAR, ARRAY)
@@ -128,15 +131,15 @@ static void print_SIZE(size_t v) { printf("%zu", v); }
  * empty. Numbers are read as strtol reads them (0x.. works). */
 static void knobs_from_env(pmu_config_t *c) {
   char name[64];
-#define FROM_ENV(type, field, def, unit, min, max, doc)                                       \
-  {                                                                                           \
-    snprintf(name, sizeof name, "PMU_%s", #field);                                            \
-    for (char *p = name; *p; p++)                                                             \
-      if (*p >= 'a' && *p <= 'z')                                                             \
-        *p = (char)(*p - 'a' + 'A');                                                          \
-    const char *v = getenv(name);                                                             \
-    if (v && *v)                                                                              \
-      set_##type(&c->field, v);                                                               \
+#define FROM_ENV(type, field, def, unit, min, max, doc) \
+  {                                                     \
+    snprintf(name, sizeof name, "PMU_%s", #field);      \
+    for (char *p = name; *p; p++)                       \
+      if (*p >= 'a' && *p <= 'z')                       \
+        *p = (char)(*p - 'a' + 'A');                    \
+    const char *v = getenv(name);                       \
+    if (v && *v)                                        \
+      set_##type(&c->field, v);                         \
   }
   PMU_CONFIG_KNOBS(FROM_ENV)
 #undef FROM_ENV
@@ -146,9 +149,9 @@ static void knobs_from_env(pmu_config_t *c) {
 static void print_config(const pmu_config_t *c) {
   const char *sep = "";
   printf("PMU_CONFIG {");
-#define PRINT(type, field, def, unit, min, max, doc)                                          \
-  printf("%s\"%s\":", sep, #field);                                                           \
-  print_##type(c->field);                                                                     \
+#define PRINT(type, field, def, unit, min, max, doc) \
+  printf("%s\"%s\":", sep, #field);                  \
+  print_##type(c->field);                            \
   sep = ",";
   PMU_CONFIG_KNOBS(PRINT)
 #undef PRINT

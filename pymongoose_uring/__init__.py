@@ -25,6 +25,7 @@ from ._server import Knob, Server, config_defaults, knobs, probe
 
 try:
     from ._native import _pmu as _ext
+
     Request = _ext.Request
     del _ext
 except AttributeError:  # pragma: no cover - extension missing

@@ -1,4 +1,5 @@
 """python -m pymongoose_uring: the command line (pymongoose_uring.cli)."""
+
 import sys
 
 from .cli import main

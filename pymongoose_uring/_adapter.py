@@ -24,8 +24,10 @@ access_log = logging.getLogger("pymongoose_uring.access")
 
 # The keywords Server() accepts besides app, host and port.
 _SERVER_PARAMS = frozenset(
-    name for name, p in inspect.signature(Server.__init__).parameters.items()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    name
+    for name, p in inspect.signature(Server.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+)
 
 
 def server_options(options: Dict[str, Any]) -> Dict[str, Any]:
@@ -36,16 +38,29 @@ def server_options(options: Dict[str, Any]) -> Dict[str, Any]:
     return options
 
 
-def log_access(client: Union[Tuple[str, int], str, None], method: str, target: str,
-               version: str, status: Union[int, str], length: Optional[int]) -> None:
+def log_access(
+    client: Union[Tuple[str, int], str, None],
+    method: str,
+    target: str,
+    version: str,
+    status: Union[int, str],
+    length: Optional[int],
+) -> None:
     """One access-log line, in the common shape:
     ``127.0.0.1:5000 - "GET /path HTTP/1.1" 200 27``."""
     if isinstance(client, tuple):
         who = "%s:%s" % client
     else:
         who = client or "-"
-    access_log.info('%s - "%s %s HTTP/%s" %s %s', who, method, target, version, status,
-                    "-" if length is None else length)
+    access_log.info(
+        '%s - "%s %s HTTP/%s" %s %s',
+        who,
+        method,
+        target,
+        version,
+        status,
+        "-" if length is None else length,
+    )
 
 
 def declared_length(headers: Iterable[Tuple[Any, Any]]) -> Optional[int]:
@@ -67,13 +82,26 @@ def length_mismatch(kind: str, method: str, target: str, sent: int, declared: in
     """Warn that an app's body did not match its Content-Length, and say what
     the engine does about it."""
     if sent < declared:
-        log.warning("%s %s: the %s app's body has %d bytes, fewer than its Content-Length "
-                    "%d; closed the connection after them so that the client sees the answer "
-                    "incomplete", method, target, kind, sent, declared)
+        log.warning(
+            "%s %s: the %s app's body has %d bytes, fewer than its Content-Length "
+            "%d; closed the connection after them so that the client sees the answer "
+            "incomplete",
+            method,
+            target,
+            kind,
+            sent,
+            declared,
+        )
     else:
-        log.warning("%s %s: the %s app's body has %d bytes, more than its Content-Length "
-                    "%d; cut it off there and closed the connection", method, target, kind,
-                    sent, declared)
+        log.warning(
+            "%s %s: the %s app's body has %d bytes, more than its Content-Length "
+            "%d; cut it off there and closed the connection",
+            method,
+            target,
+            kind,
+            sent,
+            declared,
+        )
 
 
 # Whom X-Forwarded-* headers are believed from when nobody says: the local
@@ -126,8 +154,10 @@ class ProxyHeaders:
                 try:
                     self.hosts.add(str(ipaddress.ip_address(item)))
                 except ValueError:
-                    raise ValueError(f"forwarded_allow_ips: {item!r} is not an IP address, a "
-                                     "network, 'unix:' or '*'") from None
+                    raise ValueError(
+                        f"forwarded_allow_ips: {item!r} is not an IP address, a "
+                        "network, 'unix:' or '*'"
+                    ) from None
         self._verdicts: Dict[str, bool] = {}  # host -> in a trusted network
 
     def trusts_host(self, host: str) -> bool:
@@ -154,8 +184,9 @@ class ProxyHeaders:
             return self.trust_all or self.trust_unix
         return self.trusts_host(peer[0])
 
-    def client(self, forwarded_for: str,
-               peer: Optional[Tuple[str, int]]) -> Optional[Tuple[str, int]]:
+    def client(
+        self, forwarded_for: str, peer: Optional[Tuple[str, int]]
+    ) -> Optional[Tuple[str, int]]:
         """The client an ``X-Forwarded-For`` value names (from a trusted peer)."""
         hosts = [h for h in (part.strip() for part in forwarded_for.split(",")) if h]
         if not hosts:
@@ -172,8 +203,9 @@ class ProxyHeaders:
         return proto if proto in ("http", "https") else scheme
 
 
-def trusted_proxies(enabled: bool, trusted: Union[str, Iterable[str], None]
-                  ) -> Optional[ProxyHeaders]:
+def trusted_proxies(
+    enabled: bool, trusted: Union[str, Iterable[str], None]
+) -> Optional[ProxyHeaders]:
     """The adapters' proxy_headers/forwarded_allow_ips options as one object,
     or None when the headers are not to be read."""
     if not enabled:
@@ -196,8 +228,7 @@ class AdapterServer:
 
     server: Server
 
-    def __init__(self, handler: Handler, host: str, port: int,
-                 options: Dict[str, Any]) -> None:
+    def __init__(self, handler: Handler, host: str, port: int, options: Dict[str, Any]) -> None:
         self._handler = handler
         self._host, self._port = host, port
         self._options = server_options(dict(options))
@@ -308,6 +339,7 @@ def detect_interface(app: object) -> str:
     WSGI, ``handler(request)`` native. Raises ValueError when it cannot tell.
     """
     from ._routing import App
+
     if isinstance(app, App):
         return "native"
     if not callable(app):
@@ -318,7 +350,8 @@ def detect_interface(app: object) -> str:
         if call is not None and not inspect.isbuiltin(call) and not isinstance(app, type):
             fn = getattr(app, "__call__")  # noqa: B004, B009 (keeps fn an object for mypy)
     is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__func__", None))
+        getattr(fn, "__func__", None)
+    )
     n = _positional_count(fn)
     if n is None:
         raise ValueError(f"cannot tell the interface of {app!r}; give --interface")
@@ -334,5 +367,6 @@ def detect_interface(app: object) -> str:
         return "native"
     if n > 3 and not is_async:
         return "wsgi"
-    raise ValueError(f"cannot tell the interface of {app!r} ({n} positional parameters); "
-                     f"give --interface")
+    raise ValueError(
+        f"cannot tell the interface of {app!r} ({n} positional parameters); give --interface"
+    )

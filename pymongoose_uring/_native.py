@@ -29,6 +29,7 @@ if _pmu is not None:
     UnavailableError = _pmu.UnavailableError
     ClientDisconnected = _pmu.ClientDisconnected
 else:
+
     class Error(OSError):  # type: ignore[no-redef]
         """The engine refused: (errno, message naming the cause and the fix)."""
 
@@ -45,9 +46,13 @@ else:
     class Response:  # type: ignore[no-redef]
         """Pure-Python stand-in for pymongoose_uring._pmu.Response."""
 
-        def __init__(self, body: Union[bytes, bytearray, memoryview, str, None] = b"",
-                     status: int = 200, headers: HeadersLike = None,
-                     content_type: Optional[str] = _missing) -> None:
+        def __init__(
+            self,
+            body: Union[bytes, bytearray, memoryview, str, None] = b"",
+            status: int = 200,
+            headers: HeadersLike = None,
+            content_type: Optional[str] = _missing,
+        ) -> None:
             if body is None:
                 body = b""
             if isinstance(body, (bytearray, memoryview)):
@@ -55,9 +60,11 @@ else:
             if not isinstance(body, (bytes, str)):
                 raise TypeError("Response body must be bytes or str")
             if not 200 <= status <= 999:  # the engine's pmu_status_valid()
-                raise ValueError(f"HTTP status {status} cannot be sent: a final status is "
-                                 f"200..999 (1xx are interim answers, and protocol upgrades "
-                                 f"are not supported)")
+                raise ValueError(
+                    f"HTTP status {status} cannot be sent: a final status is "
+                    f"200..999 (1xx are interim answers, and protocol upgrades "
+                    f"are not supported)"
+                )
             if content_type is _missing:
                 content_type = _TEXT if isinstance(body, str) else "application/octet-stream"
             self._body, self.status, self.headers = body, status, headers
@@ -70,8 +77,9 @@ else:
 
         @classmethod
         def json(cls, data: Any, status: int = 200, headers: HeadersLike = None) -> "Response":
-            return cls(_json.dumps(data, separators=(",", ":")), status, headers,
-                       "application/json")
+            return cls(
+                _json.dumps(data, separators=(",", ":")), status, headers, "application/json"
+            )
 
         @classmethod
         def text(cls, text: str, status: int = 200, headers: HeadersLike = None) -> "Response":
@@ -82,8 +90,9 @@ else:
             return cls(html, status, headers, "text/html; charset=utf-8")
 
         @classmethod
-        def redirect(cls, location: str, status: int = 307,
-                     headers: HeadersLike = None) -> "Response":
+        def redirect(
+            cls, location: str, status: int = 307, headers: HeadersLike = None
+        ) -> "Response":
             pairs = [("Location", location)]
             if headers:
                 pairs += list(headers.items() if hasattr(headers, "items") else headers)

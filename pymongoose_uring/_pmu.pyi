@@ -105,8 +105,12 @@ class Request:
         """The client left while the request was unanswered (or its stream open)."""
     def header(self, name: str, default: Optional[str] = None) -> Optional[str]: ...
     def json(self) -> Any: ...
-    def reply(self, response: _HandlerResult = b"", status: Optional[int] = None,
-              headers: _HeadersLike = None) -> None:
+    def reply(
+        self,
+        response: _HandlerResult = b"",
+        status: Optional[int] = None,
+        headers: _HeadersLike = None,
+    ) -> None:
         """Answer now or later, from any thread; RuntimeError if already answered
         or a streamed answer was started."""
     def read(self, size: Optional[int] = -1, timeout: Optional[float] = None) -> bytes:
@@ -123,8 +127,7 @@ class Request:
     def write(self, data: Union[bytes, bytearray, memoryview, str], wait: bool = True) -> bool:
         """Queue a piece; with wait, block while more than output_high_water is
         unsent. False once the client is gone."""
-    def write_async(self, data: Union[bytes, bytearray, memoryview, str]
-                    ) -> "asyncio.Future[bool]":
+    def write_async(self, data: Union[bytes, bytearray, memoryview, str]) -> "asyncio.Future[bool]":
         """write() for asyncio code: the future is done once drained."""
     def end(self) -> None:
         """Finish the streamed answer; a second call does nothing."""
@@ -138,9 +141,13 @@ class Response:
     status: int
     headers: _HeadersLike
     content_type: Optional[str]
-    def __init__(self, body: Union[bytes, bytearray, memoryview, str, None] = b"",
-                 status: int = 200, headers: _HeadersLike = None,
-                 content_type: Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        body: Union[bytes, bytearray, memoryview, str, None] = b"",
+        status: int = 200,
+        headers: _HeadersLike = None,
+        content_type: Optional[str] = ...,
+    ) -> None: ...
     @property
     def body(self) -> bytes: ...
     @body.setter
@@ -152,8 +159,9 @@ class Response:
     @classmethod
     def html(cls, html: str, status: int = 200, headers: _HeadersLike = None) -> "Response": ...
     @classmethod
-    def redirect(cls, location: str, status: int = 307,
-                 headers: _HeadersLike = None) -> "Response": ...
+    def redirect(
+        cls, location: str, status: int = 307, headers: _HeadersLike = None
+    ) -> "Response": ...
 
 @final
 class Engine:
@@ -225,7 +233,9 @@ def config_defaults() -> Dict[str, Any]: ...
 def knobs() -> Dict[str, Tuple[str, Any, str, Optional[int], Optional[int], str]]:
     """Every engine knob: {name: (type, default, unit, min, max, doc)}, type 'str', 'int' or
     'bool'; min and max None for a string."""
+
 def counters() -> Dict[str, Tuple[str, str]]:
     """Every key of Engine.stats(): {name: (kind, doc)}, kind 'counter', 'gauge' or 'array'."""
+
 def requests_alive() -> int:
     """Request objects not yet freed, answered or not, in every server of this interpreter."""

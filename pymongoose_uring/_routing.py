@@ -35,12 +35,13 @@ def _compile(path: str) -> Tuple[Pattern[str], Dict[str, Callable[[str], Any]]]:
     for m in _PARAM.finditer(path):
         name, kind = m.group(1), m.group(2) or "str"
         if kind not in _CONVERTERS:
-            raise ValueError(f"unknown path converter {kind!r} in {path!r} "
-                             f"(use one of {', '.join(_CONVERTERS)})")
+            raise ValueError(
+                f"unknown path converter {kind!r} in {path!r} (use one of {', '.join(_CONVERTERS)})"
+            )
         if name in converters:
             raise ValueError(f"path parameter {name!r} appears twice in {path!r}")
         regex, conv = _CONVERTERS[kind]
-        parts.append(re.escape(path[pos:m.start()]))
+        parts.append(re.escape(path[pos : m.start()]))
         parts.append(f"(?P<{name}>{regex})")
         converters[name] = conv
         pos = m.end()
@@ -69,14 +70,14 @@ class App:
     def __init__(self) -> None:
         # Read by the C engine directly: {path: {METHOD: handler}}.
         self._static: Dict[str, Dict[str, Handler]] = {}
-        self._dynamic: List[Tuple[str, Pattern[str], Dict[str, Callable[[str], Any]],
-                                  Dict[str, Handler]]] = []
+        self._dynamic: List[
+            Tuple[str, Pattern[str], Dict[str, Callable[[str], Any]], Dict[str, Handler]]
+        ] = []
         self.not_found: Handler = _not_found
 
     # -- registration -------------------------------------------------------
 
-    def add_route(self, path: str, handler: Handler,
-                  methods: Iterable[str] = ("GET",)) -> None:
+    def add_route(self, path: str, handler: Handler, methods: Iterable[str] = ("GET",)) -> None:
         """Register ``handler`` for ``path`` and each of ``methods``."""
         if not path.startswith("/"):
             raise ValueError(f"route paths start with '/': {path!r}")
@@ -104,9 +105,11 @@ class App:
 
     def route(self, path: str, methods: Iterable[str] = ("GET",)) -> Callable[[Handler], Handler]:
         """Decorator form of :meth:`add_route`."""
+
         def register(handler: Handler) -> Handler:
             self.add_route(path, handler, methods)
             return handler
+
         return register
 
     def get(self, path: str) -> Callable[[Handler], Handler]:
@@ -163,8 +166,7 @@ class App:
         if allowed:
             if "GET" in allowed:
                 allowed.add("HEAD")
-            return Response.text("Method Not Allowed", 405,
-                                 {"Allow": ", ".join(sorted(allowed))})
+            return Response.text("Method Not Allowed", 405, {"Allow": ", ".join(sorted(allowed))})
         return self.not_found(request)
 
     # -- running ------------------------------------------------------------
@@ -172,6 +174,7 @@ class App:
     def run(self, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
         """``Server(self, host, port, **options).run()``."""
         from ._server import Server
+
         Server(self, host, port, **options).run()
 
 
@@ -184,4 +187,5 @@ def _pick(table: Dict[str, Handler], method: str) -> Optional[Handler]:
 
 def _intern(s: str) -> str:
     import sys
+
     return sys.intern(s)

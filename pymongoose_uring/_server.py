@@ -46,6 +46,7 @@ def say(message: str) -> None:
     sys.stderr.write(f"pymongoose_uring: {message}\n")
     sys.stderr.flush()
 
+
 __all__ = ["Server", "probe"]
 
 log = logging.getLogger("pymongoose_uring")
@@ -54,13 +55,36 @@ log = logging.getLogger("pymongoose_uring")
 # (include/pmu/pmu.h PMU_CONFIG_KNOBS); tests/python/test_knob_table.py checks this list, the
 # signature and the docstring against knobs().
 _ENGINE_OPTIONS = (
-    "backlog", "ring_entries", "cq_entries", "buf_count", "buf_size", "defer_taskrun",
-    "sqpoll", "sqpoll_idle_ms", "registered_files", "send_zc_threshold", "batch_max",
-    "max_header_bytes", "max_headers", "max_url_bytes", "max_body_bytes", "max_connections",
-    "max_pipelined", "output_high_water", "stream_body_threshold", "header_timeout_ms",
-    "keepalive_timeout_ms", "body_timeout_ms", "send_timeout_ms", "shutdown_timeout_ms",
-    "accept_backoff_ms", "server_header", "body_buffer_budget", "body_spool_dir",
-    "min_recv_rate", "min_rate_grace_ms",
+    "backlog",
+    "ring_entries",
+    "cq_entries",
+    "buf_count",
+    "buf_size",
+    "defer_taskrun",
+    "sqpoll",
+    "sqpoll_idle_ms",
+    "registered_files",
+    "send_zc_threshold",
+    "batch_max",
+    "max_header_bytes",
+    "max_headers",
+    "max_url_bytes",
+    "max_body_bytes",
+    "max_connections",
+    "max_pipelined",
+    "output_high_water",
+    "stream_body_threshold",
+    "header_timeout_ms",
+    "keepalive_timeout_ms",
+    "body_timeout_ms",
+    "send_timeout_ms",
+    "shutdown_timeout_ms",
+    "accept_backoff_ms",
+    "server_header",
+    "body_buffer_budget",
+    "body_spool_dir",
+    "min_recv_rate",
+    "min_rate_grace_ms",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -77,14 +101,22 @@ def probe() -> Dict[str, Any]:
     """
     if _native._pmu is None:
         import os
+
         here = os.path.dirname(os.path.abspath(__file__))
         hint = "it builds on Linux only; install with `pip install .` from a checkout"
         if os.path.exists(os.path.join(here, "..", "binding", "meson.build")):
-            hint = (f"this is the source tree at {here}, which has no compiled extension: "
-                    f"install with `pip install .` and run from another directory")
-        return {"available": False, "error": 0, "kernel": "", "features": 0,
-                "message": f"the C extension pymongoose_uring._pmu could not be loaded "
-                           f"({_native.IMPORT_ERROR}); {hint}"}
+            hint = (
+                f"this is the source tree at {here}, which has no compiled extension: "
+                f"install with `pip install .` and run from another directory"
+            )
+        return {
+            "available": False,
+            "error": 0,
+            "kernel": "",
+            "features": 0,
+            "message": f"the C extension pymongoose_uring._pmu could not be loaded "
+            f"({_native.IMPORT_ERROR}); {hint}",
+        }
     return _native._pmu.probe()
 
 
@@ -197,8 +229,7 @@ async def _drive(request: Request, coro: Awaitable[HandlerResult]) -> None:
             _abort_stream(request)
         raise
     except Exception:
-        log.exception("async handler raised; sent 500 for %s %s", request.method,
-                      request.target)
+        log.exception("async handler raised; sent 500 for %s %s", request.method, request.target)
         if not request.answered:
             request.reply(Response.text("Internal Server Error", 500))
         else:
@@ -207,14 +238,20 @@ async def _drive(request: Request, coro: Awaitable[HandlerResult]) -> None:
     if result is None:
         return  # answered with request.reply(), now or later
     if request.answered:
-        log.warning("%r: the async handler replied and also returned %s; the returned value "
-                    "was ignored", request, type(result).__name__)
+        log.warning(
+            "%r: the async handler replied and also returned %s; the returned value was ignored",
+            request,
+            type(result).__name__,
+        )
         return
     try:
         request.reply(result)
     except Exception:
-        log.exception("could not send the async handler's response; sent 500 for %s %s",
-                      request.method, request.target)
+        log.exception(
+            "could not send the async handler's response; sent 500 for %s %s",
+            request.method,
+            request.target,
+        )
         if not request.answered:
             request.reply(Response.text("Internal Server Error", 500))
 
@@ -239,6 +276,7 @@ def _stop_all() -> None:
 def _address_of(fd: int) -> Tuple[str, int, Optional[str]]:
     """(host, port, unix_path) of a listening socket given by its fd."""
     import socket
+
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
@@ -309,30 +347,47 @@ class Server:
     where io_uring cannot be used.
     """
 
-    def __init__(self, app: Handler, host: str = "127.0.0.1", port: int = 8000, *,
-                 unix_path: Optional[str] = None, threads: int = 1,
-                 listen_fd: Optional[int] = None, backlog: Optional[int] = None,
-                 ring_entries: Optional[int] = None, cq_entries: Optional[int] = None,
-                 buf_count: Optional[int] = None, buf_size: Optional[int] = None,
-                 defer_taskrun: Optional[bool] = None, sqpoll: Optional[bool] = None,
-                 sqpoll_idle_ms: Optional[int] = None, registered_files: Optional[bool] = None,
-                 send_zc_threshold: Optional[int] = None, batch_max: Optional[int] = None,
-                 max_header_bytes: Optional[int] = None, max_headers: Optional[int] = None,
-                 max_url_bytes: Optional[int] = None, max_body_bytes: Optional[int] = None,
-                 max_connections: Optional[int] = None, max_pipelined: Optional[int] = None,
-                 output_high_water: Optional[int] = None,
-                 stream_body_threshold: Optional[int] = 0,
-                 header_timeout_ms: Optional[int] = None,
-                 keepalive_timeout_ms: Optional[int] = None,
-                 body_timeout_ms: Optional[int] = None, send_timeout_ms: Optional[int] = None,
-                 shutdown_timeout_ms: Optional[int] = None,
-                 accept_backoff_ms: Optional[int] = None,
-                 server_header: Optional[str] = None,
-                 body_buffer_budget: Optional[int] = None,
-                 body_spool_dir: Optional[str] = None,
-                 min_recv_rate: Optional[int] = None,
-                 min_rate_grace_ms: Optional[int] = None,
-                 loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+    def __init__(
+        self,
+        app: Handler,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        unix_path: Optional[str] = None,
+        threads: int = 1,
+        listen_fd: Optional[int] = None,
+        backlog: Optional[int] = None,
+        ring_entries: Optional[int] = None,
+        cq_entries: Optional[int] = None,
+        buf_count: Optional[int] = None,
+        buf_size: Optional[int] = None,
+        defer_taskrun: Optional[bool] = None,
+        sqpoll: Optional[bool] = None,
+        sqpoll_idle_ms: Optional[int] = None,
+        registered_files: Optional[bool] = None,
+        send_zc_threshold: Optional[int] = None,
+        batch_max: Optional[int] = None,
+        max_header_bytes: Optional[int] = None,
+        max_headers: Optional[int] = None,
+        max_url_bytes: Optional[int] = None,
+        max_body_bytes: Optional[int] = None,
+        max_connections: Optional[int] = None,
+        max_pipelined: Optional[int] = None,
+        output_high_water: Optional[int] = None,
+        stream_body_threshold: Optional[int] = 0,
+        header_timeout_ms: Optional[int] = None,
+        keepalive_timeout_ms: Optional[int] = None,
+        body_timeout_ms: Optional[int] = None,
+        send_timeout_ms: Optional[int] = None,
+        shutdown_timeout_ms: Optional[int] = None,
+        accept_backoff_ms: Optional[int] = None,
+        server_header: Optional[str] = None,
+        body_buffer_budget: Optional[int] = None,
+        body_spool_dir: Optional[str] = None,
+        min_recv_rate: Optional[int] = None,
+        min_rate_grace_ms: Optional[int] = None,
+        loop: Optional[asyncio.AbstractEventLoop] = None,
+    ) -> None:
         _require_engine()
         if not callable(app):
             raise TypeError("app must be an App or a callable taking a request")
@@ -342,8 +397,12 @@ class Server:
         if listen_fd is not None:
             host, port, unix_path = _address_of(listen_fd)
         self.host = host
-        self._options: Dict[str, Any] = {"host": host, "port": port, "threads": threads,
-                                         "unix_path": unix_path}
+        self._options: Dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "threads": threads,
+            "unix_path": unix_path,
+        }
         if listen_fd is not None:
             self._options["listen_fd"] = listen_fd
         given = locals()
@@ -366,14 +425,18 @@ class Server:
             if self._engine is not None:
                 raise RuntimeError("the server is already running")
             from ._routing import App
+
             bridge = _AsyncBridge(self._loop)
             app = self.app
             if isinstance(app, App):
-                engine = _native._pmu.Engine(app._fallback, routes=app._static,
-                                             async_scheduler=bridge.schedule, **self._options)
+                engine = _native._pmu.Engine(
+                    app._fallback,
+                    routes=app._static,
+                    async_scheduler=bridge.schedule,
+                    **self._options,
+                )
             else:
-                engine = _native._pmu.Engine(app, async_scheduler=bridge.schedule,
-                                             **self._options)
+                engine = _native._pmu.Engine(app, async_scheduler=bridge.schedule, **self._options)
             engine.start()
             self._engine, self._bridge, self._final_stats = engine, bridge, None
             with _live_lock:
@@ -425,8 +488,9 @@ class Server:
         """Serve until SIGINT (Ctrl-C) or SIGTERM, then stop gracefully:
         in-flight requests finish, idle connections close."""
         stop_requested = threading.Event()
-        previous: Dict[signal.Signals, Union[Callable[[int, Optional[FrameType]], Any], int,
-                                             None]] = {}
+        previous: Dict[
+            signal.Signals, Union[Callable[[int, Optional[FrameType]], Any], int, None]
+        ] = {}
 
         def on_signal(signum: int, frame: Optional[FrameType]) -> None:
             log.info("%s received; stopping gracefully", signal.Signals(signum).name)
@@ -553,5 +617,4 @@ def knobs() -> Dict[str, Knob]:
     from it."""
     _require_engine()
     types = {"str": str, "int": int, "bool": bool}
-    return {name: Knob(types[kind], *rest)
-            for name, (kind, *rest) in _native._pmu.knobs().items()}
+    return {name: Knob(types[kind], *rest) for name, (kind, *rest) in _native._pmu.knobs().items()}

@@ -1,5 +1,6 @@
 """Type aliases for what handlers take and return, and for the WSGI and ASGI
 interfaces the adapters serve (for annotations only: nothing here runs)."""
+
 from __future__ import annotations
 
 from types import TracebackType
@@ -25,9 +26,22 @@ if TYPE_CHECKING:
     from ._pmu import Request, Response
 
 __all__ = [
-    "HeaderValue", "HeadersLike", "Body", "HandlerResult", "Handler", "AsyncHandler", "AsyncBatch",
-    "ExcInfo", "StartResponse", "WSGIEnviron", "WSGIApp",
-    "Scope", "Message", "Receive", "Send", "ASGIApp",
+    "HeaderValue",
+    "HeadersLike",
+    "Body",
+    "HandlerResult",
+    "Handler",
+    "AsyncHandler",
+    "AsyncBatch",
+    "ExcInfo",
+    "StartResponse",
+    "WSGIEnviron",
+    "WSGIApp",
+    "Scope",
+    "Message",
+    "Receive",
+    "Send",
+    "ASGIApp",
 ]
 
 # --- native handlers: handler(request) -> one of the forms the README lists.

@@ -102,19 +102,32 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
 class _Cycle:
     """One request's receive() and send()."""
 
-    __slots__ = ("request", "handler", "status", "headers", "started", "streaming", "done",
-                 "body_done", "gone", "waiter", "watching", "client", "sent")
+    __slots__ = (
+        "request",
+        "handler",
+        "status",
+        "headers",
+        "started",
+        "streaming",
+        "done",
+        "body_done",
+        "gone",
+        "waiter",
+        "watching",
+        "client",
+        "sent",
+    )
 
     def __init__(self, request: Request, handler: "ASGIHandler") -> None:
         self.request = request
         self.handler = handler
         self.status = 0
         self.headers: Any = None  # the app's, as it gave them (checked by the engine)
-        self.started = False    # http.response.start received
+        self.started = False  # http.response.start received
         self.streaming = False  # headers sent with request.start()
-        self.done = False       # the response is complete
+        self.done = False  # the response is complete
         self.body_done = False  # the last http.request message was given
-        self.gone = False       # the client left
+        self.gone = False  # the client left
         self.client: _Client = None  # scope["client"]
         self.sent = 0  # body bytes streamed
         self.waiter: Optional["asyncio.Future[None]"] = None
@@ -254,8 +267,11 @@ class _Lifespan:
             fut.set_result(message)
 
     async def _main(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
-                 "state": self.state}
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": self.state,
+        }
         try:
             await self.app(scope, self._receive, self._send)
         except BaseException as exc:
@@ -263,8 +279,11 @@ class _Lifespan:
             startup = self.events.get("startup")
             if self.mode == "auto" and startup is not None and not startup.done():
                 self.supported = False
-                log.info("the ASGI app does not support lifespan (%s: %s); going on "
-                         "without it", type(exc).__name__, exc)
+                log.info(
+                    "the ASGI app does not support lifespan (%s: %s); going on without it",
+                    type(exc).__name__,
+                    exc,
+                )
             else:
                 log.error("ASGI lifespan failed", exc_info=exc)
         finally:
@@ -313,10 +332,18 @@ class ASGIHandler:
     :class:`ASGIServer` does all of it.
     """
 
-    def __init__(self, app: ASGIApp, *, lifespan: str = "auto", root_path: str = "",
-                 loop: Union[str, asyncio.AbstractEventLoop] = "auto", scheme: str = "http",
-                 access_log: bool = False, proxy_headers: bool = True,
-                 forwarded_allow_ips: Union[str, Iterable[str], None] = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        lifespan: str = "auto",
+        root_path: str = "",
+        loop: Union[str, asyncio.AbstractEventLoop] = "auto",
+        scheme: str = "http",
+        access_log: bool = False,
+        proxy_headers: bool = True,
+        forwarded_allow_ips: Union[str, Iterable[str], None] = None,
+    ) -> None:
         if not callable(app):
             raise TypeError("app must be an ASGI 3 callable app(scope, receive, send)")
         if lifespan not in ("auto", "on", "off"):
@@ -329,8 +356,7 @@ class ASGIHandler:
         self.proxies = trusted_proxies(proxy_headers, forwarded_allow_ips)
         self.state: Dict[str, Any] = {}
         self._loop_kind = loop if isinstance(loop, str) else None
-        self.loop: Optional[asyncio.AbstractEventLoop] = (
-            None if isinstance(loop, str) else loop)
+        self.loop: Optional[asyncio.AbstractEventLoop] = None if isinstance(loop, str) else loop
         self._own_loop = isinstance(loop, str)
         self._thread: Optional[threading.Thread] = None
         self._lifespan: Optional[_Lifespan] = None
@@ -371,8 +397,12 @@ class ASGIHandler:
                 raise
         return self.loop
 
-    def _run(self, coro: Coroutine[Any, Any, _T], timeout: Optional[float],
-             loop: Optional[asyncio.AbstractEventLoop] = None) -> _T:
+    def _run(
+        self,
+        coro: Coroutine[Any, Any, _T],
+        timeout: Optional[float],
+        loop: Optional[asyncio.AbstractEventLoop] = None,
+    ) -> _T:
         target = loop or self.loop
         assert target is not None  # started
         fut = asyncio.run_coroutine_threadsafe(coro, target)
@@ -389,8 +419,13 @@ class ASGIHandler:
 
     async def _shutdown_tasks(self) -> None:
         me = asyncio.current_task()
-        tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()
-                 and (self._lifespan is None or t is not self._lifespan.task)]
+        tasks = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not me
+            and not t.done()
+            and (self._lifespan is None or t is not self._lifespan.task)
+        ]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -485,8 +520,9 @@ class ASGIHandler:
             scope["state"] = self.state.copy()
         return scope
 
-    def _forwarded(self, headers: List[Tuple[bytes, bytes]], client: _Client,
-                   scheme: str) -> Tuple[_Client, str]:
+    def _forwarded(
+        self, headers: List[Tuple[bytes, bytes]], client: _Client, scheme: str
+    ) -> Tuple[_Client, str]:
         """Client and scheme from a trusted proxy's X-Forwarded-* headers."""
         proxies = self.proxies
         assert proxies is not None  # only called when the peer is a trusted proxy
@@ -494,8 +530,9 @@ class ASGIHandler:
         for name, value in headers:
             if name[:12] == b"x-forwarded-":
                 if name == b"x-forwarded-for":
-                    forwarded_for = value if forwarded_for is None else (
-                        forwarded_for + b"," + value)
+                    forwarded_for = (
+                        value if forwarded_for is None else (forwarded_for + b"," + value)
+                    )
                 elif name == b"x-forwarded-proto":
                     forwarded_proto = value
         if forwarded_for is not None:
@@ -518,15 +555,21 @@ class ASGIHandler:
             return
         if not cycle.done:
             if cycle.streaming:
-                log.error("the ASGI app returned without finishing its streamed response; "
-                          "closed the connection without completing it: %s %s",
-                          request.method, request.target)
+                log.error(
+                    "the ASGI app returned without finishing its streamed response; "
+                    "closed the connection without completing it: %s %s",
+                    request.method,
+                    request.target,
+                )
                 request.abort()
                 cycle.done = True
             else:
-                log.error("the ASGI app returned without %s; sent 500 for %s %s",
-                          "a body" if cycle.started else "a response", request.method,
-                          request.target)
+                log.error(
+                    "the ASGI app returned without %s; sent 500 for %s %s",
+                    "a body" if cycle.started else "a response",
+                    request.method,
+                    request.target,
+                )
                 cycle.done = True
                 if not request.answered:
                     request.reply(Response(_ERROR_BODY, 500, _ERROR_HEADERS, None))
@@ -553,8 +596,7 @@ class ASGIHandler:
             self._log(request, cycle.client, cycle.status)
 
     def _log(self, request: Request, client: _Client, status: int) -> None:
-        log_access(client, request.method, request.target, request.http_version,
-                   status, None)
+        log_access(client, request.method, request.target, request.http_version, status, None)
 
     def _failed(self, request: Request, cycle: _Cycle, exc: BaseException) -> None:
         if isinstance(exc, asyncio.CancelledError):
@@ -562,16 +604,21 @@ class ASGIHandler:
         elif isinstance(exc, ConnectionError) and (cycle.gone or cycle.done):
             return  # the client left; nothing to answer
         else:
-            log.error("the ASGI app raised; %s %s", request.method, request.target,
-                      exc_info=exc)
+            log.error("the ASGI app raised; %s %s", request.method, request.target, exc_info=exc)
         cycle.done = True
         try:
             if cycle.streaming:
                 request.abort()  # the head is out: the client must see the body fail
             elif not request.answered:
                 status = 503 if isinstance(exc, asyncio.CancelledError) else 500
-                request.reply(Response(_ERROR_BODY if status == 500 else b"Service Unavailable",
-                                       status, _ERROR_HEADERS, None))
+                request.reply(
+                    Response(
+                        _ERROR_BODY if status == 500 else b"Service Unavailable",
+                        status,
+                        _ERROR_HEADERS,
+                        None,
+                    )
+                )
         except Exception:
             log.exception("could not answer after the ASGI app failed")
         cycle._wake()
@@ -587,16 +634,31 @@ class ASGIServer(AdapterServer):
     ``start()``/``run()`` before the server accepts; shutdown after it stops.
     """
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, *,
-                 lifespan: str = "auto", root_path: str = "",
-                 loop: Union[str, asyncio.AbstractEventLoop] = "auto",
-                 scheme: str = "http", access_log: bool = False, proxy_headers: bool = True,
-                 forwarded_allow_ips: Union[str, Iterable[str], None] = None,
-                 **server_options: Any) -> None:
-        self.handler = ASGIHandler(app, lifespan=lifespan, root_path=root_path, loop=loop,
-                                   scheme=scheme, access_log=access_log,
-                                   proxy_headers=proxy_headers,
-                                   forwarded_allow_ips=forwarded_allow_ips)
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        lifespan: str = "auto",
+        root_path: str = "",
+        loop: Union[str, asyncio.AbstractEventLoop] = "auto",
+        scheme: str = "http",
+        access_log: bool = False,
+        proxy_headers: bool = True,
+        forwarded_allow_ips: Union[str, Iterable[str], None] = None,
+        **server_options: Any,
+    ) -> None:
+        self.handler = ASGIHandler(
+            app,
+            lifespan=lifespan,
+            root_path=root_path,
+            loop=loop,
+            scheme=scheme,
+            access_log=access_log,
+            proxy_headers=proxy_headers,
+            forwarded_allow_ips=forwarded_allow_ips,
+        )
         super().__init__(self.handler, host, port, server_options)
 
     def _before_start(self) -> None:

@@ -41,19 +41,56 @@ if TYPE_CHECKING:
     from ._pmu import Request
 
 __all__ = [
-    "Manager", "Connection", "HttpMessage",
-    "MG_EV_ERROR", "MG_EV_OPEN", "MG_EV_POLL", "MG_EV_RESOLVE", "MG_EV_CONNECT",
-    "MG_EV_ACCEPT", "MG_EV_TLS_HS", "MG_EV_READ", "MG_EV_WRITE", "MG_EV_CLOSE",
-    "MG_EV_HTTP_HDRS", "MG_EV_HTTP_MSG", "MG_EV_WS_OPEN", "MG_EV_WS_MSG", "MG_EV_WS_CTL",
-    "MG_EV_MQTT_CMD", "MG_EV_MQTT_MSG", "MG_EV_MQTT_OPEN", "MG_EV_SNTP_TIME",
-    "MG_EV_WAKEUP", "MG_EV_USER",
+    "Manager",
+    "Connection",
+    "HttpMessage",
+    "MG_EV_ERROR",
+    "MG_EV_OPEN",
+    "MG_EV_POLL",
+    "MG_EV_RESOLVE",
+    "MG_EV_CONNECT",
+    "MG_EV_ACCEPT",
+    "MG_EV_TLS_HS",
+    "MG_EV_READ",
+    "MG_EV_WRITE",
+    "MG_EV_CLOSE",
+    "MG_EV_HTTP_HDRS",
+    "MG_EV_HTTP_MSG",
+    "MG_EV_WS_OPEN",
+    "MG_EV_WS_MSG",
+    "MG_EV_WS_CTL",
+    "MG_EV_MQTT_CMD",
+    "MG_EV_MQTT_MSG",
+    "MG_EV_MQTT_OPEN",
+    "MG_EV_SNTP_TIME",
+    "MG_EV_WAKEUP",
+    "MG_EV_USER",
 ]
 
 # Mongoose 7 event numbers, in its order.
-(MG_EV_ERROR, MG_EV_OPEN, MG_EV_POLL, MG_EV_RESOLVE, MG_EV_CONNECT, MG_EV_ACCEPT,
- MG_EV_TLS_HS, MG_EV_READ, MG_EV_WRITE, MG_EV_CLOSE, MG_EV_HTTP_HDRS, MG_EV_HTTP_MSG,
- MG_EV_WS_OPEN, MG_EV_WS_MSG, MG_EV_WS_CTL, MG_EV_MQTT_CMD, MG_EV_MQTT_MSG,
- MG_EV_MQTT_OPEN, MG_EV_SNTP_TIME, MG_EV_WAKEUP, MG_EV_USER) = range(21)
+(
+    MG_EV_ERROR,
+    MG_EV_OPEN,
+    MG_EV_POLL,
+    MG_EV_RESOLVE,
+    MG_EV_CONNECT,
+    MG_EV_ACCEPT,
+    MG_EV_TLS_HS,
+    MG_EV_READ,
+    MG_EV_WRITE,
+    MG_EV_CLOSE,
+    MG_EV_HTTP_HDRS,
+    MG_EV_HTTP_MSG,
+    MG_EV_WS_OPEN,
+    MG_EV_WS_MSG,
+    MG_EV_WS_CTL,
+    MG_EV_MQTT_CMD,
+    MG_EV_MQTT_MSG,
+    MG_EV_MQTT_OPEN,
+    MG_EV_SNTP_TIME,
+    MG_EV_WAKEUP,
+    MG_EV_USER,
+) = range(21)
 
 EventHandler = Callable[["Connection", int, Any], None]
 
@@ -139,11 +176,22 @@ class Connection:
     object to answer later, from any thread.
     """
 
-    __slots__ = ("_request", "_manager", "_handler", "_listen_addr", "_server", "userdata",
-                 "_close_after")
+    __slots__ = (
+        "_request",
+        "_manager",
+        "_handler",
+        "_listen_addr",
+        "_server",
+        "userdata",
+        "_close_after",
+    )
 
-    def __init__(self, manager: "Manager", handler: Optional[EventHandler] = None,
-                 request: Optional[Request] = None) -> None:
+    def __init__(
+        self,
+        manager: "Manager",
+        handler: Optional[EventHandler] = None,
+        request: Optional[Request] = None,
+    ) -> None:
         self._manager = manager
         self._handler = handler
         self._request = request
@@ -203,9 +251,12 @@ class Connection:
 
     # -- replying ----------------------------------------------------------
 
-    def reply(self, status_code: int,
-              body: Union[bytes, bytearray, memoryview, str, None] = b"",
-              headers: Optional[Dict[str, str]] = None) -> None:
+    def reply(
+        self,
+        status_code: int,
+        body: Union[bytes, bytearray, memoryview, str, None] = b"",
+        headers: Optional[Dict[str, str]] = None,
+    ) -> None:
         """Send the HTTP response: status, body (str is sent UTF-8 encoded,
         NUL bytes included), headers as a dict. No Content-Type is added."""
         request = self._request
@@ -246,8 +297,9 @@ def _parse_url(url: str) -> Tuple[str, int]:
         url = "http://" + (url if not url.startswith(":") else "0.0.0.0" + url)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "tcp", "ws"):
-        raise ValueError(f"unsupported listen URL {url!r}: only http:// is served "
-                         f"(no TLS, UDP or MQTT)")
+        raise ValueError(
+            f"unsupported listen URL {url!r}: only http:// is served (no TLS, UDP or MQTT)"
+        )
     host = parts.hostname or "0.0.0.0"
     if host == "localhost":
         host = "127.0.0.1"
@@ -260,15 +312,20 @@ class Manager:
     waits, ``close()`` stops them all. ``server_options`` (``threads``,
     ``max_body_bytes``, ...) go to every :class:`Server` it starts."""
 
-    def __init__(self, handler: Optional[EventHandler] = None, enable_wakeup: bool = False,
-                 **server_options: Any) -> None:
+    def __init__(
+        self,
+        handler: Optional[EventHandler] = None,
+        enable_wakeup: bool = False,
+        **server_options: Any,
+    ) -> None:
         self._handler = handler
         self._options = server_options
         self._listeners: List[Connection] = []
         self._closed = False
 
-    def listen(self, url: str, handler: Optional[EventHandler] = None, *,
-               http: bool = False) -> Connection:
+    def listen(
+        self, url: str, handler: Optional[EventHandler] = None, *, http: bool = False
+    ) -> Connection:
         """Listen on ``url`` and start serving at once. ``http=True`` is
         required (only HTTP is served). Returns the listening Connection;
         its ``local_addr`` gives the port bound (useful with port 0)."""
@@ -309,8 +366,9 @@ class Manager:
         time.sleep(max(timeout_ms, 0) / 1000.0)
 
     def wakeup(self, connection_id: int, data: bytes = b"") -> bool:
-        raise NotImplementedError("wakeup is not supported: keep conn and call conn.reply() "
-                                  "from any thread")
+        raise NotImplementedError(
+            "wakeup is not supported: keep conn and call conn.reply() from any thread"
+        )
 
     def close(self) -> None:
         """Stop every listener gracefully and release the servers."""

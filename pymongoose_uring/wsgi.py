@@ -233,8 +233,9 @@ class _StartResponse:
         self.streaming = False  # headers sent with request.start()
         self.sent = 0  # body bytes given to request.write()
 
-    def __call__(self, status: str, headers: List[Tuple[str, str]],
-                 exc_info: Optional[ExcInfo] = None) -> Callable[[bytes], None]:
+    def __call__(
+        self, status: str, headers: List[Tuple[str, str]], exc_info: Optional[ExcInfo] = None
+    ) -> Callable[[bytes], None]:
         if exc_info is not None:
             try:
                 if self.streaming:
@@ -242,8 +243,10 @@ class _StartResponse:
             finally:
                 exc_info = None
         elif self.status is not None:
-            raise AssertionError("start_response() was already called; pass exc_info to "
-                                 "replace the status and headers")
+            raise AssertionError(
+                "start_response() was already called; pass exc_info to "
+                "replace the status and headers"
+            )
         if type(status) is not str:
             raise TypeError(f"status must be a str such as '200 OK', not {type(status).__name__}")
         if type(headers) is not list:
@@ -314,7 +317,9 @@ def _join(chunks: Iterable[bytes]) -> bytes:
     except TypeError:
         for c in chunks:
             if not isinstance(c, (bytes, bytearray, memoryview)):
-                raise TypeError(f"the WSGI app's body yielded {type(c).__name__}, not bytes") from None
+                raise TypeError(
+                    f"the WSGI app's body yielded {type(c).__name__}, not bytes"
+                ) from None
         raise
 
 
@@ -330,12 +335,19 @@ class WSGIHandler:
     logs one line per request to the logger ``pymongoose_uring.access``.
     """
 
-    def __init__(self, app: WSGIApp, *, pool_threads: int = 8,
-                 url_scheme: str = "http", script_name: str = "",
-                 errors: Optional[IO[str]] = None,
-                 multiprocess: bool = False, access_log: bool = False,
-                 proxy_headers: bool = True,
-                 forwarded_allow_ips: Union[str, Iterable[str], None] = None) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        pool_threads: int = 8,
+        url_scheme: str = "http",
+        script_name: str = "",
+        errors: Optional[IO[str]] = None,
+        multiprocess: bool = False,
+        access_log: bool = False,
+        proxy_headers: bool = True,
+        forwarded_allow_ips: Union[str, Iterable[str], None] = None,
+    ) -> None:
         if not callable(app):
             raise TypeError("app must be a WSGI callable app(environ, start_response)")
         if pool_threads < 1:
@@ -381,8 +393,9 @@ class WSGIHandler:
             for i in range(self.pool_threads):
                 park = threading.Lock()
                 park.acquire()
-                t = threading.Thread(target=self._work, args=(park,),
-                                     name=f"pymongoose_uring-wsgi-{i}", daemon=True)
+                t = threading.Thread(
+                    target=self._work, args=(park,), name=f"pymongoose_uring-wsgi-{i}", daemon=True
+                )
                 t.start()
                 self._threads.append(t)
         return self
@@ -461,22 +474,24 @@ class WSGIHandler:
         env["REQUEST_METHOD"] = request.method
         raw = request.raw_path
         if "%" in raw:
-            path = unquote_to_bytes(raw if raw.isascii()
-                                    else raw.encode("utf-8", "surrogateescape")).decode("latin-1")
+            path = unquote_to_bytes(
+                raw if raw.isascii() else raw.encode("utf-8", "surrogateescape")
+            ).decode("latin-1")
         elif raw.isascii():
             path = raw
         else:
             path = _latin1(raw)
         script = self.script_name
         if script and (path == script or path.startswith(script + "/")):
-            path = path[len(script):]
+            path = path[len(script) :]
         env["PATH_INFO"] = path
         qs = request.query_string
         env["QUERY_STRING"] = qs if qs.isascii() else _latin1(qs)
         target = request.target
         env["RAW_URI"] = target if target.isascii() else _latin1(target)
         env["SERVER_PROTOCOL"] = _PROTOCOLS.get(request.http_version) or (
-            "HTTP/" + request.http_version)
+            "HTTP/" + request.http_version
+        )
         server = request.server
         names = self._servers.get(server)
         if names is None:
@@ -554,14 +569,27 @@ class WSGIHandler:
                     log.exception("the WSGI app's close() raised")
         if self.access_log:
             # REMOTE_ADDR: behind a trusted proxy, its client.
-            client = ((environ["REMOTE_ADDR"], environ["REMOTE_PORT"])
-                      if environ.get("REMOTE_ADDR") and "REMOTE_PORT" in environ else None)
-            log_access(client, environ["REQUEST_METHOD"], environ["RAW_URI"],
-                       request.http_version, status if status is not None else 500, None)
+            client = (
+                (environ["REMOTE_ADDR"], environ["REMOTE_PORT"])
+                if environ.get("REMOTE_ADDR") and "REMOTE_PORT" in environ
+                else None
+            )
+            log_access(
+                client,
+                environ["REQUEST_METHOD"],
+                environ["RAW_URI"],
+                request.http_version,
+                status if status is not None else 500,
+                None,
+            )
 
-    def _respond(self, request: Request, sr: _StartResponse,
-                 result: Any,  # what the app returned: an iterable of bytes, checked here
-                 environ: WSGIEnviron) -> int:
+    def _respond(
+        self,
+        request: Request,
+        sr: _StartResponse,
+        result: Any,  # what the app returned: an iterable of bytes, checked here
+        environ: WSGIEnviron,
+    ) -> int:
         kind = type(result)
         if (kind is list or kind is tuple) and not sr.streaming:
             if sr.status is None:
@@ -573,8 +601,9 @@ class WSGIHandler:
                 body = _join(result)
             return self._reply(request, sr, body, environ)
         if kind is str or kind is bytes:
-            raise TypeError("the WSGI app returned a str/bytes; it must return an iterable "
-                            "of bytes (a list)")
+            raise TypeError(
+                "the WSGI app returned a str/bytes; it must return an iterable of bytes (a list)"
+            )
         it = iter(result)
         # A body of known, moderate length still goes in one piece; otherwise
         # each chunk is sent as the app yields it.
@@ -616,18 +645,24 @@ class WSGIHandler:
         sr.sent = sent
         code = _status_code(sr.status)
         declared = declared_length(sr.headers)
-        if (declared is not None and sent != declared and code != 204 and code != 304
-                and environ["REQUEST_METHOD"] != "HEAD" and not request.disconnected):
-            length_mismatch("WSGI", environ["REQUEST_METHOD"], environ["RAW_URI"], sent,
-                            declared)
+        if (
+            declared is not None
+            and sent != declared
+            and code != 204
+            and code != 304
+            and environ["REQUEST_METHOD"] != "HEAD"
+            and not request.disconnected
+        ):
+            length_mismatch("WSGI", environ["REQUEST_METHOD"], environ["RAW_URI"], sent, declared)
             if sent < declared:
                 request.abort()  # never complete: the client must not take it for whole
                 return code
         request.end()  # (a longer body was cut off at the length, and the connection closes)
         return code
 
-    def _reply(self, request: Request, sr: _StartResponse, body: bytes,
-               environ: WSGIEnviron) -> int:
+    def _reply(
+        self, request: Request, sr: _StartResponse, body: bytes, environ: WSGIEnviron
+    ) -> int:
         assert sr.status is not None and sr.headers is not None  # the app called start_response
         code = _status_code(sr.status)
         headers, length = _checked_headers(sr.headers)
@@ -653,8 +688,9 @@ class WSGIHandler:
         return code
 
     def _fail(self, request: Request, sr: _StartResponse, what: str) -> None:
-        log.exception("%s; %s %s", what, getattr(request, "method", "?"),
-                      getattr(request, "target", "?"))
+        log.exception(
+            "%s; %s %s", what, getattr(request, "method", "?"), getattr(request, "target", "?")
+        )
         try:
             if sr.streaming:
                 request.abort()  # headers are out: the client must see the body fail
@@ -674,17 +710,33 @@ class WSGIServer(AdapterServer):
     ``stop()`` and ``with`` run it in the background.
     """
 
-    def __init__(self, app: WSGIApp, host: str = "127.0.0.1", port: int = 8000, *,
-                 pool_threads: int = 8, url_scheme: str = "http", script_name: str = "",
-                 errors: Optional[IO[str]] = None, multiprocess: bool = False,
-                 access_log: bool = False, proxy_headers: bool = True,
-                 forwarded_allow_ips: Union[str, Iterable[str], None] = None,
-                 **server_options: Any) -> None:
-        self.handler = WSGIHandler(app, pool_threads=pool_threads, url_scheme=url_scheme,
-                                   script_name=script_name, errors=errors,
-                                   multiprocess=multiprocess, access_log=access_log,
-                                   proxy_headers=proxy_headers,
-                                   forwarded_allow_ips=forwarded_allow_ips)
+    def __init__(
+        self,
+        app: WSGIApp,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        pool_threads: int = 8,
+        url_scheme: str = "http",
+        script_name: str = "",
+        errors: Optional[IO[str]] = None,
+        multiprocess: bool = False,
+        access_log: bool = False,
+        proxy_headers: bool = True,
+        forwarded_allow_ips: Union[str, Iterable[str], None] = None,
+        **server_options: Any,
+    ) -> None:
+        self.handler = WSGIHandler(
+            app,
+            pool_threads=pool_threads,
+            url_scheme=url_scheme,
+            script_name=script_name,
+            errors=errors,
+            multiprocess=multiprocess,
+            access_log=access_log,
+            proxy_headers=proxy_headers,
+            forwarded_allow_ips=forwarded_allow_ips,
+        )
         super().__init__(self.handler, host, port, server_options)
 
     def _before_start(self) -> None:
@@ -694,7 +746,6 @@ class WSGIServer(AdapterServer):
         self.handler.close()
 
 
-def serve(app: WSGIApp, host: str = "127.0.0.1", port: int = 8000,
-          **options: Any) -> None:
+def serve(app: WSGIApp, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
     """Serve a WSGI app until SIGINT or SIGTERM (see :class:`WSGIServer`)."""
     WSGIServer(app, host, port, **options).run()

@@ -19,6 +19,7 @@ gets "Host: h" after it ("host_added": true), so that it reaches the rule it is 
 instead of being refused for the missing Host (RFC 9112 3.2).
 Needs PyYAML (Debian: python3-yaml).
 """
+
 import argparse
 import json
 import os
@@ -40,25 +41,34 @@ class Tree:
     def __init__(self, path):
         self.path = path
         self.git = not os.path.isdir(os.path.join(path, "test")) and not os.path.isdir(
-            os.path.join(path, "tests"))
+            os.path.join(path, "tests")
+        )
 
     def commit(self):
-        return subprocess.run(["git", "-C", self.path, "rev-parse", "HEAD"], check=True,
-                              capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", self.path, "rev-parse", "HEAD"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
 
     def list(self, folder, suffix):
         if self.git:
-            out = subprocess.run(["git", "-C", self.path, "ls-tree", "--name-only", "HEAD",
-                                  folder + "/"], check=True, capture_output=True,
-                                 text=True).stdout.split()
+            out = subprocess.run(
+                ["git", "-C", self.path, "ls-tree", "--name-only", "HEAD", folder + "/"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
         else:
             out = [folder + "/" + f for f in os.listdir(os.path.join(self.path, folder))]
         return sorted(f for f in out if f.endswith(suffix))
 
     def read(self, name):
         if self.git:
-            return subprocess.run(["git", "-C", self.path, "show", "HEAD:" + name], check=True,
-                                  capture_output=True).stdout.decode("utf-8")
+            return subprocess.run(
+                ["git", "-C", self.path, "show", "HEAD:" + name], check=True, capture_output=True
+            ).stdout.decode("utf-8")
         with open(os.path.join(self.path, name), encoding="utf-8") as f:
             return f.read()
 
@@ -70,15 +80,15 @@ def add_host(data):
     while True:
         end = data.find(b"\r\n", start)
         head_end = data.find(b"\r\n\r\n", start)
-        head = data[start:head_end if head_end >= 0 else len(data)].lower()
+        head = data[start : head_end if head_end >= 0 else len(data)].lower()
         if end >= 0 and REQUEST_LINE.match(data[start:end]) and b"\r\nhost:" not in head:
-            out += data[start:end + 2] + b"Host: h\r\n"
+            out += data[start : end + 2] + b"Host: h\r\n"
             added, pos = True, end + 2
         else:
             pos = start
         if head_end < 0:
             return out + data[pos:], added
-        out += data[pos:head_end + 4]
+        out += data[pos : head_end + 4]
         start = head_end + 4
 
 
@@ -106,28 +116,33 @@ def llhttp_vectors(tree):
             if line.startswith("#"):
                 heading, meta = line.lstrip("#").strip(), None
             elif line.startswith("<!-- meta="):
-                meta = json.loads(line[len("<!-- meta="):line.rindex("-->")])
+                meta = json.loads(line[len("<!-- meta=") : line.rindex("-->")])
             elif line.strip() == "```http":
                 j = lines.index("```", i + 1)
-                data = decode_llhttp_input("\n".join(lines[i + 1:j]) + "\n")
+                data = decode_llhttp_input("\n".join(lines[i + 1 : j]) + "\n")
                 k = next(n for n in range(j + 1, len(lines)) if lines[n].strip() == "```log")
                 m = lines.index("```", k + 1)
-                log = lines[k + 1:m]
+                log = lines[k + 1 : m]
                 kind = (meta or {}).get("type", "request")
                 if (meta or {}).get("skipBody"):
                     mode = "skip-body"
                 elif kind == "request":
                     mode = "strict"
                 else:
-                    mode = kind[len("request-"):]
+                    mode = kind[len("request-") :]
                 data, added = add_host(data)
-                vectors.append({
-                    "file": name, "name": heading, "mode": mode,
-                    "expect": "error" if any(ERROR.search(x) for x in log) else "ok",
-                    "upgrade": any("error code=22 " in x for x in log),
-                    "messages": sum(1 for x in log if x.endswith("message complete")),
-                    "request": data.decode("latin-1"), "host_added": added,
-                })
+                vectors.append(
+                    {
+                        "file": name,
+                        "name": heading,
+                        "mode": mode,
+                        "expect": "error" if any(ERROR.search(x) for x in log) else "ok",
+                        "upgrade": any("error code=22 " in x for x in log),
+                        "messages": sum(1 for x in log if x.endswith("message complete")),
+                        "request": data.decode("latin-1"),
+                        "host_added": added,
+                    }
+                )
                 i = m
             i += 1
     return vectors
@@ -144,18 +159,27 @@ def desync_vectors(tree):
                 value = "" if h.get("value") is None else str(h["value"])
                 head += ("%s: %s\r\n" % (h["name"], value)).encode("utf-8")
             data, added = add_host(head + b"\r\n")
-            vectors.append({
-                "file": name, "name": case["name"], "tier": case["expected"]["tier"],
-                "reason": case["expected"].get("reason", ""),
-                "request": data.decode("latin-1"), "host_added": added,
-            })
+            vectors.append(
+                {
+                    "file": name,
+                    "name": case["name"],
+                    "tier": case["expected"]["tier"],
+                    "reason": case["expected"].get("reason", ""),
+                    "request": data.decode("latin-1"),
+                    "host_added": added,
+                }
+            )
     return vectors
 
 
 def write(path, repo, commit, licence, vectors):
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({"source": {"repo": repo, "commit": commit, "licence": licence},
-                   "vectors": vectors}, f, indent=0, ensure_ascii=True)
+        json.dump(
+            {"source": {"repo": repo, "commit": commit, "licence": licence}, "vectors": vectors},
+            f,
+            indent=0,
+            ensure_ascii=True,
+        )
         f.write("\n")
     print("%s: %d vectors from %s@%s" % (path, len(vectors), repo, commit[:12]))
 
@@ -163,17 +187,29 @@ def write(path, repo, commit, licence, vectors):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--llhttp", required=True, help="nodejs/llhttp checkout or git directory")
-    ap.add_argument("--desync", required=True,
-                    help="aws/http-desync-guardian checkout or git directory")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests",
-                                                  "corpus"))
+    ap.add_argument(
+        "--desync", required=True, help="aws/http-desync-guardian checkout or git directory"
+    )
+    ap.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "corpus")
+    )
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     ll, dg = Tree(args.llhttp), Tree(args.desync)
-    write(os.path.join(args.out, "llhttp-requests.json"), "nodejs/llhttp", ll.commit(), "MIT",
-          llhttp_vectors(ll))
-    write(os.path.join(args.out, "desync-guardian.json"), "aws/http-desync-guardian",
-          dg.commit(), "Apache-2.0", desync_vectors(dg))
+    write(
+        os.path.join(args.out, "llhttp-requests.json"),
+        "nodejs/llhttp",
+        ll.commit(),
+        "MIT",
+        llhttp_vectors(ll),
+    )
+    write(
+        os.path.join(args.out, "desync-guardian.json"),
+        "aws/http-desync-guardian",
+        dg.commit(),
+        "Apache-2.0",
+        desync_vectors(dg),
+    )
     return 0
 
 

@@ -1,5 +1,6 @@
 """The benchmark runner's library: server registry, workloads, /proc measurement, wrk,
 provisioning, reports and charts. Entry points: benchmarks/run.py and benchmarks/sweep.py."""
+
 import os
 
 BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

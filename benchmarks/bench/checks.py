@@ -1,6 +1,7 @@
 """Answer checks: real HTTP requests that must get the right answer before (and after) a
 server is measured. A wrong answer raises WrongAnswer, no answer at all (refused, timed
 out) BenchError; 501 Not Implemented raises NotSupported (the server declines that workload, which is reported, not measured)."""
+
 import http.client
 import json
 import socket
@@ -34,8 +35,10 @@ def _expect_status(port, method, path, resp, data):
     if resp.status == 501:
         raise NotSupported("%s %s answered 501" % (method, path))
     if resp.status != 200:
-        raise WrongAnswer("%s %s on port %d answered %d %s: %r" %
-                         (method, path, port, resp.status, resp.reason, data[:200]))
+        raise WrongAnswer(
+            "%s %s on port %d answered %d %s: %r"
+            % (method, path, port, resp.status, resp.reason, data[:200])
+        )
 
 
 def _check_hello_body(where, content_type, data):
@@ -67,27 +70,39 @@ def hello(port, patience=0.0):
             time.sleep(0.5)
     _expect_status(port, "GET", "/", resp, data)
     _check_hello_body("GET / on port %d" % port, resp.getheader("Content-Type"), data)
-    return {"body_bytes": len(data), "server_header": resp.getheader("Server"),
-            "connection": resp.getheader("Connection")}
+    return {
+        "body_bytes": len(data),
+        "server_header": resp.getheader("Server"),
+        "connection": resp.getheader("Connection"),
+    }
 
 
 def get_bytes(port, path, size):
     resp, data = _request(port, "GET", path)
     _expect_status(port, "GET", path, resp, data)
     if len(data) != size or data.strip(b"x"):
-        raise WrongAnswer("GET %s on port %d: expected %d bytes of 'x', got %d bytes (%r...)" %
-                         (path, port, size, len(data), data[:40]))
+        raise WrongAnswer(
+            "GET %s on port %d: expected %d bytes of 'x', got %d bytes (%r...)"
+            % (path, port, size, len(data), data[:40])
+        )
 
 
 def echo(port, size=65536):
     body = bytes(range(256)) * (size // 256)
-    resp, data = _request(port, "POST", "/echo", body=body,
-                          headers={"Content-Type": "application/octet-stream"})
+    resp, data = _request(
+        port, "POST", "/echo", body=body, headers={"Content-Type": "application/octet-stream"}
+    )
     _expect_status(port, "POST", "/echo", resp, data)
     if data != body:
-        raise WrongAnswer("POST /echo on port %d: %d bytes sent, %d bytes back, %s" %
-                         (port, len(body), len(data),
-                          "different content" if len(data) == len(body) else "wrong length"))
+        raise WrongAnswer(
+            "POST /echo on port %d: %d bytes sent, %d bytes back, %s"
+            % (
+                port,
+                len(body),
+                len(data),
+                "different content" if len(data) == len(body) else "wrong length",
+            )
+        )
 
 
 class _Reader:
@@ -154,13 +169,18 @@ def pipelined(port, depth=16):
                     status, headers, body = reader.response()
                 except EOFError:
                     if i and closing:
-                        raise NotSupported("the server closes the connection after each "
-                                           "answer (Connection: close): no pipelining") from None
-                    raise WrongAnswer("%s: connection closed after %d answer(s)" % (where, i)) from None
+                        raise NotSupported(
+                            "the server closes the connection after each "
+                            "answer (Connection: close): no pipelining"
+                        ) from None
+                    raise WrongAnswer(
+                        "%s: connection closed after %d answer(s)" % (where, i)
+                    ) from None
                 if status != 200:
                     raise WrongAnswer("%s: answer %d has status %d" % (where, i + 1, status))
-                _check_hello_body("%s, answer %d" % (where, i + 1),
-                                  headers.get("content-type"), body)
+                _check_hello_body(
+                    "%s, answer %d" % (where, i + 1), headers.get("content-type"), body
+                )
                 closing = headers.get("connection", "").lower() == "close"
     except (OSError, ValueError, IndexError) as e:
         raise BenchError("%s: %s" % (where, str(e) or type(e).__name__)) from e

@@ -1,12 +1,14 @@
 """The engine knobs, loaded from benchmarks/servers/knobs.py (the one list the server
 scripts read too)."""
+
 import importlib.util
 import os
 
 from . import SERVERS_DIR
 
-_spec = importlib.util.spec_from_file_location("bench_server_knobs",
-                                               os.path.join(SERVERS_DIR, "knobs.py"))
+_spec = importlib.util.spec_from_file_location(
+    "bench_server_knobs", os.path.join(SERVERS_DIR, "knobs.py")
+)
 _module = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_module)
 
@@ -23,5 +25,6 @@ def parse_value(knob, text):
 
 def environment(settings):
     """PMU_* environment variables for {knob: value}."""
-    return {env_name(k): str(int(v)) if isinstance(v, bool) else str(v)
-            for k, v in settings.items()}
+    return {
+        env_name(k): str(int(v)) if isinstance(v, bool) else str(v) for k, v in settings.items()
+    }

@@ -1,5 +1,6 @@
 """One measured point: wrk against a running server, with the server's CPU and memory read
 from /proc around it."""
+
 from . import BenchError, WrongAnswer, checks, procstat, wrk
 
 
@@ -16,9 +17,18 @@ def point(server, workload, duration, client_cpus, log=None):
     cpu_before = procstat.cpu_ticks(pids)
     core_before = procstat.cpus_busy_ticks(server.cpus)
     try:
-        result = wrk.run(server.port, workload.path, workload.connections, duration,
-                         client_cpus, script=workload.script, script_args=workload.script_args,
-                         headers=workload.headers, timeout=workload.timeout, log=log)
+        result = wrk.run(
+            server.port,
+            workload.path,
+            workload.connections,
+            duration,
+            client_cpus,
+            script=workload.script,
+            script_args=workload.script_args,
+            headers=workload.headers,
+            timeout=workload.timeout,
+            log=log,
+        )
     finally:
         cpu_after = procstat.cpu_ticks(procstat.tree(root))
         core_after = procstat.cpus_busy_ticks(server.cpus)

@@ -1,4 +1,5 @@
 """PNG charts of a comparison run or a sweep (matplotlib, Agg backend)."""
+
 import os
 
 
@@ -27,21 +28,43 @@ def comparison(out_dir, workloads, summary, labels, kinds, reference):
     # (key, title, file, (min key, max key) for the range over rounds, label format,
     #  higher is better, log scale)
     metrics = [
-        ("rps", "requests per second (higher is better)", "requests_per_second.png",
-         ("rps_min", "rps_max"), lambda v: f"{v:,.0f}", True, False),
-        ("cpu_us_per_req", "server CPU µs per request (lower is better; log scale)",
-         "cpu_us_per_request.png", ("cpu_min", "cpu_max"), lambda v: "%.1f" % v, False, True),
-        ("lat_p99_ms", "latency p99, ms (lower is better; log scale)", "latency_p99.png", None,
-         lambda v: "%.2f" % v, False, True),
+        (
+            "rps",
+            "requests per second (higher is better)",
+            "requests_per_second.png",
+            ("rps_min", "rps_max"),
+            lambda v: f"{v:,.0f}",
+            True,
+            False,
+        ),
+        (
+            "cpu_us_per_req",
+            "server CPU µs per request (lower is better; log scale)",
+            "cpu_us_per_request.png",
+            ("cpu_min", "cpu_max"),
+            lambda v: "%.1f" % v,
+            False,
+            True,
+        ),
+        (
+            "lat_p99_ms",
+            "latency p99, ms (lower is better; log scale)",
+            "latency_p99.png",
+            None,
+            lambda v: "%.2f" % v,
+            False,
+            True,
+        ),
     ]
     present = [w for w in workloads if any(wn == w.name for (_s, wn) in summary)]
     for key, title, filename, spread, fmt, higher_better, log in metrics:
         if not present:
             break
         nrows, ncols = _grid(len(present))
-        fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 0.45 * 12 * nrows + 1),
-                                 squeeze=False)
-        for ax in axes.flat[len(present):]:
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=(7 * ncols, 0.45 * 12 * nrows + 1), squeeze=False
+        )
+        for ax in axes.flat[len(present) :]:
             ax.set_visible(False)
         for ax, w in zip(axes.flat, present):
             rows = [(s, r) for (s, wn), r in summary.items() if wn == w.name and r.get(key)]
@@ -57,8 +80,13 @@ def comparison(out_dir, workloads, summary, labels, kinds, reference):
                 xerr = [lo, hi]
             bars = ax.barh(names, values, color=colors, xerr=xerr, capsize=2)
             for bar, v in zip(bars, values):
-                ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + fmt(v),
-                        va="center", fontsize=8)
+                ax.text(
+                    bar.get_width(),
+                    bar.get_y() + bar.get_height() / 2,
+                    " " + fmt(v),
+                    va="center",
+                    fontsize=8,
+                )
             ax.set_title(w.title, fontsize=10)
             ax.tick_params(axis="y", labelsize=8)
             if log:
@@ -80,13 +108,22 @@ def comparison(out_dir, workloads, summary, labels, kinds, reference):
     if c10k:
         c10k.sort(key=lambda sr: sr[1]["mem_per_conn_kib"])
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(c10k) + 1.2))
-        bars = ax.barh([labels.get(s, s) for s, _ in c10k], [r["mem_per_conn_kib"] for _, r in c10k],
-                       color=[COLORS.get(kinds.get(s), "#1f77b4") for s, _ in c10k])
+        bars = ax.barh(
+            [labels.get(s, s) for s, _ in c10k],
+            [r["mem_per_conn_kib"] for _, r in c10k],
+            color=[COLORS.get(kinds.get(s), "#1f77b4") for s, _ in c10k],
+        )
         for bar, (_s, r) in zip(bars, c10k):
-            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                    " %.1f KiB" % r["mem_per_conn_kib"], va="center", fontsize=8)
-        ax.set_title("server memory per connection at 10,000 connections, KiB (lower is better)",
-                     fontsize=10)
+            ax.text(
+                bar.get_width(),
+                bar.get_y() + bar.get_height() / 2,
+                " %.1f KiB" % r["mem_per_conn_kib"],
+                va="center",
+                fontsize=8,
+            )
+        ax.set_title(
+            "server memory per connection at 10,000 connections, KiB (lower is better)", fontsize=10
+        )
         ax.margins(x=0.25)
         fig.tight_layout()
         path = os.path.join(out_dir, "memory_per_connection.png")

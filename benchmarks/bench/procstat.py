@@ -4,6 +4,7 @@ CPU is utime + stime from /proc/PID/stat (every thread of the process, io_uring'
 SQPOLL threads included), summed over the process and all its descendants. Memory is the
 resident set from /proc/PID/statm, summed the same way.
 """
+
 import os
 import threading
 import time
@@ -20,7 +21,7 @@ def _read(path):
 def _stat_fields(pid):
     """Fields of /proc/PID/stat after the command name, which may hold spaces."""
     data = _read("/proc/%d/stat" % pid)
-    return data[data.rindex(b")") + 2:].split()
+    return data[data.rindex(b")") + 2 :].split()
 
 
 def tree(root):

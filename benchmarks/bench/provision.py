@@ -8,6 +8,7 @@ The two live in sibling folders so that neither build can remove the other's out
 "unavailable" with the reason: a peer is then left out of the run, and one of the project's
 own servers stops it (see run.py).
 """
+
 import glob
 import importlib.util
 import os
@@ -21,8 +22,15 @@ APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light"}
 BUILD_DIR = os.path.join(REPO_DIR, "build-bench")  # the runner's; only its subfolders are built
 ENGINE_BUILD_DIR = os.path.join(BUILD_DIR, "engine")  # meson: examples/hello_server
 # What the Python package is built from: newer files here mean a rebuild.
-SOURCES = ("core", "include", "binding", "pymongoose_uring", "meson.build", "meson.options",
-           "pyproject.toml")
+SOURCES = (
+    "core",
+    "include",
+    "binding",
+    "pymongoose_uring",
+    "meson.build",
+    "meson.options",
+    "pyproject.toml",
+)
 
 
 def say(message):
@@ -85,8 +93,9 @@ def missing_modules(names):
 
 def pip_install(requirements, log):
     say("  installing %s with pip ..." % " ".join(requirements))
-    rc = _run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
-               *requirements], log)
+    rc = _run(
+        [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *requirements], log
+    )
     return None if rc == 0 else "pip install %s failed (see %s)" % (" ".join(requirements), log)
 
 
@@ -116,7 +125,9 @@ def hello_server(log, explicit=None, build=True):
         return None, "%s is not an executable" % explicit
     binary = os.path.join(ENGINE_BUILD_DIR, "hello_server")
     if not build:
-        for candidate in [binary] + sorted(glob.glob(os.path.join(REPO_DIR, "build*", "hello_server"))):
+        for candidate in [binary] + sorted(
+            glob.glob(os.path.join(REPO_DIR, "build*", "hello_server"))
+        ):
             if os.access(candidate, os.X_OK):
                 return candidate, None
         return None, "no hello_server binary under build*/ (and --no-build given)"
@@ -130,8 +141,21 @@ def hello_server(log, explicit=None, build=True):
         if os.path.isdir(ENGINE_BUILD_DIR):
             shutil.rmtree(ENGINE_BUILD_DIR)  # a setup that failed half-way; ours to redo
         say("  configuring %s ..." % os.path.relpath(ENGINE_BUILD_DIR, REPO_DIR))
-        if _run(["meson", "setup", ENGINE_BUILD_DIR, "-Dtests=false", "-Dpython=false",
-                 "-Dbuildtype=release"], log, cwd=REPO_DIR) != 0:
+        if (
+            _run(
+                [
+                    "meson",
+                    "setup",
+                    ENGINE_BUILD_DIR,
+                    "-Dtests=false",
+                    "-Dpython=false",
+                    "-Dbuildtype=release",
+                ],
+                log,
+                cwd=REPO_DIR,
+            )
+            != 0
+        ):
             return None, "meson setup failed: see %s" % log
     if _run(["ninja", "-C", ENGINE_BUILD_DIR, "hello_server"], log, cwd=REPO_DIR) != 0:
         return None, "the build failed: see %s" % log
@@ -143,12 +167,24 @@ def hello_server(log, explicit=None, build=True):
 def _ensure_build_deps(log):
     """liburing and llhttp sources for the engine (Debian packages), when apt is at hand."""
     wanted = []
-    if subprocess.call(["pkg-config", "--exists", "liburing"], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL) != 0:
+    if (
+        subprocess.call(
+            ["pkg-config", "--exists", "liburing"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        != 0
+    ):
         wanted.append("liburing-dev")
-    if not os.path.exists("/usr/share/llhttp/llhttp.c") and subprocess.call(
-            ["pkg-config", "--exists", "llhttp"], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL) != 0:
+    if (
+        not os.path.exists("/usr/share/llhttp/llhttp.c")
+        and subprocess.call(
+            ["pkg-config", "--exists", "llhttp"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        != 0
+    ):
         wanted.append("node-llhttp")
     if wanted and shutil.which("apt-get") and os.geteuid() == 0:
         apt_install(wanted + ["pkg-config"], log)
@@ -163,9 +199,13 @@ PYTHON_TARGET = os.path.join(BUILD_DIR, "python")
 def _installed_dir(module, pythonpath):
     """Folder of `module` as a server process would import it, or None."""
     env = dict(os.environ, PYTHONPATH=pythonpath)
-    p = subprocess.run([sys.executable, "-c",
-                        "import os, %s as m; print(os.path.dirname(m.__file__))" % module],
-                       capture_output=True, text=True, cwd="/", env=env)
+    p = subprocess.run(
+        [sys.executable, "-c", "import os, %s as m; print(os.path.dirname(m.__file__))" % module],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=env,
+    )
     return (p.stdout.strip() or None) if p.returncode == 0 else None
 
 
@@ -192,15 +232,29 @@ def pymongoose_uring(log, build=True, rebuild=False):
     if not os.path.exists(os.path.join(REPO_DIR, "pyproject.toml")):
         return None, "no pyproject.toml in %s" % REPO_DIR
     installed = _installed_dir("pymongoose_uring", PYTHON_TARGET)
-    fresh = (installed and os.path.realpath(installed).startswith(os.path.realpath(PYTHON_TARGET))
-             and _newest_mtime([os.path.join(REPO_DIR, p) for p in SOURCES])
-             <= _newest_mtime([installed]))
+    fresh = (
+        installed
+        and os.path.realpath(installed).startswith(os.path.realpath(PYTHON_TARGET))
+        and _newest_mtime([os.path.join(REPO_DIR, p) for p in SOURCES])
+        <= _newest_mtime([installed])
+    )
     if fresh and not rebuild:
         return PYTHON_TARGET, None
-    say("  building pymongoose_uring from the checkout into %s ..." %
-        os.path.relpath(PYTHON_TARGET, REPO_DIR))
-    base = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
-            "--upgrade", "--target", PYTHON_TARGET]
+    say(
+        "  building pymongoose_uring from the checkout into %s ..."
+        % os.path.relpath(PYTHON_TARGET, REPO_DIR)
+    )
+    base = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--upgrade",
+        "--target",
+        PYTHON_TARGET,
+    ]
     rc = _run(base + [REPO_DIR], log)
     if rc != 0 and not missing_modules(["mesonpy"]):
         say("  (retrying without build isolation, with the meson-python installed here)")

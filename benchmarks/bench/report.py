@@ -1,4 +1,5 @@
 """Medians over rounds, the printed tables, and the JSON / CSV files."""
+
 import csv
 import json
 import os
@@ -11,12 +12,29 @@ import time
 from . import REPO_DIR, wrk
 
 # Metrics reduced by median over rounds; the rest by max (memory) or sum (errors).
-MEDIAN = ["rps", "mb_per_s", "cpu_us_per_req", "core_us_per_req", "server_cpu_util",
-          "lat_mean_ms", "lat_p50_ms", "lat_p90_ms", "lat_p99_ms", "mem_per_conn_kib",
-          "rss_before_mib"]
+MEDIAN = [
+    "rps",
+    "mb_per_s",
+    "cpu_us_per_req",
+    "core_us_per_req",
+    "server_cpu_util",
+    "lat_mean_ms",
+    "lat_p50_ms",
+    "lat_p90_ms",
+    "lat_p99_ms",
+    "mem_per_conn_kib",
+    "rss_before_mib",
+]
 MAX = ["rss_peak_mib", "lat_max_ms"]
-SUM = ["requests", "socket_errors", "errors_connect", "errors_read", "errors_write",
-       "errors_timeout", "status_errors"]
+SUM = [
+    "requests",
+    "socket_errors",
+    "errors_connect",
+    "errors_read",
+    "errors_write",
+    "errors_timeout",
+    "status_errors",
+]
 
 
 def summarize(points):
@@ -73,21 +91,34 @@ def workload_table(workload, rows, labels, reference, header_note=""):
     if workload.per_connection_memory:
         cols.append("Memory/conn")
     cols += ["Errors", vs]
-    lines = ["### %s%s" % (workload.title, header_note), "",
-             "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = [
+        "### %s%s" % (workload.title, header_note),
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
     for server, row in rows:
         ratio = "-"
         if ref and row["rps"] and ref["rps"]:
-            cpu_ratio = (row["cpu_us_per_req"] / ref["cpu_us_per_req"]
-                         if row["cpu_us_per_req"] and ref["cpu_us_per_req"] else None)
-            ratio = "%s / %s" % (_ratio(row["rps"] / ref["rps"]),
-                                 _ratio(cpu_ratio) if cpu_ratio else "-")
+            cpu_ratio = (
+                row["cpu_us_per_req"] / ref["cpu_us_per_req"]
+                if row["cpu_us_per_req"] and ref["cpu_us_per_req"]
+                else None
+            )
+            ratio = "%s / %s" % (
+                _ratio(row["rps"] / ref["rps"]),
+                _ratio(cpu_ratio) if cpu_ratio else "-",
+            )
         name = labels.get(server, server)
         name = "**%s**" % name if server == reference else name
         errors = row["socket_errors"] + row["status_errors"]
-        cells = [name, _fmt_int(row["rps"]),
-                 "%s / %s" % (_fmt_ms(row["lat_p50_ms"]), _fmt_ms(row["lat_p99_ms"])),
-                 _fmt(row["cpu_us_per_req"]), "%s MiB" % _fmt(row["rss_peak_mib"])]
+        cells = [
+            name,
+            _fmt_int(row["rps"]),
+            "%s / %s" % (_fmt_ms(row["lat_p50_ms"]), _fmt_ms(row["lat_p99_ms"])),
+            _fmt(row["cpu_us_per_req"]),
+            "%s MiB" % _fmt(row["rss_peak_mib"]),
+        ]
         if workload.per_connection_memory:
             cells.append("%s KiB" % _fmt(row.get("mem_per_conn_kib")))
         cells += [_fmt_int(errors) if errors else "0", ratio]
@@ -127,8 +158,19 @@ def _package_versions():
     from importlib import metadata
 
     out = {}
-    for name in ("pymongoose_uring", "aiohttp", "fastapi", "starlette", "uvicorn", "uvloop",
-                 "httptools", "flask", "werkzeug", "gunicorn", "granian"):
+    for name in (
+        "pymongoose_uring",
+        "aiohttp",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "flask",
+        "werkzeug",
+        "gunicorn",
+        "granian",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -141,7 +183,9 @@ def machine(server_cpus, client_cpus):
     model = None
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+            model = next(
+                (l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None
+            )
     except OSError:
         pass
     try:
@@ -151,9 +195,23 @@ def machine(server_cpus, client_cpus):
         mem_kib = None
     commit = _version(["git", "-C", REPO_DIR, "rev-parse", "--short", "HEAD"])
     if commit and "fatal" not in commit:
-        dirty = subprocess.run(["git", "-C", REPO_DIR, "status", "--porcelain", "--",
-                                "core", "include", "binding", "pymongoose_uring", "examples"],
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                REPO_DIR,
+                "status",
+                "--porcelain",
+                "--",
+                "core",
+                "include",
+                "binding",
+                "pymongoose_uring",
+                "examples",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         commit += " with uncommitted changes" if dirty else ""
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -188,8 +246,9 @@ def write_csv(path, rows):
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (round(v, 3) if isinstance(v, float) else v)
-                             for k, v in row.items()})
+            writer.writerow(
+                {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+            )
 
 
 def machine_table(meta):
@@ -200,9 +259,14 @@ def machine_table(meta):
         ("CPU", "%s, %s CPUs visible" % (m.get("cpu_model"), m.get("cpus"))),
         ("memory", "%s GiB" % m.get("memory_gib")),
         ("kernel", m.get("kernel")),
-        ("pinning", "servers on CPU %s, wrk on CPU %s" % (
-            ",".join(map(str, m.get("server_cpus", []))),
-            ",".join(map(str, m.get("client_cpus", []))))),
+        (
+            "pinning",
+            "servers on CPU %s, wrk on CPU %s"
+            % (
+                ",".join(map(str, m.get("server_cpus", []))),
+                ",".join(map(str, m.get("client_cpus", []))),
+            ),
+        ),
         ("Python", m.get("python")),
         ("load generator", m.get("wrk")),
         ("nginx", m.get("nginx")),
@@ -226,7 +290,7 @@ def update_readme(path, section):
     a, b = text.find(BEGIN), text.find(END)
     if a < 0 or b < a:
         return False
-    text = text[:a + len(BEGIN)] + "\n" + section.rstrip() + "\n" + text[b:]
+    text = text[: a + len(BEGIN)] + "\n" + section.rstrip() + "\n" + text[b:]
     with open(path, "w") as f:
         f.write(text)
     return True

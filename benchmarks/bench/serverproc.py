@@ -3,6 +3,7 @@
 The server runs in its own process session (so that it and its children can be stopped
 together), pinned to the server CPUs, with its output in a log file.
 """
+
 import os
 import resource
 import signal
@@ -56,17 +57,23 @@ class ServerProcess:
         return self.proc.pid
 
     def argv(self):
-        values = {"python": sys.executable, "servers": SERVERS_DIR, "port": str(self.port),
-                  "threads": str(self.knobs.get("threads", 1)),
-                  "hello_server": (self.built and self.built.hello_server) or "hello_server"}
+        values = {
+            "python": sys.executable,
+            "servers": SERVERS_DIR,
+            "port": str(self.port),
+            "threads": str(self.knobs.get("threads", 1)),
+            "hello_server": (self.built and self.built.hello_server) or "hello_server",
+        }
         return [part.format(**values) for part in self.definition.argv]
 
     def start(self, timeout=None):
         """Start the server and wait until it accepts connections, then check GET /.
         Raises Unavailable (exit status 78) or BenchError (anything else going wrong)."""
         if port_open(self.port):
-            raise BenchError("port %d is already taken by another process: cannot start %s "
-                             "(choose another --base-port)" % (self.port, self.name))
+            raise BenchError(
+                "port %d is already taken by another process: cannot start %s "
+                "(choose another --base-port)" % (self.port, self.name)
+            )
         env = dict(os.environ, PYTHONUNBUFFERED="1", BENCH_HOST="127.0.0.1")
         env.update(dict(self.definition.env))
         if self.built:
@@ -84,9 +91,16 @@ class ServerProcess:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=SERVERS_DIR,
-                                     start_new_session=True, preexec_fn=child)
+        self.proc = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=SERVERS_DIR,
+            start_new_session=True,
+            preexec_fn=child,
+        )
         log.close()
         try:
             self._wait_ready(timeout or self.definition.start_timeout)
@@ -104,13 +118,17 @@ class ServerProcess:
                 self.proc = None
                 if rc == EXIT_UNAVAILABLE:
                     raise Unavailable(tail(self.log_path, 3).strip().splitlines()[-1])
-                raise BenchError("%s exited with status %d before listening on port %d; its "
-                                 "log (%s) ends:\n%s" % (self.name, rc, self.port, self.log_path,
-                                                        tail(self.log_path)))
+                raise BenchError(
+                    "%s exited with status %d before listening on port %d; its "
+                    "log (%s) ends:\n%s"
+                    % (self.name, rc, self.port, self.log_path, tail(self.log_path))
+                )
             if time.monotonic() > deadline:
-                raise BenchError("%s did not listen on port %d within %.0f s; its log (%s) "
-                                 "ends:\n%s" % (self.name, self.port, timeout, self.log_path,
-                                               tail(self.log_path)))
+                raise BenchError(
+                    "%s did not listen on port %d within %.0f s; its log (%s) "
+                    "ends:\n%s"
+                    % (self.name, self.port, timeout, self.log_path, tail(self.log_path))
+                )
             time.sleep(0.05)
 
     def alive(self):
@@ -119,8 +137,10 @@ class ServerProcess:
     def ensure_alive(self):
         if not self.alive():
             rc = self.proc.poll() if self.proc else None
-            raise BenchError("%s is no longer running (exit status %s); its log (%s) ends:\n%s"
-                             % (self.name, rc, self.log_path, tail(self.log_path)))
+            raise BenchError(
+                "%s is no longer running (exit status %s); its log (%s) ends:\n%s"
+                % (self.name, rc, self.log_path, tail(self.log_path))
+            )
 
     def stop(self, grace=5.0):
         """SIGTERM the server's process group (it and its workers), SIGKILL what is left

@@ -1,5 +1,6 @@
 """What a comparison run and a sweep share: file limits, provisioning the selected servers,
 and the unmeasured warm-up."""
+
 import os
 import resource
 
@@ -67,10 +68,12 @@ def provision_servers(defs, args, log):
         if d.build and d.build not in done:
             if d.build == "hello_server":
                 built.hello_server, done[d.build] = provision.hello_server(
-                    log, explicit=args.hello_server, build=not args.no_build)
+                    log, explicit=args.hello_server, build=not args.no_build
+                )
             elif d.build == "pymongoose_uring":
                 built.pythonpath, done[d.build] = provision.pymongoose_uring(
-                    log, build=not args.no_build, rebuild=args.rebuild)
+                    log, build=not args.no_build, rebuild=args.rebuild
+                )
         if d.build and done.get(d.build):
             reasons.append(done[d.build])
         if reasons:

@@ -1,4 +1,5 @@
 """Setting sysctls for an experiment and putting them back afterwards (root only)."""
+
 import os
 
 

@@ -1,5 +1,6 @@
 """The workloads, as data. Each names what a server must support (`needs`) and how wrk
 drives it; the runner checks the endpoint with a real request before measuring it."""
+
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -24,26 +25,65 @@ class Workload:
 
 
 WORKLOADS = [
-    Workload("keepalive", "keep-alive hello, 64 connections",
-             description="GET / on 64 keep-alive connections, one request in flight each"),
-    Workload("pipelined", "16-deep pipelined hello, 64 connections",
-             script="pipeline.lua", script_args=("16",), check="pipelined",
-             description="GET / on 64 connections, each write carrying 16 requests"),
-    Workload("close", "connection per request, 64 connections",
-             headers=("Connection: close",), check="close",
-             description="GET / with Connection: close: accept, one request, close"),
-    Workload("get16k", "16 KiB response, 64 connections", path="/16k", needs="bytes",
-             check="get16k", description="GET /16k: a 16 KiB body on keep-alive connections"),
-    Workload("get1m", "1 MiB response, 16 connections", path="/1m", connections=16,
-             needs="bytes", check="get1m",
-             description="GET /1m: a 1 MiB body on 16 keep-alive connections"),
-    Workload("post64k", "64 KiB POST echoed, 64 connections", path="/echo",
-             script="post_echo.lua", script_args=("65536",), needs="echo", check="echo",
-             description="POST /echo with a 64 KiB body, answered with the same body"),
-    Workload("c10k", "10,000 concurrent keep-alive connections", connections=10000,
-             restart=True, rounds=1, min_duration=5, timeout=10, per_connection_memory=True,
-             description="GET / on 10,000 keep-alive connections from a freshly started "
-                         "server; memory per connection = (peak RSS - RSS before) / 10,000"),
+    Workload(
+        "keepalive",
+        "keep-alive hello, 64 connections",
+        description="GET / on 64 keep-alive connections, one request in flight each",
+    ),
+    Workload(
+        "pipelined",
+        "16-deep pipelined hello, 64 connections",
+        script="pipeline.lua",
+        script_args=("16",),
+        check="pipelined",
+        description="GET / on 64 connections, each write carrying 16 requests",
+    ),
+    Workload(
+        "close",
+        "connection per request, 64 connections",
+        headers=("Connection: close",),
+        check="close",
+        description="GET / with Connection: close: accept, one request, close",
+    ),
+    Workload(
+        "get16k",
+        "16 KiB response, 64 connections",
+        path="/16k",
+        needs="bytes",
+        check="get16k",
+        description="GET /16k: a 16 KiB body on keep-alive connections",
+    ),
+    Workload(
+        "get1m",
+        "1 MiB response, 16 connections",
+        path="/1m",
+        connections=16,
+        needs="bytes",
+        check="get1m",
+        description="GET /1m: a 1 MiB body on 16 keep-alive connections",
+    ),
+    Workload(
+        "post64k",
+        "64 KiB POST echoed, 64 connections",
+        path="/echo",
+        script="post_echo.lua",
+        script_args=("65536",),
+        needs="echo",
+        check="echo",
+        description="POST /echo with a 64 KiB body, answered with the same body",
+    ),
+    Workload(
+        "c10k",
+        "10,000 concurrent keep-alive connections",
+        connections=10000,
+        restart=True,
+        rounds=1,
+        min_duration=5,
+        timeout=10,
+        per_connection_memory=True,
+        description="GET / on 10,000 keep-alive connections from a freshly started "
+        "server; memory per connection = (peak RSS - RSS before) / 10,000",
+    ),
 ]
 BY_NAME = {w.name: w for w in WORKLOADS}
 DEFAULT = [w.name for w in WORKLOADS]

@@ -4,6 +4,7 @@ Every run's Lua script is the workload's own (benchmarks/lua/) with report.lua a
 whose done() prints one BENCH_RESULT line of JSON: requests, duration, bytes, socket and
 status errors, latency mean/p50/p90/p99/max in microseconds.
 """
+
 import json
 import os
 import shutil
@@ -41,23 +42,46 @@ def _script(workload_script):
     return path
 
 
-def run(port, path, connections, duration, cpus, script=None, script_args=(), headers=(),
-        timeout=5, log=None):
+def run(
+    port,
+    path,
+    connections,
+    duration,
+    cpus,
+    script=None,
+    script_args=(),
+    headers=(),
+    timeout=5,
+    log=None,
+):
     """Run wrk against 127.0.0.1:port for `duration` whole seconds, one thread per client
     CPU. Returns the BENCH_RESULT dict; raises BenchError if wrk fails."""
     cpus = sorted(cpus)
     threads = max(1, min(len(cpus), connections))
     lua = _script(script)
-    argv = ["wrk", "-t%d" % threads, "-c%d" % connections, "-d%ds" % duration,
-            "--timeout", "%ds" % timeout, "-s", lua]
+    argv = [
+        "wrk",
+        "-t%d" % threads,
+        "-c%d" % connections,
+        "-d%ds" % duration,
+        "--timeout",
+        "%ds" % timeout,
+        "-s",
+        lua,
+    ]
     for h in headers:
         argv += ["-H", h]
     argv.append("http://127.0.0.1:%d%s" % (port, path))
     if script_args:
         argv += ["--", *script_args]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60,
-                              preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=duration + 60,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        )
     except subprocess.TimeoutExpired as e:
         raise BenchError("wrk did not finish: %s" % " ".join(argv)) from e
     finally:
@@ -67,8 +91,10 @@ def run(port, path, connections, duration, cpus, script=None, script_args=(), he
             f.write("$ %s\n%s%s\n" % (" ".join(argv), proc.stdout, proc.stderr))
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):
-            result = json.loads(line[len(MARK):])
+            result = json.loads(line[len(MARK) :])
             result["argv"] = argv
             return result
-    raise BenchError("wrk failed (exit %d): %s\n%s%s" %
-                     (proc.returncode, " ".join(argv), proc.stdout[-2000:], proc.stderr[-2000:]))
+    raise BenchError(
+        "wrk failed (exit %d): %s\n%s%s"
+        % (proc.returncode, " ".join(argv), proc.stdout[-2000:], proc.stderr[-2000:])
+    )

@@ -1,4 +1,5 @@
 """aiohttp (asyncio, llhttp parser): python aiohttp_server.py PORT"""
+
 import common
 
 try:
@@ -33,5 +34,6 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(make_app(), host=common.HOST, port=common.port_from_argv(8002),
-                access_log=None, print=None)
+    web.run_app(
+        make_app(), host=common.HOST, port=common.port_from_argv(8002), access_log=None, print=None
+    )

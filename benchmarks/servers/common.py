@@ -12,6 +12,7 @@ The bodies are built once at import so that no server pays for producing them pe
 A script whose server library cannot be imported calls unavailable(), which exits with
 EXIT_UNAVAILABLE: the runner then marks the server "unavailable" instead of failing.
 """
+
 import os
 import sys
 

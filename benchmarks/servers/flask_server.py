@@ -2,6 +2,7 @@
 
 The same `app` runs under gunicorn (gunicorn_server.py) and granian WSGI (granian_server.py).
 """
+
 import common
 
 try:

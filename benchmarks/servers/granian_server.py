@@ -4,26 +4,51 @@ asgi serves uvicorn_raw_server.py's raw ASGI app; wsgi serves flask_server.py's 
 fastapi serves uvicorn_server.py's FastAPI app over ASGI.
 Replaces itself with granian (same PID).
 """
+
 import os
 import sys
 
 import common
 
 INTERFACE = sys.argv[2] if len(sys.argv) > 2 else "asgi"
-TARGETS = {"asgi": "uvicorn_raw_server:app", "wsgi": "flask_server:app",
-           "fastapi": "uvicorn_server:app"}
+TARGETS = {
+    "asgi": "uvicorn_raw_server:app",
+    "wsgi": "flask_server:app",
+    "fastapi": "uvicorn_server:app",
+}
 if INTERFACE not in TARGETS:
     sys.exit("granian_server.py PORT [asgi|wsgi|fastapi]")
 common.require("granian", *({"wsgi": ["flask"], "fastapi": ["fastapi"]}.get(INTERFACE, [])))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-os.execv(sys.executable, [
-    sys.executable, "-m", "granian", "--working-dir", HERE,
-    "--interface", "wsgi" if INTERFACE == "wsgi" else "asgi", "--host", common.HOST,
-    "--port", str(common.port_from_argv(8007)),
-    "--workers", "1", "--runtime-threads", "1", "--http", "1", "--no-ws",
-    # WSGI: 4 Python threads, as gunicorn_server.py has (granian's default allows 2048).
-    *(["--blocking-threads", "4"] if INTERFACE == "wsgi" else []),
-    "--backlog", "4096", "--no-access-log", "--log-level", "warning",
-    TARGETS[INTERFACE],
-])
+os.execv(
+    sys.executable,
+    [
+        sys.executable,
+        "-m",
+        "granian",
+        "--working-dir",
+        HERE,
+        "--interface",
+        "wsgi" if INTERFACE == "wsgi" else "asgi",
+        "--host",
+        common.HOST,
+        "--port",
+        str(common.port_from_argv(8007)),
+        "--workers",
+        "1",
+        "--runtime-threads",
+        "1",
+        "--http",
+        "1",
+        "--no-ws",
+        # WSGI: 4 Python threads, as gunicorn_server.py has (granian's default allows 2048).
+        *(["--blocking-threads", "4"] if INTERFACE == "wsgi" else []),
+        "--backlog",
+        "4096",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        TARGETS[INTERFACE],
+    ],
+)

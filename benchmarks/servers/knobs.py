@@ -6,6 +6,7 @@ script reads them from ``--ring-entries 2048`` style options or from the environ
 same mechanism drives examples/hello_server (which reads PMU_HOST already) and the Python
 scripts.
 """
+
 import os
 
 

@@ -6,6 +6,7 @@ GET / is a `return 200` of the JSON body, /16k and /1m are static files (sendfil
 POST /echo uses the echo module that Debian's nginx-light ships; without the module /echo
 answers 501, which the runner reads as "workload not supported by this server".
 """
+
 import os
 import shutil
 import sys
@@ -65,8 +66,13 @@ ECHO_WITHOUT_MODULE = "return 501;"
 
 def find_nginx():
     return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
-         if os.access(p, os.X_OK)), None)
+        (
+            p
+            for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+            if os.access(p, os.X_OK)
+        ),
+        None,
+    )
 
 
 def echo_module():
@@ -91,14 +97,32 @@ def main():
             f.write(body)
     module = echo_module()
     with open(os.path.join(prefix, "nginx.conf"), "w") as f:
-        f.write(CONFIG.format(
-            prefix=prefix, host=common.HOST, port=port, hello=common.HELLO.decode(),
-            json=common.JSON, octets=common.OCTETS, nofile=NOFILE,
-            load_module="load_module %s;" % module if module else "",
-            echo=ECHO_WITH_MODULE if module else ECHO_WITHOUT_MODULE))
+        f.write(
+            CONFIG.format(
+                prefix=prefix,
+                host=common.HOST,
+                port=port,
+                hello=common.HELLO.decode(),
+                json=common.JSON,
+                octets=common.OCTETS,
+                nofile=NOFILE,
+                load_module="load_module %s;" % module if module else "",
+                echo=ECHO_WITH_MODULE if module else ECHO_WITHOUT_MODULE,
+            )
+        )
     sys.stdout.flush()
-    os.execv(nginx, [nginx, "-p", prefix, "-e", os.path.join(prefix, "error.log"),
-                     "-c", os.path.join(prefix, "nginx.conf")])
+    os.execv(
+        nginx,
+        [
+            nginx,
+            "-p",
+            prefix,
+            "-e",
+            os.path.join(prefix, "error.log"),
+            "-c",
+            os.path.join(prefix, "nginx.conf"),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ pymongoose users wrote Manager(handler), listen(url, http=True), a poll loop, an
 conn.reply(status, body, headers). This script keeps that shape; only the import differs
 (and engine knobs from PMU_* variables reach the Manager, as for the native script).
 """
+
 import signal
 import sys
 

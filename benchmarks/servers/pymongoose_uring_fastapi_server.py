@@ -5,6 +5,7 @@ The very app uvicorn_server.py serves (imported from it, so uvicorn must be impo
 it runs on uvloop when installed. Engine knobs come from options or PMU_* variables
 (see knobs.py).
 """
+
 import sys
 
 import common
@@ -19,6 +20,7 @@ except ImportError as e:
 from uvicorn_server import app  # noqa: E402  (the same FastAPI app as uvicorn's)
 
 if __name__ == "__main__":
-    server = ASGIServer(app, host=common.HOST, port=common.port_from_argv(8009),
-                        **knobs.parse(sys.argv[2:]))
+    server = ASGIServer(
+        app, host=common.HOST, port=common.port_from_argv(8009), **knobs.parse(sys.argv[2:])
+    )
     server.run()  # until SIGINT or SIGTERM, then a graceful stop

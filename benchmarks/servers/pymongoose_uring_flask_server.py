@@ -5,6 +5,7 @@ The very app gunicorn_server.py and granian_server.py (wsgi) serve. WSGI calls r
 pool of BENCH_WSGI_THREADS Python threads (default 4, as gunicorn's and granian's
 scripts have); engine knobs come from options or PMU_* variables (see knobs.py).
 """
+
 import os
 import sys
 
@@ -20,7 +21,11 @@ except ImportError as e:
 from flask_server import app  # noqa: E402  (the same Flask app as the peers)
 
 if __name__ == "__main__":
-    server = WSGIServer(app, host=common.HOST, port=common.port_from_argv(8008),
-                        pool_threads=int(os.environ.get("BENCH_WSGI_THREADS", "4")),
-                        **knobs.parse(sys.argv[2:]))
+    server = WSGIServer(
+        app,
+        host=common.HOST,
+        port=common.port_from_argv(8008),
+        pool_threads=int(os.environ.get("BENCH_WSGI_THREADS", "4")),
+        **knobs.parse(sys.argv[2:]),
+    )
     server.run()  # until SIGINT or SIGTERM, then a graceful stop

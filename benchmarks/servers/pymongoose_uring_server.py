@@ -5,6 +5,7 @@ PMU_* environment variables; the sweep command uses the latter. GET /__stats ans
 engine's counters (server.stats()) as JSON so that the sweep can record them beside each point.
 GET / is the documented Hello World: a handler returning a dict (compact JSON).
 """
+
 import sys
 
 import common
@@ -45,6 +46,7 @@ def stats(request):
 
 
 if __name__ == "__main__":
-    server = Server(app, host=common.HOST, port=common.port_from_argv(8001),
-                    **knobs.parse(sys.argv[2:]))
+    server = Server(
+        app, host=common.HOST, port=common.port_from_argv(8001), **knobs.parse(sys.argv[2:])
+    )
     server.run()  # until SIGINT or SIGTERM, then a graceful stop

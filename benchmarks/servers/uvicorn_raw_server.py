@@ -3,11 +3,11 @@ python uvicorn_raw_server.py PORT
 
 The same `app` is what granian_server.py serves over ASGI, so the two compare servers alone.
 """
+
 import common
 
 ROUTES = {
-    path: (body, [(b"content-type", content_type.encode()),
-                  (b"content-length", b"%d" % len(body))])
+    path: (body, [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))])
     for path, (body, content_type) in common.GET_ROUTES.items()
 }
 NOT_FOUND = (b"not found\n", [(b"content-type", b"text/plain"), (b"content-length", b"10")])
@@ -30,8 +30,10 @@ async def app(scope, receive, send):
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        headers = [(b"content-type", common.OCTETS.encode()),
-                   (b"content-length", b"%d" % len(body))]
+        headers = [
+            (b"content-type", common.OCTETS.encode()),
+            (b"content-length", b"%d" % len(body)),
+        ]
         status = 200
     else:
         body, headers = ROUTES.get(scope["path"], NOT_FOUND)
@@ -47,5 +49,13 @@ if __name__ == "__main__":
         import uvloop  # noqa: F401  (required: this entry is "uvicorn + uvloop + httptools")
     except ImportError as e:
         common.unavailable("uvicorn/uvloop/httptools", e)
-    uvicorn.run(app, host=common.HOST, port=common.port_from_argv(8005), loop="uvloop",
-                http="httptools", log_level="warning", access_log=False, lifespan="off")
+    uvicorn.run(
+        app,
+        host=common.HOST,
+        port=common.port_from_argv(8005),
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )

@@ -1,4 +1,5 @@
 """FastAPI on uvicorn (uvloop + httptools when installed): python uvicorn_server.py PORT"""
+
 import common
 
 try:
@@ -34,5 +35,10 @@ async def echo(request: Request):
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host=common.HOST, port=common.port_from_argv(8003),
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=common.HOST,
+        port=common.port_from_argv(8003),
+        log_level="warning",
+        access_log=False,
+    )

@@ -3,6 +3,7 @@
 
     python3 -m pytest benchmarks/tests -q
 """
+
 import os
 import socket
 import sys
@@ -66,9 +67,11 @@ class TinyServer:
 
 
 def response(body, content_type="application/json", status=200, close=False):
-    return (b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
-        status, content_type.encode(), len(body), b"Connection: close\r\n" if close else b"")
-        + body)
+    return (
+        b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+        % (status, content_type.encode(), len(body), b"Connection: close\r\n" if close else b"")
+        + body
+    )
 
 
 @pytest.fixture
@@ -95,10 +98,13 @@ def test_checks_pass_on_a_correct_server(good):
     checks.echo(good.port, 65536)
 
 
-@pytest.mark.parametrize("body,ctype", [
-    (b'{"message":"Hello"}', "application/json"),
-    (HELLO, "text/plain"),
-])
+@pytest.mark.parametrize(
+    "body,ctype",
+    [
+        (b'{"message":"Hello"}', "application/json"),
+        (HELLO, "text/plain"),
+    ],
+)
 def test_wrong_hello_is_a_wrong_answer(body, ctype):
     server = TinyServer(lambda head, _body: (response(body, ctype), False))
     try:
@@ -109,8 +115,9 @@ def test_wrong_hello_is_a_wrong_answer(body, ctype):
 
 
 def test_echo_of_other_bytes_is_a_wrong_answer():
-    server = TinyServer(lambda head, body: (response(body[::-1], "application/octet-stream"),
-                                            False))
+    server = TinyServer(
+        lambda head, body: (response(body[::-1], "application/octet-stream"), False)
+    )
     try:
         with pytest.raises(WrongAnswer):
             checks.echo(server.port, 4096)
@@ -157,9 +164,19 @@ def test_procstat_reads_this_process():
 
 
 def test_summarize_takes_medians_and_sums_errors():
-    points = [dict(rps=r, cpu_us_per_req=c, socket_errors=e, status_errors=0, requests=100,
-                   lat_p50_ms=1.0, lat_p99_ms=2.0, rss_peak_mib=m)
-              for r, c, e, m in ((10, 3.0, 0, 5), (30, 1.0, 2, 7), (20, 2.0, 1, 6))]
+    points = [
+        dict(
+            rps=r,
+            cpu_us_per_req=c,
+            socket_errors=e,
+            status_errors=0,
+            requests=100,
+            lat_p50_ms=1.0,
+            lat_p99_ms=2.0,
+            rss_peak_mib=m,
+        )
+        for r, c, e, m in ((10, 3.0, 0, 5), (30, 1.0, 2, 7), (20, 2.0, 1, 6))
+    ]
     row = report.summarize(points)
     assert (row["rps"], row["cpu_us_per_req"], row["socket_errors"]) == (20, 2.0, 3)
     assert (row["rps_min"], row["rps_max"], row["rss_peak_mib"]) == (10, 30, 7)
@@ -170,19 +187,34 @@ def test_sweep_points_one_at_a_time_and_grid():
     fixed = {"knob": {"threads": 1}, "sysctl": {}}
     alone = sweep.points(dims, fixed, grid=False)
     assert [p["label"] for p in alone] == [
-        "defaults", "buf_size=1024", "buf_size=4096", "net.core.somaxconn=128"]
+        "defaults",
+        "buf_size=1024",
+        "buf_size=4096",
+        "net.core.somaxconn=128",
+    ]
     assert all(p["knob"]["threads"] == 1 for p in alone)
     assert len(sweep.points(dims, fixed, grid=True)) == 2
 
 
 def test_stats_delta_keeps_gauges_and_subtracts_lists():
-    before = {"requests": 10, "connections_open": 5, "batch_hist": [1, 2],
-              "status_classes": {"2xx": 9, "4xx": 1}}
-    after = {"requests": 25, "connections_open": 3, "batch_hist": [4, 2],
-             "status_classes": {"2xx": 23, "4xx": 2, "7xx": 1}}
+    before = {
+        "requests": 10,
+        "connections_open": 5,
+        "batch_hist": [1, 2],
+        "status_classes": {"2xx": 9, "4xx": 1},
+    }
+    after = {
+        "requests": 25,
+        "connections_open": 3,
+        "batch_hist": [4, 2],
+        "status_classes": {"2xx": 23, "4xx": 2, "7xx": 1},
+    }
     assert sweep.stats_delta(before, after) == {
-        "requests": 15, "connections_open": 3, "batch_hist": [3, 0],
-        "status_classes": {"2xx": 14, "4xx": 1, "7xx": 1}}
+        "requests": 15,
+        "connections_open": 3,
+        "batch_hist": [3, 0],
+        "status_classes": {"2xx": 14, "4xx": 1, "7xx": 1},
+    }
 
 
 def test_resilience_clients_count_answers_and_failures():
@@ -190,8 +222,7 @@ def test_resilience_clients_count_answers_and_failures():
 
     import resilience
 
-    server = TinyServer(lambda head, body: (response(b"v7 12345", "text/plain", close=True),
-                                            True))
+    server = TinyServer(lambda head, body: (response(b"v7 12345", "text/plain", close=True), True))
     try:
         clients = resilience.Clients(server.port, threads=1)
         deadline = time.monotonic() + 5
@@ -211,6 +242,7 @@ def test_resilience_clients_count_answers_and_failures():
 
 def test_resilience_refuses_unknown_scenarios():
     import resilience
+
     with pytest.raises(SystemExit) as exit:
         resilience.main(["--scenarios", "reload,nope"])
     assert exit.value.code == 2

@@ -1,6 +1,7 @@
 """benchmarks/hostile_fd.py's fd-exhaustion scenario against two tiny servers whose answer
 to EMFILE is known: one that logs and stops accepting for half a second (as nginx does), one
 that retries at once without a word. The scenario must tell them apart."""
+
 import argparse
 import os
 import sys
@@ -13,7 +14,7 @@ import hostile_fd  # noqa: E402
 from bench import registry  # noqa: E402
 from bench.session import Built  # noqa: E402
 
-SERVER = r'''
+SERVER = r"""
 import errno, selectors, socket, sys, time
 port, polite = int(sys.argv[1]), sys.argv[2] == "polite"
 ls = socket.socket()
@@ -56,24 +57,29 @@ while True:
                 c.close()
             elif b"\r\n\r\n" in data:
                 c.sendall(answer)
-'''
+"""
 
 
 @pytest.fixture
 def args():
     cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-    return argparse.Namespace(connections=150, nofile=64, hold=6.0, sample=2.0,
-                              answer_within=5.0, server_cpus=cpus, client_cpus=cpus)
+    return argparse.Namespace(
+        connections=150,
+        nofile=64,
+        hold=6.0,
+        sample=2.0,
+        answer_within=5.0,
+        server_cpus=cpus,
+        client_cpus=cpus,
+    )
 
 
 @pytest.mark.parametrize("mode", ["polite", "spinning"])
 def test_fd_exhaustion_measures_cpu_logging_and_recovery(mode, args, tmp_path):
     script = tmp_path / "server.py"
     script.write_text(SERVER)
-    definition = registry.Server(mode, mode, ("{python}", str(script), "{port}", mode),
-                                 kind="peer")
-    row = hostile_fd.scenario(definition, hostile_fd.free_port(), Built(), args,
-                              str(tmp_path))
+    definition = registry.Server(mode, mode, ("{python}", str(script), "{port}", mode), kind="peer")
+    row = hostile_fd.scenario(definition, hostile_fd.free_port(), Built(), args, str(tmp_path))
     assert row["held"] == args.connections  # the kernel completes them all (backlog 1024)
     assert row["answered_after"], row
     assert row["closed_by_server"] == 0  # neither server drops what it accepted

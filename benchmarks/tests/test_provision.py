@@ -3,6 +3,7 @@ built and answers, and one that cannot be had fails the run (a peer is only list
 
     python3 -m pytest benchmarks/tests/test_provision.py -q
 """
+
 import os
 import random
 import shutil
@@ -52,8 +53,12 @@ def clean_tree(dest):
     not ignore, so that uncommitted work is tested too): no build*/ folder, no results."""
     if shutil.which("git") is None or not os.path.exists(os.path.join(REPO_DIR, ".git")):
         pytest.skip("not a git checkout")
-    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO_DIR, check=True, capture_output=True).stdout.split(b"\0")
+    names = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_DIR,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
     for name in filter(None, (n.decode() for n in names)):
         src = os.path.join(REPO_DIR, name)
         if not os.path.isfile(src):
@@ -72,11 +77,25 @@ def test_every_project_server_answers_after_provisioning_a_clean_tree(tmp_path):
     assert not any(n.startswith("build") for n in os.listdir(tree))
     env = dict(os.environ)
     env.pop("PMU_HELLO_SERVER", None)
-    p = subprocess.run([sys.executable, os.path.join(tree, "benchmarks", "run.py"),
-                        "--provision-only", "--no-install", "--servers", ",".join(PROJECT_DEFAULT),
-                        "--base-port", str(free_base_port(len(PROJECT_DEFAULT))),
-                        "--out", str(tmp_path / "out")],
-                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(tree, "benchmarks", "run.py"),
+            "--provision-only",
+            "--no-install",
+            "--servers",
+            ",".join(PROJECT_DEFAULT),
+            "--base-port",
+            str(free_base_port(len(PROJECT_DEFAULT))),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     output = p.stdout + p.stderr
     log = tmp_path / "out" / "logs" / "setup.log"
     assert p.returncode == 0, output + (log.read_text()[-3000:] if log.exists() else "")
@@ -90,9 +109,13 @@ def test_every_project_server_answers_after_provisioning_a_clean_tree(tmp_path):
 
 @pytest.fixture
 def absent_peer(monkeypatch):
-    peer = registry.Server("absent_peer", "a peer that cannot be installed",
-                           ("{python}", "-c", "raise SystemExit(3)"), kind="peer",
-                           pip=(("pmu_bench_no_such_module", "pmu-bench-no-such-module"),))
+    peer = registry.Server(
+        "absent_peer",
+        "a peer that cannot be installed",
+        ("{python}", "-c", "raise SystemExit(3)"),
+        kind="peer",
+        pip=(("pmu_bench_no_such_module", "pmu-bench-no-such-module"),),
+    )
     monkeypatch.setitem(registry.BY_NAME, peer.name, peer)
     affinity = os.sched_getaffinity(0)
     yield peer
@@ -100,26 +123,51 @@ def absent_peer(monkeypatch):
 
 
 def test_an_unavailable_peer_is_listed_and_the_run_goes_on(absent_peer, tmp_path, capsys):
-    rc = run.main(["--provision-only", "--no-install", "--servers", "absent_peer",
-                   "--out", str(tmp_path)])
+    rc = run.main(
+        ["--provision-only", "--no-install", "--servers", "absent_peer", "--out", str(tmp_path)]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "unavailable peer: absent_peer (missing pmu_bench_no_such_module" in out
 
 
-def test_an_unavailable_project_server_fails_the_run_naming_it_and_why(absent_peer, tmp_path,
-                                                                       capsys):
+def test_an_unavailable_project_server_fails_the_run_naming_it_and_why(
+    absent_peer, tmp_path, capsys
+):
     missing = str(tmp_path / "no-hello-server")
-    rc = run.main(["--provision-only", "--no-install", "--servers", "absent_peer,hello_c",
-                   "--hello-server", missing, "--out", str(tmp_path)])
+    rc = run.main(
+        [
+            "--provision-only",
+            "--no-install",
+            "--servers",
+            "absent_peer,hello_c",
+            "--hello-server",
+            missing,
+            "--out",
+            str(tmp_path),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1, captured.out
-    assert ("ERROR: hello_c: this project's own server is unavailable: %s is not an executable"
-            % missing) in captured.err
+    assert (
+        "ERROR: hello_c: this project's own server is unavailable: %s is not an executable"
+        % missing
+    ) in captured.err
     assert "unavailable peer: absent_peer" in captured.out
     # --keep-going goes on past it, and still exits 1.
-    rc = run.main(["--provision-only", "--no-install", "--keep-going", "--servers",
-                   "hello_c,absent_peer", "--hello-server", missing, "--out", str(tmp_path)])
+    rc = run.main(
+        [
+            "--provision-only",
+            "--no-install",
+            "--keep-going",
+            "--servers",
+            "hello_c,absent_peer",
+            "--hello-server",
+            missing,
+            "--out",
+            str(tmp_path),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1 and "FAILED: hello_c" in captured.out
     assert "unavailable peer: absent_peer" in captured.out

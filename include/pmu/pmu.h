@@ -74,16 +74,16 @@ typedef struct pmu_request {
   size_t body_len;
   uint8_t http_major;
   uint8_t http_minor;
-  uint8_t keep_alive; /* the connection stays open after this request */
-  uint8_t is_head;    /* HEAD: the engine sends no body */
-  uint8_t body_streaming; /* the body comes in pieces through config.on_body */
-  uint16_t thread;    /* index of the worker thread that owns it */
-  uint64_t conn_id;   /* unique per server; equal for requests of one connection */
+  uint8_t keep_alive;            /* the connection stays open after this request */
+  uint8_t is_head;               /* HEAD: the engine sends no body */
+  uint8_t body_streaming;        /* the body comes in pieces through config.on_body */
+  uint16_t thread;               /* index of the worker thread that owns it */
+  uint64_t conn_id;              /* unique per server; equal for requests of one connection */
   struct sockaddr_storage peer;  /* client address (AF_UNIX: family only) */
   struct sockaddr_storage local; /* address the connection arrived on
                                     (AF_UNIX: family only; the path is the
                                     server's config.unix_path) */
-  void *user; /* free for the handler; the engine never reads it */
+  void *user;                    /* free for the handler; the engine never reads it */
 } pmu_request_t;
 
 /*
@@ -511,11 +511,11 @@ int pmu_server_ring_info(const pmu_server_t *server, unsigned thread, pmu_ring_i
 
 /* The kernel's io_uring capabilities, as probed by pmu_probe(). */
 typedef struct pmu_probe {
-  int available;          /* a ring could be created */
-  int error;              /* -errno from the first refused step, or 0 */
-  char message[512];      /* the cause and the fix when !available, else a summary */
-  char kernel[64];        /* uname -r */
-  unsigned features;      /* IORING_FEAT_* */
+  int available;     /* a ring could be created */
+  int error;         /* -errno from the first refused step, or 0 */
+  char message[512]; /* the cause and the fix when !available, else a summary */
+  char kernel[64];   /* uname -r */
+  unsigned features; /* IORING_FEAT_* */
   int single_issuer;
   int defer_taskrun;
   int coop_taskrun;
@@ -524,10 +524,10 @@ typedef struct pmu_probe {
   int provided_buffer_ring;
   int send_zc;
   int msg_ring;
-  int recv_bundle;        /* IORING_RECVSEND_BUNDLE (6.10+) */
+  int recv_bundle;         /* IORING_RECVSEND_BUNDLE (6.10+) */
   int incremental_buffers; /* IOU_PBUF_RING_INC (6.12+) */
   int registered_ring_fd;
-  int ext_arg;            /* timeouts on the wait itself */
+  int ext_arg; /* timeouts on the wait itself */
 } pmu_probe_t;
 
 /* Probe the kernel. Returns 0 when io_uring can run this engine, else -errno

@@ -1,5 +1,6 @@
 """The command line's entry point: parse, set up logging, then serve in this
 process or under the supervisor."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ def setup_logging(config: Config) -> None:
     root.setLevel(config.log_level.upper())
     if not root.handlers:
         h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: "
-                                         "%(message)s"))
+        h.setFormatter(
+            logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
+        )
         root.addHandler(h)
         root.propagate = False
     access = logging.getLogger("pymongoose_uring.access")

@@ -15,6 +15,7 @@ connection refused), and stops them all gracefully on SIGTERM or SIGINT. Every
 engine knob is an option (--ring-entries,
 --buf-size, --sqpoll 1...) with the engine's default shown below.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,66 +69,144 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     (config_defaults()), one option each."""
     doc = __doc__ or ""
     p = argparse.ArgumentParser(
-        prog="python -m pymongoose_uring", allow_abbrev=False,
+        prog="python -m pymongoose_uring",
+        allow_abbrev=False,
         description=doc.split("\n\n")[0],
         epilog="\n\n".join(doc.split("\n\n")[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("app", nargs="?",
-                   help="MODULE:ATTRIBUTE of the app (an App, a handler, a WSGI or an ASGI app)")
-    p.add_argument("--interface", choices=("auto", "native", "wsgi", "asgi"), default="auto",
-                   help="how to call the app (default: detected from the app)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "app",
+        nargs="?",
+        help="MODULE:ATTRIBUTE of the app (an App, a handler, a WSGI or an ASGI app)",
+    )
+    p.add_argument(
+        "--interface",
+        choices=("auto", "native", "wsgi", "asgi"),
+        default="auto",
+        help="how to call the app (default: detected from the app)",
+    )
     p.add_argument("--hello", action="store_true", help="serve the built-in hello-world app")
     p.add_argument("--probe", action="store_true", help="print probe() as JSON and exit")
     g = p.add_argument_group("listening and processes")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     g.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any)")
-    g.add_argument("--uds", "--unix-path", dest="unix_path", default=None, metavar="PATH",
-                   help="listen on this Unix socket instead of TCP")
-    g.add_argument("--fd", "--listen-fd", dest="fd", type=int, default=None, metavar="FD",
-                   help="serve on this inherited listening socket (TCP or Unix) instead of "
-                        "binding one")
-    g.add_argument("--threads", type=int, default=1,
-                   help="ring threads per process, one io_uring each (default 1)")
-    g.add_argument("--workers", type=int, default=1,
-                   help="processes, supervised: the supervisor holds the listening sockets "
-                        "(one SO_REUSEPORT socket per worker for TCP), so connections wait "
-                        "while a worker that died is restarted; SIGTERM/SIGINT stop them all "
-                        "gracefully (default 1: no supervisor)")
-    g.add_argument("--max-requests", type=int, default=0, metavar="N",
-                   help="replace a worker after it served N requests (frees what a leaky app "
-                        "holds; no connection is lost; implies the supervisor; default 0: "
-                        "never)")
-    g.add_argument("--reload", action="store_true",
-                   help="for development: replace the workers (as SIGHUP does) when a .py "
-                        "file under --reload-dir changes; implies the supervisor")
-    g.add_argument("--reload-dir", action="append", default=None, metavar="DIR",
-                   help="where --reload watches (repeatable; default: the current directory)")
-    g.add_argument("--max-requests-jitter", type=int, default=0, metavar="J",
-                   help="add 0..J at random to each worker's --max-requests, so that "
-                        "workers are not replaced all at once")
-    g.add_argument("--access-log", action="store_true",
-                   help="log one line per request to stderr (logger pymongoose_uring.access)")
-    g.add_argument("--log-level", default="warning",
-                   choices=("debug", "info", "warning", "error", "critical"),
-                   help="level of the pymongoose_uring logger (default warning)")
+    g.add_argument(
+        "--uds",
+        "--unix-path",
+        dest="unix_path",
+        default=None,
+        metavar="PATH",
+        help="listen on this Unix socket instead of TCP",
+    )
+    g.add_argument(
+        "--fd",
+        "--listen-fd",
+        dest="fd",
+        type=int,
+        default=None,
+        metavar="FD",
+        help="serve on this inherited listening socket (TCP or Unix) instead of binding one",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="ring threads per process, one io_uring each (default 1)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes, supervised: the supervisor holds the listening sockets "
+        "(one SO_REUSEPORT socket per worker for TCP), so connections wait "
+        "while a worker that died is restarted; SIGTERM/SIGINT stop them all "
+        "gracefully (default 1: no supervisor)",
+    )
+    g.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="replace a worker after it served N requests (frees what a leaky app "
+        "holds; no connection is lost; implies the supervisor; default 0: "
+        "never)",
+    )
+    g.add_argument(
+        "--reload",
+        action="store_true",
+        help="for development: replace the workers (as SIGHUP does) when a .py "
+        "file under --reload-dir changes; implies the supervisor",
+    )
+    g.add_argument(
+        "--reload-dir",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="where --reload watches (repeatable; default: the current directory)",
+    )
+    g.add_argument(
+        "--max-requests-jitter",
+        type=int,
+        default=0,
+        metavar="J",
+        help="add 0..J at random to each worker's --max-requests, so that "
+        "workers are not replaced all at once",
+    )
+    g.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request to stderr (logger pymongoose_uring.access)",
+    )
+    g.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error", "critical"),
+        help="level of the pymongoose_uring logger (default warning)",
+    )
     x = p.add_argument_group("behind a reverse proxy (WSGI and ASGI apps)")
-    x.add_argument("--proxy-headers", action=argparse.BooleanOptionalAction, default=True,
-                   help="take the client address and scheme from X-Forwarded-For and "
-                        "X-Forwarded-Proto when the peer is a trusted proxy (default on)")
-    x.add_argument("--forwarded-allow-ips", default=None, metavar="LIST",
-                   help="the trusted proxies: comma-separated addresses, networks "
-                        "(10.0.0.0/8), 'unix:' (peers on a Unix socket) or '*' (default "
-                        "$FORWARDED_ALLOW_IPS, else 127.0.0.1,::1)")
+    x.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take the client address and scheme from X-Forwarded-For and "
+        "X-Forwarded-Proto when the peer is a trusted proxy (default on)",
+    )
+    x.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        metavar="LIST",
+        help="the trusted proxies: comma-separated addresses, networks "
+        "(10.0.0.0/8), 'unix:' (peers on a Unix socket) or '*' (default "
+        "$FORWARDED_ALLOW_IPS, else 127.0.0.1,::1)",
+    )
     w = p.add_argument_group("WSGI")
-    w.add_argument("--pool-threads", "--wsgi-threads", dest="pool_threads", type=int, default=8,
-                   help="Python threads that call the WSGI app (default 8)")
-    w.add_argument("--script-name", default="",
-                   help="SCRIPT_NAME: the URL prefix the WSGI app is mounted under")
+    w.add_argument(
+        "--pool-threads",
+        "--wsgi-threads",
+        dest="pool_threads",
+        type=int,
+        default=8,
+        help="Python threads that call the WSGI app (default 8)",
+    )
+    w.add_argument(
+        "--script-name",
+        default="",
+        help="SCRIPT_NAME: the URL prefix the WSGI app is mounted under",
+    )
     a = p.add_argument_group("ASGI")
-    a.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
-                   help="ASGI lifespan: auto (used when the app supports it), on, off")
-    a.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
-                   help="event loop for ASGI (default auto: uvloop when installed)")
+    a.add_argument(
+        "--lifespan",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ASGI lifespan: auto (used when the app supports it), on, off",
+    )
+    a.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="event loop for ASGI (default auto: uvloop when installed)",
+    )
     a.add_argument("--root-path", default="", help="ASGI root_path")
     e = p.add_argument_group("engine knobs (default: the engine's)")
     table = _knob_table()
@@ -140,11 +219,15 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
             unit = f" {knob.unit}" if knob.unit else ""
             text = f"{knob.doc} (engine default: {value!r}{unit})"
         else:
-            kind = str if isinstance(value, str) or value is None and \
-                name.endswith(("header", "_dir")) else int
+            kind = (
+                str
+                if isinstance(value, str) or value is None and name.endswith(("header", "_dir"))
+                else int
+            )
             text = f"engine default: {value!r}"
-        e.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                       help=text.replace("%", "%%"))
+        e.add_argument(
+            "--" + name.replace("_", "-"), type=kind, default=None, help=text.replace("%", "%%")
+        )
     return p
 
 
@@ -152,6 +235,7 @@ def _knob_table() -> Dict[str, Any]:
     """The engine's knob table (pymongoose_uring.knobs()), or {} without the engine."""
     try:
         from .._server import knobs
+
         return dict(knobs())
     except Exception:  # the extension is missing: plain options, defaults only
         return {}
@@ -161,6 +245,7 @@ def engine_options(args: argparse.Namespace, defaults: Dict[str, Any]) -> Dict[s
     """The engine knobs given on the command line, as Server keyword arguments;
     SystemExit for one this Server does not take."""
     from .._adapter import _SERVER_PARAMS
+
     options = {}
     for name in defaults:
         if name in LISTEN:
@@ -169,8 +254,9 @@ def engine_options(args: argparse.Namespace, defaults: Dict[str, Any]) -> Dict[s
         if value is None:
             continue
         if name not in _SERVER_PARAMS:
-            raise SystemExit(f"pymongoose_uring: --{name.replace('_', '-')} is not supported "
-                             f"by this Server")
+            raise SystemExit(
+                f"pymongoose_uring: --{name.replace('_', '-')} is not supported by this Server"
+            )
         options[name] = value
     return options
 
@@ -202,6 +288,7 @@ def parse(argv: Optional[Sequence[str]], defaults: Dict[str, Any]) -> Config:
             p.error(f"--fd {config.fd}: {exc.strerror}")
     if config.proxy_headers:
         from .._adapter import ProxyHeaders
+
         try:
             ProxyHeaders(config.forwarded_allow_ips)
         except ValueError as exc:

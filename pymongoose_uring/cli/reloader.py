@@ -1,4 +1,5 @@
 """--reload: notice that the app's Python sources changed."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -48,8 +49,9 @@ class SourceWatcher:
         current = self._scan()
         if current == self.seen:
             return False
-        diff = ({p for p in current if self.seen.get(p) != current[p]}
-                | (set(self.seen) - set(current)))
+        diff = {p for p in current if self.seen.get(p) != current[p]} | (
+            set(self.seen) - set(current)
+        )
         for path in diff:
             # A .pyc records its source's mtime in whole seconds: an edit within
             # the same second that keeps the size would load the old code.

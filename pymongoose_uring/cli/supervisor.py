@@ -1,5 +1,6 @@
 """--workers, --max-requests, --reload: a parent process that holds the
 listening sockets and forks the workers that serve them."""
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ def die_with_parent(parent: int) -> None:
     """Ask the kernel to SIGTERM this worker if the supervisor dies."""
     try:
         import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:  # pragma: no cover - not Linux, or no libc
@@ -56,8 +58,9 @@ def listening_sockets(config: Config, backlog: int) -> List[socket.socket]:
             sock.close()
             raise
         return [sock]
-    infos = socket.getaddrinfo(config.host or None, config.port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
+    infos = socket.getaddrinfo(
+        config.host or None, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
     family, _, _, _, address = infos[0]
     sockets: List[socket.socket] = []
     try:
@@ -135,6 +138,7 @@ class Supervisor:
                 code = self.serve(self.config, ready_w)
             except BaseException:  # pragma: no cover - reported, then exit
                 import traceback
+
                 traceback.print_exc()
             finally:
                 sys.stdout.flush()
@@ -165,16 +169,17 @@ class Supervisor:
         socket before the old one is stopped gracefully."""
         why, self.reload_requested = self.reload_requested, None
         n = self.config.workers
-        self.log(f"{why}; replacing " + ("the worker" if n == 1 else
-                                         f"the {n} workers one by one"))
+        self.log(f"{why}; replacing " + ("the worker" if n == 1 else f"the {n} workers one by one"))
         for index in range(self.config.workers):
             old = [pid for pid, i in self.children.items() if i == index]
             new = self.spawn(index)
             if not self.wait_serving(new, 60):
                 if self.stopping:
                     return
-                self.log(f"worker {index} (pid {new}) did not start serving; the reload stops "
-                         "here and the running workers stay")
+                self.log(
+                    f"worker {index} (pid {new}) did not start serving; the reload stops "
+                    "here and the running workers stay"
+                )
                 self.retired.add(new)
                 self.kill(new, signal.SIGKILL)
                 return
@@ -218,8 +223,11 @@ class Supervisor:
         once after --max-requests, after a growing delay when it keeps dying
         within a second). False when it could not load its app: then every
         worker is stopped instead."""
-        how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-               if os.WIFSIGNALED(status) else f"exited with {os.WEXITSTATUS(status)}")
+        how = (
+            f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+            if os.WIFSIGNALED(status)
+            else f"exited with {os.WEXITSTATUS(status)}"
+        )
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_FAILED:
             self.log(f"worker {index} (pid {pid}) could not start ({how}); stopping")
             self.on_signal(signal.SIGTERM, None)
@@ -231,8 +239,9 @@ class Supervisor:
         quick = time.monotonic() - self.started.get(index, 0) < 1.0
         self.failures[index] = self.failures.get(index, 0) + 1 if quick else 0
         delay = min(0.1 * 2 ** self.failures[index], 5.0) if quick else 0
-        self.log(f"worker {index} (pid {pid}) {how}; restarting"
-                 + (f" in {delay:.1f}s" if delay else ""))
+        self.log(
+            f"worker {index} (pid {pid}) {how}; restarting" + (f" in {delay:.1f}s" if delay else "")
+        )
         if delay:
             time.sleep(delay)
         if not self.stopping:
@@ -244,8 +253,7 @@ class Supervisor:
         returns the exit status (1 when it cannot listen or a worker cannot
         load its app)."""
         try:
-            self.sockets = listening_sockets(self.config,
-                                             self.config.engine.get("backlog") or 4096)
+            self.sockets = listening_sockets(self.config, self.config.engine.get("backlog") or 4096)
         except OSError as exc:
             where = self.config.unix_path or f"{self.config.host}:{self.config.port}"
             self.log(f"cannot listen on {where}: {exc.strerror or exc}")
@@ -266,15 +274,20 @@ class Supervisor:
             signal.signal(sig, self.on_signal)
         signal.signal(signal.SIGHUP, self.on_hangup)
         name = self.sockets[0].getsockname()
-        where = (f"unix:{name}" if self.sockets[0].family == socket.AF_UNIX
-                 else f"http://[{name[0]}]:{name[1]}" if ":" in name[0]
-                 else f"http://{name[0]}:{name[1]}")
+        where = (
+            f"unix:{name}"
+            if self.sockets[0].family == socket.AF_UNIX
+            else f"http://[{name[0]}]:{name[1]}"
+            if ":" in name[0]
+            else f"http://{name[0]}:{name[1]}"
+        )
         self.log(f"supervising {self.config.workers} workers on {where} (pid {os.getpid()})")
         for i in range(self.config.workers):
             self.spawn(i)
         code = 0
-        watcher = SourceWatcher(self.config.reload_dir or [os.getcwd()]) \
-            if self.config.reload else None
+        watcher = (
+            SourceWatcher(self.config.reload_dir or [os.getcwd()]) if self.config.reload else None
+        )
         while not self.stopping:
             if watcher is not None and watcher.changed():
                 self.reload_requested = f"{watcher.last} changed"

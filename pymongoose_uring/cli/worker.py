@@ -1,6 +1,7 @@
 """One serving process: load the app, build its server (native, WSGI or ASGI),
 serve until SIGINT/SIGTERM; tell the supervisor once it serves, and stop after
 --max-requests."""
+
 from __future__ import annotations
 
 import importlib
@@ -48,6 +49,7 @@ def load(spec: str) -> Any:
 def hello_app() -> App:
     """--hello: GET / answers {"message":"Hello, World!"}."""
     from .. import App
+
     app = App()
     body = b'{"message":"Hello, World!"}'
     headers = [("Content-Type", "application/json")]
@@ -74,14 +76,14 @@ def native_with_access_log(app: Handler) -> Handler:
             status = result
         elif isinstance(result, tuple) and result:
             first = result[0]
-            status = first if isinstance(first, int) else (
-                result[1] if len(result) > 1 else 200)
+            status = first if isinstance(first, int) else (result[1] if len(result) > 1 else 200)
         elif result is None or hasattr(result, "__await__"):
             status = "-"
         else:
             status = 200
-        log_access(request.client, request.method, request.target, request.http_version,
-                   status, None)
+        log_access(
+            request.client, request.method, request.target, request.http_version, status, None
+        )
         return result
 
     return logged
@@ -98,19 +100,40 @@ def make_server(config: Config) -> AnyServer:
     if interface == "auto":
         interface = detect_interface(app)
     listen: Any = dict(unix_path=config.unix_path, threads=config.threads, listen_fd=config.fd)
-    proxy: Any = dict(proxy_headers=config.proxy_headers,
-                      forwarded_allow_ips=config.forwarded_allow_ips)
+    proxy: Any = dict(
+        proxy_headers=config.proxy_headers, forwarded_allow_ips=config.forwarded_allow_ips
+    )
     options: Any = config.engine
     if interface == "wsgi":
         from ..wsgi import WSGIServer
-        return WSGIServer(app, config.host, config.port, pool_threads=config.pool_threads,
-                          script_name=config.script_name, access_log=config.access_log,
-                          multiprocess=config.workers > 1, **proxy, **listen, **options)
+
+        return WSGIServer(
+            app,
+            config.host,
+            config.port,
+            pool_threads=config.pool_threads,
+            script_name=config.script_name,
+            access_log=config.access_log,
+            multiprocess=config.workers > 1,
+            **proxy,
+            **listen,
+            **options,
+        )
     if interface == "asgi":
         from ..asgi import ASGIServer
-        return ASGIServer(app, config.host, config.port, lifespan=config.lifespan,
-                          root_path=config.root_path, loop=config.loop,
-                          access_log=config.access_log, **proxy, **listen, **options)
+
+        return ASGIServer(
+            app,
+            config.host,
+            config.port,
+            lifespan=config.lifespan,
+            root_path=config.root_path,
+            loop=config.loop,
+            access_log=config.access_log,
+            **proxy,
+            **listen,
+            **options,
+        )
     if config.access_log:
         app = native_with_access_log(app)
     return Server(app, config.host, config.port, **listen, **options)
@@ -121,6 +144,7 @@ def serve(config: Config, ready_fd: int = -1) -> int:
     written to ready_fd (then closed) once the server accepts. Returns the
     exit status: 0, EXIT_BOOT_FAILED or EXIT_RECYCLED."""
     from .. import Error
+
     try:
         server = make_server(config)
     except Error as exc:
@@ -131,6 +155,7 @@ def serve(config: Config, ready_fd: int = -1) -> int:
         return EXIT_BOOT_FAILED
     except Exception as exc:
         import traceback
+
         traceback.print_exc()
         say(f"cannot load {config.app!r}: {type(exc).__name__}: {exc}")
         return EXIT_BOOT_FAILED
@@ -154,6 +179,7 @@ def serve(config: Config, ready_fd: int = -1) -> int:
 def tell_when_serving(server: AnyServer, fd: int) -> None:
     """Write a byte to fd once the server runs (its listener accepts), for the
     supervisor; closing fd without it (the worker died) says it never did."""
+
     def watch() -> None:
         try:
             deadline = time.monotonic() + 600
@@ -188,8 +214,10 @@ def recycle_after(server: AnyServer, config: Config) -> Recycle:
                 continue
             if served >= limit:
                 done.limit_reached = True
-                say(f"worker {os.environ.get('PYMONGOOSE_URING_WORKER', '0')} (pid {os.getpid()}) "
-                    f"served {served} requests (--max-requests {limit}); replacing it")
+                say(
+                    f"worker {os.environ.get('PYMONGOOSE_URING_WORKER', '0')} (pid {os.getpid()}) "
+                    f"served {served} requests (--max-requests {limit}); replacing it"
+                )
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 

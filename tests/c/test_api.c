@@ -140,18 +140,18 @@ int main(void) {
 #define OUT_OF_RANGE(type, name, def, unit, lo, hi, doc) OOR_##type(name, lo, hi)
 #define OOR_STR(name, lo, hi)  /* not range-checked */
 #define OOR_BOOL(name, lo, hi) /* any nonzero value is on */
-#define OOR_NUM(ctype, name, lo, hi, tmin, tmax)                                              \
-  if ((long long)(lo) > (tmin)) {                                                             \
-    pmu_config_t c;                                                                           \
-    t_config_init(&c);                                                                        \
-    c.name = (ctype)((long long)(lo) - 1);                                                    \
-    expect_refused(&c, #name);                                                                \
-  }                                                                                           \
-  if ((unsigned long long)(hi) < (tmax)) {                                                    \
-    pmu_config_t c;                                                                           \
-    t_config_init(&c);                                                                        \
-    c.name = (ctype)((unsigned long long)(hi) + 1);                                           \
-    expect_refused(&c, #name);                                                                \
+#define OOR_NUM(ctype, name, lo, hi, tmin, tmax)    \
+  if ((long long)(lo) > (tmin)) {                   \
+    pmu_config_t c;                                 \
+    t_config_init(&c);                              \
+    c.name = (ctype)((long long)(lo)-1);            \
+    expect_refused(&c, #name);                      \
+  }                                                 \
+  if ((unsigned long long)(hi) < (tmax)) {          \
+    pmu_config_t c;                                 \
+    t_config_init(&c);                              \
+    c.name = (ctype)((unsigned long long)(hi) + 1); \
+    expect_refused(&c, #name);                      \
   }
 #define OOR_INT(name, lo, hi) OOR_NUM(int, name, lo, hi, INT_MIN, INT_MAX)
 #define OOR_PORT(name, lo, hi) OOR_NUM(uint16_t, name, lo, hi, 0, UINT16_MAX)

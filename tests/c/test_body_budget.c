@@ -123,8 +123,8 @@ int main(void) {
     T_ASSERT_MSG(st.body_buffer_bytes <= BUDGET, "%llu bytes buffered, budget %d",
                  (unsigned long long)st.body_buffer_bytes, BUDGET);
     T_ASSERT_MSG(st.bodies_spooled >= HOLDERS - BUDGET / BODY,
-                 "%llu bodies spooled of %d (budget for %d)",
-                 (unsigned long long)st.bodies_spooled, HOLDERS, BUDGET / BODY);
+                 "%llu bodies spooled of %d (budget for %d)", (unsigned long long)st.bodies_spooled,
+                 HOLDERS, BUDGET / BODY);
     size_t grown = heap_bytes() - heap0;
     if (HEAP_MEASURED)
       T_ASSERT_MSG(grown < 3 * BUDGET + (1u << 20), "heap grew %zu bytes, budget %d", grown,

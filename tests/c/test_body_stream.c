@@ -21,7 +21,7 @@ typedef struct upload {
   size_t received;
   uint64_t sum; /* position-weighted checksum of the bytes */
   int saw_request_first;
-  int slow; /* consume only from the consumer thread */
+  int slow;  /* consume only from the consumer thread */
   int early; /* answer at the first piece */
   int answered;
 } upload_t;
@@ -188,8 +188,7 @@ static t_conn_t *start_upload_then_stop(const t_server_t *server) {
   free(body);
   /* the request is with the handler, its 5000 bytes delivered to on_body */
   T_WAIT_UNTIL(delivered() >= before + 5000, T_EVENT_MS);
-  T_ASSERT_MSG(delivered() >= before + 5000, "on_body got %zu of 5000 bytes",
-               delivered() - before);
+  T_ASSERT_MSG(delivered() >= before + 5000, "on_body got %zu of 5000 bytes", delivered() - before);
   return conn;
 }
 
@@ -309,7 +308,8 @@ int main(void) {
     T_ASSERT_MSG(wait_disconnect_after(before, T_EVENT_MS), "on_disconnect not called");
   }
 
-  t_case("a client that half-closes mid-body (FIN): on_disconnect at once, not at the body timeout");
+  t_case(
+      "a client that half-closes mid-body (FIN): on_disconnect at once, not at the body timeout");
   {
     t_conn_t *conn = start_upload_then_stop(server);
     int before = disconnect_count();

@@ -35,8 +35,7 @@ static void check_response(size_t index, size_t nth, const t_response_t *r, void
   T_ASSERT_MSG(t_describe_get(r, "query", query, sizeof query), "no query field");
   size_t el = strlen(expected);
   T_ASSERT_MSG(strncmp(query, expected, el) == 0 && (query[el] == '\0' || query[el] == '&'),
-               "conn %zu response %zu: query %s, expected %s",
-               index, nth, query, expected);
+               "conn %zu response %zu: query %s, expected %s", index, nth, query, expected);
   atomic_fetch_add(&reqs->checked, 1);
 }
 

@@ -63,8 +63,8 @@ int main(void) {
                                   "GET /now?i=%zu&n=%zu HTTP/1.1\r\nHost: d\r\n\r\n", c, n);
         else
           len += (size_t)snprintf(buf + len, sizeof buf - len,
-                                  "GET /defer?ms=%u&i=%zu&n=%zu HTTP/1.1\r\nHost: d\r\n\r\n",
-                                  ms, c, n);
+                                  "GET /defer?ms=%u&i=%zu&n=%zu HTTP/1.1\r\nHost: d\r\n\r\n", ms, c,
+                                  n);
       }
       requests[c] = strdup(buf);
       request_lens[c] = len;

@@ -45,11 +45,12 @@ int main(void) {
 
   t_case("a chunked POST with a trailer sent one byte at a time");
   {
-    const char *request = "POST /chunks HTTP/1.1\r\nHost: dribble\r\nTransfer-Encoding: chunked\r\n\r\n"
-                          "5\r\nhello\r\n"
-                          "1;name=value\r\n \r\n"
-                          "A\r\n0123456789\r\n"
-                          "0\r\nX-Trailer: t\r\n\r\n";
+    const char *request =
+        "POST /chunks HTTP/1.1\r\nHost: dribble\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhello\r\n"
+        "1;name=value\r\n \r\n"
+        "A\r\n0123456789\r\n"
+        "0\r\nX-Trailer: t\r\n\r\n";
     const t_exchange_t ex = {NULL, request, .piece = 1, .status = 200};
     t_response_t r;
     t_exchange(conn, &ex, &r);
@@ -76,8 +77,7 @@ int main(void) {
 
   t_case("a request split at every CR/LF boundary with longer pauses");
   {
-    const char *parts[] = {"GET /split HTTP/1.1\r", "\n", "Host: d\r", "\nX-A: 1",
-                           "\r\n\r", "\n"};
+    const char *parts[] = {"GET /split HTTP/1.1\r", "\n", "Host: d\r", "\nX-A: 1", "\r\n\r", "\n"};
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
       t_send_str(conn, parts[i]);
       t_sleep_ms(20);

@@ -20,7 +20,7 @@ int main(void) {
   static const struct step {
     const char *name; /* a new case starts here */
     t_exchange_t ex;
-  /* clang-format off */
+    /* clang-format off */
   } steps[] = {
       {"100 Continue comes before the body is sent, then the final response",
        {NULL, "POST /echo HTTP/1.1\r\nHost: e\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",

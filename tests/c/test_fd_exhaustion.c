@@ -45,7 +45,8 @@ int main(void) {
   T_ASSERT(setrlimit(RLIMIT_NOFILE, &low) == 0);
   t_server_t *server = t_server_start(&config);
   t_watch_cpu_ms(); /* the ring thread's clock is known */
-  struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(server->port),
+  struct sockaddr_in to = {.sin_family = AF_INET,
+                           .sin_port = htons(server->port),
                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   for (int i = 0; i < CLIENTS; i++) {
     int rc = connect(fds[i], (struct sockaddr *)&to, sizeof to);
@@ -73,8 +74,7 @@ int main(void) {
                (unsigned long long)(s.waits - waits0), (long long)wall);
   int lines = atomic_load(&t_watch.log_lines);
   T_ASSERT_MSG(lines >= 1, "nothing was logged");
-  T_ASSERT_MSG(lines - lines0 <= 2, "%d lines logged in %lld ms", lines - lines0,
-               (long long)wall);
+  T_ASSERT_MSG(lines - lines0 <= 2, "%d lines logged in %lld ms", lines - lines0, (long long)wall);
   T_ASSERT_INT_EQ(atomic_load(&t_watch.last_level), PMU_LOG_WARNING);
   T_ASSERT_CONTAINS(t_watch.last_log, strlen(t_watch.last_log), "accept failed: ");
   T_ASSERT_CONTAINS(t_watch.last_log, strlen(t_watch.last_log),
@@ -87,8 +87,7 @@ int main(void) {
   T_ASSERT(setrlimit(RLIMIT_NOFILE, &saved) == 0);
   int64_t t0 = t_now_ms();
   t_get_ok(server, "/after");
-  T_ASSERT_MSG(t_now_ms() - t0 < 3000, "served only after %lld ms",
-               (long long)(t_now_ms() - t0));
+  T_ASSERT_MSG(t_now_ms() - t0 < 3000, "served only after %lld ms", (long long)(t_now_ms() - t0));
   t_server_destroy(server);
 
   t_case("the default log is on by default, and the backoff is 500 ms");

@@ -105,9 +105,10 @@ int main(void) {
   t_case("a valid request then a bad one pipelined: 200, then 400, then close");
   {
     t_conn_t *conn = t_connect(server);
-    t_send_str(conn, "GET /good HTTP/1.1\r\nHost: f\r\n\r\n"
-                     "POST /bad HTTP/1.1\r\nHost: f\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx"
-                     "GET /never HTTP/1.1\r\nHost: f\r\n\r\n");
+    t_send_str(conn,
+               "GET /good HTTP/1.1\r\nHost: f\r\n\r\n"
+               "POST /bad HTTP/1.1\r\nHost: f\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx"
+               "GET /never HTTP/1.1\r\nHost: f\r\n\r\n");
     t_response_t r;
     t_expect_response(conn, &r);
     T_ASSERT_INT_EQ(r.status, 200);

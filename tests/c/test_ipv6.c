@@ -35,7 +35,8 @@ static void ipv6_handler(void *data, pmu_request_t *const *requests, size_t coun
       local_port = ntohs(l->sin6_port);
     }
     char body[256];
-    int n = snprintf(body, sizeof body, "peer_family=%d\npeer=%s\nlocal_family=%d\nlocal=%s\nlocal_port=%u\n",
+    int n = snprintf(body, sizeof body,
+                     "peer_family=%d\npeer=%s\nlocal_family=%d\nlocal=%s\nlocal_port=%u\n",
                      r->peer.ss_family, peer, r->local.ss_family, local, local_port);
     pmu_respond_simple(r, 200, NULL, 0, body, (size_t)n);
   }

@@ -94,7 +94,7 @@ int main(void) {
   t_case("methods with and without bodies on the same connection");
   static const struct {
     const char *method, *body;
-  /* clang-format off */
+    /* clang-format off */
   } cases[] = {
       {"POST", "a=1&b=2"}, {"PUT", "{\"k\": [1, 2, 3]}"}, {"DELETE", ""},
       {"OPTIONS", ""},     {"PATCH", "x"},                {"POST", ""},

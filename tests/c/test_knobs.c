@@ -27,7 +27,7 @@ static void check(size_t index, size_t nth, const t_response_t *r, void *arg) {
   (void)arg;
   T_ASSERT_INT_EQ(r->status, 200);
   if (nth % 2) {
-    T_ASSERT_INT_EQ(r->body_len, 100000); /* /big */
+    T_ASSERT_INT_EQ(r->body_len, 100000);          /* /big */
     for (size_t i = 0; i < r->body_len; i += 4099) /* the test handler's pattern */
       T_ASSERT_MSG(r->body[i] == (char)('a' + i % 26), "byte %zu of /big differs", i);
   } else {

@@ -15,12 +15,12 @@ typedef struct item {
 
 static int failures;
 
-#define CHECK(cond)                                                                            \
-  do {                                                                                         \
-    if (!(cond)) {                                                                             \
-      fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond);                               \
-      failures++;                                                                              \
-    }                                                                                          \
+#define CHECK(cond)                                              \
+  do {                                                           \
+    if (!(cond)) {                                               \
+      fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond); \
+      failures++;                                                \
+    }                                                            \
   } while (0)
 
 /* The values in list order, as a string ("" when empty); checks that the
@@ -109,7 +109,7 @@ int main(void) {
   CHECK(strcmp(order(&a), "024") == 0);
   seen = 0;
   PMU__LIST_FOREACH_SAFE(&a, l, n)
-    seen++;
+  seen++;
   CHECK(seen == 3);
 
   if (failures)

@@ -51,8 +51,8 @@ int main(void) {
   {
     t_conn_t *conn = t_connect(server);
     t_response_t r;
-    long ms = trickle(conn, "POST /echo HTTP/1.1\r\nHost: r\r\nContent-Length: 1000\r\n\r\n",
-                      drip, 100, 3000, &r);
+    long ms = trickle(conn, "POST /echo HTTP/1.1\r\nHost: r\r\nContent-Length: 1000\r\n\r\n", drip,
+                      100, 3000, &r);
     T_ASSERT_MSG(ms >= 0, "no answer to a body at 10 bytes/s within 3 s");
     T_ASSERT_INT_EQ(r.status, 408);
     T_ASSERT_MSG(ms >= 900 && ms < 2000, "408 after %ld ms, grace 1000", ms);

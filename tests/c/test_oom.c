@@ -64,7 +64,7 @@ static void next_is_fine(t_server_t *server) {
   t_conn_close(conn);
 }
 
-#define STREAM_THEN_SECOND                                                               \
+#define STREAM_THEN_SECOND \
   "GET /stream HTTP/1.1\r\nHost: o\r\n\r\nGET /second HTTP/1.1\r\nHost: o\r\n\r\n"
 
 /* On a new connection, with the fault point armed to fail once at its

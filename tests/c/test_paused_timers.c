@@ -136,8 +136,8 @@ int main(void) {
     t_server_t *server = t_server_start(&config);
     size_t n = 1u << 20;
     char head[128];
-    int hl = snprintf(head, sizeof head, "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: %zu\r\n\r\n",
-                      n);
+    int hl = snprintf(head, sizeof head,
+                      "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: %zu\r\n\r\n", n);
     char *req = malloc((size_t)hl + n);
     memcpy(req, head, (size_t)hl);
     memset(req + hl, 'b', n);

@@ -136,8 +136,8 @@ int main(void) {
         memcpy(bodies[i] + 10, "GET /x HTTP/1.1\r\n\r\n", 19);
       bodies[i][body_len] = '\0';
       char head[128];
-      int n = snprintf(head, sizeof head, "POST /echo HTTP/1.1\r\nHost: p\r\nContent-Length: %zu\r\n\r\n",
-                       body_len);
+      int n = snprintf(head, sizeof head,
+                       "POST /echo HTTP/1.1\r\nHost: p\r\nContent-Length: %zu\r\n\r\n", body_len);
       buf = realloc(buf, len + (size_t)n + body_len);
       memcpy(buf + len, head, (size_t)n);
       memcpy(buf + len + n, bodies[i], body_len);

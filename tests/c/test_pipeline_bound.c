@@ -123,10 +123,9 @@ int main(void) {
 
     t_sleep_ms(200);
     unsigned long seen = atomic_load(&seen_mb);
-    fprintf(stderr, "# handler ran %lu of %d requests while nobody read\n", seen,
-            CONNS * DEPTH);
-    T_ASSERT_MSG(seen <= CONNS * 8, "handler ran %lu requests (%d connections x %d)", seen,
-                 CONNS, DEPTH);
+    fprintf(stderr, "# handler ran %lu of %d requests while nobody read\n", seen, CONNS * DEPTH);
+    T_ASSERT_MSG(seen <= CONNS * 8, "handler ran %lu requests (%d connections x %d)", seen, CONNS,
+                 DEPTH);
     T_ASSERT(seen >= CONNS);
   }
 
@@ -169,8 +168,7 @@ int main(void) {
     }
     t_conn_close(conn);
     unsigned long largest = atomic_load(&largest_call);
-    T_ASSERT_MSG(largest <= 32, "a handler call took %lu of one connection's requests",
-                 largest);
+    T_ASSERT_MSG(largest <= 32, "a handler call took %lu of one connection's requests", largest);
   }
 
   t_case("lone requests of fresh connections still share a handler call");

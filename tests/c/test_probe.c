@@ -39,10 +39,18 @@ int main(void) {
   T_ASSERT_STR_EQ(probe.kernel, uts.release);
 
   t_case("probe's feature flags are booleans and match the kernel version");
-  int flags[] = {probe.single_issuer, probe.defer_taskrun, probe.coop_taskrun,
-                 probe.multishot_accept, probe.multishot_recv, probe.provided_buffer_ring,
-                 probe.send_zc, probe.msg_ring, probe.recv_bundle, probe.incremental_buffers,
-                 probe.registered_ring_fd, probe.ext_arg};
+  int flags[] = {probe.single_issuer,
+                 probe.defer_taskrun,
+                 probe.coop_taskrun,
+                 probe.multishot_accept,
+                 probe.multishot_recv,
+                 probe.provided_buffer_ring,
+                 probe.send_zc,
+                 probe.msg_ring,
+                 probe.recv_bundle,
+                 probe.incremental_buffers,
+                 probe.registered_ring_fd,
+                 probe.ext_arg};
   for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
     T_ASSERT_MSG(flags[i] == 0 || flags[i] == 1, "flag %zu is %d, not 0 or 1", i, flags[i]);
   T_ASSERT_MSG(probe.features != 0, "no IORING_FEAT_* reported");

@@ -28,8 +28,8 @@ int main(void) {
   t_conn_t *conn = t_connect(server);
 
   t_case("statuses with their reason phrases and bodies");
-  static const int codes[] = {200, 201, 202, 301, 302, 400, 401, 403, 404, 409, 418, 422,
-                              429, 500, 502, 503, 299, 599, 999};
+  static const int codes[] = {200, 201, 202, 301, 302, 400, 401, 403, 404, 409,
+                              418, 422, 429, 500, 502, 503, 299, 599, 999};
   for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
     char target[64], body[32];
     snprintf(target, sizeof target, "/status?code=%d", codes[i]);
@@ -95,9 +95,12 @@ int main(void) {
 
   t_case("the handler's framing headers are dropped, others kept");
   {
-    static const t_exchange_t ex = {NULL, "GET /framing HTTP/1.1\r\nHost: r\r\n\r\n",
-                                    .status = 200, .has = {"X-Kept: yes"},
-                                    .lacks = {"Transfer-Encoding"}, .after = T_KEEP};
+    static const t_exchange_t ex = {NULL,
+                                    "GET /framing HTTP/1.1\r\nHost: r\r\n\r\n",
+                                    .status = 200,
+                                    .has = {"X-Kept: yes"},
+                                    .lacks = {"Transfer-Encoding"},
+                                    .after = T_KEEP};
     t_response_t r;
     t_exchange(conn, &ex, &r);
     T_ASSERT_INT_EQ(t_header_count_named(&r, "Content-Length"), 1);
@@ -111,8 +114,8 @@ int main(void) {
 
   t_case("the handler's own Server and Date replace the engine's");
   {
-    static const t_exchange_t ex = {NULL, "GET /server HTTP/1.1\r\nHost: r\r\n\r\n",
-                                    .status = 200, .has = {"Server: t-server", "Date: t-date"}};
+    static const t_exchange_t ex = {NULL, "GET /server HTTP/1.1\r\nHost: r\r\n\r\n", .status = 200,
+                                    .has = {"Server: t-server", "Date: t-date"}};
     t_response_t r;
     t_exchange(conn, &ex, &r);
     T_ASSERT_INT_EQ(t_header_count_named(&r, "Server"), 1);

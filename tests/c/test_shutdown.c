@@ -100,8 +100,10 @@ int main(void) {
     t_response_free(&r);
     t_expect_closed(idle, 1000);
     int64_t idle_closed = t_now_ms() - t0;
-    T_ASSERT_MSG(idle_closed < 290, "keep-alive connection closed only after %lld ms, with "
-                 "the in-flight ones", (long long)idle_closed);
+    T_ASSERT_MSG(idle_closed < 290,
+                 "keep-alive connection closed only after %lld ms, with "
+                 "the in-flight ones",
+                 (long long)idle_closed);
     t_conn_close(idle);
 
     for (int i = 0; i < 3; i++) {
@@ -147,7 +149,7 @@ int main(void) {
     int64_t t0 = t_now_ms();
     pmu_server_stop(server->pmu);
     t_expect_closed(quiet, 200); /* a keep-alive connection quiet for long: closed at once */
-    t_conn_close(quiet); /* so the ring has taken the stop in */
+    t_conn_close(quiet);         /* so the ring has taken the stop in */
     t_send_str(fresh, "GET /late HTTP/1.1\r\nHost: s\r\n\r\n");
     t_expect_response(fresh, &r);
     T_ASSERT_INT_EQ(r.status, 200);

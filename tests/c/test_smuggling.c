@@ -136,7 +136,7 @@ static bool run_case(t_server_t *server, const cr_case_t *cs, size_t split, char
   bool ok = false;
   if (split) {
     t_send(conn, req, split);
-    t_sleep_ms(1); /* its own recv */
+    t_sleep_ms(1);                                    /* its own recv */
     (void)t_send_try(conn, req + split, len - split); /* may find the connection closed */
   } else {
     t_send(conn, req, len);
@@ -213,10 +213,10 @@ out:
 typedef struct rule_case {
   const char *name;
   const char *request;
-  int status;        /* 200: answered by the handler (then the fields below) */
-  const char *path;  /* as the handler sees it */
+  int status;       /* 200: answered by the handler (then the fields below) */
+  const char *path; /* as the handler sees it */
   const char *query;
-  const char *host;  /* pmu_request_header(request, "Host") */
+  const char *host; /* pmu_request_header(request, "Host") */
   const char *target;
 } rule_case_t;
 

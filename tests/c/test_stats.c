@@ -14,9 +14,9 @@
 static pmu_stats_t stats_when(const t_server_t *server, uint64_t responses,
                               uint64_t connections_open) {
   pmu_stats_t s;
-  T_WAIT_UNTIL((s = t_stats(server, -1), s.responses >= responses &&
-                                             s.connections_open == connections_open),
-               T_EVENT_MS);
+  T_WAIT_UNTIL(
+      (s = t_stats(server, -1), s.responses >= responses && s.connections_open == connections_open),
+      T_EVENT_MS);
   return s;
 }
 
@@ -45,7 +45,8 @@ int main(void) {
     t_conn_t *a = t_connect(server), *b = t_connect(server), *c = t_connect(server);
     for (int i = 0; i < 10; i++) {
       char req[128];
-      int n = snprintf(req, sizeof req, "POST /a/%d HTTP/1.1\r\nHost: s\r\nContent-Length: 3\r\n\r\nabc", i);
+      int n = snprintf(req, sizeof req,
+                       "POST /a/%d HTTP/1.1\r\nHost: s\r\nContent-Length: 3\r\n\r\nabc", i);
       t_send(a, req, (size_t)n);
       sent += (size_t)n;
       t_response_t r;
@@ -158,7 +159,8 @@ int main(void) {
     char buf[4096];
     size_t len = 0;
     for (int i = 0; i < 50; i++)
-      len += (size_t)snprintf(buf + len, sizeof buf - len, "GET /%d HTTP/1.1\r\nHost: s\r\n\r\n", i);
+      len +=
+          (size_t)snprintf(buf + len, sizeof buf - len, "GET /%d HTTP/1.1\r\nHost: s\r\n\r\n", i);
     atomic_store(&server->largest_batch, 0);
     t_conn_t *conn = t_connect(server);
     t_send(conn, buf, len);
@@ -188,7 +190,8 @@ int main(void) {
     char buf[4096];
     size_t len = 0;
     for (int i = 0; i < 50; i++)
-      len += (size_t)snprintf(buf + len, sizeof buf - len, "GET /%d HTTP/1.1\r\nHost: s\r\n\r\n", i);
+      len +=
+          (size_t)snprintf(buf + len, sizeof buf - len, "GET /%d HTTP/1.1\r\nHost: s\r\n\r\n", i);
     t_conn_t *conn = t_connect(s2);
     t_send(conn, buf, len);
     for (int i = 0; i < 50; i++) {

@@ -217,8 +217,7 @@ int main(void) {
     t_conn_t *conn = t_connect(server);
     t_send_str(conn, "GET /stream?n=1&size=10&len=25 HTTP/1.1\r\nHost: h\r\n\r\n");
     T_ASSERT_MSG(t_wait_closed(conn, 2000), "connection not closed");
-    T_ASSERT_MSG(t_memmem(conn->buf, conn->len, "Content-Length: 25") != NULL,
-                 "head not sent");
+    T_ASSERT_MSG(t_memmem(conn->buf, conn->len, "Content-Length: 25") != NULL, "head not sent");
     t_conn_close(conn);
   }
 

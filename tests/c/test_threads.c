@@ -76,8 +76,7 @@ static void run(unsigned threads) {
 
   /* Totals, once every connection is closed. */
   pmu_stats_t all;
-  T_WAIT_UNTIL((all = t_stats(server, -1), all.connections_open == 0 &&
-                                               all.responses == 3 * CONNS),
+  T_WAIT_UNTIL((all = t_stats(server, -1), all.connections_open == 0 && all.responses == 3 * CONNS),
                T_EVENT_MS);
   T_ASSERT_INT_EQ(all.connections_open, 0);
   T_ASSERT_INT_EQ(all.connections_accepted, CONNS);

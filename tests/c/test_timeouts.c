@@ -11,8 +11,8 @@
 #include <stdlib.h>
 
 #define TIMEOUT_MS 300
-#define EARLY_MS 200  /* firing before this is too early */
-#define LATE_MS 2500  /* firing after this is too late */
+#define EARLY_MS 200 /* firing before this is too early */
+#define LATE_MS 2500 /* firing after this is too late */
 
 /* Read the 408 and the close that must follow; return ms since `t0`. */
 static int64_t expect_408_close(t_conn_t *conn, int64_t t0) {
@@ -174,8 +174,8 @@ int main(void) {
     T_WAIT_UNTIL(t_big_releases() != releases_before, TIMEOUT_MS + T_EVENT_MS);
     t_response_t r;
     int rc = t_read_response(conn, &r, T_EVENT_MS, false);
-    T_ASSERT_MSG(rc == -ECONNRESET, "the stalled send was not dropped (read: %d, %zu bytes buffered)",
-                 rc, conn->len);
+    T_ASSERT_MSG(rc == -ECONNRESET,
+                 "the stalled send was not dropped (read: %d, %zu bytes buffered)", rc, conn->len);
     t_conn_close(conn);
     T_ASSERT_INT_EQ(t_big_releases() - releases_before, 1);
   }

@@ -91,8 +91,10 @@ int main(void) {
       int rc = pmu_server_start(&config, &s);
       T_ASSERT_MSG(rc < 0, "start %d: a ring with 2^31 CQ entries was made", i);
       T_ASSERT(s != NULL);
-      T_ASSERT_MSG(pmu_server_wait(s, 2000) == 0, "start %d: the failed thread is still "
-                                                  "counted running", i);
+      T_ASSERT_MSG(pmu_server_wait(s, 2000) == 0,
+                   "start %d: the failed thread is still "
+                   "counted running",
+                   i);
       pmu_server_destroy(s);
     }
   }

@@ -128,8 +128,8 @@ void t_fail_at(const char *file, int line, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   fflush(stdout);
-  fprintf(stderr, "FAIL %s [%s] at %s:%d: ", program_name,
-          current_case ? current_case : "-", file, line);
+  fprintf(stderr, "FAIL %s [%s] at %s:%d: ", program_name, current_case ? current_case : "-", file,
+          line);
   vfprintf(stderr, fmt, ap);
   fprintf(stderr, "\n");
   va_end(ap);
@@ -235,8 +235,7 @@ unsigned long t_big_releases(void) { return atomic_load(&big_releases); }
 unsigned long t_big_releases_on_deferrer(void) { return atomic_load(&big_releases_on_deferrer); }
 unsigned long t_respond_einval(void) { return atomic_load(&respond_einval); }
 
-static void respond_describe(pmu_request_t *request, const pmu_header_t *extra,
-                             size_t extra_count);
+static void respond_describe(pmu_request_t *request, const pmu_header_t *extra, size_t extra_count);
 static void respond_big(pmu_request_t *request, size_t n);
 static unsigned long query_ulong(const pmu_request_t *request, const char *name,
                                  unsigned long fallback);
@@ -332,8 +331,7 @@ static unsigned long query_ulong(const pmu_request_t *request, const char *name,
   while (q < end) {
     const char *amp = memchr(q, '&', (size_t)(end - q));
     const char *stop = amp ? amp : end;
-    if ((size_t)(stop - q) > name_len && memcmp(q, name, name_len) == 0 &&
-        q[name_len] == '=') {
+    if ((size_t)(stop - q) > name_len && memcmp(q, name, name_len) == 0 && q[name_len] == '=') {
       unsigned long v = 0;
       for (const char *p = q + name_len + 1; p < stop && isdigit((unsigned char)*p); p++)
         v = v * 10 + (unsigned long)(*p - '0');
@@ -750,8 +748,8 @@ void t_send_at(const char *file, int line, t_conn_t *conn, const void *data, siz
     t_fail_at(file, line, "send of %zu bytes: %s", len, strerror(-rc));
 }
 
-void t_send_pieces_at(const char *file, int line, t_conn_t *conn, const void *data,
-                      size_t len, size_t piece, unsigned delay_ms) {
+void t_send_pieces_at(const char *file, int line, t_conn_t *conn, const void *data, size_t len,
+                      size_t piece, unsigned delay_ms) {
   const char *p = data;
   if (piece == 0)
     piece = 1;
@@ -891,8 +889,9 @@ static long parse_chunked(const char *p, const char *end, strbuf_t *body) {
     for (; q < eol && isxdigit((unsigned char)*q); q++) {
       if (size > ((size_t)1 << 40))
         return -EPROTO;
-      size = size * 16 + (size_t)(isdigit((unsigned char)*q) ? *q - '0'
-                                                             : (tolower((unsigned char)*q) - 'a' + 10));
+      size =
+          size * 16 +
+          (size_t)(isdigit((unsigned char)*q) ? *q - '0' : (tolower((unsigned char)*q) - 'a' + 10));
     }
     if (q < eol && *q != ';' && *q != ' ' && *q != '\t')
       return -EPROTO;
@@ -1072,20 +1071,18 @@ void t_expect_response_at(const char *file, int line, t_conn_t *conn, t_response
               conn->error ? strerror(-conn->error) : "EOF", conn->len,
               (int)(conn->len > 300 ? 300 : conn->len), conn->buf ? conn->buf : "");
   if (rc < 0)
-    t_fail_at(file, line, "malformed response: \"%.*s\"",
-              (int)(conn->len > 300 ? 300 : conn->len), conn->buf ? conn->buf : "");
+    t_fail_at(file, line, "malformed response: \"%.*s\"", (int)(conn->len > 300 ? 300 : conn->len),
+              conn->buf ? conn->buf : "");
 }
 
-bool t_describe_get(const t_response_t *response, const char *key, char *out,
-                    size_t out_size) {
+bool t_describe_get(const t_response_t *response, const char *key, char *out, size_t out_size) {
   size_t key_len = strlen(key);
   const char *p = response->body, *end = response->body + response->body_len;
   while (p && p < end) {
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     bool is_body = (size_t)(end - p) >= 5 && memcmp(p, "body=", 5) == 0;
     const char *line_end = (nl && !is_body) ? nl : end;
-    if ((size_t)(line_end - p) > key_len && memcmp(p, key, key_len) == 0 &&
-        p[key_len] == '=') {
+    if ((size_t)(line_end - p) > key_len && memcmp(p, key, key_len) == 0 && p[key_len] == '=') {
       size_t n = (size_t)(line_end - p) - key_len - 1;
       if (n >= out_size)
         n = out_size - 1;
@@ -1104,8 +1101,8 @@ bool t_describe_get(const t_response_t *response, const char *key, char *out,
   return false;
 }
 
-void t_assert_field_at(const char *file, int line, const t_response_t *response,
-                       const char *key, const char *expected) {
+void t_assert_field_at(const char *file, int line, const t_response_t *response, const char *key,
+                       const char *expected) {
   char value[4096];
   if (!t_describe_get(response, key, value, sizeof value))
     t_fail_at(file, line, "field %s missing from body \"%.*s\"", key,
@@ -1263,21 +1260,21 @@ void t_exchange_at(const char *file, int line, t_conn_t *conn, const t_exchange_
     snprintf(name, sizeof name, "%.*s", (int)n, ex->has[i]);
     const char *value = t_header(&r, name);
     if (!value)
-      t_fail_at(file, line, "\"%.*s\": no %s header in the %d response", shown, ex->request,
-                name, r.status);
+      t_fail_at(file, line, "\"%.*s\": no %s header in the %d response", shown, ex->request, name,
+                r.status);
     if (colon) {
       const char *want = colon + 1;
       while (*want == ' ')
         want++;
       if (strcmp(value, want) != 0)
-        t_fail_at(file, line, "\"%.*s\": %s: \"%s\", expected \"%s\"", shown, ex->request,
-                  name, value, want);
+        t_fail_at(file, line, "\"%.*s\": %s: \"%s\", expected \"%s\"", shown, ex->request, name,
+                  value, want);
     }
   }
   for (size_t i = 0; i < sizeof ex->lacks / sizeof ex->lacks[0] && ex->lacks[i]; i++)
     if (t_header(&r, ex->lacks[i]))
-      t_fail_at(file, line, "\"%.*s\": unexpected %s: %s in the %d response", shown,
-                ex->request, ex->lacks[i], t_header(&r, ex->lacks[i]), r.status);
+      t_fail_at(file, line, "\"%.*s\": unexpected %s: %s in the %d response", shown, ex->request,
+                ex->lacks[i], t_header(&r, ex->lacks[i]), r.status);
   if (ex->body && (r.body_len != strlen(ex->body) || memcmp(r.body, ex->body, r.body_len)))
     t_fail_at(file, line, "\"%.*s\": body \"%.*s\" (%zu bytes), expected \"%s\"", shown,
               ex->request, (int)(r.body_len > 200 ? 200 : r.body_len), r.body, r.body_len,
@@ -1290,26 +1287,25 @@ void t_exchange_at(const char *file, int line, t_conn_t *conn, const t_exchange_
       t_fail_at(file, line, "\"%.*s\": connection still open 2 s after the %d response", shown,
                 ex->request, r.status);
     if (conn->len)
-      t_fail_at(file, line, "\"%.*s\": %zu unexpected bytes after the %d response: \"%.*s\"",
-                shown, ex->request, conn->len, r.status,
-                (int)(conn->len > 200 ? 200 : conn->len), conn->buf);
+      t_fail_at(file, line, "\"%.*s\": %zu unexpected bytes after the %d response: \"%.*s\"", shown,
+                ex->request, conn->len, r.status, (int)(conn->len > 200 ? 200 : conn->len),
+                conn->buf);
   } else if (ex->after == T_KEEP) {
     const char *connection = t_header(&r, "Connection");
     if (connection && strcasecmp(connection, "close") == 0)
-      t_fail_at(file, line, "\"%.*s\": Connection: close, expected keep-alive", shown,
-                ex->request);
+      t_fail_at(file, line, "\"%.*s\": Connection: close, expected keep-alive", shown, ex->request);
     static const char next[] = "GET /t-next HTTP/1.1\r\nHost: t\r\n\r\n";
     if (t_send_try(conn, next, sizeof next - 1) < 0)
-      t_fail_at(file, line, "\"%.*s\": connection closed after the %d response", shown,
-                ex->request, r.status);
+      t_fail_at(file, line, "\"%.*s\": connection closed after the %d response", shown, ex->request,
+                r.status);
     t_response_t n;
     int rc = t_read_response(conn, &n, T_IO_TIMEOUT_MS, false);
     if (rc < 0)
       t_fail_at(file, line, "\"%.*s\": the next request on the connection got no answer (%s)",
                 shown, ex->request, strerror(-rc));
     char path[64];
-    if (n.status != 200 || (t_describe_get(&n, "path", path, sizeof path) &&
-                            strcmp(path, "/t-next") != 0))
+    if (n.status != 200 ||
+        (t_describe_get(&n, "path", path, sizeof path) && strcmp(path, "/t-next") != 0))
       t_fail_at(file, line, "\"%.*s\": the next request got %d (path %s)", shown, ex->request,
                 n.status, t_describe_get(&n, "path", path, sizeof path) ? path : "?");
     t_response_free(&n);
@@ -1320,8 +1316,8 @@ void t_exchange_at(const char *file, int line, t_conn_t *conn, const t_exchange_
     t_response_free(&r);
 }
 
-void t_exchanges_at(const char *file, int line, const t_server_t *server,
-                    const t_exchange_t *rows, size_t count) {
+void t_exchanges_at(const char *file, int line, const t_server_t *server, const t_exchange_t *rows,
+                    size_t count) {
   for (size_t i = 0; i < count; i++) {
     if (rows[i].name)
       t_case(rows[i].name);
@@ -1397,8 +1393,8 @@ size_t t_many(const t_server_t *server, size_t nconns, t_request_fn request_for,
         c->connected = true;
       }
       if ((pfds[k].revents & POLLOUT) && c->out_off < c->out_len) {
-        ssize_t w = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t w =
+            send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w > 0)
           c->out_off += (size_t)w;
         else if (w < 0 && errno != EAGAIN && errno != EINTR) {
@@ -1414,8 +1410,8 @@ size_t t_many(const t_server_t *server, size_t nconns, t_request_fn request_for,
         for (;;) {
           t_response_t response;
           bool ended = c->in.eof || c->in.error;
-          long used = t_parse_response(c->in.buf ? c->in.buf : "", c->in.len, false, ended,
-                                       &response);
+          long used =
+              t_parse_response(c->in.buf ? c->in.buf : "", c->in.len, false, ended, &response);
           if (used <= 0) {
             if (used < 0) {
               c->failed = true;

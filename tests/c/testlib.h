@@ -91,43 +91,43 @@ _Noreturn void t_fail_at(const char *file, int line, const char *fmt, ...)
 
 #define T_FAIL(...) t_fail_at(__FILE__, __LINE__, __VA_ARGS__)
 
-#define T_ASSERT(cond)                                                                   \
-  do {                                                                                   \
-    if (!(cond))                                                                         \
-      t_fail_at(__FILE__, __LINE__, "assertion failed: %s", #cond);                      \
+#define T_ASSERT(cond)                                              \
+  do {                                                              \
+    if (!(cond))                                                    \
+      t_fail_at(__FILE__, __LINE__, "assertion failed: %s", #cond); \
   } while (0)
 
-#define T_ASSERT_MSG(cond, ...)                                                          \
-  do {                                                                                   \
-    if (!(cond))                                                                         \
-      t_fail_at(__FILE__, __LINE__, __VA_ARGS__);                                        \
+#define T_ASSERT_MSG(cond, ...)                   \
+  do {                                            \
+    if (!(cond))                                  \
+      t_fail_at(__FILE__, __LINE__, __VA_ARGS__); \
   } while (0)
 
-#define T_ASSERT_INT_EQ(actual, expected)                                                \
-  do {                                                                                   \
-    long long t_a_ = (long long)(actual), t_e_ = (long long)(expected);                  \
-    if (t_a_ != t_e_)                                                                    \
-      t_fail_at(__FILE__, __LINE__, "%s == %s: got %lld, expected %lld", #actual,        \
-                #expected, t_a_, t_e_);                                                  \
+#define T_ASSERT_INT_EQ(actual, expected)                                                          \
+  do {                                                                                             \
+    long long t_a_ = (long long)(actual), t_e_ = (long long)(expected);                            \
+    if (t_a_ != t_e_)                                                                              \
+      t_fail_at(__FILE__, __LINE__, "%s == %s: got %lld, expected %lld", #actual, #expected, t_a_, \
+                t_e_);                                                                             \
   } while (0)
 
 /* Strings compared with NULL allowed (NULL equals only NULL). */
-#define T_ASSERT_STR_EQ(actual, expected)                                                \
-  do {                                                                                   \
-    const char *t_a_ = (actual), *t_e_ = (expected);                                     \
-    if (!t_str_eq(t_a_, t_e_))                                                           \
-      t_fail_at(__FILE__, __LINE__, "%s == %s: got \"%s\", expected \"%s\"", #actual,    \
-                #expected, t_a_ ? t_a_ : "(null)", t_e_ ? t_e_ : "(null)");              \
+#define T_ASSERT_STR_EQ(actual, expected)                                                        \
+  do {                                                                                           \
+    const char *t_a_ = (actual), *t_e_ = (expected);                                             \
+    if (!t_str_eq(t_a_, t_e_))                                                                   \
+      t_fail_at(__FILE__, __LINE__, "%s == %s: got \"%s\", expected \"%s\"", #actual, #expected, \
+                t_a_ ? t_a_ : "(null)", t_e_ ? t_e_ : "(null)");                                 \
   } while (0)
 
 /* haystack (length given) contains the NUL-terminated needle. */
-#define T_ASSERT_CONTAINS(hay, hay_len, needle)                                          \
-  do {                                                                                   \
-    const char *t_h_ = (hay), *t_n_ = (needle);                                          \
-    size_t t_hl_ = (hay_len);                                                            \
-    if (!t_h_ || !t_memmem(t_h_, t_hl_, t_n_))                                           \
-      t_fail_at(__FILE__, __LINE__, "\"%s\" not found in %s: \"%.*s\"", t_n_, #hay,      \
-                (int)(t_hl_ > 400 ? 400 : t_hl_), t_h_ ? t_h_ : "");                     \
+#define T_ASSERT_CONTAINS(hay, hay_len, needle)                                     \
+  do {                                                                              \
+    const char *t_h_ = (hay), *t_n_ = (needle);                                     \
+    size_t t_hl_ = (hay_len);                                                       \
+    if (!t_h_ || !t_memmem(t_h_, t_hl_, t_n_))                                      \
+      t_fail_at(__FILE__, __LINE__, "\"%s\" not found in %s: \"%.*s\"", t_n_, #hay, \
+                (int)(t_hl_ > 400 ? 400 : t_hl_), t_h_ ? t_h_ : "");                \
   } while (0)
 
 bool t_str_eq(const char *a, const char *b);
@@ -145,11 +145,11 @@ void t_sleep_ms(unsigned ms);
 /* Poll `cond` every 2 ms until it is true or timeout_ms has passed; the caller
  * then asserts cond (which says what was missing). A wait on an event, where a
  * fixed sleep would guess how long the event takes. */
-#define T_WAIT_UNTIL(cond, timeout_ms)                                                   \
-  do {                                                                                   \
-    int64_t t_until_ = t_now_ms() + (timeout_ms);                                        \
-    while (!(cond) && t_now_ms() < t_until_)                                             \
-      t_sleep_ms(2);                                                                     \
+#define T_WAIT_UNTIL(cond, timeout_ms)            \
+  do {                                            \
+    int64_t t_until_ = t_now_ms() + (timeout_ms); \
+    while (!(cond) && t_now_ms() < t_until_)      \
+      t_sleep_ms(2);                              \
   } while (0)
 
 /* Open file descriptors of this process (entries of /proc/self/fd). */
@@ -290,10 +290,10 @@ void t_send_at(const char *file, int line, t_conn_t *conn, const void *data, siz
 int t_send_try(t_conn_t *conn, const void *data, size_t len);
 
 /* Send in pieces of `piece` bytes with `delay_ms` between them. */
-#define t_send_pieces(conn, data, len, piece, delay_ms)                                  \
+#define t_send_pieces(conn, data, len, piece, delay_ms) \
   t_send_pieces_at(__FILE__, __LINE__, (conn), (data), (len), (piece), (delay_ms))
-void t_send_pieces_at(const char *file, int line, t_conn_t *conn, const void *data,
-                      size_t len, size_t piece, unsigned delay_ms);
+void t_send_pieces_at(const char *file, int line, t_conn_t *conn, const void *data, size_t len,
+                      size_t piece, unsigned delay_ms);
 
 /* Receive once into conn->buf, waiting at most timeout_ms. Returns bytes read
  * (> 0), 0 at EOF, -ETIMEDOUT, or -errno (also stored in conn->error). */
@@ -313,7 +313,7 @@ typedef struct t_response {
   size_t header_count;
   char *body; /* NUL-terminated for convenience; body_len bytes */
   size_t body_len;
-  bool chunked;              /* framed with Transfer-Encoding: chunked */
+  bool chunked; /* framed with Transfer-Encoding: chunked */
   bool has_content_length;
   size_t content_length;
   size_t wire_len; /* bytes of this response on the wire */
@@ -334,9 +334,9 @@ long t_parse_response(const char *buf, size_t len, bool head, bool eof, t_respon
 int t_read_response(t_conn_t *conn, t_response_t *out, int timeout_ms, bool head);
 
 /* Same, but fails the test unless a response came. */
-#define t_expect_response(conn, out)                                                     \
+#define t_expect_response(conn, out) \
   t_expect_response_at(__FILE__, __LINE__, (conn), (out), T_IO_TIMEOUT_MS, false)
-#define t_expect_head_response(conn, out)                                                \
+#define t_expect_head_response(conn, out) \
   t_expect_response_at(__FILE__, __LINE__, (conn), (out), T_IO_TIMEOUT_MS, true)
 void t_expect_response_at(const char *file, int line, t_conn_t *conn, t_response_t *out,
                           int timeout_ms, bool head);
@@ -349,14 +349,13 @@ size_t t_header_count_named(const t_response_t *response, const char *name);
 
 /* Value of `key=` in a describing body, copied into out (NUL-terminated);
  * "body" yields the rest of the body. Returns false if absent. */
-bool t_describe_get(const t_response_t *response, const char *key, char *out,
-                    size_t out_size);
+bool t_describe_get(const t_response_t *response, const char *key, char *out, size_t out_size);
 
 /* Assert describing-body field `key` equals `expected`. */
-#define T_ASSERT_FIELD(response, key, expected)                                          \
+#define T_ASSERT_FIELD(response, key, expected) \
   t_assert_field_at(__FILE__, __LINE__, (response), (key), (expected))
-void t_assert_field_at(const char *file, int line, const t_response_t *response,
-                       const char *key, const char *expected);
+void t_assert_field_at(const char *file, int line, const t_response_t *response, const char *key,
+                       const char *expected);
 
 /*
  * Wait until the peer ends the connection (EOF or reset): returns true if it
@@ -366,13 +365,13 @@ void t_assert_field_at(const char *file, int line, const t_response_t *response,
 bool t_wait_closed(t_conn_t *conn, int timeout_ms);
 
 /* Fail unless the server closes conn within timeout_ms and sent nothing more. */
-#define t_expect_closed(conn, timeout_ms)                                                \
+#define t_expect_closed(conn, timeout_ms) \
   t_expect_closed_at(__FILE__, __LINE__, (conn), (timeout_ms))
 void t_expect_closed_at(const char *file, int line, t_conn_t *conn, int timeout_ms);
 
 /* Send `request`, read one response, expect `status`, then expect the server
  * to close the connection (the common shape of every error case). */
-#define t_expect_error_close(server, request, len, status)                               \
+#define t_expect_error_close(server, request, len, status) \
   t_expect_error_close_at(__FILE__, __LINE__, (server), (request), (len), (status))
 void t_expect_error_close_at(const char *file, int line, const t_server_t *server,
                              const void *request, size_t len, int status);
@@ -395,7 +394,7 @@ void t_get_ok_at(const char *file, int line, const t_server_t *server, const cha
  * 15 s; loops that do not take turns fail every round. Fails the test with
  * the last round's counts.
  */
-#define t_expect_accepts_alternate(server, per_round, least)                             \
+#define t_expect_accepts_alternate(server, per_round, least) \
   t_expect_accepts_alternate_at(__FILE__, __LINE__, (server), (per_round), (least))
 void t_expect_accepts_alternate_at(const char *file, int line, const t_server_t *server,
                                    unsigned per_round, unsigned least);
@@ -417,19 +416,19 @@ enum {
  *    .has = {"X-Kept: yes", "Date"}, .lacks = {"Transfer-Encoding"}}
  */
 typedef struct t_exchange {
-  const char *name;    /* case name (t_case) when run by t_exchanges; may be NULL */
-  const char *request; /* bytes sent */
-  size_t len;          /* 0: strlen(request) */
-  int status;          /* expected status (0: not checked) */
-  int status_alt;      /* a second acceptable status (0: none) */
-  const char *has[6];  /* headers present: "Name" (any value) or "Name: value" (exact) */
+  const char *name;     /* case name (t_case) when run by t_exchanges; may be NULL */
+  const char *request;  /* bytes sent */
+  size_t len;           /* 0: strlen(request) */
+  int status;           /* expected status (0: not checked) */
+  int status_alt;       /* a second acceptable status (0: none) */
+  const char *has[6];   /* headers present: "Name" (any value) or "Name: value" (exact) */
   const char *lacks[6]; /* header names absent */
-  const char *body;    /* exact body (NULL: not checked) */
-  size_t body_len;     /* exact body length (0: not checked; use .body = "" for none) */
-  int after;           /* T_ANY, T_KEEP or T_CLOSE */
-  bool head;           /* the request is HEAD: the response has no body */
-  size_t piece;        /* > 0: sent in pieces of this many bytes, 1 ms apart; a send
-                          error (the server answered early and closed) ends sending */
+  const char *body;     /* exact body (NULL: not checked) */
+  size_t body_len;      /* exact body length (0: not checked; use .body = "" for none) */
+  int after;            /* T_ANY, T_KEEP or T_CLOSE */
+  bool head;            /* the request is HEAD: the response has no body */
+  size_t piece;         /* > 0: sent in pieces of this many bytes, 1 ms apart; a send
+                           error (the server answered early and closed) ends sending */
 } t_exchange_t;
 
 /*
@@ -443,10 +442,10 @@ void t_exchange_at(const char *file, int line, t_conn_t *conn, const t_exchange_
                    t_response_t *out);
 
 /* Run every row on a fresh connection of its own, naming each case. */
-#define t_exchanges(server, rows, count)                                                 \
+#define t_exchanges(server, rows, count) \
   t_exchanges_at(__FILE__, __LINE__, (server), (rows), (count))
-void t_exchanges_at(const char *file, int line, const t_server_t *server,
-                    const t_exchange_t *rows, size_t count);
+void t_exchanges_at(const char *file, int line, const t_server_t *server, const t_exchange_t *rows,
+                    size_t count);
 
 #define T_COUNT(array) (sizeof(array) / sizeof((array)[0]))
 
@@ -459,8 +458,7 @@ void t_exchanges_at(const char *file, int line, const t_server_t *server,
  * timeout_ms passed; failing connections are reported on stderr.
  */
 typedef const char *(*t_request_fn)(size_t index, size_t *len, void *arg);
-typedef void (*t_response_fn)(size_t index, size_t nth, const t_response_t *response,
-                              void *arg);
+typedef void (*t_response_fn)(size_t index, size_t nth, const t_response_t *response, void *arg);
 size_t t_many(const t_server_t *server, size_t nconns, t_request_fn request_for,
               size_t responses_each, t_response_fn on_response, void *arg, int timeout_ms);
 

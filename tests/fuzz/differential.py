@@ -22,6 +22,7 @@ prints the classes with their counts and K examples each, and exits 1 if a
 class is not in ALLOWED. tests/python/test_differential.py runs a bounded
 version of it.
 """
+
 import argparse
 import base64
 import collections
@@ -35,8 +36,7 @@ import h11
 
 # Seeds: one request each; mutations are applied to copies.
 SEEDS = [
-    b"GET /a/b?x=1&y=%20 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: d/1\r\n"
-    b"Accept: */*\r\n\r\n",
+    b"GET /a/b?x=1&y=%20 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: d/1\r\nAccept: */*\r\n\r\n",
     b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n"
     b"\r\nhello world",
     b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -49,7 +49,7 @@ SEEDS = [
     b"DELETE /d HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nCookie: a=1; b=2\r\n\r\n",
 ]
 
-INTERESTING = b"\r\n \t:;,=\x00\x7f\x80\xff0aAfF-+\"\\/?#%"
+INTERESTING = b'\r\n \t:;,=\x00\x7f\x80\xff0aAfF-+"\\/?#%'
 
 
 # Every class the check may find, with a one-line reason; tests/fuzz/README.md
@@ -60,17 +60,25 @@ SAFE = "we refuse, h11 takes: "
 EARLY = "we refuse before the end, h11 still waits: "
 ALLOWED = {
     # --- we take what h11 refuses ---
-    ("ours-only", "Transfer-Encoding other than one 'chunked'"):
-        "'gzip, chunked' or 'identity' + 'chunked': framed as chunked (chunked is last, "
-        "RFC 9112 6.3), the body handed over still encoded; h11 knows only 'chunked'",
-    ("ours-only", "empty lines before the request line"):
-        "llhttp skips CR and LF before a request line (RFC 9112 2.2 allows skipping "
-        "empty lines); h11 only CRLF/LF",
-    ("ours-only", "request-line spacing"):
-        "llhttp takes several SP between target and version; framing unaffected",
+    (
+        "ours-only",
+        "Transfer-Encoding other than one 'chunked'",
+    ): "'gzip, chunked' or 'identity' + 'chunked': framed as chunked (chunked is last, "
+    "RFC 9112 6.3), the body handed over still encoded; h11 knows only 'chunked'",
+    (
+        "ours-only",
+        "empty lines before the request line",
+    ): "llhttp skips CR and LF before a request line (RFC 9112 2.2 allows skipping "
+    "empty lines); h11 only CRLF/LF",
+    (
+        "ours-only",
+        "request-line spacing",
+    ): "llhttp takes several SP between target and version; framing unaffected",
     # --- we wait (incomplete) where h11 refuses ---
-    ("h11-refuses-we-wait", "Transfer-Encoding other than one 'chunked'"):
-        "as ours-only/Transfer-Encoding: we wait for the chunked body",
+    (
+        "h11-refuses-we-wait",
+        "Transfer-Encoding other than one 'chunked'",
+    ): "as ours-only/Transfer-Encoding: we wait for the chunked body",
     # --- h11 takes what we refuse (the safe direction) ---
     ("h11-only", "obs-fold"): SAFE + "RFC 9112 5.2 lets a server refuse obs-fold",
     ("h11-only", "version"): SAFE + "HTTP/0.9, 1.2+, 2.0 on this port: 400/505",
@@ -78,39 +86,41 @@ ALLOWED = {
     ("h11-only", "unknown method"): SAFE + "llhttp knows a fixed list of methods",
     ("h11-only", "CONNECT"): SAFE + "a CONNECT h11 takes that llhttp refuses",
     ("h11-only", "absolute-form"): SAFE + "llhttp refuses some targets h11 never checks",
-    ("h11-only", "target neither origin, absolute nor asterisk form"):
-        SAFE + "'GET host:443', 'GET ;x': not a target outside CONNECT",
-    ("h11-only", "bare LF in the field lines"):
-        SAFE + "strict llhttp: field lines end with CRLF (a bare LF only as the empty line)",
+    ("h11-only", "target neither origin, absolute nor asterisk form"): SAFE
+    + "'GET host:443', 'GET ;x': not a target outside CONNECT",
+    ("h11-only", "bare LF in the field lines"): SAFE
+    + "strict llhttp: field lines end with CRLF (a bare LF only as the empty line)",
     ("h11-only", "control byte in a field value"): SAFE + "CTL in a value (RFC 9110 5.5)",
     ("h11-only", "Content-Length with Transfer-Encoding"): SAFE + "RFC 9112 6.3 lets a "
-                                                                 "server refuse both",
+    "server refuse both",
     ("h11-only", "duplicate Content-Length"): SAFE + "identical duplicates: RFC 9112 6.3 "
-                                                     "allows refusing",
+    "allows refusing",
     ("h11-only", "Content-Length form"): SAFE + "'5, 5' lists: refusing is allowed",
     ("h11-only", "whitespace around 'chunked'"): SAFE + "llhttp matches 'chunked' exactly "
-                                                        "(a trailing HTAB is not OWS-trimmed)",
-    ("h11-only", "chunk extension or whitespace"):
-        SAFE + "llhttp's chunk-extension grammar (no BWS, '5;' and 'a=b;c' refused)",
+    "(a trailing HTAB is not OWS-trimmed)",
+    ("h11-only", "chunk extension or whitespace"): SAFE
+    + "llhttp's chunk-extension grammar (no BWS, '5;' and 'a=b;c' refused)",
     ("h11-only", "Expect other than 100-continue"): SAFE + "417 (RFC 9110 10.1.1)",
-    ("h11-only", "asterisk-form outside OPTIONS"):
-        SAFE + "RFC 9112 3.2.4: the asterisk-form is only for OPTIONS",
-    ("h11-only", "invalid Host"):
-        SAFE + "RFC 9112 3.2: 400 for a Host that is not host[:port] (h11 takes any value)",
-    ("h11-only", "bare LF as the empty line"):
-        SAFE + "the head ends with CRLF CRLF, as llhttp 9 requires; RFC 9112 2.2 allows "
-        "a lone LF, and refusing keeps us in step with strict front ends",
-    ("h11-only", "HTAB around Content-Length"):
-        SAFE + "llhttp refuses an HTAB after the digits (a SP passes); OWS is allowed there",
+    ("h11-only", "asterisk-form outside OPTIONS"): SAFE
+    + "RFC 9112 3.2.4: the asterisk-form is only for OPTIONS",
+    ("h11-only", "invalid Host"): SAFE
+    + "RFC 9112 3.2: 400 for a Host that is not host[:port] (h11 takes any value)",
+    ("h11-only", "bare LF as the empty line"): SAFE
+    + "the head ends with CRLF CRLF, as llhttp 9 requires; RFC 9112 2.2 allows "
+    "a lone LF, and refusing keeps us in step with strict front ends",
+    ("h11-only", "HTAB around Content-Length"): SAFE
+    + "llhttp refuses an HTAB after the digits (a SP passes); OWS is allowed there",
 }
 # Whatever the feature: we refused (400) bytes h11 has not refused yet. Safe:
 # we never answer these as requests, and the connection closes.
 ALLOWED[("early", "*")] = EARLY + "a prefix we find invalid already"
-ALLOWED[("h11-refuses-we-wait", "empty lines before the request line")] = \
+ALLOWED[("h11-refuses-we-wait", "empty lines before the request line")] = (
     "h11 0.16 refuses a CRLF before the request line; llhttp skips it (RFC 9112 2.2)"
+)
 
 
 # ---------------------------------------------------------------- mutations
+
 
 def _lines(req):
     head, sep, body = req.partition(b"\r\n\r\n")
@@ -124,7 +134,7 @@ def _join(lines, sep, body):
 def m_flip(rng, req):
     i = rng.randrange(len(req))
     c = rng.choice(INTERESTING) if rng.random() < 0.7 else rng.randrange(256)
-    return req[:i] + bytes([c]) + req[i + 1:]
+    return req[:i] + bytes([c]) + req[i + 1 :]
 
 
 def m_insert(rng, req):
@@ -135,7 +145,7 @@ def m_insert(rng, req):
 
 def m_delete(rng, req):
     i = rng.randrange(len(req))
-    return req[:i] + req[i + 1:]
+    return req[:i] + req[i + 1 :]
 
 
 def m_dup_header(rng, req):
@@ -150,20 +160,48 @@ def m_dup_header(rng, req):
 def m_content_length(rng, req):
     lines, sep, body = _lines(req)
     n = len(body)
-    lines = [l for l in lines if not l.lower().startswith(b"content-length:")] \
-        if rng.random() < 0.5 else lines
-    value = rng.choice([b"%d" % n, b"%d" % (n + 1), b"%d" % max(n - 1, 0), b"0%d" % n,
-                        b"+%d" % n, b" %d" % n, b"%d, %d" % (n, n), b"%d,%d" % (n, n + 1),
-                        b"-1", b"0x%x" % n, b"%d " % n, b"99999999999999999999"])
+    lines = (
+        [l for l in lines if not l.lower().startswith(b"content-length:")]
+        if rng.random() < 0.5
+        else lines
+    )
+    value = rng.choice(
+        [
+            b"%d" % n,
+            b"%d" % (n + 1),
+            b"%d" % max(n - 1, 0),
+            b"0%d" % n,
+            b"+%d" % n,
+            b" %d" % n,
+            b"%d, %d" % (n, n),
+            b"%d,%d" % (n, n + 1),
+            b"-1",
+            b"0x%x" % n,
+            b"%d " % n,
+            b"99999999999999999999",
+        ]
+    )
     lines.insert(rng.randrange(1, len(lines) + 1), b"Content-Length: " + value)
     return _join(lines, sep, body)
 
 
 def m_transfer_encoding(rng, req):
     lines, sep, body = _lines(req)
-    value = rng.choice([b"chunked", b"Chunked", b"chunked, chunked", b"gzip, chunked",
-                        b"chunked, gzip", b"identity", b" chunked", b"chunked\t",
-                        b"chunked;q=1", b"\tchunked", b"xchunked"])
+    value = rng.choice(
+        [
+            b"chunked",
+            b"Chunked",
+            b"chunked, chunked",
+            b"gzip, chunked",
+            b"chunked, gzip",
+            b"identity",
+            b" chunked",
+            b"chunked\t",
+            b"chunked;q=1",
+            b"\tchunked",
+            b"xchunked",
+        ]
+    )
     lines.insert(rng.randrange(1, len(lines) + 1), b"Transfer-Encoding: " + value)
     if rng.random() < 0.5 and b"\r\n0\r\n" not in body:
         body = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n" if body else b"0\r\n\r\n"
@@ -180,10 +218,23 @@ def m_chunk_size(rng, req):
     m = rng.choice(sizes)
     s, e = m.span(1)
     old = int(body[s:e], 16)
-    new = rng.choice([b"%X" % old, b"00%x" % old, b"%x" % (old + 1), b"%x" % max(old - 1, 0),
-                      b"0x%x" % old, b"-%x" % old, b"%x " % old, b" %x" % old,
-                      b"%x;" % old, b"%x;a=\"b\"" % old, b"%x ;a" % old,
-                      b"ffffffffffffffffff", b"%x\r" % old])
+    new = rng.choice(
+        [
+            b"%X" % old,
+            b"00%x" % old,
+            b"%x" % (old + 1),
+            b"%x" % max(old - 1, 0),
+            b"0x%x" % old,
+            b"-%x" % old,
+            b"%x " % old,
+            b" %x" % old,
+            b"%x;" % old,
+            b'%x;a="b"' % old,
+            b"%x ;a" % old,
+            b"ffffffffffffffffff",
+            b"%x\r" % old,
+        ]
+    )
     return head + sep + body[:s] + new + body[e:]
 
 
@@ -221,8 +272,17 @@ def m_absolute_form(rng, req):
     if len(parts) != 3:
         return req
     target = parts[1] if parts[1].startswith(b"/") else b"/"
-    parts[1] = rng.choice([b"http://example.com", b"http://other.example:8080",
-                           b"https://example.com", b"HTTP://Example.com"]) + target
+    parts[1] = (
+        rng.choice(
+            [
+                b"http://example.com",
+                b"http://other.example:8080",
+                b"https://example.com",
+                b"HTTP://Example.com",
+            ]
+        )
+        + target
+    )
     if rng.random() < 0.3:
         parts[1] = rng.choice([b"example.com:443", b"*"])
         parts[0] = rng.choice([b"CONNECT", b"GET", b"OPTIONS"])
@@ -236,22 +296,47 @@ def m_host(rng, req):
     if hosts and rng.random() < 0.5:
         del lines[hosts[0]]
     else:
-        lines.insert(rng.randrange(1, len(lines) + 1),
-                     b"Host: " + rng.choice([b"h", b"other", b"", b"a b", b"h:99999"]))
+        lines.insert(
+            rng.randrange(1, len(lines) + 1),
+            b"Host: " + rng.choice([b"h", b"other", b"", b"a b", b"h:99999"]),
+        )
     return _join(lines, sep, body)
 
 
 def m_version(rng, req):
     lines, sep, body = _lines(req)
     parts = lines[0].split(b" ")
-    parts[-1] = rng.choice([b"HTTP/1.0", b"HTTP/1.1", b"HTTP/2.0", b"HTTP/1.2", b"HTTP/0.9",
-                            b"HTTP/1.10", b"HTTP/1", b"HTTPS/1.1", b"HTTP/1.1 "])
+    parts[-1] = rng.choice(
+        [
+            b"HTTP/1.0",
+            b"HTTP/1.1",
+            b"HTTP/2.0",
+            b"HTTP/1.2",
+            b"HTTP/0.9",
+            b"HTTP/1.10",
+            b"HTTP/1",
+            b"HTTPS/1.1",
+            b"HTTP/1.1 ",
+        ]
+    )
     lines[0] = b" ".join(parts)
     return _join(lines, sep, body)
 
 
-MUTATIONS = [m_flip, m_insert, m_delete, m_dup_header, m_content_length, m_transfer_encoding,
-             m_chunk_size, m_obs_fold, m_case, m_absolute_form, m_host, m_version]
+MUTATIONS = [
+    m_flip,
+    m_insert,
+    m_delete,
+    m_dup_header,
+    m_content_length,
+    m_transfer_encoding,
+    m_chunk_size,
+    m_obs_fold,
+    m_case,
+    m_absolute_form,
+    m_host,
+    m_version,
+]
 
 
 def mutate(rng):
@@ -265,6 +350,7 @@ def mutate(rng):
 
 
 # ---------------------------------------------------------------- the two sides
+
 
 def handler(request):
     """Echo what the engine parsed, in a header (a HEAD answer has no body)."""
@@ -331,8 +417,10 @@ def theirs(data):
                     "method": ev.method.decode("latin-1"),
                     "target": ev.target.decode("latin-1"),
                     "version": ev.http_version.decode(),
-                    "headers": [[n.decode("latin-1"), v.decode("latin-1")]
-                                for n, v in ev.headers.raw_items()],
+                    "headers": [
+                        [n.decode("latin-1"), v.decode("latin-1")]
+                        for n, v in ev.headers.raw_items()
+                    ],
                 }
             elif isinstance(ev, h11.Data):
                 body += bytes(ev.data)
@@ -342,19 +430,55 @@ def theirs(data):
             elif isinstance(ev, h11.ConnectionClosed):
                 return ("incomplete", None)
     except h11.RemoteProtocolError as e:
-        if eof_sent and view is not None or "peer unexpectedly closed" in str(e) \
-                or "incomplete" in str(e).lower():
+        if (
+            eof_sent
+            and view is not None
+            or "peer unexpectedly closed" in str(e)
+            or "incomplete" in str(e).lower()
+        ):
             return ("incomplete", None)
         return ("refuse", str(e))
 
 
 # ---------------------------------------------------------------- classification
 
-LLHTTP_METHODS = {b"DELETE", b"GET", b"HEAD", b"POST", b"PUT", b"CONNECT", b"OPTIONS", b"TRACE",
-                  b"COPY", b"LOCK", b"MKCOL", b"MOVE", b"PROPFIND", b"PROPPATCH", b"SEARCH",
-                  b"UNLOCK", b"BIND", b"REBIND", b"UNBIND", b"ACL", b"REPORT", b"MKACTIVITY",
-                  b"CHECKOUT", b"MERGE", b"M-SEARCH", b"NOTIFY", b"SUBSCRIBE", b"UNSUBSCRIBE",
-                  b"PATCH", b"PURGE", b"MKCALENDAR", b"LINK", b"UNLINK", b"SOURCE", b"QUERY"}
+LLHTTP_METHODS = {
+    b"DELETE",
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"CONNECT",
+    b"OPTIONS",
+    b"TRACE",
+    b"COPY",
+    b"LOCK",
+    b"MKCOL",
+    b"MOVE",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"SEARCH",
+    b"UNLOCK",
+    b"BIND",
+    b"REBIND",
+    b"UNBIND",
+    b"ACL",
+    b"REPORT",
+    b"MKACTIVITY",
+    b"CHECKOUT",
+    b"MERGE",
+    b"M-SEARCH",
+    b"NOTIFY",
+    b"SUBSCRIBE",
+    b"UNSUBSCRIBE",
+    b"PATCH",
+    b"PURGE",
+    b"MKCALENDAR",
+    b"LINK",
+    b"UNLINK",
+    b"SOURCE",
+    b"QUERY",
+}
 
 
 def feature(data):
@@ -364,10 +488,10 @@ def feature(data):
     if data.lstrip(b"\r\n") != data:
         return "empty lines before the request line"
     m = re.search(rb"\r?\n\r?\n", data)  # the end of the head, as either side may see it
-    head = data[:m.start()] if m else data
-    body = data[m.end():] if m else b""
+    head = data[: m.start()] if m else data
+    body = data[m.end() :] if m else b""
     line_end = re.search(rb"\r?\n", data)
-    first = data[:line_end.start()] if line_end else data
+    first = data[: line_end.start()] if line_end else data
     parts = first.split(b" ")
     if len(parts) != 3 or not all(parts):
         return "request-line spacing"
@@ -382,15 +506,18 @@ def feature(data):
         return "CONNECT"
     if re.search(rb"[^\x21-\x7e]", target):
         return "target bytes"
-    if not (target.startswith(b"/") or target == b"*" or
-            re.match(rb"[a-zA-Z][a-zA-Z0-9+.-]*://", target)):
+    if not (
+        target.startswith(b"/")
+        or target == b"*"
+        or re.match(rb"[a-zA-Z][a-zA-Z0-9+.-]*://", target)
+    ):
         return "target neither origin, absolute nor asterisk form"
-    fields = head[len(first):]
+    fields = head[len(first) :]
     if re.search(rb"\n[ \t]", fields):
         return "obs-fold"
-    if re.search(rb"\r(?!\n)", data[:m.end()] if m else data):
+    if re.search(rb"\r(?!\n)", data[: m.end()] if m else data):
         return "bare CR"
-    if re.search(rb"(?<!\r)\n", data[:m.end() - 1] if m else data):
+    if re.search(rb"(?<!\r)\n", data[: m.end() - 1] if m else data):
         return "bare LF in the field lines"
     if m and m.group() != b"\r\n\r\n":
         return "bare LF as the empty line"
@@ -443,8 +570,13 @@ def feature(data):
     if names.count(b"host") > 1:
         return "duplicate Host"
     hosts = [v for n, v in zip(names, values) if n == b"host"]
-    if hosts and hosts[0] and not re.fullmatch(
-            rb"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?", hosts[0]):
+    if (
+        hosts
+        and hosts[0]
+        and not re.fullmatch(
+            rb"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?", hosts[0]
+        )
+    ):
         return "invalid Host"
     if any(re.search(rb"[\x80-\xff]", v) for v in values):
         return "obs-text in a field value"
@@ -461,8 +593,7 @@ def as_origin_form(view):
     authority, rest = m.groups()
     view = dict(view)
     view["target"] = rest if rest.startswith("/") else "/" + rest
-    view["headers"] = [[n, authority if n.lower() == "host" else v]
-                       for n, v in view["headers"]]
+    view["headers"] = [[n, authority if n.lower() == "host" else v] for n, v in view["headers"]]
     if not any(n.lower() == "host" for n, _ in view["headers"]):
         view["headers"].append(["Host", authority])  # HTTP/1.0 without Host: added last
     return view
@@ -479,6 +610,7 @@ def classify(data, a, b):
         for field in ("method", "target", "version", "body"):
             if va[field] != vb[field]:
                 return ("differ-" + field, feature(data))
+
         # h11 lower-cases the value of Transfer-Encoding
         def norm(n, v):
             return (n.lower(), v.lower() if n.lower() == "transfer-encoding" else v)
@@ -503,10 +635,11 @@ def h11_cause(reason):
     """For a request we take and h11 refuses: h11's reason, where it names one."""
     if reason is None:
         return None
-    for pattern, cause in (("Missing mandatory Host", "missing Host"),
-                           ("Found multiple Host", "duplicate Host"),
-                           ("Only Transfer-Encoding: chunked",
-                            "Transfer-Encoding other than one 'chunked'")):
+    for pattern, cause in (
+        ("Missing mandatory Host", "missing Host"),
+        ("Found multiple Host", "duplicate Host"),
+        ("Only Transfer-Encoding: chunked", "Transfer-Encoding other than one 'chunked'"),
+    ):
         if pattern in reason:
             return cause
     return None
@@ -522,6 +655,7 @@ def run(count, seed, port=None, progress=False):
     server = None
     if port is None:
         import pymongoose_uring as pmu
+
         server = pmu.Server(handler, port=0, header_timeout_ms=5000, body_timeout_ms=5000)
         server.start()
         port = server.port
@@ -553,13 +687,16 @@ def main():
     for cls, examples in sorted(found.items(), key=lambda kv: -len(kv[1])):
         ok = allowed(cls)
         bad += not ok
-        print("%-9s %-40s %6d  %s" % (cls[0], cls[1], len(examples),
-                                      "allowed" if ok else "NOT IN THE ALLOW-LIST"))
-        for data, ops, a, b in examples[:args.show]:
-            print("    %s %r\n      ours=%s h11=%s" % ("+".join(ops), data[:300],
-                                                       _short(a), _short(b)))
-    print("%d mutations, %d disagreement classes, %d not allowed"
-          % (args.count, len(found), bad))
+        print(
+            "%-9s %-40s %6d  %s"
+            % (cls[0], cls[1], len(examples), "allowed" if ok else "NOT IN THE ALLOW-LIST")
+        )
+        for data, ops, a, b in examples[: args.show]:
+            print(
+                "    %s %r\n      ours=%s h11=%s"
+                % ("+".join(ops), data[:300], _short(a), _short(b))
+            )
+    print("%d mutations, %d disagreement classes, %d not allowed" % (args.count, len(found), bad))
     return 1 if bad else 0
 
 
@@ -567,7 +704,12 @@ def _short(r):
     if r[0] == "accept":
         v = r[1]
         return "accept(%s %s %s, %d headers, %d body bytes)" % (
-            v["method"], v["target"][:60], v["version"], len(v["headers"]), len(v["body"]))
+            v["method"],
+            v["target"][:60],
+            v["version"],
+            len(v["headers"]),
+            len(v["body"]),
+        )
     return "%s(%s)" % r if r[1] is not None else r[0]
 
 

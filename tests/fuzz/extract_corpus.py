@@ -11,6 +11,7 @@ with at most PER_TEST seeds from each test file, duplicates dropped, and
 Files named regress-* (inputs that once failed a check) are left alone.
 The leading byte is the harnesses' control byte (see fuzz_common.h).
 """
+
 import hashlib
 import pathlib
 import re
@@ -21,8 +22,20 @@ PER_TEST = 3
 METHODS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ")
 
 LITERAL = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
-ESCAPES = {"n": b"\n", "r": b"\r", "t": b"\t", "0": b"\0", "\\": b"\\", '"': b'"',
-           "'": b"'", "a": b"\a", "b": b"\b", "f": b"\f", "v": b"\v", "?": b"?"}
+ESCAPES = {
+    "n": b"\n",
+    "r": b"\r",
+    "t": b"\t",
+    "0": b"\0",
+    "\\": b"\\",
+    '"': b'"',
+    "'": b"'",
+    "a": b"\a",
+    "b": b"\b",
+    "f": b"\f",
+    "v": b"\v",
+    "?": b"?",
+}
 
 
 def unescape(s):
@@ -35,11 +48,11 @@ def unescape(s):
             continue
         n = s[i + 1]
         if n == "x":
-            m = re.match(r"[0-9a-fA-F]{1,2}", s[i + 2:])
+            m = re.match(r"[0-9a-fA-F]{1,2}", s[i + 2 :])
             out.append(int(m.group(0), 16))
             i += 2 + len(m.group(0))
-        elif n in "01234567" and re.match(r"[0-7]{1,3}", s[i + 1:]).group(0) != "0":
-            m = re.match(r"[0-7]{1,3}", s[i + 1:])
+        elif n in "01234567" and re.match(r"[0-7]{1,3}", s[i + 1 :]).group(0) != "0":
+            m = re.match(r"[0-7]{1,3}", s[i + 1 :])
             out.append(int(m.group(0), 8) & 0xFF)
             i += 1 + len(m.group(0))
         else:
@@ -54,7 +67,7 @@ def literals(text):
     text = re.sub(r"(?m)//.*$", " ", text)
     run, end = [], None
     for m in LITERAL.finditer(text):
-        if run and text[end:m.start()].strip():
+        if run and text[end : m.start()].strip():
             yield b"".join(run)
             run = []
         run.append(unescape(m.group(1)))
@@ -71,7 +84,8 @@ HANDLER_SEEDS = [
     b"GET /s3 HTTP/1.1\r\nHost: f\r\n\r\nHEAD /s4 HTTP/1.1\r\nHost: f\r\n\r\n"
     b"GET /close HTTP/1.1\r\nHost: f\r\n\r\nGET /after HTTP/1.1\r\nHost: f\r\n\r\n",
     b"POST /early HTTP/1.1\r\nHost: f\r\nContent-Length: 100\r\n\r\n" + b"x" * 100,
-    b"POST /echo HTTP/1.1\r\nHost: f\r\nContent-Length: 80\r\n\r\n" + b"y" * 80
+    b"POST /echo HTTP/1.1\r\nHost: f\r\nContent-Length: 80\r\n\r\n"
+    + b"y" * 80
     + b"GET /chunk HTTP/1.0\r\n\r\n",
     b"POST /defer HTTP/1.1\r\nHost: f\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"50\r\n" + b"z" * 80 + b"\r\n0\r\n\r\n",
@@ -87,7 +101,7 @@ def main():
     seen = set()
     counts = {"request": 0, "chunked": 0}
     for src in sorted(TESTS.glob("test_*.c")):
-        name = src.stem[len("test_"):]
+        name = src.stem[len("test_") :]
         per = {"request": 0, "chunked": 0}
         for lit in literals(src.read_text(encoding="latin-1")):
             if not lit.startswith(METHODS) or b" HTTP/1." not in lit or b"%" in lit:

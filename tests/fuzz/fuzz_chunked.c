@@ -22,8 +22,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const char head[] =
-    "POST /echo HTTP/1.1\r\nHost: f\r\nTransfer-Encoding: chunked\r\n\r\n";
+static const char head[] = "POST /echo HTTP/1.1\r\nHost: f\r\nTransfer-Encoding: chunked\r\n\r\n";
 
 typedef enum { REF_COMPLETE, REF_INCOMPLETE, REF_INVALID, REF_TOO_BIG } ref_outcome_t;
 
@@ -37,8 +36,10 @@ typedef struct ref {
 } ref_t;
 
 static int hexval(uint8_t c) {
-  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-       : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+  return c >= '0' && c <= '9'   ? c - '0'
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                : -1;
 }
 
 static int tchar(uint8_t c) {
@@ -59,18 +60,23 @@ static int eol(const uint8_t *p, size_t len, size_t i) {
   return p[i + 1] == '\n' ? 2 : -1;
 }
 
-#define SET(o, w) do { ref->outcome = (o); ref->why = (w); return; } while (0)
+#define SET(o, w)       \
+  do {                  \
+    ref->outcome = (o); \
+    ref->why = (w);     \
+    return;             \
+  } while (0)
 
 /* The line must end at i with CRLF (else INCOMPLETE, or INVALID for why);
  * i moves past it. */
-#define CRLF(why)                                                                        \
-  do {                                                                                   \
-    int e_ = eol(p, len, i);                                                             \
-    if (e_ == 0)                                                                         \
-      SET(REF_INCOMPLETE, NULL);                                                         \
-    if (e_ < 0)                                                                          \
-      SET(REF_INVALID, (why));                                                           \
-    i += (size_t)e_;                                                                     \
+#define CRLF(why)                \
+  do {                           \
+    int e_ = eol(p, len, i);     \
+    if (e_ == 0)                 \
+      SET(REF_INCOMPLETE, NULL); \
+    if (e_ < 0)                  \
+      SET(REF_INVALID, (why));   \
+    i += (size_t)e_;             \
   } while (0)
 
 static void skip_bws(const uint8_t *p, size_t len, size_t *i) {
@@ -268,8 +274,8 @@ static int judge(const ref_t *ref, const fuzz_response_t *first, char *why, size
       snprintf(why, cap, "the reference accepts the body; the server answered %d", status);
     else if (first->body_len != ref->body_len ||
              memcmp(first->body, ref->body ? ref->body : "", ref->body_len) != 0)
-      snprintf(why, cap, "echoed body differs: %zu bytes, the reference's %zu",
-               first->body_len, ref->body_len);
+      snprintf(why, cap, "echoed body differs: %zu bytes, the reference's %zu", first->body_len,
+               ref->body_len);
     break;
   case REF_TOO_BIG:
   case REF_INVALID:
@@ -280,8 +286,7 @@ static int judge(const ref_t *ref, const fuzz_response_t *first, char *why, size
     break;
   case REF_INCOMPLETE:
     if (first)
-      snprintf(why, cap, "the reference finds the body incomplete; the server answered %d",
-               status);
+      snprintf(why, cap, "the reference finds the body incomplete; the server answered %d", status);
     break;
   }
   return why[0] != 0;

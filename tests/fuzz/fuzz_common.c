@@ -113,8 +113,8 @@ static void answer(pmu_request_t *r, const char *body, size_t body_len, int defe
     pmu_respond_write(r, "ab", 2, NULL, NULL);
     pmu_respond_write(r, "cde", 3, NULL, NULL);
     pmu_respond_end(r);
-  } else if (r->path_len == 3 && r->path[0] == '/' && r->path[1] == 's' &&
-             r->path[2] >= '1' && r->path[2] <= '5') {
+  } else if (r->path_len == 3 && r->path[0] == '/' && r->path[1] == 's' && r->path[2] >= '1' &&
+             r->path[2] <= '5') {
     static const int codes[] = {101, 204, 304, 404, 500};
     pmu_respond_simple(r, codes[r->path[2] - '1'], h, 1, "status", 6);
   } else if (path_is(r, "/close")) {
@@ -344,8 +344,8 @@ char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *pl
   while (!b.eof) {
     int64_t left = deadline - now_ms();
     if (left <= 0) {
-      fprintf(stderr, "fuzz: no EOF from the server within %d ms (%zu bytes came)\n",
-              DEADLINE_MS, b.len);
+      fprintf(stderr, "fuzz: no EOF from the server within %d ms (%zu bytes came)\n", DEADLINE_MS,
+              b.len);
       *out_len = b.len;
       close(fd);
       return NULL; /* the caller fails with the input */
@@ -396,16 +396,16 @@ char *fuzz_exchange_checked(const char *prefix, size_t prefix_len, const fuzz_pl
                             size_t *out_len) {
   char *out = fuzz_exchange(prefix, prefix_len, plan, out_len);
   if (!out)
-    fuzz_fail("the server kept the connection open after the client half-closed", input,
-              input_len, NULL, 0);
+    fuzz_fail("the server kept the connection open after the client half-closed", input, input_len,
+              NULL, 0);
   fuzz_parse_responses(out, *out_len, rs, input, input_len);
   size_t heads = fuzz_count_head_ends(plan->payload, plan->len);
   if (prefix)
     heads += fuzz_count_head_ends((const uint8_t *)prefix, prefix_len);
   if (rs->count > heads + 1) {
     char why[160];
-    snprintf(why, sizeof why, "%zu final responses for at most %zu requests (+1 error)",
-             rs->count, heads);
+    snprintf(why, sizeof why, "%zu final responses for at most %zu requests (+1 error)", rs->count,
+             heads);
     fuzz_fail(why, input, input_len, out, *out_len);
   }
   return out;
@@ -487,8 +487,10 @@ static long dechunk_response(const char *buf, size_t len, size_t off, fuzz_respo
       return *why = "chunked response: empty chunk size", -1;
     for (; i < (size_t)e; i++) {
       char c = buf[i];
-      int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-            : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      int v = c >= '0' && c <= '9'   ? c - '0'
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                     : -1;
       if (v < 0 || size > (1u << 24))
         return *why = "chunked response: bad chunk size", -1;
       size = size * 16 + (size_t)v;
@@ -525,8 +527,8 @@ void fuzz_responses_free(fuzz_responses_t *rs) {
  * the request was HEAD and the checker does not: read it as a HEAD answer
  * (no body) when its Content-Length does not end on a response boundary and
  * no body does, and the input holds a HEAD. */
-static int maybe_head(const char *buf, size_t len, size_t off, size_t cl,
-                      const uint8_t *input, size_t input_len) {
+static int maybe_head(const char *buf, size_t len, size_t off, size_t cl, const uint8_t *input,
+                      size_t input_len) {
   static const char start[] = "HTTP/1.1 ";
   const size_t n = sizeof start - 1;
   size_t end = off + cl;
@@ -537,8 +539,8 @@ static int maybe_head(const char *buf, size_t len, size_t off, size_t cl,
   return memmem(input, input_len, "HEAD", 4) != NULL;
 }
 
-void fuzz_parse_responses(const char *buf, size_t len, fuzz_responses_t *out,
-                          const uint8_t *input, size_t input_len) {
+void fuzz_parse_responses(const char *buf, size_t len, fuzz_responses_t *out, const uint8_t *input,
+                          size_t input_len) {
   memset(out, 0, sizeof *out);
   size_t off = 0;
   const char *why = NULL;

@@ -63,11 +63,11 @@ char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *pl
 /* One parsed response. */
 typedef struct fuzz_response {
   int status;
-  int close;         /* Connection: close */
-  int head;          /* answered a HEAD request (X-M: HEAD) */
-  const char *body;  /* into the decoded copy (chunked) or the input */
+  int close;        /* Connection: close */
+  int head;         /* answered a HEAD request (X-M: HEAD) */
+  const char *body; /* into the decoded copy (chunked) or the input */
   size_t body_len;
-  char *decoded;     /* owned: the de-chunked body */
+  char *decoded; /* owned: the de-chunked body */
 } fuzz_response_t;
 
 #define FUZZ_MAX_RESPONSES 64
@@ -80,8 +80,8 @@ typedef struct fuzz_responses {
 
 /* Parse every response in buf strictly; on a framing error, print why with
  * a dump of the input and the output and abort(). */
-void fuzz_parse_responses(const char *buf, size_t len, fuzz_responses_t *out,
-                          const uint8_t *input, size_t input_len);
+void fuzz_parse_responses(const char *buf, size_t len, fuzz_responses_t *out, const uint8_t *input,
+                          size_t input_len);
 void fuzz_responses_free(fuzz_responses_t *rs);
 
 /* Upper bound on the requests a strict reading of bytes could contain:

@@ -3,6 +3,7 @@
 Every test that needs io_uring is skipped, with the reason, where the kernel
 refuses it; the tests of the unavailable path run everywhere.
 """
+
 import http.client
 import json
 import os
@@ -17,8 +18,9 @@ import pytest
 import pymongoose_uring as pmu
 
 PROBE = pmu.probe()
-needs_uring = pytest.mark.skipif(not PROBE["available"],
-                                 reason="io_uring unavailable: %s" % PROBE["message"])
+needs_uring = pytest.mark.skipif(
+    not PROBE["available"], reason="io_uring unavailable: %s" % PROBE["message"]
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -34,6 +36,7 @@ def pytest_configure(config):
     # (Python turns SIGINT into KeyboardInterrupt only where it is not
     # ignored). A handler here becomes the default again in each child.
     import signal
+
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -64,6 +67,7 @@ def serve():
 def serve_asgi():
     """serve_asgi(app, **options) -> a started ASGIServer on 127.0.0.1:<free port>."""
     from pymongoose_uring.asgi import ASGIServer
+
     yield from _serving(ASGIServer)
 
 
@@ -71,6 +75,7 @@ def serve_asgi():
 def serve_wsgi():
     """serve_wsgi(app, **options) -> a started WSGIServer on 127.0.0.1:<free port>."""
     from pymongoose_uring.wsgi import WSGIServer
+
     yield from _serving(WSGIServer)
 
 
@@ -155,8 +160,9 @@ class RawClient:
         lines = raw.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
-        length = 0 if head else int(dict((k.lower(), v) for k, v in headers)
-                                    .get("content-length", 0))
+        length = (
+            0 if head else int(dict((k.lower(), v) for k, v in headers).get("content-length", 0))
+        )
         while len(self.buf) < length:
             self._fill()
         body, self.buf = self.buf[:length], self.buf[length:]
@@ -197,5 +203,11 @@ def spawn(script, *args, env=None):
     e.update(env or {})
     # cwd elsewhere: from the checkout's root, "import pymongoose_uring" would
     # find the source tree (no compiled extension) before the installed package.
-    return subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=e, cwd=tempfile.gettempdir())
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=e,
+        cwd=tempfile.gettempdir(),
+    )

@@ -7,6 +7,7 @@ meson.build), optionally followed by ":name" or ":Class.method". In a Python fil
 name must be defined there (def, class, or an assignment); in any other file it must
 appear as a whole word.
 """
+
 import os
 import re
 
@@ -16,16 +17,15 @@ pytestmark = pytest.mark.no_uring_ok
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC = "ARCHITECTURE.md"
-TOP = ("core", "include", "binding", "pymongoose_uring", "tests", "benchmarks", "examples",
-       "tools")
-ROOT_FILES = ("README.md", "ARCHITECTURE.md", "meson.build", "meson.options",
-              "pyproject.toml")
+TOP = ("core", "include", "binding", "pymongoose_uring", "tests", "benchmarks", "examples", "tools")
+ROOT_FILES = ("README.md", "ARCHITECTURE.md", "meson.build", "meson.options", "pyproject.toml")
 
 REF = re.compile(
     r"(?<![\w./-])"
     r"(?P<path>(?:%s)/[\w./-]*|%s)"
     r"(?::(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*))?"
-    % ("|".join(TOP), "|".join(re.escape(f) for f in ROOT_FILES)))
+    % ("|".join(TOP), "|".join(re.escape(f) for f in ROOT_FILES))
+)
 
 
 def references(text):
@@ -39,8 +39,15 @@ def references(text):
 
 def defines(source, name):
     """Whether Python source defines `name` (a function, class, or assigned name)."""
-    return re.search(r"^\s*(?:(?:async\s+)?def|class)\s+%s\b|^\s*%s\s*[:=]"
-                     % (re.escape(name), re.escape(name)), source, re.M) is not None
+    return (
+        re.search(
+            r"^\s*(?:(?:async\s+)?def|class)\s+%s\b|^\s*%s\s*[:=]"
+            % (re.escape(name), re.escape(name)),
+            source,
+            re.M,
+        )
+        is not None
+    )
 
 
 def broken(root, refs):
@@ -84,17 +91,28 @@ def test_every_reference_holds():
 
 def test_the_doc_covers_each_layer():
     files = {path for path, _ in references(read(DOC))}
-    for layer in ("core/", "include/pmu/pmu.h", "binding/", "pymongoose_uring/", "tests/c/",
-                  "tests/python/", "tests/fuzz/", "tests/corpus/", "benchmarks/"):
+    for layer in (
+        "core/",
+        "include/pmu/pmu.h",
+        "binding/",
+        "pymongoose_uring/",
+        "tests/c/",
+        "tests/python/",
+        "tests/fuzz/",
+        "tests/corpus/",
+        "benchmarks/",
+    ):
         assert any(f.startswith(layer) for f in files), layer
 
 
 def test_a_stale_reference_is_caught():
     # The check itself: names that are not there, in each kind of file, are reported.
-    text = ("`core/loop.c:pmu__loop_dispatch` `core/loop.c:no_such_function`, "
-            "`core/gone.c`. `pymongoose_uring/_server.py:Server.start` "
-            "`pymongoose_uring/_server.py:Server.no_such_method` "
-            "`binding/engine.c:on_batch`.")
+    text = (
+        "`core/loop.c:pmu__loop_dispatch` `core/loop.c:no_such_function`, "
+        "`core/gone.c`. `pymongoose_uring/_server.py:Server.start` "
+        "`pymongoose_uring/_server.py:Server.no_such_method` "
+        "`binding/engine.c:on_batch`."
+    )
     refs = references(text)
     assert ("core/gone.c", None) in refs  # the full stop is not part of the path
     assert broken(ROOT, refs) == [
@@ -107,5 +125,5 @@ def test_a_stale_reference_is_caught():
 
 def test_readme_layout_links_it():
     readme = read("README.md")
-    layout = readme[readme.index("## Layout"):]
+    layout = readme[readme.index("## Layout") :]
     assert "ARCHITECTURE.md" in layout

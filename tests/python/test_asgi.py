@@ -1,5 +1,6 @@
 """The ASGI adapter: scope, receive/send, streaming, disconnects, lifespan, errors, and a
 real FastAPI app (Django's ASGI handler where installable)."""
+
 import asyncio
 import http.client
 import json
@@ -43,23 +44,30 @@ async def scope_app(scope, receive, send):
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     body = await read_body(receive)
-    out = {k: v for k, v in scope.items() if k not in ("headers", "raw_path", "query_string",
-                                                        "state")}
+    out = {
+        k: v for k, v in scope.items() if k not in ("headers", "raw_path", "query_string", "state")
+    }
     out["headers"] = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
     out["raw_path"] = scope["raw_path"].decode("latin-1")
     out["query_string"] = scope["query_string"].decode("latin-1")
     out["body"] = body.decode("latin-1")
     out["types"] = [type(k).__name__ + type(v).__name__ for k, v in scope["headers"]]
     data = json.dumps(out).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
 def test_scope_is_complete(serve_asgi):
     server = serve_asgi(scope_app)
-    status, headers, body, _ = request(server, "POST", "/a%20b/caf%C3%A9?x=1&y=%20",
-                                       body=b"hello", headers={"X-Custom": "V"})
+    status, headers, body, _ = request(
+        server, "POST", "/a%20b/caf%C3%A9?x=1&y=%20", body=b"hello", headers={"X-Custom": "V"}
+    )
     assert status == 200, body
     assert headers["content-type"] == "application/json"
     scope = json.loads(body)
@@ -83,8 +91,10 @@ def test_scope_is_complete(serve_asgi):
 def test_chunked_request_body(serve_asgi):
     server = serve_asgi(scope_app)
     c = RawClient(server.port)
-    c.send(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-           b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    c.send(
+        b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
     status, _, body = c.read_response()
     c.close()
     assert status == 200 and json.loads(body)["body"] == "hello world"
@@ -115,11 +125,15 @@ def test_streamed_response(serve_asgi):
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
         for i in range(3):
-            await send({"type": "http.response.body", "body": b"part %d\n" % i,
-                        "more_body": True})
+            await send({"type": "http.response.body", "body": b"part %d\n" % i, "more_body": True})
             await asyncio.sleep(0.05)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -162,6 +176,7 @@ def test_streamed_response_arrives_before_the_end(serve_asgi):
 def failing_app(how, headers=(), parts=(b"first part",), last=None):
     """An ASGI app that starts its answer, sends `parts` with more_body, then
     raises, returns, or sends `last` as the final body message."""
+
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
@@ -176,6 +191,7 @@ def failing_app(how, headers=(), parts=(b"first part",), last=None):
             raise RuntimeError("the app failed half-way")
         if how == "finish":
             await send({"type": "http.response.body", "body": last or b""})
+
     return app
 
 
@@ -227,15 +243,24 @@ def test_content_length_streamed_response(serve_asgi):
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        await send({"type": "http.response.start", "status": 201,
-                    "headers": [(b"content-length", b"10"), (b"x-a", b"1")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 201,
+                "headers": [(b"content-length", b"10"), (b"x-a", b"1")],
+            }
+        )
         await send({"type": "http.response.body", "body": b"01234", "more_body": True})
         await send({"type": "http.response.body", "body": b"56789"})
 
     server = serve_asgi(app)
     status, headers, body, _ = request(server)
-    assert (status, body, headers["content-length"], headers["x-a"]) == (201, b"0123456789",
-                                                                          "10", "1")
+    assert (status, body, headers["content-length"], headers["x-a"]) == (
+        201,
+        b"0123456789",
+        "10",
+        "1",
+    )
     assert "transfer-encoding" not in headers
 
 
@@ -286,8 +311,7 @@ def test_send_to_a_gone_client_raises_oserror(serve_asgi):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         try:
             for _ in range(2000):
-                await send({"type": "http.response.body", "body": b"x" * 65536,
-                            "more_body": True})
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
                 await asyncio.sleep(0.001)
         except OSError:
             outcome.append("oserror")
@@ -328,8 +352,13 @@ def test_head_drops_the_body(serve_asgi):
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
         await send({"type": "http.response.body", "body": b"twelve bytes"})
 
     server = serve_asgi(app)
@@ -397,8 +426,11 @@ def test_loop_threads_stop_with_the_server():
     assert request(server)[0] == 200
     assert [t for t in threading.enumerate() if t.name == "pymongoose_uring-asgi"]
     server.stop()
-    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "pymongoose_uring-asgi"],
-               timeout=5, what="the loop thread's end")
+    wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name == "pymongoose_uring-asgi"],
+        timeout=5,
+        what="the loop thread's end",
+    )
 
 
 def test_server_restarts_with_a_fresh_loop():
@@ -446,6 +478,7 @@ def test_many_concurrent_requests(serve_asgi):
 
 # ---- FastAPI ----------------------------------------------------------------------------
 
+
 def make_fastapi_app(events):
     pytest.importorskip("fastapi", reason="FastAPI is not installed (pip install fastapi)")
     from contextlib import asynccontextmanager
@@ -492,6 +525,7 @@ def make_fastapi_app(events):
             for i in range(5):
                 yield "chunk %d\n" % i
                 await asyncio.sleep(0.01)
+
         return StreamingResponse(gen(), media_type="text/plain")
 
     @app.get("/missing")
@@ -507,11 +541,14 @@ def make_fastapi_app(events):
         return "plain"
 
     import importlib.util
+
     # python-multipart: what FastAPI's forms and uploads need
-    has_multipart = bool(importlib.util.find_spec("python_multipart")
-                         or importlib.util.find_spec("multipart"))
+    has_multipart = bool(
+        importlib.util.find_spec("python_multipart") or importlib.util.find_spec("multipart")
+    )
 
     if has_multipart:
+
         @app.post("/form")
         async def form(name: str = Form(...), age: int = Form(...)):
             return {"name": name, "age": age}
@@ -529,12 +566,19 @@ def multipart_body(fields, files):
     boundary = "----pmuboundaryQ9x"
     out = b""
     for name, value in fields:
-        out += ("--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
-                % (boundary, name, value)).encode()
+        out += (
+            '--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+            % (boundary, name, value)
+        ).encode()
     for name, filename, data in files:
-        out += ("--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"%s\"\r\n"
-                "Content-Type: application/octet-stream\r\n\r\n"
-                % (boundary, name, filename)).encode() + data + b"\r\n"
+        out += (
+            (
+                '--%s\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n" % (boundary, name, filename)
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     out += ("--%s--\r\n" % boundary).encode()
     return out, "multipart/form-data; boundary=" + boundary
 
@@ -550,13 +594,16 @@ def test_fastapi_app():
         assert headers["content-type"] == "application/json"
         assert json.loads(request(server, path="/items/5?q=x")[2]) == {"item_id": 5, "q": "x"}
         assert request(server, path="/items/abc")[0] == 422
-        status, _, body, _ = request(server, "POST", "/items",
-                                     body=b'{"name": "pen", "price": 1.5}',
-                                     headers={"Content-Type": "application/json"})
+        status, _, body, _ = request(
+            server,
+            "POST",
+            "/items",
+            body=b'{"name": "pen", "price": 1.5}',
+            headers={"Content-Type": "application/json"},
+        )
         assert status == 201 and json.loads(body) == {"name": "pen", "price": 3.0}
         assert json.loads(request(server, path="/sync")[2]) == {"sync": True}
-        assert json.loads(request(server, path="/state")[2]) == {
-            "greeting": "hello from lifespan"}
+        assert json.loads(request(server, path="/state")[2]) == {"greeting": "hello from lifespan"}
         status, _, body, _ = request(server, path="/stream")
         assert status == 200 and body == b"".join(b"chunk %d\n" % i for i in range(5))
         status, _, body, _ = request(server, path="/missing")
@@ -575,20 +622,26 @@ def test_fastapi_forms_and_uploads():
     reason, where it is not installed)."""
     app = make_fastapi_app([])
     if not app.state.has_multipart:
-        pytest.skip("python-multipart is not installed (pip install python-multipart): "
-                    "FastAPI's form and upload routes need it")
+        pytest.skip(
+            "python-multipart is not installed (pip install python-multipart): "
+            "FastAPI's form and upload routes need it"
+        )
     with ASGIServer(app, port=0) as server:
         status, _, body, _ = request(
-            server, "POST", "/form", body=b"name=Ada&age=36",
-            headers={"Content-Type": "application/x-www-form-urlencoded"})
+            server,
+            "POST",
+            "/form",
+            body=b"name=Ada&age=36",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert status == 200 and json.loads(body) == {"name": "Ada", "age": 36}
         payload = os.urandom(200000)
         data, ctype = multipart_body([("note", "hi")], [("file", "a.bin", payload)])
-        status, _, body, _ = request(server, "POST", "/upload", body=data,
-                                     headers={"Content-Type": ctype})
+        status, _, body, _ = request(
+            server, "POST", "/upload", body=data, headers={"Content-Type": ctype}
+        )
         assert status == 200, body
-        assert json.loads(body) == {"filename": "a.bin", "size": len(payload),
-                                    "note": "hi"}
+        assert json.loads(body) == {"filename": "a.bin", "size": len(payload), "note": "hi"}
 
 
 def test_fastapi_keepalive_many_requests():
@@ -603,6 +656,7 @@ def test_fastapi_keepalive_many_requests():
 
 # ---- Django -----------------------------------------------------------------------------
 
+
 def test_django_asgi(tmp_path):
     try:
         import django  # noqa: F401
@@ -612,7 +666,10 @@ def test_django_asgi(tmp_path):
     import sys
 
     from test_wsgi import DJANGO_APP
-    script = DJANGO_APP + """
+
+    script = (
+        DJANGO_APP
+        + """
 from django.core.asgi import get_asgi_application
 from pymongoose_uring.asgi import ASGIServer
 s = ASGIServer(get_asgi_application(), port=0).start()
@@ -626,8 +683,14 @@ c.request("GET", "/nope/")
 r = c.getresponse(); r.read(); print(r.status)
 s.stop()
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, cwd=str(tmp_path))
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == '200 {"hello": "dj"}'

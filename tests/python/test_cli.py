@@ -1,5 +1,6 @@
 """The command line: interface detection, --help, native/WSGI/ASGI apps from
 MODULE:APP, --uds, --access-log, and --workers (supervised processes)."""
+
 import os
 import re
 import signal
@@ -14,7 +15,7 @@ import pytest
 from conftest import RawClient, request, wait_for_line
 from pymongoose_uring._adapter import detect_interface
 
-APPS = textwrap.dedent('''
+APPS = textwrap.dedent("""
     import os
     from pymongoose_uring import App
 
@@ -49,7 +50,7 @@ APPS = textwrap.dedent('''
 
     class Nested:
         app = wsgi
-''')
+""")
 
 
 class _S:
@@ -64,9 +65,13 @@ def app_dir(tmp_path):
 
 
 def run_cli(app_dir, *args):
-    return subprocess.Popen([sys.executable, "-m", "pymongoose_uring", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=str(app_dir))
+    return subprocess.Popen(
+        [sys.executable, "-m", "pymongoose_uring", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(app_dir),
+    )
 
 
 def port_of(proc):
@@ -92,6 +97,7 @@ class Lines:
     def __init__(self, proc):
         import queue
         import threading
+
         self.proc = proc
         self.lines = []
         self.queue = queue.Queue()
@@ -106,6 +112,7 @@ class Lines:
 
     def wait(self, text, count=1, timeout=30):
         import queue
+
         deadline = time.monotonic() + timeout
         while True:
             found = [line for line in self.lines if text in line]
@@ -113,8 +120,9 @@ class Lines:
                 return found
             left = deadline - time.monotonic()
             if left <= 0 or self.eof:
-                raise AssertionError("no %d lines with %r; got:\n%s"
-                                     % (count, text, "".join(self.lines)))
+                raise AssertionError(
+                    "no %d lines with %r; got:\n%s" % (count, text, "".join(self.lines))
+                )
             try:
                 line = self.queue.get(timeout=left)
             except queue.Empty:
@@ -148,6 +156,7 @@ def free_port():
 
 
 # ---- detection (no server needed) --------------------------------------------------------
+
 
 @pytest.mark.no_uring_ok
 def test_detect_interface():
@@ -194,19 +203,41 @@ def test_detect_real_frameworks():
 
 @pytest.mark.no_uring_ok
 def test_help_documents_the_options():
-    out = subprocess.run([sys.executable, "-m", "pymongoose_uring", "--help"],
-                         capture_output=True, text=True, timeout=30, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-m", "pymongoose_uring", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
     assert out.returncode == 0, out.stderr
-    for option in ("--interface", "--host", "--port", "--uds", "--threads", "--workers",
-                   "--access-log", "--pool-threads", "--lifespan", "--loop", "--probe",
-                   "--hello"):
+    for option in (
+        "--interface",
+        "--host",
+        "--port",
+        "--uds",
+        "--threads",
+        "--workers",
+        "--access-log",
+        "--pool-threads",
+        "--lifespan",
+        "--loop",
+        "--probe",
+        "--hello",
+    ):
         assert option in out.stdout, option
 
 
 def test_help_lists_every_engine_knob():
     import pymongoose_uring
-    out = subprocess.run([sys.executable, "-m", "pymongoose_uring", "--help"],
-                         capture_output=True, text=True, timeout=30, cwd="/")
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pymongoose_uring", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
     for knob in pymongoose_uring.config_defaults():
         if knob in ("host", "port", "unix_path", "threads"):
             continue
@@ -215,14 +246,18 @@ def test_help_lists_every_engine_knob():
 
 # ---- serving -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("target,interface,expect", [
-    ("cliapps:native", None, b'"interface":"native"'),
-    ("cliapps:handler", None, b"plain handler"),
-    ("cliapps:wsgi", None, b"wsgi "),
-    ("cliapps:Nested.app", "wsgi", b"wsgi "),
-    ("cliapps:asgi", None, b"asgi "),
-    ("cliapps:asgi", "asgi", b"asgi "),
-])
+
+@pytest.mark.parametrize(
+    "target,interface,expect",
+    [
+        ("cliapps:native", None, b'"interface":"native"'),
+        ("cliapps:handler", None, b"plain handler"),
+        ("cliapps:wsgi", None, b"wsgi "),
+        ("cliapps:Nested.app", "wsgi", b"wsgi "),
+        ("cliapps:asgi", None, b"asgi "),
+        ("cliapps:asgi", "asgi", b"asgi "),
+    ],
+)
 def test_serves_each_interface(app_dir, target, interface, expect):
     args = [target, "--port", "0", "--batch-max", "32"]
     if interface:
@@ -266,9 +301,13 @@ def test_unix_socket(app_dir, tmp_path):
 
 
 def test_bad_app_exits_nonzero(app_dir):
-    out = subprocess.run([sys.executable, "-m", "pymongoose_uring", "nosuchmodule:app",
-                          "--port", "0"], capture_output=True, text=True, timeout=30,
-                         cwd=str(app_dir))
+    out = subprocess.run(
+        [sys.executable, "-m", "pymongoose_uring", "nosuchmodule:app", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=str(app_dir),
+    )
     assert out.returncode != 0
     assert "nosuchmodule" in out.stderr
 
@@ -332,8 +371,18 @@ def test_workers_share_a_unix_socket(app_dir, tmp_path):
 
 def test_max_requests_replaces_workers_without_losing_a_request(app_dir):
     port = free_port()
-    proc = run_cli(app_dir, "cliapps:wsgi", "--port", str(port), "--workers", "2",
-                   "--max-requests", "25", "--max-requests-jitter", "5")
+    proc = run_cli(
+        app_dir,
+        "cliapps:wsgi",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--max-requests",
+        "25",
+        "--max-requests-jitter",
+        "5",
+    )
     lines = Lines(proc)
     answered_by = set()
     try:
@@ -371,7 +420,7 @@ def _exited(pid):
         return True
 
 
-VERSIONED_APP = textwrap.dedent('''
+VERSIONED_APP = textwrap.dedent("""
     import os
     VERSION = open(os.path.join(os.path.dirname(__file__), "version.txt")).read().strip()
     if VERSION == "broken":
@@ -380,11 +429,12 @@ VERSIONED_APP = textwrap.dedent('''
     def wsgi(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"%s %d" % (VERSION.encode(), os.getpid())]
-''')
+""")
 
 
 def test_sighup_replaces_the_workers_with_new_code_refusing_nothing(app_dir):
     import threading
+
     (app_dir / "versioned.py").write_text(VERSIONED_APP)
     (app_dir / "version.txt").write_text("v1")
     port = free_port()
@@ -451,13 +501,21 @@ def test_sighup_with_code_that_does_not_load_keeps_the_workers(app_dir):
 
 def test_reload_replaces_the_workers_when_a_source_file_changes(app_dir):
     source = app_dir / "live.py"
-    source.write_text(VERSIONED_APP.replace(
-        'open(os.path.join(os.path.dirname(__file__), "version.txt")).read().strip()', '"one"'))
+    source.write_text(
+        VERSIONED_APP.replace(
+            'open(os.path.join(os.path.dirname(__file__), "version.txt")).read().strip()', '"one"'
+        )
+    )
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    proc = subprocess.Popen([sys.executable, "-m", "pymongoose_uring", "live:wsgi", "--port",
-                             str(port), "--reload"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=str(app_dir), env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pymongoose_uring", "live:wsgi", "--port", str(port), "--reload"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(app_dir),
+        env=env,
+    )
     lines = Lines(proc)
     try:
         lines.wait("serving on", 1)
@@ -489,9 +547,14 @@ def test_fd_serves_an_inherited_socket(app_dir):
     sock.listen(16)
     port = sock.getsockname()[1]
     fd = sock.fileno()
-    proc = subprocess.Popen([sys.executable, "-m", "pymongoose_uring", "cliapps:handler",
-                             "--fd", str(fd)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=str(app_dir), pass_fds=(fd,))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pymongoose_uring", "cliapps:handler", "--fd", str(fd)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(app_dir),
+        pass_fds=(fd,),
+    )
     try:
         line = wait_for_line(proc, "serving on")
         assert "http://127.0.0.1:%d" % port in line
@@ -503,9 +566,13 @@ def test_fd_serves_an_inherited_socket(app_dir):
 
 
 def test_fd_must_be_open(app_dir):
-    out = subprocess.run([sys.executable, "-m", "pymongoose_uring", "cliapps:handler",
-                          "--fd", "987"], capture_output=True, text=True, timeout=30,
-                         cwd=str(app_dir))
+    out = subprocess.run(
+        [sys.executable, "-m", "pymongoose_uring", "cliapps:handler", "--fd", "987"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=str(app_dir),
+    )
     assert out.returncode == 2 and "--fd 987" in out.stderr
 
 
@@ -564,9 +631,22 @@ def test_workers_survive_the_kill_of_one(app_dir):
 
 def test_workers_stop_when_the_app_cannot_load(app_dir):
     port = free_port()
-    out = subprocess.run([sys.executable, "-m", "pymongoose_uring", "cliapps:nothing",
-                          "--port", str(port), "--workers", "2"], capture_output=True,
-                         text=True, timeout=60, cwd=str(app_dir))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pymongoose_uring",
+            "cliapps:nothing",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(app_dir),
+    )
     assert out.returncode == 1
     assert "could not start" in out.stderr
 
@@ -591,5 +671,7 @@ def test_status_lines_are_written_whole(monkeypatch):
     monkeypatch.setattr(sys, "stderr", recorder)
     say("serving on http://127.0.0.1:1 with 1 thread(s)")
     say("worker 0 started (pid 1)")
-    assert recorder.writes == ["pymongoose_uring: serving on http://127.0.0.1:1 with 1 thread(s)\n",
-                               "pymongoose_uring: worker 0 started (pid 1)\n"]
+    assert recorder.writes == [
+        "pymongoose_uring: serving on http://127.0.0.1:1 with 1 thread(s)\n",
+        "pymongoose_uring: worker 0 started (pid 1)\n",
+    ]

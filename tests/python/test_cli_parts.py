@@ -2,6 +2,7 @@
 the reloader's change detection, the supervisor's replacement and restart
 decisions (with the forking and killing recorded instead of done), and one
 real fork with a stand-in worker."""
+
 import importlib.util
 import os
 import signal
@@ -22,18 +23,48 @@ from pymongoose_uring.cli.supervisor import Supervisor, listening_sockets
 pytestmark = pytest.mark.no_uring_ok
 
 # Real knob names (Server takes them), so that the test needs no extension.
-DEFAULTS = {"backlog": 4096, "ring_entries": 1024, "server_header": "pymongoose_uring",
-            "body_spool_dir": None, "threads": 1, "port": 8000}
+DEFAULTS = {
+    "backlog": 4096,
+    "ring_entries": 1024,
+    "server_header": "pymongoose_uring",
+    "body_spool_dir": None,
+    "threads": 1,
+    "port": 8000,
+}
 
 
 # ---- config ---------------------------------------------------------------------------
 
+
 def test_parse_gives_a_config_with_the_engine_knobs_given():
-    c = parse(["mod:app", "--workers", "3", "--uds", "/tmp/x.sock", "--ring-entries", "256",
-               "--server-header", "me", "--no-proxy-headers", "--reload-dir", "a",
-               "--reload-dir", "b", "--wsgi-threads", "4"], DEFAULTS)
-    assert (c.app, c.workers, c.unix_path, c.proxy_headers, c.pool_threads) == \
-        ("mod:app", 3, "/tmp/x.sock", False, 4)
+    c = parse(
+        [
+            "mod:app",
+            "--workers",
+            "3",
+            "--uds",
+            "/tmp/x.sock",
+            "--ring-entries",
+            "256",
+            "--server-header",
+            "me",
+            "--no-proxy-headers",
+            "--reload-dir",
+            "a",
+            "--reload-dir",
+            "b",
+            "--wsgi-threads",
+            "4",
+        ],
+        DEFAULTS,
+    )
+    assert (c.app, c.workers, c.unix_path, c.proxy_headers, c.pool_threads) == (
+        "mod:app",
+        3,
+        "/tmp/x.sock",
+        False,
+        4,
+    )
     assert c.reload_dir == ["a", "b"]
     assert c.engine == {"ring_entries": 256, "server_header": "me"}
     assert c.supervised
@@ -47,16 +78,19 @@ def test_parse_defaults_and_what_implies_the_supervisor():
     assert parse(["--hello", "--reload"], DEFAULTS).supervised
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "give MODULE:APP, --hello or --probe"),
-    (["--hello", "--workers", "0"], "--workers must be at least 1"),
-    (["--hello", "--threads", "0"], "--threads must be at least 1"),
-    (["--hello", "--pool-threads", "0"], "--pool-threads must be at least 1"),
-    (["--hello", "--max-requests-jitter", "-1"], "cannot be negative"),
-    (["--hello", "--forwarded-allow-ips", "10.0.0.0/99"], "forwarded_allow_ips"),
-    (["--hello", "--ring-entries", "many"], "invalid int value"),
-    (["--hello", "--port"], "expected one argument"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "give MODULE:APP, --hello or --probe"),
+        (["--hello", "--workers", "0"], "--workers must be at least 1"),
+        (["--hello", "--threads", "0"], "--threads must be at least 1"),
+        (["--hello", "--pool-threads", "0"], "--pool-threads must be at least 1"),
+        (["--hello", "--max-requests-jitter", "-1"], "cannot be negative"),
+        (["--hello", "--forwarded-allow-ips", "10.0.0.0/99"], "forwarded_allow_ips"),
+        (["--hello", "--ring-entries", "many"], "invalid int value"),
+        (["--hello", "--port"], "expected one argument"),
+    ],
+)
 def test_parse_refuses_with_the_usage_message(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
         parse(argv, DEFAULTS)
@@ -94,6 +128,7 @@ def test_listening_options_are_not_engine_knobs():
 
 
 # ---- reloader -------------------------------------------------------------------------
+
 
 def test_reloader_sees_changed_added_and_removed_sources(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -147,6 +182,7 @@ def test_reloader_removes_the_stale_bytecode(tmp_path):
 
 # ---- supervisor's decisions, forks and kills recorded -----------------------------------
 
+
 class Recorded(Supervisor):
     """A Supervisor whose workers are pids in a table: spawn, kill and the
     'serving' answer are recorded or scripted, nothing forks."""
@@ -181,20 +217,30 @@ def test_reload_starts_each_new_worker_before_stopping_the_old_one():
     s = Recorded(workers=2)
     s.reload_requested = "SIGHUP received"
     s.reload()
-    assert s.events == [("spawn", 0, 1003), ("kill", 1001, signal.SIGTERM),
-                        ("spawn", 1, 1004), ("kill", 1002, signal.SIGTERM)]
+    assert s.events == [
+        ("spawn", 0, 1003),
+        ("kill", 1001, signal.SIGTERM),
+        ("spawn", 1, 1004),
+        ("kill", 1002, signal.SIGTERM),
+    ]
     assert s.retired == {1001, 1002}  # their exits are not deaths to restart
     assert s.reload_requested is None
-    assert s.logged == ["SIGHUP received; replacing the 2 workers one by one",
-                        "reload done: every worker replaced"]
+    assert s.logged == [
+        "SIGHUP received; replacing the 2 workers one by one",
+        "reload done: every worker replaced",
+    ]
 
 
 def test_reload_stops_at_a_new_worker_that_does_not_serve_and_keeps_the_old():
     s = Recorded(workers=3, serves=lambda index: index != 1)
     s.reload_requested = "app.py changed"
     s.reload()
-    assert s.events == [("spawn", 0, 1004), ("kill", 1001, signal.SIGTERM),
-                        ("spawn", 1, 1005), ("kill", 1005, signal.SIGKILL)]
+    assert s.events == [
+        ("spawn", 0, 1004),
+        ("kill", 1001, signal.SIGTERM),
+        ("spawn", 1, 1005),
+        ("kill", 1005, signal.SIGKILL),
+    ]
     assert s.retired == {1001, 1005}
     assert 1002 in s.children and 1003 in s.children  # still serving
     assert "the reload stops here and the running workers stay" in s.logged[-1]
@@ -227,13 +273,18 @@ def test_a_worker_that_keeps_dying_is_restarted_later_each_time(monkeypatch):
     s.started[0] = cli_supervisor.time.monotonic()
     s.restart(1002, 0, 1 << 8)
     assert slept == [0.2, 0.4]
-    assert s.logged == ["worker 0 (pid 1001) killed by SIGSEGV; restarting in 0.2s",
-                        "worker 0 (pid 1002) exited with 1; restarting in 0.4s"]
+    assert s.logged == [
+        "worker 0 (pid 1001) killed by SIGSEGV; restarting in 0.2s",
+        "worker 0 (pid 1002) exited with 1; restarting in 0.4s",
+    ]
     s.started[0] = now - 60  # served a minute: restarted at once, count reset
     s.restart(1003, 0, signal.SIGKILL)
     assert slept == [0.2, 0.4] and s.failures[0] == 0
     assert [e for e in s.events if e[0] == "spawn"] == [
-        ("spawn", 0, 1002), ("spawn", 0, 1003), ("spawn", 0, 1004)]
+        ("spawn", 0, 1002),
+        ("spawn", 0, 1003),
+        ("spawn", 0, 1004),
+    ]
 
 
 def test_stopping_sends_sigterm_once():
@@ -246,12 +297,15 @@ def test_stopping_sends_sigterm_once():
 
 # ---- one real fork, with a stand-in for the serving worker ------------------------------
 
+
 def test_spawn_gives_the_worker_its_socket_and_hears_it_serve():
     def serve(config, ready_fd):
         # In the child: its own listening socket, its index, the ready pipe.
-        ok = (stat.S_ISSOCK(os.fstat(config.fd).st_mode)
-              and socket.socket(fileno=os.dup(config.fd)).getsockname()[1] == port
-              and os.environ.get("PYMONGOOSE_URING_WORKER") == "1")
+        ok = (
+            stat.S_ISSOCK(os.fstat(config.fd).st_mode)
+            and socket.socket(fileno=os.dup(config.fd)).getsockname()[1] == port
+            and os.environ.get("PYMONGOOSE_URING_WORKER") == "1"
+        )
         os.write(ready_fd, b"r" if ok else b"x")
         os.close(ready_fd)
         return 7
@@ -280,6 +334,7 @@ def test_spawn_gives_the_worker_its_socket_and_hears_it_serve():
 
 
 # ---- worker ---------------------------------------------------------------------------
+
 
 def test_load_finds_a_dotted_attribute():
     assert cli_worker.load("os.path:join") is os.path.join

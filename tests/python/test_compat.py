@@ -1,5 +1,6 @@
 """The pymongoose compatibility layer: a pymongoose-style script, unchanged but
 for its import, and the objects it relies on."""
+
 import json
 import signal
 import textwrap
@@ -62,8 +63,9 @@ def test_pymongoose_script_runs_unchanged():
     try:
         line = wait_for_line(proc, "listening on port")
         s = _At(int(line.split()[-1]))
-        status, headers, body, _ = request(s, "POST", "/json?q=x%20y&r=1", body=b"hello",
-                                           headers={"User-Agent": "compat-test"})
+        status, headers, body, _ = request(
+            s, "POST", "/json?q=x%20y&r=1", body=b"hello", headers={"User-Agent": "compat-test"}
+        )
         assert status == 200 and headers["content-type"] == "application/json"
         d = json.loads(body)
         assert d["method"] == "POST" and d["uri"] == "/json" and d["query"] == "q=x%20y&r=1"
@@ -147,9 +149,14 @@ def test_handler_exception_gives_500():
 
 @pytest.mark.no_uring_ok
 def test_constants_and_refusals():
-    assert (compat.MG_EV_ERROR, compat.MG_EV_ACCEPT, compat.MG_EV_CLOSE,
-            compat.MG_EV_HTTP_HDRS, compat.MG_EV_HTTP_MSG, compat.MG_EV_USER) == (
-                0, 5, 9, 10, 11, 20)
+    assert (
+        compat.MG_EV_ERROR,
+        compat.MG_EV_ACCEPT,
+        compat.MG_EV_CLOSE,
+        compat.MG_EV_HTTP_HDRS,
+        compat.MG_EV_HTTP_MSG,
+        compat.MG_EV_USER,
+    ) == (0, 5, 9, 10, 11, 20)
     mgr = Manager(lambda c, e, d: None)
     with pytest.raises(ValueError):
         mgr.listen("tcp://127.0.0.1:0")  # raw TCP: not served

@@ -1,4 +1,5 @@
 """Keep-alive, pipelining and many concurrent clients through the binding."""
+
 import asyncio
 import http.client
 import threading
@@ -45,8 +46,11 @@ def test_pipelining_keeps_order(serve):
     server = serve(echo_app())
     c = RawClient(server.port)
     n = 64
-    reqs = b"".join(b"POST /echo/%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
-                    % (i, len(b"body%d" % i), b"body%d" % i) for i in range(n))
+    reqs = b"".join(
+        b"POST /echo/%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+        % (i, len(b"body%d" % i), b"body%d" % i)
+        for i in range(n)
+    )
     c.send(reqs)
     for i in range(n):
         status, _, body = c.read_response()
@@ -91,11 +95,18 @@ async def _asyncio_client(port, k):
     for j in range(PER_CONNECTION):
         n = k * 1000 + j
         body = b"payload-%d" % n
-        writer.write(b"POST /echo/%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
-                     % (n, len(body), body))
+        writer.write(
+            b"POST /echo/%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+            % (n, len(body), body)
+        )
         head = await reader.readuntil(b"\r\n\r\n")
-        length = int([line.split(b":")[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length")][0])
+        length = int(
+            [
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            ][0]
+        )
         got = await reader.readexactly(length)
         ok += head.startswith(b"HTTP/1.1 200") and got == body
     writer.close()
@@ -108,7 +119,8 @@ def test_1000_requests_50_connections_asyncio(serve):
 
     async def main():
         return await asyncio.wait_for(
-            asyncio.gather(*(_asyncio_client(server.port, k) for k in range(CONNECTIONS))), 60)
+            asyncio.gather(*(_asyncio_client(server.port, k) for k in range(CONNECTIONS))), 60
+        )
 
     assert sum(asyncio.run(main())) == 1000
     check_counters(server, 1000)

@@ -6,6 +6,7 @@ asked for "/" once it says where it listens, then stopped with SIGINT; it must
 exit 0. Every other block must exit 0 by itself, and print what the comments
 beside its print() calls say.
 """
+
 import http.client
 import os
 import re
@@ -39,16 +40,22 @@ def _serves_forever(code):
 def test_example_runs(index, tmp_path):
     code = BLOCKS[index]
     if not _serves_forever(code):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=60, cwd=tmp_path)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
         assert out.returncode == 0, out.stderr
         # print(...)  # what it prints: the comment must be true.
         for expected in re.findall(r"^\s*print\(.*\)\s+#\s*(.+?)\s*$", code, re.M):
             assert expected in out.stdout, (expected, out.stdout)
         return
     code = code.replace("8000", "0")
-    proc = subprocess.Popen([sys.executable, "-u", "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         port = None
         seen = []

@@ -2,6 +2,7 @@
 the failure through the "pymongoose_uring" logger (once a second at most),
 counts it in stats()["accept_errors"], uses no CPU to speak of while accept
 would fail, and accepts again as soon as a connection closes."""
+
 import os
 import socket
 import subprocess
@@ -33,9 +34,14 @@ def cpu_seconds(pid):
 
 
 def test_emfile_backs_off_logs_counts_and_resumes_on_close():
-    proc = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tempfile.gettempdir())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     clients = []
     try:
         port = int(wait_for_line(proc, "PORT").split()[1])
@@ -45,8 +51,10 @@ def test_emfile_backs_off_logs_counts_and_resumes_on_close():
             s.connect_ex(("127.0.0.1", port))
             clients.append(s)
         line = wait_for_line(proc, "accept failed")
-        assert line.strip() == ("pymongoose_uring WARNING accept failed: Too many open files "
-                                "(EMFILE); pausing accepts for 60000 ms")
+        assert line.strip() == (
+            "pymongoose_uring WARNING accept failed: Too many open files "
+            "(EMFILE); pausing accepts for 60000 ms"
+        )
         before, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(1.0)
         used = cpu_seconds(proc.pid) - before
@@ -72,6 +80,7 @@ def test_emfile_backs_off_logs_counts_and_resumes_on_close():
 
 def test_counters_and_knob_are_exposed(serve):
     import pymongoose_uring
+
     assert pymongoose_uring.config_defaults()["accept_backoff_ms"] == 500
     server = serve(lambda request: "x", accept_backoff_ms=100)
     stats = server.stats()

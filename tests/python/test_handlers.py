@@ -1,4 +1,5 @@
 """Handler exceptions, deferred replies (threads, asyncio) and async handlers."""
+
 import asyncio
 import json
 import logging
@@ -41,8 +42,12 @@ def test_exception_spares_the_rest_of_the_batch(serve, caplog):
         got = [c.read_response() for _ in paths]
     c.close()
     assert [(s, b) for s, _, b in got] == [
-        (200, b"/a"), (500, b"Internal Server Error"), (200, b"/b"),
-        (500, b"Internal Server Error"), (200, b"/c")]
+        (200, b"/a"),
+        (500, b"Internal Server Error"),
+        (200, b"/b"),
+        (500, b"Internal Server Error"),
+        (200, b"/c"),
+    ]
 
 
 def test_deferred_reply_from_another_thread(serve):
@@ -235,6 +240,7 @@ def test_stop_waits_for_deferred_in_flight_requests(serve):
 
 def test_reply_after_the_server_stopped():
     from pymongoose_uring import Server
+
     kept = []
     server = Server(lambda req: kept.append(req), port=0, shutdown_timeout_ms=200).start()
     result = {}
@@ -271,6 +277,7 @@ def _safe_request(server):
 
 def test_stop_from_an_async_handler(serve):
     from pymongoose_uring import Server
+
     holder = {}
 
     async def handler(req):
@@ -302,8 +309,7 @@ def test_deferred_replies_arrive_promptly(serve):
     t.start()
     try:
         server = serve(jobs.put)
-        conn = __import__("http.client").client.HTTPConnection("127.0.0.1", server.port,
-                                                                timeout=10)
+        conn = __import__("http.client").client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         times = []
         for _ in range(100):
             t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 request bodies beyond body_buffer_budget are spooled to an unlinked file and
 still reach the handler whole; a pipelining client that never reads cannot
 make the handler produce more than about output_high_water for it."""
+
 import os
 import socket
 import tempfile
@@ -18,8 +19,7 @@ def test_bodies_beyond_the_budget_are_spooled_and_reach_the_handler_whole(serve)
         return req.body
 
     with tempfile.TemporaryDirectory() as spool:
-        server = serve(app, body_buffer_budget=4096, body_spool_dir=spool,
-                       max_body_bytes=1 << 20)
+        server = serve(app, body_buffer_budget=4096, body_spool_dir=spool, max_body_bytes=1 << 20)
         body = os.urandom(300_000)
         status, _, got, _ = request(server, "POST", "/", body=body)
         assert status == 200 and got == body
@@ -31,7 +31,7 @@ def test_bodies_beyond_the_budget_are_spooled_and_reach_the_handler_whole(serve)
         while server.stats()["body_buffer_bytes"] and time.monotonic() < deadline:
             time.sleep(0.01)
         assert server.stats()["body_buffer_bytes"] == 0  # every body given back
-        assert os.listdir(spool) == []          # the file was never named
+        assert os.listdir(spool) == []  # the file was never named
         assert server.config["body_buffer_budget"] == 4096
 
 
@@ -43,13 +43,25 @@ def _read_answers(sock, count, size):
         head_end = buf.find(b"\r\n\r\n")
         if head_end >= 0:
             head = buf[:head_end].decode("latin-1")
-            length = int([ln.split(":", 1)[1] for ln in head.split("\r\n")
-                          if ln.lower().startswith("content-length:")][0])
+            length = int(
+                [
+                    ln.split(":", 1)[1]
+                    for ln in head.split("\r\n")
+                    if ln.lower().startswith("content-length:")
+                ][0]
+            )
             if len(buf) >= head_end + 4 + length:
                 assert length == size
-                found.append(int([ln.split(":", 1)[1] for ln in head.split("\r\n")
-                                  if ln.lower().startswith("x-i:")][0]))
-                buf = buf[head_end + 4 + length:]
+                found.append(
+                    int(
+                        [
+                            ln.split(":", 1)[1]
+                            for ln in head.split("\r\n")
+                            if ln.lower().startswith("x-i:")
+                        ][0]
+                    )
+                )
+                buf = buf[head_end + 4 + length :]
                 continue
         chunk = sock.recv(1 << 20)
         assert chunk, "connection closed after %d answers" % len(found)

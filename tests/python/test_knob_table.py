@@ -8,6 +8,7 @@ be expanded (a Python signature for IDEs, the docstring, the stub, the command l
 benchmark scripts, the README) is checked here, so that a knob added to the table and
 forgotten somewhere fails a test rather than a review.
 """
+
 import ast
 import inspect
 import json
@@ -50,7 +51,7 @@ def section(text, title):
     """The README section under the heading `title`, up to the next heading."""
     start = text.index(title)
     end = text.find("\n#", start + len(title))
-    return text[start:end if end >= 0 else len(text)]
+    return text[start : end if end >= 0 else len(text)]
 
 
 def test_the_table_is_whole():
@@ -92,13 +93,20 @@ def _class(tree, name):
 
 
 def test_stub_engine_takes_every_knob():
-    init = next(n for n in _class(_stub(), "Engine").body
-                if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    init = next(
+        n
+        for n in _class(_stub(), "Engine").body
+        if isinstance(n, ast.FunctionDef) and n.name == "__init__"
+    )
     args = {a.arg: ast.unparse(a.annotation) for a in init.args.kwonlyargs}
     args.pop("routes")
     args.pop("async_scheduler")
-    assert set(args) == set(KNOBS), ("missing", set(KNOBS) - set(args),
-                                     "unknown", set(args) - set(KNOBS))
+    assert set(args) == set(KNOBS), (
+        "missing",
+        set(KNOBS) - set(args),
+        "unknown",
+        set(args) - set(KNOBS),
+    )
     for name, annotation in args.items():
         assert KNOBS[name].type.__name__ in annotation, (name, annotation)
 
@@ -106,15 +114,24 @@ def test_stub_engine_takes_every_knob():
 def test_stub_stats_names_every_counter():
     tree = _stub()
     fields = {n.target.id for n in _class(tree, "Stats").body if isinstance(n, ast.AnnAssign)}
-    assert fields == set(COUNTERS), ("missing", set(COUNTERS) - fields,
-                                     "unknown", fields - set(COUNTERS))
+    assert fields == set(COUNTERS), (
+        "missing",
+        set(COUNTERS) - fields,
+        "unknown",
+        fields - set(COUNTERS),
+    )
     functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert {"knobs", "counters", "config_defaults"} <= functions
 
 
 def test_cli_has_an_option_for_every_knob():
-    out = subprocess.run([sys.executable, "-m", "pymongoose_uring", "--help"],
-                         capture_output=True, text=True, timeout=30, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-m", "pymongoose_uring", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
     assert out.returncode == 0, out.stderr
     missing = [n for n in KNOBS if "--" + n.replace("_", "-") not in out.stdout]
     assert not missing, missing
@@ -135,15 +152,21 @@ def test_benchmark_knobs_are_the_table():
 
 def test_sweep_counter_lists_are_the_table():
     tree = ast.parse(read("benchmarks", "sweep.py"))
-    gauges = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-                  and getattr(n.targets[0], "id", None) == "GAUGES")
+    gauges = next(
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "GAUGES"
+    )
     assert gauges == {n for n, (kind, _) in COUNTERS.items() if kind == "gauge"}
     derived = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "derived")
-    named = {c.value for c in ast.walk(derived)
-             if isinstance(c, ast.Constant) and isinstance(c.value, str)
-             and re.fullmatch(r"[a-z_]+", c.value) and not c.value.endswith(("_per_batch",
-                                                                             "_per_wait",
-                                                                             "_per_request"))}
+    named = {
+        c.value
+        for c in ast.walk(derived)
+        if isinstance(c, ast.Constant)
+        and isinstance(c.value, str)
+        and re.fullmatch(r"[a-z_]+", c.value)
+        and not c.value.endswith(("_per_batch", "_per_wait", "_per_request"))
+    }
     assert named and named <= set(COUNTERS), named - set(COUNTERS)
 
 
@@ -187,11 +210,12 @@ def test_hello_server_reads_every_knob_from_the_environment():
         value, text = _distinct(knob)
         env["PMU_" + c_name(name).upper()] = text
         expected[c_name(name)] = value
-    out = subprocess.run([_hello_server(), "--config"], env=env, capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        [_hello_server(), "--config"], env=env, capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     line = next(l for l in out.stdout.splitlines() if l.startswith("PMU_CONFIG "))
-    config = json.loads(line[len("PMU_CONFIG "):])
+    config = json.loads(line[len("PMU_CONFIG ") :])
     assert config == expected
 
 
@@ -206,7 +230,7 @@ def test_hello_server_prints_every_counter():
         proc.send_signal(signal.SIGTERM)
         _, rest = proc.communicate(timeout=30)
     line = next(l for l in rest.splitlines() if l.startswith("PMU_STATS "))
-    stats = json.loads(line[len("PMU_STATS "):])
+    stats = json.loads(line[len("PMU_STATS ") :])
     assert set(stats) == set(COUNTERS)
     assert stats["requests"] == 1 and stats["status_classes"]["2xx"] == 1
     assert len(stats["batch_hist"]) == _native._pmu.BATCH_BUCKETS

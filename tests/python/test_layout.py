@@ -25,8 +25,10 @@ def read(rel):
 def code(rel):
     """The file without its comments (kept as blank lines, so numbers hold):
     a comment may name a flag to say what a field means."""
+
     def blank(m):
         return "\n" * m.group(0).count("\n")
+
     return re.sub(r"/\*.*?\*/|//[^\n]*", blank, read(rel), flags=re.S)
 
 

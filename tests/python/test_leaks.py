@@ -8,6 +8,7 @@ interpreter's live allocations; it wanders by a few hundred blocks as
 caches settle, so it is held to half a block per request: a leak of any
 object on every request goes over that.
 """
+
 import asyncio
 import gc
 import http.client
@@ -23,9 +24,9 @@ from pymongoose_uring import App, Response, _native
 from pymongoose_uring.asgi import ASGIServer
 from pymongoose_uring.wsgi import WSGIServer
 
-WARMUP = 3         # rounds that fill caches, pools and lazy imports
-MEASURED = 3       # rounds whose growth counts
-ROUND = 650        # requests per round, spread evenly over the paths
+WARMUP = 3  # rounds that fill caches, pools and lazy imports
+MEASURED = 3  # rounds whose growth counts
+ROUND = 650  # requests per round, spread evenly over the paths
 
 
 def requests_alive():
@@ -49,8 +50,9 @@ def exercise(port, calls):
     try:
         for _ in range(-(-ROUND // len(calls))):
             for method, path, body, status in calls:
-                conn.request(method, path, body=body,
-                             headers={"X-Test": "yes", "Cookie": "a=1; b=2"})
+                conn.request(
+                    method, path, body=body, headers={"X-Test": "yes", "Cookie": "a=1; b=2"}
+                )
                 response = conn.getresponse()
                 response.read()
                 assert response.status == status, (method, path, response.status)
@@ -71,7 +73,8 @@ def assert_flat(port, calls):
     while requests_alive() > baseline and time.monotonic() < deadline:
         time.sleep(0.01)
     assert requests_alive() <= baseline, "%d Request objects never freed" % (
-        requests_alive() - baseline)
+        requests_alive() - baseline
+    )
     gc.collect()
     grown = sys.getallocatedblocks() - before
     requests = MEASURED * -(-ROUND // len(calls)) * len(calls)
@@ -84,8 +87,12 @@ def test_native_handlers_leave_nothing_behind(serve, quiet_logs):
 
     @app.get("/json")
     def as_json(request):
-        return {"q": request.query.get("x"), "h": request.headers.get("x-test"),
-                "client": request.client[0], "path": request.path}
+        return {
+            "q": request.query.get("x"),
+            "h": request.headers.get("x-test"),
+            "client": request.client[0],
+            "path": request.path,
+        }
 
     @app.get("/text")
     def as_text(request):
@@ -97,8 +104,11 @@ def test_native_handlers_leave_nothing_behind(serve, quiet_logs):
 
     @app.get("/response/{name}")
     def response(request):
-        return Response.json({"name": request.params["name"]}, status=201,
-                             headers={"X-One": "1", "Set-Cookie": ["a=1", "b=2"]})
+        return Response.json(
+            {"name": request.params["name"]},
+            status=201,
+            headers={"X-One": "1", "Set-Cookie": ["a=1", "b=2"]},
+        )
 
     @app.get("/boom")
     def boom(request):
@@ -130,6 +140,7 @@ def test_native_handlers_leave_nothing_behind(serve, quiet_logs):
             request.start(200, {"Content-Type": "text/plain"})
             request.write(b"%d" % total)
             request.end()
+
         pool.submit(work)
 
     calls = [
@@ -195,8 +206,13 @@ def test_asgi_leaves_nothing_behind(quiet_logs):
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
         if scope["path"] == "/stream":
             await send({"type": "http.response.body", "body": b"a", "more_body": True})
         await send({"type": "http.response.body", "body": body or scope["query_string"]})
@@ -234,6 +250,7 @@ def test_request_in_a_cycle_is_collected_and_answered(serve, cycle, caplog):
     """A handler that makes its request part of a cycle and drops it: the
     garbage collector frees it, which answers it (500, or a started stream
     aborted), and the server stops at once instead of waiting for it."""
+
     def handler(req):
         if cycle == "params":
             req.params["self"] = req

@@ -1,4 +1,5 @@
 """Starting, stopping, signals, configuration, counters and the unavailable path."""
+
 import errno
 import os
 import signal
@@ -40,8 +41,11 @@ def test_start_stop_50_times_leaks_nothing():
         server.stop()
         assert not server.running
     # threads of earlier tests may end meanwhile
-    wait_until(lambda: open_fds() <= fds and os_threads() <= threads, timeout=5,
-               what="descriptors and threads back to before")
+    wait_until(
+        lambda: open_fds() <= fds and os_threads() <= threads,
+        timeout=5,
+        what="descriptors and threads back to before",
+    )
 
 
 def test_same_server_restarts():
@@ -69,6 +73,7 @@ def test_stats_count_responses_by_status_class(serve):
     import logging
 
     from conftest import RawClient
+
     app = pmu.App()
     app.get("/ok")(lambda req: "ok")
     app.get("/moved")(lambda req: pmu.Response.redirect("/ok"))
@@ -94,10 +99,27 @@ def test_stats_probe_ring_info_and_config(serve):
     for _ in range(3):
         request(server)
     stats = server.stats()
-    for key in ("connections_accepted", "connections_open", "connections_rejected", "requests",
-                "responses", "bytes_in", "bytes_out", "parse_errors", "timeouts", "enobufs",
-                "short_sends", "sends", "send_zc", "recv_paused", "cq_overflows", "waits",
-                "cqes", "batches", "deferred"):
+    for key in (
+        "connections_accepted",
+        "connections_open",
+        "connections_rejected",
+        "requests",
+        "responses",
+        "bytes_in",
+        "bytes_out",
+        "parse_errors",
+        "timeouts",
+        "enobufs",
+        "short_sends",
+        "sends",
+        "send_zc",
+        "recv_paused",
+        "cq_overflows",
+        "waits",
+        "cqes",
+        "batches",
+        "deferred",
+    ):
         assert isinstance(stats[key], int), key
     assert len(stats["batch_hist"]) == 16 == pmu._native._pmu.BATCH_BUCKETS
     assert stats["requests"] == 3 and stats["batches"] >= 1
@@ -106,8 +128,14 @@ def test_stats_probe_ring_info_and_config(serve):
         server.stats(5)
 
     info = server.ring_info()
-    assert set(info) == {"setup_flags", "features", "defer_taskrun", "sqpoll",
-                         "registered_files", "registered_ring_fd"}
+    assert set(info) == {
+        "setup_flags",
+        "features",
+        "defer_taskrun",
+        "sqpoll",
+        "registered_files",
+        "registered_ring_fd",
+    }
     cfg = server.config
     assert cfg["batch_max"] == 8 and cfg["max_body_bytes"] == 1234
     assert cfg["server_header"] == "srv" and cfg["port"] == 0
@@ -115,8 +143,14 @@ def test_stats_probe_ring_info_and_config(serve):
 
     p = pmu.probe()
     assert p["available"] and p["kernel"] and isinstance(p["features"], int)
-    for key in ("defer_taskrun", "multishot_accept", "multishot_recv", "provided_buffer_ring",
-                "send_zc", "single_issuer"):
+    for key in (
+        "defer_taskrun",
+        "multishot_accept",
+        "multishot_recv",
+        "provided_buffer_ring",
+        "send_zc",
+        "single_issuer",
+    ):
         assert isinstance(p[key], bool)
     defaults = pmu.config_defaults()
     assert defaults["threads"] == 1 and defaults["batch_max"] > 0
@@ -125,6 +159,7 @@ def test_stats_probe_ring_info_and_config(serve):
 def test_batch_max_caps_batches(serve):
     server = serve(lambda req: "x", batch_max=2)
     from conftest import RawClient
+
     c = RawClient(server.port)
     c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * 32)
     for _ in range(32):
@@ -136,13 +171,33 @@ def test_batch_max_caps_batches(serve):
 
 def test_every_knob_is_accepted(serve):
     server = serve(
-        lambda req: req.body, threads=2, backlog=128, ring_entries=256, cq_entries=2048,
-        buf_count=256, buf_size=8192, defer_taskrun=False, sqpoll=False, sqpoll_idle_ms=500,
-        registered_files=True, send_zc_threshold=65536, batch_max=32, max_header_bytes=8192,
-        max_headers=50, max_url_bytes=4096, max_body_bytes=1 << 16, max_connections=100,
-        max_pipelined=16, output_high_water=1 << 18, header_timeout_ms=5000,
-        keepalive_timeout_ms=2000, body_timeout_ms=5000, send_timeout_ms=5000,
-        shutdown_timeout_ms=3000, server_header="")
+        lambda req: req.body,
+        threads=2,
+        backlog=128,
+        ring_entries=256,
+        cq_entries=2048,
+        buf_count=256,
+        buf_size=8192,
+        defer_taskrun=False,
+        sqpoll=False,
+        sqpoll_idle_ms=500,
+        registered_files=True,
+        send_zc_threshold=65536,
+        batch_max=32,
+        max_header_bytes=8192,
+        max_headers=50,
+        max_url_bytes=4096,
+        max_body_bytes=1 << 16,
+        max_connections=100,
+        max_pipelined=16,
+        output_high_water=1 << 18,
+        header_timeout_ms=5000,
+        keepalive_timeout_ms=2000,
+        body_timeout_ms=5000,
+        send_timeout_ms=5000,
+        shutdown_timeout_ms=3000,
+        server_header="",
+    )
     assert request(server, "POST", body=b"k" * 1000)[2] == b"k" * 1000
     assert "server" not in request(server)[1]
     assert request(server, "POST", body=b"k" * 70000)[0] == 413
@@ -192,9 +247,16 @@ def test_unix_path_in_missing_directory():
 @pytest.mark.no_uring_ok
 def test_unavailable_kernel_raises_naming_the_reason(monkeypatch):
     from pymongoose_uring import _server
-    monkeypatch.setattr(_server, "_probe_cache", {
-        "available": False, "error": -errno.EPERM,
-        "message": "io_uring is disabled (kernel.io_uring_disabled=2): set it to 0"})
+
+    monkeypatch.setattr(
+        _server,
+        "_probe_cache",
+        {
+            "available": False,
+            "error": -errno.EPERM,
+            "message": "io_uring is disabled (kernel.io_uring_disabled=2): set it to 0",
+        },
+    )
     with pytest.raises(pmu.UnavailableError) as err:
         Server(lambda r: None)
     assert "io_uring_disabled" in str(err.value) and err.value.errno == errno.EPERM
@@ -216,8 +278,13 @@ def test_import_works_without_the_extension():
         except pmu.UnavailableError as exc:
             print("RAISED:", exc)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=30, cwd=tempfile.gettempdir())
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tempfile.gettempdir(),
+    )
     assert out.returncode == 0, out.stderr
     assert "RAISED:" in out.stdout and "could not be loaded" in out.stdout
 
@@ -261,6 +328,7 @@ def test_run_stops_gracefully_on_signal(sig):
 
         class S:
             pass
+
         s = S()
         s.port = port
         assert request(s)[2] == b"up"
@@ -288,6 +356,7 @@ def test_stop_from_a_handler():
 
         class S:
             pass
+
         s = S()
         s.port = port
         assert request(s, path="/shutdown")[2] == b"bye"
@@ -308,21 +377,31 @@ def test_running_server_is_stopped_at_exit():
         print(urllib.request.urlopen(s.url).read().decode(), flush=True)
         # no stop(): the interpreter's exit must stop the engine cleanly
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=30, cwd=tempfile.gettempdir())
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tempfile.gettempdir(),
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "x"
 
 
 def test_command_line_hello():
-    proc = subprocess.Popen([sys.executable, "-m", "pymongoose_uring", "--hello", "--port", "0",
-                             "--batch-max", "16"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tempfile.gettempdir())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pymongoose_uring", "--hello", "--port", "0", "--batch-max", "16"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     try:
         port = _port_of(proc)
 
         class S:
             pass
+
         s = S()
         s.port = port
         assert request(s)[2] == b'{"message":"Hello, World!"}'

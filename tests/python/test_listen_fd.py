@@ -1,5 +1,6 @@
 """Server(listen_fd=...): serving a listening socket made elsewhere (a
 supervisor, systemd), which outlives the server with its waiting connections."""
+
 import os
 import socket
 import tempfile
@@ -27,8 +28,9 @@ def test_tcp_socket_given_by_fd():
     sock.listen(64)
     port = sock.getsockname()[1]
     try:
-        server = Server(lambda r: "%s %s" % (r.path, r.server[1]), listen_fd=sock.fileno(),
-                        threads=2)
+        server = Server(
+            lambda r: "%s %s" % (r.path, r.server[1]), listen_fd=sock.fileno(), threads=2
+        )
         assert server.port == port and server.url == "http://127.0.0.1:%d" % port
         with server:
             assert server.port == port
@@ -64,6 +66,7 @@ def test_unix_socket_given_by_fd():
 
 def test_listen_fd_must_be_a_listening_socket():
     from pymongoose_uring import Error
+
     sock = socket.socket()
     try:
         with pytest.raises(Error, match="not a listening"):

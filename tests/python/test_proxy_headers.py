@@ -1,5 +1,6 @@
 """Behind a reverse proxy: the client address and scheme from X-Forwarded-For
 and X-Forwarded-Proto, believed only from trusted proxies (WSGI and ASGI)."""
+
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from pymongoose_uring.asgi import ASGIServer
 from pymongoose_uring.wsgi import WSGIServer
 
 # ---- the rules ---------------------------------------------------------------
+
 
 @pytest.mark.no_uring_ok
 def test_default_trusts_the_local_host_only(monkeypatch):
@@ -62,19 +64,28 @@ def test_client_is_the_rightmost_untrusted_address():
 
 # ---- through the servers ---------------------------------------------------
 
+
 async def asgi_app(scope, receive, send):
     if scope["type"] != "http":
         return
     body = json.dumps({"client": scope["client"], "scheme": scope["scheme"]}).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 def wsgi_app(environ, start_response):
-    body = json.dumps({"client": [environ["REMOTE_ADDR"],
-                                  int(environ.get("REMOTE_PORT") or 0)],
-                       "scheme": environ["wsgi.url_scheme"]}).encode()
+    body = json.dumps(
+        {
+            "client": [environ["REMOTE_ADDR"], int(environ.get("REMOTE_PORT") or 0)],
+            "scheme": environ["wsgi.url_scheme"],
+        }
+    ).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
 
@@ -129,8 +140,10 @@ def test_forwarded_headers_off(serve_app):
 def test_forwarded_for_in_several_lines(serve_app):
     server = serve_app(forwarded_allow_ips="127.0.0.1,10.0.0.0/8")
     c = RawClient(server.port)
-    c.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.9, 203.0.113.7\r\n"
-           b"X-Forwarded-For: 10.0.0.2\r\n\r\n")
+    c.send(
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.9, 203.0.113.7\r\n"
+        b"X-Forwarded-For: 10.0.0.2\r\n\r\n"
+    )
     status, _, body = c.read_response()
     c.close()
     assert status == 200 and json.loads(body)["client"] == ["203.0.113.7", 0]
@@ -140,13 +153,14 @@ def test_proxy_on_a_unix_socket(serve_app):
     path = os.path.join(tempfile.mkdtemp(), "proxy.sock")
     serve_app(unix_path=path, forwarded_allow_ips="unix:")
     c = RawClient(0, family=socket.AF_UNIX, address=path)
-    c.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\n"
-           b"X-Forwarded-Proto: https\r\n\r\n")
+    c.send(
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\n"
+        b"X-Forwarded-Proto: https\r\n\r\n"
+    )
     status, _, body = c.read_response()
     c.close()
     assert status == 200
     assert json.loads(body) == {"client": ["203.0.113.7", 0], "scheme": "https"}
-
 
 
 def test_an_empty_forwarded_for_from_a_unix_socket_proxy(serve_app):
@@ -161,6 +175,7 @@ def test_an_empty_forwarded_for_from_a_unix_socket_proxy(serve_app):
     assert status == 200
     assert json.loads(body)["client"] in (None, ["", 0])  # ASGI: None; WSGI: REMOTE_ADDR ""
 
+
 def test_access_log_names_the_forwarded_client(caplog):
     for cls, app in SERVERS.values():
         server = cls(app, port=0, access_log=True, forwarded_allow_ips="127.0.0.1").start()
@@ -172,9 +187,10 @@ def test_access_log_names_the_forwarded_client(caplog):
                     if caplog.records:
                         break
                     import time
+
                     time.sleep(0.01)
             lines = [r.getMessage() for r in caplog.records]
-            assert lines and lines[0].startswith("203.0.113.7:0 - \"GET / HTTP/1.1\" 200"), lines
+            assert lines and lines[0].startswith('203.0.113.7:0 - "GET / HTTP/1.1" 200'), lines
         finally:
             server.stop(timeout=30)
 

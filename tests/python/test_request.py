@@ -1,4 +1,5 @@
 """Every request field a handler can read, over real sockets."""
+
 import json
 import os
 import socket
@@ -61,16 +62,24 @@ def test_headers_case_insensitive_and_multi_valued(serve):
     def handler(req):
         h = req.headers
         seen.update(
-            first=h["x-multi"], all=h.getall("X-MULTI"), accept=req.header("ACCEPT"),
-            missing=req.header("nope", "dflt"), contains="x-Multi" in h,
-            names=list(h), pairs=h.multi_items(), get=h.get("nope"), type=type(h),
+            first=h["x-multi"],
+            all=h.getall("X-MULTI"),
+            accept=req.header("ACCEPT"),
+            missing=req.header("nope", "dflt"),
+            contains="x-Multi" in h,
+            names=list(h),
+            pairs=h.multi_items(),
+            get=h.get("nope"),
+            type=type(h),
         )
         return b"ok"
 
     server = serve(handler)
     c = RawClient(server.port)
-    c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Multi: a\r\nAccept: text/plain\r\n"
-           b"x-multi: b\r\nX-Empty:\r\n\r\n")
+    c.send(
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-Multi: a\r\nAccept: text/plain\r\n"
+        b"x-multi: b\r\nX-Empty:\r\n\r\n"
+    )
     assert c.read_response()[0] == 200
     c.close()
     assert seen["first"] == "a" and seen["all"] == ["a", "b"]
@@ -90,12 +99,19 @@ def test_raw_headers_are_lowercased_bytes_in_order(serve):
 
     server = serve(handler)
     c = RawClient(server.port)
-    c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Multi: a\r\nX-Obs-Text: \xff\r\n"
-           b"x-multi: B \r\nX-Empty:\r\n\r\n")
+    c.send(
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-Multi: a\r\nX-Obs-Text: \xff\r\n"
+        b"x-multi: B \r\nX-Empty:\r\n\r\n"
+    )
     assert c.read_response()[0] == 200
     c.close()
-    assert seen["raw"] == [(b"host", b"t"), (b"x-multi", b"a"), (b"x-obs-text", b"\xff"),
-                           (b"x-multi", b"B"), (b"x-empty", b"")]
+    assert seen["raw"] == [
+        (b"host", b"t"),
+        (b"x-multi", b"a"),
+        (b"x-obs-text", b"\xff"),
+        (b"x-multi", b"B"),
+        (b"x-empty", b""),
+    ]
 
 
 def test_body_bytes_text_and_json(serve):
@@ -115,8 +131,13 @@ def test_body_bytes_text_and_json(serve):
     assert got["body"] == raw
     request(server, "POST", "/", body="héllo".encode())
     assert got["text"] == "héllo"
-    request(server, "POST", "/", body=json.dumps({"a": [1, 2]}),
-            headers={"Content-Type": "application/json"})
+    request(
+        server,
+        "POST",
+        "/",
+        body=json.dumps({"a": [1, 2]}),
+        headers={"Content-Type": "application/json"},
+    )
     assert got["json"] == {"a": [1, 2]}
     request(server, "GET", "/")
     assert got["body"] == b""
@@ -125,8 +146,10 @@ def test_body_bytes_text_and_json(serve):
 def test_chunked_body_is_dechunked(serve):
     server = serve(lambda req: req.body)
     c = RawClient(server.port)
-    c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-           b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n")
+    c.send(
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"
+    )
     status, _, body = c.read_response()
     c.close()
     assert (status, body) == (200, b"hello, world")
@@ -223,6 +246,7 @@ def test_attributes_stay_readable_after_the_answer(serve):
 
 def test_request_cannot_be_created_by_hand():
     from pymongoose_uring import Request
+
     with pytest.raises(TypeError):
         Request()
 

@@ -1,4 +1,5 @@
 """Every form a handler's response may take, checked on the wire."""
+
 import json
 import logging
 
@@ -36,8 +37,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("value,status,ctype,body", CASES,
-                         ids=[type(c[0]).__name__ + str(i) for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "value,status,ctype,body",
+    CASES,
+    ids=[type(c[0]).__name__ + str(i) for i, c in enumerate(CASES)],
+)
 def test_response_forms(serve, value, status, ctype, body):
     server = serve(lambda req: value)
     got_status, headers, got_body, _ = request(server)
@@ -49,8 +53,12 @@ def test_response_forms(serve, value, status, ctype, body):
 
 def test_reason_phrases_and_engine_headers(serve):
     server = serve(lambda req: (b"", int(req.path[1:])))
-    for code, reason in [(200, "OK"), (201, "Created"), (404, "Not Found"),
-                         (500, "Internal Server Error")]:
+    for code, reason in [
+        (200, "OK"),
+        (201, "Created"),
+        (404, "Not Found"),
+        (500, "Internal Server Error"),
+    ]:
         _, _, _, resp = request(server, path="/%d" % code)
         assert resp.status == code and resp.reason == reason
         assert resp.getheader("Date") and resp.getheader("Server") == "pymongoose_uring"
@@ -59,8 +67,10 @@ def test_reason_phrases_and_engine_headers(serve):
 def test_headers_dict_list_and_multiple_values(serve):
     def handler(req):
         if req.path == "/dict":
-            return Response(b"", headers={"X-One": "1", "Set-Cookie": ["a=1", "b=2"],
-                                          "X-Int": 7, "X-Bytes": b"raw"})
+            return Response(
+                b"",
+                headers={"X-One": "1", "Set-Cookie": ["a=1", "b=2"], "X-Int": 7, "X-Bytes": b"raw"},
+            )
         return Response(b"", headers=[("X-Dup", "1"), ("X-Dup", "2")])
 
     server = serve(handler)
@@ -74,14 +84,16 @@ def test_headers_dict_list_and_multiple_values(serve):
 
 def test_headers_object_keeps_every_value(serve):
     from pymongoose_uring import Headers
+
     server = serve(lambda req: Response(b"", headers=Headers([("X-D", "1"), ("x-d", "2")])))
     _, _, _, resp = request(server)
     assert resp.msg.get_all("X-D") == ["1", "2"]
 
 
 def test_handler_content_type_and_server_headers_win(serve):
-    server = serve(lambda req: Response("x", headers={"content-type": "text/csv",
-                                                      "Server": "mine"}))
+    server = serve(
+        lambda req: Response("x", headers={"content-type": "text/csv", "Server": "mine"})
+    )
     _, headers, _, resp = request(server)
     assert resp.msg.get_all("Content-Type") == ["text/csv"]
     assert resp.msg.get_all("Server") == ["mine"]
@@ -113,17 +125,20 @@ def test_head_sends_no_body(serve):
     c.close()
 
 
-@pytest.mark.parametrize("bad", [
-    object(),
-    True,
-    (b"x",),
-    (b"x", 1000),
-    (b"x", 200, {"Bad Name": "v"}),
-    (b"x", 200, {"X-Inject": "a\r\nSet-Cookie: evil"}),
-    (b"x", 200, {"X-Bad": 1.5}),
-    (Response(b"x"), 200),
-    {"not": {1, 2}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        object(),
+        True,
+        (b"x",),
+        (b"x", 1000),
+        (b"x", 200, {"Bad Name": "v"}),
+        (b"x", 200, {"X-Inject": "a\r\nSet-Cookie: evil"}),
+        (b"x", 200, {"X-Bad": 1.5}),
+        (Response(b"x"), 200),
+        {"not": {1, 2}},
+    ],
+)
 def test_invalid_results_answer_500_and_log(serve, caplog, bad):
     server = serve(lambda req: bad)
     with caplog.at_level(logging.ERROR, logger="pymongoose_uring"):
@@ -183,15 +198,28 @@ def test_json_matches_the_json_module():
     rnd = random.Random(7)
 
     def text():
-        cps = [rnd.choice([rnd.randint(0, 0x7f), rnd.randint(0x80, 0xffff),
-                           rnd.randint(0x10000, 0x10ffff)]) for _ in range(rnd.randint(0, 12))]
-        return "".join(chr(c) for c in cps if not 0xd800 <= c <= 0xdfff)
+        cps = [
+            rnd.choice(
+                [rnd.randint(0, 0x7F), rnd.randint(0x80, 0xFFFF), rnd.randint(0x10000, 0x10FFFF)]
+            )
+            for _ in range(rnd.randint(0, 12))
+        ]
+        return "".join(chr(c) for c in cps if not 0xD800 <= c <= 0xDFFF)
 
     def value(depth=0):
         r = rnd.random()
         if depth > 4 or r < 0.45:
-            return rnd.choice([text(), rnd.randint(-2 ** 70, 2 ** 70), rnd.randint(-9, 9),
-                               rnd.random() * 10 ** rnd.randint(-12, 12), True, False, None])
+            return rnd.choice(
+                [
+                    text(),
+                    rnd.randint(-(2**70), 2**70),
+                    rnd.randint(-9, 9),
+                    rnd.random() * 10 ** rnd.randint(-12, 12),
+                    True,
+                    False,
+                    None,
+                ]
+            )
         if r < 0.75:
             return {text(): value(depth + 1) for _ in range(rnd.randint(0, 5))}
         return [value(depth + 1) for _ in range(rnd.randint(0, 5))]
@@ -203,7 +231,7 @@ def test_json_matches_the_json_module():
     class Sub(dict):
         pass
 
-    for v in [float("nan"), {1: "int key"}, Sub(a=1), (1, 2), 2 ** 80, {"a": "\ud800"}]:
+    for v in [float("nan"), {1: "int key"}, Sub(a=1), (1, 2), 2**80, {"a": "\ud800"}]:
         assert Response.json(v).body == json.dumps(v, separators=(",", ":")).encode()
     with pytest.raises(TypeError):
         Response.json({"a": {1, 2}})
@@ -220,8 +248,11 @@ def test_interim_status_is_refused_by_the_engine(serve, caplog):
 def test_one_status_rule_1xx_refused_where_given(status):
     """The engine's rule (pmu_status_valid: 200..999) applies at Response(...):
     a 1xx is refused with a clear ValueError, not accepted and turned into 500."""
-    with pytest.raises(ValueError, match=r"status %d cannot be sent: a final status is "
-                                         r"200\.\.999" % status):
+    with pytest.raises(
+        ValueError,
+        match=r"status %d cannot be sent: a final status is "
+        r"200\.\.999" % status,
+    ):
         Response(b"", status)
     with pytest.raises(ValueError):
         Response.text("x", status)
@@ -266,8 +297,7 @@ def test_large_bodies_made_per_request_arrive_intact(serve):
 
     def fetch(i):
         _, headers, body, _ = request(server, path="/str" if i % 3 == 0 else "/bytes")
-        return hashlib.sha1(body).hexdigest() == headers["x-sum"] and len(body) in (200000,
-                                                                                  300000)
+        return hashlib.sha1(body).hexdigest() == headers["x-sum"] and len(body) in (200000, 300000)
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(fetch, range(60)))

@@ -1,4 +1,5 @@
 """Routing by method and path, path parameters, 404 and 405."""
+
 import asyncio
 
 import pytest
@@ -43,20 +44,23 @@ def app():
     return app
 
 
-@pytest.mark.parametrize("method,path,status,body", [
-    ("GET", "/", 200, b"index"),
-    ("GET", "/items", 200, b"items GET"),
-    ("POST", "/items", 200, b"items POST"),
-    ("PUT", "/items", 200, b"put x"),
-    ("GET", "/users/ann", 200, b'{"name":"ann"}'),
-    ("GET", "/users/J%C3%BCrgen", 200, b'{"name":"J\\u00fcrgen"}'),
-    ("GET", "/users/7/posts/42", 200, b'{"uid":7,"pid":42}'),
-    ("GET", "/files/a/b/c.txt", 200, b'{"rest":"a/b/c.txt"}'),
-    ("DELETE", "/users/ann", 204, b""),
-    ("GET", "/nowhere", 404, b"Not Found"),
-    ("GET", "/users/", 404, b"Not Found"),
-    ("GET", "/users/x/posts/1", 404, b"Not Found"),
-])
+@pytest.mark.parametrize(
+    "method,path,status,body",
+    [
+        ("GET", "/", 200, b"index"),
+        ("GET", "/items", 200, b"items GET"),
+        ("POST", "/items", 200, b"items POST"),
+        ("PUT", "/items", 200, b"put x"),
+        ("GET", "/users/ann", 200, b'{"name":"ann"}'),
+        ("GET", "/users/J%C3%BCrgen", 200, b'{"name":"J\\u00fcrgen"}'),
+        ("GET", "/users/7/posts/42", 200, b'{"uid":7,"pid":42}'),
+        ("GET", "/files/a/b/c.txt", 200, b'{"rest":"a/b/c.txt"}'),
+        ("DELETE", "/users/ann", 204, b""),
+        ("GET", "/nowhere", 404, b"Not Found"),
+        ("GET", "/users/", 404, b"Not Found"),
+        ("GET", "/users/x/posts/1", 404, b"Not Found"),
+    ],
+)
 def test_routes(serve, app, method, path, status, body):
     server = serve(app)
     got = request(server, method, path, body=b"x" if method in ("POST", "PUT") else None)

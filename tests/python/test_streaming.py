@@ -1,5 +1,6 @@
 """Streamed request bodies (read, read_async), streamed answers (start, write,
 end), drain and disconnect, over real sockets."""
+
 import gc
 import hashlib
 import http.client
@@ -53,8 +54,7 @@ def read_until_close(sock):
 def split_head(raw):
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in
-               (line.split(":", 1) for line in lines[1:])}
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
     return int(lines[0].split()[1]), headers, body
 
 
@@ -66,10 +66,11 @@ def dechunk(body):
         if n == 0:
             return b"".join(out), rest[2:] if rest.startswith(b"\r\n") else rest
         out.append(rest[:n])
-        rest = rest[n + 2:]
+        rest = rest[n + 2 :]
 
 
 # ---- streamed request bodies ----
+
 
 def upload_server(serve, **options):
     """A server whose handler reads a streamed body with read(size) in a thread
@@ -128,8 +129,7 @@ def test_small_body_stays_buffered_and_read_slices_it(serve):
 
     server = serve(handler, stream_body_threshold=1024)
     status, _, body, _ = request(server, "POST", "/", body=b"abcdefghij")
-    assert json.loads(body) == {
-        "parts": ["abc", "", "defg", "hij", ""], "body": "abcdefghij"}
+    assert json.loads(body) == {"parts": ["abc", "", "defg", "hij", ""], "body": "abcdefghij"}
 
 
 def test_body_of_a_streamed_request_raises_and_read_on_the_ring_thread_refuses(serve):
@@ -183,7 +183,7 @@ def test_chunked_uploads(serve):
     server, _ = upload_server(serve, stream_body_threshold=10000)
     c = RawClient(server.port, timeout=30)
     big = os.urandom(400 * 1024)
-    pieces = [big[i:i + 7000] for i in range(0, len(big), 7000)]
+    pieces = [big[i : i + 7000] for i in range(0, len(big), 7000)]
     c.send(b"POST /up?size=5000 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
     for p in pieces:
         c.send(b"%x\r\n%s\r\n" % (len(p), p))
@@ -192,8 +192,10 @@ def test_chunked_uploads(serve):
     assert status == 200
     assert json.loads(body) == {"len": len(big), "sha": digest(big)}
     # A small chunked body stays below the threshold: buffered, on the same connection.
-    c.send(b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-           b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    c.send(
+        b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
     status, _, body = c.read_response()
     assert json.loads(body) == {"len": 5, "sha": digest(b"abcde")}
     c.close()
@@ -220,8 +222,12 @@ def test_slow_reader_holds_the_client_back(serve):
         result["len"], result["sha"] = n, h.hexdigest()
         req.reply(b"ok")
 
-    server = serve(lambda req: in_thread(work, req) and None, stream_body_threshold=1024,
-                   max_body_bytes=total, output_high_water=256 * 1024)
+    server = serve(
+        lambda req: in_thread(work, req) and None,
+        stream_body_threshold=1024,
+        max_body_bytes=total,
+        output_high_water=256 * 1024,
+    )
     gc.collect()
     before = rss_bytes()
     sent = [0]
@@ -251,7 +257,10 @@ def test_slow_reader_holds_the_client_back(serve):
     # here with timeouts counted is the engine timing out a connection it was
     # not reading.
     assert not cut, "upload cut after %d bytes (%r); engine timeouts: %d" % (
-        sent[0], cut[0], server.stats()["timeouts"])
+        sent[0],
+        cut[0],
+        server.stats()["timeouts"],
+    )
     raw = read_until_close_or_response(sock)
     sock.close()
     assert raw.endswith(b"ok")
@@ -375,8 +384,9 @@ def test_half_closed_upload_is_a_disconnect(serve):
             outcome["after"] = time.monotonic() - t0
         done.set()
 
-    server = serve(lambda req: in_thread(work, req) and None, stream_body_threshold=100,
-                   body_timeout_ms=30000)
+    server = serve(
+        lambda req: in_thread(work, req) and None, stream_body_threshold=100, body_timeout_ms=30000
+    )
     c = RawClient(server.port)
     c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"y" * 3000)
     c.sock.shutdown(socket.SHUT_WR)
@@ -404,6 +414,7 @@ def test_read_timeout(serve):
 
 
 # ---- streamed answers ----
+
 
 def stream_app(pieces, headers=None, delay=0.0, in_worker=True):
     def produce(req):
@@ -519,8 +530,7 @@ def test_write_waits_for_a_slow_client(serve):
         req.end()
         finished.set()
 
-    server = serve(lambda req: in_thread(produce, req) and None,
-                   output_high_water=128 * 1024)
+    server = serve(lambda req: in_thread(produce, req) and None, output_high_water=128 * 1024)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -584,8 +594,7 @@ def test_write_reports_the_client_gone(serve):
         req.end()
         done.set()
 
-    server = serve(lambda req: in_thread(produce, req) and None,
-                   output_high_water=64 * 1024)
+    server = serve(lambda req: in_thread(produce, req) and None, output_high_water=64 * 1024)
     c = RawClient(server.port)
     c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     c.sock.recv(1000)
@@ -658,8 +667,9 @@ def test_unfinished_stream_is_aborted_when_collected(serve, caplog):
         status, headers, body = fetch_closed(server.port, "/length")
         assert (status, body, headers["content-length"]) == (200, b"partial", "100")
         # Chunked: closed without the last chunk, even with a request behind.
-        status, headers, body = fetch_closed(server.port, "/chunked",
-                                             b"GET /behind HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, body = fetch_closed(
+            server.port, "/chunked", b"GET /behind HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
         assert status == 200
         assert_incomplete_chunked(headers, body, [b"partial"])  # and nothing after it
     assert "never ended" in caplog.text
@@ -671,6 +681,7 @@ def test_stream_failing_half_way_closes_without_the_last_chunk(serve, caplog, ki
     """A handler that raises after start() and a write (sync or async), or a
     producer thread that calls abort(): the client gets what was written, then
     the connection closes, never a complete-looking answer."""
+
     def produce(req):
         req.start(200, {"Content-Type": "text/plain"})
         req.write(b"first piece")

@@ -1,5 +1,6 @@
 """The WSGI adapter: PEP 3333 environ and responses (checked by wsgiref.validate),
 streaming, errors, the thread pool, and a real Flask app (Django where installable)."""
+
 import http.client
 import io
 import json
@@ -26,8 +27,9 @@ def environ_app(environ, start_response):
     out["has_file_wrapper"] = environ["wsgi.file_wrapper"] is not None
     out["errors_writable"] = hasattr(environ["wsgi.errors"], "write")
     data = json.dumps(out).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(data)))])
+    start_response(
+        "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
     return [data]
 
 
@@ -35,6 +37,7 @@ def environ_app(environ, start_response):
 def test_iterator_failing_half_way_closes_without_completing(serve_wsgi, caplog, length):
     """The body iterator raises after its first chunk: the client gets that chunk,
     then the connection closes, with no last chunk (or short of the length)."""
+
     def app(environ, start_response):
         if environ["PATH_INFO"] == "/behind":
             start_response("200 OK", [])
@@ -46,6 +49,7 @@ def test_iterator_failing_half_way_closes_without_completing(serve_wsgi, caplog,
         def gen():
             yield b"first chunk"
             raise RuntimeError("the iterator failed")
+
         start_response("200 OK", headers)
         return gen()
 
@@ -105,8 +109,12 @@ def test_body_longer_than_content_length_is_cut_off_and_closes(serve_wsgi, caplo
 def test_environ_is_complete(serve_wsgi):
     server = serve_wsgi(validator(environ_app))
     status, headers, body, _ = request(
-        server, "POST", "/a%20b/caf%C3%A9?x=1&y=%20", body=b"hello",
-        headers={"Content-Type": "text/plain", "X-Custom": "v", "Cookie": "a=1"})
+        server,
+        "POST",
+        "/a%20b/caf%C3%A9?x=1&y=%20",
+        body=b"hello",
+        headers={"Content-Type": "text/plain", "X-Custom": "v", "Cookie": "a=1"},
+    )
     assert status == 200, body
     env = json.loads(body)
     assert env["REQUEST_METHOD"] == "POST"
@@ -137,8 +145,10 @@ def test_environ_is_complete(serve_wsgi):
 def test_repeated_headers_join_and_underscores_are_dropped(serve_wsgi):
     server = serve_wsgi(environ_app)
     c = RawClient(server.port)
-    c.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\nX_B: spoof\r\n"
-           b"Cookie: a=1\r\nCookie: b=2\r\n\r\n")
+    c.send(
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\nX_B: spoof\r\n"
+        b"Cookie: a=1\r\nCookie: b=2\r\n\r\n"
+    )
     status, _, body = c.read_response()
     c.close()
     env = json.loads(body)
@@ -151,8 +161,11 @@ def test_repeated_headers_join_and_underscores_are_dropped(serve_wsgi):
 def test_script_name_is_stripped_from_path_info(serve_wsgi):
     server = serve_wsgi(validator(environ_app), script_name="/mount/")
     env = json.loads(request(server, path="/mount/app/x?q=1")[2])
-    assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == ("/mount", "/app/x",
-                                                                          "q=1")
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"], env["QUERY_STRING"]) == (
+        "/mount",
+        "/app/x",
+        "q=1",
+    )
     env = json.loads(request(server, path="/elsewhere")[2])
     assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/mount", "/elsewhere")
 
@@ -160,8 +173,10 @@ def test_script_name_is_stripped_from_path_info(serve_wsgi):
 def test_chunked_request_body_gets_a_content_length(serve_wsgi):
     server = serve_wsgi(validator(environ_app))
     c = RawClient(server.port)
-    c.send(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-           b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    c.send(
+        b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
     status, _, body = c.read_response()
     c.close()
     env = json.loads(body)
@@ -217,6 +232,7 @@ def test_generator_is_streamed_as_it_is_produced(serve_wsgi):
             yield b"first\n"
             released.append(seen_first.wait(5))
             yield b"second\n"
+
         return gen()
 
     server = serve_wsgi(validator(app))
@@ -275,8 +291,10 @@ def test_exc_info_replaces_the_headers(serve_wsgi):
             raise ValueError("boom")
         except ValueError:
             import sys
-            start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
-                           sys.exc_info())
+
+            start_response(
+                "500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info()
+            )
         return [b"replaced"]
 
     server = serve_wsgi(validator(app))
@@ -316,9 +334,15 @@ def test_app_errors_answer_500_and_close_is_called(serve_wsgi, caplog):
 
 def test_custom_status_and_headers(serve_wsgi):
     def app(environ, start_response):
-        start_response("418 I'm a teapot", [("Content-Type", "text/plain"),
-                                             ("X-Tea", "earl grey"), ("X-Tea", "green"),
-                                             ("X-Latin", "caf\u00e9")])
+        start_response(
+            "418 I'm a teapot",
+            [
+                ("Content-Type", "text/plain"),
+                ("X-Tea", "earl grey"),
+                ("X-Tea", "green"),
+                ("X-Latin", "caf\u00e9"),
+            ],
+        )
         return [b"short and stout"]
 
     server = serve_wsgi(validator(app))
@@ -331,8 +355,9 @@ def test_custom_status_and_headers(serve_wsgi):
 def test_head_keeps_the_apps_content_length(serve_wsgi):
     def app(environ, start_response):
         body = b"x" * 1234
-        start_response("200 OK", [("Content-Type", "text/plain"),
-                                  ("Content-Length", str(len(body)))])
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        )
         return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
 
     server = serve_wsgi(app)
@@ -357,8 +382,10 @@ def test_blocking_app_does_not_stall_other_requests(serve_wsgi):
 
     server = serve_wsgi(app, pool_threads=4)
     results = []
-    slow = [threading.Thread(target=lambda: results.append(request(server, path="/slow")[2]))
-            for _ in range(3)]
+    slow = [
+        threading.Thread(target=lambda: results.append(request(server, path="/slow")[2]))
+        for _ in range(3)
+    ]
     for t in slow:
         t.start()
     wait_until(lambda: len(held) == 3, what="three pool threads held by /slow")
@@ -478,6 +505,7 @@ def test_pool_threads_stop_with_the_server():
     def gone():
         after = {t.name for t in threading.enumerate()} - before
         return not [n for n in after if n.startswith("pymongoose_uring-wsgi")]
+
     wait_until(gone, timeout=5, what="the pool threads' end")
 
 
@@ -492,6 +520,7 @@ def test_server_restarts_with_a_fresh_pool():
 
 def test_unix_socket(tmp_path):
     import socket
+
     path = str(tmp_path / "wsgi.sock")
     server = WSGIServer(environ_app, unix_path=path).start()
     try:
@@ -507,6 +536,7 @@ def test_unix_socket(tmp_path):
 
 
 # ---- Flask ------------------------------------------------------------------------------
+
 
 def make_flask_app():
     pytest.importorskip("flask", reason="Flask is not installed (pip install flask)")
@@ -543,14 +573,19 @@ def make_flask_app():
     def upload():
         f = freq.files["file"]
         content = f.read()
-        return {"filename": f.filename, "size": len(content),
-                "head": content[:10].decode("latin-1"), "field": freq.form.get("note")}
+        return {
+            "filename": f.filename,
+            "size": len(content),
+            "head": content[:10].decode("latin-1"),
+            "field": freq.form.get("note"),
+        }
 
     @app.get("/stream")
     def stream():
         def gen():
             for i in range(5):
                 yield "line %d\n" % i
+
         return Response(stream_with_context(gen()), mimetype="text/plain")
 
     @app.get("/missing")
@@ -578,12 +613,19 @@ def multipart(fields, files):
     boundary = "----pmuboundary7MA4YWxk"
     out = io.BytesIO()
     for name, value in fields:
-        out.write(("--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n"
-                   % (boundary, name, value)).encode())
+        out.write(
+            (
+                '--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+                % (boundary, name, value)
+            ).encode()
+        )
     for name, filename, data in files:
-        out.write(("--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"%s\"\r\n"
-                   "Content-Type: application/octet-stream\r\n\r\n"
-                   % (boundary, name, filename)).encode())
+        out.write(
+            (
+                '--%s\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n" % (boundary, name, filename)
+            ).encode()
+        )
         out.write(data + b"\r\n")
     out.write(("--%s--\r\n" % boundary).encode())
     return out.getvalue(), "multipart/form-data; boundary=" + boundary
@@ -598,18 +640,25 @@ def test_flask_app(serve_wsgi):
     status, _, body, _ = request(server, path="/users/7?q=a&q=b")
     assert json.loads(body) == {"id": 7, "q": ["a", "b"]}
 
-    status, _, body, _ = request(server, "POST", "/json", body=b'{"a": [1, 2]}',
-                                 headers={"Content-Type": "application/json"})
+    status, _, body, _ = request(
+        server, "POST", "/json", body=b'{"a": [1, 2]}', headers={"Content-Type": "application/json"}
+    )
     assert status == 201 and json.loads(body) == {"got": {"a": [1, 2]}, "n": 1}
 
-    status, _, body, _ = request(server, "POST", "/form", body=b"name=Ada+L&tag=x&tag=y",
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, _, body, _ = request(
+        server,
+        "POST",
+        "/form",
+        body=b"name=Ada+L&tag=x&tag=y",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert status == 200 and json.loads(body) == {"name": "Ada L", "tags": ["x", "y"]}
 
     payload = os.urandom(300000)
     data, ctype = multipart([("note", "hi")], [("file", "a.bin", payload)])
-    status, _, body, _ = request(server, "POST", "/upload", body=data,
-                                 headers={"Content-Type": ctype})
+    status, _, body, _ = request(
+        server, "POST", "/upload", body=data, headers={"Content-Type": ctype}
+    )
     got = json.loads(body)
     assert status == 200 and got["filename"] == "a.bin" and got["size"] == len(payload)
     assert got["head"] == payload[:10].decode("latin-1") and got["field"] == "hi"
@@ -633,16 +682,21 @@ def test_flask_upload_with_a_streamed_body(serve_wsgi):
     server = serve_wsgi(make_flask_app(), stream_body_threshold=4096)
     payload = os.urandom(500000)
     data, ctype = multipart([("note", "big")], [("file", "big.bin", payload)])
-    status, _, body, _ = request(server, "POST", "/upload", body=data,
-                                 headers={"Content-Type": ctype})
+    status, _, body, _ = request(
+        server, "POST", "/upload", body=data, headers={"Content-Type": ctype}
+    )
     got = json.loads(body)
     assert status == 200 and got["size"] == len(payload) and got["field"] == "big"
     # chunked (no Content-Length): wsgi.input_terminated lets Flask read to the end
     c = RawClient(server.port)
-    c.send(("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n" % ctype).encode())
+    c.send(
+        (
+            "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n" % ctype
+        ).encode()
+    )
     for i in range(0, len(data), 10000):
-        piece = data[i:i + 10000]
+        piece = data[i : i + 10000]
         c.send(b"%x\r\n%s\r\n" % (len(piece), piece))
     c.send(b"0\r\n\r\n")
     status, _, body = c.read_response()
@@ -662,6 +716,7 @@ def test_flask_keepalive_many_requests(serve_wsgi):
 
 # ---- Django -----------------------------------------------------------------------------
 
+
 def _django():
     try:
         import django  # noqa: F401
@@ -673,7 +728,10 @@ def test_django_wsgi(tmp_path):
     _django()
     import subprocess
     import sys
-    script = DJANGO_APP + """
+
+    script = (
+        DJANGO_APP
+        + """
 from django.core.wsgi import get_wsgi_application
 from pymongoose_uring.wsgi import WSGIServer
 s = WSGIServer(get_wsgi_application(), port=0).start()
@@ -687,8 +745,14 @@ c.request("GET", "/nope/")
 r = c.getresponse(); r.read(); print(r.status)
 s.stop()
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, cwd=str(tmp_path))
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == '200 {"hello": "dj"}'
