@@ -321,9 +321,35 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
   return data_append(r, at, len) < 0 ? fail(c, 503) : 0;
 }
 
+/* The absolute offset of `at`, a byte of the piece being fed. */
+static uint64_t offset_of(const pmu__conn_t *c, const char *at) {
+  return c->fed + (uint64_t)(at - c->chunk);
+}
+
+/* A field name ends here: remember where, to look for a fold before its value. */
+static void name_ended(pmu__conn_t *c, const char *at, size_t len) {
+  c->name_end = offset_of(c, at) + len;
+  c->lf_after_name = 0;
+}
+
+/* The first non-empty value span of a field begins at `at` (llhttp may
+ * report an empty one, even after the line's CRLF): was there an LF between
+ * the name and it? llhttp takes "Name:CRLF SP value" as the value "value"
+ * (obs-fold after an empty first line, RFC 9112 5.2), so that
+ * "Content-Length:\r\n 5" would frame a body that a front end reading the
+ * fold differently would not. The bytes since the name are in this piece, or
+ * were looked at when the last piece ended (pmu__http_feed). */
+static int folded_before_value(const pmu__conn_t *c, const char *at) {
+  if (c->lf_after_name)
+    return 1;
+  const char *from = c->name_end > c->fed ? c->chunk + (c->name_end - c->fed) : c->chunk;
+  return from < at && memchr(from, '\n', (size_t)(at - from)) != NULL;
+}
+
 /* Trailer lines of a chunked body are counted and checked like header lines
  * (a name, no obs-fold), then dropped: nothing keeps them. */
-static int trailer_field(pmu__conn_t *c, size_t len) {
+static int trailer_field(pmu__conn_t *c, const char *at, size_t len) {
+  name_ended(c, at, len);
   if (c->last_cb != 1) {
     c->last_cb = 1;
     c->trailer_name_len = 0;
@@ -339,9 +365,11 @@ static int trailer_value(pmu__conn_t *c, const char *at, size_t len) {
       return fail(c, 400); /* ": value": a field name is never empty */
     c->last_cb = 2;
     c->value_end = 0;
-  } else if (len && c->value_end && start != c->value_end) {
-    return fail(c, 400); /* bytes skipped inside one value: obs-fold */
   }
+  if (len && !c->value_end && folded_before_value(c, at))
+    return fail(c, 400); /* "Name:CRLF SP value": obs-fold */
+  if (len && c->value_end && start != c->value_end)
+    return fail(c, 400); /* bytes skipped inside one value: obs-fold */
   if (len)
     c->value_end = start + len;
   return 0;
@@ -357,7 +385,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
     if (at[i] == ' ' || at[i] == '\t')
       return fail(c, 400);
   if (c->pstate == PS_BODY)
-    return trailer_field(c, len);
+    return trailer_field(c, at, len);
   if (c->last_cb != 1) {
     if (r->hcount >= c->loop->server->cfg.max_headers)
       return fail(c, 431);
@@ -377,6 +405,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
     c->last_cb = 1;
   }
   r->hoff[r->hcount - 1].name_len += (uint32_t)len;
+  name_ended(c, at, len);
   return data_append(r, at, len) < 0 ? fail(c, 503) : 0;
 }
 
@@ -388,10 +417,13 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   if (c->pstate == PS_BODY)
     return trailer_value(c, at, len);
   pmu__hoff_t *h = &r->hoff[r->hcount - 1];
-  uint64_t start = c->fed + (uint64_t)(at - c->chunk);
+  uint64_t start = offset_of(c, at);
   if (c->last_cb != 2) {
     h->value_off = (uint32_t)r->data_len;
     c->last_cb = 2;
+  }
+  if (len && !h->value_len && folded_before_value(c, at)) {
+    return fail(c, 400); /* "Name:CRLF SP value": obs-fold */
   } else if (len && h->value_len && start != c->value_end) {
     /* llhttp skipped bytes inside one value: a CRLF, i.e. obs-fold
      * (RFC 9112 5.2), which we refuse. */
@@ -961,6 +993,13 @@ size_t pmu__http_feed(pmu__conn_t *c, const char *data, size_t len) {
 bad_line_end:
   pmu__conn_send_error(c, 400);
 out:
+  if (c->last_cb == 1 && !c->lf_after_name && done) {
+    /* Between a field name and its value when this piece ends: remember an
+     * LF in what was parsed since the name (folded_before_value). */
+    const char *from = c->name_end > c->fed ? data + (c->name_end - c->fed) : data;
+    if (from < data + done && memchr(from, '\n', (size_t)(data + done - from)))
+      c->lf_after_name = 1;
+  }
   c->fed += done;
   return done;
 }

@@ -199,6 +199,8 @@ struct pmu__conn {
   uint8_t served;            /* at least one request began */
   uint8_t last_cb;           /* parser glue: 0 none, 1 header name, 2 header value */
   uint32_t trailer_name_len; /* the trailer field name being read */
+  uint8_t lf_after_name;     /* an LF came between the field name and its value */
+  uint64_t name_end;         /* absolute offset just past the last field-name span */
   uint8_t llhttp_paused;     /* llhttp returned HPE_PAUSED; resume before feeding */
   uint8_t lingering;         /* sent a closing error: discard input until EOF or timeout */
   uint8_t linger_on_close;   /* close through lingering (input may be unread) */
