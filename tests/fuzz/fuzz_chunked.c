@@ -34,6 +34,7 @@ typedef struct ref {
   size_t trailer_bytes; /* names + values, as the engine counts them */
   int saw_ext;          /* ext_loose: a chunk extension (or BWS) was read */
   int line_open;        /* the input ends inside the line where the verdict fell */
+  int section_open;     /* the input does not end with an empty line */
 } ref_t;
 
 static int hexval(uint8_t c) {
@@ -112,6 +113,7 @@ static void body_add(ref_t *ref, const uint8_t *p, size_t n) {
  * difference can hide in an extension. */
 static void reference(const uint8_t *p, size_t len, ref_t *ref, int ext_loose) {
   memset(ref, 0, sizeof *ref);
+  ref->section_open = len < 4 || memcmp(p + len - 4, "\r\n\r\n", 4) != 0;
   size_t i = 0, total = 0;
   for (;;) {
     /* chunk-size */
@@ -303,10 +305,11 @@ static int judge(const ref_t *ref, const fuzz_response_t *first, char *why, size
   case REF_INVALID:
     if (status == 400 || status == 413 || (!first && streaming))
       break;
-    /* The engine judges a field line once it has all of it: when the input
-     * ends inside the bad line (a fold begun, say), it waits, then closes at
-     * EOF without answering, which is as safe as the 400. */
-    if (!first && ref->outcome == REF_INVALID && ref->line_open)
+    /* The engine judges a field line once it has all of it, and a field
+     * once no fold can follow: when the input ends inside the bad line or
+     * before the section's empty line (a fold begun, say), it waits, then
+     * closes at EOF without answering, which is as safe as the 400. */
+    if (!first && ref->outcome == REF_INVALID && (ref->line_open || ref->section_open))
       break;
     snprintf(why, cap, "the reference refuses (%s); the server answered %d",
              ref->outcome == REF_TOO_BIG ? "over the body limit" : ref->why, status);
