@@ -359,7 +359,7 @@ static int trailer_field(pmu__conn_t *c, const char *at, size_t len) {
 }
 
 static int trailer_value(pmu__conn_t *c, const char *at, size_t len) {
-  uint64_t start = c->fed + (uint64_t)(at - c->chunk);
+  uint64_t start = offset_of(c, at);
   if (c->last_cb != 2) {
     if (c->last_cb != 1 || c->trailer_name_len == 0)
       return fail(c, 400); /* ": value": a field name is never empty */
@@ -993,13 +993,10 @@ size_t pmu__http_feed(pmu__conn_t *c, const char *data, size_t len) {
 bad_line_end:
   pmu__conn_send_error(c, 400);
 out:
-  if (c->last_cb == 1 && !c->lf_after_name && done) {
-    /* Between a field name and its value when this piece ends: remember an
-     * LF in what was parsed since the name (folded_before_value). */
-    const char *from = c->name_end > c->fed ? data + (c->name_end - c->fed) : data;
-    if (from < data + done && memchr(from, '\n', (size_t)(data + done - from)))
-      c->lf_after_name = 1;
-  }
+  /* Between a field name and its value when this piece ends: carry whether an
+   * LF came since the name, for the value's first span in a later piece. */
+  if (c->last_cb == 1 && done)
+    c->lf_after_name = folded_before_value(c, data + done);
   c->fed += done;
   return done;
 }
