@@ -87,7 +87,7 @@ typedef struct pmu__ws_pmd_params {
 } pmu__ws_pmd_params_t;
 
 /* The longest response pmu__ws_pmd_format() writes, with its NUL. */
-#define PMU__WS_PMD_RESPONSE_MAX 128
+#define PMU__WS_PMD_RESPONSE_MAX 160
 
 /* Reads every Sec-WebSocket-Extensions header among headers[0..count) (names compared
  * without case; several headers read as one comma-separated list, in order) and picks the
