@@ -62,101 +62,88 @@ void pmu__ws_unmask(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t 
 
 /* ---- UTF-8 ------------------------------------------------------------------------- */
 
-/* A DFA over byte classes, written from Unicode's table 3-7 of well-formed sequences.
- * Classes: */
+/* A DFA written from Unicode's table 3-7 of well-formed byte sequences, in the "shift"
+ * form: a state is a bit offset (a multiple of 6), and utf8_row[byte] holds, at each
+ * state's offset, the 6-bit offset of the state that byte leads to. One step is
+ * s = utf8_row[byte] >> (s & 63): a load that does not depend on s and one shift that
+ * does, so a run of non-ASCII bytes costs about a cycle each. */
 enum {
-  C_ASCII, /* 00..7F */
-  C_CONT1, /* 80..8F: continuation */
-  C_CONT2, /* 90..9F: continuation */
-  C_CONT3, /* A0..BF: continuation */
-  C_BAD,   /* C0, C1 (overlong two-byte leads), F5..FF (beyond U+10FFFF) */
-  C_LEAD2, /* C2..DF: two bytes */
-  C_E0,    /* E0: three bytes, second A0..BF (no overlong) */
-  C_LEAD3, /* E1..EC, EE, EF: three bytes */
-  C_ED,    /* ED: three bytes, second 80..9F (no surrogate) */
-  C_F0,    /* F0: four bytes, second 90..BF (no overlong) */
-  C_LEAD4, /* F1..F3: four bytes */
-  C_F4,    /* F4: four bytes, second 80..8F (at most U+10FFFF) */
-  C_COUNT
+  ACCEPT = 0, /* at a character boundary */
+  REJECT = 6, /* invalid: absorbing */
+  NEED1 = 12, /* one continuation byte to go */
+  NEED2 = 18, /* two to go */
+  E0_2 = 24,  /* after E0: A0..BF (no overlong), then one */
+  ED_2 = 30,  /* after ED: 80..9F (no surrogate), then one */
+  NEED3 = 36, /* three to go */
+  F0_3 = 42,  /* after F0: 90..BF (no overlong), then two */
+  F4_3 = 48,  /* after F4: 80..8F (at most U+10FFFF), then two */
 };
 
-/* clang-format off */
-static const uint8_t utf8_class[256] = {
-    [0x00 ... 0x7f] = C_ASCII, [0x80 ... 0x8f] = C_CONT1, [0x90 ... 0x9f] = C_CONT2,
-    [0xa0 ... 0xbf] = C_CONT3, [0xc0 ... 0xc1] = C_BAD,   [0xc2 ... 0xdf] = C_LEAD2,
-    [0xe0] = C_E0,             [0xe1 ... 0xec] = C_LEAD3, [0xed] = C_ED,
-    [0xee ... 0xef] = C_LEAD3, [0xf0] = C_F0,             [0xf1 ... 0xf3] = C_LEAD4,
-    [0xf4] = C_F4,             [0xf5 ... 0xff] = C_BAD,
-};
-/* clang-format on */
-
-/* States, premultiplied by C_COUNT so that a transition is one add and one load. ACCEPT
- * and REJECT are the two below MID, which makes "character finished" one compare. */
-#define S(n) ((n)*C_COUNT)
-enum {
-  ACCEPT = S(0), /* at a character boundary */
-  REJECT = S(1), /* invalid: absorbing */
-  NEED1 = S(2),  /* one continuation byte to go */
-  NEED2 = S(3),  /* two to go */
-  E0_2 = S(4),   /* after E0: A0..BF, then one */
-  ED_2 = S(5),   /* after ED: 80..9F, then one */
-  NEED3 = S(6),  /* three to go */
-  F0_3 = S(7),   /* after F0: 90..BF, then two */
-  F4_3 = S(8),   /* after F4: 80..8F, then two */
-  MID = NEED1
-};
-
+/* The row of a byte class: where each state goes (REJECT always stays). */
+#define ROW(acc, n1, n2, e0, ed, n3, f0, f4)                                          \
+  ((uint64_t)(acc) << ACCEPT | (uint64_t)REJECT << REJECT | (uint64_t)(n1) << NEED1 | \
+   (uint64_t)(n2) << NEED2 | (uint64_t)(e0) << E0_2 | (uint64_t)(ed) << ED_2 |        \
+   (uint64_t)(n3) << NEED3 | (uint64_t)(f0) << F0_3 | (uint64_t)(f4) << F4_3)
 #define R REJECT
+/*                        ACCEPT  NEED1   NEED2  E0_2   ED_2   NEED3  F0_3   F4_3 */
+#define ROW_ASCII ROW(ACCEPT, R, R, R, R, R, R, R)
+#define ROW_80_8F ROW(R, ACCEPT, NEED1, R, NEED1, NEED2, R, NEED2)
+#define ROW_90_9F ROW(R, ACCEPT, NEED1, R, NEED1, NEED2, NEED2, R)
+#define ROW_A0_BF ROW(R, ACCEPT, NEED1, NEED1, R, NEED2, NEED2, R)
+#define ROW_BAD ROW(R, R, R, R, R, R, R, R) /* C0, C1: overlong; F5..FF: beyond U+10FFFF */
+#define ROW_LEAD2 ROW(NEED1, R, R, R, R, R, R, R)
+#define ROW_E0 ROW(E0_2, R, R, R, R, R, R, R)
+#define ROW_LEAD3 ROW(NEED2, R, R, R, R, R, R, R)
+#define ROW_ED ROW(ED_2, R, R, R, R, R, R, R)
+#define ROW_F0 ROW(F0_3, R, R, R, R, R, R, R)
+#define ROW_LEAD4 ROW(NEED3, R, R, R, R, R, R, R)
+#define ROW_F4 ROW(F4_3, R, R, R, R, R, R, R)
+
 /* clang-format off */
-static const uint8_t utf8_next[S(9)] = {
-    /*          ASCII   80-8F  90-9F  A0-BF  bad LEAD2  E0    LEAD3  ED    F0    LEAD4  F4 */
-    /*ACCEPT*/ ACCEPT, R, R, R, R, NEED1, E0_2, NEED2, ED_2, F0_3, NEED3, F4_3,
-    /*REJECT*/ R, R, R, R, R, R, R, R, R, R, R, R,
-    /*NEED1 */ R, ACCEPT, ACCEPT, ACCEPT, R, R, R, R, R, R, R, R,
-    /*NEED2 */ R, NEED1, NEED1, NEED1, R, R, R, R, R, R, R, R,
-    /*E0_2  */ R, R, R, NEED1, R, R, R, R, R, R, R, R,
-    /*ED_2  */ R, NEED1, NEED1, R, R, R, R, R, R, R, R, R,
-    /*NEED3 */ R, NEED2, NEED2, NEED2, R, R, R, R, R, R, R, R,
-    /*F0_3  */ R, R, NEED2, NEED2, R, R, R, R, R, R, R, R,
-    /*F4_3  */ R, NEED2, R, R, R, R, R, R, R, R, R, R,
+static const uint64_t utf8_row[256] = {
+    [0x00 ... 0x7f] = ROW_ASCII, [0x80 ... 0x8f] = ROW_80_8F, [0x90 ... 0x9f] = ROW_90_9F,
+    [0xa0 ... 0xbf] = ROW_A0_BF, [0xc0 ... 0xc1] = ROW_BAD,   [0xc2 ... 0xdf] = ROW_LEAD2,
+    [0xe0] = ROW_E0,             [0xe1 ... 0xec] = ROW_LEAD3, [0xed] = ROW_ED,
+    [0xee ... 0xef] = ROW_LEAD3, [0xf0] = ROW_F0,             [0xf1 ... 0xf3] = ROW_LEAD4,
+    [0xf4] = ROW_F4,             [0xf5 ... 0xff] = ROW_BAD,
 };
 /* clang-format on */
 #undef R
 
 void pmu__utf8_init(pmu__utf8_t *u) { u->state = ACCEPT; }
 
+static int ascii16(const uint8_t *p) {
+  uint64_t a, b;
+  memcpy(&a, p, 8);
+  memcpy(&b, p + 8, 8);
+  return ((a | b) & 0x8080808080808080ull) == 0;
+}
+
 int pmu__utf8_feed(pmu__utf8_t *u, const uint8_t *p, size_t n) {
-  uint32_t s = u->state;
+  uint64_t s = u->state;
   size_t i = 0;
   if (s == REJECT)
     return -1;
   while (i < n) {
-    if (s == ACCEPT) {
-      /* ASCII runs: 16 bytes per step while no byte has its top bit set. */
-      while (n - i >= 16) {
-        uint64_t a, b;
-        memcpy(&a, p + i, 8);
-        memcpy(&b, p + i + 8, 8);
-        if ((a | b) & 0x8080808080808080ull)
-          break;
+    /* At a boundary, ASCII goes 16 bytes per step. */
+    if (s == ACCEPT && n - i >= 16 && ascii16(p + i)) {
+      i += 16;
+      while (n - i >= 16 && ascii16(p + i))
         i += 16;
-      }
-      while (i < n && p[i] < 0x80)
-        i++;
-      if (i == n)
-        break;
+      continue;
     }
-    /* One character (or the rest of one that began in an earlier piece): at most four
-     * steps, until the DFA is back at a boundary or has rejected. */
-    do
-      s = utf8_next[s + utf8_class[p[i++]]];
-    while (s >= MID && i < n);
+    /* Else up to 16 bytes through the DFA, then a check: REJECT absorbs, so checking once
+     * per block still reports -1 in the call that brought the impossible byte. */
+    size_t end = n - i > 16 ? i + 16 : n;
+    for (; i < end; i++)
+      s = utf8_row[p[i]] >> (s & 63);
+    s &= 63;
     if (s == REJECT) {
       u->state = REJECT;
       return -1;
     }
   }
-  u->state = s;
+  u->state = (uint32_t)s;
   return 0;
 }
 

@@ -31,7 +31,8 @@
 
 /* dst[i] = src[i] ^ key[(phase + i) % 4] for i < len. phase is the payload offset, modulo
  * 4, at which this piece starts (a frame's payload may arrive in several pieces). dst may
- * equal src (unmasking in place); no other overlap is allowed. Works 16 bytes at a time. */
+ * equal src (unmasking in place); no other overlap is allowed. Works 64 bytes per step
+ * (vector types), then 32, 8, 1: ~25 GB/s here against ~2 for a byte loop. */
 void pmu__ws_unmask(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t key[4],
                     size_t phase);
 
@@ -73,8 +74,9 @@ typedef struct pmu__ws_pmd_config {
   uint8_t level;               /* zlib compression level 1..9; 0: PMU__WS_PMD_LEVEL */
 } pmu__ws_pmd_config_t;
 
-/* The compression level when the config says 0: zlib's default balance of speed and size
- * (6) costs ~3x level 1's CPU for a few percent on chat-sized JSON; see ws_codec.c. */
+/* The compression level when the config says 0. Level 1 is chosen for CPU: on 2 KiB JSON
+ * messages (window 12, memLevel 5, context takeover) it compresses ~1.4x faster than zlib's
+ * default 6 for a ratio of 4.8 instead of 5.6 (tests/c/bench_ws_codec). */
 #define PMU__WS_PMD_LEVEL 1
 
 /* The parameters agreed with one client. Window bits are the values of the response's
