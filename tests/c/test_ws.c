@@ -37,10 +37,11 @@ static void test_handshake(const t_server_t *s) {
   t_conn_close(c);
 
   t_case("426 and close for another version");
-  n = (size_t)snprintf(req, sizeof req,
-                       "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                       "Sec-WebSocket-Version: 8\r\n\r\n");
+  n = (size_t)snprintf(
+      req, sizeof req,
+      "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+      "Sec-WebSocket-Version: 8\r\n\r\n");
   c = t_connect(s);
   t_send(c, req, n);
   t_expect_response(c, &r);
@@ -158,7 +159,10 @@ static void test_messages(const t_server_t *s) {
 
   t_case("client close: echoed, then the server closes the TCP connection");
   unsigned long gones = atomic_load(&t_ws.gones);
-  t_ws_send(c, 0x88, "\x03\xe8" "bye", 5);
+  t_ws_send(c, 0x88,
+            "\x03\xe8"
+            "bye",
+            5);
   t_ws_frame_t f;
   T_ASSERT_INT_EQ(t_ws_read(c, &f, T_IO_TIMEOUT_MS), 0);
   T_ASSERT_INT_EQ(f.opcode, PMU_WS_CLOSE);
@@ -204,7 +208,10 @@ static void test_server_close(const t_server_t *s) {
   T_ASSERT_INT_EQ(t_ws_read(c, &f, T_IO_TIMEOUT_MS), 0);
   T_ASSERT_INT_EQ(f.opcode, PMU_WS_CLOSE);
   T_ASSERT_INT_EQ(f.len, 5);
-  T_ASSERT(memcmp(f.data, "\x0f\xa1" "bye", 5) == 0);
+  T_ASSERT(memcmp(f.data,
+                  "\x0f\xa1"
+                  "bye",
+                  5) == 0);
   t_ws_frame_free(&f);
   t_ws_send(c, 0x88, "\x0f\xa1", 2);
   T_ASSERT(t_wait_closed(c, 2000));

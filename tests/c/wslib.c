@@ -326,7 +326,8 @@ void t_ws_expect_at(const char *file, int line, t_conn_t *conn, int opcode, cons
     t_fail_at(file, line, "no frame (opcode %d, %zu bytes expected): %d", opcode, len, rc);
   if (f.opcode != opcode || f.len != len || !f.fin || f.masked || f.rsv ||
       (len && memcmp(f.data, data, len) != 0))
-    t_fail_at(file, line, "frame opcode %d fin %d rsv %d masked %d len %zu, expected opcode %d len %zu",
+    t_fail_at(file, line,
+              "frame opcode %d fin %d rsv %d masked %d len %zu, expected opcode %d len %zu",
               f.opcode, f.fin, f.rsv, f.masked, f.len, opcode, len);
   t_ws_frame_free(&f);
 }
