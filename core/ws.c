@@ -1500,6 +1500,7 @@ void pmu__ws_resume(pmu__conn_t *c) {
     free(c->stash);
     c->stash = NULL;
     c->stash_off = c->stash_len = c->stash_cap = 0;
+    pmu__conn_timer_update(c); /* the keepalive starts again */
   }
   if (!c->paused && !c->recv_armed && !c->cancel_sent && !c->peer_eof && !c->closing)
     pmu__conn_arm_recv(c);
@@ -1601,6 +1602,8 @@ void pmu__ws_timer_update(pmu__conn_t *c) {
     kind = TIMER_LINGER;
   else if (ws->close_sent || ws->close_rcvd)
     kind = TIMER_WS_CLOSE;
+  else if (c->paused)
+    kind = TIMER_NONE; /* not reading: the peer's pong could not be seen */
   else if (ws->ping_out)
     kind = TIMER_WS_PONG;
   else
