@@ -35,6 +35,7 @@ static void test_handshake(const t_server_t *s) {
   T_ASSERT(t_header(&r, "Sec-WebSocket-Extensions") == NULL); /* none offered */
   t_response_free(&r);
   t_conn_close(c);
+  T_WAIT_UNTIL(atomic_load(&t_ws.gones) == 1, T_EVENT_MS); /* its GONE, before others look */
 
   t_case("426 and close for another version");
   n = (size_t)snprintf(
@@ -225,10 +226,13 @@ static void test_server_close(const t_server_t *s) {
 
 static void test_defer(const t_server_t *s) {
   t_case("accepted from another thread");
+  unsigned long gones = atomic_load(&t_ws.gones);
   t_conn_t *c = t_ws_connect(s, "/ws/defer");
   t_ws_send(c, 0x81, "later", 5);
   t_ws_expect(c, PMU_WS_TEXT, "later", 5);
   t_conn_close(c);
+  T_WAIT_UNTIL(atomic_load(&t_ws.gones) > gones, T_EVENT_MS); /* before the next case looks */
+  T_ASSERT_INT_EQ(atomic_load(&t_ws.last_gone_code), 1006);
 }
 
 static void test_thread_sends(const t_server_t *s) {
