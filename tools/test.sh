@@ -67,7 +67,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print
   meson test -C build/asan --print-errorlogs --num-processes 2
 
 # --- libFuzzer harnesses (tests/fuzz): clang only for this step. Each runs for
-# FUZZ_SECONDS (default 40; three harnesses); a crash or a failed framing check fails the suite.
+# FUZZ_SECONDS (default 60); a crash or a failed framing check fails the suite.
 # Long runs: tools/fuzz.sh SECONDS (see tests/fuzz/README.md).
 fuzz_missing=()
 for p in clang libclang-rt-14-dev; do
@@ -79,8 +79,8 @@ if [ ${#fuzz_missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${fuzz_missing[@]}" >/dev/null
 fi
-echo "== fuzzing, ${FUZZ_SECONDS:-40} s per harness"
-tools/fuzz.sh "${FUZZ_SECONDS:-40}"
+echo "== fuzzing, ${FUZZ_SECONDS:-60} s per harness"
+tools/fuzz.sh "${FUZZ_SECONDS:-60}"
 
 echo "== benchmark runner's own tests"
 "$py" -m pytest -q benchmarks/tests
