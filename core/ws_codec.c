@@ -649,6 +649,8 @@ int pmu__ws_pmd_inflate(pmu__ws_pmd_t *st, const struct iovec *pieces, size_t co
   size_t in_total = 0;
   for (size_t i = 0; i < count; i++)
     in_total += pieces[i].iov_len;
+  if (in_total == 0)
+    return 0; /* RSV1 on an empty payload: the empty message (the tail alone is no block) */
   int result = 0, ended = 0;
   for (size_t i = 0; i <= count && !ended && result == 0; i++) {
     const uint8_t *p = i < count ? pieces[i].iov_base : sync_tail;

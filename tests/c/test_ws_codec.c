@@ -750,6 +750,11 @@ static void test_python_vectors(void) {
     CHECK(out.len == strlen(m2) && memcmp(out.data, m2, out.len) == 0);
   }
   CHECK(st.heap_bytes == 0 && sh.heap_bytes > 0);
+  /* An empty payload with RSV1 is the empty message; so is zlib's own empty message, 00. */
+  out.len = 0;
+  CHECK(pmu__ws_pmd_inflate(&st, NULL, 0, 0, &out) == 0 && out.len == 0);
+  CHECK(inflate_one(&st, "", 0, 0, &out) == 0 && out.len == 0);
+  CHECK(inflate_one(&st, "\x00", 1, 0, &out) == 0 && out.len == 0);
   /* Without takeover the second message of the takeover stream cannot be inflated: its
    * reference reaches before the start. */
   out.len = 0;
