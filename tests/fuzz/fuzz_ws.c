@@ -434,7 +434,15 @@ static void serialise(const uint8_t *p, size_t n, const params_t *pm, bytes_t *w
         put(&body, out, sizeof out - z.avail_out);
       } while (z.avail_out == 0);
       if (fin) {
-        body.len -= 4; /* the 00 00 FF FF of the sync flush (RFC 7692 7.2.1) */
+        if (body.len >= 4 && memcmp(body.p + body.len - 4, "\0\0\xff\xff", 4) == 0) {
+          body.len -= 4; /* the 00 00 FF FF of the sync flush (RFC 7692 7.2.1) */
+        } else if (body.len == 0) {
+          /* An empty message right after a flush: zlib emits nothing; the empty message
+           * is an empty stored block, 00 once its tail is removed. */
+          put(&body, "", 1);
+        } else {
+          abort(); /* zlib ended a message without its sync marker */
+        }
         if (pm->client_nct)
           deflateReset(&z);
         compressing = 0;
