@@ -789,6 +789,24 @@ static PyObject *engine_stats(PyObject *op, PyObject *args, PyObject *kwargs) {
       goto fail;
   }
   {
+    /* WebSocket closes by class of code (see PMU_WS_CLOSE_CLASSES). */
+    PyObject *closes = PyList_New(PMU_WS_CLOSE_CLASSES);
+    if (closes == NULL)
+      goto fail;
+    for (int i = 0; i < PMU_WS_CLOSE_CLASSES; i++) {
+      PyObject *v = PyLong_FromUnsignedLongLong(s.ws_closes[i]);
+      if (v == NULL) {
+        Py_DECREF(closes);
+        goto fail;
+      }
+      PyList_SET_ITEM(closes, i, v);
+    }
+    int r = PyDict_SetItemString(d, "ws_closes", closes);
+    Py_DECREF(closes);
+    if (r < 0)
+      goto fail;
+  }
+  {
     /* {"1xx": n, ..., "5xx": n}, and "6xx".."9xx" when some were sent. */
     PyObject *classes = PyDict_New();
     if (classes == NULL)
