@@ -826,6 +826,8 @@ static void close_local(pmu__conn_t *c, int code, const char *reason, size_t rle
  * discarded from now on, the connection closed once it is out. */
 static void ws_fail(pmu__conn_t *c, int code) {
   pmu__ws_t *ws = c->ws;
+  if (ws->failed)
+    return; /* once: it is on the list already (twice would make it a cycle) */
   ws->failed = 1;
   /* The close goes after the handler has seen the events before the error
    * (its answers to the messages that came whole go first): queued after
