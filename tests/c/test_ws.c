@@ -35,6 +35,17 @@ static void test_handshake(const t_server_t *s) {
   T_ASSERT(t_header(&r, "Sec-WebSocket-Extensions") == NULL); /* none offered */
   t_response_free(&r);
   t_conn_close(c);
+  T_WAIT_UNTIL(atomic_load(&t_ws.gones) == 1, T_EVENT_MS); /* its GONE, before others look */
+
+  t_case("101s of every size up to 1 KiB (the buffer is sized exactly: ASan checks)");
+  for (unsigned len = 1; len <= 1024; len++) {
+    char path[64];
+    snprintf(path, sizeof path, "/ws/proto?len=%u", len);
+    t_conn_t *pc = t_ws_connect(s, path);
+    t_conn_close(pc);
+  }
+  T_WAIT_UNTIL(atomic_load(&t_ws.gones) == 1025, T_EVENT_MS);
+  T_ASSERT_INT_EQ(atomic_load(&t_ws.gones), 1025);
 
   t_case("426 and close for another version");
   n = (size_t)snprintf(
@@ -225,10 +236,13 @@ static void test_server_close(const t_server_t *s) {
 
 static void test_defer(const t_server_t *s) {
   t_case("accepted from another thread");
+  unsigned long gones = atomic_load(&t_ws.gones);
   t_conn_t *c = t_ws_connect(s, "/ws/defer");
   t_ws_send(c, 0x81, "later", 5);
   t_ws_expect(c, PMU_WS_TEXT, "later", 5);
   t_conn_close(c);
+  T_WAIT_UNTIL(atomic_load(&t_ws.gones) > gones, T_EVENT_MS); /* before the next case looks */
+  T_ASSERT_INT_EQ(atomic_load(&t_ws.last_gone_code), 1006);
 }
 
 static void test_thread_sends(const t_server_t *s) {
@@ -284,10 +298,10 @@ int main(void) {
   T_ASSERT_INT_EQ(st.ws_bytes_in, atomic_load(&t_ws.bytes_in));
   T_ASSERT(st.ws_frames_in > st.ws_messages_in);
   T_ASSERT_INT_EQ(st.ws_messages_out, st.ws_messages_in + 3000); /* echoes, and the thread's */
-  T_ASSERT_INT_EQ(st.ws_closes[0], 2); /* the client's 1000, the sender thread's */
-  T_ASSERT_INT_EQ(st.ws_closes[5], 3); /* the reset, and two left without a close frame */
-  T_ASSERT_INT_EQ(st.ws_closes[6], 1); /* 4001 */
-  T_ASSERT_INT_EQ(st.ws_closes[7], 1); /* no code */
+  T_ASSERT_INT_EQ(st.ws_closes[0], 2);        /* the client's 1000, the sender thread's */
+  T_ASSERT_INT_EQ(st.ws_closes[5], 3 + 1024); /* the reset, and those left without a close */
+  T_ASSERT_INT_EQ(st.ws_closes[6], 1);        /* 4001 */
+  T_ASSERT_INT_EQ(st.ws_closes[7], 1);        /* no code */
   T_ASSERT_INT_EQ(atomic_load(&t_ws.released), atomic_load(&t_ws.accepted));
   t_server_destroy(s);
   return t_done();
