@@ -532,7 +532,7 @@ static void read_params(const char *ext, const char *offer, params_t *pm) {
       smwb = atoi(p + 23), p += 23 + strspn(p + 23, "0123456789");
     else if (strncmp(p, "client_max_window_bits=", 23) == 0) {
       pm->client_bits = atoi(p + 23), p += 23 + strspn(p + 23, "0123456789");
-      if (!strstr(offer, "client_max_window_bits") && !strstr(offer, "CLIENT_MAX_WINDOW_BITS"))
+      if (!strcasestr(offer, "client_max_window_bits")) /* names compare without case */
         fail("client_max_window_bits answered to an offer without it (RFC 7692 7.1.2.2)");
     } else
       fail("an unknown parameter in the extension answer");
