@@ -795,9 +795,10 @@ def test_websockets_alive_counts_open_ones(serve):
 
 def test_websocket_properties_after_close(serve):
     kept = []
+    gone = threading.Event()
 
     def handler(request):
-        kept.append(request.accept_websocket())
+        kept.append(request.accept_websocket(on_disconnect=lambda s, code: gone.set()))
 
     server = serve(handler)
     c = RawWS(server.port, "/p?q=1")
@@ -808,7 +809,8 @@ def test_websocket_properties_after_close(serve):
     c.send_frame(CLOSE, close_payload(4444, "fin"))
     c.recv_close()
     wait_for(lambda: ws.close_code == 4444)
-    wait_for(lambda: ws.closed)
+    assert ws.closed
+    assert gone.wait(10)
     assert ws.close_reason == "fin" and ws.path == "/p" and ws.query_string == "q=1"
     assert ws.unsent == 0
     with pytest.raises(pmu.WebSocketClosed):
