@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
-from wsraw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawWS, close_payload
+from wsraw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawWS, close_payload, frame
 
 import pymongoose_uring as pmu
 from pymongoose_uring import _native
@@ -706,6 +706,50 @@ def test_async_receive_backpressure_pauses_reading(serve):
         assert ws.recv(timeout=20) == "got 101"
     # Reading stopped near max_queue: far fewer than the 100 sent were queued.
     assert seen["max_queued"] < 40, seen
+
+
+def test_async_messages_of_a_batch_cost_one_wakeup(serve):
+    """100 messages that arrive in one read reach the asyncio loop with one
+    call_soon_threadsafe, not one each."""
+    flushes = []
+
+    class CountingLoop(asyncio.SelectorEventLoop):
+        def call_soon_threadsafe(self, callback, *args, **kwargs):
+            if getattr(callback, "__qualname__", "") == "_Inbox.flush":
+                flushes.append(callback)
+            return super().call_soon_threadsafe(callback, *args, **kwargs)
+
+    loop = CountingLoop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    app = pmu.App()
+    got = []
+    waiting = threading.Event()
+
+    @app.websocket("/batch")
+    async def batch(ws):
+        await ws.accept()
+        loop.call_soon(waiting.set)  # set once the iteration below waits
+        async for m in ws:
+            got.append(m)
+            if len(got) == 100:
+                await ws.send("got all")
+
+    try:
+        server = serve(app, loop=loop)
+        c = RawWS(server.port, "/batch")
+        assert waiting.wait(10)
+        time.sleep(0.05)
+        c.send(b"".join(frame(TEXT, "m%d" % i) for i in range(100)))  # one write
+        assert c.recv_frame() == (True, TEXT, b"got all")
+        assert got == ["m%d" % i for i in range(100)]
+        assert 1 <= len(flushes) <= 2, len(flushes)
+        c.close()
+        server.stop()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()
 
 
 # -- scale and leaks ---------------------------------------------------------------
