@@ -473,6 +473,7 @@ def test_protocol_error_closes_with_1002(serve):
     c = RawWS(server.port, "/echo")
     c.send_frame(TEXT, b"unmasked", mask=False)
     assert c.recv_close()[0] == 1002
+    c.send_frame(CLOSE, close_payload(1002))
     wait_for(lambda: any(e[0] == "gone" for e in app.events), what="gone")
     c.close()
 
@@ -508,6 +509,11 @@ def test_callback_exception_closes_1011_logs_and_keeps_serving(serve, caplog):
     def early(ws):
         raise ValueError("before accept")
 
+    @app.websocket("/late")
+    def late(ws):
+        ws.accept()
+        raise LookupError("after accept")
+
     server = serve(app)
     caplog.set_level(logging.ERROR, logger="pymongoose_uring")
     for path in ("/boom", "/aboom"):
@@ -518,13 +524,64 @@ def test_callback_exception_closes_1011_logs_and_keeps_serving(serve, caplog):
             assert e.value.rcvd.code == 1011
     c = RawWS(server.port, "/early")
     assert c.status == 500
+    c.close()
+    c = RawWS(server.port, "/late")
+    assert c.status == 101 and c.recv_close()[0] == 1011
+    c.send_frame(CLOSE, close_payload(1011))
+    c.close()
     text = caplog.text
     assert "kaboom in on_message" in text and "ZeroDivisionError" in text
     assert "Traceback" in text or any(r.exc_info for r in caplog.records)
-    assert "async kaboom" in text and "before accept" in text
+    assert "async kaboom" in text and "before accept" in text and "after accept" in text
     # Still serving.
     with connect(url(server, "/boom")) as ws:
         assert ws.protocol.state.name == "OPEN"
+
+
+def test_ping_pong_callbacks_and_server_pings(serve):
+    events = []
+    socks = []
+
+    def handler(request):
+        socks.append(
+            request.accept_websocket(
+                on_ping=lambda s, data: events.append(("ping", data)),
+                on_pong=lambda s, data: events.append(("pong", data)),
+            )
+        )
+
+    server = serve(handler)
+    c = RawWS(server.port, "/")
+    c.send_frame(PING, b"are you there")
+    assert c.recv_frame() == (True, PONG, b"are you there")  # ws_auto_pong
+    wait_for(lambda: ("ping", b"are you there") in events)
+    socks[0].ping(b"server ping")
+    assert c.recv_frame() == (True, PING, b"server ping")
+    c.send_frame(PONG, b"server ping")
+    wait_for(lambda: ("pong", b"server ping") in events)
+    socks[0].pong(b"unsolicited")
+    assert c.recv_frame() == (True, PONG, b"unsolicited")
+    with pytest.raises(ValueError):
+        socks[0].ping(b"x" * 126)
+    c.close()
+
+
+def test_send_over_high_water_returns_false_then_on_drain(serve):
+    state = {"results": [], "drained": threading.Event()}
+
+    def handler(request):
+        ws = request.accept_websocket(on_drain=lambda s: state["drained"].set())
+        ws.on_message = lambda s, m: state["results"].extend(s.send(b"d" * 65536) for _ in range(8))
+
+    server = serve(handler, ws_send_high_water=100000)
+    c = RawWS(server.port, "/")
+    c.send_frame(TEXT, "go")
+    wait_for(lambda: len(state["results"]) == 8)
+    assert state["results"][0] is True and False in state["results"]
+    for _ in range(8):  # reading lets the engine send: the queue drains
+        assert c.recv_frame() == (True, BINARY, b"d" * 65536)
+    assert state["drained"].wait(10)
+    c.close()
 
 
 # -- sending from elsewhere ---------------------------------------------------------
