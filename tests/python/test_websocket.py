@@ -894,6 +894,38 @@ def test_websockets_alive_counts_open_ones(serve):
     wait_for(lambda: _pmu.websockets_alive() == base)
 
 
+# -- permessage-deflate ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/echo", "/aecho"])
+def test_deflate_negotiated_and_large_compressible_round_trip(serve, path):
+    server = serve(echo_app())
+    text = ("the same sentence again and again. " * 40000)[:1_000_000]
+    with connect(url(server, path), max_size=None) as ws:  # offers permessage-deflate
+        ext = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert ext.startswith("permessage-deflate")
+        ws.send(text)
+        assert ws.recv(timeout=20) == text
+    stats = server.stats()
+    assert stats["ws_deflate_in_raw"] >= len(text)
+    assert stats["ws_deflate_in_wire"] < len(text) // 20
+    assert stats["ws_deflate_out_wire"] < stats["ws_deflate_out_raw"]
+
+
+def test_deflate_off_by_knob(serve):
+    seen = []
+
+    def handler(request):
+        seen.append(request.accept_websocket(on_message=lambda s, m: s.send(m)).extensions)
+
+    server = serve(handler, ws_deflate=False)
+    with connect(url(server, "/")) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send("plain")
+        assert ws.recv(timeout=5) == "plain"
+    assert seen == [""]
+
+
 def test_websocket_properties_after_close(serve):
     kept = []
     gone = threading.Event()
