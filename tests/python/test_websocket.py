@@ -448,6 +448,10 @@ def test_ping_timeout_closes_with_1006(serve):
 
 
 def test_server_stop_sends_1001(serve):
+    import gc
+
+    gc.collect()
+    alive = _pmu.websockets_alive()
     app = echo_app()
     server = serve(app)
     clients = [RawWS(server.port, "/echo") for _ in range(3)]
@@ -465,6 +469,10 @@ def test_server_stop_sends_1001(serve):
         assert e.value.rcvd.code == 1001
         stopper.join(20)
         assert not stopper.is_alive()
+    for c in clients:
+        c.close()
+    # Every connection object was handed back at the stop.
+    wait_for(lambda: gc.collect() is not None and _pmu.websockets_alive() == alive)
 
 
 def test_protocol_error_closes_with_1002(serve):
@@ -679,6 +687,12 @@ def test_broadcast_binding_level(serve):
     n = 50
     clients = [RawWS(server.port, "/") for _ in range(n)]
     wait_for(lambda: len(socks) == n)
+    socks[1].send(bytearray(b"from a bytearray"))
+    socks[1].send(memoryview(b"xx from a memoryview")[3:])
+    assert clients[1].recv_frame() == (True, BINARY, b"from a bytearray")
+    assert clients[1].recv_frame() == (True, BINARY, b"from a memoryview")
+    with pytest.raises(TypeError):
+        socks[1].send(12)
     assert pmu.broadcast(socks, b"\x01" * 3000) == n
     assert _pmu.broadcast(socks, "text ✓") == n
     for c in clients:
