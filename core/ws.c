@@ -1498,10 +1498,13 @@ void pmu__ws_resume(pmu__conn_t *c) {
   if (c->paused && !ws->user_paused) {
     c->paused = 0;
     c->llhttp_paused = 0;
-    if (c->stash_len > c->stash_off) {
+    if (c->stash_len > c->stash_off)
       ws_parse(c, (const uint8_t *)c->stash + c->stash_off, c->stash_len - c->stash_off);
-      c->stash_off = c->stash_len = 0;
-    }
+    /* An idle WebSocket keeps no input buffer (HTTP connections keep theirs
+     * for the next request). */
+    free(c->stash);
+    c->stash = NULL;
+    c->stash_off = c->stash_len = c->stash_cap = 0;
   }
   if (!c->paused && !c->recv_armed && !c->cancel_sent && !c->peer_eof && !c->closing)
     pmu__conn_arm_recv(c);
