@@ -19,7 +19,18 @@ import urllib.request
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
-from wsraw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawWS, close_payload, frame
+from wsraw import (
+    BINARY,
+    CLOSE,
+    CONT,
+    PING,
+    PONG,
+    TEXT,
+    RawWS,
+    close_payload,
+    frame,
+    handshake_request,
+)
 
 import pymongoose_uring as pmu
 from pymongoose_uring import _native
@@ -421,6 +432,40 @@ def test_async_close_and_receive_after_disconnect(serve):
     assert result[0] in (4200, 1000, 1005)
 
 
+def test_client_gone_before_accept_still_gets_a_disconnect(serve):
+    """granian #835: a client that leaves before the accept still ends in
+    on_disconnect (1006) / WebSocketDisconnect, in both forms."""
+    seen = []
+    errors = []
+
+    def plain(request):  # accepts later, from another thread
+        def later():
+            time.sleep(0.3)
+            request.accept_websocket(on_disconnect=lambda s, code: seen.append(("sync", code)))
+
+        threading.Thread(target=later).start()
+
+    app = pmu.App()
+
+    @app.websocket("/async")
+    async def asynchronous(ws):
+        await asyncio.sleep(0.3)
+        try:
+            await ws.accept()
+            await ws.receive()
+        except pmu.WebSocketDisconnect as exc:
+            seen.append(("async", exc.code))
+        except Exception as exc:
+            errors.append(exc)
+
+    for server, path in ((serve(plain), "/sync"), (serve(app), "/async")):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(handshake_request(path)[0])
+        s.close()
+    wait_for(lambda: len(seen) == 2 or errors, what=str(seen))
+    assert sorted(seen) == [("async", 1006), ("sync", 1006)], (seen, errors)
+
+
 def test_ping_timeout_closes_with_1006(serve):
     gone = []
 
@@ -734,8 +779,6 @@ def test_client_that_never_reads_is_closed_by_the_send_limit(serve):
     server = serve(handler, ws_send_high_water=256 * 1024, ws_send_limit=4 * 1024 * 1024)
     s = socket.create_connection(("127.0.0.1", server.port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    from wsraw import handshake_request
-
     s.sendall(handshake_request("/")[0])
     assert done.wait(30), state
     assert state["closed"] is not None
