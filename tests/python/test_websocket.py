@@ -822,6 +822,30 @@ def test_async_receive_backpressure_pauses_reading(serve):
     assert seen["max_queued"] < 40, seen
 
 
+def test_async_pause_and_resume_race_never_stalls(serve):
+    """max_queue=1: reading is paused and resumed around nearly every message,
+    from two threads; every message still arrives, in order."""
+    app = pmu.App(ws_max_queue=1)
+
+    @app.websocket("/tight")
+    async def tight(ws):
+        await ws.accept()
+        n = 0
+        async for m in ws:
+            assert m == "m%d" % n
+            n += 1
+            if n % 7 == 0:
+                await asyncio.sleep(0)
+            if n == 3000:
+                await ws.send("done")
+
+    server = serve(app)
+    with connect(url(server, "/tight"), compression=None) as ws:
+        for i in range(3000):
+            ws.send("m%d" % i)
+        assert ws.recv(timeout=30) == "done"
+
+
 def test_async_messages_of_a_batch_cost_one_wakeup(serve):
     """100 messages that arrive in one read reach the asyncio loop with one
     call_soon_threadsafe, not one each."""
