@@ -46,6 +46,14 @@ def wait_for(cond, timeout=10.0, what="condition"):
         time.sleep(0.005)
 
 
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def url(server, path):
     return "ws://127.0.0.1:%d%s" % (server.port, path)
 
@@ -765,7 +773,7 @@ def test_client_that_never_reads_is_closed_by_the_send_limit(serve):
         ws.on_disconnect = lambda s, code: (state.update(gone=code), done.set())
 
         def flood():
-            chunk = b"z" * 65536
+            chunk = bytearray(b"z" * 65536)  # a bytearray: the engine copies each send
             try:
                 for _ in range(2000):  # 128 MiB if nothing stopped it
                     if not ws.send(chunk):
@@ -777,6 +785,7 @@ def test_client_that_never_reads_is_closed_by_the_send_limit(serve):
         threading.Thread(target=flood).start()
 
     server = serve(handler, ws_send_high_water=256 * 1024, ws_send_limit=4 * 1024 * 1024)
+    rss_before = rss()
     s = socket.create_connection(("127.0.0.1", server.port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.sendall(handshake_request("/")[0])
@@ -785,6 +794,7 @@ def test_client_that_never_reads_is_closed_by_the_send_limit(serve):
     assert state["false"] > 0
     assert state["max_unsent"] <= 4 * 1024 * 1024
     assert state["gone"] in (1006, 1008)
+    assert rss() - rss_before < 48 * 1024 * 1024  # not the 128 MiB offered
     s.close()
 
 
