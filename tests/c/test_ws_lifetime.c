@@ -13,11 +13,11 @@
 
 enum mode { EARLY_RELEASE, LATE_ACCEPT, KEEP, RACE };
 static atomic_int mode;
-static pmu_ws_t *_Atomic kept;       /* KEEP: the handle, released by the test */
-static pmu_ws_t *_Atomic released;   /* released early: must get no event after */
-static atomic_int events_after;      /* events for it after its release */
-static atomic_int first_type = -1;   /* LATE_ACCEPT: the first event's type */
-static atomic_int first_code;        /* ... and its code */
+static pmu_ws_t *_Atomic kept;     /* KEEP: the handle, released by the test */
+static pmu_ws_t *_Atomic released; /* released early: must get no event after */
+static atomic_int events_after;    /* events for it after its release */
+static atomic_int first_type = -1; /* LATE_ACCEPT: the first event's type */
+static atomic_int first_code;      /* ... and its code */
 static atomic_ulong gones, accepts;
 
 static void *release_now(void *arg) {
