@@ -161,13 +161,15 @@ def test_handshake_headers_subprotocol_and_extra_headers(serve):
         seen.update(chosen=sock.subprotocol, sock_path=sock.path, sock_query=sock.query_string)
         seen["sock_offered"] = sock.subprotocols
         seen["sock_token"] = sock.headers.get("X-Token")
+        seen["raw"] = sock.raw_headers
+        seen["multi"] = sock.headers.getall("x-multi")
         sock.on_message = lambda s, m: s.send(s.subprotocol + ":" + m)
 
     server = serve(app)
     with connect(
         url(server, "/chat/lobby?user=ann"),
         subprotocols=["chat.v1", "chat.v2"],
-        additional_headers={"X-Token": "t0k"},
+        additional_headers=[("X-Token", "t0k"), ("X-Multi", "1"), ("X-Multi", "2")],
     ) as ws:
         assert ws.subprotocol == "chat.v2"
         assert ws.response.headers["X-Room"] == "lobby"
@@ -180,6 +182,9 @@ def test_handshake_headers_subprotocol_and_extra_headers(serve):
     assert seen["client"][0] == "127.0.0.1"
     assert seen["token"] == seen["sock_token"] == "t0k"
     assert seen["chosen"] == "chat.v2" and seen["sock_query"] == "user=ann"
+    assert (b"x-token", b"t0k") in seen["raw"] and (b"upgrade", b"websocket") in seen["raw"]
+    assert all(isinstance(n, bytes) and n == n.lower() for n, _ in seen["raw"])
+    assert seen["multi"] == ["1", "2"]
 
 
 def test_reject_with_custom_response_and_default_403(serve):
