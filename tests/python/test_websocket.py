@@ -112,6 +112,24 @@ def test_large_messages(serve, path):
         assert ws.recv(timeout=20) == text
 
 
+def test_async_form_on_a_given_uvloop_loop(serve):
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+        server = serve(echo_app(), loop=loop)
+        with connect(url(server, "/aecho")) as ws:
+            for i in range(100):
+                ws.send("u%d" % i)
+            assert [ws.recv(timeout=5) for _ in range(100)] == ["u%d" % i for i in range(100)]
+        server.stop()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()
+
+
 def test_fragmented_input_with_interleaved_ping(serve):
     server = serve(echo_app())
     c = RawWS(server.port, "/echo")
