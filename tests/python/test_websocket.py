@@ -822,15 +822,20 @@ def test_client_that_never_reads_is_closed_by_the_send_limit(serve):
 
 
 def test_async_receive_backpressure_pauses_reading(serve):
+    """A handler that does not read: the engine stops reading after max_queue
+    messages (plus what its receive buffers already held: at most
+    buf_count x buf_size = 4 MiB here, 64 of these messages), and TCP holds the
+    client back; everything arrives once the handler reads."""
     app = pmu.App(ws_max_queue=4)
     seen = {"max_queued": 0, "got": 0}
     release = threading.Event()
+    total = 300
 
     @app.websocket("/slow")
     async def slow(ws):
         await ws.accept()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, release.wait, 10)
+        await loop.run_in_executor(None, release.wait, 20)
         seen["max_queued"] = len(ws._messages)
         n = 0
         async for m in ws:
@@ -841,18 +846,25 @@ def test_async_receive_backpressure_pauses_reading(serve):
         await ws.send("got %d" % n)
 
     server = serve(app)
+    sent = [0]
     with connect(url(server, "/slow"), compression=None) as ws:
         blob = "q" * 65536
-        sender = threading.Thread(
-            target=lambda: [ws.send(blob) for _ in range(100)] + [ws.send("end")]
-        )
+
+        def send_all():
+            for _ in range(total):
+                ws.send(blob)
+                sent[0] += 1
+            ws.send("end")
+
+        sender = threading.Thread(target=send_all)
         sender.start()
-        time.sleep(1.0)
+        time.sleep(1.5)
+        held_back_at = sent[0]
         release.set()
-        sender.join(20)
-        assert ws.recv(timeout=20) == "got 101"
-    # Reading stopped near max_queue: far fewer than the 100 sent were queued.
-    assert seen["max_queued"] < 40, seen
+        sender.join(30)
+        assert ws.recv(timeout=30) == "got %d" % (total + 1)
+    assert held_back_at < total, "the client was never held back"
+    assert seen["max_queued"] < 100, seen
 
 
 def test_async_pause_and_resume_race_never_stalls(serve):
