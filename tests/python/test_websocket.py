@@ -867,6 +867,30 @@ def test_async_receive_backpressure_pauses_reading(serve):
     assert seen["max_queued"] < 100, seen
 
 
+def test_async_receive_text_and_bytes(serve):
+    app = pmu.App()
+    kinds = []
+
+    @app.websocket("/kinds")
+    async def kinds_handler(ws):
+        await ws.accept()
+        kinds.append(await ws.receive_text())
+        kinds.append(await ws.receive_bytes())
+        try:
+            await ws.receive_bytes()
+        except TypeError:
+            kinds.append("TypeError")
+        await ws.send("ok")
+
+    server = serve(app)
+    with connect(url(server, "/kinds")) as ws:
+        ws.send("t")
+        ws.send(b"b")
+        ws.send("not bytes")
+        assert ws.recv(timeout=5) == "ok"
+    assert kinds == ["t", b"b", "TypeError"]
+
+
 def test_async_pause_and_resume_race_never_stalls(serve):
     """max_queue=1: reading is paused and resumed around nearly every message,
     from two threads; every message still arrives, in order."""
