@@ -342,10 +342,9 @@ class _WebSocketCycle:
             self._end(code, reason)
 
     def _on_disconnect(self, ws: Any, code: int) -> None:
+        # (the binding drops the callbacks after this one: no cycle through them stays)
         if self.disconnect is None:
             self._end(code, "")
-        # The engine lets go of ws now; these bound methods would keep a cycle.
-        ws.on_message = ws.on_close = ws.on_drain = ws.on_disconnect = None
 
     def _end(self, code: int, reason: str) -> None:
         self.disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}

@@ -932,3 +932,98 @@ def test_django_channels_consumers():
         if REFERENCE:
             proc.terminate()
         proc.wait(30)
+
+
+# ---- holding back, stopping, freeing ---------------------------------------------------
+
+
+def test_a_flooding_client_is_held_back_while_the_app_does_not_read(serve_ws):
+    """ws_max_queue messages wait for the app; beyond, the connection is not read, so
+    the client's sends block (TCP backpressure) instead of the server's memory growing."""
+    go = threading.Event()
+    got = Record()
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        while not go.is_set():
+            await asyncio.sleep(0.01)
+        n = 0
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            n += 1
+            if n == 200:
+                got.add(n)
+                await send({"type": "websocket.send", "text": "all %d" % n})
+
+    server = serve_ws(app, ws_max_queue=4)
+    ws = WS(server.port)
+    piece = os.urandom(1 << 16)
+    sent = [0]
+
+    def flood():
+        try:
+            for _ in range(200):
+                ws.send(piece)
+                sent[0] += 1
+        except OSError:
+            pass
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    time.sleep(2)
+    held = sent[0]
+    assert held < 150, "the server read %d of 200 64 KiB messages the app left" % held
+    go.set()
+    flooder.join(30)
+    assert sent[0] == 200
+    assert ws.recv() == "all 200"
+    ws.close()
+
+
+@uvicorn_differs
+def test_stopping_the_server_closes_with_1001_and_the_app_hears_it(serve_ws):
+    record = Record()
+    server = serve_ws(echo_app(record))
+    clients = [WS(server.port) for _ in range(3)]
+    for ws in clients:
+        ws.send("x")
+        assert ws.recv() == "x"
+    stopper = threading.Thread(target=server.stop, kwargs={"timeout": 30})
+    stopper.start()
+    for ws in clients:
+        close = ws.recv()
+        assert close[:2] == ("close", 1001), close
+        ws.close(1001)
+    stopper.join(30)
+    assert not stopper.is_alive()
+    codes = [m["code"] for m in record.wait(6) if m["type"] == "websocket.disconnect"]
+    assert codes == [1001, 1001, 1001]
+
+
+@pytest.mark.skipif(REFERENCE != "", reason="counts this server's WebSocket objects")
+def test_every_websocket_object_is_freed_without_the_garbage_collector(serve_ws):
+    import gc
+
+    from pymongoose_uring import _pmu
+
+    server = serve_ws(echo_app())
+    before = _pmu.websockets_alive()
+    gc.disable()
+    try:
+        for _round in range(3):
+            clients = [WS(server.port) for _ in range(20)]
+            for ws in clients:
+                ws.send("hi")
+                assert ws.recv() == "hi"
+            for i, ws in enumerate(clients):
+                if i % 2:
+                    ws.close()
+                    ws.recv()
+                else:
+                    ws.abort()
+        wait_until(lambda: _pmu.websockets_alive() == before, what="every WebSocket freed")
+    finally:
+        gc.enable()
