@@ -158,6 +158,11 @@ class WS:
         return self.status
 
     def send_frame(self, opcode, payload=b"", fin=True):
+        self.sock.sendall(self.frame(opcode, payload, fin))
+
+    @staticmethod
+    def frame(opcode, payload=b"", fin=True):
+        """A masked frame's bytes."""
         mask = os.urandom(4)
         n = len(payload)
         head = bytes([(0x80 if fin else 0) | opcode])
@@ -173,7 +178,7 @@ class WS:
             masked = (int.from_bytes(payload, "big") ^ int.from_bytes(reps, "big")).to_bytes(
                 n, "big"
             )
-        self.sock.sendall(head + mask + masked)
+        return head + mask + masked
 
     def send(self, data):
         if isinstance(data, str):
@@ -1027,3 +1032,37 @@ def test_every_websocket_object_is_freed_without_the_garbage_collector(serve_ws)
         wait_until(lambda: _pmu.websockets_alive() == before, what="every WebSocket freed")
     finally:
         gc.enable()
+
+
+@pytest.mark.skipif(REFERENCE != "", reason="counts this adapter's wake-ups of its loop")
+def test_the_loop_is_woken_once_per_engine_batch_not_per_message(serve_ws):
+    """Messages that arrive together reach the app with one call_soon_threadsafe for all
+    of them, whatever the number of connections they came on."""
+    record = Record()
+    server = serve_ws(echo_app(record))
+    handler = server.handler
+    posts = []
+    post = handler._post
+
+    def counted(callback):
+        posts.append(callback)
+        return post(callback)
+
+    clients = [WS(server.port) for _ in range(20)]
+    for ws in clients:  # every app waits in receive()
+        ws.send("warm")
+        assert ws.recv() == "warm"
+    handler._post = counted
+    try:
+        burst = b"".join(WS.frame(0x1, b"m%d" % i) for i in range(10))
+        for ws in clients:
+            ws.sock.sendall(burst)
+        for ws in clients:
+            for i in range(10):
+                assert ws.recv() == "m%d" % i
+    finally:
+        handler._post = post
+    messages = 20 * 10
+    assert len(record.wait(20 + messages)) == 20 + messages
+    wakes = [p for p in posts if getattr(p, "__name__", "") == "_ws_wake"]
+    assert 1 <= len(wakes) <= messages // 4, (len(wakes), messages)
