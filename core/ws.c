@@ -827,10 +827,6 @@ static void close_local(pmu__conn_t *c, int code, const char *reason, size_t rle
 static void ws_fail(pmu__conn_t *c, int code) {
   pmu__ws_t *ws = c->ws;
   ws->failed = 1;
-  if (ws->close_sent) {
-    pmu__conn_close(c); /* a close already went: nothing more to say */
-    return;
-  }
   /* The close goes after the handler has seen the events before the error
    * (its answers to the messages that came whole go first): queued after
    * this pass's delivery. */
@@ -843,12 +839,15 @@ static void send_fails(pmu__loop_t *loop) {
   while (loop->ws_fail) {
     pmu__ws_t *ws = loop->ws_fail;
     loop->ws_fail = ws->fail_next;
-    if (ws->conn && !ws->conn->closing) {
-      if (ws->close_sent)
-        pmu__conn_close(ws->conn);
-      else
-        close_local(ws->conn, ws->fail_code, NULL, 0, WSF_CLOSE_AFTER | WSF_LINGER);
-    }
+    pmu__conn_t *c = ws->conn;
+    if (!c || c->closing)
+      continue;
+    if (!ws->close_sent)
+      close_local(c, ws->fail_code, NULL, 0, WSF_CLOSE_AFTER | WSF_LINGER);
+    else if (ws->out_tail && (ws->out_tail->flags & WSF_CLOSE))
+      ws->out_tail->flags |= WSF_CLOSE_AFTER | WSF_LINGER; /* the handler's close, still queued */
+    else
+      pmu__conn_close(c);
   }
 }
 
