@@ -350,6 +350,25 @@ def test_scope(serve_ws):
     assert ws.recv() == ("close", 1000, "")
 
 
+def test_behind_a_trusted_proxy_scheme_wss_and_forwarded_client(serve_ws):
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send(
+            {"type": "websocket.send", "text": json.dumps([scope["scheme"], scope["client"]])}
+        )
+
+    server = serve_ws(app, forwarded_allow_ips="127.0.0.1")
+    ws = WS(
+        server.port,
+        headers=[("X-Forwarded-Proto", "https"), ("X-Forwarded-For", "203.0.113.7")],
+    )
+    scheme, client = json.loads(ws.recv())
+    assert scheme == "wss" and client[0] == "203.0.113.7"
+    plain = WS(server.port)
+    assert json.loads(plain.recv())[0] == "ws"
+
+
 def test_subprotocols_absent_and_accept_headers(serve_ws):
     async def app(scope, receive, send):
         await receive()
