@@ -439,7 +439,10 @@ class _WebSocketCycle:
                     await self._drained(drains)
                 return
             if kind == "websocket.close":
-                ws.close(message.get("code") or 1000, message.get("reason") or "")
+                reason = message.get("reason") or ""
+                if len(reason) > 30:  # a close frame carries 123 bytes of it at most
+                    reason = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
+                ws.close(message.get("code") or 1000, reason)
                 return
             if kind == "websocket.accept":
                 raise RuntimeError("websocket.accept sent twice")

@@ -559,6 +559,21 @@ def test_server_close_code_reason_then_disconnect(serve_ws):
     assert ws.closed_by_server()
 
 
+@uvicorn_differs
+def test_a_long_close_reason_is_cut_to_123_bytes_at_a_character(serve_ws):
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 4003, "reason": "é" * 100})
+        await receive()
+
+    server = serve_ws(app)
+    ws = WS(server.port)
+    kind, code, reason = ws.recv()
+    assert (kind, code, reason) == ("close", 4003, "é" * 61)  # 122 bytes
+    ws.close(4003)
+
+
 def test_send_after_close_raises_oserror(serve_ws):
     """granian #922: send() on a closed connection raises an OSError subclass (2.4)."""
     record = Record()
