@@ -106,6 +106,7 @@ fi
 # once, on cases 1-7, 10, 12 and 13. Any FAILED or UNIMPLEMENTED case fails the suite, and
 # so does a missing CPython 2.7 (the suite runs on Python 2 only; pyenv's is used).
 step "autobahn: Autobahn|Testsuite against the C, native and ASGI echo endpoints"
+(cd build && "$py" -m pytest -q "$root/tests/autobahn") # the step's own verdict, first
 AUTOBAHN_PYTHON=$py tools/autobahn.sh
 
 # --- The oldest and the newest CPython this machine has besides the main one
