@@ -54,7 +54,7 @@ def counts(results: Dict[str, Dict[str, Any]]) -> Tuple[Dict[str, int], int]:
 
 
 def plain(html: Any) -> str:
-    return re.sub(r"<[^>]+>", "", str(html)).strip()
+    return " ".join(re.sub(r"<[^>]+>", "", str(html)).split())
 
 
 def describe(report_dir: str, case: str, r: Dict[str, Any]) -> List[str]:
