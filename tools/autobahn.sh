@@ -176,7 +176,11 @@ JSON
     fi
     if [ -n "$server_pid" ]; then
       # A graceful stop: the server must exit 0 with no WebSocket left open.
-      kill -TERM "$server_pid"
+      if ! kill -TERM "$server_pid" 2>/dev/null; then
+        echo "$name: FAILED: the server was gone before the suite ended; the end of its log:"
+        tail -20 "$server_log"
+        rc=1
+      fi
       local stopped=0
       for _ in $(seq 300); do
         kill -0 "$server_pid" 2>/dev/null || { stopped=1; break; }

@@ -8,9 +8,12 @@
     python tests/autobahn/summary.py --table NAME=REPORT_DIR ...
         the counts of several runs side by side (a Markdown table), exit status 0.
 
-REPORT_DIR is the directory with ``reports/index.json`` (wstest's outdir's parent).
+REPORT_DIR is the directory with ``reports/index.json`` (wstest's outdir's parent) and
+``wstest.log``: a case that log lists without a result fails too (wstest stops at the first
+connection refused, with the results so far).
 """
 
+import ast
 import collections
 import json
 import os
@@ -29,10 +32,24 @@ def load(report_dir: str) -> Dict[str, Dict[str, Any]]:
     """The index's results of its one agent: case id -> behaviour, close, duration."""
     with open(os.path.join(report_dir, "reports", "index.json")) as f:
         index = json.load(f)
+    if not index:
+        raise ValueError("no results: wstest gave up before a case ended (did the server go?)")
     if len(index) != 1:
         raise ValueError("%s: expected one agent, found %s" % (report_dir, sorted(index)))
     results: Dict[str, Dict[str, Any]] = next(iter(index.values()))
     return results
+
+
+def planned(report_dir: str) -> List[str]:
+    """The cases wstest said it would run ("Cases = [...]" in its log), if it logged them."""
+    try:
+        with open(os.path.join(report_dir, "wstest.log")) as f:
+            for line in f:
+                if line.startswith("Cases = "):
+                    return [str(c) for c in ast.literal_eval(line[len("Cases = ") :].strip())]
+    except (OSError, ValueError, SyntaxError):
+        pass
+    return []
 
 
 def failures(results: Dict[str, Dict[str, Any]]) -> List[str]:
@@ -93,6 +110,9 @@ def summary(report_dir: str, name: str) -> int:
     except (OSError, ValueError) as e:
         print("%s: no Autobahn report: %s" % (name, e))
         return 2
+    # wstest stops at the first connection refused: a server that went away mid-run
+    # leaves the cases after it without a result.
+    missing = sorted(set(planned(report_dir)) - set(results), key=case_key)
     per_behaviour, close_failed = counts(results)
     groups: Dict[str, List[Any]] = collections.OrderedDict()
     for case in sorted(results, key=case_key):
@@ -120,6 +140,12 @@ def summary(report_dir: str, name: str) -> int:
         ):
             print("\n".join(describe(report_dir, case, r)))
     failed = failures(results)
+    if missing:
+        print(
+            "%s: FAILED: %d cases have no result (the run stopped before them): %s"
+            % (name, len(missing), " ".join(missing[:20]))
+        )
+        return 1
     if failed:
         print("%s: FAILED: %s" % (name, " ".join(failed[:80])))
         return 1

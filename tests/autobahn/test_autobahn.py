@@ -90,6 +90,21 @@ def test_summary_verdict(tmp_path: Path, results: Dict[str, Tuple[str, str]], rc
         assert done.stdout.splitlines()[-1] == "server: FAILED: " + " ".join(failed)
 
 
+def test_summary_fails_cases_without_result(tmp_path: Path) -> None:
+    # wstest stops at the first connection refused and keeps the results so far: the
+    # cases its log planned and that have no result fail the run.
+    report = write_report(tmp_path, {"1.1.1": ("OK", "OK"), "1.1.2": ("OK", "OK")})
+    log = "Cases = ['1.1.1', '1.1.2', '1.1.3', '2.1']\nServers = [u'ws://127.0.0.1:9/']\n"
+    (report / "wstest.log").write_text(log)
+    done = summarize(str(report), "server")
+    assert done.returncode == 1, done.stdout
+    assert "server: FAILED: 2 cases have no result (the run stopped before them): 1.1.3 2.1" in (
+        done.stdout
+    )
+    (report / "wstest.log").write_text(log.replace(", '1.1.3', '2.1'", ""))
+    assert summarize(str(report), "server").returncode == 0
+
+
 def test_summary_without_report(tmp_path: Path) -> None:
     done = summarize(str(tmp_path), "server")
     assert done.returncode == 2
