@@ -20,6 +20,10 @@ first connection grows are in the baseline, not in the figure). Modes:
                  15 bits, so the server's inflater keeps a 32 KiB window
   deflate-nct    as deflate, the server started with ws_deflate_no_context_takeover=1: the
                  streams are the thread's, shared, reset per message
+  deflate-busy   as deflate, with 16 distinct 2 KiB messages each way instead of one, so
+                 that every page of the zlib streams has been written (RSS counts only
+                 pages touched: after one short message part of each window is not)
+  deflate-15-busy  as deflate-busy with the client window of deflate-15
 
 It raises RLIMIT_NOFILE as far as the hard limit allows (both processes need one descriptor
 per connection) and lowers --connections to fit. It builds hello_server as benchmarks/run.py
@@ -41,13 +45,23 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-MODES = ("plain", "deflate-idle", "deflate", "deflate-15", "deflate-nct")
+MODES = (
+    "plain",
+    "deflate-idle",
+    "deflate",
+    "deflate-15",
+    "deflate-nct",
+    "deflate-busy",
+    "deflate-15-busy",
+)
 OFFERS = {
     "plain": None,
     "deflate-idle": "permessage-deflate; client_max_window_bits",
     "deflate": "permessage-deflate; client_max_window_bits",
     "deflate-15": "permessage-deflate",
     "deflate-nct": "permessage-deflate; client_max_window_bits",
+    "deflate-busy": "permessage-deflate; client_max_window_bits",
+    "deflate-15-busy": "permessage-deflate",
 }
 # A message over ws_deflate_min_size (128), so that the echo goes back compressed too.
 MESSAGE = (
@@ -153,29 +167,52 @@ def recv_frame(sock):
     return bool(b0 & 0x80), bool(b0 & 0x40), b0 & 0x0F, recv_exact(sock, n)
 
 
-def compressed_message():
-    """MESSAGE as the first message of a permessage-deflate stream, compressed with a
-    9-bit window (within any client_max_window_bits the server may answer, 9..15) by a fresh
-    compressor: the same bytes are then valid as the first message of every connection."""
+def busy_messages(count=16, size=2048):
+    """Distinct JSON-like texts: together they fill any window (2^15 bytes at most)."""
+    out = []
+    for m in range(count):
+        parts, n, i = [], 0, 0
+        while n < size:
+            part = b'{"id":%d,"user":"u%d","score":%d,"tag":"t%x"},' % (
+                m * 1000 + i,
+                (m * 7 + i) % 97,
+                (m * 31 + i * 17) % 1000,
+                m * 65537 + i,
+            )
+            parts.append(part)
+            n += len(part)
+            i += 1
+        out.append(b"".join(parts)[:size])
+    return out
+
+
+def compressed(message):
+    """message as permessage-deflate data (RFC 7692 7.2.1), compressed with a 9-bit window
+    (within any client_max_window_bits the server may answer, 9..15) by a fresh compressor:
+    a compressor may always ignore its history, so the same bytes are valid at any point of
+    any connection."""
     c = zlib.compressobj(6, zlib.DEFLATED, -9)
-    data = c.compress(MESSAGE) + c.flush(zlib.Z_SYNC_FLUSH)
+    data = c.compress(message) + c.flush(zlib.Z_SYNC_FLUSH)
     assert data.endswith(b"\x00\x00\xff\xff")
     return data[:-4]
 
 
-def exchange(sock, wire):
-    """One compressed text message each way; checks that the echo came back compressed."""
-    send_frame(sock, 0x1, wire, rsv1=True)
-    fin, rsv1, opcode, payload = recv_frame(sock)
-    if not (fin and opcode == 0x1):
-        raise RuntimeError("unexpected echo frame: fin %s opcode %d" % (fin, opcode))
-    if not rsv1:
-        raise RuntimeError(
-            "the echo came back uncompressed (is ws_deflate_min_size > %d?)" % len(MESSAGE)
-        )
+def exchange(sock, messages, wires):
+    """The compressed text messages, one at a time, each echoed; checks that every echo came
+    back compressed and equal (one decompressor per connection: the server keeps its
+    context across messages)."""
     d = zlib.decompressobj(-15)
-    if d.decompress(payload + b"\x00\x00\xff\xff") != MESSAGE:
-        raise RuntimeError("the echo differs from the message")
+    for message, wire in zip(messages, wires):
+        send_frame(sock, 0x1, wire, rsv1=True)
+        fin, rsv1, opcode, payload = recv_frame(sock)
+        if not (fin and opcode == 0x1):
+            raise RuntimeError("unexpected echo frame: fin %s opcode %d" % (fin, opcode))
+        if not rsv1:
+            raise RuntimeError(
+                "the echo came back uncompressed (is ws_deflate_min_size > %d?)" % len(message)
+            )
+        if d.decompress(payload + b"\x00\x00\xff\xff") != message:
+            raise RuntimeError("the echo differs from the message")
 
 
 def close(sock):
@@ -214,12 +251,14 @@ def measure(args, mode):
                     ) from None
                 time.sleep(0.05)
         offer = OFFERS[mode]
-        wire = compressed_message()
+        messages = busy_messages() if mode.endswith("-busy") else [MESSAGE]
+        if mode in ("plain", "deflate-idle"):
+            messages = []
+        wires = [compressed(m) for m in messages]
         # Warm-up: what the first connections make once (buffer pools, shared streams).
         for _ in range(200):
             s, ext = handshake(port, args.path, offer)
-            if mode not in ("plain", "deflate-idle"):
-                exchange(s, wire)
+            exchange(s, messages, wires)
             close(s)
         time.sleep(0.5)
         before = vm_rss(server.pid)
@@ -229,8 +268,7 @@ def measure(args, mode):
             s, extension = handshake(port, args.path, offer)
             if bool(offer) != bool(extension):
                 raise RuntimeError("%s: negotiated %r for the offer %r" % (mode, extension, offer))
-            if mode not in ("plain", "deflate-idle"):
-                exchange(s, wire)
+            exchange(s, messages, wires)
             socks.append(s)
         opened = time.monotonic() - t0
         time.sleep(1.0)

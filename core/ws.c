@@ -173,10 +173,10 @@ struct pmu_ws {
   void *user;
 
   /* Shared. */
-  atomic_int refs;       /* the engine's (until GONE is delivered) and the handler's */
-  atomic_int closing;    /* a close frame was queued or received, or gone: sends refused */
-  atomic_size_t unsent;  /* bytes of frames queued and not on the wire */
-  atomic_int want_drain; /* a send returned 1: DRAIN when unsent falls to half */
+  atomic_int refs;        /* the engine's (until GONE is delivered) and the handler's */
+  atomic_int closing;     /* a close frame was queued or received, or gone: sends refused */
+  atomic_size_t unsent;   /* bytes of frames queued and not on the wire */
+  atomic_int want_drain;  /* a send returned 1: DRAIN when unsent falls to half */
   pmu__seg_t release_seg; /* pmu_ws_release's command: it needs no memory */
 
   /* Loop side. */
@@ -193,7 +193,7 @@ struct pmu_ws {
   uint8_t ping_out;     /* our keepalive ping awaits any frame */
   uint8_t user_paused;  /* pmu_ws_pause_reading */
   uint8_t gone;
-  uint8_t deflate;   /* permessage-deflate was negotiated */
+  uint8_t deflate;    /* permessage-deflate was negotiated */
   pmu__ws_pmd_t *pmd; /* its state (loop side once accepted); NULL without */
   uint16_t peer_code; /* the code of the peer's close frame (1005: none) */
   uint16_t our_code;  /* the code of ours (0: none yet) */
@@ -350,7 +350,7 @@ void pmu__ws_dispatch(pmu__loop_t *loop) {
     deliver_events(loop, evs, nevs);
   for (size_t i = 0; i < nevs; i++)
     free(evx[i].owned); /* a message's buffer, released after delivery */
-  send_fails(loop); /* before any GONE: the handles are still alive */
+  send_fails(loop);     /* before any GONE: the handles are still alive */
 
   /* GONE last, from a small array on the stack: it never needs memory. */
   while (gone) {
@@ -359,9 +359,8 @@ void pmu__ws_dispatch(pmu__loop_t *loop) {
     size_t n = 0;
     for (; gone && n < 64; n++) {
       list[n] = gone;
-      batch[n] = (pmu_ws_event_t){.ws = gone,
-                                  .type = PMU_WS_EV_GONE,
-                                  .code = gone->close_rcvd ? gone->peer_code : 1006};
+      batch[n] = (pmu_ws_event_t){
+          .ws = gone, .type = PMU_WS_EV_GONE, .code = gone->close_rcvd ? gone->peer_code : 1006};
       gone = gone->gone_next;
     }
     deliver_events(loop, batch, n);
@@ -785,8 +784,8 @@ static void queue_frame(pmu__conn_t *c, pmu__seg_t *g) {
   if (g->flags & WSF_MESSAGE) {
     STAT_ADD(loop, ws_messages_out, 1);
     size_t payload = g->flags & WSF_SHARED ? ((pmu_ws_msg_t *)g->ctx)->payload_len
-                     : g->raw_len                 ? g->raw_len
-                                                  : g->len;
+                     : g->raw_len          ? g->raw_len
+                                           : g->len;
     STAT_ADD(loop, ws_bytes_out, payload);
     idle_touch(ws);
   }
@@ -885,8 +884,8 @@ static int reserve_unsent(pmu__ws_t *ws, size_t total) {
   return 0;
 }
 
-int pmu_ws_send(pmu_ws_t *ws, int opcode, const void *data, size_t len,
-                void (*release)(void *ctx), void *ctx) {
+int pmu_ws_send(pmu_ws_t *ws, int opcode, const void *data, size_t len, void (*release)(void *ctx),
+                void *ctx) {
   int rc = 0;
   if (!valid_send_opcode(opcode))
     rc = -EINVAL;
@@ -900,8 +899,8 @@ int pmu_ws_send(pmu_ws_t *ws, int opcode, const void *data, size_t len,
     return rc;
   }
   int control = opcode >= PMU_WS_CLOSE;
-  pmu__seg_t *g = frame_new(ws, 0x80 | opcode, data, len, release, ctx,
-                            control ? WSF_CONTROL : WSF_MESSAGE);
+  pmu__seg_t *g =
+      frame_new(ws, 0x80 | opcode, data, len, release, ctx, control ? WSF_CONTROL : WSF_MESSAGE);
   if (!g) {
     if (release)
       release(ctx);
@@ -1279,8 +1278,7 @@ static int control_frame(pmu__conn_t *c) {
   size_t n = (size_t)ws->plen;
   if (ws->op == PMU_WS_PING) {
     if (cfg_of(ws)->ws_auto_pong && !ws->close_sent) {
-      pmu__seg_t *g =
-          frame_new(ws, 0x80 | PMU_WS_PONG, ws->ctl, n, NULL, NULL, WSF_CONTROL);
+      pmu__seg_t *g = frame_new(ws, 0x80 | PMU_WS_PONG, ws->ctl, n, NULL, NULL, WSF_CONTROL);
       if (!g)
         return 1011;
       atomic_fetch_add(&ws->unsent, g->body);
@@ -1331,8 +1329,7 @@ static int data_piece(pmu__conn_t *c, const uint8_t *p, size_t len) {
   pmu__loop_t *loop = c->loop;
   int text = ws->msg_op == PMU_WS_TEXT && !ws->msg_deflated;
   size_t phase = (size_t)(ws->pgot & 3);
-  if (ws->fin && ws->op != PMU_WS_CONT && ws->pgot == 0 && len == ws->plen &&
-      !ws->msg_deflated) {
+  if (ws->fin && ws->op != PMU_WS_CONT && ws->pgot == 0 && len == ws->plen && !ws->msg_deflated) {
     /* A whole message in one receive: unmasked straight into the arena the
      * event points at (the copy and the unmasking are one pass). */
     size_t off = 0;
@@ -1340,8 +1337,8 @@ static int data_piece(pmu__conn_t *c, const uint8_t *p, size_t len) {
     if (len && !dst)
       return 1011;
     pmu__ws_unmask((uint8_t *)dst, p, len, ws->key, 0);
-    if (text && (pmu__utf8_feed(&ws->utf8, (const uint8_t *)dst, len) < 0 ||
-                 !pmu__utf8_done(&ws->utf8)))
+    if (text &&
+        (pmu__utf8_feed(&ws->utf8, (const uint8_t *)dst, len) < 0 || !pmu__utf8_done(&ws->utf8)))
       return 1007;
     ws->msg_op = 0;
     STAT_ADD(loop, ws_messages_in, 1);
@@ -1496,10 +1493,14 @@ void pmu__ws_resume(pmu__conn_t *c) {
   if (c->paused && !ws->user_paused) {
     c->paused = 0;
     c->llhttp_paused = 0;
-    if (c->stash_len > c->stash_off) {
+    if (c->stash_len > c->stash_off)
       ws_parse(c, (const uint8_t *)c->stash + c->stash_off, c->stash_len - c->stash_off);
-      c->stash_off = c->stash_len = 0;
-    }
+    /* An idle WebSocket keeps no input buffer (HTTP connections keep theirs
+     * for the next request). */
+    free(c->stash);
+    c->stash = NULL;
+    c->stash_off = c->stash_len = c->stash_cap = 0;
+    pmu__conn_timer_update(c); /* the keepalive starts again */
   }
   if (!c->paused && !c->recv_armed && !c->cancel_sent && !c->peer_eof && !c->closing)
     pmu__conn_arm_recv(c);
@@ -1601,6 +1602,8 @@ void pmu__ws_timer_update(pmu__conn_t *c) {
     kind = TIMER_LINGER;
   else if (ws->close_sent || ws->close_rcvd)
     kind = TIMER_WS_CLOSE;
+  else if (c->paused)
+    kind = TIMER_NONE; /* not reading: the peer's pong could not be seen */
   else if (ws->ping_out)
     kind = TIMER_WS_PONG;
   else

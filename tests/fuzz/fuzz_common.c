@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #define DEADLINE_MS 5000
+#define DONE_WAIT_MS 1000 /* fuzz_exchange_after_head: the longest wait for done() */
 
 static pmu_server_t *server;
 static uint16_t server_port;
@@ -329,7 +330,7 @@ static void send_all(int fd, const char *p, size_t len, rbuf_t *b, int64_t deadl
 
 /* fuzz_exchange and fuzz_exchange_after_head: plan given, or made by on_head. */
 static char *exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *plan,
-                      fuzz_on_head_fn on_head, void *ctx, size_t *out_len) {
+                      fuzz_on_head_fn on_head, fuzz_done_fn done, void *ctx, size_t *out_len) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     perror("fuzz: socket");
@@ -383,6 +384,17 @@ static char *exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *
         usleep(300);
     }
   }
+  if (done) { /* read until the answers are all in, for a while at most */
+    int64_t until = now_ms() + DONE_WAIT_MS;
+    while (!b.eof && !done(ctx, b.p, b.len)) {
+      int64_t left = until - now_ms();
+      if (left <= 0)
+        break;
+      struct pollfd pfd = {fd, POLLIN, 0};
+      poll(&pfd, 1, (int)left);
+      drain(fd, &b);
+    }
+  }
   shutdown(fd, SHUT_WR);
   while (!b.eof) {
     int64_t left = deadline - now_ms();
@@ -406,12 +418,12 @@ static char *exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *
 
 char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *plan,
                     size_t *out_len) {
-  return exchange(prefix, prefix_len, plan, NULL, NULL, out_len);
+  return exchange(prefix, prefix_len, plan, NULL, NULL, NULL, out_len);
 }
 
 char *fuzz_exchange_after_head(const char *prefix, size_t prefix_len, fuzz_on_head_fn on_head,
-                               void *ctx, size_t *out_len) {
-  return exchange(prefix, prefix_len, NULL, on_head, ctx, out_len);
+                               fuzz_done_fn done, void *ctx, size_t *out_len) {
+  return exchange(prefix, prefix_len, NULL, on_head, done, ctx, out_len);
 }
 
 /* ---- the checker ---- */

@@ -73,10 +73,13 @@ char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *pl
  * WebSocket handshake and what it negotiated): after sending the prefix it waits for the
  * response head (through "\r\n\r\n", within the deadline) and calls on_head with it, which
  * returns the plan to send (valid until fuzz_exchange_after_head returns); NULL, or no head:
- * nothing more is sent. The rest as fuzz_exchange: half-close, read until EOF. */
+ * nothing more is sent. Then, before half-closing, it reads until done(ctx, what came so far)
+ * returns 1, for a second at most (a protocol whose answers an EOF may cut short: the
+ * WebSocket echoes). The rest as fuzz_exchange: half-close, read until EOF. */
 typedef const fuzz_plan_t *(*fuzz_on_head_fn)(void *ctx, const char *head, size_t head_len);
+typedef int (*fuzz_done_fn)(void *ctx, const char *out, size_t len);
 char *fuzz_exchange_after_head(const char *prefix, size_t prefix_len, fuzz_on_head_fn on_head,
-                               void *ctx, size_t *out_len);
+                               fuzz_done_fn done, void *ctx, size_t *out_len);
 
 /* One parsed response. */
 typedef struct fuzz_response {
