@@ -19,7 +19,18 @@ import urllib.request
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
-from wsraw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawWS, close_payload
+from wsraw import (
+    BINARY,
+    CLOSE,
+    CONT,
+    PING,
+    PONG,
+    TEXT,
+    RawWS,
+    close_payload,
+    frame,
+    handshake_request,
+)
 
 import pymongoose_uring as pmu
 from pymongoose_uring import _native
@@ -33,6 +44,14 @@ def wait_for(cond, timeout=10.0, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for " + what)
         time.sleep(0.005)
+
+
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def url(server, path):
@@ -142,13 +161,15 @@ def test_handshake_headers_subprotocol_and_extra_headers(serve):
         seen.update(chosen=sock.subprotocol, sock_path=sock.path, sock_query=sock.query_string)
         seen["sock_offered"] = sock.subprotocols
         seen["sock_token"] = sock.headers.get("X-Token")
+        seen["raw"] = sock.raw_headers
+        seen["multi"] = sock.headers.getall("x-multi")
         sock.on_message = lambda s, m: s.send(s.subprotocol + ":" + m)
 
     server = serve(app)
     with connect(
         url(server, "/chat/lobby?user=ann"),
         subprotocols=["chat.v1", "chat.v2"],
-        additional_headers={"X-Token": "t0k"},
+        additional_headers=[("X-Token", "t0k"), ("X-Multi", "1"), ("X-Multi", "2")],
     ) as ws:
         assert ws.subprotocol == "chat.v2"
         assert ws.response.headers["X-Room"] == "lobby"
@@ -161,6 +182,9 @@ def test_handshake_headers_subprotocol_and_extra_headers(serve):
     assert seen["client"][0] == "127.0.0.1"
     assert seen["token"] == seen["sock_token"] == "t0k"
     assert seen["chosen"] == "chat.v2" and seen["sock_query"] == "user=ann"
+    assert (b"x-token", b"t0k") in seen["raw"] and (b"upgrade", b"websocket") in seen["raw"]
+    assert all(isinstance(n, bytes) and n == n.lower() for n, _ in seen["raw"])
+    assert seen["multi"] == ["1", "2"]
 
 
 def test_reject_with_custom_response_and_default_403(serve):
@@ -421,6 +445,40 @@ def test_async_close_and_receive_after_disconnect(serve):
     assert result[0] in (4200, 1000, 1005)
 
 
+def test_client_gone_before_accept_still_gets_a_disconnect(serve):
+    """granian #835: a client that leaves before the accept still ends in
+    on_disconnect (1006) / WebSocketDisconnect, in both forms."""
+    seen = []
+    errors = []
+
+    def plain(request):  # accepts later, from another thread
+        def later():
+            time.sleep(0.3)
+            request.accept_websocket(on_disconnect=lambda s, code: seen.append(("sync", code)))
+
+        threading.Thread(target=later).start()
+
+    app = pmu.App()
+
+    @app.websocket("/async")
+    async def asynchronous(ws):
+        await asyncio.sleep(0.3)
+        try:
+            await ws.accept()
+            await ws.receive()
+        except pmu.WebSocketDisconnect as exc:
+            seen.append(("async", exc.code))
+        except Exception as exc:
+            errors.append(exc)
+
+    for server, path in ((serve(plain), "/sync"), (serve(app), "/async")):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(handshake_request(path)[0])
+        s.close()
+    wait_for(lambda: len(seen) == 2 or errors, what=str(seen))
+    assert sorted(seen) == [("async", 1006), ("sync", 1006)], (seen, errors)
+
+
 def test_ping_timeout_closes_with_1006(serve):
     gone = []
 
@@ -448,6 +506,10 @@ def test_ping_timeout_closes_with_1006(serve):
 
 
 def test_server_stop_sends_1001(serve):
+    import gc
+
+    gc.collect()
+    alive = _pmu.websockets_alive()
     app = echo_app()
     server = serve(app)
     clients = [RawWS(server.port, "/echo") for _ in range(3)]
@@ -465,6 +527,10 @@ def test_server_stop_sends_1001(serve):
         assert e.value.rcvd.code == 1001
         stopper.join(20)
         assert not stopper.is_alive()
+    for c in clients:
+        c.close()
+    # Every connection object was handed back at the stop.
+    wait_for(lambda: gc.collect() is not None and _pmu.websockets_alive() == alive)
 
 
 def test_protocol_error_closes_with_1002(serve):
@@ -473,6 +539,7 @@ def test_protocol_error_closes_with_1002(serve):
     c = RawWS(server.port, "/echo")
     c.send_frame(TEXT, b"unmasked", mask=False)
     assert c.recv_close()[0] == 1002
+    c.send_frame(CLOSE, close_payload(1002))
     wait_for(lambda: any(e[0] == "gone" for e in app.events), what="gone")
     c.close()
 
@@ -508,6 +575,11 @@ def test_callback_exception_closes_1011_logs_and_keeps_serving(serve, caplog):
     def early(ws):
         raise ValueError("before accept")
 
+    @app.websocket("/late")
+    def late(ws):
+        ws.accept()
+        raise LookupError("after accept")
+
     server = serve(app)
     caplog.set_level(logging.ERROR, logger="pymongoose_uring")
     for path in ("/boom", "/aboom"):
@@ -518,13 +590,64 @@ def test_callback_exception_closes_1011_logs_and_keeps_serving(serve, caplog):
             assert e.value.rcvd.code == 1011
     c = RawWS(server.port, "/early")
     assert c.status == 500
+    c.close()
+    c = RawWS(server.port, "/late")
+    assert c.status == 101 and c.recv_close()[0] == 1011
+    c.send_frame(CLOSE, close_payload(1011))
+    c.close()
     text = caplog.text
     assert "kaboom in on_message" in text and "ZeroDivisionError" in text
     assert "Traceback" in text or any(r.exc_info for r in caplog.records)
-    assert "async kaboom" in text and "before accept" in text
+    assert "async kaboom" in text and "before accept" in text and "after accept" in text
     # Still serving.
     with connect(url(server, "/boom")) as ws:
         assert ws.protocol.state.name == "OPEN"
+
+
+def test_ping_pong_callbacks_and_server_pings(serve):
+    events = []
+    socks = []
+
+    def handler(request):
+        socks.append(
+            request.accept_websocket(
+                on_ping=lambda s, data: events.append(("ping", data)),
+                on_pong=lambda s, data: events.append(("pong", data)),
+            )
+        )
+
+    server = serve(handler)
+    c = RawWS(server.port, "/")
+    c.send_frame(PING, b"are you there")
+    assert c.recv_frame() == (True, PONG, b"are you there")  # ws_auto_pong
+    wait_for(lambda: ("ping", b"are you there") in events)
+    socks[0].ping(b"server ping")
+    assert c.recv_frame() == (True, PING, b"server ping")
+    c.send_frame(PONG, b"server ping")
+    wait_for(lambda: ("pong", b"server ping") in events)
+    socks[0].pong(b"unsolicited")
+    assert c.recv_frame() == (True, PONG, b"unsolicited")
+    with pytest.raises(ValueError):
+        socks[0].ping(b"x" * 126)
+    c.close()
+
+
+def test_send_over_high_water_returns_false_then_on_drain(serve):
+    state = {"results": [], "drained": threading.Event()}
+
+    def handler(request):
+        ws = request.accept_websocket(on_drain=lambda s: state["drained"].set())
+        ws.on_message = lambda s, m: state["results"].extend(s.send(b"d" * 65536) for _ in range(8))
+
+    server = serve(handler, ws_send_high_water=100000)
+    c = RawWS(server.port, "/")
+    c.send_frame(TEXT, "go")
+    wait_for(lambda: len(state["results"]) == 8)
+    assert state["results"][0] is True and False in state["results"]
+    for _ in range(8):  # reading lets the engine send: the queue drains
+        assert c.recv_frame() == (True, BINARY, b"d" * 65536)
+    assert state["drained"].wait(10)
+    c.close()
 
 
 # -- sending from elsewhere ---------------------------------------------------------
@@ -622,6 +745,12 @@ def test_broadcast_binding_level(serve):
     n = 50
     clients = [RawWS(server.port, "/") for _ in range(n)]
     wait_for(lambda: len(socks) == n)
+    socks[1].send(bytearray(b"from a bytearray"))
+    socks[1].send(memoryview(b"xx from a memoryview")[3:])
+    assert clients[1].recv_frame() == (True, BINARY, b"from a bytearray")
+    assert clients[1].recv_frame() == (True, BINARY, b"from a memoryview")
+    with pytest.raises(TypeError):
+        socks[1].send(12)
     assert pmu.broadcast(socks, b"\x01" * 3000) == n
     assert _pmu.broadcast(socks, "text ✓") == n
     for c in clients:
@@ -649,7 +778,7 @@ def test_client_that_never_reads_is_closed_by_the_send_limit(serve):
         ws.on_disconnect = lambda s, code: (state.update(gone=code), done.set())
 
         def flood():
-            chunk = b"z" * 65536
+            chunk = bytearray(b"z" * 65536)  # a bytearray: the engine copies each send
             try:
                 for _ in range(2000):  # 128 MiB if nothing stopped it
                     if not ws.send(chunk):
@@ -661,16 +790,16 @@ def test_client_that_never_reads_is_closed_by_the_send_limit(serve):
         threading.Thread(target=flood).start()
 
     server = serve(handler, ws_send_high_water=256 * 1024, ws_send_limit=4 * 1024 * 1024)
+    rss_before = rss()
     s = socket.create_connection(("127.0.0.1", server.port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    from wsraw import handshake_request
-
     s.sendall(handshake_request("/")[0])
     assert done.wait(30), state
     assert state["closed"] is not None
     assert state["false"] > 0
     assert state["max_unsent"] <= 4 * 1024 * 1024
     assert state["gone"] in (1006, 1008)
+    assert rss() - rss_before < 48 * 1024 * 1024  # not the 128 MiB offered
     s.close()
 
 
@@ -706,6 +835,74 @@ def test_async_receive_backpressure_pauses_reading(serve):
         assert ws.recv(timeout=20) == "got 101"
     # Reading stopped near max_queue: far fewer than the 100 sent were queued.
     assert seen["max_queued"] < 40, seen
+
+
+def test_async_pause_and_resume_race_never_stalls(serve):
+    """max_queue=1: reading is paused and resumed around nearly every message,
+    from two threads; every message still arrives, in order."""
+    app = pmu.App(ws_max_queue=1)
+
+    @app.websocket("/tight")
+    async def tight(ws):
+        await ws.accept()
+        n = 0
+        async for m in ws:
+            assert m == "m%d" % n
+            n += 1
+            if n % 7 == 0:
+                await asyncio.sleep(0)
+            if n == 3000:
+                await ws.send("done")
+
+    server = serve(app)
+    with connect(url(server, "/tight"), compression=None) as ws:
+        for i in range(3000):
+            ws.send("m%d" % i)
+        assert ws.recv(timeout=30) == "done"
+
+
+def test_async_messages_of_a_batch_cost_one_wakeup(serve):
+    """100 messages that arrive in one read reach the asyncio loop with one
+    call_soon_threadsafe, not one each."""
+    flushes = []
+
+    class CountingLoop(asyncio.SelectorEventLoop):
+        def call_soon_threadsafe(self, callback, *args, **kwargs):
+            if getattr(callback, "__qualname__", "") == "_Inbox.flush":
+                flushes.append(callback)
+            return super().call_soon_threadsafe(callback, *args, **kwargs)
+
+    loop = CountingLoop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    app = pmu.App()
+    got = []
+    waiting = threading.Event()
+
+    @app.websocket("/batch")
+    async def batch(ws):
+        await ws.accept()
+        loop.call_soon(waiting.set)  # set once the iteration below waits
+        async for m in ws:
+            got.append(m)
+            if len(got) == 100:
+                await ws.send("got all")
+
+    try:
+        server = serve(app, loop=loop)
+        c = RawWS(server.port, "/batch")
+        assert waiting.wait(10)
+        time.sleep(0.05)
+        c.send(b"".join(frame(TEXT, "m%d" % i) for i in range(100)))  # one write
+        assert c.recv_frame() == (True, TEXT, b"got all")
+        assert got == ["m%d" % i for i in range(100)]
+        assert 1 <= len(flushes) <= 2, len(flushes)
+        c.close()
+        server.stop()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()
 
 
 # -- scale and leaks ---------------------------------------------------------------
@@ -793,11 +990,44 @@ def test_websockets_alive_counts_open_ones(serve):
     wait_for(lambda: _pmu.websockets_alive() == base)
 
 
-def test_websocket_properties_after_close(serve):
-    kept = []
+# -- permessage-deflate ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/echo", "/aecho"])
+def test_deflate_negotiated_and_large_compressible_round_trip(serve, path):
+    server = serve(echo_app())
+    text = ("the same sentence again and again. " * 40000)[:1_000_000]
+    with connect(url(server, path), max_size=None) as ws:  # offers permessage-deflate
+        ext = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert ext.startswith("permessage-deflate")
+        ws.send(text)
+        assert ws.recv(timeout=20) == text
+    stats = server.stats()
+    assert stats["ws_deflate_in_raw"] >= len(text)
+    assert stats["ws_deflate_in_wire"] < len(text) // 20
+    assert stats["ws_deflate_out_wire"] < stats["ws_deflate_out_raw"]
+
+
+def test_deflate_off_by_knob(serve):
+    seen = []
 
     def handler(request):
-        kept.append(request.accept_websocket())
+        seen.append(request.accept_websocket(on_message=lambda s, m: s.send(m)).extensions)
+
+    server = serve(handler, ws_deflate=False)
+    with connect(url(server, "/")) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send("plain")
+        assert ws.recv(timeout=5) == "plain"
+    assert seen == [""]
+
+
+def test_websocket_properties_after_close(serve):
+    kept = []
+    gone = threading.Event()
+
+    def handler(request):
+        kept.append(request.accept_websocket(on_disconnect=lambda s, code: gone.set()))
 
     server = serve(handler)
     c = RawWS(server.port, "/p?q=1")
@@ -808,7 +1038,8 @@ def test_websocket_properties_after_close(serve):
     c.send_frame(CLOSE, close_payload(4444, "fin"))
     c.recv_close()
     wait_for(lambda: ws.close_code == 4444)
-    wait_for(lambda: ws.closed)
+    assert ws.closed
+    assert gone.wait(10)
     assert ws.close_reason == "fin" and ws.path == "/p" and ws.query_string == "q=1"
     assert ws.unsent == 0
     with pytest.raises(pmu.WebSocketClosed):
