@@ -719,3 +719,26 @@ def test_ws_options_reach_the_engine_and_the_adapter(app_dir):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_ws_ping_interval_and_deflate_options_reach_the_engine(app_dir):
+    from test_asgi_websocket import WS
+
+    offer = [("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")]
+    proc = run_cli(app_dir, "cliapps:wsapp", "--port", "0", "--ws-ping-interval", "0.2")
+    try:
+        ws = WS(port_of(proc), headers=offer)
+        assert "permessage-deflate" in ws.headers.get("sec-websocket-extensions", "")
+        started = time.monotonic()
+        assert ws.recv_frame()[1] == 0x9  # a silent connection is pinged
+        assert time.monotonic() - started < 5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    proc = run_cli(app_dir, "cliapps:wsapp", "--port", "0", "--no-ws-per-message-deflate")
+    try:
+        ws = WS(port_of(proc), headers=offer)
+        assert ws.status == 101 and "sec-websocket-extensions" not in ws.headers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
