@@ -827,10 +827,6 @@ static void close_local(pmu__conn_t *c, int code, const char *reason, size_t rle
 static void ws_fail(pmu__conn_t *c, int code) {
   pmu__ws_t *ws = c->ws;
   ws->failed = 1;
-  if (ws->close_sent) {
-    pmu__conn_close(c); /* a close already went: nothing more to say */
-    return;
-  }
   /* The close goes after the handler has seen the events before the error
    * (its answers to the messages that came whole go first): queued after
    * this pass's delivery. */
@@ -843,12 +839,15 @@ static void send_fails(pmu__loop_t *loop) {
   while (loop->ws_fail) {
     pmu__ws_t *ws = loop->ws_fail;
     loop->ws_fail = ws->fail_next;
-    if (ws->conn && !ws->conn->closing) {
-      if (ws->close_sent)
-        pmu__conn_close(ws->conn);
-      else
-        close_local(ws->conn, ws->fail_code, NULL, 0, WSF_CLOSE_AFTER | WSF_LINGER);
-    }
+    pmu__conn_t *c = ws->conn;
+    if (!c || c->closing)
+      continue;
+    if (!ws->close_sent)
+      close_local(c, ws->fail_code, NULL, 0, WSF_CLOSE_AFTER | WSF_LINGER);
+    else if (ws->out_tail && (ws->out_tail->flags & WSF_CLOSE))
+      ws->out_tail->flags |= WSF_CLOSE_AFTER | WSF_LINGER; /* the handler's close, still queued */
+    else
+      pmu__conn_close(c);
   }
 }
 
@@ -1326,12 +1325,56 @@ static int control_frame(pmu__conn_t *c) {
 
 /* A data frame's payload piece (len bytes at p, masked). Returns 0 or a
  * code to fail with. */
+/* Inflate a whole compressed message (unmasked, len bytes at comp) and
+ * deliver it; bounded by ws_max_message, so a bomb stops at the limit.
+ * Returns 0 or the close code. */
+static int inflate_message(pmu__conn_t *c, const char *comp, size_t len, int op) {
+  pmu__ws_t *ws = c->ws;
+  pmu__loop_t *loop = c->loop;
+  struct iovec piece = {.iov_base = (void *)comp, .iov_len = len};
+  pmu__ws_buf_t out = {0};
+  int rc = pmu__ws_pmd_inflate(ws->pmd, &piece, 1, cfg_of(ws)->ws_max_message, &out);
+  if (rc < 0) {
+    free(out.data);
+    return rc == -EMSGSIZE ? 1009 : rc == -EBADMSG ? 1007 : 1011;
+  }
+  if (op == PMU_WS_TEXT && !pmu__utf8_valid(out.data, out.len)) {
+    free(out.data);
+    return 1007;
+  }
+  STAT_ADD(loop, ws_deflate_in_wire, len);
+  STAT_ADD(loop, ws_deflate_in_raw, out.len);
+  STAT_ADD(loop, ws_messages_in, 1);
+  STAT_ADD(loop, ws_bytes_in, out.len);
+  idle_touch(ws);
+  if (ev_push(ws, PMU_WS_EV_MESSAGE, op, 0, 0, out.len, (char *)out.data) < 0) {
+    free(out.data);
+    return 1011;
+  }
+  return 0;
+}
+
 static int data_piece(pmu__conn_t *c, const uint8_t *p, size_t len) {
   pmu__ws_t *ws = c->ws;
   pmu__loop_t *loop = c->loop;
   int text = ws->msg_op == PMU_WS_TEXT && !ws->msg_deflated;
   size_t phase = (size_t)(ws->pgot & 3);
-  if (ws->fin && ws->op != PMU_WS_CONT && ws->pgot == 0 && len == ws->plen && !ws->msg_deflated) {
+  int whole = ws->fin && ws->op != PMU_WS_CONT && ws->pgot == 0 && len == ws->plen;
+  if (whole && ws->msg_deflated) {
+    /* A whole compressed message in one receive: unmasked into scratch
+     * room at the arena's end, inflated from there, the room given back. */
+    size_t off = 0;
+    char *tmp = len ? arena_reserve(loop, len, &off) : NULL;
+    if (len && !tmp)
+      return 1011;
+    pmu__ws_unmask((uint8_t *)tmp, p, len, ws->key, 0);
+    ws->msg_op = 0;
+    int code = inflate_message(c, tmp, len, ws->op);
+    if (len)
+      loop->ws_arena_len = off;
+    return code;
+  }
+  if (whole) {
     /* A whole message in one receive: unmasked straight into the arena the
      * event points at (the copy and the unmasking are one pass). */
     size_t off = 0;
@@ -1371,26 +1414,18 @@ static int data_frame_end(pmu__conn_t *c) {
   char *buf = ws->msg;
   size_t len = ws->msg_len;
   if (ws->msg_deflated) {
-    /* Inflated whole, bounded by ws_max_message: a bomb stops at the limit. */
-    struct iovec piece = {.iov_base = buf, .iov_len = len};
-    pmu__ws_buf_t out = {0};
-    int rc = pmu__ws_pmd_inflate(ws->pmd, &piece, 1, cfg_of(ws)->ws_max_message, &out);
-    if (rc < 0) {
-      free(out.data);
-      return rc == -EMSGSIZE ? 1009 : rc == -EBADMSG ? 1007 : 1011;
-    }
-    if (ws->msg_op == PMU_WS_TEXT && !pmu__utf8_valid(out.data, out.len)) {
-      free(out.data);
-      return 1007;
-    }
-    STAT_ADD(loop, ws_deflate_in_wire, len);
-    STAT_ADD(loop, ws_deflate_in_raw, out.len);
-    free(buf);
-    buf = (char *)out.data;
-    len = out.len;
-  } else if (ws->msg_op == PMU_WS_TEXT && !pmu__utf8_done(&ws->utf8)) {
-    return 1007;
+    int op = ws->msg_op;
+    int code = inflate_message(c, buf, len, op);
+    if (code)
+      return code;
+    free(ws->msg); /* the compressed bytes: an idle connection holds none */
+    ws->msg = NULL;
+    ws->msg_cap = ws->msg_len = 0;
+    ws->msg_op = 0;
+    return 0;
   }
+  if (ws->msg_op == PMU_WS_TEXT && !pmu__utf8_done(&ws->utf8))
+    return 1007;
   int op = ws->msg_op;
   ws->msg = NULL; /* handed to the event: an idle connection holds none */
   ws->msg_cap = ws->msg_len = 0;

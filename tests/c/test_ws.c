@@ -37,6 +37,16 @@ static void test_handshake(const t_server_t *s) {
   t_conn_close(c);
   T_WAIT_UNTIL(atomic_load(&t_ws.gones) == 1, T_EVENT_MS); /* its GONE, before others look */
 
+  t_case("101s of every size up to 1 KiB (the buffer is sized exactly: ASan checks)");
+  for (unsigned len = 1; len <= 1024; len++) {
+    char path[64];
+    snprintf(path, sizeof path, "/ws/proto?len=%u", len);
+    t_conn_t *pc = t_ws_connect(s, path);
+    t_conn_close(pc);
+  }
+  T_WAIT_UNTIL(atomic_load(&t_ws.gones) == 1025, T_EVENT_MS);
+  T_ASSERT_INT_EQ(atomic_load(&t_ws.gones), 1025);
+
   t_case("426 and close for another version");
   n = (size_t)snprintf(
       req, sizeof req,
@@ -288,10 +298,10 @@ int main(void) {
   T_ASSERT_INT_EQ(st.ws_bytes_in, atomic_load(&t_ws.bytes_in));
   T_ASSERT(st.ws_frames_in > st.ws_messages_in);
   T_ASSERT_INT_EQ(st.ws_messages_out, st.ws_messages_in + 3000); /* echoes, and the thread's */
-  T_ASSERT_INT_EQ(st.ws_closes[0], 2); /* the client's 1000, the sender thread's */
-  T_ASSERT_INT_EQ(st.ws_closes[5], 3); /* the reset, and two left without a close frame */
-  T_ASSERT_INT_EQ(st.ws_closes[6], 1); /* 4001 */
-  T_ASSERT_INT_EQ(st.ws_closes[7], 1); /* no code */
+  T_ASSERT_INT_EQ(st.ws_closes[0], 2);        /* the client's 1000, the sender thread's */
+  T_ASSERT_INT_EQ(st.ws_closes[5], 3 + 1024); /* the reset, and those left without a close */
+  T_ASSERT_INT_EQ(st.ws_closes[6], 1);        /* 4001 */
+  T_ASSERT_INT_EQ(st.ws_closes[7], 1);        /* no code */
   T_ASSERT_INT_EQ(atomic_load(&t_ws.released), atomic_load(&t_ws.accepted));
   t_server_destroy(s);
   return t_done();

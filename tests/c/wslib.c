@@ -96,9 +96,16 @@ static void ws_request(pmu_request_t *r) {
     return;
   }
   static const pmu_header_t extra = {"X-Extra", 7, "1", 1};
+  static char long_proto[4096];
   if (path_is(r, "/ws/proto")) {
     opts.subprotocol = "chat";
     opts.subprotocol_len = 4;
+    unsigned long len = query_num(r, "len");
+    if (len && len <= sizeof long_proto) {
+      memset(long_proto, 'p', len);
+      opts.subprotocol = long_proto;
+      opts.subprotocol_len = len;
+    }
     opts.headers = &extra;
     opts.header_count = 1;
   }

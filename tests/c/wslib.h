@@ -9,6 +9,7 @@
  *   /ws/close?code=N accepted, then closed by the server with code N ("bye")
  *   /ws/defer        accepted from another thread, 20 ms later
  *   /ws/proto        accepted with subprotocol "chat" and header X-Extra: 1
+ *                    (?len=N: a subprotocol of N 'p' instead)
  *   /ws/flood?n=N    accepted; N binary messages of 64 KiB sent at once (the
  *                    pmu_ws_send results are counted: t_ws.sent_ok, _over, _nobufs)
  *   /ws/thread?n=N   accepted; another thread sends N text messages "0".."N-1"
