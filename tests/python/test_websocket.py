@@ -112,6 +112,24 @@ def test_large_messages(serve, path):
         assert ws.recv(timeout=20) == text
 
 
+def test_async_form_on_a_given_uvloop_loop(serve):
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+        server = serve(echo_app(), loop=loop)
+        with connect(url(server, "/aecho")) as ws:
+            for i in range(100):
+                ws.send("u%d" % i)
+            assert [ws.recv(timeout=5) for _ in range(100)] == ["u%d" % i for i in range(100)]
+        server.stop()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()
+
+
 def test_fragmented_input_with_interleaved_ping(serve):
     server = serve(echo_app())
     c = RawWS(server.port, "/echo")
@@ -486,10 +504,10 @@ def test_ping_timeout_closes_with_1006(serve):
         ws = request.accept_websocket()
         ws.on_disconnect = lambda s, code: gone.append(code)
 
-    server = serve(handler, ws_ping_interval_ms=100, ws_ping_timeout_ms=200)
+    server = serve(handler, ws_ping_interval_ms=150, ws_ping_timeout_ms=600)
     c = RawWS(server.port, "/")
     assert c.status == 101
-    # Never answers: the engine pings after 100 ms of silence, then gives up.
+    # Never answers: the engine pings after 150 ms of silence, then gives up.
     assert c.recv_until(PING) is not None
     assert c.at_eof(timeout=5)
     wait_for(lambda: gone, what="on_disconnect")
@@ -497,7 +515,7 @@ def test_ping_timeout_closes_with_1006(serve):
     # A client that answers stays: pinged again and again, never dropped.
     c = RawWS(server.port, "/")
     pings = 0
-    until = time.monotonic() + 1.0
+    until = time.monotonic() + 1.5
     while time.monotonic() < until:
         c.send_frame(PONG, c.recv_until(PING))
         pings += 1
@@ -804,15 +822,20 @@ def test_client_that_never_reads_is_closed_by_the_send_limit(serve):
 
 
 def test_async_receive_backpressure_pauses_reading(serve):
+    """A handler that does not read: the engine stops reading after max_queue
+    messages (plus what its receive buffers already held: at most
+    buf_count x buf_size = 4 MiB here, 64 of these messages), and TCP holds the
+    client back; everything arrives once the handler reads."""
     app = pmu.App(ws_max_queue=4)
     seen = {"max_queued": 0, "got": 0}
     release = threading.Event()
+    total = 300
 
     @app.websocket("/slow")
     async def slow(ws):
         await ws.accept()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, release.wait, 10)
+        await loop.run_in_executor(None, release.wait, 20)
         seen["max_queued"] = len(ws._messages)
         n = 0
         async for m in ws:
@@ -823,18 +846,49 @@ def test_async_receive_backpressure_pauses_reading(serve):
         await ws.send("got %d" % n)
 
     server = serve(app)
+    sent = [0]
     with connect(url(server, "/slow"), compression=None) as ws:
         blob = "q" * 65536
-        sender = threading.Thread(
-            target=lambda: [ws.send(blob) for _ in range(100)] + [ws.send("end")]
-        )
+
+        def send_all():
+            for _ in range(total):
+                ws.send(blob)
+                sent[0] += 1
+            ws.send("end")
+
+        sender = threading.Thread(target=send_all)
         sender.start()
-        time.sleep(1.0)
+        time.sleep(1.5)
+        held_back_at = sent[0]
         release.set()
-        sender.join(20)
-        assert ws.recv(timeout=20) == "got 101"
-    # Reading stopped near max_queue: far fewer than the 100 sent were queued.
-    assert seen["max_queued"] < 40, seen
+        sender.join(30)
+        assert ws.recv(timeout=30) == "got %d" % (total + 1)
+    assert held_back_at < total, "the client was never held back"
+    assert seen["max_queued"] < 100, seen
+
+
+def test_async_receive_text_and_bytes(serve):
+    app = pmu.App()
+    kinds = []
+
+    @app.websocket("/kinds")
+    async def kinds_handler(ws):
+        await ws.accept()
+        kinds.append(await ws.receive_text())
+        kinds.append(await ws.receive_bytes())
+        try:
+            await ws.receive_bytes()
+        except TypeError:
+            kinds.append("TypeError")
+        await ws.send("ok")
+
+    server = serve(app)
+    with connect(url(server, "/kinds")) as ws:
+        ws.send("t")
+        ws.send(b"b")
+        ws.send("not bytes")
+        assert ws.recv(timeout=5) == "ok"
+    assert kinds == ["t", b"b", "TypeError"]
 
 
 def test_async_pause_and_resume_race_never_stalls(serve):
