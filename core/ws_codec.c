@@ -529,7 +529,7 @@ static const uint8_t sync_tail[4] = {0x00, 0x00, 0xff, 0xff};
 
 int pmu__ws_pmd_compress(pmu__ws_pmd_t *st, const uint8_t *in, size_t len, uint8_t *out, size_t cap,
                          size_t *out_len) {
-  if (st->broken)
+  if (st->deflate_broken)
     return -EIO;
   if (len == 0) {
     /* The empty message: an empty stored block's first byte (the rest is the tail the
@@ -596,7 +596,7 @@ int pmu__ws_pmd_compress(pmu__ws_pmd_t *st, const uint8_t *in, size_t len, uint8
     /* zlib broke: a compressor whose history the peer does not share cannot go on. */
     deflater_free(counter, zp);
     if (own)
-      st->broken = 1;
+      st->deflate_broken = 1;
     return -EIO;
   }
   /* Without context takeover, and after a message that goes out uncompressed, the next
@@ -639,7 +639,7 @@ static int inflater_restart(z_stream *z, unsigned bits) {
 
 int pmu__ws_pmd_inflate(pmu__ws_pmd_t *st, const struct iovec *pieces, size_t count, size_t max_out,
                         pmu__ws_buf_t *out) {
-  if (st->broken)
+  if (st->inflate_broken)
     return -EBADMSG;
   pmu__ws_pmd_shared_t *sh = st->shared;
   int own = !st->params.client_no_context_takeover;
@@ -718,7 +718,7 @@ int pmu__ws_pmd_inflate(pmu__ws_pmd_t *st, const struct iovec *pieces, size_t co
   if (result == 0 && ended && own)
     result = inflater_restart(z, bits);
   if (result != 0 && own) {
-    st->broken = 1; /* the peer's next message refers to a window we no longer have */
+    st->inflate_broken = 1; /* the peer's next message refers to a window we lost */
     inflater_free(counter, zp);
   } else if (!own && inflateReset(z) != Z_OK) {
     inflater_free(counter, zp);

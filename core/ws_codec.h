@@ -141,7 +141,9 @@ typedef struct pmu__ws_pmd {
   uint8_t inflate_bits; /* windowBits of our decompressor (8..15) */
   uint8_t mem_level;
   uint8_t level;
-  uint8_t broken;               /* a stream failed: every later call fails */
+  uint8_t deflate_broken;       /* our compressor failed: every later compress fails */
+  uint8_t inflate_broken;       /* an inflate failed: every later inflate fails (compressing
+                                   goes on: the engine may still have answers to send) */
   struct z_stream_s *deflater;  /* own compressor (context takeover), lazily made */
   struct z_stream_s *inflater;  /* own decompressor (context takeover), lazily made */
   pmu__ws_pmd_shared_t *shared; /* the loop's, for the directions without takeover */
@@ -175,7 +177,8 @@ size_t pmu__ws_pmd_compress_bound(size_t len);
  *            pmu__ws_pmd_compress_bound(len) always fits): send it uncompressed. The
  *            compressor was reset, so the peer's window need not have seen this message;
  *   -ENOMEM: zlib could not allocate: send it uncompressed (nothing was kept);
- *   -EIO:    zlib failed otherwise (the state is then broken): close the connection 1011.
+ *   -EIO:    zlib failed otherwise (our compressor is then broken, every later compress
+ *            fails alike; inflating is unaffected): close the connection 1011.
  */
 int pmu__ws_pmd_compress(pmu__ws_pmd_t *st, const uint8_t *in, size_t len, uint8_t *out, size_t cap,
                          size_t *out_len);
@@ -200,8 +203,8 @@ typedef struct pmu__ws_buf {
  *              final block (BFINAL) inside a message is valid: what follows starts a new
  *              deflate stream over the same window;
  *   -ENOMEM:   no memory: close 1011.
- * After an error the connection's state is broken (later calls fail alike); out->len may
- * have grown by a part of the message. */
+ * After an error the decompressor is broken (later inflates fail alike; compressing is
+ * unaffected); out->len may have grown by a part of the message. */
 int pmu__ws_pmd_inflate(pmu__ws_pmd_t *st, const struct iovec *pieces, size_t count, size_t max_out,
                         pmu__ws_buf_t *out);
 
