@@ -124,6 +124,13 @@ static void release_engine_side(WebSocketObject *self) {
 /* Log the current exception of a callback and close the connection with
  * 1011 (internal error). Keeps serving. */
 static void callback_failed(WebSocketObject *self, int which) {
+  if (PyErr_ExceptionMatches(self->st->ws_closed) &&
+      (self->ws == NULL || pmu_ws_closing(self->ws))) {
+    /* A send that lost the race with the close: the connection is closing
+     * anyway, and nothing went wrong in the callback. */
+    PyErr_Clear();
+    return;
+  }
   PyObject *what = PyUnicode_FromFormat("WebSocket %s raised on %S; closed with 1011",
                                         callback_names[which], self->path ? self->path : Py_None);
   const char *w = what ? PyUnicode_AsUTF8(what) : NULL;

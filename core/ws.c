@@ -183,12 +183,16 @@ struct pmu_ws {
   pmu__conn_t *conn; /* NULL once gone */
   pmu__seg_t *out_head, *out_tail;
   pmu__ws_t *gone_next; /* loop->ws_gone: GONE to deliver */
-  pmu__ws_t *fail_next; /* loop->ws_fail: our failing close to send */
+  pmu__ws_t *fail_next; /* loop->ws_fail: our failing or answering close to send */
   uint16_t fail_code;
   uint8_t close_sent;   /* our close frame is queued: no data frame after it */
   uint8_t close_wired;  /* ... and on the wire */
   uint8_t close_rcvd;   /* the peer's close frame arrived: nothing more is read */
   uint8_t failed;       /* we failed the connection: input is discarded */
+  uint8_t listed;       /* on loop->ws_fail */
+  uint8_t answer_close; /* the peer's close awaits our answer, sent after this pass's
+                           delivery (the handler's answers to what came before it go
+                           first, RFC 6455 5.5.1) */
   uint8_t handler_done; /* pmu_ws_release came: no more events */
   uint8_t ping_out;     /* our keepalive ping awaits any frame */
   uint8_t user_paused;  /* pmu_ws_pause_reading */
@@ -822,28 +826,50 @@ static void close_local(pmu__conn_t *c, int code, const char *reason, size_t rle
   pmu__conn_timer_update(c);
 }
 
+/* Put ws on the loop's list of closes to send after this pass's delivery. */
+static void list_for_close(pmu__loop_t *loop, pmu__ws_t *ws) {
+  if (ws->listed)
+    return; /* once: twice would make the list a cycle */
+  ws->listed = 1;
+  ws->fail_next = loop->ws_fail;
+  loop->ws_fail = ws;
+}
+
 /* Fail the connection (RFC 6455 7.1.7): our close with code, input
  * discarded from now on, the connection closed once it is out. */
 static void ws_fail(pmu__conn_t *c, int code) {
   pmu__ws_t *ws = c->ws;
   if (ws->failed)
-    return; /* once: it is on the list already (twice would make it a cycle) */
+    return;
   ws->failed = 1;
   /* The close goes after the handler has seen the events before the error
    * (its answers to the messages that came whole go first): queued after
    * this pass's delivery. */
   ws->fail_code = (uint16_t)code;
-  ws->fail_next = c->loop->ws_fail;
-  c->loop->ws_fail = ws;
+  list_for_close(c->loop, ws);
 }
 
 static void send_fails(pmu__loop_t *loop) {
   while (loop->ws_fail) {
     pmu__ws_t *ws = loop->ws_fail;
     loop->ws_fail = ws->fail_next;
+    ws->listed = 0;
     pmu__conn_t *c = ws->conn;
+    int answer = ws->answer_close;
+    ws->answer_close = 0;
     if (!c || c->closing)
       continue;
+    if (!ws->failed) {
+      /* The answer to the peer's close, echoing its code (none when it had
+       * none); the server closes the TCP connection once it is out (RFC 6455
+       * 7.1.1). A close of the handler's own queued meanwhile stands. */
+      if (answer && !ws->close_sent)
+        close_local(c, ws->peer_code == 1005 ? 0 : ws->peer_code, NULL, 0, WSF_CLOSE_AFTER);
+      else if (answer)
+        atomic_store(&ws->closing, 1);
+      pmu__conn_timer_update(c);
+      continue;
+    }
     if (!ws->close_sent)
       close_local(c, ws->fail_code, NULL, 0, WSF_CLOSE_AFTER | WSF_LINGER);
     else if (ws->out_tail && (ws->out_tail->flags & WSF_CLOSE))
@@ -1306,16 +1332,18 @@ static int control_frame(pmu__conn_t *c) {
   }
   ws->close_rcvd = 1;
   ws->peer_code = (uint16_t)code;
-  atomic_store(&ws->closing, 1);
   if (ev_push_copy(ws, PMU_WS_EV_CLOSE, (int)code, n > 2 ? ws->ctl + 2 : NULL, n > 2 ? n - 2 : 0) <
       0) {
+    atomic_store(&ws->closing, 1);
     pmu__conn_close(c);
     return 0;
   }
   if (!ws->close_sent) {
-    /* Answer, echoing the code (none when it had none); the server closes
-     * the TCP connection once that is out (RFC 6455 7.1.1). */
-    close_local(c, code == 1005 ? 0 : (int)code, NULL, 0, WSF_CLOSE_AFTER);
+    /* Answered after this pass's delivery (send_fails), so that what the
+     * handler sends in answer to the messages before the close still goes,
+     * before our close (RFC 6455 5.5.1 lets an endpoint finish sending). */
+    ws->answer_close = 1;
+    list_for_close(c->loop, ws);
   } else if (ws->close_wired) {
     pmu__conn_close(c); /* both closes exchanged */
   } else if (ws->out_tail && (ws->out_tail->flags & WSF_CLOSE)) {
@@ -1522,7 +1550,7 @@ void pmu__ws_on_eof(pmu__conn_t *c) {
   pmu__ws_t *ws = c->ws;
   /* Our answer to the peer's close may still be on its way out: it closes
    * once sent. Otherwise nothing more can happen. */
-  if (ws->close_rcvd && ws->out_head && !c->lingering)
+  if (ws->close_rcvd && (ws->out_head || ws->answer_close) && !c->lingering)
     return;
   pmu__conn_close(c);
 }

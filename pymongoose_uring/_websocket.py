@@ -536,7 +536,9 @@ async def _session(handler: AsyncWebSocketHandler, ws: AsyncWebSocket) -> None:
         if ws.websocket is not None:
             ws.websocket.close(1001)  # the server is stopping
         raise
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, WebSocketClosed) and ws.websocket is not None and ws.websocket.closed:
+            return  # a send that lost the race with the peer's close: not the handler's fault
         log.exception(
             "WebSocket handler raised on %s; %s",
             request.path,

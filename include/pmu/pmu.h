@@ -209,8 +209,10 @@ enum pmu_ws_event_type {
   PMU_WS_EV_PONG,    /* a pong arrived (every pong, answers to the engine's keepalive pings
                         too) */
   PMU_WS_EV_CLOSE,   /* the peer sent a close frame: code (1005 when it had none), data/len
-                        the reason. The engine has answered it (echoing the code) unless the
-                        server had begun the close; sends are refused from now on */
+                        the reason. Unless the server had begun the close, the engine answers
+                        it (echoing the code) when this handler call returns, after what the
+                        handler sent during the call (its answers to the messages before the
+                        close: RFC 6455 5.5.1); sends are refused after the call */
   PMU_WS_EV_DRAIN,   /* unsent bytes fell to half of ws_send_high_water, after a
                         pmu_ws_send()/pmu_ws_send_msg() that returned 1 */
   PMU_WS_EV_GONE,    /* always the last event of a handle: the connection is closed. code:
@@ -587,7 +589,8 @@ int pmu_ws_close(pmu_ws_t *ws, int code, const char *reason, size_t reason_len);
 int pmu_ws_pause_reading(pmu_ws_t *ws, int pause);
 
 size_t pmu_ws_unsent(const pmu_ws_t *ws); /* bytes queued, not yet on the wire */
-int pmu_ws_closing(const pmu_ws_t *ws);   /* 1 once a close was sent or received, or gone */
+int pmu_ws_closing(const pmu_ws_t *ws);   /* 1 once a close was sent, or the peer's answered,
+                                             or gone */
 void *pmu_ws_user(const pmu_ws_t *ws);
 void pmu_ws_set_user(pmu_ws_t *ws, void *user);
 /* The negotiated extension as sent in the 101 ("permessage-deflate; ..."), ""

@@ -198,6 +198,20 @@ static void test_messages(const t_server_t *s) {
   t_response_free(&r);
   t_ws_expect(c, PMU_WS_TEXT, "early", 5);
 
+  t_case("a message and a close in one write: the echo goes before our close (RFC 6455 5.5.1)");
+  t_conn_t *c2 = t_ws_connect(s, "/ws");
+  char two[64];
+  size_t tn = t_ws_build(two, 0x81, "last words", 10, 1);
+  tn += t_ws_build(two + tn, 0x88, "\x03\xe8", 2, 1);
+  t_send(c2, two, tn);
+  t_ws_expect(c2, PMU_WS_TEXT, "last words", 10);
+  T_ASSERT_INT_EQ(t_ws_read(c2, &f, T_IO_TIMEOUT_MS), 0);
+  T_ASSERT_INT_EQ(f.opcode, PMU_WS_CLOSE);
+  T_ASSERT(f.len == 2 && memcmp(f.data, "\x03\xe8", 2) == 0);
+  t_ws_frame_free(&f);
+  T_ASSERT(t_wait_closed(c2, 2000));
+  t_conn_close(c2);
+
   t_case("a close without a code is answered without one; GONE says 1005");
   gones = atomic_load(&t_ws.gones);
   t_ws_send(c, 0x88, "", 0);
@@ -298,7 +312,7 @@ int main(void) {
   T_ASSERT_INT_EQ(st.ws_bytes_in, atomic_load(&t_ws.bytes_in));
   T_ASSERT(st.ws_frames_in > st.ws_messages_in);
   T_ASSERT_INT_EQ(st.ws_messages_out, st.ws_messages_in + 3000); /* echoes, and the thread's */
-  T_ASSERT_INT_EQ(st.ws_closes[0], 2);        /* the client's 1000, the sender thread's */
+  T_ASSERT_INT_EQ(st.ws_closes[0], 3);        /* the client's 1000 twice, the sender thread's */
   T_ASSERT_INT_EQ(st.ws_closes[5], 3 + 1024); /* the reset, and those left without a close */
   T_ASSERT_INT_EQ(st.ws_closes[6], 1);        /* 4001 */
   T_ASSERT_INT_EQ(st.ws_closes[7], 1);        /* no code */

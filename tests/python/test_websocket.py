@@ -622,6 +622,40 @@ def test_callback_exception_closes_1011_logs_and_keeps_serving(serve, caplog):
         assert ws.protocol.state.name == "OPEN"
 
 
+def test_message_and_close_in_one_write_is_echoed_then_closed_quietly(serve, caplog):
+    """The peer's close is answered after the handler has seen the messages
+    before it, so a sync echo still goes out (RFC 6455 5.5.1); an async
+    echo that loses the race with the close ends quietly, without a
+    traceback or a 1011."""
+    app = pmu.App()
+
+    @app.websocket("/sync")
+    def sync_echo(ws):
+        ws.accept().on_message = lambda s, m: s.send(m)
+
+    @app.websocket("/async")
+    async def async_echo(ws):
+        await ws.accept()
+        async for m in ws:
+            await ws.send(m)
+
+    server = serve(app)
+    caplog.set_level(logging.INFO, logger="pymongoose_uring")
+    c = RawWS(server.port, "/sync")
+    c.send(frame(TEXT, b"last words") + frame(CLOSE, close_payload(1000)))
+    assert c.recv_frame() == (True, TEXT, b"last words")
+    assert c.recv_close()[0] == 1000
+    c.close()
+    for _ in range(20):
+        c = RawWS(server.port, "/async")
+        c.send(frame(TEXT, b"x" * 100) + frame(CLOSE, close_payload(1000)))
+        assert c.recv_until(CLOSE)  # the echo may or may not precede it
+        c.close()
+    time.sleep(0.2)
+    assert "1011" not in caplog.text and "Traceback" not in caplog.text
+    assert not any(r.exc_info for r in caplog.records)
+
+
 def test_ping_pong_callbacks_and_server_pings(serve):
     events = []
     socks = []
