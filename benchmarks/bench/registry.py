@@ -4,7 +4,11 @@ benchmarks/servers/).
 argv is a template: {python} is this interpreter, {servers} benchmarks/servers/, {port} the
 port given to the server, {threads} the `threads` knob (default 1), {hello_server} the C
 example's binary. `caps` lists what the server answers beyond GET / (see servers/common.py):
-"bytes" (/16k, /1m), "echo" (POST /echo). `pip` lists (import name, pip requirement) pairs
+"bytes" (/16k, /1m), "echo" (POST /echo), "ws" (WebSocket on /ws/echo and /ws/broadcast).
+A server without "ws" (nginx without a backend, the WSGI servers, Flask) is simply left out
+of the WebSocket workloads, and listed as such; `ws_label` names what serves its /ws/*
+routes where that is not what `label` says (the raw ASGI app's WebSocket routes are a
+Starlette app). `pip` lists (import name, pip requirement) pairs
 installed when missing; `tools` lists system tools (apt) the server needs; `build` names what
 provisioning must build first (a server with one is the project's own: see `project`).
 `knobs` lists the engine knobs the server honours (sweeps refuse others): "threads" goes into
@@ -37,6 +41,7 @@ class Server:
     # framework comparisons (Flask and FastAPI on the adapters, granian with
     # FastAPI) are named explicitly, so the default run stays under 10 minutes.
     default: bool = True
+    ws_label: Optional[str] = None
 
     def supports(self, workload):
         return workload.needs in self.caps
@@ -122,16 +127,27 @@ SERVERS = [
         "granian ASGI",
         (PY, S + "granian_server.py", "{port}", "asgi"),
         kind="peer",
-        pip=(("granian", "granian"),),
-        description="granian (Rust) serving the raw ASGI app",
+        caps=("hello", "bytes", "echo", "ws"),
+        pip=(("granian", "granian"), ("starlette", "starlette")),
+        ws_label="granian (Starlette app)",
+        description="granian (Rust) serving the raw ASGI app; /ws/* the Starlette app",
     ),
     Server(
         "uvicorn_raw",
         "uvicorn raw ASGI",
         (PY, S + "uvicorn_raw_server.py", "{port}"),
         kind="peer",
-        pip=(("uvicorn", "uvicorn"), ("uvloop", "uvloop"), ("httptools", "httptools")),
-        description="a raw ASGI app on uvicorn with uvloop and httptools",
+        caps=("hello", "bytes", "echo", "ws"),
+        pip=(
+            ("uvicorn", "uvicorn"),
+            ("uvloop", "uvloop"),
+            ("httptools", "httptools"),
+            ("websockets", "websockets"),
+            ("starlette", "starlette"),
+        ),
+        ws_label="uvicorn + websockets (Starlette app)",
+        description="a raw ASGI app on uvicorn with uvloop and httptools; /ws/* the "
+        "Starlette app on uvicorn's websockets implementation",
     ),
     Server(
         "uvicorn",
@@ -151,8 +167,9 @@ SERVERS = [
         "aiohttp",
         (PY, S + "aiohttp_server.py", "{port}"),
         kind="peer",
+        caps=("hello", "bytes", "echo", "ws"),
         pip=(("aiohttp", "aiohttp"), ("uvloop", "uvloop")),
-        description="aiohttp's web server on uvloop",
+        description="aiohttp's web server on uvloop, its own WebSocket handlers",
     ),
     Server(
         "granian_fastapi",
@@ -190,5 +207,6 @@ SERVERS = [
 ]
 BY_NAME = {s.name: s for s in SERVERS}
 DEFAULT = [s.name for s in SERVERS if s.default]
+WS_LABELS = {s.name: s.ws_label for s in SERVERS if s.ws_label}
 # Reference for ratios: the first of these that ran.
 REFERENCE_ORDER = ["pymongoose_uring", "pymongoose", "hello_c", "nginx"]

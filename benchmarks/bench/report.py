@@ -24,6 +24,8 @@ MEDIAN = [
     "lat_p99_ms",
     "mem_per_conn_kib",
     "rss_before_mib",
+    "client_cpu_util",
+    "published",
 ]
 MAX = ["rss_peak_mib", "lat_max_ms"]
 SUM = [
@@ -83,13 +85,25 @@ def _fmt_ms(x):
     return "%.2f ms" % x if x < 10 else "%.0f ms" % x if x >= 100 else "%.1f ms" % x
 
 
+def _pct(x):
+    return "-" if x is None else "%.0f%%" % (x * 100)
+
+
 def workload_table(workload, rows, labels, reference, header_note=""):
-    """Markdown table for one workload: rows is [(server, summary row)] in display order."""
+    """Markdown table for one workload: rows is [(server, summary row)] in display order.
+    A WebSocket workload counts messages, and shows the server's and the client's CPU use
+    (the share of one core each used while counting): a client near 100% may be what
+    limits the rate, which is why CPU per message is the figure to compare."""
+    unit = workload.unit
+    ws = workload.client == "wsload"
     ref = dict(rows).get(reference)
-    vs = "vs %s (req/s, CPU)" % reference if reference else "vs reference"
-    cols = ["Framework", "Requests/sec", "Latency p50 / p99", "CPU µs/req", "Peak RSS"]
+    rate = "Messages/sec" if ws else "Requests/sec"
+    vs = "vs %s (%s/s, CPU)" % (reference, unit) if reference else "vs reference"
+    cols = ["Framework", rate, "Latency p50 / p99", "CPU µs/%s" % unit, "Peak RSS"]
     if workload.per_connection_memory:
         cols.append("Memory/conn")
+    if ws:
+        cols.append("CPU used, server / client")
     cols += ["Errors", vs]
     lines = [
         "### %s%s" % (workload.title, header_note),
@@ -121,23 +135,67 @@ def workload_table(workload, rows, labels, reference, header_note=""):
         ]
         if workload.per_connection_memory:
             cells.append("%s KiB" % _fmt(row.get("mem_per_conn_kib")))
+        if ws:
+            cells.append(
+                "%s / %s" % (_pct(row.get("server_cpu_util")), _pct(row.get("client_cpu_util")))
+            )
         cells += [_fmt_int(errors) if errors else "0", ratio]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def tables(workloads, summary, labels, reference, skipped, remarks, meta):
-    """All workload tables, fastest first, then what was not measured and remarks."""
+def comparison_table(workload, other, summary, labels):
+    """Server CPU per message of `workload` beside CPU per request of the HTTP workload
+    `other` (its compare_with), for every server measured on both in this run; None if
+    none was."""
+    rows = []
+    for (server, wn), row in summary.items():
+        if wn != workload.name:
+            continue
+        base = summary.get((server, other.name))
+        if not base or not row.get("cpu_us_per_req") or not base.get("cpu_us_per_req"):
+            continue
+        rows.append((server, row["cpu_us_per_req"], base["cpu_us_per_req"]))
+    if not rows:
+        return None
+    rows.sort(key=lambda r: r[1])
+    lines = [
+        "### Server CPU: a WebSocket message (%s) against an HTTP request (%s)"
+        % (workload.name, other.name),
+        "",
+        "| Framework | CPU µs/msg, %s | CPU µs/req, %s | ratio |" % (workload.name, other.name),
+        "|---|---|---|---|",
+    ]
+    for server, msg, req in rows:
+        lines.append(
+            "| %s | %s | %s | %s |"
+            % (labels.get(server, server), _fmt(msg, 2), _fmt(req, 2), _ratio(msg / req))
+        )
+    return "\n".join(lines)
+
+
+def tables(workloads, summary, labels, reference, skipped, remarks, meta, ws_labels=None, extra=()):
+    """All workload tables, fastest first, then what was not measured and remarks.
+    WebSocket tables name the servers by `ws_labels` where given (what serves /ws/* may be
+    another app than what serves HTTP). `extra`: workloads measured only as a comparison
+    base for another's compare_with (their tables are not repeated)."""
     out = []
+    by_name = {w.name: w for w in list(workloads) + list(extra)}
     for w in workloads:
         rows = [(s, r) for (s, wn), r in summary.items() if wn == w.name]
         if not rows:
             continue
+        names = dict(labels, **(ws_labels or {})) if w.client == "wsload" else labels
         rows.sort(key=lambda sr: -(sr[1]["rps"] or 0))
         rounds = max(r["rounds"] for _, r in rows)
         note = " (median of %d × %d s)" % (rounds, max(meta["duration_s"], w.min_duration))
-        out.append(workload_table(w, rows, labels, reference, note))
+        out.append(workload_table(w, rows, names, reference, note))
         out.append("")
+        if w.compare_with and w.compare_with in by_name:
+            table = comparison_table(w, by_name[w.compare_with], summary, labels)
+            if table:
+                out.append(table)
+                out.append("")
     for title, items in (("Not measured:", skipped), ("Notes:", remarks)):
         if items:
             out.append(title)
