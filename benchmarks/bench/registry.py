@@ -105,6 +105,19 @@ SERVERS = [
         description="the FastAPI app of uvicorn on the ASGI adapter, uvloop",
     ),
     Server(
+        "pymongoose_uring_asgi",
+        "pymongoose_uring ASGI (raw app)",
+        (PY, S + "pymongoose_uring_asgi_server.py", "{port}"),
+        kind="ours",
+        build="pymongoose_uring",
+        knobs=ALL_KNOBS,
+        pip=(("starlette", "starlette"), ("uvloop", "uvloop")),
+        env=ROOM_FOR_C10K,
+        ws_label="pymongoose_uring ASGI (Starlette app)",
+        description="the raw ASGI app of uvicorn_raw and granian_asgi on the ASGI adapter, "
+        "uvloop; /ws/* the same Starlette app as theirs",
+    ),
+    Server(
         "hello_c",
         "hello_server (C engine)",
         ("{hello_server}", "{port}", "{threads}"),
