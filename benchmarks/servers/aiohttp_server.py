@@ -12,7 +12,9 @@ except ImportError as e:
     common.unavailable("aiohttp", e)
 
 BROADCAST = web.AppKey("broadcast", dict)
-WS_MAX_SIZE = 16 * 1024 * 1024  # as uvicorn's --ws-max-size (aiohttp's default: 4 MiB)
+# Messages of up to 16 MiB accepted, as uvicorn's --ws-max-size and the engine's ws_max_message
+# (aiohttp refuses a message of max_msg_size bytes itself; its default is 4 MiB).
+WS_MAX_SIZE = 16 * 1024 * 1024 + 1
 
 
 def make_get(body, content_type):

@@ -422,3 +422,47 @@ def test_wsload_broadcast_catches_a_lost_delivery(wsload_binary, tiny):
 def test_wsload_refused_handshake_is_an_error(wsload_binary, tiny):
     with pytest.raises(WrongAnswer, match="404"):
         load(wsload_binary, tiny(status=404), short("ws-echo", connections=1))
+
+
+# ---- autobahn9.py: its report reading and table ----
+
+
+def test_autobahn9_reads_reports_and_tabulates(tmp_path):
+    import autobahn9
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    index = {
+        "server": {
+            "9.1.1": {"behavior": "OK", "behaviorClose": "OK", "duration": 19},
+            "9.10.1": {"behavior": "OK", "behaviorClose": "OK", "duration": 5},
+            "9.3.1": {"behavior": "FAILED", "behaviorClose": "FAILED", "duration": 3080},
+        }
+    }
+    (reports / "index.json").write_text(json.dumps(index))
+    (reports / "server_case_9_3_1.json").write_text(
+        json.dumps(
+            {
+                "id": "9.3.1",
+                "description": "Send fragmented text message message with message payload "
+                "of length 4 * 2**20 (4M). Sent out in fragments of 64.",
+            }
+        )
+    )
+    results = {"uv": autobahn9.read_report(str(reports / "index.json"))}
+    assert results["uv"]["9.3.1"] == {
+        "behavior": "FAILED",
+        "behaviorClose": "FAILED",
+        "duration_ms": 3080,
+    }
+    names = autobahn9.case_descriptions(str(reports), results["uv"])
+    assert names == {"9.3.1": "4M text message in fragments of 64"}
+    lines = autobahn9.table(results, names).splitlines()
+    # Cases in numeric order (9.3 before 9.10), a failure named, and the total.
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| 9.1.1",
+        "| 9.3.1",
+        "| 9.10.1",
+        "| all",
+    ]
+    assert "3,080 ms FAILED" in lines[3] and lines[-1].endswith("3,104 ms |")
