@@ -65,11 +65,14 @@ SERVERS = [
         "pymongoose_uring",
         (PY, S + "pymongoose_uring_server.py", "{port}"),
         kind="ours",
+        caps=("hello", "bytes", "echo", "ws"),
         build="pymongoose_uring",
         knobs=ALL_KNOBS,
         stats_path="/__stats",
         env=ROOM_FOR_C10K,
-        description="the native Python API on the io_uring engine",
+        ws_label="pymongoose_uring (native API, callbacks)",
+        description="the native Python API on the io_uring engine; /ws/* App.websocket's "
+        "callback form, pymongoose_uring.broadcast",
     ),
     Server(
         "pymongoose",
@@ -111,6 +114,7 @@ SERVERS = [
         kind="ours",
         build="pymongoose_uring",
         knobs=ALL_KNOBS,
+        caps=("hello", "bytes", "echo", "ws"),
         pip=(("starlette", "starlette"), ("uvloop", "uvloop")),
         env=ROOM_FOR_C10K,
         ws_label="pymongoose_uring ASGI (Starlette app)",

@@ -14,6 +14,13 @@ ROUTES = {
     for path, (body, content_type) in common.GET_ROUTES.items()
 }
 NOT_FOUND = (b"not found\n", [(b"content-type", b"text/plain"), (b"content-length", b"10")])
+# A WebSocket path reached as plain HTTP: the server did not upgrade the handshake (it has no
+# WebSocket support); 501 tells the benchmark runner so (the workload is listed as declined).
+WS_PATHS = (common.WS_ECHO_PATH, common.WS_BROADCAST_PATH)
+NO_WEBSOCKET = (
+    b"no WebSocket in this server\n",
+    [(b"content-type", b"text/plain"), (b"content-length", b"28")],
+)
 
 
 async def app(scope, receive, send):
@@ -40,6 +47,8 @@ async def app(scope, receive, send):
             (b"content-length", b"%d" % len(body)),
         ]
         status = 200
+    elif scope["path"] in WS_PATHS:
+        (body, headers), status = NO_WEBSOCKET, 501
     else:
         body, headers = ROUTES.get(scope["path"], NOT_FOUND)
         status = 200 if scope["path"] in ROUTES else 404
