@@ -4,7 +4,8 @@ benchmarks/servers/).
 argv is a template: {python} is this interpreter, {servers} benchmarks/servers/, {port} the
 port given to the server, {threads} the `threads` knob (default 1), {hello_server} the C
 example's binary. `caps` lists what the server answers beyond GET / (see servers/common.py):
-"bytes" (/16k, /1m), "echo" (POST /echo), "ws" (WebSocket on /ws/echo and /ws/broadcast).
+"bytes" (/16k, /1m), "echo" (POST /echo), "ws" (WebSocket echo on /ws/echo),
+"ws-broadcast" (WebSocket broadcast on /ws/broadcast).
 A server without "ws" (nginx without a backend, the WSGI servers, Flask) is simply left out
 of the WebSocket workloads, and listed as such; `ws_label` names what serves its /ws/*
 routes where that is not what `label` says (the raw ASGI app's WebSocket routes are a
@@ -65,7 +66,7 @@ SERVERS = [
         "pymongoose_uring",
         (PY, S + "pymongoose_uring_server.py", "{port}"),
         kind="ours",
-        caps=("hello", "bytes", "echo", "ws"),
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
         build="pymongoose_uring",
         knobs=ALL_KNOBS,
         stats_path="/__stats",
@@ -114,7 +115,7 @@ SERVERS = [
         kind="ours",
         build="pymongoose_uring",
         knobs=ALL_KNOBS,
-        caps=("hello", "bytes", "echo", "ws"),
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
         pip=(("starlette", "starlette"), ("uvloop", "uvloop")),
         env=ROOM_FOR_C10K,
         ws_label="pymongoose_uring ASGI (Starlette app)",
@@ -144,7 +145,7 @@ SERVERS = [
         "granian ASGI",
         (PY, S + "granian_server.py", "{port}", "asgi"),
         kind="peer",
-        caps=("hello", "bytes", "echo", "ws"),
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
         pip=(("granian", "granian"), ("starlette", "starlette")),
         ws_label="granian (Starlette app)",
         description="granian (Rust) serving the raw ASGI app; /ws/* the Starlette app",
@@ -154,7 +155,7 @@ SERVERS = [
         "uvicorn raw ASGI",
         (PY, S + "uvicorn_raw_server.py", "{port}"),
         kind="peer",
-        caps=("hello", "bytes", "echo", "ws"),
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
         pip=(
             ("uvicorn", "uvicorn"),
             ("uvloop", "uvloop"),
@@ -184,7 +185,7 @@ SERVERS = [
         "aiohttp",
         (PY, S + "aiohttp_server.py", "{port}"),
         kind="peer",
-        caps=("hello", "bytes", "echo", "ws"),
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
         pip=(("aiohttp", "aiohttp"), ("uvloop", "uvloop")),
         description="aiohttp's web server on uvloop, its own WebSocket handlers",
     ),

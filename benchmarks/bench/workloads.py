@@ -121,7 +121,7 @@ WORKLOADS = [
         "WebSocket broadcast to 1,000 connections, 32-byte messages",
         path="/ws/broadcast",
         connections=1000,
-        needs="ws",
+        needs="ws-broadcast",
         check="ws-broadcast",
         client="wsload",
         ws_mode="broadcast",

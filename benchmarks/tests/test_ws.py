@@ -170,8 +170,9 @@ def test_ws_workloads_are_the_issues():
     assert echo.path == "/ws/echo" and bcast.path == "/ws/broadcast"
     assert echo.unit == "msg" and wl.BY_NAME["keepalive"].unit == "req"
     assert echo.compare_with == "pipelined" and echo.compare_with in wl.BY_NAME
+    assert echo.needs == "ws" and bcast.needs == "ws-broadcast"
     for w in (echo, bcast):
-        assert w.needs == "ws" and w.client == "wsload" and w.check in checks.CHECKS
+        assert w.client == "wsload" and w.check in checks.CHECKS
 
 
 def test_only_servers_that_speak_websocket_run_the_ws_workloads():
@@ -181,6 +182,9 @@ def test_only_servers_that_speak_websocket_run_the_ws_workloads():
     assert not speaking & {"nginx", "flask", "gunicorn", "granian_wsgi"}
     for name in speaking:
         assert "ws" in registry.BY_NAME[name].caps
+    # Broadcast is a capability of its own (a server may echo and not broadcast).
+    broadcasting = {d.name for d in registry.SERVERS if d.supports(wl.BY_NAME["ws-broadcast"])}
+    assert {"uvicorn_raw", "granian_asgi", "aiohttp"} <= broadcasting <= speaking
     # What serves /ws/* on the raw ASGI app is the Starlette app, and the tables say so.
     assert "Starlette" in registry.WS_LABELS["uvicorn_raw"]
 
