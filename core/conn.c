@@ -95,7 +95,7 @@ void pmu__conn_timer_unlink(pmu__conn_t *c) {
   c->timer_kind = TIMER_NONE;
 }
 
-static void timer_set(pmu__conn_t *c, unsigned kind) {
+void pmu__conn_timer_set(pmu__conn_t *c, unsigned kind) {
   pmu__conn_timer_unlink(c);
   pmu__loop_t *loop = c->loop;
   if (kind == TIMER_NONE || loop->timeout_ms[kind] == 0)
@@ -108,6 +108,10 @@ static void timer_set(pmu__conn_t *c, unsigned kind) {
 void pmu__conn_timer_update(pmu__conn_t *c) {
   if (c->closing)
     return;
+  if (c->ws) {
+    pmu__ws_timer_update(c); /* a WebSocket's timers are its own */
+    return;
+  }
   unsigned kind;
   if (c->lingering)
     kind = TIMER_LINGER;
@@ -142,7 +146,7 @@ void pmu__conn_timer_update(pmu__conn_t *c) {
     return;
   }
   if (kind != c->timer_kind)
-    timer_set(c, kind);
+    pmu__conn_timer_set(c, kind);
 
   /* The minimum rate is watched while the header or body timer would run,
    * from the start of each such phase. */
@@ -200,7 +204,7 @@ void pmu__conn_check_rates(pmu__loop_t *loop) {
 
 void pmu__conn_timer_touch(pmu__conn_t *c) {
   if (c->timer_kind == TIMER_BODY || c->timer_kind == TIMER_SEND)
-    timer_set(c, c->timer_kind);
+    pmu__conn_timer_set(c, c->timer_kind);
 }
 
 /* ---- close and release ---- */
@@ -218,6 +222,8 @@ void pmu__conn_close(pmu__conn_t *c) {
 
 void pmu__conn_release(pmu__conn_t *c) {
   pmu__loop_t *loop = c->loop;
+  if (c->ws)
+    pmu__ws_conn_released(c); /* GONE; the handle lives on until released */
   if (c->fixed >= 0) {
     pmu__files_update(&loop->ring, (unsigned)c->fixed, -1);
     loop->free_slots[loop->nfree_slots++] = c->fixed;
@@ -360,11 +366,32 @@ static void feed(pmu__conn_t *c, const char *data, size_t len) {
     pause_reading(c);
 }
 
+void pmu__conn_pause(pmu__conn_t *c) { pause_reading(c); }
+
 void pmu__conn_on_recv(pmu__conn_t *c, const char *data, size_t len) {
   c->rx += len;
   if (c->no_more || c->lingering) {
     c->linger_on_close = 1; /* input was dropped: close without a reset */
     return;                 /* nothing more will be parsed: discard */
+  }
+  if (c->ws) {
+    if (c->paused || c->stash_len > c->stash_off) {
+      if (stash_append(c, data, len) < 0)
+        pmu__conn_close(c);
+      else if (c->paused && c->recv_armed && !c->cancel_sent)
+        pause_reading(c); /* its cancel found no SQE: try again */
+      return;
+    }
+    pmu__ws_on_recv(c, data, len);
+    return;
+  }
+  if (c->upgrade_wait) {
+    /* A WebSocket handshake awaits its answer: keep what follows. */
+    if (stash_append(c, data, len) < 0)
+      pmu__conn_close(c);
+    else
+      pause_reading(c);
+    return;
   }
   if (c->paused || c->stash_len > c->stash_off) {
     if (stash_append(c, data, len) < 0)
@@ -386,6 +413,10 @@ void pmu__conn_on_recv(pmu__conn_t *c, const char *data, size_t len) {
 
 void pmu__conn_on_eof(pmu__conn_t *c) {
   c->peer_eof = 1;
+  if (c->ws) {
+    pmu__ws_on_eof(c);
+    return;
+  }
   /* A half-closed peer that is owed answers still gets them (on_send closes
    * once the last is out); with nothing owed there is nothing to finish. A
    * streamed body cut short can never end: close, so that the handler hears
@@ -400,8 +431,12 @@ void pmu__conn_on_eof(pmu__conn_t *c) {
  * ended (ENOBUFS, a multishot that stopped).
  */
 void pmu__conn_maybe_resume(pmu__conn_t *c) {
-  if (c->closing)
+  if (c->closing || c->upgrade_wait)
+    return; /* a handshake's answer decides what the bytes after it are */
+  if (c->ws) {
+    pmu__ws_resume(c);
     return;
+  }
   if (c->paused) {
     const pmu_config_t *cfg = &c->loop->server->cfg;
     if (c->in_turn >= PIPELINE_TURN && c->turn_gen == c->loop->turn_gen)
@@ -456,6 +491,16 @@ void pmu__conn_enqueue(pmu__conn_t *c, pmu__req_t *req) {
 }
 
 void pmu__conn_answered(pmu__conn_t *c, pmu__req_t *req) {
+  if (c->upgrade_wait && req == c->tail && !c->ws) {
+    /* A WebSocket handshake refused: the answer closes; what the client
+     * sent after the handshake is never parsed. */
+    c->upgrade_wait = 0;
+    c->no_more = 1;
+    c->linger_on_close = 1;
+    c->stash_len = c->stash_off = 0;
+    req->close_after = 1;
+    pmu__loop_schedule_resume(c->loop, c); /* read on, to discard */
+  }
   if (c->cur == req) {
     /* Answered before its streamed body ended: deliver no more of it,
      * discard the rest, close once the answer is out. */
@@ -549,6 +594,8 @@ void pmu__conn_flush(pmu__conn_t *c) {
     if (r->close_after)
       break; /* nothing after a closing response goes out */
   }
+  if (c->ws && !c->head)
+    n = pmu__ws_gather(c, n, &total); /* a WebSocket's frames, after the 101 */
   if (n == 0) {
     sendbuf_put(c);
     /* Answers with nothing left to send leave the queue here. */
@@ -623,10 +670,14 @@ static int consume_sent(pmu__conn_t *c, size_t left) {
     if (close_now)
       return 1;
   }
+  if (c->ws)
+    return pmu__ws_consume(c, &left);
   return 0;
 }
 
 static void linger(pmu__conn_t *c);
+
+void pmu__conn_linger(pmu__conn_t *c) { linger(c); }
 
 /* After bytes left (or an answer with none left to send, such as the end of
  * a stream whose last piece is already out): close if an answer said so, or

@@ -110,6 +110,8 @@ static void req_destroy(pmu__req_t *r) {
 
 void pmu__req_free(pmu__req_t *r) {
   pmu__loop_t *loop = r->loop;
+  if (r->ws)
+    pmu__ws_accept_dropped(r); /* a 101 that never reached its connection */
   size_t big = big_bytes(r);
   if (pmu__current_loop != loop || loop->nfree_reqs >= MAX_FREE_REQS || r->data_cap > BIG_BUF_MAX ||
       r->out_cap > BIG_BUF_MAX || loop->pool_big_bytes + big > BIG_POOL_BUDGET) {
@@ -829,6 +831,25 @@ static int on_message_complete(llhttp_t *p) {
       c->cur = r; /* freed with the error below */
       return fail(c, 503);
     }
+    if (p->upgrade && pmu__ws_check_handshake(r) == 426) {
+      /* A WebSocket handshake of another version: the engine answers. */
+      r->kind = REQ_ENGINE;
+      pmu__ws_answer_426(r);
+      pmu__conn_enqueue(c, r);
+      pmu__conn_answered(c, r);
+      c->no_more = 1;
+      pmu__conn_timer_update(c);
+      return HPE_PAUSED;
+    }
+    if (r->pub.ws_upgrade && loop->server->cfg.ws_handler) {
+      /* Nothing more is parsed until the handler answers: what follows
+       * is frames if it accepts (core/ws.c), nothing if it refuses. Set
+       * before the handler can see the request (join_batch may run it). */
+      c->upgrade_wait = 1;
+      join_batch(c, r);
+      pmu__conn_timer_update(c);
+      return HPE_PAUSED;
+    }
     join_batch(c, r);
   }
   pmu__conn_timer_update(c); /* an answer is owed: no timer runs */
@@ -920,8 +941,13 @@ static size_t execute(pmu__conn_t *c, const char *data, size_t from, size_t to, 
     *stop = 1;
     return (size_t)(llhttp_get_error_pos(&c->parser) - data);
   case HPE_PAUSED_UPGRADE:
-    /* Upgrades are not supported: answer this request, then close. */
-    c->no_more = 1;
+    /* A WebSocket handshake waits for its answer (pmu__ws_accept_arrived
+     * takes over the bytes after it); any other upgrade is not supported:
+     * answer this request, then close. */
+    if (c->upgrade_wait)
+      c->llhttp_paused = 1;
+    else
+      c->no_more = 1;
     *stop = 1;
     return (size_t)(llhttp_get_error_pos(&c->parser) - data);
   default:

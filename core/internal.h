@@ -54,6 +54,7 @@ typedef union pmu__sockaddr {
 } pmu__sockaddr_t;
 typedef struct pmu__conn pmu__conn_t;
 typedef struct pmu__req pmu__req_t;
+typedef struct pmu_ws pmu__ws_t;
 
 /* Offsets of one header inside req->data while it is still growing. */
 typedef struct pmu__hoff {
@@ -64,8 +65,10 @@ typedef struct pmu__hoff {
 typedef struct pmu__seg pmu__seg_t;
 struct pmu__seg {
   pmu__seg_t *next; /* the request's piece list, or the loop's stream queue */
-  pmu__req_t *req;
+  pmu__req_t *req;  /* a piece of a streamed answer; NULL for a WebSocket's */
+  pmu__ws_t *ws;    /* a WebSocket frame or command (core/ws.c); NULL otherwise */
   uint8_t kind;     /* enum pmu__seg_kind */
+  uint8_t flags;    /* WebSocket: enum pmu__ws_seg_flag */
   uint8_t pre_len;  /* chunk-size line before the data */
   uint8_t post_len; /* 2: CRLF after the data (chunked) */
   char pre[21];
@@ -78,7 +81,17 @@ struct pmu__seg {
   char inline_data[]; /* copied data, when not released by the producer */
 };
 
-enum pmu__seg_kind { SEG_RAW, SEG_END };
+enum pmu__seg_kind {
+  SEG_RAW,
+  SEG_END,
+  /* WebSocket (g->ws set): a frame to send (pre: its header), or a command
+   * from another thread that the loop applies in order with the frames. */
+  SEG_WS_FRAME,
+  SEG_WS_PAUSE,
+  SEG_WS_RESUME,
+  SEG_WS_RELEASE,
+  SEG_WS_LIMIT,
+};
 
 enum pmu__stream_mode { STREAM_NONE, STREAM_CHUNKED, STREAM_LENGTH, STREAM_CLOSE, STREAM_NOBODY };
 
@@ -107,6 +120,7 @@ struct pmu__req {
   uint8_t status_class; /* status / 100 of the answer serialized, counted on arrival */
   uint8_t close_after;  /* close the connection once this response is sent */
   uint8_t with_handler; /* handed to the handler and not answered yet */
+  pmu__ws_t *ws;        /* the answer is a 101 accepting this WebSocket (core/ws.c) */
 
   /* What the request keeps: url, header names and values, body. */
   char *data;
@@ -169,6 +183,10 @@ enum pmu__timer_kind {
   TIMER_SEND,
   TIMER_LINGER,
   TIMER_STOP_GRACE, /* stopping, between requests: a short wait for one on its way */
+  TIMER_WS_PING,    /* a WebSocket silent for ws_ping_interval_ms: ping it */
+  TIMER_WS_PONG,    /* no frame since our ping for ws_ping_timeout_ms: drop it */
+  TIMER_WS_CLOSE,   /* a close frame sent, ws_close_timeout_ms for the peer's */
+  TIMER_WS_IDLE,    /* (loop->ws_idle, through the pmu_ws_t) no message either way */
   TIMER_KINDS
 };
 
@@ -206,6 +224,8 @@ struct pmu__conn {
   uint8_t linger_on_close;   /* close through lingering (input may be unread) */
   uint8_t counted;           /* holds a place in server->open_conns */
   uint16_t error_status;     /* status to answer a parse error with */
+  uint8_t upgrade_wait;      /* a WebSocket handshake awaits its answer: parse nothing */
+  pmu__ws_t *ws;             /* accepted: the connection speaks WebSocket (core/ws.c) */
 
   /* Parser glue: absolute stream offsets, to detect obs-fold. */
   uint64_t fed;        /* bytes fed to llhttp before the current chunk */
@@ -300,7 +320,7 @@ struct pmu__loop {
   pmu__sendbuf_t *free_sendbufs;
   unsigned nfree_sendbufs;
 
-  pmu__list_t timers[TIMER_KINDS]; /* through timer_link */
+  pmu__list_t timers[TIMER_KINDS]; /* through timer_link (TIMER_WS_IDLE: ws idle_link) */
   uint64_t timeout_ms[TIMER_KINDS];
   uint64_t now_ms;
 
@@ -317,6 +337,19 @@ struct pmu__loop {
 
   int stopping;
   uint64_t stop_deadline;
+
+  /* WebSocket events of this pass (core/ws.c), delivered after the request
+   * batch; message payloads that arrived whole in one receive are copied
+   * (and unmasked) into the arena, the others own their buffer. */
+  pmu_ws_event_t *ws_evs;
+  struct pmu__ws_evx *ws_evx; /* where each event's data is */
+  size_t ws_nevs, ws_evcap;
+  pmu__ws_t *ws_gone; /* GONE to deliver, after the other events */
+  pmu__ws_t *ws_fail; /* failed in this pass: their close goes after delivery */
+  char *ws_arena;
+  size_t ws_arena_len, ws_arena_cap;
+  int ws_dispatching;
+  void *ws_shared; /* per-thread state of the WebSocket code (deflate) */
 
   pmu_stats_t stats;
   pmu_ring_info_t info;
@@ -381,6 +414,9 @@ void pmu__conn_timer_touch(pmu__conn_t *conn);
 /* Cut connections sending heads or bodies below config.min_recv_rate. */
 void pmu__conn_check_rates(pmu__loop_t *loop);
 void pmu__conn_timer_unlink(pmu__conn_t *conn);
+void pmu__conn_timer_set(pmu__conn_t *conn, unsigned kind);
+void pmu__conn_pause(pmu__conn_t *conn);
+void pmu__conn_linger(pmu__conn_t *conn);
 void pmu__conn_arm_recv(pmu__conn_t *conn);
 void pmu__conn_flush(pmu__conn_t *conn);
 void pmu__conn_on_send(pmu__conn_t *conn, int res);
@@ -405,7 +441,49 @@ void pmu__req_free(pmu__req_t *req);
 /* Queue an engine-generated response (400, 408, 413, ...) that closes. */
 void pmu__conn_send_error(pmu__conn_t *conn, int status);
 
+/* ---- ws.c ---- */
+/* The request is a WebSocket handshake (sets pub.ws_upgrade); or it asks for
+ * a version other than 13: returns 426 then (the engine answers it). */
+int pmu__ws_check_handshake(pmu__req_t *req);
+/* The engine's 426 for a handshake of another version. */
+void pmu__ws_answer_426(pmu__req_t *req);
+/* A 101 reached its loop: the connection turns into a WebSocket. */
+void pmu__ws_accept_arrived(pmu__req_t *req);
+/* A request that still carries an accepted handle is freed unsent. */
+void pmu__ws_accept_dropped(pmu__req_t *req);
+void pmu__ws_seg_arrived(pmu__seg_t *seg);
+/* A WebSocket piece that cannot reach its loop (the loop has exited). */
+void pmu__ws_seg_dropped(pmu__seg_t *seg);
+void pmu__ws_on_recv(pmu__conn_t *conn, const char *data, size_t len);
+void pmu__ws_on_eof(pmu__conn_t *conn);
+void pmu__ws_resume(pmu__conn_t *conn);
+void pmu__ws_timer_update(pmu__conn_t *conn);
+void pmu__ws_timer_fired(pmu__conn_t *conn, unsigned kind);
+void pmu__ws_expire_idle(pmu__loop_t *loop);
+uint64_t pmu__ws_next_idle(const pmu__loop_t *loop);
+/* Stopping: close 1001 (after what is queued). */
+void pmu__ws_going_away(pmu__conn_t *conn);
+/* The connection is released: GONE. */
+void pmu__ws_conn_released(pmu__conn_t *conn);
+/* Gather the connection's frames into its send (after the answers). */
+int pmu__ws_gather(pmu__conn_t *conn, int n, size_t *total);
+/* Account `left` bytes sent of the frames; returns 1 if the connection is to
+ * close now, with *left reduced. */
+int pmu__ws_consume(pmu__conn_t *conn, size_t *left);
+/* Deliver the events gathered in this pass to config.ws_handler. */
+void pmu__ws_dispatch(pmu__loop_t *loop);
+/* The loop exits: drop what is left. */
+void pmu__ws_loop_exit(pmu__loop_t *loop);
+
 /* ---- response.c ---- */
+/* The headers of an answer may go on the wire: no CR, LF or NUL. */
+int pmu__header_safe(const pmu_header_t *h);
+/* Give an answered request to its loop (pmu_respond's last step). */
+void pmu__hand_over(pmu__req_t *req);
+/* Give a stream piece or WebSocket piece to its loop. */
+void pmu__seg_deliver(pmu__seg_t *seg, pmu__loop_t *loop);
+/* Serialize a complete answer into req->out (any thread); see pmu_respond. */
+int pmu__serialize(pmu__req_t *req, const pmu_response_t *resp, int on_loop);
 void pmu__date_refresh(pmu__loop_t *loop, time_t now);
 void pmu__format_date(char out[40], time_t now);
 /* Serialise an engine message into req->out; req->answered set. */

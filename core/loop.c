@@ -317,10 +317,16 @@ static void begin_stop(pmu__loop_t *loop) {
     cancel_accept(loop);
   else
     close_listener(loop);
-  /* Idle connections close now; busy ones once their answers are out. */
+  /* Idle connections close now; busy ones once their answers are out;
+   * WebSockets get a close 1001 (after what is queued). */
   pmu__list_t *l, *n;
-  PMU__LIST_FOREACH_SAFE(&loop->all, l, n)
-  pmu__conn_timer_update(PMU__LIST_ENTRY(l, pmu__conn_t, all_link));
+  PMU__LIST_FOREACH_SAFE(&loop->all, l, n) {
+    pmu__conn_t *c = PMU__LIST_ENTRY(l, pmu__conn_t, all_link);
+    if (c->ws)
+      pmu__ws_going_away(c);
+    else
+      pmu__conn_timer_update(c);
+  }
 }
 
 static void expire_timers(pmu__loop_t *loop) {
@@ -328,11 +334,19 @@ static void expire_timers(pmu__loop_t *loop) {
   pmu__conn_check_rates(loop);
   for (int kind = 1; kind < TIMER_KINDS; kind++) {
     pmu__list_t *first;
+    if (kind == TIMER_WS_IDLE) {
+      pmu__ws_expire_idle(loop); /* a list of WebSockets, not of connections */
+      continue;
+    }
     while ((first = pmu__list_first(&loop->timers[kind]))) {
       pmu__conn_t *c = PMU__LIST_ENTRY(first, pmu__conn_t, timer_link);
       if (c->deadline > now)
         break;
       pmu__conn_timer_unlink(c);
+      if (kind >= TIMER_WS_PING) {
+        pmu__ws_timer_fired(c, (unsigned)kind);
+        continue;
+      }
       STAT_ADD(loop, timeouts, 1);
       if ((kind == TIMER_HEADER && c->pstate != PS_IDLE) || kind == TIMER_BODY) {
         pmu__conn_send_error(c, 408);
@@ -351,8 +365,10 @@ static void expire_timers(pmu__loop_t *loop) {
 
 /* Milliseconds until the next timer, or -1 when none is set. */
 static int64_t next_wait(const pmu__loop_t *loop) {
-  uint64_t soonest = UINT64_MAX;
+  uint64_t soonest = pmu__ws_next_idle(loop);
   for (int kind = 1; kind < TIMER_KINDS; kind++) {
+    if (kind == TIMER_WS_IDLE)
+      continue;
     const pmu__list_t *first = pmu__list_first(&loop->timers[kind]);
     if (first) {
       const pmu__conn_t *c = PMU__LIST_ENTRY(first, pmu__conn_t, timer_link);
@@ -396,6 +412,7 @@ static void end_of_turn(pmu__loop_t *loop) {
   /* Resuming parsed the stash: run the handler on what it completed before
    * flushing, or those requests would wait for the next completion. */
   pmu__loop_dispatch(loop);
+  pmu__ws_dispatch(loop);
 
   pmu__list_move(&loop->dirty, &taken);
   while ((l = pmu__list_first(&taken))) {
@@ -410,6 +427,8 @@ static void end_of_turn(pmu__loop_t *loop) {
     pmu__list_unlink(l);
     pmu__conn_release(PMU__LIST_ENTRY(l, pmu__conn_t, grave_link));
   }
+  /* The GONE of the WebSockets just released (their handles outlive them). */
+  pmu__ws_dispatch(loop);
 
   free_dead(loop);
   if (loop->accept_paused && loop->now_ms >= loop->accept_resume_ms)
@@ -474,6 +493,7 @@ static void run(pmu__loop_t *loop) {
     pmu__ring_cq_advance(&loop->ring, seen);
     STAT_ADD(loop, cqes, seen);
     pmu__loop_dispatch(loop);
+    pmu__ws_dispatch(loop); /* the WebSocket events of this pass, after the requests */
 
     if (!loop->stopping &&
         atomic_load_explicit(&loop->server->stop_requested, memory_order_relaxed))
@@ -517,6 +537,7 @@ static void close_answer_queue(pmu__loop_t *loop) {
   atomic_fetch_add(&loop->server->refs, held);
   pthread_mutex_unlock(&loop->qlock);
   apply_arrivals(loop, late, late_seg, 0);
+  pmu__ws_loop_exit(loop); /* events no handler will see: drop them */
   free_dead(loop);
   /* Those answered just now were counted above. */
   atomic_fetch_sub(&loop->server->refs, held - loop->outstanding);
@@ -574,6 +595,10 @@ void *pmu__loop_main(void *arg) {
   loop->timeout_ms[TIMER_IDLE] = cfg->keepalive_timeout_ms;
   loop->timeout_ms[TIMER_SEND] = cfg->send_timeout_ms;
   loop->timeout_ms[TIMER_LINGER] = 2000;
+  loop->timeout_ms[TIMER_WS_PING] = cfg->ws_ping_interval_ms;
+  loop->timeout_ms[TIMER_WS_PONG] = cfg->ws_ping_timeout_ms;
+  loop->timeout_ms[TIMER_WS_CLOSE] = cfg->ws_close_timeout_ms;
+  loop->timeout_ms[TIMER_WS_IDLE] = cfg->ws_idle_timeout_ms;
   /* Stopping, a connection between requests (just accepted, or kept alive)
    * may have its next request on the way: it is served with Connection:
    * close, unless the connection stays silent this long. */

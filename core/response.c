@@ -136,7 +136,7 @@ static int name_eq(const pmu_header_t *h, const char *lit, size_t n) {
 }
 
 /* CR, LF or NUL in a header would let a handler inject headers. */
-static int header_safe(const pmu_header_t *h) {
+int pmu__header_safe(const pmu_header_t *h) {
   if (h->name_len == 0)
     return 0;
   for (size_t i = 0; i < h->name_len; i++) {
@@ -193,7 +193,7 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
   unsigned seen = 0;
   for (size_t i = 0; i < resp->header_count; i++) {
     const pmu_header_t *h = &resp->headers[i];
-    if (!header_safe(h)) {
+    if (!pmu__header_safe(h)) {
       rc = -EINVAL;
       break;
     }
@@ -358,6 +358,8 @@ void pmu__engine_message(pmu__req_t *r, int status, int keep_open) {
 void pmu__answer_arrived(pmu__req_t *r) {
   pmu__loop_t *loop = r->loop;
   r->answered = 1;
+  if (r->ws)
+    pmu__ws_accept_arrived(r); /* a 101: the connection turns into a WebSocket */
   if (r->with_handler) {
     r->with_handler = 0;
     loop->outstanding--;
@@ -372,6 +374,17 @@ void pmu__answer_arrived(pmu__req_t *r) {
 }
 
 static void hand_over(pmu__req_t *r);
+
+void pmu__hand_over(pmu__req_t *r) { hand_over(r); }
+
+int pmu__serialize(pmu__req_t *r, const pmu_response_t *resp, int on_loop) {
+  pmu__loop_t *loop = r->loop;
+  if (on_loop)
+    return serialize(r, resp, loop->date, loop->stopping, 0);
+  char date[40];
+  pmu__format_date(date, time(NULL));
+  return serialize(r, resp, date, atomic_load(&loop->server->stop_requested), 0);
+}
 
 int pmu_respond(pmu_request_t *request, const pmu_response_t *response) {
   pmu__req_t *r = (pmu__req_t *)request;
@@ -460,6 +473,10 @@ static void drain_check(pmu__req_t *r) {
 }
 
 void pmu__seg_arrived(pmu__seg_t *g) {
+  if (g->ws) {
+    pmu__ws_seg_arrived(g);
+    return;
+  }
   pmu__req_t *r = g->req;
   pmu__conn_t *c = r->conn;
   if (g->kind == SEG_END) {
@@ -521,11 +538,11 @@ void pmu__req_orphan(pmu__req_t *r) {
     cfg->on_disconnect(cfg->handler_data, &r->pub);
 }
 
-/* Hand a piece to the request's loop: directly on its thread, else through
- * the loop's stream queue. */
-static void deliver(pmu__seg_t *g) {
+/* Hand a piece to its loop: directly on its thread, else through the loop's
+ * stream queue. A WebSocket's pieces take the same way, so that they keep
+ * their order with the answers before them. */
+void pmu__seg_deliver(pmu__seg_t *g, pmu__loop_t *loop) {
   pmu__req_t *r = g->req;
-  pmu__loop_t *loop = r->loop;
   if (pmu__current_loop == loop) {
     pmu__seg_arrived(g);
     return;
@@ -533,6 +550,10 @@ static void deliver(pmu__seg_t *g) {
   pthread_mutex_lock(&loop->qlock);
   if (loop->exited) {
     pthread_mutex_unlock(&loop->qlock);
+    if (g->ws) {
+      pmu__ws_seg_dropped(g);
+      return;
+    }
     int end = g->kind == SEG_END;
     pmu__seg_done(g);
     if (end) {
@@ -553,6 +574,8 @@ static void deliver(pmu__seg_t *g) {
   if (was_empty)
     pmu__loop_wake(loop);
 }
+
+static void deliver(pmu__seg_t *g) { pmu__seg_deliver(g, g->req->loop); }
 
 static pmu__seg_t *seg_new(pmu__req_t *r, int kind, const void *data, size_t len,
                            void (*release)(void *), void *ctx) {

@@ -5,8 +5,10 @@
  * using nothing but the public header include/pmu/pmu.h. For the benchmark's
  * other workloads it also serves GET /16k and GET /1m (that many bytes of
  * 'x', application/octet-stream, sent without a copy) and POST /echo (the
- * body back). On exit it prints the engine's counters as one line,
- * "PMU_STATS {json}", on stderr.
+ * body back). Any request that is a WebSocket handshake is accepted, on any
+ * path, and every message is echoed back (text as text): the endpoint the
+ * Autobahn|Testsuite and the WebSocket benchmarks drive. On exit it prints
+ * the engine's counters as one line, "PMU_STATS {json}", on stderr.
  *
  *   hello_server [--config] [PORT [THREADS]]
  *
@@ -63,8 +65,24 @@ static void answer(pmu_request_t *r) {
 
 static void hello(void *data, pmu_request_t *const *requests, size_t count) {
   (void)data;
-  for (size_t i = 0; i < count; i++)
-    answer(requests[i]);
+  for (size_t i = 0; i < count; i++) {
+    if (requests[i]->ws_upgrade)
+      pmu_ws_accept(requests[i], NULL); /* NULL: answered 500/503 by the engine */
+    else
+      answer(requests[i]);
+  }
+}
+
+/* The WebSocket echo: each message goes back as it came. */
+static void ws_echo(void *data, const pmu_ws_event_t *events, size_t count) {
+  (void)data;
+  for (size_t i = 0; i < count; i++) {
+    const pmu_ws_event_t *e = &events[i];
+    if (e->type == PMU_WS_EV_MESSAGE)
+      pmu_ws_send(e->ws, e->opcode, e->data, e->len, NULL, NULL);
+    else if (e->type == PMU_WS_EV_GONE)
+      pmu_ws_release(e->ws);
+  }
 }
 
 /* One array counter as JSON, after *sep: status_classes as
@@ -162,6 +180,7 @@ int main(int argc, char **argv) {
   pmu_config_t config;
   pmu_config_init(&config);
   config.handler = hello;
+  config.ws_handler = ws_echo;
   knobs_from_env(&config);
   int dump = argc > 1 && strcmp(argv[1], "--config") == 0;
   if (dump) {

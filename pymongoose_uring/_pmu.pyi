@@ -40,6 +40,20 @@ class Stats(TypedDict):
     responses_aborted: int
     bodies_spooled: int
     body_buffer_bytes: int
+    ws_open: int
+    ws_accepted: int
+    ws_messages_in: int
+    ws_messages_out: int
+    ws_bytes_in: int
+    ws_bytes_out: int
+    ws_frames_in: int
+    ws_frames_out: int
+    ws_pings_sent: int
+    ws_closes: List[int]
+    ws_deflate_in_wire: int
+    ws_deflate_in_raw: int
+    ws_deflate_out_raw: int
+    ws_deflate_out_wire: int
 
 class Error(OSError):
     """The engine refused: (errno, message naming the cause and the fix)."""
@@ -208,6 +222,21 @@ class Engine:
         shutdown_timeout_ms: int = ...,
         accept_backoff_ms: int = ...,
         server_header: Optional[str] = ...,
+        ws_max_message: int = ...,
+        ws_max_frame: int = ...,
+        ws_auto_pong: bool = ...,
+        ws_ping_interval_ms: int = ...,
+        ws_ping_timeout_ms: int = ...,
+        ws_idle_timeout_ms: int = ...,
+        ws_close_timeout_ms: int = ...,
+        ws_deflate: bool = ...,
+        ws_deflate_window_bits: int = ...,
+        ws_deflate_mem_level: int = ...,
+        ws_deflate_min_size: int = ...,
+        ws_deflate_no_context_takeover: bool = ...,
+        ws_send_high_water: int = ...,
+        ws_send_limit: int = ...,
+        ws_send_limit_close: bool = ...,
     ) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...

@@ -85,6 +85,21 @@ _ENGINE_OPTIONS = (
     "body_spool_dir",
     "min_recv_rate",
     "min_rate_grace_ms",
+    "ws_max_message",
+    "ws_max_frame",
+    "ws_auto_pong",
+    "ws_ping_interval_ms",
+    "ws_ping_timeout_ms",
+    "ws_idle_timeout_ms",
+    "ws_close_timeout_ms",
+    "ws_deflate",
+    "ws_deflate_window_bits",
+    "ws_deflate_mem_level",
+    "ws_deflate_min_size",
+    "ws_deflate_no_context_takeover",
+    "ws_send_high_water",
+    "ws_send_limit",
+    "ws_send_limit_close",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -340,6 +355,17 @@ class Server:
       second per ring thread on the ``pymongoose_uring`` logger, counted in
       ``stats()["accept_errors"]``
     - ``server_header``: the Server header value ("" sends none)
+    - WebSocket: ``ws_max_message`` and ``ws_max_frame`` (16 MiB each: close 1009
+      beyond; 0 no limit), ``ws_auto_pong`` (True), ``ws_ping_interval_ms`` and
+      ``ws_ping_timeout_ms`` (20000 each: keepalive pings to a silent connection,
+      dropped when nothing answers), ``ws_idle_timeout_ms`` (0: off; close 1001
+      when no message went either way this long), ``ws_close_timeout_ms`` (5000),
+      permessage-deflate: ``ws_deflate`` (True), ``ws_deflate_window_bits`` (12),
+      ``ws_deflate_mem_level`` (5), ``ws_deflate_min_size`` (128),
+      ``ws_deflate_no_context_takeover`` (False); sending: ``ws_send_high_water``
+      (1 MiB: ``send()`` returns False beyond, ``on_drain`` follows),
+      ``ws_send_limit`` (16 MiB) and ``ws_send_limit_close`` (True: close 1008
+      beyond the limit; False: drop the connection)
 
     ``run()`` blocks until SIGINT or SIGTERM, then stops gracefully;
     ``start()``/``stop()`` run it in the background; ``with Server(...) as s:``
@@ -386,6 +412,21 @@ class Server:
         body_spool_dir: Optional[str] = None,
         min_recv_rate: Optional[int] = None,
         min_rate_grace_ms: Optional[int] = None,
+        ws_max_message: Optional[int] = None,
+        ws_max_frame: Optional[int] = None,
+        ws_auto_pong: Optional[bool] = None,
+        ws_ping_interval_ms: Optional[int] = None,
+        ws_ping_timeout_ms: Optional[int] = None,
+        ws_idle_timeout_ms: Optional[int] = None,
+        ws_close_timeout_ms: Optional[int] = None,
+        ws_deflate: Optional[bool] = None,
+        ws_deflate_window_bits: Optional[int] = None,
+        ws_deflate_mem_level: Optional[int] = None,
+        ws_deflate_min_size: Optional[int] = None,
+        ws_deflate_no_context_takeover: Optional[bool] = None,
+        ws_send_high_water: Optional[int] = None,
+        ws_send_limit: Optional[int] = None,
+        ws_send_limit_close: Optional[bool] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
     ) -> None:
         _require_engine()

@@ -52,6 +52,21 @@ KNOBS = {
     "shutdown_timeout_ms": int,
     "accept_backoff_ms": int,
     "server_header": str,
+    "ws_max_message": int,
+    "ws_max_frame": int,
+    "ws_auto_pong": flag,
+    "ws_ping_interval_ms": int,
+    "ws_ping_timeout_ms": int,
+    "ws_idle_timeout_ms": int,
+    "ws_close_timeout_ms": int,
+    "ws_deflate": flag,
+    "ws_deflate_window_bits": int,
+    "ws_deflate_mem_level": int,
+    "ws_deflate_min_size": int,
+    "ws_deflate_no_context_takeover": flag,
+    "ws_send_high_water": int,
+    "ws_send_limit": int,
+    "ws_send_limit_close": flag,
 }
 
 

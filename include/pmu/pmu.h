@@ -77,6 +77,12 @@ typedef struct pmu_request {
   uint8_t keep_alive;            /* the connection stays open after this request */
   uint8_t is_head;               /* HEAD: the engine sends no body */
   uint8_t body_streaming;        /* the body comes in pieces through config.on_body */
+  uint8_t ws_upgrade;            /* a valid WebSocket opening handshake (RFC 6455 4.2.1):
+                                    GET, HTTP/1.1, Upgrade: websocket, Connection containing
+                                    "upgrade", a Sec-WebSocket-Key of 16 bytes in base64,
+                                    Sec-WebSocket-Version 13. The handler accepts with
+                                    pmu_ws_accept() or answers with any ordinary response
+                                    (403, 404 ...), which closes the connection. */
   uint16_t thread;               /* index of the worker thread that owns it */
   uint64_t conn_id;              /* unique per server; equal for requests of one connection */
   struct sockaddr_storage peer;  /* client address (AF_UNIX: family only) */
@@ -157,6 +163,82 @@ typedef void (*pmu_log_fn)(void *handler_data, int level, const char *msg);
 
 /* The default log: "pymongoose_uring: MSG\n" on stderr. */
 void pmu_log_stderr(void *handler_data, int level, const char *msg);
+
+/*
+ * WebSocket (RFC 6455), on the same rings as HTTP.
+ *
+ * A request whose ws_upgrade is set is a WebSocket opening handshake. The
+ * handler accepts it with pmu_ws_accept() (from any thread), which sends 101
+ * Switching Protocols and turns the connection into a WebSocket, or answers it
+ * like any request (403, 404, ...), which closes the connection. A request
+ * with "Upgrade: websocket" whose Sec-WebSocket-Version is not 13 (but that is
+ * otherwise a handshake) is answered by the engine: 426 Upgrade Required with
+ * Sec-WebSocket-Version: 13, and close. Any other Upgrade is ignored (the
+ * request is answered as usual, and the connection closes after it).
+ * After a handshake the engine parses nothing more on its connection until it
+ * is answered; bytes that came after it are parsed as frames after accept.
+ *
+ * Events of open WebSockets reach config.ws_handler on the worker thread,
+ * batched per pass over the completions; sends, closes and releases may come
+ * from any thread, through the same queue as deferred HTTP answers.
+ */
+typedef struct pmu_ws pmu_ws_t; /* one open WebSocket connection */
+
+#define PMU_WS_CONT 0x0
+#define PMU_WS_TEXT 0x1
+#define PMU_WS_BINARY 0x2
+#define PMU_WS_CLOSE 0x8
+#define PMU_WS_PING 0x9
+#define PMU_WS_PONG 0xA
+
+typedef struct pmu_ws_accept {
+  const char *subprotocol; /* NULL/"" : none. Sent as Sec-WebSocket-Protocol. */
+  size_t subprotocol_len;
+  const pmu_header_t *headers; /* extra headers of the 101 (Set-Cookie, ...); the engine's
+                                  own Upgrade/Connection/Sec-WebSocket-* are never taken
+                                  from here (such headers are dropped) */
+  size_t header_count;
+  void *user; /* pmu_ws_user() returns it; the engine never reads it */
+} pmu_ws_accept_t;
+
+enum pmu_ws_event_type {
+  PMU_WS_EV_MESSAGE, /* a whole message: opcode PMU_WS_TEXT (valid UTF-8) or PMU_WS_BINARY;
+                        data/len the payload, unmasked and inflated */
+  PMU_WS_EV_PING,    /* a ping arrived; data/len its payload. Already answered with a pong
+                        when config.ws_auto_pong */
+  PMU_WS_EV_PONG,    /* a pong arrived (every pong, answers to the engine's keepalive pings
+                        too) */
+  PMU_WS_EV_CLOSE,   /* the peer sent a close frame: code (1005 when it had none), data/len
+                        the reason. The engine has answered it (echoing the code) unless the
+                        server had begun the close; sends are refused from now on */
+  PMU_WS_EV_DRAIN,   /* unsent bytes fell to half of ws_send_high_water, after a
+                        pmu_ws_send()/pmu_ws_send_msg() that returned 1 */
+  PMU_WS_EV_GONE,    /* always the last event of a handle: the connection is closed. code:
+                        the close code received from the peer, 1005 if its close frame had
+                        none, 1006 if it ended without a close frame from the peer (reset,
+                        EOF, ping/close timeout, our protocol-error close, stop deadline).
+                        After it the handler must call pmu_ws_release() once (any thread,
+                        any time) */
+};
+
+typedef struct pmu_ws_event {
+  pmu_ws_t *ws;
+  uint8_t type;     /* enum pmu_ws_event_type */
+  uint8_t opcode;   /* MESSAGE: PMU_WS_TEXT or PMU_WS_BINARY */
+  uint16_t code;    /* CLOSE, GONE */
+  const char *data; /* valid only during the handler call */
+  size_t len;
+} pmu_ws_event_t;
+
+/*
+ * config.ws_handler: called on the worker thread with the WebSocket events of
+ * one pass over its completions, in order (per connection, the order they
+ * happened), at most config.batch_max per call, right after the request batch
+ * of that pass. Required for pmu_ws_accept() to be usable: without it every
+ * ws_upgrade request is answered by the handler as an ordinary request and
+ * pmu_ws_accept() fails with EINVAL.
+ */
+typedef void (*pmu_ws_handler_fn)(void *handler_data, const pmu_ws_event_t *events, size_t count);
 
 /*
  * Every knob of the engine, declared once.
@@ -260,7 +342,35 @@ void pmu_log_stderr(void *handler_data, int level, const char *msg);
   X(UINT, accept_backoff_ms, 500, "ms", 0, UINT_MAX,                                          \
     "after accept fails for want of descriptors or memory (EMFILE, ENFILE, ENOMEM, "        \
     "ENOBUFS), accept nothing this long or until a connection closes (0: retry at once)")    \
-  X(STR, server_header, "pymongoose_uring", "", 0, 0, "the Server header; NULL or \"\" sends none")
+  X(STR, server_header, "pymongoose_uring", "", 0, 0, "the Server header; NULL or \"\" sends none") \
+  /* WebSocket (RFC 6455, permessage-deflate RFC 7692): see pmu_ws_accept() */                \
+  X(SIZE, ws_max_message, (size_t)16 << 20, "bytes", 0, SIZE_MAX,                             \
+    "a WebSocket message (after inflating) beyond: close 1009 (0: no limit)")                \
+  X(SIZE, ws_max_frame, (size_t)16 << 20, "bytes", 0, SIZE_MAX,                               \
+    "a WebSocket frame's payload length beyond: close 1009 (0: no limit)")                   \
+  X(BOOL, ws_auto_pong, 1, "", 0, 1, "answer WebSocket pings with pongs")                     \
+  X(UINT, ws_ping_interval_ms, 20000, "ms", 0, UINT_MAX,                                      \
+    "the server pings a WebSocket silent this long (0: off)")                                \
+  X(UINT, ws_ping_timeout_ms, 20000, "ms", 0, UINT_MAX,                                       \
+    "no frame at all within this after a server ping: closed, GONE 1006 (0: off)")           \
+  X(UINT, ws_idle_timeout_ms, 0, "ms", 0, UINT_MAX,                                           \
+    "no WebSocket message either way this long: close 1001 (0: off)")                        \
+  X(UINT, ws_close_timeout_ms, 5000, "ms", 0, UINT_MAX,                                       \
+    "after our close frame, wait this long for the peer's")                                  \
+  X(BOOL, ws_deflate, 1, "", 0, 1, "negotiate permessage-deflate when the client offers it")  \
+  X(UINT, ws_deflate_window_bits, 12, "", 9, 15,                                              \
+    "LZ77 window of our compressor, and the one asked of the client when it lets us")        \
+  X(UINT, ws_deflate_mem_level, 5, "", 1, 9, "zlib memLevel of our compressor")               \
+  X(SIZE, ws_deflate_min_size, 128, "bytes", 0, SIZE_MAX, "messages shorter go uncompressed") \
+  X(BOOL, ws_deflate_no_context_takeover, 0, "", 0, 1,                                        \
+    "ask both sides to reset the compression context per message (state shared per thread)") \
+  X(SIZE, ws_send_high_water, (size_t)1 << 20, "bytes", 0, SIZE_MAX,                          \
+    "unsent bytes beyond which pmu_ws_send returns 1 (and DRAIN follows)")                   \
+  X(SIZE, ws_send_limit, (size_t)16 << 20, "bytes", 0, SIZE_MAX,                              \
+    "unsent bytes a WebSocket may hold; beyond: see ws_send_limit_close (0: no limit)")      \
+  X(BOOL, ws_send_limit_close, 1, "", 0, 1,                                                   \
+    "over ws_send_limit: 1 drops the unsent messages and closes with 1008, 0 drops the "    \
+    "connection at once (GONE 1006)")
 /* clang-format on */
 
 /* The C type of each knob type of PMU_CONFIG_KNOBS. */
@@ -287,6 +397,7 @@ typedef struct pmu_config {
   pmu_request_fn on_drain;       /* optional */
   pmu_body_fn on_body;           /* optional: see body_stream_threshold */
   pmu_log_fn log;                /* pmu_log_stderr; NULL: silent. See pmu_log_fn */
+  pmu_ws_handler_fn ws_handler;  /* optional: WebSocket events; see pmu_ws_accept */
 } pmu_config_t;
 
 /* Fill *config with the defaults above. */
@@ -415,11 +526,91 @@ void pmu_request_body_consumed(pmu_request_t *request, size_t n);
 const pmu_header_t *pmu_request_header(const pmu_request_t *request, const char *name);
 
 /*
+ * Accept a WebSocket handshake (request->ws_upgrade), from any thread,
+ * instead of answering it. Sends 101 Switching Protocols with
+ * Sec-WebSocket-Accept, the negotiated permessage-deflate (if config.ws_deflate
+ * and the client offered it), the subprotocol and the headers; the connection
+ * then speaks WebSocket. The request is released (like pmu_respond): do not
+ * touch it afterwards. Returns the handle, or NULL with errno set: EINVAL (not
+ * ws_upgrade, no config.ws_handler, or a header with CR/LF/NUL: the request is
+ * then answered 500 and released), ENOMEM (answered 503). If the client
+ * already left, a handle is still returned, and its first event is
+ * PMU_WS_EV_GONE with code 1006.
+ */
+pmu_ws_t *pmu_ws_accept(pmu_request_t *request, const pmu_ws_accept_t *opts);
+
+/*
+ * Queue a message (PMU_WS_TEXT, PMU_WS_BINARY) or a control frame
+ * (PMU_WS_PING, PMU_WS_PONG, payload <= 125 bytes), from any thread; messages
+ * leave in the order given. The data is copied, unless release is given: then
+ * the engine keeps it until sent and calls release(ctx) once on the worker
+ * thread (also when it is dropped; on the calling thread when the call fails
+ * at once). The engine does not check that TEXT is UTF-8: the caller
+ * guarantees it. With permessage-deflate negotiated, a message of at least
+ * config.ws_deflate_min_size is compressed (on the worker thread, in order).
+ * Returns 0; 1 when, after this, more than ws_send_high_water bytes are unsent
+ * (PMU_WS_EV_DRAIN will follow when they fall to half); -EPIPE when closing or
+ * closed (data dropped, release called); -EMSGSIZE (control frame > 125
+ * bytes); -EINVAL (bad opcode); -ENOMEM; -ENOBUFS: more than ws_send_limit
+ * bytes would be unsent: the message is dropped and the connection closed as
+ * ws_send_limit_close says.
+ */
+int pmu_ws_send(pmu_ws_t *ws, int opcode, const void *data, size_t len,
+                void (*release)(void *ctx), void *ctx);
+
+/*
+ * Broadcast: a message framed once (unmasked, uncompressed: RFC 7692 lets any
+ * message go uncompressed), then queued on many connections without copying it
+ * per connection. pmu_ws_msg_new copies data once (refcount 1, NULL on ENOMEM
+ * or EINVAL: opcode not TEXT/BINARY); pmu_ws_send_msg queues a reference (same
+ * returns as pmu_ws_send); pmu_ws_msg_release drops the caller's reference. All
+ * three from any thread.
+ */
+typedef struct pmu_ws_msg pmu_ws_msg_t;
+pmu_ws_msg_t *pmu_ws_msg_new(int opcode, const void *data, size_t len);
+int pmu_ws_send_msg(pmu_ws_t *ws, pmu_ws_msg_t *msg);
+void pmu_ws_msg_release(pmu_ws_msg_t *msg);
+
+/*
+ * Begin the closing handshake, from any thread: a close frame with code
+ * (1000..4999 but not 1004-1006, 1015, nor 1016..2999; 0 sends a close frame
+ * without a code) and reason (<= 123 bytes, UTF-8, caller's duty), after the
+ * messages already queued. The connection is closed once the peer's close
+ * frame arrives, or after config.ws_close_timeout_ms. Returns 0, -EINVAL (bad
+ * code or reason too long), -EPIPE (already closing or closed), -ENOMEM.
+ */
+int pmu_ws_close(pmu_ws_t *ws, int code, const char *reason, size_t reason_len);
+
+/* Stop reading this connection (pause != 0) or resume it, from any thread: a
+ * handler that queues messages for a slow consumer holds the client back this
+ * way (TCP backpressure). Returns 0, -EPIPE (gone), -ENOMEM. */
+int pmu_ws_pause_reading(pmu_ws_t *ws, int pause);
+
+size_t pmu_ws_unsent(const pmu_ws_t *ws); /* bytes queued, not yet on the wire */
+int pmu_ws_closing(const pmu_ws_t *ws);   /* 1 once a close was sent or received, or gone */
+void *pmu_ws_user(const pmu_ws_t *ws);
+void pmu_ws_set_user(pmu_ws_t *ws, void *user);
+/* The negotiated extension as sent in the 101 ("permessage-deflate; ..."), ""
+ * for none. */
+const char *pmu_ws_extensions(const pmu_ws_t *ws);
+uint64_t pmu_ws_conn_id(const pmu_ws_t *ws);
+unsigned pmu_ws_thread(const pmu_ws_t *ws);
+
+/* The handler is done with the handle (after PMU_WS_EV_GONE; calling it
+ * earlier closes the connection with 1001 first and then no more events
+ * come). Exactly once, from any thread, also after pmu_server_destroy(). */
+void pmu_ws_release(pmu_ws_t *ws);
+
+/* Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 4.2.2): base64 of the
+ * SHA-1 of key + the protocol's GUID, 28 characters and a NUL into out. */
+void pmu_ws_accept_key(const char *key, size_t key_len, char out[29]);
+
+/*
  * The one rule for the status of an answer given to pmu_respond() or
  * pmu_respond_start(), which the Python binding applies too: 1 if it may be
  * sent as a final answer (200..999), else 0. 1xx are interim answers: 100
- * Continue is the engine's own, and 101 Switching Protocols would need an
- * upgrade machinery that does not exist.
+ * Continue is the engine's own, and 101 Switching Protocols is sent by
+ * pmu_ws_accept() only.
  */
 int pmu_status_valid(int status);
 
@@ -429,6 +620,8 @@ const char *pmu_status_reason(int status);
 /* Batch sizes are counted in these buckets: 1, 2-3, 4-7, ..., >= 2^15. */
 #define PMU_BATCH_BUCKETS 16
 #define PMU_STATUS_CLASSES 10
+/* WebSocket closes are counted in these classes (see ws_closes). */
+#define PMU_WS_CLOSE_CLASSES 8
 
 /*
  * Every counter of the engine, declared once, in the order of pmu_stats_t:
@@ -478,7 +671,25 @@ const char *pmu_status_reason(int status);
   X(bodies_spooled, COUNTER, "request bodies moved to a temporary file")                      \
   X(body_buffer_bytes, GAUGE,                                                                 \
     "body bytes held in memory by requests (summed: the server's, against "                  \
-    "body_buffer_budget)")
+    "body_buffer_budget)")                                                                   \
+  X(ws_open, GAUGE, "WebSocket connections open now")                                         \
+  X(ws_accepted, COUNTER, "WebSocket handshakes accepted (101 sent)")                         \
+  X(ws_messages_in, COUNTER, "WebSocket messages received")                                   \
+  X(ws_messages_out, COUNTER, "WebSocket messages queued to send")                            \
+  X(ws_bytes_in, COUNTER, "WebSocket message payload bytes received (after inflating)")       \
+  X(ws_bytes_out, COUNTER, "WebSocket message payload bytes queued (before compressing)")     \
+  X(ws_frames_in, COUNTER, "WebSocket frames received (control frames too)")                  \
+  X(ws_frames_out, COUNTER, "WebSocket frames queued to send (control frames too)")           \
+  X(ws_pings_sent, COUNTER, "keepalive pings the engine sent (ws_ping_interval_ms)")          \
+  /* WebSocket connections closed, by the close code that ended them (the peer's,   \
+   * else the one we sent, else 1006): [0] 1000, [1] 1001, [2] 1002/1003/1007,      \
+   * [3] 1008/1009, [4] 1010-1014, [5] 1006 (no close frame), [6] 3000-4999,        \
+   * [7] any other. */                                                                        \
+  A(ws_closes, PMU_WS_CLOSE_CLASSES, "WebSocket connections closed, by class of close code")  \
+  X(ws_deflate_in_wire, COUNTER, "compressed WebSocket messages received: bytes on the wire") \
+  X(ws_deflate_in_raw, COUNTER, "compressed WebSocket messages received: bytes inflated")     \
+  X(ws_deflate_out_raw, COUNTER, "WebSocket messages sent compressed: bytes before")          \
+  X(ws_deflate_out_wire, COUNTER, "WebSocket messages sent compressed: bytes on the wire")
 /* clang-format on */
 
 #define PMU_STATS_SCALAR(name, kind, doc) uint64_t name;
