@@ -10,6 +10,7 @@
  *   Response  status, headers and body a handler may return (response.c)
  *   Engine    one pmu_server_t and the batch handler that calls Python
  *             (engine.c)
+ *   WebSocket one open WebSocket connection and its callbacks (websocket.c)
  *
  * module.c holds the module state, probe(), the error mapping and logging.
  * stream.c holds what a request shares with the engine's worker threads
@@ -119,6 +120,10 @@ typedef struct pyb_state {
   PyObject *ct_json, *ct_text, *ct_html, *ct_octet; /* default Content-Type values */
   PyObject *str_get;                                /* "GET", same object as methods[PYB_M_GET] */
   Py_ssize_t requests_alive;                        /* Request objects not yet freed (GIL held) */
+  PyTypeObject *websocket_type;
+  PyObject *ws_closed;         /* _pmu.WebSocketClosed(OSError) */
+  PyObject *str_websocket;     /* "WEBSOCKET": the routes' method key of WebSocket handlers */
+  Py_ssize_t websockets_alive; /* WebSocket objects not yet freed (GIL held) */
 } pyb_state;
 
 extern PyModuleDef pyb_module_def;
@@ -324,6 +329,38 @@ int pyb_request_answer(PyObject *request, PyObject *result, Py_ssize_t owner_ref
  * closes without completing it). `owner_refs` as for pyb_request_answer. */
 void pyb_request_answer_500(PyObject *request, Py_ssize_t owner_refs);
 
+/* Whether the request is a valid WebSocket handshake (ws_upgrade). */
+int pyb_request_ws_upgrade(PyObject *request);
+
+/* ---- websocket.c ---- */
+
+/* What a WebSocket copies from its handshake request (borrowed references;
+ * NULL reads as None, headers NULL is built on first use from raw_headers). */
+typedef struct pyb_ws_fields {
+  PyObject *path, *raw_path, *query_string, *raw_headers, *headers, *client, *server, *http_version,
+      *subprotocols, *subprotocol;
+  uint64_t conn_id;
+  unsigned thread;
+} pyb_ws_fields;
+
+/* A new WebSocket, not yet attached to an engine handle. New reference or
+ * NULL. */
+PyObject *pyb_ws_new(pyb_state *st, const pyb_ws_fields *fields);
+
+/* Set callback `name` ("on_message", ...) to fn (None clears). 0, or -1
+ * with TypeError (unknown name, not callable). */
+int pyb_ws_set_callback(PyObject *ws, const char *name, PyObject *fn);
+
+/* The engine accepted: ws now speaks through `handle`, and holds the
+ * reference the caller took for the engine side until GONE. */
+void pyb_ws_attach(PyObject *ws, pmu_ws_t *handle);
+
+/* Dispatch a batch of events to their WebSockets' callbacks. GIL held, on
+ * the engine thread. */
+void pyb_ws_dispatch(pyb_state *st, const pmu_ws_event_t *events, size_t count);
+
+extern PyMethodDef pyb_ws_broadcast_def;
+
 /* ---- response.c ---- */
 
 /*
@@ -370,6 +407,7 @@ PyObject *pyb_json_bytes(pyb_state *st, PyObject *obj);
 extern PyType_Spec pyb_request_spec;
 extern PyType_Spec pyb_response_spec;
 extern PyType_Spec pyb_engine_spec;
+extern PyType_Spec pyb_websocket_spec;
 
 /* Module-level functions defined outside module.c. */
 PyObject *pyb_config_defaults(PyObject *module, PyObject *unused);

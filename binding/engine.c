@@ -9,6 +9,9 @@
  * (PyEval_SaveThread) before the engine sends anything. Keeping the thread
  * state makes a batch cost one GIL hand-over, not a thread-state creation.
  *
+ * WebSocket events come the same way (on_ws_events, GIL taken once per
+ * call) and go to websocket.c, which calls each WebSocket's callbacks.
+ *
  * Streaming callbacks. on_body, on_drain and on_disconnect are always
  * installed (on_body only with a stream_body_threshold): they come on the
  * worker thread without the GIL and go to stream.c, which takes the GIL
@@ -225,13 +228,20 @@ static PyObject *route_and_call(EngineObject *self, PyObject *req) {
     PyObject *methods = PyDict_GetItemWithError(routes, path); /* borrowed */
     Py_DECREF(path);
     if (methods != NULL && PyDict_Check(methods)) {
-      PyObject *method = pyb_request_method(req);
-      if (method == NULL)
+      /* A WebSocket handshake goes to the path's "WEBSOCKET" handler; without
+       * one it is routed as the ordinary GET it also is. */
+      PyObject *fn = NULL; /* borrowed */
+      if (pyb_request_ws_upgrade(req))
+        fn = PyDict_GetItemWithError(methods, self->st->str_websocket);
+      PyObject *method = fn || PyErr_Occurred() ? NULL : pyb_request_method(req);
+      if (method != NULL) {
+        fn = PyDict_GetItemWithError(methods, method);
+        if (fn == NULL && !PyErr_Occurred() && method == self->st->methods[PYB_M_HEAD])
+          fn = PyDict_GetItemWithError(methods, self->st->str_get);
+      } else if (fn == NULL) {
         return NULL;
-      PyObject *fn = PyDict_GetItemWithError(methods, method); /* borrowed */
-      if (fn == NULL && !PyErr_Occurred() && method == self->st->methods[PYB_M_HEAD])
-        fn = PyDict_GetItemWithError(methods, self->st->str_get);
-      Py_DECREF(method);
+      }
+      Py_XDECREF(method);
       if (fn != NULL) {
         Py_INCREF(fn); /* the handler could change the routes while it runs */
         PyObject *r = PyObject_CallOneArg(fn, req);
@@ -333,6 +343,16 @@ static void on_batch(void *data, pmu_request_t *const *requests, size_t count) {
     run_batch(self, requests, count);
     PyGILState_Release(g);
   }
+}
+
+/* config.ws_handler: the WebSocket events of one pass, under one GIL
+ * acquisition, as on_batch does for requests. */
+static void on_ws_events(void *data, const pmu_ws_event_t *events, size_t count) {
+  EngineObject *self = data;
+  pyb_gil g;
+  pyb_ring_gil_enter(&g); /* the ring's kept thread state, as on_batch */
+  pyb_ws_dispatch(self->st, events, count);
+  pyb_ring_gil_leave(&g);
 }
 
 /* A thread state of the engine's interpreter (not PyGILState's, which
@@ -556,6 +576,7 @@ static PyObject *engine_start(PyObject *op, PyObject *unused) {
   c.on_thread_stop = on_thread_stop;
   c.on_disconnect = on_disconnect;
   c.on_drain = on_drain;
+  c.ws_handler = on_ws_events;
   c.log = on_log;
   c.on_body = c.body_stream_threshold > 0 ? on_body : NULL;
 
@@ -789,6 +810,24 @@ static PyObject *engine_stats(PyObject *op, PyObject *args, PyObject *kwargs) {
       goto fail;
   }
   {
+    /* WebSocket closes by class of code (see PMU_WS_CLOSE_CLASSES). */
+    PyObject *closes = PyList_New(PMU_WS_CLOSE_CLASSES);
+    if (closes == NULL)
+      goto fail;
+    for (int i = 0; i < PMU_WS_CLOSE_CLASSES; i++) {
+      PyObject *v = PyLong_FromUnsignedLongLong(s.ws_closes[i]);
+      if (v == NULL) {
+        Py_DECREF(closes);
+        goto fail;
+      }
+      PyList_SET_ITEM(closes, i, v);
+    }
+    int r = PyDict_SetItemString(d, "ws_closes", closes);
+    Py_DECREF(closes);
+    if (r < 0)
+      goto fail;
+  }
+  {
     /* {"1xx": n, ..., "5xx": n}, and "6xx".."9xx" when some were sent. */
     PyObject *classes = PyDict_New();
     if (classes == NULL)
@@ -935,7 +974,8 @@ static PyMemberDef engine_members[] = {
 
 PyDoc_STRVAR(engine_doc, "Engine(handler, *, routes=None, async_scheduler=None, **config)\n\n"
                          "One C server. handler(request) is called for every request whose path\n"
-                         "and method are not in routes ({path: {method: handler}}); its result\n"
+                         "and method are not in routes ({path: {method: handler}}; a WebSocket\n"
+                         "handshake goes to the method key 'WEBSOCKET' first); its result\n"
                          "is the response (None: the handler answers later with request.reply()).\n"
                          "async_scheduler(list of (request, coroutine)) receives the coroutines\n"
                          "async handlers returned, once per batch. config: every pmu_config_t\n"

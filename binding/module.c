@@ -233,6 +233,10 @@ static PyObject *requests_alive(PyObject *module, PyObject *unused) {
   return PyLong_FromSsize_t(((pyb_state *)PyModule_GetState(module))->requests_alive);
 }
 
+static PyObject *websockets_alive(PyObject *module, PyObject *unused) {
+  return PyLong_FromSsize_t(((pyb_state *)PyModule_GetState(module))->websockets_alive);
+}
+
 static PyMethodDef module_methods[] = {
     {"probe", probe, METH_NOARGS, probe_doc},
     {"status_reason", status_reason, METH_O, status_reason_doc},
@@ -248,6 +252,10 @@ static PyMethodDef module_methods[] = {
      "requests_alive() -> int\n\nRequest objects not yet freed, answered or not, in every "
      "server of this interpreter:\nheld by handlers, waiting for a deferred answer, or "
      "leaked."},
+    {"websockets_alive", websockets_alive, METH_NOARGS,
+     "websockets_alive() -> int\n\nWebSocket objects not yet freed, open or closed, in every "
+     "server of this\ninterpreter: open ones (the engine holds them until on_disconnect), and "
+     "closed ones\nstill referenced."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -347,6 +355,18 @@ static int module_exec(PyObject *module) {
   if (st->disconnected == NULL ||
       PyModule_AddObjectRef(module, "ClientDisconnected", st->disconnected) < 0)
     return -1;
+  st->ws_closed = PyErr_NewExceptionWithDoc(
+      "pymongoose_uring._pmu.WebSocketClosed",
+      "The WebSocket is closing or closed: the message was not sent.", PyExc_OSError, NULL);
+  if (st->ws_closed == NULL || PyModule_AddObjectRef(module, "WebSocketClosed", st->ws_closed) < 0)
+    return -1;
+  {
+    PyObject *fn = PyCFunction_NewEx(&pyb_ws_broadcast_def, module, NULL);
+    if (fn == NULL || PyModule_AddObject(module, "broadcast", fn) < 0) {
+      Py_XDECREF(fn);
+      return -1;
+    }
+  }
   /* Functions without a module reference: worker threads hand them to
    * loop.call_soon_threadsafe. */
   st->set_future = PyCFunction_NewEx(&pyb_set_future_def, NULL, NULL);
@@ -371,7 +391,8 @@ static int module_exec(PyObject *module) {
 
   if (add_type(module, &pyb_request_spec, NULL, &st->request_type) < 0 ||
       add_type(module, &pyb_response_spec, NULL, &st->response_type) < 0 ||
-      add_type(module, &pyb_engine_spec, NULL, &st->engine_type) < 0)
+      add_type(module, &pyb_engine_spec, NULL, &st->engine_type) < 0 ||
+      add_type(module, &pyb_websocket_spec, NULL, &st->websocket_type) < 0)
     return -1;
 
   PyObject *logging = PyImport_ImportModule("logging");
@@ -405,6 +426,8 @@ static int module_exec(PyObject *module) {
     if (intern_str(&st->methods[i], method_names[i]) < 0)
       return -1;
   st->str_get = Py_NewRef(st->methods[PYB_M_GET]);
+  if (intern_str(&st->str_websocket, "WEBSOCKET") < 0)
+    return -1;
   if (intern_str(&st->version_10, "1.0") < 0 || intern_str(&st->version_11, "1.1") < 0 ||
       intern_str(&st->ct_json, "application/json") < 0 ||
       intern_str(&st->ct_text, "text/plain; charset=utf-8") < 0 ||
@@ -423,6 +446,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
   Py_VISIT(st->request_type);
   Py_VISIT(st->response_type);
   Py_VISIT(st->engine_type);
+  Py_VISIT(st->websocket_type);
+  Py_VISIT(st->ws_closed);
   Py_VISIT(st->error);
   Py_VISIT(st->unavailable);
   Py_VISIT(st->disconnected);
@@ -444,6 +469,9 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->request_type);
   Py_CLEAR(st->response_type);
   Py_CLEAR(st->engine_type);
+  Py_CLEAR(st->websocket_type);
+  Py_CLEAR(st->ws_closed);
+  Py_CLEAR(st->str_websocket);
   Py_CLEAR(st->error);
   Py_CLEAR(st->unavailable);
   Py_CLEAR(st->disconnected);
@@ -487,7 +515,7 @@ static PyModuleDef_Slot module_slots[] = {
 PyModuleDef pyb_module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "pymongoose_uring._pmu",
-    .m_doc = "The C engine of pymongoose_uring: Engine, Request, Response, probe().",
+    .m_doc = "The C engine of pymongoose_uring: Engine, Request, Response, WebSocket, probe().",
     .m_size = sizeof(pyb_state),
     .m_methods = module_methods,
     .m_slots = module_slots,

@@ -623,6 +623,15 @@ static PyObject *get_disconnected(PyObject *op, void *closure) {
   return PyBool_FromLong(pyb_reqio_gone(self->io));
 }
 
+int pyb_request_ws_upgrade(PyObject *request) {
+  const pmu_request_t *r = REQ(request)->view;
+  return r != NULL && r->ws_upgrade;
+}
+
+static PyObject *get_websocket(PyObject *op, void *closure) {
+  return PyBool_FromLong(pyb_request_ws_upgrade(op));
+}
+
 static PyGetSetDef request_getset[] = {
     {"method", get_method, NULL, "Request method, e.g. 'GET'.", NULL},
     {"path", get_path, NULL, "Path without the query, percent-decoded.", NULL},
@@ -652,6 +661,10 @@ static PyGetSetDef request_getset[] = {
     {"body_streaming", get_body_streaming, NULL,
      "Whether the body arrives in pieces (larger than stream_body_threshold): read it with "
      "read() or read_async(); request.body raises.",
+     NULL},
+    {"websocket", get_websocket, NULL,
+     "Whether this is a valid WebSocket opening handshake: accept it with "
+     "accept_websocket(), or answer it as any request (which closes the connection).",
      NULL},
     {"disconnected", get_disconnected, NULL,
      "Whether the client went away while this request was unanswered (or its streamed "
@@ -1379,6 +1392,205 @@ static PyObject *request_abort(PyObject *op, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
+/* The subprotocols a handshake offers: every Sec-WebSocket-Protocol value,
+ * split at commas, blanks trimmed, in order. New reference or NULL. */
+static PyObject *offered_subprotocols(const pmu_request_t *r) {
+  PyObject *list = PyList_New(0);
+  static const char name[] = "sec-websocket-protocol";
+  for (size_t i = 0; list != NULL && i < r->header_count; i++) {
+    const pmu_header_t *h = &r->headers[i];
+    if (!name_eq(h, name, (Py_ssize_t)(sizeof name - 1)))
+      continue;
+    const char *p = h->value ? h->value : "", *end = p + h->value_len;
+    while (p < end) {
+      const char *comma = memchr(p, ',', (size_t)(end - p));
+      const char *stop = comma ? comma : end;
+      const char *a = p, *b = stop;
+      while (a < b && (*a == ' ' || *a == '\t'))
+        a++;
+      while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+        b--;
+      if (b > a) {
+        PyObject *item = PyUnicode_DecodeLatin1(a, b - a, NULL);
+        if (item == NULL || PyList_Append(list, item) < 0)
+          Py_CLEAR(list);
+        Py_XDECREF(item);
+      }
+      p = comma ? comma + 1 : end;
+    }
+  }
+  return list;
+}
+
+/* A subprotocol is an RFC 7230 token: visible ASCII but separators. */
+static int is_token(const char *s, Py_ssize_t n) {
+  if (n == 0)
+    return 0;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c <= 0x20 || c >= 0x7f || strchr("()<>@,;:\\\"/[]?={}", c) != NULL)
+      return 0;
+  }
+  return 1;
+}
+
+PyDoc_STRVAR(accept_websocket_doc,
+             "accept_websocket(subprotocol=None, headers=None, *, on_message=None, ...,\n"
+             "                 user=None) -> WebSocket\n\n"
+             "Accept this WebSocket handshake (request.websocket) instead of answering\n"
+             "it, from any thread: the engine sends 101 Switching Protocols with the\n"
+             "chosen subprotocol, the negotiated permessage-deflate and `headers`, and\n"
+             "the connection speaks WebSocket from then on. The request counts as\n"
+             "answered. The callbacks (on_message, on_ping, on_pong, on_close,\n"
+             "on_drain, on_disconnect) and user may be given here: set before the engine\n"
+             "can deliver anything, which matters when accepting from another thread.\n"
+             "RuntimeError if the request was answered or is not a handshake;\n"
+             "ValueError for a bad header or subprotocol.");
+
+static PyObject *request_accept_websocket(PyObject *op, PyObject *args, PyObject *kwargs) {
+  RequestObject *self = REQ(op);
+  pyb_state *st = self->st;
+  PyObject *subprotocol = Py_None, *headers = Py_None, *user = Py_None;
+  Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+  if (nargs > 2) {
+    PyErr_SetString(PyExc_TypeError, "accept_websocket() takes at most 2 positional arguments");
+    return NULL;
+  }
+  if (nargs > 0)
+    subprotocol = PyTuple_GET_ITEM(args, 0);
+  if (nargs > 1)
+    headers = PyTuple_GET_ITEM(args, 1);
+  if (self->live == NULL || self->started) {
+    PyErr_SetString(PyExc_RuntimeError, "this request was already answered");
+    return NULL;
+  }
+  if (!self->live->ws_upgrade) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "not a WebSocket handshake (request.websocket is False): answer it as a "
+                    "request");
+    return NULL;
+  }
+  const char *sub = NULL;
+  Py_ssize_t sub_len = 0;
+  pyb_built built;
+  int have_built = 0;
+  PyObject *ws = NULL;
+  pyb_ws_fields f;
+  memset(&f, 0, sizeof f);
+  PyObject *owned[9] = {NULL};
+  if (kwargs != NULL) {
+    PyObject *v;
+    if ((v = PyDict_GetItemString(kwargs, "subprotocol")) != NULL) {
+      if (nargs > 0)
+        goto dup;
+      subprotocol = v;
+    }
+    if ((v = PyDict_GetItemString(kwargs, "headers")) != NULL) {
+      if (nargs > 1)
+        goto dup;
+      headers = v;
+    }
+    if ((v = PyDict_GetItemString(kwargs, "user")) != NULL)
+      user = v;
+  }
+  if (subprotocol != Py_None) {
+    if (!PyUnicode_Check(subprotocol)) {
+      PyErr_SetString(PyExc_TypeError, "subprotocol must be a str or None");
+      return NULL;
+    }
+    sub = PyUnicode_AsUTF8AndSize(subprotocol, &sub_len);
+    if (sub == NULL)
+      return NULL;
+    if (!is_token(sub, sub_len)) {
+      PyErr_Format(PyExc_ValueError, "%R is not a valid subprotocol (a token)", subprotocol);
+      return NULL;
+    }
+  }
+  if (pyb_build_headers(headers, &built) < 0) {
+    pyb_built_release(&built);
+    return NULL;
+  }
+  have_built = 1;
+  /* What the WebSocket keeps of the request, read while it is still ours. */
+  {
+    const pmu_request_t *r = self->live;
+    f.path = owned[0] = get_path(op, NULL);
+    f.raw_path = owned[1] = get_raw_path(op, NULL);
+    f.query_string = owned[2] = get_query_string(op, NULL);
+    f.raw_headers = owned[3] = build_header_pairs(r, 1);
+    f.client = owned[4] = get_client(op, NULL);
+    f.server = owned[5] = get_server(op, NULL);
+    f.http_version = owned[6] = get_http_version(op, NULL);
+    f.subprotocols = owned[7] = offered_subprotocols(r);
+    for (int i = 0; i < 8; i++)
+      if (owned[i] == NULL)
+        goto fail;
+    f.headers = self->headers; /* reuse when the handler built it */
+    f.subprotocol = subprotocol == Py_None ? NULL : subprotocol;
+    f.conn_id = r->conn_id;
+    f.thread = r->thread;
+  }
+  ws = pyb_ws_new(st, &f);
+  if (ws == NULL)
+    goto fail;
+  if (kwargs != NULL) {
+    Py_ssize_t pos = 0;
+    PyObject *key, *value; /* borrowed */
+    while (PyDict_Next(kwargs, &pos, &key, &value)) {
+      const char *name = PyUnicode_AsUTF8(key);
+      if (name == NULL)
+        goto fail;
+      if (strcmp(name, "subprotocol") == 0 || strcmp(name, "headers") == 0 ||
+          strcmp(name, "user") == 0)
+        continue;
+      if (pyb_ws_set_callback(ws, name, value) < 0)
+        goto fail;
+    }
+  }
+  if (user != Py_None && PyObject_SetAttrString(ws, "user", user) < 0)
+    goto fail;
+
+  pmu_ws_accept_t opts;
+  memset(&opts, 0, sizeof opts);
+  opts.subprotocol = sub;
+  opts.subprotocol_len = (size_t)sub_len;
+  opts.headers = built.response.headers;
+  opts.header_count = built.response.header_count;
+  opts.user = ws;
+  /* The caller's references are unknown (any thread): keep a copy. */
+  pmu_request_t *live = detach(self, 0);
+  Py_INCREF(ws); /* the engine side's reference, dropped after GONE */
+  errno = 0;
+  pmu_ws_t *handle = pmu_ws_accept(live, &opts);
+  if (handle == NULL) {
+    int err = errno ? errno : EINVAL;
+    Py_DECREF(ws); /* the engine's: never attached */
+    if (err == ENOMEM)
+      pyb_log_warning(st, "out of memory accepting a WebSocket: sent 503");
+    else
+      pyb_log_warning(st, "the engine refused to accept a WebSocket (%s): sent 500", strerror(err));
+    pyb_raise_errno(st, -err,
+                    "the engine could not accept the WebSocket; the request was "
+                    "answered with an error");
+    goto fail;
+  }
+  pyb_ws_attach(ws, handle);
+  pyb_built_release(&built);
+  for (int i = 0; i < 9; i++)
+    Py_XDECREF(owned[i]);
+  pyb_drain_released(st);
+  return ws;
+dup:
+  PyErr_SetString(PyExc_TypeError, "accept_websocket() got an argument twice");
+fail:
+  if (have_built)
+    pyb_built_release(&built);
+  for (int i = 0; i < 9; i++)
+    Py_XDECREF(owned[i]);
+  Py_XDECREF(ws);
+  return NULL;
+}
+
 static PyObject *request_repr(PyObject *op) {
   RequestObject *self = REQ(op);
   const pmu_request_t *r = self->view;
@@ -1409,6 +1621,8 @@ static PyMethodDef request_methods[] = {
     {"write_async", request_write_async, METH_O, write_async_doc},
     {"end", request_end, METH_NOARGS, end_doc},
     {"abort", request_abort, METH_NOARGS, abort_doc},
+    {"accept_websocket", (PyCFunction)(void (*)(void))request_accept_websocket,
+     METH_VARARGS | METH_KEYWORDS, accept_websocket_doc},
     {NULL},
 };
 

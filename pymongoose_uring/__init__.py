@@ -22,19 +22,29 @@ from ._datastructures import Headers, QueryParams
 from ._native import ClientDisconnected, Error, Response, UnavailableError
 from ._routing import App
 from ._server import Knob, Server, config_defaults, knobs, probe
+from ._websocket import (
+    AsyncWebSocket,
+    WebSocketClosed,
+    WebSocketDisconnect,
+    WebSocketRequest,
+    broadcast,
+)
 
 try:
     from ._native import _pmu as _ext
 
     Request = _ext.Request
+    WebSocket = _ext.WebSocket
     del _ext
 except AttributeError:  # pragma: no cover - extension missing
     Request = None  # type: ignore[assignment,misc]
+    WebSocket = None  # type: ignore[assignment,misc]
 
 __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AsyncWebSocket",
     "ClientDisconnected",
     "Error",
     "Headers",
@@ -43,6 +53,11 @@ __all__ = [
     "Response",
     "Server",
     "UnavailableError",
+    "WebSocket",
+    "WebSocketClosed",
+    "WebSocketDisconnect",
+    "WebSocketRequest",
+    "broadcast",
     "config_defaults",
     "Knob",
     "knobs",

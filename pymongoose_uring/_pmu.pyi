@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Dict, List, Optional, Tuple, TypedDict, Union, final
+from typing import Any, Dict, Iterable, List, Optional, Tuple, TypedDict, Union, final
 
 from ._datastructures import Headers, QueryParams
 from ._types import AsyncBatch, HandlerResult as _HandlerResult, HeadersLike as _HeadersLike
@@ -148,6 +148,96 @@ class Request:
     def abort(self) -> None:
         """Cut the streamed answer short (it failed): what was written is sent,
         then the connection closes without completing the body."""
+    @property
+    def websocket(self) -> bool:
+        """A valid WebSocket opening handshake: accept_websocket() or answer it."""
+    def accept_websocket(
+        self,
+        subprotocol: Optional[str] = None,
+        headers: _HeadersLike = None,
+        *,
+        on_message: Optional[Callable[["WebSocket", Union[bytes, str]], Any]] = None,
+        on_ping: Optional[Callable[["WebSocket", bytes], Any]] = None,
+        on_pong: Optional[Callable[["WebSocket", bytes], Any]] = None,
+        on_close: Optional[Callable[["WebSocket", int, str], Any]] = None,
+        on_drain: Optional[Callable[["WebSocket"], Any]] = None,
+        on_disconnect: Optional[Callable[["WebSocket", int], Any]] = None,
+        user: Any = None,
+    ) -> "WebSocket":
+        """Accept the handshake (any thread); the request is then answered.
+        RuntimeError if answered already or not a handshake; ValueError on a bad
+        header or subprotocol. Callbacks given here are set before any event."""
+
+@final
+class WebSocket:
+    """One open WebSocket connection (Request.accept_websocket()). Callbacks run
+    on the engine thread with the GIL, once per batch of events; an exception in
+    one is logged and closes the connection with 1011."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def query_string(self) -> str: ...
+    @property
+    def headers(self) -> Headers: ...
+    @property
+    def raw_headers(self) -> List[Tuple[bytes, bytes]]: ...
+    @property
+    def client(self) -> Optional[Tuple[str, int]]: ...
+    @property
+    def server(self) -> Union[Tuple[str, int], str, None]: ...
+    @property
+    def http_version(self) -> str: ...
+    @property
+    def conn_id(self) -> int: ...
+    @property
+    def thread(self) -> int: ...
+    @property
+    def subprotocols(self) -> List[str]:
+        """Offered by the client, in order."""
+    @property
+    def subprotocol(self) -> Optional[str]:
+        """Chosen at accept."""
+    @property
+    def extensions(self) -> str:
+        """The negotiated extension, "" if none."""
+    on_message: Optional[Callable[["WebSocket", Union[bytes, str]], Any]]
+    on_ping: Optional[Callable[["WebSocket", bytes], Any]]
+    on_pong: Optional[Callable[["WebSocket", bytes], Any]]
+    on_close: Optional[Callable[["WebSocket", int, str], Any]]
+    on_drain: Optional[Callable[["WebSocket"], Any]]
+    on_disconnect: Optional[Callable[["WebSocket", int], Any]]
+    user: Any
+    def send(self, data: Union[bytes, bytearray, memoryview, str]) -> bool:
+        """Any thread; str -> TEXT, else BINARY. True under ws_send_high_water,
+        False over it (on_drain follows); WebSocketClosed when closing/closed."""
+    def ping(self, data: bytes = b"") -> None: ...
+    def pong(self, data: bytes = b"") -> None: ...
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Begin the closing handshake; nothing when already closing."""
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    @property
+    def unsent(self) -> int: ...
+    @property
+    def closed(self) -> bool:
+        """Closing or gone."""
+    @property
+    def close_code(self) -> Optional[int]:
+        """After on_close/on_disconnect."""
+    @property
+    def close_reason(self) -> str: ...
+
+class WebSocketClosed(OSError):
+    """The WebSocket is closing or closed: the message was not sent."""
+
+def broadcast(websockets: Iterable[WebSocket], data: Union[bytes, bytearray, memoryview, str]) -> int:
+    """Frame once, queue on each open WebSocket; returns how many took it."""
+
+def websockets_alive() -> int:
+    """WebSocket objects not yet freed in this interpreter (open ones included)."""
 
 class Response:
     """Status, headers and body. content_type defaults from the body's type."""

@@ -2,14 +2,27 @@
 
 Static paths live in a dict ``{path: {METHOD: handler}}`` that the C engine
 reads itself: a request for a static route reaches its handler without any
-Python-level dispatch. Everything else (paths with parameters, 404, 405)
-goes through :meth:`App._fallback`.
+Python-level dispatch. WebSocket routes live there too, under the method key
+``"WEBSOCKET"``, which the engine tries first for a valid handshake. Everything
+else (paths with parameters, 404, 405) goes through :meth:`App._fallback`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Pattern, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Pattern,
+    Set,
+    Tuple,
+    TypeVar,
+)
 
 from ._native import Response
 from ._types import Handler, HandlerResult
@@ -65,15 +78,23 @@ class App:
 
     Handlers take the request and return a response (see :class:`Server`);
     ``async def`` handlers run on an asyncio loop.
+
+    WebSocket routes (:meth:`websocket`) take the same paths and parameters. A
+    handshake to a path without one is routed as the GET request it also is; an
+    HTTP request to a WebSocket-only path gets 404, as in Starlette (400 when it
+    asks for the upgrade with a malformed handshake). ``ws_max_queue``: how many
+    received messages an ``async`` WebSocket handler may leave unread before the
+    connection stops being read (uvicorn's default, 32).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ws_max_queue: int = 32) -> None:
         # Read by the C engine directly: {path: {METHOD: handler}}.
         self._static: Dict[str, Dict[str, Handler]] = {}
         self._dynamic: List[
             Tuple[str, Pattern[str], Dict[str, Callable[[str], Any]], Dict[str, Handler]]
         ] = []
         self.not_found: Handler = _not_found
+        self.ws_max_queue = ws_max_queue
 
     # -- registration -------------------------------------------------------
 
@@ -112,6 +133,33 @@ class App:
 
         return register
 
+    def add_websocket_route(self, path: str, handler: Callable[..., Any]) -> None:
+        """Register a WebSocket ``handler`` for ``path`` (see :meth:`websocket`)."""
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        from ._websocket import make_route_handler
+
+        self.add_route(path, make_route_handler(handler, lambda: self.ws_max_queue), (_WS,))
+
+    def websocket(self, path: str) -> Callable[[WSHandler], WSHandler]:
+        """Decorator: a WebSocket endpoint at ``path`` (parameters as for HTTP
+        routes, in ``ws.params``).
+
+        ``def handler(ws)``: called on the engine thread with a
+        :class:`~pymongoose_uring.WebSocketRequest`; ``ws.accept()`` returns the
+        connection, whose ``on_message(ws, data)`` etc. it sets; ``ws.reject()``
+        refuses; returning without either answers 403.
+
+        ``async def handler(ws)``: runs on the asyncio loop with an
+        :class:`~pymongoose_uring.AsyncWebSocket`: ``await ws.accept()``,
+        ``async for message in ws``, ``await ws.send(data)``."""
+
+        def register(handler: WSHandler) -> WSHandler:
+            self.add_websocket_route(path, handler)
+            return handler
+
+        return register
+
     def get(self, path: str) -> Callable[[Handler], Handler]:
         return self.route(path, ("GET",))
 
@@ -139,7 +187,9 @@ class App:
         """Dispatch one request (the whole routing, static paths included)."""
         table = self._static.get(request.path)
         if table is not None:
-            handler = _pick(table, request.method)
+            handler = table.get(_WS) if request.websocket else None
+            if handler is None:
+                handler = _pick(table, request.method)
             if handler is not None:
                 return handler(request)
         return self._fallback(request)
@@ -149,24 +199,35 @@ class App:
         request: parameterised routes, then 405 or 404."""
         path = request.path
         method = request.method
-        allowed: Optional[Set[str]] = None
+        handshake = request.websocket
+        allowed: Set[str] = set()
+        ws_route = None  # a WebSocket route matched the path
         table = self._static.get(path)
         if table is not None:
             allowed = set(table)
+            ws_route = table.get(_WS)
         for _, regex, converters, table in self._dynamic:
             m = regex.fullmatch(path)
             if m is None:
                 continue
-            handler = _pick(table, method)
+            handler = table.get(_WS) if handshake else None
             if handler is None:
-                allowed = (allowed or set()) | set(table)
+                handler = _pick(table, method)
+            if handler is None:
+                allowed |= set(table)
+                ws_route = ws_route or table.get(_WS)
                 continue
             request.params = {k: converters[k](v) for k, v in m.groupdict().items()}
             return handler(request)
+        allowed.discard(_WS)
         if allowed:
             if "GET" in allowed:
                 allowed.add("HEAD")
             return Response.text("Method Not Allowed", 405, {"Allow": ", ".join(sorted(allowed))})
+        if ws_route is not None and "websocket" in (request.header("upgrade") or "").lower():
+            # A malformed handshake to a WebSocket route (the engine itself
+            # answers a wrong version with 426).
+            return Response.text("Bad Request: invalid WebSocket handshake", 400)
         return self.not_found(request)
 
     # -- running ------------------------------------------------------------
@@ -176,6 +237,12 @@ class App:
         from ._server import Server
 
         Server(self, host, port, **options).run()
+
+
+# The method key of WebSocket handlers in the route tables (binding/engine.c
+# looks it up for a valid handshake before the request's method).
+_WS = "WEBSOCKET"
+WSHandler = TypeVar("WSHandler", bound=Callable[..., Any])
 
 
 def _pick(table: Dict[str, Handler], method: str) -> Optional[Handler]:

@@ -27,7 +27,7 @@ for python in "${pythons[@]}"; do
   venv=$root/build/pythons/$version
   echo "== Python $version ($python)"
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-  if ! "$venv/bin/python" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11' \
+  if ! "$venv/bin/python" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11, websockets' \
       2>/dev/null; then
     "$venv/bin/python" -m pip install -q --upgrade pip
     "$venv/bin/python" -m pip install -q -r tools/test-requirements.txt

@@ -78,3 +78,13 @@ def test_example_runs(index, tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, proc.stdout.read()
+
+
+def test_websocket_examples_exchange_messages():
+    """Each WebSocket example connects a client and prints what came back, so that
+    test_example_runs checks a real exchange, not just that the server starts."""
+    ws_blocks = [b for b in BLOCKS if "websocket" in b]
+    assert len(ws_blocks) >= 4
+    for code in ws_blocks:
+        assert "connect(" in code, code
+        assert re.search(r"print\(.*recv\(\).*\)\s+#\s*\S", code), code
