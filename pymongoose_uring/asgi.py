@@ -1,5 +1,5 @@
-"""ASGI 3 (HTTP and lifespan): serve FastAPI, Starlette, Django (ASGI) or any
-ASGI app on the io_uring engine.
+"""ASGI 3 (HTTP, WebSocket and lifespan): serve FastAPI, Starlette, Django (ASGI),
+Django Channels or any ASGI app on the io_uring engine.
 
 ::
 
@@ -32,6 +32,23 @@ other thread hop.
 - ``send()``: ``http.response.start`` and ``http.response.body``; with spec
   2.4, sending to a client that left raises ``OSError``
   (``pymongoose_uring.ClientDisconnected`` when available).
+- ``websocket`` scopes (spec 2.4): the same fields as http (scheme ``ws``/``wss``)
+  plus ``subprotocols`` and ``extensions`` (``websocket.http.response``: a
+  denial response instead of the 403 of a close before accept). ``receive()``
+  gives ``websocket.connect``, then one ``websocket.receive`` per message
+  (exactly one of ``text``/``bytes``), then ``websocket.disconnect`` with the
+  peer's close code (1005 when its close frame had none, 1006 when it left
+  without one) and reason, also after a close the app began. The engine
+  answers pings and handles fragments; no ping or pong reaches the app.
+  ``send()`` of a message does not wait unless more than
+  ``ws_send_high_water`` bytes are unsent; then it waits for the client to
+  read. On a closing or closed connection it raises
+  ``pymongoose_uring.WebSocketClosed`` (an ``OSError``). An app that raises
+  gets its connection closed with 1011 (500 before accept); one that returns
+  without closing, 1000. Messages the app has not received yet are queued,
+  up to ``ws_max_queue`` (32, as uvicorn), beyond which the connection is not
+  read until the app catches up. ``ws="none"``: handshakes reach the app as
+  ordinary ``http`` requests.
 - lifespan: ``startup`` runs before the server accepts connections,
   ``shutdown`` after it stopped. ``lifespan="auto"`` (default) goes on
   without it when the app does not support it, ``"on"`` requires it,
@@ -74,6 +91,10 @@ log = logging.getLogger("pymongoose_uring")
 
 # Raised by send() once the client left (ASGI spec 2.4: an OSError).
 _ClientDisconnected: Any = getattr(_native, "ClientDisconnected", ConnectionResetError)
+# Raised by WebSocket.send() on a closing or closed connection (an OSError).
+_WebSocketClosed: Any = getattr(_native._pmu, "WebSocketClosed", ConnectionResetError)
+# Whether the engine speaks WebSocket (the binding's Request.accept_websocket).
+_HAS_WEBSOCKET = hasattr(getattr(_native._pmu, "Request", None), "accept_websocket")
 
 _READ_SIZE = 65536
 _ERROR_BODY = b"Internal Server Error"
@@ -241,6 +262,256 @@ class _Cycle:
         raise ValueError(f"unsupported ASGI message type {kind!r} for http")
 
 
+class _WebSocketCycle:
+    """One WebSocket connection's receive() and send().
+
+    The engine's callbacks (a ring thread, GIL held, once per batch of events) queue
+    what arrives in ``inbox``: a ``str`` (text), ``bytes`` (binary), or the
+    disconnect message, last. The loop is woken only when the app waits in
+    receive() (or in send(), for the socket to drain), and then once per batch for
+    all the connections that got something (ASGIHandler._wake_soon). receive()
+    with messages queued returns at once, without awaiting anything.
+    """
+
+    __slots__ = (
+        "request",
+        "handler",
+        "ws",
+        "state",
+        "inbox",
+        "waiter",
+        "drain_waiter",
+        "queued",
+        "paused",
+        "drains",
+        "gone",
+        "disconnect",
+        "max_queue",
+        "status",
+        "headers",
+        "body",
+        "client",
+        "done",
+    )
+
+    # state: what the app has said so far
+    CONNECTING, HANDSHAKE, OPEN, RESPONDING, REFUSED = range(5)
+
+    def __init__(self, request: Request, handler: "ASGIHandler") -> None:
+        self.request = request
+        self.handler = handler
+        self.ws: Any = None  # the _pmu.WebSocket, once accepted
+        self.state = self.CONNECTING
+        self.inbox: "collections.deque[Any]" = collections.deque()
+        self.waiter: Optional["asyncio.Future[None]"] = None  # receive() waits
+        self.drain_waiter: Optional["asyncio.Future[None]"] = None  # send() waits
+        self.queued = False  # in the handler's list of connections to wake
+        self.paused = False  # reading paused: the app lags ws_max_queue messages
+        self.drains = 0  # on_drain calls so far
+        self.gone = False  # the disconnect message is in inbox (or was taken)
+        self.disconnect: Optional[Message] = None
+        self.max_queue = handler.ws_max_queue
+        self.status = 0  # a denial response's
+        self.headers: Any = None
+        self.body: List[bytes] = []
+        self.client: _Client = None
+        self.done = False  # the app returned
+
+    # -- the engine's callbacks (a ring thread) --------------------------------------
+
+    def _on_message(self, ws: Any, data: Union[str, bytes]) -> None:
+        inbox = self.inbox
+        inbox.append(data)
+        if self.waiter is not None and not self.queued:
+            self.queued = True
+            self.handler._wake_soon(self)
+        if len(inbox) >= self.max_queue and not self.paused and not self.done:
+            self.paused = True
+            ws.pause_reading()
+
+    def _on_drain(self, ws: Any) -> None:
+        self.drains += 1
+        if self.drain_waiter is not None and not self.queued:
+            self.queued = True
+            self.handler._wake_soon(self)
+
+    def _on_close(self, ws: Any, code: int, reason: str) -> None:
+        """The peer's close frame: the app hears of it now (the connection ends when
+        the engine's answer is out)."""
+        if self.disconnect is None:
+            self._end(code, reason)
+
+    def _on_disconnect(self, ws: Any, code: int) -> None:
+        if self.disconnect is None:
+            self._end(code, "")
+        # The engine lets go of ws now; these bound methods would keep a cycle.
+        ws.on_message = ws.on_close = ws.on_drain = ws.on_disconnect = None
+
+    def _end(self, code: int, reason: str) -> None:
+        self.disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
+        self.inbox.append(self.disconnect)
+        self.gone = True
+        if not self.queued and (self.waiter is not None or self.drain_waiter is not None):
+            self.queued = True
+            self.handler._wake_soon(self)
+
+    def _wake(self) -> None:
+        """On the loop: resume whatever of receive() and send() waits."""
+        self.queued = False
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- receive and send (the loop) ----------------------------------------------------
+
+    async def receive(self) -> Message:
+        inbox = self.inbox
+        if not inbox:
+            if self.state != self.OPEN:
+                return await self._receive_handshake()
+            if self.gone:
+                return self.disconnect  # type: ignore[return-value]  # set with gone
+            loop = self.handler.loop
+            assert loop is not None
+            while not inbox:
+                waiter = self.waiter = loop.create_future()
+                if inbox:  # arrived between the test and the waiter: no wake comes
+                    break
+                try:
+                    await waiter
+                finally:
+                    self.waiter = None
+        data = inbox.popleft()
+        if self.paused and len(inbox) <= self.max_queue >> 1:
+            self.paused = False
+            self.ws.resume_reading()
+        kind = type(data)
+        if kind is str:
+            return {"type": "websocket.receive", "text": data}
+        if kind is bytes:
+            return {"type": "websocket.receive", "bytes": data}
+        return data  # type: ignore[no-any-return]  # the disconnect message
+
+    async def _receive_handshake(self) -> Message:
+        if self.state == self.CONNECTING:
+            self.state = self.HANDSHAKE
+            return {"type": "websocket.connect"}
+        if self.state == self.HANDSHAKE:
+            # Neither accepted nor refused yet: wait for the client to leave.
+            request = self.request
+            if not request.disconnected:
+                loop = asyncio.get_running_loop()
+                waiter = self.waiter = loop.create_future()
+
+                def gone() -> None:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+                def on_disconnect() -> None:  # a ring thread
+                    try:
+                        loop.call_soon_threadsafe(gone)
+                    except RuntimeError:  # the loop is closed
+                        pass
+
+                request.add_disconnect_callback(on_disconnect)
+                try:
+                    await waiter
+                finally:
+                    self.waiter = None
+                if self.state == self.OPEN:  # accepted meanwhile, by another task
+                    return await self.receive()
+        return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+
+    async def send(self, message: Message) -> None:
+        ws = self.ws
+        if ws is not None:  # accepted
+            kind = message["type"]
+            if kind == "websocket.send":
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes")
+                    if data is None:
+                        raise TypeError("websocket.send needs 'text' or 'bytes'")
+                drains = self.drains
+                if not ws.send(data):  # raises WebSocketClosed once closing or closed
+                    await self._drained(drains)
+                return
+            if kind == "websocket.close":
+                ws.close(message.get("code") or 1000, message.get("reason") or "")
+                return
+            if kind == "websocket.accept":
+                raise RuntimeError("websocket.accept sent twice")
+            raise RuntimeError(f"unexpected ASGI message {kind!r} on an open WebSocket")
+        await self._send_handshake(message)
+
+    async def _drained(self, drains: int) -> None:
+        """Wait until on_drain was called after the send that saw drains calls."""
+        loop = self.handler.loop
+        assert loop is not None
+        while self.drains == drains and not self.gone:
+            waiter = self.drain_waiter = loop.create_future()
+            if self.drains != drains or self.gone:
+                break
+            try:
+                await waiter
+            finally:
+                self.drain_waiter = None
+
+    async def _send_handshake(self, message: Message) -> None:
+        kind = message["type"]
+        state = self.state
+        request = self.request
+        handler = self.handler
+        if state == self.HANDSHAKE or state == self.CONNECTING:
+            if kind == "websocket.accept":
+                headers = message.get("headers") or None
+                self.ws = request.accept_websocket(
+                    message.get("subprotocol"),
+                    headers,
+                    on_message=self._on_message,
+                    on_close=self._on_close,
+                    on_drain=self._on_drain,
+                    on_disconnect=self._on_disconnect,
+                )
+                self.state = self.OPEN
+                if handler.access_log:
+                    handler._log(request, self.client, 101)
+                self._wake()  # a receive() waiting for the handshake's end
+                return
+            if kind == "websocket.close":
+                self._refuse(403, None, b"")
+                return
+            if kind == "websocket.http.response.start":
+                self.status = message["status"]
+                self.headers = message.get("headers") or ()
+                self.state = self.RESPONDING
+                return
+            raise RuntimeError(
+                "expected ASGI message 'websocket.accept', 'websocket.close' or "
+                f"'websocket.http.response.start', got {kind!r}"
+            )
+        if state == self.RESPONDING and kind == "websocket.http.response.body":
+            body = message.get("body", b"")
+            if body:
+                self.body.append(body)
+            if not message.get("more_body", False):
+                self._refuse(self.status, self.headers, b"".join(self.body))
+            return
+        if state == self.REFUSED:
+            raise _WebSocketClosed("the WebSocket handshake was refused")
+        raise RuntimeError(f"unexpected ASGI message {kind!r} during a denial response")
+
+    def _refuse(self, status: int, headers: Any, body: bytes) -> None:
+        self.state = self.REFUSED
+        self.request.reply(Response(body, status, headers, None))
+        if self.handler.access_log:
+            self.handler._log(self.request, self.client, status)
+        self._wake()
+
+
 class _Lifespan:
     """Runs the app's lifespan protocol on the loop."""
 
@@ -343,11 +614,25 @@ class ASGIHandler:
         access_log: bool = False,
         proxy_headers: bool = True,
         forwarded_allow_ips: Union[str, Iterable[str], None] = None,
+        ws: str = "auto",
+        ws_max_queue: int = 32,
     ) -> None:
         if not callable(app):
             raise TypeError("app must be an ASGI 3 callable app(scope, receive, send)")
         if lifespan not in ("auto", "on", "off"):
             raise ValueError("lifespan must be 'auto', 'on' or 'off'")
+        if ws not in ("auto", "none"):
+            raise ValueError("ws must be 'auto' or 'none'")
+        if ws_max_queue < 1:
+            raise ValueError("ws_max_queue must be at least 1")
+        # Handshakes become websocket scopes (ws="none": http ones, as any request).
+        self.websocket = ws == "auto" and _HAS_WEBSOCKET
+        self.ws_max_queue = ws_max_queue
+        self._ws_extensions: Dict[str, Any] = {"websocket.http.response": {}}
+        # WebSocket connections with something for a waiting receive() or send();
+        # the loop is woken once per engine batch for all of them.
+        self._ws_ready: "collections.deque[_WebSocketCycle]" = collections.deque()
+        self._ws_scheduled = False
         self.app = app
         self.lifespan_mode = lifespan
         self.root_path = root_path.rstrip("/")
@@ -478,6 +763,25 @@ class ASGIHandler:
                 return
             post(self._drain)
 
+    def _wake_soon(self, cycle: _WebSocketCycle) -> None:
+        """A ring thread (GIL held): wake cycle's waiting receive() or send() on the
+        loop; one call_soon_threadsafe serves every connection of the batch."""
+        self._ws_ready.append(cycle)
+        if not self._ws_scheduled:
+            self._ws_scheduled = True
+            post = self._post
+            if post is not None:
+                try:
+                    post(self._ws_wake)
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    pass
+
+    def _ws_wake(self) -> None:
+        self._ws_scheduled = False  # before waking: a cycle queued later posts again
+        ready = self._ws_ready
+        while ready:
+            ready.popleft()._wake()
+
     def _drain(self) -> None:
         """On the loop: one task per queued request."""
         self._scheduled = False  # before draining: a request queued later posts again
@@ -541,8 +845,98 @@ class ASGIHandler:
             scheme = proxies.scheme(forwarded_proto.decode("latin-1"), scheme)
         return client, scheme
 
+    def websocket_scope(self, request: Request) -> Scope:
+        """The ASGI scope of a WebSocket handshake."""
+        headers = request.raw_headers
+        server: Union[Tuple[str, int], Tuple[str, None], str, None] = request.server
+        if type(server) is str:
+            server = (server, None)
+        client = request.client
+        scheme = self.scheme
+        proxies = self.proxies
+        if proxies is not None and proxies.trusts(client):
+            client, scheme = self._forwarded(headers, client, scheme)
+        subprotocols = []
+        for name, value in headers:
+            if name == b"sec-websocket-protocol":
+                for item in value.split(b","):
+                    item = item.strip()
+                    if item:
+                        subprotocols.append(item.decode("latin-1"))
+        scope = {
+            "type": "websocket",
+            "asgi": self._asgi,
+            "http_version": request.http_version,
+            "server": server,
+            "client": client,
+            "scheme": "wss" if scheme in ("https", "wss") else "ws",
+            "root_path": self.root_path,
+            "path": request.path,
+            "raw_path": request.raw_path.encode("utf-8", "surrogateescape"),
+            "query_string": request.query_string.encode("utf-8", "surrogateescape"),
+            "headers": headers,
+            "subprotocols": subprotocols,
+            "extensions": self._ws_extensions,
+        }
+        if self.state:
+            scope["state"] = self.state.copy()
+        return scope
+
+    async def handle_websocket(self, request: Request) -> None:
+        """Run the app for one WebSocket handshake, and the connection if accepted."""
+        cycle = _WebSocketCycle(request, self)
+        try:
+            scope = self.websocket_scope(request)
+            cycle.client = scope["client"]
+            await self.app(scope, cycle.receive, cycle.send)
+        except BaseException as exc:
+            cycle.done = True
+            self._websocket_failed(request, cycle, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        cycle.done = True
+        ws = cycle.ws
+        if ws is not None:
+            if cycle.paused:  # the close handshake needs the peer's close frame read
+                cycle.paused = False
+                ws.resume_reading()
+            ws.close(1000, "")  # nothing when the app (or the peer) closed already
+            return
+        if cycle.state != cycle.REFUSED:
+            log.error(
+                "the ASGI app returned without accepting or refusing the WebSocket "
+                "handshake; sent 500 for %s",
+                request.target,
+            )
+            cycle._refuse(500, _ERROR_HEADERS, _ERROR_BODY)
+
+    def _websocket_failed(
+        self, request: Request, cycle: _WebSocketCycle, exc: BaseException
+    ) -> None:
+        ws = cycle.ws
+        if isinstance(exc, _WebSocketClosed) and (ws is None or ws.closed):
+            pass  # our own "the connection is closed", let through by the app (spec 2.4)
+        elif isinstance(exc, asyncio.CancelledError):
+            log.warning("ASGI WebSocket task cancelled: %s", request.target)
+        else:
+            log.error("the ASGI app raised; WebSocket %s", request.target, exc_info=exc)
+        try:
+            if ws is not None:
+                if cycle.paused:
+                    cycle.paused = False
+                    ws.resume_reading()
+                code = 1012 if isinstance(exc, asyncio.CancelledError) else 1011
+                ws.close(code, "")
+            elif cycle.state != cycle.REFUSED and not request.answered:
+                cycle._refuse(500, _ERROR_HEADERS, _ERROR_BODY)
+        except Exception:
+            log.exception("could not close after the ASGI app failed")
+
     async def handle(self, request: Request) -> None:
         """The engine handler: run the app for one request (on the loop)."""
+        if self.websocket and request.websocket:
+            return await self.handle_websocket(request)
         cycle = _Cycle(request, self)
         try:
             scope = self.scope(request)
@@ -628,9 +1022,12 @@ class ASGIServer(AdapterServer):
     """A :class:`Server` running an ASGI 3 app on its own event loop thread.
 
     ``ASGIServer(app, host, port, lifespan="auto", root_path="", loop="auto",
-    access_log=False, **server_options)``: ``loop`` is ``"auto"`` (uvloop when
-    installed), ``"uvloop"``, ``"asyncio"`` or a running loop of yours; the
-    server options are :class:`Server`'s. Lifespan startup runs in
+    access_log=False, ws="auto", ws_max_queue=32, **server_options)``: ``loop``
+    is ``"auto"`` (uvloop when installed), ``"uvloop"``, ``"asyncio"`` or a
+    running loop of yours; ``ws="none"`` hands WebSocket handshakes to the app as
+    http requests; ``ws_max_queue`` is how many received messages wait for the app
+    before the connection is no longer read; the server options are
+    :class:`Server`'s (``ws_max_message``, ``ws_ping_interval_ms``... for WebSocket). Lifespan startup runs in
     ``start()``/``run()`` before the server accepts; shutdown after it stops.
     """
 
@@ -647,6 +1044,8 @@ class ASGIServer(AdapterServer):
         access_log: bool = False,
         proxy_headers: bool = True,
         forwarded_allow_ips: Union[str, Iterable[str], None] = None,
+        ws: str = "auto",
+        ws_max_queue: int = 32,
         **server_options: Any,
     ) -> None:
         self.handler = ASGIHandler(
@@ -658,6 +1057,8 @@ class ASGIServer(AdapterServer):
             access_log=access_log,
             proxy_headers=proxy_headers,
             forwarded_allow_ips=forwarded_allow_ips,
+            ws=ws,
+            ws_max_queue=ws_max_queue,
         )
         super().__init__(self.handler, host, port, server_options)
 

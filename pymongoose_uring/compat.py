@@ -12,28 +12,62 @@ only its import::
     while True:
         mgr.poll(1000)
 
+WebSocket, as pymongoose has it::
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_HTTP_MSG and data.uri == "/ws":
+            conn.ws_upgrade(data)                 # MG_EV_WS_OPEN follows at once
+        elif ev == MG_EV_WS_MSG:                  # data: a WsMessage
+            if data.flags == WEBSOCKET_OP_TEXT:
+                conn.ws_send("echo " + data.text, WEBSOCKET_OP_TEXT)
+            else:
+                conn.ws_send(data.data, WEBSOCKET_OP_BINARY)
+        elif ev == MG_EV_CLOSE:                   # the WebSocket is gone
+            ...
+
 What differs from pymongoose:
 
 - Handlers run on the engine's ring threads as requests arrive (under the
-  GIL, one batch at a time), not inside ``poll()``; ``poll(ms)`` just waits,
-  letting Ctrl-C through. Only ``MG_EV_HTTP_MSG`` is delivered; the other
-  event constants exist so that scripts comparing against them still run.
+  GIL, one batch at a time), not inside ``poll()``; ``poll(ms)`` waits and
+  runs the timers of ``timer_add()`` that fall due, letting Ctrl-C through.
+  Delivered: ``MG_EV_HTTP_MSG``; on a WebSocket ``MG_EV_WS_OPEN`` (inside
+  ``ws_upgrade()``, as Mongoose does), ``MG_EV_WS_MSG`` (whole messages,
+  fragments joined), ``MG_EV_WS_CTL`` (ping, pong and the peer's close frame; pings
+  are answered by the engine) and ``MG_EV_CLOSE``. The other event constants
+  exist so that scripts comparing against them still run; plain HTTP
+  connections get no ``MG_EV_CLOSE``.
+- ``WsMessage.flags`` is the opcode (``WEBSOCKET_OP_TEXT`` ...), which is what
+  pymongoose's examples compare it with; Mongoose gives the frame's first byte,
+  FIN bit included (``flags & 15`` is the opcode either way).
+- ``ws_upgrade()`` chooses the first subprotocol the client offered (Mongoose
+  echoes the whole header). A request that is not a valid handshake gets
+  426, as in Mongoose. ``ws_send()`` on a connection that is closing or closed
+  raises ``ConnectionClosed`` (a ``RuntimeError``, as pymongoose raises, and an
+  ``OSError``); ``conn.close()`` and ``conn.drain()`` on a WebSocket send a
+  close frame (1000) and close once the client answers it.
 - Each ``listen()`` starts its own server, and the handler given to
   ``listen()`` (else the Manager's) handles every connection it accepts.
 - Reply bodies are sent by length: they may contain NUL bytes.
 - ``conn.reply()`` may be called later, from any thread, on a ``conn``
   kept from the handler. A request the handler neither answers nor keeps
   gets a 500 (pymongoose left the client waiting).
-- Only HTTP listeners exist (``http=True``); raw TCP, WebSocket, MQTT, TLS,
-  timers and outbound connections are not provided.
+- Only HTTP listeners exist (``http=True``); raw TCP, MQTT, TLS and
+  outbound connections are not provided. ``serve_dir()``/``serve_file()``
+  serve files from Python (no Range, no caching headers).
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
+import mimetypes
+import os
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+from . import _native
 from ._native import Response
 from ._server import Server
 
@@ -43,7 +77,14 @@ if TYPE_CHECKING:
 __all__ = [
     "Manager",
     "Connection",
+    "ConnectionClosed",
     "HttpMessage",
+    "Timer",
+    "WsMessage",
+    "WEBSOCKET_OP_TEXT",
+    "WEBSOCKET_OP_BINARY",
+    "WEBSOCKET_OP_PING",
+    "WEBSOCKET_OP_PONG",
     "MG_EV_ERROR",
     "MG_EV_OPEN",
     "MG_EV_POLL",
@@ -92,7 +133,52 @@ __all__ = [
     MG_EV_USER,
 ) = range(21)
 
+# WebSocket opcodes (RFC 6455), as Mongoose names them.
+WEBSOCKET_OP_CONTINUE = 0
+WEBSOCKET_OP_TEXT = 1
+WEBSOCKET_OP_BINARY = 2
+WEBSOCKET_OP_CLOSE = 8
+WEBSOCKET_OP_PING = 9
+WEBSOCKET_OP_PONG = 10
+
 EventHandler = Callable[["Connection", int, Any], None]
+
+log = logging.getLogger("pymongoose_uring")
+
+_WebSocketClosed: Any = getattr(_native._pmu, "WebSocketClosed", ConnectionResetError)
+
+
+class ConnectionClosed(OSError, RuntimeError):
+    """ws_send() on a WebSocket that is closing or closed. A RuntimeError, as
+    pymongoose raises for a closed connection, and an OSError."""
+
+
+class WsMessage:
+    """A WebSocket message or control frame, as pymongoose's ``data`` for
+    ``MG_EV_WS_MSG`` and ``MG_EV_WS_CTL``: ``data`` (bytes), ``text`` (str),
+    ``flags`` (the opcode: ``WEBSOCKET_OP_TEXT``, ``_BINARY``, ``_PING``,
+    ``_PONG``, or 8 for a close frame, whose data is the code and reason)."""
+
+    __slots__ = ("_payload", "flags")
+
+    def __init__(self, payload: Union[bytes, str], flags: int) -> None:
+        self._payload = payload
+        self.flags = flags
+
+    @property
+    def data(self) -> bytes:
+        payload = self._payload
+        return payload.encode("utf-8") if type(payload) is str else payload  # type: ignore[return-value]
+
+    @property
+    def text(self) -> str:
+        payload = self._payload
+        if type(payload) is str:
+            return payload
+        return payload.decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+
+    def __repr__(self) -> str:
+        return f"<WsMessage flags={self.flags} {self._payload!r:.60}>"
 
 
 def _address(addr: Union[Tuple[str, int], str, None]) -> Optional[Tuple[str, int, bool]]:
@@ -184,6 +270,8 @@ class Connection:
         "_server",
         "userdata",
         "_close_after",
+        "_ws",
+        "_gone",
     )
 
     def __init__(
@@ -199,6 +287,8 @@ class Connection:
         self._server: Optional[Server] = None
         self.userdata: Any = None
         self._close_after = False
+        self._ws: Any = None  # the _pmu.WebSocket after ws_upgrade()
+        self._gone = False  # MG_EV_CLOSE was delivered
 
     # -- pymongoose properties ---------------------------------------------
 
@@ -219,7 +309,8 @@ class Connection:
 
     @property
     def is_closing(self) -> bool:
-        return self._close_after
+        ws = self._ws
+        return self._close_after or (ws is not None and ws.closed)
 
     @property
     def is_client(self) -> bool:
@@ -235,7 +326,7 @@ class Connection:
 
     @property
     def is_websocket(self) -> bool:
-        return False
+        return self._ws is not None
 
     @property
     def local_addr(self) -> Optional[Tuple[str, int, bool]]:
@@ -270,23 +361,196 @@ class Connection:
         request.reply(Response(body, status_code, headers, None))
 
     def drain(self) -> None:
-        """Close the connection once the reply is sent."""
+        """Close the connection once the reply is sent (a WebSocket: once what
+        was sent is out, with a close frame)."""
         self._close_after = True
+        if self._ws is not None:
+            self._ws.close(1000, "")
 
     def close(self) -> None:
-        """Close the connection after the reply (a listener: stop it)."""
+        """Close the connection after the reply (a listener: stop it; a
+        WebSocket: send a close frame, 1000)."""
         if self._request is None and self._server is not None:
             self._server.stop()
             return
         self._close_after = True
+        if self._ws is not None:
+            self._ws.close(1000, "")
+
+    # -- WebSocket ---------------------------------------------------------
+
+    def ws_upgrade(
+        self, message: HttpMessage, extra_headers: Optional[Dict[str, str]] = None
+    ) -> None:
+        """Accept the WebSocket handshake ``message`` asks for (101 with
+        ``extra_headers``, the first subprotocol offered); ``MG_EV_WS_OPEN``
+        reaches the handler before this returns. Not a valid handshake: 426."""
+        request = self._request
+        if request is None or not isinstance(message, HttpMessage):
+            raise ValueError("HttpMessage is not valid for this event")
+        if self._ws is not None:
+            raise RuntimeError("already a WebSocket connection")
+        if not getattr(request, "websocket", False):
+            request.reply(Response(b"WS upgrade expected\n", 426, None, None))
+            return
+        offered = request.header("Sec-WebSocket-Protocol")
+        subprotocol = offered.split(",")[0].strip() or None if offered else None
+        self._ws = request.accept_websocket(
+            subprotocol,
+            extra_headers,
+            on_message=self._ws_message,
+            on_ping=self._ws_ping,
+            on_pong=self._ws_pong,
+            on_close=self._ws_close,
+            on_disconnect=self._ws_disconnect,
+        )
+        self._event(MG_EV_WS_OPEN, message)
+
+    def ws_send(self, data: Union[bytes, bytearray, memoryview, str], op: int = 1) -> None:
+        """Send a WebSocket message (``WEBSOCKET_OP_TEXT``, the default, or
+        ``_BINARY``) or a ``_PING``/``_PONG`` control frame, from any thread.
+        ConnectionClosed when the connection is closing or closed."""
+        ws = self._ws
+        if ws is None:
+            raise RuntimeError("ws_send() on a connection that is not a WebSocket")
+        try:
+            if op == WEBSOCKET_OP_TEXT:
+                ws.send(data if type(data) is str else bytes(data).decode("utf-8"))  # type: ignore[arg-type]
+            elif op == WEBSOCKET_OP_BINARY:
+                ws.send(data.encode("utf-8") if isinstance(data, str) else data)
+            elif op == WEBSOCKET_OP_PING or op == WEBSOCKET_OP_PONG:
+                payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+                if ws.closed:
+                    raise _WebSocketClosed("the WebSocket is closing or closed")
+                (ws.ping if op == WEBSOCKET_OP_PING else ws.pong)(payload)
+            elif op == WEBSOCKET_OP_CLOSE:
+                payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
+                ws.close(code, payload[2:].decode("utf-8", "replace"))
+            else:
+                raise ValueError(f"unsupported WebSocket opcode {op}")
+        except _WebSocketClosed as exc:
+            raise ConnectionClosed(*exc.args) from None
+
+    def _event(self, ev: int, data: Any) -> None:
+        """Call the handler with a WebSocket event; what it raises is logged,
+        as pymongoose prints it, and the connection goes on."""
+        handler = self._handler
+        if handler is None:
+            return
+        try:
+            handler(self, ev, data)
+        except Exception:
+            log.exception("the pymongoose handler raised on event %d", ev)
+
+    def _ws_message(self, ws: Any, data: Union[bytes, str]) -> None:
+        self._event(
+            MG_EV_WS_MSG,
+            WsMessage(data, WEBSOCKET_OP_TEXT if type(data) is str else WEBSOCKET_OP_BINARY),
+        )
+
+    def _ws_ping(self, ws: Any, data: bytes) -> None:
+        self._event(MG_EV_WS_CTL, WsMessage(data, WEBSOCKET_OP_PING))
+
+    def _ws_pong(self, ws: Any, data: bytes) -> None:
+        self._event(MG_EV_WS_CTL, WsMessage(data, WEBSOCKET_OP_PONG))
+
+    def _ws_close(self, ws: Any, code: int, reason: str) -> None:
+        payload = b"" if code == 1005 else code.to_bytes(2, "big") + reason.encode("utf-8")
+        self._event(MG_EV_WS_CTL, WsMessage(payload, WEBSOCKET_OP_CLOSE))
+
+    def _ws_disconnect(self, ws: Any, code: int) -> None:
+        ws.on_message = ws.on_ping = ws.on_pong = ws.on_close = ws.on_disconnect = None
+        self._gone = True
+        self._event(MG_EV_CLOSE, None)
+
+    # -- files -------------------------------------------------------------
+
+    def serve_dir(
+        self,
+        message: HttpMessage,
+        root_dir: str,
+        extra_headers: str = "",
+        mime_types: str = "",
+        page404: str = "",
+    ) -> None:
+        """Answer with the file under ``root_dir`` that the request's path
+        names (``index.html`` for a directory); 404 (or ``page404``) when there
+        is none or the path leaves root_dir. ``extra_headers``: "Name: value"
+        lines; ``mime_types``: "ext=type,ext=type"."""
+        root = os.path.realpath(root_dir)
+        path = os.path.realpath(os.path.join(root, unquote(message.uri).lstrip("/")))
+        if path != root and not path.startswith(root + os.sep):
+            path = ""
+        elif os.path.isdir(path):
+            path = os.path.join(path, "index.html")
+        if not path or not os.path.isfile(path):
+            if page404 and os.path.isfile(page404):
+                self._send_file(page404, 404, extra_headers, mime_types)
+            else:
+                self.reply(404, b"Not found\n", _header_lines(extra_headers))
+            return
+        self._send_file(path, 200, extra_headers, mime_types)
+
+    def serve_file(
+        self, message: HttpMessage, path: str, extra_headers: str = "", mime_types: str = ""
+    ) -> None:
+        """Answer with the file at ``path`` (404 when it is missing)."""
+        if not os.path.isfile(path):
+            self.reply(404, b"Not found\n", _header_lines(extra_headers))
+            return
+        self._send_file(path, 200, extra_headers, mime_types)
+
+    def _send_file(self, path: str, status: int, extra_headers: str, mime_types: str) -> None:
+        ext = os.path.splitext(path)[1].lstrip(".").lower()
+        types = dict(item.strip().split("=", 1) for item in mime_types.split(",") if "=" in item)
+        ctype = types.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+        headers = {"Content-Type": ctype}
+        headers.update(_header_lines(extra_headers))
+        with open(path, "rb") as f:
+            body = f.read()
+        if self._request is not None and self._request.method == "HEAD":
+            body = b""
+        self.reply(status, body, headers)
 
     def send(self, data: bytes) -> None:
-        raise NotImplementedError("raw sends are not supported: use conn.reply()")
+        raise NotImplementedError(
+            "raw sends are not supported: use conn.reply() or, on a WebSocket, conn.ws_send()"
+        )
 
     def __repr__(self) -> str:
         if self._request is None:
             return f"<Connection listening on {self._listen_addr}>"
         return f"<Connection id={self.id} {self._request!r}>"
+
+
+def _header_lines(text: str) -> Dict[str, str]:
+    """Mongoose's extra_headers ("Name: value\\r\\n" lines) as a dict."""
+    headers = {}
+    for line in text.replace("\r\n", "\n").split("\n"):
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+class Timer:
+    """A timer of ``Manager.timer_add()``; ``cancel()`` stops it."""
+
+    __slots__ = ("interval", "callback", "repeat", "due", "cancelled")
+
+    def __init__(self, interval: float, callback: Callable[[], Any], repeat: bool) -> None:
+        self.interval = interval
+        self.callback = callback
+        self.repeat = repeat
+        self.due = 0.0
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: "Timer") -> bool:
+        return self.due < other.due
 
 
 def _parse_url(url: str) -> Tuple[str, int]:
@@ -322,6 +586,8 @@ class Manager:
         self._options = server_options
         self._listeners: List[Connection] = []
         self._closed = False
+        self._timers: List[Timer] = []  # a heap by due time
+        self._timers_lock = threading.Lock()
 
     def listen(
         self, url: str, handler: Optional[EventHandler] = None, *, http: bool = False
@@ -359,11 +625,59 @@ class Manager:
         return dispatch
 
     def poll(self, timeout_ms: int = 0) -> None:
-        """Wait up to ``timeout_ms`` ms (requests are served meanwhile, and
-        all the time). Ctrl-C raises KeyboardInterrupt here."""
+        """Wait up to ``timeout_ms`` ms, running the timers that fall due
+        (requests and WebSocket events are served meanwhile, and all the
+        time). Ctrl-C raises KeyboardInterrupt here."""
         if self._closed:
             raise RuntimeError("Manager has been freed")
-        time.sleep(max(timeout_ms, 0) / 1000.0)
+        end = time.monotonic() + max(timeout_ms, 0) / 1000.0
+        while True:
+            now = time.monotonic()
+            self._run_timers(now)
+            with self._timers_lock:
+                next_due = self._timers[0].due if self._timers else end
+            wait = min(end, next_due) - now
+            if wait > 0:
+                time.sleep(wait)
+            if time.monotonic() >= end:
+                self._run_timers(time.monotonic())
+                return
+
+    def timer_add(
+        self,
+        milliseconds: int,
+        callback: Callable[[], Any],
+        *,
+        repeat: bool = False,
+        run_now: bool = False,
+    ) -> Timer:
+        """Call ``callback()`` after ``milliseconds`` (every ``milliseconds``
+        with ``repeat``; once at the next poll too with ``run_now``), on the
+        thread that calls ``poll()``, as Mongoose does."""
+        if self._closed:
+            raise RuntimeError("Manager has been freed")
+        timer = Timer(max(milliseconds, 0) / 1000.0, callback, repeat)
+        timer.due = time.monotonic() + (0.0 if run_now else timer.interval)
+        with self._timers_lock:
+            heapq.heappush(self._timers, timer)
+        return timer
+
+    def _run_timers(self, now: float) -> None:
+        while True:
+            with self._timers_lock:
+                if not self._timers or self._timers[0].due > now:
+                    return
+                timer = heapq.heappop(self._timers)
+                if timer.cancelled:
+                    continue
+                if timer.repeat:  # on time, or (late, or every poll) from now on
+                    due = timer.due + timer.interval
+                    timer.due = due if due > now else now + max(timer.interval, 0.001)
+                    heapq.heappush(self._timers, timer)
+            try:
+                timer.callback()
+            except Exception:
+                log.exception("a pymongoose timer callback raised")
 
     def wakeup(self, connection_id: int, data: bytes = b"") -> bool:
         raise NotImplementedError(
@@ -373,6 +687,8 @@ class Manager:
     def close(self) -> None:
         """Stop every listener gracefully and release the servers."""
         self._closed = True
+        with self._timers_lock:
+            self._timers.clear()
         listeners, self._listeners = self._listeners, []
         for listener in listeners:
             if listener._server is not None:

@@ -13,7 +13,9 @@ sockets the parent holds (one SO_REUSEPORT socket per worker for TCP); the paren
 restarts a worker that dies, replaces them one by one on SIGHUP (new code, no
 connection refused), and stops them all gracefully on SIGTERM or SIGINT. Every
 engine knob is an option (--ring-entries,
---buf-size, --sqpoll 1...) with the engine's default shown below.
+--buf-size, --sqpoll 1...) with the engine's default shown below; uvicorn's
+--ws-max-size, --ws-ping-interval, --ws-ping-timeout and --ws-per-message-deflate
+set the WebSocket knobs they correspond to.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class Config:
     lifespan: str = "auto"
     loop: str = "auto"
     root_path: str = ""
+    ws: str = "auto"
+    ws_max_queue: int = 32
     # Engine knobs given on the command line (the rest keep the engine's defaults).
     engine: Dict[str, Any] = field(default_factory=dict)
 
@@ -208,6 +212,62 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
         help="event loop for ASGI (default auto: uvloop when installed)",
     )
     a.add_argument("--root-path", default="", help="ASGI root_path")
+    ws = p.add_argument_group(
+        "WebSocket (uvicorn's names; each sets an engine knob, except --ws and --ws-max-queue)"
+    )
+    ws.add_argument(
+        "--ws",
+        choices=("auto", "none", "websockets", "websockets-sansio", "wsproto"),
+        default="auto",
+        help="auto: ASGI apps get websocket scopes; none: WebSocket handshakes reach "
+        "them as plain http requests (uvicorn's implementation names mean auto)",
+    )
+    ws.add_argument(
+        "--ws-max-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="largest message accepted, beyond: close 1009 (ws_max_message; default 16777216)",
+    )
+    ws.add_argument(
+        "--ws-max-queue",
+        type=int,
+        default=32,
+        metavar="N",
+        help="received messages an ASGI app may leave unread before the connection "
+        "is no longer read (default 32)",
+    )
+    ws.add_argument(
+        "--ws-ping-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="ping a connection silent this long, 0: never (ws_ping_interval_ms; default 20)",
+    )
+    ws.add_argument(
+        "--ws-ping-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close a connection that sends nothing this long after a ping, 0: never "
+        "(ws_ping_timeout_ms; default 20)",
+    )
+    ws.add_argument(
+        "--ws-per-message-deflate",
+        nargs="?",
+        const=True,
+        default=None,
+        type=_boolean,
+        metavar="BOOL",
+        help="negotiate permessage-deflate when the client offers it (ws_deflate; "
+        "default on); also --ws-per-message-deflate false, as uvicorn takes it",
+    )
+    ws.add_argument(
+        "--no-ws-per-message-deflate",
+        dest="ws_per_message_deflate",
+        action="store_false",
+        help="never compress (ws_deflate 0)",
+    )
     e = p.add_argument_group("engine knobs (default: the engine's)")
     table = _knob_table()
     for name, value in defaults.items():
@@ -229,6 +289,54 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
             "--" + name.replace("_", "-"), type=kind, default=None, help=text.replace("%", "%%")
         )
     return p
+
+
+def _boolean(text: str) -> bool:
+    """An on/off value as uvicorn's options take it."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (true or false)")
+
+
+def _seconds_ms(seconds: float) -> int:
+    """Seconds as the engine's milliseconds (a positive value never rounds to 0: off)."""
+    ms = int(round(seconds * 1000))
+    return 1 if seconds > 0 and ms == 0 else ms
+
+
+def websocket_options(
+    args: argparse.Namespace, defaults: Dict[str, Any], p: argparse.ArgumentParser
+) -> Dict[str, Any]:
+    """The engine knobs that uvicorn-named --ws-* options set; an error when one
+    contradicts its engine knob's own option, or the engine has no such knob."""
+    wanted: Dict[str, Any] = {}
+    if args.ws_max_size is not None:
+        if args.ws_max_size < 0:
+            p.error("--ws-max-size cannot be negative")
+        wanted["ws_max_message"] = ("--ws-max-size", args.ws_max_size)
+    for option, knob in (
+        ("ws_ping_interval", "ws_ping_interval_ms"),
+        ("ws_ping_timeout", "ws_ping_timeout_ms"),
+    ):
+        seconds = getattr(args, option)
+        if seconds is not None:
+            if seconds < 0:
+                p.error(f"--{option.replace('_', '-')} cannot be negative")
+            wanted[knob] = ("--" + option.replace("_", "-"), _seconds_ms(seconds))
+    if args.ws_per_message_deflate is not None:
+        wanted["ws_deflate"] = ("--ws-per-message-deflate", int(args.ws_per_message_deflate))
+    options = {}
+    for knob, (option, value) in wanted.items():
+        if knob not in defaults:
+            p.error(f"{option}: this engine has no {knob} knob (no WebSocket support)")
+        given = getattr(args, knob, None)
+        if given is not None and given != value:
+            p.error(f"{option} and --{knob.replace('_', '-')} disagree")
+        options[knob] = value
+    return options
 
 
 def _knob_table() -> Dict[str, Any]:
@@ -281,6 +389,10 @@ def parse(argv: Optional[Sequence[str]], defaults: Dict[str, Any]) -> Config:
         p.error("--pool-threads must be at least 1")
     if config.max_requests < 0 or config.max_requests_jitter < 0:
         p.error("--max-requests and --max-requests-jitter cannot be negative")
+    if config.ws_max_queue < 1:
+        p.error("--ws-max-queue must be at least 1")
+    if config.ws != "none":
+        config.ws = "auto"
     if config.fd is not None:
         try:
             os.fstat(config.fd)
@@ -294,4 +406,5 @@ def parse(argv: Optional[Sequence[str]], defaults: Dict[str, Any]) -> Config:
         except ValueError as exc:
             p.error(str(exc))
     config.engine = engine_options(args, defaults)
+    config.engine.update(websocket_options(args, defaults, p))
     return config

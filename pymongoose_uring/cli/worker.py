@@ -130,6 +130,8 @@ def make_server(config: Config) -> AnyServer:
             root_path=config.root_path,
             loop=config.loop,
             access_log=config.access_log,
+            ws=config.ws,
+            ws_max_queue=config.ws_max_queue,
             **proxy,
             **listen,
             **options,
