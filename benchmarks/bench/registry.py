@@ -127,10 +127,12 @@ SERVERS = [
         "hello_server (C engine)",
         ("{hello_server}", "{port}", "{threads}"),
         kind="c-reference",
+        caps=("hello", "bytes", "echo", "ws"),
         build="hello_server",
         knobs=ALL_KNOBS,
         env=ROOM_FOR_C10K,
-        description="examples/hello_server: the engine with a C handler, no Python",
+        description="examples/hello_server: the engine with a C handler, no Python; "
+        "WebSocket echo on every path",
     ),
     Server(
         "nginx",
