@@ -161,6 +161,11 @@ def ws_figures(result, start, end, rss_before, rss_peak, recovery_error=None):
         "core_us_per_req": core_s * scale * 1e6 / messages if messages else None,
         "server_cpu_util": cpu_s / server_seconds if server_seconds > 0 else None,
         "client_cpu_util": result.get("client_cpu_util"),
+        "client_us_per_msg": (
+            result["client_cpu_s"] * 1e6 / messages
+            if messages and result.get("client_cpu_s") is not None
+            else None
+        ),
         "published": result.get("published"),
         "lat_mean_ms": lat["mean"] / 1000,
         "lat_p50_ms": lat["p50"] / 1000,

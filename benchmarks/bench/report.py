@@ -25,6 +25,7 @@ MEDIAN = [
     "mem_per_conn_kib",
     "rss_before_mib",
     "client_cpu_util",
+    "client_us_per_msg",
     "published",
 ]
 MAX = ["rss_peak_mib", "lat_max_ms"]
@@ -92,8 +93,9 @@ def _pct(x):
 def workload_table(workload, rows, labels, reference, header_note=""):
     """Markdown table for one workload: rows is [(server, summary row)] in display order.
     A WebSocket workload counts messages, and shows the server's and the client's CPU use
-    (the share of one core each used while counting): a client near 100% may be what
-    limits the rate, which is why CPU per message is the figure to compare."""
+    (the share of one core each used while counting) and the client's CPU per message: a
+    client near 100% may be what limits the rate, which is why the server's CPU per message
+    is the figure to compare."""
     unit = workload.unit
     ws = workload.client == "wsload"
     ref = dict(rows).get(reference)
@@ -103,7 +105,7 @@ def workload_table(workload, rows, labels, reference, header_note=""):
     if workload.per_connection_memory:
         cols.append("Memory/conn")
     if ws:
-        cols.append("CPU used, server / client")
+        cols += ["CPU used, server / client", "Client µs/msg"]
     cols += ["Errors", vs]
     lines = [
         "### %s%s" % (workload.title, header_note),
@@ -139,6 +141,7 @@ def workload_table(workload, rows, labels, reference, header_note=""):
             cells.append(
                 "%s / %s" % (_pct(row.get("server_cpu_util")), _pct(row.get("client_cpu_util")))
             )
+            cells.append(_fmt(row.get("client_us_per_msg"), 2))
         cells += [_fmt_int(errors) if errors else "0", ratio]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

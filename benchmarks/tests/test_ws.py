@@ -245,6 +245,7 @@ def result_line(**fields):
         "duration_s": 2.0,
         "published": 0,
         "client_cpu_util": 0.4,
+        "client_cpu_s": 0.8,
         "latency_us": {"mean": 10.0, "p50": 9.0, "p90": 12.0, "p99": 20.0, "max": 30.0},
         "error": None,
     }
@@ -291,6 +292,7 @@ def test_ws_figures_scale_server_cpu_to_the_counted_interval():
     assert p["cpu_us_per_req"] == pytest.approx(20.0)
     assert p["server_cpu_util"] == pytest.approx(1.0)
     assert p["client_cpu_util"] == 0.4 and p["recovered"]
+    assert p["client_us_per_msg"] == pytest.approx(8.0)  # 0.8 s for 100,000 messages
 
 
 def test_ws_tables_count_messages_and_show_the_http_ratio():
@@ -306,6 +308,7 @@ def test_ws_tables_count_messages_and_show_the_http_ratio():
         rounds=1,
         server_cpu_util=0.97,
         client_cpu_util=0.5,
+        client_us_per_msg=0.45,
     )
     summary = {
         ("hello_c", "ws-echo"): row,
@@ -315,7 +318,7 @@ def test_ws_tables_count_messages_and_show_the_http_ratio():
     text = report.tables(
         [echo], summary, {"hello_c": "C"}, "hello_c", [], [], {"duration_s": 2}, extra=[pipelined]
     )
-    assert "Messages/sec" in text and "CPU µs/msg" in text and "97% / 50%" in text
+    assert "Messages/sec" in text and "CPU µs/msg" in text and "97% / 50% | 0.45 |" in text
     assert "| C | 0.90 | 0.60 | 1.50× |" in text
     # The base workload's own table is not repeated, and aiohttp (no pipelined) has no ratio.
     assert "### 16-deep" not in text and "| aiohttp | 10.00" not in text
