@@ -105,6 +105,13 @@ def parse_args(argv=None):
         help="server the ratios are taken against (default: pymongoose_uring, "
         "else the first of %s that ran)" % ", ".join(registry.REFERENCE_ORDER),
     )
+    p.add_argument(
+        "--ws-procs",
+        type=int,
+        default=1,
+        help="client processes for ws-echo (default 1: one wsload process; more, to check "
+        "that the client does not limit the rate)",
+    )
     p.add_argument("--no-install", action="store_true", help="install nothing (apt, pip)")
     p.add_argument(
         "--no-build",
@@ -425,6 +432,7 @@ def main(argv=None):
                             log=wrk_log,
                             wsload_binary=wsload_binary,
                             warmup=args.warmup,
+                            ws_procs=args.ws_procs,
                         )
                     except BenchError as e:
                         fail(s.name, "%s: %s" % (w.name, e), fatal=isinstance(e, WrongAnswer))

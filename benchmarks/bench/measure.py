@@ -6,13 +6,17 @@ import time
 from . import BenchError, WrongAnswer, checks, procstat, wrk, wsload
 
 
-def point(server, workload, duration, client_cpus, log=None, wsload_binary=None, warmup=1.0):
+def point(
+    server, workload, duration, client_cpus, log=None, wsload_binary=None, warmup=1.0, ws_procs=1
+):
     """Measure `workload` against the running ServerProcess `server` for `duration` seconds
     (or the workload's minimum). Returns a flat dict of numbers; checks GET / afterwards.
     WebSocket workloads need `wsload_binary`; `warmup` is their unmeasured load after
     connecting."""
     if workload.client == "wsload":
-        return ws_point(server, workload, duration, client_cpus, wsload_binary, warmup, log)
+        return ws_point(
+            server, workload, duration, client_cpus, wsload_binary, warmup, log, ws_procs
+        )
     server.ensure_alive()
     duration = max(duration, workload.min_duration)
     root = server.pid
@@ -93,7 +97,7 @@ def _recovered(server):
     return None
 
 
-def ws_point(server, workload, duration, client_cpus, binary, warmup, log=None):
+def ws_point(server, workload, duration, client_cpus, binary, warmup, log=None, procs=1):
     """One WebSocket point: wsload connects, warms up, then counts for `duration` seconds;
     the server's CPU is read when it starts and stops counting (connecting and closing
     1,000 connections are not in the figure). Same keys as an HTTP point ("requests" are
@@ -130,6 +134,7 @@ def ws_point(server, workload, duration, client_cpus, binary, warmup, log=None):
             on_start=snapshot("start"),
             on_end=snapshot("end"),
             log=log,
+            procs=procs if workload.ws_mode == "echo" else 1,
         )
     finally:
         rss_peak = sampler.stop()

@@ -48,10 +48,12 @@ def build(log=None, binary=BINARY, source=SOURCE, build=True):
     return binary, None
 
 
-def argv(binary, port, workload, duration, warmup):
-    """The command line for one measurement of a WebSocket workload."""
+def argv(binary, port, workload, duration, warmup, procs=1):
+    """The command line for one measurement of a WebSocket workload (procs > 1: that many
+    client processes share the connections, echo only)."""
     return [
         binary,
+        *(["--procs", str(procs)] if procs > 1 else []),
         "--port",
         str(port),
         "--path",
@@ -100,11 +102,22 @@ def check_result(result, stderr="", returncode=0, where="wsload"):
     return result
 
 
-def run(binary, port, workload, duration, cpus, warmup=1.0, on_start=None, on_end=None, log=None):
+def run(
+    binary,
+    port,
+    workload,
+    duration,
+    cpus,
+    warmup=1.0,
+    on_start=None,
+    on_end=None,
+    log=None,
+    procs=1,
+):
     """Run wsload against 127.0.0.1:port; on_start()/on_end() are called as it starts and
     stops counting. Returns its result dict with "server_window" = (the times on_start and
     on_end returned, if they returned any) added."""
-    cmd = argv(binary, port, workload, duration, warmup)
+    cmd = argv(binary, port, workload, duration, warmup, procs)
     cpus = sorted(cpus)
     try:
         proc = subprocess.Popen(

@@ -340,7 +340,7 @@ def short(name, **changes):
     return dataclasses.replace(wl.BY_NAME[name], timeout=3, **changes)
 
 
-def load(binary, server, workload):
+def load(binary, server, workload, procs=1):
     marks = []
     result = wsload.run(
         binary,
@@ -351,6 +351,7 @@ def load(binary, server, workload):
         warmup=0.1,
         on_start=lambda: marks.append("start"),
         on_end=lambda: marks.append("end"),
+        procs=procs,
     )
     assert marks == ["start", "end"]
     return result
@@ -366,6 +367,18 @@ def test_wsload_echo_counts_checked_echoes(wsload_binary, tiny):
     for size in (70000, 5):
         r = load(wsload_binary, tiny(), short("ws-echo", connections=1, ws_depth=2, ws_size=size))
         assert r["messages"] > 0 and r["bytes"] == r["messages"] * size
+
+
+def test_wsload_procs_share_the_connections_and_sum(wsload_binary, tiny):
+    server = tiny()
+    r = load(wsload_binary, server, short("ws-echo", connections=3, ws_depth=2), procs=2)
+    assert r["error"] is None and r["procs"] == 2 and r["connections"] == 3
+    assert r["messages"] > 0 and r["bytes"] == r["messages"] * 32
+    assert r["latency_us"]["samples"] == r["messages"] and r["latency_us"]["p50"] > 0
+    # A fault in either process fails the whole run.
+    bad = tiny(fault=lambda n, p: p[:-1] + b"?" if n == 80 else p)
+    with pytest.raises(WrongAnswer, match="differs"):
+        load(wsload_binary, bad, short("ws-echo", connections=2, ws_depth=2), procs=2)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
  *
  *   wsload --port P [--host 127.0.0.1] [--path /ws/echo] [--mode echo|broadcast]
  *          [--connections N] [--size BYTES] [--depth D] [--duration S] [--warmup S]
- *          [--timeout S]
+ *          [--timeout S] [--procs P]
  *
  * echo: N connections each keep D binary messages of BYTES in flight; every echo
  * that comes back is checked (same bytes, same order) and answered with one more
@@ -17,6 +17,10 @@
  * payload (a magic, the connection id, a sequence number) is masked. The
  * server's frames are parsed in the receive buffer without copying the payload:
  * each piece is compared with what it must be as it arrives.
+ *
+ * --procs P (echo only) forks P processes sharing the connections; they connect and warm
+ * up, start counting together and their figures are summed into one result: a check
+ * that one process is not what limits the rate (give the client more CPUs with taskset).
  *
  * Stdout, one line each, as they happen:
  *   WSLOAD_START <CLOCK_MONOTONIC seconds>   connected and warmed up; counting
@@ -42,7 +46,9 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,6 +78,11 @@ static unsigned opt_conns = 64;
 static size_t opt_size = 32;
 static unsigned opt_depth = 16;
 static double opt_duration = 2.0, opt_warmup = 1.0, opt_timeout = 30.0;
+static unsigned opt_procs = 1;
+static int go_fd = -1; /* a child of --procs: start counting when a byte arrives here */
+/* --procs: the parent's sums, printed instead of its own (it has no connections) */
+static int merged;
+static double merged_secs, merged_cpu;
 
 /* ---- connections ---- */
 struct conn {
@@ -205,8 +216,8 @@ static const char *mode_name(void) { return opt_mode == ECHO ? "echo" : "broadca
 static const char *phase_names[] = {"connect", "sync", "warmup", "run", "drain", "close", "done"};
 
 static void print_result(const char *error) {
-  double secs = t_end > t_start ? t_end - t_start : 0;
-  double client_cpu = (t_end > t_start) ? cpu_seconds(&ru_start, &ru_end) : 0;
+  double secs = merged ? merged_secs : t_end > t_start ? t_end - t_start : 0;
+  double client_cpu = merged ? merged_cpu : (t_end > t_start) ? cpu_seconds(&ru_start, &ru_end) : 0;
   printf("WSLOAD_RESULT {\"mode\":\"%s\",\"path\":", mode_name());
   json_string(opt_path);
   printf(",\"connections\":%u,\"size\":%zu,\"depth\":%u", opt_conns, opt_size, opt_depth);
@@ -223,7 +234,17 @@ static void print_result(const char *error) {
          percentile_us(0.99), lat_max * 1e6, (unsigned long long)hist_n);
   printf(",\"client_cpu_s\":%.4f,\"client_cpu_util\":%.4f", client_cpu,
          secs > 0 ? client_cpu / secs : 0.0);
-  printf(",\"phase\":\"%s\",\"error\":", phase_names[phase]);
+  if (go_fd >= 0) { /* a child of --procs: the histogram, for the parent to merge */
+    printf(",\"hist\":[");
+    const char *comma = "";
+    for (unsigned i = 0; i < HBUCKETS; i++)
+      if (hist[i]) {
+        printf("%s%u,%llu", comma, i, (unsigned long long)hist[i]);
+        comma = ",";
+      }
+    printf("]");
+  }
+  printf(",\"procs\":%u,\"phase\":\"%s\",\"error\":", opt_procs, phase_names[phase]);
   if (error)
     json_string(error);
   else
@@ -760,6 +781,14 @@ static void begin_load(void) {
 }
 
 static void start_counting(void) {
+  if (go_fd >= 0) { /* wait until every process of --procs is ready */
+    char b;
+    printf("WSLOAD_READY\n");
+    fflush(stdout);
+    if (read(go_fd, &b, 1) != 1)
+      fail(NULL, "the parent process went away");
+    now_s = mono();
+  }
   phase = P_RUN;
   getrusage(RUSAGE_SELF, &ru_start);
   t_start = mono();
@@ -801,7 +830,7 @@ static void begin_close(void) {
 static void usage(void) {
   fprintf(stderr, "usage: wsload --port P [--host H] [--path PATH] [--mode echo|broadcast]\n"
                   "              [--connections N] [--size BYTES] [--depth D] [--duration S]\n"
-                  "              [--warmup S] [--timeout S]\n");
+                  "              [--warmup S] [--timeout S] [--procs P]\n");
   exit(1);
 }
 
@@ -837,6 +866,8 @@ static void parse(int argc, char **argv) {
       opt_duration = strtod(v, &end);
     else if (!strcmp(a, "--warmup"))
       opt_warmup = strtod(v, &end);
+    else if (!strcmp(a, "--procs"))
+      opt_procs = (unsigned)strtoul(v, &end, 10);
     else if (!strcmp(a, "--timeout"))
       opt_timeout = strtod(v, &end);
     else
@@ -847,9 +878,14 @@ static void parse(int argc, char **argv) {
     }
   }
   if (opt_port <= 0 || opt_port > 65535 || opt_conns == 0 || opt_depth == 0 || opt_size == 0 ||
-      opt_duration <= 0 || opt_warmup < 0 || opt_timeout <= 0 || opt_size > (64u << 20)) {
+      opt_duration <= 0 || opt_warmup < 0 || opt_timeout <= 0 || opt_size > (64u << 20) ||
+      opt_procs == 0 || opt_procs > opt_conns) {
     fprintf(stderr, "wsload: need a port, and connections, depth, size (<= 64 MiB), "
                     "duration > 0\n");
+    exit(1);
+  }
+  if (opt_mode == BROADCAST && opt_procs > 1) {
+    fprintf(stderr, "wsload: --procs needs --mode echo\n");
     exit(1);
   }
   if (opt_mode == BROADCAST && opt_size < ID_BYTES) {
@@ -868,8 +904,178 @@ static void raise_nofile(unsigned want) {
   }
 }
 
+/* ---- --procs: a parent that forks the load and sums it ---- */
+struct child {
+  pid_t pid;
+  int fd;
+  char line[1 << 16];
+  size_t len;
+  int ready, ended, done;
+};
+
+static double json_number(const char *json, const char *key) {
+  char pat[64];
+  snprintf(pat, sizeof pat, "\"%s\":", key);
+  const char *p = strstr(json, pat);
+  return p ? strtod(p + strlen(pat), NULL) : 0;
+}
+
+/* One child's WSLOAD_RESULT: its error (NULL if none), its sums and histogram merged in. */
+static const char *merge_result(char *json) {
+  static char error[700];
+  const char *e = strstr(json, "\"error\":\"");
+  if (e) {
+    e += 9;
+    size_t n = 0;
+    while (e[n] && e[n] != '"' && n < sizeof error - 1)
+      n++;
+    memcpy(error, e, n);
+    error[n] = 0;
+    return error;
+  }
+  window_msgs += (uint64_t)json_number(json, "messages");
+  window_bytes += (uint64_t)json_number(json, "bytes");
+  total_msgs += (uint64_t)json_number(json, "total_messages");
+  merged_cpu += json_number(json, "client_cpu_s");
+  double secs = json_number(json, "duration_s");
+  if (secs > merged_secs)
+    merged_secs = secs;
+  double max_us = json_number(strstr(json, "\"latency_us\"") ?: json, "max");
+  if (max_us / 1e6 > lat_max)
+    lat_max = max_us / 1e6;
+  const char *h = strstr(json, "\"hist\":[");
+  for (char *p = h ? (char *)h + 8 : NULL; p && *p && *p != ']';) {
+    unsigned long idx = strtoul(p, &p, 10);
+    if (*p == ',')
+      p++;
+    unsigned long long count = strtoull(p, &p, 10);
+    if (*p == ',')
+      p++;
+    if (idx < HBUCKETS) {
+      hist[idx] += count;
+      hist_n += count;
+      lat_sum += (double)count * bucket_us((unsigned)idx) / 1e6;
+    }
+  }
+  return NULL;
+}
+
+static int run_parent(void) {
+  struct child *kids = calloc(opt_procs, sizeof *kids);
+  int go[2];
+  if (!kids || pipe2(go, O_CLOEXEC) < 0)
+    fail(NULL, "pipe: %s", strerror(errno));
+  unsigned total = opt_conns;
+  fflush(stdout);
+  for (unsigned k = 0; k < opt_procs; k++) {
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) < 0)
+      fail(NULL, "pipe: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0)
+      fail(NULL, "fork: %s", strerror(errno));
+    if (pid == 0) {
+      dup2(out[1], STDOUT_FILENO);
+      go_fd = dup(go[0]);
+      opt_conns = total / opt_procs + (k < total % opt_procs);
+      return -1; /* the child goes on as a load client */
+    }
+    close(out[1]);
+    kids[k].pid = pid;
+    kids[k].fd = out[0];
+  }
+  close(go[0]);
+  t_begin = mono();
+  unsigned ready = 0, ended = 0, done = 0;
+  const char *error = NULL;
+  while (done < opt_procs && !error) {
+    fd_set fds;
+    FD_ZERO(&fds);
+    int maxfd = -1;
+    for (unsigned k = 0; k < opt_procs; k++)
+      if (!kids[k].done) {
+        FD_SET(kids[k].fd, &fds);
+        if (kids[k].fd > maxfd)
+          maxfd = kids[k].fd;
+      }
+    if (select(maxfd + 1, &fds, NULL, NULL, NULL) < 0 && errno != EINTR)
+      fail(NULL, "select: %s", strerror(errno));
+    for (unsigned k = 0; k < opt_procs && !error; k++) {
+      struct child *c = &kids[k];
+      if (c->done || !FD_ISSET(c->fd, &fds))
+        continue;
+      ssize_t n = read(c->fd, c->line + c->len, sizeof c->line - 1 - c->len);
+      if (n <= 0) {
+        c->done = 1;
+        done++;
+        if (!error && !c->ended)
+          error = "a load process ended without a result";
+        continue;
+      }
+      c->len += (size_t)n;
+      c->line[c->len] = 0;
+      char *nl;
+      while ((nl = strchr(c->line, '\n'))) {
+        *nl = 0;
+        if (!strcmp(c->line, "WSLOAD_READY") && ++ready == opt_procs) {
+          char bytes[256] = {0};
+          for (unsigned left = opt_procs; left;) {
+            unsigned n1 = left < sizeof bytes ? left : (unsigned)sizeof bytes;
+            if (write(go[1], bytes, n1) != (ssize_t)n1)
+              fail(NULL, "write: %s", strerror(errno));
+            left -= n1;
+          }
+          t_connected = mono();
+          phase = P_RUN;
+          t_start = mono();
+          printf("WSLOAD_START %.6f\n", t_start);
+          fflush(stdout);
+        } else if (!strncmp(c->line, "WSLOAD_END ", 11) && ++ended == opt_procs) {
+          t_end = mono();
+          phase = P_DRAIN;
+          printf("WSLOAD_END %.6f\n", t_end);
+          fflush(stdout);
+        } else if (!strncmp(c->line, "WSLOAD_RESULT ", 14)) {
+          c->ended = 1;
+          if (!error)
+            error = merge_result(c->line + 14);
+        }
+        size_t used = (size_t)(nl + 1 - c->line);
+        memmove(c->line, nl + 1, c->len - used + 1);
+        c->len -= used;
+      }
+    }
+  }
+  int failed = error != NULL;
+  for (unsigned k = 0; k < opt_procs; k++) {
+    if (failed)
+      kill(kids[k].pid, SIGTERM);
+    int st;
+    waitpid(kids[k].pid, &st, 0);
+    if (!failed && !(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+      failed = 1;
+      error = "a load process failed";
+    }
+  }
+  opt_conns = total;
+  merged = 1;
+  phase = failed ? phase : P_DONE;
+  if (failed) {
+    fprintf(stderr, "wsload: error: %s\n", error);
+    print_result(error);
+    return 2;
+  }
+  print_result(NULL);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   parse(argc, argv);
+  if (opt_procs > 1) {
+    int rc = run_parent();
+    if (rc >= 0)
+      return rc;
+  }
   signal(SIGPIPE, SIG_IGN);
   resolve();
   nsubs = opt_mode == BROADCAST ? opt_conns : 0;
