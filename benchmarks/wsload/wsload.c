@@ -592,8 +592,9 @@ static void publish(void) {
 }
 
 static void on_control(struct conn *c) {
-  if (c->op == 0x9) { /* ping: answer */
-    send_control(c, 0xA, c->ctrl, c->ctrl_len);
+  if (c->op == 0x9) { /* ping: answer, unless our close went out (nothing may follow it) */
+    if (c->state != C_CLOSING)
+      send_control(c, 0xA, c->ctrl, c->ctrl_len);
     return;
   }
   if (c->op == 0xA)
@@ -1145,8 +1146,10 @@ int main(int argc, char **argv) {
       break;
     case P_SYNC:
       if (now_s >= phase_deadline)
-        fail(NULL, "%u of %u subscribers got a broadcast after %.0f s", synced_count, nsubs,
-             opt_timeout);
+        fail(NULL,
+             "after %.0f s, %u of %u subscribers got a broadcast message, the publisher %s "
+             "(the server must send each message to every connection, the sender included)",
+             opt_timeout, synced_count, nsubs, pub->synced ? "did too" : "did not");
       sync_tick();
       break;
     case P_WARMUP:
