@@ -53,7 +53,12 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="servers: %s\nworkloads: %s" % (", ".join(registry.DEFAULT), ", ".join(wl.DEFAULT)),
     )
-    p.add_argument("--servers", default=None, help="comma-separated servers (default: all)")
+    p.add_argument(
+        "--servers",
+        default=None,
+        help="comma-separated servers (default: all those of the default set that serve a "
+        "selected workload)",
+    )
     p.add_argument("--skip", default="", help="comma-separated servers to leave out")
     p.add_argument("--workloads", default=None, help="comma-separated workloads (default: all)")
     p.add_argument(
@@ -153,8 +158,15 @@ def parse_args(argv=None):
     args.duration = args.duration or (3 if args.quick else 2)
     if args.workloads is None:
         args.workloads = ",".join(wl.QUICK if args.quick else wl.DEFAULT)
+    args.servers_given = args.servers is not None
     args.servers = args.servers or ",".join(registry.DEFAULT)
     return args
+
+
+def idle_servers(defs, workloads):
+    """The servers that serve none of the workloads (a WebSocket-only run and nginx, say):
+    with the default set they are not started, and the report says why."""
+    return [d for d in defs if not any(d.supports(w) for w in workloads)]
 
 
 def _names(text, known, what):
@@ -270,6 +282,10 @@ def main(argv=None):
     ]
     workloads = [wl.BY_NAME[n] for n in _names(args.workloads, wl.BY_NAME, "workloads")]
     extra = comparison_workloads(workloads)
+    left_out = []
+    if not args.servers_given:
+        left_out = idle_servers([registry.BY_NAME[n] for n in server_names], workloads)
+        server_names = [n for n in server_names if registry.BY_NAME[n] not in left_out]
     server_cpus = procstat.parse_cpu_list(args.server_cpus)
     client_cpus = procstat.parse_cpu_list(args.client_cpus)
     if server_cpus & client_cpus:
@@ -307,6 +323,11 @@ def main(argv=None):
             args.no_plots = True
 
     servers, failed, notes, remarks = {}, {}, [], []
+    for d in left_out:
+        notes.append(
+            "%s: not started: it serves none of %s (capabilities: %s)"
+            % (d.name, ", ".join(w.name for w in workloads), ", ".join(d.caps))
+        )
     meta = {
         "args": vars(args),
         "duration_s": args.duration,

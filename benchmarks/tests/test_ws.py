@@ -203,8 +203,18 @@ def test_a_ws_workload_brings_its_comparison_base_for_our_servers_only():
 
 def test_run_accepts_the_ws_workloads():
     args = run.parse_args(["--workloads", "ws-echo,ws-broadcast"])
-    assert args.workloads == "ws-echo,ws-broadcast"
+    assert args.workloads == "ws-echo,ws-broadcast" and not args.servers_given
     assert run._names(args.workloads, wl.BY_NAME, "workloads") == ["ws-echo", "ws-broadcast"]
+    assert run.parse_args(["--servers", "nginx"]).servers_given
+
+
+def test_a_ws_only_run_leaves_out_the_servers_without_websocket():
+    ws = [wl.BY_NAME["ws-echo"], wl.BY_NAME["ws-broadcast"]]
+    defs = [registry.BY_NAME[n] for n in registry.DEFAULT]
+    idle = {d.name for d in run.idle_servers(defs, ws)}
+    assert {"nginx", "flask", "gunicorn", "granian_wsgi"} <= idle
+    assert not idle & {"hello_c", "pymongoose_uring", "uvicorn_raw", "granian_asgi", "aiohttp"}
+    assert run.idle_servers(defs, [wl.BY_NAME["keepalive"]]) == []
 
 
 # ---- the answer checks ----
