@@ -80,9 +80,11 @@ SERVERS = [
         "pymongoose API (compat)",
         (PY, S + "pymongoose_server.py", "{port}"),
         kind="ours",
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
         build="pymongoose_uring",
         env=ROOM_FOR_C10K,
-        description="the predecessor's script shape through the compatibility layer",
+        description="the predecessor's script shape through the compatibility layer; /ws/* "
+        "with ws_upgrade, MG_EV_WS_MSG and ws_send",
     ),
     Server(
         "pymongoose_uring_flask",
