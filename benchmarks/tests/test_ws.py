@@ -40,8 +40,10 @@ class TinyWsServer:
     called with the server-wide message count, returns what to send instead (None: drop it).
     `status` other than 101 answers every handshake with that status."""
 
-    def __init__(self, mode="echo", fault=None, status=101, answer_close=True):
+    def __init__(self, mode="echo", fault=None, status=101, answer_close=True, fragment=False):
         self.mode, self.fault, self.status, self.answer_close = mode, fault, status, answer_close
+        self.fragment = fragment  # each message in two frames, a ping between them
+        self.pongs = 0  # pongs that answered our ping with its payload
         self.count = 0
         self.lock = threading.Lock()
         self.clients = []
@@ -60,15 +62,25 @@ class TinyWsServer:
             threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
 
     @staticmethod
-    def frame(opcode, payload):
-        n = len(payload)
+    def frame(opcode, payload, fin=True):
+        n, b0 = len(payload), (0x80 if fin else 0) | opcode
         if n < 126:
-            head = struct.pack("!BB", 0x80 | opcode, n)
+            head = struct.pack("!BB", b0, n)
         elif n < 65536:
-            head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+            head = struct.pack("!BBH", b0, 126, n)
         else:
-            head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+            head = struct.pack("!BBQ", b0, 127, n)
         return head + payload
+
+    def message(self, opcode, payload):
+        if not self.fragment:
+            return self.frame(opcode, payload)
+        half = len(payload) // 2
+        return (
+            self.frame(opcode, payload[:half], fin=False)
+            + self.frame(0x9, b"are you there")
+            + self.frame(0x0, payload[half:])
+        )
 
     def _conn(self, conn):
         buf = b""
@@ -116,6 +128,10 @@ class TinyWsServer:
                 mask = take(4)
                 payload = bytes(b ^ mask[i & 3] for i, b in enumerate(take(n)))
                 opcode = b0 & 0x0F
+                if opcode == 0xA:  # a pong (to our ping between fragments)
+                    with self.lock:
+                        self.pongs += payload == b"are you there"
+                    continue
                 if opcode == 0x8:
                     if self.answer_close:
                         with client[1]:
@@ -131,7 +147,7 @@ class TinyWsServer:
                 for c, lock in targets:
                     with lock:
                         try:
-                            c.sendall(self.frame(opcode, out))
+                            c.sendall(self.message(opcode, out))
                         except OSError:
                             pass
         except (OSError, EOFError, StopIteration):
@@ -389,6 +405,14 @@ def test_wsload_procs_share_the_connections_and_sum(wsload_binary, tiny):
     bad = tiny(fault=lambda n, p: p[:-1] + b"?" if n == 80 else p)
     with pytest.raises(WrongAnswer, match="differs"):
         load(wsload_binary, bad, short("ws-echo", connections=2, ws_depth=2), procs=2)
+
+
+def test_wsload_takes_fragments_with_a_ping_between(wsload_binary, tiny):
+    w = short("ws-echo", connections=2, ws_depth=4)
+    server = tiny(fragment=True)
+    r = load(wsload_binary, server, w)
+    assert r["error"] is None and r["messages"] > 0
+    assert server.pongs >= r["messages"]  # every ping answered, with its payload
 
 
 @pytest.mark.parametrize(
