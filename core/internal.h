@@ -76,6 +76,7 @@ struct pmu__seg {
   size_t len;  /* data bytes */
   size_t body; /* bytes counted in req->unsent */
   size_t sent; /* of pre + data + post */
+  size_t raw_len; /* WebSocket: the message's size before compressing (0: not compressed) */
   void (*release)(void *);
   void *ctx;
   char inline_data[]; /* copied data, when not released by the producer */

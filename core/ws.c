@@ -25,60 +25,7 @@
 #include <string.h>
 #include <strings.h>
 
-#if __has_include("ws_codec.h")
 #include "ws_codec.h"
-#else
-/* Until the codec module (core/ws_codec.c) lands: the same functions. */
-typedef struct {
-  uint32_t state;
-} pmu__utf8_t;
-
-static void pmu__ws_unmask(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t key[4],
-                           size_t phase) {
-  for (size_t i = 0; i < len; i++)
-    dst[i] = src[i] ^ key[(phase + i) & 3];
-}
-
-static void pmu__utf8_init(pmu__utf8_t *u) { u->state = 0; }
-
-/* state: 0 at a character boundary, else need | lo << 8 | hi << 16: the
- * continuation bytes still due and the range of the next one. */
-static int pmu__utf8_feed(pmu__utf8_t *u, const uint8_t *p, size_t n) {
-  uint32_t st = u->state;
-  for (size_t i = 0; i < n; i++) {
-    uint8_t b = p[i];
-    if (st == 0) {
-      if (b < 0x80)
-        continue;
-      if (b >= 0xC2 && b <= 0xDF)
-        st = 1 | 0x80u << 8 | 0xBFu << 16;
-      else if (b == 0xE0)
-        st = 2 | 0xA0u << 8 | 0xBFu << 16;
-      else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF)
-        st = 2 | 0x80u << 8 | 0xBFu << 16;
-      else if (b == 0xED)
-        st = 2 | 0x80u << 8 | 0x9Fu << 16;
-      else if (b == 0xF0)
-        st = 3 | 0x90u << 8 | 0xBFu << 16;
-      else if (b >= 0xF1 && b <= 0xF3)
-        st = 3 | 0x80u << 8 | 0xBFu << 16;
-      else if (b == 0xF4)
-        st = 3 | 0x80u << 8 | 0x8Fu << 16;
-      else
-        return -1;
-      continue;
-    }
-    if (b < ((st >> 8) & 0xFF) || b > ((st >> 16) & 0xFF))
-      return -1;
-    uint32_t need = (st & 0xFF) - 1;
-    st = need ? (need | 0x80u << 8 | 0xBFu << 16) : 0;
-  }
-  u->state = st;
-  return 0;
-}
-
-static int pmu__utf8_done(const pmu__utf8_t *u) { return u->state == 0; }
-#endif
 
 /* ---- SHA-1 and base64, for Sec-WebSocket-Accept (RFC 6455 4.2.2) ---- */
 
@@ -246,7 +193,8 @@ struct pmu_ws {
   uint8_t ping_out;     /* our keepalive ping awaits any frame */
   uint8_t user_paused;  /* pmu_ws_pause_reading */
   uint8_t gone;
-  uint8_t deflate; /* permessage-deflate was negotiated */
+  uint8_t deflate;   /* permessage-deflate was negotiated */
+  pmu__ws_pmd_t *pmd; /* its state (loop side once accepted); NULL without */
   uint16_t peer_code; /* the code of the peer's close frame (1005: none) */
   uint16_t our_code;  /* the code of ours (0: none yet) */
 
@@ -276,8 +224,17 @@ struct pmu__ws_evx {
 
 static const pmu_config_t *cfg_of(const pmu__ws_t *ws) { return &ws->server->cfg; }
 
+static void pmd_drop(pmu__ws_t *ws) {
+  if (ws->pmd) {
+    pmu__ws_pmd_free(ws->pmd);
+    free(ws->pmd);
+    ws->pmd = NULL;
+  }
+}
+
 static void ws_free(pmu__ws_t *ws) {
   pmu_server_t *s = ws->server;
+  pmd_drop(ws);
   if (ws->ext && ws->ext[0])
     free(ws->ext);
   free(ws->msg);
@@ -443,6 +400,12 @@ void pmu__ws_loop_exit(pmu__loop_t *loop) {
   free(loop->ws_evs);
   free(loop->ws_evx);
   free(loop->ws_arena);
+  loop->ws_fail = NULL;
+  if (loop->ws_shared) {
+    pmu__ws_pmd_shared_free(loop->ws_shared);
+    free(loop->ws_shared);
+    loop->ws_shared = NULL;
+  }
   loop->ws_evs = NULL;
   loop->ws_evx = NULL;
   loop->ws_arena = NULL;
@@ -627,6 +590,29 @@ static int write_101(pmu__req_t *r, const pmu_ws_accept_t *o, const char *ext, i
   return 0;
 }
 
+static pmu__ws_pmd_config_t pmd_config(const pmu_config_t *cfg) {
+  pmu__ws_pmd_config_t pc = {.enabled = (uint8_t)(cfg->ws_deflate != 0),
+                             .window_bits = (uint8_t)cfg->ws_deflate_window_bits,
+                             .mem_level = (uint8_t)cfg->ws_deflate_mem_level,
+                             .no_context_takeover =
+                                 (uint8_t)(cfg->ws_deflate_no_context_takeover != 0)};
+  return pc;
+}
+
+/* The loop's streams shared by connections without context takeover, made
+ * on first need. NULL on ENOMEM. */
+static pmu__ws_pmd_shared_t *loop_shared(pmu__loop_t *loop) {
+  if (!loop->ws_shared) {
+    pmu__ws_pmd_shared_t *sh = malloc(sizeof *sh);
+    if (!sh)
+      return NULL;
+    pmu__ws_pmd_config_t pc = pmd_config(&loop->server->cfg);
+    pmu__ws_pmd_shared_init(sh, &pc);
+    loop->ws_shared = sh;
+  }
+  return loop->ws_shared;
+}
+
 static void answer_error(pmu_request_t *q, int status) {
   static const pmu_header_t ct = {"Content-Type", 12, "text/plain; charset=utf-8", 25};
   const char *reason = pmu_status_reason(status);
@@ -673,8 +659,29 @@ pmu_ws_t *pmu_ws_accept(pmu_request_t *request, const pmu_ws_accept_t *opts) {
   atomic_init(&ws->want_drain, 0);
   ws->release_seg.ws = ws;
   ws->release_seg.kind = SEG_WS_RELEASE;
+  pmu__ws_pmd_config_t pc = pmd_config(&s->cfg);
+  pmu__ws_pmd_params_t params;
+  if (pmu__ws_pmd_negotiate(&pc, request->headers, request->header_count, &params)) {
+    char ext[PMU__WS_PMD_RESPONSE_MAX];
+    pmu__ws_pmd_format(&params, ext, sizeof ext);
+    ws->pmd = malloc(sizeof *ws->pmd);
+    ws->ext = ws->pmd ? strdup(ext) : NULL;
+    if (!ws->ext) {
+      free(ws->pmd);
+      free(ws);
+      answer_error(request, 503);
+      errno = ENOMEM;
+      return NULL;
+    }
+    /* The loop's shared streams are attached on its thread (accept_arrived). */
+    pmu__ws_pmd_init(ws->pmd, &params, &pc, NULL);
+    ws->deflate = 1;
+  }
   int on_loop = pmu__current_loop == loop;
   if (write_101(r, opts, ws->ext, on_loop) < 0) {
+    pmd_drop(ws);
+    if (ws->ext[0])
+      free(ws->ext);
     free(ws);
     answer_error(request, 503);
     errno = ENOMEM;
@@ -777,7 +784,9 @@ static void queue_frame(pmu__conn_t *c, pmu__seg_t *g) {
   STAT_ADD(loop, ws_frames_out, 1);
   if (g->flags & WSF_MESSAGE) {
     STAT_ADD(loop, ws_messages_out, 1);
-    size_t payload = g->flags & WSF_SHARED ? ((pmu_ws_msg_t *)g->ctx)->payload_len : g->len;
+    size_t payload = g->flags & WSF_SHARED ? ((pmu_ws_msg_t *)g->ctx)->payload_len
+                     : g->raw_len                 ? g->raw_len
+                                                  : g->len;
     STAT_ADD(loop, ws_bytes_out, payload);
     idle_touch(ws);
   }
@@ -1017,6 +1026,7 @@ void pmu__ws_seg_dropped(pmu__seg_t *g) {
 static void over_limit(pmu__conn_t *c) {
   pmu__ws_t *ws = c->ws;
   if (!cfg_of(ws)->ws_send_limit_close) {
+    atomic_store(&ws->closing, 1); /* sends fail from now on */
     pmu__conn_close(c);
     return;
   }
@@ -1039,6 +1049,43 @@ static void over_limit(pmu__conn_t *c) {
   }
   ws->out_tail = prev;
   close_local(c, 1008, "send limit", 10, WSF_CLOSE_AFTER | WSF_LINGER);
+}
+
+/* A message compressed on its loop, in order (the compressor's window is
+ * the connection's): a new frame with RSV1 replaces g when it came out
+ * smaller; else g goes as it is. NULL when the connection failed. */
+static pmu__seg_t *compress_frame(pmu__conn_t *c, pmu__seg_t *g) {
+  pmu__ws_t *ws = c->ws;
+  size_t cap = g->len - 1; /* worth it only when smaller */
+  pmu__seg_t *z = malloc(sizeof *z + cap);
+  if (!z)
+    return g;
+  size_t out_len = 0;
+  int rc = pmu__ws_pmd_compress(ws->pmd, (const uint8_t *)g->data, g->len,
+                                (uint8_t *)z->inline_data, cap, &out_len);
+  if (rc != 0) {
+    free(z);
+    if (rc == -EIO) {
+      frame_done(g);
+      ws_fail(c, 1011);
+      return NULL;
+    }
+    return g; /* did not shrink, or no memory: uncompressed */
+  }
+  memset(z, 0, sizeof *z);
+  z->ws = ws;
+  z->kind = SEG_WS_FRAME;
+  z->flags = g->flags;
+  z->pre_len = frame_header((uint8_t *)z->pre, (uint8_t)g->pre[0] | 0x40, out_len);
+  z->data = z->inline_data;
+  z->len = out_len;
+  z->body = pmu__seg_size(z);
+  z->raw_len = g->len;
+  atomic_fetch_add(&ws->unsent, z->body);
+  STAT_ADD(c->loop, ws_deflate_out_raw, g->len);
+  STAT_ADD(c->loop, ws_deflate_out_wire, out_len);
+  frame_done(g); /* its bytes leave the count, the producer's data is released */
+  return z;
 }
 
 void pmu__ws_seg_arrived(pmu__seg_t *g) {
@@ -1076,6 +1123,12 @@ void pmu__ws_seg_arrived(pmu__seg_t *g) {
     frame_done(g);
     drain_check(ws);
     return;
+  }
+  if (ws->pmd && (g->flags & WSF_MESSAGE) && !(g->flags & WSF_SHARED) &&
+      g->len >= cfg_of(ws)->ws_deflate_min_size && g->len) {
+    g = compress_frame(c, g);
+    if (!g)
+      return;
   }
   if (g->flags & WSF_CLOSE) {
     ws->close_sent = 1;
@@ -1316,12 +1369,29 @@ static int data_frame_end(pmu__conn_t *c) {
   pmu__loop_t *loop = c->loop;
   if (!ws->fin || !ws->msg_op)
     return 0; /* more fragments to come (or delivered by the fast path) */
-  if (ws->msg_deflated)
-    return 1002; /* no permessage-deflate negotiated yet: never accepted */
-  if (ws->msg_op == PMU_WS_TEXT && !pmu__utf8_done(&ws->utf8))
-    return 1007;
   char *buf = ws->msg;
   size_t len = ws->msg_len;
+  if (ws->msg_deflated) {
+    /* Inflated whole, bounded by ws_max_message: a bomb stops at the limit. */
+    struct iovec piece = {.iov_base = buf, .iov_len = len};
+    pmu__ws_buf_t out = {0};
+    int rc = pmu__ws_pmd_inflate(ws->pmd, &piece, 1, cfg_of(ws)->ws_max_message, &out);
+    if (rc < 0) {
+      free(out.data);
+      return rc == -EMSGSIZE ? 1009 : rc == -EBADMSG ? 1007 : 1011;
+    }
+    if (ws->msg_op == PMU_WS_TEXT && !pmu__utf8_valid(out.data, out.len)) {
+      free(out.data);
+      return 1007;
+    }
+    STAT_ADD(loop, ws_deflate_in_wire, len);
+    STAT_ADD(loop, ws_deflate_in_raw, out.len);
+    free(buf);
+    buf = (char *)out.data;
+    len = out.len;
+  } else if (ws->msg_op == PMU_WS_TEXT && !pmu__utf8_done(&ws->utf8)) {
+    return 1007;
+  }
   int op = ws->msg_op;
   ws->msg = NULL; /* handed to the event: an idle connection holds none */
   ws->msg_cap = ws->msg_len = 0;
@@ -1454,6 +1524,11 @@ void pmu__ws_accept_arrived(pmu__req_t *r) {
     push_gone(ws); /* the client left before the answer */
     return;
   }
+  if (ws->pmd && !(ws->pmd->shared = loop_shared(loop))) {
+    push_gone(ws); /* no memory for the shared streams */
+    pmu__conn_close(c);
+    return;
+  }
   c->upgrade_wait = 0;
   c->ws = ws;
   ws->conn = c;
@@ -1470,6 +1545,7 @@ void pmu__ws_accept_arrived(pmu__req_t *r) {
 void pmu__ws_accept_dropped(pmu__req_t *r) {
   pmu__ws_t *ws = r->ws;
   r->ws = NULL;
+  pmd_drop(ws);
   ws->gone = 1;
   atomic_store(&ws->closing, 1);
   ws_unref(ws); /* the engine's: no event will come, the loop is gone */
@@ -1507,6 +1583,7 @@ void pmu__ws_conn_released(pmu__conn_t *c) {
   free(ws->msg);
   ws->msg = NULL;
   ws->msg_len = ws->msg_cap = 0;
+  pmd_drop(ws); /* its streams refer to the loop's shared ones */
   if (pmu__list_is_linked(&ws->idle_link))
     pmu__list_unlink(&ws->idle_link);
   STAT_ADD(loop, ws_open, -1);

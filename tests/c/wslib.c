@@ -53,6 +53,12 @@ static void *defer_accept(void *arg) {
   return NULL;
 }
 
+static void *resume_later(void *arg) {
+  t_sleep_ms(300);
+  pmu_ws_pause_reading(arg, 0);
+  return NULL;
+}
+
 static void ws_request(pmu_request_t *r) {
   pmu_ws_accept_t opts = {.user = (void *)(uintptr_t)WS_ECHO};
   if (path_is(r, "/ws/defer")) {
@@ -92,6 +98,15 @@ static void ws_request(pmu_request_t *r) {
     ok &= pmu_ws_send(ws, PMU_WS_TEXT, "x", 1, NULL, NULL) == -EPIPE;
     ok &= pmu_ws_send(ws, 7, "x", 1, NULL, NULL) == -EINVAL;
     atomic_store(&t_ws.close_checks, ok);
+  }
+  if (path_is(r, "/ws/pause")) {
+    /* The handle stays valid: it is released only after GONE, which cannot
+     * come before the resume (the client waits for the echo). */
+    pmu_ws_pause_reading(ws, 1);
+    pthread_t th;
+    if (pthread_create(&th, NULL, resume_later, ws) != 0)
+      abort();
+    pthread_detach(th);
   }
   if (flood) {
     static char chunk[65536];

@@ -11,6 +11,8 @@
  *   /ws/proto        accepted with subprotocol "chat" and header X-Extra: 1
  *   /ws/flood?n=N    accepted; N binary messages of 64 KiB sent at once (the
  *                    pmu_ws_send results are counted: t_ws.sent_ok, _over, _nobufs)
+ *   /ws/pause        accepted with reading paused (pmu_ws_pause_reading), resumed
+ *                    by another thread 300 ms later
  *   /refuse          answered 403 (the handshake refused)
  * Any other request goes to t_handle_request (testlib.h).
  */
