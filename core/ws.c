@@ -533,7 +533,9 @@ static int write_101(pmu__req_t *r, const pmu_ws_accept_t *o, const char *ext, i
   pmu_ws_accept_key(key->value, key->value_len, accept);
   size_t ext_len = strlen(ext);
   size_t proto_len = o && o->subprotocol ? o->subprotocol_len : 0;
-  size_t need = 200 + proto_len + ext_len + s->server_header_len;
+  /* 230 bytes of fixed text at most: status line, Upgrade, Connection, Accept,
+   * the names of Protocol, Extensions and Server, Date, the blank line. */
+  size_t need = 256 + proto_len + ext_len + s->server_header_len;
   int user_server = 0, user_date = 0;
   for (size_t i = 0; o && i < o->header_count; i++) {
     need += o->headers[i].name_len + o->headers[i].value_len + 4;

@@ -31,7 +31,6 @@ import weakref
 from typing import (
     TYPE_CHECKING,
     Any,
-    AsyncIterator,
     Awaitable,
     Callable,
     Deque,
@@ -192,7 +191,8 @@ class WebSocketRequest(_Handshake):
 
 class _Done:
     """An awaitable that is already done, so that ``ws.accept()`` works with or
-    without ``await``."""
+    without ``await``, and ``await ws.send()`` costs no coroutine when nothing
+    needs waiting for."""
 
     __slots__ = ()
 
@@ -265,6 +265,7 @@ class _Closed:
 
 
 _DRAIN = object()
+_EMPTY = object()
 
 
 class AsyncWebSocket(_Handshake):
@@ -281,7 +282,6 @@ class AsyncWebSocket(_Handshake):
         "_loop",
         "_inbox",
         "_messages",
-        "_closed",
         "_waiter",
         "_drain_waiters",
         "_received",
@@ -296,8 +296,7 @@ class AsyncWebSocket(_Handshake):
         self.max_queue = max(1, max_queue)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._inbox: Optional[_Inbox] = None
-        self._messages: Deque[Message] = collections.deque()
-        self._closed: Optional[_Closed] = None
+        self._messages: Deque[Union[Message, _Closed]] = collections.deque()
         self._waiter: Optional["asyncio.Future[None]"] = None
         self._drain_waiters: List["asyncio.Future[None]"] = []
         self._received = 0  # written by the engine thread only
@@ -341,22 +340,36 @@ class AsyncWebSocket(_Handshake):
         return self.websocket.extensions if self.websocket is not None else ""
 
     # -- the engine thread's side ---------------------------------------------
+    #
+    # Messages go straight into the deque (its append and popleft are atomic);
+    # the loop is woken only when receive() waits, through the inbox, so a
+    # batch of messages costs one wake-up at most. Under the GIL each step
+    # below is seen in order by the other thread: the loop stores its waiter
+    # and then looks at the deque again; this side appends and then looks at
+    # the waiter; one of the two sees the other.
 
     def _on_message(self, ws: WebSocket, data: Message) -> None:
+        self._messages.append(data)
         self._received += 1
-        inbox = self._inbox
-        assert inbox is not None
-        inbox.post(self, data)
+        if self._waiter is not None:
+            self._wake()
         if self._received - self._consumed >= self.max_queue and not self._paused:
             with self._pause_lock:
                 if not self._paused:
                     self._paused = True
                     ws.pause_reading()
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            inbox = self._inbox
+            assert inbox is not None
+            inbox.post(self, waiter)
+
     def _on_close(self, ws: WebSocket, code: int, reason: str) -> None:
-        inbox = self._inbox
-        assert inbox is not None
-        inbox.post(self, _Closed(code, reason))
+        self._messages.append(_Closed(code, reason))
+        self._wake()
 
     def _on_drain(self, ws: WebSocket) -> None:
         inbox = self._inbox
@@ -364,43 +377,22 @@ class AsyncWebSocket(_Handshake):
         inbox.post(self, _DRAIN)
 
     def _on_disconnect(self, ws: WebSocket, code: int) -> None:
-        inbox = self._inbox
-        assert inbox is not None
-        inbox.post(self, _Closed(code, ws.close_reason if ws.close_code == code else ""))
+        # After a close frame (on_close) this adds nothing for receive(); a
+        # connection that ended without one ends the stream here.
+        self._messages.append(_Closed(code, ""))
+        self._wake()
+        self._on_drain(ws)  # a sender waiting for a drain would wait forever
 
     # -- the loop's side ------------------------------------------------------
 
     def _arrive(self, item: Any) -> None:
         if item is _DRAIN:
-            self._wake_drain()
-            return
-        if isinstance(item, _Closed):
-            if self._closed is None:
-                self._closed = item
-            self._wake_drain()
-        else:
-            self._messages.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _wake_drain(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
-
-    def _take(self) -> Message:
-        message = self._messages.popleft()
-        self._consumed += 1
-        if self._paused and self._received - self._consumed <= self.max_queue // 2:
-            with self._pause_lock:
-                if self._paused:
-                    self._paused = False
-                    ws = self.websocket
-                    if ws is not None:
-                        ws.resume_reading()
-        return message
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+        elif not item.done():  # receive()'s waiter
+            item.set_result(None)
 
     def _need_accepted(self) -> "WebSocket":
         ws = self.websocket
@@ -408,23 +400,66 @@ class AsyncWebSocket(_Handshake):
             raise RuntimeError("accept() the WebSocket first")
         return ws
 
+    def _next(self) -> Any:
+        """The next message if one is there, else _EMPTY; raises
+        WebSocketDisconnect at the end of the stream."""
+        messages = self._messages
+        if not messages:
+            return _EMPTY
+        message = messages[0]
+        if isinstance(message, _Closed):
+            # Left in place: every later receive() raises the same.
+            raise WebSocketDisconnect(message.code, message.reason)
+        messages.popleft()
+        self._consumed += 1
+        if self._paused and self._received - self._consumed <= self.max_queue // 2:
+            self._resume()
+        return message
+
+    async def _wait(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        waiter = self._waiter = loop.create_future()
+        if self._messages:  # one came in between
+            self._waiter = None
+            return
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
     async def receive(self) -> Message:
         """The next message: str (TEXT) or bytes (BINARY). Raises
         :class:`WebSocketDisconnect` once the peer has closed."""
         self._need_accepted()
         while True:
-            if self._messages:
-                return self._take()
-            closed = self._closed
-            if closed is not None:
-                raise WebSocketDisconnect(closed.code, closed.reason)
-            loop = self._loop
-            assert loop is not None
-            waiter = self._waiter = loop.create_future()
+            message = self._next()
+            if message is not _EMPTY:
+                return message  # type: ignore[no-any-return]
+            await self._wait()
+
+    def __aiter__(self) -> "AsyncWebSocket":
+        self._need_accepted()
+        return self
+
+    async def __anext__(self) -> Message:
+        """``async for message in ws``: ends when the peer has closed."""
+        while True:
             try:
-                await waiter
-            finally:
-                self._waiter = None
+                message = self._next()
+            except WebSocketDisconnect:
+                raise StopAsyncIteration from None
+            if message is not _EMPTY:
+                return message  # type: ignore[no-any-return]
+            await self._wait()
+
+    def _resume(self) -> None:
+        with self._pause_lock:
+            if self._paused:
+                self._paused = False
+                ws = self.websocket
+                if ws is not None:
+                    ws.resume_reading()
 
     async def receive_text(self) -> str:
         """The next message, which must be TEXT (TypeError otherwise)."""
@@ -440,33 +475,21 @@ class AsyncWebSocket(_Handshake):
             raise TypeError("expected a BINARY message, got TEXT")
         return message
 
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Message]:
-        while True:
-            try:
-                message = await self.receive()
-            except WebSocketDisconnect:
-                return
-            yield message
-
-    async def send(self, data: Union[bytes, bytearray, memoryview, str]) -> None:
-        """Queue a message (str as TEXT, bytes-like as BINARY); waits while more
-        than ws_send_high_water bytes are unsent. Raises WebSocketClosed (an
-        OSError) once the connection is closing or closed."""
+    def send(self, data: Union[bytes, bytearray, memoryview, str]) -> Awaitable[None]:
+        """``await ws.send(data)``: queue a message (str as TEXT, bytes-like as
+        BINARY), at once; the await waits while more than ws_send_high_water
+        bytes are unsent. Raises WebSocketClosed (an OSError) once the
+        connection is closing or closed."""
         ws = self._need_accepted()
-        if ws.send(data):
-            return
-        if ws.closed or self._closed is not None:
-            return
+        if ws.send(data) or ws.closed:
+            return _DONE
         # Over the high-water mark: on_drain comes when the unsent bytes fall to
         # half of it (or the end of the connection wakes us).
         loop = self._loop
         assert loop is not None
-        waiter = loop.create_future()
+        waiter: "asyncio.Future[None]" = loop.create_future()
         self._drain_waiters.append(waiter)
-        await waiter
+        return waiter
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Begin the closing handshake (after what is queued); nothing when
@@ -485,7 +508,8 @@ class AsyncWebSocket(_Handshake):
 
     @property
     def close_code(self) -> Optional[int]:
-        return self._closed.code if self._closed is not None else None
+        """The peer's close code once known (1006: gone without one)."""
+        return self.websocket.close_code if self.websocket is not None else None
 
     def __repr__(self) -> str:
         state = "pending" if self.websocket is None else repr(self.websocket)

@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
-from wsraw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawWS, close_payload
+from wsraw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawWS, close_payload, frame
 
 import pymongoose_uring as pmu
 from pymongoose_uring import _native
@@ -473,6 +473,7 @@ def test_protocol_error_closes_with_1002(serve):
     c = RawWS(server.port, "/echo")
     c.send_frame(TEXT, b"unmasked", mask=False)
     assert c.recv_close()[0] == 1002
+    c.send_frame(CLOSE, close_payload(1002))
     wait_for(lambda: any(e[0] == "gone" for e in app.events), what="gone")
     c.close()
 
@@ -508,6 +509,11 @@ def test_callback_exception_closes_1011_logs_and_keeps_serving(serve, caplog):
     def early(ws):
         raise ValueError("before accept")
 
+    @app.websocket("/late")
+    def late(ws):
+        ws.accept()
+        raise LookupError("after accept")
+
     server = serve(app)
     caplog.set_level(logging.ERROR, logger="pymongoose_uring")
     for path in ("/boom", "/aboom"):
@@ -518,13 +524,64 @@ def test_callback_exception_closes_1011_logs_and_keeps_serving(serve, caplog):
             assert e.value.rcvd.code == 1011
     c = RawWS(server.port, "/early")
     assert c.status == 500
+    c.close()
+    c = RawWS(server.port, "/late")
+    assert c.status == 101 and c.recv_close()[0] == 1011
+    c.send_frame(CLOSE, close_payload(1011))
+    c.close()
     text = caplog.text
     assert "kaboom in on_message" in text and "ZeroDivisionError" in text
     assert "Traceback" in text or any(r.exc_info for r in caplog.records)
-    assert "async kaboom" in text and "before accept" in text
+    assert "async kaboom" in text and "before accept" in text and "after accept" in text
     # Still serving.
     with connect(url(server, "/boom")) as ws:
         assert ws.protocol.state.name == "OPEN"
+
+
+def test_ping_pong_callbacks_and_server_pings(serve):
+    events = []
+    socks = []
+
+    def handler(request):
+        socks.append(
+            request.accept_websocket(
+                on_ping=lambda s, data: events.append(("ping", data)),
+                on_pong=lambda s, data: events.append(("pong", data)),
+            )
+        )
+
+    server = serve(handler)
+    c = RawWS(server.port, "/")
+    c.send_frame(PING, b"are you there")
+    assert c.recv_frame() == (True, PONG, b"are you there")  # ws_auto_pong
+    wait_for(lambda: ("ping", b"are you there") in events)
+    socks[0].ping(b"server ping")
+    assert c.recv_frame() == (True, PING, b"server ping")
+    c.send_frame(PONG, b"server ping")
+    wait_for(lambda: ("pong", b"server ping") in events)
+    socks[0].pong(b"unsolicited")
+    assert c.recv_frame() == (True, PONG, b"unsolicited")
+    with pytest.raises(ValueError):
+        socks[0].ping(b"x" * 126)
+    c.close()
+
+
+def test_send_over_high_water_returns_false_then_on_drain(serve):
+    state = {"results": [], "drained": threading.Event()}
+
+    def handler(request):
+        ws = request.accept_websocket(on_drain=lambda s: state["drained"].set())
+        ws.on_message = lambda s, m: state["results"].extend(s.send(b"d" * 65536) for _ in range(8))
+
+    server = serve(handler, ws_send_high_water=100000)
+    c = RawWS(server.port, "/")
+    c.send_frame(TEXT, "go")
+    wait_for(lambda: len(state["results"]) == 8)
+    assert state["results"][0] is True and False in state["results"]
+    for _ in range(8):  # reading lets the engine send: the queue drains
+        assert c.recv_frame() == (True, BINARY, b"d" * 65536)
+    assert state["drained"].wait(10)
+    c.close()
 
 
 # -- sending from elsewhere ---------------------------------------------------------
@@ -708,6 +765,50 @@ def test_async_receive_backpressure_pauses_reading(serve):
     assert seen["max_queued"] < 40, seen
 
 
+def test_async_messages_of_a_batch_cost_one_wakeup(serve):
+    """100 messages that arrive in one read reach the asyncio loop with one
+    call_soon_threadsafe, not one each."""
+    flushes = []
+
+    class CountingLoop(asyncio.SelectorEventLoop):
+        def call_soon_threadsafe(self, callback, *args, **kwargs):
+            if getattr(callback, "__qualname__", "") == "_Inbox.flush":
+                flushes.append(callback)
+            return super().call_soon_threadsafe(callback, *args, **kwargs)
+
+    loop = CountingLoop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    app = pmu.App()
+    got = []
+    waiting = threading.Event()
+
+    @app.websocket("/batch")
+    async def batch(ws):
+        await ws.accept()
+        loop.call_soon(waiting.set)  # set once the iteration below waits
+        async for m in ws:
+            got.append(m)
+            if len(got) == 100:
+                await ws.send("got all")
+
+    try:
+        server = serve(app, loop=loop)
+        c = RawWS(server.port, "/batch")
+        assert waiting.wait(10)
+        time.sleep(0.05)
+        c.send(b"".join(frame(TEXT, "m%d" % i) for i in range(100)))  # one write
+        assert c.recv_frame() == (True, TEXT, b"got all")
+        assert got == ["m%d" % i for i in range(100)]
+        assert 1 <= len(flushes) <= 2, len(flushes)
+        c.close()
+        server.stop()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()
+
+
 # -- scale and leaks ---------------------------------------------------------------
 
 
@@ -793,11 +894,44 @@ def test_websockets_alive_counts_open_ones(serve):
     wait_for(lambda: _pmu.websockets_alive() == base)
 
 
-def test_websocket_properties_after_close(serve):
-    kept = []
+# -- permessage-deflate ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/echo", "/aecho"])
+def test_deflate_negotiated_and_large_compressible_round_trip(serve, path):
+    server = serve(echo_app())
+    text = ("the same sentence again and again. " * 40000)[:1_000_000]
+    with connect(url(server, path), max_size=None) as ws:  # offers permessage-deflate
+        ext = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert ext.startswith("permessage-deflate")
+        ws.send(text)
+        assert ws.recv(timeout=20) == text
+    stats = server.stats()
+    assert stats["ws_deflate_in_raw"] >= len(text)
+    assert stats["ws_deflate_in_wire"] < len(text) // 20
+    assert stats["ws_deflate_out_wire"] < stats["ws_deflate_out_raw"]
+
+
+def test_deflate_off_by_knob(serve):
+    seen = []
 
     def handler(request):
-        kept.append(request.accept_websocket())
+        seen.append(request.accept_websocket(on_message=lambda s, m: s.send(m)).extensions)
+
+    server = serve(handler, ws_deflate=False)
+    with connect(url(server, "/")) as ws:
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send("plain")
+        assert ws.recv(timeout=5) == "plain"
+    assert seen == [""]
+
+
+def test_websocket_properties_after_close(serve):
+    kept = []
+    gone = threading.Event()
+
+    def handler(request):
+        kept.append(request.accept_websocket(on_disconnect=lambda s, code: gone.set()))
 
     server = serve(handler)
     c = RawWS(server.port, "/p?q=1")
@@ -808,7 +942,8 @@ def test_websocket_properties_after_close(serve):
     c.send_frame(CLOSE, close_payload(4444, "fin"))
     c.recv_close()
     wait_for(lambda: ws.close_code == 4444)
-    wait_for(lambda: ws.closed)
+    assert ws.closed
+    assert gone.wait(10)
     assert ws.close_reason == "fin" and ws.path == "/p" and ws.query_string == "q=1"
     assert ws.unsent == 0
     with pytest.raises(pmu.WebSocketClosed):
