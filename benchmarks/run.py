@@ -572,7 +572,15 @@ def main(argv=None):
         try:
             files += [
                 os.path.basename(p)
-                for p in plots.comparison(out_dir, workloads, summary, labels, kinds, reference)
+                for p in plots.comparison(
+                    out_dir,
+                    workloads,
+                    summary,
+                    labels,
+                    kinds,
+                    reference,
+                    ws_labels=registry.WS_LABELS,
+                )
             ]
         except Exception as e:  # a chart must never lose the numbers
             print("charts failed: %s" % e, file=sys.stderr)

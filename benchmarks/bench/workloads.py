@@ -103,7 +103,7 @@ WORKLOADS = [
     ),
     Workload(
         "ws-echo",
-        "WebSocket echo, 64 connections, 16 x 32-byte binary messages in flight each",
+        "WebSocket echo: 64 connections, 16 × 32 B in flight each",
         path="/ws/echo",
         needs="ws",
         check="ws-echo",
@@ -118,7 +118,7 @@ WORKLOADS = [
     ),
     Workload(
         "ws-broadcast",
-        "WebSocket broadcast to 1,000 connections, 32-byte messages",
+        "WebSocket broadcast to 1,000 connections, 32 B messages",
         path="/ws/broadcast",
         connections=1000,
         needs="ws-broadcast",
