@@ -177,6 +177,67 @@ def comparison_table(workload, other, summary, labels):
     return "\n".join(lines)
 
 
+# The targets issue 10 sets, as ratios of server CPU per message (or request) measured in one
+# run: (what, numerator (server, workload), denominator (server, workload), at most).
+TARGETS = [
+    (
+        "Starlette echo on our ASGI adapter vs uvicorn",
+        ("pymongoose_uring_asgi", "ws-echo"),
+        ("uvicorn_raw", "ws-echo"),
+        0.5,
+    ),
+    (
+        "Starlette echo on our ASGI adapter vs granian",
+        ("pymongoose_uring_asgi", "ws-echo"),
+        ("granian_asgi", "ws-echo"),
+        0.5,
+    ),
+    (
+        "native API echo vs uvicorn's Starlette echo",
+        ("pymongoose_uring", "ws-echo"),
+        ("uvicorn_raw", "ws-echo"),
+        0.25,
+    ),
+    (
+        "C example: a WebSocket message vs a 16-deep pipelined request",
+        ("hello_c", "ws-echo"),
+        ("hello_c", "pipelined"),
+        1.5,
+    ),
+]
+
+
+def targets_table(summary, targets=TARGETS):
+    """The issue's targets that this run measured both sides of, with the ratio found; None
+    if none."""
+    lines = []
+    for what, num, den, limit in targets:
+        a, b = summary.get(num), summary.get(den)
+        if not a or not b or not a.get("cpu_us_per_req") or not b.get("cpu_us_per_req"):
+            continue
+        ratio = a["cpu_us_per_req"] / b["cpu_us_per_req"]
+        lines.append(
+            "| %s | %s / %s | %s | at most %s× | %s |"
+            % (
+                what,
+                _fmt(a["cpu_us_per_req"], 2),
+                _fmt(b["cpu_us_per_req"], 2),
+                _ratio(ratio),
+                limit,
+                "met" if ratio <= limit else "**not met**",
+            )
+        )
+    if not lines:
+        return None
+    head = [
+        "### Targets (server CPU per message, ratios within this run)",
+        "",
+        "| target | CPU µs | ratio | aim | |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(head + lines)
+
+
 def tables(workloads, summary, labels, reference, skipped, remarks, meta, ws_labels=None, extra=()):
     """All workload tables, fastest first, then what was not measured and remarks.
     WebSocket tables name the servers by `ws_labels` where given (what serves /ws/* may be
@@ -199,6 +260,11 @@ def tables(workloads, summary, labels, reference, skipped, remarks, meta, ws_lab
             if table:
                 out.append(table)
                 out.append("")
+    if any(w.client == "wsload" for w in workloads):
+        table = targets_table(summary)
+        if table:
+            out.append(table)
+            out.append("")
     for title, items in (("Not measured:", skipped), ("Notes:", remarks)):
         if items:
             out.append(title)

@@ -348,6 +348,25 @@ def test_ws_tables_count_messages_and_show_the_http_ratio():
     assert "| C | 0.90 | 0.60 | 1.50× |" in text
     # The base workload's own table is not repeated, and aiohttp (no pipelined) has no ratio.
     assert "### 16-deep" not in text and "| aiohttp | 10.00" not in text
+    # The targets measured here: the C server's ratio (1.5x allowed) only.
+    assert (
+        "| C example: a WebSocket message vs a 16-deep pipelined request | 0.90 / 0.60 | 1.50× | at most 1.5× | met |"
+        in text
+    )
+    assert "ASGI adapter" not in text
+
+
+def test_targets_say_when_they_are_not_met():
+    row = dict(cpu_us_per_req=10.0)
+    summary = {
+        ("pymongoose_uring_asgi", "ws-echo"): row,
+        ("uvicorn_raw", "ws-echo"): dict(row, cpu_us_per_req=15.0),
+        ("granian_asgi", "ws-echo"): dict(row, cpu_us_per_req=40.0),
+    }
+    lines = report.targets_table(summary).splitlines()
+    assert len(lines) == 6  # heading, blank, header, rule, two targets measured
+    assert "0.67× | at most 0.5× | **not met** |" in lines[4]
+    assert "0.25× | at most 0.5× | met |" in lines[5]
 
 
 # ---- the load client itself, briefly, against the tiny server ----
