@@ -574,7 +574,8 @@ void pmu__conn_flush(pmu__conn_t *c) {
   }
   int n = 0;
   size_t total = 0;
-  for (pmu__req_t *r = c->head; r && n < PMU__IOV_MAX - 3; r = r->next) {
+  pmu__req_t *r = c->head;
+  for (; r && n < PMU__IOV_MAX - 3; r = r->next) {
     if (r->streaming) {
       pmu__seg_t *g = r->seg_head;
       for (; g && n < PMU__IOV_MAX - 3; g = g->next) {
@@ -594,7 +595,7 @@ void pmu__conn_flush(pmu__conn_t *c) {
     if (r->close_after)
       break; /* nothing after a closing response goes out */
   }
-  if (c->ws && !c->head)
+  if (c->ws && !r)
     n = pmu__ws_gather(c, n, &total); /* a WebSocket's frames, after the 101 */
   if (n == 0) {
     sendbuf_put(c);

@@ -73,9 +73,9 @@ struct pmu__seg {
   uint8_t post_len; /* 2: CRLF after the data (chunked) */
   char pre[21];
   const char *data;
-  size_t len;  /* data bytes */
-  size_t body; /* bytes counted in req->unsent */
-  size_t sent; /* of pre + data + post */
+  size_t len;     /* data bytes */
+  size_t body;    /* bytes counted in req->unsent */
+  size_t sent;    /* of pre + data + post */
   size_t raw_len; /* WebSocket: the message's size before compressing (0: not compressed) */
   void (*release)(void *);
   void *ctx;

@@ -173,10 +173,10 @@ struct pmu_ws {
   void *user;
 
   /* Shared. */
-  atomic_int refs;       /* the engine's (until GONE is delivered) and the handler's */
-  atomic_int closing;    /* a close frame was queued or received, or gone: sends refused */
-  atomic_size_t unsent;  /* bytes of frames queued and not on the wire */
-  atomic_int want_drain; /* a send returned 1: DRAIN when unsent falls to half */
+  atomic_int refs;        /* the engine's (until GONE is delivered) and the handler's */
+  atomic_int closing;     /* a close frame was queued or received, or gone: sends refused */
+  atomic_size_t unsent;   /* bytes of frames queued and not on the wire */
+  atomic_int want_drain;  /* a send returned 1: DRAIN when unsent falls to half */
   pmu__seg_t release_seg; /* pmu_ws_release's command: it needs no memory */
 
   /* Loop side. */
@@ -193,7 +193,7 @@ struct pmu_ws {
   uint8_t ping_out;     /* our keepalive ping awaits any frame */
   uint8_t user_paused;  /* pmu_ws_pause_reading */
   uint8_t gone;
-  uint8_t deflate;   /* permessage-deflate was negotiated */
+  uint8_t deflate;    /* permessage-deflate was negotiated */
   pmu__ws_pmd_t *pmd; /* its state (loop side once accepted); NULL without */
   uint16_t peer_code; /* the code of the peer's close frame (1005: none) */
   uint16_t our_code;  /* the code of ours (0: none yet) */
@@ -350,7 +350,7 @@ void pmu__ws_dispatch(pmu__loop_t *loop) {
     deliver_events(loop, evs, nevs);
   for (size_t i = 0; i < nevs; i++)
     free(evx[i].owned); /* a message's buffer, released after delivery */
-  send_fails(loop); /* before any GONE: the handles are still alive */
+  send_fails(loop);     /* before any GONE: the handles are still alive */
 
   /* GONE last, from a small array on the stack: it never needs memory. */
   while (gone) {
@@ -359,9 +359,8 @@ void pmu__ws_dispatch(pmu__loop_t *loop) {
     size_t n = 0;
     for (; gone && n < 64; n++) {
       list[n] = gone;
-      batch[n] = (pmu_ws_event_t){.ws = gone,
-                                  .type = PMU_WS_EV_GONE,
-                                  .code = gone->close_rcvd ? gone->peer_code : 1006};
+      batch[n] = (pmu_ws_event_t){
+          .ws = gone, .type = PMU_WS_EV_GONE, .code = gone->close_rcvd ? gone->peer_code : 1006};
       gone = gone->gone_next;
     }
     deliver_events(loop, batch, n);
@@ -787,8 +786,8 @@ static void queue_frame(pmu__conn_t *c, pmu__seg_t *g) {
   if (g->flags & WSF_MESSAGE) {
     STAT_ADD(loop, ws_messages_out, 1);
     size_t payload = g->flags & WSF_SHARED ? ((pmu_ws_msg_t *)g->ctx)->payload_len
-                     : g->raw_len                 ? g->raw_len
-                                                  : g->len;
+                     : g->raw_len          ? g->raw_len
+                                           : g->len;
     STAT_ADD(loop, ws_bytes_out, payload);
     idle_touch(ws);
   }
@@ -828,10 +827,6 @@ static void close_local(pmu__conn_t *c, int code, const char *reason, size_t rle
 static void ws_fail(pmu__conn_t *c, int code) {
   pmu__ws_t *ws = c->ws;
   ws->failed = 1;
-  if (ws->close_sent) {
-    pmu__conn_close(c); /* a close already went: nothing more to say */
-    return;
-  }
   /* The close goes after the handler has seen the events before the error
    * (its answers to the messages that came whole go first): queued after
    * this pass's delivery. */
@@ -844,12 +839,15 @@ static void send_fails(pmu__loop_t *loop) {
   while (loop->ws_fail) {
     pmu__ws_t *ws = loop->ws_fail;
     loop->ws_fail = ws->fail_next;
-    if (ws->conn && !ws->conn->closing) {
-      if (ws->close_sent)
-        pmu__conn_close(ws->conn);
-      else
-        close_local(ws->conn, ws->fail_code, NULL, 0, WSF_CLOSE_AFTER | WSF_LINGER);
-    }
+    pmu__conn_t *c = ws->conn;
+    if (!c || c->closing)
+      continue;
+    if (!ws->close_sent)
+      close_local(c, ws->fail_code, NULL, 0, WSF_CLOSE_AFTER | WSF_LINGER);
+    else if (ws->out_tail && (ws->out_tail->flags & WSF_CLOSE))
+      ws->out_tail->flags |= WSF_CLOSE_AFTER | WSF_LINGER; /* the handler's close, still queued */
+    else
+      pmu__conn_close(c);
   }
 }
 
@@ -887,8 +885,8 @@ static int reserve_unsent(pmu__ws_t *ws, size_t total) {
   return 0;
 }
 
-int pmu_ws_send(pmu_ws_t *ws, int opcode, const void *data, size_t len,
-                void (*release)(void *ctx), void *ctx) {
+int pmu_ws_send(pmu_ws_t *ws, int opcode, const void *data, size_t len, void (*release)(void *ctx),
+                void *ctx) {
   int rc = 0;
   if (!valid_send_opcode(opcode))
     rc = -EINVAL;
@@ -902,8 +900,8 @@ int pmu_ws_send(pmu_ws_t *ws, int opcode, const void *data, size_t len,
     return rc;
   }
   int control = opcode >= PMU_WS_CLOSE;
-  pmu__seg_t *g = frame_new(ws, 0x80 | opcode, data, len, release, ctx,
-                            control ? WSF_CONTROL : WSF_MESSAGE);
+  pmu__seg_t *g =
+      frame_new(ws, 0x80 | opcode, data, len, release, ctx, control ? WSF_CONTROL : WSF_MESSAGE);
   if (!g) {
     if (release)
       release(ctx);
@@ -1281,8 +1279,7 @@ static int control_frame(pmu__conn_t *c) {
   size_t n = (size_t)ws->plen;
   if (ws->op == PMU_WS_PING) {
     if (cfg_of(ws)->ws_auto_pong && !ws->close_sent) {
-      pmu__seg_t *g =
-          frame_new(ws, 0x80 | PMU_WS_PONG, ws->ctl, n, NULL, NULL, WSF_CONTROL);
+      pmu__seg_t *g = frame_new(ws, 0x80 | PMU_WS_PONG, ws->ctl, n, NULL, NULL, WSF_CONTROL);
       if (!g)
         return 1011;
       atomic_fetch_add(&ws->unsent, g->body);
@@ -1328,13 +1325,56 @@ static int control_frame(pmu__conn_t *c) {
 
 /* A data frame's payload piece (len bytes at p, masked). Returns 0 or a
  * code to fail with. */
+/* Inflate a whole compressed message (unmasked, len bytes at comp) and
+ * deliver it; bounded by ws_max_message, so a bomb stops at the limit.
+ * Returns 0 or the close code. */
+static int inflate_message(pmu__conn_t *c, const char *comp, size_t len, int op) {
+  pmu__ws_t *ws = c->ws;
+  pmu__loop_t *loop = c->loop;
+  struct iovec piece = {.iov_base = (void *)comp, .iov_len = len};
+  pmu__ws_buf_t out = {0};
+  int rc = pmu__ws_pmd_inflate(ws->pmd, &piece, 1, cfg_of(ws)->ws_max_message, &out);
+  if (rc < 0) {
+    free(out.data);
+    return rc == -EMSGSIZE ? 1009 : rc == -EBADMSG ? 1007 : 1011;
+  }
+  if (op == PMU_WS_TEXT && !pmu__utf8_valid(out.data, out.len)) {
+    free(out.data);
+    return 1007;
+  }
+  STAT_ADD(loop, ws_deflate_in_wire, len);
+  STAT_ADD(loop, ws_deflate_in_raw, out.len);
+  STAT_ADD(loop, ws_messages_in, 1);
+  STAT_ADD(loop, ws_bytes_in, out.len);
+  idle_touch(ws);
+  if (ev_push(ws, PMU_WS_EV_MESSAGE, op, 0, 0, out.len, (char *)out.data) < 0) {
+    free(out.data);
+    return 1011;
+  }
+  return 0;
+}
+
 static int data_piece(pmu__conn_t *c, const uint8_t *p, size_t len) {
   pmu__ws_t *ws = c->ws;
   pmu__loop_t *loop = c->loop;
   int text = ws->msg_op == PMU_WS_TEXT && !ws->msg_deflated;
   size_t phase = (size_t)(ws->pgot & 3);
-  if (ws->fin && ws->op != PMU_WS_CONT && ws->pgot == 0 && len == ws->plen &&
-      !ws->msg_deflated) {
+  int whole = ws->fin && ws->op != PMU_WS_CONT && ws->pgot == 0 && len == ws->plen;
+  if (whole && ws->msg_deflated) {
+    /* A whole compressed message in one receive: unmasked into scratch
+     * room at the arena's end, inflated from there, the room given back. */
+    size_t off = 0;
+    char *tmp = len ? arena_reserve(loop, len, &off) : NULL;
+    if (len && !tmp)
+      return 1011;
+    pmu__ws_unmask((uint8_t *)tmp, p, len, ws->key, 0);
+    ws->msg_op = 0;
+    int code = inflate_message(c, tmp, len, ws->op);
+    if (len)
+      loop->ws_arena_len = off;
+    return code;
+  }
+  if (whole) {
     /* A whole message in one receive: unmasked straight into the arena the
      * event points at (the copy and the unmasking are one pass). */
     size_t off = 0;
@@ -1342,8 +1382,8 @@ static int data_piece(pmu__conn_t *c, const uint8_t *p, size_t len) {
     if (len && !dst)
       return 1011;
     pmu__ws_unmask((uint8_t *)dst, p, len, ws->key, 0);
-    if (text && (pmu__utf8_feed(&ws->utf8, (const uint8_t *)dst, len) < 0 ||
-                 !pmu__utf8_done(&ws->utf8)))
+    if (text &&
+        (pmu__utf8_feed(&ws->utf8, (const uint8_t *)dst, len) < 0 || !pmu__utf8_done(&ws->utf8)))
       return 1007;
     ws->msg_op = 0;
     STAT_ADD(loop, ws_messages_in, 1);
@@ -1374,26 +1414,18 @@ static int data_frame_end(pmu__conn_t *c) {
   char *buf = ws->msg;
   size_t len = ws->msg_len;
   if (ws->msg_deflated) {
-    /* Inflated whole, bounded by ws_max_message: a bomb stops at the limit. */
-    struct iovec piece = {.iov_base = buf, .iov_len = len};
-    pmu__ws_buf_t out = {0};
-    int rc = pmu__ws_pmd_inflate(ws->pmd, &piece, 1, cfg_of(ws)->ws_max_message, &out);
-    if (rc < 0) {
-      free(out.data);
-      return rc == -EMSGSIZE ? 1009 : rc == -EBADMSG ? 1007 : 1011;
-    }
-    if (ws->msg_op == PMU_WS_TEXT && !pmu__utf8_valid(out.data, out.len)) {
-      free(out.data);
-      return 1007;
-    }
-    STAT_ADD(loop, ws_deflate_in_wire, len);
-    STAT_ADD(loop, ws_deflate_in_raw, out.len);
-    free(buf);
-    buf = (char *)out.data;
-    len = out.len;
-  } else if (ws->msg_op == PMU_WS_TEXT && !pmu__utf8_done(&ws->utf8)) {
-    return 1007;
+    int op = ws->msg_op;
+    int code = inflate_message(c, buf, len, op);
+    if (code)
+      return code;
+    free(ws->msg); /* the compressed bytes: an idle connection holds none */
+    ws->msg = NULL;
+    ws->msg_cap = ws->msg_len = 0;
+    ws->msg_op = 0;
+    return 0;
   }
+  if (ws->msg_op == PMU_WS_TEXT && !pmu__utf8_done(&ws->utf8))
+    return 1007;
   int op = ws->msg_op;
   ws->msg = NULL; /* handed to the event: an idle connection holds none */
   ws->msg_cap = ws->msg_len = 0;
@@ -1498,10 +1530,14 @@ void pmu__ws_resume(pmu__conn_t *c) {
   if (c->paused && !ws->user_paused) {
     c->paused = 0;
     c->llhttp_paused = 0;
-    if (c->stash_len > c->stash_off) {
+    if (c->stash_len > c->stash_off)
       ws_parse(c, (const uint8_t *)c->stash + c->stash_off, c->stash_len - c->stash_off);
-      c->stash_off = c->stash_len = 0;
-    }
+    /* An idle WebSocket keeps no input buffer (HTTP connections keep theirs
+     * for the next request). */
+    free(c->stash);
+    c->stash = NULL;
+    c->stash_off = c->stash_len = c->stash_cap = 0;
+    pmu__conn_timer_update(c); /* the keepalive starts again */
   }
   if (!c->paused && !c->recv_armed && !c->cancel_sent && !c->peer_eof && !c->closing)
     pmu__conn_arm_recv(c);
@@ -1603,6 +1639,8 @@ void pmu__ws_timer_update(pmu__conn_t *c) {
     kind = TIMER_LINGER;
   else if (ws->close_sent || ws->close_rcvd)
     kind = TIMER_WS_CLOSE;
+  else if (c->paused)
+    kind = TIMER_NONE; /* not reading: the peer's pong could not be seen */
   else if (ws->ping_out)
     kind = TIMER_WS_PONG;
   else

@@ -531,6 +531,15 @@ int pmu__ws_pmd_compress(pmu__ws_pmd_t *st, const uint8_t *in, size_t len, uint8
                          size_t *out_len) {
   if (st->broken)
     return -EIO;
+  if (len == 0) {
+    /* The empty message: an empty stored block's first byte (the rest is the tail the
+     * receiver appends). zlib itself would emit nothing right after a sync flush. */
+    if (cap < 1)
+      return 1;
+    out[0] = 0x00;
+    *out_len = 1;
+    return 0;
+  }
   pmu__ws_pmd_shared_t *sh = st->shared;
   int own = !st->params.server_no_context_takeover;
   z_stream **zp = own ? &st->deflater : &sh->deflate[st->deflate_bits - 9];
@@ -567,12 +576,10 @@ int pmu__ws_pmd_compress(pmu__ws_pmd_t *st, const uint8_t *in, size_t len, uint8
       result = -EIO;
       break;
     }
-    if (flush == Z_SYNC_FLUSH && z->avail_in == 0) {
-      unsigned pending;
-      int bits;
-      if (deflatePending(z, &pending, &bits) == Z_OK && pending == 0 && bits == 0)
-        break; /* all input in, the flush all out */
-    }
+    /* The flush is complete once deflate returns with output space left; with none left it
+     * may still owe bytes, even the sync marker itself, though nothing is pending yet. */
+    if (flush == Z_SYNC_FLUSH && z->avail_in == 0 && z->avail_out != 0)
+      break;
   }
   /* Whatever the end, the output written is out[0 .. cap - out_left - avail_out). */
   size_t written = cap - out_left - z->avail_out;
@@ -649,6 +656,8 @@ int pmu__ws_pmd_inflate(pmu__ws_pmd_t *st, const struct iovec *pieces, size_t co
   size_t in_total = 0;
   for (size_t i = 0; i < count; i++)
     in_total += pieces[i].iov_len;
+  if (in_total == 0)
+    return 0; /* RSV1 on an empty payload: the empty message (the tail alone is no block) */
   int result = 0, ended = 0;
   for (size_t i = 0; i <= count && !ended && result == 0; i++) {
     const uint8_t *p = i < count ? pieces[i].iov_base : sync_tail;

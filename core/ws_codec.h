@@ -190,7 +190,8 @@ typedef struct pmu__ws_buf {
 /* Inflate one whole compressed message (RFC 7692 7.2.2): the payloads of its frames,
  * unmasked, in pieces[0..count), to which the 00 00 FF FF tail is appended here. Appends
  * the message to out (growing it with realloc). With context takeover the decompressor
- * keeps its window for the next message.
+ * keeps its window for the next message. An empty payload is the empty message (as zlib
+ * itself would have sent it is the single byte 00; some peers send nothing).
  * Returns 0, or
  *   -EMSGSIZE: the message would inflate to more than max_out bytes (0: no limit); inflation
  *              stops there, never further (a zip bomb costs max_out, not its full size):

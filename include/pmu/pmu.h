@@ -555,8 +555,8 @@ pmu_ws_t *pmu_ws_accept(pmu_request_t *request, const pmu_ws_accept_t *opts);
  * bytes would be unsent: the message is dropped and the connection closed as
  * ws_send_limit_close says.
  */
-int pmu_ws_send(pmu_ws_t *ws, int opcode, const void *data, size_t len,
-                void (*release)(void *ctx), void *ctx);
+int pmu_ws_send(pmu_ws_t *ws, int opcode, const void *data, size_t len, void (*release)(void *ctx),
+                void *ctx);
 
 /*
  * Broadcast: a message framed once (unmasked, uncompressed: RFC 7692 lets any

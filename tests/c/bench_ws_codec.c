@@ -141,61 +141,67 @@ int main(int argc, char **argv) {
            measure(run_utf8_bytewise, buf, big, total / 8));
   }
 
-  /* permessage-deflate: compress and inflate a 2 KiB JSON-like message, context takeover,
-   * window 12, memLevel 5, at levels 1 and 6: MB/s of uncompressed payload and ratio. */
-  printf("\n%-40s %10s %10s %8s\n", "deflate, 2 KiB JSON messages, window 12", "comp MB/s",
-         "infl MB/s", "ratio");
-  size_t msg_len = 2048;
-  uint8_t *msgs = malloc(msg_len * 64), *wire = malloc(pmu__ws_pmd_compress_bound(msg_len));
+  /* permessage-deflate: compress and inflate JSON-like messages of 128 B .. 8 KiB, window
+   * 12, memLevel 5, context takeover or not (the thread's shared stream, reset per
+   * message), levels 1 and 6: microseconds per message each way, and the ratio. */
+  printf("\n%-44s %9s %9s %7s\n", "deflate, JSON messages, window 12, memLevel 5", "comp us",
+         "infl us", "ratio");
+  size_t max_len = 8192;
+  uint8_t *msgs = malloc(max_len * 64), *wire = malloc(pmu__ws_pmd_compress_bound(max_len));
   for (size_t m = 0; m < 64; m++) {
-    char *p = (char *)msgs + m * msg_len;
+    char *p = (char *)msgs + m * max_len;
     size_t n = 0;
     unsigned x = (unsigned)m * 2654435761u;
-    while (n < msg_len) {
+    while (n < max_len) {
       x = x * 1103515245u + 12345u;
-      int w = snprintf(p + n, msg_len - n, "{\"id\":%u,\"user\":\"u%u\",\"score\":%u,\"ok\":%s},",
+      int w = snprintf(p + n, max_len - n, "{\"id\":%u,\"user\":\"u%u\",\"score\":%u,\"ok\":%s},",
                        x % 100000, x % 37, x % 1000, x & 1 ? "true" : "false");
-      n += (size_t)w < msg_len - n ? (size_t)w : msg_len - n;
+      n += (size_t)w < max_len - n ? (size_t)w : max_len - n;
     }
   }
-  for (int level = 1; level <= 9; level += level == 1 ? 5 : 3) {
-    pmu__ws_pmd_config_t cfg = {1, 12, 5, 0, (uint8_t)level};
-    pmu__ws_pmd_shared_t sh, sh2;
-    pmu__ws_pmd_shared_init(&sh, &cfg);
-    pmu__ws_pmd_shared_init(&sh2, &cfg);
-    pmu__ws_pmd_params_t params = {0, 0, 12, 12};
-    pmu__ws_pmd_t tx, rx;
-    pmu__ws_pmd_init(&tx, &params, &cfg, &sh);
-    pmu__ws_pmd_init(&rx, &params, &cfg, &sh2);
-    size_t rounds = 20000, wire_total = 0;
-    double tc = 0, ti = 0;
-    pmu__ws_buf_t out = {0};
-    for (size_t r = 0; r < rounds; r++) {
-      uint8_t *msg = msgs + (r % 64) * msg_len;
-      size_t n;
-      double t0 = now();
-      if (pmu__ws_pmd_compress(&tx, msg, msg_len, wire, pmu__ws_pmd_compress_bound(msg_len), &n) !=
-          0)
-        return 1;
-      double t1 = now();
-      struct iovec iov = {wire, n};
-      out.len = 0;
-      if (pmu__ws_pmd_inflate(&rx, &iov, 1, 0, &out) != 0 || out.len != msg_len)
-        return 1;
-      ti += now() - t1;
-      tc += t1 - t0;
-      wire_total += n;
-    }
-    char name[64];
-    snprintf(name, sizeof name, "level %d", level);
-    printf("%-40s %10.0f %10.0f %8.2f\n", name, (double)(rounds * msg_len) / tc / 1e6,
-           (double)(rounds * msg_len) / ti / 1e6, (double)(rounds * msg_len) / (double)wire_total);
-    free(out.data);
-    pmu__ws_pmd_free(&tx);
-    pmu__ws_pmd_free(&rx);
-    pmu__ws_pmd_shared_free(&sh);
-    pmu__ws_pmd_shared_free(&sh2);
-  }
+  static const size_t sizes[] = {128, 512, 2048, 8192};
+  for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+    for (int takeover = 1; takeover >= 0; takeover--)
+      for (int level = 1; level <= 6; level += 5) {
+        size_t msg_len = sizes[si];
+        pmu__ws_pmd_config_t cfg = {1, 12, 5, 0, (uint8_t)level};
+        pmu__ws_pmd_shared_t sh, sh2;
+        pmu__ws_pmd_shared_init(&sh, &cfg);
+        pmu__ws_pmd_shared_init(&sh2, &cfg);
+        pmu__ws_pmd_params_t params = {!takeover, !takeover, 12, 12};
+        pmu__ws_pmd_t tx, rx;
+        pmu__ws_pmd_init(&tx, &params, &cfg, &sh);
+        pmu__ws_pmd_init(&rx, &params, &cfg, &sh2);
+        size_t rounds = (size_t)(40u << 20) / msg_len / 8, wire_total = 0;
+        double tc = 0, ti = 0;
+        pmu__ws_buf_t out = {0};
+        for (size_t r = 0; r < rounds; r++) {
+          uint8_t *msg = msgs + (r % 64) * max_len;
+          size_t n;
+          double t0 = now();
+          if (pmu__ws_pmd_compress(&tx, msg, msg_len, wire, pmu__ws_pmd_compress_bound(msg_len),
+                                   &n) != 0)
+            return 1;
+          double t1 = now();
+          struct iovec iov = {wire, n};
+          out.len = 0;
+          if (pmu__ws_pmd_inflate(&rx, &iov, 1, 0, &out) != 0 || out.len != msg_len)
+            return 1;
+          ti += now() - t1;
+          tc += t1 - t0;
+          wire_total += n;
+        }
+        char name[64];
+        snprintf(name, sizeof name, "%5zu B, %s, level %d", msg_len,
+                 takeover ? "context takeover" : "no takeover     ", level);
+        printf("%-44s %9.2f %9.2f %7.2f\n", name, tc / (double)rounds * 1e6,
+               ti / (double)rounds * 1e6, (double)(rounds * msg_len) / (double)wire_total);
+        free(out.data);
+        pmu__ws_pmd_free(&tx);
+        pmu__ws_pmd_free(&rx);
+        pmu__ws_pmd_shared_free(&sh);
+        pmu__ws_pmd_shared_free(&sh2);
+      }
   free(msgs);
   free(wire);
   free(buf);

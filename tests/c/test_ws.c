@@ -35,12 +35,24 @@ static void test_handshake(const t_server_t *s) {
   T_ASSERT(t_header(&r, "Sec-WebSocket-Extensions") == NULL); /* none offered */
   t_response_free(&r);
   t_conn_close(c);
+  T_WAIT_UNTIL(atomic_load(&t_ws.gones) == 1, T_EVENT_MS); /* its GONE, before others look */
+
+  t_case("101s of every size up to 1 KiB (the buffer is sized exactly: ASan checks)");
+  for (unsigned len = 1; len <= 1024; len++) {
+    char path[64];
+    snprintf(path, sizeof path, "/ws/proto?len=%u", len);
+    t_conn_t *pc = t_ws_connect(s, path);
+    t_conn_close(pc);
+  }
+  T_WAIT_UNTIL(atomic_load(&t_ws.gones) == 1025, T_EVENT_MS);
+  T_ASSERT_INT_EQ(atomic_load(&t_ws.gones), 1025);
 
   t_case("426 and close for another version");
-  n = (size_t)snprintf(req, sizeof req,
-                       "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                       "Sec-WebSocket-Version: 8\r\n\r\n");
+  n = (size_t)snprintf(
+      req, sizeof req,
+      "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+      "Sec-WebSocket-Version: 8\r\n\r\n");
   c = t_connect(s);
   t_send(c, req, n);
   t_expect_response(c, &r);
@@ -158,7 +170,10 @@ static void test_messages(const t_server_t *s) {
 
   t_case("client close: echoed, then the server closes the TCP connection");
   unsigned long gones = atomic_load(&t_ws.gones);
-  t_ws_send(c, 0x88, "\x03\xe8" "bye", 5);
+  t_ws_send(c, 0x88,
+            "\x03\xe8"
+            "bye",
+            5);
   t_ws_frame_t f;
   T_ASSERT_INT_EQ(t_ws_read(c, &f, T_IO_TIMEOUT_MS), 0);
   T_ASSERT_INT_EQ(f.opcode, PMU_WS_CLOSE);
@@ -204,7 +219,10 @@ static void test_server_close(const t_server_t *s) {
   T_ASSERT_INT_EQ(t_ws_read(c, &f, T_IO_TIMEOUT_MS), 0);
   T_ASSERT_INT_EQ(f.opcode, PMU_WS_CLOSE);
   T_ASSERT_INT_EQ(f.len, 5);
-  T_ASSERT(memcmp(f.data, "\x0f\xa1" "bye", 5) == 0);
+  T_ASSERT(memcmp(f.data,
+                  "\x0f\xa1"
+                  "bye",
+                  5) == 0);
   t_ws_frame_free(&f);
   t_ws_send(c, 0x88, "\x0f\xa1", 2);
   T_ASSERT(t_wait_closed(c, 2000));
@@ -218,9 +236,32 @@ static void test_server_close(const t_server_t *s) {
 
 static void test_defer(const t_server_t *s) {
   t_case("accepted from another thread");
+  unsigned long gones = atomic_load(&t_ws.gones);
   t_conn_t *c = t_ws_connect(s, "/ws/defer");
   t_ws_send(c, 0x81, "later", 5);
   t_ws_expect(c, PMU_WS_TEXT, "later", 5);
+  t_conn_close(c);
+  T_WAIT_UNTIL(atomic_load(&t_ws.gones) > gones, T_EVENT_MS); /* before the next case looks */
+  T_ASSERT_INT_EQ(atomic_load(&t_ws.last_gone_code), 1006);
+}
+
+static void test_thread_sends(const t_server_t *s) {
+  t_case("messages sent from another thread arrive in order; lent ones are released");
+  unsigned long released = atomic_load(&t_ws.lent_released);
+  unsigned long gones = atomic_load(&t_ws.gones);
+  t_conn_t *c = t_ws_connect(s, "/ws/thread?n=3000");
+  for (int i = 0; i < 3000; i++) {
+    char msg[24];
+    int len = snprintf(msg, sizeof msg, "%d", i);
+    t_ws_expect(c, PMU_WS_TEXT, msg, (size_t)len);
+  }
+  T_ASSERT_INT_EQ(t_ws_read_close(c, T_IO_TIMEOUT_MS, NULL), 1000);
+  t_ws_send(c, 0x88, "\x03\xe8", 2);
+  T_ASSERT(t_wait_closed(c, 2000));
+  T_WAIT_UNTIL(atomic_load(&t_ws.lent_released) == released + 1000, T_EVENT_MS);
+  T_ASSERT_INT_EQ(atomic_load(&t_ws.lent_released), released + 1000);
+  T_WAIT_UNTIL(atomic_load(&t_ws.gones) > gones, T_EVENT_MS);
+  T_ASSERT_INT_EQ(atomic_load(&t_ws.last_gone_code), 1000);
   t_conn_close(c);
 }
 
@@ -245,6 +286,7 @@ int main(void) {
   test_messages(s);
   test_server_close(s);
   test_defer(s);
+  test_thread_sends(s);
   test_client_gone(s);
 
   t_case("counters");
@@ -255,11 +297,11 @@ int main(void) {
   T_ASSERT_INT_EQ(st.ws_messages_in, atomic_load(&t_ws.messages));
   T_ASSERT_INT_EQ(st.ws_bytes_in, atomic_load(&t_ws.bytes_in));
   T_ASSERT(st.ws_frames_in > st.ws_messages_in);
-  T_ASSERT(st.ws_messages_out == st.ws_messages_in);
-  T_ASSERT_INT_EQ(st.ws_closes[0], 1); /* the client's 1000 */
-  T_ASSERT_INT_EQ(st.ws_closes[5], 3); /* the reset, and two left without a close frame */
-  T_ASSERT_INT_EQ(st.ws_closes[6], 1); /* 4001 */
-  T_ASSERT_INT_EQ(st.ws_closes[7], 1); /* no code */
+  T_ASSERT_INT_EQ(st.ws_messages_out, st.ws_messages_in + 3000); /* echoes, and the thread's */
+  T_ASSERT_INT_EQ(st.ws_closes[0], 2);        /* the client's 1000, the sender thread's */
+  T_ASSERT_INT_EQ(st.ws_closes[5], 3 + 1024); /* the reset, and those left without a close */
+  T_ASSERT_INT_EQ(st.ws_closes[6], 1);        /* 4001 */
+  T_ASSERT_INT_EQ(st.ws_closes[7], 1);        /* no code */
   T_ASSERT_INT_EQ(atomic_load(&t_ws.released), atomic_load(&t_ws.accepted));
   t_server_destroy(s);
   return t_done();

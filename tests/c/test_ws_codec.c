@@ -750,6 +750,11 @@ static void test_python_vectors(void) {
     CHECK(out.len == strlen(m2) && memcmp(out.data, m2, out.len) == 0);
   }
   CHECK(st.heap_bytes == 0 && sh.heap_bytes > 0);
+  /* An empty payload with RSV1 is the empty message; so is zlib's own empty message, 00. */
+  out.len = 0;
+  CHECK(pmu__ws_pmd_inflate(&st, NULL, 0, 0, &out) == 0 && out.len == 0);
+  CHECK(inflate_one(&st, "", 0, 0, &out) == 0 && out.len == 0);
+  CHECK(inflate_one(&st, "\x00", 1, 0, &out) == 0 && out.len == 0);
   /* Without takeover the second message of the takeover stream cannot be inflated: its
    * reference reaches before the start. */
   out.len = 0;
@@ -898,6 +903,47 @@ static void test_not_smaller(void) {
   pair_free(&p);
 }
 
+/* Every output size from 0 to the bound, for messages of many sizes and kinds: compress
+ * returns 0 with output that inflates back, or 1 (did not fit), never an error; after a 1
+ * the compressor goes on as if that message had not been. (Found by fuzz_ws: when the
+ * output space ran out exactly where a block ended, the sync marker was still owed while
+ * nothing was pending, and the message failed with -EIO: the connection closed 1011.) */
+static void test_every_cap(void) {
+  uint8_t msg[600], wire[800];
+  for (int kind = 0; kind < 3; kind++) {
+    for (size_t len = 0; len <= sizeof msg; len += len < 40 ? 1 : 37) {
+      if (kind == 0)
+        make_message(msg, len, len);
+      else if (kind == 1)
+        for (size_t i = 0; i < len; i++)
+          msg[i] = (uint8_t)rnd();
+      else
+        memset(msg, 'a' + (int)(len % 26), len);
+      size_t bound = pmu__ws_pmd_compress_bound(len);
+      for (size_t cap = 0; cap <= bound; cap++) {
+        pmu__ws_pmd_params_t params = {0, 0, 12, 12};
+        pair_t p;
+        pair_init(&p, &params, 12, 5);
+        size_t n = 0;
+        int r = pmu__ws_pmd_compress(&p.server, msg, len, wire, cap, &n);
+        CHECKF(r == 0 || r == 1, "kind %d len %zu cap %zu: %d", kind, len, cap, r);
+        if (r == 0) {
+          pmu__ws_buf_t out = {0};
+          CHECK(n <= cap && inflate_one(&p.client, wire, n, 0, &out) == 0 && out.len == len &&
+                (len == 0 || memcmp(out.data, msg, len) == 0));
+          free(out.data);
+        }
+        /* The next message goes through whatever happened to this one. */
+        CHECKF(send_one(&p.server, &p.client, msg, len, NULL), "kind %d len %zu cap %zu", kind, len,
+               cap);
+        pair_free(&p);
+        if (failures > 20)
+          return;
+      }
+    }
+  }
+}
+
 /* The bound holds for incompressible data of many sizes and levels. */
 static void test_bound(void) {
   static uint8_t buf[200000];
@@ -1005,6 +1051,7 @@ int main(void) {
   test_bomb();
   test_corrupt();
   test_not_smaller();
+  test_every_cap();
   test_bound();
   test_shared();
   test_memory();

@@ -160,6 +160,20 @@ static void test_bomb(const t_server_t *s) {
   client_free(&z);
   t_conn_close(c);
 
+  t_case("a small bomb, whole in one receive: 1009 too");
+  c = connect_pmd(s, "permessage-deflate", ext, sizeof ext);
+  client_init(&z);
+  zeros = calloc(1, 1 << 20); /* 1 MiB of zeros: about 1 KiB compressed */
+  comp = malloc(1 << 16);
+  cn = compress_msg(&z.def, zeros, 1 << 20, comp, 1 << 16);
+  T_ASSERT(cn < 2048);
+  t_ws_send(c, 0xC2, comp, cn);
+  T_ASSERT_INT_EQ(t_ws_read_close(c, T_IO_TIMEOUT_MS, NULL), 1009);
+  free(zeros);
+  free(comp);
+  client_free(&z);
+  t_conn_close(c);
+
   t_case("corrupt deflate data: 1007");
   c = connect_pmd(s, "permessage-deflate", ext, sizeof ext);
   t_ws_send(c, 0xC2, "\xff\xff\xff\xff\xff", 5);

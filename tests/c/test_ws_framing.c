@@ -36,8 +36,10 @@ typedef struct {
   size_t raw_len;
 } t_row_t;
 
-#define T(b, s) {.b0 = (b), .data = (s)}
-#define TL(b, s, l) {.b0 = (b), .data = (s), .len = (l)}
+#define T(b, s) \
+  { .b0 = (b), .data = (s) }
+#define TL(b, s, l) \
+  { .b0 = (b), .data = (s), .len = (l) }
 
 static const t_row_t rows[] = {
     /* masking */
@@ -77,8 +79,11 @@ static const t_row_t rows[] = {
     {"a continuation, not final, with nothing to continue", {T(0x00, "x")}, 1002, NULL, 0},
     {"a new message inside a fragmented one", {T(0x01, "a"), T(0x81, "b")}, 1002, NULL, 0},
     {"a binary start inside a text message", {T(0x01, "a"), T(0x02, "b")}, 1002, NULL, 0},
-    {"a close inside a fragmented message is a close", {T(0x01, "a"), TL(0x88, "\x03\xe8", 2)},
-     1000, NULL, 0},
+    {"a close inside a fragmented message is a close",
+     {T(0x01, "a"), TL(0x88, "\x03\xe8", 2)},
+     1000,
+     NULL,
+     0},
     /* close frames */
     {"a close payload of 1 byte", {TL(0x88, "\x03", 1)}, 1002, NULL, 0},
     {"close code 999", {TL(0x88, "\x03\xe7", 2)}, 1002, NULL, 0},
@@ -104,8 +109,11 @@ static const t_row_t rows[] = {
     {"text of a UTF-16 surrogate", {T(0x81, "\xed\xa0\x80")}, 1007, NULL, 0},
     {"text above U+10FFFF", {T(0x81, "\xf4\x90\x80\x80")}, 1007, NULL, 0},
     {"text ending inside a character", {T(0x81, "\xe2\x82")}, 1007, NULL, 0},
-    {"invalid UTF-8 in a first fragment fails before the rest comes", {T(0x01, "a\xff")}, 1007,
-     NULL, 0},
+    {"invalid UTF-8 in a first fragment fails before the rest comes",
+     {T(0x01, "a\xff")},
+     1007,
+     NULL,
+     0},
     {"a character split across fragments",
      {T(0x01, "\xe2"), T(0x00, "\x82"), T(0x80, "\xac")},
      0,

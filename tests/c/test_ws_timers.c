@@ -139,8 +139,10 @@ static void test_stop(void) {
 }
 
 static void test_pause(void) {
-  t_case("pmu_ws_pause_reading holds messages back until resumed");
-  t_server_t *s = start(0, 0, 0, 5000);
+  t_case("pmu_ws_pause_reading holds messages back until resumed; no keepalive meanwhile");
+  /* Pings every 100 ms, dropped 100 ms after an unanswered one: a keepalive
+   * running while the engine does not read would drop it before the resume. */
+  t_server_t *s = start(100, 100, 0, 5000);
   unsigned long before = atomic_load(&t_ws.messages);
   t_conn_t *c = t_ws_connect(s, "/ws/pause");
   int64_t t0 = t_now_ms();

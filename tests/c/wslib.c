@@ -53,6 +53,33 @@ static void *defer_accept(void *arg) {
   return NULL;
 }
 
+typedef struct {
+  pmu_ws_t *ws;
+  unsigned long n;
+} sender_t;
+
+static void lent_release(void *ctx) {
+  free(ctx);
+  atomic_fetch_add(&t_ws.lent_released, 1);
+}
+
+static void *send_from_thread(void *arg) {
+  sender_t *job = arg;
+  for (unsigned long i = 0; i < job->n; i++) {
+    char msg[24];
+    int len = snprintf(msg, sizeof msg, "%lu", i);
+    if (i % 3 == 0) {
+      char *lent = strdup(msg);
+      count_send(pmu_ws_send(job->ws, PMU_WS_TEXT, lent, (size_t)len, lent_release, lent));
+    } else {
+      count_send(pmu_ws_send(job->ws, PMU_WS_TEXT, msg, (size_t)len, NULL, NULL));
+    }
+  }
+  pmu_ws_close(job->ws, 1000, NULL, 0);
+  free(job);
+  return NULL;
+}
+
 static void *resume_later(void *arg) {
   t_sleep_ms(300);
   pmu_ws_pause_reading(arg, 0);
@@ -69,9 +96,16 @@ static void ws_request(pmu_request_t *r) {
     return;
   }
   static const pmu_header_t extra = {"X-Extra", 7, "1", 1};
+  static char long_proto[4096];
   if (path_is(r, "/ws/proto")) {
     opts.subprotocol = "chat";
     opts.subprotocol_len = 4;
+    unsigned long len = query_num(r, "len");
+    if (len && len <= sizeof long_proto) {
+      memset(long_proto, 'p', len);
+      opts.subprotocol = long_proto;
+      opts.subprotocol_len = len;
+    }
     opts.headers = &extra;
     opts.header_count = 1;
   }
@@ -98,6 +132,16 @@ static void ws_request(pmu_request_t *r) {
     ok &= pmu_ws_send(ws, PMU_WS_TEXT, "x", 1, NULL, NULL) == -EPIPE;
     ok &= pmu_ws_send(ws, 7, "x", 1, NULL, NULL) == -EINVAL;
     atomic_store(&t_ws.close_checks, ok);
+  }
+  if (path_is(r, "/ws/thread")) {
+    sender_t *job = malloc(sizeof *job);
+    job->ws = ws;
+    job->n = query_num(r, "n");
+    pmu_ws_set_user(ws, (void *)(uintptr_t)WS_QUIET);
+    pthread_t th;
+    if (pthread_create(&th, NULL, send_from_thread, job) != 0)
+      abort();
+    pthread_detach(th);
   }
   if (path_is(r, "/ws/pause")) {
     /* The handle stays valid: it is released only after GONE, which cannot
@@ -326,7 +370,8 @@ void t_ws_expect_at(const char *file, int line, t_conn_t *conn, int opcode, cons
     t_fail_at(file, line, "no frame (opcode %d, %zu bytes expected): %d", opcode, len, rc);
   if (f.opcode != opcode || f.len != len || !f.fin || f.masked || f.rsv ||
       (len && memcmp(f.data, data, len) != 0))
-    t_fail_at(file, line, "frame opcode %d fin %d rsv %d masked %d len %zu, expected opcode %d len %zu",
+    t_fail_at(file, line,
+              "frame opcode %d fin %d rsv %d masked %d len %zu, expected opcode %d len %zu",
               f.opcode, f.fin, f.rsv, f.masked, f.len, opcode, len);
   t_ws_frame_free(&f);
 }

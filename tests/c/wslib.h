@@ -9,8 +9,11 @@
  *   /ws/close?code=N accepted, then closed by the server with code N ("bye")
  *   /ws/defer        accepted from another thread, 20 ms later
  *   /ws/proto        accepted with subprotocol "chat" and header X-Extra: 1
+ *                    (?len=N: a subprotocol of N 'p' instead)
  *   /ws/flood?n=N    accepted; N binary messages of 64 KiB sent at once (the
  *                    pmu_ws_send results are counted: t_ws.sent_ok, _over, _nobufs)
+ *   /ws/thread?n=N   accepted; another thread sends N text messages "0".."N-1"
+ *                    (every third one lent, with a release callback), then closes 1000
  *   /ws/pause        accepted with reading paused (pmu_ws_pause_reading), resumed
  *                    by another thread 300 ms later
  *   /refuse          answered 403 (the handshake refused)
@@ -27,12 +30,13 @@ typedef struct t_ws_seen {
   atomic_int last_close_code; /* of PMU_WS_EV_CLOSE */
   atomic_int last_gone_code;  /* of PMU_WS_EV_GONE */
   atomic_ulong sent_ok, sent_over, sent_nobufs, sent_epipe;
-  atomic_ulong accepted;  /* pmu_ws_accept returned a handle */
-  atomic_ulong released;  /* handles released (after GONE) */
-  atomic_ulong bytes_in;  /* message payload bytes seen */
-  atomic_ulong max_batch; /* most events in one ws_handler call */
-  atomic_int close_checks; /* /ws/close: 1 if pmu_ws_close and pmu_ws_send answered as
-                              pmu.h says around the close (bad codes, twice, send after) */
+  atomic_ulong accepted;      /* pmu_ws_accept returned a handle */
+  atomic_ulong released;      /* handles released (after GONE) */
+  atomic_ulong bytes_in;      /* message payload bytes seen */
+  atomic_ulong max_batch;     /* most events in one ws_handler call */
+  atomic_ulong lent_released; /* release callbacks of /ws/thread's lent messages */
+  atomic_int close_checks;    /* /ws/close: 1 if pmu_ws_close and pmu_ws_send answered as
+                                 pmu.h says around the close (bad codes, twice, send after) */
 } t_ws_seen_t;
 
 extern t_ws_seen_t t_ws;
@@ -69,8 +73,7 @@ size_t t_ws_request(char *out, size_t cap, const char *path, const char *extra);
 t_conn_t *t_ws_connect_at(const char *file, int line, const t_server_t *server, const char *path);
 
 /* Send one frame (masked). */
-#define t_ws_send(conn, b0, data, len) \
-  t_ws_send_at(__FILE__, __LINE__, (conn), (b0), (data), (len))
+#define t_ws_send(conn, b0, data, len) t_ws_send_at(__FILE__, __LINE__, (conn), (b0), (data), (len))
 void t_ws_send_at(const char *file, int line, t_conn_t *conn, int b0, const void *data, size_t len);
 
 /* Read one frame: 0 with *out filled, -ETIMEDOUT, or -ECONNRESET when the

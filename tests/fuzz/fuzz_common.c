@@ -13,6 +13,8 @@
  *   /early   a streamed request body answered before its end
  *   default  200, "METHOD target body_len"
  * Every handler answer carries X-M: METHOD, so the checker knows a HEAD's.
+ * A WebSocket handshake to /ws is accepted once fuzz_ws_enable() was called (fuzz_ws), and
+ * its messages are echoed.
  */
 #include "fuzz_common.h"
 
@@ -30,6 +32,7 @@
 #include <unistd.h>
 
 #define DEADLINE_MS 5000
+#define DONE_WAIT_MS 1000 /* fuzz_exchange_after_head: the longest wait for done() */
 
 static pmu_server_t *server;
 static uint16_t server_port;
@@ -128,10 +131,29 @@ static void answer(pmu_request_t *r, const char *body, size_t body_len, int defe
   }
 }
 
+static int ws_enabled;
+void fuzz_ws_enable(void) { ws_enabled = 1; }
+
+/* The WebSocket echo of /ws. */
+static void on_ws(void *data, const pmu_ws_event_t *events, size_t count) {
+  (void)data;
+  for (size_t i = 0; i < count; i++) {
+    const pmu_ws_event_t *e = &events[i];
+    if (e->type == PMU_WS_EV_MESSAGE)
+      pmu_ws_send(e->ws, e->opcode, e->data, e->len, NULL, NULL);
+    else if (e->type == PMU_WS_EV_GONE)
+      pmu_ws_release(e->ws);
+  }
+}
+
 static void on_batch(void *data, pmu_request_t *const *reqs, size_t count) {
   (void)data;
   for (size_t i = 0; i < count; i++) {
     pmu_request_t *r = reqs[i];
+    if (r->ws_upgrade && ws_enabled && path_is(r, "/ws")) {
+      pmu_ws_accept(r, NULL); /* NULL: the engine answered 500/503 */
+      continue;
+    }
     if (r->body_streaming) {
       if (path_is(r, "/early")) {
         pmu_header_t h = {"X-M", 3, r->method, r->method_len};
@@ -206,6 +228,12 @@ void fuzz_server_start(void) {
   cfg.handler = on_batch;
   cfg.on_body = on_body;
   cfg.on_disconnect = on_disconnect;
+  cfg.ws_handler = on_ws;
+  cfg.ws_max_message = FUZZ_WS_MAX_MESSAGE;
+  cfg.ws_max_frame = FUZZ_WS_MAX_FRAME;
+  cfg.ws_close_timeout_ms = 1000;
+  cfg.ws_deflate_window_bits = 12; /* fuzz_ws predicts the negotiation from it */
+  cfg.ws_deflate_min_size = 16;    /* most echoes go back compressed */
   int rc = pmu_server_start(&cfg, &server);
   if (rc < 0) {
     fprintf(stderr, "fuzz: server start failed: %s\n",
@@ -300,8 +328,9 @@ static void send_all(int fd, const char *p, size_t len, rbuf_t *b, int64_t deadl
   }
 }
 
-char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *plan,
-                    size_t *out_len) {
+/* fuzz_exchange and fuzz_exchange_after_head: plan given, or made by on_head. */
+static char *exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *plan,
+                      fuzz_on_head_fn on_head, fuzz_done_fn done, void *ctx, size_t *out_len) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     perror("fuzz: socket");
@@ -330,6 +359,21 @@ char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *pl
   int64_t deadline = now_ms() + DEADLINE_MS;
   if (prefix_len)
     send_all(fd, prefix, prefix_len, &b, deadline);
+  if (on_head) { /* wait for the response head, then ask for the rest */
+    while (!b.eof && !(b.p && memmem(b.p, b.len, "\r\n\r\n", 4))) {
+      int64_t left = deadline - now_ms();
+      if (left <= 0)
+        break;
+      struct pollfd pfd = {fd, POLLIN, 0};
+      poll(&pfd, 1, (int)left);
+      drain(fd, &b);
+    }
+    const char *end = b.p ? memmem(b.p, b.len, "\r\n\r\n", 4) : NULL;
+    plan = end ? on_head(ctx, b.p, (size_t)(end - b.p) + 4) : NULL;
+  }
+  static const fuzz_plan_t nothing;
+  if (!plan)
+    plan = &nothing;
   size_t off = 0;
   for (unsigned i = 0; i <= plan->ncuts; i++) {
     size_t end = i < plan->ncuts ? plan->cuts[i] : plan->len;
@@ -338,6 +382,17 @@ char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *pl
       off = end;
       if (plan->pause && i < plan->ncuts)
         usleep(300);
+    }
+  }
+  if (done) { /* read until the answers are all in, for a while at most */
+    int64_t until = now_ms() + DONE_WAIT_MS;
+    while (!b.eof && !done(ctx, b.p, b.len)) {
+      int64_t left = until - now_ms();
+      if (left <= 0)
+        break;
+      struct pollfd pfd = {fd, POLLIN, 0};
+      poll(&pfd, 1, (int)left);
+      drain(fd, &b);
     }
   }
   shutdown(fd, SHUT_WR);
@@ -359,6 +414,16 @@ char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *pl
   if (!b.p)
     b.p = malloc(1);
   return b.p;
+}
+
+char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *plan,
+                    size_t *out_len) {
+  return exchange(prefix, prefix_len, plan, NULL, NULL, NULL, out_len);
+}
+
+char *fuzz_exchange_after_head(const char *prefix, size_t prefix_len, fuzz_on_head_fn on_head,
+                               fuzz_done_fn done, void *ctx, size_t *out_len) {
+  return exchange(prefix, prefix_len, NULL, on_head, done, ctx, out_len);
 }
 
 /* ---- the checker ---- */

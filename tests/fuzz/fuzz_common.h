@@ -39,6 +39,15 @@
 #define FUZZ_MAX_BODY 4096
 #define FUZZ_STREAM_THRESHOLD 64
 
+/* WebSocket limits of the server under test (fuzz_ws): small, so that inputs reach them. */
+#define FUZZ_WS_MAX_MESSAGE 8192
+#define FUZZ_WS_MAX_FRAME 4096
+
+/* Let the handler accept WebSocket handshakes to /ws (fuzz_ws calls it; in the other
+ * harnesses a handshake stays an ordinary request, so their HTTP checks hold). Every
+ * message is then echoed as it came; pings are answered by the engine. */
+void fuzz_ws_enable(void);
+
 /* Start the server (once; aborts on failure). */
 void fuzz_server_start(void);
 
@@ -59,6 +68,18 @@ void fuzz_plan(const uint8_t *data, size_t size, fuzz_plan_t *plan);
  * deadline (a wedged connection). */
 char *fuzz_exchange(const char *prefix, size_t prefix_len, const fuzz_plan_t *plan,
                     size_t *out_len);
+
+/* As fuzz_exchange, for a protocol whose payload depends on the answer to the prefix (the
+ * WebSocket handshake and what it negotiated): after sending the prefix it waits for the
+ * response head (through "\r\n\r\n", within the deadline) and calls on_head with it, which
+ * returns the plan to send (valid until fuzz_exchange_after_head returns); NULL, or no head:
+ * nothing more is sent. Then, before half-closing, it reads until done(ctx, what came so far)
+ * returns 1, for a second at most (a protocol whose answers an EOF may cut short: the
+ * WebSocket echoes). The rest as fuzz_exchange: half-close, read until EOF. */
+typedef const fuzz_plan_t *(*fuzz_on_head_fn)(void *ctx, const char *head, size_t head_len);
+typedef int (*fuzz_done_fn)(void *ctx, const char *out, size_t len);
+char *fuzz_exchange_after_head(const char *prefix, size_t prefix_len, fuzz_on_head_fn on_head,
+                               fuzz_done_fn done, void *ctx, size_t *out_len);
 
 /* One parsed response. */
 typedef struct fuzz_response {
