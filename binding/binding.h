@@ -335,13 +335,20 @@ int pyb_request_ws_upgrade(PyObject *request);
 /* ---- websocket.c ---- */
 
 /* What a WebSocket copies from its handshake request (borrowed references;
- * NULL reads as None, headers NULL is built on first use from raw_headers). */
+ * NULL reads as None; header_block is pyb_ws_pack_headers()'s bytes, from which
+ * headers and raw_headers are built when asked for, unless headers is given). */
 typedef struct pyb_ws_fields {
-  PyObject *path, *raw_path, *query_string, *raw_headers, *headers, *client, *server, *http_version,
-      *subprotocols, *subprotocol;
+  PyObject *path, *raw_path, *query_string, *header_block, *headers, *client, *server,
+      *http_version, *subprotocols, *subprotocol;
   uint64_t conn_id;
   unsigned thread;
 } pyb_ws_fields;
+
+/* The request's headers packed into one bytes object (per header: name and
+ * value lengths as 4-byte host-order integers, then the name and the value, as
+ * received): what a WebSocket keeps of them, one object instead of a list of
+ * pairs. New reference or NULL. */
+PyObject *pyb_ws_pack_headers(const pmu_request_t *request);
 
 /* A new WebSocket, not yet attached to an engine handle. New reference or
  * NULL. */

@@ -1517,7 +1517,7 @@ static PyObject *request_accept_websocket(PyObject *op, PyObject *args, PyObject
     f.path = owned[0] = get_path(op, NULL);
     f.raw_path = owned[1] = get_raw_path(op, NULL);
     f.query_string = owned[2] = get_query_string(op, NULL);
-    f.raw_headers = owned[3] = build_header_pairs(r, 1);
+    f.header_block = owned[3] = pyb_ws_pack_headers(r);
     f.client = owned[4] = get_client(op, NULL);
     f.server = owned[5] = get_server(op, NULL);
     f.http_version = owned[6] = get_http_version(op, NULL);
@@ -1525,6 +1525,8 @@ static PyObject *request_accept_websocket(PyObject *op, PyObject *args, PyObject
     for (int i = 0; i < 8; i++)
       if (owned[i] == NULL)
         goto fail;
+    if (PyList_GET_SIZE(owned[7]) == 0)
+      f.subprotocols = NULL;   /* read as [] */
     f.headers = self->headers; /* reuse when the handler built it */
     f.subprotocol = subprotocol == Py_None ? NULL : subprotocol;
     f.conn_id = r->conn_id;

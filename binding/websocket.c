@@ -40,8 +40,8 @@ typedef struct {
   int close_code; /* -1: none yet */
   PyObject *close_reason;
   /* Copied from the handshake request at accept. */
-  PyObject *path, *raw_path, *query_string, *raw_headers, *headers, *client, *server, *http_version,
-      *subprotocols, *subprotocol, *extensions;
+  PyObject *path, *raw_path, *query_string, *header_block, *headers, *client, *server,
+      *http_version, *subprotocols, *subprotocol, *extensions;
   uint64_t conn_id;
   unsigned thread;
   PyObject *cb[NCB];
@@ -66,7 +66,7 @@ PyObject *pyb_ws_new(pyb_state *st, const pyb_ws_fields *f) {
   self->path = Py_XNewRef(f->path);
   self->raw_path = Py_XNewRef(f->raw_path);
   self->query_string = Py_XNewRef(f->query_string);
-  self->raw_headers = Py_XNewRef(f->raw_headers);
+  self->header_block = Py_XNewRef(f->header_block);
   self->headers = Py_XNewRef(f->headers);
   self->client = Py_XNewRef(f->client);
   self->server = Py_XNewRef(f->server);
@@ -434,31 +434,76 @@ static PyObject *get_subprotocols(PyObject *op, void *closure) {
                             : PyList_New(0);
 }
 
-static PyObject *get_raw_headers(PyObject *op, void *closure) {
-  WebSocketObject *self = WS(op);
-  return self->raw_headers ? PyList_GetSlice(self->raw_headers, 0, PY_SSIZE_T_MAX) : PyList_New(0);
+PyObject *pyb_ws_pack_headers(const pmu_request_t *r) {
+  size_t total = 0;
+  for (size_t i = 0; i < r->header_count; i++)
+    total += 8 + r->headers[i].name_len + r->headers[i].value_len;
+  PyObject *block = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+  if (block == NULL)
+    return NULL;
+  char *p = PyBytes_AS_STRING(block);
+  for (size_t i = 0; i < r->header_count; i++) {
+    const pmu_header_t *h = &r->headers[i];
+    uint32_t lens[2] = {(uint32_t)h->name_len, (uint32_t)h->value_len};
+    memcpy(p, lens, 8);
+    p += 8;
+    if (h->name_len)
+      memcpy(p, h->name, h->name_len);
+    p += h->name_len;
+    if (h->value_len)
+      memcpy(p, h->value, h->value_len);
+    p += h->value_len;
+  }
+  return block;
 }
 
-/* Headers built on first use from raw_headers (names lower-cased). */
+/* The packed headers as a list of pairs: (name, value) as bytes with names
+ * lower-cased (raw_headers, what ASGI scopes carry), or as str decoded from
+ * latin-1, names as sent (for Headers). New reference or NULL. */
+static PyObject *unpack_headers(WebSocketObject *self, int as_bytes) {
+  PyObject *list = PyList_New(0);
+  if (list == NULL || self->header_block == NULL)
+    return list;
+  const char *p = PyBytes_AS_STRING(self->header_block);
+  const char *end = p + PyBytes_GET_SIZE(self->header_block);
+  while (p + 8 <= end) {
+    uint32_t lens[2];
+    memcpy(lens, p, 8);
+    p += 8;
+    const char *name = p, *value = p + lens[0];
+    p = value + lens[1];
+    PyObject *n, *v;
+    if (as_bytes) {
+      n = PyBytes_FromStringAndSize(NULL, lens[0]);
+      if (n != NULL)
+        for (uint32_t k = 0; k < lens[0]; k++) {
+          char c = name[k];
+          PyBytes_AS_STRING(n)[k] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+        }
+      v = PyBytes_FromStringAndSize(value, lens[1]);
+    } else {
+      n = PyUnicode_DecodeLatin1(name, lens[0], NULL);
+      v = PyUnicode_DecodeLatin1(value, lens[1], NULL);
+    }
+    PyObject *pair = Py_BuildValue("(NN)", n, v); /* steals both, NULL-safe */
+    if (pair == NULL || PyList_Append(list, pair) < 0) {
+      Py_XDECREF(pair);
+      Py_DECREF(list);
+      return NULL;
+    }
+    Py_DECREF(pair);
+  }
+  return list;
+}
+
+static PyObject *get_raw_headers(PyObject *op, void *closure) { return unpack_headers(WS(op), 1); }
+
+/* Headers built on first use from the packed headers. */
 static PyObject *get_headers(PyObject *op, void *closure) {
   WebSocketObject *self = WS(op);
   if (self->headers == NULL) {
     PyObject *support = pyb_support(self->st);
-    if (support == NULL)
-      return NULL;
-    Py_ssize_t n = self->raw_headers ? PyList_GET_SIZE(self->raw_headers) : 0;
-    PyObject *pairs = PyList_New(n);
-    for (Py_ssize_t i = 0; pairs != NULL && i < n; i++) {
-      PyObject *raw = PyList_GET_ITEM(self->raw_headers, i);
-      PyObject *name = PyTuple_GET_ITEM(raw, 0), *value = PyTuple_GET_ITEM(raw, 1);
-      PyObject *pair = Py_BuildValue(
-          "(NN)", PyUnicode_DecodeLatin1(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), NULL),
-          PyUnicode_DecodeLatin1(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), NULL));
-      if (pair == NULL)
-        Py_CLEAR(pairs);
-      else
-        PyList_SET_ITEM(pairs, i, pair);
-    }
+    PyObject *pairs = support ? unpack_headers(self, 0) : NULL;
     if (pairs == NULL)
       return NULL;
     self->headers = PyObject_CallMethod(support, "Headers", "O", pairs);
@@ -614,7 +659,7 @@ static void ws_dealloc(PyObject *op) {
   Py_CLEAR(self->path);
   Py_CLEAR(self->raw_path);
   Py_CLEAR(self->query_string);
-  Py_CLEAR(self->raw_headers);
+  Py_CLEAR(self->header_block);
   Py_CLEAR(self->client);
   Py_CLEAR(self->server);
   Py_CLEAR(self->http_version);

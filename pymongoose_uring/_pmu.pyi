@@ -233,7 +233,9 @@ class WebSocket:
 class WebSocketClosed(OSError):
     """The WebSocket is closing or closed: the message was not sent."""
 
-def broadcast(websockets: Iterable[WebSocket], data: Union[bytes, bytearray, memoryview, str]) -> int:
+def broadcast(
+    websockets: Iterable[WebSocket], data: Union[bytes, bytearray, memoryview, str]
+) -> int:
     """Frame once, queue on each open WebSocket; returns how many took it."""
 
 def websockets_alive() -> int:

@@ -284,8 +284,6 @@ class AsyncWebSocket(_Handshake):
         "_messages",
         "_waiter",
         "_drain_waiters",
-        "_received",
-        "_consumed",
         "_paused",
         "_pause_lock",
     )
@@ -299,8 +297,6 @@ class AsyncWebSocket(_Handshake):
         self._messages: Deque[Union[Message, _Closed]] = collections.deque()
         self._waiter: Optional["asyncio.Future[None]"] = None
         self._drain_waiters: List["asyncio.Future[None]"] = []
-        self._received = 0  # written by the engine thread only
-        self._consumed = 0  # written by the loop thread only
         self._paused = False
         self._pause_lock = threading.Lock()
 
@@ -349,13 +345,15 @@ class AsyncWebSocket(_Handshake):
     # the waiter; one of the two sees the other.
 
     def _on_message(self, ws: WebSocket, data: Message) -> None:
-        self._messages.append(data)
-        self._received += 1
+        messages = self._messages
+        messages.append(data)
         if self._waiter is not None:
             self._wake()
-        if self._received - self._consumed >= self.max_queue and not self._paused:
+        if len(messages) >= self.max_queue and not self._paused:
             with self._pause_lock:
-                if not self._paused:
+                # Again under the lock: the loop may have drained the queue
+                # since (and it resumes under this lock before it waits).
+                if not self._paused and len(messages) >= self.max_queue:
                     self._paused = True
                     ws.pause_reading()
 
@@ -411,12 +409,14 @@ class AsyncWebSocket(_Handshake):
             # Left in place: every later receive() raises the same.
             raise WebSocketDisconnect(message.code, message.reason)
         messages.popleft()
-        self._consumed += 1
-        if self._paused and self._received - self._consumed <= self.max_queue // 2:
+        if self._paused and len(messages) <= self.max_queue // 2:
             self._resume()
         return message
 
     async def _wait(self) -> None:
+        """Wait for the next event; the queue is empty."""
+        if self._paused or self._pause_lock.locked():
+            self._resume()  # never wait with reading paused
         loop = self._loop
         assert loop is not None
         waiter = self._waiter = loop.create_future()
@@ -444,13 +444,16 @@ class AsyncWebSocket(_Handshake):
 
     async def __anext__(self) -> Message:
         """``async for message in ws``: ends when the peer has closed."""
+        messages = self._messages
         while True:
-            try:
-                message = self._next()
-            except WebSocketDisconnect:
-                raise StopAsyncIteration from None
-            if message is not _EMPTY:
-                return message  # type: ignore[no-any-return]
+            if messages:  # the common case, inline: a message is there
+                message = messages[0]
+                if isinstance(message, _Closed):
+                    raise StopAsyncIteration
+                messages.popleft()
+                if self._paused and len(messages) <= self.max_queue // 2:
+                    self._resume()
+                return message
             await self._wait()
 
     def _resume(self) -> None:

@@ -19,7 +19,18 @@ import urllib.request
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
-from wsraw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawWS, close_payload, frame
+from wsraw import (
+    BINARY,
+    CLOSE,
+    CONT,
+    PING,
+    PONG,
+    TEXT,
+    RawWS,
+    close_payload,
+    frame,
+    handshake_request,
+)
 
 import pymongoose_uring as pmu
 from pymongoose_uring import _native
@@ -33,6 +44,14 @@ def wait_for(cond, timeout=10.0, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for " + what)
         time.sleep(0.005)
+
+
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def url(server, path):
@@ -93,6 +112,24 @@ def test_large_messages(serve, path):
         assert ws.recv(timeout=20) == text
 
 
+def test_async_form_on_a_given_uvloop_loop(serve):
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    try:
+        server = serve(echo_app(), loop=loop)
+        with connect(url(server, "/aecho")) as ws:
+            for i in range(100):
+                ws.send("u%d" % i)
+            assert [ws.recv(timeout=5) for _ in range(100)] == ["u%d" % i for i in range(100)]
+        server.stop()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(5)
+        loop.close()
+
+
 def test_fragmented_input_with_interleaved_ping(serve):
     server = serve(echo_app())
     c = RawWS(server.port, "/echo")
@@ -142,13 +179,15 @@ def test_handshake_headers_subprotocol_and_extra_headers(serve):
         seen.update(chosen=sock.subprotocol, sock_path=sock.path, sock_query=sock.query_string)
         seen["sock_offered"] = sock.subprotocols
         seen["sock_token"] = sock.headers.get("X-Token")
+        seen["raw"] = sock.raw_headers
+        seen["multi"] = sock.headers.getall("x-multi")
         sock.on_message = lambda s, m: s.send(s.subprotocol + ":" + m)
 
     server = serve(app)
     with connect(
         url(server, "/chat/lobby?user=ann"),
         subprotocols=["chat.v1", "chat.v2"],
-        additional_headers={"X-Token": "t0k"},
+        additional_headers=[("X-Token", "t0k"), ("X-Multi", "1"), ("X-Multi", "2")],
     ) as ws:
         assert ws.subprotocol == "chat.v2"
         assert ws.response.headers["X-Room"] == "lobby"
@@ -161,6 +200,9 @@ def test_handshake_headers_subprotocol_and_extra_headers(serve):
     assert seen["client"][0] == "127.0.0.1"
     assert seen["token"] == seen["sock_token"] == "t0k"
     assert seen["chosen"] == "chat.v2" and seen["sock_query"] == "user=ann"
+    assert (b"x-token", b"t0k") in seen["raw"] and (b"upgrade", b"websocket") in seen["raw"]
+    assert all(isinstance(n, bytes) and n == n.lower() for n, _ in seen["raw"])
+    assert seen["multi"] == ["1", "2"]
 
 
 def test_reject_with_custom_response_and_default_403(serve):
@@ -421,6 +463,40 @@ def test_async_close_and_receive_after_disconnect(serve):
     assert result[0] in (4200, 1000, 1005)
 
 
+def test_client_gone_before_accept_still_gets_a_disconnect(serve):
+    """granian #835: a client that leaves before the accept still ends in
+    on_disconnect (1006) / WebSocketDisconnect, in both forms."""
+    seen = []
+    errors = []
+
+    def plain(request):  # accepts later, from another thread
+        def later():
+            time.sleep(0.3)
+            request.accept_websocket(on_disconnect=lambda s, code: seen.append(("sync", code)))
+
+        threading.Thread(target=later).start()
+
+    app = pmu.App()
+
+    @app.websocket("/async")
+    async def asynchronous(ws):
+        await asyncio.sleep(0.3)
+        try:
+            await ws.accept()
+            await ws.receive()
+        except pmu.WebSocketDisconnect as exc:
+            seen.append(("async", exc.code))
+        except Exception as exc:
+            errors.append(exc)
+
+    for server, path in ((serve(plain), "/sync"), (serve(app), "/async")):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(handshake_request(path)[0])
+        s.close()
+    wait_for(lambda: len(seen) == 2 or errors, what=str(seen))
+    assert sorted(seen) == [("async", 1006), ("sync", 1006)], (seen, errors)
+
+
 def test_ping_timeout_closes_with_1006(serve):
     gone = []
 
@@ -448,6 +524,10 @@ def test_ping_timeout_closes_with_1006(serve):
 
 
 def test_server_stop_sends_1001(serve):
+    import gc
+
+    gc.collect()
+    alive = _pmu.websockets_alive()
     app = echo_app()
     server = serve(app)
     clients = [RawWS(server.port, "/echo") for _ in range(3)]
@@ -465,6 +545,10 @@ def test_server_stop_sends_1001(serve):
         assert e.value.rcvd.code == 1001
         stopper.join(20)
         assert not stopper.is_alive()
+    for c in clients:
+        c.close()
+    # Every connection object was handed back at the stop.
+    wait_for(lambda: gc.collect() is not None and _pmu.websockets_alive() == alive)
 
 
 def test_protocol_error_closes_with_1002(serve):
@@ -679,6 +763,12 @@ def test_broadcast_binding_level(serve):
     n = 50
     clients = [RawWS(server.port, "/") for _ in range(n)]
     wait_for(lambda: len(socks) == n)
+    socks[1].send(bytearray(b"from a bytearray"))
+    socks[1].send(memoryview(b"xx from a memoryview")[3:])
+    assert clients[1].recv_frame() == (True, BINARY, b"from a bytearray")
+    assert clients[1].recv_frame() == (True, BINARY, b"from a memoryview")
+    with pytest.raises(TypeError):
+        socks[1].send(12)
     assert pmu.broadcast(socks, b"\x01" * 3000) == n
     assert _pmu.broadcast(socks, "text ✓") == n
     for c in clients:
@@ -706,7 +796,7 @@ def test_client_that_never_reads_is_closed_by_the_send_limit(serve):
         ws.on_disconnect = lambda s, code: (state.update(gone=code), done.set())
 
         def flood():
-            chunk = b"z" * 65536
+            chunk = bytearray(b"z" * 65536)  # a bytearray: the engine copies each send
             try:
                 for _ in range(2000):  # 128 MiB if nothing stopped it
                     if not ws.send(chunk):
@@ -718,16 +808,16 @@ def test_client_that_never_reads_is_closed_by_the_send_limit(serve):
         threading.Thread(target=flood).start()
 
     server = serve(handler, ws_send_high_water=256 * 1024, ws_send_limit=4 * 1024 * 1024)
+    rss_before = rss()
     s = socket.create_connection(("127.0.0.1", server.port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    from wsraw import handshake_request
-
     s.sendall(handshake_request("/")[0])
     assert done.wait(30), state
     assert state["closed"] is not None
     assert state["false"] > 0
     assert state["max_unsent"] <= 4 * 1024 * 1024
     assert state["gone"] in (1006, 1008)
+    assert rss() - rss_before < 48 * 1024 * 1024  # not the 128 MiB offered
     s.close()
 
 
@@ -763,6 +853,30 @@ def test_async_receive_backpressure_pauses_reading(serve):
         assert ws.recv(timeout=20) == "got 101"
     # Reading stopped near max_queue: far fewer than the 100 sent were queued.
     assert seen["max_queued"] < 40, seen
+
+
+def test_async_pause_and_resume_race_never_stalls(serve):
+    """max_queue=1: reading is paused and resumed around nearly every message,
+    from two threads; every message still arrives, in order."""
+    app = pmu.App(ws_max_queue=1)
+
+    @app.websocket("/tight")
+    async def tight(ws):
+        await ws.accept()
+        n = 0
+        async for m in ws:
+            assert m == "m%d" % n
+            n += 1
+            if n % 7 == 0:
+                await asyncio.sleep(0)
+            if n == 3000:
+                await ws.send("done")
+
+    server = serve(app)
+    with connect(url(server, "/tight"), compression=None) as ws:
+        for i in range(3000):
+            ws.send("m%d" % i)
+        assert ws.recv(timeout=30) == "done"
 
 
 def test_async_messages_of_a_batch_cost_one_wakeup(serve):
