@@ -342,10 +342,9 @@ class _WebSocketCycle:
             self._end(code, reason)
 
     def _on_disconnect(self, ws: Any, code: int) -> None:
+        # (the binding drops the callbacks after this one: no cycle through them stays)
         if self.disconnect is None:
             self._end(code, "")
-        # The engine lets go of ws now; these bound methods would keep a cycle.
-        ws.on_message = ws.on_close = ws.on_drain = ws.on_disconnect = None
 
     def _end(self, code: int, reason: str) -> None:
         self.disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
@@ -440,7 +439,10 @@ class _WebSocketCycle:
                     await self._drained(drains)
                 return
             if kind == "websocket.close":
-                ws.close(message.get("code") or 1000, message.get("reason") or "")
+                reason = message.get("reason") or ""
+                if len(reason) > 30:  # a close frame carries 123 bytes of it at most
+                    reason = reason.encode("utf-8")[:123].decode("utf-8", "ignore")
+                ws.close(message.get("code") or 1000, reason)
                 return
             if kind == "websocket.accept":
                 raise RuntimeError("websocket.accept sent twice")

@@ -460,8 +460,7 @@ class Connection:
         self._event(MG_EV_WS_CTL, WsMessage(payload, WEBSOCKET_OP_CLOSE))
 
     def _ws_disconnect(self, ws: Any, code: int) -> None:
-        ws.on_message = ws.on_ping = ws.on_pong = ws.on_close = ws.on_disconnect = None
-        self._gone = True
+        self._gone = True  # (the binding drops the callbacks, and so this conn, now)
         self._event(MG_EV_CLOSE, None)
 
     # -- files -------------------------------------------------------------

@@ -2,11 +2,14 @@
 # The whole test suite, from a fresh machine: installs what it needs (Debian
 # packages with apt-get, Python packages with pip into build/venv), builds,
 # checks lint and format (ruff, clang-format), runs the C tests, runs them again
-# under ASan+UBSan, fuzzes for a bounded time (clang, tests/fuzz), then the Python tests.
+# under ASan+UBSan, fuzzes for a bounded time (clang, tests/fuzz), then the Python tests,
+# then Autobahn|Testsuite against the three WebSocket echo endpoints (tools/autobahn.sh).
+# Each step's heading gives the seconds since the start.
 # Idempotent: a second run reuses what the first installed and built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+step() { echo "== $* [$((SECONDS / 60))m$((SECONDS % 60))s]"; }
 
 # --- Debian packages: compiler, liburing (io_uring), llhttp sources, zlib (WebSocket
 # permessage-deflate), pkg-config, clang-format for the format check.
@@ -21,7 +24,7 @@ if python3 -c 'import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.joi
 fi
 missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing Debian packages: ${missing[*]}"
+  step "installing Debian packages: ${missing[*]}"
   SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -35,7 +38,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 py=$venv/bin/python
-if ! "$py" -c 'import sys, mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11, ruff, websockets; sys.version_info < (3, 10) or __import__("mypy")' 2>/dev/null; then
+if ! "$py" -c 'import sys, mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11, ruff, websockets, channels; sys.version_info < (3, 10) or __import__("mypy")' 2>/dev/null; then
   "$py" -m pip install -q --upgrade pip
   "$py" -m pip install -q -r tools/test-requirements.txt
 fi
@@ -44,7 +47,7 @@ export PATH=$venv/bin:$PATH
 # --- Lint and format, first because they take seconds: ruff ([tool.ruff] in
 # pyproject.toml) and clang-format (.clang-format) over the project's own C, never
 # llhttp. tools/format.sh fixes what the format checks find.
-echo "== lint and format: ruff check, ruff format --check, clang-format --dry-run"
+step "lint and format: ruff check, ruff format --check, clang-format --dry-run"
 ruff check -q .
 ruff format -q --check .
 find core include binding examples tests/c tests/fuzz -name '*.[ch]' -print0 \
@@ -56,46 +59,55 @@ setup() { # setup DIR ARGS...: configure once, reconfigure after
   else meson setup "$dir" "$@" >/dev/null; fi
 }
 
-echo "== C build and tests"
+step "C build and tests"
 setup build/test -Dpython=false --buildtype=debugoptimized
 meson compile -C build/test >/dev/null # everything, hello_server too: the knob-table tests run it
 meson test -C build/test --print-errorlogs --num-processes 2
 
-echo "== C tests under ASan + UBSan"
+step "C tests under ASan + UBSan"
 setup build/asan -Dpython=false --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build/asan --print-errorlogs --num-processes 2
 
 # --- libFuzzer harnesses (tests/fuzz): clang only for this step. Each runs for
-# FUZZ_SECONDS (default 60); a crash or a failed framing check fails the suite.
+# FUZZ_SECONDS (default 40: three harnesses in two minutes); a crash or a failed framing
+# check fails the suite.
 # Long runs: tools/fuzz.sh SECONDS (see tests/fuzz/README.md).
 fuzz_missing=()
 for p in clang libclang-rt-14-dev; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || fuzz_missing+=("$p")
 done
 if [ ${#fuzz_missing[@]} -gt 0 ]; then
-  echo "== installing Debian packages for fuzzing: ${fuzz_missing[*]}"
+  step "installing Debian packages for fuzzing: ${fuzz_missing[*]}"
   SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${fuzz_missing[@]}" >/dev/null
 fi
-echo "== fuzzing, ${FUZZ_SECONDS:-60} s per harness"
-tools/fuzz.sh "${FUZZ_SECONDS:-60}"
+step "fuzzing, ${FUZZ_SECONDS:-40} s per harness"
+tools/fuzz.sh "${FUZZ_SECONDS:-40}"
 
-echo "== benchmark runner's own tests"
+step "benchmark runner's own tests"
 "$py" -m pytest -q benchmarks/tests
 
 if [ -d tests/python ]; then
   if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
-    echo "== type check: mypy, strict on the package ([tool.mypy] in pyproject.toml)"
+    step "type check: mypy, strict on the package ([tool.mypy] in pyproject.toml)"
     "$py" -m mypy
   else
-    echo "== no type check: mypy needs Python 3.10 or later"
+    step "no type check: mypy needs Python 3.10 or later"
   fi
-  echo "== Python package and tests"
+  step "Python package and tests"
   "$py" -m pip install -q --no-build-isolation . 
   (cd build && "$py" -m pytest -q "$root/tests/python")
 fi
+
+# --- Autobahn|Testsuite (tools/autobahn.sh), the WebSocket conformance suite, against
+# the C example server, the native API and a Starlette app on the ASGI adapter, all at
+# once, on cases 1-7, 10, 12 and 13. Any FAILED or UNIMPLEMENTED case fails the suite, and
+# so does a missing CPython 2.7 (the suite runs on Python 2 only; pyenv's is used).
+step "autobahn: Autobahn|Testsuite against the C, native and ASGI echo endpoints"
+(cd build && "$py" -m pytest -q "$root/tests/autobahn") # the step's own verdict, first
+AUTOBAHN_PYTHON=$py tools/autobahn.sh
 
 # --- The oldest and the newest CPython this machine has besides the main one
 # (pyenv's), so that C-API differences show here rather than at a user's.
@@ -110,5 +122,6 @@ others=($(printf '%s\n' "${others[@]}" | grep -v "^$main " | sort | sed -n '1p;$
 if [ ${#others[@]} -gt 0 ]; then
   tools/test-pythons.sh "${others[@]}"
 else
-  echo "== no other CPython found: tests ran under $("$py" --version) only"
+  step "no other CPython found: tests ran under $("$py" --version) only"
 fi
+step "all passed"

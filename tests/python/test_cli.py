@@ -50,6 +50,24 @@ APPS = textwrap.dedent("""
 
     class Nested:
         app = wsgi
+
+    async def wsapp(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"http scope"})
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                import sys
+
+                print("DISCONNECT", message["code"], file=sys.stderr, flush=True)
+                return
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
 """)
 
 
@@ -675,3 +693,29 @@ def test_status_lines_are_written_whole(monkeypatch):
         "pymongoose_uring: serving on http://127.0.0.1:1 with 1 thread(s)\n",
         "pymongoose_uring: worker 0 started (pid 1)\n",
     ]
+
+
+def test_ws_options_reach_the_engine_and_the_adapter(app_dir):
+    from test_asgi_websocket import WS
+
+    proc = run_cli(app_dir, "cliapps:wsapp", "--port", "0", "--ws-max-size", "100")
+    try:
+        port = port_of(proc)
+        ws = WS(port)
+        ws.send(b"x" * 100)
+        assert ws.recv() == b"x" * 100
+        ws.send(b"y" * 101)  # over --ws-max-size: close 1009
+        assert ws.recv()[:2] == ("close", 1009)
+        ws.close(1009)
+        # the app hears of it (1006: the engine fails the connection after its close)
+        assert wait_for_line(proc, "DISCONNECT").split()[1] in ("1006", "1009")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    proc = run_cli(app_dir, "cliapps:wsapp", "--port", "0", "--ws", "none")
+    try:
+        ws = WS(port_of(proc))
+        assert (ws.status, ws.body) == (200, b"http scope")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

@@ -341,3 +341,84 @@ def test_load_finds_a_dotted_attribute():
     assert cli_worker.load("os:path.join") is os.path.join
     with pytest.raises(ValueError, match="MODULE:ATTRIBUTE"):
         cli_worker.load(":app")
+
+
+# ---- WebSocket options, by uvicorn's names --------------------------------------------
+
+WS_DEFAULTS = dict(
+    DEFAULTS, ws_max_message=16 << 20, ws_ping_interval_ms=20000, ws_ping_timeout_ms=20000
+)
+WS_DEFAULTS["ws_deflate"] = 1
+
+
+def test_uvicorn_ws_options_set_the_engine_knobs():
+    c = parse(
+        [
+            "mod:app",
+            "--ws-max-size",
+            "1024",
+            "--ws-ping-interval",
+            "2.5",
+            "--ws-ping-timeout",
+            "0",
+            "--no-ws-per-message-deflate",
+            "--ws-max-queue",
+            "8",
+        ],
+        WS_DEFAULTS,
+    )
+    assert c.engine == {
+        "ws_max_message": 1024,
+        "ws_ping_interval_ms": 2500,
+        "ws_ping_timeout_ms": 0,
+        "ws_deflate": 0,
+    }
+    assert (c.ws, c.ws_max_queue) == ("auto", 8)
+    assert parse(["m:a"], WS_DEFAULTS).engine == {}  # nothing given: the engine's defaults
+    assert parse(["m:a", "--ws-ping-interval", "0.0001"], WS_DEFAULTS).engine == {
+        "ws_ping_interval_ms": 1  # a positive interval never becomes 0 (off)
+    }
+
+
+@pytest.mark.parametrize(
+    "argv, deflate",
+    [
+        (["--ws-per-message-deflate"], 1),
+        (["--ws-per-message-deflate", "false"], 0),
+        (["--ws-per-message-deflate", "True"], 1),
+        (["--ws-per-message-deflate", "0"], 0),
+        (["--no-ws-per-message-deflate"], 0),
+        (["--ws-deflate", "0", "--no-ws-per-message-deflate"], 0),  # agreeing: fine
+    ],
+)
+def test_per_message_deflate_takes_uvicorns_forms(argv, deflate):
+    assert parse(["m:a", *argv], WS_DEFAULTS).engine["ws_deflate"] == deflate
+
+
+def test_ws_none_and_uvicorns_implementation_names():
+    assert parse(["m:a", "--ws", "none"], WS_DEFAULTS).ws == "none"
+    for name in ("auto", "websockets", "websockets-sansio", "wsproto"):
+        assert parse(["m:a", "--ws", name], WS_DEFAULTS).ws == "auto"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ws-per-message-deflate", "maybe"], "not a boolean"),
+        (["--ws-max-queue", "0"], "--ws-max-queue must be at least 1"),
+        (["--ws-ping-timeout", "-1"], "--ws-ping-timeout cannot be negative"),
+        (["--ws-max-size", "-5"], "--ws-max-size cannot be negative"),
+        (["--ws-max-size", "10", "--ws-max-message", "20"], "disagree"),
+        (["--ws", "h2"], "invalid choice"),
+    ],
+)
+def test_ws_options_refused(capsys, argv, message):
+    with pytest.raises(SystemExit):
+        parse(["m:a", *argv], WS_DEFAULTS)
+    assert message in capsys.readouterr().err
+
+
+def test_ws_options_need_an_engine_with_websocket(capsys):
+    with pytest.raises(SystemExit):
+        parse(["m:a", "--ws-max-size", "10"], DEFAULTS)
+    assert "no ws_max_message knob" in capsys.readouterr().err
