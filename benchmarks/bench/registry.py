@@ -129,12 +129,12 @@ SERVERS = [
         "hello_server (C engine)",
         ("{hello_server}", "{port}", "{threads}"),
         kind="c-reference",
-        caps=("hello", "bytes", "echo", "ws"),
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
         build="hello_server",
         knobs=ALL_KNOBS,
         env=ROOM_FOR_C10K,
         description="examples/hello_server: the engine with a C handler, no Python; "
-        "WebSocket echo on every path",
+        "WebSocket echo on every path but /ws/broadcast (pmu_ws_msg_new, framed once)",
     ),
     Server(
         "nginx",

@@ -539,3 +539,50 @@ def test_autobahn9_reads_reports_and_tabulates(tmp_path):
         "| all",
     ]
     assert "3,080 ms FAILED" in lines[3] and lines[-1].endswith("3,104 ms |")
+
+
+# ---- examples/hello_server's WebSocket endpoints, when a build of it is at hand ----
+
+
+def built_hello_server():
+    from bench import REPO_DIR
+
+    for rel in ("build/test/hello_server", "build-bench/engine/hello_server"):
+        path = os.path.join(REPO_DIR, rel)
+        if os.access(path, os.X_OK):
+            return path
+    pytest.skip("no hello_server built (tools/test.sh builds build/test/hello_server)")
+
+
+def test_hello_server_echoes_and_broadcasts(wsload_binary):
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [built_hello_server(), str(port), "2"],  # two ring threads share the broadcast set
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        checks.ws_echo(port)
+        checks.ws_broadcast(port)
+        w = short("ws-broadcast", connections=50, ws_depth=4)
+        r = wsload.run(wsload_binary, port, w, 0.3, os.sched_getaffinity(0), warmup=0.1)
+        assert r["error"] is None and r["published"] > 0
+        assert abs(r["messages"] - 50 * r["published"]) <= 50 * 4 * 2
+        # Those who left are out of the set: a second run finds only its own connections.
+        r = wsload.run(wsload_binary, port, w, 0.3, os.sched_getaffinity(0), warmup=0.1)
+        assert r["error"] is None and r["published"] > 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
