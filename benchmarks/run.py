@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compare pymongoose_uring with the servers its users would otherwise pick, on this machine.
 
-    python3 benchmarks/run.py                 # everything: ~10 minutes on 2 cores
+    python3 benchmarks/run.py                 # everything: ~12 minutes on 2 cores
     python3 benchmarks/run.py --quick         # keep-alive and pipelined, one round: < 2 min
     python3 benchmarks/run.py --servers hello_c,nginx --workloads keepalive,pipelined
     python3 benchmarks/run.py --provision-only  # build, install, check each answer; no load
@@ -40,6 +40,7 @@ from bench import (  # noqa: E402
     report,
     workloads as wl,
     wrk,
+    wsload,
 )
 from bench.serverproc import ServerProcess, Unavailable  # noqa: E402
 from bench.session import provision_servers, raise_fd_limit, warm_up  # noqa: E402
@@ -52,7 +53,12 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="servers: %s\nworkloads: %s" % (", ".join(registry.DEFAULT), ", ".join(wl.DEFAULT)),
     )
-    p.add_argument("--servers", default=None, help="comma-separated servers (default: all)")
+    p.add_argument(
+        "--servers",
+        default=None,
+        help="comma-separated servers (default: all those of the default set that serve a "
+        "selected workload)",
+    )
     p.add_argument("--skip", default="", help="comma-separated servers to leave out")
     p.add_argument("--workloads", default=None, help="comma-separated workloads (default: all)")
     p.add_argument(
@@ -104,6 +110,13 @@ def parse_args(argv=None):
         help="server the ratios are taken against (default: pymongoose_uring, "
         "else the first of %s that ran)" % ", ".join(registry.REFERENCE_ORDER),
     )
+    p.add_argument(
+        "--ws-procs",
+        type=int,
+        default=1,
+        help="client processes for ws-echo (default 1: one wsload process; more, to check "
+        "that the client does not limit the rate)",
+    )
     p.add_argument("--no-install", action="store_true", help="install nothing (apt, pip)")
     p.add_argument(
         "--no-build",
@@ -145,8 +158,15 @@ def parse_args(argv=None):
     args.duration = args.duration or (3 if args.quick else 2)
     if args.workloads is None:
         args.workloads = ",".join(wl.QUICK if args.quick else wl.DEFAULT)
+    args.servers_given = args.servers is not None
     args.servers = args.servers or ",".join(registry.DEFAULT)
     return args
+
+
+def idle_servers(defs, workloads):
+    """The servers that serve none of the workloads (a WebSocket-only run and nginx, say):
+    with the default set they are not started, and the report says why."""
+    return [d for d in defs if not any(d.supports(w) for w in workloads)]
 
 
 def _names(text, known, what):
@@ -190,13 +210,40 @@ def publish(out_dir):
     )
 
 
+def comparison_workloads(workloads):
+    """The HTTP workloads that selected ones compare with (compare_with) but that were not
+    selected: measured too, only on the project's own servers, so that the ratio (a
+    WebSocket message against a pipelined request) comes from one run."""
+    names = [w.name for w in workloads]
+    extra = []
+    for w in workloads:
+        if w.compare_with and w.compare_with not in names:
+            names.append(w.compare_with)
+            extra.append(wl.BY_NAME[w.compare_with])
+    return extra
+
+
+def comparison_server(definition, base, workloads):
+    """Whether a comparison-only workload `base` is measured on this server: one of the
+    project's own (or the C reference) that also runs the workload comparing with it."""
+    return definition.kind != "peer" and any(
+        w.compare_with == base.name and definition.supports(w) for w in workloads
+    )
+
+
 def progress(workload, rnd, rounds, server, p):
     extra = ""
     if p.get("mem_per_conn_kib") is not None:
         extra = "  %.1f KiB/conn" % p["mem_per_conn_kib"]
+    if p.get("client_cpu_util") is not None:
+        extra += "  CPU server/client %.0f%%/%.0f%%" % (
+            100 * (p.get("server_cpu_util") or 0),
+            100 * p["client_cpu_util"],
+        )
     errors = p["socket_errors"] + p["status_errors"]
+    unit = workload.unit
     print(
-        "  %-9s r%d/%d  %-18s %9s req/s  p50 %7.2f ms  p99 %7.2f ms  CPU %6.1f µs/req  "
+        "  %-12s r%d/%d  %-18s %9s %s/s  p50 %7.2f ms  p99 %7.2f ms  CPU %6.1f µs/%s  "
         "RSS %6.1f MiB%s%s"
         % (
             workload.name,
@@ -204,9 +251,11 @@ def progress(workload, rnd, rounds, server, p):
             rounds,
             server.name,
             "{:,.0f}".format(p["rps"]),
+            unit,
             p["lat_p50_ms"],
             p["lat_p99_ms"],
             p["cpu_us_per_req"] or 0,
+            unit,
             p["rss_peak_mib"],
             extra,
             "  ERRORS %d" % errors if errors else "",
@@ -232,6 +281,11 @@ def main(argv=None):
         if n not in _names(args.skip, registry.BY_NAME, "servers")
     ]
     workloads = [wl.BY_NAME[n] for n in _names(args.workloads, wl.BY_NAME, "workloads")]
+    extra = comparison_workloads(workloads)
+    left_out = []
+    if not args.servers_given:
+        left_out = idle_servers([registry.BY_NAME[n] for n in server_names], workloads)
+        server_names = [n for n in server_names if registry.BY_NAME[n] not in left_out]
     server_cpus = procstat.parse_cpu_list(args.server_cpus)
     client_cpus = procstat.parse_cpu_list(args.client_cpus)
     if server_cpus & client_cpus:
@@ -256,6 +310,11 @@ def main(argv=None):
         raise SystemExit("wrk is required (apt-get install -y wrk)")
     defs = [registry.BY_NAME[n] for n in server_names]
     unavailable, built = provision_servers(defs, args, setup_log)
+    wsload_binary = None
+    if any(w.client == "wsload" for w in workloads) and not args.provision_only:
+        wsload_binary, error = wsload.build(setup_log, build=not args.no_build)
+        if error:
+            raise SystemExit("the WebSocket load client is required: %s" % error)
     if args.provision_only:
         args.no_plots = True
     if not args.no_plots and not args.no_install:
@@ -264,6 +323,11 @@ def main(argv=None):
             args.no_plots = True
 
     servers, failed, notes, remarks = {}, {}, [], []
+    for d in left_out:
+        notes.append(
+            "%s: not started: it serves none of %s (capabilities: %s)"
+            % (d.name, ", ".join(w.name for w in workloads), ", ".join(d.caps))
+        )
     meta = {
         "args": vars(args),
         "duration_s": args.duration,
@@ -273,6 +337,8 @@ def main(argv=None):
         "machine": report.machine(server_cpus, client_cpus),
         "hello_server": built.hello_server,
         "pythonpath": built.pythonpath,
+        "wsload": wsload_binary,
+        "comparison_only": [w.name for w in extra],
     }
     all_points = []
     started_at = time.monotonic()
@@ -342,9 +408,11 @@ def main(argv=None):
             except BenchError as e:
                 fail(d.name, e)
 
-        for w in workloads if not args.provision_only else []:
+        for w in workloads + extra if not args.provision_only else []:
             active = []
             for name, s in list(servers.items()):
+                if w in extra and not comparison_server(s.definition, w, workloads):
+                    continue
                 if not s.definition.supports(w):
                     notes.append("%s: %s (no %s endpoint)" % (name, w.name, w.needs))
                     continue
@@ -357,7 +425,14 @@ def main(argv=None):
                     fail(name, "%s check: %s" % (w.name, e), fatal=isinstance(e, WrongAnswer))
             rounds = w.rounds or args.rounds
             print(
-                "%s: %s — %d server(s), %d round(s)" % (w.name, w.title, len(active), rounds),
+                "%s: %s — %d server(s), %d round(s)%s"
+                % (
+                    w.name,
+                    w.title,
+                    len(active),
+                    rounds,
+                    " (only as the base of a comparison)" if w in extra else "",
+                ),
                 flush=True,
             )
             for r in range(rounds):
@@ -370,7 +445,16 @@ def main(argv=None):
                             s.stop()
                             s.start()
                             warm_up(s, args.warmup, client_cpus)
-                        p = measure.point(s, w, args.duration, client_cpus, log=wrk_log)
+                        p = measure.point(
+                            s,
+                            w,
+                            args.duration,
+                            client_cpus,
+                            log=wrk_log,
+                            wsload_binary=wsload_binary,
+                            warmup=args.warmup,
+                            ws_procs=args.ws_procs,
+                        )
                     except BenchError as e:
                         fail(s.name, "%s: %s" % (w.name, e), fatal=isinstance(e, WrongAnswer))
                         continue
@@ -439,7 +523,19 @@ def main(argv=None):
         )
     )
     text = (
-        header + "\n\n" + report.tables(workloads, summary, labels, reference, notes, remarks, meta)
+        header
+        + "\n\n"
+        + report.tables(
+            workloads,
+            summary,
+            labels,
+            reference,
+            notes,
+            remarks,
+            meta,
+            ws_labels=registry.WS_LABELS,
+            extra=extra,
+        )
     )
     print("\n" + text)
 
@@ -461,7 +557,7 @@ def main(argv=None):
                 for d in defs
             },
             "workloads": {
-                w.name: {"title": w.title, "description": w.description} for w in workloads
+                w.name: {"title": w.title, "description": w.description} for w in workloads + extra
             },
         },
     )
@@ -476,7 +572,15 @@ def main(argv=None):
         try:
             files += [
                 os.path.basename(p)
-                for p in plots.comparison(out_dir, workloads, summary, labels, kinds, reference)
+                for p in plots.comparison(
+                    out_dir,
+                    workloads,
+                    summary,
+                    labels,
+                    kinds,
+                    reference,
+                    ws_labels=registry.WS_LABELS,
+                )
             ]
         except Exception as e:  # a chart must never lose the numbers
             print("charts failed: %s" % e, file=sys.stderr)

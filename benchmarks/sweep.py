@@ -40,6 +40,7 @@ from bench import (  # noqa: E402
     report,
     workloads as wl,
     wrk,
+    wsload,
 )
 from bench.serverproc import ServerProcess, Unavailable  # noqa: E402
 from bench.session import provision_servers, raise_fd_limit, warm_up  # noqa: E402
@@ -92,6 +93,12 @@ def parse_args(argv=None):
         type=int,
         default=None,
         help="override the workload's connection count (e.g. 256 for many threads)",
+    )
+    p.add_argument(
+        "--ws-depth",
+        type=int,
+        default=None,
+        help="override a WebSocket workload's messages in flight per connection",
     )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=3, help="seconds per point (default 3)")
@@ -236,6 +243,12 @@ def main(argv=None):
             connections=args.connections,
             title="%s (%d connections)" % (workload.title.split(",")[0], args.connections),
         )
+    if args.ws_depth:
+        workload = dataclasses.replace(
+            workload,
+            ws_depth=args.ws_depth,
+            title="%s (%d in flight)" % (workload.title, args.ws_depth),
+        )
     if not definition.supports(workload):
         raise SystemExit("%s does not serve the %s workload" % (definition.name, workload.name))
     dims, fixed = dimensions(args, definition)
@@ -264,6 +277,11 @@ def main(argv=None):
     unavailable, built = provision_servers([definition], args, setup_log)
     if unavailable:
         raise SystemExit("%s is unavailable: %s" % (definition.name, unavailable[definition.name]))
+    wsload_binary = None
+    if workload.client == "wsload":
+        wsload_binary, error = wsload.build(setup_log, build=not args.no_build)
+        if error:
+            raise SystemExit("the WebSocket load client is required: %s" % error)
     print(
         "%s, %s: %d point(s) × %d round(s) × %d s"
         % (
@@ -301,7 +319,15 @@ def main(argv=None):
                         if definition.stats_path
                         else None
                     )
-                    m = measure.point(s, workload, args.duration, client_cpus, log=wrk_log)
+                    m = measure.point(
+                        s,
+                        workload,
+                        args.duration,
+                        client_cpus,
+                        log=wrk_log,
+                        wsload_binary=wsload_binary,
+                        warmup=args.warmup,
+                    )
                     after = (
                         checks.stats(s.port, definition.stats_path)
                         if definition.stats_path

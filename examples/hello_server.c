@@ -7,7 +7,9 @@
  * 'x', application/octet-stream, sent without a copy) and POST /echo (the
  * body back). Any request that is a WebSocket handshake is accepted, on any
  * path, and every message is echoed back (text as text): the endpoint the
- * Autobahn|Testsuite and the WebSocket benchmarks drive. On exit it prints
+ * Autobahn|Testsuite and the WebSocket benchmarks drive; except on
+ * /ws/broadcast, where every message goes to every connection of
+ * /ws/broadcast, the sender included (framed once: pmu_ws_msg_new). On exit it prints
  * the engine's counters as one line, "PMU_STATS {json}", on stderr.
  *
  *   hello_server [--config] [PORT [THREADS]]
@@ -63,25 +65,96 @@ static void answer(pmu_request_t *r) {
   }
 }
 
+/* The connections of /ws/broadcast, shared by the ring threads. Each one's
+ * user pointer (set once, at join, on its own thread) is its slot, whose index
+ * changes under the lock: leaving is a swap with the last. */
+struct member {
+  pmu_ws_t *ws;
+  size_t index;
+};
+static pthread_mutex_t members_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct member **members;
+static size_t member_count, member_cap;
+
+/* Accept a broadcast handshake into the set; 0, or -1 when out of memory
+ * (the request then still to be answered). */
+static int join(pmu_request_t *r) {
+  struct member *m = malloc(sizeof *m);
+  if (!m)
+    return -1;
+  pthread_mutex_lock(&members_lock);
+  if (member_count == member_cap) {
+    size_t cap = member_cap ? 2 * member_cap : 64;
+    struct member **grown = realloc(members, cap * sizeof *grown);
+    if (!grown) {
+      pthread_mutex_unlock(&members_lock);
+      free(m);
+      return -1;
+    }
+    members = grown;
+    member_cap = cap;
+  }
+  m->ws = pmu_ws_accept(r, NULL);
+  if (m->ws) {
+    m->index = member_count;
+    members[member_count++] = m;
+    pmu_ws_set_user(m->ws, m);
+  }
+  pthread_mutex_unlock(&members_lock);
+  if (!m->ws)
+    free(m); /* the engine answered the request */
+  return 0;
+}
+
+static void leave(struct member *m) {
+  pthread_mutex_lock(&members_lock);
+  members[m->index] = members[--member_count];
+  members[m->index]->index = m->index;
+  pthread_mutex_unlock(&members_lock);
+  free(m);
+}
+
+/* One message to every member: framed once, a reference queued on each. */
+static void broadcast(const pmu_ws_event_t *e) {
+  pmu_ws_msg_t *msg = pmu_ws_msg_new(e->opcode, e->data, e->len);
+  if (!msg)
+    return;
+  pthread_mutex_lock(&members_lock);
+  for (size_t i = 0; i < member_count; i++)
+    pmu_ws_send_msg(members[i]->ws, msg); /* a closing member refuses it: fine */
+  pthread_mutex_unlock(&members_lock);
+  pmu_ws_msg_release(msg);
+}
+
 static void hello(void *data, pmu_request_t *const *requests, size_t count) {
   (void)data;
   for (size_t i = 0; i < count; i++) {
-    if (requests[i]->ws_upgrade)
-      pmu_ws_accept(requests[i], NULL); /* NULL: answered 500/503 by the engine */
-    else
-      answer(requests[i]);
+    pmu_request_t *r = requests[i];
+    if (!r->ws_upgrade)
+      answer(r);
+    else if (!path_is(r, "/ws/broadcast"))
+      pmu_ws_accept(r, NULL); /* NULL: answered 500/503 by the engine */
+    else if (join(r) < 0)
+      pmu_respond_simple(r, 503, NULL, 0, NULL, 0);
   }
 }
 
-/* The WebSocket echo: each message goes back as it came. */
+/* The WebSocket echo: each message goes back as it came (on /ws/broadcast, to
+ * every member). */
 static void ws_echo(void *data, const pmu_ws_event_t *events, size_t count) {
   (void)data;
   for (size_t i = 0; i < count; i++) {
     const pmu_ws_event_t *e = &events[i];
-    if (e->type == PMU_WS_EV_MESSAGE)
+    struct member *member = pmu_ws_user(e->ws);
+    if (e->type == PMU_WS_EV_MESSAGE && member) {
+      broadcast(e);
+    } else if (e->type == PMU_WS_EV_MESSAGE) {
       pmu_ws_send(e->ws, e->opcode, e->data, e->len, NULL, NULL);
-    else if (e->type == PMU_WS_EV_GONE)
+    } else if (e->type == PMU_WS_EV_GONE) {
+      if (member)
+        leave(member);
       pmu_ws_release(e->ws);
+    }
   }
 }
 

@@ -1,10 +1,15 @@
 """Answer checks: real HTTP requests that must get the right answer before (and after) a
 server is measured. A wrong answer raises WrongAnswer, no answer at all (refused, timed
-out) BenchError; 501 Not Implemented raises NotSupported (the server declines that workload, which is reported, not measured)."""
+out) BenchError; 501 Not Implemented raises NotSupported (the server declines that workload,
+which is reported, not measured; for WebSocket, a handshake answered 501)."""
 
+import base64
+import hashlib
 import http.client
 import json
+import os
 import socket
+import struct
 import time
 
 from . import BenchError, WrongAnswer
@@ -221,6 +226,191 @@ def stats(port, path):
         return None
 
 
+# ---- WebSocket (RFC 6455): a small blocking client, enough to check an endpoint ----
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class WebSocketClient:
+    """One client connection: the opening handshake checked, masked frames out, the
+    server's frames in (unmasked, RSV bits clear: no extension is offered)."""
+
+    def __init__(self, port, path, timeout=TIMEOUT):
+        self.where = "WebSocket %s on port %d" % (path, port)
+        key = base64.b64encode(os.urandom(16))
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        try:
+            self.sock.sendall(
+                b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n" % (path.encode(), HOST.encode(), port, key)
+            )
+            self.reader = _Reader(self.sock)
+            self._handshake(key)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _handshake(self, key):
+        status_line = self.reader._line().decode("latin-1")
+        headers = {}
+        while True:
+            line = self.reader._line()
+            if not line:
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        parts = status_line.split()
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        if status == 501:
+            raise NotSupported("the WebSocket handshake was answered 501")
+        if status != 101:
+            raise WrongAnswer("%s: handshake answered %r" % (self.where, status_line))
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+        if headers.get("sec-websocket-accept") != accept:
+            raise WrongAnswer(
+                "%s: Sec-WebSocket-Accept %r, expected %r"
+                % (self.where, headers.get("sec-websocket-accept"), accept)
+            )
+        if headers.get("upgrade", "").lower() != "websocket":
+            raise WrongAnswer("%s: 101 without Upgrade: websocket" % self.where)
+        if "sec-websocket-extensions" in headers:
+            raise WrongAnswer("%s: an extension none was offered" % self.where)
+
+    def send(self, opcode, payload):
+        mask = os.urandom(4)
+        n = len(payload)
+        if n < 126:
+            head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+        elif n < 65536:
+            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+        masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+        self.sock.sendall(head + mask + masked)
+
+    def recv(self):
+        """The next whole message or control frame as (opcode, payload); pings answered."""
+        message, first = b"", None
+        while True:
+            b0, b1 = self.reader._take(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", self.reader._take(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", self.reader._take(8))[0]
+            if b1 & 0x80 or b0 & 0x70:
+                raise WrongAnswer("%s: masked frame or RSV bits set (0x%02x)" % (self.where, b0))
+            opcode, payload = b0 & 0x0F, self.reader._take(n)
+            if opcode == 0x9:
+                self.send(0xA, payload)
+                continue
+            if opcode >= 0x8:
+                return opcode, payload
+            if (opcode == 0) == (first is None):
+                raise WrongAnswer("%s: bad fragmentation (opcode %d)" % (self.where, opcode))
+            first = first if opcode == 0 else opcode
+            message += payload
+            if b0 & 0x80:
+                return first, message
+
+    def close(self):
+        """Our close (1000); the server must answer it with a close frame."""
+        self.send(0x8, struct.pack("!H", 1000))
+        while True:
+            opcode, payload = self.recv()
+            if opcode == 0x8:
+                break
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
+def _ws_io(where, fn):
+    try:
+        return fn()
+    except (OSError, EOFError, ValueError, struct.error) as e:
+        raise BenchError("%s: %s" % (where, str(e) or type(e).__name__)) from e
+
+
+def ws_echo(port, path="/ws/echo"):
+    """A binary and a text message (and a 64 KiB one) must come back as sent, as the same
+    type; our close must be answered."""
+
+    def run():
+        with WebSocketClient(port, path) as ws:
+            for opcode, payload in (
+                (0x2, bytes(range(32))),
+                (0x1, "héllo, wörld".encode()),
+                (0x2, os.urandom(65536)),
+            ):
+                ws.send(opcode, payload)
+                got = ws.recv()
+                if got != (opcode, payload):
+                    raise WrongAnswer(
+                        "WebSocket %s on port %d: sent opcode %d, %d bytes; got opcode %d, "
+                        "%d bytes%s"
+                        % (
+                            path,
+                            port,
+                            opcode,
+                            len(payload),
+                            got[0],
+                            len(got[1]),
+                            "" if len(got[1]) != len(payload) else " (different bytes)",
+                        )
+                    )
+            ws.close()
+
+    _ws_io("WebSocket echo on port %d" % port, run)
+
+
+def ws_broadcast(port, path="/ws/broadcast", patience=5.0):
+    """A message one connection sends must reach another connection and the sender: the
+    first connection sends numbered messages until the second gets one (it may join the
+    server's set a moment after its handshake), then one more that both must get, in order
+    after the earlier ones."""
+
+    def run():
+        with WebSocketClient(port, path) as a, WebSocketClient(port, path) as b:
+            deadline = time.monotonic() + patience
+            sent, got = 0, None
+            b.sock.settimeout(0.05)
+            while got is None:
+                if time.monotonic() > deadline:
+                    raise WrongAnswer(
+                        "WebSocket %s on port %d: another connection got none of %d "
+                        "messages in %.0f s" % (path, port, sent, patience)
+                    )
+                a.send(0x2, b"sync %d" % sent)
+                sent += 1
+                try:
+                    got = b.recv()
+                except socket.timeout:
+                    continue
+            b.sock.settimeout(TIMEOUT)
+            last = b"last %d" % sent
+            a.send(0x2, last)
+            for ws, who in ((b, "the other connection"), (a, "the sender")):
+                while True:
+                    opcode, payload = ws.recv()
+                    if payload == last and opcode == 0x2:
+                        break
+                    if opcode != 0x2 or not payload.startswith(b"sync "):
+                        raise WrongAnswer(
+                            "WebSocket %s on port %d: %s got opcode %d %r"
+                            % (path, port, who, opcode, payload[:40])
+                        )
+            a.close()
+            b.close()
+
+    _ws_io("WebSocket broadcast on port %d" % port, run)
+
+
 CHECKS = {
     "hello": hello,
     "pipelined": pipelined,
@@ -228,4 +418,6 @@ CHECKS = {
     "get16k": lambda port: get_bytes(port, "/16k", 16 * 1024),
     "get1m": lambda port: get_bytes(port, "/1m", 1024 * 1024),
     "echo": echo,
+    "ws-echo": ws_echo,
+    "ws-broadcast": ws_broadcast,
 }

@@ -20,9 +20,10 @@ def _grid(n):
     return (n + cols - 1) // cols, cols
 
 
-def comparison(out_dir, workloads, summary, labels, kinds, reference):
+def comparison(out_dir, workloads, summary, labels, kinds, reference, ws_labels=None):
     """One PNG per metric, one panel per workload, servers as horizontal bars (median, with
-    the min-max range over rounds where there is one). Returns the files written."""
+    the min-max range over rounds where there is one). A WebSocket workload's panel counts
+    messages and names the servers by `ws_labels` where given. Returns the files written."""
     plt = _pyplot()
     written = []
     # (key, title, file, (min key, max key) for the range over rounds, label format,
@@ -30,7 +31,7 @@ def comparison(out_dir, workloads, summary, labels, kinds, reference):
     metrics = [
         (
             "rps",
-            "requests per second (higher is better)",
+            "requests per second (higher is better; WebSocket: messages)",
             "requests_per_second.png",
             ("rps_min", "rps_max"),
             lambda v: f"{v:,.0f}",
@@ -39,7 +40,7 @@ def comparison(out_dir, workloads, summary, labels, kinds, reference):
         ),
         (
             "cpu_us_per_req",
-            "server CPU µs per request (lower is better; log scale)",
+            "server CPU µs per request (lower is better; log scale; WebSocket: per message)",
             "cpu_us_per_request.png",
             ("cpu_min", "cpu_max"),
             lambda v: "%.1f" % v,
@@ -70,7 +71,9 @@ def comparison(out_dir, workloads, summary, labels, kinds, reference):
             rows = [(s, r) for (s, wn), r in summary.items() if wn == w.name and r.get(key)]
             # Best at the top (barh draws the first row at the bottom).
             rows.sort(key=lambda sr: sr[1][key], reverse=not higher_better)
-            names = [labels.get(s, s) for s, _ in rows]
+            ws = getattr(w, "client", "wrk") == "wsload"
+            names_of = dict(labels, **(ws_labels or {})) if ws else labels
+            names = [names_of.get(s, s) for s, _ in rows]
             values = [r[key] for _, r in rows]
             colors = [COLORS.get(kinds.get(s), "#1f77b4") for s, _ in rows]
             xerr = None

@@ -4,7 +4,12 @@ benchmarks/servers/).
 argv is a template: {python} is this interpreter, {servers} benchmarks/servers/, {port} the
 port given to the server, {threads} the `threads` knob (default 1), {hello_server} the C
 example's binary. `caps` lists what the server answers beyond GET / (see servers/common.py):
-"bytes" (/16k, /1m), "echo" (POST /echo). `pip` lists (import name, pip requirement) pairs
+"bytes" (/16k, /1m), "echo" (POST /echo), "ws" (WebSocket echo on /ws/echo),
+"ws-broadcast" (WebSocket broadcast on /ws/broadcast).
+A server without "ws" (nginx without a backend, the WSGI servers, Flask) is simply left out
+of the WebSocket workloads, and listed as such; `ws_label` names what serves its /ws/*
+routes where that is not what `label` says (the raw ASGI app's WebSocket routes are a
+Starlette app). `pip` lists (import name, pip requirement) pairs
 installed when missing; `tools` lists system tools (apt) the server needs; `build` names what
 provisioning must build first (a server with one is the project's own: see `project`).
 `knobs` lists the engine knobs the server honours (sweeps refuse others): "threads" goes into
@@ -35,8 +40,9 @@ class Server:
     description: str = ""
     # In the default set (python3 benchmarks/run.py with no --servers). The
     # framework comparisons (Flask and FastAPI on the adapters, granian with
-    # FastAPI) are named explicitly, so the default run stays under 10 minutes.
+    # FastAPI) are named explicitly, so the default run stays near 12 minutes.
     default: bool = True
+    ws_label: Optional[str] = None
 
     def supports(self, workload):
         return workload.needs in self.caps
@@ -60,20 +66,25 @@ SERVERS = [
         "pymongoose_uring",
         (PY, S + "pymongoose_uring_server.py", "{port}"),
         kind="ours",
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
         build="pymongoose_uring",
         knobs=ALL_KNOBS,
         stats_path="/__stats",
         env=ROOM_FOR_C10K,
-        description="the native Python API on the io_uring engine",
+        ws_label="pymongoose_uring (native API, callbacks)",
+        description="the native Python API on the io_uring engine; /ws/* App.websocket's "
+        "callback form, pymongoose_uring.broadcast",
     ),
     Server(
         "pymongoose",
         "pymongoose API (compat)",
         (PY, S + "pymongoose_server.py", "{port}"),
         kind="ours",
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
         build="pymongoose_uring",
         env=ROOM_FOR_C10K,
-        description="the predecessor's script shape through the compatibility layer",
+        description="the predecessor's script shape through the compatibility layer; /ws/* "
+        "with ws_upgrade, MG_EV_WS_MSG and ws_send",
     ),
     Server(
         "pymongoose_uring_flask",
@@ -100,14 +111,30 @@ SERVERS = [
         description="the FastAPI app of uvicorn on the ASGI adapter, uvloop",
     ),
     Server(
+        "pymongoose_uring_asgi",
+        "pymongoose_uring ASGI (raw app)",
+        (PY, S + "pymongoose_uring_asgi_server.py", "{port}"),
+        kind="ours",
+        build="pymongoose_uring",
+        knobs=ALL_KNOBS,
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
+        pip=(("starlette", "starlette"), ("uvloop", "uvloop")),
+        env=ROOM_FOR_C10K,
+        ws_label="pymongoose_uring ASGI (Starlette app)",
+        description="the raw ASGI app of uvicorn_raw and granian_asgi on the ASGI adapter, "
+        "uvloop; /ws/* the same Starlette app as theirs",
+    ),
+    Server(
         "hello_c",
         "hello_server (C engine)",
         ("{hello_server}", "{port}", "{threads}"),
         kind="c-reference",
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
         build="hello_server",
         knobs=ALL_KNOBS,
         env=ROOM_FOR_C10K,
-        description="examples/hello_server: the engine with a C handler, no Python",
+        description="examples/hello_server: the engine with a C handler, no Python; "
+        "WebSocket echo on every path but /ws/broadcast (pmu_ws_msg_new, framed once)",
     ),
     Server(
         "nginx",
@@ -122,16 +149,27 @@ SERVERS = [
         "granian ASGI",
         (PY, S + "granian_server.py", "{port}", "asgi"),
         kind="peer",
-        pip=(("granian", "granian"),),
-        description="granian (Rust) serving the raw ASGI app",
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
+        pip=(("granian", "granian"), ("starlette", "starlette")),
+        ws_label="granian (Starlette app)",
+        description="granian (Rust) serving the raw ASGI app; /ws/* the Starlette app",
     ),
     Server(
         "uvicorn_raw",
         "uvicorn raw ASGI",
         (PY, S + "uvicorn_raw_server.py", "{port}"),
         kind="peer",
-        pip=(("uvicorn", "uvicorn"), ("uvloop", "uvloop"), ("httptools", "httptools")),
-        description="a raw ASGI app on uvicorn with uvloop and httptools",
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
+        pip=(
+            ("uvicorn", "uvicorn"),
+            ("uvloop", "uvloop"),
+            ("httptools", "httptools"),
+            ("websockets", "websockets"),
+            ("starlette", "starlette"),
+        ),
+        ws_label="uvicorn + websockets (Starlette app)",
+        description="a raw ASGI app on uvicorn with uvloop and httptools; /ws/* the "
+        "Starlette app on uvicorn's websockets implementation",
     ),
     Server(
         "uvicorn",
@@ -151,8 +189,9 @@ SERVERS = [
         "aiohttp",
         (PY, S + "aiohttp_server.py", "{port}"),
         kind="peer",
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
         pip=(("aiohttp", "aiohttp"), ("uvloop", "uvloop")),
-        description="aiohttp's web server on uvloop",
+        description="aiohttp's web server on uvloop, its own WebSocket handlers",
     ),
     Server(
         "granian_fastapi",
@@ -190,5 +229,6 @@ SERVERS = [
 ]
 BY_NAME = {s.name: s for s in SERVERS}
 DEFAULT = [s.name for s in SERVERS if s.default]
+WS_LABELS = {s.name: s.ws_label for s in SERVERS if s.ws_label}
 # Reference for ratios: the first of these that ran.
 REFERENCE_ORDER = ["pymongoose_uring", "pymongoose", "hello_c", "nginx"]

@@ -24,6 +24,9 @@ MEDIAN = [
     "lat_p99_ms",
     "mem_per_conn_kib",
     "rss_before_mib",
+    "client_cpu_util",
+    "client_us_per_msg",
+    "published",
 ]
 MAX = ["rss_peak_mib", "lat_max_ms"]
 SUM = [
@@ -83,13 +86,26 @@ def _fmt_ms(x):
     return "%.2f ms" % x if x < 10 else "%.0f ms" % x if x >= 100 else "%.1f ms" % x
 
 
+def _pct(x):
+    return "-" if x is None else "%.0f%%" % (x * 100)
+
+
 def workload_table(workload, rows, labels, reference, header_note=""):
-    """Markdown table for one workload: rows is [(server, summary row)] in display order."""
+    """Markdown table for one workload: rows is [(server, summary row)] in display order.
+    A WebSocket workload counts messages, and shows the server's and the client's CPU use
+    (the share of one core each used while counting) and the client's CPU per message: a
+    client near 100% may be what limits the rate, which is why the server's CPU per message
+    is the figure to compare."""
+    unit = workload.unit
+    ws = workload.client == "wsload"
     ref = dict(rows).get(reference)
-    vs = "vs %s (req/s, CPU)" % reference if reference else "vs reference"
-    cols = ["Framework", "Requests/sec", "Latency p50 / p99", "CPU µs/req", "Peak RSS"]
+    rate = "Messages/sec" if ws else "Requests/sec"
+    vs = "vs %s (%s/s, CPU)" % (reference, unit) if reference else "vs reference"
+    cols = ["Framework", rate, "Latency p50 / p99", "CPU µs/%s" % unit, "Peak RSS"]
     if workload.per_connection_memory:
         cols.append("Memory/conn")
+    if ws:
+        cols += ["CPU used, server / client", "Client µs/msg"]
     cols += ["Errors", vs]
     lines = [
         "### %s%s" % (workload.title, header_note),
@@ -121,23 +137,134 @@ def workload_table(workload, rows, labels, reference, header_note=""):
         ]
         if workload.per_connection_memory:
             cells.append("%s KiB" % _fmt(row.get("mem_per_conn_kib")))
+        if ws:
+            cells.append(
+                "%s / %s" % (_pct(row.get("server_cpu_util")), _pct(row.get("client_cpu_util")))
+            )
+            cells.append(_fmt(row.get("client_us_per_msg"), 2))
         cells += [_fmt_int(errors) if errors else "0", ratio]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def tables(workloads, summary, labels, reference, skipped, remarks, meta):
-    """All workload tables, fastest first, then what was not measured and remarks."""
+def comparison_table(workload, other, summary, labels):
+    """Server CPU per message of `workload` beside CPU per request of the HTTP workload
+    `other` (its compare_with), for every server measured on both in this run; None if
+    none was."""
+    rows = []
+    for (server, wn), row in summary.items():
+        if wn != workload.name:
+            continue
+        base = summary.get((server, other.name))
+        if not base or not row.get("cpu_us_per_req") or not base.get("cpu_us_per_req"):
+            continue
+        rows.append((server, row["cpu_us_per_req"], base["cpu_us_per_req"]))
+    if not rows:
+        return None
+    rows.sort(key=lambda r: r[1])
+    lines = [
+        "### Server CPU: a WebSocket message (%s) against an HTTP request (%s)"
+        % (workload.name, other.name),
+        "",
+        "| Framework | CPU µs/msg, %s | CPU µs/req, %s | ratio |" % (workload.name, other.name),
+        "|---|---|---|---|",
+    ]
+    for server, msg, req in rows:
+        lines.append(
+            "| %s | %s | %s | %s |"
+            % (labels.get(server, server), _fmt(msg, 2), _fmt(req, 2), _ratio(msg / req))
+        )
+    return "\n".join(lines)
+
+
+# The targets issue 10 sets, as ratios of server CPU per message (or request) measured in one
+# run: (what, numerator (server, workload), denominator (server, workload), at most).
+TARGETS = [
+    (
+        "Starlette echo on our ASGI adapter vs uvicorn",
+        ("pymongoose_uring_asgi", "ws-echo"),
+        ("uvicorn_raw", "ws-echo"),
+        0.5,
+    ),
+    (
+        "Starlette echo on our ASGI adapter vs granian",
+        ("pymongoose_uring_asgi", "ws-echo"),
+        ("granian_asgi", "ws-echo"),
+        0.5,
+    ),
+    (
+        "native API echo vs uvicorn's Starlette echo",
+        ("pymongoose_uring", "ws-echo"),
+        ("uvicorn_raw", "ws-echo"),
+        0.25,
+    ),
+    (
+        "C example: a WebSocket message vs a 16-deep pipelined request",
+        ("hello_c", "ws-echo"),
+        ("hello_c", "pipelined"),
+        1.5,
+    ),
+]
+
+
+def targets_table(summary, targets=TARGETS):
+    """The issue's targets that this run measured both sides of, with the ratio found; None
+    if none."""
+    lines = []
+    for what, num, den, limit in targets:
+        a, b = summary.get(num), summary.get(den)
+        if not a or not b or not a.get("cpu_us_per_req") or not b.get("cpu_us_per_req"):
+            continue
+        ratio = a["cpu_us_per_req"] / b["cpu_us_per_req"]
+        lines.append(
+            "| %s | %s / %s | %s | at most %s× | %s |"
+            % (
+                what,
+                _fmt(a["cpu_us_per_req"], 2),
+                _fmt(b["cpu_us_per_req"], 2),
+                _ratio(ratio),
+                limit,
+                "met" if ratio <= limit else "**not met**",
+            )
+        )
+    if not lines:
+        return None
+    head = [
+        "### Targets (server CPU per message, ratios within this run)",
+        "",
+        "| target | CPU µs | ratio | aim | |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(head + lines)
+
+
+def tables(workloads, summary, labels, reference, skipped, remarks, meta, ws_labels=None, extra=()):
+    """All workload tables, fastest first, then what was not measured and remarks.
+    WebSocket tables name the servers by `ws_labels` where given (what serves /ws/* may be
+    another app than what serves HTTP). `extra`: workloads measured only as a comparison
+    base for another's compare_with (their tables are not repeated)."""
     out = []
+    by_name = {w.name: w for w in list(workloads) + list(extra)}
     for w in workloads:
         rows = [(s, r) for (s, wn), r in summary.items() if wn == w.name]
         if not rows:
             continue
+        names = dict(labels, **(ws_labels or {})) if w.client == "wsload" else labels
         rows.sort(key=lambda sr: -(sr[1]["rps"] or 0))
         rounds = max(r["rounds"] for _, r in rows)
         note = " (median of %d × %d s)" % (rounds, max(meta["duration_s"], w.min_duration))
-        out.append(workload_table(w, rows, labels, reference, note))
+        out.append(workload_table(w, rows, names, reference, note))
         out.append("")
+        if w.compare_with and w.compare_with in by_name:
+            table = comparison_table(w, by_name[w.compare_with], summary, labels)
+            if table:
+                out.append(table)
+                out.append("")
+    if any(w.client == "wsload" for w in workloads):
+        table = targets_table(summary)
+        if table:
+            out.append(table)
+            out.append("")
     for title, items in (("Not measured:", skipped), ("Notes:", remarks)):
         if items:
             out.append(title)

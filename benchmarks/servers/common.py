@@ -1,12 +1,17 @@
 """What every benchmark server script shares: the bodies, the routes and the command line.
 
 Each script in this folder is run as ``python SCRIPT.py PORT [options]`` (the predecessor's
-shape) and serves the same four routes, so that every server sends the same bytes:
+shape) and serves the same four HTTP routes, so that every server sends the same bytes:
 
   GET  /      {"message":"Hello, World!"} as application/json   (every workload's default)
   GET  /16k   16 KiB of b"x" as application/octet-stream
   GET  /1m    1 MiB of b"x" as application/octet-stream
   POST /echo  the request body back, as application/octet-stream
+
+and, the servers that speak WebSocket (see the registry's "ws" capability):
+
+  /ws/echo       every message back to its sender (text as text, binary as binary)
+  /ws/broadcast  every message to every connection of /ws/broadcast, the sender included
 
 The bodies are built once at import so that no server pays for producing them per request.
 A script whose server library cannot be imported calls unavailable(), which exits with
@@ -29,6 +34,8 @@ GET_ROUTES = {
     "/1m": (BYTES_1M, OCTETS),
 }
 ECHO_PATH = "/echo"
+WS_ECHO_PATH = "/ws/echo"
+WS_BROADCAST_PATH = "/ws/broadcast"
 
 HOST = os.environ.get("BENCH_HOST", "127.0.0.1")
 

@@ -1,7 +1,8 @@
 """granian (Rust, hyper + tokio), one worker: python granian_server.py PORT [asgi|wsgi|fastapi]
 
-asgi serves uvicorn_raw_server.py's raw ASGI app; wsgi serves flask_server.py's Flask app;
-fastapi serves uvicorn_server.py's FastAPI app over ASGI.
+asgi serves uvicorn_raw_server.py's raw ASGI app (its /ws/* routes are the Starlette app of
+ws_app.py); wsgi serves flask_server.py's Flask app; fastapi serves uvicorn_server.py's
+FastAPI app over ASGI.
 Replaces itself with granian (same PID).
 """
 
@@ -18,7 +19,10 @@ TARGETS = {
 }
 if INTERFACE not in TARGETS:
     sys.exit("granian_server.py PORT [asgi|wsgi|fastapi]")
-common.require("granian", *({"wsgi": ["flask"], "fastapi": ["fastapi"]}.get(INTERFACE, [])))
+common.require(
+    "granian",
+    *{"wsgi": ["flask"], "fastapi": ["fastapi"], "asgi": ["starlette"]}.get(INTERFACE, []),
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 os.execv(
@@ -41,7 +45,8 @@ os.execv(
         "1",
         "--http",
         "1",
-        "--no-ws",
+        # WebSocket for ASGI (the Starlette app of ws_app.py on /ws/*), not for WSGI.
+        *(["--no-ws"] if INTERFACE == "wsgi" else ["--ws"]),
         # WSGI: 4 Python threads, as gunicorn_server.py has (granian's default allows 2048).
         *(["--blocking-threads", "4"] if INTERFACE == "wsgi" else []),
         "--backlog",

@@ -4,6 +4,11 @@ Engine knobs (see knobs.py) come from options such as ``--threads 2 --buf-size 8
 PMU_* environment variables; the sweep command uses the latter. GET /__stats answers the
 engine's counters (server.stats()) as JSON so that the sweep can record them beside each point.
 GET / is the documented Hello World: a handler returning a dict (compact JSON).
+
+WebSocket, the callback form of App.websocket: /ws/echo sends every message back from its
+on_message (on the engine thread), /ws/broadcast sends every message to every connection of
+/ws/broadcast with pymongoose_uring.broadcast (framed once). A build without WebSocket answers
+/ws/* with 501, which the runner reports as the workload declined.
 """
 
 import sys
@@ -18,6 +23,7 @@ except ImportError as e:
 
 app = App()
 server = None
+HAS_WEBSOCKET = hasattr(app, "websocket")
 
 
 @app.get("/")
@@ -38,6 +44,39 @@ def bytes_1m(request):
 @app.post(common.ECHO_PATH)
 def echo(request):
     return Response(request.body, content_type=common.OCTETS)
+
+
+if HAS_WEBSOCKET:
+    from pymongoose_uring import broadcast
+
+    BROADCAST = {}  # the open connections of /ws/broadcast (a dict keeps their order)
+
+    def echo_message(ws, data):
+        ws.send(data)
+
+    def broadcast_message(ws, data):
+        broadcast(BROADCAST, data)
+
+    def broadcast_gone(ws, code):
+        BROADCAST.pop(ws, None)
+
+    @app.websocket(common.WS_ECHO_PATH)
+    def ws_echo(request):
+        request.accept().on_message = echo_message
+
+    @app.websocket(common.WS_BROADCAST_PATH)
+    def ws_broadcast(request):
+        ws = request.accept()
+        ws.on_message = broadcast_message
+        ws.on_disconnect = broadcast_gone
+        BROADCAST[ws] = None
+
+else:
+
+    @app.get(common.WS_ECHO_PATH)
+    @app.get(common.WS_BROADCAST_PATH)
+    def no_websocket(request):
+        return Response(b"no WebSocket in this build\n", status=501)
 
 
 @app.get("/__stats")
