@@ -364,7 +364,7 @@ class Server:
       ``ws_deflate_mem_level`` (5), ``ws_deflate_min_size`` (128),
       ``ws_deflate_no_context_takeover`` (False); sending: ``ws_send_high_water``
       (1 MiB: ``send()`` returns False beyond, ``on_drain`` follows),
-      ``ws_send_limit`` (16 MiB) and ``ws_send_limit_close`` (True: close 1008
+      ``ws_send_limit`` (32 MiB) and ``ws_send_limit_close`` (True: close 1008
       beyond the limit; False: drop the connection)
 
     ``run()`` blocks until SIGINT or SIGTERM, then stops gracefully;

@@ -368,8 +368,9 @@ typedef void (*pmu_ws_handler_fn)(void *handler_data, const pmu_ws_event_t *even
     "ask both sides to reset the compression context per message (state shared per thread)") \
   X(SIZE, ws_send_high_water, (size_t)1 << 20, "bytes", 0, SIZE_MAX,                          \
     "unsent bytes beyond which pmu_ws_send returns 1 (and DRAIN follows)")                   \
-  X(SIZE, ws_send_limit, (size_t)16 << 20, "bytes", 0, SIZE_MAX,                              \
-    "unsent bytes a WebSocket may hold; beyond: see ws_send_limit_close (0: no limit)")      \
+  X(SIZE, ws_send_limit, (size_t)32 << 20, "bytes", 0, SIZE_MAX,                              \
+    "unsent bytes a WebSocket may hold (twice ws_max_message: the echo of the largest "     \
+    "message fits); beyond: see ws_send_limit_close (0: no limit)")                          \
   X(BOOL, ws_send_limit_close, 1, "", 0, 1,                                                   \
     "over ws_send_limit: 1 drops the unsent messages and closes with 1008, 0 drops the "    \
     "connection at once (GONE 1006)")

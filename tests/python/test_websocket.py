@@ -573,6 +573,17 @@ def test_oversized_message_closes_with_1009(serve):
     c.close()
 
 
+def test_echo_of_the_largest_message_fits_the_default_send_limit(serve):
+    """A ws_max_message-sized message (16 MiB) echoed back must not trip the
+    send limit (Autobahn 9.1.6 and 9.2.6 closed with 1008 when both were 16 MiB)."""
+    server = serve(echo_app())
+    size = pmu.knobs()["ws_max_message"].default
+    payload = bytes(range(256)) * (size // 256)
+    with connect(url(server, "/echo"), max_size=None, compression=None) as ws:
+        ws.send(payload)
+        assert ws.recv(timeout=30) == payload
+
+
 def test_callback_exception_closes_1011_logs_and_keeps_serving(serve, caplog):
     app = pmu.App()
 
