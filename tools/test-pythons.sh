@@ -21,11 +21,10 @@ if [ ${#pythons[@]} -eq 0 ]; then
   exit 2
 fi
 
-failed=()
-for python in "${pythons[@]}"; do
-  version=$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
-  venv=$root/build/pythons/$version
-  echo "== Python $version ($python)"
+# One interpreter: venv, the package built from a copy of the checkout, the tests.
+run_one() { # run_one PYTHON VERSION
+  local python=$1 version=$2
+  local venv=$root/build/pythons/$version
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   if ! "$venv/bin/python" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11, websockets' \
       2>/dev/null; then
@@ -34,11 +33,38 @@ for python in "${pythons[@]}"; do
   fi
   # A copy of the checkout: meson-python builds in place otherwise, and each
   # interpreter needs its own build of the extension.
-  work=$root/build/pythons/src-$version
+  local work=$root/build/pythons/src-$version
   rm -rf "$work" && mkdir -p "$work"
   git ls-files -z | xargs -0 cp --parents -t "$work"
-  if (PATH=$venv/bin:$PATH && cd "$work" && python -m pip install -q --no-build-isolation . \
-      && cd "$root/build" && python -m pytest -q -p no:cacheprovider "$root/tests/python"); then
+  (PATH=$venv/bin:$PATH && cd "$work" && python -m pip install -q --no-build-isolation . \
+    && cd "$root/build" && python -m pytest -q -p no:cacheprovider "$root/tests/python")
+}
+
+# The interpreters run at once (most of a test run is waiting on sockets and
+# timers, so two share two cores well); each one's output is shown whole when
+# it is done. PYTHONS_SERIAL=1 runs them one after the other.
+mkdir -p "$root/build/pythons"
+failed=()
+pids=()
+versions=()
+for python in "${pythons[@]}"; do
+  version=$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
+  versions+=("$version")
+  log=$root/build/pythons/$version.log
+  echo "== Python $version ($python): log $log"
+  if [ "${PYTHONS_SERIAL:-0}" = 1 ]; then
+    run_one "$python" "$version" >"$log" 2>&1 &
+    wait $! && pids+=(0) || pids+=(1)
+  else
+    run_one "$python" "$version" >"$log" 2>&1 &
+    pids+=($!)
+  fi
+done
+for i in "${!versions[@]}"; do
+  version=${versions[$i]}
+  if [ "${PYTHONS_SERIAL:-0}" = 1 ]; then rc=${pids[$i]}; else wait "${pids[$i]}" && rc=0 || rc=$?; fi
+  cat "$root/build/pythons/$version.log"
+  if [ "$rc" = 0 ]; then
     echo "== Python $version: passed"
   else
     echo "== Python $version: FAILED"

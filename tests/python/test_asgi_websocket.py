@@ -765,6 +765,7 @@ def test_message_too_big_closes_1009(serve_ws):
     close = ws.recv()
     assert close[:2] == ("close", 1009)
     ws.close(1009)
+    ws.sock.close()  # the server lingers after a failing close until the client leaves
     assert record.wait(2)[1]["type"] == "websocket.disconnect"
 
 

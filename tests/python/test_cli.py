@@ -732,6 +732,7 @@ def test_ws_ping_interval_and_deflate_options_reach_the_engine(app_dir):
         started = time.monotonic()
         assert ws.recv_frame()[1] == 0x9  # a silent connection is pinged
         assert time.monotonic() - started < 5
+        ws.sock.close()  # gone: the graceful stop need not wait for its close
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
@@ -739,6 +740,7 @@ def test_ws_ping_interval_and_deflate_options_reach_the_engine(app_dir):
     try:
         ws = WS(port_of(proc), headers=offer)
         assert ws.status == 101 and "sec-websocket-extensions" not in ws.headers
+        ws.sock.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
