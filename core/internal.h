@@ -491,6 +491,11 @@ void pmu__format_date(char out[40], time_t now);
 void pmu__engine_message(pmu__req_t *req, int status, int keep_open);
 /* Apply an answer that reached the loop thread (from pmu_respond or the queue). */
 void pmu__answer_arrived(pmu__req_t *req);
+/* A piece of `kind` over len bytes of data, copied into it, or lent when
+ * release is given (release(ctx) once it is sent or dropped); every other
+ * field zero. NULL on ENOMEM. */
+pmu__seg_t *pmu__seg_alloc(int kind, const void *data, size_t len, void (*release)(void *),
+                           void *ctx);
 /* Apply a stream piece that reached the loop thread. */
 void pmu__seg_arrived(pmu__seg_t *seg);
 /* Free a piece that has been sent or dropped, settling its accounting. */

@@ -577,13 +577,12 @@ void pmu__seg_deliver(pmu__seg_t *g, pmu__loop_t *loop) {
 
 static void deliver(pmu__seg_t *g) { pmu__seg_deliver(g, g->req->loop); }
 
-static pmu__seg_t *seg_new(pmu__req_t *r, int kind, const void *data, size_t len,
-                           void (*release)(void *), void *ctx) {
-  pmu__seg_t *g = PMU__FAULT(PMU__FAULT_SEG) ? NULL : malloc(sizeof *g + (release ? 0 : len));
+pmu__seg_t *pmu__seg_alloc(int kind, const void *data, size_t len, void (*release)(void *),
+                           void *ctx) {
+  pmu__seg_t *g = malloc(sizeof *g + (release ? 0 : len));
   if (!g)
     return NULL;
   memset(g, 0, sizeof *g);
-  g->req = r;
   g->kind = (uint8_t)kind;
   g->len = len;
   if (release) {
@@ -595,6 +594,14 @@ static pmu__seg_t *seg_new(pmu__req_t *r, int kind, const void *data, size_t len
       memcpy(g->inline_data, data, len);
     g->data = g->inline_data;
   }
+  return g;
+}
+
+static pmu__seg_t *seg_new(pmu__req_t *r, int kind, const void *data, size_t len,
+                           void (*release)(void *), void *ctx) {
+  pmu__seg_t *g = PMU__FAULT(PMU__FAULT_SEG) ? NULL : pmu__seg_alloc(kind, data, len, release, ctx);
+  if (g)
+    g->req = r;
   return g;
 }
 

@@ -726,24 +726,12 @@ static uint8_t frame_header(uint8_t *out, int b0, uint64_t len) {
  * given. NULL on ENOMEM. */
 static pmu__seg_t *frame_new(pmu__ws_t *ws, int b0, const void *data, size_t len,
                              void (*release)(void *), void *ctx, int flags) {
-  pmu__seg_t *g = malloc(sizeof *g + (release ? 0 : len));
+  pmu__seg_t *g = pmu__seg_alloc(SEG_WS_FRAME, data, len, release, ctx);
   if (!g)
     return NULL;
-  memset(g, 0, sizeof *g);
   g->ws = ws;
-  g->kind = SEG_WS_FRAME;
   g->flags = (uint8_t)flags;
   g->pre_len = frame_header((uint8_t *)g->pre, b0, len);
-  g->len = len;
-  if (release) {
-    g->data = data;
-    g->release = release;
-    g->ctx = ctx;
-  } else {
-    if (len)
-      memcpy(g->inline_data, data, len);
-    g->data = g->inline_data;
-  }
   g->body = pmu__seg_size(g);
   return g;
 }
@@ -885,12 +873,10 @@ static int valid_send_opcode(int op) {
 
 /* A command for the loop (pause, resume, limit). Returns 0 or -ENOMEM. */
 static int command(pmu__ws_t *ws, int kind) {
-  pmu__seg_t *g = malloc(sizeof *g);
+  pmu__seg_t *g = pmu__seg_alloc(kind, NULL, 0, NULL, NULL);
   if (!g)
     return -ENOMEM;
-  memset(g, 0, sizeof *g);
   g->ws = ws;
-  g->kind = (uint8_t)kind;
   pmu__seg_deliver(g, ws->loop);
   return 0;
 }
