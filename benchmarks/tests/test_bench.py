@@ -7,9 +7,9 @@
 import os
 import socket
 import sys
-import threading
 
 import pytest
+from tinyserver import ThreadedServer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,25 +19,13 @@ from bench import BenchError, WrongAnswer, checks, procstat, report  # noqa: E40
 HELLO = b'{"message":"Hello, World!"}'
 
 
-class TinyServer:
+class TinyServer(ThreadedServer):
     """A one-thread HTTP/1.1 server answering every request with `answer(request_bytes)`,
     keep-alive and pipelining included (it splits requests on the blank line)."""
 
     def __init__(self, answer):
         self.answer = answer
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+        super().__init__(16)
 
     def _conn(self, conn):
         buf = b""

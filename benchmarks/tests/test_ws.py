@@ -17,6 +17,7 @@ import sys
 import threading
 
 import pytest
+from tinyserver import ThreadedServer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,7 +35,7 @@ from bench import (  # noqa: E402
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-class TinyWsServer:
+class TinyWsServer(ThreadedServer):
     """A threaded WebSocket server on 127.0.0.1: `mode` "echo" (each message back to its
     sender) or "broadcast" (to every connection, the sender included). `fault(n, payload)`,
     called with the server-wide message count, returns what to send instead (None: drop it).
@@ -47,19 +48,7 @@ class TinyWsServer:
         self.count = 0
         self.lock = threading.Lock()
         self.clients = []
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+        super().__init__(128)
 
     @staticmethod
     def frame(opcode, payload, fin=True):
