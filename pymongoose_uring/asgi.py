@@ -286,6 +286,7 @@ class _WebSocketCycle:
         "drains",
         "gone",
         "disconnect",
+        "told",
         "max_queue",
         "status",
         "headers",
@@ -310,6 +311,7 @@ class _WebSocketCycle:
         self.drains = 0  # on_drain calls so far
         self.gone = False  # the disconnect message is in inbox (or was taken)
         self.disconnect: Optional[Message] = None
+        self.told = False  # receive() gave the app the disconnect message
         self.max_queue = handler.ws_max_queue
         self.status = 0  # a denial response's
         self.headers: Any = None
@@ -372,6 +374,7 @@ class _WebSocketCycle:
             if self.state != self.OPEN:
                 return await self._receive_handshake()
             if self.gone:
+                self.told = True
                 return self.disconnect  # type: ignore[return-value]  # set with gone
             loop = self.handler.loop
             assert loop is not None
@@ -392,6 +395,7 @@ class _WebSocketCycle:
             return {"type": "websocket.receive", "text": data}
         if kind is bytes:
             return {"type": "websocket.receive", "bytes": data}
+        self.told = True
         return data  # type: ignore[no-any-return]  # the disconnect message
 
     async def _receive_handshake(self) -> Message:
@@ -434,6 +438,11 @@ class _WebSocketCycle:
                     data = message.get("bytes")
                     if data is None:
                         raise TypeError("websocket.send needs 'text' or 'bytes'")
+                if self.told:
+                    # The app heard the client leave; the engine may not have answered
+                    # the close yet (it does after the pass), but the app must not
+                    # learn that from a race (spec 2.4: an OSError).
+                    raise _WebSocketClosed("websocket.send: the client closed the WebSocket")
                 drains = self.drains
                 if not ws.send(data):  # raises WebSocketClosed once closing or closed
                     await self._drained(drains)
@@ -917,7 +926,7 @@ class ASGIHandler:
         self, request: Request, cycle: _WebSocketCycle, exc: BaseException
     ) -> None:
         ws = cycle.ws
-        if isinstance(exc, _WebSocketClosed) and (ws is None or ws.closed):
+        if isinstance(exc, _WebSocketClosed) and (ws is None or ws.closed or cycle.told):
             pass  # our own "the connection is closed", let through by the app (spec 2.4)
         elif isinstance(exc, asyncio.CancelledError):
             log.warning("ASGI WebSocket task cancelled: %s", request.target)
