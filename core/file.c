@@ -273,6 +273,12 @@ void pmu__file_on_splice(pmu__conn_t *c, int in, int res) {
     file_failed(c);
     return;
   }
+  if (out_res == -ENODATA) {
+    /* The pages in the pipe were truncated away from the file before they left. */
+    c->send_inflight = 0;
+    file_failed(c); /* the pipe still holds bytes: closed at release, never pooled */
+    return;
+  }
   if (out_res == -ECANCELED && in_res > 0)
     out_res = 0; /* a short read into the pipe broke the link: its bytes go next */
   if (out_res == -EAGAIN)
