@@ -404,6 +404,13 @@ static void run_no_pipe(void) {
   cfg.pipe_pool = 0;       /* no idle pipe kept: each send needs a new one */
   t_server_t *s = f_server_start(&cfg);
   t_conn_t *c = t_connect(s);
+  /* A round trip first: the server has accepted it (its descriptor is taken) before any
+   * descriptor runs out. */
+  t_send_str(c, "GET /warm HTTP/1.1\r\nHost: x\r\n\r\n");
+  t_response_t warm;
+  t_expect_response(c, &warm);
+  T_ASSERT_INT_EQ(warm.status, 200);
+  t_response_free(&warm);
   f_preopen(3);
   struct rlimit old;
   T_ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0);
