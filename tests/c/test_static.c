@@ -161,7 +161,7 @@ int main(void) {
   snprintf(etag, sizeof etag, "%s", t_header(&r, "ETag"));
   snprintf(lastmod, sizeof lastmod, "%s", t_header(&r, "Last-Modified"));
   struct stat st;
-  char path[512];
+  char path[600];
   snprintf(path, sizeof path, "%s/a.txt", root);
   T_ASSERT(stat(path, &st) == 0);
   char want_etag[128];
