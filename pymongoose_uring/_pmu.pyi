@@ -39,6 +39,11 @@ class Stats(TypedDict):
     status_classes: Dict[str, int]
     responses_aborted: int
     bodies_spooled: int
+    files_sent: int
+    file_bytes_spliced: int
+    file_bytes_read: int
+    file_errors: int
+    pipe_fallbacks: int
     body_buffer_bytes: int
     ws_open: int
     ws_accepted: int
@@ -298,6 +303,10 @@ class Engine:
         sqpoll_idle_ms: int = ...,
         registered_files: bool = ...,
         send_zc_threshold: int = ...,
+        file_splice_min: int = ...,
+        file_read_chunk: int = ...,
+        pipe_size: int = ...,
+        pipe_pool: int = ...,
         batch_max: int = ...,
         max_header_bytes: int = ...,
         max_headers: int = ...,

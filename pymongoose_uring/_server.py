@@ -65,6 +65,10 @@ _ENGINE_OPTIONS = (
     "sqpoll_idle_ms",
     "registered_files",
     "send_zc_threshold",
+    "file_splice_min",
+    "file_read_chunk",
+    "pipe_size",
+    "pipe_pool",
     "batch_max",
     "max_header_bytes",
     "max_headers",
@@ -331,6 +335,11 @@ class Server:
     - io_uring: ``ring_entries``, ``cq_entries``, ``buf_count``, ``buf_size``,
       ``defer_taskrun``, ``sqpoll``, ``sqpoll_idle_ms``, ``registered_files``,
       ``send_zc_threshold``, ``backlog``
+    - files (pieces of answers that are ranges of files): ``file_splice_min``
+      (64 KiB: longer pieces go by splice file -> pipe -> socket, shorter are
+      read into memory and sent), ``file_read_chunk`` (64 KiB: the read path's
+      buffer per connection), ``pipe_size`` (256 KiB: F_SETPIPE_SZ),
+      ``pipe_pool`` (16 idle pipes kept per ring thread)
     - batching: ``batch_max`` (most requests per handler batch)
     - limits: ``max_header_bytes``, ``max_headers``, ``max_url_bytes``,
       ``max_body_bytes``, ``max_connections``, ``max_pipelined``,
@@ -399,6 +408,10 @@ class Server:
         sqpoll_idle_ms: Optional[int] = None,
         registered_files: Optional[bool] = None,
         send_zc_threshold: Optional[int] = None,
+        file_splice_min: Optional[int] = None,
+        file_read_chunk: Optional[int] = None,
+        pipe_size: Optional[int] = None,
+        pipe_pool: Optional[int] = None,
         batch_max: Optional[int] = None,
         max_header_bytes: Optional[int] = None,
         max_headers: Optional[int] = None,

@@ -366,6 +366,16 @@ typedef void (*pmu_ws_handler_fn)(void *handler_data, const pmu_ws_event_t *even
   X(BOOL, registered_files, 0, "", 0, 1, "connections go in the ring's fixed-file table")     \
   X(SIZE, send_zc_threshold, 0, "bytes", 0, SIZE_MAX,                                         \
     "responses of at least this many bytes use SEND_ZC (0: never)")                          \
+  /* Files (pmu_respond_write_file) */                                                        \
+  X(SIZE, file_splice_min, 64 * 1024, "bytes", 0, SIZE_MAX,                                   \
+    "file pieces at least this long go by splice (file -> pipe -> socket); shorter ones "   \
+    "are read into memory and sent (0: always splice; SIZE_MAX: never)")                     \
+  X(SIZE, file_read_chunk, 64 * 1024, "bytes", 4096, (size_t)1 << 30,                         \
+    "the read path's buffer per connection sending a file (bounded memory)")                 \
+  X(SIZE, pipe_size, 256 * 1024, "bytes", 0, (size_t)1 << 30,                                 \
+    "F_SETPIPE_SZ for the splice pipes (0: the kernel's default; refused: kept as made)")    \
+  X(UINT, pipe_pool, 16, "pipes", 0, 65536,                                                   \
+    "idle pipes kept per thread for splicing (one is taken per file send, given back after)") \
   /* Batching */                                                                              \
   X(UINT, batch_max, 256, "requests", 0, UINT_MAX, "most requests per handler call (0: 1)")   \
   /* Limits */                                                                                \
@@ -583,6 +593,38 @@ int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
 int pmu_respond_end(pmu_request_t *request);
 int pmu_respond_abort(pmu_request_t *request);
 
+/* ---- Files ---- */
+
+/*
+ * A piece of a streamed answer (after pmu_respond_start) that is the byte range
+ * [offset, offset + length) of an open regular file. The bytes leave in order with the
+ * memory pieces around them and with the answers to other requests, without passing through
+ * user space where the kernel allows (splice file -> pipe -> socket, io_uring), or read into
+ * memory and sent for small ranges (below config.file_splice_min). Any thread.
+ * The engine owns fd from this call on: it keeps it open until the range is sent or the
+ * connection is gone, then calls release(ctx) once on the worker thread; with release NULL it
+ * closes fd itself. (The file cache passes a release that drops its reference.)
+ * Returns 0, -EPIPE once the connection is gone (release/close already done), -EINVAL out of
+ * order. length counts against the Content-Length like a memory piece. A file that ends early
+ * (shrank) or fails to read mid-send closes the connection after what was sent (counted in
+ * file_errors and responses_aborted): a promised length is never padded with garbage.
+ * For HEAD, 204 and 304 answers the piece is accepted and dropped (fd released at once).
+ *
+ * Memory piece bytes count in pmu_request_unsent()/output_high_water; file bytes do not,
+ * but a file being sent holds its connection's output: the read path reads at most
+ * file_read_chunk bytes ahead, the splice path at most one pipe's worth. A dropped or
+ * refused piece (-EINVAL, -EPIPE, -ENOMEM, length 0) is released on the calling thread.
+ */
+int pmu_respond_write_file(pmu_request_t *request, int fd, uint64_t offset, uint64_t length,
+                           void (*release)(void *ctx), void *ctx);
+
+/* Shorthand: start (with Content-Length: length added by the engine, replacing any the
+ * headers carry), one file piece, end. Returns what pmu_respond_start() returns, or the
+ * piece's error; the request is released either way. */
+int pmu_respond_file(pmu_request_t *request, int status, const pmu_header_t *headers,
+                     size_t header_count, int fd, uint64_t offset, uint64_t length,
+                     void (*release)(void *ctx), void *ctx);
+
 /* Bytes given to pmu_respond_write() for this request not yet on the wire. */
 size_t pmu_request_unsent(const pmu_request_t *request);
 
@@ -759,6 +801,12 @@ const char *pmu_status_reason(int status);
     "streamed answers cut short (pmu_respond_abort, or a body shorter than its "             \
     "Content-Length): closed without completing them; counted in responses too")            \
   X(bodies_spooled, COUNTER, "request bodies moved to a temporary file")                      \
+  X(files_sent, COUNTER, "file pieces (pmu_respond_write_file) sent whole")                   \
+  X(file_bytes_spliced, COUNTER, "file bytes sent by splice (file -> pipe -> socket)")        \
+  X(file_bytes_read, COUNTER, "file bytes read into memory and sent")                         \
+  X(file_errors, COUNTER,                                                                     \
+    "file pieces that failed to read or came up short (the file shrank): connection closed") \
+  X(pipe_fallbacks, COUNTER, "file pieces sent by the read path for want of a pipe")          \
   X(body_buffer_bytes, GAUGE,                                                                 \
     "body bytes held in memory by requests (summed: the server's, against "                  \
     "body_buffer_budget)")                                                                   \
