@@ -909,7 +909,8 @@ static int answer_listing(answer_t *a, int dir_fd, const char *rel) {
   closedir(d);
   buf_t b = {0};
   if (!err) {
-    qsort(ents, n, sizeof *ents, dent_cmp);
+    if (n)
+      qsort(ents, n, sizeof *ents, dent_cmp);
     bputs(&b, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of /");
     put_html(&b, rel);
     bputs(&b, "</title></head>\n<body><h1>Index of /");
