@@ -179,6 +179,18 @@ int pmu__statics_start(pmu_server_t *s) {
                      m->pub.root, strerror(err));
       return -err;
     }
+    /* Confinement is the kernel's (openat2, Linux 5.6): without it, no mount. */
+    struct open_how how = {.flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_BENEATH};
+    long probe = syscall(SYS_openat2, m->root_fd, ".", &how, sizeof how);
+    if (probe < 0) {
+      int err = errno;
+      pmu__set_error(s,
+                     "static mount %s: openat2 with RESOLVE_BENEATH is refused (%s): static "
+                     "mounts need Linux 5.6 or newer",
+                     m->pub.prefix, strerror(err));
+      return -err;
+    }
+    close((int)probe);
   }
   return 0;
 }
