@@ -797,14 +797,23 @@ static int miss(answer_t *a) {
   return 0;
 }
 
+/* 301 from /dir to /dir/ (the query kept). The path as the client sent it, but
+ * with one leading "/": "//host/dir" must not become a protocol-relative
+ * "Location: //host/dir/" that sends the browser to another host. */
 static int respond_redirect(answer_t *a) {
   pmu_request_t *q = &a->r->pub;
-  size_t need = q->path_len + 2 + q->query_len + 1;
+  const char *path = q->path;
+  size_t path_len = q->path_len;
+  while (path_len > 1 && path[0] == '/' && path[1] == '/') {
+    path++;
+    path_len--;
+  }
+  size_t need = path_len + 2 + q->query_len + 1;
   char *loc = malloc(need);
   if (!loc)
     return -ENOMEM;
-  memcpy(loc, q->path, q->path_len);
-  size_t k = q->path_len;
+  memcpy(loc, path, path_len);
+  size_t k = path_len;
   loc[k++] = '/';
   if (q->query_len) {
     loc[k++] = '?';
