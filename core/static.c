@@ -620,8 +620,15 @@ static int answer_file(answer_t *a, file_t *f, const char *ctype, const char *en
   const pmu_header_t *rh = a->status ? NULL : req_header(a, "Range");
   unsigned max_ranges = r->loop->server->cfg.max_ranges;
   if (rh && if_range_ok(a, f)) {
-    if (max_ranges > 16) {
-      ranges = malloc(sizeof *ranges * max_ranges);
+    /* Room for every range the header can hold (one more than its commas), up
+     * to max_ranges: the parser writes no more. */
+    size_t room = 1;
+    for (size_t i = 0; i < rh->value_len; i++)
+      room += rh->value[i] == ',';
+    if (room > max_ranges)
+      room = max_ranges;
+    if (room > 16) {
+      ranges = malloc(sizeof *ranges * room);
       if (!ranges) {
         respond_error(a, 503);
         return -ENOMEM;

@@ -138,6 +138,7 @@ int main(void) {
   config.static_count = 1;
   config.file_cache_entries = 2;
   config.file_cache_valid_ms = 300;
+  config.max_ranges = 1u << 30; /* room for ranges follows the header, not this */
   t_server_t *server = t_server_start(&config);
 
   t_case("a second answer within file_cache_valid_ms comes from the cache");
@@ -235,6 +236,26 @@ int main(void) {
     }
     T_WAIT_UNTIL(t_count_fds() <= before, T_EVENT_MS);
     T_ASSERT_MSG(t_count_fds() <= before, "fds leaked: %d > %d", t_count_fds(), before);
+  }
+
+  t_case("30 ranges under a huge max_ranges: 206 with 30 parts");
+  {
+    put_file("r.txt", "0123456789012345678901234567890123456789012345678901234567890123");
+    char hdr[512] = "Range: bytes=";
+    for (int i = 0; i < 30; i++) {
+      char one[16];
+      snprintf(one, sizeof one, "%s%d-%d", i ? "," : "", 2 * i, 2 * i);
+      strcat(hdr, one);
+    }
+    strcat(hdr, "\r\n");
+    r = get(server, "/static/r.txt", hdr);
+    T_ASSERT_INT_EQ(r.status, 206);
+    size_t parts = 0;
+    for (const char *p = r.body; (p = strstr(p, "Content-Range: bytes ")); p++)
+      parts++;
+    T_ASSERT_INT_EQ(parts, 30);
+    T_ASSERT(strstr(r.body, "Content-Range: bytes 58-58/64"));
+    t_response_free(&r);
   }
 
   t_case("pmu_serve_file with a status: the whole file, the given type, no Range");
