@@ -11,6 +11,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,37 @@ static void handler(void *data, pmu_request_t *const *reqs, size_t n) {
       t_handle_request(data, q);
     }
   }
+}
+
+/* Many connections: each asks for the big file, a range of it, and the small one,
+ * pipelined; every body is checked. */
+static char *big_pattern;
+static const size_t BIG = 300000;
+
+static const char *many_request(size_t index, size_t *len, void *arg) {
+  (void)index;
+  (void)arg;
+  static const char req[] = "GET /static/big.bin HTTP/1.1\r\nHost: m\r\n\r\n"
+                            "GET /static/big.bin HTTP/1.1\r\nHost: m\r\nRange: bytes=100000-"
+                            "199999\r\n\r\n"
+                            "GET /static/b.txt HTTP/1.1\r\nHost: m\r\n\r\n";
+  *len = sizeof req - 1;
+  return req;
+}
+
+static atomic_int many_bad, many_seen;
+
+static void many_check(size_t index, size_t nth, const t_response_t *r, void *arg) {
+  (void)index;
+  (void)arg;
+  atomic_fetch_add(&many_seen, 1);
+  int ok = nth == 0
+               ? r->status == 200 && r->body_len == BIG && memcmp(r->body, big_pattern, BIG) == 0
+           : nth == 1 ? r->status == 206 && r->body_len == 100000 &&
+                            memcmp(r->body, big_pattern + 100000, 100000) == 0
+                      : r->status == 200 && strcmp(r->body, "bbbb") == 0;
+  if (!ok)
+    atomic_fetch_add(&many_bad, 1);
 }
 
 static t_response_t get(const t_server_t *server, const char *target, const char *headers) {
@@ -290,6 +322,33 @@ int main(void) {
   t_server_destroy(server);
   T_WAIT_UNTIL(t_count_fds() == fds_before, T_EVENT_MS);
   T_ASSERT_INT_EQ(t_count_fds(), fds_before);
+
+  t_case("two ring threads, 200 connections at once sharing cached files: every byte right");
+  {
+    big_pattern = malloc(BIG);
+    for (size_t i = 0; i < BIG; i++)
+      big_pattern[i] = (char)('A' + (i * 13 + i / 1000) % 26);
+    char bp[600];
+    snprintf(bp, sizeof bp, "%s/big.bin", root);
+    int fd = open(bp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    T_ASSERT(fd >= 0 && write(fd, big_pattern, BIG) == (ssize_t)BIG);
+    close(fd);
+    t_config_init(&config);
+    config.threads = 2;
+    config.statics = &mount_started;
+    config.static_count = 1;
+    server = t_server_start(&config);
+    size_t ok = t_many(server, 200, many_request, 3, many_check, NULL, 30000);
+    T_ASSERT_INT_EQ(ok, 200);
+    T_ASSERT_INT_EQ(atomic_load(&many_seen), 600);
+    T_ASSERT_INT_EQ(atomic_load(&many_bad), 0);
+    pmu_stats_t st = t_stats(server, -1);
+    T_ASSERT_MSG(st.file_cache_hits >= 590, "hits %llu", (unsigned long long)st.file_cache_hits);
+    t_server_destroy(server);
+    T_WAIT_UNTIL(t_count_fds() == fds_before, T_EVENT_MS);
+    T_ASSERT_INT_EQ(t_count_fds(), fds_before);
+    free(big_pattern);
+  }
 
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", base);
