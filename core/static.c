@@ -12,9 +12,10 @@
  * streamed answer.
  *
  * The open-file cache (as nginx's open_file_cache): per ring thread, a hash of
- * (mount, relative path) to a shared open file (fd, its stat, ETag), in LRU
- * order, at most config.file_cache_entries; an entry is trusted for
- * config.file_cache_valid_ms, then the path is opened again and the entry
+ * (mount, relative path) to a shared open file (fd, its stat, ETag) or to the
+ * fact that nothing is there (ENOENT: precompressed siblings that were never
+ * made are not looked for on every request), in LRU order, at most config.file_cache_entries; an
+ * entry is trusted for config.file_cache_valid_ms, then the path is opened again and the entry
  * replaced when the file changed (inode, size or mtime). A file is shared by
  * the cache and the answers sending it: each holds a reference, dropped by the
  * piece's release callback; the last one closes the fd.
@@ -387,6 +388,7 @@ static int file_get(answer_t *a, const char *rel, file_t **out) {
   uint32_t h = 0;
   centry_t *e = NULL;
   uint64_t now = 0;
+  *out = NULL;
   if (c) {
     int k = snprintf(key, sizeof key, "%u", m->id);
     size_t rl = strlen(rel);
@@ -403,6 +405,8 @@ static int file_get(answer_t *a, const char *rel, file_t **out) {
         STAT_INC(loop, file_cache_hits);
         lru_unlink(c, e);
         lru_push(c, e);
+        if (!e->file)
+          return -ENOENT; /* known missing (a precompressed sibling, most often) */
         atomic_fetch_add(&e->file->refs, 1);
         *out = e->file;
         return 0;
@@ -413,30 +417,32 @@ static int file_get(answer_t *a, const char *rel, file_t **out) {
   }
   STAT_INC(loop, file_cache_misses);
   int fd = open_beneath(m->root_fd, rel, m->pub.follow_symlinks);
-  if (fd < 0) {
-    if (e)
-      centry_remove(c, e); /* gone or no longer reachable */
-    return fd;
+  file_t *f = NULL;
+  int err = fd;
+  if (fd >= 0) {
+    err = 0;
+    f = file_wrap(fd, &err);
+    if (!f)
+      return err;
   }
-  int err = 0;
-  file_t *f = file_wrap(fd, &err);
-  if (!f)
-    return err;
-  if (c && S_ISREG(f->mode)) {
-    if (e && e->file->ino == f->ino && e->file->dev == f->dev && e->file->size == f->size &&
-        e->file->mtime_ns == f->mtime_ns) {
-      /* Unchanged: keep the cached one (and its fd), drop the new. */
-      file_put(f);
-      f = e->file;
-      e->checked_ms = now;
-      lru_unlink(c, e);
-      lru_push(c, e);
-      atomic_fetch_add(&f->refs, 1);
-      *out = f;
-      return 0;
-    }
-    if (e)
-      centry_remove(c, e); /* changed: the answers still sending it keep theirs */
+  /* What the cache keeps: a regular file, or that nothing is there (ENOENT),
+   * so that a sibling no one made is not looked for on every request. */
+  int keep = f ? S_ISREG(f->mode) : err == -ENOENT;
+  if (c && e && f && e->file && e->file->ino == f->ino && e->file->dev == f->dev &&
+      e->file->size == f->size && e->file->mtime_ns == f->mtime_ns) {
+    /* Unchanged: keep the cached one (and its fd), drop the new. */
+    file_put(f);
+    f = e->file;
+    e->checked_ms = now;
+    lru_unlink(c, e);
+    lru_push(c, e);
+    atomic_fetch_add(&f->refs, 1);
+    *out = f;
+    return 0;
+  }
+  if (c && e)
+    centry_remove(c, e); /* changed or gone: answers still sending it keep theirs */
+  if (c && keep) {
     while (c->count >= loop->server->cfg.file_cache_entries && c->tail)
       centry_remove(c, c->tail);
     centry_t *n = malloc(sizeof *n + key_len);
@@ -446,16 +452,17 @@ static int file_get(answer_t *a, const char *rel, file_t **out) {
       n->hash = h;
       n->checked_ms = now;
       n->file = f;
-      atomic_fetch_add(&f->refs, 1); /* the cache's */
+      if (f)
+        atomic_fetch_add(&f->refs, 1); /* the cache's */
       size_t b = h & (c->nbuckets - 1);
       n->hnext = c->buckets[b];
       c->buckets[b] = n;
       lru_push(c, n);
       c->count++;
     }
-  } else if (e) {
-    centry_remove(c, e);
   }
+  if (!f)
+    return err;
   *out = f;
   return 0;
 }

@@ -149,6 +149,7 @@ int main(void) {
   put_file("b.txt", "bbbb");
   put_file("c.txt", "cccc");
   put_file("d.txt", "dddd");
+  put_file("n.js", "console.log(2)\n");
   char sub[600];
   snprintf(sub, sizeof sub, "%s/dir", root);
   T_ASSERT(mkdir(sub, 0755) == 0);
@@ -163,11 +164,15 @@ int main(void) {
   mount_other.root = root;
   mount_other.fallthrough = 1;
   mount_other.cache_control = "max-age=5";
+  pmu_static_t mounts[2] = {mount_started, mount_started};
+  mounts[1].prefix = "/pc";
+  mounts[1].precompressed = 1;
+  mounts[1].cache_control = "pc"; /* not equal to /static's: pmu_serve_static tells them apart */
   pmu_config_t config;
   t_config_init(&config);
   config.handler = handler;
-  config.statics = &mount_started;
-  config.static_count = 1;
+  config.statics = mounts;
+  config.static_count = 2;
   config.file_cache_entries = 2;
   config.file_cache_valid_ms = 300;
   config.max_ranges = 1u << 30; /* room for ranges follows the header, not this */
@@ -237,6 +242,25 @@ int main(void) {
   t_sleep_ms(350);
   r = get(server, "/static/c.txt", NULL);
   T_ASSERT_INT_EQ(r.status, 404);
+  t_response_free(&r);
+
+  t_case("a missing sibling is remembered (no open per request), then found once made");
+  r = get(server, "/pc/n.js", "Accept-Encoding: gzip\r\n"); /* looks for n.js.gz once */
+  T_ASSERT_STR_EQ(r.body, "console.log(2)\n");
+  t_response_free(&r);
+  s0 = t_stats(server, -1);
+  r = get(server, "/pc/n.js", "Accept-Encoding: gzip\r\n");
+  T_ASSERT_STR_EQ(r.body, "console.log(2)\n");
+  T_ASSERT(t_header(&r, "Content-Encoding") == NULL);
+  t_response_free(&r);
+  s1 = t_stats(server, -1);
+  T_ASSERT_INT_EQ(s1.file_cache_misses - s0.file_cache_misses, 0);
+  T_ASSERT_INT_EQ(s1.file_cache_hits - s0.file_cache_hits, 2); /* the file, no .gz */
+  put_file("n.js.gz", "GZ");
+  t_sleep_ms(350);
+  r = get(server, "/pc/n.js", "Accept-Encoding: gzip\r\n");
+  T_ASSERT_STR_EQ(r.body, "GZ");
+  T_ASSERT_STR_EQ(t_header(&r, "Content-Encoding"), "gzip");
   t_response_free(&r);
 
   t_case("pmu_serve_file by path: the rules apply (ETag, 304, Range, 404)");
