@@ -314,6 +314,29 @@ int main(void) {
     t_response_free(&r);
   }
 
+  t_case("a 5 GiB sparse file: a Range near its end, HEAD's length (64-bit sizes)");
+  {
+    char sp[600];
+    snprintf(sp, sizeof sp, "%s/sparse.bin", root);
+    int fd = open(sp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    T_ASSERT(fd >= 0);
+    uint64_t size = 5ull << 30;
+    T_ASSERT(pwrite(fd, "THE END", 7, (off_t)(size - 7)) == 7);
+    close(fd);
+    r = get(server, "/static/sparse.bin", "Range: bytes=-7\r\n");
+    T_ASSERT_INT_EQ(r.status, 206);
+    T_ASSERT_STR_EQ(r.body, "THE END");
+    T_ASSERT_STR_EQ(t_header(&r, "Content-Range"), "bytes 5368709113-5368709119/5368709120");
+    t_response_free(&r);
+    t_conn_t *c = t_connect(server);
+    t_send_str(c, "HEAD /static/sparse.bin HTTP/1.1\r\nHost: c\r\n\r\n");
+    t_expect_head_response(c, &r);
+    T_ASSERT_INT_EQ(r.content_length, 5368709120ull);
+    t_response_free(&r);
+    t_conn_close(c);
+    T_ASSERT(unlink(sp) == 0);
+  }
+
   t_case("pmu_serve_file with a status: the whole file, the given type, no Range");
   r = get(server, "/sfs/b.txt", "Range: bytes=0-0\r\n");
   T_ASSERT_INT_EQ(r.status, 201);
