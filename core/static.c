@@ -567,11 +567,16 @@ static int if_range_ok(answer_t *a, const file_t *f) {
   const pmu_header_t *h = req_header(a, "If-Range");
   if (!h)
     return 1;
-  size_t i = 0;
-  while (i < h->value_len && h->value[i] == ' ')
+  size_t i = 0, end = h->value_len;
+  while (i < end && (h->value[i] == ' ' || h->value[i] == '\t'))
     i++;
-  if (i < h->value_len && (h->value[i] == '"' || h->value[i] == 'W'))
-    return etag_list_match(h->value + i, h->value_len - i, f->etag, 0);
+  while (end > i && (h->value[end - 1] == ' ' || h->value[end - 1] == '\t'))
+    end--;
+  if (i < end && (h->value[i] == '"' || h->value[i] == 'W')) {
+    /* One entity-tag, compared strongly: a weak one (W/) never matches. */
+    size_t elen = strlen(f->etag);
+    return end - i == elen && memcmp(h->value + i, f->etag, elen) == 0;
+  }
   int64_t t = pmu__http_date_parse(h->value, h->value_len);
   return t >= 0 && t == f->mtime_sec;
 }

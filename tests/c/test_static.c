@@ -455,6 +455,13 @@ int main(void) {
     r = get(server, "/static/a.txt", h);
     T_ASSERT_INT_EQ(r.status, 206);
     t_response_free(&r);
+    snprintf(h, sizeof h, "Range: bytes=0-1\r\nIf-Range: W/%s\r\n", etag);
+    r = get(server, "/static/a.txt", h); /* a weak validator never matches If-Range */
+    T_ASSERT_INT_EQ(r.status, 200);
+    t_response_free(&r);
+    r = get(server, "/static/a.txt", "Range: bytes=0-1\r\nIf-Range: *\r\n");
+    T_ASSERT_INT_EQ(r.status, 200);
+    t_response_free(&r);
     r = get(server, "/static/a.txt", "Range: bytes=0-1\r\nIf-Range: \"old\"\r\n");
     T_ASSERT_INT_EQ(r.status, 200);
     T_ASSERT_STR_EQ(r.body, A_TXT);
