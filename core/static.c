@@ -14,9 +14,10 @@
  * The open-file cache (as nginx's open_file_cache): per ring thread, a hash of
  * (mount, relative path) to a shared open file (fd, its stat, ETag) or to the
  * fact that nothing is there (ENOENT: precompressed siblings that were never
- * made are not looked for on every request), in LRU order, at most config.file_cache_entries; an
- * entry is trusted for config.file_cache_valid_ms, then the path is opened again and the entry
- * replaced when the file changed (inode, size or mtime). A file is shared by
+ * made are not looked for on every request), in LRU order, at most
+ * config.file_cache_entries; an entry is trusted for config.file_cache_valid_ms,
+ * then the path is opened again and the entry replaced when the file changed
+ * (inode, size or mtime). A file is shared by
  * the cache and the answers sending it: each holds a reference, dropped by the
  * piece's release callback; the last one closes the fd.
  */
