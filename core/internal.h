@@ -379,7 +379,8 @@ struct pmu__loop {
   char *ws_arena;
   size_t ws_arena_len, ws_arena_cap;
   int ws_dispatching;
-  void *ws_shared; /* per-thread state of the WebSocket code (deflate) */
+  void *ws_shared;            /* per-thread state of the WebSocket code (deflate) */
+  struct pmu__fcache *fcache; /* the open-file cache of static answers (core/static.c) */
 
   pmu_stats_t stats;
   pmu_ring_info_t info;
@@ -411,6 +412,9 @@ struct pmu_server {
   unsigned loops_running;
   int joined;
   int destroy_requested;
+
+  struct pmu__statics *statics; /* config.statics, copied with their roots open
+                                   (core/static.c); NULL: none */
 
   char error[512];
 };
@@ -525,6 +529,18 @@ int pmu__ws_consume(pmu__conn_t *conn, size_t *left);
 void pmu__ws_dispatch(pmu__loop_t *loop);
 /* The loop exits: drop what is left. */
 void pmu__ws_loop_exit(pmu__loop_t *loop);
+
+/* ---- static.c ---- */
+/* Copy config.statics and open their roots (pmu_server_start). Returns 0 or
+ * -errno with the server's error set. */
+int pmu__statics_start(pmu_server_t *server);
+void pmu__statics_free(pmu_server_t *server);
+/* A complete request on its loop: answered by a mount (returns 1) or left for
+ * the handler (0: no mount matched, or a fallthrough mount found nothing). */
+int pmu__static_dispatch(pmu__req_t *req);
+/* The loop exits: close the fds of its open-file cache (those in use by an
+ * answer close when it is done). */
+void pmu__static_loop_exit(pmu__loop_t *loop);
 
 /* ---- response.c ---- */
 /* The headers of an answer may go on the wire: no CR, LF or NUL. */

@@ -639,6 +639,7 @@ void *pmu__loop_main(void *arg) {
       cfg->on_thread_stop(cfg->handler_data, loop->index);
   }
   close_answer_queue(loop);
+  pmu__static_loop_exit(loop);
   if (loop->ring_ready) {
     pmu__bufring_free(&loop->ring, &loop->bufs);
     pmu__ring_exit(&loop->ring);

@@ -60,6 +60,10 @@ class Stats(TypedDict):
     ws_deflate_in_raw: int
     ws_deflate_out_raw: int
     ws_deflate_out_wire: int
+    file_cache_hits: int
+    file_cache_misses: int
+    static_answers: int
+    not_modified: int
 
 class Error(OSError):
     """The engine refused: (errno, message naming the cause and the fix)."""
@@ -339,6 +343,9 @@ class Engine:
         ws_send_high_water: int = ...,
         ws_send_limit: int = ...,
         ws_send_limit_close: bool = ...,
+        file_cache_entries: int = ...,
+        file_cache_valid_ms: int = ...,
+        max_ranges: int = ...,
     ) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...

@@ -104,6 +104,9 @@ _ENGINE_OPTIONS = (
     "ws_send_high_water",
     "ws_send_limit",
     "ws_send_limit_close",
+    "file_cache_entries",
+    "file_cache_valid_ms",
+    "max_ranges",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -375,6 +378,10 @@ class Server:
       (1 MiB: ``send()`` returns False beyond, ``on_drain`` follows),
       ``ws_send_limit`` (32 MiB) and ``ws_send_limit_close`` (True: close 1008
       beyond the limit; False: drop the connection)
+    - static files (engine mounts, ``serve_static``, ``serve_file``):
+      ``file_cache_entries`` (256 open files kept per ring thread; 0: no cache),
+      ``file_cache_valid_ms`` (1000: a cached file is checked again after this),
+      ``max_ranges`` (100: a Range header with more ranges is ignored, 200)
 
     ``run()`` blocks until SIGINT or SIGTERM, then stops gracefully;
     ``start()``/``stop()`` run it in the background; ``with Server(...) as s:``
@@ -440,6 +447,9 @@ class Server:
         ws_send_high_water: Optional[int] = None,
         ws_send_limit: Optional[int] = None,
         ws_send_limit_close: Optional[bool] = None,
+        file_cache_entries: Optional[int] = None,
+        file_cache_valid_ms: Optional[int] = None,
+        max_ranges: Optional[int] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
     ) -> None:
         _require_engine()

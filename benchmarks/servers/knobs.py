@@ -71,6 +71,9 @@ KNOBS = {
     "ws_send_high_water": int,
     "ws_send_limit": int,
     "ws_send_limit_close": flag,
+    "file_cache_entries": int,
+    "file_cache_valid_ms": int,
+    "max_ranges": int,
 }
 
 
