@@ -30,7 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -560,42 +559,16 @@ static int if_range_ok(answer_t *a, const file_t *f) {
 
 /* ---- sending the bytes -------------------------------------------------- */
 
-/* A mapped range handed to pmu_respond_write, unmapped when sent. The
- * engine's file pieces (pmu_respond_write_file) replace this when the engine
- * branch lands; until then the page cache is lent without a copy. */
-typedef struct mapping {
-  void *addr;
-  size_t len;
-  file_t *file;
-} mapping_t;
+static void file_release_cb(void *ctx) { file_put(ctx); }
 
-static void mapping_release(void *ctx) {
-  mapping_t *mp = ctx;
-  munmap(mp->addr, mp->len);
-  file_put(mp->file);
-  free(mp);
-}
-
+/* The bytes [off, off + len) of f as a file piece of the streamed answer
+ * (spliced or read by the engine, core/file.c); the piece holds a reference
+ * to f, dropped by the engine when it is sent or dropped. */
 static int send_range(pmu__req_t *r, file_t *f, uint64_t off, uint64_t len) {
   if (!len)
     return 0;
-  long page = sysconf(_SC_PAGESIZE);
-  uint64_t base = off & ~(uint64_t)(page - 1);
-  size_t maplen = (size_t)(off - base + len);
-  mapping_t *mp = malloc(sizeof *mp);
-  if (!mp)
-    return -ENOMEM;
-  void *addr = mmap(NULL, maplen, PROT_READ, MAP_SHARED, f->fd, (off_t)base);
-  if (addr == MAP_FAILED) {
-    int err = -errno;
-    free(mp);
-    return err;
-  }
-  mp->addr = addr;
-  mp->len = maplen;
-  mp->file = f;
   atomic_fetch_add(&f->refs, 1);
-  return pmu_respond_write(&r->pub, (char *)addr + (off - base), (size_t)len, mapping_release, mp);
+  return pmu_respond_write_file(&r->pub, f->fd, off, len, file_release_cb, f);
 }
 
 static void u64s(char *buf, size_t cap, uint64_t v) {
@@ -936,7 +909,8 @@ static int answer_listing(answer_t *a, int dir_fd, const char *rel) {
   closedir(d);
   buf_t b = {0};
   if (!err) {
-    qsort(ents, n, sizeof *ents, dent_cmp);
+    if (n)
+      qsort(ents, n, sizeof *ents, dent_cmp);
     bputs(&b, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of /");
     put_html(&b, rel);
     bputs(&b, "</title></head>\n<body><h1>Index of /");

@@ -564,6 +564,38 @@ int main(void) {
     t_conn_close(c);
   }
 
+  t_case("a 3 MiB file whole and in ranges: the exact bytes (file pieces, spliced)");
+  {
+    size_t big = 3u << 20;
+    char *pattern = malloc(big);
+    T_ASSERT(pattern);
+    for (size_t i = 0; i < big; i++)
+      pattern[i] = (char)('a' + (i * 7 + i / 4096) % 26);
+    char bp[600];
+    snprintf(bp, sizeof bp, "%s/big.bin", root);
+    int fd = open(bp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    T_ASSERT(fd >= 0 && write(fd, pattern, big) == (ssize_t)big);
+    close(fd);
+    before = t_stats(server, -1);
+    r = get(server, "/static/big.bin", NULL);
+    T_ASSERT_INT_EQ(r.status, 200);
+    T_ASSERT_INT_EQ(r.body_len, big);
+    T_ASSERT(memcmp(r.body, pattern, big) == 0);
+    t_response_free(&r);
+    r = get(server, "/static/big.bin", "Range: bytes=1000000-2999999\r\n");
+    T_ASSERT_INT_EQ(r.status, 206);
+    T_ASSERT_INT_EQ(r.body_len, 2000000);
+    T_ASSERT(memcmp(r.body, pattern + 1000000, 2000000) == 0);
+    t_response_free(&r);
+    r = get(server, "/static/big.bin", "Range: bytes=10-19,3000000-3000009\r\n");
+    T_ASSERT_INT_EQ(r.status, 206);
+    T_ASSERT(t_memmem(r.body, r.body_len, "Content-Range: bytes 3000000-3000009/3145728"));
+    t_response_free(&r);
+    after = t_stats(server, -1);
+    T_ASSERT_MSG(after.files_sent - before.files_sent >= 4, "no file pieces sent");
+    free(pattern);
+  }
+
   t_case("static_answers counts the mounts' answers");
   after = t_stats(server, -1);
   T_ASSERT(after.static_answers > 50);
