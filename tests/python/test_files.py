@@ -198,8 +198,13 @@ def test_serve_static_from_a_handler(serve, files):
 
     def handler(request):
         if request.path.startswith("/files/"):
+            # A disconnect callback links the request to its stream state: serve_static
+            # cuts that link to answer, and restores it when the mount falls through.
+            request.add_disconnect_callback(lambda: None)
             if request.serve_static(falls):
+                assert request.answered
                 return None
+            assert not request.answered and request.path.startswith("/files/")
             return "fell through: " + request.path  # still ours to answer
         if request.path.startswith("/rel"):
             assert request.serve_static(strict, "note.txt") is True
@@ -366,6 +371,8 @@ def test_truncated_mid_download_closes_short(serve, tmp_path):
     # Closed short of the promised length, never padded to it.
     assert received < size
     assert get(server.port, "/ok.txt")[2] == b"still serving"
+    wait_until(lambda: server.stats()["file_errors"] >= 1, 5, "file_errors to count it")
+    assert server.stats()["responses_aborted"] >= 1
 
 
 def test_sparse_2gib_file_range_near_the_end(serve, tmp_path):
