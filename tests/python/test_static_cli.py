@@ -24,6 +24,12 @@ APP = textwrap.dedent("""
     def wsgi(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"wsgi " + environ["PATH_INFO"].encode()]
+
+    async def asgi(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"asgi " + scope["path"].encode()})
 """)
 
 
@@ -133,6 +139,13 @@ def test_static_in_front_of_apps(site):
             assert get(port, "/assets/hello.txt")[2] == b"hello from disk\n"
         assert get(port, "/assets/none")[0] == 404  # under a prefix other than "/": no fallthrough
         assert get(port, "/other")[2] == b"wsgi /other"
+    finally:
+        assert stop(proc) == 0
+    proc = cli(site, "staticapp:asgi", "--lifespan", "off", "--static", "/=public")
+    try:
+        port = port_of(proc)
+        assert get(port, "/hello.txt")[2] == b"hello from disk\n"
+        assert get(port, "/not-a-file")[2] == b"asgi /not-a-file"  # "/" falls through
     finally:
         assert stop(proc) == 0
 
