@@ -281,6 +281,14 @@ int main(void) {
   T_ASSERT_INT_EQ(r.status, 301);
   T_ASSERT_STR_EQ(t_header(&r, "Location"), "/static/");
   t_response_free(&r);
+  r = get(server, "//sub?q", NULL); /* the "/" mount: never a protocol-relative Location */
+  T_ASSERT_INT_EQ(r.status, 301);
+  T_ASSERT_STR_EQ(t_header(&r, "Location"), "/sub/?q");
+  t_response_free(&r);
+  r = get(server, "///static//sub", NULL);
+  T_ASSERT_INT_EQ(r.status, 301);
+  T_ASSERT_STR_EQ(t_header(&r, "Location"), "/static//sub/");
+  t_response_free(&r);
   expect_status(server, "/static/empty/", 404);
   expect_status(server, "/static/a.txt/", 404);
   expect_status(server, "/static/missing.txt", 404);
@@ -366,6 +374,8 @@ int main(void) {
         {"bytes=0-1,2-3", "0123", "bytes 0-3/20"},         /* adjacent: coalesced */
         {"bytes=1000-,3-4", "34", "bytes 3-4/20"},         /* the unsatisfiable one dropped */
         {"BYTES = 0-0", "0", "bytes 0-0/20"},
+        /* Apache Killer's shape: the whole file asked many times over is sent once */
+        {"bytes=0-,0-,1-,0-19,5-", A_TXT, "bytes 0-19/20"},
     };
     for (size_t i = 0; i < T_COUNT(rows); i++) {
       char h[128];
@@ -562,6 +572,28 @@ int main(void) {
     T_ASSERT_INT_EQ(r.status, 404);
     t_response_free(&r);
     t_conn_close(c);
+  }
+
+  t_case("200 static requests pipelined in one send (turns of PIPELINE_TURN), then the handler");
+  {
+    size_t one = strlen("GET /static/a.txt HTTP/1.1\r\nHost: s\r\n\r\n");
+    char *burst = malloc(one * 200 + 64);
+    T_ASSERT(burst);
+    for (int i = 0; i < 200; i++)
+      memcpy(burst + one * (size_t)i, "GET /static/a.txt HTTP/1.1\r\nHost: s\r\n\r\n", one);
+    strcpy(burst + one * 200, "GET /last HTTP/1.1\r\nHost: s\r\n\r\n");
+    t_conn_t *c = t_connect(server);
+    t_send_str(c, burst);
+    for (int i = 0; i < 200; i++) {
+      t_expect_response(c, &r);
+      T_ASSERT_STR_EQ(r.body, A_TXT);
+      t_response_free(&r);
+    }
+    t_expect_response(c, &r);
+    T_ASSERT_FIELD(&r, "path", "/last");
+    t_response_free(&r);
+    t_conn_close(c);
+    free(burst);
   }
 
   t_case("a 3 MiB file whole and in ranges: the exact bytes (file pieces, spliced)");
