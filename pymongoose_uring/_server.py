@@ -24,8 +24,10 @@ from typing import (
     Awaitable,
     Callable,
     Dict,
+    List,
     NamedTuple,
     Optional,
+    Sequence,
     Set,
     Tuple,
     Union,
@@ -36,7 +38,7 @@ from ._native import Response, UnavailableError
 from ._types import AsyncBatch, Handler, HandlerResult
 
 if TYPE_CHECKING:
-    from ._pmu import Engine, Request
+    from ._pmu import Engine, Request, StaticMount
 
 
 def say(message: str) -> None:
@@ -383,6 +385,13 @@ class Server:
       ``file_cache_valid_ms`` (1000: a cached file is checked again after this),
       ``max_ranges`` (100: a Range header with more ranges is ignored, 200)
 
+    Files: ``statics``, a list of :class:`StaticMount` (``_pmu.StaticMount``),
+    directories the engine answers itself before any handler (an
+    :class:`App`'s :meth:`App.static` mounts are added to them); a handler
+    may return a :class:`FileResponse` (``Response.file(path)``), or call
+    ``request.serve_file()``, ``request.serve_static()`` or, in a streamed
+    answer, ``request.sendfile()``.
+
     ``run()`` blocks until SIGINT or SIGTERM, then stops gracefully;
     ``start()``/``stop()`` run it in the background; ``with Server(...) as s:``
     starts and stops it. Raises :class:`UnavailableError` naming the reason
@@ -450,6 +459,7 @@ class Server:
         file_cache_entries: Optional[int] = None,
         file_cache_valid_ms: Optional[int] = None,
         max_ranges: Optional[int] = None,
+        statics: Optional[Sequence[StaticMount]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
     ) -> None:
         _require_engine()
@@ -473,6 +483,10 @@ class Server:
         for name in _ENGINE_OPTIONS:
             if given[name] is not None:
                 self._options[name] = given[name]
+        self._statics: List[StaticMount] = list(statics or ())
+        for mount in self._statics:
+            if not isinstance(mount, _native._pmu.StaticMount):
+                raise TypeError(f"statics takes StaticMount objects, not {type(mount).__name__}")
         self._loop = loop
         self._engine: Optional[Engine] = None
         self._bridge: Optional[_AsyncBridge] = None
@@ -488,19 +502,24 @@ class Server:
         with self._lock:
             if self._engine is not None:
                 raise RuntimeError("the server is already running")
-            from ._routing import App
+            from ._routing import App, make_mounts
 
             bridge = _AsyncBridge(self._loop)
             app = self.app
+            statics = list(self._statics)
             if isinstance(app, App):
+                statics += make_mounts(app._mounts)
                 engine = _native._pmu.Engine(
                     app._fallback,
                     routes=app._static,
                     async_scheduler=bridge.schedule,
+                    statics=statics,
                     **self._options,
                 )
             else:
-                engine = _native._pmu.Engine(app, async_scheduler=bridge.schedule, **self._options)
+                engine = _native._pmu.Engine(
+                    app, async_scheduler=bridge.schedule, statics=statics, **self._options
+                )
             engine.start()
             self._engine, self._bridge, self._final_stats = engine, bridge, None
             with _live_lock:
