@@ -32,6 +32,15 @@ other thread hop.
 - ``send()``: ``http.response.start`` and ``http.response.body``; with spec
   2.4, sending to a client that left raises ``OSError``
   (``pymongoose_uring.ClientDisconnected`` when available).
+- ``http.response.pathsend`` (listed in ``scope["extensions"]``; Starlette's
+  ``FileResponse`` uses it on its own): after ``http.response.start``,
+  ``{"type": "http.response.pathsend", "path": ...}`` ends the response with the
+  file's bytes, sent by the engine from the file (``Request.sendfile``: splice or
+  read in C, never through Python). A start without Content-Length gets the file's
+  size as one; HEAD sends none of the body; a missing file raises
+  ``FileNotFoundError`` in send() (an ``OSError``: nothing is sent yet, and the app
+  may catch it and send another ``http.response.start``; uncaught, the client gets
+  a 500). Before start, twice, or after a body: ``RuntimeError``.
 - ``websocket`` scopes (spec 2.4): the same fields as http (scheme ``ws``/``wss``)
   plus ``subprotocols`` and ``extensions`` (``websocket.http.response``: a
   denial response instead of the 403 of a close before accept). ``receive()``
@@ -60,7 +69,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import errno
 import logging
+import os
+import stat
 import threading
 from typing import (
     TYPE_CHECKING,
@@ -97,6 +109,11 @@ _WebSocketClosed: Any = getattr(_native._pmu, "WebSocketClosed", ConnectionReset
 _HAS_WEBSOCKET = hasattr(getattr(_native._pmu, "Request", None), "accept_websocket")
 
 _READ_SIZE = 65536
+# Request.sendfile (a file piece of a streamed answer, sent by the engine), when the
+# binding has it; without it pathsend copies the file through memory.
+_sendfile: Optional[Callable[..., bool]] = getattr(
+    getattr(_native._pmu, "Request", None), "sendfile", None
+)
 _ERROR_BODY = b"Internal Server Error"
 _ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 
@@ -257,9 +274,90 @@ class _Cycle:
                 if self.handler.access_log:
                     self.handler._log(request, self.client, self.status)
             return
+        if kind == "http.response.pathsend":
+            if not self.started:
+                raise RuntimeError("http.response.pathsend before http.response.start")
+            if self.done:
+                raise RuntimeError("http.response.pathsend after the response was complete")
+            if self.streaming:
+                raise RuntimeError("http.response.pathsend after a streamed http.response.body")
+            await self._pathsend(message["path"])
+            return
         if kind == "http.response.trailers":
             return  # trailers are not sent (not announced in the scope)
         raise ValueError(f"unsupported ASGI message type {kind!r} for http")
+
+    async def _pathsend(self, path: Any) -> None:
+        """``http.response.pathsend``: the file at ``path`` is the whole body,
+        sent by the engine from the file (``Request.sendfile``: no copy through
+        Python). The file is opened here, before anything is sent, so that a
+        missing one raises ``FileNotFoundError`` (an ``OSError``) in the app's
+        send(), where the app can catch it; uncaught, the client gets a 500. Without
+        a Content-Length from the app, the file's size is given as one."""
+        request = self.request
+        try:
+            fd = os.open(os.fsdecode(path), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.started = False  # nothing was sent: the app may start another answer
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.started = False
+                raise IsADirectoryError(
+                    errno.EISDIR, "http.response.pathsend: not a regular file", path
+                )
+            size = st.st_size
+            headers = self.headers
+            declared = declared_length(headers)
+            if declared is None:
+                headers = [*headers, (b"content-length", b"%d" % size)]
+            status = self.status
+            self.done = self.streaming = True
+            request.start(status, headers)
+            if request.method == "HEAD" or status == 204 or status == 304:
+                request.end()
+            else:
+                count = size if declared is None else min(declared, size)
+                if count:
+                    if _sendfile is not None:
+                        sent = _sendfile(request, fd, 0, count)
+                    else:
+                        sent = await self._copy(fd, count)
+                    if not sent:
+                        self.gone = True
+                        request.end()
+                        raise _ClientDisconnected("the client disconnected")
+                self.sent = count
+                if declared is not None and declared != size and not request.disconnected:
+                    # The app's length and the file's disagree: sent as the app said,
+                    # (a short body closes the connection unfinished), as for a body.
+                    length_mismatch("ASGI", request.method, request.target, size, declared)
+                    if count < declared:
+                        request.abort()
+                    else:
+                        request.end()
+                else:
+                    request.end()
+        finally:
+            os.close(fd)  # (Request.sendfile sends from a duplicate of its own)
+            self._wake()
+        if self.handler.access_log:
+            self.handler._log(request, self.client, self.status)
+
+    async def _copy(self, fd: int, count: int) -> bool:
+        """The file's first count bytes through memory: for a binding without
+        Request.sendfile."""
+        write = self.request.write_async
+        offset = 0
+        while offset < count:
+            data = os.pread(fd, min(_READ_SIZE, count - offset), offset)
+            if not data:
+                break  # shrank: the engine closes the connection short of the length
+            offset += len(data)
+            if not await write(data):
+                return False
+        return True
 
 
 class _WebSocketCycle:
@@ -817,7 +915,7 @@ class ASGIHandler:
         proxies = self.proxies
         if proxies is not None and proxies.trusts(client):
             client, scheme = self._forwarded(headers, client, scheme)
-        scope = {
+        scope: Scope = {
             "type": "http",
             "asgi": self._asgi,
             "http_version": request.http_version,
@@ -830,6 +928,7 @@ class ASGIHandler:
             "raw_path": request.raw_path.encode("utf-8", "surrogateescape"),
             "query_string": request.query_string.encode("utf-8", "surrogateescape"),
             "headers": headers,
+            "extensions": {"http.response.pathsend": {}},
         }
         if self.state:
             scope["state"] = self.state.copy()
