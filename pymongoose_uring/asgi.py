@@ -760,6 +760,8 @@ class ASGIHandler:
         self._scheduled = False
         self._post: Optional[Callable[[Callable[[], None]], object]] = None  # call_soon_threadsafe
         self._tasks: Set["asyncio.Task[None]"] = set()
+        self._root_task: Optional["asyncio.Task[Any]"] = None  # the loop thread's (start)
+        self._stopped: Optional["asyncio.Future[None]"] = None  # ends it
 
     # -- the loop and lifespan ------------------------------------------------------
 
@@ -774,7 +776,12 @@ class ASGIHandler:
             def main() -> None:
                 asyncio.set_event_loop(loop)
                 loop.call_soon(ready.set)
-                loop.run_forever()
+                # The loop runs one long-lived root task rather than run_forever():
+                # anyio ties its worker threads (anyio.to_thread: Starlette's
+                # FileResponse stat, FastAPI's sync endpoints) to the task that
+                # run_until_complete runs, else to each request's own task, and then
+                # starts a new thread for every request and ends it with the task.
+                loop.run_until_complete(self._root())
 
             t = threading.Thread(target=main, name="pymongoose_uring-asgi", daemon=True)
             t.start()
@@ -790,6 +797,17 @@ class ASGIHandler:
                 self.close()
                 raise
         return self.loop
+
+    async def _root(self) -> None:
+        """The loop thread's root task: waits until close() ends it."""
+        self._root_task = asyncio.current_task()
+        self._stopped = asyncio.get_running_loop().create_future()
+        await self._stopped
+
+    def _stop_root(self) -> None:
+        stopped = self._stopped
+        if stopped is not None and not stopped.done():
+            stopped.set_result(None)
 
     def _run(
         self,
@@ -817,6 +835,7 @@ class ASGIHandler:
             t
             for t in asyncio.all_tasks()
             if t is not me
+            and t is not self._root_task
             and not t.done()
             and (self._lifespan is None or t is not self._lifespan.task)
         ]
@@ -848,7 +867,7 @@ class ASGIHandler:
                 self._run(self._shutdown_tasks(), 10, loop)
             except Exception:
                 log.exception("could not cancel the ASGI tasks left")
-            loop.call_soon_threadsafe(loop.stop)
+            loop.call_soon_threadsafe(self._stop_root)
         if thread is not None:
             thread.join(timeout)
             if not thread.is_alive():

@@ -344,3 +344,27 @@ def test_pathsend_to_a_client_gone(serve_asgi, files, mode):
         c.close()
     status, _, body, _ = request(server, path="/small.bin")
     assert status == 200 and body == (files / "small.bin").read_bytes()
+
+
+def test_anyio_worker_threads_are_kept_across_requests(serve_asgi):
+    """anyio keeps its worker threads (Starlette's FileResponse stat, FastAPI's sync
+    endpoints) for the loop's root task: the adapter's loop runs one, so a thread
+    serves request after request instead of one being started per request."""
+    pytest.importorskip("fastapi", reason="FastAPI is not installed")
+    import threading
+
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    local = threading.local()
+
+    @app.get("/n")
+    def count():  # a sync endpoint: run in an anyio worker thread
+        local.n = getattr(local, "n", 0) + 1
+        return {"n": local.n}
+
+    server = serve_asgi(app)
+    import json
+
+    counts = [json.loads(request(server, path="/n")[2])["n"] for _ in range(6)]
+    assert max(counts) >= 5, counts  # the same thread, again and again
