@@ -295,6 +295,8 @@ class _Cycle:
         send(), where the app can catch it; uncaught, the client gets a 500. Without
         a Content-Length from the app, the file's size is given as one."""
         request = self.request
+        if self.gone:
+            raise _ClientDisconnected("the client disconnected")
         try:
             fd = os.open(os.fsdecode(path), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
