@@ -109,11 +109,6 @@ _WebSocketClosed: Any = getattr(_native._pmu, "WebSocketClosed", ConnectionReset
 _HAS_WEBSOCKET = hasattr(getattr(_native._pmu, "Request", None), "accept_websocket")
 
 _READ_SIZE = 65536
-# Request.sendfile (a file piece of a streamed answer, sent by the engine), when the
-# binding has it; without it pathsend copies the file through memory.
-_sendfile: Optional[Callable[..., bool]] = getattr(
-    getattr(_native._pmu, "Request", None), "sendfile", None
-)
 _ERROR_BODY = b"Internal Server Error"
 _ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 
@@ -322,11 +317,7 @@ class _Cycle:
             else:
                 count = size if declared is None else min(declared, size)
                 if count:
-                    if _sendfile is not None:
-                        sent = _sendfile(request, fd, 0, count)
-                    else:
-                        sent = await self._copy(fd, count)
-                    if not sent:
+                    if not request.sendfile(fd, 0, count):
                         self.gone = True
                         request.end()
                         raise _ClientDisconnected("the client disconnected")
@@ -346,20 +337,6 @@ class _Cycle:
             self._wake()
         if self.handler.access_log:
             self.handler._log(request, self.client, self.status)
-
-    async def _copy(self, fd: int, count: int) -> bool:
-        """The file's first count bytes through memory: for a binding without
-        Request.sendfile."""
-        write = self.request.write_async
-        offset = 0
-        while offset < count:
-            data = os.pread(fd, min(_READ_SIZE, count - offset), offset)
-            if not data:
-                break  # shrank: the engine closes the connection short of the length
-            offset += len(data)
-            if not await write(data):
-                return False
-        return True
 
 
 class _WebSocketCycle:

@@ -60,7 +60,6 @@ from typing import (
 )
 from urllib.parse import unquote_to_bytes
 
-from . import _native
 from ._adapter import AdapterServer, declared_length, length_mismatch, log_access, trusted_proxies
 from ._native import Response
 from ._types import ExcInfo, WSGIApp, WSGIEnviron
@@ -77,11 +76,6 @@ log = logging.getLogger("pymongoose_uring")
 # larger ones (and bodies of unknown length) are streamed.
 BUFFER_LIMIT = 1 << 20
 _READ_SIZE = 65536
-# Request.sendfile (a file piece of a streamed answer, sent by the engine), when the
-# binding has it; without it a file_wrapper is iterated.
-_sendfile: Optional[Callable[..., bool]] = getattr(
-    getattr(_native._pmu, "Request", None), "sendfile", None
-)
 
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 _ERROR_BODY = b"Internal Server Error"
@@ -660,7 +654,7 @@ class WSGIHandler:
         environ: WSGIEnviron,
     ) -> int:
         kind = type(result)
-        if _sendfile is not None and sr.status is not None and not sr.streaming:
+        if sr.status is not None and not sr.streaming:
             if kind is FileWrapper:
                 code = self._send_file(request, sr, result, None, None, environ)
                 if code is not None:
@@ -756,7 +750,7 @@ class WSGIHandler:
         found = _regular_file(wrapper.filelike)
         if found is None:
             return None
-        assert _sendfile is not None and sr.status is not None and sr.headers is not None
+        assert sr.status is not None and sr.headers is not None
         fd, position, size = found
         if offset is None:
             offset = position
@@ -775,7 +769,7 @@ class WSGIHandler:
             request.end()
             return code
         count = available if declared is None else min(declared, available)
-        if count and not _sendfile(request, fd, offset, count):
+        if count and not request.sendfile(fd, offset, count):
             request.end()  # the client left
             return code
         sr.sent = count

@@ -11,33 +11,18 @@ import os
 import pytest
 
 from conftest import RawClient, request, wait_until
-from pymongoose_uring import asgi
-
-HAS_SENDFILE = asgi._sendfile is not None
-
-
-@pytest.fixture(params=["engine", "copy"])
-def mode(request, monkeypatch):
-    """Each test runs with the engine sending the file (Request.sendfile) and with the
-    adapter's copy through memory (a binding without sendfile)."""
-    if request.param == "engine":
-        if not HAS_SENDFILE:
-            pytest.skip("the binding has no Request.sendfile yet")
-    else:
-        monkeypatch.setattr(asgi, "_sendfile", None)
-    return request.param
 
 
 def files_sent(server):
-    return server.stats().get("files_sent", 0)
+    return server.stats()["files_sent"]
 
 
-def check_engine_sent(server, mode, before, pieces):
-    """With the engine sending, `pieces` more file pieces were completed (the bytes
-    did not go through the adapter)."""
-    if mode == "engine":  # (counted when the send completes: the client may see it first)
-        wait_until(lambda: files_sent(server) - before >= pieces, what="files_sent")
-        assert files_sent(server) - before == pieces
+def check_engine_sent(server, before, pieces):
+    """`pieces` more file pieces were completed by the engine (the bytes did not go
+    through Python)."""
+    # (counted when the send completes: the client may see the bytes first)
+    wait_until(lambda: files_sent(server) - before >= pieces, what="files_sent")
+    assert files_sent(server) - before == pieces
 
 
 @pytest.fixture
@@ -78,7 +63,7 @@ def pathsend_app(root, log):
     return app
 
 
-def test_pathsend_sends_the_file_byte_exact(serve_asgi, files, mode):
+def test_pathsend_sends_the_file_byte_exact(serve_asgi, files):
     server = serve_asgi(pathsend_app(str(files), []))
     before = files_sent(server)
     for name in ("small.bin", "big.bin", "page.html"):
@@ -87,10 +72,10 @@ def test_pathsend_sends_the_file_byte_exact(serve_asgi, files, mode):
         assert body == (files / name).read_bytes(), name
         assert headers["content-length"] == str(len(body))
         assert headers["content-type"] == "application/octet-stream"
-    check_engine_sent(server, mode, before, 3)
+    check_engine_sent(server, before, 3)
 
 
-def test_pathsend_without_content_length_gets_the_size(serve_asgi, files, mode):
+def test_pathsend_without_content_length_gets_the_size(serve_asgi, files):
     server = serve_asgi(pathsend_app(str(files), []))
     status, headers, body, _ = request(server, path="/big.bin?nolength")
     assert status == 200 and body == (files / "big.bin").read_bytes()
@@ -100,7 +85,7 @@ def test_pathsend_without_content_length_gets_the_size(serve_asgi, files, mode):
     assert (status, body, headers["content-length"]) == (200, b"", "0")
 
 
-def test_pathsend_keep_alive_and_head(serve_asgi, files, mode):
+def test_pathsend_keep_alive_and_head(serve_asgi, files):
     """Several answers on one connection stay framed; HEAD has the length, no body."""
     server = serve_asgi(pathsend_app(str(files), []))
     c = RawClient(server.port)
@@ -122,7 +107,7 @@ def test_pathsend_keep_alive_and_head(serve_asgi, files, mode):
         c.close()
 
 
-def test_pathsend_missing_file(serve_asgi, files, mode):
+def test_pathsend_missing_file(serve_asgi, files):
     """A missing file raises FileNotFoundError in send(), before anything is sent: an
     app may catch it and answer otherwise; uncaught, the client gets a 500."""
     log = []
@@ -230,7 +215,7 @@ def starlette_app(root):
     )
 
 
-def test_starlette_file_response_uses_pathsend(serve_asgi, files, mode):
+def test_starlette_file_response_uses_pathsend(serve_asgi, files):
     seen = []
     server = serve_asgi(recording(starlette_app(str(files)), seen))
     before = files_sent(server)
@@ -240,7 +225,7 @@ def test_starlette_file_response_uses_pathsend(serve_asgi, files, mode):
     assert headers["content-length"] == str(len(big))
     assert headers["accept-ranges"] == "bytes" and headers["etag"] and headers["last-modified"]
     assert seen == ["http.response.start", "http.response.pathsend"]
-    check_engine_sent(server, mode, before, 1)
+    check_engine_sent(server, before, 1)
     # Starlette's own conditional: 304 for its ETag (a plain body, no pathsend).
     status, _, body, _ = request(
         server, path="/static/big.bin", headers={"If-None-Match": headers["etag"]}
@@ -248,7 +233,7 @@ def test_starlette_file_response_uses_pathsend(serve_asgi, files, mode):
     assert (status, body) == (304, b"")
 
 
-def test_starlette_ranges_go_through_its_body_messages(serve_asgi, files, mode):
+def test_starlette_ranges_go_through_its_body_messages(serve_asgi, files):
     """Starlette answers a Range itself with http.response.body messages (it sends
     pathsend only for the whole file): the bytes must be the range's."""
     seen = []
@@ -273,7 +258,7 @@ def test_starlette_ranges_go_through_its_body_messages(serve_asgi, files, mode):
     assert status == 416 and headers["content-range"] == "bytes */%d" % (16 << 10)
 
 
-def test_starlette_static_files(serve_asgi, files, mode):
+def test_starlette_static_files(serve_asgi, files):
     seen = []
     server = serve_asgi(recording(starlette_app(str(files)), seen))
     status, headers, body, _ = request(server, path="/static/small.bin")
@@ -295,7 +280,7 @@ def test_starlette_static_files(serve_asgi, files, mode):
         secret.unlink()
 
 
-def test_fastapi_file_response(serve_asgi, files, mode):
+def test_fastapi_file_response(serve_asgi, files):
     pytest.importorskip("fastapi", reason="FastAPI is not installed")
     from fastapi import FastAPI
     from fastapi.responses import FileResponse
@@ -311,10 +296,10 @@ def test_fastapi_file_response(serve_asgi, files, mode):
     status, headers, body, _ = request(server, path="/dl/small.bin")
     assert status == 200 and body == (files / "small.bin").read_bytes()
     assert headers["content-disposition"] == 'attachment; filename="report-small.bin"'
-    check_engine_sent(server, mode, before, 1)
+    check_engine_sent(server, before, 1)
 
 
-def test_many_pathsends_at_once(serve_asgi, files, mode):
+def test_many_pathsends_at_once(serve_asgi, files):
     """Concurrent clients of the 3 MiB file each get it whole."""
     server = serve_asgi(pathsend_app(str(files), []))
     digest = hashlib.sha256((files / "big.bin").read_bytes()).hexdigest()
@@ -333,7 +318,7 @@ def test_many_pathsends_at_once(serve_asgi, files, mode):
     assert asyncio.run(many()) == [(b"200", digest)] * 16
 
 
-def test_pathsend_to_a_client_gone(serve_asgi, files, mode):
+def test_pathsend_to_a_client_gone(serve_asgi, files):
     """A client that leaves before the file is out: the server goes on serving."""
     server = serve_asgi(pathsend_app(str(files), []))
     for _ in range(5):

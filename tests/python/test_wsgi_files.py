@@ -16,30 +16,17 @@ import pytest
 from conftest import RawClient, request, wait_until
 from pymongoose_uring import wsgi
 
-HAS_SENDFILE = wsgi._sendfile is not None
-
-
-@pytest.fixture(params=["engine", "iterate"])
-def mode(request, monkeypatch):
-    """Each test runs with the engine sending wrapped files (Request.sendfile) and
-    with every wrapper iterated (a binding without sendfile)."""
-    if request.param == "engine":
-        if not HAS_SENDFILE:
-            pytest.skip("the binding has no Request.sendfile yet")
-    else:
-        monkeypatch.setattr(wsgi, "_sendfile", None)
-    return request.param
-
 
 def files_sent(server):
-    return server.stats().get("files_sent", 0)
+    return server.stats()["files_sent"]
 
 
-def check_engine_sent(server, mode, before, pieces):
-    """With the engine sending, `pieces` more file pieces were completed."""
-    if mode == "engine":  # (counted when the send completes: the client may see it first)
-        wait_until(lambda: files_sent(server) - before >= pieces, what="files_sent")
-        assert files_sent(server) - before == pieces
+def check_engine_sent(server, before, pieces):
+    """`pieces` more file pieces were completed by the engine (the bytes did not go
+    through Python)."""
+    # (counted when the send completes: the client may see the bytes first)
+    wait_until(lambda: files_sent(server) - before >= pieces, what="files_sent")
+    assert files_sent(server) - before == pieces
 
 
 @pytest.fixture
@@ -93,28 +80,26 @@ def test_file_wrapper_is_a_class_with_pep3333_behaviour():
     assert f.closed
 
 
-def test_wrapped_file_is_sent_byte_exact_and_closed(serve_wsgi, files, mode):
+def test_wrapped_file_is_sent_byte_exact_and_closed(serve_wsgi, files):
     opened = []
     server = serve_wsgi(wrapper_app(str(files), opened))
     before = files_sent(server)
     for name in ("small.bin", "big.bin", "page.html"):
         status, headers, body, _ = request(server, path="/" + name)
         assert status == 200 and body == (files / name).read_bytes(), name
-        if mode == "engine":  # the adapter gives the file's length (iterated: chunked)
-            assert headers["content-length"] == str(len(body))
-            assert "transfer-encoding" not in headers
-    check_engine_sent(server, mode, before, 3)
+        assert headers["content-length"] == str(len(body))  # given by the adapter
+        assert "transfer-encoding" not in headers
+    check_engine_sent(server, before, 3)
     wait_until(lambda: all(f.closed for f in opened), what="the files closed")
     assert len(opened) == 3
 
 
-def test_wrapped_file_from_its_position_and_length(serve_wsgi, files, mode):
+def test_wrapped_file_from_its_position_and_length(serve_wsgi, files):
     server = serve_wsgi(wrapper_app(str(files), []))
     big = (files / "big.bin").read_bytes()
     status, headers, body, _ = request(server, path="/big.bin?seek=1000")
     assert status == 200 and body == big[1000:]
-    if mode == "engine":
-        assert headers["content-length"] == str(len(big) - 1000)
+    assert headers["content-length"] == str(len(big) - 1000)
     status, headers, body, _ = request(server, path="/big.bin?seek=12345&length=70000")
     assert status == 200 and body == big[12345 : 12345 + 70000]
     status, _, body, _ = request(server, path="/big.bin?seek=%d" % len(big))
@@ -123,7 +108,7 @@ def test_wrapped_file_from_its_position_and_length(serve_wsgi, files, mode):
     assert (status, body) == (200, b"")
 
 
-def test_wrapped_file_shorter_than_its_length_is_cut_short(serve_wsgi, files, mode):
+def test_wrapped_file_shorter_than_its_length_is_cut_short(serve_wsgi, files):
     """A Content-Length beyond the file's end: what the file has, then the connection
     closes (the client sees the answer incomplete, never padded)."""
     server = serve_wsgi(wrapper_app(str(files), []))
@@ -147,7 +132,7 @@ def test_wrapped_file_shorter_than_its_length_is_cut_short(serve_wsgi, files, mo
     assert request(server, path="/page.html")[2] == b"<h1>hello</h1>\n"  # still serving
 
 
-def test_wrapped_file_head_and_keep_alive(serve_wsgi, files, mode):
+def test_wrapped_file_head_and_keep_alive(serve_wsgi, files):
     opened = []
     server = serve_wsgi(wrapper_app(str(files), opened))
     c = RawClient(server.port)
@@ -167,7 +152,7 @@ def test_wrapped_file_head_and_keep_alive(serve_wsgi, files, mode):
     wait_until(lambda: len(opened) == 3 and all(f.closed for f in opened), what="closed")
 
 
-def test_wrapped_non_files_are_iterated(serve_wsgi, files, mode):
+def test_wrapped_non_files_are_iterated(serve_wsgi, files):
     """BytesIO, a pipe and a socket have no regular file behind them: iterated, in
     blksize blocks, and closed."""
     data = os.urandom(300_000)
@@ -199,7 +184,7 @@ def test_wrapped_non_files_are_iterated(serve_wsgi, files, mode):
     assert files_sent(server) == before  # none went as a file piece
 
 
-def test_file_wrapper_subclass_and_text_file_are_iterated(serve_wsgi, files, mode):
+def test_file_wrapper_subclass_and_text_file_are_iterated(serve_wsgi, files):
     """Only the adapter's own class is taken for a file; a text file is iterated (its
     str blocks sent UTF-8 encoded, as the adapter sends a str from any body)."""
 
@@ -221,6 +206,8 @@ def test_file_wrapper_subclass_and_text_file_are_iterated(serve_wsgi, files, mod
 
 # ---- Flask ------------------------------------------------------------------------------
 
+MEMORY = bytes(range(256)) * 1000
+
 
 def flask_app(root):
     pytest.importorskip("flask", reason="Flask is not installed")
@@ -236,6 +223,10 @@ def flask_app(root):
     def many(name):
         return send_from_directory(root, name, max_age=60)
 
+    @app.route("/memory")
+    def memory():
+        return send_file(io.BytesIO(MEMORY), mimetype="application/octet-stream")
+
     @app.route("/attach")
     def attach():
         return send_file(os.path.join(root, "small.bin"), as_attachment=True)
@@ -243,14 +234,14 @@ def flask_app(root):
     return app
 
 
-def test_flask_send_file(serve_wsgi, files, mode):
+def test_flask_send_file(serve_wsgi, files):
     server = serve_wsgi(flask_app(str(files)))
     before = files_sent(server)
     big = (files / "big.bin").read_bytes()
     status, headers, body, _ = request(server, path="/file/big.bin")
     assert status == 200 and body == big
     assert headers["content-length"] == str(len(big)) and headers["etag"]
-    check_engine_sent(server, mode, before, 1)
+    check_engine_sent(server, before, 1)
     etag, modified = headers["etag"], headers["last-modified"]
     status, _, body, _ = request(server, path="/file/big.bin", headers={"If-None-Match": etag})
     assert (status, body) == (304, b"")
@@ -265,7 +256,7 @@ def test_flask_send_file(serve_wsgi, files, mode):
     assert headers["content-disposition"] == "attachment; filename=small.bin"
 
 
-def test_flask_ranges(serve_wsgi, files, mode):
+def test_flask_ranges(serve_wsgi, files):
     """werkzeug answers Range itself by wrapping the file_wrapper in its range
     wrapper: the adapter sends exactly the range (from the file, by the engine)."""
     server = serve_wsgi(flask_app(str(files)))
@@ -281,7 +272,7 @@ def test_flask_ranges(serve_wsgi, files, mode):
         status, headers, body, _ = request(server, path="/file/big.bin", headers={"Range": spec})
         assert status == 206 and body == want, spec
         assert headers["content-length"] == str(len(want))
-    check_engine_sent(server, mode, before, len(cases))
+    check_engine_sent(server, before, len(cases))
     etag = request(server, "HEAD", "/file/big.bin")[1]["etag"]
     status, _, body, _ = request(
         server, path="/file/big.bin", headers={"Range": "bytes=5-9", "If-Range": etag}
@@ -297,7 +288,20 @@ def test_flask_ranges(serve_wsgi, files, mode):
     assert status == 416 and headers["content-range"] == "bytes */%d" % (16 << 10)
 
 
-def test_flask_send_from_directory(serve_wsgi, files, mode):
+def test_flask_send_file_from_memory_with_ranges(serve_wsgi, files):
+    """send_file of a BytesIO: werkzeug's range wrapper seeks the wrapper (it is
+    seekable) and the adapter iterates it: the range's bytes, no file piece."""
+    server = serve_wsgi(flask_app(str(files)))
+    before = files_sent(server)
+    status, _, body, _ = request(server, path="/memory")
+    assert (status, body) == (200, MEMORY)
+    for spec, want in {"bytes=1000-1999": MEMORY[1000:2000], "bytes=-7": MEMORY[-7:]}.items():
+        status, headers, body, _ = request(server, path="/memory", headers={"Range": spec})
+        assert (status, body) == (206, want), spec
+    assert files_sent(server) == before
+
+
+def test_flask_send_from_directory(serve_wsgi, files):
     server = serve_wsgi(flask_app(str(files)))
     status, headers, body, _ = request(server, path="/static-dir/page.html")
     assert (status, body) == (200, b"<h1>hello</h1>\n")
@@ -337,8 +341,6 @@ def download(request, name):
 
 urlpatterns = [path("dl/<str:name>", download)]
 
-if sys.argv[2] == "iterate":
-    wsgi._sendfile = None
 from django.core.wsgi import get_wsgi_application
 s = wsgi.WSGIServer(get_wsgi_application(), port=0).start()
 before = s.stats().get("files_sent", 0)
@@ -355,10 +357,10 @@ print("files_sent", s.stats().get("files_sent", 0) - before)
 """
 
 
-def test_django_file_response(tmp_path, files, mode):
+def test_django_file_response(tmp_path, files):
     pytest.importorskip("django", reason="Django is not installed")
     out = subprocess.run(
-        [sys.executable, "-c", DJANGO_FILES, str(files), mode],
+        [sys.executable, "-c", DJANGO_FILES, str(files)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -381,4 +383,4 @@ def test_django_file_response(tmp_path, files, mode):
     )
     assert lines[2] == '200 15 inline; filename="page.html" %s' % digest(b"<h1>hello</h1>\n")
     assert lines[3] == "closed True 3"
-    assert lines[4] == "files_sent %d" % (3 if mode == "engine" else 0)
+    assert lines[4] == "files_sent 3"  # each one sent by the engine from the file
