@@ -12,9 +12,10 @@
  * streamed answer.
  *
  * The open-file cache (as nginx's open_file_cache): per ring thread, a hash of
- * (mount, relative path) to a shared open file (fd, its stat, ETag), in LRU
- * order, at most config.file_cache_entries; an entry is trusted for
- * config.file_cache_valid_ms, then the path is opened again and the entry
+ * (mount, relative path) to a shared open file (fd, its stat, ETag) or to the
+ * fact that nothing is there (ENOENT: precompressed siblings that were never
+ * made are not looked for on every request), in LRU order, at most config.file_cache_entries; an
+ * entry is trusted for config.file_cache_valid_ms, then the path is opened again and the entry
  * replaced when the file changed (inode, size or mtime). A file is shared by
  * the cache and the answers sending it: each holds a reference, dropped by the
  * piece's release callback; the last one closes the fd.
@@ -179,6 +180,18 @@ int pmu__statics_start(pmu_server_t *s) {
                      m->pub.root, strerror(err));
       return -err;
     }
+    /* Confinement is the kernel's (openat2, Linux 5.6): without it, no mount. */
+    struct open_how how = {.flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_BENEATH};
+    long probe = syscall(SYS_openat2, m->root_fd, ".", &how, sizeof how);
+    if (probe < 0) {
+      int err = errno;
+      pmu__set_error(s,
+                     "static mount %s: openat2 with RESOLVE_BENEATH is refused (%s): static "
+                     "mounts need Linux 5.6 or newer",
+                     m->pub.prefix, strerror(err));
+      return -err;
+    }
+    close((int)probe);
   }
   return 0;
 }
@@ -375,6 +388,7 @@ static int file_get(answer_t *a, const char *rel, file_t **out) {
   uint32_t h = 0;
   centry_t *e = NULL;
   uint64_t now = 0;
+  *out = NULL;
   if (c) {
     int k = snprintf(key, sizeof key, "%u", m->id);
     size_t rl = strlen(rel);
@@ -391,6 +405,8 @@ static int file_get(answer_t *a, const char *rel, file_t **out) {
         STAT_INC(loop, file_cache_hits);
         lru_unlink(c, e);
         lru_push(c, e);
+        if (!e->file)
+          return -ENOENT; /* known missing (a precompressed sibling, most often) */
         atomic_fetch_add(&e->file->refs, 1);
         *out = e->file;
         return 0;
@@ -401,30 +417,32 @@ static int file_get(answer_t *a, const char *rel, file_t **out) {
   }
   STAT_INC(loop, file_cache_misses);
   int fd = open_beneath(m->root_fd, rel, m->pub.follow_symlinks);
-  if (fd < 0) {
-    if (e)
-      centry_remove(c, e); /* gone or no longer reachable */
-    return fd;
+  file_t *f = NULL;
+  int err = fd;
+  if (fd >= 0) {
+    err = 0;
+    f = file_wrap(fd, &err);
+    if (!f)
+      return err;
   }
-  int err = 0;
-  file_t *f = file_wrap(fd, &err);
-  if (!f)
-    return err;
-  if (c && S_ISREG(f->mode)) {
-    if (e && e->file->ino == f->ino && e->file->dev == f->dev && e->file->size == f->size &&
-        e->file->mtime_ns == f->mtime_ns) {
-      /* Unchanged: keep the cached one (and its fd), drop the new. */
-      file_put(f);
-      f = e->file;
-      e->checked_ms = now;
-      lru_unlink(c, e);
-      lru_push(c, e);
-      atomic_fetch_add(&f->refs, 1);
-      *out = f;
-      return 0;
-    }
-    if (e)
-      centry_remove(c, e); /* changed: the answers still sending it keep theirs */
+  /* What the cache keeps: a regular file, or that nothing is there (ENOENT),
+   * so that a sibling no one made is not looked for on every request. */
+  int keep = f ? S_ISREG(f->mode) : err == -ENOENT;
+  if (c && e && f && e->file && e->file->ino == f->ino && e->file->dev == f->dev &&
+      e->file->size == f->size && e->file->mtime_ns == f->mtime_ns) {
+    /* Unchanged: keep the cached one (and its fd), drop the new. */
+    file_put(f);
+    f = e->file;
+    e->checked_ms = now;
+    lru_unlink(c, e);
+    lru_push(c, e);
+    atomic_fetch_add(&f->refs, 1);
+    *out = f;
+    return 0;
+  }
+  if (c && e)
+    centry_remove(c, e); /* changed or gone: answers still sending it keep theirs */
+  if (c && keep) {
     while (c->count >= loop->server->cfg.file_cache_entries && c->tail)
       centry_remove(c, c->tail);
     centry_t *n = malloc(sizeof *n + key_len);
@@ -434,16 +452,17 @@ static int file_get(answer_t *a, const char *rel, file_t **out) {
       n->hash = h;
       n->checked_ms = now;
       n->file = f;
-      atomic_fetch_add(&f->refs, 1); /* the cache's */
+      if (f)
+        atomic_fetch_add(&f->refs, 1); /* the cache's */
       size_t b = h & (c->nbuckets - 1);
       n->hnext = c->buckets[b];
       c->buckets[b] = n;
       lru_push(c, n);
       c->count++;
     }
-  } else if (e) {
-    centry_remove(c, e);
   }
+  if (!f)
+    return err;
   *out = f;
   return 0;
 }
@@ -608,8 +627,15 @@ static int answer_file(answer_t *a, file_t *f, const char *ctype, const char *en
   const pmu_header_t *rh = a->status ? NULL : req_header(a, "Range");
   unsigned max_ranges = r->loop->server->cfg.max_ranges;
   if (rh && if_range_ok(a, f)) {
-    if (max_ranges > 16) {
-      ranges = malloc(sizeof *ranges * max_ranges);
+    /* Room for every range the header can hold (one more than its commas), up
+     * to max_ranges: the parser writes no more. */
+    size_t room = 1;
+    for (size_t i = 0; i < rh->value_len; i++)
+      room += rh->value[i] == ',';
+    if (room > max_ranges)
+      room = max_ranges;
+    if (room > 16) {
+      ranges = malloc(sizeof *ranges * room);
       if (!ranges) {
         respond_error(a, 503);
         return -ENOMEM;
@@ -785,14 +811,23 @@ static int miss(answer_t *a) {
   return 0;
 }
 
+/* 301 from /dir to /dir/ (the query kept). The path as the client sent it, but
+ * with one leading "/": "//host/dir" must not become a protocol-relative
+ * "Location: //host/dir/" that sends the browser to another host. */
 static int respond_redirect(answer_t *a) {
   pmu_request_t *q = &a->r->pub;
-  size_t need = q->path_len + 2 + q->query_len + 1;
+  const char *path = q->path;
+  size_t path_len = q->path_len;
+  while (path_len > 1 && path[0] == '/' && path[1] == '/') {
+    path++;
+    path_len--;
+  }
+  size_t need = path_len + 2 + q->query_len + 1;
   char *loc = malloc(need);
   if (!loc)
     return -ENOMEM;
-  memcpy(loc, q->path, q->path_len);
-  size_t k = q->path_len;
+  memcpy(loc, path, path_len);
+  size_t k = path_len;
   loc[k++] = '/';
   if (q->query_len) {
     loc[k++] = '?';

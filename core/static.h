@@ -40,7 +40,8 @@ typedef struct pmu__range {
 /*
  * Parse a Range header value (RFC 9110 14.1.1) against a file of `size`
  * bytes. Returns the number of ranges written to out (>= 1; out holds
- * max_ranges entries), sorted and with overlapping or adjacent ones merged,
+ * max_ranges entries, or fewer when the value has fewer commas: it writes at
+ * most one more than its commas), sorted and with overlapping or adjacent ones merged,
  * so that their total never exceeds the file; PMU__RANGE_IGNORE when the value
  * is not "bytes=" with a well-formed list, when it lists more than max_ranges
  * ranges (or max_ranges is 0); PMU__RANGE_UNSATISFIABLE when the list is

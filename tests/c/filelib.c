@@ -13,7 +13,7 @@
 #define SPARSE_SIZE ((uint64_t)2 << 30)
 #define SHORT_SIZE ((uint64_t)100000)
 
-static char paths[4][300];
+static char paths[5][300];
 static atomic_ulong opened, released;
 static pthread_mutex_t pre_lock = PTHREAD_MUTEX_INITIALIZER;
 static int pre_fds[256];
@@ -72,8 +72,16 @@ void f_big_create(void) {
   close(fd);
 }
 
+void f_trunc_create(uint64_t size) {
+  snprintf(paths[4], sizeof paths[4], "%.250s-trunc", paths[0]);
+  int fd = open(paths[4], O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  T_ASSERT_MSG(fd >= 0, "open %s: %s", paths[4], strerror(errno));
+  write_pattern(fd, 0, size);
+  close(fd);
+}
+
 void f_files_remove(void) {
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < 5; i++)
     if (paths[i][0])
       unlink(paths[i]);
   pthread_mutex_lock(&pre_lock);
@@ -124,7 +132,7 @@ static void answer(t_server_t *s, pmu_request_t *r) {
       fd = pre_count ? pre_fds[--pre_count] : -1;
       pthread_mutex_unlock(&pre_lock);
     } else {
-      fd = open(paths[qnum(r, "file", 0) % 4], O_RDONLY | O_CLOEXEC);
+      fd = open(paths[qnum(r, "file", 0) % 5], O_RDONLY | O_CLOEXEC);
     }
     if (fd < 0) {
       pmu_respond_simple(r, 500, NULL, 0, "no fd\n", 6);

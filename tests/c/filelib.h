@@ -6,6 +6,7 @@
  *   1  sparse: f_sparse_size() = 2 GiB (ftruncate); zeros, but its last 100 bytes f_pat(i)
  *   2  short:  f_short_size() = 100000 bytes of f_pat(i)
  *   3  big:    64 MiB of f_pat(i), only after f_big_create()
+ *   4  trunc:  f_trunc_create(size) bytes of f_pat(i), for a test to cut short
  *
  * The handler (f_server_start) answers:
  *   /f?o=O&n=N[&file=F][&st=S]  pmu_respond_file(S or 200, file F opened now, O, N)
@@ -29,6 +30,7 @@ const char *f_path(int file);
 void f_files_create(void);
 void f_files_remove(void);
 void f_big_create(void);
+void f_trunc_create(uint64_t size);
 
 /* Releases so far; pieces opened and not released yet. */
 unsigned long f_releases(void);

@@ -1,8 +1,9 @@
 /*
  * test_file: file pieces in the output queue (pmu_respond_write_file, pmu_respond_file),
  * over real sockets, by each way a piece leaves: read into memory (file_splice_min =
- * SIZE_MAX), splice through a pipe (file_splice_min = 0), the default split, and splice
- * with the connections in the ring's fixed-file table.
+ * SIZE_MAX), splice through a pipe (file_splice_min = 0), the default split (also with
+ * SEND_ZC for the memory around), and with the connections in the ring's fixed-file table
+ * and under SQPOLL.
  *
  * What each case proves: the bytes of any range (offset unaligned, 1 byte to MiBs, a
  * 2 GiB sparse file's tail) arrive exact; a file answer between memory answers of
@@ -178,20 +179,24 @@ int main(void) {
   struct {
     const char *name;
     size_t splice_min;
-    int registered;
+    int ring_mode; /* t_ring_modes */
+    size_t zc;     /* send_zc_threshold */
   } modes[] = {
-      {"read", SIZE_MAX, 0},
-      {"splice", 0, 0},
-      {"default split", 64 * 1024, 0},
-      {"splice, registered files", 0, 1},
+      {"read", SIZE_MAX, 0, 0},
+      {"splice", 0, 0, 0},
+      {"default split", 64 * 1024, 0, 0},
+      {"default split, SEND_ZC for memory", 64 * 1024, 0, 1},
+      {"splice, registered files", 0, 3, 0},
+      {"read, registered files", SIZE_MAX, 3, 0},
+      {"splice, SQPOLL", 0, 2, 0},
   };
   for (size_t i = 0; i < T_COUNT(modes); i++) {
     mode_name = modes[i].name;
     fprintf(stderr, "# mode: %s\n", mode_name);
     pmu_config_t cfg;
-    t_config_init(&cfg);
+    t_config_ring_mode(&cfg, &t_ring_modes[modes[i].ring_mode]);
     cfg.file_splice_min = modes[i].splice_min;
-    cfg.registered_files = modes[i].registered;
+    cfg.send_zc_threshold = modes[i].zc;
     run_basic(&cfg);
   }
   f_files_remove();

@@ -8,6 +8,8 @@
  *   process's resident memory grows by far less than the file (the read path holds
  *   file_read_chunk, splice one pipe), and the whole file arrives right once it reads on.
  * - A client that stops reading mid-file: the send timeout closes the connection.
+ * - A file truncated while it is sent: the bytes before the cut, right, then the close
+ *   (file_errors, responses_aborted); never padding, never a hang.
  * - A client that resets mid-splice: the pipe that may still hold its bytes is never
  *   pooled (the next download through the pool is exact).
  * - Stopping the server waits for a file being sent (graceful stop).
@@ -251,6 +253,35 @@ static void run_graceful_stop(const pmu_config_t *base) {
   t_server_destroy(s);
 }
 
+static void run_truncated_mid_send(const pmu_config_t *base) {
+  t_case("a file cut short while it is sent: right bytes, then the close; counted");
+  t_server_t *s = f_server_start(base);
+  uint64_t len = 16 * MIB;
+  f_trunc_create(len);
+  t_conn_t *c = t_connect(s);
+  int small = 16384;
+  setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  t_send_str(c, "GET /f?o=0&n=16777216&file=4 HTTP/1.1\r\nHost: x\r\n\r\n");
+  int status;
+  long long length;
+  bool chunked;
+  T_ASSERT(f_read_head(c, &status, &length, &chunked, T_IO_TIMEOUT_MS));
+  T_ASSERT_INT_EQ(length, (long long)len);
+  T_ASSERT_INT_EQ(f_read_body(c, 4, 0, MIB, T_IO_TIMEOUT_MS), MIB);
+  /* The server is at most a pipe or a read chunk (plus the socket buffers) ahead. */
+  T_ASSERT(truncate(f_path(4), (off_t)(2 * MIB)) == 0);
+  uint64_t got = MIB + f_read_body(c, 4, MIB, len - MIB, T_EVENT_MS);
+  T_ASSERT_MSG(got < len, "all %llu bytes came from a file cut to 2 MiB", (unsigned long long)got);
+  T_ASSERT_INT_EQ(c->len, 0); /* the read stopped at the end, not at a wrong byte */
+  T_ASSERT(c->eof || c->error);
+  T_WAIT_UNTIL(t_stats(s, -1).file_errors == 1, T_EVENT_MS);
+  T_ASSERT_INT_EQ(t_stats(s, -1).file_errors, 1);
+  T_ASSERT_INT_EQ(t_stats(s, -1).responses_aborted, 1);
+  t_conn_close(c);
+  t_server_destroy(s);
+  T_ASSERT_INT_EQ(f_releases_pending(), 0);
+}
+
 /* The highest open descriptor of this process. */
 static int max_fd(void) {
   int m = -1;
@@ -321,6 +352,7 @@ int main(void) {
     run_many(&cfg);
     run_slow_reader(&cfg);
     run_send_timeout(&cfg);
+    run_truncated_mid_send(&cfg);
     if (m)
       run_reset_mid_splice(&cfg);
     run_graceful_stop(&cfg);

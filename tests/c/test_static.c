@@ -281,6 +281,14 @@ int main(void) {
   T_ASSERT_INT_EQ(r.status, 301);
   T_ASSERT_STR_EQ(t_header(&r, "Location"), "/static/");
   t_response_free(&r);
+  r = get(server, "//sub?q", NULL); /* the "/" mount: never a protocol-relative Location */
+  T_ASSERT_INT_EQ(r.status, 301);
+  T_ASSERT_STR_EQ(t_header(&r, "Location"), "/sub/?q");
+  t_response_free(&r);
+  r = get(server, "///static//sub", NULL);
+  T_ASSERT_INT_EQ(r.status, 301);
+  T_ASSERT_STR_EQ(t_header(&r, "Location"), "/static//sub/");
+  t_response_free(&r);
   expect_status(server, "/static/empty/", 404);
   expect_status(server, "/static/a.txt/", 404);
   expect_status(server, "/static/missing.txt", 404);
@@ -366,6 +374,8 @@ int main(void) {
         {"bytes=0-1,2-3", "0123", "bytes 0-3/20"},         /* adjacent: coalesced */
         {"bytes=1000-,3-4", "34", "bytes 3-4/20"},         /* the unsatisfiable one dropped */
         {"BYTES = 0-0", "0", "bytes 0-0/20"},
+        /* Apache Killer's shape: the whole file asked many times over is sent once */
+        {"bytes=0-,0-,1-,0-19,5-", A_TXT, "bytes 0-19/20"},
     };
     for (size_t i = 0; i < T_COUNT(rows); i++) {
       char h[128];

@@ -11,6 +11,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +90,37 @@ static void handler(void *data, pmu_request_t *const *reqs, size_t n) {
   }
 }
 
+/* Many connections: each asks for the big file, a range of it, and the small one,
+ * pipelined; every body is checked. */
+static char *big_pattern;
+static const size_t BIG = 300000;
+
+static const char *many_request(size_t index, size_t *len, void *arg) {
+  (void)index;
+  (void)arg;
+  static const char req[] = "GET /static/big.bin HTTP/1.1\r\nHost: m\r\n\r\n"
+                            "GET /static/big.bin HTTP/1.1\r\nHost: m\r\nRange: bytes=100000-"
+                            "199999\r\n\r\n"
+                            "GET /static/b.txt HTTP/1.1\r\nHost: m\r\n\r\n";
+  *len = sizeof req - 1;
+  return req;
+}
+
+static atomic_int many_bad, many_seen;
+
+static void many_check(size_t index, size_t nth, const t_response_t *r, void *arg) {
+  (void)index;
+  (void)arg;
+  atomic_fetch_add(&many_seen, 1);
+  int ok = nth == 0
+               ? r->status == 200 && r->body_len == BIG && memcmp(r->body, big_pattern, BIG) == 0
+           : nth == 1 ? r->status == 206 && r->body_len == 100000 &&
+                            memcmp(r->body, big_pattern + 100000, 100000) == 0
+                      : r->status == 200 && strcmp(r->body, "bbbb") == 0;
+  if (!ok)
+    atomic_fetch_add(&many_bad, 1);
+}
+
 static t_response_t get(const t_server_t *server, const char *target, const char *headers) {
   char req[1024];
   snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: c\r\n%s\r\n", target, headers ? headers : "");
@@ -117,6 +149,7 @@ int main(void) {
   put_file("b.txt", "bbbb");
   put_file("c.txt", "cccc");
   put_file("d.txt", "dddd");
+  put_file("n.js", "console.log(2)\n");
   char sub[600];
   snprintf(sub, sizeof sub, "%s/dir", root);
   T_ASSERT(mkdir(sub, 0755) == 0);
@@ -131,13 +164,18 @@ int main(void) {
   mount_other.root = root;
   mount_other.fallthrough = 1;
   mount_other.cache_control = "max-age=5";
+  pmu_static_t mounts[2] = {mount_started, mount_started};
+  mounts[1].prefix = "/pc";
+  mounts[1].precompressed = 1;
+  mounts[1].cache_control = "pc"; /* not equal to /static's: pmu_serve_static tells them apart */
   pmu_config_t config;
   t_config_init(&config);
   config.handler = handler;
-  config.statics = &mount_started;
-  config.static_count = 1;
+  config.statics = mounts;
+  config.static_count = 2;
   config.file_cache_entries = 2;
   config.file_cache_valid_ms = 300;
+  config.max_ranges = 1u << 30; /* room for ranges follows the header, not this */
   t_server_t *server = t_server_start(&config);
 
   t_case("a second answer within file_cache_valid_ms comes from the cache");
@@ -206,6 +244,25 @@ int main(void) {
   T_ASSERT_INT_EQ(r.status, 404);
   t_response_free(&r);
 
+  t_case("a missing sibling is remembered (no open per request), then found once made");
+  r = get(server, "/pc/n.js", "Accept-Encoding: gzip\r\n"); /* looks for n.js.gz once */
+  T_ASSERT_STR_EQ(r.body, "console.log(2)\n");
+  t_response_free(&r);
+  s0 = t_stats(server, -1);
+  r = get(server, "/pc/n.js", "Accept-Encoding: gzip\r\n");
+  T_ASSERT_STR_EQ(r.body, "console.log(2)\n");
+  T_ASSERT(t_header(&r, "Content-Encoding") == NULL);
+  t_response_free(&r);
+  s1 = t_stats(server, -1);
+  T_ASSERT_INT_EQ(s1.file_cache_misses - s0.file_cache_misses, 0);
+  T_ASSERT_INT_EQ(s1.file_cache_hits - s0.file_cache_hits, 2); /* the file, no .gz */
+  put_file("n.js.gz", "GZ");
+  t_sleep_ms(350);
+  r = get(server, "/pc/n.js", "Accept-Encoding: gzip\r\n");
+  T_ASSERT_STR_EQ(r.body, "GZ");
+  T_ASSERT_STR_EQ(t_header(&r, "Content-Encoding"), "gzip");
+  t_response_free(&r);
+
   t_case("pmu_serve_file by path: the rules apply (ETag, 304, Range, 404)");
   expect_body(server, "/sf/b.txt", 200, "bbbb");
   r = get(server, "/sf/b.txt", NULL);
@@ -235,6 +292,49 @@ int main(void) {
     }
     T_WAIT_UNTIL(t_count_fds() <= before, T_EVENT_MS);
     T_ASSERT_MSG(t_count_fds() <= before, "fds leaked: %d > %d", t_count_fds(), before);
+  }
+
+  t_case("30 ranges under a huge max_ranges: 206 with 30 parts");
+  {
+    put_file("r.txt", "0123456789012345678901234567890123456789012345678901234567890123");
+    char hdr[512] = "Range: bytes=";
+    for (int i = 0; i < 30; i++) {
+      char one[16];
+      snprintf(one, sizeof one, "%s%d-%d", i ? "," : "", 2 * i, 2 * i);
+      strcat(hdr, one);
+    }
+    strcat(hdr, "\r\n");
+    r = get(server, "/static/r.txt", hdr);
+    T_ASSERT_INT_EQ(r.status, 206);
+    size_t parts = 0;
+    for (const char *p = r.body; (p = strstr(p, "Content-Range: bytes ")); p++)
+      parts++;
+    T_ASSERT_INT_EQ(parts, 30);
+    T_ASSERT(strstr(r.body, "Content-Range: bytes 58-58/64"));
+    t_response_free(&r);
+  }
+
+  t_case("a 5 GiB sparse file: a Range near its end, HEAD's length (64-bit sizes)");
+  {
+    char sp[600];
+    snprintf(sp, sizeof sp, "%s/sparse.bin", root);
+    int fd = open(sp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    T_ASSERT(fd >= 0);
+    uint64_t size = 5ull << 30;
+    T_ASSERT(pwrite(fd, "THE END", 7, (off_t)(size - 7)) == 7);
+    close(fd);
+    r = get(server, "/static/sparse.bin", "Range: bytes=-7\r\n");
+    T_ASSERT_INT_EQ(r.status, 206);
+    T_ASSERT_STR_EQ(r.body, "THE END");
+    T_ASSERT_STR_EQ(t_header(&r, "Content-Range"), "bytes 5368709113-5368709119/5368709120");
+    t_response_free(&r);
+    t_conn_t *c = t_connect(server);
+    t_send_str(c, "HEAD /static/sparse.bin HTTP/1.1\r\nHost: c\r\n\r\n");
+    t_expect_head_response(c, &r);
+    T_ASSERT_INT_EQ(r.content_length, 5368709120ull);
+    t_response_free(&r);
+    t_conn_close(c);
+    T_ASSERT(unlink(sp) == 0);
   }
 
   t_case("pmu_serve_file with a status: the whole file, the given type, no Range");
@@ -269,6 +369,33 @@ int main(void) {
   t_server_destroy(server);
   T_WAIT_UNTIL(t_count_fds() == fds_before, T_EVENT_MS);
   T_ASSERT_INT_EQ(t_count_fds(), fds_before);
+
+  t_case("two ring threads, 200 connections at once sharing cached files: every byte right");
+  {
+    big_pattern = malloc(BIG);
+    for (size_t i = 0; i < BIG; i++)
+      big_pattern[i] = (char)('A' + (i * 13 + i / 1000) % 26);
+    char bp[600];
+    snprintf(bp, sizeof bp, "%s/big.bin", root);
+    int fd = open(bp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    T_ASSERT(fd >= 0 && write(fd, big_pattern, BIG) == (ssize_t)BIG);
+    close(fd);
+    t_config_init(&config);
+    config.threads = 2;
+    config.statics = &mount_started;
+    config.static_count = 1;
+    server = t_server_start(&config);
+    size_t ok = t_many(server, 200, many_request, 3, many_check, NULL, 30000);
+    T_ASSERT_INT_EQ(ok, 200);
+    T_ASSERT_INT_EQ(atomic_load(&many_seen), 600);
+    T_ASSERT_INT_EQ(atomic_load(&many_bad), 0);
+    pmu_stats_t st = t_stats(server, -1);
+    T_ASSERT_MSG(st.file_cache_hits >= 590, "hits %llu", (unsigned long long)st.file_cache_hits);
+    t_server_destroy(server);
+    T_WAIT_UNTIL(t_count_fds() == fds_before, T_EVENT_MS);
+    T_ASSERT_INT_EQ(t_count_fds(), fds_before);
+    free(big_pattern);
+  }
 
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", base);
