@@ -10,8 +10,10 @@
  * - splice: once every byte before it is on the wire, a pipe from the loop's pool takes
  *   at most a pipe's worth from the file, linked to a splice from the pipe to the socket
  *   (two SQEs, one submission); a short splice leaves bytes in the pipe, which the next
- *   step sends before it reads more. The pipe goes back to the pool once empty; one that
- *   still holds bytes when the connection dies is closed, never pooled.
+ *   step sends before it reads more, after a poll for the socket's room (linked too). The
+ *   socket is made O_NONBLOCK for it: a splice into a full socket ends short rather than
+ *   wait in a kernel worker thread for as long as its client does not read. The pipe goes back to
+ * the pool once empty; one that still holds bytes when the connection dies is closed, never pooled.
  *
  * Either way a connection holds at most file_read_chunk bytes, or one pipe, for a file.
  * A file that ends before its range does (it shrank) or fails to read closes the
@@ -116,6 +118,16 @@ static int splice_step(pmu__conn_t *c, pmu__seg_t *g) {
   }
   if (len > UINT_MAX)
     len = UINT_MAX & ~(size_t)4095u;
+  if (!c->nonblock) {
+    /* A splice into a socket waits for room unless the socket is O_NONBLOCK (the splice's
+     * own flag covers only the pipe): it would hold a kernel worker thread for as long as
+     * its client does not read. Non-blocking, it ends short (or -EAGAIN), and the next
+     * step polls for room first. The ring's own sends and receives poll either way. */
+    int fl = fcntl(c->fd, F_GETFL);
+    if (fl >= 0 && !(fl & O_NONBLOCK))
+      (void)fcntl(c->fd, F_SETFL, fl | O_NONBLOCK);
+    c->nonblock = 1;
+  }
   if (pmu__prep_splice(&loop->ring, in ? g->fd : -1, g->foff + pos, c->pipe->wfd, c->pipe->rfd,
                        c->fd, c->fixed, (unsigned)len, PMU__UD(c, OP_SPLICE_IN),
                        PMU__UD(c, OP_SPLICE_OUT)) < 0) {
@@ -123,7 +135,7 @@ static int splice_step(pmu__conn_t *c, pmu__seg_t *g) {
     pmu__loop_mark_dirty(loop, c);
     return -1;
   }
-  c->splicing = (uint8_t)(in ? 2 : 1);
+  c->splicing = 2; /* the splice in, or the poll for room, then the splice out */
   c->splice_in = (uint8_t)in;
   c->splice_len = len;
   c->splice_in_res = c->splice_out_res = 0;
@@ -242,6 +254,11 @@ void pmu__file_on_splice(pmu__conn_t *c, int in, int res) {
     pipe_put(loop, c->pipe, 0);
     c->pipe = NULL;
   }
+  if (!c->splice_in && c->splice_in_res < 0 && out_res == -ECANCELED) {
+    /* The poll for room failed: the socket is gone. */
+    pmu__conn_on_send(c, c->splice_in_res);
+    return;
+  }
   if (c->splice_in && in_res <= 0) {
     /* Nothing came from the file: it ended before its range (it shrank), or failed. The
      * splice out was cancelled with it. */
@@ -258,6 +275,8 @@ void pmu__file_on_splice(pmu__conn_t *c, int in, int res) {
   }
   if (out_res == -ECANCELED && in_res > 0)
     out_res = 0; /* a short read into the pipe broke the link: its bytes go next */
+  if (out_res == -EAGAIN)
+    out_res = 0; /* no room in the socket: the next step polls for it first */
   /* As a send's completion: the bytes are accounted, and the next step goes out. */
   pmu__conn_on_send(c, out_res);
 }

@@ -293,6 +293,7 @@ struct pmu__conn {
   uint8_t splicing;  /* splice SQEs in flight: 1 (out only) or 2 (in, linked to out) */
   uint8_t splice_in; /* the pair began with a splice into the pipe */
   uint8_t out_dead;  /* a file failed mid-send: nothing more goes out */
+  uint8_t nonblock;  /* the socket was made O_NONBLOCK (for splicing into it) */
   int splice_in_res, splice_out_res;
 
   int zc_res;         /* result of a SEND_ZC awaiting its notification */

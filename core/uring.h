@@ -93,7 +93,10 @@ int pmu__prep_cancel(struct io_uring *ring, uint64_t target, uint64_t ud);
 
 /* Splice len bytes of file_fd at file_off into the pipe (pipe_w), linked to a splice of
  * the same len from the pipe (pipe_r) to the socket (fd, or the fixed-file slot fixed >= 0);
- * or, with file_fd < 0, only the splice out of the pipe. Both SQEs or neither: -EBUSY. */
+ * or, with file_fd < 0, a poll for the socket's room (POLLOUT) linked to the splice out of
+ * the pipe. The splice out does not wait for room (SPLICE_F_NONBLOCK: -EAGAIN or a short
+ * count instead), so that a slow reader never holds a kernel worker thread; ud_in tags the
+ * first SQE (the splice in, or the poll). Both SQEs or neither: -EBUSY. */
 int pmu__prep_splice(struct io_uring *ring, int file_fd, uint64_t file_off, int pipe_w, int pipe_r,
                      int fd, int fixed, unsigned len, uint64_t ud_in, uint64_t ud_out);
 

@@ -10,6 +10,8 @@
  * - A client that stops reading mid-file: the send timeout closes the connection.
  * - A file truncated while it is sent: the bytes before the cut, right, then the close
  *   (file_errors, responses_aborted); never padding, never a hang.
+ * - 30 clients that stop reading mid-splice hold no kernel (io-wq) thread: the splice into a
+ *   full socket ends short and the next one polls for room; each completes once read.
  * - A client that resets mid-splice: the pipe that may still hold its bytes is never
  *   pooled (the next download through the pool is exact).
  * - Stopping the server waits for a file being sent (graceful stop).
@@ -24,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -150,16 +153,22 @@ static void run_many(const pmu_config_t *base) {
   T_ASSERT_INT_EQ(t_count_fds(), fds_before);
 }
 
-static void run_slow_reader(const pmu_config_t *base) {
-  t_case("a slow reader of 64 MiB: memory stays bounded, then every byte arrives");
-  t_server_t *s = f_server_start(base);
+/* A client with a 16 KiB receive buffer. Set before connecting: shrunk after the
+ * handshake, Linux may leave the window closed for seconds once the client reads again. */
+static t_conn_t *connect_small(const t_server_t *s) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int small = 16384;
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(s->port)};
   a.sin_addr.s_addr = htonl(0x7f000001);
   T_ASSERT(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
-  t_conn_t *c = t_conn_wrap(fd);
+  return t_conn_wrap(fd);
+}
+
+static void run_slow_reader(const pmu_config_t *base) {
+  t_case("a slow reader of 64 MiB: memory stays bounded, then every byte arrives");
+  t_server_t *s = f_server_start(base);
+  t_conn_t *c = connect_small(s);
   uint64_t len = 64 * MIB;
   long rss0 = f_rss_kib();
   t_send_str(c, "GET /f?o=0&n=67108864&file=3 HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -190,14 +199,62 @@ static void run_slow_reader(const pmu_config_t *base) {
   t_server_destroy(s);
 }
 
+/* Kernel worker threads (io-wq) of this process. */
+static int iowq_threads(void) {
+  DIR *d = opendir("/proc/self/task");
+  T_ASSERT(d);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.')
+      continue;
+    char path[300], comm[64] = "";
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (f) {
+      if (!fgets(comm, sizeof comm, f))
+        comm[0] = 0;
+      fclose(f);
+    }
+    n += strncmp(comm, "iou-wrk", 7) == 0;
+  }
+  closedir(d);
+  return n;
+}
+
+static void run_stalled_readers(const pmu_config_t *base) {
+  t_case("clients that stop reading mid-splice hold no kernel worker thread");
+  t_server_t *s = f_server_start(base);
+  enum { N = 30 };
+  t_conn_t *c[N];
+  for (int i = 0; i < N; i++) {
+    c[i] = connect_small(s);
+    t_send_str(c[i], "GET /f?o=0&n=67108864&file=3 HTTP/1.1\r\nHost: x\r\n\r\n");
+  }
+  T_WAIT_UNTIL(t_stats(s, -1).file_bytes_spliced >= N * 65536, T_EVENT_MS);
+  /* A splice that waited for room would keep its worker; idle ones leave after 5 s. */
+  T_WAIT_UNTIL(iowq_threads() <= 2, 15000);
+  T_ASSERT_MSG(iowq_threads() <= 2, "%d io-wq threads for %d stalled downloads", iowq_threads(), N);
+  /* Each still completes once its client reads. */
+  for (int i = 0; i < 3; i++) {
+    int status;
+    long long length;
+    bool chunked;
+    T_ASSERT(f_read_head(c[i], &status, &length, &chunked, T_IO_TIMEOUT_MS));
+    T_ASSERT_INT_EQ(f_read_body(c[i], 3, 0, 64 * MIB, 60000), 64 * MIB);
+  }
+  for (int i = 0; i < N; i++)
+    t_conn_close(c[i]);
+  t_server_destroy(s);
+  T_ASSERT_INT_EQ(f_releases_pending(), 0);
+}
+
 static void run_send_timeout(const pmu_config_t *base) {
   t_case("a client that stops reading mid-file: the send timeout closes it");
   pmu_config_t cfg = *base;
   cfg.send_timeout_ms = 300;
   t_server_t *s = f_server_start(&cfg);
-  t_conn_t *c = t_connect(s);
-  int small = 16384;
-  setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  t_conn_t *c = connect_small(s);
   t_send_str(c, "GET /f?o=0&n=67108864&file=3 HTTP/1.1\r\nHost: x\r\n\r\n");
   T_WAIT_UNTIL(t_stats(s, -1).timeouts >= 1, T_EVENT_MS);
   T_ASSERT_INT_EQ(t_stats(s, -1).timeouts, 1);
@@ -258,9 +315,7 @@ static void run_truncated_mid_send(const pmu_config_t *base) {
   t_server_t *s = f_server_start(base);
   uint64_t len = 16 * MIB;
   f_trunc_create(len);
-  t_conn_t *c = t_connect(s);
-  int small = 16384;
-  setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  t_conn_t *c = connect_small(s);
   t_send_str(c, "GET /f?o=0&n=16777216&file=4 HTTP/1.1\r\nHost: x\r\n\r\n");
   int status;
   long long length;
@@ -353,8 +408,10 @@ int main(void) {
     run_slow_reader(&cfg);
     run_send_timeout(&cfg);
     run_truncated_mid_send(&cfg);
-    if (m)
+    if (m) {
       run_reset_mid_splice(&cfg);
+      run_stalled_readers(&cfg);
+    }
     run_graceful_stop(&cfg);
   }
   run_no_pipe();
