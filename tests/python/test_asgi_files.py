@@ -353,3 +353,31 @@ def test_anyio_worker_threads_are_kept_across_requests(serve_asgi):
 
     counts = [json.loads(request(server, path="/n")[2])["n"] for _ in range(6)]
     assert max(counts) >= 5, counts  # the same thread, again and again
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_pathsend_leaves_no_descriptor_open(serve_asgi, files):
+    """The adapter's descriptor is closed after each pathsend, and the engine's
+    duplicate once the file is sent: 200 answers leave the process's count as it was."""
+    server = serve_asgi(pathsend_app(str(files), []))
+    request(server, path="/small.bin")
+    before = open_fds()
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    for i in range(200):
+        c.request("GET", "/small.bin" if i % 2 else "/page.html?nolength")
+        r = c.getresponse()
+        assert r.status == 200 and len(r.read()) in (16 << 10, 15)
+    c.close()
+    wait_until(lambda: open_fds() <= before, what="the descriptors closed")
+
+
+def test_pathsend_access_log(serve_asgi, files, caplog):
+    server = serve_asgi(pathsend_app(str(files), []), access_log=True)
+    with caplog.at_level("INFO", logger="pymongoose_uring.access"):
+        assert request(server, path="/page.html")[0] == 200
+        wait_until(lambda: any("/page.html" in r.getMessage() for r in caplog.records))
+    line = next(r.getMessage() for r in caplog.records if "/page.html" in r.getMessage())
+    assert '"GET /page.html HTTP/1.1" 200' in line

@@ -4,6 +4,7 @@ Content-Length; anything else (BytesIO, a pipe, a socket) is iterated; the file 
 closed after the answer. Flask's send_file/send_from_directory (werkzeug's
 conditionals and Range) and Django's FileResponse go through it."""
 
+import http.client
 import io
 import os
 import socket
@@ -384,3 +385,18 @@ def test_django_file_response(tmp_path, files):
     assert lines[2] == '200 15 inline; filename="page.html" %s' % digest(b"<h1>hello</h1>\n")
     assert lines[3] == "closed True 3"
     assert lines[4] == "files_sent 3"  # each one sent by the engine from the file
+
+
+def test_wrapped_files_leave_no_descriptor_open(serve_wsgi, files):
+    """The app's file is closed after each answer and the engine's duplicate once it is
+    sent: 200 answers leave the process's descriptor count as it was."""
+    server = serve_wsgi(wrapper_app(str(files), []))
+    request(server, path="/small.bin")
+    before = len(os.listdir("/proc/self/fd"))
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    for i in range(200):
+        c.request("GET", "/small.bin" if i % 2 else "/page.html?seek=4")
+        r = c.getresponse()
+        assert r.status == 200 and len(r.read()) in (16 << 10, 11)
+    c.close()
+    wait_until(lambda: len(os.listdir("/proc/self/fd")) <= before, what="descriptors closed")
