@@ -822,6 +822,11 @@ static int static_answer(pmu__conn_t *c, pmu__req_t *r) {
   c->loop->outstanding++;
   if (pmu__static_dispatch(r)) {
     STAT_ADD(c->loop, requests, 1);
+    if (c->turn_gen != c->loop->turn_gen) { /* counts against PIPELINE_TURN as a batch's */
+      c->turn_gen = c->loop->turn_gen;
+      c->in_turn = 0;
+    }
+    c->in_turn++;
     return 1;
   }
   /* Not taken: undo (r is the queue's tail), and it joins the batch as any other. */

@@ -574,6 +574,28 @@ int main(void) {
     t_conn_close(c);
   }
 
+  t_case("200 static requests pipelined in one send (turns of PIPELINE_TURN), then the handler");
+  {
+    size_t one = strlen("GET /static/a.txt HTTP/1.1\r\nHost: s\r\n\r\n");
+    char *burst = malloc(one * 200 + 64);
+    T_ASSERT(burst);
+    for (int i = 0; i < 200; i++)
+      memcpy(burst + one * (size_t)i, "GET /static/a.txt HTTP/1.1\r\nHost: s\r\n\r\n", one);
+    strcpy(burst + one * 200, "GET /last HTTP/1.1\r\nHost: s\r\n\r\n");
+    t_conn_t *c = t_connect(server);
+    t_send_str(c, burst);
+    for (int i = 0; i < 200; i++) {
+      t_expect_response(c, &r);
+      T_ASSERT_STR_EQ(r.body, A_TXT);
+      t_response_free(&r);
+    }
+    t_expect_response(c, &r);
+    T_ASSERT_FIELD(&r, "path", "/last");
+    t_response_free(&r);
+    t_conn_close(c);
+    free(burst);
+  }
+
   t_case("a 3 MiB file whole and in ranges: the exact bytes (file pieces, spliced)");
   {
     size_t big = 3u << 20;

@@ -26,14 +26,14 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond, ...)                                                            \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      fprintf(stderr, "fuzz check failed: %s: ", #cond);                            \
-      fprintf(stderr, __VA_ARGS__);                                                 \
-      fprintf(stderr, "\n");                                                        \
-      abort();                                                                      \
-    }                                                                               \
+#define CHECK(cond, ...)                                 \
+  do {                                                   \
+    if (!(cond)) {                                       \
+      fprintf(stderr, "fuzz check failed: %s: ", #cond); \
+      fprintf(stderr, __VA_ARGS__);                      \
+      fprintf(stderr, "\n");                             \
+      abort();                                           \
+    }                                                    \
   } while (0)
 
 static int utf8_ok(const unsigned char *p, size_t n) {
@@ -125,8 +125,7 @@ static void check_range(const uint8_t *data, size_t size) {
   uint64_t total = 0;
   for (int i = 0; i < n; i++) {
     CHECK(r[i].first <= r[i].last && r[i].last < fsize, "range %d: %llu-%llu of %llu", i,
-          (unsigned long long)r[i].first, (unsigned long long)r[i].last,
-          (unsigned long long)fsize);
+          (unsigned long long)r[i].first, (unsigned long long)r[i].last, (unsigned long long)fsize);
     if (i)
       CHECK(r[i].first > r[i - 1].last + 1, "ranges %d and %d touch or overlap", i - 1, i);
     total += r[i].last - r[i].first + 1;
@@ -143,8 +142,7 @@ static void check_range(const uint8_t *data, size_t size) {
     if (sscanf(buf, "bytes=%llu-%llu%n", &a, &b, &used) == 2 && (size_t)used == len &&
         buf[6] >= '0' && buf[6] <= '9' && a <= b && b < fsize && !strchr(buf, '+') &&
         !strchr(buf, ' ')) {
-      CHECK(n == 1 && r[0].first == a && r[0].last == b, "bytes=%llu-%llu gave %d ranges", a,
-            b, n);
+      CHECK(n == 1 && r[0].first == a && r[0].last == b, "bytes=%llu-%llu gave %d ranges", a, b, n);
     }
   }
   free(r);
