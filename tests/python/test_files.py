@@ -540,3 +540,52 @@ def test_no_descriptor_leaks(tmp_path):
     wait_until(
         lambda: open_fds() == before, 10, "descriptors back to %r (now %r)" % (before, open_fds())
     )
+
+
+# ---- memory ----
+
+
+def test_file_answers_leave_nothing_behind(serve, files):
+    """Thousands of answers through every file path: no Request, FileResponse or file
+    argument is kept (test_leaks.py's measure: Request objects exactly, allocated blocks
+    within half a block per request)."""
+    from test_leaks import assert_flat
+
+    mount = StaticMount("/sm", files, fallthrough=True)
+    app = App()
+    app.static("/m", files)
+
+    @app.get("/fr")
+    def fr(request):
+        return FileResponse(files / "note.txt", headers={"X-A": "1"}, cache_control="no-cache")
+
+    @app.get("/missing")
+    def missing(request):
+        return Response.file(files / "nope")
+
+    @app.get("/sf")
+    def sf(request):
+        with open(files / "page.html", "rb") as f:
+            request.serve_file(f, content_type="text/html")
+
+    @app.get("/ss")
+    def ss(request):
+        if not request.serve_static(mount, "nope.txt"):
+            return "fell"
+
+    @app.get("/stream")
+    def stream(request):
+        request.start(200)
+        request.sendfile(files / "data.bin", 0, 4000)
+        request.end()
+
+    calls = [
+        ("GET", "/m/note.txt", None, 200),
+        ("GET", "/fr", None, 200),
+        ("GET", "/missing", None, 404),
+        ("GET", "/sf", None, 200),
+        ("GET", "/ss", None, 200),
+        ("GET", "/stream", None, 200),
+    ]
+    server = serve(app)
+    assert_flat(server.port, calls)
