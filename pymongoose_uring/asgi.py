@@ -306,13 +306,14 @@ class _Cycle:
                 )
             size = st.st_size
             headers = self.headers
-            declared = declared_length(headers)
-            if declared is None:
-                headers = [*headers, (b"content-length", b"%d" % size)]
             status = self.status
+            bodiless = status < 200 or status == 204 or status == 304
+            declared = declared_length(headers)
+            if declared is None and not bodiless:
+                headers = [*headers, (b"content-length", b"%d" % size)]
             self.done = self.streaming = True
             request.start(status, headers)
-            if request.method == "HEAD" or status == 204 or status == 304:
+            if request.method == "HEAD" or bodiless:
                 request.end()
             else:
                 count = size if declared is None else min(declared, size)

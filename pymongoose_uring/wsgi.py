@@ -760,12 +760,13 @@ class WSGIHandler:
         code = _status_code(sr.status)
         headers, _ = _checked_headers(sr.headers)
         declared = declared_length(headers)
-        if declared is None:
+        bodiless = code < 200 or code == 204 or code == 304
+        if declared is None and not bodiless:
             headers = [*headers, ("Content-Length", str(available))]
         method = environ["REQUEST_METHOD"]
         request.start(code, headers)
         sr.streaming = True
-        if method == "HEAD" or code < 200 or code == 204 or code == 304:
+        if method == "HEAD" or bodiless:
             request.end()
             return code
         count = available if declared is None else min(declared, available)

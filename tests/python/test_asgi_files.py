@@ -381,3 +381,24 @@ def test_pathsend_access_log(serve_asgi, files, caplog):
         wait_until(lambda: any("/page.html" in r.getMessage() for r in caplog.records))
     line = next(r.getMessage() for r in caplog.records if "/page.html" in r.getMessage())
     assert '"GET /page.html HTTP/1.1" 200' in line
+
+
+def test_pathsend_with_a_bodiless_status(serve_asgi, files):
+    """A 304 start followed by pathsend sends neither the file nor a length."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", b'"x"')]})
+        await send({"type": "http.response.pathsend", "path": str(files / "big.bin")})
+
+    server = serve_asgi(app)
+    c = RawClient(server.port)
+    try:
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        for _ in range(2):
+            status, headers, body = c.read_response(head=True)
+            assert status == 304 and body == b""
+            assert "content-length" not in {k.lower() for k, _ in headers}
+    finally:
+        c.close()

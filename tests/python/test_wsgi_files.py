@@ -400,3 +400,28 @@ def test_wrapped_files_leave_no_descriptor_open(serve_wsgi, files):
         assert r.status == 200 and len(r.read()) in (16 << 10, 11)
     c.close()
     wait_until(lambda: len(os.listdir("/proc/self/fd")) <= before, what="descriptors closed")
+
+
+def test_wrapped_file_with_a_bodiless_status(serve_wsgi, files):
+    """204 and 304 answers with a file_wrapper send neither the file nor a length."""
+
+    def app(environ, start_response):
+        status = "204 No Content" if environ["PATH_INFO"] == "/204" else "304 Not Modified"
+        start_response(status, [("ETag", '"x"')])
+        return environ["wsgi.file_wrapper"](open(files / "page.html", "rb"))
+
+    server = serve_wsgi(app)
+    before = files_sent(server)
+    for path, code in (("/204", 204), ("/304", 304)):
+        c = RawClient(server.port)
+        try:
+            c.send(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+            status, headers, body = c.read_response(head=True)
+            assert status == code and body == b""
+            assert "content-length" not in {k.lower() for k, _ in headers}
+            assert dict((k.lower(), v) for k, v in headers)["etag"] == '"x"'
+            c.send(b"GET /204 HTTP/1.1\r\nHost: t\r\n\r\n")  # and the connection goes on
+            assert c.read_response(head=True)[0] == 204
+        finally:
+            c.close()
+    assert files_sent(server) == before
