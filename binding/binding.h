@@ -300,6 +300,9 @@ int pyb_reqio_add_callback(pyb_reqio *io, PyObject *fn);
 /* Whether the client has gone. */
 int pyb_reqio_gone(pyb_reqio *io);
 
+/* Whether the last piece of a streamed body has come. */
+int pyb_reqio_body_done(pyb_reqio *io);
+
 /* The engine's callbacks, on the request's worker thread, without the GIL. */
 void pyb_stream_on_body(pmu_request_t *request, const void *data, size_t len, int last);
 void pyb_stream_on_disconnect(pmu_request_t *request);

@@ -1427,7 +1427,9 @@ PyDoc_STRVAR(serve_static_doc,
              "siblings, listing, HEAD, 405). path: the part below the mount, already\n"
              "decoded ('css/a.css'); None: the request's path minus mount.prefix.\n"
              "Returns True when answered; False only for a fallthrough mount that has\n"
-             "no such file (the request is still yours to answer). Any thread.");
+             "no such file (the request is still yours to answer). Any thread; with a\n"
+             "fallthrough mount, another thread than the handler's only once a streamed\n"
+             "body has been read (RuntimeError before).");
 
 static PyObject *request_serve_static(PyObject *op, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"mount", "path", NULL};
@@ -1459,6 +1461,14 @@ static PyObject *request_serve_static(PyObject *op, PyObject *args, PyObject *kw
       return NULL;
   }
   pmu_request_t *live = self->live;
+  /* While the link is cut, a body piece the worker thread delivers would be
+   * lost; on that thread itself none can come. */
+  if (m->fallthrough && self->streamed && !pyb_reqio_body_done(self->io) && !pyb_in_ring_thread()) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "serve_static() with a fallthrough mount on a request whose body is still "
+                    "arriving: read the body first (or call it from the handler itself)");
+    return NULL;
+  }
   /* The attributes must outlive the answer: copy first (the caller's
    * references are unknown), then cut the engine's link to our stream state,
    * to be restored if the mount passes the request on. */

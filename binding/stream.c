@@ -442,6 +442,13 @@ int pyb_reqio_gone(pyb_reqio *io) {
   return gone;
 }
 
+int pyb_reqio_body_done(pyb_reqio *io) {
+  pthread_mutex_lock(&io->lock);
+  int done = io->body_done;
+  pthread_mutex_unlock(&io->lock);
+  return done;
+}
+
 /* ---- the engine's callbacks (worker thread, no GIL) ---- */
 
 void pyb_stream_on_body(pmu_request_t *request, const void *data, size_t len, int last) {

@@ -14,9 +14,10 @@
  * The open-file cache (as nginx's open_file_cache): per ring thread, a hash of
  * (mount, relative path) to a shared open file (fd, its stat, ETag) or to the
  * fact that nothing is there (ENOENT: precompressed siblings that were never
- * made are not looked for on every request), in LRU order, at most config.file_cache_entries; an
- * entry is trusted for config.file_cache_valid_ms, then the path is opened again and the entry
- * replaced when the file changed (inode, size or mtime). A file is shared by
+ * made are not looked for on every request), in LRU order, at most
+ * config.file_cache_entries; an entry is trusted for config.file_cache_valid_ms,
+ * then the path is opened again and the entry replaced when the file changed
+ * (inode, size or mtime). A file is shared by
  * the cache and the answers sending it: each holds a reference, dropped by the
  * piece's release callback; the last one closes the fd.
  */
@@ -567,11 +568,16 @@ static int if_range_ok(answer_t *a, const file_t *f) {
   const pmu_header_t *h = req_header(a, "If-Range");
   if (!h)
     return 1;
-  size_t i = 0;
-  while (i < h->value_len && h->value[i] == ' ')
+  size_t i = 0, end = h->value_len;
+  while (i < end && (h->value[i] == ' ' || h->value[i] == '\t'))
     i++;
-  if (i < h->value_len && (h->value[i] == '"' || h->value[i] == 'W'))
-    return etag_list_match(h->value + i, h->value_len - i, f->etag, 0);
+  while (end > i && (h->value[end - 1] == ' ' || h->value[end - 1] == '\t'))
+    end--;
+  if (i < end && (h->value[i] == '"' || h->value[i] == 'W')) {
+    /* One entity-tag, compared strongly: a weak one (W/) never matches. */
+    size_t elen = strlen(f->etag);
+    return end - i == elen && memcmp(h->value + i, f->etag, elen) == 0;
+  }
   int64_t t = pmu__http_date_parse(h->value, h->value_len);
   return t >= 0 && t == f->mtime_sec;
 }

@@ -129,7 +129,8 @@ class App:
         (``cache_control``) and ``headers`` on every answer, an HTML listing
         of a directory without index (``listing``). Names starting with "."
         are 404 unless ``dotfiles``. ``fallthrough``: a path the directory
-        lacks goes to the routes instead of 404. The longest prefix wins.
+        lacks goes to the routes instead of 404 (a mount at "/" without it
+        answers every path, so no route is reached). The longest prefix wins.
         FileNotFoundError or NotADirectoryError now if ``directory`` is not
         a directory.
         """

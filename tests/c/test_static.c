@@ -101,6 +101,7 @@ int main(void) {
   snprintf(abs, sizeof abs, "%s/secret.txt", base);
   put_link(abs, "root/abs");
   put_link("a.txt", "root/in");
+  put_link("sub", "root/linkdir");
   put_dir("list");
   put_file("list/b.txt", "b");
   put_file("list/a b.txt", "ab");
@@ -255,6 +256,9 @@ int main(void) {
   expect_status(server, "/nofollow/in", 404);
   expect_status(server, "/nofollow/a.txt", 200);
   expect_status(server, "/nofollow/out", 404);
+  expect_status(server, "/static/linkdir/index.html", 200);   /* a directory symlink inside */
+  expect_status(server, "/nofollow/linkdir/index.html", 404); /* any component */
+  expect_status(server, "/nofollow/sub/index.html", 200);
   r = get(server, "/nofollow/.env", NULL); /* dotfiles allowed on this mount */
   T_ASSERT_INT_EQ(r.status, 200);
   T_ASSERT_STR_EQ(r.body, "DOTENV\n");
@@ -450,6 +454,13 @@ int main(void) {
     snprintf(h, sizeof h, "Range: bytes=0-1\r\nIf-Range: %s\r\n", lastmod);
     r = get(server, "/static/a.txt", h);
     T_ASSERT_INT_EQ(r.status, 206);
+    t_response_free(&r);
+    snprintf(h, sizeof h, "Range: bytes=0-1\r\nIf-Range: W/%s\r\n", etag);
+    r = get(server, "/static/a.txt", h); /* a weak validator never matches If-Range */
+    T_ASSERT_INT_EQ(r.status, 200);
+    t_response_free(&r);
+    r = get(server, "/static/a.txt", "Range: bytes=0-1\r\nIf-Range: *\r\n");
+    T_ASSERT_INT_EQ(r.status, 200);
     t_response_free(&r);
     r = get(server, "/static/a.txt", "Range: bytes=0-1\r\nIf-Range: \"old\"\r\n");
     T_ASSERT_INT_EQ(r.status, 200);

@@ -244,6 +244,41 @@ int main(void) {
   T_ASSERT_INT_EQ(r.status, 404);
   t_response_free(&r);
 
+  t_case("a file replaced while a slow client downloads it: that client gets the old file whole");
+  {
+    size_t n = 32u << 20; /* beyond what the socket buffers hold */
+    char *old_bytes = malloc(n), *new_bytes = malloc(n);
+    T_ASSERT(old_bytes && new_bytes);
+    memset(old_bytes, 'o', n);
+    memset(new_bytes, 'N', n);
+    char fp[600], tmp[620];
+    snprintf(fp, sizeof fp, "%s/dl.bin", root);
+    snprintf(tmp, sizeof tmp, "%s.tmp", fp);
+    int fd = open(fp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    T_ASSERT(fd >= 0 && write(fd, old_bytes, n) == (ssize_t)n);
+    close(fd);
+    t_conn_t *slow = t_connect(server);
+    t_send_str(slow, "GET /static/dl.bin HTTP/1.1\r\nHost: c\r\n\r\n");
+    T_ASSERT(t_recv_some(slow, T_IO_TIMEOUT_MS) > 0); /* begun, far from done */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    T_ASSERT(fd >= 0 && write(fd, new_bytes, n) == (ssize_t)n);
+    close(fd);
+    T_ASSERT(rename(tmp, fp) == 0);
+    t_sleep_ms(350);
+    r = get(server, "/static/dl.bin", NULL);
+    T_ASSERT_INT_EQ(r.body_len, n);
+    T_ASSERT(memcmp(r.body, new_bytes, n) == 0);
+    t_response_free(&r);
+    t_expect_response(slow, &r);
+    T_ASSERT_INT_EQ(r.body_len, n);
+    T_ASSERT_MSG(memcmp(r.body, old_bytes, n) == 0, "the slow download mixed in the new file");
+    t_response_free(&r);
+    t_conn_close(slow);
+    free(old_bytes);
+    free(new_bytes);
+    T_ASSERT(unlink(fp) == 0);
+  }
+
   t_case("a missing sibling is remembered (no open per request), then found once made");
   r = get(server, "/pc/n.js", "Accept-Encoding: gzip\r\n"); /* looks for n.js.gz once */
   T_ASSERT_STR_EQ(r.body, "console.log(2)\n");

@@ -221,6 +221,36 @@ def test_serve_static_from_a_handler(serve, files):
     assert get(server.port, "/strict/../x")[0] == 400
 
 
+def test_serve_static_fallthrough_with_a_streamed_body(serve, files):
+    falls = StaticMount("/", files, fallthrough=True)
+    outcome = []
+
+    def handler(request):
+        def later():
+            try:
+                request.serve_static(falls, "none.txt")
+            except RuntimeError as exc:  # the body is still arriving
+                outcome.append(str(exc))
+            body = request.read()
+            missed = request.serve_static(falls, "none.txt")  # the body is in: allowed
+            outcome.append(missed)
+            request.reply(b"%d bytes, fell through" % len(body))
+
+        threading.Thread(target=later).start()
+
+    server = serve(handler, stream_body_threshold=1024)
+    c = RawClient(server.port)
+    try:
+        c.send(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n" + b"a" * 1000)
+        wait_until(lambda: outcome, 10, "the first serve_static")
+        c.send(b"a" * 4000)
+        status, _, body = c.read_response()
+    finally:
+        c.close()
+    assert "still arriving" in outcome[0] and outcome[1] is False
+    assert (status, body) == (200, b"5000 bytes, fell through")
+
+
 # ---- sendfile ----
 
 

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from conftest import RawClient, request
-from pymongoose_uring import App, Response, StaticMount
+from pymongoose_uring import App, Response, Server, StaticMount, _native
 
 SECRET = b"TOP-SECRET-OUTSIDE"
 
@@ -344,6 +344,10 @@ def test_mount_validation(tree):
         app.static("/x", tree / "nope")
     with pytest.raises(NotADirectoryError):
         app.static("/x", tree / "static" / "hello.txt")
+    with pytest.raises(TypeError):
+        Server(lambda r: "x", port=0, statics=["/x"])
+    with pytest.raises(TypeError):
+        _native._pmu.Engine(lambda r: "x", statics=[StaticMount("/x", tree / "static"), 1])
     m = StaticMount("/", str(tree / "static"), index="", dotfiles=True, mime_types={"txt": "a/b"})
     assert (m.prefix, m.index, m.dotfiles, m.listing, m.fallthrough) == (
         "/",
