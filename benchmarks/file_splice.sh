@@ -27,7 +27,6 @@ pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 tck=$(getconf CLK_TCK)
-port=$((20000 + RANDOM % 20000))
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -36,17 +35,21 @@ for size in $sizes; do
   head -c "$size" /dev/urandom >"$tmp/f"
   for way in read splice; do
     if [ "$way" = read ]; then min=18446744073709551615; else min=0; fi
-    port=$((port + 1))
-    PMU_FILE_SPLICE_MIN=$min taskset -c "$scpu" "$server" --file "$tmp/f" "$port" 1 \
+    # Port 0: a free one, read back from the server's "listening on" line.
+    PMU_FILE_SPLICE_MIN=$min taskset -c "$scpu" "$server" --file "$tmp/f" 0 1 \
       2>"$tmp/server.err" &
     pid=$!
-    for _ in $(seq 50); do
-      curl -s -o /dev/null "http://127.0.0.1:$port/file" 2>/dev/null && break
-      sleep 0.1
+    port=
+    for _ in $(seq 100); do
+      port=$(sed -n 's/.*listening on [0-9.]*:\([0-9]*\) .*/\1/p' "$tmp/server.err")
+      [ -n "$port" ] && break
+      sleep 0.05
     done
+    [ -n "$port" ] || { echo "the server did not start: $(cat "$tmp/server.err")" >&2; exit 1; }
     # The bytes are right before anything is timed.
-    curl -s "http://127.0.0.1:$port/file" | cmp -s - "$tmp/f" || {
-      echo "wrong bytes for $size by $way" >&2
+    curl -s "http://127.0.0.1:$port/file" -o "$tmp/got"
+    cmp -s "$tmp/got" "$tmp/f" || {
+      echo "wrong bytes for $size by $way: $(cmp "$tmp/got" "$tmp/f" 2>&1)" >&2
       exit 1
     }
     for c in $conns; do

@@ -5,8 +5,11 @@
  * with the memory iovecs of the connection's send. Its bytes leave one of two ways, chosen
  * once per piece by its length against config.file_splice_min:
  *
- * - read: pread (on the ring thread) at most file_read_chunk bytes into the connection's
- *   buffer, which joins the send like a memory piece, with what comes before and after it;
+ * - read: at most file_read_chunk bytes into the connection's buffer, which joins the send
+ *   like a memory piece, with what comes before and after it; read on the ring thread
+ *   when they are in the page cache (preadv2 RWF_NOWAIT), else by the ring
+ *   (IORING_OP_READ), the output waiting for it, so that a disk read stalls no other
+ *   connection;
  * - splice: once every byte before it is on the wire, a pipe from the loop's pool takes
  *   at most a pipe's worth from the file, linked to a splice from the pipe to the socket
  *   (two SQEs, one submission); a short splice leaves bytes in the pipe, which the next
@@ -147,6 +150,29 @@ static int splice_step(pmu__conn_t *c, pmu__seg_t *g) {
   return -1;
 }
 
+/* Read the piece's bytes at pos into the buffer through the ring; the output waits. */
+static int read_async(pmu__conn_t *c, pmu__seg_t *g, size_t pos, size_t want) {
+  pmu__loop_t *loop = c->loop;
+  if (want > UINT_MAX)
+    want = UINT_MAX;
+  if (pmu__prep_read(&loop->ring, g->fd, c->fbuf, (unsigned)want, g->foff + pos,
+                     PMU__UD(c, OP_SPLICE_IN)) < 0) {
+    loop->sqe_short = 1;
+    pmu__loop_mark_dirty(loop, c);
+    return -1;
+  }
+  c->fbuf_seg = g;
+  c->fbuf_pos = pos;
+  c->fbuf_len = 0;
+  c->reading = 1;
+  c->ops++;
+  c->send_inflight = 1;
+  c->send_len = 0;
+  STAT_ADD(loop, file_reads_async, 1);
+  pmu__conn_timer_update(c);
+  return -1;
+}
+
 int pmu__file_gather(pmu__conn_t *c, pmu__seg_t *g, int n, size_t *total, int *more) {
   pmu__loop_t *loop = c->loop;
   const pmu_config_t *cfg = &loop->server->cfg;
@@ -189,9 +215,21 @@ int pmu__file_gather(pmu__conn_t *c, pmu__seg_t *g, int n, size_t *total, int *m
       c->fbuf_cap = want;
     }
     ssize_t got;
+    struct iovec iov = {c->fbuf, want};
     do
-      got = pread(g->fd, c->fbuf, want, (off_t)(g->foff + pos));
+      got = preadv2(g->fd, &iov, 1, (off_t)(g->foff + pos), RWF_NOWAIT);
     while (got < 0 && errno == EINTR);
+    if (got < 0 && errno == EAGAIN) {
+      /* Not in the page cache: a read on this thread would stall all its connections. */
+      if (n > 0)
+        return n; /* what precedes it leaves first */
+      return read_async(c, g, pos, want);
+    }
+    if (got < 0 && errno == EOPNOTSUPP) {
+      do /* a file system without RWF_NOWAIT */
+        got = pread(g->fd, c->fbuf, want, (off_t)(g->foff + pos));
+      while (got < 0 && errno == EINTR);
+    }
     if (got <= 0) {
       /* The file ended early (it shrank) or cannot be read. */
       c->fbuf_seg = NULL;
@@ -213,6 +251,24 @@ int pmu__file_gather(pmu__conn_t *c, pmu__seg_t *g, int n, size_t *total, int *m
   return n + 1;
 }
 
+/* An asynchronous read (read_async) completed: its bytes join the next send. */
+static void on_read(pmu__conn_t *c, int res) {
+  c->ops--;
+  c->reading = 0;
+  c->send_inflight = 0;
+  if (c->closing) {
+    pmu__conn_try_release(c);
+    return;
+  }
+  if (res <= 0) {
+    c->fbuf_seg = NULL; /* the file ended early (it shrank), or cannot be read */
+    file_failed(c);
+    return;
+  }
+  c->fbuf_len = (size_t)res;
+  pmu__conn_on_send(c, 0); /* as a send of nothing: the next flush takes the bytes */
+}
+
 void pmu__file_sent(pmu__conn_t *c, pmu__seg_t *g, size_t data_bytes, int done) {
   pmu__loop_t *loop = c->loop;
   if (data_bytes && !(g->flags & FSEG_SPLICE))
@@ -230,6 +286,10 @@ void pmu__file_sent(pmu__conn_t *c, pmu__seg_t *g, size_t data_bytes, int done) 
 
 void pmu__file_on_splice(pmu__conn_t *c, int in, int res) {
   pmu__loop_t *loop = c->loop;
+  if (in && c->reading) {
+    on_read(c, res);
+    return;
+  }
   c->ops--;
   if (in)
     c->splice_in_res = res;
@@ -271,6 +331,12 @@ void pmu__file_on_splice(pmu__conn_t *c, int in, int res) {
       return;
     }
     file_failed(c);
+    return;
+  }
+  if (out_res == -ENODATA) {
+    /* The pages in the pipe were truncated away from the file before they left. */
+    c->send_inflight = 0;
+    file_failed(c); /* the pipe still holds bytes: closed at release, never pooled */
     return;
   }
   if (out_res == -ECANCELED && in_res > 0)

@@ -294,6 +294,7 @@ struct pmu__conn {
   uint8_t splice_in; /* the pair began with a splice into the pipe */
   uint8_t out_dead;  /* a file failed mid-send: nothing more goes out */
   uint8_t nonblock;  /* the socket was made O_NONBLOCK (for splicing into it) */
+  uint8_t reading;   /* a read of file bytes not in the page cache is in flight */
   int splice_in_res, splice_out_res;
 
   int zc_res;         /* result of a SEND_ZC awaiting its notification */

@@ -238,6 +238,16 @@ int pmu__prep_splice(struct io_uring *ring, int file_fd, uint64_t file_off, int 
   return 0;
 }
 
+int pmu__prep_read(struct io_uring *ring, int fd, void *buf, unsigned len, uint64_t off,
+                   uint64_t ud) {
+  struct io_uring_sqe *sqe = pmu__get_sqe(ring);
+  if (!sqe)
+    return -EBUSY;
+  io_uring_prep_read(sqe, fd, buf, len, off);
+  io_uring_sqe_set_data64(sqe, ud);
+  return 0;
+}
+
 int pmu__files_update(struct io_uring *ring, unsigned slot, int fd) {
   int rc = io_uring_register_files_update(ring, slot, &fd, 1);
   return rc < 0 ? rc : 0;

@@ -33,7 +33,7 @@ enum pmu__op {
   OP_SEND = 3,       /* ptr: conn */
   OP_WAKE = 4,       /* ptr: loop; multishot poll on the wake eventfd */
   OP_CANCEL = 5,     /* ptr: conn, or loop for the accept cancel */
-  OP_SPLICE_IN = 6,  /* ptr: conn; file -> pipe */
+  OP_SPLICE_IN = 6,  /* ptr: conn; file -> pipe, the poll before a splice out, or a read */
   OP_SPLICE_OUT = 7, /* ptr: conn; pipe -> socket */
 };
 #define PMU__UD(ptr, op) ((uint64_t)(uintptr_t)(ptr) | (uint64_t)(op))
@@ -99,6 +99,10 @@ int pmu__prep_cancel(struct io_uring *ring, uint64_t target, uint64_t ud);
  * first SQE (the splice in, or the poll). Both SQEs or neither: -EBUSY. */
 int pmu__prep_splice(struct io_uring *ring, int file_fd, uint64_t file_off, int pipe_w, int pipe_r,
                      int fd, int fixed, unsigned len, uint64_t ud_in, uint64_t ud_out);
+
+/* Read len bytes of fd at off into buf (a file piece's bytes not in the page cache). */
+int pmu__prep_read(struct io_uring *ring, int fd, void *buf, unsigned len, uint64_t off,
+                   uint64_t ud);
 
 /* Register fd at slot in the fixed-file table (fd < 0 clears the slot). */
 int pmu__files_update(struct io_uring *ring, unsigned slot, int fd);

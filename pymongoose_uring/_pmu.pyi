@@ -58,6 +58,7 @@ class Stats(TypedDict):
     file_bytes_read: int
     file_errors: int
     pipe_fallbacks: int
+    file_reads_async: int
     body_buffer_bytes: int
     ws_open: int
     ws_accepted: int

@@ -807,6 +807,8 @@ const char *pmu_status_reason(int status);
   X(file_errors, COUNTER,                                                                     \
     "file pieces that failed to read or came up short (the file shrank): connection closed") \
   X(pipe_fallbacks, COUNTER, "file pieces sent by the read path for want of a pipe")          \
+  X(file_reads_async, COUNTER,                                                                \
+    "read-path reads of file bytes not in the page cache, done by the ring (not on its thread)") \
   X(body_buffer_bytes, GAUGE,                                                                 \
     "body bytes held in memory by requests (summed: the server's, against "                  \
     "body_buffer_budget)")                                                                   \

@@ -14,6 +14,8 @@
  *   full socket ends short and the next one polls for room; each completes once read.
  * - A client that resets mid-splice: the pipe that may still hold its bytes is never
  *   pooled (the next download through the pool is exact).
+ * - The read path with the file out of the page cache (POSIX_FADV_DONTNEED): the ring reads
+ *   it (file_reads_async), bytes right; a cold file shorter than promised still closes.
  * - Stopping the server waits for a file being sent (graceful stop).
  * - No pipe to be had (RLIMIT_NOFILE lowered until pipe2 fails): the piece goes by the
  *   read path, counted in pipe_fallbacks, bytes right.
@@ -30,6 +32,7 @@
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "filelib.h"
@@ -337,6 +340,53 @@ static void run_truncated_mid_send(const pmu_config_t *base) {
   T_ASSERT_INT_EQ(f_releases_pending(), 0);
 }
 
+/* Drop file 3 from the page cache; true if a non-blocking read then says it is not there
+ * (false on file systems that keep files in memory, such as tmpfs). */
+static bool evict_big(void) {
+  int fd = open(f_path(3), O_RDONLY | O_CLOEXEC);
+  T_ASSERT(fd >= 0);
+  fdatasync(fd);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  char b[512];
+  struct iovec iov = {b, sizeof b};
+  bool evicted = preadv2(fd, &iov, 1, 0, RWF_NOWAIT) < 0 && errno == EAGAIN;
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  close(fd);
+  return evicted;
+}
+
+static void run_cold_reads(const pmu_config_t *base) {
+  t_case("bytes not in the page cache are read by the ring, not on its thread");
+  t_server_t *s = f_server_start(base);
+  t_conn_t *c = t_connect(s);
+  int cold = 0;
+  for (int k = 0; k < 4; k++) {
+    cold += evict_big();
+    char req[128];
+    snprintf(req, sizeof req, "GET /f?o=%d&n=300000&file=3 HTTP/1.1\r\nHost: x\r\n\r\n",
+             k * 1000003);
+    t_send_str(c, req);
+    f_expect_file_response(c, 3, (uint64_t)k * 1000003, 300000);
+  }
+  pmu_stats_t st = t_stats(s, -1);
+  if (cold)
+    T_ASSERT_MSG(st.file_reads_async >= (uint64_t)cold, "%llu ring reads for %d cold files",
+                 (unsigned long long)st.file_reads_async, cold);
+  else
+    fprintf(stderr, "# the file system keeps files in memory: no cold read to make\n");
+  /* A cold file that is also shorter than promised: its bytes, then the close. */
+  f_trunc_create(200000);
+  int fd = open(f_path(4), O_RDONLY | O_CLOEXEC);
+  fdatasync(fd);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  close(fd);
+  t_send_str(c, "GET /f?o=1000&n=500000&file=4 HTTP/1.1\r\nHost: x\r\n\r\n");
+  f_expect_short_response(c, 4, 1000, 500000, 200000);
+  t_conn_close(c);
+  t_server_destroy(s);
+  T_ASSERT_INT_EQ(f_releases_pending(), 0);
+}
+
 /* The highest open descriptor of this process. */
 static int max_fd(void) {
   int m = -1;
@@ -408,6 +458,8 @@ int main(void) {
     run_slow_reader(&cfg);
     run_send_timeout(&cfg);
     run_truncated_mid_send(&cfg);
+    if (!m)
+      run_cold_reads(&cfg);
     if (m) {
       run_reset_mid_splice(&cfg);
       run_stalled_readers(&cfg);
