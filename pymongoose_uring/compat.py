@@ -494,6 +494,8 @@ class Connection:
         request = self._request
         if request is None or not isinstance(message, HttpMessage):
             raise ValueError("HttpMessage is not valid for this event")
+        if self._close_after:  # drain() came first: close once the answer is out
+            extra_headers += "\r\nConnection: close\r\n"
         mount = self._manager._static_mount(root_dir, extra_headers, mime_types, request.path)
         if mount is not None and request.serve_static(mount):
             return
@@ -518,6 +520,8 @@ class Connection:
         request = self._request
         if request is None or not isinstance(message, HttpMessage):
             raise ValueError("HttpMessage is not valid for this event")
+        if self._close_after:  # drain() came first: close once the answer is out
+            extra_headers += "\r\nConnection: close\r\n"
         request.serve_file(
             path,
             content_type=_mime_type(path, mime_types),

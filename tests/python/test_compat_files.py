@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from conftest import request, wait_until
+from conftest import RawClient, request, wait_until
 from pymongoose_uring.compat import MG_EV_HTTP_MSG, Manager, TlsOpts, http_parse_multipart
 
 
@@ -340,3 +340,28 @@ def test_pymongoose_own_tests(tmp_path, rel):
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and "failed" not in out.stdout
+
+
+def test_drain_before_serving_closes_after_the_file(serving, site):
+    """conn.drain() before serve_dir/serve_file: the file, then the connection closes
+    (as after a reply)."""
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_HTTP_MSG:
+            conn.drain()
+            if data.uri == "/one":
+                conn.serve_file(data, str(site / "www" / "notes.txt"))
+            else:
+                conn.serve_dir(data, root_dir=str(site / "www"))
+
+    at = serving(handler)
+    for path in ("/one", "/notes.txt"):
+        c = RawClient(at.port)
+        try:
+            c.send(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+            status, headers, body = c.read_response()
+            assert (status, body) == (200, b"plain notes\n"), path
+            assert ("Connection", "close") in headers or ("connection", "close") in headers
+            assert c.closed_by_server(), path
+        finally:
+            c.close()
