@@ -110,12 +110,12 @@ def get_json(server, path="/", **kw):
     return json.loads(body)
 
 
-def fetch_closed(port, extra=b""):
-    """GET / (and `extra` pipelined behind it), read until the server closes:
+def read_closed(port, raw):
+    """Send the bytes `raw` on a fresh connection and read until the server closes:
     -> (status, {lower-name: value}, body bytes as sent)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" + extra)
+        sock.sendall(raw)
         data = b""
         while True:
             chunk = sock.recv(65536)
@@ -128,6 +128,12 @@ def fetch_closed(port, extra=b""):
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
     return int(lines[0].split()[1]), headers, body
+
+
+def fetch_closed(port, extra=b""):
+    """GET / (and `extra` pipelined behind it), read until the server closes:
+    -> (status, {lower-name: value}, body bytes as sent)."""
+    return read_closed(port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" + extra)
 
 
 # A second request to pipeline behind one whose answer fails half-way.
@@ -179,6 +185,19 @@ class RawClient:
 
     def close(self):
         self.sock.close()
+
+
+def raw_get(port, target, headers=(), method="GET"):
+    """One request on a fresh RawClient, the target sent byte for byte (latin-1):
+    (status, {lower-name: value}, body). headers: (name, value) pairs."""
+    c = RawClient(port)
+    try:
+        head = "".join("%s: %s\r\n" % h for h in headers)
+        c.send(("%s %s HTTP/1.1\r\nHost: t\r\n%s\r\n" % (method, target, head)).encode("latin-1"))
+        status, pairs, body = c.read_response(head=method == "HEAD")
+        return status, {k.lower(): v for k, v in pairs}, body
+    finally:
+        c.close()
 
 
 def wait_for_line(proc, prefix, timeout=20):
