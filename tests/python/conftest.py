@@ -79,6 +79,30 @@ def serve_wsgi():
     yield from _serving(WSGIServer)
 
 
+def files_sent(server):
+    return server.stats()["files_sent"]
+
+
+def check_engine_sent(server, before, pieces):
+    """`pieces` more file pieces were completed by the engine since files_sent() was
+    `before` (the bytes did not go through Python)."""
+    # (counted when the send completes: the client may see the bytes first)
+    wait_until(lambda: files_sent(server) - before >= pieces, what="files_sent")
+    assert files_sent(server) - before == pieces
+
+
+@pytest.fixture
+def file_tree(tmp_path):
+    """A directory with a 16 KiB file, a 3 MiB one (random bytes: any offset error
+    shows), a small page and an empty file."""
+    rnd = os.urandom(3 << 20)
+    (tmp_path / "small.bin").write_bytes(rnd[: 16 << 10])
+    (tmp_path / "big.bin").write_bytes(rnd)
+    (tmp_path / "page.html").write_bytes(b"<h1>hello</h1>\n")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    return tmp_path
+
+
 def wait_until(condition, timeout=10.0, what="condition"):
     """Poll condition() until it is true, failing after timeout seconds: a wait on
     an event that fails only when the event never comes (a loaded machine makes it
