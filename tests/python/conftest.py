@@ -7,6 +7,8 @@ refuses it; the tests of the unavailable path run everywhere.
 import http.client
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -35,8 +37,6 @@ def pytest_configure(config):
     # ignores SIGINT, and so would the scripts the tests interrupt with it
     # (Python turns SIGINT into KeyboardInterrupt only where it is not
     # ignored). A handler here becomes the default again in each child.
-    import signal
-
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -238,6 +238,36 @@ def wait_for_line(proc, prefix, timeout=20):
         if prefix in line:
             return line
     raise AssertionError("no %r from the subprocess; it wrote:\n%s" % (prefix, "".join(lines)))
+
+
+def run_cli(cwd, *args):
+    """python -m pymongoose_uring ARGS in cwd, its stdout and stderr pipes of text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pymongoose_uring", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(cwd),
+    )
+
+
+def port_of(proc):
+    """The port of the "serving on http://HOST:PORT" line the process writes."""
+    line = wait_for_line(proc, "serving on")
+    return int(re.search(r"http://[^ ]*:(\d+)", line).group(1))
+
+
+def stop_process(proc, sig=signal.SIGTERM):
+    """Send sig and wait (30 s) for the process to exit, killing it if it does not:
+    -> (stdout, stderr); the exit status is proc.returncode."""
+    try:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out, err
 
 
 def spawn(script, *args, env=None):
