@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -101,6 +102,35 @@ def file_tree(tmp_path):
     (tmp_path / "page.html").write_bytes(b"<h1>hello</h1>\n")
     (tmp_path / "empty.txt").write_bytes(b"")
     return tmp_path
+
+
+@pytest.fixture
+def polled_manager():
+    """polled_manager(handler) -> (manager, listener): a compat Manager listening for
+    HTTP on 127.0.0.1:<free port>, polled by a thread until the test ends."""
+    from pymongoose_uring.compat import Manager
+
+    running = []
+
+    def start(handler):
+        manager = Manager(handler)
+        listener = manager.listen("http://127.0.0.1:0", http=True)
+        stop = threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                manager.poll(50)
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        running.append((manager, stop, thread))
+        return manager, listener
+
+    yield start
+    for manager, stop, thread in running:
+        stop.set()
+        thread.join(5)
+        manager.close()
 
 
 def wait_until(condition, timeout=10.0, what="condition"):

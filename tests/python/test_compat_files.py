@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import urllib.request
 
 import pytest
 from pymongoose_checkout import pymongoose_source, run_example, wait_serving
 
 from conftest import RawClient, request
-from pymongoose_uring.compat import MG_EV_HTTP_MSG, Manager, TlsOpts, http_parse_multipart
+from pymongoose_uring.compat import MG_EV_HTTP_MSG, TlsOpts, http_parse_multipart
 
 
 class _At:
@@ -25,29 +24,17 @@ class _At:
 
 
 @pytest.fixture
-def serving():
+def serving(polled_manager):
     """serving(handler) -> an object with .port (a polled Manager) and .manager."""
-    running = []
 
     def start(handler):
-        manager = Manager(handler)
-        listener = manager.listen("http://127.0.0.1:0", http=True)
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=lambda: [manager.poll(50) for _ in iter(stop.is_set, True)]
-        )
-        thread.start()
-        running.append((manager, stop, thread))
+        manager, listener = polled_manager(handler)
         at = _At(listener.local_addr[1])
         at.manager = manager
         at.server = listener._server
         return at
 
-    yield start
-    for manager, stop, thread in running:
-        stop.set()
-        thread.join(5)
-        manager.close()
+    return start
 
 
 @pytest.fixture

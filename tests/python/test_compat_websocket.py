@@ -26,35 +26,19 @@ from pymongoose_uring.compat import (
     WEBSOCKET_OP_PONG,
     WEBSOCKET_OP_TEXT,
     ConnectionClosed,
-    Manager,
     WsMessage,
 )
 
 
 @pytest.fixture
-def manager_with():
+def manager_with(polled_manager):
     """manager_with(handler) -> (manager, port), polled by a thread until the test ends."""
-    managers = []
 
     def start(handler):
-        manager = Manager(handler)
-        listener = manager.listen("http://127.0.0.1:0", http=True)
-        stop = threading.Event()
-
-        def poll():
-            while not stop.is_set():
-                manager.poll(50)
-
-        thread = threading.Thread(target=poll, daemon=True)
-        thread.start()
-        managers.append((manager, stop, thread))
+        manager, listener = polled_manager(handler)
         return manager, listener.local_addr[1]
 
-    yield start
-    for manager, stop, thread in managers:
-        stop.set()
-        thread.join(5)
-        manager.close()
+    return start
 
 
 def test_opcodes_are_mongooses():
