@@ -133,6 +133,19 @@ def polled_manager():
         manager.close()
 
 
+def check_confined(server, prefix, root):
+    """A file beside `root` cannot be reached as PREFIX/../NAME nor PREFIX/%2e%2e/NAME:
+    each answer is 404 without its bytes."""
+    secret = root.parent / ("confined-secret-%d" % os.getpid())
+    secret.write_text("secret")
+    try:
+        for path in (prefix + "/../" + secret.name, prefix + "/%2e%2e/" + secret.name):
+            status, _, body, _ = request(server, path=path)
+            assert status == 404 and b"secret" not in body, path
+    finally:
+        secret.unlink()
+
+
 def wait_until(condition, timeout=10.0, what="condition"):
     """Poll condition() until it is true, failing after timeout seconds: a wait on
     an event that fails only when the event never comes (a loaded machine makes it
