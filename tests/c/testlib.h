@@ -237,6 +237,13 @@ void t_handler(void *handler_data, pmu_request_t *const *requests, size_t count)
 /* Answer one request the way t_handler would (special paths included). */
 void t_handle_request(t_server_t *server, pmu_request_t *request);
 
+/* The unsigned value of `name=` in the request's query (its leading digits), or
+ * `fallback` when the query has no such parameter. */
+unsigned long t_query_ulong(const pmu_request_t *request, const char *name, unsigned long fallback);
+
+/* Whether the request's path is exactly `path`. */
+bool t_path_is(const pmu_request_t *request, const char *path);
+
 /* Queue `request` to be answered with the describing body from the deferrer
  * thread `ms` milliseconds from now. */
 void t_defer(pmu_request_t *request, unsigned ms);
