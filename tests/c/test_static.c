@@ -23,11 +23,7 @@ static char base[256];
 static void put_file(const char *rel, const char *content) {
   char path[512];
   snprintf(path, sizeof path, "%s/%s", base, rel);
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  T_ASSERT_MSG(fd >= 0, "cannot create %s", path);
-  size_t len = strlen(content);
-  T_ASSERT_INT_EQ(write(fd, content, len), (long long)len);
-  close(fd);
+  t_write_file(path, content, strlen(content));
 }
 
 static void put_dir(const char *rel) {
@@ -601,9 +597,7 @@ int main(void) {
       pattern[i] = (char)('a' + (i * 7 + i / 4096) % 26);
     char bp[600];
     snprintf(bp, sizeof bp, "%s/big.bin", root);
-    int fd = open(bp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    T_ASSERT(fd >= 0 && write(fd, pattern, big) == (ssize_t)big);
-    close(fd);
+    t_write_file(bp, pattern, big);
     before = t_stats(server, -1);
     r = get(server, "/static/big.bin", NULL);
     T_ASSERT_INT_EQ(r.status, 200);

@@ -141,6 +141,17 @@ void t_fail_at(const char *file, int line, const char *fmt, ...) {
   _exit(T_EXIT_FAIL);
 }
 
+void t_write_file(const char *path, const void *data, size_t len) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  T_ASSERT_MSG(fd >= 0, "cannot create %s: %s", path, strerror(errno));
+  for (size_t done = 0; done < len;) {
+    ssize_t n = write(fd, (const char *)data + done, len - done);
+    T_ASSERT_MSG(n > 0, "writing %s: %s", path, n < 0 ? strerror(errno) : "wrote nothing");
+    done += (size_t)n;
+  }
+  close(fd);
+}
+
 int t_count_fds(void) {
   DIR *dir = opendir("/proc/self/fd");
   if (!dir)

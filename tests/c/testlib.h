@@ -152,6 +152,10 @@ void t_sleep_ms(unsigned ms);
       t_sleep_ms(2);                              \
   } while (0)
 
+/* Create or truncate the file `path` (mode 0644) and write the `len` bytes of
+ * `data` to it; the test fails if any of that fails. */
+void t_write_file(const char *path, const void *data, size_t len);
+
 /* Open file descriptors of this process (entries of /proc/self/fd). */
 int t_count_fds(void);
 
