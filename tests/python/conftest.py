@@ -313,6 +313,20 @@ def stop_process(proc, sig=signal.SIGTERM):
     return out, err
 
 
+def run_script(script, *args, cwd, timeout=60):
+    """Run the Python source `script` with `args` in a subprocess of this interpreter,
+    in cwd; fails with its stderr unless it exits 0. -> its stdout, as lines."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(cwd),
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
 def spawn(script, *args, env=None):
     """Run a Python script in a subprocess with this interpreter."""
     e = dict(os.environ)

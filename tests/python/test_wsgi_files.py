@@ -8,13 +8,19 @@ import http.client
 import io
 import os
 import socket
-import subprocess
-import sys
 import threading
 
 import pytest
 
-from conftest import RawClient, check_confined, check_engine_sent, files_sent, request, wait_until
+from conftest import (
+    RawClient,
+    check_confined,
+    check_engine_sent,
+    files_sent,
+    request,
+    run_script,
+    wait_until,
+)
 from pymongoose_uring import wsgi
 
 
@@ -331,15 +337,7 @@ print("files_sent", s.stats().get("files_sent", 0) - before)
 
 def test_django_file_response(tmp_path, file_tree):
     pytest.importorskip("django", reason="Django is not installed")
-    out = subprocess.run(
-        [sys.executable, "-c", DJANGO_FILES, str(file_tree)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=str(tmp_path),
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = run_script(DJANGO_FILES, str(file_tree), cwd=tmp_path)
 
     def digest(data):
         import hashlib
