@@ -133,6 +133,24 @@ def polled_manager():
         manager.close()
 
 
+def check_no_descriptor_left(server, answers, n=200):
+    """n GETs on one keep-alive connection, cycling through `answers` ((target, body
+    length) pairs), each a 200 of that length; then the process's descriptor count
+    must come back to what it was before them (after one request to warm up)."""
+    request(server, path=answers[0][0])
+    before = len(os.listdir("/proc/self/fd"))
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for i in range(n):
+            target, length = answers[i % len(answers)]
+            c.request("GET", target)
+            r = c.getresponse()
+            assert (r.status, len(r.read())) == (200, length), target
+    finally:
+        c.close()
+    wait_until(lambda: len(os.listdir("/proc/self/fd")) <= before, what="the descriptors closed")
+
+
 def check_confined(server, prefix, root):
     """A file beside `root` cannot be reached as PREFIX/../NAME nor PREFIX/%2e%2e/NAME:
     each answer is 404 without its bytes."""

@@ -10,7 +10,15 @@ import os
 
 import pytest
 
-from conftest import RawClient, check_confined, check_engine_sent, files_sent, request, wait_until
+from conftest import (
+    RawClient,
+    check_confined,
+    check_engine_sent,
+    check_no_descriptor_left,
+    files_sent,
+    request,
+    wait_until,
+)
 
 
 def pathsend_app(root, log):
@@ -324,23 +332,11 @@ def test_anyio_worker_threads_are_kept_across_requests(serve_asgi):
     assert max(counts) >= 5, counts  # the same thread, again and again
 
 
-def open_fds():
-    return len(os.listdir("/proc/self/fd"))
-
-
 def test_pathsend_leaves_no_descriptor_open(serve_asgi, file_tree):
     """The adapter's descriptor is closed after each pathsend, and the engine's
     duplicate once the file is sent: 200 answers leave the process's count as it was."""
     server = serve_asgi(pathsend_app(str(file_tree), []))
-    request(server, path="/small.bin")
-    before = open_fds()
-    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    for i in range(200):
-        c.request("GET", "/small.bin" if i % 2 else "/page.html?nolength")
-        r = c.getresponse()
-        assert r.status == 200 and len(r.read()) in (16 << 10, 15)
-    c.close()
-    wait_until(lambda: open_fds() <= before, what="the descriptors closed")
+    check_no_descriptor_left(server, [("/small.bin", 16 << 10), ("/page.html?nolength", 15)])
 
 
 def test_pathsend_access_log(serve_asgi, file_tree, caplog):

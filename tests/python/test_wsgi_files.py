@@ -4,7 +4,6 @@ Content-Length; anything else (BytesIO, a pipe, a socket) is iterated; the file 
 closed after the answer. Flask's send_file/send_from_directory (werkzeug's
 conditionals and Range) and Django's FileResponse go through it."""
 
-import http.client
 import io
 import os
 import socket
@@ -16,6 +15,7 @@ from conftest import (
     RawClient,
     check_confined,
     check_engine_sent,
+    check_no_descriptor_left,
     files_sent,
     request,
     run_script,
@@ -360,15 +360,7 @@ def test_wrapped_files_leave_no_descriptor_open(serve_wsgi, file_tree):
     """The app's file is closed after each answer and the engine's duplicate once it is
     sent: 200 answers leave the process's descriptor count as it was."""
     server = serve_wsgi(wrapper_app(str(file_tree), []))
-    request(server, path="/small.bin")
-    before = len(os.listdir("/proc/self/fd"))
-    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    for i in range(200):
-        c.request("GET", "/small.bin" if i % 2 else "/page.html?seek=4")
-        r = c.getresponse()
-        assert r.status == 200 and len(r.read()) in (16 << 10, 11)
-    c.close()
-    wait_until(lambda: len(os.listdir("/proc/self/fd")) <= before, what="descriptors closed")
+    check_no_descriptor_left(server, [("/small.bin", 16 << 10), ("/page.html?seek=4", 11)])
 
 
 def test_wrapped_file_with_a_bodiless_status(serve_wsgi, file_tree):
