@@ -215,6 +215,16 @@ bool f_read_head(t_conn_t *c, int *status, long long *length, bool *chunked, int
   return true;
 }
 
+void f_expect_head(t_conn_t *c, uint64_t length) {
+  int status;
+  long long got;
+  bool chunked;
+  T_ASSERT_MSG(f_read_head(c, &status, &got, &chunked, T_IO_TIMEOUT_MS), "no answer head");
+  T_ASSERT_INT_EQ(status, 200);
+  T_ASSERT_INT_EQ(got, (long long)length);
+  T_ASSERT(!chunked);
+}
+
 uint64_t f_read_body(t_conn_t *c, int file, uint64_t off, uint64_t len, int timeout_ms) {
   int64_t until = t_now_ms() + timeout_ms;
   uint64_t got = 0;
