@@ -235,6 +235,18 @@ static int refuse_started(RequestObject *self) {
   return -1;
 }
 
+/* Whether the request can still be answered whole: 0, or -1 with
+ * RuntimeError when a streamed answer was started or it was answered. */
+static int check_unanswered(RequestObject *self) {
+  if (self->started)
+    return refuse_started(self);
+  if (self->live == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "this request was already answered");
+    return -1;
+  }
+  return 0;
+}
+
 /* Answer with one file through pmu_serve_file (every HTTP rule of static
  * files), copying the request's data first as send_response does. The
  * descriptor in c, if any, goes to the engine. The GIL stays held: opening
@@ -1188,10 +1200,8 @@ static PyObject *request_start(PyObject *op, PyObject *args, PyObject *kwargs) {
     PyErr_SetString(PyExc_RuntimeError, "start() was already called on this request");
     return NULL;
   }
-  if (self->live == NULL) {
-    PyErr_SetString(PyExc_RuntimeError, "this request was already answered");
+  if (check_unanswered(self) < 0)
     return NULL;
-  }
   if (!PyLong_Check(status_obj) || PyBool_Check(status_obj)) {
     PyErr_Format(PyExc_TypeError, "status must be an int, not %.100s",
                  Py_TYPE(status_obj)->tp_name);
@@ -1437,14 +1447,8 @@ static PyObject *request_serve_static(PyObject *op, PyObject *args, PyObject *kw
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:serve_static", kwlist, &mount, &path))
     return NULL;
   RequestObject *self = REQ(op);
-  if (self->started) {
-    refuse_started(self);
+  if (check_unanswered(self) < 0)
     return NULL;
-  }
-  if (self->live == NULL) {
-    PyErr_SetString(PyExc_RuntimeError, "this request was already answered");
-    return NULL;
-  }
   const pmu_static_t *m = pyb_static_mount(self->st, mount);
   if (m == NULL)
     return NULL;
@@ -1511,14 +1515,8 @@ static PyObject *request_serve_file(PyObject *op, PyObject *args, PyObject *kwar
                                    &cache_control, &headers, &status))
     return NULL;
   RequestObject *self = REQ(op);
-  if (self->started) {
-    refuse_started(self);
+  if (check_unanswered(self) < 0)
     return NULL;
-  }
-  if (self->live == NULL) {
-    PyErr_SetString(PyExc_RuntimeError, "this request was already answered");
-    return NULL;
-  }
   pyb_file_call c;
   int rc = pyb_file_call_build(self->st, file, content_type, cache_control, headers, status, &c);
   if (rc == 0)

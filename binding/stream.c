@@ -114,21 +114,26 @@ static pyb_reqio *reqio_acquire(pmu_request_t *request) {
   return io;
 }
 
-void pyb_reqio_link(pyb_reqio *io, pmu_request_t *request) {
-  atomic_fetch_add_explicit(&io->refs, 1, memory_order_relaxed);
+/* Point request->user at io under the link lock, then mark io gone if the
+ * client already is. The engine marks a request gone before it calls
+ * on_disconnect, which reads the link under the same lock: either that call
+ * finds io, or the mark is already visible here. Takes no reference. */
+static void set_link(pyb_reqio *io, pmu_request_t *request) {
   pthread_mutex_t *m = link_lock(request);
   pthread_mutex_lock(m);
   request->user = io;
   pthread_mutex_unlock(m);
-  /* The engine marks a request gone before it calls on_disconnect, which
-   * reads the link under the same lock: either that call finds io, or the
-   * mark is already visible here. */
   if (pmu_request_gone(request)) {
     pthread_mutex_lock(&io->lock);
     io->gone = 1;
     pthread_cond_broadcast(&io->cond);
     pthread_mutex_unlock(&io->lock);
   }
+}
+
+void pyb_reqio_link(pyb_reqio *io, pmu_request_t *request) {
+  atomic_fetch_add_explicit(&io->refs, 1, memory_order_relaxed);
+  set_link(io, request);
 }
 
 /* ---- waking Python ---- */
@@ -215,18 +220,7 @@ int pyb_reqio_cut(pyb_reqio *io, pmu_request_t *request) {
   return linked;
 }
 
-void pyb_reqio_relink(pyb_reqio *io, pmu_request_t *request) {
-  pthread_mutex_t *m = link_lock(request);
-  pthread_mutex_lock(m);
-  request->user = io;
-  pthread_mutex_unlock(m);
-  if (pmu_request_gone(request)) {
-    pthread_mutex_lock(&io->lock);
-    io->gone = 1;
-    pthread_cond_broadcast(&io->cond);
-    pthread_mutex_unlock(&io->lock);
-  }
-}
+void pyb_reqio_relink(pyb_reqio *io, pmu_request_t *request) { set_link(io, request); }
 
 void pyb_reqio_finish_unlink(pyb_reqio *io, int linked) {
   pthread_mutex_lock(&io->lock);

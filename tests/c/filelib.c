@@ -108,44 +108,31 @@ static void release_fd(void *ctx) {
   atomic_fetch_add(&released, 1);
 }
 
-static uint64_t qnum(const pmu_request_t *r, const char *key, uint64_t dflt) {
-  char q[256];
-  snprintf(q, sizeof q, "&%.*s", (int)r->query_len, r->query);
-  char k[32];
-  snprintf(k, sizeof k, "&%s=", key);
-  const char *p = strstr(q, k);
-  return p ? strtoull(p + strlen(k), NULL, 10) : dflt;
-}
-
-static bool path_is(const pmu_request_t *r, const char *p) {
-  return r->path_len == strlen(p) && memcmp(r->path, p, r->path_len) == 0;
-}
-
 static const pmu_header_t octet = {"Content-Type", 12, "application/octet-stream", 24};
 
 static void answer(t_server_t *s, pmu_request_t *r) {
-  uint64_t off = qnum(r, "o", 0), len = qnum(r, "n", 0);
-  if (path_is(r, "/f") || path_is(r, "/pre")) {
+  uint64_t off = t_query_ulong(r, "o", 0), len = t_query_ulong(r, "n", 0);
+  if (t_path_is(r, "/f") || t_path_is(r, "/pre")) {
     int fd;
-    if (path_is(r, "/pre")) {
+    if (t_path_is(r, "/pre")) {
       pthread_mutex_lock(&pre_lock);
       fd = pre_count ? pre_fds[--pre_count] : -1;
       pthread_mutex_unlock(&pre_lock);
     } else {
-      fd = open(paths[qnum(r, "file", 0) % 5], O_RDONLY | O_CLOEXEC);
+      fd = open(paths[t_query_ulong(r, "file", 0) % 5], O_RDONLY | O_CLOEXEC);
     }
     if (fd < 0) {
       pmu_respond_simple(r, 500, NULL, 0, "no fd\n", 6);
       return;
     }
     atomic_fetch_add(&opened, 1);
-    int rc = pmu_respond_file(r, (int)qnum(r, "st", 200), &octet, 1, fd, off, len, release_fd,
-                              (void *)(intptr_t)fd);
+    int rc = pmu_respond_file(r, (int)t_query_ulong(r, "st", 200), &octet, 1, fd, off, len,
+                              release_fd, (void *)(intptr_t)fd);
     T_ASSERT_MSG(rc == 0 || rc == -EPIPE, "pmu_respond_file: %d", rc);
     return;
   }
-  if (path_is(r, "/mix")) {
-    int chunked = (int)qnum(r, "chunked", 0);
+  if (t_path_is(r, "/mix")) {
+    int chunked = (int)t_query_ulong(r, "chunked", 0);
     char lenbuf[24];
     pmu_header_t h[2] = {octet, {"Content-Length", 14, lenbuf, 0}};
     h[1].value_len = (size_t)snprintf(lenbuf, sizeof lenbuf, "%llu", (unsigned long long)len + 10);
@@ -226,6 +213,16 @@ bool f_read_head(t_conn_t *c, int *status, long long *length, bool *chunked, int
   }
   free(head);
   return true;
+}
+
+void f_expect_head(t_conn_t *c, uint64_t length) {
+  int status;
+  long long got;
+  bool chunked;
+  T_ASSERT_MSG(f_read_head(c, &status, &got, &chunked, T_IO_TIMEOUT_MS), "no answer head");
+  T_ASSERT_INT_EQ(status, 200);
+  T_ASSERT_INT_EQ(got, (long long)length);
+  T_ASSERT(!chunked);
 }
 
 uint64_t f_read_body(t_conn_t *c, int file, uint64_t off, uint64_t len, int timeout_ms) {

@@ -64,6 +64,9 @@ void f_expect_short_response_at(const char *file_, int line, t_conn_t *c, int fi
 /* Low level: read the head of a response into *status / *length (-1: none) / *chunked,
  * leaving the body's first bytes in c->buf. false on EOF or timeout. */
 bool f_read_head(t_conn_t *c, int *status, long long *length, bool *chunked, int timeout_ms);
+/* Read an answer's head: the test fails unless a 200 with Content-Length `length`
+ * (not chunked) comes within T_IO_TIMEOUT_MS. The body is left unread. */
+void f_expect_head(t_conn_t *c, uint64_t length);
 /* Read and check `len` body bytes of `file` from off (as they come, without keeping them);
  * returns the bytes that matched before a mismatch, EOF or timeout. */
 uint64_t f_read_body(t_conn_t *c, int file, uint64_t off, uint64_t len, int timeout_ms);

@@ -175,12 +175,7 @@ static void run_slow_reader(const pmu_config_t *base) {
   uint64_t len = 64 * MIB;
   long rss0 = f_rss_kib();
   t_send_str(c, "GET /f?o=0&n=67108864&file=3 HTTP/1.1\r\nHost: x\r\n\r\n");
-  int status;
-  long long length;
-  bool chunked;
-  T_ASSERT(f_read_head(c, &status, &length, &chunked, T_IO_TIMEOUT_MS));
-  T_ASSERT_INT_EQ(status, 200);
-  T_ASSERT_INT_EQ(length, (long long)len);
+  f_expect_head(c, len);
   uint64_t got = 0;
   long rss_max = rss0;
   int64_t until = t_now_ms() + 1500;
@@ -240,10 +235,7 @@ static void run_stalled_readers(const pmu_config_t *base) {
   T_ASSERT_MSG(iowq_threads() <= 2, "%d io-wq threads for %d stalled downloads", iowq_threads(), N);
   /* Each still completes once its client reads. */
   for (int i = 0; i < 3; i++) {
-    int status;
-    long long length;
-    bool chunked;
-    T_ASSERT(f_read_head(c[i], &status, &length, &chunked, T_IO_TIMEOUT_MS));
+    f_expect_head(c[i], 64 * MIB);
     T_ASSERT_INT_EQ(f_read_body(c[i], 3, 0, 64 * MIB, 60000), 64 * MIB);
   }
   for (int i = 0; i < N; i++)
@@ -276,10 +268,7 @@ static void run_reset_mid_splice(const pmu_config_t *base) {
   for (int round = 0; round < 5; round++) {
     t_conn_t *a = t_connect(s);
     t_send_str(a, "GET /f?o=0&n=8388608&file=3 HTTP/1.1\r\nHost: x\r\n\r\n");
-    int status;
-    long long length;
-    bool chunked;
-    T_ASSERT(f_read_head(a, &status, &length, &chunked, T_IO_TIMEOUT_MS));
+    f_expect_head(a, 8 * MIB);
     T_ASSERT_INT_EQ(f_read_body(a, 3, 0, 100000, T_IO_TIMEOUT_MS), 100000);
     t_conn_abort(a);
     wait_no_conns(s);
@@ -299,10 +288,7 @@ static void run_graceful_stop(const pmu_config_t *base) {
   t_server_t *s = f_server_start(base);
   t_conn_t *c = t_connect(s);
   t_send_str(c, "GET /f?o=0&n=33554432&file=3 HTTP/1.1\r\nHost: x\r\n\r\n");
-  int status;
-  long long length;
-  bool chunked;
-  T_ASSERT(f_read_head(c, &status, &length, &chunked, T_IO_TIMEOUT_MS));
+  f_expect_head(c, 32 * MIB);
   T_ASSERT_INT_EQ(f_read_body(c, 3, 0, MIB, T_IO_TIMEOUT_MS), MIB);
   pmu_server_stop(s->pmu);
   T_ASSERT_INT_EQ(f_read_body(c, 3, MIB, 31 * MIB, T_EVENT_MS), 31 * MIB);
@@ -320,11 +306,7 @@ static void run_truncated_mid_send(const pmu_config_t *base) {
   f_trunc_create(len);
   t_conn_t *c = connect_small(s);
   t_send_str(c, "GET /f?o=0&n=16777216&file=4 HTTP/1.1\r\nHost: x\r\n\r\n");
-  int status;
-  long long length;
-  bool chunked;
-  T_ASSERT(f_read_head(c, &status, &length, &chunked, T_IO_TIMEOUT_MS));
-  T_ASSERT_INT_EQ(length, (long long)len);
+  f_expect_head(c, len);
   T_ASSERT_INT_EQ(f_read_body(c, 4, 0, MIB, T_IO_TIMEOUT_MS), MIB);
   /* The server is at most a pipe or a read chunk (plus the socket buffers) ahead. */
   T_ASSERT(truncate(f_path(4), (off_t)(2 * MIB)) == 0);

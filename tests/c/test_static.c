@@ -23,11 +23,7 @@ static char base[256];
 static void put_file(const char *rel, const char *content) {
   char path[512];
   snprintf(path, sizeof path, "%s/%s", base, rel);
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  T_ASSERT_MSG(fd >= 0, "cannot create %s", path);
-  size_t len = strlen(content);
-  T_ASSERT_INT_EQ(write(fd, content, len), (long long)len);
-  close(fd);
+  t_write_file(path, content, strlen(content));
 }
 
 static void put_dir(const char *rel) {
@@ -59,12 +55,19 @@ static t_response_t get(const t_server_t *server, const char *target, const char
   return request(server, "GET", target, headers);
 }
 
-static void expect_status(const t_server_t *server, const char *target, int status) {
-  t_response_t r = get(server, target, NULL);
-  T_ASSERT_MSG(r.status == status, "GET %s: got %d, expected %d (body \"%.60s\")", target, r.status,
-               status, r.body);
+/* GET target with the extra header lines `headers` (NULL: none): fails unless
+ * the answer has `status` and none of the secret's bytes. */
+static void expect_get_status(const t_server_t *server, const char *target, const char *headers,
+                              int status) {
+  t_response_t r = get(server, target, headers);
+  T_ASSERT_MSG(r.status == status, "GET %s [%s]: got %d, expected %d (body \"%.60s\")", target,
+               headers ? headers : "", r.status, status, r.body);
   T_ASSERT_MSG(!strstr(r.body, "SECRET"), "GET %s leaked the secret", target);
   t_response_free(&r);
+}
+
+static void expect_status(const t_server_t *server, const char *target, int status) {
+  expect_get_status(server, target, NULL, status);
 }
 
 static const char A_TXT[] = "0123456789abcdefghij"; /* 20 bytes */
@@ -323,17 +326,12 @@ int main(void) {
       T_ASSERT_STR_EQ(t_header(&r, "Cache-Control"), "public, max-age=60");
       t_response_free(&r);
     }
-    r = get(server, "/static/a.txt", "If-None-Match: \"other\"\r\n");
-    T_ASSERT_INT_EQ(r.status, 200);
-    t_response_free(&r);
-    r = get(server, "/static/a.txt", "If-Modified-Since: Thu, 01 Jan 1970 00:00:01 GMT\r\n");
-    T_ASSERT_INT_EQ(r.status, 200);
-    t_response_free(&r);
+    expect_get_status(server, "/static/a.txt", "If-None-Match: \"other\"\r\n", 200);
+    expect_get_status(server, "/static/a.txt",
+                      "If-Modified-Since: Thu, 01 Jan 1970 00:00:01 GMT\r\n", 200);
     /* If-None-Match wins over If-Modified-Since */
     snprintf(h, sizeof h, "If-None-Match: \"other\"\r\nIf-Modified-Since: %s\r\n", lastmod);
-    r = get(server, "/static/a.txt", h);
-    T_ASSERT_INT_EQ(r.status, 200);
-    t_response_free(&r);
+    expect_get_status(server, "/static/a.txt", h, 200);
   }
   pmu_stats_t after = t_stats(server, -1);
   T_ASSERT_INT_EQ(after.not_modified - before.not_modified, 5);
@@ -341,27 +339,16 @@ int main(void) {
   t_case("If-Match and If-Unmodified-Since: 412 when they fail");
   {
     char h[256];
-    r = get(server, "/static/a.txt", "If-Match: \"nope\"\r\n");
-    T_ASSERT_INT_EQ(r.status, 412);
-    t_response_free(&r);
+    expect_get_status(server, "/static/a.txt", "If-Match: \"nope\"\r\n", 412);
     snprintf(h, sizeof h, "If-Match: W/%s\r\n", etag); /* weak never matches If-Match */
-    r = get(server, "/static/a.txt", h);
-    T_ASSERT_INT_EQ(r.status, 412);
-    t_response_free(&r);
+    expect_get_status(server, "/static/a.txt", h, 412);
     snprintf(h, sizeof h, "If-Match: \"x\", %s\r\n", etag);
-    r = get(server, "/static/a.txt", h);
-    T_ASSERT_INT_EQ(r.status, 200);
-    t_response_free(&r);
-    r = get(server, "/static/a.txt", "If-Match: *\r\n");
-    T_ASSERT_INT_EQ(r.status, 200);
-    t_response_free(&r);
-    r = get(server, "/static/a.txt", "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:01 GMT\r\n");
-    T_ASSERT_INT_EQ(r.status, 412);
-    t_response_free(&r);
+    expect_get_status(server, "/static/a.txt", h, 200);
+    expect_get_status(server, "/static/a.txt", "If-Match: *\r\n", 200);
+    expect_get_status(server, "/static/a.txt",
+                      "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:01 GMT\r\n", 412);
     snprintf(h, sizeof h, "If-Unmodified-Since: %s\r\n", lastmod);
-    r = get(server, "/static/a.txt", h);
-    T_ASSERT_INT_EQ(r.status, 200);
-    t_response_free(&r);
+    expect_get_status(server, "/static/a.txt", h, 200);
   }
 
   t_case("Range: single, suffix, open-ended");
@@ -452,24 +439,18 @@ int main(void) {
     T_ASSERT_STR_EQ(r.body, "01");
     t_response_free(&r);
     snprintf(h, sizeof h, "Range: bytes=0-1\r\nIf-Range: %s\r\n", lastmod);
-    r = get(server, "/static/a.txt", h);
-    T_ASSERT_INT_EQ(r.status, 206);
-    t_response_free(&r);
+    expect_get_status(server, "/static/a.txt", h, 206);
     snprintf(h, sizeof h, "Range: bytes=0-1\r\nIf-Range: W/%s\r\n", etag);
     r = get(server, "/static/a.txt", h); /* a weak validator never matches If-Range */
     T_ASSERT_INT_EQ(r.status, 200);
     t_response_free(&r);
-    r = get(server, "/static/a.txt", "Range: bytes=0-1\r\nIf-Range: *\r\n");
-    T_ASSERT_INT_EQ(r.status, 200);
-    t_response_free(&r);
+    expect_get_status(server, "/static/a.txt", "Range: bytes=0-1\r\nIf-Range: *\r\n", 200);
     r = get(server, "/static/a.txt", "Range: bytes=0-1\r\nIf-Range: \"old\"\r\n");
     T_ASSERT_INT_EQ(r.status, 200);
     T_ASSERT_STR_EQ(r.body, A_TXT);
     t_response_free(&r);
-    r = get(server, "/static/a.txt",
-            "Range: bytes=0-1\r\nIf-Range: Thu, 01 Jan 1970 00:00:01 GMT\r\n");
-    T_ASSERT_INT_EQ(r.status, 200);
-    t_response_free(&r);
+    expect_get_status(server, "/static/a.txt",
+                      "Range: bytes=0-1\r\nIf-Range: Thu, 01 Jan 1970 00:00:01 GMT\r\n", 200);
   }
 
   t_case("MIME: built-in, the system table, the mount's overrides, octet-stream");
@@ -616,9 +597,7 @@ int main(void) {
       pattern[i] = (char)('a' + (i * 7 + i / 4096) % 26);
     char bp[600];
     snprintf(bp, sizeof bp, "%s/big.bin", root);
-    int fd = open(bp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    T_ASSERT(fd >= 0 && write(fd, pattern, big) == (ssize_t)big);
-    close(fd);
+    t_write_file(bp, pattern, big);
     before = t_stats(server, -1);
     r = get(server, "/static/big.bin", NULL);
     T_ASSERT_INT_EQ(r.status, 200);

@@ -24,10 +24,7 @@ static void put_file(const char *rel, const char *content) {
   char path[600], tmp[620];
   snprintf(path, sizeof path, "%s/%s", root, rel);
   snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  T_ASSERT(fd >= 0);
-  T_ASSERT_INT_EQ(write(fd, content, strlen(content)), (long long)strlen(content));
-  close(fd);
+  t_write_file(tmp, content, strlen(content));
   T_ASSERT(rename(tmp, path) == 0); /* a new inode, as deployments replace files */
 }
 
@@ -254,15 +251,11 @@ int main(void) {
     char fp[600], tmp[620];
     snprintf(fp, sizeof fp, "%s/dl.bin", root);
     snprintf(tmp, sizeof tmp, "%s.tmp", fp);
-    int fd = open(fp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    T_ASSERT(fd >= 0 && write(fd, old_bytes, n) == (ssize_t)n);
-    close(fd);
+    t_write_file(fp, old_bytes, n);
     t_conn_t *slow = t_connect(server);
     t_send_str(slow, "GET /static/dl.bin HTTP/1.1\r\nHost: c\r\n\r\n");
     T_ASSERT(t_recv_some(slow, T_IO_TIMEOUT_MS) > 0); /* begun, far from done */
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    T_ASSERT(fd >= 0 && write(fd, new_bytes, n) == (ssize_t)n);
-    close(fd);
+    t_write_file(tmp, new_bytes, n);
     T_ASSERT(rename(tmp, fp) == 0);
     t_sleep_ms(350);
     r = get(server, "/static/dl.bin", NULL);
@@ -412,9 +405,7 @@ int main(void) {
       big_pattern[i] = (char)('A' + (i * 13 + i / 1000) % 26);
     char bp[600];
     snprintf(bp, sizeof bp, "%s/big.bin", root);
-    int fd = open(bp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    T_ASSERT(fd >= 0 && write(fd, big_pattern, BIG) == (ssize_t)BIG);
-    close(fd);
+    t_write_file(bp, big_pattern, BIG);
     t_config_init(&config);
     config.threads = 2;
     config.statics = &mount_started;

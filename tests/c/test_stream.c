@@ -56,21 +56,12 @@ static void piece(char *buf, size_t size, size_t i) {
   memcpy(buf, tag, (size_t)n < size ? (size_t)n : size);
 }
 
-static size_t query_num(const pmu_request_t *r, const char *key, size_t dflt) {
-  char q[256];
-  snprintf(q, sizeof q, "&%.*s", (int)r->query_len, r->query);
-  char k[32];
-  snprintf(k, sizeof k, "&%s=", key);
-  const char *p = strstr(q, k);
-  return p ? (size_t)strtoull(p + strlen(k), NULL, 10) : dflt;
-}
-
 /* Produce a whole stream: n pieces of size bytes, optionally waiting for
  * drain, optionally until the client goes away. */
 static void produce(pmu_request_t *r) {
-  size_t n = query_num(r, "n", 3), size = query_num(r, "size", 10);
-  int wait = (int)query_num(r, "wait", 0), forever = (int)query_num(r, "forever", 0);
-  size_t length = query_num(r, "len", 0);
+  size_t n = t_query_ulong(r, "n", 3), size = t_query_ulong(r, "size", 10);
+  int wait = (int)t_query_ulong(r, "wait", 0), forever = (int)t_query_ulong(r, "forever", 0);
+  size_t length = t_query_ulong(r, "len", 0);
   char lenbuf[24];
   pmu_header_t headers[2] = {text, {"Content-Length", 14, lenbuf, 0}};
   headers[1].value_len = (size_t)snprintf(lenbuf, sizeof lenbuf, "%zu", length);
@@ -113,8 +104,8 @@ static void produce(pmu_request_t *r) {
       t_sleep_ms(1);
   }
   free(buf);
-  t_sleep_ms((unsigned)query_num(r, "enddelay", 0));
-  if (query_num(r, "abort", 0))
+  t_sleep_ms((unsigned)t_query_ulong(r, "enddelay", 0));
+  if (t_query_ulong(r, "abort", 0))
     pmu_respond_abort(r); /* the producer failed half-way */
   else
     pmu_respond_end(r);
@@ -124,7 +115,7 @@ static atomic_int producers; /* producer threads not finished yet */
 
 static void *producer_thread(void *arg) {
   pmu_request_t *r = arg;
-  t_sleep_ms((unsigned)query_num(r, "delay", 0));
+  t_sleep_ms((unsigned)t_query_ulong(r, "delay", 0));
   produce(r);
   atomic_fetch_sub(&producers, 1);
   return NULL;
@@ -141,7 +132,7 @@ static void handler(void *data, pmu_request_t *const *requests, size_t count) {
       pmu_respond_end(r);
       abort_early_rc = before_start;
     } else if (r->path_len >= 7 && memcmp(r->path, "/stream", 7) == 0) {
-      if (query_num(r, "thread", 0)) {
+      if (t_query_ulong(r, "thread", 0)) {
         pthread_t t;
         atomic_fetch_add(&producers, 1);
         pthread_create(&t, NULL, producer_thread, r);

@@ -141,6 +141,17 @@ void t_fail_at(const char *file, int line, const char *fmt, ...) {
   _exit(T_EXIT_FAIL);
 }
 
+void t_write_file(const char *path, const void *data, size_t len) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  T_ASSERT_MSG(fd >= 0, "cannot create %s: %s", path, strerror(errno));
+  for (size_t done = 0; done < len;) {
+    ssize_t n = write(fd, (const char *)data + done, len - done);
+    T_ASSERT_MSG(n > 0, "writing %s: %s", path, n < 0 ? strerror(errno) : "wrote nothing");
+    done += (size_t)n;
+  }
+  close(fd);
+}
+
 int t_count_fds(void) {
   DIR *dir = opendir("/proc/self/fd");
   if (!dir)
@@ -237,8 +248,6 @@ unsigned long t_respond_einval(void) { return atomic_load(&respond_einval); }
 
 static void respond_describe(pmu_request_t *request, const pmu_header_t *extra, size_t extra_count);
 static void respond_big(pmu_request_t *request, size_t n);
-static unsigned long query_ulong(const pmu_request_t *request, const char *name,
-                                 unsigned long fallback);
 
 /* Set on the deferrer thread: body_release must never run there. */
 static _Thread_local bool on_deferrer;
@@ -271,7 +280,7 @@ static void *deferrer_main(void *arg) {
     deferred_t *item = deferrer.head;
     deferrer.head = item->next;
     pthread_mutex_unlock(&deferrer.lock);
-    size_t big = query_ulong(item->request, "big", 0);
+    size_t big = t_query_ulong(item->request, "big", 0);
     if (big)
       respond_big(item->request, big);
     else
@@ -323,9 +332,8 @@ void t_defer_drain(void) {
 
 /* ---- the test handler --------------------------------------------------- */
 
-/* Unsigned value of `name=` in the request's query, or `fallback`. */
-static unsigned long query_ulong(const pmu_request_t *request, const char *name,
-                                 unsigned long fallback) {
+unsigned long t_query_ulong(const pmu_request_t *request, const char *name,
+                            unsigned long fallback) {
   size_t name_len = strlen(name);
   const char *q = request->query, *end = request->query + request->query_len;
   while (q < end) {
@@ -342,7 +350,7 @@ static unsigned long query_ulong(const pmu_request_t *request, const char *name,
   return fallback;
 }
 
-static bool path_is(const pmu_request_t *request, const char *path) {
+bool t_path_is(const pmu_request_t *request, const char *path) {
   size_t n = strlen(path);
   return request->path_len == n && memcmp(request->path, path, n) == 0;
 }
@@ -443,7 +451,7 @@ static void respond_big(pmu_request_t *request, size_t n) {
 }
 
 static void respond_status(pmu_request_t *request) {
-  int code = (int)query_ulong(request, "code", 200);
+  int code = (int)t_query_ulong(request, "code", 200);
   char body[32];
   int len = snprintf(body, sizeof body, "status %d", code);
   if ((code >= 100 && code < 200) || code == 204 || code == 304)
@@ -458,20 +466,20 @@ void t_handle_request(t_server_t *server, pmu_request_t *request) {
   request->user = (void *)(uintptr_t)atomic_fetch_add(&server->seen, 1);
   atomic_fetch_or(&server->threads_seen, 1UL << (request->thread & 31));
 
-  if (path_is(request, "/defer")) {
-    t_defer(request, (unsigned)query_ulong(request, "ms", 0));
-  } else if (path_is(request, "/big")) {
-    respond_big(request, query_ulong(request, "n", 0));
-  } else if (path_is(request, "/status")) {
+  if (t_path_is(request, "/defer")) {
+    t_defer(request, (unsigned)t_query_ulong(request, "ms", 0));
+  } else if (t_path_is(request, "/big")) {
+    respond_big(request, t_query_ulong(request, "n", 0));
+  } else if (t_path_is(request, "/status")) {
     respond_status(request);
-  } else if (path_is(request, "/echo")) {
+  } else if (t_path_is(request, "/echo")) {
     common_headers_t ch;
     common_headers_init(&ch, request);
     pmu_respond_simple(request, 200, ch.list, ch.count, request->body, request->body_len);
-  } else if (path_is(request, "/close")) {
+  } else if (t_path_is(request, "/close")) {
     static const pmu_header_t close_header = {"Connection", 10, "close", 5};
     respond_describe(request, &close_header, 1);
-  } else if (path_is(request, "/framing")) {
+  } else if (t_path_is(request, "/framing")) {
     static const pmu_header_t framing[] = {
         {"Content-Length", 14, "999", 3},
         {"Transfer-Encoding", 17, "chunked", 7},
@@ -479,7 +487,7 @@ void t_handle_request(t_server_t *server, pmu_request_t *request) {
         {"X-Kept", 6, "yes", 3},
     };
     respond_describe(request, framing, 4);
-  } else if (path_is(request, "/server")) {
+  } else if (t_path_is(request, "/server")) {
     static const pmu_header_t own[] = {
         {"Server", 6, "t-server", 8},
         {"Date", 4, "t-date", 6},

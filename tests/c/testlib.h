@@ -152,6 +152,10 @@ void t_sleep_ms(unsigned ms);
       t_sleep_ms(2);                              \
   } while (0)
 
+/* Create or truncate the file `path` (mode 0644) and write the `len` bytes of
+ * `data` to it; the test fails if any of that fails. */
+void t_write_file(const char *path, const void *data, size_t len);
+
 /* Open file descriptors of this process (entries of /proc/self/fd). */
 int t_count_fds(void);
 
@@ -236,6 +240,13 @@ void t_handler(void *handler_data, pmu_request_t *const *requests, size_t count)
 
 /* Answer one request the way t_handler would (special paths included). */
 void t_handle_request(t_server_t *server, pmu_request_t *request);
+
+/* The unsigned value of `name=` in the request's query (its leading digits), or
+ * `fallback` when the query has no such parameter. */
+unsigned long t_query_ulong(const pmu_request_t *request, const char *name, unsigned long fallback);
+
+/* Whether the request's path is exactly `path`. */
+bool t_path_is(const pmu_request_t *request, const char *path);
 
 /* Queue `request` to be answered with the describing body from the deferrer
  * thread `ms` milliseconds from now. */

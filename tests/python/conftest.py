@@ -7,10 +7,13 @@ refuses it; the tests of the unavailable path run everywhere.
 import http.client
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -35,8 +38,6 @@ def pytest_configure(config):
     # ignores SIGINT, and so would the scripts the tests interrupt with it
     # (Python turns SIGINT into KeyboardInterrupt only where it is not
     # ignored). A handler here becomes the default again in each child.
-    import signal
-
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -79,6 +80,90 @@ def serve_wsgi():
     yield from _serving(WSGIServer)
 
 
+def files_sent(server):
+    return server.stats()["files_sent"]
+
+
+def check_engine_sent(server, before, pieces):
+    """`pieces` more file pieces were completed by the engine since files_sent() was
+    `before` (the bytes did not go through Python)."""
+    # (counted when the send completes: the client may see the bytes first)
+    wait_until(lambda: files_sent(server) - before >= pieces, what="files_sent")
+    assert files_sent(server) - before == pieces
+
+
+@pytest.fixture
+def file_tree(tmp_path):
+    """A directory with a 16 KiB file, a 3 MiB one (random bytes: any offset error
+    shows), a small page and an empty file."""
+    rnd = os.urandom(3 << 20)
+    (tmp_path / "small.bin").write_bytes(rnd[: 16 << 10])
+    (tmp_path / "big.bin").write_bytes(rnd)
+    (tmp_path / "page.html").write_bytes(b"<h1>hello</h1>\n")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    return tmp_path
+
+
+@pytest.fixture
+def polled_manager():
+    """polled_manager(handler) -> (manager, listener): a compat Manager listening for
+    HTTP on 127.0.0.1:<free port>, polled by a thread until the test ends."""
+    from pymongoose_uring.compat import Manager
+
+    running = []
+
+    def start(handler):
+        manager = Manager(handler)
+        listener = manager.listen("http://127.0.0.1:0", http=True)
+        stop = threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                manager.poll(50)
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        running.append((manager, stop, thread))
+        return manager, listener
+
+    yield start
+    for manager, stop, thread in running:
+        stop.set()
+        thread.join(5)
+        manager.close()
+
+
+def check_no_descriptor_left(server, answers, n=200):
+    """n GETs on one keep-alive connection, cycling through `answers` ((target, body
+    length) pairs), each a 200 of that length; then the process's descriptor count
+    must come back to what it was before them (after one request to warm up)."""
+    request(server, path=answers[0][0])
+    before = len(os.listdir("/proc/self/fd"))
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for i in range(n):
+            target, length = answers[i % len(answers)]
+            c.request("GET", target)
+            r = c.getresponse()
+            assert (r.status, len(r.read())) == (200, length), target
+    finally:
+        c.close()
+    wait_until(lambda: len(os.listdir("/proc/self/fd")) <= before, what="the descriptors closed")
+
+
+def check_confined(server, prefix, root):
+    """A file beside `root` cannot be reached as PREFIX/../NAME nor PREFIX/%2e%2e/NAME:
+    each answer is 404 without its bytes."""
+    secret = root.parent / ("confined-secret-%d" % os.getpid())
+    secret.write_text("secret")
+    try:
+        for path in (prefix + "/../" + secret.name, prefix + "/%2e%2e/" + secret.name):
+            status, _, body, _ = request(server, path=path)
+            assert status == 404 and b"secret" not in body, path
+    finally:
+        secret.unlink()
+
+
 def wait_until(condition, timeout=10.0, what="condition"):
     """Poll condition() until it is true, failing after timeout seconds: a wait on
     an event that fails only when the event never comes (a loaded machine makes it
@@ -110,12 +195,12 @@ def get_json(server, path="/", **kw):
     return json.loads(body)
 
 
-def fetch_closed(port, extra=b""):
-    """GET / (and `extra` pipelined behind it), read until the server closes:
+def read_closed(port, raw):
+    """Send the bytes `raw` on a fresh connection and read until the server closes:
     -> (status, {lower-name: value}, body bytes as sent)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" + extra)
+        sock.sendall(raw)
         data = b""
         while True:
             chunk = sock.recv(65536)
@@ -128,6 +213,12 @@ def fetch_closed(port, extra=b""):
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
     return int(lines[0].split()[1]), headers, body
+
+
+def fetch_closed(port, extra=b""):
+    """GET / (and `extra` pipelined behind it), read until the server closes:
+    -> (status, {lower-name: value}, body bytes as sent)."""
+    return read_closed(port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" + extra)
 
 
 # A second request to pipeline behind one whose answer fails half-way.
@@ -181,6 +272,19 @@ class RawClient:
         self.sock.close()
 
 
+def raw_get(port, target, headers=(), method="GET"):
+    """One request on a fresh RawClient, the target sent byte for byte (latin-1):
+    (status, {lower-name: value}, body). headers: (name, value) pairs."""
+    c = RawClient(port)
+    try:
+        head = "".join("%s: %s\r\n" % h for h in headers)
+        c.send(("%s %s HTTP/1.1\r\nHost: t\r\n%s\r\n" % (method, target, head)).encode("latin-1"))
+        status, pairs, body = c.read_response(head=method == "HEAD")
+        return status, {k.lower(): v for k, v in pairs}, body
+    finally:
+        c.close()
+
+
 def wait_for_line(proc, prefix, timeout=20):
     """Read the subprocess's stderr until a line containing prefix; return it."""
     deadline = time.monotonic() + timeout
@@ -195,6 +299,50 @@ def wait_for_line(proc, prefix, timeout=20):
         if prefix in line:
             return line
     raise AssertionError("no %r from the subprocess; it wrote:\n%s" % (prefix, "".join(lines)))
+
+
+def run_cli(cwd, *args):
+    """python -m pymongoose_uring ARGS in cwd, its stdout and stderr pipes of text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pymongoose_uring", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(cwd),
+    )
+
+
+def port_of(proc):
+    """The port of the "serving on http://HOST:PORT" line the process writes."""
+    line = wait_for_line(proc, "serving on")
+    return int(re.search(r"http://[^ ]*:(\d+)", line).group(1))
+
+
+def stop_process(proc, sig=signal.SIGTERM):
+    """Send sig and wait (30 s) for the process to exit, killing it if it does not:
+    -> (stdout, stderr); the exit status is proc.returncode."""
+    try:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out, err
+
+
+def run_script(script, *args, cwd, timeout=60):
+    """Run the Python source `script` with `args` in a subprocess of this interpreter,
+    in cwd; fails with its stderr unless it exits 0. -> its stdout, as lines."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(cwd),
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
 
 
 def spawn(script, *args, env=None):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import BEHIND, RawClient, fetch_closed, request, wait_until
+from conftest import BEHIND, RawClient, fetch_closed, request, run_script, wait_until
 from pymongoose_uring.asgi import ASGIServer
 
 
@@ -662,8 +662,6 @@ def test_django_asgi(tmp_path):
         import django  # noqa: F401
     except ImportError:
         pytest.skip("Django is not installed (pip install django)")
-    import subprocess
-    import sys
 
     from test_wsgi import DJANGO_APP
 
@@ -684,15 +682,7 @@ r = c.getresponse(); r.read(); print(r.status)
 s.stop()
 """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=str(tmp_path),
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = run_script(script, cwd=tmp_path)
     assert lines[0] == '200 {"hello": "dj"}'
     assert lines[1] == "200 payload"
     assert lines[2] == "404"

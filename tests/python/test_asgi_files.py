@@ -10,31 +10,15 @@ import os
 
 import pytest
 
-from conftest import RawClient, request, wait_until
-
-
-def files_sent(server):
-    return server.stats()["files_sent"]
-
-
-def check_engine_sent(server, before, pieces):
-    """`pieces` more file pieces were completed by the engine (the bytes did not go
-    through Python)."""
-    # (counted when the send completes: the client may see the bytes first)
-    wait_until(lambda: files_sent(server) - before >= pieces, what="files_sent")
-    assert files_sent(server) - before == pieces
-
-
-@pytest.fixture
-def files(tmp_path):
-    """A directory with a 16 KiB file, a 3 MiB one (random bytes: any offset error
-    shows) and an empty one."""
-    rnd = os.urandom(3 << 20)
-    (tmp_path / "small.bin").write_bytes(rnd[: 16 << 10])
-    (tmp_path / "big.bin").write_bytes(rnd)
-    (tmp_path / "empty.txt").write_bytes(b"")
-    (tmp_path / "page.html").write_bytes(b"<h1>hello</h1>\n")
-    return tmp_path
+from conftest import (
+    RawClient,
+    check_confined,
+    check_engine_sent,
+    check_no_descriptor_left,
+    files_sent,
+    request,
+    wait_until,
+)
 
 
 def pathsend_app(root, log):
@@ -63,34 +47,34 @@ def pathsend_app(root, log):
     return app
 
 
-def test_pathsend_sends_the_file_byte_exact(serve_asgi, files):
-    server = serve_asgi(pathsend_app(str(files), []))
+def test_pathsend_sends_the_file_byte_exact(serve_asgi, file_tree):
+    server = serve_asgi(pathsend_app(str(file_tree), []))
     before = files_sent(server)
     for name in ("small.bin", "big.bin", "page.html"):
         status, headers, body, _ = request(server, path="/" + name)
         assert status == 200
-        assert body == (files / name).read_bytes(), name
+        assert body == (file_tree / name).read_bytes(), name
         assert headers["content-length"] == str(len(body))
         assert headers["content-type"] == "application/octet-stream"
     check_engine_sent(server, before, 3)
 
 
-def test_pathsend_without_content_length_gets_the_size(serve_asgi, files):
-    server = serve_asgi(pathsend_app(str(files), []))
+def test_pathsend_without_content_length_gets_the_size(serve_asgi, file_tree):
+    server = serve_asgi(pathsend_app(str(file_tree), []))
     status, headers, body, _ = request(server, path="/big.bin?nolength")
-    assert status == 200 and body == (files / "big.bin").read_bytes()
+    assert status == 200 and body == (file_tree / "big.bin").read_bytes()
     assert headers["content-length"] == str(3 << 20)
     assert "transfer-encoding" not in headers
     status, headers, body, _ = request(server, path="/empty.txt?nolength")
     assert (status, body, headers["content-length"]) == (200, b"", "0")
 
 
-def test_pathsend_keep_alive_and_head(serve_asgi, files):
+def test_pathsend_keep_alive_and_head(serve_asgi, file_tree):
     """Several answers on one connection stay framed; HEAD has the length, no body."""
-    server = serve_asgi(pathsend_app(str(files), []))
+    server = serve_asgi(pathsend_app(str(file_tree), []))
     c = RawClient(server.port)
     try:
-        small = (files / "small.bin").read_bytes()
+        small = (file_tree / "small.bin").read_bytes()
         c.send(
             b"GET /small.bin HTTP/1.1\r\nHost: t\r\n\r\n"
             b"HEAD /big.bin HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -107,11 +91,11 @@ def test_pathsend_keep_alive_and_head(serve_asgi, files):
         c.close()
 
 
-def test_pathsend_missing_file(serve_asgi, files):
+def test_pathsend_missing_file(serve_asgi, file_tree):
     """A missing file raises FileNotFoundError in send(), before anything is sent: an
     app may catch it and answer otherwise; uncaught, the client gets a 500."""
     log = []
-    server = serve_asgi(pathsend_app(str(files), log))
+    server = serve_asgi(pathsend_app(str(file_tree), log))
     status, _, body, _ = request(server, path="/missing.bin?catch")
     assert (status, body) == (404, b"no such file")
     status, _, _, _ = request(server, path="/missing.bin")
@@ -119,10 +103,10 @@ def test_pathsend_missing_file(serve_asgi, files):
     assert len(log) == 2 and all(isinstance(e, FileNotFoundError) for e in log)
 
 
-def test_pathsend_message_order(serve_asgi, files):
+def test_pathsend_message_order(serve_asgi, file_tree):
     """pathsend before start, twice, or after a streamed body: RuntimeError."""
     errors = []
-    path = str(files / "page.html")
+    path = str(file_tree / "page.html")
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
@@ -162,7 +146,7 @@ def test_pathsend_message_order(serve_asgi, files):
     assert "after a streamed" in errors[2]
 
 
-def test_pathsend_directory_is_refused(serve_asgi, files):
+def test_pathsend_directory_is_refused(serve_asgi, file_tree):
     caught = []
 
     async def app(scope, receive, send):
@@ -170,7 +154,7 @@ def test_pathsend_directory_is_refused(serve_asgi, files):
             return
         await send({"type": "http.response.start", "status": 200, "headers": []})
         try:
-            await send({"type": "http.response.pathsend", "path": str(files)})
+            await send({"type": "http.response.pathsend", "path": str(file_tree)})
         except IsADirectoryError as exc:
             caught.append(exc)
             raise
@@ -215,11 +199,11 @@ def starlette_app(root):
     )
 
 
-def test_starlette_file_response_uses_pathsend(serve_asgi, files):
+def test_starlette_file_response_uses_pathsend(serve_asgi, file_tree):
     seen = []
-    server = serve_asgi(recording(starlette_app(str(files)), seen))
+    server = serve_asgi(recording(starlette_app(str(file_tree)), seen))
     before = files_sent(server)
-    big = (files / "big.bin").read_bytes()
+    big = (file_tree / "big.bin").read_bytes()
     status, headers, body, _ = request(server, path="/file/big.bin")
     assert status == 200 and body == big
     assert headers["content-length"] == str(len(big))
@@ -233,12 +217,12 @@ def test_starlette_file_response_uses_pathsend(serve_asgi, files):
     assert (status, body) == (304, b"")
 
 
-def test_starlette_ranges_go_through_its_body_messages(serve_asgi, files):
+def test_starlette_ranges_go_through_its_body_messages(serve_asgi, file_tree):
     """Starlette answers a Range itself with http.response.body messages (it sends
     pathsend only for the whole file): the bytes must be the range's."""
     seen = []
-    server = serve_asgi(recording(starlette_app(str(files)), seen))
-    big = (files / "big.bin").read_bytes()
+    server = serve_asgi(recording(starlette_app(str(file_tree)), seen))
+    big = (file_tree / "big.bin").read_bytes()
     status, headers, body, _ = request(
         server, path="/file/big.bin", headers={"Range": "bytes=1000-200999"}
     )
@@ -258,11 +242,11 @@ def test_starlette_ranges_go_through_its_body_messages(serve_asgi, files):
     assert status == 416 and headers["content-range"] == "bytes */%d" % (16 << 10)
 
 
-def test_starlette_static_files(serve_asgi, files):
+def test_starlette_static_files(serve_asgi, file_tree):
     seen = []
-    server = serve_asgi(recording(starlette_app(str(files)), seen))
+    server = serve_asgi(recording(starlette_app(str(file_tree)), seen))
     status, headers, body, _ = request(server, path="/static/small.bin")
-    assert status == 200 and body == (files / "small.bin").read_bytes()
+    assert status == 200 and body == (file_tree / "small.bin").read_bytes()
     assert "http.response.pathsend" in seen
     status, headers, body, _ = request(server, path="/static/page.html")
     assert (status, body) == (200, b"<h1>hello</h1>\n")
@@ -270,17 +254,10 @@ def test_starlette_static_files(serve_asgi, files):
     status, _, body, _ = request(server, "HEAD", "/static/big.bin")
     assert status == 200 and body == b""
     assert request(server, path="/static/missing.txt")[0] == 404
-    secret = files.parent / ("asgi-files-secret-%d" % os.getpid())
-    secret.write_text("secret")
-    try:
-        for path in ("/static/../" + secret.name, "/static/%2e%2e/" + secret.name):
-            status, _, body, _ = request(server, path=path)
-            assert status == 404 and b"secret" not in body, path
-    finally:
-        secret.unlink()
+    check_confined(server, "/static", file_tree)
 
 
-def test_fastapi_file_response(serve_asgi, files):
+def test_fastapi_file_response(serve_asgi, file_tree):
     pytest.importorskip("fastapi", reason="FastAPI is not installed")
     from fastapi import FastAPI
     from fastapi.responses import FileResponse
@@ -289,20 +266,20 @@ def test_fastapi_file_response(serve_asgi, files):
 
     @app.get("/dl/{name}")
     async def download(name: str):
-        return FileResponse(str(files / name), filename="report-" + name)
+        return FileResponse(str(file_tree / name), filename="report-" + name)
 
     server = serve_asgi(app)
     before = files_sent(server)
     status, headers, body, _ = request(server, path="/dl/small.bin")
-    assert status == 200 and body == (files / "small.bin").read_bytes()
+    assert status == 200 and body == (file_tree / "small.bin").read_bytes()
     assert headers["content-disposition"] == 'attachment; filename="report-small.bin"'
     check_engine_sent(server, before, 1)
 
 
-def test_many_pathsends_at_once(serve_asgi, files):
+def test_many_pathsends_at_once(serve_asgi, file_tree):
     """Concurrent clients of the 3 MiB file each get it whole."""
-    server = serve_asgi(pathsend_app(str(files), []))
-    digest = hashlib.sha256((files / "big.bin").read_bytes()).hexdigest()
+    server = serve_asgi(pathsend_app(str(file_tree), []))
+    digest = hashlib.sha256((file_tree / "big.bin").read_bytes()).hexdigest()
 
     async def one():
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -318,9 +295,9 @@ def test_many_pathsends_at_once(serve_asgi, files):
     assert asyncio.run(many()) == [(b"200", digest)] * 16
 
 
-def test_pathsend_to_a_client_gone(serve_asgi, files):
+def test_pathsend_to_a_client_gone(serve_asgi, file_tree):
     """A client that leaves before the file is out: the server goes on serving."""
-    server = serve_asgi(pathsend_app(str(files), []))
+    server = serve_asgi(pathsend_app(str(file_tree), []))
     for _ in range(5):
         c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         c.request("GET", "/big.bin")
@@ -328,7 +305,7 @@ def test_pathsend_to_a_client_gone(serve_asgi, files):
         r.read(1000)
         c.close()
     status, _, body, _ = request(server, path="/small.bin")
-    assert status == 200 and body == (files / "small.bin").read_bytes()
+    assert status == 200 and body == (file_tree / "small.bin").read_bytes()
 
 
 def test_anyio_worker_threads_are_kept_across_requests(serve_asgi):
@@ -355,27 +332,15 @@ def test_anyio_worker_threads_are_kept_across_requests(serve_asgi):
     assert max(counts) >= 5, counts  # the same thread, again and again
 
 
-def open_fds():
-    return len(os.listdir("/proc/self/fd"))
-
-
-def test_pathsend_leaves_no_descriptor_open(serve_asgi, files):
+def test_pathsend_leaves_no_descriptor_open(serve_asgi, file_tree):
     """The adapter's descriptor is closed after each pathsend, and the engine's
     duplicate once the file is sent: 200 answers leave the process's count as it was."""
-    server = serve_asgi(pathsend_app(str(files), []))
-    request(server, path="/small.bin")
-    before = open_fds()
-    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    for i in range(200):
-        c.request("GET", "/small.bin" if i % 2 else "/page.html?nolength")
-        r = c.getresponse()
-        assert r.status == 200 and len(r.read()) in (16 << 10, 15)
-    c.close()
-    wait_until(lambda: open_fds() <= before, what="the descriptors closed")
+    server = serve_asgi(pathsend_app(str(file_tree), []))
+    check_no_descriptor_left(server, [("/small.bin", 16 << 10), ("/page.html?nolength", 15)])
 
 
-def test_pathsend_access_log(serve_asgi, files, caplog):
-    server = serve_asgi(pathsend_app(str(files), []), access_log=True)
+def test_pathsend_access_log(serve_asgi, file_tree, caplog):
+    server = serve_asgi(pathsend_app(str(file_tree), []), access_log=True)
     with caplog.at_level("INFO", logger="pymongoose_uring.access"):
         assert request(server, path="/page.html")[0] == 200
         wait_until(lambda: any("/page.html" in r.getMessage() for r in caplog.records))
@@ -383,14 +348,14 @@ def test_pathsend_access_log(serve_asgi, files, caplog):
     assert '"GET /page.html HTTP/1.1" 200' in line
 
 
-def test_pathsend_with_a_bodiless_status(serve_asgi, files):
+def test_pathsend_with_a_bodiless_status(serve_asgi, file_tree):
     """A 304 start followed by pathsend sends neither the file nor a length."""
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
         await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", b'"x"')]})
-        await send({"type": "http.response.pathsend", "path": str(files / "big.bin")})
+        await send({"type": "http.response.pathsend", "path": str(file_tree / "big.bin")})
 
     server = serve_asgi(app)
     c = RawClient(server.port)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import RawClient, request, wait_for_line
+from conftest import RawClient, port_of, request, run_cli, stop_process as stop, wait_for_line
 from pymongoose_uring._adapter import detect_interface
 
 APPS = textwrap.dedent("""
@@ -80,32 +80,6 @@ class _S:
 def app_dir(tmp_path):
     (tmp_path / "cliapps.py").write_text(APPS)
     return tmp_path
-
-
-def run_cli(app_dir, *args):
-    return subprocess.Popen(
-        [sys.executable, "-m", "pymongoose_uring", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=str(app_dir),
-    )
-
-
-def port_of(proc):
-    line = wait_for_line(proc, "serving on")
-    return int(re.search(r"http://[^ ]*:(\d+)", line).group(1))
-
-
-def stop(proc, sig=signal.SIGTERM):
-    try:
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return out, err
 
 
 class Lines:

@@ -7,16 +7,15 @@ static-files example and tests, run from a checkout with only the import changed
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import urllib.request
 
 import pytest
+from pymongoose_checkout import pymongoose_source, run_example, wait_serving
 
-from conftest import RawClient, request, wait_until
-from pymongoose_uring.compat import MG_EV_HTTP_MSG, Manager, TlsOpts, http_parse_multipart
+from conftest import RawClient, request
+from pymongoose_uring.compat import MG_EV_HTTP_MSG, TlsOpts, http_parse_multipart
 
 
 class _At:
@@ -25,29 +24,17 @@ class _At:
 
 
 @pytest.fixture
-def serving():
+def serving(polled_manager):
     """serving(handler) -> an object with .port (a polled Manager) and .manager."""
-    running = []
 
     def start(handler):
-        manager = Manager(handler)
-        listener = manager.listen("http://127.0.0.1:0", http=True)
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=lambda: [manager.poll(50) for _ in iter(stop.is_set, True)]
-        )
-        thread.start()
-        running.append((manager, stop, thread))
+        manager, listener = polled_manager(handler)
         at = _At(listener.local_addr[1])
         at.manager = manager
         at.server = listener._server
         return at
 
-    yield start
-    for manager, stop, thread in running:
-        stop.set()
-        thread.join(5)
-        manager.close()
+    return start
 
 
 @pytest.fixture
@@ -232,59 +219,16 @@ def test_tls_opts_keep_their_fields():
 
 # ---- pymongoose's own static-files example and tests ---------------------------------------
 
-_MIRROR = "/work/.mirror/shakfu+pymongoose/repo"
-
-
-def _pymongoose_file(rel):
-    """tests/... from a pymongoose checkout (PYMONGOOSE_CHECKOUT, else the mirror) with
-    only its import changed; skips when there is none."""
-    tree = os.environ.get("PYMONGOOSE_CHECKOUT")
-    text = None
-    if tree and os.path.isfile(os.path.join(tree, rel)):
-        with open(os.path.join(tree, rel)) as f:
-            text = f.read()
-    elif os.path.isdir(_MIRROR):
-        out = subprocess.run(
-            ["git", "--git-dir", _MIRROR, "show", "HEAD:" + rel], capture_output=True, text=True
-        )
-        text = out.stdout if out.returncode == 0 else None
-    if text is None:
-        pytest.skip("no pymongoose checkout (set PYMONGOOSE_CHECKOUT to one)")
-    assert "from pymongoose import" in text
-    return text.replace("from pymongoose import", "from pymongoose_uring.compat import")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_pymongoose_http_server_example(tmp_path):
     """tests/examples/http/http_server.py: serve_dir with extra headers over the web
     root it creates, its JSON API, and a multipart upload (http_parse_multipart)."""
-    script = tmp_path / "http_server.py"
-    script.write_text(_pymongoose_file("tests/examples/http/http_server.py"))
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(script), "--port", str(port), "--root", str(tmp_path / "root")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=str(tmp_path),
+    proc, port = run_example(
+        "tests/examples/http/http_server.py", tmp_path, "--root", str(tmp_path / "root")
     )
     base = "http://127.0.0.1:%d" % port
     try:
-
-        def up():
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(up, timeout=20, what="the example serving")
+        wait_serving(proc, port)
         with urllib.request.urlopen(base + "/") as r:
             assert b"pymongoose HTTP Server" in r.read()
             assert r.headers["Access-Control-Allow-Origin"] == "*"
@@ -330,7 +274,7 @@ def test_pymongoose_own_tests(tmp_path, rel):
     """pymongoose's static-files example tests and its multipart tests, unchanged but for
     the import, pass against the compatibility layer."""
     test = tmp_path / ("test_" + os.path.basename(rel).removeprefix("test_"))
-    test.write_text(_pymongoose_file(rel))
+    test.write_text(pymongoose_source(rel))
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
         capture_output=True,

@@ -6,14 +6,12 @@ repository with only the import changed, where one is available."""
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 
 import pytest
+from pymongoose_checkout import run_example, wait_serving
 from test_asgi_websocket import WS, Record
 
 from conftest import wait_until
@@ -28,35 +26,19 @@ from pymongoose_uring.compat import (
     WEBSOCKET_OP_PONG,
     WEBSOCKET_OP_TEXT,
     ConnectionClosed,
-    Manager,
     WsMessage,
 )
 
 
 @pytest.fixture
-def manager_with():
+def manager_with(polled_manager):
     """manager_with(handler) -> (manager, port), polled by a thread until the test ends."""
-    managers = []
 
     def start(handler):
-        manager = Manager(handler)
-        listener = manager.listen("http://127.0.0.1:0", http=True)
-        stop = threading.Event()
-
-        def poll():
-            while not stop.is_set():
-                manager.poll(50)
-
-        thread = threading.Thread(target=poll, daemon=True)
-        thread.start()
-        managers.append((manager, stop, thread))
+        manager, listener = polled_manager(handler)
         return manager, listener.local_addr[1]
 
-    yield start
-    for manager, stop, thread in managers:
-        stop.set()
-        thread.join(5)
-        manager.close()
+    return start
 
 
 def test_opcodes_are_mongooses():
@@ -273,65 +255,7 @@ def test_serve_dir(manager_with, tmp_path):
 
 # ---- pymongoose's own examples --------------------------------------------------------
 
-# A checkout of github.com/shakfu/pymongoose: PYMONGOOSE_CHECKOUT (a work tree), else
-# the bare mirror the fetch tool leaves on the machines this was developed on.
-_MIRROR = "/work/.mirror/shakfu+pymongoose/repo"
-
-
-def _example(name):
-    """The text of tests/examples/websocket/NAME from a pymongoose checkout, with only
-    its import changed; None when no checkout is here."""
-    rel = "tests/examples/websocket/" + name
-    tree = os.environ.get("PYMONGOOSE_CHECKOUT")
-    text = None
-    if tree and os.path.isfile(os.path.join(tree, rel)):
-        with open(os.path.join(tree, rel)) as f:
-            text = f.read()
-    elif os.path.isdir(_MIRROR):
-        out = subprocess.run(
-            ["git", "--git-dir", _MIRROR, "show", "HEAD:" + rel], capture_output=True, text=True
-        )
-        text = out.stdout if out.returncode == 0 else None
-    if text is None:
-        return None
-    assert "from pymongoose import" in text
-    return text.replace("from pymongoose import", "from pymongoose_uring.compat import")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_example(name, tmp_path, *args):
-    text = _example(name)
-    if text is None:
-        pytest.skip("no pymongoose checkout (set PYMONGOOSE_CHECKOUT to one)")
-    script = tmp_path / name
-    script.write_text(text)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(script), "--port", str(port), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=str(tmp_path),
-    )
-    return proc, port
-
-
-def _wait_serving(proc, port):
-    def up():
-        if proc.poll() is not None:
-            raise AssertionError("the example exited: %s" % proc.communicate()[1])
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    wait_until(up, timeout=20, what="the example serving")
+EXAMPLES = "tests/examples/websocket/"
 
 
 def _stop(proc):
@@ -342,9 +266,11 @@ def _stop(proc):
 
 
 def test_pymongoose_websocket_server_example(tmp_path):
-    proc, port = _run_example("websocket_server.py", tmp_path, "--root", str(tmp_path / "www"))
+    proc, port = run_example(
+        EXAMPLES + "websocket_server.py", tmp_path, "--root", str(tmp_path / "www")
+    )
     try:
-        _wait_serving(proc, port)
+        wait_serving(proc, port)
         a, b = WS(port, "/ws"), WS(port, "/ws")
         a.send("Hello")
         assert a.recv() == "Echo: Hello"
@@ -368,9 +294,9 @@ def test_pymongoose_websocket_server_example(tmp_path):
 
 
 def test_pymongoose_websocket_broadcast_example(tmp_path):
-    proc, port = _run_example("websocket_broadcast.py", tmp_path, "--interval", "0.2")
+    proc, port = run_example(EXAMPLES + "websocket_broadcast.py", tmp_path, "--interval", "0.2")
     try:
-        _wait_serving(proc, port)
+        wait_serving(proc, port)
         with urllib.request.urlopen("http://127.0.0.1:%d/" % port) as r:
             assert b"WebSocket Broadcast Demo" in r.read()
         ws = WS(port, "/ws")

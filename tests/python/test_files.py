@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import RawClient, request, wait_until
+from conftest import RawClient, raw_get as get, read_closed, request, wait_until
 from pymongoose_uring import App, FileResponse, Response, StaticMount
 
 
@@ -24,17 +24,6 @@ def files(tmp_path):
     (tmp_path / "note.txt").write_bytes(b"a note\n")
     (tmp_path / "page.html").write_bytes(b"<p>page</p>")
     return tmp_path
-
-
-def get(port, target, headers=(), method="GET"):
-    c = RawClient(port)
-    try:
-        head = "".join("%s: %s\r\n" % h for h in headers)
-        c.send(("%s %s HTTP/1.1\r\nHost: t\r\n%s\r\n" % (method, target, head)).encode("latin-1"))
-        status, pairs, body = c.read_response(head=method == "HEAD")
-        return status, {k.lower(): v for k, v in pairs}, body
-    finally:
-        c.close()
 
 
 def read_chunked(data):
@@ -50,24 +39,9 @@ def read_chunked(data):
 
 def get_closed(port, target, headers=()):
     """GET with Connection: close, read to EOF: (status, {name: value}, raw body)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    try:
-        head = "".join("%s: %s\r\n" % h for h in headers)
-        sock.sendall(
-            ("GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n%s\r\n" % (target, head)).encode()
-        )
-        data = b""
-        while True:
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        sock.close()
-    raw, _, body = data.partition(b"\r\n\r\n")
-    lines = raw.decode("latin-1").split("\r\n")
-    h = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
-    return int(lines[0].split()[1]), h, body
+    head = "".join("%s: %s\r\n" % h for h in headers)
+    raw = "GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n%s\r\n" % (target, head)
+    return read_closed(port, raw.encode())
 
 
 # ---- FileResponse ----

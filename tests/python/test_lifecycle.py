@@ -13,7 +13,7 @@ import threading
 import pytest
 
 import pymongoose_uring as pmu
-from conftest import request, spawn, wait_for_line, wait_until
+from conftest import port_of, request, run_cli, spawn, stop_process, wait_for_line, wait_until
 from pymongoose_uring import App, Server
 
 
@@ -315,16 +315,11 @@ SIGNAL_SERVER = textwrap.dedent("""
 """)
 
 
-def _port_of(proc):
-    line = wait_for_line(proc, "serving on")
-    return int(line.split("http://127.0.0.1:")[1].split()[0])
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_run_stops_gracefully_on_signal(sig):
     proc = spawn(SIGNAL_SERVER, "2")
     try:
-        port = _port_of(proc)
+        port = port_of(proc)
 
         class S:
             pass
@@ -352,7 +347,7 @@ def test_run_stops_gracefully_on_signal(sig):
 def test_stop_from_a_handler():
     proc = spawn(SIGNAL_SERVER, "1")
     try:
-        port = _port_of(proc)
+        port = port_of(proc)
 
         class S:
             pass
@@ -389,15 +384,9 @@ def test_running_server_is_stopped_at_exit():
 
 
 def test_command_line_hello():
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pymongoose_uring", "--hello", "--port", "0", "--batch-max", "16"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tempfile.gettempdir(),
-    )
+    proc = run_cli(tempfile.gettempdir(), "--hello", "--port", "0", "--batch-max", "16")
     try:
-        port = _port_of(proc)
+        port = port_of(proc)
 
         class S:
             pass
@@ -405,10 +394,6 @@ def test_command_line_hello():
         s = S()
         s.port = port
         assert request(s)[2] == b'{"message":"Hello, World!"}'
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGINT)
     assert proc.returncode == 0

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from conftest import RawClient, request
+from conftest import raw_get as get, request
 from pymongoose_uring import App, Response, Server, StaticMount, _native
 
 SECRET = b"TOP-SECRET-OUTSIDE"
@@ -50,18 +50,6 @@ def tree(tmp_path):
     os.symlink(outside / "secret.txt", root / "link_out")
     os.symlink("../outside/secret.txt", root / "link_rel_out")
     return tmp_path
-
-
-def get(port, target, headers=(), method="GET"):
-    """One raw request (the target sent byte for byte): (status, {name: value}, body)."""
-    c = RawClient(port)
-    try:
-        head = "".join("%s: %s\r\n" % h for h in headers)
-        c.send(("%s %s HTTP/1.1\r\nHost: t\r\n%s\r\n" % (method, target, head)).encode("latin-1"))
-        status, pairs, body = c.read_response(head=method == "HEAD")
-        return status, {k.lower(): v for k, v in pairs}, body
-    finally:
-        c.close()
 
 
 def mounted(serve, tree, **kw):

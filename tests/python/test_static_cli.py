@@ -2,15 +2,13 @@
 or WSGI app (the prefix "/" falls through to the app), the --static-* options, --workers
 (mounts in every worker) and --help."""
 
-import re
-import signal
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from conftest import RawClient, wait_for_line
+from conftest import port_of, raw_get as get, run_cli, stop_process
 
 APP = textwrap.dedent("""
     from pymongoose_uring import App
@@ -48,40 +46,13 @@ def site(tmp_path):
 
 
 def cli(cwd, *args):
-    return subprocess.Popen(
-        [sys.executable, "-m", "pymongoose_uring", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=str(cwd),
-    )
-
-
-def port_of(proc):
-    line = wait_for_line(proc, "serving on")
-    return int(re.search(r"http://[^ ]*:(\d+)", line).group(1))
+    return run_cli(cwd, "--port", "0", *args)
 
 
 def stop(proc):
-    try:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    """SIGTERM, then the exit status."""
+    stop_process(proc)
     return proc.returncode
-
-
-def get(port, target, headers=()):
-    c = RawClient(port)
-    try:
-        head = "".join("%s: %s\r\n" % h for h in headers)
-        c.send(("GET %s HTTP/1.1\r\nHost: t\r\n%s\r\n" % (target, head)).encode())
-        status, pairs, body = c.read_response()
-        return status, {k.lower(): v for k, v in pairs}, body
-    finally:
-        c.close()
 
 
 def test_static_file_server_alone(site):

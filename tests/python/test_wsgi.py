@@ -12,7 +12,7 @@ from wsgiref.validate import validator
 
 import pytest
 
-from conftest import BEHIND, RawClient, fetch_closed, request, wait_until
+from conftest import BEHIND, RawClient, fetch_closed, request, run_script, wait_until
 from pymongoose_uring import wsgi as pmu_wsgi
 from pymongoose_uring.wsgi import WSGIHandler, WSGIServer
 
@@ -726,8 +726,6 @@ def _django():
 
 def test_django_wsgi(tmp_path):
     _django()
-    import subprocess
-    import sys
 
     script = (
         DJANGO_APP
@@ -746,15 +744,7 @@ r = c.getresponse(); r.read(); print(r.status)
 s.stop()
 """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=str(tmp_path),
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = run_script(script, cwd=tmp_path)
     assert lines[0] == '200 {"hello": "dj"}'
     assert lines[1] == "200 payload"
     assert lines[2] == "404"

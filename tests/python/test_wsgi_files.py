@@ -4,40 +4,24 @@ Content-Length; anything else (BytesIO, a pipe, a socket) is iterated; the file 
 closed after the answer. Flask's send_file/send_from_directory (werkzeug's
 conditionals and Range) and Django's FileResponse go through it."""
 
-import http.client
 import io
 import os
 import socket
-import subprocess
-import sys
 import threading
 
 import pytest
 
-from conftest import RawClient, request, wait_until
+from conftest import (
+    RawClient,
+    check_confined,
+    check_engine_sent,
+    check_no_descriptor_left,
+    files_sent,
+    request,
+    run_script,
+    wait_until,
+)
 from pymongoose_uring import wsgi
-
-
-def files_sent(server):
-    return server.stats()["files_sent"]
-
-
-def check_engine_sent(server, before, pieces):
-    """`pieces` more file pieces were completed by the engine (the bytes did not go
-    through Python)."""
-    # (counted when the send completes: the client may see the bytes first)
-    wait_until(lambda: files_sent(server) - before >= pieces, what="files_sent")
-    assert files_sent(server) - before == pieces
-
-
-@pytest.fixture
-def files(tmp_path):
-    rnd = os.urandom(3 << 20)
-    (tmp_path / "small.bin").write_bytes(rnd[: 16 << 10])
-    (tmp_path / "big.bin").write_bytes(rnd)
-    (tmp_path / "page.html").write_bytes(b"<h1>hello</h1>\n")
-    (tmp_path / "empty.txt").write_bytes(b"")
-    return tmp_path
 
 
 class Tracked(io.FileIO):
@@ -81,13 +65,13 @@ def test_file_wrapper_is_a_class_with_pep3333_behaviour():
     assert f.closed
 
 
-def test_wrapped_file_is_sent_byte_exact_and_closed(serve_wsgi, files):
+def test_wrapped_file_is_sent_byte_exact_and_closed(serve_wsgi, file_tree):
     opened = []
-    server = serve_wsgi(wrapper_app(str(files), opened))
+    server = serve_wsgi(wrapper_app(str(file_tree), opened))
     before = files_sent(server)
     for name in ("small.bin", "big.bin", "page.html"):
         status, headers, body, _ = request(server, path="/" + name)
-        assert status == 200 and body == (files / name).read_bytes(), name
+        assert status == 200 and body == (file_tree / name).read_bytes(), name
         assert headers["content-length"] == str(len(body))  # given by the adapter
         assert "transfer-encoding" not in headers
     check_engine_sent(server, before, 3)
@@ -95,9 +79,9 @@ def test_wrapped_file_is_sent_byte_exact_and_closed(serve_wsgi, files):
     assert len(opened) == 3
 
 
-def test_wrapped_file_from_its_position_and_length(serve_wsgi, files):
-    server = serve_wsgi(wrapper_app(str(files), []))
-    big = (files / "big.bin").read_bytes()
+def test_wrapped_file_from_its_position_and_length(serve_wsgi, file_tree):
+    server = serve_wsgi(wrapper_app(str(file_tree), []))
+    big = (file_tree / "big.bin").read_bytes()
     status, headers, body, _ = request(server, path="/big.bin?seek=1000")
     assert status == 200 and body == big[1000:]
     assert headers["content-length"] == str(len(big) - 1000)
@@ -109,10 +93,10 @@ def test_wrapped_file_from_its_position_and_length(serve_wsgi, files):
     assert (status, body) == (200, b"")
 
 
-def test_wrapped_file_shorter_than_its_length_is_cut_short(serve_wsgi, files):
+def test_wrapped_file_shorter_than_its_length_is_cut_short(serve_wsgi, file_tree):
     """A Content-Length beyond the file's end: what the file has, then the connection
     closes (the client sees the answer incomplete, never padded)."""
-    server = serve_wsgi(wrapper_app(str(files), []))
+    server = serve_wsgi(wrapper_app(str(file_tree), []))
     c = RawClient(server.port)
     try:
         c.send(b"GET /page.html?length=100 HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -133,9 +117,9 @@ def test_wrapped_file_shorter_than_its_length_is_cut_short(serve_wsgi, files):
     assert request(server, path="/page.html")[2] == b"<h1>hello</h1>\n"  # still serving
 
 
-def test_wrapped_file_head_and_keep_alive(serve_wsgi, files):
+def test_wrapped_file_head_and_keep_alive(serve_wsgi, file_tree):
     opened = []
-    server = serve_wsgi(wrapper_app(str(files), opened))
+    server = serve_wsgi(wrapper_app(str(file_tree), opened))
     c = RawClient(server.port)
     try:
         c.send(
@@ -146,14 +130,14 @@ def test_wrapped_file_head_and_keep_alive(serve_wsgi, files):
         assert status == 200 and body == b""
         assert dict((k.lower(), v) for k, v in headers)["content-length"] == str(3 << 20)
         c.send(b"GET /page.html?length=15 HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert c.read_response()[2] == (files / "small.bin").read_bytes()
+        assert c.read_response()[2] == (file_tree / "small.bin").read_bytes()
         assert c.read_response()[2] == b"<h1>hello</h1>\n"
     finally:
         c.close()
     wait_until(lambda: len(opened) == 3 and all(f.closed for f in opened), what="closed")
 
 
-def test_wrapped_non_files_are_iterated(serve_wsgi, files):
+def test_wrapped_non_files_are_iterated(serve_wsgi, file_tree):
     """BytesIO, a pipe and a socket have no regular file behind them: iterated, in
     blksize blocks, and closed."""
     data = os.urandom(300_000)
@@ -185,7 +169,7 @@ def test_wrapped_non_files_are_iterated(serve_wsgi, files):
     assert files_sent(server) == before  # none went as a file piece
 
 
-def test_file_wrapper_subclass_and_text_file_are_iterated(serve_wsgi, files):
+def test_file_wrapper_subclass_and_text_file_are_iterated(serve_wsgi, file_tree):
     """Only the adapter's own class is taken for a file; a text file is iterated (its
     str blocks sent UTF-8 encoded, as the adapter sends a str from any body)."""
 
@@ -195,8 +179,8 @@ def test_file_wrapper_subclass_and_text_file_are_iterated(serve_wsgi, files):
     def app(environ, start_response):
         start_response("200 OK", [])
         if environ["PATH_INFO"] == "/sub":
-            return Mine(open(files / "page.html", "rb"))
-        return environ["wsgi.file_wrapper"](open(files / "page.html"))  # text mode
+            return Mine(open(file_tree / "page.html", "rb"))
+        return environ["wsgi.file_wrapper"](open(file_tree / "page.html"))  # text mode
 
     server = serve_wsgi(app)
     before = files_sent(server)
@@ -235,10 +219,10 @@ def flask_app(root):
     return app
 
 
-def test_flask_send_file(serve_wsgi, files):
-    server = serve_wsgi(flask_app(str(files)))
+def test_flask_send_file(serve_wsgi, file_tree):
+    server = serve_wsgi(flask_app(str(file_tree)))
     before = files_sent(server)
-    big = (files / "big.bin").read_bytes()
+    big = (file_tree / "big.bin").read_bytes()
     status, headers, body, _ = request(server, path="/file/big.bin")
     assert status == 200 and body == big
     assert headers["content-length"] == str(len(big)) and headers["etag"]
@@ -253,15 +237,15 @@ def test_flask_send_file(serve_wsgi, files):
     status, headers, body, _ = request(server, "HEAD", "/file/big.bin")
     assert status == 200 and body == b"" and headers["content-length"] == str(len(big))
     status, headers, body, _ = request(server, path="/attach")
-    assert status == 200 and body == (files / "small.bin").read_bytes()
+    assert status == 200 and body == (file_tree / "small.bin").read_bytes()
     assert headers["content-disposition"] == "attachment; filename=small.bin"
 
 
-def test_flask_ranges(serve_wsgi, files):
+def test_flask_ranges(serve_wsgi, file_tree):
     """werkzeug answers Range itself by wrapping the file_wrapper in its range
     wrapper: the adapter sends exactly the range (from the file, by the engine)."""
-    server = serve_wsgi(flask_app(str(files)))
-    big = (files / "big.bin").read_bytes()
+    server = serve_wsgi(flask_app(str(file_tree)))
+    big = (file_tree / "big.bin").read_bytes()
     before = files_sent(server)
     cases = {
         "bytes=0-0": big[0:1],
@@ -289,10 +273,10 @@ def test_flask_ranges(serve_wsgi, files):
     assert status == 416 and headers["content-range"] == "bytes */%d" % (16 << 10)
 
 
-def test_flask_send_file_from_memory_with_ranges(serve_wsgi, files):
+def test_flask_send_file_from_memory_with_ranges(serve_wsgi, file_tree):
     """send_file of a BytesIO: werkzeug's range wrapper seeks the wrapper (it is
     seekable) and the adapter iterates it: the range's bytes, no file piece."""
-    server = serve_wsgi(flask_app(str(files)))
+    server = serve_wsgi(flask_app(str(file_tree)))
     before = files_sent(server)
     status, _, body, _ = request(server, path="/memory")
     assert (status, body) == (200, MEMORY)
@@ -302,21 +286,14 @@ def test_flask_send_file_from_memory_with_ranges(serve_wsgi, files):
     assert files_sent(server) == before
 
 
-def test_flask_send_from_directory(serve_wsgi, files):
-    server = serve_wsgi(flask_app(str(files)))
+def test_flask_send_from_directory(serve_wsgi, file_tree):
+    server = serve_wsgi(flask_app(str(file_tree)))
     status, headers, body, _ = request(server, path="/static-dir/page.html")
     assert (status, body) == (200, b"<h1>hello</h1>\n")
     assert headers["content-type"].startswith("text/html")
     assert "max-age=60" in headers["cache-control"]
     assert request(server, path="/static-dir/missing.html")[0] == 404
-    secret = files.parent / ("wsgi-files-secret-%d" % os.getpid())
-    secret.write_text("secret")
-    try:
-        for path in ("/static-dir/../" + secret.name, "/static-dir/%2e%2e/" + secret.name):
-            status, _, body, _ = request(server, path=path)
-            assert status == 404 and b"secret" not in body, path
-    finally:
-        secret.unlink()
+    check_confined(server, "/static-dir", file_tree)
 
 
 # ---- Django -----------------------------------------------------------------------------
@@ -358,25 +335,17 @@ print("files_sent", s.stats().get("files_sent", 0) - before)
 """
 
 
-def test_django_file_response(tmp_path, files):
+def test_django_file_response(tmp_path, file_tree):
     pytest.importorskip("django", reason="Django is not installed")
-    out = subprocess.run(
-        [sys.executable, "-c", DJANGO_FILES, str(files)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=str(tmp_path),
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = run_script(DJANGO_FILES, str(file_tree), cwd=tmp_path)
 
     def digest(data):
         import hashlib
 
         return hashlib.sha256(data).hexdigest()
 
-    big = (files / "big.bin").read_bytes()
-    small = (files / "small.bin").read_bytes()
+    big = (file_tree / "big.bin").read_bytes()
+    small = (file_tree / "small.bin").read_bytes()
     assert lines[0] == '200 %d inline; filename="big.bin" %s' % (len(big), digest(big))
     assert lines[1] == '200 %d attachment; filename="small.bin" %s' % (
         len(small) - 100,
@@ -387,28 +356,20 @@ def test_django_file_response(tmp_path, files):
     assert lines[4] == "files_sent 3"  # each one sent by the engine from the file
 
 
-def test_wrapped_files_leave_no_descriptor_open(serve_wsgi, files):
+def test_wrapped_files_leave_no_descriptor_open(serve_wsgi, file_tree):
     """The app's file is closed after each answer and the engine's duplicate once it is
     sent: 200 answers leave the process's descriptor count as it was."""
-    server = serve_wsgi(wrapper_app(str(files), []))
-    request(server, path="/small.bin")
-    before = len(os.listdir("/proc/self/fd"))
-    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    for i in range(200):
-        c.request("GET", "/small.bin" if i % 2 else "/page.html?seek=4")
-        r = c.getresponse()
-        assert r.status == 200 and len(r.read()) in (16 << 10, 11)
-    c.close()
-    wait_until(lambda: len(os.listdir("/proc/self/fd")) <= before, what="descriptors closed")
+    server = serve_wsgi(wrapper_app(str(file_tree), []))
+    check_no_descriptor_left(server, [("/small.bin", 16 << 10), ("/page.html?seek=4", 11)])
 
 
-def test_wrapped_file_with_a_bodiless_status(serve_wsgi, files):
+def test_wrapped_file_with_a_bodiless_status(serve_wsgi, file_tree):
     """204 and 304 answers with a file_wrapper send neither the file nor a length."""
 
     def app(environ, start_response):
         status = "204 No Content" if environ["PATH_INFO"] == "/204" else "304 Not Modified"
         start_response(status, [("ETag", '"x"')])
-        return environ["wsgi.file_wrapper"](open(files / "page.html", "rb"))
+        return environ["wsgi.file_wrapper"](open(file_tree / "page.html", "rb"))
 
     server = serve_wsgi(app)
     before = files_sent(server)
