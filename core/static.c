@@ -600,6 +600,18 @@ static void u64s(char *buf, size_t cap, uint64_t v) {
   snprintf(buf, cap, "%llu", (unsigned long long)v);
 }
 
+/* The head of one part of a multipart/byteranges body into buf (cap at least
+ * strlen(ctype) + 160: the fixed text, a 16-digit boundary and three 20-digit
+ * numbers fit); its length. */
+static size_t part_head(char *buf, size_t cap, const char *boundary, const char *ctype,
+                        const pmu__range_t *range, uint64_t size) {
+  int k = snprintf(buf, cap,
+                   "\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %llu-%llu/%llu\r\n\r\n",
+                   boundary, ctype, (unsigned long long)range->first,
+                   (unsigned long long)range->last, (unsigned long long)size);
+  return k < 0 ? 0 : (size_t)k < cap ? (size_t)k : cap - 1;
+}
+
 /* ---- answering with a file ---------------------------------------------- */
 
 /* Answer with f (a regular file). ctype: its Content-Type; encoding: "br" /
@@ -666,6 +678,16 @@ static int answer_file(answer_t *a, file_t *f, const char *ctype, const char *en
   pmu_header_t all[64];
   size_t n = 0;
   char mp_ctype[80];
+  /* A part's head holds the Content-Type whole (a mount's override or a
+   * caller's type can be long): sized by it, never cut short or over-read. */
+  size_t part_cap = strlen(ctype) + 160;
+  char *part = NULL;
+  if (nr >= 2 && !(part = malloc(part_cap))) {
+    if (ranges != stack_ranges)
+      free(ranges);
+    respond_error(a, 503);
+    return -ENOMEM;
+  }
   if (nr >= 2) {
     uint64_t rnd[2] = {0, 0};
     if (getrandom(rnd, sizeof rnd, GRND_NONBLOCK) != (ssize_t)sizeof rnd)
@@ -676,12 +698,7 @@ static int answer_file(answer_t *a, file_t *f, const char *ctype, const char *en
      * CRLF, the bytes; then CRLF "--" boundary "--" CRLF. */
     total = 0;
     for (int i = 0; i < nr; i++) {
-      char part[256];
-      int k =
-          snprintf(part, sizeof part,
-                   "\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %llu-%llu/%llu\r\n\r\n",
-                   boundary, ctype, (unsigned long long)ranges[i].first,
-                   (unsigned long long)ranges[i].last, (unsigned long long)f->size);
+      size_t k = part_head(part, part_cap, boundary, ctype, &ranges[i], f->size);
       total += (uint64_t)k + (ranges[i].last - ranges[i].first + 1);
     }
     total += 2 + 2 + strlen(boundary) + 2 + 2;
@@ -711,19 +728,15 @@ static int answer_file(answer_t *a, file_t *f, const char *ctype, const char *en
     pmu_respond_end(&r->pub);
     if (ranges != stack_ranges)
       free(ranges);
+    free(part);
     return rc;
   }
   int wrc = 0;
   if (!r->pub.is_head) {
     if (nr >= 2) {
       for (int i = 0; i < nr && wrc >= 0; i++) {
-        char part[256];
-        int k =
-            snprintf(part, sizeof part,
-                     "%s--%s\r\nContent-Type: %s\r\nContent-Range: bytes %llu-%llu/%llu\r\n\r\n",
-                     "\r\n", boundary, ctype, (unsigned long long)ranges[i].first,
-                     (unsigned long long)ranges[i].last, (unsigned long long)f->size);
-        wrc = pmu_respond_write(&r->pub, part, (size_t)k, NULL, NULL);
+        size_t k = part_head(part, part_cap, boundary, ctype, &ranges[i], f->size);
+        wrc = pmu_respond_write(&r->pub, part, k, NULL, NULL);
         if (wrc >= 0)
           wrc = send_range(r, f, ranges[i].first, ranges[i].last - ranges[i].first + 1);
       }
@@ -740,6 +753,7 @@ static int answer_file(answer_t *a, file_t *f, const char *ctype, const char *en
   }
   if (ranges != stack_ranges)
     free(ranges);
+  free(part);
   if (wrc < 0 && wrc != -EPIPE) {
     pmu_respond_abort(&r->pub);
     return 0; /* answered (incomplete: the client sees it cut) */
