@@ -831,6 +831,29 @@ static int miss(answer_t *a) {
   return 0;
 }
 
+/* Did an open fail because nothing servable is there (a miss), rather than
+ * for want of a resource or by an error (the file may well be there)? */
+static int open_missed(int rc) {
+  return rc == -ENOENT || rc == -ENOTDIR || rc == -EXDEV || rc == -ELOOP || rc == -ENAMETOOLONG ||
+         rc == -ENXIO || rc == -ENODEV;
+}
+
+/* An open that failed: 404 (or fallthrough) for a miss, 403 when refused, and
+ * for the rest 503 (EMFILE, ENFILE, ENOMEM: try again later) or 500, never a
+ * 404 that a cache would keep, nor the fallthrough's answer for a path this
+ * mount owns. */
+static int open_failed(answer_t *a, int rc) {
+  if (open_missed(rc))
+    return miss(a);
+  if (rc == -EACCES || rc == -EPERM)
+    respond_error(a, 403);
+  else if (rc == -EMFILE || rc == -ENFILE || rc == -ENOMEM || rc == -EAGAIN)
+    respond_error(a, 503);
+  else
+    respond_error(a, 500);
+  return 0;
+}
+
 /* 301 from /dir to /dir/ (the query kept). The path as the client sent it, but
  * with one leading "/": "//host/dir" must not become a protocol-relative
  * "Location: //host/dir/" that sends the browser to another host. */
@@ -1030,6 +1053,8 @@ static int serve_rel(answer_t *a, const char *rel, int dir, int dotfile) {
         name = path;
         goto have_file;
       }
+      if (rc < 0 && !open_missed(rc))
+        return open_failed(a, rc);
       file_put(f);
       f = NULL;
     }
@@ -1044,18 +1069,15 @@ static int serve_rel(answer_t *a, const char *rel, int dir, int dotfile) {
           return rc;
         }
         close(fd);
+      } else if (!open_missed(fd)) {
+        return open_failed(a, fd);
       }
     }
     return miss(a);
   }
   rc = file_get(a, rel, &f);
-  if (rc < 0) {
-    if (rc == -EACCES) {
-      respond_error(a, 403);
-      return 0;
-    }
-    return miss(a); /* ENOENT, ENOTDIR, EXDEV (out of the root), ELOOP (symlink refused) */
-  }
+  if (rc < 0) /* a miss: ENOENT, ENOTDIR, EXDEV (out of the root), ELOOP (symlink refused) */
+    return open_failed(a, rc);
   if (S_ISDIR(f->mode)) {
     file_put(f);
     return respond_redirect(a);

@@ -59,7 +59,7 @@ static t_response_t get(const t_server_t *server, const char *target, const char
   return request(server, "GET", target, headers);
 }
 
-static inline void expect_status(const t_server_t *server, const char *target, int status) {
+static void expect_status(const t_server_t *server, const char *target, int status) {
   t_response_t r = get(server, target, NULL);
   T_ASSERT_MSG(r.status == status, "GET %s: got %d, expected %d (body \"%.60s\")", target, r.status,
                status, r.body);
@@ -108,6 +108,256 @@ static void test_multipart_long_type(const t_server_t *server) {
   t_response_free(&r);
 }
 
+static void test_paths_and_redirects(const t_server_t *server) {
+  t_case("traversal and odd paths after a prefix without a slash, ; ? # and long paths");
+  static const struct {
+    const char *target;
+    int status;
+  } rows[] = {
+      {"/sX%2e%2e%2fsecret.txt", 400},   /* under "/": %2f refused */
+      {"/s%2e%2e/secret.txt", 404},      /* "s..": a name under "/", no way up */
+      {"/s/%2E%2E/secret.txt", 400},     /* uppercase hex */
+      {"/s/%252e%252e/secret.txt", 404}, /* decoded once: a file named "%2e%2e" */
+      {"/s/..;/secret.txt", 404},        /* "..;" is a name, not a way up */
+      {"/s/a.txt;x=1", 404},
+      {"/s/a.txt%3f", 404},
+      {"/s/a.txt%23", 404},
+      {"/s/a.txt#frag", 404},
+      {"/s/a.txt?x=../../secret.txt", 200},
+      {"/s/%c0%ae%c0%ae/secret.txt", 400},
+      {"/s/%e0%80%ae/secret.txt", 400},
+      {"/s/%ed%a0%80", 400},    /* a surrogate */
+      {"/s/%f4%90%80%80", 400}, /* above U+10FFFF */
+      {"/s/\xc3\xa9", 400},     /* raw UTF-8: the parser refuses it */
+      {"/s/\xff", 400},
+      {"/s/a.txt%00.png", 400},
+      {"/s/.%2e/secret.txt", 400},
+      {"/s/sub/..%5csecret.txt", 400},
+      {"/s%5c..%5csecret.txt", 400},
+      {"/s//////////a.txt", 200},
+      {"/s/./a.txt", 400},
+  };
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+    expect_status(server, rows[i].target, rows[i].status);
+  char longp[3000];
+  strcpy(longp, "/s/");
+  while (strlen(longp) < 2900)
+    strcat(longp, "aaaaaaaaa/");
+  expect_status(server, longp, 404);
+  strcpy(longp, "/s/");
+  while (strlen(longp) < 2900)
+    strcat(longp, "a");
+  expect_status(server, longp, 404); /* a component over NAME_MAX */
+
+  t_case("the 301 to the slash form never leaves the host (Location path-absolute)");
+  static const char *const dirs[] = {"//sub",         "///sub",
+                                     "/s//sub",       "//s/sub?next=//evil.com",
+                                     "http://s//sub", "http://s/sub?//evil.com"};
+  for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+    t_response_t r = get(server, dirs[i], NULL);
+    T_ASSERT_MSG(r.status == 301, "GET %s: %d", dirs[i], r.status);
+    const char *loc = t_header(&r, "Location");
+    T_ASSERT_MSG(loc && loc[0] == '/' && loc[1] != '/' && loc[1] != '\\', "GET %s: Location %s",
+                 dirs[i], loc ? loc : "(none)");
+    t_response_free(&r);
+  }
+}
+
+static void test_ranges(const t_server_t *server) {
+  t_case("Range edge cases: -0, 0-0,-1, huge numbers, near 2^63, whitespace, empty elements");
+  static const struct {
+    const char *range;
+    int status;
+    const char *body; /* for a single 206 or 200, NULL for multipart/416 */
+  } rows[] = {
+      {"bytes=-0", 416, NULL},
+      {"bytes=0-0", 206, "0"},
+      {"bytes=0-0,-1", 206, NULL},
+      {"bytes=99999999999999999999-", 200, A_TXT},
+      {"bytes=0-99999999999999999999", 200, A_TXT},
+      {"bytes=9223372036854775807-", 416, NULL},
+      {"bytes=9223372036854775806-9223372036854775807", 416, NULL},
+      {"bytes=-9223372036854775807", 206, A_TXT},
+      {"bytes=18446744073709551615-", 200, A_TXT},
+      {"bytes= 1-2 ,, 3-3", 206, NULL},
+      {"bytes=1-0", 200, A_TXT},
+      {"bytes=--1", 200, A_TXT},
+      {"bytes=0x1-2", 200, A_TXT},
+      {"bytes=1-2;", 200, A_TXT},
+      {"Bytes=19-", 206, "j"},
+      {"bytes=,", 200, A_TXT},
+      {"items=0-1", 200, A_TXT},
+  };
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+    char h[256];
+    snprintf(h, sizeof h, "Range: %s\r\n", rows[i].range);
+    t_response_t r = get(server, "/s/a.txt", h);
+    T_ASSERT_MSG(r.status == rows[i].status, "Range %s: %d", rows[i].range, r.status);
+    T_ASSERT_INT_EQ(r.body_len, r.content_length);
+    if (rows[i].body)
+      T_ASSERT_STR_EQ(r.body, rows[i].body);
+    if (r.status == 416)
+      T_ASSERT_STR_EQ(t_header(&r, "Content-Range"), "bytes */20");
+    t_response_free(&r);
+  }
+  /* 100 one-byte ranges (the default max_ranges): 206, each part once; 101: ignored. */
+  char big[2000] = "Range: bytes=";
+  for (int i = 0; i < 101; i++) {
+    char one[16];
+    snprintf(one, sizeof one, "%s%d-%d", i ? "," : "", (i % 10) * 2, (i % 10) * 2);
+    strcat(big, one);
+    if (i == 99) {
+      t_response_t r = get(server, "/s/a.txt", strcat(strcpy((char[2000]){0}, big), "\r\n"));
+      T_ASSERT_INT_EQ(r.status, 206);
+      T_ASSERT_INT_EQ(r.body_len, r.content_length);
+      T_ASSERT(r.body_len < 2000); /* ten distinct parts, merged */
+      t_response_free(&r);
+    }
+  }
+  strcat(big, "\r\n");
+  t_response_t r = get(server, "/s/a.txt", big);
+  T_ASSERT_INT_EQ(r.status, 200);
+  t_response_free(&r);
+
+  t_case("conditionals: overlong dates, garbage ETags, If-Range by date");
+  r = get(server, "/s/a.txt", NULL);
+  char lm[64], etag[128];
+  snprintf(lm, sizeof lm, "%s", t_header(&r, "Last-Modified"));
+  snprintf(etag, sizeof etag, "%s", t_header(&r, "ETag"));
+  t_response_free(&r);
+  char h[1200];
+  memset(h, 0, sizeof h);
+  strcpy(h, "If-Modified-Since: ");
+  strcat(h, lm);
+  memset(h + strlen(h), ' ', 900);
+  strcat(h, "x\r\n");
+  r = get(server, "/s/a.txt", h);
+  T_ASSERT_INT_EQ(r.status, 200);
+  t_response_free(&r);
+  static const char *const garbage[] = {"If-None-Match: \"",
+                                        "If-None-Match: W/",
+                                        "If-None-Match: ,,,,",
+                                        "If-Match: \"\"\"",
+                                        "If-None-Match: W/\"x\"W/\"y\"",
+                                        "If-Range: W/"};
+  for (size_t i = 0; i < sizeof garbage / sizeof garbage[0]; i++) {
+    snprintf(h, sizeof h, "%s\r\nRange: bytes=0-0\r\n", garbage[i]);
+    r = get(server, "/s/a.txt", h);
+    T_ASSERT_MSG(r.status == 200 || r.status == 206 || r.status == 412, "%s: %d", garbage[i],
+                 r.status);
+    t_response_free(&r);
+  }
+  snprintf(h, sizeof h, "If-Range: %s\r\nRange: bytes=0-0\r\n", lm);
+  r = get(server, "/s/a.txt", h);
+  T_ASSERT_INT_EQ(r.status, 206);
+  t_response_free(&r);
+  snprintf(h, sizeof h, "If-Range: Thu, 01 Jan 1970 00:00:00 GMT\r\nRange: bytes=0-0\r\n");
+  r = get(server, "/s/a.txt", h);
+  T_ASSERT_INT_EQ(r.status, 200);
+  t_response_free(&r);
+  (void)etag;
+}
+
+static void test_special_files(const t_server_t *server) {
+  t_case("a FIFO, a socket, FIFO and directory siblings: answered at once, never hanging");
+  char path[600];
+  snprintf(path, sizeof path, "%s/root/fifo", base);
+  T_ASSERT(mkfifo(path, 0644) == 0);
+  snprintf(path, sizeof path, "%s/root/a.txt.gz", base);
+  T_ASSERT(mkfifo(path, 0644) == 0);
+  snprintf(path, sizeof path, "%s/root/a.txt.br", base);
+  T_ASSERT(mkdir(path, 0755) == 0);
+  put_dir("root/fdir");
+  snprintf(path, sizeof path, "%s/root/fdir/index.html", base);
+  T_ASSERT(mkfifo(path, 0644) == 0);
+  int us = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  T_ASSERT(snprintf(sa.sun_path, sizeof sa.sun_path, "%.80s/root/sock", base) <
+           (int)sizeof sa.sun_path);
+  T_ASSERT(bind(us, (struct sockaddr *)&sa, sizeof sa) == 0);
+  expect_status(server, "/s/fifo", 404);
+  expect_status(server, "/s/sock", 404);
+  expect_status(server, "/s/fdir/", 404);
+  t_response_t r = get(server, "/s/a.txt", "Accept-Encoding: gzip, br\r\n");
+  T_ASSERT_INT_EQ(r.status, 200);
+  T_ASSERT_STR_EQ(r.body, A_TXT);
+  T_ASSERT(t_header(&r, "Content-Encoding") == NULL);
+  t_response_free(&r);
+  close(us);
+}
+
+static void test_symlink_swap(const t_server_t *server) {
+  t_case("a symlink out of the root swapped in after the cache opened the file: refused once due");
+  put_file("root/swap.txt", "inside\n");
+  t_response_t r = get(server, "/s/swap.txt", NULL);
+  T_ASSERT_STR_EQ(r.body, "inside\n");
+  t_response_free(&r);
+  char path[600], tmp[600];
+  snprintf(path, sizeof path, "%s/root/swap.txt", base);
+  snprintf(tmp, sizeof tmp, "%s/root/swap.tmp", base);
+  T_ASSERT(symlink("../secret.txt", tmp) == 0);
+  T_ASSERT(rename(tmp, path) == 0);
+  t_sleep_ms(150); /* file_cache_valid_ms is 100 here */
+  expect_status(server, "/s/swap.txt", 404);
+  /* A directory swapped for a symlink out of the root, with a file below. */
+  put_dir("root/swapdir");
+  put_file("root/swapdir/x.txt", "in dir\n");
+  r = get(server, "/s/swapdir/x.txt", NULL);
+  T_ASSERT_STR_EQ(r.body, "in dir\n");
+  t_response_free(&r);
+  snprintf(path, sizeof path, "%s/root/swapdir", base);
+  snprintf(tmp, sizeof tmp, "%s/root/swapdir.old", base);
+  T_ASSERT(rename(path, tmp) == 0);
+  put_file("x.txt", "SECRET x\n");
+  T_ASSERT(symlink("..", path) == 0);
+  t_sleep_ms(150);
+  expect_status(server, "/s/swapdir/x.txt", 404);
+}
+
+/* Lower RLIMIT_NOFILE and fill every descriptor: the ring thread's next open
+ * fails with EMFILE. Returns how many were opened (closed by fds_free). */
+static int fds[70000];
+static int fds_fill(void) {
+  int n = 0;
+  while (n < (int)(sizeof fds / sizeof fds[0])) {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+      break;
+    fds[n++] = fd;
+  }
+  return n;
+}
+
+static void fds_free(int n) {
+  for (int i = 0; i < n; i++)
+    close(fds[i]);
+}
+
+static void test_emfile(const t_server_t *server) {
+  t_case("EMFILE while opening a file: 503 (retry later), not a 404 a cache would keep");
+  struct rlimit old, low;
+  T_ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0);
+  low = old;
+  low.rlim_cur = (rlim_t)t_count_fds() + 64;
+  T_ASSERT(setrlimit(RLIMIT_NOFILE, &low) == 0);
+  put_file("root/cold.txt", "cold\n");
+  t_conn_t *c = t_connect(server);
+  t_response_t r = request_on(c, "GET", "/s/a.txt", NULL); /* accepted, round trip done */
+  T_ASSERT_INT_EQ(r.status, 200);
+  t_response_free(&r);
+  int n = fds_fill();
+  r = request_on(c, "GET", "/s/cold.txt", NULL); /* not in the cache: an openat2 */
+  fds_free(n);
+  T_ASSERT(setrlimit(RLIMIT_NOFILE, &old) == 0);
+  T_ASSERT_MSG(r.status == 503, "EMFILE answered %d", r.status);
+  t_response_free(&r);
+  t_conn_close(c);
+  r = get(server, "/s/cold.txt", NULL);
+  T_ASSERT_INT_EQ(r.status, 200);
+  T_ASSERT_STR_EQ(r.body, "cold\n");
+  t_response_free(&r);
+}
+
 int main(void) {
   t_init("static_audit");
   snprintf(base, sizeof base, "/tmp/files-audit-static-%d", (int)getpid());
@@ -142,9 +392,15 @@ int main(void) {
   t_config_init(&config);
   config.statics = mounts;
   config.static_count = 2;
+  config.file_cache_valid_ms = 100;
   t_server_t *server = t_server_start(&config);
 
   test_multipart_long_type(server);
+  test_paths_and_redirects(server);
+  test_ranges(server);
+  test_special_files(server);
+  test_symlink_swap(server);
+  test_emfile(server);
 
   t_server_destroy(server);
   char cmd[600];
