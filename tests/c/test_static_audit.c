@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -381,6 +382,52 @@ static void test_huge_listing(const t_server_t *server) {
   t_response_free(&r);
 }
 
+/* Heap bytes in use in this process (the server runs in it). */
+static size_t heap_used(void) {
+  struct mallinfo2 mi = mallinfo2();
+  return mi.uordblks + mi.hblkhd;
+}
+
+static void test_many_range_memory(const t_server_t *server) {
+  t_case("clients that pipeline 100-range requests and never read hold about output_high_water "
+         "each, not several times it");
+  /* 1 MiB with 100 one-byte ranges 1,000 bytes apart, the default max_ranges. */
+  put_dir("root/m");
+  char path[600];
+  snprintf(path, sizeof path, "%s/root/m/f.bin", base);
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  T_ASSERT(fd >= 0);
+  T_ASSERT(ftruncate(fd, 1 << 20) == 0);
+  close(fd);
+  static char req[4096];
+  int k = snprintf(req, sizeof req, "GET /s/m/f.bin HTTP/1.1\r\nHost: s\r\nRange: bytes=");
+  for (int i = 0; i < 100; i++)
+    k += snprintf(req + k, sizeof req - (size_t)k, "%s%d-%d", i ? "," : "", i * 1000, i * 1000);
+  k += snprintf(req + k, sizeof req - (size_t)k, "\r\n\r\n");
+  size_t rl = (size_t)k, nreq = 128;
+  char *many = malloc(rl * nreq);
+  T_ASSERT(many != NULL);
+  for (size_t i = 0; i < nreq; i++)
+    memcpy(many + i * rl, req, rl);
+  enum { NCONN = 40 };
+  t_conn_t *cs[NCONN];
+  size_t before = heap_used();
+  for (int i = 0; i < NCONN; i++) {
+    cs[i] = t_connect(server);
+    ssize_t n = send(cs[i]->fd, many, rl * nreq, MSG_DONTWAIT | MSG_NOSIGNAL);
+    T_ASSERT(n > 0);
+  }
+  t_sleep_ms(1500);
+  size_t grown = heap_used() - before;
+  printf("# %d stalled connections: %zu KiB more heap, %zu KiB each\n", NCONN, grown / 1024,
+         grown / 1024 / NCONN);
+  T_ASSERT_MSG(grown / NCONN < 2 * 1024 * 1024, "%zu KiB per stalled connection",
+               grown / 1024 / NCONN);
+  for (int i = 0; i < NCONN; i++)
+    t_conn_abort(cs[i]);
+  free(many);
+}
+
 int main(void) {
   t_init("static_audit");
   snprintf(base, sizeof base, "/tmp/files-audit-static-%d", (int)getpid());
@@ -433,6 +480,7 @@ int main(void) {
   test_symlink_swap(server);
   test_emfile(server);
   test_huge_listing(server);
+  test_many_range_memory(server);
 
   t_server_destroy(server);
   char cmd[600];
