@@ -1216,7 +1216,22 @@ int pmu__static_dispatch(pmu__req_t *r) {
   return rc != -ENOENT;
 }
 
-/* The started mount equal to m (the same prefix, root and options), or NULL. */
+/* The same extra headers, in the same order (names and values). */
+static int same_headers(const pmu_static_t *p, const pmu_static_t *m) {
+  if (p->header_count != m->header_count)
+    return 0;
+  for (size_t i = 0; i < p->header_count; i++) {
+    const pmu_header_t *a = &p->headers[i], *b = &m->headers[i];
+    if (a->name_len != b->name_len || a->value_len != b->value_len ||
+        memcmp(a->name, b->name, a->name_len) != 0 || memcmp(a->value, b->value, a->value_len) != 0)
+      return 0;
+  }
+  return 1;
+}
+
+/* The started mount equal to m (the same prefix, root, options and extra
+ * headers), or NULL: a mount that differs only in its headers' values (a
+ * Content-Security-Policy, a CORS header) must not get the started one's. */
 static const mount_t *started_mount(pmu_server_t *s, const pmu_static_t *m) {
   const struct pmu__statics *st = s->statics;
   for (size_t i = 0; st && i < st->n; i++) {
@@ -1229,7 +1244,7 @@ static const mount_t *started_mount(pmu_server_t *s, const pmu_static_t *m) {
         !strcmp(p->cache_control ? p->cache_control : "",
                 m->cache_control ? m->cache_control : "") &&
         !strcmp(p->mime_types ? p->mime_types : "", m->mime_types ? m->mime_types : "") &&
-        p->header_count == m->header_count)
+        same_headers(p, m))
       return &st->m[i];
   }
   return NULL;

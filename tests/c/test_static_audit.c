@@ -428,6 +428,40 @@ static void test_many_range_memory(const t_server_t *server) {
   free(many);
 }
 
+/* /other/NAME: pmu_serve_static with a mount equal to the started "/s" one
+ * but for its extra header's value. */
+static pmu_static_t mount_twin;
+
+static void handler(void *data, pmu_request_t *const *reqs, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    pmu_request_t *q = reqs[i];
+    if (q->path_len > 7 && memcmp(q->path, "/other/", 7) == 0)
+      pmu_serve_static(q, &mount_twin, q->path + 7, q->path_len - 7);
+    else
+      t_handle_request(data, q);
+  }
+}
+
+static void test_twin_mount_headers(const pmu_static_t *started) {
+  t_case("pmu_serve_static with a mount like a started one but other header values: its own");
+  pmu_config_t config;
+  t_config_init(&config);
+  config.statics = started;
+  config.static_count = 1;
+  config.handler = handler;
+  t_server_t *server = t_server_start(&config);
+  t_response_t r = get(server, "/s/a.txt", NULL);
+  T_ASSERT_STR_EQ(t_header(&r, "X-Policy"), "started");
+  t_response_free(&r);
+  r = get(server, "/other/a.txt", NULL);
+  T_ASSERT_INT_EQ(r.status, 200);
+  T_ASSERT_STR_EQ(r.body, A_TXT);
+  T_ASSERT_MSG(t_header(&r, "X-Policy") && !strcmp(t_header(&r, "X-Policy"), "twin"),
+               "X-Policy: %s", t_header(&r, "X-Policy") ? t_header(&r, "X-Policy") : "(none)");
+  t_response_free(&r);
+  t_server_destroy(server);
+}
+
 int main(void) {
   t_init("static_audit");
   snprintf(base, sizeof base, "/tmp/files-audit-static-%d", (int)getpid());
@@ -457,6 +491,12 @@ int main(void) {
   mounts[0].prefix = "/s";
   mounts[0].root = root;
   mounts[0].mime_types = overrides;
+  static const pmu_header_t started_h[] = {{"X-Policy", 8, "started", 7}};
+  static const pmu_header_t twin_h[] = {{"X-Policy", 8, "twin", 4}};
+  mounts[0].headers = started_h;
+  mounts[0].header_count = 1;
+  mount_twin = mounts[0];
+  mount_twin.headers = twin_h;
   pmu_static_init(&mounts[1]);
   mounts[1].prefix = "/";
   mounts[1].root = root;
@@ -483,6 +523,7 @@ int main(void) {
   test_many_range_memory(server);
 
   t_server_destroy(server);
+  test_twin_mount_headers(&mounts[0]);
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", base);
   T_ASSERT(system(cmd) == 0);
