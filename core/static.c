@@ -987,8 +987,22 @@ static int answer_listing(answer_t *a, int dir_fd, const char *rel) {
     }
     int is_dir = de->d_type == DT_DIR;
     if (de->d_type == DT_UNKNOWN || de->d_type == DT_LNK) {
+      /* Resolved as a request for it would be (beneath the root, the mount's
+       * symlink rule): one that cannot be served is not listed, and nothing
+       * outside the root is looked at. */
+      char p[PATH_CAP];
+      int k = snprintf(p, sizeof p, "%s%s%s", rel, rel[0] ? "/" : "", de->d_name);
+      struct open_how how = {.flags = O_PATH | O_CLOEXEC,
+                             .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
+                                        (a->m->pub.follow_symlinks ? 0 : RESOLVE_NO_SYMLINKS)};
+      long fd = k > 0 && (size_t)k < sizeof p
+                    ? syscall(SYS_openat2, a->m->root_fd, p, &how, sizeof how)
+                    : -1;
       struct stat st;
-      is_dir = fstatat(dirfd(d), de->d_name, &st, 0) == 0 && S_ISDIR(st.st_mode);
+      if (fd < 0)
+        continue;
+      is_dir = fstat((int)fd, &st) == 0 && S_ISDIR(st.st_mode);
+      close((int)fd);
     }
     ents[n].name = strdup(de->d_name);
     ents[n].is_dir = is_dir;

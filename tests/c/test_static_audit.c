@@ -462,6 +462,35 @@ static void test_twin_mount_headers(const pmu_static_t *started) {
   t_server_destroy(server);
 }
 
+static void test_listing_symlinks(const t_server_t *server) {
+  t_case("a listing names no symlink that cannot be served (out of the root, dangling, or any "
+         "with follow_symlinks 0), and never stats outside the root");
+  put_dir("lst/sub");
+  put_file("lst/file.txt", "f");
+  put_dir("outdir");
+  char path[600];
+  snprintf(path, sizeof path, "%s/lst/out", base);
+  T_ASSERT(symlink("../outdir", path) == 0);
+  snprintf(path, sizeof path, "%s/lst/dangling", base);
+  T_ASSERT(symlink("nothing-here", path) == 0);
+  snprintf(path, sizeof path, "%s/lst/in", base);
+  T_ASSERT(symlink("sub", path) == 0);
+  t_response_t r = get(server, "/lst/", NULL);
+  T_ASSERT_INT_EQ(r.status, 200);
+  T_ASSERT(strstr(r.body, "href=\"sub/\"") && strstr(r.body, "href=\"file.txt\""));
+  T_ASSERT_MSG(strstr(r.body, "href=\"in/\"") != NULL, "%s", r.body);
+  T_ASSERT_MSG(!strstr(r.body, "out") && !strstr(r.body, "dangling"), "%s", r.body);
+  t_response_free(&r);
+  expect_status(server, "/lst/in/", 200);
+  r = get(server, "/lstn/", NULL);
+  T_ASSERT_INT_EQ(r.status, 200);
+  T_ASSERT(strstr(r.body, "href=\"sub/\"") && strstr(r.body, "href=\"file.txt\""));
+  T_ASSERT_MSG(!strstr(r.body, "href=\"in") && !strstr(r.body, "out") &&
+                   !strstr(r.body, "dangling"),
+               "%s", r.body);
+  t_response_free(&r);
+}
+
 int main(void) {
   t_init("static_audit");
   snprintf(base, sizeof base, "/tmp/files-audit-static-%d", (int)getpid());
@@ -473,6 +502,7 @@ int main(void) {
   put_dir("root/sub");
   put_file("root/sub/x.txt", "x");
   put_dir("big");
+  put_dir("lst");
 
   memset(long_type, 0, sizeof long_type);
   strcpy(long_type, "application/x-");
@@ -486,7 +516,9 @@ int main(void) {
   snprintf(root, sizeof root, "%s/root", base);
   char big[512];
   snprintf(big, sizeof big, "%s/big", base);
-  pmu_static_t mounts[3];
+  char lst[512];
+  snprintf(lst, sizeof lst, "%s/lst", base);
+  pmu_static_t mounts[5];
   pmu_static_init(&mounts[0]);
   mounts[0].prefix = "/s";
   mounts[0].root = root;
@@ -505,11 +537,20 @@ int main(void) {
   mounts[2].prefix = "/big";
   mounts[2].root = big;
   mounts[2].listing = 1;
+  pmu_static_init(&mounts[3]);
+  mounts[3].prefix = "/lst";
+  mounts[3].root = lst;
+  mounts[3].listing = 1;
+  pmu_static_init(&mounts[4]);
+  mounts[4].prefix = "/lstn";
+  mounts[4].root = lst;
+  mounts[4].listing = 1;
+  mounts[4].follow_symlinks = 0;
 
   pmu_config_t config;
   t_config_init(&config);
   config.statics = mounts;
-  config.static_count = 3;
+  config.static_count = 5;
   config.file_cache_valid_ms = 100;
   t_server_t *server = t_server_start(&config);
 
@@ -520,6 +561,7 @@ int main(void) {
   test_symlink_swap(server);
   test_emfile(server);
   test_huge_listing(server);
+  test_listing_symlinks(server);
   test_many_range_memory(server);
 
   t_server_destroy(server);
