@@ -1,9 +1,13 @@
 /*
  * test_static_audit: hostile requests and careless content against engine
  * mounts, over real sockets: multipart/byteranges parts with a long
- * Content-Type, open failures that are not "no such file" (EMFILE), a FIFO,
- * a socket and precompressed siblings that are not regular files, open
- * redirects through the 301, and Range edge cases.
+ * Content-Type, traversal and odd paths (after a prefix without a slash, ; ? #,
+ * overlong and surrogate UTF-8, long paths), the 301's Location, Range and
+ * conditional edge cases, a FIFO, a socket and precompressed siblings that are
+ * not regular files, a symlink out of the root swapped in while cached, open
+ * failures that are not "no such file" (EMFILE), huge directories and symlinks
+ * in listings, memory held by clients that pipeline many-range requests and
+ * never read, and pmu_serve_static with a mount like a started one.
  */
 #include "testlib.h"
 
