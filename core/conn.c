@@ -681,7 +681,7 @@ static int consume_sent(pmu__conn_t *c, size_t left) {
       if (g->kind == SEG_FILE)
         pmu__file_sent(c, g, file_bytes_in(g, rem), 1);
       left -= rem;
-      c->out_queued -= rem;
+      c->out_queued -= rem + PMU__SEG_COST;
       r->seg_head = g->next;
       if (!r->seg_head)
         r->seg_tail = NULL;

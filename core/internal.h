@@ -212,7 +212,8 @@ struct pmu__conn {
   pmu__req_t *cur;         /* being parsed */
   pmu__req_t *head, *tail; /* FIFO of responses owed, in request order */
   unsigned pending;        /* FIFO length */
-  size_t out_queued;       /* answered bytes not yet sent */
+  size_t out_queued;       /* answered bytes not yet sent, plus PMU__SEG_COST per queued
+                              piece of a streamed answer */
 
   uint16_t ops; /* SQEs in flight that name this connection */
   uint8_t recv_armed;
@@ -566,6 +567,11 @@ pmu__seg_t *pmu__seg_alloc(int kind, const void *data, size_t len, void (*releas
 void pmu__seg_arrived(pmu__seg_t *seg);
 /* Free a piece that has been sent or dropped, settling its accounting. */
 void pmu__seg_done(pmu__seg_t *seg);
+/* What a queued piece of a streamed answer costs beyond its bytes (the piece
+ * and its allocation), counted in out_queued against output_high_water: a
+ * client that asks for many tiny pieces (a Range of 100 one-byte ranges, 200
+ * pieces) and never reads would otherwise hold several times the limit. */
+#define PMU__SEG_COST (sizeof(pmu__seg_t) + 32)
 /* Total bytes a piece puts on the wire. */
 static inline size_t pmu__seg_size(const pmu__seg_t *g) {
   return g->pre_len + g->len + g->post_len;

@@ -513,7 +513,7 @@ void pmu__seg_arrived(pmu__seg_t *g) {
     else
       r->seg_head = g;
     r->seg_tail = g;
-    c->out_queued += pmu__seg_size(g);
+    c->out_queued += pmu__seg_size(g) + PMU__SEG_COST;
   } else {
     pmu__seg_done(g);
   }

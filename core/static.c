@@ -600,6 +600,18 @@ static void u64s(char *buf, size_t cap, uint64_t v) {
   snprintf(buf, cap, "%llu", (unsigned long long)v);
 }
 
+/* The head of one part of a multipart/byteranges body into buf (cap at least
+ * strlen(ctype) + 160: the fixed text, a 16-digit boundary and three 20-digit
+ * numbers fit); its length. */
+static size_t part_head(char *buf, size_t cap, const char *boundary, const char *ctype,
+                        const pmu__range_t *range, uint64_t size) {
+  int k = snprintf(buf, cap,
+                   "\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %llu-%llu/%llu\r\n\r\n",
+                   boundary, ctype, (unsigned long long)range->first,
+                   (unsigned long long)range->last, (unsigned long long)size);
+  return k < 0 ? 0 : (size_t)k < cap ? (size_t)k : cap - 1;
+}
+
 /* ---- answering with a file ---------------------------------------------- */
 
 /* Answer with f (a regular file). ctype: its Content-Type; encoding: "br" /
@@ -666,6 +678,16 @@ static int answer_file(answer_t *a, file_t *f, const char *ctype, const char *en
   pmu_header_t all[64];
   size_t n = 0;
   char mp_ctype[80];
+  /* A part's head holds the Content-Type whole (a mount's override or a
+   * caller's type can be long): sized by it, never cut short or over-read. */
+  size_t part_cap = strlen(ctype) + 160;
+  char *part = NULL;
+  if (nr >= 2 && !(part = malloc(part_cap))) {
+    if (ranges != stack_ranges)
+      free(ranges);
+    respond_error(a, 503);
+    return -ENOMEM;
+  }
   if (nr >= 2) {
     uint64_t rnd[2] = {0, 0};
     if (getrandom(rnd, sizeof rnd, GRND_NONBLOCK) != (ssize_t)sizeof rnd)
@@ -676,12 +698,7 @@ static int answer_file(answer_t *a, file_t *f, const char *ctype, const char *en
      * CRLF, the bytes; then CRLF "--" boundary "--" CRLF. */
     total = 0;
     for (int i = 0; i < nr; i++) {
-      char part[256];
-      int k =
-          snprintf(part, sizeof part,
-                   "\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %llu-%llu/%llu\r\n\r\n",
-                   boundary, ctype, (unsigned long long)ranges[i].first,
-                   (unsigned long long)ranges[i].last, (unsigned long long)f->size);
+      size_t k = part_head(part, part_cap, boundary, ctype, &ranges[i], f->size);
       total += (uint64_t)k + (ranges[i].last - ranges[i].first + 1);
     }
     total += 2 + 2 + strlen(boundary) + 2 + 2;
@@ -711,19 +728,15 @@ static int answer_file(answer_t *a, file_t *f, const char *ctype, const char *en
     pmu_respond_end(&r->pub);
     if (ranges != stack_ranges)
       free(ranges);
+    free(part);
     return rc;
   }
   int wrc = 0;
   if (!r->pub.is_head) {
     if (nr >= 2) {
       for (int i = 0; i < nr && wrc >= 0; i++) {
-        char part[256];
-        int k =
-            snprintf(part, sizeof part,
-                     "%s--%s\r\nContent-Type: %s\r\nContent-Range: bytes %llu-%llu/%llu\r\n\r\n",
-                     "\r\n", boundary, ctype, (unsigned long long)ranges[i].first,
-                     (unsigned long long)ranges[i].last, (unsigned long long)f->size);
-        wrc = pmu_respond_write(&r->pub, part, (size_t)k, NULL, NULL);
+        size_t k = part_head(part, part_cap, boundary, ctype, &ranges[i], f->size);
+        wrc = pmu_respond_write(&r->pub, part, k, NULL, NULL);
         if (wrc >= 0)
           wrc = send_range(r, f, ranges[i].first, ranges[i].last - ranges[i].first + 1);
       }
@@ -740,6 +753,7 @@ static int answer_file(answer_t *a, file_t *f, const char *ctype, const char *en
   }
   if (ranges != stack_ranges)
     free(ranges);
+  free(part);
   if (wrc < 0 && wrc != -EPIPE) {
     pmu_respond_abort(&r->pub);
     return 0; /* answered (incomplete: the client sees it cut) */
@@ -817,6 +831,29 @@ static int miss(answer_t *a) {
   return 0;
 }
 
+/* Did an open fail because nothing servable is there (a miss), rather than
+ * for want of a resource or by an error (the file may well be there)? */
+static int open_missed(int rc) {
+  return rc == -ENOENT || rc == -ENOTDIR || rc == -EXDEV || rc == -ELOOP || rc == -ENAMETOOLONG ||
+         rc == -ENXIO || rc == -ENODEV;
+}
+
+/* An open that failed: 404 (or fallthrough) for a miss, 403 when refused, and
+ * for the rest 503 (EMFILE, ENFILE, ENOMEM: try again later) or 500, never a
+ * 404 that a cache would keep, nor the fallthrough's answer for a path this
+ * mount owns. */
+static int open_failed(answer_t *a, int rc) {
+  if (open_missed(rc))
+    return miss(a);
+  if (rc == -EACCES || rc == -EPERM)
+    respond_error(a, 403);
+  else if (rc == -EMFILE || rc == -ENFILE || rc == -ENOMEM || rc == -EAGAIN)
+    respond_error(a, 503);
+  else
+    respond_error(a, 500);
+  return 0;
+}
+
 /* 301 from /dir to /dir/ (the query kept). The path as the client sent it, but
  * with one leading "/": "//host/dir" must not become a protocol-relative
  * "Location: //host/dir/" that sends the browser to another host. */
@@ -871,15 +908,19 @@ static void bput(buf_t *b, const char *s, size_t n) {
 static void bputs(buf_t *b, const char *s) { bput(b, s, strlen(s)); }
 
 static void put_html(buf_t *b, const char *s) {
-  for (; *s; s++) {
+  for (;;) {
+    size_t run = strcspn(s, "&<>\"'"); /* plain bytes copied at once */
+    bput(b, s, run);
+    s += run;
     switch (*s) {
+    case '\0': return;
     case '&': bputs(b, "&amp;"); break;
     case '<': bputs(b, "&lt;"); break;
     case '>': bputs(b, "&gt;"); break;
     case '"': bputs(b, "&quot;"); break;
-    case '\'': bputs(b, "&#39;"); break;
-    default: bput(b, s, 1);
+    default: bputs(b, "&#39;"); break;
     }
+    s++;
   }
 }
 
@@ -907,9 +948,14 @@ static int dent_cmp(const void *x, const void *y) {
   return strcmp(((const dent_t *)x)->name, ((const dent_t *)y)->name);
 }
 
+/* A listing names at most this many entries (about 1 MiB of HTML): a huge
+ * directory cost 0.8 s of the ring thread and 20 MB per request at 200,000
+ * entries, and every connection could hold one. */
+#define LISTING_MAX 10000
+
 /* An HTML listing of the directory dir_fd (taken), sorted by name, dotfiles
  * hidden unless the mount allows them, names HTML-escaped, links
- * percent-encoded. */
+ * percent-encoded; the first LISTING_MAX entries read, then a note. */
 static int answer_listing(answer_t *a, int dir_fd, const char *rel) {
   DIR *d = fdopendir(dir_fd);
   if (!d) {
@@ -920,10 +966,15 @@ static int answer_listing(answer_t *a, int dir_fd, const char *rel) {
   size_t n = 0, cap = 0;
   int err = 0;
   struct dirent *de;
+  int more = 0;
   while ((de = readdir(d))) {
     if (de->d_name[0] == '.' &&
         (!a->m->pub.dotfiles || !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")))
       continue;
+    if (n == LISTING_MAX) {
+      more = 1;
+      break;
+    }
     if (n == cap) {
       size_t ncap = cap ? cap * 2 : 64;
       dent_t *t = realloc(ents, ncap * sizeof *t);
@@ -936,8 +987,22 @@ static int answer_listing(answer_t *a, int dir_fd, const char *rel) {
     }
     int is_dir = de->d_type == DT_DIR;
     if (de->d_type == DT_UNKNOWN || de->d_type == DT_LNK) {
+      /* Resolved as a request for it would be (beneath the root, the mount's
+       * symlink rule): one that cannot be served is not listed, and nothing
+       * outside the root is looked at. */
+      char p[PATH_CAP];
+      int k = snprintf(p, sizeof p, "%s%s%s", rel, rel[0] ? "/" : "", de->d_name);
+      struct open_how how = {.flags = O_PATH | O_CLOEXEC,
+                             .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
+                                        (a->m->pub.follow_symlinks ? 0 : RESOLVE_NO_SYMLINKS)};
+      long fd = k > 0 && (size_t)k < sizeof p
+                    ? syscall(SYS_openat2, a->m->root_fd, p, &how, sizeof how)
+                    : -1;
       struct stat st;
-      is_dir = fstatat(dirfd(d), de->d_name, &st, 0) == 0 && S_ISDIR(st.st_mode);
+      if (fd < 0)
+        continue;
+      is_dir = fstat((int)fd, &st) == 0 && S_ISDIR(st.st_mode);
+      close((int)fd);
     }
     ents[n].name = strdup(de->d_name);
     ents[n].is_dir = is_dir;
@@ -970,6 +1035,8 @@ static int answer_listing(answer_t *a, int dir_fd, const char *rel) {
         bputs(&b, "/");
       bputs(&b, "</a></li>\n");
     }
+    if (more)
+      bputs(&b, "<li>(more entries not listed)</li>\n");
     bputs(&b, "</ul></body></html>\n");
     if (b.failed)
       err = -ENOMEM;
@@ -1016,6 +1083,8 @@ static int serve_rel(answer_t *a, const char *rel, int dir, int dotfile) {
         name = path;
         goto have_file;
       }
+      if (rc < 0 && !open_missed(rc))
+        return open_failed(a, rc);
       file_put(f);
       f = NULL;
     }
@@ -1030,18 +1099,15 @@ static int serve_rel(answer_t *a, const char *rel, int dir, int dotfile) {
           return rc;
         }
         close(fd);
+      } else if (!open_missed(fd)) {
+        return open_failed(a, fd);
       }
     }
     return miss(a);
   }
   rc = file_get(a, rel, &f);
-  if (rc < 0) {
-    if (rc == -EACCES) {
-      respond_error(a, 403);
-      return 0;
-    }
-    return miss(a); /* ENOENT, ENOTDIR, EXDEV (out of the root), ELOOP (symlink refused) */
-  }
+  if (rc < 0) /* a miss: ENOENT, ENOTDIR, EXDEV (out of the root), ELOOP (symlink refused) */
+    return open_failed(a, rc);
   if (S_ISDIR(f->mode)) {
     file_put(f);
     return respond_redirect(a);
@@ -1164,7 +1230,22 @@ int pmu__static_dispatch(pmu__req_t *r) {
   return rc != -ENOENT;
 }
 
-/* The started mount equal to m (the same prefix, root and options), or NULL. */
+/* The same extra headers, in the same order (names and values). */
+static int same_headers(const pmu_static_t *p, const pmu_static_t *m) {
+  if (p->header_count != m->header_count)
+    return 0;
+  for (size_t i = 0; i < p->header_count; i++) {
+    const pmu_header_t *a = &p->headers[i], *b = &m->headers[i];
+    if (a->name_len != b->name_len || a->value_len != b->value_len ||
+        memcmp(a->name, b->name, a->name_len) != 0 || memcmp(a->value, b->value, a->value_len) != 0)
+      return 0;
+  }
+  return 1;
+}
+
+/* The started mount equal to m (the same prefix, root, options and extra
+ * headers), or NULL: a mount that differs only in its headers' values (a
+ * Content-Security-Policy, a CORS header) must not get the started one's. */
 static const mount_t *started_mount(pmu_server_t *s, const pmu_static_t *m) {
   const struct pmu__statics *st = s->statics;
   for (size_t i = 0; st && i < st->n; i++) {
@@ -1177,7 +1258,7 @@ static const mount_t *started_mount(pmu_server_t *s, const pmu_static_t *m) {
         !strcmp(p->cache_control ? p->cache_control : "",
                 m->cache_control ? m->cache_control : "") &&
         !strcmp(p->mime_types ? p->mime_types : "", m->mime_types ? m->mime_types : "") &&
-        p->header_count == m->header_count)
+        same_headers(p, m))
       return &st->m[i];
   }
   return NULL;

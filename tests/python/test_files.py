@@ -593,3 +593,31 @@ def test_file_answers_leave_nothing_behind(serve, files):
     ]
     server = serve(app)
     assert_flat(server.port, calls)
+
+
+def test_file_response_long_content_type_multipart(serve, files):
+    """A FileResponse's own long media type rides whole in every multipart part (a fixed
+    256-byte part head once cut it short and sent the stack bytes after it)."""
+    data = (files / "data.bin").read_bytes()
+    ctype = "application/x-" + "long" * 60 + "; charset=utf-8"
+    app = App()
+
+    @app.get("/long")
+    def long_typed(request):
+        return FileResponse(files / "data.bin", content_type=ctype)
+
+    server = serve(app)
+    status, h, body = get(server.port, "/long", [("Range", "bytes=0-0,500-509,-1")])
+    assert status == 206 and len(body) == int(h["content-length"])
+    boundary = h["content-type"].split("boundary=")[1]
+    want = b""
+    for first, last in ((0, 0), (500, 509), (99_999, 99_999)):
+        want += b"\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/100000\r\n\r\n" % (
+            boundary.encode(),
+            ctype.encode(),
+            first,
+            last,
+        )
+        want += data[first : last + 1]
+    want += b"\r\n--%s--\r\n" % boundary.encode()
+    assert body == want
