@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compare pymongoose_uring with the servers its users would otherwise pick, on this machine.
 
-    python3 benchmarks/run.py                 # everything: ~12 minutes on 2 cores
+    python3 benchmarks/run.py                 # everything: ~14 minutes on 2 cores
     python3 benchmarks/run.py --quick         # keep-alive and pipelined, one round: < 2 min
     python3 benchmarks/run.py --servers hello_c,nginx --workloads keepalive,pipelined
     python3 benchmarks/run.py --provision-only  # build, install, check each answer; no load

@@ -47,7 +47,7 @@ class Server:
     description: str = ""
     # In the default set (python3 benchmarks/run.py with no --servers). The
     # framework comparisons (Flask and FastAPI on the adapters, granian with
-    # FastAPI) are named explicitly, so the default run stays near 12 minutes.
+    # FastAPI) are named explicitly, so the default run stays near 14 minutes.
     default: bool = True
     ws_label: Optional[str] = None
     hello: bool = True
