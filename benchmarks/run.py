@@ -516,6 +516,10 @@ def main(argv=None):
     for p in all_points:
         grouped.setdefault((p["server"], p["workload"]), []).append(p)
     summary = {key: report.summarize(points) for key, points in grouped.items()}
+    measured = {p["server"] for p in all_points}
+    for d in defs:
+        if d.name in measured:
+            remarks += report.server_notes(d.name, os.path.join(logs, d.name + ".log"))
     labels = {d.name: d.label for d in registry.SERVERS}
     kinds = {d.name: d.kind for d in registry.SERVERS}
     reference = report.choose_reference(summary, registry.REFERENCE_ORDER, args.reference)

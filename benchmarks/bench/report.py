@@ -432,6 +432,26 @@ def machine(server_cpus, client_cpus):
     }
 
 
+NOTE_MARK = "BENCH_NOTE "
+
+
+def server_notes(name, log_path):
+    """What a server script said about itself for the report: its log's lines starting
+    with BENCH_NOTE (once each), as "name: text" (say, whether the server offered
+    http.response.pathsend to the Starlette FileResponse app)."""
+    out = []
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                if line.startswith(NOTE_MARK):
+                    note = "%s: %s" % (name, line[len(NOTE_MARK) :].strip())
+                    if note not in out:
+                        out.append(note)
+    except OSError:
+        pass
+    return out
+
+
 def write_json(path, data):
     with open(path, "w") as f:
         json.dump(data, f, indent=1, sort_keys=False, default=str)

@@ -48,7 +48,23 @@ async def hello(request):
     return JSONResponse({"message": "Hello, World!"})
 
 
+PATHSEND = "http.response.pathsend"
+said = []
+
+
 async def file(request):
+    if not said:  # once, for the runner's notes (report.server_notes): pathsend or not
+        said.append(True)
+        offered = PATHSEND in (request.scope.get("extensions") or {})
+        print(
+            "BENCH_NOTE %s"
+            % (
+                "the server offered %s: the engine sends the file" % PATHSEND
+                if offered
+                else "no %s offered: Starlette reads the file and sends it in chunks" % PATHSEND
+            ),
+            flush=True,
+        )
     path = FILES.get(request.path_params["name"])
     if path is None:
         return PlainTextResponse("not found\n", status_code=404)

@@ -278,6 +278,12 @@ def test_a_files_run_measures_both_files_and_removes_its_directory(stand_ins, tm
     assert not os.path.exists(results["meta"]["files_root"])  # removed after the run
     assert "### 16 KiB file, 64 connections" in out and "### 1 MiB file, 16 connections" in out
     assert results["targets"] == []  # no target's servers ran
+    # What each server's script said for the report (BENCH_NOTE lines of its log), once.
+    root = results["meta"]["files_root"]
+    assert results["notes"] == [
+        "%s: serving %s in mode right" % (names[0], root),
+        "%s: serving %s in mode no-hello" % (names[1], root),
+    ]
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")

@@ -45,6 +45,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    print("BENCH_NOTE serving %s in mode %s" % (ROOT, MODE), flush=True)  # the runner's notes
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
     server.daemon_threads = True
     server.serve_forever()
