@@ -180,7 +180,6 @@ SERVERS = [
         build="pymongoose_uring",
         knobs=("threads",),
         hello=False,
-        env=ROOM_FOR_C10K,
         description="the command line as a static file server alone: python -m "
         "pymongoose_uring --static /=DIR (engine mount: no Python per request)",
     ),
