@@ -333,7 +333,7 @@ def main(argv=None):
             print("  matplotlib unavailable: no charts")
             args.no_plots = True
 
-    if any("files" in d.caps for d in defs):
+    if any(w.needs == "files" for w in workloads) or any(d.files_only for d in defs):
         # The files the file workloads serve, made afresh for this run (bench/files.py).
         built.files_root = files.prepare()
     servers, failed, notes, remarks = {}, {}, [], []
