@@ -493,6 +493,14 @@ def main(argv=None):
                             fail(s.name, "restart after %s: %s" % (w.name, e), fatal=False)
                     p.update(server=s.name, workload=w.name, round=r + 1)
                     all_points.append(p)
+        if any(w.needs == "files" for w in workloads):
+            for s in servers.values():
+                if s.definition.stats_path and "files" in s.definition.caps:
+                    note = report.file_counters_note(
+                        s.name, checks.stats(s.port, s.definition.stats_path)
+                    )
+                    if note:
+                        remarks.append(note)
     except KeyboardInterrupt:
         print("\ninterrupted: writing what was measured", file=sys.stderr)
         exit_status = 130

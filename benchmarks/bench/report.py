@@ -432,6 +432,35 @@ def machine(server_cpus, client_cpus):
     }
 
 
+# The engine's file counters (issue 11), shown after a run with file workloads for the servers
+# that answer their counters (the registry's stats_path): which path the bytes took.
+FILE_COUNTERS = (
+    "files_sent",
+    "file_bytes_spliced",
+    "file_bytes_read",
+    "file_errors",
+    "pipe_fallbacks",
+    "file_cache_hits",
+    "file_cache_misses",
+    "static_answers",
+    "not_modified",
+)
+
+
+def file_counters_note(name, stats):
+    """ "name: engine file counters over the run: files_sent 123, ..." from a server's
+    counters (GET stats_path), or None when it has none of them."""
+    shown = [
+        f"{key} {stats[key]:,}" for key in FILE_COUNTERS if isinstance((stats or {}).get(key), int)
+    ]
+    if not shown:
+        return None
+    return "%s: engine file counters at the end of the run (checks and warm-ups included): %s" % (
+        name,
+        ", ".join(shown),
+    )
+
+
 NOTE_MARK = "BENCH_NOTE "
 
 

@@ -217,6 +217,16 @@ def test_file_tables_are_against_nginx_and_show_the_issues_targets():
     assert "vs pymongoose_uring_static" in text
 
 
+def test_the_engine_file_counters_note_names_the_paths_taken():
+    stats = {"requests": 9, "files_sent": 1200, "file_bytes_spliced": 1 << 30, "file_errors": 0}
+    assert report.file_counters_note("pymongoose_uring", stats) == (
+        "pymongoose_uring: engine file counters at the end of the run (checks and warm-ups "
+        "included): files_sent 1,200, file_bytes_spliced 1,073,741,824, file_errors 0"
+    )
+    assert report.file_counters_note("x", {"requests": 9}) is None
+    assert report.file_counters_note("x", None) is None
+
+
 @pytest.fixture
 def stand_ins(monkeypatch):
     """Stand-in file servers (tinyfiles.py in each MODE) in the registry."""
