@@ -337,10 +337,13 @@ def main(argv=None):
         # The files the file workloads serve, made afresh for this run (bench/files.py).
         built.files_root = files.prepare()
     servers, failed, notes, remarks = {}, {}, [], []
-    for d in left_out:
+    if left_out:
         notes.append(
-            "%s: not started: it serves none of %s (capabilities: %s)"
-            % (d.name, ", ".join(w.name for w in workloads), ", ".join(d.caps))
+            "not started, serving none of %s: %s"
+            % (
+                ", ".join(w.name for w in workloads),
+                ", ".join("%s (%s)" % (d.name, ", ".join(d.caps)) for d in left_out),
+            )
         )
     meta = {
         "args": vars(args),
