@@ -121,9 +121,11 @@ typedef struct pyb_state {
   PyObject *str_get;                                /* "GET", same object as methods[PYB_M_GET] */
   Py_ssize_t requests_alive;                        /* Request objects not yet freed (GIL held) */
   PyTypeObject *websocket_type;
-  PyObject *ws_closed;         /* _pmu.WebSocketClosed(OSError) */
-  PyObject *str_websocket;     /* "WEBSOCKET": the routes' method key of WebSocket handlers */
-  Py_ssize_t websockets_alive; /* WebSocket objects not yet freed (GIL held) */
+  PyObject *ws_closed;              /* _pmu.WebSocketClosed(OSError) */
+  PyObject *str_websocket;          /* "WEBSOCKET": the routes' method key of WebSocket handlers */
+  Py_ssize_t websockets_alive;      /* WebSocket objects not yet freed (GIL held) */
+  PyTypeObject *static_mount_type;  /* StaticMount (files.c) */
+  PyTypeObject *file_response_type; /* FileResponse (files.c) */
 } pyb_state;
 
 extern PyModuleDef pyb_module_def;
@@ -237,6 +239,15 @@ void pyb_reqio_link(pyb_reqio *io, pmu_request_t *request);
  * longer reach io; waiters are woken. GIL held. */
 void pyb_reqio_unlink(pyb_reqio *io, pmu_request_t *request);
 
+/* pyb_reqio_unlink in two steps, for an answer that may not happen
+ * (Request.serve_static with a fallthrough mount): cut the engine's link
+ * (returns whether it was linked), then either restore it
+ * (pyb_reqio_relink, the reference kept: only when cut returned 1) or
+ * finish the unlink once the request is answered. GIL held. */
+int pyb_reqio_cut(pyb_reqio *io, pmu_request_t *request);
+void pyb_reqio_relink(pyb_reqio *io, pmu_request_t *request);
+void pyb_reqio_finish_unlink(pyb_reqio *io, int linked);
+
 /* The Request is going away: drop its Python objects and its reference.
  * GIL held. */
 void pyb_reqio_drop(pyb_reqio *io);
@@ -288,6 +299,9 @@ int pyb_reqio_add_callback(pyb_reqio *io, PyObject *fn);
 
 /* Whether the client has gone. */
 int pyb_reqio_gone(pyb_reqio *io);
+
+/* Whether the last piece of a streamed body has come. */
+int pyb_reqio_body_done(pyb_reqio *io);
 
 /* The engine's callbacks, on the request's worker thread, without the GIL. */
 void pyb_stream_on_body(pmu_request_t *request, const void *data, size_t len, int last);
@@ -410,11 +424,50 @@ extern const pmu_response_t pyb_response_500;
  * separators=(",", ":")) gives). New reference to a bytes object, or NULL. */
 PyObject *pyb_json_bytes(pyb_state *st, PyObject *obj);
 
+/* ---- files.c ---- */
+
+/* A file argument as a new descriptor the caller owns (O_CLOEXEC): a path
+ * (str, bytes, os.PathLike) is opened read-only; an int fd, or the fileno()
+ * of an object, is duplicated, so the caller may close its own. Sets *out and
+ * returns 0, or -1 with an exception (OSError from open or dup, TypeError). */
+int pyb_file_fd(PyObject *file, int *out);
+
+/* The pmu_static_t of a StaticMount (valid while the object lives), or NULL
+ * with TypeError for anything else. */
+const pmu_static_t *pyb_static_mount(pyb_state *st, PyObject *obj);
+
+/*
+ * The arguments of one pmu_serve_file() call, built from Python values: the
+ * file as a path (path, a C copy) or a descriptor (fd, owned until handed to
+ * the engine: set it to -1 then), the options with their strings and
+ * validated extra headers. Pointers in opts stay valid until
+ * pyb_file_call_release(), which the caller runs whether building
+ * succeeded or not.
+ */
+typedef struct pyb_file_call {
+  pmu_file_opts_t opts;
+  char *path;
+  int fd;
+  char *content_type, *cache_control;
+  pyb_built built;
+  int have_built;
+} pyb_file_call;
+
+/* From serve_file()'s arguments (status 0 or 200: every rule; another:
+ * the whole file with it). Returns 0, or -1 with an exception. */
+int pyb_file_call_build(pyb_state *st, PyObject *file, PyObject *content_type,
+                        PyObject *cache_control, PyObject *headers, int status, pyb_file_call *c);
+/* From a FileResponse (result must be one). */
+int pyb_file_response_call(pyb_state *st, PyObject *result, pyb_file_call *c);
+void pyb_file_call_release(pyb_file_call *c);
+
 /* ---- type specs ---- */
 extern PyType_Spec pyb_request_spec;
 extern PyType_Spec pyb_response_spec;
 extern PyType_Spec pyb_engine_spec;
 extern PyType_Spec pyb_websocket_spec;
+extern PyType_Spec pyb_static_mount_spec;
+extern PyType_Spec pyb_file_response_spec;
 
 /* Module-level functions defined outside module.c. */
 PyObject *pyb_config_defaults(PyObject *module, PyObject *unused);

@@ -48,10 +48,12 @@ typedef struct {
   pmu_config_t config;
   char *host, *unix_path, *server_header, *body_spool_dir; /* owned copies behind config's
                                                             strings */
-  PyObject *handler;       /* callable(request): called when no route matches */
-  PyObject *routes;        /* dict path -> dict method -> callable, or NULL */
-  PyObject *scheduler;     /* callable(list of (request, coroutine)), or NULL */
-  PyObject *unix_path_str; /* config.unix_path as a str, or NULL */
+  PyObject *handler;          /* callable(request): called when no route matches */
+  PyObject *routes;           /* dict path -> dict method -> callable, or NULL */
+  PyObject *scheduler;        /* callable(list of (request, coroutine)), or NULL */
+  PyObject *unix_path_str;    /* config.unix_path as a str, or NULL */
+  PyObject *statics;          /* tuple of StaticMount behind config.statics, or NULL */
+  pmu_static_t *static_array; /* PyMem copies of their pmu_static_t (config.statics) */
   pmu_server_t *server;
   ring_state *rings;
   unsigned nrings;
@@ -475,7 +477,9 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
     PyErr_SetString(PyExc_TypeError, "handler must be callable");
     return -1;
   }
-  PyObject *routes = NULL, *scheduler = NULL;
+  PyObject *routes = NULL, *scheduler = NULL, *statics = NULL;
+  pmu_static_t *static_array = NULL;
+  size_t static_count = 0;
   pmu_config_t c = self->config;
   char *fresh[NOWNED] = {NULL, NULL, NULL, NULL}; /* strings copied by this call */
   if (kwargs != NULL) {
@@ -491,6 +495,35 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
           goto fail;
         }
         routes = value == Py_None ? NULL : value;
+        continue;
+      }
+      if (strcmp(name, "statics") == 0) {
+        /* Mounts the engine answers itself: their pmu_static_t point into
+         * the StaticMount objects, which this engine keeps. */
+        Py_CLEAR(statics);
+        PyMem_Free(static_array);
+        static_array = NULL;
+        static_count = 0;
+        if (value == Py_None)
+          continue;
+        statics = PySequence_Tuple(value);
+        if (statics == NULL) {
+          PyErr_SetString(PyExc_TypeError, "statics must be a sequence of StaticMount");
+          goto fail;
+        }
+        static_count = (size_t)PyTuple_GET_SIZE(statics);
+        static_array = PyMem_Calloc(static_count ? static_count : 1, sizeof(pmu_static_t));
+        if (static_array == NULL) {
+          PyErr_NoMemory();
+          goto fail;
+        }
+        for (size_t k = 0; k < static_count; k++) {
+          const pmu_static_t *m =
+              pyb_static_mount(self->st, PyTuple_GET_ITEM(statics, (Py_ssize_t)k));
+          if (m == NULL)
+            goto fail;
+          static_array[k] = *m;
+        }
         continue;
       }
       if (strcmp(name, "async_scheduler") == 0) {
@@ -526,6 +559,15 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
       PyMem_Free(*slots[i]);
       *slots[i] = fresh[i];
     }
+  if (statics != NULL || (kwargs != NULL && PyDict_GetItemString(kwargs, "statics") != NULL)) {
+    Py_XSETREF(self->statics, statics); /* ours now */
+    statics = NULL;
+    PyMem_Free(self->static_array);
+    self->static_array = static_array;
+    static_array = NULL;
+    c.statics = static_count ? self->static_array : NULL;
+    c.static_count = static_count;
+  }
   self->config = c;
   Py_CLEAR(self->unix_path_str);
   if (c.unix_path != NULL && (self->unix_path_str = PyUnicode_DecodeFSDefault(c.unix_path)) == NULL)
@@ -537,6 +579,8 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
 fail:
   for (int i = 0; i < NOWNED; i++)
     PyMem_Free(fresh[i]);
+  Py_XDECREF(statics);
+  PyMem_Free(static_array);
   return -1;
 }
 
@@ -946,6 +990,7 @@ static int engine_clear(PyObject *op) {
   Py_CLEAR(self->routes);
   Py_CLEAR(self->scheduler);
   Py_CLEAR(self->unix_path_str);
+  Py_CLEAR(self->statics);
   return 0;
 }
 
@@ -963,6 +1008,7 @@ static void engine_dealloc(PyObject *op) {
   PyMem_Free(self->unix_path);
   PyMem_Free(self->server_header);
   PyMem_Free(self->body_spool_dir);
+  PyMem_Free(self->static_array);
   tp->tp_free(op);
   Py_DECREF(tp);
 }
@@ -972,15 +1018,18 @@ static PyMemberDef engine_members[] = {
     {NULL},
 };
 
-PyDoc_STRVAR(engine_doc, "Engine(handler, *, routes=None, async_scheduler=None, **config)\n\n"
-                         "One C server. handler(request) is called for every request whose path\n"
-                         "and method are not in routes ({path: {method: handler}}; a WebSocket\n"
-                         "handshake goes to the method key 'WEBSOCKET' first); its result\n"
-                         "is the response (None: the handler answers later with request.reply()).\n"
-                         "async_scheduler(list of (request, coroutine)) receives the coroutines\n"
-                         "async handlers returned, once per batch. config: every pmu_config_t\n"
-                         "knob by name (see config_defaults()); the C field body_stream_threshold\n"
-                         "is stream_body_threshold here.");
+PyDoc_STRVAR(engine_doc,
+             "Engine(handler, *, routes=None, async_scheduler=None, **config)\n\n"
+             "One C server. handler(request) is called for every request whose path\n"
+             "and method are not in routes ({path: {method: handler}}; a WebSocket\n"
+             "handshake goes to the method key 'WEBSOCKET' first); its result\n"
+             "is the response (None: the handler answers later with request.reply()).\n"
+             "async_scheduler(list of (request, coroutine)) receives the coroutines\n"
+             "async handlers returned, once per batch. config: every pmu_config_t\n"
+             "knob by name (see config_defaults()); the C field body_stream_threshold\n"
+             "is stream_body_threshold here. statics: a sequence of StaticMount the\n"
+             "engine answers itself on its ring threads, before any handler (no Python\n"
+             "per request; the longest prefix wins).");
 
 static PyType_Slot engine_slots[] = {
     {Py_tp_new, engine_new},         {Py_tp_init, engine_init},

@@ -392,7 +392,9 @@ static int module_exec(PyObject *module) {
   if (add_type(module, &pyb_request_spec, NULL, &st->request_type) < 0 ||
       add_type(module, &pyb_response_spec, NULL, &st->response_type) < 0 ||
       add_type(module, &pyb_engine_spec, NULL, &st->engine_type) < 0 ||
-      add_type(module, &pyb_websocket_spec, NULL, &st->websocket_type) < 0)
+      add_type(module, &pyb_websocket_spec, NULL, &st->websocket_type) < 0 ||
+      add_type(module, &pyb_static_mount_spec, NULL, &st->static_mount_type) < 0 ||
+      add_type(module, &pyb_file_response_spec, NULL, &st->file_response_type) < 0)
     return -1;
 
   PyObject *logging = PyImport_ImportModule("logging");
@@ -447,6 +449,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
   Py_VISIT(st->response_type);
   Py_VISIT(st->engine_type);
   Py_VISIT(st->websocket_type);
+  Py_VISIT(st->static_mount_type);
+  Py_VISIT(st->file_response_type);
   Py_VISIT(st->ws_closed);
   Py_VISIT(st->error);
   Py_VISIT(st->unavailable);
@@ -470,6 +474,8 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->response_type);
   Py_CLEAR(st->engine_type);
   Py_CLEAR(st->websocket_type);
+  Py_CLEAR(st->static_mount_type);
+  Py_CLEAR(st->file_response_type);
   Py_CLEAR(st->ws_closed);
   Py_CLEAR(st->str_websocket);
   Py_CLEAR(st->error);

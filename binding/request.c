@@ -33,6 +33,8 @@
 #include <netinet/in.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct {
   PyObject_HEAD
@@ -180,7 +182,7 @@ static pmu_request_t *detach(RequestObject *self, Py_ssize_t owner_refs) {
   pmu_request_t *live = self->live;
   if (self->io != NULL)
     pyb_reqio_unlink(self->io, live);
-  if (Py_REFCNT(self) > owner_refs && snapshot(self) < 0) {
+  if (self->view == live && Py_REFCNT(self) > owner_refs && snapshot(self) < 0) {
     PyErr_Clear(); /* attributes not yet built now raise; the answer still goes out */
     self->view = NULL;
   }
@@ -233,10 +235,34 @@ static int refuse_started(RequestObject *self) {
   return -1;
 }
 
+/* Answer with one file through pmu_serve_file (every HTTP rule of static
+ * files), copying the request's data first as send_response does. The
+ * descriptor in c, if any, goes to the engine. The GIL stays held: opening
+ * and statx of a file are short, and the open-file cache makes them rarer. */
+static void send_file(RequestObject *self, pyb_file_call *c, Py_ssize_t owner_refs) {
+  pmu_request_t *live = detach(self, owner_refs);
+  int fd = c->fd;
+  c->fd = -1; /* the engine's from here on */
+  int rc = pmu_serve_file(live, c->path, fd, &c->opts);
+  if (rc < 0 && rc != -ENOENT)
+    pyb_log_warning(self->st, "serving a file failed (%s); the request was answered with an error",
+                    strerror(-rc));
+  pyb_drain_released(self->st);
+}
+
 int pyb_request_answer(PyObject *request, PyObject *result, Py_ssize_t owner_refs) {
   RequestObject *self = REQ(request);
   if (self->started)
     return refuse_started(self);
+  if (Py_TYPE(result) == self->st->file_response_type ||
+      PyObject_TypeCheck(result, self->st->file_response_type)) {
+    pyb_file_call c;
+    int rc = pyb_file_response_call(self->st, result, &c);
+    if (rc == 0)
+      send_file(self, &c, owner_refs);
+    pyb_file_call_release(&c);
+    return rc;
+  }
   pyb_built built;
   if (pyb_build_response(self->st, result, &built) < 0) {
     pyb_built_release(&built);
@@ -1392,6 +1418,194 @@ static PyObject *request_abort(PyObject *op, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
+/* ---- files ---- */
+
+PyDoc_STRVAR(serve_static_doc,
+             "serve_static(mount, path=None) -> bool\n\n"
+             "Answer from a StaticMount's directory with every rule of static files\n"
+             "(confinement, index and redirect, ETag/304/412, Range, precompressed\n"
+             "siblings, listing, HEAD, 405). path: the part below the mount, already\n"
+             "decoded ('css/a.css'); None: the request's path minus mount.prefix.\n"
+             "Returns True when answered; False only for a fallthrough mount that has\n"
+             "no such file (the request is still yours to answer). Any thread; with a\n"
+             "fallthrough mount, another thread than the handler's only once a streamed\n"
+             "body has been read (RuntimeError before).");
+
+static PyObject *request_serve_static(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"mount", "path", NULL};
+  PyObject *mount, *path = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:serve_static", kwlist, &mount, &path))
+    return NULL;
+  RequestObject *self = REQ(op);
+  if (self->started) {
+    refuse_started(self);
+    return NULL;
+  }
+  if (self->live == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "this request was already answered");
+    return NULL;
+  }
+  const pmu_static_t *m = pyb_static_mount(self->st, mount);
+  if (m == NULL)
+    return NULL;
+  const char *rel = NULL;
+  Py_ssize_t rel_len = 0;
+  if (path != Py_None) {
+    if (!PyUnicode_Check(path)) {
+      PyErr_Format(PyExc_TypeError, "path must be a str or None, not %.100s",
+                   Py_TYPE(path)->tp_name);
+      return NULL;
+    }
+    rel = PyUnicode_AsUTF8AndSize(path, &rel_len); /* cached in the str, which args hold */
+    if (rel == NULL)
+      return NULL;
+  }
+  pmu_request_t *live = self->live;
+  /* While the link is cut, a body piece the worker thread delivers would be
+   * lost; on that thread itself none can come. */
+  if (m->fallthrough && self->streamed && !pyb_reqio_body_done(self->io) && !pyb_in_ring_thread()) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "serve_static() with a fallthrough mount on a request whose body is still "
+                    "arriving: read the body first (or call it from the handler itself)");
+    return NULL;
+  }
+  /* The attributes must outlive the answer: copy first (the caller's
+   * references are unknown), then cut the engine's link to our stream state,
+   * to be restored if the mount passes the request on. */
+  if (self->view == live && snapshot(self) < 0)
+    return NULL;
+  int linked = self->io != NULL ? pyb_reqio_cut(self->io, live) : 0;
+  int rc = pmu_serve_static(live, m, rel, (size_t)rel_len);
+  if (rc == -ENOENT && m->fallthrough) {
+    if (linked)
+      pyb_reqio_relink(self->io, live);
+    Py_RETURN_FALSE;
+  }
+  self->live = NULL;
+  if (self->io != NULL)
+    pyb_reqio_finish_unlink(self->io, linked);
+  if (rc < 0 && rc != -ENOENT)
+    pyb_log_warning(self->st, "serving a static file failed (%s); answered with an error",
+                    strerror(-rc));
+  pyb_drain_released(self->st);
+  Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(serve_file_doc,
+             "serve_file(path_or_fd, *, content_type=None, cache_control=None, headers=None,\n"
+             "           status=0)\n\n"
+             "Answer with one file (a path used as given, not confined; an int fd or an\n"
+             "object with fileno(), which is duplicated) with every rule of static\n"
+             "files: ETag, Last-Modified, 304, 412, Range (206, multipart/byteranges,\n"
+             "416), If-Range, HEAD. status 0 (or 200): those rules; another status\n"
+             "sends the whole file with it. A missing file, or one that is not a\n"
+             "regular file, is answered 404. content_type None: from the extension.\n"
+             "Any thread. RuntimeError if the request was already answered.");
+
+static PyObject *request_serve_file(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"path_or_fd", "content_type", "cache_control",
+                           "headers",    "status",       NULL};
+  PyObject *file, *content_type = Py_None, *cache_control = Py_None, *headers = Py_None;
+  int status = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OOOi:serve_file", kwlist, &file, &content_type,
+                                   &cache_control, &headers, &status))
+    return NULL;
+  RequestObject *self = REQ(op);
+  if (self->started) {
+    refuse_started(self);
+    return NULL;
+  }
+  if (self->live == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "this request was already answered");
+    return NULL;
+  }
+  pyb_file_call c;
+  int rc = pyb_file_call_build(self->st, file, content_type, cache_control, headers, status, &c);
+  if (rc == 0)
+    send_file(self, &c, 0); /* the caller's references are unknown: keep a copy */
+  pyb_file_call_release(&c);
+  if (rc < 0)
+    return NULL;
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(sendfile_doc,
+             "sendfile(file, offset=0, count=None) -> bool\n\n"
+             "Queue bytes [offset, offset + count) of a regular file as a piece of the\n"
+             "streamed answer (after start()), in order with write()'s pieces. The\n"
+             "engine sends them without passing through Python (splice, or read+send\n"
+             "for small pieces). file: a path (str, bytes, os.PathLike), an int fd or\n"
+             "an object with fileno(); the descriptor is duplicated, so the caller may\n"
+             "close its own at once. count None: to the end of the file as it is now.\n"
+             "A file that shrinks before it is sent closes the connection after what\n"
+             "was sent (never padded). Returns True, or False once the client is gone.\n"
+             "Any thread.");
+
+static PyObject *request_sendfile(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"file", "offset", "count", NULL};
+  PyObject *file, *count_obj = Py_None;
+  long long offset = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|LO:sendfile", kwlist, &file, &offset,
+                                   &count_obj))
+    return NULL;
+  RequestObject *self = REQ(op);
+  if (check_open(self, "sendfile()") < 0)
+    return NULL;
+  long long count = -1;
+  if (count_obj != Py_None) {
+    if (!PyLong_Check(count_obj) || PyBool_Check(count_obj)) {
+      PyErr_Format(PyExc_TypeError, "count must be an int or None, not %.100s",
+                   Py_TYPE(count_obj)->tp_name);
+      return NULL;
+    }
+    count = PyLong_AsLongLong(count_obj);
+    if (count == -1 && PyErr_Occurred())
+      return NULL;
+    if (count < 0) {
+      PyErr_SetString(PyExc_ValueError, "count cannot be negative");
+      return NULL;
+    }
+  }
+  if (offset < 0) {
+    PyErr_SetString(PyExc_ValueError, "offset cannot be negative");
+    return NULL;
+  }
+  int fd;
+  if (pyb_file_fd(file, &fd) < 0)
+    return NULL;
+  struct stat sb;
+  if (fstat(fd, &sb) < 0) {
+    PyErr_SetFromErrno(PyExc_OSError);
+    close(fd);
+    return NULL;
+  }
+  if (!S_ISREG(sb.st_mode)) {
+    close(fd);
+    PyErr_SetString(PyExc_ValueError, "sendfile() sends a regular file (use write() for others)");
+    return NULL;
+  }
+  if (count < 0) {
+    if (offset > (long long)sb.st_size) {
+      close(fd);
+      PyErr_Format(PyExc_ValueError, "offset %lld is past the end of the file (%lld bytes)", offset,
+                   (long long)sb.st_size);
+      return NULL;
+    }
+    count = (long long)sb.st_size - offset;
+  }
+  if (count == 0) {
+    close(fd);
+    Py_RETURN_TRUE;
+  }
+  /* The engine owns fd from here, whatever it answers. */
+  int rc = pmu_respond_write_file(self->live, fd, (uint64_t)offset, (uint64_t)count, NULL, NULL);
+  if (rc == -EPIPE)
+    Py_RETURN_FALSE;
+  if (rc < 0)
+    return pyb_raise_errno(self->st, rc, NULL);
+  Py_RETURN_TRUE;
+}
+
 /* The subprotocols a handshake offers: every Sec-WebSocket-Protocol value,
  * split at commas, blanks trimmed, in order. New reference or NULL. */
 static PyObject *offered_subprotocols(const pmu_request_t *r) {
@@ -1623,6 +1837,12 @@ static PyMethodDef request_methods[] = {
     {"write_async", request_write_async, METH_O, write_async_doc},
     {"end", request_end, METH_NOARGS, end_doc},
     {"abort", request_abort, METH_NOARGS, abort_doc},
+    {"serve_static", (PyCFunction)(void (*)(void))request_serve_static,
+     METH_VARARGS | METH_KEYWORDS, serve_static_doc},
+    {"serve_file", (PyCFunction)(void (*)(void))request_serve_file, METH_VARARGS | METH_KEYWORDS,
+     serve_file_doc},
+    {"sendfile", (PyCFunction)(void (*)(void))request_sendfile, METH_VARARGS | METH_KEYWORDS,
+     sendfile_doc},
     {"accept_websocket", (PyCFunction)(void (*)(void))request_accept_websocket,
      METH_VARARGS | METH_KEYWORDS, accept_websocket_doc},
     {NULL},

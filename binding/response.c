@@ -957,6 +957,16 @@ static PyObject *response_repr(PyObject *op) {
                               self->body && PyUnicode_Check(self->body) ? "char" : "byte");
 }
 
+PyDoc_STRVAR(file_doc, "Response.file(path, *, status=200, headers=None, content_type=None,\n"
+                       "              cache_control=None) -> FileResponse\n\n"
+                       "A file as the answer, sent by the engine with every rule of static\n"
+                       "files (ETag, 304, Range...): see FileResponse.");
+
+static PyObject *response_file(PyObject *cls, PyObject *args, PyObject *kwargs) {
+  pyb_state *st = pyb_state_from_type((PyTypeObject *)cls);
+  return PyObject_Call((PyObject *)st->file_response_type, args, kwargs);
+}
+
 static PyMethodDef response_methods[] = {
     {"json", (PyCFunction)(void (*)(void))response_json, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      json_doc},
@@ -966,6 +976,8 @@ static PyMethodDef response_methods[] = {
      html_doc},
     {"redirect", (PyCFunction)(void (*)(void))response_redirect,
      METH_VARARGS | METH_KEYWORDS | METH_CLASS, redirect_doc},
+    {"file", (PyCFunction)(void (*)(void))response_file, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     file_doc},
     {NULL},
 };
 

@@ -203,7 +203,7 @@ static void wake_from_ring(pyb_reqio *io, int what) {
   pyb_ring_gil_leave(&g);
 }
 
-void pyb_reqio_unlink(pyb_reqio *io, pmu_request_t *request) {
+int pyb_reqio_cut(pyb_reqio *io, pmu_request_t *request) {
   pthread_mutex_t *m = link_lock(request);
   int linked = 0;
   pthread_mutex_lock(m);
@@ -212,6 +212,23 @@ void pyb_reqio_unlink(pyb_reqio *io, pmu_request_t *request) {
     linked = 1;
   }
   pthread_mutex_unlock(m);
+  return linked;
+}
+
+void pyb_reqio_relink(pyb_reqio *io, pmu_request_t *request) {
+  pthread_mutex_t *m = link_lock(request);
+  pthread_mutex_lock(m);
+  request->user = io;
+  pthread_mutex_unlock(m);
+  if (pmu_request_gone(request)) {
+    pthread_mutex_lock(&io->lock);
+    io->gone = 1;
+    pthread_cond_broadcast(&io->cond);
+    pthread_mutex_unlock(&io->lock);
+  }
+}
+
+void pyb_reqio_finish_unlink(pyb_reqio *io, int linked) {
   pthread_mutex_lock(&io->lock);
   io->unlinked = 1;
   pthread_cond_broadcast(&io->cond);
@@ -225,6 +242,10 @@ void pyb_reqio_unlink(pyb_reqio *io, pmu_request_t *request) {
   wake_python(io->st, rw, dw, drained, NULL);
   if (linked)
     reqio_release(io); /* never the last: the Request holds one */
+}
+
+void pyb_reqio_unlink(pyb_reqio *io, pmu_request_t *request) {
+  pyb_reqio_finish_unlink(io, pyb_reqio_cut(io, request));
 }
 
 void pyb_reqio_drop(pyb_reqio *io) {
@@ -419,6 +440,13 @@ int pyb_reqio_gone(pyb_reqio *io) {
   int gone = io->gone;
   pthread_mutex_unlock(&io->lock);
   return gone;
+}
+
+int pyb_reqio_body_done(pyb_reqio *io) {
+  pthread_mutex_lock(&io->lock);
+  int done = io->body_done;
+  pthread_mutex_unlock(&io->lock);
+  return done;
 }
 
 /* ---- the engine's callbacks (worker thread, no GIL) ---- */

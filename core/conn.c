@@ -253,6 +253,7 @@ void pmu__conn_release(pmu__conn_t *c) {
       pmu__req_orphan(r);
   pmu__conn_body_list_remove(c);
   sendbuf_put(c);
+  pmu__file_conn_released(c);
   pmu__list_unlink(&c->all_link);
   loop->nconns--;
   if (c->counted)
@@ -566,7 +567,7 @@ static void sendbuf_put(pmu__conn_t *c) {
 }
 
 void pmu__conn_flush(pmu__conn_t *c) {
-  if (c->closing || c->send_inflight)
+  if (c->closing || c->send_inflight || c->out_dead)
     return;
   if (!c->sb && !(c->sb = sendbuf_get(c->loop))) {
     pmu__conn_close(c);
@@ -578,13 +579,35 @@ void pmu__conn_flush(pmu__conn_t *c) {
   for (; r && n < PMU__IOV_MAX - 3; r = r->next) {
     if (r->streaming) {
       pmu__seg_t *g = r->seg_head;
+      int stop = 0;
       for (; g && n < PMU__IOV_MAX - 3; g = g->next) {
         size_t skip = g->sent;
         n = add_part(c, n, g->pre, g->pre_len, &skip, &total);
-        n = add_part(c, n, g->data, g->len, &skip, &total);
+        if (g->kind == SEG_FILE) {
+          if (skip < g->len) {
+            /* Its file bytes: read into the send (core/file.c), or spliced once what
+             * precedes them is out. */
+            int more;
+            int m = pmu__file_gather(c, g, n, &total, &more);
+            if (m < 0) {
+              sendbuf_put(c); /* a splice is in flight, or the connection closes */
+              return;
+            }
+            n = m;
+            if (!more) {
+              stop = 1;
+              break;
+            }
+            skip = 0;
+          } else {
+            skip -= g->len;
+          }
+        } else {
+          n = add_part(c, n, g->data, g->len, &skip, &total);
+        }
         n = add_part(c, n, "\r\n", g->post_len, &skip, &total);
       }
-      if (!r->answered || g)
+      if (!r->answered || g || stop)
         break; /* the stream goes on, or the iovec is full */
     } else if (!r->answered) {
       break;
@@ -627,6 +650,17 @@ void pmu__conn_flush(pmu__conn_t *c) {
   pmu__conn_timer_update(c);
 }
 
+/* Of the next k bytes of piece g to leave, those that are its file's (not its framing). */
+static size_t file_bytes_in(const pmu__seg_t *g, size_t k) {
+  size_t a = g->sent, b = g->sent + k;
+  size_t lo = g->pre_len, hi = g->pre_len + g->len;
+  if (a < lo)
+    a = lo;
+  if (b > hi)
+    b = hi;
+  return b > a ? b - a : 0;
+}
+
 /*
  * Account `left` bytes written: finish the pieces and answers they cover, in
  * queue order. Returns 1 if an answer that closes the connection is done.
@@ -638,10 +672,14 @@ static int consume_sent(pmu__conn_t *c, size_t left) {
       pmu__seg_t *g = r->seg_head;
       size_t rem = pmu__seg_size(g) - g->sent;
       if (rem > left) {
+        if (g->kind == SEG_FILE)
+          pmu__file_sent(c, g, file_bytes_in(g, left), 0);
         g->sent += left;
         c->out_queued -= left;
         return 0;
       }
+      if (g->kind == SEG_FILE)
+        pmu__file_sent(c, g, file_bytes_in(g, rem), 1);
       left -= rem;
       c->out_queued -= rem;
       r->seg_head = g->next;

@@ -813,6 +813,36 @@ static void join_batch(pmu__conn_t *c, pmu__req_t *r) {
     pmu__loop_dispatch(loop); /* a long pipeline: answer in slices */
 }
 
+/* A request under a static mount (config.statics) is answered by the mount at
+ * once, on this thread, and never joins the batch; returns 0 when no mount
+ * took it (then it goes to the handler). */
+static int static_answer(pmu__conn_t *c, pmu__req_t *r) {
+  pmu__conn_enqueue(c, r);
+  r->with_handler = 1; /* counted as the handler's until answered */
+  c->loop->outstanding++;
+  if (pmu__static_dispatch(r)) {
+    STAT_ADD(c->loop, requests, 1);
+    if (c->turn_gen != c->loop->turn_gen) { /* counts against PIPELINE_TURN as a batch's */
+      c->turn_gen = c->loop->turn_gen;
+      c->in_turn = 0;
+    }
+    c->in_turn++;
+    return 1;
+  }
+  /* Not taken: undo (r is the queue's tail), and it joins the batch as any other. */
+  pmu__req_t **pp = &c->head, *prev = NULL;
+  while (*pp != r) {
+    prev = *pp;
+    pp = &(*pp)->next;
+  }
+  *pp = NULL;
+  c->tail = prev;
+  c->pending--;
+  r->with_handler = 0;
+  c->loop->outstanding--;
+  return 0;
+}
+
 static int on_message_complete(llhttp_t *p) {
   pmu__conn_t *c = CONN(p);
   pmu__loop_t *loop = c->loop;
@@ -850,7 +880,8 @@ static int on_message_complete(llhttp_t *p) {
       pmu__conn_timer_update(c);
       return HPE_PAUSED;
     }
-    join_batch(c, r);
+    if (!loop->server->statics || !static_answer(c, r))
+      join_batch(c, r);
   }
   pmu__conn_timer_update(c); /* an answer is owed: no timer runs */
   if (!r->pub.keep_alive || c->no_more) {

@@ -79,12 +79,21 @@ struct pmu__seg {
   size_t raw_len; /* WebSocket: the message's size before compressing (0: not compressed) */
   void (*release)(void *);
   void *ctx;
+  int fd;             /* SEG_FILE: the file (owned: release(ctx), or closed when release is NULL) */
+  uint64_t foff;      /* SEG_FILE: where its range starts in the file; len is the range's length */
   char inline_data[]; /* copied data, when not released by the producer */
+};
+
+/* g->flags of a SEG_FILE piece (loop side). */
+enum pmu__file_seg_flag {
+  FSEG_PATH_SET = 1, /* the way it leaves was chosen (at its first flush) */
+  FSEG_SPLICE = 2,   /* it leaves by splice; otherwise read into memory and sent */
 };
 
 enum pmu__seg_kind {
   SEG_RAW,
   SEG_END,
+  SEG_FILE, /* a range of an open file (pmu_respond_write_file): pre, the file's bytes, post */
   /* WebSocket (g->ws set): a frame to send (pre: its header), or a command
    * from another thread that the loop applies in order with the frames. */
   SEG_WS_FRAME,
@@ -270,6 +279,24 @@ struct pmu__conn {
   pmu__list_t body_link;  /* loop->body_paused: reads paused for a body backlog */
   size_t body_off;        /* where the body starts in cur->data */
 
+  /* Sending a file piece (core/file.c): the read path's buffer, holding the file bytes
+   * [fbuf_pos, fbuf_pos + fbuf_len) of the piece fbuf_seg's range; the splice path's pipe
+   * (fill bytes in it, from where the piece's sent bytes end), and the results of the
+   * splices in flight. */
+  char *fbuf;
+  size_t fbuf_cap, fbuf_len;
+  pmu__seg_t *fbuf_seg;
+  uint64_t fbuf_pos;
+  struct pmu__pipe *pipe;
+  size_t pipe_fill;
+  size_t splice_len; /* asked of the splices in flight */
+  uint8_t splicing;  /* splice SQEs in flight: 1 (out only) or 2 (in, linked to out) */
+  uint8_t splice_in; /* the pair began with a splice into the pipe */
+  uint8_t out_dead;  /* a file failed mid-send: nothing more goes out */
+  uint8_t nonblock;  /* the socket was made O_NONBLOCK (for splicing into it) */
+  uint8_t reading;   /* a read of file bytes not in the page cache is in flight */
+  int splice_in_res, splice_out_res;
+
   int zc_res;         /* result of a SEND_ZC awaiting its notification */
   pmu__sendbuf_t *sb; /* held only while a send is in flight */
   size_t send_len;
@@ -320,6 +347,8 @@ struct pmu__loop {
   size_t pool_big_bytes; /* large buffers held by pooled requests */
   pmu__sendbuf_t *free_sendbufs;
   unsigned nfree_sendbufs;
+  struct pmu__pipe *free_pipes; /* idle pipes for splicing (config.pipe_pool at most) */
+  unsigned nfree_pipes;
 
   pmu__list_t timers[TIMER_KINDS]; /* through timer_link (TIMER_WS_IDLE: ws idle_link) */
   uint64_t timeout_ms[TIMER_KINDS];
@@ -350,7 +379,8 @@ struct pmu__loop {
   char *ws_arena;
   size_t ws_arena_len, ws_arena_cap;
   int ws_dispatching;
-  void *ws_shared; /* per-thread state of the WebSocket code (deflate) */
+  void *ws_shared;            /* per-thread state of the WebSocket code (deflate) */
+  struct pmu__fcache *fcache; /* the open-file cache of static answers (core/static.c) */
 
   pmu_stats_t stats;
   pmu_ring_info_t info;
@@ -382,6 +412,9 @@ struct pmu_server {
   unsigned loops_running;
   int joined;
   int destroy_requested;
+
+  struct pmu__statics *statics; /* config.statics, copied with their roots open
+                                   (core/static.c); NULL: none */
 
   char error[512];
 };
@@ -431,6 +464,27 @@ void pmu__conn_answered(pmu__conn_t *conn, pmu__req_t *req);
  * answer's size) for each answer owed (but the one whose body is streaming). */
 size_t pmu__conn_projected(const pmu__conn_t *conn);
 
+/* ---- file.c ---- */
+/* A pipe of the loop's pool (config.pipe_pool idle ones kept). */
+typedef struct pmu__pipe {
+  struct pmu__pipe *next;
+  int rfd, wfd;
+  size_t cap; /* F_GETPIPE_SZ */
+} pmu__pipe_t;
+/* The file piece g is at the head of c's output with its pre sent and n memory iovecs
+ * gathered before it: add its bytes to the send (read path: returns the new n, and sets
+ * *more when what follows it may join the send), or start its splice (returns -1: the
+ * connection's output is busy with it), or fail it (returns -2: connection closing). */
+int pmu__file_gather(pmu__conn_t *conn, pmu__seg_t *g, int n, size_t *total, int *more);
+/* A splice completion (in: into the pipe, else out of it to the socket). */
+void pmu__file_on_splice(pmu__conn_t *conn, int in, int res);
+/* Bytes of the file piece g were sent (consume_sent): counters, and done with its
+ * buffer when g is done. */
+void pmu__file_sent(pmu__conn_t *conn, pmu__seg_t *g, size_t data_bytes, int done);
+/* The connection is released: its buffer and pipe (closed if it holds bytes). */
+void pmu__file_conn_released(pmu__conn_t *conn);
+void pmu__file_loop_exit(pmu__loop_t *loop);
+
 /* ---- http.c ---- */
 extern const llhttp_settings_t pmu__llhttp_settings;
 void pmu__http_init(pmu__conn_t *conn);
@@ -475,6 +529,18 @@ int pmu__ws_consume(pmu__conn_t *conn, size_t *left);
 void pmu__ws_dispatch(pmu__loop_t *loop);
 /* The loop exits: drop what is left. */
 void pmu__ws_loop_exit(pmu__loop_t *loop);
+
+/* ---- static.c ---- */
+/* Copy config.statics and open their roots (pmu_server_start). Returns 0 or
+ * -errno with the server's error set. */
+int pmu__statics_start(pmu_server_t *server);
+void pmu__statics_free(pmu_server_t *server);
+/* A complete request on its loop: answered by a mount (returns 1) or left for
+ * the handler (0: no mount matched, or a fallthrough mount found nothing). */
+int pmu__static_dispatch(pmu__req_t *req);
+/* The loop exits: close the fds of its open-file cache (those in use by an
+ * answer close when it is done). */
+void pmu__static_loop_exit(pmu__loop_t *loop);
 
 /* ---- response.c ---- */
 /* The headers of an answer may go on the wire: no CR, LF or NUL. */

@@ -295,6 +295,8 @@ static void handle_cqe(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   case OP_RECV: on_recv(ptr, cqe); break;
   case OP_SEND: on_send_cqe(ptr, cqe); break;
   case OP_WAKE: on_wake(loop, cqe); break;
+  case OP_SPLICE_IN: pmu__file_on_splice(ptr, 1, cqe->res); break;
+  case OP_SPLICE_OUT: pmu__file_on_splice(ptr, 0, cqe->res); break;
   case OP_CANCEL:
     if (ptr != loop) {
       pmu__conn_t *conn = ptr;
@@ -565,6 +567,7 @@ static void free_pools(pmu__loop_t *loop) {
     loop->free_sendbufs = sb->next;
     free(sb);
   }
+  pmu__file_loop_exit(loop);
   free(loop->batch);
   free(loop->free_slots);
 }
@@ -636,6 +639,7 @@ void *pmu__loop_main(void *arg) {
       cfg->on_thread_stop(cfg->handler_data, loop->index);
   }
   close_answer_queue(loop);
+  pmu__static_loop_exit(loop);
   if (loop->ring_ready) {
     pmu__bufring_free(&loop->ring, &loop->bufs);
     pmu__ring_exit(&loop->ring);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 int pmu_status_valid(int status) { return status >= 200 && status <= 999; }
 
@@ -462,6 +463,8 @@ void pmu__seg_done(pmu__seg_t *g) {
     atomic_fetch_sub(&g->req->unsent, g->body);
   if (g->release)
     g->release(g->ctx);
+  else if (g->kind == SEG_FILE)
+    close(g->fd);
   free(g);
 }
 
@@ -660,6 +663,24 @@ int pmu_respond_start(pmu_request_t *request, int status, const pmu_header_t *he
   return rc;
 }
 
+/* The chunk-size line before a piece of len bytes, and the CRLF after it. */
+static void chunk_frame(pmu__seg_t *g, uint64_t len) {
+  static const char hex[] = "0123456789abcdef";
+  char tmp[16];
+  int n = 0;
+  uint64_t v = len;
+  do {
+    tmp[n++] = hex[v & 15];
+    v >>= 4;
+  } while (v);
+  for (int i = 0; i < n; i++)
+    g->pre[i] = tmp[n - 1 - i];
+  g->pre[n] = '\r';
+  g->pre[n + 1] = '\n';
+  g->pre_len = (uint8_t)(n + 2);
+  g->post_len = 2;
+}
+
 int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
                       void (*release)(void *ctx), void *ctx) {
   pmu__req_t *r = (pmu__req_t *)request;
@@ -697,26 +718,114 @@ int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
     r->stream_broken = BROKEN_CLOSE;
     return -ENOMEM;
   }
-  if (r->stream_mode == STREAM_CHUNKED) {
-    static const char hex[] = "0123456789abcdef";
-    char tmp[16];
-    int n = 0;
-    size_t v = len;
-    do {
-      tmp[n++] = hex[v & 15];
-      v >>= 4;
-    } while (v);
-    for (int i = 0; i < n; i++)
-      g->pre[i] = tmp[n - 1 - i];
-    g->pre[n] = '\r';
-    g->pre[n + 1] = '\n';
-    g->pre_len = (uint8_t)(n + 2);
-    g->post_len = 2;
-  }
+  if (r->stream_mode == STREAM_CHUNKED)
+    chunk_frame(g, len);
   g->body = len;
   atomic_fetch_add(&r->unsent, len);
   deliver(g);
   return 0;
+}
+
+static void file_release(int fd, void (*release)(void *), void *ctx) {
+  if (release)
+    release(ctx);
+  else
+    close(fd);
+}
+
+/* Like pmu_respond_write, for a range of a file: the piece holds the fd; the loop sends
+ * the bytes (core/file.c). */
+int pmu_respond_write_file(pmu_request_t *request, int fd, uint64_t offset, uint64_t length,
+                           void (*release)(void *ctx), void *ctx) {
+  pmu__req_t *r = (pmu__req_t *)request;
+  if (r->stream_state != 1 || fd < 0 || offset > UINT64_MAX - length) {
+    if (fd >= 0)
+      file_release(fd, release, ctx);
+    return -EINVAL;
+  }
+  if (atomic_load(&r->gone)) {
+    file_release(fd, release, ctx);
+    return -EPIPE;
+  }
+  if (r->stream_mode == STREAM_LENGTH && length > r->stream_remaining) {
+    length = r->stream_remaining; /* as pmu_respond_write: cut at the announced length */
+    r->overflowed = 1;
+  }
+  if (r->stream_broken) {
+    file_release(fd, release, ctx);
+    return -ENOMEM;
+  }
+  if (length == 0 || r->stream_mode == STREAM_NOBODY) {
+    file_release(fd, release, ctx); /* HEAD, 204, 304: dropped, released at once */
+    return 0;
+  }
+  if (length > SIZE_MAX - 64) {
+    file_release(fd, release, ctx);
+    return -EINVAL;
+  }
+  if (r->stream_mode == STREAM_LENGTH)
+    r->stream_remaining -= length;
+  pmu__seg_t *g = PMU__FAULT(PMU__FAULT_SEG) ? NULL : pmu__seg_alloc(SEG_FILE, NULL, 0, NULL, NULL);
+  if (!g) {
+    file_release(fd, release, ctx);
+    r->stream_broken = BROKEN_CLOSE; /* a hole in the body: the end closes */
+    return -ENOMEM;
+  }
+  g->req = r;
+  g->fd = fd;
+  g->foff = offset;
+  g->len = (size_t)length;
+  g->data = NULL;
+  g->release = release;
+  g->ctx = ctx;
+  if (r->stream_mode == STREAM_CHUNKED)
+    chunk_frame(g, length);
+  deliver(g);
+  return 0;
+}
+
+int pmu_respond_file(pmu_request_t *request, int status, const pmu_header_t *headers,
+                     size_t header_count, int fd, uint64_t offset, uint64_t length,
+                     void (*release)(void *ctx), void *ctx) {
+  if (((pmu__req_t *)request)->stream_state) {
+    if (fd >= 0)
+      file_release(fd, release, ctx);
+    return -EINVAL;
+  }
+  /* The handler's headers, less any framing of its own, plus our Content-Length. */
+  pmu_header_t stack[16];
+  pmu_header_t *hs = stack;
+  if (header_count + 1 > sizeof stack / sizeof stack[0]) {
+    hs = malloc(sizeof *hs * (header_count + 1));
+    if (!hs) {
+      if (fd >= 0)
+        file_release(fd, release, ctx);
+      pmu_respond_start(request, status, headers, header_count); /* the 503 path if short */
+      pmu_respond_abort(request);
+      return -ENOMEM;
+    }
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < header_count; i++) {
+    const pmu_header_t *h = &headers[i];
+    if ((h->name_len == 14 && strncasecmp(h->name, "content-length", 14) == 0) ||
+        (h->name_len == 17 && strncasecmp(h->name, "transfer-encoding", 17) == 0))
+      continue;
+    hs[n++] = *h;
+  }
+  char lenbuf[24];
+  size_t ll = put_u64(lenbuf, length);
+  hs[n++] = (pmu_header_t){"Content-Length", 14, lenbuf, ll};
+  int rc = pmu_respond_start(request, status, hs, n);
+  if (hs != stack)
+    free(hs);
+  int wrc = pmu_respond_write_file(request, fd, offset, length, release, ctx);
+  if (wrc < 0 && wrc != -EPIPE && rc == 0)
+    rc = wrc;
+  int erc = pmu_respond_end(request);
+  if (rc == 0 && erc < 0)
+    rc = erc;
+  return rc;
 }
 
 /* The end of a stream: the last chunk, unless aborted; the close when the

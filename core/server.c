@@ -320,6 +320,7 @@ static void server_free(pmu_server_t *s) {
   free(s->unix_path);
   free(s->server_header);
   free(s->spool_dir);
+  pmu__statics_free(s);
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->cond);
   free(s);
@@ -379,6 +380,9 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
   s->joined = 1; /* nothing to join until threads exist */
 
   int rc = config_resolve(s);
+  if (rc < 0)
+    return rc;
+  rc = pmu__statics_start(s);
   if (rc < 0)
     return rc;
   s->nloops = s->cfg.threads;

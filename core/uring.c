@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
 
@@ -191,6 +192,58 @@ int pmu__prep_cancel(struct io_uring *ring, uint64_t target, uint64_t ud) {
   if (!sqe)
     return -EBUSY;
   io_uring_prep_cancel64(sqe, target, 0);
+  io_uring_sqe_set_data64(sqe, ud);
+  return 0;
+}
+
+int pmu__prep_splice(struct io_uring *ring, int file_fd, uint64_t file_off, int pipe_w, int pipe_r,
+                     int fd, int fixed, unsigned len, uint64_t ud_in, uint64_t ud_out) {
+  /* The two SQEs of a link must go in one submission: make room for both first. */
+  unsigned need = 2;
+  if (io_uring_sq_space_left(ring) < need) {
+    if (PMU__FAULT(PMU__FAULT_SQE))
+      return -EBUSY;
+    int rc = io_uring_submit(ring);
+    if ((ring->flags & IORING_SETUP_SQPOLL) && rc >= 0)
+      io_uring_sqring_wait(ring);
+    if (io_uring_sq_space_left(ring) < need)
+      return -EBUSY;
+  }
+  struct io_uring_sqe *sqe;
+  if (file_fd >= 0) {
+    sqe = pmu__get_sqe(ring);
+    if (!sqe)
+      return -EBUSY;
+    io_uring_prep_splice(sqe, file_fd, (int64_t)file_off, pipe_w, -1, len, 0);
+    sqe->flags |= IOSQE_IO_LINK;
+    io_uring_sqe_set_data64(sqe, ud_in);
+  } else {
+    sqe = pmu__get_sqe(ring);
+    if (!sqe)
+      return -EBUSY;
+    io_uring_prep_poll_add(sqe, fixed >= 0 ? fixed : fd, POLLOUT);
+    sqe->flags |= IOSQE_IO_LINK | (fixed >= 0 ? IOSQE_FIXED_FILE : 0);
+    io_uring_sqe_set_data64(sqe, ud_in);
+  }
+  sqe = io_uring_get_sqe(ring); /* room was made above */
+  if (!sqe)
+    return -EBUSY;
+  /* For a splice the SQE's fd is the out side: a fixed socket takes IOSQE_FIXED_FILE
+   * (SPLICE_F_FD_IN_FIXED would be the in side's, the pipe's, which is not fixed). */
+  io_uring_prep_splice(sqe, pipe_r, -1, fixed >= 0 ? fixed : fd, -1, len,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  if (fixed >= 0)
+    sqe->flags |= IOSQE_FIXED_FILE;
+  io_uring_sqe_set_data64(sqe, ud_out);
+  return 0;
+}
+
+int pmu__prep_read(struct io_uring *ring, int fd, void *buf, unsigned len, uint64_t off,
+                   uint64_t ud) {
+  struct io_uring_sqe *sqe = pmu__get_sqe(ring);
+  if (!sqe)
+    return -EBUSY;
+  io_uring_prep_read(sqe, fd, buf, len, off);
   io_uring_sqe_set_data64(sqe, ud);
   return 0;
 }

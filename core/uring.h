@@ -28,11 +28,13 @@
 /* What a completion is about: a tag in the low 3 bits of user_data; the
  * rest is a pointer (loops and connections are 8-byte aligned). */
 enum pmu__op {
-  OP_ACCEPT = 1, /* ptr: loop */
-  OP_RECV = 2,   /* ptr: conn */
-  OP_SEND = 3,   /* ptr: conn */
-  OP_WAKE = 4,   /* ptr: loop; multishot poll on the wake eventfd */
-  OP_CANCEL = 5, /* ptr: conn, or loop for the accept cancel */
+  OP_ACCEPT = 1,     /* ptr: loop */
+  OP_RECV = 2,       /* ptr: conn */
+  OP_SEND = 3,       /* ptr: conn */
+  OP_WAKE = 4,       /* ptr: loop; multishot poll on the wake eventfd */
+  OP_CANCEL = 5,     /* ptr: conn, or loop for the accept cancel */
+  OP_SPLICE_IN = 6,  /* ptr: conn; file -> pipe, the poll before a splice out, or a read */
+  OP_SPLICE_OUT = 7, /* ptr: conn; pipe -> socket */
 };
 #define PMU__UD(ptr, op) ((uint64_t)(uintptr_t)(ptr) | (uint64_t)(op))
 #define PMU__UD_OP(ud) ((unsigned)((ud)&7u))
@@ -88,6 +90,19 @@ int pmu__prep_send(struct io_uring *ring, int fd, int fixed, struct msghdr *msg,
                    uint64_t ud);
 int pmu__prep_poll_in(struct io_uring *ring, int fd, uint64_t ud);
 int pmu__prep_cancel(struct io_uring *ring, uint64_t target, uint64_t ud);
+
+/* Splice len bytes of file_fd at file_off into the pipe (pipe_w), linked to a splice of
+ * the same len from the pipe (pipe_r) to the socket (fd, or the fixed-file slot fixed >= 0);
+ * or, with file_fd < 0, a poll for the socket's room (POLLOUT) linked to the splice out of
+ * the pipe. The splice out does not wait for room (SPLICE_F_NONBLOCK: -EAGAIN or a short
+ * count instead), so that a slow reader never holds a kernel worker thread; ud_in tags the
+ * first SQE (the splice in, or the poll). Both SQEs or neither: -EBUSY. */
+int pmu__prep_splice(struct io_uring *ring, int file_fd, uint64_t file_off, int pipe_w, int pipe_r,
+                     int fd, int fixed, unsigned len, uint64_t ud_in, uint64_t ud_out);
+
+/* Read len bytes of fd at off into buf (a file piece's bytes not in the page cache). */
+int pmu__prep_read(struct io_uring *ring, int fd, void *buf, unsigned len, uint64_t off,
+                   uint64_t ud);
 
 /* Register fd at slot in the fixed-file table (fd < 0 clears the slot). */
 int pmu__files_update(struct io_uring *ring, unsigned slot, int fd);

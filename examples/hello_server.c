@@ -12,7 +12,11 @@
  * /ws/broadcast, the sender included (framed once: pmu_ws_msg_new). On exit it prints
  * the engine's counters as one line, "PMU_STATS {json}", on stderr.
  *
- *   hello_server [--config] [PORT [THREADS]]
+ *   hello_server [--config] [--file PATH] [PORT [THREADS]]
+ *
+ * With --file, GET /file answers with that file, whole (pmu_respond_file on a dup of
+ * a descriptor opened at start: the engine splices it or reads and sends it, by
+ * file_splice_min); benchmarks/file_splice.sh measures the two ways with it.
  *
  * Every engine knob of PMU_CONFIG_KNOBS can be set from the environment for
  * tuning experiments, e.g. PMU_RING_ENTRIES=4096 PMU_SQPOLL=1
@@ -25,11 +29,14 @@
 #include <pmu/pmu.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const char body[] = "{\"message\":\"Hello, World!\"}";
 static const pmu_header_t json_headers[] = {
@@ -39,7 +46,9 @@ static const pmu_header_t json_headers[] = {
 static const pmu_header_t octet_headers[] = {
     {"Content-Type", 12, "application/octet-stream", 24},
 };
-static char *x_bytes; /* 1 MiB of 'x', shared by /16k and /1m */
+static char *x_bytes;    /* 1 MiB of 'x', shared by /16k and /1m */
+static int file_fd = -1; /* --file */
+static uint64_t file_size;
 
 static int path_is(const pmu_request_t *r, const char *path) {
   size_t n = strlen(path);
@@ -58,6 +67,12 @@ static void answer(pmu_request_t *r) {
                            .body_len = path_is(r, "/1m") ? 1 << 20 : 16 << 10,
                            .body_release = no_release};
     pmu_respond(r, &resp);
+  } else if (file_fd >= 0 && path_is(r, "/file")) {
+    int fd = dup(file_fd); /* the engine owns (and closes) the piece's descriptor */
+    if (fd < 0)
+      pmu_respond_simple(r, 503, NULL, 0, "", 0);
+    else
+      pmu_respond_file(r, 200, octet_headers, 1, fd, 0, file_size, NULL, NULL);
   } else if (path_is(r, "/echo")) {
     pmu_respond_simple(r, 200, octet_headers, 1, r->body, r->body_len);
   } else {
@@ -260,6 +275,17 @@ int main(int argc, char **argv) {
     argc--;
     argv++;
   }
+  if (argc > 2 && strcmp(argv[1], "--file") == 0) {
+    file_fd = open(argv[2], O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (file_fd < 0 || fstat(file_fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+      fprintf(stderr, "hello_server: --file %s: not a readable regular file\n", argv[2]);
+      return 1;
+    }
+    file_size = (uint64_t)st.st_size;
+    argc -= 2;
+    argv += 2;
+  }
   if (argc > 1)
     config.port = (uint16_t)atoi(argv[1]);
   if (argc > 2)
@@ -297,5 +323,7 @@ int main(int argc, char **argv) {
   print_stats(server);
   pmu_server_destroy(server);
   free(x_bytes);
+  if (file_fd >= 0)
+    close(file_fd);
   return 0;
 }

@@ -19,7 +19,7 @@ reason (see :func:`probe`).
 """
 
 from ._datastructures import Headers, QueryParams
-from ._native import ClientDisconnected, Error, Response, UnavailableError
+from ._native import ClientDisconnected, Error, FileResponse, Response, UnavailableError
 from ._routing import App
 from ._server import Knob, Server, config_defaults, knobs, probe
 from ._websocket import (
@@ -35,10 +35,12 @@ try:
 
     Request = _ext.Request
     WebSocket = _ext.WebSocket
+    StaticMount = _ext.StaticMount
     del _ext
 except AttributeError:  # pragma: no cover - extension missing
     Request = None  # type: ignore[assignment,misc]
     WebSocket = None  # type: ignore[assignment,misc]
+    StaticMount = None  # type: ignore[assignment,misc]
 
 __version__ = "0.1.0"
 
@@ -47,11 +49,13 @@ __all__ = [
     "AsyncWebSocket",
     "ClientDisconnected",
     "Error",
+    "FileResponse",
     "Headers",
     "QueryParams",
     "Request",
     "Response",
     "Server",
+    "StaticMount",
     "UnavailableError",
     "WebSocket",
     "WebSocketClosed",

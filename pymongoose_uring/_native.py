@@ -13,7 +13,15 @@ from typing import Any, Optional, Union
 
 from ._types import HeadersLike
 
-__all__ = ["_pmu", "IMPORT_ERROR", "Response", "Error", "UnavailableError", "ClientDisconnected"]
+__all__ = [
+    "_pmu",
+    "IMPORT_ERROR",
+    "Response",
+    "FileResponse",
+    "Error",
+    "UnavailableError",
+    "ClientDisconnected",
+]
 
 IMPORT_ERROR: Optional[BaseException] = None
 
@@ -25,6 +33,7 @@ except ImportError as exc:  # not built, or not Linux
 
 if _pmu is not None:
     Response = _pmu.Response
+    FileResponse = _pmu.FileResponse
     Error = _pmu.Error
     UnavailableError = _pmu.UnavailableError
     ClientDisconnected = _pmu.ClientDisconnected
@@ -39,6 +48,24 @@ else:
     class ClientDisconnected(ConnectionError):  # type: ignore[no-redef]
         """The client closed the connection before the request's body (or its
         streamed answer) was complete."""
+
+    class FileResponse:  # type: ignore[no-redef]
+        """Pure-Python stand-in for pymongoose_uring._pmu.FileResponse (a file as
+        a handler's answer; only a server with the engine can send it)."""
+
+        def __init__(
+            self,
+            path: Any,
+            *,
+            status: int = 200,
+            headers: HeadersLike = None,
+            content_type: Optional[str] = None,
+            cache_control: Optional[str] = None,
+        ) -> None:
+            if not 200 <= status <= 999:
+                raise ValueError(f"a FileResponse's status must be 200..999, not {status}")
+            self.path, self.status, self.headers = path, status, headers
+            self.content_type, self.cache_control = content_type, cache_control
 
     _TEXT = "text/plain; charset=utf-8"
     _missing: Any = object()
@@ -97,3 +124,7 @@ else:
             if headers:
                 pairs += list(headers.items() if hasattr(headers, "items") else headers)
             return cls(b"", status, pairs, None)
+
+        @classmethod
+        def file(cls, path: Any, **kw: Any) -> "FileResponse":
+            return FileResponse(path, **kw)

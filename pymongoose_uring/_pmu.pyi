@@ -1,8 +1,22 @@
 """Type stubs for pymongoose_uring._pmu, the C extension (the engine binding)."""
 
 import asyncio
+import os
 from collections.abc import Callable
-from typing import Any, Dict, Iterable, List, Optional, Tuple, TypedDict, Union, final
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    TypedDict,
+    Union,
+    final,
+)
 
 from ._datastructures import Headers, QueryParams
 from ._types import AsyncBatch, HandlerResult as _HandlerResult, HeadersLike as _HeadersLike
@@ -39,6 +53,12 @@ class Stats(TypedDict):
     status_classes: Dict[str, int]
     responses_aborted: int
     bodies_spooled: int
+    files_sent: int
+    file_bytes_spliced: int
+    file_bytes_read: int
+    file_errors: int
+    pipe_fallbacks: int
+    file_reads_async: int
     body_buffer_bytes: int
     ws_open: int
     ws_accepted: int
@@ -54,6 +74,17 @@ class Stats(TypedDict):
     ws_deflate_in_raw: int
     ws_deflate_out_raw: int
     ws_deflate_out_wire: int
+    file_cache_hits: int
+    file_cache_misses: int
+    static_answers: int
+    not_modified: int
+
+_Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+_File = Union[_Path, int, _HasFileno]
 
 class Error(OSError):
     """The engine refused: (errno, message naming the cause and the fix)."""
@@ -148,6 +179,25 @@ class Request:
     def abort(self) -> None:
         """Cut the streamed answer short (it failed): what was written is sent,
         then the connection closes without completing the body."""
+    def serve_static(self, mount: "StaticMount", path: Optional[str] = None) -> bool:
+        """Answer from mount's directory by the static file rules (path: below the
+        mount, decoded; None: the request's path minus the prefix). False only when
+        a fallthrough mount has no such file: the request is then still unanswered."""
+    def serve_file(
+        self,
+        path_or_fd: _File,
+        *,
+        content_type: Optional[str] = None,
+        cache_control: Optional[str] = None,
+        headers: _HeadersLike = None,
+        status: int = 0,
+    ) -> None:
+        """Answer with one file (not confined) with ETag, 304/412, Range, HEAD; status
+        0 or 200: those rules; another: the whole file with it. 404 when missing."""
+    def sendfile(self, file: _File, offset: int = 0, count: Optional[int] = None) -> bool:
+        """A file piece of the streamed answer (after start()): bytes [offset,
+        offset+count) (count None: to the end), sent by the engine (splice or
+        read+send); the descriptor is duplicated. False once the client is gone."""
     @property
     def websocket(self) -> bool:
         """A valid WebSocket opening handshake: accept_websocket() or answer it."""
@@ -268,6 +318,86 @@ class Response:
     def redirect(
         cls, location: str, status: int = 307, headers: _HeadersLike = None
     ) -> "Response": ...
+    @classmethod
+    def file(
+        cls,
+        path: _Path,
+        *,
+        status: int = 200,
+        headers: _HeadersLike = None,
+        content_type: Optional[str] = None,
+        cache_control: Optional[str] = None,
+    ) -> "FileResponse": ...
+
+@final
+class FileResponse:
+    """A handler's answer that is one file, sent by the engine (pmu_serve_file)
+    with ETag, 304/412, Range, If-Range, HEAD; status other than 200: the whole
+    file with it, no conditionals. 404 when the file is missing."""
+
+    def __init__(
+        self,
+        path: _Path,
+        *,
+        status: int = 200,
+        headers: _HeadersLike = None,
+        content_type: Optional[str] = None,
+        cache_control: Optional[str] = None,
+    ) -> None: ...
+    @property
+    def path(self) -> _Path: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> _HeadersLike: ...
+    @property
+    def content_type(self) -> Optional[str]: ...
+    @property
+    def cache_control(self) -> Optional[str]: ...
+
+@final
+class StaticMount:
+    """A directory served under a URL prefix with every rule of static files:
+    by the engine itself (Engine(statics=[...])) or Request.serve_static()."""
+
+    def __init__(
+        self,
+        prefix: str,
+        root: _Path,
+        *,
+        index: Optional[str] = "index.html",
+        dotfiles: bool = False,
+        listing: bool = False,
+        precompressed: bool = True,
+        follow_symlinks: bool = True,
+        fallthrough: bool = False,
+        cache_control: Optional[str] = None,
+        headers: _HeadersLike = None,
+        mime_types: Union[str, Mapping[str, str], None] = None,
+    ) -> None: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def root(self) -> _Path: ...
+    @property
+    def index(self) -> str:
+        """'' when a directory has no index file."""
+    @property
+    def dotfiles(self) -> bool: ...
+    @property
+    def listing(self) -> bool: ...
+    @property
+    def precompressed(self) -> bool: ...
+    @property
+    def follow_symlinks(self) -> bool: ...
+    @property
+    def fallthrough(self) -> bool: ...
+    @property
+    def cache_control(self) -> Optional[str]: ...
+    @property
+    def headers(self) -> Optional[Tuple[Tuple[str, str], ...]]: ...
+    @property
+    def mime_types(self) -> Optional[str]: ...
 
 @final
 class Engine:
@@ -279,6 +409,7 @@ class Engine:
         *,
         routes: Optional[Dict[str, Dict[str, Callable[[Request], _HandlerResult]]]] = None,
         async_scheduler: Optional[Callable[[AsyncBatch], None]] = None,
+        statics: Optional[Sequence[StaticMount]] = None,
         host: Optional[str] = ...,
         port: int = ...,
         unix_path: Optional[str] = ...,
@@ -294,6 +425,10 @@ class Engine:
         sqpoll_idle_ms: int = ...,
         registered_files: bool = ...,
         send_zc_threshold: int = ...,
+        file_splice_min: int = ...,
+        file_read_chunk: int = ...,
+        pipe_size: int = ...,
+        pipe_pool: int = ...,
         batch_max: int = ...,
         max_header_bytes: int = ...,
         max_headers: int = ...,
@@ -329,6 +464,9 @@ class Engine:
         ws_send_high_water: int = ...,
         ws_send_limit: int = ...,
         ws_send_limit_close: bool = ...,
+        file_cache_entries: int = ...,
+        file_cache_valid_ms: int = ...,
+        max_ranges: int = ...,
     ) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...

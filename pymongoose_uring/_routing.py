@@ -19,6 +19,7 @@ from typing import (
     List,
     Optional,
     Pattern,
+    Sequence,
     Set,
     Tuple,
     TypeVar,
@@ -95,6 +96,67 @@ class App:
         ] = []
         self.not_found: Handler = _not_found
         self.ws_max_queue = ws_max_queue
+        # Directories the engine serves itself (App.static), in the order given.
+        self._mounts: List[Dict[str, Any]] = []
+
+    # -- static files -------------------------------------------------------
+
+    def static(
+        self,
+        prefix: str,
+        directory: Any,
+        *,
+        index: Optional[str] = "index.html",
+        dotfiles: bool = False,
+        listing: bool = False,
+        precompressed: bool = True,
+        follow_symlinks: bool = True,
+        cache_control: Optional[str] = None,
+        fallthrough: bool = False,
+        headers: Any = None,
+    ) -> None:
+        """Serve ``directory`` under the URL path ``prefix`` ("/assets", or "/").
+
+        The mount is the engine's: its requests are answered on the ring
+        threads, before any route, without calling Python. Every HTTP rule of
+        static files applies: paths confined to the directory by the kernel
+        (``..``, encoded separators, NUL, overlong UTF-8 refused with 400;
+        symlinks leading out 404), ETag and Last-Modified, 304 and 412, Range
+        (206, multipart/byteranges, 416) and If-Range, HEAD, 405 for other
+        methods, MIME types by extension, ``index`` for a directory and a
+        301 from ``/dir`` to ``/dir/``, ``.br``/``.gz`` siblings by
+        Accept-Encoding (``precompressed``) with ``Vary``, ``Cache-Control``
+        (``cache_control``) and ``headers`` on every answer, an HTML listing
+        of a directory without index (``listing``). Names starting with "."
+        are 404 unless ``dotfiles``. ``fallthrough``: a path the directory
+        lacks goes to the routes instead of 404 (a mount at "/" without it
+        answers every path, so no route is reached). The longest prefix wins.
+        FileNotFoundError or NotADirectoryError now if ``directory`` is not
+        a directory.
+        """
+        import os
+
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise ValueError(f"a mount's prefix starts with '/': {prefix!r}")
+        path = os.fspath(directory)
+        if not os.path.isdir(path):
+            if not os.path.exists(path):
+                raise FileNotFoundError(2, "No such file or directory", path)
+            raise NotADirectoryError(20, "Not a directory", path)
+        self._mounts.append(
+            dict(
+                prefix=prefix,
+                root=path,
+                index=index,
+                dotfiles=dotfiles,
+                listing=listing,
+                precompressed=precompressed,
+                follow_symlinks=follow_symlinks,
+                cache_control=cache_control,
+                fallthrough=fallthrough,
+                headers=headers,
+            )
+        )
 
     # -- registration -------------------------------------------------------
 
@@ -237,6 +299,17 @@ class App:
         from ._server import Server
 
         Server(self, host, port, **options).run()
+
+
+def make_mounts(specs: Sequence[Dict[str, Any]]) -> List[Any]:
+    """StaticMount objects (the engine's) for App.static's mounts."""
+    from ._native import _pmu
+
+    mounts = []
+    for spec in specs:
+        kw = dict(spec)
+        mounts.append(_pmu.StaticMount(kw.pop("prefix"), kw.pop("root"), **kw))
+    return mounts
 
 
 # The method key of WebSocket handlers in the route tables (binding/engine.c

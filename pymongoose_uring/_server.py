@@ -24,8 +24,10 @@ from typing import (
     Awaitable,
     Callable,
     Dict,
+    List,
     NamedTuple,
     Optional,
+    Sequence,
     Set,
     Tuple,
     Union,
@@ -36,7 +38,7 @@ from ._native import Response, UnavailableError
 from ._types import AsyncBatch, Handler, HandlerResult
 
 if TYPE_CHECKING:
-    from ._pmu import Engine, Request
+    from ._pmu import Engine, Request, StaticMount
 
 
 def say(message: str) -> None:
@@ -65,6 +67,10 @@ _ENGINE_OPTIONS = (
     "sqpoll_idle_ms",
     "registered_files",
     "send_zc_threshold",
+    "file_splice_min",
+    "file_read_chunk",
+    "pipe_size",
+    "pipe_pool",
     "batch_max",
     "max_header_bytes",
     "max_headers",
@@ -100,6 +106,9 @@ _ENGINE_OPTIONS = (
     "ws_send_high_water",
     "ws_send_limit",
     "ws_send_limit_close",
+    "file_cache_entries",
+    "file_cache_valid_ms",
+    "max_ranges",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -328,6 +337,11 @@ class Server:
     - io_uring: ``ring_entries``, ``cq_entries``, ``buf_count``, ``buf_size``,
       ``defer_taskrun``, ``sqpoll``, ``sqpoll_idle_ms``, ``registered_files``,
       ``send_zc_threshold``, ``backlog``
+    - files (pieces of answers that are ranges of files): ``file_splice_min``
+      (64 KiB: longer pieces go by splice file -> pipe -> socket, shorter are
+      read into memory and sent), ``file_read_chunk`` (64 KiB: the read path's
+      buffer per connection), ``pipe_size`` (256 KiB: F_SETPIPE_SZ),
+      ``pipe_pool`` (16 idle pipes kept per ring thread)
     - batching: ``batch_max`` (most requests per handler batch)
     - limits: ``max_header_bytes``, ``max_headers``, ``max_url_bytes``,
       ``max_body_bytes``, ``max_connections``, ``max_pipelined``,
@@ -366,6 +380,17 @@ class Server:
       (1 MiB: ``send()`` returns False beyond, ``on_drain`` follows),
       ``ws_send_limit`` (32 MiB) and ``ws_send_limit_close`` (True: close 1008
       beyond the limit; False: drop the connection)
+    - static files (engine mounts, ``serve_static``, ``serve_file``):
+      ``file_cache_entries`` (256 open files kept per ring thread; 0: no cache),
+      ``file_cache_valid_ms`` (1000: a cached file is checked again after this),
+      ``max_ranges`` (100: a Range header with more ranges is ignored, 200)
+
+    Files: ``statics``, a list of :class:`StaticMount` (``_pmu.StaticMount``),
+    directories the engine answers itself before any handler (an
+    :class:`App`'s :meth:`App.static` mounts are added to them); a handler
+    may return a :class:`FileResponse` (``Response.file(path)``), or call
+    ``request.serve_file()``, ``request.serve_static()`` or, in a streamed
+    answer, ``request.sendfile()``.
 
     ``run()`` blocks until SIGINT or SIGTERM, then stops gracefully;
     ``start()``/``stop()`` run it in the background; ``with Server(...) as s:``
@@ -392,6 +417,10 @@ class Server:
         sqpoll_idle_ms: Optional[int] = None,
         registered_files: Optional[bool] = None,
         send_zc_threshold: Optional[int] = None,
+        file_splice_min: Optional[int] = None,
+        file_read_chunk: Optional[int] = None,
+        pipe_size: Optional[int] = None,
+        pipe_pool: Optional[int] = None,
         batch_max: Optional[int] = None,
         max_header_bytes: Optional[int] = None,
         max_headers: Optional[int] = None,
@@ -427,6 +456,10 @@ class Server:
         ws_send_high_water: Optional[int] = None,
         ws_send_limit: Optional[int] = None,
         ws_send_limit_close: Optional[bool] = None,
+        file_cache_entries: Optional[int] = None,
+        file_cache_valid_ms: Optional[int] = None,
+        max_ranges: Optional[int] = None,
+        statics: Optional[Sequence[StaticMount]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
     ) -> None:
         _require_engine()
@@ -450,6 +483,10 @@ class Server:
         for name in _ENGINE_OPTIONS:
             if given[name] is not None:
                 self._options[name] = given[name]
+        self._statics: List[StaticMount] = list(statics or ())
+        for mount in self._statics:
+            if not isinstance(mount, _native._pmu.StaticMount):
+                raise TypeError(f"statics takes StaticMount objects, not {type(mount).__name__}")
         self._loop = loop
         self._engine: Optional[Engine] = None
         self._bridge: Optional[_AsyncBridge] = None
@@ -465,19 +502,24 @@ class Server:
         with self._lock:
             if self._engine is not None:
                 raise RuntimeError("the server is already running")
-            from ._routing import App
+            from ._routing import App, make_mounts
 
             bridge = _AsyncBridge(self._loop)
             app = self.app
+            statics = list(self._statics)
             if isinstance(app, App):
+                statics += make_mounts(app._mounts)
                 engine = _native._pmu.Engine(
                     app._fallback,
                     routes=app._static,
                     async_scheduler=bridge.schedule,
+                    statics=statics,
                     **self._options,
                 )
             else:
-                engine = _native._pmu.Engine(app, async_scheduler=bridge.schedule, **self._options)
+                engine = _native._pmu.Engine(
+                    app, async_scheduler=bridge.schedule, statics=statics, **self._options
+                )
             engine.start()
             self._engine, self._bridge, self._final_stats = engine, bridge, None
             with _live_lock:

@@ -23,7 +23,7 @@ from typing import (
 )
 
 if TYPE_CHECKING:
-    from ._pmu import Request, Response
+    from ._pmu import FileResponse, Request, Response
 
 __all__ = [
     "HeaderValue",
@@ -54,6 +54,7 @@ HeadersLike = Union[
 Body = Union[bytes, bytearray, memoryview, str, Dict[str, Any], List[Any]]
 HandlerResult = Union[
     "Response",
+    "FileResponse",
     Body,
     int,
     Tuple[Body, int],

@@ -32,6 +32,15 @@ other thread hop.
 - ``send()``: ``http.response.start`` and ``http.response.body``; with spec
   2.4, sending to a client that left raises ``OSError``
   (``pymongoose_uring.ClientDisconnected`` when available).
+- ``http.response.pathsend`` (listed in ``scope["extensions"]``; Starlette's
+  ``FileResponse`` uses it on its own): after ``http.response.start``,
+  ``{"type": "http.response.pathsend", "path": ...}`` ends the response with the
+  file's bytes, sent by the engine from the file (``Request.sendfile``: splice or
+  read in C, never through Python). A start without Content-Length gets the file's
+  size as one; HEAD sends none of the body; a missing file raises
+  ``FileNotFoundError`` in send() (an ``OSError``: nothing is sent yet, and the app
+  may catch it and send another ``http.response.start``; uncaught, the client gets
+  a 500). Before start, twice, or after a body: ``RuntimeError``.
 - ``websocket`` scopes (spec 2.4): the same fields as http (scheme ``ws``/``wss``)
   plus ``subprotocols`` and ``extensions`` (``websocket.http.response``: a
   denial response instead of the 403 of a close before accept). ``receive()``
@@ -60,7 +69,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import errno
 import logging
+import os
+import stat
 import threading
 from typing import (
     TYPE_CHECKING,
@@ -257,9 +269,75 @@ class _Cycle:
                 if self.handler.access_log:
                     self.handler._log(request, self.client, self.status)
             return
+        if kind == "http.response.pathsend":
+            if not self.started:
+                raise RuntimeError("http.response.pathsend before http.response.start")
+            if self.done:
+                raise RuntimeError("http.response.pathsend after the response was complete")
+            if self.streaming:
+                raise RuntimeError("http.response.pathsend after a streamed http.response.body")
+            await self._pathsend(message["path"])
+            return
         if kind == "http.response.trailers":
             return  # trailers are not sent (not announced in the scope)
         raise ValueError(f"unsupported ASGI message type {kind!r} for http")
+
+    async def _pathsend(self, path: Any) -> None:
+        """``http.response.pathsend``: the file at ``path`` is the whole body,
+        sent by the engine from the file (``Request.sendfile``: no copy through
+        Python). The file is opened here, before anything is sent, so that a
+        missing one raises ``FileNotFoundError`` (an ``OSError``) in the app's
+        send(), where the app can catch it; uncaught, the client gets a 500. Without
+        a Content-Length from the app, the file's size is given as one."""
+        request = self.request
+        if self.gone:
+            raise _ClientDisconnected("the client disconnected")
+        try:
+            fd = os.open(os.fsdecode(path), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.started = False  # nothing was sent: the app may start another answer
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.started = False
+                raise IsADirectoryError(
+                    errno.EISDIR, "http.response.pathsend: not a regular file", path
+                )
+            size = st.st_size
+            headers = self.headers
+            status = self.status
+            bodiless = status < 200 or status == 204 or status == 304
+            declared = declared_length(headers)
+            if declared is None and not bodiless:
+                headers = [*headers, (b"content-length", b"%d" % size)]
+            self.done = self.streaming = True
+            request.start(status, headers)
+            if request.method == "HEAD" or bodiless:
+                request.end()
+            else:
+                count = size if declared is None else min(declared, size)
+                if count:
+                    if not request.sendfile(fd, 0, count):
+                        self.gone = True
+                        request.end()
+                        raise _ClientDisconnected("the client disconnected")
+                self.sent = count
+                if declared is not None and declared != size and not request.disconnected:
+                    # The app's length and the file's disagree: sent as the app said,
+                    # (a short body closes the connection unfinished), as for a body.
+                    length_mismatch("ASGI", request.method, request.target, size, declared)
+                    if count < declared:
+                        request.abort()
+                    else:
+                        request.end()
+                else:
+                    request.end()
+        finally:
+            os.close(fd)  # (Request.sendfile sends from a duplicate of its own)
+            self._wake()
+        if self.handler.access_log:
+            self.handler._log(request, self.client, self.status)
 
 
 class _WebSocketCycle:
@@ -662,6 +740,8 @@ class ASGIHandler:
         self._scheduled = False
         self._post: Optional[Callable[[Callable[[], None]], object]] = None  # call_soon_threadsafe
         self._tasks: Set["asyncio.Task[None]"] = set()
+        self._root_task: Optional["asyncio.Task[Any]"] = None  # the loop thread's (start)
+        self._stopped: Optional["asyncio.Future[None]"] = None  # ends it
 
     # -- the loop and lifespan ------------------------------------------------------
 
@@ -676,7 +756,12 @@ class ASGIHandler:
             def main() -> None:
                 asyncio.set_event_loop(loop)
                 loop.call_soon(ready.set)
-                loop.run_forever()
+                # The loop runs one long-lived root task rather than run_forever():
+                # anyio ties its worker threads (anyio.to_thread: Starlette's
+                # FileResponse stat, FastAPI's sync endpoints) to the task that
+                # run_until_complete runs, else to each request's own task, and then
+                # starts a new thread for every request and ends it with the task.
+                loop.run_until_complete(self._root())
 
             t = threading.Thread(target=main, name="pymongoose_uring-asgi", daemon=True)
             t.start()
@@ -692,6 +777,17 @@ class ASGIHandler:
                 self.close()
                 raise
         return self.loop
+
+    async def _root(self) -> None:
+        """The loop thread's root task: waits until close() ends it."""
+        self._root_task = asyncio.current_task()
+        self._stopped = asyncio.get_running_loop().create_future()
+        await self._stopped
+
+    def _stop_root(self) -> None:
+        stopped = self._stopped
+        if stopped is not None and not stopped.done():
+            stopped.set_result(None)
 
     def _run(
         self,
@@ -719,6 +815,7 @@ class ASGIHandler:
             t
             for t in asyncio.all_tasks()
             if t is not me
+            and t is not self._root_task
             and not t.done()
             and (self._lifespan is None or t is not self._lifespan.task)
         ]
@@ -750,7 +847,7 @@ class ASGIHandler:
                 self._run(self._shutdown_tasks(), 10, loop)
             except Exception:
                 log.exception("could not cancel the ASGI tasks left")
-            loop.call_soon_threadsafe(loop.stop)
+            loop.call_soon_threadsafe(self._stop_root)
         if thread is not None:
             thread.join(timeout)
             if not thread.is_alive():
@@ -817,7 +914,7 @@ class ASGIHandler:
         proxies = self.proxies
         if proxies is not None and proxies.trusts(client):
             client, scheme = self._forwarded(headers, client, scheme)
-        scope = {
+        scope: Scope = {
             "type": "http",
             "asgi": self._asgi,
             "http_version": request.http_version,
@@ -830,6 +927,7 @@ class ASGIHandler:
             "raw_path": request.raw_path.encode("utf-8", "surrogateescape"),
             "query_string": request.query_string.encode("utf-8", "surrogateescape"),
             "headers": headers,
+            "extensions": {"http.response.pathsend": {}},
         }
         if self.state:
             scope["state"] = self.state.copy()

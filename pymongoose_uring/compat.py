@@ -52,20 +52,26 @@ What differs from pymongoose:
   kept from the handler. A request the handler neither answers nor keeps
   gets a 500 (pymongoose left the client waiting).
 - Only HTTP listeners exist (``http=True``); raw TCP, MQTT, TLS and
-  outbound connections are not provided. ``serve_dir()``/``serve_file()``
-  serve files from Python (no Range, no caching headers).
+  outbound connections are not provided (``TlsOpts`` exists; ``conn.tls_init()``
+  raises NotImplementedError).
+- ``serve_dir()``/``serve_file()`` are answered by the engine's file rules
+  (``Request.serve_static``/``serve_file``): Range, ETag and Last-Modified with
+  304/412, HEAD, ``index.html`` and the 301 that adds a directory's slash, the
+  traversal guard (the kernel confines the path: ``openat2`` ``RESOLVE_BENEATH``),
+  the file sent without a copy through Python. Unlike Mongoose: dotfiles are
+  404, methods other than GET and HEAD get 405, and a ``"/uri=/dir"`` entry of
+  ``root_dir`` covers ``/uri`` and what is below ``/uri/``, not ``/urifoo``.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import mimetypes
 import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from . import _native
 from ._native import Response
@@ -80,7 +86,9 @@ __all__ = [
     "ConnectionClosed",
     "HttpMessage",
     "Timer",
+    "TlsOpts",
     "WsMessage",
+    "http_parse_multipart",
     "WEBSOCKET_OP_TEXT",
     "WEBSOCKET_OP_BINARY",
     "WEBSOCKET_OP_PING",
@@ -474,43 +482,56 @@ class Connection:
         page404: str = "",
     ) -> None:
         """Answer with the file under ``root_dir`` that the request's path
-        names (``index.html`` for a directory); 404 (or ``page404``) when there
-        is none or the path leaves root_dir. ``extra_headers``: "Name: value"
-        lines; ``mime_types``: "ext=type,ext=type"."""
-        root = os.path.realpath(root_dir)
-        path = os.path.realpath(os.path.join(root, unquote(message.uri).lstrip("/")))
-        if path != root and not path.startswith(root + os.sep):
-            path = ""
-        elif os.path.isdir(path):
-            path = os.path.join(path, "index.html")
-        if not path or not os.path.isfile(path):
-            if page404 and os.path.isfile(page404):
-                self._send_file(page404, 404, extra_headers, mime_types)
-            else:
-                self.reply(404, b"Not found\n", _header_lines(extra_headers))
+        names, served by the engine with every HTTP rule (Range, ETag/304,
+        ``index.html`` for a directory and the 301 that adds its slash, the
+        traversal guard, HEAD). ``root_dir`` is a directory, or Mongoose's list
+        ``"/uri=/dir,/other=/dir2,/default/dir"`` (the first entry whose URI
+        prefix the path falls under; an entry without ``=`` serves every path).
+        ``extra_headers``: "Name: value" lines on every answer;
+        ``mime_types``: "ext=type,ext=type" over the built-in types;
+        ``page404``: a file answered with 404 (else "Not found") for a path
+        that names no file."""
+        request = self._request
+        if request is None or not isinstance(message, HttpMessage):
+            raise ValueError("HttpMessage is not valid for this event")
+        if self._close_after:  # drain() came first: close once the answer is out
+            extra_headers += "\r\nConnection: close\r\n"
+        mount = self._manager._static_mount(root_dir, extra_headers, mime_types, request.path)
+        if mount is not None and request.serve_static(mount):
             return
-        self._send_file(path, 200, extra_headers, mime_types)
+        headers = _header_lines(extra_headers)
+        if page404 and os.path.isfile(page404):
+            request.serve_file(
+                page404,
+                content_type=_mime_type(page404, mime_types),
+                headers=list(headers.items()) or None,
+                status=404,
+            )
+            return
+        self.reply(404, b"Not found\n", headers)
 
     def serve_file(
         self, message: HttpMessage, path: str, extra_headers: str = "", mime_types: str = ""
     ) -> None:
-        """Answer with the file at ``path`` (404 when it is missing)."""
-        if not os.path.isfile(path):
-            self.reply(404, b"Not found\n", _header_lines(extra_headers))
-            return
-        self._send_file(path, 200, extra_headers, mime_types)
+        """Answer with the file at ``path`` (not confined to any directory),
+        served by the engine with the same rules as ``serve_dir`` (404 when it
+        is missing). ``mime_types`` as for ``serve_dir``: the type of this file's
+        extension, else the built-in one."""
+        request = self._request
+        if request is None or not isinstance(message, HttpMessage):
+            raise ValueError("HttpMessage is not valid for this event")
+        if self._close_after:  # drain() came first: close once the answer is out
+            extra_headers += "\r\nConnection: close\r\n"
+        request.serve_file(
+            path,
+            content_type=_mime_type(path, mime_types),
+            headers=list(_header_lines(extra_headers).items()) or None,
+        )
 
-    def _send_file(self, path: str, status: int, extra_headers: str, mime_types: str) -> None:
-        ext = os.path.splitext(path)[1].lstrip(".").lower()
-        types = dict(item.strip().split("=", 1) for item in mime_types.split(",") if "=" in item)
-        ctype = types.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
-        headers = {"Content-Type": ctype}
-        headers.update(_header_lines(extra_headers))
-        with open(path, "rb") as f:
-            body = f.read()
-        if self._request is not None and self._request.method == "HEAD":
-            body = b""
-        self.reply(status, body, headers)
+    def tls_init(self, opts: "TlsOpts") -> None:
+        raise NotImplementedError(
+            "TLS is not provided: serve plain HTTP behind a TLS-terminating proxy"
+        )
 
     def send(self, data: bytes) -> None:
         raise NotImplementedError(
@@ -521,6 +542,92 @@ class Connection:
         if self._request is None:
             return f"<Connection listening on {self._listen_addr}>"
         return f"<Connection id={self.id} {self._request!r}>"
+
+
+def _mime_type(path: str, mime_types: str) -> Optional[str]:
+    """The type ``mime_types`` ("ext=type,ext=type") gives path's extension; None
+    when it gives none (the engine's table decides)."""
+    if not mime_types:
+        return None
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    for item in mime_types.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip().lstrip(".").lower() == ext:
+            return value.strip()
+    return None
+
+
+def _root_entries(root_dir: str) -> List[Tuple[str, str]]:
+    """Mongoose's root_dir as (URI prefix, directory) pairs: ``"/a=/dir1,/dir2"``
+    -> [("/a", "/dir1"), ("/", "/dir2")]."""
+    entries = []
+    for item in root_dir.split(",") if "=" in root_dir else [root_dir]:
+        prefix, sep, directory = item.partition("=")
+        if not sep:
+            prefix, directory = "/", item
+        prefix = "/" + prefix.strip().strip("/")
+        entries.append((prefix, directory.strip()))
+    return entries
+
+
+def http_parse_multipart(
+    body: Union[bytes, bytearray, memoryview, str], offset: int = 0
+) -> Tuple[int, Optional[Dict[str, Any]]]:
+    """The part of a ``multipart/form-data`` body that starts at ``offset``, as
+    pymongoose's (Mongoose's ``mg_http_next_multipart``): ``(next_offset,
+    {"name", "filename", "body"})``, or ``(0, None)`` when no part starts there.
+    The boundary is the body's first line. Loop from offset 0 until ``None``."""
+    data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    eol = data.find(b"\r\n")
+    if not data.startswith(b"--") or eol < 3 or offset < 0:
+        return 0, None
+    boundary = data[:eol]
+    if not data.startswith(boundary + b"\r\n", offset):
+        return 0, None
+    head = offset + len(boundary) + 2
+    head_end = data.find(b"\r\n\r\n", head)
+    if head_end < 0:
+        return 0, None
+    end = data.find(b"\r\n" + boundary, head_end + 4)
+    if end < 0:
+        return 0, None
+    name = filename = ""
+    for line in data[head:head_end].split(b"\r\n"):
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-disposition":
+            name = _disposition_param(value, b"name")
+            filename = _disposition_param(value, b"filename")
+    part = {"name": name, "filename": filename, "body": data[head_end + 4 : end]}
+    return end + 2, part
+
+
+def _disposition_param(value: bytes, key: bytes) -> str:
+    """A parameter of a Content-Disposition value (quoted or not); "" when absent."""
+    for param in value.split(b";")[1:]:
+        k, sep, v = param.partition(b"=")
+        if sep and k.strip().lower() == key:
+            v = v.strip()
+            if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
+                v = v[1:-1]
+            return v.decode("utf-8", "surrogateescape")
+    return ""
+
+
+class TlsOpts:
+    """pymongoose's TLS options (ca, cert, key, name, skip_verification), kept so
+    that scripts which build them import and run over plain HTTP; TLS itself is
+    not provided (``conn.tls_init()`` raises NotImplementedError)."""
+
+    def __init__(
+        self,
+        ca: Union[bytes, str, None] = None,
+        cert: Union[bytes, str, None] = None,
+        key: Union[bytes, str, None] = None,
+        name: Union[bytes, str, None] = None,
+        skip_verification: bool = False,
+    ) -> None:
+        self.ca, self.cert, self.key, self.name = ca, cert, key, name
+        self.skip_verification = skip_verification
 
 
 def _header_lines(text: str) -> Dict[str, str]:
@@ -587,6 +694,8 @@ class Manager:
         self._closed = False
         self._timers: List[Timer] = []  # a heap by due time
         self._timers_lock = threading.Lock()
+        # serve_dir's engine mounts by (root_dir, extra_headers, mime_types)
+        self._mounts: Dict[Tuple[str, str, str], List[Tuple[str, Any]]] = {}
 
     def listen(
         self, url: str, handler: Optional[EventHandler] = None, *, http: bool = False
@@ -622,6 +731,38 @@ class Manager:
             handler(conn, MG_EV_HTTP_MSG, HttpMessage(request))
 
         return dispatch
+
+    def _static_mount(self, root_dir: str, extra_headers: str, mime_types: str, path: str) -> Any:
+        """The engine mount (a ``StaticMount``, fallthrough so that a miss comes
+        back for ``page404``) that serves path for serve_dir's arguments; None
+        when no entry of root_dir covers path or its directory does not exist."""
+        key = (root_dir, extra_headers, mime_types)
+        mounts = self._mounts.get(key)
+        if mounts is None:
+            headers = list(_header_lines(extra_headers).items()) or None
+            mounts = []
+            complete = True
+            for prefix, directory in _root_entries(root_dir):
+                try:
+                    mount = _native._pmu.StaticMount(
+                        prefix,
+                        directory,
+                        headers=headers,
+                        mime_types=mime_types or None,
+                        fallthrough=True,
+                    )
+                except OSError:  # no such directory (yet): its paths are 404
+                    complete = False
+                    continue
+                mounts.append((prefix, mount))
+            if complete:  # (else built again next time: the directory may appear)
+                if len(self._mounts) >= 64:
+                    self._mounts.clear()
+                self._mounts[key] = mounts
+        for prefix, mount in mounts:
+            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+                return mount
+        return None
 
     def poll(self, timeout_ms: int = 0) -> None:
         """Wait up to ``timeout_ms`` ms, running the timers that fall due

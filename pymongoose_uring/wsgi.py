@@ -39,6 +39,8 @@ from __future__ import annotations
 import collections
 import io
 import logging
+import os
+import stat
 import sys
 import threading
 from typing import (
@@ -85,26 +87,87 @@ class _Readable(Protocol):
 
 
 class FileWrapper:
-    """``wsgi.file_wrapper``: iterates a file-like object in blocks and closes it."""
+    """``wsgi.file_wrapper`` (PEP 3333): wraps a file-like object the app returns.
 
-    __slots__ = ("filelike", "blksize", "close")
+    The adapter recognises its instances: a wrapped binary file whose ``fileno()``
+    is a regular file is sent by the engine from the file (``Request.sendfile``:
+    splice or read in C, no copy through Python), from the file's current position
+    (``tell()``) to its end, or as far as the Content-Length the app gave; the
+    Content-Length is the remaining size when the app gave none. Anything else (a
+    BytesIO, a pipe, a socket) is iterated in ``blksize`` blocks. ``close()``
+    closes the file (the adapter calls it after the answer, as PEP 3333 says).
 
-    close: Callable[[], object]
+    It iterates itself and delegates ``seekable()``/``seek()``/``tell()``, so that
+    werkzeug's Range handling seeks the file instead of reading up to the range.
+    """
+
+    __slots__ = ("filelike", "blksize")
 
     def __init__(self, filelike: _Readable, blksize: int = _READ_SIZE) -> None:
         self.filelike = filelike
         self.blksize = blksize
-        close = getattr(filelike, "close", None)
-        if close is not None:
-            self.close = close
 
-    def __iter__(self) -> Iterator[bytes]:
-        read, size = self.filelike.read, self.blksize
-        while True:
-            data = read(size)
-            if not data:
-                return
-            yield data
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+    def __iter__(self) -> "FileWrapper":
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+    def seekable(self) -> bool:
+        seekable = getattr(self.filelike, "seekable", None)
+        return bool(seekable is not None and seekable())
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.filelike.seek(offset, whence)  # type: ignore[attr-defined, no-any-return]
+
+    def tell(self) -> int:
+        return self.filelike.tell()  # type: ignore[attr-defined, no-any-return]
+
+
+def _regular_file(filelike: Any) -> Optional[Tuple[int, int, int]]:
+    """(fd, position, size) of a binary file object on a regular file; None for
+    anything else (no fileno, a pipe, a socket, a text file, a closed file)."""
+    if isinstance(filelike, io.TextIOBase):
+        return None
+    try:
+        fd = filelike.fileno()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        position = filelike.tell()
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None
+    if type(fd) is not int or type(position) is not int or position < 0:
+        return None
+    return fd, position, st.st_size
+
+
+def _file_range(result: Any) -> Optional[Tuple[FileWrapper, int, Optional[int]]]:
+    """(wrapper, offset, length) when result is werkzeug's range wrapper around our
+    FileWrapper and has not been iterated yet (it would seek the file to offset and
+    yield length bytes): Flask's send_file answering a Range request. None
+    otherwise (then the result is iterated, which gives the same bytes)."""
+    inner = getattr(result, "iterable", None)
+    if type(inner) is not FileWrapper or type(result).__name__ != "_RangeWrapper":
+        return None
+    try:
+        start, length = result.start_byte, result.byte_range
+        fresh = result.read_length == 0 and result.seekable is True
+    except AttributeError:
+        return None
+    if not fresh or type(start) is not int or start < 0:
+        return None
+    if length is not None and (type(length) is not int or length < 0):
+        return None
+    return inner, start, length
 
 
 class _EmptyInput:
@@ -591,6 +654,17 @@ class WSGIHandler:
         environ: WSGIEnviron,
     ) -> int:
         kind = type(result)
+        if sr.status is not None and not sr.streaming:
+            if kind is FileWrapper:
+                code = self._send_file(request, sr, result, None, None, environ)
+                if code is not None:
+                    return code
+            elif kind is not list and kind is not tuple:
+                found = _file_range(result)
+                if found is not None:
+                    code = self._send_file(request, sr, found[0], found[1], found[2], environ)
+                    if code is not None:
+                        return code
         if (kind is list or kind is tuple) and not sr.streaming:
             if sr.status is None:
                 raise RuntimeError("the WSGI app returned without calling start_response()")
@@ -658,6 +732,55 @@ class WSGIHandler:
                 request.abort()  # never complete: the client must not take it for whole
                 return code
         request.end()  # (a longer body was cut off at the length, and the connection closes)
+        return code
+
+    def _send_file(
+        self,
+        request: Request,
+        sr: _StartResponse,
+        wrapper: FileWrapper,
+        offset: Optional[int],
+        length: Optional[int],
+        environ: WSGIEnviron,
+    ) -> Optional[int]:
+        """Answer with the file a FileWrapper wraps, sent by the engine: from offset
+        (None: the file's position) for length bytes (None: to the end), bounded by
+        the app's Content-Length. None when the wrapped object is not a regular
+        file (then it is iterated)."""
+        found = _regular_file(wrapper.filelike)
+        if found is None:
+            return None
+        assert sr.status is not None and sr.headers is not None
+        fd, position, size = found
+        if offset is None:
+            offset = position
+        available = max(size - offset, 0)
+        if length is not None:
+            available = min(available, length)
+        code = _status_code(sr.status)
+        headers, _ = _checked_headers(sr.headers)
+        declared = declared_length(headers)
+        bodiless = code < 200 or code == 204 or code == 304
+        if declared is None and not bodiless:
+            headers = [*headers, ("Content-Length", str(available))]
+        method = environ["REQUEST_METHOD"]
+        request.start(code, headers)
+        sr.streaming = True
+        if method == "HEAD" or bodiless:
+            request.end()
+            return code
+        count = available if declared is None else min(declared, available)
+        if count and not request.sendfile(fd, offset, count):
+            request.end()  # the client left
+            return code
+        sr.sent = count
+        if declared is not None and declared > count and not request.disconnected:
+            # The file ends before the length the app declared: the client must
+            # see the answer incomplete (the connection closes after the bytes).
+            length_mismatch("WSGI", method, environ["RAW_URI"], count, declared)
+            request.abort()
+            return code
+        request.end()
         return code
 
     def _reply(

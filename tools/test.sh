@@ -70,7 +70,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print
   meson test -C build/asan --print-errorlogs --num-processes 2
 
 # --- libFuzzer harnesses (tests/fuzz): clang only for this step. Each runs for
-# FUZZ_SECONDS (default 30: three harnesses in a minute and a half); a crash or a failed framing
+# FUZZ_SECONDS (default 20: four harnesses in 80 s); a crash or a failed framing or property
 # check fails the suite.
 # Long runs: tools/fuzz.sh SECONDS (see tests/fuzz/README.md).
 fuzz_missing=()
@@ -83,8 +83,8 @@ if [ ${#fuzz_missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${fuzz_missing[@]}" >/dev/null
 fi
-step "fuzzing, ${FUZZ_SECONDS:-30} s per harness"
-tools/fuzz.sh "${FUZZ_SECONDS:-30}"
+step "fuzzing, ${FUZZ_SECONDS:-20} s per harness"
+tools/fuzz.sh "${FUZZ_SECONDS:-20}"
 
 step "benchmark runner's own tests"
 "$py" -m pytest -q benchmarks/tests

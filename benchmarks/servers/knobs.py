@@ -32,6 +32,10 @@ KNOBS = {
     "sqpoll_idle_ms": int,
     "registered_files": flag,
     "send_zc_threshold": int,
+    "file_splice_min": int,
+    "file_read_chunk": int,
+    "pipe_size": int,
+    "pipe_pool": int,
     "batch_max": int,
     "max_header_bytes": int,
     "max_headers": int,
@@ -67,6 +71,9 @@ KNOBS = {
     "ws_send_high_water": int,
     "ws_send_limit": int,
     "ws_send_limit_close": flag,
+    "file_cache_entries": int,
+    "file_cache_valid_ms": int,
+    "max_ranges": int,
 }
 
 

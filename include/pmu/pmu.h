@@ -149,6 +149,78 @@ typedef void (*pmu_request_fn)(void *handler_data, pmu_request_t *request);
 typedef void (*pmu_body_fn)(void *handler_data, pmu_request_t *request, const void *data,
                             size_t len, int last);
 
+/*
+ * Static files (core/static.c).
+ *
+ * A mount serves a directory under a URL prefix by the HTTP rules for files:
+ * the request path is percent-decoded once, then refused with 400 if it holds a
+ * ".." (or any all-dots) segment, an encoded "/" (%2f) or "\\" (%5c), a backslash,
+ * NUL or another control byte, or bytes that are not UTF-8 (overlong forms such
+ * as %c0%ae); the file is opened with openat2(root, RESOLVE_BENEATH
+ * [| RESOLVE_NO_SYMLINKS]) so that the kernel keeps it inside the root
+ * (absolute symlinks, and symlinks leading out, are 404). Answers carry a
+ * strong ETag ("inode-size-mtime_ns" in hex) and Last-Modified;
+ * If-Match / If-Unmodified-Since (412), If-None-Match / If-Modified-Since (304),
+ * Range (206, multipart/byteranges for several ranges; 416 with
+ * "Content-Range: bytes *\/size"), If-Range are honoured; see README "Static
+ * files" for every rule and the choices made.
+ */
+typedef struct pmu_static {
+  const char *prefix;          /* URL path prefix, "/assets" or "/" (no trailing slash
+                                  otherwise) */
+  const char *root;            /* the directory; opened (O_PATH|O_DIRECTORY) once at start */
+  const char *index;           /* served for a directory: default "index.html"; NULL or "":
+                                  none */
+  int dotfiles;                /* 0 (default): a path with a component starting with '.'
+                                  is 404 */
+  int listing;                 /* 1: an HTML listing for a directory without index
+                                  (default 0) */
+  int precompressed;           /* 1 (default): a .br / .gz sibling by Accept-Encoding, with
+                                  Vary: Accept-Encoding */
+  int follow_symlinks;         /* 1 (default): symlinks that stay inside root are followed
+                                  (RESOLVE_BENEATH); 0: RESOLVE_NO_SYMLINKS */
+  int fallthrough;             /* 0 (default): a miss under prefix is 404; 1: the request
+                                  goes to the handler instead (engine mounts) / -ENOENT
+                                  (pmu_serve_static) */
+  const char *cache_control;   /* Cache-Control value on its answers; NULL: none */
+  const pmu_header_t *headers; /* extra headers on every answer of this mount */
+  size_t header_count;
+  const char *mime_types; /* overrides "ext=type,ext=type" (pymongoose's form); NULL: none */
+} pmu_static_t;
+
+/* Fill *mount with the defaults above (prefix "/", root NULL). */
+void pmu_static_init(pmu_static_t *mount);
+
+/*
+ * Answer request from mount (its prefix is ignored: rel_path is the part of the
+ * decoded path below the mount, e.g. "css/a.css", checked but not decoded again;
+ * NULL: the request's path minus mount->prefix, decoded). Any thread (the
+ * open-file cache is used only on the request's own ring thread, for a mount
+ * given in config.statics). Returns 0 when answered; -ENOENT (not answered)
+ * when mount->fallthrough and nothing was found; -errno otherwise (answered
+ * with 500). The root is opened per call when the mount was not given at start.
+ */
+int pmu_serve_static(pmu_request_t *request, const pmu_static_t *mount, const char *rel_path,
+                     size_t rel_len);
+
+typedef struct pmu_file_opts {
+  const char *content_type;    /* NULL: from the extension */
+  const char *cache_control;   /* NULL: none */
+  const pmu_header_t *headers; /* extra headers */
+  size_t header_count;
+  int status; /* 0: 200 (with every conditional and Range rule); another status sends the
+                 whole file with it and no Range/conditional logic */
+} pmu_file_opts_t;
+
+/*
+ * Answer with one file (path as given, not confined; or fd >= 0, which the
+ * engine then owns and closes) by the same rules as a mount (no precompressed
+ * siblings, no directories). 404 when it is missing or not a regular file.
+ * opts may be NULL. Any thread. Returns 0 when answered (404 included), -errno
+ * when answered with 500.
+ */
+int pmu_serve_file(pmu_request_t *request, const char *path, int fd, const pmu_file_opts_t *opts);
+
 /* Levels of the engine's log lines (the numbers of Python's logging). */
 #define PMU_LOG_INFO 20
 #define PMU_LOG_WARNING 30
@@ -294,6 +366,16 @@ typedef void (*pmu_ws_handler_fn)(void *handler_data, const pmu_ws_event_t *even
   X(BOOL, registered_files, 0, "", 0, 1, "connections go in the ring's fixed-file table")     \
   X(SIZE, send_zc_threshold, 0, "bytes", 0, SIZE_MAX,                                         \
     "responses of at least this many bytes use SEND_ZC (0: never)")                          \
+  /* Files (pmu_respond_write_file) */                                                        \
+  X(SIZE, file_splice_min, 64 * 1024, "bytes", 0, SIZE_MAX,                                   \
+    "file pieces at least this long go by splice (file -> pipe -> socket); shorter ones "   \
+    "are read into memory and sent (0: always splice; SIZE_MAX: never)")                     \
+  X(SIZE, file_read_chunk, 64 * 1024, "bytes", 4096, (size_t)1 << 30,                         \
+    "the read path's buffer per connection sending a file (bounded memory)")                 \
+  X(SIZE, pipe_size, 256 * 1024, "bytes", 0, (size_t)1 << 30,                                 \
+    "F_SETPIPE_SZ for the splice pipes (0: the kernel's default; refused: kept as made)")    \
+  X(UINT, pipe_pool, 16, "pipes", 0, 65536,                                                   \
+    "idle pipes kept per thread for splicing (one is taken per file send, given back after)") \
   /* Batching */                                                                              \
   X(UINT, batch_max, 256, "requests", 0, UINT_MAX, "most requests per handler call (0: 1)")   \
   /* Limits */                                                                                \
@@ -373,7 +455,15 @@ typedef void (*pmu_ws_handler_fn)(void *handler_data, const pmu_ws_event_t *even
     "message fits); beyond: see ws_send_limit_close (0: no limit)")                          \
   X(BOOL, ws_send_limit_close, 1, "", 0, 1,                                                   \
     "over ws_send_limit: 1 drops the unsent messages and closes with 1008, 0 drops the "    \
-    "connection at once (GONE 1006)")
+    "connection at once (GONE 1006)")                                                        \
+  /* Static files (core/static.c): the open-file cache of each ring thread and the  \
+   * Range limit of mounts, pmu_serve_static and pmu_serve_file */                            \
+  X(UINT, file_cache_entries, 256, "entries", 0, 1u << 20,                                    \
+    "open files (fd, statx, ETag) kept per ring thread for static answers (0: no cache)")    \
+  X(UINT, file_cache_valid_ms, 1000, "ms", 0, UINT_MAX,                                       \
+    "a cached file is checked again (reopened when changed) after this")                     \
+  X(UINT, max_ranges, 100, "ranges", 0, UINT_MAX,                                             \
+    "a Range header with more ranges is ignored (200, the whole file); 0: Range ignored")
 /* clang-format on */
 
 /* The C type of each knob type of PMU_CONFIG_KNOBS. */
@@ -401,6 +491,12 @@ typedef struct pmu_config {
   pmu_body_fn on_body;           /* optional: see body_stream_threshold */
   pmu_log_fn log;                /* pmu_log_stderr; NULL: silent. See pmu_log_fn */
   pmu_ws_handler_fn ws_handler;  /* optional: WebSocket events; see pmu_ws_accept */
+  /* Directories the engine serves itself on its ring threads, before the handler
+   * sees the request (no handler call per request): see pmu_static_t. The longest
+   * matching prefix wins. Copied at pmu_server_start (strings too); a root that
+   * cannot be opened fails the start with a clear pmu_server_error(). */
+  const struct pmu_static *statics;
+  size_t static_count;
 } pmu_config_t;
 
 /* Fill *config with the defaults above. */
@@ -496,6 +592,38 @@ int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
                       void (*release)(void *ctx), void *ctx);
 int pmu_respond_end(pmu_request_t *request);
 int pmu_respond_abort(pmu_request_t *request);
+
+/* ---- Files ---- */
+
+/*
+ * A piece of a streamed answer (after pmu_respond_start) that is the byte range
+ * [offset, offset + length) of an open regular file. The bytes leave in order with the
+ * memory pieces around them and with the answers to other requests, without passing through
+ * user space where the kernel allows (splice file -> pipe -> socket, io_uring), or read into
+ * memory and sent for small ranges (below config.file_splice_min). Any thread.
+ * The engine owns fd from this call on: it keeps it open until the range is sent or the
+ * connection is gone, then calls release(ctx) once on the worker thread; with release NULL it
+ * closes fd itself. (The file cache passes a release that drops its reference.)
+ * Returns 0, -EPIPE once the connection is gone (release/close already done), -EINVAL out of
+ * order. length counts against the Content-Length like a memory piece. A file that ends early
+ * (shrank) or fails to read mid-send closes the connection after what was sent (counted in
+ * file_errors and responses_aborted): a promised length is never padded with garbage.
+ * For HEAD, 204 and 304 answers the piece is accepted and dropped (fd released at once).
+ *
+ * Memory piece bytes count in pmu_request_unsent()/output_high_water; file bytes do not,
+ * but a file being sent holds its connection's output: the read path reads at most
+ * file_read_chunk bytes ahead, the splice path at most one pipe's worth. A dropped or
+ * refused piece (-EINVAL, -EPIPE, -ENOMEM, length 0) is released on the calling thread.
+ */
+int pmu_respond_write_file(pmu_request_t *request, int fd, uint64_t offset, uint64_t length,
+                           void (*release)(void *ctx), void *ctx);
+
+/* Shorthand: start (with Content-Length: length added by the engine, replacing any the
+ * headers carry), one file piece, end. Returns what pmu_respond_start() returns, or the
+ * piece's error; the request is released either way. */
+int pmu_respond_file(pmu_request_t *request, int status, const pmu_header_t *headers,
+                     size_t header_count, int fd, uint64_t offset, uint64_t length,
+                     void (*release)(void *ctx), void *ctx);
 
 /* Bytes given to pmu_respond_write() for this request not yet on the wire. */
 size_t pmu_request_unsent(const pmu_request_t *request);
@@ -673,6 +801,14 @@ const char *pmu_status_reason(int status);
     "streamed answers cut short (pmu_respond_abort, or a body shorter than its "             \
     "Content-Length): closed without completing them; counted in responses too")            \
   X(bodies_spooled, COUNTER, "request bodies moved to a temporary file")                      \
+  X(files_sent, COUNTER, "file pieces (pmu_respond_write_file) sent whole")                   \
+  X(file_bytes_spliced, COUNTER, "file bytes sent by splice (file -> pipe -> socket)")        \
+  X(file_bytes_read, COUNTER, "file bytes read into memory and sent")                         \
+  X(file_errors, COUNTER,                                                                     \
+    "file pieces that failed to read or came up short (the file shrank): connection closed") \
+  X(pipe_fallbacks, COUNTER, "file pieces sent by the read path for want of a pipe")          \
+  X(file_reads_async, COUNTER,                                                                \
+    "read-path reads of file bytes not in the page cache, done by the ring (not on its thread)") \
   X(body_buffer_bytes, GAUGE,                                                                 \
     "body bytes held in memory by requests (summed: the server's, against "                  \
     "body_buffer_budget)")                                                                   \
@@ -693,7 +829,12 @@ const char *pmu_status_reason(int status);
   X(ws_deflate_in_wire, COUNTER, "compressed WebSocket messages received: bytes on the wire") \
   X(ws_deflate_in_raw, COUNTER, "compressed WebSocket messages received: bytes inflated")     \
   X(ws_deflate_out_raw, COUNTER, "WebSocket messages sent compressed: bytes before")          \
-  X(ws_deflate_out_wire, COUNTER, "WebSocket messages sent compressed: bytes on the wire")
+  X(ws_deflate_out_wire, COUNTER, "WebSocket messages sent compressed: bytes on the wire")  \
+  X(file_cache_hits, COUNTER, "static answers whose file came from the open-file cache")     \
+  X(file_cache_misses, COUNTER, "static answers that had to open their file")                \
+  X(static_answers, COUNTER,                                                                  \
+    "answers by static mounts, pmu_serve_static and pmu_serve_file (any status)")            \
+  X(not_modified, COUNTER, "304 Not Modified sent by the static file rules")
 /* clang-format on */
 
 #define PMU_STATS_SCALAR(name, kind, doc) uint64_t name;

@@ -4,6 +4,8 @@
     python -m pymongoose_uring myflask:app --interface wsgi --pool-threads 16
     python -m pymongoose_uring myfastapi:app --interface asgi --workers 4 --port 8000
     python -m pymongoose_uring --hello --port 8000     # built-in hello-world JSON app
+    python -m pymongoose_uring --static /=./public --port 8000     # a static file server
+    python -m pymongoose_uring myapp:app --static /assets=./assets # files in front of an app
     python -m pymongoose_uring --probe                 # io_uring features, as JSON
 
 The interface is detected when --interface is omitted: an App (or handler(request))
@@ -16,6 +18,12 @@ engine knob is an option (--ring-entries,
 --buf-size, --sqpoll 1...) with the engine's default shown below; uvicorn's
 --ws-max-size, --ws-ping-interval, --ws-ping-timeout and --ws-per-message-deflate
 set the WebSocket knobs they correspond to.
+
+--static URL_PREFIX=DIR (repeatable) mounts a directory that the engine serves
+itself, before the app sees the request (no Python per file; ETag, 304, Range,
+precompressed .br/.gz siblings, index.html): a path the directory lacks is 404,
+except under the prefix "/" with an app given, where the app gets it. Without
+an app the command is a static file server alone.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # Server arguments that are CLI options of their own, not engine knobs.
 LISTEN = ("host", "port", "unix_path", "threads", "listen_fd")
@@ -59,6 +67,12 @@ class Config:
     root_path: str = ""
     ws: str = "auto"
     ws_max_queue: int = 32
+    # --static URL_PREFIX=DIR, in the order given, as (prefix, directory).
+    statics: List[Tuple[str, str]] = field(default_factory=list)
+    static_listing: bool = False
+    static_dotfiles: bool = False
+    static_cache_control: Optional[str] = None
+    static_precompressed: bool = True
     # Engine knobs given on the command line (the rest keep the engine's defaults).
     engine: Dict[str, Any] = field(default_factory=dict)
 
@@ -268,6 +282,39 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
         action="store_false",
         help="never compress (ws_deflate 0)",
     )
+    st = p.add_argument_group("static files (served by the engine itself)")
+    st.add_argument(
+        "--static",
+        dest="statics",
+        action="append",
+        default=[],
+        type=_static_mount,
+        metavar="URL_PREFIX=DIR",
+        help="serve DIR under URL_PREFIX (repeatable; the longest prefix wins); "
+        "with no app, a static file server alone",
+    )
+    st.add_argument(
+        "--static-listing",
+        action="store_true",
+        help="an HTML listing for a directory without index.html",
+    )
+    st.add_argument(
+        "--static-dotfiles",
+        action="store_true",
+        help="serve names starting with '.' (default: 404)",
+    )
+    st.add_argument(
+        "--static-cache-control",
+        default=None,
+        metavar="VALUE",
+        help="Cache-Control header on static answers (e.g. 'public, max-age=3600')",
+    )
+    st.add_argument(
+        "--static-no-precompressed",
+        dest="static_precompressed",
+        action="store_false",
+        help="never answer with a .br/.gz sibling (default: by Accept-Encoding)",
+    )
     e = p.add_argument_group("engine knobs (default: the engine's)")
     table = _knob_table()
     for name, value in defaults.items():
@@ -289,6 +336,18 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
             "--" + name.replace("_", "-"), type=kind, default=None, help=text.replace("%", "%%")
         )
     return p
+
+
+def _static_mount(text: str) -> Tuple[str, str]:
+    """--static URL_PREFIX=DIR as (prefix, DIR); the directory must exist."""
+    prefix, sep, directory = text.partition("=")
+    if not sep or not prefix.startswith("/") or not directory:
+        raise argparse.ArgumentTypeError(
+            f"give URL_PREFIX=DIR with the prefix starting with '/', not {text!r}"
+        )
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"{directory!r} is not a directory")
+    return prefix, directory
 
 
 def _boolean(text: str) -> bool:
@@ -379,8 +438,8 @@ def parse(argv: Optional[Sequence[str]], defaults: Dict[str, Any]) -> Config:
     config = Config(**{name: value for name, value in vars(args).items() if name in known})
     if config.probe:
         return config
-    if not config.hello and not config.app:
-        p.error("give MODULE:APP, --hello or --probe")
+    if not config.hello and not config.app and not config.statics:
+        p.error("give MODULE:APP, --hello, --static URL_PREFIX=DIR or --probe")
     if config.workers < 1:
         p.error("--workers must be at least 1")
     if config.threads < 1:

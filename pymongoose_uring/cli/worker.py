@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, List, Union
 
 from .._server import say
 from .._types import Handler, HandlerResult
@@ -61,10 +61,36 @@ def hello_app() -> App:
     return app
 
 
+def static_mounts(config: Config, with_app: bool) -> List[Any]:
+    """The StaticMount of each --static: fallthrough only for the prefix "/" in
+    front of an app, so that the app still gets what the directory lacks."""
+    from .._native import _pmu
+
+    return [
+        _pmu.StaticMount(
+            prefix,
+            os.path.abspath(directory),
+            listing=config.static_listing,
+            dotfiles=config.static_dotfiles,
+            cache_control=config.static_cache_control,
+            precompressed=config.static_precompressed,
+            fallthrough=with_app and prefix.rstrip("/") == "",
+        )
+        for prefix, directory in config.statics
+    ]
+
+
+def files_only_app(request: Request) -> HandlerResult:
+    """The app of a static file server alone: what no mount answers is 404."""
+    from .. import Response
+
+    return Response.text("Not Found", 404)
+
+
 def native_with_access_log(app: Handler) -> Handler:
     """app, logging one access line per request (the status as far as the
     handler's result says it; '-' for an answer that comes later)."""
-    from .. import Response
+    from .. import FileResponse, Response
     from .._adapter import log_access
 
     def logged(request: Request) -> HandlerResult:
@@ -74,6 +100,8 @@ def native_with_access_log(app: Handler) -> Handler:
             status = result.status
         elif isinstance(result, int) and not isinstance(result, bool):
             status = result
+        elif isinstance(result, FileResponse):
+            status = result.status
         elif isinstance(result, tuple) and result:
             first = result[0]
             status = first if isinstance(first, int) else (result[1] if len(result) > 1 else 200)
@@ -95,15 +123,23 @@ def make_server(config: Config) -> AnyServer:
     from .._adapter import detect_interface
 
     # What MODULE:ATTRIBUTE names is only known at run time: detect_interface() tells.
-    app: Any = hello_app() if config.hello else load(config.app or "")
+    app: Any
+    if config.hello:
+        app = hello_app()
+    elif config.app:
+        app = load(config.app)
+    else:
+        app = files_only_app
     interface = config.interface
     if interface == "auto":
-        interface = detect_interface(app)
+        interface = "native" if app is files_only_app else detect_interface(app)
     listen: Any = dict(unix_path=config.unix_path, threads=config.threads, listen_fd=config.fd)
     proxy: Any = dict(
         proxy_headers=config.proxy_headers, forwarded_allow_ips=config.forwarded_allow_ips
     )
-    options: Any = config.engine
+    options: Any = dict(config.engine)
+    if config.statics:
+        options["statics"] = static_mounts(config, with_app=app is not files_only_app)
     if interface == "wsgi":
         from ..wsgi import WSGIServer
 

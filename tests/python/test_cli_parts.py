@@ -81,7 +81,7 @@ def test_parse_defaults_and_what_implies_the_supervisor():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        ([], "give MODULE:APP, --hello or --probe"),
+        ([], "give MODULE:APP, --hello, --static URL_PREFIX=DIR or --probe"),
         (["--hello", "--workers", "0"], "--workers must be at least 1"),
         (["--hello", "--threads", "0"], "--threads must be at least 1"),
         (["--hello", "--pool-threads", "0"], "--pool-threads must be at least 1"),

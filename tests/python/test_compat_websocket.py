@@ -255,16 +255,18 @@ def test_serve_dir(manager_with, tmp_path):
         manager, port = manager_with(handler)
         base = "http://127.0.0.1:%d" % port
         with urllib.request.urlopen(base + "/") as r:
-            assert r.read() == b"<h1>index</h1>" and r.headers["Content-Type"] == "text/html"
+            assert r.read() == b"<h1>index</h1>" and r.headers["Content-Type"].startswith(
+                "text/html"
+            )
             assert r.headers["Cache-Control"] == "max-age=60"
         with urllib.request.urlopen(base + "/a.txt") as r:
             assert r.read() == b"file a" and r.headers["Content-Type"].startswith("text/plain")
         with urllib.request.urlopen(base + "/sub/b.json") as r:
-            assert r.headers["Content-Type"] == "application/json"
+            assert r.headers["Content-Type"].startswith("application/json")
         for path in ("/missing", "/../" + secret.name, "/%2e%2e/" + secret.name):
             with pytest.raises(urllib.error.HTTPError) as info:
                 urllib.request.urlopen(base + path)
-            assert info.value.code == 404, path
+            assert info.value.code in (400, 404), path  # the engine: 400 for ".."
     finally:
         secret.unlink()
 
