@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Compare pymongoose_uring with the servers its users would otherwise pick, on this machine.
 
-    python3 benchmarks/run.py                 # everything: ~12 minutes on 2 cores
+    python3 benchmarks/run.py                 # everything: ~14 minutes on 2 cores
     python3 benchmarks/run.py --quick         # keep-alive and pipelined, one round: < 2 min
     python3 benchmarks/run.py --servers hello_c,nginx --workloads keepalive,pipelined
     python3 benchmarks/run.py --provision-only  # build, install, check each answer; no load
+    python3 benchmarks/run.py --files         # the file workloads (16 KiB, 1 MiB) only
 
 Installs what is missing (wrk and nginx with apt-get, the Python peers with pip), builds
 examples/hello_server (build-bench/engine/) and the pymongoose_uring package
@@ -33,6 +34,7 @@ from bench import (  # noqa: E402
     BenchError,
     WrongAnswer,
     checks,
+    files,
     measure,
     procstat,
     provision,
@@ -61,6 +63,11 @@ def parse_args(argv=None):
     )
     p.add_argument("--skip", default="", help="comma-separated servers to leave out")
     p.add_argument("--workloads", default=None, help="comma-separated workloads (default: all)")
+    p.add_argument(
+        "--files",
+        action="store_true",
+        help="the file workloads only (%s), on every server that serves files" % ",".join(wl.FILES),
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -156,6 +163,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (3 if args.quick else 2)
+    if args.files:
+        if args.workloads is not None:
+            p.error("--files and --workloads: give one of them")
+        args.workloads = ",".join(wl.FILES)
     if args.workloads is None:
         args.workloads = ",".join(wl.QUICK if args.quick else wl.DEFAULT)
     args.servers_given = args.servers is not None
@@ -322,11 +333,17 @@ def main(argv=None):
             print("  matplotlib unavailable: no charts")
             args.no_plots = True
 
+    if any(w.needs == "files" for w in workloads) or any(d.files_only for d in defs):
+        # The files the file workloads serve, made afresh for this run (bench/files.py).
+        built.files_root = files.prepare()
     servers, failed, notes, remarks = {}, {}, [], []
-    for d in left_out:
+    if left_out:
         notes.append(
-            "%s: not started: it serves none of %s (capabilities: %s)"
-            % (d.name, ", ".join(w.name for w in workloads), ", ".join(d.caps))
+            "not started, serving none of %s: %s"
+            % (
+                ", ".join(w.name for w in workloads),
+                ", ".join("%s (%s)" % (d.name, ", ".join(d.caps)) for d in left_out),
+            )
         )
     meta = {
         "args": vars(args),
@@ -339,6 +356,8 @@ def main(argv=None):
         "pythonpath": built.pythonpath,
         "wsload": wsload_binary,
         "comparison_only": [w.name for w in extra],
+        "files_root": built.files_root,
+        "files": dict(files.FILES) if built.files_root else None,
     }
     all_points = []
     started_at = time.monotonic()
@@ -414,7 +433,8 @@ def main(argv=None):
                 if w in extra and not comparison_server(s.definition, w, workloads):
                     continue
                 if not s.definition.supports(w):
-                    notes.append("%s: %s (no %s endpoint)" % (name, w.name, w.needs))
+                    if not s.definition.files_only:  # there for the file workloads only
+                        notes.append("%s: %s (no %s endpoint)" % (name, w.name, w.needs))
                     continue
                 try:
                     checks.CHECKS[w.check](s.port)
@@ -476,6 +496,14 @@ def main(argv=None):
                             fail(s.name, "restart after %s: %s" % (w.name, e), fatal=False)
                     p.update(server=s.name, workload=w.name, round=r + 1)
                     all_points.append(p)
+        if any(w.needs == "files" for w in workloads):
+            for s in servers.values():
+                if s.definition.stats_path and "files" in s.definition.caps:
+                    note = report.file_counters_note(
+                        s.name, checks.stats(s.port, s.definition.stats_path)
+                    )
+                    if note:
+                        remarks.append(note)
     except KeyboardInterrupt:
         print("\ninterrupted: writing what was measured", file=sys.stderr)
         exit_status = 130
@@ -484,6 +512,8 @@ def main(argv=None):
     finally:
         for s in servers.values():
             s.stop()
+        if built.files_root:
+            files.remove(built.files_root)
 
     elapsed = time.monotonic() - started_at
     if args.provision_only:
@@ -497,6 +527,10 @@ def main(argv=None):
     for p in all_points:
         grouped.setdefault((p["server"], p["workload"]), []).append(p)
     summary = {key: report.summarize(points) for key, points in grouped.items()}
+    measured = {p["server"] for p in all_points}
+    for d in defs:
+        if d.name in measured:
+            remarks += report.server_notes(d.name, os.path.join(logs, d.name + ".log"))
     labels = {d.name: d.label for d in registry.SERVERS}
     kinds = {d.name: d.kind for d in registry.SERVERS}
     reference = report.choose_reference(summary, registry.REFERENCE_ORDER, args.reference)
@@ -535,6 +569,7 @@ def main(argv=None):
             meta,
             ws_labels=registry.WS_LABELS,
             extra=extra,
+            files_labels=registry.FILES_LABELS,
         )
     )
     print("\n" + text)
@@ -551,6 +586,7 @@ def main(argv=None):
             "unavailable": unavailable,
             "failed": failed,
             "not_measured": notes,
+            "targets": report.measured_targets(summary),
             "notes": remarks,
             "servers": {
                 d.name: {"label": d.label, "kind": d.kind, "description": d.description}
@@ -565,12 +601,12 @@ def main(argv=None):
     report.write_csv(os.path.join(out_dir, "rounds.csv"), all_points)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(text + "\n")
-    files = ["results.json", "results.csv", "rounds.csv", "results.md"]
+    written = ["results.json", "results.csv", "rounds.csv", "results.md"]
     if not args.no_plots and summary:
         from bench import plots
 
         try:
-            files += [
+            written += [
                 os.path.basename(p)
                 for p in plots.comparison(
                     out_dir,
@@ -580,11 +616,12 @@ def main(argv=None):
                     kinds,
                     reference,
                     ws_labels=registry.WS_LABELS,
+                    files_labels=registry.FILES_LABELS,
                 )
             ]
         except Exception as e:  # a chart must never lose the numbers
             print("charts failed: %s" % e, file=sys.stderr)
-    print("results: %s/{%s}" % (_shown(out_dir), ",".join(files)))
+    print("results: %s/{%s}" % (_shown(out_dir), ",".join(written)))
     if args.publish:
         publish(out_dir)
     return exit_status

@@ -33,6 +33,7 @@ from bench import (  # noqa: E402
     RESULTS_DIR,
     BenchError,
     checks,
+    files,
     knobs as knoblib,
     measure,
     procstat,
@@ -277,6 +278,8 @@ def main(argv=None):
     unavailable, built = provision_servers([definition], args, setup_log)
     if unavailable:
         raise SystemExit("%s is unavailable: %s" % (definition.name, unavailable[definition.name]))
+    if workload.needs == "files" or definition.files_only:
+        built.files_root = files.prepare()  # the file workloads' files (bench/files.py)
     wsload_binary = None
     if workload.client == "wsload":
         wsload_binary, error = wsload.build(setup_log, build=not args.no_build)
@@ -370,6 +373,8 @@ def main(argv=None):
         print("\ninterrupted: writing what was measured", file=sys.stderr)
         status = 130
     finally:
+        if built.files_root:
+            files.remove(built.files_root)
         errors = sysctls.restore()
         if errors:
             print("WARNING: could not restore sysctls: %s" % "; ".join(errors), file=sys.stderr)
@@ -431,7 +436,7 @@ def main(argv=None):
     report.write_csv(os.path.join(out_dir, "sweep.csv"), flat)
     with open(os.path.join(out_dir, "sweep.md"), "w") as f:
         f.write(text + "\n")
-    files = ["sweep.json", "sweep.csv", "sweep.md"]
+    written = ["sweep.json", "sweep.csv", "sweep.md"]
     if not args.no_plots and rows:
         try:
             from bench import plots
@@ -474,13 +479,13 @@ def main(argv=None):
                     if base is not None:
                         pts = [("default", base)] + pts
                 panels.append((name, [(x, r) for x, r in pts if r is not None]))
-            files += [
+            written += [
                 os.path.basename(p)
                 for p in plots.sweep(out_dir, panels, "%s, %s" % (definition.label, workload.title))
             ]
         except Exception as e:
             print("chart failed: %s" % e, file=sys.stderr)
-    print("results: %s/{%s}" % (os.path.relpath(out_dir), ",".join(files)))
+    print("results: %s/{%s}" % (os.path.relpath(out_dir), ",".join(written)))
     return status
 
 

@@ -12,7 +12,7 @@ import socket
 import struct
 import time
 
-from . import BenchError, WrongAnswer
+from . import BenchError, WrongAnswer, files
 
 HOST = "127.0.0.1"
 HELLO = {"message": "Hello, World!"}
@@ -90,6 +90,54 @@ def get_bytes(port, path, size):
             "GET %s on port %d: expected %d bytes of 'x', got %d bytes (%r...)"
             % (path, port, size, len(data), data[:40])
         )
+
+
+def get_file(port, name, patience=0.0):
+    """GET /files/NAME must answer 200 with exactly the bytes of the runner's file (see
+    bench/files.py): a 404, another file or a body of the right length but other bytes is a
+    wrong answer. With `patience`, a server that does not answer is asked again for that
+    many seconds. Returns what checks.hello() returns, for a server probed this way."""
+    path = files.url(name)
+    expected = files.content(files.FILES[name])
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            resp, data = _request(port, "GET", path)
+            break
+        except BenchError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+    _expect_status(port, "GET", path, resp, data)
+    if data != expected:
+        raise WrongAnswer(
+            "GET %s on port %d: %d bytes, not the file's %d bytes (%s)"
+            % (path, port, len(data), len(expected), _difference(data, expected))
+        )
+    return {
+        "body_bytes": len(data),
+        "server_header": resp.getheader("Server"),
+        "connection": resp.getheader("Connection"),
+        "content_type": resp.getheader("Content-Type"),
+    }
+
+
+def _difference(data, expected):
+    at = next((i for i, (a, b) in enumerate(zip(data, expected)) if a != b), None)
+    if at is not None:
+        return "first difference at byte %d" % at
+    return "a prefix of it" if len(data) < len(expected) else "the file, then more"
+
+
+PROBE_FILE = "16k.bin"
+
+
+def probe(definition, port, patience=0.0):
+    """The answer a server must give to count as up: GET / (the hello JSON), or for a
+    static file server alone (definition.hello false) GET /files/16k.bin, byte-exact."""
+    if getattr(definition, "hello", True):
+        return hello(port, patience)
+    return get_file(port, PROBE_FILE, patience)
 
 
 def echo(port, size=65536):
@@ -417,6 +465,8 @@ CHECKS = {
     "close": close,
     "get16k": lambda port: get_bytes(port, "/16k", 16 * 1024),
     "get1m": lambda port: get_bytes(port, "/1m", 1024 * 1024),
+    "file-16k": lambda port: get_file(port, "16k.bin"),
+    "file-1m": lambda port: get_file(port, "1m.bin"),
     "echo": echo,
     "ws-echo": ws_echo,
     "ws-broadcast": ws_broadcast,

@@ -89,7 +89,7 @@ def _recovered(server):
     why, or None."""
     server.ensure_alive()
     try:
-        checks.hello(server.port, patience=30)
+        checks.probe(server.definition, server.port, patience=30)
     except WrongAnswer:
         raise
     except BenchError as e:

@@ -2,6 +2,8 @@
 
 import os
 
+from . import report
+
 
 def _pyplot():
     import matplotlib
@@ -20,10 +22,13 @@ def _grid(n):
     return (n + cols - 1) // cols, cols
 
 
-def comparison(out_dir, workloads, summary, labels, kinds, reference, ws_labels=None):
+def comparison(
+    out_dir, workloads, summary, labels, kinds, reference, ws_labels=None, files_labels=None
+):
     """One PNG per metric, one panel per workload, servers as horizontal bars (median, with
     the min-max range over rounds where there is one). A WebSocket workload's panel counts
-    messages and names the servers by `ws_labels` where given. Returns the files written."""
+    messages; servers are named as in the tables (report.labels_for). Returns the files
+    written."""
     plt = _pyplot()
     written = []
     # (key, title, file, (min key, max key) for the range over rounds, label format,
@@ -71,8 +76,7 @@ def comparison(out_dir, workloads, summary, labels, kinds, reference, ws_labels=
             rows = [(s, r) for (s, wn), r in summary.items() if wn == w.name and r.get(key)]
             # Best at the top (barh draws the first row at the bottom).
             rows.sort(key=lambda sr: sr[1][key], reverse=not higher_better)
-            ws = getattr(w, "client", "wrk") == "wsload"
-            names_of = dict(labels, **(ws_labels or {})) if ws else labels
+            names_of = report.labels_for(w, labels, ws_labels, files_labels)
             names = [names_of.get(s, s) for s, _ in rows]
             values = [r[key] for _, r in rows]
             colors = [COLORS.get(kinds.get(s), "#1f77b4") for s, _ in rows]

@@ -5,7 +5,14 @@ argv is a template: {python} is this interpreter, {servers} benchmarks/servers/,
 port given to the server, {threads} the `threads` knob (default 1), {hello_server} the C
 example's binary. `caps` lists what the server answers beyond GET / (see servers/common.py):
 "bytes" (/16k, /1m), "echo" (POST /echo), "ws" (WebSocket echo on /ws/echo),
-"ws-broadcast" (WebSocket broadcast on /ws/broadcast).
+"ws-broadcast" (WebSocket broadcast on /ws/broadcast), "files" (GET /files/16k.bin and
+/files/1m.bin from the runner's file directory, bench/files.py: {files} in argv, and
+BENCH_FILES_ROOT in the environment, name it). A server whose caps are ("files",) alone is
+there for the file workloads only: a run without them does not start it, and the tables of
+the other workloads do not list it as missing them. `hello` False: the server does not
+answer GET / (a static file server alone); it is checked and warmed up on /files/16k.bin
+instead. `files_label` names it in the file workloads' tables where `label` would not say
+what serves the files.
 A server without "ws" (nginx without a backend, the WSGI servers, Flask) is simply left out
 of the WebSocket workloads, and listed as such; `ws_label` names what serves its /ws/*
 routes where that is not what `label` says (the raw ASGI app's WebSocket routes are a
@@ -40,12 +47,18 @@ class Server:
     description: str = ""
     # In the default set (python3 benchmarks/run.py with no --servers). The
     # framework comparisons (Flask and FastAPI on the adapters, granian with
-    # FastAPI) are named explicitly, so the default run stays near 12 minutes.
+    # FastAPI) are named explicitly, so the default run stays near 14 minutes.
     default: bool = True
     ws_label: Optional[str] = None
+    hello: bool = True
+    files_label: Optional[str] = None
 
     def supports(self, workload):
         return workload.needs in self.caps
+
+    @property
+    def files_only(self):
+        return tuple(self.caps) == ("files",)
 
     @property
     def project(self):
@@ -66,12 +79,13 @@ SERVERS = [
         "pymongoose_uring",
         (PY, S + "pymongoose_uring_server.py", "{port}"),
         kind="ours",
-        caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
+        caps=("hello", "bytes", "echo", "ws", "ws-broadcast", "files"),
         build="pymongoose_uring",
         knobs=ALL_KNOBS,
         stats_path="/__stats",
         env=ROOM_FOR_C10K,
         ws_label="pymongoose_uring (native API, callbacks)",
+        files_label="pymongoose_uring (native FileResponse)",
         description="the native Python API on the io_uring engine; /ws/* App.websocket's "
         "callback form, pymongoose_uring.broadcast",
     ),
@@ -141,8 +155,46 @@ SERVERS = [
         "nginx (1 worker)",
         (PY, S + "nginx_server.py", "{port}"),
         kind="c-reference",
+        caps=("hello", "bytes", "echo", "files"),
         tools=("nginx",),
-        description="nginx, one worker, return 200 / static files / echo module",
+        files_label="nginx (sendfile, open_file_cache on)",
+        description="nginx, one worker, return 200 / static files / echo module; /files/ "
+        "with sendfile and open_file_cache on",
+    ),
+    Server(
+        "nginx_nocache",
+        "nginx (sendfile, open_file_cache off)",
+        (PY, S + "nginx_server.py", "{port}", "nocache"),
+        kind="c-reference",
+        caps=("files",),
+        tools=("nginx",),
+        description="nginx, one worker, /files/ with sendfile and open_file_cache off "
+        "(an open and a stat per request)",
+    ),
+    Server(
+        "pymongoose_uring_static",
+        "pymongoose_uring --static",
+        (PY, S + "pymongoose_uring_static_server.py", "{port}", "{threads}"),
+        kind="ours",
+        caps=("files",),
+        build="pymongoose_uring",
+        knobs=("threads",),
+        hello=False,
+        description="the command line as a static file server alone: python -m "
+        "pymongoose_uring --static /=DIR (engine mount: no Python per request)",
+    ),
+    Server(
+        "pymongoose_uring_fileresponse",
+        "Starlette FileResponse (pymongoose_uring ASGI)",
+        (PY, S + "starlette_files_server.py", "{port}", "pymongoose_uring", "fileresponse"),
+        kind="ours",
+        caps=("files",),
+        build="pymongoose_uring",
+        knobs=ALL_KNOBS,
+        pip=(("starlette", "starlette"), ("uvloop", "uvloop")),
+        env=ROOM_FOR_C10K,
+        description="a Starlette route returning FileResponse on the ASGI adapter, uvloop "
+        "(http.response.pathsend when the adapter offers it)",
     ),
     Server(
         "granian_asgi",
@@ -170,6 +222,46 @@ SERVERS = [
         ws_label="uvicorn + websockets (Starlette app)",
         description="a raw ASGI app on uvicorn with uvloop and httptools; /ws/* the "
         "Starlette app on uvicorn's websockets implementation",
+    ),
+    Server(
+        "granian_static",
+        "granian static mount",
+        (PY, S + "granian_server.py", "{port}", "static"),
+        kind="peer",
+        caps=("files",),
+        pip=(("granian", "granian"), ("starlette", "starlette")),
+        description="granian (Rust) with --static-path-mount /files in front of the raw "
+        "ASGI app: files served by granian itself",
+    ),
+    Server(
+        "uvicorn_fileresponse",
+        "Starlette FileResponse (uvicorn)",
+        (PY, S + "starlette_files_server.py", "{port}", "uvicorn", "fileresponse"),
+        kind="peer",
+        caps=("files",),
+        pip=(
+            ("starlette", "starlette"),
+            ("uvicorn", "uvicorn"),
+            ("uvloop", "uvloop"),
+            ("httptools", "httptools"),
+        ),
+        description="the Starlette FileResponse app on uvicorn with uvloop and httptools "
+        "(no pathsend: the file goes through the app in chunks)",
+    ),
+    Server(
+        "uvicorn_staticfiles",
+        "Starlette StaticFiles (uvicorn)",
+        (PY, S + "starlette_files_server.py", "{port}", "uvicorn", "staticfiles"),
+        kind="peer",
+        caps=("files",),
+        pip=(
+            ("starlette", "starlette"),
+            ("uvicorn", "uvicorn"),
+            ("uvloop", "uvloop"),
+            ("httptools", "httptools"),
+        ),
+        description="Starlette's StaticFiles mounted on /files, on uvicorn with uvloop and "
+        "httptools",
     ),
     Server(
         "uvicorn",
@@ -230,5 +322,6 @@ SERVERS = [
 BY_NAME = {s.name: s for s in SERVERS}
 DEFAULT = [s.name for s in SERVERS if s.default]
 WS_LABELS = {s.name: s.ws_label for s in SERVERS if s.ws_label}
+FILES_LABELS = {s.name: s.files_label for s in SERVERS if s.files_label}
 # Reference for ratios: the first of these that ran.
 REFERENCE_ORDER = ["pymongoose_uring", "pymongoose", "hello_c", "nginx"]

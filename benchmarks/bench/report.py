@@ -177,8 +177,9 @@ def comparison_table(workload, other, summary, labels):
     return "\n".join(lines)
 
 
-# The targets issue 10 sets, as ratios of server CPU per message (or request) measured in one
-# run: (what, numerator (server, workload), denominator (server, workload), at most).
+# The issues' targets, as ratios of server CPU per message (or request) measured in one run:
+# (what, numerator (server, workload), denominator (server, workload), at most). Issue 10:
+# WebSocket; issue 11: files (nginx with sendfile and open_file_cache on is the base).
 TARGETS = [
     (
         "Starlette echo on our ASGI adapter vs uvicorn",
@@ -204,33 +205,78 @@ TARGETS = [
         ("hello_c", "pipelined"),
         1.5,
     ),
+    (
+        "--static vs nginx (sendfile, open_file_cache), 16 KiB file",
+        ("pymongoose_uring_static", "file-16k"),
+        ("nginx", "file-16k"),
+        1.0,
+    ),
+    (
+        "--static vs nginx (sendfile, open_file_cache), 1 MiB file",
+        ("pymongoose_uring_static", "file-1m"),
+        ("nginx", "file-1m"),
+        1.2,
+    ),
+    (
+        "Starlette FileResponse, our ASGI adapter vs uvicorn, 16 KiB file",
+        ("pymongoose_uring_fileresponse", "file-16k"),
+        ("uvicorn_fileresponse", "file-16k"),
+        0.4,
+    ),
+    (
+        "Starlette FileResponse, our ASGI adapter vs uvicorn, 1 MiB file",
+        ("pymongoose_uring_fileresponse", "file-1m"),
+        ("uvicorn_fileresponse", "file-1m"),
+        0.4,
+    ),
 ]
 
 
-def targets_table(summary, targets=TARGETS):
-    """The issue's targets that this run measured both sides of, with the ratio found; None
-    if none."""
-    lines = []
+def measured_targets(summary, targets=TARGETS):
+    """The targets that this run measured both sides of: a list of dicts (what, the two
+    CPU figures, ratio, limit, met), in the order of `targets`."""
+    out = []
     for what, num, den, limit in targets:
         a, b = summary.get(num), summary.get(den)
         if not a or not b or not a.get("cpu_us_per_req") or not b.get("cpu_us_per_req"):
             continue
         ratio = a["cpu_us_per_req"] / b["cpu_us_per_req"]
-        lines.append(
-            "| %s | %s / %s | %s | at most %s× | %s |"
-            % (
-                what,
-                _fmt(a["cpu_us_per_req"], 2),
-                _fmt(b["cpu_us_per_req"], 2),
-                _ratio(ratio),
-                limit,
-                "met" if ratio <= limit else "**not met**",
-            )
+        out.append(
+            {
+                "what": what,
+                "server": num[0],
+                "workload": num[1],
+                "base_server": den[0],
+                "base_workload": den[1],
+                "cpu_us": a["cpu_us_per_req"],
+                "base_cpu_us": b["cpu_us_per_req"],
+                "ratio": ratio,
+                "at_most": limit,
+                "met": ratio <= limit,
+            }
         )
+    return out
+
+
+def targets_table(summary, targets=TARGETS):
+    """The issue's targets that this run measured both sides of, with the ratio found; None
+    if none."""
+    lines = [
+        "| %s | %s / %s | %s | at most %s× | %s |"
+        % (
+            t["what"],
+            _fmt(t["cpu_us"], 2),
+            _fmt(t["base_cpu_us"], 2),
+            _ratio(t["ratio"]),
+            t["at_most"],
+            "met" if t["met"] else "**not met**",
+        )
+        for t in measured_targets(summary, targets)
+    ]
     if not lines:
         return None
     head = [
-        "### Targets (server CPU per message, ratios within this run)",
+        "### Targets (server CPU per request or message, ratios within this run)",
         "",
         "| target | CPU µs | ratio | aim | |",
         "|---|---|---|---|---|",
@@ -238,33 +284,63 @@ def targets_table(summary, targets=TARGETS):
     return "\n".join(head + lines)
 
 
-def tables(workloads, summary, labels, reference, skipped, remarks, meta, ws_labels=None, extra=()):
-    """All workload tables, fastest first, then what was not measured and remarks.
-    WebSocket tables name the servers by `ws_labels` where given (what serves /ws/* may be
-    another app than what serves HTTP). `extra`: workloads measured only as a comparison
-    base for another's compare_with (their tables are not repeated)."""
+def labels_for(workload, labels, ws_labels=None, files_labels=None):
+    """How the servers are named in a workload's table: WebSocket tables by `ws_labels`
+    where given (what serves /ws/* may be another app than what serves HTTP), file tables by
+    `files_labels` (what serves /files/, nginx's open_file_cache)."""
+    if workload.client == "wsload":
+        return dict(labels, **(ws_labels or {}))
+    if workload.needs == "files":
+        return dict(labels, **(files_labels or {}))
+    return labels
+
+
+def workload_reference(workload, rows, reference):
+    """The server a workload's ratios are taken against: its own reference (nginx for the
+    file workloads) when that ran, else the run's."""
+    wanted = getattr(workload, "reference", None)
+    if wanted and any(server == wanted for server, _row in rows):
+        return wanted
+    return reference
+
+
+def tables(
+    workloads,
+    summary,
+    labels,
+    reference,
+    skipped,
+    remarks,
+    meta,
+    ws_labels=None,
+    extra=(),
+    files_labels=None,
+):
+    """All workload tables, fastest first, then the issues' targets measured, then what was
+    not measured and remarks. Servers are named by labels_for(). `extra`: workloads
+    measured only as a comparison base for another's compare_with (their tables are not
+    repeated)."""
     out = []
     by_name = {w.name: w for w in list(workloads) + list(extra)}
     for w in workloads:
         rows = [(s, r) for (s, wn), r in summary.items() if wn == w.name]
         if not rows:
             continue
-        names = dict(labels, **(ws_labels or {})) if w.client == "wsload" else labels
+        names = labels_for(w, labels, ws_labels, files_labels)
         rows.sort(key=lambda sr: -(sr[1]["rps"] or 0))
         rounds = max(r["rounds"] for _, r in rows)
         note = " (median of %d × %d s)" % (rounds, max(meta["duration_s"], w.min_duration))
-        out.append(workload_table(w, rows, names, reference, note))
+        out.append(workload_table(w, rows, names, workload_reference(w, rows, reference), note))
         out.append("")
         if w.compare_with and w.compare_with in by_name:
             table = comparison_table(w, by_name[w.compare_with], summary, labels)
             if table:
                 out.append(table)
                 out.append("")
-    if any(w.client == "wsload" for w in workloads):
-        table = targets_table(summary)
-        if table:
-            out.append(table)
-            out.append("")
+    table = targets_table(summary)
+    if table:
+        out.append(table)
+        out.append("")
     for title, items in (("Not measured:", skipped), ("Notes:", remarks)):
         if items:
             out.append(title)
@@ -354,6 +430,55 @@ def machine(server_cpus, client_cpus):
         "server_cpus": sorted(server_cpus),
         "client_cpus": sorted(client_cpus),
     }
+
+
+# The engine's file counters (issue 11), shown after a run with file workloads for the servers
+# that answer their counters (the registry's stats_path): which path the bytes took.
+FILE_COUNTERS = (
+    "files_sent",
+    "file_bytes_spliced",
+    "file_bytes_read",
+    "file_errors",
+    "pipe_fallbacks",
+    "file_cache_hits",
+    "file_cache_misses",
+    "static_answers",
+    "not_modified",
+)
+
+
+def file_counters_note(name, stats):
+    """ "name: engine file counters over the run: files_sent 123, ..." from a server's
+    counters (GET stats_path), or None when it has none of them."""
+    shown = [
+        f"{key} {stats[key]:,}" for key in FILE_COUNTERS if isinstance((stats or {}).get(key), int)
+    ]
+    if not shown:
+        return None
+    return "%s: engine file counters at the end of the run (checks and warm-ups included): %s" % (
+        name,
+        ", ".join(shown),
+    )
+
+
+NOTE_MARK = "BENCH_NOTE "
+
+
+def server_notes(name, log_path):
+    """What a server script said about itself for the report: its log's lines starting
+    with BENCH_NOTE (once each), as "name: text" (say, whether the server offered
+    http.response.pathsend to the Starlette FileResponse app)."""
+    out = []
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                if line.startswith(NOTE_MARK):
+                    note = "%s: %s" % (name, line[len(NOTE_MARK) :].strip())
+                    if note not in out:
+                        out.append(note)
+    except OSError:
+        pass
+    return out
 
 
 def write_json(path, data):

@@ -46,7 +46,7 @@ class ServerProcess:
         self.log_path, self.built, self.nofile = log_path, built, nofile
         self.knobs = dict(knobs or {})
         self.proc = None
-        self.answer = None  # what checks.hello() reported
+        self.answer = None  # what checks.probe() reported
 
     @property
     def name(self):
@@ -63,11 +63,13 @@ class ServerProcess:
             "port": str(self.port),
             "threads": str(self.knobs.get("threads", 1)),
             "hello_server": (self.built and self.built.hello_server) or "hello_server",
+            "files": (self.built and self.built.files_root) or "",
         }
         return [part.format(**values) for part in self.definition.argv]
 
     def start(self, timeout=None):
-        """Start the server and wait until it accepts connections, then check GET /.
+        """Start the server and wait until it accepts connections, then check its answer
+        (GET /, or the file of a static file server alone: checks.probe).
         Raises Unavailable (exit status 78) or BenchError (anything else going wrong)."""
         if port_open(self.port):
             raise BenchError(
@@ -104,7 +106,7 @@ class ServerProcess:
         log.close()
         try:
             self._wait_ready(timeout or self.definition.start_timeout)
-            self.answer = checks.hello(self.port)
+            self.answer = checks.probe(self.definition, self.port)
         except BaseException:
             self.stop()  # neither a wrong answer nor Ctrl-C may leave the server behind
             raise

@@ -4,7 +4,7 @@ and the unmeasured warm-up."""
 import os
 import resource
 
-from . import checks, provision, wrk
+from . import checks, files, provision, wrk
 
 
 def raise_fd_limit(want=65536):
@@ -30,11 +30,15 @@ class Built:
     def __init__(self):
         self.hello_server = None
         self.pythonpath = None
+        self.files_root = None  # the file workloads' directory (bench/files.py), when made
 
     def env_for(self, definition):
+        env = {}
         if definition.build == "pymongoose_uring" and self.pythonpath:
-            return {"PYTHONPATH": self.pythonpath}
-        return {}
+            env["PYTHONPATH"] = self.pythonpath
+        if self.files_root and "files" in definition.caps:
+            env[files.ENV] = self.files_root
+        return env
 
 
 def provision_servers(defs, args, log):
@@ -82,6 +86,10 @@ def provision_servers(defs, args, log):
 
 
 def warm_up(server, seconds, client_cpus):
+    """Unmeasured load on the server's probe path (GET /, or the 16 KiB file of a static
+    file server alone), then its answer checked again."""
     if seconds > 0:
-        wrk.run(server.port, "/", 64, seconds, client_cpus)
-        checks.hello(server.port)
+        hello = getattr(server.definition, "hello", True)
+        path = "/" if hello else files.url(checks.PROBE_FILE)
+        wrk.run(server.port, path, 64, seconds, client_cpus)
+        checks.probe(server.definition, server.port)

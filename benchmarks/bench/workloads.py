@@ -35,6 +35,9 @@ class Workload:
     # message (the target: the C server's WebSocket message within 1.5x of a
     # 16-deep pipelined request), measured in the same run for the servers that have both.
     compare_with: Optional[str] = None
+    # The server this workload's ratios are taken against when it ran (else the run's
+    # reference): nginx for the file workloads, as the targets are.
+    reference: Optional[str] = None
 
     @property
     def unit(self):
@@ -78,6 +81,27 @@ WORKLOADS = [
         needs="bytes",
         check="get1m",
         description="GET /1m: a 1 MiB body on 16 keep-alive connections",
+    ),
+    Workload(
+        "file-16k",
+        "16 KiB file, 64 connections",
+        path="/files/16k.bin",
+        needs="files",
+        check="file-16k",
+        reference="nginx",
+        description="GET /files/16k.bin: a 16 KiB file from the runner's directory (the "
+        "first answer compared byte for byte with the file), 64 keep-alive connections",
+    ),
+    Workload(
+        "file-1m",
+        "1 MiB file, 16 connections",
+        path="/files/1m.bin",
+        connections=16,
+        needs="files",
+        check="file-1m",
+        reference="nginx",
+        description="GET /files/1m.bin: a 1 MiB file from the runner's directory (the "
+        "first answer compared byte for byte with the file), 16 keep-alive connections",
     ),
     Workload(
         "post64k",
@@ -136,3 +160,4 @@ WORKLOADS = [
 BY_NAME = {w.name: w for w in WORKLOADS}
 DEFAULT = [w.name for w in WORKLOADS]
 QUICK = ["keepalive", "pipelined"]
+FILES = ["file-16k", "file-1m"]

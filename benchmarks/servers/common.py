@@ -8,6 +8,11 @@ shape) and serves the same four HTTP routes, so that every server sends the same
   GET  /1m    1 MiB of b"x" as application/octet-stream
   POST /echo  the request body back, as application/octet-stream
 
+the servers that serve files (the registry's "files" capability), from the runner's file
+directory (benchmarks/bench/files.py; BENCH_FILES_ROOT names it):
+
+  GET  /files/16k.bin, /files/1m.bin   deterministic bytes, compared with the files
+
 and, the servers that speak WebSocket (see the registry's "ws" capability):
 
   /ws/echo       every message back to its sender (text as text, binary as binary)
@@ -41,6 +46,27 @@ HOST = os.environ.get("BENCH_HOST", "127.0.0.1")
 
 # Exit status that tells the runner "this server's library is missing" (sysexits EX_CONFIG).
 EXIT_UNAVAILABLE = 78
+
+
+FILES_PREFIX = "/files"
+
+
+def files_root():
+    """The directory the file workloads serve (ROOT/files/16k.bin, ...): BENCH_FILES_ROOT,
+    which the runner sets; run by hand without it, the files are written (deterministic, as
+    the runner writes them) into /tmp/pmu-bench-files-UID and that is used."""
+    root = os.environ.get("BENCH_FILES_ROOT")
+    if root:
+        return root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench import files
+
+    return files.prepare("/tmp/pmu-bench-files-%d" % os.getuid())
+
+
+def files_dir():
+    """The folder served under /files/."""
+    return os.path.join(files_root(), "files")
 
 
 def port_from_argv(default=8000):

@@ -1,8 +1,11 @@
-"""granian (Rust, hyper + tokio), one worker: python granian_server.py PORT [asgi|wsgi|fastapi]
+"""granian (Rust, hyper + tokio), one worker:
+python granian_server.py PORT [asgi|wsgi|fastapi|static]
 
 asgi serves uvicorn_raw_server.py's raw ASGI app (its /ws/* routes are the Starlette app of
 ws_app.py); wsgi serves flask_server.py's Flask app; fastapi serves uvicorn_server.py's
-FastAPI app over ASGI.
+FastAPI app over ASGI; static is asgi with granian's own static file mount
+(--static-path-route /files --static-path-mount DIR) in front of the app, serving the
+runner's file directory (common.files_dir()) from Rust.
 Replaces itself with granian (same PID).
 """
 
@@ -16,12 +19,18 @@ TARGETS = {
     "asgi": "uvicorn_raw_server:app",
     "wsgi": "flask_server:app",
     "fastapi": "uvicorn_server:app",
+    "static": "uvicorn_raw_server:app",
 }
 if INTERFACE not in TARGETS:
-    sys.exit("granian_server.py PORT [asgi|wsgi|fastapi]")
+    sys.exit("granian_server.py PORT [asgi|wsgi|fastapi|static]")
 common.require(
     "granian",
-    *{"wsgi": ["flask"], "fastapi": ["fastapi"], "asgi": ["starlette"]}.get(INTERFACE, []),
+    *{
+        "wsgi": ["flask"],
+        "fastapi": ["fastapi"],
+        "asgi": ["starlette"],
+        "static": ["starlette"],
+    }.get(INTERFACE, []),
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +60,11 @@ os.execv(
         *(["--blocking-threads", "4"] if INTERFACE == "wsgi" else []),
         "--backlog",
         "4096",
+        *(
+            ["--static-path-route", common.FILES_PREFIX, "--static-path-mount", common.files_dir()]
+            if INTERFACE == "static"
+            else []
+        ),
         "--no-access-log",
         "--log-level",
         "warning",

@@ -1,10 +1,13 @@
-"""nginx as a C reference, one worker: python nginx_server.py PORT
+"""nginx as a C reference, one worker: python nginx_server.py PORT [nocache]
 
 Writes a configuration into /tmp/pmu-bench-nginx-PORT/ and replaces itself with nginx in the
 foreground (daemon off, a master and one worker; the runner sums CPU over the process tree).
 GET / is a `return 200` of the JSON body, /16k and /1m are static files (sendfile), and
 POST /echo uses the echo module that Debian's nginx-light ships; without the module /echo
 answers 501, which the runner reads as "workload not supported by this server".
+/files/ serves the runner's file directory (common.files_root()) with sendfile and
+open_file_cache on (descriptors and stat results kept, as nginx's documentation suggests for
+static files), or off with `nocache` (an open and an fstat per request).
 """
 
 import os
@@ -49,6 +52,10 @@ http {{
         }}
         location = /16k {{ }}
         location = /1m {{ }}
+        location /files/ {{
+            root {files_root};
+            {open_file_cache}
+        }}
         location = /echo {{
             client_max_body_size 2m;
             client_body_buffer_size 2m;
@@ -62,6 +69,13 @@ http {{
 NOFILE = int(os.environ.get("BENCH_NGINX_NOFILE", "65536"))
 ECHO_WITH_MODULE = "echo_read_request_body;\n            echo_request_body;"
 ECHO_WITHOUT_MODULE = "return 501;"
+OPEN_FILE_CACHE = (
+    "open_file_cache max=1000 inactive=60s;\n"
+    "            open_file_cache_valid 60s;\n"
+    "            open_file_cache_min_uses 1;\n"
+    "            open_file_cache_errors on;"
+)
+NO_OPEN_FILE_CACHE = "open_file_cache off;"
 
 
 def find_nginx():
@@ -85,6 +99,9 @@ def echo_module():
 
 def main():
     port = common.port_from_argv(8010)
+    options = sys.argv[2:]
+    if options not in ([], ["nocache"]):
+        sys.exit("nginx_server.py PORT [nocache]")
     nginx = find_nginx()
     if nginx is None:
         common.unavailable("nginx", "no nginx binary on PATH or in /usr/sbin")
@@ -108,6 +125,8 @@ def main():
                 nofile=NOFILE,
                 load_module="load_module %s;" % module if module else "",
                 echo=ECHO_WITH_MODULE if module else ECHO_WITHOUT_MODULE,
+                files_root=common.files_root(),
+                open_file_cache=NO_OPEN_FILE_CACHE if options else OPEN_FILE_CACHE,
             )
         )
     sys.stdout.flush()

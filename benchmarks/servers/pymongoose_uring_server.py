@@ -4,6 +4,10 @@ Engine knobs (see knobs.py) come from options such as ``--threads 2 --buf-size 8
 PMU_* environment variables; the sweep command uses the latter. GET /__stats answers the
 engine's counters (server.stats()) as JSON so that the sweep can record them beside each point.
 GET / is the documented Hello World: a handler returning a dict (compact JSON).
+GET /files/16k.bin and /files/1m.bin (when BENCH_FILES_ROOT names the runner's files):
+handlers returning pymongoose_uring.FileResponse, which the binding answers with the engine's
+file rules (pmu_serve_file); a package without FileResponse answers them 501 (the runner
+lists the workload declined).
 
 WebSocket, the callback form of App.websocket: /ws/echo sends every message back from its
 on_message (on the engine thread), /ws/broadcast sends every message to every connection of
@@ -11,12 +15,14 @@ on_message (on the engine thread), /ws/broadcast sends every message to every co
 /ws/* with 501, which the runner reports as the workload declined.
 """
 
+import os
 import sys
 
 import common
 import knobs
 
 try:
+    import pymongoose_uring
     from pymongoose_uring import App, Response, Server
 except ImportError as e:
     common.unavailable("pymongoose_uring", e)
@@ -39,6 +45,23 @@ def bytes_16k(request):
 @app.get("/1m")
 def bytes_1m(request):
     return Response(common.BYTES_1M, content_type=common.OCTETS)
+
+
+def file_route(path):
+    def serve(request):
+        return FileResponse(path, content_type=common.OCTETS)
+
+    return serve
+
+
+FileResponse = getattr(pymongoose_uring, "FileResponse", None)
+if os.environ.get("BENCH_FILES_ROOT"):  # the runner's files (by hand: see common.files_root)
+    for _name in sorted(os.listdir(common.files_dir())):
+        _route = app.get(common.FILES_PREFIX + "/" + _name)
+        if FileResponse is not None:
+            _route(file_route(os.path.join(common.files_dir(), _name)))
+        else:
+            _route(lambda request: Response(b"no FileResponse in this package\n", status=501))
 
 
 @app.post(common.ECHO_PATH)
