@@ -231,15 +231,23 @@ def test_starlette_ranges_go_through_its_body_messages(serve_asgi, file_tree):
     assert "http.response.pathsend" not in seen
     status, headers, body, _ = request(server, path="/file/big.bin", headers={"Range": "bytes=-10"})
     assert status == 206 and body == big[-10:]
+    status, headers, _, _ = request(
+        server, path="/file/small.bin", headers={"Range": "bytes=99999-"}
+    )
+    assert status == 416
+    import starlette
+
+    if int(starlette.__version__.split(".")[0]) < 1:
+        # Starlette 0.49 (the last for Python 3.9) gets these wrong itself: it puts
+        # "multipart/byteranges" in Content-Range instead of Content-Type, its
+        # Content-Length is one byte short, and a 416 says "*/size" without "bytes".
+        return
+    assert headers["content-range"] == "bytes */%d" % (16 << 10)
     status, headers, body, _ = request(
         server, path="/file/small.bin", headers={"Range": "bytes=0-1,10-19"}
     )
     assert status == 206 and headers["content-type"].startswith("multipart/byteranges")
     assert big[10:20] in body and big[0:2] in body
-    status, headers, _, _ = request(
-        server, path="/file/small.bin", headers={"Range": "bytes=99999-"}
-    )
-    assert status == 416 and headers["content-range"] == "bytes */%d" % (16 << 10)
 
 
 def test_starlette_static_files(serve_asgi, file_tree):
