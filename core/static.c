@@ -270,6 +270,12 @@ static int open_beneath(int root_fd, const char *rel, int follow) {
   return fd < 0 ? -errno : (int)fd;
 }
 
+/* pmu_serve_file's path: not confined (the handler chose it). */
+static int open_as_given(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  return fd < 0 ? -errno : fd;
+}
+
 /* ---- the open-file cache of a ring thread ------------------------------- */
 
 typedef struct centry {
@@ -417,7 +423,8 @@ static int file_get(answer_t *a, const char *rel, file_t **out) {
     }
   }
   STAT_INC(loop, file_cache_misses);
-  int fd = open_beneath(m->root_fd, rel, m->pub.follow_symlinks);
+  int fd = m->root_fd == AT_FDCWD ? open_as_given(rel)
+                                  : open_beneath(m->root_fd, rel, m->pub.follow_symlinks);
   file_t *f = NULL;
   int err = fd;
   if (fd >= 0) {
@@ -1325,6 +1332,10 @@ int pmu_serve_static(pmu_request_t *request, const pmu_static_t *mount, const ch
   return rc;
 }
 
+/* The pseudo-mount of pmu_serve_file's paths in the open-file cache: no root
+ * (paths are opened as given), an id no mount of config.statics has. */
+static const mount_t given_paths = {.root_fd = AT_FDCWD, .id = UINT32_MAX - 1};
+
 int pmu_serve_file(pmu_request_t *request, const char *path, int fd, const pmu_file_opts_t *opts) {
   pmu__req_t *r = (pmu__req_t *)request;
   pmu_file_opts_t none = {0};
@@ -1337,30 +1348,29 @@ int pmu_serve_file(pmu_request_t *request, const char *path, int fd, const pmu_f
                 .extra_n = opts->header_count,
                 .status = opts->status == 200 ? 0 : opts->status};
   pmu_request_t *q = request;
-  if (fd < 0) {
-    if (!path) {
-      respond_error(&a, 500);
-      return -EINVAL;
-    }
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    STAT_INC(r->loop, file_cache_misses);
-    if (fd < 0) {
-      int err = errno;
-      if (err == ENOENT || err == ENOTDIR || err == ELOOP || err == ENAMETOOLONG) {
-        respond_error(&a, 404);
-        return 0;
-      }
-      if (err == EACCES) {
-        respond_error(&a, 403);
-        return 0;
-      }
-      respond_error(&a, 500);
-      return -err;
-    }
-  }
   int err = 0;
-  file_t *f = file_wrap(fd, &err);
+  file_t *f = NULL;
+  if (fd >= 0) {
+    f = file_wrap(fd, &err);
+  } else if (!path) {
+    respond_error(&a, 500);
+    return -EINVAL;
+  } else {
+    /* An absolute path, on the request's ring thread (a native Python handler's
+     * FileResponse): through the open-file cache, keyed by the path as given. */
+    answer_t by_path = {
+        .r = r, .m = &given_paths, .use_cache = path[0] == '/' && pmu__current_loop == r->loop};
+    err = file_get(&by_path, path, &f);
+  }
   if (!f) {
+    if (err == -ENOENT || err == -ENOTDIR || err == -ELOOP || err == -ENAMETOOLONG) {
+      respond_error(&a, 404);
+      return 0;
+    }
+    if (err == -EACCES) {
+      respond_error(&a, 403);
+      return 0;
+    }
     respond_error(&a, 500);
     return err;
   }

@@ -308,6 +308,24 @@ int main(void) {
   expect_body(server, "/sf/missing.txt", 404, "404 Not Found\n");
   expect_body(server, "/sf/dir", 404, "404 Not Found\n");
 
+  t_case("pmu_serve_file by an absolute path on the ring thread: through the cache, rechecked");
+  {
+    put_file("sfc.txt", "cc");
+    pmu_stats_t c0 = t_stats(server, -1);
+    expect_body(server, "/sf/sfc.txt", 200, "cc");
+    expect_body(server, "/sf/sfc.txt", 200, "cc");
+    pmu_stats_t c1 = t_stats(server, -1);
+    T_ASSERT_INT_EQ(c1.file_cache_misses - c0.file_cache_misses, 1);
+    T_ASSERT_INT_EQ(c1.file_cache_hits - c0.file_cache_hits, 1);
+    put_file("sfc.txt", "changed");
+    t_sleep_ms(350); /* file_cache_valid_ms */
+    expect_body(server, "/sf/sfc.txt", 200, "changed");
+    expect_body(server, "/sf/c-missing.txt", 404, "404 Not Found\n");
+    put_file("c-missing.txt", "here now");
+    t_sleep_ms(350);
+    expect_body(server, "/sf/c-missing.txt", 200, "here now");
+  }
+
   t_case("pmu_serve_file by fd: served, and the engine closes the fd");
   {
     int before = t_count_fds();

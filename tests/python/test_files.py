@@ -344,6 +344,24 @@ def test_rewritten_file_gets_new_etag_and_bytes(serve, files):
     assert seen["/m/note.txt"] == seen["/r"]  # one rule for mounts and FileResponse
 
 
+def test_file_response_absolute_path_is_cached(serve, files):
+    """A native handler runs on the ring thread: its FileResponse of an absolute path
+    comes from the open-file cache after the first answer."""
+    app = App()
+
+    @app.get("/abs")
+    def absolute(request):
+        return FileResponse(str(files / "note.txt"))
+
+    server = serve(app, file_cache_valid_ms=60_000)
+    before = server.stats()
+    for _ in range(3):
+        assert get(server.port, "/abs")[2] == b"a note\n"
+    after = server.stats()
+    assert after["file_cache_misses"] - before["file_cache_misses"] == 1
+    assert after["file_cache_hits"] - before["file_cache_hits"] == 2
+
+
 def test_truncated_mid_download_closes_short(serve, tmp_path):
     path = tmp_path / "shrinks.bin"
     size = 32 << 20
