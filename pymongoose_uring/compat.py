@@ -74,6 +74,14 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Un
 from urllib.parse import urlsplit
 
 from . import _native
+from ._compat_helpers import (
+    json_get,
+    json_get_bool,
+    json_get_long,
+    json_get_num,
+    json_get_str,
+    url_encode,
+)
 from ._native import Response
 from ._server import Server
 
@@ -89,6 +97,12 @@ __all__ = [
     "TlsOpts",
     "WsMessage",
     "http_parse_multipart",
+    "json_get",
+    "json_get_num",
+    "json_get_bool",
+    "json_get_long",
+    "json_get_str",
+    "url_encode",
     "WEBSOCKET_OP_TEXT",
     "WEBSOCKET_OP_BINARY",
     "WEBSOCKET_OP_PING",
