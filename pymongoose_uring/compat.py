@@ -640,8 +640,20 @@ class TlsOpts:
         name: Union[bytes, str, None] = None,
         skip_verification: bool = False,
     ) -> None:
-        self.ca, self.cert, self.key, self.name = ca, cert, key, name
+        # As pymongoose keeps them: bytes, a str encoded as UTF-8, nothing as b"".
+        self.ca, self.cert, self.key, self.name = (
+            _as_bytes(ca),
+            _as_bytes(cert),
+            _as_bytes(key),
+            _as_bytes(name),
+        )
         self.skip_verification = skip_verification
+
+
+def _as_bytes(value: Union[bytes, str, None]) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return bytes(value) if value else b""
 
 
 def _header_lines(text: str) -> Dict[str, str]:

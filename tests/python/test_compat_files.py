@@ -214,7 +214,10 @@ def test_http_parse_multipart():
 @pytest.mark.no_uring_ok
 def test_tls_opts_keep_their_fields():
     opts = TlsOpts(cert=b"C", key=b"K", skip_verification=True)
-    assert (opts.cert, opts.key, opts.ca, opts.skip_verification) == (b"C", b"K", None, True)
+    assert (opts.cert, opts.key, opts.ca, opts.skip_verification) == (b"C", b"K", b"", True)
+    opts = TlsOpts(ca="é", name="example.com", cert=None)  # str as UTF-8, None as b""
+    assert (opts.ca, opts.name, opts.cert, opts.key) == (b"\xc3\xa9", b"example.com", b"", b"")
+    assert opts.skip_verification is False
 
 
 # ---- pymongoose's own static-files example and tests ---------------------------------------
