@@ -580,8 +580,10 @@ static int if_range_ok(answer_t *a, const file_t *f) {
     i++;
   while (end > i && (h->value[end - 1] == ' ' || h->value[end - 1] == '\t'))
     end--;
-  if (i < end && (h->value[i] == '"' || h->value[i] == 'W')) {
-    /* One entity-tag, compared strongly: a weak one (W/) never matches. */
+  if (i < end &&
+      (h->value[i] == '"' || (end - i >= 2 && h->value[i] == 'W' && h->value[i + 1] == '/'))) {
+    /* One entity-tag, compared strongly: a weak one (W/) never matches. A date
+     * may begin with 'W' too ("Wed, ..."). */
     size_t elen = strlen(f->etag);
     return end - i == elen && memcmp(h->value + i, f->etag, elen) == 0;
   }

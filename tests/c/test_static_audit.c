@@ -261,6 +261,27 @@ static void test_ranges(const t_server_t *server) {
   T_ASSERT_INT_EQ(r.status, 200);
   t_response_free(&r);
   (void)etag;
+
+  t_case("If-Range by date on every day of the week (a Wednesday's \"Wed,\" is no W/ ETag)");
+  for (int d = 0; d < 7; d++) {
+    char rel[32], target[40], path[600];
+    snprintf(rel, sizeof rel, "root/day%d.txt", d);
+    snprintf(target, sizeof target, "/s/day%d.txt", d);
+    put_file(rel, "0123");
+    snprintf(path, sizeof path, "%s/%s", base, rel);
+    /* 2026-11-30 (a Monday) 12:00:00 UTC plus d days */
+    struct timespec when[2] = {{.tv_sec = 1796040000 + d * 86400},
+                               {.tv_sec = 1796040000 + d * 86400}};
+    T_ASSERT(utimensat(AT_FDCWD, path, when, 0) == 0);
+    r = get(server, target, NULL);
+    snprintf(lm, sizeof lm, "%s", t_header(&r, "Last-Modified"));
+    t_response_free(&r);
+    snprintf(h, sizeof h, "If-Range: %s\r\nRange: bytes=1-2\r\n", lm);
+    r = get(server, target, h);
+    T_ASSERT_MSG(r.status == 206, "If-Range: %s: got %d", lm, r.status);
+    T_ASSERT_STR_EQ(r.body, "12");
+    t_response_free(&r);
+  }
 }
 
 static void test_special_files(const t_server_t *server) {
