@@ -50,7 +50,6 @@ def point(
     cpu_s = procstat.cpu_delta_seconds(cpu_before, cpu_after)
     core_s = (core_after - core_before) / procstat.CLK_TCK
     errors = result["errors"]
-    lat = result["latency_us"]
     out = {
         "requests": requests,
         "seconds": round(seconds, 3),
@@ -60,11 +59,7 @@ def point(
         "cpu_us_per_req": cpu_s * 1e6 / requests if requests else None,
         "core_us_per_req": core_s * 1e6 / requests if requests else None,
         "server_cpu_util": cpu_s / seconds if seconds else None,
-        "lat_mean_ms": lat["mean"] / 1000,
-        "lat_p50_ms": lat["p50"] / 1000,
-        "lat_p90_ms": lat["p90"] / 1000,
-        "lat_p99_ms": lat["p99"] / 1000,
-        "lat_max_ms": lat["max"] / 1000,
+        **_latency_ms(result["latency_us"]),
         "socket_errors": errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
         "errors_connect": errors["connect"],
         "errors_read": errors["read"],
@@ -81,6 +76,11 @@ def point(
     if workload.per_connection_memory:
         out["mem_per_conn_kib"] = max(0, rss_peak - rss_before) / workload.connections / 1024
     return out
+
+
+def _latency_ms(latency_us):
+    """A load client's latency figures (µs) as the result's lat_*_ms fields."""
+    return {"lat_%s_ms" % k: latency_us[k] / 1000 for k in ("mean", "p50", "p90", "p99", "max")}
 
 
 def _recovered(server):
@@ -155,7 +155,6 @@ def ws_figures(result, start, end, rss_before, rss_peak, recovery_error=None):
     cpu_s = procstat.cpu_delta_seconds(start[1], end[1])
     core_s = (end[2] - start[2]) / procstat.CLK_TCK
     scale = seconds / server_seconds if server_seconds > 0 else 1.0
-    lat = result["latency_us"]
     out = {
         "requests": messages,
         "seconds": round(seconds, 3),
@@ -172,11 +171,7 @@ def ws_figures(result, start, end, rss_before, rss_peak, recovery_error=None):
             else None
         ),
         "published": result.get("published"),
-        "lat_mean_ms": lat["mean"] / 1000,
-        "lat_p50_ms": lat["p50"] / 1000,
-        "lat_p90_ms": lat["p90"] / 1000,
-        "lat_p99_ms": lat["p99"] / 1000,
-        "lat_max_ms": lat["max"] / 1000,
+        **_latency_ms(result["latency_us"]),
         # wsload stops at the first error, so a point that has numbers had none.
         "socket_errors": 0,
         "errors_connect": 0,

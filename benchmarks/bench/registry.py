@@ -72,6 +72,8 @@ class Server:
 ROOM_FOR_C10K = (("PMU_MAX_CONNECTIONS", "12000"),)
 PY = "{python}"
 S = "{servers}/"
+# uvicorn as the peers run it: with uvloop and httptools.
+_UVICORN = (("uvicorn", "uvicorn"), ("uvloop", "uvloop"), ("httptools", "httptools"))
 
 SERVERS = [
     Server(
@@ -212,13 +214,7 @@ SERVERS = [
         (PY, S + "uvicorn_raw_server.py", "{port}"),
         kind="peer",
         caps=("hello", "bytes", "echo", "ws", "ws-broadcast"),
-        pip=(
-            ("uvicorn", "uvicorn"),
-            ("uvloop", "uvloop"),
-            ("httptools", "httptools"),
-            ("websockets", "websockets"),
-            ("starlette", "starlette"),
-        ),
+        pip=_UVICORN + (("websockets", "websockets"), ("starlette", "starlette")),
         ws_label="uvicorn + websockets (Starlette app)",
         description="a raw ASGI app on uvicorn with uvloop and httptools; /ws/* the "
         "Starlette app on uvicorn's websockets implementation",
@@ -239,12 +235,7 @@ SERVERS = [
         (PY, S + "starlette_files_server.py", "{port}", "uvicorn", "fileresponse"),
         kind="peer",
         caps=("files",),
-        pip=(
-            ("starlette", "starlette"),
-            ("uvicorn", "uvicorn"),
-            ("uvloop", "uvloop"),
-            ("httptools", "httptools"),
-        ),
+        pip=(("starlette", "starlette"),) + _UVICORN,
         description="the Starlette FileResponse app on uvicorn with uvloop and httptools "
         "(no pathsend: the file goes through the app in chunks)",
     ),
@@ -254,12 +245,7 @@ SERVERS = [
         (PY, S + "starlette_files_server.py", "{port}", "uvicorn", "staticfiles"),
         kind="peer",
         caps=("files",),
-        pip=(
-            ("starlette", "starlette"),
-            ("uvicorn", "uvicorn"),
-            ("uvloop", "uvloop"),
-            ("httptools", "httptools"),
-        ),
+        pip=(("starlette", "starlette"),) + _UVICORN,
         description="Starlette's StaticFiles mounted on /files, on uvicorn with uvloop and "
         "httptools",
     ),
@@ -268,12 +254,7 @@ SERVERS = [
         "FastAPI (uvicorn)",
         (PY, S + "uvicorn_server.py", "{port}"),
         kind="peer",
-        pip=(
-            ("fastapi", "fastapi"),
-            ("uvicorn", "uvicorn"),
-            ("uvloop", "uvloop"),
-            ("httptools", "httptools"),
-        ),
+        pip=(("fastapi", "fastapi"),) + _UVICORN,
         description="FastAPI on uvicorn with uvloop and httptools",
     ),
     Server(
