@@ -126,6 +126,7 @@ typedef struct pyb_state {
   Py_ssize_t websockets_alive;      /* WebSocket objects not yet freed (GIL held) */
   PyTypeObject *static_mount_type;  /* StaticMount (files.c) */
   PyTypeObject *file_response_type; /* FileResponse (files.c) */
+  struct pyb_mg *mg;                /* mgcompat.c's types and constants (PyMem), or NULL */
 } pyb_state;
 
 extern PyModuleDef pyb_module_def;
@@ -346,6 +347,17 @@ void pyb_request_answer_500(PyObject *request, Py_ssize_t owner_refs);
 /* Whether the request is a valid WebSocket handshake (ws_upgrade). */
 int pyb_request_ws_upgrade(PyObject *request);
 
+/* What the request's attributes read (the live engine request or the
+ * snapshot), or NULL with RuntimeError once it was answered and released.
+ * Borrowed: valid while the Request lives and, when live, until answered. */
+const pmu_request_t *pyb_request_view(PyObject *request);
+
+/* Answer with a response the caller built (as send_response: the request's
+ * data is first copied when it has more than `owner_refs` references).
+ * Returns 0, or -1 with RuntimeError when it was already answered or a
+ * streamed answer was started. */
+int pyb_request_respond(PyObject *request, const pmu_response_t *response, Py_ssize_t owner_refs);
+
 /* ---- websocket.c ---- */
 
 /* What a WebSocket copies from its handshake request (borrowed references;
@@ -460,6 +472,14 @@ int pyb_file_call_build(pyb_state *st, PyObject *file, PyObject *content_type,
 /* From a FileResponse (result must be one). */
 int pyb_file_response_call(pyb_state *st, PyObject *result, pyb_file_call *c);
 void pyb_file_call_release(pyb_file_call *c);
+
+/* ---- mgcompat.c: pymongoose's HttpMessage, Connection and dispatch ---- */
+
+/* Create MgHttpMessage, MgConnection and MgDispatcher in `module` and their
+ * constants in st->mg. 0, or -1 with an exception. */
+int pyb_mg_exec(PyObject *module, pyb_state *st);
+int pyb_mg_traverse(pyb_state *st, visitproc visit, void *arg);
+void pyb_mg_clear(pyb_state *st);
 
 /* ---- type specs ---- */
 extern PyType_Spec pyb_request_spec;

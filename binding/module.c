@@ -394,7 +394,8 @@ static int module_exec(PyObject *module) {
       add_type(module, &pyb_engine_spec, NULL, &st->engine_type) < 0 ||
       add_type(module, &pyb_websocket_spec, NULL, &st->websocket_type) < 0 ||
       add_type(module, &pyb_static_mount_spec, NULL, &st->static_mount_type) < 0 ||
-      add_type(module, &pyb_file_response_spec, NULL, &st->file_response_type) < 0)
+      add_type(module, &pyb_file_response_spec, NULL, &st->file_response_type) < 0 ||
+      pyb_mg_exec(module, st) < 0)
     return -1;
 
   PyObject *logging = PyImport_ImportModule("logging");
@@ -464,7 +465,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
   Py_VISIT(st->json_loads);
   Py_VISIT(st->unquote);
   Py_VISIT(st->support);
-  return 0;
+  return pyb_mg_traverse(st, visit, arg);
 }
 
 static int module_clear(PyObject *module) {
@@ -499,6 +500,7 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->ct_text);
   Py_CLEAR(st->ct_html);
   Py_CLEAR(st->ct_octet);
+  pyb_mg_clear(st);
   return 0;
 }
 

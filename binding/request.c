@@ -661,6 +661,17 @@ static PyObject *get_disconnected(PyObject *op, void *closure) {
   return PyBool_FromLong(pyb_reqio_gone(self->io));
 }
 
+const pmu_request_t *pyb_request_view(PyObject *request) { return view_of(REQ(request)); }
+
+int pyb_request_respond(PyObject *request, const pmu_response_t *response, Py_ssize_t owner_refs) {
+  RequestObject *self = REQ(request);
+  if (check_unanswered(self) < 0)
+    return -1;
+  send_response(self, response, owner_refs);
+  pyb_drain_released(self->st);
+  return 0;
+}
+
 int pyb_request_ws_upgrade(PyObject *request) {
   const pmu_request_t *r = REQ(request)->view;
   return r != NULL && r->ws_upgrade;

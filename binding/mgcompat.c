@@ -1,0 +1,1055 @@
+/*
+ * mgcompat.c: the fast path of pymongoose_uring.compat, pymongoose's API on
+ * the engine.
+ *
+ *   MgHttpMessage  pymongoose's HttpMessage (the `data` of MG_EV_HTTP_MSG): a
+ *                  view over a Request, answering as Mongoose's mg_http_*
+ *                  functions do (text is UTF-8 with surrogateescape)
+ *   MgConnection   the base type of compat's Connection: the slots the hot
+ *                  path touches (_request, userdata, _handler, _conn,
+ *                  _close_after) and reply(), pymongoose's mg_http_reply
+ *   MgDispatcher   the Server's request handler: per request, the compat
+ *                  Connection of the request's connection, the message, the
+ *                  handler, one call; an exception is logged and answered 500
+ *
+ * Why C: compat's hot path in Python (a Connection and an HttpMessage
+ * object, their property lookups, reply() building a Response and copying the
+ * request) cost twice the native API per pipelined request. Here a request
+ * costs one message object and one call more than a native handler.
+ *
+ * Answering without a copy. Request.reply() copies the request's data first
+ * (the "snapshot"), because its caller may read attributes afterwards. reply()
+ * here knows who holds the Request while its dispatcher runs the handler: the
+ * batch loop, the connection's _request slot and the message. When only those
+ * hold it and only the dispatcher and the handler's own argument hold the
+ * message, nothing can read the request after the answer but that message,
+ * and what the message already read stays cached in it; anything else it is
+ * asked afterwards raises RuntimeError (never reads freed memory: the
+ * Request's view is cut when it is answered). Otherwise the data is copied.
+ */
+#include "binding.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <string.h>
+#include <strings.h>
+
+#if PY_VERSION_HEX < 0x030C0000
+#include <structmember.h>
+#define Py_T_OBJECT T_OBJECT
+#define Py_T_BOOL T_BOOL
+#define Py_T_PYSSIZET T_PYSSIZET
+#define Py_READONLY READONLY
+#endif
+
+#define MG_EV_HTTP_MSG 11 /* Mongoose 7's event number, as compat exports it */
+
+/* The module's objects for this file (st->mg); every PyObject a strong
+ * reference. */
+struct pyb_mg {
+  PyTypeObject *message_type, *connection_type, *dispatcher_type;
+  PyObject *proto_11, *proto_10; /* "HTTP/1.1", "HTTP/1.0" */
+  PyObject *ev_http_msg;         /* 11 */
+  PyObject *empty_str;           /* "" */
+  PyObject *str_connection, *str_user, *str_send, *str_body;
+};
+
+/* ---- MgHttpMessage ---- */
+
+typedef struct {
+  PyObject_HEAD
+  pyb_state *st;     /* borrowed: the type holds the module */
+  PyObject *request; /* the Request (strong) */
+  /* Built on first use (strong or NULL). */
+  PyObject *method, *uri, *query, *body;
+} MgMessageObject;
+
+#define MSG(o) ((MgMessageObject *)(o))
+
+static PyObject *message_new_for(pyb_state *st, PyObject *request) {
+  MgMessageObject *self = PyObject_GC_New(MgMessageObject, st->mg->message_type);
+  if (self == NULL)
+    return NULL;
+  self->st = st;
+  self->request = Py_NewRef(request);
+  self->method = self->uri = self->query = self->body = NULL;
+  PyObject_GC_Track((PyObject *)self);
+  return (PyObject *)self;
+}
+
+static PyObject *message_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+  pyb_state *st = pyb_state_from_type(type);
+  PyObject *request;
+  static char *kwlist[] = {"request", NULL};
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:MgHttpMessage", kwlist, &request))
+    return NULL;
+  if (!PyObject_TypeCheck(request, st->request_type)) {
+    PyErr_Format(PyExc_TypeError, "MgHttpMessage(request): a Request, not %.100s",
+                 Py_TYPE(request)->tp_name);
+    return NULL;
+  }
+  if (type == st->mg->message_type)
+    return message_new_for(st, request);
+  MgMessageObject *self = (MgMessageObject *)type->tp_alloc(type, 0);
+  if (self != NULL) {
+    self->st = st;
+    self->request = Py_NewRef(request);
+  }
+  return (PyObject *)self;
+}
+
+static int message_traverse(PyObject *op, visitproc visit, void *arg) {
+  Py_VISIT(Py_TYPE(op));
+  Py_VISIT(MSG(op)->request);
+  return 0;
+}
+
+static int message_clear(PyObject *op) {
+  MgMessageObject *self = MSG(op);
+  Py_CLEAR(self->request);
+  Py_CLEAR(self->method);
+  Py_CLEAR(self->uri);
+  Py_CLEAR(self->query);
+  Py_CLEAR(self->body);
+  return 0;
+}
+
+static void message_dealloc(PyObject *op) {
+  PyTypeObject *type = Py_TYPE(op);
+  PyObject_GC_UnTrack(op);
+  message_clear(op);
+  type->tp_free(op);
+  Py_DECREF(type);
+}
+
+/* The request's data, or NULL with RuntimeError once answered and released. */
+static const pmu_request_t *message_view(MgMessageObject *self) {
+  if (self->request == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "this message has no request");
+    return NULL;
+  }
+  return pyb_request_view(self->request);
+}
+
+/* Bytes as pymongoose's text: UTF-8, surrogateescape; "" when empty. */
+static PyObject *mg_text(pyb_state *st, const char *p, size_t n) {
+  if (n == 0)
+    return Py_NewRef(st->mg->empty_str);
+  return PyUnicode_DecodeUTF8(p, (Py_ssize_t)n, "surrogateescape");
+}
+
+static PyObject *get_method(PyObject *op, void *closure) {
+  MgMessageObject *self = MSG(op);
+  if (self->method == NULL) {
+    if (self->request == NULL || message_view(self) == NULL)
+      return NULL;
+    self->method = pyb_request_method(self->request); /* interned for the common ones */
+    if (self->method == NULL)
+      return NULL;
+  }
+  return Py_NewRef(self->method);
+}
+
+static PyObject *get_uri(PyObject *op, void *closure) {
+  MgMessageObject *self = MSG(op);
+  if (self->uri == NULL) {
+    const pmu_request_t *r = message_view(self);
+    if (r == NULL || (self->uri = mg_text(self->st, r->path, r->path_len)) == NULL)
+      return NULL;
+  }
+  return Py_NewRef(self->uri);
+}
+
+static PyObject *get_query(PyObject *op, void *closure) {
+  MgMessageObject *self = MSG(op);
+  if (self->query == NULL) {
+    const pmu_request_t *r = message_view(self);
+    if (r == NULL || (self->query = mg_text(self->st, r->query, r->query_len)) == NULL)
+      return NULL;
+  }
+  return Py_NewRef(self->query);
+}
+
+static PyObject *get_proto(PyObject *op, void *closure) {
+  MgMessageObject *self = MSG(op);
+  const pmu_request_t *r = message_view(self);
+  if (r == NULL)
+    return NULL;
+  if (r->http_major == 1 && r->http_minor == 1)
+    return Py_NewRef(self->st->mg->proto_11);
+  if (r->http_major == 1 && r->http_minor == 0)
+    return Py_NewRef(self->st->mg->proto_10);
+  return PyUnicode_FromFormat("HTTP/%u.%u", (unsigned)r->http_major, (unsigned)r->http_minor);
+}
+
+/* request.body (the Request's own cache and rules: a streamed body raises). */
+static PyObject *get_body_bytes(PyObject *op, void *closure) {
+  MgMessageObject *self = MSG(op);
+  if (self->body == NULL) {
+    if (self->request == NULL) {
+      PyErr_SetString(PyExc_RuntimeError, "this message has no request");
+      return NULL;
+    }
+    PyObject *body = PyObject_GetAttr(self->request, self->st->mg->str_body);
+    if (body == NULL)
+      return NULL;
+    if (!PyBytes_Check(body)) {
+      Py_DECREF(body);
+      PyErr_SetString(PyExc_TypeError, "request.body is not bytes");
+      return NULL;
+    }
+    self->body = body;
+  }
+  return Py_NewRef(self->body);
+}
+
+static PyObject *get_body_text(PyObject *op, void *closure) {
+  PyObject *body = get_body_bytes(op, closure);
+  if (body == NULL)
+    return NULL;
+  PyObject *text = mg_text(MSG(op)->st, PyBytes_AS_STRING(body), (size_t)PyBytes_GET_SIZE(body));
+  Py_DECREF(body);
+  return text;
+}
+
+static PyObject *get_request(PyObject *op, void *closure) {
+  PyObject *r = MSG(op)->request;
+  return Py_NewRef(r ? r : Py_None);
+}
+
+/* A str argument as UTF-8 (as pymongoose encodes names). */
+static const char *utf8_arg(PyObject *o, Py_ssize_t *n, const char *what) {
+  if (!PyUnicode_Check(o)) {
+    PyErr_Format(PyExc_TypeError, "%s must be str, not %.100s", what, Py_TYPE(o)->tp_name);
+    return NULL;
+  }
+  return PyUnicode_AsUTF8AndSize(o, n);
+}
+
+/* The first header named `name` (ASCII case-insensitive), as Mongoose's
+ * mg_http_get_header finds it; NULL when absent. */
+static const pmu_header_t *find_header(const pmu_request_t *r, const char *name, Py_ssize_t n) {
+  for (size_t i = 0; i < r->header_count; i++) {
+    const pmu_header_t *h = &r->headers[i];
+    if (h->name_len == (size_t)n && strncasecmp(h->name, name, (size_t)n) == 0)
+      return h;
+  }
+  return NULL;
+}
+
+PyDoc_STRVAR(header_doc, "header(name, default=None) -> str | None\n\n"
+                         "The first value of header `name` (case-insensitive), else default.");
+
+static PyObject *message_header(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames) {
+  PyObject *name = nargs > 0 ? args[0] : NULL, *deflt = nargs > 1 ? args[1] : Py_None;
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t i = 0; i < nkw; i++) {
+    PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+    if (PyUnicode_CompareWithASCIIString(key, "name") == 0 && name == NULL)
+      name = args[nargs + i];
+    else if (PyUnicode_CompareWithASCIIString(key, "default") == 0 && nargs < 2)
+      deflt = args[nargs + i];
+    else
+      name = NULL, nargs = 3; /* reported below */
+  }
+  if (name == NULL || nargs > 2) {
+    PyErr_SetString(PyExc_TypeError, "header(name, default=None)");
+    return NULL;
+  }
+  Py_ssize_t n;
+  const char *s = utf8_arg(name, &n, "name");
+  const pmu_request_t *r = s ? message_view(MSG(op)) : NULL;
+  if (r == NULL)
+    return NULL;
+  const pmu_header_t *h = find_header(r, s, n);
+  if (h == NULL)
+    return Py_NewRef(deflt);
+  return mg_text(MSG(op)->st, h->value, h->value_len);
+}
+
+PyDoc_STRVAR(headers_doc, "headers() -> list[tuple[str, str]]\n\n"
+                          "Every header as (name, value), in the order received.");
+
+static PyObject *message_headers(PyObject *op, PyObject *unused) {
+  MgMessageObject *self = MSG(op);
+  const pmu_request_t *r = message_view(self);
+  if (r == NULL)
+    return NULL;
+  PyObject *list = PyList_New((Py_ssize_t)r->header_count);
+  if (list == NULL)
+    return NULL;
+  for (size_t i = 0; i < r->header_count; i++) {
+    const pmu_header_t *h = &r->headers[i];
+    /* "N" steals both, and releases the one made when the other is NULL. */
+    PyObject *pair = Py_BuildValue("(NN)", mg_text(self->st, h->name, h->name_len),
+                                   mg_text(self->st, h->value, h->value_len));
+    if (pair == NULL) {
+      Py_DECREF(list);
+      return NULL;
+    }
+    PyList_SET_ITEM(list, (Py_ssize_t)i, pair); /* steals pair */
+  }
+  return list;
+}
+
+static int hex_value(unsigned char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  c = (unsigned char)(c | 0x20);
+  return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* What pymongoose's query_var gives for one value: Mongoose decodes it as a
+ * form value ('+' is a space, %XX a byte) into a 256-byte buffer; a bad
+ * escape, a value that does not fit (255 bytes and more) and an empty one
+ * all give None. */
+#define MG_VAR_MAX 256
+
+static PyObject *decode_var(pyb_state *st, const char *p, size_t n) {
+  char out[MG_VAR_MAX];
+  size_t j = 0;
+  for (size_t i = 0; i < n; i++, j++) {
+    if (j + 1 >= sizeof out)
+      Py_RETURN_NONE; /* too long for Mongoose's buffer */
+    if (p[i] == '%') {
+      int hi = i + 2 < n ? hex_value((unsigned char)p[i + 1]) : -1;
+      int lo = i + 2 < n ? hex_value((unsigned char)p[i + 2]) : -1;
+      if (hi < 0 || lo < 0)
+        Py_RETURN_NONE;
+      out[j] = (char)(hi << 4 | lo);
+      i += 2;
+    } else {
+      out[j] = p[i] == '+' ? ' ' : p[i];
+    }
+  }
+  if (j == 0)
+    Py_RETURN_NONE;
+  return PyUnicode_DecodeUTF8(out, (Py_ssize_t)j, "surrogateescape");
+}
+
+PyDoc_STRVAR(query_var_doc,
+             "query_var(name) -> str | None\n\n"
+             "The query parameter `name` (case-insensitive), decoded as a form value,\n"
+             "as Mongoose's mg_http_get_var gives it: None when absent, empty, badly\n"
+             "escaped or longer than 254 bytes decoded.");
+
+static PyObject *message_query_var(PyObject *op, PyObject *name) {
+  Py_ssize_t n;
+  const char *s = utf8_arg(name, &n, "name");
+  const pmu_request_t *r = s ? message_view(MSG(op)) : NULL;
+  if (r == NULL)
+    return NULL;
+  const char *nul = memchr(s, '\0', (size_t)n); /* Mongoose takes the name as a C string */
+  if (nul != NULL)
+    n = nul - s;
+  const char *q = r->query, *end = r->query + r->query_len;
+  while (q < end) {
+    const char *amp = memchr(q, '&', (size_t)(end - q));
+    const char *entry_end = amp ? amp : end;
+    if (entry_end > q) {
+      const char *eq = memchr(q, '=', (size_t)(entry_end - q));
+      const char *key_end = eq ? eq : entry_end;
+      if (key_end - q == n && strncasecmp(q, s, (size_t)n) == 0) {
+        if (eq == NULL)
+          Py_RETURN_NONE; /* "name" alone: an empty value */
+        return decode_var(MSG(op)->st, eq + 1, (size_t)(entry_end - eq - 1));
+      }
+    }
+    q = entry_end + 1;
+  }
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(status_doc, "status() -> None\n\nA response's status code; None for a request.");
+
+static PyObject *message_status(PyObject *op, PyObject *unused) { Py_RETURN_NONE; }
+
+PyDoc_STRVAR(header_var_doc,
+             "header_var(header_name, var_name) -> str | None\n\n"
+             "The value of `var_name=` inside header `header_name` (e.g. charset of\n"
+             "Content-Type), as Mongoose's mg_http_get_header_var finds it: the name is\n"
+             "matched case-sensitively, the value runs to ';', ' ' or ',' or is quoted.\n"
+             "None when absent or empty.");
+
+static PyObject *message_header_var(PyObject *op, PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "header_var(header_name, var_name)");
+    return NULL;
+  }
+  Py_ssize_t hn, vn;
+  const char *hs = utf8_arg(args[0], &hn, "header_name");
+  const char *vs = hs ? utf8_arg(args[1], &vn, "var_name") : NULL;
+  const pmu_request_t *r = vs ? message_view(MSG(op)) : NULL;
+  if (r == NULL)
+    return NULL;
+  const pmu_header_t *h = find_header(r, hs, hn);
+  if (h == NULL || vn == 0)
+    Py_RETURN_NONE;
+  const char *s = h->value;
+  size_t len = h->value_len, v = (size_t)vn;
+  for (size_t i = 0; i + v + 2 < len; i++) {
+    if (s[i + v] != '=' || memcmp(s + i, vs, v) != 0)
+      continue;
+    const char *b = s + i + v + 1, *p = b, *x = s + len;
+    int quoted = p < x && *p == '"';
+    while (p < x && (quoted ? p == b || *p != '"' : *p != ';' && *p != ' ' && *p != ','))
+      p++;
+    size_t n = (size_t)(p - b) + (size_t)quoted;
+    if (n > 1 && b[0] == '"' && b[n - 1] == '"')
+      b++, n -= 2; /* the quotes off */
+    if (n == 0)
+      Py_RETURN_NONE;
+    return mg_text(MSG(op)->st, b, n);
+  }
+  Py_RETURN_NONE;
+}
+
+static int message_bool(PyObject *op) { return 1; }
+
+static PyObject *message_repr(PyObject *op) {
+  PyObject *r = MSG(op)->request;
+  return r ? PyUnicode_FromFormat("<MgHttpMessage %R>", r)
+           : PyUnicode_FromString("<MgHttpMessage>");
+}
+
+static PyGetSetDef message_getset[] = {
+    {"method", get_method, NULL, "The request method, e.g. 'GET'.", NULL},
+    {"uri", get_uri, NULL, "The path as sent, without the query.", NULL},
+    {"query", get_query, NULL, "The query string as sent, without '?'; '' if none.", NULL},
+    {"proto", get_proto, NULL, "'HTTP/1.1' or 'HTTP/1.0'.", NULL},
+    {"body_bytes", get_body_bytes, NULL, "The whole body (bytes).", NULL},
+    {"body_text", get_body_text, NULL, "The body as UTF-8 text (surrogateescape).", NULL},
+    {"request", get_request, NULL, "The Request this message reads.", NULL},
+    {NULL},
+};
+
+static PyMethodDef message_methods[] = {
+    {"header", (PyCFunction)(void (*)(void))message_header, METH_FASTCALL | METH_KEYWORDS,
+     header_doc},
+    {"headers", message_headers, METH_NOARGS, headers_doc},
+    {"query_var", message_query_var, METH_O, query_var_doc},
+    {"status", message_status, METH_NOARGS, status_doc},
+    {"header_var", (PyCFunction)(void (*)(void))message_header_var, METH_FASTCALL, header_var_doc},
+    {NULL},
+};
+
+PyDoc_STRVAR(message_doc, "MgHttpMessage(request)\n\n"
+                          "pymongoose's HttpMessage (the data of MG_EV_HTTP_MSG) over a Request.");
+
+static PyType_Slot message_slots[] = {
+    {Py_tp_new, message_new},           {Py_tp_dealloc, message_dealloc},
+    {Py_tp_traverse, message_traverse}, {Py_tp_clear, message_clear},
+    {Py_tp_repr, message_repr},         {Py_tp_getset, message_getset},
+    {Py_tp_methods, message_methods},   {Py_nb_bool, message_bool},
+    {Py_tp_doc, (void *)message_doc},   {0, NULL},
+};
+
+static PyType_Spec message_spec = {
+    .name = "pymongoose_uring._pmu.MgHttpMessage",
+    .basicsize = sizeof(MgMessageObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = message_slots,
+};
+
+/* ---- MgConnection ---- */
+
+typedef struct {
+  PyObject_HEAD
+  PyObject *request;             /* _request: the request to answer, or NULL (None) */
+  PyObject *userdata;            /* userdata */
+  PyObject *handler;             /* _handler */
+  PyObject *conn;                /* _conn: the _pmu.Connection, for raw sends */
+  PyObject *msg;                 /* the message the dispatcher made for request, while it runs */
+  unsigned long dispatch_thread; /* the thread running the dispatcher, while msg is set */
+  char close_after;              /* _close_after: add "Connection: close" to the answer */
+} MgConnObject;
+
+#define CONN(o) ((MgConnObject *)(o))
+
+static int conn_traverse(PyObject *op, visitproc visit, void *arg) {
+  MgConnObject *self = CONN(op);
+  Py_VISIT(Py_TYPE(op));
+  Py_VISIT(self->request);
+  Py_VISIT(self->userdata);
+  Py_VISIT(self->handler);
+  Py_VISIT(self->conn);
+  Py_VISIT(self->msg);
+  return 0;
+}
+
+static int conn_clear(PyObject *op) {
+  MgConnObject *self = CONN(op);
+  Py_CLEAR(self->request);
+  Py_CLEAR(self->userdata);
+  Py_CLEAR(self->handler);
+  Py_CLEAR(self->conn);
+  Py_CLEAR(self->msg);
+  return 0;
+}
+
+static void conn_dealloc(PyObject *op) {
+  PyTypeObject *type = Py_TYPE(op);
+  PyObject_GC_UnTrack(op);
+  conn_clear(op);
+  type->tp_free(op);
+  Py_DECREF(type);
+}
+
+/* A reply() body as bytes to send: str as UTF-8, None as b"", bytes as is,
+ * anything else as bytes(body) gives it (pymongoose's rule). Sets *p, *n and
+ * *owner (a new reference that keeps the bytes alive), or returns -1. */
+static int reply_body(PyObject *body, const char **p, Py_ssize_t *n, PyObject **owner) {
+  if (body == NULL || body == Py_None) {
+    *p = "";
+    *n = 0;
+    *owner = NULL;
+    return 0;
+  }
+  if (PyBytes_Check(body)) {
+    *p = PyBytes_AS_STRING(body);
+    *n = PyBytes_GET_SIZE(body);
+    *owner = Py_NewRef(body);
+    return 0;
+  }
+  if (PyUnicode_Check(body)) {
+    *p = PyUnicode_AsUTF8AndSize(body, n); /* cached in the str */
+    if (*p == NULL)
+      return -1;
+    *owner = Py_NewRef(body);
+    return 0;
+  }
+  PyObject *b = PyObject_CallOneArg((PyObject *)&PyBytes_Type, body);
+  if (b == NULL)
+    return -1;
+  *p = PyBytes_AS_STRING(b);
+  *n = PyBytes_GET_SIZE(b);
+  *owner = b;
+  return 0;
+}
+
+/* pymongoose writes each header as f"{name}: {value}": values that are
+ * neither str, bytes nor int are given as str(value). Returns headers itself
+ * (a new reference) when nothing needs converting, else a new dict. */
+static PyObject *reply_headers(PyObject *headers) {
+  if (!PyDict_Check(headers))
+    return Py_NewRef(headers); /* a mapping: pyb_build_headers takes its items() */
+  Py_ssize_t pos = 0;
+  PyObject *k, *v, *copy = NULL;
+  while (PyDict_Next(headers, &pos, &k, &v)) {
+    if (PyUnicode_Check(v) || PyBytes_Check(v) || (PyLong_Check(v) && !PyBool_Check(v)))
+      continue;
+    if (copy == NULL && (copy = PyDict_Copy(headers)) == NULL)
+      return NULL;
+    PyObject *s = PyObject_Str(v);
+    if (s == NULL || PyDict_SetItem(copy, k, s) < 0) {
+      Py_XDECREF(s);
+      Py_DECREF(copy);
+      return NULL;
+    }
+    Py_DECREF(s);
+  }
+  return copy ? copy : Py_NewRef(headers);
+}
+
+static const pmu_header_t text_plain = {"Content-Type", 12, "text/plain", 10};
+static const pmu_header_t conn_close = {"Connection", 10, "close", 5};
+
+/* Answer `request` (live) with status, body, headers as pymongoose's reply. */
+static int answer(pyb_state *st, MgConnObject *self, PyObject *request, int status, PyObject *body,
+                  PyObject *headers) {
+  const char *bp;
+  Py_ssize_t bn;
+  PyObject *owner = NULL, *hdrs = NULL;
+  pyb_built built;
+  pmu_header_t two[2], *all = NULL;
+  int rc = -1, have_built = 0;
+  if (reply_body(body, &bp, &bn, &owner) < 0)
+    return -1;
+  pmu_response_t resp = {0};
+  resp.status = status;
+  if (headers == NULL || headers == Py_None) {
+    two[0] = text_plain;
+    two[1] = conn_close;
+    resp.headers = two;
+    resp.header_count = self->close_after ? 2 : 1;
+  } else {
+    if ((hdrs = reply_headers(headers)) == NULL)
+      goto done;
+    have_built = 1;
+    if (pyb_build_headers(hdrs, &built) < 0)
+      goto done;
+    if (self->close_after) {
+      /* pyb_built has room to grow only through its own builder: rebuild
+       * with the extra header appended in a copy of the array. */
+      size_t count = built.response.header_count;
+      all = PyMem_Malloc((count + 1) * sizeof *all);
+      if (all == NULL) {
+        PyErr_NoMemory();
+        goto done;
+      }
+      memcpy(all, built.response.headers, count * sizeof *all);
+      all[count] = conn_close;
+      resp.headers = all;
+      resp.header_count = count + 1;
+    } else {
+      resp.headers = built.response.headers;
+      resp.header_count = built.response.header_count;
+    }
+  }
+  resp.body = bp;
+  resp.body_len = (size_t)bn;
+  if (owner != NULL && bn >= PYB_ZERO_COPY_MIN &&
+      (PyBytes_CheckExact(owner) || PyUnicode_CheckExact(owner)) &&
+      pyb_zero_copy(st, &resp, owner) < 0)
+    resp.body_release = NULL; /* no memory for the note: copied instead */
+  /* Who may read the request after the answer (see the top of the file):
+   * the message is held by the dispatcher twice (its own reference and
+   * self->msg) and by the handler's argument; the Request by the batch loop,
+   * self->request and the message. */
+  Py_ssize_t owners = 0;
+  if (self->msg != NULL && MSG(self->msg)->request == request && Py_REFCNT(self->msg) <= 3 &&
+      self->dispatch_thread == PyThread_get_thread_ident())
+    owners = 3;
+  rc = pyb_request_respond(request, &resp, owners);
+done:
+  PyMem_Free(all);
+  if (have_built)
+    pyb_built_release(&built);
+  Py_XDECREF(hdrs);
+  Py_XDECREF(owner);
+  return rc;
+}
+
+/* The bytes Mongoose's mg_http_reply writes, for a reply with no request
+ * left to answer: sent raw on the connection. New reference or NULL. */
+static PyObject *raw_reply(int status, PyObject *body, PyObject *headers, int close_after) {
+  const char *bp;
+  Py_ssize_t bn;
+  PyObject *owner = NULL, *out = NULL, *lines = NULL;
+  if (reply_body(body, &bp, &bn, &owner) < 0)
+    return NULL;
+  if (headers == NULL || headers == Py_None) {
+    lines = PyUnicode_FromString("Content-Type: text/plain\r\n");
+  } else {
+    PyObject *items = PyMapping_Items(headers);
+    Py_ssize_t n = items ? PyList_GET_SIZE(items) : 0;
+    PyObject *parts = items ? PyList_New(n) : NULL;
+    for (Py_ssize_t i = 0; parts != NULL && i < n; i++) {
+      PyObject *kv = PyList_GET_ITEM(items, i);
+      PyObject *line =
+          PyTuple_Check(kv) && PyTuple_GET_SIZE(kv) == 2
+              ? PyUnicode_FromFormat("%S: %S\r\n", PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1))
+              : NULL;
+      if (line == NULL) {
+        if (!PyErr_Occurred())
+          PyErr_SetString(PyExc_TypeError, "headers.items() must give (name, value) pairs");
+        Py_CLEAR(parts);
+        break;
+      }
+      PyList_SET_ITEM(parts, i, line);
+    }
+    if (parts != NULL) {
+      PyObject *empty = PyUnicode_FromString("");
+      lines = empty ? PyUnicode_Join(empty, parts) : NULL;
+      Py_XDECREF(empty);
+    }
+    Py_XDECREF(parts);
+    Py_XDECREF(items);
+  }
+  if (lines == NULL)
+    goto done;
+  {
+    Py_ssize_t ln;
+    const char *l = PyUnicode_AsUTF8AndSize(lines, &ln);
+    if (l == NULL)
+      goto done;
+    PyObject *head = PyBytes_FromFormat("HTTP/1.1 %d %s\r\n%s%sContent-Length: %zd\r\n\r\n", status,
+                                        pmu_status_reason(status), l,
+                                        close_after ? "Connection: close\r\n" : "", bn);
+    if (head == NULL)
+      goto done;
+    out = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(head) + bn);
+    if (out != NULL) {
+      memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(head), (size_t)PyBytes_GET_SIZE(head));
+      if (bn)
+        memcpy(PyBytes_AS_STRING(out) + PyBytes_GET_SIZE(head), bp, (size_t)bn);
+    }
+    Py_DECREF(head);
+  }
+done:
+  Py_XDECREF(lines);
+  Py_XDECREF(owner);
+  return out;
+}
+
+PyDoc_STRVAR(reply_doc,
+             "reply(status_code, body=b'', headers=None)\n\n"
+             "pymongoose's reply: answer _request (then set to None) with this status,\n"
+             "body (str as UTF-8; NUL bytes are sent, by length) and headers (a dict;\n"
+             "None gives Content-Type: text/plain). With no request left to answer, the\n"
+             "response is sent raw on _conn as Mongoose formats it.");
+
+static PyObject *conn_reply(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+  MgConnObject *self = CONN(op);
+  PyObject *vals[3] = {NULL, NULL, NULL};
+  static const char *const names[3] = {"status_code", "body", "headers"};
+  if (nargs > 3) {
+    PyErr_SetString(PyExc_TypeError, "reply(status_code, body=b'', headers=None)");
+    return NULL;
+  }
+  for (Py_ssize_t i = 0; i < nargs; i++)
+    vals[i] = args[i];
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t i = 0; i < nkw; i++) {
+    PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+    int k = 0;
+    while (k < 3 && PyUnicode_CompareWithASCIIString(key, names[k]) != 0)
+      k++;
+    if (k == 3 || vals[k] != NULL) {
+      PyErr_Format(PyExc_TypeError, "reply() got an unexpected or repeated argument %R", key);
+      return NULL;
+    }
+    vals[k] = args[nargs + i];
+  }
+  if (vals[0] == NULL) {
+    PyErr_SetString(PyExc_TypeError, "reply() missing required argument 'status_code'");
+    return NULL;
+  }
+  if (!PyLong_Check(vals[0])) {
+    PyErr_Format(PyExc_TypeError, "status_code must be an int, not %.100s",
+                 Py_TYPE(vals[0])->tp_name);
+    return NULL;
+  }
+  int overflow;
+  long status = PyLong_AsLongAndOverflow(vals[0], &overflow);
+  if (status == -1 && PyErr_Occurred())
+    return NULL;
+  if (overflow || status < -2147483647L || status > 2147483647L) {
+    PyErr_SetString(PyExc_OverflowError, "status_code out of range");
+    return NULL;
+  }
+  pyb_state *st = pyb_state_from_type(Py_TYPE(op));
+  PyObject *request = self->request;
+  if (request != NULL && request != Py_None && PyObject_TypeCheck(request, st->request_type) &&
+      pyb_request_is_live(request)) {
+    if (!pmu_status_valid((int)status)) {
+      PyErr_Format(PyExc_ValueError, "HTTP status %ld cannot be sent: a final status is 200..999",
+                   status);
+      return NULL;
+    }
+    Py_INCREF(request);
+    int rc = answer(st, self, request, (int)status, vals[1], vals[2]);
+    if (rc == 0 && self->request == request)
+      Py_CLEAR(self->request);
+    Py_DECREF(request);
+    if (rc < 0)
+      return NULL;
+    Py_RETURN_NONE;
+  }
+  /* Nothing to answer: as Mongoose, the bytes go out on the connection. */
+  if (self->conn == NULL || self->conn == Py_None) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "reply(): no request to answer and no connection to send on (a listener?)");
+    return NULL;
+  }
+  PyObject *data = raw_reply((int)status, vals[1], vals[2], self->close_after);
+  if (data == NULL)
+    return NULL;
+  Py_CLEAR(self->request);
+  PyObject *r = PyObject_CallMethodOneArg(self->conn, st->mg->str_send, data);
+  Py_DECREF(data);
+  if (r == NULL)
+    return NULL;
+  Py_DECREF(r);
+  Py_RETURN_NONE;
+}
+
+static PyMemberDef conn_members[] = {
+    {"_request", Py_T_OBJECT, offsetof(MgConnObject, request), 0,
+     "The request reply() answers, or None."},
+    {"userdata", Py_T_OBJECT, offsetof(MgConnObject, userdata), 0, "Free for the application."},
+    {"_handler", Py_T_OBJECT, offsetof(MgConnObject, handler), 0,
+     "This connection's handler, or None (the dispatcher's resolve() decides)."},
+    {"_conn", Py_T_OBJECT, offsetof(MgConnObject, conn), 0,
+     "The _pmu.Connection a reply without a request is sent on, or None."},
+    {"_close_after", Py_T_BOOL, offsetof(MgConnObject, close_after), 0,
+     "Whether reply() adds 'Connection: close'."},
+    {NULL},
+};
+
+static PyMethodDef conn_methods[] = {
+    {"reply", (PyCFunction)(void (*)(void))conn_reply, METH_FASTCALL | METH_KEYWORDS, reply_doc},
+    {NULL},
+};
+
+PyDoc_STRVAR(conn_doc, "MgConnection()\n\n"
+                       "The base of pymongoose_uring.compat.Connection: the slots of its hot "
+                       "path and reply().");
+
+static PyType_Slot conn_slots[] = {
+    {Py_tp_new, PyType_GenericNew},  {Py_tp_dealloc, conn_dealloc},
+    {Py_tp_traverse, conn_traverse}, {Py_tp_clear, conn_clear},
+    {Py_tp_members, conn_members},   {Py_tp_methods, conn_methods},
+    {Py_tp_doc, (void *)conn_doc},   {0, NULL},
+};
+
+static PyType_Spec conn_spec = {
+    .name = "pymongoose_uring._pmu.MgConnection",
+    .basicsize = sizeof(MgConnObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = conn_slots,
+};
+
+/* ---- MgDispatcher ---- */
+
+typedef struct {
+  PyObject_HEAD
+  vectorcallfunc vectorcall;
+  pyb_state *st;
+  PyObject *resolve;   /* resolve(conn) -> handler or None */
+  PyObject *make_conn; /* make_conn(request) -> MgConnection, or NULL */
+} MgDispatcherObject;
+
+#define DISP(o) ((MgDispatcherObject *)(o))
+
+/* The compat Connection of the request: request.connection.user, else
+ * make_conn(request). New reference or NULL. */
+static PyObject *connection_of(MgDispatcherObject *self, PyObject *request) {
+  struct pyb_mg *mg = self->st->mg;
+  PyObject *conn = NULL;
+  PyObject *handle = PyObject_GetAttr(request, mg->str_connection);
+  if (handle == NULL) {
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+      return NULL;
+    PyErr_Clear(); /* a binding without per-connection objects */
+  } else {
+    if (handle != Py_None) {
+      conn = PyObject_GetAttr(handle, mg->str_user);
+      if (conn == Py_None)
+        Py_CLEAR(conn);
+    }
+    Py_DECREF(handle);
+    if (conn == NULL && PyErr_Occurred())
+      return NULL;
+  }
+  if (conn == NULL) {
+    if (self->make_conn == NULL) {
+      PyErr_SetString(PyExc_RuntimeError,
+                      "the request's connection has no compat Connection (request.connection."
+                      "user is None) and the dispatcher has no make_conn");
+      return NULL;
+    }
+    conn = PyObject_CallOneArg(self->make_conn, request);
+    if (conn == NULL)
+      return NULL;
+  }
+  if (!PyObject_TypeCheck(conn, mg->connection_type)) {
+    PyErr_Format(PyExc_TypeError, "the compat Connection must be an MgConnection, not %.100s",
+                 Py_TYPE(conn)->tp_name);
+    Py_DECREF(conn);
+    return NULL;
+  }
+  return conn;
+}
+
+static PyObject *dispatch(MgDispatcherObject *self, PyObject *request) {
+  pyb_state *st = self->st;
+  PyObject *conn = connection_of(self, request);
+  if (conn == NULL) {
+    pyb_log_exception(st, "pymongoose dispatch failed; sent 500", request);
+    pyb_request_answer_500(request, 1);
+    Py_RETURN_NONE;
+  }
+  MgConnObject *c = CONN(conn);
+  PyObject *msg = message_new_for(st, request);
+  if (msg == NULL) {
+    Py_DECREF(conn);
+    return NULL; /* the engine's batch loop answers 500 */
+  }
+  Py_XSETREF(c->request, Py_NewRef(request));
+  PyObject *outer_msg = c->msg; /* a dispatch running further up this thread's stack */
+  unsigned long outer_thread = c->dispatch_thread;
+  c->msg = Py_NewRef(msg);
+  c->dispatch_thread = PyThread_get_thread_ident();
+  PyObject *handler = c->handler;
+  if (handler != NULL && handler != Py_None)
+    Py_INCREF(handler);
+  else
+    handler = PyObject_CallOneArg(self->resolve, conn);
+  PyObject *result = NULL;
+  if (handler == Py_None) {
+    Py_DECREF(handler);
+    /* No handler for this connection: what compat answered before. */
+    static const pmu_header_t ct = {"Content-Type", 12, "text/plain; charset=utf-8", 25};
+    pmu_response_t nf = {
+        .status = 404, .headers = &ct, .header_count = 1, .body = "Not Found", .body_len = 9};
+    if (pyb_request_is_live(request) && pyb_request_respond(request, &nf, 0) < 0)
+      PyErr_Clear();
+    result = Py_NewRef(Py_None);
+  } else if (handler != NULL) {
+    PyObject *argv[3] = {conn, st->mg->ev_http_msg, msg};
+    result = PyObject_Vectorcall(handler, argv, 3, NULL);
+    Py_DECREF(handler);
+  }
+  if (result == NULL) {
+    pyb_log_exception(st, "pymongoose handler raised; sent 500", request);
+    pyb_request_answer_500(request, 0);
+  }
+  Py_XDECREF(result);
+  PyObject *mine = c->msg;
+  c->msg = outer_msg;
+  c->dispatch_thread = outer_thread;
+  Py_XDECREF(mine);
+  Py_DECREF(msg);
+  Py_DECREF(conn);
+  Py_RETURN_NONE;
+}
+
+static PyObject *dispatcher_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                       PyObject *kwnames) {
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  if (nargs != 1 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+    PyErr_SetString(PyExc_TypeError, "MgDispatcher takes one argument, the request");
+    return NULL;
+  }
+  MgDispatcherObject *self = DISP(op);
+  if (!PyObject_TypeCheck(args[0], self->st->request_type)) {
+    PyErr_Format(PyExc_TypeError, "MgDispatcher(request): a Request, not %.100s",
+                 Py_TYPE(args[0])->tp_name);
+    return NULL;
+  }
+  return dispatch(self, args[0]);
+}
+
+static PyObject *dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"resolve", "make_conn", NULL};
+  PyObject *resolve, *make_conn = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:MgDispatcher", kwlist, &resolve, &make_conn))
+    return NULL;
+  if (!PyCallable_Check(resolve) || (make_conn != Py_None && !PyCallable_Check(make_conn))) {
+    PyErr_SetString(PyExc_TypeError, "MgDispatcher(resolve, make_conn=None): callables");
+    return NULL;
+  }
+  MgDispatcherObject *self = (MgDispatcherObject *)type->tp_alloc(type, 0);
+  if (self == NULL)
+    return NULL;
+  self->vectorcall = dispatcher_vectorcall;
+  self->st = pyb_state_from_type(type);
+  self->resolve = Py_NewRef(resolve);
+  self->make_conn = make_conn == Py_None ? NULL : Py_NewRef(make_conn);
+  return (PyObject *)self;
+}
+
+static int dispatcher_traverse(PyObject *op, visitproc visit, void *arg) {
+  Py_VISIT(Py_TYPE(op));
+  Py_VISIT(DISP(op)->resolve);
+  Py_VISIT(DISP(op)->make_conn);
+  return 0;
+}
+
+static int dispatcher_clear(PyObject *op) {
+  Py_CLEAR(DISP(op)->resolve);
+  Py_CLEAR(DISP(op)->make_conn);
+  return 0;
+}
+
+static void dispatcher_dealloc(PyObject *op) {
+  PyTypeObject *type = Py_TYPE(op);
+  PyObject_GC_UnTrack(op);
+  dispatcher_clear(op);
+  type->tp_free(op);
+  Py_DECREF(type);
+}
+
+static PyMemberDef dispatcher_members[] = {
+    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(MgDispatcherObject, vectorcall), Py_READONLY,
+     NULL},
+    {"resolve", Py_T_OBJECT, offsetof(MgDispatcherObject, resolve), Py_READONLY, NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(dispatcher_doc,
+             "MgDispatcher(resolve, make_conn=None)\n\n"
+             "A Server request handler running pymongoose handlers. Per request: conn =\n"
+             "request.connection.user (else make_conn(request)), an MgConnection;\n"
+             "conn._request = request; handler = conn._handler or resolve(conn) (None:\n"
+             "404); handler(conn, MG_EV_HTTP_MSG, MgHttpMessage(request)). A handler\n"
+             "that raises is logged with its traceback and its request answered 500.");
+
+static PyType_Slot dispatcher_slots[] = {
+    {Py_tp_new, dispatcher_new},           {Py_tp_dealloc, dispatcher_dealloc},
+    {Py_tp_traverse, dispatcher_traverse}, {Py_tp_clear, dispatcher_clear},
+    {Py_tp_call, PyVectorcall_Call},       {Py_tp_members, dispatcher_members},
+    {Py_tp_doc, (void *)dispatcher_doc},   {0, NULL},
+};
+
+static PyType_Spec dispatcher_spec = {
+    .name = "pymongoose_uring._pmu.MgDispatcher",
+    .basicsize = sizeof(MgDispatcherObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = dispatcher_slots,
+};
+
+/* ---- module ---- */
+
+static int add(PyObject *module, PyType_Spec *spec, PyTypeObject **out) {
+  PyObject *t = PyType_FromModuleAndSpec(module, spec, NULL);
+  if (t == NULL)
+    return -1;
+  *out = (PyTypeObject *)t;
+  return PyModule_AddType(module, (PyTypeObject *)t);
+}
+
+int pyb_mg_exec(PyObject *module, pyb_state *st) {
+  struct pyb_mg *mg = PyMem_Calloc(1, sizeof *mg);
+  if (mg == NULL) {
+    PyErr_NoMemory();
+    return -1;
+  }
+  st->mg = mg;
+  if (add(module, &message_spec, &mg->message_type) < 0 ||
+      add(module, &conn_spec, &mg->connection_type) < 0 ||
+      add(module, &dispatcher_spec, &mg->dispatcher_type) < 0)
+    return -1;
+  if ((mg->proto_11 = PyUnicode_InternFromString("HTTP/1.1")) == NULL ||
+      (mg->proto_10 = PyUnicode_InternFromString("HTTP/1.0")) == NULL ||
+      (mg->empty_str = PyUnicode_FromStringAndSize("", 0)) == NULL ||
+      (mg->ev_http_msg = PyLong_FromLong(MG_EV_HTTP_MSG)) == NULL ||
+      (mg->str_connection = PyUnicode_InternFromString("connection")) == NULL ||
+      (mg->str_user = PyUnicode_InternFromString("user")) == NULL ||
+      (mg->str_send = PyUnicode_InternFromString("send")) == NULL ||
+      (mg->str_body = PyUnicode_InternFromString("body")) == NULL)
+    return -1;
+  return 0;
+}
+
+int pyb_mg_traverse(pyb_state *st, visitproc visit, void *arg) {
+  struct pyb_mg *mg = st->mg;
+  if (mg != NULL) {
+    Py_VISIT(mg->message_type);
+    Py_VISIT(mg->connection_type);
+    Py_VISIT(mg->dispatcher_type);
+  }
+  return 0;
+}
+
+void pyb_mg_clear(pyb_state *st) {
+  struct pyb_mg *mg = st->mg;
+  if (mg == NULL)
+    return;
+  Py_CLEAR(mg->message_type);
+  Py_CLEAR(mg->connection_type);
+  Py_CLEAR(mg->dispatcher_type);
+  Py_CLEAR(mg->proto_11);
+  Py_CLEAR(mg->proto_10);
+  Py_CLEAR(mg->empty_str);
+  Py_CLEAR(mg->ev_http_msg);
+  Py_CLEAR(mg->str_connection);
+  Py_CLEAR(mg->str_user);
+  Py_CLEAR(mg->str_send);
+  Py_CLEAR(mg->str_body);
+  PyMem_Free(mg);
+  st->mg = NULL;
+}
