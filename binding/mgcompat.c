@@ -52,6 +52,7 @@ struct pyb_mg {
   PyObject *ev_http_msg;         /* 11 */
   PyObject *empty_str;           /* "" */
   PyObject *str_connection, *str_user, *str_send, *str_body;
+  PyObject *reply_kw[3]; /* "status_code", "body", "headers" */
 };
 
 /* ---- MgHttpMessage ---- */
@@ -454,14 +455,38 @@ static PyType_Spec message_spec = {
 
 /* ---- MgConnection ---- */
 
+/*
+ * A response reply() prepared, owning what it points to: the body's object
+ * and a copy of the header bytes (validated as the native API's). The
+ * dispatcher keeps one on its stack while the handler runs: reply() inside
+ * the handler fills it and the dispatcher sends it when the handler returns,
+ * as Mongoose sends what mg_http_reply() queued after the event handler
+ * returns. So the message stays readable for the whole handler call, and the
+ * request's data need not be copied for it. Anything that could be ordered
+ * after the answer (reading _conn or _request, a second reply()) sends it
+ * first.
+ */
+#define MG_HEADERS_INLINE 8
+#define MG_TEXT_INLINE 256
+
+typedef struct mg_answer {
+  PyObject *request;    /* strong: the request it answers; NULL when empty */
+  PyObject *body_owner; /* strong: keeps body alive, or NULL */
+  pmu_response_t resp;
+  pmu_header_t *headers; /* headers_inline or PyMem */
+  char *text;            /* text_inline or PyMem: the header bytes */
+  pmu_header_t headers_inline[MG_HEADERS_INLINE];
+  char text_inline[MG_TEXT_INLINE];
+} mg_answer;
+
 typedef struct {
   PyObject_HEAD
   PyObject *request;             /* _request: the request to answer, or NULL (None) */
   PyObject *userdata;            /* userdata */
   PyObject *handler;             /* _handler */
   PyObject *conn;                /* _conn: the _pmu.Connection, for raw sends */
-  PyObject *msg;                 /* the message the dispatcher made for request, while it runs */
-  unsigned long dispatch_thread; /* the thread running the dispatcher, while msg is set */
+  mg_answer *pending;            /* the dispatcher's, while it runs the handler; or NULL */
+  unsigned long dispatch_thread; /* the thread running the dispatcher, while pending is set */
   char close_after;              /* _close_after: add "Connection: close" to the answer */
 } MgConnObject;
 
@@ -474,7 +499,6 @@ static int conn_traverse(PyObject *op, visitproc visit, void *arg) {
   Py_VISIT(self->userdata);
   Py_VISIT(self->handler);
   Py_VISIT(self->conn);
-  Py_VISIT(self->msg);
   return 0;
 }
 
@@ -484,7 +508,6 @@ static int conn_clear(PyObject *op) {
   Py_CLEAR(self->userdata);
   Py_CLEAR(self->handler);
   Py_CLEAR(self->conn);
-  Py_CLEAR(self->msg);
   return 0;
 }
 
@@ -498,7 +521,7 @@ static void conn_dealloc(PyObject *op) {
 
 /* A reply() body as bytes to send: str as UTF-8, None as b"", bytes as is,
  * anything else as bytes(body) gives it (pymongoose's rule). Sets *p, *n and
- * *owner (a new reference that keeps the bytes alive), or returns -1. */
+ * *owner (a new reference that keeps the bytes alive, or NULL), or returns -1. */
 static int reply_body(PyObject *body, const char **p, Py_ssize_t *n, PyObject **owner) {
   if (body == NULL || body == Py_None) {
     *p = "";
@@ -555,70 +578,124 @@ static PyObject *reply_headers(PyObject *headers) {
 static const pmu_header_t text_plain = {"Content-Type", 12, "text/plain", 10};
 static const pmu_header_t conn_close = {"Connection", 10, "close", 5};
 
-/* Answer `request` (live) with status, body, headers as pymongoose's reply. */
-static int answer(pyb_state *st, MgConnObject *self, PyObject *request, int status, PyObject *body,
-                  PyObject *headers) {
+static void answer_init(mg_answer *a) {
+  a->request = NULL;
+  a->body_owner = NULL;
+  a->headers = a->headers_inline;
+  a->text = a->text_inline;
+}
+
+/* Drop what a holds; it is empty again. */
+static void answer_release(mg_answer *a) {
+  Py_CLEAR(a->request);
+  Py_CLEAR(a->body_owner);
+  if (a->headers != a->headers_inline)
+    PyMem_Free(a->headers);
+  if (a->text != a->text_inline)
+    PyMem_Free(a->text);
+  a->headers = a->headers_inline;
+  a->text = a->text_inline;
+}
+
+/* Copy the validated headers of `built` (and Connection: close) into a. */
+static int copy_headers(mg_answer *a, const pmu_response_t *built, int close_after) {
+  size_t count = built->header_count, bytes = 0;
+  for (size_t i = 0; i < count; i++)
+    bytes += built->headers[i].name_len + built->headers[i].value_len;
+  if (count + 1 > MG_HEADERS_INLINE &&
+      (a->headers = PyMem_Malloc((count + 1) * sizeof *a->headers)) == NULL)
+    goto nomem;
+  if (bytes > MG_TEXT_INLINE && (a->text = PyMem_Malloc(bytes)) == NULL)
+    goto nomem;
+  char *p = a->text;
+  for (size_t i = 0; i < count; i++) {
+    const pmu_header_t *h = &built->headers[i];
+    pmu_header_t *o = &a->headers[i];
+    memcpy(p, h->name, h->name_len);
+    o->name = p;
+    o->name_len = h->name_len;
+    p += h->name_len;
+    if (h->value_len)
+      memcpy(p, h->value, h->value_len);
+    o->value = p;
+    o->value_len = h->value_len;
+    p += h->value_len;
+  }
+  if (close_after)
+    a->headers[count++] = conn_close;
+  a->resp.headers = a->headers;
+  a->resp.header_count = count;
+  return 0;
+nomem:
+  if (a->headers == NULL)
+    a->headers = a->headers_inline;
+  if (a->text == NULL)
+    a->text = a->text_inline;
+  PyErr_NoMemory();
+  return -1;
+}
+
+/* Fill the empty `a` with pymongoose's reply to `request` (live): the body
+ * and headers as reply() takes them, validated. 0, or -1 with an exception
+ * (a is then empty). */
+static int answer_prepare(mg_answer *a, PyObject *request, int status, PyObject *body,
+                          PyObject *headers, int close_after) {
   const char *bp;
   Py_ssize_t bn;
-  PyObject *owner = NULL, *hdrs = NULL;
-  pyb_built built;
-  pmu_header_t two[2], *all = NULL;
-  int rc = -1, have_built = 0;
-  if (reply_body(body, &bp, &bn, &owner) < 0)
+  memset(&a->resp, 0, sizeof a->resp);
+  a->resp.status = status;
+  if (reply_body(body, &bp, &bn, &a->body_owner) < 0)
     return -1;
-  pmu_response_t resp = {0};
-  resp.status = status;
+  a->resp.body = bp;
+  a->resp.body_len = (size_t)bn;
   if (headers == NULL || headers == Py_None) {
-    two[0] = text_plain;
-    two[1] = conn_close;
-    resp.headers = two;
-    resp.header_count = self->close_after ? 2 : 1;
+    a->headers[0] = text_plain;
+    a->headers[1] = conn_close;
+    a->resp.headers = a->headers;
+    a->resp.header_count = close_after ? 2 : 1;
   } else {
-    if ((hdrs = reply_headers(headers)) == NULL)
-      goto done;
-    have_built = 1;
-    if (pyb_build_headers(hdrs, &built) < 0)
-      goto done;
-    if (self->close_after) {
-      /* pyb_built has room to grow only through its own builder: rebuild
-       * with the extra header appended in a copy of the array. */
-      size_t count = built.response.header_count;
-      all = PyMem_Malloc((count + 1) * sizeof *all);
-      if (all == NULL) {
-        PyErr_NoMemory();
-        goto done;
-      }
-      memcpy(all, built.response.headers, count * sizeof *all);
-      all[count] = conn_close;
-      resp.headers = all;
-      resp.header_count = count + 1;
-    } else {
-      resp.headers = built.response.headers;
-      resp.header_count = built.response.header_count;
+    PyObject *hdrs = reply_headers(headers);
+    if (hdrs == NULL) {
+      answer_release(a);
+      return -1;
+    }
+    pyb_built built;
+    int rc = pyb_build_headers(hdrs, &built);
+    if (rc == 0)
+      rc = copy_headers(a, &built.response, close_after);
+    pyb_built_release(&built);
+    Py_DECREF(hdrs);
+    if (rc < 0) {
+      answer_release(a);
+      return -1;
     }
   }
-  resp.body = bp;
-  resp.body_len = (size_t)bn;
-  if (owner != NULL && bn >= PYB_ZERO_COPY_MIN &&
+  a->request = Py_NewRef(request);
+  return 0;
+}
+
+/* Hand a's response to the engine (the request's data copied first if it has
+ * more than `owners` references) and empty a. 0, or -1 with an exception (the
+ * request was answered some other way meanwhile). */
+static int answer_send(pyb_state *st, mg_answer *a, Py_ssize_t owners) {
+  PyObject *owner = a->body_owner;
+  if (owner != NULL && a->resp.body_len >= PYB_ZERO_COPY_MIN &&
       (PyBytes_CheckExact(owner) || PyUnicode_CheckExact(owner)) &&
-      pyb_zero_copy(st, &resp, owner) < 0)
-    resp.body_release = NULL; /* no memory for the note: copied instead */
-  /* Who may read the request after the answer (see the top of the file):
-   * the message is held by the dispatcher twice (its own reference and
-   * self->msg) and by the handler's argument; the Request by the batch loop,
-   * self->request and the message. */
-  Py_ssize_t owners = 0;
-  if (self->msg != NULL && MSG(self->msg)->request == request && Py_REFCNT(self->msg) <= 3 &&
-      self->dispatch_thread == PyThread_get_thread_ident())
-    owners = 3;
-  rc = pyb_request_respond(request, &resp, owners);
-done:
-  PyMem_Free(all);
-  if (have_built)
-    pyb_built_release(&built);
-  Py_XDECREF(hdrs);
-  Py_XDECREF(owner);
+      pyb_zero_copy(st, &a->resp, owner) < 0)
+    a->resp.body_release = NULL; /* no memory for the note: copied instead */
+  int rc = pyb_request_respond(a->request, &a->resp, owners);
+  answer_release(a);
   return rc;
+}
+
+/* Send the answer reply() left for the dispatcher now, because something may
+ * follow it (the request's data is copied: the message is still in use).
+ * 0, or -1 with an exception. */
+static int flush_pending(MgConnObject *self) {
+  mg_answer *a = self->pending;
+  if (a == NULL || a->request == NULL || self->dispatch_thread != PyThread_get_thread_ident())
+    return 0;
+  return answer_send(pyb_state_from_type(Py_TYPE(self)), a, 0);
 }
 
 /* The bytes Mongoose's mg_http_reply writes, for a reply with no request
@@ -693,6 +770,7 @@ PyDoc_STRVAR(reply_doc,
 static PyObject *conn_reply(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames) {
   MgConnObject *self = CONN(op);
+  pyb_state *st = pyb_state_from_type(Py_TYPE(op));
   PyObject *vals[3] = {NULL, NULL, NULL};
   static const char *const names[3] = {"status_code", "body", "headers"};
   if (nargs > 3) {
@@ -704,9 +782,12 @@ static PyObject *conn_reply(PyObject *op, PyObject *const *args, Py_ssize_t narg
   Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
   for (Py_ssize_t i = 0; i < nkw; i++) {
     PyObject *key = PyTuple_GET_ITEM(kwnames, i);
-    int k = 0;
-    while (k < 3 && PyUnicode_CompareWithASCIIString(key, names[k]) != 0)
+    int k = 0; /* keyword names are usually interned: compare pointers first */
+    while (k < 3 && key != st->mg->reply_kw[k])
       k++;
+    if (k == 3)
+      for (k = 0; k < 3 && PyUnicode_CompareWithASCIIString(key, names[k]) != 0; k++)
+        ;
     if (k == 3 || vals[k] != NULL) {
       PyErr_Format(PyExc_TypeError, "reply() got an unexpected or repeated argument %R", key);
       return NULL;
@@ -730,7 +811,9 @@ static PyObject *conn_reply(PyObject *op, PyObject *const *args, Py_ssize_t narg
     PyErr_SetString(PyExc_OverflowError, "status_code out of range");
     return NULL;
   }
-  pyb_state *st = pyb_state_from_type(Py_TYPE(op));
+  /* A reply already waiting for the dispatcher goes first. */
+  if (flush_pending(self) < 0)
+    return NULL;
   PyObject *request = self->request;
   if (request != NULL && request != Py_None && PyObject_TypeCheck(request, st->request_type) &&
       pyb_request_is_live(request)) {
@@ -739,12 +822,17 @@ static PyObject *conn_reply(PyObject *op, PyObject *const *args, Py_ssize_t narg
                    status);
       return NULL;
     }
-    Py_INCREF(request);
-    int rc = answer(st, self, request, (int)status, vals[1], vals[2]);
-    if (rc == 0 && self->request == request)
-      Py_CLEAR(self->request);
-    Py_DECREF(request);
-    if (rc < 0)
+    mg_answer *pending = self->pending, now;
+    int deferred = pending != NULL && self->dispatch_thread == PyThread_get_thread_ident();
+    mg_answer *a = deferred ? pending : &now;
+    if (!deferred)
+      answer_init(&now);
+    if (answer_prepare(a, request, (int)status, vals[1], vals[2], self->close_after) < 0)
+      return NULL;
+    Py_CLEAR(self->request); /* a holds it now */
+    /* Deferred: the dispatcher sends it when the handler returns. Else now,
+     * copying the request's data (who else reads it is not known here). */
+    if (!deferred && answer_send(st, a, 0) < 0)
       return NULL;
     Py_RETURN_NONE;
   }
@@ -766,14 +854,48 @@ static PyObject *conn_reply(PyObject *op, PyObject *const *args, Py_ssize_t narg
   Py_RETURN_NONE;
 }
 
+/* _request and _conn: reading them sends a waiting reply first, so that what
+ * the caller does next with them (answer, send, close) comes after it. */
+static PyObject *get_slot(MgConnObject *self, PyObject *value) {
+  if (flush_pending(self) < 0)
+    return NULL;
+  return Py_NewRef(value ? value : Py_None);
+}
+
+static int set_slot(PyObject **slot, PyObject *value) {
+  Py_XSETREF(*slot, value == NULL || value == Py_None ? NULL : Py_NewRef(value));
+  return 0;
+}
+
+static PyObject *get_request_slot(PyObject *op, void *closure) {
+  return get_slot(CONN(op), CONN(op)->request);
+}
+static int set_request_slot(PyObject *op, PyObject *v, void *closure) {
+  return set_slot(&CONN(op)->request, v);
+}
+static PyObject *get_conn_slot(PyObject *op, void *closure) {
+  return get_slot(CONN(op), CONN(op)->conn);
+}
+static int set_conn_slot(PyObject *op, PyObject *v, void *closure) {
+  return set_slot(&CONN(op)->conn, v);
+}
+
+static PyGetSetDef conn_getset[] = {
+    {"_request", get_request_slot, set_request_slot,
+     "The request reply() answers, or None (a reply waiting for the end of the handler is "
+     "sent first).",
+     NULL},
+    {"_conn", get_conn_slot, set_conn_slot,
+     "The _pmu.Connection a reply without a request is sent on, or None (a reply waiting for "
+     "the end of the handler is sent first).",
+     NULL},
+    {NULL},
+};
+
 static PyMemberDef conn_members[] = {
-    {"_request", Py_T_OBJECT, offsetof(MgConnObject, request), 0,
-     "The request reply() answers, or None."},
     {"userdata", Py_T_OBJECT, offsetof(MgConnObject, userdata), 0, "Free for the application."},
     {"_handler", Py_T_OBJECT, offsetof(MgConnObject, handler), 0,
      "This connection's handler, or None (the dispatcher's resolve() decides)."},
-    {"_conn", Py_T_OBJECT, offsetof(MgConnObject, conn), 0,
-     "The _pmu.Connection a reply without a request is sent on, or None."},
     {"_close_after", Py_T_BOOL, offsetof(MgConnObject, close_after), 0,
      "Whether reply() adds 'Connection: close'."},
     {NULL},
@@ -789,10 +911,9 @@ PyDoc_STRVAR(conn_doc, "MgConnection()\n\n"
                        "path and reply().");
 
 static PyType_Slot conn_slots[] = {
-    {Py_tp_new, PyType_GenericNew},  {Py_tp_dealloc, conn_dealloc},
-    {Py_tp_traverse, conn_traverse}, {Py_tp_clear, conn_clear},
-    {Py_tp_members, conn_members},   {Py_tp_methods, conn_methods},
-    {Py_tp_doc, (void *)conn_doc},   {0, NULL},
+    {Py_tp_new, PyType_GenericNew}, {Py_tp_dealloc, conn_dealloc}, {Py_tp_traverse, conn_traverse},
+    {Py_tp_clear, conn_clear},      {Py_tp_members, conn_members}, {Py_tp_methods, conn_methods},
+    {Py_tp_getset, conn_getset},    {Py_tp_doc, (void *)conn_doc}, {0, NULL},
 };
 
 static PyType_Spec conn_spec = {
@@ -810,21 +931,30 @@ typedef struct {
   pyb_state *st;
   PyObject *resolve;   /* resolve(conn) -> handler or None */
   PyObject *make_conn; /* make_conn(request) -> MgConnection, or NULL */
+  PyObject *handler;   /* the default handler, before resolve(); NULL (None) for none */
 } MgDispatcherObject;
 
 #define DISP(o) ((MgDispatcherObject *)(o))
+
+/* getattr without an AttributeError to build when it is missing: 1 found
+ * (*out a new reference), 0 missing (*out NULL), -1 another error. */
+static int lookup_attr(PyObject *obj, PyObject *name, PyObject **out) {
+#if PY_VERSION_HEX >= 0x030D0000
+  return PyObject_GetOptionalAttr(obj, name, out);
+#else
+  return _PyObject_LookupAttr(obj, name, out);
+#endif
+}
 
 /* The compat Connection of the request: request.connection.user, else
  * make_conn(request). New reference or NULL. */
 static PyObject *connection_of(MgDispatcherObject *self, PyObject *request) {
   struct pyb_mg *mg = self->st->mg;
   PyObject *conn = NULL;
-  PyObject *handle = PyObject_GetAttr(request, mg->str_connection);
-  if (handle == NULL) {
-    if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-      return NULL;
-    PyErr_Clear(); /* a binding without per-connection objects */
-  } else {
+  PyObject *handle = NULL;
+  if (lookup_attr(request, mg->str_connection, &handle) < 0)
+    return NULL;
+  if (handle != NULL) { /* (NULL: a binding without per-connection objects) */
     if (handle != Py_None) {
       conn = PyObject_GetAttr(handle, mg->str_user);
       if (conn == Py_None)
@@ -869,11 +999,15 @@ static PyObject *dispatch(MgDispatcherObject *self, PyObject *request) {
     return NULL; /* the engine's batch loop answers 500 */
   }
   Py_XSETREF(c->request, Py_NewRef(request));
-  PyObject *outer_msg = c->msg; /* a dispatch running further up this thread's stack */
+  mg_answer pending;
+  answer_init(&pending);
+  mg_answer *outer = c->pending; /* a dispatch further up this thread's stack */
   unsigned long outer_thread = c->dispatch_thread;
-  c->msg = Py_NewRef(msg);
+  c->pending = &pending;
   c->dispatch_thread = PyThread_get_thread_ident();
   PyObject *handler = c->handler;
+  if (handler == NULL || handler == Py_None)
+    handler = self->handler;
   if (handler != NULL && handler != Py_None)
     Py_INCREF(handler);
   else
@@ -893,15 +1027,26 @@ static PyObject *dispatch(MgDispatcherObject *self, PyObject *request) {
     result = PyObject_Vectorcall(handler, argv, 3, NULL);
     Py_DECREF(handler);
   }
+  c->pending = outer;
+  c->dispatch_thread = outer_thread;
   if (result == NULL) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (pending.request != NULL && answer_send(st, &pending, 0) < 0)
+      PyErr_Clear(); /* answered otherwise meanwhile: the 500 below is a no-op too */
+    PyErr_Restore(type, value, tb);
     pyb_log_exception(st, "pymongoose handler raised; sent 500", request);
     pyb_request_answer_500(request, 0);
+  } else if (pending.request != NULL) {
+    /* The handler's reply. Nothing but the message and the request's own
+     * holders can read the request now: when nobody kept the message, the
+     * data need not be copied (the batch loop, the message and pending hold
+     * the Request; anyone else makes pyb_request_respond copy it). */
+    Py_ssize_t owners = Py_REFCNT(msg) == 1 ? 3 : 0;
+    if (answer_send(st, &pending, owners) < 0)
+      pyb_log_exception(st, "a pymongoose reply could not be sent", request);
   }
   Py_XDECREF(result);
-  PyObject *mine = c->msg;
-  c->msg = outer_msg;
-  c->dispatch_thread = outer_thread;
-  Py_XDECREF(mine);
   Py_DECREF(msg);
   Py_DECREF(conn);
   Py_RETURN_NONE;
@@ -924,12 +1069,14 @@ static PyObject *dispatcher_vectorcall(PyObject *op, PyObject *const *args, size
 }
 
 static PyObject *dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-  static char *kwlist[] = {"resolve", "make_conn", NULL};
-  PyObject *resolve, *make_conn = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:MgDispatcher", kwlist, &resolve, &make_conn))
+  static char *kwlist[] = {"resolve", "make_conn", "handler", NULL};
+  PyObject *resolve, *make_conn = Py_None, *handler = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO:MgDispatcher", kwlist, &resolve, &make_conn,
+                                   &handler))
     return NULL;
   if (!PyCallable_Check(resolve) || (make_conn != Py_None && !PyCallable_Check(make_conn))) {
-    PyErr_SetString(PyExc_TypeError, "MgDispatcher(resolve, make_conn=None): callables");
+    PyErr_SetString(PyExc_TypeError,
+                    "MgDispatcher(resolve, make_conn=None, handler=None): callables");
     return NULL;
   }
   MgDispatcherObject *self = (MgDispatcherObject *)type->tp_alloc(type, 0);
@@ -939,6 +1086,7 @@ static PyObject *dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kw
   self->st = pyb_state_from_type(type);
   self->resolve = Py_NewRef(resolve);
   self->make_conn = make_conn == Py_None ? NULL : Py_NewRef(make_conn);
+  self->handler = handler == Py_None ? NULL : Py_NewRef(handler);
   return (PyObject *)self;
 }
 
@@ -946,12 +1094,14 @@ static int dispatcher_traverse(PyObject *op, visitproc visit, void *arg) {
   Py_VISIT(Py_TYPE(op));
   Py_VISIT(DISP(op)->resolve);
   Py_VISIT(DISP(op)->make_conn);
+  Py_VISIT(DISP(op)->handler);
   return 0;
 }
 
 static int dispatcher_clear(PyObject *op) {
   Py_CLEAR(DISP(op)->resolve);
   Py_CLEAR(DISP(op)->make_conn);
+  Py_CLEAR(DISP(op)->handler);
   return 0;
 }
 
@@ -967,15 +1117,18 @@ static PyMemberDef dispatcher_members[] = {
     {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(MgDispatcherObject, vectorcall), Py_READONLY,
      NULL},
     {"resolve", Py_T_OBJECT, offsetof(MgDispatcherObject, resolve), Py_READONLY, NULL},
+    {"handler", Py_T_OBJECT, offsetof(MgDispatcherObject, handler), 0,
+     "The handler of connections whose _handler is None (None: resolve(conn) decides)."},
     {NULL},
 };
 
 PyDoc_STRVAR(dispatcher_doc,
-             "MgDispatcher(resolve, make_conn=None)\n\n"
+             "MgDispatcher(resolve, make_conn=None, handler=None)\n\n"
              "A Server request handler running pymongoose handlers. Per request: conn =\n"
              "request.connection.user (else make_conn(request)), an MgConnection;\n"
-             "conn._request = request; handler = conn._handler or resolve(conn) (None:\n"
-             "404); handler(conn, MG_EV_HTTP_MSG, MgHttpMessage(request)). A handler\n"
+             "conn._request = request; the handler is conn._handler, else the\n"
+             "dispatcher's handler, else resolve(conn) (None: 404); then\n"
+             "handler(conn, MG_EV_HTTP_MSG, MgHttpMessage(request)). A handler\n"
              "that raises is logged with its traceback and its request answered 500.");
 
 static PyType_Slot dispatcher_slots[] = {
@@ -1020,7 +1173,10 @@ int pyb_mg_exec(PyObject *module, pyb_state *st) {
       (mg->str_connection = PyUnicode_InternFromString("connection")) == NULL ||
       (mg->str_user = PyUnicode_InternFromString("user")) == NULL ||
       (mg->str_send = PyUnicode_InternFromString("send")) == NULL ||
-      (mg->str_body = PyUnicode_InternFromString("body")) == NULL)
+      (mg->str_body = PyUnicode_InternFromString("body")) == NULL ||
+      (mg->reply_kw[0] = PyUnicode_InternFromString("status_code")) == NULL ||
+      (mg->reply_kw[1] = PyUnicode_InternFromString("body")) == NULL ||
+      (mg->reply_kw[2] = PyUnicode_InternFromString("headers")) == NULL)
     return -1;
   return 0;
 }
@@ -1050,6 +1206,8 @@ void pyb_mg_clear(pyb_state *st) {
   Py_CLEAR(mg->str_user);
   Py_CLEAR(mg->str_send);
   Py_CLEAR(mg->str_body);
+  for (int i = 0; i < 3; i++)
+    Py_CLEAR(mg->reply_kw[i]);
   PyMem_Free(mg);
   st->mg = NULL;
 }
