@@ -303,7 +303,7 @@ static int hex_value(unsigned char c) {
 
 /* What pymongoose's query_var gives for one value: Mongoose decodes it as a
  * form value ('+' is a space, %XX a byte) into a 256-byte buffer; a bad
- * escape, a value that does not fit (255 bytes and more) and an empty one
+ * escape, a value that does not fit (more than 255 bytes) and an empty one
  * all give None. */
 #define MG_VAR_MAX 256
 
@@ -333,7 +333,7 @@ PyDoc_STRVAR(query_var_doc,
              "query_var(name) -> str | None\n\n"
              "The query parameter `name` (case-insensitive), decoded as a form value,\n"
              "as Mongoose's mg_http_get_var gives it: None when absent, empty, badly\n"
-             "escaped or longer than 254 bytes decoded.");
+             "escaped or longer than 255 bytes decoded.");
 
 static PyObject *message_query_var(PyObject *op, PyObject *name) {
   Py_ssize_t n;
