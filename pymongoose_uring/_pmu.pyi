@@ -78,6 +78,10 @@ class Stats(TypedDict):
     file_cache_misses: int
     static_answers: int
     not_modified: int
+    conn_events: int
+    raw_bytes_in: int
+    raw_bytes_out: int
+    raw_sends: int
 
 _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
@@ -467,6 +471,11 @@ class Engine:
         file_cache_entries: int = ...,
         file_cache_valid_ms: int = ...,
         max_ranges: int = ...,
+        raw: bool = ...,
+        conn_io_events: bool = ...,
+        conn_send_high_water: int = ...,
+        conn_send_limit: int = ...,
+        raw_idle_timeout_ms: int = ...,
     ) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...

@@ -109,6 +109,11 @@ _ENGINE_OPTIONS = (
     "file_cache_entries",
     "file_cache_valid_ms",
     "max_ranges",
+    "raw",
+    "conn_io_events",
+    "conn_send_high_water",
+    "conn_send_limit",
+    "raw_idle_timeout_ms",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -384,6 +389,12 @@ class Server:
       ``file_cache_entries`` (256 open files kept per ring thread; 0: no cache),
       ``file_cache_valid_ms`` (1000: a cached file is checked again after this),
       ``max_ranges`` (100: a Range header with more ranges is ignored, 200)
+    - connection events (see ``connection_handler``): ``raw`` (False: True makes every
+      connection a byte stream, no HTTP), ``conn_io_events`` (False: read and sent
+      events too), ``conn_send_high_water`` (1 MiB: a connection's ``send()`` reports
+      backpressure beyond, a drain event follows) and ``conn_send_limit`` (32 MiB:
+      beyond, the connection is closed; 0 no limit), ``raw_idle_timeout_ms`` (0: off;
+      a raw connection silent both ways this long is closed)
 
     Files: ``statics``, a list of :class:`StaticMount` (``_pmu.StaticMount``),
     directories the engine answers itself before any handler (an
@@ -459,6 +470,11 @@ class Server:
         file_cache_entries: Optional[int] = None,
         file_cache_valid_ms: Optional[int] = None,
         max_ranges: Optional[int] = None,
+        raw: Optional[bool] = None,
+        conn_io_events: Optional[bool] = None,
+        conn_send_high_water: Optional[int] = None,
+        conn_send_limit: Optional[int] = None,
+        raw_idle_timeout_ms: Optional[int] = None,
         statics: Optional[Sequence[StaticMount]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
     ) -> None:
