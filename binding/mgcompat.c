@@ -51,7 +51,7 @@ struct pyb_mg {
   PyObject *proto_11, *proto_10; /* "HTTP/1.1", "HTTP/1.0" */
   PyObject *ev_http_msg;         /* 11 */
   PyObject *empty_str;           /* "" */
-  PyObject *str_connection, *str_user, *str_send, *str_body;
+  PyObject *str_send, *str_body;
   PyObject *reply_kw[3]; /* "status_code", "body", "headers" */
 };
 
@@ -936,33 +936,22 @@ typedef struct {
 
 #define DISP(o) ((MgDispatcherObject *)(o))
 
-/* getattr without an AttributeError to build when it is missing: 1 found
- * (*out a new reference), 0 missing (*out NULL), -1 another error. */
-static int lookup_attr(PyObject *obj, PyObject *name, PyObject **out) {
-#if PY_VERSION_HEX >= 0x030D0000
-  return PyObject_GetOptionalAttr(obj, name, out);
-#else
-  return _PyObject_LookupAttr(obj, name, out);
-#endif
-}
-
 /* The compat Connection of the request: request.connection.user, else
  * make_conn(request). New reference or NULL. */
 static PyObject *connection_of(MgDispatcherObject *self, PyObject *request) {
   struct pyb_mg *mg = self->st->mg;
   PyObject *conn = NULL;
-  PyObject *handle = NULL;
-  if (lookup_attr(request, mg->str_connection, &handle) < 0)
+  /* request.connection.user, read in C: the Request is live while its
+   * handler runs, so the engine's handle is there. */
+  const pmu_request_t *r = pyb_request_view(request);
+  if (r == NULL)
     return NULL;
-  if (handle != NULL) { /* (NULL: a binding without per-connection objects) */
-    if (handle != Py_None) {
-      conn = PyObject_GetAttr(handle, mg->str_user);
-      if (conn == Py_None)
-        Py_CLEAR(conn);
-    }
-    Py_DECREF(handle);
-    if (conn == NULL && PyErr_Occurred())
-      return NULL;
+  PyObject *handle = pyb_conn_object(pmu_request_conn(r)); /* borrowed, NULL without one */
+  if (handle != NULL) {
+    conn = pyb_conn_user_slot(handle); /* borrowed */
+    if (conn == Py_None)
+      conn = NULL;
+    Py_XINCREF(conn);
   }
   if (conn == NULL) {
     if (self->make_conn == NULL) {
@@ -1170,8 +1159,6 @@ int pyb_mg_exec(PyObject *module, pyb_state *st) {
       (mg->proto_10 = PyUnicode_InternFromString("HTTP/1.0")) == NULL ||
       (mg->empty_str = PyUnicode_FromStringAndSize("", 0)) == NULL ||
       (mg->ev_http_msg = PyLong_FromLong(MG_EV_HTTP_MSG)) == NULL ||
-      (mg->str_connection = PyUnicode_InternFromString("connection")) == NULL ||
-      (mg->str_user = PyUnicode_InternFromString("user")) == NULL ||
       (mg->str_send = PyUnicode_InternFromString("send")) == NULL ||
       (mg->str_body = PyUnicode_InternFromString("body")) == NULL ||
       (mg->reply_kw[0] = PyUnicode_InternFromString("status_code")) == NULL ||
@@ -1202,8 +1189,6 @@ void pyb_mg_clear(pyb_state *st) {
   Py_CLEAR(mg->proto_10);
   Py_CLEAR(mg->empty_str);
   Py_CLEAR(mg->ev_http_msg);
-  Py_CLEAR(mg->str_connection);
-  Py_CLEAR(mg->str_user);
   Py_CLEAR(mg->str_send);
   Py_CLEAR(mg->str_body);
   for (int i = 0; i < 3; i++)

@@ -694,6 +694,8 @@ pmu_ws_t *pmu_ws_accept(pmu_request_t *request, const pmu_ws_accept_t *opts) {
   }
   atomic_fetch_add(&s->refs, 1); /* the handle keeps the server */
   r->ws = ws;
+  if (r->h)
+    pmu__connh_set_ws(r->h); /* pmu_conn_send refuses it from now on */
   if (on_loop)
     pmu__answer_arrived(r);
   else
@@ -886,17 +888,11 @@ static int command(pmu__ws_t *ws, int kind) {
  * told to act). */
 static int reserve_unsent(pmu__ws_t *ws, size_t total) {
   const pmu_config_t *cfg = cfg_of(ws);
-  size_t after = atomic_fetch_add(&ws->unsent, total) + total;
-  if (cfg->ws_send_limit && after > cfg->ws_send_limit) {
-    atomic_fetch_sub(&ws->unsent, total);
+  int rc = pmu__unsent_reserve(&ws->unsent, &ws->want_drain, total, cfg->ws_send_high_water,
+                               cfg->ws_send_limit);
+  if (rc == -ENOBUFS)
     command(ws, SEG_WS_LIMIT);
-    return -ENOBUFS;
-  }
-  if (after > cfg->ws_send_high_water) {
-    atomic_store(&ws->want_drain, 1);
-    return 1;
-  }
-  return 0;
+  return rc;
 }
 
 int pmu_ws_send(pmu_ws_t *ws, int opcode, const void *data, size_t len, void (*release)(void *ctx),
@@ -1541,23 +1537,11 @@ void pmu__ws_on_eof(pmu__conn_t *c) {
   pmu__conn_close(c);
 }
 
-void pmu__ws_resume(pmu__conn_t *c) {
-  pmu__ws_t *ws = c->ws;
-  if (c->paused && !ws->user_paused) {
-    c->paused = 0;
-    c->llhttp_paused = 0;
-    if (c->stash_len > c->stash_off)
-      ws_parse(c, (const uint8_t *)c->stash + c->stash_off, c->stash_len - c->stash_off);
-    /* An idle WebSocket keeps no input buffer (HTTP connections keep theirs
-     * for the next request). */
-    free(c->stash);
-    c->stash = NULL;
-    c->stash_off = c->stash_len = c->stash_cap = 0;
-    pmu__conn_timer_update(c); /* the keepalive starts again */
-  }
-  if (!c->paused && !c->recv_armed && !c->cancel_sent && !c->peer_eof && !c->closing)
-    pmu__conn_arm_recv(c);
+static void ws_take(pmu__conn_t *c, const char *data, size_t len) {
+  ws_parse(c, (const uint8_t *)data, len);
 }
+
+void pmu__ws_resume(pmu__conn_t *c) { pmu__conn_resume_unparsed(c, c->ws->user_paused, ws_take); }
 
 /* ---- accept, release of the connection ---- */
 
@@ -1703,6 +1687,13 @@ void pmu__ws_expire_idle(pmu__loop_t *loop) {
 uint64_t pmu__ws_next_idle(const pmu__loop_t *loop) {
   const pmu__list_t *first = pmu__list_first(&loop->timers[TIMER_WS_IDLE]);
   return first ? PMU__LIST_ENTRY(first, pmu__ws_t, idle_link)->idle_deadline : UINT64_MAX;
+}
+
+void pmu__ws_close_normal(pmu__conn_t *c) {
+  pmu__ws_t *ws = c->ws;
+  atomic_store(&ws->closing, 1); /* sends are refused from now on, as after pmu_ws_close */
+  if (!ws->close_sent && !ws->close_rcvd)
+    close_local(c, 1000, NULL, 0, 0);
 }
 
 void pmu__ws_going_away(pmu__conn_t *c) {

@@ -23,6 +23,12 @@ from ._types import AsyncBatch, HandlerResult as _HandlerResult, HeadersLike as 
 
 ENGINE_VERSION: str
 BATCH_BUCKETS: int
+CONN_OPEN: int
+CONN_DATA: int
+CONN_READ: int
+CONN_SENT: int
+CONN_DRAIN: int
+CONN_CLOSE: int
 
 class Stats(TypedDict):
     """What Engine.stats() returns: every counter of include/pmu/pmu.h PMU_STATS_FIELDS
@@ -78,6 +84,10 @@ class Stats(TypedDict):
     file_cache_misses: int
     static_answers: int
     not_modified: int
+    conn_events: int
+    raw_bytes_in: int
+    raw_bytes_out: int
+    raw_sends: int
 
 _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
@@ -148,6 +158,9 @@ class Request:
     @property
     def disconnected(self) -> bool:
         """The client left while the request was unanswered (or its stream open)."""
+    @property
+    def connection(self) -> Optional["Connection"]:
+        """The request's Connection; None without a connection_handler."""
     def header(self, name: str, default: Optional[str] = None) -> Optional[str]: ...
     def json(self) -> Any: ...
     def reply(
@@ -158,6 +171,9 @@ class Request:
     ) -> None:
         """Answer now or later, from any thread; RuntimeError if already answered
         or a streamed answer was started."""
+    def reply_raw(self, data: Union[bytes, bytearray, memoryview, str]) -> None:
+        """Answer with these bytes verbatim (status line, headers, framing: the
+        caller's); the connection goes on as after any answer."""
     def read(self, size: Optional[int] = -1, timeout: Optional[float] = None) -> bytes:
         """Up to size bytes of the body (all when size < 0), b"" at its end; waits
         for a streamed body with the GIL released (TimeoutError after timeout);
@@ -291,6 +307,48 @@ def broadcast(
 def websockets_alive() -> int:
     """WebSocket objects not yet freed in this interpreter (open ones included)."""
 
+@final
+class Connection:
+    """One accepted connection as connection_handler(conn, event, data) sees it:
+    made at CONN_OPEN, the same object for every event and request.connection,
+    closed after CONN_CLOSE. Methods work from any thread."""
+
+    @property
+    def id(self) -> int:
+        """request.conn_id of its requests."""
+    @property
+    def thread(self) -> int: ...
+    @property
+    def peer(self) -> Optional[Tuple[str, int]]:
+        """(host, port); None over a Unix socket."""
+    @property
+    def local(self) -> Union[Tuple[str, int], str, None]:
+        """(host, port), or the Unix socket path."""
+    @property
+    def closed(self) -> bool:
+        """Closing or closed."""
+    @property
+    def unsent(self) -> int: ...
+    @property
+    def close_error(self) -> Optional[int]:
+        """CONN_CLOSE's err (0: orderly); None before."""
+    user: Any
+    def send(self, data: Union[bytes, bytearray, memoryview, str]) -> bool:
+        """Queue bytes (str as UTF-8) after everything queued; True when more than
+        conn_send_high_water is unsent (CONN_DRAIN follows); ConnectionClosed when
+        closing/closed or over conn_send_limit."""
+    def close(self, now: bool = False) -> None:
+        """After what is queued is sent, or at once with now; nothing if closing."""
+    def pause_reading(self, pause: bool = True) -> None: ...
+
+class ConnectionClosed(OSError):
+    """The connection is closing or closed: the data was not sent."""
+
+ConnectionHandler = Callable[[Connection, int, Union[bytes, int, None]], Any]
+
+def connections_alive() -> int:
+    """Connection objects not yet freed in this interpreter (open ones included)."""
+
 class Response:
     """Status, headers and body. content_type defaults from the body's type."""
 
@@ -405,11 +463,12 @@ class Engine:
 
     def __init__(
         self,
-        handler: Callable[[Request], _HandlerResult],
+        handler: Optional[Callable[[Request], _HandlerResult]],
         *,
         routes: Optional[Dict[str, Dict[str, Callable[[Request], _HandlerResult]]]] = None,
         async_scheduler: Optional[Callable[[AsyncBatch], None]] = None,
         statics: Optional[Sequence[StaticMount]] = None,
+        connection_handler: Optional[ConnectionHandler] = None,
         host: Optional[str] = ...,
         port: int = ...,
         unix_path: Optional[str] = ...,
@@ -467,6 +526,11 @@ class Engine:
         file_cache_entries: int = ...,
         file_cache_valid_ms: int = ...,
         max_ranges: int = ...,
+        raw: bool = ...,
+        conn_io_events: bool = ...,
+        conn_send_high_water: int = ...,
+        conn_send_limit: int = ...,
+        raw_idle_timeout_ms: int = ...,
     ) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...

@@ -656,3 +656,54 @@ def test_socket_level_sanity(mg):
             assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     finally:
         s.close()
+
+
+def test_dispatcher_finds_the_connection_object_of_the_connection(serve):
+    """With connection events, the compat Connection is request.connection.user, made at
+    OPEN: one object for every request of a connection, make_conn never called."""
+    made = []
+
+    def on_conn(handle, event, data):
+        if event == _pmu.CONN_OPEN:
+            conn = Conn()
+            conn._conn = handle
+            handle.user = conn
+            made.append(conn)
+
+    def handler(conn, ev, msg):
+        conn.reply(200, "%d %s" % (made.index(conn), msg.uri))
+
+    def make_conn(request):
+        raise AssertionError("make_conn called")
+
+    dispatcher = _pmu.MgDispatcher(lambda c: None, make_conn, handler)
+    server = serve(dispatcher, threads=1, connection_handler=on_conn)
+    raw = b"".join(b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(3))
+    assert [b for _, _, b in exchange(server, raw, 3)] == [b"0 /0", b"0 /1", b"0 /2"]
+    assert [b for _, _, b in exchange(server, raw, 3)] == [b"1 /0", b"1 /1", b"1 /2"]
+    assert len(made) == 2
+
+
+def test_second_reply_raw_on_the_real_connection(serve):
+    def on_conn(handle, event, data):
+        if event == _pmu.CONN_OPEN:
+            conn = Conn()
+            conn._conn = handle
+            handle.user = conn
+
+    def handler(conn, ev, msg):
+        conn.reply(200, b"one")
+        conn.reply(200, b"two")  # raw bytes after the answer, as Mongoose writes them
+
+    server = serve(
+        _pmu.MgDispatcher(lambda c: None, None, handler), threads=1, connection_handler=on_conn
+    )
+    client = RawClient(server.port)
+    try:
+        client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert client.read_response()[2] == b"one"
+        status, headers, body = client.read_response()
+        assert (status, body) == (200, b"two")
+        assert headers == [("Content-Type", "text/plain"), ("Content-Length", "3")]
+    finally:
+        client.close()
