@@ -349,6 +349,69 @@ ConnectionHandler = Callable[[Connection, int, Union[bytes, int, None]], Any]
 def connections_alive() -> int:
     """Connection objects not yet freed in this interpreter (open ones included)."""
 
+@final
+class MgHttpMessage:
+    """pymongoose's HttpMessage over a Request (binding/mgcompat.c): text is UTF-8
+    with surrogateescape, as pymongoose decodes it."""
+
+    def __init__(self, request: Request) -> None: ...
+    @property
+    def request(self) -> Request: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def uri(self) -> str:
+        """The path as sent, without the query."""
+    @property
+    def query(self) -> str:
+        """The query string as sent, without '?'."""
+    @property
+    def proto(self) -> str: ...
+    @property
+    def body_bytes(self) -> bytes: ...
+    @property
+    def body_text(self) -> str: ...
+    def header(self, name: str, default: Optional[str] = None) -> Optional[str]: ...
+    def headers(self) -> List[Tuple[str, str]]: ...
+    def query_var(self, name: str) -> Optional[str]:
+        """As Mongoose's mg_http_get_var: None when absent, empty or badly escaped."""
+    def header_var(self, header_name: str, var_name: str) -> Optional[str]: ...
+    def status(self) -> None: ...
+
+class MgConnection:
+    """The base of compat's Connection: the slots of its hot path and reply()."""
+
+    userdata: Any
+    _request: Optional[Request]
+    _handler: Optional[Callable[..., Any]]
+    _conn: Optional[Connection]
+    _close_after: bool
+    def reply(
+        self,
+        status_code: int,
+        body: Union[bytes, bytearray, memoryview, str, None] = b"",
+        headers: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        """pymongoose's reply: answer _request (sent when the dispatcher's handler
+        returns), else the bytes go raw on _conn."""
+
+@final
+class MgDispatcher:
+    """A Server handler running pymongoose handlers: handler(conn, MG_EV_HTTP_MSG, msg)
+    with conn = request.connection.user (else make_conn(request)); the handler is
+    conn._handler, else .handler, else resolve(conn)."""
+
+    handler: Optional[Callable[[Any, int, MgHttpMessage], Any]]
+    def __init__(
+        self,
+        resolve: Callable[[Any], Optional[Callable[[Any, int, MgHttpMessage], Any]]],
+        make_conn: Optional[Callable[[Request], MgConnection]] = None,
+        handler: Optional[Callable[[Any, int, MgHttpMessage], Any]] = None,
+    ) -> None: ...
+    @property
+    def resolve(self) -> Callable[[Any], Any]: ...
+    def __call__(self, request: Request) -> None: ...
+
 class Response:
     """Status, headers and body. content_type defaults from the body's type."""
 
