@@ -10,7 +10,8 @@
  *                  _close_after) and reply(), pymongoose's mg_http_reply
  *   MgDispatcher   the Server's request handler: per request, the compat
  *                  Connection of the request's connection, the message, the
- *                  handler, one call; an exception is logged and answered 500
+ *                  handler called for MG_EV_HTTP_HDRS and MG_EV_HTTP_MSG; an
+ *                  exception is logged and answered 500
  *
  * Why C: compat's hot path in Python (a Connection and an HttpMessage
  * object, their property lookups, reply() building a Response and copying the
@@ -42,7 +43,8 @@
 #define Py_READONLY READONLY
 #endif
 
-#define MG_EV_HTTP_MSG 11 /* Mongoose 7's event number, as compat exports it */
+#define MG_EV_HTTP_HDRS 10 /* Mongoose 7's event numbers, as compat exports them */
+#define MG_EV_HTTP_MSG 11
 
 /* The module's objects for this file (st->mg); every PyObject a strong
  * reference. */
@@ -50,6 +52,7 @@ struct pyb_mg {
   PyTypeObject *message_type, *connection_type, *dispatcher_type;
   PyObject *proto_11, *proto_10; /* "HTTP/1.1", "HTTP/1.0" */
   PyObject *ev_http_msg;         /* 11 */
+  PyObject *ev_http_hdrs;        /* 10 */
   PyObject *empty_str;           /* "" */
   PyObject *str_send, *str_body;
   PyObject *reply_kw[3]; /* "status_code", "body", "headers" */
@@ -362,9 +365,26 @@ static PyObject *message_query_var(PyObject *op, PyObject *name) {
   Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(status_doc, "status() -> None\n\nA response's status code; None for a request.");
+PyDoc_STRVAR(status_doc, "status() -> int\n\n"
+                         "As Mongoose's mg_http_status: atoi() of the URI, so 0 for a request.");
 
-static PyObject *message_status(PyObject *op, PyObject *unused) { Py_RETURN_NONE; }
+static PyObject *message_status(PyObject *op, PyObject *unused) {
+  /* Mongoose's mg_http_status is atoi() of the first line's second word: the
+   * URI of a request, so 0 for every origin-form target. */
+  const pmu_request_t *r = message_view(MSG(op));
+  if (r == NULL)
+    return NULL;
+  const char *p = r->path, *end = r->path + r->path_len;
+  while (p < end && (*p == ' ' || (*p >= '\t' && *p <= '\r')))
+    p++;
+  int negative = p < end && *p == '-';
+  if (p < end && (*p == '-' || *p == '+'))
+    p++;
+  long long v = 0;
+  for (; p < end && *p >= '0' && *p <= '9' && v < 1000000000000LL; p++)
+    v = v * 10 + (*p - '0');
+  return PyLong_FromLongLong(negative ? -v : v);
+}
 
 PyDoc_STRVAR(header_var_doc,
              "header_var(header_name, var_name) -> str | None\n\n"
@@ -932,6 +952,7 @@ typedef struct {
   PyObject *resolve;   /* resolve(conn) -> handler or None */
   PyObject *make_conn; /* make_conn(request) -> MgConnection, or NULL */
   PyObject *handler;   /* the default handler, before resolve(); NULL (None) for none */
+  char http_hdrs;      /* deliver MG_EV_HTTP_HDRS before MG_EV_HTTP_MSG */
 } MgDispatcherObject;
 
 #define DISP(o) ((MgDispatcherObject *)(o))
@@ -973,6 +994,17 @@ static PyObject *connection_of(MgDispatcherObject *self, PyObject *request) {
   return conn;
 }
 
+/* The handler for an event on c: its own, else the dispatcher's, else
+ * resolve(c). New reference (Py_None: none), or NULL with an exception. */
+static PyObject *find_handler(MgDispatcherObject *self, MgConnObject *c) {
+  PyObject *handler = c->handler;
+  if (handler == NULL || handler == Py_None)
+    handler = self->handler;
+  if (handler != NULL && handler != Py_None)
+    return Py_NewRef(handler);
+  return PyObject_CallOneArg(self->resolve, (PyObject *)c);
+}
+
 static PyObject *dispatch(MgDispatcherObject *self, PyObject *request) {
   pyb_state *st = self->st;
   PyObject *conn = connection_of(self, request);
@@ -994,27 +1026,30 @@ static PyObject *dispatch(MgDispatcherObject *self, PyObject *request) {
   unsigned long outer_thread = c->dispatch_thread;
   c->pending = &pending;
   c->dispatch_thread = PyThread_get_thread_ident();
-  PyObject *handler = c->handler;
-  if (handler == NULL || handler == Py_None)
-    handler = self->handler;
-  if (handler != NULL && handler != Py_None)
-    Py_INCREF(handler);
-  else
-    handler = PyObject_CallOneArg(self->resolve, conn);
-  PyObject *result = NULL;
-  if (handler == Py_None) {
-    Py_DECREF(handler);
-    /* No handler for this connection: what compat answered before. */
-    static const pmu_header_t ct = {"Content-Type", 12, "text/plain; charset=utf-8", 25};
-    pmu_response_t nf = {
-        .status = 404, .headers = &ct, .header_count = 1, .body = "Not Found", .body_len = 9};
-    if (pyb_request_is_live(request) && pyb_request_respond(request, &nf, 0) < 0)
-      PyErr_Clear();
-    result = Py_NewRef(Py_None);
-  } else if (handler != NULL) {
-    PyObject *argv[3] = {conn, st->mg->ev_http_msg, msg};
-    result = PyObject_Vectorcall(handler, argv, 3, NULL);
-    Py_DECREF(handler);
+  /* MG_EV_HTTP_HDRS, then MG_EV_HTTP_MSG with the same message, as Mongoose
+   * delivers a request; each to the connection's handler of the moment. */
+  PyObject *result = Py_NewRef(Py_None);
+  PyObject *events[2] = {st->mg->ev_http_hdrs, st->mg->ev_http_msg};
+  for (int i = self->http_hdrs ? 0 : 1; i < 2 && result != NULL; i++) {
+    PyObject *handler = find_handler(self, c);
+    if (handler == NULL) {
+      Py_CLEAR(result);
+    } else if (handler == Py_None) {
+      Py_DECREF(handler);
+      if (i == 1 && pending.request == NULL && pyb_request_is_live(request)) {
+        /* No handler for the request: what compat answered before. */
+        static const pmu_header_t ct = {"Content-Type", 12, "text/plain; charset=utf-8", 25};
+        pmu_response_t nf = {
+            .status = 404, .headers = &ct, .header_count = 1, .body = "Not Found", .body_len = 9};
+        if (pyb_request_respond(request, &nf, 0) < 0)
+          PyErr_Clear();
+      }
+    } else {
+      PyObject *argv[3] = {conn, events[i], msg};
+      Py_DECREF(result);
+      result = PyObject_Vectorcall(handler, argv, 3, NULL);
+      Py_DECREF(handler);
+    }
   }
   c->pending = outer;
   c->dispatch_thread = outer_thread;
@@ -1076,6 +1111,7 @@ static PyObject *dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kw
   self->resolve = Py_NewRef(resolve);
   self->make_conn = make_conn == Py_None ? NULL : Py_NewRef(make_conn);
   self->handler = handler == Py_None ? NULL : Py_NewRef(handler);
+  self->http_hdrs = 1;
   return (PyObject *)self;
 }
 
@@ -1108,6 +1144,8 @@ static PyMemberDef dispatcher_members[] = {
     {"resolve", Py_T_OBJECT, offsetof(MgDispatcherObject, resolve), Py_READONLY, NULL},
     {"handler", Py_T_OBJECT, offsetof(MgDispatcherObject, handler), 0,
      "The handler of connections whose _handler is None (None: resolve(conn) decides)."},
+    {"http_hdrs", Py_T_BOOL, offsetof(MgDispatcherObject, http_hdrs), 0,
+     "Whether each request is first delivered as MG_EV_HTTP_HDRS (default True, as Mongoose)."},
     {NULL},
 };
 
@@ -1117,8 +1155,10 @@ PyDoc_STRVAR(dispatcher_doc,
              "request.connection.user (else make_conn(request)), an MgConnection;\n"
              "conn._request = request; the handler is conn._handler, else the\n"
              "dispatcher's handler, else resolve(conn) (None: 404); then\n"
-             "handler(conn, MG_EV_HTTP_MSG, MgHttpMessage(request)). A handler\n"
-             "that raises is logged with its traceback and its request answered 500.");
+             "handler(conn, MG_EV_HTTP_HDRS, msg) (unless http_hdrs is False) and\n"
+             "handler(conn, MG_EV_HTTP_MSG, msg), msg = MgHttpMessage(request). A\n"
+             "handler that raises is logged with its traceback, its request answered\n"
+             "500 and no further event delivered for it.");
 
 static PyType_Slot dispatcher_slots[] = {
     {Py_tp_new, dispatcher_new},           {Py_tp_dealloc, dispatcher_dealloc},
@@ -1159,6 +1199,7 @@ int pyb_mg_exec(PyObject *module, pyb_state *st) {
       (mg->proto_10 = PyUnicode_InternFromString("HTTP/1.0")) == NULL ||
       (mg->empty_str = PyUnicode_FromStringAndSize("", 0)) == NULL ||
       (mg->ev_http_msg = PyLong_FromLong(MG_EV_HTTP_MSG)) == NULL ||
+      (mg->ev_http_hdrs = PyLong_FromLong(MG_EV_HTTP_HDRS)) == NULL ||
       (mg->str_send = PyUnicode_InternFromString("send")) == NULL ||
       (mg->str_body = PyUnicode_InternFromString("body")) == NULL ||
       (mg->reply_kw[0] = PyUnicode_InternFromString("status_code")) == NULL ||
@@ -1189,6 +1230,7 @@ void pyb_mg_clear(pyb_state *st) {
   Py_CLEAR(mg->proto_10);
   Py_CLEAR(mg->empty_str);
   Py_CLEAR(mg->ev_http_msg);
+  Py_CLEAR(mg->ev_http_hdrs);
   Py_CLEAR(mg->str_send);
   Py_CLEAR(mg->str_body);
   for (int i = 0; i < 3; i++)

@@ -376,7 +376,8 @@ class MgHttpMessage:
     def query_var(self, name: str) -> Optional[str]:
         """As Mongoose's mg_http_get_var: None when absent, empty or badly escaped."""
     def header_var(self, header_name: str, var_name: str) -> Optional[str]: ...
-    def status(self) -> None: ...
+    def status(self) -> int:
+        """As Mongoose's mg_http_status: atoi(uri), 0 for a request."""
 
 class MgConnection:
     """The base of compat's Connection: the slots of its hot path and reply()."""
@@ -397,11 +398,12 @@ class MgConnection:
 
 @final
 class MgDispatcher:
-    """A Server handler running pymongoose handlers: handler(conn, MG_EV_HTTP_MSG, msg)
-    with conn = request.connection.user (else make_conn(request)); the handler is
+    """A Server handler running pymongoose handlers: handler(conn, MG_EV_HTTP_HDRS, msg)
+    (unless http_hdrs is False), then handler(conn, MG_EV_HTTP_MSG, msg), with conn = request.connection.user (else make_conn(request)); the handler is
     conn._handler, else .handler, else resolve(conn)."""
 
     handler: Optional[Callable[[Any, int, MgHttpMessage], Any]]
+    http_hdrs: bool
     def __init__(
         self,
         resolve: Callable[[Any], Optional[Callable[[Any, int, MgHttpMessage], Any]]],

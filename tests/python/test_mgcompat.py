@@ -45,7 +45,7 @@ def mg(serve):
     MgDispatcher; every request gets a fresh Conn (make_conn) whose _conn is
     state["transport"]."""
 
-    def start(handler=None, resolve=None, **options):
+    def start(handler=None, resolve=None, hdrs=False, **options):
         state = {"transport": FakeTransport(), "conns": [], "resolved": 0}
 
         def make_conn(request):
@@ -59,6 +59,7 @@ def mg(serve):
             return None
 
         dispatcher = _pmu.MgDispatcher(resolve or default_resolve, make_conn, handler)
+        dispatcher.http_hdrs = hdrs  # (MG_EV_HTTP_HDRS has its own test)
         options.setdefault("threads", 1)
         state["dispatcher"] = dispatcher
         return serve(dispatcher, **options), state
@@ -124,7 +125,7 @@ def test_message_fields(mg):
     assert seen["host"] == "t" and seen["host_kw"] == "t"
     assert seen["missing"] is None and seen["missing_default"] == "d"
     assert seen["headers"] == [("Host", "t"), ("X-Two", "1"), ("x-two", "2")]
-    assert seen["status"] is None and seen["truth"] is True
+    assert seen["status"] == 0 and seen["truth"] is True  # mg_http_status: atoi(uri)
     assert isinstance(seen["request"], _pmu.Request)
 
 
@@ -548,7 +549,9 @@ def test_conn_handler_wins(serve):
         seen.append(c)
         return None
 
-    server = serve(_pmu.MgDispatcher(resolve, lambda r: conn, lambda *a: 1 / 0), threads=1)
+    dispatcher = _pmu.MgDispatcher(resolve, lambda r: conn, lambda *a: 1 / 0)
+    dispatcher.http_hdrs = False
+    server = serve(dispatcher, threads=1)
     assert get(server, "/")[2] == b"mine" and seen == []
 
 
@@ -677,6 +680,7 @@ def test_dispatcher_finds_the_connection_object_of_the_connection(serve):
         raise AssertionError("make_conn called")
 
     dispatcher = _pmu.MgDispatcher(lambda c: None, make_conn, handler)
+    dispatcher.http_hdrs = False
     server = serve(dispatcher, threads=1, connection_handler=on_conn)
     raw = b"".join(b"GET /%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(3))
     assert [b for _, _, b in exchange(server, raw, 3)] == [b"0 /0", b"0 /1", b"0 /2"]
@@ -692,8 +696,9 @@ def test_second_reply_raw_on_the_real_connection(serve):
             handle.user = conn
 
     def handler(conn, ev, msg):
-        conn.reply(200, b"one")
-        conn.reply(200, b"two")  # raw bytes after the answer, as Mongoose writes them
+        if ev == MG_EV_HTTP_MSG:
+            conn.reply(200, b"one")
+            conn.reply(200, b"two")  # raw bytes after the answer, as Mongoose writes them
 
     server = serve(
         _pmu.MgDispatcher(lambda c: None, None, handler), threads=1, connection_handler=on_conn
@@ -707,3 +712,33 @@ def test_second_reply_raw_on_the_real_connection(serve):
         assert headers == [("Content-Type", "text/plain"), ("Content-Length", "3")]
     finally:
         client.close()
+
+
+def test_each_request_is_http_hdrs_then_http_msg(mg, caplog):
+    seen = []
+
+    def other(conn, ev, msg):
+        seen.append(("other", ev, msg.uri))
+        conn.reply(200, b"other")
+
+    def handler(conn, ev, msg):
+        seen.append((ev, id(msg), msg.uri, msg.status()))
+        if msg.uri == "/raise":
+            raise ValueError("in HTTP_HDRS")
+        if msg.uri == "/switch":
+            conn._handler = other  # pymongoose's set_handler: the next event goes there
+            return
+        if ev == MG_EV_HTTP_MSG:
+            conn.reply(200, b"ok")
+
+    server, _ = mg(handler, hdrs=True)
+    assert get(server, "/a")[2] == b"ok"
+    assert [e for e, *_ in seen] == [10, 11] and seen[0][1] == seen[1][1]  # one message
+    assert seen[0][2:] == ("/a", 0)
+    seen.clear()
+    with caplog.at_level(logging.ERROR, logger="pymongoose_uring"):
+        assert get(server, "/raise")[0] == 500
+    assert [e for e, *_ in seen] == [10]  # no MG_EV_HTTP_MSG after a raise
+    seen.clear()
+    assert get(server, "/switch")[2] == b"other"
+    assert seen[1] == ("other", 11, "/switch")
