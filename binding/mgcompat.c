@@ -38,6 +38,7 @@
 #if PY_VERSION_HEX < 0x030C0000
 #include <structmember.h>
 #define Py_T_OBJECT T_OBJECT
+#define Py_T_OBJECT_EX T_OBJECT_EX
 #define Py_T_BOOL T_BOOL
 #define Py_T_PYSSIZET T_PYSSIZET
 #define Py_READONLY READONLY
@@ -70,14 +71,34 @@ typedef struct {
 
 #define MSG(o) ((MgMessageObject *)(o))
 
+static PyObject *mg_text(pyb_state *st, const char *p, size_t n);
+
+/* method and uri are read by nearly every pymongoose handler, often more than
+ * once: they are made with the message and are plain slots, which CPython's
+ * attribute cache reads without a call (a getter would cost one per read). */
+static int message_fill(MgMessageObject *self, PyObject *request) {
+  self->request = Py_NewRef(request);
+  const pmu_request_t *r = pyb_request_view(request);
+  if (r == NULL)
+    return -1;
+  self->method = pyb_request_method(request); /* interned for the common ones */
+  if (self->method == NULL)
+    return -1;
+  self->uri = mg_text(self->st, r->path, r->path_len);
+  return self->uri ? 0 : -1;
+}
+
 static PyObject *message_new_for(pyb_state *st, PyObject *request) {
   MgMessageObject *self = PyObject_GC_New(MgMessageObject, st->mg->message_type);
   if (self == NULL)
     return NULL;
   self->st = st;
-  self->request = Py_NewRef(request);
-  self->method = self->uri = self->query = self->body = NULL;
+  self->request = self->method = self->uri = self->query = self->body = NULL;
   PyObject_GC_Track((PyObject *)self);
+  if (message_fill(self, request) < 0) {
+    Py_DECREF(self);
+    return NULL;
+  }
   return (PyObject *)self;
 }
 
@@ -97,7 +118,8 @@ static PyObject *message_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
   MgMessageObject *self = (MgMessageObject *)type->tp_alloc(type, 0);
   if (self != NULL) {
     self->st = st;
-    self->request = Py_NewRef(request);
+    if (message_fill(self, request) < 0)
+      Py_CLEAR(self);
   }
   return (PyObject *)self;
 }
@@ -140,28 +162,6 @@ static PyObject *mg_text(pyb_state *st, const char *p, size_t n) {
   if (n == 0)
     return Py_NewRef(st->mg->empty_str);
   return PyUnicode_DecodeUTF8(p, (Py_ssize_t)n, "surrogateescape");
-}
-
-static PyObject *get_method(PyObject *op, void *closure) {
-  MgMessageObject *self = MSG(op);
-  if (self->method == NULL) {
-    if (self->request == NULL || message_view(self) == NULL)
-      return NULL;
-    self->method = pyb_request_method(self->request); /* interned for the common ones */
-    if (self->method == NULL)
-      return NULL;
-  }
-  return Py_NewRef(self->method);
-}
-
-static PyObject *get_uri(PyObject *op, void *closure) {
-  MgMessageObject *self = MSG(op);
-  if (self->uri == NULL) {
-    const pmu_request_t *r = message_view(self);
-    if (r == NULL || (self->uri = mg_text(self->st, r->path, r->path_len)) == NULL)
-      return NULL;
-  }
-  return Py_NewRef(self->uri);
 }
 
 static PyObject *get_query(PyObject *op, void *closure) {
@@ -435,13 +435,19 @@ static PyObject *message_repr(PyObject *op) {
 }
 
 static PyGetSetDef message_getset[] = {
-    {"method", get_method, NULL, "The request method, e.g. 'GET'.", NULL},
-    {"uri", get_uri, NULL, "The path as sent, without the query.", NULL},
     {"query", get_query, NULL, "The query string as sent, without '?'; '' if none.", NULL},
     {"proto", get_proto, NULL, "'HTTP/1.1' or 'HTTP/1.0'.", NULL},
     {"body_bytes", get_body_bytes, NULL, "The whole body (bytes).", NULL},
     {"body_text", get_body_text, NULL, "The body as UTF-8 text (surrogateescape).", NULL},
     {"request", get_request, NULL, "The Request this message reads.", NULL},
+    {NULL},
+};
+
+static PyMemberDef message_members[] = {
+    {"method", Py_T_OBJECT_EX, offsetof(MgMessageObject, method), Py_READONLY,
+     "The request method, e.g. 'GET'."},
+    {"uri", Py_T_OBJECT_EX, offsetof(MgMessageObject, uri), Py_READONLY,
+     "The path as sent, without the query."},
     {NULL},
 };
 
@@ -459,11 +465,17 @@ PyDoc_STRVAR(message_doc, "MgHttpMessage(request)\n\n"
                           "pymongoose's HttpMessage (the data of MG_EV_HTTP_MSG) over a Request.");
 
 static PyType_Slot message_slots[] = {
-    {Py_tp_new, message_new},           {Py_tp_dealloc, message_dealloc},
-    {Py_tp_traverse, message_traverse}, {Py_tp_clear, message_clear},
-    {Py_tp_repr, message_repr},         {Py_tp_getset, message_getset},
-    {Py_tp_methods, message_methods},   {Py_nb_bool, message_bool},
-    {Py_tp_doc, (void *)message_doc},   {0, NULL},
+    {Py_tp_new, message_new},
+    {Py_tp_dealloc, message_dealloc},
+    {Py_tp_traverse, message_traverse},
+    {Py_tp_clear, message_clear},
+    {Py_tp_repr, message_repr},
+    {Py_tp_members, message_members},
+    {Py_tp_getset, message_getset},
+    {Py_tp_methods, message_methods},
+    {Py_nb_bool, message_bool},
+    {Py_tp_doc, (void *)message_doc},
+    {0, NULL},
 };
 
 static PyType_Spec message_spec = {
