@@ -55,7 +55,8 @@ struct pyb_mg {
   PyObject *ev_http_msg;         /* 11 */
   PyObject *ev_http_hdrs;        /* 10 */
   PyObject *empty_str;           /* "" */
-  PyObject *str_send, *str_body;
+  PyObject *str_send, *str_body, *str_reply_slow;
+  PyObject *empty_bytes; /* b"" */
   PyObject *reply_kw[3]; /* "status_code", "body", "headers" */
 };
 
@@ -104,10 +105,21 @@ static PyObject *message_new_for(pyb_state *st, PyObject *request) {
 
 static PyObject *message_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
   pyb_state *st = pyb_state_from_type(type);
-  PyObject *request;
+  PyObject *request = Py_None;
   static char *kwlist[] = {"request", NULL};
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:MgHttpMessage", kwlist, &request))
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:MgHttpMessage", kwlist, &request))
     return NULL;
+  if (request == Py_None) {
+    /* An empty message, as pymongoose's HttpMessage over no mg_http_message:
+     * "" and None everywhere, false. */
+    MgMessageObject *self = (MgMessageObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+      self->st = st;
+      self->method = Py_NewRef(st->mg->empty_str);
+      self->uri = Py_NewRef(st->mg->empty_str);
+    }
+    return (PyObject *)self;
+  }
   if (!PyObject_TypeCheck(request, st->request_type)) {
     PyErr_Format(PyExc_TypeError, "MgHttpMessage(request): a Request, not %.100s",
                  Py_TYPE(request)->tp_name);
@@ -164,8 +176,16 @@ static PyObject *mg_text(pyb_state *st, const char *p, size_t n) {
   return PyUnicode_DecodeUTF8(p, (Py_ssize_t)n, "surrogateescape");
 }
 
+/* The answers of an empty message (no request), as pymongoose's. */
+#define IF_EMPTY(op, value)       \
+  do {                            \
+    if (MSG(op)->request == NULL) \
+      return (value);             \
+  } while (0)
+
 static PyObject *get_query(PyObject *op, void *closure) {
   MgMessageObject *self = MSG(op);
+  IF_EMPTY(op, Py_NewRef(self->st->mg->empty_str));
   if (self->query == NULL) {
     const pmu_request_t *r = message_view(self);
     if (r == NULL || (self->query = mg_text(self->st, r->query, r->query_len)) == NULL)
@@ -176,6 +196,7 @@ static PyObject *get_query(PyObject *op, void *closure) {
 
 static PyObject *get_proto(PyObject *op, void *closure) {
   MgMessageObject *self = MSG(op);
+  IF_EMPTY(op, Py_NewRef(self->st->mg->empty_str));
   const pmu_request_t *r = message_view(self);
   if (r == NULL)
     return NULL;
@@ -189,11 +210,8 @@ static PyObject *get_proto(PyObject *op, void *closure) {
 /* request.body (the Request's own cache and rules: a streamed body raises). */
 static PyObject *get_body_bytes(PyObject *op, void *closure) {
   MgMessageObject *self = MSG(op);
+  IF_EMPTY(op, PyBytes_FromStringAndSize("", 0));
   if (self->body == NULL) {
-    if (self->request == NULL) {
-      PyErr_SetString(PyExc_RuntimeError, "this message has no request");
-      return NULL;
-    }
     PyObject *body = PyObject_GetAttr(self->request, self->st->mg->str_body);
     if (body == NULL)
       return NULL;
@@ -263,10 +281,14 @@ static PyObject *message_header(PyObject *op, PyObject *const *args, Py_ssize_t 
   }
   Py_ssize_t n;
   const char *s = utf8_arg(name, &n, "name");
-  const pmu_request_t *r = s ? message_view(MSG(op)) : NULL;
+  if (s == NULL)
+    return NULL;
+  IF_EMPTY(op, Py_NewRef(deflt));
+  const pmu_header_t *h = NULL;
+  const pmu_request_t *r = message_view(MSG(op));
   if (r == NULL)
     return NULL;
-  const pmu_header_t *h = find_header(r, s, n);
+  h = find_header(r, s, n);
   if (h == NULL)
     return Py_NewRef(deflt);
   return mg_text(MSG(op)->st, h->value, h->value_len);
@@ -277,6 +299,7 @@ PyDoc_STRVAR(headers_doc, "headers() -> list[tuple[str, str]]\n\n"
 
 static PyObject *message_headers(PyObject *op, PyObject *unused) {
   MgMessageObject *self = MSG(op);
+  IF_EMPTY(op, PyList_New(0));
   const pmu_request_t *r = message_view(self);
   if (r == NULL)
     return NULL;
@@ -341,7 +364,10 @@ PyDoc_STRVAR(query_var_doc,
 static PyObject *message_query_var(PyObject *op, PyObject *name) {
   Py_ssize_t n;
   const char *s = utf8_arg(name, &n, "name");
-  const pmu_request_t *r = s ? message_view(MSG(op)) : NULL;
+  if (s == NULL)
+    return NULL;
+  IF_EMPTY(op, Py_NewRef(Py_None));
+  const pmu_request_t *r = message_view(MSG(op));
   if (r == NULL)
     return NULL;
   const char *nul = memchr(s, '\0', (size_t)n); /* Mongoose takes the name as a C string */
@@ -370,7 +396,8 @@ PyDoc_STRVAR(status_doc, "status() -> int\n\n"
 
 static PyObject *message_status(PyObject *op, PyObject *unused) {
   /* Mongoose's mg_http_status is atoi() of the first line's second word: the
-   * URI of a request, so 0 for every origin-form target. */
+   * URI of a request, so 0 for every origin-form target; None when empty. */
+  IF_EMPTY(op, Py_NewRef(Py_None));
   const pmu_request_t *r = message_view(MSG(op));
   if (r == NULL)
     return NULL;
@@ -401,7 +428,10 @@ static PyObject *message_header_var(PyObject *op, PyObject *const *args, Py_ssiz
   Py_ssize_t hn, vn;
   const char *hs = utf8_arg(args[0], &hn, "header_name");
   const char *vs = hs ? utf8_arg(args[1], &vn, "var_name") : NULL;
-  const pmu_request_t *r = vs ? message_view(MSG(op)) : NULL;
+  if (vs == NULL)
+    return NULL;
+  IF_EMPTY(op, Py_NewRef(Py_None));
+  const pmu_request_t *r = message_view(MSG(op));
   if (r == NULL)
     return NULL;
   const pmu_header_t *h = find_header(r, hs, hn);
@@ -426,7 +456,7 @@ static PyObject *message_header_var(PyObject *op, PyObject *const *args, Py_ssiz
   Py_RETURN_NONE;
 }
 
-static int message_bool(PyObject *op) { return 1; }
+static int message_bool(PyObject *op) { return MSG(op)->request != NULL; }
 
 static PyObject *message_repr(PyObject *op) {
   PyObject *r = MSG(op)->request;
@@ -461,8 +491,9 @@ static PyMethodDef message_methods[] = {
     {NULL},
 };
 
-PyDoc_STRVAR(message_doc, "MgHttpMessage(request)\n\n"
-                          "pymongoose's HttpMessage (the data of MG_EV_HTTP_MSG) over a Request.");
+PyDoc_STRVAR(message_doc, "MgHttpMessage(request=None)\n\n"
+                          "pymongoose's HttpMessage (the data of MG_EV_HTTP_MSG) over a Request;\n"
+                          "without one, an empty message (false; '' and None everywhere).");
 
 static PyType_Slot message_slots[] = {
     {Py_tp_new, message_new},
@@ -667,9 +698,23 @@ nomem:
   return -1;
 }
 
+/* Whether the headers ask for a chunked answer (Transfer-Encoding naming
+ * chunked): one the engine cannot send whole, left to the layer above. */
+static int is_chunked(const pmu_response_t *r) {
+  for (size_t i = 0; i < r->header_count; i++) {
+    const pmu_header_t *h = &r->headers[i];
+    if (h->name_len != 17 || strncasecmp(h->name, "transfer-encoding", 17) != 0)
+      continue;
+    for (size_t k = 0; k + 7 <= h->value_len; k++)
+      if (strncasecmp(h->value + k, "chunked", 7) == 0)
+        return 1;
+  }
+  return 0;
+}
+
 /* Fill the empty `a` with pymongoose's reply to `request` (live): the body
- * and headers as reply() takes them, validated. 0, or -1 with an exception
- * (a is then empty). */
+ * and headers as reply() takes them, validated. 0; 1 when the headers ask for
+ * a chunked answer (a stays empty); -1 with an exception (a is then empty). */
 static int answer_prepare(mg_answer *a, PyObject *request, int status, PyObject *body,
                           PyObject *headers, int close_after) {
   const char *bp;
@@ -694,12 +739,12 @@ static int answer_prepare(mg_answer *a, PyObject *request, int status, PyObject 
     pyb_built built;
     int rc = pyb_build_headers(hdrs, &built);
     if (rc == 0)
-      rc = copy_headers(a, &built.response, close_after);
+      rc = is_chunked(&built.response) ? 1 : copy_headers(a, &built.response, close_after);
     pyb_built_release(&built);
     Py_DECREF(hdrs);
-    if (rc < 0) {
+    if (rc != 0) {
       answer_release(a);
-      return -1;
+      return rc;
     }
   }
   a->request = Py_NewRef(request);
@@ -799,6 +844,16 @@ PyDoc_STRVAR(reply_doc,
              "None gives Content-Type: text/plain). With no request left to answer, the\n"
              "response is sent raw on _conn as Mongoose formats it.");
 
+/* getattr without building an AttributeError when it is missing: 1 found
+ * (*out a new reference), 0 missing (*out NULL), -1 another error. */
+static int lookup_attr(PyObject *obj, PyObject *name, PyObject **out) {
+#if PY_VERSION_HEX >= 0x030D0000
+  return PyObject_GetOptionalAttr(obj, name, out);
+#else
+  return _PyObject_LookupAttr(obj, name, out);
+#endif
+}
+
 static PyObject *conn_reply(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames) {
   MgConnObject *self = CONN(op);
@@ -859,14 +914,34 @@ static PyObject *conn_reply(PyObject *op, PyObject *const *args, Py_ssize_t narg
     mg_answer *a = deferred ? pending : &now;
     if (!deferred)
       answer_init(&now);
-    if (answer_prepare(a, request, (int)status, vals[1], vals[2], self->close_after) < 0)
+    int rc = answer_prepare(a, request, (int)status, vals[1], vals[2], self->close_after);
+    if (rc < 0)
       return NULL;
-    Py_CLEAR(self->request); /* a holds it now */
-    /* Deferred: the dispatcher sends it when the handler returns. Else now,
-     * copying the request's data (who else reads it is not known here). */
-    if (!deferred && answer_send(st, a, 0) < 0)
-      return NULL;
-    Py_RETURN_NONE;
+    if (rc == 0) {
+      Py_CLEAR(self->request); /* a holds it now */
+      /* Deferred: the dispatcher sends it when the handler returns. Else now,
+       * copying the request's data (who else reads it is not known here). */
+      if (!deferred && answer_send(st, a, 0) < 0)
+        return NULL;
+      Py_RETURN_NONE;
+    }
+  }
+  /* The rest (a chunked answer begun, no request left to answer) is the
+   * subclass's, when it has a _reply_slow(status_code, body, headers). */
+  PyObject *slow = NULL;
+  if (lookup_attr(op, st->mg->str_reply_slow, &slow) < 0)
+    return NULL;
+  if (slow != NULL) {
+    PyObject *argv[3] = {vals[0], vals[1] ? vals[1] : st->mg->empty_bytes,
+                         vals[2] ? vals[2] : Py_None};
+    PyObject *r = PyObject_Vectorcall(slow, argv, 3, NULL);
+    Py_DECREF(slow);
+    return r;
+  }
+  if (request != NULL && request != Py_None && PyObject_TypeCheck(request, st->request_type) &&
+      pyb_request_is_live(request)) {
+    PyErr_SetString(PyExc_ValueError, "reply(): a chunked answer needs a _reply_slow()");
+    return NULL;
   }
   /* Nothing to answer: as Mongoose, the bytes go out on the connection. */
   if (self->conn == NULL || self->conn == Py_None) {
@@ -1214,6 +1289,8 @@ int pyb_mg_exec(PyObject *module, pyb_state *st) {
       (mg->ev_http_hdrs = PyLong_FromLong(MG_EV_HTTP_HDRS)) == NULL ||
       (mg->str_send = PyUnicode_InternFromString("send")) == NULL ||
       (mg->str_body = PyUnicode_InternFromString("body")) == NULL ||
+      (mg->str_reply_slow = PyUnicode_InternFromString("_reply_slow")) == NULL ||
+      (mg->empty_bytes = PyBytes_FromStringAndSize("", 0)) == NULL ||
       (mg->reply_kw[0] = PyUnicode_InternFromString("status_code")) == NULL ||
       (mg->reply_kw[1] = PyUnicode_InternFromString("body")) == NULL ||
       (mg->reply_kw[2] = PyUnicode_InternFromString("headers")) == NULL)
@@ -1245,6 +1322,8 @@ void pyb_mg_clear(pyb_state *st) {
   Py_CLEAR(mg->ev_http_hdrs);
   Py_CLEAR(mg->str_send);
   Py_CLEAR(mg->str_body);
+  Py_CLEAR(mg->str_reply_slow);
+  Py_CLEAR(mg->empty_bytes);
   for (int i = 0; i < 3; i++)
     Py_CLEAR(mg->reply_kw[i]);
   PyMem_Free(mg);

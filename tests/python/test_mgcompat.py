@@ -742,3 +742,42 @@ def test_each_request_is_http_hdrs_then_http_msg(mg, caplog):
     seen.clear()
     assert get(server, "/switch")[2] == b"other"
     assert seen[1] == ("other", 11, "/switch")
+
+
+def test_an_empty_message_answers_as_pymongoose():
+    """pymongoose's HttpMessage over no message: '' and None, false."""
+    for msg in (_pmu.MgHttpMessage(), _pmu.MgHttpMessage.__new__(_pmu.MgHttpMessage)):
+        assert not msg and msg.request is None
+        assert (msg.method, msg.uri, msg.query, msg.proto) == ("", "", "", "")
+        assert (msg.body_bytes, msg.body_text, msg.headers()) == (b"", "", [])
+        assert msg.header("Host") is None and msg.header("Host", "d") == "d"
+        assert msg.query_var("a") is None and msg.header_var("a", "b") is None
+        assert msg.status() is None
+
+
+def test_reply_leaves_chunked_answers_and_raw_replies_to_the_subclass(serve):
+    calls = []
+
+    class Slow(_pmu.MgConnection):
+        __slots__ = ()
+
+        def _reply_slow(self, status_code, body, headers):
+            calls.append((status_code, body, headers, self._request is not None))
+            request = self._request
+            if request is not None:
+                self._request = None
+                request.reply(b"slow:" + body, status_code)
+
+    def handler(conn, ev, msg):
+        if msg.uri == "/chunked":
+            conn.reply(200, b"c", {"Transfer-Encoding": "Chunked"})
+        else:
+            conn.reply(200, b"fast", {"X": "1"})
+            conn.reply(201)
+
+    dispatcher = _pmu.MgDispatcher(lambda conn: None, lambda request: Slow(), handler)
+    dispatcher.http_hdrs = False
+    server = serve(dispatcher, threads=1)
+    assert get(server, "/chunked")[2] == b"slow:c"
+    assert get(server, "/other")[2] == b"fast"
+    assert calls == [(200, b"c", {"Transfer-Encoding": "Chunked"}, True), (201, b"", None, False)]
