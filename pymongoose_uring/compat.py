@@ -94,7 +94,7 @@ import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Union
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import urlsplit
 
 from . import _native
 from ._compat_helpers import (
@@ -109,7 +109,10 @@ from ._native import Response
 from ._server import Server
 
 if TYPE_CHECKING:
-    from ._pmu import Request
+    from ._pmu import MgConnection as _MgConnection, MgHttpMessage as _MgHttpMessage, Request
+else:
+    _MgConnection = _native._pmu.MgConnection
+    _MgHttpMessage = _native._pmu.MgHttpMessage
 
 __all__ = [
     "Manager",
@@ -245,130 +248,14 @@ def _address(addr: Union[Tuple[str, int], str, None]) -> Optional[Tuple[str, int
     return None
 
 
-def _atoi(text: str) -> int:
-    """C's atoi: leading blanks, a sign, digits; 0 when none."""
-    text = text.lstrip(" \t\n\r\v\f")
-    end = 1 if text[:1] in ("+", "-") else 0
-    while end < len(text) and "0" <= text[end] <= "9":
-        end += 1
-    try:
-        return int(text[:end])
-    except ValueError:
-        return 0
-
-
-def _http_var(query: str, name: str) -> Optional[str]:
-    """Mongoose's mg_http_get_var over a raw query string: the first
-    ``name=value`` entry (name compared case-insensitively), percent-decoded
-    with '+' as a space; None when absent, empty, or badly encoded (a '%' not
-    followed by two hex digits), as pymongoose answers."""
-    if not query:
-        return None
-    lname = name.lower()
-    for entry in query.split("&"):
-        key, _, value = entry.partition("=")
-        if len(key) == len(lname) and key.lower() == lname:
-            if not value:
-                return None
-            i = value.find("%")
-            while i >= 0:
-                if not all(c in "0123456789abcdefABCDEF" for c in value[i + 1 : i + 3]) or (
-                    len(value) < i + 3
-                ):
-                    return None
-                i = value.find("%", i + 3)
-            raw = unquote_to_bytes(value.replace("+", " "))
-            return raw.decode("utf-8", "surrogateescape")
-    return None
-
-
-class HttpMessage:
-    """The request, as pymongoose's ``data`` for ``MG_EV_HTTP_HDRS`` and
-    ``MG_EV_HTTP_MSG``. One of the hot path's three pieces (with
-    ``Connection.reply`` and the Manager's per-request dispatcher)."""
-
-    __slots__ = ("_request",)
-
-    def __init__(self, request: Optional[Request] = None) -> None:
-        self._request = request
-
-    @property
-    def request(self) -> Optional[Request]:
-        """The engine's Request behind this message."""
-        return self._request
-
-    @property
-    def method(self) -> str:
-        r = self._request
-        return r.method if r is not None else ""
-
-    @property
-    def uri(self) -> str:
-        """The path as sent, without the query."""
-        r = self._request
-        return r.raw_path if r is not None else ""
-
-    @property
-    def query(self) -> str:
-        """The raw query string, without '?'."""
-        r = self._request
-        return r.query_string if r is not None else ""
-
-    @property
-    def proto(self) -> str:
-        r = self._request
-        return "HTTP/" + r.http_version if r is not None else ""
-
-    @property
-    def body_bytes(self) -> bytes:
-        r = self._request
-        return r.body if r is not None else b""
-
-    @property
-    def body_text(self) -> str:
-        r = self._request
-        return r.body.decode("utf-8", "surrogateescape") if r is not None else ""
-
-    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
-        """First value of header ``name`` (case-insensitive), else default."""
-        r = self._request
-        return r.header(name, default) if r is not None else default
-
-    def headers(self) -> List[Tuple[str, str]]:
-        """Every header as (name, value), in order received."""
-        r = self._request
-        return r.headers.multi_items() if r is not None else []
-
-    def query_var(self, name: str) -> Optional[str]:
-        """A query parameter as Mongoose's mg_http_get_var gives it: the first
-        one of that name (case-insensitive), percent-decoded, '+' as a space;
-        None when absent, empty or badly encoded."""
-        r = self._request
-        return _http_var(r.query_string, name) if r is not None else None
-
-    def status(self) -> Optional[int]:
-        """Mongoose's mg_http_status: the number the first line's second word
-        starts with, which is 0 for a request; None for an empty message."""
-        r = getattr(self, "_request", None)
-        return _atoi(r.raw_path) if r is not None else None
-
-    def header_var(self, header_name: str, var_name: str) -> Optional[str]:
-        """A ``var=value`` item of a header, e.g. charset of Content-Type."""
-        r = self._request
-        value = r.header(header_name) if r is not None else None
-        if value is None:
-            return None
-        for part in value.split(";"):
-            k, sep, v = part.strip().partition("=")
-            if sep and k.strip().lower() == var_name.lower():
-                return v.strip().strip('"') or None
-        return None
-
-    def __bool__(self) -> bool:
-        return getattr(self, "_request", None) is not None
-
-    def __repr__(self) -> str:
-        return f"<HttpMessage {getattr(self, '_request', None)!r}>"
+# pymongoose's HttpMessage, the ``data`` of ``MG_EV_HTTP_HDRS`` and
+# ``MG_EV_HTTP_MSG``: binding/mgcompat.c's MgHttpMessage over the engine's Request
+# (method, uri, query, proto, body_bytes, body_text, header(), headers(),
+# query_var() and header_var() as Mongoose's mg_http_* functions answer, text as
+# UTF-8 with surrogateescape; ``HttpMessage()`` is the empty message). One of the
+# hot path's three pieces, with Connection.reply (MgConnection.reply) and the
+# request dispatcher (MgDispatcher).
+HttpMessage = _MgHttpMessage
 
 
 def _request_bytes(request: Request) -> bytes:
@@ -402,7 +289,7 @@ def _is_chunked(headers: Dict[str, str]) -> bool:
 _NOT_PROVIDED = "not provided by pymongoose_uring (see the README's compatibility table)"
 
 
-class Connection:
+class Connection(_MgConnection):
     """pymongoose's ``conn``: a listener, or one accepted connection, the same
     object for every event of that connection's life.
 
@@ -415,16 +302,13 @@ class Connection:
     accept as Mongoose copies ``fn``; ``set_handler`` changes it).
     """
 
+    # _handler, _request, _conn, userdata and _close_after are MgConnection's C
+    # slots (binding/mgcompat.c), which its reply() and MgDispatcher use.
     __slots__ = (
         "_manager",
-        "_handler",
-        "_request",
-        "_conn",
-        "userdata",
         "_id",
         "_stream",
         "_held",
-        "_close_after",
         "_gone",
         "_ws",
         "_recv",
@@ -442,9 +326,9 @@ class Connection:
     ) -> None:
         self._manager = manager
         self._handler = handler
-        self._request: Optional[Request] = None
+        self._request = None
         self._conn = conn  # the engine's _pmu.Connection
-        self.userdata: Any = None
+        self.userdata = None
         self._id = next(manager._ids)
         self._stream: Optional[Request] = None
         self._held: Optional[Request] = None  # answered by raw sends, kept unanswered
@@ -592,25 +476,33 @@ class Connection:
                 self._close_conn(False)
 
     def _close_conn(self, now: bool) -> None:
+        conn = self._conn
+        if conn is None:
+            return
         try:
-            self._conn.close(now)
+            conn.close(now)
         except OSError:
             pass  # closing or closed already
 
-    def reply(
+    # reply(status_code, body=b"", headers=None) is MgConnection.reply (C): an
+    # HTTP response as pymongoose's ``mg_http_reply``: a str body UTF-8 encoded,
+    # sent whole by length (NUL bytes included); ``headers`` None sends
+    # ``Content-Type: text/plain``, a dict sends those headers. It answers the
+    # request being handled (sent when the handler returns, as Mongoose sends).
+    # With ``Transfer-Encoding: chunked`` among the headers, or with no request
+    # unanswered, it calls _reply_slow below.
+
+    def _reply_slow(
         self,
         status_code: int,
         body: Union[bytes, bytearray, memoryview, str, None] = b"",
         headers: Optional[Dict[str, str]] = None,
     ) -> None:
-        """Send an HTTP response, as pymongoose's ``mg_http_reply``: a str body
-        UTF-8 encoded, sent whole by length (NUL bytes included); ``headers``
-        None sends ``Content-Type: text/plain``, a dict sends those headers.
-        Answers the request being handled; with ``Transfer-Encoding: chunked``
-        among the headers, begins a chunked answer that ``http_chunk()`` and
-        ``http_sse()`` continue and ``http_chunk("")`` ends. With no request
-        unanswered (a second reply, a plain TCP connection) the response's
-        bytes are sent as they are."""
+        """reply()'s other cases: with ``Transfer-Encoding: chunked`` among the
+        headers, begin a chunked answer that ``http_chunk()`` and ``http_sse()``
+        continue and ``http_chunk("")`` ends; with no request unanswered (a
+        second reply, a plain TCP connection) send the response's bytes as they
+        are."""
         if headers is None:
             headers = {"Content-Type": "text/plain"}
         payload = body if type(body) is bytes else _as_payload(body)
@@ -1077,6 +969,11 @@ def _check_port_free(url: str, host: str, port: int) -> None:
         raise RuntimeError(f"Failed to listen on '{url}': {exc}") from None
 
 
+def _no_handler(conn: Connection) -> None:
+    """MgDispatcher's resolve(): a connection without a handler has none."""
+    return None
+
+
 def _no_http(request: Request) -> None:  # the handler of a raw server (never called)
     request.reply(Response(b"", 500, None, None))
 
@@ -1112,6 +1009,10 @@ class Manager:
         server_options.setdefault("shutdown_timeout_ms", 1000)
         self._options = server_options
         self._high_water = server_options.get("conn_send_high_water") or _DEFAULT_HIGH_WATER
+        # The request handler of every HTTP listener (ring-thread mode): a C loop
+        # doing what _http_event does (binding/mgcompat.c). A connection whose
+        # _handler is None gets 404, as _http_event answers.
+        self._mg_dispatch = _pmu.MgDispatcher(_no_handler)
         self._ids = itertools.count(1)
         if enable_wakeup:
             next(self._ids)  # Mongoose's wakeup pipe is a connection: it takes an id
@@ -1152,7 +1053,8 @@ class Manager:
         if port:
             _check_port_free(url, host, port)
         if http:
-            server = Server(self._dispatch, host, port, **options)
+            dispatch = self._dispatch if self._in_poll else self._mg_dispatch
+            server = Server(dispatch, host, port, **options)
         else:
             server = Server(_no_http, host, port, raw=True, **options)
         try:
@@ -1255,7 +1157,8 @@ class Manager:
             pconn.user = None  # (the binding may release the handle now)
 
     def _dispatch(self, request: Request) -> None:
-        """The request handler of every HTTP listener's server (ring threads)."""
+        """The request handler of every HTTP listener's server with
+        handlers_in_poll (the ring-thread mode uses _mg_dispatch)."""
         pconn = request.connection
         conn = pconn.user if pconn is not None else None
         if conn is None:  # (cannot happen: OPEN comes first)
