@@ -731,13 +731,20 @@ static int answer_prepare(mg_answer *a, PyObject *request, int status, PyObject 
     a->resp.headers = a->headers;
     a->resp.header_count = close_after ? 2 : 1;
   } else {
-    PyObject *hdrs = reply_headers(headers);
-    if (hdrs == NULL) {
-      answer_release(a);
-      return -1;
-    }
+    /* Values are nearly always str: build first, convert only on a TypeError. */
+    PyObject *hdrs = Py_NewRef(headers);
     pyb_built built;
     int rc = pyb_build_headers(hdrs, &built);
+    if (rc < 0 && PyDict_Check(headers) && PyErr_ExceptionMatches(PyExc_TypeError)) {
+      PyErr_Clear();
+      pyb_built_release(&built);
+      Py_SETREF(hdrs, reply_headers(headers));
+      if (hdrs == NULL) {
+        answer_release(a);
+        return -1;
+      }
+      rc = pyb_build_headers(hdrs, &built);
+    }
     if (rc == 0)
       rc = is_chunked(&built.response) ? 1 : copy_headers(a, &built.response, close_after);
     pyb_built_release(&built);
