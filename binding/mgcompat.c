@@ -1137,6 +1137,8 @@ static PyObject *dispatch(MgDispatcherObject *self, PyObject *request) {
             .status = 404, .headers = &ct, .header_count = 1, .body = "Not Found", .body_len = 9};
         if (pyb_request_respond(request, &nf, 0) < 0)
           PyErr_Clear();
+        if (c->request == request)
+          Py_CLEAR(c->request); /* answered: nothing left for a later reply() */
       }
     } else {
       PyObject *argv[3] = {conn, events[i], msg};
@@ -1155,6 +1157,8 @@ static PyObject *dispatch(MgDispatcherObject *self, PyObject *request) {
     PyErr_Restore(type, value, tb);
     pyb_log_exception(st, "pymongoose handler raised; sent 500", request);
     pyb_request_answer_500(request, 0);
+    if (c->request == request)
+      Py_CLEAR(c->request); /* answered: a later reply() goes out raw */
   } else if (pending.request != NULL) {
     /* The handler's reply. Nothing but the message and the request's own
      * holders can read the request now: when nobody kept the message, the

@@ -561,10 +561,11 @@ def test_exceptions_are_logged_and_answered_500(mg, caplog):
             conn.reply(200, b"sent")
         raise KeyError("boom " + msg.uri)
 
-    server, _ = mg(handler)
+    server, state = mg(handler)
     with caplog.at_level(logging.ERROR, logger="pymongoose_uring"):
         assert get(server, "/before")[0] == 500
         assert get(server, "/after")[:3:2] == (200, b"sent")  # the reply stands
+    assert [c._request for c in state["conns"]] == [None, None]  # nothing left to answer
     records = [r for r in caplog.records if "pymongoose handler raised" in r.getMessage()]
     assert len(records) == 2
     assert "/before" in records[0].getMessage() and records[0].exc_info[0] is KeyError
