@@ -379,6 +379,12 @@ void pyb_request_answer_500(PyObject *request, Py_ssize_t owner_refs);
 /* Whether the request is a valid WebSocket handshake (ws_upgrade). */
 int pyb_request_ws_upgrade(PyObject *request);
 
+/* The Connection of the request (borrowed), or NULL: no connection_handler,
+ * or the connection was closed and its object freed before the request was
+ * answered. No attribute lookup, nothing kept: for C callers on the hot path
+ * (request.connection is this). GIL held. */
+PyObject *pyb_request_connection(PyObject *request);
+
 /* (host, port) for IP families; for AF_UNIX, `unix_path` (borrowed: the
  * engine keeps only the family of Unix addresses) or None. New reference or
  * NULL. */

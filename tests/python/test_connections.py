@@ -150,6 +150,29 @@ def test_connection_of_a_request_answered_later_stays_readable(serve):
     assert kept[0].connection is conn and kept[0].connection.closed
 
 
+def test_a_held_request_outlives_its_closed_connection(serve):
+    kept = []
+    rec = Recorder()
+    server = serve(lambda r: kept.append(r), connection_handler=rec)
+    s = raw_socket(server)
+    s.sendall(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n")
+    wait_until(lambda: kept, what="the request")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()  # a reset: a half-close would still wait for the answer
+    rec.wait_closes(1)
+    (conn,) = rec.conns()
+    request_ = kept[0]
+    assert request_.disconnected
+    # Unanswered when its connection closed: the handle was given back at CLOSE, so the
+    # request no longer reaches the object (the layer above keeps its own reference).
+    assert request_.connection is None
+    assert conn.closed and conn.close_error == errno.ECONNRESET
+    request_.reply("too late")  # answered into the void, quietly
+    assert request_.answered and request_.connection is None
+    with pytest.raises(pmu.ConnectionClosed):
+        conn.send(b"x")
+
+
 def test_interim_bytes_sent_on_the_connection_go_out_before_the_answer(serve):
     def app(request):
         assert (
@@ -489,6 +512,29 @@ def test_stop_closes_raw_connections(serve):
     assert recv_to_eof(s)[0] == b""
     s.close()
     assert len(rec.closes()) == 1
+
+
+def test_stop_gives_every_http_connection_its_close(serve):
+    refs = []
+    closes = []
+
+    def handler(conn, event, data):
+        if event == OPEN:
+            refs.append(weakref.ref(conn))
+        elif event == CLOSE:
+            closes.append(data)
+
+    server = serve(lambda r: "ok", connection_handler=handler)
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    c.request("GET", "/")
+    assert c.getresponse().read() == b"ok"  # then idle, kept alive
+    s = raw_socket(server)  # accepted, nothing sent yet
+    wait_until(lambda: len(refs) == 2, what="2 OPEN")
+    server.stop(timeout=10)
+    assert len(closes) == 2
+    assert all(r() is None for r in refs)  # nothing held them: freed at CLOSE
+    c.close()
+    s.close()
 
 
 def test_server_arguments_are_checked():
