@@ -323,6 +323,35 @@ def test_raw_echo_to_a_dribbling_client(serve):
     s.close()
 
 
+def test_raw_over_a_unix_socket_and_ipv6(serve, tmp_path):
+    path = str(tmp_path / "raw.sock")
+    rec = Recorder(echo)
+    serve(None, raw=True, connection_handler=rec, unix_path=path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(b"unix")
+    assert recv_exactly(s, 4) == b"unix"
+    s.close()
+    rec.wait_closes(1)
+    (conn,) = rec.conns()
+    assert conn.peer is None and conn.local == path
+    if not socket.has_ipv6:
+        return
+    try:
+        server6 = serve(None, raw=True, connection_handler=rec, host="::1")
+    except OSError:
+        pytest.skip("no ::1")
+    s = socket.create_connection(("::1", server6.port), timeout=10)
+    s.sendall(b"six")
+    assert recv_exactly(s, 3) == b"six"
+    sockname = s.getsockname()
+    s.close()
+    rec.wait_closes(2)
+    conn6 = rec.conns()[1]
+    assert conn6.peer == sockname[:2] and conn6.local == ("::1", server6.port)
+
+
 def test_send_str_and_buffers_and_type_errors(serve):
     results = []
 
