@@ -192,6 +192,45 @@ def test_interim_bytes_sent_on_the_connection_go_out_before_the_answer(serve):
         c.close()
 
 
+def test_bytes_sent_between_pipelined_answers_keep_their_place(serve):
+    # Request 1's handler writes X on the connection, then answers: X, answer 1, answer 2.
+    def app(request):
+        if request.path == "/1":
+            request.connection.send(b"X")
+        return request.path
+
+    server = serve(app, connection_handler=Recorder())
+    s = raw_socket(server)
+    s.sendall(b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\nGET /2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    data = b""
+    while data.count(b"\r\n\r\n") < 2 or not data.endswith(b"/2"):
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    s.close()
+    assert data.startswith(b"XHTTP/1.1 200 ")
+    assert data.index(b"\r\n\r\n/1") < data.index(b"\r\n\r\n/2")
+
+
+def test_close_from_an_http_handler_ends_the_connection_after_the_answer(serve):
+    rec = Recorder()
+
+    def app(request):
+        request.reply("last")
+        request.connection.close()
+
+    server = serve(app, connection_handler=rec)
+    c = RawClient(server.port)
+    try:
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert c.read_response()[2] == b"last"
+        assert c.closed_by_server()
+    finally:
+        c.close()
+    rec.wait_closes(1)
+    assert rec.closes()[0][1] == 0
+
+
 def test_conn_io_events_report_bytes_read_and_sent(serve):
     rec = Recorder()
     server = serve(lambda r: "x" * 100, connection_handler=rec, conn_io_events=True)
