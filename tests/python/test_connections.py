@@ -522,9 +522,6 @@ def test_close_err_reports_an_orderly_end_and_a_reset(serve):
     assert [c.close_error for c in rec.conns()] == [0, errno.ECONNRESET]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="engine: loop.c does not set timeout_ms[TIMER_RAW_IDLE] yet (pm-engine)"
-)
 @pytest.mark.parametrize("first", [b"", b"x"], ids=["silent", "after-data"])
 def test_raw_idle_timeout_closes_with_etimedout(serve, first):
     rec = Recorder()
