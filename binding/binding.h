@@ -390,6 +390,13 @@ const pmu_request_t *pyb_request_view(PyObject *request);
  * Returns 0, or -1 with RuntimeError when it was already answered or a
  * streamed answer was started. */
 int pyb_request_respond(PyObject *request, const pmu_response_t *response, Py_ssize_t owner_refs);
+
+/* The Connection of the request (borrowed), or NULL: no connection_handler,
+ * or the connection was closed and its object freed before the request was
+ * answered. No attribute lookup, nothing kept: for C callers on the hot path
+ * (request.connection is this). GIL held. */
+PyObject *pyb_request_connection(PyObject *request);
+
 /* (host, port) for IP families; for AF_UNIX, `unix_path` (borrowed: the
  * engine keeps only the family of Unix addresses) or None. New reference or
  * NULL. */

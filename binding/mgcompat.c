@@ -1056,12 +1056,8 @@ typedef struct {
 static PyObject *connection_of(MgDispatcherObject *self, PyObject *request) {
   struct pyb_mg *mg = self->st->mg;
   PyObject *conn = NULL;
-  /* request.connection.user, read in C: the Request is live while its
-   * handler runs, so the engine's handle is there. */
-  const pmu_request_t *r = pyb_request_view(request);
-  if (r == NULL)
-    return NULL;
-  PyObject *handle = pyb_conn_object(pmu_request_conn(r)); /* borrowed, NULL without one */
+  /* request.connection.user, read in C. */
+  PyObject *handle = pyb_request_connection(request); /* borrowed, NULL without one */
   if (handle != NULL) {
     conn = pyb_conn_user_slot(handle); /* borrowed */
     if (conn == Py_None)

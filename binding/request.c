@@ -114,9 +114,10 @@ static int ensure_io(RequestObject *self) {
 }
 
 /* Keep the request's Connection object (when the server has a connection
- * handler), for request.connection once the engine's request is gone. The
- * Connection may refer back through its `user` slot, so the collector must
- * see this Request from now on. */
+ * handler), for request.connection once the engine's request is gone: called
+ * when the request is answered while others hold it. The Connection may refer
+ * back through its `user` slot, so the collector must see this Request from
+ * now on. */
 static void keep_connection(RequestObject *self) {
   if (self->connection != NULL || self->live == NULL)
     return;
@@ -700,10 +701,19 @@ static PyObject *get_websocket(PyObject *op, void *closure) {
   return PyBool_FromLong(pyb_request_ws_upgrade(op));
 }
 
+PyObject *pyb_request_connection(PyObject *request) {
+  RequestObject *self = REQ(request);
+  if (self->connection != NULL)
+    return self->connection;
+  /* While the request is live the engine's handle says; nothing is kept (nor
+   * the request tracked): the answer keeps it if others may read it later
+   * (snapshot). */
+  return self->live ? pyb_conn_object(pmu_request_conn(self->live)) : NULL;
+}
+
 static PyObject *get_connection(PyObject *op, void *closure) {
-  RequestObject *self = REQ(op);
-  keep_connection(self);
-  return Py_NewRef(self->connection ? self->connection : Py_None);
+  PyObject *conn = pyb_request_connection(op);
+  return Py_NewRef(conn ? conn : Py_None);
 }
 
 static PyGetSetDef request_getset[] = {

@@ -114,7 +114,12 @@ void pmu__conn_timer_update(pmu__conn_t *c) {
   }
   unsigned kind;
   if (c->evflags & CONNF_RAW) {
-    /* A raw connection has one timer: nothing either way for raw_idle_timeout_ms. */
+    /* A raw connection has one timer: nothing either way for raw_idle_timeout_ms.
+     * Stopping, one whose bytes are all out closes without lingering. */
+    if (c->lingering && c->loop->stopping && c->pending == 0 && !c->send_inflight) {
+      pmu__conn_close(c);
+      return;
+    }
     kind = c->lingering ? TIMER_LINGER : TIMER_RAW_IDLE;
     if (kind != c->timer_kind)
       pmu__conn_timer_set(c, kind);

@@ -622,6 +622,7 @@ void *pmu__loop_main(void *arg) {
   loop->timeout_ms[TIMER_IDLE] = cfg->keepalive_timeout_ms;
   loop->timeout_ms[TIMER_SEND] = cfg->send_timeout_ms;
   loop->timeout_ms[TIMER_LINGER] = 2000;
+  loop->timeout_ms[TIMER_RAW_IDLE] = cfg->raw_idle_timeout_ms;
   loop->timeout_ms[TIMER_WS_PING] = cfg->ws_ping_interval_ms;
   loop->timeout_ms[TIMER_WS_PONG] = cfg->ws_ping_timeout_ms;
   loop->timeout_ms[TIMER_WS_CLOSE] = cfg->ws_close_timeout_ms;

@@ -150,6 +150,29 @@ def test_connection_of_a_request_answered_later_stays_readable(serve):
     assert kept[0].connection is conn and kept[0].connection.closed
 
 
+def test_a_held_request_outlives_its_closed_connection(serve):
+    kept = []
+    rec = Recorder()
+    server = serve(lambda r: kept.append(r), connection_handler=rec)
+    s = raw_socket(server)
+    s.sendall(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n")
+    wait_until(lambda: kept, what="the request")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()  # a reset: a half-close would still wait for the answer
+    rec.wait_closes(1)
+    (conn,) = rec.conns()
+    request_ = kept[0]
+    assert request_.disconnected
+    # Unanswered when its connection closed: the handle was given back at CLOSE, so the
+    # request no longer reaches the object (the layer above keeps its own reference).
+    assert request_.connection is None
+    assert conn.closed and conn.close_error == errno.ECONNRESET
+    request_.reply("too late")  # answered into the void, quietly
+    assert request_.answered and request_.connection is None
+    with pytest.raises(pmu.ConnectionClosed):
+        conn.send(b"x")
+
+
 def test_interim_bytes_sent_on_the_connection_go_out_before_the_answer(serve):
     def app(request):
         assert (
@@ -167,6 +190,45 @@ def test_interim_bytes_sent_on_the_connection_go_out_before_the_answer(serve):
         assert (status, body) == (200, b"final")
     finally:
         c.close()
+
+
+def test_bytes_sent_between_pipelined_answers_keep_their_place(serve):
+    # Request 1's handler writes X on the connection, then answers: X, answer 1, answer 2.
+    def app(request):
+        if request.path == "/1":
+            request.connection.send(b"X")
+        return request.path
+
+    server = serve(app, connection_handler=Recorder())
+    s = raw_socket(server)
+    s.sendall(b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\nGET /2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    data = b""
+    while data.count(b"\r\n\r\n") < 2 or not data.endswith(b"/2"):
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    s.close()
+    assert data.startswith(b"XHTTP/1.1 200 ")
+    assert data.index(b"\r\n\r\n/1") < data.index(b"\r\n\r\n/2")
+
+
+def test_close_from_an_http_handler_ends_the_connection_after_the_answer(serve):
+    rec = Recorder()
+
+    def app(request):
+        request.reply("last")
+        request.connection.close()
+
+    server = serve(app, connection_handler=rec)
+    c = RawClient(server.port)
+    try:
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert c.read_response()[2] == b"last"
+        assert c.closed_by_server()
+    finally:
+        c.close()
+    rec.wait_closes(1)
+    assert rec.closes()[0][1] == 0
 
 
 def test_conn_io_events_report_bytes_read_and_sent(serve):
@@ -300,6 +362,35 @@ def test_raw_echo_to_a_dribbling_client(serve):
     s.close()
 
 
+def test_raw_over_a_unix_socket_and_ipv6(serve, tmp_path):
+    path = str(tmp_path / "raw.sock")
+    rec = Recorder(echo)
+    serve(None, raw=True, connection_handler=rec, unix_path=path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(b"unix")
+    assert recv_exactly(s, 4) == b"unix"
+    s.close()
+    rec.wait_closes(1)
+    (conn,) = rec.conns()
+    assert conn.peer is None and conn.local == path
+    if not socket.has_ipv6:
+        return
+    try:
+        server6 = serve(None, raw=True, connection_handler=rec, host="::1")
+    except OSError:
+        pytest.skip("no ::1")
+    s = socket.create_connection(("::1", server6.port), timeout=10)
+    s.sendall(b"six")
+    assert recv_exactly(s, 3) == b"six"
+    sockname = s.getsockname()
+    s.close()
+    rec.wait_closes(2)
+    conn6 = rec.conns()[1]
+    assert conn6.peer == sockname[:2] and conn6.local == ("::1", server6.port)
+
+
 def test_send_str_and_buffers_and_type_errors(serve):
     results = []
 
@@ -431,9 +522,6 @@ def test_close_err_reports_an_orderly_end_and_a_reset(serve):
     assert [c.close_error for c in rec.conns()] == [0, errno.ECONNRESET]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="engine: loop.c does not set timeout_ms[TIMER_RAW_IDLE] yet (pm-engine)"
-)
 @pytest.mark.parametrize("first", [b"", b"x"], ids=["silent", "after-data"])
 def test_raw_idle_timeout_closes_with_etimedout(serve, first):
     rec = Recorder()
@@ -489,6 +577,29 @@ def test_stop_closes_raw_connections(serve):
     assert recv_to_eof(s)[0] == b""
     s.close()
     assert len(rec.closes()) == 1
+
+
+def test_stop_gives_every_http_connection_its_close(serve):
+    refs = []
+    closes = []
+
+    def handler(conn, event, data):
+        if event == OPEN:
+            refs.append(weakref.ref(conn))
+        elif event == CLOSE:
+            closes.append(data)
+
+    server = serve(lambda r: "ok", connection_handler=handler)
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    c.request("GET", "/")
+    assert c.getresponse().read() == b"ok"  # then idle, kept alive
+    s = raw_socket(server)  # accepted, nothing sent yet
+    wait_until(lambda: len(refs) == 2, what="2 OPEN")
+    server.stop(timeout=10)
+    assert len(closes) == 2
+    assert all(r() is None for r in refs)  # nothing held them: freed at CLOSE
+    c.close()
+    s.close()
 
 
 def test_server_arguments_are_checked():
