@@ -635,3 +635,63 @@ def test_no_engine_connection_is_left_behind():
             s.close()
     wait_until(lambda: alive() <= before, what="every Connection freed")
     assert compat.MG_EV_HTTP_HDRS == 10
+
+
+def test_handlers_in_poll_serve_a_websocket_from_the_polling_thread():
+    from test_asgi_websocket import WS
+
+    from pymongoose_uring.compat import MG_EV_WS_MSG, MG_EV_WS_OPEN
+
+    threads = set()
+    events = []
+
+    def handler(conn, ev, data):
+        if conn.is_listening:
+            return
+        threads.add(threading.get_ident())
+        if ev != MG_EV_POLL:
+            events.append(ev)
+        if ev == MG_EV_HTTP_MSG:
+            conn.ws_upgrade(data)
+        elif ev == MG_EV_WS_MSG:
+            conn.ws_send("echo " + data.text)
+
+    mgr = Manager(handler, handlers_in_poll=True)
+    poller = Poller(mgr)
+    try:
+        listener = mgr.listen("http://127.0.0.1:0", http=True)
+        ws = WS(port_of(listener), "/ws")
+        ws.send("hi")
+        assert ws.recv() == "echo hi"
+        ws.close(1000)
+        wait_until(lambda: MG_EV_CLOSE in events, what="MG_EV_CLOSE")
+    finally:
+        poller.stop()
+    assert threads == {poller.thread.ident}
+    assert events[:5] == [MG_EV_OPEN, MG_EV_ACCEPT, MG_EV_HTTP_HDRS, MG_EV_HTTP_MSG, MG_EV_WS_OPEN]
+    assert events[-1] == MG_EV_CLOSE
+
+
+def test_two_ring_threads_give_each_connection_its_own_id_and_object():
+    seen = {}
+    lock = threading.Lock()
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_HTTP_MSG:
+            with lock:
+                seen.setdefault(conn.id, set()).add(id(conn))
+            conn.reply(200, str(conn.id))
+
+    with Manager(handler, threads=2) as mgr:
+        listener = mgr.listen("http://127.0.0.1:0", http=True)
+        clients = [RawClient(port_of(listener)) for _ in range(16)]
+        ids = []
+        for c in clients:
+            c.send(GET % b"1")
+            ids.append(c.read_response()[2])
+        for c, first in zip(clients, ids):
+            c.send(GET % b"2")
+            assert c.read_response()[2] == first  # the same Connection again
+            c.close()
+    assert len(set(ids)) == 16 and all(len(objs) == 1 for objs in seen.values())
+    assert sorted(int(i) for i in ids) == list(range(2, 18))
