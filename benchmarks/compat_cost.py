@@ -12,6 +12,8 @@ stime of its threads from /proc, over wrk's interval), as benchmarks/run.py meas
 top symbols (needs perf).
 
     python3 benchmarks/compat_cost.py --pythonpath build/devpkg --rounds 5 --seconds 2
+    python3 benchmarks/compat_cost.py --pythonpath build/devpkg \
+        --baseline-python /path/to/main/checkout/build/venv/bin/python
 
 benchmarks/run.py is the proof (the same scripts, every check); this script only narrows
 down a change quickly. Loopback only, bounded in time.
@@ -122,6 +124,11 @@ def main() -> None:
     ap.add_argument("--client-cpu", default="0")
     ap.add_argument("--workloads", default="keepalive,pipelined")
     ap.add_argument("--profile", action="store_true", help="perf record one pipelined round")
+    ap.add_argument(
+        "--baseline-python",
+        help="an interpreter with another build installed (e.g. the main checkout's venv): "
+        "its native API is measured too, to show the native API unchanged",
+    )
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
 
@@ -130,24 +137,17 @@ def main() -> None:
     env["PYTHONPATH"] = os.pathsep.join(
         path + [os.path.join(HERE, "servers")] + [env.get("PYTHONPATH", "")]
     )
+    runs = [(name, script, sys.executable, env) for name, script in SERVERS.items()]
+    if args.baseline_python:
+        base_env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        base_env["PYTHONPATH"] = os.path.join(HERE, "servers")
+        runs.append(("native-baseline", SERVERS["native"], args.baseline_python, base_env))
     procs = {}
     try:
-        for name, script in SERVERS.items():
+        for name, script, python, run_env in runs:
             port = free_port()
-            proc = subprocess.Popen(
-                [
-                    "taskset",
-                    "-c",
-                    args.server_cpu,
-                    sys.executable,
-                    script,
-                    str(port),
-                    "--threads",
-                    "1",
-                ],
-                env=env,
-                cwd="/tmp",
-            )
+            cmd = ["taskset", "-c", args.server_cpu, python, script, str(port), "--threads", "1"]
+            proc = subprocess.Popen(cmd, env=run_env, cwd="/tmp")
             procs[name] = (proc, port)
         for proc, port in procs.values():
             wait_up(port, proc)
@@ -177,6 +177,12 @@ def main() -> None:
                     " ".join("%.2f" % v for v in results[("pymongoose", workload)]),
                 )
             )
+            if ("native-baseline", workload) in results:
+                base = statistics.median(results[("native-baseline", workload)])
+                print(
+                    "  %-10s the baseline build's native %.2f: this build's native is %.2fx it"
+                    % (workload, base, native / base)
+                )
         if args.profile:
             for name, (proc, port) in procs.items():
                 profile(args, name, proc.pid, port)
