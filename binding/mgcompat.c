@@ -19,14 +19,17 @@
  * costs one message object and one call more than a native handler.
  *
  * Answering without a copy. Request.reply() copies the request's data first
- * (the "snapshot"), because its caller may read attributes afterwards. reply()
- * here knows who holds the Request while its dispatcher runs the handler: the
- * batch loop, the connection's _request slot and the message. When only those
- * hold it and only the dispatcher and the handler's own argument hold the
- * message, nothing can read the request after the answer but that message,
- * and what the message already read stays cached in it; anything else it is
- * asked afterwards raises RuntimeError (never reads freed memory: the
- * Request's view is cut when it is answered). Otherwise the data is copied.
+ * (the "snapshot"), because its caller may read attributes afterwards. A
+ * reply() made while the dispatcher runs the handler is only prepared
+ * (validated, its header bytes copied) and sent when the handler returns, as
+ * Mongoose sends what mg_http_reply() queued once the event handler returns:
+ * the message stays readable for the whole call. Then the dispatcher knows
+ * who holds the Request (the batch loop, the message, the prepared answer):
+ * when nobody else holds the message or the Request, nothing can read the
+ * request after the answer, and it goes out without a copy; otherwise the data
+ * is copied first. (Were that reasoning ever wrong, a read would raise
+ * RuntimeError, not touch freed memory: the Request's view is cut when it is
+ * answered.)
  */
 #include "binding.h"
 
@@ -64,10 +67,10 @@ struct pyb_mg {
 
 typedef struct {
   PyObject_HEAD
-  pyb_state *st;     /* borrowed: the type holds the module */
-  PyObject *request; /* the Request (strong) */
-  /* Built on first use (strong or NULL). */
-  PyObject *method, *uri, *query, *body;
+  pyb_state *st;          /* borrowed: the type holds the module */
+  PyObject *request;      /* the Request (strong); NULL for an empty message */
+  PyObject *method, *uri; /* made with the message (strong) */
+  PyObject *query, *body; /* built on first use (strong or NULL) */
 } MgMessageObject;
 
 #define MSG(o) ((MgMessageObject *)(o))
