@@ -109,7 +109,8 @@ def profile(args, name: str, pid: int, port: int) -> None:
         text=True,
     ).stdout
     lines = [ln for ln in report.splitlines() if ln.strip() and not ln.startswith("#")]
-    print("\n%s, pipelined, top symbols (self time):" % name)
+    what = "with callees" if args.children else "self time"
+    print("\n%s, pipelined, top symbols (%s):" % (name, what))
     for ln in lines[: args.top]:
         print("  " + ln.strip())
     os.unlink(data)
@@ -130,6 +131,7 @@ def main() -> None:
         "its native API is measured too, to show the native API unchanged",
     )
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--children", action="store_true", help="the profile with callees' time")
     args = ap.parse_args()
 
     env = dict(os.environ)
