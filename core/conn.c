@@ -455,13 +455,8 @@ void pmu__conn_on_eof(pmu__conn_t *c) {
     pmu__ws_on_eof(c);
     return;
   }
-  if (c->evflags & CONNF_RAW) {
-    /* The peer has no more to say: close once what is queued for it is out
-     * (after_sent), at once if nothing is. */
-    if (c->pending == 0)
-      pmu__conn_close(c);
-    return;
-  }
+  if (c->evflags & CONNF_RAW)
+    return; /* the DATA of this pass first: raw_resume decides, at the end of the turn */
   /* A half-closed peer that is owed answers still gets them (on_send closes
    * once the last is out); with nothing owed there is nothing to finish. A
    * streamed body cut short can never end: close, so that the handler hears
@@ -494,6 +489,25 @@ static void raw_take(pmu__conn_t *c, const char *data, size_t len) {
   pmu__connh_data(c, data, len, 1);
 }
 
+/* A raw connection reads on, or, once the peer has said all (EOF), closes when
+ * the handler has had every DATA (delivered before this, at the end of the pass
+ * the EOF came in) and what it queued in answer is out (after_sent). */
+static void raw_resume(pmu__conn_t *c) {
+  if (!c->peer_eof) {
+    pmu__conn_resume_unparsed(c, c->user_paused, raw_take);
+    return;
+  }
+  if (c->paused && c->user_paused)
+    return; /* the handler holds the bytes kept meanwhile back */
+  if (c->stash_len > c->stash_off) {
+    pmu__conn_resume_unparsed(c, 0, raw_take); /* DATA now, the close next turn */
+    pmu__loop_schedule_resume(c->loop, c);
+    return;
+  }
+  if (c->pending == 0 && !c->send_inflight)
+    pmu__conn_close(c);
+}
+
 /*
  * Resume reading when the backpressure that paused it has eased: parse the
  * stash first, then re-arm the receive. Also called to re-arm a receive that
@@ -507,7 +521,7 @@ void pmu__conn_maybe_resume(pmu__conn_t *c) {
     return;
   }
   if (c->evflags & CONNF_RAW) {
-    pmu__conn_resume_unparsed(c, c->user_paused, raw_take);
+    raw_resume(c);
     return;
   }
   if (c->paused) {

@@ -30,6 +30,20 @@ void t_cn_reset(void) {
   atomic_store(&t_cn.echo_over, 0);
 }
 
+size_t t_cn_release_kept(void) {
+  size_t n = 0;
+  pthread_mutex_lock(&t_cn.lock);
+  for (size_t i = 0; i < t_cn.nhandles; i++)
+    if (t_cn.handles[i].closed && !t_cn.handles[i].released) {
+      t_cn.handles[i].released = 1;
+      pmu_conn_release(t_cn.handles[i].conn);
+      atomic_fetch_add(&t_cn.releases, 1);
+      n++;
+    }
+  pthread_mutex_unlock(&t_cn.lock);
+  return n;
+}
+
 void t_cn_new_server(void) {
   pthread_mutex_lock(&t_cn.lock);
   for (size_t i = 0; i < t_cn.nhandles; i++)
@@ -78,12 +92,14 @@ void t_conn_events(void *handler_data, const pmu_conn_event_t *events, size_t co
         violation("OPEN twice", id);
       else if (t_cn.nhandles < T_CN_HANDLES)
         t_cn.handles[t_cn.nhandles++] =
-            (typeof(t_cn.handles[0])){id, e->conn, 0, peer_port(e->conn)};
+            (typeof(t_cn.handles[0])){id, e->conn, 0, peer_port(e->conn), 0};
     } else if (slot < 0) {
       violation("an event before OPEN or after CLOSE", id);
     }
-    if (e->type == PMU_CONN_EV_CLOSE && slot >= 0)
+    if (e->type == PMU_CONN_EV_CLOSE && slot >= 0) {
       t_cn.handles[slot].closed = 1;
+      t_cn.handles[slot].released = !atomic_load(&t_cn.keep);
+    }
     if (e->type == PMU_CONN_EV_DATA && t_cn.data_len + e->len <= sizeof t_cn.data) {
       memcpy(t_cn.data + t_cn.data_len, e->data, e->len);
       t_cn.data_len += e->len;

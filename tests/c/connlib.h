@@ -39,6 +39,7 @@ typedef struct t_cn_state {
     pmu_conn_t *conn;
     int closed;
     uint16_t port; /* the peer's, read at OPEN */
+    int released;  /* pmu_conn_release was called */
   } handles[T_CN_HANDLES];
   size_t nhandles;
   atomic_ulong opens, closes, releases, violations, drains;
@@ -56,6 +57,9 @@ extern t_cn_state_t t_cn;
 
 /* Zero t_cn (not its hook). */
 void t_cn_reset(void);
+
+/* Release the handles kept (t_cn.keep) past their CLOSE; returns how many. */
+size_t t_cn_release_kept(void);
 
 /* Forget the log and the handles (not the counters): a new server numbers its
  * connections from the start again. Every handle must be closed by then. */

@@ -132,6 +132,12 @@ static void expect_body(t_conn_t *c, const char *body) {
   t_response_free(&resp);
 }
 
+static uint64_t id_of_client(const t_conn_t *c) {
+  uint64_t id = t_cn_id_by_port(t_cn_client_port(c));
+  T_ASSERT_MSG(id != 0, "no OPEN for the client's connection");
+  return id;
+}
+
 static void case_order(t_server_t *s) {
   t_case("OPEN before the first request, CLOSE last, err 0 for an orderly end");
   t_conn_t *c = t_connect(s);
@@ -346,6 +352,30 @@ static void case_early_release(void) {
   t_cn_reset();
 }
 
+static void case_release_after_destroy(void) {
+  t_case("handles kept past CLOSE, released after pmu_server_destroy");
+  pmu_config_t cfg;
+  config(&cfg);
+  t_cn_new_server();
+  t_server_t *s = t_server_start(&cfg);
+  atomic_store(&t_cn.keep, 1);
+  unsigned long closes = atomic_load(&t_cn.closes);
+  t_conn_t *c1 = t_connect(s), *c2 = t_connect(s);
+  uint64_t id1 = id_of_client(c1), id2 = id_of_client(c2);
+  pmu_conn_t *h2 = t_cn_handle(id2);
+  t_conn_close(c1);
+  t_cn_wait_close(id1);
+  /* c2 is still open at the destroy: the stop closes it, CLOSE comes, the handle stays */
+  t_server_destroy(s);
+  T_ASSERT_INT_EQ(atomic_load(&t_cn.closes), closes + 2);
+  T_ASSERT(pmu_conn_closing(h2));
+  T_ASSERT_INT_EQ(pmu_conn_send(h2, "x", 1, NULL, NULL), -EPIPE);
+  T_ASSERT_INT_EQ(pmu_conn_close(h2, PMU_CLOSE_NOW), -EPIPE);
+  atomic_store(&t_cn.keep, 0);
+  T_ASSERT_INT_EQ(t_cn_release_kept(), 2); /* ASan: the server and the handles freed once */
+  t_conn_close(c2);
+}
+
 static void case_io_events(void) {
   t_case("conn_io_events: READ has every byte received, SENT every byte sent");
   pmu_config_t cfg;
@@ -435,6 +465,7 @@ int main(void) {
   case_drain();
   case_limit();
   case_early_release();
+  case_release_after_destroy();
   case_io_events();
   case_threads();
 

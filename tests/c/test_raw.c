@@ -215,6 +215,21 @@ static void case_half_close(t_server_t *s) {
   T_ASSERT_INT_EQ(close_err(id), 0);
   t_conn_close(c);
 
+  t_case("bytes and the half close in one pass: the handler's echo still goes out");
+  atomic_store(&t_cn.echo, 1);
+  for (int i = 0; i < 20; i++) {
+    c = t_connect(s);
+    id = id_of(c);
+    t_send_str(c, "hello, then nothing");
+    shutdown(c->fd, SHUT_WR);
+    T_ASSERT(t_wait_closed(c, 5000));
+    T_ASSERT_INT_EQ(c->len, 19);
+    T_ASSERT(memcmp(c->buf, "hello, then nothing", 19) == 0);
+    T_ASSERT_INT_EQ(close_err(id), 0);
+    t_conn_close(c);
+  }
+  atomic_store(&t_cn.echo, 0);
+
   t_case("a reset: CLOSE err ECONNRESET");
   c = t_connect(s);
   id = id_of(c);
