@@ -340,6 +340,20 @@ def test_raw_echo(serve):
     assert stats["raw_sends"] >= 2 and stats["requests"] == 0
 
 
+def test_raw_conn_io_events_report_sent_not_read(serve):
+    rec = Recorder(echo)
+    server = serve(None, raw=True, connection_handler=rec, conn_io_events=True)
+    s = raw_socket(server)
+    s.sendall(b"count me")
+    assert recv_exactly(s, 8) == b"count me"
+    s.close()
+    rec.wait_closes(1)
+    kinds = [e for _, e, _ in rec.events]
+    assert READ not in kinds  # raw bytes come as DATA only
+    assert kinds.index(DATA) < kinds.index(SENT)
+    assert sum(d for _, e, d in rec.events if e == SENT) == 8
+
+
 def test_raw_echo_of_one_mebibyte(serve):
     server = serve(None, raw=True, connection_handler=echo)
     payload = bytes(range(256)) * 4096
