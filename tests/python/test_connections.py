@@ -132,6 +132,7 @@ def test_open_first_close_last_and_one_object_per_connection(serve):
 def test_request_connection_is_none_without_a_connection_handler(serve):
     server = serve(lambda r: repr(r.connection))
     assert request(server)[2] == b"None"
+    assert server.stats()["conn_events"] == 0  # the engine made none
 
 
 def test_connection_of_a_request_answered_later_stays_readable(serve):
