@@ -46,7 +46,7 @@ typedef struct {
   PyObject *method, *path, *raw_path, *target, *query_string, *query, *headers, *body, *params,
       *client, *server;
   PyObject *unix_path;  /* the server's Unix socket path (str), or NULL */
-  PyObject *connection; /* the Connection (conn.c), kept once asked for or answered; or NULL */
+  PyObject *connection; /* the Connection (conn.c), kept when answered while held; or NULL */
   pyb_reqio *io;        /* shared with the worker thread once streaming, or NULL */
   PyObject *unread;     /* streamed body bytes taken but not handed out, or NULL */
   size_t high_water;    /* the engine's output_high_water */

@@ -132,6 +132,7 @@ def test_open_first_close_last_and_one_object_per_connection(serve):
 def test_request_connection_is_none_without_a_connection_handler(serve):
     server = serve(lambda r: repr(r.connection))
     assert request(server)[2] == b"None"
+    assert server.stats()["conn_events"] == 0  # the engine made none
 
 
 def test_connection_of_a_request_answered_later_stays_readable(serve):
@@ -338,6 +339,20 @@ def test_raw_echo(serve):
     stats = server.stats()
     assert stats["raw_bytes_in"] == stats["raw_bytes_out"] == 11
     assert stats["raw_sends"] >= 2 and stats["requests"] == 0
+
+
+def test_raw_conn_io_events_report_sent_not_read(serve):
+    rec = Recorder(echo)
+    server = serve(None, raw=True, connection_handler=rec, conn_io_events=True)
+    s = raw_socket(server)
+    s.sendall(b"count me")
+    assert recv_exactly(s, 8) == b"count me"
+    s.close()
+    rec.wait_closes(1)
+    kinds = [e for _, e, _ in rec.events]
+    assert READ not in kinds  # raw bytes come as DATA only
+    assert kinds.index(DATA) < kinds.index(SENT)
+    assert sum(d for _, e, d in rec.events if e == SENT) == 8
 
 
 def test_raw_echo_of_one_mebibyte(serve):
