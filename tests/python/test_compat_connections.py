@@ -644,11 +644,13 @@ def test_handlers_in_poll_serve_a_websocket_from_the_polling_thread():
 
     threads = set()
     events = []
+    every = []  # MG_EV_POLL included: none before MG_EV_OPEN, none after MG_EV_CLOSE
 
     def handler(conn, ev, data):
         if conn.is_listening:
             return
         threads.add(threading.get_ident())
+        every.append(ev)
         if ev != MG_EV_POLL:
             events.append(ev)
         if ev == MG_EV_HTTP_MSG:
@@ -668,6 +670,7 @@ def test_handlers_in_poll_serve_a_websocket_from_the_polling_thread():
     finally:
         poller.stop()
     assert threads == {poller.thread.ident}
+    assert every[0] == MG_EV_OPEN and every[-1] == MG_EV_CLOSE
     assert events[:5] == [MG_EV_OPEN, MG_EV_ACCEPT, MG_EV_HTTP_HDRS, MG_EV_HTTP_MSG, MG_EV_WS_OPEN]
     assert events[-1] == MG_EV_CLOSE
 
