@@ -698,3 +698,27 @@ def test_two_ring_threads_give_each_connection_its_own_id_and_object():
             c.close()
     assert len(set(ids)) == 16 and all(len(objs) == 1 for objs in seen.values())
     assert sorted(int(i) for i in ids) == list(range(2, 18))
+
+
+def test_send_len_and_is_full_follow_what_the_client_has_not_read():
+    got = {}
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_READ:
+            for _ in range(128):
+                conn.send(b"x" * 65536)  # 8 MiB to a client that does not read yet
+            got.update(len=conn.send_len, full=conn.is_full, writable=conn.is_writable)
+
+    with Manager(handler, conn_send_high_water=65536) as mgr:
+        listener = mgr.listen("tcp://127.0.0.1:0")
+        sock = socket.create_connection(("127.0.0.1", port_of(listener)), timeout=10)
+        sock.sendall(b"go")
+        wait_until(lambda: got, what="the sends")
+        assert got["len"] > 65536 and got["full"] and not got["writable"]
+        received = 0
+        while received < 128 * 65536:
+            received += len(sock.recv(1 << 20))
+        conn = mgr._conns[listener.id + 1]
+        wait_until(lambda: conn.send_len == 0, what="everything sent")
+        assert not conn.is_full and conn.is_writable
+        sock.close()
