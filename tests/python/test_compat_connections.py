@@ -722,3 +722,25 @@ def test_send_len_and_is_full_follow_what_the_client_has_not_read():
         wait_until(lambda: conn.send_len == 0, what="everything sent")
         assert not conn.is_full and conn.is_writable
         sock.close()
+
+
+def test_ipv6_addresses_as_pymongoose_triples():
+    got = []
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_HTTP_MSG:
+            got.append((conn.local_addr, conn.remote_addr))
+            conn.reply(200, "v6")
+
+    with Manager(handler) as mgr:
+        try:
+            listener = mgr.listen("http://[::1]:0", http=True)
+        except RuntimeError as exc:
+            pytest.skip("no IPv6 loopback: %s" % exc)
+        port = port_of(listener)
+        assert listener.local_addr == ("::1", port, True)
+        with socket.create_connection(("::1", port), timeout=10) as s:
+            s.sendall(GET % b"")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+    ((local, remote),) = got
+    assert local == ("::1", port, True) and remote[0] == "::1" and remote[2] is True
