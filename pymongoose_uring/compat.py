@@ -1116,15 +1116,12 @@ class Manager:
     def _connection_events(self, listener: Connection) -> Callable[[Any, int, Any], None]:
         """The engine's connection_handler for one listener's server."""
         post = self._post
-        conns = self._conns
 
         def on_event(pconn: Any, ev: int, data: Any) -> None:
             if ev == _CONN_OPEN:
                 conn = Connection(self, listener._handler or self._handler, pconn)
                 pconn.user = conn
-                conns[conn._id] = conn
-                post(conn, MG_EV_OPEN, None)
-                post(conn, MG_EV_ACCEPT, None)
+                post(conn, None, None, self._opened_event)
                 return
             conn = pconn.user
             if conn is None:
@@ -1137,6 +1134,12 @@ class Manager:
                 post(conn, MG_EV_CLOSE, data, self._closed_event)
 
         return on_event
+
+    def _opened_event(self, conn: Connection, _a: Any, _b: Any) -> None:
+        # Live (for MG_EV_POLL and wakeups) from its MG_EV_OPEN on, not before.
+        self._conns[conn._id] = conn
+        self._deliver(conn, MG_EV_OPEN, None)
+        self._deliver(conn, MG_EV_ACCEPT, None)
 
     def _read_event(self, conn: Connection, data: bytes, _: Any) -> None:
         conn._recv = data

@@ -644,11 +644,13 @@ def test_handlers_in_poll_serve_a_websocket_from_the_polling_thread():
 
     threads = set()
     events = []
+    every = []  # MG_EV_POLL included: none before MG_EV_OPEN, none after MG_EV_CLOSE
 
     def handler(conn, ev, data):
         if conn.is_listening:
             return
         threads.add(threading.get_ident())
+        every.append(ev)
         if ev != MG_EV_POLL:
             events.append(ev)
         if ev == MG_EV_HTTP_MSG:
@@ -668,6 +670,7 @@ def test_handlers_in_poll_serve_a_websocket_from_the_polling_thread():
     finally:
         poller.stop()
     assert threads == {poller.thread.ident}
+    assert every[0] == MG_EV_OPEN and every[-1] == MG_EV_CLOSE
     assert events[:5] == [MG_EV_OPEN, MG_EV_ACCEPT, MG_EV_HTTP_HDRS, MG_EV_HTTP_MSG, MG_EV_WS_OPEN]
     assert events[-1] == MG_EV_CLOSE
 
@@ -695,3 +698,49 @@ def test_two_ring_threads_give_each_connection_its_own_id_and_object():
             c.close()
     assert len(set(ids)) == 16 and all(len(objs) == 1 for objs in seen.values())
     assert sorted(int(i) for i in ids) == list(range(2, 18))
+
+
+def test_send_len_and_is_full_follow_what_the_client_has_not_read():
+    got = {}
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_READ:
+            for _ in range(128):
+                conn.send(b"x" * 65536)  # 8 MiB to a client that does not read yet
+            got.update(len=conn.send_len, full=conn.is_full, writable=conn.is_writable)
+
+    with Manager(handler, conn_send_high_water=65536) as mgr:
+        listener = mgr.listen("tcp://127.0.0.1:0")
+        sock = socket.create_connection(("127.0.0.1", port_of(listener)), timeout=10)
+        sock.sendall(b"go")
+        wait_until(lambda: got, what="the sends")
+        assert got["len"] > 65536 and got["full"] and not got["writable"]
+        received = 0
+        while received < 128 * 65536:
+            received += len(sock.recv(1 << 20))
+        conn = mgr._conns[listener.id + 1]
+        wait_until(lambda: conn.send_len == 0, what="everything sent")
+        assert not conn.is_full and conn.is_writable
+        sock.close()
+
+
+def test_ipv6_addresses_as_pymongoose_triples():
+    got = []
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_HTTP_MSG:
+            got.append((conn.local_addr, conn.remote_addr))
+            conn.reply(200, "v6")
+
+    with Manager(handler) as mgr:
+        try:
+            listener = mgr.listen("http://[::1]:0", http=True)
+        except RuntimeError as exc:
+            pytest.skip("no IPv6 loopback: %s" % exc)
+        port = port_of(listener)
+        assert listener.local_addr == ("::1", port, True)
+        with socket.create_connection(("::1", port), timeout=10) as s:
+            s.sendall(GET % b"")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+    ((local, remote),) = got
+    assert local == ("::1", port, True) and remote[0] == "::1" and remote[2] is True
