@@ -33,19 +33,12 @@
  */
 #include "binding.h"
 
+#include <structmember.h>
+
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
 #include <strings.h>
-
-#if PY_VERSION_HEX < 0x030C0000
-#include <structmember.h>
-#define Py_T_OBJECT T_OBJECT
-#define Py_T_OBJECT_EX T_OBJECT_EX
-#define Py_T_BOOL T_BOOL
-#define Py_T_PYSSIZET T_PYSSIZET
-#define Py_READONLY READONLY
-#endif
 
 #define MG_EV_HTTP_HDRS 10 /* Mongoose 7's event numbers, as compat exports them */
 #define MG_EV_HTTP_MSG 11
@@ -477,9 +470,9 @@ static PyGetSetDef message_getset[] = {
 };
 
 static PyMemberDef message_members[] = {
-    {"method", Py_T_OBJECT_EX, offsetof(MgMessageObject, method), Py_READONLY,
+    {"method", T_OBJECT_EX, offsetof(MgMessageObject, method), READONLY,
      "The request method, e.g. 'GET'."},
-    {"uri", Py_T_OBJECT_EX, offsetof(MgMessageObject, uri), Py_READONLY,
+    {"uri", T_OBJECT_EX, offsetof(MgMessageObject, uri), READONLY,
      "The path as sent, without the query."},
     {NULL},
 };
@@ -1010,10 +1003,10 @@ static PyGetSetDef conn_getset[] = {
 };
 
 static PyMemberDef conn_members[] = {
-    {"userdata", Py_T_OBJECT, offsetof(MgConnObject, userdata), 0, "Free for the application."},
-    {"_handler", Py_T_OBJECT, offsetof(MgConnObject, handler), 0,
+    {"userdata", T_OBJECT, offsetof(MgConnObject, userdata), 0, "Free for the application."},
+    {"_handler", T_OBJECT, offsetof(MgConnObject, handler), 0,
      "This connection's handler, or None (the dispatcher's resolve() decides)."},
-    {"_close_after", Py_T_BOOL, offsetof(MgConnObject, close_after), 0,
+    {"_close_after", T_BOOL, offsetof(MgConnObject, close_after), 0,
      "Whether reply() adds 'Connection: close'."},
     {NULL},
 };
@@ -1236,12 +1229,11 @@ static void dispatcher_dealloc(PyObject *op) {
 }
 
 static PyMemberDef dispatcher_members[] = {
-    {"__vectorcalloffset__", Py_T_PYSSIZET, offsetof(MgDispatcherObject, vectorcall), Py_READONLY,
-     NULL},
-    {"resolve", Py_T_OBJECT, offsetof(MgDispatcherObject, resolve), Py_READONLY, NULL},
-    {"handler", Py_T_OBJECT, offsetof(MgDispatcherObject, handler), 0,
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(MgDispatcherObject, vectorcall), READONLY, NULL},
+    {"resolve", T_OBJECT, offsetof(MgDispatcherObject, resolve), READONLY, NULL},
+    {"handler", T_OBJECT, offsetof(MgDispatcherObject, handler), 0,
      "The handler of connections whose _handler is None (None: resolve(conn) decides)."},
-    {"http_hdrs", Py_T_BOOL, offsetof(MgDispatcherObject, http_hdrs), 0,
+    {"http_hdrs", T_BOOL, offsetof(MgDispatcherObject, http_hdrs), 0,
      "Whether each request is first delivered as MG_EV_HTTP_HDRS (default True, as Mongoose)."},
     {NULL},
 };
