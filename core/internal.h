@@ -142,8 +142,6 @@ struct pmu__req {
   uint8_t close_after;  /* close the connection once this response is sent */
   uint8_t with_handler; /* handed to the handler and not answered yet */
   pmu__ws_t *ws;        /* the answer is a 101 accepting this WebSocket (core/ws.c) */
-  pmu__connh_t *h;      /* its connection's handle (a reference), with conn_handler */
-  uint64_t qseq;        /* place in the loop's cross-thread queues (arrival order) */
 
   /* What the request keeps: url, header names and values, body. */
   char *data;
@@ -196,6 +194,10 @@ struct pmu__req {
   int spool_fd;        /* that file while the body arrives (then closed) */
   size_t spool_len;    /* bytes written to it */
   void *spool_map;     /* the finished body mapped read-only (pub.body) */
+
+  /* Last, out of the way of the fields every request touches. */
+  pmu__connh_t *h; /* its connection's handle (a reference), with conn_handler */
+  uint64_t qseq;   /* place in the loop's cross-thread queues (arrival order) */
 };
 
 enum pmu__timer_kind {
@@ -256,10 +258,6 @@ struct pmu__conn {
   uint16_t error_status;     /* status to answer a parse error with */
   uint8_t upgrade_wait;      /* a WebSocket handshake awaits its answer: parse nothing */
   pmu__ws_t *ws;             /* accepted: the connection speaks WebSocket (core/ws.c) */
-  pmu__connh_t *h;           /* its handle, with config.conn_handler (core/conn_events.c) */
-  uint8_t evflags;           /* enum pmu__conn_evflag: what the receive path tells h */
-  uint8_t user_paused;       /* pmu_conn_pause_reading: reading stays off until resumed */
-  int close_err;             /* why it closes (the CLOSE event's err), 0: orderly */
 
   /* Parser glue: absolute stream offsets, to detect obs-fold. */
   uint64_t fed;        /* bytes fed to llhttp before the current chunk */
@@ -324,6 +322,12 @@ struct pmu__conn {
   int zc_res;         /* result of a SEND_ZC awaiting its notification */
   pmu__sendbuf_t *sb; /* held only while a send is in flight */
   size_t send_len;
+
+  /* Connection events (core/conn_events.c), out of the way of the hot fields. */
+  pmu__connh_t *h;     /* its handle, with config.conn_handler */
+  int close_err;       /* why it closes (the CLOSE event's err), 0: orderly */
+  uint8_t evflags;     /* enum pmu__conn_evflag: what the receive path tells h */
+  uint8_t user_paused; /* pmu_conn_pause_reading: reading stays off until resumed */
 
   pmu__sockaddr_t peer, local; /* last: conn_new clears what comes before */
 };
