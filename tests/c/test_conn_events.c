@@ -187,6 +187,21 @@ static void case_ws(t_server_t *s) {
   long gone = t_cn_find(id, T_CN_WS_GONE, 0);
   long close = t_cn_find(id, PMU_CONN_EV_CLOSE, 0);
   T_ASSERT(gone >= 0 && gone < close);
+
+  t_case("pmu_conn_close on a WebSocket: after send, a close frame 1000; now, none");
+  c = t_ws_connect(s, "/ws");
+  id = t_cn_id_by_port(t_cn_client_port(c));
+  T_ASSERT_INT_EQ(pmu_conn_close(t_cn_handle(id), PMU_CLOSE_AFTER_SEND), 0);
+  T_ASSERT_INT_EQ(t_ws_read_close(c, T_IO_TIMEOUT_MS, NULL), 1000);
+  t_conn_close(c);
+  t_cn_wait_close(id);
+  c = t_ws_connect(s, "/ws");
+  id = t_cn_id_by_port(t_cn_client_port(c));
+  T_ASSERT_INT_EQ(pmu_conn_close(t_cn_handle(id), PMU_CLOSE_NOW), 0);
+  T_ASSERT_INT_EQ(t_ws_read_close(c, T_IO_TIMEOUT_MS, NULL), -1); /* the end, no frame */
+  t_cn_wait_close(id);
+  T_ASSERT(t_cn_find(id, T_CN_WS_GONE, 0) < t_cn_find(id, PMU_CONN_EV_CLOSE, 0));
+  t_conn_close(c);
 }
 
 static void case_respond_raw(t_server_t *s) {
