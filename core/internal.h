@@ -574,6 +574,27 @@ void pmu__ws_dispatch(pmu__loop_t *loop);
 /* The loop exits: drop what is left. */
 void pmu__ws_loop_exit(pmu__loop_t *loop);
 
+/*
+ * Hand the events arr[0, count) of a pass to a handler, at most batch_max a
+ * call, leaving out those whose handle was released meanwhile (RELEASED(event)
+ * is true: they get nothing more); CALL(events, n) makes one call. The
+ * WebSocket and the connection events are delivered by it.
+ */
+#define PMU__DELIVER_BATCHES(loop, arr, count, RELEASED, CALL)                         \
+  do {                                                                                 \
+    unsigned max_ = (loop)->server->cfg.batch_max ? (loop)->server->cfg.batch_max : 1; \
+    size_t i_ = 0;                                                                     \
+    while (i_ < (count)) {                                                             \
+      size_t n_ = 0, j_ = i_;                                                          \
+      for (; j_ < (count) && n_ < max_; j_++)                                          \
+        if (!RELEASED((arr)[j_]))                                                      \
+          (arr)[i_ + n_++] = (arr)[j_];                                                \
+      if (n_)                                                                          \
+        CALL((arr) + i_, n_);                                                          \
+      i_ = j_;                                                                         \
+    }                                                                                  \
+  } while (0)
+
 /* ---- conn_events.c ---- */
 /* A connection was accepted: make its handle and queue OPEN. 0 or -ENOMEM. */
 int pmu__connh_open(pmu__conn_t *conn);
