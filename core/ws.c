@@ -1534,7 +1534,10 @@ static void ws_take(pmu__conn_t *c, const char *data, size_t len) {
   ws_parse(c, (const uint8_t *)data, len);
 }
 
-void pmu__ws_resume(pmu__conn_t *c) { pmu__conn_resume_unparsed(c, c->ws->user_paused, ws_take); }
+/* Held by pmu_ws_pause_reading or by pmu_conn_pause_reading (the connection's handle). */
+void pmu__ws_resume(pmu__conn_t *c) {
+  pmu__conn_resume_unparsed(c, c->ws->user_paused || c->user_paused, ws_take);
+}
 
 /* ---- accept, release of the connection ---- */
 

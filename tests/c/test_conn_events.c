@@ -166,7 +166,8 @@ static void case_order(t_server_t *s) {
 }
 
 static void case_ws(t_server_t *s) {
-  t_case("a WebSocket's GONE comes before its CLOSE; pmu_conn_send refuses it");
+  t_case(
+      "a WebSocket: pmu_conn_send refuses it, pmu_conn_pause_reading holds it, GONE before CLOSE");
   t_conn_t *c = t_ws_connect(s, "/ws");
   uint64_t id = t_cn_id_by_port(t_cn_client_port(c));
   T_ASSERT(id != 0);
@@ -175,6 +176,12 @@ static void case_ws(t_server_t *s) {
   pmu_conn_t *h = t_cn_handle(id);
   T_ASSERT(h != NULL);
   T_ASSERT_INT_EQ(pmu_conn_send(h, "x", 1, NULL, NULL), -EINVAL);
+  T_ASSERT_INT_EQ(pmu_conn_pause_reading(h, 1), 0); /* a WebSocket is held back too */
+  t_sleep_ms(20);
+  t_ws_send(c, 0x81, "held", 4);
+  T_ASSERT_INT_EQ(t_recv_some(c, 300), -ETIMEDOUT);
+  T_ASSERT_INT_EQ(pmu_conn_pause_reading(h, 0), 0);
+  t_ws_expect(c, PMU_WS_TEXT, "held", 4);
   t_conn_close(c);
   t_cn_wait_close(id);
   long gone = t_cn_find(id, T_CN_WS_GONE, 0);
