@@ -117,23 +117,18 @@ void pmu__connh_data(pmu__conn_t *c, const char *data, size_t len, int copy) {
     pmu__conn_timer_set(c, TIMER_RAW_IDLE); /* not idle: the wait starts over */
 }
 
-/* Handler calls over arr[0, count), at most batch_max events each, leaving
- * out the handles released meanwhile (they get nothing more). */
+/* Handler calls over arr[0, count): PMU__DELIVER_BATCHES, counted. */
 static void deliver(pmu__loop_t *loop, pmu_conn_event_t *arr, size_t count) {
   const pmu_config_t *cfg = &loop->server->cfg;
-  size_t max = cfg->batch_max ? cfg->batch_max : 1;
-  size_t i = 0;
-  while (i < count) {
-    size_t n = 0, j = i;
-    for (; j < count && n < max; j++)
-      if (!arr[j].conn->handler_done)
-        arr[i + n++] = arr[j];
-    if (n) {
-      STAT_ADD(loop, conn_events, n);
-      cfg->conn_handler(cfg->handler_data, arr + i, n);
-    }
-    i = j;
-  }
+#define RELEASED(ev) ((ev).conn->handler_done)
+#define CALL(evs, n)                              \
+  do {                                            \
+    STAT_ADD(loop, conn_events, n);               \
+    cfg->conn_handler(cfg->handler_data, evs, n); \
+  } while (0)
+  PMU__DELIVER_BATCHES(loop, arr, count, RELEASED, CALL);
+#undef RELEASED
+#undef CALL
 }
 
 void pmu__connh_dispatch(pmu__loop_t *loop, int closes) {

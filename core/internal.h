@@ -142,8 +142,6 @@ struct pmu__req {
   uint8_t close_after;  /* close the connection once this response is sent */
   uint8_t with_handler; /* handed to the handler and not answered yet */
   pmu__ws_t *ws;        /* the answer is a 101 accepting this WebSocket (core/ws.c) */
-  pmu__connh_t *h;      /* its connection's handle (a reference), with conn_handler */
-  uint64_t qseq;        /* place in the loop's cross-thread queues (arrival order) */
 
   /* What the request keeps: url, header names and values, body. */
   char *data;
@@ -196,6 +194,10 @@ struct pmu__req {
   int spool_fd;        /* that file while the body arrives (then closed) */
   size_t spool_len;    /* bytes written to it */
   void *spool_map;     /* the finished body mapped read-only (pub.body) */
+
+  /* Last, out of the way of the fields every request touches. */
+  pmu__connh_t *h; /* its connection's handle (a reference), with conn_handler */
+  uint64_t qseq;   /* place in the loop's cross-thread queues (arrival order) */
 };
 
 enum pmu__timer_kind {
@@ -256,10 +258,6 @@ struct pmu__conn {
   uint16_t error_status;     /* status to answer a parse error with */
   uint8_t upgrade_wait;      /* a WebSocket handshake awaits its answer: parse nothing */
   pmu__ws_t *ws;             /* accepted: the connection speaks WebSocket (core/ws.c) */
-  pmu__connh_t *h;           /* its handle, with config.conn_handler (core/conn_events.c) */
-  uint8_t evflags;           /* enum pmu__conn_evflag: what the receive path tells h */
-  uint8_t user_paused;       /* pmu_conn_pause_reading: reading stays off until resumed */
-  int close_err;             /* why it closes (the CLOSE event's err), 0: orderly */
 
   /* Parser glue: absolute stream offsets, to detect obs-fold. */
   uint64_t fed;        /* bytes fed to llhttp before the current chunk */
@@ -324,6 +322,12 @@ struct pmu__conn {
   int zc_res;         /* result of a SEND_ZC awaiting its notification */
   pmu__sendbuf_t *sb; /* held only while a send is in flight */
   size_t send_len;
+
+  /* Connection events (core/conn_events.c), out of the way of the hot fields. */
+  pmu__connh_t *h;     /* its handle, with config.conn_handler */
+  int close_err;       /* why it closes (the CLOSE event's err), 0: orderly */
+  uint8_t evflags;     /* enum pmu__conn_evflag: what the receive path tells h */
+  uint8_t user_paused; /* pmu_conn_pause_reading: reading stays off until resumed */
 
   pmu__sockaddr_t peer, local; /* last: conn_new clears what comes before */
 };
@@ -569,6 +573,27 @@ int pmu__ws_consume(pmu__conn_t *conn, size_t *left);
 void pmu__ws_dispatch(pmu__loop_t *loop);
 /* The loop exits: drop what is left. */
 void pmu__ws_loop_exit(pmu__loop_t *loop);
+
+/*
+ * Hand the events arr[0, count) of a pass to a handler, at most batch_max a
+ * call, leaving out those whose handle was released meanwhile (RELEASED(event)
+ * is true: they get nothing more); CALL(events, n) makes one call. The
+ * WebSocket and the connection events are delivered by it.
+ */
+#define PMU__DELIVER_BATCHES(loop, arr, count, RELEASED, CALL)                         \
+  do {                                                                                 \
+    unsigned max_ = (loop)->server->cfg.batch_max ? (loop)->server->cfg.batch_max : 1; \
+    size_t i_ = 0;                                                                     \
+    while (i_ < (count)) {                                                             \
+      size_t n_ = 0, j_ = i_;                                                          \
+      for (; j_ < (count) && n_ < max_; j_++)                                          \
+        if (!RELEASED((arr)[j_]))                                                      \
+          (arr)[i_ + n_++] = (arr)[j_];                                                \
+      if (n_)                                                                          \
+        CALL((arr) + i_, n_);                                                          \
+      i_ = j_;                                                                         \
+    }                                                                                  \
+  } while (0)
 
 /* ---- conn_events.c ---- */
 /* A connection was accepted: make its handle and queue OPEN. 0 or -ENOMEM. */

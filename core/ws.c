@@ -302,21 +302,14 @@ static int ev_push_copy(pmu__ws_t *ws, int type, int code, const char *data, siz
   return ev_push(ws, type, 0, code, off, len, NULL);
 }
 
-/* Handler calls over arr[0, count), at most batch_max events each, leaving
- * out the handles released meanwhile (they get nothing more). */
+/* Handler calls over arr[0, count): PMU__DELIVER_BATCHES. */
 static void deliver_events(pmu__loop_t *loop, pmu_ws_event_t *arr, size_t count) {
   const pmu_config_t *cfg = &loop->server->cfg;
-  size_t max = cfg->batch_max ? cfg->batch_max : 1;
-  size_t i = 0;
-  while (i < count) {
-    size_t n = 0, j = i;
-    for (; j < count && n < max; j++)
-      if (!arr[j].ws->handler_done)
-        arr[i + n++] = arr[j];
-    if (n)
-      cfg->ws_handler(cfg->handler_data, arr + i, n);
-    i = j;
-  }
+#define RELEASED(ev) ((ev).ws->handler_done)
+#define CALL(evs, n) cfg->ws_handler(cfg->handler_data, evs, n)
+  PMU__DELIVER_BATCHES(loop, arr, count, RELEASED, CALL);
+#undef RELEASED
+#undef CALL
 }
 
 /* Send the closes of the connections failed in this pass. */
@@ -1541,7 +1534,10 @@ static void ws_take(pmu__conn_t *c, const char *data, size_t len) {
   ws_parse(c, (const uint8_t *)data, len);
 }
 
-void pmu__ws_resume(pmu__conn_t *c) { pmu__conn_resume_unparsed(c, c->ws->user_paused, ws_take); }
+/* Held by pmu_ws_pause_reading or by pmu_conn_pause_reading (the connection's handle). */
+void pmu__ws_resume(pmu__conn_t *c) {
+  pmu__conn_resume_unparsed(c, c->ws->user_paused || c->user_paused, ws_take);
+}
 
 /* ---- accept, release of the connection ---- */
 

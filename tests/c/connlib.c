@@ -205,6 +205,48 @@ uint64_t t_cn_id_by_port(uint16_t port) {
   return 0;
 }
 
+uint64_t t_cn_id_of_at(const char *file, int line, const t_conn_t *conn) {
+  uint64_t id = t_cn_id_by_port(t_cn_client_port(conn));
+  if (!id)
+    t_fail_at(file, line, "no OPEN for the client's connection");
+  return id;
+}
+
+int t_cn_close_err_at(const char *file, int line, uint64_t conn_id) {
+  t_cn_wait_close_at(file, line, conn_id);
+  pthread_mutex_lock(&t_cn.lock);
+  int err = -1;
+  for (size_t i = 0; i < t_cn.n; i++)
+    if (t_cn.log[i].conn_id == conn_id && t_cn.log[i].type == PMU_CONN_EV_CLOSE)
+      err = t_cn.log[i].err;
+  pthread_mutex_unlock(&t_cn.lock);
+  return err;
+}
+
+void t_cn_read_exactly_at(const char *file, int line, t_conn_t *conn, size_t n) {
+  int64_t until = t_now_ms() + T_EVENT_MS;
+  while (conn->len < n && t_now_ms() < until) {
+    int rc = t_recv_some(conn, 1000);
+    if (rc == 0 || (rc < 0 && rc != -ETIMEDOUT))
+      break;
+  }
+  if (conn->len < n)
+    t_fail_at(file, line, "read %zu of %zu bytes", conn->len, n);
+}
+
+void t_cn_expect_clean(int fds) {
+  t_case("every handle had its events in order and was released; no descriptor left");
+  T_ASSERT_INT_EQ(atomic_load(&t_cn.violations), 0);
+  T_ASSERT_INT_EQ(atomic_load(&t_cn.releases), atomic_load(&t_cn.closes));
+  T_ASSERT_INT_EQ(atomic_load(&t_cn.opens), atomic_load(&t_cn.closes));
+  T_ASSERT_INT_EQ(t_count_fds(), fds);
+}
+
+void t_cn_pause_at_open(const pmu_conn_event_t *e) {
+  if (e->type == PMU_CONN_EV_OPEN && pmu_conn_pause_reading(e->conn, 1) != 0)
+    atomic_fetch_add(&t_cn.violations, 1);
+}
+
 void t_cn_small_rcvbuf(t_conn_t *conn) {
   int size = 64 * 1024;
   T_ASSERT(setsockopt(conn->fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size) == 0);

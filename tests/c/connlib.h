@@ -90,6 +90,27 @@ uint16_t t_cn_client_port(const t_conn_t *conn);
  * waiting up to T_EVENT_MS for its OPEN; 0 if none came. */
 uint64_t t_cn_id_by_port(uint16_t port);
 
+/* The conn_id of a client connection (its OPEN found by the client's port); fails the
+ * test when no OPEN came. */
+#define t_cn_id_of(conn) t_cn_id_of_at(__FILE__, __LINE__, (conn))
+uint64_t t_cn_id_of_at(const char *file, int line, const t_conn_t *conn);
+
+/* Wait for conn_id's CLOSE (fails after T_EVENT_MS) and return its err. */
+#define t_cn_close_err(id) t_cn_close_err_at(__FILE__, __LINE__, (id))
+int t_cn_close_err_at(const char *file, int line, uint64_t conn_id);
+
+/* Read until n bytes are in conn->buf; fails the test otherwise. */
+#define t_cn_read_exactly(conn, n) t_cn_read_exactly_at(__FILE__, __LINE__, (conn), (n))
+void t_cn_read_exactly_at(const char *file, int line, t_conn_t *conn, size_t n);
+
+/* The last case of a test program: no rule of a handle's life was broken, every CLOSE was
+ * followed by a release (and every OPEN by a CLOSE), and no descriptor is left of the
+ * fds open at the start. */
+void t_cn_expect_clean(int fds);
+
+/* A hook (t_cn.hook) that pauses the reading of every connection at its OPEN. */
+void t_cn_pause_at_open(const pmu_conn_event_t *event);
+
 /* Shrink the client's receive buffer to 64 KiB: what the server sends and the client
  * does not read then stays in the server (loopback buffers grow to tens of MiB). */
 void t_cn_small_rcvbuf(t_conn_t *conn);

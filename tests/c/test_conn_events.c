@@ -112,15 +112,14 @@ static void config(pmu_config_t *c) {
   c->on_disconnect = on_disconnect;
 }
 
-/* Read exactly n bytes (or fail). */
-static void read_exactly(t_conn_t *c, size_t n) {
-  int64_t until = t_now_ms() + T_EVENT_MS;
-  while (c->len < n && t_now_ms() < until) {
-    int rc = t_recv_some(c, 1000);
-    if (rc == 0 || (rc < 0 && rc != -ETIMEDOUT))
-      break;
-  }
-  T_ASSERT_MSG(c->len >= n, "read %zu of %zu bytes", c->len, n);
+/* A server whose pmu_conn_send high water and limit are these. */
+static t_server_t *start_with(size_t high_water, size_t limit) {
+  pmu_config_t cfg;
+  config(&cfg);
+  cfg.conn_send_high_water = high_water;
+  cfg.conn_send_limit = limit;
+  t_cn_new_server();
+  return t_server_start(&cfg);
 }
 
 static void expect_body(t_conn_t *c, const char *body) {
@@ -130,12 +129,6 @@ static void expect_body(t_conn_t *c, const char *body) {
   T_ASSERT_INT_EQ(resp.body_len, strlen(body));
   T_ASSERT(memcmp(resp.body, body, resp.body_len) == 0);
   t_response_free(&resp);
-}
-
-static uint64_t id_of_client(const t_conn_t *c) {
-  uint64_t id = t_cn_id_by_port(t_cn_client_port(c));
-  T_ASSERT_MSG(id != 0, "no OPEN for the client's connection");
-  return id;
 }
 
 static void case_order(t_server_t *s) {
@@ -173,7 +166,8 @@ static void case_order(t_server_t *s) {
 }
 
 static void case_ws(t_server_t *s) {
-  t_case("a WebSocket's GONE comes before its CLOSE; pmu_conn_send refuses it");
+  t_case(
+      "a WebSocket: pmu_conn_send refuses it, pmu_conn_pause_reading holds it, GONE before CLOSE");
   t_conn_t *c = t_ws_connect(s, "/ws");
   uint64_t id = t_cn_id_by_port(t_cn_client_port(c));
   T_ASSERT(id != 0);
@@ -182,11 +176,32 @@ static void case_ws(t_server_t *s) {
   pmu_conn_t *h = t_cn_handle(id);
   T_ASSERT(h != NULL);
   T_ASSERT_INT_EQ(pmu_conn_send(h, "x", 1, NULL, NULL), -EINVAL);
+  T_ASSERT_INT_EQ(pmu_conn_pause_reading(h, 1), 0); /* a WebSocket is held back too */
+  t_sleep_ms(20);
+  t_ws_send(c, 0x81, "held", 4);
+  T_ASSERT_INT_EQ(t_recv_some(c, 300), -ETIMEDOUT);
+  T_ASSERT_INT_EQ(pmu_conn_pause_reading(h, 0), 0);
+  t_ws_expect(c, PMU_WS_TEXT, "held", 4);
   t_conn_close(c);
   t_cn_wait_close(id);
   long gone = t_cn_find(id, T_CN_WS_GONE, 0);
   long close = t_cn_find(id, PMU_CONN_EV_CLOSE, 0);
   T_ASSERT(gone >= 0 && gone < close);
+
+  t_case("pmu_conn_close on a WebSocket: after send, a close frame 1000; now, none");
+  c = t_ws_connect(s, "/ws");
+  id = t_cn_id_by_port(t_cn_client_port(c));
+  T_ASSERT_INT_EQ(pmu_conn_close(t_cn_handle(id), PMU_CLOSE_AFTER_SEND), 0);
+  T_ASSERT_INT_EQ(t_ws_read_close(c, T_IO_TIMEOUT_MS, NULL), 1000);
+  t_conn_close(c);
+  t_cn_wait_close(id);
+  c = t_ws_connect(s, "/ws");
+  id = t_cn_id_by_port(t_cn_client_port(c));
+  T_ASSERT_INT_EQ(pmu_conn_close(t_cn_handle(id), PMU_CLOSE_NOW), 0);
+  T_ASSERT_INT_EQ(t_ws_read_close(c, T_IO_TIMEOUT_MS, NULL), -1); /* the end, no frame */
+  t_cn_wait_close(id);
+  T_ASSERT(t_cn_find(id, T_CN_WS_GONE, 0) < t_cn_find(id, PMU_CONN_EV_CLOSE, 0));
+  t_conn_close(c);
 }
 
 static void case_respond_raw(t_server_t *s) {
@@ -238,12 +253,12 @@ static void case_close(t_server_t *s) {
   t_send_str(c, "GET /closeafter HTTP/1.1\r\nHost: x\r\n\r\nGET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
   uint64_t id = t_cn_id_by_port(port);
   expect_body(c, "sent");
-  read_exactly(c, 4 * sizeof big);
+  t_cn_read_exactly(c, 4 * sizeof big);
   T_ASSERT(t_wait_closed(c, 5000));
   T_ASSERT_INT_EQ(c->len, 4 * sizeof big); /* nothing after: /hold was never answered */
   t_conn_close(c);
   t_cn_wait_close(id);
-  T_ASSERT_INT_EQ(t_cn.log[t_cn_find(id, PMU_CONN_EV_CLOSE, 0)].err, 0);
+  T_ASSERT_INT_EQ(t_cn_close_err(id), 0);
   T_WAIT_UNTIL(atomic_load(&disconnects) == before + 1, T_EVENT_MS);
   T_ASSERT_INT_EQ(atomic_load(&disconnects), before + 1);
 
@@ -254,7 +269,7 @@ static void case_close(t_server_t *s) {
   t_send_str(c, "GET /closenow HTTP/1.1\r\nHost: x\r\n\r\n");
   id = t_cn_id_by_port(port);
   t_cn_wait_close(id); /* closed before the client read anything */
-  T_ASSERT_INT_EQ(t_cn.log[t_cn_find(id, PMU_CONN_EV_CLOSE, 0)].err, 0);
+  T_ASSERT_INT_EQ(t_cn_close_err(id), 0);
   t_wait_closed(c, 5000);
   T_ASSERT_MSG(c->len < 64 * sizeof big, "got all %zu bytes", c->len);
   t_conn_close(c);
@@ -271,16 +286,12 @@ static void case_reset(t_server_t *s) {
   uint64_t id = t_cn_id_by_port(port);
   t_conn_abort(c);
   t_cn_wait_close(id);
-  T_ASSERT_INT_EQ(t_cn.log[t_cn_find(id, PMU_CONN_EV_CLOSE, 0)].err, ECONNRESET);
+  T_ASSERT_INT_EQ(t_cn_close_err(id), ECONNRESET);
 }
 
 static void case_drain(void) {
   t_case("a client that reads late: pmu_conn_send returns 1, DRAIN once it read");
-  pmu_config_t cfg;
-  config(&cfg);
-  cfg.conn_send_high_water = 16 << 20; /* more than the kernel's buffers take */
-  t_cn_new_server();
-  t_server_t *s = t_server_start(&cfg);
+  t_server_t *s = start_with(16 << 20, (size_t)32 << 20); /* more than the kernel takes */
   unsigned long drains = atomic_load(&t_cn.drains);
   atomic_store(&flood_sends, 0);
   t_conn_t *c = t_connect(s);
@@ -293,7 +304,7 @@ static void case_drain(void) {
   T_ASSERT_INT_EQ(atomic_load(&flood_last), 1);
   T_ASSERT_INT_EQ(atomic_load(&t_cn.drains), drains); /* nothing read yet */
   size_t total = (atomic_load(&flood_sends) + 1) * sizeof big;
-  read_exactly(c, total);
+  t_cn_read_exactly(c, total);
   T_WAIT_UNTIL(atomic_load(&t_cn.drains) == drains + 1, T_EVENT_MS);
   T_ASSERT_INT_EQ(atomic_load(&t_cn.drains), drains + 1);
   long drain = t_cn_find(id, PMU_CONN_EV_DRAIN, 0);
@@ -306,12 +317,7 @@ static void case_drain(void) {
 
 static void case_limit(void) {
   t_case("conn_send_limit: the send over it fails with -ENOBUFS, CLOSE err ENOBUFS");
-  pmu_config_t cfg;
-  config(&cfg);
-  cfg.conn_send_limit = 1 << 20;
-  cfg.conn_send_high_water = 1 << 30;
-  t_cn_new_server();
-  t_server_t *s = t_server_start(&cfg);
+  t_server_t *s = start_with(1 << 30, 1 << 20);
   atomic_store(&flood_sends, 0);
   t_conn_t *c = t_connect(s);
   uint16_t port = t_cn_client_port(c);
@@ -320,7 +326,7 @@ static void case_limit(void) {
   t_cn_wait_close(id);
   T_ASSERT_INT_EQ(atomic_load(&flood_last), -ENOBUFS);
   T_ASSERT_INT_EQ(atomic_load(&flood_sends), 4); /* exactly 1 MiB fitted */
-  T_ASSERT_INT_EQ(t_cn.log[t_cn_find(id, PMU_CONN_EV_CLOSE, 0)].err, ENOBUFS);
+  T_ASSERT_INT_EQ(t_cn_close_err(id), ENOBUFS);
   T_ASSERT(t_wait_closed(c, 5000));
   t_conn_close(c);
   t_server_destroy(s);
@@ -361,7 +367,7 @@ static void case_release_after_destroy(void) {
   atomic_store(&t_cn.keep, 1);
   unsigned long closes = atomic_load(&t_cn.closes);
   t_conn_t *c1 = t_connect(s), *c2 = t_connect(s);
-  uint64_t id1 = id_of_client(c1), id2 = id_of_client(c2);
+  uint64_t id1 = t_cn_id_of(c1), id2 = t_cn_id_of(c2);
   pmu_conn_t *h2 = t_cn_handle(id2);
   t_conn_close(c1);
   t_cn_wait_close(id1);
@@ -407,14 +413,9 @@ static void case_io_events(void) {
   t_server_destroy(s);
 }
 
-static void pause_at_open(const pmu_conn_event_t *e) {
-  if (e->type == PMU_CONN_EV_OPEN)
-    T_ASSERT_INT_EQ(pmu_conn_pause_reading(e->conn, 1), 0);
-}
-
 static void case_pause(t_server_t *s) {
   t_case("pmu_conn_pause_reading on an HTTP connection: nothing parsed until resumed");
-  t_cn.hook = pause_at_open;
+  t_cn.hook = t_cn_pause_at_open;
   t_conn_t *c = t_connect(s);
   uint64_t id = t_cn_id_by_port(t_cn_client_port(c));
   t_cn.hook = NULL;
@@ -450,10 +451,7 @@ int main(void) {
   memset(big, 'b', sizeof big);
   int fds = t_count_fds();
   t_cn_reset();
-  pmu_config_t cfg;
-  config(&cfg);
-  t_cn_new_server();
-  t_server_t *s = t_server_start(&cfg);
+  t_server_t *s = start_with((size_t)1 << 20, (size_t)32 << 20); /* the defaults */
   case_order(s);
   case_ws(s);
   case_respond_raw(s);
@@ -469,9 +467,6 @@ int main(void) {
   case_io_events();
   case_threads();
 
-  t_case("every handle had its events in order and was released; no descriptor left");
-  T_ASSERT_INT_EQ(atomic_load(&t_cn.violations), 0);
-  T_ASSERT_INT_EQ(atomic_load(&t_cn.releases), atomic_load(&t_cn.closes));
-  T_ASSERT_INT_EQ(t_count_fds(), fds);
+  t_cn_expect_clean(fds);
   return t_done();
 }
