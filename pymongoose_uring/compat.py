@@ -1168,7 +1168,15 @@ class Manager:
             request.reply(Response(b"Not Found", 404, None, None))
             return
         if self._in_poll:
-            self._post(conn, request, None, self._http_event)
+            self._post(conn, request, None, self._poll_http_event)
+        else:
+            self._http_event(conn, request, None)
+
+    def _poll_http_event(self, conn: Connection, request: Request, _: Any) -> None:
+        """A request queued for poll(): MgDispatcher runs it (the C hot path, as
+        on the ring threads) while its connection is open; else the Python path."""
+        if request.connection is not None:
+            self._mg_dispatch(request)
         else:
             self._http_event(conn, request, None)
 

@@ -586,6 +586,7 @@ def test_http_message_as_mongoose_answers_it():
                     data.query_var(n)
                     for n in ("a", "A", "plus", "pct", "bad", "empty", "flag", "none", "utf")
                 ],
+                long=[data.query_var(n) for n in ("l255", "l256")],
                 charset=data.header_var("Content-Type", "charset"),
                 bool=bool(data),
             )
@@ -595,6 +596,7 @@ def test_http_message_as_mongoose_answers_it():
         listener = mgr.listen("http://127.0.0.1:0", http=True)
         c = RawClient(port_of(listener))
         query = b"a=1&a=2&plus=x+y&pct=%41%2b&bad=%4&empty=&flag&utf=%C3%A9"
+        query += b"&l255=" + b"%41" * 255 + b"&l256=" + b"x" * 256  # Mongoose's 256-byte buffer
         c.send(
             b"GET /x?"
             + query
@@ -604,6 +606,7 @@ def test_http_message_as_mongoose_answers_it():
         c.close()
     assert got["status"] == 0  # mg_http_status of a request: atoi("/x")
     assert got["q"] == ["1", "1", "x y", "A+", None, None, None, None, "é"]
+    assert got["long"] == ["A" * 255, None]
     assert got["charset"] == "utf-8" and got["bool"] is True
     empty = HttpMessage.__new__(HttpMessage)
     assert empty.status() is None and not empty
