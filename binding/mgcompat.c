@@ -1048,7 +1048,8 @@ typedef struct {
 #define DISP(o) ((MgDispatcherObject *)(o))
 
 /* The compat Connection of the request: request.connection.user, else
- * make_conn(request). New reference or NULL. */
+ * make_conn(request). New reference (Py_None: no user and no make_conn), or
+ * NULL with an exception. */
 static PyObject *connection_of(MgDispatcherObject *self, PyObject *request) {
   struct pyb_mg *mg = self->st->mg;
   PyObject *conn = NULL;
@@ -1061,12 +1062,8 @@ static PyObject *connection_of(MgDispatcherObject *self, PyObject *request) {
     Py_XINCREF(conn);
   }
   if (conn == NULL) {
-    if (self->make_conn == NULL) {
-      PyErr_SetString(PyExc_RuntimeError,
-                      "the request's connection has no compat Connection (request.connection."
-                      "user is None) and the dispatcher has no make_conn");
-      return NULL;
-    }
+    if (self->make_conn == NULL)
+      return Py_NewRef(Py_None); /* none: its connection is gone, or was never one of ours */
     conn = PyObject_CallOneArg(self->make_conn, request);
     if (conn == NULL)
       return NULL;
@@ -1091,12 +1088,29 @@ static PyObject *find_handler(MgDispatcherObject *self, MgConnObject *c) {
   return PyObject_CallOneArg(self->resolve, (PyObject *)c);
 }
 
+/* "Not Found" for a request nobody handles (live; the request's data copied
+ * if others hold it). */
+static void answer_404(PyObject *request) {
+  static const pmu_header_t ct = {"Content-Type", 12, "text/plain; charset=utf-8", 25};
+  static const pmu_response_t nf = {
+      .status = 404, .headers = &ct, .header_count = 1, .body = "Not Found", .body_len = 9};
+  if (pyb_request_respond(request, &nf, 0) < 0)
+    PyErr_Clear(); /* answered otherwise already */
+}
+
 static PyObject *dispatch(MgDispatcherObject *self, PyObject *request) {
   pyb_state *st = self->st;
   PyObject *conn = connection_of(self, request);
   if (conn == NULL) {
     pyb_log_exception(st, "pymongoose dispatch failed; sent 500", request);
     pyb_request_answer_500(request, 1);
+    Py_RETURN_NONE;
+  }
+  if (conn == Py_None) {
+    /* No compat Connection for it (e.g. closed, its object let go): 404, as
+     * compat's own dispatcher answers. */
+    Py_DECREF(conn);
+    answer_404(request);
     Py_RETURN_NONE;
   }
   MgConnObject *c = CONN(conn);
@@ -1123,12 +1137,7 @@ static PyObject *dispatch(MgDispatcherObject *self, PyObject *request) {
     } else if (handler == Py_None) {
       Py_DECREF(handler);
       if (i == 1 && pending.request == NULL && pyb_request_is_live(request)) {
-        /* No handler for the request: what compat answered before. */
-        static const pmu_header_t ct = {"Content-Type", 12, "text/plain; charset=utf-8", 25};
-        pmu_response_t nf = {
-            .status = 404, .headers = &ct, .header_count = 1, .body = "Not Found", .body_len = 9};
-        if (pyb_request_respond(request, &nf, 0) < 0)
-          PyErr_Clear();
+        answer_404(request); /* no handler for the request: what compat answered before */
         if (c->request == request)
           Py_CLEAR(c->request); /* answered: nothing left for a later reply() */
       }
@@ -1241,7 +1250,8 @@ static PyMemberDef dispatcher_members[] = {
 PyDoc_STRVAR(dispatcher_doc,
              "MgDispatcher(resolve, make_conn=None, handler=None)\n\n"
              "A Server request handler running pymongoose handlers. Per request: conn =\n"
-             "request.connection.user (else make_conn(request)), an MgConnection;\n"
+             "request.connection.user (else make_conn(request); neither: 404), an\n"
+             "MgConnection;\n"
              "conn._request = request; the handler is conn._handler, else the\n"
              "dispatcher's handler, else resolve(conn) (None: 404); then\n"
              "handler(conn, MG_EV_HTTP_HDRS, msg) (unless http_hdrs is False) and\n"

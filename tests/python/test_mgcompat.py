@@ -781,3 +781,14 @@ def test_reply_leaves_chunked_answers_and_raw_replies_to_the_subclass(serve):
     assert get(server, "/chunked")[2] == b"slow:c"
     assert get(server, "/other")[2] == b"fast"
     assert calls == [(200, b"c", {"Transfer-Encoding": "Chunked"}, True), (201, b"", None, False)]
+
+
+def test_no_connection_object_and_no_make_conn_is_404(serve, caplog):
+    """As compat answers a request whose connection has no compat Connection (its
+    connection closed, its object let go): 404, nothing logged."""
+    dispatcher = _pmu.MgDispatcher(lambda conn: None, None, lambda *a: 1 / 0)
+    server = serve(dispatcher, threads=1)  # no connection_handler: no Connection objects
+    with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
+        status, _, body = get(server, "/x")
+    assert (status, body) == (404, b"Not Found")
+    assert not caplog.records
