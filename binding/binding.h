@@ -11,6 +11,8 @@
  *   Engine    one pmu_server_t and the batch handler that calls Python
  *             (engine.c)
  *   WebSocket one open WebSocket connection and its callbacks (websocket.c)
+ *   Connection one accepted connection as the engine's conn_handler sees it:
+ *             its events, raw bytes, close (conn.c)
  *
  * module.c holds the module state, probe(), the error mapping and logging.
  * stream.c holds what a request shares with the engine's worker threads
@@ -126,6 +128,10 @@ typedef struct pyb_state {
   Py_ssize_t websockets_alive;      /* WebSocket objects not yet freed (GIL held) */
   PyTypeObject *static_mount_type;  /* StaticMount (files.c) */
   PyTypeObject *file_response_type; /* FileResponse (files.c) */
+  struct pyb_mg *mg;                /* mgcompat.c's types and constants (PyMem), or NULL */
+  PyTypeObject *connection_type;    /* Connection (conn.c) */
+  PyObject *conn_closed;            /* _pmu.ConnectionClosed(OSError) */
+  Py_ssize_t connections_alive;     /* Connection objects not yet freed (GIL held) */
 } pyb_state;
 
 extern PyModuleDef pyb_module_def;
@@ -164,6 +170,34 @@ int pyb_zero_copy(pyb_state *st, pmu_response_t *response, PyObject *owner);
 
 /* Drop the references the engine has handed back. GIL held. */
 void pyb_drain_released(pyb_state *st);
+
+/* Bytes a caller hands to the engine (WebSocket.send, Connection.send,
+ * Request.reply_raw): a str as UTF-8 (is_text set), or any bytes-like object.
+ * `owner` (borrowed) is the bytes or str whose buffer could be kept without a
+ * copy, or NULL (the bytes must be copied before pyb_data_done). */
+typedef struct pyb_data {
+  const char *p;
+  Py_ssize_t n;
+  int is_text;
+  PyObject *owner;
+  Py_buffer view;
+  int have_view;
+  void (*release)(void *); /* set by pyb_data_keep, else NULL (the engine copies) */
+  void *ctx;
+} pyb_data;
+
+/* Fill *d from `data`. Returns 0, or -1 with TypeError naming `what` (a str
+ * or a bytes-like object expected). Call pyb_data_done() after a success. */
+int pyb_data_get(PyObject *data, pyb_data *d, const char *what);
+
+/* When the bytes are worth it (PYB_ZERO_COPY_MIN, bytes or str), let the
+ * engine keep them without a copy: sets d->release and d->ctx, which the
+ * engine call takes over (and calls once). Without memory it leaves them
+ * NULL: the engine copies. */
+void pyb_data_keep(pyb_state *st, pyb_data *d);
+
+/* Release the view taken by pyb_data_get. */
+void pyb_data_done(pyb_data *d);
 
 /* Bodies at least this long are sent without a copy (bytes and str only). */
 #define PYB_ZERO_COPY_MIN 16384
@@ -346,6 +380,46 @@ void pyb_request_answer_500(PyObject *request, Py_ssize_t owner_refs);
 /* Whether the request is a valid WebSocket handshake (ws_upgrade). */
 int pyb_request_ws_upgrade(PyObject *request);
 
+/* What the request's attributes read (the live engine request or the
+ * snapshot), or NULL with RuntimeError once it was answered and released.
+ * Borrowed: valid while the Request lives and, when live, until answered. */
+const pmu_request_t *pyb_request_view(PyObject *request);
+
+/* Answer with a response the caller built (as send_response: the request's
+ * data is first copied when it has more than `owner_refs` references).
+ * Returns 0, or -1 with RuntimeError when it was already answered or a
+ * streamed answer was started. */
+int pyb_request_respond(PyObject *request, const pmu_response_t *response, Py_ssize_t owner_refs);
+
+/* The Connection of the request (borrowed), or NULL: no connection_handler,
+ * or the connection was closed and its object freed before the request was
+ * answered. No attribute lookup, nothing kept: for C callers on the hot path
+ * (request.connection is this). GIL held. */
+PyObject *pyb_request_connection(PyObject *request);
+
+/* (host, port) for IP families; for AF_UNIX, `unix_path` (borrowed: the
+ * engine keeps only the family of Unix addresses) or None. New reference or
+ * NULL. */
+PyObject *pyb_address(const struct sockaddr_storage *ss, PyObject *unix_path);
+
+/* ---- conn.c ---- */
+
+/* Dispatch a batch of connection events to `handler` (called handler(conn,
+ * event, data) once per event), making the Connection object at OPEN and
+ * giving the engine's handle back after CLOSE. `unix_path` (borrowed, may be
+ * NULL) is the server's socket path, reported as conn.local. GIL held, on
+ * the engine thread. */
+void pyb_conn_dispatch(pyb_state *st, PyObject *handler, PyObject *unix_path,
+                       const pmu_conn_event_t *events, size_t count);
+
+/* The Connection object of an engine handle (borrowed), or NULL when it has
+ * none (the connection handler is off, or making it failed at OPEN). */
+PyObject *pyb_conn_object(pmu_conn_t *conn);
+
+/* A Connection object's `user` slot (borrowed), NULL when unset. For
+ * mgcompat.c's dispatcher, which reads it per request. */
+PyObject *pyb_conn_user_slot(PyObject *conn);
+
 /* ---- websocket.c ---- */
 
 /* What a WebSocket copies from its handshake request (borrowed references;
@@ -461,6 +535,14 @@ int pyb_file_call_build(pyb_state *st, PyObject *file, PyObject *content_type,
 int pyb_file_response_call(pyb_state *st, PyObject *result, pyb_file_call *c);
 void pyb_file_call_release(pyb_file_call *c);
 
+/* ---- mgcompat.c: pymongoose's HttpMessage, Connection and dispatch ---- */
+
+/* Create MgHttpMessage, MgConnection and MgDispatcher in `module` and their
+ * constants in st->mg. 0, or -1 with an exception. */
+int pyb_mg_exec(PyObject *module, pyb_state *st);
+int pyb_mg_traverse(pyb_state *st, visitproc visit, void *arg);
+void pyb_mg_clear(pyb_state *st);
+
 /* ---- type specs ---- */
 extern PyType_Spec pyb_request_spec;
 extern PyType_Spec pyb_response_spec;
@@ -468,6 +550,7 @@ extern PyType_Spec pyb_engine_spec;
 extern PyType_Spec pyb_websocket_spec;
 extern PyType_Spec pyb_static_mount_spec;
 extern PyType_Spec pyb_file_response_spec;
+extern PyType_Spec pyb_connection_spec;
 
 /* Module-level functions defined outside module.c. */
 PyObject *pyb_config_defaults(PyObject *module, PyObject *unused);

@@ -11,6 +11,9 @@
  *
  * WebSocket events come the same way (on_ws_events, GIL taken once per
  * call) and go to websocket.c, which calls each WebSocket's callbacks.
+ * Connection events too (on_conn_events, only with a connection_handler:
+ * without one config.conn_handler stays NULL and the engine does nothing
+ * for them), to conn.c.
  *
  * Streaming callbacks. on_body, on_drain and on_disconnect are always
  * installed (on_body only with a stream_body_threshold): they come on the
@@ -48,7 +51,8 @@ typedef struct {
   pmu_config_t config;
   char *host, *unix_path, *server_header, *body_spool_dir; /* owned copies behind config's
                                                             strings */
-  PyObject *handler;          /* callable(request): called when no route matches */
+  PyObject *handler;          /* callable(request): called when no route matches; NULL (raw) */
+  PyObject *conn_handler;     /* callable(conn, event, data), or NULL */
   PyObject *routes;           /* dict path -> dict method -> callable, or NULL */
   PyObject *scheduler;        /* callable(list of (request, coroutine)), or NULL */
   PyObject *unix_path_str;    /* config.unix_path as a str, or NULL */
@@ -60,6 +64,7 @@ typedef struct {
   PyInterpreterState *interp; /* the interpreter that started the engine */
   int running;                /* worker threads may be alive */
   int holds_self;
+  int initialized; /* __init__ succeeded */
   PyObject *weakreflist;
 } EngineObject;
 
@@ -357,6 +362,16 @@ static void on_ws_events(void *data, const pmu_ws_event_t *events, size_t count)
   pyb_ring_gil_leave(&g);
 }
 
+/* config.conn_handler: the connection events of one pass, under one GIL
+ * acquisition, as on_ws_events. */
+static void on_conn_events(void *data, const pmu_conn_event_t *events, size_t count) {
+  EngineObject *self = data;
+  pyb_gil g;
+  pyb_ring_gil_enter(&g);
+  pyb_conn_dispatch(self->st, self->conn_handler, self->unix_path_str, events, count);
+  pyb_ring_gil_leave(&g);
+}
+
 /* A thread state of the engine's interpreter (not PyGILState's, which
  * only knows the main interpreter), kept for the thread's whole life. */
 static void on_thread_start(void *data, unsigned index) {
@@ -473,11 +488,11 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   PyObject *handler;
   if (!PyArg_ParseTuple(args, "O:Engine", &handler))
     return -1;
-  if (!PyCallable_Check(handler)) {
+  if (handler != Py_None && !PyCallable_Check(handler)) {
     PyErr_SetString(PyExc_TypeError, "handler must be callable");
     return -1;
   }
-  PyObject *routes = NULL, *scheduler = NULL, *statics = NULL;
+  PyObject *routes = NULL, *scheduler = NULL, *statics = NULL, *conn_handler = NULL;
   pmu_static_t *static_array = NULL;
   size_t static_count = 0;
   pmu_config_t c = self->config;
@@ -526,6 +541,14 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
         }
         continue;
       }
+      if (strcmp(name, "connection_handler") == 0) {
+        if (value != Py_None && !PyCallable_Check(value)) {
+          PyErr_SetString(PyExc_TypeError, "connection_handler must be callable or None");
+          goto fail;
+        }
+        conn_handler = value == Py_None ? NULL : value;
+        continue;
+      }
       if (strcmp(name, "async_scheduler") == 0) {
         if (value != Py_None && !PyCallable_Check(value)) {
           PyErr_SetString(PyExc_TypeError, "async_scheduler must be callable or None");
@@ -551,6 +574,14 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
     PyErr_SetString(PyExc_ValueError, "threads must be at least 1");
     goto fail;
   }
+  if (c.raw && conn_handler == NULL) {
+    PyErr_SetString(PyExc_ValueError, "raw=True needs a connection_handler (it gets the bytes)");
+    goto fail;
+  }
+  if (handler == Py_None && !c.raw) {
+    PyErr_SetString(PyExc_TypeError, "handler must be callable (None only with raw=True)");
+    goto fail;
+  }
   /* Commit: new copies replace old ones, which config no longer uses. */
   char **slots[NOWNED] = {&self->host, &self->unix_path, &self->server_header,
                           &self->body_spool_dir};
@@ -572,9 +603,11 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   Py_CLEAR(self->unix_path_str);
   if (c.unix_path != NULL && (self->unix_path_str = PyUnicode_DecodeFSDefault(c.unix_path)) == NULL)
     return -1;
-  Py_XSETREF(self->handler, Py_NewRef(handler));
+  Py_XSETREF(self->handler, handler == Py_None ? NULL : Py_NewRef(handler));
   Py_XSETREF(self->routes, Py_XNewRef(routes));
   Py_XSETREF(self->scheduler, Py_XNewRef(scheduler));
+  Py_XSETREF(self->conn_handler, Py_XNewRef(conn_handler));
+  self->initialized = 1;
   return 0;
 fail:
   for (int i = 0; i < NOWNED; i++)
@@ -599,7 +632,7 @@ PyDoc_STRVAR(start_doc, "start()\n\nBind the listener(s) and start the worker th
 
 static PyObject *engine_start(PyObject *op, PyObject *unused) {
   EngineObject *self = ENGINE(op);
-  if (self->handler == NULL) {
+  if (!self->initialized) {
     PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ was not called");
     return NULL;
   }
@@ -621,6 +654,7 @@ static PyObject *engine_start(PyObject *op, PyObject *unused) {
   c.on_disconnect = on_disconnect;
   c.on_drain = on_drain;
   c.ws_handler = on_ws_events;
+  c.conn_handler = self->conn_handler ? on_conn_events : NULL;
   c.log = on_log;
   c.on_body = c.body_stream_threshold > 0 ? on_body : NULL;
 
@@ -977,6 +1011,7 @@ static int engine_traverse(PyObject *op, visitproc visit, void *arg) {
   Py_VISIT(self->handler);
   Py_VISIT(self->routes);
   Py_VISIT(self->scheduler);
+  Py_VISIT(self->conn_handler);
   return 0;
 }
 
@@ -989,6 +1024,7 @@ static int engine_clear(PyObject *op) {
   Py_CLEAR(self->handler);
   Py_CLEAR(self->routes);
   Py_CLEAR(self->scheduler);
+  Py_CLEAR(self->conn_handler);
   Py_CLEAR(self->unix_path_str);
   Py_CLEAR(self->statics);
   return 0;
@@ -1019,7 +1055,8 @@ static PyMemberDef engine_members[] = {
 };
 
 PyDoc_STRVAR(engine_doc,
-             "Engine(handler, *, routes=None, async_scheduler=None, **config)\n\n"
+             "Engine(handler, *, routes=None, async_scheduler=None, connection_handler=None,\n"
+             "       **config)\n\n"
              "One C server. handler(request) is called for every request whose path\n"
              "and method are not in routes ({path: {method: handler}}; a WebSocket\n"
              "handshake goes to the method key 'WEBSOCKET' first); its result\n"
@@ -1029,7 +1066,9 @@ PyDoc_STRVAR(engine_doc,
              "knob by name (see config_defaults()); the C field body_stream_threshold\n"
              "is stream_body_threshold here. statics: a sequence of StaticMount the\n"
              "engine answers itself on its ring threads, before any handler (no Python\n"
-             "per request; the longest prefix wins).");
+             "per request; the longest prefix wins). connection_handler(conn, event,\n"
+             "data) gets every connection's events (see Connection); with raw=True\n"
+             "connections are byte streams for it alone and handler may be None.");
 
 static PyType_Slot engine_slots[] = {
     {Py_tp_new, engine_new},         {Py_tp_init, engine_init},

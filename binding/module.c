@@ -160,6 +160,50 @@ void pyb_drain_released(pyb_state *st) {
   }
 }
 
+int pyb_data_get(PyObject *data, pyb_data *d, const char *what) {
+  memset(d, 0, sizeof *d);
+  if (PyBytes_Check(data)) {
+    d->p = PyBytes_AS_STRING(data);
+    d->n = PyBytes_GET_SIZE(data);
+    d->owner = data;
+    return 0;
+  }
+  if (PyUnicode_Check(data)) {
+    d->p = PyUnicode_AsUTF8AndSize(data, &d->n); /* cached in the str: lives as long */
+    if (d->p == NULL)
+      return -1;
+    d->is_text = 1;
+    d->owner = data;
+    return 0;
+  }
+  if (PyObject_CheckBuffer(data)) {
+    if (PyObject_GetBuffer(data, &d->view, PyBUF_SIMPLE) < 0)
+      return -1;
+    d->p = d->view.buf;
+    d->n = d->view.len;
+    d->have_view = 1;
+    return 0;
+  }
+  PyErr_Format(PyExc_TypeError, "%s is str or a bytes-like object, not %.100s", what,
+               Py_TYPE(data)->tp_name);
+  return -1;
+}
+
+void pyb_data_keep(pyb_state *st, pyb_data *d) {
+  d->release = NULL;
+  d->ctx = NULL;
+  if (d->owner != NULL && d->n >= PYB_ZERO_COPY_MIN &&
+      pyb_keep_until_released(st, d->owner, &d->release, &d->ctx) < 0)
+    d->release = NULL; /* no memory for the note: copy instead */
+}
+
+void pyb_data_done(pyb_data *d) {
+  if (d->have_view) {
+    PyBuffer_Release(&d->view);
+    d->have_view = 0;
+  }
+}
+
 /* ---- module functions ---- */
 
 static int set_int(PyObject *d, const char *key, long long v) {
@@ -237,6 +281,10 @@ static PyObject *websockets_alive(PyObject *module, PyObject *unused) {
   return PyLong_FromSsize_t(((pyb_state *)PyModule_GetState(module))->websockets_alive);
 }
 
+static PyObject *connections_alive(PyObject *module, PyObject *unused) {
+  return PyLong_FromSsize_t(((pyb_state *)PyModule_GetState(module))->connections_alive);
+}
+
 static PyMethodDef module_methods[] = {
     {"probe", probe, METH_NOARGS, probe_doc},
     {"status_reason", status_reason, METH_O, status_reason_doc},
@@ -256,6 +304,10 @@ static PyMethodDef module_methods[] = {
      "websockets_alive() -> int\n\nWebSocket objects not yet freed, open or closed, in every "
      "server of this\ninterpreter: open ones (the engine holds them until on_disconnect), and "
      "closed ones\nstill referenced."},
+    {"connections_alive", connections_alive, METH_NOARGS,
+     "connections_alive() -> int\n\nConnection objects not yet freed, open or closed, in every "
+     "server of this\ninterpreter: open ones (the engine holds them until their CLOSE event), "
+     "and closed ones\nstill referenced."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -360,6 +412,12 @@ static int module_exec(PyObject *module) {
       "The WebSocket is closing or closed: the message was not sent.", PyExc_OSError, NULL);
   if (st->ws_closed == NULL || PyModule_AddObjectRef(module, "WebSocketClosed", st->ws_closed) < 0)
     return -1;
+  st->conn_closed = PyErr_NewExceptionWithDoc(
+      "pymongoose_uring._pmu.ConnectionClosed",
+      "The connection is closing or closed: the data was not sent.", PyExc_OSError, NULL);
+  if (st->conn_closed == NULL ||
+      PyModule_AddObjectRef(module, "ConnectionClosed", st->conn_closed) < 0)
+    return -1;
   {
     PyObject *fn = PyCFunction_NewEx(&pyb_ws_broadcast_def, module, NULL);
     if (fn == NULL || PyModule_AddObject(module, "broadcast", fn) < 0) {
@@ -394,7 +452,9 @@ static int module_exec(PyObject *module) {
       add_type(module, &pyb_engine_spec, NULL, &st->engine_type) < 0 ||
       add_type(module, &pyb_websocket_spec, NULL, &st->websocket_type) < 0 ||
       add_type(module, &pyb_static_mount_spec, NULL, &st->static_mount_type) < 0 ||
-      add_type(module, &pyb_file_response_spec, NULL, &st->file_response_type) < 0)
+      add_type(module, &pyb_file_response_spec, NULL, &st->file_response_type) < 0 ||
+      add_type(module, &pyb_connection_spec, NULL, &st->connection_type) < 0 ||
+      pyb_mg_exec(module, st) < 0)
     return -1;
 
   PyObject *logging = PyImport_ImportModule("logging");
@@ -440,6 +500,14 @@ static int module_exec(PyObject *module) {
   if (PyModule_AddStringConstant(module, "ENGINE_VERSION", PMU_VERSION) < 0 ||
       PyModule_AddIntConstant(module, "BATCH_BUCKETS", PMU_BATCH_BUCKETS) < 0)
     return -1;
+  /* The connection events, as connection_handler(conn, event, data) gets them. */
+  if (PyModule_AddIntConstant(module, "CONN_OPEN", PMU_CONN_EV_OPEN) < 0 ||
+      PyModule_AddIntConstant(module, "CONN_DATA", PMU_CONN_EV_DATA) < 0 ||
+      PyModule_AddIntConstant(module, "CONN_READ", PMU_CONN_EV_READ) < 0 ||
+      PyModule_AddIntConstant(module, "CONN_SENT", PMU_CONN_EV_SENT) < 0 ||
+      PyModule_AddIntConstant(module, "CONN_DRAIN", PMU_CONN_EV_DRAIN) < 0 ||
+      PyModule_AddIntConstant(module, "CONN_CLOSE", PMU_CONN_EV_CLOSE) < 0)
+    return -1;
   return 0;
 }
 
@@ -451,7 +519,9 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
   Py_VISIT(st->websocket_type);
   Py_VISIT(st->static_mount_type);
   Py_VISIT(st->file_response_type);
+  Py_VISIT(st->connection_type);
   Py_VISIT(st->ws_closed);
+  Py_VISIT(st->conn_closed);
   Py_VISIT(st->error);
   Py_VISIT(st->unavailable);
   Py_VISIT(st->disconnected);
@@ -464,7 +534,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
   Py_VISIT(st->json_loads);
   Py_VISIT(st->unquote);
   Py_VISIT(st->support);
-  return 0;
+  return pyb_mg_traverse(st, visit, arg);
 }
 
 static int module_clear(PyObject *module) {
@@ -476,7 +546,9 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->websocket_type);
   Py_CLEAR(st->static_mount_type);
   Py_CLEAR(st->file_response_type);
+  Py_CLEAR(st->connection_type);
   Py_CLEAR(st->ws_closed);
+  Py_CLEAR(st->conn_closed);
   Py_CLEAR(st->str_websocket);
   Py_CLEAR(st->error);
   Py_CLEAR(st->unavailable);
@@ -499,6 +571,7 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->ct_text);
   Py_CLEAR(st->ct_html);
   Py_CLEAR(st->ct_octet);
+  pyb_mg_clear(st);
   return 0;
 }
 
@@ -521,7 +594,8 @@ static PyModuleDef_Slot module_slots[] = {
 PyModuleDef pyb_module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "pymongoose_uring._pmu",
-    .m_doc = "The C engine of pymongoose_uring: Engine, Request, Response, WebSocket, probe().",
+    .m_doc = "The C engine of pymongoose_uring: Engine, Request, Response, WebSocket, Connection, "
+             "probe().",
     .m_size = sizeof(pyb_state),
     .m_methods = module_methods,
     .m_slots = module_slots,

@@ -45,14 +45,15 @@ typedef struct {
   /* Lazily built attributes (strong references or NULL). */
   PyObject *method, *path, *raw_path, *target, *query_string, *query, *headers, *body, *params,
       *client, *server;
-  PyObject *unix_path; /* the server's Unix socket path (str), or NULL */
-  pyb_reqio *io;       /* shared with the worker thread once streaming, or NULL */
-  PyObject *unread;    /* streamed body bytes taken but not handed out, or NULL */
-  size_t high_water;   /* the engine's output_high_water */
-  size_t body_pos;     /* buffered body: bytes read() handed out */
-  uint8_t streamed;    /* the body arrives in pieces (request.body_streaming) */
-  uint8_t started;     /* start() was called: answered piece by piece */
-  uint8_t ended;       /* the streamed answer was ended */
+  PyObject *unix_path;  /* the server's Unix socket path (str), or NULL */
+  PyObject *connection; /* the Connection (conn.c), kept when answered while held; or NULL */
+  pyb_reqio *io;        /* shared with the worker thread once streaming, or NULL */
+  PyObject *unread;     /* streamed body bytes taken but not handed out, or NULL */
+  size_t high_water;    /* the engine's output_high_water */
+  size_t body_pos;      /* buffered body: bytes read() handed out */
+  uint8_t streamed;     /* the body arrives in pieces (request.body_streaming) */
+  uint8_t started;      /* start() was called: answered piece by piece */
+  uint8_t ended;        /* the streamed answer was ended */
 } RequestObject;
 
 #define REQ(o) ((RequestObject *)(o))
@@ -112,6 +113,21 @@ static int ensure_io(RequestObject *self) {
   return 0;
 }
 
+/* Keep the request's Connection object (when the server has a connection
+ * handler), for request.connection once the engine's request is gone: called
+ * when the request is answered while others hold it. The Connection may refer
+ * back through its `user` slot, so the collector must see this Request from
+ * now on. */
+static void keep_connection(RequestObject *self) {
+  if (self->connection != NULL || self->live == NULL)
+    return;
+  PyObject *conn = pyb_conn_object(pmu_request_conn(self->live)); /* borrowed */
+  if (conn == NULL)
+    return;
+  self->connection = Py_NewRef(conn);
+  track(self);
+}
+
 /*
  * Copy everything the view points to into one PyMem block, so attributes
  * outlive the engine's request. The body is skipped when request.body was
@@ -120,6 +136,7 @@ static int ensure_io(RequestObject *self) {
  */
 static int snapshot(RequestObject *self) {
   const pmu_request_t *r = self->live;
+  keep_connection(self);
   size_t body_len = self->body ? 0 : r->body_len;
   size_t total = sizeof(pmu_request_t) + r->header_count * sizeof(pmu_header_t) + r->method_len +
                  r->target_len + r->path_len + r->query_len + 4 + body_len;
@@ -368,6 +385,7 @@ static void request_dealloc(PyObject *op) {
   Py_CLEAR(self->client);
   Py_CLEAR(self->server);
   Py_CLEAR(self->unix_path);
+  Py_CLEAR(self->connection);
   if (self->snapshot)
     PyMem_Free(self->snapshot);
   self->st->requests_alive--;
@@ -391,6 +409,7 @@ static int request_traverse(PyObject *op, visitproc visit, void *arg) {
   Py_VISIT(self->server);
   Py_VISIT(self->unix_path);
   Py_VISIT(self->unread);
+  Py_VISIT(self->connection);
   if (self->io != NULL)
     return pyb_reqio_traverse(self->io, visit, arg);
   return 0;
@@ -404,6 +423,7 @@ static int request_clear(PyObject *op) {
   Py_CLEAR(self->params);
   Py_CLEAR(self->query);
   Py_CLEAR(self->headers);
+  Py_CLEAR(self->connection);
   if (self->io != NULL)
     pyb_reqio_clear_callbacks(self->io);
   return 0;
@@ -446,7 +466,7 @@ static PyObject *build_path(RequestObject *self, const pmu_request_t *r) {
 
 /* (host, port) for IP families; for AF_UNIX, `unix_path` (the engine
  * keeps only the family of Unix addresses) or None. */
-static PyObject *build_address(const struct sockaddr_storage *ss, PyObject *unix_path) {
+PyObject *pyb_address(const struct sockaddr_storage *ss, PyObject *unix_path) {
   char host[INET6_ADDRSTRLEN];
   if (ss->ss_family == AF_INET) {
     const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
@@ -529,8 +549,8 @@ CACHED_GETTER(target, target, decode_text(r->target, r->target_len))
 CACHED_GETTER(query_string, query_string, decode_text(r->query, r->query_len))
 CACHED_GETTER(whole_body, body,
               PyBytes_FromStringAndSize(r->body_len ? r->body : "", (Py_ssize_t)r->body_len))
-CACHED_GETTER(client, client, build_address(&r->peer, NULL))
-CACHED_GETTER(server, server, build_address(&r->local, self->unix_path))
+CACHED_GETTER(client, client, pyb_address(&r->peer, NULL))
+CACHED_GETTER(server, server, pyb_address(&r->local, self->unix_path))
 
 static PyObject *get_body(PyObject *op, void *closure) {
   if (REQ(op)->streamed) {
@@ -661,6 +681,17 @@ static PyObject *get_disconnected(PyObject *op, void *closure) {
   return PyBool_FromLong(pyb_reqio_gone(self->io));
 }
 
+const pmu_request_t *pyb_request_view(PyObject *request) { return view_of(REQ(request)); }
+
+int pyb_request_respond(PyObject *request, const pmu_response_t *response, Py_ssize_t owner_refs) {
+  RequestObject *self = REQ(request);
+  if (check_unanswered(self) < 0)
+    return -1;
+  send_response(self, response, owner_refs);
+  pyb_drain_released(self->st);
+  return 0;
+}
+
 int pyb_request_ws_upgrade(PyObject *request) {
   const pmu_request_t *r = REQ(request)->view;
   return r != NULL && r->ws_upgrade;
@@ -668,6 +699,21 @@ int pyb_request_ws_upgrade(PyObject *request) {
 
 static PyObject *get_websocket(PyObject *op, void *closure) {
   return PyBool_FromLong(pyb_request_ws_upgrade(op));
+}
+
+PyObject *pyb_request_connection(PyObject *request) {
+  RequestObject *self = REQ(request);
+  if (self->connection != NULL)
+    return self->connection;
+  /* While the request is live the engine's handle says; nothing is kept (nor
+   * the request tracked): the answer keeps it if others may read it later
+   * (snapshot). */
+  return self->live ? pyb_conn_object(pmu_request_conn(self->live)) : NULL;
+}
+
+static PyObject *get_connection(PyObject *op, void *closure) {
+  PyObject *conn = pyb_request_connection(op);
+  return Py_NewRef(conn ? conn : Py_None);
 }
 
 static PyGetSetDef request_getset[] = {
@@ -703,6 +749,10 @@ static PyGetSetDef request_getset[] = {
     {"websocket", get_websocket, NULL,
      "Whether this is a valid WebSocket opening handshake: accept it with "
      "accept_websocket(), or answer it as any request (which closes the connection).",
+     NULL},
+    {"connection", get_connection, NULL,
+     "The Connection of this request (the object connection_handler got at OPEN), or None "
+     "when the server has no connection_handler.",
      NULL},
     {"disconnected", get_disconnected, NULL,
      "Whether the client went away while this request was unanswered (or its streamed "
@@ -790,6 +840,31 @@ static PyObject *request_reply(PyObject *op, PyObject *args, PyObject *kwargs) {
   Py_DECREF(result);
   if (rc < 0)
     return NULL;
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(reply_raw_doc,
+             "reply_raw(data)\n\n"
+             "Answer this request with `data` (a bytes-like object, or str as UTF-8) sent\n"
+             "verbatim, from any thread: the status line, headers and framing are the\n"
+             "caller's, the server adds nothing. The connection goes on as after any\n"
+             "answer (kept alive when the request allows it), so the bytes must frame a\n"
+             "whole HTTP response. Raises RuntimeError if the request was already\n"
+             "answered. bytes and str of 16 KiB or more are sent without a copy.");
+
+static PyObject *request_reply_raw(PyObject *op, PyObject *data) {
+  RequestObject *self = REQ(op);
+  pyb_data d;
+  if (check_unanswered(self) < 0 || pyb_data_get(data, &d, "reply_raw() data") < 0)
+    return NULL;
+  pyb_data_keep(self->st, &d);
+  /* The caller's references are unknown, as in reply(): 0 keeps a copy. */
+  pmu_request_t *live = detach(self, 0);
+  int rc = pmu_respond_raw(live, d.p, (size_t)d.n, d.release, d.ctx);
+  pyb_data_done(&d);
+  pyb_drain_released(self->st);
+  if (rc < 0)
+    return pyb_raise_errno(self->st, rc, NULL);
   Py_RETURN_NONE;
 }
 
@@ -1825,6 +1900,7 @@ static PyMethodDef request_methods[] = {
     {"header", (PyCFunction)(void (*)(void))request_header, METH_FASTCALL, header_doc},
     {"json", request_json, METH_NOARGS, json_doc},
     {"reply", (PyCFunction)(void (*)(void))request_reply, METH_VARARGS | METH_KEYWORDS, reply_doc},
+    {"reply_raw", request_reply_raw, METH_O, reply_raw_doc},
     {"read", (PyCFunction)(void (*)(void))request_read, METH_VARARGS | METH_KEYWORDS, read_doc},
     {"read_async", (PyCFunction)(void (*)(void))request_read_async, METH_VARARGS | METH_KEYWORDS,
      read_async_doc},

@@ -258,40 +258,12 @@ static int need_open(WebSocketObject *self, const char *what) {
 }
 
 /* What send() and broadcast() take: str as TEXT (UTF-8), else a bytes-like
- * object as BINARY. Sets *p, *n and *opcode; *owner is the object whose
- * buffer may be kept without a copy (bytes or str), or NULL; a view to
- * release is filled in *view (have_view set). Returns 0 or -1. */
-static int message_arg(PyObject *data, const char **p, Py_ssize_t *n, int *opcode, PyObject **owner,
-                       Py_buffer *view, int *have_view) {
-  *owner = NULL;
-  *have_view = 0;
-  if (PyBytes_Check(data)) {
-    *p = PyBytes_AS_STRING(data);
-    *n = PyBytes_GET_SIZE(data);
-    *opcode = PMU_WS_BINARY;
-    *owner = data;
-    return 0;
-  }
-  if (PyUnicode_Check(data)) {
-    *p = PyUnicode_AsUTF8AndSize(data, n); /* cached in the str: lives as long */
-    if (*p == NULL)
-      return -1;
-    *opcode = PMU_WS_TEXT;
-    *owner = data;
-    return 0;
-  }
-  if (PyObject_CheckBuffer(data)) {
-    if (PyObject_GetBuffer(data, view, PyBUF_SIMPLE) < 0)
-      return -1;
-    *p = view->buf;
-    *n = view->len;
-    *opcode = PMU_WS_BINARY;
-    *have_view = 1;
-    return 0;
-  }
-  PyErr_Format(PyExc_TypeError, "a WebSocket message is str or a bytes-like object, not %.100s",
-               Py_TYPE(data)->tp_name);
-  return -1;
+ * object as BINARY. Fills *d (see pyb_data_get) and *opcode. 0 or -1. */
+static int message_arg(PyObject *data, pyb_data *d, int *opcode) {
+  if (pyb_data_get(data, d, "a WebSocket message") < 0)
+    return -1;
+  *opcode = d->is_text ? PMU_WS_TEXT : PMU_WS_BINARY;
+  return 0;
 }
 
 PyDoc_STRVAR(send_doc, "send(data) -> bool\n\n"
@@ -305,21 +277,13 @@ static PyObject *ws_send(PyObject *op, PyObject *data) {
   WebSocketObject *self = WS(op);
   if (need_open(self, "send()") < 0)
     return NULL;
-  const char *p;
-  Py_ssize_t n;
-  int opcode, have_view;
-  PyObject *owner;
-  Py_buffer view;
-  if (message_arg(data, &p, &n, &opcode, &owner, &view, &have_view) < 0)
+  pyb_data d;
+  int opcode;
+  if (message_arg(data, &d, &opcode) < 0)
     return NULL;
-  void (*release)(void *) = NULL;
-  void *ctx = NULL;
-  if (owner != NULL && n >= PYB_ZERO_COPY_MIN &&
-      pyb_keep_until_released(self->st, owner, &release, &ctx) < 0)
-    release = NULL; /* no memory for the note: copy instead */
-  int rc = pmu_ws_send(self->ws, opcode, p, (size_t)n, release, ctx);
-  if (have_view)
-    PyBuffer_Release(&view);
+  pyb_data_keep(self->st, &d);
+  int rc = pmu_ws_send(self->ws, opcode, d.p, (size_t)d.n, d.release, d.ctx);
+  pyb_data_done(&d);
   pyb_drain_released(self->st);
   if (rc < 0)
     return ws_error(self, rc, "send()");
@@ -730,16 +694,12 @@ PyObject *pyb_ws_broadcast(PyObject *module, PyObject *args) {
   PyObject *iterable, *data;
   if (!PyArg_ParseTuple(args, "OO:broadcast", &iterable, &data))
     return NULL;
-  const char *p;
-  Py_ssize_t n;
-  int opcode, have_view;
-  PyObject *owner;
-  Py_buffer view;
-  if (message_arg(data, &p, &n, &opcode, &owner, &view, &have_view) < 0)
+  pyb_data d;
+  int opcode;
+  if (message_arg(data, &d, &opcode) < 0)
     return NULL;
-  pmu_ws_msg_t *msg = pmu_ws_msg_new(opcode, p, (size_t)n);
-  if (have_view)
-    PyBuffer_Release(&view);
+  pmu_ws_msg_t *msg = pmu_ws_msg_new(opcode, d.p, (size_t)d.n);
+  pyb_data_done(&d);
   if (msg == NULL)
     return PyErr_NoMemory();
   PyObject *it = PyObject_GetIter(iterable);

@@ -113,6 +113,18 @@ void pmu__conn_timer_update(pmu__conn_t *c) {
     return;
   }
   unsigned kind;
+  if (c->evflags & CONNF_RAW) {
+    /* A raw connection has one timer: nothing either way for raw_idle_timeout_ms.
+     * Stopping, one whose bytes are all out closes without lingering. */
+    if (c->lingering && c->loop->stopping && c->pending == 0 && !c->send_inflight) {
+      pmu__conn_close(c);
+      return;
+    }
+    kind = c->lingering ? TIMER_LINGER : TIMER_RAW_IDLE;
+    if (kind != c->timer_kind)
+      pmu__conn_timer_set(c, kind);
+    return;
+  }
   if (c->lingering)
     kind = TIMER_LINGER;
   else if (c->send_inflight)
@@ -190,6 +202,8 @@ void pmu__conn_check_rates(pmu__loop_t *loop) {
     }
     c->rate_kind = 0;
     STAT_ADD(loop, timeouts, 1);
+    if (!c->close_err)
+      c->close_err = ETIMEDOUT;
     if (c->pstate == PS_IDLE) {
       pmu__conn_close(c); /* nothing of a request came: as the header timeout */
     } else {
@@ -203,7 +217,7 @@ void pmu__conn_check_rates(pmu__loop_t *loop) {
 }
 
 void pmu__conn_timer_touch(pmu__conn_t *c) {
-  if (c->timer_kind == TIMER_BODY || c->timer_kind == TIMER_SEND)
+  if (c->timer_kind == TIMER_BODY || c->timer_kind == TIMER_SEND || c->timer_kind == TIMER_RAW_IDLE)
     pmu__conn_timer_set(c, c->timer_kind);
 }
 
@@ -224,6 +238,8 @@ void pmu__conn_release(pmu__conn_t *c) {
   pmu__loop_t *loop = c->loop;
   if (c->ws)
     pmu__ws_conn_released(c); /* GONE; the handle lives on until released */
+  if (c->h)
+    pmu__connh_conn_released(c); /* CLOSE, after the GONE */
   if (c->fixed >= 0) {
     pmu__files_update(&loop->ring, (unsigned)c->fixed, -1);
     loop->free_slots[loop->nfree_slots++] = c->fixed;
@@ -369,6 +385,36 @@ static void feed(pmu__conn_t *c, const char *data, size_t len) {
 
 void pmu__conn_pause(pmu__conn_t *c) { pause_reading(c); }
 
+/* Bytes that arrive while the connection is paused, or while bytes kept
+ * earlier wait, join those (the multishot receive may deliver a few more after
+ * its cancel). Returns 1 when they were kept (or the connection closed for
+ * want of memory), 0 when they can be taken now. */
+static int keep_while_paused(pmu__conn_t *c, const char *data, size_t len) {
+  if (!c->paused && c->stash_len <= c->stash_off)
+    return 0;
+  if (stash_append(c, data, len) < 0)
+    pmu__conn_fail(c, ENOMEM);
+  else if (c->paused && c->recv_armed && !c->cancel_sent)
+    pause_reading(c); /* its cancel found no SQE: try again */
+  return 1;
+}
+
+/* Received bytes of a connection with a handle: DATA (raw mode, the bytes
+ * are not HTTP) or READ (conn_io_events, before the parser sees them).
+ * Returns 1 when they were taken. */
+static int tell_handle(pmu__conn_t *c, const char *data, size_t len) {
+  if (c->evflags & CONNF_RAW) {
+    if (!keep_while_paused(c, data, len))
+      pmu__connh_data(c, data, len, 0);
+    return 1;
+  }
+  if (pmu__connh_push(c, PMU_CONN_EV_READ, data, len, 0) < 0) {
+    pmu__conn_fail(c, ENOMEM);
+    return 1;
+  }
+  return 0;
+}
+
 void pmu__conn_on_recv(pmu__conn_t *c, const char *data, size_t len) {
   c->rx += len;
   if (c->no_more || c->lingering) {
@@ -376,16 +422,12 @@ void pmu__conn_on_recv(pmu__conn_t *c, const char *data, size_t len) {
     return;                 /* nothing more will be parsed: discard */
   }
   if (c->ws) {
-    if (c->paused || c->stash_len > c->stash_off) {
-      if (stash_append(c, data, len) < 0)
-        pmu__conn_close(c);
-      else if (c->paused && c->recv_armed && !c->cancel_sent)
-        pause_reading(c); /* its cancel found no SQE: try again */
-      return;
-    }
-    pmu__ws_on_recv(c, data, len);
+    if (!keep_while_paused(c, data, len))
+      pmu__ws_on_recv(c, data, len);
     return;
   }
+  if (__builtin_expect(c->evflags != 0, 0) && tell_handle(c, data, len))
+    return;
   if (c->upgrade_wait) {
     /* A WebSocket handshake awaits its answer: keep what follows. */
     if (stash_append(c, data, len) < 0)
@@ -394,13 +436,8 @@ void pmu__conn_on_recv(pmu__conn_t *c, const char *data, size_t len) {
       pause_reading(c);
     return;
   }
-  if (c->paused || c->stash_len > c->stash_off) {
-    if (stash_append(c, data, len) < 0)
-      pmu__conn_close(c);
-    else if (c->paused && c->recv_armed && !c->cancel_sent)
-      pause_reading(c); /* its cancel found no SQE: try again */
+  if (keep_while_paused(c, data, len))
     return;
-  }
   if (over_limits(c)) {
     if (stash_append(c, data, len) < 0) {
       pmu__conn_close(c);
@@ -418,11 +455,56 @@ void pmu__conn_on_eof(pmu__conn_t *c) {
     pmu__ws_on_eof(c);
     return;
   }
+  if (c->evflags & CONNF_RAW)
+    return; /* the DATA of this pass first: raw_resume decides, at the end of the turn */
   /* A half-closed peer that is owed answers still gets them (on_send closes
    * once the last is out); with nothing owed there is nothing to finish. A
    * streamed body cut short can never end: close, so that the handler hears
    * of it through on_disconnect instead of waiting for the body timeout. */
   if (c->lingering || c->pending == 0 || (c->cur && c->cur->pub.body_streaming))
+    pmu__conn_close(c);
+}
+
+void pmu__conn_resume_unparsed(pmu__conn_t *c, int held,
+                               void (*take)(pmu__conn_t *c, const char *data, size_t len)) {
+  if (c->paused && !held) {
+    c->paused = 0;
+    c->llhttp_paused = 0;
+    if (c->stash_len > c->stash_off)
+      take(c, c->stash + c->stash_off, c->stash_len - c->stash_off);
+    /* An idle WebSocket or raw connection keeps no input buffer (HTTP
+     * connections keep theirs for the next request). */
+    free(c->stash);
+    c->stash = NULL;
+    c->stash_off = c->stash_len = c->stash_cap = 0;
+    pmu__conn_timer_update(c); /* the timers start again */
+  }
+  if (!c->paused && !c->recv_armed && !c->cancel_sent && !c->peer_eof && !c->closing)
+    pmu__conn_arm_recv(c);
+}
+
+/* What a raw connection received while paused: DATA, copied (the stash is
+ * freed at once). */
+static void raw_take(pmu__conn_t *c, const char *data, size_t len) {
+  pmu__connh_data(c, data, len, 1);
+}
+
+/* A raw connection reads on, or, once the peer has said all (EOF), closes when
+ * the handler has had every DATA (delivered before this, at the end of the pass
+ * the EOF came in) and what it queued in answer is out (after_sent). */
+static void raw_resume(pmu__conn_t *c) {
+  if (!c->peer_eof) {
+    pmu__conn_resume_unparsed(c, c->user_paused, raw_take);
+    return;
+  }
+  if (c->paused && c->user_paused)
+    return; /* the handler holds the bytes kept meanwhile back */
+  if (c->stash_len > c->stash_off) {
+    pmu__conn_resume_unparsed(c, 0, raw_take); /* DATA now, the close next turn */
+    pmu__loop_schedule_resume(c->loop, c);
+    return;
+  }
+  if (c->pending == 0 && !c->send_inflight)
     pmu__conn_close(c);
 }
 
@@ -438,8 +520,14 @@ void pmu__conn_maybe_resume(pmu__conn_t *c) {
     pmu__ws_resume(c);
     return;
   }
+  if (c->evflags & CONNF_RAW) {
+    raw_resume(c);
+    return;
+  }
   if (c->paused) {
     const pmu_config_t *cfg = &c->loop->server->cfg;
+    if (c->user_paused)
+      return; /* pmu_conn_pause_reading: until the handler resumes it */
     if (c->in_turn >= PIPELINE_TURN && c->turn_gen == c->loop->turn_gen)
       return; /* had its share of this turn: resumes at its end (rearm list) */
     if (c->pending > cfg->max_pipelined / 2 ||
@@ -758,11 +846,16 @@ void pmu__conn_on_send(pmu__conn_t *c, int res) {
     return;
   }
   if (res < 0) {
-    pmu__conn_close(c); /* EPIPE, ECONNRESET */
+    pmu__conn_fail(c, -res); /* EPIPE, ECONNRESET */
     return;
   }
   pmu__loop_t *loop = c->loop;
   STAT_ADD(loop, bytes_out, res);
+  if (__builtin_expect(c->evflags & CONNF_IO, 0) && res > 0 &&
+      pmu__connh_push(c, PMU_CONN_EV_SENT, NULL, (size_t)res, 0) < 0) {
+    pmu__conn_fail(c, ENOMEM);
+    return;
+  }
   if ((size_t)res < c->send_len)
     STAT_ADD(loop, short_sends, 1);
   if (res > 0)

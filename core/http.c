@@ -47,6 +47,10 @@ pmu__req_t *pmu__req_alloc(pmu__loop_t *loop) {
 }
 
 static void req_drop_output(pmu__req_t *r) {
+  if (r->h) {
+    pmu__connh_unref(r->h);
+    r->h = NULL;
+  }
   free(r->end_seg); /* a stream's end piece never used */
   r->end_seg = NULL;
   if (r->ext_release)
@@ -807,6 +811,10 @@ static void join_batch(pmu__conn_t *c, pmu__req_t *r) {
   c->in_turn++;
   pmu__conn_enqueue(c, r);
   r->with_handler = 1;
+  if (c->h) {
+    r->h = c->h; /* pmu_request_conn: the handle lives while the request does */
+    pmu__connh_ref(c->h);
+  }
   loop->batch[loop->batch_len++] = &r->pub;
   STAT_ADD(loop, requests, 1);
   if (loop->batch_len >= loop->server->cfg.batch_max)

@@ -55,6 +55,7 @@ typedef union pmu__sockaddr {
 typedef struct pmu__conn pmu__conn_t;
 typedef struct pmu__req pmu__req_t;
 typedef struct pmu_ws pmu__ws_t;
+typedef struct pmu_conn pmu__connh_t; /* a connection's handle for config.conn_handler */
 
 /* Offsets of one header inside req->data while it is still growing. */
 typedef struct pmu__hoff {
@@ -67,6 +68,8 @@ struct pmu__seg {
   pmu__seg_t *next; /* the request's piece list, or the loop's stream queue */
   pmu__req_t *req;  /* a piece of a streamed answer; NULL for a WebSocket's */
   pmu__ws_t *ws;    /* a WebSocket frame or command (core/ws.c); NULL otherwise */
+  pmu__connh_t *ch; /* pmu_conn_send bytes or a pmu_conn_* command (core/conn_events.c) */
+  uint64_t qseq;    /* place in the loop's cross-thread queues (arrival order) */
   uint8_t kind;     /* enum pmu__seg_kind */
   uint8_t flags;    /* WebSocket: enum pmu__ws_seg_flag */
   uint8_t pre_len;  /* chunk-size line before the data */
@@ -101,6 +104,11 @@ enum pmu__seg_kind {
   SEG_WS_RESUME,
   SEG_WS_RELEASE,
   SEG_WS_LIMIT,
+  /* pmu_conn_t commands (g->ch set); pmu_conn_send's bytes are SEG_RAW pieces with g->ch. */
+  SEG_CONN_PAUSE,
+  SEG_CONN_RESUME,
+  SEG_CONN_CLOSE,
+  SEG_CONN_RELEASE,
 };
 
 enum pmu__stream_mode { STREAM_NONE, STREAM_CHUNKED, STREAM_LENGTH, STREAM_CLOSE, STREAM_NOBODY };
@@ -117,6 +125,9 @@ enum pmu__stream_broken {
 enum pmu__req_kind {
   REQ_USER,   /* a parsed request, answered by the handler */
   REQ_ENGINE, /* a message of the engine's own: 100 Continue, 400, 408, ... */
+  REQ_RAW,    /* a place in the output queue for pmu_conn_send's bytes (its pieces), or
+                 the mark of a close after send (close_after, no pieces): answered and
+                 streaming from the start, never the handler's (core/conn_events.c) */
 };
 
 struct pmu__req {
@@ -183,6 +194,10 @@ struct pmu__req {
   int spool_fd;        /* that file while the body arrives (then closed) */
   size_t spool_len;    /* bytes written to it */
   void *spool_map;     /* the finished body mapped read-only (pub.body) */
+
+  /* Last, out of the way of the fields every request touches. */
+  pmu__connh_t *h; /* its connection's handle (a reference), with conn_handler */
+  uint64_t qseq;   /* place in the loop's cross-thread queues (arrival order) */
 };
 
 enum pmu__timer_kind {
@@ -193,6 +208,7 @@ enum pmu__timer_kind {
   TIMER_SEND,
   TIMER_LINGER,
   TIMER_STOP_GRACE, /* stopping, between requests: a short wait for one on its way */
+  TIMER_RAW_IDLE,   /* a raw connection: nothing received or sent (raw_idle_timeout_ms) */
   TIMER_WS_PING,    /* a WebSocket silent for ws_ping_interval_ms: ping it */
   TIMER_WS_PONG,    /* no frame since our ping for ws_ping_timeout_ms: drop it */
   TIMER_WS_CLOSE,   /* a close frame sent, ws_close_timeout_ms for the peer's */
@@ -201,6 +217,11 @@ enum pmu__timer_kind {
 };
 
 enum pmu__parse_state { PS_IDLE, PS_HEADERS, PS_BODY };
+
+enum pmu__conn_evflag {
+  CONNF_RAW = 1, /* config.raw: no HTTP, received bytes are DATA events */
+  CONNF_IO = 2,  /* config.conn_io_events: READ and SENT events */
+};
 
 struct pmu__conn {
   pmu__loop_t *loop;
@@ -302,6 +323,12 @@ struct pmu__conn {
   pmu__sendbuf_t *sb; /* held only while a send is in flight */
   size_t send_len;
 
+  /* Connection events (core/conn_events.c), out of the way of the hot fields. */
+  pmu__connh_t *h;     /* its handle, with config.conn_handler */
+  int close_err;       /* why it closes (the CLOSE event's err), 0: orderly */
+  uint8_t evflags;     /* enum pmu__conn_evflag: what the receive path tells h */
+  uint8_t user_paused; /* pmu_conn_pause_reading: reading stays off until resumed */
+
   pmu__sockaddr_t peer, local; /* last: conn_new clears what comes before */
 };
 
@@ -362,6 +389,8 @@ struct pmu__loop {
   pthread_mutex_t qlock;
   pmu__req_t *qhead, *qtail;
   pmu__seg_t *sqhead, *sqtail; /* stream pieces from other threads */
+  uint64_t qseq;               /* items queued so far: answers and pieces apply in the order
+                                  they were queued, whichever queue they took */
   int exited;                  /* under qlock: the loop is gone; answers free directly */
   int wake_fd;
   int wake_armed;
@@ -382,6 +411,18 @@ struct pmu__loop {
   int ws_dispatching;
   void *ws_shared;            /* per-thread state of the WebSocket code (deflate) */
   struct pmu__fcache *fcache; /* the open-file cache of static answers (core/static.c) */
+
+  /* Connection events of this pass (core/conn_events.c): OPEN, DATA, READ, SENT
+   * and DRAIN in the order they happened, delivered before each request batch;
+   * CLOSE through a list (it needs no memory), delivered at the end of the turn
+   * after the WebSocket GONE events. DATA and READ point into the receive
+   * buffers, which are not given back to the kernel before the delivery, or
+   * into copies on cev_own. */
+  pmu_conn_event_t *cevs;
+  size_t cev_n, cev_cap;
+  struct pmu__cev_own *cev_own;
+  pmu__connh_t *cev_closed;
+  int cev_dispatching;
 
   pmu_stats_t stats;
   pmu_ring_info_t info;
@@ -519,6 +560,8 @@ void pmu__ws_expire_idle(pmu__loop_t *loop);
 uint64_t pmu__ws_next_idle(const pmu__loop_t *loop);
 /* Stopping: close 1001 (after what is queued). */
 void pmu__ws_going_away(pmu__conn_t *conn);
+/* pmu_conn_close(AFTER_SEND) of a WebSocket: close 1000 (after what is queued). */
+void pmu__ws_close_normal(pmu__conn_t *conn);
 /* The connection is released: GONE. */
 void pmu__ws_conn_released(pmu__conn_t *conn);
 /* Gather the connection's frames into its send (after the answers). */
@@ -530,6 +573,68 @@ int pmu__ws_consume(pmu__conn_t *conn, size_t *left);
 void pmu__ws_dispatch(pmu__loop_t *loop);
 /* The loop exits: drop what is left. */
 void pmu__ws_loop_exit(pmu__loop_t *loop);
+
+/*
+ * Hand the events arr[0, count) of a pass to a handler, at most batch_max a
+ * call, leaving out those whose handle was released meanwhile (RELEASED(event)
+ * is true: they get nothing more); CALL(events, n) makes one call. The
+ * WebSocket and the connection events are delivered by it.
+ */
+#define PMU__DELIVER_BATCHES(loop, arr, count, RELEASED, CALL)                         \
+  do {                                                                                 \
+    unsigned max_ = (loop)->server->cfg.batch_max ? (loop)->server->cfg.batch_max : 1; \
+    size_t i_ = 0;                                                                     \
+    while (i_ < (count)) {                                                             \
+      size_t n_ = 0, j_ = i_;                                                          \
+      for (; j_ < (count) && n_ < max_; j_++)                                          \
+        if (!RELEASED((arr)[j_]))                                                      \
+          (arr)[i_ + n_++] = (arr)[j_];                                                \
+      if (n_)                                                                          \
+        CALL((arr) + i_, n_);                                                          \
+      i_ = j_;                                                                         \
+    }                                                                                  \
+  } while (0)
+
+/* ---- conn_events.c ---- */
+/* A connection was accepted: make its handle and queue OPEN. 0 or -ENOMEM. */
+int pmu__connh_open(pmu__conn_t *conn);
+/* Queue an event of c's handle (data not copied: see loop->cevs); with copy, the
+ * data is copied. Returns 0 or -ENOMEM. */
+int pmu__connh_push(pmu__conn_t *conn, int type, const char *data, size_t len, int copy);
+/* Raw mode: bytes received (DATA, with copy when they do not stay in a receive buffer). */
+void pmu__connh_data(pmu__conn_t *conn, const char *data, size_t len, int copy);
+/* Deliver the queued events (and, with closes, the CLOSE events) to conn_handler. */
+void pmu__connh_dispatch(pmu__loop_t *loop, int closes);
+/* The connection is released: CLOSE is queued; the handle lives on until released. */
+void pmu__connh_conn_released(pmu__conn_t *conn);
+/* Stopping: a raw connection closes once what is queued is out. */
+void pmu__connh_going_away(pmu__conn_t *conn);
+/* A piece or command of a handle reached its loop / cannot (the loop has exited). */
+void pmu__connh_seg_arrived(pmu__seg_t *seg);
+void pmu__connh_seg_dropped(pmu__seg_t *seg);
+/* A piece of pmu_conn_send left the queue (sent or dropped): accounting, release, free. */
+void pmu__connh_seg_done(pmu__seg_t *seg, int sent);
+/* Take or drop a reference (a request's). */
+void pmu__connh_ref(pmu__connh_t *h);
+void pmu__connh_unref(pmu__connh_t *h);
+void pmu__connh_loop_exit(pmu__loop_t *loop);
+/* The connection is becoming a WebSocket (pmu_ws_accept, any thread). */
+void pmu__connh_set_ws(pmu__connh_t *h);
+/* Close c, saying why unless a reason is already known (err: positive errno). */
+void pmu__conn_fail(pmu__conn_t *conn, int err);
+
+/*
+ * Account total bytes about to be queued on a sender (a WebSocket's or a
+ * connection's) holding *unsent: 0, 1 (now over high: *want_drain set) or
+ * -ENOBUFS (over limit, 0 meaning none: nothing counted).
+ */
+int pmu__unsent_reserve(atomic_size_t *unsent, atomic_int *want_drain, size_t total, size_t high,
+                        size_t limit);
+
+/* Bytes that are not parsed as HTTP (a WebSocket's, a raw connection's): resume
+ * reading unless held (by the handler), handing what was kept meanwhile to take. */
+void pmu__conn_resume_unparsed(pmu__conn_t *conn, int held,
+                               void (*take)(pmu__conn_t *conn, const char *data, size_t len));
 
 /* ---- static.c ---- */
 /* Copy config.statics and open their roots (pmu_server_start). Returns 0 or

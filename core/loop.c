@@ -87,6 +87,8 @@ static void cancel_accept(pmu__loop_t *loop) {
 
 /* Hand the collected batch to the handler: the one place user code runs. */
 void pmu__loop_dispatch(pmu__loop_t *loop) {
+  if (loop->cev_n)
+    pmu__connh_dispatch(loop, 0); /* OPEN, READ ... come before the requests they precede */
   unsigned n = loop->batch_len;
   if (!n)
     return;
@@ -184,14 +186,23 @@ static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   }
   conn->counted = !over;
   STAT_ADD(loop, connections_accepted, 1);
-  pmu__conn_arm_recv(conn);
   if (over) {
     STAT_ADD(loop, connections_rejected, 1);
+    if (s->cfg.raw) {
+      pmu__conn_close(conn); /* no HTTP to say 503 in */
+      return;
+    }
+    pmu__conn_arm_recv(conn);
     pmu__conn_send_error(conn, 503);
     pmu__loop_mark_dirty(loop, conn);
-  } else {
-    pmu__conn_timer_update(conn);
+    return;
   }
+  if (s->cfg.conn_handler && pmu__connh_open(conn) < 0) {
+    pmu__conn_close(conn); /* no handle, no events: as if never accepted */
+    return;
+  }
+  pmu__conn_arm_recv(conn);
+  pmu__conn_timer_update(conn);
 }
 
 void pmu__loop_schedule_resume(pmu__loop_t *loop, pmu__conn_t *conn) {
@@ -219,7 +230,7 @@ static void on_recv(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
   } else if (res == -ENOBUFS) {
     STAT_ADD(loop, enobufs, 1); /* pool ran dry: not the connection's fault */
   } else if (res != -ECANCELED) {
-    pmu__conn_close(conn); /* ECONNRESET and other hard errors */
+    pmu__conn_fail(conn, -res); /* ECONNRESET and other hard errors */
   }
   if (conn->closing)
     pmu__conn_try_release(conn);
@@ -246,20 +257,22 @@ static void on_send_cqe(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
 
 static void begin_stop(pmu__loop_t *loop);
 
-/* Apply answers and stream pieces taken off the cross-thread queues, in
- * order; `count` them in stats.deferred or not. */
+/* Apply answers and stream pieces taken off the cross-thread queues, in the
+ * order they were queued (an answer and a pmu_conn_send from one thread keep
+ * their order); `count` the answers in stats.deferred or not. */
 static void apply_arrivals(pmu__loop_t *loop, pmu__req_t *req, pmu__seg_t *seg, int count) {
-  while (req) {
-    pmu__req_t *next = req->qnext;
-    if (count)
-      STAT_ADD(loop, deferred, 1);
-    pmu__answer_arrived(req);
-    req = next;
-  }
-  while (seg) {
-    pmu__seg_t *next = seg->next;
-    pmu__seg_arrived(seg);
-    seg = next;
+  while (req || seg) {
+    if (req && (!seg || req->qseq < seg->qseq)) {
+      pmu__req_t *next = req->qnext;
+      if (count)
+        STAT_ADD(loop, deferred, 1);
+      pmu__answer_arrived(req);
+      req = next;
+    } else {
+      pmu__seg_t *next = seg->next;
+      pmu__seg_arrived(seg);
+      seg = next;
+    }
   }
 }
 
@@ -326,6 +339,8 @@ static void begin_stop(pmu__loop_t *loop) {
     pmu__conn_t *c = PMU__LIST_ENTRY(l, pmu__conn_t, all_link);
     if (c->ws)
       pmu__ws_going_away(c);
+    else if (c->evflags & CONNF_RAW)
+      pmu__connh_going_away(c); /* raw: closed once what is queued is out */
     else
       pmu__conn_timer_update(c);
   }
@@ -350,6 +365,8 @@ static void expire_timers(pmu__loop_t *loop) {
         continue;
       }
       STAT_ADD(loop, timeouts, 1);
+      if (kind != TIMER_LINGER && kind != TIMER_STOP_GRACE && !c->close_err)
+        c->close_err = ETIMEDOUT; /* the CLOSE event's err */
       if ((kind == TIMER_HEADER && c->pstate != PS_IDLE) || kind == TIMER_BODY) {
         pmu__conn_send_error(c, 408);
         pmu__loop_mark_dirty(loop, c);
@@ -429,8 +446,11 @@ static void end_of_turn(pmu__loop_t *loop) {
     pmu__list_unlink(l);
     pmu__conn_release(PMU__LIST_ENTRY(l, pmu__conn_t, grave_link));
   }
-  /* The GONE of the WebSockets just released (their handles outlive them). */
+  /* The GONE of the WebSockets just released (their handles outlive them),
+   * then the CLOSE of every connection released. */
   pmu__ws_dispatch(loop);
+  if (loop->cev_n || loop->cev_closed)
+    pmu__connh_dispatch(loop, 1);
 
   free_dead(loop);
   if (loop->accept_paused && loop->now_ms >= loop->accept_resume_ms)
@@ -475,8 +495,11 @@ static void run(pmu__loop_t *loop) {
   for (;;) {
     /* Connections capped last turn resume at the end of this one: no
      * waiting for a completion then. */
-    int rc =
-        pmu__submit_and_wait(&loop->ring, pmu__list_is_empty(&loop->rearm) ? next_wait(loop) : 0);
+    /* Work a handler made at the end of the last turn (connections to flush or
+     * release, events) is done now, not after the next completion. */
+    int idle = pmu__list_is_empty(&loop->rearm) && pmu__list_is_empty(&loop->dirty) &&
+               pmu__list_is_empty(&loop->grave) && !loop->cev_n && !loop->cev_closed;
+    int rc = pmu__submit_and_wait(&loop->ring, idle ? next_wait(loop) : 0);
     /* ETIME is a timer; EINTR a signal; both mean "look again". */
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
       wait_failed(loop, -rc);
@@ -540,6 +563,7 @@ static void close_answer_queue(pmu__loop_t *loop) {
   pthread_mutex_unlock(&loop->qlock);
   apply_arrivals(loop, late, late_seg, 0);
   pmu__ws_loop_exit(loop); /* events no handler will see: drop them */
+  pmu__connh_loop_exit(loop);
   free_dead(loop);
   /* Those answered just now were counted above. */
   atomic_fetch_sub(&loop->server->refs, held - loop->outstanding);
@@ -598,6 +622,7 @@ void *pmu__loop_main(void *arg) {
   loop->timeout_ms[TIMER_IDLE] = cfg->keepalive_timeout_ms;
   loop->timeout_ms[TIMER_SEND] = cfg->send_timeout_ms;
   loop->timeout_ms[TIMER_LINGER] = 2000;
+  loop->timeout_ms[TIMER_RAW_IDLE] = cfg->raw_idle_timeout_ms;
   loop->timeout_ms[TIMER_WS_PING] = cfg->ws_ping_interval_ms;
   loop->timeout_ms[TIMER_WS_PONG] = cfg->ws_ping_timeout_ms;
   loop->timeout_ms[TIMER_WS_CLOSE] = cfg->ws_close_timeout_ms;

@@ -424,8 +424,9 @@ static void hand_over(pmu__req_t *r) {
     pmu__server_unref(s);
     return;
   }
-  int was_empty = loop->qhead == NULL;
+  int was_empty = loop->qhead == NULL && loop->sqhead == NULL;
   r->qnext = NULL;
+  r->qseq = loop->qseq++;
   if (loop->qtail)
     loop->qtail->qnext = r;
   else
@@ -434,6 +435,51 @@ static void hand_over(pmu__req_t *r) {
   pthread_mutex_unlock(&loop->qlock);
   if (was_empty)
     pmu__loop_wake(loop);
+}
+
+/* The status class of a raw answer: that of a leading "HTTP/1.x NNN", else 0. */
+static uint8_t raw_status_class(const char *p, size_t len) {
+  if (len < 12 || memcmp(p, "HTTP/1.", 7) != 0 || p[8] != ' ' || p[9] < '1' || p[9] > '9' ||
+      p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9')
+    return 0;
+  return (uint8_t)(p[9] - '0');
+}
+
+int pmu_respond_raw(pmu_request_t *request, const void *data, size_t len,
+                    void (*release)(void *ctx), void *ctx) {
+  pmu__req_t *r = (pmu__req_t *)request;
+  pmu__loop_t *loop = r->loop;
+  if (r->stream_state) {
+    if (release)
+      release(ctx);
+    return -EINVAL;
+  }
+  int on_loop = pmu__current_loop == loop;
+  int stopping = on_loop ? loop->stopping : atomic_load(&loop->server->stop_requested);
+  int rc = 0;
+  r->out_len = 0;
+  r->ext_body = NULL;
+  r->ext_len = 0;
+  r->status_class = raw_status_class(data, len);
+  r->close_after = (uint8_t)(!r->pub.keep_alive || stopping);
+  if (release) {
+    r->ext_body = data;
+    r->ext_len = len;
+    r->ext_release = release;
+    r->ext_ctx = ctx;
+  } else if (len && out_reserve(r, len) < 0) {
+    answer_oom(r);
+    rc = -ENOMEM;
+  } else {
+    if (len)
+      memcpy(r->out, data, len);
+    r->out_len = len;
+  }
+  if (on_loop)
+    pmu__answer_arrived(r);
+  else
+    hand_over(r);
+  return rc;
 }
 
 int pmu_respond_simple(pmu_request_t *request, int status, const pmu_header_t *headers,
@@ -459,6 +505,10 @@ const pmu_header_t *pmu_request_header(const pmu_request_t *request, const char 
 /* ---- streamed answers ---- */
 
 void pmu__seg_done(pmu__seg_t *g) {
+  if (g->ch) {
+    pmu__connh_seg_done(g, 0); /* pmu_conn_send's bytes, dropped */
+    return;
+  }
   if (g->body)
     atomic_fetch_sub(&g->req->unsent, g->body);
   if (g->release)
@@ -476,6 +526,10 @@ static void drain_check(pmu__req_t *r) {
 }
 
 void pmu__seg_arrived(pmu__seg_t *g) {
+  if (g->ch) {
+    pmu__connh_seg_arrived(g);
+    return;
+  }
   if (g->ws) {
     pmu__ws_seg_arrived(g);
     return;
@@ -524,6 +578,10 @@ void pmu__seg_arrived(pmu__seg_t *g) {
 }
 
 void pmu__stream_sent(pmu__req_t *r, pmu__seg_t *g) {
+  if (g->ch) {
+    pmu__connh_seg_done(g, 1);
+    return;
+  }
   pmu__seg_done(g);
   drain_check(r);
 }
@@ -553,6 +611,10 @@ void pmu__seg_deliver(pmu__seg_t *g, pmu__loop_t *loop) {
   pthread_mutex_lock(&loop->qlock);
   if (loop->exited) {
     pthread_mutex_unlock(&loop->qlock);
+    if (g->ch) {
+      pmu__connh_seg_dropped(g);
+      return;
+    }
     if (g->ws) {
       pmu__ws_seg_dropped(g);
       return;
@@ -568,6 +630,7 @@ void pmu__seg_deliver(pmu__seg_t *g, pmu__loop_t *loop) {
   }
   int was_empty = loop->sqhead == NULL && loop->qhead == NULL;
   g->next = NULL;
+  g->qseq = loop->qseq++;
   if (loop->sqtail)
     loop->sqtail->next = g;
   else

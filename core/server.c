@@ -74,8 +74,12 @@ static int in_range_unsigned(unsigned long long v, long long min, unsigned long 
 /* Check and complete a copied config. Returns 0 or -EINVAL with the error set. */
 static int config_resolve(pmu_server_t *s) {
   pmu_config_t *c = &s->cfg;
-  if (!c->handler) {
-    pmu__set_error(s, "config.handler is required");
+  if (c->raw && !c->conn_handler) {
+    pmu__set_error(s, "config.raw needs config.conn_handler (the bytes go to it)");
+    return -EINVAL;
+  }
+  if (!c->handler && !c->raw) {
+    pmu__set_error(s, "config.handler is required (unless config.raw)");
     return -EINVAL;
   }
   /* The ranges of PMU_CONFIG_KNOBS (a STR knob is not checked). */

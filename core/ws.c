@@ -302,21 +302,14 @@ static int ev_push_copy(pmu__ws_t *ws, int type, int code, const char *data, siz
   return ev_push(ws, type, 0, code, off, len, NULL);
 }
 
-/* Handler calls over arr[0, count), at most batch_max events each, leaving
- * out the handles released meanwhile (they get nothing more). */
+/* Handler calls over arr[0, count): PMU__DELIVER_BATCHES. */
 static void deliver_events(pmu__loop_t *loop, pmu_ws_event_t *arr, size_t count) {
   const pmu_config_t *cfg = &loop->server->cfg;
-  size_t max = cfg->batch_max ? cfg->batch_max : 1;
-  size_t i = 0;
-  while (i < count) {
-    size_t n = 0, j = i;
-    for (; j < count && n < max; j++)
-      if (!arr[j].ws->handler_done)
-        arr[i + n++] = arr[j];
-    if (n)
-      cfg->ws_handler(cfg->handler_data, arr + i, n);
-    i = j;
-  }
+#define RELEASED(ev) ((ev).ws->handler_done)
+#define CALL(evs, n) cfg->ws_handler(cfg->handler_data, evs, n)
+  PMU__DELIVER_BATCHES(loop, arr, count, RELEASED, CALL);
+#undef RELEASED
+#undef CALL
 }
 
 /* Send the closes of the connections failed in this pass. */
@@ -694,6 +687,8 @@ pmu_ws_t *pmu_ws_accept(pmu_request_t *request, const pmu_ws_accept_t *opts) {
   }
   atomic_fetch_add(&s->refs, 1); /* the handle keeps the server */
   r->ws = ws;
+  if (r->h)
+    pmu__connh_set_ws(r->h); /* pmu_conn_send refuses it from now on */
   if (on_loop)
     pmu__answer_arrived(r);
   else
@@ -886,17 +881,11 @@ static int command(pmu__ws_t *ws, int kind) {
  * told to act). */
 static int reserve_unsent(pmu__ws_t *ws, size_t total) {
   const pmu_config_t *cfg = cfg_of(ws);
-  size_t after = atomic_fetch_add(&ws->unsent, total) + total;
-  if (cfg->ws_send_limit && after > cfg->ws_send_limit) {
-    atomic_fetch_sub(&ws->unsent, total);
+  int rc = pmu__unsent_reserve(&ws->unsent, &ws->want_drain, total, cfg->ws_send_high_water,
+                               cfg->ws_send_limit);
+  if (rc == -ENOBUFS)
     command(ws, SEG_WS_LIMIT);
-    return -ENOBUFS;
-  }
-  if (after > cfg->ws_send_high_water) {
-    atomic_store(&ws->want_drain, 1);
-    return 1;
-  }
-  return 0;
+  return rc;
 }
 
 int pmu_ws_send(pmu_ws_t *ws, int opcode, const void *data, size_t len, void (*release)(void *ctx),
@@ -1541,22 +1530,13 @@ void pmu__ws_on_eof(pmu__conn_t *c) {
   pmu__conn_close(c);
 }
 
+static void ws_take(pmu__conn_t *c, const char *data, size_t len) {
+  ws_parse(c, (const uint8_t *)data, len);
+}
+
+/* Held by pmu_ws_pause_reading or by pmu_conn_pause_reading (the connection's handle). */
 void pmu__ws_resume(pmu__conn_t *c) {
-  pmu__ws_t *ws = c->ws;
-  if (c->paused && !ws->user_paused) {
-    c->paused = 0;
-    c->llhttp_paused = 0;
-    if (c->stash_len > c->stash_off)
-      ws_parse(c, (const uint8_t *)c->stash + c->stash_off, c->stash_len - c->stash_off);
-    /* An idle WebSocket keeps no input buffer (HTTP connections keep theirs
-     * for the next request). */
-    free(c->stash);
-    c->stash = NULL;
-    c->stash_off = c->stash_len = c->stash_cap = 0;
-    pmu__conn_timer_update(c); /* the keepalive starts again */
-  }
-  if (!c->paused && !c->recv_armed && !c->cancel_sent && !c->peer_eof && !c->closing)
-    pmu__conn_arm_recv(c);
+  pmu__conn_resume_unparsed(c, c->ws->user_paused || c->user_paused, ws_take);
 }
 
 /* ---- accept, release of the connection ---- */
@@ -1703,6 +1683,13 @@ void pmu__ws_expire_idle(pmu__loop_t *loop) {
 uint64_t pmu__ws_next_idle(const pmu__loop_t *loop) {
   const pmu__list_t *first = pmu__list_first(&loop->timers[TIMER_WS_IDLE]);
   return first ? PMU__LIST_ENTRY(first, pmu__ws_t, idle_link)->idle_deadline : UINT64_MAX;
+}
+
+void pmu__ws_close_normal(pmu__conn_t *c) {
+  pmu__ws_t *ws = c->ws;
+  atomic_store(&ws->closing, 1); /* sends are refused from now on, as after pmu_ws_close */
+  if (!ws->close_sent && !ws->close_rcvd)
+    close_local(c, 1000, NULL, 0, 0);
 }
 
 void pmu__ws_going_away(pmu__conn_t *c) {

@@ -19,7 +19,14 @@ reason (see :func:`probe`).
 """
 
 from ._datastructures import Headers, QueryParams
-from ._native import ClientDisconnected, Error, FileResponse, Response, UnavailableError
+from ._native import (
+    ClientDisconnected,
+    ConnectionClosed,
+    Error,
+    FileResponse,
+    Response,
+    UnavailableError,
+)
 from ._routing import App
 from ._server import Knob, Server, config_defaults, knobs, probe
 from ._websocket import (
@@ -36,11 +43,13 @@ try:
     Request = _ext.Request
     WebSocket = _ext.WebSocket
     StaticMount = _ext.StaticMount
+    Connection = _ext.Connection
     del _ext
 except AttributeError:  # pragma: no cover - extension missing
     Request = None  # type: ignore[assignment,misc]
     WebSocket = None  # type: ignore[assignment,misc]
     StaticMount = None  # type: ignore[assignment,misc]
+    Connection = None  # type: ignore[assignment,misc]
 
 __version__ = "0.1.0"
 
@@ -48,6 +57,8 @@ __all__ = [
     "App",
     "AsyncWebSocket",
     "ClientDisconnected",
+    "Connection",
+    "ConnectionClosed",
     "Error",
     "FileResponse",
     "Headers",

@@ -21,6 +21,7 @@ __all__ = [
     "Error",
     "UnavailableError",
     "ClientDisconnected",
+    "ConnectionClosed",
 ]
 
 IMPORT_ERROR: Optional[BaseException] = None
@@ -37,6 +38,7 @@ if _pmu is not None:
     Error = _pmu.Error
     UnavailableError = _pmu.UnavailableError
     ClientDisconnected = _pmu.ClientDisconnected
+    ConnectionClosed = _pmu.ConnectionClosed
 else:
 
     class Error(OSError):  # type: ignore[no-redef]
@@ -48,6 +50,9 @@ else:
     class ClientDisconnected(ConnectionError):  # type: ignore[no-redef]
         """The client closed the connection before the request's body (or its
         streamed answer) was complete."""
+
+    class ConnectionClosed(OSError):  # type: ignore[no-redef]
+        """The connection is closing or closed: the data was not sent."""
 
     class FileResponse:  # type: ignore[no-redef]
         """Pure-Python stand-in for pymongoose_uring._pmu.FileResponse (a file as

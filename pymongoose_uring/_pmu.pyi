@@ -23,6 +23,12 @@ from ._types import AsyncBatch, HandlerResult as _HandlerResult, HeadersLike as 
 
 ENGINE_VERSION: str
 BATCH_BUCKETS: int
+CONN_OPEN: int
+CONN_DATA: int
+CONN_READ: int
+CONN_SENT: int
+CONN_DRAIN: int
+CONN_CLOSE: int
 
 class Stats(TypedDict):
     """What Engine.stats() returns: every counter of include/pmu/pmu.h PMU_STATS_FIELDS
@@ -78,6 +84,10 @@ class Stats(TypedDict):
     file_cache_misses: int
     static_answers: int
     not_modified: int
+    conn_events: int
+    raw_bytes_in: int
+    raw_bytes_out: int
+    raw_sends: int
 
 _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
@@ -148,6 +158,9 @@ class Request:
     @property
     def disconnected(self) -> bool:
         """The client left while the request was unanswered (or its stream open)."""
+    @property
+    def connection(self) -> Optional["Connection"]:
+        """The request's Connection; None without a connection_handler."""
     def header(self, name: str, default: Optional[str] = None) -> Optional[str]: ...
     def json(self) -> Any: ...
     def reply(
@@ -158,6 +171,9 @@ class Request:
     ) -> None:
         """Answer now or later, from any thread; RuntimeError if already answered
         or a streamed answer was started."""
+    def reply_raw(self, data: Union[bytes, bytearray, memoryview, str]) -> None:
+        """Answer with these bytes verbatim (status line, headers, framing: the
+        caller's); the connection goes on as after any answer."""
     def read(self, size: Optional[int] = -1, timeout: Optional[float] = None) -> bytes:
         """Up to size bytes of the body (all when size < 0), b"" at its end; waits
         for a streamed body with the GIL released (TimeoutError after timeout);
@@ -291,6 +307,113 @@ def broadcast(
 def websockets_alive() -> int:
     """WebSocket objects not yet freed in this interpreter (open ones included)."""
 
+@final
+class Connection:
+    """One accepted connection as connection_handler(conn, event, data) sees it:
+    made at CONN_OPEN, the same object for every event and request.connection,
+    closed after CONN_CLOSE. Methods work from any thread."""
+
+    @property
+    def id(self) -> int:
+        """request.conn_id of its requests."""
+    @property
+    def thread(self) -> int: ...
+    @property
+    def peer(self) -> Optional[Tuple[str, int]]:
+        """(host, port); None over a Unix socket."""
+    @property
+    def local(self) -> Union[Tuple[str, int], str, None]:
+        """(host, port), or the Unix socket path."""
+    @property
+    def closed(self) -> bool:
+        """Closing or closed."""
+    @property
+    def unsent(self) -> int: ...
+    @property
+    def close_error(self) -> Optional[int]:
+        """CONN_CLOSE's err (0: orderly); None before."""
+    user: Any
+    def send(self, data: Union[bytes, bytearray, memoryview, str]) -> bool:
+        """Queue bytes (str as UTF-8) after everything queued; True when more than
+        conn_send_high_water is unsent (CONN_DRAIN follows); ConnectionClosed when
+        closing/closed or over conn_send_limit."""
+    def close(self, now: bool = False) -> None:
+        """After what is queued is sent, or at once with now; nothing if closing."""
+    def pause_reading(self, pause: bool = True) -> None: ...
+
+class ConnectionClosed(OSError):
+    """The connection is closing or closed: the data was not sent."""
+
+ConnectionHandler = Callable[[Connection, int, Union[bytes, int, None]], Any]
+
+def connections_alive() -> int:
+    """Connection objects not yet freed in this interpreter (open ones included)."""
+
+@final
+class MgHttpMessage:
+    """pymongoose's HttpMessage over a Request (binding/mgcompat.c): text is UTF-8
+    with surrogateescape, as pymongoose decodes it."""
+
+    def __init__(self, request: Request) -> None: ...
+    @property
+    def request(self) -> Request: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def uri(self) -> str:
+        """The path as sent, without the query."""
+    @property
+    def query(self) -> str:
+        """The query string as sent, without '?'."""
+    @property
+    def proto(self) -> str: ...
+    @property
+    def body_bytes(self) -> bytes: ...
+    @property
+    def body_text(self) -> str: ...
+    def header(self, name: str, default: Optional[str] = None) -> Optional[str]: ...
+    def headers(self) -> List[Tuple[str, str]]: ...
+    def query_var(self, name: str) -> Optional[str]:
+        """As Mongoose's mg_http_get_var: None when absent, empty or badly escaped."""
+    def header_var(self, header_name: str, var_name: str) -> Optional[str]: ...
+    def status(self) -> int:
+        """As Mongoose's mg_http_status: atoi(uri), 0 for a request."""
+
+class MgConnection:
+    """The base of compat's Connection: the slots of its hot path and reply()."""
+
+    userdata: Any
+    _request: Optional[Request]
+    _handler: Optional[Callable[..., Any]]
+    _conn: Optional[Connection]
+    _close_after: bool
+    def reply(
+        self,
+        status_code: int,
+        body: Union[bytes, bytearray, memoryview, str, None] = b"",
+        headers: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        """pymongoose's reply: answer _request (sent when the dispatcher's handler
+        returns), else the bytes go raw on _conn."""
+
+@final
+class MgDispatcher:
+    """A Server handler running pymongoose handlers: handler(conn, MG_EV_HTTP_HDRS, msg)
+    (unless http_hdrs is False), then handler(conn, MG_EV_HTTP_MSG, msg), with conn = request.connection.user (else make_conn(request)); the handler is
+    conn._handler, else .handler, else resolve(conn)."""
+
+    handler: Optional[Callable[[Any, int, MgHttpMessage], Any]]
+    http_hdrs: bool
+    def __init__(
+        self,
+        resolve: Callable[[Any], Optional[Callable[[Any, int, MgHttpMessage], Any]]],
+        make_conn: Optional[Callable[[Request], MgConnection]] = None,
+        handler: Optional[Callable[[Any, int, MgHttpMessage], Any]] = None,
+    ) -> None: ...
+    @property
+    def resolve(self) -> Callable[[Any], Any]: ...
+    def __call__(self, request: Request) -> None: ...
+
 class Response:
     """Status, headers and body. content_type defaults from the body's type."""
 
@@ -405,11 +528,12 @@ class Engine:
 
     def __init__(
         self,
-        handler: Callable[[Request], _HandlerResult],
+        handler: Optional[Callable[[Request], _HandlerResult]],
         *,
         routes: Optional[Dict[str, Dict[str, Callable[[Request], _HandlerResult]]]] = None,
         async_scheduler: Optional[Callable[[AsyncBatch], None]] = None,
         statics: Optional[Sequence[StaticMount]] = None,
+        connection_handler: Optional[ConnectionHandler] = None,
         host: Optional[str] = ...,
         port: int = ...,
         unix_path: Optional[str] = ...,
@@ -467,6 +591,11 @@ class Engine:
         file_cache_entries: int = ...,
         file_cache_valid_ms: int = ...,
         max_ranges: int = ...,
+        raw: bool = ...,
+        conn_io_events: bool = ...,
+        conn_send_high_water: int = ...,
+        conn_send_limit: int = ...,
+        raw_idle_timeout_ms: int = ...,
     ) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...

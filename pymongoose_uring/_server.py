@@ -38,7 +38,7 @@ from ._native import Response, UnavailableError
 from ._types import AsyncBatch, Handler, HandlerResult
 
 if TYPE_CHECKING:
-    from ._pmu import Engine, Request, StaticMount
+    from ._pmu import ConnectionHandler, Engine, Request, StaticMount
 
 
 def say(message: str) -> None:
@@ -109,6 +109,11 @@ _ENGINE_OPTIONS = (
     "file_cache_entries",
     "file_cache_valid_ms",
     "max_ranges",
+    "raw",
+    "conn_io_events",
+    "conn_send_high_water",
+    "conn_send_limit",
+    "raw_idle_timeout_ms",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -385,6 +390,27 @@ class Server:
       ``file_cache_valid_ms`` (1000: a cached file is checked again after this),
       ``max_ranges`` (100: a Range header with more ranges is ignored, 200)
 
+    Connections: ``connection_handler(conn, event, data)`` is called on the ring
+    thread for every event of every accepted connection (the GIL taken once
+    per batch of events): ``conn`` is one :class:`Connection` object per
+    connection (``_pmu.Connection``, also ``request.connection`` of its
+    requests), ``event`` one of ``_pmu.CONN_OPEN`` (first), ``CONN_DATA``
+    (raw mode: ``data`` is the bytes received), ``CONN_READ`` and
+    ``CONN_SENT`` (with ``conn_io_events``: the bytes received, the number of
+    bytes that reached the socket), ``CONN_DRAIN`` (after ``conn.send()``
+    returned True, the unsent bytes fell to half of ``conn_send_high_water``)
+    and ``CONN_CLOSE`` (last: ``data`` is 0 or an errno). An exception in it
+    is logged and the server goes on. ``conn.send(data)`` writes bytes on the
+    connection (between responses on an HTTP one), ``conn.close(now=False)``
+    closes it, ``request.reply_raw(data)`` answers a request with bytes sent
+    verbatim. Its knobs: ``raw`` (False: with True no HTTP at all, every
+    connection is a byte stream for ``connection_handler`` and ``app`` may be
+    None), ``conn_io_events`` (False), ``conn_send_high_water`` (1 MiB),
+    ``conn_send_limit`` (32 MiB: beyond it ``send()`` raises
+    ``ConnectionClosed`` and the connection is closed; 0 no limit),
+    ``raw_idle_timeout_ms`` (0: off; a raw connection silent both ways this
+    long is closed, CLOSE with ETIMEDOUT).
+
     Files: ``statics``, a list of :class:`StaticMount` (``_pmu.StaticMount``),
     directories the engine answers itself before any handler (an
     :class:`App`'s :meth:`App.static` mounts are added to them); a handler
@@ -400,7 +426,7 @@ class Server:
 
     def __init__(
         self,
-        app: Handler,
+        app: Optional[Handler],
         host: str = "127.0.0.1",
         port: int = 8000,
         *,
@@ -459,12 +485,24 @@ class Server:
         file_cache_entries: Optional[int] = None,
         file_cache_valid_ms: Optional[int] = None,
         max_ranges: Optional[int] = None,
+        raw: Optional[bool] = None,
+        conn_io_events: Optional[bool] = None,
+        conn_send_high_water: Optional[int] = None,
+        conn_send_limit: Optional[int] = None,
+        raw_idle_timeout_ms: Optional[int] = None,
         statics: Optional[Sequence[StaticMount]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
+        connection_handler: Optional[ConnectionHandler] = None,
     ) -> None:
         _require_engine()
-        if not callable(app):
+        if app is None and not raw:
+            raise TypeError("app is None: only a raw=True server has no request handler")
+        if app is not None and not callable(app):
             raise TypeError("app must be an App or a callable taking a request")
+        if connection_handler is not None and not callable(connection_handler):
+            raise TypeError("connection_handler must be callable")
+        if raw and connection_handler is None:
+            raise ValueError("raw=True needs a connection_handler (it gets the bytes)")
         if threads < 1:
             raise ValueError("threads must be at least 1")
         self.app = app
@@ -488,6 +526,7 @@ class Server:
             if not isinstance(mount, _native._pmu.StaticMount):
                 raise TypeError(f"statics takes StaticMount objects, not {type(mount).__name__}")
         self._loop = loop
+        self.connection_handler = connection_handler
         self._engine: Optional[Engine] = None
         self._bridge: Optional[_AsyncBridge] = None
         self._final_stats: Optional[Dict[str, Any]] = None
@@ -514,11 +553,16 @@ class Server:
                     routes=app._static,
                     async_scheduler=bridge.schedule,
                     statics=statics,
+                    connection_handler=self.connection_handler,
                     **self._options,
                 )
             else:
                 engine = _native._pmu.Engine(
-                    app, async_scheduler=bridge.schedule, statics=statics, **self._options
+                    app,
+                    async_scheduler=bridge.schedule,
+                    statics=statics,
+                    connection_handler=self.connection_handler,
+                    **self._options,
                 )
             engine.start()
             self._engine, self._bridge, self._final_stats = engine, bridge, None
@@ -645,7 +689,9 @@ class Server:
         """Every engine knob as this server uses it."""
         if self._engine is not None:
             return self._engine.config
-        return _native._pmu.Engine(self.app, **self._options).config
+        return _native._pmu.Engine(
+            self.app, connection_handler=self.connection_handler, **self._options
+        ).config
 
     def stats(self, thread: int = -1) -> Dict[str, Any]:
         """The engine counters, summed over threads (-1) or for one thread:

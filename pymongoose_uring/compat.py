@@ -12,6 +12,26 @@ only its import::
     while True:
         mgr.poll(1000)
 
+Every connection (listener included) is one :class:`Connection` for its whole
+life, numbered as Mongoose numbers them (one counter per Manager, the listener
+first). Events, in Mongoose's order: ``MG_EV_OPEN`` and ``MG_EV_ACCEPT`` when a
+connection is accepted; ``MG_EV_HTTP_HDRS`` then ``MG_EV_HTTP_MSG`` per request
+on an HTTP listener (``listen(url, http=True)``); ``MG_EV_READ`` (bytes in
+``conn.recv_data()``) on a plain TCP listener (``tcp://``, or ``http://``
+without ``http=True``), and on HTTP connections too with
+``Manager(io_events=True)``, which also gives ``MG_EV_WRITE`` after each send;
+``MG_EV_WS_*`` on a WebSocket; ``MG_EV_POLL`` once per ``poll()`` per live
+connection; ``MG_EV_WAKEUP`` (``Manager.wakeup``), ``MG_EV_ERROR``
+(``conn.error()``); ``MG_EV_CLOSE`` last.
+
+Where handlers run: by default on the engine's ring threads as events happen
+(under the GIL, one batch at a time): that is the speed. ``poll(ms)`` runs the
+timers of ``timer_add()``, the ``MG_EV_WAKEUP`` events and ``MG_EV_POLL``.
+``Manager(handler, handlers_in_poll=True)`` runs every event handler inside
+``poll()`` on the thread that calls it, as pymongoose does (events are queued
+by the ring threads meanwhile; ``poll()`` returns after a batch, like
+``mg_mgr_poll``).
+
 WebSocket, as pymongoose has it::
 
     def handler(conn, ev, data):
@@ -22,20 +42,28 @@ WebSocket, as pymongoose has it::
                 conn.ws_send("echo " + data.text, WEBSOCKET_OP_TEXT)
             else:
                 conn.ws_send(data.data, WEBSOCKET_OP_BINARY)
-        elif ev == MG_EV_CLOSE:                   # the WebSocket is gone
+        elif ev == MG_EV_CLOSE:                   # the connection is gone
             ...
 
-What differs from pymongoose:
+The README's section "Compatibility with pymongoose" lists every item of
+pymongoose's API: supported, differs (how), not supported (why). In short,
+what differs:
 
-- Handlers run on the engine's ring threads as requests arrive (under the
-  GIL, one batch at a time), not inside ``poll()``; ``poll(ms)`` waits and
-  runs the timers of ``timer_add()`` that fall due, letting Ctrl-C through.
-  Delivered: ``MG_EV_HTTP_MSG``; on a WebSocket ``MG_EV_WS_OPEN`` (inside
-  ``ws_upgrade()``, as Mongoose does), ``MG_EV_WS_MSG`` (whole messages,
-  fragments joined), ``MG_EV_WS_CTL`` (ping, pong and the peer's close frame; pings
-  are answered by the engine) and ``MG_EV_CLOSE``. The other event constants
-  exist so that scripts comparing against them still run; plain HTTP
-  connections get no ``MG_EV_CLOSE``.
+- The handler given to ``listen()`` handles the connections that listener
+  accepts (Mongoose's rule, and what pymongoose's documentation says; its code
+  gives them the Manager's handler); without one, the Manager's.
+- ``reply()`` with ``headers=None`` sends ``Content-Type: text/plain``, as
+  pymongoose does. Reply bodies are sent by length: they may contain NUL bytes.
+  ``conn.reply()`` may be called later, from any thread (a request left
+  unanswered waits for it, as in pymongoose). A handler that raises on a
+  request gets it answered 500 (pymongoose left the client waiting).
+- ``recv_data()`` holds the bytes of the current ``MG_EV_READ`` (consumed when
+  the handler returns: pymongoose has no way to consume them) or the request of
+  the current ``MG_EV_HTTP_MSG``; ``send_len`` counts the bytes queued and not
+  yet on the wire; ``send_data()`` is empty (the engine keeps no copy to show).
+- TLS, UDP, MQTT, SNTP, DNS and outbound connections (``Manager.connect``) are
+  not provided: they raise NotImplementedError (``listen()`` of a ``udp://``,
+  ``https://`` or ``mqtts://`` URL raises RuntimeError, as a failed listen does).
 - ``WsMessage.flags`` is the opcode (``WEBSOCKET_OP_TEXT`` ...), which is what
   pymongoose's examples compare it with; Mongoose gives the frame's first byte,
   FIN bit included (``flags & 15`` is the opcode either way).
@@ -45,15 +73,6 @@ What differs from pymongoose:
   raises ``ConnectionClosed`` (a ``RuntimeError``, as pymongoose raises, and an
   ``OSError``); ``conn.close()`` and ``conn.drain()`` on a WebSocket send a
   close frame (1000) and close once the client answers it.
-- Each ``listen()`` starts its own server, and the handler given to
-  ``listen()`` (else the Manager's) handles every connection it accepts.
-- Reply bodies are sent by length: they may contain NUL bytes.
-- ``conn.reply()`` may be called later, from any thread, on a ``conn``
-  kept from the handler. A request the handler neither answers nor keeps
-  gets a 500 (pymongoose left the client waiting).
-- Only HTTP listeners exist (``http=True``); raw TCP, MQTT, TLS and
-  outbound connections are not provided (``TlsOpts`` exists; ``conn.tls_init()``
-  raises NotImplementedError).
 - ``serve_dir()``/``serve_file()`` are answered by the engine's file rules
   (``Request.serve_static``/``serve_file``): Range, ETag and Last-Modified with
   304/412, HEAD, ``index.html`` and the 301 that adds a directory's slash, the
@@ -65,12 +84,16 @@ What differs from pymongoose:
 
 from __future__ import annotations
 
+import base64
+import collections
 import heapq
+import itertools
 import logging
 import os
+import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from . import _native
@@ -86,7 +109,10 @@ from ._native import Response
 from ._server import Server
 
 if TYPE_CHECKING:
-    from ._pmu import Request
+    from ._pmu import MgConnection as _MgConnection, MgHttpMessage as _MgHttpMessage, Request
+else:
+    _MgConnection = _native._pmu.MgConnection
+    _MgHttpMessage = _native._pmu.MgHttpMessage
 
 __all__ = [
     "Manager",
@@ -167,12 +193,24 @@ EventHandler = Callable[["Connection", int, Any], None]
 
 log = logging.getLogger("pymongoose_uring")
 
-_WebSocketClosed: Any = getattr(_native._pmu, "WebSocketClosed", ConnectionResetError)
+_pmu: Any = _native._pmu
+_WebSocketClosed: Any = getattr(_pmu, "WebSocketClosed", ConnectionResetError)
+# The binding's connection events (the engine's enum pmu_conn_event_type).
+_CONN_OPEN = getattr(_pmu, "CONN_OPEN", 0)
+_CONN_DATA = getattr(_pmu, "CONN_DATA", 1)
+_CONN_READ = getattr(_pmu, "CONN_READ", 2)
+_CONN_SENT = getattr(_pmu, "CONN_SENT", 3)
+_CONN_DRAIN = getattr(_pmu, "CONN_DRAIN", 4)
+_CONN_CLOSE = getattr(_pmu, "CONN_CLOSE", 5)
+_ConnectionClosedError: Any = getattr(_pmu, "ConnectionClosed", _WebSocketClosed)
+# Bytes unsent above which is_full is true (the engine's conn_send_high_water
+# default, unless the Manager's options set it).
+_DEFAULT_HIGH_WATER = 1 << 20
 
 
 class ConnectionClosed(OSError, RuntimeError):
-    """ws_send() on a WebSocket that is closing or closed. A RuntimeError, as
-    pymongoose raises for a closed connection, and an OSError."""
+    """send()/ws_send() on a connection that is closing or closed. A
+    RuntimeError, as pymongoose raises for a closed connection, and an OSError."""
 
 
 class WsMessage:
@@ -204,119 +242,110 @@ class WsMessage:
 
 
 def _address(addr: Union[Tuple[str, int], str, None]) -> Optional[Tuple[str, int, bool]]:
+    """pymongoose's address triple (ip, port, is_ipv6); None for a Unix socket."""
     if isinstance(addr, tuple):
         return (addr[0], addr[1], ":" in addr[0])
     return None
 
 
-class HttpMessage:
-    """The request, as pymongoose's ``data`` for ``MG_EV_HTTP_MSG``."""
-
-    __slots__ = ("_request",)
-
-    def __init__(self, request: Request) -> None:
-        self._request = request
-
-    @property
-    def method(self) -> str:
-        return self._request.method
-
-    @property
-    def uri(self) -> str:
-        """The path as sent, without the query."""
-        return self._request.raw_path
-
-    @property
-    def query(self) -> str:
-        """The raw query string, without '?'."""
-        return self._request.query_string
-
-    @property
-    def proto(self) -> str:
-        return "HTTP/" + self._request.http_version
-
-    @property
-    def body_bytes(self) -> bytes:
-        return self._request.body
-
-    @property
-    def body_text(self) -> str:
-        return self._request.text
-
-    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
-        """First value of header ``name`` (case-insensitive), else default."""
-        return self._request.header(name, default)
-
-    def headers(self) -> List[Tuple[str, str]]:
-        """Every header as (name, value), in order received."""
-        return self._request.headers.multi_items()
-
-    def query_var(self, name: str) -> Optional[str]:
-        """A query parameter, percent-decoded; None when absent."""
-        return self._request.query.get(name)
-
-    def status(self) -> Optional[int]:
-        """A response's status; None for requests."""
-        return None
-
-    def header_var(self, header_name: str, var_name: str) -> Optional[str]:
-        """A ``var=value`` item of a header, e.g. charset of Content-Type."""
-        value = self._request.header(header_name)
-        if value is None:
-            return None
-        for part in value.split(";"):
-            k, sep, v = part.strip().partition("=")
-            if sep and k.strip().lower() == var_name.lower():
-                return v.strip().strip('"')
-        return None
-
-    def __bool__(self) -> bool:
-        return True
-
-    def __repr__(self) -> str:
-        return f"<HttpMessage {self._request!r}>"
+# pymongoose's HttpMessage, the ``data`` of ``MG_EV_HTTP_HDRS`` and
+# ``MG_EV_HTTP_MSG``: binding/mgcompat.c's MgHttpMessage over the engine's Request
+# (method, uri, query, proto, body_bytes, body_text, header(), headers(),
+# query_var() and header_var() as Mongoose's mg_http_* functions answer, text as
+# UTF-8 with surrogateescape; ``HttpMessage()`` is the empty message). One of the
+# hot path's three pieces, with Connection.reply (MgConnection.reply) and the
+# request dispatcher (MgDispatcher).
+HttpMessage = _MgHttpMessage
 
 
-class Connection:
-    """pymongoose's ``conn``: a listener, or the connection a request came on.
+def _request_bytes(request: Request) -> bytes:
+    """The request as it came in (request line, headers, body): what Mongoose's
+    receive buffer holds while MG_EV_HTTP_MSG runs."""
+    head = [f"{request.method} {request.target} HTTP/{request.http_version}".encode("latin-1")]
+    head += [f"{name}: {value}".encode("latin-1") for name, value in request.headers.multi_items()]
+    return b"\r\n".join(head) + b"\r\n\r\n" + request.body
 
-    ``reply()`` answers the request the handler was called for; keep the
-    object to answer later, from any thread.
+
+def _reply_bytes(status: int, body: bytes, headers: Dict[str, str]) -> bytes:
+    """A response as Mongoose's mg_http_reply writes it."""
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head = f"HTTP/1.1 {status} {_pmu.status_reason(status)}\r\n{lines}"
+    return head.encode("utf-8") + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def _as_payload(data: Union[bytes, bytearray, memoryview, str, None]) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    return bytes(data) if data is not None else b""
+
+
+def _is_chunked(headers: Dict[str, str]) -> bool:
+    for k, v in headers.items():
+        if k.lower() == "transfer-encoding" and "chunked" in str(v).lower():
+            return True
+    return False
+
+
+_NOT_PROVIDED = "not provided by pymongoose_uring (see the README's compatibility table)"
+
+
+class Connection(_MgConnection):
+    """pymongoose's ``conn``: a listener, or one accepted connection, the same
+    object for every event of that connection's life.
+
+    State (what the per-request dispatcher and ``reply`` use): ``_conn`` the
+    engine's ``_pmu.Connection`` (None for a listener), ``_request`` the request
+    being answered (None once answered; a pipelined request arriving while it
+    is unanswered takes its place), ``_close_after`` drain() was called, ``_stream`` a chunked answer begun
+    by ``reply(..., {"Transfer-Encoding": "chunked"})``, ``_handler`` the
+    handler of this connection (the listener's, else the Manager's, copied at
+    accept as Mongoose copies ``fn``; ``set_handler`` changes it).
     """
 
+    # _handler, _request, _conn, userdata and _close_after are MgConnection's C
+    # slots (binding/mgcompat.c), which its reply() and MgDispatcher use.
     __slots__ = (
-        "_request",
         "_manager",
-        "_handler",
-        "_listen_addr",
-        "_server",
-        "userdata",
-        "_close_after",
-        "_ws",
+        "_id",
+        "_stream",
+        "_held",
         "_gone",
+        "_ws",
+        "_recv",
+        "_server",
+        "_listen_addr",
+        "_listening",
+        "__weakref__",
     )
 
     def __init__(
         self,
         manager: "Manager",
         handler: Optional[EventHandler] = None,
-        request: Optional[Request] = None,
+        conn: Any = None,
     ) -> None:
         self._manager = manager
         self._handler = handler
-        self._request = request
-        self._listen_addr: Optional[Tuple[str, int, bool]] = None
-        self._server: Optional[Server] = None
-        self.userdata: Any = None
+        self._request = None
+        self._conn = conn  # the engine's _pmu.Connection
+        self.userdata = None
+        self._id = next(manager._ids)
+        self._stream: Optional[Request] = None
+        self._held: Optional[Request] = None  # answered by raw sends, kept unanswered
         self._close_after = False
-        self._ws: Any = None  # the _pmu.WebSocket after ws_upgrade()
         self._gone = False  # MG_EV_CLOSE was delivered
+        self._ws: Any = None  # the _pmu.WebSocket after ws_upgrade()
+        self._recv: Optional[bytes] = None  # the bytes of the current MG_EV_READ
+        self._server: Optional[Server] = None
+        self._listen_addr: Optional[Tuple[str, int, bool]] = None
+        self._listening = False
 
     # -- pymongoose properties ---------------------------------------------
 
     @property
     def id(self) -> int:
-        return self._request.conn_id if self._request is not None else 0
+        """Mongoose's connection id (0 once closed, as pymongoose gives)."""
+        return 0 if self._gone else self._id
 
     @property
     def handler(self) -> Optional[EventHandler]:
@@ -327,12 +356,18 @@ class Connection:
 
     @property
     def is_listening(self) -> bool:
-        return self._request is None
+        return self._listening and not self._gone
 
     @property
     def is_closing(self) -> bool:
-        ws = self._ws
-        return self._close_after or (ws is not None and ws.closed)
+        if self._gone:
+            return True
+        conn, ws = self._conn, self._ws
+        if ws is not None and ws.closed:
+            return True
+        if self._listening:
+            return self._server is None
+        return conn is not None and conn.closed
 
     @property
     def is_client(self) -> bool:
@@ -351,53 +386,243 @@ class Connection:
         return self._ws is not None
 
     @property
+    def is_readable(self) -> bool:
+        """Received bytes are waiting for the handler (an MG_EV_READ or a
+        request being delivered)."""
+        return not self._gone and (bool(self._recv) or self._request is not None)
+
+    @property
+    def is_writable(self) -> bool:
+        """The connection takes more output without going over its high water."""
+        return not self._gone and not self.is_closing and not self._listening and not self.is_full
+
+    @property
+    def is_full(self) -> bool:
+        """More than the high-water mark of output is unsent (the engine stops
+        reading such a connection until it drains)."""
+        return self.send_len > self._manager._high_water
+
+    @property
+    def is_draining(self) -> bool:
+        return self._close_after and not self._gone
+
+    @property
     def local_addr(self) -> Optional[Tuple[str, int, bool]]:
-        if self._request is None:
+        if self._gone:
+            return None
+        if self._listening:
             return self._listen_addr
-        return _address(self._request.server)
+        return _address(self._conn.local) if self._conn is not None else None
 
     @property
     def remote_addr(self) -> Optional[Tuple[str, int, bool]]:
-        if self._request is None:
+        if self._gone or self._conn is None:
             return None
-        return _address(self._request.client)
+        return _address(self._conn.peer)
 
-    # -- replying ----------------------------------------------------------
+    # -- buffers -------------------------------------------------------------
 
-    def reply(
+    def _received(self) -> bytes:
+        if self._gone:
+            return b""
+        recv = self._recv
+        if recv is not None:
+            return recv
+        request = self._request
+        return _request_bytes(request) if request is not None else b""
+
+    @property
+    def recv_len(self) -> int:
+        """Bytes in recv_data()."""
+        return len(self._received())
+
+    @property
+    def recv_size(self) -> int:
+        return len(self._received())
+
+    @property
+    def send_len(self) -> int:
+        """Bytes queued on the connection and not yet on the wire."""
+        conn = self._conn
+        return conn.unsent if conn is not None and not self._gone else 0
+
+    @property
+    def send_size(self) -> int:
+        return self.send_len
+
+    def recv_data(self, length: int = -1) -> bytes:
+        """The received bytes the handler is being given: those of the current
+        MG_EV_READ, or the request of the current MG_EV_HTTP_MSG (first
+        ``length`` bytes; all when negative)."""
+        data = self._received()
+        return data if length < 0 else data[:length]
+
+    def send_data(self, length: int = -1) -> bytes:
+        """Always b"": the engine keeps no copy of queued output to show
+        (``send_len`` counts it)."""
+        return b""
+
+    # -- sending -------------------------------------------------------------
+
+    def _take_request(self) -> Optional[Request]:
+        """The unanswered request, now taken to be answered."""
+        request, self._request = self._request, None
+        return request
+
+    def _answered(self) -> None:
+        """After an answer was given: drain() closes once nothing is pending."""
+        if self._close_after and self._request is None and self._stream is None:
+            if self._conn is not None:
+                self._close_conn(False)
+
+    def _close_conn(self, now: bool) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            conn.close(now)
+        except OSError:
+            pass  # closing or closed already
+
+    # reply(status_code, body=b"", headers=None) is MgConnection.reply (C): an
+    # HTTP response as pymongoose's ``mg_http_reply``: a str body UTF-8 encoded,
+    # sent whole by length (NUL bytes included); ``headers`` None sends
+    # ``Content-Type: text/plain``, a dict sends those headers. It answers the
+    # request being handled (sent when the handler returns, as Mongoose sends).
+    # With ``Transfer-Encoding: chunked`` among the headers, or with no request
+    # unanswered, it calls _reply_slow below.
+
+    def _reply_slow(
         self,
         status_code: int,
         body: Union[bytes, bytearray, memoryview, str, None] = b"",
         headers: Optional[Dict[str, str]] = None,
     ) -> None:
-        """Send the HTTP response: status, body (str is sent UTF-8 encoded,
-        NUL bytes included), headers as a dict. No Content-Type is added."""
-        request = self._request
-        if request is None:
-            raise RuntimeError("reply() on a listening connection")
-        if body is None:
-            body = b""
-        if self._close_after:
-            headers = dict(headers or {})
+        """reply()'s other cases: with ``Transfer-Encoding: chunked`` among the
+        headers, begin a chunked answer that ``http_chunk()`` and ``http_sse()``
+        continue and ``http_chunk("")`` ends; with no request unanswered (a
+        second reply, a plain TCP connection) send the response's bytes as they
+        are."""
+        if headers is None:
+            headers = {"Content-Type": "text/plain"}
+        payload = body if type(body) is bytes else _as_payload(body)
+        if self._close_after:  # drain() first: the engine closes after this answer
+            headers = dict(headers)
             headers["Connection"] = "close"
-        request.reply(Response(body, status_code, headers, None))
+        request = self._take_request()
+        if request is None:
+            if self._listening:
+                raise RuntimeError("reply() on a listening connection")
+            self._send(_reply_bytes(status_code, payload, headers))
+            return
+        if _is_chunked(headers):
+            request.start(
+                status_code,
+                [(k, v) for k, v in headers.items() if k.lower() != "transfer-encoding"],
+            )
+            self._stream = request
+            if payload:
+                request.write(payload, False)
+            return
+        request.reply(Response(payload, status_code, headers, None))
+
+    def send(self, data: Union[bytes, bytearray, memoryview, str]) -> None:
+        """Send raw bytes. On an HTTP connection with a request unanswered they
+        are its answer, as written (the handler writes the status line, headers
+        and framing); later sends follow them on the connection."""
+        payload = _as_payload(data)
+        request = self._take_request()
+        if request is not None:
+            if request.keep_alive:
+                request.reply_raw(payload)
+                if self._close_after:
+                    self._answered()
+                return
+            # The client asked for this answer to be the last (Connection: close,
+            # HTTP/1.0): answered, the connection would close at once, and the
+            # sends that follow (SSE events, chunks) would find it closed. As
+            # Mongoose, keep it open: the request stays unanswered (held here; the
+            # engine releases it when the connection closes) and the bytes go raw.
+            self._held = request
+        self._send(payload)
+
+    def _send(self, payload: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            if self._listening:
+                raise RuntimeError("send() on a listening connection")
+            raise ConnectionClosed("the connection is closed")
+        if self._ws is not None:
+            raise RuntimeError("send() on a WebSocket: use ws_send()")
+        try:
+            conn.send(payload)
+        except _ConnectionClosedError as exc:
+            raise ConnectionClosed(*exc.args) from None
+
+    def http_chunk(self, data: Union[bytes, bytearray, memoryview, str]) -> None:
+        """One piece of a chunked answer; empty data ends it. After
+        ``reply(..., headers={"Transfer-Encoding": "chunked"})`` the engine
+        frames the pieces; after a head written with ``send()``, the chunk is
+        framed here, as Mongoose's mg_http_write_chunk does."""
+        payload = _as_payload(data)
+        stream = self._stream
+        if stream is not None:
+            if payload:
+                stream.write(payload, False)
+                return
+            self._stream = None
+            stream.end()
+            if self._close_after:
+                self._answered()
+            return
+        self._send(b"%x\r\n" % len(payload) + payload + b"\r\n")
+
+    def http_sse(self, event_type: str, data: str) -> None:
+        """A Server-Sent Event (``event: <type>\\ndata: <data>\\n\\n``) as one chunk."""
+        self.http_chunk(
+            b"event: " + event_type.encode("utf-8") + b"\ndata: " + data.encode("utf-8") + b"\n\n"
+        )
+
+    def http_basic_auth(self, username: str, password: str) -> None:
+        """Send an ``Authorization: Basic`` header line, as Mongoose's
+        mg_http_bauth writes it (meant for a client's request being written)."""
+        credentials = username.encode("utf-8")
+        if password:
+            credentials += b":" + password.encode("utf-8")
+        self._send(b"Authorization: Basic " + base64.b64encode(credentials) + b"\r\n")
 
     def drain(self) -> None:
-        """Close the connection once the reply is sent (a WebSocket: once what
-        was sent is out, with a close frame)."""
+        """Close once the answer is sent: at once when nothing is left to
+        answer, else after the pending reply (a WebSocket: a close frame, 1000,
+        and close once the client answers it)."""
         self._close_after = True
         if self._ws is not None:
             self._ws.close(1000, "")
+        elif self._listening:
+            self.close()
+        elif self._conn is not None:
+            self._answered()
 
     def close(self) -> None:
-        """Close the connection after the reply (a listener: stop it; a
-        WebSocket: send a close frame, 1000)."""
-        if self._request is None and self._server is not None:
-            self._server.stop()
-            return
-        self._close_after = True
-        if self._ws is not None:
+        """Close: stop reading, and close once what is already queued is on the
+        wire (a listener: stop it; a WebSocket: send a close frame, 1000)."""
+        if self._listening:
+            self._manager._stop_listener(self)
+        elif self._ws is not None:
             self._ws.close(1000, "")
+        elif self._conn is not None:
+            self._close_conn(False)
+
+    def error(self, message: str) -> None:
+        """As Mongoose's mg_error: MG_EV_ERROR (data: the message) to the
+        handler, now, then the connection closes."""
+        self._manager._deliver(self, MG_EV_ERROR, str(message))
+        if self._listening:
+            self._manager._stop_listener(self)
+        elif self._ws is not None:
+            self._ws.close(1011, "")
+        elif self._conn is not None:
+            self._close_conn(False)
 
     # -- WebSocket ---------------------------------------------------------
 
@@ -413,10 +638,12 @@ class Connection:
         if self._ws is not None:
             raise RuntimeError("already a WebSocket connection")
         if not getattr(request, "websocket", False):
+            self._take_request()
             request.reply(Response(b"WS upgrade expected\n", 426, None, None))
             return
         offered = request.header("Sec-WebSocket-Protocol")
         subprotocol = offered.split(",")[0].strip() or None if offered else None
+        self._take_request()
         self._ws = request.accept_websocket(
             subprotocol,
             extra_headers,
@@ -424,9 +651,8 @@ class Connection:
             on_ping=self._ws_ping,
             on_pong=self._ws_pong,
             on_close=self._ws_close,
-            on_disconnect=self._ws_disconnect,
         )
-        self._event(MG_EV_WS_OPEN, message)
+        self._manager._deliver(self, MG_EV_WS_OPEN, message)
 
     def ws_send(self, data: Union[bytes, bytearray, memoryview, str], op: int = 1) -> None:
         """Send a WebSocket message (``WEBSOCKET_OP_TEXT``, the default, or
@@ -454,36 +680,22 @@ class Connection:
         except _WebSocketClosed as exc:
             raise ConnectionClosed(*exc.args) from None
 
-    def _event(self, ev: int, data: Any) -> None:
-        """Call the handler with a WebSocket event; what it raises is logged,
-        as pymongoose prints it, and the connection goes on."""
-        handler = self._handler
-        if handler is None:
-            return
-        try:
-            handler(self, ev, data)
-        except Exception:
-            log.exception("the pymongoose handler raised on event %d", ev)
-
     def _ws_message(self, ws: Any, data: Union[bytes, str]) -> None:
-        self._event(
+        self._manager._post(
+            self,
             MG_EV_WS_MSG,
             WsMessage(data, WEBSOCKET_OP_TEXT if type(data) is str else WEBSOCKET_OP_BINARY),
         )
 
     def _ws_ping(self, ws: Any, data: bytes) -> None:
-        self._event(MG_EV_WS_CTL, WsMessage(data, WEBSOCKET_OP_PING))
+        self._manager._post(self, MG_EV_WS_CTL, WsMessage(data, WEBSOCKET_OP_PING))
 
     def _ws_pong(self, ws: Any, data: bytes) -> None:
-        self._event(MG_EV_WS_CTL, WsMessage(data, WEBSOCKET_OP_PONG))
+        self._manager._post(self, MG_EV_WS_CTL, WsMessage(data, WEBSOCKET_OP_PONG))
 
     def _ws_close(self, ws: Any, code: int, reason: str) -> None:
         payload = b"" if code == 1005 else code.to_bytes(2, "big") + reason.encode("utf-8")
-        self._event(MG_EV_WS_CTL, WsMessage(payload, WEBSOCKET_OP_CLOSE))
-
-    def _ws_disconnect(self, ws: Any, code: int) -> None:
-        self._gone = True  # (the binding drops the callbacks, and so this conn, now)
-        self._event(MG_EV_CLOSE, None)
+        self._manager._post(self, MG_EV_WS_CTL, WsMessage(payload, WEBSOCKET_OP_CLOSE))
 
     # -- files -------------------------------------------------------------
 
@@ -510,6 +722,7 @@ class Connection:
             raise ValueError("HttpMessage is not valid for this event")
         if self._close_after:  # drain() came first: close once the answer is out
             extra_headers += "\r\nConnection: close\r\n"
+        self._take_request()
         mount = self._manager._static_mount(root_dir, extra_headers, mime_types, request.path)
         if mount is not None and request.serve_static(mount):
             return
@@ -522,7 +735,7 @@ class Connection:
                 status=404,
             )
             return
-        self.reply(404, b"Not found\n", headers)
+        request.reply(Response(b"Not found\n", 404, headers, None))
 
     def serve_file(
         self, message: HttpMessage, path: str, extra_headers: str = "", mime_types: str = ""
@@ -536,26 +749,53 @@ class Connection:
             raise ValueError("HttpMessage is not valid for this event")
         if self._close_after:  # drain() came first: close once the answer is out
             extra_headers += "\r\nConnection: close\r\n"
+        self._take_request()
         request.serve_file(
             path,
             content_type=_mime_type(path, mime_types),
             headers=list(_header_lines(extra_headers).items()) or None,
         )
 
+    # -- not provided --------------------------------------------------------
+
     def tls_init(self, opts: "TlsOpts") -> None:
         raise NotImplementedError(
-            "TLS is not provided: serve plain HTTP behind a TLS-terminating proxy"
+            "TLS is " + _NOT_PROVIDED + ": serve plain HTTP behind a TLS-terminating proxy"
         )
 
-    def send(self, data: bytes) -> None:
-        raise NotImplementedError(
-            "raw sends are not supported: use conn.reply() or, on a WebSocket, conn.ws_send()"
-        )
+    def tls_free(self) -> None:
+        raise NotImplementedError("TLS is " + _NOT_PROVIDED)
+
+    def resolve(self, url: str) -> None:
+        raise NotImplementedError("DNS resolution is " + _NOT_PROVIDED)
+
+    def resolve_cancel(self) -> None:
+        raise NotImplementedError("DNS resolution is " + _NOT_PROVIDED)
+
+    def sntp_request(self) -> None:
+        raise NotImplementedError("SNTP is " + _NOT_PROVIDED)
+
+    def mqtt_pub(self, topic: str, message: Any, qos: int = 0, retain: bool = False) -> int:
+        raise NotImplementedError("MQTT is " + _NOT_PROVIDED)
+
+    def mqtt_sub(self, topic: str, qos: int = 0) -> None:
+        raise NotImplementedError("MQTT is " + _NOT_PROVIDED)
+
+    def mqtt_ping(self) -> None:
+        raise NotImplementedError("MQTT is " + _NOT_PROVIDED)
+
+    def mqtt_pong(self) -> None:
+        raise NotImplementedError("MQTT is " + _NOT_PROVIDED)
+
+    def mqtt_disconnect(self) -> None:
+        raise NotImplementedError("MQTT is " + _NOT_PROVIDED)
 
     def __repr__(self) -> str:
-        if self._request is None:
-            return f"<Connection listening on {self._listen_addr}>"
-        return f"<Connection id={self.id} {self._request!r}>"
+        if self._gone:
+            return "<Connection closed>"
+        if self._listening:
+            return f"<Connection id={self._id} listening on {self._listen_addr}>"
+        return f"<Connection id={self._id} readable={self.is_readable} writable={self.is_writable}>"
 
 
 def _mime_type(path: str, mime_types: str) -> Optional[str]:
@@ -685,57 +925,138 @@ class Timer:
         return self.due < other.due
 
 
-def _parse_url(url: str) -> Tuple[str, int]:
-    """'http://0.0.0.0:8000', 'tcp://[::1]:0', ':8000', '8000' -> (host, port)."""
+_TLS_SCHEMES = ("https", "wss", "mqtts", "tls", "ssl", "tcps")
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "mqtt": 1883}
+
+
+def _listen_address(url: str) -> Tuple[str, int]:
+    """'http://0.0.0.0:8000', 'tcp://[::1]:0', ':8000', '8000' -> (host, port).
+    RuntimeError "Failed to listen on '<url>': <why>", as pymongoose raises
+    when Mongoose cannot listen, for a URL that cannot be served."""
     if url.isdigit():
         return "0.0.0.0", int(url)
-    if "://" not in url:
-        url = "http://" + (url if not url.startswith(":") else "0.0.0.0" + url)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "tcp", "ws"):
-        raise ValueError(
-            f"unsupported listen URL {url!r}: only http:// is served (no TLS, UDP or MQTT)"
-        )
-    host = parts.hostname or "0.0.0.0"
+    spec = url if "://" in url else "tcp://" + ("0.0.0.0" + url if url.startswith(":") else url)
+    try:
+        parts = urlsplit(spec)
+        scheme = parts.scheme.lower()
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        raise RuntimeError(f"Failed to listen on '{url}': {exc}") from None
+    if scheme in _TLS_SCHEMES:
+        raise RuntimeError(f"Failed to listen on '{url}': TLS is {_NOT_PROVIDED}")
+    if scheme == "udp":
+        raise RuntimeError(f"Failed to listen on '{url}': UDP is {_NOT_PROVIDED}")
+    if scheme not in ("http", "ws", "tcp", "mqtt"):
+        raise RuntimeError(f"Failed to listen on '{url}': unknown scheme {scheme!r}")
+    if host is None:
+        raise RuntimeError(f"Failed to listen on '{url}': no host")
     if host == "localhost":
         host = "127.0.0.1"
-    port = parts.port if parts.port is not None else 80
-    return host, port
+    return host, port if port is not None else _DEFAULT_PORTS.get(scheme, 0)
+
+
+def _check_port_free(url: str, host: str, port: int) -> None:
+    """RuntimeError when something listens on host:port already. The engine's
+    listeners share a port (SO_REUSEPORT, one per ring thread), so a second
+    listen() on a port in use would succeed there; Mongoose's fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise RuntimeError(f"Failed to listen on '{url}': {exc}") from None
+
+
+def _no_handler(conn: Connection) -> None:
+    """MgDispatcher's resolve(): a connection without a handler has none."""
+    return None
+
+
+def _no_http(request: Request) -> None:  # the handler of a raw server (never called)
+    request.reply(Response(b"", 500, None, None))
 
 
 class Manager:
     """pymongoose's event manager: ``listen()`` starts servers, ``poll()``
-    waits, ``close()`` stops them all. ``server_options`` (``threads``,
-    ``max_body_bytes``, ...) go to every :class:`Server` it starts."""
+    runs timers, wakeups, ``MG_EV_POLL`` (and, with ``handlers_in_poll``,
+    every handler), ``close()`` stops them all.
+
+    ``handlers_in_poll=False`` (the default): handlers run on the engine's
+    ring threads as events happen. ``True``: events are queued and their
+    handlers run inside ``poll()`` on the caller's thread, as pymongoose runs
+    them. ``io_events=True``: ``MG_EV_READ`` on HTTP connections too, and
+    ``MG_EV_WRITE`` after each send (the engine's ``conn_io_events``).
+    ``server_options`` (``threads``, ``max_body_bytes``, ...) go to every
+    :class:`Server` ``listen()`` starts (``shutdown_timeout_ms`` defaults to
+    1000 here, so that ``close()`` does not wait long on unanswered requests).
+    """
 
     def __init__(
         self,
         handler: Optional[EventHandler] = None,
         enable_wakeup: bool = False,
+        *,
+        handlers_in_poll: bool = False,
+        io_events: bool = False,
         **server_options: Any,
     ) -> None:
         self._handler = handler
+        self._wakeup_enabled = bool(enable_wakeup)
+        self._in_poll = bool(handlers_in_poll)
+        self._io_events = bool(io_events)
+        server_options.setdefault("shutdown_timeout_ms", 1000)
         self._options = server_options
+        self._high_water = server_options.get("conn_send_high_water") or _DEFAULT_HIGH_WATER
+        # The request handler of every HTTP listener (ring-thread mode): a C loop
+        # doing what _http_event does (binding/mgcompat.c). A connection whose
+        # _handler is None gets 404, as _http_event answers.
+        self._mg_dispatch = _pmu.MgDispatcher(_no_handler)
+        self._ids = itertools.count(1)
+        if enable_wakeup:
+            next(self._ids)  # Mongoose's wakeup pipe is a connection: it takes an id
+        self._conns: Dict[int, Connection] = {}  # live connections by id, listeners too
         self._listeners: List[Connection] = []
         self._closed = False
+        # Work for the poll() thread: (fn, a, b, c) -> fn(a, b, c)
+        self._queue: Deque[Tuple[Callable[[Any, Any, Any], None], Any, Any, Any]] = (
+            collections.deque()
+        )
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting = False
         self._timers: List[Timer] = []  # a heap by due time
         self._timers_lock = threading.Lock()
         # serve_dir's engine mounts by (root_dir, extra_headers, mime_types)
         self._mounts: Dict[Tuple[str, str, str], List[Tuple[str, Any]]] = {}
 
+    # -- listening -----------------------------------------------------------
+
     def listen(
         self, url: str, handler: Optional[EventHandler] = None, *, http: bool = False
     ) -> Connection:
-        """Listen on ``url`` and start serving at once. ``http=True`` is
-        required (only HTTP is served). Returns the listening Connection;
-        its ``local_addr`` gives the port bound (useful with port 0)."""
+        """Listen on ``url`` and start serving at once: HTTP with
+        ``http=True``, else a plain TCP server (MG_EV_READ, ``recv_data()``,
+        ``send()``). Returns the listening Connection (its ``local_addr`` gives
+        the port bound, useful with port 0); ``handler`` handles it and the
+        connections it accepts. RuntimeError "Failed to listen on ..." when it
+        cannot."""
         if self._closed:
             raise RuntimeError("Manager has been freed")
-        if not http:
-            raise ValueError("only HTTP listeners are supported: call listen(url, http=True)")
-        host, port = _parse_url(url)
         listener = Connection(self, handler)
-        server = Server(self._dispatcher(listener), host, port, **self._options)
+        listener._listening = True
+        host, port = _listen_address(url)
+        options = dict(self._options)
+        options["connection_handler"] = self._connection_events(listener)
+        if self._io_events:
+            options["conn_io_events"] = True
+        if port:
+            _check_port_free(url, host, port)
+        if http:
+            dispatch = self._dispatch if self._in_poll else self._mg_dispatch
+            server = Server(dispatch, host, port, **options)
+        else:
+            server = Server(_no_http, host, port, raw=True, **options)
         try:
             server.start()
         except OSError as exc:
@@ -743,20 +1064,147 @@ class Manager:
         listener._server = server
         listener._listen_addr = (host, server.port, ":" in host)
         self._listeners.append(listener)
+        self._conns[listener._id] = listener
+        self._deliver(listener, MG_EV_OPEN, None)
         return listener
 
-    def _dispatcher(self, listener: Connection) -> Callable[[Request], None]:
-        manager = self
+    def _stop_listener(self, listener: Connection) -> None:
+        """Stop a listener's server (its connections close), then MG_EV_CLOSE."""
+        server, listener._server = listener._server, None
+        if server is None:
+            return
+        try:
+            server.stop()
+        finally:
+            self._post(listener, MG_EV_CLOSE, None, self._closed_event)
 
-        def dispatch(request: Request) -> None:
-            handler = listener._handler or manager._handler
-            if handler is None:
-                request.reply(Response.text("Not Found", 404))
+    # -- events --------------------------------------------------------------
+
+    def _deliver(self, conn: Connection, ev: int, data: Any) -> None:
+        """Call conn's handler (a listener's: its own, else the Manager's);
+        what it raises is logged, as pymongoose prints it, and the connection
+        goes on."""
+        handler = conn._handler
+        if handler is None and conn._listening:
+            handler = self._handler
+        if handler is None:
+            return
+        try:
+            handler(conn, ev, data)
+        except Exception:
+            log.exception("the pymongoose handler raised on event %d", ev)
+
+    def _post(
+        self,
+        conn: Connection,
+        a: Any,
+        b: Any,
+        fn: Optional[Callable[[Any, Any, Any], None]] = None,
+    ) -> None:
+        """fn(conn, a, b) (by default: deliver event a with data b) now, or on
+        the poll() thread with handlers_in_poll."""
+        if fn is None:
+            fn = self._deliver
+        if self._in_poll:
+            self._queue.append((fn, conn, a, b))
+            if self._waiting:
+                with self._cond:
+                    self._cond.notify()
+        else:
+            fn(conn, a, b)
+
+    def _connection_events(self, listener: Connection) -> Callable[[Any, int, Any], None]:
+        """The engine's connection_handler for one listener's server."""
+        post = self._post
+
+        def on_event(pconn: Any, ev: int, data: Any) -> None:
+            if ev == _CONN_OPEN:
+                conn = Connection(self, listener._handler or self._handler, pconn)
+                pconn.user = conn
+                post(conn, None, None, self._opened_event)
                 return
-            conn = Connection(manager, handler, request)
-            handler(conn, MG_EV_HTTP_MSG, HttpMessage(request))
+            conn = pconn.user
+            if conn is None:
+                return
+            if ev == _CONN_DATA or ev == _CONN_READ:
+                post(conn, data, None, self._read_event)
+            elif ev == _CONN_SENT:
+                post(conn, MG_EV_WRITE, None)
+            elif ev == _CONN_CLOSE:
+                post(conn, MG_EV_CLOSE, data, self._closed_event)
 
-        return dispatch
+        return on_event
+
+    def _opened_event(self, conn: Connection, _a: Any, _b: Any) -> None:
+        # Live (for MG_EV_POLL and wakeups) from its MG_EV_OPEN on, not before.
+        self._conns[conn._id] = conn
+        self._deliver(conn, MG_EV_OPEN, None)
+        self._deliver(conn, MG_EV_ACCEPT, None)
+
+    def _read_event(self, conn: Connection, data: bytes, _: Any) -> None:
+        conn._recv = data
+        try:
+            self._deliver(conn, MG_EV_READ, None)
+        finally:
+            conn._recv = None
+
+    def _closed_event(self, conn: Connection, ev: int, err: Any) -> None:
+        if conn._gone:
+            return
+        self._deliver(conn, MG_EV_CLOSE, None)
+        conn._gone = True
+        self._conns.pop(conn._id, None)
+        conn._request = conn._stream = conn._held = None
+        pconn = conn._conn
+        if pconn is not None:
+            pconn.user = None  # (the binding may release the handle now)
+
+    def _dispatch(self, request: Request) -> None:
+        """The request handler of every HTTP listener's server with
+        handlers_in_poll (the ring-thread mode uses _mg_dispatch)."""
+        pconn = request.connection
+        conn = pconn.user if pconn is not None else None
+        if conn is None:  # (cannot happen: OPEN comes first)
+            request.reply(Response(b"Not Found", 404, None, None))
+            return
+        if self._in_poll:
+            self._post(conn, request, None, self._poll_http_event)
+        else:
+            self._http_event(conn, request, None)
+
+    def _poll_http_event(self, conn: Connection, request: Request, _: Any) -> None:
+        """A request queued for poll(): MgDispatcher runs it (the C hot path, as
+        on the ring threads) while its connection is open; else the Python path."""
+        if request.connection is not None:
+            self._mg_dispatch(request)
+        else:
+            self._http_event(conn, request, None)
+
+    def _http_event(self, conn: Connection, request: Request, _: Any) -> None:
+        """MG_EV_HTTP_HDRS then MG_EV_HTTP_MSG for one request: the hot path."""
+        conn._request = request  # (one still unanswered is dropped: 500 unless kept)
+        handler = conn._handler
+        if handler is None:
+            conn._take_request()
+            request.reply(Response(b"Not Found", 404, None, None))
+            return
+        message = HttpMessage(request)
+        try:
+            handler(conn, MG_EV_HTTP_HDRS, message)
+            handler(conn, MG_EV_HTTP_MSG, message)
+        except Exception:
+            log.exception(
+                "the pymongoose handler raised on %s %s; sent 500", request.method, request.target
+            )
+            if not request.answered:
+                if conn._request is request:
+                    conn._request = None
+                try:
+                    request.reply(Response(b"Internal Server Error", 500, None, None))
+                except RuntimeError:
+                    pass
+
+    # -- serve_dir's mounts --------------------------------------------------
 
     def _static_mount(self, root_dir: str, extra_headers: str, mime_types: str, path: str) -> Any:
         """The engine mount (a ``StaticMount``, fallthrough so that a miss comes
@@ -770,7 +1218,7 @@ class Manager:
             complete = True
             for prefix, directory in _root_entries(root_dir):
                 try:
-                    mount = _native._pmu.StaticMount(
+                    mount = _pmu.StaticMount(
                         prefix,
                         directory,
                         headers=headers,
@@ -790,24 +1238,52 @@ class Manager:
                 return mount
         return None
 
+    # -- polling -------------------------------------------------------------
+
     def poll(self, timeout_ms: int = 0) -> None:
-        """Wait up to ``timeout_ms`` ms, running the timers that fall due
-        (requests and WebSocket events are served meanwhile, and all the
-        time). Ctrl-C raises KeyboardInterrupt here."""
+        """Wait up to ``timeout_ms`` ms, running the timers that fall due and
+        the queued events (wakeups; with handlers_in_poll, every event): it
+        returns once a batch of them ran, as mg_mgr_poll returns after I/O.
+        Then MG_EV_POLL to every live connection, listeners included. Ctrl-C
+        raises KeyboardInterrupt here."""
         if self._closed:
             raise RuntimeError("Manager has been freed")
         end = time.monotonic() + max(timeout_ms, 0) / 1000.0
         while True:
+            self._run_timers(time.monotonic())
+            if self._queue:
+                self._run_queue()
+                break
             now = time.monotonic()
-            self._run_timers(now)
+            if now >= end:
+                break
             with self._timers_lock:
                 next_due = self._timers[0].due if self._timers else end
-            wait = min(end, next_due) - now
-            if wait > 0:
-                time.sleep(wait)
-            if time.monotonic() >= end:
-                self._run_timers(time.monotonic())
+            self._wait(min(end, next_due) - now)
+        for conn in list(self._conns.values()):
+            if not conn._gone:
+                self._deliver(conn, MG_EV_POLL, None)
+
+    def _wait(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with self._cond:
+            if self._queue:
                 return
+            self._waiting = True
+            try:
+                self._cond.wait(seconds)
+            finally:
+                self._waiting = False
+
+    def _run_queue(self) -> None:
+        queue = self._queue
+        for _ in range(len(queue)):
+            try:
+                fn, a, b, c = queue.popleft()
+            except IndexError:
+                return
+            fn(a, b, c)
 
     def timer_add(
         self,
@@ -845,20 +1321,66 @@ class Manager:
             except Exception:
                 log.exception("a pymongoose timer callback raised")
 
-    def wakeup(self, connection_id: int, data: bytes = b"") -> bool:
-        raise NotImplementedError(
-            "wakeup is not supported: keep conn and call conn.reply() from any thread"
-        )
+    def wakeup(
+        self, connection_id: int, data: Union[bytes, bytearray, memoryview, str] = b""
+    ) -> bool:
+        """MG_EV_WAKEUP (data: these bytes) to the connection with this id,
+        inside the next poll(), from any thread. True once queued (whether or
+        not the id is live, as Mongoose answers); False without
+        ``Manager(enable_wakeup=True)`` or for id 0."""
+        if self._closed:
+            raise RuntimeError("Manager has been freed")
+        if not self._wakeup_enabled or connection_id <= 0:
+            return False
+        self._queue.append((self._wakeup_event, connection_id, _as_payload(data), None))
+        if self._waiting:
+            with self._cond:
+                self._cond.notify()
+        return True
+
+    def _wakeup_event(self, connection_id: int, data: bytes, _: Any) -> None:
+        conn = self._conns.get(connection_id)
+        if conn is not None and not conn._gone:
+            self._deliver(conn, MG_EV_WAKEUP, data)
+
+    # -- not provided --------------------------------------------------------
+
+    def connect(
+        self, url: str, handler: Optional[EventHandler] = None, *, http: bool = False
+    ) -> Connection:
+        raise NotImplementedError("outbound connections are " + _NOT_PROVIDED)
+
+    def mqtt_connect(
+        self, url: str, handler: Optional[EventHandler] = None, **kw: Any
+    ) -> Connection:
+        raise NotImplementedError("MQTT is " + _NOT_PROVIDED)
+
+    def mqtt_listen(self, url: str, handler: Optional[EventHandler] = None) -> Connection:
+        raise NotImplementedError("MQTT is " + _NOT_PROVIDED)
+
+    def sntp_connect(self, url: str, handler: Optional[EventHandler] = None) -> Connection:
+        raise NotImplementedError("SNTP is " + _NOT_PROVIDED)
+
+    # -- closing -------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop every listener gracefully and release the servers."""
-        self._closed = True
+        """Stop every listener (their connections close: MG_EV_CLOSE to each,
+        then to the listener) and free the Manager; a second call does nothing."""
+        if self._closed:
+            return
         with self._timers_lock:
             self._timers.clear()
         listeners, self._listeners = self._listeners, []
-        for listener in listeners:
-            if listener._server is not None:
-                listener._server.stop()
+        try:
+            for listener in listeners:
+                self._stop_listener(listener)
+        finally:
+            self._run_queue()
+            self._closed = True
+            self._queue.clear()
+            for conn in list(self._conns.values()):
+                conn._gone = True
+            self._conns.clear()
 
     def __enter__(self) -> "Manager":
         return self

@@ -74,6 +74,11 @@ KNOBS = {
     "file_cache_entries": int,
     "file_cache_valid_ms": int,
     "max_ranges": int,
+    "raw": flag,
+    "conn_io_events": flag,
+    "conn_send_high_water": int,
+    "conn_send_limit": int,
+    "raw_idle_timeout_ms": int,
 }
 
 

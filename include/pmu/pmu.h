@@ -315,6 +315,58 @@ typedef struct pmu_ws_event {
 typedef void (*pmu_ws_handler_fn)(void *handler_data, const pmu_ws_event_t *events, size_t count);
 
 /*
+ * Connection events and raw byte streams.
+ *
+ * With config.conn_handler set, every accepted connection (HTTP or raw) gets a
+ * handle, pmu_conn_t, and its life is told to the handler as events: OPEN
+ * first, CLOSE last, and in raw mode (config.raw) the bytes received (DATA).
+ * pmu_conn_send() writes bytes on any connection, pmu_conn_close() closes it,
+ * from any thread, through the same queue as deferred answers. With
+ * conn_handler NULL the engine makes no handle and delivers nothing: it costs
+ * nothing. Connections refused over max_connections get no handle.
+ */
+typedef struct pmu_conn pmu_conn_t; /* one accepted connection, as config.conn_handler sees it */
+
+enum pmu_conn_event_type {
+  PMU_CONN_EV_OPEN,  /* a connection was accepted (HTTP or raw). First event of a handle. */
+  PMU_CONN_EV_DATA,  /* raw mode only: bytes arrived; data/len valid only during the call */
+  PMU_CONN_EV_READ,  /* only with config.conn_io_events, HTTP connections: len bytes were
+                        received (data/len: those bytes, valid during the call) */
+  PMU_CONN_EV_SENT,  /* only with config.conn_io_events (HTTP and raw): len bytes reached the
+                        socket (one event per completed send) */
+  PMU_CONN_EV_DRAIN, /* unsent bytes fell to half of conn_send_high_water after a
+                        pmu_conn_send() that returned 1 */
+  PMU_CONN_EV_CLOSE, /* always the last event of a handle: the connection is closed (err: 0
+                        for an orderly end, else a positive errno: ECONNRESET and the like for
+                        a socket error, ETIMEDOUT for a timeout (raw_idle_timeout_ms, the HTTP
+                        timeouts), ENOBUFS over conn_send_limit, ENOMEM). After it the handler
+                        calls pmu_conn_release() once (any thread) */
+};
+
+typedef struct pmu_conn_event {
+  pmu_conn_t *conn;
+  uint8_t type;     /* enum pmu_conn_event_type */
+  int err;          /* CLOSE */
+  const char *data; /* DATA, READ: valid only during the handler call */
+  size_t len;       /* DATA, READ, SENT */
+} pmu_conn_event_t;
+
+/*
+ * config.conn_handler (optional; NULL costs nothing anywhere): called on the
+ * worker thread with the connection events of one pass over its completions,
+ * at most config.batch_max per call. Per connection the order is: OPEN, then
+ * (its requests to config.handler / its WebSocket events to ws_handler / DATA,
+ * READ, SENT, DRAIN in the order they happened), then CLOSE. So OPEN events
+ * are delivered before the request batch of the pass in which the
+ * connection's first request completes, and CLOSE after the request and
+ * WebSocket batches of the pass. A WebSocket connection gets its
+ * PMU_WS_EV_GONE before its PMU_CONN_EV_CLOSE. DATA and READ point into the
+ * engine's receive buffers (no copy): keep what you need.
+ */
+typedef void (*pmu_conn_handler_fn)(void *handler_data, const pmu_conn_event_t *events,
+                                    size_t count);
+
+/*
  * Every knob of the engine, declared once.
  *
  * PMU_CONFIG_KNOBS(X) calls X(type, name, default, unit, min, max, doc) for
@@ -463,7 +515,18 @@ typedef void (*pmu_ws_handler_fn)(void *handler_data, const pmu_ws_event_t *even
   X(UINT, file_cache_valid_ms, 1000, "ms", 0, UINT_MAX,                                       \
     "a cached file is checked again (reopened when changed) after this")                     \
   X(UINT, max_ranges, 100, "ranges", 0, UINT_MAX,                                             \
-    "a Range header with more ranges is ignored (200, the whole file); 0: Range ignored")
+    "a Range header with more ranges is ignored (200, the whole file); 0: Range ignored")     \
+  /* Connection events and raw byte streams (config.conn_handler, pmu_conn_t) */              \
+  X(BOOL, raw, 0, "", 0, 1,                                                                   \
+    "no HTTP: every connection is a byte stream for conn_handler (PMU_CONN_EV_DATA)")        \
+  X(BOOL, conn_io_events, 0, "", 0, 1, "PMU_CONN_EV_READ and PMU_CONN_EV_SENT to conn_handler") \
+  X(SIZE, conn_send_high_water, (size_t)1 << 20, "bytes", 0, SIZE_MAX,                        \
+    "unsent bytes of a connection beyond which pmu_conn_send returns 1 (and DRAIN follows)") \
+  X(SIZE, conn_send_limit, (size_t)32 << 20, "bytes", 0, SIZE_MAX,                            \
+    "unsent bytes pmu_conn_send may leave on a connection; beyond: dropped and the "        \
+    "connection closed (0: no limit)")                                                       \
+  X(UINT, raw_idle_timeout_ms, 0, "ms", 0, UINT_MAX,                                          \
+    "a raw connection with nothing received or sent this long is closed (0: off)")
 /* clang-format on */
 
 /* The C type of each knob type of PMU_CONFIG_KNOBS. */
@@ -482,7 +545,7 @@ typedef void (*pmu_ws_handler_fn)(void *handler_data, const pmu_ws_event_t *even
 typedef struct pmu_config {
   PMU_CONFIG_KNOBS(PMU_KNOB_FIELD)
 
-  pmu_batch_handler_fn handler; /* required */
+  pmu_batch_handler_fn handler; /* required (unless config.raw) */
   void *handler_data;
   pmu_thread_fn on_thread_start; /* optional */
   pmu_thread_fn on_thread_stop;  /* optional */
@@ -491,6 +554,9 @@ typedef struct pmu_config {
   pmu_body_fn on_body;           /* optional: see body_stream_threshold */
   pmu_log_fn log;                /* pmu_log_stderr; NULL: silent. See pmu_log_fn */
   pmu_ws_handler_fn ws_handler;  /* optional: WebSocket events; see pmu_ws_accept */
+  /* optional: connection events and raw streams (see pmu_conn_t); required by
+   * config.raw, which makes handler optional */
+  pmu_conn_handler_fn conn_handler;
   /* Directories the engine serves itself on its ring threads, before the handler
    * sees the request (no handler call per request): see pmu_static_t. The longest
    * matching prefix wins. Copied at pmu_server_start (strings too); a root that
@@ -733,6 +799,74 @@ unsigned pmu_ws_thread(const pmu_ws_t *ws);
  * come). Exactly once, from any thread, also after pmu_server_destroy(). */
 void pmu_ws_release(pmu_ws_t *ws);
 
+/*
+ * Raw bytes on the connection, after everything already queued on it
+ * (responses, earlier sends), from any thread; calls from one thread keep
+ * their order with each other and with pmu_respond*() on that connection's
+ * requests. On an HTTP connection the bytes go out verbatim between responses:
+ * after the answers given so far, before the answers to requests not answered
+ * yet (a handler that writes its own HTTP takes the framing on itself). The
+ * data is copied unless release is given: then it is kept until sent and
+ * release(ctx) is called once on the worker thread (on the calling thread if
+ * the call fails at once). Returns 0; 1 when more than conn_send_high_water
+ * bytes are now unsent (PMU_CONN_EV_DRAIN follows when they fall to half);
+ * -EPIPE closing or closed; -EINVAL a WebSocket connection (use pmu_ws_send);
+ * -ENOMEM; -ENOBUFS more than conn_send_limit bytes would be unsent: dropped
+ * and the connection closed at once (CLOSE err ENOBUFS).
+ */
+int pmu_conn_send(pmu_conn_t *conn, const void *data, size_t len, void (*release)(void *ctx),
+                  void *ctx);
+
+#define PMU_CLOSE_AFTER_SEND 0 /* stop reading, close once what is queued is on the wire */
+#define PMU_CLOSE_NOW 1        /* drop what is unsent and close at once */
+/*
+ * Close the connection, from any thread. AFTER_SEND: nothing more is read or
+ * parsed; the bytes and answers already queued go out (an answer being
+ * streamed is finished first), then the connection closes (lingering, so the
+ * peer reads them all). NOW: closed at once, unsent bytes dropped. On a
+ * WebSocket: AFTER_SEND sends a close frame 1000 first (as pmu_ws_close), NOW
+ * closes without one. Pending (unanswered) requests of the connection are
+ * released by the engine as when the client leaves (on_disconnect). Returns 0,
+ * -EPIPE already closing or closed.
+ */
+int pmu_conn_close(pmu_conn_t *conn, int how);
+
+/* Stop reading the connection (pause != 0) or resume it, from any thread:
+ * TCP backpressure on a client. Returns 0, -EPIPE (closing or closed),
+ * -ENOMEM. */
+int pmu_conn_pause_reading(pmu_conn_t *conn, int pause);
+size_t pmu_conn_unsent(const pmu_conn_t *conn); /* bytes of pmu_conn_send not yet on the wire */
+int pmu_conn_closing(const pmu_conn_t *conn);   /* 1 once closing or closed */
+uint64_t pmu_conn_id(const pmu_conn_t *conn);   /* == request->conn_id of its requests */
+unsigned pmu_conn_thread(const pmu_conn_t *conn);
+/* The addresses, as pmu_request_t.peer and .local. */
+const struct sockaddr_storage *pmu_conn_peer(const pmu_conn_t *conn);
+const struct sockaddr_storage *pmu_conn_local(const pmu_conn_t *conn);
+void *pmu_conn_user(const pmu_conn_t *conn); /* NULL until set; the engine never reads it */
+void pmu_conn_set_user(pmu_conn_t *conn, void *user);
+/* Done with the handle: exactly once, any thread, after CLOSE (earlier:
+ * closes NOW first, then no more events come), also after
+ * pmu_server_destroy(). */
+void pmu_conn_release(pmu_conn_t *conn);
+
+/* The handle of the request's connection (NULL when config.conn_handler is
+ * NULL). Valid while the request is (the request holds a reference). */
+pmu_conn_t *pmu_request_conn(const pmu_request_t *request);
+
+/*
+ * Answer the request with these bytes, verbatim: the engine adds nothing (the
+ * handler wrote its own status line, headers and framing). Any thread. The
+ * request is released as by pmu_respond. The connection goes on as after any
+ * response: kept alive if the request was (the engine cannot check the
+ * handler's framing), closed after it otherwise or when the server is
+ * stopping. Same copy/release rule as pmu_conn_send. Counted in responses,
+ * and in status_classes by the status of a leading "HTTP/1.x NNN" ([0] when
+ * there is none). Returns 0, -EINVAL (a streamed answer was begun: release
+ * called, the request untouched), -ENOMEM (answered with a 503 that closes).
+ */
+int pmu_respond_raw(pmu_request_t *request, const void *data, size_t len,
+                    void (*release)(void *ctx), void *ctx);
+
 /* Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 4.2.2): base64 of the
  * SHA-1 of key + the protocol's GUID, 28 characters and a NUL into out. */
 void pmu_ws_accept_key(const char *key, size_t key_len, char out[29]);
@@ -834,7 +968,11 @@ const char *pmu_status_reason(int status);
   X(file_cache_misses, COUNTER, "static answers that had to open their file")                \
   X(static_answers, COUNTER,                                                                  \
     "answers by static mounts, pmu_serve_static and pmu_serve_file (any status)")            \
-  X(not_modified, COUNTER, "304 Not Modified sent by the static file rules")
+  X(not_modified, COUNTER, "304 Not Modified sent by the static file rules")                \
+  X(conn_events, COUNTER, "events delivered to config.conn_handler")                         \
+  X(raw_bytes_in, COUNTER, "bytes delivered in PMU_CONN_EV_DATA events (raw connections)")  \
+  X(raw_bytes_out, COUNTER, "bytes queued by pmu_conn_send")                                 \
+  X(raw_sends, COUNTER, "pmu_conn_send calls queued on their connection")
 /* clang-format on */
 
 #define PMU_STATS_SCALAR(name, kind, doc) uint64_t name;

@@ -247,6 +247,8 @@ void fuzz_server_start(void) {
   pthread_detach(t);
 }
 
+void fuzz_set_port(uint16_t port) { server_port = port; }
+
 /* ---- the client ---- */
 
 void fuzz_plan(const uint8_t *data, size_t size, fuzz_plan_t *plan) {

@@ -51,6 +51,9 @@ void fuzz_ws_enable(void);
 /* Start the server (once; aborts on failure). */
 void fuzz_server_start(void);
 
+/* Send the exchanges to this port from now on (a harness's own server: fuzz_raw). */
+void fuzz_set_port(uint16_t port);
+
 /* The split and pause choices decoded from an input. */
 typedef struct fuzz_plan {
   const uint8_t *payload;

@@ -75,7 +75,8 @@ def test_pymongoose_script_runs_unchanged():
         status, _, body, _ = request(s, path="/binary")
         assert (status, body) == (200, b"a\x00b\x00c")  # NUL bytes survive
         status, headers, body, _ = request(s, path="/other")
-        assert (status, body) == (404, b"Not Found") and "content-type" not in headers
+        assert (status, body) == (404, b"Not Found")
+        assert headers["content-type"] == "text/plain"  # pymongoose's default
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:
@@ -90,10 +91,14 @@ def test_listener_handler_applies_to_its_connections():
     calls = []
 
     def default(conn, ev, data):
+        if ev != MG_EV_HTTP_MSG:
+            return
         calls.append("default")
         conn.reply(200, "default")
 
     def special(conn, ev, data):
+        if ev != MG_EV_HTTP_MSG:
+            return
         calls.append("special")
         assert conn.id > 0 and not conn.is_listening
         assert conn.remote_addr[0] == "127.0.0.1" and conn.local_addr[2] is False
@@ -126,8 +131,9 @@ def test_deferred_conn_reply_from_a_thread():
 
 def test_drain_closes_after_reply():
     def handler(conn, ev, data):
-        conn.drain()
-        conn.reply(200, "last")
+        if ev == MG_EV_HTTP_MSG:
+            conn.drain()
+            conn.reply(200, "last")
 
     with Manager(handler) as mgr:
         listener = mgr.listen("http://127.0.0.1:0", http=True)
@@ -158,10 +164,12 @@ def test_constants_and_refusals():
         compat.MG_EV_USER,
     ) == (0, 5, 9, 10, 11, 20)
     mgr = Manager(lambda c, e, d: None)
-    with pytest.raises(ValueError):
-        mgr.listen("tcp://127.0.0.1:0")  # raw TCP: not served
-    with pytest.raises(ValueError):
-        mgr.listen("mqtt://127.0.0.1:0", http=True)
+    with pytest.raises(RuntimeError, match="Failed to listen on 'udp://"):
+        mgr.listen("udp://127.0.0.1:0")  # UDP: not provided
+    with pytest.raises(NotImplementedError):
+        mgr.mqtt_listen("mqtt://127.0.0.1:0")
+    with pytest.raises(NotImplementedError):
+        mgr.connect("tcp://127.0.0.1:1")
     mgr.close()
     with pytest.raises(RuntimeError):
         mgr.poll(0)
@@ -169,7 +177,8 @@ def test_constants_and_refusals():
 
 def test_poll_waits_and_serves_meanwhile():
     def handler(conn, ev, data):
-        conn.reply(200, "polled")
+        if ev == MG_EV_HTTP_MSG:
+            conn.reply(200, "polled")
 
     with Manager(handler) as mgr:
         listener = mgr.listen("http://127.0.0.1:0", http=True)

@@ -70,7 +70,7 @@ def test_the_table_is_whole():
 
 def test_server_signature_has_every_knob():
     params = inspect.signature(Server.__init__).parameters
-    given = set(params) - {"self", "app", "loop", "statics"}
+    given = set(params) - {"self", "app", "loop", "statics", "connection_handler"}
     assert given == set(KNOBS), ("missing", set(KNOBS) - given, "unknown", given - set(KNOBS))
     for name in KNOBS:
         annotation = str(params[name].annotation)
@@ -102,6 +102,7 @@ def test_stub_engine_takes_every_knob():
     args.pop("routes")
     args.pop("async_scheduler")
     args.pop("statics")
+    args.pop("connection_handler")
     assert set(args) == set(KNOBS), (
         "missing",
         set(KNOBS) - set(args),
