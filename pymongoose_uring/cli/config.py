@@ -14,7 +14,7 @@ ASGI 3. --workers N forks N processes, each with its own server, on listening
 sockets the parent holds (one SO_REUSEPORT socket per worker for TCP); the parent
 restarts a worker that dies, replaces them one by one on SIGHUP (new code, no
 connection refused), and stops them all gracefully on SIGTERM or SIGINT. Every
-engine knob is an option (--ring-entries,
+engine knob but those of connection handlers is an option (--ring-entries,
 --buf-size, --sqpoll 1...) with the engine's default shown below; uvicorn's
 --ws-max-size, --ws-ping-interval, --ws-ping-timeout and --ws-per-message-deflate
 set the WebSocket knobs they correspond to.
@@ -35,6 +35,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # Server arguments that are CLI options of their own, not engine knobs.
 LISTEN = ("host", "port", "unix_path", "threads", "listen_fd")
+# Knobs of servers with a connection_handler (raw TCP, compat): an app run from
+# the command line has none, so they are not options (--raw would start a server
+# that can serve nothing).
+CONNECTION_HANDLER_KNOBS = (
+    "raw",
+    "conn_io_events",
+    "conn_send_high_water",
+    "conn_send_limit",
+    "raw_idle_timeout_ms",
+)
 
 
 @dataclass
@@ -318,7 +328,7 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     e = p.add_argument_group("engine knobs (default: the engine's)")
     table = _knob_table()
     for name, value in defaults.items():
-        if name in LISTEN:
+        if name in LISTEN or name in CONNECTION_HANDLER_KNOBS:
             continue
         knob = table.get(name)
         if knob is not None:  # type, unit and doc from include/pmu/pmu.h

@@ -230,8 +230,10 @@ def test_help_lists_every_engine_knob():
         timeout=30,
         cwd="/",
     )
+    from pymongoose_uring.cli.config import CONNECTION_HANDLER_KNOBS
+
     for knob in pymongoose_uring.config_defaults():
-        if knob in ("host", "port", "unix_path", "threads"):
+        if knob in ("host", "port", "unix_path", "threads") or knob in CONNECTION_HANDLER_KNOBS:
             continue
         assert "--" + knob.replace("_", "-") in out.stdout, knob
 

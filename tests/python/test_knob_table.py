@@ -135,8 +135,20 @@ def test_cli_has_an_option_for_every_knob():
         cwd="/",
     )
     assert out.returncode == 0, out.stderr
-    missing = [n for n in KNOBS if "--" + n.replace("_", "-") not in out.stdout]
+    from pymongoose_uring.cli.config import CONNECTION_HANDLER_KNOBS
+
+    assert set(CONNECTION_HANDLER_KNOBS) <= set(KNOBS)
+    missing = [
+        n
+        for n in KNOBS
+        if n not in CONNECTION_HANDLER_KNOBS and "--" + n.replace("_", "-") not in out.stdout
+    ]
     assert not missing, missing
+    # A knob only a connection_handler gives meaning to is not an option.
+    present = [
+        n for n in CONNECTION_HANDLER_KNOBS if "--" + n.replace("_", "-") + " " in out.stdout
+    ]
+    assert not present, present
 
 
 def test_benchmark_knobs_are_the_table():
