@@ -70,8 +70,8 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print
   meson test -C build/asan --print-errorlogs --num-processes 2
 
 # --- libFuzzer harnesses (tests/fuzz): clang only for this step. Each runs for
-# FUZZ_SECONDS (default 20: four harnesses in 80 s); a crash or a failed framing or property
-# check fails the suite.
+# FUZZ_SECONDS (default 12: five harnesses in 60 s, the suite under 10 minutes); a crash or a
+# failed framing or property check fails the suite.
 # Long runs: tools/fuzz.sh SECONDS (see tests/fuzz/README.md).
 fuzz_missing=()
 for p in clang libclang-rt-14-dev; do
@@ -83,8 +83,8 @@ if [ ${#fuzz_missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${fuzz_missing[@]}" >/dev/null
 fi
-step "fuzzing, ${FUZZ_SECONDS:-20} s per harness"
-tools/fuzz.sh "${FUZZ_SECONDS:-20}"
+step "fuzzing, ${FUZZ_SECONDS:-12} s per harness"
+tools/fuzz.sh "${FUZZ_SECONDS:-12}"
 
 step "benchmark runner's own tests"
 "$py" -m pytest -q benchmarks/tests
