@@ -681,11 +681,20 @@ class Connection(_MgConnection):
             raise ConnectionClosed(*exc.args) from None
 
     def _ws_message(self, ws: Any, data: Union[bytes, str]) -> None:
-        self._manager._post(
-            self,
-            MG_EV_WS_MSG,
-            WsMessage(data, WEBSOCKET_OP_TEXT if type(data) is str else WEBSOCKET_OP_BINARY),
-        )
+        message = WsMessage(data, WEBSOCKET_OP_TEXT if type(data) is str else WEBSOCKET_OP_BINARY)
+        manager = self._manager
+        if manager._in_poll:
+            manager._post(self, MG_EV_WS_MSG, message)
+            return
+        # On the ring thread, the hot path of a WebSocket: the handler called here
+        # rather than through _post and _deliver (a WebSocket is never a listener,
+        # so its handler is its own). What it raises is logged, as _deliver does.
+        handler = self._handler
+        if handler is not None:
+            try:
+                handler(self, MG_EV_WS_MSG, message)
+            except Exception:
+                log.exception("the pymongoose handler raised on event %d", MG_EV_WS_MSG)
 
     def _ws_ping(self, ws: Any, data: bytes) -> None:
         self._manager._post(self, MG_EV_WS_CTL, WsMessage(data, WEBSOCKET_OP_PING))
