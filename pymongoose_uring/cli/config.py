@@ -92,6 +92,22 @@ class Config:
         return self.workers > 1 or self.max_requests > 0 or self.reload
 
 
+def _version_line() -> str:
+    """What --version prints, as uvicorn's: "pymongoose_uring 0.1.0 (engine 0.1.0)
+    with CPython 3.11.2 on Linux 6.1.0"."""
+    import platform
+
+    from .. import __version__, _native
+
+    pmu = _native._pmu
+    engine = pmu.ENGINE_VERSION if pmu is not None else "not importable"
+    return (
+        f"pymongoose_uring {__version__} (engine {engine}) with "
+        f"{platform.python_implementation()} {platform.python_version()} on "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
 def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     """The argument parser; defaults are the engine's knobs and their defaults
     (config_defaults()), one option each."""
@@ -115,6 +131,12 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
         help="how to call the app (default: detected from the app)",
     )
     p.add_argument("--hello", action="store_true", help="serve the built-in hello-world app")
+    p.add_argument(
+        "--version",
+        action="version",
+        version=_version_line(),
+        help="print the version (package, engine, Python, kernel) and exit",
+    )
     p.add_argument("--probe", action="store_true", help="print probe() as JSON and exit")
     g = p.add_argument_group("listening and processes")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -220,6 +220,27 @@ def test_help_documents_the_options():
         assert option in out.stdout, option
 
 
+def test_version():
+    import platform
+
+    import pymongoose_uring
+    from pymongoose_uring import _native
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pymongoose_uring", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (
+        f"pymongoose_uring {pymongoose_uring.__version__} "
+        f"(engine {_native._pmu.ENGINE_VERSION}) with {platform.python_implementation()} "
+        f"{platform.python_version()} on {platform.system()} {platform.release()}"
+    )
+
+
 def test_help_lists_every_engine_knob():
     import pymongoose_uring
 
