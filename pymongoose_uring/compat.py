@@ -606,21 +606,22 @@ class Connection(_MgConnection):
     def close(self) -> None:
         """Close: stop reading, and close once what is already queued is on the
         wire (a listener: stop it; a WebSocket: send a close frame, 1000)."""
-        if self._listening:
-            self._manager._stop_listener(self)
-        elif self._ws is not None:
-            self._ws.close(1000, "")
-        elif self._conn is not None:
-            self._close_conn(False)
+        self._shut(1000)
 
     def error(self, message: str) -> None:
         """As Mongoose's mg_error: MG_EV_ERROR (data: the message) to the
-        handler, now, then the connection closes."""
+        handler, now, then the connection closes (a WebSocket with 1011)."""
         self._manager._deliver(self, MG_EV_ERROR, str(message))
+        self._shut(1011)
+
+    def _shut(self, ws_code: int) -> None:
+        """The end of close() and error(): a listener stops, a WebSocket sends a
+        close frame with ws_code, any other connection closes once what is
+        queued is on the wire."""
         if self._listening:
             self._manager._stop_listener(self)
         elif self._ws is not None:
-            self._ws.close(1011, "")
+            self._ws.close(ws_code, "")
         elif self._conn is not None:
             self._close_conn(False)
 
@@ -685,16 +686,8 @@ class Connection(_MgConnection):
         manager = self._manager
         if manager._in_poll:
             manager._post(self, MG_EV_WS_MSG, message)
-            return
-        # On the ring thread, the hot path of a WebSocket: the handler called here
-        # rather than through _post and _deliver (a WebSocket is never a listener,
-        # so its handler is its own). What it raises is logged, as _deliver does.
-        handler = self._handler
-        if handler is not None:
-            try:
-                handler(self, MG_EV_WS_MSG, message)
-            except Exception:
-                log.exception("the pymongoose handler raised on event %d", MG_EV_WS_MSG)
+        else:  # the hot path of a WebSocket, on the ring thread: _deliver without _post
+            manager._deliver(self, MG_EV_WS_MSG, message)
 
     def _ws_ping(self, ws: Any, data: bytes) -> None:
         self._manager._post(self, MG_EV_WS_CTL, WsMessage(data, WEBSOCKET_OP_PING))
