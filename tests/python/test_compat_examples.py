@@ -12,9 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from pymongoose_checkout import free_port, pymongoose_source
-
-from conftest import wait_until
+from pymongoose_checkout import free_port, pymongoose_source, wait_serving
 
 
 @pytest.fixture
@@ -36,17 +34,7 @@ def example(tmp_path):
             cwd=str(tmp_path),
         )
         started.append(proc)
-
-        def up():
-            if proc.poll() is not None:
-                raise AssertionError("the example exited: %s" % (proc.communicate(),))
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(up, timeout=20, what="the example serving")
+        wait_serving(proc, port)
         return port
 
     yield start
