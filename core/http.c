@@ -787,7 +787,7 @@ static int finalize(pmu__conn_t *c, pmu__req_t *r, llhttp_t *p) {
   q->http_major = p->http_major;
   q->http_minor = p->http_minor;
   q->keep_alive =
-      llhttp_should_keep_alive(p) && !p->upgrade && !c->loop->stopping && !c->close_asked;
+      llhttp_should_keep_alive(p) && !p->upgrade && !pmu__stop_seen(c->loop) && !c->close_asked;
   q->is_head = p->method == HTTP_HEAD;
   q->thread = (uint16_t)c->loop->index;
   q->conn_id = c->id;

@@ -677,6 +677,14 @@ void pmu__seg_done(pmu__seg_t *seg);
  * client that asks for many tiny pieces (a Range of 100 one-byte ranges, 200
  * pieces) and never reads would otherwise hold several times the limit. */
 #define PMU__SEG_COST (sizeof(pmu__seg_t) + 32)
+/* Whether answers given now close their connection: the ring has begun its
+ * stop, or pmu_server_stop() has been called and the ring will begin it at
+ * the end of this turn (a request read in the same turn as the wake-up is
+ * answered with Connection: close all the same). */
+static inline int pmu__stop_seen(const pmu__loop_t *loop) {
+  return loop->stopping ||
+         atomic_load_explicit(&loop->server->stop_requested, memory_order_relaxed);
+}
 /* Total bytes a piece puts on the wire. */
 static inline size_t pmu__seg_size(const pmu__seg_t *g) {
   return g->pre_len + g->len + g->post_len;

@@ -381,7 +381,7 @@ void pmu__hand_over(pmu__req_t *r) { hand_over(r); }
 int pmu__serialize(pmu__req_t *r, const pmu_response_t *resp, int on_loop) {
   pmu__loop_t *loop = r->loop;
   if (on_loop)
-    return serialize(r, resp, loop->date, loop->stopping, 0);
+    return serialize(r, resp, loop->date, pmu__stop_seen(loop), 0);
   char date[40];
   pmu__format_date(date, time(NULL));
   return serialize(r, resp, date, atomic_load(&loop->server->stop_requested), 0);
@@ -395,7 +395,7 @@ int pmu_respond(pmu_request_t *request, const pmu_response_t *response) {
   if (r->stream_state)
     return -EINVAL; /* a streamed answer ends with pmu_respond_end() */
   if (pmu__current_loop == loop) {
-    int rc = serialize(r, response, loop->date, loop->stopping, 0);
+    int rc = serialize(r, response, loop->date, pmu__stop_seen(loop), 0);
     pmu__answer_arrived(r);
     return rc;
   }
@@ -455,7 +455,7 @@ int pmu_respond_raw(pmu_request_t *request, const void *data, size_t len,
     return -EINVAL;
   }
   int on_loop = pmu__current_loop == loop;
-  int stopping = on_loop ? loop->stopping : atomic_load(&loop->server->stop_requested);
+  int stopping = pmu__stop_seen(loop);
   int rc = 0;
   r->out_len = 0;
   r->ext_body = NULL;
@@ -699,7 +699,7 @@ int pmu_respond_start(pmu_request_t *request, int status, const pmu_header_t *he
   pmu_response_t resp = {.status = status, .headers = headers, .header_count = header_count};
   int rc;
   if (pmu__current_loop == loop) {
-    rc = serialize(r, &resp, loop->date, loop->stopping, 1);
+    rc = serialize(r, &resp, loop->date, pmu__stop_seen(loop), 1);
   } else {
     char date[40];
     pmu__format_date(date, time(NULL));
