@@ -49,6 +49,11 @@ typedef struct ring_state {
   PyObject *callee;
   PyObject *longest_fn;
   size_t longest_index;
+  /* Requests kept and never answered when the stop deadline closed their
+   * connections (pmu_request_gone 2), and "METHOD /path" of the first: one
+   * line at the thread's end. Touched by the ring thread only. */
+  unsigned long cut_at_stop;
+  char first_cut[192];
 } ring_state;
 
 typedef struct {
@@ -438,6 +443,18 @@ static void on_thread_stop(void *data, unsigned index) {
   PyThreadState *ts = rs->tstate;
   PyEval_RestoreThread(ts);
   pyb_drain_released(((EngineObject *)data)->st);
+  if (rs->cut_at_stop) {
+    /* What the client saw: its connection closed, no answer. One line for
+     * the thread, naming the first. */
+    pyb_log_warning(((EngineObject *)data)->st,
+                    "%s: the request was kept and never answered before shutdown (%lu such on "
+                    "ring thread %u): the stop closed its connection after shutdown_timeout_ms "
+                    "(%u ms) and the client got no answer; answer kept requests before the "
+                    "server stops, or raise shutdown_timeout_ms",
+                    rs->first_cut, rs->cut_at_stop, (unsigned)(rs - ((EngineObject *)data)->rings),
+                    ((EngineObject *)data)->config.shutdown_timeout_ms);
+    rs->cut_at_stop = 0;
+  }
   Py_CLEAR(rs->callee);
   Py_CLEAR(rs->longest_fn);
   rs->tstate = NULL;
@@ -586,7 +603,18 @@ static void on_body(void *data, pmu_request_t *request, const void *piece, size_
   pyb_stream_on_body(request, piece, len, last);
 }
 
-static void on_disconnect(void *data, pmu_request_t *request) { pyb_stream_on_disconnect(request); }
+static void on_disconnect(void *data, pmu_request_t *request) {
+  ring_state *rs = current_ring;
+  if (rs != NULL && pmu_request_gone(request) == 2 && rs->cut_at_stop++ == 0) {
+    int n = snprintf(rs->first_cut, sizeof rs->first_cut, "%.*s %.*s", (int)request->method_len,
+                     request->method, (int)(request->path_len > 160 ? 160 : request->path_len),
+                     request->path);
+    for (int i = 0; i < n && i < (int)sizeof rs->first_cut - 1; i++)
+      if ((unsigned char)rs->first_cut[i] >= 0x80 || (unsigned char)rs->first_cut[i] < 0x20)
+        rs->first_cut[i] = '?'; /* ASCII for the log line */
+  }
+  pyb_stream_on_disconnect(request);
+}
 
 static void on_drain(void *data, pmu_request_t *request) { pyb_stream_on_drain(request); }
 

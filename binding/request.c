@@ -345,6 +345,8 @@ static void request_dealloc(PyObject *op) {
                           "connection without completing it (call request.end() when the "
                           "body is complete)",
                           m, t);
+        else if (pmu_request_gone(self->live) == 2)
+          ; /* kept past the stop deadline: its ring thread said so at its end */
         else
           /* Nobody kept the request to answer it later: a handler returned
            * None without replying. Answer for it so the client is not left

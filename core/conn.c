@@ -266,7 +266,7 @@ void pmu__conn_release(pmu__conn_t *c) {
     r->conn = NULL;
   for (pmu__req_t *r = orphans; r; r = r->next)
     if (!r->answered)
-      pmu__req_orphan(r);
+      pmu__req_orphan(r, c->cut_at_stop);
   pmu__conn_body_list_remove(c);
   sendbuf_put(c);
   pmu__file_conn_released(c);

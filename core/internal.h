@@ -178,7 +178,7 @@ struct pmu__req {
   pmu__seg_t *seg_head, *seg_tail;
   atomic_size_t unsent;
   atomic_int want_drain;
-  atomic_int gone; /* the connection is gone: writes are dropped */
+  atomic_int gone; /* the connection is gone (2: cut by the stop): writes are dropped */
 
   /* A streamed request body (pub.body_streaming). */
   atomic_size_t body_delivered; /* written by the loop */
@@ -255,6 +255,7 @@ struct pmu__conn {
   uint8_t lingering;         /* sent a closing error: discard input until EOF or timeout */
   uint8_t linger_on_close;   /* close through lingering (input may be unread) */
   uint8_t counted;           /* holds a place in server->open_conns */
+  uint8_t cut_at_stop;       /* closed by the stop deadline (pmu_request_gone 2) */
   uint16_t error_status;     /* status to answer a parse error with */
   uint8_t upgrade_wait;      /* a WebSocket handshake awaits its answer: parse nothing */
   pmu__ws_t *ws;             /* accepted: the connection speaks WebSocket (core/ws.c) */
@@ -703,8 +704,9 @@ static inline size_t pmu__seg_size(const pmu__seg_t *g) {
 }
 /* A piece is on the wire: free it and tell a waiting producer. */
 void pmu__stream_sent(pmu__req_t *req, pmu__seg_t *seg);
-/* The connection of a request the handler still holds is gone. */
-void pmu__req_orphan(pmu__req_t *req);
+/* The connection of a request the handler still holds is gone; at_stop: cut
+ * by the stop deadline (pmu_request_gone says 2). */
+void pmu__req_orphan(pmu__req_t *req, int at_stop);
 
 /* Grow *buf (capacity *cap) to hold at least need bytes, doubling from
  * first_cap. Returns 0 or -ENOMEM (the buffer is then unchanged). */

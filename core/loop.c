@@ -413,8 +413,11 @@ static void expire_timers(pmu__loop_t *loop) {
   }
   if (loop->stopping && now >= loop->stop_deadline) {
     pmu__list_t *l, *n;
-    PMU__LIST_FOREACH_SAFE(&loop->all, l, n)
-    pmu__conn_close(PMU__LIST_ENTRY(l, pmu__conn_t, all_link));
+    PMU__LIST_FOREACH_SAFE(&loop->all, l, n) {
+      pmu__conn_t *c = PMU__LIST_ENTRY(l, pmu__conn_t, all_link);
+      c->cut_at_stop = 1;
+      pmu__conn_close(c);
+    }
   }
 }
 

@@ -588,8 +588,8 @@ void pmu__stream_sent(pmu__req_t *r, pmu__seg_t *g) {
   drain_check(r);
 }
 
-void pmu__req_orphan(pmu__req_t *r) {
-  atomic_store(&r->gone, 1);
+void pmu__req_orphan(pmu__req_t *r, int at_stop) {
+  atomic_store(&r->gone, at_stop ? 2 : 1);
   while (r->seg_head) {
     pmu__seg_t *g = r->seg_head;
     r->seg_head = g->next;
@@ -946,7 +946,7 @@ size_t pmu_request_unsent(const pmu_request_t *request) {
 }
 
 int pmu_request_gone(const pmu_request_t *request) {
-  return atomic_load(&((const pmu__req_t *)request)->gone) != 0;
+  return atomic_load(&((const pmu__req_t *)request)->gone);
 }
 
 int pmu_request_wait_drain(pmu_request_t *request) {

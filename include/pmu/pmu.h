@@ -738,12 +738,14 @@ size_t pmu_request_unsent(const pmu_request_t *request);
 int pmu_request_wait_drain(pmu_request_t *request);
 
 /*
- * 1 if the connection of this request, held and not yet answered (or its
- * stream not yet ended), is gone: closed by the client, reset, timed out or
- * cut at shutdown. 0 otherwise. Any thread; no side effect. Once 1 it stays
- * 1: the engine sets the mark before it calls config.on_disconnect, and from
- * then on pmu_respond_write() answers -EPIPE and an answer is dropped (it
- * still releases the request).
+ * Nonzero if the connection of this request, held and not yet answered (or
+ * its stream not yet ended), is gone: 2 when the server's stop closed it (the
+ * shutdown_timeout_ms deadline passed with the request unanswered: the client
+ * saw its connection closed without an answer), 1 otherwise (closed by the
+ * client, reset, timed out). 0 while connected. Any thread; no side effect.
+ * Once nonzero it stays so: the engine sets the mark before it calls
+ * config.on_disconnect, and from then on pmu_respond_write() answers -EPIPE
+ * and an answer is dropped (it still releases the request).
  */
 int pmu_request_gone(const pmu_request_t *request);
 

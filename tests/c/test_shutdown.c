@@ -49,6 +49,12 @@ static void expect_refused(const t_server_t *server) {
   t_conn_close(conn);
 }
 
+/* pmu_request_gone() as on_disconnect saw it (-1: not called). */
+static atomic_int gone_seen = -1;
+static void record_gone(void *data, pmu_request_t *request) {
+  atomic_store(&gone_seen, pmu_request_gone(request));
+}
+
 /* Stop the server from inside the handler, for /stop. */
 static void stopping_handler(void *data, pmu_request_t *const *requests, size_t count) {
   t_server_t *server = data;
@@ -174,12 +180,14 @@ int main(void) {
     t_server_destroy(server);
   }
 
-  t_case("stop deadline: a request unanswered past shutdown_timeout_ms is cut, server exits");
+  t_case("stop deadline: a request unanswered past shutdown_timeout_ms is cut (pmu_request_gone "
+         "2), server exits");
   {
     int fds_before = t_count_fds();
     pmu_config_t config;
     t_config_init(&config);
     config.shutdown_timeout_ms = 200;
+    config.on_disconnect = record_gone;
     t_server_t *server = t_server_start(&config);
     t_conn_t *conn = t_connect(server);
     t_send_str(conn, "GET /defer?ms=1500 HTTP/1.1\r\nHost: s\r\n\r\n");
@@ -192,6 +200,7 @@ int main(void) {
                  (long long)stopped);
     t_expect_closed(conn, 1000);
     t_conn_close(conn);
+    T_ASSERT_INT_EQ(atomic_load(&gone_seen), 2); /* cut by the stop, not by the client */
     /* The deferrer answers at 1500 ms, after destroy: must be safe. */
     t_server_destroy(server);
     T_ASSERT_INT_EQ(t_count_fds(), fds_before);

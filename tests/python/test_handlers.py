@@ -124,6 +124,36 @@ def test_dropped_request_gets_500(serve, caplog):
     assert "GET /lost" in caplog.text and "without replying" in caplog.text
 
 
+def test_kept_request_unanswered_at_shutdown_is_reported(caplog):
+    """A request kept and never answered when the server stops: after
+    shutdown_timeout_ms the stop closes its connection, the client gets no answer,
+    and the log says so (not that the handler dropped it)."""
+    import socket
+
+    from pymongoose_uring import Server
+
+    kept = []
+    server = Server(kept.append, port=0, shutdown_timeout_ms=300).start()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"GET /kept?q=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+    deadline = time.monotonic() + 5
+    while not kept and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert kept
+    with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
+        started = time.monotonic()
+        server.stop(timeout=10)
+        assert 0.25 <= time.monotonic() - started < 5
+        assert sock.recv(100) == b""  # closed, nothing sent
+        sock.close()
+        kept.clear()  # collected after the stop: no second line
+    text = caplog.text
+    assert "GET /kept: the request was kept and never answered before shutdown" in text
+    assert "(1 such on ring thread 0)" in text and "the client got no answer" in text
+    assert "shutdown_timeout_ms (300 ms)" in text
+    assert "without replying" not in text
+
+
 def test_deferred_request_collected_unanswered_gets_500(serve):
     kept = []
     server = serve(lambda req: kept.append(req))
