@@ -301,3 +301,30 @@ def test_large_bodies_made_per_request_arrive_intact(serve):
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(fetch, range(60)))
+
+
+def test_date_header_off_and_extra_headers(serve):
+    server = serve(
+        lambda req: "hi",
+        date_header=False,
+        extra_headers="X-Frame-Options: DENY\r\nX-A: 1",
+        max_body_bytes=10,
+    )
+    status, headers, body, _ = request(server)
+    assert (status, body) == (200, b"hi")
+    assert "date" not in headers
+    assert headers["x-frame-options"] == "DENY" and headers["x-a"] == "1"
+    assert headers["server"] == "pymongoose_uring"
+    # The engine's own answers carry them too.
+    status, headers, _, _ = request(server, method="POST", body=b"x" * 100)
+    assert status == 413 and headers["x-a"] == "1"
+
+
+def test_a_malformed_extra_header_fails_the_start():
+    import errno
+
+    from pymongoose_uring import Server
+
+    with pytest.raises(OSError) as e:
+        Server(lambda req: "hi", port=0, extra_headers="no colon here").start()
+    assert e.value.errno == errno.EINVAL and "extra_headers" in str(e.value)
