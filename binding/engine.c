@@ -405,6 +405,8 @@ static void on_ws_events(void *data, const pmu_ws_event_t *events, size_t count)
   EngineObject *self = data;
   pyb_gil g;
   pyb_ring_gil_enter(&g); /* the ring's kept thread state, as on_batch */
+  if (current_ring != NULL)
+    Py_CLEAR(current_ring->callee); /* a slow call names the last callback called */
   pyb_ws_dispatch(self->st, events, count);
   pyb_ring_gil_leave(&g);
 }
@@ -558,6 +560,8 @@ static void on_slow(void *data, const pmu_slow_t *slow) {
     req = slow->requests[index];
   } else if (slow->kind == PMU_SLOW_CONN_EVENTS) {
     fn = self->conn_handler;
+  } else if (rs != NULL) {
+    fn = rs->callee; /* the WebSocket callback called last (NULL: none) */
   }
   PyObject *name = fn != NULL ? callable_name(fn) : PyUnicode_FromString(what);
   PyObject *words = NULL;

@@ -159,6 +159,7 @@ static void call_back(WebSocketObject *self, int which, int nargs, PyObject *a1,
     return;
   }
   Py_INCREF(fn); /* the callback may replace itself */
+  pyb_note_callee(fn);
   PyObject *args[3] = {(PyObject *)self, a1, a2};
   PyObject *r = PyObject_Vectorcall(fn, args, (size_t)(1 + nargs), NULL);
   Py_DECREF(fn);

@@ -166,3 +166,28 @@ def test_a_blocked_ring_holds_the_other_clients(serve):
     took["quick"] = time.monotonic() - t0
     t.join()
     assert took["quick"] >= 0.1, took
+
+
+def test_a_slow_websocket_callback_is_named(serve, caplog):
+    from websockets.sync.client import connect
+
+    app = App()
+
+    def slow_echo(conn, message):
+        time.sleep(0.15)
+        conn.send(message)
+
+    @app.websocket("/echo")
+    def echo(ws):
+        conn = ws.accept()
+        conn.on_message = slow_echo
+
+    server = serve(app)
+    with caplog.at_level(logging.WARNING, logger="pymongoose_uring"):
+        with connect(f"ws://127.0.0.1:{server.port}/echo") as client:
+            client.send("hello")
+            assert client.recv(timeout=10) == "hello"
+    assert server.stats()["slow_batches"] == 1
+    text = slow_lines(caplog)[0].getMessage()
+    assert "test_slow_handler.test_a_slow_websocket_callback_is_named.<locals>.slow_echo" in text
+    assert " on " not in text.split("(slow_handler_ms")[0]  # no request to name
