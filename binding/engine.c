@@ -275,18 +275,32 @@ static PyObject *route_and_call(EngineObject *self, PyObject *req) {
   return PyObject_CallOneArg(self->handler, req);
 }
 
-void pyb_note_callee(PyObject *fn) {
-  ring_state *rs = current_ring;
-  if (rs != NULL)
-    Py_XSETREF(rs->callee, Py_NewRef(fn));
-}
-
 /* The coarse monotonic clock in ms (a kernel tick, 1-4 ms; ~10 ns a read), as
  * the engine times handler calls. */
 static uint64_t coarse_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The end of a handler call: the callables noted for on_slow are let go at
+ * once unless the call was slow (then on_slow, right after, lets them go),
+ * so that no callback outlives its call here (a WebSocket's bound method
+ * would keep the WebSocket alive). A call under half the threshold is
+ * practically never one the engine finds slow (it counts from the end of
+ * the previous call or the turn's start, microseconds earlier); if it were,
+ * the warning would name the engine's handler instead of the route's. */
+static void keep_names_if_slow(ring_state *rs, unsigned slow_ms, uint64_t start) {
+  if (!slow_ms || coarse_ms() - start < slow_ms / 2) {
+    Py_CLEAR(rs->callee);
+    Py_CLEAR(rs->longest_fn);
+  }
+}
+
+void pyb_note_callee(PyObject *fn) {
+  ring_state *rs = current_ring;
+  if (rs != NULL)
+    Py_XSETREF(rs->callee, Py_NewRef(fn));
 }
 
 /* Hand coroutines to the asyncio side in one call; on failure, close them
@@ -323,8 +337,9 @@ static void run_batch(EngineObject *self, pmu_request_t *const *requests, size_t
    * (on_slow): with one request it is that one, with several one coarse clock
    * read per request says. */
   ring_state *rs = current_ring;
-  int timed = rs != NULL && count > 1 && self->config.slow_handler_ms;
-  uint64_t mark = timed ? coarse_ms() : 0, longest = 0;
+  unsigned slow_ms = rs != NULL ? self->config.slow_handler_ms : 0;
+  int timed = slow_ms && count > 1;
+  uint64_t start = slow_ms ? coarse_ms() : 0, mark = start, longest = 0;
   if (rs != NULL) {
     Py_CLEAR(rs->callee);
     Py_CLEAR(rs->longest_fn);
@@ -379,6 +394,8 @@ static void run_batch(EngineObject *self, pmu_request_t *const *requests, size_t
   }
   if (pending != NULL)
     schedule_coroutines(self, pending);
+  if (rs != NULL)
+    keep_names_if_slow(rs, slow_ms, start);
 }
 
 static void on_batch(void *data, pmu_request_t *const *requests, size_t count) {
@@ -405,9 +422,14 @@ static void on_ws_events(void *data, const pmu_ws_event_t *events, size_t count)
   EngineObject *self = data;
   pyb_gil g;
   pyb_ring_gil_enter(&g); /* the ring's kept thread state, as on_batch */
-  if (current_ring != NULL)
-    Py_CLEAR(current_ring->callee); /* a slow call names the last callback called */
+  ring_state *rs = current_ring;
+  unsigned slow_ms = rs != NULL ? self->config.slow_handler_ms : 0;
+  uint64_t start = slow_ms ? coarse_ms() : 0;
+  if (rs != NULL)
+    Py_CLEAR(rs->callee); /* a slow call names the last callback called */
   pyb_ws_dispatch(self->st, events, count);
+  if (rs != NULL)
+    keep_names_if_slow(rs, slow_ms, start);
   pyb_ring_gil_leave(&g);
 }
 
@@ -597,6 +619,10 @@ static void on_slow(void *data, const pmu_slow_t *slow) {
   Py_XDECREF(name);
   Py_XDECREF(words);
   Py_XDECREF(more);
+  if (rs != NULL) { /* named: let them go now (see keep_names_if_slow) */
+    Py_CLEAR(rs->callee);
+    Py_CLEAR(rs->longest_fn);
+  }
   if (PyErr_Occurred())
     PyErr_Clear();
   PyErr_Restore(type, value, tb);
