@@ -668,13 +668,18 @@ class WSGIHandler:
             else:
                 env[key] = old + ("; " if key == "HTTP_COOKIE" else ", ") + value
         proxies = self.proxies
-        if proxies is not None and proxies.trusts(client):
+        if proxies is not None:
             forwarded_for = env.get("HTTP_X_FORWARDED_FOR")
+            forwarded_proto = env.get("HTTP_X_FORWARDED_PROTO")
+        if (
+            proxies is not None
+            and (forwarded_for is not None or forwarded_proto is not None)
+            and proxies.trusts(client)  # (asked only when a proxy header came)
+        ):
             if forwarded_for is not None:
                 client = proxies.client(forwarded_for, client)
                 if client is not None:  # None: a Unix socket peer, and no address named
                     env["REMOTE_ADDR"], env["REMOTE_PORT"] = client[0], str(client[1])
-            forwarded_proto = env.get("HTTP_X_FORWARDED_PROTO")
             if forwarded_proto is not None:
                 env["wsgi.url_scheme"] = proxies.scheme(forwarded_proto, env["wsgi.url_scheme"])
         if request.body_streaming:
@@ -704,7 +709,7 @@ class WSGIHandler:
         except Exception:
             self._fail(request, sr, "the WSGI app's response failed")
         finally:
-            close = getattr(result, "close", None)
+            close = None if type(result) is list else getattr(result, "close", None)
             if close is not None:
                 try:
                     close()
@@ -875,7 +880,13 @@ class WSGIHandler:
             request.start(code, headers)
             request.end()
             return code
-        if length is not None and code != 204 and code != 304 and method != "HEAD":
+        if (
+            length is not None
+            and length != str(len(body))  # (the usual case: the app's length is right)
+            and code != 204
+            and code != 304
+            and method != "HEAD"
+        ):
             declared = declared_length(headers)
             if declared is not None and declared != len(body):
                 # Sent under the length the app declared, as the app said: the
