@@ -30,6 +30,26 @@ _SERVER_PARAMS = frozenset(
 )
 
 
+# The body knobs WSGIServer and ASGIServer default to, as gunicorn, uvicorn and
+# granian do: no cap on a request body, and a body above 64 KiB streamed to the app
+# (wsgi.input / http.request messages with more_body) as it arrives, the engine
+# reading no further while more than output_high_water is unread, so that memory
+# stays bounded whatever the size. A body up to the threshold arrives whole, as
+# before. max_body_bytes=N keeps a cap (413 above it); the native API keeps the
+# engine's 1 MiB default.
+ADAPTER_BODY_DEFAULTS = {"max_body_bytes": 0, "stream_body_threshold": 64 * 1024}
+
+
+def adapter_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """``options`` with the adapters' body defaults for the knobs it does not give
+    (see ADAPTER_BODY_DEFAULTS); a value of None counts as not given."""
+    out = dict(options)
+    for name, value in ADAPTER_BODY_DEFAULTS.items():
+        if out.get(name) is None:
+            out[name] = value
+    return out
+
+
 def server_options(options: Dict[str, Any]) -> Dict[str, Any]:
     """The items of ``options`` that Server() accepts (unknown keys raise TypeError)."""
     unknown = sorted(k for k in options if k not in _SERVER_PARAMS)
@@ -231,7 +251,7 @@ class AdapterServer:
     def __init__(self, handler: Handler, host: str, port: int, options: Dict[str, Any]) -> None:
         self._handler = handler
         self._host, self._port = host, port
-        self._options = server_options(dict(options))
+        self._options = server_options(adapter_options(options))
         self.server = Server(handler, host, port, **self._options)
         self._started = False
 
