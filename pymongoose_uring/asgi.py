@@ -90,14 +90,21 @@ from typing import (
 )
 
 from . import _native
-from ._adapter import AdapterServer, declared_length, length_mismatch, log_access, trusted_proxies
+from ._adapter import (
+    AdapterServer,
+    asgi_version,
+    declared_length,
+    length_mismatch,
+    log_access,
+    trusted_proxies,
+)
 from ._native import Response
 from ._types import ASGIApp, Message, Scope
 
 if TYPE_CHECKING:
     from ._pmu import Request
 
-__all__ = ["ASGIHandler", "ASGIServer", "serve", "new_event_loop"]
+__all__ = ["ASGIHandler", "ASGIServer", "asgi2_app", "serve", "new_event_loop"]
 
 log = logging.getLogger("pymongoose_uring")
 
@@ -114,6 +121,19 @@ _ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 
 _T = TypeVar("_T")
 _Client = Optional[Tuple[str, int]]
+
+
+def asgi2_app(app: Callable[[Scope], Any]) -> ASGIApp:
+    """An ASGI 3 app running the ASGI 2 (double-callable) `app`: for each scope,
+    ``instance = app(scope)``, then ``await instance(receive, send)``.
+    ASGIHandler applies it by itself to an app asgi_version() finds ASGI 2."""
+
+    async def asgi3(scope: Scope, receive: Any, send: Any) -> None:
+        instance = app(scope)
+        await instance(receive, send)
+
+    asgi3.__wrapped__ = app  # type: ignore[attr-defined]  # what it runs, for introspection
+    return asgi3
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -707,7 +727,9 @@ class ASGIHandler:
         ws_max_queue: int = 32,
     ) -> None:
         if not callable(app):
-            raise TypeError("app must be an ASGI 3 callable app(scope, receive, send)")
+            raise TypeError("app must be an ASGI callable app(scope, receive, send)")
+        if asgi_version(app) == 2:  # double-callable: wrapped once, here
+            app = asgi2_app(app)  # type: ignore[arg-type]
         if lifespan not in ("auto", "on", "off"):
             raise ValueError("lifespan must be 'auto', 'on' or 'off'")
         if ws not in ("auto", "none"):
@@ -1128,7 +1150,8 @@ class ASGIHandler:
 
 
 class ASGIServer(AdapterServer):
-    """A :class:`Server` running an ASGI 3 app on its own event loop thread.
+    """A :class:`Server` running an ASGI 3 app (or an ASGI 2 double-callable one,
+    detected and wrapped by :func:`asgi2_app`) on its own event loop thread.
 
     ``ASGIServer(app, host, port, lifespan="auto", root_path="", loop="auto",
     access_log=False, ws="auto", ws_max_queue=32, **server_options)``: ``loop``

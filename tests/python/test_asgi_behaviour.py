@@ -1,0 +1,195 @@
+"""ASGI behaviour as uvicorn gives it: ASGI 2 (double-callable) apps detected and run,
+from Python and from the command line; lifespan state in scope["state"], a shallow copy
+per request (Starlette's request.state and lifespan state)."""
+
+import json
+import textwrap
+
+import pytest
+
+from conftest import port_of, request, run_cli, stop_process
+from pymongoose_uring._adapter import asgi_version, detect_interface
+from pymongoose_uring.asgi import ASGIServer, asgi2_app
+
+
+class Asgi2App:
+    """An ASGI 2 app: built from the scope, then called with receive and send."""
+
+    def __init__(self, scope):
+        self.scope = scope
+
+    async def __call__(self, receive, send):
+        if self.scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self.scope["state"]["started_by"] = "asgi2"
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        message = await receive()
+        body = json.dumps(
+            {
+                "path": self.scope["path"],
+                "body": message["body"].decode(),
+                "state": self.scope.get("state"),
+            }
+        ).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+def asgi2_function(scope):
+    """An ASGI 2 app written as a function returning the coroutine function."""
+
+    async def instance(receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    return instance
+
+
+class Asgi3Class:
+    """An ASGI 3 app that is a class: called with (scope, receive, send), awaited."""
+
+    def __init__(self, scope, receive, send):
+        self.send = send
+
+    def __await__(self):
+        return self.run().__await__()
+
+    async def run(self):
+        await self.send({"type": "http.response.start", "status": 202, "headers": []})
+        await self.send({"type": "http.response.body", "body": b"asgi3 class"})
+
+
+async def asgi3_function(scope, receive, send):
+    pass
+
+
+def test_asgi_versions_told_apart():
+    assert asgi_version(Asgi2App) == 2
+    assert asgi_version(asgi2_function) == 2
+    assert asgi_version(Asgi3Class) == 3
+    assert asgi_version(asgi3_function) == 3
+    assert asgi_version(lambda scope, receive, send: None) == 3
+    assert asgi_version(asgi2_app(Asgi2App)) == 3
+    # The command line's detection: the ASGI 2 class is ASGI (not a native handler).
+    assert detect_interface(Asgi2App) == "asgi"
+    assert detect_interface(Asgi3Class) != "asgi2"
+
+
+def test_asgi2_class_runs_with_lifespan():
+    with ASGIServer(Asgi2App, port=0) as server:
+        status, _, body, _ = request(server, "POST", "/two", body=b"hi")
+        assert status == 200
+        assert json.loads(body) == {"path": "/two", "body": "hi", "state": {"started_by": "asgi2"}}
+        assert server.state == {"started_by": "asgi2"}
+
+
+def test_asgi2_function_and_asgi3_class_run():
+    with ASGIServer(asgi2_function, port=0, lifespan="off") as server:
+        status, _, body, _ = request(server, path="/fn")
+        assert (status, body) == (201, b"/fn")
+    with ASGIServer(Asgi3Class, port=0, lifespan="off") as server:
+        status, _, body, _ = request(server, path="/")
+        assert (status, body) == (202, b"asgi3 class")
+
+
+def test_cli_detects_and_runs_an_asgi2_app(tmp_path):
+    (tmp_path / "asgi2mod.py").write_text(
+        textwrap.dedent(
+            """
+            class App:
+                def __init__(self, scope):
+                    self.scope = scope
+
+                async def __call__(self, receive, send):
+                    if self.scope["type"] != "http":
+                        return
+                    await send({"type": "http.response.start", "status": 200, "headers": []})
+                    await send({"type": "http.response.body", "body": b"asgi2 via cli"})
+            """
+        )
+    )
+    proc = run_cli(tmp_path, "asgi2mod:App", "--port", "0", "--lifespan", "off")
+    try:
+        port = port_of(proc)
+
+        class S:
+            pass
+
+        s = S()
+        s.port = port
+        status, _, body, _ = request(s, path="/")
+        assert (status, body) == (200, b"asgi2 via cli")
+    finally:
+        stop_process(proc)
+
+
+def test_lifespan_state_is_a_shallow_copy_per_request():
+    """What lifespan startup puts in scope["state"] reaches every request; a key a
+    request adds stays in that request; objects inside are shared (shallow copy)."""
+    seen = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    scope["state"]["db"] = {"hits": 0}
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        state = scope["state"]
+        seen.append(sorted(state))
+        state["per_request"] = True  # not seen by the next request
+        state["db"]["hits"] += 1  # the same object in every request
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d" % state["db"]["hits"]})
+
+    with ASGIServer(app, port=0) as server:
+        assert request(server)[2] == b"1"
+        assert request(server)[2] == b"2"
+        assert seen == [["db"], ["db"]]
+        assert server.state == {"db": {"hits": 2}}
+
+
+def test_starlette_lifespan_state_and_request_state():
+    pytest.importorskip("starlette", reason="Starlette is not installed (FastAPI brings it)")
+    import contextlib
+
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield {"pool": "the pool", "count": [0]}
+
+    class Tag(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            request.state.tag = request.url.path
+            return await call_next(request)
+
+    async def home(request):
+        request.state.count.append(1)
+        return JSONResponse(
+            {"pool": request.state.pool, "tag": request.state.tag, "n": len(request.state.count)}
+        )
+
+    app = Starlette(routes=[Route("/{p}", home)], lifespan=lifespan, middleware=[Middleware(Tag)])
+    with ASGIServer(app, port=0) as server:
+        assert json.loads(request(server, path="/a")[2]) == {
+            "pool": "the pool",
+            "tag": "/a",
+            "n": 2,
+        }
+        assert json.loads(request(server, path="/b")[2]) == {
+            "pool": "the pool",
+            "tag": "/b",
+            "n": 3,
+        }
