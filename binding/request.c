@@ -1231,8 +1231,10 @@ PyDoc_STRVAR(add_disconnect_callback_doc,
              "add_disconnect_callback(fn)\n\n"
              "Call fn() once, on an engine thread with the GIL held, if the client\n"
              "goes away while this request is unanswered (or its streamed answer\n"
-             "not ended); at once if it already has. Never called for a request\n"
-             "already answered. Keep fn short: the engine thread waits for it.");
+             "not ended), or half-closes its side (sends FIN: it may still read the\n"
+             "answer, which can be given as usual; a long poll takes it as the client\n"
+             "leaving, as uvicorn does); at once if it already has. Never called for\n"
+             "a request already answered. Keep fn short: the engine thread waits for it.");
 
 static PyObject *request_add_disconnect_callback(PyObject *op, PyObject *fn) {
   RequestObject *self = REQ(op);

@@ -947,6 +947,10 @@ int pmu_request_gone(const pmu_request_t *request) {
   return atomic_load(&((const pmu__req_t *)request)->gone) != 0;
 }
 
+int pmu_request_peer_eof(const pmu_request_t *request) {
+  return atomic_load(&((const pmu__req_t *)request)->peer_eof) != 0;
+}
+
 int pmu_request_wait_drain(pmu_request_t *request) {
   pmu__req_t *r = (pmu__req_t *)request;
   if (atomic_load(&r->gone))

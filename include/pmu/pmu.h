@@ -134,6 +134,13 @@ typedef void (*pmu_thread_fn)(void *handler_data, unsigned thread_index);
  *   dropped from now on.
  * - on_drain: the stream's unsent bytes fell to half of output_high_water
  *   after pmu_request_wait_drain() returned 1.
+ * - on_peer_eof: the client half-closed its side (sent FIN) after the whole
+ *   request and before its answer. The connection stays open and the answer
+ *   is still sent (a client may half-close and wait), but a handler that
+ *   waits for an event rather than answering (a long poll) may take it as the
+ *   client leaving, as uvicorn does (ASGI http.disconnect). Never for a
+ *   request whose body is streamed (a body cut short closes the connection:
+ *   on_disconnect). pmu_request_peer_eof() tells it afterwards.
  */
 typedef void (*pmu_request_fn)(void *handler_data, pmu_request_t *request);
 
@@ -551,6 +558,7 @@ typedef struct pmu_config {
   pmu_thread_fn on_thread_stop;  /* optional */
   pmu_request_fn on_disconnect;  /* optional */
   pmu_request_fn on_drain;       /* optional */
+  pmu_request_fn on_peer_eof;    /* optional */
   pmu_body_fn on_body;           /* optional: see body_stream_threshold */
   pmu_log_fn log;                /* pmu_log_stderr; NULL: silent. See pmu_log_fn */
   pmu_ws_handler_fn ws_handler;  /* optional: WebSocket events; see pmu_ws_accept */
@@ -710,6 +718,13 @@ int pmu_request_wait_drain(pmu_request_t *request);
  * still releases the request).
  */
 int pmu_request_gone(const pmu_request_t *request);
+
+/*
+ * 1 if the client half-closed (FIN) after sending this request and before it
+ * was answered (see on_peer_eof), 0 otherwise. Any thread; no side effect;
+ * once 1 it stays 1. The answer can still be given.
+ */
+int pmu_request_peer_eof(const pmu_request_t *request);
 
 /*
  * For a streamed request body: the handler has finished with n more bytes of

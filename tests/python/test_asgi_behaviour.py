@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import port_of, request, run_cli, stop_process
+from conftest import port_of, request, run_cli, stop_process, wait_until
 from pymongoose_uring._adapter import asgi_version, detect_interface
 from pymongoose_uring.asgi import ASGIServer, asgi2_app
 
@@ -193,3 +193,49 @@ def test_starlette_lifespan_state_and_request_state():
             "tag": "/b",
             "n": 3,
         }
+
+
+def test_fin_during_a_buffered_request_gives_http_disconnect():
+    """A client that sends its request and half-closes (FIN): the app's receive() after
+    the body gets http.disconnect, so a long poll ends, as on uvicorn; a plain request
+    half-closed the same way is still answered (the connection was not cut)."""
+    import asyncio
+    import socket
+
+    events = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        first = await receive()
+        events.append((scope["path"], first["type"], first["body"]))
+        if scope["path"] == "/poll":
+            try:
+                message = await asyncio.wait_for(receive(), 10)
+                events.append(("poll ended", message["type"]))
+            except asyncio.TimeoutError:
+                events.append(("poll ended", "timeout"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done " + scope["path"].encode()})
+
+    with ASGIServer(app, port=0, lifespan="off") as server:
+        for path in ("/poll", "/plain"):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            body = b"abc"
+            sock.sendall(
+                b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\n%s" % (path.encode(), body)
+            )
+            if path == "/poll":  # the app waits in its second receive() first
+                wait_until(lambda: len(events) == 1, what="the app has the body")
+            sock.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            sock.close()
+            assert data.startswith(b"HTTP/1.1 200"), data
+            assert data.endswith(b"done " + path.encode()), data
+        assert events == [
+            ("/poll", "http.request", b"abc"),
+            ("poll ended", "http.disconnect"),
+            ("/plain", "http.request", b"abc"),
+        ]
