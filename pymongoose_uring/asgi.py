@@ -41,6 +41,13 @@ other thread hop.
   ``FileNotFoundError`` in send() (an ``OSError``: nothing is sent yet, and the app
   may catch it and send another ``http.response.start``; uncaught, the client gets
   a 500). Before start, twice, or after a body: ``RuntimeError``.
+- ``http.response.trailers`` (listed in ``scope["extensions"]``): with
+  ``"trailers": True`` in http.response.start, the body is sent chunked and the
+  answer ends with the fields of the ``http.response.trailers`` messages (until
+  ``more_trailers`` is false) after the last chunk; an answer under a
+  Content-Length, or to HTTP/1.0, ends without them. The client half-closing
+  (FIN) after its request gives ``http.disconnect`` to a ``receive()`` waiting
+  after the body, as on uvicorn.
 - ``websocket`` scopes (spec 2.4): the same fields as http (scheme ``ws``/``wss``)
   plus ``subprotocols`` and ``extensions`` (``websocket.http.response``: a
   denial response instead of the 403 of a close before accept). ``receive()``
@@ -169,6 +176,7 @@ class _Cycle:
         "watching",
         "client",
         "sent",
+        "trailers",
     )
 
     def __init__(self, request: Request, handler: "ASGIHandler") -> None:
@@ -183,6 +191,9 @@ class _Cycle:
         self.gone = False  # the client left
         self.client: _Client = None  # scope["client"]
         self.sent = 0  # body bytes streamed
+        # http.response.trailers: None (not announced), a list (announced: the
+        # fields so far) once the body is complete, False before that
+        self.trailers: Any = None
         self.waiter: Optional["asyncio.Future[None]"] = None
         self.watching = False
 
@@ -252,6 +263,8 @@ class _Cycle:
             self.status = message["status"]
             self.headers = message.get("headers") or ()
             self.started = True
+            if message.get("trailers"):
+                self.trailers = False  # the body's end waits for http.response.trailers
             return
         if kind == "http.response.body":
             if not self.started:
@@ -261,7 +274,7 @@ class _Cycle:
             body = message.get("body", b"")
             more = message.get("more_body", False)
             request = self.request
-            if not more and not self.streaming:
+            if not more and not self.streaming and self.trailers is None:
                 self.done = True
                 self.handler._answered(request, self, body)
                 self._wake()
@@ -280,6 +293,9 @@ class _Cycle:
                     self._wake()
                     raise _ClientDisconnected("the client disconnected")
             if not more:
+                if self.trailers is not None:
+                    self.trailers = []  # the body is complete; the trailers end it
+                    return
                 self.done = True
                 if self._short():
                     request.abort()  # never complete: the client must not take it for whole
@@ -299,8 +315,35 @@ class _Cycle:
             await self._pathsend(message["path"])
             return
         if kind == "http.response.trailers":
-            return  # trailers are not sent (not announced in the scope)
+            await self._trailers(message)
+            return
         raise ValueError(f"unsupported ASGI message type {kind!r} for http")
+
+    async def _trailers(self, message: Message) -> None:
+        """``http.response.trailers`` (announced by ``trailers: True`` in
+        http.response.start, after the last body message): the fields are
+        gathered until ``more_trailers`` is false, then sent after the last
+        chunk (an answer under a Content-Length, or to HTTP/1.0, ends without
+        them: it has no place for them). Unannounced trailers are ignored."""
+        trailers = self.trailers
+        if trailers is None or self.done:
+            return
+        if trailers is False:
+            raise RuntimeError("http.response.trailers before the last http.response.body")
+        trailers.extend(message.get("headers") or ())
+        if message.get("more_trailers", False):
+            return
+        self.done = True
+        request = self.request
+        if self.gone or request.disconnected:
+            request.end()
+        elif self._short():
+            request.abort()
+        else:
+            request.end(trailers)
+        self._wake()
+        if self.handler.access_log:
+            self.handler._log(request, self.client, self.status)
 
     async def _pathsend(self, path: Any) -> None:
         """``http.response.pathsend``: the file at ``path`` is the whole body,
@@ -949,7 +992,7 @@ class ASGIHandler:
             "raw_path": request.raw_path.encode("utf-8", "surrogateescape"),
             "query_string": request.query_string.encode("utf-8", "surrogateescape"),
             "headers": headers,
-            "extensions": {"http.response.pathsend": {}},
+            "extensions": {"http.response.pathsend": {}, "http.response.trailers": {}},
         }
         if self.state:
             scope["state"] = self.state.copy()

@@ -665,6 +665,17 @@ int pmu_respond_start(pmu_request_t *request, int status, const pmu_header_t *he
 int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
                       void (*release)(void *ctx), void *ctx);
 int pmu_respond_end(pmu_request_t *request);
+/*
+ * pmu_respond_end() with trailer fields after the body: on a chunked answer
+ * they follow the last chunk ("0", the fields, the blank line); an answer
+ * framed otherwise (Content-Length, HTTP/1.0, HEAD, 204, 304), or broken,
+ * has no place for them and ends without them (0). -EINVAL when called out
+ * of order or for a field with a bad name or a CR, LF or NUL in its value
+ * (nothing done: end the answer still); -ENOMEM when there was no memory for
+ * them: the answer ended without them. The request is released otherwise as
+ * by pmu_respond_end(). The head may name them in a Trailer field.
+ */
+int pmu_respond_end_trailers(pmu_request_t *request, const pmu_header_t *trailers, size_t count);
 int pmu_respond_abort(pmu_request_t *request);
 
 /* ---- Files ---- */

@@ -223,7 +223,8 @@ def test_fin_during_a_buffered_request_gives_http_disconnect():
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
             body = b"abc"
             sock.sendall(
-                b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\n%s" % (path.encode(), body)
+                b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\n%s"
+                % (path.encode(), body)
             )
             if path == "/poll":  # the app waits in its second receive() first
                 wait_until(lambda: len(events) == 1, what="the app has the body")
@@ -239,3 +240,91 @@ def test_fin_during_a_buffered_request_gives_http_disconnect():
             ("poll ended", "http.disconnect"),
             ("/plain", "http.request", b"abc"),
         ]
+
+
+def _raw_exchange(port, raw):
+    """Send raw bytes, half-close, read until the server closes: the bytes received."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(raw)
+    sock.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    return data
+
+
+async def trailers_app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    assert "http.response.trailers" in scope["extensions"]
+    await receive()
+    headers = [(b"trailer", b"x-checksum, grpc-status")]
+    if scope["path"] == "/length":
+        headers.append((b"content-length", b"11"))
+    await send({"type": "http.response.start", "status": 200, "headers": headers, "trailers": True})
+    await send({"type": "http.response.body", "body": b"hello ", "more_body": True})
+    await send({"type": "http.response.body", "body": b"world"})
+    await send(
+        {
+            "type": "http.response.trailers",
+            "headers": [(b"x-checksum", b"abc123")],
+            "more_trailers": True,
+        }
+    )
+    await send({"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")]})
+
+
+def test_asgi_trailers_sent_after_the_last_chunk():
+    """trailers: true, then http.response.trailers messages: the fields go after the last
+    chunk (checked on the wire, and the connection serves the next request); under a
+    Content-Length the answer ends without them, whole."""
+    import h11
+
+    with ASGIServer(trailers_app, port=0, lifespan="off") as server:
+        get = b"GET /t HTTP/1.1\r\nHost: t\r\n\r\n"
+        data = _raw_exchange(server.port, get + get.replace(b"/t", b"/length"))
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method="GET", target="/t", headers=[("Host", "t")]))
+        client.send(h11.EndOfMessage())
+        client.receive_data(data)
+        events = []
+        while True:
+            event = client.next_event()
+            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
+                break
+            events.append(event)
+            if isinstance(event, h11.EndOfMessage):
+                break
+        response, *bodies, end = events
+        assert response.status_code == 200
+        assert (b"transfer-encoding", b"chunked") in response.headers
+        assert b"".join(e.data for e in bodies) == b"hello world"
+        assert list(end.headers) == [(b"x-checksum", b"abc123"), (b"grpc-status", b"0")]
+        # The second answer, under its Content-Length: whole, without the trailers.
+        second = data[data.index(b"HTTP/1.1 200", 10) :]
+        assert second.endswith(b"\r\n\r\nhello world")
+        assert b"abc123" not in second
+
+
+def test_asgi_bad_trailer_raises_and_the_answer_still_ends():
+    raised = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"body"})
+        try:
+            await send({"type": "http.response.trailers", "headers": [(b"x-bad", b"a\r\nb: c")]})
+        except ValueError as e:
+            raised.append(str(e))
+
+    with ASGIServer(app, port=0, lifespan="off") as server:
+        data = _raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert data.endswith(b"4\r\nbody\r\n0\r\n\r\n"), data
+        assert b"b: c" not in data
+        assert len(raised) == 1, raised
