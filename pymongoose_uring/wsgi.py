@@ -13,14 +13,16 @@ How it runs. The engine's ring threads hand the requests completed in one pass
 to :class:`WSGIHandler` under one GIL acquisition; the handler only appends
 each request to a queue (a C deque) and wakes one idle pool thread per batch,
 then returns, so the ring never waits for the app. One exception saves the
-thread handoff where it costs most: a path whose last 64 calls on the pool
-each took under ``inline_ms`` (1 ms) is called on the ring thread itself,
-inside the batch; a ring call over that budget sends its path back to the pool
-(and the next try needs four times more quick calls), and a batch stops calling
-inline once it has held the ring 2 ms. So a route that blocks holds the ring
-once per backoff, never for long repeatedly; ``inline_ms=0`` never runs the app
-on the ring. Requests whose body is streamed always go to the pool. The pool
-threads (or the ring, inline) build the
+thread handoff where it costs most: a path (the request's raw path) that has
+made 64 quick calls on the pool (each under ``inline_ms``, default 1 ms; a
+slower one halves the count) is called on the ring thread itself, inside the
+batch. Two ring calls in a row over that budget (one alone may just have been
+preempted) send the path back to the pool, and its next try needs four times
+more quick calls; a batch stops calling inline once it has held the ring 2 ms
+(the rest go to the pool). So a route that starts blocking holds the ring
+twice per backoff, never for long repeatedly; ``inline_ms=0`` never runs the
+app on the ring. Requests whose body is streamed always go to the pool. The
+pool threads (or the ring, inline) build the
 environ, call the app and answer straight to the engine with
 ``request.reply()`` (a complete body: a list/tuple result, or a body whose
 Content-Length is known and small) or ``request.start/write/end`` (streamed:
@@ -95,7 +97,7 @@ _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 _INLINE_AFTER = 64
 _INLINE_MAX = 1 << 20
 _BATCH_BUDGET = 0.002
-_BATCH_GAP = 0.00005
+_BATCH_GAP = 0.000005
 _INLINE_PATHS = 4096
 _ERROR_BODY = b"Internal Server Error"
 _ERROR_HEADERS = [("Content-Type", "text/plain; charset=utf-8")]
@@ -466,12 +468,15 @@ class WSGIHandler:
         self._threads: List[threading.Thread] = []
         self._lock = threading.Lock()
         self._closing = False
-        # Inline calls: path -> [quick pool calls in a row, quick calls needed]; the
-        # current batch's start and last inline call's end (perf_counter seconds).
+        # Inline calls: path -> [quick pool calls, quick calls needed, whether the last
+        # ring call was over budget]; the current batch's start and the last inline
+        # call's end (perf_counter seconds).
         self._budget = inline_ms / 1000.0
         self._paths: Dict[str, List[int]] = {}
         self._batch_start = 0.0
         self._batch_end = 0.0
+        self._busy = 0  # pool threads running a request
+        self._grace = 2 * sys.getswitchinterval()
 
     # -- the pool ---------------------------------------------------------------
 
@@ -522,12 +527,20 @@ class WSGIHandler:
                 t0 = perf_counter()
                 if t0 - self._batch_end > _BATCH_GAP:
                     self._batch_start = t0  # the ring went back to its I/O in between
-                if t0 - self._batch_start < _BATCH_BUDGET:
+                # While pool threads run, times include waits for the GIL they hold
+                # (up to a switch interval each): then only a grace beyond counts.
+                grace = self._grace if self._busy or self._pending else 0.0
+                if t0 - self._batch_start < _BATCH_BUDGET + grace:
                     self._handle(request)
                     end = self._batch_end = perf_counter()
-                    if end - t0 > self._budget:  # too slow for the ring: back to the pool
-                        track[0] = 0
-                        track[1] = min(track[1] * 4, _INLINE_MAX)
+                    if end - t0 <= self._budget + grace:
+                        track[2] = 0
+                    elif track[2]:
+                        # Two calls in a row over budget (one alone may have been
+                        # preempted by another process): too slow for the ring.
+                        track[0], track[1], track[2] = 0, min(track[1] * 4, _INLINE_MAX), 0
+                    else:
+                        track[2] = 1
                     return
         self._pending.append(request)
         if not self._waking and self._idle:
@@ -571,10 +584,13 @@ class WSGIHandler:
             if budget:  # read before the answer, while the request is live
                 path, streamed = request.raw_path, request.body_streaming
             t0 = perf_counter()
+            self._busy += 1
             try:
                 handle(request)
             except BaseException:  # pragma: no cover - _handle answers everything itself
                 log.exception("WSGI pool thread: unexpected error")
+            finally:
+                self._busy -= 1
             if budget:
                 # Count the path's quick calls in a row (a streamed body's reads wait
                 # for the network: those calls say nothing of the app).
@@ -582,12 +598,15 @@ class WSGIHandler:
                 track = paths.get(path)
                 if track is None:
                     if quick and len(paths) < _INLINE_PATHS and not streamed:
-                        paths[path] = [1, _INLINE_AFTER]
+                        paths[path] = [1, _INLINE_AFTER, 0]
                 elif quick:
                     if not streamed:
                         track[0] += 1
                 else:
-                    track[0] = 0
+                    # Halved, not reset: a pool call's time includes its waits for
+                    # the GIL, which a busy ring makes long now and then; a path that
+                    # blocks often never reaches the count.
+                    track[0] //= 2
             # An idle thread must not keep the last request (and its body) alive.
             request = None
 

@@ -58,10 +58,12 @@ def test_a_quick_path_moves_to_the_ring_and_a_slow_one_back_to_the_pool(serve_ws
     # The first calls ran on the pool; once proven quick, on the ring thread.
     assert all(name.startswith(POOL) for name in names[:n])
     assert not any(name.startswith(POOL) for name in names[n + 1 :])
-    # Over budget on the ring: answered, and the path goes back to the pool.
+    # Two calls in a row over budget on the ring (one alone may have been preempted):
+    # answered, and the path goes back to the pool.
     slow["on"] = True
     assert get(conn, "/slow") == (200, b"/slow 0")
-    assert not threads[-1][1].startswith(POOL)
+    assert get(conn, "/slow") == (200, b"/slow 0")
+    assert not any(name.startswith(POOL) for _, name in threads[-2:])
     slow["on"] = False
     # Now a blocking call holds a pool thread, not the ring: another connection is
     # answered meanwhile.
@@ -93,6 +95,8 @@ def test_a_batch_stops_running_inline_after_its_budget(serve_wsgi, monkeypatch):
     """Pipelined requests reach the handler in one batch: once the batch has spent its
     ring budget in inline calls, the rest go to the pool."""
     monkeypatch.setattr(pmu_wsgi, "_BATCH_BUDGET", 0.005)
+    # Two calls of one batch are at most this far apart, even on a loaded test machine.
+    monkeypatch.setattr(pmu_wsgi, "_BATCH_GAP", 0.001)
     threads = []
 
     def app(environ, start_response):
