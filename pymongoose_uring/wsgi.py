@@ -21,7 +21,8 @@ preempted) send the path back to the pool, and its next try needs four times
 more quick calls; a batch stops calling inline once it has held the ring 2 ms
 (the rest go to the pool). So a route that starts blocking holds the ring
 twice per backoff, never for long repeatedly; ``inline_ms=0`` never runs the
-app on the ring. Requests whose body is streamed always go to the pool. The
+app on the ring (needed by an app that calls its own server and waits for the
+answer: on the ring, that call would wait for itself). Requests whose body is streamed always go to the pool. The
 pool threads (or the ring, inline) build the
 environ, call the app and answer straight to the engine with
 ``request.reply()`` (a complete body: a list/tuple result, or a body whose
