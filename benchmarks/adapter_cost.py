@@ -20,7 +20,8 @@ with a minimal environ/scope, no server), and "server cost" = row - app's own. T
 targets are printed beside the figures.
 
     python3 benchmarks/adapter_cost.py --python build/venv/bin/python --rounds 5
-    python3 benchmarks/adapter_cost.py --only native,wsgi,asgi --rounds 3 --profile wsgi
+    python3 benchmarks/adapter_cost.py --python build/venv/bin/python --only native,wsgi,flask \
+        --baseline-python /path/to/main/checkout/build/venv/bin/python
 
 Loopback only, bounded in time (rounds x servers x seconds).
 """
@@ -279,10 +280,12 @@ def start(
     name: str, args: argparse.Namespace, env: Dict[str, str]
 ) -> Optional[Tuple[subprocess.Popen, int]]:
     port = free_port()
-    if name in OURS:
-        cmd = [args.python, "-m", "pymongoose_uring", *OURS[name], "--port", str(port)]
+    kind, _, base = name.partition("@")
+    if kind in OURS:
+        python = args.baseline_python if base else args.python
+        cmd = [python, "-m", "pymongoose_uring", *OURS[kind], "--port", str(port)]
         cmd += ["--threads", "1", "--log-level", "warning"]
-        if name in ("wsgi", "flask"):
+        if kind in ("wsgi", "flask"):
             cmd += ["--pool-threads", str(args.pool_threads)]
     else:
         module = name.split("-")[0]
@@ -312,10 +315,17 @@ def main() -> None:
         "--only",
         default="native,wsgi,asgi,flask,fastapi,granian-asgi,uvicorn-fastapi,gunicorn-flask",
     )
+    ap.add_argument(
+        "--baseline-python",
+        help="an interpreter with another build installed (e.g. the main checkout's venv): "
+        "each of our rows is also served by it, as NAME@base, in the same rounds",
+    )
     ap.add_argument("--own-costs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if os.sep in args.python:
         args.python = os.path.abspath(args.python)  # the servers run in /tmp
+    if args.baseline_python and os.sep in args.baseline_python:
+        args.baseline_python = os.path.abspath(args.baseline_python)
 
     if args.own_costs:  # the child that measures the apps in-process
         for name, cost in own_costs(args.calls).items():
@@ -326,6 +336,8 @@ def main() -> None:
     path = [os.path.abspath(p) for p in args.pythonpath.split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(path + [HERE, SERVERS_DIR, env.get("PYTHONPATH", "")])
     names = [n for n in args.only.split(",") if n]
+    if args.baseline_python:
+        names += [n + "@base" for n in names if n in OURS]
     procs: Dict[str, Tuple[subprocess.Popen, int]] = {}
     results: Dict[str, List[float]] = {}
     try:
@@ -378,10 +390,16 @@ def main() -> None:
     )
     for name, values in results.items():
         line = "  %-16s %7.2f" % (name, med[name])
-        if name in own:
-            line += "   app's own %6.2f  server cost %6.2f" % (own[name], med[name] - own[name])
+        kind = name.partition("@")[0]
+        if kind in own:
+            line += "   app's own %6.2f  server cost %6.2f" % (own[kind], med[name] - own[kind])
         line += "   (rounds: %s)" % " ".join("%.2f" % v for v in values)
         print(line)
+    if args.baseline_python and "native@base" in med:
+        base = med["native@base"]
+        for name in ("wsgi", "asgi"):
+            if name + "@base" in med:
+                print("  (baseline %s / its native = %.2fx)" % (name, med[name + "@base"] / base))
     print("targets:")
     native = med.get("native")
     for name in ("wsgi", "asgi"):
