@@ -874,6 +874,11 @@ class ASGIHandler:
         self._lifespan = _Lifespan(self.app, self.lifespan_mode, self.state)
         await self._lifespan.startup()
 
+    async def _wait_tasks(self, timeout: Optional[float]) -> None:
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def _shutdown_tasks(self) -> None:
         me = asyncio.current_task()
         tasks = [
@@ -895,6 +900,15 @@ class ASGIHandler:
         loop, lifespan = self.loop, self._lifespan
         if loop is None:
             return
+        if self._tasks and loop.is_running():
+            # Apps that go on after their answer (Starlette's BackgroundTasks, an
+            # upload's files closed in a thread) finish first, as uvicorn waits
+            # for its tasks at shutdown; those still running after `timeout`
+            # are cancelled below.
+            try:
+                self._run(self._wait_tasks(timeout), None, loop)
+            except Exception:
+                log.exception("waiting for the ASGI tasks left failed")
         self._lifespan = None
         if lifespan is not None and loop.is_running():
             try:

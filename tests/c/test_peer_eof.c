@@ -66,6 +66,7 @@ int main(void) {
     T_ASSERT_INT_EQ(t_read_response(c, &resp, T_EVENT_MS, false), 0);
     T_ASSERT_INT_EQ(resp.status, 200);
     T_ASSERT(resp.body_len == 11 && memcmp(resp.body, "late answer", 11) == 0);
+    t_response_free(&resp);
     T_ASSERT_INT_EQ(atomic_load(&peer_eofs), 1);
     t_conn_close(c);
   }
@@ -83,6 +84,7 @@ int main(void) {
     t_response_t resp;
     T_ASSERT_INT_EQ(t_read_response(c, &resp, T_EVENT_MS, false), 0);
     T_ASSERT_INT_EQ(resp.status, 200);
+    t_response_free(&resp);
     T_ASSERT_INT_EQ(shutdown(c->fd, SHUT_WR), 0);
     T_WAIT_UNTIL(t_stats(server, -1).connections_open == 0, T_EVENT_MS);
     T_ASSERT_INT_EQ(atomic_load(&peer_eofs), 0);

@@ -328,3 +328,38 @@ def test_asgi_bad_trailer_raises_and_the_answer_still_ends():
         assert data.endswith(b"4\r\nbody\r\n0\r\n\r\n"), data
         assert b"b: c" not in data
         assert len(raised) == 1, raised
+
+
+def test_background_tasks_finish_before_shutdown():
+    """Work an app does after its answer (Starlette's BackgroundTasks) finishes when the
+    server stops right after the answer, before the lifespan shutdown, as on uvicorn
+    (not cancelled)."""
+    pytest.importorskip("starlette", reason="Starlette is not installed (FastAPI brings it)")
+    import asyncio
+    import contextlib
+
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    events = []
+
+    async def later():
+        await asyncio.sleep(0.3)
+        events.append("background done")
+
+    async def home(request):
+        return PlainTextResponse("ok", background=BackgroundTask(later))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        events.append("lifespan shutdown")
+
+    server = ASGIServer(Starlette(routes=[Route("/", home)], lifespan=lifespan), port=0).start()
+    try:
+        assert request(server)[2] == b"ok"
+    finally:
+        server.stop()
+    assert events == ["background done", "lifespan shutdown"]

@@ -218,3 +218,30 @@ def test_max_body_bytes_still_answers_413(kind):
             pass  # closed under the app: no answer
         finally:
             conn.close()
+
+
+def test_cli_wsgi_app_takes_a_body_over_the_native_cap(tmp_path):
+    """Through the command line too (which passes only the knobs given to it): a 3 MiB
+    body reaches a WSGI app whole, where the native API's 1 MiB cap would answer 413."""
+    from conftest import port_of, run_cli, stop_process
+
+    (tmp_path / "uploadapp.py").write_text(
+        "import hashlib\n"
+        "def app(environ, start_response):\n"
+        "    data = environ['wsgi.input'].read()\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'%d %s' % (len(data), hashlib.sha256(data).hexdigest().encode())]\n"
+    )
+    proc = run_cli(tmp_path, "uploadapp:app", "--port", "0")
+    try:
+        port = port_of(proc)
+        data = os.urandom(3 << 20)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/", body=data)
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        assert resp.status == 200, body
+        assert body == b"%d %s" % (len(data), hashlib.sha256(data).hexdigest().encode())
+    finally:
+        stop_process(proc)
