@@ -258,6 +258,7 @@ typedef struct pyb_reqio {
   uint64_t drain_seq; /* on_drain calls so far */
   uint8_t body_done;  /* the last piece came */
   uint8_t gone;       /* the client went away while the request was held */
+  uint8_t peer_eof;   /* the client half-closed (FIN) while it was held */
   uint8_t unlinked;   /* answered: the engine says nothing more about it */
   /* Python objects: set and taken with both the GIL and the lock held; a
    * worker thread tests them for NULL under the lock alone, to know
@@ -347,6 +348,7 @@ int pyb_reqio_body_done(pyb_reqio *io);
 void pyb_stream_on_body(pmu_request_t *request, const void *data, size_t len, int last);
 void pyb_stream_on_disconnect(pmu_request_t *request);
 void pyb_stream_on_drain(pmu_request_t *request);
+void pyb_stream_on_peer_eof(pmu_request_t *request);
 
 /* Seconds on CLOCK_MONOTONIC. */
 double pyb_now(void);

@@ -648,6 +648,8 @@ static void on_disconnect(void *data, pmu_request_t *request) {
 
 static void on_drain(void *data, pmu_request_t *request) { pyb_stream_on_drain(request); }
 
+static void on_peer_eof(void *data, pmu_request_t *request) { pyb_stream_on_peer_eof(request); }
+
 static int in_ring_thread(EngineObject *self) {
   ring_state *rs = current_ring;
   return rs != NULL && self->rings != NULL && rs >= self->rings && rs < self->rings + self->nrings;
@@ -853,6 +855,7 @@ static PyObject *engine_start(PyObject *op, PyObject *unused) {
   c.on_thread_stop = on_thread_stop;
   c.on_disconnect = on_disconnect;
   c.on_drain = on_drain;
+  c.on_peer_eof = on_peer_eof;
   c.ws_handler = on_ws_events;
   c.conn_handler = self->conn_handler ? on_conn_events : NULL;
   c.log = on_log;

@@ -1233,8 +1233,10 @@ PyDoc_STRVAR(add_disconnect_callback_doc,
              "add_disconnect_callback(fn)\n\n"
              "Call fn() once, on an engine thread with the GIL held, if the client\n"
              "goes away while this request is unanswered (or its streamed answer\n"
-             "not ended); at once if it already has. Never called for a request\n"
-             "already answered. Keep fn short: the engine thread waits for it.");
+             "not ended), or half-closes its side (sends FIN: it may still read the\n"
+             "answer, which can be given as usual; a long poll takes it as the client\n"
+             "leaving, as uvicorn does); at once if it already has. Never called for\n"
+             "a request already answered. Keep fn short: the engine thread waits for it.");
 
 static PyObject *request_add_disconnect_callback(PyObject *op, PyObject *fn) {
   RequestObject *self = REQ(op);
@@ -1468,10 +1470,20 @@ fail:
   return NULL;
 }
 
-PyDoc_STRVAR(end_doc, "end()\n\n"
-                      "Finish the streamed answer. Any thread; a second call does nothing.");
+PyDoc_STRVAR(end_doc, "end(trailers=None)\n\n"
+                      "Finish the streamed answer. Any thread; a second call does nothing.\n"
+                      "trailers (headers as for reply()) are sent after the last chunk of a\n"
+                      "chunked answer; an answer framed otherwise (a Content-Length, HTTP/1.0,\n"
+                      "HEAD) ends without them. Trailers that are not header fields, or a bad\n"
+                      "field (CR, LF or NUL in it), end the answer without trailers and raise.");
 
-static PyObject *request_end(PyObject *op, PyObject *unused) {
+static PyObject *request_end(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"trailers", NULL};
+  PyObject *trailers = Py_None;
+  if ((args != NULL && PyTuple_GET_SIZE(args) > 0) || kwargs != NULL) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:end", kwlist, &trailers))
+      return NULL;
+  }
   RequestObject *self = REQ(op);
   if (!self->started) {
     PyErr_SetString(PyExc_RuntimeError, "end() before start(): reply() answers at once");
@@ -1479,8 +1491,36 @@ static PyObject *request_end(PyObject *op, PyObject *unused) {
   }
   if (self->ended || self->live == NULL)
     Py_RETURN_NONE;
-  /* The caller's references are unknown: always keep a copy (0). */
-  end_stream(self, 0, 0);
+  if (trailers == Py_None) {
+    /* The caller's references are unknown: always keep a copy (0). */
+    end_stream(self, 0, 0);
+    Py_RETURN_NONE;
+  }
+  pyb_built built;
+  if (pyb_build_headers(trailers, &built) < 0) {
+    /* Not fields (or a bad one): the answer ends without them; the error stays. */
+    pyb_built_release(&built);
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    end_stream(self, 0, 0);
+    PyErr_Restore(type, value, tb);
+    return NULL;
+  }
+  pmu_request_t *live = detach(self, 0);
+  self->ended = 1;
+  int rc = pmu_respond_end_trailers(live, built.response.headers, built.response.header_count);
+  pyb_built_release(&built);
+  if (rc == -EINVAL)
+    pmu_respond_end(live); /* refused with nothing done: end it without them */
+  pyb_drain_released(self->st);
+  if (rc == -EINVAL) {
+    PyErr_SetString(PyExc_ValueError,
+                    "a trailer field has a bad name or a CR, LF or NUL in its value; "
+                    "the answer was ended without trailers");
+    return NULL;
+  }
+  if (rc == -ENOMEM)
+    return PyErr_NoMemory();
   Py_RETURN_NONE;
 }
 
@@ -1911,7 +1951,7 @@ static PyMethodDef request_methods[] = {
     {"start", (PyCFunction)(void (*)(void))request_start, METH_VARARGS | METH_KEYWORDS, start_doc},
     {"write", (PyCFunction)(void (*)(void))request_write, METH_VARARGS | METH_KEYWORDS, write_doc},
     {"write_async", request_write_async, METH_O, write_async_doc},
-    {"end", request_end, METH_NOARGS, end_doc},
+    {"end", (PyCFunction)(void (*)(void))request_end, METH_VARARGS | METH_KEYWORDS, end_doc},
     {"abort", request_abort, METH_NOARGS, abort_doc},
     {"serve_static", (PyCFunction)(void (*)(void))request_serve_static,
      METH_VARARGS | METH_KEYWORDS, serve_static_doc},

@@ -129,6 +129,11 @@ static void set_link(pyb_reqio *io, pmu_request_t *request) {
     pthread_cond_broadcast(&io->cond);
     pthread_mutex_unlock(&io->lock);
   }
+  if (pmu_request_peer_eof(request)) { /* the same, for on_peer_eof */
+    pthread_mutex_lock(&io->lock);
+    io->peer_eof = 1;
+    pthread_mutex_unlock(&io->lock);
+  }
 }
 
 void pyb_reqio_link(pyb_reqio *io, pmu_request_t *request) {
@@ -414,7 +419,7 @@ int pyb_reqio_add_callback(pyb_reqio *io, PyObject *fn) {
   PyList_SET_ITEM(fresh, 0, Py_NewRef(fn));
   int rc = 1;
   pthread_mutex_lock(&io->lock);
-  if (io->gone) {
+  if (io->gone || io->peer_eof) {
     rc = 0;
   } else if (io->unlinked) {
     rc = 1; /* answered: it will never be called */
@@ -487,6 +492,22 @@ void pyb_stream_on_disconnect(pmu_request_t *request) {
   pthread_mutex_unlock(&io->lock);
   if (wake)
     wake_from_ring(io, WAKE_READ | WAKE_DRAIN | WAKE_CALLBACKS);
+  reqio_release(io);
+}
+
+/* The client half-closed: the disconnect callbacks run now (a long poll ends,
+ * as on uvicorn, whose ASGI apps get http.disconnect on a FIN), but the
+ * request is not gone: reads, writes and the answer go on as before. */
+void pyb_stream_on_peer_eof(pmu_request_t *request) {
+  pyb_reqio *io = reqio_acquire(request);
+  if (io == NULL)
+    return;
+  pthread_mutex_lock(&io->lock);
+  io->peer_eof = 1;
+  int wake = io->callbacks != NULL;
+  pthread_mutex_unlock(&io->lock);
+  if (wake)
+    wake_from_ring(io, WAKE_CALLBACKS);
   reqio_release(io);
 }
 

@@ -449,6 +449,22 @@ void pmu__conn_on_recv(pmu__conn_t *c, const char *data, size_t len) {
   feed(c, data, len);
 }
 
+/* The client half-closed with answers owed: mark every request it sent (those
+ * not yet handed over too, so that pmu_request_peer_eof() tells the handler
+ * when it gets them), and tell the handler of those it holds unanswered
+ * (on_peer_eof). The callback only takes note (it may not answer here), so
+ * the walk of the queue stays valid. */
+static void tell_peer_eof(pmu__conn_t *c) {
+  const pmu_config_t *cfg = &c->loop->server->cfg;
+  for (pmu__req_t *r = c->head; r; r = r->next) {
+    if (r->kind != REQ_USER || r->answered)
+      continue;
+    atomic_store(&r->peer_eof, 1);
+    if (r->with_handler && cfg->on_peer_eof)
+      cfg->on_peer_eof(cfg->handler_data, &r->pub);
+  }
+}
+
 void pmu__conn_on_eof(pmu__conn_t *c) {
   c->peer_eof = 1;
   if (c->ws) {
@@ -461,8 +477,11 @@ void pmu__conn_on_eof(pmu__conn_t *c) {
    * once the last is out); with nothing owed there is nothing to finish. A
    * streamed body cut short can never end: close, so that the handler hears
    * of it through on_disconnect instead of waiting for the body timeout. */
-  if (c->lingering || c->pending == 0 || (c->cur && c->cur->pub.body_streaming))
+  if (c->lingering || c->pending == 0 || (c->cur && c->cur->pub.body_streaming)) {
     pmu__conn_close(c);
+    return;
+  }
+  tell_peer_eof(c);
 }
 
 void pmu__conn_resume_unparsed(pmu__conn_t *c, int held,

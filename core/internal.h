@@ -178,7 +178,8 @@ struct pmu__req {
   pmu__seg_t *seg_head, *seg_tail;
   atomic_size_t unsent;
   atomic_int want_drain;
-  atomic_int gone; /* the connection is gone (2: cut by the stop): writes are dropped */
+  atomic_int gone;     /* the connection is gone (2: cut by the stop): writes are dropped */
+  atomic_int peer_eof; /* the client half-closed (FIN) before this was answered */
 
   /* A streamed request body (pub.body_streaming). */
   atomic_size_t body_delivered; /* written by the loop */

@@ -914,7 +914,7 @@ static int stream_finish(pmu__req_t *r, int abort) {
     r->aborted = 1;
     r->close_after = 1;
   } else if (r->stream_mode == STREAM_CHUNKED) {
-    n = sizeof last_chunk - 1;
+    n = r->end_seg->len; /* the last chunk, with trailers if any */
   }
   if (r->stream_mode == STREAM_CLOSE || r->overflowed)
     r->close_after = 1;
@@ -933,6 +933,53 @@ int pmu_respond_end(pmu_request_t *request) {
   return stream_finish(r, 0);
 }
 
+int pmu_respond_end_trailers(pmu_request_t *request, const pmu_header_t *trailers, size_t count) {
+  pmu__req_t *r = (pmu__req_t *)request;
+  if (r->stream_state != 1)
+    return -EINVAL;
+  size_t need = sizeof last_chunk - 1;
+  for (size_t i = 0; i < count; i++) {
+    if (!pmu__header_safe(&trailers[i]))
+      return -EINVAL; /* nothing done: the caller may still end */
+    need += trailers[i].name_len + 2 + trailers[i].value_len + 2;
+  }
+  if (count == 0 || r->stream_mode != STREAM_CHUNKED || r->stream_broken)
+    return pmu_respond_end(request); /* no trailer section to carry them */
+  /* "0\r\n", the trailer lines, "\r\n": the end piece, built in place of the
+   * one allocated at start. Without memory for it, the answer ends without
+   * the trailers (-ENOMEM), still complete. */
+  char *text = malloc(need);
+  pmu__seg_t *g = NULL;
+  if (text != NULL) {
+    char *p = text;
+    memcpy(p, "0\r\n", 3);
+    p += 3;
+    for (size_t i = 0; i < count; i++) {
+      memcpy(p, trailers[i].name, trailers[i].name_len);
+      p += trailers[i].name_len;
+      *p++ = ':';
+      *p++ = ' ';
+      if (trailers[i].value_len)
+        memcpy(p, trailers[i].value, trailers[i].value_len);
+      p += trailers[i].value_len;
+      *p++ = '\r';
+      *p++ = '\n';
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    g = seg_new(r, SEG_END, text, (size_t)(p - text), NULL, NULL);
+    free(text);
+  }
+  if (g == NULL) {
+    pmu_respond_end(request);
+    return -ENOMEM;
+  }
+  pmu__seg_done(r->end_seg); /* the plain last chunk, never delivered */
+  r->end_seg = g;
+  r->stream_state = 2;
+  return stream_finish(r, 0);
+}
+
 int pmu_respond_abort(pmu_request_t *request) {
   pmu__req_t *r = (pmu__req_t *)request;
   if (r->stream_state != 1)
@@ -947,6 +994,10 @@ size_t pmu_request_unsent(const pmu_request_t *request) {
 
 int pmu_request_gone(const pmu_request_t *request) {
   return atomic_load(&((const pmu__req_t *)request)->gone);
+}
+
+int pmu_request_peer_eof(const pmu_request_t *request) {
+  return atomic_load(&((const pmu__req_t *)request)->peer_eof) != 0;
 }
 
 int pmu_request_wait_drain(pmu_request_t *request) {

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Un
 from ._server import Server
 from ._types import Handler
 
-__all__ = ["AdapterServer", "ProxyHeaders", "detect_interface", "access_log"]
+__all__ = ["AdapterServer", "ProxyHeaders", "asgi_version", "detect_interface", "access_log"]
 
 log = logging.getLogger("pymongoose_uring")
 access_log = logging.getLogger("pymongoose_uring.access")
@@ -28,6 +28,26 @@ _SERVER_PARAMS = frozenset(
     for name, p in inspect.signature(Server.__init__).parameters.items()
     if p.kind is inspect.Parameter.KEYWORD_ONLY
 )
+
+
+# The body knobs WSGIServer and ASGIServer default to, as gunicorn, uvicorn and
+# granian do: no cap on a request body, and a body above 64 KiB streamed to the app
+# (wsgi.input / http.request messages with more_body) as it arrives, the engine
+# reading no further while more than output_high_water is unread, so that memory
+# stays bounded whatever the size. A body up to the threshold arrives whole, as
+# before. max_body_bytes=N keeps a cap (413 above it); the native API keeps the
+# engine's 1 MiB default.
+ADAPTER_BODY_DEFAULTS = {"max_body_bytes": 0, "stream_body_threshold": 64 * 1024}
+
+
+def adapter_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """``options`` with the adapters' body defaults for the knobs it does not give
+    (see ADAPTER_BODY_DEFAULTS); a value of None counts as not given."""
+    out = dict(options)
+    for name, value in ADAPTER_BODY_DEFAULTS.items():
+        if out.get(name) is None:
+            out[name] = value
+    return out
 
 
 def server_options(options: Dict[str, Any]) -> Dict[str, Any]:
@@ -231,7 +251,7 @@ class AdapterServer:
     def __init__(self, handler: Handler, host: str, port: int, options: Dict[str, Any]) -> None:
         self._handler = handler
         self._host, self._port = host, port
-        self._options = server_options(dict(options))
+        self._options = server_options(adapter_options(options))
         self.server = Server(handler, host, port, **self._options)
         self._started = False
 
@@ -330,12 +350,50 @@ def _positional_count(fn: Callable[..., object]) -> Optional[int]:
     return n
 
 
+def asgi_version(app: object) -> int:
+    """2 for an ASGI 2 (double-callable) app, ``app(scope)`` returning an
+    ``instance(receive, send)`` to await; 3 otherwise.
+
+    As uvicorn's ``--interface auto`` tells them apart: a class is ASGI 2
+    unless its instances are awaitable (``__await__``: an ASGI 3 class called
+    with scope, receive, send); a callable that is not a coroutine function and
+    takes exactly one positional argument is ASGI 2 (uvicorn takes any plain
+    function for ASGI 2; we keep a plain function of three arguments, e.g. one
+    returning a coroutine, ASGI 3).
+    """
+    if isinstance(app, type):
+        return 3 if hasattr(app, "__await__") else 2
+    fn: Any = app
+    if not (inspect.isfunction(app) or inspect.ismethod(app)):
+        call = getattr(type(app), "__call__", None)  # noqa: B004 (the type's own __call__)
+        if call is None or inspect.isbuiltin(call):
+            return 3
+        fn = getattr(app, "__call__")  # noqa: B004, B009
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__func__", None)
+    ):
+        return 3
+    return 2 if _positional_count(fn) == 1 else 3
+
+
+def _asgi2_class(app: object) -> bool:
+    """Whether `app` is a class whose instances are ASGI 2 apps' second callable:
+    built from one scope, called with receive and send, a coroutine function."""
+    if not isinstance(app, type) or hasattr(app, "__await__"):
+        return False
+    call = getattr(app, "__call__", None)  # noqa: B004 (the instances' __call__)
+    if call is None or not inspect.iscoroutinefunction(call):
+        return False
+    return _positional_count(call) == 3 and _positional_count(app) == 1  # self, receive, send
+
+
 def detect_interface(app: object) -> str:
     """``"native"``, ``"wsgi"`` or ``"asgi"`` for an application object.
 
     An :class:`App` is native. Otherwise the callable's signature decides:
     ``async def app(scope, receive, send)`` (or any callable of three
-    positional parameters) is ASGI 3, ``app(environ, start_response)`` is
+    positional parameters) is ASGI 3, a class built from a scope whose
+    instances have ``async def __call__(self, receive, send)`` ASGI 2, ``app(environ, start_response)`` is
     WSGI, ``handler(request)`` native. Raises ValueError when it cannot tell.
     """
     from ._routing import App
@@ -344,6 +402,8 @@ def detect_interface(app: object) -> str:
         return "native"
     if not callable(app):
         raise ValueError(f"{app!r} is not callable")
+    if _asgi2_class(app):
+        return "asgi"  # ASGI 2: ASGIServer runs it through asgi2_app()
     fn = app
     if not (inspect.isfunction(app) or inspect.ismethod(app)):
         call = getattr(type(app), "__call__", None)  # noqa: B004 (the type's own __call__, not callable())

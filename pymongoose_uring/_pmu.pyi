@@ -191,8 +191,9 @@ class Request:
         unsent. False once the client is gone."""
     def write_async(self, data: Union[bytes, bytearray, memoryview, str]) -> "asyncio.Future[bool]":
         """write() for asyncio code: the future is done once drained."""
-    def end(self) -> None:
-        """Finish the streamed answer; a second call does nothing."""
+    def end(self, trailers: _HeadersLike = None) -> None:
+        """Finish the streamed answer; a second call does nothing. trailers go
+        after the last chunk of a chunked answer (dropped when framed otherwise)."""
     def abort(self) -> None:
         """Cut the streamed answer short (it failed): what was written is sent,
         then the connection closes without completing the body."""

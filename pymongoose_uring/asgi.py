@@ -41,6 +41,13 @@ other thread hop.
   ``FileNotFoundError`` in send() (an ``OSError``: nothing is sent yet, and the app
   may catch it and send another ``http.response.start``; uncaught, the client gets
   a 500). Before start, twice, or after a body: ``RuntimeError``.
+- ``http.response.trailers`` (listed in ``scope["extensions"]``): with
+  ``"trailers": True`` in http.response.start, the body is sent chunked and the
+  answer ends with the fields of the ``http.response.trailers`` messages (until
+  ``more_trailers`` is false) after the last chunk; an answer under a
+  Content-Length, or to HTTP/1.0, ends without them. The client half-closing
+  (FIN) after its request gives ``http.disconnect`` to a ``receive()`` waiting
+  after the body, as on uvicorn.
 - ``websocket`` scopes (spec 2.4): the same fields as http (scheme ``ws``/``wss``)
   plus ``subprotocols`` and ``extensions`` (``websocket.http.response``: a
   denial response instead of the 403 of a close before accept). ``receive()``
@@ -90,14 +97,21 @@ from typing import (
 )
 
 from . import _native
-from ._adapter import AdapterServer, declared_length, length_mismatch, log_access, trusted_proxies
+from ._adapter import (
+    AdapterServer,
+    asgi_version,
+    declared_length,
+    length_mismatch,
+    log_access,
+    trusted_proxies,
+)
 from ._native import Response
 from ._types import ASGIApp, Message, Scope
 
 if TYPE_CHECKING:
     from ._pmu import Request
 
-__all__ = ["ASGIHandler", "ASGIServer", "serve", "new_event_loop"]
+__all__ = ["ASGIHandler", "ASGIServer", "asgi2_app", "serve", "new_event_loop"]
 
 log = logging.getLogger("pymongoose_uring")
 
@@ -114,6 +128,19 @@ _ERROR_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
 
 _T = TypeVar("_T")
 _Client = Optional[Tuple[str, int]]
+
+
+def asgi2_app(app: Callable[[Scope], Any]) -> ASGIApp:
+    """An ASGI 3 app running the ASGI 2 (double-callable) `app`: for each scope,
+    ``instance = app(scope)``, then ``await instance(receive, send)``.
+    ASGIHandler applies it by itself to an app asgi_version() finds ASGI 2."""
+
+    async def asgi3(scope: Scope, receive: Any, send: Any) -> None:
+        instance = app(scope)
+        await instance(receive, send)
+
+    asgi3.__wrapped__ = app  # type: ignore[attr-defined]  # what it runs, for introspection
+    return asgi3
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -149,6 +176,7 @@ class _Cycle:
         "watching",
         "client",
         "sent",
+        "trailers",
     )
 
     def __init__(self, request: Request, handler: "ASGIHandler") -> None:
@@ -163,6 +191,9 @@ class _Cycle:
         self.gone = False  # the client left
         self.client: _Client = None  # scope["client"]
         self.sent = 0  # body bytes streamed
+        # http.response.trailers: None (not announced), a list (announced: the
+        # fields so far) once the body is complete, False before that
+        self.trailers: Any = None
         self.waiter: Optional["asyncio.Future[None]"] = None
         self.watching = False
 
@@ -232,6 +263,8 @@ class _Cycle:
             self.status = message["status"]
             self.headers = message.get("headers") or ()
             self.started = True
+            if message.get("trailers"):
+                self.trailers = False  # the body's end waits for http.response.trailers
             return
         if kind == "http.response.body":
             if not self.started:
@@ -241,7 +274,7 @@ class _Cycle:
             body = message.get("body", b"")
             more = message.get("more_body", False)
             request = self.request
-            if not more and not self.streaming:
+            if not more and not self.streaming and self.trailers is None:
                 self.done = True
                 self.handler._answered(request, self, body)
                 self._wake()
@@ -260,6 +293,9 @@ class _Cycle:
                     self._wake()
                     raise _ClientDisconnected("the client disconnected")
             if not more:
+                if self.trailers is not None:
+                    self.trailers = []  # the body is complete; the trailers end it
+                    return
                 self.done = True
                 if self._short():
                     request.abort()  # never complete: the client must not take it for whole
@@ -279,8 +315,35 @@ class _Cycle:
             await self._pathsend(message["path"])
             return
         if kind == "http.response.trailers":
-            return  # trailers are not sent (not announced in the scope)
+            await self._trailers(message)
+            return
         raise ValueError(f"unsupported ASGI message type {kind!r} for http")
+
+    async def _trailers(self, message: Message) -> None:
+        """``http.response.trailers`` (announced by ``trailers: True`` in
+        http.response.start, after the last body message): the fields are
+        gathered until ``more_trailers`` is false, then sent after the last
+        chunk (an answer under a Content-Length, or to HTTP/1.0, ends without
+        them: it has no place for them). Unannounced trailers are ignored."""
+        trailers = self.trailers
+        if trailers is None or self.done:
+            return
+        if trailers is False:
+            raise RuntimeError("http.response.trailers before the last http.response.body")
+        trailers.extend(message.get("headers") or ())
+        if message.get("more_trailers", False):
+            return
+        self.done = True
+        request = self.request
+        if self.gone or request.disconnected:
+            request.end()
+        elif self._short():
+            request.abort()
+        else:
+            request.end(trailers)
+        self._wake()
+        if self.handler.access_log:
+            self.handler._log(request, self.client, self.status)
 
     async def _pathsend(self, path: Any) -> None:
         """``http.response.pathsend``: the file at ``path`` is the whole body,
@@ -707,7 +770,9 @@ class ASGIHandler:
         ws_max_queue: int = 32,
     ) -> None:
         if not callable(app):
-            raise TypeError("app must be an ASGI 3 callable app(scope, receive, send)")
+            raise TypeError("app must be an ASGI callable app(scope, receive, send)")
+        if asgi_version(app) == 2:  # double-callable: wrapped once, here
+            app = asgi2_app(app)  # type: ignore[arg-type]
         if lifespan not in ("auto", "on", "off"):
             raise ValueError("lifespan must be 'auto', 'on' or 'off'")
         if ws not in ("auto", "none"):
@@ -809,6 +874,11 @@ class ASGIHandler:
         self._lifespan = _Lifespan(self.app, self.lifespan_mode, self.state)
         await self._lifespan.startup()
 
+    async def _wait_tasks(self, timeout: Optional[float]) -> None:
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def _shutdown_tasks(self) -> None:
         me = asyncio.current_task()
         tasks = [
@@ -830,6 +900,15 @@ class ASGIHandler:
         loop, lifespan = self.loop, self._lifespan
         if loop is None:
             return
+        if self._tasks and loop.is_running():
+            # Apps that go on after their answer (Starlette's BackgroundTasks, an
+            # upload's files closed in a thread) finish first, as uvicorn waits
+            # for its tasks at shutdown; those still running after `timeout`
+            # are cancelled below.
+            try:
+                self._run(self._wait_tasks(timeout), None, loop)
+            except Exception:
+                log.exception("waiting for the ASGI tasks left failed")
         self._lifespan = None
         if lifespan is not None and loop.is_running():
             try:
@@ -927,7 +1006,7 @@ class ASGIHandler:
             "raw_path": request.raw_path.encode("utf-8", "surrogateescape"),
             "query_string": request.query_string.encode("utf-8", "surrogateescape"),
             "headers": headers,
-            "extensions": {"http.response.pathsend": {}},
+            "extensions": {"http.response.pathsend": {}, "http.response.trailers": {}},
         }
         if self.state:
             scope["state"] = self.state.copy()
@@ -1128,7 +1207,8 @@ class ASGIHandler:
 
 
 class ASGIServer(AdapterServer):
-    """A :class:`Server` running an ASGI 3 app on its own event loop thread.
+    """A :class:`Server` running an ASGI 3 app (or an ASGI 2 double-callable one,
+    detected and wrapped by :func:`asgi2_app`) on its own event loop thread.
 
     ``ASGIServer(app, host, port, lifespan="auto", root_path="", loop="auto",
     access_log=False, ws="auto", ws_max_queue=32, **server_options)``: ``loop``

@@ -12,7 +12,18 @@ or ``python -m pymongoose_uring myapp:app --interface wsgi``.
 How it runs. The engine's ring threads hand the requests completed in one pass
 to :class:`WSGIHandler` under one GIL acquisition; the handler only appends
 each request to a queue (a C deque) and wakes one idle pool thread per batch,
-then returns, so the ring never waits for the app. The pool threads build the
+then returns, so the ring never waits for the app. One exception saves the
+thread handoff where it costs most: a path (the request's raw path) that has
+made 64 quick calls on the pool (each under ``inline_ms``, default 1 ms; a
+slower one halves the count) is called on the ring thread itself, inside the
+batch. Two ring calls in a row over that budget (one alone may just have been
+preempted) send the path back to the pool, and its next try needs four times
+more quick calls; a batch stops calling inline once it has held the ring 2 ms
+(the rest go to the pool). So a route that starts blocking holds the ring
+twice per backoff, never for long repeatedly; ``inline_ms=0`` never runs the
+app on the ring (needed by an app that calls its own server and waits for the
+answer: on the ring, that call would wait for itself). Requests whose body is streamed always go to the pool. The
+pool threads (or the ring, inline) build the
 environ, call the app and answer straight to the engine with
 ``request.reply()`` (a complete body: a list/tuple result, or a body whose
 Content-Length is known and small) or ``request.start/write/end`` (streamed:
@@ -43,6 +54,7 @@ import os
 import stat
 import sys
 import threading
+from time import perf_counter
 from typing import (
     IO,
     TYPE_CHECKING,
@@ -78,6 +90,16 @@ BUFFER_LIMIT = 1 << 20
 _READ_SIZE = 65536
 
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+
+# Running the app on the ring thread (see the module's docstring): quick pool calls a
+# path needs before it runs inline (times 4 after each inline call over budget, up to
+# _INLINE_MAX), the ring time one batch may spend in inline calls, the gap between two
+# calls that starts a new batch, and how many paths are tracked.
+_INLINE_AFTER = 64
+_INLINE_MAX = 1 << 20
+_BATCH_BUDGET = 0.002
+_BATCH_GAP = 0.000005
+_INLINE_PATHS = 4096
 _ERROR_BODY = b"Internal Server Error"
 _ERROR_HEADERS = [("Content-Type", "text/plain; charset=utf-8")]
 
@@ -395,7 +417,9 @@ class WSGIHandler:
     ``url_scheme`` is ``wsgi.url_scheme``; ``script_name`` is ``SCRIPT_NAME``
     (the prefix the app is mounted under, stripped from ``PATH_INFO``);
     ``errors`` is ``wsgi.errors`` (default ``sys.stderr``); ``access_log``
-    logs one line per request to the logger ``pymongoose_uring.access``.
+    logs one line per request to the logger ``pymongoose_uring.access``;
+    ``inline_ms`` is the budget of a call run on the ring thread (see the
+    module's docstring; 0: the app always runs on the pool).
     """
 
     def __init__(
@@ -410,11 +434,14 @@ class WSGIHandler:
         access_log: bool = False,
         proxy_headers: bool = True,
         forwarded_allow_ips: Union[str, Iterable[str], None] = None,
+        inline_ms: float = 1.0,
     ) -> None:
         if not callable(app):
             raise TypeError("app must be a WSGI callable app(environ, start_response)")
         if pool_threads < 1:
             raise ValueError("pool_threads must be at least 1")
+        if inline_ms < 0:
+            raise ValueError("inline_ms must be 0 (never inline) or more")
         self.app = app
         self.pool_threads = pool_threads
         self.access_log = access_log
@@ -442,6 +469,15 @@ class WSGIHandler:
         self._threads: List[threading.Thread] = []
         self._lock = threading.Lock()
         self._closing = False
+        # Inline calls: path -> [quick pool calls, quick calls needed, whether the last
+        # ring call was over budget]; the current batch's start and the last inline
+        # call's end (perf_counter seconds).
+        self._budget = inline_ms / 1000.0
+        self._paths: Dict[str, List[int]] = {}
+        self._batch_start = 0.0
+        self._batch_end = 0.0
+        self._busy = 0  # pool threads running a request
+        self._grace = 2 * sys.getswitchinterval()
 
     # -- the pool ---------------------------------------------------------------
 
@@ -485,7 +521,28 @@ class WSGIHandler:
 
     def __call__(self, request: Request) -> None:
         """The engine handler (ring thread, GIL held): queue the request; wake
-        one parked thread per batch."""
+        one parked thread per batch; or run it here when its path has proven quick."""
+        if self._budget:
+            track = self._paths.get(request.raw_path)
+            if track is not None and track[0] >= track[1] and not request.body_streaming:
+                t0 = perf_counter()
+                if t0 - self._batch_end > _BATCH_GAP:
+                    self._batch_start = t0  # the ring went back to its I/O in between
+                # While pool threads run, times include waits for the GIL they hold
+                # (up to a switch interval each): then only a grace beyond counts.
+                grace = self._grace if self._busy or self._pending else 0.0
+                if t0 - self._batch_start < _BATCH_BUDGET + grace:
+                    self._handle(request)
+                    end = self._batch_end = perf_counter()
+                    if end - t0 <= self._budget + grace:
+                        track[2] = 0
+                    elif track[2]:
+                        # Two calls in a row over budget (one alone may have been
+                        # preempted by another process): too slow for the ring.
+                        track[0], track[1], track[2] = 0, min(track[1] * 4, _INLINE_MAX), 0
+                    else:
+                        track[2] = 1
+                    return
         self._pending.append(request)
         if not self._waking and self._idle:
             self._wake()
@@ -504,6 +561,8 @@ class WSGIHandler:
     def _work(self, park: threading.Lock) -> None:
         pending, idle, handle = self._pending, self._idle, self._handle
         popleft = pending.popleft
+        paths, budget = self._paths, self._budget
+        path, streamed = "", False
         while True:
             try:
                 request = popleft()
@@ -523,10 +582,32 @@ class WSGIHandler:
                 return
             if pending and idle and not self._waking:
                 self._wake()  # more work than this thread: a helper, in case the app blocks
+            if budget:  # read before the answer, while the request is live
+                path, streamed = request.raw_path, request.body_streaming
+            t0 = perf_counter()
+            self._busy += 1
             try:
                 handle(request)
             except BaseException:  # pragma: no cover - _handle answers everything itself
                 log.exception("WSGI pool thread: unexpected error")
+            finally:
+                self._busy -= 1
+            if budget:
+                # Count the path's quick calls in a row (a streamed body's reads wait
+                # for the network: those calls say nothing of the app).
+                quick = perf_counter() - t0 <= budget
+                track = paths.get(path)
+                if track is None:
+                    if quick and len(paths) < _INLINE_PATHS and not streamed:
+                        paths[path] = [1, _INLINE_AFTER, 0]
+                elif quick:
+                    if not streamed:
+                        track[0] += 1
+                else:
+                    # Halved, not reset: a pool call's time includes its waits for
+                    # the GIL, which a busy ring makes long now and then; a path that
+                    # blocks often never reaches the count.
+                    track[0] //= 2
             # An idle thread must not keep the last request (and its body) alive.
             request = None
 
@@ -588,13 +669,18 @@ class WSGIHandler:
             else:
                 env[key] = old + ("; " if key == "HTTP_COOKIE" else ", ") + value
         proxies = self.proxies
-        if proxies is not None and proxies.trusts(client):
+        if proxies is not None:
             forwarded_for = env.get("HTTP_X_FORWARDED_FOR")
+            forwarded_proto = env.get("HTTP_X_FORWARDED_PROTO")
+        if (
+            proxies is not None
+            and (forwarded_for is not None or forwarded_proto is not None)
+            and proxies.trusts(client)  # (asked only when a proxy header came)
+        ):
             if forwarded_for is not None:
                 client = proxies.client(forwarded_for, client)
                 if client is not None:  # None: a Unix socket peer, and no address named
                     env["REMOTE_ADDR"], env["REMOTE_PORT"] = client[0], str(client[1])
-            forwarded_proto = env.get("HTTP_X_FORWARDED_PROTO")
             if forwarded_proto is not None:
                 env["wsgi.url_scheme"] = proxies.scheme(forwarded_proto, env["wsgi.url_scheme"])
         if request.body_streaming:
@@ -624,7 +710,7 @@ class WSGIHandler:
         except Exception:
             self._fail(request, sr, "the WSGI app's response failed")
         finally:
-            close = getattr(result, "close", None)
+            close = None if type(result) is list else getattr(result, "close", None)
             if close is not None:
                 try:
                     close()
@@ -795,7 +881,13 @@ class WSGIHandler:
             request.start(code, headers)
             request.end()
             return code
-        if length is not None and code != 204 and code != 304 and method != "HEAD":
+        if (
+            length is not None
+            and length != str(len(body))  # (the usual case: the app's length is right)
+            and code != 204
+            and code != 304
+            and method != "HEAD"
+        ):
             declared = declared_length(headers)
             if declared is not None and declared != len(body):
                 # Sent under the length the app declared, as the app said: the
@@ -847,6 +939,7 @@ class WSGIServer(AdapterServer):
         access_log: bool = False,
         proxy_headers: bool = True,
         forwarded_allow_ips: Union[str, Iterable[str], None] = None,
+        inline_ms: float = 1.0,
         **server_options: Any,
     ) -> None:
         self.handler = WSGIHandler(
@@ -859,6 +952,7 @@ class WSGIServer(AdapterServer):
             access_log=access_log,
             proxy_headers=proxy_headers,
             forwarded_allow_ips=forwarded_allow_ips,
+            inline_ms=inline_ms,
         )
         super().__init__(self.handler, host, port, server_options)
 

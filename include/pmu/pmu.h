@@ -134,6 +134,13 @@ typedef void (*pmu_thread_fn)(void *handler_data, unsigned thread_index);
  *   dropped from now on.
  * - on_drain: the stream's unsent bytes fell to half of output_high_water
  *   after pmu_request_wait_drain() returned 1.
+ * - on_peer_eof: the client half-closed its side (sent FIN) after the whole
+ *   request and before its answer. The connection stays open and the answer
+ *   is still sent (a client may half-close and wait), but a handler that
+ *   waits for an event rather than answering (a long poll) may take it as the
+ *   client leaving, as uvicorn does (ASGI http.disconnect). Never for a
+ *   request whose body is streamed (a body cut short closes the connection:
+ *   on_disconnect). pmu_request_peer_eof() tells it afterwards.
  */
 typedef void (*pmu_request_fn)(void *handler_data, pmu_request_t *request);
 
@@ -586,6 +593,7 @@ typedef struct pmu_config {
   pmu_thread_fn on_thread_stop;  /* optional */
   pmu_request_fn on_disconnect;  /* optional */
   pmu_request_fn on_drain;       /* optional */
+  pmu_request_fn on_peer_eof;    /* optional */
   pmu_body_fn on_body;           /* optional: see body_stream_threshold */
   pmu_log_fn log;                /* pmu_log_stderr; NULL: silent. See pmu_log_fn */
   pmu_slow_fn on_slow;           /* optional: slow handler calls (see pmu_slow_t); NULL: log */
@@ -693,6 +701,17 @@ int pmu_respond_start(pmu_request_t *request, int status, const pmu_header_t *he
 int pmu_respond_write(pmu_request_t *request, const void *data, size_t len,
                       void (*release)(void *ctx), void *ctx);
 int pmu_respond_end(pmu_request_t *request);
+/*
+ * pmu_respond_end() with trailer fields after the body: on a chunked answer
+ * they follow the last chunk ("0", the fields, the blank line); an answer
+ * framed otherwise (Content-Length, HTTP/1.0, HEAD, 204, 304), or broken,
+ * has no place for them and ends without them (0). -EINVAL when called out
+ * of order or for a field with a bad name or a CR, LF or NUL in its value
+ * (nothing done: end the answer still); -ENOMEM when there was no memory for
+ * them: the answer ended without them. The request is released otherwise as
+ * by pmu_respond_end(). The head may name them in a Trailer field.
+ */
+int pmu_respond_end_trailers(pmu_request_t *request, const pmu_header_t *trailers, size_t count);
 int pmu_respond_abort(pmu_request_t *request);
 
 /* ---- Files ---- */
@@ -748,6 +767,13 @@ int pmu_request_wait_drain(pmu_request_t *request);
  * and an answer is dropped (it still releases the request).
  */
 int pmu_request_gone(const pmu_request_t *request);
+
+/*
+ * 1 if the client half-closed (FIN) after sending this request and before it
+ * was answered (see on_peer_eof), 0 otherwise. Any thread; no side effect;
+ * once 1 it stays 1. The answer can still be given.
+ */
+int pmu_request_peer_eof(const pmu_request_t *request);
 
 /*
  * For a streamed request body: the handler has finished with n more bytes of
