@@ -49,8 +49,8 @@ typedef struct {
   PyObject_HEAD
   pyb_state *st; /* borrowed: the type holds the module */
   pmu_config_t config;
-  char *host, *unix_path, *server_header, *body_spool_dir; /* owned copies behind config's
-                                                            strings */
+  char *host, *unix_path, *server_header, *body_spool_dir,
+      *extra_headers;         /* owned copies behind config's strings */
   PyObject *handler;          /* callable(request): called when no route matches; NULL (raw) */
   PyObject *conn_handler;     /* callable(conn, event, data), or NULL */
   PyObject *routes;           /* dict path -> dict method -> callable, or NULL */
@@ -467,8 +467,8 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
 }
 
 /* Index of a string field's owned copy: 0 host, 1 unix_path, 2 server_header,
- * 3 body_spool_dir. */
-#define NOWNED 4
+ * 3 body_spool_dir, 4 extra_headers. */
+#define NOWNED 5
 static int owned_index(const field *f) {
   if (f->offset == offsetof(pmu_config_t, host))
     return 0;
@@ -476,6 +476,8 @@ static int owned_index(const field *f) {
     return 1;
   if (f->offset == offsetof(pmu_config_t, body_spool_dir))
     return 3;
+  if (f->offset == offsetof(pmu_config_t, extra_headers))
+    return 4;
   return 2;
 }
 
@@ -496,7 +498,7 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   pmu_static_t *static_array = NULL;
   size_t static_count = 0;
   pmu_config_t c = self->config;
-  char *fresh[NOWNED] = {NULL, NULL, NULL, NULL}; /* strings copied by this call */
+  char *fresh[NOWNED] = {NULL, NULL, NULL, NULL, NULL}; /* strings copied by this call */
   if (kwargs != NULL) {
     Py_ssize_t pos = 0;
     PyObject *key, *value; /* borrowed */
@@ -584,7 +586,7 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   }
   /* Commit: new copies replace old ones, which config no longer uses. */
   char **slots[NOWNED] = {&self->host, &self->unix_path, &self->server_header,
-                          &self->body_spool_dir};
+                          &self->body_spool_dir, &self->extra_headers};
   for (int i = 0; i < NOWNED; i++)
     if (fresh[i] != NULL) {
       PyMem_Free(*slots[i]);
@@ -1044,6 +1046,7 @@ static void engine_dealloc(PyObject *op) {
   PyMem_Free(self->unix_path);
   PyMem_Free(self->server_header);
   PyMem_Free(self->body_spool_dir);
+  PyMem_Free(self->extra_headers);
   PyMem_Free(self->static_array);
   tp->tp_free(op);
   Py_DECREF(tp);

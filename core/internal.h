@@ -432,6 +432,12 @@ struct pmu_server {
   pmu_config_t cfg;
   char *host, *unix_path, *server_header;
   size_t server_header_len;
+  /* cfg.extra_headers checked and normalized at start: "Name: value\r\n" per
+   * line (NULL, 0: none); extra_server / extra_date: a line names Server or
+   * Date, which then replaces the engine's own. */
+  char *extra_headers;
+  size_t extra_headers_len;
+  uint8_t extra_server, extra_date;
   char *spool_dir;          /* cfg.body_spool_dir resolved */
   atomic_size_t body_bytes; /* request body bytes in memory, against the budget */
   unsigned nloops;

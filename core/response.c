@@ -223,7 +223,7 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
   size_t copy_body = (!no_body && !resp->body_release && !stream) ? resp->body_len : 0;
   uint64_t stream_length = 0;
   size_t need = 13 + reason_len + 2 + 10 + s->server_header_len + 2 + 6 + 29 + 2 + hbytes + 16 +
-                20 + 2 + 24 + 2 + copy_body;
+                20 + 2 + 24 + 2 + s->extra_headers_len + copy_body;
   if (PMU__FAULT(PMU__FAULT_SERIALIZE) || out_reserve(r, need) < 0) {
     if (resp->body_release)
       resp->body_release(resp->body_ctx); /* never sent */
@@ -283,12 +283,14 @@ static int serialize(pmu__req_t *r, const pmu_response_t *resp, const char *date
     PUT(p, h->value, h->value_len);
     PUT_LIT(p, "\r\n");
   }
-  if (!(seen & USER_SERVER) && s->server_header_len) {
+  if (s->extra_headers_len)
+    PUT(p, s->extra_headers, s->extra_headers_len);
+  if (!(seen & USER_SERVER) && !s->extra_server && s->server_header_len) {
     PUT_LIT(p, "Server: ");
     PUT(p, s->server_header, s->server_header_len);
     PUT_LIT(p, "\r\n");
   }
-  if (!(seen & USER_DATE)) {
+  if (!(seen & USER_DATE) && !s->extra_date && s->cfg.date_header) {
     PUT_LIT(p, "Date: ");
     PUT(p, date, 29);
     PUT_LIT(p, "\r\n");

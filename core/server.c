@@ -72,6 +72,85 @@ static int in_range_unsigned(unsigned long long v, long long min, unsigned long 
 #define in_range_SIZE in_range_unsigned
 
 /* Check and complete a copied config. Returns 0 or -EINVAL with the error set. */
+/* RFC 9110 token characters, the letters of a header name. */
+static int is_tchar(unsigned char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+    return 1;
+  return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/*
+ * Check config.extra_headers and keep it as the serializers put it on the
+ * wire: each line "Name: value\r\n", the value without the blanks around it.
+ * Lines are separated by CRLF (a bare LF is taken too); empty lines are
+ * skipped, so a trailing CRLF is harmless. Returns 0, -EINVAL (a line without
+ * a colon, a name that is not a token, a value with CR or NUL: the error names
+ * the line) or -ENOMEM.
+ */
+static int extra_headers_resolve(pmu_server_t *s) {
+  const char *text = s->cfg.extra_headers;
+  s->cfg.extra_headers = NULL; /* the caller's string is not kept */
+  if (!text || !text[0])
+    return 0;
+  size_t n = strlen(text);
+  char *out = malloc(n + 3 * (n / 2 + 1) + 1); /* each line gains at most ": \r\n" */
+  if (!out) {
+    pmu__set_error(s, "out of memory");
+    return -ENOMEM;
+  }
+  size_t len = 0;
+  const char *line = text;
+  while (*line) {
+    const char *end = strchr(line, '\n');
+    const char *next = end ? end + 1 : line + strlen(line);
+    if (!end)
+      end = next;
+    if (end > line && end[-1] == '\r')
+      end--;
+    if (end == line) {
+      line = next;
+      continue;
+    }
+    const char *colon = memchr(line, ':', (size_t)(end - line));
+    int ok = colon && colon > line;
+    for (const char *q = line; ok && q < colon; q++)
+      ok = is_tchar((unsigned char)*q);
+    for (const char *q = colon ? colon + 1 : end; ok && q < end; q++)
+      ok = *q != '\r';
+    if (!ok) {
+      free(out);
+      pmu__set_error(s,
+                     "extra_headers: \"%.*s\" is not a header line \"Name: value\" (the name "
+                     "a token, the value without CR, LF or NUL)",
+                     (int)(end - line > 200 ? 200 : end - line), line);
+      return -EINVAL;
+    }
+    const char *v = colon + 1, *v_end = end;
+    while (v < v_end && (*v == ' ' || *v == '\t'))
+      v++;
+    while (v_end > v && (v_end[-1] == ' ' || v_end[-1] == '\t'))
+      v_end--;
+    size_t name_len = (size_t)(colon - line);
+    if (name_len == 6 && strncasecmp(line, "server", 6) == 0)
+      s->extra_server = 1;
+    if (name_len == 4 && strncasecmp(line, "date", 4) == 0)
+      s->extra_date = 1;
+    memcpy(out + len, line, name_len);
+    len += name_len;
+    memcpy(out + len, ": ", 2);
+    len += 2;
+    memcpy(out + len, v, (size_t)(v_end - v));
+    len += (size_t)(v_end - v);
+    memcpy(out + len, "\r\n", 2);
+    len += 2;
+    line = next;
+  }
+  s->extra_headers = out;
+  s->extra_headers_len = len;
+  s->cfg.extra_headers = out;
+  return 0;
+}
+
 static int config_resolve(pmu_server_t *s) {
   pmu_config_t *c = &s->cfg;
   if (c->raw && !c->conn_handler) {
@@ -116,7 +195,7 @@ static int config_resolve(pmu_server_t *s) {
     c->max_body_bytes = SIZE_MAX / 4;
   if (c->output_high_water == 0)
     c->output_high_water = SIZE_MAX / 4;
-  return 0;
+  return extra_headers_resolve(s);
 }
 
 /* Resolve host:port into *ss. Returns 0 or -errno with the error set. */
@@ -323,6 +402,7 @@ static void server_free(pmu_server_t *s) {
   free(s->host);
   free(s->unix_path);
   free(s->server_header);
+  free(s->extra_headers);
   free(s->spool_dir);
   pmu__statics_free(s);
   pthread_mutex_destroy(&s->lock);

@@ -531,7 +531,7 @@ static int write_101(pmu__req_t *r, const pmu_ws_accept_t *o, const char *ext, i
   size_t proto_len = o && o->subprotocol ? o->subprotocol_len : 0;
   /* 230 bytes of fixed text at most: status line, Upgrade, Connection, Accept,
    * the names of Protocol, Extensions and Server, Date, the blank line. */
-  size_t need = 256 + proto_len + ext_len + s->server_header_len;
+  size_t need = 256 + proto_len + ext_len + s->server_header_len + s->extra_headers_len;
   int user_server = 0, user_date = 0;
   for (size_t i = 0; o && i < o->header_count; i++) {
     need += o->headers[i].name_len + o->headers[i].value_len + 4;
@@ -564,12 +564,14 @@ static int write_101(pmu__req_t *r, const pmu_ws_accept_t *o, const char *ext, i
     PUT(p, h->value, h->value_len);
     PUT_LIT(p, "\r\n");
   }
-  if (!user_server && s->server_header_len) {
+  if (s->extra_headers_len)
+    PUT(p, s->extra_headers, s->extra_headers_len);
+  if (!user_server && !s->extra_server && s->server_header_len) {
     PUT_LIT(p, "Server: ");
     PUT(p, s->server_header, s->server_header_len);
     PUT_LIT(p, "\r\n");
   }
-  if (!user_date) {
+  if (!user_date && !s->extra_date && s->cfg.date_header) {
     char date[40];
     if (on_loop)
       memcpy(date, loop->date, 30);

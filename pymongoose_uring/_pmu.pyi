@@ -54,6 +54,7 @@ class Stats(TypedDict):
     wait_errors: int
     cqes: int
     batches: int
+    slow_batches: int
     batch_hist: List[int]
     deferred: int
     status_classes: Dict[str, int]
@@ -558,6 +559,7 @@ class Engine:
         pipe_size: int = ...,
         pipe_pool: int = ...,
         batch_max: int = ...,
+        slow_handler_ms: int = ...,
         max_header_bytes: int = ...,
         max_headers: int = ...,
         max_url_bytes: int = ...,
@@ -577,6 +579,8 @@ class Engine:
         shutdown_timeout_ms: int = ...,
         accept_backoff_ms: int = ...,
         server_header: Optional[str] = ...,
+        date_header: bool = ...,
+        extra_headers: Optional[str] = ...,
         ws_max_message: int = ...,
         ws_max_frame: int = ...,
         ws_auto_pong: bool = ...,

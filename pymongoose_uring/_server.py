@@ -72,6 +72,7 @@ _ENGINE_OPTIONS = (
     "pipe_size",
     "pipe_pool",
     "batch_max",
+    "slow_handler_ms",
     "max_header_bytes",
     "max_headers",
     "max_url_bytes",
@@ -87,6 +88,8 @@ _ENGINE_OPTIONS = (
     "shutdown_timeout_ms",
     "accept_backoff_ms",
     "server_header",
+    "date_header",
+    "extra_headers",
     "body_buffer_budget",
     "body_spool_dir",
     "min_recv_rate",
@@ -347,7 +350,11 @@ class Server:
       read into memory and sent), ``file_read_chunk`` (64 KiB: the read path's
       buffer per connection), ``pipe_size`` (256 KiB: F_SETPIPE_SZ),
       ``pipe_pool`` (16 idle pipes kept per ring thread)
-    - batching: ``batch_max`` (most requests per handler batch)
+    - batching: ``batch_max`` (most requests per handler batch);
+      ``slow_handler_ms`` (100; 0: off): a handler call that holds its ring
+      thread longer is counted in ``stats()["slow_batches"]`` and logged (a
+      WARNING on the ``pymongoose_uring`` logger naming the handler and the
+      request, at most one line per ring thread per 10 s)
     - limits: ``max_header_bytes``, ``max_headers``, ``max_url_bytes``,
       ``max_body_bytes``, ``max_connections``, ``max_pipelined``,
       ``output_high_water``
@@ -373,7 +380,10 @@ class Server:
       for this long or until a connection closes; logged at most once a
       second per ring thread on the ``pymongoose_uring`` logger, counted in
       ``stats()["accept_errors"]``
-    - ``server_header``: the Server header value ("" sends none)
+    - ``server_header``: the Server header value ("" sends none);
+      ``date_header`` (True): send the Date header; ``extra_headers``:
+      header lines added to every HTTP answer, ``"Name: value\r\nName2: v2"``
+      (a malformed one fails the start: OSError, errno EINVAL)
     - WebSocket: ``ws_max_message`` and ``ws_max_frame`` (16 MiB each: close 1009
       beyond; 0 no limit), ``ws_auto_pong`` (True), ``ws_ping_interval_ms`` and
       ``ws_ping_timeout_ms`` (20000 each: keepalive pings to a silent connection,
@@ -448,6 +458,7 @@ class Server:
         pipe_size: Optional[int] = None,
         pipe_pool: Optional[int] = None,
         batch_max: Optional[int] = None,
+        slow_handler_ms: Optional[int] = None,
         max_header_bytes: Optional[int] = None,
         max_headers: Optional[int] = None,
         max_url_bytes: Optional[int] = None,
@@ -463,6 +474,8 @@ class Server:
         shutdown_timeout_ms: Optional[int] = None,
         accept_backoff_ms: Optional[int] = None,
         server_header: Optional[str] = None,
+        date_header: Optional[bool] = None,
+        extra_headers: Optional[str] = None,
         body_buffer_budget: Optional[int] = None,
         body_spool_dir: Optional[str] = None,
         min_recv_rate: Optional[int] = None,

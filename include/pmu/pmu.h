@@ -430,6 +430,8 @@ typedef void (*pmu_conn_handler_fn)(void *handler_data, const pmu_conn_event_t *
     "idle pipes kept per thread for splicing (one is taken per file send, given back after)") \
   /* Batching */                                                                              \
   X(UINT, batch_max, 256, "requests", 0, UINT_MAX, "most requests per handler call (0: 1)")   \
+  X(UINT, slow_handler_ms, 100, "ms", 0, UINT_MAX,                                            \
+    "a handler call that holds its ring longer is counted (slow_batches) and logged (0: off)") \
   /* Limits */                                                                                \
   X(UINT, max_header_bytes, 16384, "bytes", 0, UINT_MAX,                                      \
     "request line and headers; 431 beyond (0: no limit)")                                    \
@@ -479,6 +481,10 @@ typedef void (*pmu_conn_handler_fn)(void *handler_data, const pmu_conn_event_t *
     "after accept fails for want of descriptors or memory (EMFILE, ENFILE, ENOMEM, "        \
     "ENOBUFS), accept nothing this long or until a connection closes (0: retry at once)")    \
   X(STR, server_header, "pymongoose_uring", "", 0, 0, "the Server header; NULL or \"\" sends none") \
+  X(BOOL, date_header, 1, "", 0, 1, "send the Date header on answers")                       \
+  X(STR, extra_headers, NULL, "", 0, 0,                                                       \
+    "header lines added to every HTTP answer, \"Name: value\" separated by CRLF (checked at " \
+    "start: -EINVAL when malformed)")                                                        \
   /* WebSocket (RFC 6455, permessage-deflate RFC 7692): see pmu_ws_accept() */                \
   X(SIZE, ws_max_message, (size_t)16 << 20, "bytes", 0, SIZE_MAX,                             \
     "a WebSocket message (after inflating) beyond: close 1009 (0: no limit)")                \
@@ -925,6 +931,9 @@ const char *pmu_status_reason(int status);
     "pauses 10 ms after each)")                                                              \
   X(cqes, COUNTER, "completions reaped; cqes / waits = CQEs per wait")                        \
   X(batches, COUNTER, "handler calls")                                                        \
+  X(slow_batches, COUNTER,                                                                    \
+    "handler calls (request, WebSocket and connection events) that held the ring longer "    \
+    "than slow_handler_ms")                                                                  \
   A(batch_hist, PMU_BATCH_BUCKETS, "batches by size: bucket i counts 2^i <= size < 2^(i+1)")  \
   X(deferred, COUNTER, "responses that came from another thread")                             \
   /* Final responses sent, by status / 100: [2] counts 2xx, [4] 4xx, [5] 5xx        \
