@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, TextIO
 
 from .config import Config, parse
 from .supervisor import Supervisor
@@ -76,6 +76,16 @@ def apply_log_config(path: str) -> None:
         logging.config.fileConfig(path, disable_existing_loggers=False)
 
 
+def _log_handler(path: Optional[str], dash: TextIO) -> logging.Handler:
+    """A handler writing to path (appended), to dash for '-' (gunicorn's:
+    stdout for the access log, stderr for the error log), stderr when None."""
+    if path is None:
+        return logging.StreamHandler(sys.stderr)
+    if path == "-":
+        return logging.StreamHandler(dash)
+    return logging.FileHandler(path)
+
+
 def setup_logging(config: Config) -> None:
     """The pymongoose_uring logger at --log-level on stderr; the access logger
     on stderr with --access-log, else quiet. With --log-config the file's
@@ -99,7 +109,7 @@ def setup_logging(config: Config) -> None:
         return
     root.setLevel((config.log_level or "warning").upper())
     if not root.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _log_handler(config.error_logfile, sys.stderr)
         h.setFormatter(
             logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
         )
@@ -107,7 +117,7 @@ def setup_logging(config: Config) -> None:
         root.propagate = False
     if config.access_log:
         access.setLevel(logging.INFO)
-        h = logging.StreamHandler(sys.stderr)
+        h = _log_handler(config.access_logfile, sys.stdout)
         h.setFormatter(logging.Formatter("%(message)s"))
         access.addHandler(h)
         access.propagate = False
@@ -126,6 +136,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if probe()["available"] else 1
     if config.env_file is not None:
         load_env_file(config.env_file)
+    for key, value in config.env:
+        os.environ[key] = value
     setup_logging(config)
     if config.supervised:
         return Supervisor(config, serve).run()

@@ -90,6 +90,10 @@ class Config:
     factory: bool = False
     log_config: Optional[str] = None
     access_log_format: Optional[str] = None
+    access_logfile: Optional[str] = None
+    error_logfile: Optional[str] = None
+    # --env KEY=VALUE, in the order given.
+    env: List[Tuple[str, str]] = field(default_factory=list)
     # Engine knobs given on the command line (the rest keep the engine's defaults).
     engine: Dict[str, Any] = field(default_factory=dict)
 
@@ -133,7 +137,7 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--interface",
-        choices=("auto", "native", "wsgi", "asgi"),
+        choices=("auto", "native", "wsgi", "asgi", "asgi3"),
         default="auto",
         help="how to call the app (default: detected from the app)",
     )
@@ -173,6 +177,7 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--workers",
+        "-w",
         type=int,
         default=1,
         help="processes, supervised: the supervisor holds the listening sockets "
@@ -182,6 +187,8 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--max-requests",
+        "--limit-max-requests",
+        dest="max_requests",
         type=int,
         default=0,
         metavar="N",
@@ -212,11 +219,29 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--access-log",
-        action="store_true",
-        help="log one line per request to stderr (logger pymongoose_uring.access)",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="log one line per request to stderr (logger pymongoose_uring.access; default off)",
+    )
+    g.add_argument(
+        "--access-logfile",
+        default=None,
+        metavar="PATH",
+        help="log one line per request to this file ('-': stdout), as gunicorn's; "
+        "implies --access-log",
+    )
+    g.add_argument(
+        "--error-logfile",
+        "--log-file",
+        dest="error_logfile",
+        default=None,
+        metavar="PATH",
+        help="the pymongoose_uring logger's lines to this file instead of stderr ('-': stderr)",
     )
     g.add_argument(
         "--access-log-format",
+        "--access-logformat",
+        dest="access_log_format",
         default=None,
         metavar="FORMAT",
         help="the access line in gunicorn's atoms, e.g. '%%(h)s %%(l)s %%(u)s %%(t)s "
@@ -240,6 +265,25 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     )
     u = p.add_argument_group(
         "uvicorn's and gunicorn's names (each sets an engine knob or loads the app)"
+    )
+    u.add_argument(
+        "--bind",
+        "-b",
+        default=None,
+        type=_bind,
+        metavar="ADDRESS",
+        help="gunicorn's form of --host/--port, --uds, --fd: HOST:PORT, [IPv6]:PORT, "
+        "HOST, unix:PATH or fd://N",
+    )
+    u.add_argument(
+        "--env",
+        "-e",
+        dest="env",
+        action="append",
+        default=[],
+        type=_env_pair,
+        metavar="KEY=VALUE",
+        help="set an environment variable before the app is loaded (repeatable; after --env-file)",
     )
     u.add_argument(
         "--app-dir",
@@ -482,6 +526,39 @@ def _static_mount(text: str) -> Tuple[str, str]:
     return prefix, directory
 
 
+def _bind(text: str) -> Dict[str, Any]:
+    """gunicorn's --bind as the options it stands for: {"host", "port"},
+    {"unix_path"} or {"fd"}."""
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise argparse.ArgumentTypeError("unix: needs a path")
+        return {"unix_path": text[5:]}
+    if text.startswith("fd://"):
+        try:
+            return {"fd": int(text[5:])}
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a descriptor number: {text!r}") from None
+    host, port = text, "8000"
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] not in ("", ":"):
+            raise argparse.ArgumentTypeError(f"not [IPv6]:PORT: {text!r}")
+        host, port = text[1:end], text[end + 2 :] or "8000"
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {port!r}")
+    return {"host": host or "0.0.0.0", "port": int(port)}
+
+
+def _env_pair(text: str) -> Tuple[str, str]:
+    """--env KEY=VALUE as (KEY, VALUE)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"give KEY=VALUE, not {text!r}")
+    return key.strip(), value
+
+
 def _header_option(text: str) -> Tuple[str, str]:
     """--header NAME:VALUE as (NAME, VALUE): a token name, a value without CR, LF, NUL."""
     name, sep, value = text.partition(":")
@@ -627,6 +704,11 @@ def parse(argv: Optional[Sequence[str]], defaults: Dict[str, Any]) -> Config:
     config = Config(**{name: value for name, value in vars(args).items() if name in known})
     if config.probe:
         return config
+    if args.bind is not None:
+        for name, value in args.bind.items():
+            setattr(config, name, value)
+    if config.access_logfile is not None:
+        config.access_log = True
     if not config.hello and not config.app and not config.statics:
         p.error("give MODULE:APP, --hello, --static URL_PREFIX=DIR or --probe")
     if config.workers < 1:
@@ -639,6 +721,8 @@ def parse(argv: Optional[Sequence[str]], defaults: Dict[str, Any]) -> Config:
         p.error("--max-requests and --max-requests-jitter cannot be negative")
     if config.ws_max_queue < 1:
         p.error("--ws-max-queue must be at least 1")
+    if config.interface == "asgi3":  # uvicorn's name
+        config.interface = "asgi"
     if config.ws != "none":
         config.ws = "auto"
     if config.fd is not None:

@@ -116,6 +116,31 @@ def test_header_and_date_options_set_their_knobs_or_say_the_engine_lacks_them(ca
         assert "this engine has no" in capsys.readouterr().err
 
 
+def test_gunicorn_bind_and_aliases():
+    def config(*argv):
+        return parse(["optapps:wsgi", *argv], DEFAULTS)
+
+    c = config("-b", "0.0.0.0:9001")
+    assert (c.host, c.port) == ("0.0.0.0", 9001)
+    c = config("--bind", "[::1]:9002")
+    assert (c.host, c.port) == ("::1", 9002)
+    c = config("--bind", "localhost")
+    assert (c.host, c.port) == ("localhost", 8000)
+    assert config("--bind", "unix:/tmp/i13-cli.sock").unix_path == "/tmp/i13-cli.sock"
+    assert config("--bind", "fd://0").fd == 0
+    assert config("-w", "3").workers == 3
+    assert config("--limit-max-requests", "50").max_requests == 50  # uvicorn's name
+    assert config("--access-logformat", "%(s)s").access_log_format == "%(s)s"  # gunicorn's
+    assert config("--access-log", "--no-access-log").access_log is False
+    c = config("--access-logfile", "-")
+    assert c.access_log is True and c.access_logfile == "-"
+    assert config("--log-file", "/tmp/i13-cli-err.log").error_logfile == "/tmp/i13-cli-err.log"
+    assert config("-e", "A=1", "--env", "B=x=y").env == [("A", "1"), ("B", "x=y")]
+    for bad in (["--bind", "h:notaport"], ["--bind", "fd://x"], ["-e", "novalue"]):
+        with pytest.raises(SystemExit):
+            config(*bad)
+
+
 def test_read_env_file_without_python_dotenv(tmp_path):
     path = tmp_path / "i13.env"
     path.write_text(
@@ -263,6 +288,39 @@ def test_env_file_sets_a_variable_the_app_reads(app_dir, tmp_path):
         assert request(server)[2] == b"wsgi 0 from-env-file"
     finally:
         stop(proc)
+
+
+def test_env_sets_a_variable_after_the_env_file(app_dir, tmp_path):
+    env = tmp_path / "i13-cli.env"
+    env.write_text("I13_CLI_VAR=from-env-file\n")
+    proc, server = serve(
+        app_dir, "optapps:wsgi", "--env-file", str(env), "-e", "I13_CLI_VAR=from-option"
+    )
+    try:
+        assert request(server)[2] == b"wsgi 0 from-option"
+    finally:
+        stop(proc)
+
+
+def test_access_logfile_and_error_logfile(app_dir, tmp_path):
+    access, errors = tmp_path / "i13-cli-access.log", tmp_path / "i13-cli-errors.log"
+    proc, server = serve(
+        app_dir,
+        "optapps:native",
+        "--access-logfile",
+        str(access),
+        "--error-logfile",
+        str(errors),
+        "--log-level",
+        "info",
+    )
+    try:
+        request(server, path="/now")
+    finally:
+        _, err = stop(proc, signal.SIGINT)
+    assert '"GET /now HTTP/1.1" 201 3' in access.read_text()
+    assert "/now" not in err
+    assert errors.read_text().strip()  # the info lines (stopping...) went to the file
 
 
 def test_factory_calls_the_function_for_the_app(app_dir):
@@ -525,3 +583,17 @@ def test_on_answer_reports_the_status_of_every_way_of_answering(serve, tmp_path)
     assert seen["/later"] == (203, 5)
     assert seen["/dropped"][0] == 500
     assert seen["/twice"] == (204, 0)
+
+
+def test_uvicorn_interface_name_and_the_readme_table():
+    assert parse(["optapps:wsgi", "--interface", "asgi3"], DEFAULTS).interface == "asgi"
+    # Every option of ours that is not an engine knob is in the README's command-line
+    # section, and so is each uvicorn/gunicorn option this module tests.
+    from pymongoose_uring.cli.config import build_parser
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    knobs = {"--" + k.replace("_", "-") for k in DEFAULTS}
+    for action in build_parser(DEFAULTS)._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option not in knobs and option != "--help":
+                assert f"`{option}" in readme, option
