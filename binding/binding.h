@@ -223,6 +223,12 @@ void pyb_ring_gil_leave(pyb_gil *g);
  * there for the engine's own progress would deadlock. */
 int pyb_in_ring_thread(void);
 
+/* The Python callable about to handle the current request on this ring
+ * thread (a route's handler, compat's handler of the connection): named by
+ * the warning of a slow handler call (slow_handler_ms). Holds a reference
+ * until the next; nothing off a ring thread. */
+void pyb_note_callee(PyObject *fn);
+
 /* ---- stream.c ----
  *
  * A pyb_reqio is what a Request shares with the engine's worker threads:

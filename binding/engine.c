@@ -43,6 +43,12 @@ typedef struct ring_state {
   PyThreadState *tstate; /* NULL until on_thread_start, and after on_thread_stop */
   pthread_t thread;
   int in_batch; /* the thread holds the GIL for a batch */
+  /* For the slow-handler warning (on_slow): the callable of the request being
+   * handled (pyb_note_callee), and in a batch of several, the index and
+   * callable of the request whose call took longest. Strong references. */
+  PyObject *callee;
+  PyObject *longest_fn;
+  size_t longest_index;
 } ring_state;
 
 typedef struct {
@@ -251,6 +257,7 @@ static PyObject *route_and_call(EngineObject *self, PyObject *req) {
       Py_XDECREF(method);
       if (fn != NULL) {
         Py_INCREF(fn); /* the handler could change the routes while it runs */
+        pyb_note_callee(fn);
         PyObject *r = PyObject_CallOneArg(fn, req);
         Py_DECREF(fn);
         return r;
@@ -259,7 +266,22 @@ static PyObject *route_and_call(EngineObject *self, PyObject *req) {
     if (PyErr_Occurred())
       return NULL;
   }
+  pyb_note_callee(self->handler);
   return PyObject_CallOneArg(self->handler, req);
+}
+
+void pyb_note_callee(PyObject *fn) {
+  ring_state *rs = current_ring;
+  if (rs != NULL)
+    Py_XSETREF(rs->callee, Py_NewRef(fn));
+}
+
+/* The coarse monotonic clock in ms (a kernel tick, 1-4 ms; ~10 ns a read), as
+ * the engine times handler calls. */
+static uint64_t coarse_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 /* Hand coroutines to the asyncio side in one call; on failure, close them
@@ -292,6 +314,17 @@ static void run_batch(EngineObject *self, pmu_request_t *const *requests, size_t
   pyb_state *st = self->st;
   PyObject *pending = NULL; /* list of (request, coroutine) */
   pyb_drain_released(st);
+  /* Which request's call took longest, should the engine find the batch slow
+   * (on_slow): with one request it is that one, with several one coarse clock
+   * read per request says. */
+  ring_state *rs = current_ring;
+  int timed = rs != NULL && count > 1 && self->config.slow_handler_ms;
+  uint64_t mark = timed ? coarse_ms() : 0, longest = 0;
+  if (rs != NULL) {
+    Py_CLEAR(rs->callee);
+    Py_CLEAR(rs->longest_fn);
+    rs->longest_index = 0;
+  }
   for (size_t i = 0; i < count; i++) {
     PyObject *req =
         pyb_request_new(st, requests[i], self->unix_path_str, self->config.output_high_water);
@@ -329,6 +362,15 @@ static void run_batch(EngineObject *self, pmu_request_t *const *requests, size_t
     }
     Py_XDECREF(result);
     Py_DECREF(req);
+    if (timed) {
+      uint64_t now = coarse_ms();
+      if (now - mark > longest && rs->callee != NULL) {
+        longest = now - mark;
+        rs->longest_index = i;
+        Py_XSETREF(rs->longest_fn, Py_NewRef(rs->callee));
+      }
+      mark = now;
+    }
   }
   if (pending != NULL)
     schedule_coroutines(self, pending);
@@ -396,6 +438,8 @@ static void on_thread_stop(void *data, unsigned index) {
   PyThreadState *ts = rs->tstate;
   PyEval_RestoreThread(ts);
   pyb_drain_released(((EngineObject *)data)->st);
+  Py_CLEAR(rs->callee);
+  Py_CLEAR(rs->longest_fn);
   rs->tstate = NULL;
   current_ring = NULL;
   PyThreadState_Clear(ts);
@@ -436,6 +480,102 @@ static void on_log(void *data, int level, const char *msg) {
   PyErr_Fetch(&type, &value, &tb);
   PyObject *r = PyObject_CallMethod(self->st->logger, "log", "iss", level, "%s", msg);
   Py_XDECREF(r);
+  if (PyErr_Occurred())
+    PyErr_Clear();
+  PyErr_Restore(type, value, tb);
+  pyb_ring_gil_leave(&g);
+}
+
+/* "module.qualname" of a callable (of its type for an instance without
+ * __qualname__). A new reference, or NULL with an exception set. */
+static PyObject *callable_name(PyObject *fn) {
+  PyObject *qual = PyObject_GetAttrString(fn, "__qualname__");
+  PyObject *mod = qual != NULL ? PyObject_GetAttrString(fn, "__module__") : NULL;
+  if (qual == NULL || mod == NULL) {
+    PyErr_Clear();
+    Py_XDECREF(qual);
+    qual = PyObject_GetAttrString((PyObject *)Py_TYPE(fn), "__qualname__");
+    mod = qual != NULL ? PyObject_GetAttrString((PyObject *)Py_TYPE(fn), "__module__") : NULL;
+    if (qual == NULL || mod == NULL) {
+      Py_XDECREF(qual);
+      Py_XDECREF(mod);
+      return NULL;
+    }
+  }
+  PyObject *name = mod != Py_None ? PyUnicode_FromFormat("%S.%S", mod, qual) : PyObject_Str(qual);
+  Py_DECREF(qual);
+  Py_DECREF(mod);
+  return name;
+}
+
+/*
+ * config.on_slow: a handler call held this ring thread beyond slow_handler_ms
+ * (the engine rate-limits these to one per thread per 10 s). The WARNING on
+ * the package's logger names the Python callable that ran longest (for a
+ * batch of requests, the route's or connection's handler, noted as it was
+ * called) and its request, as uvicorn users find the blocking endpoint.
+ */
+static void on_slow(void *data, const pmu_slow_t *slow) {
+  EngineObject *self = data;
+  ring_state *rs = current_ring;
+  if (rs != NULL && (self->rings == NULL || rs < self->rings || rs >= self->rings + self->nrings))
+    rs = NULL; /* another engine's thread: not ours to read */
+  pyb_gil g;
+  pyb_ring_gil_enter(&g);
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyObject *fn = NULL; /* borrowed */
+  const pmu_request_t *req = NULL;
+  const char *what = "the WebSocket handlers";
+  if (slow->kind == PMU_SLOW_REQUESTS && slow->count > 0) {
+    size_t index = 0;
+    if (rs != NULL && slow->count > 1 && rs->longest_fn != NULL &&
+        rs->longest_index < slow->count) {
+      fn = rs->longest_fn;
+      index = rs->longest_index;
+    } else if (rs != NULL && slow->count == 1 && rs->callee != NULL) {
+      fn = rs->callee;
+    } else {
+      fn = self->handler;
+    }
+    req = slow->requests[index];
+  } else if (slow->kind == PMU_SLOW_CONN_EVENTS) {
+    fn = self->conn_handler;
+  }
+  PyObject *name = fn != NULL ? callable_name(fn) : PyUnicode_FromString(what);
+  PyObject *words = NULL;
+  if (req != NULL) {
+    PyObject *m = PyUnicode_DecodeLatin1(req->method, (Py_ssize_t)req->method_len, NULL);
+    PyObject *p = PyUnicode_DecodeUTF8(
+        req->path, (Py_ssize_t)(req->path_len > 200 ? 200 : req->path_len), "surrogateescape");
+    if (m != NULL && p != NULL)
+      words = PyUnicode_FromFormat(" on %U %U", m, p);
+    Py_XDECREF(m);
+    Py_XDECREF(p);
+  } else {
+    words = PyUnicode_FromString("");
+  }
+  PyObject *more =
+      slow->unreported
+          ? PyUnicode_FromFormat(" (%llu more slow calls on this thread since the last report)",
+                                 (unsigned long long)slow->unreported)
+          : PyUnicode_FromString("");
+  if (name != NULL && more != NULL && words != NULL) {
+    PyObject *msg = PyUnicode_FromFormat(
+        "slow handler: %U held ring thread %u for %llu ms%U (slow_handler_ms=%llu): every "
+        "connection on this ring waited; run blocking work in a thread (threads= / WSGI pool / "
+        "ASGI)%U",
+        name, slow->thread, (unsigned long long)slow->held_ms, words,
+        (unsigned long long)slow->threshold, more);
+    if (msg != NULL) {
+      PyObject *r = PyObject_CallMethod(self->st->logger, "warning", "sO", "%s", msg);
+      Py_XDECREF(r);
+      Py_DECREF(msg);
+    }
+  }
+  Py_XDECREF(name);
+  Py_XDECREF(words);
+  Py_XDECREF(more);
   if (PyErr_Occurred())
     PyErr_Clear();
   PyErr_Restore(type, value, tb);
@@ -658,6 +798,7 @@ static PyObject *engine_start(PyObject *op, PyObject *unused) {
   c.ws_handler = on_ws_events;
   c.conn_handler = self->conn_handler ? on_conn_events : NULL;
   c.log = on_log;
+  c.on_slow = on_slow;
   c.on_body = c.body_stream_threshold > 0 ? on_body : NULL;
 
   /* Worker threads inherit this thread's signal mask: block everything so

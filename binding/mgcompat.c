@@ -1144,6 +1144,7 @@ static PyObject *dispatch(MgDispatcherObject *self, PyObject *request) {
     } else {
       PyObject *argv[3] = {conn, events[i], msg};
       Py_DECREF(result);
+      pyb_note_callee(handler); /* the one a slow-handler warning names */
       result = PyObject_Vectorcall(handler, argv, 3, NULL);
       Py_DECREF(handler);
     }

@@ -121,10 +121,11 @@ void pmu__connh_data(pmu__conn_t *c, const char *data, size_t len, int copy) {
 static void deliver(pmu__loop_t *loop, pmu_conn_event_t *arr, size_t count) {
   const pmu_config_t *cfg = &loop->server->cfg;
 #define RELEASED(ev) ((ev).conn->handler_done)
-#define CALL(evs, n)                              \
-  do {                                            \
-    STAT_ADD(loop, conn_events, n);               \
-    cfg->conn_handler(cfg->handler_data, evs, n); \
+#define CALL(evs, n)                                            \
+  do {                                                          \
+    STAT_ADD(loop, conn_events, n);                             \
+    cfg->conn_handler(cfg->handler_data, evs, n);               \
+    pmu__handler_returned(loop, PMU_SLOW_CONN_EVENTS, NULL, 0); \
   } while (0)
   PMU__DELIVER_BATCHES(loop, arr, count, RELEASED, CALL);
 #undef RELEASED

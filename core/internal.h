@@ -345,6 +345,12 @@ struct pmu__loop {
   uint64_t accept_resume_ms; /* ... until then (or a connection closes) */
   uint64_t accept_log_ms;    /* last "accept failed" line; 0: none yet */
   uint64_t wait_log_ms;      /* last "wait failed" line; 0: none yet */
+  /* Slow handler calls (config.slow_handler_ms): the coarse time the ring was
+   * last known free (the turn's start, the end of the last handler call), the
+   * last report (0: none yet), slow calls since it not reported. */
+  uint64_t held_since_ms;
+  uint64_t slow_report_ms;
+  uint64_t slow_unreported;
   int start_rc;
   int sqe_short; /* an SQE could not be had this turn: wait at most 1 ms */
 
@@ -706,5 +712,31 @@ int pmu__grow(char **buf, size_t *cap, size_t need, size_t first_cap);
 
 /* Monotonic milliseconds. */
 uint64_t pmu__now_ms(void);
+
+/* Monotonic milliseconds to the kernel's tick (1-4 ms), for about 10 ns a
+ * read where CLOCK_MONOTONIC costs 50 or more: timing every handler call. */
+static inline uint64_t pmu__coarse_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* A handler call held the ring held_ms: count it, report it (rate-limited). */
+void pmu__slow_call(pmu__loop_t *loop, int kind, uint64_t now, uint64_t held_ms,
+                    pmu_request_t *const *requests, size_t count);
+
+/* Right after each handler call (requests, WebSocket or connection events):
+ * one coarse clock read; a call that held the ring beyond slow_handler_ms
+ * is counted and reported. */
+static inline void pmu__handler_returned(pmu__loop_t *loop, int kind,
+                                         pmu_request_t *const *requests, size_t count) {
+  unsigned limit = loop->server->cfg.slow_handler_ms;
+  if (!limit)
+    return;
+  uint64_t now = pmu__coarse_ms(), since = loop->held_since_ms;
+  loop->held_since_ms = now;
+  if (now > since + limit)
+    pmu__slow_call(loop, kind, now, now - since, requests, count);
+}
 
 #endif /* PMU_INTERNAL_H */

@@ -102,6 +102,42 @@ void pmu__loop_dispatch(pmu__loop_t *loop) {
   STAT_ADD(loop, batch_hist[bucket], 1);
   const pmu_config_t *cfg = &loop->server->cfg;
   cfg->handler(cfg->handler_data, loop->batch, n);
+  pmu__handler_returned(loop, PMU_SLOW_REQUESTS, loop->batch, n);
+}
+
+void pmu__slow_call(pmu__loop_t *loop, int kind, uint64_t now, uint64_t held_ms,
+                    pmu_request_t *const *requests, size_t count) {
+  const pmu_config_t *cfg = &loop->server->cfg;
+  STAT_ADD(loop, slow_batches, 1);
+  if (loop->slow_report_ms && now - loop->slow_report_ms < 10000) {
+    loop->slow_unreported++;
+    return;
+  }
+  loop->slow_report_ms = now ? now : 1;
+  pmu_slow_t slow = {.thread = loop->index,
+                     .kind = kind,
+                     .held_ms = held_ms,
+                     .unreported = loop->slow_unreported,
+                     .threshold = cfg->slow_handler_ms,
+                     .requests = kind == PMU_SLOW_REQUESTS ? requests : NULL,
+                     .count = kind == PMU_SLOW_REQUESTS ? count : 0};
+  loop->slow_unreported = 0;
+  if (cfg->on_slow) {
+    cfg->on_slow(cfg->handler_data, &slow);
+  } else if (cfg->log) {
+    static const char *const what[] = {"requests", "WebSocket events", "connection events"};
+    char more[64] = "";
+    if (slow.unreported)
+      snprintf(more, sizeof more, " (%llu more since the last report)",
+               (unsigned long long)slow.unreported);
+    char msg[400];
+    snprintf(msg, sizeof msg,
+             "a handler call (%s) held ring thread %u for %llu ms (slow_handler_ms %u): every "
+             "connection on this thread waited; run blocking work in another thread%s",
+             what[kind], loop->index, (unsigned long long)held_ms, cfg->slow_handler_ms, more);
+    cfg->log(cfg->handler_data, PMU_LOG_WARNING, msg);
+  }
+  loop->held_since_ms = pmu__coarse_ms(); /* the report's own time is nobody's call */
 }
 
 /* Stopping: once the accept is gone, close this loop's listener so that new
@@ -507,6 +543,7 @@ static void run(pmu__loop_t *loop) {
     loop->turn_gen++;
     STAT_ADD(loop, waits, 1);
     loop->now_ms = pmu__now_ms();
+    loop->held_since_ms = loop->now_ms;
     pmu__date_refresh(loop, time(NULL));
 
     unsigned head, seen = 0;

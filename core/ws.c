@@ -306,7 +306,11 @@ static int ev_push_copy(pmu__ws_t *ws, int type, int code, const char *data, siz
 static void deliver_events(pmu__loop_t *loop, pmu_ws_event_t *arr, size_t count) {
   const pmu_config_t *cfg = &loop->server->cfg;
 #define RELEASED(ev) ((ev).ws->handler_done)
-#define CALL(evs, n) cfg->ws_handler(cfg->handler_data, evs, n)
+#define CALL(evs, n)                                          \
+  do {                                                        \
+    cfg->ws_handler(cfg->handler_data, evs, n);               \
+    pmu__handler_returned(loop, PMU_SLOW_WS_EVENTS, NULL, 0); \
+  } while (0)
   PMU__DELIVER_BATCHES(loop, arr, count, RELEASED, CALL);
 #undef RELEASED
 #undef CALL

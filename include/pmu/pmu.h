@@ -236,6 +236,35 @@ typedef void (*pmu_log_fn)(void *handler_data, int level, const char *msg);
 /* The default log: "pymongoose_uring: MSG\n" on stderr. */
 void pmu_log_stderr(void *handler_data, int level, const char *msg);
 
+/* What a slow handler call was given (pmu_slow_t.kind). */
+enum pmu_slow_kind { PMU_SLOW_REQUESTS = 0, PMU_SLOW_WS_EVENTS = 1, PMU_SLOW_CONN_EVENTS = 2 };
+
+/*
+ * A handler call that held its ring thread longer than config.slow_handler_ms:
+ * every connection of that thread waited meanwhile. The engine counts each one
+ * (pmu_stats_t.slow_batches) and reports one per ring thread per 10 s at most:
+ * to config.on_slow when set, else as a PMU_LOG_WARNING line through
+ * config.log. Time is read with the kernel's coarse monotonic clock (a tick,
+ * 1-4 ms; about 10 ns a read): held_ms counts from the end of the previous
+ * handler call of that turn, or the turn's start, so the engine's own work of
+ * the turn (microseconds) is in it.
+ */
+typedef struct pmu_slow {
+  unsigned thread;     /* the ring thread's index */
+  int kind;            /* enum pmu_slow_kind: which handler was called */
+  uint64_t held_ms;    /* how long the call held the ring */
+  uint64_t unreported; /* slow calls of this thread since its last report, not reported */
+  uint64_t threshold;  /* config.slow_handler_ms */
+  /* kind PMU_SLOW_REQUESTS: the batch the handler was given. on_slow runs right after the
+   * handler returned, before anything of the batch is freed: method, target and path of
+   * each request may be read (and nothing else), answered or not. NULL, 0 otherwise. */
+  pmu_request_t *const *requests;
+  size_t count;
+} pmu_slow_t;
+
+/* config.on_slow: called on the ring thread, right after the slow handler call. */
+typedef void (*pmu_slow_fn)(void *handler_data, const pmu_slow_t *slow);
+
 /*
  * WebSocket (RFC 6455), on the same rings as HTTP.
  *
@@ -559,6 +588,7 @@ typedef struct pmu_config {
   pmu_request_fn on_drain;       /* optional */
   pmu_body_fn on_body;           /* optional: see body_stream_threshold */
   pmu_log_fn log;                /* pmu_log_stderr; NULL: silent. See pmu_log_fn */
+  pmu_slow_fn on_slow;           /* optional: slow handler calls (see pmu_slow_t); NULL: log */
   pmu_ws_handler_fn ws_handler;  /* optional: WebSocket events; see pmu_ws_accept */
   /* optional: connection events and raw streams (see pmu_conn_t); required by
    * config.raw, which makes handler optional */
