@@ -45,6 +45,12 @@ APPS = textwrap.dedent("""
             return None
         threading.Timer(0.2, request.reply, (b"later", 202)).start()
         return None  # kept: answered 200 ms later
+
+    async def native_async(request):
+        import asyncio
+
+        await asyncio.sleep(0.2)
+        return 203, [], b"async"
 """)
 
 
@@ -436,6 +442,18 @@ def test_deferred_native_answer_logs_its_status_and_time(app_dir):
     assert later.group(1, 2) == ("202", "5")  # not "-": the status given 200 ms later
     assert 190_000 <= int(later.group(3)) < 2_000_000, later.group(3)  # µs to the answer
     assert now.group(1, 2) == ("201", "3") and int(now.group(3)) < 190_000
+
+
+def test_async_native_handler_logs_when_its_coroutine_answers(app_dir):
+    proc, server = serve(
+        app_dir, "optapps:native_async", "--access-log", "--access-log-format", "%(s)s %(D)s"
+    )
+    try:
+        assert request(server)[:1] == (203,)
+    finally:
+        _, err = stop(proc, signal.SIGINT)
+    line = re.search(r"^203 (\d+)$", err, re.M)
+    assert line and 190_000 <= int(line.group(1)) < 2_000_000, err
 
 
 def test_workers_get_env_file_app_dir_and_log_config(app_dir, tmp_path):
