@@ -54,6 +54,8 @@ typedef struct {
   uint8_t streamed;     /* the body arrives in pieces (request.body_streaming) */
   uint8_t started;      /* start() was called: answered piece by piece */
   uint8_t ended;        /* the streamed answer was ended */
+  int stream_status;    /* start()'s status, for on_answer */
+  PyObject *on_answer;  /* _on_answer(fn): fn(status, length) once answered; or NULL */
 } RequestObject;
 
 #define REQ(o) ((RequestObject *)(o))
@@ -210,6 +212,28 @@ static pmu_request_t *detach(RequestObject *self, Py_ssize_t owner_refs) {
 }
 
 /*
+ * Call the _on_answer() callback, once: fn(status, length) with the status
+ * the answer carries (0: the engine's file rules decide it) and the body's
+ * length (None when not known here). An exception it raises is reported as
+ * unraisable; one pending before is kept.
+ */
+static void fire_answered(RequestObject *self, int status, Py_ssize_t length) {
+  PyObject *fn = self->on_answer;
+  if (fn == NULL)
+    return;
+  self->on_answer = NULL;
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyObject *r = length >= 0 ? PyObject_CallFunction(fn, "in", status, length)
+                            : PyObject_CallFunction(fn, "iO", status, Py_None);
+  if (r == NULL)
+    PyErr_WriteUnraisable(fn);
+  Py_XDECREF(r);
+  Py_DECREF(fn);
+  PyErr_Restore(type, value, tb);
+}
+
+/*
  * Hand `response` to the engine, first copying the request's data if others
  * may still read it. The GIL stays held: from another thread pmu_respond()
  * only takes the ring's short queue mutex, which the engine never holds while
@@ -220,6 +244,12 @@ static void send_response(RequestObject *self, const pmu_response_t *response,
                           Py_ssize_t owner_refs) {
   pmu_request_t *live = detach(self, owner_refs);
   int rc = pmu_respond(live, response);
+  if (self->on_answer != NULL)
+    fire_answered(self,
+                  rc == -ENOMEM ? 503
+                  : rc < 0      ? 500
+                                : response->status,
+                  rc < 0 ? -1 : (Py_ssize_t)response->body_len);
   if (rc == -ENOMEM)
     pyb_log_warning(self->st, "out of memory formatting a response: sent 503 and closed the "
                               "connection");
@@ -241,6 +271,8 @@ static void end_stream(RequestObject *self, Py_ssize_t owner_refs, int abort) {
     pmu_respond_abort(live);
   else
     pmu_respond_end(live);
+  if (self->on_answer != NULL)
+    fire_answered(self, self->stream_status, -1);
   pyb_drain_released(self->st);
 }
 
@@ -273,6 +305,8 @@ static void send_file(RequestObject *self, pyb_file_call *c, Py_ssize_t owner_re
   int fd = c->fd;
   c->fd = -1; /* the engine's from here on */
   int rc = pmu_serve_file(live, c->path, fd, &c->opts);
+  if (self->on_answer != NULL)
+    fire_answered(self, c->opts.status, -1);
   if (rc < 0 && rc != -ENOENT)
     pyb_log_warning(self->st, "serving a file failed (%s); the request was answered with an error",
                     strerror(-rc));
@@ -366,6 +400,7 @@ static void request_dealloc(PyObject *op) {
         pmu_request_t *live = detach(self, 0);
         pmu_respond(live, &pyb_response_500);
       }
+      fire_answered(self, 500, -1);
     }
     if (self->io != NULL) {
       pyb_reqio_drop(self->io);
@@ -388,6 +423,7 @@ static void request_dealloc(PyObject *op) {
   Py_CLEAR(self->server);
   Py_CLEAR(self->unix_path);
   Py_CLEAR(self->connection);
+  Py_CLEAR(self->on_answer);
   if (self->snapshot)
     PyMem_Free(self->snapshot);
   self->st->requests_alive--;
@@ -412,6 +448,7 @@ static int request_traverse(PyObject *op, visitproc visit, void *arg) {
   Py_VISIT(self->unix_path);
   Py_VISIT(self->unread);
   Py_VISIT(self->connection);
+  Py_VISIT(self->on_answer);
   if (self->io != NULL)
     return pyb_reqio_traverse(self->io, visit, arg);
   return 0;
@@ -426,6 +463,7 @@ static int request_clear(PyObject *op) {
   Py_CLEAR(self->query);
   Py_CLEAR(self->headers);
   Py_CLEAR(self->connection);
+  Py_CLEAR(self->on_answer);
   if (self->io != NULL)
     pyb_reqio_clear_callbacks(self->io);
   return 0;
@@ -854,6 +892,20 @@ PyDoc_STRVAR(reply_raw_doc,
              "whole HTTP response. Raises RuntimeError if the request was already\n"
              "answered. bytes and str of 16 KiB or more are sent without a copy.");
 
+/* The status of a leading "HTTP/1.x NNN" in raw answer bytes; 0 if none. */
+static int raw_status(const void *data, Py_ssize_t n) {
+  const char *p = data;
+  if (n < 12 || memcmp(p, "HTTP/1.", 7) != 0 || p[8] != ' ')
+    return 0;
+  int status = 0;
+  for (int i = 9; i < 12; i++) {
+    if (p[i] < '0' || p[i] > '9')
+      return 0;
+    status = status * 10 + (p[i] - '0');
+  }
+  return status;
+}
+
 static PyObject *request_reply_raw(PyObject *op, PyObject *data) {
   RequestObject *self = REQ(op);
   pyb_data d;
@@ -863,6 +915,8 @@ static PyObject *request_reply_raw(PyObject *op, PyObject *data) {
   /* The caller's references are unknown, as in reply(): 0 keeps a copy. */
   pmu_request_t *live = detach(self, 0);
   int rc = pmu_respond_raw(live, d.p, (size_t)d.n, d.release, d.ctx);
+  if (self->on_answer != NULL)
+    fire_answered(self, rc < 0 ? 500 : raw_status(d.p, d.n), -1);
   pyb_data_done(&d);
   pyb_drain_released(self->st);
   if (rc < 0)
@@ -1301,6 +1355,7 @@ static PyObject *request_start(PyObject *op, PyObject *args, PyObject *kwargs) {
   int rc = pmu_respond_start(self->live, (int)status, built.response.headers,
                              built.response.header_count);
   self->started = 1;
+  self->stream_status = (int)status;
   pyb_built_release(&built);
   if (rc == -ENOMEM)
     return PyErr_NoMemory();
@@ -1605,6 +1660,8 @@ static PyObject *request_serve_static(PyObject *op, PyObject *args, PyObject *kw
   self->live = NULL;
   if (self->io != NULL)
     pyb_reqio_finish_unlink(self->io, linked);
+  if (self->on_answer != NULL)
+    fire_answered(self, rc == -ENOENT ? 404 : 0, -1);
   if (rc < 0 && rc != -ENOENT)
     pyb_log_warning(self->st, "serving a static file failed (%s); answered with an error",
                     strerror(-rc));
@@ -1906,6 +1963,8 @@ static PyObject *request_accept_websocket(PyObject *op, PyObject *args, PyObject
     goto fail;
   }
   pyb_ws_attach(ws, handle);
+  if (self->on_answer != NULL)
+    fire_answered(self, 101, -1);
   pyb_built_release(&built);
   for (int i = 0; i < 9; i++)
     Py_XDECREF(owned[i]);
@@ -1938,7 +1997,33 @@ static PyObject *request_repr(PyObject *op) {
   return out;
 }
 
+PyDoc_STRVAR(on_answer_doc,
+             "_on_answer(fn)\n\n"
+             "Call fn(status, length) once, when the request is answered (from the thread\n"
+             "that answers it, with the GIL): status as sent (0: decided by the file rules),\n"
+             "length the body's bytes or None. None clears it. For the access log; fn must\n"
+             "not raise (it is reported as unraisable).");
+
+static PyObject *request_on_answer(PyObject *op, PyObject *fn) {
+  RequestObject *self = REQ(op);
+  if (fn != Py_None && !PyCallable_Check(fn)) {
+    PyErr_SetString(PyExc_TypeError, "_on_answer() takes a callable or None");
+    return NULL;
+  }
+  if (self->live == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "this request was already answered");
+    return NULL;
+  }
+  if (fn != Py_None)
+    track(self); /* fn may refer back to the request */
+  PyObject *old = self->on_answer;
+  self->on_answer = fn == Py_None ? NULL : Py_NewRef(fn);
+  Py_XDECREF(old);
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef request_methods[] = {
+    {"_on_answer", request_on_answer, METH_O, on_answer_doc},
     {"header", (PyCFunction)(void (*)(void))request_header, METH_FASTCALL, header_doc},
     {"json", request_json, METH_NOARGS, json_doc},
     {"reply", (PyCFunction)(void (*)(void))request_reply, METH_VARARGS | METH_KEYWORDS, reply_doc},

@@ -12,6 +12,7 @@ import inspect
 import ipaddress
 import logging
 import os
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from ._server import Server
@@ -58,6 +59,86 @@ def server_options(options: Dict[str, Any]) -> Dict[str, Any]:
     return options
 
 
+# --access-log-format (gunicorn's atoms), or None: the default line.
+_access_format: Optional[str] = None
+
+# gunicorn's default --access-log-format.
+GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+
+class AccessAtoms(dict):  # type: ignore[type-arg]
+    """The values of gunicorn's access-log atoms for one answer; an atom it
+    lacks (``{header}i``, ``{header}o``, ``{name}e``, unknown ones) is '-'."""
+
+    def __missing__(self, key: str) -> str:
+        return "-"
+
+
+def access_atoms(
+    client: Union[Tuple[str, int], str, None],
+    method: str,
+    target: str,
+    version: str,
+    status: Union[int, str],
+    length: Optional[int],
+    duration: Optional[float],
+    referer: Optional[str] = None,
+    user_agent: Optional[str] = None,
+) -> AccessAtoms:
+    """gunicorn's atoms: h l u t r m U q H s b B f a T M D L p."""
+    if isinstance(client, tuple):
+        host = str(client[0])
+    else:
+        host = client or "-"
+    path, _, query = target.partition("?")
+    now = time.time()
+    started = now - duration if duration is not None else now
+    atoms = AccessAtoms(
+        h=host,
+        l="-",
+        u="-",
+        t=time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(started)),
+        r=f"{method} {target} HTTP/{version}",
+        m=method,
+        U=path,
+        q=query,
+        H=f"HTTP/{version}",
+        s=str(status),
+        b="-" if length is None else str(length),
+        B="-" if length is None else str(length),
+        f=referer or "-",
+        a=user_agent or "-",
+        p=f"<{os.getpid()}>",
+    )
+    if duration is not None:
+        atoms.update(
+            T=str(int(duration)),
+            M=str(int(duration * 1000)),
+            D=str(int(duration * 1_000_000)),
+            L="%.6f" % duration,
+        )
+    return atoms
+
+
+def set_access_log_format(fmt: Optional[str]) -> None:
+    """Log access lines in this format (gunicorn's ``%(atom)s`` atoms; see
+    :func:`access_atoms`), or the default line when None. ValueError for a
+    format that cannot be filled in."""
+    global _access_format
+    if fmt is not None:
+        try:
+            fmt % access_atoms(("127.0.0.1", 1), "GET", "/?a=1", "1.1", 200, 2, 0.001)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"bad access log format {fmt!r}: {exc}") from None
+    _access_format = fmt
+
+
+def access_log_needs_headers() -> bool:
+    """Whether the access-log format shows the Referer or User-Agent (atoms f, a)."""
+    fmt = _access_format
+    return fmt is not None and ("%(f)" in fmt or "%(a)" in fmt)
+
+
 def log_access(
     client: Union[Tuple[str, int], str, None],
     method: str,
@@ -65,9 +146,26 @@ def log_access(
     version: str,
     status: Union[int, str],
     length: Optional[int],
+    *,
+    duration: Optional[float] = None,
+    referer: Optional[str] = None,
+    user_agent: Optional[str] = None,
 ) -> None:
-    """One access-log line, in the common shape:
-    ``127.0.0.1:5000 - "GET /path HTTP/1.1" 200 27``."""
+    """One access-log line when the answer is given. The default shape is
+    ``127.0.0.1:5000 - "GET /path HTTP/1.1" 200 27``; with
+    :func:`set_access_log_format`, gunicorn's atoms. ``duration`` is the time
+    from the request to its answer in seconds (atoms T, M, D, L; '-' without
+    it), ``referer`` and ``user_agent`` the request's headers (f, a)."""
+    fmt = _access_format
+    if fmt is not None:
+        access_log.info(
+            "%s",
+            fmt
+            % access_atoms(
+                client, method, target, version, status, length, duration, referer, user_agent
+            ),
+        )
+        return
     if isinstance(client, tuple):
         who = "%s:%s" % client
     else:

@@ -181,6 +181,10 @@ class Request:
         ClientDisconnected if the client left first. Not on an engine thread."""
     def read_async(self, size: Optional[int] = -1) -> "asyncio.Future[bytes]":
         """read() for code running in an asyncio event loop."""
+    def _on_answer(self, fn: Optional[Callable[[int, Optional[int]], Any]]) -> None:
+        """fn(status, length) once, when the request is answered (the answering
+        thread, with the GIL): status as sent (0: the file rules decide it), length
+        of the body or None. For the access log."""
     def add_disconnect_callback(self, fn: Callable[[], Any]) -> None:
         """fn() once, on an engine thread with the GIL, if the client leaves while
         the request is unanswered; at once if it already has."""

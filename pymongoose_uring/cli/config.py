@@ -67,7 +67,7 @@ class Config:
     reload: bool = False
     reload_dir: Optional[List[str]] = None
     access_log: bool = False
-    log_level: str = "warning"
+    log_level: Optional[str] = None  # None: warning, or what --log-config says
     proxy_headers: bool = True
     forwarded_allow_ips: Optional[str] = None
     pool_threads: int = 8
@@ -83,6 +83,17 @@ class Config:
     static_dotfiles: bool = False
     static_cache_control: Optional[str] = None
     static_precompressed: bool = True
+    # uvicorn/gunicorn names: --env-file, --app-dir, --factory, --log-config,
+    # --access-log-format (the engine knobs they set are in engine).
+    env_file: Optional[str] = None
+    app_dir: str = "."
+    factory: bool = False
+    log_config: Optional[str] = None
+    access_log_format: Optional[str] = None
+    access_logfile: Optional[str] = None
+    error_logfile: Optional[str] = None
+    # --env KEY=VALUE, in the order given.
+    env: List[Tuple[str, str]] = field(default_factory=list)
     # Engine knobs given on the command line (the rest keep the engine's defaults).
     engine: Dict[str, Any] = field(default_factory=dict)
 
@@ -126,7 +137,7 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--interface",
-        choices=("auto", "native", "wsgi", "asgi"),
+        choices=("auto", "native", "wsgi", "asgi", "asgi3"),
         default="auto",
         help="how to call the app (default: detected from the app)",
     )
@@ -166,6 +177,7 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--workers",
+        "-w",
         type=int,
         default=1,
         help="processes, supervised: the supervisor holds the listening sockets "
@@ -175,6 +187,8 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--max-requests",
+        "--limit-max-requests",
+        dest="max_requests",
         type=int,
         default=0,
         metavar="N",
@@ -205,14 +219,144 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--access-log",
-        action="store_true",
-        help="log one line per request to stderr (logger pymongoose_uring.access)",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="log one line per request to stderr (logger pymongoose_uring.access; default off)",
+    )
+    g.add_argument(
+        "--access-logfile",
+        default=None,
+        metavar="PATH",
+        help="log one line per request to this file ('-': stdout), as gunicorn's; "
+        "implies --access-log",
+    )
+    g.add_argument(
+        "--error-logfile",
+        "--log-file",
+        dest="error_logfile",
+        default=None,
+        metavar="PATH",
+        help="the pymongoose_uring logger's lines to this file instead of stderr ('-': stderr)",
+    )
+    g.add_argument(
+        "--access-log-format",
+        "--access-logformat",
+        dest="access_log_format",
+        default=None,
+        metavar="FORMAT",
+        help="the access line in gunicorn's atoms, e.g. '%%(h)s %%(l)s %%(u)s %%(t)s "
+        '"%%(r)s" %%(s)s %%(b)s "%%(f)s" "%%(a)s" %%(D)s\' (h l u t r m U q H s b B f '
+        "a T M D L p; default: 'CLIENT - \"REQUEST LINE\" STATUS LENGTH')",
     )
     g.add_argument(
         "--log-level",
-        default="warning",
-        choices=("debug", "info", "warning", "error", "critical"),
-        help="level of the pymongoose_uring logger (default warning)",
+        default=None,
+        choices=("trace", "debug", "info", "warning", "error", "critical"),
+        help="level of the pymongoose_uring logger (default warning, or what "
+        "--log-config sets; trace means debug)",
+    )
+    g.add_argument(
+        "--log-config",
+        default=None,
+        metavar="PATH",
+        help="logging configuration, as uvicorn reads it: .json, .yaml or .yml "
+        "(PyYAML) through logging.config.dictConfig, any other file through "
+        "fileConfig; the loggers are pymongoose_uring and pymongoose_uring.access",
+    )
+    u = p.add_argument_group(
+        "uvicorn's and gunicorn's names (each sets an engine knob or loads the app)"
+    )
+    u.add_argument(
+        "--bind",
+        "-b",
+        default=None,
+        type=_bind,
+        metavar="ADDRESS",
+        help="gunicorn's form of --host/--port, --uds, --fd: HOST:PORT, [IPv6]:PORT, "
+        "HOST, unix:PATH or fd://N",
+    )
+    u.add_argument(
+        "--env",
+        "-e",
+        dest="env",
+        action="append",
+        default=[],
+        type=_env_pair,
+        metavar="KEY=VALUE",
+        help="set an environment variable before the app is loaded (repeatable; after --env-file)",
+    )
+    u.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="look for the app's module in DIR first (put on sys.path; default: the "
+        "current directory)",
+    )
+    u.add_argument(
+        "--factory",
+        action="store_true",
+        help="MODULE:ATTRIBUTE is a function that returns the app: call it",
+    )
+    u.add_argument(
+        "--env-file",
+        default=None,
+        metavar="PATH",
+        help="set environment variables from this .env file (KEY=VALUE lines; "
+        "python-dotenv when installed) before the app is loaded",
+    )
+    u.add_argument(
+        "--timeout-keep-alive",
+        "--keep-alive",
+        dest="timeout_keep_alive",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close a kept-alive connection idle this long (keepalive_timeout_ms)",
+    )
+    u.add_argument(
+        "--timeout-graceful-shutdown",
+        "--graceful-timeout",
+        dest="timeout_graceful_shutdown",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, wait this long for requests in flight (shutdown_timeout_ms)",
+    )
+    u.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="open connections at most; beyond, a new one gets 503 (max_connections)",
+    )
+    u.add_argument(
+        "--limit-request-body",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="larger request bodies get 413, 0: no cap (max_body_bytes; default: none "
+        "for WSGI and ASGI apps, 1 MiB for native apps)",
+    )
+    u.add_argument(
+        "--no-server-header",
+        dest="server_header_off",
+        action="store_true",
+        help="send no Server header (server_header '')",
+    )
+    u.add_argument(
+        "--no-date-header",
+        dest="date_header_off",
+        action="store_true",
+        help="send no Date header (date_header 0)",
+    )
+    u.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        default=[],
+        type=_header_option,
+        metavar="NAME:VALUE",
+        help="add this header to every answer (repeatable; extra_headers)",
     )
     x = p.add_argument_group("behind a reverse proxy (WSGI and ASGI apps)")
     x.add_argument(
@@ -382,6 +526,54 @@ def _static_mount(text: str) -> Tuple[str, str]:
     return prefix, directory
 
 
+def _bind(text: str) -> Dict[str, Any]:
+    """gunicorn's --bind as the options it stands for: {"host", "port"},
+    {"unix_path"} or {"fd"}."""
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise argparse.ArgumentTypeError("unix: needs a path")
+        return {"unix_path": text[5:]}
+    if text.startswith("fd://"):
+        try:
+            return {"fd": int(text[5:])}
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a descriptor number: {text!r}") from None
+    host, port = text, "8000"
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] not in ("", ":"):
+            raise argparse.ArgumentTypeError(f"not [IPv6]:PORT: {text!r}")
+        host, port = text[1:end], text[end + 2 :] or "8000"
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {port!r}")
+    return {"host": host or "0.0.0.0", "port": int(port)}
+
+
+def _env_pair(text: str) -> Tuple[str, str]:
+    """--env KEY=VALUE as (KEY, VALUE)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"give KEY=VALUE, not {text!r}")
+    return key.strip(), value
+
+
+def _header_option(text: str) -> Tuple[str, str]:
+    """--header NAME:VALUE as (NAME, VALUE): a token name, a value without CR, LF, NUL."""
+    name, sep, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or any(c not in _TOKEN for c in name):
+        raise argparse.ArgumentTypeError(f"give NAME:VALUE with NAME a header name, not {text!r}")
+    if any(c in value for c in "\r\n\0"):
+        raise argparse.ArgumentTypeError(f"a header value cannot hold CR, LF or NUL: {text!r}")
+    return name, value
+
+
+# The characters of an HTTP token (a header name), RFC 9110.
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 def _boolean(text: str) -> bool:
     """An on/off value as uvicorn's options take it."""
     value = text.strip().lower()
@@ -430,6 +622,48 @@ def websocket_options(
     return options
 
 
+def server_options(
+    args: argparse.Namespace, defaults: Dict[str, Any], p: argparse.ArgumentParser
+) -> Dict[str, Any]:
+    """The engine knobs that uvicorn's and gunicorn's options set; an error when
+    one contradicts its engine knob's own option, or the engine lacks the knob."""
+    wanted: Dict[str, Any] = {}
+    for option, knob in (
+        ("timeout_keep_alive", "keepalive_timeout_ms"),
+        ("timeout_graceful_shutdown", "shutdown_timeout_ms"),
+    ):
+        seconds = getattr(args, option)
+        if seconds is not None:
+            if seconds < 0:
+                p.error(f"--{option.replace('_', '-')} cannot be negative")
+            wanted[knob] = ("--" + option.replace("_", "-"), _seconds_ms(seconds))
+    for option, knob in (
+        ("limit_concurrency", "max_connections"),
+        ("limit_request_body", "max_body_bytes"),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            if value < 0:
+                p.error(f"--{option.replace('_', '-')} cannot be negative")
+            wanted[knob] = ("--" + option.replace("_", "-"), value)
+    if args.server_header_off:
+        wanted["server_header"] = ("--no-server-header", "")
+    if args.date_header_off:
+        wanted["date_header"] = ("--no-date-header", 0)
+    if args.headers:
+        lines = "\r\n".join(f"{name}: {value}" for name, value in args.headers)
+        wanted["extra_headers"] = ("--header", lines)
+    options = {}
+    for knob, (option, value) in wanted.items():
+        if knob not in defaults:
+            p.error(f"{option}: this engine has no {knob} knob")
+        given = getattr(args, knob, None)
+        if given is not None and given != value:
+            p.error(f"{option} and --{knob.replace('_', '-')} disagree")
+        options[knob] = value
+    return options
+
+
 def _knob_table() -> Dict[str, Any]:
     """The engine's knob table (pymongoose_uring.knobs()), or {} without the engine."""
     try:
@@ -470,6 +704,11 @@ def parse(argv: Optional[Sequence[str]], defaults: Dict[str, Any]) -> Config:
     config = Config(**{name: value for name, value in vars(args).items() if name in known})
     if config.probe:
         return config
+    if args.bind is not None:
+        for name, value in args.bind.items():
+            setattr(config, name, value)
+    if config.access_logfile is not None:
+        config.access_log = True
     if not config.hello and not config.app and not config.statics:
         p.error("give MODULE:APP, --hello, --static URL_PREFIX=DIR or --probe")
     if config.workers < 1:
@@ -482,6 +721,8 @@ def parse(argv: Optional[Sequence[str]], defaults: Dict[str, Any]) -> Config:
         p.error("--max-requests and --max-requests-jitter cannot be negative")
     if config.ws_max_queue < 1:
         p.error("--ws-max-queue must be at least 1")
+    if config.interface == "asgi3":  # uvicorn's name
+        config.interface = "asgi"
     if config.ws != "none":
         config.ws = "auto"
     if config.fd is not None:
@@ -496,6 +737,24 @@ def parse(argv: Optional[Sequence[str]], defaults: Dict[str, Any]) -> Config:
             ProxyHeaders(config.forwarded_allow_ips)
         except ValueError as exc:
             p.error(str(exc))
+    if config.log_level == "trace":
+        config.log_level = "debug"
+    if config.log_config is not None and not os.path.isfile(config.log_config):
+        p.error(f"--log-config {config.log_config}: no such file")
+    if config.env_file is not None and not os.path.isfile(config.env_file):
+        p.error(f"--env-file {config.env_file}: no such file")
+    if not os.path.isdir(config.app_dir):
+        p.error(f"--app-dir {config.app_dir}: not a directory")
+    if config.access_log_format is not None:
+        from .._adapter import set_access_log_format
+
+        try:
+            set_access_log_format(config.access_log_format)
+        except ValueError as exc:
+            p.error(f"--access-log-format: {exc}")
+        finally:
+            set_access_log_format(None)  # set for real by setup_logging()
     config.engine = engine_options(args, defaults)
     config.engine.update(websocket_options(args, defaults, p))
+    config.engine.update(server_options(args, defaults, p))
     return config

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, List, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Union
 
 from .._server import say
 from .._types import Handler, HandlerResult
@@ -31,18 +31,25 @@ EXIT_BOOT_FAILED = 3
 EXIT_RECYCLED = 4
 
 
-def load(spec: str) -> Any:
+def load(spec: str, app_dir: str = ".", factory: bool = False) -> Any:
     """The object MODULE:ATTRIBUTE names (ATTRIBUTE may be dotted; default app),
-    importing MODULE with the current directory on sys.path."""
+    importing MODULE with app_dir first on sys.path (--app-dir, as uvicorn's);
+    with factory (--factory), what calling that object returns."""
     module_name, _, attr = spec.partition(":")
     if not module_name:
         raise ValueError(f"give the app as MODULE:ATTRIBUTE, not {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    directory = os.path.abspath(app_dir)
+    if directory in sys.path:
+        sys.path.remove(directory)
+    sys.path.insert(0, directory)
     module = importlib.import_module(module_name)
     obj: Any = module
     for part in (attr or "app").split("."):
         obj = getattr(obj, part)
+    if factory:
+        if not callable(obj):
+            raise ValueError(f"--factory: {spec} is not callable")
+        obj = obj()
     return obj
 
 
@@ -88,31 +95,38 @@ def files_only_app(request: Request) -> HandlerResult:
 
 
 def native_with_access_log(app: Handler) -> Handler:
-    """app, logging one access line per request (the status as far as the
-    handler's result says it; '-' for an answer that comes later)."""
-    from .. import FileResponse, Response
-    from .._adapter import log_access
+    """app, logging one access line per request when its answer is given
+    (request._on_answer): a request kept and answered later logs the status
+    it got and the time to it, as one answered at once does."""
+    from .._adapter import access_log_needs_headers, log_access
+
+    headers = access_log_needs_headers()
+    clock = time.perf_counter
 
     def logged(request: Request) -> HandlerResult:
-        result = app(request)
-        status: Any
-        if isinstance(result, Response):
-            status = result.status
-        elif isinstance(result, int) and not isinstance(result, bool):
-            status = result
-        elif isinstance(result, FileResponse):
-            status = result.status
-        elif isinstance(result, tuple) and result:
-            first = result[0]
-            status = first if isinstance(first, int) else (result[1] if len(result) > 1 else 200)
-        elif result is None or hasattr(result, "__await__"):
-            status = "-"
-        else:
-            status = 200
-        log_access(
-            request.client, request.method, request.target, request.http_version, status, None
-        )
-        return result
+        start = clock()
+        client = request.client
+        method = request.method
+        target = request.target
+        version = request.http_version
+        referer = request.header("referer") if headers else None
+        agent = request.header("user-agent") if headers else None
+
+        def answered(status: int, length: Optional[int]) -> None:
+            log_access(
+                client,
+                method,
+                target,
+                version,
+                status or "-",  # 0: the file rules chose it (200, 206, 304...)
+                length,
+                duration=clock() - start,
+                referer=referer,
+                user_agent=agent,
+            )
+
+        request._on_answer(answered)
+        return app(request)
 
     return logged
 
@@ -127,7 +141,7 @@ def make_server(config: Config) -> AnyServer:
     if config.hello:
         app = hello_app()
     elif config.app:
-        app = load(config.app)
+        app = load(config.app, config.app_dir, config.factory)
     else:
         app = files_only_app
     interface = config.interface
