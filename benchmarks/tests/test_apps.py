@@ -187,7 +187,7 @@ ROW = dict(
 )
 
 
-SERVED = ["hello", "pipelined", "close", "get16k", "echo", "ws-echo"]
+SERVED = ["hello", "pipelined", "close", "get16k", "echo", "ws-echo", "ws-broadcast"]
 
 
 @pytest.mark.parametrize("name", sorted(set().union(*APP_ROWS.values())))
@@ -211,8 +211,7 @@ def test_each_app_row_server_starts_and_answers(name, tmp_path):
         pytest.skip(str(e))
     try:
         for check in SERVED:
-            workload = "ws-echo" if check == "ws-echo" else None
-            if workload and not d.supports(wl.BY_NAME[workload]):
+            if check.startswith("ws-") and not d.supports(wl.BY_NAME[check]):
                 continue
             checks.CHECKS[check](server.port)
     finally:
