@@ -6,6 +6,7 @@
     python3 benchmarks/run.py --servers hello_c,nginx --workloads keepalive,pipelined
     python3 benchmarks/run.py --provision-only  # build, install, check each answer; no load
     python3 benchmarks/run.py --files         # the file workloads (16 KiB, 1 MiB) only
+    python3 benchmarks/run.py --suite apps    # raw WSGI/ASGI, Flask, FastAPI on every server
 
 Installs what is missing (wrk and nginx with apt-get, the Python peers with pip), builds
 examples/hello_server (build-bench/engine/) and the pymongoose_uring package
@@ -14,7 +15,9 @@ real requests (one of the project's own servers that is unavailable is an error:
 1, the server and the cause named; an unavailable peer is left out and listed), then measures each
 workload in alternation (A B C, B C A, ... per round) with wrk pinned to the client CPUs,
 and reports medians: requests/s, latency p50/p99, server CPU µs per request (utime+stime of
-the server's process tree from /proc), peak RSS, socket errors. Writes results.json,
+the server's process tree from /proc), peak RSS, socket errors; beside every server that runs
+an app of servers/apps.py, the app's own cost (the app called in-process, no server,
+bench/appcost.py) and the server's own (the row minus the app's). Writes results.json,
 results.csv, rounds.csv, results.md and PNG charts under benchmarks/results/raw/<stamp>/
 (--publish also copies them to benchmarks/results/). See benchmarks/README.md.
 """
@@ -33,6 +36,7 @@ from bench import (  # noqa: E402
     RESULTS_DIR,
     BenchError,
     WrongAnswer,
+    appcost,
     checks,
     files,
     measure,
@@ -67,6 +71,14 @@ def parse_args(argv=None):
         "--files",
         action="store_true",
         help="the file workloads only (%s), on every server that serves files" % ",".join(wl.FILES),
+    )
+    p.add_argument(
+        "--suite",
+        choices=sorted(registry.SUITES),
+        default=None,
+        help="a named set of servers and workloads: apps = raw WSGI, raw ASGI, Flask and "
+        "FastAPI on every server that runs them, against the native API (%s; keepalive "
+        "unless --workloads is given)" % ", ".join(registry.SUITES["apps"]),
     )
     p.add_argument(
         "--quick",
@@ -163,6 +175,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (3 if args.quick else 2)
+    if args.suite:
+        if args.files or args.servers is not None:
+            p.error("--suite and --files/--servers: give one of them")
+        args.servers = ",".join(registry.SUITES[args.suite])
+        if args.workloads is None:
+            args.workloads = ",".join(registry.SUITE_WORKLOADS[args.suite])
     if args.files:
         if args.workloads is not None:
             p.error("--files and --workloads: give one of them")
@@ -362,6 +380,28 @@ def main(argv=None):
     all_points = []
     started_at = time.monotonic()
     exit_status = 0
+    app_costs = {}
+    wanted = (
+        appcost.wanted_for([d for d in defs if d.name not in unavailable], workloads)
+        if not args.provision_only
+        else []
+    )
+    if wanted:
+        # Before any server starts: the apps alone, pinned to the server CPUs.
+        print("app's own cost: %d app/request pair(s), in-process" % len(wanted), flush=True)
+        app_costs, app_errors = appcost.measure_all(wanted, server_cpus, log=setup_log)
+        for key, result in sorted(app_costs.items()):
+            print(
+                "  %-12s %-4s %-6s %6.1f µs/call" % (key[0], key[1], key[2], result["us_per_call"])
+            )
+        for key, error in sorted(app_errors.items()):
+            notes.append(
+                "app's own cost of %s (%s %s): not measured (%s)" % (key[0], key[1], key[2], error)
+            )
+    meta["app_costs"] = [
+        dict(app=k[0], method=k[1], path=k[2], body_bytes=k[3], **v)
+        for k, v in sorted(app_costs.items())
+    ]
 
     def fail(name, error, fatal=True):
         """A server that did not start or answered wrongly stops the run (unless
@@ -527,6 +567,12 @@ def main(argv=None):
     for p in all_points:
         grouped.setdefault((p["server"], p["workload"]), []).append(p)
     summary = {key: report.summarize(points) for key, points in grouped.items()}
+    appcost.annotate(
+        summary,
+        {d.name: d.app for d in registry.SERVERS if d.app},
+        {w.name: w for w in workloads + extra},
+        app_costs,
+    )
     measured = {p["server"] for p in all_points}
     for d in defs:
         if d.name in measured:
@@ -587,6 +633,7 @@ def main(argv=None):
             "failed": failed,
             "not_measured": notes,
             "targets": report.measured_targets(summary),
+            "own_cost_targets": report.measured_own_cost_targets(summary),
             "notes": remarks,
             "servers": {
                 d.name: {"label": d.label, "kind": d.kind, "description": d.description}

@@ -16,7 +16,9 @@ what serves the files.
 A server without "ws" (nginx without a backend, the WSGI servers, Flask) is simply left out
 of the WebSocket workloads, and listed as such; `ws_label` names what serves its /ws/*
 routes where that is not what `label` says (the raw ASGI app's WebSocket routes are a
-Starlette app). `pip` lists (import name, pip requirement) pairs
+Starlette app). `app` names the app of servers/apps.py it runs (the runner also calls it
+in-process for the "app's own cost" column); `suites` the named suites (--suite) that select
+it. `pip` lists (import name, pip requirement) pairs
 installed when missing; `tools` lists system tools (apt) the server needs; `build` names what
 provisioning must build first (a server with one is the project's own: see `project`).
 `knobs` lists the engine knobs the server honours (sweeps refuse others): "threads" goes into
@@ -52,6 +54,13 @@ class Server:
     ws_label: Optional[str] = None
     hello: bool = True
     files_label: Optional[str] = None
+    # The app of benchmarks/servers/apps.py the server runs (wsgi_raw, asgi_raw, flask_app,
+    # fastapi_app): the runner measures it in-process too (bench/appcost.py), and the tables
+    # show the app's own cost beside the server's CPU per request. None: no shared app (the
+    # native API, the compatibility layer, C, nginx, aiohttp's own handlers).
+    app: Optional[str] = None
+    # Named suites (run.py --suite NAME) the server belongs to.
+    suites: Tuple[str, ...] = ()
 
     def supports(self, workload):
         return workload.needs in self.caps
@@ -90,6 +99,7 @@ SERVERS = [
         files_label="pymongoose_uring (native FileResponse)",
         description="the native Python API on the io_uring engine; /ws/* App.websocket's "
         "callback form, pymongoose_uring.broadcast",
+        suites=("apps",),
     ),
     Server(
         "pymongoose",
@@ -113,6 +123,8 @@ SERVERS = [
         env=ROOM_FOR_C10K,
         default=False,
         description="the Flask app of gunicorn/granian WSGI on the WSGI adapter, 4 pool threads",
+        app="flask_app",
+        suites=("apps",),
     ),
     Server(
         "pymongoose_uring_fastapi",
@@ -121,10 +133,26 @@ SERVERS = [
         kind="ours",
         build="pymongoose_uring",
         knobs=ALL_KNOBS,
-        pip=(("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("uvloop", "uvloop")),
+        pip=(("fastapi", "fastapi"), ("uvloop", "uvloop")),
         env=ROOM_FOR_C10K,
         default=False,
         description="the FastAPI app of uvicorn on the ASGI adapter, uvloop",
+        app="fastapi_app",
+        suites=("apps",),
+    ),
+    Server(
+        "pymongoose_uring_wsgi",
+        "pymongoose_uring WSGI (raw app)",
+        (PY, S + "pymongoose_uring_wsgi_server.py", "{port}"),
+        kind="ours",
+        build="pymongoose_uring",
+        knobs=ALL_KNOBS,
+        env=ROOM_FOR_C10K,
+        default=False,
+        app="wsgi_raw",
+        suites=("apps",),
+        description="the raw WSGI app of gunicorn_raw and granian_wsgi_raw through the command "
+        "line (python -m pymongoose_uring apps:wsgi_raw), 4 pool threads",
     ),
     Server(
         "pymongoose_uring_asgi",
@@ -137,8 +165,11 @@ SERVERS = [
         pip=(("starlette", "starlette"), ("uvloop", "uvloop")),
         env=ROOM_FOR_C10K,
         ws_label="pymongoose_uring ASGI (Starlette app)",
-        description="the raw ASGI app of uvicorn_raw and granian_asgi on the ASGI adapter, "
-        "uvloop; /ws/* the same Starlette app as theirs",
+        description="the raw ASGI app of uvicorn_raw and granian_asgi through the command "
+        "line (python -m pymongoose_uring apps:asgi_raw), uvloop; /ws/* the same Starlette "
+        "app as theirs",
+        app="asgi_raw",
+        suites=("apps",),
     ),
     Server(
         "hello_c",
@@ -207,6 +238,8 @@ SERVERS = [
         pip=(("granian", "granian"), ("starlette", "starlette")),
         ws_label="granian (Starlette app)",
         description="granian (Rust) serving the raw ASGI app; /ws/* the Starlette app",
+        app="asgi_raw",
+        suites=("apps",),
     ),
     Server(
         "uvicorn_raw",
@@ -218,6 +251,8 @@ SERVERS = [
         ws_label="uvicorn + websockets (Starlette app)",
         description="a raw ASGI app on uvicorn with uvloop and httptools; /ws/* the "
         "Starlette app on uvicorn's websockets implementation",
+        app="asgi_raw",
+        suites=("apps",),
     ),
     Server(
         "granian_static",
@@ -256,6 +291,8 @@ SERVERS = [
         kind="peer",
         pip=(("fastapi", "fastapi"),) + _UVICORN,
         description="FastAPI on uvicorn with uvloop and httptools",
+        app="fastapi_app",
+        suites=("apps",),
     ),
     Server(
         "aiohttp",
@@ -274,6 +311,8 @@ SERVERS = [
         pip=(("granian", "granian"), ("fastapi", "fastapi")),
         default=False,
         description="granian (Rust) serving the FastAPI app of uvicorn_server.py over ASGI",
+        app="fastapi_app",
+        suites=("apps",),
     ),
     Server(
         "granian_wsgi",
@@ -282,6 +321,8 @@ SERVERS = [
         kind="peer",
         pip=(("granian", "granian"), ("flask", "flask")),
         description="granian (Rust) serving the Flask app over WSGI",
+        app="flask_app",
+        suites=("apps",),
     ),
     Server(
         "gunicorn",
@@ -290,6 +331,30 @@ SERVERS = [
         kind="peer",
         pip=(("gunicorn", "gunicorn"), ("flask", "flask")),
         description="the Flask app under gunicorn, 1 gthread worker, 4 threads",
+        app="flask_app",
+        suites=("apps",),
+    ),
+    Server(
+        "granian_wsgi_raw",
+        "granian WSGI (raw app)",
+        (PY, S + "granian_server.py", "{port}", "wsgi_raw"),
+        kind="peer",
+        pip=(("granian", "granian"),),
+        default=False,
+        app="wsgi_raw",
+        suites=("apps",),
+        description="granian (Rust) serving the raw WSGI app, 4 blocking threads",
+    ),
+    Server(
+        "gunicorn_raw",
+        "gunicorn (raw WSGI app)",
+        (PY, S + "gunicorn_server.py", "{port}", "raw"),
+        kind="peer",
+        pip=(("gunicorn", "gunicorn"),),
+        default=False,
+        app="wsgi_raw",
+        suites=("apps",),
+        description="the raw WSGI app under gunicorn, 1 gthread worker, 4 threads",
     ),
     Server(
         "flask",
@@ -298,11 +363,18 @@ SERVERS = [
         kind="peer",
         pip=(("flask", "flask"),),
         description="Flask's own threaded development server",
+        app="flask_app",
     ),
 ]
 BY_NAME = {s.name: s for s in SERVERS}
 DEFAULT = [s.name for s in SERVERS if s.default]
 WS_LABELS = {s.name: s.ws_label for s in SERVERS if s.ws_label}
 FILES_LABELS = {s.name: s.files_label for s in SERVERS if s.files_label}
+# Named suites (run.py --suite NAME): the servers, and the workloads run by default.
+# "apps": raw WSGI, raw ASGI, Flask and FastAPI on every server that runs them (ours through
+# the command line and the adapters, gunicorn, granian, uvicorn), with the native API as the
+# reference: the rows of the app's-own-cost column, out of the default run for its length.
+SUITES = {"apps": [s.name for s in SERVERS if "apps" in s.suites]}
+SUITE_WORKLOADS = {"apps": ["keepalive"]}
 # Reference for ratios: the first of these that ran.
 REFERENCE_ORDER = ["pymongoose_uring", "pymongoose", "hello_c", "nginx"]

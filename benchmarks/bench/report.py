@@ -101,7 +101,13 @@ def workload_table(workload, rows, labels, reference, header_note=""):
     ref = dict(rows).get(reference)
     rate = "Messages/sec" if ws else "Requests/sec"
     vs = "vs %s (%s/s, CPU)" % (reference, unit) if reference else "vs reference"
-    cols = ["Framework", rate, "Latency p50 / p99", "CPU µs/%s" % unit, "Peak RSS"]
+    cols = ["Framework", rate, "Latency p50 / p99", "CPU µs/%s" % unit]
+    # The app's own cost (the app called in-process, no server: bench/appcost.py) and the
+    # server's own (the row minus it), where a server runs an app of servers/apps.py.
+    app_cols = any(row.get("app_us_per_req") is not None for _, row in rows)
+    if app_cols:
+        cols += ["App's own µs/%s" % unit, "Server's own µs/%s" % unit]
+    cols.append("Peak RSS")
     if workload.per_connection_memory:
         cols.append("Memory/conn")
     if ws:
@@ -133,8 +139,10 @@ def workload_table(workload, rows, labels, reference, header_note=""):
             _fmt_int(row["rps"]),
             "%s / %s" % (_fmt_ms(row["lat_p50_ms"]), _fmt_ms(row["lat_p99_ms"])),
             _fmt(row["cpu_us_per_req"]),
-            "%s MiB" % _fmt(row["rss_peak_mib"]),
         ]
+        if app_cols:
+            cells += [_fmt(row.get("app_us_per_req")), _fmt(row.get("server_own_us_per_req"))]
+        cells.append("%s MiB" % _fmt(row["rss_peak_mib"]))
         if workload.per_connection_memory:
             cells.append("%s KiB" % _fmt(row.get("mem_per_conn_kib")))
         if ws:
@@ -232,6 +240,68 @@ TARGETS = [
 ]
 
 
+# Issue 13: the adapters' cost, keep-alive hello (ratios of server CPU per request).
+TARGETS += [
+    (
+        "raw WSGI app through the CLI vs the native API",
+        ("pymongoose_uring_wsgi", "keepalive"),
+        ("pymongoose_uring", "keepalive"),
+        1.5,
+    ),
+    (
+        "raw ASGI app through the CLI vs the native API",
+        ("pymongoose_uring_asgi", "keepalive"),
+        ("pymongoose_uring", "keepalive"),
+        1.5,
+    ),
+    (
+        "raw ASGI app: our ASGI adapter vs granian",
+        ("pymongoose_uring_asgi", "keepalive"),
+        ("granian_asgi", "keepalive"),
+        0.5,
+    ),
+    (
+        "FastAPI: our ASGI adapter vs uvicorn",
+        ("pymongoose_uring_fastapi", "keepalive"),
+        ("uvicorn", "keepalive"),
+        0.6,
+    ),
+]
+# Targets on the server's own cost (CPU µs per request minus the app's own), in µs:
+# (what, (server, workload), at most).
+OWN_COST_TARGETS = [
+    (
+        "Flask: the WSGI adapter's own cost per request",
+        ("pymongoose_uring_flask", "keepalive"),
+        8.0,
+    ),
+]
+
+
+def measured_own_cost_targets(summary, targets=OWN_COST_TARGETS):
+    """The server's-own-cost targets this run measured: dicts (what, server, workload, the
+    row's CPU, the app's own, the server's own, limit, met)."""
+    out = []
+    for what, key, limit in targets:
+        row = summary.get(key)
+        if not row or row.get("server_own_us_per_req") is None:
+            continue
+        own = row["server_own_us_per_req"]
+        out.append(
+            {
+                "what": what,
+                "server": key[0],
+                "workload": key[1],
+                "cpu_us": row["cpu_us_per_req"],
+                "app_us": row["app_us_per_req"],
+                "server_own_us": own,
+                "at_most_us": limit,
+                "met": own <= limit,
+            }
+        )
+    return out
+
+
 def measured_targets(summary, targets=TARGETS):
     """The targets that this run measured both sides of: a list of dicts (what, the two
     CPU figures, ratio, limit, met), in the order of `targets`."""
@@ -272,6 +342,18 @@ def targets_table(summary, targets=TARGETS):
             "met" if t["met"] else "**not met**",
         )
         for t in measured_targets(summary, targets)
+    ]
+    lines += [
+        "| %s | %s − %s app = %s | - | at most %s µs | %s |"
+        % (
+            t["what"],
+            _fmt(t["cpu_us"], 2),
+            _fmt(t["app_us"], 2),
+            _fmt(t["server_own_us"], 2),
+            _fmt(t["at_most_us"], 0),
+            "met" if t["met"] else "**not met**",
+        )
+        for t in measured_own_cost_targets(summary)
     ]
     if not lines:
         return None

@@ -90,3 +90,28 @@ def require(*modules):
     for name in modules:
         if importlib.util.find_spec(name) is None:
             unavailable(name, "module not found")
+
+
+def exec_cli(target, interface, argv, extra=()):
+    """Replace this process (same PID) with pymongoose_uring's command line serving
+    apps.py's `target` (e.g. "apps:wsgi_raw") on port_from_argv(): ``python -m
+    pymongoose_uring TARGET --interface INTERFACE --host HOST --port PORT``, every engine knob
+    set in `argv` (``--knob V``) or PMU_* variables (knobs.py) passed as the CLI's own option,
+    `extra` options after them. Run from this folder, so that ``apps`` is importable."""
+    import importlib.util
+
+    import knobs
+
+    if importlib.util.find_spec("pymongoose_uring") is None:
+        unavailable("pymongoose_uring", "module not found")
+    options = []
+    for knob, value in knobs.parse(argv).items():
+        options += [
+            "--" + knob.replace("_", "-"),
+            str(int(value) if value is True or value is False else value),
+        ]
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.chdir(here)
+    cmd = [sys.executable, "-m", "pymongoose_uring", target, "--interface", interface]
+    cmd += ["--host", HOST, "--port", str(port_from_argv(8000)), "--log-level", "warning"]
+    os.execv(sys.executable, cmd + options + list(extra))

@@ -1,9 +1,9 @@
 """granian (Rust, hyper + tokio), one worker:
-python granian_server.py PORT [asgi|wsgi|fastapi|static]
+python granian_server.py PORT [asgi|wsgi|wsgi_raw|fastapi|static]
 
-asgi serves uvicorn_raw_server.py's raw ASGI app (its /ws/* routes are the Starlette app of
-ws_app.py); wsgi serves flask_server.py's Flask app; fastapi serves uvicorn_server.py's
-FastAPI app over ASGI; static is asgi with granian's own static file mount
+The apps are apps.py's: asgi serves the raw ASGI app (its /ws/* routes are the Starlette app
+of ws_app.py); wsgi the Flask app; wsgi_raw the raw WSGI app; fastapi the FastAPI app over
+ASGI; static is asgi with granian's own static file mount
 (--static-path-route /files --static-path-mount DIR) in front of the app, serving the
 runner's file directory (common.files_dir()) from Rust.
 Replaces itself with granian (same PID).
@@ -16,13 +16,15 @@ import common
 
 INTERFACE = sys.argv[2] if len(sys.argv) > 2 else "asgi"
 TARGETS = {
-    "asgi": "uvicorn_raw_server:app",
-    "wsgi": "flask_server:app",
-    "fastapi": "uvicorn_server:app",
-    "static": "uvicorn_raw_server:app",
+    "asgi": "apps:asgi_raw",
+    "wsgi": "apps:flask_app",
+    "wsgi_raw": "apps:wsgi_raw",
+    "fastapi": "apps:fastapi_app",
+    "static": "apps:asgi_raw",
 }
+WSGI = INTERFACE in ("wsgi", "wsgi_raw")
 if INTERFACE not in TARGETS:
-    sys.exit("granian_server.py PORT [asgi|wsgi|fastapi|static]")
+    sys.exit("granian_server.py PORT [asgi|wsgi|wsgi_raw|fastapi|static]")
 common.require(
     "granian",
     *{
@@ -43,7 +45,7 @@ os.execv(
         "--working-dir",
         HERE,
         "--interface",
-        "wsgi" if INTERFACE == "wsgi" else "asgi",
+        "wsgi" if WSGI else "asgi",
         "--host",
         common.HOST,
         "--port",
@@ -55,9 +57,9 @@ os.execv(
         "--http",
         "1",
         # WebSocket for ASGI (the Starlette app of ws_app.py on /ws/*), not for WSGI.
-        *(["--no-ws"] if INTERFACE == "wsgi" else ["--ws"]),
+        *(["--no-ws"] if WSGI else ["--ws"]),
         # WSGI: 4 Python threads, as gunicorn_server.py has (granian's default allows 2048).
-        *(["--blocking-threads", "4"] if INTERFACE == "wsgi" else []),
+        *(["--blocking-threads", "4"] if WSGI else []),
         "--backlog",
         "4096",
         *(

@@ -1,4 +1,5 @@
-"""flask_server.py's app under gunicorn, one gthread worker: python gunicorn_server.py PORT
+"""apps.py's Flask app (or, with `raw`, its raw WSGI app) under gunicorn, one gthread worker:
+python gunicorn_server.py PORT [flask|raw]
 
 One worker because the benchmark gives every server one CPU; gthread because it is
 gunicorn's worker that keeps connections alive. Replaces itself with gunicorn (same PID).
@@ -9,7 +10,10 @@ import sys
 
 import common
 
-common.require("gunicorn", "flask")
+APP = sys.argv[2] if len(sys.argv) > 2 else "flask"
+if APP not in ("flask", "raw"):
+    sys.exit("gunicorn_server.py PORT [flask|raw]")
+common.require("gunicorn", *(["flask"] if APP == "flask" else []))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 THREADS = os.environ.get("BENCH_GUNICORN_THREADS", "4")
@@ -38,6 +42,6 @@ os.execv(
         "75",
         "--log-level",
         "warning",
-        "flask_server:app",
+        "apps:flask_app" if APP == "flask" else "apps:wsgi_raw",
     ],
 )

@@ -1,26 +1,16 @@
-"""uvicorn_raw_server.py's raw ASGI app on pymongoose_uring's ASGI adapter:
+"""apps.py's raw ASGI app through pymongoose_uring's command line:
 python pymongoose_uring_asgi_server.py PORT [--knob V]
 
-The very app uvicorn_raw_server.py and granian_server.py (asgi) serve, imported from it: the
-HTTP routes framework-free, /ws/echo and /ws/broadcast the Starlette app of ws_app.py. It runs
-on uvloop when installed. Engine knobs come from options or PMU_* variables (see knobs.py).
+Becomes ``python -m pymongoose_uring apps:asgi_raw --interface asgi`` (same PID), as a user
+would run an ASGI app (uvloop when installed): the very app uvicorn_raw and granian_asgi
+serve, framework-free over HTTP, /ws/echo and /ws/broadcast the Starlette app of ws_app.py.
+Engine knobs come from options or PMU_* variables (see knobs.py).
 """
 
 import sys
 
 import common
-import knobs
-
-common.require("starlette")
-try:
-    from pymongoose_uring.asgi import ASGIServer
-except ImportError as e:
-    common.unavailable("pymongoose_uring", e)
-
-from uvicorn_raw_server import app  # noqa: E402  (the same app as uvicorn's and granian's)
 
 if __name__ == "__main__":
-    server = ASGIServer(
-        app, host=common.HOST, port=common.port_from_argv(8011), **knobs.parse(sys.argv[2:])
-    )
-    server.run()  # until SIGINT or SIGTERM, then a graceful stop
+    common.require("starlette")
+    common.exec_cli("apps:asgi_raw", "asgi", sys.argv[2:])

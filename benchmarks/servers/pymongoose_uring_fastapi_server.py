@@ -1,9 +1,8 @@
-"""uvicorn_server.py's FastAPI app on pymongoose_uring's ASGI adapter:
+"""apps.py's FastAPI app (uvicorn_server.py's) on pymongoose_uring's ASGI adapter:
 python pymongoose_uring_fastapi_server.py PORT [--knob V]
 
-The very app uvicorn_server.py serves (imported from it, so uvicorn must be importable);
-it runs on uvloop when installed. Engine knobs come from options or PMU_* variables
-(see knobs.py).
+The very app uvicorn and granian serve (apps.fastapi_app); it runs on uvloop when
+installed. Engine knobs come from options or PMU_* variables (see knobs.py).
 """
 
 import sys
@@ -11,13 +10,13 @@ import sys
 import common
 import knobs
 
-common.require("fastapi", "uvicorn")
+common.require("fastapi")
 try:
     from pymongoose_uring.asgi import ASGIServer
 except ImportError as e:
     common.unavailable("pymongoose_uring", e)
 
-from uvicorn_server import app  # noqa: E402  (the same FastAPI app as uvicorn's)
+from apps import fastapi_app as app  # noqa: E402  (the same FastAPI app as uvicorn's)
 
 if __name__ == "__main__":
     server = ASGIServer(

@@ -1,4 +1,4 @@
-"""flask_server.py's Flask app on pymongoose_uring's WSGI adapter:
+"""apps.py's Flask app (the one flask_server.py serves) on pymongoose_uring's WSGI adapter:
 python pymongoose_uring_flask_server.py PORT [--knob V]
 
 The very app gunicorn_server.py and granian_server.py (wsgi) serve. WSGI calls run on a
@@ -18,7 +18,7 @@ try:
 except ImportError as e:
     common.unavailable("pymongoose_uring", e)
 
-from flask_server import app  # noqa: E402  (the same Flask app as the peers)
+from apps import flask_app as app  # noqa: E402  (the same Flask app as the peers)
 
 if __name__ == "__main__":
     server = WSGIServer(

@@ -1,42 +1,19 @@
-"""FastAPI on uvicorn (uvloop + httptools when installed): python uvicorn_server.py PORT"""
+"""FastAPI on uvicorn (uvloop + httptools when installed): python uvicorn_server.py PORT
 
+The app is apps.py's fastapi_app, the one granian (granian_server.py fastapi) and the ASGI
+adapter (pymongoose_uring_fastapi_server.py) serve too.
+"""
+
+import apps
 import common
 
-try:
-    import uvicorn
-    from fastapi import FastAPI, Request
-    from fastapi.responses import Response
-except ImportError as e:
-    common.unavailable("fastapi/uvicorn", e)
-
-app = FastAPI()
-
-
-@app.get("/")
-async def hello():
-    # The idiomatic FastAPI answer: a dict, serialized compactly by JSONResponse to the
-    # same 27 bytes as every other server.
-    return {"message": "Hello, World!"}
-
-
-@app.get("/16k")
-async def bytes_16k():
-    return Response(common.BYTES_16K, media_type=common.OCTETS)
-
-
-@app.get("/1m")
-async def bytes_1m():
-    return Response(common.BYTES_1M, media_type=common.OCTETS)
-
-
-@app.post(common.ECHO_PATH)
-async def echo(request: Request):
-    return Response(await request.body(), media_type=common.OCTETS)
-
-
 if __name__ == "__main__":
+    try:
+        import uvicorn
+    except ImportError as e:
+        common.unavailable("uvicorn", e)
     uvicorn.run(
-        app,
+        apps.fastapi_app,
         host=common.HOST,
         port=common.port_from_argv(8003),
         log_level="warning",

@@ -6,7 +6,7 @@ adapter), written with Starlette as its users write one, so that the servers alo
                  in the order received
 
 `app` is the Starlette app; `dispatch(scope, receive, send)` is what a raw ASGI app calls for
-a "websocket" scope (uvicorn_raw_server.py does: its HTTP routes stay framework-free).
+a "websocket" scope (apps.py's asgi_raw does: its HTTP routes stay framework-free).
 """
 
 import common

@@ -18,7 +18,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import run  # noqa: E402
 from bench import REPO_DIR, registry  # noqa: E402
 
-PROJECT_DEFAULT = [d.name for d in registry.SERVERS if d.project and d.default]
+# The default set's and the app rows' (--suite apps) own servers.
+PROJECT_DEFAULT = [
+    d.name for d in registry.SERVERS if d.project and (d.default or "apps" in d.suites)
+]
 
 
 def free_base_port(count):

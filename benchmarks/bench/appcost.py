@@ -1,0 +1,265 @@
+"""The app's own cost: a benchmark app (benchmarks/servers/apps.py) called in-process, with no
+server, as a server would call it: a minimal WSGI environ and start_response, or a minimal
+ASGI scope with receive and send, N calls in a row, CPU µs per call (process CPU time: every
+thread the app might use), the median of several repeats. Each answer is checked (status 200,
+the body the servers' checks expect), so a broken app cannot look cheap.
+
+The runner (run.py) measures every app its selected servers run, for every selected HTTP
+workload's request, in a child process pinned to the server CPUs; the tables then show the
+app's own cost beside each server's CPU per request, and the server's own cost (the row minus
+the app's own).
+
+    python3 benchmarks/bench/appcost.py flask_app GET / 0    # one figure, JSON on stdout
+"""
+
+import asyncio
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SERVERS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "servers")
+
+CALLS = 2000  # calls per repeat
+REPEATS = 5  # repeats; the median is reported
+WARMUP = 200  # calls before the first repeat (imports, caches, JIT-free warm paths)
+
+
+def app_request(workload):
+    """The request (method, path, body length) a wrk workload sends, or None for workloads
+    no app answers by itself (WebSocket, files)."""
+    if workload.client != "wrk" or workload.needs not in ("hello", "bytes", "echo"):
+        return None
+    if workload.needs == "echo":
+        return ("POST", workload.path, int(workload.script_args[0]))
+    return ("GET", workload.path, 0)
+
+
+def _load(name):
+    if SERVERS_DIR not in sys.path:
+        sys.path.insert(0, SERVERS_DIR)
+    import apps
+
+    return getattr(apps, name), apps.INTERFACES[name]
+
+
+def _expected(path, body):
+    sys.path.insert(0, SERVERS_DIR)
+    import common
+
+    if path == common.ECHO_PATH:
+        return body
+    return common.GET_ROUTES[path][0]
+
+
+def _environ(method, path, body):
+    environ = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if body:
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ["CONTENT_TYPE"] = "application/octet-stream"
+    return environ
+
+
+def _wsgi_calls(app, method, path, body, calls):
+    """CPU seconds for `calls` calls; the environs are built before the clock starts. Returns
+    (seconds, last status, last body)."""
+    environs = [_environ(method, path, body) for _ in range(calls)]
+    got = {}
+
+    def start_response(status, headers, exc_info=None):
+        got["status"] = status
+        got["headers"] = headers
+        return got.setdefault("write", lambda data: None)
+
+    out = b""
+    t0 = time.process_time()
+    for environ in environs:
+        result = app(environ, start_response)
+        try:
+            out = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+    return time.process_time() - t0, int(got["status"].split()[0]), out
+
+
+def _scope(method, path, body):
+    headers = [(b"host", b"127.0.0.1:8000")]
+    if body:
+        headers += [
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", b"application/octet-stream"),
+        ]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
+def _asgi_calls(app, method, path, body, calls):
+    scopes = [_scope(method, path, body) for _ in range(calls)]
+    request = {"type": "http.request", "body": body, "more_body": False}
+    sent = []
+
+    async def run():
+        for scope in scopes:
+            given = []
+
+            async def receive(given=given):
+                if given:  # asked again after the body: the client is still there
+                    await asyncio.sleep(3600)
+                given.append(1)
+                return request
+
+            async def send(message):
+                sent.append(message)
+
+            del sent[:]
+            await app(scope, receive, send)
+
+    loop = asyncio.new_event_loop()
+    try:
+        t0 = time.process_time()
+        loop.run_until_complete(run())
+        seconds = time.process_time() - t0
+    finally:
+        loop.close()
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    out = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return seconds, status, out
+
+
+def measure(name, method="GET", path="/", body_len=0, calls=CALLS, repeats=REPEATS):
+    """CPU µs per call of apps.py's `name` answering (method, path, a body of body_len bytes):
+    {"us_per_call": median, "runs": [each repeat's], "calls": calls}. Raises RuntimeError when
+    the app answers wrongly."""
+    app, interface = _load(name)
+    body = b"a" * body_len
+    calls_fn = _wsgi_calls if interface == "wsgi" else _asgi_calls
+    _seconds, status, out = calls_fn(app, method, path, body, WARMUP)
+    expected = _expected(path, body)
+    if status != 200 or out.rstrip(b"\n") != expected:
+        raise RuntimeError(
+            "%s answered %s %s with %d and %d bytes (expected 200 and %d bytes)"
+            % (name, method, path, status, len(out), len(expected))
+        )
+    runs = [calls_fn(app, method, path, body, calls)[0] * 1e6 / calls for _ in range(repeats)]
+    return {"us_per_call": statistics.median(runs), "runs": runs, "calls": calls}
+
+
+def measure_all(wanted, cpus=None, log=None, timeout=300):
+    """Measure every (app, method, path, body_len) of `wanted` in one child process pinned to
+    `cpus` (the server CPUs, so the figure is comparable with the servers'). Returns
+    ({key: result}, {key: error}) with key the tuple given."""
+    wanted = sorted(set(wanted))
+    if not wanted:
+        return {}, {}
+
+    def child():
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--many", json.dumps(wanted)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=child,
+        cwd=SERVERS_DIR,
+    )
+    if log:
+        with open(log, "a") as f:
+            f.write("==== app's own cost: %s\n%s%s\n" % (wanted, proc.stdout, proc.stderr))
+    results, errors = {}, {}
+    try:
+        answers = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        error = "exit status %d: %s" % (proc.returncode, proc.stderr.strip()[-500:])
+        return {}, {tuple(k): error for k in wanted}
+    for key, result, error in answers:
+        if error:
+            errors[tuple(key)] = error
+        else:
+            results[tuple(key)] = result
+    return results, errors
+
+
+def wanted_for(defs, workloads):
+    """The (app, method, path, body length) to measure: each app the servers `defs` run, for
+    each request of the HTTP workloads `workloads` that its server serves."""
+    wanted = set()
+    for d in defs:
+        for w in workloads:
+            req = app_request(w)
+            if d.app and req and d.supports(w):
+                wanted.add((d.app,) + req)
+    return sorted(wanted)
+
+
+def annotate(summary, apps, workloads, costs):
+    """Add the app's own cost to every summary row {(server, workload): row} whose server runs
+    an app (`apps`: {server: app name}) measured for that workload's request (`costs`, from
+    measure_all): app_us_per_req, and server_own_us_per_req = cpu_us_per_req - app's own."""
+    for (server, wname), row in summary.items():
+        w = workloads.get(wname)
+        req = app_request(w) if w is not None else None
+        cost = costs.get((apps.get(server),) + req) if req and apps.get(server) else None
+        if cost is None:
+            continue
+        row["app_us_per_req"] = cost["us_per_call"]
+        if row.get("cpu_us_per_req") is not None:
+            row["server_own_us_per_req"] = row["cpu_us_per_req"] - cost["us_per_call"]
+
+
+def _many(wanted):
+    answers = []
+    for key in wanted:
+        try:
+            answers.append([key, measure(*key), None])
+        except SystemExit as e:  # common.unavailable(): the app's library is missing
+            answers.append([key, None, "unavailable (exit %s)" % e.code])
+        except Exception as e:
+            answers.append([key, None, "%s: %s" % (type(e).__name__, e)])
+    return answers
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--many":
+        print(json.dumps(_many([tuple(k) for k in json.loads(sys.argv[2])])))
+    elif len(sys.argv) == 5:
+        name, method, path, body_len = sys.argv[1:]
+        print(json.dumps(measure(name, method, path, int(body_len))))
+    else:
+        sys.exit(__doc__)
