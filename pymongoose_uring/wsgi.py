@@ -12,17 +12,19 @@ or ``python -m pymongoose_uring myapp:app --interface wsgi``.
 How it runs. The engine's ring threads hand the requests completed in one pass
 to :class:`WSGIHandler` under one GIL acquisition; the handler only appends
 each request to a queue (a C deque) and wakes one idle pool thread per batch,
-then returns, so the ring never waits for the app. One exception saves the
-thread handoff where it costs most: a path (the request's raw path) that has
-made 64 quick calls on the pool (each under ``inline_ms``, default 1 ms; a
-slower one halves the count) is called on the ring thread itself, inside the
-batch. Two ring calls in a row over that budget (one alone may just have been
-preempted) send the path back to the pool, and its next try needs four times
-more quick calls; a batch stops calling inline once it has held the ring 2 ms
-(the rest go to the pool). So a route that starts blocking holds the ring
-twice per backoff, never for long repeatedly; ``inline_ms=0`` never runs the
-app on the ring (needed by an app that calls its own server and waits for the
-answer: on the ring, that call would wait for itself). Requests whose body is streamed always go to the pool. The
+then returns, so the ring never waits for the app. An opt-in exception saves
+the thread handoff where it costs most: with ``inline_ms`` above 0 (off by
+default), a path (the request's raw path) that has made 64 quick calls on the
+pool (each under ``inline_ms``; a slower one halves the count) is called on
+the ring thread itself, inside the batch. Two ring calls in a row over that
+budget (one alone may just have been preempted) send the path back to the
+pool, and its next try needs four times more quick calls; a batch stops
+calling inline once it has held the ring 2 ms (the rest go to the pool). So a
+route that starts blocking holds the ring twice per backoff, never for long
+repeatedly. It is off by default because a call on the ring can still block
+it: an app that calls its own server and waits for the answer would wait for
+itself forever, and a quick route's rare slow call (a cold cache, a lock)
+makes every connection of that ring wait. Requests whose body is streamed always go to the pool. The
 pool threads (or the ring, inline) build the
 environ, call the app and answer straight to the engine with
 ``request.reply()`` (a complete body: a list/tuple result, or a body whose
@@ -419,7 +421,7 @@ class WSGIHandler:
     ``errors`` is ``wsgi.errors`` (default ``sys.stderr``); ``access_log``
     logs one line per request to the logger ``pymongoose_uring.access``;
     ``inline_ms`` is the budget of a call run on the ring thread (see the
-    module's docstring; 0: the app always runs on the pool).
+    module's docstring; 0, the default: the app always runs on the pool).
     """
 
     def __init__(
@@ -434,7 +436,7 @@ class WSGIHandler:
         access_log: bool = False,
         proxy_headers: bool = True,
         forwarded_allow_ips: Union[str, Iterable[str], None] = None,
-        inline_ms: float = 1.0,
+        inline_ms: float = 0.0,
     ) -> None:
         if not callable(app):
             raise TypeError("app must be a WSGI callable app(environ, start_response)")
@@ -939,7 +941,7 @@ class WSGIServer(AdapterServer):
         access_log: bool = False,
         proxy_headers: bool = True,
         forwarded_allow_ips: Union[str, Iterable[str], None] = None,
-        inline_ms: float = 1.0,
+        inline_ms: float = 0.0,
         **server_options: Any,
     ) -> None:
         self.handler = WSGIHandler(

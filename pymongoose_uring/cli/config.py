@@ -71,6 +71,7 @@ class Config:
     proxy_headers: bool = True
     forwarded_allow_ips: Optional[str] = None
     pool_threads: int = 8
+    inline_ms: float = 0.0
     script_name: str = ""
     lifespan: str = "auto"
     loop: str = "auto"
@@ -382,6 +383,16 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
         type=int,
         default=8,
         help="Python threads that call the WSGI app (default 8)",
+    )
+    w.add_argument(
+        "--wsgi-inline-ms",
+        dest="inline_ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="call a path proven quick (64 pool calls under MS ms) on the ring thread, "
+        "saving the thread handoff; 0: never (default; see the README: a call on the "
+        "ring blocks it)",
     )
     w.add_argument(
         "--script-name",
@@ -717,6 +728,8 @@ def parse(argv: Optional[Sequence[str]], defaults: Dict[str, Any]) -> Config:
         p.error("--threads must be at least 1")
     if config.pool_threads < 1:
         p.error("--pool-threads must be at least 1")
+    if config.inline_ms < 0:
+        p.error("--wsgi-inline-ms must be 0 (never) or more")
     if config.max_requests < 0 or config.max_requests_jitter < 0:
         p.error("--max-requests and --max-requests-jitter cannot be negative")
     if config.ws_max_queue < 1:

@@ -162,6 +162,7 @@ def make_server(config: Config) -> AnyServer:
             config.host,
             config.port,
             pool_threads=config.pool_threads,
+            inline_ms=config.inline_ms,
             script_name=config.script_name,
             access_log=config.access_log,
             multiprocess=config.workers > 1,

@@ -145,3 +145,31 @@ def test_streamed_bodies_and_inline_off_use_the_pool(serve_wsgi, inline_ms):
 def test_inline_ms_must_not_be_negative():
     with pytest.raises(ValueError):
         WSGIHandler(lambda e, s: [], inline_ms=-1)
+
+
+def test_inline_is_off_by_default(serve_wsgi):
+    """Without inline_ms every call runs on the pool, however many quick calls a path made
+    (a call on the ring could block it: an app calling its own server would wait for
+    itself)."""
+    threads = []
+    app, _ = recording_app(threads)
+    server = serve_wsgi(app, pool_threads=2)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    for _ in range(pmu_wsgi._INLINE_AFTER * 2):
+        assert get(conn, "/quick") == (200, b"/quick 0")
+    assert threads and all(name.startswith(POOL) for _, name in threads)
+
+
+def test_cli_wsgi_inline_ms_reaches_the_handler(tmp_path):
+    from pymongoose_uring.cli.config import parse
+    from pymongoose_uring.cli.worker import make_server
+
+    (tmp_path / "inlineapp.py").write_text(
+        "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'']\n"
+    )
+    base = ["inlineapp:app", "--app-dir", str(tmp_path), "--interface", "wsgi", "--port", "0"]
+    for argv, budget in (([], 0.0), (["--wsgi-inline-ms", "2.5"], 0.0025)):
+        server = make_server(parse([*base, *argv], {}))
+        assert server._handler._budget == pytest.approx(budget)
+    with pytest.raises(SystemExit):
+        parse([*base, "--wsgi-inline-ms", "-1"], {})
