@@ -358,8 +358,9 @@ class AdapterServer:
     def _before_start(self) -> None:  # pragma: no cover - overridden
         pass
 
-    def _after_stop(self) -> None:  # pragma: no cover - overridden
-        pass
+    def _after_stop(self, grace: Optional[float] = None) -> None:  # pragma: no cover
+        """Stop the adapter; ``grace``: seconds left of the graceful stop
+        (shutdown_timeout_ms) for app work still running, None: the adapter's own."""
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -379,12 +380,17 @@ class AdapterServer:
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop gracefully (requests in flight finish), then stop the adapter."""
+        t0 = time.monotonic()
         try:
             self.server.stop(timeout)
         finally:
             if self._started:
                 self._started = False
-                self._after_stop()
+                # App work still running after the engine's stop (a WSGI call whose
+                # client was cut, an ASGI task after its answer) gets what is left of
+                # the graceful stop, as --timeout-graceful-shutdown promises.
+                grace = self.server.config.get("shutdown_timeout_ms", 10000) / 1000.0
+                self._after_stop(max(0.0, grace - (time.monotonic() - t0)))
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM, then stop gracefully."""

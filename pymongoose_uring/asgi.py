@@ -894,9 +894,10 @@ class ASGIHandler:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def close(self, timeout: Optional[float] = 30.0) -> None:
+    def close(self, timeout: Optional[float] = 30.0, tasks_timeout: Optional[float] = None) -> None:
         """Run the lifespan shutdown, then stop the loop thread (call it after
-        the server stopped)."""
+        the server stopped). Request tasks still running after their answer get
+        ``tasks_timeout`` seconds (default: ``timeout``) before they are cancelled."""
         loop, lifespan = self.loop, self._lifespan
         if loop is None:
             return
@@ -906,7 +907,11 @@ class ASGIHandler:
             # for its tasks at shutdown; those still running after `timeout`
             # are cancelled below.
             try:
-                self._run(self._wait_tasks(timeout), None, loop)
+                self._run(
+                    self._wait_tasks(timeout if tasks_timeout is None else tasks_timeout),
+                    None,
+                    loop,
+                )
             except Exception:
                 log.exception("waiting for the ASGI tasks left failed")
         self._lifespan = None
@@ -1254,8 +1259,8 @@ class ASGIServer(AdapterServer):
     def _before_start(self) -> None:
         self.handler.start()
 
-    def _after_stop(self) -> None:
-        self.handler.close()
+    def _after_stop(self, grace: Optional[float] = None) -> None:
+        self.handler.close(tasks_timeout=grace)
 
     @property
     def state(self) -> Dict[str, Any]:

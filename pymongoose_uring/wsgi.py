@@ -961,8 +961,8 @@ class WSGIServer(AdapterServer):
     def _before_start(self) -> None:
         self.handler.start()
 
-    def _after_stop(self) -> None:
-        self.handler.close()
+    def _after_stop(self, grace: Optional[float] = None) -> None:
+        self.handler.close(10.0 if grace is None else grace)
 
 
 def serve(app: WSGIApp, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
