@@ -81,6 +81,7 @@ import logging
 import os
 import stat
 import threading
+from time import perf_counter as _clock
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -177,11 +178,13 @@ class _Cycle:
         "client",
         "sent",
         "trailers",
+        "t0",
     )
 
     def __init__(self, request: Request, handler: "ASGIHandler") -> None:
         self.request = request
         self.handler = handler
+        self.t0 = _clock() if handler.access_log else 0.0  # the access log's duration
         self.status = 0
         self.headers: Any = None  # the app's, as it gave them (checked by the engine)
         self.started = False  # http.response.start received
@@ -303,7 +306,7 @@ class _Cycle:
                     request.end()  # (a longer body was cut off at the length, and closes)
                 self._wake()
                 if self.handler.access_log:
-                    self.handler._log(request, self.client, self.status)
+                    self.handler._log(request, self.client, self.status, self.t0)
             return
         if kind == "http.response.pathsend":
             if not self.started:
@@ -343,7 +346,7 @@ class _Cycle:
             request.end(trailers)
         self._wake()
         if self.handler.access_log:
-            self.handler._log(request, self.client, self.status)
+            self.handler._log(request, self.client, self.status, self.t0)
 
     async def _pathsend(self, path: Any) -> None:
         """``http.response.pathsend``: the file at ``path`` is the whole body,
@@ -400,7 +403,7 @@ class _Cycle:
             os.close(fd)  # (Request.sendfile sends from a duplicate of its own)
             self._wake()
         if self.handler.access_log:
-            self.handler._log(request, self.client, self.status)
+            self.handler._log(request, self.client, self.status, self.t0)
 
 
 class _WebSocketCycle:
@@ -1176,14 +1179,22 @@ class ASGIHandler:
                     request.write(body, False)
                 request.end()
                 if self.access_log:
-                    self._log(request, cycle.client, status)
+                    self._log(request, cycle.client, status, cycle.t0)
                 return
         request.reply(Response(body, cycle.status, cycle.headers, None))
         if self.access_log:
-            self._log(request, cycle.client, cycle.status)
+            self._log(request, cycle.client, cycle.status, cycle.t0)
 
-    def _log(self, request: Request, client: _Client, status: int) -> None:
-        log_access(client, request.method, request.target, request.http_version, status, None)
+    def _log(self, request: Request, client: _Client, status: int, t0: float = 0.0) -> None:
+        log_access(
+            client,
+            request.method,
+            request.target,
+            request.http_version,
+            status,
+            None,
+            duration=_clock() - t0 if t0 else None,
+        )
 
     def _failed(self, request: Request, cycle: _Cycle, exc: BaseException) -> None:
         if isinstance(exc, asyncio.CancelledError):

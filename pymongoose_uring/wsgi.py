@@ -699,6 +699,7 @@ class WSGIHandler:
 
     def _handle(self, request: Request) -> None:
         """Run the app for one request and answer it (a pool thread)."""
+        t0 = perf_counter() if self.access_log else 0.0  # the access log's duration
         sr = _StartResponse(request)
         try:
             environ = self._environ(request)
@@ -732,6 +733,7 @@ class WSGIHandler:
                 request.http_version,
                 status if status is not None else 500,
                 None,
+                duration=perf_counter() - t0,
             )
 
     def _respond(

@@ -90,3 +90,41 @@ def test_asgi_task_after_its_answer_finishes_within_the_deadline():
         assert finished.is_set()
     finally:
         s.close()
+
+
+def test_adapters_log_the_time_to_the_answer(caplog):
+    """--access-log-format's time atoms (%(D)s: microseconds) for WSGI and ASGI apps: the
+    time from the app's call to the answer, not '-'."""
+    import logging
+
+    from pymongoose_uring._adapter import set_access_log_format
+
+    def wsgi_app(environ, start_response):
+        time.sleep(0.05)
+        start_response("200 OK", [])
+        return [b"w"]
+
+    async def asgi_app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"a"})
+
+    set_access_log_format("%(s)s %(D)s")
+    try:
+        with caplog.at_level(logging.INFO, logger="pymongoose_uring.access"):
+            for server in (
+                WSGIServer(wsgi_app, "127.0.0.1", 0, access_log=True),
+                ASGIServer(asgi_app, "127.0.0.1", 0, access_log=True, lifespan="off"),
+            ):
+                with server:
+                    s = fire(server.port, b"/")
+                    assert s.recv(4096).startswith(b"HTTP/1.1 20")
+                    s.close()
+    finally:
+        set_access_log_format(None)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pymongoose_uring.access"]
+    assert [line.split()[0] for line in lines] == ["200", "201"], lines
+    for line in lines:
+        assert 45_000 <= int(line.split()[1]) < 5_000_000, line
