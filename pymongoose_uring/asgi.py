@@ -1015,9 +1015,10 @@ class ASGIHandler:
             "query_string": request.query_string.encode("utf-8", "surrogateescape"),
             "headers": headers,
             "extensions": {"http.response.pathsend": {}, "http.response.trailers": {}},
+            # Always there, a shallow copy per request, as uvicorn gives it (middleware
+            # may write to scope["state"] whether or not the lifespan filled it).
+            "state": self.state.copy(),
         }
-        if self.state:
-            scope["state"] = self.state.copy()
         return scope
 
     def _forwarded(
@@ -1073,9 +1074,8 @@ class ASGIHandler:
             "headers": headers,
             "subprotocols": subprotocols,
             "extensions": self._ws_extensions,
+            "state": self.state.copy(),
         }
-        if self.state:
-            scope["state"] = self.state.copy()
         return scope
 
     async def handle_websocket(self, request: Request) -> None:

@@ -363,3 +363,29 @@ def test_background_tasks_finish_before_shutdown():
     finally:
         server.stop()
     assert events == ["background done", "lifespan shutdown"]
+
+
+def test_scope_state_is_there_without_lifespan_state():
+    """scope["state"] is in every http and websocket scope, an empty dict when no
+    lifespan filled it (as uvicorn gives it: middleware writes to it unchecked), and a
+    write to it is not seen by the next request."""
+    seen = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        seen.append(dict(scope["state"]))
+        scope["state"]["mine"] = True
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    for lifespan in ("on", "off"):
+        seen.clear()
+        with ASGIServer(app, "127.0.0.1", 0, lifespan=lifespan) as server:
+            for _ in range(2):
+                assert request(server)[0] == 200
+        assert seen == [{}, {}], (lifespan, seen)
