@@ -611,21 +611,47 @@ def websocket_options(
         if args.ws_max_size < 0:
             p.error("--ws-max-size cannot be negative")
         wanted["ws_max_message"] = ("--ws-max-size", args.ws_max_size)
-    for option, knob in (
-        ("ws_ping_interval", "ws_ping_interval_ms"),
-        ("ws_ping_timeout", "ws_ping_timeout_ms"),
-    ):
+    _seconds_options(
+        args,
+        p,
+        wanted,
+        (("ws_ping_interval", "ws_ping_interval_ms"), ("ws_ping_timeout", "ws_ping_timeout_ms")),
+    )
+    if args.ws_per_message_deflate is not None:
+        wanted["ws_deflate"] = ("--ws-per-message-deflate", int(args.ws_per_message_deflate))
+    return _knobs_wanted(args, defaults, p, wanted, " (no WebSocket support)")
+
+
+def _seconds_options(
+    args: argparse.Namespace,
+    p: argparse.ArgumentParser,
+    wanted: Dict[str, Any],
+    pairs: Tuple[Tuple[str, str], ...],
+) -> None:
+    """For each (option, knob) given on the command line in seconds: wanted[knob]
+    = (its --name, the value in ms); an error when negative."""
+    for option, knob in pairs:
         seconds = getattr(args, option)
         if seconds is not None:
             if seconds < 0:
                 p.error(f"--{option.replace('_', '-')} cannot be negative")
             wanted[knob] = ("--" + option.replace("_", "-"), _seconds_ms(seconds))
-    if args.ws_per_message_deflate is not None:
-        wanted["ws_deflate"] = ("--ws-per-message-deflate", int(args.ws_per_message_deflate))
+
+
+def _knobs_wanted(
+    args: argparse.Namespace,
+    defaults: Dict[str, Any],
+    p: argparse.ArgumentParser,
+    wanted: Dict[str, Any],
+    missing: str = "",
+) -> Dict[str, Any]:
+    """The knobs of wanted ({knob: (--option, value)}); an error when the engine
+    lacks one (the message ends with ``missing``) or the knob's own option was
+    given another value."""
     options = {}
     for knob, (option, value) in wanted.items():
         if knob not in defaults:
-            p.error(f"{option}: this engine has no {knob} knob (no WebSocket support)")
+            p.error(f"{option}: this engine has no {knob} knob{missing}")
         given = getattr(args, knob, None)
         if given is not None and given != value:
             p.error(f"{option} and --{knob.replace('_', '-')} disagree")
@@ -639,15 +665,15 @@ def server_options(
     """The engine knobs that uvicorn's and gunicorn's options set; an error when
     one contradicts its engine knob's own option, or the engine lacks the knob."""
     wanted: Dict[str, Any] = {}
-    for option, knob in (
-        ("timeout_keep_alive", "keepalive_timeout_ms"),
-        ("timeout_graceful_shutdown", "shutdown_timeout_ms"),
-    ):
-        seconds = getattr(args, option)
-        if seconds is not None:
-            if seconds < 0:
-                p.error(f"--{option.replace('_', '-')} cannot be negative")
-            wanted[knob] = ("--" + option.replace("_", "-"), _seconds_ms(seconds))
+    _seconds_options(
+        args,
+        p,
+        wanted,
+        (
+            ("timeout_keep_alive", "keepalive_timeout_ms"),
+            ("timeout_graceful_shutdown", "shutdown_timeout_ms"),
+        ),
+    )
     for option, knob in (
         ("limit_concurrency", "max_connections"),
         ("limit_request_body", "max_body_bytes"),
@@ -664,15 +690,7 @@ def server_options(
     if args.headers:
         lines = "\r\n".join(f"{name}: {value}" for name, value in args.headers)
         wanted["extra_headers"] = ("--header", lines)
-    options = {}
-    for knob, (option, value) in wanted.items():
-        if knob not in defaults:
-            p.error(f"{option}: this engine has no {knob} knob")
-        given = getattr(args, knob, None)
-        if given is not None and given != value:
-            p.error(f"{option} and --{knob.replace('_', '-')} disagree")
-        options[knob] = value
-    return options
+    return _knobs_wanted(args, defaults, p, wanted)
 
 
 def _knob_table() -> Dict[str, Any]:
