@@ -312,6 +312,14 @@ def run_cli(cwd, *args):
     )
 
 
+class At:
+    """What request() needs of a server (its port), for one running in another process:
+    ``request(At(port_of(proc)))``."""
+
+    def __init__(self, port):
+        self.port = port
+
+
 def port_of(proc):
     """The port of the "serving on http://HOST:PORT" line the process writes."""
     line = wait_for_line(proc, "serving on")

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import port_of, request, run_cli, stop_process, wait_until
+from conftest import At, port_of, request, run_cli, stop_process, wait_until
 from pymongoose_uring._adapter import asgi_version, detect_interface
 from pymongoose_uring.asgi import ASGIServer, asgi2_app
 
@@ -117,11 +117,7 @@ def test_cli_detects_and_runs_an_asgi2_app(tmp_path):
     try:
         port = port_of(proc)
 
-        class S:
-            pass
-
-        s = S()
-        s.port = port
+        s = At(port)
         status, _, body, _ = request(s, path="/")
         assert (status, body) == (200, b"asgi2 via cli")
     finally:

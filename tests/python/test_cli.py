@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import RawClient, port_of, request, run_cli, stop_process as stop, wait_for_line
+from conftest import At, RawClient, port_of, request, run_cli, stop_process as stop, wait_for_line
 from pymongoose_uring._adapter import detect_interface
 
 APPS = textwrap.dedent("""
@@ -69,11 +69,6 @@ APPS = textwrap.dedent("""
                 return
             await send({"type": "websocket.send", "bytes": message["bytes"]})
 """)
-
-
-class _S:
-    def __init__(self, port):
-        self.port = port
 
 
 @pytest.fixture
@@ -280,7 +275,7 @@ def test_serves_each_interface(app_dir, target, interface, expect):
     proc = run_cli(app_dir, *args)
     try:
         port = port_of(proc)
-        status, _, body, _ = request(_S(port))
+        status, _, body, _ = request(At(port))
         assert status == 200 and expect in body
     finally:
         out, err = stop(proc)
@@ -293,7 +288,7 @@ def test_access_log(app_dir):
     proc = run_cli(app_dir, "cliapps:wsgi", "--port", "0", "--access-log")
     try:
         port = port_of(proc)
-        request(_S(port), path="/logged?x=1")
+        request(At(port), path="/logged?x=1")
     finally:
         out, err = stop(proc, signal.SIGINT)
     assert proc.returncode == 0, err
@@ -460,7 +455,7 @@ def test_sighup_replaces_the_workers_with_new_code_refusing_nothing(app_dir):
     def load():  # a new connection each, all the time
         while not stop_load.is_set():
             try:
-                status, _, body, _ = request(_S(port), timeout=5)
+                status, _, body, _ = request(At(port), timeout=5)
                 answers.append(body.split())
             except Exception as exc:
                 failures.append(repr(exc))
@@ -481,7 +476,7 @@ def test_sighup_replaces_the_workers_with_new_code_refusing_nothing(app_dir):
             t.join(10)
         new = set(pids(lines.wait("started (pid", 4))) - old
         assert len(new) == 2
-        status, _, body, _ = request(_S(port))
+        status, _, body, _ = request(At(port))
         version, pid = body.split()
         assert version == b"v2" and int(pid) in new
     finally:
@@ -506,7 +501,7 @@ def test_sighup_with_code_that_does_not_load_keeps_the_workers(app_dir):
         proc.send_signal(signal.SIGHUP)
         lines.wait("did not start serving; the reload stops here", 1)
         for _ in range(10):
-            status, _, body, _ = request(_S(port))
+            status, _, body, _ = request(At(port))
             assert status == 200 and body.startswith(b"v1 ")
         assert proc.poll() is None
     finally:
@@ -534,7 +529,7 @@ def test_reload_replaces_the_workers_when_a_source_file_changes(app_dir):
     lines = Lines(proc)
     try:
         lines.wait("serving on", 1)
-        version, old_pid = request(_S(port))[2].split()
+        version, old_pid = request(At(port))[2].split()
         assert version == b"one"
         assert list((app_dir / "__pycache__").glob("live.*.pyc"))  # compiled on import
         before = source.stat()
@@ -548,7 +543,7 @@ def test_reload_replaces_the_workers_when_a_source_file_changes(app_dir):
         while not _exited(int(old_pid)) and time.monotonic() < deadline:
             time.sleep(0.02)
         for _ in range(5):
-            assert request(_S(port))[2].startswith(b"two ")
+            assert request(At(port))[2].startswith(b"two ")
         (app_dir / "notes.txt").write_text("not a source file")
         time.sleep(1.2)
         assert len([line for line in lines.lines if "changed;" in line]) == 1
@@ -573,7 +568,7 @@ def test_fd_serves_an_inherited_socket(app_dir):
     try:
         line = wait_for_line(proc, "serving on")
         assert "http://127.0.0.1:%d" % port in line
-        status, _, body, _ = request(_S(port))
+        status, _, body, _ = request(At(port))
         assert (status, body) == (200, b"plain handler")
     finally:
         stop(proc)
@@ -595,7 +590,7 @@ def _get_pid(port, path="/"):
     """GET on a new connection: the worker's pid from the body, or None on a refused
     or reset connection (a worker that was just killed)."""
     try:
-        status, _, body, _ = request(_S(port), path=path, timeout=5)
+        status, _, body, _ = request(At(port), path=path, timeout=5)
     except (ConnectionError, OSError, Exception):
         return None
     if status != 200:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import RawClient, port_of, request, run_cli, stop_process as stop
+from conftest import At, RawClient, port_of, request, run_cli, stop_process as stop
 from pymongoose_uring import config_defaults
 from pymongoose_uring._adapter import log_access, set_access_log_format
 from pymongoose_uring.cli.command import read_env_file
@@ -52,11 +52,6 @@ APPS = textwrap.dedent("""
         await asyncio.sleep(0.2)
         return 203, [], b"async"
 """)
-
-
-class _S:
-    def __init__(self, port):
-        self.port = port
 
 
 @pytest.fixture
@@ -194,7 +189,7 @@ def test_access_log_format_takes_gunicorn_atoms(caplog):
 
 def serve(app_dir, *args):
     proc = run_cli(app_dir, *args, "--port", "0")
-    return proc, _S(port_of(proc))
+    return proc, At(port_of(proc))
 
 
 def test_header_adds_a_header_to_every_answer(app_dir):
@@ -472,7 +467,7 @@ def test_workers_get_env_file_app_dir_and_log_config(app_dir, tmp_path):
         "0",
     )
     try:
-        server = _S(port_of(proc))
+        server = At(port_of(proc))
         pids = set()
         deadline = time.monotonic() + 20
         while len(pids) < 2 and time.monotonic() < deadline:

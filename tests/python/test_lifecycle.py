@@ -13,7 +13,7 @@ import threading
 import pytest
 
 import pymongoose_uring as pmu
-from conftest import port_of, request, run_cli, spawn, stop_process, wait_for_line, wait_until
+from conftest import At, port_of, request, run_cli, spawn, stop_process, wait_for_line, wait_until
 from pymongoose_uring import App, Server
 
 
@@ -321,11 +321,7 @@ def test_run_stops_gracefully_on_signal(sig):
     try:
         port = port_of(proc)
 
-        class S:
-            pass
-
-        s = S()
-        s.port = port
+        s = At(port)
         assert request(s)[2] == b"up"
         result = {}
         t = threading.Thread(target=lambda: result.setdefault("r", request(s, path="/slow")))
@@ -349,11 +345,7 @@ def test_stop_from_a_handler():
     try:
         port = port_of(proc)
 
-        class S:
-            pass
-
-        s = S()
-        s.port = port
+        s = At(port)
         assert request(s, path="/shutdown")[2] == b"bye"
         out, err = proc.communicate(timeout=20)
     finally:
@@ -388,11 +380,7 @@ def test_command_line_hello():
     try:
         port = port_of(proc)
 
-        class S:
-            pass
-
-        s = S()
-        s.port = port
+        s = At(port)
         assert request(s)[2] == b'{"message":"Hello, World!"}'
     finally:
         stop_process(proc, signal.SIGINT)
