@@ -448,6 +448,8 @@ struct pmu_server {
   uint8_t extra_server, extra_date;
   char *spool_dir;          /* cfg.body_spool_dir resolved */
   atomic_size_t body_bytes; /* request body bytes in memory, against the budget */
+  /* HTTPS (core/tls_ctx.c): the loaded configuration; NULL without cfg.ssl_certfile */
+  struct pmu__tls_server *tls;
   unsigned nloops;
   pmu__loop_t *loops;
   uint16_t port;
