@@ -132,6 +132,7 @@ typedef struct pyb_state {
   PyTypeObject *connection_type;    /* Connection (conn.c) */
   PyObject *conn_closed;            /* _pmu.ConnectionClosed(OSError) */
   Py_ssize_t connections_alive;     /* Connection objects not yet freed (GIL held) */
+  PyObject *str_http, *str_https;   /* request.scheme's two values */
 } pyb_state;
 
 extern PyModuleDef pyb_module_def;
@@ -198,6 +199,20 @@ void pyb_data_keep(pyb_state *st, pyb_data *d);
 
 /* Release the view taken by pyb_data_get. */
 void pyb_data_done(pyb_data *d);
+
+/* tls.c. request.tls of a live request: a new dict describing its TLS
+ * session (certificates as PEM), None (new reference) on a plain connection,
+ * or NULL with an exception. */
+PyObject *pyb_tls_request_dict(const pmu_request_t *request);
+
+/* The ASGI "tls" extension made from a request.tls dict: a new dict, None
+ * (new reference) for None, or NULL with an exception. */
+PyObject *pyb_tls_asgi_from_dict(PyObject *tls);
+
+/* request.c. The ASGI "tls" extension of a Request (request.tls built first
+ * if needed): a new dict, None (new reference) on a plain connection, or NULL
+ * with an exception. For scopes built in C. */
+PyObject *pyb_request_asgi_tls(PyObject *request);
 
 /* Bodies at least this long are sent without a copy (bytes and str only). */
 #define PYB_ZERO_COPY_MIN 16384

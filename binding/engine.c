@@ -78,6 +78,7 @@ typedef struct {
   PyObject *unix_path_str;    /* config.unix_path as a str, or NULL */
   PyObject *statics;          /* tuple of StaticMount behind config.statics, or NULL */
   pmu_static_t *static_array; /* PyMem copies of their pmu_static_t (config.statics) */
+  pmu_tls_cert_t *sni_certs;  /* config.ssl_sni_certs and their strings: one PyMem block */
   pmu_server_t *server;
   ring_state *rings;
   unsigned nrings;
@@ -685,6 +686,90 @@ static int owned_index(const field *f) {
   return k;
 }
 
+/* ssl_sni_certs: a sequence of (certfile, keyfile[, password]) (keyfile and
+ * password may be None) as one PyMem block, the array first, then the paths
+ * it points to. *out NULL and *count 0 for None or an empty sequence.
+ * Returns 0, or -1 with an exception. */
+static int sni_certs_parse(PyObject *value, pmu_tls_cert_t **out, size_t *count) {
+  *out = NULL;
+  *count = 0;
+  if (value == Py_None)
+    return 0;
+  PyObject *items = PySequence_Fast(value, "ssl_sni_certs must be a sequence of "
+                                           "(certfile, keyfile[, password]) tuples");
+  if (items == NULL)
+    return -1;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+  PyObject **parts = n ? PyMem_Calloc((size_t)n * 3, sizeof(PyObject *)) : NULL;
+  size_t total = (size_t)n * sizeof(pmu_tls_cert_t);
+  int rc = -1;
+  if (n && parts == NULL) {
+    PyErr_NoMemory();
+    goto done;
+  }
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *entry = PySequence_Fast_GET_ITEM(items, i); /* borrowed */
+    Py_ssize_t k = PyTuple_Check(entry) || PyList_Check(entry) ? PySequence_Size(entry) : -1;
+    if (k < 2 || k > 3) {
+      PyErr_Format(PyExc_TypeError,
+                   "ssl_sni_certs[%zd] must be (certfile, keyfile) or (certfile, keyfile, "
+                   "password)",
+                   i);
+      goto done;
+    }
+    for (Py_ssize_t j = 0; j < k; j++) {
+      PyObject *v = PySequence_GetItem(entry, j);
+      if (v == NULL)
+        goto done;
+      if (v == Py_None && j > 0) { /* no key file (in certfile) or no password */
+        Py_DECREF(v);
+        continue;
+      }
+      PyObject *bytes = NULL;
+      int ok = PyUnicode_FSConverter(v, &bytes);
+      Py_DECREF(v);
+      if (!ok)
+        goto done;
+      parts[i * 3 + j] = bytes;
+      total += (size_t)PyBytes_GET_SIZE(bytes) + 1;
+    }
+  }
+  if (n == 0) {
+    rc = 0;
+    goto done;
+  }
+  char *mem = PyMem_Malloc(total);
+  if (mem == NULL) {
+    PyErr_NoMemory();
+    goto done;
+  }
+  pmu_tls_cert_t *certs = (pmu_tls_cert_t *)mem;
+  char *p = mem + (size_t)n * sizeof(pmu_tls_cert_t);
+  for (Py_ssize_t i = 0; i < n; i++) {
+    const char **slots[3] = {&certs[i].certfile, &certs[i].keyfile, &certs[i].key_password};
+    for (int j = 0; j < 3; j++) {
+      PyObject *bytes = parts[i * 3 + j];
+      if (bytes == NULL) {
+        *slots[j] = NULL;
+        continue;
+      }
+      size_t len = (size_t)PyBytes_GET_SIZE(bytes);
+      memcpy(p, PyBytes_AS_STRING(bytes), len + 1);
+      *slots[j] = p;
+      p += len + 1;
+    }
+  }
+  *out = certs;
+  *count = (size_t)n;
+  rc = 0;
+done:
+  for (Py_ssize_t i = 0; parts != NULL && i < n * 3; i++)
+    Py_XDECREF(parts[i]);
+  PyMem_Free(parts);
+  Py_DECREF(items);
+  return rc;
+}
+
 static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   EngineObject *self = ENGINE(op);
   if (self->server != NULL) {
@@ -701,6 +786,9 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   PyObject *routes = NULL, *scheduler = NULL, *statics = NULL, *conn_handler = NULL;
   pmu_static_t *static_array = NULL;
   size_t static_count = 0;
+  pmu_tls_cert_t *sni_certs = NULL;
+  size_t sni_count = 0;
+  int sni_given = 0;
   pmu_config_t c = self->config;
   char *fresh[NOWNED] = {NULL}; /* strings copied by this call */
   if (kwargs != NULL) {
@@ -745,6 +833,13 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
             goto fail;
           static_array[k] = *m;
         }
+        continue;
+      }
+      if (strcmp(name, "ssl_sni_certs") == 0) {
+        PyMem_Free(sni_certs);
+        if (sni_certs_parse(value, &sni_certs, &sni_count) < 0)
+          goto fail;
+        sni_given = 1;
         continue;
       }
       if (strcmp(name, "connection_handler") == 0) {
@@ -803,6 +898,13 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
     c.statics = static_count ? self->static_array : NULL;
     c.static_count = static_count;
   }
+  if (sni_given) {
+    PyMem_Free(self->sni_certs);
+    self->sni_certs = sni_certs;
+    sni_certs = NULL;
+    c.ssl_sni_certs = self->sni_certs;
+    c.ssl_sni_cert_count = sni_count;
+  }
   self->config = c;
   Py_CLEAR(self->unix_path_str);
   if (c.unix_path != NULL && (self->unix_path_str = PyUnicode_DecodeFSDefault(c.unix_path)) == NULL)
@@ -818,6 +920,7 @@ fail:
     PyMem_Free(fresh[i]);
   Py_XDECREF(statics);
   PyMem_Free(static_array);
+  PyMem_Free(sni_certs);
   return -1;
 }
 
@@ -1163,6 +1266,28 @@ static PyObject *engine_ring_info(PyObject *op, PyObject *args, PyObject *kwargs
                        PyBool_FromLong(ri.registered_ring_fd));
 }
 
+PyDoc_STRVAR(reload_tls_doc,
+             "reload_tls()\n\nRead every certificate, key and CA file of the configuration again\n"
+             "(ssl_certfile, ssl_keyfile, ssl_ca_certs, ssl_sni_certs): new handshakes use\n"
+             "them, established connections keep theirs. Any thread. Raises Error naming\n"
+             "what failed (nothing changes then); on a server without TLS, Error EINVAL.");
+
+static PyObject *engine_reload_tls(PyObject *op, PyObject *unused) {
+  EngineObject *self = ENGINE(op);
+  if (need_server(self) < 0)
+    return NULL;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = pmu_server_tls_reload(self->server);
+  Py_END_ALLOW_THREADS
+  if (rc < 0) {
+    if (rc == -EINVAL && self->config.ssl_certfile == NULL)
+      return pyb_raise_errno(self->st, rc, "this server has no TLS (ssl_certfile is not set)");
+    return pyb_raise_errno(self->st, rc, pmu_server_error(self->server));
+  }
+  Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(in_ring_thread_doc, "in_ring_thread() -> bool\n\nWhether the caller runs on one of "
                                  "this engine's worker threads.");
 
@@ -1208,6 +1333,7 @@ static PyMethodDef engine_methods[] = {
     {"ring_info", (PyCFunction)(void (*)(void))engine_ring_info, METH_VARARGS | METH_KEYWORDS,
      ring_info_doc},
     {"in_ring_thread", engine_in_ring_thread, METH_NOARGS, in_ring_thread_doc},
+    {"reload_tls", engine_reload_tls, METH_NOARGS, reload_tls_doc},
     {NULL},
 };
 
@@ -1249,6 +1375,7 @@ static void engine_dealloc(PyObject *op) {
   for (int i = 0; i < NOWNED; i++)
     PyMem_Free(self->owned[i]);
   PyMem_Free(self->static_array);
+  PyMem_Free(self->sni_certs);
   tp->tp_free(op);
   Py_DECREF(tp);
 }
@@ -1272,7 +1399,9 @@ PyDoc_STRVAR(engine_doc,
              "engine answers itself on its ring threads, before any handler (no Python\n"
              "per request; the longest prefix wins). connection_handler(conn, event,\n"
              "data) gets every connection's events (see Connection); with raw=True\n"
-             "connections are byte streams for it alone and handler may be None.");
+             "connections are byte streams for it alone and handler may be None.\n"
+             "ssl_sni_certs: [(certfile, keyfile[, password]), ...], more certificates\n"
+             "for a TLS server, chosen by the name the client asks for (SNI).");
 
 static PyType_Slot engine_slots[] = {
     {Py_tp_new, engine_new},         {Py_tp_init, engine_init},

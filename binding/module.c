@@ -238,6 +238,7 @@ static PyObject *probe(PyObject *module, PyObject *unused) {
   Py_END_ALLOW_THREADS
   p.message[sizeof p.message - 1] = '\0';
   p.kernel[sizeof p.kernel - 1] = '\0';
+  p.ktls_message[sizeof p.ktls_message - 1] = '\0';
   PyObject *d = PyDict_New();
   if (d == NULL)
     return NULL;
@@ -254,7 +255,8 @@ static PyObject *probe(PyObject *module, PyObject *unused) {
       set_bool(d, "recv_bundle", p.recv_bundle) < 0 ||
       set_bool(d, "incremental_buffers", p.incremental_buffers) < 0 ||
       set_bool(d, "registered_ring_fd", p.registered_ring_fd) < 0 ||
-      set_bool(d, "ext_arg", p.ext_arg) < 0) {
+      set_bool(d, "ext_arg", p.ext_arg) < 0 || set_bool(d, "ktls", p.ktls) < 0 ||
+      set_str(d, "ktls_message", p.ktls_message) < 0) {
     Py_DECREF(d);
     return NULL;
   }
@@ -488,6 +490,8 @@ static int module_exec(PyObject *module) {
     if (intern_str(&st->methods[i], method_names[i]) < 0)
       return -1;
   st->str_get = Py_NewRef(st->methods[PYB_M_GET]);
+  if (intern_str(&st->str_http, "http") < 0 || intern_str(&st->str_https, "https") < 0)
+    return -1;
   if (intern_str(&st->str_websocket, "WEBSOCKET") < 0)
     return -1;
   if (intern_str(&st->version_10, "1.0") < 0 || intern_str(&st->version_11, "1.1") < 0 ||
@@ -550,6 +554,8 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->ws_closed);
   Py_CLEAR(st->conn_closed);
   Py_CLEAR(st->str_websocket);
+  Py_CLEAR(st->str_http);
+  Py_CLEAR(st->str_https);
   Py_CLEAR(st->error);
   Py_CLEAR(st->unavailable);
   Py_CLEAR(st->disconnected);

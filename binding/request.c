@@ -56,6 +56,7 @@ typedef struct {
   uint8_t ended;        /* the streamed answer was ended */
   int stream_status;    /* start()'s status, for on_answer */
   PyObject *on_answer;  /* _on_answer(fn): fn(status, length) once answered; or NULL */
+  PyObject *tls;        /* request.tls (a dict) once built; NULL before (tls.c) */
 } RequestObject;
 
 #define REQ(o) ((RequestObject *)(o))
@@ -139,6 +140,10 @@ static void keep_connection(RequestObject *self) {
 static int snapshot(RequestObject *self) {
   const pmu_request_t *r = self->live;
   keep_connection(self);
+  /* The session's snapshot is the engine's, held by the live request only:
+   * request.tls is built now, or never (a copy cannot reach the session). */
+  if (r->tls && self->tls == NULL && (self->tls = pyb_tls_request_dict(r)) == NULL)
+    return -1;
   size_t body_len = self->body ? 0 : r->body_len;
   size_t total = sizeof(pmu_request_t) + r->header_count * sizeof(pmu_header_t) + r->method_len +
                  r->target_len + r->path_len + r->query_len + 4 + body_len;
@@ -424,6 +429,7 @@ static void request_dealloc(PyObject *op) {
   Py_CLEAR(self->unix_path);
   Py_CLEAR(self->connection);
   Py_CLEAR(self->on_answer);
+  Py_CLEAR(self->tls);
   if (self->snapshot)
     PyMem_Free(self->snapshot);
   self->st->requests_alive--;
@@ -449,6 +455,7 @@ static int request_traverse(PyObject *op, visitproc visit, void *arg) {
   Py_VISIT(self->unread);
   Py_VISIT(self->connection);
   Py_VISIT(self->on_answer);
+  Py_VISIT(self->tls);
   if (self->io != NULL)
     return pyb_reqio_traverse(self->io, visit, arg);
   return 0;
@@ -464,6 +471,7 @@ static int request_clear(PyObject *op) {
   Py_CLEAR(self->headers);
   Py_CLEAR(self->connection);
   Py_CLEAR(self->on_answer);
+  Py_CLEAR(self->tls);
   if (self->io != NULL)
     pyb_reqio_clear_callbacks(self->io);
   return 0;
@@ -687,6 +695,55 @@ static PyObject *get_http_version(PyObject *op, void *closure) {
   return PyUnicode_FromFormat("%u.%u", (unsigned)r->http_major, (unsigned)r->http_minor);
 }
 
+static PyObject *get_scheme(PyObject *op, void *closure) {
+  RequestObject *self = REQ(op);
+  const pmu_request_t *r = view_of(self);
+  if (r == NULL)
+    return NULL;
+  return Py_NewRef(r->tls ? self->st->str_https : self->st->str_http);
+}
+
+/* request.tls: None on a plain connection, else the session's dict
+ * (tls.c), built once. The dict may be made to hold anything, so the
+ * collector sees the Request from then on. */
+static PyObject *get_tls(PyObject *op, void *closure) {
+  RequestObject *self = REQ(op);
+  if (self->tls != NULL)
+    return Py_NewRef(self->tls);
+  const pmu_request_t *r = view_of(self);
+  if (r == NULL)
+    return NULL;
+  if (!r->tls)
+    Py_RETURN_NONE;
+  if (self->live == NULL) { /* answered, and nothing kept it (snapshot builds it) */
+    PyErr_SetString(PyExc_RuntimeError,
+                    "this request was answered and its TLS session released; read request.tls "
+                    "before replying");
+    return NULL;
+  }
+  if ((self->tls = pyb_tls_request_dict(r)) == NULL)
+    return NULL;
+  track(self);
+  return Py_NewRef(self->tls);
+}
+
+PyObject *pyb_request_asgi_tls(PyObject *request) {
+  PyObject *tls = get_tls(request, NULL);
+  if (tls == NULL)
+    return NULL;
+  PyObject *ext = pyb_tls_asgi_from_dict(tls);
+  Py_DECREF(tls);
+  return ext;
+}
+
+PyDoc_STRVAR(asgi_tls_doc, "_asgi_tls() -> dict or None\n\n"
+                           "The ASGI 'tls' extension of this request's connection (a new dict),\n"
+                           "None on a plain connection.");
+
+static PyObject *request_asgi_tls(PyObject *op, PyObject *unused) {
+  return pyb_request_asgi_tls(op);
+}
+
 static PyObject *get_keep_alive(PyObject *op, void *closure) {
   const pmu_request_t *r = view_of(REQ(op));
   return r ? PyBool_FromLong(r->keep_alive) : NULL;
@@ -770,6 +827,12 @@ static PyGetSetDef request_getset[] = {
     {"body", get_body, NULL, "The whole body as bytes (de-chunked); b'' if none.", NULL},
     {"text", get_text, NULL, "The body decoded as UTF-8 (invalid bytes replaced).", NULL},
     {"http_version", get_http_version, NULL, "'1.1' or '1.0'.", NULL},
+    {"scheme", get_scheme, NULL, "'https' on a TLS connection, else 'http'.", NULL},
+    {"tls", get_tls, NULL,
+     "The TLS session of the connection: None on a plain one, else a dict (version, cipher, "
+     "server_name, alpn, resumed, peer_subject, peer_cert_chain as PEM, version_number, "
+     "cipher_id, server_cert as PEM, ktls), built on first access.",
+     NULL},
     {"keep_alive", get_keep_alive, NULL, "Whether the connection stays open after this request.",
      NULL},
     {"client", get_client, NULL, "Client address: (host, port) over TCP, None over a Unix socket.",
@@ -2024,6 +2087,7 @@ static PyObject *request_on_answer(PyObject *op, PyObject *fn) {
 
 static PyMethodDef request_methods[] = {
     {"_on_answer", request_on_answer, METH_O, on_answer_doc},
+    {"_asgi_tls", request_asgi_tls, METH_NOARGS, asgi_tls_doc},
     {"header", (PyCFunction)(void (*)(void))request_header, METH_FASTCALL, header_doc},
     {"json", request_json, METH_NOARGS, json_doc},
     {"reply", (PyCFunction)(void (*)(void))request_reply, METH_VARARGS | METH_KEYWORDS, reply_doc},

@@ -435,6 +435,10 @@ class AdapterServer:
     def ring_info(self, thread: int = 0) -> Dict[str, Any]:
         return self.server.ring_info(thread)
 
+    def reload_tls(self) -> None:
+        """Read the TLS certificates again (:meth:`Server.reload_tls`)."""
+        self.server.reload_tls()
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<{type(self).__name__} {self.url} {state}>"

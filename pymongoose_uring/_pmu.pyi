@@ -146,6 +146,17 @@ class Request:
     def http_version(self) -> str:
         """'1.1' or '1.0'."""
     @property
+    def scheme(self) -> str:
+        """'https' on a TLS connection, else 'http'."""
+    @property
+    def tls(self) -> Optional[Dict[str, Any]]:
+        """None on a plain connection; else the TLS session: version ('TLSv1.3'),
+        cipher, server_name (SNI), alpn, resumed, peer_subject (RFC 4514),
+        peer_cert_chain (PEM, leaf first), version_number, cipher_id, server_cert
+        (PEM), ktls. Built on first access."""
+    def _asgi_tls(self) -> Optional[Dict[str, Any]]:
+        """The ASGI 'tls' extension of the connection (a new dict); None if plain."""
+    @property
     def keep_alive(self) -> bool: ...
     @property
     def client(self) -> Optional[Tuple[str, int]]:
@@ -627,6 +638,7 @@ class Engine:
         ssl_handshake_timeout_ms: int = ...,
         ssl_max_handshakes: int = ...,
         ssl_ktls: bool = ...,
+        ssl_sni_certs: Optional[Sequence[Sequence[Optional[str]]]] = ...,
     ) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -635,6 +647,7 @@ class Engine:
     def stats(self, thread: int = -1) -> Stats: ...
     def ring_info(self, thread: int = 0) -> Dict[str, Any]: ...
     def in_ring_thread(self) -> bool: ...
+    def reload_tls(self) -> None: ...
     @property
     def port(self) -> int: ...
     @property
@@ -645,7 +658,8 @@ class Engine:
     def config(self) -> Dict[str, Any]: ...
 
 def probe() -> Dict[str, Any]:
-    """io_uring features of this kernel; 'available' and 'message' say if and why not."""
+    """io_uring features of this kernel; 'available' and 'message' say if and why not;
+    'ktls' and 'ktls_message': whether kernel TLS can take established sessions, and why not."""
 
 def status_reason(status: int) -> str: ...
 def config_defaults() -> Dict[str, Any]: ...

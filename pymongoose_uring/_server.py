@@ -447,7 +447,13 @@ class Server:
     rotated every ``ssl_ticket_rotate_ms`` (1 h), ``ssl_handshake_timeout_ms``
     (10 s), ``ssl_max_handshakes`` (256 per ring thread mid-handshake; more
     wait unread), ``ssl_ktls`` (True: kernel TLS where ``probe()`` says it
-    works).
+    works). ``ssl_sni_certs``: more certificates, ``[(certfile, keyfile[,
+    password]), ...]`` (keyfile None: in certfile), each served to clients whose
+    SNI matches one of its names (the first that matches; else
+    ``ssl_certfile``'s). On a TLS connection ``request.scheme`` is ``"https"``
+    and ``request.tls`` describes the session (version, cipher, SNI, ALPN,
+    resumption, the client's certificate); :meth:`reload_tls` (and SIGUSR2 in
+    ``run()``) reads the certificate files again without closing anything.
 
     Files: ``statics``, a list of :class:`StaticMount` (``_pmu.StaticMount``),
     directories the engine answers itself before any handler (an
@@ -545,6 +551,7 @@ class Server:
         ssl_handshake_timeout_ms: Optional[int] = None,
         ssl_max_handshakes: Optional[int] = None,
         ssl_ktls: Optional[bool] = None,
+        ssl_sni_certs: Optional[Sequence[Sequence[Optional[str]]]] = None,
         statics: Optional[Sequence[StaticMount]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
         connection_handler: Optional[ConnectionHandler] = None,
@@ -576,6 +583,8 @@ class Server:
         for name in _ENGINE_OPTIONS:
             if given[name] is not None:
                 self._options[name] = given[name]
+        if ssl_sni_certs:
+            self._options["ssl_sni_certs"] = [tuple(entry) for entry in ssl_sni_certs]
         self._statics: List[StaticMount] = list(statics or ())
         for mount in self._statics:
             if not isinstance(mount, _native._pmu.StaticMount):
@@ -681,11 +690,16 @@ class Server:
             if engine is not None:
                 engine.stop()
 
+        def on_reload(signum: int, frame: Optional[FrameType]) -> None:
+            self._reload_on_signal()
+
         # Handlers first: a signal arriving while the server starts must stop
         # it, not raise KeyboardInterrupt somewhere in the middle.
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
+            if self.tls:  # SIGUSR2: read the certificates again, in place
+                previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_reload)
         engine = None
         try:
             self.start()
@@ -704,6 +718,26 @@ class Server:
                     self._finish()
 
     serve_forever = run  # the socketserver spelling
+
+    def reload_tls(self) -> None:
+        """Read every certificate, key and CA file again (``ssl_certfile``,
+        ``ssl_keyfile``, ``ssl_ca_certs``, ``ssl_sni_certs``): new connections
+        get them, established ones keep theirs and nothing is closed. Raises
+        ``Error`` naming what failed (a missing file, a key that does not match
+        its certificate...): the certificates in use then stay. ``run()`` calls
+        it on SIGUSR2."""
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError("the server is not running")
+        engine.reload_tls()
+
+    def _reload_on_signal(self) -> None:
+        try:
+            self.reload_tls()
+        except Exception as exc:  # the old certificates stay: say why, go on serving
+            say(f"SIGUSR2: reloading the TLS certificates failed ({exc}); the ones in use stay")
+        else:
+            say("SIGUSR2: TLS certificates reloaded; new connections get them")
 
     def __enter__(self) -> "Server":
         return self.start()
@@ -730,14 +764,20 @@ class Server:
         return path
 
     @property
+    def tls(self) -> bool:
+        """Whether the listener speaks HTTPS (``ssl_certfile`` is set)."""
+        return bool(self._options.get("ssl_certfile"))
+
+    @property
     def url(self) -> str:
-        """``http://host:port`` (IPv6 hosts in brackets), or ``unix:PATH``."""
+        """``http://host:port`` (``https://`` with TLS; IPv6 hosts in brackets), or
+        ``unix:PATH``."""
         if self.unix_path:
             return f"unix:{self.unix_path}"
         host = self.host
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def config(self) -> Dict[str, Any]:

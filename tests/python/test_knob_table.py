@@ -70,7 +70,7 @@ def test_the_table_is_whole():
 
 def test_server_signature_has_every_knob():
     params = inspect.signature(Server.__init__).parameters
-    given = set(params) - {"self", "app", "loop", "statics", "connection_handler"}
+    given = set(params) - {"self", "app", "loop", "statics", "connection_handler", "ssl_sni_certs"}
     assert given == set(KNOBS), ("missing", set(KNOBS) - given, "unknown", given - set(KNOBS))
     for name in KNOBS:
         annotation = str(params[name].annotation)
@@ -103,6 +103,7 @@ def test_stub_engine_takes_every_knob():
     args.pop("async_scheduler")
     args.pop("statics")
     args.pop("connection_handler")
+    args.pop("ssl_sni_certs")
     assert set(args) == set(KNOBS), (
         "missing",
         set(KNOBS) - set(args),
