@@ -25,7 +25,13 @@ other thread hop.
   headers (lower-cased names, bytes), client, server, state (a copy of what
   the lifespan startup stored). Behind a trusted proxy (``forwarded_allow_ips``,
   default the local host), client and scheme come from its ``X-Forwarded-For``
-  and ``X-Forwarded-Proto`` headers (``proxy_headers=False``: never).
+  and ``X-Forwarded-Proto`` headers (``proxy_headers=False``: never). Over TLS
+  (a server with ``ssl_certfile``) scheme is ``https`` (``wss``) unless
+  ``scheme`` was given, and ``extensions["tls"]`` is the ASGI TLS extension:
+  ``server_cert`` (PEM), ``client_cert_chain`` (PEM, leaf first),
+  ``client_cert_name`` (RFC 4514), ``client_cert_error`` (None: a certificate
+  that fails verification fails the handshake), ``tls_version`` and
+  ``cipher_suite`` (numbers).
 - ``receive()``: ``http.request`` messages with the body (in pieces when the
   server streams large bodies), then ``http.disconnect`` once the client
   leaves or the response is complete.
@@ -765,7 +771,7 @@ class ASGIHandler:
         lifespan: str = "auto",
         root_path: str = "",
         loop: Union[str, asyncio.AbstractEventLoop] = "auto",
-        scheme: str = "http",
+        scheme: Optional[str] = None,
         access_log: bool = False,
         proxy_headers: bool = True,
         forwarded_allow_ips: Union[str, Iterable[str], None] = None,
@@ -793,7 +799,9 @@ class ASGIHandler:
         self.app = app
         self.lifespan_mode = lifespan
         self.root_path = root_path.rstrip("/")
-        self.scheme = scheme
+        # scheme None: from the connection (https/wss over TLS).
+        self.scheme = scheme or "http"
+        self._scheme_fixed = scheme is not None
         self.access_log = access_log
         self.proxies = trusted_proxies(proxy_headers, forwarded_allow_ips)
         self.state: Dict[str, Any] = {}
@@ -998,6 +1006,9 @@ class ASGIHandler:
             server = (server, None)
         client = request.client
         scheme = self.scheme
+        tls = request.scheme == "https"
+        if tls and not self._scheme_fixed:
+            scheme = "https"
         proxies = self.proxies
         if proxies is not None and proxies.trusts(client):
             client, scheme = self._forwarded(headers, client, scheme)
@@ -1019,6 +1030,8 @@ class ASGIHandler:
             # may write to scope["state"] whether or not the lifespan filled it).
             "state": self.state.copy(),
         }
+        if tls:
+            scope["extensions"]["tls"] = request._asgi_tls()
         return scope
 
     def _forwarded(
@@ -1050,6 +1063,9 @@ class ASGIHandler:
             server = (server, None)
         client = request.client
         scheme = self.scheme
+        tls = request.scheme == "https"
+        if tls and not self._scheme_fixed:
+            scheme = "https"
         proxies = self.proxies
         if proxies is not None and proxies.trusts(client):
             client, scheme = self._forwarded(headers, client, scheme)
@@ -1076,6 +1092,8 @@ class ASGIHandler:
             "extensions": self._ws_extensions,
             "state": self.state.copy(),
         }
+        if tls:
+            scope["extensions"] = dict(self._ws_extensions, tls=request._asgi_tls())
         return scope
 
     async def handle_websocket(self, request: Request) -> None:
@@ -1245,7 +1263,7 @@ class ASGIServer(AdapterServer):
         lifespan: str = "auto",
         root_path: str = "",
         loop: Union[str, asyncio.AbstractEventLoop] = "auto",
-        scheme: str = "http",
+        scheme: Optional[str] = None,
         access_log: bool = False,
         proxy_headers: bool = True,
         forwarded_allow_ips: Union[str, Iterable[str], None] = None,
