@@ -19,6 +19,12 @@ engine knob but those of connection handlers is an option (--ring-entries,
 --ws-max-size, --ws-ping-interval, --ws-ping-timeout and --ws-per-message-deflate
 set the WebSocket knobs they correspond to.
 
+--ssl-certfile PATH (and --ssl-keyfile PATH) serves HTTPS on the listener:
+TLS 1.2 and 1.3, the certificate chosen by SNI among those of --ssl-sni-cert,
+client certificates with --ssl-ca-certs and --ssl-cert-reqs; SIGUSR2 makes every
+worker read its certificate files again (no connection closed), SIGHUP replaces
+the workers one by one (new code and new certificates).
+
 --static URL_PREFIX=DIR (repeatable) mounts a directory that the engine serves
 itself, before the app sees the request (no Python per file; ETag, 304, Range,
 precompressed .br/.gz siblings, index.html): a path the directory lacks is 404,
@@ -45,6 +51,22 @@ CONNECTION_HANDLER_KNOBS = (
     "conn_send_limit",
     "raw_idle_timeout_ms",
 )
+# TLS knobs whose options are in the HTTPS group under uvicorn's names (the others,
+# --ssl-ticket-rotate-ms, --ssl-max-handshakes..., are generated from the table).
+TLS_NAMED_KNOBS = (
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_keyfile_password",
+    "ssl_ca_certs",
+    "ssl_cert_reqs",
+    "ssl_ciphers",
+    "ssl_ciphersuites",
+    "ssl_min_version",
+    "ssl_alpn",
+)
+# uvicorn's --ssl-version (an ssl.PROTOCOL_* number) as our minimum version: None keeps the
+# default (TLS 1.2, 1.3 preferred); the protocols older than TLS 1.2 are refused.
+_SSL_VERSIONS = {2: None, 17: None, 5: "TLSv1.2"}
 
 
 @dataclass
@@ -95,6 +117,8 @@ class Config:
     error_logfile: Optional[str] = None
     # --env KEY=VALUE, in the order given.
     env: List[Tuple[str, str]] = field(default_factory=list)
+    # --ssl-sni-cert CERTFILE,KEYFILE[,PASSWORD], in the order given (Server's ssl_sni_certs).
+    ssl_sni_certs: List[Tuple[str, ...]] = field(default_factory=list)
     # Engine knobs given on the command line (the rest keep the engine's defaults).
     engine: Dict[str, Any] = field(default_factory=dict)
 
@@ -469,6 +493,105 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
         action="store_false",
         help="never compress (ws_deflate 0)",
     )
+    t = p.add_argument_group(
+        "HTTPS (uvicorn's names; granian's --ssl-certificate too; each sets an engine knob)"
+    )
+    t.add_argument(
+        "--ssl-certfile",
+        "--ssl-certificate",
+        dest="ssl_certfile",
+        default=None,
+        metavar="PATH",
+        help="serve HTTPS with this PEM certificate chain, leaf first (ssl_certfile)",
+    )
+    t.add_argument(
+        "--ssl-keyfile",
+        default=None,
+        metavar="PATH",
+        help="its PEM private key (ssl_keyfile; default: in --ssl-certfile)",
+    )
+    t.add_argument(
+        "--ssl-keyfile-password",
+        default=None,
+        metavar="PASSWORD",
+        help="the password of an encrypted key (ssl_keyfile_password)",
+    )
+    t.add_argument(
+        "--ssl-ca-certs",
+        default=None,
+        metavar="PATH",
+        help="CA bundle that verifies client certificates (ssl_ca_certs)",
+    )
+    t.add_argument(
+        "--ssl-cert-reqs",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="client certificates: 0 none, 1 optional, 2 required (ssl.CERT_* numbers; "
+        "1 and 2 need --ssl-ca-certs; ssl_cert_reqs, default 0)",
+    )
+    t.add_argument(
+        "--ssl-version",
+        type=int,
+        default=None,
+        metavar="N",
+        help="uvicorn's ssl.PROTOCOL_* number: 2 or 17 (default) keep TLS 1.2 and 1.3, "
+        "5 (PROTOCOL_TLSv1_2) means --ssl-min-version TLSv1.2; older ones are refused",
+    )
+    t.add_argument(
+        "--ssl-min-version",
+        choices=("TLSv1.2", "TLSv1.3"),
+        default=None,
+        help="oldest protocol accepted (ssl_min_version; default TLSv1.2, 1.3 preferred)",
+    )
+    t.add_argument(
+        "--ssl-ciphers",
+        default=None,
+        metavar="LIST",
+        help="TLS 1.2 ciphers, OpenSSL syntax (ssl_ciphers; default: ECDHE with AEAD only)",
+    )
+    t.add_argument(
+        "--ssl-ciphersuites",
+        default=None,
+        metavar="LIST",
+        help="TLS 1.3 suites, OpenSSL syntax (ssl_ciphersuites; default: OpenSSL's)",
+    )
+    t.add_argument(
+        "--ssl-alpn",
+        default=None,
+        metavar="LIST",
+        help="ALPN protocols, comma-separated, preferred first (ssl_alpn; default http/1.1)",
+    )
+    t.add_argument(
+        "--ssl-sni-cert",
+        dest="ssl_sni_certs",
+        action="append",
+        default=[],
+        type=_sni_cert,
+        metavar="CERTFILE,KEYFILE[,PASSWORD]",
+        help="one more certificate, served to clients that ask for one of its names "
+        "(SNI; repeatable, the first that matches wins, then --ssl-certfile's)",
+    )
+    t.add_argument(
+        "--ssl-handshake-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="close a connection whose handshake takes longer, 0: never "
+        "(ssl_handshake_timeout_ms; default 10)",
+    )
+    t.add_argument(
+        "--no-ssl-session-tickets",
+        dest="ssl_tickets_off",
+        action="store_true",
+        help="no resumption by session tickets (ssl_session_tickets 0)",
+    )
+    t.add_argument(
+        "--no-ssl-ktls",
+        dest="ssl_ktls_off",
+        action="store_true",
+        help="never hand a session to kernel TLS (ssl_ktls 0)",
+    )
     st = p.add_argument_group("static files (served by the engine itself)")
     st.add_argument(
         "--static",
@@ -505,7 +628,7 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
     e = p.add_argument_group("engine knobs (default: the engine's)")
     table = _knob_table()
     for name, value in defaults.items():
-        if name in LISTEN or name in CONNECTION_HANDLER_KNOBS:
+        if name in LISTEN or name in CONNECTION_HANDLER_KNOBS or name in TLS_NAMED_KNOBS:
             continue
         knob = table.get(name)
         if knob is not None:  # type, unit and doc from include/pmu/pmu.h
@@ -560,6 +683,18 @@ def _bind(text: str) -> Dict[str, Any]:
     if not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"not a port: {port!r}")
     return {"host": host or "0.0.0.0", "port": int(port)}
+
+
+def _sni_cert(text: str) -> Tuple[str, ...]:
+    """--ssl-sni-cert CERTFILE,KEYFILE[,PASSWORD] as a tuple of absolute paths (and the
+    password); the files must exist."""
+    parts = text.split(",", 2)
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise argparse.ArgumentTypeError(f"give CERTFILE,KEYFILE[,PASSWORD], not {text!r}")
+    for path in parts[:2]:
+        if not os.path.isfile(path):
+            raise argparse.ArgumentTypeError(f"{path!r}: no such file")
+    return (os.path.abspath(parts[0]), os.path.abspath(parts[1]), *parts[2:])
 
 
 def _env_pair(text: str) -> Tuple[str, str]:
@@ -693,6 +828,55 @@ def server_options(
     return _knobs_wanted(args, defaults, p, wanted)
 
 
+def tls_options(
+    args: argparse.Namespace, defaults: Dict[str, Any], p: argparse.ArgumentParser
+) -> Dict[str, Any]:
+    """The TLS knobs that --ssl-version, --ssl-handshake-timeout, --no-ssl-session-tickets and
+    --no-ssl-ktls set; an error for a TLS option without --ssl-certfile, a file that does not
+    exist, client certificates without a CA, or an option that contradicts its knob's own."""
+    wanted: Dict[str, Any] = {}
+    if args.ssl_version is not None:
+        if args.ssl_version not in _SSL_VERSIONS:
+            p.error(
+                f"--ssl-version {args.ssl_version}: TLS 1.2 is the oldest protocol served "
+                "(give 2, 5 or 17: ssl.PROTOCOL_TLS, PROTOCOL_TLSv1_2, PROTOCOL_TLS_SERVER)"
+            )
+        version = _SSL_VERSIONS[args.ssl_version]
+        if version is not None:
+            wanted["ssl_min_version"] = ("--ssl-version", version)
+    _seconds_options(args, p, wanted, (("ssl_handshake_timeout", "ssl_handshake_timeout_ms"),))
+    if args.ssl_tickets_off:
+        wanted["ssl_session_tickets"] = ("--no-ssl-session-tickets", 0)
+    if args.ssl_ktls_off:
+        wanted["ssl_ktls"] = ("--no-ssl-ktls", 0)
+    options = _knobs_wanted(args, defaults, p, wanted, " (no TLS support)")
+    given = [
+        "--" + name.replace("_", "-")
+        for name in defaults
+        if name.startswith("ssl_")
+        and name != "ssl_certfile"
+        and getattr(args, name, None) is not None
+    ]
+    if args.ssl_certfile is None:
+        if given or options or args.ssl_sni_certs:
+            extra = given + sorted(option for option, _ in wanted.values())
+            if args.ssl_sni_certs:
+                extra.append("--ssl-sni-cert")
+            p.error(f"{', '.join(extra)}: give --ssl-certfile too (the HTTPS certificate)")
+        return options
+    for option in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs"):
+        path = getattr(args, option)
+        if path is not None and not os.path.isfile(path):
+            p.error(f"--{option.replace('_', '-')} {path}: no such file")
+        if path is not None:  # (a reload reads it again: whatever the directory then)
+            options[option] = os.path.abspath(path)
+    if (args.ssl_cert_reqs or 0) > 0 and args.ssl_ca_certs is None:
+        p.error(
+            "--ssl-cert-reqs 1 or 2 needs --ssl-ca-certs (the CA that signs client certificates)"
+        )
+    return options
+
+
 def _knob_table() -> Dict[str, Any]:
     """The engine's knob table (pymongoose_uring.knobs()), or {} without the engine."""
     try:
@@ -788,4 +972,5 @@ def parse(argv: Optional[Sequence[str]], defaults: Dict[str, Any]) -> Config:
     config.engine = engine_options(args, defaults)
     config.engine.update(websocket_options(args, defaults, p))
     config.engine.update(server_options(args, defaults, p))
+    config.engine.update(tls_options(args, defaults, p))
     return config

@@ -82,8 +82,10 @@ def listening_sockets(config: Config, backlog: int) -> List[socket.socket]:
 class Supervisor:
     """Forks --workers processes, restarts the ones that die (at once when
     they were replaced for --max-requests), replaces them one by one on
-    SIGHUP (each new worker serves before the old one stops, so new code is
-    loaded without refusing a connection), stops them all gracefully on
+    SIGHUP (each new worker serves before the old one stops, so new code and
+    new certificates are loaded without refusing a connection), passes
+    SIGUSR2 on to every worker (a TLS server reloads its certificates in
+    place), stops them all gracefully on
     SIGTERM/SIGINT (SIGKILL after the shutdown deadline). It holds the
     listening sockets the workers serve. Each worker runs serve(config,
     ready_fd) in the forked child."""
@@ -128,6 +130,9 @@ class Supervisor:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_DFL)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                # Until the worker's server takes it (a TLS server reloads its
+                # certificates on it), a SIGUSR2 must not kill the worker.
+                signal.signal(signal.SIGUSR2, signal.SIG_IGN)
                 die_with_parent(parent)
                 os.environ["PYMONGOOSE_URING_WORKER"] = str(index)
                 mine = self.sockets[index % len(self.sockets)]
@@ -163,6 +168,17 @@ class Supervisor:
 
     def on_hangup(self, signum: int, frame: Optional[FrameType]) -> None:
         self.reload_requested = "SIGHUP received"
+
+    def on_usr2(self, signum: int, frame: Optional[FrameType]) -> None:
+        """SIGUSR2: every worker reads its TLS certificates again, in place (nothing
+        is closed; a worker without TLS ignores it)."""
+        if self.stopping:
+            return
+        self.log(
+            f"SIGUSR2 received; telling the {len(self.children)} worker(s) to reload certificates"
+        )
+        for pid in list(self.children):
+            self.kill(pid, signal.SIGUSR2)
 
     def reload(self) -> None:
         """Replace every worker, one at a time: the new one serves the same
@@ -273,13 +289,15 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
         signal.signal(signal.SIGHUP, self.on_hangup)
+        signal.signal(signal.SIGUSR2, self.on_usr2)
         name = self.sockets[0].getsockname()
+        scheme = "https" if self.config.engine.get("ssl_certfile") else "http"
         where = (
             f"unix:{name}"
             if self.sockets[0].family == socket.AF_UNIX
-            else f"http://[{name[0]}]:{name[1]}"
+            else f"{scheme}://[{name[0]}]:{name[1]}"
             if ":" in name[0]
-            else f"http://{name[0]}:{name[1]}"
+            else f"{scheme}://{name[0]}:{name[1]}"
         )
         self.log(f"supervising {self.config.workers} workers on {where} (pid {os.getpid()})")
         for i in range(self.config.workers):

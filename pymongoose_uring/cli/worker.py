@@ -152,6 +152,8 @@ def make_server(config: Config) -> AnyServer:
         proxy_headers=config.proxy_headers, forwarded_allow_ips=config.forwarded_allow_ips
     )
     options: Any = dict(config.engine)
+    if config.ssl_sni_certs:
+        options["ssl_sni_certs"] = list(config.ssl_sni_certs)
     if config.statics:
         options["statics"] = static_mounts(config, with_app=app is not files_only_app)
     if interface == "wsgi":
