@@ -61,9 +61,19 @@ what differs:
   the handler returns: pymongoose has no way to consume them) or the request of
   the current ``MG_EV_HTTP_MSG``; ``send_len`` counts the bytes queued and not
   yet on the wire; ``send_data()`` is empty (the engine keeps no copy to show).
-- TLS, UDP, MQTT, SNTP, DNS and outbound connections (``Manager.connect``) are
-  not provided: they raise NotImplementedError (``listen()`` of a ``udp://``,
-  ``https://`` or ``mqtts://`` URL raises RuntimeError, as a failed listen does).
+- TLS as pymongoose's HTTPS example has it: ``listen("https://...")`` binds at
+  once, and ``listener.tls_init(TlsOpts(cert=PEM, key=PEM[, ca=PEM]))`` starts
+  serving HTTPS on it (the engine's TLS: the PEM texts are handed over in memory
+  files, never written to disk; ``ca`` asks every client for a certificate that
+  CA signed, unless ``skip_verification``). ``conn.tls_init()`` on an accepted
+  connection of such a listener is accepted (the listener's certificate serves
+  it); a listener's own ``tls_init`` is what starts TLS, so a program that calls
+  it only in ``MG_EV_ACCEPT`` gets no TLS here. ``conn.is_tls`` is True on the
+  listener and its connections. ``tls_init`` without a certificate, and on a
+  plain ``http://`` listener, changes nothing (logged).
+- UDP, MQTT, SNTP, DNS and outbound connections (``Manager.connect``) are
+  not provided: they raise NotImplementedError (``listen()`` of a ``udp://``
+  or ``mqtts://`` URL raises RuntimeError, as a failed listen does).
 - ``WsMessage.flags`` is the opcode (``WEBSOCKET_OP_TEXT`` ...), which is what
   pymongoose's examples compare it with; Mongoose gives the frame's first byte,
   FIN bit included (``flags & 15`` is the opcode either way).
@@ -315,6 +325,7 @@ class Connection(_MgConnection):
         "_server",
         "_listen_addr",
         "_listening",
+        "_tls",
         "__weakref__",
     )
 
@@ -339,6 +350,8 @@ class Connection(_MgConnection):
         self._server: Optional[Server] = None
         self._listen_addr: Optional[Tuple[str, int, bool]] = None
         self._listening = False
+        # A listener's _TlsListener (https://); an accepted connection's listener's.
+        self._tls: Optional[_TlsListener] = None
 
     # -- pymongoose properties ---------------------------------------------
 
@@ -375,7 +388,10 @@ class Connection(_MgConnection):
 
     @property
     def is_tls(self) -> bool:
-        return False
+        """The connection speaks TLS: an https:// listener serving with a
+        certificate (tls_init), and the connections it accepts."""
+        tls = self._tls
+        return tls is not None and tls.serving
 
     @property
     def is_udp(self) -> bool:
@@ -761,12 +777,36 @@ class Connection(_MgConnection):
     # -- not provided --------------------------------------------------------
 
     def tls_init(self, opts: "TlsOpts") -> None:
-        raise NotImplementedError(
-            "TLS is " + _NOT_PROVIDED + ": serve plain HTTP behind a TLS-terminating proxy"
-        )
+        """Mongoose's mg_tls_init. On an https:// listener: serve HTTPS with
+        opts.cert and opts.key (PEM texts; opts.ca: client certificates signed by
+        it are required, unless opts.skip_verification), starting the listener
+        the first time and replacing its certificate later (new connections get
+        it). On a connection that listener accepted: nothing to do (its
+        certificate serves it). Elsewhere, or without a certificate: nothing
+        changes, and a warning says why. RuntimeError when the certificate or
+        key cannot be used."""
+        tls = self._tls
+        if not opts.cert:
+            log.warning("tls_init without a certificate (TlsOpts.cert): nothing to serve TLS with")
+            return
+        if tls is None:
+            log.warning(
+                "tls_init on a connection of a plain listener: listen on an https:// URL "
+                "and call tls_init on the listener to serve TLS"
+            )
+            return
+        if not self._listening:
+            if tls.serving and opts.cert != tls.cert:
+                tls.warn_once(
+                    "tls_init on an accepted connection with another certificate than its "
+                    "listener's: the listener's serves every connection"
+                )
+            return
+        self._manager._tls_start(self, opts)
 
     def tls_free(self) -> None:
-        raise NotImplementedError("TLS is " + _NOT_PROVIDED)
+        """Mongoose's mg_tls_free: the engine keeps a TLS connection's session
+        until it closes, and a listener its certificate, so nothing to free."""
 
     def resolve(self, url: str) -> None:
         raise NotImplementedError("DNS resolution is " + _NOT_PROVIDED)
@@ -870,9 +910,10 @@ def _disposition_param(value: bytes, key: bytes) -> str:
 
 
 class TlsOpts:
-    """pymongoose's TLS options (ca, cert, key, name, skip_verification), kept so
-    that scripts which build them import and run over plain HTTP; TLS itself is
-    not provided (``conn.tls_init()`` raises NotImplementedError)."""
+    """pymongoose's TLS options: ``cert`` and ``key`` (PEM texts, str or bytes),
+    ``ca`` (PEM: client certificates it signed are required), ``name`` (a
+    client's SNI: not used by a server), ``skip_verification`` (no client
+    certificate asked for). Given to ``listener.tls_init()``."""
 
     def __init__(
         self,
@@ -908,6 +949,41 @@ def _header_lines(text: str) -> Dict[str, str]:
     return headers
 
 
+class _TlsListener:
+    """What an https:// listener holds: its bound socket (served by the engine
+    through ``listen_fd`` once a certificate is given), the memory files the
+    engine reads the PEM texts from, and the certificate it serves."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.files: Dict[str, int] = {}  # "cert", "key", "ca" -> memfd
+        self.cert = b""
+        self.serving = False
+        self._warned = False
+
+    def path(self, name: str, data: bytes) -> str:
+        """A path the engine can open that holds data: /proc/self/fd/N of a memory
+        file (rewritten in place when it exists, so a reload reads the new text)."""
+        fd = self.files.get(name)
+        if fd is None:
+            fd = os.memfd_create("pymongoose_uring-tls-" + name, os.MFD_CLOEXEC)
+            self.files[name] = fd
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        return "/proc/self/fd/%d" % fd
+
+    def warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(message)
+
+    def close(self) -> None:
+        for fd in self.files.values():
+            os.close(fd)
+        self.files.clear()
+        self.sock.close()
+
+
 class Timer:
     """A timer of ``Manager.timer_add()``; ``cancel()`` stops it."""
 
@@ -927,14 +1003,20 @@ class Timer:
         return self.due < other.due
 
 
-_TLS_SCHEMES = ("https", "wss", "mqtts", "tls", "ssl", "tcps")
-_DEFAULT_PORTS = {"http": 80, "ws": 80, "mqtt": 1883}
+_TLS_SCHEMES = ("mqtts", "tls", "ssl", "tcps")  # TLS listeners not provided
+_HTTPS_SCHEMES = ("https", "wss")
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "mqtt": 1883, "https": 443, "wss": 443}
+
+
+def _is_https(url: str) -> bool:
+    return "://" in url and url.split("://", 1)[0].lower() in _HTTPS_SCHEMES
 
 
 def _listen_address(url: str) -> Tuple[str, int]:
-    """'http://0.0.0.0:8000', 'tcp://[::1]:0', ':8000', '8000' -> (host, port).
-    RuntimeError "Failed to listen on '<url>': <why>", as pymongoose raises
-    when Mongoose cannot listen, for a URL that cannot be served."""
+    """'http://0.0.0.0:8000', 'https://...', 'tcp://[::1]:0', ':8000', '8000' ->
+    (host, port). RuntimeError "Failed to listen on '<url>': <why>", as
+    pymongoose raises when Mongoose cannot listen, for a URL that cannot be
+    served."""
     if url.isdigit():
         return "0.0.0.0", int(url)
     spec = url if "://" in url else "tcp://" + ("0.0.0.0" + url if url.startswith(":") else url)
@@ -949,7 +1031,7 @@ def _listen_address(url: str) -> Tuple[str, int]:
         raise RuntimeError(f"Failed to listen on '{url}': TLS is {_NOT_PROVIDED}")
     if scheme == "udp":
         raise RuntimeError(f"Failed to listen on '{url}': UDP is {_NOT_PROVIDED}")
-    if scheme not in ("http", "ws", "tcp", "mqtt"):
+    if scheme not in ("http", "ws", "tcp", "mqtt") + _HTTPS_SCHEMES:
         raise RuntimeError(f"Failed to listen on '{url}': unknown scheme {scheme!r}")
     if host is None:
         raise RuntimeError(f"Failed to listen on '{url}': no host")
@@ -1020,6 +1102,8 @@ class Manager:
             next(self._ids)  # Mongoose's wakeup pipe is a connection: it takes an id
         self._conns: Dict[int, Connection] = {}  # live connections by id, listeners too
         self._listeners: List[Connection] = []
+        # https:// listeners bound and waiting for their tls_init: (http, options)
+        self._pending_tls: Dict[Connection, Tuple[bool, Dict[str, Any]]] = {}
         self._closed = False
         # Work for the poll() thread: (fn, a, b, c) -> fn(a, b, c)
         self._queue: Deque[Tuple[Callable[[Any, Any, Any], None], Any, Any, Any]] = (
@@ -1054,30 +1138,89 @@ class Manager:
             options["conn_io_events"] = True
         if port:
             _check_port_free(url, host, port)
-        if http:
-            dispatch = self._dispatch if self._in_poll else self._mg_dispatch
-            server = Server(dispatch, host, port, **options)
+        if _is_https(url):
+            # Bound now (local_addr, port 0); served once tls_init gives a certificate.
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+                sock.listen(options.get("backlog") or 4096)
+            except OSError as exc:
+                sock.close()
+                raise RuntimeError(f"Failed to listen on '{url}': {exc}") from exc
+            listener._tls = _TlsListener(sock)
+            listener._listen_addr = (host, sock.getsockname()[1], ":" in host)
+            listener._server = None
+            self._pending_tls[listener] = (http, options)
         else:
-            server = Server(_no_http, host, port, raw=True, **options)
-        try:
-            server.start()
-        except OSError as exc:
-            raise RuntimeError(f"Failed to listen on '{url}': {exc}") from exc
-        listener._server = server
-        listener._listen_addr = (host, server.port, ":" in host)
+            server = self._make_server(http, host, port, options)
+            try:
+                server.start()
+            except OSError as exc:
+                raise RuntimeError(f"Failed to listen on '{url}': {exc}") from exc
+            listener._server = server
+            listener._listen_addr = (host, server.port, ":" in host)
         self._listeners.append(listener)
         self._conns[listener._id] = listener
         self._deliver(listener, MG_EV_OPEN, None)
         return listener
 
+    def _make_server(self, http: bool, host: str, port: int, options: Dict[str, Any]) -> Server:
+        if http:
+            dispatch = self._dispatch if self._in_poll else self._mg_dispatch
+            return Server(dispatch, host, port, **options)
+        return Server(_no_http, host, port, raw=True, **options)
+
+    def _tls_start(self, listener: Connection, opts: "TlsOpts") -> None:
+        """listener.tls_init(opts) on an https:// listener: start serving it with
+        the certificate, or give the running server the new one."""
+        tls = listener._tls
+        assert tls is not None
+        settings: Dict[str, Any] = {
+            "ssl_certfile": tls.path("cert", opts.cert),
+            "ssl_keyfile": tls.path("key", opts.key or opts.cert),
+        }
+        if opts.ca and not opts.skip_verification:
+            settings["ssl_ca_certs"] = tls.path("ca", opts.ca)
+            settings["ssl_cert_reqs"] = 2  # Mongoose: VERIFY_PEER | FAIL_IF_NO_PEER_CERT
+        pending = self._pending_tls.pop(listener, None)
+        if pending is None:  # serving already: the files were rewritten in place
+            server = listener._server
+            if server is None:
+                return
+            try:
+                server.reload_tls()
+            except OSError as exc:
+                raise RuntimeError(f"tls_init: {exc}") from exc
+            tls.cert = opts.cert
+            return
+        http, options = pending
+        options = dict(options, **settings)
+        host, port, _ = listener._listen_addr or ("127.0.0.1", 0, False)
+        server = self._make_server(http, host, port, dict(options, listen_fd=tls.sock.fileno()))
+        try:
+            server.start()
+        except OSError as exc:
+            self._pending_tls[listener] = pending  # a later tls_init may do better
+            raise RuntimeError(f"tls_init: {exc}") from exc
+        listener._server = server
+        tls.cert = opts.cert
+        tls.serving = True
+
     def _stop_listener(self, listener: Connection) -> None:
         """Stop a listener's server (its connections close), then MG_EV_CLOSE."""
         server, listener._server = listener._server, None
-        if server is None:
+        tls = listener._tls
+        pending = self._pending_tls.pop(listener, None) is not None
+        if server is None and not pending:
             return
         try:
-            server.stop()
+            if server is not None:
+                server.stop()
         finally:
+            if tls is not None:
+                tls.serving = False
+                tls.close()
             self._post(listener, MG_EV_CLOSE, None, self._closed_event)
 
     # -- events --------------------------------------------------------------
@@ -1122,6 +1265,7 @@ class Manager:
         def on_event(pconn: Any, ev: int, data: Any) -> None:
             if ev == _CONN_OPEN:
                 conn = Connection(self, listener._handler or self._handler, pconn)
+                conn._tls = listener._tls
                 pconn.user = conn
                 post(conn, None, None, self._opened_event)
                 return
@@ -1250,6 +1394,14 @@ class Manager:
         raises KeyboardInterrupt here."""
         if self._closed:
             raise RuntimeError("Manager has been freed")
+        for listener in self._pending_tls:
+            tls = listener._tls
+            if tls is not None:
+                tls.warn_once(
+                    "an https:// listener serves nothing until listener.tls_init(TlsOpts(cert="
+                    "..., key=...)) gives it a certificate (tls_init in MG_EV_ACCEPT alone is "
+                    "not enough here: the engine starts TLS for the whole listener)"
+                )
         end = time.monotonic() + max(timeout_ms, 0) / 1000.0
         while True:
             self._run_timers(time.monotonic())
