@@ -38,7 +38,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 py=$venv/bin/python
-if ! "$py" -c 'import sys, mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11, ruff, websockets, channels, dotenv, yaml; sys.version_info < (3, 10) or __import__("mypy")' 2>/dev/null; then
+if ! "$py" -c 'import sys, mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11, ruff, websockets, channels, dotenv, yaml, trustme; sys.version_info < (3, 10) or __import__("mypy")' 2>/dev/null; then
   "$py" -m pip install -q --upgrade pip
   "$py" -m pip install -q -r tools/test-requirements.txt
 fi
