@@ -781,7 +781,9 @@ class Connection(_MgConnection):
         opts.cert and opts.key (PEM texts; opts.ca: client certificates signed by
         it are required, unless opts.skip_verification), starting the listener
         the first time and replacing its certificate later (new connections get
-        it). On a connection that listener accepted: nothing to do (its
+        it; asking for client certificates where it did not, or the reverse,
+        starts a server with the new settings on the same socket and stops the
+        one before gracefully). On a connection that listener accepted: nothing to do (its
         certificate serves it). Elsewhere, or without a certificate: nothing
         changes, and a warning says why. RuntimeError when the certificate or
         key cannot be used."""
@@ -958,7 +960,9 @@ class _TlsListener:
         self.sock = sock
         self.files: Dict[str, int] = {}  # "cert", "key", "ca" -> memfd
         self.cert = b""
+        self.verify = False  # client certificates required (TlsOpts.ca)
         self.serving = False
+        self.base: Tuple[bool, Dict[str, Any]] = (True, {})  # listen()'s (http, options)
         self._warned = False
 
     def path(self, name: str, data: bytes) -> str:
@@ -1102,8 +1106,8 @@ class Manager:
             next(self._ids)  # Mongoose's wakeup pipe is a connection: it takes an id
         self._conns: Dict[int, Connection] = {}  # live connections by id, listeners too
         self._listeners: List[Connection] = []
-        # https:// listeners bound and waiting for their tls_init: (http, options)
-        self._pending_tls: Dict[Connection, Tuple[bool, Dict[str, Any]]] = {}
+        # https:// listeners bound and waiting for their tls_init
+        self._pending_tls: Dict[Connection, bool] = {}
         self._closed = False
         # Work for the poll() thread: (fn, a, b, c) -> fn(a, b, c)
         self._queue: Deque[Tuple[Callable[[Any, Any, Any], None], Any, Any, Any]] = (
@@ -1149,9 +1153,10 @@ class Manager:
                 sock.close()
                 raise RuntimeError(f"Failed to listen on '{url}': {exc}") from exc
             listener._tls = _TlsListener(sock)
+            listener._tls.base = (http, options)
             listener._listen_addr = (host, sock.getsockname()[1], ":" in host)
             listener._server = None
-            self._pending_tls[listener] = (http, options)
+            self._pending_tls[listener] = True
         else:
             server = self._make_server(http, host, port, options)
             try:
@@ -1180,32 +1185,35 @@ class Manager:
             "ssl_certfile": tls.path("cert", opts.cert),
             "ssl_keyfile": tls.path("key", opts.key or opts.cert),
         }
-        if opts.ca and not opts.skip_verification:
+        verify = bool(opts.ca) and not opts.skip_verification
+        if verify:
             settings["ssl_ca_certs"] = tls.path("ca", opts.ca)
             settings["ssl_cert_reqs"] = 2  # Mongoose: VERIFY_PEER | FAIL_IF_NO_PEER_CERT
-        pending = self._pending_tls.pop(listener, None)
-        if pending is None:  # serving already: the files were rewritten in place
-            server = listener._server
-            if server is None:
-                return
+        server = listener._server
+        if server is not None and verify == tls.verify:
+            # The same settings: the memory files were rewritten, the engine reads them again.
             try:
                 server.reload_tls()
             except OSError as exc:
                 raise RuntimeError(f"tls_init: {exc}") from exc
             tls.cert = opts.cert
             return
-        http, options = pending
-        options = dict(options, **settings)
+        # First, or client certificates asked for now and not before (or the reverse): a
+        # server on the same socket, which accepts from now on; the one before stops
+        # gracefully (its connections finish).
+        http, options = tls.base
         host, port, _ = listener._listen_addr or ("127.0.0.1", 0, False)
-        server = self._make_server(http, host, port, dict(options, listen_fd=tls.sock.fileno()))
+        options = dict(options, listen_fd=tls.sock.fileno(), **settings)
+        fresh = self._make_server(http, host, port, options)
         try:
-            server.start()
+            fresh.start()
         except OSError as exc:
-            self._pending_tls[listener] = pending  # a later tls_init may do better
             raise RuntimeError(f"tls_init: {exc}") from exc
-        listener._server = server
-        tls.cert = opts.cert
-        tls.serving = True
+        listener._server = fresh
+        self._pending_tls.pop(listener, None)
+        tls.cert, tls.verify, tls.serving = opts.cert, verify, True
+        if server is not None:
+            server.stop()
 
     def _stop_listener(self, listener: Connection) -> None:
         """Stop a listener's server (its connections close), then MG_EV_CLOSE."""

@@ -336,7 +336,8 @@ def test_websocket_over_tls(serve, certs):
 
     @app.websocket("/echo")
     def echo(ws):
-        ws.on_message = lambda ws, data: ws.send(data)
+        conn = ws.accept()
+        conn.on_message = lambda conn, data: conn.send(data)
 
     server = serve(app, **certs.options())
     uri = "wss://localhost:%d/echo" % server.port

@@ -119,7 +119,9 @@ def test_asgi_tls_extension_with_a_client_certificate(serve_asgi, certs):
     server = serve_asgi(raw_asgi, **certs.options(ssl_ca_certs=certs.ca_pem, ssl_cert_reqs=1))
     with tls_connect(server.port, certs.context(client="client")) as s:
         tls = json.loads(get(s)[2])["tls"]
-    assert tls["client_cert_chain"] == [served_pem(certs.client)]
+    # The leaf first (Python's client sends its CA after it: OpenSSL builds the chain).
+    assert tls["client_cert_chain"][0] == served_pem(certs.client)
+    assert all(pem.startswith("-----BEGIN CERTIFICATE-----\n") for pem in tls["client_cert_chain"])
     assert "CN=test client" in tls["client_cert_name"]
     assert tls["client_cert_error"] is None
     with tls_connect(server.port, certs.context()) as s:  # optional: none given

@@ -77,6 +77,7 @@ def test_pymongoose_https_example_unchanged(certs, tmp_path):
             status, _, body = get(s, "/api/status")
             assert status == 200
             assert json.loads(body)["tls"] is True
+        with tls_connect(port, certs.context()) as s:  # (the example drains: one per connection)
             s.sendall(
                 b"POST /api/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello"
             )
