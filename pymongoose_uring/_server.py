@@ -584,7 +584,7 @@ class Server:
             if given[name] is not None:
                 self._options[name] = given[name]
         if ssl_sni_certs:
-            self._options["ssl_sni_certs"] = [tuple(entry) for entry in ssl_sni_certs]
+            self._options["ssl_sni_certs"] = list(ssl_sni_certs)  # entries checked by the engine
         self._statics: List[StaticMount] = list(statics or ())
         for mount in self._statics:
             if not isinstance(mount, _native._pmu.StaticMount):

@@ -426,3 +426,37 @@ def test_ktls_where_the_kernel_has_it(serve, certs):
         assert json.loads(get(s)[2])["tls"]["ktls"] is True
         assert get(s, "/big")[2] == big
     assert server.stats()["tls_ktls"] >= 1
+
+
+def test_sni_certs_take_a_password_and_a_key_in_the_certificate_file(serve, certs, tmp_path):
+    both = tmp_path / "other-both.pem"  # key and chain in one file: keyfile None
+    both.write_bytes(certs.other.private_key_and_cert_chain_pem.bytes())
+    server = serve(
+        describe,
+        **certs.options(
+            ssl_sni_certs=[
+                (str(both), None),
+                [certs.server_pem, certs.enc_key, PASSWORD],  # a list, a password
+            ]
+        ),
+    )
+    with tls_connect(server.port, certs.context(), server_hostname="other.example.test") as s:
+        assert json.loads(get(s)[2])["tls"]["server_cert"] == served_pem(certs.other)
+    with tls_connect(server.port, certs.context()) as s:
+        assert json.loads(get(s)[2])["tls"]["server_cert"] == served_pem(certs.server)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [[("only-one",)], [("a", "b", "c", "d")], ["a,b"], 5, [(1, "b")]],
+)
+def test_sni_certs_refuse_what_is_not_a_list_of_pairs(certs, bad):
+    with pytest.raises(TypeError):
+        Server(describe, port=0, **certs.options(ssl_sni_certs=bad)).start()
+
+
+def test_sni_cert_that_does_not_load_fails_the_start(certs):
+    with pytest.raises(Error, match="nonexistent"):
+        Server(
+            describe, port=0, **certs.options(ssl_sni_certs=[("/nonexistent.pem", "/x.key")])
+        ).start()
