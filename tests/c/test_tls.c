@@ -629,6 +629,83 @@ static void test_stop_close_notify(void) {
   t_server_destroy(s);
 }
 
+/* Connection events over TLS: OPEN once the handshake is done (the session
+ * known from it), READ with the plaintext; raw mode echoes DATA back. */
+static atomic_int ev_opens, ev_closes, ev_open_version, ev_reads_plain;
+
+static void conn_events(void *data, const pmu_conn_event_t *evs, size_t count) {
+  (void)data;
+  for (size_t i = 0; i < count; i++) {
+    const pmu_conn_event_t *e = &evs[i];
+    if (e->type == PMU_CONN_EV_OPEN) {
+      pmu_tls_info_t info;
+      atomic_fetch_add(&ev_opens, 1);
+      atomic_store(&ev_open_version, pmu_conn_tls_info(e->conn, &info) == 0 ? info.version : -1);
+    } else if (e->type == PMU_CONN_EV_READ) {
+      if (e->len >= 4 && memcmp(e->data, "GET ", 4) == 0)
+        atomic_fetch_add(&ev_reads_plain, 1);
+    } else if (e->type == PMU_CONN_EV_DATA) {
+      T_ASSERT(pmu_conn_send(e->conn, e->data, e->len, NULL, NULL) >= 0);
+    } else if (e->type == PMU_CONN_EV_CLOSE) {
+      atomic_fetch_add(&ev_closes, 1);
+      pmu_conn_release(e->conn);
+    }
+  }
+}
+
+static void test_conn_events(void) {
+  t_case("connection events: OPEN after the handshake knows the session, READ is plaintext");
+  pmu_config_t cfg;
+  tls_config(&cfg);
+  cfg.conn_handler = conn_events;
+  cfg.conn_io_events = 1;
+  t_server_t *s = t_server_start(&cfg);
+  tconn_t *c = tc_connect(s->port, NULL);
+  t_response_t resp;
+  tc_get(c, "/events", &resp);
+  T_ASSERT_INT_EQ(resp.status, 200);
+  t_response_free(&resp);
+  tc_close(c);
+  T_WAIT_UNTIL(atomic_load(&ev_closes) == 1, T_EVENT_MS);
+  T_ASSERT_INT_EQ(atomic_load(&ev_opens), 1);
+  T_ASSERT_INT_EQ(atomic_load(&ev_open_version), 0x0304);
+  T_ASSERT_INT_EQ(atomic_load(&ev_reads_plain), 1);
+
+  t_case("... a connection that never finishes its handshake gets no OPEN and no CLOSE");
+  t_conn_t *p = t_connect(s);
+  t_send_str(p, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  t_expect_response(p, &resp);
+  T_ASSERT_INT_EQ(resp.status, 400);
+  t_response_free(&resp);
+  t_expect_closed(p, T_EVENT_MS);
+  t_conn_close(p);
+  int fd = raw_connect(s->port);
+  close(fd);
+  T_WAIT_UNTIL(t_stats(s, -1).connections_open == 0, T_EVENT_MS);
+  t_sleep_ms(50);
+  T_ASSERT_INT_EQ(atomic_load(&ev_opens), 1);
+  T_ASSERT_INT_EQ(atomic_load(&ev_closes), 1);
+  t_server_destroy(s);
+
+  t_case("a raw listener over TLS: DATA is plaintext, pmu_conn_send is encrypted");
+  tls_config(&cfg);
+  cfg.conn_handler = conn_events;
+  cfg.raw = 1;
+  s = t_server_start(&cfg);
+  c = tc_connect(s->port, NULL);
+  for (int i = 0; i < 3; i++) {
+    char msg[32];
+    int n = snprintf(msg, sizeof msg, "echo %d;", i);
+    tc_send(c, msg, (size_t)n);
+    while (c->len < (size_t)n)
+      T_ASSERT_MSG(tc_more(c) > 0, "no echo");
+    T_ASSERT(memcmp(c->buf, msg, (size_t)n) == 0);
+    c->len = 0;
+  }
+  tc_close(c);
+  t_server_destroy(s);
+}
+
 static void test_concurrent(t_server_t *s) {
   enum { N = 200 };
   t_case("200 concurrent TLS connections, a request each");
@@ -687,6 +764,7 @@ int main(void) {
 
   test_slots();
   test_timeout();
+  test_conn_events();
   test_stop_close_notify();
 
   t_tls_cert_free(&leaf);
