@@ -133,6 +133,7 @@ typedef struct pyb_state {
   PyObject *conn_closed;            /* _pmu.ConnectionClosed(OSError) */
   Py_ssize_t connections_alive;     /* Connection objects not yet freed (GIL held) */
   PyObject *str_http, *str_https;   /* request.scheme's two values */
+  PyObject *tls_keys;               /* tls.c's dict keys, interned (a tuple), or NULL */
 } pyb_state;
 
 extern PyModuleDef pyb_module_def;
@@ -203,11 +204,11 @@ void pyb_data_done(pyb_data *d);
 /* tls.c. request.tls of a live request: a new dict describing its TLS
  * session (certificates as PEM), None (new reference) on a plain connection,
  * or NULL with an exception. */
-PyObject *pyb_tls_request_dict(const pmu_request_t *request);
+PyObject *pyb_tls_request_dict(pyb_state *st, const pmu_request_t *request);
 
 /* The ASGI "tls" extension made from a request.tls dict: a new dict, None
  * (new reference) for None, or NULL with an exception. */
-PyObject *pyb_tls_asgi_from_dict(PyObject *tls);
+PyObject *pyb_tls_asgi_from_dict(pyb_state *st, PyObject *tls);
 
 /* request.c. The ASGI "tls" extension of a Request (request.tls built first
  * if needed): a new dict, None (new reference) on a plain connection, or NULL

@@ -556,6 +556,7 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->str_websocket);
   Py_CLEAR(st->str_http);
   Py_CLEAR(st->str_https);
+  Py_CLEAR(st->tls_keys);
   Py_CLEAR(st->error);
   Py_CLEAR(st->unavailable);
   Py_CLEAR(st->disconnected);

@@ -142,7 +142,7 @@ static int snapshot(RequestObject *self) {
   keep_connection(self);
   /* The session's snapshot is the engine's, held by the live request only:
    * request.tls is built now, or never (a copy cannot reach the session). */
-  if (r->tls && self->tls == NULL && (self->tls = pyb_tls_request_dict(r)) == NULL)
+  if (r->tls && self->tls == NULL && (self->tls = pyb_tls_request_dict(self->st, r)) == NULL)
     return -1;
   size_t body_len = self->body ? 0 : r->body_len;
   size_t total = sizeof(pmu_request_t) + r->header_count * sizeof(pmu_header_t) + r->method_len +
@@ -721,7 +721,7 @@ static PyObject *get_tls(PyObject *op, void *closure) {
                     "before replying");
     return NULL;
   }
-  if ((self->tls = pyb_tls_request_dict(r)) == NULL)
+  if ((self->tls = pyb_tls_request_dict(self->st, r)) == NULL)
     return NULL;
   track(self);
   return Py_NewRef(self->tls);
@@ -731,7 +731,7 @@ PyObject *pyb_request_asgi_tls(PyObject *request) {
   PyObject *tls = get_tls(request, NULL);
   if (tls == NULL)
     return NULL;
-  PyObject *ext = pyb_tls_asgi_from_dict(tls);
+  PyObject *ext = pyb_tls_asgi_from_dict(REQ(request)->st, tls);
   Py_DECREF(tls);
   return ext;
 }

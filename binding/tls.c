@@ -124,10 +124,65 @@ static PyObject *served_cert_pem(const unsigned char *der, size_t len) {
 
 /* ---- request.tls ---- */
 
-static int put(PyObject *d, const char *key, PyObject *v) {
+/* The keys of both dicts, interned once per module (st->tls_keys, a tuple in
+ * this order): building a dict then hashes nothing. */
+enum {
+  K_VERSION,
+  K_CIPHER,
+  K_SERVER_NAME,
+  K_ALPN,
+  K_RESUMED,
+  K_PEER_SUBJECT,
+  K_PEER_CERT_CHAIN,
+  K_VERSION_NUMBER,
+  K_CIPHER_ID,
+  K_SERVER_CERT,
+  K_KTLS,
+  K_CLIENT_CERT_CHAIN,
+  K_CLIENT_CERT_NAME,
+  K_CLIENT_CERT_ERROR,
+  K_TLS_VERSION,
+  K_CIPHER_SUITE,
+  K_COUNT
+};
+static const char *const key_names[K_COUNT] = {"version",
+                                               "cipher",
+                                               "server_name",
+                                               "alpn",
+                                               "resumed",
+                                               "peer_subject",
+                                               "peer_cert_chain",
+                                               "version_number",
+                                               "cipher_id",
+                                               "server_cert",
+                                               "ktls",
+                                               "client_cert_chain",
+                                               "client_cert_name",
+                                               "client_cert_error",
+                                               "tls_version",
+                                               "cipher_suite"};
+
+/* The interned keys (borrowed), made on first use; NULL with an exception. */
+static PyObject *keys(pyb_state *st) {
+  if (st->tls_keys != NULL)
+    return st->tls_keys;
+  PyObject *t = PyTuple_New(K_COUNT);
+  for (int i = 0; t != NULL && i < K_COUNT; i++) {
+    PyObject *k = PyUnicode_InternFromString(key_names[i]);
+    if (k == NULL)
+      Py_CLEAR(t);
+    else
+      PyTuple_SET_ITEM(t, i, k);
+  }
+  st->tls_keys = t;
+  return t;
+}
+
+/* d[keys[k]] = v, stealing v (NULL: an exception is set already). 0 or -1. */
+static int put(PyObject *d, PyObject *keys, int k, PyObject *v) {
   if (v == NULL)
     return -1;
-  int rc = PyDict_SetItemString(d, key, v);
+  int rc = PyDict_SetItem(d, PyTuple_GET_ITEM(keys, k), v);
   Py_DECREF(v);
   return rc;
 }
@@ -139,12 +194,13 @@ static PyObject *str_or_none(const char *s) {
   return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace");
 }
 
-PyObject *pyb_tls_request_dict(const pmu_request_t *request) {
+PyObject *pyb_tls_request_dict(pyb_state *st, const pmu_request_t *request) {
   pmu_tls_info_t info;
   memset(&info, 0, sizeof info);
   if (!request->tls || pmu_request_tls_info(request, &info) < 0)
     Py_RETURN_NONE;
-  PyObject *chain = PyList_New(0);
+  PyObject *k = keys(st);
+  PyObject *chain = k != NULL ? PyList_New(0) : NULL;
   if (chain == NULL)
     return NULL;
   for (unsigned i = 0; i < info.peer_chain_len; i++) {
@@ -161,17 +217,18 @@ PyObject *pyb_tls_request_dict(const pmu_request_t *request) {
     Py_DECREF(pem);
   }
   PyObject *d = PyDict_New();
-  if (d == NULL || put(d, "version", str_or_none(info.version_name)) < 0 ||
-      put(d, "cipher", str_or_none(info.cipher)) < 0 ||
-      put(d, "server_name", str_or_none(info.server_name)) < 0 ||
-      put(d, "alpn", str_or_none(info.alpn)) < 0 ||
-      put(d, "resumed", PyBool_FromLong(info.resumed)) < 0 ||
-      put(d, "peer_subject", str_or_none(info.peer_subject)) < 0 ||
-      put(d, "peer_cert_chain", Py_NewRef(chain)) < 0 ||
-      put(d, "version_number", PyLong_FromLong(info.version)) < 0 ||
-      put(d, "cipher_id", PyLong_FromLong(info.cipher_id)) < 0 ||
-      put(d, "server_cert", served_cert_pem(info.server_cert_der, info.server_cert_der_len)) < 0 ||
-      put(d, "ktls", PyBool_FromLong(info.ktls_tx && info.ktls_rx)) < 0) {
+  if (d == NULL || put(d, k, K_VERSION, str_or_none(info.version_name)) < 0 ||
+      put(d, k, K_CIPHER, str_or_none(info.cipher)) < 0 ||
+      put(d, k, K_SERVER_NAME, str_or_none(info.server_name)) < 0 ||
+      put(d, k, K_ALPN, str_or_none(info.alpn)) < 0 ||
+      put(d, k, K_RESUMED, PyBool_FromLong(info.resumed)) < 0 ||
+      put(d, k, K_PEER_SUBJECT, str_or_none(info.peer_subject)) < 0 ||
+      put(d, k, K_PEER_CERT_CHAIN, Py_NewRef(chain)) < 0 ||
+      put(d, k, K_VERSION_NUMBER, PyLong_FromLong(info.version)) < 0 ||
+      put(d, k, K_CIPHER_ID, PyLong_FromLong(info.cipher_id)) < 0 ||
+      put(d, k, K_SERVER_CERT, served_cert_pem(info.server_cert_der, info.server_cert_der_len)) <
+          0 ||
+      put(d, k, K_KTLS, PyBool_FromLong(info.ktls_tx && info.ktls_rx)) < 0) {
     Py_XDECREF(d);
     Py_DECREF(chain);
     return NULL;
@@ -182,25 +239,28 @@ PyObject *pyb_tls_request_dict(const pmu_request_t *request) {
 
 /* ---- the ASGI extension ---- */
 
-/* Item `key` of the request.tls dict, or None (a new reference). */
-static PyObject *item(PyObject *tls, const char *key) {
-  PyObject *v = PyDict_GetItemString(tls, key); /* borrowed */
+/* Item k of the request.tls dict, or None (a new reference). */
+static PyObject *item(PyObject *tls, PyObject *keys, int k) {
+  PyObject *v = PyDict_GetItem(tls, PyTuple_GET_ITEM(keys, k)); /* borrowed */
   return Py_NewRef(v != NULL ? v : Py_None);
 }
 
-PyObject *pyb_tls_asgi_from_dict(PyObject *tls) {
+PyObject *pyb_tls_asgi_from_dict(pyb_state *st, PyObject *tls) {
   if (tls == Py_None)
     Py_RETURN_NONE;
-  PyObject *chain = PyDict_GetItemString(tls, "peer_cert_chain"); /* borrowed */
+  PyObject *k = keys(st);
+  if (k == NULL)
+    return NULL;
+  PyObject *chain = PyDict_GetItem(tls, PyTuple_GET_ITEM(k, K_PEER_CERT_CHAIN)); /* borrowed */
   PyObject *d = PyDict_New();
-  if (d == NULL || put(d, "server_cert", item(tls, "server_cert")) < 0 ||
-      put(d, "client_cert_chain",
+  if (d == NULL || put(d, k, K_SERVER_CERT, item(tls, k, K_SERVER_CERT)) < 0 ||
+      put(d, k, K_CLIENT_CERT_CHAIN,
           chain != NULL && PyList_Check(chain) ? PyList_GetSlice(chain, 0, PY_SSIZE_T_MAX)
                                                : PyList_New(0)) < 0 ||
-      put(d, "client_cert_name", item(tls, "peer_subject")) < 0 ||
-      put(d, "client_cert_error", Py_NewRef(Py_None)) < 0 ||
-      put(d, "tls_version", item(tls, "version_number")) < 0 ||
-      put(d, "cipher_suite", item(tls, "cipher_id")) < 0) {
+      put(d, k, K_CLIENT_CERT_NAME, item(tls, k, K_PEER_SUBJECT)) < 0 ||
+      put(d, k, K_CLIENT_CERT_ERROR, Py_NewRef(Py_None)) < 0 ||
+      put(d, k, K_TLS_VERSION, item(tls, k, K_VERSION_NUMBER)) < 0 ||
+      put(d, k, K_CIPHER_SUITE, item(tls, k, K_CIPHER_ID)) < 0) {
     Py_XDECREF(d);
     return NULL;
   }
