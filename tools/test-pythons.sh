@@ -26,7 +26,7 @@ run_one() { # run_one PYTHON VERSION
   local python=$1 version=$2
   local venv=$root/build/pythons/$version
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-  if ! "$venv/bin/python" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11, websockets' \
+  if ! "$venv/bin/python" -c 'import mesonpy, pytest, flask, fastapi, multipart, django, uvloop, h11, websockets, trustme' \
       2>/dev/null; then
     "$venv/bin/python" -m pip install -q --upgrade pip
     "$venv/bin/python" -m pip install -q -r tools/test-requirements.txt
