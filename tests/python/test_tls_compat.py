@@ -182,3 +182,24 @@ def test_no_key_file_on_disk(certs, tmp_path):
             except OSError:
                 pass
         assert any(t.startswith("/memfd:pymongoose_uring-tls-key") for t in targets), targets
+
+
+def test_https_listener_without_tls_init_warns_and_closes(caplog):
+    from pymongoose_uring.compat import MG_EV_CLOSE
+
+    events = []
+    mgr = Manager(
+        lambda conn, ev, data: events.append(ev) if conn.is_listening or ev == MG_EV_CLOSE else None
+    )
+    listener = mgr.listen("https://127.0.0.1:0", http=True)
+    port = listener.local_addr[1]
+    assert port > 0 and not listener.is_tls
+    with caplog.at_level("WARNING", logger="pymongoose_uring"):
+        mgr.poll(10)
+    assert "serves nothing until listener.tls_init" in caplog.text
+    mgr.close()
+    assert MG_EV_CLOSE in events
+    import socket
+
+    with socket.socket() as s:  # the port was let go
+        s.bind(("127.0.0.1", port))
