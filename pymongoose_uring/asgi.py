@@ -160,8 +160,10 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-class _Cycle:
-    """One request's receive() and send()."""
+class _CycleBase:
+    """Pure-Python stand-in for ``_pmu.ASGICycle`` (the base of :class:`_Cycle`), for
+    an interpreter without the compiled extension: the same fields, and ``send`` /
+    ``receive`` that always take the Python paths (``_send``/``_receive``)."""
 
     __slots__ = (
         "request",
@@ -185,7 +187,7 @@ class _Cycle:
         self.request = request
         self.handler = handler
         self.t0 = _clock() if handler.access_log else 0.0  # the access log's duration
-        self.status = 0
+        self.status: Any = 0
         self.headers: Any = None  # the app's, as it gave them (checked by the engine)
         self.started = False  # http.response.start received
         self.streaming = False  # headers sent with request.start()
@@ -200,7 +202,32 @@ class _Cycle:
         self.waiter: Optional["asyncio.Future[None]"] = None
         self.watching = False
 
-    async def receive(self) -> Message:
+    def send(self, message: Message) -> Any:
+        return self._send(message)  # type: ignore[attr-defined]  # _Cycle's
+
+    def receive(self) -> Any:
+        return self._receive()  # type: ignore[attr-defined]  # _Cycle's
+
+
+# The compiled base: scope-free fast paths in C (binding/asgi.c). send() handles
+# http.response.start and a whole http.response.body itself, receive() a buffered
+# body, each returning an awaitable that is already done; everything else comes
+# back to _Cycle._send / _Cycle._receive below.
+if TYPE_CHECKING:
+    _CycleBaseC = _CycleBase
+else:
+    _CycleBaseC = getattr(_native._pmu, "ASGICycle", _CycleBase)
+# asgi_scope(request, base, state, forwarded): ASGIHandler.scope in C.
+_asgi_scope: Any = getattr(_native._pmu, "asgi_scope", None)
+
+
+class _Cycle(_CycleBaseC):
+    """One request's receive() and send(): the fields and the fast paths are the
+    base's (``_pmu.ASGICycle``); here are the rest, the same with either base."""
+
+    __slots__ = ()
+
+    async def _receive(self) -> Message:
         if not self.body_done:
             request = self.request
             if request.body_streaming:
@@ -258,7 +285,7 @@ class _Cycle:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def send(self, message: Message) -> None:
+    async def _send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             if self.started:
@@ -803,6 +830,26 @@ class ASGIHandler:
         self._thread: Optional[threading.Thread] = None
         self._lifespan: Optional[_Lifespan] = None
         self._asgi = {"version": "3.0", "spec_version": "2.4"}
+        # The constant part of every http scope, in scope order, for _asgi_scope
+        # (which fills in the rest from the request, as scope() does).
+        self._scope_base: Scope = {
+            "type": "http",
+            "asgi": self._asgi,
+            "http_version": "1.1",
+            "server": None,
+            "client": None,
+            "scheme": scheme,
+            "method": "GET",
+            "root_path": self.root_path,
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "headers": [],
+            "extensions": {"http.response.pathsend": {}, "http.response.trailers": {}},
+            "state": {},
+        }
+        # Called by _asgi_scope on a request with X-Forwarded-For/-Proto headers.
+        self._forward = self._forward_scope if self.proxies is not None else None
         # Requests waiting for the loop; a drain is posted once per batch.
         self._queue: "collections.deque[Request]" = collections.deque()
         self._scheduled = False
@@ -1021,6 +1068,16 @@ class ASGIHandler:
         }
         return scope
 
+    def _forward_scope(self, scope: Scope) -> None:
+        """A scope's client and scheme from a trusted proxy's X-Forwarded-* headers
+        (_asgi_scope calls it when the request has such headers)."""
+        proxies = self.proxies
+        client = scope["client"]
+        if proxies is not None and proxies.trusts(client):
+            scope["client"], scope["scheme"] = self._forwarded(
+                scope["headers"], client, scope["scheme"]
+            )
+
     def _forwarded(
         self, headers: List[Tuple[bytes, bytes]], client: _Client, scheme: str
     ) -> Tuple[_Client, str]:
@@ -1135,7 +1192,10 @@ class ASGIHandler:
             return await self.handle_websocket(request)
         cycle = _Cycle(request, self)
         try:
-            scope = self.scope(request)
+            if _asgi_scope is not None:  # self.scope(request), in C
+                scope = _asgi_scope(request, self._scope_base, self.state, self._forward)
+            else:
+                scope = self.scope(request)
             cycle.client = scope["client"]  # for the access log: behind a proxy, its client
             await self.app(scope, cycle.receive, cycle.send)
         except BaseException as exc:
