@@ -91,7 +91,6 @@ from typing import (
     Iterable,
     List,
     Optional,
-    Set,
     Tuple,
     TypeVar,
     Union,
@@ -854,7 +853,9 @@ class ASGIHandler:
         self._queue: "collections.deque[Request]" = collections.deque()
         self._scheduled = False
         self._post: Optional[Callable[[Callable[[], None]], object]] = None  # call_soon_threadsafe
-        self._tasks: Set["asyncio.Task[None]"] = set()
+        # Request tasks running: each with its _Cycle when the task runs the app
+        # itself (_drain), None when it runs handle().
+        self._tasks: Dict["asyncio.Task[Any]", Optional[_Cycle]] = {}
         self._root_task: Optional["asyncio.Task[Any]"] = None  # the loop thread's (start)
         self._stopped: Optional["asyncio.Future[None]"] = None  # ends it
 
@@ -1025,15 +1026,63 @@ class ASGIHandler:
             ready.popleft()._wake()
 
     def _drain(self) -> None:
-        """On the loop: one task per queued request."""
+        """On the loop: one task per queued request. An http request's task runs
+        the app's coroutine itself (no wrapper coroutine between the task and the
+        app: each of its steps is one frame shorter); what handle() does after the
+        app returns or raises, _finished does when the task is done."""
         self._scheduled = False  # before draining: a request queued later posts again
-        queue, handle, tasks = self._queue, self.handle, self._tasks
-        create = asyncio.get_running_loop().create_task
-        discard = tasks.discard
+        queue, tasks = self._queue, self._tasks
+        loop = self.loop
+        assert loop is not None
+        create, finished = loop.create_task, self._finished
+        if _asgi_scope is None:
+            while queue:
+                task = create(self.handle(queue.popleft()))
+                tasks[task] = None
+                task.add_done_callback(finished)
+            return
+        app, base, forward, websocket = self.app, self._scope_base, self._forward, self.websocket
         while queue:
-            task = create(handle(queue.popleft()))
-            tasks.add(task)
-            task.add_done_callback(discard)
+            request = queue.popleft()
+            if websocket and request.websocket:
+                task = create(self.handle(request))
+                tasks[task] = None
+                task.add_done_callback(finished)
+                continue
+            cycle = _Cycle(request, self)
+            try:
+                scope = _asgi_scope(request, base, self.state, forward)
+                cycle.client = scope["client"]  # for the access log: behind a proxy, its client
+                coro = app(scope, cycle.receive, cycle.send)
+                try:
+                    task = create(coro)  # type: ignore[arg-type]  # a coroutine, mostly
+                except TypeError:  # an awaitable that is not a coroutine
+                    task = create(self._await(coro))
+            except Exception as exc:
+                self._failed(request, cycle, exc)
+                continue
+            tasks[task] = cycle
+            task.add_done_callback(finished)
+
+    @staticmethod
+    async def _await(awaitable: Any) -> None:
+        await awaitable
+
+    def _finished(self, task: "asyncio.Task[Any]") -> None:
+        """A request task's done callback: for a task that ran the app itself,
+        what handle() does after the app."""
+        cycle = self._tasks.pop(task, None)
+        if cycle is None:
+            return
+        if task.cancelled():
+            self._failed(cycle.request, cycle, asyncio.CancelledError())
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._failed(cycle.request, cycle, exc)
+            return
+        if not cycle.done:
+            self._unfinished(cycle.request, cycle)
 
     # -- one request ----------------------------------------------------------------
 
@@ -1204,26 +1253,30 @@ class ASGIHandler:
                 raise
             return
         if not cycle.done:
-            if cycle.streaming:
-                log.error(
-                    "the ASGI app returned without finishing its streamed response; "
-                    "closed the connection without completing it: %s %s",
-                    request.method,
-                    request.target,
-                )
-                request.abort()
-                cycle.done = True
-            else:
-                log.error(
-                    "the ASGI app returned without %s; sent 500 for %s %s",
-                    "a body" if cycle.started else "a response",
-                    request.method,
-                    request.target,
-                )
-                cycle.done = True
-                if not request.answered:
-                    request.reply(Response(_ERROR_BODY, 500, _ERROR_HEADERS, None))
-            cycle._wake()
+            self._unfinished(request, cycle)
+
+    def _unfinished(self, request: Request, cycle: _Cycle) -> None:
+        """The app returned without completing its answer: say so, and end it."""
+        if cycle.streaming:
+            log.error(
+                "the ASGI app returned without finishing its streamed response; "
+                "closed the connection without completing it: %s %s",
+                request.method,
+                request.target,
+            )
+            request.abort()
+            cycle.done = True
+        else:
+            log.error(
+                "the ASGI app returned without %s; sent 500 for %s %s",
+                "a body" if cycle.started else "a response",
+                request.method,
+                request.target,
+            )
+            cycle.done = True
+            if not request.answered:
+                request.reply(Response(_ERROR_BODY, 500, _ERROR_HEADERS, None))
+        cycle._wake()
 
     def _answered(self, request: Request, cycle: _Cycle, body: bytes) -> None:
         declared = declared_length(cycle.headers)

@@ -246,3 +246,28 @@ def test_access_log_from_the_c_path(serve_asgi, caplog):
         server.stop()
     lines = [r.getMessage() for r in caplog.records if "/logged" in r.getMessage()]
     assert len(lines) == 1 and " 200" in lines[0], lines
+
+
+class _NotACoroutine:
+    """An awaitable that is not a coroutine (a class-based app may return one)."""
+
+    def __init__(self, send):
+        self.send = send
+
+    def __await__(self):
+        yield from self.send({"type": "http.response.start", "status": 202}).__await__()
+        yield from self.send({"type": "http.response.body", "body": b"awaited"}).__await__()
+
+
+def test_app_returning_other_awaitables_and_raising_at_call(serve_asgi):
+    def app(scope, receive, send):
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan here")
+        if scope["path"] == "/raise":
+            raise ValueError("raised before any coroutine")
+        return _NotACoroutine(send)
+
+    server = serve_asgi(app, lifespan="off")
+    assert request(server)[0::2] == (202, b"awaited")
+    assert request(server, path="/raise")[0::2] == (500, b"Internal Server Error")
+    assert request(server)[0::2] == (202, b"awaited")  # the server goes on
