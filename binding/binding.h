@@ -134,6 +134,7 @@ typedef struct pyb_state {
   Py_ssize_t connections_alive;     /* Connection objects not yet freed (GIL held) */
   PyObject *str_http, *str_https;   /* request.scheme's two values */
   PyObject *tls_keys;               /* tls.c's dict keys, interned (a tuple), or NULL */
+  struct pyb_asgi *asgi;            /* asgi.c's types and constants (PyMem), or NULL */
 } pyb_state;
 
 extern PyModuleDef pyb_module_def;
@@ -566,6 +567,14 @@ void pyb_file_call_release(pyb_file_call *c);
 int pyb_mg_exec(PyObject *module, pyb_state *st);
 int pyb_mg_traverse(pyb_state *st, visitproc visit, void *arg);
 void pyb_mg_clear(pyb_state *st);
+
+/* ---- asgi.c: the ASGI adapter's scope, receive() and send() ---- */
+
+/* Create ASGICycle and asgi_scope in `module`, their constants in st->asgi.
+ * 0, or -1 with an exception. */
+int pyb_asgi_exec(PyObject *module, pyb_state *st);
+int pyb_asgi_traverse(pyb_state *st, visitproc visit, void *arg);
+void pyb_asgi_clear(pyb_state *st);
 
 /* ---- type specs ---- */
 extern PyType_Spec pyb_request_spec;

@@ -456,7 +456,7 @@ static int module_exec(PyObject *module) {
       add_type(module, &pyb_static_mount_spec, NULL, &st->static_mount_type) < 0 ||
       add_type(module, &pyb_file_response_spec, NULL, &st->file_response_type) < 0 ||
       add_type(module, &pyb_connection_spec, NULL, &st->connection_type) < 0 ||
-      pyb_mg_exec(module, st) < 0)
+      pyb_mg_exec(module, st) < 0 || pyb_asgi_exec(module, st) < 0)
     return -1;
 
   PyObject *logging = PyImport_ImportModule("logging");
@@ -538,7 +538,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
   Py_VISIT(st->json_loads);
   Py_VISIT(st->unquote);
   Py_VISIT(st->support);
-  return pyb_mg_traverse(st, visit, arg);
+  int rc = pyb_asgi_traverse(st, visit, arg);
+  return rc ? rc : pyb_mg_traverse(st, visit, arg);
 }
 
 static int module_clear(PyObject *module) {
@@ -579,6 +580,7 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->ct_html);
   Py_CLEAR(st->ct_octet);
   pyb_mg_clear(st);
+  pyb_asgi_clear(st);
   return 0;
 }
 

@@ -97,7 +97,6 @@ from typing import (
     Iterable,
     List,
     Optional,
-    Set,
     Tuple,
     TypeVar,
     Union,
@@ -166,8 +165,10 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-class _Cycle:
-    """One request's receive() and send()."""
+class _CycleBase:
+    """Pure-Python stand-in for ``_pmu.ASGICycle`` (the base of :class:`_Cycle`), for
+    an interpreter without the compiled extension: the same fields, and ``send`` /
+    ``receive`` that always take the Python paths (``_send``/``_receive``)."""
 
     __slots__ = (
         "request",
@@ -191,7 +192,7 @@ class _Cycle:
         self.request = request
         self.handler = handler
         self.t0 = _clock() if handler.access_log else 0.0  # the access log's duration
-        self.status = 0
+        self.status: Any = 0
         self.headers: Any = None  # the app's, as it gave them (checked by the engine)
         self.started = False  # http.response.start received
         self.streaming = False  # headers sent with request.start()
@@ -206,7 +207,32 @@ class _Cycle:
         self.waiter: Optional["asyncio.Future[None]"] = None
         self.watching = False
 
-    async def receive(self) -> Message:
+    def send(self, message: Message) -> Any:
+        return self._send(message)  # type: ignore[attr-defined]  # _Cycle's
+
+    def receive(self) -> Any:
+        return self._receive()  # type: ignore[attr-defined]  # _Cycle's
+
+
+# The compiled base: scope-free fast paths in C (binding/asgi.c). send() handles
+# http.response.start and a whole http.response.body itself, receive() a buffered
+# body, each returning an awaitable that is already done; everything else comes
+# back to _Cycle._send / _Cycle._receive below.
+if TYPE_CHECKING:
+    _CycleBaseC = _CycleBase
+else:
+    _CycleBaseC = getattr(_native._pmu, "ASGICycle", _CycleBase)
+# asgi_scope(request, base, state, forwarded): ASGIHandler.scope in C.
+_asgi_scope: Any = getattr(_native._pmu, "asgi_scope", None)
+
+
+class _Cycle(_CycleBaseC):
+    """One request's receive() and send(): the fields and the fast paths are the
+    base's (``_pmu.ASGICycle``); here are the rest, the same with either base."""
+
+    __slots__ = ()
+
+    async def _receive(self) -> Message:
         if not self.body_done:
             request = self.request
             if request.body_streaming:
@@ -264,7 +290,7 @@ class _Cycle:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def send(self, message: Message) -> None:
+    async def _send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             if self.started:
@@ -811,11 +837,39 @@ class ASGIHandler:
         self._thread: Optional[threading.Thread] = None
         self._lifespan: Optional[_Lifespan] = None
         self._asgi = {"version": "3.0", "spec_version": "2.4"}
+        # The constant part of every http scope, in scope order, for _asgi_scope
+        # (which fills in the rest from the request, as scope() does).
+        self._scope_base: Scope = {
+            "type": "http",
+            "asgi": self._asgi,
+            "http_version": "1.1",
+            "server": None,
+            "client": None,
+            "scheme": self.scheme,
+            "method": "GET",
+            "root_path": self.root_path,
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "headers": [],
+            "extensions": {"http.response.pathsend": {}, "http.response.trailers": {}},
+            "state": {},
+        }
+        # The same for a request on a TLS connection: scheme https unless one was given
+        # (a trusted proxy's X-Forwarded-Proto still changes it after); the tls extension
+        # is added to the scope _asgi_scope made (_tls_scope).
+        self._scope_base_tls: Scope = dict(
+            self._scope_base, scheme=self.scheme if self._scheme_fixed else "https"
+        )
+        # Called by _asgi_scope on a request with X-Forwarded-For/-Proto headers.
+        self._forward = self._forward_scope if self.proxies is not None else None
         # Requests waiting for the loop; a drain is posted once per batch.
         self._queue: "collections.deque[Request]" = collections.deque()
         self._scheduled = False
         self._post: Optional[Callable[[Callable[[], None]], object]] = None  # call_soon_threadsafe
-        self._tasks: Set["asyncio.Task[None]"] = set()
+        # Request tasks running: each with its _Cycle when the task runs the app
+        # itself (_drain), None when it runs handle().
+        self._tasks: Dict["asyncio.Task[Any]", Optional[_Cycle]] = {}
         self._root_task: Optional["asyncio.Task[Any]"] = None  # the loop thread's (start)
         self._stopped: Optional["asyncio.Future[None]"] = None  # ends it
 
@@ -986,15 +1040,66 @@ class ASGIHandler:
             ready.popleft()._wake()
 
     def _drain(self) -> None:
-        """On the loop: one task per queued request."""
+        """On the loop: one task per queued request. An http request's task runs
+        the app's coroutine itself (no wrapper coroutine between the task and the
+        app: each of its steps is one frame shorter); what handle() does after the
+        app returns or raises, _finished does when the task is done."""
         self._scheduled = False  # before draining: a request queued later posts again
-        queue, handle, tasks = self._queue, self.handle, self._tasks
-        create = asyncio.get_running_loop().create_task
-        discard = tasks.discard
+        queue, tasks = self._queue, self._tasks
+        loop = self.loop
+        assert loop is not None
+        create, finished = loop.create_task, self._finished
+        if _asgi_scope is None:
+            while queue:
+                task = create(self.handle(queue.popleft()))
+                tasks[task] = None
+                task.add_done_callback(finished)
+            return
+        app, base, forward, websocket = self.app, self._scope_base, self._forward, self.websocket
         while queue:
-            task = create(handle(queue.popleft()))
-            tasks.add(task)
-            task.add_done_callback(discard)
+            request = queue.popleft()
+            if websocket and request.websocket:
+                task = create(self.handle(request))
+                tasks[task] = None
+                task.add_done_callback(finished)
+                continue
+            cycle = _Cycle(request, self)
+            try:
+                if request.scheme == "https":
+                    scope = self._tls_scope(request)
+                else:
+                    scope = _asgi_scope(request, base, self.state, forward)
+                cycle.client = scope["client"]  # for the access log: behind a proxy, its client
+                coro = app(scope, cycle.receive, cycle.send)
+                try:
+                    task = create(coro)  # type: ignore[arg-type]  # a coroutine, mostly
+                except TypeError:  # an awaitable that is not a coroutine
+                    task = create(self._await(coro))
+            except Exception as exc:
+                self._failed(request, cycle, exc)
+                continue
+            tasks[task] = cycle
+            task.add_done_callback(finished)
+
+    @staticmethod
+    async def _await(awaitable: Any) -> None:
+        await awaitable
+
+    def _finished(self, task: "asyncio.Task[Any]") -> None:
+        """A request task's done callback: for a task that ran the app itself,
+        what handle() does after the app."""
+        cycle = self._tasks.pop(task, None)
+        if cycle is None:
+            return
+        if task.cancelled():
+            self._failed(cycle.request, cycle, asyncio.CancelledError())
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._failed(cycle.request, cycle, exc)
+            return
+        if not cycle.done:
+            self._unfinished(cycle.request, cycle)
 
     # -- one request ----------------------------------------------------------------
 
@@ -1033,6 +1138,23 @@ class ASGIHandler:
         if tls:
             scope["extensions"]["tls"] = request._asgi_tls()
         return scope
+
+    def _tls_scope(self, request: Request) -> Scope:
+        """The C scope (_asgi_scope) of a request on a TLS connection: scheme https
+        (unless given), and the ASGI tls extension."""
+        scope: Scope = _asgi_scope(request, self._scope_base_tls, self.state, self._forward)
+        scope["extensions"]["tls"] = request._asgi_tls()
+        return scope
+
+    def _forward_scope(self, scope: Scope) -> None:
+        """A scope's client and scheme from a trusted proxy's X-Forwarded-* headers
+        (_asgi_scope calls it when the request has such headers)."""
+        proxies = self.proxies
+        client = scope["client"]
+        if proxies is not None and proxies.trusts(client):
+            scope["client"], scope["scheme"] = self._forwarded(
+                scope["headers"], client, scope["scheme"]
+            )
 
     def _forwarded(
         self, headers: List[Tuple[bytes, bytes]], client: _Client, scheme: str
@@ -1153,7 +1275,13 @@ class ASGIHandler:
             return await self.handle_websocket(request)
         cycle = _Cycle(request, self)
         try:
-            scope = self.scope(request)
+            if _asgi_scope is not None:  # self.scope(request), in C
+                if request.scheme == "https":
+                    scope = self._tls_scope(request)
+                else:
+                    scope = _asgi_scope(request, self._scope_base, self.state, self._forward)
+            else:
+                scope = self.scope(request)
             cycle.client = scope["client"]  # for the access log: behind a proxy, its client
             await self.app(scope, cycle.receive, cycle.send)
         except BaseException as exc:
@@ -1162,26 +1290,30 @@ class ASGIHandler:
                 raise
             return
         if not cycle.done:
-            if cycle.streaming:
-                log.error(
-                    "the ASGI app returned without finishing its streamed response; "
-                    "closed the connection without completing it: %s %s",
-                    request.method,
-                    request.target,
-                )
-                request.abort()
-                cycle.done = True
-            else:
-                log.error(
-                    "the ASGI app returned without %s; sent 500 for %s %s",
-                    "a body" if cycle.started else "a response",
-                    request.method,
-                    request.target,
-                )
-                cycle.done = True
-                if not request.answered:
-                    request.reply(Response(_ERROR_BODY, 500, _ERROR_HEADERS, None))
-            cycle._wake()
+            self._unfinished(request, cycle)
+
+    def _unfinished(self, request: Request, cycle: _Cycle) -> None:
+        """The app returned without completing its answer: say so, and end it."""
+        if cycle.streaming:
+            log.error(
+                "the ASGI app returned without finishing its streamed response; "
+                "closed the connection without completing it: %s %s",
+                request.method,
+                request.target,
+            )
+            request.abort()
+            cycle.done = True
+        else:
+            log.error(
+                "the ASGI app returned without %s; sent 500 for %s %s",
+                "a body" if cycle.started else "a response",
+                request.method,
+                request.target,
+            )
+            cycle.done = True
+            if not request.answered:
+                request.reply(Response(_ERROR_BODY, 500, _ERROR_HEADERS, None))
+        cycle._wake()
 
     def _answered(self, request: Request, cycle: _Cycle, body: bytes) -> None:
         declared = declared_length(cycle.headers)

@@ -1,0 +1,744 @@
+/*
+ * asgi.c: the ASGI adapter's hot path (pymongoose_uring/asgi.py) in C.
+ *
+ *   asgi_scope(request, base, state, forwarded)  the http scope of a request
+ *   ASGICycle                                   the base of asgi.py's _Cycle: one
+ *                                               request's receive() and send()
+ *
+ * What a plain request needs happens here without a Python frame: the scope
+ * dict (interned keys, header pairs built once from the engine's request),
+ * receive() of a buffered body, and send() of http.response.start and of a
+ * whole http.response.body, which answers the request at once
+ * (Request.reply). Those calls return an awaitable that is already done, so
+ * `await send(...)` never yields to the loop. Everything else (a streamed
+ * body either way, trailers, pathsend, disconnect waits, a body that
+ * disagrees with its Content-Length, errors) is left to the Python methods
+ * of the subclass, _Cycle._send and _Cycle._receive, whose coroutine is
+ * returned instead: one behaviour, two speeds.
+ */
+#include "binding.h"
+
+#include <structmember.h>
+#include <time.h>
+
+struct pyb_asgi {
+  PyTypeObject *done_type;  /* an awaitable already done (Done below) */
+  PyTypeObject *cycle_type; /* ASGICycle */
+  PyObject *done_none;      /* the Done whose value is None, shared */
+  PyObject *empty_bytes, *empty_tuple, *zero;
+  /* scope keys, in the order asgi.py's ASGIHandler.scope gives them */
+  PyObject *k_http_version, *k_server, *k_client, *k_method, *k_path, *k_raw_path, *k_query_string,
+      *k_headers, *k_extensions, *k_state;
+  /* message keys and values */
+  PyObject *k_type, *k_status, *k_trailers, *k_body, *k_more_body;
+  PyObject *v_http_request, *v_start, *v_body;
+  /* attribute and method names */
+  PyObject *a_client, *a_server, *a_body_streaming, *a_access_log, *a_reply, *a_send, *a_receive,
+      *a_answered, *a_log, *a_wake;
+};
+
+static struct pyb_asgi *asgi_of_type(PyTypeObject *type) {
+  pyb_state *st = pyb_state_from_type(type);
+  return st ? st->asgi : NULL;
+}
+
+/* ---- Done: an awaitable whose result is there already ---- */
+
+typedef struct {
+  PyObject_HEAD
+  PyObject *value; /* the result; never NULL */
+} DoneObject;
+
+/* A new Done holding `value` (borrowed). New reference or NULL. */
+static PyObject *done_new(struct pyb_asgi *a, PyObject *value) {
+  if (value == Py_None)
+    return Py_NewRef(a->done_none);
+  DoneObject *d = PyObject_New(DoneObject, a->done_type);
+  if (d == NULL)
+    return NULL;
+  d->value = Py_NewRef(value);
+  return (PyObject *)d;
+}
+
+static void done_dealloc(PyObject *op) {
+  PyTypeObject *tp = Py_TYPE(op);
+  Py_DECREF(((DoneObject *)op)->value);
+  tp->tp_free(op);
+  Py_DECREF(tp);
+}
+
+static PyObject *done_await(PyObject *op) { return Py_NewRef(op); }
+
+/* Iterated (await on an interpreter without am_send): stops at once with the value. */
+static PyObject *done_next(PyObject *op) {
+  PyObject *value = ((DoneObject *)op)->value;
+  if (value == Py_None)
+    return NULL; /* StopIteration(None), no exception object needed */
+  /* StopIteration(value), wrapped so that a tuple or an exception stays one value. */
+  PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);
+  if (exc != NULL) {
+    PyErr_SetObject(PyExc_StopIteration, exc);
+    Py_DECREF(exc);
+  }
+  return NULL;
+}
+
+/* The generator protocol, for code that drives an awaitable by hand: send()
+ * stops with the value, throw() raises what it is given, close() does nothing. */
+static PyObject *done_send_method(PyObject *op, PyObject *arg) {
+  PyObject *rc = done_next(op);
+  if (rc == NULL && !PyErr_Occurred())
+    PyErr_SetNone(PyExc_StopIteration);
+  return rc;
+}
+
+static PyObject *done_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs < 1 || nargs > 3) {
+    PyErr_SetString(PyExc_TypeError, "throw(type[, value[, traceback]])");
+    return NULL;
+  }
+  PyObject *typ = args[0], *val = nargs > 1 ? args[1] : NULL;
+  if (PyExceptionInstance_Check(typ)) {
+    PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+  } else if (PyExceptionClass_Check(typ)) {
+    PyErr_SetObject(typ, val && val != Py_None ? val : NULL);
+  } else {
+    PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+  }
+  return NULL;
+}
+
+static PyObject *done_close(PyObject *op, PyObject *unused) { Py_RETURN_NONE; }
+
+static PyMethodDef done_methods[] = {
+    {"send", done_send_method, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))done_throw, METH_FASTCALL, NULL},
+    {"close", done_close, METH_NOARGS, NULL},
+    {NULL},
+};
+
+#if PY_VERSION_HEX >= 0x030A0000
+static PySendResult done_send(PyObject *op, PyObject *arg, PyObject **result) {
+  *result = Py_NewRef(((DoneObject *)op)->value);
+  return PYGEN_RETURN;
+}
+#endif
+
+static PyType_Slot done_slots[] = {
+    {Py_tp_dealloc, done_dealloc},
+    {Py_am_await, done_await},
+    {Py_tp_iter, done_await},
+    {Py_tp_iternext, done_next},
+    {Py_tp_methods, done_methods},
+#if PY_VERSION_HEX >= 0x030A0000
+    {Py_am_send, done_send},
+#endif
+    {Py_tp_doc, "What ASGICycle's send() and receive() return when the answer is there already: "
+                "awaiting it gives the value without yielding to the loop."},
+    {0, NULL},
+};
+
+static PyType_Spec done_spec = {
+    .name = "pymongoose_uring._pmu._ASGIDone",
+    .basicsize = sizeof(DoneObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = done_slots,
+};
+
+/* ---- asgi_scope ---- */
+
+/* Lower-cased bytes of a header name. New reference or NULL. */
+static PyObject *lower_bytes(const char *p, size_t n) {
+  PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+  if (b == NULL)
+    return NULL;
+  char *out = PyBytes_AS_STRING(b);
+  for (size_t k = 0; k < n; k++) {
+    char c = p[k];
+    out[k] = (char)(c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+  }
+  return b;
+}
+
+/* The request's headers as ASGI carries them: [(lower-cased name, value)],
+ * bytes. *forwarded is set when an X-Forwarded-For or -Proto is among them.
+ * New reference or NULL. */
+static PyObject *header_pairs(const pmu_request_t *r, int *forwarded) {
+  PyObject *list = PyList_New((Py_ssize_t)r->header_count);
+  if (list == NULL)
+    return NULL;
+  for (size_t i = 0; i < r->header_count; i++) {
+    const pmu_header_t *h = &r->headers[i];
+    PyObject *name = lower_bytes(h->name, h->name_len);
+    PyObject *value =
+        name ? PyBytes_FromStringAndSize(h->value_len ? h->value : "", (Py_ssize_t)h->value_len)
+             : NULL;
+    PyObject *pair = value ? PyTuple_New(2) : NULL;
+    if (pair == NULL) {
+      Py_XDECREF(name);
+      Py_XDECREF(value);
+      Py_DECREF(list);
+      return NULL;
+    }
+    if (h->name_len >= 15 && strncasecmp(h->name, "x-forwarded-", 12) == 0) {
+      const char *rest = PyBytes_AS_STRING(name) + 12;
+      if ((h->name_len == 15 && memcmp(rest, "for", 3) == 0) ||
+          (h->name_len == 17 && memcmp(rest, "proto", 5) == 0))
+        *forwarded = 1;
+    }
+    PyTuple_SET_ITEM(pair, 0, name);  /* steals */
+    PyTuple_SET_ITEM(pair, 1, value); /* steals */
+    PyList_SET_ITEM(list, (Py_ssize_t)i, pair);
+  }
+  return list;
+}
+
+/* Bytes of a view's field (b'' when empty). New reference or NULL. */
+static PyObject *field_bytes(const char *p, size_t n) {
+  return PyBytes_FromStringAndSize(n ? p : "", (Py_ssize_t)n);
+}
+
+/* scope[key] = value, stealing value (NULL: an error is set already). 0 or -1. */
+static int put(PyObject *scope, PyObject *key, PyObject *value) {
+  if (value == NULL)
+    return -1;
+  int rc = PyDict_SetItem(scope, key, value);
+  Py_DECREF(value);
+  return rc;
+}
+
+/* A fresh extensions dict: each of base's keys with a new empty dict (an app
+ * may write into its request's). New reference or NULL. */
+static PyObject *fresh_extensions(PyObject *base_ext) {
+  PyObject *ext = PyDict_New();
+  if (ext == NULL || base_ext == NULL || !PyDict_Check(base_ext))
+    return ext;
+  Py_ssize_t pos = 0;
+  PyObject *key, *value;
+  while (PyDict_Next(base_ext, &pos, &key, &value)) {
+    PyObject *fresh = PyDict_Check(value) ? PyDict_Copy(value) : Py_NewRef(value);
+    if (put(ext, key, fresh) < 0) {
+      Py_DECREF(ext);
+      return NULL;
+    }
+  }
+  return ext;
+}
+
+PyDoc_STRVAR(asgi_scope_doc,
+             "asgi_scope(request, base, state, forwarded=None) -> dict\n\n"
+             "The ASGI http scope of `request`: a copy of `base` (the constant items, in\n"
+             "scope order: type, asgi, scheme, root_path...) with http_version, server,\n"
+             "client, method, path, raw_path, query_string and headers from the request,\n"
+             "extensions with a fresh {} per key of base's, and state a shallow copy of\n"
+             "`state`. When an X-Forwarded-For or X-Forwarded-Proto header is present and\n"
+             "`forwarded` is not None, forwarded(scope) is called last (it may change\n"
+             "client and scheme). Equal to asgi.py's ASGIHandler.scope().");
+
+static PyObject *asgi_scope(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs < 3 || nargs > 4) {
+    PyErr_SetString(PyExc_TypeError, "asgi_scope(request, base, state, forwarded=None)");
+    return NULL;
+  }
+  pyb_state *st = (pyb_state *)PyModule_GetState(module);
+  struct pyb_asgi *a = st->asgi;
+  PyObject *request = args[0], *base = args[1], *state = args[2];
+  PyObject *forwarded = nargs == 4 ? args[3] : Py_None;
+  if (!PyObject_TypeCheck(request, st->request_type) || !PyDict_Check(base) ||
+      !PyDict_Check(state)) {
+    PyErr_SetString(PyExc_TypeError, "asgi_scope: a Request, a dict and a dict");
+    return NULL;
+  }
+  const pmu_request_t *r = pyb_request_view(request);
+  if (r == NULL)
+    return NULL;
+  PyObject *scope = PyDict_Copy(base);
+  if (scope == NULL)
+    return NULL;
+  int fwd = 0;
+  PyObject *version =
+      r->http_major == 1 && r->http_minor == 1 ? Py_NewRef(st->version_11)
+      : r->http_major == 1 && r->http_minor == 0
+          ? Py_NewRef(st->version_10)
+          : PyUnicode_FromFormat("%u.%u", (unsigned)r->http_major, (unsigned)r->http_minor);
+  if (put(scope, a->k_http_version, version) < 0)
+    goto fail;
+  PyObject *server = PyObject_GetAttr(request, a->a_server);
+  if (server != NULL && PyUnicode_Check(server)) { /* a Unix socket's path */
+    PyObject *pair = PyTuple_Pack(2, server, Py_None);
+    Py_SETREF(server, pair);
+  }
+  if (put(scope, a->k_server, server) < 0 ||
+      put(scope, a->k_client, PyObject_GetAttr(request, a->a_client)) < 0 ||
+      put(scope, a->k_method, pyb_request_method(request)) < 0 ||
+      put(scope, a->k_path, pyb_request_path(request)) < 0 ||
+      put(scope, a->k_raw_path, field_bytes(r->path, r->path_len)) < 0 ||
+      put(scope, a->k_query_string, field_bytes(r->query, r->query_len)) < 0 ||
+      put(scope, a->k_headers, header_pairs(r, &fwd)) < 0 ||
+      put(scope, a->k_extensions,
+          fresh_extensions(PyDict_GetItemWithError(base, a->k_extensions))) < 0 ||
+      put(scope, a->k_state, PyDict_Copy(state)) < 0)
+    goto fail;
+  if (fwd && forwarded != Py_None) {
+    PyObject *rc = PyObject_CallOneArg(forwarded, scope);
+    if (rc == NULL)
+      goto fail;
+    Py_DECREF(rc);
+  }
+  return scope;
+fail:
+  Py_DECREF(scope);
+  return NULL;
+}
+
+/* ---- ASGICycle ---- */
+
+typedef struct {
+  PyObject_HEAD
+  PyObject *request, *handler;
+  PyObject *status;   /* http.response.start's, as given (0 before) */
+  PyObject *headers;  /* the app's, as given (None before) */
+  PyObject *trailers; /* None: not announced; False: announced, body going; a list: the fields */
+  PyObject *waiter;   /* a future receive() waits on, or None */
+  PyObject *client;   /* scope["client"], for the access log */
+  Py_ssize_t sent;    /* body bytes streamed */
+  double t0;          /* perf_counter() at the start, when logging accesses; else 0 */
+  char started, streaming, done, body_done, gone, watching, access_log;
+} CycleObject;
+
+#define CYC(o) ((CycleObject *)(o))
+
+/* time.perf_counter(): CLOCK_MONOTONIC on Linux. */
+static double perf_counter(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static PyObject *cycle_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+  PyObject *request, *handler;
+  if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+    PyErr_SetString(PyExc_TypeError, "ASGICycle(request, handler) takes no keyword arguments");
+    return NULL;
+  }
+  if (!PyArg_ParseTuple(args, "OO:ASGICycle", &request, &handler))
+    return NULL;
+  struct pyb_asgi *a = asgi_of_type(type);
+  if (a == NULL)
+    return NULL;
+  PyObject *log = PyObject_GetAttr(handler, a->a_access_log);
+  int access_log = log ? PyObject_IsTrue(log) : -1;
+  Py_XDECREF(log);
+  if (access_log < 0)
+    return NULL;
+  CycleObject *self = (CycleObject *)type->tp_alloc(type, 0);
+  if (self == NULL)
+    return NULL;
+  self->request = Py_NewRef(request);
+  self->handler = Py_NewRef(handler);
+  self->status = Py_NewRef(a->zero);
+  self->headers = Py_NewRef(Py_None);
+  self->trailers = Py_NewRef(Py_None);
+  self->waiter = Py_NewRef(Py_None);
+  self->client = Py_NewRef(Py_None);
+  self->access_log = (char)access_log;
+  self->t0 = access_log ? perf_counter() : 0.0;
+  return (PyObject *)self;
+}
+
+static int cycle_traverse(PyObject *op, visitproc visit, void *arg) {
+  CycleObject *self = CYC(op);
+  Py_VISIT(Py_TYPE(op));
+  Py_VISIT(self->request);
+  Py_VISIT(self->handler);
+  Py_VISIT(self->status);
+  Py_VISIT(self->headers);
+  Py_VISIT(self->trailers);
+  Py_VISIT(self->waiter);
+  Py_VISIT(self->client);
+  return 0;
+}
+
+static int cycle_clear(PyObject *op) {
+  CycleObject *self = CYC(op);
+  Py_CLEAR(self->request);
+  Py_CLEAR(self->handler);
+  Py_CLEAR(self->status);
+  Py_CLEAR(self->headers);
+  Py_CLEAR(self->trailers);
+  Py_CLEAR(self->waiter);
+  Py_CLEAR(self->client);
+  return 0;
+}
+
+static void cycle_dealloc(PyObject *op) {
+  PyTypeObject *tp = Py_TYPE(op);
+  PyObject_GC_UnTrack(op);
+  cycle_clear(op);
+  tp->tp_free(op);
+  Py_DECREF(tp);
+}
+
+/* message[key] (borrowed), or NULL: *err says whether an exception is set. */
+static PyObject *item(PyObject *message, PyObject *key, int *err) {
+  PyObject *v = PyDict_GetItemWithError(message, key);
+  if (v == NULL && PyErr_Occurred())
+    *err = 1;
+  return v;
+}
+
+/* Whether `kind` is the interned string `want` (or equal to it). */
+static int is_kind(PyObject *kind, PyObject *want) {
+  return kind == want || (PyUnicode_CheckExact(kind) && PyUnicode_Compare(kind, want) == 0);
+}
+
+/*
+ * The Content-Length that headers declare, read as _adapter.declared_length
+ * reads it (the last value made only of ASCII digits, at most 18): >= 0 the
+ * length, -1 none, -2 headers this reader does not take (not a list or tuple
+ * of 2-tuples of bytes): the caller lets the Python code decide.
+ */
+static long long declared_length(PyObject *headers) {
+  if (!PyList_Check(headers) && !PyTuple_Check(headers))
+    return -2;
+  PyObject *seq = headers;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  long long length = -1;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2)
+      return -2;
+    PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+    if (!PyBytes_Check(name) || !PyBytes_Check(value))
+      return -2;
+    if (PyBytes_GET_SIZE(name) != 14 || strncasecmp(PyBytes_AS_STRING(name), "content-length", 14))
+      continue;
+    Py_ssize_t len = PyBytes_GET_SIZE(value);
+    const char *p = PyBytes_AS_STRING(value);
+    if (len < 1 || len > 18)
+      continue;
+    long long v = 0;
+    Py_ssize_t k = 0;
+    for (; k < len && p[k] >= '0' && p[k] <= '9'; k++)
+      v = v * 10 + (p[k] - '0');
+    if (k == len)
+      length = v;
+  }
+  return length;
+}
+
+/* The whole answer in one: what _Cycle.send's first body does when the app
+ * gives it complete (ASGIHandler._answered). 0, or -1 with an exception. */
+static int answer(CycleObject *self, struct pyb_asgi *a, PyObject *body) {
+  long long declared = declared_length(self->headers);
+  Py_ssize_t body_len = declared >= 0 ? PyObject_Length(body) : 0;
+  if (body_len < 0)
+    return -1;
+  if (declared == -2 || (declared >= 0 && declared != body_len)) {
+    /* A length to check or warn about: the Python code knows what to do. */
+    PyObject *args[] = {self->handler, self->request, (PyObject *)self, body};
+    PyObject *rc =
+        PyObject_VectorcallMethod(a->a_answered, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(rc);
+    return rc ? 0 : -1;
+  }
+  pyb_state *st = pyb_state_from_type(Py_TYPE(self->request));
+  if (st == NULL)
+    return -1;
+  PyObject *rargs[] = {body, self->status, self->headers, Py_None};
+  PyObject *response = PyObject_Vectorcall((PyObject *)st->response_type, rargs, 4, NULL);
+  if (response == NULL)
+    return -1;
+  PyObject *margs[] = {self->request, response};
+  PyObject *rc =
+      PyObject_VectorcallMethod(a->a_reply, margs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+  Py_DECREF(response);
+  if (rc == NULL)
+    return -1;
+  Py_DECREF(rc);
+  if (self->access_log) {
+    PyObject *t0 = PyFloat_FromDouble(self->t0);
+    if (t0 == NULL)
+      return -1;
+    PyObject *largs[] = {self->handler, self->request, self->client, self->status, t0};
+    rc = PyObject_VectorcallMethod(a->a_log, largs, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(t0);
+    if (rc == NULL)
+      return -1;
+    Py_DECREF(rc);
+  }
+  return 0;
+}
+
+/* The Python method `name` of self with `arg` (NULL: none): the slow paths
+ * of the subclass. New reference or NULL. */
+static PyObject *call_slow(PyObject *self, PyObject *name, PyObject *arg) {
+  PyObject *args[] = {self, arg};
+  size_t n = arg ? 2 : 1;
+  return PyObject_VectorcallMethod(name, args, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+PyDoc_STRVAR(cycle_send_doc,
+             "send(message) -> awaitable\n\n"
+             "ASGI send. http.response.start, and an http.response.body that completes\n"
+             "the answer in one piece, are handled at once (the returned awaitable is\n"
+             "done); anything else is self._send(message), a coroutine.");
+
+static PyObject *cycle_send(PyObject *op, PyObject *message) {
+  CycleObject *self = CYC(op);
+  struct pyb_asgi *a = asgi_of_type(Py_TYPE(op));
+  if (a == NULL)
+    return NULL;
+  int err = 0;
+  PyObject *kind = PyDict_CheckExact(message) ? item(message, a->k_type, &err) : NULL;
+  if (err)
+    return NULL;
+  if (kind == NULL)
+    goto slow;
+  if (is_kind(kind, a->v_start)) {
+    if (self->started)
+      goto slow;
+    PyObject *status = item(message, a->k_status, &err);
+    PyObject *trailers = status ? item(message, a->k_trailers, &err) : NULL;
+    PyObject *headers = status ? item(message, a->k_headers, &err) : NULL;
+    if (err)
+      return NULL;
+    if (status == NULL)
+      goto slow;
+    if (trailers != NULL) {
+      int t = PyObject_IsTrue(trailers);
+      if (t < 0)
+        return NULL;
+      if (t)
+        goto slow;
+    }
+    int h = headers ? PyObject_IsTrue(headers) : 0;
+    if (h < 0)
+      return NULL;
+    Py_SETREF(self->status, Py_NewRef(status));
+    Py_SETREF(self->headers, Py_NewRef(h ? headers : a->empty_tuple));
+    self->started = 1;
+    return Py_NewRef(a->done_none);
+  }
+  if (is_kind(kind, a->v_body)) {
+    if (!self->started || self->done || self->streaming || self->trailers != Py_None)
+      goto slow;
+    PyObject *more = item(message, a->k_more_body, &err);
+    PyObject *body = item(message, a->k_body, &err);
+    if (err)
+      return NULL;
+    if (more != NULL) {
+      int m = PyObject_IsTrue(more);
+      if (m < 0)
+        return NULL;
+      if (m)
+        goto slow;
+    }
+    self->done = 1;
+    Py_INCREF(op); /* the app may drop its last reference meanwhile */
+    int rc = answer(self, a, body ? body : a->empty_bytes);
+    if (rc == 0 && self->waiter != Py_None) {
+      PyObject *w = call_slow(op, a->a_wake, NULL);
+      rc = w ? 0 : -1;
+      Py_XDECREF(w);
+    }
+    Py_DECREF(op);
+    return rc == 0 ? Py_NewRef(a->done_none) : NULL;
+  }
+slow:
+  return call_slow(op, a->a_send, message);
+}
+
+PyDoc_STRVAR(cycle_receive_doc,
+             "receive() -> awaitable\n\n"
+             "ASGI receive. The first call on a request whose body is buffered gives\n"
+             "{'type': 'http.request', 'body': request.body, 'more_body': False} at once\n"
+             "(the returned awaitable is done); anything else is self._receive(), a\n"
+             "coroutine.");
+
+static PyObject *cycle_receive(PyObject *op, PyObject *unused) {
+  CycleObject *self = CYC(op);
+  struct pyb_asgi *a = asgi_of_type(Py_TYPE(op));
+  if (a == NULL)
+    return NULL;
+  if (!self->body_done) {
+    PyObject *streaming = PyObject_GetAttr(self->request, a->a_body_streaming);
+    if (streaming == NULL)
+      return NULL;
+    int s = PyObject_IsTrue(streaming);
+    Py_DECREF(streaming);
+    if (s < 0)
+      return NULL;
+    if (!s) {
+      PyObject *body = PyObject_GetAttr(self->request, a->k_body);
+      if (body == NULL)
+        return NULL;
+      PyObject *msg = PyDict_New();
+      if (msg == NULL || PyDict_SetItem(msg, a->k_type, a->v_http_request) < 0 ||
+          PyDict_SetItem(msg, a->k_body, body) < 0 ||
+          PyDict_SetItem(msg, a->k_more_body, Py_False) < 0) {
+        Py_XDECREF(msg);
+        Py_DECREF(body);
+        return NULL;
+      }
+      Py_DECREF(body);
+      self->body_done = 1;
+      PyObject *d = done_new(a, msg);
+      Py_DECREF(msg);
+      return d;
+    }
+  }
+  return call_slow(op, a->a_receive, NULL);
+}
+
+static PyMethodDef cycle_methods[] = {
+    {"send", cycle_send, METH_O, cycle_send_doc},
+    {"receive", cycle_receive, METH_NOARGS, cycle_receive_doc},
+    {NULL},
+};
+
+static PyMemberDef cycle_members[] = {
+    {"request", T_OBJECT, offsetof(CycleObject, request), READONLY, NULL},
+    {"handler", T_OBJECT, offsetof(CycleObject, handler), READONLY, NULL},
+    {"status", T_OBJECT, offsetof(CycleObject, status), 0, NULL},
+    {"headers", T_OBJECT, offsetof(CycleObject, headers), 0, NULL},
+    {"trailers", T_OBJECT, offsetof(CycleObject, trailers), 0, NULL},
+    {"waiter", T_OBJECT, offsetof(CycleObject, waiter), 0, NULL},
+    {"client", T_OBJECT, offsetof(CycleObject, client), 0, NULL},
+    {"sent", T_PYSSIZET, offsetof(CycleObject, sent), 0, NULL},
+    {"t0", T_DOUBLE, offsetof(CycleObject, t0), 0, NULL},
+    {"started", T_BOOL, offsetof(CycleObject, started), 0, NULL},
+    {"streaming", T_BOOL, offsetof(CycleObject, streaming), 0, NULL},
+    {"done", T_BOOL, offsetof(CycleObject, done), 0, NULL},
+    {"body_done", T_BOOL, offsetof(CycleObject, body_done), 0, NULL},
+    {"gone", T_BOOL, offsetof(CycleObject, gone), 0, NULL},
+    {"watching", T_BOOL, offsetof(CycleObject, watching), 0, NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(cycle_doc, "ASGICycle(request, handler)\n\n"
+                        "One ASGI request's receive() and send(): the base of asgi.py's _Cycle,\n"
+                        "which gives the slow paths (_send, _receive, _wake) and the answer's\n"
+                        "Python side (handler._answered, handler._log).");
+
+static PyType_Slot cycle_slots[] = {
+    {Py_tp_new, cycle_new},           {Py_tp_dealloc, cycle_dealloc},
+    {Py_tp_traverse, cycle_traverse}, {Py_tp_clear, cycle_clear},
+    {Py_tp_methods, cycle_methods},   {Py_tp_members, cycle_members},
+    {Py_tp_doc, (void *)cycle_doc},   {0, NULL},
+};
+
+static PyType_Spec cycle_spec = {
+    .name = "pymongoose_uring._pmu.ASGICycle",
+    .basicsize = sizeof(CycleObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = cycle_slots,
+};
+
+/* ---- module ---- */
+
+static PyMethodDef asgi_functions[] = {
+    {"asgi_scope", (PyCFunction)(void (*)(void))asgi_scope, METH_FASTCALL, asgi_scope_doc},
+    {NULL},
+};
+
+static int intern(PyObject **slot, const char *s) {
+  *slot = PyUnicode_InternFromString(s);
+  return *slot ? 0 : -1;
+}
+
+int pyb_asgi_exec(PyObject *module, pyb_state *st) {
+  struct pyb_asgi *a = PyMem_Calloc(1, sizeof *a);
+  if (a == NULL) {
+    PyErr_NoMemory();
+    return -1;
+  }
+  st->asgi = a;
+  a->done_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &done_spec, NULL);
+  if (a->done_type == NULL)
+    return -1;
+  a->cycle_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &cycle_spec, NULL);
+  if (a->cycle_type == NULL || PyModule_AddType(module, a->cycle_type) < 0 ||
+      PyModule_AddFunctions(module, asgi_functions) < 0)
+    return -1;
+  DoneObject *none = PyObject_New(DoneObject, a->done_type);
+  if (none == NULL)
+    return -1;
+  none->value = Py_NewRef(Py_None);
+  a->done_none = (PyObject *)none;
+  if ((a->empty_bytes = PyBytes_FromStringAndSize("", 0)) == NULL ||
+      (a->empty_tuple = PyTuple_New(0)) == NULL || (a->zero = PyLong_FromLong(0)) == NULL)
+    return -1;
+  if (intern(&a->k_http_version, "http_version") < 0 || intern(&a->k_server, "server") < 0 ||
+      intern(&a->k_client, "client") < 0 || intern(&a->k_method, "method") < 0 ||
+      intern(&a->k_path, "path") < 0 || intern(&a->k_raw_path, "raw_path") < 0 ||
+      intern(&a->k_query_string, "query_string") < 0 || intern(&a->k_headers, "headers") < 0 ||
+      intern(&a->k_extensions, "extensions") < 0 || intern(&a->k_state, "state") < 0 ||
+      intern(&a->k_type, "type") < 0 || intern(&a->k_status, "status") < 0 ||
+      intern(&a->k_trailers, "trailers") < 0 || intern(&a->k_body, "body") < 0 ||
+      intern(&a->k_more_body, "more_body") < 0 || intern(&a->v_http_request, "http.request") < 0 ||
+      intern(&a->v_start, "http.response.start") < 0 ||
+      intern(&a->v_body, "http.response.body") < 0 || intern(&a->a_client, "client") < 0 ||
+      intern(&a->a_server, "server") < 0 || intern(&a->a_body_streaming, "body_streaming") < 0 ||
+      intern(&a->a_access_log, "access_log") < 0 || intern(&a->a_reply, "reply") < 0 ||
+      intern(&a->a_send, "_send") < 0 || intern(&a->a_receive, "_receive") < 0 ||
+      intern(&a->a_answered, "_answered") < 0 || intern(&a->a_log, "_log") < 0 ||
+      intern(&a->a_wake, "_wake") < 0)
+    return -1;
+  return 0;
+}
+
+int pyb_asgi_traverse(pyb_state *st, visitproc visit, void *arg) {
+  struct pyb_asgi *a = st->asgi;
+  if (a != NULL) {
+    Py_VISIT(a->done_type);
+    Py_VISIT(a->cycle_type);
+  }
+  return 0;
+}
+
+void pyb_asgi_clear(pyb_state *st) {
+  struct pyb_asgi *a = st->asgi;
+  if (a == NULL)
+    return;
+  PyObject **objs[] = {
+      (PyObject **)&a->done_type,
+      (PyObject **)&a->cycle_type,
+      &a->done_none,
+      &a->empty_bytes,
+      &a->empty_tuple,
+      &a->zero,
+      &a->k_http_version,
+      &a->k_server,
+      &a->k_client,
+      &a->k_method,
+      &a->k_path,
+      &a->k_raw_path,
+      &a->k_query_string,
+      &a->k_headers,
+      &a->k_extensions,
+      &a->k_state,
+      &a->k_type,
+      &a->k_status,
+      &a->k_trailers,
+      &a->k_body,
+      &a->k_more_body,
+      &a->v_http_request,
+      &a->v_start,
+      &a->v_body,
+      &a->a_client,
+      &a->a_server,
+      &a->a_body_streaming,
+      &a->a_access_log,
+      &a->a_reply,
+      &a->a_send,
+      &a->a_receive,
+      &a->a_answered,
+      &a->a_log,
+      &a->a_wake,
+  };
+  for (size_t i = 0; i < sizeof objs / sizeof objs[0]; i++)
+    Py_CLEAR(*objs[i]);
+  PyMem_Free(a);
+  st->asgi = NULL;
+}
