@@ -167,3 +167,36 @@ def test_fastapi(serve_asgi, certs):
     assert seen["url"] == "https://localhost/where"
     assert "CN=test client" in seen["client_cert_name"]
     assert seen["tls_version"] == 0x0304
+
+
+@pytest.mark.parametrize("options", [{}, {"scheme": "http"}, {"proxy_headers": False}])
+def test_c_scope_over_tls_equals_python_scope(serve, certs, options):
+    """Over TLS the scope made in C (binding/asgi.c through ASGIHandler._tls_scope) is the
+    one ASGIHandler.scope() makes: the scheme (given, from the connection, from a trusted
+    proxy) and the tls extension."""
+    from pymongoose_uring import asgi
+
+    if asgi._asgi_scope is None:
+        pytest.skip("no C scope in this build")
+    handler = asgi.ASGIHandler(lambda scope, receive, send: None, **options)
+    seen = []
+
+    def native(req):
+        python = handler.scope(req)
+        c = handler._tls_scope(req)
+        seen.append((python, c))
+        return "ok"
+
+    server = serve(native, **certs.options())
+    with tls_connect(server.port, certs.context()) as s:
+        get(s, "/p?q=1")
+        get(s, "/p", headers="X-Forwarded-Proto: http\r\nX-Forwarded-For: 10.0.0.1\r\n")
+    assert len(seen) == 2
+    for python, c in seen:
+        assert python == c
+        assert c["extensions"]["tls"]["server_cert"] == served_pem(certs.server)
+    expected = "http" if options.get("scheme") else "https"
+    assert seen[0][1]["scheme"] == expected
+    # The local host is a trusted proxy by default: its X-Forwarded-Proto wins.
+    forwarded = "https" if options.get("proxy_headers") is False else "http"
+    assert seen[1][1]["scheme"] == forwarded
