@@ -174,6 +174,9 @@ class Supervisor:
         is closed; a worker without TLS ignores it)."""
         if self.stopping:
             return
+        if not self.config.engine.get("ssl_certfile"):
+            self.log("SIGUSR2 received; no HTTPS (--ssl-certfile): no certificate to reload")
+            return
         self.log(
             f"SIGUSR2 received; telling the {len(self.children)} worker(s) to reload certificates"
         )
