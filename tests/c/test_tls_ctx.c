@@ -19,6 +19,7 @@
 #include "tlslib.h"
 
 #include <openssl/err.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -599,6 +600,64 @@ static void test_reload(void) {
   T_ASSERT(pmu__tls_ctx_acquire(&plain) == NULL);
 }
 
+/* Handshakes from "ring threads" while another thread reloads. */
+static atomic_int reloads_left;
+
+static void *handshaking(void *arg) {
+  pmu_server_t *s = arg;
+  for (int i = 0; i < 30; i++) {
+    t_tls_pair_t pair;
+    char why[600];
+    pmu__tls_ctx_t *ctx = pmu__tls_ctx_acquire(s);
+    SSL *server = pmu__tls_ssl_new(ctx);
+    pmu__tls_ctx_release(ctx);
+    if (!server)
+      return "no SSL";
+    t_tls_pair_join(&pair, t_tls_client_ssl(&(t_tls_client_opts_t){.sni = "a.test"}), server);
+    int ok = t_tls_pair_handshake(&pair, why, sizeof why) && t_tls_pair_exchange(&pair);
+    pmu__tls_snap_t *snap = ok ? pmu__tls_snap_new(pair.server) : NULL;
+    t_tls_pair_free(&pair);
+    if (!ok || !snap)
+      return "a handshake failed during reloads";
+    pmu_tls_info_t info;
+    pmu__tls_snap_info(snap, &info);
+    ok = info.server_cert_der_len > 0;
+    pmu__tls_snap_unref(snap);
+    if (!ok)
+      return "no certificate in the snapshot";
+  }
+  return NULL;
+}
+
+static void *reloading(void *arg) {
+  pmu_server_t *s = arg;
+  while (atomic_fetch_sub(&reloads_left, 1) > 0)
+    if (pmu_server_tls_reload(s) != 0)
+      return "a reload failed";
+  return NULL;
+}
+
+static void test_reload_threads(void) {
+  t_case("reloads from one thread while two others acquire, make SSLs and handshake");
+  pmu_config_t cfg;
+  base_config(&cfg);
+  pmu_tls_cert_t sni[] = {{.certfile = a_rsa.chain_path, .keyfile = a_rsa.key_path}};
+  cfg.ssl_sni_certs = sni;
+  cfg.ssl_sni_cert_count = 1;
+  pmu_server_t *s = started(&cfg);
+  atomic_store(&reloads_left, 20);
+  pthread_t th[3];
+  T_ASSERT(pthread_create(&th[0], NULL, reloading, s) == 0);
+  T_ASSERT(pthread_create(&th[1], NULL, handshaking, s) == 0);
+  T_ASSERT(pthread_create(&th[2], NULL, handshaking, s) == 0);
+  for (int i = 0; i < 3; i++) {
+    void *err;
+    pthread_join(th[i], &err);
+    T_ASSERT_MSG(err == NULL, "thread %d: %s", i, (const char *)err);
+  }
+  tls_server_free(s);
+}
+
 static void test_snapshot(void) {
   t_tls_pair_t pair;
   pmu_config_t cfg;
@@ -721,6 +780,7 @@ int main(void) {
   test_client_certs();
   test_snapshot();
   test_reload();
+  test_reload_threads();
   test_ktls_probe();
   test_server_start();
   test_resumption();
