@@ -556,6 +556,8 @@ static void decrypt(pmu__conn_t *c) {
     int n = SSL_read(t->ssl, buf, TLS_RECORD);
     if (n > 0) {
       pmu__conn_on_recv(c, buf, (size_t)n);
+      if (t->in_len == 0 && !SSL_has_pending(t->ssl))
+        break; /* all of it read: no call that would only say WANT_READ */
       continue;
     }
     int err = SSL_get_error(t->ssl, n);
