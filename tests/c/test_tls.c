@@ -262,6 +262,26 @@ static void test_keepalive_pipeline(t_server_t *s) {
     t_response_free(&resp);
   }
 
+  t_case("backpressure: 300 pipelined requests for 64 KiB answers, read only afterwards");
+  {
+    pmu_stats_t before = t_stats(s, -1);
+    char *many = malloc(300 * 64);
+    size_t mlen = 0;
+    for (int i = 0; i < 300; i++)
+      mlen += (size_t)sprintf(many + mlen, "GET /big?n=65536&i=%d HTTP/1.1\r\nHost: x\r\n\r\n", i);
+    tc_send(c, many, mlen); /* it fits the socket buffers: the server pauses reading */
+    free(many);
+    t_sleep_ms(200);
+    for (int i = 0; i < 300; i++) {
+      t_response_t resp;
+      tc_response(c, &resp, false);
+      T_ASSERT_INT_EQ(resp.status, 200);
+      T_ASSERT_INT_EQ(resp.body_len, 65536);
+      t_response_free(&resp);
+    }
+    T_ASSERT(t_stats(s, -1).recv_paused > before.recv_paused);
+  }
+
   t_case("pipelining: 50 requests in one write, answered in order");
   char *req = malloc(50 * 64);
   size_t len = 0;
@@ -577,6 +597,21 @@ static void test_timeout(void) {
   T_ASSERT_MSG(took >= 250 && took < 5000, "closed after %lld ms", (long long)took);
   close(fd);
   T_ASSERT_INT_EQ(t_stats(s, -1).tls_handshake_timeouts, 1);
+
+  t_case("a keep-alive connection closed by its idle timeout gets close_notify");
+  t_server_destroy(s);
+  cfg.keepalive_timeout_ms = 300;
+  s = t_server_start(&cfg);
+  {
+    tconn_t *k = tc_connect(s->port, NULL);
+    t_response_t kr;
+    tc_get(k, "/then-idle", &kr);
+    t_response_free(&kr);
+    T_ASSERT_INT_EQ(tc_end(k), 1);
+    tc_close(k);
+    T_ASSERT_INT_EQ(t_stats(s, -1).tls_close_notify, 1);
+  }
+  cfg.keepalive_timeout_ms = 5000;
 
   t_case("the header timeout starts when the handshake ends");
   cfg.ssl_handshake_timeout_ms = 10000;
