@@ -58,6 +58,25 @@ static void handler(void *data, pmu_request_t *const *requests, size_t count) {
                         info.alpn ? info.alpn : "(none)", info.resumed, info.server_cert_der_len);
       pmu_response_t resp = {.status = 200, .body = body, .body_len = (size_t)n};
       pmu_respond(r, &resp);
+    } else if (t_path_is(r, "/peer")) {
+      pmu_tls_info_t info;
+      const unsigned char *der = NULL;
+      size_t der_len = 0;
+      char body[512];
+      T_ASSERT_INT_EQ(pmu_request_tls_info(r, &info), 0);
+      int rc0 = pmu_request_tls_peer_cert(r, 0, &der, &der_len);
+      const unsigned char *der1;
+      size_t len1;
+      int rc_end = pmu_request_tls_peer_cert(r, info.peer_chain_len, &der1, &len1);
+      int n = snprintf(body, sizeof body,
+                       "peer_cert=%d\nsubject=%s\nchain=%u\nrc0=%d\nder_len=%zu\n"
+                       "rc_end=%d\n",
+                       info.peer_cert, info.peer_subject ? info.peer_subject : "(none)",
+                       info.peer_chain_len, rc0, der_len, rc_end);
+      if (rc0 == 0)
+        n += snprintf(body + n, sizeof body - (size_t)n, "der_first=%02x\n", der[0]);
+      pmu_response_t resp = {.status = 200, .body = body, .body_len = (size_t)n};
+      pmu_respond(r, &resp);
     } else if (t_path_is(r, "/file")) {
       int fd = open(file_path, O_RDONLY | O_CLOEXEC);
       T_ASSERT(fd >= 0);
@@ -260,6 +279,26 @@ static void test_keepalive_pipeline(t_server_t *s) {
     T_ASSERT_INT_EQ(resp.status, 200);
     T_ASSERT_FIELD(&resp, "target", target);
     t_response_free(&resp);
+  }
+
+  t_case("backpressure: 300 pipelined requests for 64 KiB answers, read only afterwards");
+  {
+    pmu_stats_t before = t_stats(s, -1);
+    char *many = malloc(300 * 64);
+    size_t mlen = 0;
+    for (int i = 0; i < 300; i++)
+      mlen += (size_t)sprintf(many + mlen, "GET /big?n=65536&i=%d HTTP/1.1\r\nHost: x\r\n\r\n", i);
+    tc_send(c, many, mlen); /* it fits the socket buffers: the server pauses reading */
+    free(many);
+    t_sleep_ms(200);
+    for (int i = 0; i < 300; i++) {
+      t_response_t resp;
+      tc_response(c, &resp, false);
+      T_ASSERT_INT_EQ(resp.status, 200);
+      T_ASSERT_INT_EQ(resp.body_len, 65536);
+      t_response_free(&resp);
+    }
+    T_ASSERT(t_stats(s, -1).recv_paused > before.recv_paused);
   }
 
   t_case("pipelining: 50 requests in one write, answered in order");
@@ -539,6 +578,57 @@ static void *connect_thread(void *arg) {
   return NULL;
 }
 
+static void test_client_certs(void) {
+  t_case("client certificates required: one refused without a certificate, counted");
+  t_tls_cert_t client;
+  const char *const cdns[] = {"client.test", NULL};
+  t_tls_cert_opts_t co = {
+      .kind = T_TLS_ECDSA_P256, .dns = cdns, .cn = "client one", .client = true};
+  t_tls_make_cert(&ca, "client", &co, &client);
+  pmu_config_t cfg;
+  tls_config(&cfg);
+  cfg.ssl_ca_certs = ca.cert_path;
+  cfg.ssl_cert_reqs = 2;
+  t_server_t *s = t_server_start(&cfg);
+  char why[256];
+  int fd;
+  t_tls_client_opts_t none = {0};
+  SSL *ssl = t_tls_connect(s->port, &none, T_IO_TIMEOUT_MS, &fd, why, sizeof why);
+  if (ssl) { /* TLS 1.3: the client finished first; the refusal comes at its first read */
+    static const char req[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    t_tls_write_all(ssl, req, sizeof req - 1);
+    char buf[64];
+    T_ASSERT(t_tls_read(ssl, buf, sizeof buf, NULL, T_IO_TIMEOUT_MS) <= 0);
+    t_tls_close(ssl, fd);
+  }
+  T_WAIT_UNTIL(t_stats(s, -1).tls_handshake_errors == 1, T_EVENT_MS);
+  T_ASSERT_INT_EQ(t_stats(s, -1).tls_handshake_errors, 1);
+  T_ASSERT_INT_EQ(t_stats(s, -1).tls_handshakes, 0);
+
+  t_case("... one with a certificate is served, its certificate given to the handler");
+  t_tls_client_opts_t with = {.cert = client.cert_path, .key = client.key_path};
+  tconn_t *c = tc_connect(s->port, &with);
+  t_response_t resp;
+  tc_get(c, "/peer", &resp);
+  T_ASSERT_INT_EQ(resp.status, 200);
+  T_ASSERT_FIELD(&resp, "peer_cert", "1");
+  T_ASSERT_FIELD(&resp, "subject", "CN=client one,O=pmu tests");
+  T_ASSERT_FIELD(&resp, "chain", "1");
+  T_ASSERT_FIELD(&resp, "rc0", "0");
+  T_ASSERT_FIELD(&resp, "rc_end", "-2");    /* -ENOENT past the end */
+  T_ASSERT_FIELD(&resp, "der_first", "30"); /* a DER SEQUENCE */
+  char v[32];
+  size_t want;
+  unsigned char *der = t_tls_der(client.cert, &want);
+  OPENSSL_free(der);
+  T_ASSERT(t_describe_get(&resp, "der_len", v, sizeof v));
+  T_ASSERT_INT_EQ(strtoul(v, NULL, 10), want);
+  t_response_free(&resp);
+  tc_close(c);
+  t_server_destroy(s);
+  t_tls_cert_free(&client);
+}
+
 static void test_slots(void) {
   t_case("ssl_max_handshakes: a connection beyond the limit waits, then is served");
   pmu_config_t cfg;
@@ -577,6 +667,21 @@ static void test_timeout(void) {
   T_ASSERT_MSG(took >= 250 && took < 5000, "closed after %lld ms", (long long)took);
   close(fd);
   T_ASSERT_INT_EQ(t_stats(s, -1).tls_handshake_timeouts, 1);
+
+  t_case("a keep-alive connection closed by its idle timeout gets close_notify");
+  t_server_destroy(s);
+  cfg.keepalive_timeout_ms = 300;
+  s = t_server_start(&cfg);
+  {
+    tconn_t *k = tc_connect(s->port, NULL);
+    t_response_t kr;
+    tc_get(k, "/then-idle", &kr);
+    t_response_free(&kr);
+    T_ASSERT_INT_EQ(tc_end(k), 1);
+    tc_close(k);
+    T_ASSERT_INT_EQ(t_stats(s, -1).tls_close_notify, 1);
+  }
+  cfg.keepalive_timeout_ms = 5000;
 
   t_case("the header timeout starts when the handshake ends");
   cfg.ssl_handshake_timeout_ms = 10000;
@@ -762,6 +867,7 @@ int main(void) {
   T_ASSERT_INT_EQ(atomic_load(&saw_plain_request), 0);
   t_server_destroy(s);
 
+  test_client_certs();
   test_slots();
   test_timeout();
   test_conn_events();
