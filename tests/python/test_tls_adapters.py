@@ -200,3 +200,36 @@ def test_c_scope_over_tls_equals_python_scope(serve, certs, options):
     # The local host is a trusted proxy by default: its X-Forwarded-Proto wins.
     forwarded = "https" if options.get("proxy_headers") is False else "http"
     assert seen[1][1]["scheme"] == forwarded
+
+
+def test_wsgi_streams_large_bodies_both_ways(serve_wsgi, certs):
+    """8 MiB up through wsgi.input (streamed: above the adapters' 64 KiB threshold) and
+    8 MiB down from a generator (chunked), over TLS."""
+    import hashlib
+    import http.client
+    import os
+
+    big = os.urandom(8 << 20)
+
+    def app(environ, start_response):
+        if environ["REQUEST_METHOD"] == "POST":
+            digest, size = hashlib.sha256(), 0
+            while True:
+                chunk = environ["wsgi.input"].read(65536)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                size += len(chunk)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"%d %s" % (size, digest.hexdigest().encode())]
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return (big[i : i + 100000] for i in range(0, len(big), 100000))
+
+    server = serve_wsgi(app, **certs.options())
+    c = http.client.HTTPSConnection("localhost", server.port, context=certs.context(), timeout=60)
+    c.request("POST", "/", body=big)
+    assert c.getresponse().read() == b"%d %s" % (len(big), hashlib.sha256(big).hexdigest().encode())
+    c.request("GET", "/")
+    response = c.getresponse()
+    assert response.getheader("Transfer-Encoding") == "chunked"
+    assert response.read() == big
