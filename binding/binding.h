@@ -211,6 +211,11 @@ PyObject *pyb_tls_request_dict(pyb_state *st, const pmu_request_t *request);
  * (new reference) for None, or NULL with an exception. */
 PyObject *pyb_tls_asgi_from_dict(pyb_state *st, PyObject *tls);
 
+/* The same extension straight from a live request's session, without
+ * building request.tls: a new dict, None (new reference) on a plain
+ * connection, or NULL with an exception. */
+PyObject *pyb_tls_asgi_from_request(pyb_state *st, const pmu_request_t *request);
+
 /* request.c. The ASGI "tls" extension of a Request (request.tls built first
  * if needed): a new dict, None (new reference) on a plain connection, or NULL
  * with an exception. For scopes built in C. */

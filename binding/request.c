@@ -728,6 +728,9 @@ static PyObject *get_tls(PyObject *op, void *closure) {
 }
 
 PyObject *pyb_request_asgi_tls(PyObject *request) {
+  RequestObject *self = REQ(request);
+  if (self->tls == NULL && self->live != NULL) /* request.tls not needed: skip it */
+    return pyb_tls_asgi_from_request(self->st, self->live);
   PyObject *tls = get_tls(request, NULL);
   if (tls == NULL)
     return NULL;

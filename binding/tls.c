@@ -194,28 +194,32 @@ static PyObject *str_or_none(const char *s) {
   return PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace");
 }
 
+/* The client's certificates as a new list of PEM strs, leaf first; NULL with
+ * an exception. */
+static PyObject *peer_chain(const pmu_request_t *request, const pmu_tls_info_t *info) {
+  PyObject *chain = PyList_New(0);
+  for (unsigned i = 0; chain != NULL && i < info->peer_chain_len; i++) {
+    const unsigned char *der;
+    size_t len;
+    if (pmu_request_tls_peer_cert(request, i, &der, &len) < 0)
+      break;
+    PyObject *pem = pem_str(der, len);
+    if (pem == NULL || PyList_Append(chain, pem) < 0)
+      Py_CLEAR(chain);
+    Py_XDECREF(pem);
+  }
+  return chain;
+}
+
 PyObject *pyb_tls_request_dict(pyb_state *st, const pmu_request_t *request) {
   pmu_tls_info_t info;
   memset(&info, 0, sizeof info);
   if (!request->tls || pmu_request_tls_info(request, &info) < 0)
     Py_RETURN_NONE;
   PyObject *k = keys(st);
-  PyObject *chain = k != NULL ? PyList_New(0) : NULL;
+  PyObject *chain = k != NULL ? peer_chain(request, &info) : NULL;
   if (chain == NULL)
     return NULL;
-  for (unsigned i = 0; i < info.peer_chain_len; i++) {
-    const unsigned char *der;
-    size_t len;
-    if (pmu_request_tls_peer_cert(request, i, &der, &len) < 0)
-      break;
-    PyObject *pem = pem_str(der, len);
-    if (pem == NULL || PyList_Append(chain, pem) < 0) {
-      Py_XDECREF(pem);
-      Py_DECREF(chain);
-      return NULL;
-    }
-    Py_DECREF(pem);
-  }
   PyObject *d = PyDict_New();
   if (d == NULL || put(d, k, K_VERSION, str_or_none(info.version_name)) < 0 ||
       put(d, k, K_CIPHER, str_or_none(info.cipher)) < 0 ||
@@ -238,6 +242,27 @@ PyObject *pyb_tls_request_dict(pyb_state *st, const pmu_request_t *request) {
 }
 
 /* ---- the ASGI extension ---- */
+
+PyObject *pyb_tls_asgi_from_request(pyb_state *st, const pmu_request_t *request) {
+  pmu_tls_info_t info;
+  memset(&info, 0, sizeof info);
+  if (!request->tls || pmu_request_tls_info(request, &info) < 0)
+    Py_RETURN_NONE;
+  PyObject *k = keys(st);
+  PyObject *d = k != NULL ? PyDict_New() : NULL;
+  if (d == NULL ||
+      put(d, k, K_SERVER_CERT, served_cert_pem(info.server_cert_der, info.server_cert_der_len)) <
+          0 ||
+      put(d, k, K_CLIENT_CERT_CHAIN, peer_chain(request, &info)) < 0 ||
+      put(d, k, K_CLIENT_CERT_NAME, str_or_none(info.peer_subject)) < 0 ||
+      put(d, k, K_CLIENT_CERT_ERROR, Py_NewRef(Py_None)) < 0 ||
+      put(d, k, K_TLS_VERSION, PyLong_FromLong(info.version)) < 0 ||
+      put(d, k, K_CIPHER_SUITE, PyLong_FromLong(info.cipher_id)) < 0) {
+    Py_XDECREF(d);
+    return NULL;
+  }
+  return d;
+}
 
 /* Item k of the request.tls dict, or None (a new reference). */
 static PyObject *item(PyObject *tls, PyObject *keys, int k) {
