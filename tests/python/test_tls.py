@@ -460,3 +460,20 @@ def test_sni_cert_that_does_not_load_fails_the_start(certs):
         Server(
             describe, port=0, **certs.options(ssl_sni_certs=[("/nonexistent.pem", "/x.key")])
         ).start()
+
+
+def test_asgi_extension_alike_with_and_without_request_tls(serve, certs):
+    """The ASGI extension made straight from the session equals the one made from
+    request.tls (client certificate included)."""
+
+    def handler(request):
+        direct = request._asgi_tls()
+        assert request.tls is not None  # built now: the next call goes through it
+        return {"same": direct == request._asgi_tls(), "direct": direct}
+
+    server = serve(handler, **certs.options(ssl_ca_certs=certs.ca_pem, ssl_cert_reqs=2))
+    with tls_connect(server.port, certs.context(client="client")) as s:
+        seen = json.loads(get(s)[2])
+    assert seen["same"] is True
+    assert seen["direct"]["client_cert_chain"][0] == served_pem(certs.client)
+    assert "CN=test client" in seen["direct"]["client_cert_name"]
