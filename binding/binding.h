@@ -207,6 +207,10 @@ void pyb_data_done(pyb_data *d);
  * or NULL with an exception. */
 PyObject *pyb_tls_request_dict(pyb_state *st, const pmu_request_t *request);
 
+/* Connection.tls: the same dict without peer_cert_chain, for a connection
+ * handle (NULL: released); None on a plain connection. NULL with an exception. */
+PyObject *pyb_tls_conn_dict(pyb_state *st, const pmu_conn_t *conn);
+
 /* The ASGI "tls" extension made from a request.tls dict: a new dict, None
  * (new reference) for None, or NULL with an exception. */
 PyObject *pyb_tls_asgi_from_dict(pyb_state *st, PyObject *tls);

@@ -319,6 +319,12 @@ static PyObject *get_close_error(PyObject *op, void *closure) {
   return PyLong_FromLong(self->close_err);
 }
 
+/* Connection.tls: built at each access (connection handlers ask rarely). */
+static PyObject *get_tls(PyObject *op, void *closure) {
+  ConnectionObject *self = CONN(op);
+  return pyb_tls_conn_dict(self->st, self->conn);
+}
+
 static PyObject *get_user(PyObject *op, void *closure) {
   PyObject *u = CONN(op)->user;
   return Py_NewRef(u ? u : Py_None);
@@ -339,6 +345,10 @@ static PyGetSetDef conn_getset[] = {
     {"unsent", get_unsent, NULL, "Bytes queued, not yet on the wire.", NULL},
     {"close_error", get_close_error, NULL,
      "The CLOSE event's err (0: an orderly end, else an errno); None before CLOSE.", NULL},
+    {"tls", get_tls, NULL,
+     "The TLS session: None on a plain connection (or once closed), else a dict as "
+     "request.tls without peer_cert_chain.",
+     NULL},
     {"user", get_user, set_user, "Free for the layer above (default None).", NULL},
     {NULL},
 };

@@ -211,15 +211,10 @@ static PyObject *peer_chain(const pmu_request_t *request, const pmu_tls_info_t *
   return chain;
 }
 
-PyObject *pyb_tls_request_dict(pyb_state *st, const pmu_request_t *request) {
-  pmu_tls_info_t info;
-  memset(&info, 0, sizeof info);
-  if (!request->tls || pmu_request_tls_info(request, &info) < 0)
-    Py_RETURN_NONE;
-  PyObject *k = keys(st);
-  PyObject *chain = k != NULL ? peer_chain(request, &info) : NULL;
-  if (chain == NULL)
-    return NULL;
+/* The dict of request.tls (chain: its peer_cert_chain, stolen) or of
+ * Connection.tls (chain NULL: no such key). New reference or NULL. */
+static PyObject *info_dict(PyObject *k, const pmu_tls_info_t *in, PyObject *chain) {
+  pmu_tls_info_t info = *in;
   PyObject *d = PyDict_New();
   if (d == NULL || put(d, k, K_VERSION, str_or_none(info.version_name)) < 0 ||
       put(d, k, K_CIPHER, str_or_none(info.cipher)) < 0 ||
@@ -227,18 +222,37 @@ PyObject *pyb_tls_request_dict(pyb_state *st, const pmu_request_t *request) {
       put(d, k, K_ALPN, str_or_none(info.alpn)) < 0 ||
       put(d, k, K_RESUMED, PyBool_FromLong(info.resumed)) < 0 ||
       put(d, k, K_PEER_SUBJECT, str_or_none(info.peer_subject)) < 0 ||
-      put(d, k, K_PEER_CERT_CHAIN, Py_NewRef(chain)) < 0 ||
+      (chain != NULL && put(d, k, K_PEER_CERT_CHAIN, Py_NewRef(chain)) < 0) ||
       put(d, k, K_VERSION_NUMBER, PyLong_FromLong(info.version)) < 0 ||
       put(d, k, K_CIPHER_ID, PyLong_FromLong(info.cipher_id)) < 0 ||
       put(d, k, K_SERVER_CERT, served_cert_pem(info.server_cert_der, info.server_cert_der_len)) <
           0 ||
       put(d, k, K_KTLS, PyBool_FromLong(info.ktls_tx && info.ktls_rx)) < 0) {
     Py_XDECREF(d);
-    Py_DECREF(chain);
+    Py_XDECREF(chain);
     return NULL;
   }
-  Py_DECREF(chain);
+  Py_XDECREF(chain);
   return d;
+}
+
+PyObject *pyb_tls_request_dict(pyb_state *st, const pmu_request_t *request) {
+  pmu_tls_info_t info;
+  memset(&info, 0, sizeof info);
+  if (!request->tls || pmu_request_tls_info(request, &info) < 0)
+    Py_RETURN_NONE;
+  PyObject *k = keys(st);
+  PyObject *chain = k != NULL ? peer_chain(request, &info) : NULL;
+  return chain != NULL ? info_dict(k, &info, chain) : NULL;
+}
+
+PyObject *pyb_tls_conn_dict(pyb_state *st, const pmu_conn_t *conn) {
+  pmu_tls_info_t info;
+  memset(&info, 0, sizeof info);
+  if (conn == NULL || pmu_conn_tls_info(conn, &info) < 0)
+    Py_RETURN_NONE;
+  PyObject *k = keys(st);
+  return k != NULL ? info_dict(k, &info, NULL) : NULL;
 }
 
 /* ---- the ASGI extension ---- */

@@ -357,6 +357,10 @@ class Connection:
     @property
     def close_error(self) -> Optional[int]:
         """CONN_CLOSE's err (0: orderly); None before."""
+    @property
+    def tls(self) -> Optional[Dict[str, Any]]:
+        """The TLS session (request.tls without peer_cert_chain); None on a plain
+        connection or once closed."""
     user: Any
     def send(self, data: Union[bytes, bytearray, memoryview, str]) -> bool:
         """Queue bytes (str as UTF-8) after everything queued; True when more than

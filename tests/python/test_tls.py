@@ -477,3 +477,33 @@ def test_asgi_extension_alike_with_and_without_request_tls(serve, certs):
     assert seen["same"] is True
     assert seen["direct"]["client_cert_chain"][0] == served_pem(certs.client)
     assert "CN=test client" in seen["direct"]["client_cert_name"]
+
+
+def test_connection_handler_sees_the_session(serve, certs):
+    """Connection events over TLS: OPEN comes after the handshake, conn.tls describes it
+    (request.connection is the same object); a raw TLS connection echoes plaintext."""
+    from pymongoose_uring._native import _pmu
+
+    opened = []
+
+    def on_conn(conn, event, data):
+        if event == _pmu.CONN_OPEN:
+            opened.append(conn.tls)
+
+    def handler(request):
+        return {"conn": request.connection.tls}
+
+    server = serve(handler, connection_handler=on_conn, **certs.options())
+    with tls_connect(server.port, certs.context(), server_hostname="localhost") as s:
+        seen = json.loads(get(s)[2])["conn"]
+    assert seen["server_name"] == "localhost" and "peer_cert_chain" not in seen
+    assert opened and opened[0]["version"] in ("TLSv1.2", "TLSv1.3")
+
+    def echo(conn, event, data):
+        if event == _pmu.CONN_DATA:
+            conn.send(b"%s %s" % (conn.tls["version"].encode(), data))
+
+    raw = serve(None, raw=True, connection_handler=echo, **certs.options())
+    with tls_connect(raw.port, certs.context(alpn=None)) as s:
+        s.sendall(b"ping")
+        assert s.recv(100) == b"TLSv1.3 ping"
