@@ -733,6 +733,27 @@ static void test_ocsp(void) {
   cfg.ssl_ocsp_file = other_path;
   e = refused(&cfg, -EINVAL);
   T_ASSERT_CONTAINS(e, strlen(e), "serial");
+
+  t_case("OCSP stapling through a running server: a client on a socket gets the staple, "
+         "then its answer");
+  t_config_init(&cfg);
+  cfg.ssl_certfile = dflt.chain_path;
+  cfg.ssl_keyfile = dflt.key_path;
+  cfg.ssl_ocsp_file = path; /* now holds `fresh` */
+  t_server_t *ts = t_server_start(&cfg);
+  char why[600], buf[4096];
+  int fd;
+  SSL *ssl = t_tls_connect(ts->port, &(t_tls_client_opts_t){.status_request = true},
+                           T_IO_TIMEOUT_MS, &fd, why, sizeof why);
+  T_ASSERT_MSG(ssl != NULL, "%s", why);
+  long n = SSL_get_tlsext_status_ocsp_resp(ssl, &got);
+  T_ASSERT(n == (long)fresh_len && memcmp(got, fresh, fresh_len) == 0);
+  const char *req = "GET /ocsp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  T_ASSERT(t_tls_write_all(ssl, req, strlen(req)));
+  long got_len = t_tls_read(ssl, buf, sizeof buf, NULL, T_IO_TIMEOUT_MS);
+  T_ASSERT_CONTAINS(buf, (size_t)(got_len > 0 ? got_len : 0), "path=/ocsp");
+  t_tls_close(ssl, fd);
+  t_server_destroy(ts);
   OPENSSL_free(der);
   OPENSSL_free(other_der);
   OPENSSL_free(fresh);
