@@ -390,6 +390,10 @@ static void test_client_certs(void) {
   const char *e = refused(&cfg, -EINVAL);
   T_ASSERT_CONTAINS(e, strlen(e), "ssl_ca_certs");
 
+  cfg.ssl_ca_certs = "/nonexistent/ca.pem";
+  e = refused(&cfg, -EINVAL);
+  T_ASSERT_CONTAINS(e, strlen(e), "/nonexistent/ca.pem");
+
   t_case("required: a certificate from the CA is accepted (TLS 1.3 and 1.2)");
   cfg.ssl_ca_certs = ca.cert_path;
   pmu_server_t *s = started(&cfg);
