@@ -148,6 +148,7 @@ static int ktls_write(pmu__tls_conn_t *t, const char *data, int len) {
   do
     n = sendmsg(t->conn->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
+  t->ctrl_type = 0;           /* the type is asked for before each record that needs one */
   return n == len ? len : -1; /* a record cut short cannot be finished later */
 }
 
