@@ -37,11 +37,6 @@ struct pyb_asgi {
       *a_answered, *a_log, *a_wake;
 };
 
-static struct pyb_asgi *asgi_of_type(PyTypeObject *type) {
-  pyb_state *st = pyb_state_from_type(type);
-  return st ? st->asgi : NULL;
-}
-
 /* ---- Done: an awaitable whose result is there already ---- */
 
 typedef struct {
@@ -295,6 +290,8 @@ fail:
 
 typedef struct {
   PyObject_HEAD
+  pyb_state *st;      /* borrowed: the type holds the module */
+  struct pyb_asgi *a; /* st->asgi */
   PyObject *request, *handler;
   PyObject *status;   /* http.response.start's, as given (0 before) */
   PyObject *headers;  /* the app's, as given (None before) */
@@ -323,9 +320,8 @@ static PyObject *cycle_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
   }
   if (!PyArg_ParseTuple(args, "OO:ASGICycle", &request, &handler))
     return NULL;
-  struct pyb_asgi *a = asgi_of_type(type);
-  if (a == NULL)
-    return NULL;
+  pyb_state *st = pyb_state_from_type(type);
+  struct pyb_asgi *a = st->asgi;
   PyObject *log = PyObject_GetAttr(handler, a->a_access_log);
   int access_log = log ? PyObject_IsTrue(log) : -1;
   Py_XDECREF(log);
@@ -334,6 +330,8 @@ static PyObject *cycle_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
   CycleObject *self = (CycleObject *)type->tp_alloc(type, 0);
   if (self == NULL)
     return NULL;
+  self->st = st;
+  self->a = a;
   self->request = Py_NewRef(request);
   self->handler = Py_NewRef(handler);
   self->status = Py_NewRef(a->zero);
@@ -442,20 +440,26 @@ static int answer(CycleObject *self, struct pyb_asgi *a, PyObject *body) {
     Py_XDECREF(rc);
     return rc ? 0 : -1;
   }
-  pyb_state *st = pyb_state_from_type(Py_TYPE(self->request));
-  if (st == NULL)
-    return -1;
   PyObject *rargs[] = {body, self->status, self->headers, Py_None};
-  PyObject *response = PyObject_Vectorcall((PyObject *)st->response_type, rargs, 4, NULL);
+  PyObject *response = PyObject_Vectorcall((PyObject *)self->st->response_type, rargs, 4, NULL);
   if (response == NULL)
     return -1;
-  PyObject *margs[] = {self->request, response};
-  PyObject *rc =
-      PyObject_VectorcallMethod(a->a_reply, margs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-  Py_DECREF(response);
-  if (rc == NULL)
-    return -1;
-  Py_DECREF(rc);
+  PyObject *rc;
+  if (Py_TYPE(self->request) == self->st->request_type && pyb_request_is_live(self->request)) {
+    /* request.reply(response) without the call: Python may still read the
+     * request, so its data is kept (no owner references: 0). */
+    int answered = pyb_request_answer(self->request, response, 0);
+    Py_DECREF(response);
+    if (answered < 0)
+      return -1;
+  } else { /* answered already, or not a Request: reply() says what is wrong */
+    PyObject *margs[] = {self->request, response};
+    rc = PyObject_VectorcallMethod(a->a_reply, margs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(response);
+    if (rc == NULL)
+      return -1;
+    Py_DECREF(rc);
+  }
   if (self->access_log) {
     PyObject *t0 = PyFloat_FromDouble(self->t0);
     if (t0 == NULL)
@@ -486,9 +490,7 @@ PyDoc_STRVAR(cycle_send_doc,
 
 static PyObject *cycle_send(PyObject *op, PyObject *message) {
   CycleObject *self = CYC(op);
-  struct pyb_asgi *a = asgi_of_type(Py_TYPE(op));
-  if (a == NULL)
-    return NULL;
+  struct pyb_asgi *a = self->a;
   int err = 0;
   PyObject *kind = PyDict_CheckExact(message) ? item(message, a->k_type, &err) : NULL;
   if (err)
@@ -558,9 +560,7 @@ PyDoc_STRVAR(cycle_receive_doc,
 
 static PyObject *cycle_receive(PyObject *op, PyObject *unused) {
   CycleObject *self = CYC(op);
-  struct pyb_asgi *a = asgi_of_type(Py_TYPE(op));
-  if (a == NULL)
-    return NULL;
+  struct pyb_asgi *a = self->a;
   if (!self->body_done) {
     PyObject *streaming = PyObject_GetAttr(self->request, a->a_body_streaming);
     if (streaming == NULL)

@@ -2,7 +2,7 @@
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import (
     Any,
     Dict,
@@ -442,6 +442,41 @@ class MgDispatcher:
     @property
     def resolve(self) -> Callable[[Any], Any]: ...
     def __call__(self, request: Request) -> None: ...
+
+class ASGICycle:
+    """One ASGI request's receive() and send() (binding/asgi.c), the base of
+    pymongoose_uring.asgi._Cycle: send() of http.response.start and of a whole body,
+    receive() of a buffered body return an awaitable already done; anything else
+    returns the subclass's _send(message) / _receive() coroutine."""
+
+    request: Request
+    handler: Any
+    status: Any
+    headers: Any
+    trailers: Any
+    waiter: Optional["asyncio.Future[None]"]
+    client: Optional[Tuple[str, int]]
+    sent: int
+    t0: float
+    started: bool
+    streaming: bool
+    done: bool
+    body_done: bool
+    gone: bool
+    watching: bool
+    def __init__(self, request: Request, handler: Any) -> None: ...
+    def send(self, message: Dict[str, Any]) -> Awaitable[None]: ...
+    def receive(self) -> Awaitable[Dict[str, Any]]: ...
+
+def asgi_scope(
+    request: Request,
+    base: Dict[str, Any],
+    state: Dict[str, Any],
+    forwarded: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> Dict[str, Any]:
+    """The ASGI http scope of request: base's items, the request's, a fresh
+    extensions dict and a copy of state; forwarded(scope) when the request has
+    X-Forwarded-For or X-Forwarded-Proto."""
 
 class Response:
     """Status, headers and body. content_type defaults from the body's type."""

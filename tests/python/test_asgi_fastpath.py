@@ -4,9 +4,7 @@ answer a plain request without yielding to the loop, and hand everything else to
 Python paths; the pure-Python base (no compiled extension) behaves the same."""
 
 import asyncio
-import os
 import socket
-import tempfile
 
 import pytest
 
@@ -94,10 +92,10 @@ def test_c_scope_equals_python_scope(serve, options):
         assert fwd["client"][0] == "127.0.0.1"
 
 
-def test_c_scope_over_a_unix_socket():
+def test_c_scope_over_a_unix_socket(tmp_path):
     handler = ASGIHandler(lambda scope, receive, send: None)
     native, pairs = _both_scopes(handler)
-    path = os.path.join(tempfile.mkdtemp(prefix="asgi-speed-"), "s.sock")
+    path = str(tmp_path / "s.sock")
     with Server(native, unix_path=path):
         c = RawClient(0, family=socket.AF_UNIX, address=path)
         try:
