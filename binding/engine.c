@@ -1267,10 +1267,11 @@ static PyObject *engine_ring_info(PyObject *op, PyObject *args, PyObject *kwargs
 }
 
 PyDoc_STRVAR(reload_tls_doc,
-             "reload_tls()\n\nRead every certificate, key and CA file of the configuration again\n"
-             "(ssl_certfile, ssl_keyfile, ssl_ca_certs, ssl_sni_certs): new handshakes use\n"
-             "them, established connections keep theirs. Any thread. Raises Error naming\n"
-             "what failed (nothing changes then); on a server without TLS, Error EINVAL.");
+             "reload_tls()\n\nRead every certificate, key, CA and OCSP file of the configuration\n"
+             "again (ssl_certfile, ssl_keyfile, ssl_ca_certs, ssl_sni_certs, ssl_ocsp_file):\n"
+             "new handshakes use them, established connections keep theirs. Any thread.\n"
+             "Raises Error naming what failed (nothing changes then); on a server without\n"
+             "TLS, Error EINVAL.");
 
 static PyObject *engine_reload_tls(PyObject *op, PyObject *unused) {
   EngineObject *self = ENGINE(op);

@@ -724,8 +724,8 @@ class Server:
     serve_forever = run  # the socketserver spelling
 
     def reload_tls(self) -> None:
-        """Read every certificate, key and CA file again (``ssl_certfile``,
-        ``ssl_keyfile``, ``ssl_ca_certs``, ``ssl_sni_certs``): new connections
+        """Read every certificate, key, CA and OCSP file again (``ssl_certfile``,
+        ``ssl_keyfile``, ``ssl_ca_certs``, ``ssl_sni_certs``, ``ssl_ocsp_file``): new connections
         get them, established ones keep theirs and nothing is closed. Raises
         ``Error`` naming what failed (a missing file, a key that does not match
         its certificate...): the certificates in use then stay. ``run()`` calls
