@@ -227,7 +227,8 @@ static int set_str(PyObject *d, const char *key, const char *v) {
 PyDoc_STRVAR(probe_doc, "probe() -> dict\n\n"
                         "Ask the kernel what io_uring offers this engine. Never raises for a\n"
                         "missing io_uring: 'available' is False and 'message' names the cause\n"
-                        "and the fix.");
+                        "and the fix. 'ktls': whether established TLS sessions can be handed\n"
+                        "to kernel TLS; 'ktls_message' says why not, or what it supports.");
 
 static PyObject *probe(PyObject *module, PyObject *unused) {
   pmu_probe_t p;
