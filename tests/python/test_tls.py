@@ -507,3 +507,30 @@ def test_connection_handler_sees_the_session(serve, certs):
     with tls_connect(raw.port, certs.context(alpn=None)) as s:
         s.sendall(b"ping")
         assert s.recv(100) == b"TLSv1.3 ping"
+
+
+def test_session_dicts_leak_nothing(serve, certs):
+    """request.tls, the ASGI extension and scheme, read on every request of a connection
+    with a client certificate: the interpreter's live blocks stay flat and every Request
+    is freed."""
+    import gc
+    import sys
+
+    from pymongoose_uring._native import _pmu
+
+    def handler(request):
+        assert request.tls["peer_cert_chain"] and request._asgi_tls()["client_cert_chain"]
+        return request.scheme
+
+    server = serve(handler, **certs.options(ssl_ca_certs=certs.ca_pem, ssl_cert_reqs=2))
+    with tls_connect(server.port, certs.context(client="client")) as s:
+        for _ in range(200):
+            get(s)
+        gc.collect()
+        before = sys.getallocatedblocks()
+        for _ in range(2000):
+            assert get(s)[2] == b"https"
+        gc.collect()
+        grown = sys.getallocatedblocks() - before
+    assert grown < 0.05 * 2000, grown
+    assert _pmu.requests_alive() == 0
