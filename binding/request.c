@@ -834,7 +834,7 @@ static PyGetSetDef request_getset[] = {
     {"tls", get_tls, NULL,
      "The TLS session of the connection: None on a plain one, else a dict (version, cipher, "
      "server_name, alpn, resumed, peer_subject, peer_cert_chain as PEM, version_number, "
-     "cipher_id, server_cert as PEM, ktls), built on first access.",
+     "cipher_id, server_cert as PEM, ktls: the kernel encrypts its sends), built on first access.",
      NULL},
     {"keep_alive", get_keep_alive, NULL, "Whether the connection stays open after this request.",
      NULL},

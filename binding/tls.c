@@ -227,7 +227,7 @@ static PyObject *info_dict(PyObject *k, const pmu_tls_info_t *in, PyObject *chai
       put(d, k, K_CIPHER_ID, PyLong_FromLong(info.cipher_id)) < 0 ||
       put(d, k, K_SERVER_CERT, served_cert_pem(info.server_cert_der, info.server_cert_der_len)) <
           0 ||
-      put(d, k, K_KTLS, PyBool_FromLong(info.ktls_tx && info.ktls_rx)) < 0) {
+      put(d, k, K_KTLS, PyBool_FromLong(info.ktls_tx || info.ktls_rx)) < 0) {
     Py_XDECREF(d);
     Py_XDECREF(chain);
     return NULL;

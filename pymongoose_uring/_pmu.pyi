@@ -153,7 +153,8 @@ class Request:
         """None on a plain connection; else the TLS session: version ('TLSv1.3'),
         cipher, server_name (SNI), alpn, resumed, peer_subject (RFC 4514),
         peer_cert_chain (PEM, leaf first), version_number, cipher_id, server_cert
-        (PEM), ktls. Built on first access."""
+        (PEM), ktls (kernel TLS took it: the kernel encrypts its sends). Built on first
+        access."""
     def _asgi_tls(self) -> Optional[Dict[str, Any]]:
         """The ASGI 'tls' extension of the connection (a new dict); None if plain."""
     @property
