@@ -61,7 +61,8 @@ what differs:
   the handler returns: pymongoose has no way to consume them) or the request of
   the current ``MG_EV_HTTP_MSG``; ``send_len`` counts the bytes queued and not
   yet on the wire; ``send_data()`` is empty (the engine keeps no copy to show).
-- TLS as pymongoose's HTTPS example has it: ``listen("https://...")`` binds at
+- TLS as pymongoose's HTTPS example has it: ``listen("https://...")`` (or
+  ``tls://``, ``ssl://``, ``tcps://``: TCP over TLS without ``http=True``) binds at
   once, and ``listener.tls_init(TlsOpts(cert=PEM, key=PEM[, ca=PEM]))`` starts
   serving HTTPS on it (the engine's TLS: the PEM texts are handed over in memory
   files, never written to disk; ``ca`` asks every client for a certificate that
@@ -1007,9 +1008,10 @@ class Timer:
         return self.due < other.due
 
 
-_TLS_SCHEMES = ("mqtts", "tls", "ssl", "tcps")  # TLS listeners not provided
-_HTTPS_SCHEMES = ("https", "wss")
-_DEFAULT_PORTS = {"http": 80, "ws": 80, "mqtt": 1883, "https": 443, "wss": 443}
+_TLS_SCHEMES = ("mqtts",)  # TLS listeners not provided
+# Mongoose's TLS schemes (mg_url_is_ssl) served here: HTTP(S) or raw TCP by listen()'s http=.
+_HTTPS_SCHEMES = ("https", "wss", "tls", "ssl", "tcps")
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "mqtt": 1883, "https": 443, "wss": 443}  # others: 0
 
 
 def _is_https(url: str) -> bool:

@@ -203,3 +203,20 @@ def test_https_listener_without_tls_init_warns_and_closes(caplog):
 
     with socket.socket() as s:  # the port was let go
         s.bind(("127.0.0.1", port))
+
+
+def test_tls_tcp_listener(certs):
+    """tls:// without http=True: a TCP server over TLS, MG_EV_READ gets the plaintext and
+    send() is encrypted."""
+    from pymongoose_uring.compat import MG_EV_READ
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_READ:
+            conn.send(b"%s:%s" % (b"tls" if conn.is_tls else b"plain", conn.recv_data()))
+
+    with Manager(handler) as mgr:
+        listener = mgr.listen("tls://127.0.0.1:0")
+        listener.tls_init(TlsOpts(cert=read(certs.server_pem), key=read(certs.server_key)))
+        with tls_connect(listener.local_addr[1], certs.context(alpn=None)) as s:
+            s.sendall(b"hello")
+            assert s.recv(100) == b"tls:hello"
