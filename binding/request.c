@@ -142,8 +142,11 @@ static int snapshot(RequestObject *self) {
   keep_connection(self);
   /* The session's snapshot is the engine's, held by the live request only:
    * request.tls is built now, or never (a copy cannot reach the session). */
-  if (r->tls && self->tls == NULL && (self->tls = pyb_tls_request_dict(self->st, r)) == NULL)
-    return -1;
+  if (r->tls && self->tls == NULL) {
+    if ((self->tls = pyb_tls_request_dict(self->st, r)) == NULL)
+      return -1;
+    track(self); /* as get_tls: the dict may be made to hold anything */
+  }
   size_t body_len = self->body ? 0 : r->body_len;
   size_t total = sizeof(pmu_request_t) + r->header_count * sizeof(pmu_header_t) + r->method_len +
                  r->target_len + r->path_len + r->query_len + 4 + body_len;
