@@ -864,8 +864,8 @@ def tls_options(
                 extra.append("--ssl-sni-cert")
             p.error(f"{', '.join(extra)}: give --ssl-certfile too (the HTTPS certificate)")
         return options
-    for option in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs"):
-        path = getattr(args, option)
+    for option in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs", "ssl_ocsp_file"):
+        path = getattr(args, option, None)
         if path is not None and not os.path.isfile(path):
             p.error(f"--{option.replace('_', '-')} {path}: no such file")
         if path is not None:  # (a reload reads it again: whatever the directory then)

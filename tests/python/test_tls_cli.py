@@ -175,6 +175,7 @@ def test_options_set_the_knobs(certs, tmp_path):
     [
         (["--ssl-keyfile", "KEY"], "give --ssl-certfile too"),
         (["--ssl-certfile", "/nonexistent/cert.pem"], "no such file"),
+        (["--ssl-certfile", "CERT", "--ssl-ocsp-file", "/nonexistent/ocsp.der"], "no such file"),
         (["--ssl-certfile", "CERT", "--ssl-cert-reqs", "2"], "needs --ssl-ca-certs"),
         (["--ssl-certfile", "CERT", "--ssl-version", "3"], "TLS 1.2 is the oldest"),
         (["--ssl-certfile", "CERT", "--ssl-min-version", "TLSv1.1"], "invalid choice"),
