@@ -9,7 +9,7 @@
  * tickets on (a ticket in the hello reaches the ticket key callback), an OCSP
  * response stapled for the default certificate (status_request). The
  * certificates are made at start-up into a temporary directory (nothing is
- * committed); the context is loaded once.
+ * committed), which goes once the context is loaded.
  *
  * Input: byte 0 is the piece size (0: everything at once; n: n bytes per
  * SSL_do_handshake call, so 1 dribbles byte by byte); the rest is what the
@@ -52,12 +52,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static pmu_server_t *server;
 static char dir[64];
 
-static void die(const char *what) {
-  fprintf(stderr, "fuzz_tls: %s\n", what);
-  ERR_print_errors_fp(stderr);
-  exit(2);
-}
-
 static void remove_dir(void) {
   const char *names[] = {"ca.pem", "default.pem", "a.pem", "wild.pem", "default.ocsp"};
   char path[128];
@@ -66,6 +60,13 @@ static void remove_dir(void) {
     unlink(path);
   }
   rmdir(dir);
+}
+
+static void die(const char *what) {
+  fprintf(stderr, "fuzz_tls: %s\n", what);
+  ERR_print_errors_fp(stderr);
+  remove_dir();
+  exit(2);
 }
 
 /* A certificate (with its key, in one PEM file) for the DNS name dns, signed
@@ -134,7 +135,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   snprintf(dir, sizeof dir, "/tmp/pmu-fuzz-tls-XXXXXX");
   if (!mkdtemp(dir))
     die("mkdtemp");
-  atexit(remove_dir);
   EVP_PKEY *keys[4];
   X509 *certs[4];
   make("ca.pem", "fuzz ca", NULL, NULL, &keys[0], &certs[0]);
@@ -166,10 +166,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   server->cfg.ssl_sni_certs = sni;
   server->cfg.ssl_sni_cert_count = 2;
   server->cfg.ssl_ocsp_file = ocsp;
-  if (pmu__tls_server_init(server) < 0) {
-    fprintf(stderr, "fuzz_tls: %s\n", pmu_server_error(server));
-    exit(2);
-  }
+  if (pmu__tls_server_init(server) < 0)
+    die(pmu_server_error(server));
+  remove_dir(); /* loaded: the files are not read again (libFuzzer may end with _exit) */
   return 0;
 }
 
