@@ -455,7 +455,7 @@ class Server:
     SNI matches one of its names (the first that matches; else
     ``ssl_certfile``'s). On a TLS connection ``request.scheme`` is ``"https"``
     and ``request.tls`` describes the session (version, cipher, SNI, ALPN,
-    resumption, the client's certificate); :meth:`reload_tls` (and SIGUSR2 in
+    resumption, the client's certificate); :meth:`reload_tls` (and SIGUSR2 or SIGHUP in
     ``run()``) reads the certificate files again without closing anything.
 
     Files: ``statics``, a list of :class:`StaticMount` (``_pmu.StaticMount``),
@@ -695,15 +695,16 @@ class Server:
                 engine.stop()
 
         def on_reload(signum: int, frame: Optional[FrameType]) -> None:
-            self._reload_on_signal()
+            self._reload_on_signal(signal.Signals(signum).name)
 
         # Handlers first: a signal arriving while the server starts must stop
         # it, not raise KeyboardInterrupt somewhere in the middle.
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
-            if self.tls:  # SIGUSR2: read the certificates again, in place
-                previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_reload)
+            if self.tls:  # SIGUSR2 and SIGHUP: read the certificates again, in place
+                for sig in (signal.SIGUSR2, signal.SIGHUP):
+                    previous[sig] = signal.signal(sig, on_reload)
         engine = None
         try:
             self.start()
@@ -729,19 +730,20 @@ class Server:
         get them, established ones keep theirs and nothing is closed. Raises
         ``Error`` naming what failed (a missing file, a key that does not match
         its certificate...): the certificates in use then stay. ``run()`` calls
-        it on SIGUSR2."""
+        it on SIGUSR2 and SIGHUP (under the command line's supervisor, SIGHUP replaces
+        the workers instead)."""
         engine = self._engine
         if engine is None:
             raise RuntimeError("the server is not running")
         engine.reload_tls()
 
-    def _reload_on_signal(self) -> None:
+    def _reload_on_signal(self, name: str) -> None:
         try:
             self.reload_tls()
         except Exception as exc:  # the old certificates stay: say why, go on serving
-            say(f"SIGUSR2: reloading the TLS certificates failed ({exc}); the ones in use stay")
+            say(f"{name}: reloading the TLS certificates failed ({exc}); the ones in use stay")
         else:
-            say("SIGUSR2: TLS certificates reloaded; new connections get them")
+            say(f"{name}: TLS certificates reloaded; new connections get them")
 
     def __enter__(self) -> "Server":
         return self.start()

@@ -213,8 +213,13 @@ def swap_certificate(certs, cert, key):
     return fresh
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_sigusr2_reloads_certificates_in_place(app_dir, certs, workers):
+@pytest.mark.parametrize(
+    "workers, sig",
+    [(1, signal.SIGUSR2), (2, signal.SIGUSR2), (1, signal.SIGHUP)],
+    ids=["one-SIGUSR2", "two-SIGUSR2", "one-SIGHUP"],
+)
+def test_sigusr2_reloads_certificates_in_place(app_dir, certs, workers, sig):
+    """SIGUSR2 (and SIGHUP for a single process, which has no workers to replace)."""
     cert, key = app_dir / "live.pem", app_dir / "live.key"
     shutil.copy(certs.server_pem, cert)
     shutil.copy(certs.server_key, key)
@@ -243,7 +248,7 @@ def test_sigusr2_reloads_certificates_in_place(app_dir, certs, workers):
             assert get(s)[0] == 200
             assert ssl.DER_cert_to_PEM_cert(s.getpeercert(True)) == served_pem(certs.server)
         fresh = swap_certificate(certs, cert, key)
-        proc.send_signal(signal.SIGUSR2)
+        proc.send_signal(sig)
         lines.wait("TLS certificates reloaded", workers)
         for _ in range(6):  # new connections (spread over the workers) get the new one
             with tls_connect(port, ctx) as s:
@@ -254,7 +259,7 @@ def test_sigusr2_reloads_certificates_in_place(app_dir, certs, workers):
             s.close()
         # A bad file: said, and the certificate in use stays.
         key.write_bytes(b"garbage")
-        proc.send_signal(signal.SIGUSR2)
+        proc.send_signal(sig)
         lines.wait("reloading the TLS certificates failed", workers)
         with tls_connect(port, ctx) as s:
             assert ssl.DER_cert_to_PEM_cert(s.getpeercert(True)) == served_pem(fresh)
