@@ -823,6 +823,7 @@ static void test_concurrent(t_server_t *s) {
     int n = snprintf(req, sizeof req, "GET /c%d HTTP/1.1\r\nHost: x\r\n\r\n", i);
     tc_send(cs[i], req, (size_t)n);
   }
+  T_WAIT_UNTIL(t_stats(s, -1).connections_open == N, T_EVENT_MS); /* earlier cases' closes */
   T_ASSERT_INT_EQ(t_stats(s, -1).connections_open, N);
   for (int i = 0; i < N; i++) {
     char target[32];
