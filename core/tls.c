@@ -54,6 +54,9 @@
 #ifndef SOL_TLS
 #define SOL_TLS 282
 #endif
+#ifndef TCP_ULP
+#define TCP_ULP 31
+#endif
 /* OpenSSL's internal BIO controls for kTLS (include/internal/bio.h), stable
  * since 3.0: install keys (larg 1: transmit), and the record type of the next
  * write. */

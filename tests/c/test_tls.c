@@ -10,7 +10,8 @@
  * handshake slot limit (connections beyond it wait, then are served), a
  * 16 MiB streamed upload and a 16 MiB download, a file answer, a WebSocket,
  * resumption, close_notify on a closing answer and on the server's stop, and
- * 200 concurrent connections.
+ * 1000 concurrent connections (handshaking four at a time), client certificates,
+ * connection events and a raw listener over TLS.
  */
 #include "testlib.h"
 #include "tlslib.h"
@@ -811,18 +812,40 @@ static void test_conn_events(void) {
   t_server_destroy(s);
 }
 
+struct connect_job {
+  uint16_t port;
+  tconn_t **out;
+  int n;
+};
+
+static void *connect_many(void *arg) {
+  struct connect_job *j = arg;
+  for (int i = 0; i < j->n; i++)
+    j->out[i] = tc_connect(j->port, NULL);
+  return NULL;
+}
+
 static void test_concurrent(t_server_t *s) {
-  enum { N = 200 };
-  t_case("200 concurrent TLS connections, a request each");
+  enum { N = 1000 };
+  t_case("1000 concurrent TLS connections, a request each");
   T_ASSERT(t_raise_nofile(4 * N + 64));
   tconn_t **cs = calloc(N, sizeof *cs);
-  for (int i = 0; i < N; i++)
-    cs[i] = tc_connect(s->port, NULL);
+  /* Four clients handshake at once: the ring has handshakes of many connections in
+   * each turn. */
+  struct connect_job jobs[4];
+  pthread_t th[4];
+  for (int k = 0; k < 4; k++) {
+    jobs[k] = (struct connect_job){.port = s->port, .out = cs + k * (N / 4), .n = N / 4};
+    T_ASSERT(pthread_create(&th[k], NULL, connect_many, &jobs[k]) == 0);
+  }
+  for (int k = 0; k < 4; k++)
+    T_ASSERT(pthread_join(th[k], NULL) == 0);
   for (int i = 0; i < N; i++) {
     char req[64];
     int n = snprintf(req, sizeof req, "GET /c%d HTTP/1.1\r\nHost: x\r\n\r\n", i);
     tc_send(cs[i], req, (size_t)n);
   }
+  T_WAIT_UNTIL(t_stats(s, -1).connections_open == N, T_EVENT_MS); /* earlier cases' closes */
   T_ASSERT_INT_EQ(t_stats(s, -1).connections_open, N);
   for (int i = 0; i < N; i++) {
     char target[32];
