@@ -3,6 +3,10 @@
 Every run's Lua script is the workload's own (benchmarks/lua/) with report.lua appended,
 whose done() prints one BENCH_RESULT line of JSON: requests, duration, bytes, socket and
 status errors, latency mean/p50/p90/p99/max in microseconds.
+
+Over HTTPS (`tls`) wrk runs with the preload of bench/tls.py (benchmarks/wrktls/wrktls.c): no
+connection resumes a session, and the result gains "tls", the preload's count of handshakes
+(full and resumed) and what the first one negotiated.
 """
 
 import json
@@ -11,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 
-from . import LUA_DIR, BenchError
+from . import LUA_DIR, BenchError, tls as tls_module
 
 MARK = "BENCH_RESULT "
 
@@ -53,9 +57,13 @@ def run(
     headers=(),
     timeout=5,
     log=None,
+    tls=None,
+    preload=None,
 ):
     """Run wrk against 127.0.0.1:port for `duration` whole seconds, one thread per client
-    CPU. Returns the BENCH_RESULT dict; raises BenchError if wrk fails."""
+    CPU; over https:// when `tls` (the server's Certificate) is given, with the TLS preload
+    (`preload`, default bench/tls.PRELOAD). Returns the BENCH_RESULT dict; raises BenchError if
+    wrk fails or, over HTTPS, the preload did not report."""
     cpus = sorted(cpus)
     threads = max(1, min(len(cpus), connections))
     lua = _script(script)
@@ -71,7 +79,13 @@ def run(
     ]
     for h in headers:
         argv += ["-H", h]
-    argv.append("http://127.0.0.1:%d%s" % (port, path))
+    argv.append("%s://127.0.0.1:%d%s" % ("https" if tls else "http", port, path))
+    env = None
+    if tls:
+        preload = preload or tls_module.PRELOAD
+        if not os.path.exists(preload):
+            raise BenchError("no TLS preload for wrk at %s (bench/tls.build_preload)" % preload)
+        env = dict(os.environ, **tls_module.preload_env(preload))
     if script_args:
         argv += ["--", *script_args]
     try:
@@ -81,6 +95,7 @@ def run(
             text=True,
             timeout=duration + 60,
             preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+            env=env,
         )
     except subprocess.TimeoutExpired as e:
         raise BenchError("wrk did not finish: %s" % " ".join(argv)) from e
@@ -93,6 +108,13 @@ def run(
         if line.startswith(MARK):
             result = json.loads(line[len(MARK) :])
             result["argv"] = argv
+            if tls:
+                result["tls"] = tls_module.parse_preload(proc.stderr)
+                if result["tls"] is None:
+                    raise BenchError(
+                        "wrk ran without the TLS preload's report (%s not loaded?): %s"
+                        % (preload, proc.stderr[-500:])
+                    )
             return result
     raise BenchError(
         "wrk failed (exit %d): %s\n%s%s"
