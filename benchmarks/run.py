@@ -369,7 +369,12 @@ def main(argv=None):
         built.files_root = files.prepare()
     certificates = None
     if any(d.tls for d in defs):
-        # HTTPS: this run's certificates, and wrk's preload (bench/tls.py).
+        # HTTPS: this run's certificates, and wrk's preload (bench/tls.py): the openssl
+        # command and OpenSSL's headers from apt-get when missing.
+        if not args.no_install:
+            error = tls.ensure_tools(setup_log)
+            if error:
+                raise SystemExit("the HTTPS servers need %s" % error)
         if not args.provision_only:
             _preload, error = tls.build_preload(setup_log, build=not args.no_build)
             if error:

@@ -135,6 +135,21 @@ def remove(certificates):
         shutil.rmtree(d, ignore_errors=True)
 
 
+HEADER = "/usr/include/openssl/ssl.h"  # Debian's libssl-dev
+
+
+def ensure_tools(log=None):
+    """Install what the HTTPS suite needs and lacks, as the runner installs wrk and nginx:
+    the openssl command (the certificates) and libssl-dev (the preload's headers). Returns
+    None, or why not."""
+    from . import provision
+
+    error = provision.ensure_tool("openssl", log)
+    if error is None and not os.path.exists(HEADER):
+        error = provision.apt_install(["libssl-dev"], log)
+    return error
+
+
 def build_preload(log=None, target=PRELOAD, source=PRELOAD_SOURCE, build=True):
     """Compile benchmarks/wrktls/wrktls.c into a shared library when it is missing or older
     than its source (links libssl: Debian's libssl-dev). Returns (path, None) or (None, why
