@@ -13,7 +13,7 @@ step() { echo "== $* [$((SECONDS / 60))m$((SECONDS % 60))s]"; }
 
 # --- Debian packages: compiler, liburing (io_uring), llhttp sources, zlib (WebSocket
 # permessage-deflate), pkg-config, clang-format for the format check.
-debs=(gcc libc6-dev pkg-config liburing-dev node-llhttp zlib1g-dev python3-dev clang-format)
+debs=(gcc libc6-dev pkg-config liburing-dev node-llhttp zlib1g-dev libssl-dev python3-dev clang-format)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
