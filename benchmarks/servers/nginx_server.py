@@ -110,6 +110,14 @@ def echo_module():
     return None
 
 
+def has_ssl_module(nginx):
+    """Whether this nginx was built with ngx_http_ssl_module (`nginx -V`; nginx-light is)."""
+    import subprocess
+
+    p = subprocess.run([nginx, "-V"], capture_output=True, text=True)
+    return "--with-http_ssl_module" in p.stdout + p.stderr
+
+
 def config(prefix, port, options, module, files_root, tls_files=None):
     """The text of nginx.conf for a server on `port` with `options` ([], ["nocache"] or
     ["tls"]; `tls_files` the (certificate, key) of "tls")."""
@@ -144,6 +152,8 @@ def main():
     nginx = find_nginx()
     if nginx is None:
         common.unavailable("nginx", "no nginx binary on PATH or in /usr/sbin")
+    if "tls" in options and not has_ssl_module(nginx):
+        common.unavailable("nginx's ssl module", "%s -V shows no --with-http_ssl_module" % nginx)
     prefix = "/tmp/pmu-bench-nginx-%d" % port
     os.makedirs(os.path.join(prefix, "data"), mode=0o755, exist_ok=True)
     os.makedirs(os.path.join(prefix, "tmp"), mode=0o755, exist_ok=True)

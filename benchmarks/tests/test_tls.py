@@ -155,6 +155,7 @@ def test_nginx_tls_config_is_nginx_for_speed_with_the_runs_suite_and_ciphers():
 
 @has_nginx
 def test_nginx_accepts_its_tls_config(certs, tmp_path):
+    assert nginx_server.has_ssl_module(nginx_server.find_nginx())  # Debian's nginx-light has it
     conf = tmp_path / "nginx.conf"
     conf.write_text(
         nginx_server.config(
