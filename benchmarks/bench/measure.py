@@ -78,6 +78,8 @@ def point(
         out["mem_per_conn_kib"] = max(0, rss_peak - rss_before) / workload.connections / 1024
     if server.certificate is not None:
         out.update(tls_figures(server.name, workload, result["tls"], cpu_s))
+        # wrk's share of its core: over TLS the client, not the server, may set the pace.
+        out["client_cpu_util"] = result["client_cpu_s"] / seconds if seconds else None
     return out
 
 

@@ -129,7 +129,7 @@ def workload_table(workload, rows, labels, reference, header_note=""):
     if ws:
         cols += ["CPU used, server / client", "Client µs/msg"]
     if tls_col:
-        cols.append("Negotiated")
+        cols += ["CPU used, server / client", "Negotiated"]
     cols += ["Errors", vs]
     lines = [
         "### %s%s" % (workload.title, header_note),
@@ -171,6 +171,9 @@ def workload_table(workload, rows, labels, reference, header_note=""):
             )
             cells.append(_fmt(row.get("client_us_per_msg"), 2))
         if tls_col:
+            cells.append(
+                "%s / %s" % (_pct(row.get("server_cpu_util")), _pct(row.get("client_cpu_util")))
+            )
             cells.append(row.get("tls_negotiated") or "-")
         cells += [_fmt_int(errors) if errors else "0", ratio]
         lines.append("| " + " | ".join(cells) + " |")

@@ -11,6 +11,7 @@ connection resumes a session, and the result gains "tls", the preload's count of
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -88,6 +89,7 @@ def run(
         env = dict(os.environ, **tls_module.preload_env(preload))
     if script_args:
         argv += ["--", *script_args]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         proc = subprocess.run(
             argv,
@@ -101,6 +103,9 @@ def run(
         raise BenchError("wrk did not finish: %s" % " ".join(argv)) from e
     finally:
         os.unlink(lua)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # wrk's own CPU (user + system): the children reaped meanwhile are wrk alone.
+    client_cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if log:
         with open(log, "a") as f:
             f.write("$ %s\n%s%s\n" % (" ".join(argv), proc.stdout, proc.stderr))
@@ -108,6 +113,7 @@ def run(
         if line.startswith(MARK):
             result = json.loads(line[len(MARK) :])
             result["argv"] = argv
+            result["client_cpu_s"] = client_cpu_s
             if tls:
                 result["tls"] = tls_module.parse_preload(proc.stderr)
                 if result["tls"] is None:
