@@ -536,6 +536,7 @@ def test_a_tls_run_measures_full_handshakes_and_switches_certificates(tmp_path, 
     rows = {r["workload"]: r for r in results["results"]}
     assert set(rows) == {"tls-keepalive", "tls-handshake-rsa"}
     assert rows["tls-keepalive"]["handshakes"] == 64  # one per connection; warm-up not counted
+    assert 0 < rows["tls-keepalive"]["client_cpu_util"] <= 1.05  # wrk's share of its core
     hs = rows["tls-handshake-rsa"]
     assert hs["resumed"] == 0 and hs["handshakes"] >= hs["requests"] > 0
     assert hs["handshakes_per_cpu_s"] > 0 and rows["tls-keepalive"]["handshakes_per_cpu_s"] is None
