@@ -71,8 +71,9 @@
  * records at most (a client certificate chain with it in TLS 1.2). */
 #define TLS_HS_IN_MAX (256 * 1024)
 /* Ciphertext buffers larger than this are freed when empty: an idle
- * keep-alive connection keeps none of them. */
-#define TLS_BUF_KEEP 16384
+ * keep-alive connection keeps at most two of this size (with
+ * SSL_MODE_RELEASE_BUFFERS, OpenSSL keeps none of its own). */
+#define TLS_BUF_KEEP 4096
 
 enum tls_state {
   TLS_WAITING,   /* accepted, waiting for a handshake slot: nothing read */
@@ -147,6 +148,7 @@ static int ktls_write(pmu__tls_conn_t *t, const char *data, int len) {
   do
     n = sendmsg(t->conn->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
+  t->ctrl_type = 0;           /* the type is asked for before each record that needs one */
   return n == len ? len : -1; /* a record cut short cannot be finished later */
 }
 
@@ -555,6 +557,8 @@ static void decrypt(pmu__conn_t *c) {
     int n = SSL_read(t->ssl, buf, TLS_RECORD);
     if (n > 0) {
       pmu__conn_on_recv(c, buf, (size_t)n);
+      if (t->in_len == 0 && !SSL_has_pending(t->ssl))
+        break; /* all of it read: no call that would only say WANT_READ */
       continue;
     }
     int err = SSL_get_error(t->ssl, n);

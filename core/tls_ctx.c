@@ -138,6 +138,8 @@ typedef struct cert_slot {
   SSL_CTX *ctx;
   char **names; /* lower case DNS names it answers for ("*.x" wildcards) */
   size_t nnames;
+  unsigned char *der; /* the leaf certificate as DER, for snapshots */
+  size_t der_len;
 } cert_slot_t;
 
 struct pmu__tls_ctx {
@@ -183,6 +185,7 @@ static void ctx_free(pmu__tls_ctx_t *c) {
     for (size_t k = 0; k < c->slots[i].nnames; k++)
       free(c->slots[i].names[k]);
     free(c->slots[i].names);
+    OPENSSL_free(c->slots[i].der);
   }
   free(c->slots);
   free(c->alpn);
@@ -474,6 +477,10 @@ static int load_slot(pmu_server_t *s, pmu__tls_server_t *t, const char *certfile
   SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
   SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
   int rc = read_names(slot, SSL_CTX_get0_certificate(ctx));
+  int der_len = rc < 0 ? 0 : i2d_X509(SSL_CTX_get0_certificate(ctx), &slot->der);
+  if (der_len <= 0)
+    rc = -ENOMEM;
+  slot->der_len = der_len > 0 ? (size_t)der_len : 0;
   if (rc < 0)
     pmu__set_error(s, "out of memory");
   ERR_clear_error();
@@ -754,7 +761,12 @@ pmu__tls_snap_t *pmu__tls_snap_new(SSL *ssl) {
   const unsigned char *alpn = NULL;
   unsigned alpn_len = 0;
   SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
-  X509 *own = SSL_get_certificate(ssl);
+  /* Our certificate's DER, encoded once at load: the slot whose SSL_CTX SNI chose. */
+  const pmu__tls_ctx_t *c = ctx_of(ssl);
+  const cert_slot_t *slot = NULL;
+  for (size_t i = 0; c && i < c->nslots && !slot; i++)
+    if (c->slots[i].ctx == SSL_get_SSL_CTX(ssl))
+      slot = &c->slots[i];
   X509 *peer = SSL_get0_peer_certificate(ssl);
   /* On the server the chain OpenSSL keeps excludes the client's leaf. */
   STACK_OF(X509) *chain = peer ? SSL_get_peer_cert_chain(ssl) : NULL;
@@ -772,13 +784,12 @@ pmu__tls_snap_t *pmu__tls_snap_new(SSL *ssl) {
       subject_len = 0;
     BIO_free(mem);
   }
-  int own_len = own ? i2d_X509(own, NULL) : 0;
+  size_t own_len = slot ? slot->der_len : 0;
   int lens[64];
   if (npeer > 64)
     npeer = 64;
   size_t size = sizeof(pmu__tls_snap_t) + npeer * (sizeof(unsigned char *) + sizeof(size_t)) + 32;
-  size +=
-      (sni ? strlen(sni) + 1 : 0) + alpn_len + 1 + subject_len + 1 + (own_len > 0 ? own_len : 0);
+  size += (sni ? strlen(sni) + 1 : 0) + alpn_len + 1 + subject_len + 1 + own_len;
   for (unsigned i = 0; i < npeer; i++) {
     lens[i] = i2d_X509(i == 0 ? peer : sk_X509_value(chain, (int)i - 1), NULL);
     size += lens[i] > 0 ? (size_t)lens[i] : 0;
@@ -815,10 +826,11 @@ pmu__tls_snap_t *pmu__tls_snap_new(SSL *ssl) {
     snap->peer_der[i] = d;
     snap->peer_len[i] = n > 0 ? (size_t)n : 0;
   }
-  if (own_len > 0) {
-    unsigned char *d = bump(&b, (size_t)own_len, 1), *w = d;
+  if (own_len) {
+    unsigned char *d = bump(&b, own_len, 1);
+    memcpy(d, slot->der, own_len);
     in->server_cert_der = d;
-    in->server_cert_der_len = (size_t)i2d_X509(own, &w);
+    in->server_cert_der_len = own_len;
   }
   ERR_clear_error();
   return snap;

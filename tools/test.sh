@@ -70,7 +70,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print
   meson test -C build/asan --print-errorlogs --num-processes 2
 
 # --- libFuzzer harnesses (tests/fuzz): clang only for this step. Each runs for
-# FUZZ_SECONDS (default 12: five harnesses in 60 s, the suite under 10 minutes); a crash or a
+# FUZZ_SECONDS (default 12: six harnesses in 72 s, the suite under 10 minutes); a crash or a
 # failed framing or property check fails the suite.
 # Long runs: tools/fuzz.sh SECONDS (see tests/fuzz/README.md).
 fuzz_missing=()
