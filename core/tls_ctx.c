@@ -20,6 +20,10 @@
  * not after. OpenSSL's own session cache is off: resumption is by ticket only,
  * so it works across ring threads and holds no memory per session.
  *
+ * OCSP stapling (ssl_ocsp_file) is nginx's ssl_stapling_file: a response the
+ * operator fetches and refreshes, read and checked with the certificates (at
+ * start and by a reload), sent verbatim to a client that asks.
+ *
  * The snapshot (pmu__tls_snap_t) is one malloc'd block holding the
  * pmu_tls_info_t strings and DER: immutable after pmu__tls_snap_new, freed by
  * its last unref, independent of the server and the context.
@@ -43,6 +47,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/ocsp.h>
 #include <openssl/opensslconf.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
@@ -148,6 +153,8 @@ struct pmu__tls_ctx {
   size_t nslots;
   unsigned char *alpn; /* the ALPN list in wire format; NULL: no ALPN */
   size_t alpn_len;
+  unsigned char *ocsp; /* ssl_ocsp_file's DER response, stapled for the last slot; NULL: none */
+  size_t ocsp_len;
   tickets_t *tickets; /* a reference */
 };
 
@@ -158,7 +165,7 @@ typedef struct pmu__tls_server {
   tickets_t *tickets;
   int ktls; /* SSL_OP_ENABLE_KTLS: ssl_ktls and the probe said yes */
   /* Copies of the settings the config named (s->cfg points at them). */
-  char *certfile, *keyfile, *password, *ca_certs, *ciphers, *suites, *min_version, *alpn;
+  char *certfile, *keyfile, *password, *ca_certs, *ciphers, *suites, *min_version, *alpn, *ocsp;
   pmu_tls_cert_t *sni;
   size_t nsni;
 } pmu__tls_server_t;
@@ -189,6 +196,7 @@ static void ctx_free(pmu__tls_ctx_t *c) {
   }
   free(c->slots);
   free(c->alpn);
+  free(c->ocsp);
   tickets_unref(c->tickets);
   free(c);
 }
@@ -312,6 +320,20 @@ static int on_ticket_key(SSL *ssl, unsigned char key_name[16], unsigned char *iv
     rc = -1;
   OPENSSL_cleanse(&key, sizeof key);
   return rc;
+}
+
+/* OCSP stapling: a client that sent status_request, served ssl_certfile's
+ * certificate, gets ssl_ocsp_file's response (OpenSSL frees the copy). */
+static int on_status(SSL *ssl, void *arg) {
+  pmu__tls_ctx_t *c = ctx_of(ssl);
+  if (!c || !c->ocsp || SSL_get_SSL_CTX(ssl) != c->slots[c->nslots - 1].ctx)
+    return SSL_TLSEXT_ERR_NOACK;
+  unsigned char *copy = OPENSSL_memdup(c->ocsp, c->ocsp_len);
+  if (!copy || !SSL_set_tlsext_status_ocsp_resp(ssl, copy, (long)c->ocsp_len)) {
+    OPENSSL_free(copy);
+    return SSL_TLSEXT_ERR_NOACK;
+  }
+  return SSL_TLSEXT_ERR_OK;
 }
 
 /* A key's password, from the SSL_CTX's userdata; "" when none was given, so
@@ -476,6 +498,8 @@ static int load_slot(pmu_server_t *s, pmu__tls_server_t *t, const char *certfile
   }
   SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
   SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
+  if (t->ocsp) /* after SNI OpenSSL asks the chosen SSL_CTX: every slot has it */
+    SSL_CTX_set_tlsext_status_cb(ctx, on_status);
   int rc = read_names(slot, SSL_CTX_get0_certificate(ctx));
   int der_len = rc < 0 ? 0 : i2d_X509(SSL_CTX_get0_certificate(ctx), &slot->der);
   if (der_len <= 0)
@@ -522,6 +546,53 @@ static int alpn_parse(pmu_server_t *s, const char *list, pmu__tls_ctx_t *c) {
   return 0;
 }
 
+/* ssl_ocsp_file into c->ocsp: a successful OCSP response (DER) with a status
+ * for the certificate's serial. 0, or -errno with the error set. */
+static int ocsp_load(pmu_server_t *s, const char *path, X509 *leaf, pmu__tls_ctx_t *c) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    int err = errno;
+    pmu__set_error(s, "cannot read ssl_ocsp_file %s: %s", path, strerror(err));
+    return -err;
+  }
+  unsigned char *buf = malloc(1 << 20);
+  size_t n = buf ? fread(buf, 1, 1 << 20, f) : 0;
+  int big = buf && n == 1 << 20 && fgetc(f) != EOF;
+  fclose(f);
+  if (!buf) {
+    pmu__set_error(s, "out of memory");
+    return -ENOMEM;
+  }
+  const unsigned char *p = buf;
+  OCSP_RESPONSE *resp = big ? NULL : d2i_OCSP_RESPONSE(NULL, &p, (long)n);
+  OCSP_BASICRESP *basic = resp ? OCSP_response_get1_basic(resp) : NULL;
+  const char *why = NULL;
+  if (!resp || (size_t)(p - buf) != n)
+    why = big ? "over 1 MiB" : "not a DER OCSP response";
+  else if (OCSP_response_status(resp) != OCSP_RESPONSE_STATUS_SUCCESSFUL || !basic)
+    why = "not a successful OCSP response";
+  int found = 0;
+  for (int i = 0; !why && !found && i < OCSP_resp_count(basic); i++) {
+    ASN1_INTEGER *serial = NULL;
+    OCSP_id_get0_info(NULL, NULL, NULL, &serial,
+                      (OCSP_CERTID *)OCSP_SINGLERESP_get0_id(OCSP_resp_get0(basic, i)));
+    found = serial && ASN1_INTEGER_cmp(serial, X509_get0_serialNumber(leaf)) == 0;
+  }
+  if (!why && !found)
+    why = "no status for the certificate's serial number (a response for another certificate?)";
+  OCSP_BASICRESP_free(basic);
+  OCSP_RESPONSE_free(resp);
+  ERR_clear_error();
+  if (why) {
+    free(buf);
+    pmu__set_error(s, "ssl_ocsp_file %s: %s", path, why);
+    return -EINVAL;
+  }
+  c->ocsp = buf;
+  c->ocsp_len = n;
+  return 0;
+}
+
 /* A new configuration from t's settings: 0 and *out, or -errno, error set. */
 static int ctx_load(pmu_server_t *s, pmu__tls_server_t *t, pmu__tls_ctx_t **out) {
   *out = NULL;
@@ -559,6 +630,11 @@ static int ctx_load(pmu_server_t *s, pmu__tls_server_t *t, pmu__tls_ctx_t **out)
       goto fail;
     }
   }
+  if (t->ocsp) {
+    rc = ocsp_load(s, t->ocsp, SSL_CTX_get0_certificate(c->slots[t->nsni].ctx), c);
+    if (rc < 0)
+      goto fail;
+  }
   *out = c;
   return 0;
 fail:
@@ -590,6 +666,7 @@ static void server_tls_free(pmu__tls_server_t *t) {
   free(t->suites);
   free(t->min_version);
   free(t->alpn);
+  free(t->ocsp);
   for (size_t i = 0; i < t->nsni; i++) {
     free((char *)t->sni[i].certfile);
     free((char *)t->sni[i].keyfile);
@@ -658,6 +735,7 @@ int pmu__tls_server_init(pmu_server_t *s) {
       dup_str(c->ssl_ciphersuites && c->ssl_ciphersuites[0] ? c->ssl_ciphersuites : NULL, &failed);
   t->min_version = dup_str(c->ssl_min_version ? c->ssl_min_version : "TLSv1.2", &failed);
   t->alpn = dup_str(c->ssl_alpn, &failed);
+  t->ocsp = dup_str(c->ssl_ocsp_file && c->ssl_ocsp_file[0] ? c->ssl_ocsp_file : NULL, &failed);
   if (c->ssl_sni_cert_count) {
     t->sni = calloc(c->ssl_sni_cert_count, sizeof *t->sni);
     failed |= !t->sni;
@@ -678,6 +756,7 @@ int pmu__tls_server_init(pmu_server_t *s) {
   c->ssl_ciphersuites = t->suites;
   c->ssl_min_version = t->min_version;
   c->ssl_alpn = t->alpn;
+  c->ssl_ocsp_file = t->ocsp;
   c->ssl_sni_certs = t->sni;
   c->ssl_sni_cert_count = t->nsni;
   if (failed || !(t->tickets = tickets_new(c->ssl_ticket_rotate_ms))) {

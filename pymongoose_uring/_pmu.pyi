@@ -622,6 +622,7 @@ class Engine:
         ssl_ciphersuites: Optional[str] = ...,
         ssl_min_version: Optional[str] = ...,
         ssl_alpn: Optional[str] = ...,
+        ssl_ocsp_file: Optional[str] = ...,
         ssl_session_tickets: bool = ...,
         ssl_ticket_rotate_ms: int = ...,
         ssl_handshake_timeout_ms: int = ...,

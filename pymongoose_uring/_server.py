@@ -126,6 +126,7 @@ _ENGINE_OPTIONS = (
     "ssl_ciphersuites",
     "ssl_min_version",
     "ssl_alpn",
+    "ssl_ocsp_file",
     "ssl_session_tickets",
     "ssl_ticket_rotate_ms",
     "ssl_handshake_timeout_ms",
@@ -443,7 +444,9 @@ class Server:
     OpenSSL syntax; None: ECDHE with AEAD only), ``ssl_ciphersuites`` (TLS
     1.3; None: OpenSSL's), ``ssl_min_version`` ("TLSv1.2" or "TLSv1.3"),
     ``ssl_alpn`` ("http/1.1": comma-separated, a client offering none of them
-    is refused), ``ssl_session_tickets`` (True; keys random per server)
+    is refused), ``ssl_ocsp_file`` (a DER OCSP response for the certificate,
+    stapled when a client asks; refresh it and reload), ``ssl_session_tickets``
+    (True; keys random per server)
     rotated every ``ssl_ticket_rotate_ms`` (1 h), ``ssl_handshake_timeout_ms``
     (10 s), ``ssl_max_handshakes`` (256 per ring thread mid-handshake; more
     wait unread), ``ssl_ktls`` (True: kernel TLS where ``probe()`` says it
@@ -540,6 +543,7 @@ class Server:
         ssl_ciphersuites: Optional[str] = None,
         ssl_min_version: Optional[str] = None,
         ssl_alpn: Optional[str] = None,
+        ssl_ocsp_file: Optional[str] = None,
         ssl_session_tickets: Optional[bool] = None,
         ssl_ticket_rotate_ms: Optional[int] = None,
         ssl_handshake_timeout_ms: Optional[int] = None,

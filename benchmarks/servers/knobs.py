@@ -91,6 +91,7 @@ KNOBS = {
     "ssl_ciphersuites": str,
     "ssl_min_version": str,
     "ssl_alpn": str,
+    "ssl_ocsp_file": str,
     "ssl_session_tickets": flag,
     "ssl_ticket_rotate_ms": int,
     "ssl_handshake_timeout_ms": int,

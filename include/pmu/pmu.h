@@ -605,6 +605,9 @@ typedef struct pmu_tls_cert {
   X(STR, ssl_alpn, "http/1.1", "", 0, 0,                                                      \
     "ALPN protocols, comma-separated, in the server's order of preference; a client offering " \
     "none of them fails the handshake")                                                      \
+  X(STR, ssl_ocsp_file, NULL, "path", 0, 0,                                                   \
+    "a DER OCSP response for ssl_certfile's certificate, stapled when a client asks (nginx's " \
+    "ssl_stapling_file; re-read by pmu_server_tls_reload)")                                  \
   X(BOOL, ssl_session_tickets, 1, "", 0, 1,                                                   \
     "resumption by session tickets (keys random per server, shared by its threads, rotated)") \
   X(UINT, ssl_ticket_rotate_ms, 3600000, "ms", 1000, UINT_MAX,                                \

@@ -390,6 +390,10 @@ static void test_client_certs(void) {
   const char *e = refused(&cfg, -EINVAL);
   T_ASSERT_CONTAINS(e, strlen(e), "ssl_ca_certs");
 
+  cfg.ssl_ca_certs = "/nonexistent/ca.pem";
+  e = refused(&cfg, -EINVAL);
+  T_ASSERT_CONTAINS(e, strlen(e), "/nonexistent/ca.pem");
+
   t_case("required: a certificate from the CA is accepted (TLS 1.3 and 1.2)");
   cfg.ssl_ca_certs = ca.cert_path;
   pmu_server_t *s = started(&cfg);
@@ -658,6 +662,107 @@ static void test_reload_threads(void) {
   tls_server_free(s);
 }
 
+/* The OCSP response stapled to the client's handshake (NULL, 0: none). */
+static long stapled(const t_tls_pair_t *pair, const unsigned char **der) {
+  *der = NULL;
+  long n = SSL_get_tlsext_status_ocsp_resp(pair->client, der);
+  return n > 0 ? n : 0;
+}
+
+static void test_ocsp(void) {
+  t_tls_pair_t pair;
+  pmu_config_t cfg;
+  char path[600], other_path[600], bad[600];
+  unsigned char *der, *other_der;
+  size_t len, other_len;
+  const unsigned char *got;
+  t_tls_make_ocsp(&ca, &dflt, "default", path, sizeof path, &der, &len);
+  t_tls_make_ocsp(&ca, &a_rsa, "a", other_path, sizeof other_path, &other_der, &other_len);
+
+  t_case("OCSP stapling: the response goes to a client that asks, TLS 1.3 and 1.2");
+  base_config(&cfg);
+  cfg.ssl_ocsp_file = path;
+  pmu_tls_cert_t sni[] = {{.certfile = a_rsa.chain_path, .keyfile = a_rsa.key_path}};
+  cfg.ssl_sni_certs = sni;
+  cfg.ssl_sni_cert_count = 1;
+  pmu_server_t *s = started(&cfg);
+  for (int v = 0; v < 2; v++) {
+    must_shake(
+        s, &(t_tls_client_opts_t){.status_request = true, .max_version = v ? TLS1_2_VERSION : 0},
+        &pair);
+    T_ASSERT_INT_EQ(stapled(&pair, &got), (long)len);
+    T_ASSERT(memcmp(got, der, len) == 0);
+    t_tls_pair_free(&pair);
+  }
+
+  t_case("OCSP stapling: nothing for a client that does not ask, nor for an SNI certificate");
+  must_shake(s, NULL, &pair);
+  T_ASSERT_INT_EQ(stapled(&pair, &got), 0);
+  t_tls_pair_free(&pair);
+  must_shake(s, &(t_tls_client_opts_t){.status_request = true, .sni = "a.test"}, &pair);
+  T_ASSERT(X509_cmp(served(&pair), a_rsa.cert) == 0);
+  T_ASSERT_INT_EQ(stapled(&pair, &got), 0);
+  t_tls_pair_free(&pair);
+
+  t_case("OCSP stapling: a reload reads the file again");
+  t_write_file(path, other_der, other_len);
+  /* a response for another certificate: the reload fails and changes nothing */
+  T_ASSERT_INT_EQ(pmu_server_tls_reload(s), -EINVAL);
+  T_ASSERT_CONTAINS(pmu_server_error(s), strlen(pmu_server_error(s)), "serial");
+  must_shake(s, &(t_tls_client_opts_t){.status_request = true}, &pair);
+  T_ASSERT(stapled(&pair, &got) == (long)len && memcmp(got, der, len) == 0);
+  t_tls_pair_free(&pair);
+  unsigned char *fresh;
+  size_t fresh_len;
+  t_tls_make_ocsp(&ca, &dflt, "default-2", bad, sizeof bad, &fresh, &fresh_len);
+  T_ASSERT(fresh_len != len || memcmp(fresh, der, len) != 0);
+  t_write_file(path, fresh, fresh_len);
+  T_ASSERT_INT_EQ(pmu_server_tls_reload(s), 0);
+  must_shake(s, &(t_tls_client_opts_t){.status_request = true}, &pair);
+  T_ASSERT(stapled(&pair, &got) == (long)fresh_len && memcmp(got, fresh, fresh_len) == 0);
+  t_tls_pair_free(&pair);
+  tls_server_free(s);
+
+  t_case("OCSP stapling: a missing file, garbage, or another certificate's response fail "
+         "the start");
+  base_config(&cfg);
+  cfg.ssl_ocsp_file = "/nonexistent/x.ocsp";
+  const char *e = refused(&cfg, -ENOENT);
+  T_ASSERT_CONTAINS(e, strlen(e), "/nonexistent/x.ocsp");
+  snprintf(bad, sizeof bad, "%s/garbage.ocsp", t_tls_dir());
+  t_write_file(bad, "\x30\x03\x0a\x01\x00garbage", 12);
+  cfg.ssl_ocsp_file = bad;
+  e = refused(&cfg, -EINVAL);
+  T_ASSERT_CONTAINS(e, strlen(e), "ssl_ocsp_file");
+  cfg.ssl_ocsp_file = other_path;
+  e = refused(&cfg, -EINVAL);
+  T_ASSERT_CONTAINS(e, strlen(e), "serial");
+
+  t_case("OCSP stapling through a running server: a client on a socket gets the staple, "
+         "then its answer");
+  t_config_init(&cfg);
+  cfg.ssl_certfile = dflt.chain_path;
+  cfg.ssl_keyfile = dflt.key_path;
+  cfg.ssl_ocsp_file = path; /* now holds `fresh` */
+  t_server_t *ts = t_server_start(&cfg);
+  char why[600], buf[4096];
+  int fd;
+  SSL *ssl = t_tls_connect(ts->port, &(t_tls_client_opts_t){.status_request = true},
+                           T_IO_TIMEOUT_MS, &fd, why, sizeof why);
+  T_ASSERT_MSG(ssl != NULL, "%s", why);
+  long n = SSL_get_tlsext_status_ocsp_resp(ssl, &got);
+  T_ASSERT(n == (long)fresh_len && memcmp(got, fresh, fresh_len) == 0);
+  const char *req = "GET /ocsp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  T_ASSERT(t_tls_write_all(ssl, req, strlen(req)));
+  long got_len = t_tls_read(ssl, buf, sizeof buf, NULL, T_IO_TIMEOUT_MS);
+  T_ASSERT_CONTAINS(buf, (size_t)(got_len > 0 ? got_len : 0), "path=/ocsp");
+  t_tls_close(ssl, fd);
+  t_server_destroy(ts);
+  OPENSSL_free(der);
+  OPENSSL_free(other_der);
+  OPENSSL_free(fresh);
+}
+
 static void test_snapshot(void) {
   t_tls_pair_t pair;
   pmu_config_t cfg;
@@ -781,6 +886,7 @@ int main(void) {
   test_snapshot();
   test_reload();
   test_reload_threads();
+  test_ocsp();
   test_ktls_probe();
   test_server_start();
   test_resumption();

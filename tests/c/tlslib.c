@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
@@ -197,6 +198,30 @@ void t_tls_cert_free(t_tls_cert_t *cert) {
   cert->key = NULL;
 }
 
+void t_tls_make_ocsp(const t_tls_cert_t *ca, const t_tls_cert_t *cert, const char *name,
+                     char *path_out, size_t path_len, unsigned char **der, size_t *len) {
+  OCSP_CERTID *id = OCSP_cert_to_id(EVP_sha1(), cert->cert, ca->cert);
+  OCSP_BASICRESP *basic = OCSP_BASICRESP_new();
+  ASN1_TIME *now = X509_gmtime_adj(NULL, 0), *next = X509_gmtime_adj(NULL, 3600);
+  T_ASSERT(id && basic && now && next);
+  T_ASSERT(OCSP_basic_add1_status(basic, id, V_OCSP_CERTSTATUS_GOOD, 0, NULL, now, next));
+  T_ASSERT(OCSP_basic_sign(basic, ca->cert, ca->key, EVP_sha256(), NULL, 0) == 1);
+  OCSP_RESPONSE *resp = OCSP_response_create(OCSP_RESPONSE_STATUS_SUCCESSFUL, basic);
+  T_ASSERT(resp != NULL);
+  unsigned char *out = NULL;
+  int n = i2d_OCSP_RESPONSE(resp, &out);
+  T_ASSERT(n > 0);
+  path_in_dir(path_out, path_len, name, ".ocsp");
+  t_write_file(path_out, out, (size_t)n);
+  *der = out;
+  *len = (size_t)n;
+  OCSP_RESPONSE_free(resp);
+  OCSP_BASICRESP_free(basic);
+  OCSP_CERTID_free(id);
+  ASN1_TIME_free(now);
+  ASN1_TIME_free(next);
+}
+
 unsigned char *t_tls_der(X509 *cert, size_t *len) {
   unsigned char *der = NULL;
   int n = i2d_X509(cert, &der);
@@ -260,6 +285,8 @@ SSL *t_tls_client_ssl(const t_tls_client_opts_t *o) {
   }
   if (o->session)
     T_ASSERT(SSL_set_session(ssl, o->session) == 1);
+  if (o->status_request)
+    T_ASSERT(SSL_set_tlsext_status_type(ssl, TLSEXT_STATUSTYPE_ocsp) == 1);
   SSL_set_connect_state(ssl);
   return ssl;
 }

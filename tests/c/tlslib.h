@@ -53,6 +53,11 @@ void t_tls_make_cert(const t_tls_cert_t *ca, const char *name, const t_tls_cert_
                      t_tls_cert_t *out);
 void t_tls_cert_free(t_tls_cert_t *cert);
 
+/* An OCSP response by ca for cert (status good, valid an hour), DER, written to
+ * NAME.ocsp (its path into path_out); *der and *len: a copy (OPENSSL_free it). */
+void t_tls_make_ocsp(const t_tls_cert_t *ca, const t_tls_cert_t *cert, const char *name,
+                     char *path_out, size_t path_len, unsigned char **der, size_t *len);
+
 /* One certificate's DER (OPENSSL_malloc'd; *len its length). */
 unsigned char *t_tls_der(X509 *cert, size_t *len);
 
@@ -68,6 +73,7 @@ typedef struct t_tls_client_opts {
   SSL_SESSION *session;     /* resume it */
   const char *ciphers;      /* TLS 1.2 cipher list; NULL: OpenSSL's default */
   const char *ciphersuites; /* TLS 1.3 suites; NULL: OpenSSL's default */
+  bool status_request;      /* ask for a stapled OCSP response (SSL_get_tlsext_status_ocsp_resp) */
 } t_tls_client_opts_t;
 
 /* A client SSL (connect state, no BIO) with these options; test fails on ENOMEM. */

@@ -6,9 +6,10 @@
  * The configuration has everything a ClientHello can reach: two SNI
  * certificates (a name and a wildcard) besides the default one, ALPN
  * "h2,http/1.1", client certificates optional (verified against a CA), session
- * tickets on (a ticket in the hello reaches the ticket key callback). The
+ * tickets on (a ticket in the hello reaches the ticket key callback), an OCSP
+ * response stapled for the default certificate (status_request). The
  * certificates are made at start-up into a temporary directory (nothing is
- * committed); the context is loaded once.
+ * committed), which goes once the context is loaded.
  *
  * Input: byte 0 is the piece size (0: everything at once; n: n bytes per
  * SSL_do_handshake call, so 1 dribbles byte by byte); the rest is what the
@@ -27,6 +28,7 @@
 #include "tls.h"
 
 #include <openssl/err.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
@@ -50,20 +52,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static pmu_server_t *server;
 static char dir[64];
 
-static void die(const char *what) {
-  fprintf(stderr, "fuzz_tls: %s\n", what);
-  ERR_print_errors_fp(stderr);
-  exit(2);
-}
-
 static void remove_dir(void) {
-  const char *names[] = {"ca.pem", "default.pem", "a.pem", "wild.pem"};
+  const char *names[] = {"ca.pem", "default.pem", "a.pem", "wild.pem", "default.ocsp"};
   char path[128];
-  for (size_t i = 0; i < 4; i++) {
+  for (size_t i = 0; i < 5; i++) {
     snprintf(path, sizeof path, "%s/%s", dir, names[i]);
     unlink(path);
   }
   rmdir(dir);
+}
+
+static void die(const char *what) {
+  fprintf(stderr, "fuzz_tls: %s\n", what);
+  ERR_print_errors_fp(stderr);
+  remove_dir();
+  exit(2);
 }
 
 /* A certificate (with its key, in one PEM file) for the DNS name dns, signed
@@ -102,26 +105,53 @@ static void make(const char *file, const char *dns, EVP_PKEY *ca_key, X509 *ca, 
   *cert_out = cert;
 }
 
+/* A good OCSP response for cert by ca, as DER, into the file `name`. */
+static void make_ocsp(const char *name, X509 *cert, X509 *ca, EVP_PKEY *ca_key) {
+  OCSP_CERTID *id = OCSP_cert_to_id(EVP_sha1(), cert, ca);
+  OCSP_BASICRESP *basic = OCSP_BASICRESP_new();
+  ASN1_TIME *now = X509_gmtime_adj(NULL, 0), *next = X509_gmtime_adj(NULL, 3600L * 24 * 365);
+  OCSP_RESPONSE *resp = NULL;
+  unsigned char *der = NULL;
+  int n = 0;
+  if (id && basic && now && next &&
+      OCSP_basic_add1_status(basic, id, V_OCSP_CERTSTATUS_GOOD, 0, NULL, now, next) &&
+      OCSP_basic_sign(basic, ca, ca_key, EVP_sha256(), NULL, 0) == 1 &&
+      (resp = OCSP_response_create(OCSP_RESPONSE_STATUS_SUCCESSFUL, basic)) != NULL)
+    n = i2d_OCSP_RESPONSE(resp, &der);
+  char path[128];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = n > 0 ? fopen(path, "wb") : NULL;
+  if (!f || fwrite(der, 1, (size_t)n, f) != (size_t)n || fclose(f) != 0)
+    die("cannot make the OCSP response");
+  OPENSSL_free(der);
+  OCSP_RESPONSE_free(resp);
+  OCSP_BASICRESP_free(basic);
+  OCSP_CERTID_free(id);
+  ASN1_TIME_free(now);
+  ASN1_TIME_free(next);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   snprintf(dir, sizeof dir, "/tmp/pmu-fuzz-tls-XXXXXX");
   if (!mkdtemp(dir))
     die("mkdtemp");
-  atexit(remove_dir);
   EVP_PKEY *keys[4];
   X509 *certs[4];
   make("ca.pem", "fuzz ca", NULL, NULL, &keys[0], &certs[0]);
   make("default.pem", "default.test", keys[0], certs[0], &keys[1], &certs[1]);
   make("a.pem", "a.test", keys[0], certs[0], &keys[2], &certs[2]);
   make("wild.pem", "*.w.test", keys[0], certs[0], &keys[3], &certs[3]);
+  make_ocsp("default.ocsp", certs[1], certs[0], keys[0]);
   for (int i = 0; i < 4; i++) {
     EVP_PKEY_free(keys[i]);
     X509_free(certs[i]);
   }
-  static char ca[128], dflt[128], a[128], wild[128];
+  static char ca[128], dflt[128], a[128], wild[128], ocsp[128];
   snprintf(ca, sizeof ca, "%s/ca.pem", dir);
   snprintf(dflt, sizeof dflt, "%s/default.pem", dir);
   snprintf(a, sizeof a, "%s/a.pem", dir);
   snprintf(wild, sizeof wild, "%s/wild.pem", dir);
+  snprintf(ocsp, sizeof ocsp, "%s/default.ocsp", dir);
   static pmu_tls_cert_t sni[2];
   sni[0].certfile = a;
   sni[1].certfile = wild;
@@ -135,10 +165,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   server->cfg.ssl_alpn = "h2,http/1.1";
   server->cfg.ssl_sni_certs = sni;
   server->cfg.ssl_sni_cert_count = 2;
-  if (pmu__tls_server_init(server) < 0) {
-    fprintf(stderr, "fuzz_tls: %s\n", pmu_server_error(server));
-    exit(2);
-  }
+  server->cfg.ssl_ocsp_file = ocsp;
+  if (pmu__tls_server_init(server) < 0)
+    die(pmu_server_error(server));
+  remove_dir(); /* loaded: the files are not read again (libFuzzer may end with _exit) */
   return 0;
 }
 

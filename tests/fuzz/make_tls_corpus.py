@@ -8,7 +8,8 @@ is written. The hellos vary what the server's configuration reacts to: TLS 1.3 a
 SNI names the fuzzer's certificates answer for (a.test, x.w.test) or not, ALPN with and without
 a protocol in common, and a session ticket from an earlier handshake (made against a throwaway
 server of this script, so the fuzzer's server cannot decrypt it: the ticket callback's
-unknown-key path). Plus a plain HTTP request (not TLS at all).
+unknown-key path), and hellos asking for an OCSP staple (the extension added by hand). Plus a plain
+HTTP request (not TLS at all).
 """
 
 import os
@@ -41,6 +42,23 @@ def hello(sni=None, alpn=None, max_version=None, session=None, ctx=None):
     except ssl.SSLWantReadError:
         pass
     return outgoing.read()
+
+
+def with_status_request(flight):
+    """The ClientHello with a status_request extension (OCSP stapling) added: Python's ssl
+    cannot ask for one. The record, handshake and extensions lengths are fixed up."""
+    assert flight[0] == 22 and flight[5] == 1, "a ClientHello record"
+    body = bytearray(flight[9:])  # after record header (5) and handshake header (4)
+    at = 2 + 32  # legacy_version, random
+    at += 1 + body[at]  # session id
+    at += 2 + int.from_bytes(body[at : at + 2], "big")  # cipher suites
+    at += 1 + body[at]  # compression methods
+    ext_len = int.from_bytes(body[at : at + 2], "big")
+    ext = bytes([0, 5, 0, 5, 1, 0, 0, 0, 0])  # status_request: ocsp, no ids, no extensions
+    body[at : at + 2] = (ext_len + len(ext)).to_bytes(2, "big")
+    body[at + 2 : at + 2] = ext
+    hs = bytes([1]) + len(body).to_bytes(3, "big") + bytes(body)
+    return bytes([22]) + flight[1:3] + len(hs).to_bytes(2, "big") + hs
 
 
 def ticket_session():
@@ -102,6 +120,8 @@ def main():
         "tls13-alpn-none-in-common": (7, hello("default.test", ["spdy/3"])),
         "tls12-sni-alpn": (0, hello("a.test", ["http/1.1"], v12)),
         "tls12-unknown-name": (3, hello("nobody.test", None, v12)),
+        "tls13-status-request": (0, with_status_request(hello("default.test", ["http/1.1"]))),
+        "tls12-status-request": (0, with_status_request(hello(None, None, v12))),
         "plain-http": (0, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"),
     }
     ctx, session = ticket_session()
