@@ -7,6 +7,7 @@
     python3 benchmarks/run.py --provision-only  # build, install, check each answer; no load
     python3 benchmarks/run.py --files         # the file workloads (16 KiB, 1 MiB) only
     python3 benchmarks/run.py --suite apps    # raw WSGI/ASGI, Flask, FastAPI on every server
+    python3 benchmarks/run.py --suite tls     # HTTPS: us, nginx, uvicorn, granian over TLS 1.3
 
 Installs what is missing (wrk and nginx with apt-get, the Python peers with pip), builds
 examples/hello_server (build-bench/engine/) and the pymongoose_uring package
@@ -19,7 +20,9 @@ the server's process tree from /proc), peak RSS, socket errors; beside every ser
 an app of servers/apps.py, the app's own cost (the app called in-process, no server,
 bench/appcost.py) and the server's own (the row minus the app's). Writes results.json,
 results.csv, rounds.csv, results.md and PNG charts under benchmarks/results/raw/<stamp>/
-(--publish also copies them to benchmarks/results/). See benchmarks/README.md.
+(--publish also copies them to benchmarks/results/). The HTTPS workloads (--suite tls) get
+certificates made for the run (bench/tls.py) and wrk a preload that makes every connection a
+full handshake. See benchmarks/README.md.
 """
 
 import argparse
@@ -44,6 +47,7 @@ from bench import (  # noqa: E402
     provision,
     registry,
     report,
+    tls,
     workloads as wl,
     wrk,
     wsload,
@@ -78,7 +82,13 @@ def parse_args(argv=None):
         default=None,
         help="a named set of servers and workloads: apps = raw WSGI, raw ASGI, Flask and "
         "FastAPI on every server that runs them, against the native API (%s; keepalive "
-        "unless --workloads is given)" % ", ".join(registry.SUITES["apps"]),
+        "unless --workloads is given); tls = HTTPS, us against nginx, uvicorn and granian "
+        "(%s; workloads %s)"
+        % (
+            ", ".join(registry.SUITES["apps"]),
+            ", ".join(registry.SUITES["tls"]),
+            ", ".join(registry.SUITE_WORKLOADS["tls"]),
+        ),
     )
     p.add_argument(
         "--quick",
@@ -188,7 +198,10 @@ def parse_args(argv=None):
     if args.workloads is None:
         args.workloads = ",".join(wl.QUICK if args.quick else wl.DEFAULT)
     args.servers_given = args.servers is not None
-    args.servers = args.servers or ",".join(registry.DEFAULT)
+    only_tls = all(n.strip() in wl.TLS for n in args.workloads.split(",") if n.strip())
+    # HTTPS workloads alone, no servers named: the HTTPS servers (the default set has none).
+    default = registry.SUITES["tls"] if only_tls else registry.DEFAULT
+    args.servers = args.servers or ",".join(default)
     return args
 
 
@@ -354,6 +367,20 @@ def main(argv=None):
     if any(w.needs == "files" for w in workloads) or any(d.files_only for d in defs):
         # The files the file workloads serve, made afresh for this run (bench/files.py).
         built.files_root = files.prepare()
+    certificates = None
+    if any(d.tls for d in defs):
+        # HTTPS: this run's certificates, and wrk's preload (bench/tls.py): the openssl
+        # command and OpenSSL's headers from apt-get when missing.
+        if not args.no_install:
+            error = tls.ensure_tools(setup_log)
+            if error:
+                raise SystemExit("the HTTPS servers need %s" % error)
+        if not args.provision_only:
+            _preload, error = tls.build_preload(setup_log, build=not args.no_build)
+            if error:
+                raise SystemExit("the HTTPS workloads need wrk's TLS preload: %s" % error)
+        certificates = tls.make_certificates(log=setup_log)
+    first_kind = next((w.tls_cert for w in workloads if w.tls_cert), "ecdsa")
     servers, failed, notes, remarks = {}, {}, [], []
     if left_out:
         notes.append(
@@ -376,6 +403,17 @@ def main(argv=None):
         "comparison_only": [w.name for w in extra],
         "files_root": built.files_root,
         "files": dict(files.FILES) if built.files_root else None,
+        "tls": (
+            {
+                "certificates": {k: c.label for k, c in certificates.items()},
+                "directory": os.path.dirname(certificates["ecdsa"].certfile),
+                "tls13_suites": tls.TLS13_SUITES,
+                "tls12_ciphers": tls.TLS12_CIPHERS,
+                "client": "wrk with benchmarks/wrktls (no session resumption)",
+            }
+            if certificates
+            else None
+        ),
     }
     all_points = []
     started_at = time.monotonic()
@@ -441,6 +479,8 @@ def main(argv=None):
                 built=built,
                 knobs=knobs,
             )
+            if d.tls:
+                s.certificate = certificates[first_kind]
             try:
                 s.start()
                 if args.provision_only:
@@ -477,10 +517,18 @@ def main(argv=None):
                         notes.append("%s: %s (no %s endpoint)" % (name, w.name, w.needs))
                     continue
                 try:
-                    checks.CHECKS[w.check](s.port)
+                    if s.certificate is not None and s.certificate.kind != w.tls_cert:
+                        # An HTTPS workload with another kind of certificate: start afresh.
+                        s.stop()
+                        s.certificate = certificates[w.tls_cert]
+                        s.start()
+                        warm_up(s, args.warmup, client_cpus)
+                    checks.check(w.check, s.port, tls=s.certificate)
                     active.append(s)
                 except checks.NotSupported as e:
                     notes.append("%s: %s (%s)" % (name, w.name, e))
+                except Unavailable as e:
+                    fail(name, "%s: restart with the %s certificate: %s" % (w.name, w.tls_cert, e))
                 except BenchError as e:
                     fail(name, "%s check: %s" % (w.name, e), fatal=isinstance(e, WrongAnswer))
             rounds = w.rounds or args.rounds
@@ -544,6 +592,13 @@ def main(argv=None):
                     )
                     if note:
                         remarks.append(note)
+        for s in servers.values():
+            if s.certificate is not None and s.definition.stats_path:
+                note = report.tls_counters_note(
+                    s.name, checks.stats(s.port, s.definition.stats_path, tls=s.certificate)
+                )
+                if note:
+                    remarks.append(note)
     except KeyboardInterrupt:
         print("\ninterrupted: writing what was measured", file=sys.stderr)
         exit_status = 130
@@ -554,6 +609,7 @@ def main(argv=None):
             s.stop()
         if built.files_root:
             files.remove(built.files_root)
+        tls.remove(certificates)
 
     elapsed = time.monotonic() - started_at
     if args.provision_only:
@@ -634,6 +690,7 @@ def main(argv=None):
             "not_measured": notes,
             "targets": report.measured_targets(summary),
             "own_cost_targets": report.measured_own_cost_targets(summary),
+            "handshake_targets": report.measured_handshake_targets(summary),
             "notes": remarks,
             "servers": {
                 d.name: {"label": d.label, "kind": d.kind, "description": d.description}

@@ -10,4 +10,4 @@ PATH=$(pwd)/build/venv/bin:$PATH
 
 ruff check --select I --fix -q .
 ruff format -q .
-find core include binding examples tests/c tests/fuzz benchmarks/wsload -name '*.[ch]' -print0 | xargs -0 clang-format -i
+find core include binding examples tests/c tests/fuzz benchmarks/wsload benchmarks/wrktls -name '*.[ch]' -print0 | xargs -0 clang-format -i

@@ -50,7 +50,7 @@ export PATH=$venv/bin:$PATH
 step "lint and format: ruff check, ruff format --check, clang-format --dry-run"
 ruff check -q .
 ruff format -q --check .
-find core include binding examples tests/c tests/fuzz benchmarks/wsload -name '*.[ch]' -print0 \
+find core include binding examples tests/c tests/fuzz benchmarks/wsload benchmarks/wrktls -name '*.[ch]' -print0 \
   | xargs -0 clang-format --dry-run -Werror
 
 setup() { # setup DIR ARGS...: configure once, reconfigure after

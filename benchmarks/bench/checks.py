@@ -1,7 +1,12 @@
 """Answer checks: real HTTP requests that must get the right answer before (and after) a
 server is measured. A wrong answer raises WrongAnswer, no answer at all (refused, timed
 out) BenchError; 501 Not Implemented raises NotSupported (the server declines that workload,
-which is reported, not measured; for WebSocket, a handshake answered 501)."""
+which is reported, not measured; for WebSocket, a handshake answered 501).
+
+Over HTTPS (`tls`: the bench/tls.py Certificate the server was started with) the same checks
+run on a TLS connection that trusts only the run's CA and checks the name, and the server's
+certificate must be that one byte for byte (an ECDSA workload answered with another
+certificate would measure something else)."""
 
 import base64
 import hashlib
@@ -9,6 +14,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import struct
 import time
 
@@ -23,8 +29,11 @@ class NotSupported(Exception):
     pass
 
 
-def _request(port, method, path, body=None, headers=None):
-    conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT)
+def _request(port, method, path, body=None, headers=None, tls=None):
+    if tls is None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT)
+    else:
+        conn = _HTTPSConnection(port, tls)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -34,6 +43,43 @@ def _request(port, method, path, body=None, headers=None):
         raise BenchError("%s %s on port %d failed: %s" % (method, path, port, e)) from e
     finally:
         conn.close()
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1 verified as `localhost` by the run's CA, and the certificate the
+    server presented checked against the one it was given."""
+
+    def __init__(self, port, tls):
+        super().__init__(HOST, port, timeout=TIMEOUT, context=tls.client_context())
+        self._tls = tls
+
+    def connect(self):
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = _tls_wrap(sock, self._tls, self.port)
+
+
+def _tls_wrap(sock, tls, port):
+    """`sock` after a TLS handshake checked as _HTTPSConnection checks it; closed on error."""
+    from . import tls as tls_module
+
+    try:
+        wrapped = tls.client_context().wrap_socket(sock, server_hostname=tls_module.SERVER_NAME)
+    except ssl.SSLCertVerificationError as e:
+        sock.close()
+        raise WrongAnswer(
+            "port %d: the server's certificate is not the run's %s one (%s)"
+            % (port, tls.label, e.verify_message)
+        ) from None
+    except BaseException:
+        sock.close()
+        raise
+    if wrapped.getpeercert(binary_form=True) != tls.der:
+        wrapped.close()
+        raise WrongAnswer(
+            "port %d: the server presented another certificate than the run's %s one"
+            % (port, tls.label)
+        )
+    return wrapped
 
 
 def _expect_status(port, method, path, resp, data):
@@ -57,7 +103,7 @@ def _check_hello_body(where, content_type, data):
         raise WrongAnswer("%s: body is %r, not %s" % (where, data[:200], json.dumps(HELLO)))
 
 
-def hello(port, patience=0.0):
+def hello(port, patience=0.0, tls=None):
     """GET / must answer 200, application/json, {"message":"Hello, World!"}.
     Returns a little description of the answer for the report. With `patience`, a server
     that does not answer (still draining a flood) is asked again for that many seconds;
@@ -65,7 +111,7 @@ def hello(port, patience=0.0):
     deadline = time.monotonic() + patience
     while True:
         try:
-            resp, data = _request(port, "GET", "/")
+            resp, data = _request(port, "GET", "/", tls=tls)
             break
         except WrongAnswer:
             raise
@@ -82,8 +128,8 @@ def hello(port, patience=0.0):
     }
 
 
-def get_bytes(port, path, size):
-    resp, data = _request(port, "GET", path)
+def get_bytes(port, path, size, tls=None):
+    resp, data = _request(port, "GET", path, tls=tls)
     _expect_status(port, "GET", path, resp, data)
     if len(data) != size or data.strip(b"x"):
         raise WrongAnswer(
@@ -132,11 +178,12 @@ def _difference(data, expected):
 PROBE_FILE = "16k.bin"
 
 
-def probe(definition, port, patience=0.0):
-    """The answer a server must give to count as up: GET / (the hello JSON), or for a
-    static file server alone (definition.hello false) GET /files/16k.bin, byte-exact."""
+def probe(definition, port, patience=0.0, tls=None):
+    """The answer a server must give to count as up: GET / (the hello JSON; over HTTPS with
+    `tls`), or for a static file server alone (definition.hello false) GET /files/16k.bin,
+    byte-exact."""
     if getattr(definition, "hello", True):
-        return hello(port, patience)
+        return hello(port, patience, tls=tls)
     return get_file(port, PROBE_FILE, patience)
 
 
@@ -239,12 +286,16 @@ def pipelined(port, depth=16):
         raise BenchError("%s: %s" % (where, str(e) or type(e).__name__)) from e
 
 
-def close(port):
-    """GET / with Connection: close must be answered and then the connection closed."""
+def close(port, tls=None):
+    """GET / with Connection: close must be answered and then the connection closed (over
+    HTTPS with `tls`: a TLS close or a TCP close both count as closed)."""
     where = "GET / with Connection: close on port %d" % port
     request = b"GET / HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n" % (HOST.encode(), port)
     try:
-        with socket.create_connection((HOST, port), timeout=TIMEOUT) as sock:
+        sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+        if tls is not None:
+            sock = _tls_wrap(sock, tls, port)
+        with sock:
             sock.sendall(request)
             reader = _Reader(sock)
             status, headers, body = reader.response()
@@ -256,7 +307,7 @@ def close(port):
             sock.settimeout(5.0)
             try:
                 reader._fill()
-            except EOFError:
+            except (EOFError, ssl.SSLEOFError, ConnectionResetError):
                 return  # closed, as asked
             except socket.timeout:
                 raise WrongAnswer("%s: the server kept the connection open" % where) from None
@@ -265,10 +316,11 @@ def close(port):
         raise BenchError("%s: %s" % (where, str(e) or type(e).__name__)) from e
 
 
-def stats(port, path):
-    """The server's counters as a dict (GET path, JSON), or None if it has none."""
+def stats(port, path, tls=None):
+    """The server's counters as a dict (GET path, JSON; over HTTPS with `tls`), or None if
+    it has none."""
     try:
-        resp, data = _request(port, "GET", path)
+        resp, data = _request(port, "GET", path, tls=tls)
         return json.loads(data) if resp.status == 200 else None
     except (BenchError, ValueError):
         return None
@@ -464,10 +516,18 @@ CHECKS = {
     "pipelined": pipelined,
     "close": close,
     "get16k": lambda port: get_bytes(port, "/16k", 16 * 1024),
-    "get1m": lambda port: get_bytes(port, "/1m", 1024 * 1024),
+    "get1m": lambda port, tls=None: get_bytes(port, "/1m", 1024 * 1024, tls=tls),
     "file-16k": lambda port: get_file(port, "16k.bin"),
     "file-1m": lambda port: get_file(port, "1m.bin"),
     "echo": echo,
     "ws-echo": ws_echo,
     "ws-broadcast": ws_broadcast,
 }
+
+
+def check(name, port, tls=None):
+    """Run the check `name` of CHECKS against `port`, over HTTPS when `tls` is given (only
+    hello, close and get1m have an HTTPS form: the HTTPS workloads')."""
+    if tls is None:
+        return CHECKS[name](port)
+    return CHECKS[name](port, tls=tls)

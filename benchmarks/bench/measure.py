@@ -3,7 +3,7 @@ server's CPU and memory read from /proc around it."""
 
 import time
 
-from . import BenchError, WrongAnswer, checks, procstat, wrk, wsload
+from . import BenchError, WrongAnswer, checks, procstat, tls, wrk, wsload
 
 
 def point(
@@ -38,6 +38,7 @@ def point(
             headers=workload.headers,
             timeout=workload.timeout,
             log=log,
+            tls=server.certificate,
         )
     finally:
         cpu_after = procstat.cpu_ticks(procstat.tree(root))
@@ -75,7 +76,39 @@ def point(
         out["recovery_error"] = recovery_error
     if workload.per_connection_memory:
         out["mem_per_conn_kib"] = max(0, rss_peak - rss_before) / workload.connections / 1024
+    if server.certificate is not None:
+        out.update(tls_figures(server.name, workload, result["tls"], cpu_s))
+        # wrk's share of its core: over TLS the client, not the server, may set the pace.
+        out["client_cpu_util"] = result["client_cpu_s"] / seconds if seconds else None
     return out
+
+
+TLS_VERSION = "TLSv1.3"  # what every HTTPS workload is about
+
+
+def tls_figures(name, workload, report, cpu_s):
+    """An HTTPS point's TLS figures from the wrk preload's report: handshakes (all full:
+    one resumed is an error, the workload would measure something else), what was
+    negotiated, and full handshakes per second of server CPU. A server that negotiated
+    another protocol than TLS 1.3 with a client offering it is a wrong answer."""
+    if report["version"] != TLS_VERSION:
+        raise WrongAnswer(
+            "%s negotiated %s with wrk, not %s"
+            % (name, report["version"] or "nothing", TLS_VERSION)
+        )
+    if report["resumed"]:
+        raise BenchError(
+            "%s: wrk resumed %d of %d TLS sessions although the preload drops them "
+            "(WRKTLS_NO_RESUME): not a full-handshake measurement"
+            % (name, report["resumed"], report["handshakes"])
+        )
+    full = report["handshakes"] - report["resumed"]
+    return {
+        "handshakes": full,
+        "resumed": report["resumed"],
+        "tls_negotiated": tls.negotiated(report),
+        "handshakes_per_cpu_s": full / cpu_s if workload.handshakes and cpu_s > 0 else None,
+    }
 
 
 def _latency_ms(latency_us):
@@ -89,7 +122,7 @@ def _recovered(server):
     why, or None."""
     server.ensure_alive()
     try:
-        checks.probe(server.definition, server.port, patience=30)
+        checks.probe(server.definition, server.port, patience=30, tls=server.certificate)
     except WrongAnswer:
         raise
     except BenchError as e:

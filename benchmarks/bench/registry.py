@@ -61,6 +61,8 @@ class Server:
     app: Optional[str] = None
     # Named suites (run.py --suite NAME) the server belongs to.
     suites: Tuple[str, ...] = ()
+    # HTTPS: None (plain HTTP), "knobs" or "files" (see the module's docstring).
+    tls: Optional[str] = None
 
     def supports(self, workload):
         return workload.needs in self.caps
@@ -366,6 +368,81 @@ SERVERS = [
         app="flask_app",
     ),
 ]
+# HTTPS (issue 14, --suite tls): ours and the C engine with the engine's TLS, nginx with
+# `ssl` on, uvicorn with --ssl-*, granian with its own TLS; each serves GET / and /1m.
+_TLS_CAPS = ("tls", "tls-bytes")
+SERVERS += [
+    Server(
+        "pymongoose_uring_tls",
+        "pymongoose_uring (HTTPS)",
+        (PY, S + "pymongoose_uring_server.py", "{port}"),
+        kind="ours",
+        caps=_TLS_CAPS,
+        build="pymongoose_uring",
+        knobs=ALL_KNOBS,
+        stats_path="/__stats",
+        env=ROOM_FOR_C10K,
+        default=False,
+        suites=("tls",),
+        tls="knobs",
+        description="the native API's hello server of the plain rows, HTTPS by the engine "
+        "(ssl_certfile, ssl_keyfile, ssl_ciphersuites, ssl_ciphers knobs)",
+    ),
+    Server(
+        "hello_c_tls",
+        "hello_server (C engine, HTTPS)",
+        ("{hello_server}", "{port}", "{threads}"),
+        kind="c-reference",
+        caps=_TLS_CAPS,
+        build="hello_server",
+        knobs=ALL_KNOBS,
+        env=ROOM_FOR_C10K,
+        default=False,
+        suites=("tls",),
+        tls="knobs",
+        description="examples/hello_server with the engine's TLS knobs: the engine's HTTPS "
+        "cost with no Python",
+    ),
+    Server(
+        "nginx_tls",
+        "nginx (1 worker, HTTPS)",
+        (PY, S + "nginx_server.py", "{port}", "tls"),
+        kind="c-reference",
+        caps=_TLS_CAPS,
+        tools=("nginx",),
+        default=False,
+        suites=("tls",),
+        tls="files",
+        description="nginx, one worker, `listen ... ssl`, TLS 1.2 and 1.3, the same suite "
+        "and ciphers, session tickets on, access log off",
+    ),
+    Server(
+        "uvicorn_tls",
+        "uvicorn raw ASGI (HTTPS)",
+        (PY, S + "uvicorn_raw_server.py", "{port}", "tls"),
+        kind="peer",
+        caps=_TLS_CAPS,
+        pip=_UVICORN + (("websockets", "websockets"), ("starlette", "starlette")),
+        default=False,
+        suites=("tls",),
+        tls="files",
+        description="the raw ASGI app on uvicorn (uvloop, httptools) with --ssl-certfile, "
+        "--ssl-keyfile, --ssl-ciphers",
+    ),
+    Server(
+        "granian_tls",
+        "granian ASGI (HTTPS)",
+        (PY, S + "granian_server.py", "{port}", "asgi", "tls"),
+        kind="peer",
+        caps=_TLS_CAPS,
+        pip=(("granian", "granian"), ("starlette", "starlette")),
+        default=False,
+        suites=("tls",),
+        tls="files",
+        description="granian (Rust) serving the raw ASGI app with its own TLS (rustls): "
+        "--ssl-certificate, --ssl-keyfile",
+    ),
+]
 BY_NAME = {s.name: s for s in SERVERS}
 DEFAULT = [s.name for s in SERVERS if s.default]
 WS_LABELS = {s.name: s.ws_label for s in SERVERS if s.ws_label}
@@ -374,7 +451,19 @@ FILES_LABELS = {s.name: s.files_label for s in SERVERS if s.files_label}
 # "apps": raw WSGI, raw ASGI, Flask and FastAPI on every server that runs them (ours through
 # the command line and the adapters, gunicorn, granian, uvicorn), with the native API as the
 # reference: the rows of the app's-own-cost column, out of the default run for its length.
-SUITES = {"apps": [s.name for s in SERVERS if "apps" in s.suites]}
-SUITE_WORKLOADS = {"apps": ["keepalive"]}
+# "tls": the HTTPS servers and workloads (issue 14), out of the default run for its length.
+SUITES = {name: [s.name for s in SERVERS if name in s.suites] for name in ("apps", "tls")}
+SUITE_WORKLOADS = {
+    "apps": ["keepalive"],
+    "tls": ["tls-keepalive", "tls-get1m", "tls-handshake-ecdsa", "tls-handshake-rsa"],
+}
 # Reference for ratios: the first of these that ran.
-REFERENCE_ORDER = ["pymongoose_uring", "pymongoose", "hello_c", "nginx"]
+REFERENCE_ORDER = [
+    "pymongoose_uring",
+    "pymongoose",
+    "hello_c",
+    "nginx",
+    "pymongoose_uring_tls",
+    "hello_c_tls",
+    "nginx_tls",
+]

@@ -27,6 +27,7 @@ MEDIAN = [
     "client_cpu_util",
     "client_us_per_msg",
     "published",
+    "handshakes_per_cpu_s",
 ]
 MAX = ["rss_peak_mib", "lat_max_ms"]
 SUM = [
@@ -37,6 +38,8 @@ SUM = [
     "errors_write",
     "errors_timeout",
     "status_errors",
+    "handshakes",
+    "resumed",
 ]
 
 
@@ -55,6 +58,13 @@ def summarize(points):
     row["rps_min"], row["rps_max"] = min(rps), max(rps)
     cpu = [p["cpu_us_per_req"] for p in points if p.get("cpu_us_per_req") is not None]
     row["cpu_min"], row["cpu_max"] = (min(cpu), max(cpu)) if cpu else (None, None)
+    if any(p.get("tls_negotiated") for p in points):
+        # What the HTTPS rounds negotiated (wrk's view); more than one would be a surprise.
+        seen = []
+        for p in points:
+            if p.get("tls_negotiated") and p["tls_negotiated"] not in seen:
+                seen.append(p["tls_negotiated"])
+        row["tls_negotiated"] = ", ".join(seen)
     return row
 
 
@@ -107,11 +117,19 @@ def workload_table(workload, rows, labels, reference, header_note=""):
     app_cols = any(row.get("app_us_per_req") is not None for _, row in rows)
     if app_cols:
         cols += ["App's own µs/%s" % unit, "Server's own µs/%s" % unit]
+    # HTTPS: full handshakes per second of server CPU (connection-per-request workloads),
+    # and what was negotiated, as wrk's preload saw it.
+    handshakes = getattr(workload, "handshakes", False)
+    tls_col = getattr(workload, "tls_cert", None) is not None
+    if handshakes:
+        cols.append("Handshakes/CPU-s")
     cols.append("Peak RSS")
     if workload.per_connection_memory:
         cols.append("Memory/conn")
     if ws:
         cols += ["CPU used, server / client", "Client µs/msg"]
+    if tls_col:
+        cols += ["CPU used, server / client", "Negotiated"]
     cols += ["Errors", vs]
     lines = [
         "### %s%s" % (workload.title, header_note),
@@ -142,6 +160,8 @@ def workload_table(workload, rows, labels, reference, header_note=""):
         ]
         if app_cols:
             cells += [_fmt(row.get("app_us_per_req")), _fmt(row.get("server_own_us_per_req"))]
+        if handshakes:
+            cells.append(_fmt_int(row.get("handshakes_per_cpu_s")))
         cells.append("%s MiB" % _fmt(row["rss_peak_mib"]))
         if workload.per_connection_memory:
             cells.append("%s KiB" % _fmt(row.get("mem_per_conn_kib")))
@@ -150,6 +170,11 @@ def workload_table(workload, rows, labels, reference, header_note=""):
                 "%s / %s" % (_pct(row.get("server_cpu_util")), _pct(row.get("client_cpu_util")))
             )
             cells.append(_fmt(row.get("client_us_per_msg"), 2))
+        if tls_col:
+            cells.append(
+                "%s / %s" % (_pct(row.get("server_cpu_util")), _pct(row.get("client_cpu_util")))
+            )
+            cells.append(row.get("tls_negotiated") or "-")
         cells += [_fmt_int(errors) if errors else "0", ratio]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -267,6 +292,76 @@ TARGETS += [
         0.6,
     ),
 ]
+# Issue 14: HTTPS. Keep-alive over TLS at most 1.1x nginx's server CPU per request, and
+# uvicorn and granian behind us on every HTTPS row: more CPU per request on the keep-alive
+# rows, fewer full handshakes per CPU-second on the connection-per-request ones (see
+# HANDSHAKE_TARGETS: the handshakes of connections still open when wrk stops cost CPU too,
+# and at a few hundred per second they are a tenth of the requests).
+TARGETS += [
+    (
+        "HTTPS keep-alive: ours vs nginx",
+        ("pymongoose_uring_tls", "tls-keepalive"),
+        ("nginx_tls", "tls-keepalive"),
+        1.1,
+    ),
+]
+TARGETS += [
+    (
+        "HTTPS %s: ours vs %s" % (what, peer_label),
+        ("pymongoose_uring_tls", workload),
+        (peer, workload),
+        1.0,
+    )
+    for workload, what in (("tls-keepalive", "keep-alive"), ("tls-get1m", "1 MiB response"))
+    for peer, peer_label in (("uvicorn_tls", "uvicorn"), ("granian_tls", "granian"))
+]
+# Targets on full handshakes per second of server CPU, at least this share of the base's:
+# (what, numerator (server, workload), denominator (server, workload), at least).
+HANDSHAKE_TARGETS = [
+    (
+        "HTTPS handshakes per CPU-second, %s: ours vs %s" % (label, peer_label),
+        ("pymongoose_uring_tls", workload),
+        (peer, workload),
+        least,
+    )
+    for workload, label in (
+        ("tls-handshake-ecdsa", "ECDSA P-256"),
+        ("tls-handshake-rsa", "RSA-2048"),
+    )
+    for peer, peer_label, least in (
+        ("nginx_tls", "nginx", 0.9),
+        ("uvicorn_tls", "uvicorn", 1.0),
+        ("granian_tls", "granian", 1.0),
+    )
+]
+
+
+def measured_handshake_targets(summary, targets=HANDSHAKE_TARGETS):
+    """The handshake targets this run measured both sides of: dicts (what, the two figures
+    in full handshakes per CPU-second, ratio, the least allowed, met)."""
+    out = []
+    for what, num, den, least in targets:
+        a, b = summary.get(num), summary.get(den)
+        if not a or not b or not a.get("handshakes_per_cpu_s") or not b.get("handshakes_per_cpu_s"):
+            continue
+        ratio = a["handshakes_per_cpu_s"] / b["handshakes_per_cpu_s"]
+        out.append(
+            {
+                "what": what,
+                "server": num[0],
+                "workload": num[1],
+                "base_server": den[0],
+                "base_workload": den[1],
+                "handshakes_per_cpu_s": a["handshakes_per_cpu_s"],
+                "base_handshakes_per_cpu_s": b["handshakes_per_cpu_s"],
+                "ratio": ratio,
+                "at_least": least,
+                "met": ratio >= least,
+            }
+        )
+    return out
+
+
 # Targets on the server's own cost (CPU µs per request minus the app's own), in µs:
 # (what, (server, workload), at most).
 OWN_COST_TARGETS = [
@@ -354,6 +449,18 @@ def targets_table(summary, targets=TARGETS):
             "met" if t["met"] else "**not met**",
         )
         for t in measured_own_cost_targets(summary)
+    ]
+    lines += [
+        "| %s | %s / %s handshakes/CPU-s | %s | at least %s× | %s |"
+        % (
+            t["what"],
+            _fmt_int(t["handshakes_per_cpu_s"]),
+            _fmt_int(t["base_handshakes_per_cpu_s"]),
+            _ratio(t["ratio"]),
+            t["at_least"],
+            "met" if t["met"] else "**not met**",
+        )
+        for t in measured_handshake_targets(summary)
     ]
     if not lines:
         return None
@@ -540,6 +647,33 @@ def file_counters_note(name, stats):
     return "%s: engine file counters at the end of the run (checks and warm-ups included): %s" % (
         name,
         ", ".join(shown),
+    )
+
+
+# The engine's TLS counters (issue 14), shown after an HTTPS run for our servers: the
+# server's own count of handshakes and resumptions beside wrk's.
+TLS_COUNTERS = (
+    "tls_handshakes",
+    "tls_resumed",
+    "tls_handshake_errors",
+    "tls_handshake_timeouts",
+    "tls_plain_http",
+    "tls_ktls",
+    "tls_close_notify",
+)
+
+
+def tls_counters_note(name, stats):
+    """ "name: engine TLS counters ...: tls_handshakes 123, ..." from a server's counters, or
+    None when it has none of them."""
+    shown = [
+        f"{key} {stats[key]:,}" for key in TLS_COUNTERS if isinstance((stats or {}).get(key), int)
+    ]
+    if not shown:
+        return None
+    return (
+        "%s: engine TLS counters since its last start (the last certificate's workloads, "
+        "checks and warm-ups included): %s" % (name, ", ".join(shown))
     )
 
 

@@ -12,8 +12,8 @@ import subprocess
 import sys
 import time
 
-from . import SERVERS_DIR, BenchError, checks
-from .knobs import environment
+from . import SERVERS_DIR, BenchError, checks, tls
+from .knobs import ALL_KNOBS, environment
 
 EXIT_UNAVAILABLE = 78  # servers/common.py
 
@@ -47,6 +47,9 @@ class ServerProcess:
         self.knobs = dict(knobs or {})
         self.proc = None
         self.answer = None  # what checks.probe() reported
+        # An HTTPS server's certificate (a bench/tls.py Certificate), set before start():
+        # the run restarts it with another when a workload needs another kind.
+        self.certificate = None
 
     @property
     def name(self):
@@ -80,6 +83,7 @@ class ServerProcess:
         env.update(dict(self.definition.env))
         if self.built:
             env.update(self.built.env_for(self.definition))
+        env.update(self._tls_environment())
         env.update(environment({k: v for k, v in self.knobs.items() if k != "threads"}))
         if "threads" in self.knobs:
             env.update(environment({"threads": self.knobs["threads"]}))
@@ -106,11 +110,29 @@ class ServerProcess:
         log.close()
         try:
             self._wait_ready(timeout or self.definition.start_timeout)
-            self.answer = checks.probe(self.definition, self.port)
+            self.answer = checks.probe(self.definition, self.port, tls=self.certificate)
         except BaseException:
             self.stop()  # neither a wrong answer nor Ctrl-C may leave the server behind
             raise
         return self
+
+    def _tls_environment(self):
+        """What tells an HTTPS server its certificate: the engine's ssl_* knobs (PMU_*) or
+        BENCH_TLS_CERT/KEY (registry `tls`). Raises Unavailable for an engine without TLS
+        knobs (a checkout before issue 14), BenchError when no certificate was set."""
+        how = self.definition.tls
+        if how is None:
+            return {}
+        if self.certificate is None:
+            raise BenchError("%s serves HTTPS: a certificate must be set first" % self.name)
+        if how == "knobs":
+            missing = [k for k in tls.engine_knobs(self.certificate) if k not in ALL_KNOBS]
+            if missing:
+                raise Unavailable(
+                    "this checkout's engine has no %s knob: no TLS to measure" % missing[0]
+                )
+            return environment(tls.engine_knobs(self.certificate))
+        return tls.environment(self.certificate)
 
     def _wait_ready(self, timeout):
         deadline = time.monotonic() + timeout

@@ -87,9 +87,9 @@ def provision_servers(defs, args, log):
 
 def warm_up(server, seconds, client_cpus):
     """Unmeasured load on the server's probe path (GET /, or the 16 KiB file of a static
-    file server alone), then its answer checked again."""
+    file server alone; over HTTPS for an HTTPS server), then its answer checked again."""
     if seconds > 0:
         hello = getattr(server.definition, "hello", True)
         path = "/" if hello else files.url(checks.PROBE_FILE)
-        wrk.run(server.port, path, 64, seconds, client_cpus)
-        checks.probe(server.definition, server.port)
+        wrk.run(server.port, path, 64, seconds, client_cpus, tls=server.certificate)
+        checks.probe(server.definition, server.port, tls=server.certificate)

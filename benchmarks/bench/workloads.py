@@ -4,7 +4,13 @@ client drives it: wrk for HTTP, wsload (benchmarks/wsload/wsload.c) for WebSocke
 
 A WebSocket workload counts messages instead of requests (`unit`): for ws-echo the echoes
 that came back, for ws-broadcast the messages delivered to the subscribers (each message the
-publisher sends is delivered `connections` times)."""
+publisher sends is delivered `connections` times).
+
+An HTTPS workload (`tls_cert` set: the kind of certificate of bench/tls.py every server is
+started with) runs on the servers with the "tls" capability (the registry's HTTPS entries),
+with wrk over https:// and the TLS preload (bench/tls.py): every connection a full handshake,
+counted. `handshakes` marks the connection-per-request ones, whose tables show full
+handshakes per second of server CPU."""
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -38,6 +44,10 @@ class Workload:
     # The server this workload's ratios are taken against when it ran (else the run's
     # reference): nginx for the file workloads, as the issue's targets are.
     reference: Optional[str] = None
+    # HTTPS: the certificate kind the servers serve (bench/tls.py KINDS), None for plain HTTP.
+    tls_cert: Optional[str] = None
+    # A new TLS connection per request: report full handshakes per CPU-second.
+    handshakes: bool = False
 
     @property
     def unit(self):
@@ -157,7 +167,60 @@ WORKLOADS = [
         "to all; messages delivered per second, every delivery checked",
     ),
 ]
+# HTTPS (run.py --suite tls; issue 14). Keep-alive and the 1 MiB body use the ECDSA
+# certificate, as most sites now do; the handshake workloads one each. The suite runs them in
+# this order, so the HTTPS servers are restarted once per change of certificate.
+WORKLOADS += [
+    Workload(
+        "tls-keepalive",
+        "HTTPS keep-alive hello (TLS 1.3), 64 connections",
+        needs="tls",
+        check="hello",
+        tls_cert="ecdsa",
+        reference="pymongoose_uring_tls",
+        description="GET / over TLS 1.3 on 64 keep-alive connections (ECDSA P-256 "
+        "certificate): the cost of encrypting and decrypting small records",
+    ),
+    Workload(
+        "tls-get1m",
+        "HTTPS 1 MiB response (TLS 1.3), 16 connections",
+        path="/1m",
+        connections=16,
+        needs="tls-bytes",
+        check="get1m",
+        tls_cert="ecdsa",
+        reference="pymongoose_uring_tls",
+        description="GET /1m over TLS 1.3 on 16 keep-alive connections: bulk encryption",
+    ),
+    Workload(
+        "tls-handshake-ecdsa",
+        "HTTPS connection per request, full handshake, ECDSA P-256, 64 connections",
+        headers=("Connection: close",),
+        needs="tls",
+        check="close",
+        tls_cert="ecdsa",
+        handshakes=True,
+        min_duration=4,  # a few hundred handshakes a second: more of them per point
+        reference="pymongoose_uring_tls",
+        description="GET / with Connection: close over a new TLS 1.3 connection each "
+        "time, a full handshake (no resumption: checked) with an ECDSA P-256 certificate",
+    ),
+    Workload(
+        "tls-handshake-rsa",
+        "HTTPS connection per request, full handshake, RSA-2048, 64 connections",
+        headers=("Connection: close",),
+        needs="tls",
+        check="close",
+        tls_cert="rsa",
+        handshakes=True,
+        min_duration=4,  # a few hundred handshakes a second: more of them per point
+        reference="pymongoose_uring_tls",
+        description="the same with an RSA-2048 certificate (an RSA-PSS signature per handshake)",
+    ),
+]
 BY_NAME = {w.name: w for w in WORKLOADS}
-DEFAULT = [w.name for w in WORKLOADS]
+# The HTTPS workloads: --suite tls (out of the default run, which is long enough already).
+TLS = [w.name for w in WORKLOADS if w.tls_cert]
+DEFAULT = [w.name for w in WORKLOADS if not w.tls_cert]
 QUICK = ["keepalive", "pipelined"]
 FILES = ["file-16k", "file-1m"]

@@ -50,6 +50,31 @@ EXIT_UNAVAILABLE = 78
 
 FILES_PREFIX = "/files"
 
+# HTTPS (run.py --suite tls): the runner makes the certificate and key for each run
+# (bench/tls.py) and names them in BENCH_TLS_CERT and BENCH_TLS_KEY. Every server that can be
+# told is given the same TLS 1.3 suite and the same TLS 1.2 ciphers: TLS_AES_256_GCM_SHA384 is
+# the suite an OpenSSL client (wrk) asks for first, so the servers that cannot be told (granian's
+# rustls follows the client's order; uvicorn's Python ssl cannot restrict TLS 1.3 suites and
+# prefers it too) negotiate it as well; the runner reports what each negotiated.
+TLS_ENV_CERT = "BENCH_TLS_CERT"
+TLS_ENV_KEY = "BENCH_TLS_KEY"
+TLS13_SUITES = "TLS_AES_256_GCM_SHA384"
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+def tls_files():
+    """(certificate, key) paths the runner gave this server (BENCH_TLS_CERT, BENCH_TLS_KEY);
+    exits with a message when they are not set or not readable."""
+    cert, key = os.environ.get(TLS_ENV_CERT), os.environ.get(TLS_ENV_KEY)
+    for name, path in ((TLS_ENV_CERT, cert), (TLS_ENV_KEY, key)):
+        if not path or not os.access(path, os.R_OK):
+            sys.exit("%s must name a readable PEM file (got %r)" % (name, path))
+    return cert, key
+
 
 def files_root():
     """The directory the file workloads serve (ROOT/files/16k.bin, ...): BENCH_FILES_ROOT,

@@ -1,11 +1,15 @@
 """granian (Rust, hyper + tokio), one worker:
-python granian_server.py PORT [asgi|wsgi|wsgi_raw|fastapi|static]
+python granian_server.py PORT [asgi|wsgi|wsgi_raw|fastapi|static] [tls]
 
 The apps are apps.py's: asgi serves the raw ASGI app (its /ws/* routes are the Starlette app
 of ws_app.py); wsgi the Flask app; wsgi_raw the raw WSGI app; fastapi the FastAPI app over
 ASGI; static is asgi with granian's own static file mount
 (--static-path-route /files --static-path-mount DIR) in front of the app, serving the
 runner's file directory (common.files_dir()) from Rust.
+With `tls`, HTTPS by granian's own TLS (rustls): --ssl-certificate and --ssl-keyfile, the
+runner's certificate and key (BENCH_TLS_CERT, BENCH_TLS_KEY; the key in PKCS#8, as granian
+needs), --ssl-protocol-min tls1.2 as the others (rustls cannot be given a cipher list here:
+it follows the client's order of TLS 1.3 suites).
 Replaces itself with granian (same PID).
 """
 
@@ -23,8 +27,9 @@ TARGETS = {
     "static": "apps:asgi_raw",
 }
 WSGI = INTERFACE in ("wsgi", "wsgi_raw")
-if INTERFACE not in TARGETS:
-    sys.exit("granian_server.py PORT [asgi|wsgi|wsgi_raw|fastapi|static]")
+TLS = sys.argv[3:] == ["tls"]
+if INTERFACE not in TARGETS or (sys.argv[3:] and not TLS):
+    sys.exit("granian_server.py PORT [asgi|wsgi|wsgi_raw|fastapi|static] [tls]")
 common.require(
     "granian",
     *{
@@ -65,6 +70,18 @@ os.execv(
         *(
             ["--static-path-route", common.FILES_PREFIX, "--static-path-mount", common.files_dir()]
             if INTERFACE == "static"
+            else []
+        ),
+        *(
+            [
+                "--ssl-certificate",
+                common.tls_files()[0],
+                "--ssl-keyfile",
+                common.tls_files()[1],
+                "--ssl-protocol-min",
+                "tls1.2",
+            ]
+            if TLS
             else []
         ),
         "--no-access-log",

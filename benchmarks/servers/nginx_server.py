@@ -1,4 +1,4 @@
-"""nginx as a C reference, one worker: python nginx_server.py PORT [nocache]
+"""nginx as a C reference, one worker: python nginx_server.py PORT [nocache|tls]
 
 Writes a configuration into /tmp/pmu-bench-nginx-PORT/ and replaces itself with nginx in the
 foreground (daemon off, a master and one worker; the runner sums CPU over the process tree).
@@ -8,6 +8,11 @@ answers 501, which the runner reads as "workload not supported by this server".
 /files/ serves the runner's file directory (common.files_root()) with sendfile and
 open_file_cache on (descriptors and stat results kept, as nginx's documentation suggests for
 static files), or off with `nocache` (an open and an fstat per request).
+With `tls` the listener is HTTPS, configured as nginx is for speed: the certificate and key
+the runner made (BENCH_TLS_CERT, BENCH_TLS_KEY), TLS 1.2 and 1.3, the TLS 1.3 suite and TLS
+1.2 ciphers every server of the runner gets (common.py), session tickets on (keys made at
+start), no session cache (nginx's default; tickets do the resuming), access log off as
+everywhere. Without kernel TLS on this machine nginx encrypts in user space, as we do.
 """
 
 import os
@@ -44,8 +49,8 @@ http {{
     uwsgi_temp_path {prefix}/tmp/uwsgi;
     scgi_temp_path {prefix}/tmp/scgi;
     server {{
-        listen {host}:{port} backlog=4096;
-        root {prefix}/data;
+        listen {host}:{port}{ssl} backlog=4096;
+        {tls}root {prefix}/data;
         location = / {{
             default_type {json};
             return 200 '{hello}';
@@ -76,6 +81,14 @@ OPEN_FILE_CACHE = (
     "            open_file_cache_errors on;"
 )
 NO_OPEN_FILE_CACHE = "open_file_cache off;"
+# The HTTPS settings of `tls` (the server block's; {cert} and {key} are the runner's files).
+TLS = """ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {ciphers};
+        ssl_conf_command Ciphersuites {suites};
+        ssl_session_tickets on;
+        """
 
 
 def find_nginx():
@@ -97,14 +110,50 @@ def echo_module():
     return None
 
 
+def has_ssl_module(nginx):
+    """Whether this nginx was built with ngx_http_ssl_module (`nginx -V`; nginx-light is)."""
+    import subprocess
+
+    p = subprocess.run([nginx, "-V"], capture_output=True, text=True)
+    return "--with-http_ssl_module" in p.stdout + p.stderr
+
+
+def config(prefix, port, options, module, files_root, tls_files=None):
+    """The text of nginx.conf for a server on `port` with `options` ([], ["nocache"] or
+    ["tls"]; `tls_files` the (certificate, key) of "tls")."""
+    tls = ""
+    if "tls" in options:
+        cert, key = tls_files
+        tls = TLS.format(
+            cert=cert, key=key, ciphers=common.TLS12_CIPHERS, suites=common.TLS13_SUITES
+        )
+    return CONFIG.format(
+        prefix=prefix,
+        host=common.HOST,
+        port=port,
+        ssl=" ssl" if tls else "",
+        tls=tls,
+        hello=common.HELLO.decode(),
+        json=common.JSON,
+        octets=common.OCTETS,
+        nofile=NOFILE,
+        load_module="load_module %s;" % module if module else "",
+        echo=ECHO_WITH_MODULE if module else ECHO_WITHOUT_MODULE,
+        files_root=files_root,
+        open_file_cache=NO_OPEN_FILE_CACHE if "nocache" in options else OPEN_FILE_CACHE,
+    )
+
+
 def main():
     port = common.port_from_argv(8010)
     options = sys.argv[2:]
-    if options not in ([], ["nocache"]):
-        sys.exit("nginx_server.py PORT [nocache]")
+    if options not in ([], ["nocache"], ["tls"]):
+        sys.exit("nginx_server.py PORT [nocache|tls]")
     nginx = find_nginx()
     if nginx is None:
         common.unavailable("nginx", "no nginx binary on PATH or in /usr/sbin")
+    if "tls" in options and not has_ssl_module(nginx):
+        common.unavailable("nginx's ssl module", "%s -V shows no --with-http_ssl_module" % nginx)
     prefix = "/tmp/pmu-bench-nginx-%d" % port
     os.makedirs(os.path.join(prefix, "data"), mode=0o755, exist_ok=True)
     os.makedirs(os.path.join(prefix, "tmp"), mode=0o755, exist_ok=True)
@@ -112,21 +161,15 @@ def main():
     for name, body in (("16k", common.BYTES_16K), ("1m", common.BYTES_1M)):
         with open(os.path.join(prefix, "data", name), "wb") as f:
             f.write(body)
-    module = echo_module()
     with open(os.path.join(prefix, "nginx.conf"), "w") as f:
         f.write(
-            CONFIG.format(
-                prefix=prefix,
-                host=common.HOST,
-                port=port,
-                hello=common.HELLO.decode(),
-                json=common.JSON,
-                octets=common.OCTETS,
-                nofile=NOFILE,
-                load_module="load_module %s;" % module if module else "",
-                echo=ECHO_WITH_MODULE if module else ECHO_WITHOUT_MODULE,
-                files_root=common.files_root(),
-                open_file_cache=NO_OPEN_FILE_CACHE if options else OPEN_FILE_CACHE,
+            config(
+                prefix,
+                port,
+                options,
+                echo_module(),
+                common.files_root(),
+                common.tls_files() if "tls" in options else None,
             )
         )
     sys.stdout.flush()

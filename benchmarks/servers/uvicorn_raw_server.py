@@ -1,11 +1,16 @@
 """A raw ASGI app (no framework) on uvicorn with uvloop and httptools:
-python uvicorn_raw_server.py PORT
+python uvicorn_raw_server.py PORT [tls]
 
 The app is apps.py's asgi_raw, the one granian_server.py (asgi) and pymongoose_uring's ASGI
 adapter serve too, so that the servers alone differ. Its "websocket" scopes (/ws/echo,
 /ws/broadcast) go to the Starlette app of ws_app.py, which uvicorn serves with its
 "websockets" implementation (the websockets library).
+With `tls`, HTTPS as uvicorn's --ssl-certfile/--ssl-keyfile/--ssl-ciphers give it: the
+runner's certificate and key (BENCH_TLS_CERT, BENCH_TLS_KEY) and the TLS 1.2 ciphers of
+common.py (Python's ssl module cannot restrict the TLS 1.3 suites).
 """
+
+import sys
 
 import apps
 import common
@@ -21,6 +26,12 @@ if __name__ == "__main__":
         import websockets  # noqa: F401  (uvicorn's WebSocket implementation here)
     except ImportError as e:
         common.unavailable("uvicorn/uvloop/httptools/websockets", e)
+    tls = {}
+    if sys.argv[2:] == ["tls"]:
+        cert, key = common.tls_files()
+        tls = dict(ssl_certfile=cert, ssl_keyfile=key, ssl_ciphers=common.TLS12_CIPHERS)
+    elif sys.argv[2:]:
+        sys.exit("uvicorn_raw_server.py PORT [tls]")
     uvicorn.run(
         app,
         host=common.HOST,
@@ -31,4 +42,5 @@ if __name__ == "__main__":
         log_level="warning",
         access_log=False,
         lifespan="off",
+        **tls,
     )

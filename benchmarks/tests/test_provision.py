@@ -18,9 +18,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import run  # noqa: E402
 from bench import REPO_DIR, registry  # noqa: E402
 
-# The default set's and the app rows' (--suite apps) own servers.
+# The default set's, the app rows' (--suite apps) and the HTTPS rows' (--suite tls) own
+# servers.
 PROJECT_DEFAULT = [
-    d.name for d in registry.SERVERS if d.project and (d.default or "apps" in d.suites)
+    d.name
+    for d in registry.SERVERS
+    if d.project and (d.default or "apps" in d.suites or "tls" in d.suites)
 ]
 
 
@@ -76,6 +79,7 @@ def test_every_project_server_answers_after_provisioning_a_clean_tree(tmp_path):
     # On a fresh clone the package was built into build-bench/python, then configuring
     # build-bench for hello_server deleted it: both Python servers came out "unavailable".
     assert {"pymongoose_uring", "pymongoose", "hello_c"} <= set(PROJECT_DEFAULT)
+    assert {"pymongoose_uring_tls", "hello_c_tls"} <= set(PROJECT_DEFAULT)  # over HTTPS
     tree = clean_tree(str(tmp_path / "clone"))
     assert not any(n.startswith("build") for n in os.listdir(tree))
     env = dict(os.environ)
