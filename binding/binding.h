@@ -132,6 +132,9 @@ typedef struct pyb_state {
   PyTypeObject *connection_type;    /* Connection (conn.c) */
   PyObject *conn_closed;            /* _pmu.ConnectionClosed(OSError) */
   Py_ssize_t connections_alive;     /* Connection objects not yet freed (GIL held) */
+  PyTypeObject *pool_type;          /* WSGIPool (wsgi.c) */
+  PyTypeObject *wsgi_start_type;    /* WSGIStartResponse (wsgi.c) */
+  PyTypeObject *wsgi_call_type;     /* WSGICall (wsgi.c) */
 } pyb_state;
 
 extern PyModuleDef pyb_module_def;
@@ -551,6 +554,21 @@ int pyb_mg_exec(PyObject *module, pyb_state *st);
 int pyb_mg_traverse(pyb_state *st, visitproc visit, void *arg);
 void pyb_mg_clear(pyb_state *st);
 
+/* ---- wsgi.c: the WSGI pool's queue ---- */
+
+/* Whether obj is a WSGIPool. */
+int pyb_pool_check(pyb_state *st, PyObject *obj);
+
+/* What the pool's Request objects report (request.server of a Unix socket,
+ * write()'s high water): the engine's, set when it starts. GIL held. */
+void pyb_pool_bind(PyObject *pool, PyObject *unix_path, size_t high_water);
+
+/* Queue the requests of a batch whose body is not streamed (the others are
+ * skipped: their pieces follow, so they are wrapped at once by the caller).
+ * Any thread, GIL or not; wakes a pool thread if all are parked. Out of
+ * memory, the requests are answered 500. */
+void pyb_pool_push(PyObject *pool, pmu_request_t *const *requests, size_t count);
+
 /* ---- type specs ---- */
 extern PyType_Spec pyb_request_spec;
 extern PyType_Spec pyb_response_spec;
@@ -559,6 +577,9 @@ extern PyType_Spec pyb_websocket_spec;
 extern PyType_Spec pyb_static_mount_spec;
 extern PyType_Spec pyb_file_response_spec;
 extern PyType_Spec pyb_connection_spec;
+extern PyType_Spec pyb_pool_spec;
+extern PyType_Spec pyb_wsgi_start_spec;
+extern PyType_Spec pyb_wsgi_call_spec;
 
 /* Module-level functions defined outside module.c. */
 PyObject *pyb_config_defaults(PyObject *module, PyObject *unused);
