@@ -51,7 +51,8 @@ typedef struct pool_slot {
   uint64_t started; /* calls begun */
   uint64_t seen;    /* `started` at the watchdog's last look */
   int in_call;
-  int stuck; /* the watchdog found it in one call for a whole look */
+  int stuck;           /* the watchdog found it in one call for a whole look */
+  uint64_t flushed_ns; /* when it last flushed the wake-ups it held */
 } pool_slot;
 
 typedef struct {
@@ -78,7 +79,19 @@ typedef struct {
   int watch_parked;    /* the watchdog sleeps until a push (the pool is idle) */
   int watch_started;
   pthread_t watchdog;
+  pmu_wake_batch_t *wakes_held; /* the answers' wake-ups the pool threads hold */
 } PoolObject;
+
+/* How long a pool thread holds the wake-ups of its answers while it has more
+ * requests to run (see pmu_wake_batch_begin): a worker thread then sends a
+ * few answers per turn instead of one, at the price of this much latency. */
+#define HOLD_NS 200000
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 #define POOL(o) ((PoolObject *)(o))
 
@@ -196,6 +209,8 @@ static void *watchdog_main(void *arg) {
     }
     if (q->count && q->awake <= q->stuck && wake_one(q, 1))
       q->wakes++;
+    /* Answers a runner holds go out within a look, also when its next call blocks. */
+    pmu_wake_batch_flush(q->wakes_held);
   }
   pthread_mutex_unlock(&q->lock);
   return NULL;
@@ -246,6 +261,11 @@ static int park(PoolObject *q, uint64_t *since) {
 static int take(PoolObject *q, pool_slot *sl, pool_item *out, int ended) {
   pthread_mutex_lock(&q->lock);
   if (ended) {
+    uint64_t now = now_ns();
+    if (now - sl->flushed_ns >= HOLD_NS) {
+      pmu_wake_batch_flush(q->wakes_held);
+      sl->flushed_ns = now;
+    }
     q->done++;
     sl->in_call = 0;
     if (sl->stuck) {
@@ -268,6 +288,7 @@ static int take(PoolObject *q, pool_slot *sl, pool_item *out, int ended) {
       pthread_mutex_unlock(&q->lock);
       return 0;
     }
+    pmu_wake_batch_flush(q->wakes_held); /* nothing more to run: the answers go out */
     uint64_t since;
     while (park(q, &since) && q->done != since && q->awake - q->stuck > 1 && !q->closing) {
       /* parks again */
@@ -301,6 +322,8 @@ static PyObject *pool_serve(PyObject *op, PyObject *handle) {
   slot.next = q->slots;
   q->slots = &slot;
   pthread_mutex_unlock(&q->lock);
+  pmu_wake_batch_begin(q->wakes_held);
+  slot.flushed_ns = now_ns();
   int ended = 0;
   while (take(q, &slot, &it, ended)) {
     ended = 1;
@@ -313,6 +336,8 @@ static PyObject *pool_serve(PyObject *op, PyObject *handle) {
     Py_XDECREF(r);
     Py_DECREF(req);
   }
+  pmu_wake_batch_begin(NULL);
+  pmu_wake_batch_flush(q->wakes_held);
   pthread_mutex_lock(&q->lock);
   for (pool_slot **p = &q->slots; *p != NULL; p = &(*p)->next)
     if (*p == &slot) {
@@ -399,6 +424,11 @@ static PyObject *pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
   pthread_cond_init(&q->work, NULL);
   pthread_cond_init(&q->watch, &attr);
   pthread_condattr_destroy(&attr);
+  q->wakes_held = pmu_wake_batch_new();
+  if (q->wakes_held == NULL) {
+    Py_DECREF(q);
+    return PyErr_NoMemory();
+  }
   /* The watchdog must not take signals meant for Python's main thread. */
   sigset_t all, old;
   sigfillset(&all);
@@ -429,6 +459,7 @@ static void pool_dealloc(PyObject *op) {
       pmu_respond(it->raw, &pyb_response_500);
   }
   PyMem_RawFree(q->items);
+  pmu_wake_batch_free(q->wakes_held);
   Py_CLEAR(q->unix_path);
   pthread_cond_destroy(&q->work);
   pthread_cond_destroy(&q->watch);
