@@ -50,7 +50,7 @@ from bench.sysctl import Sysctls  # noqa: E402
 STATS_MARK = "PMU_STATS "
 # Counters that are levels, not totals: report the value at the end, not a difference
 # (include/pmu/pmu.h PMU_STATS_FIELDS, kind GAUGE; tests/python/test_knob_table.py checks it).
-GAUGES = {"connections_open", "body_buffer_bytes", "ws_open"}
+GAUGES = {"connections_open", "body_buffer_bytes", "ws_open", "tls_handshakes_waiting"}
 
 
 def parse_args(argv=None):

@@ -56,12 +56,21 @@ typedef struct ring_state {
   char first_cut[192];
 } ring_state;
 
+/* How many knobs of the table are strings (the Engine keeps a copy of each). */
+#define PYB_STR_ONE_STR +1
+#define PYB_STR_ONE_PORT
+#define PYB_STR_ONE_INT
+#define PYB_STR_ONE_UINT
+#define PYB_STR_ONE_SIZE
+#define PYB_STR_ONE_BOOL
+#define PYB_STR_ONE(type, name, def, unit, min, max, doc) PYB_STR_ONE_##type
+#define PYB_STR_KNOBS (0 PMU_CONFIG_KNOBS(PYB_STR_ONE))
+
 typedef struct {
   PyObject_HEAD
   pyb_state *st; /* borrowed: the type holds the module */
   pmu_config_t config;
-  char *host, *unix_path, *server_header, *body_spool_dir,
-      *extra_headers;         /* owned copies behind config's strings */
+  char *owned[PYB_STR_KNOBS]; /* owned copies behind config's strings, by owned_index() */
   PyObject *handler;          /* callable(request): called when no route matches; NULL (raw) */
   PyObject *conn_handler;     /* callable(conn, event, data), or NULL */
   PyObject *routes;           /* dict path -> dict method -> callable, or NULL */
@@ -699,19 +708,14 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
   return (PyObject *)self;
 }
 
-/* Index of a string field's owned copy: 0 host, 1 unix_path, 2 server_header,
- * 3 body_spool_dir, 4 extra_headers. */
-#define NOWNED 5
+/* Index of a string field's owned copy: its place among the STR knobs of the
+ * table (each string knob has a slot of its own). */
+#define NOWNED PYB_STR_KNOBS
 static int owned_index(const field *f) {
-  if (f->offset == offsetof(pmu_config_t, host))
-    return 0;
-  if (f->offset == offsetof(pmu_config_t, unix_path))
-    return 1;
-  if (f->offset == offsetof(pmu_config_t, body_spool_dir))
-    return 3;
-  if (f->offset == offsetof(pmu_config_t, extra_headers))
-    return 4;
-  return 2;
+  int k = 0;
+  for (size_t i = 0; i < NFIELDS && &fields[i] != f; i++)
+    k += fields[i].type == F_STR;
+  return k;
 }
 
 static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
@@ -731,7 +735,7 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   pmu_static_t *static_array = NULL;
   size_t static_count = 0;
   pmu_config_t c = self->config;
-  char *fresh[NOWNED] = {NULL, NULL, NULL, NULL, NULL}; /* strings copied by this call */
+  char *fresh[NOWNED] = {NULL}; /* strings copied by this call */
   if (kwargs != NULL) {
     Py_ssize_t pos = 0;
     PyObject *key, *value; /* borrowed */
@@ -818,12 +822,10 @@ static int engine_init(PyObject *op, PyObject *args, PyObject *kwargs) {
     goto fail;
   }
   /* Commit: new copies replace old ones, which config no longer uses. */
-  char **slots[NOWNED] = {&self->host, &self->unix_path, &self->server_header,
-                          &self->body_spool_dir, &self->extra_headers};
   for (int i = 0; i < NOWNED; i++)
     if (fresh[i] != NULL) {
-      PyMem_Free(*slots[i]);
-      *slots[i] = fresh[i];
+      PyMem_Free(self->owned[i]);
+      self->owned[i] = fresh[i];
     }
   if (statics != NULL || (kwargs != NULL && PyDict_GetItemString(kwargs, "statics") != NULL)) {
     Py_XSETREF(self->statics, statics); /* ours now */
@@ -1299,11 +1301,8 @@ static void engine_dealloc(PyObject *op) {
   destroy_server(self);
   self->running = 0;
   engine_clear(op);
-  PyMem_Free(self->host);
-  PyMem_Free(self->unix_path);
-  PyMem_Free(self->server_header);
-  PyMem_Free(self->body_spool_dir);
-  PyMem_Free(self->extra_headers);
+  for (int i = 0; i < NOWNED; i++)
+    PyMem_Free(self->owned[i]);
   PyMem_Free(self->static_array);
   tp->tp_free(op);
   Py_DECREF(tp);

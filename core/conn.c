@@ -113,6 +113,14 @@ void pmu__conn_timer_update(pmu__conn_t *c) {
     return;
   }
   unsigned kind;
+  if (__builtin_expect(c->tls != NULL, 0) && !c->lingering && pmu__tls_handshaking(c)) {
+    /* Before its handshake ends a TLS connection has one timer; stopping, the
+     * grace a silent connection gets. */
+    kind = c->loop->stopping ? TIMER_STOP_GRACE : TIMER_TLS_HS;
+    if (kind != c->timer_kind)
+      pmu__conn_timer_set(c, kind);
+    return;
+  }
   if (c->evflags & CONNF_RAW) {
     /* A raw connection has one timer: nothing either way for raw_idle_timeout_ms.
      * Stopping, one whose bytes are all out closes without lingering. */
@@ -149,7 +157,7 @@ void pmu__conn_timer_update(pmu__conn_t *c) {
     const pmu__loop_t *loop = c->loop;
     uint64_t idle_since = c->deadline - loop->timeout_ms[TIMER_IDLE];
     if (loop->now_ms - idle_since >= loop->timeout_ms[TIMER_STOP_GRACE]) {
-      pmu__conn_close(c);
+      pmu__conn_close_gracefully(c);
       return;
     }
   }
@@ -234,6 +242,12 @@ void pmu__conn_close(pmu__conn_t *c) {
   pmu__conn_try_release(c);
 }
 
+void pmu__conn_close_gracefully(pmu__conn_t *c) {
+  if (c->tls && pmu__tls_close_notify(c, 0))
+    return;
+  pmu__conn_close(c);
+}
+
 void pmu__conn_release(pmu__conn_t *c) {
   pmu__loop_t *loop = c->loop;
   if (c->ws)
@@ -270,6 +284,8 @@ void pmu__conn_release(pmu__conn_t *c) {
   pmu__conn_body_list_remove(c);
   sendbuf_put(c);
   pmu__file_conn_released(c);
+  if (c->tls)
+    pmu__tls_conn_released(c);
   pmu__list_unlink(&c->all_link);
   loop->nconns--;
   if (c->counted)
@@ -403,12 +419,15 @@ static int keep_while_paused(pmu__conn_t *c, const char *data, size_t len) {
  * are not HTTP) or READ (conn_io_events, before the parser sees them).
  * Returns 1 when they were taken. */
 static int tell_handle(pmu__conn_t *c, const char *data, size_t len) {
+  /* A TLS connection's plaintext is in the loop's scratch, reused by the next
+   * record: the event gets a copy. */
+  int copy = c->tls != NULL;
   if (c->evflags & CONNF_RAW) {
     if (!keep_while_paused(c, data, len))
-      pmu__connh_data(c, data, len, 0);
+      pmu__connh_data(c, data, len, copy);
     return 1;
   }
-  if (pmu__connh_push(c, PMU_CONN_EV_READ, data, len, 0) < 0) {
+  if (pmu__connh_push(c, PMU_CONN_EV_READ, data, len, copy) < 0) {
     pmu__conn_fail(c, ENOMEM);
     return 1;
   }
@@ -676,6 +695,8 @@ static void sendbuf_put(pmu__conn_t *c) {
 void pmu__conn_flush(pmu__conn_t *c) {
   if (c->closing || c->send_inflight || c->out_dead)
     return;
+  if (__builtin_expect(c->tls != NULL, 0) && pmu__tls_flush(c))
+    return; /* ciphertext went out, or no plaintext can yet */
   if (!c->sb && !(c->sb = sendbuf_get(c->loop))) {
     pmu__conn_close(c);
     return;
@@ -729,11 +750,20 @@ void pmu__conn_flush(pmu__conn_t *c) {
     n = pmu__ws_gather(c, n, &total); /* a WebSocket's frames, after the 101 */
   if (n == 0) {
     sendbuf_put(c);
+    if (__builtin_expect(c->tls != NULL, 0) && pmu__tls_send_pending(c))
+      return; /* records of its own (a ticket); the queue is settled when they are out */
     /* Answers with nothing left to send leave the queue here. */
     if (after_sent(c, consume_sent(c, 0)))
       return;
     pmu__conn_timer_update(c);
     pmu__conn_maybe_resume(c); /* answers left the queue: it may read on */
+    return;
+  }
+  if (__builtin_expect(c->tls != NULL, 0) && !pmu__tls_ktls_tx(c)) {
+    int rc = pmu__tls_encrypt(c, c->sb->iov, n, total);
+    sendbuf_put(c);
+    if (rc < 0)
+      pmu__conn_fail(c, ENOMEM);
     return;
   }
   struct msghdr *msg = &c->sb->msg;
@@ -830,6 +860,8 @@ void pmu__conn_linger(pmu__conn_t *c) { linger(c); }
  * if a half-closed peer is owed nothing more. Returns 1 if it closed. */
 static int after_sent(pmu__conn_t *c, int close_now) {
   if (close_now) {
+    if (__builtin_expect(c->tls != NULL, 0) && pmu__tls_close_notify(c, c->linger_on_close))
+      return 1; /* the close, or lingering, once close_notify is out */
     if (c->linger_on_close)
       linger(c);
     else
@@ -868,6 +900,8 @@ void pmu__conn_on_send(pmu__conn_t *c, int res) {
     pmu__conn_fail(c, -res); /* EPIPE, ECONNRESET */
     return;
   }
+  if (__builtin_expect(c->tls != NULL, 0) && (res = pmu__tls_sent(c, res)) < 0)
+    return; /* more ciphertext first, or closing */
   pmu__loop_t *loop = c->loop;
   STAT_ADD(loop, bytes_out, res);
   if (__builtin_expect(c->evflags & CONNF_IO, 0) && res > 0 &&

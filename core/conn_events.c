@@ -23,6 +23,7 @@
  * queue holds only such entries; consecutive sends share one.
  */
 #include "internal.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -54,6 +55,10 @@ struct pmu_conn {
   int err;                   /* CLOSE's err */
   uint8_t handler_done;      /* pmu_conn_release came: no more events */
   uint8_t close_queued;      /* a close after send is queued: no bytes after it */
+
+  /* A TLS connection's handshake (a reference), set before OPEN is queued and
+   * never changed: read by any thread. NULL: plain. */
+  pmu__tls_snap_t *tls_snap;
 };
 
 /* A copy of event data that must outlive its source until the delivery. */
@@ -64,6 +69,8 @@ struct pmu__cev_own {
 
 static void handle_free(pmu__connh_t *h) {
   pmu_server_t *s = h->server;
+  if (h->tls_snap)
+    pmu__tls_snap_unref(h->tls_snap);
   free(h);
   pmu__server_unref(s);
 }
@@ -231,6 +238,8 @@ int pmu__connh_open(pmu__conn_t *c) {
     free(h);
     return -ENOMEM;
   }
+  if (c->tls)
+    h->tls_snap = pmu__tls_conn_snap(c);
   atomic_fetch_add(&s->refs, 1); /* the handle keeps the server */
   const pmu_config_t *cfg = &s->cfg;
   c->evflags = (uint8_t)((cfg->raw ? CONNF_RAW : 0) | (cfg->conn_io_events ? CONNF_IO : 0));
@@ -511,3 +520,10 @@ pmu_conn_t *pmu_request_conn(const pmu_request_t *request) {
 
 /* The handle learns that its connection speaks WebSocket (pmu_ws_accept). */
 void pmu__connh_set_ws(pmu__connh_t *h) { atomic_store(&h->is_ws, 1); }
+
+int pmu_conn_tls_info(const pmu_conn_t *conn, pmu_tls_info_t *out) {
+  if (!conn->tls_snap)
+    return -EINVAL;
+  pmu__tls_snap_info(conn->tls_snap, out);
+  return 0;
+}

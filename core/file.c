@@ -179,7 +179,9 @@ int pmu__file_gather(pmu__conn_t *c, pmu__seg_t *g, int n, size_t *total, int *m
   *more = 0;
   if (!(g->flags & FSEG_PATH_SET)) {
     g->flags |= FSEG_PATH_SET;
-    if (g->len >= cfg->file_splice_min && cfg->file_splice_min != SIZE_MAX)
+    /* Over TLS in user space the bytes must be encrypted: read, never spliced. */
+    if (g->len >= cfg->file_splice_min && cfg->file_splice_min != SIZE_MAX &&
+        (!c->tls || pmu__tls_ktls_tx(c)))
       g->flags |= FSEG_SPLICE;
   }
   if (g->flags & FSEG_SPLICE) {

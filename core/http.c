@@ -4,6 +4,7 @@
  * limits are enforced while parsing; complete requests join the batch.
  */
 #include "internal.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -50,6 +51,10 @@ static void req_drop_output(pmu__req_t *r) {
   if (r->h) {
     pmu__connh_unref(r->h);
     r->h = NULL;
+  }
+  if (r->tls_snap) {
+    pmu__tls_snap_unref(r->tls_snap);
+    r->tls_snap = NULL;
   }
   free(r->end_seg); /* a stream's end piece never used */
   r->end_seg = NULL;
@@ -302,6 +307,10 @@ static int on_message_begin(llhttp_t *p) {
     return fail(c, 503);
   r->conn = c;
   r->kind = REQ_USER;
+  if (__builtin_expect(c->tls != NULL, 0)) {
+    r->pub.tls = 1;
+    r->tls_snap = pmu__tls_conn_snap(c);
+  }
   c->cur = r;
   c->pstate = PS_HEADERS;
   c->served = 1;

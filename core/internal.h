@@ -55,7 +55,9 @@ typedef union pmu__sockaddr {
 typedef struct pmu__conn pmu__conn_t;
 typedef struct pmu__req pmu__req_t;
 typedef struct pmu_ws pmu__ws_t;
-typedef struct pmu_conn pmu__connh_t; /* a connection's handle for config.conn_handler */
+typedef struct pmu_conn pmu__connh_t;         /* a connection's handle for config.conn_handler */
+typedef struct pmu__tls_conn pmu__tls_conn_t; /* a TLS connection's state (core/tls.c) */
+struct pmu__tls_snap;
 
 /* Offsets of one header inside req->data while it is still growing. */
 typedef struct pmu__hoff {
@@ -197,8 +199,9 @@ struct pmu__req {
   void *spool_map;     /* the finished body mapped read-only (pub.body) */
 
   /* Last, out of the way of the fields every request touches. */
-  pmu__connh_t *h; /* its connection's handle (a reference), with conn_handler */
-  uint64_t qseq;   /* place in the loop's cross-thread queues (arrival order) */
+  pmu__connh_t *h;                /* its connection's handle (a reference), with conn_handler */
+  uint64_t qseq;                  /* place in the loop's cross-thread queues (arrival order) */
+  struct pmu__tls_snap *tls_snap; /* its TLS connection's handshake (a reference); NULL: plain */
 };
 
 enum pmu__timer_kind {
@@ -210,6 +213,7 @@ enum pmu__timer_kind {
   TIMER_LINGER,
   TIMER_STOP_GRACE, /* stopping, between requests: a short wait for one on its way */
   TIMER_RAW_IDLE,   /* a raw connection: nothing received or sent (raw_idle_timeout_ms) */
+  TIMER_TLS_HS,     /* a TLS handshake not finished (ssl_handshake_timeout_ms) */
   TIMER_WS_PING,    /* a WebSocket silent for ws_ping_interval_ms: ping it */
   TIMER_WS_PONG,    /* no frame since our ping for ws_ping_timeout_ms: drop it */
   TIMER_WS_CLOSE,   /* a close frame sent, ws_close_timeout_ms for the peer's */
@@ -326,10 +330,11 @@ struct pmu__conn {
   size_t send_len;
 
   /* Connection events (core/conn_events.c), out of the way of the hot fields. */
-  pmu__connh_t *h;     /* its handle, with config.conn_handler */
-  int close_err;       /* why it closes (the CLOSE event's err), 0: orderly */
-  uint8_t evflags;     /* enum pmu__conn_evflag: what the receive path tells h */
-  uint8_t user_paused; /* pmu_conn_pause_reading: reading stays off until resumed */
+  pmu__connh_t *h;      /* its handle, with config.conn_handler */
+  int close_err;        /* why it closes (the CLOSE event's err), 0: orderly */
+  uint8_t evflags;      /* enum pmu__conn_evflag: what the receive path tells h */
+  uint8_t user_paused;  /* pmu_conn_pause_reading: reading stays off until resumed */
+  pmu__tls_conn_t *tls; /* HTTPS (core/tls.c); NULL on a plain connection */
 
   pmu__sockaddr_t peer, local; /* last: conn_new clears what comes before */
 };
@@ -432,6 +437,13 @@ struct pmu__loop {
   pmu__connh_t *cev_closed;
   int cev_dispatching;
 
+  /* HTTPS (core/tls.c): connections waiting for a handshake slot, those with
+   * handshake bytes to process this turn, the slots taken, and the decrypt
+   * and encrypt scratch (two records). */
+  pmu__list_t tls_waiting, tls_ready;
+  unsigned tls_hs_active;
+  char *tls_buf;
+
   pmu_stats_t stats;
   pmu_ring_info_t info;
 };
@@ -448,6 +460,8 @@ struct pmu_server {
   uint8_t extra_server, extra_date;
   char *spool_dir;          /* cfg.body_spool_dir resolved */
   atomic_size_t body_bytes; /* request body bytes in memory, against the budget */
+  /* HTTPS (core/tls_ctx.c): the loaded configuration; NULL without cfg.ssl_certfile */
+  struct pmu__tls_server *tls;
   unsigned nloops;
   pmu__loop_t *loops;
   uint16_t port;
@@ -649,6 +663,38 @@ int pmu__unsent_reserve(atomic_size_t *unsent, atomic_int *want_drain, size_t to
  * reading unless held (by the handler), handing what was kept meanwhile to take. */
 void pmu__conn_resume_unparsed(pmu__conn_t *conn, int held,
                                void (*take)(pmu__conn_t *conn, const char *data, size_t len));
+
+/* ---- tls.c (HTTPS; every function takes a connection with c->tls set) ---- */
+/* A connection accepted on a TLS listener: its SSL, and a handshake slot (its
+ * receive armed) or a place in the queue for one. 0 or -ENOMEM. */
+int pmu__tls_accept(pmu__conn_t *conn);
+/* Ciphertext received. */
+void pmu__tls_on_recv(pmu__conn_t *conn, const char *data, size_t len);
+/* The handshakes with bytes received this turn take their step (end of turn). */
+void pmu__tls_run_handshakes(pmu__loop_t *loop);
+/* Flush, TLS part: returns 1 when it sent ciphertext already made (or the
+ * connection has no plaintext to send: handshake, or TLS over); 0: gather the
+ * plaintext and pmu__tls_encrypt it. */
+int pmu__tls_flush(pmu__conn_t *conn);
+/* Encrypt the first TLS_FLUSH_MAX bytes of the gathered iovecs and send. 0 or -ENOMEM. */
+int pmu__tls_encrypt(pmu__conn_t *conn, const struct iovec *iov, int n, size_t total);
+/* Records waiting with no plaintext to join them (a ticket, an alert): sent, returns 1. */
+int pmu__tls_send_pending(pmu__conn_t *conn);
+/* A send completed with res >= 0 bytes: the plaintext bytes it finishes, or -1
+ * (more ciphertext of it goes first, or the connection went on to close). */
+int pmu__tls_sent(pmu__conn_t *conn, int res);
+/* A graceful close: close_notify goes first; returns 1 when it does (the
+ * close, or lingering close, follows once it is out), 0: close now. */
+int pmu__tls_close_notify(pmu__conn_t *conn, int linger);
+int pmu__tls_handshaking(const pmu__conn_t *conn);
+/* The kernel encrypts this connection's sends (splice allowed). */
+int pmu__tls_ktls_tx(const pmu__conn_t *conn);
+/* Its handshake snapshot with a reference taken, or NULL. */
+struct pmu__tls_snap *pmu__tls_conn_snap(const pmu__conn_t *conn);
+void pmu__tls_conn_released(pmu__conn_t *conn);
+void pmu__tls_loop_exit(pmu__loop_t *loop);
+/* Close: with a close_notify first on a TLS connection that can send one. */
+void pmu__conn_close_gracefully(pmu__conn_t *conn);
 
 /* ---- static.c ---- */
 /* Copy config.statics and open their roots (pmu_server_start). Returns 0 or

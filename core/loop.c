@@ -224,13 +224,19 @@ static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   STAT_ADD(loop, connections_accepted, 1);
   if (over) {
     STAT_ADD(loop, connections_rejected, 1);
-    if (s->cfg.raw) {
-      pmu__conn_close(conn); /* no HTTP to say 503 in */
+    if (s->cfg.raw || s->cfg.ssl_certfile) {
+      pmu__conn_close(conn); /* no HTTP to say 503 in (or not before a handshake) */
       return;
     }
     pmu__conn_arm_recv(conn);
     pmu__conn_send_error(conn, 503);
     pmu__loop_mark_dirty(loop, conn);
+    return;
+  }
+  if (__builtin_expect(s->cfg.ssl_certfile != NULL, 0)) {
+    /* HTTPS: OPEN comes when the handshake is done (core/tls.c). */
+    if (pmu__tls_accept(conn) < 0)
+      pmu__conn_close(conn);
     return;
   }
   if (s->cfg.conn_handler && pmu__connh_open(conn) < 0) {
@@ -256,12 +262,17 @@ static void on_recv(pmu__conn_t *conn, const struct io_uring_cqe *cqe) {
   if (res > 0) {
     unsigned bid = pmu__cqe_buffer_id(cqe);
     STAT_ADD(loop, bytes_in, res);
-    if (!conn->closing)
-      pmu__conn_on_recv(conn, pmu__bufring_addr(&loop->bufs, bid), (size_t)res);
+    const char *data = pmu__bufring_addr(&loop->bufs, bid);
+    if (__builtin_expect(conn->tls != NULL, 0)) {
+      if (!conn->closing)
+        pmu__tls_on_recv(conn, data, (size_t)res); /* ciphertext */
+    } else if (!conn->closing) {
+      pmu__conn_on_recv(conn, data, (size_t)res);
+    }
     /* The parser copied what it keeps: the buffer goes back at once. */
     pmu__bufring_recycle(&loop->bufs, bid);
   } else if (res == 0) {
-    if (!conn->closing)
+    if (!conn->closing && !conn->peer_eof) /* a TLS close_notify may have said it already */
       pmu__conn_on_eof(conn);
   } else if (res == -ENOBUFS) {
     STAT_ADD(loop, enobufs, 1); /* pool ran dry: not the connection's fault */
@@ -406,7 +417,11 @@ static void expire_timers(pmu__loop_t *loop) {
       if ((kind == TIMER_HEADER && c->pstate != PS_IDLE) || kind == TIMER_BODY) {
         pmu__conn_send_error(c, 408);
         pmu__loop_mark_dirty(loop, c);
+      } else if (kind == TIMER_IDLE || kind == TIMER_STOP_GRACE) {
+        pmu__conn_close_gracefully(c); /* TLS: close_notify first */
       } else {
+        if (kind == TIMER_TLS_HS)
+          STAT_ADD(loop, tls_handshake_timeouts, 1);
         pmu__conn_close(c);
       }
     }
@@ -447,6 +462,15 @@ static int64_t next_wait(const pmu__loop_t *loop) {
   return soonest > loop->now_ms ? (int64_t)(soonest - loop->now_ms) : 0;
 }
 
+static void flush_dirty(pmu__loop_t *loop) {
+  pmu__list_t taken, *l;
+  pmu__list_move(&loop->dirty, &taken);
+  while ((l = pmu__list_first(&taken))) {
+    pmu__list_unlink(l);
+    pmu__conn_flush(PMU__LIST_ENTRY(l, pmu__conn_t, dirty_link));
+  }
+}
+
 /* The work after a pass over the completions, in an order that lets no
  * list hold a connection that was released. */
 static void end_of_turn(pmu__loop_t *loop) {
@@ -471,11 +495,15 @@ static void end_of_turn(pmu__loop_t *loop) {
    * flushing, or those requests would wait for the next completion. */
   pmu__loop_dispatch(loop);
   pmu__ws_dispatch(loop);
+  flush_dirty(loop);
 
-  pmu__list_move(&loop->dirty, &taken);
-  while ((l = pmu__list_first(&taken))) {
-    pmu__list_unlink(l);
-    pmu__conn_flush(PMU__LIST_ENTRY(l, pmu__conn_t, dirty_link));
+  /* TLS handshakes come after the established connections' answers went
+   * out: a flood of them cannot hold those back. Their output, and requests
+   * that came right behind a Finished, go in this turn too. */
+  if (!pmu__list_is_empty(&loop->tls_ready)) {
+    pmu__tls_run_handshakes(loop);
+    pmu__loop_dispatch(loop);
+    flush_dirty(loop);
   }
 
   pmu__list_move(&loop->grave, &taken);
@@ -632,6 +660,7 @@ static void free_pools(pmu__loop_t *loop) {
     free(sb);
   }
   pmu__file_loop_exit(loop);
+  pmu__tls_loop_exit(loop);
   free(loop->batch);
   free(loop->free_slots);
 }
@@ -653,6 +682,8 @@ void *pmu__loop_main(void *arg) {
   pmu__list_init(&loop->body_paused);
   pmu__list_init(&loop->all);
   pmu__list_init(&loop->free_conns);
+  pmu__list_init(&loop->tls_waiting);
+  pmu__list_init(&loop->tls_ready);
   for (int kind = 0; kind < TIMER_KINDS; kind++)
     pmu__list_init(&loop->timers[kind]);
   loop->now_ms = pmu__now_ms();
@@ -663,6 +694,7 @@ void *pmu__loop_main(void *arg) {
   loop->timeout_ms[TIMER_SEND] = cfg->send_timeout_ms;
   loop->timeout_ms[TIMER_LINGER] = 2000;
   loop->timeout_ms[TIMER_RAW_IDLE] = cfg->raw_idle_timeout_ms;
+  loop->timeout_ms[TIMER_TLS_HS] = cfg->ssl_handshake_timeout_ms;
   loop->timeout_ms[TIMER_WS_PING] = cfg->ws_ping_interval_ms;
   loop->timeout_ms[TIMER_WS_PONG] = cfg->ws_ping_timeout_ms;
   loop->timeout_ms[TIMER_WS_CLOSE] = cfg->ws_close_timeout_ms;

@@ -4,6 +4,7 @@
  * answer is "nothing".
  */
 #include "internal.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -37,6 +38,7 @@ int pmu_probe(pmu_probe_t *out) {
   if (uname(&u) == 0)
     snprintf(out->kernel, sizeof out->kernel, "%.63s", u.release);
 
+  out->ktls = pmu__ktls_probe(out->ktls_message, sizeof out->ktls_message);
   int rc = pmu__ring_probe(out);
   if (rc < 0) {
     out->error = rc;

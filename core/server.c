@@ -3,6 +3,7 @@
  * listening sockets, and the counters.
  */
 #include "internal.h"
+#include "tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -405,6 +406,7 @@ static void server_free(pmu_server_t *s) {
   free(s->extra_headers);
   free(s->spool_dir);
   pmu__statics_free(s);
+  pmu__tls_server_free(s);
   pthread_mutex_destroy(&s->lock);
   pthread_cond_destroy(&s->cond);
   free(s);
@@ -469,6 +471,11 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
   rc = pmu__statics_start(s);
   if (rc < 0)
     return rc;
+  if (s->cfg.ssl_certfile) {
+    rc = pmu__tls_server_init(s);
+    if (rc < 0)
+      return rc;
+  }
   s->nloops = s->cfg.threads;
   s->loops = calloc(s->nloops, sizeof *s->loops);
   if (!s->loops) {

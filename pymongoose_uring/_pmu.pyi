@@ -89,6 +89,14 @@ class Stats(TypedDict):
     raw_bytes_in: int
     raw_bytes_out: int
     raw_sends: int
+    tls_handshakes: int
+    tls_resumed: int
+    tls_handshake_errors: int
+    tls_handshake_timeouts: int
+    tls_handshakes_waiting: int
+    tls_plain_http: int
+    tls_ktls: int
+    tls_close_notify: int
 
 _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
@@ -660,6 +668,20 @@ class Engine:
         conn_send_high_water: int = ...,
         conn_send_limit: int = ...,
         raw_idle_timeout_ms: int = ...,
+        ssl_certfile: Optional[str] = ...,
+        ssl_keyfile: Optional[str] = ...,
+        ssl_keyfile_password: Optional[str] = ...,
+        ssl_ca_certs: Optional[str] = ...,
+        ssl_cert_reqs: int = ...,
+        ssl_ciphers: Optional[str] = ...,
+        ssl_ciphersuites: Optional[str] = ...,
+        ssl_min_version: Optional[str] = ...,
+        ssl_alpn: Optional[str] = ...,
+        ssl_session_tickets: bool = ...,
+        ssl_ticket_rotate_ms: int = ...,
+        ssl_handshake_timeout_ms: int = ...,
+        ssl_max_handshakes: int = ...,
+        ssl_ktls: bool = ...,
     ) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...

@@ -117,6 +117,20 @@ _ENGINE_OPTIONS = (
     "conn_send_high_water",
     "conn_send_limit",
     "raw_idle_timeout_ms",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_keyfile_password",
+    "ssl_ca_certs",
+    "ssl_cert_reqs",
+    "ssl_ciphers",
+    "ssl_ciphersuites",
+    "ssl_min_version",
+    "ssl_alpn",
+    "ssl_session_tickets",
+    "ssl_ticket_rotate_ms",
+    "ssl_handshake_timeout_ms",
+    "ssl_max_handshakes",
+    "ssl_ktls",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -421,6 +435,20 @@ class Server:
     ``raw_idle_timeout_ms`` (0: off; a raw connection silent both ways this
     long is closed, CLOSE with ETIMEDOUT).
 
+    HTTPS (the names are uvicorn's): ``ssl_certfile`` (a PEM chain, leaf
+    first: set, the listener speaks TLS only), ``ssl_keyfile`` (None: the key
+    is in the certificate file), ``ssl_keyfile_password`` (an encrypted key),
+    ``ssl_ca_certs`` (CA bundle for client certificates) with ``ssl_cert_reqs``
+    (0 ``ssl.CERT_NONE``, 1 optional, 2 required), ``ssl_ciphers`` (TLS 1.2,
+    OpenSSL syntax; None: ECDHE with AEAD only), ``ssl_ciphersuites`` (TLS
+    1.3; None: OpenSSL's), ``ssl_min_version`` ("TLSv1.2" or "TLSv1.3"),
+    ``ssl_alpn`` ("http/1.1": comma-separated, a client offering none of them
+    is refused), ``ssl_session_tickets`` (True; keys random per server)
+    rotated every ``ssl_ticket_rotate_ms`` (1 h), ``ssl_handshake_timeout_ms``
+    (10 s), ``ssl_max_handshakes`` (256 per ring thread mid-handshake; more
+    wait unread), ``ssl_ktls`` (True: kernel TLS where ``probe()`` says it
+    works).
+
     Files: ``statics``, a list of :class:`StaticMount` (``_pmu.StaticMount``),
     directories the engine answers itself before any handler (an
     :class:`App`'s :meth:`App.static` mounts are added to them); a handler
@@ -503,6 +531,20 @@ class Server:
         conn_send_high_water: Optional[int] = None,
         conn_send_limit: Optional[int] = None,
         raw_idle_timeout_ms: Optional[int] = None,
+        ssl_certfile: Optional[str] = None,
+        ssl_keyfile: Optional[str] = None,
+        ssl_keyfile_password: Optional[str] = None,
+        ssl_ca_certs: Optional[str] = None,
+        ssl_cert_reqs: Optional[int] = None,
+        ssl_ciphers: Optional[str] = None,
+        ssl_ciphersuites: Optional[str] = None,
+        ssl_min_version: Optional[str] = None,
+        ssl_alpn: Optional[str] = None,
+        ssl_session_tickets: Optional[bool] = None,
+        ssl_ticket_rotate_ms: Optional[int] = None,
+        ssl_handshake_timeout_ms: Optional[int] = None,
+        ssl_max_handshakes: Optional[int] = None,
+        ssl_ktls: Optional[bool] = None,
         statics: Optional[Sequence[StaticMount]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
         connection_handler: Optional[ConnectionHandler] = None,

@@ -2,7 +2,7 @@
 # Run the libFuzzer harnesses of tests/fuzz (see tests/fuzz/README.md).
 #
 #   tools/fuzz.sh [SECONDS] [HARNESS...]   fuzz each harness for SECONDS (default 60);
-#                                          harnesses: request chunked ws raw static (default all)
+#                                          harnesses: request chunked ws raw static tls (default all)
 #   tools/fuzz.sh --coverage [HARNESS...]  replay the kept corpus through a
 #                                          coverage build; llvm-cov report (core/,
 #                                          llhttp, the harnesses)
@@ -27,7 +27,7 @@ seconds=60
 if [ "${1:-}" = "--coverage" ]; then coverage=1; shift
 elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then seconds=$1; shift; fi
 harnesses=("$@")
-[ ${#harnesses[@]} -gt 0 ] || harnesses=(request chunked ws raw static)
+[ ${#harnesses[@]} -gt 0 ] || harnesses=(request chunked ws raw static tls)
 
 setup() { # setup DIR ARGS...: configure once, reconfigure after
   local dir=$1; shift

@@ -13,7 +13,7 @@ step() { echo "== $* [$((SECONDS / 60))m$((SECONDS % 60))s]"; }
 
 # --- Debian packages: compiler, liburing (io_uring), llhttp sources, zlib (WebSocket
 # permessage-deflate), pkg-config, clang-format for the format check.
-debs=(gcc libc6-dev pkg-config liburing-dev node-llhttp zlib1g-dev python3-dev clang-format)
+debs=(gcc libc6-dev pkg-config liburing-dev node-llhttp zlib1g-dev libssl-dev python3-dev clang-format)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -70,7 +70,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print
   meson test -C build/asan --print-errorlogs --num-processes 2
 
 # --- libFuzzer harnesses (tests/fuzz): clang only for this step. Each runs for
-# FUZZ_SECONDS (default 12: five harnesses in 60 s, the suite under 10 minutes); a crash or a
+# FUZZ_SECONDS (default 12: six harnesses in 72 s, the suite under 10 minutes); a crash or a
 # failed framing or property check fails the suite.
 # Long runs: tools/fuzz.sh SECONDS (see tests/fuzz/README.md).
 fuzz_missing=()

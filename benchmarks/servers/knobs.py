@@ -82,6 +82,20 @@ KNOBS = {
     "conn_send_high_water": int,
     "conn_send_limit": int,
     "raw_idle_timeout_ms": int,
+    "ssl_certfile": str,
+    "ssl_keyfile": str,
+    "ssl_keyfile_password": str,
+    "ssl_ca_certs": str,
+    "ssl_cert_reqs": int,
+    "ssl_ciphers": str,
+    "ssl_ciphersuites": str,
+    "ssl_min_version": str,
+    "ssl_alpn": str,
+    "ssl_session_tickets": flag,
+    "ssl_ticket_rotate_ms": int,
+    "ssl_handshake_timeout_ms": int,
+    "ssl_max_handshakes": int,
+    "ssl_ktls": flag,
 }
 
 

@@ -83,6 +83,7 @@ typedef struct pmu_request {
                                     Sec-WebSocket-Version 13. The handler accepts with
                                     pmu_ws_accept() or answers with any ordinary response
                                     (403, 404 ...), which closes the connection. */
+  uint8_t tls;                   /* 1: it came on a TLS connection (pmu_request_tls_info) */
   uint16_t thread;               /* index of the worker thread that owns it */
   uint64_t conn_id;              /* unique per server; equal for requests of one connection */
   struct sockaddr_storage peer;  /* client address (AF_UNIX: family only) */
@@ -403,6 +404,21 @@ typedef void (*pmu_conn_handler_fn)(void *handler_data, const pmu_conn_event_t *
                                     size_t count);
 
 /*
+ * HTTPS: one more certificate, chosen by SNI (config.ssl_sni_certs).
+ *
+ * A certificate answers for the DNS names of its subjectAltName (its subject's
+ * CN when it has none); "*.example.com" matches exactly one label. The client's
+ * SNI picks the first certificate that answers for it, ssl_sni_certs in order
+ * first, then ssl_certfile's; no SNI, or no match: ssl_certfile's. Every
+ * certificate is loaded (and its key checked against it) at start.
+ */
+typedef struct pmu_tls_cert {
+  const char *certfile;     /* PEM chain, leaf first */
+  const char *keyfile;      /* NULL: the key is in certfile */
+  const char *key_password; /* NULL: the key is not encrypted */
+} pmu_tls_cert_t;
+
+/*
  * Every knob of the engine, declared once.
  *
  * PMU_CONFIG_KNOBS(X) calls X(type, name, default, unit, min, max, doc) for
@@ -568,7 +584,37 @@ typedef void (*pmu_conn_handler_fn)(void *handler_data, const pmu_conn_event_t *
     "unsent bytes pmu_conn_send may leave on a connection; beyond: dropped and the "        \
     "connection closed (0: no limit)")                                                       \
   X(UINT, raw_idle_timeout_ms, 0, "ms", 0, UINT_MAX,                                          \
-    "a raw connection with nothing received or sent this long is closed (0: off)")
+    "a raw connection with nothing received or sent this long is closed (0: off)")           \
+  /* HTTPS (OpenSSL 3, core/tls_ctx.c and core/tls.c). With ssl_certfile set the    \
+   * listener speaks TLS only; the names are uvicorn's. SNI certificates are not a  \
+   * knob: config.ssl_sni_certs. Files are read at start and by                      \
+   * pmu_server_tls_reload(). */                                                              \
+  X(STR, ssl_certfile, NULL, "path", 0, 0,                                                    \
+    "PEM certificate chain, leaf first; set: the listener is HTTPS")                         \
+  X(STR, ssl_keyfile, NULL, "path", 0, 0, "PEM private key (NULL: the key is in ssl_certfile)") \
+  X(STR, ssl_keyfile_password, NULL, "", 0, 0, "password of an encrypted ssl_keyfile")        \
+  X(STR, ssl_ca_certs, NULL, "path", 0, 0, "PEM CA bundle that verifies client certificates") \
+  X(INT, ssl_cert_reqs, 0, "", 0, 2,                                                          \
+    "client certificates: 0 none, 1 optional (verified when given), 2 required (Python's "   \
+    "ssl.CERT_*); 1 and 2 need ssl_ca_certs")                                                \
+  X(STR, ssl_ciphers, NULL, "", 0, 0,                                                         \
+    "TLS 1.2 cipher list, OpenSSL syntax (NULL: ECDHE with AEAD only, Mozilla intermediate)") \
+  X(STR, ssl_ciphersuites, NULL, "", 0, 0, "TLS 1.3 cipher suites (NULL: OpenSSL's default)") \
+  X(STR, ssl_min_version, "TLSv1.2", "", 0, 0,                                                \
+    "lowest protocol accepted: \"TLSv1.2\" or \"TLSv1.3\" (1.3 preferred when offered)")      \
+  X(STR, ssl_alpn, "http/1.1", "", 0, 0,                                                      \
+    "ALPN protocols, comma-separated, in the server's order of preference; a client offering " \
+    "none of them fails the handshake")                                                      \
+  X(BOOL, ssl_session_tickets, 1, "", 0, 1,                                                   \
+    "resumption by session tickets (keys random per server, shared by its threads, rotated)") \
+  X(UINT, ssl_ticket_rotate_ms, 3600000, "ms", 1000, UINT_MAX,                                \
+    "a new ticket key this often; the previous one still decrypts for one more period")      \
+  X(UINT, ssl_handshake_timeout_ms, 10000, "ms", 0, UINT_MAX,                                 \
+    "a TLS handshake not finished in this time is closed (0: off)")                          \
+  X(UINT, ssl_max_handshakes, 256, "connections", 0, UINT_MAX,                                \
+    "connections mid-handshake per ring thread; more wait unread for a slot (0: no limit)")  \
+  X(BOOL, ssl_ktls, 1, "", 0, 1,                                                              \
+    "hand established sessions to kernel TLS when the kernel and OpenSSL can (pmu_probe)")
 /* clang-format on */
 
 /* The C type of each knob type of PMU_CONFIG_KNOBS. */
@@ -607,6 +653,10 @@ typedef struct pmu_config {
    * cannot be opened fails the start with a clear pmu_server_error(). */
   const struct pmu_static *statics;
   size_t static_count;
+  /* More certificates for HTTPS, chosen by the client's SNI (see pmu_tls_cert_t).
+   * Copied at pmu_server_start (strings too); used only with ssl_certfile set. */
+  const struct pmu_tls_cert *ssl_sni_certs;
+  size_t ssl_sni_cert_count;
 } pmu_config_t;
 
 /* Fill *config with the defaults above. */
@@ -975,6 +1025,49 @@ int pmu_status_valid(int status);
 /* The reason phrase the engine sends for a status ("Unknown" if none). */
 const char *pmu_status_reason(int status);
 
+/* ---- HTTPS (config.ssl_certfile) ---- */
+
+/*
+ * Re-read every certificate, key and CA file the config names (ssl_certfile,
+ * ssl_keyfile, ssl_ca_certs, ssl_sni_certs) with the same settings: new
+ * handshakes use them, established connections keep what they have. Any
+ * thread. Returns 0, or -errno with pmu_server_error() saying what failed
+ * (nothing changes then); -EINVAL on a server without TLS.
+ */
+int pmu_server_tls_reload(pmu_server_t *server);
+
+/* What a TLS connection negotiated, snapshotted at the end of its handshake. */
+typedef struct pmu_tls_info {
+  uint16_t version;         /* 0x0303 TLS 1.2, 0x0304 TLS 1.3 */
+  uint16_t cipher_id;       /* IANA number, e.g. 0x1301 */
+  const char *version_name; /* "TLSv1.3" */
+  const char *cipher;       /* OpenSSL's name, e.g. "TLS_AES_128_GCM_SHA256" */
+  const char *server_name;  /* the SNI the client sent; NULL: none */
+  const char *alpn;         /* the negotiated protocol; NULL: none */
+  uint8_t resumed;          /* the session was resumed (ticket) */
+  uint8_t ktls_tx, ktls_rx; /* the kernel encrypts / decrypts this connection */
+  uint8_t peer_cert;        /* the client sent a certificate (verified: else no handshake) */
+  const char *peer_subject; /* its subject, RFC 4514; NULL: none */
+  unsigned peer_chain_len;  /* certificates the client sent, leaf first (0: none) */
+  const unsigned char *server_cert_der; /* the certificate this connection was served with */
+  size_t server_cert_der_len;
+} pmu_tls_info_t;
+
+/*
+ * Fill *out for the TLS connection a request came on. Returns 0; -EINVAL on a
+ * plain connection. The snapshot is immutable and refcounted, held by every
+ * request of the connection: *out (its pointers too) stays valid, from any
+ * thread, for as long as the request does, connection closed or not.
+ */
+int pmu_request_tls_info(const pmu_request_t *request, pmu_tls_info_t *out);
+/* The client's certificate `index` (0: the leaf) as DER: 0 and *der, *len;
+ * -ENOENT past the end of the chain; -EINVAL on a plain connection. */
+int pmu_request_tls_peer_cert(const pmu_request_t *request, unsigned index,
+                              const unsigned char **der, size_t *len);
+/* The same for a connection handle; valid until pmu_conn_release(). -EINVAL on
+ * a plain connection or one still in its handshake. */
+int pmu_conn_tls_info(const pmu_conn_t *conn, pmu_tls_info_t *out);
+
 /* Batch sizes are counted in these buckets: 1, 2-3, 4-7, ..., >= 2^15. */
 #define PMU_BATCH_BUCKETS 16
 #define PMU_STATUS_CLASSES 10
@@ -1067,7 +1160,18 @@ const char *pmu_status_reason(int status);
   X(conn_events, COUNTER, "events delivered to config.conn_handler")                         \
   X(raw_bytes_in, COUNTER, "bytes delivered in PMU_CONN_EV_DATA events (raw connections)")  \
   X(raw_bytes_out, COUNTER, "bytes queued by pmu_conn_send")                                 \
-  X(raw_sends, COUNTER, "pmu_conn_send calls queued on their connection")
+  X(raw_sends, COUNTER, "pmu_conn_send calls queued on their connection")                    \
+  X(tls_handshakes, COUNTER, "TLS handshakes finished")                                       \
+  X(tls_resumed, COUNTER, "TLS handshakes finished that resumed a session (ticket)")          \
+  X(tls_handshake_errors, COUNTER,                                                            \
+    "TLS handshakes failed (bad hello, alert, certificate refused, no ALPN overlap, version " \
+    "too low)")                                                                              \
+  X(tls_handshake_timeouts, COUNTER, "TLS handshakes closed by ssl_handshake_timeout_ms")     \
+  X(tls_handshakes_waiting, GAUGE,                                                            \
+    "accepted TLS connections waiting for a handshake slot (ssl_max_handshakes) now")        \
+  X(tls_plain_http, COUNTER, "plain HTTP requests sent to the TLS port (answered 400)")       \
+  X(tls_ktls, COUNTER, "TLS sessions handed to kernel TLS")                                   \
+  X(tls_close_notify, COUNTER, "TLS close_notify alerts sent")
 /* clang-format on */
 
 #define PMU_STATS_SCALAR(name, kind, doc) uint64_t name;
@@ -1117,6 +1221,10 @@ typedef struct pmu_probe {
   int incremental_buffers; /* IOU_PBUF_RING_INC (6.12+) */
   int registered_ring_fd;
   int ext_arg; /* timeouts on the wait itself */
+  /* Kernel TLS: 1 when this kernel takes TCP_ULP "tls" and the OpenSSL linked
+   * has kTLS; ktls_message says why not, or what it supports. */
+  int ktls;
+  char ktls_message[160];
 } pmu_probe_t;
 
 /* Probe the kernel. Returns 0 when io_uring can run this engine, else -errno
