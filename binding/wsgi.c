@@ -529,6 +529,7 @@ typedef struct {
   PyObject *finish;       /* handler._finish(request, sr, result, environ) */
   PyObject *fail;         /* handler._fail(request, sr, what) */
   PyObject *write;        /* wsgi._write(sr, data): the legacy write() */
+  int scheme_fixed;       /* url_scheme was given: a TLS connection keeps it */
   /* The last server address seen and its (SERVER_NAME, SERVER_PORT). */
   struct sockaddr_storage server_addr;
   PyObject *server_name, *server_port;
@@ -553,7 +554,7 @@ typedef struct {
 static PyObject *k_method, *k_path_info, *k_query, *k_raw_uri, *k_protocol, *k_server_name,
     *k_server_port, *k_remote_addr, *k_remote_port, *k_input, *k_content_length, *k_content_type,
     *k_scheme, *k_cookie, *k_xff, *k_xfp, *v_http11, *v_http10, *v_empty, *v_localhost, *v_zero,
-    *s_trusts, *s_client, *s_scheme;
+    *s_trusts, *s_client, *s_scheme, *k_https, *v_on, *v_https;
 
 static int intern_all(void) {
   if (k_method != NULL)
@@ -576,6 +577,9 @@ static int intern_all(void) {
   I(k_cookie, "HTTP_COOKIE")
   I(k_xff, "HTTP_X_FORWARDED_FOR")
   I(k_xfp, "HTTP_X_FORWARDED_PROTO")
+  I(k_https, "HTTPS")
+  I(v_on, "on")
+  I(v_https, "https")
   I(v_http11, "HTTP/1.1")
   I(v_http10, "HTTP/1.0")
   I(v_empty, "")
@@ -772,6 +776,11 @@ static PyObject *build_environ(CallObject *c, PyObject *request) {
     int rc = put_header(env, key, latin1(h->value, h->value_len));
     Py_DECREF(key);
     if (rc < 0)
+      goto fail;
+  }
+  if (r->tls) { /* (as _environ: before the proxy headers, which may say otherwise) */
+    if (PyDict_SetItem(env, k_https, v_on) < 0 ||
+        (!c->scheme_fixed && PyDict_SetItem(env, k_scheme, v_https) < 0))
       goto fail;
   }
   if (proxy_header && c->proxies != Py_None) {
@@ -1194,13 +1203,13 @@ static PyObject *call_environ(PyObject *op, PyObject *request) {
 }
 
 static PyObject *call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-  static char *kwlist[] = {"app",          "base",     "script_name", "proxies",
-                           "stream_input", "bytes_io", "empty",       "finish",
-                           "fail",         "write",    NULL};
+  static char *kwlist[] = {"app",   "base",   "script_name", "proxies", "stream_input", "bytes_io",
+                           "empty", "finish", "fail",        "write",   "scheme_fixed", NULL};
   PyObject *a[10];
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!UOOOOOOO:WSGICall", kwlist, &a[0],
+  int scheme_fixed = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!UOOOOOOO|p:WSGICall", kwlist, &a[0],
                                    &PyDict_Type, &a[1], &a[2], &a[3], &a[4], &a[5], &a[6], &a[7],
-                                   &a[8], &a[9]))
+                                   &a[8], &a[9], &scheme_fixed))
     return NULL;
   if (intern_all() < 0)
     return NULL;
@@ -1212,6 +1221,7 @@ static PyObject *call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
                           &c->fail,         &c->write};
   for (int i = 0; i < 10; i++)
     *slots[i] = Py_NewRef(a[i]);
+  c->scheme_fixed = scheme_fixed;
   c->vectorcall = call_vectorcall;
   return (PyObject *)c;
 }

@@ -44,7 +44,8 @@ The environ is complete: ``REQUEST_METHOD``, ``SCRIPT_NAME``, ``PATH_INFO``
 ``wsgi.multithread`` and the rest. Behind a trusted proxy (``forwarded_allow_ips``,
 default the local host), ``REMOTE_ADDR`` and ``wsgi.url_scheme`` come from its
 ``X-Forwarded-For`` and ``X-Forwarded-Proto`` headers (``proxy_headers=False``:
-never).
+never). Over TLS (a server with ``ssl_certfile``) ``wsgi.url_scheme`` is
+``https`` and ``HTTPS`` is ``on``, unless ``url_scheme`` was given.
 """
 
 from __future__ import annotations
@@ -425,7 +426,8 @@ class WSGIHandler:
     ``Server(WSGIHandler(app), ...)`` works, but :class:`WSGIServer` also
     starts and stops the pool with the server. ``pool_threads`` threads call
     the app (they start on first use, or with :meth:`start`);
-    ``url_scheme`` is ``wsgi.url_scheme``; ``script_name`` is ``SCRIPT_NAME``
+    ``url_scheme`` is ``wsgi.url_scheme`` (None, the default: ``https`` on a TLS
+    connection, with ``HTTPS`` ``on``, else ``http``); ``script_name`` is ``SCRIPT_NAME``
     (the prefix the app is mounted under, stripped from ``PATH_INFO``);
     ``errors`` is ``wsgi.errors`` (default ``sys.stderr``); ``access_log``
     logs one line per request to the logger ``pymongoose_uring.access``;
@@ -438,7 +440,7 @@ class WSGIHandler:
         app: WSGIApp,
         *,
         pool_threads: int = 8,
-        url_scheme: str = "http",
+        url_scheme: Optional[str] = None,
         script_name: str = "",
         errors: Optional[IO[str]] = None,
         multiprocess: bool = False,
@@ -458,9 +460,11 @@ class WSGIHandler:
         self.access_log = access_log
         self.proxies = trusted_proxies(proxy_headers, forwarded_allow_ips)
         self.script_name = script_name.rstrip("/")
+        # url_scheme None: from the connection (https over TLS, see _environ).
+        self._scheme_fixed = url_scheme is not None
         self._base: Dict[str, Any] = {
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": url_scheme,
+            "wsgi.url_scheme": url_scheme or "http",
             "wsgi.errors": errors if errors is not None else sys.stderr,
             "wsgi.multithread": True,
             "wsgi.multiprocess": multiprocess,
@@ -501,6 +505,7 @@ class WSGIHandler:
                 self._finish,
                 self._fail,
                 _write,
+                self._scheme_fixed,
             )
 
     # -- the pool ---------------------------------------------------------------
@@ -923,7 +928,7 @@ class WSGIHandler:
 class WSGIServer(AdapterServer):
     """A :class:`Server` running a WSGI app, with its thread pool.
 
-    ``WSGIServer(app, host, port, pool_threads=8, url_scheme="http",
+    ``WSGIServer(app, host, port, pool_threads=8, url_scheme=None,
     script_name="", access_log=False, **server_options)``: the server
     options are :class:`Server`'s (``threads`` ring threads, ``unix_path``,
     every engine knob). ``run()`` serves until SIGINT/SIGTERM; ``start()`` /
@@ -937,7 +942,7 @@ class WSGIServer(AdapterServer):
         port: int = 8000,
         *,
         pool_threads: int = 8,
-        url_scheme: str = "http",
+        url_scheme: Optional[str] = None,
         script_name: str = "",
         errors: Optional[IO[str]] = None,
         multiprocess: bool = False,

@@ -164,3 +164,40 @@ def test_c_start_response_rules():
         sr("500 Oops", [], info)
     sr2 = sr_type(None, lambda sr, data: None)
     assert sr2(status="201 Created", headers=[]) is not None and sr2.status == "201 Created"
+
+
+def test_the_c_environ_over_tls_equals_the_python_one(serve, tmp_path):
+    """HTTPS=on and wsgi.url_scheme https (unless url_scheme was given), in C as in
+    _environ. Runs where the engine serves TLS and Request has .scheme."""
+    import ssl
+    import subprocess
+
+    if not hasattr(_native._pmu.Request, "scheme"):
+        pytest.skip("this build's Request has no scheme (no TLS transport)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    for options, scheme in (({}, "https"), ({"url_scheme": "http"}, "http")):
+        handler = WSGIHandler(hello, **options)
+
+        def compare(req, handler=handler):
+            env = handler._run.environ(req)
+            strs = {k: v for k, v in env.items() if isinstance(v, str)}
+            return {"diff": differences(handler, req), "env": strs}
+
+        server = serve(compare, ssl_certfile=str(cert), ssl_keyfile=str(key))
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw_sock:
+            with ctx.wrap_socket(raw_sock) as s:
+                s.sendall(b"GET /tls HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                out = b""
+                while chunk := s.recv(65536):
+                    out += chunk
+        got = json.loads(out.split(b"\r\n\r\n", 1)[1])
+        assert got["diff"] == {}
+        assert got["env"]["HTTPS"] == "on" and got["env"]["wsgi.url_scheme"] == scheme
