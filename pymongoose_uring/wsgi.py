@@ -9,29 +9,37 @@
 
 or ``python -m pymongoose_uring myapp:app --interface wsgi``.
 
-How it runs. The engine's ring threads hand the requests completed in one pass
-to :class:`WSGIHandler` under one GIL acquisition; the handler only appends
-each request to a queue (a C deque) and wakes one idle pool thread per batch,
-then returns, so the ring never waits for the app. An opt-in exception saves
-the thread handoff where it costs most: with ``inline_ms`` above 0 (off by
-default), a path (the request's raw path) that has made 64 quick calls on the
-pool (each under ``inline_ms``; a slower one halves the count) is called on
-the ring thread itself, inside the batch. Two ring calls in a row over that
-budget (one alone may just have been preempted) send the path back to the
-pool, and its next try needs four times more quick calls; a batch stops
-calling inline once it has held the ring 2 ms (the rest go to the pool). So a
-route that starts blocking holds the ring twice per backoff, never for long
-repeatedly. It is off by default because a call on the ring can still block
-it: an app that calls its own server and waits for the answer would wait for
-itself forever, and a quick route's rare slow call (a cold cache, a lock)
-makes every connection of that ring wait. Requests whose body is streamed always go to the pool. The
-pool threads (or the ring, inline) build the
-environ, call the app and answer straight to the engine with
-``request.reply()`` (a complete body: a list/tuple result, or a body whose
-Content-Length is known and small) or ``request.start/write/end`` (streamed:
-chunked when no length is given, as-is under a Content-Length). Apps that
-block (database, sleep) block only their pool thread; ``pool_threads`` bounds
-how many requests run at once.
+How it runs. The engine's ring threads append the requests to the pool's
+queue (``_pmu.WSGIPool``, binding/wsgi.c) without taking the GIL, and return
+to their I/O: the ring never waits for the app. One pool thread takes the
+queued requests back to back while they are quick; a watchdog (C, no GIL)
+wakes another thread when every running one has been in the same call for
+``_STALL`` (1 ms: a sleep, I/O, a lock, a call to this very server), so a
+blocking call holds the requests behind it about that long and an app that
+calls its own server is answered. Apps that block (database, sleep) block
+only their pool thread; ``pool_threads`` bounds how many requests run at
+once. Each call (``_pmu.WSGICall``) builds the environ in C, calls the app
+with a C ``start_response``, and answers a list or tuple of one ``bytes`` in
+one engine call; everything else (other iterables, files, ``write()``, a
+Content-Length to check, HEAD) goes through :meth:`WSGIHandler._finish`:
+``request.reply()`` for a complete body (a list/tuple result, or a body
+whose Content-Length is known and small) or ``request.start/write/end``
+(streamed: chunked when no length is given, as-is under a Content-Length).
+With the access log on, or a subclass's own ``_environ``, the whole call is
+Python (:meth:`WSGIHandler._handle`).
+
+An opt-in exception saves the thread handoff: with ``inline_ms`` above 0
+(off by default), a path (the request's raw path) that has made 64 quick
+calls on the pool (each under ``inline_ms``; a slower one halves the count)
+is called on the ring thread itself, inside the batch (the ring then takes
+the GIL for every batch). Two ring calls in a row over that budget (one
+alone may just have been preempted) send the path back to the pool, and its
+next try needs four times more quick calls; a batch stops calling inline
+once it has held the ring 2 ms (the rest go to the pool). It is off by
+default because a call on the ring can still block it: an app that calls
+its own server and waits for the answer would wait for itself forever, and
+a quick route's rare slow call (a cold cache, a lock) makes every connection
+of that ring wait. Requests whose body is streamed always go to the pool.
 
 The environ is complete: ``REQUEST_METHOD``, ``SCRIPT_NAME``, ``PATH_INFO``
 (percent-decoded, latin-1 as PEP 3333 says), ``QUERY_STRING``,
