@@ -274,7 +274,7 @@ static int take(PoolObject *q, pool_slot *sl, pool_item *out, int ended) {
     }
   }
   for (;;) {
-    if (q->count && (q->awake - q->stuck <= 1 || q->closing)) {
+    if (q->count && (q->awake <= q->stuck + 1 || q->closing)) {
       *out = q->items[q->head];
       q->head = (q->head + 1) % q->cap;
       q->count--;
@@ -290,7 +290,7 @@ static int take(PoolObject *q, pool_slot *sl, pool_item *out, int ended) {
     }
     pmu_wake_batch_flush(q->wakes_held); /* nothing more to run: the answers go out */
     uint64_t since;
-    while (park(q, &since) && q->done != since && q->awake - q->stuck > 1 && !q->closing) {
+    while (park(q, &since) && q->done != since && q->awake > q->stuck + 1 && !q->closing) {
       /* parks again */
     }
   }
