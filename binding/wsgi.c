@@ -85,7 +85,7 @@ typedef struct {
 /* How long a pool thread holds the wake-ups of its answers while it has more
  * requests to run (see pmu_wake_batch_begin): a worker thread then sends a
  * few answers per turn instead of one, at the price of this much latency. */
-#define HOLD_NS 200000
+#define HOLD_NS 1000000
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -95,9 +95,11 @@ static uint64_t now_ns(void) {
 
 #define POOL(o) ((PoolObject *)(o))
 
-/* Wake one parked pool thread (lock held); `probe`: the watchdog's wake,
- * which the thread gives up if a call ends before it runs (see take()).
- * Returns whether one was woken. */
+/* Give one parked pool thread a wake-up (lock held); `probe`: the
+ * watchdog's, which the thread gives up if a call ends before it runs (see
+ * take()). Returns whether one was: the caller then signals `work` once it
+ * has let the lock go (a thread woken while we hold it would only block on
+ * it, and on one CPU that is two more context switches). */
 static int wake_one(PoolObject *q, int probe) {
   if (q->parked == 0)
     return 0;
@@ -108,7 +110,6 @@ static int wake_one(PoolObject *q, int probe) {
     q->probes++;
     q->probe_done = q->done;
   }
-  pthread_cond_signal(&q->work);
   return 1;
 }
 
@@ -139,10 +140,21 @@ static void append(PoolObject *q, pmu_request_t *raw, PyObject *obj) {
   q->count++;
 }
 
-static void announce(PoolObject *q) {
-  if (q->awake <= q->stuck)
-    wake_one(q, 0); /* none free (parked, or stuck in a call): one runner takes the batch */
+/* New requests are queued (lock held): which threads to signal once the
+ * lock is let go (announced()). */
+static int announce(PoolObject *q) {
+  int wake = 0;
+  if (q->awake <= q->stuck && wake_one(q, 0))
+    wake |= 1; /* none free (parked, or stuck in a call): one runner takes the batch */
   if (q->watch_parked)
+    wake |= 2;
+  return wake;
+}
+
+static void announced(PoolObject *q, int wake) {
+  if (wake & 1)
+    pthread_cond_signal(&q->work);
+  if (wake & 2)
     pthread_cond_signal(&q->watch);
 }
 
@@ -162,9 +174,9 @@ void pyb_pool_push(PyObject *pool, pmu_request_t *const *requests, size_t count)
   for (size_t i = 0; i < count; i++)
     if (!requests[i]->body_streaming)
       append(q, requests[i], NULL);
-  if (n)
-    announce(q);
+  int wake = n ? announce(q) : 0;
   pthread_mutex_unlock(&q->lock);
+  announced(q, wake);
 }
 
 void pyb_pool_bind(PyObject *pool, PyObject *unix_path, size_t high_water) {
@@ -207,24 +219,34 @@ static void *watchdog_main(void *arg) {
       }
       sl->seen = sl->started;
     }
-    if (q->count && q->awake <= q->stuck && wake_one(q, 1))
-      q->wakes++;
-    /* Answers a runner holds go out within a look, also when its next call blocks. */
+    int wake = q->count && q->awake <= q->stuck && wake_one(q, 1);
+    q->wakes += (uint64_t)wake;
+    /* Outside the lock: the signal, and the answers a runner holds, which go
+     * out within a look also when its next call blocks. */
+    pthread_mutex_unlock(&q->lock);
+    if (wake)
+      pthread_cond_signal(&q->work);
     pmu_wake_batch_flush(q->wakes_held);
+    pthread_mutex_lock(&q->lock);
   }
   pthread_mutex_unlock(&q->lock);
   return NULL;
 }
 
 /*
- * Park the calling pool thread until a wake-up or close() (lock held, GIL
- * held on entry and on return; both are let go while parked). Returns 1 when
- * the wake-up was the watchdog's, with *since set to `done` at that moment.
+ * Park the calling pool thread until a wake-up or close(). Called with the
+ * lock and the GIL held, it lets both go (and flushes the answers' wake-ups:
+ * nothing more to run) and returns with both held again. Returns 1 when the
+ * wake-up was the watchdog's, with *since set to `done` at that moment.
  */
-static int park(PoolObject *q, uint64_t *since) {
+static int park(PoolObject *q, pool_slot *sl, uint64_t *since) {
   q->awake--;
   q->parked++;
-  PyThreadState *ts = PyEval_SaveThread(); /* (does not block: the lock may stay held) */
+  pthread_mutex_unlock(&q->lock);
+  pmu_wake_batch_flush(q->wakes_held);
+  sl->flushed_ns = now_ns();
+  PyThreadState *ts = PyEval_SaveThread();
+  pthread_mutex_lock(&q->lock);
   while (q->tokens == 0 && !q->closing)
     pthread_cond_wait(&q->work, &q->lock);
   int probe = 0;
@@ -256,16 +278,19 @@ static int park(PoolObject *q, uint64_t *since) {
  * stuck calls end. A thread the watchdog woke also parks again when a call
  * ended while it waited for the GIL and another thread is free: the "stuck"
  * thread was only waiting for the GIL (held by another), not blocked, and
- * one more thread would only contend for the GIL.
+ * one more thread would only contend for the GIL. The answers' wake-ups are
+ * flushed every HOLD_NS, and before parking.
  */
 static int take(PoolObject *q, pool_slot *sl, pool_item *out, int ended) {
-  pthread_mutex_lock(&q->lock);
   if (ended) {
     uint64_t now = now_ns();
     if (now - sl->flushed_ns >= HOLD_NS) {
-      pmu_wake_batch_flush(q->wakes_held);
+      pmu_wake_batch_flush(q->wakes_held); /* (before the lock: it may wake the ring) */
       sl->flushed_ns = now;
     }
+  }
+  pthread_mutex_lock(&q->lock);
+  if (ended) {
     q->done++;
     sl->in_call = 0;
     if (sl->stuck) {
@@ -288,9 +313,8 @@ static int take(PoolObject *q, pool_slot *sl, pool_item *out, int ended) {
       pthread_mutex_unlock(&q->lock);
       return 0;
     }
-    pmu_wake_batch_flush(q->wakes_held); /* nothing more to run: the answers go out */
     uint64_t since;
-    while (park(q, &since) && q->done != since && q->awake > q->stuck + 1 && !q->closing) {
+    while (park(q, sl, &since) && q->done != since && q->awake > q->stuck + 1 && !q->closing) {
       /* parks again */
     }
   }
@@ -362,8 +386,9 @@ static PyObject *pool_put(PyObject *op, PyObject *request) {
     return PyErr_NoMemory();
   }
   append(q, NULL, Py_NewRef(request));
-  announce(q);
+  int wake = announce(q);
   pthread_mutex_unlock(&q->lock);
+  announced(q, wake);
   Py_RETURN_NONE;
 }
 
