@@ -135,6 +135,9 @@ typedef struct pyb_state {
   PyObject *str_http, *str_https;   /* request.scheme's two values */
   PyObject *tls_keys;               /* tls.c's dict keys, interned (a tuple), or NULL */
   struct pyb_asgi *asgi;            /* asgi.c's types and constants (PyMem), or NULL */
+  PyTypeObject *pool_type;          /* WSGIPool (wsgi.c) */
+  PyTypeObject *wsgi_start_type;    /* WSGIStartResponse (wsgi.c) */
+  PyTypeObject *wsgi_call_type;     /* WSGICall (wsgi.c) */
 } pyb_state;
 
 extern PyModuleDef pyb_module_def;
@@ -585,6 +588,21 @@ int pyb_asgi_exec(PyObject *module, pyb_state *st);
 int pyb_asgi_traverse(pyb_state *st, visitproc visit, void *arg);
 void pyb_asgi_clear(pyb_state *st);
 
+/* ---- wsgi.c: the WSGI pool's queue ---- */
+
+/* Whether obj is a WSGIPool. */
+int pyb_pool_check(pyb_state *st, PyObject *obj);
+
+/* What the pool's Request objects report (request.server of a Unix socket,
+ * write()'s high water): the engine's, set when it starts. GIL held. */
+void pyb_pool_bind(PyObject *pool, PyObject *unix_path, size_t high_water);
+
+/* Queue the requests of a batch whose body is not streamed (the others are
+ * skipped: their pieces follow, so they are wrapped at once by the caller).
+ * Any thread, GIL or not; wakes a pool thread if all are parked. Out of
+ * memory, the requests are answered 500. */
+void pyb_pool_push(PyObject *pool, pmu_request_t *const *requests, size_t count);
+
 /* ---- type specs ---- */
 extern PyType_Spec pyb_request_spec;
 extern PyType_Spec pyb_response_spec;
@@ -593,6 +611,9 @@ extern PyType_Spec pyb_websocket_spec;
 extern PyType_Spec pyb_static_mount_spec;
 extern PyType_Spec pyb_file_response_spec;
 extern PyType_Spec pyb_connection_spec;
+extern PyType_Spec pyb_pool_spec;
+extern PyType_Spec pyb_wsgi_start_spec;
+extern PyType_Spec pyb_wsgi_call_spec;
 
 /* Module-level functions defined outside module.c. */
 PyObject *pyb_config_defaults(PyObject *module, PyObject *unused);

@@ -75,6 +75,7 @@ typedef struct {
   PyObject *conn_handler;     /* callable(conn, event, data), or NULL */
   PyObject *routes;           /* dict path -> dict method -> callable, or NULL */
   PyObject *scheduler;        /* callable(list of (request, coroutine)), or NULL */
+  PyObject *pool;             /* the handler's WSGIPool (wsgi.c), filled without the GIL; or NULL */
   PyObject *unix_path_str;    /* config.unix_path as a str, or NULL */
   PyObject *statics;          /* tuple of StaticMount behind config.statics, or NULL */
   pmu_static_t *static_array; /* PyMem copies of their pmu_static_t (config.statics) */
@@ -408,9 +409,40 @@ static void run_batch(EngineObject *self, pmu_request_t *const *requests, size_t
     keep_names_if_slow(rs, slow_ms, start);
 }
 
+/*
+ * A handler with a pool (the WSGI adapter's): the requests go to its queue
+ * without the GIL. Those whose body is streamed are wrapped now, under the
+ * GIL, since their pieces follow (the handler queues them itself). Returns
+ * the number left for the GIL path, moved to the front of `rest`.
+ */
+static size_t to_pool(EngineObject *self, pmu_request_t *const *requests, size_t count,
+                      pmu_request_t **rest) {
+  pyb_pool_push(self->pool, requests, count);
+  size_t n = 0;
+  for (size_t i = 0; i < count; i++)
+    if (requests[i]->body_streaming)
+      rest[n++] = requests[i];
+  return n;
+}
+
 static void on_batch(void *data, pmu_request_t *const *requests, size_t count) {
   EngineObject *self = data;
   ring_state *rs = current_ring;
+  pmu_request_t **rest = NULL;
+  if (self->pool != NULL) {
+    size_t streamed = 0;
+    for (size_t i = 0; i < count; i++)
+      streamed += requests[i]->body_streaming;
+    if (streamed == 0) {
+      pyb_pool_push(self->pool, requests, count);
+      return;
+    }
+    rest = malloc(streamed * sizeof *rest);
+    if (rest != NULL) {
+      count = to_pool(self, requests, count, rest);
+      requests = rest;
+    } /* else: all go through the handler, which queues them itself */
+  }
   if (rs != NULL && rs->tstate != NULL) {
     PyEval_RestoreThread(rs->tstate);
     rs->in_batch = 1;
@@ -424,6 +456,7 @@ static void on_batch(void *data, pmu_request_t *const *requests, size_t count) {
     run_batch(self, requests, count);
     PyGILState_Release(g);
   }
+  free(rest);
 }
 
 /* config.ws_handler: the WebSocket events of one pass, under one GIL
@@ -953,6 +986,26 @@ static PyObject *engine_start(PyObject *op, PyObject *unused) {
   if (self->rings == NULL)
     return PyErr_NoMemory();
 
+  /* A handler with a pool (wsgi.py's WSGIHandler._pmu_pool(): it starts its
+   * threads and returns its WSGIPool, or None when the app may run on the
+   * ring) gets the requests through that queue, without the GIL. */
+  Py_CLEAR(self->pool);
+  if (self->handler != NULL && self->routes == NULL) {
+    PyObject *pool = PyObject_HasAttrString(self->handler, "_pmu_pool")
+                         ? PyObject_CallMethod(self->handler, "_pmu_pool", NULL)
+                         : Py_NewRef(Py_None);
+    if (pool == NULL) {
+      PyMem_Free(self->rings);
+      self->rings = NULL;
+      return NULL;
+    }
+    if (pyb_pool_check(self->st, pool)) {
+      pyb_pool_bind(pool, self->unix_path_str, self->config.output_high_water);
+      self->pool = pool;
+    } else {
+      Py_DECREF(pool);
+    }
+  }
   pmu_config_t c = self->config;
   c.handler = on_batch;
   c.handler_data = self;
@@ -1345,6 +1398,7 @@ static int engine_traverse(PyObject *op, visitproc visit, void *arg) {
   Py_VISIT(self->routes);
   Py_VISIT(self->scheduler);
   Py_VISIT(self->conn_handler);
+  Py_VISIT(self->pool);
   return 0;
 }
 
@@ -1358,6 +1412,7 @@ static int engine_clear(PyObject *op) {
   Py_CLEAR(self->routes);
   Py_CLEAR(self->scheduler);
   Py_CLEAR(self->conn_handler);
+  Py_CLEAR(self->pool);
   Py_CLEAR(self->unix_path_str);
   Py_CLEAR(self->statics);
   return 0;

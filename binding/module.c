@@ -457,6 +457,9 @@ static int module_exec(PyObject *module) {
       add_type(module, &pyb_static_mount_spec, NULL, &st->static_mount_type) < 0 ||
       add_type(module, &pyb_file_response_spec, NULL, &st->file_response_type) < 0 ||
       add_type(module, &pyb_connection_spec, NULL, &st->connection_type) < 0 ||
+      add_type(module, &pyb_pool_spec, NULL, &st->pool_type) < 0 ||
+      add_type(module, &pyb_wsgi_start_spec, NULL, &st->wsgi_start_type) < 0 ||
+      add_type(module, &pyb_wsgi_call_spec, NULL, &st->wsgi_call_type) < 0 ||
       pyb_mg_exec(module, st) < 0 || pyb_asgi_exec(module, st) < 0)
     return -1;
 
@@ -525,6 +528,9 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
   Py_VISIT(st->static_mount_type);
   Py_VISIT(st->file_response_type);
   Py_VISIT(st->connection_type);
+  Py_VISIT(st->pool_type);
+  Py_VISIT(st->wsgi_start_type);
+  Py_VISIT(st->wsgi_call_type);
   Py_VISIT(st->ws_closed);
   Py_VISIT(st->conn_closed);
   Py_VISIT(st->error);
@@ -553,6 +559,9 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->static_mount_type);
   Py_CLEAR(st->file_response_type);
   Py_CLEAR(st->connection_type);
+  Py_CLEAR(st->pool_type);
+  Py_CLEAR(st->wsgi_start_type);
+  Py_CLEAR(st->wsgi_call_type);
   Py_CLEAR(st->ws_closed);
   Py_CLEAR(st->conn_closed);
   Py_CLEAR(st->str_websocket);

@@ -6,6 +6,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -410,6 +411,72 @@ int pmu_respond(pmu_request_t *request, const pmu_response_t *response) {
   return rc;
 }
 
+/* ---- wake batching (pmu_wake_batch_*) ---- */
+
+#define WAKE_BATCH_LOOPS 8
+
+struct pmu_wake_batch {
+  pthread_mutex_t lock;
+  unsigned count;
+  pmu__loop_t *loops[WAKE_BATCH_LOOPS]; /* each holds a reference to its server */
+};
+
+static _Thread_local pmu_wake_batch_t *held_wakes;
+
+pmu_wake_batch_t *pmu_wake_batch_new(void) {
+  pmu_wake_batch_t *b = calloc(1, sizeof *b);
+  if (b != NULL)
+    pthread_mutex_init(&b->lock, NULL);
+  return b;
+}
+
+void pmu_wake_batch_free(pmu_wake_batch_t *b) {
+  if (b == NULL)
+    return;
+  pmu_wake_batch_flush(b);
+  pthread_mutex_destroy(&b->lock);
+  free(b);
+}
+
+void pmu_wake_batch_begin(pmu_wake_batch_t *b) { held_wakes = b; }
+
+unsigned pmu_wake_batch_flush(pmu_wake_batch_t *b) {
+  pmu__loop_t *loops[WAKE_BATCH_LOOPS];
+  pthread_mutex_lock(&b->lock);
+  unsigned n = b->count;
+  memcpy(loops, b->loops, n * sizeof loops[0]);
+  b->count = 0;
+  pthread_mutex_unlock(&b->lock);
+  for (unsigned i = 0; i < n; i++) {
+    pmu_server_t *s = loops[i]->server;
+    pmu__loop_wake(loops[i]);
+    pmu__server_unref(s);
+  }
+  return n;
+}
+
+/* Wake `loop` for an answer handed over, or note it in the calling thread's
+ * batch (once per loop; when the batch is full, at once). */
+static void wake_for_answer(pmu__loop_t *loop) {
+  pmu_wake_batch_t *b = held_wakes;
+  if (b != NULL) {
+    pthread_mutex_lock(&b->lock);
+    for (unsigned i = 0; i < b->count; i++)
+      if (b->loops[i] == loop) {
+        pthread_mutex_unlock(&b->lock);
+        return;
+      }
+    if (b->count < WAKE_BATCH_LOOPS) {
+      atomic_fetch_add(&loop->server->refs, 1);
+      b->loops[b->count++] = loop;
+      pthread_mutex_unlock(&b->lock);
+      return;
+    }
+    pthread_mutex_unlock(&b->lock);
+  }
+  pmu__loop_wake(loop);
+}
+
 /* Give an answered request to its loop: at once on the loop's thread, else
  * through its answer queue (the request is its own link: no memory needed). */
 static void hand_over(pmu__req_t *r) {
@@ -436,7 +503,7 @@ static void hand_over(pmu__req_t *r) {
   loop->qtail = r;
   pthread_mutex_unlock(&loop->qlock);
   if (was_empty)
-    pmu__loop_wake(loop);
+    wake_for_answer(loop);
 }
 
 /* The status class of a raw answer: that of a leading "HTTP/1.x NNN", else 0. */
@@ -640,7 +707,7 @@ void pmu__seg_deliver(pmu__seg_t *g, pmu__loop_t *loop) {
   loop->sqtail = g;
   pthread_mutex_unlock(&loop->qlock);
   if (was_empty)
-    pmu__loop_wake(loop);
+    wake_for_answer(loop);
 }
 
 static void deliver(pmu__seg_t *g) { pmu__seg_deliver(g, g->req->loop); }

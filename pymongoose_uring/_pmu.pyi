@@ -588,6 +588,62 @@ class StaticMount:
     def mime_types(self) -> Optional[str]: ...
 
 @final
+class WSGIPool:
+    """The WSGI adapter's queue of requests for its pool threads (binding/wsgi.c): the
+    engine fills it without the GIL; a watchdog wakes one more parked thread when
+    requests wait and no call ended for ``stall`` seconds."""
+
+    def __init__(self, stall: float = 0.001) -> None: ...
+    def serve(self, handle: Callable[[Request], object], /) -> None: ...
+    def put(self, request: Request, /) -> None: ...
+    def close(self) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def done(self) -> int: ...
+    @property
+    def watchdog_wakes(self) -> int: ...
+
+@final
+class WSGIStartResponse:
+    """start_response for one WSGI call (binding/wsgi.c)."""
+
+    def __init__(self, request: Request, write: Callable[[Any, bytes], None]) -> None: ...
+    def __call__(
+        self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]: ...
+    def write(self, data: bytes, /) -> None: ...
+    @property
+    def request(self) -> Request: ...
+    @property
+    def status(self) -> Optional[str]: ...
+    @property
+    def headers(self) -> Optional[List[Tuple[str, str]]]: ...
+    streaming: bool
+    sent: int
+
+@final
+class WSGICall:
+    """Calls a WSGI app for a Request: environ, start_response and the common answer
+    in C; the rest through ``finish`` (binding/wsgi.c)."""
+
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        base: Dict[str, Any],
+        script_name: str,
+        proxies: Any,
+        stream_input: Callable[[Request], Any],
+        bytes_io: Callable[[bytes], Any],
+        empty: Any,
+        finish: Callable[[Request, Any, Any, Dict[str, Any]], Any],
+        fail: Callable[[Request, Any, str], None],
+        write: Callable[[Any, bytes], None],
+        scheme_fixed: bool = False,
+    ) -> None: ...
+    def __call__(self, request: Request, /) -> None: ...
+    def environ(self, request: Request, /) -> Dict[str, Any]: ...
+
+@final
 class Engine:
     """One C server; Server (in pymongoose_uring) is the public wrapper."""
 

@@ -9,29 +9,37 @@
 
 or ``python -m pymongoose_uring myapp:app --interface wsgi``.
 
-How it runs. The engine's ring threads hand the requests completed in one pass
-to :class:`WSGIHandler` under one GIL acquisition; the handler only appends
-each request to a queue (a C deque) and wakes one idle pool thread per batch,
-then returns, so the ring never waits for the app. An opt-in exception saves
-the thread handoff where it costs most: with ``inline_ms`` above 0 (off by
-default), a path (the request's raw path) that has made 64 quick calls on the
-pool (each under ``inline_ms``; a slower one halves the count) is called on
-the ring thread itself, inside the batch. Two ring calls in a row over that
-budget (one alone may just have been preempted) send the path back to the
-pool, and its next try needs four times more quick calls; a batch stops
-calling inline once it has held the ring 2 ms (the rest go to the pool). So a
-route that starts blocking holds the ring twice per backoff, never for long
-repeatedly. It is off by default because a call on the ring can still block
-it: an app that calls its own server and waits for the answer would wait for
-itself forever, and a quick route's rare slow call (a cold cache, a lock)
-makes every connection of that ring wait. Requests whose body is streamed always go to the pool. The
-pool threads (or the ring, inline) build the
-environ, call the app and answer straight to the engine with
-``request.reply()`` (a complete body: a list/tuple result, or a body whose
-Content-Length is known and small) or ``request.start/write/end`` (streamed:
-chunked when no length is given, as-is under a Content-Length). Apps that
-block (database, sleep) block only their pool thread; ``pool_threads`` bounds
-how many requests run at once.
+How it runs. The engine's ring threads append the requests to the pool's
+queue (``_pmu.WSGIPool``, binding/wsgi.c) without taking the GIL, and return
+to their I/O: the ring never waits for the app. One pool thread takes the
+queued requests back to back while they are quick; a watchdog (C, no GIL)
+wakes another thread when every running one has been in the same call for
+``_STALL`` (1 ms: a sleep, I/O, a lock, a call to this very server), so a
+blocking call holds the requests behind it about that long and an app that
+calls its own server is answered. Apps that block (database, sleep) block
+only their pool thread; ``pool_threads`` bounds how many requests run at
+once. Each call (``_pmu.WSGICall``) builds the environ in C, calls the app
+with a C ``start_response``, and answers a list or tuple of one ``bytes`` in
+one engine call; everything else (other iterables, files, ``write()``, a
+Content-Length to check, HEAD) goes through :meth:`WSGIHandler._finish`:
+``request.reply()`` for a complete body (a list/tuple result, or a body
+whose Content-Length is known and small) or ``request.start/write/end``
+(streamed: chunked when no length is given, as-is under a Content-Length).
+With the access log on, or a subclass's own ``_environ``, the whole call is
+Python (:meth:`WSGIHandler._handle`).
+
+An opt-in exception saves the thread handoff: with ``inline_ms`` above 0
+(off by default), a path (the request's raw path) that has made 64 quick
+calls on the pool (each under ``inline_ms``; a slower one halves the count)
+is called on the ring thread itself, inside the batch (the ring then takes
+the GIL for every batch). Two ring calls in a row over that budget (one
+alone may just have been preempted) send the path back to the pool, and its
+next try needs four times more quick calls; a batch stops calling inline
+once it has held the ring 2 ms (the rest go to the pool). It is off by
+default because a call on the ring can still block it: an app that calls
+its own server and waits for the answer would wait for itself forever, and
+a quick route's rare slow call (a cold cache, a lock) makes every connection
+of that ring wait. Requests whose body is streamed always go to the pool.
 
 The environ is complete: ``REQUEST_METHOD``, ``SCRIPT_NAME``, ``PATH_INFO``
 (percent-decoded, latin-1 as PEP 3333 says), ``QUERY_STRING``,
@@ -50,7 +58,6 @@ never). Over TLS (a server with ``ssl_certfile``) ``wsgi.url_scheme`` is
 
 from __future__ import annotations
 
-import collections
 import io
 import logging
 import os
@@ -76,11 +83,13 @@ from typing import (
 from urllib.parse import unquote_to_bytes
 
 from ._adapter import AdapterServer, declared_length, length_mismatch, log_access, trusted_proxies
-from ._native import Response
+from ._native import Response, _pmu
 from ._types import ExcInfo, WSGIApp, WSGIEnviron
 
 if TYPE_CHECKING:
-    from ._pmu import Request
+    from ._pmu import Request, WSGICall, WSGIPool
+elif _pmu is not None:
+    WSGICall, WSGIPool = _pmu.WSGICall, _pmu.WSGIPool
 
 __all__ = ["WSGIHandler", "WSGIServer", "FileWrapper", "serve"]
 
@@ -103,6 +112,9 @@ _INLINE_MAX = 1 << 20
 _BATCH_BUDGET = 0.002
 _BATCH_GAP = 0.000005
 _INLINE_PATHS = 4096
+# The pool's watchdog: requests waiting while no call ended for this long (seconds)
+# wake one more pool thread (see binding/wsgi.c).
+_STALL = 0.001
 _ERROR_BODY = b"Internal Server Error"
 _ERROR_HEADERS = [("Content-Type", "text/plain; charset=utf-8")]
 
@@ -345,16 +357,21 @@ class _StartResponse:
 
     def write(self, data: bytes) -> None:
         """The legacy write(): sends at once, streamed."""
-        if self.status is None:
-            raise AssertionError("write() before start_response()")
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
-        if not self.streaming:
-            _start(self)
-        if data:
-            self.sent += len(data)
-            if not self.request.write(data):
-                raise ConnectionError("the client disconnected")
+        _write(self, data)
+
+
+def _write(sr: Any, data: bytes) -> None:
+    """The legacy write() of a start_response (ours, or the C one's write)."""
+    if sr.status is None:
+        raise AssertionError("write() before start_response()")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+    if not sr.streaming:
+        _start(sr)
+    if data:
+        sr.sent += len(data)
+        if not sr.request.write(data):
+            raise ConnectionError("the client disconnected")
 
 
 _status_codes: Dict[str, int] = {}
@@ -392,7 +409,7 @@ def _checked_headers(headers: List[Tuple[str, str]]) -> Tuple[_SendableHeaders, 
     return (headers if fixed is None else fixed), length
 
 
-def _start(sr: _StartResponse) -> None:
+def _start(sr: Any) -> None:
     assert sr.status is not None and sr.headers is not None  # start_response() was called
     headers, _ = _checked_headers(sr.headers)
     sr.request.start(_status_code(sr.status), headers)
@@ -467,14 +484,11 @@ class WSGIHandler:
         }
         self._keys: Dict[str, str] = {}  # header name as sent -> environ key
         self._servers: Dict[Union[Tuple[str, int], str, None], Tuple[str, str]] = {}
-        # The pool: requests wait in a deque; idle threads park on their own
-        # lock (held while parked; released to wake that thread).
-        self._pending: "collections.deque[Optional[Request]]" = collections.deque()
-        self._idle: List[threading.Lock] = []
-        self._waking = False  # a thread was woken and has not run yet
+        # The pool: a C queue (_pmu.WSGIPool) that the engine fills without the
+        # GIL; each pool thread runs its serve() loop (see _work). Made by start().
+        self._queue: Optional[WSGIPool] = None
         self._threads: List[threading.Thread] = []
         self._lock = threading.Lock()
-        self._closing = False
         # Inline calls: path -> [quick pool calls, quick calls needed, whether the last
         # ring call was over budget]; the current batch's start and the last inline
         # call's end (perf_counter seconds).
@@ -482,8 +496,25 @@ class WSGIHandler:
         self._paths: Dict[str, List[int]] = {}
         self._batch_start = 0.0
         self._batch_end = 0.0
-        self._busy = 0  # pool threads running a request
+        self._busy = 0  # pool threads running a request (inline mode)
         self._grace = 2 * sys.getswitchinterval()
+        # The call of the app: in C (environ, start_response and the common answer)
+        # unless the access log or a subclass's own _environ needs the Python path.
+        self._run: Callable[[Request], Any] = self._handle
+        if not access_log and type(self)._environ is WSGIHandler._environ:
+            self._run = WSGICall(
+                app,
+                self._base,
+                self.script_name,
+                self.proxies,
+                _StreamInput,
+                io.BytesIO,
+                _EMPTY_INPUT,
+                self._finish,
+                self._fail,
+                _write,
+                self._scheme_fixed,
+            )
 
     # -- the pool ---------------------------------------------------------------
 
@@ -492,42 +523,42 @@ class WSGIHandler:
         with self._lock:
             if self._threads:
                 return self
-            self._closing = False
-            self._waking = False
-            self._idle.clear()
+            queue = self._queue = WSGIPool(_STALL)
             for i in range(self.pool_threads):
-                park = threading.Lock()
-                park.acquire()
                 t = threading.Thread(
-                    target=self._work, args=(park,), name=f"pymongoose_uring-wsgi-{i}", daemon=True
+                    target=self._work,
+                    args=(queue,),
+                    name=f"pymongoose_uring-wsgi-{i}",
+                    daemon=True,
                 )
                 t.start()
                 self._threads.append(t)
         return self
+
+    def _pmu_pool(self) -> Optional[WSGIPool]:
+        """The engine's hook when it starts: the pool's queue, which it fills with
+        the requests without the GIL; None when the app may run on the ring
+        (``inline_ms``), which takes the GIL and this handler's __call__."""
+        self.start()
+        return None if self._budget else self._queue
 
     def close(self, timeout: Optional[float] = 10.0) -> None:
         """Stop the pool threads once the requests queued are done (call it
         after the server stopped)."""
         with self._lock:
             threads, self._threads = self._threads, []
-            if not threads:
+            queue = self._queue
+            if not threads or queue is None:
                 return
-            self._closing = True
-            for _ in threads:
-                self._pending.append(None)
-            while True:
-                try:
-                    park = self._idle.pop()
-                except IndexError:
-                    break
-                park.release()
+            queue.close()
         for t in threads:
             if t is not threading.current_thread():
                 t.join(timeout)
 
     def __call__(self, request: Request) -> None:
-        """The engine handler (ring thread, GIL held): queue the request; wake
-        one parked thread per batch; or run it here when its path has proven quick."""
+        """The engine handler (ring thread, GIL held) when it does not use the
+        queue itself: run the request here when its path has proven quick
+        (inline_ms), else queue it for the pool."""
         if self._budget:
             track = self._paths.get(request.raw_path)
             if track is not None and track[0] >= track[1] and not request.body_streaming:
@@ -536,9 +567,10 @@ class WSGIHandler:
                     self._batch_start = t0  # the ring went back to its I/O in between
                 # While pool threads run, times include waits for the GIL they hold
                 # (up to a switch interval each): then only a grace beyond counts.
-                grace = self._grace if self._busy or self._pending else 0.0
+                queue = self._queue
+                grace = self._grace if self._busy or (queue is not None and len(queue)) else 0.0
                 if t0 - self._batch_start < _BATCH_BUDGET + grace:
-                    self._handle(request)
+                    self._run(request)
                     end = self._batch_end = perf_counter()
                     if end - t0 <= self._budget + grace:
                         track[2] = 0
@@ -549,73 +581,42 @@ class WSGIHandler:
                     else:
                         track[2] = 1
                     return
-        self._pending.append(request)
-        if not self._waking and self._idle:
-            self._wake()
-        elif not self._threads:
+        queue = self._queue
+        if queue is None or not self._threads:
             self.start()
-            self._wake()
+            queue = self._queue
+        assert queue is not None
+        queue.put(request)
 
-    def _wake(self) -> None:
+    def _work(self, queue: WSGIPool) -> None:
+        """A pool thread: the queue's C loop calls the app (through _run) for each
+        request; with inline_ms, through _timed, which also times the calls."""
+        queue.serve(self._timed if self._budget else self._run)
+
+    def _timed(self, request: Request) -> None:
+        """_run, and the count of the path's quick calls (inline_ms)."""
+        path, streamed = request.raw_path, request.body_streaming  # while it is live
+        t0 = perf_counter()
+        self._busy += 1
         try:
-            park = self._idle.pop()
-        except IndexError:
-            return
-        self._waking = True
-        park.release()
-
-    def _work(self, park: threading.Lock) -> None:
-        pending, idle, handle = self._pending, self._idle, self._handle
-        popleft = pending.popleft
-        paths, budget = self._paths, self._budget
-        path, streamed = "", False
-        while True:
-            try:
-                request = popleft()
-            except IndexError:
-                idle.append(park)
-                if pending:  # queued between popleft() and append(): do not sleep on it
-                    try:
-                        idle.remove(park)
-                    except ValueError:
-                        park.acquire()  # someone is waking us already
-                        self._waking = False
-                    continue
-                park.acquire()
-                self._waking = False
-                continue
-            if request is None:
-                return
-            if pending and idle and not self._waking:
-                self._wake()  # more work than this thread: a helper, in case the app blocks
-            if budget:  # read before the answer, while the request is live
-                path, streamed = request.raw_path, request.body_streaming
-            t0 = perf_counter()
-            self._busy += 1
-            try:
-                handle(request)
-            except BaseException:  # pragma: no cover - _handle answers everything itself
-                log.exception("WSGI pool thread: unexpected error")
-            finally:
-                self._busy -= 1
-            if budget:
-                # Count the path's quick calls in a row (a streamed body's reads wait
-                # for the network: those calls say nothing of the app).
-                quick = perf_counter() - t0 <= budget
-                track = paths.get(path)
-                if track is None:
-                    if quick and len(paths) < _INLINE_PATHS and not streamed:
-                        paths[path] = [1, _INLINE_AFTER, 0]
-                elif quick:
-                    if not streamed:
-                        track[0] += 1
-                else:
-                    # Halved, not reset: a pool call's time includes its waits for
-                    # the GIL, which a busy ring makes long now and then; a path that
-                    # blocks often never reaches the count.
-                    track[0] //= 2
-            # An idle thread must not keep the last request (and its body) alive.
-            request = None
+            self._run(request)
+        finally:
+            self._busy -= 1
+        # Count the path's quick calls in a row (a streamed body's reads wait for the
+        # network: those calls say nothing of the app).
+        quick = perf_counter() - t0 <= self._budget
+        track = self._paths.get(path)
+        if track is None:
+            if quick and len(self._paths) < _INLINE_PATHS and not streamed:
+                self._paths[path] = [1, _INLINE_AFTER, 0]
+        elif quick:
+            if not streamed:
+                track[0] += 1
+        else:
+            # Halved, not reset: a pool call's time includes its waits for the GIL,
+            # which a busy ring makes long now and then; a path that blocks often
+            # never reaches the count.
+            track[0] //= 2
 
     # -- one request ---------------------------------------------------------------
 
@@ -706,7 +707,9 @@ class WSGIHandler:
         return env
 
     def _handle(self, request: Request) -> None:
-        """Run the app for one request and answer it (a pool thread)."""
+        """Run the app for one request and answer it (a pool thread): the Python
+        path, taken with the access log on or when a subclass replaces
+        _environ; _run is the C path (_pmu.WSGICall) otherwise."""
         t0 = perf_counter() if self.access_log else 0.0  # the access log's duration
         sr = _StartResponse(request)
         try:
@@ -715,18 +718,7 @@ class WSGIHandler:
         except Exception:
             self._fail(request, sr, "the WSGI app raised")
             return
-        status: Optional[int] = None
-        try:
-            status = self._respond(request, sr, result, environ)
-        except Exception:
-            self._fail(request, sr, "the WSGI app's response failed")
-        finally:
-            close = None if type(result) is list else getattr(result, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    log.exception("the WSGI app's close() raised")
+        status = self._finish(request, sr, result, environ)
         if self.access_log:
             # REMOTE_ADDR: behind a trusted proxy, its client.
             client = (
@@ -744,10 +736,30 @@ class WSGIHandler:
                 duration=perf_counter() - t0,
             )
 
+    def _finish(
+        self, request: Request, sr: Any, result: Any, environ: WSGIEnviron
+    ) -> Optional[int]:
+        """Answer with what the app returned, then close() it (the C path calls
+        this for every answer it does not send itself). Returns the status sent,
+        or None when the app's response failed (answered 500 or cut off)."""
+        status: Optional[int] = None
+        try:
+            status = self._respond(request, sr, result, environ)
+        except Exception:
+            self._fail(request, sr, "the WSGI app's response failed")
+        finally:
+            close = None if type(result) is list else getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("the WSGI app's close() raised")
+        return status
+
     def _respond(
         self,
         request: Request,
-        sr: _StartResponse,
+        sr: Any,
         result: Any,  # what the app returned: an iterable of bytes, checked here
         environ: WSGIEnviron,
     ) -> int:
@@ -835,7 +847,7 @@ class WSGIHandler:
     def _send_file(
         self,
         request: Request,
-        sr: _StartResponse,
+        sr: Any,
         wrapper: FileWrapper,
         offset: Optional[int],
         length: Optional[int],
@@ -881,9 +893,7 @@ class WSGIHandler:
         request.end()
         return code
 
-    def _reply(
-        self, request: Request, sr: _StartResponse, body: bytes, environ: WSGIEnviron
-    ) -> int:
+    def _reply(self, request: Request, sr: Any, body: bytes, environ: WSGIEnviron) -> int:
         assert sr.status is not None and sr.headers is not None  # the app called start_response
         code = _status_code(sr.status)
         headers, length = _checked_headers(sr.headers)
@@ -914,7 +924,7 @@ class WSGIHandler:
         request.reply(Response(body, code, headers, None))
         return code
 
-    def _fail(self, request: Request, sr: _StartResponse, what: str) -> None:
+    def _fail(self, request: Request, sr: Any, what: str) -> None:
         log.exception(
             "%s; %s %s", what, getattr(request, "method", "?"), getattr(request, "target", "?")
         )

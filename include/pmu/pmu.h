@@ -765,6 +765,34 @@ int pmu_respond_end(pmu_request_t *request);
  * by pmu_respond_end(). The head may name them in a Trailer field.
  */
 int pmu_respond_end_trailers(pmu_request_t *request, const pmu_header_t *trailers, size_t count);
+
+/*
+ * Wake batching, for a thread that answers many requests in a row (a pool
+ * thread of a Python adapter). An answer given off the worker thread wakes
+ * that worker thread (when its queue of answers was empty): on a thread
+ * answering requests one after another, that is a wake-up, and a turn of the
+ * worker's loop, per answer. While a batch is set on the calling thread
+ * (pmu_wake_batch_begin), those wake-ups are noted in it instead, and
+ * pmu_wake_batch_flush() wakes each worker thread once. Until then the answers
+ * wait in their worker's queue: the holder flushes when it runs out of work,
+ * and at least every few hundred microseconds; any thread may flush (a
+ * watchdog of a holder that may block). The batch keeps the servers of the
+ * noted threads alive until flushed.
+ */
+typedef struct pmu_wake_batch pmu_wake_batch_t;
+
+/* A new empty batch, or NULL (no memory). */
+pmu_wake_batch_t *pmu_wake_batch_new(void);
+
+/* Flush and free. No thread may still have it set. */
+void pmu_wake_batch_free(pmu_wake_batch_t *batch);
+
+/* Note the calling thread's wake-ups in `batch` from now on; NULL: wake at
+ * once again (flush the previous batch yourself). */
+void pmu_wake_batch_begin(pmu_wake_batch_t *batch);
+
+/* Wake the worker threads noted; any thread. Returns how many were. */
+unsigned pmu_wake_batch_flush(pmu_wake_batch_t *batch);
 int pmu_respond_abort(pmu_request_t *request);
 
 /* ---- Files ---- */

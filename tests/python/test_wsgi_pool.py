@@ -1,0 +1,102 @@
+"""The WSGI pool (binding/wsgi.c's WSGIPool): the engine queues requests without the GIL;
+quick calls run back to back on one thread; the watchdog wakes another thread when a
+call blocks, so a blocking app delays the others only briefly and an app that calls its
+own server is answered."""
+
+import http.client
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import request
+from pymongoose_uring import _native, wsgi as pmu_wsgi
+
+POOL = "pymongoose_uring-wsgi-"
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [threading.current_thread().name.encode()]
+
+
+def test_the_engine_fills_the_pool_and_quick_calls_stay_on_one_thread(serve_wsgi, monkeypatch):
+    # A long stall: only a call blocked for 0.5 s would wake a second thread, so on a
+    # loaded machine too, quick calls from many connections run on one thread.
+    monkeypatch.setattr(pmu_wsgi, "_STALL", 0.5)
+    server = serve_wsgi(hello, pool_threads=4)
+    queue = server.handler._queue
+    names = []
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        for _ in range(50):
+            conn.request("GET", "/")
+            names.append(conn.getresponse().read().decode())
+        conn.close()
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join(30)
+    assert len(names) == 400 and all(n.startswith(POOL) for n in names)
+    # Whichever thread was woken took each burst alone: never two at once, so never
+    # a second thread while the first was running; the watchdog woke none.
+    assert queue.watchdog_wakes == 0
+    assert queue.done >= 400
+
+
+def test_a_blocked_call_lets_another_thread_run_the_others(serve_wsgi):
+    """/quick queued behind a blocked /block runs on another thread (woken by the
+    watchdog, or by the ring once the watchdog found /block stuck)."""
+    release, entered = threading.Event(), threading.Event()
+    ran = {}
+
+    def app(environ, start_response):
+        ran[environ["PATH_INFO"]] = threading.current_thread().name
+        if environ["PATH_INFO"] == "/block":
+            entered.set()
+            release.wait(10)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["PATH_INFO"].encode()]
+
+    server = serve_wsgi(app, pool_threads=2)
+    blocked = threading.Thread(target=lambda: request(server, path="/block"))
+    blocked.start()
+    assert entered.wait(10)
+    t0 = time.monotonic()
+    assert request(server, path="/quick")[2] == b"/quick"
+    assert time.monotonic() - t0 < 5  # (the stall is 1 ms; generous for a loaded machine)
+    assert not release.is_set() and ran["/quick"] != ran["/block"]
+    release.set()
+    blocked.join(10)
+
+
+def test_an_app_calling_its_own_server_is_answered(serve_wsgi):
+    """The call to itself waits in the queue behind the calling request: the watchdog
+    sees no call end and wakes a second thread for it."""
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        if environ["PATH_INFO"] == "/outer":
+            url = "http://127.0.0.1:%s/inner" % environ["SERVER_PORT"]
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return [b"outer+" + r.read()]
+        return [b"inner"]
+
+    server = serve_wsgi(app, pool_threads=2)
+    assert request(server, path="/outer", timeout=15)[2] == b"outer+inner"
+
+
+def test_pool_queue_arguments_and_put():
+    pool = _native._pmu.WSGIPool(0.01)
+    with pytest.raises(TypeError):
+        pool.put("not a request")
+    with pytest.raises(ValueError):
+        _native._pmu.WSGIPool(0)
+    assert len(pool) == 0 and pool.done == 0
+    pool.close()
+    # A closed, empty pool lets serve() return at once.
+    pool.serve(lambda request: None)
