@@ -4,6 +4,9 @@
 # built into it from this checkout, and the whole of tests/python.
 #   tools/test-pythons.sh                       # every pyenv CPython >= 3.9
 #   tools/test-pythons.sh /usr/bin/python3.13   # just these
+# PYTHONS_PHASE=build makes the venvs and builds only; PYTHONS_PHASE=test then runs the
+# tests on those builds (tools/test.sh builds beside the fuzzers, tests beside Autobahn);
+# the default does both.
 # Needs what tools/test.sh installs (run that first on a fresh machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,10 +37,15 @@ run_one() { # run_one PYTHON VERSION
   # A copy of the checkout: meson-python builds in place otherwise, and each
   # interpreter needs its own build of the extension.
   local work=$root/build/pythons/src-$version
-  rm -rf "$work" && mkdir -p "$work"
-  git ls-files -z | xargs -0 cp --parents -t "$work"
-  (PATH=$venv/bin:$PATH && cd "$work" && python -m pip install -q --no-build-isolation . \
-    && cd "$root/build" && python -m pytest -q -p no:cacheprovider "$root/tests/python")
+  if [ "${PYTHONS_PHASE:-all}" != test ]; then
+    rm -rf "$work" && mkdir -p "$work"
+    git ls-files -z | xargs -0 cp --parents -t "$work"
+    (PATH=$venv/bin:$PATH && cd "$work" && python -m pip install -q --no-build-isolation .) \
+      || return 1
+  fi
+  [ "${PYTHONS_PHASE:-all}" = build ] && return 0
+  (PATH=$venv/bin:$PATH && cd "$root/build" \
+    && python -m pytest -q -p no:cacheprovider "$root/tests/python")
 }
 
 # The interpreters run at once (most of a test run is waiting on sockets and
@@ -64,7 +72,9 @@ for i in "${!versions[@]}"; do
   version=${versions[$i]}
   if [ "${PYTHONS_SERIAL:-0}" = 1 ]; then rc=${pids[$i]}; else wait "${pids[$i]}" && rc=0 || rc=$?; fi
   cat "$root/build/pythons/$version.log"
-  if [ "$rc" = 0 ]; then
+  if [ "$rc" = 0 ] && [ "${PYTHONS_PHASE:-all}" = build ]; then
+    echo "== Python $version: built"
+  elif [ "$rc" = 0 ]; then
     echo "== Python $version: passed"
   else
     echo "== Python $version: FAILED"

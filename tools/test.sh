@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 step() { echo "== $* [$((SECONDS / 60))m$((SECONDS % 60))s]"; }
+# Jobs started beside a step (the other CPythons' builds, the runner's tests, Autobahn) end
+# with the script, whichever step stops it.
+trap 'jobs -p | xargs -r kill 2>/dev/null || true' EXIT
 
 # --- Debian packages: compiler, liburing (io_uring), llhttp sources, zlib (WebSocket
 # permessage-deflate), pkg-config, clang-format for the format check.
@@ -83,6 +86,24 @@ if [ ${#fuzz_missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${fuzz_missing[@]}" >/dev/null
 fi
+# --- The oldest and the newest CPython this machine has besides the main one
+# (pyenv's), so that C-API differences show here rather than at a user's.
+others=()
+for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.*/bin/python3; do
+  [ -x "$p" ] && "$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' \
+    && others+=("$("$p" -c 'import sys; print("%d.%02d" % sys.version_info[:2])') $p")
+done
+main=$("$py" -c 'import sys; print("%d.%02d" % sys.version_info[:2])')
+others=($(printf '%s\n' "${others[@]}" | grep -v "^$main " | sort | sed -n '1p;$p' | uniq \
+  | cut -d' ' -f2))
+# Their venvs and builds are made beside the fuzzers (one core each is enough), their
+# tests run beside Autobahn below.
+pythons_build_pid=
+if [ ${#others[@]} -gt 0 ]; then
+  PYTHONS_PHASE=build tools/test-pythons.sh "${others[@]}" >build/pythons-build.log 2>&1 &
+  pythons_build_pid=$!
+fi
+
 # The benchmark runner's own tests run beside the fuzzers (a fuzzer keeps one core
 # busy; the runner's tests mostly wait on their servers): a minute less in all.
 step "fuzzing, ${FUZZ_SECONDS:-12} s per harness, and the benchmark runner's own tests beside it"
@@ -123,18 +144,13 @@ step "autobahn: Autobahn|Testsuite against the C, native and ASGI echo endpoints
 AUTOBAHN_PYTHON=$py tools/autobahn.sh >build/autobahn.log 2>&1 &
 autobahn_pid=$!
 
-# --- The oldest and the newest CPython this machine has besides the main one
-# (pyenv's), so that C-API differences show here rather than at a user's.
-others=()
-for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.*/bin/python3; do
-  [ -x "$p" ] && "$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' \
-    && others+=("$("$p" -c 'import sys; print("%d.%02d" % sys.version_info[:2])') $p")
-done
-main=$("$py" -c 'import sys; print("%d.%02d" % sys.version_info[:2])')
-others=($(printf '%s\n' "${others[@]}" | grep -v "^$main " | sort | sed -n '1p;$p' | uniq \
-  | cut -d' ' -f2))
 if [ ${#others[@]} -gt 0 ]; then
-  if ! tools/test-pythons.sh "${others[@]}"; then
+  if ! wait "$pythons_build_pid"; then
+    cat build/pythons-build.log
+    kill "$autobahn_pid" 2>/dev/null || true
+    exit 1
+  fi
+  if ! PYTHONS_PHASE=test tools/test-pythons.sh "${others[@]}"; then
     kill "$autobahn_pid" 2>/dev/null || true
     exit 1
   fi
