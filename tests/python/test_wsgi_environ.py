@@ -168,19 +168,10 @@ def test_c_start_response_rules():
 
 def test_the_c_environ_over_tls_equals_the_python_one(serve, tmp_path):
     """HTTPS=on and wsgi.url_scheme https (unless url_scheme was given), in C as in
-    _environ. Runs where the engine serves TLS and Request has .scheme."""
-    import ssl
-    import subprocess
+    _environ."""
+    from tlscerts import Certs, tls_connect
 
-    if not hasattr(_native._pmu.Request, "scheme"):
-        pytest.skip("this build's Request has no scheme (no TLS transport)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
+    certs = Certs(tmp_path)
     for options, scheme in (({}, "https"), ({"url_scheme": "http"}, "http")):
         handler = WSGIHandler(hello, **options)
 
@@ -189,15 +180,12 @@ def test_the_c_environ_over_tls_equals_the_python_one(serve, tmp_path):
             strs = {k: v for k, v in env.items() if isinstance(v, str)}
             return {"diff": differences(handler, req), "env": strs}
 
-        server = serve(compare, ssl_certfile=str(cert), ssl_keyfile=str(key))
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw_sock:
-            with ctx.wrap_socket(raw_sock) as s:
-                s.sendall(b"GET /tls HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-                out = b""
-                while chunk := s.recv(65536):
-                    out += chunk
+        server = serve(compare, **certs.options())
+        with tls_connect(server.port, certs.context()) as s:
+            s.sendall(b"GET /tls HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
         got = json.loads(out.split(b"\r\n\r\n", 1)[1])
         assert got["diff"] == {}
         assert got["env"]["HTTPS"] == "on" and got["env"]["wsgi.url_scheme"] == scheme
