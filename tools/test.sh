@@ -15,8 +15,10 @@ step() { echo "== $* [$((SECONDS / 60))m$((SECONDS % 60))s]"; }
 trap 'jobs -p | xargs -r kill 2>/dev/null || true' EXIT
 
 # --- Debian packages: compiler, liburing (io_uring), llhttp sources, zlib (WebSocket
-# permessage-deflate), pkg-config, clang-format for the format check.
-debs=(gcc libc6-dev pkg-config liburing-dev node-llhttp zlib1g-dev libssl-dev python3-dev clang-format)
+# permessage-deflate), OpenSSL (HTTPS), pkg-config, clang-format for the format check, and the
+# curl and openssl commands the HTTPS tests drive as real clients (they skip without them).
+debs=(gcc libc6-dev pkg-config liburing-dev node-llhttp zlib1g-dev libssl-dev python3-dev clang-format
+  curl openssl)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
