@@ -54,6 +54,9 @@ typedef struct ring_state {
    * line at the thread's end. Touched by the ring thread only. */
   unsigned long cut_at_stop;
   char first_cut[192];
+  /* Callables given to after_batch() during the batch: called when it ends,
+   * still under the GIL (a list, or NULL when none). */
+  PyObject *after;
 } ring_state;
 
 /* How many knobs of the table are strings (the Engine keeps a copy of each). */
@@ -314,6 +317,34 @@ void pyb_note_callee(PyObject *fn) {
     Py_XSETREF(rs->callee, Py_NewRef(fn));
 }
 
+/* The end of a batch (in_batch already 0, the GIL still held): call what
+ * after_batch() put off, in order. A callable that raises is logged. */
+static void run_after_batch(ring_state *rs) {
+  PyObject *after = rs->after;
+  if (after == NULL)
+    return;
+  rs->after = NULL;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(after); i++) {
+    PyObject *r = PyObject_CallNoArgs(PyList_GET_ITEM(after, i));
+    if (r == NULL)
+      PyErr_WriteUnraisable(PyList_GET_ITEM(after, i));
+    Py_XDECREF(r);
+  }
+  Py_DECREF(after);
+}
+
+PyObject *pyb_after_batch(PyObject *module, PyObject *fn) {
+  (void)module;
+  ring_state *rs = current_ring;
+  if (rs == NULL || !rs->in_batch)
+    return PyObject_CallNoArgs(fn); /* not in a batch: now */
+  if (rs->after == NULL && (rs->after = PyList_New(0)) == NULL)
+    return NULL;
+  if (PyList_Append(rs->after, fn) < 0)
+    return NULL;
+  Py_RETURN_NONE;
+}
+
 /* Hand coroutines to the asyncio side in one call; on failure, close them
  * and answer their requests with 500. `pending` is a list of
  * (request, coroutine) tuples; stolen. */
@@ -448,6 +479,7 @@ static void on_batch(void *data, pmu_request_t *const *requests, size_t count) {
     rs->in_batch = 1;
     run_batch(self, requests, count);
     rs->in_batch = 0;
+    run_after_batch(rs);
     PyEval_SaveThread();
   } else {
     /* No thread state kept for this thread (the engine called us from a
@@ -524,6 +556,7 @@ static void on_thread_stop(void *data, unsigned index) {
   }
   Py_CLEAR(rs->callee);
   Py_CLEAR(rs->longest_fn);
+  Py_CLEAR(rs->after); /* run at each batch's end: empty here */
   rs->tstate = NULL;
   current_ring = NULL;
   PyThreadState_Clear(ts);
@@ -547,6 +580,7 @@ void pyb_ring_gil_enter(pyb_gil *g) {
 void pyb_ring_gil_leave(pyb_gil *g) {
   if (g->how == 1) {
     current_ring->in_batch = 0;
+    run_after_batch(current_ring);
     PyEval_SaveThread();
   } else if (g->how == 2) {
     PyGILState_Release(g->gstate);

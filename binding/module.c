@@ -299,6 +299,10 @@ static PyMethodDef module_methods[] = {
     {"counters", pyb_stats_counters, METH_NOARGS,
      "counters() -> dict\n\nEvery key of Engine.stats(): {name: (kind, doc)}, kind "
      "'counter', 'gauge' or 'array'."},
+    {"after_batch", pyb_after_batch, METH_O,
+     "after_batch(fn)\n\nOn a ring thread running a batch of callbacks: call fn() when the "
+     "batch ends\n(under the GIL, in order; an exception is reported as unraisable). "
+     "Elsewhere: call fn() now."},
     {"requests_alive", requests_alive, METH_NOARGS,
      "requests_alive() -> int\n\nRequest objects not yet freed, answered or not, in every "
      "server of this interpreter:\nheld by handlers, waiting for a deferred answer, or "

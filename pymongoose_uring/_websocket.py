@@ -207,8 +207,10 @@ _DONE = _Done()
 class _Inbox:
     """Events from the engine threads to one asyncio loop. A ring thread (GIL
     held, in a batch) appends; the first append after a flush schedules the
-    next flush, so the events of a batch, and of every batch that comes before
-    the loop runs it, cost one ``call_soon_threadsafe``."""
+    next flush at the batch's end, so the events of a batch, and of every batch
+    that comes before the loop runs it, cost one ``call_soon_threadsafe``.
+    (Posted at once, it would wake the loop while the batch runs, and the loop
+    could take the GIL mid-batch and need another wake-up for the rest.)"""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -219,10 +221,13 @@ class _Inbox:
         self.items.append((target, item))
         if not self.scheduled:
             self.scheduled = True
-            try:
-                self.loop.call_soon_threadsafe(self.flush)
-            except RuntimeError:  # the loop is closed: nobody will read these
-                self.items.clear()
+            _native._pmu.after_batch(self._schedule)
+
+    def _schedule(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.flush)
+        except RuntimeError:  # the loop is closed: nobody will read these
+            self.items.clear()
 
     def flush(self) -> None:
         # Cleared before the swap: an append between the two schedules a flush

@@ -1026,12 +1026,17 @@ class ASGIHandler:
         self._ws_ready.append(cycle)
         if not self._ws_scheduled:
             self._ws_scheduled = True
-            post = self._post
-            if post is not None:
-                try:
-                    post(self._ws_wake)
-                except RuntimeError:  # the loop is closed: nobody waits any more
-                    pass
+            # At the batch's end: a wake-up posted now could let the loop take the
+            # GIL mid-batch and need another for the rest.
+            _native._pmu.after_batch(self._post_ws_wake)
+
+    def _post_ws_wake(self) -> None:
+        post = self._post
+        if post is not None:
+            try:
+                post(self._ws_wake)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
 
     def _ws_wake(self) -> None:
         self._ws_scheduled = False  # before waking: a cycle queued later posts again

@@ -354,3 +354,28 @@ def test_deferred_replies_arrive_promptly(serve):
     # A reply that waited for the ring's next timer instead of waking it
     # would take seconds; 50 ms leaves room for a loaded machine.
     assert times[50] < 0.05, "median deferred round trip %.1f ms" % (times[50] * 1e3)
+
+
+def test_after_batch_runs_at_the_end_of_the_batch(serve):
+    """_pmu.after_batch(fn) on a ring thread puts fn off to the end of the batch
+    (after the handler returned), in order; elsewhere it calls fn now."""
+    from pymongoose_uring._native import _pmu
+
+    events = []
+    _pmu.after_batch(lambda: events.append("now"))
+    assert events == ["now"]
+    events.clear()
+    done = threading.Event()
+
+    def handler(req):
+        _pmu.after_batch(lambda: events.append("first"))
+        _pmu.after_batch(lambda: events.append("second"))
+        _pmu.after_batch(done.set)
+        events.append("handler returns")
+        return "ok"
+
+    server = serve(handler)
+    status, _, body, _ = request(server, path="/x")
+    assert (status, body) == (200, b"ok")
+    assert done.wait(5)
+    assert events == ["handler returns", "first", "second"]

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.error
@@ -962,7 +963,9 @@ def test_async_pause_and_resume_race_never_stalls(serve):
 
 def test_async_messages_of_a_batch_cost_one_wakeup(serve):
     """100 messages that arrive in one read reach the asyncio loop with one
-    call_soon_threadsafe, not one each."""
+    call_soon_threadsafe, not one each: the wake-up goes out at the batch's
+    end, so the loop cannot take the GIL mid-batch (here every microsecond, as
+    a busy machine makes it) and need another for the rest."""
     flushes = []
 
     class CountingLoop(asyncio.SelectorEventLoop):
@@ -977,26 +980,36 @@ def test_async_messages_of_a_batch_cost_one_wakeup(serve):
     app = pmu.App()
     got = []
     waiting = threading.Event()
+    ended = threading.Event()
 
     @app.websocket("/batch")
     async def batch(ws):
         await ws.accept()
         loop.call_soon(waiting.set)  # set once the iteration below waits
-        async for m in ws:
-            got.append(m)
-            if len(got) == 100:
-                await ws.send("got all")
+        try:
+            async for m in ws:
+                got.append(m)
+                if len(got) == 100:
+                    await ws.send("got all")
+        finally:
+            ended.set()
 
     try:
         server = serve(app, loop=loop)
         c = RawWS(server.port, "/batch")
         assert waiting.wait(10)
         time.sleep(0.05)
-        c.send(b"".join(frame(TEXT, "m%d" % i) for i in range(100)))  # one write
-        assert c.recv_frame() == (True, TEXT, b"got all")
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            c.send(b"".join(frame(TEXT, "m%d" % i) for i in range(100)))  # one write
+            assert c.recv_frame() == (True, TEXT, b"got all")
+        finally:
+            sys.setswitchinterval(switch)
         assert got == ["m%d" % i for i in range(100)]
         assert 1 <= len(flushes) <= 2, len(flushes)
         c.close()
+        assert ended.wait(10)  # the handler's task is done before its loop stops
         server.stop()
     finally:
         loop.call_soon_threadsafe(loop.stop)
