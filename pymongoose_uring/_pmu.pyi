@@ -767,5 +767,9 @@ def knobs() -> Dict[str, Tuple[str, Any, str, Optional[int], Optional[int], str]
 def counters() -> Dict[str, Tuple[str, str]]:
     """Every key of Engine.stats(): {name: (kind, doc)}, kind 'counter', 'gauge' or 'array'."""
 
+def after_batch(fn: Callable[[], object]) -> None:
+    """On a ring thread running a batch of callbacks: call fn() when the batch
+    ends (under the GIL, in order). Elsewhere: call fn() now."""
+
 def requests_alive() -> int:
     """Request objects not yet freed, answered or not, in every server of this interpreter."""
