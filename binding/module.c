@@ -9,6 +9,7 @@
 #include "binding.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <limits.h>
 #include <string.h>
@@ -284,6 +285,50 @@ static PyObject *websockets_alive(PyObject *module, PyObject *unused) {
   return PyLong_FromSsize_t(((pyb_state *)PyModule_GetState(module))->websockets_alive);
 }
 
+/* ---- holding the wake-ups of answers (pmu_wake_batch) on a Python thread ---- */
+
+/* The calling thread's batch: made on first use, flushed and freed when the
+ * thread ends. */
+static pthread_key_t held_key;
+static pthread_once_t held_once = PTHREAD_ONCE_INIT;
+
+static void held_free(void *batch) { pmu_wake_batch_free(batch); /* flushes */ }
+static void held_key_make(void) { (void)pthread_key_create(&held_key, held_free); }
+
+PyDoc_STRVAR(hold_wakeups_doc,
+             "hold_wakeups()\n\nFrom now on, the answers this thread gives wake their ring "
+             "threads only at\nflush_wakeups(): an event loop that answers a batch of requests "
+             "in one turn\nhands the ring all of them at once (one wake-up, one turn of the ring, "
+             "the\nanswers sent together) instead of one each. Call flush_wakeups() before the\n"
+             "thread waits for anything.");
+static PyObject *hold_wakeups(PyObject *module, PyObject *unused) {
+  (void)module;
+  (void)unused;
+  pthread_once(&held_once, held_key_make);
+  pmu_wake_batch_t *batch = pthread_getspecific(held_key);
+  if (batch == NULL) {
+    batch = pmu_wake_batch_new();
+    if (batch == NULL || pthread_setspecific(held_key, batch) != 0) {
+      pmu_wake_batch_free(batch);
+      return PyErr_NoMemory();
+    }
+  }
+  pmu_wake_batch_begin(batch);
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(flush_wakeups_doc,
+             "flush_wakeups() -> int\n\nStop holding (see hold_wakeups()) and wake the ring "
+             "threads the held answers\nwait on; returns how many were woken.");
+static PyObject *flush_wakeups(PyObject *module, PyObject *unused) {
+  (void)module;
+  (void)unused;
+  pmu_wake_batch_begin(NULL);
+  pthread_once(&held_once, held_key_make);
+  pmu_wake_batch_t *batch = pthread_getspecific(held_key);
+  return PyLong_FromUnsignedLong(batch != NULL ? pmu_wake_batch_flush(batch) : 0);
+}
+
 static PyObject *connections_alive(PyObject *module, PyObject *unused) {
   return PyLong_FromSsize_t(((pyb_state *)PyModule_GetState(module))->connections_alive);
 }
@@ -299,6 +344,8 @@ static PyMethodDef module_methods[] = {
     {"counters", pyb_stats_counters, METH_NOARGS,
      "counters() -> dict\n\nEvery key of Engine.stats(): {name: (kind, doc)}, kind "
      "'counter', 'gauge' or 'array'."},
+    {"hold_wakeups", hold_wakeups, METH_NOARGS, hold_wakeups_doc},
+    {"flush_wakeups", flush_wakeups, METH_NOARGS, flush_wakeups_doc},
     {"after_batch", pyb_after_batch, METH_O,
      "after_batch(fn)\n\nOn a ring thread running a batch of callbacks: call fn() when the "
      "batch ends\n(under the GIL, in order; an exception is reported as unraisable). "

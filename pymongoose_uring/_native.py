@@ -22,6 +22,8 @@ __all__ = [
     "UnavailableError",
     "ClientDisconnected",
     "ConnectionClosed",
+    "hold_wakeups",
+    "flush_wakeups",
 ]
 
 IMPORT_ERROR: Optional[BaseException] = None
@@ -31,6 +33,20 @@ try:
 except ImportError as exc:  # not built, or not Linux
     _pmu = None  # type: ignore[assignment]
     IMPORT_ERROR = exc
+
+
+def _no_hold() -> None:
+    return None
+
+
+def _no_flush() -> int:
+    return 0
+
+
+# hold_wakeups() / flush_wakeups(): an event loop thread holds the ring wake-ups of the
+# answers it gives in one turn, then wakes each ring once (see _pmu.hold_wakeups).
+hold_wakeups = getattr(_pmu, "hold_wakeups", _no_hold)
+flush_wakeups = getattr(_pmu, "flush_wakeups", _no_flush)
 
 if _pmu is not None:
     Response = _pmu.Response

@@ -767,6 +767,13 @@ def knobs() -> Dict[str, Tuple[str, Any, str, Optional[int], Optional[int], str]
 def counters() -> Dict[str, Tuple[str, str]]:
     """Every key of Engine.stats(): {name: (kind, doc)}, kind 'counter', 'gauge' or 'array'."""
 
+def hold_wakeups() -> None:
+    """From now on, the answers this thread gives wake their ring threads only at
+    flush_wakeups() (one wake-up for a turn's answers, not one each)."""
+
+def flush_wakeups() -> int:
+    """Stop holding and wake the ring threads the held answers wait on; how many."""
+
 def after_batch(fn: Callable[[], object]) -> None:
     """On a ring thread running a batch of callbacks: call fn() when the batch
     ends (under the GIL, in order). Elsewhere: call fn() now."""

@@ -225,10 +225,16 @@ class _AsyncBridge:
     def _spawn(self, batch: AsyncBatch) -> None:
         loop = self._loop
         assert loop is not None
-        for request, coro in batch:
-            task = loop.create_task(_drive(request, coro))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        # The replies the tasks give in their first step wake the ring once, after the
+        # last (see ASGIHandler._drain).
+        _native.hold_wakeups()
+        try:
+            for request, coro in batch:
+                task = loop.create_task(_drive(request, coro))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            loop.call_soon(_native.flush_wakeups)  # after the tasks' first steps (FIFO)
 
     def in_loop_thread(self) -> bool:
         return self._thread is not None and threading.current_thread() is self._thread

@@ -224,6 +224,7 @@ else:
     _CycleBaseC = getattr(_native._pmu, "ASGICycle", _CycleBase)
 # asgi_scope(request, base, state, forwarded): ASGIHandler.scope in C.
 _asgi_scope: Any = getattr(_native._pmu, "asgi_scope", None)
+_hold_wakeups, _flush_wakeups = _native.hold_wakeups, _native.flush_wakeups
 
 
 class _Cycle(_CycleBaseC):
@@ -1050,9 +1051,19 @@ class ASGIHandler:
         app: each of its steps is one frame shorter); what handle() does after the
         app returns or raises, _finished does when the task is done."""
         self._scheduled = False  # before draining: a request queued later posts again
-        queue, tasks = self._queue, self._tasks
         loop = self.loop
         assert loop is not None
+        # The answers the tasks give in their first step (all of them, for an app that
+        # answers without waiting) wake the ring once, after the last: the ring then
+        # sends them together, instead of waking (on this very CPU, mostly) for each.
+        _hold_wakeups()
+        try:
+            self._start_tasks(loop)
+        finally:
+            loop.call_soon(_flush_wakeups)  # after the tasks' first steps (FIFO)
+
+    def _start_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
+        queue, tasks = self._queue, self._tasks
         create, finished = loop.create_task, self._finished
         if _asgi_scope is None:
             while queue:

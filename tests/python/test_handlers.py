@@ -379,3 +379,50 @@ def test_after_batch_runs_at_the_end_of_the_batch(serve):
     assert (status, body) == (200, b"ok")
     assert done.wait(5)
     assert events == ["handler returns", "first", "second"]
+
+
+def test_held_wakeups_wake_the_ring_once_at_the_flush(serve):
+    """_pmu.hold_wakeups(): the answers a thread gives then wake their ring once, at
+    flush_wakeups() (which says how many rings it woke), not one by one; without
+    holding, each answer wakes the ring itself and a flush has nothing to wake."""
+    from pymongoose_uring._native import _pmu
+
+    kept = []
+    three = threading.Event()
+
+    def handler(req):
+        kept.append(req)
+        if len(kept) % 3 == 0:
+            three.set()
+        return None  # answered below, from another thread
+
+    server = serve(handler)
+    results = {}
+
+    def answer(hold):
+        clients = [RawClient(server.port) for _ in range(3)]
+        for c in clients:
+            c.send(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert three.wait(5)
+        three.clear()
+        batch = kept[-3:]
+
+        def giver():
+            if hold:
+                _pmu.hold_wakeups()
+            for req in batch:
+                req.reply("held" if hold else "plain")
+            results[hold] = _pmu.flush_wakeups()
+
+        t = threading.Thread(target=giver)
+        t.start()
+        t.join(5)
+        bodies = [c.read_response()[2] for c in clients]
+        for c in clients:
+            c.close()
+        return bodies
+
+    assert answer(True) == [b"held"] * 3
+    assert results[True] == 1  # one ring, woken once for three answers
+    assert answer(False) == [b"plain"] * 3
+    assert results[False] == 0
