@@ -743,12 +743,15 @@ static void handshake_step(pmu__conn_t *c) {
       decrypt(c); /* a request right behind the Finished */
   } else {
     int err = SSL_get_error(t->ssl, rc);
-    if (err == SSL_ERROR_WANT_CLIENT_HELLO_CB && t->in_len &&
-        grow(&t->hs_in, &t->hs_cap, t->in_len) == 0) {
+    if (err == SSL_ERROR_WANT_CLIENT_HELLO_CB && t->in_len) {
       /* Waiting for the handler's certificate: what came after the ClientHello
        * is kept for the next step. */
-      memcpy(t->hs_in, t->in, t->in_len);
-      t->hs_len = t->in_len;
+      if (grow(&t->hs_in, &t->hs_cap, t->in_len) < 0) {
+        handshake_failed(c);
+      } else {
+        memcpy(t->hs_in, t->in, t->in_len);
+        t->hs_len = t->in_len;
+      }
     } else if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_CLIENT_HELLO_CB)
       handshake_failed(c);
     else if (t->acc_len)

@@ -400,8 +400,9 @@ class Connection(_MgConnection):
 
     @property
     def is_tls(self) -> bool:
-        """The connection speaks TLS: an https:// listener serving with a
-        certificate (tls_init), and the connections it accepts."""
+        """The connection speaks TLS: an https:// listener serving (with its
+        tls_init's certificate, or from the first poll() with each connection's),
+        and the connections it accepts."""
         tls = self._tls
         return tls is not None and tls.serving
 
