@@ -254,6 +254,23 @@ def test_tls_init_in_accept_only(certs, in_poll):
     assert seen == [True] * 6
 
 
+def test_listener_tls_init_after_the_first_poll_takes_over(certs):
+    """A listener serving per connection (no tls_init before the first poll) given a
+    certificate of its own later: new connections get that one, with no tls_init in
+    MG_EV_ACCEPT."""
+    with Manager(answer_ok) as mgr:
+        listener = mgr.listen("https://127.0.0.1:0", http=True)
+        mgr.poll(10)
+        port = listener.local_addr[1]
+        with pytest.raises((ssl.SSLError, ConnectionError)):  # nothing gives a certificate
+            with tls_connect(port, certs.context()) as s:
+                get(s)
+        listener.tls_init(TlsOpts(cert=read(certs.server_pem), key=read(certs.server_key)))
+        assert listener.is_tls
+        with tls_connect(port, certs.context()) as s:
+            assert get(s)[2] == b"ok"
+
+
 def test_two_listeners_two_certificates(certs):
     """Two https:// listeners whose MG_EV_ACCEPT handlers give two TlsOpts: each serves
     its own certificate."""
