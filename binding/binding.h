@@ -130,6 +130,7 @@ typedef struct pyb_state {
   PyTypeObject *file_response_type; /* FileResponse (files.c) */
   struct pyb_mg *mg;                /* mgcompat.c's types and constants (PyMem), or NULL */
   PyTypeObject *connection_type;    /* Connection (conn.c) */
+  PyTypeObject *tls_certs_type;     /* TlsCerts (tls.c) */
   PyObject *conn_closed;            /* _pmu.ConnectionClosed(OSError) */
   Py_ssize_t connections_alive;     /* Connection objects not yet freed (GIL held) */
   PyObject *str_http, *str_https;   /* request.scheme's two values */
@@ -618,6 +619,10 @@ extern PyType_Spec pyb_websocket_spec;
 extern PyType_Spec pyb_static_mount_spec;
 extern PyType_Spec pyb_file_response_spec;
 extern PyType_Spec pyb_connection_spec;
+extern PyType_Spec pyb_tls_certs_spec;
+/* The engine's handle of a TlsCerts object (borrowed), or NULL with TypeError
+ * set when obj is not one. */
+pmu_tls_certs_t *pyb_tls_certs_handle(pyb_state *st, PyObject *obj);
 extern PyType_Spec pyb_pool_spec;
 extern PyType_Spec pyb_wsgi_start_spec;
 extern PyType_Spec pyb_wsgi_call_spec;

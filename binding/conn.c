@@ -261,6 +261,52 @@ static PyObject *conn_pause_reading(PyObject *op, PyObject *args, PyObject *kwar
   Py_RETURN_NONE;
 }
 
+/* pmu_conn_tls_use / _decline's refusals in words. */
+static PyObject *tls_answer_error(ConnectionObject *self, int rc, const char *what) {
+  if (rc == -EINVAL)
+    PyErr_Format(PyExc_RuntimeError,
+                 "%s: this connection has no certificate to be given (its server was not started "
+                 "with ssl_cert_per_conn, or it was answered already: the first answer stands)",
+                 what);
+  else
+    conn_error(self, rc, what);
+  return NULL;
+}
+
+PyDoc_STRVAR(tls_use_doc,
+             "tls_use(certs)\n\n"
+             "Serve this connection's TLS handshake with certs (a TlsCerts: its chain, key\n"
+             "and client verification), on a server started with ssl_cert_per_conn=True,\n"
+             "from any thread: the handshake waits for this (or tls_decline()) until\n"
+             "ssl_handshake_timeout_ms. Raises ConnectionClosed when the connection is\n"
+             "closing or closed, RuntimeError when it has no certificate to be given (not\n"
+             "ssl_cert_per_conn, or answered already).");
+
+static PyObject *conn_tls_use(PyObject *op, PyObject *certs) {
+  ConnectionObject *self = CONN(op);
+  pmu_tls_certs_t *handle = pyb_tls_certs_handle(self->st, certs);
+  if (handle == NULL)
+    return NULL;
+  int rc = self->conn != NULL ? pmu_conn_tls_use(self->conn, handle) : -EPIPE;
+  if (rc < 0)
+    return tls_answer_error(self, rc, "tls_use()");
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(tls_decline_doc,
+             "tls_decline()\n\n"
+             "Refuse this connection (ssl_cert_per_conn): its handshake fails with a\n"
+             "handshake_failure alert, or it is closed before one when its ClientHello has\n"
+             "not come yet; CLOSE follows with ECONNREFUSED. Same errors as tls_use().");
+
+static PyObject *conn_tls_decline(PyObject *op, PyObject *unused) {
+  ConnectionObject *self = CONN(op);
+  int rc = self->conn != NULL ? pmu_conn_tls_decline(self->conn) : -EPIPE;
+  if (rc < 0)
+    return tls_answer_error(self, rc, "tls_decline()");
+  Py_RETURN_NONE;
+}
+
 static PyObject *conn_repr(PyObject *op) {
   ConnectionObject *self = CONN(op);
   return PyUnicode_FromFormat("<Connection %llu %s>", (unsigned long long)self->id,
@@ -274,6 +320,8 @@ static PyMethodDef conn_methods[] = {
     {"close", (PyCFunction)(void (*)(void))conn_close, METH_VARARGS | METH_KEYWORDS, close_doc},
     {"pause_reading", (PyCFunction)(void (*)(void))conn_pause_reading, METH_VARARGS | METH_KEYWORDS,
      pause_doc},
+    {"tls_use", conn_tls_use, METH_O, tls_use_doc},
+    {"tls_decline", conn_tls_decline, METH_NOARGS, tls_decline_doc},
     {NULL},
 };
 

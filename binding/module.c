@@ -508,6 +508,7 @@ static int module_exec(PyObject *module) {
       add_type(module, &pyb_static_mount_spec, NULL, &st->static_mount_type) < 0 ||
       add_type(module, &pyb_file_response_spec, NULL, &st->file_response_type) < 0 ||
       add_type(module, &pyb_connection_spec, NULL, &st->connection_type) < 0 ||
+      add_type(module, &pyb_tls_certs_spec, NULL, &st->tls_certs_type) < 0 ||
       add_type(module, &pyb_pool_spec, NULL, &st->pool_type) < 0 ||
       add_type(module, &pyb_wsgi_start_spec, NULL, &st->wsgi_start_type) < 0 ||
       add_type(module, &pyb_wsgi_call_spec, NULL, &st->wsgi_call_type) < 0 ||
@@ -579,6 +580,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
   Py_VISIT(st->static_mount_type);
   Py_VISIT(st->file_response_type);
   Py_VISIT(st->connection_type);
+  Py_VISIT(st->tls_certs_type);
   Py_VISIT(st->pool_type);
   Py_VISIT(st->wsgi_start_type);
   Py_VISIT(st->wsgi_call_type);
@@ -610,6 +612,7 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->static_mount_type);
   Py_CLEAR(st->file_response_type);
   Py_CLEAR(st->connection_type);
+  Py_CLEAR(st->tls_certs_type);
   Py_CLEAR(st->pool_type);
   Py_CLEAR(st->wsgi_start_type);
   Py_CLEAR(st->wsgi_call_type);

@@ -17,6 +17,7 @@
  */
 #include "binding.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -305,3 +306,89 @@ PyObject *pyb_tls_asgi_from_dict(pyb_state *st, PyObject *tls) {
   }
   return d;
 }
+
+/* ---- TlsCerts: a certificate handle for ssl_cert_per_conn ---- */
+
+typedef struct {
+  PyObject_HEAD
+  pmu_tls_certs_t *certs;
+} TlsCertsObject;
+
+static PyObject *certs_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"cert", "key", "ca", "verify", NULL};
+  Py_buffer cert = {0}, key = {0}, ca = {0};
+  int verify = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*|z*z*i:TlsCerts", kwlist, &cert, &key, &ca,
+                                   &verify))
+    return NULL;
+  pmu_tls_certs_opts_t o = {
+      .cert = cert.buf,
+      .cert_len = (size_t)cert.len,
+      .key = key.buf && key.len ? key.buf : NULL,
+      .key_len = key.buf ? (size_t)key.len : 0,
+      .ca = ca.buf && ca.len ? ca.buf : NULL,
+      .ca_len = ca.buf ? (size_t)ca.len : 0,
+      .verify = verify,
+  };
+  char err[256];
+  pmu_tls_certs_t *handle;
+  Py_BEGIN_ALLOW_THREADS
+  handle = pmu_tls_certs_new(&o, err, sizeof err);
+  Py_END_ALLOW_THREADS
+  PyBuffer_Release(&cert);
+  if (key.obj)
+    PyBuffer_Release(&key);
+  if (ca.obj)
+    PyBuffer_Release(&ca);
+  if (handle == NULL) {
+    if (errno == ENOMEM)
+      return PyErr_NoMemory();
+    PyErr_Format(PyExc_ValueError, "TlsCerts: %s", err[0] ? err : "cannot use these PEM texts");
+    return NULL;
+  }
+  TlsCertsObject *self = (TlsCertsObject *)type->tp_alloc(type, 0);
+  if (self == NULL) {
+    pmu_tls_certs_release(handle);
+    return NULL;
+  }
+  self->certs = handle;
+  return (PyObject *)self;
+}
+
+static void certs_dealloc(PyObject *op) {
+  PyTypeObject *tp = Py_TYPE(op);
+  pmu_tls_certs_release(((TlsCertsObject *)op)->certs); /* connections keep their own */
+  tp->tp_free(op);
+  Py_DECREF(tp);
+}
+
+pmu_tls_certs_t *pyb_tls_certs_handle(pyb_state *st, PyObject *obj) {
+  if (!PyObject_TypeCheck(obj, st->tls_certs_type)) {
+    PyErr_Format(PyExc_TypeError, "expected a TlsCerts, got %.100s", Py_TYPE(obj)->tp_name);
+    return NULL;
+  }
+  return ((TlsCertsObject *)obj)->certs;
+}
+
+PyDoc_STRVAR(certs_doc,
+             "TlsCerts(cert, key=None, ca=None, verify=0)\n\n"
+             "A certificate for Connection.tls_use() (servers with ssl_cert_per_conn):\n"
+             "cert the PEM chain, leaf first, key its PEM private key, unencrypted (None:\n"
+             "in cert), ca PEM CA certificates that verify client certificates, verify 0\n"
+             "(none asked), 1 (optional) or 2 (required; needs ca). Parsed once here, then\n"
+             "given to any number of connections. ValueError when the texts cannot be\n"
+             "used (the reason: a bad PEM block, a key that does not match).");
+
+static PyType_Slot certs_slots[] = {
+    {Py_tp_new, certs_new},
+    {Py_tp_dealloc, certs_dealloc},
+    {Py_tp_doc, (void *)certs_doc},
+    {0, NULL},
+};
+
+PyType_Spec pyb_tls_certs_spec = {
+    .name = "pymongoose_uring._pmu.TlsCerts",
+    .basicsize = sizeof(TlsCertsObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = certs_slots,
+};

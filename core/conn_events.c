@@ -56,9 +56,11 @@ struct pmu_conn {
   uint8_t handler_done;      /* pmu_conn_release came: no more events */
   uint8_t close_queued;      /* a close after send is queued: no bytes after it */
 
-  /* A TLS connection's handshake (a reference), set before OPEN is queued and
-   * never changed: read by any thread. NULL: plain. */
+  /* A TLS connection's handshake (a reference), set once by the loop: before
+   * OPEN is queued, or, when OPEN came at accept (ssl_cert_per_conn), when the
+   * handshake finished (atomic: read by any thread). NULL: plain, or not yet. */
   pmu__tls_snap_t *tls_snap;
+  atomic_int tls_answered; /* pmu_conn_tls_use or _decline was called */
 };
 
 /* A copy of event data that must outlive its source until the delivery. */
@@ -238,12 +240,17 @@ int pmu__connh_open(pmu__conn_t *c) {
     free(h);
     return -ENOMEM;
   }
+  atomic_init(&h->tls_answered, 0);
   if (c->tls)
-    h->tls_snap = pmu__tls_conn_snap(c);
-  atomic_fetch_add(&s->refs, 1); /* the handle keeps the server */
+    h->tls_snap = pmu__tls_conn_snap(c); /* NULL before the handshake ends */
+  atomic_fetch_add(&s->refs, 1);         /* the handle keeps the server */
   const pmu_config_t *cfg = &s->cfg;
   c->evflags = (uint8_t)((cfg->raw ? CONNF_RAW : 0) | (cfg->conn_io_events ? CONNF_IO : 0));
   return 0;
+}
+
+void pmu__connh_tls_done(pmu__conn_t *c) {
+  __atomic_store_n(&c->h->tls_snap, pmu__tls_conn_snap(c), __ATOMIC_RELEASE);
 }
 
 void pmu__connh_conn_released(pmu__conn_t *c) {
@@ -400,7 +407,9 @@ void pmu__connh_seg_arrived(pmu__seg_t *g) {
   case SEG_CONN_CLOSE:
     if (!c)
       return;
-    if (h->close_how == PMU_CLOSE_NOW)
+    if (c->tls && pmu__tls_handshaking(c))
+      pmu__conn_close(c); /* ssl_cert_per_conn: nothing can be sent before the handshake */
+    else if (h->close_how == PMU_CLOSE_NOW)
       pmu__conn_fail(c, h->close_reason);
     else if (!h->close_queued)
       close_after_send(c);
@@ -418,6 +427,13 @@ void pmu__connh_seg_arrived(pmu__seg_t *g) {
       pmu__loop_schedule_resume(c->loop, c);
     return;
   }
+  case SEG_CONN_TLS:
+    if (c)
+      pmu__tls_answer(c, g->ctx); /* takes the reference */
+    else
+      pmu_tls_certs_release(g->ctx);
+    free(g);
+    return;
   default: free(g); return;
   }
 }
@@ -425,6 +441,10 @@ void pmu__connh_seg_arrived(pmu__seg_t *g) {
 void pmu__connh_seg_dropped(pmu__seg_t *g) {
   switch (g->kind) {
   case SEG_RAW: pmu__connh_seg_done(g, 0); break;
+  case SEG_CONN_TLS:
+    pmu_tls_certs_release(g->ctx);
+    free(g);
+    break;
   case SEG_CONN_RELEASE: pmu__connh_unref(g->ch); break; /* the handler's reference */
   case SEG_CONN_CLOSE: break;                            /* part of the handle */
   default: free(g); break;
@@ -522,8 +542,34 @@ pmu_conn_t *pmu_request_conn(const pmu_request_t *request) {
 void pmu__connh_set_ws(pmu__connh_t *h) { atomic_store(&h->is_ws, 1); }
 
 int pmu_conn_tls_info(const pmu_conn_t *conn, pmu_tls_info_t *out) {
-  if (!conn->tls_snap)
+  pmu__tls_snap_t *snap = __atomic_load_n(&conn->tls_snap, __ATOMIC_ACQUIRE);
+  if (!snap)
     return -EINVAL;
-  pmu__tls_snap_info(conn->tls_snap, out);
+  pmu__tls_snap_info(snap, out);
   return 0;
 }
+
+/* The handler's answer for the connection's certificate, to the loop. */
+static int tls_answer(pmu_conn_t *h, pmu_tls_certs_t *certs) {
+  if (atomic_load(&h->closing))
+    return -EPIPE;
+  if (!h->server->cfg.ssl_cert_per_conn || atomic_exchange(&h->tls_answered, 1))
+    return -EINVAL;
+  pmu__seg_t *g = pmu__seg_alloc(SEG_CONN_TLS, NULL, 0, NULL, NULL);
+  if (!g) {
+    atomic_store(&h->tls_answered, 0);
+    return -ENOMEM;
+  }
+  if (certs)
+    pmu__tls_certs_ref(certs);
+  g->ch = h;
+  g->ctx = certs;
+  pmu__seg_deliver(g, h->loop);
+  return 0;
+}
+
+int pmu_conn_tls_use(pmu_conn_t *h, pmu_tls_certs_t *certs) {
+  return certs ? tls_answer(h, certs) : -EINVAL;
+}
+
+int pmu_conn_tls_decline(pmu_conn_t *h) { return tls_answer(h, NULL); }

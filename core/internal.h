@@ -111,6 +111,7 @@ enum pmu__seg_kind {
   SEG_CONN_RESUME,
   SEG_CONN_CLOSE,
   SEG_CONN_RELEASE,
+  SEG_CONN_TLS, /* pmu_conn_tls_use (g->ctx: the certificate handle) or _decline (NULL) */
 };
 
 enum pmu__stream_mode { STREAM_NONE, STREAM_CHUNKED, STREAM_LENGTH, STREAM_CLOSE, STREAM_NOBODY };
@@ -460,7 +461,8 @@ struct pmu_server {
   uint8_t extra_server, extra_date;
   char *spool_dir;          /* cfg.body_spool_dir resolved */
   atomic_size_t body_bytes; /* request body bytes in memory, against the budget */
-  /* HTTPS (core/tls_ctx.c): the loaded configuration; NULL without cfg.ssl_certfile */
+  /* HTTPS (core/tls_ctx.c): the loaded configuration; NULL without cfg.ssl_certfile
+   * or cfg.ssl_cert_per_conn */
   struct pmu__tls_server *tls;
   unsigned nloops;
   pmu__loop_t *loops;
@@ -693,6 +695,12 @@ int pmu__tls_ktls_tx(const pmu__conn_t *conn);
 struct pmu__tls_snap *pmu__tls_conn_snap(const pmu__conn_t *conn);
 void pmu__tls_conn_released(pmu__conn_t *conn);
 void pmu__tls_loop_exit(pmu__loop_t *loop);
+/* ssl_cert_per_conn: the handler's answer reached the loop, certs (a reference,
+ * which this takes) or NULL to decline. */
+void pmu__tls_answer(pmu__conn_t *conn, struct pmu_tls_certs *certs);
+/* The handshake finished on a connection whose handle was opened at accept
+ * (ssl_cert_per_conn): the handle takes the snapshot. */
+void pmu__connh_tls_done(pmu__conn_t *conn);
 /* Close: with a close_notify first on a TLS connection that can send one. */
 void pmu__conn_close_gracefully(pmu__conn_t *conn);
 

@@ -224,7 +224,7 @@ static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   STAT_ADD(loop, connections_accepted, 1);
   if (over) {
     STAT_ADD(loop, connections_rejected, 1);
-    if (s->cfg.raw || s->cfg.ssl_certfile) {
+    if (s->cfg.raw || s->tls) {
       pmu__conn_close(conn); /* no HTTP to say 503 in (or not before a handshake) */
       return;
     }
@@ -233,9 +233,10 @@ static void on_accept(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
     pmu__loop_mark_dirty(loop, conn);
     return;
   }
-  if (__builtin_expect(s->cfg.ssl_certfile != NULL, 0)) {
-    /* HTTPS: OPEN comes when the handshake is done (core/tls.c). */
-    if (pmu__tls_accept(conn) < 0)
+  if (__builtin_expect(s->tls != NULL, 0)) {
+    /* HTTPS: OPEN comes when the handshake is done (core/tls.c), or now when
+     * the handler gives each connection its certificate (ssl_cert_per_conn). */
+    if (pmu__tls_accept(conn) < 0 || (s->cfg.ssl_cert_per_conn && pmu__connh_open(conn) < 0))
       pmu__conn_close(conn);
     return;
   }
@@ -565,7 +566,8 @@ static void run(pmu__loop_t *loop) {
     /* Work a handler made at the end of the last turn (connections to flush or
      * release, events) is done now, not after the next completion. */
     int idle = pmu__list_is_empty(&loop->rearm) && pmu__list_is_empty(&loop->dirty) &&
-               pmu__list_is_empty(&loop->grave) && !loop->cev_n && !loop->cev_closed;
+               pmu__list_is_empty(&loop->grave) && pmu__list_is_empty(&loop->tls_ready) &&
+               !loop->cev_n && !loop->cev_closed;
     int rc = pmu__submit_and_wait(&loop->ring, idle ? next_wait(loop) : 0);
     /* ETIME is a timer; EINTR a signal; both mean "look again". */
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)

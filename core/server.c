@@ -471,7 +471,7 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
   rc = pmu__statics_start(s);
   if (rc < 0)
     return rc;
-  if (s->cfg.ssl_certfile) {
+  if (s->cfg.ssl_certfile || s->cfg.ssl_cert_per_conn) {
     rc = pmu__tls_server_init(s);
     if (rc < 0)
       return rc;

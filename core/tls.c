@@ -21,6 +21,13 @@
  *   its ciphertext is all on the wire;
  * - closing: a graceful close sends close_notify first (pmu__tls_close_notify).
  *
+ * ssl_cert_per_conn: the SSL_CTX has no certificate; the connection's handle
+ * is opened at accept (OPEN before the handshake), and the ClientHello
+ * callback (pmu__tls_client_hello) suspends the handshake
+ * (SSL_ERROR_WANT_CLIENT_HELLO_CB: the slot and the handshake timer stay)
+ * until the handler's pmu_conn_tls_use or _decline reaches the loop
+ * (pmu__tls_answer), which queues the handshake's next step.
+ *
  * Output discipline: `acc` gathers what OpenSSL writes (handshake flights,
  * records, alerts, tickets); a send takes it whole as `out`, which nobody
  * touches until the send is done (SEND_ZC may still read it), while OpenSSL
@@ -98,6 +105,9 @@ struct pmu__tls_conn {
   uint8_t queued;    /* on loop->tls_ready */
   uint8_t ktls_tx;   /* the kernel encrypts what this connection sends */
   uint8_t ctrl_type; /* kTLS: record type of OpenSSL's next write (0: application data) */
+  uint8_t per_conn;  /* ssl_cert_per_conn: the handler gives the certificate */
+  uint8_t answer;    /* enum tls_answer */
+  uint8_t suspended; /* the handshake waits in the ClientHello callback for the answer */
   pmu__list_t link;  /* loop->tls_waiting or loop->tls_ready */
 
   /* Ciphertext the BIO reads from: the bytes being fed now. */
@@ -117,8 +127,12 @@ struct pmu__tls_conn {
   struct iovec iov;
   struct msghdr msg;
 
-  pmu__tls_snap_t *snap; /* taken when the handshake finished */
+  pmu__tls_snap_t *snap;  /* taken when the handshake finished */
+  pmu_tls_certs_t *certs; /* ssl_cert_per_conn: the handler's certificate (a reference) */
 };
+
+/* ssl_cert_per_conn: what the handler said about the connection. */
+enum tls_answer { ANSWER_NONE, ANSWER_USE, ANSWER_DECLINE };
 
 /* ---- the BIO over the ring's buffers ---- */
 
@@ -342,6 +356,7 @@ int pmu__tls_accept(pmu__conn_t *c) {
   SSL_set_bio(t->ssl, bio, bio); /* the SSL owns it (and takes the second reference itself) */
   t->conn = c;
   t->state = TLS_WAITING;
+  t->per_conn = loop->server->cfg.ssl_cert_per_conn ? 1 : 0;
   c->tls = t;
   unsigned max = loop->server->cfg.ssl_max_handshakes;
   if (max && loop->tls_hs_active >= max) {
@@ -363,6 +378,7 @@ void pmu__tls_conn_released(pmu__conn_t *c) {
   free(t->acc);
   if (t->snap)
     pmu__tls_snap_unref(t->snap);
+  pmu_tls_certs_release(t->certs);
   free(t);
   c->tls = NULL;
 }
@@ -649,11 +665,56 @@ static void handshake_done(pmu__conn_t *c) {
     STAT_ADD(loop, tls_resumed, 1);
   if (t->ktls_tx)
     STAT_ADD(loop, tls_ktls, 1);
-  if (loop->server->cfg.conn_handler && pmu__connh_open(c) < 0) {
+  if (c->h) {
+    pmu__connh_tls_done(c); /* opened at accept (ssl_cert_per_conn) */
+    if (c->head)
+      pmu__loop_mark_dirty(loop, c); /* what pmu_conn_send queued meanwhile */
+  } else if (loop->server->cfg.conn_handler && pmu__connh_open(c) < 0) {
     pmu__conn_close(c); /* no handle, no events: as if never accepted */
     return;
   }
   pmu__conn_timer_update(c); /* the header timer starts now */
+}
+
+/* ---- the certificate given per connection (ssl_cert_per_conn) ---- */
+
+int pmu__tls_client_hello(SSL *ssl, int *alert, void *arg) {
+  (void)arg;
+  pmu__tls_conn_t *t = BIO_get_data(SSL_get_rbio(ssl));
+  switch (t->answer) {
+  case ANSWER_USE:
+    t->suspended = 0;
+    if (pmu__tls_certs_apply(ssl, t->certs))
+      return SSL_CLIENT_HELLO_SUCCESS;
+    *alert = SSL_AD_INTERNAL_ERROR;
+    return SSL_CLIENT_HELLO_ERROR;
+  case ANSWER_DECLINE:
+    t->suspended = 0;
+    *alert = SSL_AD_HANDSHAKE_FAILURE;
+    return SSL_CLIENT_HELLO_ERROR;
+  default: t->suspended = 1; return SSL_CLIENT_HELLO_RETRY; /* until the handler answers */
+  }
+}
+
+void pmu__tls_answer(pmu__conn_t *c, pmu_tls_certs_t *certs) {
+  pmu__tls_conn_t *t = c->tls;
+  if (!t || !t->per_conn || t->answer != ANSWER_NONE || t->state > TLS_HANDSHAKE || c->closing) {
+    pmu_tls_certs_release(certs); /* answered already, or too late */
+    return;
+  }
+  t->certs = certs;
+  t->answer = certs ? ANSWER_USE : ANSWER_DECLINE;
+  if (!certs)
+    c->close_err = ECONNREFUSED;
+  if (t->suspended) {
+    /* The handshake goes on in this turn's handshake pass. */
+    if (!t->queued) {
+      t->queued = 1;
+      pmu__list_insert_tail(&c->loop->tls_ready, &t->link);
+    }
+  } else if (!certs && !t->sniffed && !t->hs_len) {
+    pmu__conn_close(c); /* no ClientHello yet to answer with an alert */
+  }
 }
 
 /* One step of a handshake over the ciphertext kept for it. */
@@ -682,7 +743,16 @@ static void handshake_step(pmu__conn_t *c) {
       decrypt(c); /* a request right behind the Finished */
   } else {
     int err = SSL_get_error(t->ssl, rc);
-    if (err != SSL_ERROR_WANT_READ)
+    if (err == SSL_ERROR_WANT_CLIENT_HELLO_CB && t->in_len) {
+      /* Waiting for the handler's certificate: what came after the ClientHello
+       * is kept for the next step. */
+      if (grow(&t->hs_in, &t->hs_cap, t->in_len) < 0) {
+        handshake_failed(c);
+      } else {
+        memcpy(t->hs_in, t->in, t->in_len);
+        t->hs_len = t->in_len;
+      }
+    } else if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_CLIENT_HELLO_CB)
       handshake_failed(c);
     else if (t->acc_len)
       pmu__loop_mark_dirty(c->loop, c); /* the server's flight */

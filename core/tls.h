@@ -53,6 +53,17 @@ int pmu__tls_snap_peer_cert(const pmu__tls_snap_t *snap, unsigned index, const u
                             size_t *len);
 
 /*
+ * ssl_cert_per_conn. pmu__tls_client_hello is the SSL_CTX's ClientHello
+ * callback (core/tls.c): it applies the certificate the handler gave the
+ * connection, refuses, or suspends the handshake until the handler answers.
+ * pmu__tls_certs_apply puts a handle's chain, key, client verification and
+ * session id context on the SSL: 1, or 0 (OpenSSL failed).
+ */
+int pmu__tls_client_hello(SSL *ssl, int *alert, void *arg);
+int pmu__tls_certs_apply(SSL *ssl, pmu_tls_certs_t *certs);
+void pmu__tls_certs_ref(pmu_tls_certs_t *certs);
+
+/*
  * Can this process hand sessions to kernel TLS? 1: yes (the OpenSSL linked
  * was built with kTLS and the kernel accepts TCP_ULP "tls"); 0: no, and `why`
  * says why (or, on 1, what it supports). Probed once, then cached; any thread.

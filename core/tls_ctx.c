@@ -24,6 +24,13 @@
  * operator fetches and refreshes, read and checked with the certificates (at
  * start and by a reload), sent verbatim to a client that asks.
  *
+ * ssl_cert_per_conn: one SSL_CTX with every setting and no certificate; the
+ * handler's pmu_tls_certs_t (a parsed chain, key, CA store and verify mode,
+ * refcounted) is put on each SSL by pmu__tls_certs_apply, with a session id
+ * context of its own: a session resumes only under the handle it was made
+ * with (a ticket from a connection that was not asked for a client
+ * certificate cannot skip the verification of another handle).
+ *
  * The snapshot (pmu__tls_snap_t) is one malloc'd block holding the
  * pmu_tls_info_t strings and DER: immutable after pmu__tls_snap_new, freed by
  * its last unref, independent of the server and the context.
@@ -49,6 +56,7 @@
 #include <openssl/evp.h>
 #include <openssl/ocsp.h>
 #include <openssl/opensslconf.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
@@ -421,12 +429,10 @@ static int read_names(cert_slot_t *slot, X509 *cert) {
   return rc;
 }
 
-/* One SSL_CTX for certfile/keyfile with every setting of the server. Returns
- * 0 and fills slot, or -errno with the error set. */
-static int load_slot(pmu_server_t *s, pmu__tls_server_t *t, const char *certfile,
-                     const char *keyfile, const char *password, cert_slot_t *slot) {
+/* A new SSL_CTX with every setting of the server but the certificate (versions,
+ * ciphers, tickets, SNI, ALPN): 0 and slot->ctx, or -errno with the error set. */
+static int ctx_settings(pmu_server_t *s, pmu__tls_server_t *t, cert_slot_t *slot) {
   const pmu_config_t *cfg = &s->cfg;
-  const char *keypath = keyfile ? keyfile : certfile;
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
   if (!ctx) {
     ssl_error(s, "SSL_CTX_new", NULL);
@@ -454,6 +460,31 @@ static int load_slot(pmu_server_t *s, pmu__tls_server_t *t, const char *certfile
     ssl_error(s, "ssl_ciphersuites: not a TLS 1.3 suite list:", t->suites);
     return -EINVAL;
   }
+  if (cfg->ssl_session_tickets) {
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
+  } else {
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_set_num_tickets(ctx, 0);
+  }
+  SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
+  SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
+  if (t->ocsp) /* after SNI OpenSSL asks the chosen SSL_CTX: every slot has it */
+    SSL_CTX_set_tlsext_status_cb(ctx, on_status);
+  if (cfg->ssl_cert_per_conn) /* the handler's certificate, before anything is chosen */
+    SSL_CTX_set_client_hello_cb(ctx, pmu__tls_client_hello, NULL);
+  return 0;
+}
+
+/* One SSL_CTX for certfile/keyfile with every setting of the server. Returns
+ * 0 and fills slot, or -errno with the error set. */
+static int load_slot(pmu_server_t *s, pmu__tls_server_t *t, const char *certfile,
+                     const char *keyfile, const char *password, cert_slot_t *slot) {
+  const pmu_config_t *cfg = &s->cfg;
+  const char *keypath = keyfile ? keyfile : certfile;
+  int rc = ctx_settings(s, t, slot);
+  if (rc < 0)
+    return rc;
+  SSL_CTX *ctx = slot->ctx;
   SSL_CTX_set_default_passwd_cb(ctx, on_password);
   SSL_CTX_set_default_passwd_cb_userdata(ctx, (void *)password);
   if (SSL_CTX_use_certificate_chain_file(ctx, certfile) != 1) {
@@ -490,17 +521,7 @@ static int load_slot(pmu_server_t *s, pmu__tls_server_t *t, const char *certfile
         ctx, SSL_VERIFY_PEER | (cfg->ssl_cert_reqs == 2 ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
         NULL);
   }
-  if (cfg->ssl_session_tickets) {
-    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
-  } else {
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-    SSL_CTX_set_num_tickets(ctx, 0);
-  }
-  SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
-  SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
-  if (t->ocsp) /* after SNI OpenSSL asks the chosen SSL_CTX: every slot has it */
-    SSL_CTX_set_tlsext_status_cb(ctx, on_status);
-  int rc = read_names(slot, SSL_CTX_get0_certificate(ctx));
+  rc = read_names(slot, SSL_CTX_get0_certificate(ctx));
   int der_len = rc < 0 ? 0 : i2d_X509(SSL_CTX_get0_certificate(ctx), &slot->der);
   if (der_len <= 0)
     rc = -ENOMEM;
@@ -614,6 +635,15 @@ static int ctx_load(pmu_server_t *s, pmu__tls_server_t *t, pmu__tls_ctx_t **out)
     goto fail;
   }
   ERR_clear_error();
+  if (s->cfg.ssl_cert_per_conn) {
+    /* One SSL_CTX without a certificate: each SSL gets the handler's. */
+    c->nslots = 1;
+    rc = ctx_settings(s, t, &c->slots[0]);
+    if (rc < 0)
+      goto fail;
+    *out = c;
+    return 0;
+  }
   for (size_t i = 0; i <= t->nsni; i++) {
     c->nslots = i + 1;
     if (i < t->nsni)
@@ -694,6 +724,27 @@ static int check_knobs(pmu_server_t *s) {
                    "bundle that verifies them",
                    c->ssl_cert_reqs, c->ssl_cert_reqs == 2 ? "required" : "optional");
     return -EINVAL;
+  }
+  if (c->ssl_cert_per_conn) {
+    const char *other = c->ssl_certfile         ? "ssl_certfile"
+                        : c->ssl_sni_cert_count ? "ssl_sni_certs"
+                        : c->ssl_ocsp_file      ? "ssl_ocsp_file"
+                        : c->ssl_cert_reqs      ? "ssl_cert_reqs"
+                        : c->ssl_ca_certs       ? "ssl_ca_certs"
+                        : c->ssl_keyfile        ? "ssl_keyfile"
+                                                : NULL;
+    if (!c->conn_handler) {
+      pmu__set_error(s, "ssl_cert_per_conn needs a conn_handler: it gives each connection its "
+                        "certificate (pmu_conn_tls_use)");
+      return -EINVAL;
+    }
+    if (other) {
+      pmu__set_error(s,
+                     "ssl_cert_per_conn and %s: with ssl_cert_per_conn the certificate, key and "
+                     "client verification are given per connection (pmu_tls_certs_new)",
+                     other);
+      return -EINVAL;
+    }
   }
   if (c->ssl_sni_cert_count && !c->ssl_sni_certs) {
     pmu__set_error(s, "ssl_sni_cert_count is %zu but ssl_sni_certs is NULL", c->ssl_sni_cert_count);
@@ -806,6 +857,162 @@ SSL *pmu__tls_ssl_new(pmu__tls_ctx_t *c) {
   return ssl;
 }
 
+/* ---- certificates given per connection (ssl_cert_per_conn) ---- */
+
+struct pmu_tls_certs {
+  atomic_long refs;
+  X509 *leaf;
+  STACK_OF(X509) * chain; /* the certificates after the leaf (may be empty) */
+  EVP_PKEY *key;
+  X509_STORE *store;           /* verify != 0: the CA certificates */
+  STACK_OF(X509_NAME) * names; /* ... and their subjects, sent in CertificateRequest */
+  int verify;
+  unsigned char id[16]; /* random: the session id context of its sessions */
+};
+
+static void certs_free(pmu_tls_certs_t *c) {
+  X509_free(c->leaf);
+  sk_X509_pop_free(c->chain, X509_free);
+  EVP_PKEY_free(c->key);
+  X509_STORE_free(c->store);
+  sk_X509_NAME_pop_free(c->names, X509_NAME_free);
+  free(c);
+}
+
+void pmu__tls_certs_ref(pmu_tls_certs_t *c) { atomic_fetch_add(&c->refs, 1); }
+
+void pmu_tls_certs_release(pmu_tls_certs_t *c) {
+  if (c && atomic_fetch_sub(&c->refs, 1) == 1)
+    certs_free(c);
+}
+
+/* "what: OpenSSL's reason" into err, the queue emptied. */
+static void certs_error(char *err, size_t len, const char *what) {
+  char reason[200];
+  int bad_decrypt;
+  ssl_reason(reason, sizeof reason, &bad_decrypt);
+  if (err && len)
+    snprintf(err, len, "%s: %s", what,
+             bad_decrypt ? "the key is encrypted (give it unencrypted)" : reason);
+}
+
+/* Every certificate of a PEM text, in order, onto *out (made when NULL). The
+ * number read, or -1 (no memory, or a bad PEM block). */
+static int read_pem_certs(const void *pem, size_t len, STACK_OF(X509) * *out) {
+  BIO *bio = BIO_new_mem_buf(pem, (int)len);
+  if (!bio || (!*out && !(*out = sk_X509_new_null()))) {
+    BIO_free(bio);
+    return -1;
+  }
+  int n = 0;
+  X509 *x;
+  while ((x = PEM_read_bio_X509(bio, NULL, on_password, NULL))) {
+    if (!sk_X509_push(*out, x)) {
+      X509_free(x);
+      n = -1;
+      break;
+    }
+    n++;
+  }
+  unsigned long e = ERR_peek_last_error();
+  if (n >= 0 && ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)
+    ERR_clear_error(); /* the end of the text */
+  else if (n >= 0 && e)
+    n = -1;
+  BIO_free(bio);
+  return n;
+}
+
+pmu_tls_certs_t *pmu_tls_certs_new(const pmu_tls_certs_opts_t *o, char *err, size_t err_len) {
+  if (err && err_len)
+    err[0] = 0;
+  if (!o || !o->cert || !o->cert_len || o->cert_len > INT_MAX || o->key_len > INT_MAX ||
+      o->ca_len > INT_MAX || o->verify < 0 || o->verify > 2 ||
+      (o->verify && (!o->ca || !o->ca_len))) {
+    if (err && err_len)
+      snprintf(err, err_len, "%s",
+               o && o->verify ? "client verification needs the CA certificates (ca)"
+                              : "no certificate, or a bad length or verify mode");
+    errno = EINVAL;
+    return NULL;
+  }
+  pmu_tls_certs_t *c = calloc(1, sizeof *c);
+  if (!c || RAND_bytes(c->id, sizeof c->id) != 1) {
+    free(c);
+    errno = ENOMEM;
+    return NULL;
+  }
+  atomic_init(&c->refs, 1);
+  c->verify = o->verify;
+  ERR_clear_error();
+  STACK_OF(X509) *all = NULL;
+  int n = read_pem_certs(o->cert, o->cert_len, &all);
+  if (n <= 0) {
+    sk_X509_pop_free(all, X509_free);
+    certs_error(err, err_len, "cannot read the certificate chain (PEM)");
+    goto fail;
+  }
+  c->leaf = sk_X509_shift(all);
+  c->chain = all;
+  BIO *kb = BIO_new_mem_buf(o->key ? o->key : o->cert, (int)(o->key ? o->key_len : o->cert_len));
+  c->key = kb ? PEM_read_bio_PrivateKey(kb, NULL, on_password, NULL) : NULL;
+  BIO_free(kb);
+  if (!c->key) {
+    certs_error(err, err_len, "cannot read the private key (PEM)");
+    goto fail;
+  }
+  if (X509_check_private_key(c->leaf, c->key) != 1) {
+    ERR_clear_error();
+    if (err && err_len)
+      snprintf(err, err_len, "the private key does not match the certificate");
+    goto fail;
+  }
+  if (c->verify) {
+    STACK_OF(X509) *cas = NULL;
+    n = read_pem_certs(o->ca, o->ca_len, &cas);
+    c->store = X509_STORE_new();
+    c->names = sk_X509_NAME_new_null();
+    for (int i = 0; n > 0 && c->store && c->names && i < n; i++) {
+      X509 *ca = sk_X509_value(cas, i);
+      X509_NAME *name = X509_NAME_dup(X509_get_subject_name(ca));
+      if (X509_STORE_add_cert(c->store, ca) != 1 || !name || !sk_X509_NAME_push(c->names, name)) {
+        X509_NAME_free(name);
+        n = -1;
+      }
+    }
+    sk_X509_pop_free(cas, X509_free);
+    if (n <= 0 || !c->store || !c->names) {
+      certs_error(err, err_len, "cannot read the CA certificates (PEM)");
+      goto fail;
+    }
+  }
+  ERR_clear_error();
+  return c;
+fail:
+  ERR_clear_error();
+  certs_free(c);
+  errno = EINVAL;
+  return NULL;
+}
+
+int pmu__tls_certs_apply(SSL *ssl, pmu_tls_certs_t *c) {
+  if (SSL_use_certificate(ssl, c->leaf) != 1 || SSL_use_PrivateKey(ssl, c->key) != 1 ||
+      SSL_set1_chain(ssl, c->chain) != 1 ||
+      SSL_set_session_id_context(ssl, c->id, sizeof c->id) != 1)
+    return 0;
+  if (c->verify) {
+    STACK_OF(X509_NAME) *names = SSL_dup_CA_list(c->names);
+    if (!names || SSL_set1_verify_cert_store(ssl, c->store) != 1) {
+      sk_X509_NAME_pop_free(names, X509_NAME_free);
+      return 0;
+    }
+    SSL_set_client_CA_list(ssl, names);
+    SSL_set_verify(ssl, SSL_VERIFY_PEER | (c->verify == 2 ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+                   NULL);
+  }
+  return 1;
+}
+
 /* ---- snapshots ---- */
 
 struct pmu__tls_snap {
@@ -864,6 +1071,11 @@ pmu__tls_snap_t *pmu__tls_snap_new(SSL *ssl) {
     BIO_free(mem);
   }
   size_t own_len = slot ? slot->der_len : 0;
+  /* ssl_cert_per_conn: the handler's certificate, set on the SSL itself. */
+  X509 *own = !own_len ? SSL_get_certificate(ssl) : NULL;
+  int own_der = own ? i2d_X509(own, NULL) : 0;
+  if (own_der > 0)
+    own_len = (size_t)own_der;
   int lens[64];
   if (npeer > 64)
     npeer = 64;
@@ -906,8 +1118,11 @@ pmu__tls_snap_t *pmu__tls_snap_new(SSL *ssl) {
     snap->peer_len[i] = n > 0 ? (size_t)n : 0;
   }
   if (own_len) {
-    unsigned char *d = bump(&b, own_len, 1);
-    memcpy(d, slot->der, own_len);
+    unsigned char *d = bump(&b, own_len, 1), *w = d;
+    if (own_der > 0)
+      own_len = (size_t)(i2d_X509(own, &w) > 0 ? own_der : 0);
+    else
+      memcpy(d, slot->der, own_len);
     in->server_cert_der = d;
     in->server_cert_der_len = own_len;
   }

@@ -370,6 +370,25 @@ class Connection:
     def close(self, now: bool = False) -> None:
         """After what is queued is sent, or at once with now; nothing if closing."""
     def pause_reading(self, pause: bool = True) -> None: ...
+    def tls_use(self, certs: "TlsCerts") -> None:
+        """ssl_cert_per_conn: the handshake goes on with certs; any thread.
+        ConnectionClosed when closing/closed; RuntimeError when there is no
+        certificate to give (not ssl_cert_per_conn, or answered already)."""
+    def tls_decline(self) -> None:
+        """ssl_cert_per_conn: refuse the connection (alert, CLOSE ECONNREFUSED)."""
+
+@final
+class TlsCerts:
+    """A parsed certificate chain, key and client verification for
+    Connection.tls_use (ValueError when the PEM texts cannot be used)."""
+
+    def __init__(
+        self,
+        cert: bytes,
+        key: Optional[bytes] = None,
+        ca: Optional[bytes] = None,
+        verify: int = 0,
+    ) -> None: ...
 
 class ConnectionClosed(OSError):
     """The connection is closing or closed: the data was not sent."""
@@ -735,6 +754,7 @@ class Engine:
         ssl_handshake_timeout_ms: int = ...,
         ssl_max_handshakes: int = ...,
         ssl_ktls: bool = ...,
+        ssl_cert_per_conn: bool = ...,
         ssl_sni_certs: Optional[Sequence[Sequence[Optional[str]]]] = ...,
     ) -> None: ...
     def start(self) -> None: ...

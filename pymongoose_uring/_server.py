@@ -132,6 +132,7 @@ _ENGINE_OPTIONS = (
     "ssl_handshake_timeout_ms",
     "ssl_max_handshakes",
     "ssl_ktls",
+    "ssl_cert_per_conn",
 )
 
 _probe_cache: Optional[Dict[str, Any]] = None
@@ -456,7 +457,10 @@ class Server:
     rotated every ``ssl_ticket_rotate_ms`` (1 h), ``ssl_handshake_timeout_ms``
     (10 s), ``ssl_max_handshakes`` (256 per ring thread mid-handshake; more
     wait unread), ``ssl_ktls`` (True: kernel TLS where ``probe()`` says it
-    works). ``ssl_sni_certs``: more certificates, ``[(certfile, keyfile[,
+    works), ``ssl_cert_per_conn`` (True, with a ``connection_handler`` and no
+    ``ssl_certfile``: TLS whose certificate the handler gives each connection at
+    ``CONN_OPEN``, ``conn.tls_use(TlsCerts(cert, key))``, or refuses,
+    ``conn.tls_decline()``; the handshake waits for it). ``ssl_sni_certs``: more certificates, ``[(certfile, keyfile[,
     password]), ...]`` (keyfile None: in certfile), each served to clients whose
     SNI matches one of its names (the first that matches; else
     ``ssl_certfile``'s). On a TLS connection ``request.scheme`` is ``"https"``
@@ -561,6 +565,7 @@ class Server:
         ssl_handshake_timeout_ms: Optional[int] = None,
         ssl_max_handshakes: Optional[int] = None,
         ssl_ktls: Optional[bool] = None,
+        ssl_cert_per_conn: Optional[bool] = None,
         ssl_sni_certs: Optional[Sequence[Sequence[Optional[str]]]] = None,
         statics: Optional[Sequence[StaticMount]] = None,
         loop: Optional[asyncio.AbstractEventLoop] = None,
@@ -777,8 +782,9 @@ class Server:
 
     @property
     def tls(self) -> bool:
-        """Whether the listener speaks HTTPS (``ssl_certfile`` is set)."""
-        return bool(self._options.get("ssl_certfile"))
+        """Whether the listener speaks HTTPS (``ssl_certfile`` or ``ssl_cert_per_conn``
+        is set)."""
+        return bool(self._options.get("ssl_certfile") or self._options.get("ssl_cert_per_conn"))
 
     @property
     def url(self) -> str:

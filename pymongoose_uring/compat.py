@@ -61,15 +61,22 @@ what differs:
   the handler returns: pymongoose has no way to consume them) or the request of
   the current ``MG_EV_HTTP_MSG``; ``send_len`` counts the bytes queued and not
   yet on the wire; ``send_data()`` is empty (the engine keeps no copy to show).
-- TLS as pymongoose's HTTPS example has it: ``listen("https://...")`` (or
+- TLS as pymongoose's examples have it: ``listen("https://...")`` (or
   ``tls://``, ``ssl://``, ``tcps://``: TCP over TLS without ``http=True``) binds at
-  once, and ``listener.tls_init(TlsOpts(cert=PEM, key=PEM[, ca=PEM]))`` starts
-  serving HTTPS on it (the engine's TLS: the PEM texts are handed over in memory
-  files, never written to disk; ``ca`` asks every client for a certificate that
-  CA signed, unless ``skip_verification``). ``conn.tls_init()`` on an accepted
-  connection of such a listener is accepted (the listener's certificate serves
-  it); a listener's own ``tls_init`` is what starts TLS, so a program that calls
-  it only in ``MG_EV_ACCEPT`` gets no TLS here. ``conn.is_tls`` is True on the
+  once. Either ``listener.tls_init(TlsOpts(cert=PEM, key=PEM[, ca=PEM]))`` before
+  the first ``poll()`` serves HTTPS on it with that certificate (the engine's
+  TLS: the PEM texts are handed over in memory files, never written to disk;
+  ``ca`` asks every client for a certificate that CA signed, unless
+  ``skip_verification``), and ``conn.tls_init()`` on its accepted connections is
+  accepted and changes nothing (the listener's certificate serves them). Or,
+  Mongoose's own pattern, ``conn.tls_init(opts)`` in ``MG_EV_ACCEPT`` of each
+  accepted connection: a listener without ``tls_init`` at the first ``poll()``
+  serves per connection (the engine's ``ssl_cert_per_conn``: the handshake waits
+  for the certificate the ``MG_EV_ACCEPT`` handler gives, parsed once per
+  distinct ``TlsOpts`` and cached), and a connection whose ``MG_EV_ACCEPT``
+  handler gave none is refused (a handshake_failure alert, its ``MG_EV_CLOSE``,
+  a log line at most once a minute). Sessions resume only on connections given
+  the same certificate and verification. ``conn.is_tls`` is True on the
   listener and its connections. ``tls_init`` without a certificate, and on a
   plain ``http://`` listener, changes nothing (logged).
 - UDP, MQTT, SNTP, DNS and outbound connections (``Manager.connect``) are
@@ -327,6 +334,7 @@ class Connection(_MgConnection):
         "_listen_addr",
         "_listening",
         "_tls",
+        "_tls_pending",
         "__weakref__",
     )
 
@@ -353,6 +361,9 @@ class Connection(_MgConnection):
         self._listening = False
         # A listener's _TlsListener (https://); an accepted connection's listener's.
         self._tls: Optional[_TlsListener] = None
+        # An accepted connection of a listener serving per connection: its handshake
+        # waits for conn.tls_init in MG_EV_ACCEPT (declined when none came).
+        self._tls_pending = False
 
     # -- pymongoose properties ---------------------------------------------
 
@@ -389,8 +400,9 @@ class Connection(_MgConnection):
 
     @property
     def is_tls(self) -> bool:
-        """The connection speaks TLS: an https:// listener serving with a
-        certificate (tls_init), and the connections it accepts."""
+        """The connection speaks TLS: an https:// listener serving (with its
+        tls_init's certificate, or from the first poll() with each connection's),
+        and the connections it accepts."""
         tls = self._tls
         return tls is not None and tls.serving
 
@@ -785,9 +797,12 @@ class Connection(_MgConnection):
         it; asking for client certificates where it did not, or the reverse,
         starts a server with the new settings on the same socket and stops the
         one before gracefully). On a connection that listener accepted: nothing to do (its
-        certificate serves it). Elsewhere, or without a certificate: nothing
-        changes, and a warning says why. RuntimeError when the certificate or
-        key cannot be used."""
+        certificate serves it), unless the listener had no ``tls_init`` before the
+        first ``poll()``: then its server gives each connection the certificate
+        its own ``tls_init`` gives, in ``MG_EV_ACCEPT`` (Mongoose's pattern; a
+        connection without one is refused once the handler returns). Elsewhere,
+        or without a certificate: nothing changes, and a warning says why.
+        RuntimeError when the certificate or key cannot be used."""
         tls = self._tls
         if not opts.cert:
             log.warning("tls_init without a certificate (TlsOpts.cert): nothing to serve TLS with")
@@ -799,6 +814,17 @@ class Connection(_MgConnection):
             )
             return
         if not self._listening:
+            if self._tls_pending:
+                certs = self._manager._tls_certs(opts)  # RuntimeError: refused after ACCEPT
+                self._tls_pending = False
+                try:
+                    if self._conn is not None:
+                        self._conn.tls_use(certs)
+                except (OSError, RuntimeError):
+                    pass  # closed meanwhile: its MG_EV_CLOSE follows
+                return
+            if tls.per_conn:
+                return  # after MG_EV_ACCEPT: answered (refused) already
             if tls.serving and opts.cert != tls.cert:
                 tls.warn_once(
                     "tls_init on an accepted connection with another certificate than its "
@@ -963,8 +989,12 @@ class _TlsListener:
         self.cert = b""
         self.verify = False  # client certificates required (TlsOpts.ca)
         self.serving = False
+        # Serving with the certificate each connection's tls_init gives (no tls_init of
+        # the listener before the first poll): the engine's ssl_cert_per_conn.
+        self.per_conn = False
         self.base: Tuple[bool, Dict[str, Any]] = (True, {})  # listen()'s (http, options)
         self._warned = False
+        self._refused_logged = -1e9  # monotonic time of the last "refused" log line
 
     def path(self, name: str, data: bytes) -> str:
         """A path the engine can open that holds data: /proc/self/fd/N of a memory
@@ -981,6 +1011,19 @@ class _TlsListener:
         if not self._warned:
             self._warned = True
             log.warning(message)
+
+    def refused(self, count: int) -> None:
+        """A connection was refused for want of a certificate: said at most once a
+        minute (a client retrying in a loop cannot flood the log)."""
+        now = time.monotonic()
+        if now - self._refused_logged >= 60.0:
+            self._refused_logged = now
+            log.warning(
+                "an https:// connection was refused: no conn.tls_init(TlsOpts(cert=..., "
+                "key=...)) in MG_EV_ACCEPT gave it a certificate, and its listener has none "
+                "(listener.tls_init) (%d refused so far)",
+                count,
+            )
 
     def close(self) -> None:
         for fd in self.files.values():
@@ -1108,8 +1151,11 @@ class Manager:
             next(self._ids)  # Mongoose's wakeup pipe is a connection: it takes an id
         self._conns: Dict[int, Connection] = {}  # live connections by id, listeners too
         self._listeners: List[Connection] = []
-        # https:// listeners bound and waiting for their tls_init
+        # https:// listeners bound and waiting for their tls_init (or the first poll)
         self._pending_tls: Dict[Connection, bool] = {}
+        # conn.tls_init's certificates, parsed once: (cert, key, ca, verify) -> TlsCerts
+        self._tls_handles: Dict[Tuple[bytes, bytes, bytes, bool], Any] = {}
+        self._tls_refused = 0
         self._closed = False
         # Work for the poll() thread: (fn, a, b, c) -> fn(a, b, c)
         self._queue: Deque[Tuple[Callable[[Any, Any, Any], None], Any, Any, Any]] = (
@@ -1192,7 +1238,7 @@ class Manager:
             settings["ssl_ca_certs"] = tls.path("ca", opts.ca)
             settings["ssl_cert_reqs"] = 2  # Mongoose: VERIFY_PEER | FAIL_IF_NO_PEER_CERT
         server = listener._server
-        if server is not None and verify == tls.verify:
+        if server is not None and not tls.per_conn and verify == tls.verify:
             # The same settings: the memory files were rewritten, the engine reads them again.
             try:
                 server.reload_tls()
@@ -1213,9 +1259,46 @@ class Manager:
             raise RuntimeError(f"tls_init: {exc}") from exc
         listener._server = fresh
         self._pending_tls.pop(listener, None)
-        tls.cert, tls.verify, tls.serving = opts.cert, verify, True
+        tls.cert, tls.verify, tls.serving, tls.per_conn = opts.cert, verify, True, False
         if server is not None:
             server.stop()
+
+    def _tls_start_per_conn(self, listener: Connection) -> None:
+        """An https:// listener without tls_init at the first poll: serve it with the
+        certificate each accepted connection's tls_init gives in MG_EV_ACCEPT (the
+        engine's ssl_cert_per_conn: each handshake waits for it)."""
+        tls = listener._tls
+        assert tls is not None
+        http, options = tls.base
+        host, port, _ = listener._listen_addr or ("127.0.0.1", 0, False)
+        options = dict(options, listen_fd=tls.sock.fileno(), ssl_cert_per_conn=True)
+        server = self._make_server(http, host, port, options)
+        try:
+            server.start()
+        except OSError as exc:  # (not expected: the socket is bound, nothing to load)
+            tls.warn_once("an https:// listener cannot serve: %s" % exc)
+            return
+        listener._server = server
+        self._pending_tls.pop(listener, None)
+        tls.serving, tls.per_conn = True, True
+
+    def _tls_certs(self, opts: "TlsOpts") -> Any:
+        """The engine's certificate handle for opts, parsed once per distinct
+        (cert, key, ca, verification); RuntimeError when it cannot be used."""
+        verify = bool(opts.ca) and not opts.skip_verification
+        key = (opts.cert, opts.key, opts.ca if verify else b"", verify)
+        certs = self._tls_handles.get(key)
+        if certs is None:
+            try:
+                certs = _pmu.TlsCerts(
+                    opts.cert, opts.key or None, opts.ca if verify else None, 2 if verify else 0
+                )
+            except ValueError as exc:
+                raise RuntimeError(f"tls_init: {exc}") from exc
+            if len(self._tls_handles) >= 64:
+                self._tls_handles.clear()
+            self._tls_handles[key] = certs
+        return certs
 
     def _stop_listener(self, listener: Connection) -> None:
         """Stop a listener's server (its connections close), then MG_EV_CLOSE."""
@@ -1276,6 +1359,7 @@ class Manager:
             if ev == _CONN_OPEN:
                 conn = Connection(self, listener._handler or self._handler, pconn)
                 conn._tls = listener._tls
+                conn._tls_pending = listener._tls is not None and listener._tls.per_conn
                 pconn.user = conn
                 post(conn, None, None, self._opened_event)
                 return
@@ -1296,6 +1380,17 @@ class Manager:
         self._conns[conn._id] = conn
         self._deliver(conn, MG_EV_OPEN, None)
         self._deliver(conn, MG_EV_ACCEPT, None)
+        if conn._tls_pending:
+            # No tls_init in MG_EV_ACCEPT: nothing to serve TLS with.
+            conn._tls_pending = False
+            self._tls_refused += 1
+            try:
+                if conn._conn is not None:
+                    conn._conn.tls_decline()
+            except (OSError, RuntimeError):
+                pass  # closed meanwhile
+            if conn._tls is not None:
+                conn._tls.refused(self._tls_refused)
 
     def _read_event(self, conn: Connection, data: bytes, _: Any) -> None:
         conn._recv = data
@@ -1404,14 +1499,10 @@ class Manager:
         raises KeyboardInterrupt here."""
         if self._closed:
             raise RuntimeError("Manager has been freed")
-        for listener in self._pending_tls:
-            tls = listener._tls
-            if tls is not None:
-                tls.warn_once(
-                    "an https:// listener serves nothing until listener.tls_init(TlsOpts(cert="
-                    "..., key=...)) gives it a certificate (tls_init in MG_EV_ACCEPT alone is "
-                    "not enough here: the engine starts TLS for the whole listener)"
-                )
+        for listener in list(self._pending_tls):
+            # No listener.tls_init so far: each connection's tls_init in MG_EV_ACCEPT
+            # gives its certificate.
+            self._tls_start_per_conn(listener)
         end = time.monotonic() + max(timeout_ms, 0) / 1000.0
         while True:
             self._run_timers(time.monotonic())

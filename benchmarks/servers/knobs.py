@@ -97,6 +97,7 @@ KNOBS = {
     "ssl_handshake_timeout_ms": int,
     "ssl_max_handshakes": int,
     "ssl_ktls": flag,
+    "ssl_cert_per_conn": flag,
 }
 
 

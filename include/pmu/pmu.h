@@ -617,7 +617,10 @@ typedef struct pmu_tls_cert {
   X(UINT, ssl_max_handshakes, 256, "connections", 0, UINT_MAX,                                \
     "connections mid-handshake per ring thread; more wait unread for a slot (0: no limit)")  \
   X(BOOL, ssl_ktls, 1, "", 0, 1,                                                              \
-    "hand established sessions to kernel TLS when the kernel and OpenSSL can (pmu_probe)")
+    "hand established sessions to kernel TLS when the kernel and OpenSSL can (pmu_probe)")   \
+  X(BOOL, ssl_cert_per_conn, 0, "", 0, 1,                                                     \
+    "TLS with no ssl_certfile: conn_handler gives each connection its certificate after "   \
+    "OPEN (pmu_conn_tls_use); the handshake waits for it")
 /* clang-format on */
 
 /* The C type of each knob type of PMU_CONFIG_KNOBS. */
@@ -1070,6 +1073,59 @@ int pmu_request_tls_peer_cert(const pmu_request_t *request, unsigned index,
 /* The same for a connection handle; valid until pmu_conn_release(). -EINVAL on
  * a plain connection or one still in its handshake. */
 int pmu_conn_tls_info(const pmu_conn_t *conn, pmu_tls_info_t *out);
+
+/*
+ * A certificate chosen per connection (config.ssl_cert_per_conn).
+ *
+ * With ssl_cert_per_conn (and conn_handler; ssl_certfile, ssl_sni_certs,
+ * ssl_ocsp_file, ssl_ca_certs and ssl_cert_reqs unset: their part is the
+ * certificate handle's) the listener speaks TLS with no certificate of its
+ * own: OPEN comes at accept, before the handshake, and the handshake waits
+ * when it needs a certificate (after the ClientHello) until the handler gives
+ * the connection one, pmu_conn_tls_use(), or refuses it, pmu_conn_tls_decline().
+ * Either may come from any thread, inside the OPEN call or later; the
+ * connection holds a handshake slot (ssl_max_handshakes) while it waits, and
+ * ssl_handshake_timeout_ms closes it when no answer comes. Nothing is read or
+ * written as plaintext before the handshake ends (pmu_conn_send's bytes wait);
+ * pmu_conn_tls_info() answers -EINVAL until then.
+ *
+ * A handle (pmu_tls_certs_t) is a parsed certificate chain, key and client
+ * verification, made once and given to any number of connections of any
+ * server: refcounted, any thread, freed when the last connection and the
+ * caller's reference (pmu_tls_certs_release) are gone.
+ */
+typedef struct pmu_tls_certs pmu_tls_certs_t;
+
+typedef struct pmu_tls_certs_opts {
+  const void *cert; /* PEM: the chain, leaf first (required) */
+  size_t cert_len;
+  const void *key; /* PEM private key, unencrypted (NULL: it is in cert) */
+  size_t key_len;
+  const void *ca; /* PEM CA certificates that verify clients (NULL: none) */
+  size_t ca_len;
+  int verify; /* client certificates: 0 not asked, 1 optional, 2 required (needs ca) */
+} pmu_tls_certs_opts_t;
+
+/* A new handle (refcount 1), or NULL with errno (EINVAL, ENOMEM) and, when
+ * err is given, words saying what could not be used ("the private key does
+ * not match the certificate", OpenSSL's reason). Any thread. */
+pmu_tls_certs_t *pmu_tls_certs_new(const pmu_tls_certs_opts_t *opts, char *err, size_t err_len);
+/* Drop the caller's reference. Any thread. */
+void pmu_tls_certs_release(pmu_tls_certs_t *certs);
+
+/*
+ * The connection's handshake goes on with `certs` (a reference is taken): its
+ * chain and key are served and its client verification applies. Any thread.
+ * Returns 0; -EPIPE closing or closed; -EINVAL the connection has no
+ * per-connection certificate to give (not ssl_cert_per_conn, or already
+ * answered: the first answer stands); -ENOMEM.
+ */
+int pmu_conn_tls_use(pmu_conn_t *conn, pmu_tls_certs_t *certs);
+/* Refuse the connection: its handshake fails with a handshake_failure alert
+ * (at once when the ClientHello is in, else the connection is closed
+ * without one); CLOSE follows with err ECONNREFUSED. Same returns as
+ * pmu_conn_tls_use. */
+int pmu_conn_tls_decline(pmu_conn_t *conn);
 
 /* Batch sizes are counted in these buckets: 1, 2-3, 4-7, ..., >= 2^15. */
 #define PMU_BATCH_BUCKETS 16

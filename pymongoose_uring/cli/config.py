@@ -50,6 +50,7 @@ CONNECTION_HANDLER_KNOBS = (
     "conn_send_high_water",
     "conn_send_limit",
     "raw_idle_timeout_ms",
+    "ssl_cert_per_conn",
 )
 # TLS knobs whose options are in the HTTPS group under uvicorn's names (the others,
 # --ssl-ticket-rotate-ms, --ssl-max-handshakes..., are generated from the table).

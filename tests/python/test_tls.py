@@ -19,6 +19,7 @@ import time
 import pytest
 from tlscerts import PASSWORD, Certs, get, served_pem, tls_connect
 
+from conftest import wait_until
 from pymongoose_uring import App, Error, Response, Server
 
 TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -507,6 +508,75 @@ def test_connection_handler_sees_the_session(serve, certs):
     with tls_connect(raw.port, certs.context(alpn=None)) as s:
         s.sendall(b"ping")
         assert s.recv(100) == b"TLSv1.3 ping"
+
+
+def test_certificate_per_connection(serve, certs):
+    """ssl_cert_per_conn from Python: CONN_OPEN comes before the handshake (conn.tls None),
+    conn.tls_use(TlsCerts) serves it, from another thread too; tls_decline refuses; a
+    second answer, a wrong type, bad PEM and a server without the knob raise."""
+    from pymongoose_uring._native import _pmu
+
+    def pem(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    mine = _pmu.TlsCerts(pem(certs.server_pem), pem(certs.server_key))
+    other = _pmu.TlsCerts(pem(certs.other_pem), pem(certs.other_key))
+    choice = {"certs": mine, "thread": False, "decline": False}
+    seen = []
+
+    def answer(conn):
+        if choice["decline"]:
+            conn.tls_decline()
+            return
+        conn.tls_use(choice["certs"])
+        with pytest.raises(RuntimeError, match="answered already"):
+            conn.tls_use(other)
+
+    def on_conn(conn, event, data):
+        if event == _pmu.CONN_OPEN:
+            seen.append(conn.tls)
+            if choice["thread"]:
+                threading.Timer(0.1, answer, (conn,)).start()
+            else:
+                answer(conn)
+        elif event == _pmu.CONN_CLOSE:
+            seen.append(data)
+
+    server = serve(
+        lambda request: request.connection.tls["version"],
+        connection_handler=on_conn,
+        ssl_cert_per_conn=True,
+    )
+    with tls_connect(server.port, certs.context()) as s:
+        assert get(s)[2].startswith(b"TLSv1.")
+        assert ssl.DER_cert_to_PEM_cert(s.getpeercert(True)) == served_pem(certs.server)
+    assert seen[0] is None  # no session yet at OPEN
+    choice.update(certs=other, thread=True)
+    with tls_connect(server.port, certs.context(), server_hostname="other.example.test") as s:
+        assert ssl.DER_cert_to_PEM_cert(s.getpeercert(True)) == served_pem(certs.other)
+    choice.update(decline=True)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with tls_connect(server.port, certs.context()) as s:
+            get(s)
+    import errno
+
+    wait_until(lambda: seen[-1] == errno.ECONNREFUSED, what="CLOSE with ECONNREFUSED")
+    with pytest.raises(ValueError, match="does not match"):
+        _pmu.TlsCerts(pem(certs.server_pem), pem(certs.other_key))
+    with pytest.raises(ValueError, match="needs the CA"):
+        _pmu.TlsCerts(pem(certs.server_pem), pem(certs.server_key), None, 2)
+
+    plain_conns = []
+    plain = serve(lambda request: "ok", connection_handler=lambda c, e, d: plain_conns.append(c))
+    with socket.create_connection(("127.0.0.1", plain.port)):
+        wait_until(lambda: plain_conns, what="OPEN")
+        with pytest.raises(RuntimeError, match="ssl_cert_per_conn"):
+            plain_conns[0].tls_use(mine)
+        with pytest.raises(TypeError):
+            plain_conns[0].tls_use(b"not a TlsCerts")
+    with pytest.raises(Error, match="conn_handler"):
+        Server(lambda request: "ok", port=0, ssl_cert_per_conn=True).start()
 
 
 def test_session_dicts_leak_nothing(serve, certs):

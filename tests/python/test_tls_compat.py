@@ -1,19 +1,24 @@
-"""TLS in the pymongoose API: pymongoose's own test_tls.py and its HTTPS example
-(tests/examples/advanced/tls_https_server.py) with only the import changed, and the model
-they use: listen("https://..."), then listener.tls_init(TlsOpts(cert=PEM, key=PEM))."""
+"""TLS in the pymongoose API: pymongoose's own test_tls.py and its HTTPS examples
+(tests/examples/advanced/tls_https_server.py, tests/examples/http/http_server.py --tls) with
+only the import changed, and the two models they use: listen("https://..."), then
+listener.tls_init(TlsOpts(cert=PEM, key=PEM)); or Mongoose's conn.tls_init(opts) in
+MG_EV_ACCEPT of each accepted connection (the engine's ssl_cert_per_conn)."""
 
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
-from pymongoose_checkout import free_port, pymongoose_source
+from pymongoose_checkout import free_port, pymongoose_source, wait_serving
 from tlscerts import Certs, get, read_response, served_pem, tls_connect
 
+from conftest import wait_until
 from pymongoose_uring.compat import MG_EV_ACCEPT, MG_EV_HTTP_MSG, Manager, TlsOpts
 
 
@@ -184,25 +189,242 @@ def test_no_key_file_on_disk(certs, tmp_path):
         assert any(t.startswith("/memfd:pymongoose_uring-tls-key") for t in targets), targets
 
 
-def test_https_listener_without_tls_init_warns_and_closes(caplog):
+def test_https_listener_without_any_tls_init_refuses_and_logs(certs, caplog):
+    """No tls_init on the listener nor in MG_EV_ACCEPT: each connection is refused (its
+    handshake fails, its MG_EV_CLOSE comes), a log line says why; the listener lets its
+    port go at close."""
     from pymongoose_uring.compat import MG_EV_CLOSE
 
     events = []
-    mgr = Manager(
-        lambda conn, ev, data: events.append(ev) if conn.is_listening or ev == MG_EV_CLOSE else None
-    )
+    mgr = Manager(lambda conn, ev, data: events.append((conn.is_listening, ev)))
     listener = mgr.listen("https://127.0.0.1:0", http=True)
     port = listener.local_addr[1]
     assert port > 0 and not listener.is_tls
     with caplog.at_level("WARNING", logger="pymongoose_uring"):
         mgr.poll(10)
-    assert "serves nothing until listener.tls_init" in caplog.text
+        assert listener.is_tls  # serving: each connection's MG_EV_ACCEPT gives the certificate
+        for _ in range(2):
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                with tls_connect(port, certs.context()) as s:
+                    get(s)
+        wait_until(lambda: events.count((False, MG_EV_CLOSE)) == 2, what="two MG_EV_CLOSE")
+    assert caplog.text.count("an https:// connection was refused") == 1  # (once a minute)
     mgr.close()
-    assert MG_EV_CLOSE in events
+    assert (True, MG_EV_CLOSE) in events
     import socket
 
     with socket.socket() as s:  # the port was let go
         s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("in_poll", [False, True], ids=["ring-threads", "handlers_in_poll"])
+def test_tls_init_in_accept_only(certs, in_poll):
+    """Mongoose's pattern: no listener.tls_init, conn.tls_init(opts) in MG_EV_ACCEPT of each
+    accepted connection serves it (real ssl clients, keep-alive); the PEM is parsed once for
+    all of them; conn.is_tls; with handlers_in_poll the certificate comes from the poll()
+    thread while the handshake waits on the ring."""
+    opts = TlsOpts(cert=read(certs.server_pem), key=read(certs.server_key))
+    seen = []
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_ACCEPT:
+            conn.tls_init(TlsOpts(cert=opts.cert, key=opts.key))  # a new TlsOpts each time
+        elif ev == MG_EV_HTTP_MSG:
+            seen.append(conn.is_tls)
+            conn.reply(200, "secure" if conn.is_tls else "plain")
+
+    with Manager(handler, handlers_in_poll=in_poll) as mgr:
+        listener = mgr.listen("https://127.0.0.1:0", http=True)
+        port = listener.local_addr[1]
+        stop = threading.Event()
+        poller = threading.Thread(target=lambda: [mgr.poll(20) for _ in iter(stop.is_set, True)])
+        poller.start()
+        try:
+            wait_until(lambda: listener.is_tls, what="the listener serving")
+            for _ in range(3):
+                with tls_connect(port, certs.context()) as s:
+                    for _ in range(2):  # keep-alive
+                        status, _, body = get(s)
+                        assert (status, body) == (200, b"secure")
+                    assert ssl.DER_cert_to_PEM_cert(s.getpeercert(True)) == served_pem(certs.server)
+        finally:
+            stop.set()
+            poller.join()
+        assert len(mgr._tls_handles) == 1  # parsed once, not per accept
+    assert seen == [True] * 6
+
+
+def test_listener_tls_init_after_the_first_poll_takes_over(certs):
+    """A listener serving per connection (no tls_init before the first poll) given a
+    certificate of its own later: new connections get that one, with no tls_init in
+    MG_EV_ACCEPT."""
+    with Manager(answer_ok) as mgr:
+        listener = mgr.listen("https://127.0.0.1:0", http=True)
+        mgr.poll(10)
+        port = listener.local_addr[1]
+        with pytest.raises((ssl.SSLError, ConnectionError)):  # nothing gives a certificate
+            with tls_connect(port, certs.context()) as s:
+                get(s)
+        listener.tls_init(TlsOpts(cert=read(certs.server_pem), key=read(certs.server_key)))
+        assert listener.is_tls
+        with tls_connect(port, certs.context()) as s:
+            assert get(s)[2] == b"ok"
+
+
+def test_two_listeners_two_certificates(certs):
+    """Two https:// listeners whose MG_EV_ACCEPT handlers give two TlsOpts: each serves
+    its own certificate."""
+    other = TlsOpts(cert=read(certs.other_pem), key=read(certs.other_key))
+    mine = TlsOpts(cert=read(certs.server_pem), key=read(certs.server_key))
+
+    def by(opts):
+        def handler(conn, ev, data):
+            if ev == MG_EV_ACCEPT:
+                conn.tls_init(opts)
+            elif ev == MG_EV_HTTP_MSG:
+                conn.reply(200, "ok")
+
+        return handler
+
+    with Manager() as mgr:
+        a = mgr.listen("https://127.0.0.1:0", by(mine), http=True)
+        b = mgr.listen("https://127.0.0.1:0", by(other), http=True)
+        mgr.poll(10)
+        with tls_connect(a.local_addr[1], certs.context()) as s:
+            assert get(s)[2] == b"ok"
+            assert ssl.DER_cert_to_PEM_cert(s.getpeercert(True)) == served_pem(certs.server)
+        with tls_connect(
+            b.local_addr[1], certs.context(), server_hostname="other.example.test"
+        ) as s:
+            assert get(s)[2] == b"ok"
+            assert ssl.DER_cert_to_PEM_cert(s.getpeercert(True)) == served_pem(certs.other)
+
+
+def test_tls_init_in_accept_with_a_ca_requires_client_certificates(certs):
+    """TlsOpts(ca=...) in MG_EV_ACCEPT: a client certificate that CA signed is required;
+    skip_verification asks for none."""
+    ca_opts = TlsOpts(
+        cert=read(certs.server_pem), key=read(certs.server_key), ca=read(certs.ca_pem)
+    )
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_ACCEPT:
+            conn.tls_init(ca_opts)
+        elif ev == MG_EV_HTTP_MSG:
+            conn.reply(200, "ok")
+
+    with Manager(handler) as mgr:
+        listener = mgr.listen("https://127.0.0.1:0", http=True)
+        mgr.poll(10)
+        port = listener.local_addr[1]
+        with tls_connect(port, certs.context(client="client")) as s:
+            assert get(s)[2] == b"ok"
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with tls_connect(port, certs.context()) as s:
+                get(s)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with tls_connect(port, certs.context(client="stranger")) as s:
+                get(s)
+
+
+def test_tls_init_in_accept_with_a_bad_certificate_refuses(certs, caplog):
+    """A certificate that cannot be used: tls_init raises RuntimeError in the handler
+    (logged), the connection is refused, the server goes on."""
+    calls = []
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_ACCEPT:
+            calls.append(1)
+            if len(calls) == 1:
+                conn.tls_init(TlsOpts(cert=b"not a certificate", key=b"nor a key"))
+            else:
+                conn.tls_init(TlsOpts(cert=read(certs.server_pem), key=read(certs.server_key)))
+        elif ev == MG_EV_HTTP_MSG:
+            conn.reply(200, "ok")
+
+    with Manager(handler) as mgr:
+        listener = mgr.listen("https://127.0.0.1:0", http=True)
+        mgr.poll(10)
+        port = listener.local_addr[1]
+        with caplog.at_level("WARNING", logger="pymongoose_uring"):
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                with tls_connect(port, certs.context()) as s:
+                    get(s)
+        assert "cannot read the certificate chain" in caplog.text
+        with tls_connect(port, certs.context()) as s:
+            assert get(s)[2] == b"ok"
+
+
+def _pem_block(text, name):
+    """The PEM text of the `name = b\"\"\"...\"\"\"` literal of an example."""
+    return re.search(name + r' = b"""(.*?)"""', text, re.S)
+
+
+def _start_http_server_example(tmp_path, cert=None, key=None):
+    """pymongoose's tests/examples/http/http_server.py --tls, only the import changed (and,
+    when given, its CERT_DATA and KEY_DATA literals replaced): (process, port) once it
+    accepts connections."""
+    text = pymongoose_source("tests/examples/http/http_server.py")
+    if cert is not None:
+        for name, pem in (("CERT_DATA", cert), ("KEY_DATA", key)):
+            block = _pem_block(text, name)
+            assert block, name
+            text = text.replace(block.group(1), pem.decode())
+    script = tmp_path / "http_server.py"
+    script.write_text(text)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--port", str(port), "--tls"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(tmp_path),
+    )
+    wait_serving(proc, port)
+    return proc, port
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def test_pymongoose_http_server_example_tls(certs, tmp_path):
+    """The HTTP server example with --tls, which calls conn.tls_init only in MG_EV_ACCEPT,
+    serves HTTPS: /api/info and a static file over TLS. Its embedded certificate is not a
+    valid one (its DER does not parse), so the literals are replaced by trustme's."""
+    proc, port = _start_http_server_example(
+        tmp_path, b"".join(b.bytes() for b in certs.server.cert_chain_pems), read(certs.server_key)
+    )
+    try:
+        with tls_connect(port, certs.context()) as s:
+            status, headers, body = get(s, "/api/info")
+            assert status == 200 and json.loads(body)["server"] == "pymongoose"
+            status, _, body = get(s, "/")  # serve_dir of the web root it made
+            assert status == 200 and b"pymongoose HTTP Server" in body
+    finally:
+        out, _ = _stop(proc)
+    assert "GET /api/info" in out
+
+
+def test_pymongoose_http_server_example_tls_own_certificate_is_refused(tmp_path):
+    """Unchanged but for the import, the example's embedded certificate cannot be parsed:
+    each connection is refused with the reason logged, and the server runs on and stops
+    cleanly."""
+    proc, port = _start_http_server_example(tmp_path)
+    try:
+        for _ in range(2):
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                with tls_connect(port, ctx) as s:
+                    get(s)
+    finally:
+        _, err = _stop(proc)
+    assert "cannot read the certificate chain" in err and "connection was refused" in err
 
 
 def test_tls_tcp_listener(certs):
