@@ -535,8 +535,10 @@ PyType_Spec pyb_pool_spec = {
  * builds the environ from the engine's request (as WSGIHandler._environ
  * does, which stays the reference: the tests compare the two), calls the
  * app with a C start_response, and when the app returns a list or tuple of
- * one bytes object (or none) under a status and headers that need nothing
- * special, answers in one pmu_respond. Everything else (iterables, files,
+ * one bytes object (or none), or any other iterable under a Content-Length of
+ * at most 1 MiB it gave (Flask's and Django's answers: joined, then closed),
+ * with a status and headers that need nothing special, answers in one
+ * pmu_respond. Everything else (other iterables, files,
  * write(), a Content-Length that disagrees, HEAD, headers to fix or refuse)
  * goes to the Python handler's _finish with the same start_response, so
  * there is one behaviour. An exception from the app goes to _fail.
@@ -579,7 +581,7 @@ typedef struct {
 static PyObject *k_method, *k_path_info, *k_query, *k_raw_uri, *k_protocol, *k_server_name,
     *k_server_port, *k_remote_addr, *k_remote_port, *k_input, *k_content_length, *k_content_type,
     *k_scheme, *k_cookie, *k_xff, *k_xfp, *v_http11, *v_http10, *v_empty, *v_localhost, *v_zero,
-    *s_trusts, *s_client, *s_scheme, *k_https, *v_on, *v_https;
+    *s_trusts, *s_client, *s_scheme, *k_https, *v_on, *v_https, *s_close, *s_join, *v_no_bytes;
 
 static int intern_all(void) {
   if (k_method != NULL)
@@ -613,6 +615,10 @@ static int intern_all(void) {
   I(s_trusts, "trusts")
   I(s_client, "client")
   I(s_scheme, "scheme")
+  I(s_close, "close")
+  I(s_join, "join")
+  if ((v_no_bytes = PyBytes_FromStringAndSize(NULL, 0)) == NULL)
+    return -1;
   I(k_method, "REQUEST_METHOD") /* last: the flag that all are made */
 #undef I
   return 0;
@@ -1153,7 +1159,7 @@ static int quick_answer(CallObject *c, StartObject *sr, PyObject *result) {
 
 /* After an exception in building the environ or in the app: handler._fail
  * for an Exception (logged, 500), else (SystemExit...) passed on. */
-static PyObject *failed(CallObject *c, PyObject *request, PyObject *sr) {
+static PyObject *failed_with(CallObject *c, PyObject *request, PyObject *sr, const char *why) {
   if (!PyErr_ExceptionMatches(PyExc_Exception))
     return NULL;
   /* _fail logs it with log.exception(): make it the exception being handled,
@@ -1165,11 +1171,186 @@ static PyObject *failed(CallObject *c, PyObject *request, PyObject *sr) {
     PyException_SetTraceback(value, tb);
   PyErr_GetExcInfo(&old_type, &old_value, &old_tb);
   PyErr_SetExcInfo(type, value, tb); /* steals */
-  PyObject *what = PyUnicode_FromString("the WSGI app raised");
+  PyObject *what = PyUnicode_FromString(why);
   PyObject *r = what ? PyObject_CallFunctionObjArgs(c->fail, request, sr, what, NULL) : NULL;
   Py_XDECREF(what);
   PyErr_SetExcInfo(old_type, old_value, old_tb);
   return r;
+}
+
+static PyObject *failed(CallObject *c, PyObject *request, PyObject *sr) {
+  return failed_with(c, request, sr, "the WSGI app raised");
+}
+
+/* result.close() if it has one, as WSGIHandler._finish does after answering:
+ * an exception is logged and dropped. */
+static void close_result(CallObject *c, PyObject *result) {
+  PyObject *close = PyObject_GetAttr(result, s_close);
+  PyObject *r = close != NULL ? PyObject_CallNoArgs(close) : NULL;
+  Py_XDECREF(close);
+  if (r == NULL) {
+    if (close == NULL && PyErr_ExceptionMatches(PyExc_AttributeError))
+      PyErr_Clear(); /* none to call */
+    else
+      pyb_log_exception(pyb_state_from_type(Py_TYPE(c)), "the WSGI app's close() raised", NULL);
+    if (PyErr_Occurred())
+      PyErr_Clear();
+  }
+  Py_XDECREF(r);
+}
+
+/* The Content-Length the app gave among sr's headers, when it is all digits
+ * (at most 18 of them); -1 when there is none or another form (the Python
+ * path judges those). */
+static long long app_length(StartObject *sr) {
+  Py_ssize_t count = PyList_GET_SIZE(sr->headers);
+  for (Py_ssize_t i = 0; i < count; i++) {
+    PyObject *pair = PyList_GET_ITEM(sr->headers, i);
+    if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+      return -1;
+    PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+    if (!PyUnicode_CheckExact(name) || !PyUnicode_IS_ASCII(name) ||
+        PyUnicode_GET_LENGTH(name) != 14 ||
+        strncasecmp((const char *)PyUnicode_1BYTE_DATA(name), "content-length", 14) != 0)
+      continue;
+    if (!PyUnicode_CheckExact(value) || !PyUnicode_IS_ASCII(value))
+      return -1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    const char *v = (const char *)PyUnicode_1BYTE_DATA(value);
+    if (n == 0 || n > 18)
+      return -1;
+    long long x = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+      if (v[k] < '0' || v[k] > '9')
+        return -1;
+      x = x * 10 + (v[k] - '0');
+    }
+    return x;
+  }
+  return -1;
+}
+
+/*
+ * An iterable that is not a list or tuple (a generator, werkzeug's
+ * ClosingIterator, Django's HttpResponse), under a Content-Length of at most
+ * WSGI_BUFFER_LIMIT the app gave with start_response before returning: what
+ * WSGIHandler._respond does for it (its chunks joined and answered in one
+ * piece), here in C: the chunks joined, answered by quick_answer or else by
+ * finish() with the joined body as a one-item list, then result.close().
+ * Returns NULL with no exception when the iterable is not one of those (the
+ * caller hands it to finish()); else what the call returns.
+ */
+#define WSGI_BUFFER_LIMIT (1 << 20) /* wsgi.py's BUFFER_LIMIT */
+
+/* The TypeError _join raises for a chunk that is not bytes-like. */
+static int not_bytes(PyObject *x) {
+  if (PyBytes_Check(x) || PyByteArray_Check(x) || PyMemoryView_Check(x))
+    return 0;
+  PyErr_Format(PyExc_TypeError, "the WSGI app's body yielded %.100s, not bytes",
+               Py_TYPE(x)->tp_name);
+  return 1;
+}
+
+static PyObject *iter_answer(CallObject *c, PyObject *request, StartObject *sr, PyObject *result,
+                             PyObject *env) {
+  if (sr->status == NULL || sr->streaming || PyList_CheckExact(result) ||
+      PyTuple_CheckExact(result) || PyBytes_Check(result) || PyUnicode_Check(result))
+    return NULL;
+  /* wsgi.py's FileWrapper and werkzeug's range wrapper around it: sent as files */
+  const char *tn = Py_TYPE(result)->tp_name;
+  const char *dot = strrchr(tn, '.');
+  tn = dot ? dot + 1 : tn;
+  if (strcmp(tn, "FileWrapper") == 0 || strcmp(tn, "_RangeWrapper") == 0)
+    return NULL;
+  long long length = app_length(sr);
+  if (length < 0 || length > WSGI_BUFFER_LIMIT)
+    return NULL;
+  PyObject *it = PyObject_GetIter(result), *first = NULL, *chunks = NULL, *body = NULL;
+  PyObject *chunk, *one, *out;
+  if (it == NULL)
+    goto fail;
+  while ((chunk = PyIter_Next(it)) != NULL) {
+    if (first == NULL && chunks == NULL) {
+      first = chunk; /* mostly the only one */
+      continue;
+    }
+    if (chunks == NULL) {
+      if ((chunks = PyList_New(0)) == NULL || PyList_Append(chunks, first) < 0) {
+        Py_DECREF(chunk);
+        goto fail;
+      }
+      Py_CLEAR(first);
+    }
+    int bad = PyList_Append(chunks, chunk);
+    Py_DECREF(chunk);
+    if (bad < 0)
+      goto fail;
+  }
+  if (PyErr_Occurred())
+    goto fail;
+  Py_CLEAR(it);
+  if (chunks != NULL) {
+    body = PyObject_CallMethodOneArg(v_no_bytes, s_join, chunks);
+    if (body == NULL) {
+      if (PyErr_ExceptionMatches(PyExc_TypeError))
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(chunks); i++)
+          if (!PyBytes_Check(PyList_GET_ITEM(chunks, i))) {
+            PyErr_Clear();
+            if (not_bytes(PyList_GET_ITEM(chunks, i)))
+              break;
+          }
+      if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "the WSGI app's body could not be joined");
+      goto fail;
+    }
+    Py_CLEAR(chunks);
+  } else if (first == NULL) {
+    body = Py_NewRef(v_no_bytes);
+  } else if (PyBytes_CheckExact(first)) {
+    body = first;
+    first = NULL;
+  } else if (PyUnicode_Check(first)) {
+    /* one str: sent UTF-8 encoded, as the Python path's Response(str) does */
+    if ((body = PyUnicode_AsUTF8String(first)) == NULL)
+      goto fail;
+    Py_CLEAR(first);
+  } else {
+    if (not_bytes(first) || (body = PyBytes_FromObject(first)) == NULL)
+      goto fail;
+    Py_CLEAR(first);
+  }
+  if ((one = PyList_New(1)) == NULL)
+    goto fail;
+  PyList_SET_ITEM(one, 0, body); /* steals */
+  body = NULL;
+  if (quick_answer(c, sr, one))
+    out = Py_NewRef(Py_None);
+  else
+    out = PyObject_CallFunctionObjArgs(c->finish, request, (PyObject *)sr, one, env, NULL);
+  Py_DECREF(one);
+  if (out != NULL)
+    close_result(c, result);
+  else {
+    PyObject *t, *v, *tb; /* close() runs with the exception kept aside */
+    PyErr_Fetch(&t, &v, &tb);
+    close_result(c, result);
+    PyErr_Restore(t, v, tb);
+  }
+  return out;
+
+fail:
+  Py_XDECREF(it);
+  Py_XDECREF(first);
+  Py_XDECREF(chunks);
+  Py_XDECREF(body);
+  out = failed_with(c, request, (PyObject *)sr, "the WSGI app's response failed");
+  {
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    close_result(c, result);
+    PyErr_Restore(t, v, tb);
+  }
+  return out;
 }
 
 static PyObject *call_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -1202,7 +1383,7 @@ static PyObject *call_vectorcall(PyObject *op, PyObject *const *args, size_t nar
     out = failed(c, request, sr);
   } else if (quick_answer(c, START(sr), result)) {
     out = Py_NewRef(Py_None);
-  } else {
+  } else if ((out = iter_answer(c, request, START(sr), result, env)) == NULL && !PyErr_Occurred()) {
     out = PyObject_CallFunctionObjArgs(c->finish, request, sr, result, env, NULL);
   }
   Py_XDECREF(result);
@@ -1303,7 +1484,8 @@ static PyMethodDef call_methods[] = {
 
 PyDoc_STRVAR(call_doc, "WSGICall(app, base, script_name, proxies, stream_input, bytes_io, empty, "
                        "finish, fail, write)\n\nCall the WSGI app for a Request: the environ and "
-                       "start_response in C, and the\ncommon answer (one bytes object) in one "
+                       "start_response in C, and the\ncommon answers (one bytes object; an "
+                       "iterable under a Content-Length of\nat most 1 MiB, joined) in one "
                        "pmu_respond; otherwise finish(request,\nstart_response, result, environ). "
                        "See WSGIHandler in pymongoose_uring/wsgi.py.");
 

@@ -19,8 +19,10 @@ blocking call holds the requests behind it about that long and an app that
 calls its own server is answered. Apps that block (database, sleep) block
 only their pool thread; ``pool_threads`` bounds how many requests run at
 once. Each call (``_pmu.WSGICall``) builds the environ in C, calls the app
-with a C ``start_response``, and answers a list or tuple of one ``bytes`` in
-one engine call; everything else (other iterables, files, ``write()``, a
+with a C ``start_response``, and answers a list or tuple of one ``bytes``, or
+another iterable under a Content-Length of at most :data:`BUFFER_LIMIT` given
+before it returned (Flask's, Django's: joined, then closed), in one engine
+call, as :meth:`WSGIHandler._finish` would; everything else (other iterables, files, ``write()``, a
 Content-Length to check, HEAD) goes through :meth:`WSGIHandler._finish`:
 ``request.reply()`` for a complete body (a list/tuple result, or a body
 whose Content-Length is known and small) or ``request.start/write/end``

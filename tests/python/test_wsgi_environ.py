@@ -189,3 +189,105 @@ def test_the_c_environ_over_tls_equals_the_python_one(serve, tmp_path):
         got = json.loads(out.split(b"\r\n\r\n", 1)[1])
         assert got["diff"] == {}
         assert got["env"]["HTTPS"] == "on" and got["env"]["wsgi.url_scheme"] == scheme
+
+
+# -- iterables answered in C ------------------------------------------------------------
+
+
+class _Closing:
+    """An iterable with close(), as werkzeug's ClosingIterator and Django's responses."""
+
+    def __init__(self, chunks, closed):
+        self._it = iter(chunks)
+        self._closed = closed
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._it)
+
+    def close(self):
+        self._closed.append(True)
+
+
+def _failing(closed):
+    yield b"half"
+    closed.append("raising")
+    raise RuntimeError("the body failed")
+
+
+ITERABLES = {
+    # name: (chunks, Content-Length) -- chunks a list, or a callable(closed) -> iterable
+    "one": ([b"hello"], "5"),
+    "several": ([b"ab", b"", b"cd"], "4"),
+    "empty": ([], "0"),
+    "bytes-like": ([bytearray(b"xy"), memoryview(b"z")], "3"),
+    "short": ([b"12345"], "10"),  # the app's length disagrees: sent under it, then closed
+    "str": (["text"], "4"),  # one str: sent UTF-8 encoded, as from any body
+    "strs": (["te", "xt"], "4"),  # str among several chunks: 500 (b"".join refuses)
+    "raises": (_failing, "8"),  # 500, close() still called
+}
+
+
+def _iter_app(closed):
+    def app(environ, start_response):
+        chunks, length = ITERABLES[environ["PATH_INFO"][1:]]
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", length)])
+        if callable(chunks):
+            return _Closing(chunks(closed), closed)
+        return _Closing(chunks, closed)
+
+    return app
+
+
+def _raw_exchange(port, name):
+    """What the client receives for GET /name until the server closes or one answer
+    is complete, the Date header left out."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET /%s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % name.encode())
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = [x for x in head.split(b"\r\n") if not x.lower().startswith(b"date:")]
+    return b"\r\n".join(lines), body
+
+
+def test_iterables_answered_in_c_as_the_python_path_answers_them(serve_wsgi, monkeypatch, caplog):
+    """A non-list iterable under a Content-Length of at most BUFFER_LIMIT (Flask's and
+    Django's answers) is joined and answered by the C path, with the same bytes on the
+    wire as the Python path gives (WSGIHandler._finish, used with the access log),
+    errors included, and close() called once either way."""
+    finished = []
+    original = WSGIHandler._finish
+
+    def counting_finish(self, request, sr, result, environ):
+        finished.append(type(result).__name__)
+        return original(self, request, sr, result, environ)
+
+    monkeypatch.setattr(WSGIHandler, "_finish", counting_finish)
+    closed_c, closed_py = [], []
+    fast = serve_wsgi(_iter_app(closed_c))
+    slow = serve_wsgi(_iter_app(closed_py), access_log=True)
+    assert type(fast.handler._run) is _native._pmu.WSGICall
+    for name in ITERABLES:
+        del finished[:]
+        got_c = _raw_exchange(fast.port, name)
+        assert all(kind == "list" for kind in finished), (name, finished)  # never the iterable
+        del finished[:]
+        got_py = _raw_exchange(slow.port, name)
+        assert finished == ["_Closing"], name  # the Python path had it
+        assert got_c == got_py, name
+        closes = [x for x in closed_c if x is True], [x for x in closed_py if x is True]
+        assert closes == ([True], [True]), (name, closed_c, closed_py)
+        del closed_c[:], closed_py[:]
+    head, body = _raw_exchange(fast.port, "str")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"text"
+    assert _raw_exchange(fast.port, "strs")[0].startswith(b"HTTP/1.1 500")
+    assert _raw_exchange(fast.port, "raises")[0].startswith(b"HTTP/1.1 500")
+    assert "the WSGI app's body yielded str, not bytes" in caplog.text
