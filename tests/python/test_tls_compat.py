@@ -213,8 +213,12 @@ def test_https_listener_without_any_tls_init_refuses_and_logs(certs, caplog):
     assert (True, MG_EV_CLOSE) in events
     import socket
 
-    with socket.socket() as s:  # the port was let go
+    with socket.socket() as s:  # the port was let go: a server can listen on it again
+        # (SO_REUSEADDR as servers set it: the refused connections, closed by the server
+        # first, may leave TIME_WAIT entries on the port, which a plain bind refuses)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
+        s.listen()
 
 
 @pytest.mark.parametrize("in_poll", [False, True], ids=["ring-threads", "handlers_in_poll"])
