@@ -404,7 +404,7 @@ class Connection(_MgConnection):
         tls_init's certificate, or from the first poll() with each connection's),
         and the connections it accepts."""
         tls = self._tls
-        return tls is not None and tls.serving
+        return tls is not None and (tls.serving or tls.failed)
 
     @property
     def is_udp(self) -> bool:
@@ -801,8 +801,10 @@ class Connection(_MgConnection):
         first ``poll()``: then its server gives each connection the certificate
         its own ``tls_init`` gives, in ``MG_EV_ACCEPT`` (Mongoose's pattern; a
         connection without one is refused once the handler returns). Elsewhere,
-        or without a certificate: nothing changes, and a warning says why.
-        RuntimeError when the certificate or key cannot be used."""
+        or without a certificate: nothing changes, and a warning says why. A
+        certificate or key that cannot be used raises nothing, as Mongoose's
+        mg_tls_init: an error is logged and the handshakes it would serve fail (a
+        listener keeps the certificate it had, if any; is_tls is True)."""
         tls = self._tls
         if not opts.cert:
             log.warning("tls_init without a certificate (TlsOpts.cert): nothing to serve TLS with")
@@ -815,11 +817,20 @@ class Connection(_MgConnection):
             return
         if not self._listening:
             if self._tls_pending:
-                certs = self._manager._tls_certs(opts)  # RuntimeError: refused after ACCEPT
                 self._tls_pending = False
                 try:
+                    certs = self._manager._tls_certs(opts)
+                except RuntimeError as exc:
+                    # Mongoose's mg_tls_init logs "Failed to load certificate" and
+                    # returns; the handshake then fails. Here: logged, refused now.
+                    log.error("%s; the connection is refused", exc)
+                    certs = None
+                try:
                     if self._conn is not None:
-                        self._conn.tls_use(certs)
+                        if certs is None:
+                            self._conn.tls_decline()
+                        else:
+                            self._conn.tls_use(certs)
                 except (OSError, RuntimeError):
                     pass  # closed meanwhile: its MG_EV_CLOSE follows
                 return
@@ -992,6 +1003,9 @@ class _TlsListener:
         # Serving with the certificate each connection's tls_init gives (no tls_init of
         # the listener before the first poll): the engine's ssl_cert_per_conn.
         self.per_conn = False
+        # listener.tls_init was given a certificate that cannot be used (logged): as
+        # Mongoose, the listener is TLS all the same, and its handshakes fail.
+        self.failed = False
         self.base: Tuple[bool, Dict[str, Any]] = (True, {})  # listen()'s (http, options)
         self._warned = False
         self._refused_logged = -1e9  # monotonic time of the last "refused" log line
@@ -1243,7 +1257,8 @@ class Manager:
             try:
                 server.reload_tls()
             except OSError as exc:
-                raise RuntimeError(f"tls_init: {exc}") from exc
+                log.error("tls_init: %s; the listener keeps its certificate", exc)
+                return
             tls.cert = opts.cert
             return
         # First, or client certificates asked for now and not before (or the reverse): a
@@ -1256,10 +1271,19 @@ class Manager:
         try:
             fresh.start()
         except OSError as exc:
-            raise RuntimeError(f"tls_init: {exc}") from exc
+            if server is not None:
+                log.error("tls_init: %s; the listener keeps its certificate", exc)
+            else:
+                # Mongoose logs and goes on with a TLS listener whose handshakes fail:
+                # here it stays pending (from the first poll() each connection needs
+                # its own tls_init in MG_EV_ACCEPT, else it is refused).
+                log.error("tls_init: %s; its TLS handshakes will fail", exc)
+                tls.failed = True
+            return
         listener._server = fresh
         self._pending_tls.pop(listener, None)
         tls.cert, tls.verify, tls.serving, tls.per_conn = opts.cert, verify, True, False
+        tls.failed = False
         if server is not None:
             server.stop()
 

@@ -47,6 +47,23 @@ def test_pymongoose_test_tls_unchanged(tmp_path):
     assert " passed" in out.stdout and "failed" not in out.stdout
 
 
+def test_pymongoose_tls_example_tests_unchanged(tmp_path):
+    """pymongoose's TLS tests of its examples (tests/examples/test_examples_advanced.py,
+    the TLS ones), only the import changed, pass: among them a listener's tls_init with a
+    made-up certificate, which Mongoose logs and does not raise on."""
+    test = tmp_path / "test_pymongoose_examples_advanced.py"
+    test.write_text(pymongoose_source("tests/examples/test_examples_advanced.py"))
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "tls", str(test)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout
+
+
 def test_pymongoose_https_example_unchanged(certs, tmp_path):
     """The HTTPS example, only the import changed, serves over TLS: conn.is_tls is True."""
     script = tmp_path / "tls_https_server.py"
@@ -162,14 +179,33 @@ def answer_ok(conn, ev, data):
         conn.reply(200, "ok")
 
 
-def test_https_listener_bad_certificate_raises(certs):
+def test_https_listener_bad_certificate_is_logged_as_mongoose_does(certs, caplog):
+    """A certificate that cannot be used: no exception (Mongoose's mg_tls_init logs and
+    returns; pymongoose's own example test calls it with a made-up certificate), an
+    error logged, the listener TLS all the same with failing handshakes; a good one later
+    serves; a bad one after that leaves the good one in place."""
+    port = None
     with Manager(answer_ok) as mgr:
         listener = mgr.listen("https://127.0.0.1:0", http=True)
-        with pytest.raises(RuntimeError):
+        port = listener.local_addr[1]
+        with caplog.at_level("ERROR", logger="pymongoose_uring"):
             listener.tls_init(TlsOpts(cert=b"not a certificate", key=b"nor a key"))
-        # The listener still takes a good one.
+        assert "cannot load the certificate chain" in caplog.text
+        assert listener.is_tls
+        mgr.poll(10)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with tls_connect(port, certs.context()) as s:
+                get(s)
+        # The listener still takes a good one...
         listener.tls_init(TlsOpts(cert=read(certs.server_pem), key=read(certs.server_key)))
-        with tls_connect(listener.local_addr[1], certs.context()) as s:
+        with tls_connect(port, certs.context()) as s:
+            assert get(s)[2] == b"ok"
+        # ...and keeps it when given a bad one again.
+        caplog.clear()
+        with caplog.at_level("ERROR", logger="pymongoose_uring"):
+            listener.tls_init(TlsOpts(cert=b"still not one", key=b"no"))
+        assert "keeps its certificate" in caplog.text
+        with tls_connect(port, certs.context()) as s:
             assert get(s)[2] == b"ok"
 
 
@@ -332,8 +368,8 @@ def test_tls_init_in_accept_with_a_ca_requires_client_certificates(certs):
 
 
 def test_tls_init_in_accept_with_a_bad_certificate_refuses(certs, caplog):
-    """A certificate that cannot be used: tls_init raises RuntimeError in the handler
-    (logged), the connection is refused, the server goes on."""
+    """A certificate that cannot be used: tls_init logs it (no exception, as Mongoose),
+    the connection is refused, the server goes on."""
     calls = []
 
     def handler(conn, ev, data):
@@ -428,7 +464,7 @@ def test_pymongoose_http_server_example_tls_own_certificate_is_refused(tmp_path)
                     get(s)
     finally:
         _, err = _stop(proc)
-    assert "cannot read the certificate chain" in err and "connection was refused" in err
+    assert "cannot read the certificate chain" in err and "the connection is refused" in err
 
 
 def test_tls_tcp_listener(certs):
