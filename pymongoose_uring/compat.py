@@ -1297,14 +1297,18 @@ class Manager:
         host, port, _ = listener._listen_addr or ("127.0.0.1", 0, False)
         options = dict(options, listen_fd=tls.sock.fileno(), ssl_cert_per_conn=True)
         server = self._make_server(http, host, port, options)
+        # Set before the start: a connection waiting in the backlog is accepted at once,
+        # and its OPEN (on the ring thread) reads per_conn to know that its MG_EV_ACCEPT
+        # must give the certificate (read as False, its handshake waited forever).
+        tls.serving, tls.per_conn = True, True
         try:
             server.start()
         except OSError as exc:  # (not expected: the socket is bound, nothing to load)
+            tls.serving, tls.per_conn = False, False
             tls.warn_once("an https:// listener cannot serve: %s" % exc)
             return
         listener._server = server
         self._pending_tls.pop(listener, None)
-        tls.serving, tls.per_conn = True, True
 
     def _tls_certs(self, opts: "TlsOpts") -> Any:
         """The engine's certificate handle for opts, parsed once per distinct

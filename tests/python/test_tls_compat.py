@@ -305,6 +305,50 @@ def test_tls_init_in_accept_only(certs, in_poll):
     assert seen == [True] * 6
 
 
+def test_tls_init_in_accept_serves_clients_that_came_before_the_first_poll(certs):
+    """Clients that connected before the first poll() (waiting in the listener's backlog,
+    their ClientHello sent) are accepted the moment the per-connection server starts: their
+    MG_EV_ACCEPT's tls_init serves them too (a race once left such a handshake waiting
+    forever: the OPEN on the ring thread read the listener as not per-connection yet)."""
+    opts = TlsOpts(cert=read(certs.server_pem), key=read(certs.server_key))
+
+    def handler(conn, ev, data):
+        if ev == MG_EV_ACCEPT:
+            conn.tls_init(opts)
+        elif ev == MG_EV_HTTP_MSG:
+            conn.reply(200, "secure")
+
+    for _ in range(5):
+        with Manager(handler) as mgr:
+            listener = mgr.listen("https://127.0.0.1:0", http=True)
+            port = listener.local_addr[1]
+            results = []
+
+            def client():
+                try:
+                    with tls_connect(port, certs.context(), timeout=5) as s:
+                        results.append(get(s)[2])
+                except Exception as exc:  # the assertion below shows it
+                    results.append(repr(exc))
+
+            clients = [threading.Thread(target=client) for _ in range(3)]
+            for t in clients:
+                t.start()
+            time.sleep(0.2)  # their ClientHellos wait in the backlog
+            stop = threading.Event()
+            poller = threading.Thread(
+                target=lambda: [mgr.poll(20) for _ in iter(stop.is_set, True)]
+            )
+            poller.start()
+            try:
+                for t in clients:
+                    t.join(8)
+            finally:
+                stop.set()
+                poller.join()
+            assert results == [b"secure"] * 3
+
+
 def test_listener_tls_init_after_the_first_poll_takes_over(certs):
     """A listener serving per connection (no tls_init before the first poll) given a
     certificate of its own later: new connections get that one, with no tls_init in
