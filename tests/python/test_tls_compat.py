@@ -324,14 +324,14 @@ def test_tls_init_in_accept_serves_clients_that_came_before_the_first_poll(certs
             port = listener.local_addr[1]
             results = []
 
-            def client():
+            def client(port, results):
                 try:
                     with tls_connect(port, certs.context(), timeout=5) as s:
                         results.append(get(s)[2])
                 except Exception as exc:  # the assertion below shows it
                     results.append(repr(exc))
 
-            clients = [threading.Thread(target=client) for _ in range(3)]
+            clients = [threading.Thread(target=client, args=(port, results)) for _ in range(3)]
             for t in clients:
                 t.start()
             time.sleep(0.2)  # their ClientHellos wait in the backlog
