@@ -337,7 +337,8 @@ def test_tls_init_in_accept_serves_clients_that_came_before_the_first_poll(certs
             time.sleep(0.2)  # their ClientHellos wait in the backlog
             stop = threading.Event()
             poller = threading.Thread(
-                target=lambda: [mgr.poll(20) for _ in iter(stop.is_set, True)]
+                target=lambda mgr, stop: [mgr.poll(20) for _ in iter(stop.is_set, True)],
+                args=(mgr, stop),
             )
             poller.start()
             try:
