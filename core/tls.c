@@ -80,10 +80,28 @@
 /* Ciphertext kept for a handshake not processed yet: a ClientHello of a few
  * records at most (a client certificate chain with it in TLS 1.2). */
 #define TLS_HS_IN_MAX (256 * 1024)
-/* Ciphertext buffers larger than this are freed when empty: an idle
- * keep-alive connection keeps at most two of this size (with
- * SSL_MODE_RELEASE_BUFFERS, OpenSSL keeps none of its own). */
+/* Ciphertext buffers larger than this are given up when the connection has
+ * nothing more to send (pmu__tls_send_pending): an idle keep-alive connection
+ * keeps at most two of this size (with SSL_MODE_RELEASE_BUFFERS, OpenSSL keeps
+ * none of its own), while one sending a large answer keeps its two for the
+ * whole answer. */
 #define TLS_BUF_KEEP 4096
+/* Framing OpenSSL may add to one record, at most in practice: header 5,
+ * TLS 1.3 content type 1, AEAD tag 16, TLS 1.2 explicit nonce 8; a CBC suite's
+ * IV, MAC and padding stay under this too. Only the size reserved up front:
+ * a record larger still grows the buffer in bio_write. */
+#define TLS_RECORD_OVERHEAD 128
+/* The ciphertext buffer of a full send: TLS_FLUSH_MAX of plaintext in records
+ * (the staged pieces may add two), page-rounded. */
+#define TLS_SEND_BUF \
+  ((TLS_FLUSH_MAX + (TLS_FLUSH_MAX / TLS_RECORD + 2) * TLS_RECORD_OVERHEAD + 4095) & ~(size_t)4095)
+/* Spare buffers of TLS_SEND_BUF bytes a loop keeps: a connection done with an
+ * answer gives its buffers back there, and the next answer's first send takes
+ * one, instead of free and malloc per answer (a free of a buffer this large
+ * lets malloc give its pages back to the kernel, and the next answer faulted
+ * them in again: about 20 page faults per 1 MiB answer with 16 connections).
+ * At most 32 x 68 KiB a loop, kept until it exits. */
+#define TLS_SPARE_MAX 32
 
 enum tls_state {
   TLS_WAITING,   /* accepted, waiting for a handshake slot: nothing read */
@@ -140,6 +158,50 @@ static BIO_METHOD *bio_method;
 static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
 
 static int grow(char **buf, size_t *cap, size_t need) { return pmu__grow(buf, cap, need, 4096); }
+
+/* Make room for `need` bytes (`used` of them taken) in one step: an empty
+ * buffer takes a spare of TLS_SEND_BUF bytes when that is enough, else the
+ * size is rounded up to a page (no doubling: the ciphertext of a send is known
+ * in advance), or to TLS_SEND_BUF past half of it, so that it can be a spare
+ * later. */
+static int reserve(pmu__loop_t *loop, char **buf, size_t *cap, size_t used, size_t need) {
+  if (need <= *cap)
+    return 0;
+  if (!used && need <= TLS_SEND_BUF && loop->tls_spare) {
+    char *p = loop->tls_spare;
+    memcpy(&loop->tls_spare, p, sizeof(char *));
+    loop->tls_nspare--;
+    free(*buf); /* NULL, or the small buffer of earlier answers */
+    *buf = p;
+    *cap = TLS_SEND_BUF;
+    return 0;
+  }
+  size_t n = (need + 4095) & ~(size_t)4095;
+  if (n < TLS_SEND_BUF && n > TLS_SEND_BUF / 2)
+    n = TLS_SEND_BUF;
+  char *p = realloc(*buf, n);
+  if (!p)
+    return -ENOMEM;
+  *buf = p;
+  *cap = n;
+  return 0;
+}
+
+/* An empty buffer larger than TLS_BUF_KEEP leaves its connection: a spare of
+ * the loop, or freed. */
+static void give_back(pmu__loop_t *loop, char **buf, size_t *cap) {
+  if (*cap <= TLS_BUF_KEEP)
+    return;
+  if (*cap == TLS_SEND_BUF && loop->tls_nspare < TLS_SPARE_MAX) {
+    memcpy(*buf, &loop->tls_spare, sizeof(char *));
+    loop->tls_spare = *buf;
+    loop->tls_nspare++;
+  } else {
+    free(*buf);
+  }
+  *buf = NULL;
+  *cap = 0;
+}
 
 #ifdef PMU_HAVE_KTLS
 /* Send a record OpenSSL writes after the kernel took the transmit keys: on the
@@ -386,6 +448,12 @@ void pmu__tls_conn_released(pmu__conn_t *c) {
 void pmu__tls_loop_exit(pmu__loop_t *loop) {
   free(loop->tls_buf);
   loop->tls_buf = NULL;
+  while (loop->tls_spare) {
+    char *p = loop->tls_spare;
+    memcpy(&loop->tls_spare, p, sizeof(char *));
+    free(p);
+  }
+  loop->tls_nspare = 0;
 }
 
 int pmu__tls_handshaking(const pmu__conn_t *c) { return c->tls->state <= TLS_HANDSHAKE; }
@@ -461,8 +529,14 @@ int pmu__tls_flush(pmu__conn_t *c) {
 
 int pmu__tls_send_pending(pmu__conn_t *c) {
   pmu__tls_conn_t *t = c->tls;
-  if (!t->acc_len || t->ktls_tx)
+  if (!t->acc_len || t->ktls_tx) {
+    /* Nothing left to send: the large buffers of an answer go. */
+    if (!t->out_len)
+      give_back(c->loop, &t->out, &t->out_cap);
+    if (!t->acc_len)
+      give_back(c->loop, &t->acc, &t->acc_cap);
     return 0;
+  }
   send_acc(c);
   return 1;
 }
@@ -472,6 +546,11 @@ int pmu__tls_encrypt(pmu__conn_t *c, const struct iovec *iov, int n, size_t tota
   char *stage = c->loop->tls_buf + TLS_RECORD;
   size_t staged = 0, budget = total < TLS_FLUSH_MAX ? total : TLS_FLUSH_MAX;
   size_t done = 0;
+  /* Room for all of this send's records at once (bio_write appends them). */
+  size_t records = budget / TLS_RECORD + 2;
+  if (reserve(c->loop, &t->acc, &t->acc_cap, t->acc_len,
+              t->acc_len + budget + records * TLS_RECORD_OVERHEAD) < 0)
+    return -ENOMEM;
   ERR_clear_error();
   for (int i = 0; i < n && done < budget; i++) {
     const char *p = iov[i].iov_base;
@@ -523,11 +602,7 @@ int pmu__tls_sent(pmu__conn_t *c, int res) {
   }
   size_t plain = t->out_plain;
   t->out_len = t->out_sent = t->out_plain = 0;
-  if (t->out_cap > TLS_BUF_KEEP) {
-    free(t->out);
-    t->out = NULL;
-    t->out_cap = 0;
-  }
+  /* `out` is kept for the next send_acc; freed once nothing is left to send. */
   if (t->after && !t->acc_len) {
     /* The alert or close_notify is out: now the TCP side. */
     if (t->after == AFTER_LINGER)
