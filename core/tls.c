@@ -80,11 +80,9 @@
 /* Ciphertext kept for a handshake not processed yet: a ClientHello of a few
  * records at most (a client certificate chain with it in TLS 1.2). */
 #define TLS_HS_IN_MAX (256 * 1024)
-/* Ciphertext buffers larger than this are given up when the connection has
- * nothing more to send (pmu__tls_send_pending): an idle keep-alive connection
- * keeps at most two of this size (with SSL_MODE_RELEASE_BUFFERS, OpenSSL keeps
- * none of its own), while one sending a large answer keeps its two for the
- * whole answer. */
+/* Ciphertext buffers larger than this leave the connection once sent: an
+ * idle keep-alive connection keeps at most two of this size (with
+ * SSL_MODE_RELEASE_BUFFERS, OpenSSL keeps none of its own). */
 #define TLS_BUF_KEEP 4096
 /* Framing OpenSSL may add to one record, at most in practice: header 5,
  * TLS 1.3 content type 1, AEAD tag 16, TLS 1.2 explicit nonce 8; a CBC suite's
@@ -92,15 +90,16 @@
  * a record larger still grows the buffer in bio_write. */
 #define TLS_RECORD_OVERHEAD 128
 /* The ciphertext buffer of a full send: TLS_FLUSH_MAX of plaintext in records
- * (the staged pieces may add two), page-rounded. */
+ * (the staged pieces may add two), page-rounded (68 KiB). */
 #define TLS_SEND_BUF \
   ((TLS_FLUSH_MAX + (TLS_FLUSH_MAX / TLS_RECORD + 2) * TLS_RECORD_OVERHEAD + 4095) & ~(size_t)4095)
-/* Spare buffers of TLS_SEND_BUF bytes a loop keeps: a connection done with an
- * answer gives its buffers back there, and the next answer's first send takes
- * one, instead of free and malloc per answer (a free of a buffer this large
- * lets malloc give its pages back to the kernel, and the next answer faulted
- * them in again: about 20 page faults per 1 MiB answer with 16 connections).
- * At most 32 x 68 KiB a loop, kept until it exits. */
+/* Spare buffers of TLS_SEND_BUF bytes a loop keeps: a send done gives its
+ * buffer back there and the next send of any connection takes the last one
+ * given (still in the cache from the kernel's copy), instead of a free and a
+ * malloc per send, which now and then let malloc give the pages back to the
+ * kernel and the next sends fault them in again (about 20 page faults per 1 MiB
+ * answer with 16 connections). At most 32 x 68 KiB a loop, kept until it
+ * exits; connections keep none of them when idle. */
 #define TLS_SPARE_MAX 32
 
 enum tls_state {
@@ -529,14 +528,8 @@ int pmu__tls_flush(pmu__conn_t *c) {
 
 int pmu__tls_send_pending(pmu__conn_t *c) {
   pmu__tls_conn_t *t = c->tls;
-  if (!t->acc_len || t->ktls_tx) {
-    /* Nothing left to send: the large buffers of an answer go. */
-    if (!t->out_len)
-      give_back(c->loop, &t->out, &t->out_cap);
-    if (!t->acc_len)
-      give_back(c->loop, &t->acc, &t->acc_cap);
+  if (!t->acc_len || t->ktls_tx)
     return 0;
-  }
   send_acc(c);
   return 1;
 }
@@ -602,7 +595,9 @@ int pmu__tls_sent(pmu__conn_t *c, int res) {
   }
   size_t plain = t->out_plain;
   t->out_len = t->out_sent = t->out_plain = 0;
-  /* `out` is kept for the next send_acc; freed once nothing is left to send. */
+  /* Back to the loop's spares at once: the next send of any connection takes
+   * it (last in, first out), while the kernel's copy left it in the cache. */
+  give_back(c->loop, &t->out, &t->out_cap);
   if (t->after && !t->acc_len) {
     /* The alert or close_notify is out: now the TCP side. */
     if (t->after == AFTER_LINGER)
