@@ -439,11 +439,15 @@ struct pmu__loop {
   int cev_dispatching;
 
   /* HTTPS (core/tls.c): connections waiting for a handshake slot, those with
-   * handshake bytes to process this turn, the slots taken, and the decrypt
-   * and encrypt scratch (two records). */
+   * handshake bytes to process this turn, the slots taken, the decrypt
+   * and encrypt scratch (two records), and the spare ciphertext buffers of
+   * a full send (a list through their first bytes) that connections done
+   * sending gave back. */
   pmu__list_t tls_waiting, tls_ready;
   unsigned tls_hs_active;
   char *tls_buf;
+  char *tls_spare;
+  unsigned tls_nspare;
 
   pmu_stats_t stats;
   pmu_ring_info_t info;
