@@ -32,12 +32,12 @@ def read(path):
         return f.read()
 
 
-def test_pymongoose_test_tls_unchanged(tmp_path):
-    """pymongoose's tests/test_tls.py, only the import changed, passes."""
-    test = tmp_path / "test_pymongoose_tls.py"
-    test.write_text(pymongoose_source("tests/test_tls.py"))
+def _run_pymongoose_tests(tmp_path, rel, *pytest_args):
+    """pytest on pymongoose's test file `rel`, only the import changed; it must pass."""
+    test = tmp_path / ("test_pymongoose_" + os.path.basename(rel))
+    test.write_text(pymongoose_source(rel))
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args, str(test)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -45,6 +45,11 @@ def test_pymongoose_test_tls_unchanged(tmp_path):
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and "failed" not in out.stdout
+
+
+def test_pymongoose_test_tls_unchanged(tmp_path):
+    """pymongoose's tests/test_tls.py, only the import changed, passes."""
+    _run_pymongoose_tests(tmp_path, "tests/test_tls.py")
 
 
 def test_pymongoose_tls_example_tests_unchanged(tmp_path):
@@ -52,27 +57,9 @@ def test_pymongoose_tls_example_tests_unchanged(tmp_path):
     the TLS ones but the one that opens the example's file by a path relative to its
     checkout), only the import changed, pass: among them a listener's tls_init with a
     made-up certificate, which Mongoose logs and does not raise on."""
-    test = tmp_path / "test_pymongoose_examples_advanced.py"
-    test.write_text(pymongoose_source("tests/examples/test_examples_advanced.py"))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-k",
-            "tls and not can_import",
-            str(test),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=str(tmp_path),
+    _run_pymongoose_tests(
+        tmp_path, "tests/examples/test_examples_advanced.py", "-k", "tls and not can_import"
     )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert " passed" in out.stdout and "failed" not in out.stdout
 
 
 def test_pymongoose_https_example_unchanged(certs, tmp_path):
