@@ -292,7 +292,10 @@ static PyObject *websockets_alive(PyObject *module, PyObject *unused) {
 static pthread_key_t held_key;
 static pthread_once_t held_once = PTHREAD_ONCE_INIT;
 
-static void held_free(void *batch) { pmu_wake_batch_free(batch); /* flushes */ }
+static void held_free(void *batch) {
+  pmu_wake_batch_begin(NULL); /* (the exiting thread's): nothing may note in it after */
+  pmu_wake_batch_free(batch); /* flushes */
+}
 static void held_key_make(void) { (void)pthread_key_create(&held_key, held_free); }
 
 PyDoc_STRVAR(hold_wakeups_doc,
