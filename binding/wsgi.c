@@ -1290,19 +1290,11 @@ static PyObject *iter_answer(CallObject *c, PyObject *request, StartObject *sr, 
     goto fail;
   Py_CLEAR(it);
   if (chunks != NULL) {
-    body = PyObject_CallMethodOneArg(v_no_bytes, s_join, chunks);
-    if (body == NULL) {
-      if (PyErr_ExceptionMatches(PyExc_TypeError))
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(chunks); i++)
-          if (!PyBytes_Check(PyList_GET_ITEM(chunks, i))) {
-            PyErr_Clear();
-            if (not_bytes(PyList_GET_ITEM(chunks, i)))
-              break;
-          }
-      if (!PyErr_Occurred())
-        PyErr_SetString(PyExc_TypeError, "the WSGI app's body could not be joined");
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(chunks); i++)
+      if (not_bytes(PyList_GET_ITEM(chunks, i))) /* the first, as _join names it */
+        goto fail;
+    if ((body = PyObject_CallMethodOneArg(v_no_bytes, s_join, chunks)) == NULL)
       goto fail;
-    }
     Py_CLEAR(chunks);
   } else if (first == NULL) {
     body = Py_NewRef(v_no_bytes);
@@ -1328,15 +1320,7 @@ static PyObject *iter_answer(CallObject *c, PyObject *request, StartObject *sr, 
   else
     out = PyObject_CallFunctionObjArgs(c->finish, request, (PyObject *)sr, one, env, NULL);
   Py_DECREF(one);
-  if (out != NULL)
-    close_result(c, result);
-  else {
-    PyObject *t, *v, *tb; /* close() runs with the exception kept aside */
-    PyErr_Fetch(&t, &v, &tb);
-    close_result(c, result);
-    PyErr_Restore(t, v, tb);
-  }
-  return out;
+  goto done;
 
 fail:
   Py_XDECREF(it);
@@ -1344,12 +1328,11 @@ fail:
   Py_XDECREF(chunks);
   Py_XDECREF(body);
   out = failed_with(c, request, (PyObject *)sr, "the WSGI app's response failed");
-  {
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
-    close_result(c, result);
-    PyErr_Restore(t, v, tb);
-  }
+done:;
+  PyObject *t, *v, *tb; /* close() runs with the answer's exception, if any, kept aside */
+  PyErr_Fetch(&t, &v, &tb);
+  close_result(c, result);
+  PyErr_Restore(t, v, tb);
   return out;
 }
 
