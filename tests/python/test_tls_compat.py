@@ -27,6 +27,14 @@ def certs(tmp_path_factory):
     return Certs(tmp_path_factory.mktemp("tls-python-certs"))
 
 
+def assert_refused(port, ctx):
+    """A TLS client with ctx cannot get an answer from port (its handshake or its request
+    fails)."""
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with tls_connect(port, ctx) as s:
+            get(s)
+
+
 def read(path):
     with open(path, "rb") as f:
         return f.read()
@@ -133,9 +141,7 @@ def test_listener_tls_init_with_a_ca_and_accept_tls_init(certs):
             status, _, body = get(s)
             assert (status, body) == (200, b"secure")
             assert ssl.DER_cert_to_PEM_cert(s.getpeercert(True)) == served_pem(certs.server)
-        with pytest.raises((ssl.SSLError, ConnectionError)):
-            with tls_connect(port, certs.context()) as s:  # no client certificate
-                get(s)
+        assert_refused(port, certs.context())  # no client certificate
         # skip_verification: no client certificate asked for; a new certificate for new
         # connections.
         fresh = certs.ca.issue_cert("localhost", "127.0.0.1")
@@ -191,9 +197,7 @@ def test_https_listener_bad_certificate_is_logged_as_mongoose_does(certs, caplog
         assert "cannot load the certificate chain" in caplog.text
         assert listener.is_tls
         mgr.poll(10)
-        with pytest.raises((ssl.SSLError, ConnectionError)):
-            with tls_connect(port, certs.context()) as s:
-                get(s)
+        assert_refused(port, certs.context())
         # The listener still takes a good one...
         listener.tls_init(TlsOpts(cert=read(certs.server_pem), key=read(certs.server_key)))
         with tls_connect(port, certs.context()) as s:
@@ -238,9 +242,7 @@ def test_https_listener_without_any_tls_init_refuses_and_logs(certs, caplog):
         mgr.poll(10)
         assert listener.is_tls  # serving: each connection's MG_EV_ACCEPT gives the certificate
         for _ in range(2):
-            with pytest.raises((ssl.SSLError, ConnectionError)):
-                with tls_connect(port, certs.context()) as s:
-                    get(s)
+            assert_refused(port, certs.context())
         wait_until(lambda: events.count((False, MG_EV_CLOSE)) == 2, what="two MG_EV_CLOSE")
     assert caplog.text.count("an https:// connection was refused") == 1  # (once a minute)
     mgr.close()
@@ -345,9 +347,7 @@ def test_listener_tls_init_after_the_first_poll_takes_over(certs):
         listener = mgr.listen("https://127.0.0.1:0", http=True)
         mgr.poll(10)
         port = listener.local_addr[1]
-        with pytest.raises((ssl.SSLError, ConnectionError)):  # nothing gives a certificate
-            with tls_connect(port, certs.context()) as s:
-                get(s)
+        assert_refused(port, certs.context())  # nothing gives a certificate
         listener.tls_init(TlsOpts(cert=read(certs.server_pem), key=read(certs.server_key)))
         assert listener.is_tls
         with tls_connect(port, certs.context()) as s:
@@ -402,12 +402,8 @@ def test_tls_init_in_accept_with_a_ca_requires_client_certificates(certs):
         port = listener.local_addr[1]
         with tls_connect(port, certs.context(client="client")) as s:
             assert get(s)[2] == b"ok"
-        with pytest.raises((ssl.SSLError, ConnectionError)):
-            with tls_connect(port, certs.context()) as s:
-                get(s)
-        with pytest.raises((ssl.SSLError, ConnectionError)):
-            with tls_connect(port, certs.context(client="stranger")) as s:
-                get(s)
+        assert_refused(port, certs.context())
+        assert_refused(port, certs.context(client="stranger"))
 
 
 def test_tls_init_in_accept_with_a_bad_certificate_refuses(certs, caplog):
@@ -430,9 +426,7 @@ def test_tls_init_in_accept_with_a_bad_certificate_refuses(certs, caplog):
         mgr.poll(10)
         port = listener.local_addr[1]
         with caplog.at_level("WARNING", logger="pymongoose_uring"):
-            with pytest.raises((ssl.SSLError, ConnectionError)):
-                with tls_connect(port, certs.context()) as s:
-                    get(s)
+            assert_refused(port, certs.context())
         assert "cannot read the certificate chain" in caplog.text
         with tls_connect(port, certs.context()) as s:
             assert get(s)[2] == b"ok"
@@ -502,9 +496,7 @@ def test_pymongoose_http_server_example_tls_own_certificate_is_refused(tmp_path)
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-            with pytest.raises((ssl.SSLError, ConnectionError)):
-                with tls_connect(port, ctx) as s:
-                    get(s)
+            assert_refused(port, ctx)
     finally:
         _, err = _stop(proc)
     assert "cannot read the certificate chain" in err and "the connection is refused" in err
