@@ -517,19 +517,53 @@ static PyObject *build_path(RequestObject *self, const pmu_request_t *r) {
 
 /* (host, port) for IP families; for AF_UNIX, `unix_path` (the engine
  * keeps only the family of Unix addresses) or None. */
+static PyObject *host_port(const char *host, size_t len, uint16_t port) {
+  PyObject *h = PyUnicode_DecodeASCII(host, (Py_ssize_t)len, NULL);
+  if (h == NULL)
+    return NULL;
+  PyObject *p = PyLong_FromLong(port);
+  if (p == NULL) {
+    Py_DECREF(h);
+    return NULL;
+  }
+  PyObject *pair = PyTuple_Pack(2, h, p);
+  Py_DECREF(h);
+  Py_DECREF(p);
+  return pair;
+}
+
+/* Dotted-quad text of an IPv4 address (network order) into out[16]; its
+ * length. inet_ntop's sprintf costs more than the rest of the scope's
+ * "client" (it is asked for on every request). */
+static size_t ipv4_text(const struct in_addr *a, char out[16]) {
+  const unsigned char *b = (const unsigned char *)&a->s_addr;
+  size_t n = 0;
+  for (int i = 0; i < 4; i++) {
+    unsigned v = b[i];
+    if (v >= 100)
+      out[n++] = (char)('0' + v / 100);
+    if (v >= 10)
+      out[n++] = (char)('0' + v / 10 % 10);
+    out[n++] = (char)('0' + v % 10);
+    if (i < 3)
+      out[n++] = '.';
+  }
+  return n;
+}
+
 PyObject *pyb_address(const struct sockaddr_storage *ss, PyObject *unix_path) {
-  char host[INET6_ADDRSTRLEN];
   if (ss->ss_family == AF_INET) {
     const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-    if (inet_ntop(AF_INET, &in->sin_addr, host, sizeof host) == NULL)
-      Py_RETURN_NONE;
-    return Py_BuildValue("(si)", host, ntohs(in->sin_port));
+    char host[16];
+    size_t n = ipv4_text(&in->sin_addr, host);
+    return host_port(host, n, ntohs(in->sin_port));
   }
   if (ss->ss_family == AF_INET6) {
+    char host[INET6_ADDRSTRLEN];
     const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
     if (inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host) == NULL)
       Py_RETURN_NONE;
-    return Py_BuildValue("(si)", host, ntohs(in6->sin6_port));
+    return host_port(host, strlen(host), ntohs(in6->sin6_port));
   }
   if (ss->ss_family == AF_UNIX && unix_path != NULL)
     return Py_NewRef(unix_path);

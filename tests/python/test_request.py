@@ -179,6 +179,33 @@ def test_client_and_server_addresses(serve):
     c.close()
 
 
+def test_client_addresses_of_every_width(serve):
+    """The dotted quad of each octet width (1, 2 and 3 digits, 0 and 255): the
+    scope's and environ's "client" are written without inet_ntop."""
+    server = serve(describe, host="0.0.0.0")
+    for source in ("127.0.0.1", "127.10.200.3", "127.255.0.99", "127.1.20.255"):
+        s = socket.socket()
+        try:
+            s.bind((source, 0))
+        except OSError:
+            s.close()
+            pytest.skip("cannot bind %s" % source)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", server.port))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        port = s.getsockname()[1]
+        s.close()
+        d = json.loads(data.split(b"\r\n\r\n", 1)[1])
+        assert d["client"] == [source, port]
+        assert d["server"] == ["127.0.0.1", server.port]
+
+
 def test_ipv6(serve):
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
