@@ -57,6 +57,9 @@ typedef struct ring_state {
   /* Callables given to after_batch() during the batch: called when it ends,
    * still under the GIL (a list, or NULL when none). */
   PyObject *after;
+  /* A driven engine's ring (start_driven): tstate is the driving thread's
+   * own, lent while a step runs, never deleted here. */
+  int borrowed;
 } ring_state;
 
 /* How many knobs of the table are strings (the Engine keeps a copy of each). */
@@ -86,8 +89,11 @@ typedef struct {
   pmu_server_t *server;
   ring_state *rings;
   unsigned nrings;
-  PyInterpreterState *interp; /* the interpreter that started the engine */
-  int running;                /* worker threads may be alive */
+  PyInterpreterState *interp;   /* the interpreter that started the engine */
+  int running;                  /* worker threads may be alive */
+  int driven;                   /* started by start_driven(): its ring runs in step() */
+  PyThreadState *driver_tstate; /* the driving thread's, while start_driven() runs */
+  PyObject *drive_wake;         /* start_driven(wake): config.on_self_wake calls it */
   int holds_self;
   int initialized; /* __init__ succeeded */
   PyObject *weakreflist;
@@ -95,8 +101,12 @@ typedef struct {
 
 #define ENGINE(o) ((EngineObject *)(o))
 
-/* The ring of the current thread, when it is a worker thread of some engine. */
+/* The ring of the current thread, when it is a worker thread of some engine
+ * (a driven engine's thread: while step() runs). */
 static _Thread_local ring_state *current_ring;
+/* Driven engines whose ring this thread runs (start_driven until the last
+ * step): blocking on the engine here would wait for this very thread. */
+static _Thread_local int driving;
 
 /* ---- configuration ---- */
 
@@ -525,6 +535,13 @@ static void on_thread_start(void *data, unsigned index) {
   if (index >= self->nrings)
     return;
   ring_state *rs = &self->rings[index];
+  if (self->driven) {
+    /* The driving thread's own state, lent to each step (engine_step). */
+    rs->tstate = self->driver_tstate;
+    rs->thread = pthread_self();
+    rs->borrowed = 1;
+    return;
+  }
   PyThreadState *ts = PyThreadState_New(self->interp);
   if (ts == NULL)
     return; /* on_batch falls back to PyGILState */
@@ -559,6 +576,10 @@ static void on_thread_stop(void *data, unsigned index) {
   Py_CLEAR(rs->after); /* run at each batch's end: empty here */
   rs->tstate = NULL;
   current_ring = NULL;
+  if (rs->borrowed) {
+    PyEval_SaveThread(); /* the driving thread's: it goes on */
+    return;
+  }
   PyThreadState_Clear(ts);
   PyThreadState_DeleteCurrent(); /* and drops the GIL */
 }
@@ -587,7 +608,7 @@ void pyb_ring_gil_leave(pyb_gil *g) {
   }
 }
 
-int pyb_in_ring_thread(void) { return current_ring != NULL; }
+int pyb_in_ring_thread(void) { return current_ring != NULL || driving; }
 
 /* The engine's log lines go to the "pymongoose_uring" logger at their level. */
 static void on_log(void *data, int level, const char *msg) {
@@ -729,6 +750,9 @@ static void on_peer_eof(void *data, pmu_request_t *request) { pyb_stream_on_peer
 
 static int in_ring_thread(EngineObject *self) {
   ring_state *rs = current_ring;
+  if (self->driven && self->running && self->rings != NULL && self->rings[0].tstate != NULL &&
+      pthread_equal(self->rings[0].thread, pthread_self()))
+    return 1; /* the driving thread, between steps too */
   return rs != NULL && self->rings != NULL && rs >= self->rings && rs < self->rings + self->nrings;
 }
 
@@ -1004,14 +1028,64 @@ static void engine_finished(EngineObject *self) {
 PyDoc_STRVAR(start_doc, "start()\n\nBind the listener(s) and start the worker threads. Raises\n"
                         "Error (or UnavailableError) naming the cause on failure.");
 
+static PyObject *start_server(EngineObject *self, int driven);
+
 static PyObject *engine_start(PyObject *op, PyObject *unused) {
+  return start_server(ENGINE(op), 0);
+}
+
+PyDoc_STRVAR(
+    start_driven_doc,
+    "start_driven(wake=None)\n\nBind the listener(s) and set up the one ring (threads must "
+    "be 1)\non this thread, which then runs it: call step() whenever fileno() is\n"
+    "readable or the time step() asked for has come (an event loop's reader\n"
+    "and timer), until step() returns None. Handlers run inside step(), on\n"
+    "this thread. Answers given on it between steps wake fileno(), or, with\n"
+    "wake, call wake() once until the next step: it must see that step() runs\n"
+    "soon (loop.call_soon), and saves a kernel wake-up per batch.");
+
+static PyObject *engine_start_driven(PyObject *op, PyObject *args) {
+  PyObject *wake = Py_None;
+  if (!PyArg_ParseTuple(args, "|O:start_driven", &wake))
+    return NULL;
+  if (wake != Py_None && !PyCallable_Check(wake)) {
+    PyErr_SetString(PyExc_TypeError, "start_driven(wake): wake must be callable or None");
+    return NULL;
+  }
   EngineObject *self = ENGINE(op);
+  Py_XSETREF(self->drive_wake, wake != Py_None ? Py_NewRef(wake) : NULL);
+  return start_server(self, 1);
+}
+
+/* config.on_self_wake: an answer (or a stop) given on the driving thread
+ * between steps; the wake callable must see that step() runs soon. */
+static void on_self_wake(void *data) {
+  EngineObject *self = data;
+  PyGILState_STATE g = PyGILState_Ensure();
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyObject *r = PyObject_CallNoArgs(self->drive_wake);
+  if (r == NULL)
+    PyErr_WriteUnraisable(self->drive_wake);
+  Py_XDECREF(r);
+  PyErr_Restore(type, value, tb);
+  PyGILState_Release(g);
+}
+
+static PyObject *start_server(EngineObject *self, int driven) {
   if (!self->initialized) {
     PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ was not called");
     return NULL;
   }
   if (self->server != NULL) {
     PyErr_SetString(PyExc_RuntimeError, "this engine was already started; make a new one");
+    return NULL;
+  }
+  if (driven && self->config.threads != 1) {
+    PyErr_Format(PyExc_ValueError,
+                 "a driven engine runs one ring, on the thread that starts it: threads must "
+                 "be 1 (it is %u)",
+                 self->config.threads);
     return NULL;
   }
   self->interp = PyInterpreterState_Get();
@@ -1053,6 +1127,10 @@ static PyObject *engine_start(PyObject *op, PyObject *unused) {
   c.log = on_log;
   c.on_slow = on_slow;
   c.on_body = c.body_stream_threshold > 0 ? on_body : NULL;
+  c.driven = driven;
+  c.on_self_wake = driven && self->drive_wake != NULL ? on_self_wake : NULL;
+  self->driven = driven;
+  self->driver_tstate = driven ? PyThreadState_Get() : NULL;
 
   /* Worker threads inherit this thread's signal mask: block everything so
    * SIGINT and SIGTERM reach Python's main thread, never a ring. */
@@ -1079,11 +1157,67 @@ static PyObject *engine_start(PyObject *op, PyObject *unused) {
     PyMem_Free(self->rings);
     self->rings = NULL;
     self->nrings = 0;
+    self->driven = 0;
     engine_finished(self);
     return NULL;
   }
   self->server = server;
+  if (driven)
+    driving++;
   Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(step_doc,
+             "step() -> int or None\n\nOne turn of a driven engine's ring, without waiting "
+             "(on the thread\nthat called start_driven()): completions reaped, handlers run, "
+             "answers\nsubmitted. Returns when to step again even if fileno() stays quiet, "
+             "in\nms (0: at once, -1: only when it becomes readable), or None once the\nserver "
+             "has stopped (after stop() and its graceful stop): wait() then\nreturns at once.");
+
+static PyObject *engine_step(PyObject *op, PyObject *unused) {
+  EngineObject *self = ENGINE(op);
+  if (!self->driven || self->server == NULL) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "step() runs a driven engine: start it with start_driven()");
+    return NULL;
+  }
+  ring_state *rs = &self->rings[0];
+  if (rs->tstate == NULL) /* ended: its last step returned None */
+    Py_RETURN_NONE;
+  if (!pthread_equal(rs->thread, pthread_self())) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "step() runs on the thread that called start_driven(), which runs the ring");
+    return NULL;
+  }
+  if (current_ring == rs) {
+    PyErr_SetString(PyExc_RuntimeError, "step() called from inside a step (a handler)");
+    return NULL;
+  }
+  ring_state *outer = current_ring;
+  current_ring = rs;
+  int next = -1, rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = pmu_server_step(self->server, &next);
+  Py_END_ALLOW_THREADS
+  current_ring = outer;
+  if (rc < 0)
+    return pyb_raise_errno(self->st, rc, NULL);
+  if (rc == 0) {
+    driving--; /* on_thread_stop let the ring go: nothing here waits for it now */
+    Py_RETURN_NONE;
+  }
+  return PyLong_FromLong(next);
+}
+
+PyDoc_STRVAR(fileno_doc, "fileno() -> int\n\nA driven engine's ring descriptor: readable "
+                         "while completions wait\n(watch it with an event loop's add_reader); "
+                         "-1 when not driven or ended.");
+
+static PyObject *engine_fileno(PyObject *op, PyObject *unused) {
+  EngineObject *self = ENGINE(op);
+  if (self->server == NULL || !self->driven || self->rings[0].tstate == NULL)
+    return PyLong_FromLong(-1);
+  return PyLong_FromLong(pmu_server_fd(self->server));
 }
 
 PyDoc_STRVAR(stop_doc, "stop()\n\nBegin a graceful stop: stop accepting, let in-flight requests\n"
@@ -1414,6 +1548,9 @@ static PyGetSetDef engine_getset[] = {
 
 static PyMethodDef engine_methods[] = {
     {"start", engine_start, METH_NOARGS, start_doc},
+    {"start_driven", engine_start_driven, METH_VARARGS, start_driven_doc},
+    {"step", engine_step, METH_NOARGS, step_doc},
+    {"fileno", engine_fileno, METH_NOARGS, fileno_doc},
     {"stop", engine_stop, METH_NOARGS, stop_doc},
     {"wait", (PyCFunction)(void (*)(void))engine_wait, METH_VARARGS | METH_KEYWORDS, wait_doc},
     {"close", engine_close, METH_NOARGS, close_doc},
@@ -1433,6 +1570,7 @@ static int engine_traverse(PyObject *op, visitproc visit, void *arg) {
   Py_VISIT(self->scheduler);
   Py_VISIT(self->conn_handler);
   Py_VISIT(self->pool);
+  Py_VISIT(self->drive_wake);
   return 0;
 }
 
@@ -1447,6 +1585,7 @@ static int engine_clear(PyObject *op) {
   Py_CLEAR(self->scheduler);
   Py_CLEAR(self->conn_handler);
   Py_CLEAR(self->pool);
+  Py_CLEAR(self->drive_wake);
   Py_CLEAR(self->unix_path_str);
   Py_CLEAR(self->statics);
   return 0;

@@ -343,7 +343,10 @@ struct pmu__conn {
 struct pmu__loop {
   pmu_server_t *server;
   unsigned index;
-  pthread_t thread;
+  pthread_t thread; /* its own; for a driven loop, unset (driver is the caller's) */
+  pthread_t driver;
+  int drive_done;        /* a driven loop that has ended (loop_end ran) */
+  int wake_self_pending; /* config.on_self_wake called since the last step */
   struct io_uring ring;
   int ring_ready;
   int listen_fd;
@@ -505,6 +508,11 @@ void pmu__deadline_after(int timeout_ms, struct timespec *out);
 
 /* ---- loop.c ---- */
 void *pmu__loop_main(void *arg);
+/* A driven loop (config.driven), on the caller's thread: its set-up (0 or
+ * -errno, after which it is ended), and one turn without waiting (1 going on,
+ * 0 ended; *next_ms as pmu_server_step's). */
+int pmu__loop_drive_begin(pmu__loop_t *loop);
+int pmu__loop_drive_step(pmu__loop_t *loop, int *next_ms);
 void pmu__loop_wake(pmu__loop_t *loop);
 void pmu__loop_dispatch(pmu__loop_t *loop);
 /* Free req at the end of this turn (an answered orphan). */

@@ -7,6 +7,8 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,16 @@ uint64_t pmu__now_ms(void) {
 }
 
 void pmu__loop_wake(pmu__loop_t *loop) {
+  const pmu_config_t *cfg = &loop->server->cfg;
+  if (cfg->driven && cfg->on_self_wake && pmu__current_loop != loop &&
+      pthread_equal(loop->driver, pthread_self())) {
+    /* The driving thread, between steps: no kernel wake-up, a step soon. */
+    if (!loop->wake_self_pending) {
+      loop->wake_self_pending = 1;
+      cfg->on_self_wake(cfg->handler_data);
+    }
+    return;
+  }
   if (loop->wake_fd >= 0) {
     uint64_t one = 1;
     ssize_t n = write(loop->wake_fd, &one, sizeof one);
@@ -334,12 +346,8 @@ static void drain_answers(pmu__loop_t *loop) {
   apply_arrivals(loop, req, seg, 1);
 }
 
-static void on_wake(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
-  if (!pmu__cqe_more(cqe))
-    loop->wake_armed = 0;
-  uint64_t v;
-  ssize_t n = read(loop->wake_fd, &v, sizeof v);
-  (void)n;
+/* What a wake-up asks for: the answers and pieces handed over. */
+static void woken(pmu__loop_t *loop) {
   drain_answers(loop);
   /* Handlers may have consumed streamed bodies that paused reading. */
   pmu__list_t *l, *next;
@@ -347,6 +355,15 @@ static void on_wake(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
   pmu__conn_maybe_resume(PMU__LIST_ENTRY(l, pmu__conn_t, body_link));
   if (!loop->stopping && atomic_load(&loop->server->stop_requested))
     begin_stop(loop);
+}
+
+static void on_wake(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
+  if (!pmu__cqe_more(cqe))
+    loop->wake_armed = 0;
+  uint64_t v;
+  ssize_t n = read(loop->wake_fd, &v, sizeof v);
+  (void)n;
+  woken(loop);
 }
 
 static void handle_cqe(pmu__loop_t *loop, const struct io_uring_cqe *cqe) {
@@ -557,45 +574,51 @@ static void wait_failed(pmu__loop_t *loop, int err) {
   }
 }
 
+/* Whether the last turn left no work for the next one: it may then wait. */
+static int loop_idle(const pmu__loop_t *loop) {
+  /* Connections capped last turn resume at the end of this one: no
+   * waiting for a completion then. */
+  /* Work a handler made at the end of the last turn (connections to flush or
+   * release, events) is done now, not after the next completion. */
+  return pmu__list_is_empty(&loop->rearm) && pmu__list_is_empty(&loop->dirty) &&
+         pmu__list_is_empty(&loop->grave) && pmu__list_is_empty(&loop->tls_ready) && !loop->cev_n &&
+         !loop->cev_closed;
+}
+
+/* One turn: submit, wait up to wait_ms (< 0: for a completion), handle the
+ * completions, then the turn's end. 1 while the loop goes on, 0 once it has
+ * stopped and closed every connection. */
+static int turn(pmu__loop_t *loop, int64_t wait_ms) {
+  int rc = pmu__submit_and_wait(&loop->ring, wait_ms);
+  /* ETIME is a timer; EINTR a signal; both mean "look again". */
+  if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+    wait_failed(loop, -rc);
+  loop->sqe_short = 0;
+  loop->turn_gen++;
+  STAT_ADD(loop, waits, 1);
+  loop->now_ms = pmu__now_ms();
+  loop->held_since_ms = loop->now_ms;
+  pmu__date_refresh(loop, time(NULL));
+
+  unsigned head, seen = 0;
+  struct io_uring_cqe *cqe;
+  pmu__ring_for_each_cqe(&loop->ring, head, cqe) {
+    seen++;
+    handle_cqe(loop, cqe);
+  }
+  pmu__ring_cq_advance(&loop->ring, seen);
+  STAT_ADD(loop, cqes, seen);
+  pmu__loop_dispatch(loop);
+  pmu__ws_dispatch(loop); /* the WebSocket events of this pass, after the requests */
+
+  if (!loop->stopping && atomic_load_explicit(&loop->server->stop_requested, memory_order_relaxed))
+    begin_stop(loop);
+  end_of_turn(loop);
+  return !(loop->stopping && loop->nconns == 0 && !loop->accept_armed);
+}
+
 static void run(pmu__loop_t *loop) {
-  arm_accept(loop);
-  arm_wake(loop);
-  for (;;) {
-    /* Connections capped last turn resume at the end of this one: no
-     * waiting for a completion then. */
-    /* Work a handler made at the end of the last turn (connections to flush or
-     * release, events) is done now, not after the next completion. */
-    int idle = pmu__list_is_empty(&loop->rearm) && pmu__list_is_empty(&loop->dirty) &&
-               pmu__list_is_empty(&loop->grave) && pmu__list_is_empty(&loop->tls_ready) &&
-               !loop->cev_n && !loop->cev_closed;
-    int rc = pmu__submit_and_wait(&loop->ring, idle ? next_wait(loop) : 0);
-    /* ETIME is a timer; EINTR a signal; both mean "look again". */
-    if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
-      wait_failed(loop, -rc);
-    loop->sqe_short = 0;
-    loop->turn_gen++;
-    STAT_ADD(loop, waits, 1);
-    loop->now_ms = pmu__now_ms();
-    loop->held_since_ms = loop->now_ms;
-    pmu__date_refresh(loop, time(NULL));
-
-    unsigned head, seen = 0;
-    struct io_uring_cqe *cqe;
-    pmu__ring_for_each_cqe(&loop->ring, head, cqe) {
-      seen++;
-      handle_cqe(loop, cqe);
-    }
-    pmu__ring_cq_advance(&loop->ring, seen);
-    STAT_ADD(loop, cqes, seen);
-    pmu__loop_dispatch(loop);
-    pmu__ws_dispatch(loop); /* the WebSocket events of this pass, after the requests */
-
-    if (!loop->stopping &&
-        atomic_load_explicit(&loop->server->stop_requested, memory_order_relaxed))
-      begin_stop(loop);
-    end_of_turn(loop);
-    if (loop->stopping && loop->nconns == 0 && !loop->accept_armed)
-      break;
+  while (turn(loop, loop_idle(loop) ? next_wait(loop) : 0)) {
   }
 }
 
@@ -667,16 +690,22 @@ static void free_pools(pmu__loop_t *loop) {
   free(loop->free_slots);
 }
 
-void *pmu__loop_main(void *arg) {
-  pmu__loop_t *loop = arg;
+/* The loop's set-up, on the thread that will run it (SINGLE_ISSUER binds a
+ * ring to its creator): 0, or -errno, reported to pmu_server_start either way.
+ * A driven loop (config.driven) runs on the embedding program's thread: its
+ * signals stay as they are, and its ring is not set up with DEFER_TASKRUN,
+ * under which completions do not make the ring's descriptor readable. */
+static int loop_begin(pmu__loop_t *loop) {
   pmu_server_t *s = loop->server;
   const pmu_config_t *cfg = &s->cfg;
   pmu__current_loop = loop;
 
-  /* Signals belong to the embedding program's threads, not to rings. */
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  if (!cfg->driven) {
+    /* Signals belong to the embedding program's threads, not to rings. */
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+  }
 
   pmu__list_init(&loop->dirty);
   pmu__list_init(&loop->rearm);
@@ -708,7 +737,10 @@ void *pmu__loop_main(void *arg) {
       cfg->header_timeout_ms && cfg->header_timeout_ms < 1000 ? cfg->header_timeout_ms : 1000;
   pmu__date_refresh(loop, time(NULL));
 
-  int rc = pmu__ring_setup(&loop->ring, cfg, &loop->info);
+  pmu_config_t ring_cfg = *cfg;
+  if (cfg->driven)
+    ring_cfg.defer_taskrun = 0;
+  int rc = pmu__ring_setup(&loop->ring, &ring_cfg, &loop->info);
   if (rc == 0) {
     loop->ring_ready = 1;
     rc = pmu__bufring_setup(&loop->ring, &loop->bufs, cfg->buf_count, cfg->buf_size);
@@ -729,24 +761,80 @@ void *pmu__loop_main(void *arg) {
         loop->free_slots[loop->nfree_slots++] = (int)(slots - 1 - i);
   }
   report_started(loop, rc);
-
   if (rc == 0) {
     if (cfg->on_thread_start)
       cfg->on_thread_start(cfg->handler_data, loop->index);
-    run(loop);
-    if (cfg->on_thread_stop)
-      cfg->on_thread_stop(cfg->handler_data, loop->index);
+    arm_accept(loop);
+    arm_wake(loop);
   }
+  return rc;
+}
+
+/* The loop's end, on its thread; `ran`: loop_begin succeeded. */
+static void loop_end(pmu__loop_t *loop, int ran) {
+  const pmu_config_t *cfg = &loop->server->cfg;
+  if (ran && cfg->on_thread_stop)
+    cfg->on_thread_stop(cfg->handler_data, loop->index);
   close_answer_queue(loop);
   pmu__static_loop_exit(loop);
   if (loop->ring_ready) {
     pmu__bufring_free(&loop->ring, &loop->bufs);
     pmu__ring_exit(&loop->ring);
+    loop->ring_ready = 0;
   }
   /* wake_fd stays open until the server is freed: pmu_server_stop() may
    * still be writing to it from another thread. */
   free_pools(loop);
   pmu__current_loop = NULL;
   report_exited(loop);
+}
+
+void *pmu__loop_main(void *arg) {
+  pmu__loop_t *loop = arg;
+  int rc = loop_begin(loop);
+  if (rc == 0)
+    run(loop);
+  loop_end(loop, rc == 0);
   return NULL;
+}
+
+/* ---- driven loops (config.driven): the embedding program's thread runs them ---- */
+
+int pmu__loop_drive_begin(pmu__loop_t *loop) {
+  int rc = loop_begin(loop);
+  if (rc < 0)
+    loop_end(loop, 0);
+  else
+    loop->driver = pthread_self();
+  pmu__current_loop = NULL; /* set only while a step runs */
+  return rc;
+}
+
+int pmu__loop_drive_step(pmu__loop_t *loop, int *next_ms) {
+  *next_ms = -1;
+  if (loop->drive_done)
+    return 0;
+  pmu__loop_t *outer = pmu__current_loop;
+  pmu__current_loop = loop;
+  if (loop->wake_self_pending) { /* config.on_self_wake: what was handed over */
+    loop->wake_self_pending = 0;
+    woken(loop);
+  }
+  int going = turn(loop, 0);
+  if (going) {
+    /* What the turn's end queued (the answers' sends, re-armed receives) goes
+     * now: the next wait is the caller's, not the ring's. */
+    if (io_uring_sq_ready(&loop->ring) > 0) {
+      int rc = io_uring_submit(&loop->ring);
+      if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+        wait_failed(loop, -rc);
+    }
+    int64_t wait = loop_idle(loop) ? next_wait(loop) : 0;
+    *next_ms = wait > INT_MAX ? INT_MAX : (int)wait;
+  } else {
+    loop->drive_done = 1;
+    loop_end(loop, 1);
+  }
+  pmu__current_loop = outer;
+  return going;
 }

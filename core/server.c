@@ -476,6 +476,13 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
     if (rc < 0)
       return rc;
   }
+  if (s->cfg.driven && s->cfg.threads != 1) {
+    pmu__set_error(s,
+                   "a driven server runs one ring, on the caller's thread: threads must be 1 "
+                   "(it is %u)",
+                   s->cfg.threads);
+    return -EINVAL;
+  }
   s->nloops = s->cfg.threads;
   s->loops = calloc(s->nloops, sizeof *s->loops);
   if (!s->loops) {
@@ -504,7 +511,13 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
   /* Counted running before they exist: a thread that fails at once counts
    * itself out (report_exited) before this thread could count it in. */
   s->loops_running = s->nloops;
-  for (unsigned i = 0; i < s->nloops; i++) {
+  if (s->cfg.driven) {
+    /* The one loop is set up here, on the caller's thread, which runs it
+     * (pmu_server_step); a failure is reported as a thread's would be. */
+    pmu__loop_drive_begin(&s->loops[0]);
+    created = 1;
+  }
+  for (unsigned i = created; i < s->nloops; i++) {
     rc = -pthread_create(&s->loops[i].thread, NULL, pmu__loop_main, &s->loops[i]);
     if (rc < 0) {
       pmu__set_error(s, "cannot create worker thread: %s", strerror(-rc));
@@ -527,7 +540,7 @@ int pmu_server_start(const pmu_config_t *config, pmu_server_t **out) {
   }
   if (first_err) {
     pmu_server_stop(s);
-    for (unsigned i = 0; i < created; i++)
+    for (unsigned i = 0; i < created && !s->cfg.driven; i++)
       pthread_join(s->loops[i].thread, NULL);
     s->joined = 1;
     close_listeners(s);
@@ -574,7 +587,7 @@ int pmu_server_wait(pmu_server_t *s, int timeout_ms) {
   if (running)
     return -ETIMEDOUT;
   if (join) {
-    for (unsigned i = 0; i < s->nloops; i++)
+    for (unsigned i = 0; i < s->nloops && !s->cfg.driven; i++)
       pthread_join(s->loops[i].thread, NULL);
     close_listeners(s);
   }
@@ -588,6 +601,24 @@ void pmu_server_destroy(pmu_server_t *s) {
   pmu_server_wait(s, -1);
   close_listeners(s);
   pmu__server_unref(s);
+}
+
+int pmu_server_fd(const pmu_server_t *s) {
+  if (!s->cfg.driven || s->nloops != 1 || !s->loops[0].ring_ready)
+    return -1;
+  return s->loops[0].ring.ring_fd;
+}
+
+int pmu_server_step(pmu_server_t *s, int *next_ms) {
+  *next_ms = -1;
+  if (!s->cfg.driven || s->nloops != 1)
+    return -EINVAL;
+  pmu__loop_t *loop = &s->loops[0];
+  if (loop->drive_done || loop->start_rc < 0)
+    return 0;
+  if (!pthread_equal(loop->driver, pthread_self()))
+    return -EINVAL;
+  return pmu__loop_drive_step(loop, next_ms);
 }
 
 /* pmu_server_stats() reads pmu_stats_t as an array of uint64_t: it must be

@@ -643,7 +643,11 @@ class Server:
                     connection_handler=self.connection_handler,
                     **self._options,
                 )
-            engine.start()
+            # A handler that hosts the ring on its event loop's thread (the ASGI
+            # adapter's, ring="loop") starts it there; others get ring threads.
+            drive = getattr(app, "_pmu_drive", None)
+            if drive is None or not drive(engine):
+                engine.start()
             self._engine, self._bridge, self._final_stats = engine, bridge, None
             with _live_lock:
                 _live.add(self)

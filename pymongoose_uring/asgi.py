@@ -87,6 +87,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from time import perf_counter as _clock
 from typing import (
     TYPE_CHECKING,
@@ -804,6 +805,7 @@ class ASGIHandler:
         forwarded_allow_ips: Union[str, Iterable[str], None] = None,
         ws: str = "auto",
         ws_max_queue: int = 32,
+        ring: str = "auto",
     ) -> None:
         if not callable(app):
             raise TypeError("app must be an ASGI callable app(scope, receive, send)")
@@ -815,6 +817,16 @@ class ASGIHandler:
             raise ValueError("ws must be 'auto' or 'none'")
         if ws_max_queue < 1:
             raise ValueError("ws_max_queue must be at least 1")
+        if ring not in ("auto", "loop", "thread"):
+            raise ValueError("ring must be 'auto', 'loop' or 'thread'")
+        # Where the engine's ring runs (_pmu_drive): "loop", on the event loop's own
+        # thread (one ring: threads=1); "thread", on ring threads of its own that hand
+        # each batch to the loop; "auto", "loop" for one ring and a loop of our own.
+        self.ring = ring
+        self._engine: Any = None  # the driven engine, while the loop runs its ring
+        self._ring_fd = -1
+        self._ring_timer: Optional[asyncio.TimerHandle] = None
+        self._step_soon = False
         # Handshakes become websocket scopes (ws="none": http ones, as any request).
         self.websocket = ws == "auto" and _HAS_WEBSOCKET
         self.ws_max_queue = ws_max_queue
@@ -1002,6 +1014,102 @@ class ASGIHandler:
             thread.join(timeout)
             if not thread.is_alive():
                 loop.close()
+
+    # -- the ring on the loop's thread (ring="loop") -------------------------------------
+
+    def _pmu_drive(self, engine: Any) -> bool:
+        """Server.start()'s hook: with one ring, run it on the loop's thread
+        (``engine.start_driven()`` there, its descriptor watched with add_reader,
+        its timers with call_at), so that requests and answers cross no thread.
+        False: the engine starts its own ring threads instead."""
+        mode = self.ring
+        if mode == "thread" or (mode == "auto" and not self._own_loop):
+            return False
+        threads = engine.config["threads"]
+        if threads != 1:
+            if mode == "loop":
+                raise ValueError(
+                    "ring='loop' runs the engine's one ring on the event loop's thread: "
+                    "threads must be 1 (it is %d)" % threads
+                )
+            return False
+        loop = self.loop
+        assert loop is not None  # start() ran
+        begun: "concurrent.futures.Future[None]" = concurrent.futures.Future()
+
+        def begin() -> None:
+            try:
+                engine.start_driven(self._wake_step)
+            except BaseException as exc:
+                begun.set_exception(exc)
+                return
+            try:
+                self._engine, self._ring_fd = engine, engine.fileno()
+                self._post = loop.call_soon  # requests now come on this very thread
+                loop.add_reader(self._ring_fd, self._step)
+                self._step()
+            except BaseException as exc:
+                self._undrive(engine)
+                begun.set_exception(exc)
+            else:
+                begun.set_result(None)
+
+        loop.call_soon_threadsafe(begin)
+        begun.result()
+        return True
+
+    def _step(self) -> None:
+        """One turn of the ring (the loop's thread): when its descriptor is readable,
+        when a timer it asked for is due, and right after the tasks of a batch."""
+        engine = self._engine
+        if engine is None:
+            return
+        self._step_soon = False
+        loop = self.loop
+        assert loop is not None
+        nxt = engine.step()
+        if nxt is None:  # stopped, its last connection closed: the ring is gone
+            self._undrive(None)
+        elif nxt == 0:  # work left for another turn (capped pipelines, short SQEs)
+            if not self._step_soon:
+                self._step_soon = True
+                loop.call_soon(self._step)
+        elif nxt > 0:
+            when = loop.time() + nxt / 1000.0
+            timer = self._ring_timer
+            if timer is None or timer.when() > when + 0.001:
+                if timer is not None:
+                    timer.cancel()
+                self._ring_timer = loop.call_at(when, self._timer_step)
+
+    def _wake_step(self) -> None:
+        """The engine's on_self_wake: an answer given on this thread between steps
+        (a task's): the next step sends it, with no kernel wake-up."""
+        if not self._step_soon and self._engine is not None:
+            self._step_soon = True
+            loop = self.loop
+            assert loop is not None
+            loop.call_soon(self._step)
+
+    def _timer_step(self) -> None:
+        self._ring_timer = None
+        self._step()
+
+    def _undrive(self, engine: Any) -> None:
+        """Stop watching the ring; with `engine` (a start that failed half-way),
+        stop it and run its steps to the end here."""
+        loop = self.loop
+        if self._ring_fd >= 0 and loop is not None:
+            loop.remove_reader(self._ring_fd)
+        self._ring_fd = -1
+        if self._ring_timer is not None:
+            self._ring_timer.cancel()
+            self._ring_timer = None
+        self._engine = None
+        if engine is not None:
+            engine.stop()
+            while engine.step() is not None:
+                time.sleep(0.001)
 
     # -- the batches ------------------------------------------------------------------
 
@@ -1417,6 +1525,7 @@ class ASGIServer(AdapterServer):
         forwarded_allow_ips: Union[str, Iterable[str], None] = None,
         ws: str = "auto",
         ws_max_queue: int = 32,
+        ring: str = "auto",
         **server_options: Any,
     ) -> None:
         self.handler = ASGIHandler(
@@ -1430,6 +1539,7 @@ class ASGIServer(AdapterServer):
             forwarded_allow_ips=forwarded_allow_ips,
             ws=ws,
             ws_max_queue=ws_max_queue,
+            ring=ring,
         )
         super().__init__(self.handler, host, port, server_options)
 

@@ -663,6 +663,18 @@ typedef struct pmu_config {
    * Copied at pmu_server_start (strings too); used only with ssl_certfile set. */
   const struct pmu_tls_cert *ssl_sni_certs;
   size_t ssl_sni_cert_count;
+  /* Driven (1): the engine starts no thread; the thread that calls
+   * pmu_server_start runs the one ring (threads must be 1) by calling
+   * pmu_server_step whenever pmu_server_fd is readable or the time it asked
+   * for has come: an event loop of the embedding program's (asyncio) hosts
+   * the ring, and what its callbacks answer needs no thread hand-off. */
+  int driven;
+  /* Driven only, optional: something for the ring (an answer, a stop) was
+   * handed over on the driving thread between steps. Called there, once until
+   * the next step, instead of making the descriptor readable (a write to an
+   * eventfd, a wake-up through the kernel): it must see that pmu_server_step
+   * runs soon (an event loop's call_soon). */
+  void (*on_self_wake)(void *handler_data);
 } pmu_config_t;
 
 /* Fill *config with the defaults above. */
@@ -695,6 +707,25 @@ void pmu_server_stop(pmu_server_t *server);
 /* Wait until every worker thread has exited; timeout_ms < 0 waits forever.
  * Returns 0, or -ETIMEDOUT. */
 int pmu_server_wait(pmu_server_t *server, int timeout_ms);
+
+/*
+ * Driven servers (config.driven) only, on the thread that started them:
+ *
+ * pmu_server_fd: the descriptor to watch for readability (level-triggered:
+ * readable while completions wait); -1 for a server that is not driven.
+ *
+ * pmu_server_step: one turn of the ring, without waiting: reap completions,
+ * run handlers, submit what they answered. *next_ms: when to step again
+ * even if the descriptor stays quiet (timers): 0 at once (work is left),
+ * -1 only when it becomes readable. Returns 1 while the server runs, 0 once
+ * it has stopped (after pmu_server_stop and its graceful stop) and released
+ * its ring: pmu_server_wait() then returns on any thread; -EINVAL when not
+ * driven or on another thread. Answers given on this thread between steps
+ * (from the event loop's callbacks) go through the ring's queue as from any
+ * other thread: they wake the descriptor (or call config.on_self_wake).
+ */
+int pmu_server_fd(const pmu_server_t *server);
+int pmu_server_step(pmu_server_t *server, int *next_ms);
 
 /*
  * Stop (if running), wait, and release the server. Requests still held by

@@ -98,6 +98,7 @@ class Config:
     script_name: str = ""
     lifespan: str = "auto"
     loop: str = "auto"
+    asgi_ring: str = "auto"
     root_path: str = ""
     ws: str = "auto"
     ws_max_queue: int = 32
@@ -436,6 +437,14 @@ def build_parser(defaults: Dict[str, Any]) -> argparse.ArgumentParser:
         choices=("auto", "uvloop", "asyncio"),
         default="auto",
         help="event loop for ASGI (default auto: uvloop when installed)",
+    )
+    a.add_argument(
+        "--asgi-ring",
+        choices=("auto", "loop", "thread"),
+        default="auto",
+        help="where the io_uring ring runs for ASGI: loop (on the event loop's thread, "
+        "no hand-off per batch; one ring: --threads 1), thread (ring threads that hand "
+        "requests to the loop), auto (loop with --threads 1, else thread)",
     )
     a.add_argument("--root-path", default="", help="ASGI root_path")
     ws = p.add_argument_group(

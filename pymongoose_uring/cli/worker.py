@@ -185,6 +185,7 @@ def make_server(config: Config) -> AnyServer:
             access_log=config.access_log,
             ws=config.ws,
             ws_max_queue=config.ws_max_queue,
+            ring=config.asgi_ring,
             **proxy,
             **listen,
             **options,

@@ -1,0 +1,261 @@
+"""Where the ASGI adapter's ring runs: on the event loop's own thread (ring="loop",
+the default with one ring: the engine is driven by the loop, no hand-off per batch)
+or on ring threads of its own (ring="thread", and any threads > 1)."""
+
+import asyncio
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pymongoose_uring.asgi import ASGIServer
+
+
+def os_threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+async def hello(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = threading.current_thread().name.encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def get(server, path="/", timeout=10):
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def started(app, **options):
+    options.setdefault("lifespan", "off")
+    return ASGIServer(app, "127.0.0.1", 0, **options).start()
+
+
+def test_one_ring_runs_on_the_loops_thread_by_default():
+    before = os_threads()
+    s = started(hello)
+    try:
+        # The loop's thread and nothing else: no ring thread beside it.
+        assert os_threads() - before == 1
+        assert s.server._engine.fileno() >= 0
+        assert s.handler._engine is not None
+        assert get(s) == (200, b"pymongoose_uring-asgi")
+    finally:
+        s.stop()
+    assert s.handler._engine is None and s.handler._ring_fd == -1
+
+
+def test_ring_thread_keeps_ring_threads_of_its_own():
+    before = os_threads()
+    s = started(hello, ring="thread")
+    try:
+        assert os_threads() - before == 2  # the loop's thread and one ring thread
+        assert s.server._engine.fileno() == -1
+        assert s.handler._engine is None
+        assert get(s) == (200, b"pymongoose_uring-asgi")
+    finally:
+        s.stop()
+
+
+def test_more_threads_take_ring_threads_and_ring_loop_refuses_them():
+    s = started(hello, threads=2)
+    try:
+        assert s.server._engine.fileno() == -1 and s.handler._engine is None
+        assert get(s)[0] == 200
+    finally:
+        s.stop()
+    with pytest.raises(ValueError, match="threads must be 1"):
+        started(hello, ring="loop", threads=2)
+    with pytest.raises(ValueError, match="ring must be"):
+        ASGIServer(hello, ring="ring")
+
+
+def test_answers_after_awaits_and_from_other_threads_all_arrive():
+    """Immediate answers, answers after a sleep (given between the ring's steps, on
+    the loop's thread: no kernel wake-up) and answers after a thread's work
+    (run_in_executor), mixed over keep-alive connections."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        kind = scope["path"]
+        if kind == "/sleep":
+            await asyncio.sleep(0.005)
+        elif kind == "/thread":
+            await asyncio.get_running_loop().run_in_executor(None, time.sleep, 0.005)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": kind.encode()})
+
+    s = started(app)
+    errors = []
+
+    def client(n):
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+        try:
+            for i in range(30):
+                path = ("/now", "/sleep", "/thread")[(i + n) % 3]
+                c.request("GET", path)
+                r = c.getresponse()
+                body = r.read()
+                if (r.status, body) != (200, path.encode()):
+                    errors.append((path, r.status, body))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            c.close()
+
+    try:
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors
+    finally:
+        s.stop()
+
+
+def test_timers_fire_with_the_loop_otherwise_idle():
+    """The keep-alive timeout closes an idle connection: the ring asked the loop
+    for that time (call_at), nothing else wakes it."""
+    s = started(hello, keepalive_timeout_ms=300)
+    try:
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+        c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        t0 = time.monotonic()
+        data = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        took = time.monotonic() - t0
+        c.close()
+        assert data.startswith(b"HTTP/1.1 200")
+        assert 0.25 <= took < 2.0, took
+    finally:
+        s.stop()
+
+
+def test_graceful_stop_lets_a_request_in_flight_finish():
+    async def slow(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(0.3)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    s = started(slow)
+    got = []
+    t = threading.Thread(target=lambda: got.append(get(s)))
+    t.start()
+    time.sleep(0.1)  # the request is with the app
+    t0 = time.monotonic()
+    s.stop()
+    t.join(10)
+    assert got == [(200, b"late")]
+    assert time.monotonic() - t0 < 5
+    assert not s.running
+
+
+def test_stop_from_the_app_on_the_loops_thread_does_not_wait_for_itself():
+    holder = {}
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        holder["server"].server.stop()  # on the loop's thread: only begins the stop
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"bye"})
+
+    s = started(app)
+    holder["server"] = s
+    try:
+        assert get(s) == (200, b"bye")
+        deadline = time.monotonic() + 5
+        while s.server._engine.fileno() >= 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s.server._engine.fileno() == -1  # the ring ended on the loop's thread
+        assert s.handler._engine is None
+    finally:
+        s.stop()
+    assert not s.running
+
+
+def test_blocking_on_the_engine_from_the_loops_thread_is_refused():
+    result = {}
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        engine = result["server"].server._engine
+        try:
+            engine.wait(0.1)
+        except RuntimeError as exc:
+            result["wait"] = str(exc)
+        result["in_ring"] = engine.in_ring_thread()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    s = started(app)
+    result["server"] = s
+    try:
+        assert get(s)[0] == 200
+        assert "wait for itself" in result["wait"]
+        assert result["in_ring"] is True
+    finally:
+        s.stop()
+
+
+def test_cli_asgi_ring_option(tmp_path):
+    (tmp_path / "ringapp.py").write_text(
+        "import threading\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    n = str(len(__import__('os').listdir('/proc/self/task'))).encode()\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': n})\n"
+    )
+    counts = {}
+    for mode in ("loop", "thread"):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pymongoose_uring", "ringapp:app", "--interface", "asgi"]
+            + ["--port", str(port), "--asgi-ring", mode, "--lifespan", "off"],
+            cwd=str(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    c.request("GET", "/")
+                    r = c.getresponse()
+                    counts[mode] = int(r.read())
+                    c.close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    assert counts["thread"] == counts["loop"] + 1  # the ring thread
