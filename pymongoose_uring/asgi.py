@@ -166,6 +166,11 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+# The name of every request task: without one, Python 3.11 formats "Task-N" for each.
+_TASK_NAME = "pymongoose_uring-request"
+_Task = asyncio.Task
+
+
 class _CycleBase:
     """Pure-Python stand-in for ``_pmu.ASGICycle`` (the base of :class:`_Cycle`), for
     an interpreter without the compiled extension: the same fields, and ``send`` /
@@ -827,6 +832,9 @@ class ASGIHandler:
         self._ring_fd = -1
         self._ring_timer: Optional[asyncio.TimerHandle] = None
         self._step_soon = False
+        # Request tasks are made as asyncio.Task(...) unless the loop has a task factory
+        # (looked at when the server starts, after the lifespan startup).
+        self._plain_tasks = True
         # Handshakes become websocket scopes (ws="none": http ones, as any request).
         self.websocket = ws == "auto" and _HAS_WEBSOCKET
         self.ws_max_queue = ws_max_queue
@@ -919,6 +927,7 @@ class ASGIHandler:
             except BaseException:
                 self.close()
                 raise
+        self._plain_tasks = self.loop.get_task_factory() is None
         return self.loop
 
     async def _root(self) -> None:
@@ -1117,7 +1126,11 @@ class ASGIHandler:
         """The engine handler (ring thread, GIL held): queue the request for the
         loop. The first request of a batch posts one drain to the loop; the
         loop cannot run before the ring releases the GIL at the batch's end,
-        so that drain finds the whole batch."""
+        so that drain finds the whole batch. With the ring on the loop's own
+        thread (a step of it runs this), the request's task starts at once."""
+        if self._engine is not None:
+            self._start(request)
+            return
         self._queue.append(request)
         if not self._scheduled:
             self._scheduled = True
@@ -1166,44 +1179,44 @@ class ASGIHandler:
         # sends them together, instead of waking (on this very CPU, mostly) for each.
         _hold_wakeups()
         try:
-            self._start_tasks(loop)
+            queue, start = self._queue, self._start
+            while queue:
+                start(queue.popleft())
         finally:
             loop.call_soon(_flush_wakeups)  # after the tasks' first steps (FIFO)
 
-    def _start_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
-        queue, tasks = self._queue, self._tasks
-        create, finished = loop.create_task, self._finished
-        if _asgi_scope is None:
-            while queue:
-                task = create(self.handle(queue.popleft()))
-                tasks[task] = None
-                task.add_done_callback(finished)
+    def _start(self, request: Request) -> None:
+        """On the loop: the task of one request (its first step comes in a later
+        callback of this loop turn)."""
+        loop = self.loop
+        assert loop is not None  # started
+        if _asgi_scope is None or (self.websocket and request.websocket):
+            task = loop.create_task(self.handle(request))
+            self._tasks[task] = None
+            task.add_done_callback(self._finished)
             return
-        app, base, forward, websocket = self.app, self._scope_base, self._forward, self.websocket
-        while queue:
-            request = queue.popleft()
-            if websocket and request.websocket:
-                task = create(self.handle(request))
-                tasks[task] = None
-                task.add_done_callback(finished)
-                continue
-            cycle = _Cycle(request, self)
+        cycle = _Cycle(request, self)
+        try:
+            if request.scheme == "https":
+                scope = self._tls_scope(request)
+            else:
+                scope = _asgi_scope(request, self._scope_base, self.state, self._forward)
+            cycle.client = scope["client"]  # for the access log: behind a proxy, its client
+            coro = self.app(scope, cycle.receive, cycle.send)
             try:
-                if request.scheme == "https":
-                    scope = self._tls_scope(request)
-                else:
-                    scope = _asgi_scope(request, base, self.state, forward)
-                cycle.client = scope["client"]  # for the access log: behind a proxy, its client
-                coro = app(scope, cycle.receive, cycle.send)
-                try:
-                    task = create(coro)  # type: ignore[arg-type]  # a coroutine, mostly
-                except TypeError:  # an awaitable that is not a coroutine
-                    task = create(self._await(coro))
-            except Exception as exc:
-                self._failed(request, cycle, exc)
-                continue
-            tasks[task] = cycle
-            task.add_done_callback(finished)
+                if self._plain_tasks:
+                    # The Task made here, named: uvloop's create_task is a Python-level
+                    # call more, and Python 3.11 formats a "Task-N" name for each.
+                    task = _Task(coro, loop=loop, name=_TASK_NAME)  # type: ignore[arg-type]
+                else:  # the app set a task factory: its tasks
+                    task = loop.create_task(coro)  # type: ignore[arg-type]
+            except TypeError:  # an awaitable that is not a coroutine
+                task = loop.create_task(self._await(coro))
+        except Exception as exc:
+            self._failed(request, cycle, exc)
+            return
+        self._tasks[task] = cycle
+        task.add_done_callback(self._finished)
 
     @staticmethod
     async def _await(awaitable: Any) -> None:
