@@ -252,3 +252,34 @@ def test_cli_asgi_ring_option(tmp_path):
             proc.terminate()
             proc.wait(20)
     assert counts["thread"] == counts["loop"] + 1  # the ring thread
+
+
+def test_a_task_factory_the_app_sets_makes_the_request_tasks():
+    """Request tasks are made as asyncio.Task(...) directly, unless the loop has a
+    task factory when the server starts (one the lifespan startup set): then it."""
+    made = []
+
+    def factory(loop, coro, **kwargs):
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    asyncio.get_running_loop().set_task_factory(factory)
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    for ring in ("loop", "thread"):
+        made.clear()
+        s = started(app, lifespan="on", ring=ring)
+        try:
+            assert get(s) == (200, b"ok") and get(s) == (200, b"ok")
+        finally:
+            s.stop()
+        assert len(made) >= 2, ring
