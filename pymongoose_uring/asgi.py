@@ -86,6 +86,7 @@ import errno
 import logging
 import os
 import stat
+import sys
 import threading
 import time
 from time import perf_counter as _clock
@@ -169,6 +170,11 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
 # The name of every request task: without one, Python 3.11 formats "Task-N" for each.
 _TASK_NAME = "pymongoose_uring-request"
 _Task = asyncio.Task
+# Python 3.12+: a request's task takes its first step at once, in the Task's
+# constructor (eager_start): an app that answers without waiting is done before the
+# loop's next callback, with no pass through the loop's queue; with the ring on the
+# loop's thread the answer is on the connection before the engine's turn ends.
+_EAGER = sys.version_info >= (3, 12)
 
 
 class _CycleBase:
@@ -1207,7 +1213,10 @@ class ASGIHandler:
                 if self._plain_tasks:
                     # The Task made here, named: uvloop's create_task is a Python-level
                     # call more, and Python 3.11 formats a "Task-N" name for each.
-                    task = _Task(coro, loop=loop, name=_TASK_NAME)  # type: ignore[arg-type]
+                    if _EAGER:
+                        task = _Task(coro, loop=loop, name=_TASK_NAME, eager_start=True)  # type: ignore[arg-type,call-arg]
+                    else:
+                        task = _Task(coro, loop=loop, name=_TASK_NAME)  # type: ignore[arg-type]
                 else:  # the app set a task factory: its tasks
                     task = loop.create_task(coro)  # type: ignore[arg-type]
             except TypeError:  # an awaitable that is not a coroutine
