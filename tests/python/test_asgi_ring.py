@@ -283,3 +283,31 @@ def test_a_task_factory_the_app_sets_makes_the_request_tasks():
         finally:
             s.stop()
         assert len(made) >= 2, ring
+
+
+@pytest.mark.parametrize("ring", ["loop", "thread"])
+def test_the_app_runs_in_its_own_task_from_its_first_step(ring):
+    """Each request's coroutine runs as a Task of its own (started eagerly on Python
+    3.12+), which asyncio.current_task() gives from the first line on, as anyio's
+    cancel scopes (Starlette, FastAPI) need."""
+    seen = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        task = asyncio.current_task()
+        seen.append(task)
+        body = b"%d %s" % (
+            task is not None and task.get_coro() is not None,
+            task.get_name().encode(),
+        )
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    s = started(app, ring=ring)
+    try:
+        assert get(s) == (200, b"1 pymongoose_uring-request")
+        assert get(s) == (200, b"1 pymongoose_uring-request")
+    finally:
+        s.stop()
+    assert len(seen) == 2 and seen[0] is not seen[1]
