@@ -195,10 +195,13 @@ def get_json(server, path="/", **kw):
     return json.loads(body)
 
 
-def read_closed(port, raw):
-    """Send the bytes `raw` on a fresh connection and read until the server closes:
+def read_closed(port, raw, source=None):
+    """Send the bytes `raw` on a fresh connection (from the address `source`, when
+    given) and read until the server closes:
     -> (status, {lower-name: value}, body bytes as sent)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock = socket.create_connection(
+        ("127.0.0.1", port), timeout=10, source_address=(source, 0) if source else None
+    )
     try:
         sock.sendall(raw)
         data = b""

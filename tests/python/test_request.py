@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from conftest import RawClient, get_json, request
+from conftest import RawClient, get_json, read_closed, request
 from pymongoose_uring import Headers, QueryParams
 
 
@@ -184,25 +184,13 @@ def test_client_addresses_of_every_width(serve):
     scope's and environ's "client" are written without inet_ntop."""
     server = serve(describe, host="0.0.0.0")
     for source in ("127.0.0.1", "127.10.200.3", "127.255.0.99", "127.1.20.255"):
-        s = socket.socket()
+        raw = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
         try:
-            s.bind((source, 0))
-        except OSError:
-            s.close()
-            pytest.skip("cannot bind %s" % source)
-        s.settimeout(10)
-        s.connect(("127.0.0.1", server.port))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        port = s.getsockname()[1]
-        s.close()
-        d = json.loads(data.split(b"\r\n\r\n", 1)[1])
-        assert d["client"] == [source, port]
+            status, _, body = read_closed(server.port, raw, source=source)
+        except OSError as exc:
+            pytest.skip("cannot connect from %s: %s" % (source, exc))
+        d = json.loads(body)
+        assert status == 200 and d["client"][0] == source and d["client"][1] > 0
         assert d["server"] == ["127.0.0.1", server.port]
 
 
