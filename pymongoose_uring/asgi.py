@@ -1226,6 +1226,11 @@ class ASGIHandler:
             return
         self._tasks[task] = cycle
         task.add_done_callback(self._finished)
+        # An eager first step that raised left a traceback whose app frame has this
+        # frame as its f_back, kept with the locals it has when it returns: without
+        # these, task -> exception -> traceback -> frames -> task would be a cycle that
+        # keeps the request until the garbage collector runs.
+        del task, coro, scope, cycle, request
 
     @staticmethod
     async def _await(awaitable: Any) -> None:
