@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+import wsraw
 from tlscerts import PASSWORD, Certs, get, served_pem, tls_connect
 
 from conftest import wait_until
@@ -332,7 +333,6 @@ def test_large_upload_and_download(serve, certs):
 
 
 def test_websocket_over_tls(serve, certs):
-    ws_client = pytest.importorskip("websockets.sync.client")
     app = App()
 
     @app.websocket("/echo")
@@ -341,11 +341,20 @@ def test_websocket_over_tls(serve, certs):
         conn.on_message = lambda conn, data: conn.send(data)
 
     server = serve(app, **certs.options())
-    uri = "wss://localhost:%d/echo" % server.port
-    with ws_client.connect(uri, ssl=certs.context(), open_timeout=10) as ws:
-        for message in ("hello", b"\x00\x01" * 40000, "é" * 1000):
-            ws.send(message)
-            assert ws.recv(timeout=10) == message
+    # One thread reads and writes (wsraw.RawWS): see test_tls_adapters.py's twin.
+    ws = wsraw.RawWS(server.port, "/echo", ssl_context=certs.context())
+    try:
+        assert ws.status == 101
+        for opcode, message in (
+            (wsraw.TEXT, "hello"),
+            (wsraw.BINARY, b"\x00\x01" * 40000),
+            (wsraw.TEXT, "é" * 1000),
+        ):
+            ws.send_frame(opcode, message)
+            data = message.encode() if isinstance(message, str) else message
+            assert ws.recv_frame() == (True, opcode, data)
+    finally:
+        ws.close()
 
 
 def test_graceful_stop_sends_close_notify(certs):

@@ -57,10 +57,15 @@ def close_payload(code, reason=""):
 
 class RawWS:
     """Connects and performs the opening handshake; status is the handshake's
-    status code, headers its headers (names lower-cased)."""
+    status code, headers its headers (names lower-cased). With ssl_context, over
+    TLS (server name "localhost"), read and written on the caller's thread alone
+    (the `websockets` sync client reads on a thread of its own while the caller
+    writes, which OpenSSL does not allow on one connection)."""
 
-    def __init__(self, port, path="/", extra=(), timeout=10, host="127.0.0.1"):
+    def __init__(self, port, path="/", extra=(), timeout=10, host="127.0.0.1", ssl_context=None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        if ssl_context is not None:
+            self.sock = ssl_context.wrap_socket(self.sock, server_hostname="localhost")
         request, self.key = handshake_request(path, extra=extra)
         self.sock.sendall(request)
         self.buf = b""
