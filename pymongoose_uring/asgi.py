@@ -11,14 +11,17 @@ Django Channels or any ASGI app on the io_uring engine.
 or ``python -m pymongoose_uring myapp:app --interface asgi``.
 
 How it runs. One asyncio event loop thread (uvloop when installed) runs the
-app. The engine's ring threads hand each batch of requests to it with a single
-``call_soon_threadsafe`` (the first request of a batch posts it; the others
-join the same queue); on the loop each request becomes a task running
-``app(scope, receive, send)``. The answer goes back to the engine
-straight from the loop thread: ``request.reply()`` for a complete body
-(``more_body`` false in the first body message), ``request.start/write/end``
-for a streamed one (chunked unless the app gave a Content-Length). There is no
-other thread hop.
+app. With one ring (``threads=1``, the default; ``ring="loop"``) the engine's ring
+runs on that thread too: the loop watches the ring's descriptor and timers and runs
+one turn of it when they fire (``Engine.start_driven``/``step``), and each request
+of a turn becomes a task running ``app(scope, receive, send)`` there and then (on
+Python 3.12+ its first step runs at once). With more rings (or ``ring="thread"``)
+the engine's ring threads hand each batch of requests to the loop with a single
+``call_soon_threadsafe`` (the first request of a batch posts it; the others join
+the same queue). The answer goes back to the engine straight from the loop
+thread: ``request.reply()`` for a complete body (``more_body`` false in the first
+body message), ``request.start/write/end`` for a streamed one (chunked unless the
+app gave a Content-Length). There is no other thread hop.
 
 - ``scope``: type, asgi (version 3.0, spec_version 2.4), http_version,
   method, scheme, path (percent-decoded), raw_path, query_string, root_path,
@@ -1192,8 +1195,8 @@ class ASGIHandler:
             loop.call_soon(_flush_wakeups)  # after the tasks' first steps (FIFO)
 
     def _start(self, request: Request) -> None:
-        """On the loop: the task of one request (its first step comes in a later
-        callback of this loop turn)."""
+        """On the loop: the task of one request (its first step runs here on Python
+        3.12+, else in a later callback of this loop turn)."""
         loop = self.loop
         assert loop is not None  # started
         if _asgi_scope is None or (self.websocket and request.websocket):
