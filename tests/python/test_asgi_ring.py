@@ -311,3 +311,40 @@ def test_the_app_runs_in_its_own_task_from_its_first_step(ring):
     finally:
         s.stop()
     assert len(seen) == 2 and seen[0] is not seen[1]
+
+
+@pytest.mark.parametrize("ring", ["loop", "thread"])
+def test_tasks_done_in_their_first_step_need_no_done_callback(ring):
+    """A task that is done once the batch's first steps have run ends there (_sweep;
+    on 3.12+ in its eager constructor): no done callback, no loop callback for it.
+    One that waits gets the callback, and ends through it."""
+    s = started(hello, ring=ring)
+    calls = []
+    real = s.handler._finished
+    s.handler._finished = lambda task: (calls.append(task), real(task))
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+        for _ in range(30):  # one at a time: each batch holds one request
+            c.request("GET", "/")
+            r = c.getresponse()
+            assert r.status == 200 and r.read() == b"pymongoose_uring-asgi"
+        c.close()
+        assert calls == []
+    finally:
+        s.stop()
+
+    async def slow(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(0.01)
+        raise ValueError("after a wait")
+
+    s = started(slow, ring=ring)
+    calls = []
+    real = s.handler._finished
+    s.handler._finished = lambda task: (calls.append(task), real(task))
+    try:
+        assert get(s)[0] == 500  # ended through the done callback
+        assert len(calls) == 1
+    finally:
+        s.stop()
