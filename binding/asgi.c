@@ -411,15 +411,8 @@ static long long declared_length(PyObject *headers) {
       return -2;
     if (PyBytes_GET_SIZE(name) != 14 || strncasecmp(PyBytes_AS_STRING(name), "content-length", 14))
       continue;
-    Py_ssize_t len = PyBytes_GET_SIZE(value);
-    const char *p = PyBytes_AS_STRING(value);
-    if (len < 1 || len > 18)
-      continue;
-    long long v = 0;
-    Py_ssize_t k = 0;
-    for (; k < len && p[k] >= '0' && p[k] <= '9'; k++)
-      v = v * 10 + (p[k] - '0');
-    if (k == len)
+    long long v = pyb_length_digits(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+    if (v >= 0)
       length = v;
   }
   return length;

@@ -73,6 +73,20 @@ static inline PyObject *pyb_compat_module_by_def(PyTypeObject *type, PyModuleDef
 #define PyType_GetModuleByDef pyb_compat_module_by_def
 #endif
 
+/* A Content-Length value as the adapters read it: 1 to 18 ASCII digits, else
+ * -1 (the Python paths judge other forms). */
+static inline long long pyb_length_digits(const char *p, Py_ssize_t n) {
+  if (n < 1 || n > 18)
+    return -1;
+  long long v = 0;
+  for (Py_ssize_t k = 0; k < n; k++) {
+    if (p[k] < '0' || p[k] > '9')
+      return -1;
+    v = v * 10 + (p[k] - '0');
+  }
+  return v;
+}
+
 /* Common request methods, kept as interned str objects so that building
  * request.method allocates nothing and route lookups hash nothing. */
 enum {

@@ -515,8 +515,7 @@ static PyObject *build_path(RequestObject *self, const pmu_request_t *r) {
   return decoded;
 }
 
-/* (host, port) for IP families; for AF_UNIX, `unix_path` (the engine
- * keeps only the family of Unix addresses) or None. */
+/* (host, port) of an address's text `host` (len bytes). */
 static PyObject *host_port(const char *host, size_t len, uint16_t port) {
   PyObject *h = PyUnicode_DecodeASCII(host, (Py_ssize_t)len, NULL);
   if (h == NULL)
@@ -551,6 +550,8 @@ static size_t ipv4_text(const struct in_addr *a, char out[16]) {
   return n;
 }
 
+/* (host, port) for IP families; for AF_UNIX, `unix_path` (the engine
+ * keeps only the family of Unix addresses) or None. */
 PyObject *pyb_address(const struct sockaddr_storage *ss, PyObject *unix_path) {
   if (ss->ss_family == AF_INET) {
     const struct sockaddr_in *in = (const struct sockaddr_in *)ss;

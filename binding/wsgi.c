@@ -1215,17 +1215,8 @@ static long long app_length(StartObject *sr) {
       continue;
     if (!PyUnicode_CheckExact(value) || !PyUnicode_IS_ASCII(value))
       return -1;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
-    const char *v = (const char *)PyUnicode_1BYTE_DATA(value);
-    if (n == 0 || n > 18)
-      return -1;
-    long long x = 0;
-    for (Py_ssize_t k = 0; k < n; k++) {
-      if (v[k] < '0' || v[k] > '9')
-        return -1;
-      x = x * 10 + (v[k] - '0');
-    }
-    return x;
+    return pyb_length_digits((const char *)PyUnicode_1BYTE_DATA(value),
+                             PyUnicode_GET_LENGTH(value));
   }
   return -1;
 }

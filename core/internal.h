@@ -509,8 +509,9 @@ void pmu__deadline_after(int timeout_ms, struct timespec *out);
 /* ---- loop.c ---- */
 void *pmu__loop_main(void *arg);
 /* A driven loop (config.driven), on the caller's thread: its set-up (0 or
- * -errno, after which it is ended), and one turn without waiting (1 going on,
- * 0 ended; *next_ms as pmu_server_step's). */
+ * -errno, after which it is ended), and one turn without waiting of a loop
+ * not ended yet (1 going on, 0 ended; *next_ms as pmu_server_step's, which
+ * checks the rest and sets *next_ms to -1 first). */
 int pmu__loop_drive_begin(pmu__loop_t *loop);
 int pmu__loop_drive_step(pmu__loop_t *loop, int *next_ms);
 void pmu__loop_wake(pmu__loop_t *loop);

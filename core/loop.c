@@ -811,9 +811,6 @@ int pmu__loop_drive_begin(pmu__loop_t *loop) {
 }
 
 int pmu__loop_drive_step(pmu__loop_t *loop, int *next_ms) {
-  *next_ms = -1;
-  if (loop->drive_done)
-    return 0;
   pmu__loop_t *outer = pmu__current_loop;
   pmu__current_loop = loop;
   if (loop->wake_self_pending) { /* config.on_self_wake: what was handed over */

@@ -161,6 +161,14 @@ static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
 
 static int grow(char **buf, size_t *cap, size_t need) { return pmu__grow(buf, cap, need, 4096); }
 
+/* The spare given back last (the loop keeps a list through their first bytes). */
+static char *spare_take(pmu__loop_t *loop) {
+  char *p = loop->tls_spare;
+  memcpy(&loop->tls_spare, p, sizeof(char *));
+  loop->tls_nspare--;
+  return p;
+}
+
 /* Make room for `need` bytes (`used` of them taken) in one step: an empty
  * buffer takes a spare of TLS_SEND_BUF bytes when that is enough, else the
  * size is rounded up to a page (no doubling: the ciphertext of a send is known
@@ -170,11 +178,8 @@ static int reserve(pmu__loop_t *loop, char **buf, size_t *cap, size_t used, size
   if (need <= *cap)
     return 0;
   if (!used && need <= TLS_SEND_BUF && loop->tls_spare) {
-    char *p = loop->tls_spare;
-    memcpy(&loop->tls_spare, p, sizeof(char *));
-    loop->tls_nspare--;
     free(*buf); /* NULL, or the small buffer of earlier answers */
-    *buf = p;
+    *buf = spare_take(loop);
     *cap = TLS_SEND_BUF;
     return 0;
   }
@@ -450,12 +455,8 @@ void pmu__tls_conn_released(pmu__conn_t *c) {
 void pmu__tls_loop_exit(pmu__loop_t *loop) {
   free(loop->tls_buf);
   loop->tls_buf = NULL;
-  while (loop->tls_spare) {
-    char *p = loop->tls_spare;
-    memcpy(&loop->tls_spare, p, sizeof(char *));
-    free(p);
-  }
-  loop->tls_nspare = 0;
+  while (loop->tls_spare)
+    free(spare_take(loop));
 }
 
 int pmu__tls_handshaking(const pmu__conn_t *c) { return c->tls->state <= TLS_HANDSHAKE; }

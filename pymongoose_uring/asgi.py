@@ -1093,9 +1093,7 @@ class ASGIHandler:
         if nxt is None:  # stopped, its last connection closed: the ring is gone
             self._undrive(None)
         elif nxt == 0:  # work left for another turn (capped pipelines, short SQEs)
-            if not self._step_soon:
-                self._step_soon = True
-                loop.call_soon(self._step)
+            self._wake_step()
         elif nxt > 0:
             when = loop.time() + nxt / 1000.0
             timer = self._ring_timer
@@ -1105,8 +1103,9 @@ class ASGIHandler:
                 self._ring_timer = loop.call_at(when, self._timer_step)
 
     def _wake_step(self) -> None:
-        """The engine's on_self_wake: an answer given on this thread between steps
-        (a task's): the next step sends it, with no kernel wake-up."""
+        """A step soon (once until it runs): the engine's on_self_wake (an answer
+        given on this thread between steps, a task's: the next step sends it, with no
+        kernel wake-up), and a step that left work for the next."""
         if not self._step_soon and self._engine is not None:
             self._step_soon = True
             loop = self.loop
