@@ -19,17 +19,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define HEAP_MEASURED 0 /* ASan's allocator keeps its own books */
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HEAP_MEASURED 0
-#endif
-#endif
-#ifndef HEAP_MEASURED
-#define HEAP_MEASURED 1
-#endif
-
 #define HOLDERS 48
 #define BODY (64 * 1024)
 #define BUDGET (256 * 1024)
@@ -93,7 +82,7 @@ int main(void) {
     }
     wait_bytes_in(server, in0 + sent);
     size_t grown = heap_bytes() - heap0;
-    if (HEAP_MEASURED)
+    if (T_HEAP_MEASURED)
       T_ASSERT_MSG(grown < 4u << 20, "heap grew %zu bytes for %d bodies of 10 bytes", grown,
                    HOLDERS);
     T_ASSERT_INT_EQ(t_stats(server, -1).bodies_spooled, 0);
@@ -126,7 +115,7 @@ int main(void) {
                  "%llu bodies spooled of %d (budget for %d)", (unsigned long long)st.bodies_spooled,
                  HOLDERS, BUDGET / BODY);
     size_t grown = heap_bytes() - heap0;
-    if (HEAP_MEASURED)
+    if (T_HEAP_MEASURED)
       T_ASSERT_MSG(grown < 3 * BUDGET + (1u << 20), "heap grew %zu bytes, budget %d", grown,
                    BUDGET);
     T_ASSERT_INT_EQ(dir_entries(dir), 0);

@@ -198,6 +198,14 @@ static void answer_kept_quietly(void) {
   answered_kept_quietly = true;
 }
 
+/* t_config_init, this test's handler, driven with `threads` rings. */
+static void driven_config(pmu_config_t *c, unsigned threads) {
+  t_config_init(c);
+  c->handler = handler;
+  c->driven = 1;
+  c->threads = threads;
+}
+
 int main(void) {
   t_init("driven");
   driver = pthread_self();
@@ -205,10 +213,7 @@ int main(void) {
   t_case("a driven server runs one ring: threads=2 is refused with words");
   {
     pmu_config_t c;
-    t_config_init(&c);
-    c.handler = handler;
-    c.driven = 1;
-    c.threads = 2;
+    driven_config(&c, 2);
     pmu_server_t *s = NULL;
     T_ASSERT_INT_EQ(pmu_server_start(&c, &s), -EINVAL);
     T_ASSERT(s != NULL && strstr(pmu_server_error(s), "threads must be 1"));
@@ -216,10 +221,7 @@ int main(void) {
   }
 
   pmu_config_t c;
-  t_config_init(&c);
-  c.handler = handler;
-  c.driven = 1;
-  c.threads = 1;
+  driven_config(&c, 1);
   c.keepalive_timeout_ms = 300;
   pmu_server_t *s = NULL;
   T_ASSERT_INT_EQ(pmu_server_start(&c, &s), 0);
@@ -298,10 +300,7 @@ int main(void) {
   t_case("with on_self_wake, an answer between steps calls it once and wakes nothing");
   {
     pmu_config_t c3;
-    t_config_init(&c3);
-    c3.handler = handler;
-    c3.driven = 1;
-    c3.threads = 1;
+    driven_config(&c3, 1);
     c3.on_self_wake = on_self_wake;
     T_ASSERT_INT_EQ(pmu_server_start(&c3, &waking), 0);
     exchange_t x = {.request = "GET /keep HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"};

@@ -34,18 +34,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Heap measures mean nothing under ASan (its allocator, its quarantine). */
-#if defined(__SANITIZE_ADDRESS__)
-#define HEAP_MEASURED 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HEAP_MEASURED 0
-#endif
-#endif
-#ifndef HEAP_MEASURED
-#define HEAP_MEASURED 1
-#endif
-
 static t_tls_cert_t ca, leaf;
 static char file_path[600];
 static size_t file_len = 3 * 1024 * 1024 + 123; /* above file_splice_min: the read path */
@@ -416,22 +404,6 @@ static void test_dribble(t_server_t *s) {
   T_ASSERT_INT_EQ(after.tls_handshakes - before.tls_handshakes, 1);
 }
 
-/* Everything the server sends until it closes (at most cap bytes). */
-static size_t read_until_closed(int fd, char *buf, size_t cap) {
-  size_t got = 0;
-  int64_t until = t_now_ms() + T_EVENT_MS;
-  while (t_now_ms() < until) {
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    if (poll(&p, 1, 200) != 1)
-      continue;
-    ssize_t n = recv(fd, buf + got, cap - got, 0);
-    if (n <= 0)
-      return got;
-    got += (size_t)n;
-  }
-  T_FAIL("the server did not close");
-}
-
 static void test_garbage(t_server_t *s) {
   static const char *const garbage[] = {
       "\x16\x03\x01\x00\x10"
@@ -447,7 +419,7 @@ static void test_garbage(t_server_t *s) {
     size_t len = i == 1 ? 16 : i == 0 ? 21 : 5;
     T_ASSERT(send(fd, garbage[i], len, MSG_NOSIGNAL) == (ssize_t)len);
     char buf[256];
-    size_t got = read_until_closed(fd, buf, sizeof buf);
+    size_t got = t_read_until_closed(fd, buf, sizeof buf);
     if (i != 1)
       T_ASSERT_MSG(got >= 7 && buf[0] == 0x15, "no alert record (got %zu bytes)", got);
     else
@@ -594,7 +566,7 @@ static size_t heap_bytes(void) {
 }
 
 static void test_bulk(t_server_t *s) {
-  if (!HEAP_MEASURED)
+  if (!T_HEAP_MEASURED)
     return;
   t_case("a 1 MiB answer goes in sends of 32 KiB of plaintext");
   tconn_t *one = tc_connect(s->port, NULL);
@@ -811,7 +783,7 @@ static void test_timeout(void) {
   int fd = raw_connect(s->port);
   int64_t t0 = t_now_ms();
   char buf[64];
-  T_ASSERT_INT_EQ(read_until_closed(fd, buf, sizeof buf), 0);
+  T_ASSERT_INT_EQ(t_read_until_closed(fd, buf, sizeof buf), 0);
   int64_t took = t_now_ms() - t0;
   T_ASSERT_MSG(took >= 250 && took < 5000, "closed after %lld ms", (long long)took);
   close(fd);

@@ -191,22 +191,6 @@ static int send_client_hello(uint16_t port) {
   return fd;
 }
 
-/* Bytes until the server closes (at most T_EVENT_MS); the count. */
-static size_t read_until_closed(int fd, char *buf, size_t cap) {
-  size_t got = 0;
-  int64_t until = t_now_ms() + T_EVENT_MS;
-  while (t_now_ms() < until) {
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    if (poll(&p, 1, 200) != 1)
-      continue;
-    ssize_t n = recv(fd, buf + got, cap - got, 0);
-    if (n <= 0)
-      return got;
-    got += (size_t)n;
-  }
-  T_FAIL("the server did not close");
-}
-
 typedef struct {
   SSL *ssl;
   int fd;
@@ -394,7 +378,7 @@ static void test_waiting_bounded(void) {
   fd = send_client_hello(s->port);
   int64_t t0 = t_now_ms();
   char buf[64];
-  read_until_closed(fd, buf, sizeof buf);
+  t_read_until_closed(fd, buf, sizeof buf);
   int64_t took = t_now_ms() - t0;
   close(fd);
   T_ASSERT_MSG(took >= 300 && took < 5000, "closed after %lld ms", (long long)took);
@@ -422,7 +406,7 @@ static void test_waiting_bounded(void) {
   T_ASSERT_MSG(waited >= 250, "the second did not wait for the slot (%lld ms)", (long long)waited);
   client_close(&c);
 
-  size_t got = read_until_closed(first, buf, sizeof buf); /* its alert, then closed */
+  size_t got = t_read_until_closed(first, buf, sizeof buf); /* its alert, then closed */
   T_ASSERT_MSG(got >= 7 && buf[0] == 0x15, "no alert record (got %zu bytes)", got);
   close(first);
   T_WAIT_UNTIL(t_stats(s, -1).connections_open == 0, T_EVENT_MS);

@@ -165,6 +165,21 @@ int t_count_fds(void) {
   return n - 1; /* the directory stream's own fd */
 }
 
+size_t t_read_until_closed(int fd, char *buf, size_t cap) {
+  size_t got = 0;
+  int64_t until = t_now_ms() + T_EVENT_MS;
+  while (t_now_ms() < until) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 200) != 1)
+      continue;
+    ssize_t n = recv(fd, buf + got, cap - got, 0);
+    if (n <= 0)
+      return got;
+    got += (size_t)n;
+  }
+  T_FAIL("the server did not close");
+}
+
 bool t_raise_nofile(unsigned long want) {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) < 0)

@@ -162,6 +162,23 @@ int t_count_fds(void);
 /* Raise RLIMIT_NOFILE to at least `want`; false if the hard limit forbids. */
 bool t_raise_nofile(unsigned long want);
 
+/* Every byte the peer of `fd` sends until it closes (at most `cap`, and at most
+ * T_EVENT_MS: the test fails if it has not closed by then); the count. */
+size_t t_read_until_closed(int fd, char *buf, size_t cap);
+
+/* Whether heap measures (mallinfo2, RSS) mean anything in this build: not under
+ * ASan, whose allocator and quarantine keep their own books. */
+#if defined(__SANITIZE_ADDRESS__)
+#define T_HEAP_MEASURED 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define T_HEAP_MEASURED 0
+#endif
+#endif
+#ifndef T_HEAP_MEASURED
+#define T_HEAP_MEASURED 1
+#endif
+
 /* ---- the server under test --------------------------------------------- */
 
 typedef struct t_server {

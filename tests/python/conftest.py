@@ -195,6 +195,17 @@ def get_json(server, path="/", **kw):
     return json.loads(body)
 
 
+def recv_until_closed(sock):
+    """Every byte the server sends on `sock` until it closes (within the socket's
+    timeout)."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def read_closed(port, raw, source=None):
     """Send the bytes `raw` on a fresh connection (from the address `source`, when
     given) and read until the server closes:
@@ -204,12 +215,7 @@ def read_closed(port, raw, source=None):
     )
     try:
         sock.sendall(raw)
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = recv_until_closed(sock)
     finally:
         sock.close()
     head, _, body = data.partition(b"\r\n\r\n")

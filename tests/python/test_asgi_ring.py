@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import recv_until_closed, request, wait_until
 from pymongoose_uring.asgi import ASGIServer
 
 
@@ -23,14 +24,9 @@ async def hello(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
-def get(server, path="/", timeout=10):
-    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
+def get(server, path="/"):
+    status, _, body, _ = request(server, path=path)
+    return status, body
 
 
 def started(app, **options):
@@ -128,12 +124,7 @@ def test_timers_fire_with_the_loop_otherwise_idle():
         c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
         c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         t0 = time.monotonic()
-        data = b""
-        while True:
-            chunk = c.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = recv_until_closed(c)
         took = time.monotonic() - t0
         c.close()
         assert data.startswith(b"HTTP/1.1 200")
@@ -177,10 +168,7 @@ def test_stop_from_the_app_on_the_loops_thread_does_not_wait_for_itself():
     holder["server"] = s
     try:
         assert get(s) == (200, b"bye")
-        deadline = time.monotonic() + 5
-        while s.handler._engine is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert s.handler._engine is None  # its last step ran on the loop's thread
+        wait_until(lambda: s.handler._engine is None, 5, "the loop's last step of the ring")
         assert s.server._engine.fileno() == -1  # and the ring is gone
     finally:
         s.stop()

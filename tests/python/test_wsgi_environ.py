@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import request
+from conftest import recv_until_closed, request
 from pymongoose_uring import _native
 from pymongoose_uring.wsgi import WSGIHandler
 
@@ -246,12 +246,7 @@ def _raw_exchange(port, name):
     is complete, the Date header left out."""
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.sendall(b"GET /%s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % name.encode())
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = recv_until_closed(s)
     s.close()
     head, _, body = data.partition(b"\r\n\r\n")
     lines = [x for x in head.split(b"\r\n") if not x.lower().startswith(b"date:")]
