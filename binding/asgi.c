@@ -4,6 +4,8 @@
  *   asgi_scope(request, base, state, forwarded)  the http scope of a request
  *   ASGICycle                                   the base of asgi.py's _Cycle: one
  *                                               request's receive() and send()
+ *   ASGIStarter                                 ASGIHandler._start: a request's
+ *                                               scope, coroutine and Task
  *
  * What a plain request needs happens here without a Python frame: the scope
  * dict (interned keys, header pairs built once from the engine's request),
@@ -22,9 +24,10 @@
 #include <time.h>
 
 struct pyb_asgi {
-  PyTypeObject *done_type;  /* an awaitable already done (Done below) */
-  PyTypeObject *cycle_type; /* ASGICycle */
-  PyObject *done_none;      /* the Done whose value is None, shared */
+  PyTypeObject *done_type;    /* an awaitable already done (Done below) */
+  PyTypeObject *cycle_type;   /* ASGICycle */
+  PyTypeObject *starter_type; /* ASGIStarter */
+  PyObject *done_none;        /* the Done whose value is None, shared */
   PyObject *empty_bytes, *empty_tuple, *zero;
   /* scope keys, in the order asgi.py's ASGIHandler.scope gives them */
   PyObject *k_http_version, *k_server, *k_client, *k_method, *k_path, *k_raw_path, *k_query_string,
@@ -230,13 +233,15 @@ PyDoc_STRVAR(asgi_scope_doc,
              "`forwarded` is not None, forwarded(scope) is called last (it may change\n"
              "client and scheme). Equal to asgi.py's ASGIHandler.scope().");
 
+static PyObject *make_scope(pyb_state *st, PyObject *request, const pmu_request_t *r,
+                            PyObject *base, PyObject *state, PyObject *forwarded);
+
 static PyObject *asgi_scope(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
   if (nargs < 3 || nargs > 4) {
     PyErr_SetString(PyExc_TypeError, "asgi_scope(request, base, state, forwarded=None)");
     return NULL;
   }
   pyb_state *st = (pyb_state *)PyModule_GetState(module);
-  struct pyb_asgi *a = st->asgi;
   PyObject *request = args[0], *base = args[1], *state = args[2];
   PyObject *forwarded = nargs == 4 ? args[3] : Py_None;
   if (!PyObject_TypeCheck(request, st->request_type) || !PyDict_Check(base) ||
@@ -247,6 +252,13 @@ static PyObject *asgi_scope(PyObject *module, PyObject *const *args, Py_ssize_t 
   const pmu_request_t *r = pyb_request_view(request);
   if (r == NULL)
     return NULL;
+  return make_scope(st, request, r, base, state, forwarded);
+}
+
+/* asgi_scope's work, its arguments checked. New reference or NULL. */
+static PyObject *make_scope(pyb_state *st, PyObject *request, const pmu_request_t *r,
+                            PyObject *base, PyObject *state, PyObject *forwarded) {
+  struct pyb_asgi *a = st->asgi;
   PyObject *scope = PyDict_Copy(base);
   if (scope == NULL)
     return NULL;
@@ -628,6 +640,377 @@ static PyType_Spec cycle_spec = {
     .slots = cycle_slots,
 };
 
+/* ---- ASGIStarter ---- */
+
+/*
+ * What ASGIHandler._start does for a plain http request, without a Python
+ * frame: the cycle, the scope, the app's coroutine and the Task that runs it
+ * (asyncio.Task(coro, loop=, name=), eagerly on Python 3.12+), then the
+ * bookkeeping of its end (asgi.py's _sweep, sweep() here). Called by the
+ * engine for each request while the loop's thread drives the ring, and by
+ * _drain otherwise; a request on a TLS connection, a WebSocket handshake, or
+ * anything this does not take goes to the handler's own _start.
+ */
+typedef struct {
+  PyObject_HEAD
+  pyb_state *st; /* borrowed: the type holds the module */
+  vectorcallfunc vectorcall;
+  PyObject *handler;    /* the ASGIHandler */
+  PyObject *cycle_type; /* asgi.py's _Cycle */
+  PyObject *app, *loop, *task_type, *kwnames, *name;
+  PyObject *base, *state, *forward; /* asgi_scope's arguments (forward: None or callable) */
+  PyObject *fresh;                  /* list of (task, cycle), Python < 3.12: sweep() ends them */
+  PyObject *tasks;                  /* dict task -> cycle of those still running */
+  /* names: the task's methods, the cycle's, and the handler's (looked up when
+   * used: they are for the rarer paths) */
+  PyObject *s_done, *s_cancelled, *s_exception, *s_add_done_callback, *s_receive, *s_send;
+  PyObject *s_start, *s_failed, *s_ended, *s_finished;
+  int eager, websocket;
+} StarterObject;
+
+#define STARTER(o) ((StarterObject *)(o))
+
+static PyObject *starter_call(PyObject *op, PyObject *const *args, size_t nargsf,
+                              PyObject *kwnames);
+
+/* The handler's attribute `name`, or NULL. */
+static PyObject *bound(PyObject *handler, const char *name) {
+  return PyObject_GetAttrString(handler, name);
+}
+
+static PyObject *starter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+  PyObject *handler, *cycle_type, *task_type, *name;
+  int eager;
+  static char *kw[] = {"handler", "cycle_type", "task_type", "name", "eager", NULL};
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOUp:ASGIStarter", kw, &handler, &cycle_type,
+                                   &task_type, &name, &eager))
+    return NULL;
+  pyb_state *st = pyb_state_from_type(type);
+  if (!PyType_Check(cycle_type) ||
+      !PyType_IsSubtype((PyTypeObject *)cycle_type, st->asgi->cycle_type)) {
+    PyErr_SetString(PyExc_TypeError, "ASGIStarter: cycle_type must be a subclass of ASGICycle");
+    return NULL;
+  }
+  StarterObject *self = (StarterObject *)type->tp_alloc(type, 0);
+  if (self == NULL)
+    return NULL;
+  self->st = st;
+  self->vectorcall = NULL; /* set last: a half-made starter is not callable */
+  self->handler = Py_NewRef(handler);
+  self->cycle_type = Py_NewRef(cycle_type);
+  self->task_type = Py_NewRef(task_type);
+  self->name = Py_NewRef(name);
+  self->eager = eager;
+  PyObject *ws = NULL;
+  if ((self->app = bound(handler, "app")) == NULL ||
+      (self->loop = bound(handler, "loop")) == NULL ||
+      (self->base = bound(handler, "_scope_base")) == NULL ||
+      (self->state = bound(handler, "state")) == NULL ||
+      (self->forward = bound(handler, "_forward")) == NULL ||
+      (self->fresh = bound(handler, "_fresh")) == NULL ||
+      (self->tasks = bound(handler, "_tasks")) == NULL ||
+      (ws = bound(handler, "websocket")) == NULL)
+    goto fail;
+  self->websocket = PyObject_IsTrue(ws);
+  Py_DECREF(ws);
+  if (self->websocket < 0)
+    goto fail;
+  if (!PyDict_Check(self->base) || !PyDict_Check(self->state) || !PyList_Check(self->fresh) ||
+      !PyDict_Check(self->tasks)) {
+    PyErr_SetString(PyExc_TypeError,
+                    "ASGIStarter: the handler's _scope_base, state, _fresh and _tasks must be a "
+                    "dict, a dict, a list and a dict");
+    goto fail;
+  }
+  self->kwnames = eager ? Py_BuildValue("(sss)", "loop", "name", "eager_start")
+                        : Py_BuildValue("(ss)", "loop", "name");
+  if (self->kwnames == NULL || (self->s_done = PyUnicode_InternFromString("done")) == NULL ||
+      (self->s_cancelled = PyUnicode_InternFromString("cancelled")) == NULL ||
+      (self->s_exception = PyUnicode_InternFromString("exception")) == NULL ||
+      (self->s_add_done_callback = PyUnicode_InternFromString("add_done_callback")) == NULL ||
+      (self->s_receive = PyUnicode_InternFromString("receive")) == NULL ||
+      (self->s_send = PyUnicode_InternFromString("send")) == NULL ||
+      (self->s_start = PyUnicode_InternFromString("_start")) == NULL ||
+      (self->s_failed = PyUnicode_InternFromString("_failed")) == NULL ||
+      (self->s_ended = PyUnicode_InternFromString("_ended")) == NULL ||
+      (self->s_finished = PyUnicode_InternFromString("_finished")) == NULL)
+    goto fail;
+  self->vectorcall = starter_call;
+  return (PyObject *)self;
+fail:
+  Py_DECREF(self);
+  return NULL;
+}
+
+#define STARTER_FIELDS(X)                                                                      \
+  X(handler)                                                                                   \
+  X(cycle_type)                                                                                \
+  X(app) X(loop) X(task_type) X(kwnames) X(name) X(base) X(state) X(forward) X(fresh) X(tasks) \
+      X(s_done) X(s_cancelled) X(s_exception) X(s_add_done_callback) X(s_receive) X(s_send)    \
+          X(s_start) X(s_failed) X(s_ended) X(s_finished)
+
+static int starter_traverse(PyObject *op, visitproc visit, void *arg) {
+  StarterObject *self = STARTER(op);
+  Py_VISIT(Py_TYPE(op));
+#define VISIT(f) Py_VISIT(self->f);
+  STARTER_FIELDS(VISIT)
+#undef VISIT
+  return 0;
+}
+
+static int starter_clear(PyObject *op) {
+  StarterObject *self = STARTER(op);
+  self->vectorcall = NULL;
+#define CLEAR(f) Py_CLEAR(self->f);
+  STARTER_FIELDS(CLEAR)
+#undef CLEAR
+  return 0;
+}
+
+static void starter_dealloc(PyObject *op) {
+  PyTypeObject *tp = Py_TYPE(op);
+  PyObject_GC_UnTrack(op);
+  starter_clear(op);
+  tp->tp_free(op);
+  Py_DECREF(tp);
+}
+
+/* task.<name>() (no arguments). New reference or NULL. */
+static PyObject *call0(PyObject *obj, PyObject *name) {
+  return PyObject_VectorcallMethod(name, &obj, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* Whether a done task ended as every plain request does: its app answered
+ * (cycle.done) and returned. 1 yes, 0 no (_ended looks at it), -1 error. */
+static int ended_plainly(StarterObject *self, PyObject *task, PyObject *cycle) {
+  if (!CYC(cycle)->done)
+    return 0;
+  PyObject *c = call0(task, self->s_cancelled);
+  if (c == NULL)
+    return -1;
+  int cancelled = PyObject_IsTrue(c);
+  Py_DECREF(c);
+  if (cancelled)
+    return cancelled < 0 ? -1 : 0;
+  PyObject *e = call0(task, self->s_exception);
+  if (e == NULL)
+    return -1;
+  int plain = e == Py_None;
+  Py_DECREF(e);
+  return plain;
+}
+
+/* A task past its first step: ended (through _ended unless plainly) when
+ * done, else watched through the done callback. 0 or -1. */
+static int settle(StarterObject *self, PyObject *task, PyObject *cycle) {
+  PyObject *d = call0(task, self->s_done);
+  if (d == NULL)
+    return -1;
+  int done = PyObject_IsTrue(d);
+  Py_DECREF(d);
+  if (done < 0)
+    return -1;
+  if (done) {
+    int plain = ended_plainly(self, task, cycle);
+    if (plain != 0) /* 1: nothing more to do; -1: error */
+      return plain < 0 ? -1 : 0;
+    PyObject *args[] = {self->handler, task, cycle};
+    PyObject *rc =
+        PyObject_VectorcallMethod(self->s_ended, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(rc);
+    return rc ? 0 : -1;
+  }
+  if (PyDict_SetItem(self->tasks, task, cycle) < 0)
+    return -1;
+  PyObject *finished = PyObject_GetAttr(self->handler, self->s_finished);
+  if (finished == NULL)
+    return -1;
+  PyObject *args[] = {task, finished};
+  PyObject *rc = PyObject_VectorcallMethod(self->s_add_done_callback, args,
+                                           2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+  Py_DECREF(finished);
+  Py_XDECREF(rc);
+  return rc ? 0 : -1;
+}
+
+/* The app's coroutine for one request: app(scope, cycle.receive, cycle.send).
+ * New reference or NULL. */
+static PyObject *app_coroutine(StarterObject *self, PyObject *request, PyObject *cycle,
+                               const pmu_request_t *r) {
+  PyObject *scope = make_scope(self->st, request, r, self->base, self->state, self->forward);
+  if (scope == NULL)
+    return NULL;
+  /* For the access log: behind a proxy, its client. */
+  PyObject *client = PyDict_GetItemWithError(scope, self->st->asgi->k_client);
+  if (client == NULL && PyErr_Occurred()) {
+    Py_DECREF(scope);
+    return NULL;
+  }
+  Py_XSETREF(CYC(cycle)->client, Py_NewRef(client ? client : Py_None));
+  PyObject *receive = PyObject_GetAttr(cycle, self->s_receive);
+  PyObject *send = receive ? PyObject_GetAttr(cycle, self->s_send) : NULL;
+  PyObject *coro = NULL;
+  if (send != NULL) {
+    PyObject *args[] = {scope, receive, send};
+    coro = PyObject_Vectorcall(self->app, args, 3, NULL);
+  }
+  Py_XDECREF(send);
+  Py_XDECREF(receive);
+  Py_DECREF(scope);
+  return coro;
+}
+
+/* The Task of a coroutine: Task(coro, loop=loop, name=name[, eager_start=True]);
+ * an awaitable that is not a coroutine through the handler's _await. New
+ * reference or NULL. */
+static PyObject *make_task(StarterObject *self, PyObject *coro) {
+  PyObject *args[] = {coro, self->loop, self->name, Py_True};
+  PyObject *task = PyObject_Vectorcall(self->task_type, args, 1, self->kwnames);
+  if (task != NULL || !PyErr_ExceptionMatches(PyExc_TypeError))
+    return task;
+  PyErr_Clear(); /* loop.create_task(self._await(coro)), as _start does */
+  PyObject *wrapped = PyObject_CallMethod(self->handler, "_await", "O", coro);
+  if (wrapped == NULL)
+    return NULL;
+  task = PyObject_CallMethod(self->loop, "create_task", "O", wrapped);
+  Py_DECREF(wrapped);
+  return task;
+}
+
+static PyObject *starter_call(PyObject *op, PyObject *const *args, size_t nargsf,
+                              PyObject *kwnames) {
+  StarterObject *self = STARTER(op);
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+    PyErr_SetString(PyExc_TypeError, "ASGIStarter(request) takes one argument");
+    return NULL;
+  }
+  PyObject *request = args[0];
+  PyObject *sargs[] = {self->handler, request};
+  if (Py_TYPE(request) != self->st->request_type)
+    return PyObject_VectorcallMethod(self->s_start, sargs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+  const pmu_request_t *r = pyb_request_view(request);
+  if (r == NULL)
+    return NULL;
+  if (r->tls || (self->websocket && pyb_request_ws_upgrade(request)))
+    return PyObject_VectorcallMethod(self->s_start, sargs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+  PyObject *cargs[] = {request, self->handler};
+  PyObject *cycle = PyObject_Vectorcall(self->cycle_type, cargs, 2, NULL);
+  if (cycle == NULL)
+    return NULL;
+  PyObject *task = NULL, *coro = app_coroutine(self, request, cycle, r);
+  if (coro != NULL) {
+    task = make_task(self, coro);
+    Py_DECREF(coro);
+  }
+  if (task == NULL) { /* what _start's `except Exception` does: _failed answers */
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+      Py_DECREF(cycle);
+      return NULL;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL)
+      PyException_SetTraceback(value, tb);
+    PyObject *fargs[] = {self->handler, request, cycle, value};
+    PyObject *rc =
+        PyObject_VectorcallMethod(self->s_failed, fargs, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    Py_DECREF(cycle);
+    return rc;
+  }
+  int rc;
+  if (self->eager) { /* its first step ran in the constructor */
+    rc = settle(self, task, cycle);
+  } else { /* looked at once the tasks took their first step: sweep() */
+    PyObject *pair = PyTuple_Pack(2, task, cycle);
+    rc = pair ? PyList_Append(self->fresh, pair) : -1;
+    Py_XDECREF(pair);
+  }
+  Py_DECREF(task);
+  Py_DECREF(cycle);
+  return rc < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+PyDoc_STRVAR(starter_sweep_doc,
+             "sweep(count)\n\n"
+             "After the first steps of the `count` oldest tasks in the handler's _fresh\n"
+             "list: those done end (through the handler's _ended, unless answered and\n"
+             "returned plainly), the others get the handler's _finished as done callback.\n"
+             "asgi.py's ASGIHandler._sweep.");
+
+static PyObject *starter_sweep(PyObject *op, PyObject *arg) {
+  StarterObject *self = STARTER(op);
+  Py_ssize_t count = PyLong_AsSsize_t(arg);
+  if (count == -1 && PyErr_Occurred())
+    return NULL;
+  Py_ssize_t size = PyList_GET_SIZE(self->fresh);
+  if (count < 0 || count > size)
+    count = size;
+  PyObject *batch = PyList_GetSlice(self->fresh, 0, count);
+  if (batch == NULL || PyList_SetSlice(self->fresh, 0, count, NULL) < 0) {
+    Py_XDECREF(batch);
+    return NULL;
+  }
+  int rc = 0;
+  for (Py_ssize_t i = 0; i < count && rc == 0; i++) {
+    PyObject *pair = PyList_GET_ITEM(batch, i);
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+        !PyObject_TypeCheck(PyTuple_GET_ITEM(pair, 1), self->st->asgi->cycle_type)) {
+      PyErr_SetString(PyExc_TypeError, "sweep: _fresh holds (task, cycle) pairs");
+      rc = -1;
+      break;
+    }
+    rc = settle(self, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
+  }
+  Py_DECREF(batch);
+  return rc < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyMethodDef starter_methods[] = {
+    {"sweep", starter_sweep, METH_O, starter_sweep_doc},
+    {NULL},
+};
+
+static PyMemberDef starter_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(StarterObject, vectorcall), READONLY, NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(starter_doc,
+             "ASGIStarter(handler, cycle_type, task_type, name, eager)\n\n"
+             "starter(request): ASGIHandler._start for a plain http request, in C: a\n"
+             "cycle_type(request, handler), the scope (asgi_scope with the handler's\n"
+             "_scope_base, state and _forward), app(scope, cycle.receive, cycle.send), and\n"
+             "task_type(coro, loop=handler.loop, name=name[, eager_start=True]). Eager, a\n"
+             "task done at once ends here; else (task, cycle) joins handler._fresh for\n"
+             "sweep(). TLS requests and WebSocket handshakes go to handler._start. The\n"
+             "handler's fields are read once, here: make it after the lifespan startup.");
+
+static PyType_Slot starter_slots[] = {
+    {Py_tp_new, starter_new},
+    {Py_tp_dealloc, starter_dealloc},
+    {Py_tp_traverse, starter_traverse},
+    {Py_tp_clear, starter_clear},
+    {Py_tp_methods, starter_methods},
+    {Py_tp_members, starter_members},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_doc, (void *)starter_doc},
+    {0, NULL},
+};
+
+static PyType_Spec starter_spec = {
+    .name = "pymongoose_uring._pmu.ASGIStarter",
+    .basicsize = sizeof(StarterObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = starter_slots,
+};
+
 /* ---- module ---- */
 
 static PyMethodDef asgi_functions[] = {
@@ -651,7 +1034,9 @@ int pyb_asgi_exec(PyObject *module, pyb_state *st) {
   if (a->done_type == NULL)
     return -1;
   a->cycle_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &cycle_spec, NULL);
+  a->starter_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &starter_spec, NULL);
   if (a->cycle_type == NULL || PyModule_AddType(module, a->cycle_type) < 0 ||
+      a->starter_type == NULL || PyModule_AddType(module, a->starter_type) < 0 ||
       PyModule_AddFunctions(module, asgi_functions) < 0)
     return -1;
   DoneObject *none = PyObject_New(DoneObject, a->done_type);
@@ -686,6 +1071,7 @@ int pyb_asgi_traverse(pyb_state *st, visitproc visit, void *arg) {
   if (a != NULL) {
     Py_VISIT(a->done_type);
     Py_VISIT(a->cycle_type);
+    Py_VISIT(a->starter_type);
   }
   return 0;
 }
@@ -697,6 +1083,7 @@ void pyb_asgi_clear(pyb_state *st) {
   PyObject **objs[] = {
       (PyObject **)&a->done_type,
       (PyObject **)&a->cycle_type,
+      (PyObject **)&a->starter_type,
       &a->done_none,
       &a->empty_bytes,
       &a->empty_tuple,

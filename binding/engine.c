@@ -1036,25 +1036,46 @@ static PyObject *engine_start(PyObject *op, PyObject *unused) {
 
 PyDoc_STRVAR(
     start_driven_doc,
-    "start_driven(wake=None)\n\nBind the listener(s) and set up the one ring (threads must "
-    "be 1)\non this thread, which then runs it: call step() whenever fileno() is\n"
+    "start_driven(wake=None, handler=None)\n\nBind the listener(s) and set up the one ring "
+    "(threads must be 1)\non this thread, which then runs it: call step() whenever fileno() is\n"
     "readable or the time step() asked for has come (an event loop's reader\n"
     "and timer), until step() returns None. Handlers run inside step(), on\n"
     "this thread. Answers given on it between steps wake fileno(), or, with\n"
     "wake, call wake() once until the next step: it must see that step() runs\n"
-    "soon (loop.call_soon), and saves a kernel wake-up per batch.");
+    "soon (loop.call_soon), and saves a kernel wake-up per batch. With handler,\n"
+    "it replaces the engine's (which had to be given, routes or not): one that\n"
+    "only works on this thread (the ASGI adapter's ASGIStarter).");
 
 static PyObject *engine_start_driven(PyObject *op, PyObject *args) {
-  PyObject *wake = Py_None;
-  if (!PyArg_ParseTuple(args, "|O:start_driven", &wake))
+  PyObject *wake = Py_None, *handler = Py_None;
+  if (!PyArg_ParseTuple(args, "|OO:start_driven", &wake, &handler))
     return NULL;
   if (wake != Py_None && !PyCallable_Check(wake)) {
     PyErr_SetString(PyExc_TypeError, "start_driven(wake): wake must be callable or None");
     return NULL;
   }
   EngineObject *self = ENGINE(op);
+  if (handler != Py_None && (!PyCallable_Check(handler) || self->handler == NULL)) {
+    PyErr_SetString(PyExc_TypeError,
+                    self->handler == NULL
+                        ? "start_driven(wake, handler): this engine has no handler to replace"
+                        : "start_driven(wake, handler): handler must be callable or None");
+    return NULL;
+  }
   Py_XSETREF(self->drive_wake, wake != Py_None ? Py_NewRef(wake) : NULL);
-  return start_server(self, 1);
+  PyObject *before = NULL;
+  if (handler != Py_None) {
+    before = self->handler;
+    self->handler = Py_NewRef(handler);
+  }
+  PyObject *rc = start_server(self, 1);
+  if (before != NULL) {
+    if (rc == NULL) /* not started: the engine keeps its own handler */
+      Py_SETREF(self->handler, before);
+    else
+      Py_DECREF(before);
+  }
+  return rc;
 }
 
 /* config.on_self_wake: an answer (or a stop) given on the driving thread

@@ -241,6 +241,8 @@ else:
 _asgi_scope: Any = getattr(_native._pmu, "asgi_scope", None)
 _hold_wakeups, _flush_wakeups = _native.hold_wakeups, _native.flush_wakeups
 _after_batch = _native._pmu.after_batch
+# ASGIStarter(handler, ...): ASGIHandler._start and _sweep in C.
+_Starter: Any = getattr(_native._pmu, "ASGIStarter", None)
 
 
 class _Cycle(_CycleBaseC):
@@ -903,6 +905,9 @@ class ASGIHandler:
         self._tasks: Dict["asyncio.Task[Any]", Optional[_Cycle]] = {}
         # Tasks just made (Python < 3.12), with their cycles, until _sweep looks at them.
         self._fresh: List[Tuple["asyncio.Task[Any]", _Cycle]] = []
+        # _start and _sweep, or the same in C (_Starter), once start() ran.
+        self._dispatch: Callable[[Request], None] = self._start
+        self._sweeper: Callable[[int], None] = self._sweep
         self._root_task: Optional["asyncio.Task[Any]"] = None  # the loop thread's (start)
         self._stopped: Optional["asyncio.Future[None]"] = None  # ends it
 
@@ -940,6 +945,12 @@ class ASGIHandler:
                 self.close()
                 raise
         self._plain_tasks = self.loop.get_task_factory() is None
+        # What starts a request's task on the loop: _start, or the same in C (the
+        # handler's fields it reads, state among them, are set by now).
+        self._dispatch, self._sweeper = self._start, self._sweep
+        if _Starter is not None and self._plain_tasks and _CycleBaseC is not _CycleBase:
+            starter = _Starter(self, _Cycle, _Task, _TASK_NAME, _EAGER)
+            self._dispatch, self._sweeper = starter, starter.sweep
         return self.loop
 
     async def _root(self) -> None:
@@ -1061,7 +1072,8 @@ class ASGIHandler:
 
         def begin() -> None:
             try:
-                engine.start_driven(self._wake_step)
+                # Requests go straight to _dispatch (no __call__ in between).
+                engine.start_driven(self._wake_step, self._dispatch)
             except BaseException as exc:
                 begun.set_exception(exc)
                 return
@@ -1089,7 +1101,13 @@ class ASGIHandler:
         self._step_soon = False
         loop = self.loop
         assert loop is not None
+        before = len(self._fresh)
         nxt = engine.step()
+        made = len(self._fresh) - before
+        if made:
+            # After the first steps of the tasks this turn made (all its batches'),
+            # queued behind them.
+            loop.call_soon(self._sweeper, made)
         if nxt is None:  # stopped, its last connection closed: the ring is gone
             self._undrive(None)
         elif nxt == 0:  # work left for another turn (capped pipelines, short SQEs)
@@ -1138,11 +1156,8 @@ class ASGIHandler:
         """The engine handler (ring thread, GIL held): queue the request for the
         loop. The first request of a batch posts one drain to the loop; the
         loop cannot run before the ring releases the GIL at the batch's end,
-        so that drain finds the whole batch. With the ring on the loop's own
-        thread (a step of it runs this), the request's task starts at once."""
-        if self._engine is not None:
-            self._start(request)
-            return
+        so that drain finds the whole batch. (With the ring on the loop's own
+        thread, the engine calls _dispatch itself.)"""
         self._queue.append(request)
         if not self._scheduled:
             self._scheduled = True
@@ -1190,14 +1205,16 @@ class ASGIHandler:
         # answers without waiting) wake the ring once, after the last: the ring then
         # sends them together, instead of waking (on this very CPU, mostly) for each.
         _hold_wakeups()
+        before = len(self._fresh)
         try:
-            queue, start = self._queue, self._start
+            queue, start = self._queue, self._dispatch
             while queue:
                 start(queue.popleft())
         finally:
             loop.call_soon(_flush_wakeups)  # after the tasks' first steps (FIFO)
-            if self._fresh:
-                loop.call_soon(self._sweep)
+            made = len(self._fresh) - before
+            if made:
+                loop.call_soon(self._sweeper, made)
 
     def _start(self, request: Request) -> None:
         """On the loop: the task of one request (its first step runs here on Python
@@ -1239,13 +1256,10 @@ class ASGIHandler:
                 self._tasks[task] = cycle
                 task.add_done_callback(self._finished)
         else:
-            # Looked at once the batch's tasks have taken their first step (_sweep):
-            # queued at the end of the engine's batch (with the ring on this thread),
-            # or by _drain after its last task.
-            fresh = self._fresh
-            if not fresh and self._engine is not None:
-                _after_batch(self._sweep_soon)
-            fresh.append((task, cycle))
+            # Looked at once the tasks have taken their first step (_sweep): queued
+            # at the end of the ring's turn (with the ring on this thread), or by
+            # _drain after its last task.
+            self._fresh.append((task, cycle))
         # An eager first step that raised left a traceback whose app frame has this
         # frame as its f_back, kept with the locals it has when it returns: without
         # these, task -> exception -> traceback -> frames -> task would be a cycle that
@@ -1263,12 +1277,15 @@ class ASGIHandler:
         if cycle is not None:
             self._ended(task, cycle)
 
-    def _sweep(self) -> None:
-        """After the first steps of the tasks _start made (a callback queued behind
-        them): those already done end here, the others get the done callback. A done
-        callback costs a loop callback and a dict entry per request (0.7-1.0 µs a
-        request in-process here); most apps answer in their first step."""
-        fresh, self._fresh = self._fresh, []
+    def _sweep(self, count: int) -> None:
+        """After the first steps of the `count` oldest tasks _start made (a callback
+        queued behind them, by the ring's turn or the drain that made them; a later
+        turn's tasks may be in the list already, not yet stepped): those already
+        done end here, the others get the done callback. A done callback costs a loop
+        callback and a dict entry per request (0.7-1.0 µs a request in-process here);
+        most apps answer in their first step."""
+        fresh = self._fresh[:count]
+        del self._fresh[:count]
         tasks, finished, ended = self._tasks, self._finished, self._ended
         for task, cycle in fresh:
             if task.done():
@@ -1278,11 +1295,6 @@ class ASGIHandler:
             else:
                 tasks[task] = cycle
                 task.add_done_callback(finished)
-
-    def _sweep_soon(self) -> None:
-        loop = self.loop
-        if loop is not None:
-            loop.call_soon(self._sweep)
 
     def _ended(self, task: "asyncio.Task[Any]", cycle: _Cycle) -> None:
         """A request task is done: what handle() does after the app."""

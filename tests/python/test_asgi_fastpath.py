@@ -4,7 +4,12 @@ answer a plain request without yielding to the loop, and hand everything else to
 Python paths; the pure-Python base (no compiled extension) behaves the same."""
 
 import asyncio
+import collections
+import gc
 import socket
+import sys
+import threading
+import weakref
 
 import pytest
 
@@ -18,6 +23,7 @@ def test_the_extension_has_the_fast_path():
     must have it (the package falls back to Python without it, and nothing else would say)."""
     assert asgi._asgi_scope is not None
     assert asgi._CycleBaseC is not asgi._CycleBase
+    assert asgi._Starter is not None
 
 
 def _both_scopes(handler):
@@ -214,12 +220,18 @@ async def _app(scope, receive, send):
         await send({"type": "http.response.body", "body": b"hi " + message["body"]})
 
 
-@pytest.mark.parametrize("base", ["c", "python"])
+@pytest.mark.parametrize("base", ["c", "python start", "python"])
 def test_both_bases_answer_alike(serve_asgi, monkeypatch, base):
+    """The C paths and the Python ones: "python start" starts each request's task with
+    ASGIHandler._start (no ASGIStarter), "python" has no compiled piece at all."""
+    if base != "c":
+        monkeypatch.setattr(asgi, "_Starter", None)
     if base == "python":
         monkeypatch.setattr(asgi, "_Cycle", _python_cycle())
         monkeypatch.setattr(asgi, "_asgi_scope", None)
     server = serve_asgi(_app)
+    starter = asgi._native._pmu.ASGIStarter
+    assert isinstance(server.handler._dispatch, starter) == (base == "c")
     assert request(server, "POST", "/", body=b"there")[2] == b"hi there"
     status, headers, body, _ = request(server, "GET", "/stream")
     assert (status, body, headers.get("transfer-encoding")) == (200, b"one two", "chunked")
@@ -259,7 +271,11 @@ class _NotACoroutine:
         yield from self.send({"type": "http.response.body", "body": b"awaited"}).__await__()
 
 
-def test_app_returning_other_awaitables_and_raising_at_call(serve_asgi):
+@pytest.mark.parametrize("start", ["c", "python"])
+def test_app_returning_other_awaitables_and_raising_at_call(serve_asgi, monkeypatch, start):
+    if start == "python":
+        monkeypatch.setattr(asgi, "_Starter", None)
+
     def app(scope, receive, send):
         if scope["type"] != "http":
             raise RuntimeError("no lifespan here")
@@ -271,3 +287,77 @@ def test_app_returning_other_awaitables_and_raising_at_call(serve_asgi):
     assert request(server)[0::2] == (202, b"awaited")
     assert request(server, path="/raise")[0::2] == (500, b"Internal Server Error")
     assert request(server)[0::2] == (202, b"awaited")  # the server goes on
+
+
+class _Quit(BaseException):
+    """Not an Exception: the adapter lets it go to the engine (which answers 500)."""
+
+
+@pytest.mark.parametrize("start", ["c", "python"])
+def test_base_exceptions_at_call_reach_the_engine(serve_asgi, monkeypatch, start, caplog):
+    if start == "python":
+        monkeypatch.setattr(asgi, "_Starter", None)
+
+    def app(scope, receive, send):
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan here")
+        if scope["path"] == "/quit":
+            raise _Quit()
+        return _app(scope, receive, send)
+
+    server = serve_asgi(app, lifespan="off")
+    with caplog.at_level("ERROR", logger="pymongoose_uring"):
+        assert request(server, path="/quit")[0::2] == (500, b"Internal Server Error")
+    assert any("_Quit" in (r.exc_text or "") for r in caplog.records)
+    assert request(server, "POST", "/", body=b"on")[2] == b"hi on"  # the server goes on
+
+
+@pytest.mark.parametrize("ring", ["loop", "thread"])
+def test_plain_requests_start_without_a_python_frame_of_the_adapter(serve_asgi, ring):
+    """With the ring on the loop's thread, the engine calls the ASGIStarter itself: a
+    plain request runs no Python function of asgi.py (its task is made and ended in C);
+    with ring threads, only the hand-over to the loop (__call__, _drain) is Python."""
+    server = serve_asgi(_app, lifespan="off", ring=ring)
+    loop = server.handler.loop
+    calls = collections.Counter()
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename == asgi.__file__:
+            calls[frame.f_code.co_name] += 1
+
+    def on_loop(fn, *args):
+        done = threading.Event()
+        loop.call_soon_threadsafe(lambda: (fn(*args), done.set()))
+        assert done.wait(10)
+
+    c = RawClient(server.port)
+    try:
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")  # the first one outside the count
+        assert c.read_response()[0] == 200
+        on_loop(sys.setprofile, profile)
+        try:
+            for _ in range(20):
+                c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok")
+                assert c.read_response()[0] == 200
+        finally:
+            on_loop(sys.setprofile, None)
+    finally:
+        c.close()
+    for name in ("_start", "_sweep", "_finished", "_ended", "scope", "handle"):
+        assert calls[name] == 0, (name, calls)
+    if ring == "loop":
+        assert sum(calls.values()) == calls["_step"] + calls["_wake_step"], calls
+    else:
+        assert calls["_drain"] >= 1, calls
+
+
+def test_the_starter_lets_its_handler_go():
+    """Handler and starter refer to each other: the garbage collector frees both."""
+    server = asgi.ASGIServer(_app, port=0, lifespan="off").start()
+    assert request(server, "POST", "/", body=b"x")[2] == b"hi x"
+    server.stop()
+    assert isinstance(server.handler._dispatch, asgi._Starter)
+    gone = weakref.ref(server.handler)
+    del server
+    gc.collect()
+    assert gone() is None

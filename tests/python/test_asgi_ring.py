@@ -4,6 +4,7 @@ or on ring threads of its own (ring="thread", and any threads > 1)."""
 
 import asyncio
 import http.client
+import select
 import socket
 import subprocess
 import sys
@@ -336,3 +337,51 @@ def test_tasks_done_in_their_first_step_need_no_done_callback(ring):
         assert len(calls) == 1
     finally:
         s.stop()
+
+
+def test_start_driven_with_a_handler_in_place_of_the_engines():
+    """Engine.start_driven(wake, handler): the engine calls `handler` for each request
+    (the ASGI adapter passes its ASGIStarter); a start refused keeps the engine's own."""
+    from pymongoose_uring import _native
+
+    seen = []
+
+    def own(req):
+        seen.append("own")
+        req.reply("own")
+
+    def driven(req):
+        seen.append(threading.current_thread().name)
+        req.reply("driven")
+
+    raw = _native._pmu.Engine(None, raw=True, connection_handler=lambda *a: None, port=0)
+    with pytest.raises(TypeError, match="no handler to replace"):
+        raw.start_driven(None, driven)
+    engine = _native._pmu.Engine(own, host="127.0.0.1", port=0, threads=2)
+    with pytest.raises(TypeError, match="must be callable"):
+        engine.start_driven(None, 42)
+    with pytest.raises(ValueError, match="threads must be 1"):
+        engine.start_driven(None, driven)
+    engine.start()  # on ring threads, with its own handler still
+    try:
+        assert request(engine)[2] == b"own"
+    finally:
+        engine.stop()
+        engine.wait()
+    assert seen == ["own"]
+    seen.clear()
+    engine = _native._pmu.Engine(own, host="127.0.0.1", port=0, threads=1)
+    engine.start_driven(None, driven)
+    answers = []
+    client = threading.Thread(
+        target=lambda: answers.extend(request(engine)[2] for _ in range(3)), name="client"
+    )
+    client.start()
+    while client.is_alive():
+        select.select([engine.fileno()], [], [], 0.02)
+        engine.step()
+    engine.stop()
+    while engine.step() is not None:
+        time.sleep(0.001)
+    assert answers == [b"driven"] * 3
+    assert seen == [threading.current_thread().name] * 3
