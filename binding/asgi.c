@@ -324,6 +324,9 @@ static double perf_counter(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static PyObject *cycle_make(PyTypeObject *type, pyb_state *st, PyObject *request, PyObject *handler,
+                            int access_log);
+
 static PyObject *cycle_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
   PyObject *request, *handler;
   if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
@@ -333,12 +336,19 @@ static PyObject *cycle_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
   if (!PyArg_ParseTuple(args, "OO:ASGICycle", &request, &handler))
     return NULL;
   pyb_state *st = pyb_state_from_type(type);
-  struct pyb_asgi *a = st->asgi;
-  PyObject *log = PyObject_GetAttr(handler, a->a_access_log);
+  PyObject *log = PyObject_GetAttr(handler, st->asgi->a_access_log);
   int access_log = log ? PyObject_IsTrue(log) : -1;
   Py_XDECREF(log);
   if (access_log < 0)
     return NULL;
+  return cycle_make(type, st, request, handler, access_log);
+}
+
+/* A new cycle of `type` (ASGICycle or a subclass): cycle_new's work, and
+ * ASGIStarter's, which knows the handler's access_log already. */
+static PyObject *cycle_make(PyTypeObject *type, pyb_state *st, PyObject *request, PyObject *handler,
+                            int access_log) {
+  struct pyb_asgi *a = st->asgi;
   CycleObject *self = (CycleObject *)type->tp_alloc(type, 0);
   if (self == NULL)
     return NULL;
@@ -665,7 +675,7 @@ typedef struct {
    * used: they are for the rarer paths) */
   PyObject *s_done, *s_cancelled, *s_exception, *s_add_done_callback, *s_receive, *s_send;
   PyObject *s_start, *s_failed, *s_ended, *s_finished;
-  int eager, websocket;
+  int eager, websocket, access_log;
 } StarterObject;
 
 #define STARTER(o) ((StarterObject *)(o))
@@ -701,7 +711,7 @@ static PyObject *starter_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
   self->task_type = Py_NewRef(task_type);
   self->name = Py_NewRef(name);
   self->eager = eager;
-  PyObject *ws = NULL;
+  PyObject *ws = NULL, *log = NULL;
   if ((self->app = bound(handler, "app")) == NULL ||
       (self->loop = bound(handler, "loop")) == NULL ||
       (self->base = bound(handler, "_scope_base")) == NULL ||
@@ -709,11 +719,15 @@ static PyObject *starter_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
       (self->forward = bound(handler, "_forward")) == NULL ||
       (self->fresh = bound(handler, "_fresh")) == NULL ||
       (self->tasks = bound(handler, "_tasks")) == NULL ||
-      (ws = bound(handler, "websocket")) == NULL)
+      (ws = bound(handler, "websocket")) == NULL || (log = bound(handler, "access_log")) == NULL) {
+    Py_XDECREF(ws);
     goto fail;
+  }
   self->websocket = PyObject_IsTrue(ws);
+  self->access_log = PyObject_IsTrue(log);
   Py_DECREF(ws);
-  if (self->websocket < 0)
+  Py_DECREF(log);
+  if (self->websocket < 0 || self->access_log < 0)
     goto fail;
   if (!PyDict_Check(self->base) || !PyDict_Check(self->state) || !PyList_Check(self->fresh) ||
       !PyDict_Check(self->tasks)) {
@@ -742,12 +756,13 @@ fail:
   return NULL;
 }
 
-#define STARTER_FIELDS(X)                                                                      \
-  X(handler)                                                                                   \
-  X(cycle_type)                                                                                \
-  X(app) X(loop) X(task_type) X(kwnames) X(name) X(base) X(state) X(forward) X(fresh) X(tasks) \
-      X(s_done) X(s_cancelled) X(s_exception) X(s_add_done_callback) X(s_receive) X(s_send)    \
-          X(s_start) X(s_failed) X(s_ended) X(s_finished)
+#define STARTER_FIELDS(X)                                                                         \
+  X(handler)                                                                                      \
+  X(cycle_type)                                                                                   \
+  X(app)                                                                                          \
+  X(loop) X(task_type) X(kwnames) X(name) X(base) X(state) X(forward) X(fresh) X(tasks) X(s_done) \
+      X(s_cancelled) X(s_exception) X(s_add_done_callback) X(s_receive) X(s_send) X(s_start)      \
+          X(s_failed) X(s_ended) X(s_finished)
 
 static int starter_traverse(PyObject *op, visitproc visit, void *arg) {
   StarterObject *self = STARTER(op);
@@ -896,8 +911,8 @@ static PyObject *starter_call(PyObject *op, PyObject *const *args, size_t nargsf
   if (r->tls || (self->websocket && pyb_request_ws_upgrade(request)))
     return PyObject_VectorcallMethod(self->s_start, sargs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                      NULL);
-  PyObject *cargs[] = {request, self->handler};
-  PyObject *cycle = PyObject_Vectorcall(self->cycle_type, cargs, 2, NULL);
+  PyObject *cycle = cycle_make((PyTypeObject *)self->cycle_type, self->st, request, self->handler,
+                               self->access_log);
   if (cycle == NULL)
     return NULL;
   PyObject *task = NULL, *coro = app_coroutine(self, request, cycle, r);
@@ -990,7 +1005,8 @@ PyDoc_STRVAR(starter_doc,
              "task_type(coro, loop=handler.loop, name=name[, eager_start=True]). Eager, a\n"
              "task done at once ends here; else (task, cycle) joins handler._fresh for\n"
              "sweep(). TLS requests and WebSocket handshakes go to handler._start. The\n"
-             "handler's fields are read once, here: make it after the lifespan startup.");
+             "handler's fields (access_log among them) are read once, here: make it after\n"
+             "the lifespan startup.");
 
 static PyType_Slot starter_slots[] = {
     {Py_tp_new, starter_new},

@@ -492,8 +492,8 @@ class ASGIStarter:
     """ASGIHandler._start and _sweep in C (binding/asgi.c): called with a request, it
     makes its cycle, scope, the app's coroutine and the asyncio Task that runs it;
     TLS requests and WebSocket handshakes go to handler._start. The handler's fields
-    (app, loop, _scope_base, state, _forward, _fresh, _tasks, websocket) are read once,
-    when it is made."""
+    (app, loop, _scope_base, state, _forward, _fresh, _tasks, websocket, access_log) are
+    read once, when it is made."""
 
     def __init__(
         self, handler: Any, cycle_type: type, task_type: type, name: str, eager: bool
