@@ -756,13 +756,13 @@ fail:
   return NULL;
 }
 
-#define STARTER_FIELDS(X)                                                                         \
-  X(handler)                                                                                      \
-  X(cycle_type)                                                                                   \
-  X(app)                                                                                          \
-  X(loop) X(task_type) X(kwnames) X(name) X(base) X(state) X(forward) X(fresh) X(tasks) X(s_done) \
-      X(s_cancelled) X(s_exception) X(s_add_done_callback) X(s_receive) X(s_send) X(s_start)      \
-          X(s_failed) X(s_ended) X(s_finished)
+/* clang-format off */
+#define STARTER_FIELDS(X)                                                                   \
+  X(handler) X(cycle_type) X(app) X(loop) X(task_type) X(kwnames) X(name) X(base) X(state) \
+  X(forward) X(fresh) X(tasks) X(s_done) X(s_cancelled) X(s_exception)                    \
+  X(s_add_done_callback) X(s_receive) X(s_send) X(s_start) X(s_failed) X(s_ended)         \
+  X(s_finished)
+/* clang-format on */
 
 static int starter_traverse(PyObject *op, visitproc visit, void *arg) {
   StarterObject *self = STARTER(op);

@@ -624,6 +624,8 @@ void pyb_pool_bind(PyObject *pool, PyObject *unix_path, size_t high_water);
  * Any thread, GIL or not; wakes a pool thread if all are parked. Out of
  * memory, the requests are answered 500. */
 void pyb_pool_push(PyObject *pool, pmu_request_t *const *requests, size_t count);
+/* Whether requests wait in the pool's queue (no lock, no GIL: config.busy). */
+int pyb_pool_behind(PyObject *pool);
 
 /* ---- type specs ---- */
 extern PyType_Spec pyb_request_spec;

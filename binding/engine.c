@@ -1093,6 +1093,9 @@ static void on_self_wake(void *data) {
   PyGILState_Release(g);
 }
 
+/* config.busy: requests wait in the pool's queue (a ring thread, no GIL). */
+static int pool_busy(void *data) { return pyb_pool_behind(ENGINE(data)->pool); }
+
 static PyObject *start_server(EngineObject *self, int driven) {
   if (!self->initialized) {
     PyErr_SetString(PyExc_RuntimeError, "Engine.__init__ was not called");
@@ -1150,6 +1153,7 @@ static PyObject *start_server(EngineObject *self, int driven) {
   c.on_body = c.body_stream_threshold > 0 ? on_body : NULL;
   c.driven = driven;
   c.on_self_wake = driven && self->drive_wake != NULL ? on_self_wake : NULL;
+  c.busy = self->pool != NULL ? pool_busy : NULL; /* rings linger while the pool is behind */
   self->driven = driven;
   self->driver_tstate = driven ? PyThreadState_Get() : NULL;
 

@@ -80,6 +80,11 @@ typedef struct {
   int watch_started;
   pthread_t watchdog;
   pmu_wake_batch_t *wakes_held; /* the answers' wake-ups the pool threads hold */
+  unsigned calls;               /* threads in a call (their slot's in_call) */
+  /* Requests wait while calls run (count and calls above 0): the rings read it
+   * without the lock (config.busy). A request just pushed to an idle pool does
+   * not count: the pool is not behind, only about to take it. */
+  atomic_int behind;
 } PoolObject;
 
 /* How long a pool thread holds the wake-ups of its answers while it has more
@@ -138,6 +143,7 @@ static void append(PoolObject *q, pmu_request_t *raw, PyObject *obj) {
   it->raw = raw;
   it->obj = obj;
   q->count++;
+  atomic_store_explicit(&q->behind, q->calls > 0, memory_order_relaxed);
 }
 
 /* New requests are queued (lock held): which threads to signal once the
@@ -177,6 +183,10 @@ void pyb_pool_push(PyObject *pool, pmu_request_t *const *requests, size_t count)
   int wake = n ? announce(q) : 0;
   pthread_mutex_unlock(&q->lock);
   announced(q, wake);
+}
+
+int pyb_pool_behind(PyObject *pool) {
+  return atomic_load_explicit(&POOL(pool)->behind, memory_order_relaxed);
 }
 
 void pyb_pool_bind(PyObject *pool, PyObject *unix_path, size_t high_water) {
@@ -293,6 +303,8 @@ static int take(PoolObject *q, pool_slot *sl, pool_item *out, int ended) {
   if (ended) {
     q->done++;
     sl->in_call = 0;
+    q->calls--;
+    atomic_store_explicit(&q->behind, q->count > 0 && q->calls > 0, memory_order_relaxed);
     if (sl->stuck) {
       sl->stuck = 0;
       q->stuck--;
@@ -304,6 +316,8 @@ static int take(PoolObject *q, pool_slot *sl, pool_item *out, int ended) {
       q->head = (q->head + 1) % q->cap;
       q->count--;
       sl->in_call = 1;
+      q->calls++;
+      atomic_store_explicit(&q->behind, q->count > 0, memory_order_relaxed);
       sl->started++;
       pthread_mutex_unlock(&q->lock);
       return 1;

@@ -585,11 +585,31 @@ static int loop_idle(const pmu__loop_t *loop) {
          !loop->cev_closed;
 }
 
-/* One turn: submit, wait up to wait_ms (< 0: for a completion), handle the
+/* How long an idle ring that would wait wait_ms (< 0: until a completion)
+ * lingers instead, in µs, while the handler is busy (config.busy): -1 when
+ * it does not (waits for the first completion). */
+static int64_t linger_us(const pmu__loop_t *loop, int64_t wait_ms) {
+  const pmu_config_t *cfg = &loop->server->cfg;
+  if (wait_ms == 0 || !cfg->busy_linger_us || cfg->busy == NULL || !cfg->busy(cfg->handler_data))
+    return -1;
+  int64_t us = cfg->busy_linger_us;
+  if (wait_ms > 0 && wait_ms < us / 1000)
+    us = wait_ms * 1000; /* a timer comes first */
+  return us;
+}
+
+/* One turn: submit, wait up to wait_ms (< 0: for a completion; with
+ * linger >= 0, for busy_linger_batch completions or linger µs), handle the
  * completions, then the turn's end. 1 while the loop goes on, 0 once it has
  * stopped and closed every connection. */
-static int turn(pmu__loop_t *loop, int64_t wait_ms) {
-  int rc = pmu__submit_and_wait(&loop->ring, wait_ms);
+static int turn(pmu__loop_t *loop, int64_t wait_ms, int64_t linger) {
+  int rc;
+  if (linger >= 0) {
+    rc = pmu__submit_and_wait_n(&loop->ring, loop->server->cfg.busy_linger_batch, linger);
+    STAT_ADD(loop, lingers, 1);
+  } else {
+    rc = pmu__submit_and_wait(&loop->ring, wait_ms);
+  }
   /* ETIME is a timer; EINTR a signal; both mean "look again". */
   if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
     wait_failed(loop, -rc);
@@ -618,7 +638,10 @@ static int turn(pmu__loop_t *loop, int64_t wait_ms) {
 }
 
 static void run(pmu__loop_t *loop) {
-  while (turn(loop, loop_idle(loop) ? next_wait(loop) : 0)) {
+  for (;;) {
+    int64_t wait_ms = loop_idle(loop) ? next_wait(loop) : 0;
+    if (!turn(loop, wait_ms, linger_us(loop, wait_ms)))
+      break;
   }
 }
 
@@ -817,7 +840,7 @@ int pmu__loop_drive_step(pmu__loop_t *loop, int *next_ms) {
     loop->wake_self_pending = 0;
     woken(loop);
   }
-  int going = turn(loop, 0);
+  int going = turn(loop, 0, -1);
   if (going) {
     /* What the turn's end queued (the answers' sends, re-armed receives) goes
      * now: the next wait is the caller's, not the ring's. */

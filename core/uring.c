@@ -266,6 +266,17 @@ int pmu__submit_and_wait(struct io_uring *ring, int64_t timeout_ms) {
   return io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
 }
 
+int pmu__submit_and_wait_n(struct io_uring *ring, unsigned nr, int64_t timeout_us) {
+  if (PMU__FAULT(PMU__FAULT_WAIT))
+    return -EFAULT;
+  struct __kernel_timespec ts = {
+      .tv_sec = timeout_us / 1000000,
+      .tv_nsec = (long long)(timeout_us % 1000000) * 1000LL,
+  };
+  struct io_uring_cqe *cqe = NULL;
+  return io_uring_submit_and_wait_timeout(ring, &cqe, nr, &ts, NULL);
+}
+
 /* Try a ring with these flags; 1 if the kernel takes them. */
 static int ring_accepts(unsigned flags) {
   struct io_uring ring;

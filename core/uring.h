@@ -153,5 +153,8 @@ int pmu__ring_probe(pmu_probe_t *out);
 /* Submit queued SQEs and wait for at least one completion, at most
  * timeout_ms (< 0: no limit). Returns >= 0, -ETIME, -EINTR or -errno. */
 int pmu__submit_and_wait(struct io_uring *ring, int64_t timeout_ms);
+/* Submit, then wait until nr completions are there or timeout_us (>= 0) has
+ * passed: -ETIME then, with whatever came meanwhile left to reap. */
+int pmu__submit_and_wait_n(struct io_uring *ring, unsigned nr, int64_t timeout_us);
 
 #endif /* PMU_URING_H */

@@ -51,6 +51,7 @@ class Stats(TypedDict):
     recv_paused: int
     cq_overflows: int
     waits: int
+    lingers: int
     wait_errors: int
     cqes: int
     batches: int
@@ -708,6 +709,8 @@ class Engine:
         pipe_pool: int = ...,
         batch_max: int = ...,
         slow_handler_ms: int = ...,
+        busy_linger_us: int = ...,
+        busy_linger_batch: int = ...,
         max_header_bytes: int = ...,
         max_headers: int = ...,
         max_url_bytes: int = ...,

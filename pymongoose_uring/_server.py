@@ -73,6 +73,8 @@ _ENGINE_OPTIONS = (
     "pipe_pool",
     "batch_max",
     "slow_handler_ms",
+    "busy_linger_us",
+    "busy_linger_batch",
     "max_header_bytes",
     "max_headers",
     "max_url_bytes",
@@ -376,7 +378,12 @@ class Server:
       ``slow_handler_ms`` (100; 0: off): a handler call that holds its ring
       thread longer is counted in ``stats()["slow_batches"]`` and logged (a
       WARNING on the ``pymongoose_uring`` logger naming the handler and the
-      request, at most one line per ring thread per 10 s)
+      request, at most one line per ring thread per 10 s); ``busy_linger_us``
+      (0: off) and ``busy_linger_batch`` (16): while requests wait in the WSGI
+      adapter's pool behind running calls, an idle ring thread waits for that
+      many completions or that long instead of waking at the first (counted in
+      ``stats()["lingers"]``): fewer, larger turns of the ring thread, which
+      shares the CPU with the pool's threads, at up to that much latency
     - limits: ``max_header_bytes``, ``max_headers``, ``max_url_bytes``,
       ``max_body_bytes``, ``max_connections``, ``max_pipelined``,
       ``output_high_water``
@@ -506,6 +513,8 @@ class Server:
         pipe_pool: Optional[int] = None,
         batch_max: Optional[int] = None,
         slow_handler_ms: Optional[int] = None,
+        busy_linger_us: Optional[int] = None,
+        busy_linger_batch: Optional[int] = None,
         max_header_bytes: Optional[int] = None,
         max_headers: Optional[int] = None,
         max_url_bytes: Optional[int] = None,

@@ -38,6 +38,8 @@ KNOBS = {
     "pipe_pool": int,
     "batch_max": int,
     "slow_handler_ms": int,
+    "busy_linger_us": int,
+    "busy_linger_batch": int,
     "max_header_bytes": int,
     "max_headers": int,
     "max_url_bytes": int,

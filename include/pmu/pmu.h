@@ -484,6 +484,12 @@ typedef struct pmu_tls_cert {
   X(UINT, batch_max, 256, "requests", 0, UINT_MAX, "most requests per handler call (0: 1)")   \
   X(UINT, slow_handler_ms, 100, "ms", 0, UINT_MAX,                                            \
     "a handler call that holds its ring longer is counted (slow_batches) and logged (0: off)") \
+  X(UINT, busy_linger_us, 0, "us", 0, 1000000,                                                 \
+    "while config.busy says the handler's own queue is behind (the WSGI pool's), a ring with " \
+    "nothing to do waits for busy_linger_batch completions or this long, not for the first "  \
+    "(lingers; 0: off)")                                                                     \
+  X(UINT, busy_linger_batch, 16, "completions", 1, 4096,                                      \
+    "the completions a lingering ring waits for (see busy_linger_us)")                       \
   /* Limits */                                                                                \
   X(UINT, max_header_bytes, 16384, "bytes", 0, UINT_MAX,                                      \
     "request line and headers; 431 beyond (0: no limit)")                                    \
@@ -675,6 +681,15 @@ typedef struct pmu_config {
    * eventfd, a wake-up through the kernel): it must see that pmu_server_step
    * runs soon (an event loop's call_soon). */
   void (*on_self_wake)(void *handler_data);
+  /* Optional, ring threads (not driven): whether the handler's own queue is
+   * behind: requests handed over wait while it works on others (the WSGI adapter's
+   * pool). Asked each time a ring has nothing to do and would wait for its
+   * first completion: while it says so, the ring waits for busy_linger_batch
+   * completions or busy_linger_us instead, taking in arrivals and answers in
+   * fewer, larger turns (each wake-up of a ring thread that shares a CPU with
+   * the handler's threads costs both). Called without locks, often: make it a
+   * load of a flag. */
+  int (*busy)(void *handler_data);
 } pmu_config_t;
 
 /* Fill *config with the defaults above. */
@@ -1195,6 +1210,8 @@ int pmu_conn_tls_decline(pmu_conn_t *conn);
   X(recv_paused, COUNTER, "times a connection stopped being read (backpressure)")             \
   X(cq_overflows, COUNTER, "completions the kernel had to hold back")                         \
   X(waits, COUNTER, "io_uring_enter calls that waited for completions")                       \
+  X(lingers, COUNTER,                                                                         \
+    "waits for busy_linger_batch completions rather than one, the handler being busy")        \
   X(wait_errors, COUNTER,                                                                     \
     "waits that failed other than by timeout, signal or a full CQ (logged; the loop "        \
     "pauses 10 ms after each)")                                                              \

@@ -100,3 +100,45 @@ def test_pool_queue_arguments_and_put():
     pool.close()
     # A closed, empty pool lets serve() return at once.
     pool.serve(lambda request: None)
+
+
+def _burst(server, clients=8, each=4):
+    """`clients` threads, each `each` requests on one connection; their answers."""
+    bodies = []
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+        for _ in range(each):
+            conn.request("GET", "/")
+            bodies.append(conn.getresponse().read())
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return bodies
+
+
+def test_the_ring_lingers_while_the_pool_is_behind(serve_wsgi):
+    """busy_linger_us: while requests wait in the pool's queue (config.busy says so),
+    an idle ring waits for busy_linger_batch completions or busy_linger_us instead of
+    the first (stats()["lingers"]); off by default, and never once the queue is empty."""
+
+    def slow(environ, start_response):
+        time.sleep(0.005)  # the queue fills behind the one thread
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    plain = serve_wsgi(slow, pool_threads=1)
+    assert len(_burst(plain)) == 32
+    assert plain.stats()["lingers"] == 0  # busy_linger_us is 0 by default
+
+    lingering = serve_wsgi(slow, pool_threads=1, busy_linger_us=2000, busy_linger_batch=8)
+    assert _burst(lingering) == [b"ok"] * 32
+    assert lingering.stats()["lingers"] > 0
+    idle = lingering.stats()["lingers"]
+    for _ in range(5):  # one at a time: nothing ever waits in the queue
+        assert request(lingering)[2] == b"ok"
+    assert lingering.stats()["lingers"] == idle
