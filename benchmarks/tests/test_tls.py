@@ -113,7 +113,8 @@ def test_a_certificate_from_another_ca_is_a_wrong_answer(certs, tmp_path):
             checks.hello(server.port, tls=certs["ecdsa"])
 
 
-def test_a_plain_http_server_fails_the_https_check(certs):
+def test_a_plain_http_server_fails_the_https_check(certs, monkeypatch):
+    monkeypatch.setattr(checks, "TIMEOUT", 1.0)  # the handshake waits for it: 10 s otherwise
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
