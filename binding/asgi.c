@@ -38,6 +38,10 @@ struct pyb_asgi {
   /* attribute and method names */
   PyObject *a_client, *a_server, *a_body_streaming, *a_access_log, *a_reply, *a_send, *a_receive,
       *a_answered, *a_log, *a_wake;
+  /* ASGIStarter's: the task's methods, the cycle's, the handler's (looked up
+   * when used: they are for the rarer paths) */
+  PyObject *m_done, *m_cancelled, *m_exception, *m_add_done_callback, *m_receive, *m_send, *m_start,
+      *m_failed, *m_ended, *m_finished;
 };
 
 /* ---- Done: an awaitable whose result is there already ---- */
@@ -489,9 +493,9 @@ static int answer(CycleObject *self, struct pyb_asgi *a, PyObject *body) {
   return 0;
 }
 
-/* The Python method `name` of self with `arg` (NULL: none): the slow paths
- * of the subclass. New reference or NULL. */
-static PyObject *call_slow(PyObject *self, PyObject *name, PyObject *arg) {
+/* obj.name(arg), or obj.name() when arg is NULL: the slow paths of the
+ * cycle's subclass, a task's methods. New reference or NULL. */
+static PyObject *call_method(PyObject *self, PyObject *name, PyObject *arg) {
   PyObject *args[] = {self, arg};
   size_t n = arg ? 2 : 1;
   return PyObject_VectorcallMethod(name, args, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
@@ -555,7 +559,7 @@ static PyObject *cycle_send(PyObject *op, PyObject *message) {
     Py_INCREF(op); /* the app may drop its last reference meanwhile */
     int rc = answer(self, a, body ? body : a->empty_bytes);
     if (rc == 0 && self->waiter != Py_None) {
-      PyObject *w = call_slow(op, a->a_wake, NULL);
+      PyObject *w = call_method(op, a->a_wake, NULL);
       rc = w ? 0 : -1;
       Py_XDECREF(w);
     }
@@ -563,7 +567,7 @@ static PyObject *cycle_send(PyObject *op, PyObject *message) {
     return rc == 0 ? Py_NewRef(a->done_none) : NULL;
   }
 slow:
-  return call_slow(op, a->a_send, message);
+  return call_method(op, a->a_send, message);
 }
 
 PyDoc_STRVAR(cycle_receive_doc,
@@ -603,7 +607,7 @@ static PyObject *cycle_receive(PyObject *op, PyObject *unused) {
       return d;
     }
   }
-  return call_slow(op, a->a_receive, NULL);
+  return call_method(op, a->a_receive, NULL);
 }
 
 static PyMethodDef cycle_methods[] = {
@@ -671,10 +675,7 @@ typedef struct {
   PyObject *base, *state, *forward; /* asgi_scope's arguments (forward: None or callable) */
   PyObject *fresh;                  /* list of (task, cycle), Python < 3.12: sweep() ends them */
   PyObject *tasks;                  /* dict task -> cycle of those still running */
-  /* names: the task's methods, the cycle's, and the handler's (looked up when
-   * used: they are for the rarer paths) */
-  PyObject *s_done, *s_cancelled, *s_exception, *s_add_done_callback, *s_receive, *s_send;
-  PyObject *s_start, *s_failed, *s_ended, *s_finished;
+  struct pyb_asgi *a;               /* st->asgi: the names it calls */
   int eager, websocket, access_log;
 } StarterObject;
 
@@ -682,11 +683,6 @@ typedef struct {
 
 static PyObject *starter_call(PyObject *op, PyObject *const *args, size_t nargsf,
                               PyObject *kwnames);
-
-/* The handler's attribute `name`, or NULL. */
-static PyObject *bound(PyObject *handler, const char *name) {
-  return PyObject_GetAttrString(handler, name);
-}
 
 static PyObject *starter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
   PyObject *handler, *cycle_type, *task_type, *name;
@@ -705,6 +701,7 @@ static PyObject *starter_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
   if (self == NULL)
     return NULL;
   self->st = st;
+  self->a = st->asgi;
   self->vectorcall = NULL; /* set last: a half-made starter is not callable */
   self->handler = Py_NewRef(handler);
   self->cycle_type = Py_NewRef(cycle_type);
@@ -712,14 +709,15 @@ static PyObject *starter_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
   self->name = Py_NewRef(name);
   self->eager = eager;
   PyObject *ws = NULL, *log = NULL;
-  if ((self->app = bound(handler, "app")) == NULL ||
-      (self->loop = bound(handler, "loop")) == NULL ||
-      (self->base = bound(handler, "_scope_base")) == NULL ||
-      (self->state = bound(handler, "state")) == NULL ||
-      (self->forward = bound(handler, "_forward")) == NULL ||
-      (self->fresh = bound(handler, "_fresh")) == NULL ||
-      (self->tasks = bound(handler, "_tasks")) == NULL ||
-      (ws = bound(handler, "websocket")) == NULL || (log = bound(handler, "access_log")) == NULL) {
+  if ((self->app = PyObject_GetAttrString(handler, "app")) == NULL ||
+      (self->loop = PyObject_GetAttrString(handler, "loop")) == NULL ||
+      (self->base = PyObject_GetAttrString(handler, "_scope_base")) == NULL ||
+      (self->state = PyObject_GetAttrString(handler, "state")) == NULL ||
+      (self->forward = PyObject_GetAttrString(handler, "_forward")) == NULL ||
+      (self->fresh = PyObject_GetAttrString(handler, "_fresh")) == NULL ||
+      (self->tasks = PyObject_GetAttrString(handler, "_tasks")) == NULL ||
+      (ws = PyObject_GetAttrString(handler, "websocket")) == NULL ||
+      (log = PyObject_GetAttrString(handler, "access_log")) == NULL) {
     Py_XDECREF(ws);
     goto fail;
   }
@@ -738,16 +736,7 @@ static PyObject *starter_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
   }
   self->kwnames = eager ? Py_BuildValue("(sss)", "loop", "name", "eager_start")
                         : Py_BuildValue("(ss)", "loop", "name");
-  if (self->kwnames == NULL || (self->s_done = PyUnicode_InternFromString("done")) == NULL ||
-      (self->s_cancelled = PyUnicode_InternFromString("cancelled")) == NULL ||
-      (self->s_exception = PyUnicode_InternFromString("exception")) == NULL ||
-      (self->s_add_done_callback = PyUnicode_InternFromString("add_done_callback")) == NULL ||
-      (self->s_receive = PyUnicode_InternFromString("receive")) == NULL ||
-      (self->s_send = PyUnicode_InternFromString("send")) == NULL ||
-      (self->s_start = PyUnicode_InternFromString("_start")) == NULL ||
-      (self->s_failed = PyUnicode_InternFromString("_failed")) == NULL ||
-      (self->s_ended = PyUnicode_InternFromString("_ended")) == NULL ||
-      (self->s_finished = PyUnicode_InternFromString("_finished")) == NULL)
+  if (self->kwnames == NULL)
     goto fail;
   self->vectorcall = starter_call;
   return (PyObject *)self;
@@ -759,9 +748,7 @@ fail:
 /* clang-format off */
 #define STARTER_FIELDS(X)                                                                   \
   X(handler) X(cycle_type) X(app) X(loop) X(task_type) X(kwnames) X(name) X(base) X(state) \
-  X(forward) X(fresh) X(tasks) X(s_done) X(s_cancelled) X(s_exception)                    \
-  X(s_add_done_callback) X(s_receive) X(s_send) X(s_start) X(s_failed) X(s_ended)         \
-  X(s_finished)
+  X(forward) X(fresh) X(tasks)
 /* clang-format on */
 
 static int starter_traverse(PyObject *op, visitproc visit, void *arg) {
@@ -790,24 +777,19 @@ static void starter_dealloc(PyObject *op) {
   Py_DECREF(tp);
 }
 
-/* task.<name>() (no arguments). New reference or NULL. */
-static PyObject *call0(PyObject *obj, PyObject *name) {
-  return PyObject_VectorcallMethod(name, &obj, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-}
-
 /* Whether a done task ended as every plain request does: its app answered
  * (cycle.done) and returned. 1 yes, 0 no (_ended looks at it), -1 error. */
 static int ended_plainly(StarterObject *self, PyObject *task, PyObject *cycle) {
   if (!CYC(cycle)->done)
     return 0;
-  PyObject *c = call0(task, self->s_cancelled);
+  PyObject *c = call_method(task, self->a->m_cancelled, NULL);
   if (c == NULL)
     return -1;
   int cancelled = PyObject_IsTrue(c);
   Py_DECREF(c);
   if (cancelled)
     return cancelled < 0 ? -1 : 0;
-  PyObject *e = call0(task, self->s_exception);
+  PyObject *e = call_method(task, self->a->m_exception, NULL);
   if (e == NULL)
     return -1;
   int plain = e == Py_None;
@@ -818,7 +800,7 @@ static int ended_plainly(StarterObject *self, PyObject *task, PyObject *cycle) {
 /* A task past its first step: ended (through _ended unless plainly) when
  * done, else watched through the done callback. 0 or -1. */
 static int settle(StarterObject *self, PyObject *task, PyObject *cycle) {
-  PyObject *d = call0(task, self->s_done);
+  PyObject *d = call_method(task, self->a->m_done, NULL);
   if (d == NULL)
     return -1;
   int done = PyObject_IsTrue(d);
@@ -831,17 +813,17 @@ static int settle(StarterObject *self, PyObject *task, PyObject *cycle) {
       return plain < 0 ? -1 : 0;
     PyObject *args[] = {self->handler, task, cycle};
     PyObject *rc =
-        PyObject_VectorcallMethod(self->s_ended, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        PyObject_VectorcallMethod(self->a->m_ended, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     Py_XDECREF(rc);
     return rc ? 0 : -1;
   }
   if (PyDict_SetItem(self->tasks, task, cycle) < 0)
     return -1;
-  PyObject *finished = PyObject_GetAttr(self->handler, self->s_finished);
+  PyObject *finished = PyObject_GetAttr(self->handler, self->a->m_finished);
   if (finished == NULL)
     return -1;
   PyObject *args[] = {task, finished};
-  PyObject *rc = PyObject_VectorcallMethod(self->s_add_done_callback, args,
+  PyObject *rc = PyObject_VectorcallMethod(self->a->m_add_done_callback, args,
                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
   Py_DECREF(finished);
   Py_XDECREF(rc);
@@ -856,14 +838,14 @@ static PyObject *app_coroutine(StarterObject *self, PyObject *request, PyObject 
   if (scope == NULL)
     return NULL;
   /* For the access log: behind a proxy, its client. */
-  PyObject *client = PyDict_GetItemWithError(scope, self->st->asgi->k_client);
+  PyObject *client = PyDict_GetItemWithError(scope, self->a->k_client);
   if (client == NULL && PyErr_Occurred()) {
     Py_DECREF(scope);
     return NULL;
   }
   Py_XSETREF(CYC(cycle)->client, Py_NewRef(client ? client : Py_None));
-  PyObject *receive = PyObject_GetAttr(cycle, self->s_receive);
-  PyObject *send = receive ? PyObject_GetAttr(cycle, self->s_send) : NULL;
+  PyObject *receive = PyObject_GetAttr(cycle, self->a->m_receive);
+  PyObject *send = receive ? PyObject_GetAttr(cycle, self->a->m_send) : NULL;
   PyObject *coro = NULL;
   if (send != NULL) {
     PyObject *args[] = {scope, receive, send};
@@ -901,16 +883,14 @@ static PyObject *starter_call(PyObject *op, PyObject *const *args, size_t nargsf
     return NULL;
   }
   PyObject *request = args[0];
-  PyObject *sargs[] = {self->handler, request};
-  if (Py_TYPE(request) != self->st->request_type)
-    return PyObject_VectorcallMethod(self->s_start, sargs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+  const pmu_request_t *r = NULL;
+  if (Py_TYPE(request) == self->st->request_type && (r = pyb_request_view(request)) == NULL)
+    return NULL; /* answered already */
+  if (r == NULL || r->tls || (self->websocket && pyb_request_ws_upgrade(request))) {
+    PyObject *sargs[] = {self->handler, request};
+    return PyObject_VectorcallMethod(self->a->m_start, sargs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                      NULL);
-  const pmu_request_t *r = pyb_request_view(request);
-  if (r == NULL)
-    return NULL;
-  if (r->tls || (self->websocket && pyb_request_ws_upgrade(request)))
-    return PyObject_VectorcallMethod(self->s_start, sargs, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                     NULL);
+  }
   PyObject *cycle = cycle_make((PyTypeObject *)self->cycle_type, self->st, request, self->handler,
                                self->access_log);
   if (cycle == NULL)
@@ -931,8 +911,8 @@ static PyObject *starter_call(PyObject *op, PyObject *const *args, size_t nargsf
     if (tb != NULL)
       PyException_SetTraceback(value, tb);
     PyObject *fargs[] = {self->handler, request, cycle, value};
-    PyObject *rc =
-        PyObject_VectorcallMethod(self->s_failed, fargs, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *rc = PyObject_VectorcallMethod(self->a->m_failed, fargs,
+                                             4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
@@ -976,7 +956,7 @@ static PyObject *starter_sweep(PyObject *op, PyObject *arg) {
   for (Py_ssize_t i = 0; i < count && rc == 0; i++) {
     PyObject *pair = PyList_GET_ITEM(batch, i);
     if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-        !PyObject_TypeCheck(PyTuple_GET_ITEM(pair, 1), self->st->asgi->cycle_type)) {
+        !PyObject_TypeCheck(PyTuple_GET_ITEM(pair, 1), self->a->cycle_type)) {
       PyErr_SetString(PyExc_TypeError, "sweep: _fresh holds (task, cycle) pairs");
       rc = -1;
       break;
@@ -1077,7 +1057,12 @@ int pyb_asgi_exec(PyObject *module, pyb_state *st) {
       intern(&a->a_access_log, "access_log") < 0 || intern(&a->a_reply, "reply") < 0 ||
       intern(&a->a_send, "_send") < 0 || intern(&a->a_receive, "_receive") < 0 ||
       intern(&a->a_answered, "_answered") < 0 || intern(&a->a_log, "_log") < 0 ||
-      intern(&a->a_wake, "_wake") < 0)
+      intern(&a->a_wake, "_wake") < 0 || intern(&a->m_done, "done") < 0 ||
+      intern(&a->m_cancelled, "cancelled") < 0 || intern(&a->m_exception, "exception") < 0 ||
+      intern(&a->m_add_done_callback, "add_done_callback") < 0 ||
+      intern(&a->m_receive, "receive") < 0 || intern(&a->m_send, "send") < 0 ||
+      intern(&a->m_start, "_start") < 0 || intern(&a->m_failed, "_failed") < 0 ||
+      intern(&a->m_ended, "_ended") < 0 || intern(&a->m_finished, "_finished") < 0)
     return -1;
   return 0;
 }
@@ -1132,6 +1117,16 @@ void pyb_asgi_clear(pyb_state *st) {
       &a->a_answered,
       &a->a_log,
       &a->a_wake,
+      &a->m_done,
+      &a->m_cancelled,
+      &a->m_exception,
+      &a->m_add_done_callback,
+      &a->m_receive,
+      &a->m_send,
+      &a->m_start,
+      &a->m_failed,
+      &a->m_ended,
+      &a->m_finished,
   };
   for (size_t i = 0; i < sizeof objs / sizeof objs[0]; i++)
     Py_CLEAR(*objs[i]);

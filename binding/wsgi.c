@@ -92,6 +92,11 @@ typedef struct {
  * few answers per turn instead of one, at the price of this much latency. */
 #define HOLD_NS 1000000
 
+/* Keep `behind` true to the queue (lock held). */
+static void note_behind(PoolObject *q) {
+  atomic_store_explicit(&q->behind, q->count > 0 && q->calls > 0, memory_order_relaxed);
+}
+
 static uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -143,7 +148,7 @@ static void append(PoolObject *q, pmu_request_t *raw, PyObject *obj) {
   it->raw = raw;
   it->obj = obj;
   q->count++;
-  atomic_store_explicit(&q->behind, q->calls > 0, memory_order_relaxed);
+  note_behind(q);
 }
 
 /* New requests are queued (lock held): which threads to signal once the
@@ -304,7 +309,7 @@ static int take(PoolObject *q, pool_slot *sl, pool_item *out, int ended) {
     q->done++;
     sl->in_call = 0;
     q->calls--;
-    atomic_store_explicit(&q->behind, q->count > 0 && q->calls > 0, memory_order_relaxed);
+    note_behind(q);
     if (sl->stuck) {
       sl->stuck = 0;
       q->stuck--;
@@ -317,7 +322,7 @@ static int take(PoolObject *q, pool_slot *sl, pool_item *out, int ended) {
       q->count--;
       sl->in_call = 1;
       q->calls++;
-      atomic_store_explicit(&q->behind, q->count > 0, memory_order_relaxed);
+      note_behind(q);
       sl->started++;
       pthread_mutex_unlock(&q->lock);
       return 1;

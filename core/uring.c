@@ -254,16 +254,11 @@ int pmu__files_update(struct io_uring *ring, unsigned slot, int fd) {
 }
 
 int pmu__submit_and_wait(struct io_uring *ring, int64_t timeout_ms) {
+  if (timeout_ms >= 0)
+    return pmu__submit_and_wait_n(ring, 1, timeout_ms * 1000);
   if (PMU__FAULT(PMU__FAULT_WAIT))
     return -EFAULT;
-  if (timeout_ms < 0)
-    return io_uring_submit_and_wait(ring, 1);
-  struct __kernel_timespec ts = {
-      .tv_sec = timeout_ms / 1000,
-      .tv_nsec = (long long)(timeout_ms % 1000) * 1000000LL,
-  };
-  struct io_uring_cqe *cqe = NULL;
-  return io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
+  return io_uring_submit_and_wait(ring, 1);
 }
 
 int pmu__submit_and_wait_n(struct io_uring *ring, unsigned nr, int64_t timeout_us) {

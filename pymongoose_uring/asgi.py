@@ -240,7 +240,6 @@ else:
 # asgi_scope(request, base, state, forwarded): ASGIHandler.scope in C.
 _asgi_scope: Any = getattr(_native._pmu, "asgi_scope", None)
 _hold_wakeups, _flush_wakeups = _native.hold_wakeups, _native.flush_wakeups
-_after_batch = _native._pmu.after_batch
 # ASGIStarter(handler, ...): ASGIHandler._start and _sweep in C.
 _Starter: Any = getattr(_native._pmu, "ASGIStarter", None)
 
@@ -1106,7 +1105,7 @@ class ASGIHandler:
         made = len(self._fresh) - before
         if made:
             # After the first steps of the tasks this turn made (all its batches'),
-            # queued behind them.
+            # queued behind them. (Inline, as in _drain: no call more per turn.)
             loop.call_soon(self._sweeper, made)
         if nxt is None:  # stopped, its last connection closed: the ring is gone
             self._undrive(None)

@@ -271,11 +271,15 @@ class _NotACoroutine:
         yield from self.send({"type": "http.response.body", "body": b"awaited"}).__await__()
 
 
-@pytest.mark.parametrize("start", ["c", "python"])
-def test_app_returning_other_awaitables_and_raising_at_call(serve_asgi, monkeypatch, start):
-    if start == "python":
+@pytest.fixture(params=["c", "python"])
+def start(request, monkeypatch):
+    """Requests started by the C ASGIStarter, or by ASGIHandler._start (no starter)."""
+    if request.param == "python":
         monkeypatch.setattr(asgi, "_Starter", None)
+    return request.param
 
+
+def test_app_returning_other_awaitables_and_raising_at_call(serve_asgi, start):
     def app(scope, receive, send):
         if scope["type"] != "http":
             raise RuntimeError("no lifespan here")
@@ -293,11 +297,7 @@ class _Quit(BaseException):
     """Not an Exception: the adapter lets it go to the engine (which answers 500)."""
 
 
-@pytest.mark.parametrize("start", ["c", "python"])
-def test_base_exceptions_at_call_reach_the_engine(serve_asgi, monkeypatch, start, caplog):
-    if start == "python":
-        monkeypatch.setattr(asgi, "_Starter", None)
-
+def test_base_exceptions_at_call_reach_the_engine(serve_asgi, start, caplog):
     def app(scope, receive, send):
         if scope["type"] != "http":
             raise RuntimeError("no lifespan here")
