@@ -499,6 +499,11 @@ static int load_slot(pmu_server_t *s, pmu__tls_server_t *t, const char *certfile
       pmu__set_error(s, "cannot decrypt the private key %s: wrong password (%s)", keypath, reason);
     else if (bad_decrypt)
       pmu__set_error(s, "the private key %s is encrypted: give its password (%s)", keypath, reason);
+    else if (password) /* a wrong one passes the padding check about once in 256 decryptions,
+                        * and the garbage then fails to decode instead */
+      pmu__set_error(s,
+                     "cannot load the private key %s with the password given (wrong password?): %s",
+                     keypath, reason);
     else
       pmu__set_error(s, "cannot load the private key %s: %s", keypath, reason);
     return -EINVAL;
