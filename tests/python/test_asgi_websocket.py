@@ -1021,8 +1021,15 @@ def test_a_flooding_client_is_held_back_while_the_app_does_not_read(serve_ws):
     flooder = threading.Thread(target=flood, daemon=True)
     flooder.start()
     time.sleep(2)
-    held = sent[0]
-    assert held < 150, "the server read %d of 200 64 KiB messages the app left" % held
+    # The client is held back: its sends block. How many went out first is the kernel's
+    # say (loopback buffers autotune to several MiB each way: 156 of the 200 once, on a
+    # loaded machine), so the bound on the server's reading is its own count of messages:
+    # the pause comes from the callback of the 4th, after the ring turn that parsed it,
+    # and a turn parses what its receive buffers hold (4 to 60 of these messages seen).
+    assert sent[0] < 200, "the client sent all 200 64 KiB messages unhindered"
+    if not REFERENCE:
+        parsed = server.stats()["ws_messages_in"]
+        assert parsed < 100, "the server read %d messages for a queue of 4" % parsed
     go.set()
     flooder.join(30)
     assert sent[0] == 200
