@@ -459,8 +459,7 @@ static int answer(CycleObject *self, struct pyb_asgi *a, PyObject *body) {
     Py_XDECREF(rc);
     return rc ? 0 : -1;
   }
-  PyObject *rargs[] = {body, self->status, self->headers, Py_None};
-  PyObject *response = PyObject_Vectorcall((PyObject *)self->st->response_type, rargs, 4, NULL);
+  PyObject *response = pyb_response_new(self->st, body, self->status, self->headers);
   if (response == NULL)
     return -1;
   PyObject *rc;

@@ -153,6 +153,9 @@ typedef struct pyb_state {
   PyTypeObject *pool_type;          /* WSGIPool (wsgi.c) */
   PyTypeObject *wsgi_start_type;    /* WSGIStartResponse (wsgi.c) */
   PyTypeObject *wsgi_call_type;     /* WSGICall (wsgi.c) */
+  /* (host, port) tuples of recent IP addresses (pyb_address), direct-mapped;
+   * PyMem, NULL until first used. */
+  struct pyb_addr_entry *addrs;
 } pyb_state;
 
 extern PyModuleDef pyb_module_def;
@@ -457,9 +460,13 @@ int pyb_request_respond(PyObject *request, const pmu_response_t *response, Py_ss
 PyObject *pyb_request_connection(PyObject *request);
 
 /* (host, port) for IP families; for AF_UNIX, `unix_path` (borrowed: the
- * engine keeps only the family of Unix addresses) or None. New reference or
- * NULL. */
-PyObject *pyb_address(const struct sockaddr_storage *ss, PyObject *unix_path);
+ * engine keeps only the family of Unix addresses) or None. The tuples of
+ * recent addresses are kept in st (a connection's client, the server's
+ * address: asked for on every request by the scope, the environ). New
+ * reference or NULL. GIL held. */
+PyObject *pyb_address(pyb_state *st, const struct sockaddr_storage *ss, PyObject *unix_path);
+int pyb_address_traverse(pyb_state *st, visitproc visit, void *arg);
+void pyb_address_clear(pyb_state *st);
 
 /* ---- conn.c ---- */
 
@@ -542,6 +549,11 @@ typedef struct pyb_built {
  * with an exception set; call pyb_built_release() either way.
  */
 int pyb_build_response(pyb_state *st, PyObject *result, pyb_built *out);
+
+/* Response(body, status, headers, None) without the call's argument parsing
+ * (for an exact int status; anything else goes through the call). New
+ * reference or NULL. */
+PyObject *pyb_response_new(pyb_state *st, PyObject *body, PyObject *status, PyObject *headers);
 void pyb_built_release(pyb_built *built);
 
 /* Only headers, for a streamed answer's head: validated as for a

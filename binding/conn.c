@@ -337,7 +337,7 @@ static PyObject *get_thread(PyObject *op, void *closure) {
 
 static PyObject *get_peer(PyObject *op, void *closure) {
   ConnectionObject *self = CONN(op);
-  if (self->peer == NULL && (self->peer = pyb_address(&self->peer_addr, NULL)) == NULL)
+  if (self->peer == NULL && (self->peer = pyb_address(self->st, &self->peer_addr, NULL)) == NULL)
     return NULL;
   return Py_NewRef(self->peer);
 }
@@ -345,7 +345,7 @@ static PyObject *get_peer(PyObject *op, void *closure) {
 static PyObject *get_local(PyObject *op, void *closure) {
   ConnectionObject *self = CONN(op);
   if (self->local == NULL &&
-      (self->local = pyb_address(&self->local_addr, self->unix_path)) == NULL)
+      (self->local = pyb_address(self->st, &self->local_addr, self->unix_path)) == NULL)
     return NULL;
   return Py_NewRef(self->local);
 }

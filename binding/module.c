@@ -602,6 +602,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
   Py_VISIT(st->unquote);
   Py_VISIT(st->support);
   int rc = pyb_asgi_traverse(st, visit, arg);
+  if (rc == 0)
+    rc = pyb_address_traverse(st, visit, arg);
   return rc ? rc : pyb_mg_traverse(st, visit, arg);
 }
 
@@ -648,6 +650,7 @@ static int module_clear(PyObject *module) {
   Py_CLEAR(st->ct_octet);
   pyb_mg_clear(st);
   pyb_asgi_clear(st);
+  pyb_address_clear(st);
   return 0;
 }
 

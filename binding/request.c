@@ -550,9 +550,8 @@ static size_t ipv4_text(const struct in_addr *a, char out[16]) {
   return n;
 }
 
-/* (host, port) for IP families; for AF_UNIX, `unix_path` (the engine
- * keeps only the family of Unix addresses) or None. */
-PyObject *pyb_address(const struct sockaddr_storage *ss, PyObject *unix_path) {
+/* (host, port) of an IP address; None for a family without one. */
+static PyObject *make_address(const struct sockaddr_storage *ss) {
   if (ss->ss_family == AF_INET) {
     const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
     char host[16];
@@ -566,9 +565,65 @@ PyObject *pyb_address(const struct sockaddr_storage *ss, PyObject *unix_path) {
       Py_RETURN_NONE;
     return host_port(host, strlen(host), ntohs(in6->sin6_port));
   }
-  if (ss->ss_family == AF_UNIX && unix_path != NULL)
-    return Py_NewRef(unix_path);
   Py_RETURN_NONE;
+}
+
+/* The address cache: what make_address's text depends on (family, port,
+ * address) as key; 64 entries, each address in one place by its hash. */
+#define ADDR_SLOTS 64
+struct pyb_addr_entry {
+  uint16_t family, port;
+  unsigned char addr[16];
+  PyObject *value; /* NULL: empty */
+};
+
+PyObject *pyb_address(pyb_state *st, const struct sockaddr_storage *ss, PyObject *unix_path) {
+  struct pyb_addr_entry key = {.family = ss->ss_family};
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+    key.port = in->sin_port;
+    memcpy(key.addr, &in->sin_addr, 4);
+  } else if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+    key.port = in6->sin6_port;
+    memcpy(key.addr, &in6->sin6_addr, 16);
+  } else if (ss->ss_family == AF_UNIX && unix_path != NULL) {
+    return Py_NewRef(unix_path);
+  } else {
+    Py_RETURN_NONE;
+  }
+  if (st->addrs == NULL && (st->addrs = PyMem_Calloc(ADDR_SLOTS, sizeof *st->addrs)) == NULL)
+    return make_address(ss); /* no memory for the cache: uncached */
+  uint32_t h = 2166136261u;  /* FNV-1a over port and address */
+  const unsigned char *k = (const unsigned char *)&key.port;
+  for (size_t i = 0; i < sizeof key.port + sizeof key.addr; i++)
+    h = (h ^ k[i]) * 16777619u;
+  struct pyb_addr_entry *e = &st->addrs[(h ^ (h >> 16)) % ADDR_SLOTS];
+  if (e->value != NULL && e->family == key.family && e->port == key.port &&
+      memcmp(e->addr, key.addr, sizeof key.addr) == 0)
+    return Py_NewRef(e->value);
+  PyObject *value = make_address(ss);
+  if (value != NULL) {
+    key.value = Py_NewRef(value);
+    PyObject *old = e->value;
+    *e = key;
+    Py_XDECREF(old);
+  }
+  return value;
+}
+
+int pyb_address_traverse(pyb_state *st, visitproc visit, void *arg) {
+  for (int i = 0; st->addrs != NULL && i < ADDR_SLOTS; i++)
+    Py_VISIT(st->addrs[i].value);
+  return 0;
+}
+
+void pyb_address_clear(pyb_state *st) {
+  struct pyb_addr_entry *addrs = st->addrs;
+  st->addrs = NULL;
+  for (int i = 0; addrs != NULL && i < ADDR_SLOTS; i++)
+    Py_CLEAR(addrs[i].value);
+  PyMem_Free(addrs);
 }
 
 /* One header's name or value as Python sees it: str, latin-1 decoded
@@ -635,8 +690,8 @@ CACHED_GETTER(target, target, decode_text(r->target, r->target_len))
 CACHED_GETTER(query_string, query_string, decode_text(r->query, r->query_len))
 CACHED_GETTER(whole_body, body,
               PyBytes_FromStringAndSize(r->body_len ? r->body : "", (Py_ssize_t)r->body_len))
-CACHED_GETTER(client, client, pyb_address(&r->peer, NULL))
-CACHED_GETTER(server, server, pyb_address(&r->local, self->unix_path))
+CACHED_GETTER(client, client, pyb_address(self->st, &r->peer, NULL))
+CACHED_GETTER(server, server, pyb_address(self->st, &r->local, self->unix_path))
 
 static PyObject *get_body(PyObject *op, void *closure) {
   if (REQ(op)->streamed) {

@@ -710,14 +710,10 @@ static PyObject *response_new(PyTypeObject *cls, PyObject *args, PyObject *kwarg
   return response_alloc(cls);
 }
 
-static int response_init(PyObject *op, PyObject *args, PyObject *kwargs) {
-  static char *kwlist[] = {"body", "status", "headers", "content_type", NULL};
-  PyObject *body = NULL, *headers = Py_None, *content_type = NULL;
-  int status = 200;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OiOO:Response", kwlist, &body, &status, &headers,
-                                   &content_type))
-    return -1;
-  pyb_state *st = pyb_state_from_type(Py_TYPE(op));
+/* Response.__init__'s work, its arguments parsed (body and content_type may
+ * be NULL: not given). 0, or -1 with an exception set. */
+static int response_fill(pyb_state *st, PyObject *op, PyObject *body, int status, PyObject *headers,
+                         PyObject *content_type) {
   if (check_status(status) < 0)
     return -1;
   PyObject *ct = NULL;
@@ -737,6 +733,29 @@ static int response_init(PyObject *op, PyObject *args, PyObject *kwargs) {
   Py_XSETREF(self->headers, Py_NewRef(headers));
   Py_XSETREF(self->content_type, Py_NewRef(ct));
   return 0;
+}
+
+static int response_init(PyObject *op, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"body", "status", "headers", "content_type", NULL};
+  PyObject *body = NULL, *headers = Py_None, *content_type = NULL;
+  int status = 200;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|OiOO:Response", kwlist, &body, &status, &headers,
+                                   &content_type))
+    return -1;
+  return response_fill(pyb_state_from_type(Py_TYPE(op)), op, body, status, headers, content_type);
+}
+
+PyObject *pyb_response_new(pyb_state *st, PyObject *body, PyObject *status, PyObject *headers) {
+  int overflow = 0;
+  long s = PyLong_CheckExact(status) ? PyLong_AsLongAndOverflow(status, &overflow) : -1;
+  if (!PyLong_CheckExact(status) || overflow || s < INT_MIN || s > INT_MAX)
+    /* Response()'s own conversion, and its errors */
+    return PyObject_CallFunctionObjArgs((PyObject *)st->response_type, body, status, headers,
+                                        Py_None, NULL);
+  PyObject *op = response_alloc(st->response_type);
+  if (op != NULL && response_fill(st, op, body, (int)s, headers, Py_None) < 0)
+    Py_CLEAR(op);
+  return op;
 }
 
 /* A new instance of cls with the given fields (references borrowed). */

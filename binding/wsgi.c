@@ -565,6 +565,7 @@ PyType_Spec pyb_pool_spec = {
 
 typedef struct {
   PyObject_HEAD
+  pyb_state *st; /* borrowed: the type holds the module */
   PyObject *app;
   PyObject *base;         /* dict copied for every environ */
   PyObject *script_name;  /* str, "" or the prefix without its trailing "/" */
@@ -740,7 +741,7 @@ static int set_new(PyObject *env, PyObject *key, PyObject *value) {
  * one's are kept. Borrowed into *name and *port. */
 static int server_names(CallObject *c, const pmu_request_t *r, PyObject **name, PyObject **port) {
   if (c->server_name == NULL || memcmp(&c->server_addr, &r->local, sizeof r->local) != 0) {
-    PyObject *addr = pyb_address(&r->local, NULL); /* (host, port), or None */
+    PyObject *addr = pyb_address(c->st, &r->local, NULL); /* (host, port), or None */
     if (addr == NULL)
       return -1;
     PyObject *n, *p;
@@ -799,7 +800,7 @@ static PyObject *build_environ(CallObject *c, PyObject *request) {
   if (server_names(c, r, &sname, &sport) < 0 || PyDict_SetItem(env, k_server_name, sname) < 0 ||
       PyDict_SetItem(env, k_server_port, sport) < 0)
     goto fail;
-  client = pyb_address(&r->peer, NULL);
+  client = pyb_address(c->st, &r->peer, NULL);
   if (client == NULL)
     goto fail;
   if (PyTuple_Check(client)) {
@@ -1420,6 +1421,7 @@ static PyObject *call_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
                           &c->fail,         &c->write};
   for (int i = 0; i < 10; i++)
     *slots[i] = Py_NewRef(a[i]);
+  c->st = pyb_state_from_type(type);
   c->scheme_fixed = scheme_fixed;
   c->vectorcall = call_vectorcall;
   return (PyObject *)c;

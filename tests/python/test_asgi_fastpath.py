@@ -6,6 +6,7 @@ Python paths; the pure-Python base (no compiled extension) behaves the same."""
 import asyncio
 import collections
 import gc
+import http
 import socket
 import sys
 import threading
@@ -249,6 +250,49 @@ def test_both_bases_answer_alike(serve_asgi, monkeypatch, base):
         c.close()
     # fewer bytes than declared: sent as they are, then the connection closes
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\nshort")
+
+
+STATUSES = {
+    "/int": 201,
+    "/enum": http.HTTPStatus.ACCEPTED,  # an int subclass: Response()'s own conversion
+    "/bool": True,  # status 1
+    "/str": "200",
+    "/low": 99,
+    "/high": 1000,
+    "/huge": 2**70,
+    "/negative": -200,
+}
+
+
+async def _status_app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    status = STATUSES[scope["path"]]
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b"status"})
+
+
+@pytest.mark.parametrize("base", ["c", "python"])
+def test_statuses_alike_on_both_bases(serve_asgi, monkeypatch, base):
+    """The C send makes its Response without the call for an exact int status; any other
+    status goes through Response() as in Python: the same answers on both (500 for what
+    cannot be sent), and the server goes on."""
+    if base == "python":
+        monkeypatch.setattr(asgi, "_Starter", None)
+        monkeypatch.setattr(asgi, "_Cycle", _python_cycle())
+        monkeypatch.setattr(asgi, "_asgi_scope", None)
+    server = serve_asgi(_status_app, lifespan="off")
+    got = {path: request(server, path=path)[0] for path in STATUSES}
+    assert got == {
+        "/int": 201,
+        "/enum": 202,
+        "/bool": 500,
+        "/str": 500,
+        "/low": 500,
+        "/high": 500,
+        "/huge": 500,
+        "/negative": 500,
+    }
 
 
 def test_access_log_from_the_c_path(serve_asgi, caplog):
