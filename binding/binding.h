@@ -52,6 +52,23 @@ static inline int PyModule_AddObjectRef(PyObject *m, const char *name, PyObject 
   }
   return 0;
 }
+typedef enum { PYGEN_RETURN = 0, PYGEN_ERROR = -1, PYGEN_NEXT = 1 } PySendResult;
+/* iter.send(arg): NEXT with what it yielded, RETURN with its value, ERROR. */
+static inline PySendResult PyIter_Send(PyObject *iter, PyObject *arg, PyObject **presult) {
+  *presult = PyObject_CallMethod(iter, "send", "O", arg);
+  if (*presult != NULL)
+    return PYGEN_NEXT;
+  if (!PyErr_ExceptionMatches(PyExc_StopIteration))
+    return PYGEN_ERROR;
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  *presult = value ? PyObject_GetAttrString(value, "value") : Py_NewRef(Py_None);
+  Py_XDECREF(type);
+  Py_XDECREF(value);
+  Py_XDECREF(tb);
+  return *presult ? PYGEN_RETURN : PYGEN_ERROR;
+}
 #endif
 #if PY_VERSION_HEX < 0x030B0000
 /* Walk the MRO for the first heap type created from a module using `def`. */

@@ -491,7 +491,8 @@ class ASGICycle:
 
 class ASGIStarter:
     """ASGIHandler._start and _sweep in C (binding/asgi.c): called with a request, it
-    makes its cycle, scope, the app's coroutine and the asyncio Task that runs it;
+    makes its cycle, scope, the app's coroutine and the asyncio Task that runs it (an
+    eager Task of its own on Python 3.12+; before, this turn's ASGIBatch and its Task);
     TLS requests and WebSocket handshakes go to handler._start. The handler's fields
     (app, loop, _scope_base, state, _forward, _fresh, _tasks, websocket, access_log) are
     read once, when it is made."""
@@ -501,6 +502,18 @@ class ASGIStarter:
     ) -> None: ...
     def __call__(self, request: Request) -> None: ...
     def sweep(self, count: int) -> None: ...
+    def _batch_done(self, task: "asyncio.Task[Any]") -> None:
+        """A batch Task's done callback (Python < 3.12): it leaves handler._tasks."""
+
+class ASGIBatch:
+    """The requests of one ring turn, run one after the other by one asyncio Task, each
+    app in its own copy of the context (Python < 3.12; made by ASGIStarter only). An app
+    that waits keeps the Task; the requests after it go on in a new batch and Task."""
+
+    def send(self, value: Any) -> Any: ...
+    def throw(self, exc: BaseException) -> Any: ...
+    def close(self) -> None: ...
+    def __await__(self) -> "ASGIBatch": ...
 
 def asgi_scope(
     request: Request,

@@ -945,7 +945,8 @@ class ASGIHandler:
                 raise
         self._plain_tasks = self.loop.get_task_factory() is None
         # What starts a request's task on the loop: _start, or the same in C (the
-        # handler's fields it reads, state among them, are set by now).
+        # handler's fields it reads, state among them, are set by now; before Python
+        # 3.12 it runs each turn's apps in one Task, an ASGIBatch: binding/asgi.c).
         self._dispatch, self._sweeper = self._start, self._sweep
         if _Starter is not None and self._plain_tasks and _CycleBaseC is not _CycleBase:
             starter = _Starter(self, _Cycle, _Task, _TASK_NAME, _EAGER)
@@ -1193,10 +1194,11 @@ class ASGIHandler:
             ready.popleft()._wake()
 
     def _drain(self) -> None:
-        """On the loop: one task per queued request. An http request's task runs
+        """On the loop: the queued requests' tasks. An http request's task runs
         the app's coroutine itself (no wrapper coroutine between the task and the
         app: each of its steps is one frame shorter); what handle() does after the
-        app returns or raises, _finished does when the task is done."""
+        app returns or raises, _finished does when the task is done. (The C
+        starter, before Python 3.12: one Task for the drain's apps, an ASGIBatch.)"""
         self._scheduled = False  # before draining: a request queued later posts again
         loop = self.loop
         assert loop is not None

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import recv_until_closed, request, wait_until
+from pymongoose_uring import asgi
 from pymongoose_uring.asgi import ASGIServer
 
 
@@ -333,8 +334,10 @@ def test_tasks_done_in_their_first_step_need_no_done_callback(ring):
     real = s.handler._finished
     s.handler._finished = lambda task: (calls.append(task), real(task))
     try:
-        assert get(s)[0] == 500  # ended through the done callback
-        assert len(calls) == 1
+        assert get(s)[0] == 500
+        # 3.12+: its own (eager) task, ended through the done callback; before, the
+        # batch's Task it waited in ran it to its end (the batch's end is C's callback)
+        assert len(calls) == (1 if asgi._EAGER else 0)
     finally:
         s.stop()
 
