@@ -1002,6 +1002,14 @@ static PySendResult batch_step(BatchObject *b, PyObject *value, PyObject *exc, P
       }
       PyErr_WriteUnraisable((PyObject *)b); /* the fatal error goes on */
     }
+    /* The apps that ended before it let their requests go now, not when it ends. */
+    PyObject *empty = PyList_New(0);
+    if (empty == NULL) {
+      Py_CLEAR(*result);
+      return PYGEN_ERROR;
+    }
+    Py_SETREF(b->items, empty);
+    b->next = 0;
     return sr;
   }
   Py_CLEAR(b->items); /* done: what it held goes now, not with the Task */

@@ -8,6 +8,7 @@ On 3.12+ each request has its own eager Task: the same checks hold there too."""
 
 import asyncio
 import contextvars
+import gc
 import threading
 import time
 
@@ -210,4 +211,45 @@ def test_a_batch_is_one_task_registered_until_it_ends():
         other.close()
         c.close()
     finally:
+        s.stop()
+
+
+@pytest.mark.skipif(not BATCHED, reason="batches are for Python < 3.12 (3.12+: eager tasks)")
+def test_an_app_that_waits_does_not_keep_the_requests_before_it():
+    """The apps of its batch that ended before it let their requests go at once, not
+    when the waiting one ends (a long poll would keep them)."""
+    from pymongoose_uring import _native
+
+    gate = {}
+
+    async def app(scope, receive, send):
+        path = scope["path"]
+        if path == "/hold":
+            time.sleep(0.3)
+            return await answer(send, b"held")
+        if path == "/wait":
+            gate["e"] = asyncio.Event()
+            await gate["e"].wait()
+        await answer(send, b"ok")
+
+    s = started(app)
+    clients = [RawClient(s.port) for _ in range(6)]
+    try:
+        base = _native._pmu.requests_alive()
+        clients[0].send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.1)
+        for c in clients[1:5]:
+            c.send(b"GET /quick HTTP/1.1\r\nHost: t\r\n\r\n")
+        clients[5].send(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+        for c in clients[:5]:
+            assert c.read_response()[0] == 200
+        wait_until(lambda: "e" in gate, what="the waiting app")
+        gc.collect()
+        # the waiting request alone is held (give or take the ones the loop freed late)
+        wait_until(lambda: _native._pmu.requests_alive() <= base + 1, what="requests freed")
+        s.handler.loop.call_soon_threadsafe(gate["e"].set)
+        assert clients[5].read_response()[0] == 200
+    finally:
+        for c in clients:
+            c.close()
         s.stop()
