@@ -36,8 +36,8 @@ struct pyb_asgi {
   PyObject *k_type, *k_status, *k_trailers, *k_body, *k_more_body;
   PyObject *v_http_request, *v_start, *v_body;
   /* attribute and method names */
-  PyObject *a_client, *a_server, *a_body_streaming, *a_access_log, *a_reply, *a_send, *a_receive,
-      *a_answered, *a_log, *a_wake;
+  PyObject *a_body_streaming, *a_access_log, *a_reply, *a_send, *a_receive, *a_answered, *a_log,
+      *a_wake;
   /* ASGIStarter's: the task's methods, the cycle's, the handler's (looked up
    * when used: they are for the rarer paths) */
   PyObject *m_done, *m_cancelled, *m_exception, *m_add_done_callback, *m_receive, *m_send, *m_start,
@@ -275,13 +275,17 @@ static PyObject *make_scope(pyb_state *st, PyObject *request, const pmu_request_
           : PyUnicode_FromFormat("%u.%u", (unsigned)r->http_major, (unsigned)r->http_minor);
   if (put(scope, a->k_http_version, version) < 0)
     goto fail;
-  PyObject *server = PyObject_GetAttr(request, a->a_server);
+  /* request.server and .client (a subclass's own, if any) */
+  int exact = Py_TYPE(request) == st->request_type;
+  PyObject *server =
+      exact ? pyb_request_server(request) : PyObject_GetAttrString(request, "server");
   if (server != NULL && PyUnicode_Check(server)) { /* a Unix socket's path */
     PyObject *pair = PyTuple_Pack(2, server, Py_None);
     Py_SETREF(server, pair);
   }
   if (put(scope, a->k_server, server) < 0 ||
-      put(scope, a->k_client, PyObject_GetAttr(request, a->a_client)) < 0 ||
+      put(scope, a->k_client,
+          exact ? pyb_request_client(request) : PyObject_GetAttrString(request, "client")) < 0 ||
       put(scope, a->k_method, pyb_request_method(request)) < 0 ||
       put(scope, a->k_path, pyb_request_path(request)) < 0 ||
       put(scope, a->k_raw_path, field_bytes(r->path, r->path_len)) < 0 ||
@@ -1486,8 +1490,8 @@ int pyb_asgi_exec(PyObject *module, pyb_state *st) {
       intern(&a->k_trailers, "trailers") < 0 || intern(&a->k_body, "body") < 0 ||
       intern(&a->k_more_body, "more_body") < 0 || intern(&a->v_http_request, "http.request") < 0 ||
       intern(&a->v_start, "http.response.start") < 0 ||
-      intern(&a->v_body, "http.response.body") < 0 || intern(&a->a_client, "client") < 0 ||
-      intern(&a->a_server, "server") < 0 || intern(&a->a_body_streaming, "body_streaming") < 0 ||
+      intern(&a->v_body, "http.response.body") < 0 ||
+      intern(&a->a_body_streaming, "body_streaming") < 0 ||
       intern(&a->a_access_log, "access_log") < 0 || intern(&a->a_reply, "reply") < 0 ||
       intern(&a->a_send, "_send") < 0 || intern(&a->a_receive, "_receive") < 0 ||
       intern(&a->a_answered, "_answered") < 0 || intern(&a->a_log, "_log") < 0 ||
@@ -1544,8 +1548,6 @@ void pyb_asgi_clear(pyb_state *st) {
       &a->v_http_request,
       &a->v_start,
       &a->v_body,
-      &a->a_client,
-      &a->a_server,
       &a->a_body_streaming,
       &a->a_access_log,
       &a->a_reply,

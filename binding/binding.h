@@ -437,6 +437,8 @@ PyObject *pyb_request_new(pyb_state *st, pmu_request_t *request, PyObject *unix_
 /* request.method and request.path, built on first use. New references. */
 PyObject *pyb_request_method(PyObject *request);
 PyObject *pyb_request_path(PyObject *request);
+PyObject *pyb_request_client(PyObject *request); /* request.client */
+PyObject *pyb_request_server(PyObject *request); /* request.server */
 
 /* Whether the request is still waiting for its answer (neither answered
  * nor its streamed answer started). */

@@ -706,6 +706,8 @@ static PyObject *get_body(PyObject *op, void *closure) {
 
 PyObject *pyb_request_method(PyObject *request) { return get_method(request, NULL); }
 PyObject *pyb_request_path(PyObject *request) { return get_path(request, NULL); }
+PyObject *pyb_request_client(PyObject *request) { return get_client(request, NULL); }
+PyObject *pyb_request_server(PyObject *request) { return get_server(request, NULL); }
 
 static PyObject *get_query(PyObject *op, void *closure) {
   RequestObject *self = REQ(op);
