@@ -344,10 +344,20 @@ static int on_status(SSL *ssl, void *arg) {
   return SSL_TLSEXT_ERR_OK;
 }
 
-/* A key's password, from the SSL_CTX's userdata; "" when none was given, so
- * that OpenSSL never asks on a terminal. */
+/* What the password callback is given: the password (NULL: none), and
+ * whether OpenSSL asked for it (the key is encrypted). */
+typedef struct {
+  const char *password;
+  int asked;
+} password_ask_t;
+
+/* A key's password, from the SSL_CTX's userdata (a password_ask_t, or NULL);
+ * "" when none was given, so that OpenSSL never asks on a terminal. */
 static int on_password(char *buf, int size, int rwflag, void *u) {
-  const char *pw = u;
+  password_ask_t *ask = u;
+  if (ask)
+    ask->asked = 1;
+  const char *pw = ask ? ask->password : NULL;
   if (!pw)
     return 0;
   size_t n = strlen(pw);
@@ -485,35 +495,44 @@ static int load_slot(pmu_server_t *s, pmu__tls_server_t *t, const char *certfile
   if (rc < 0)
     return rc;
   SSL_CTX *ctx = slot->ctx;
-  SSL_CTX_set_default_passwd_cb(ctx, on_password);
-  SSL_CTX_set_default_passwd_cb_userdata(ctx, (void *)password);
+  SSL_CTX_set_default_passwd_cb(ctx, on_password); /* no userdata: never a terminal prompt */
   if (SSL_CTX_use_certificate_chain_file(ctx, certfile) != 1) {
     ssl_error(s, "cannot load the certificate chain", certfile);
     return -EINVAL;
   }
-  if (SSL_CTX_use_PrivateKey_file(ctx, keypath, SSL_FILETYPE_PEM) != 1) {
+  /* The key read apart from its use: a key that does not match the certificate
+   * is then told from one that cannot be read (SSL_CTX_use_PrivateKey_file fails
+   * both ways). */
+  password_ask_t ask = {.password = password};
+  BIO *kb = BIO_new_file(keypath, "r");
+  EVP_PKEY *pkey = kb ? PEM_read_bio_PrivateKey(kb, NULL, on_password, &ask) : NULL;
+  BIO_free(kb);
+  if (pkey == NULL) {
     char reason[200];
     int bad_decrypt;
     ssl_reason(reason, sizeof reason, &bad_decrypt);
+    /* A wrong password, or none (OpenSSL then tries ""), passes the padding check about
+     * once in 256 decryptions, and the garbage then fails to decode instead: that the
+     * password was asked for says the key is encrypted either way. */
     if (bad_decrypt && password)
       pmu__set_error(s, "cannot decrypt the private key %s: wrong password (%s)", keypath, reason);
-    else if (bad_decrypt)
-      pmu__set_error(s, "the private key %s is encrypted: give its password (%s)", keypath, reason);
-    else if (password) /* a wrong one passes the padding check about once in 256 decryptions,
-                        * and the garbage then fails to decode instead */
+    else if (password && ask.asked)
       pmu__set_error(s,
                      "cannot load the private key %s with the password given (wrong password?): %s",
                      keypath, reason);
+    else if (bad_decrypt || ask.asked)
+      pmu__set_error(s, "the private key %s is encrypted: give its password (%s)", keypath, reason);
     else
       pmu__set_error(s, "cannot load the private key %s: %s", keypath, reason);
     return -EINVAL;
   }
-  if (SSL_CTX_check_private_key(ctx) != 1) {
+  int used = SSL_CTX_use_PrivateKey(ctx, pkey) == 1;
+  EVP_PKEY_free(pkey);
+  if (!used || SSL_CTX_check_private_key(ctx) != 1) {
     ERR_clear_error();
     pmu__set_error(s, "the private key %s does not match the certificate %s", keypath, certfile);
     return -EINVAL;
   }
-  SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL); /* the password is not kept here */
   if (cfg->ssl_cert_reqs) {
     if (SSL_CTX_load_verify_locations(ctx, t->ca_certs, NULL) != 1) {
       ssl_error(s, "cannot load ssl_ca_certs", t->ca_certs);

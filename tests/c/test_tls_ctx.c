@@ -351,6 +351,49 @@ static void test_keys(void) {
   T_ASSERT_CONTAINS(e, strlen(e), enc.key_path);
   T_ASSERT_CONTAINS(e, strlen(e), "password");
 
+  /* P-256 keys encrypted with "s3cret" (made here with openssl pkcs8 -topk8 -v2 aes-256-cbc)
+   * whose decryption with "" (the first) and with "wrong" (the second) gets past the CBC
+   * padding check, as about one in 256 does: the garbage then fails to decode, and only
+   * that OpenSSL asked for a password says the key is encrypted. */
+  static const char empty_passes[] =
+      "-----BEGIN ENCRYPTED PRIVATE KEY-----\n"
+      "MIHsMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAcBAhu288iUfJ8ywICCAAw\n"
+      "DAYIKoZIhvcNAgkFADAdBglghkgBZQMEASoEECVUdog8kHuLkU1OawRpmgsEgZC5\n"
+      "9GUYo3+H/yeY98NzUeb8lAPtNdcfrpMq2Co69eefjD7YX1KmeduI29MhSOSfBdkM\n"
+      "w/P8TjGBh07si9RR9uvv7hwmLNDMO443WUvErTJ0CwoGRtoOWHHhs9Wj2RloLheA\n"
+      "GPRAGLy6A7GSS/kyuSU2aqGze55ioeGq5kUrZ8zFUKWqpCySoMALHHe1BWDxLRw=\n"
+      "-----END ENCRYPTED PRIVATE KEY-----\n";
+  static const char wrong_passes[] =
+      "-----BEGIN ENCRYPTED PRIVATE KEY-----\n"
+      "MIHsMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAcBAgqUFyl5JeO1QICCAAw\n"
+      "DAYIKoZIhvcNAgkFADAdBglghkgBZQMEASoEEM23Ru51M3BXcVHFxRSpSb8EgZBR\n"
+      "8Du5NxRM3E7dxr/1rYiultFWC/3VjGWt5F1UukUXYYjYxa+lDIfD0zcgNpIMopa9\n"
+      "F7KsuYjb+mKBmMlYdB7xtE4WEKGdBlK35TWtiNp0VRqsqN2DPXZg9BIZNckRGqGb\n"
+      "N/0busVfj7mJywaXQH8+zncbexZcdAZ/lzIXdeIcLA40WYnUA7uZv4KJrjV72fk=\n"
+      "-----END ENCRYPTED PRIVATE KEY-----\n";
+  char lucky[600];
+
+  t_case("an encrypted key whose decryption without a password decodes as garbage: "
+         "still 'give its password'");
+  snprintf(lucky, sizeof lucky, "%s/lucky-empty.key", t_tls_dir());
+  t_write_file(lucky, empty_passes, sizeof empty_passes - 1);
+  cfg.ssl_keyfile = lucky;
+  cfg.ssl_keyfile_password = NULL;
+  e = refused(&cfg, -EINVAL);
+  T_ASSERT_CONTAINS(e, strlen(e), lucky);
+  T_ASSERT_CONTAINS(e, strlen(e), "is encrypted: give its password");
+
+  t_case("a wrong password whose decryption decodes as garbage: still 'wrong password?'");
+  snprintf(lucky, sizeof lucky, "%s/lucky-wrong.key", t_tls_dir());
+  t_write_file(lucky, wrong_passes, sizeof wrong_passes - 1);
+  cfg.ssl_keyfile_password = "wrong";
+  e = refused(&cfg, -EINVAL);
+  T_ASSERT_CONTAINS(e, strlen(e), lucky);
+  T_ASSERT_CONTAINS(e, strlen(e), "wrong password");
+  cfg.ssl_keyfile_password = "s3cret"; /* the right one: it loads, and is not the cert's */
+  e = refused(&cfg, -EINVAL);
+  T_ASSERT_CONTAINS(e, strlen(e), "does not match");
+
   t_case("a key that does not match the certificate fails the start");
   base_config(&cfg);
   cfg.ssl_keyfile = a_rsa.key_path;
