@@ -762,30 +762,33 @@ fail:
   X(forward) X(fresh) X(tasks) X(batch_kwnames) X(open_batch) X(batch_done)
 /* clang-format on */
 
-static int starter_traverse(PyObject *op, visitproc visit, void *arg) {
-  StarterObject *self = STARTER(op);
-  Py_VISIT(Py_TYPE(op));
-#define VISIT(f) Py_VISIT(self->f);
-  STARTER_FIELDS(VISIT)
-#undef VISIT
-  return 0;
-}
+/* A heap type's tp_traverse, a clearing of its fields, and a tp_dealloc that
+ * calls its tp_clear, for the object fields FIELDS(X) lists. */
+#define VISIT_FIELD(f) Py_VISIT(self->f);
+#define CLEAR_FIELD(f) Py_CLEAR(self->f);
+#define GC_FUNCTIONS(prefix, Type, FIELDS)                                 \
+  static int prefix##_traverse(PyObject *op, visitproc visit, void *arg) { \
+    Type *self = (Type *)op;                                               \
+    Py_VISIT(Py_TYPE(op));                                                 \
+    FIELDS(VISIT_FIELD)                                                    \
+    return 0;                                                              \
+  }                                                                        \
+  static void prefix##_clear_fields(Type *self) { FIELDS(CLEAR_FIELD) }    \
+  static int prefix##_clear(PyObject *op);                                 \
+  static void prefix##_dealloc(PyObject *op) {                             \
+    PyTypeObject *tp = Py_TYPE(op);                                        \
+    PyObject_GC_UnTrack(op);                                               \
+    prefix##_clear(op);                                                    \
+    tp->tp_free(op);                                                       \
+    Py_DECREF(tp);                                                         \
+  }
+
+GC_FUNCTIONS(starter, StarterObject, STARTER_FIELDS)
 
 static int starter_clear(PyObject *op) {
-  StarterObject *self = STARTER(op);
-  self->vectorcall = NULL;
-#define CLEAR(f) Py_CLEAR(self->f);
-  STARTER_FIELDS(CLEAR)
-#undef CLEAR
+  STARTER(op)->vectorcall = NULL;
+  starter_clear_fields(STARTER(op));
   return 0;
-}
-
-static void starter_dealloc(PyObject *op) {
-  PyTypeObject *tp = Py_TYPE(op);
-  PyObject_GC_UnTrack(op);
-  starter_clear(op);
-  tp->tp_free(op);
-  Py_DECREF(tp);
 }
 
 /* ---- ASGIBatch: the apps of one ring turn, run one after the other in one Task ---- */
@@ -819,29 +822,11 @@ typedef struct {
 
 #define BATCH_FIELDS(X) X(starter) X(items) X(coro) X(cycle) X(ctx)
 
-static int batch_traverse(PyObject *op, visitproc visit, void *arg) {
-  BatchObject *self = BATCH(op);
-  Py_VISIT(Py_TYPE(op));
-#define VISIT(f) Py_VISIT(self->f);
-  BATCH_FIELDS(VISIT)
-#undef VISIT
-  return 0;
-}
+GC_FUNCTIONS(batch, BatchObject, BATCH_FIELDS)
 
 static int batch_clear(PyObject *op) {
-  BatchObject *self = BATCH(op);
-#define CLEAR(f) Py_CLEAR(self->f);
-  BATCH_FIELDS(CLEAR)
-#undef CLEAR
+  batch_clear_fields(BATCH(op));
   return 0;
-}
-
-static void batch_dealloc(PyObject *op) {
-  PyTypeObject *tp = Py_TYPE(op);
-  PyObject_GC_UnTrack(op);
-  batch_clear(op);
-  tp->tp_free(op);
-  Py_DECREF(tp);
 }
 
 /* A new batch with no items, and the Task that runs it (scheduled, not
