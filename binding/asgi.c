@@ -794,10 +794,11 @@ static int starter_clear(PyObject *op) {
 /* ---- ASGIBatch: the apps of one ring turn, run one after the other in one Task ---- */
 
 /*
- * Before Python 3.12 (no eager tasks), a Task per request costs more than the
- * rest of the adapter's work together (its creation, its first step as a loop
- * callback, its registration in asyncio's WeakSet and the weak reference's
- * callback at its end: 1.4 µs of the 8.7 a raw ASGI hello costs here). So the
+ * Before Python 3.12 (no eager tasks), a Task per request is about half of
+ * what the adapter adds to the native API (its creation, its first step as a
+ * loop callback, its registration in asyncio's WeakSet and the weak reference's
+ * callback at its end: 1.4 of the 2.8 µs a raw ASGI hello costs beyond the
+ * native API's 5.9 here). So the
  * requests a turn starts join one ASGIBatch, and one Task runs it: its first
  * step runs each app's coroutine in turn, each in its own copy of the
  * context as a Task of its own would (contextvars set by one app are not seen
