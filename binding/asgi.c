@@ -275,17 +275,13 @@ static PyObject *make_scope(pyb_state *st, PyObject *request, const pmu_request_
           : PyUnicode_FromFormat("%u.%u", (unsigned)r->http_major, (unsigned)r->http_minor);
   if (put(scope, a->k_http_version, version) < 0)
     goto fail;
-  /* request.server and .client (a subclass's own, if any) */
-  int exact = Py_TYPE(request) == st->request_type;
-  PyObject *server =
-      exact ? pyb_request_server(request) : PyObject_GetAttrString(request, "server");
+  PyObject *server = pyb_request_server(request);
   if (server != NULL && PyUnicode_Check(server)) { /* a Unix socket's path */
     PyObject *pair = PyTuple_Pack(2, server, Py_None);
     Py_SETREF(server, pair);
   }
   if (put(scope, a->k_server, server) < 0 ||
-      put(scope, a->k_client,
-          exact ? pyb_request_client(request) : PyObject_GetAttrString(request, "client")) < 0 ||
+      put(scope, a->k_client, pyb_request_client(request)) < 0 ||
       put(scope, a->k_method, pyb_request_method(request)) < 0 ||
       put(scope, a->k_path, pyb_request_path(request)) < 0 ||
       put(scope, a->k_raw_path, field_bytes(r->path, r->path_len)) < 0 ||
@@ -830,10 +826,10 @@ static int batch_clear(PyObject *op) {
   return 0;
 }
 
-/* A new batch with no items, and the Task that runs it (scheduled, not
- * eager), registered with the handler's tasks (graceful stop waits for it).
- * Borrowed batch in *out. New reference to the Task, or NULL. */
-static PyObject *batch_task(StarterObject *st, PyObject *items, BatchObject **out) {
+/* A new batch of `items` (NULL: none yet), and the Task that runs it
+ * (scheduled, not eager), registered with the handler's tasks (graceful stop
+ * waits for it). Borrowed reference (the Task holds it), or NULL. */
+static BatchObject *batch_task(StarterObject *st, PyObject *items) {
   BatchObject *b = PyObject_GC_New(BatchObject, st->a->batch_type);
   if (b == NULL)
     return NULL;
@@ -859,9 +855,9 @@ static PyObject *batch_task(StarterObject *st, PyObject *items, BatchObject **ou
       Py_CLEAR(task);
     Py_XDECREF(rc);
   }
-  *out = b;
-  Py_DECREF(b); /* the Task holds it */
-  return task;
+  Py_DECREF(b);     /* the Task holds it */
+  Py_XDECREF(task); /* the handler's tasks and the loop hold it */
+  return task ? b : NULL;
 }
 
 /* handler.name(request, cycle[, exc]) for an app that ended: errors from it
@@ -883,12 +879,10 @@ static int batch_split(BatchObject *b) {
   PyObject *rest = PyList_GetSlice(b->items, b->next, n);
   if (rest == NULL)
     return -1;
-  BatchObject *nb;
-  PyObject *task = batch_task(b->starter, rest, &nb);
+  BatchObject *nb = batch_task(b->starter, rest);
   Py_DECREF(rest);
-  if (task == NULL)
+  if (nb == NULL)
     return -1;
-  Py_DECREF(task);
   b->next = n;
   return 0;
 }
@@ -955,6 +949,22 @@ static PySendResult batch_resume(BatchObject *b, PyObject *value, PyObject *exc,
   return out;
 }
 
+/* Each item not started: its coroutine closed, and with exc, the handler's
+ * _failed told (a Task cancelled before it ran). A coroutine that cannot be
+ * closed is reported as unraisable. */
+static void batch_close_rest(BatchObject *b, PyObject *exc) {
+  Py_ssize_t n = b->items ? PyList_GET_SIZE(b->items) : 0;
+  for (; b->next < n; b->next++) {
+    PyObject *item = PyList_GET_ITEM(b->items, b->next);
+    PyObject *rc = call_method(PyTuple_GET_ITEM(item, 0), b->starter->a->m_close, NULL);
+    if (rc == NULL)
+      PyErr_WriteUnraisable(PyTuple_GET_ITEM(item, 0));
+    Py_XDECREF(rc);
+    if (exc != NULL)
+      batch_report(b, b->starter->a->m_failed, PyTuple_GET_ITEM(item, 1), exc);
+  }
+}
+
 /* A step of the batch's Task: the app in flight first, then each item not
  * started. exc: thrown into the app in flight; with none in flight (the
  * Task was cancelled before it ran), each app not started fails with it. */
@@ -962,15 +972,7 @@ static PySendResult batch_step(BatchObject *b, PyObject *value, PyObject *exc, P
   b->started = 1;
   *result = NULL;
   if (b->coro == NULL && exc != NULL) {
-    Py_ssize_t n = PyList_GET_SIZE(b->items);
-    for (; b->next < n; b->next++) {
-      PyObject *item = PyList_GET_ITEM(b->items, b->next);
-      PyObject *rc = call_method(PyTuple_GET_ITEM(item, 0), b->starter->a->m_close, NULL);
-      if (rc == NULL)
-        PyErr_WriteUnraisable(PyTuple_GET_ITEM(item, 0));
-      Py_XDECREF(rc);
-      batch_report(b, b->starter->a->m_failed, PyTuple_GET_ITEM(item, 1), exc);
-    }
+    batch_close_rest(b, exc);
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     return PYGEN_ERROR;
   }
@@ -984,28 +986,36 @@ static PySendResult batch_step(BatchObject *b, PyObject *value, PyObject *exc, P
     b->ctx = Py_NewRef(PyTuple_GET_ITEM(item, 2));
     sr = batch_resume(b, Py_None, NULL, result);
   }
-  if (sr != PYGEN_RETURN) { /* waiting (or a fatal error): the rest go on in a new Task */
-    if (batch_split(b) < 0) {
-      if (sr == PYGEN_NEXT) {
-        Py_CLEAR(*result);
-        return PYGEN_ERROR;
-      }
-      PyErr_WriteUnraisable((PyObject *)b); /* the fatal error goes on */
-    }
-    /* The apps that ended before it let their requests go now, not when it ends. */
-    PyObject *empty = PyList_New(0);
-    if (empty == NULL) {
-      Py_CLEAR(*result);
-      return PYGEN_ERROR;
-    }
-    Py_SETREF(b->items, empty);
-    b->next = 0;
-    return sr;
+  /* A fatal error (KeyboardInterrupt, SystemExit) is kept aside while the rest is
+   * done, and goes on to the Task after. */
+  PyObject *type = NULL, *val = NULL, *tb = NULL;
+  if (sr == PYGEN_ERROR)
+    PyErr_Fetch(&type, &val, &tb);
+  int rc = 0;
+  if (sr != PYGEN_RETURN && batch_split(b) < 0) { /* the rest go on in a new Task */
+    if (sr == PYGEN_NEXT)
+      rc = -1;
+    else
+      PyErr_WriteUnraisable((PyObject *)b);
   }
-  Py_CLEAR(b->items); /* done: what it held goes now, not with the Task */
-  b->items = PyList_New(0);
-  *result = Py_NewRef(Py_None);
-  return b->items ? PYGEN_RETURN : PYGEN_ERROR;
+  /* The apps that ended (all of them, once the batch is done) let their requests go
+   * now, not when the app in flight or the Task ends. */
+  if (rc == 0 && PyList_SetSlice(b->items, 0, PyList_GET_SIZE(b->items), NULL) < 0)
+    rc = -1;
+  b->next = 0;
+  if (sr == PYGEN_ERROR) {
+    if (rc < 0)
+      PyErr_WriteUnraisable((PyObject *)b);
+    PyErr_Restore(type, val, tb);
+    return PYGEN_ERROR;
+  }
+  if (rc < 0) {
+    Py_CLEAR(*result);
+    return PYGEN_ERROR;
+  }
+  if (sr == PYGEN_RETURN)
+    *result = Py_NewRef(Py_None);
+  return sr;
 }
 
 #if PY_VERSION_HEX >= 0x030A0000
@@ -1014,9 +1024,9 @@ static PySendResult batch_am_send(PyObject *op, PyObject *arg, PyObject **result
 }
 #endif
 
-static PyObject *batch_send(PyObject *op, PyObject *arg) {
-  PyObject *result;
-  PySendResult sr = batch_step(BATCH(op), arg, NULL, &result);
+/* A step's outcome as send() and throw() give it: the value yielded, or
+ * StopIteration at the end. */
+static PyObject *step_value(PySendResult sr, PyObject *result) {
   if (sr == PYGEN_NEXT)
     return result;
   if (sr == PYGEN_RETURN) {
@@ -1024,6 +1034,12 @@ static PyObject *batch_send(PyObject *op, PyObject *arg) {
     PyErr_SetNone(PyExc_StopIteration);
   }
   return NULL;
+}
+
+static PyObject *batch_send(PyObject *op, PyObject *arg) {
+  PyObject *result;
+  PySendResult sr = batch_step(BATCH(op), arg, NULL, &result); /* before result is read */
+  return step_value(sr, result);
 }
 
 static PyObject *batch_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs) {
@@ -1049,13 +1065,7 @@ static PyObject *batch_throw(PyObject *op, PyObject *const *args, Py_ssize_t nar
   PyObject *result;
   PySendResult sr = batch_step(BATCH(op), Py_None, exc, &result);
   Py_XDECREF(made);
-  if (sr == PYGEN_NEXT)
-    return result;
-  if (sr == PYGEN_RETURN) {
-    Py_DECREF(result);
-    PyErr_SetNone(PyExc_StopIteration);
-  }
-  return NULL;
+  return step_value(sr, result);
 }
 
 /* close(): the app in flight and those not started are closed (GeneratorExit
@@ -1078,13 +1088,8 @@ static PyObject *batch_close(PyObject *op, PyObject *unused) {
     Py_CLEAR(b->cycle);
     Py_CLEAR(b->ctx);
   }
-  Py_ssize_t n = b->items ? PyList_GET_SIZE(b->items) : 0;
-  for (; b->next < n && !failed; b->next++) {
-    PyObject *rc = call_method(PyTuple_GET_ITEM(PyList_GET_ITEM(b->items, b->next), 0),
-                               b->starter->a->m_close, NULL);
-    failed = rc == NULL;
-    Py_XDECREF(rc);
-  }
+  if (!failed)
+    batch_close_rest(b, NULL);
   return failed ? NULL : Py_NewRef(Py_None);
 }
 
@@ -1261,10 +1266,8 @@ static PyObject *make_task(StarterObject *self, PyObject *coro) {
 static int batch_add(StarterObject *self, PyObject *coro, PyObject *cycle) {
   BatchObject *b = (BatchObject *)self->open_batch;
   if (b == NULL || b->started) {
-    PyObject *task = batch_task(self, NULL, &b);
-    if (task == NULL)
+    if ((b = batch_task(self, NULL)) == NULL)
       return -1;
-    Py_DECREF(task);
     Py_XSETREF(self->open_batch, Py_NewRef((PyObject *)b));
   }
   PyObject *awaited = NULL;

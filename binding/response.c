@@ -746,16 +746,19 @@ static int response_init(PyObject *op, PyObject *args, PyObject *kwargs) {
 }
 
 PyObject *pyb_response_new(pyb_state *st, PyObject *body, PyObject *status, PyObject *headers) {
-  int overflow = 0;
-  long s = PyLong_CheckExact(status) ? PyLong_AsLongAndOverflow(status, &overflow) : -1;
-  if (!PyLong_CheckExact(status) || overflow || s < INT_MIN || s > INT_MAX)
-    /* Response()'s own conversion, and its errors */
-    return PyObject_CallFunctionObjArgs((PyObject *)st->response_type, body, status, headers,
-                                        Py_None, NULL);
-  PyObject *op = response_alloc(st->response_type);
-  if (op != NULL && response_fill(st, op, body, (int)s, headers, Py_None) < 0)
-    Py_CLEAR(op);
-  return op;
+  if (PyLong_CheckExact(status)) {
+    int overflow;
+    long s = PyLong_AsLongAndOverflow(status, &overflow);
+    if (!overflow && s >= INT_MIN && s <= INT_MAX) {
+      PyObject *op = response_alloc(st->response_type);
+      if (op != NULL && response_fill(st, op, body, (int)s, headers, Py_None) < 0)
+        Py_CLEAR(op);
+      return op;
+    }
+  }
+  /* Response()'s own conversion, and its errors */
+  return PyObject_CallFunctionObjArgs((PyObject *)st->response_type, body, status, headers, Py_None,
+                                      NULL);
 }
 
 /* A new instance of cls with the given fields (references borrowed). */
