@@ -32,6 +32,19 @@ async def answer(send, body, status=200):
     await send({"type": "http.response.body", "body": body})
 
 
+def holding(app):
+    """`app`, but for /hold, whose app holds the loop (time.sleep) for 0.3 s before it
+    answers: the requests sent meanwhile reach the server in one ring turn."""
+
+    async def held(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/hold":
+            time.sleep(0.3)
+            return await answer(send, b"held")
+        return await app(scope, receive, send)
+
+    return held
+
+
 def send_all(port, paths, hold_first=0.3):
     """The first path, then (while its app holds the loop for `hold_first` s) the rest,
     each on its own connection: they reach the server in one ring turn. The bodies, in
@@ -56,15 +69,12 @@ def test_apps_of_one_turn_each_run_in_their_own_context():
     tasks = []
 
     async def app(scope, receive, send):
-        if scope["path"] == "/hold":
-            time.sleep(0.3)  # holds the loop: the others arrive meanwhile
-            return await answer(send, b"held")
         seen = var.get()
         var.set(scope["path"])
         tasks.append(asyncio.current_task())
         await answer(send, seen.encode())
 
-    s = started(app)
+    s = started(holding(app))
     try:
         paths = ["/hold"] + ["/set%d" % i for i in range(8)]
         got = send_all(s.port, paths)
@@ -84,9 +94,6 @@ def test_an_app_that_waits_keeps_its_task_and_does_not_hold_back_the_rest():
 
     async def app(scope, receive, send):
         path = scope["path"]
-        if path == "/hold":
-            time.sleep(0.3)
-            return await answer(send, b"held")
         ev = event.setdefault("e", asyncio.Event())
         if path == "/wait":
             before = asyncio.current_task()
@@ -99,7 +106,7 @@ def test_an_app_that_waits_keeps_its_task_and_does_not_hold_back_the_rest():
         ev.set()
         await answer(send, b"released")
 
-    s = started(app)
+    s = started(holding(app))
     try:
         got = send_all(s.port, ["/hold", "/wait", "/release"])
         wait_until(lambda: not s.handler._tasks, what="the handler's tasks ending")
@@ -113,9 +120,6 @@ def test_an_app_that_waits_keeps_its_task_and_does_not_hold_back_the_rest():
 def test_cancelling_an_apps_task_cancels_that_app_alone():
     async def app(scope, receive, send):
         path = scope["path"]
-        if path == "/hold":
-            time.sleep(0.3)
-            return await answer(send, b"held")
         if path == "/cancel":
             asyncio.current_task().cancel()
             await asyncio.sleep(5)  # CancelledError here
@@ -123,7 +127,7 @@ def test_cancelling_an_apps_task_cancels_that_app_alone():
         await asyncio.sleep(0.05)
         await answer(send, b"fine")
 
-    s = started(app)
+    s = started(holding(app))
     try:
         got = send_all(s.port, ["/hold", "/cancel", "/after", "/cancel", "/after"])
     finally:
@@ -138,9 +142,6 @@ def test_errors_and_unanswered_apps_in_a_batch():
 
     async def app(scope, receive, send):
         path = scope["path"]
-        if path == "/hold":
-            time.sleep(0.3)
-            return await answer(send, b"held")
         if path == "/raise":
             raise ValueError("boom")
         if path == "/silent":
@@ -150,7 +151,7 @@ def test_errors_and_unanswered_apps_in_a_batch():
             raise KeyError("later")
         await answer(send, b"ok")
 
-    s = started(app)
+    s = started(holding(app))
     try:
         paths = ["/hold", "/raise", "/ok", "/silent", "/ok", "/late-raise", "/ok"]
         got = send_all(s.port, paths)
@@ -224,15 +225,12 @@ def test_an_app_that_waits_does_not_keep_the_requests_before_it():
 
     async def app(scope, receive, send):
         path = scope["path"]
-        if path == "/hold":
-            time.sleep(0.3)
-            return await answer(send, b"held")
         if path == "/wait":
             gate["e"] = asyncio.Event()
             await gate["e"].wait()
         await answer(send, b"ok")
 
-    s = started(app)
+    s = started(holding(app))
     clients = [RawClient(s.port) for _ in range(6)]
     try:
         base = _native._pmu.requests_alive()

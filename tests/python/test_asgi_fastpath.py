@@ -221,15 +221,20 @@ async def _app(scope, receive, send):
         await send({"type": "http.response.body", "body": b"hi " + message["body"]})
 
 
-@pytest.mark.parametrize("base", ["c", "python start", "python"])
-def test_both_bases_answer_alike(serve_asgi, monkeypatch, base):
-    """The C paths and the Python ones: "python start" starts each request's task with
-    ASGIHandler._start (no ASGIStarter), "python" has no compiled piece at all."""
+def _use_base(monkeypatch, base):
+    """ "c": the compiled paths; "python start": each request's task started by
+    ASGIHandler._start (no ASGIStarter); "python": no compiled piece at all."""
     if base != "c":
         monkeypatch.setattr(asgi, "_Starter", None)
     if base == "python":
         monkeypatch.setattr(asgi, "_Cycle", _python_cycle())
         monkeypatch.setattr(asgi, "_asgi_scope", None)
+
+
+@pytest.mark.parametrize("base", ["c", "python start", "python"])
+def test_both_bases_answer_alike(serve_asgi, monkeypatch, base):
+    """The C paths and the Python ones (_use_base)."""
+    _use_base(monkeypatch, base)
     server = serve_asgi(_app)
     starter = asgi._native._pmu.ASGIStarter
     assert isinstance(server.handler._dispatch, starter) == (base == "c")
@@ -277,10 +282,7 @@ def test_statuses_alike_on_both_bases(serve_asgi, monkeypatch, base):
     """The C send makes its Response without the call for an exact int status; any other
     status goes through Response() as in Python: the same answers on both (500 for what
     cannot be sent), and the server goes on."""
-    if base == "python":
-        monkeypatch.setattr(asgi, "_Starter", None)
-        monkeypatch.setattr(asgi, "_Cycle", _python_cycle())
-        monkeypatch.setattr(asgi, "_asgi_scope", None)
+    _use_base(monkeypatch, base)
     server = serve_asgi(_status_app, lifespan="off")
     got = {path: request(server, path=path)[0] for path in STATUSES}
     assert got == {
