@@ -1505,11 +1505,11 @@ static PyObject *engine_ring_info(PyObject *op, PyObject *args, PyObject *kwargs
     PyErr_Format(PyExc_ValueError, "no worker thread %u", thread);
     return NULL;
   }
-  return Py_BuildValue("{sIsIsNsNsNsN}", "setup_flags", ri.setup_flags, "features", ri.features,
-                       "defer_taskrun", PyBool_FromLong(ri.defer_taskrun), "sqpoll",
-                       PyBool_FromLong(ri.sqpoll), "registered_files",
-                       PyBool_FromLong(ri.registered_files), "registered_ring_fd",
-                       PyBool_FromLong(ri.registered_ring_fd));
+  return Py_BuildValue(
+      "{sIsIsNsNsNsNsN}", "setup_flags", ri.setup_flags, "features", ri.features, "defer_taskrun",
+      PyBool_FromLong(ri.defer_taskrun), "sqpoll", PyBool_FromLong(ri.sqpoll), "registered_files",
+      PyBool_FromLong(ri.registered_files), "registered_ring_fd",
+      PyBool_FromLong(ri.registered_ring_fd), "sched_batch", PyBool_FromLong(ri.sched_batch));
 }
 
 PyDoc_STRVAR(reload_tls_doc,

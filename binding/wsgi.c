@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <strings.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -72,9 +73,11 @@ typedef struct {
   uint64_t probe_done; /* `done` when the watchdog last woke a thread */
   unsigned stuck;      /* awake threads whose slot says stuck */
   pool_slot *slots;    /* the threads in serve() */
+  unsigned serial;     /* serve() calls so far: the threads' names */
   uint64_t done;       /* calls ended so far */
   uint64_t wakes;      /* threads woken by the watchdog */
   long stall_ns;       /* the watchdog's look interval */
+  int sched_batch;     /* pool threads and the watchdog run under SCHED_BATCH */
   int closing;         /* close(): drain, then every serve() returns */
   int watch_parked;    /* the watchdog sleeps until a push (the pool is idle) */
   int watch_started;
@@ -205,6 +208,11 @@ int pyb_pool_check(pyb_state *st, PyObject *obj) { return Py_TYPE(obj) == st->po
 /* The watchdog thread: see the file's comment. Never touches Python. */
 static void *watchdog_main(void *arg) {
   PoolObject *q = arg;
+  pthread_setname_np(pthread_self(), "pmu-wsgi-watch");
+  if (q->sched_batch) {
+    struct sched_param none = {0};
+    pthread_setschedparam(pthread_self(), SCHED_BATCH, &none);
+  }
   pthread_mutex_lock(&q->lock);
   while (!q->closing) {
     if (q->count == 0 && q->awake == 0) {
@@ -364,7 +372,17 @@ static PyObject *pool_serve(PyObject *op, PyObject *handle) {
   q->awake++;
   slot.next = q->slots;
   q->slots = &slot;
+  unsigned serial = q->serial++;
   pthread_mutex_unlock(&q->lock);
+  char name[16]; /* for top -H, perf and /proc/PID/task/TID/comm */
+  snprintf(name, sizeof name, "pmu-wsgi-%u", serial % 100000);
+  pthread_setname_np(pthread_self(), name);
+  /* SCHED_BATCH while it serves (see WSGIPool's doc), the thread's own after. */
+  int policy = SCHED_OTHER;
+  struct sched_param param = {0}, none = {0};
+  int switched = q->sched_batch && pthread_getschedparam(pthread_self(), &policy, &param) == 0 &&
+                 policy != SCHED_BATCH &&
+                 pthread_setschedparam(pthread_self(), SCHED_BATCH, &none) == 0;
   pmu_wake_batch_begin(q->wakes_held);
   slot.flushed_ns = now_ns();
   int ended = 0;
@@ -381,6 +399,8 @@ static PyObject *pool_serve(PyObject *op, PyObject *handle) {
   }
   pmu_wake_batch_begin(NULL);
   pmu_wake_batch_flush(q->wakes_held);
+  if (switched)
+    pthread_setschedparam(pthread_self(), policy, &param);
   pthread_mutex_lock(&q->lock);
   for (pool_slot **p = &q->slots; *p != NULL; p = &(*p)->next)
     if (*p == &slot) {
@@ -448,9 +468,10 @@ static PyObject *get_counter(PyObject *op, void *which) {
 }
 
 static PyObject *pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-  static char *kwlist[] = {"stall", NULL};
+  static char *kwlist[] = {"stall", "sched_batch", NULL};
   double stall = 0.001;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|d:WSGIPool", kwlist, &stall))
+  int sched_batch = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|dp:WSGIPool", kwlist, &stall, &sched_batch))
     return NULL;
   if (!(stall > 0 && stall <= 60)) {
     PyErr_SetString(PyExc_ValueError, "stall must be above 0 and at most 60 seconds");
@@ -461,6 +482,7 @@ static PyObject *pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) 
     return NULL;
   q->st = pyb_state_from_type(type);
   q->stall_ns = (long)(stall * 1e9);
+  q->sched_batch = sched_batch;
   pthread_condattr_t attr;
   pthread_condattr_init(&attr);
   pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -526,10 +548,12 @@ static PyGetSetDef pool_getset[] = {
 };
 
 PyDoc_STRVAR(pool_doc,
-             "WSGIPool(stall=0.001)\n\nThe WSGI adapter's queue of requests for its pool "
-             "threads: the engine\nfills it without the GIL; threads run serve(handle). A "
-             "watchdog wakes one\nmore parked thread when requests wait and no call ended for "
-             "`stall`\nseconds.");
+             "WSGIPool(stall=0.001, sched_batch=False)\n\nThe WSGI adapter's queue of requests "
+             "for its pool threads: the engine\nfills it without the GIL; threads run "
+             "serve(handle). A watchdog wakes one\nmore parked thread when requests wait and no "
+             "call ended for `stall`\nseconds. With sched_batch, the watchdog and each thread in "
+             "serve() run under\nSCHED_BATCH (a thread's own policy comes back when serve() "
+             "returns): their\nwake-ups do not preempt the thread running on their CPU.");
 
 static PyType_Slot pool_slots[] = {
     {Py_tp_doc, (void *)pool_doc},

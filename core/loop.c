@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -783,6 +784,12 @@ static int loop_begin(pmu__loop_t *loop) {
       for (unsigned i = 0; i < slots; i++)
         loop->free_slots[loop->nfree_slots++] = (int)(slots - 1 - i);
   }
+  if (rc == 0 && cfg->sched_batch && !cfg->driven) {
+    /* Moving one's own thread within the fair class needs no privilege; a
+     * driven loop's thread is the embedding program's and keeps its policy. */
+    struct sched_param none = {0};
+    loop->info.sched_batch = pthread_setschedparam(pthread_self(), SCHED_BATCH, &none) == 0;
+  }
   report_started(loop, rc);
   if (rc == 0) {
     if (cfg->on_thread_start)
@@ -814,6 +821,10 @@ static void loop_end(pmu__loop_t *loop, int ran) {
 
 void *pmu__loop_main(void *arg) {
   pmu__loop_t *loop = arg;
+  /* Named for top -H, perf and /proc/PID/task/TID/comm (15 characters at most). */
+  char name[16];
+  snprintf(name, sizeof name, "pmu-ring-%u", loop->index);
+  pthread_setname_np(pthread_self(), name);
   int rc = loop_begin(loop);
   if (rc == 0)
     run(loop);

@@ -637,9 +637,10 @@ class StaticMount:
 class WSGIPool:
     """The WSGI adapter's queue of requests for its pool threads (binding/wsgi.c): the
     engine fills it without the GIL; a watchdog wakes one more parked thread when
-    requests wait and no call ended for ``stall`` seconds."""
+    requests wait and no call ended for ``stall`` seconds; with ``sched_batch`` the
+    watchdog and the threads in serve() run under SCHED_BATCH."""
 
-    def __init__(self, stall: float = 0.001) -> None: ...
+    def __init__(self, stall: float = 0.001, sched_batch: bool = False) -> None: ...
     def serve(self, handle: Callable[[Request], object], /) -> None: ...
     def put(self, request: Request, /) -> None: ...
     def close(self) -> None: ...
@@ -724,6 +725,7 @@ class Engine:
         slow_handler_ms: int = ...,
         busy_linger_us: int = ...,
         busy_linger_batch: int = ...,
+        sched_batch: bool = ...,
         max_header_bytes: int = ...,
         max_headers: int = ...,
         max_url_bytes: int = ...,

@@ -75,6 +75,7 @@ _ENGINE_OPTIONS = (
     "slow_handler_ms",
     "busy_linger_us",
     "busy_linger_batch",
+    "sched_batch",
     "max_header_bytes",
     "max_headers",
     "max_url_bytes",
@@ -383,7 +384,11 @@ class Server:
       adapter's pool behind running calls, an idle ring thread waits for that
       many completions or that long instead of waking at the first (counted in
       ``stats()["lingers"]``): fewer, larger turns of the ring thread, which
-      shares the CPU with the pool's threads, at up to that much latency
+      shares the CPU with the pool's threads, at up to that much latency;
+      ``sched_batch`` (off; on by default in :class:`~pymongoose_uring.wsgi.WSGIServer`):
+      ring threads run under SCHED_BATCH, so their wake-ups do not preempt a
+      thread running on their CPU (``ring_info(i)["sched_batch"]`` says whether
+      it took)
     - limits: ``max_header_bytes``, ``max_headers``, ``max_url_bytes``,
       ``max_body_bytes``, ``max_connections``, ``max_pipelined``,
       ``output_high_water``
@@ -515,6 +520,7 @@ class Server:
         slow_handler_ms: Optional[int] = None,
         busy_linger_us: Optional[int] = None,
         busy_linger_batch: Optional[int] = None,
+        sched_batch: Optional[bool] = None,
         max_header_bytes: Optional[int] = None,
         max_headers: Optional[int] = None,
         max_url_bytes: Optional[int] = None,

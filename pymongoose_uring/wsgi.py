@@ -442,7 +442,10 @@ class WSGIHandler:
     ``errors`` is ``wsgi.errors`` (default ``sys.stderr``); ``access_log``
     logs one line per request to the logger ``pymongoose_uring.access``;
     ``inline_ms`` is the budget of a call run on the ring thread (see the
-    module's docstring; 0, the default: the app always runs on the pool).
+    module's docstring; 0, the default: the app always runs on the pool);
+    ``sched_batch`` runs the pool threads and the watchdog under SCHED_BATCH
+    (:class:`WSGIServer` turns it on, with the engine knob of the same name for
+    its ring threads: their wake-ups then do not preempt the app's thread).
     """
 
     def __init__(
@@ -458,6 +461,7 @@ class WSGIHandler:
         proxy_headers: bool = True,
         forwarded_allow_ips: Union[str, Iterable[str], None] = None,
         inline_ms: float = 0.0,
+        sched_batch: bool = False,
     ) -> None:
         if not callable(app):
             raise TypeError("app must be a WSGI callable app(environ, start_response)")
@@ -467,6 +471,7 @@ class WSGIHandler:
             raise ValueError("inline_ms must be 0 (never inline) or more")
         self.app = app
         self.pool_threads = pool_threads
+        self.sched_batch = sched_batch
         self.access_log = access_log
         self.proxies = trusted_proxies(proxy_headers, forwarded_allow_ips)
         self.script_name = script_name.rstrip("/")
@@ -525,7 +530,7 @@ class WSGIHandler:
         with self._lock:
             if self._threads:
                 return self
-            queue = self._queue = WSGIPool(_STALL)
+            queue = self._queue = WSGIPool(_STALL, sched_batch=self.sched_batch)
             for i in range(self.pool_threads):
                 t = threading.Thread(
                     target=self._work,
@@ -945,8 +950,12 @@ class WSGIServer(AdapterServer):
     ``WSGIServer(app, host, port, pool_threads=8, url_scheme=None,
     script_name="", access_log=False, **server_options)``: the server
     options are :class:`Server`'s (``threads`` ring threads, ``unix_path``,
-    every engine knob). ``run()`` serves until SIGINT/SIGTERM; ``start()`` /
-    ``stop()`` and ``with`` run it in the background.
+    every engine knob). The engine knob ``sched_batch`` is on unless given:
+    the ring threads, the pool threads and the watchdog run under SCHED_BATCH,
+    so a ring thread woken by the network does not preempt the thread running
+    the app on its CPU (``sched_batch=False``: the normal policy for all).
+    ``run()`` serves until SIGINT/SIGTERM; ``start()`` / ``stop()`` and
+    ``with`` run it in the background.
     """
 
     def __init__(
@@ -966,6 +975,11 @@ class WSGIServer(AdapterServer):
         inline_ms: float = 0.0,
         **server_options: Any,
     ) -> None:
+        # The engine knob, on unless given: the ring threads and the pool's.
+        sched_batch = server_options.get("sched_batch")
+        server_options["sched_batch"] = sched_batch = (
+            True if sched_batch is None else bool(sched_batch)
+        )
         self.handler = WSGIHandler(
             app,
             pool_threads=pool_threads,
@@ -977,6 +991,7 @@ class WSGIServer(AdapterServer):
             proxy_headers=proxy_headers,
             forwarded_allow_ips=forwarded_allow_ips,
             inline_ms=inline_ms,
+            sched_batch=sched_batch,
         )
         super().__init__(self.handler, host, port, server_options)
 

@@ -40,6 +40,7 @@ KNOBS = {
     "slow_handler_ms": int,
     "busy_linger_us": int,
     "busy_linger_batch": int,
+    "sched_batch": flag,
     "max_header_bytes": int,
     "max_headers": int,
     "max_url_bytes": int,

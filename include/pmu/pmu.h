@@ -490,6 +490,9 @@ typedef struct pmu_tls_cert {
     "(lingers; 0: off)")                                                                     \
   X(UINT, busy_linger_batch, 16, "completions", 1, 4096,                                      \
     "the completions a lingering ring waits for (see busy_linger_us)")                       \
+  X(BOOL, sched_batch, 0, "", 0, 1,                                                           \
+    "ring threads run under SCHED_BATCH: their wake-ups do not preempt the thread running on " \
+    "their CPU (the WSGI pool's: the WSGI adapter turns this on)")                            \
   /* Limits */                                                                                \
   X(UINT, max_header_bytes, 16384, "bytes", 0, UINT_MAX,                                      \
     "request line and headers; 431 beyond (0: no limit)")                                    \
@@ -1305,6 +1308,7 @@ typedef struct pmu_ring_info {
   int sqpoll;
   int registered_files;
   int registered_ring_fd;
+  int sched_batch; /* 1 if the ring's thread runs under SCHED_BATCH (config.sched_batch) */
 } pmu_ring_info_t;
 
 int pmu_server_ring_info(const pmu_server_t *server, unsigned thread, pmu_ring_info_t *out);

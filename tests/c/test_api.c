@@ -7,6 +7,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,10 +17,18 @@
 static atomic_uint thread_starts, thread_stops;
 static atomic_uint thread_index_bad;
 
+/* Each ring thread's scheduling policy and name, as on_start saw them. */
+static int thread_policy[2];
+static char thread_name[2][16];
+
 static void on_start(void *data, unsigned index) {
   t_server_t *server = data;
   if (index >= server->config.threads)
     atomic_fetch_add(&thread_index_bad, 1);
+  if (index < 2) {
+    thread_policy[index] = sched_getscheduler(0);
+    pthread_getname_np(pthread_self(), thread_name[index], sizeof thread_name[index]);
+  }
   atomic_fetch_add(&thread_starts, 1);
 }
 
@@ -231,6 +241,11 @@ int main(void) {
       T_ASSERT_INT_EQ(info.registered_files, 0);
       if (probe.defer_taskrun)
         T_ASSERT_INT_EQ(info.defer_taskrun, 1);
+      T_ASSERT_INT_EQ(info.sched_batch, 0); /* config.sched_batch is off by default */
+      T_ASSERT_INT_EQ(thread_policy[i], SCHED_OTHER);
+      char want[16];
+      snprintf(want, sizeof want, "pmu-ring-%u", i);
+      T_ASSERT_STR_EQ(thread_name[i], want);
     }
     pmu_ring_info_t info;
     T_ASSERT_MSG(pmu_server_ring_info(s->pmu, 2, &info) < 0, "ring_info(2) of 2 threads");
@@ -245,6 +260,28 @@ int main(void) {
     t_server_destroy(s);
     T_ASSERT_INT_EQ(atomic_load(&thread_stops), 2);
     T_ASSERT_INT_EQ(atomic_load(&thread_index_bad), 0);
+  }
+
+  t_case("sched_batch: the ring threads run under SCHED_BATCH and ring info says so");
+  {
+    pmu_config_t c;
+    t_config_init(&c);
+    c.threads = 2;
+    c.sched_batch = 1;
+    c.on_thread_start = on_start;
+    atomic_store(&thread_starts, 0);
+    t_server_t *s = t_server_start(&c);
+    T_WAIT_UNTIL(atomic_load(&thread_starts) >= 2, T_EVENT_MS);
+    for (unsigned i = 0; i < 2; i++) {
+      pmu_ring_info_t info;
+      T_ASSERT_INT_EQ(pmu_server_ring_info(s->pmu, i, &info), 0);
+      T_ASSERT_INT_EQ(info.sched_batch, 1);
+      T_ASSERT_INT_EQ(thread_policy[i], SCHED_BATCH);
+    }
+    t_get_ok(s, "/");
+    t_server_destroy(s);
+    /* The caller's thread was never moved. */
+    T_ASSERT_INT_EQ(sched_getscheduler(0), SCHED_OTHER);
   }
 
   t_case("wait times out on a running server, stop is idempotent, then wait returns");

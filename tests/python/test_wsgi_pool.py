@@ -4,6 +4,7 @@ call blocks, so a blocking app delays the others only briefly and an app that ca
 own server is answered."""
 
 import http.client
+import os
 import threading
 import time
 import urllib.request
@@ -142,3 +143,91 @@ def test_the_ring_lingers_while_the_pool_is_behind(serve_wsgi):
     for _ in range(5):  # one at a time: nothing ever waits in the queue
         assert request(lingering)[2] == b"ok"
     assert lingering.stats()["lingers"] == idle
+
+
+def _policy_and_name(tid):
+    """(scheduling policy, name) of thread `tid` of this process, from /proc."""
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        policy = int(f.read().rsplit(")", 1)[1].split()[38])  # field 41: policy
+    with open(f"/proc/self/task/{tid}/comm") as f:
+        return policy, f.read().strip()
+
+
+def _threads_named(prefix):
+    """{name: policy} of this process's threads whose name starts with `prefix`."""
+    found = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            policy, name = _policy_and_name(tid)
+        except OSError:  # ended meanwhile
+            continue
+        if name.startswith(prefix):
+            found[name] = policy
+    return found
+
+
+def whoami(environ, start_response):
+    """The calling thread's policy and name (the pool thread's)."""
+    policy, name = _policy_and_name(threading.get_native_id())
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"%d %s" % (policy, name.encode())]
+
+
+def test_the_pool_and_ring_threads_run_under_sched_batch_by_default(serve_wsgi):
+    """WSGIServer's sched_batch (on unless given): the ring threads, the pool threads and
+    the watchdog run under SCHED_BATCH, so a ring thread woken by the network does not
+    preempt the pool thread running the app on the same CPU; every thread is named."""
+    server = serve_wsgi(whoami, pool_threads=2, threads=2)
+    policy, name = request(server)[2].decode().split()
+    assert int(policy) == os.SCHED_BATCH and name.startswith("pmu-wsgi-")
+    assert all(server.ring_info(i)["sched_batch"] for i in range(2))
+    assert _threads_named("pmu-ring-") == {
+        "pmu-ring-0": os.SCHED_BATCH,
+        "pmu-ring-1": os.SCHED_BATCH,
+    }
+    assert _threads_named("pmu-wsgi-watch") == {"pmu-wsgi-watch": os.SCHED_BATCH}
+
+
+def test_sched_batch_off(serve_wsgi):
+    server = serve_wsgi(whoami, pool_threads=1, sched_batch=False)
+    policy, name = request(server)[2].decode().split()
+    assert int(policy) == os.SCHED_OTHER and name.startswith("pmu-wsgi-")
+    assert not server.ring_info(0)["sched_batch"]
+
+
+def test_a_plain_server_keeps_the_normal_policy_unless_asked(serve):
+    """The engine knob is off by default (native handlers run on the ring thread, which
+    then competes with no thread of ours); sched_batch=True turns it on."""
+
+    def handler(request):
+        request.reply(b"%d" % os.sched_getscheduler(0))
+
+    plain = serve(handler)
+    assert int(request(plain)[2]) == os.SCHED_OTHER
+    assert not plain.ring_info(0)["sched_batch"]
+    batch = serve(handler, sched_batch=True)
+    assert int(request(batch)[2]) == os.SCHED_BATCH
+    assert batch.ring_info(0)["sched_batch"]
+
+
+def test_serve_gives_its_thread_its_own_policy_back():
+    """A thread that calls WSGIPool(sched_batch=True).serve() runs under SCHED_BATCH while
+    it serves (here parked: nothing queued) and under its own policy after."""
+    pool = _native._pmu.WSGIPool(0.01, sched_batch=True)
+    after = []
+
+    def worker():
+        pool.serve(lambda request: None)
+        after.append(os.sched_getscheduler(0))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    deadline = time.monotonic() + 10
+    while (
+        not _policy_and_name(t.native_id)[1].startswith("pmu-wsgi-") and time.monotonic() < deadline
+    ):
+        time.sleep(0.01)  # until serve() named it
+    assert _policy_and_name(t.native_id)[0] == os.SCHED_BATCH
+    pool.close()
+    t.join(10)
+    assert after == [os.SCHED_OTHER]
