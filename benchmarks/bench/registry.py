@@ -129,6 +129,22 @@ SERVERS = [
         suites=("apps",),
     ),
     Server(
+        "pymongoose_uring_flask_floor",
+        "pymongoose_uring native + Flask (floor)",
+        (PY, S + "pymongoose_uring_flask_floor_server.py", "{port}"),
+        kind="ours",
+        build="pymongoose_uring",
+        knobs=ALL_KNOBS,
+        pip=(("flask", "flask"),),
+        env=ROOM_FOR_C10K,
+        default=False,
+        description="not a server for apps: the Flask app called from a native handler with "
+        "the in-process measure's environ, on the ring thread; its own cost is the least any "
+        "adapter on this engine could cost around this app",
+        app="flask_app",
+        suites=("apps",),
+    ),
+    Server(
         "pymongoose_uring_fastapi",
         "pymongoose_uring ASGI (FastAPI)",
         (PY, S + "pymongoose_uring_fastapi_server.py", "{port}"),

@@ -38,7 +38,12 @@ APP_ROWS = {
     # interface row: the servers that must run it (the list)
     "wsgi_raw": {"pymongoose_uring_wsgi", "gunicorn_raw", "granian_wsgi_raw"},
     "asgi_raw": {"pymongoose_uring_asgi", "uvicorn_raw", "granian_asgi"},
-    "flask_app": {"pymongoose_uring_flask", "gunicorn", "granian_wsgi"},
+    "flask_app": {
+        "pymongoose_uring_flask",
+        "pymongoose_uring_flask_floor",
+        "gunicorn",
+        "granian_wsgi",
+    },
     "fastapi_app": {"pymongoose_uring_fastapi", "uvicorn", "granian_fastapi"},
 }
 FRAMEWORK = {"flask_app": "flask", "fastapi_app": "fastapi"}
@@ -171,9 +176,24 @@ def test_tables_show_the_app_own_and_the_server_own_cost():
     )
     # the Flask target: the adapter's own cost, 60 - 55 = 5 µs, at most 8
     assert any("Flask: the WSGI adapter's own cost" in line and "met" in line for line in lines)
+    assert not any("the floor" in line for line in lines)  # not measured in this run
     summary[("pymongoose_uring_flask", "keepalive")]["server_own_us_per_req"] = 9.0
     target = report.measured_own_cost_targets(summary)[0]
     assert target["met"] is False and target["server_own_us"] == 9.0
+    assert target["floor_own_us"] is None
+    # the floor: the same app from a native handler, its own cost shown beside the target
+    summary[("pymongoose_uring_flask_floor", "keepalive")] = dict(
+        ROW, cpu_us_per_req=59.0, app_us_per_req=55.0, server_own_us_per_req=4.0
+    )
+    assert report.measured_own_cost_targets(summary)[0]["floor_own_us"] == 4.0
+    text = report.tables(
+        [wl.BY_NAME["keepalive"]], summary, {}, "pymongoose_uring", [], [], {"duration_s": 2}
+    )
+    assert any(
+        "Flask: the WSGI adapter's own cost" in line and "native handler without an adapter: 4.0"
+        in line
+        for line in text.splitlines()
+    )
 
 
 ROW = dict(
