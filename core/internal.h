@@ -740,6 +740,9 @@ void pmu__seg_deliver(pmu__seg_t *seg, pmu__loop_t *loop);
 int pmu__serialize(pmu__req_t *req, const pmu_response_t *resp, int on_loop);
 void pmu__date_refresh(pmu__loop_t *loop, time_t now);
 void pmu__format_date(char out[40], time_t now);
+/* The date formatted for the calling thread, refreshed once a second (a
+ * thread-local buffer, valid until the thread's next call). */
+const char *pmu__date_now(void);
 /* Serialise an engine message into req->out; req->answered set. */
 void pmu__engine_message(pmu__req_t *req, int status, int keep_open);
 /* Apply an answer that reached the loop thread (from pmu_respond or the queue). */

@@ -103,6 +103,22 @@ void pmu__format_date(char out[40], time_t now) {
   memcpy(p, " GMT", 5);
 }
 
+/* Threads that answer outside a ring turn (the WSGI pool's, a driven loop's
+ * between steps) format the date once a second each, as a ring does. */
+static _Thread_local struct {
+  time_t sec;
+  char date[40];
+} thread_date = {(time_t)-1, ""};
+
+const char *pmu__date_now(void) {
+  time_t now = time(NULL);
+  if (now != thread_date.sec) {
+    thread_date.sec = now;
+    pmu__format_date(thread_date.date, now);
+  }
+  return thread_date.date;
+}
+
 void pmu__date_refresh(pmu__loop_t *loop, time_t now) {
   if (now != loop->date_sec) {
     loop->date_sec = now;
@@ -385,9 +401,7 @@ int pmu__serialize(pmu__req_t *r, const pmu_response_t *resp, int on_loop) {
   pmu__loop_t *loop = r->loop;
   if (on_loop)
     return serialize(r, resp, loop->date, pmu__stop_seen(loop), 0);
-  char date[40];
-  pmu__format_date(date, time(NULL));
-  return serialize(r, resp, date, atomic_load(&loop->server->stop_requested), 0);
+  return serialize(r, resp, pmu__date_now(), atomic_load(&loop->server->stop_requested), 0);
 }
 
 int pmu_respond(pmu_request_t *request, const pmu_response_t *response) {
@@ -403,10 +417,8 @@ int pmu_respond(pmu_request_t *request, const pmu_response_t *response) {
     return rc;
   }
 
-  /* Another thread: format here, hand over through the loop's queue. */
-  char date[40];
-  pmu__format_date(date, time(NULL));
-  int rc = serialize(r, response, date, atomic_load(&s->stop_requested), 0);
+  /* Another thread: serialize here, hand over through the loop's queue. */
+  int rc = serialize(r, response, pmu__date_now(), atomic_load(&s->stop_requested), 0);
   hand_over(r);
   return rc;
 }
@@ -770,9 +782,7 @@ int pmu_respond_start(pmu_request_t *request, int status, const pmu_header_t *he
   if (pmu__current_loop == loop) {
     rc = serialize(r, &resp, loop->date, pmu__stop_seen(loop), 1);
   } else {
-    char date[40];
-    pmu__format_date(date, time(NULL));
-    rc = serialize(r, &resp, date, atomic_load(&loop->server->stop_requested), 1);
+    rc = serialize(r, &resp, pmu__date_now(), atomic_load(&loop->server->stop_requested), 1);
   }
   pmu__seg_t *g;
   if (rc == -ENOMEM) {

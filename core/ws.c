@@ -576,11 +576,7 @@ static int write_101(pmu__req_t *r, const pmu_ws_accept_t *o, const char *ext, i
     PUT_LIT(p, "\r\n");
   }
   if (!user_date && !s->extra_date && s->cfg.date_header) {
-    char date[40];
-    if (on_loop)
-      memcpy(date, loop->date, 30);
-    else
-      pmu__format_date(date, time(NULL));
+    const char *date = on_loop ? loop->date : pmu__date_now();
     PUT_LIT(p, "Date: ");
     PUT(p, date, 29);
     PUT_LIT(p, "\r\n");

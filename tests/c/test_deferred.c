@@ -8,6 +8,8 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
 
 #define CONNS 20
 #define PER_CONN 25
@@ -157,6 +159,33 @@ int main(void) {
     T_WAIT_UNTIL(t_big_releases() - releases_before >= 2, T_EVENT_MS);
     T_ASSERT_INT_EQ(t_big_releases() - releases_before, 2);
     T_ASSERT_INT_EQ(t_big_releases_on_deferrer(), 0);
+  }
+
+  t_case("a deferred answer's Date is the second it was given, on every call (kept a second)");
+  {
+    /* The answering thread formats the date once a second and keeps it; an answer
+     * after the second changed must not carry the kept one. Three answers 600 ms
+     * apart cross at least one second. */
+    t_conn_t *conn = t_connect(server);
+    for (int i = 0; i < 3; i++) {
+      time_t before = time(NULL);
+      t_send_str(conn, "GET /defer?ms=0 HTTP/1.1\r\nHost: d\r\n\r\n");
+      t_response_t r;
+      t_expect_response(conn, &r);
+      time_t after = time(NULL);
+      const char *date = t_header(&r, "Date");
+      T_ASSERT_MSG(date != NULL, "no Date");
+      struct tm tm = {0};
+      const char *end = strptime(date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+      T_ASSERT_MSG(end != NULL && *end == '\0', "Date \"%s\" is not an IMF-fixdate", date);
+      time_t said = timegm(&tm);
+      T_ASSERT_MSG(said >= before && said <= after,
+                   "Date \"%s\" is %lld, answered within %lld..%lld", date, (long long)said,
+                   (long long)before, (long long)after);
+      t_response_free(&r);
+      usleep(600 * 1000);
+    }
+    t_conn_close(conn);
   }
 
   t_server_destroy(server);
