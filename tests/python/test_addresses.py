@@ -1,6 +1,6 @@
 """Each request sees its own connection's addresses: request.client and .server, the ASGI
 scope's client and server, the WSGI environ's REMOTE_ADDR/REMOTE_PORT and SERVER_PORT.
-The binding keeps the (host, port) tuples of recent addresses (64 slots, one place per
+The binding keeps the (host, port) tuples of recent addresses (1024 slots, one place per
 address): many more clients than slots, from several source addresses, each must get
 its own."""
 
@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-N = 300  # connections: several times the cache's slots, so slots are reused
+N = 1500  # connections: more than the cache's slots, so slots are reused
 
 
 def sources():
