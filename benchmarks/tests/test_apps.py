@@ -190,8 +190,8 @@ def test_tables_show_the_app_own_and_the_server_own_cost():
         [wl.BY_NAME["keepalive"]], summary, {}, "pymongoose_uring", [], [], {"duration_s": 2}
     )
     assert any(
-        "Flask: the WSGI adapter's own cost" in line and "native handler without an adapter: 4.0"
-        in line
+        "Flask: the WSGI adapter's own cost" in line
+        and "native handler without an adapter: 4.0" in line
         for line in text.splitlines()
     )
 
