@@ -584,6 +584,14 @@ def main(argv=None):
                             fail(s.name, "restart after %s: %s" % (w.name, e), fatal=False)
                     p.update(server=s.name, workload=w.name, round=r + 1)
                     all_points.append(p)
+                # The apps of this workload's rows again, beside its rounds (see appcost).
+                again = [k for k in appcost.wanted_for([s.definition for s in active], [w])]
+                again = [k for k in again if k in app_costs]
+                if again:
+                    more, _errors = appcost.measure_all(
+                        again, server_cpus, log=setup_log, repeats=1
+                    )
+                    appcost.merge(app_costs, more)
         if any(w.needs == "files" for w in workloads):
             for s in servers.values():
                 if s.definition.stats_path and "files" in s.definition.caps:
@@ -619,6 +627,26 @@ def main(argv=None):
         for name, reason in sorted(failed.items()):
             print("FAILED: %s (%s)" % (name, reason.splitlines()[0]))
         return exit_status
+    # The app's own cost as the tables use it: the median of every repeat, before and
+    # between the rounds.
+    meta["app_costs"] = [
+        dict(app=k[0], method=k[1], path=k[2], body_bytes=k[3], **v)
+        for k, v in sorted(app_costs.items())
+    ]
+    for key, result in sorted(app_costs.items()):
+        print(
+            "app's own cost %-12s %-4s %-6s %6.1f µs/call (median of %d repeats, %.1f to %.1f)"
+            % (
+                key[0],
+                key[1],
+                key[2],
+                result["us_per_call"],
+                len(result["runs"]),
+                min(result["runs"]),
+                max(result["runs"]),
+            ),
+            flush=True,
+        )
     grouped = {}
     for p in all_points:
         grouped.setdefault((p["server"], p["workload"]), []).append(p)

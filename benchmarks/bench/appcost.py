@@ -5,9 +5,13 @@ thread the app might use), the median of several repeats. Each answer is checked
 the body the servers' checks expect), so a broken app cannot look cheap.
 
 The runner (run.py) measures every app its selected servers run, for every selected HTTP
-workload's request, in a child process pinned to the server CPUs; the tables then show the
-app's own cost beside each server's CPU per request, and the server's own cost (the row minus
-the app's own).
+workload's request, in a child process pinned to the server CPUs: before any server starts
+(REPEATS repeats), and again after each round of a workload that has app rows (one repeat
+each), since this machine's speed moves by tens of percent from one minute to the next and
+one early figure set against medians taken over minutes of rounds misreads the server's share
+(a Flask floor measured at -4.8 µs). The figure is the median of every repeat taken; the
+tables then show the app's own cost beside each server's CPU per request, and the server's
+own cost (the row minus the app's own).
 
     python3 benchmarks/bench/appcost.py flask_app GET / 0    # one figure, JSON on stdout
 """
@@ -179,10 +183,10 @@ def measure(name, method="GET", path="/", body_len=0, calls=CALLS, repeats=REPEA
     return {"us_per_call": statistics.median(runs), "runs": runs, "calls": calls}
 
 
-def measure_all(wanted, cpus=None, log=None, timeout=300):
+def measure_all(wanted, cpus=None, log=None, timeout=300, repeats=REPEATS):
     """Measure every (app, method, path, body_len) of `wanted` in one child process pinned to
-    `cpus` (the server CPUs, so the figure is comparable with the servers'). Returns
-    ({key: result}, {key: error}) with key the tuple given."""
+    `cpus` (the server CPUs, so the figure is comparable with the servers'), `repeats` repeats
+    each. Returns ({key: result}, {key: error}) with key the tuple given."""
     wanted = sorted(set(wanted))
     if not wanted:
         return {}, {}
@@ -192,7 +196,7 @@ def measure_all(wanted, cpus=None, log=None, timeout=300):
             os.sched_setaffinity(0, cpus)
 
     proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--many", json.dumps(wanted)],
+        [sys.executable, os.path.abspath(__file__), "--many", json.dumps(wanted), str(repeats)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -214,6 +218,18 @@ def measure_all(wanted, cpus=None, log=None, timeout=300):
         else:
             results[tuple(key)] = result
     return results, errors
+
+
+def merge(costs, more):
+    """Add the repeats of `more` ({key: result}, from measure_all) to `costs` (the same shape):
+    each key's "runs" gathers every repeat and "us_per_call" becomes their median. A key not in
+    `costs` (its first measurement failed) is left out."""
+    for key, result in more.items():
+        cost = costs.get(key)
+        if cost is None:
+            continue
+        cost["runs"] = list(cost["runs"]) + list(result["runs"])
+        cost["us_per_call"] = statistics.median(cost["runs"])
 
 
 def wanted_for(defs, workloads):
@@ -243,11 +259,11 @@ def annotate(summary, apps, workloads, costs):
             row["server_own_us_per_req"] = row["cpu_us_per_req"] - cost["us_per_call"]
 
 
-def _many(wanted):
+def _many(wanted, repeats=REPEATS):
     answers = []
     for key in wanted:
         try:
-            answers.append([key, measure(*key), None])
+            answers.append([key, measure(*key, repeats=repeats), None])
         except SystemExit as e:  # common.unavailable(): the app's library is missing
             answers.append([key, None, "unavailable (exit %s)" % e.code])
         except Exception as e:
@@ -256,8 +272,9 @@ def _many(wanted):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--many":
-        print(json.dumps(_many([tuple(k) for k in json.loads(sys.argv[2])])))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "--many":
+        repeats = int(sys.argv[3]) if len(sys.argv) == 4 else REPEATS
+        print(json.dumps(_many([tuple(k) for k in json.loads(sys.argv[2])], repeats)))
     elif len(sys.argv) == 5:
         name, method, path, body_len = sys.argv[1:]
         print(json.dumps(measure(name, method, path, int(body_len))))

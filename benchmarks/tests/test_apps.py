@@ -104,6 +104,22 @@ def test_measure_all_runs_in_a_child_and_reports_each_error():
     assert "no_such_app" in errors[("no_such_app", "GET", "/", 0)]
 
 
+def test_the_runs_between_rounds_join_the_first_and_their_median_is_the_figure():
+    """The runner measures an app again after each round (one repeat each); the figure is
+    the median of every repeat, and a key whose first measurement failed stays out."""
+    key = ("wsgi_raw", "GET", "/", 0)
+    first, _ = appcost.measure_all([key], cpus=os.sched_getaffinity(0))
+    assert len(first[key]["runs"]) == appcost.REPEATS
+    more, _ = appcost.measure_all([key], cpus=os.sched_getaffinity(0), repeats=1)
+    assert len(more[key]["runs"]) == 1
+    costs = {key: {"us_per_call": 3.0, "runs": [1.0, 3.0, 5.0], "calls": 2000}}
+    appcost.merge(costs, {key: {"us_per_call": 9.0, "runs": [9.0, 10.0]}})
+    assert costs[key]["runs"] == [1.0, 3.0, 5.0, 9.0, 10.0]
+    assert costs[key]["us_per_call"] == 5.0
+    appcost.merge(costs, {("fastapi_app", "GET", "/", 0): {"us_per_call": 1.0, "runs": [1.0]}})
+    assert list(costs) == [key]
+
+
 def test_the_requests_measured_are_the_workloads():
     assert appcost.app_request(wl.BY_NAME["keepalive"]) == ("GET", "/", 0)
     assert appcost.app_request(wl.BY_NAME["get16k"]) == ("GET", "/16k", 0)
