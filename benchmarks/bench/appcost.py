@@ -59,7 +59,7 @@ def _expected(path, body):
     return common.GET_ROUTES[path][0]
 
 
-def _environ(method, path, body):
+def environ_for(method, path, body):
     environ = {
         "REQUEST_METHOD": method,
         "SCRIPT_NAME": "",
@@ -84,10 +84,21 @@ def _environ(method, path, body):
     return environ
 
 
+def wsgi_body(app, environ, start_response):
+    """One WSGI call as a server makes it: the body joined, then the result's close()."""
+    result = app(environ, start_response)
+    try:
+        return b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+
+
 def _wsgi_calls(app, method, path, body, calls):
     """CPU seconds for `calls` calls; the environs are built before the clock starts. Returns
     (seconds, last status, last body)."""
-    environs = [_environ(method, path, body) for _ in range(calls)]
+    environs = [environ_for(method, path, body) for _ in range(calls)]
     got = {}
 
     def start_response(status, headers, exc_info=None):
@@ -98,13 +109,7 @@ def _wsgi_calls(app, method, path, body, calls):
     out = b""
     t0 = time.process_time()
     for environ in environs:
-        result = app(environ, start_response)
-        try:
-            out = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+        out = wsgi_body(app, environ, start_response)
     return time.process_time() - t0, int(got["status"].split()[0]), out
 
 
