@@ -135,7 +135,9 @@ def test_stats_probe_ring_info_and_config(serve):
         "sqpoll",
         "registered_files",
         "registered_ring_fd",
+        "sched_batch",
     }
+    assert info["sched_batch"] is False  # the knob is off by default
     cfg = server.config
     assert cfg["batch_max"] == 8 and cfg["max_body_bytes"] == 1234
     assert cfg["server_header"] == "srv" and cfg["port"] == 0
