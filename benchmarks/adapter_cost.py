@@ -23,6 +23,13 @@ targets are printed beside the figures.
     python3 benchmarks/adapter_cost.py --python build/venv/bin/python --only native,wsgi,flask \
         --baseline-python /path/to/main/checkout/build/venv/bin/python
 
+With ``--by-thread`` each of our rows is also split by thread, by the names the engine
+gives its threads (``pmu-ring-N``, ``pmu-wsgi-N``, ``pmu-wsgi-watch``; the main thread is
+``python``): CPU µs per request, user and kernel, and voluntary and involuntary context
+switches per request, medians over the rounds (``/proc/PID/task/*/stat`` and ``status``).
+
+    python3 benchmarks/adapter_cost.py --only native,wsgi,flask --by-thread
+
 Loopback only, bounded in time (rounds x servers x seconds).
 """
 
@@ -133,6 +140,63 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+Threads = Dict[int, Tuple[str, int, int, int, int]]
+
+
+def thread_times(pid: int) -> Threads:
+    """{tid: (name, utime ticks, stime ticks, voluntary, involuntary context switches)} of
+    every thread of pid that can still be read."""
+    out: Threads = {}
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return out
+    for tid in tids:
+        base = "/proc/%d/task/%s/" % (pid, tid)
+        try:
+            with open(base + "comm") as f:
+                name = f.read().strip()
+            with open(base + "stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            switches = {}
+            with open(base + "status") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                        switches[key] = int(value)
+        except (OSError, ValueError):
+            continue  # it ended meanwhile
+        out[int(tid)] = (
+            name,
+            int(fields[11]),
+            int(fields[12]),
+            switches.get("voluntary_ctxt_switches", 0),
+            switches.get("nonvoluntary_ctxt_switches", 0),
+        )
+    return out
+
+
+def by_thread(
+    before: Threads, after: Threads, requests: int, tick: Optional[float] = None
+) -> Dict[str, Tuple[float, float, float, float]]:
+    """Per thread name, what the threads alive at both readings did between them, per
+    request: (user µs, kernel µs, voluntary switches, involuntary switches). Threads of one
+    name (none, as the engine names them) are added together."""
+    tick = tick or 1.0 / os.sysconf("SC_CLK_TCK")
+    per: Dict[str, List[float]] = {}
+    n = max(requests, 1)
+    for tid, (name, user, kernel, vol, invol) in after.items():
+        if tid not in before:
+            continue
+        _, user0, kernel0, vol0, invol0 = before[tid]
+        row = per.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+        row[0] += (user - user0) * tick * 1e6 / n
+        row[1] += (kernel - kernel0) * tick * 1e6 / n
+        row[2] += (vol - vol0) / n
+        row[3] += (invol - invol0) / n
+    return {name: (v[0], v[1], v[2], v[3]) for name, v in per.items()}
 
 
 def wait_up(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -320,6 +384,11 @@ def main() -> None:
         help="an interpreter with another build installed (e.g. the main checkout's venv): "
         "each of our rows is also served by it, as NAME@base, in the same rounds",
     )
+    ap.add_argument(
+        "--by-thread",
+        action="store_true",
+        help="split our rows by thread name: CPU µs and context switches per request",
+    )
     ap.add_argument("--own-costs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if os.sep in args.python:
@@ -340,6 +409,7 @@ def main() -> None:
         names += [n + "@base" for n in names if n in OURS]
     procs: Dict[str, Tuple[subprocess.Popen, int]] = {}
     results: Dict[str, List[float]] = {}
+    threads: Dict[str, Dict[str, List[Tuple[float, float, float, float]]]] = {}
     try:
         for name in names:
             started = start(name, args, env)
@@ -357,10 +427,16 @@ def main() -> None:
         for r in range(args.rounds):
             for name in order[r % len(order) :] + order[: r % len(order)]:
                 proc, port = procs[name]
+                mine = args.by_thread and name.partition("@")[0] in OURS
+                tasks = thread_times(proc.pid) if mine else {}
                 before = cpu_seconds(proc.pid)
                 count = run_wrk(args.client_cpu, port, args.seconds, args.connections)
                 used = cpu_seconds(proc.pid) - before
                 results[name].append(used * 1e6 / max(count, 1))
+                if mine:
+                    split = by_thread(tasks, thread_times(proc.pid), count)
+                    for thread, figures in split.items():
+                        threads.setdefault(name, {}).setdefault(thread, []).append(figures)
     finally:
         for proc, _ in procs.values():
             proc.terminate()
@@ -395,6 +471,14 @@ def main() -> None:
             line += "   app's own %6.2f  server cost %6.2f" % (own[kind], med[name] - own[kind])
         line += "   (rounds: %s)" % " ".join("%.2f" % v for v in values)
         print(line)
+    for name, split in threads.items():
+        print(
+            "  %s by thread (user + kernel µs, voluntary / involuntary switches, per request):"
+            % name
+        )
+        for thread, rows in sorted(split.items()):
+            cols = [statistics.median(r[k] for r in rows) for k in range(4)]
+            print("    %-16s %7.2f + %6.2f   %5.2f / %5.2f" % (thread, *cols))
     if args.baseline_python and "native@base" in med:
         base = med["native@base"]
         for name in ("wsgi", "asgi"):

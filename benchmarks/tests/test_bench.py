@@ -7,6 +7,7 @@
 import os
 import socket
 import sys
+import time
 
 import pytest
 from tinyserver import ThreadedServer
@@ -234,3 +235,46 @@ def test_resilience_refuses_unknown_scenarios():
     with pytest.raises(SystemExit) as exit:
         resilience.main(["--scenarios", "reload,nope"])
     assert exit.value.code == 2
+
+
+def test_adapter_cost_splits_a_process_by_thread_name():
+    """adapter_cost.py --by-thread: thread_times reads every thread of a process (name, CPU
+    ticks, context switches); by_thread turns two readings into per-request figures by name,
+    leaving out threads that were not alive at both."""
+    import threading
+
+    import adapter_cost
+
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            sum(range(1000))
+
+    t = threading.Thread(target=spin, name="spinner")
+    t.start()
+    try:
+        before = adapter_cost.thread_times(os.getpid())
+        assert os.getpid() in before and t.native_id in before
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            pass
+        after = adapter_cost.thread_times(os.getpid())
+    finally:
+        stop.set()
+        t.join()
+    name = before[t.native_id][0]
+    split = adapter_cost.by_thread(before, after, 100)
+    assert split[name][0] + split[name][1] > 0  # the spinner used CPU
+    # made-up readings: a thread of each name, one born between them
+    tick = 0.01
+    before = {1: ("pmu-ring-0", 10, 5, 100, 1), 2: ("pmu-wsgi-0", 0, 0, 0, 0)}
+    after = {
+        1: ("pmu-ring-0", 30, 15, 140, 3),
+        2: ("pmu-wsgi-0", 100, 0, 0, 20),
+        3: ("pmu-wsgi-1", 50, 50, 5, 5),
+    }
+    split = adapter_cost.by_thread(before, after, 1000, tick)
+    assert set(split) == {"pmu-ring-0", "pmu-wsgi-0"}
+    assert split["pmu-ring-0"] == pytest.approx((200.0, 100.0, 0.04, 0.002))
+    assert split["pmu-wsgi-0"] == pytest.approx((1000.0, 0.0, 0.0, 0.02))
