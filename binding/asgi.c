@@ -929,10 +929,7 @@ static PySendResult batch_resume(BatchObject *b, PyObject *value, PyObject *exc,
       batch_report(b, b->starter->a->m_unfinished, cycle, NULL);
   } else {
     PyObject *type, *val, *tb;
-    PyErr_Fetch(&type, &val, &tb);
-    PyErr_NormalizeException(&type, &val, &tb);
-    if (tb != NULL && val != NULL)
-      PyException_SetTraceback(val, tb);
+    pyb_fetch_error(&type, &val, &tb);
     int fatal = PyErr_GivenExceptionMatches(type, PyExc_KeyboardInterrupt) ||
                 PyErr_GivenExceptionMatches(type, PyExc_SystemExit);
     batch_report(b, b->starter->a->m_failed, cycle, val ? val : Py_None);
@@ -1329,10 +1326,7 @@ static PyObject *starter_call(PyObject *op, PyObject *const *args, size_t nargsf
       return NULL;
     }
     PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL)
-      PyException_SetTraceback(value, tb);
+    pyb_fetch_error(&type, &value, &tb);
     PyObject *fargs[] = {self->handler, request, cycle, value};
     PyObject *rc = PyObject_VectorcallMethod(self->a->m_failed, fargs,
                                              4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);

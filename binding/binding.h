@@ -195,6 +195,10 @@ int pyb_timeout_arg(PyObject *o, double *out);
  * NULL). Clears the exception; never raises. */
 void pyb_log_exception(pyb_state *st, const char *what, PyObject *request);
 
+/* PyErr_Fetch, normalized, the traceback set on the value (as an `except`
+ * clause sees it). New references or NULL; all NULL when no error was set. */
+void pyb_fetch_error(PyObject **type, PyObject **value, PyObject **tb);
+
 /* Log `message` (a C string, formatted with PyUnicode_FromFormatV) at
  * WARNING. Keeps any pending exception; never raises. */
 void pyb_log_warning(pyb_state *st, const char *format, ...);

@@ -74,14 +74,20 @@ static PyObject *request_line(PyObject *request) {
   return line;
 }
 
+void pyb_fetch_error(PyObject **type, PyObject **value, PyObject **tb) {
+  PyErr_Fetch(type, value, tb);
+  if (*type == NULL)
+    return;
+  PyErr_NormalizeException(type, value, tb);
+  if (*tb != NULL && *value != NULL)
+    PyException_SetTraceback(*value, *tb);
+}
+
 void pyb_log_exception(pyb_state *st, const char *what, PyObject *request) {
   PyObject *type, *value, *tb;
-  PyErr_Fetch(&type, &value, &tb);
+  pyb_fetch_error(&type, &value, &tb);
   if (type == NULL)
     return;
-  PyErr_NormalizeException(&type, &value, &tb);
-  if (tb != NULL && value != NULL)
-    PyException_SetTraceback(value, tb);
   PyObject *line = request_line(request);
   PyObject *msg = line ? PyUnicode_FromFormat("%s%U", what, line) : NULL;
   PyObject *kwargs = value ? Py_BuildValue("{sO}", "exc_info", value) : NULL;

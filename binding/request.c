@@ -1315,10 +1315,7 @@ static int settle(PyObject *fut, PyObject *value) {
     Py_DECREF(value);
   } else {
     PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    if (tb != NULL && exc != NULL)
-      PyException_SetTraceback(exc, tb);
+    pyb_fetch_error(&type, &exc, &tb);
     r = exc ? PyObject_CallMethod(fut, "set_exception", "O", exc) : NULL;
     Py_XDECREF(type);
     Py_XDECREF(exc);

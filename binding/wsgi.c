@@ -1217,10 +1217,7 @@ static PyObject *failed_with(CallObject *c, PyObject *request, PyObject *sr, con
   /* _fail logs it with log.exception(): make it the exception being handled,
    * as in an `except` block, for the call. */
   PyObject *type, *value, *tb, *old_type, *old_value, *old_tb;
-  PyErr_Fetch(&type, &value, &tb);
-  PyErr_NormalizeException(&type, &value, &tb);
-  if (tb != NULL && value != NULL)
-    PyException_SetTraceback(value, tb);
+  pyb_fetch_error(&type, &value, &tb);
   PyErr_GetExcInfo(&old_type, &old_value, &old_tb);
   PyErr_SetExcInfo(type, value, tb); /* steals */
   PyObject *what = PyUnicode_FromString(why);
