@@ -436,10 +436,6 @@ def main(argv=None):
             notes.append(
                 "app's own cost of %s (%s %s): not measured (%s)" % (key[0], key[1], key[2], error)
             )
-    meta["app_costs"] = [
-        dict(app=k[0], method=k[1], path=k[2], body_bytes=k[3], **v)
-        for k, v in sorted(app_costs.items())
-    ]
 
     def fail(name, error, fatal=True):
         """A server that did not start or answered wrongly stops the run (unless
@@ -585,8 +581,11 @@ def main(argv=None):
                     p.update(server=s.name, workload=w.name, round=r + 1)
                     all_points.append(p)
                 # The apps of this workload's rows again, beside its rounds (see appcost).
-                again = [k for k in appcost.wanted_for([s.definition for s in active], [w])]
-                again = [k for k in again if k in app_costs]
+                again = [
+                    k
+                    for k in appcost.wanted_for([s.definition for s in active], [w])
+                    if k in app_costs
+                ]
                 if again:
                     more, _errors = appcost.measure_all(
                         again, server_cpus, log=setup_log, repeats=1
