@@ -282,6 +282,11 @@ def progress(workload, rnd, rounds, server, p):
             100 * (p.get("server_cpu_util") or 0),
             100 * p["client_cpu_util"],
         )
+    if p.get("server_own_us_per_req") is not None:
+        extra += "  (app's own %.1f, server's own %.1f)" % (
+            p["app_us_per_req"],
+            p["server_own_us_per_req"],
+        )
     errors = p["socket_errors"] + p["status_errors"]
     unit = workload.unit
     print(
@@ -437,6 +442,12 @@ def main(argv=None):
                 "app's own cost of %s (%s %s): not measured (%s)" % (key[0], key[1], key[2], error)
             )
 
+    def app_sample(key):
+        """The app's own cost right now (one repeat), to pair with a round (appcost.pair)."""
+        if key is None:
+            return {}
+        return appcost.measure_all([key], server_cpus, log=setup_log, repeats=1)[0]
+
     def fail(name, error, fatal=True):
         """A server that did not start or answered wrongly stops the run (unless
         --keep-going); one that stopped answering under load is dropped, and the run goes on.
@@ -549,6 +560,8 @@ def main(argv=None):
                             s.stop()
                             s.start()
                             warm_up(s, args.warmup, client_cpus)
+                        app_key = appcost.key_for(s.definition, w, app_costs)
+                        before = app_sample(app_key)
                         p = measure.point(
                             s,
                             w,
@@ -562,6 +575,8 @@ def main(argv=None):
                     except BenchError as e:
                         fail(s.name, "%s: %s" % (w.name, e), fatal=isinstance(e, WrongAnswer))
                         continue
+                    if app_key is not None:
+                        appcost.pair(p, [before, app_sample(app_key)], app_costs, app_key)
                     progress(w, r, rounds, s, p)
                     if not p["recovered"]:
                         remarks.append(
@@ -580,17 +595,6 @@ def main(argv=None):
                             fail(s.name, "restart after %s: %s" % (w.name, e), fatal=False)
                     p.update(server=s.name, workload=w.name, round=r + 1)
                     all_points.append(p)
-                # The apps of this workload's rows again, beside its rounds (see appcost).
-                again = [
-                    k
-                    for k in appcost.wanted_for([s.definition for s in active], [w])
-                    if k in app_costs
-                ]
-                if again:
-                    more, _errors = appcost.measure_all(
-                        again, server_cpus, log=setup_log, repeats=1
-                    )
-                    appcost.merge(app_costs, more)
         if any(w.needs == "files" for w in workloads):
             for s in servers.values():
                 if s.definition.stats_path and "files" in s.definition.caps:
@@ -626,8 +630,8 @@ def main(argv=None):
         for name, reason in sorted(failed.items()):
             print("FAILED: %s (%s)" % (name, reason.splitlines()[0]))
         return exit_status
-    # The app's own cost as the tables use it: the median of every repeat, before and
-    # between the rounds.
+    # The app's own cost of the run: the median of every repeat, before the servers and
+    # beside their rounds (a row whose rounds were paired shows the medians of its own).
     meta["app_costs"] = [
         dict(app=k[0], method=k[1], path=k[2], body_bytes=k[3], **v)
         for k, v in sorted(app_costs.items())

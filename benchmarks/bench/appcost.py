@@ -6,12 +6,15 @@ the body the servers' checks expect), so a broken app cannot look cheap.
 
 The runner (run.py) measures every app its selected servers run, for every selected HTTP
 workload's request, in a child process pinned to the server CPUs: before any server starts
-(REPEATS repeats), and again after each round of a workload that has app rows (one repeat
-each), since this machine's speed moves by tens of percent from one minute to the next and
-one early figure set against medians taken over minutes of rounds misreads the server's share
-(a Flask floor measured at -4.8 µs). The figure is the median of every repeat taken; the
-tables then show the app's own cost beside each server's CPU per request, and the server's
-own cost (the row minus the app's own).
+(REPEATS repeats), and then right before and right after each round of each server that runs
+an app (one repeat each: `pair`). This machine's speed moves by tens of percent from one
+minute to the next (the same Flask app at 100-107 µs per call in the repeats before the
+servers, 70-75 in those between the rounds, one run): a figure taken minutes away from a
+round misreads the server's share of it (a Flask floor measured at -4.8 µs). So each round
+of an app row carries the app's cost at that moment (the mean of its two samples) and the
+server's own cost of that round (its CPU per request minus that); the row's figures are
+the medians over its rounds. The app's own cost printed for the whole run is the median of
+every repeat taken.
 
     python3 benchmarks/bench/appcost.py flask_app GET / 0    # one figure, JSON on stdout
 """
@@ -237,6 +240,35 @@ def merge(costs, more):
         cost["us_per_call"] = statistics.median(cost["runs"])
 
 
+def pair(point, samples, costs, key):
+    """Give `point` (one round of a server running app `key`) the app's own cost at that
+    moment: `samples` are measure_all results taken right before and right after the round
+    ({key: result} or {} where one failed). Sets point["app_us_per_req"] (their mean) and
+    point["server_own_us_per_req"] (the round's CPU per request minus it), and adds the
+    samples' repeats to `costs` (merge)."""
+    runs = []
+    for sample in samples:
+        result = sample.get(key)
+        if result is not None:
+            runs += result["runs"]
+            merge(costs, {key: result})
+    if not runs:
+        return
+    point["app_us_per_req"] = statistics.mean(runs)
+    if point.get("cpu_us_per_req") is not None:
+        point["server_own_us_per_req"] = point["cpu_us_per_req"] - point["app_us_per_req"]
+
+
+def key_for(definition, workload, costs):
+    """The app cost key of `definition`'s rows in `workload`, or None: its server runs no app,
+    the workload sends no request an app answers, or that app's cost was not measured."""
+    req = app_request(workload)
+    if not definition.app or req is None or not definition.supports(workload):
+        return None
+    key = (definition.app,) + req
+    return key if key in costs else None
+
+
 def wanted_for(defs, workloads):
     """The (app, method, path, body length) to measure: each app the servers `defs` run, for
     each request of the HTTP workloads `workloads` that its server serves."""
@@ -252,8 +284,12 @@ def wanted_for(defs, workloads):
 def annotate(summary, apps, workloads, costs):
     """Add the app's own cost to every summary row {(server, workload): row} whose server runs
     an app (`apps`: {server: app name}) measured for that workload's request (`costs`, from
-    measure_all): app_us_per_req, and server_own_us_per_req = cpu_us_per_req - app's own."""
+    measure_all) and whose rounds were not paired (`pair`: the row then has the medians of its
+    rounds' own figures): app_us_per_req, and server_own_us_per_req = cpu_us_per_req - app's
+    own."""
     for (server, wname), row in summary.items():
+        if row.get("server_own_us_per_req") is not None:
+            continue
         w = workloads.get(wname)
         req = app_request(w) if w is not None else None
         cost = costs.get((apps.get(server),) + req) if req and apps.get(server) else None

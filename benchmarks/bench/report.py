@@ -28,6 +28,8 @@ MEDIAN = [
     "client_us_per_msg",
     "published",
     "handshakes_per_cpu_s",
+    "app_us_per_req",  # rounds paired with the app's own cost (appcost.pair)
+    "server_own_us_per_req",
 ]
 MAX = ["rss_peak_mib", "lat_max_ms"]
 SUM = [
@@ -56,6 +58,8 @@ def summarize(points):
         row[key] = sum(p.get(key) or 0 for p in points)
     rps = [p["rps"] for p in points]
     row["rps_min"], row["rps_max"] = min(rps), max(rps)
+    # Rounds that carry the app's own cost measured beside them (appcost.pair).
+    row["paired_rounds"] = sum(p.get("server_own_us_per_req") is not None for p in points)
     cpu = [p["cpu_us_per_req"] for p in points if p.get("cpu_us_per_req") is not None]
     row["cpu_min"], row["cpu_max"] = (min(cpu), max(cpu)) if cpu else (None, None)
     if any(p.get("tls_negotiated") for p in points):
@@ -397,6 +401,7 @@ def measured_own_cost_targets(summary, targets=OWN_COST_TARGETS):
                 "at_most_us": limit,
                 "met": own <= limit,
                 "floor_own_us": floor,
+                "paired": row.get("paired_rounds", 0) > 0,
             }
         )
     return out
@@ -444,12 +449,13 @@ def targets_table(summary, targets=TARGETS):
         for t in measured_targets(summary, targets)
     ]
     lines += [
-        "| %s | %s − %s app = %s%s | - | at most %s µs | %s |"
+        "| %s | %s own (CPU %s, app %s%s)%s | - | at most %s µs | %s |"
         % (
             t["what"],
+            _fmt(t["server_own_us"], 2),
             _fmt(t["cpu_us"], 2),
             _fmt(t["app_us"], 2),
-            _fmt(t["server_own_us"], 2),
+            ": medians of rounds, each less the app measured beside it" if t["paired"] else "",
             ""
             if t["floor_own_us"] is None
             else " (the floor, the app from a native handler without an adapter: %s)"

@@ -11,7 +11,10 @@ FastAPI, not granian, gunicorn or uvicorn), and the skip names the library.
 """
 
 import importlib.util
+import json
 import os
+import shutil
+import statistics
 import sys
 
 import pytest
@@ -105,7 +108,7 @@ def test_measure_all_runs_in_a_child_and_reports_each_error():
 
 
 def test_the_runs_between_rounds_join_the_first_and_their_median_is_the_figure():
-    """The runner measures an app again after each round (one repeat each); the figure is
+    """The runner measures an app again beside each round (one repeat each); the figure is
     the median of every repeat, and a key whose first measurement failed stays out."""
     key = ("wsgi_raw", "GET", "/", 0)
     first, _ = appcost.measure_all([key], cpus=os.sched_getaffinity(0))
@@ -118,6 +121,92 @@ def test_the_runs_between_rounds_join_the_first_and_their_median_is_the_figure()
     assert costs[key]["us_per_call"] == 5.0
     appcost.merge(costs, {("fastapi_app", "GET", "/", 0): {"us_per_call": 1.0, "runs": [1.0]}})
     assert list(costs) == [key]
+
+
+def test_each_round_is_paired_with_the_app_measured_beside_it():
+    """appcost.pair: a round gets the mean of the samples taken right before and after it and
+    its own server cost (its CPU less that); the samples join the run's figure; the row is
+    the median of its rounds' figures, and annotate() leaves such a row alone."""
+    key = ("flask_app", "GET", "/", 0)
+    costs = {key: {"us_per_call": 50.0, "runs": [50.0], "calls": 2000}}
+    rounds = []
+    for cpu, before, after in ((100.0, 70.0, 74.0), (140.0, 100.0, 110.0), (90.0, 80.0, None)):
+        p = dict(ROW, rps=1000.0, cpu_us_per_req=cpu)
+        samples = [{key: {"us_per_call": before, "runs": [before]}}]
+        samples.append({} if after is None else {key: {"us_per_call": after, "runs": [after]}})
+        appcost.pair(p, samples, costs, key)
+        rounds.append(p)
+    assert [p["app_us_per_req"] for p in rounds] == [72.0, 105.0, 80.0]
+    assert [p["server_own_us_per_req"] for p in rounds] == [28.0, 35.0, 10.0]
+    assert costs[key]["runs"] == [50.0, 70.0, 74.0, 100.0, 110.0, 80.0]
+    unpaired = dict(ROW, cpu_us_per_req=90.0)
+    appcost.pair(unpaired, [{}, {}], costs, key)  # both samples failed: the run's figure
+    row = report.summarize(rounds)
+    assert (row["app_us_per_req"], row["server_own_us_per_req"]) == (80.0, 28.0)
+    assert row["paired_rounds"] == 3
+    other = report.summarize([unpaired])
+    assert other["server_own_us_per_req"] is None and other["paired_rounds"] == 0
+    summary = {("pymongoose_uring_flask", "keepalive"): row, ("gunicorn", "keepalive"): other}
+    appcost.annotate(
+        summary,
+        {"pymongoose_uring_flask": "flask_app", "gunicorn": "flask_app"},
+        {"keepalive": wl.BY_NAME["keepalive"]},
+        costs,
+    )
+    assert row["server_own_us_per_req"] == 28.0  # the rounds' own, not 100 - the run's 77
+    assert other["server_own_us_per_req"] == 90.0 - statistics.median(costs[key]["runs"])
+    target = report.measured_own_cost_targets(summary)[0]
+    assert target["server_own_us"] == 28.0 and target["paired"]
+    text = report.targets_table(summary)
+    assert "28.00 own (CPU 100.00, app 80.00: medians of rounds, each less the app" in text
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_a_run_pairs_each_round_of_an_app_row_with_the_app(tmp_path, capsys):
+    """run.py measures the app right before and after each round of a row that runs one:
+    every round of the raw WSGI row carries the app's cost and its own, and the row's own
+    cost is the median of its rounds'."""
+    affinity = os.sched_getaffinity(0)
+    try:
+        rc = run.main(
+            [
+                "--servers",
+                "pymongoose_uring_wsgi",
+                "--workloads",
+                "keepalive",
+                "--no-install",
+                "--no-build",
+                "--no-plots",
+                "--rounds",
+                "2",
+                "--duration",
+                "1",
+                "--warmup",
+                "1",
+                "--base-port",
+                str(free_base_port(1)),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    finally:
+        os.sched_setaffinity(0, affinity)  # run.main pins itself to the client CPUs
+    assert rc == 0, capsys.readouterr().out
+    with open(os.path.join(tmp_path, "results.json")) as f:
+        results = json.load(f)
+    rounds = [p for p in results["points"] if p["server"] == "pymongoose_uring_wsgi"]
+    assert len(rounds) == 2
+    for p in rounds:
+        assert 0 < p["app_us_per_req"] < p["cpu_us_per_req"]
+        assert p["server_own_us_per_req"] == p["cpu_us_per_req"] - p["app_us_per_req"]
+    (row,) = [r for r in results["results"] if r["server"] == "pymongoose_uring_wsgi"]
+    assert row["paired_rounds"] == 2
+    assert row["server_own_us_per_req"] == statistics.median(
+        p["server_own_us_per_req"] for p in rounds
+    )
+    (cost,) = results["meta"]["app_costs"]
+    assert len(cost["runs"]) == appcost.REPEATS + 4  # before the servers, then 2 per round
+    assert "(app's own " in capsys.readouterr().out
 
 
 def test_the_requests_measured_are_the_workloads():
