@@ -34,10 +34,14 @@ def _file_answer(filename, data_sha, size, note):
     return {"filename": filename, "size": size, "sha256": data_sha, "note": note}
 
 
+# What keeps an app from being built here (reported by main() as the server's "unavailable").
+MISSING = {}
+
 try:
     from flask import Flask, request as flask_request
-except ImportError:  # reported as unavailable by main()
+except ImportError as e:
     flask_app = None
+    MISSING["flask"] = "%s: pip install flask" % e
 else:
     flask_app = Flask("upload_check")
 
@@ -58,8 +62,9 @@ try:
     except ImportError:
         import multipart  # noqa: F401
     from fastapi import FastAPI, File, Form, UploadFile
-except ImportError:
+except ImportError as e:
     fastapi_app = None
+    MISSING["fastapi"] = "%s: pip install fastapi python-multipart" % e
 else:
     fastapi_app = FastAPI()
 
@@ -211,12 +216,16 @@ def main(argv=None):
     for name in args.servers.split(","):
         kind, library, how = SERVERS[name]
         app = flask_app if kind == "flask" else fastapi_app
+        missing = MISSING.get(kind)
         try:
             __import__(library)
-        except ImportError:
-            app = None
-        if app is None:
-            print("%-26s unavailable (needs %s and %s)" % (name, library, kind))
+        except ImportError as e:
+            missing = "%s: %s" % (
+                e,
+                "pip install . from the checkout" if how is None else "pip install " + library,
+            )
+        if app is None or missing:
+            print("%-26s unavailable (%s)" % (name, missing))
             continue
         started = time.monotonic()
         try:
