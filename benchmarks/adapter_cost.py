@@ -12,6 +12,10 @@ over wrk's interval), as benchmarks/run.py measures it. Rows:
 - wsgi, asgi: the 5-line raw WSGI and raw ASGI hello apps defined here;
 - flask, fastapi: servers/flask_server.py's app and the FastAPI hello of
   servers/uvicorn_server.py (rebuilt here: that module needs uvicorn);
+- floor: the same Flask app called from a native handler on the ring thread with the
+  in-process measure's environ, no adapter (``flask_floor``; not in the default list): the
+  least any adapter could cost around it, and with ``--by-thread`` the kernel's share at
+  Flask's request rate;
 - where the peers are installed for ``--peer-python``: granian's raw ASGI (the same app),
   uvicorn's FastAPI and gunicorn's (gthread) Flask.
 
@@ -73,6 +77,34 @@ async def raw_asgi(scope: Dict[str, Any], receive: Any, send: Any) -> None:
     await send(_ASGI_BODY)
 
 
+_FLOOR: Dict[str, Any] = {}
+
+
+def flask_floor(request: Any) -> Any:
+    """The Flask row's floor, a native handler (``--interface native``): flask_server.py's app
+    called on the ring thread with a copy of the in-process measure's environ, its body
+    joined, no adapter at all: the least any adapter on this engine could cost around it."""
+    if not _FLOOR:
+        from flask_server import app
+
+        from pymongoose_uring import Response
+
+        _FLOOR.update(app=app, response=Response, environ=_wsgi_environ())
+    answer: List[Any] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        answer[:] = [int(status[:3]), [(k, v) for k, v in headers if k.lower() != "content-length"]]
+
+    result = _FLOOR["app"](dict(_FLOOR["environ"]), start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return _FLOOR["response"](body, answer[0], answer[1])
+
+
 def __getattr__(name: str) -> Any:
     """``fastapi_app``: servers/uvicorn_server.py's FastAPI hello, built on first use (so
     that this module imports without FastAPI, and without uvicorn installed)."""
@@ -98,7 +130,10 @@ OURS = {
     "asgi": ["adapter_cost:raw_asgi", "--interface", "asgi"],
     "flask": ["flask_server:app", "--interface", "wsgi"],
     "fastapi": ["adapter_cost:fastapi_app", "--interface", "asgi"],
+    "floor": ["adapter_cost:flask_floor", "--interface", "native"],
 }
+# The rows whose app's own cost is another row's app.
+OWN_OF = {"floor": "flask"}
 
 
 def peer_commands(port: int) -> Dict[str, List[str]]:
@@ -467,6 +502,7 @@ def main() -> None:
     for name, values in results.items():
         line = "  %-16s %7.2f" % (name, med[name])
         kind = name.partition("@")[0]
+        kind = OWN_OF.get(kind, kind)
         if kind in own:
             line += "   app's own %6.2f  server cost %6.2f" % (own[kind], med[name] - own[kind])
         line += "   (rounds: %s)" % " ".join("%.2f" % v for v in values)
@@ -493,6 +529,11 @@ def main() -> None:
         print("  asgi / granian-asgi = %.2fx (<= 0.5x)" % (med["asgi"] / med["granian-asgi"]))
     if "flask" in med and "flask" in own:
         print("  flask server cost = %.2f µs (<= 8)" % (med["flask"] - own["flask"]))
+        if "floor" in med:
+            print(
+                "  (its floor, Flask from a native handler without an adapter: %.2f µs)"
+                % (med["floor"] - own["flask"])
+            )
     if "fastapi" in med and "uvicorn-fastapi" in med:
         print(
             "  fastapi / uvicorn-fastapi = %.2fx (<= 0.6x)"

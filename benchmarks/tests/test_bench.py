@@ -12,7 +12,8 @@ import time
 import pytest
 from tinyserver import ThreadedServer
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, BENCH)
 
 import sweep  # noqa: E402
 from bench import BenchError, WrongAnswer, checks, procstat, report  # noqa: E402
@@ -278,3 +279,40 @@ def test_adapter_cost_splits_a_process_by_thread_name():
     assert set(split) == {"pmu-ring-0", "pmu-wsgi-0"}
     assert split["pmu-ring-0"] == pytest.approx((200.0, 100.0, 0.04, 0.002))
     assert split["pmu-wsgi-0"] == pytest.approx((1000.0, 0.0, 0.0, 0.02))
+
+
+def test_adapter_cost_floor_answers_as_the_flask_app():
+    """adapter_cost.py's floor row, started as it starts it (the CLI, --interface native):
+    flask_server.py's app from a native handler gives the client what the same app gives
+    through the WSGI adapter."""
+    pytest.importorskip("flask")
+    import subprocess
+    import urllib.request
+
+    import adapter_cost
+
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [BENCH, os.path.join(BENCH, "servers"), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
+    answers = {}
+    for row in ("floor", "flask"):
+        port = adapter_cost.free_port()
+        cmd = [sys.executable, "-m", "pymongoose_uring", *adapter_cost.OURS[row]]
+        proc = subprocess.Popen(cmd + ["--port", str(port)], env=env, cwd="/tmp")
+        try:
+            try:
+                adapter_cost.wait_up(port, proc, timeout=20)
+            except RuntimeError as e:
+                if "exited" in str(e) and row == "floor":
+                    pytest.skip("pymongoose_uring is not installed for %s" % sys.executable)
+                raise
+            with urllib.request.urlopen("http://127.0.0.1:%d/" % port) as resp:
+                answers[row] = (resp.status, resp.headers["Content-Type"], resp.read())
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    assert answers["floor"] == answers["flask"]
+    assert answers["floor"][0] == 200 and answers["floor"][2]
