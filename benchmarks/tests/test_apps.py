@@ -24,7 +24,7 @@ sys.path.insert(0, BENCH)
 sys.path.insert(0, os.path.join(BENCH, "servers"))
 
 import apps  # noqa: E402
-from test_provision import free_base_port  # noqa: E402
+from test_provision import free_base_port, quick_main  # noqa: E402
 
 import run  # noqa: E402
 from bench import (  # noqa: E402
@@ -166,31 +166,9 @@ def test_a_run_pairs_each_round_of_an_app_row_with_the_app(tmp_path, capsys):
     """run.py measures the app right before and after each round of a row that runs one:
     every round of the raw WSGI row carries the app's cost and its own, and the row's own
     cost is the median of its rounds'."""
-    affinity = os.sched_getaffinity(0)
-    try:
-        rc = run.main(
-            [
-                "--servers",
-                "pymongoose_uring_wsgi",
-                "--workloads",
-                "keepalive",
-                "--no-install",
-                "--no-build",
-                "--no-plots",
-                "--rounds",
-                "2",
-                "--duration",
-                "1",
-                "--warmup",
-                "1",
-                "--base-port",
-                str(free_base_port(1)),
-                "--out",
-                str(tmp_path),
-            ]
-        )
-    finally:
-        os.sched_setaffinity(0, affinity)  # run.main pins itself to the client CPUs
+    rc = quick_main(
+        ["pymongoose_uring_wsgi"], tmp_path, "--workloads", "keepalive", "--no-build", rounds=2
+    )
     assert rc == 0, capsys.readouterr().out
     with open(os.path.join(tmp_path, "results.json")) as f:
         results = json.load(f)

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 from test_bench import TinyServer, response
-from test_provision import free_base_port
+from test_provision import free_base_port, quick_main
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -248,26 +248,7 @@ def stand_ins(monkeypatch):
 
 
 def quick_run(names, out):
-    return run.main(
-        [
-            "--files",
-            "--servers",
-            ",".join(names),
-            "--no-install",
-            "--no-build",
-            "--no-plots",
-            "--rounds",
-            "1",
-            "--duration",
-            "1",
-            "--warmup",
-            "1",
-            "--base-port",
-            str(free_base_port(len(names))),
-            "--out",
-            str(out),
-        ]
-    )
+    return quick_main(names, out, "--files", "--no-build")
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")

@@ -54,6 +54,23 @@ def free_base_port(count):
     raise RuntimeError("no %d consecutive free ports" % count)
 
 
+def quick_main(servers, out, *more, rounds=1):
+    """run.main on `servers` (names) for a short run: 1 s points, 1 s warm-up, `rounds`
+    rounds, no install, no plots, free ports, results in `out`, plus the options `more`.
+    The caller's CPU affinity is restored after (run.main pins itself to the client CPUs).
+    Returns run.main's exit status."""
+    affinity = os.sched_getaffinity(0)
+    try:
+        return run.main(
+            ["--servers", ",".join(servers), "--no-install", "--no-plots"]
+            + ["--rounds", str(rounds), "--duration", "1", "--warmup", "1"]
+            + ["--base-port", str(free_base_port(len(servers))), "--out", str(out)]
+            + list(more)
+        )
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
 def clean_tree(dest):
     """What a fresh clone of this checkout would hold (tracked files, plus new files git does
     not ignore, so that uncommitted work is tested too): no build*/ folder, no results."""

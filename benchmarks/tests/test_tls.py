@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(BENCH, "servers"))
 
 import nginx_server  # noqa: E402
 from test_files import free_base_port  # noqa: E402
+from test_provision import quick_main  # noqa: E402
 
 import run  # noqa: E402
 from bench import (  # noqa: E402
@@ -515,30 +516,7 @@ def test_each_https_server_starts_and_answers_with_each_certificate(name, certs,
 @has_wrk
 @has_nginx
 def test_a_tls_run_measures_full_handshakes_and_switches_certificates(tmp_path, capsys):
-    affinity = os.sched_getaffinity(0)
-    try:
-        rc = run.main(
-            [
-                "--servers",
-                "nginx_tls",
-                "--workloads",
-                "tls-keepalive,tls-handshake-rsa",
-                "--no-install",
-                "--no-plots",
-                "--rounds",
-                "1",
-                "--duration",
-                "1",
-                "--warmup",
-                "1",
-                "--base-port",
-                str(free_base_port(1)),
-                "--out",
-                str(tmp_path),
-            ]
-        )
-    finally:
-        os.sched_setaffinity(0, affinity)  # run.main pins itself to the client CPUs
+    rc = quick_main(["nginx_tls"], tmp_path, "--workloads", "tls-keepalive,tls-handshake-rsa")
     out = capsys.readouterr().out
     assert rc == 0, out
     with open(tmp_path / "results.json") as f:
