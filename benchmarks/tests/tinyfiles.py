@@ -1,7 +1,7 @@
 """A stand-in file server for the runner's tests: python tinyfiles.py PORT [MODE]
 
 Serves GET /files/NAME from $BENCH_FILES_ROOT/files (HTTP/1.1, keep-alive, threads) and GET /
-with the hello JSON. MODE changes one thing, so that a test can see the runner catch it:
+with the hello JSON (without $BENCH_FILES_ROOT, a run with no file workload, the hello alone). MODE changes one thing, so that a test can see the runner catch it:
   right     the files as they are (default)
   no-hello  no GET / (404), as a static file server alone
   x         every file answered with as many bytes of b"x" (right length, wrong bytes)
@@ -12,7 +12,7 @@ import os
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-ROOT = os.environ["BENCH_FILES_ROOT"]
+ROOT = os.environ.get("BENCH_FILES_ROOT", "")
 MODE = sys.argv[2] if len(sys.argv) > 2 else "right"
 HELLO = b'{"message":"Hello, World!"}'
 
