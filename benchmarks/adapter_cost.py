@@ -87,22 +87,12 @@ def flask_floor(request: Any) -> Any:
     if not _FLOOR:
         from flask_server import app
 
+        from bench.appcost import wsgi_answer
         from pymongoose_uring import Response
 
-        _FLOOR.update(app=app, response=Response, environ=_wsgi_environ())
-    answer: List[Any] = []
-
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-        answer[:] = [int(status[:3]), [(k, v) for k, v in headers if k.lower() != "content-length"]]
-
-    result = _FLOOR["app"](dict(_FLOOR["environ"]), start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return _FLOOR["response"](body, answer[0], answer[1])
+        _FLOOR.update(app=app, answer=wsgi_answer, response=Response, environ=_wsgi_environ())
+    status, headers, body = _FLOOR["answer"](_FLOOR["app"], dict(_FLOOR["environ"]))
+    return _FLOOR["response"](body, status, headers)
 
 
 def __getattr__(name: str) -> Any:

@@ -98,6 +98,20 @@ def wsgi_body(app, environ, start_response):
             close()
 
 
+def wsgi_answer(app, environ):
+    """One WSGI call answered as the floor rows answer it from a native handler (no adapter):
+    (status code, the app's headers less Content-Length, which the engine writes, the joined
+    body)."""
+    answer = []
+
+    def start_response(status, headers, exc_info=None):
+        answer[:] = [int(status[:3]), headers]
+
+    body = wsgi_body(app, environ, start_response)
+    status, headers = answer
+    return status, [(k, v) for k, v in headers if k.lower() != "content-length"], body
+
+
 def _wsgi_calls(app, method, path, body, calls):
     """CPU seconds for `calls` calls; the environs are built before the clock starts. Returns
     (seconds, last status, last body)."""

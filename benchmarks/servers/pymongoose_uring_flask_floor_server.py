@@ -26,18 +26,14 @@ except ImportError as e:
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from apps import flask_app as app  # noqa: E402  (the same Flask app as the WSGI rows)
 
-from bench.appcost import environ_for, wsgi_body  # noqa: E402  (the in-process measure's)
+from bench.appcost import environ_for, wsgi_answer  # noqa: E402  (the in-process measure's)
 
 
 def handler(request):
-    answer = []
-
-    def start_response(status, headers, exc_info=None):
-        answer[:] = [int(status[:3]), headers]
-
-    out = wsgi_body(app, environ_for(request.method, request.path, request.body), start_response)
-    status, headers = answer
-    return Response(out, status, [(k, v) for k, v in headers if k.lower() != "content-length"])
+    status, headers, body = wsgi_answer(
+        app, environ_for(request.method, request.path, request.body)
+    )
+    return Response(body, status, headers)
 
 
 if __name__ == "__main__":
